@@ -1,0 +1,361 @@
+//! Every setting, its default and its limits.
+//!
+//! `sluice serve` reads `sluice.toml` (all keys optional) and then applies
+//! command-line overrides. Defaults must serve a laptop. [`Config::validate`]
+//! checks each value's range and the relations between values, and its errors
+//! name the key and the fix, so a bad file never gets as far as a shard.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::storage::frame::FRAME_HEADER_BYTES;
+
+/// O_DIRECT and the kernel's logical block size for NVMe: writes, buffers and
+/// file offsets are aligned to this in `direct` write mode.
+pub const DIRECT_IO_ALIGNMENT_BYTES: u32 = 4096;
+/// Kafka's default `message.max.bytes` (1 MiB plus the record-batch overhead).
+pub const MESSAGE_MAX_BYTES_DEFAULT: u32 = 1_048_588;
+const MIB: u64 = 1024 * 1024;
+const HOUR_MS: i64 = 3600 * 1000;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where shard directories live. Created if missing.
+    pub data_dir: PathBuf,
+    /// Number of shards (pinned threads, one commit log each); 0 = one per available core.
+    pub shards: usize,
+    /// `auto` (io_uring, else epoll with a logged reason), `io_uring` (refuse to
+    /// start without it) or `epoll`.
+    pub io_backend: IoBackendSetting,
+    /// Pin each shard thread to one core. Turn off only when sharing a host.
+    pub pin_shards: bool,
+    pub storage: StorageConfig,
+    pub retention: RetentionConfig,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IoBackendSetting {
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// O_DIRECT: no page-cache copy, aligned writes (the default; see ARCHITECTURE.md).
+    Direct,
+    /// Through the page cache.
+    Buffered,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Commit-log segment size; a multiple of `flush_bytes`.
+    pub segment_bytes: u64,
+    pub write_mode: WriteMode,
+    /// Size of one write buffer: a write is issued as soon as this much is buffered.
+    pub flush_bytes: u32,
+    /// Number of write buffers per shard (memory = `flush_bytes` x this).
+    pub write_buffers: u32,
+    /// Writes in flight at once per shard (queue depth towards the disk).
+    pub inflight_writes_max: u32,
+    /// Longest an appended batch waits in a buffer while the shard stays busy.
+    pub flush_interval_ms: u64,
+    /// How often the checkpoint (durable position, queue positions) is written.
+    pub checkpoint_interval_ms: u64,
+    /// Largest record batch accepted (Kafka `message.max.bytes`).
+    pub message_max_bytes: u32,
+    /// Entries per consume-queue file (32 bytes each).
+    pub consume_queue_entries_per_file: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Default topic `retention.ms`; -1 keeps data forever.
+    pub retention_ms: i64,
+    /// Default topic `retention.bytes` per partition; -1 means no size limit.
+    pub retention_bytes: i64,
+    /// Default topic `flush.ms`: acks=1 data is fsynced within this long.
+    pub flush_ms: u64,
+    /// How often retention runs.
+    pub check_interval_ms: u64,
+    /// How often disk usage is sampled.
+    pub disk_check_interval_ms: u64,
+    /// Above this used fraction, expired segments are deleted at every disk check.
+    pub disk_clean_ratio: f64,
+    /// Above this, the oldest segments are deleted even if not expired.
+    pub disk_force_clean_ratio: f64,
+    /// Above this, appends are rejected with a retriable error.
+    pub disk_reject_ratio: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            shards: 0,
+            io_backend: IoBackendSetting::Auto,
+            pin_shards: true,
+            storage: StorageConfig::default(),
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            segment_bytes: 1024 * MIB,
+            write_mode: WriteMode::Direct,
+            flush_bytes: MIB as u32,
+            write_buffers: 16,
+            inflight_writes_max: 4,
+            flush_interval_ms: 2,
+            checkpoint_interval_ms: 1000,
+            message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
+            consume_queue_entries_per_file: 262_144,
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            retention_ms: 72 * HOUR_MS,
+            retention_bytes: -1,
+            flush_ms: 1000,
+            check_interval_ms: 10_000,
+            disk_check_interval_ms: 1000,
+            disk_clean_ratio: 0.75,
+            disk_force_clean_ratio: 0.85,
+            disk_reject_ratio: 0.90,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("setting `{key}` = {value} is invalid: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Load `path`, or the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|error| error.to_string())
+    }
+
+    /// Shards to run: the setting, or one per available core.
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            return self.shards;
+        }
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.shards > usize::from(u16::MAX) {
+            return invalid("shards", self.shards, "at most 65535 shards");
+        }
+        self.storage.validate()?;
+        self.retention.validate()
+    }
+}
+
+impl StorageConfig {
+    /// Alignment of writes and buffers for the configured write mode.
+    pub fn block_bytes(&self) -> u32 {
+        match self.write_mode {
+            WriteMode::Direct => DIRECT_IO_ALIGNMENT_BYTES,
+            WriteMode::Buffered => 1,
+        }
+    }
+
+    /// Largest frame (header + batch) an append can carry.
+    pub fn frame_max_bytes(&self) -> u64 {
+        u64::from(self.message_max_bytes) + FRAME_HEADER_BYTES as u64
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let flush = u64::from(self.flush_bytes);
+        if self.flush_bytes < DIRECT_IO_ALIGNMENT_BYTES
+            || !self.flush_bytes.is_multiple_of(DIRECT_IO_ALIGNMENT_BYTES)
+        {
+            return invalid(
+                "storage.flush_bytes",
+                self.flush_bytes,
+                "must be a positive multiple of 4096",
+            );
+        }
+        if self.segment_bytes < flush || !self.segment_bytes.is_multiple_of(flush) {
+            return invalid(
+                "storage.segment_bytes",
+                self.segment_bytes,
+                format!("must be a multiple of storage.flush_bytes ({flush})"),
+            );
+        }
+        if self.segment_bytes < self.frame_max_bytes() {
+            return invalid(
+                "storage.segment_bytes",
+                self.segment_bytes,
+                "must hold at least one frame of storage.message_max_bytes",
+            );
+        }
+        if self.write_buffers < 2 {
+            return invalid("storage.write_buffers", self.write_buffers, "at least 2");
+        }
+        let buffered_max = flush * u64::from(self.write_buffers);
+        if buffered_max < 2 * self.frame_max_bytes() {
+            return invalid(
+                "storage.write_buffers",
+                self.write_buffers,
+                format!(
+                    "write_buffers x flush_bytes ({buffered_max}) must hold two of the largest \
+                     frames (2 x {}); raise write_buffers or lower message_max_bytes",
+                    self.frame_max_bytes()
+                ),
+            );
+        }
+        if self.inflight_writes_max == 0 || self.inflight_writes_max > self.write_buffers {
+            return invalid(
+                "storage.inflight_writes_max",
+                self.inflight_writes_max,
+                "between 1 and storage.write_buffers",
+            );
+        }
+        if self.message_max_bytes < crate::record_batch::HEADER_BYTES as u32 {
+            return invalid(
+                "storage.message_max_bytes",
+                self.message_max_bytes,
+                "must hold at least a record-batch header (61 bytes)",
+            );
+        }
+        if self.consume_queue_entries_per_file < 1024 {
+            return invalid(
+                "storage.consume_queue_entries_per_file",
+                self.consume_queue_entries_per_file,
+                "at least 1024",
+            );
+        }
+        if self.checkpoint_interval_ms == 0 {
+            return invalid("storage.checkpoint_interval_ms", 0, "must be positive");
+        }
+        Ok(())
+    }
+}
+
+impl RetentionConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.retention_ms < -1 || self.retention_ms == 0 {
+            return invalid(
+                "retention.retention_ms",
+                self.retention_ms,
+                "-1 or positive",
+            );
+        }
+        if self.retention_bytes < -1 || self.retention_bytes == 0 {
+            return invalid(
+                "retention.retention_bytes",
+                self.retention_bytes,
+                "-1 or positive",
+            );
+        }
+        if self.check_interval_ms == 0 || self.disk_check_interval_ms == 0 {
+            return invalid(
+                "retention.check_interval_ms",
+                0,
+                "intervals must be positive",
+            );
+        }
+        let ratios = [
+            self.disk_clean_ratio,
+            self.disk_force_clean_ratio,
+            self.disk_reject_ratio,
+        ];
+        let ordered = ratios.windows(2).all(|pair| pair[0] < pair[1]);
+        if !ordered || ratios[0] <= 0.0 || ratios[2] > 1.0 {
+            return invalid(
+                "retention.disk_*_ratio",
+                format!("{ratios:?}"),
+                "need 0 < disk_clean_ratio < disk_force_clean_ratio < disk_reject_ratio <= 1",
+            );
+        }
+        Ok(())
+    }
+}
+
+fn invalid<T>(
+    key: &'static str,
+    value: impl ToString,
+    reason: impl Into<String>,
+) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        reason: reason.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let error = Config::parse("shardz = 3").unwrap_err();
+        assert!(error.contains("shardz"), "{error}");
+    }
+
+    #[test]
+    fn segment_must_be_a_multiple_of_the_write_buffer() {
+        let config = Config::parse("[storage]\nsegment_bytes = 3000000\n").unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("storage.segment_bytes"), "{error}");
+    }
+
+    #[test]
+    fn buffers_must_hold_two_largest_frames() {
+        let config =
+            Config::parse("[storage]\nwrite_buffers = 2\nmessage_max_bytes = 2000000\n").unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("write_buffers"), "{error}");
+    }
+}

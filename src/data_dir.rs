@@ -1,0 +1,222 @@
+//! The data directory: exclusive ownership, layout version, and what its
+//! filesystem supports.
+//!
+//! * `LOCK` is held with `flock` for the life of the process, so two brokers
+//!   never write the same files (which is also what makes memory-mapping the
+//!   consume queues sound).
+//! * `sluice.meta` records the layout version and the shard count. Partitions
+//!   live in the shard that owns them, so starting with another shard count
+//!   would strand them; that is refused with the fix in the message.
+//! * If `write_mode = "direct"` but the filesystem refuses O_DIRECT (tmpfs,
+//!   some FUSE and network filesystems), buffered writes are used and a
+//!   warning says so.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::config::WriteMode;
+use crate::storage::durable_file::write_atomic;
+
+pub const LOCK_FILE: &str = "LOCK";
+pub const META_FILE: &str = "sluice.meta";
+pub const LAYOUT_VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum DataDirError {
+    #[error("cannot use data directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "data directory {path} is in use by another sluice process ({holder}); stop it or choose \
+         another --data-dir"
+    )]
+    Locked { path: PathBuf, holder: String },
+    #[error(
+        "data directory {path} was created with {found} shards but {configured} are configured; \
+         partitions live in the shard that owns them, so set `shards = {found}` (or start on an \
+         empty data directory)"
+    )]
+    ShardCountChanged {
+        path: PathBuf,
+        found: usize,
+        configured: usize,
+    },
+    #[error(
+        "data directory {path} has layout version {found}; this build reads version {LAYOUT_VERSION}"
+    )]
+    UnsupportedLayout { path: PathBuf, found: u32 },
+    #[error("{path} is not a valid sluice.meta: {reason}")]
+    BadMeta { path: PathBuf, reason: String },
+}
+
+/// An opened, locked data directory. Dropping it releases the lock.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    write_mode: WriteMode,
+    _lock: File,
+}
+
+impl DataDir {
+    pub fn open(path: &Path, shards: usize, requested: WriteMode) -> Result<DataDir, DataDirError> {
+        let io_error = |source| DataDirError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(path).map_err(io_error)?;
+        let lock = lock(path)?;
+        check_meta(path, shards)?;
+        let write_mode = match requested {
+            WriteMode::Direct if !supports_direct_io(path).map_err(io_error)? => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the filesystem does not support O_DIRECT; using buffered writes (set storage.write_mode = \"buffered\" to silence this)"
+                );
+                WriteMode::Buffered
+            }
+            mode => mode,
+        };
+        Ok(DataDir {
+            path: path.to_owned(),
+            write_mode,
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The write mode in effect (the configured one unless unsupported).
+    pub fn write_mode(&self) -> WriteMode {
+        self.write_mode
+    }
+}
+
+fn lock(dir: &Path) -> Result<File, DataDirError> {
+    let path = dir.join(LOCK_FILE);
+    let io_error = |source| DataDirError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_error)?;
+    // SAFETY: flock takes an open descriptor and flags; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(DataDirError::Locked {
+                path: dir.to_owned(),
+                holder: format!("pid {}", holder.trim()),
+            });
+        }
+        return Err(io_error(error));
+    }
+    file.set_len(0).map_err(io_error)?;
+    writeln!(file, "{}", std::process::id()).map_err(io_error)?;
+    Ok(file)
+}
+
+fn check_meta(dir: &Path, shards: usize) -> Result<(), DataDirError> {
+    let path = dir.join(META_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let (version, found) = parse_meta(&text).map_err(|reason| DataDirError::BadMeta {
+                path: path.clone(),
+                reason,
+            })?;
+            if version != LAYOUT_VERSION {
+                return Err(DataDirError::UnsupportedLayout {
+                    path,
+                    found: version,
+                });
+            }
+            if found != shards {
+                return Err(DataDirError::ShardCountChanged {
+                    path: dir.to_owned(),
+                    found,
+                    configured: shards,
+                });
+            }
+            Ok(())
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let text = format!("layout_version = {LAYOUT_VERSION}\nshards = {shards}\n");
+            write_atomic(&path, text.as_bytes()).map_err(|source| DataDirError::Io { path, source })
+        }
+        Err(source) => Err(DataDirError::Io { path, source }),
+    }
+}
+
+fn parse_meta(text: &str) -> Result<(u32, usize), String> {
+    let mut version = None;
+    let mut shards = None;
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value = value.trim();
+        match key.trim() {
+            "layout_version" => version = value.parse().ok(),
+            "shards" => shards = value.parse().ok(),
+            _ => {}
+        }
+    }
+    match (version, shards) {
+        (Some(version), Some(shards)) => Ok((version, shards)),
+        _ => Err("expected `layout_version = N` and `shards = N`".to_owned()),
+    }
+}
+
+fn supports_direct_io(dir: &Path) -> io::Result<bool> {
+    let probe = dir.join(".direct-io-probe");
+    let result = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe);
+    let _ = std::fs::remove_file(&probe);
+    match result {
+        Ok(_) => Ok(true),
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_open_is_refused_while_the_first_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDir::open(dir.path(), 2, WriteMode::Buffered).unwrap();
+        let error = DataDir::open(dir.path(), 2, WriteMode::Buffered).unwrap_err();
+        assert!(matches!(error, DataDirError::Locked { .. }), "{error}");
+        drop(first);
+        DataDir::open(dir.path(), 2, WriteMode::Buffered).unwrap();
+    }
+
+    #[test]
+    fn changing_the_shard_count_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(DataDir::open(dir.path(), 2, WriteMode::Buffered).unwrap());
+        let error = DataDir::open(dir.path(), 3, WriteMode::Buffered).unwrap_err();
+        assert!(error.to_string().contains("shards = 2"), "{error}");
+    }
+}

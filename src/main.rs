@@ -1,0 +1,210 @@
+//! The `sluice` command: `sluice serve` runs the broker.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice::config::{Config, IoBackendSetting};
+use sluice::data_dir::DataDir;
+use sluice::io::choose_backend;
+use sluice::shard::ShardRuntime;
+use sluice::shard::signals::{Termination, TerminationSignals};
+use sluice::storage::{CheckpointStatus, RecoveryReport};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Kafka-compatible broker storage node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file (TOML); every key is optional.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Number of shards (overrides `shards`; 0 = one per core).
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// I/O backend (overrides `io_backend`).
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    io_backend: Option<BackendArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Auto,
+    #[value(name = "io_uring")]
+    IoUring,
+    Epoll,
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config, String> {
+    let mut config = Config::load(args.config.as_deref()).map_err(|error| error.to_string())?;
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(shards) = args.shards {
+        config.shards = shards;
+    }
+    if let Some(backend) = args.io_backend {
+        config.io_backend = match backend {
+            BackendArg::Auto => IoBackendSetting::Auto,
+            BackendArg::IoUring => IoBackendSetting::IoUring,
+            BackendArg::Epoll => IoBackendSetting::Epoll,
+        };
+    }
+    config.validate().map_err(|error| error.to_string())?;
+    Ok(config)
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let signals = match TerminationSignals::block() {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::error!(%error, "cannot block SIGINT/SIGTERM for orderly shutdown");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match load_config(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let backend = match choose_backend(config.io_backend) {
+        Ok(choice) => {
+            if let Some(reason) = &choice.fallback_reason {
+                tracing::warn!("{reason}; running on the epoll fallback");
+            }
+            choice.backend
+        }
+        Err(error) => {
+            tracing::error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shard_count = config.shard_count();
+    let data_dir = match DataDir::open(&config.data_dir, shard_count, config.storage.write_mode) {
+        Ok(data_dir) => data_dir,
+        Err(error) => {
+            tracing::error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match ShardRuntime::start(&config, &data_dir, backend) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for ready in runtime.ready() {
+        log_recovery(ready.shard.to_string(), &ready.recovery);
+    }
+    let cores: Vec<String> = runtime
+        .ready()
+        .iter()
+        .map(|ready| {
+            ready
+                .core
+                .map_or("unpinned".to_owned(), |core| core.to_string())
+        })
+        .collect();
+    tracing::info!(
+        shards = shard_count,
+        cores = %cores.join(","),
+        io_backend = %backend,
+        write_mode = ?data_dir.write_mode(),
+        data_dir = %data_dir.path().display(),
+        "sluice ready"
+    );
+    wait_for_termination(&signals);
+    let failures = runtime.shutdown();
+    for (shard, reason) in &failures {
+        tracing::error!(%shard, %reason, "shard did not shut down cleanly");
+    }
+    if failures.is_empty() {
+        tracing::info!("sluice stopped: all data flushed and fsynced");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Wait for SIGINT/SIGTERM; a second one during shutdown exits at once.
+fn wait_for_termination(signals: &TerminationSignals) {
+    match signals.wait() {
+        Ok(signal) => tracing::info!(?signal, "shutting down: flushing and fsyncing every shard"),
+        Err(error) => tracing::error!(%error, "sigwait failed; shutting down"),
+    }
+    let second = TerminationSignals::block();
+    std::thread::spawn(move || {
+        if let Ok(signals) = second
+            && let Ok(signal) = signals.wait()
+        {
+            tracing::warn!(?signal, "second signal: exiting without finishing shutdown");
+            let code = if signal == Termination::Interrupt {
+                130
+            } else {
+                143
+            };
+            std::process::exit(code);
+        }
+    });
+}
+
+fn log_recovery(shard: String, report: &RecoveryReport) {
+    let checkpoint = match &report.checkpoint {
+        CheckpointStatus::Found(position) => format!("at {position}"),
+        CheckpointStatus::Missing => "none".to_owned(),
+        CheckpointStatus::Damaged(reason) => format!("damaged ({reason})"),
+    };
+    tracing::info!(
+        %shard,
+        checkpoint,
+        segments = report.segments,
+        partitions = report.partitions,
+        scanned_from = report.scan_start.0,
+        frames_scanned = report.frames_scanned,
+        bytes_scanned = report.bytes_scanned,
+        frames_reindexed = report.frames_reindexed,
+        truncated_bytes = report.truncated_bytes,
+        damaged_ranges_skipped = report.skipped.len(),
+        queues_rebuilt = report.queues_rebuilt.len(),
+        elapsed_ms = report.elapsed.as_secs_f64() * 1000.0,
+        "recovered"
+    );
+}

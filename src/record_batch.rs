@@ -1,0 +1,387 @@
+//! Kafka RecordBatch v2 ("magic 2"): the unit Sluice stores.
+//!
+//! A producer's batch is stored byte for byte, except `baseOffset` and
+//! `partitionLeaderEpoch`, which the broker assigns and which lie outside the
+//! batch CRC. This module reads and checks the fixed 61-byte header, patches
+//! the two broker-owned fields, and builds batches for tests and the load
+//! generator. All fields are big-endian, as Kafka defines them.
+//!
+//! Invariant: a [`ValidatedBatch`] has a correct length, magic 2, a CRC32C that
+//! matches its bytes, and a non-negative `lastOffsetDelta`. Storage only accepts
+//! validated batches, so recovery can trust the CRC to find torn writes.
+
+use thiserror::Error;
+
+/// Length of the fixed RecordBatch v2 header, up to and including `recordsCount`.
+pub const HEADER_BYTES: usize = 61;
+/// Bytes before `partitionLeaderEpoch` that `batchLength` does not count.
+pub const LOG_OVERHEAD_BYTES: usize = 12;
+/// The only record format Sluice stores.
+pub const MAGIC_V2: i8 = 2;
+
+const BASE_OFFSET_AT: usize = 0;
+const BATCH_LENGTH_AT: usize = 8;
+const LEADER_EPOCH_AT: usize = 12;
+const MAGIC_AT: usize = 16;
+const CRC_AT: usize = 17;
+/// The CRC covers everything from `attributes` to the end of the batch.
+pub const CRC_COVERED_FROM: usize = 21;
+const ATTRIBUTES_AT: usize = 21;
+const LAST_OFFSET_DELTA_AT: usize = 23;
+const BASE_TIMESTAMP_AT: usize = 27;
+const MAX_TIMESTAMP_AT: usize = 35;
+const RECORDS_COUNT_AT: usize = 57;
+
+const ATTRIBUTE_COMPRESSION_MASK: i16 = 0x07;
+const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum BatchError {
+    #[error("record batch is {len} bytes, shorter than the {HEADER_BYTES}-byte v2 header")]
+    TooShort { len: usize },
+    #[error(
+        "record batch declares batchLength {declared} but {actual} bytes follow the length field"
+    )]
+    LengthMismatch { declared: i64, actual: usize },
+    #[error("record batch has magic {found}; only magic 2 (Kafka 0.11+) is supported")]
+    UnsupportedMagic { found: i8 },
+    #[error(
+        "record batch CRC32C mismatch: header says {expected:#010x}, bytes hash to {computed:#010x}"
+    )]
+    CrcMismatch { expected: u32, computed: u32 },
+    #[error("record batch has lastOffsetDelta {found}; it must be >= 0")]
+    InvalidLastOffsetDelta { found: i32 },
+    #[error("record batch has recordsCount {found}; it must be >= 0")]
+    InvalidRecordsCount { found: i32 },
+    #[error("record batch is {size} bytes, above the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+}
+
+/// The header fields storage needs, decoded once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub last_offset_delta: i32,
+    pub base_timestamp_ms: i64,
+    pub max_timestamp_ms: i64,
+    pub records_count: i32,
+    pub attributes: i16,
+}
+
+impl BatchHeader {
+    /// Decode the header fields without checking anything but the length.
+    pub fn parse(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+        if bytes.len() < HEADER_BYTES {
+            return Err(BatchError::TooShort { len: bytes.len() });
+        }
+        Ok(BatchHeader {
+            base_offset: read_i64(bytes, BASE_OFFSET_AT),
+            last_offset_delta: read_i32(bytes, LAST_OFFSET_DELTA_AT),
+            base_timestamp_ms: read_i64(bytes, BASE_TIMESTAMP_AT),
+            max_timestamp_ms: read_i64(bytes, MAX_TIMESTAMP_AT),
+            records_count: read_i32(bytes, RECORDS_COUNT_AT),
+            attributes: read_i16(bytes, ATTRIBUTES_AT),
+        })
+    }
+
+    pub fn compression_codec(&self) -> i16 {
+        self.attributes & ATTRIBUTE_COMPRESSION_MASK
+    }
+
+    pub fn uses_log_append_time(&self) -> bool {
+        self.attributes & ATTRIBUTE_LOG_APPEND_TIME != 0
+    }
+}
+
+/// A batch whose structure and CRC have been checked (see module invariant).
+#[derive(Clone, Copy, Debug)]
+pub struct ValidatedBatch<'a> {
+    bytes: &'a [u8],
+    header: BatchHeader,
+}
+
+impl<'a> ValidatedBatch<'a> {
+    /// Check length, magic, CRC32C and offset fields; `size_limit_bytes` caps the
+    /// whole batch (Kafka's `max.message.bytes`).
+    pub fn validate(bytes: &'a [u8], size_limit_bytes: usize) -> Result<Self, BatchError> {
+        let header = check_structure(bytes)?;
+        if bytes.len() > size_limit_bytes {
+            return Err(BatchError::TooLarge {
+                size: bytes.len(),
+                limit: size_limit_bytes,
+            });
+        }
+        let expected = read_u32(bytes, CRC_AT);
+        let computed = crc32c::crc32c(&bytes[CRC_COVERED_FROM..]);
+        if expected != computed {
+            return Err(BatchError::CrcMismatch { expected, computed });
+        }
+        Ok(ValidatedBatch { bytes, header })
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+/// Everything but the CRC and the size limit: cheap checks shared by produce
+/// validation and recovery.
+pub fn check_structure(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(bytes)?;
+    let declared = i64::from(read_i32(bytes, BATCH_LENGTH_AT));
+    let actual = bytes.len() - LOG_OVERHEAD_BYTES;
+    if declared != actual as i64 {
+        return Err(BatchError::LengthMismatch { declared, actual });
+    }
+    let magic = bytes[MAGIC_AT] as i8;
+    if magic != MAGIC_V2 {
+        return Err(BatchError::UnsupportedMagic { found: magic });
+    }
+    if header.last_offset_delta < 0 {
+        return Err(BatchError::InvalidLastOffsetDelta {
+            found: header.last_offset_delta,
+        });
+    }
+    if header.records_count < 0 {
+        return Err(BatchError::InvalidRecordsCount {
+            found: header.records_count,
+        });
+    }
+    Ok(header)
+}
+
+/// True when the CRC32C stored in the batch matches its covered bytes.
+pub fn crc_matches(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER_BYTES
+        && read_u32(bytes, CRC_AT) == crc32c::crc32c(&bytes[CRC_COVERED_FROM..])
+}
+
+/// Declared total size of the batch starting at `bytes` (header included), if
+/// the length field is readable. Used to walk concatenated batches.
+pub fn declared_size(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < LOG_OVERHEAD_BYTES {
+        return None;
+    }
+    let declared = read_i32(bytes, BATCH_LENGTH_AT);
+    usize::try_from(declared)
+        .ok()
+        .map(|len| len + LOG_OVERHEAD_BYTES)
+}
+
+/// Overwrite the broker-owned fields (outside the CRC) in a stored copy, or
+/// in a copy of just its first [`CRC_COVERED_FROM`] bytes.
+pub fn assign_broker_fields(bytes: &mut [u8], base_offset: i64, leader_epoch: i32) {
+    assert!(
+        bytes.len() >= LEADER_EPOCH_AT + 4,
+        "too short to hold the broker fields"
+    );
+    bytes[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_be_bytes());
+    bytes[LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4].copy_from_slice(&leader_epoch.to_be_bytes());
+}
+
+fn read_i16(bytes: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn read_i32(bytes: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn read_i64(bytes: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// One record for [`BatchBuilder`].
+#[derive(Clone, Debug, Default)]
+pub struct RecordSpec<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub timestamp_delta_ms: i64,
+}
+
+/// Builds uncompressed RecordBatch v2 bytes, as a producer would send them.
+///
+/// Used by tests and the load generator; the broker never re-encodes batches.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    base_timestamp_ms: i64,
+    producer_id: i64,
+    records: Vec<u8>,
+    records_count: i32,
+    max_timestamp_delta_ms: i64,
+}
+
+impl BatchBuilder {
+    pub fn new(base_timestamp_ms: i64) -> Self {
+        BatchBuilder {
+            base_timestamp_ms,
+            producer_id: -1,
+            records: Vec::new(),
+            records_count: 0,
+            max_timestamp_delta_ms: 0,
+        }
+    }
+
+    pub fn push(&mut self, record: RecordSpec<'_>) -> &mut Self {
+        let mut body = Vec::with_capacity(16 + record.value.map_or(0, <[u8]>::len));
+        body.push(0); // record attributes: unused in v2
+        put_varlong(&mut body, record.timestamp_delta_ms);
+        put_varint(&mut body, self.records_count);
+        put_optional_bytes(&mut body, record.key);
+        put_optional_bytes(&mut body, record.value);
+        put_varint(&mut body, 0); // header count
+        let body_len = i32::try_from(body.len()).expect("record under 2 GiB");
+        put_varint(&mut self.records, body_len);
+        self.records.extend_from_slice(&body);
+        self.records_count += 1;
+        self.max_timestamp_delta_ms = self.max_timestamp_delta_ms.max(record.timestamp_delta_ms);
+        self
+    }
+
+    pub fn records_count(&self) -> i32 {
+        self.records_count
+    }
+
+    /// Encode the batch with base offset 0, as producers send it.
+    pub fn build(&self) -> Vec<u8> {
+        assert!(
+            self.records_count > 0,
+            "a record batch holds at least one record"
+        );
+        let total = HEADER_BYTES + self.records.len();
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(&0i64.to_be_bytes());
+        let batch_length = i32::try_from(total - LOG_OVERHEAD_BYTES).expect("batch under 2 GiB");
+        out.extend_from_slice(&batch_length.to_be_bytes());
+        out.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch
+        out.push(MAGIC_V2 as u8);
+        out.extend_from_slice(&0u32.to_be_bytes()); // crc, patched below
+        out.extend_from_slice(&0i16.to_be_bytes()); // attributes: no compression
+        out.extend_from_slice(&(self.records_count - 1).to_be_bytes());
+        out.extend_from_slice(&self.base_timestamp_ms.to_be_bytes());
+        let max_timestamp = self.base_timestamp_ms + self.max_timestamp_delta_ms;
+        out.extend_from_slice(&max_timestamp.to_be_bytes());
+        out.extend_from_slice(&self.producer_id.to_be_bytes());
+        out.extend_from_slice(&(-1i16).to_be_bytes()); // producerEpoch
+        out.extend_from_slice(&(-1i32).to_be_bytes()); // baseSequence
+        out.extend_from_slice(&self.records_count.to_be_bytes());
+        out.extend_from_slice(&self.records);
+        let crc = crc32c::crc32c(&out[CRC_COVERED_FROM..]);
+        out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, value: i32) {
+    put_unsigned_varint(out, ((value << 1) ^ (value >> 31)) as u32 as u64);
+}
+
+fn put_varlong(out: &mut Vec<u8>, value: i64) {
+    put_unsigned_varint(out, ((value << 1) ^ (value >> 63)) as u64);
+}
+
+fn put_unsigned_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn put_optional_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => put_varint(out, -1),
+        Some(bytes) => {
+            put_varint(out, i32::try_from(bytes.len()).expect("field under 2 GiB"));
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let mut builder = BatchBuilder::new(1_700_000_000_000);
+        builder.push(RecordSpec {
+            key: Some(b"k"),
+            value: Some(b"hello"),
+            timestamp_delta_ms: 0,
+        });
+        builder.push(RecordSpec {
+            key: None,
+            value: Some(b"world"),
+            timestamp_delta_ms: 7,
+        });
+        builder.build()
+    }
+
+    #[test]
+    fn built_batch_validates_and_reports_its_header() {
+        let bytes = sample();
+        let batch = ValidatedBatch::validate(&bytes, 1 << 20).unwrap();
+        assert_eq!(batch.header().last_offset_delta, 1);
+        assert_eq!(batch.header().records_count, 2);
+        assert_eq!(batch.header().max_timestamp_ms, 1_700_000_000_007);
+        assert_eq!(declared_size(&bytes), Some(bytes.len()));
+    }
+
+    #[test]
+    fn flipped_payload_bit_fails_the_crc() {
+        let mut bytes = sample();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        assert!(matches!(
+            ValidatedBatch::validate(&bytes, 1 << 20),
+            Err(BatchError::CrcMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn broker_fields_are_outside_the_crc() {
+        let mut bytes = sample();
+        assign_broker_fields(&mut bytes, 42, 7);
+        let batch = ValidatedBatch::validate(&bytes, 1 << 20).unwrap();
+        assert_eq!(batch.header().base_offset, 42);
+    }
+
+    #[test]
+    fn wrong_magic_length_and_size_are_rejected() {
+        let mut bytes = sample();
+        bytes[MAGIC_AT] = 1;
+        assert_eq!(
+            ValidatedBatch::validate(&bytes, 1 << 20).unwrap_err(),
+            BatchError::UnsupportedMagic { found: 1 }
+        );
+        let bytes = sample();
+        assert!(matches!(
+            ValidatedBatch::validate(&bytes[..bytes.len() - 1], 1 << 20),
+            Err(BatchError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            ValidatedBatch::validate(&bytes, 10),
+            Err(BatchError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            ValidatedBatch::validate(&bytes[..20], 1 << 20),
+            Err(BatchError::TooShort { len: 20 })
+        ));
+    }
+}

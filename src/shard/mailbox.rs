@@ -1,0 +1,115 @@
+//! Bounded cross-shard mailboxes: how one shard asks another to do work.
+//!
+//! Each shard drains one bounded MPSC channel (`flume`). A message carries a
+//! closure that runs on the receiving shard; it usually spawns a task there
+//! and sends the task's result back through a oneshot. A full mailbox makes
+//! the sender wait (backpressure), never grow. Waking the receiver goes
+//! through compio's waker, which signals the receiving ring's eventfd.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_channel::oneshot;
+use thiserror::Error;
+
+use super::ShardContext;
+use crate::ids::ShardId;
+
+/// Messages a shard's mailbox holds before senders must wait.
+pub const MAILBOX_CAPACITY: usize = 1024;
+
+pub type Job = Box<dyn FnOnce(&Rc<ShardContext>) + Send>;
+
+pub enum Message {
+    Run(Job),
+    /// Flush, fsync, checkpoint, then stop; the result goes back on the channel.
+    Shutdown(std::sync::mpsc::Sender<(ShardId, Result<(), String>)>),
+}
+
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[error("{0} has stopped and accepts no more work")]
+pub struct ShardGone(pub ShardId);
+
+/// Handles to every shard's mailbox; cheap to clone and `Send`.
+#[derive(Clone)]
+pub struct Shards {
+    senders: Arc<Vec<flume::Sender<Message>>>,
+}
+
+impl Shards {
+    pub fn new(senders: Vec<flume::Sender<Message>>) -> Shards {
+        Shards {
+            senders: Arc::new(senders),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.senders.len()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = ShardId> {
+        (0..self.senders.len()).map(|index| ShardId(index as u16))
+    }
+
+    /// The shard that owns `topic`'s partition `index`: stable for a given
+    /// shard count, and consecutive partitions of a topic land on
+    /// consecutive shards.
+    pub fn owner(&self, topic: &str, index: u32) -> ShardId {
+        owner(topic, index, self.count())
+    }
+
+    /// Run `work` on `shard` and return its result. Waits while that shard's
+    /// mailbox is full.
+    pub async fn call<F, Fut, T>(&self, shard: ShardId, work: F) -> Result<T, ShardGone>
+    where
+        F: FnOnce(Rc<ShardContext>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        let (reply, result) = oneshot::channel();
+        let job: Job = Box::new(move |context: &Rc<ShardContext>| {
+            let context = Rc::clone(context);
+            compio::runtime::spawn(async move {
+                let _ = reply.send(work(context).await);
+            })
+            .detach();
+        });
+        let sender = &self.senders[usize::from(shard.0)];
+        sender
+            .send_async(Message::Run(job))
+            .await
+            .map_err(|_| ShardGone(shard))?;
+        result.await.map_err(|_| ShardGone(shard))
+    }
+
+    pub(super) fn send_blocking(&self, shard: ShardId, message: Message) -> Result<(), ShardGone> {
+        self.senders[usize::from(shard.0)]
+            .send(message)
+            .map_err(|_| ShardGone(shard))
+    }
+}
+
+/// FNV-1a of the topic name plus the partition index, modulo `shards`.
+pub fn owner(topic: &str, index: u32, shards: usize) -> ShardId {
+    assert!(shards > 0);
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = topic.bytes().fold(FNV_OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
+    });
+    ShardId((hash.wrapping_add(u64::from(index)) % shards as u64) as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_of_a_topic_spread_over_consecutive_shards() {
+        let first = owner("orders", 0, 4).0;
+        for index in 0..8 {
+            assert_eq!(owner("orders", index, 4).0, (first + index as u16) % 4);
+        }
+        assert_eq!(owner("orders", 3, 4), owner("orders", 3, 4));
+    }
+}

@@ -1,0 +1,251 @@
+//! The thread-per-core shard runtime.
+//!
+//! [`ShardRuntime::start`] spawns one OS thread per shard, pins it to a core
+//! with `core_affinity`, builds a compio runtime on the chosen driver (io_uring,
+//! or epoll as the fallback) and opens the shard's storage (running recovery).
+//! Only then does it report ready. Shards share nothing on the data path; they
+//! talk through bounded mailboxes ([`mailbox::Shards`]).
+//! [`ShardRuntime::shutdown`] asks every shard to flush, fsync and checkpoint,
+//! then joins the threads.
+
+pub mod local_sync;
+pub mod mailbox;
+pub mod signals;
+
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use compio::driver::{DriverType, ProactorBuilder};
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::data_dir::DataDir;
+use crate::ids::ShardId;
+use crate::io::IoBackend;
+use crate::storage::{RecoveryReport, ShardStore, StoreOptions};
+pub use mailbox::{MAILBOX_CAPACITY, Message, ShardGone, Shards};
+
+/// Entries in each shard's compio ring (sockets, timers, polls).
+const RING_ENTRIES: u32 = 1024;
+
+/// What a shard task can reach: its storage and the other shards.
+pub struct ShardContext {
+    pub id: ShardId,
+    pub store: Rc<ShardStore>,
+    pub shards: Shards,
+}
+
+/// A shard that started: where it runs and what recovery found.
+#[derive(Debug, Clone)]
+pub struct ShardReady {
+    pub shard: ShardId,
+    pub core: Option<usize>,
+    pub recovery: RecoveryReport,
+}
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("cannot spawn the thread for {shard}: {source}")]
+    Spawn {
+        shard: ShardId,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{shard} failed to start: {reason}")]
+    Shard { shard: ShardId, reason: String },
+}
+
+pub struct ShardRuntime {
+    shards: Shards,
+    threads: Vec<JoinHandle<()>>,
+    ready: Vec<ShardReady>,
+}
+
+struct ShardSpec {
+    id: ShardId,
+    core: Option<core_affinity::CoreId>,
+    backend: IoBackend,
+    options: StoreOptions,
+}
+
+impl ShardRuntime {
+    /// Start `config.shard_count()` shards over `data_dir` on `backend`.
+    /// Returns when every shard has recovered and is serving.
+    pub fn start(
+        config: &Config,
+        data_dir: &DataDir,
+        backend: IoBackend,
+    ) -> Result<ShardRuntime, StartError> {
+        let count = config.shard_count();
+        let cores = if config.pin_shards {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..count).map(|_| flume::bounded(MAILBOX_CAPACITY)).unzip();
+        let shards = Shards::new(senders);
+        let (ready_sender, ready_receiver) = mpsc::channel();
+        let mut threads = Vec::with_capacity(count);
+        for (index, receiver) in receivers.into_iter().enumerate() {
+            let id = ShardId(index as u16);
+            let mut storage = config.storage.clone();
+            storage.write_mode = data_dir.write_mode();
+            let spec = ShardSpec {
+                id,
+                core: (!cores.is_empty()).then(|| cores[index % cores.len()]),
+                backend,
+                options: StoreOptions {
+                    shard: id,
+                    data_dir: data_dir.path().to_owned(),
+                    storage,
+                    retention: config.retention.clone(),
+                    backend,
+                },
+            };
+            let shards = shards.clone();
+            let ready_sender = ready_sender.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("sluice-{id}"))
+                .spawn(move || run_shard(spec, receiver, shards, ready_sender))
+                .map_err(|source| StartError::Spawn { shard: id, source })?;
+            threads.push(thread);
+        }
+        drop(ready_sender);
+        let mut runtime = ShardRuntime {
+            shards,
+            threads,
+            ready: Vec::with_capacity(count),
+        };
+        for _ in 0..count {
+            match ready_receiver.recv() {
+                Ok(Ok(ready)) => runtime.ready.push(ready),
+                Ok(Err((shard, reason))) => {
+                    runtime.shutdown();
+                    return Err(StartError::Shard { shard, reason });
+                }
+                Err(_) => {
+                    runtime.shutdown();
+                    return Err(StartError::Shard {
+                        shard: ShardId(0),
+                        reason: "a shard thread exited during startup".to_owned(),
+                    });
+                }
+            }
+        }
+        runtime.ready.sort_by_key(|ready| ready.shard);
+        Ok(runtime)
+    }
+
+    pub fn shards(&self) -> &Shards {
+        &self.shards
+    }
+
+    pub fn ready(&self) -> &[ShardReady] {
+        &self.ready
+    }
+
+    /// Flush, fsync and checkpoint every shard, then join their threads.
+    /// Returns the shards whose shutdown failed, with why.
+    pub fn shutdown(self) -> Vec<(ShardId, String)> {
+        let (sender, receiver) = mpsc::channel();
+        let mut asked = 0;
+        for shard in self.shards.ids() {
+            if self
+                .shards
+                .send_blocking(shard, Message::Shutdown(sender.clone()))
+                .is_ok()
+            {
+                asked += 1;
+            }
+        }
+        drop(sender);
+        let mut failures = Vec::new();
+        for (shard, result) in receiver.iter().take(asked) {
+            if let Err(reason) = result {
+                failures.push((shard, reason));
+            }
+        }
+        drop(self.shards);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+        failures
+    }
+}
+
+type ReadySender = mpsc::Sender<Result<ShardReady, (ShardId, String)>>;
+
+fn run_shard(
+    spec: ShardSpec,
+    mailbox: flume::Receiver<Message>,
+    shards: Shards,
+    ready: ReadySender,
+) {
+    let id = spec.id;
+    let core = spec.core.filter(|&core| {
+        let pinned = core_affinity::set_for_current(core);
+        if !pinned {
+            tracing::warn!(shard = %id, core = core.id, "cannot pin shard thread; running unpinned");
+        }
+        pinned
+    });
+    let runtime = match build_runtime(spec.backend) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let reason = format!("cannot start its {} event loop: {error}", spec.backend);
+            let _ = ready.send(Err((id, reason)));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let store = match ShardStore::open(spec.options) {
+            Ok(store) => store,
+            Err(error) => {
+                let _ = ready.send(Err((id, error.to_string())));
+                return;
+            }
+        };
+        let started = ShardReady {
+            shard: id,
+            core: core.map(|core| core.id),
+            recovery: store.recovery_report().clone(),
+        };
+        let context = Rc::new(ShardContext { id, store, shards });
+        if ready.send(Ok(started)).is_err() {
+            return;
+        }
+        serve_mailbox(&context, &mailbox).await;
+    });
+}
+
+async fn serve_mailbox(context: &Rc<ShardContext>, mailbox: &flume::Receiver<Message>) {
+    while let Ok(message) = mailbox.recv_async().await {
+        match message {
+            Message::Run(job) => job(context),
+            Message::Shutdown(reply) => {
+                let result = context
+                    .store
+                    .shutdown()
+                    .await
+                    .map_err(|error| error.to_string());
+                let _ = reply.send((context.id, result));
+                return;
+            }
+        }
+    }
+}
+
+/// A compio runtime on exactly the chosen driver (no silent fallback here:
+/// the backend was probed and logged once at startup).
+pub fn build_runtime(backend: IoBackend) -> std::io::Result<compio::runtime::Runtime> {
+    let mut proactor = ProactorBuilder::new();
+    proactor.capacity(RING_ENTRIES).driver_type(match backend {
+        IoBackend::IoUring => DriverType::IoUring,
+        IoBackend::Epoll => DriverType::Poll,
+    });
+    compio::runtime::RuntimeBuilder::new()
+        .with_proactor(proactor)
+        .build()
+}

@@ -1,0 +1,53 @@
+//! SIGINT and SIGTERM, received synchronously by the main thread.
+//!
+//! The signals are blocked before any shard thread starts (threads inherit
+//! the mask), so no shard is ever interrupted by them. The main thread then
+//! waits in `sigwait` and starts an orderly shutdown: flush, fsync,
+//! checkpoint, exit.
+
+use std::io;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Termination {
+    Interrupt,
+    Terminate,
+}
+
+pub struct TerminationSignals {
+    set: libc::sigset_t,
+}
+
+impl TerminationSignals {
+    /// Block SIGINT and SIGTERM for this thread and every thread it spawns.
+    pub fn block() -> io::Result<TerminationSignals> {
+        // SAFETY: sigemptyset/sigaddset write into the sigset_t we own;
+        // pthread_sigmask reads it. The zeroed value is a valid sigset_t.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            let status = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            if status != 0 {
+                return Err(io::Error::from_raw_os_error(status));
+            }
+            Ok(TerminationSignals { set })
+        }
+    }
+
+    /// Wait for the next SIGINT or SIGTERM.
+    pub fn wait(&self) -> io::Result<Termination> {
+        let mut signal: libc::c_int = 0;
+        loop {
+            // SAFETY: sigwait reads our sigset and writes the signal number.
+            let status = unsafe { libc::sigwait(&self.set, &mut signal) };
+            match status {
+                0 if signal == libc::SIGINT => return Ok(Termination::Interrupt),
+                0 if signal == libc::SIGTERM => return Ok(Termination::Terminate),
+                0 => continue,
+                libc::EINTR => continue,
+                error => return Err(io::Error::from_raw_os_error(error)),
+            }
+        }
+    }
+}

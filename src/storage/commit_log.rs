@@ -1,0 +1,533 @@
+//! A shard's commit log: ordered segments, the appender, and group commit.
+//!
+//! This is a synchronous state machine; the shard's flusher task drives it
+//! (see `shard_store`). What each call means when it returns:
+//!
+//! * [`CommitLog::append_frame`]: **buffered**. The frame has its log position
+//!   and will be written in order; nothing is on disk yet.
+//! * [`CommitLog::written_end`]: every frame ending at or before it is
+//!   **written** to its segment file (readable by fetch; lost on power failure
+//!   unless also durable).
+//! * [`CommitLog::durable_end`]: every frame ending at or before it is
+//!   **fsynced** (fdatasync returned after its write completed).
+//!
+//! Group commit ([`CommitLog::flush`]) submits a write when a chunk fills
+//! (`flush_bytes`), when the oldest unsubmitted append has waited
+//! `flush_interval`, or when the shard is idle. The fdatasync goes linked to
+//! the write whenever an append's durability deadline has passed (acks=all,
+//! or `flush.ms` elapsed), so one fdatasync acknowledges every append it
+//! covers. A failed write or fdatasync poisons the log: watermarks freeze,
+//! appends are refused, and only a restart (with recovery) clears it.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use super::appender::{Appender, ChunkPlace, ChunkWrite, align_down};
+use super::segment::{self, Preallocation, Segment, SegmentError};
+use super::watermark::{DueQueue, RangeWatermark};
+use crate::config::WriteMode;
+use crate::ids::LogPosition;
+use crate::io::{LogIo, LogIoError, LogOp, LogOpDone, SubmitError};
+
+/// Token bit marking a standalone fdatasync (write tokens are chunk ids << 1).
+const SYNC_TOKEN_BIT: u64 = 1;
+
+#[derive(Clone, Debug)]
+pub struct LogOptions {
+    pub dir: PathBuf,
+    pub write_mode: WriteMode,
+    pub segment_bytes: u64,
+    pub chunk_bytes: usize,
+    pub write_buffers: usize,
+    pub inflight_writes_max: usize,
+    pub flush_interval: Duration,
+}
+
+#[derive(Debug, Error)]
+pub enum LogAppendError {
+    #[error(
+        "the commit log is poisoned by an earlier I/O error and accepts nothing until restart: {0}"
+    )]
+    Poisoned(Arc<LogIoError>),
+    #[error("no write buffer space for a {frame_bytes}-byte frame until in-flight writes finish")]
+    NoBufferSpace { frame_bytes: usize },
+    #[error("cannot start a new segment: {0}")]
+    Roll(#[from] SegmentError),
+}
+
+/// Counters for benchmarks and metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogStats {
+    pub writes: u64,
+    pub fsyncs: u64,
+    pub bytes_written: u64,
+    pub frames_appended: u64,
+}
+
+#[derive(Debug)]
+struct InflightOp {
+    token: u64,
+    chunk_id: Option<u64>,
+    data: Option<(LogPosition, LogPosition)>,
+    /// What was written when an fdatasync was issued: what it makes durable.
+    sync_snapshot: Option<RangeWatermark>,
+}
+
+pub struct CommitLog {
+    options: LogOptions,
+    segments: VecDeque<Segment>,
+    appender: Appender,
+    io: Box<dyn LogIo>,
+    inflight: Vec<InflightOp>,
+    written: RangeWatermark,
+    durable: RangeWatermark,
+    due: DueQueue,
+    append_end: LogPosition,
+    oldest_unsubmitted: Option<Instant>,
+    poisoned: Option<Arc<LogIoError>>,
+    next_sync_token: u64,
+    reaped: Vec<LogOpDone>,
+    stats: LogStats,
+}
+
+impl CommitLog {
+    /// Take over recovered `segments` (ascending, possibly empty) with valid
+    /// data up to `end`, which is durable (recovery synced it).
+    pub fn open(
+        options: LogOptions,
+        mut segments: VecDeque<Segment>,
+        end: LogPosition,
+        io: Box<dyn LogIo>,
+    ) -> Result<CommitLog, SegmentError> {
+        let block_bytes = match options.write_mode {
+            WriteMode::Direct => crate::config::DIRECT_IO_ALIGNMENT_BYTES as usize,
+            WriteMode::Buffered => 1,
+        };
+        if segments.is_empty() {
+            let (first, preallocation) =
+                Segment::create(&options.dir, end, options.segment_bytes, options.write_mode)?;
+            log_preallocation(&first, preallocation);
+            segment::sync_dir(&options.dir).map_err(|source| SegmentError::Create {
+                path: options.dir.clone(),
+                source,
+            })?;
+            segments.push_back(first);
+        }
+        let mut appender = Appender::new(options.chunk_bytes, block_bytes, options.write_buffers);
+        let active = segments.back().expect("at least one segment");
+        assert!(
+            active.base <= end && end <= active.end(),
+            "end {end} outside the last segment"
+        );
+        if end < active.end() {
+            let preload = read_partial_block(active, end, block_bytes)?;
+            appender.start_at(place_of(active), end, &preload);
+        }
+        Ok(CommitLog {
+            written: RangeWatermark::new(end.0),
+            durable: RangeWatermark::new(end.0),
+            options,
+            segments,
+            appender,
+            io,
+            inflight: Vec::new(),
+            due: DueQueue::default(),
+            append_end: end,
+            oldest_unsubmitted: None,
+            poisoned: None,
+            next_sync_token: 0,
+            reaped: Vec::new(),
+            stats: LogStats::default(),
+        })
+    }
+
+    /// Buffer a frame made of `parts`; returns its position. `durable_by` is
+    /// when it must be fsynced (now for acks=all), `None` for never forced.
+    pub fn append_frame(
+        &mut self,
+        parts: &[&[u8]],
+        durable_by: Option<Instant>,
+        now: Instant,
+    ) -> Result<LogPosition, LogAppendError> {
+        if let Some(cause) = &self.poisoned {
+            return Err(LogAppendError::Poisoned(Arc::clone(cause)));
+        }
+        let frame_bytes: usize = parts.iter().map(|part| part.len()).sum();
+        assert!(
+            frame_bytes as u64 <= self.options.segment_bytes,
+            "frame larger than a segment"
+        );
+        let needs_roll = self.append_end.0 + frame_bytes as u64 > self.active_segment().end().0;
+        let (position, segment_end) = if needs_roll {
+            let next = self.active_segment().end();
+            (next, next.plus(self.options.segment_bytes))
+        } else {
+            (self.append_end, self.active_segment().end())
+        };
+        let needed = if needs_roll {
+            Appender::buffers_for_fresh(
+                self.options.chunk_bytes,
+                position,
+                frame_bytes,
+                segment_end,
+            )
+        } else {
+            self.appender
+                .buffers_needed(position, frame_bytes, segment_end)
+        };
+        if needed > self.appender.free_buffers() {
+            return Err(LogAppendError::NoBufferSpace { frame_bytes });
+        }
+        if needs_roll {
+            self.roll()?;
+        }
+        let place = place_of(self.active_segment());
+        self.appender.copy(&place, position, parts);
+        self.append_end = position.plus(frame_bytes as u64);
+        if let Some(due) = durable_by {
+            self.due.push(self.append_end.0, due);
+        }
+        self.oldest_unsubmitted.get_or_insert(now);
+        self.stats.frames_appended += 1;
+        Ok(position)
+    }
+
+    /// Start the next segment; the unused tail of the current one is skipped
+    /// (it stays zero, and counts as written and durable: no frame is there).
+    fn roll(&mut self) -> Result<(), SegmentError> {
+        let next_base = self.active_segment().end();
+        let (segment, preallocation) = Segment::create(
+            &self.options.dir,
+            next_base,
+            self.options.segment_bytes,
+            self.options.write_mode,
+        )?;
+        segment::sync_dir(&self.options.dir).map_err(|source| SegmentError::Create {
+            path: segment.path.clone(),
+            source,
+        })?;
+        log_preallocation(&segment, preallocation);
+        self.appender.seal_active();
+        self.written.mark(self.append_end.0, next_base.0);
+        self.durable.mark(self.append_end.0, next_base.0);
+        self.append_end = next_base;
+        self.segments.push_back(segment);
+        Ok(())
+    }
+
+    /// Submit what the group-commit policy says is due. `idle`: the shard has
+    /// nothing else to do, so partial chunks go now.
+    pub fn flush(&mut self, now: Instant, idle: bool) {
+        if self.poisoned.is_some() {
+            return;
+        }
+        let sync_now = self.due.earliest().is_some_and(|due| due <= now);
+        let mut synced_this_round = false;
+        while self.writes_inflight() < self.options.inflight_writes_max {
+            let Some(write) = self.appender.take_sealed_write() else {
+                break;
+            };
+            self.submit_write(write, sync_now);
+            synced_this_round |= sync_now;
+        }
+        let interval_passed = self
+            .oldest_unsubmitted
+            .is_some_and(|oldest| now >= oldest + self.options.flush_interval);
+        if (idle || interval_passed || sync_now)
+            && self.writes_inflight() < self.options.inflight_writes_max
+            && let Some(write) = self.appender.take_active_write()
+        {
+            self.submit_write(write, sync_now);
+            synced_this_round |= sync_now;
+        }
+        if sync_now
+            && !synced_this_round
+            && !self.sync_inflight()
+            && self.written.end() > self.durable.end()
+        {
+            self.submit_sync();
+        }
+        if self.appender.unsubmitted_bytes() == 0 {
+            self.oldest_unsubmitted = None;
+        }
+        if let Err(error) = self.io.flush_submissions() {
+            self.poison_with("io_uring_enter", error);
+        }
+        self.active_segment().touch(segment::now_ms());
+    }
+
+    fn submit_write(&mut self, write: ChunkWrite, sync: bool) {
+        let ChunkWrite {
+            chunk_id,
+            mut op,
+            data_start,
+            data_end,
+        } = write;
+        op.sync = sync;
+        let token = chunk_id << 1;
+        self.stats.writes += 1;
+        self.stats.bytes_written += op.buf_range.len() as u64;
+        self.stats.fsyncs += u64::from(sync);
+        self.inflight.push(InflightOp {
+            token,
+            chunk_id: Some(chunk_id),
+            data: Some((data_start, data_end)),
+            sync_snapshot: sync.then(|| self.written.clone()),
+        });
+        self.submit_op(token, LogOp::Write(op));
+    }
+
+    fn submit_sync(&mut self) {
+        let token = (self.next_sync_token << 1) | SYNC_TOKEN_BIT;
+        self.next_sync_token += 1;
+        self.stats.fsyncs += 1;
+        self.inflight.push(InflightOp {
+            token,
+            chunk_id: None,
+            data: None,
+            sync_snapshot: Some(self.written.clone()),
+        });
+        let file = Arc::clone(&self.active_segment().writer);
+        self.submit_op(token, LogOp::Sync { file });
+    }
+
+    fn submit_op(&mut self, token: u64, op: LogOp) {
+        match self.io.submit(token, op) {
+            Ok(()) => {}
+            // The ring is sized for inflight_writes_max + 1 ops, so this is a bug.
+            Err(SubmitError::QueueFull(_)) => panic!("commit-log I/O queue full: ring undersized"),
+            Err(SubmitError::Failed(error)) => self.poison_with("submit", error),
+        }
+    }
+
+    fn poison_with(&mut self, op: &'static str, error: std::io::Error) {
+        let segment = self.active_segment();
+        let cause = LogIoError::new(op, &segment.writer, 0, 0, error);
+        self.poison(cause);
+    }
+
+    fn poison(&mut self, cause: LogIoError) {
+        if self.poisoned.is_none() {
+            tracing::error!(
+                error = %cause,
+                "commit log poisoned: no more appends are acknowledged; restart to recover"
+            );
+            self.poisoned = Some(Arc::new(cause));
+        }
+    }
+
+    /// Collect finished I/O; returns true if a watermark advanced or the log
+    /// became poisoned (waiters should look again).
+    pub fn reap(&mut self) -> bool {
+        let mut reaped = std::mem::take(&mut self.reaped);
+        self.io.reap(&mut reaped);
+        let written_before = self.written.end();
+        let durable_before = self.durable.end();
+        let poisoned_before = self.poisoned.is_some();
+        for done in reaped.drain(..) {
+            self.on_done(done);
+        }
+        self.reaped = reaped;
+        self.due.satisfy(self.durable.end());
+        self.written.end() != written_before
+            || self.durable.end() != durable_before
+            || self.poisoned.is_some() != poisoned_before
+    }
+
+    fn on_done(&mut self, done: LogOpDone) {
+        let index = self
+            .inflight
+            .iter()
+            .position(|op| op.token == done.token)
+            .expect("completion for an op we submitted");
+        let op = self.inflight.swap_remove(index);
+        if let (Some(chunk_id), Some(buf)) = (op.chunk_id, done.buf) {
+            self.appender.complete(chunk_id, buf);
+        }
+        if let Err(error) = done.result {
+            self.poison(error);
+        }
+        if self.poisoned.is_some() {
+            return;
+        }
+        if let Some((start, end)) = op.data {
+            self.written.mark(start.0, end.0);
+        }
+        if let Some(snapshot) = &op.sync_snapshot {
+            self.durable.merge(snapshot);
+            if let Some((start, end)) = op.data {
+                self.durable.mark(start.0, end.0);
+            }
+        }
+    }
+
+    /// When the flusher must run next even without new appends or completions.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let interval = self
+            .oldest_unsubmitted
+            .map(|oldest| oldest + self.options.flush_interval);
+        match (interval, self.due.earliest()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Force every appended byte towards durability at the next flush
+    /// (shutdown, or an explicit sync).
+    pub fn require_durable_now(&mut self, now: Instant) {
+        if self.append_end.0 > self.durable.end() {
+            self.due.push(self.append_end.0, now);
+        }
+    }
+
+    pub fn ready_fd(&self) -> &crate::io::EventFd {
+        self.io.ready_fd()
+    }
+
+    pub fn written_end(&self) -> LogPosition {
+        LogPosition(self.written.end())
+    }
+
+    pub fn durable_end(&self) -> LogPosition {
+        LogPosition(self.durable.end())
+    }
+
+    pub fn append_end(&self) -> LogPosition {
+        self.append_end
+    }
+
+    pub fn poisoned(&self) -> Option<&Arc<LogIoError>> {
+        self.poisoned.as_ref()
+    }
+
+    pub fn io_inflight(&self) -> usize {
+        self.io.inflight()
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.stats
+    }
+
+    fn writes_inflight(&self) -> usize {
+        self.inflight
+            .iter()
+            .filter(|op| op.chunk_id.is_some())
+            .count()
+    }
+
+    fn sync_inflight(&self) -> bool {
+        self.inflight.iter().any(|op| op.sync_snapshot.is_some())
+    }
+
+    fn active_segment(&self) -> &Segment {
+        self.segments.back().expect("the log always has a segment")
+    }
+
+    pub fn segments(&self) -> impl DoubleEndedIterator<Item = &Segment> + ExactSizeIterator {
+        self.segments.iter()
+    }
+
+    /// The segment holding `position`, if it still exists.
+    pub fn segment_at(&self, position: LogPosition) -> Option<&Segment> {
+        let index = self
+            .segments
+            .partition_point(|segment| segment.end() <= position);
+        self.segments
+            .get(index)
+            .filter(|segment| segment.contains(position))
+    }
+
+    /// Position of the oldest byte still on disk.
+    pub fn start(&self) -> LogPosition {
+        self.segments
+            .front()
+            .expect("the log always has a segment")
+            .base
+    }
+
+    /// Remove the oldest segment unless it is the active one; returns its range.
+    pub fn delete_oldest_segment(
+        &mut self,
+    ) -> Option<(LogPosition, LogPosition, std::io::Result<()>)> {
+        if self.segments.len() < 2 {
+            return None;
+        }
+        let oldest = self.segments.pop_front().expect("checked length");
+        let result = std::fs::remove_file(&oldest.path);
+        Some((oldest.base, oldest.end(), result))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.options.dir
+    }
+}
+
+impl Appender {
+    /// Buffers a frame needs when it starts a fresh segment at `position`.
+    pub fn buffers_for_fresh(
+        chunk_bytes: usize,
+        position: LogPosition,
+        len: usize,
+        segment_end: LogPosition,
+    ) -> usize {
+        let room_to_end = (segment_end.0 - position.0) as usize;
+        assert!(len <= room_to_end, "frame larger than a segment");
+        len.div_ceil(chunk_bytes)
+    }
+}
+
+fn place_of(segment: &Segment) -> ChunkPlace {
+    ChunkPlace {
+        file: Arc::clone(&segment.writer),
+        segment_base: segment.base,
+        segment_end: segment.end(),
+    }
+}
+
+/// The bytes from the start of `end`'s block up to `end`: a direct-mode
+/// rewrite of that block must carry them.
+fn read_partial_block(
+    segment: &Segment,
+    end: LogPosition,
+    block_bytes: usize,
+) -> Result<Vec<u8>, SegmentError> {
+    let offset = segment.file_offset(end) as usize;
+    let block_start = align_down(offset, block_bytes);
+    let mut preload = vec![0u8; offset - block_start];
+    let read = segment
+        .read_at(segment.base.plus(block_start as u64), &mut preload)
+        .map_err(|source| SegmentError::Open {
+            path: segment.path.clone(),
+            source,
+        })?;
+    if read != preload.len() {
+        return Err(SegmentError::Open {
+            path: segment.path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "segment ends inside its last block (read {read} of {} bytes)",
+                    preload.len()
+                ),
+            ),
+        });
+    }
+    Ok(preload)
+}
+
+fn log_preallocation(segment: &Segment, preallocation: Preallocation) {
+    match preallocation {
+        Preallocation::WrittenZeroes => tracing::debug!(
+            path = %segment.path.display(),
+            "segment preallocated with FALLOC_FL_WRITE_ZEROES (written extents)"
+        ),
+        Preallocation::Unwritten => tracing::debug!(
+            path = %segment.path.display(),
+            "segment preallocated with fallocate (unwritten extents; fdatasync also commits extent conversion)"
+        ),
+    }
+}

@@ -1,0 +1,254 @@
+//! A partition as its owning shard sees it: identity, settings, offsets and
+//! consume queue.
+//!
+//! Each partition has a directory `partitions/<id, 10 digits>/` holding its
+//! `partition.meta` (written once, at creation, and fsynced) and its consume
+//! queue files. Offsets:
+//!
+//! * `log_start_offset`: the first offset still readable (retention moves it);
+//! * `high_watermark`: every offset below it is written to the commit log and
+//!   may be fetched;
+//! * `next_offset`: the offset the next appended batch gets.
+//!
+//! Invariant: log_start_offset <= high_watermark <= next_offset.
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use super::consume_queue::{ConsumeQueue, QueueEntry, QueueError};
+use crate::config::RetentionConfig;
+use crate::ids::{LogPosition, Offset, PartitionId};
+
+pub const META_FILE: &str = "partition.meta";
+const META_MAGIC: [u8; 4] = *b"SLPM";
+const META_VERSION: u8 = 1;
+/// Kafka's limit on topic name length.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// Per-partition settings that storage enforces (from the topic's configs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionConfig {
+    /// `retention.ms`; -1 keeps data forever.
+    pub retention_ms: i64,
+    /// `retention.bytes`; -1 means no size limit.
+    pub retention_bytes: i64,
+    /// `flush.ms`: data not asked to be durable is fsynced within this long.
+    pub flush_ms: u64,
+}
+
+impl PartitionConfig {
+    pub fn from_defaults(retention: &RetentionConfig) -> PartitionConfig {
+        PartitionConfig {
+            retention_ms: retention.retention_ms,
+            retention_bytes: retention.retention_bytes,
+            flush_ms: retention.flush_ms,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionMeta {
+    pub id: PartitionId,
+    pub topic: String,
+    pub index: u32,
+}
+
+#[derive(Debug, Error)]
+pub enum MetaError {
+    #[error("cannot access partition metadata {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("partition metadata {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+impl PartitionMeta {
+    pub fn encode(&self) -> Vec<u8> {
+        let topic = self.topic.as_bytes();
+        assert!(topic.len() <= TOPIC_NAME_BYTES_MAX);
+        let mut out = Vec::with_capacity(20 + topic.len());
+        out.extend_from_slice(&META_MAGIC);
+        out.push(META_VERSION);
+        out.extend_from_slice(&[0; 3]);
+        out.extend_from_slice(&self.id.0.to_le_bytes());
+        out.extend_from_slice(&self.index.to_le_bytes());
+        out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+        out.extend_from_slice(topic);
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<PartitionMeta, MetaError> {
+        let corrupt = |reason: &str| MetaError::Corrupt {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if bytes.len() < 22 || bytes[..4] != META_MAGIC {
+            return Err(corrupt("no partition.meta magic"));
+        }
+        if bytes[4] != META_VERSION {
+            return Err(corrupt("unsupported version"));
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+            return Err(corrupt("CRC mismatch"));
+        }
+        let read_u32 =
+            |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes"));
+        let topic_len = u16::from_le_bytes([body[16], body[17]]) as usize;
+        if body.len() != 18 + topic_len {
+            return Err(corrupt("topic length does not match the file"));
+        }
+        let topic = std::str::from_utf8(&body[18..])
+            .map_err(|_| corrupt("topic name is not UTF-8"))?
+            .to_owned();
+        Ok(PartitionMeta {
+            id: PartitionId(read_u32(8)),
+            index: read_u32(12),
+            topic,
+        })
+    }
+}
+
+pub struct Partition {
+    pub meta: PartitionMeta,
+    pub config: PartitionConfig,
+    pub dir: PathBuf,
+    pub queue: ConsumeQueue,
+    pub log_start_offset: Offset,
+    pub high_watermark: Offset,
+    pub next_offset: Offset,
+}
+
+impl Partition {
+    /// A partition over its (recovered) queue; offsets follow from the queue
+    /// and what the checkpoint remembered.
+    pub fn new(
+        meta: PartitionMeta,
+        config: PartitionConfig,
+        dir: PathBuf,
+        queue: ConsumeQueue,
+        remembered: Option<(Offset, Offset)>,
+    ) -> Partition {
+        let (remembered_start, remembered_next) = remembered.unwrap_or((Offset(0), Offset(0)));
+        let first = queue.first().map(|entry| entry.base_offset);
+        let next_from_queue = queue.last().map_or(Offset(0), |entry| entry.next_offset());
+        let next_offset = next_from_queue.max(remembered_next).max(remembered_start);
+        let log_start_offset = match first {
+            Some(first) => first.max(remembered_start),
+            None => next_offset,
+        };
+        Partition {
+            meta,
+            config,
+            dir,
+            queue,
+            log_start_offset,
+            high_watermark: next_offset,
+            next_offset,
+        }
+    }
+
+    pub fn id(&self) -> PartitionId {
+        self.meta.id
+    }
+
+    /// Running maximum timestamp over the partition's batches.
+    pub fn max_timestamp_ms(&self) -> i64 {
+        self.queue
+            .last()
+            .map_or(i64::MIN, |entry| entry.max_timestamp_ms)
+    }
+
+    /// Index a batch that was just placed at `position`.
+    pub fn index_batch(
+        &mut self,
+        position: LogPosition,
+        batch_len: u32,
+        last_offset_delta: u32,
+        batch_max_timestamp_ms: i64,
+    ) -> Result<(), QueueError> {
+        let entry = QueueEntry {
+            base_offset: self.next_offset,
+            position,
+            batch_len,
+            last_offset_delta,
+            max_timestamp_ms: batch_max_timestamp_ms.max(self.max_timestamp_ms()),
+        };
+        self.queue.append(entry)?;
+        self.next_offset = entry.next_offset();
+        Ok(())
+    }
+
+    /// Move the log start forward (retention, or data deleted underneath).
+    pub fn advance_log_start(&mut self, offset: Offset) -> Result<(), QueueError> {
+        if offset <= self.log_start_offset {
+            return Ok(());
+        }
+        self.log_start_offset = offset.min(self.next_offset);
+        self.queue.drop_files_before(self.log_start_offset)?;
+        Ok(())
+    }
+
+    /// Bytes of retained batches (for `retention.bytes`). Walks the queue, so
+    /// it is only called for partitions that set a size limit.
+    pub fn retained_bytes(&self) -> u64 {
+        let start = self.queue.search_offset(self.log_start_offset);
+        (start..self.queue.tail_index())
+            .filter_map(|index| self.queue.get(index))
+            .map(|entry| u64::from(entry.batch_len))
+            .sum()
+    }
+}
+
+pub fn validate_topic_name(topic: &str) -> Result<(), String> {
+    if topic.is_empty() || topic.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(format!(
+            "topic name must be 1..={TOPIC_NAME_BYTES_MAX} bytes"
+        ));
+    }
+    if topic == "." || topic == ".." {
+        return Err("topic name cannot be \".\" or \"..\"".to_owned());
+    }
+    if let Some(bad) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name has illegal character {bad:?}: use [a-zA-Z0-9._-]"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_round_trips_and_detects_damage() {
+        let meta = PartitionMeta {
+            id: PartitionId(12),
+            topic: "orders.eu".to_owned(),
+            index: 3,
+        };
+        let mut bytes = meta.encode();
+        assert_eq!(PartitionMeta::decode(&bytes, Path::new("x")).unwrap(), meta);
+        bytes[10] ^= 1;
+        assert!(PartitionMeta::decode(&bytes, Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("a.b_c-9").is_ok());
+        assert!(validate_topic_name("").is_err());
+        assert!(validate_topic_name("..").is_err());
+        assert!(validate_topic_name("bad/name").is_err());
+        assert!(validate_topic_name(&"x".repeat(250)).is_err());
+    }
+}

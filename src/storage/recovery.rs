@@ -1,0 +1,488 @@
+//! Recovery: bring a shard's commit log and consume queues back to a
+//! consistent state after a clean stop or a crash.
+//!
+//! 1. Open the segments, the checkpoint (if valid) and the partitions. Open
+//!    each queue trusting only the entries the checkpoint vouches for. A queue
+//!    with fewer entries than that (files deleted or lost) is *behind* and is
+//!    rebuilt from where it stops, from the first segment if it is gone.
+//! 2. Scan from the earliest point anyone needs, verifying every frame (header
+//!    CRC, batch structure, batch CRC), and index each frame a queue lacks.
+//! 3. At an invalid frame, look ahead a bounded window for the next valid
+//!    frame. If one exists, the damaged range is skipped and logged: nothing
+//!    indexes it, and frames after it are kept. If none exists, valid data
+//!    ends there.
+//! 4. Only after the scan: zero the torn bytes after the end, drop trailing
+//!    segments without frames, fsync, and report what was found.
+//!
+//! Nothing past the last valid frame is ever indexed, so nothing half-written
+//! is ever served.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use super::checkpoint::{Checkpoint, CheckpointError, PartitionCheckpoint};
+use super::consume_queue::{ConsumeQueue, QueueEntry, QueueError};
+use super::frame::FRAME_HEADER_BYTES;
+use super::layout::ShardLayout;
+use super::partition::{META_FILE, MetaError, Partition, PartitionConfig, PartitionMeta};
+use super::segment::{self, Segment, SegmentError, list_segments};
+use super::segment_reader::{FrameScanner, ScanItem};
+use crate::config::WriteMode;
+use crate::ids::{LogPosition, Offset, PartitionId};
+
+#[derive(Clone, Debug)]
+pub struct RecoveryOptions {
+    pub layout: ShardLayout,
+    pub write_mode: WriteMode,
+    pub entries_per_file: u32,
+    /// Largest plausible frame payload; bigger lengths are damage.
+    pub payload_len_max: u64,
+    /// How far past an invalid frame to look for a valid one.
+    pub resync_window_bytes: u64,
+}
+
+#[derive(Debug, Error)]
+pub enum RecoveryError {
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("recovery I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckpointStatus {
+    Found(LogPosition),
+    Missing,
+    Damaged(String),
+}
+
+/// What recovery found and did, for the startup log and for tests.
+#[derive(Clone, Debug)]
+pub struct RecoveryReport {
+    pub checkpoint: CheckpointStatus,
+    pub segments: usize,
+    pub partitions: usize,
+    pub scan_start: LogPosition,
+    pub end: LogPosition,
+    pub frames_scanned: u64,
+    pub bytes_scanned: u64,
+    pub frames_reindexed: u64,
+    pub orphan_frames: u64,
+    /// Damaged ranges skipped in the middle of the log: (start, bytes, why).
+    pub skipped: Vec<(LogPosition, u64, String)>,
+    /// Torn or garbage bytes zeroed after the last valid frame.
+    pub truncated_bytes: u64,
+    pub truncated_at: Option<LogPosition>,
+    pub queues_rebuilt: Vec<PartitionId>,
+    pub elapsed: Duration,
+}
+
+pub struct Recovered {
+    pub segments: VecDeque<Segment>,
+    pub end: LogPosition,
+    pub partitions: Vec<Partition>,
+    pub next_partition_id: u32,
+    pub report: RecoveryReport,
+}
+
+struct QueueState {
+    meta: PartitionMeta,
+    queue: ConsumeQueue,
+    remembered: Option<PartitionCheckpoint>,
+}
+
+pub fn recover(
+    options: &RecoveryOptions,
+    default_config: PartitionConfig,
+) -> Result<Recovered, RecoveryError> {
+    let started = Instant::now();
+    let layout = &options.layout;
+    layout
+        .create_dirs()
+        .map_err(|source| io_error(layout.root(), source))?;
+    let mut segments = open_segments(options)?;
+    let (checkpoint, checkpoint_status) = load_checkpoint(layout);
+    let first_base = segments
+        .front()
+        .map_or(LogPosition::ZERO, |segment| segment.base);
+    let log_limit = segments.back().map_or(LogPosition::ZERO, Segment::end);
+    let checkpoint = checkpoint.filter(|checkpoint| {
+        checkpoint.indexed_position >= first_base && checkpoint.indexed_position <= log_limit
+    });
+    let indexed = checkpoint
+        .as_ref()
+        .map_or(first_base, |checkpoint| checkpoint.indexed_position);
+    let remembered: HashMap<PartitionId, PartitionCheckpoint> = checkpoint
+        .iter()
+        .flat_map(|checkpoint| {
+            checkpoint
+                .partitions
+                .iter()
+                .map(|partition| (partition.id, *partition))
+        })
+        .collect();
+
+    let metas = load_metas(layout)?;
+    let next_partition_id =
+        read_partition_ids(layout).max(metas.iter().map(|meta| meta.id.0 + 1).max().unwrap_or(0));
+    let mut report = RecoveryReport {
+        checkpoint: checkpoint_status,
+        segments: segments.len(),
+        partitions: metas.len(),
+        scan_start: indexed,
+        end: indexed,
+        frames_scanned: 0,
+        bytes_scanned: 0,
+        frames_reindexed: 0,
+        orphan_frames: 0,
+        skipped: Vec::new(),
+        truncated_bytes: 0,
+        truncated_at: None,
+        queues_rebuilt: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    let mut queues = HashMap::new();
+    for meta in metas {
+        let remembered = remembered.get(&meta.id).copied();
+        let (state, resume) = open_queue(options, meta, remembered, first_base)?;
+        if let Some(resume) = resume {
+            report.queues_rebuilt.push(state.meta.id);
+            report.scan_start = report.scan_start.min(resume);
+        }
+        queues.insert(state.meta.id, state);
+    }
+
+    let scan_from = report.scan_start.max(first_base);
+    let (end, tails) = scan(
+        options,
+        &segments,
+        scan_from,
+        indexed,
+        &mut queues,
+        &mut report,
+    )?;
+    finish_log(&mut segments, end, tails, options, &mut report)?;
+    report.end = end;
+
+    let partitions = queues
+        .into_values()
+        .map(|state| {
+            let dir = layout.partition_dir(state.meta.id);
+            let remembered = state
+                .remembered
+                .map(|checkpoint| (checkpoint.log_start_offset, checkpoint.next_offset));
+            Partition::new(state.meta, default_config, dir, state.queue, remembered)
+        })
+        .collect();
+    report.elapsed = started.elapsed();
+    Ok(Recovered {
+        segments,
+        end,
+        partitions,
+        next_partition_id,
+        report,
+    })
+}
+
+fn open_segments(options: &RecoveryOptions) -> Result<VecDeque<Segment>, RecoveryError> {
+    let log_dir = options.layout.log_dir();
+    let mut segments = VecDeque::new();
+    for base in list_segments(&log_dir)? {
+        let segment = Segment::open(&log_dir, base, options.write_mode)?;
+        if let Some(previous) = segments.back().map(Segment::end)
+            && previous != segment.base
+        {
+            tracing::warn!(
+                expected = previous.0,
+                found = segment.base.0,
+                "commit-log segments are not contiguous; positions in the gap are lost"
+            );
+        }
+        segments.push_back(segment);
+    }
+    Ok(segments)
+}
+
+fn load_checkpoint(layout: &ShardLayout) -> (Option<Checkpoint>, CheckpointStatus) {
+    match Checkpoint::load(layout.root()) {
+        Ok(Some(checkpoint)) => {
+            let position = checkpoint.indexed_position;
+            (Some(checkpoint), CheckpointStatus::Found(position))
+        }
+        Ok(None) => (None, CheckpointStatus::Missing),
+        Err(error @ (CheckpointError::Corrupt { .. } | CheckpointError::Io { .. })) => {
+            tracing::warn!(%error, "ignoring the checkpoint");
+            (None, CheckpointStatus::Damaged(error.to_string()))
+        }
+    }
+}
+
+fn load_metas(layout: &ShardLayout) -> Result<Vec<PartitionMeta>, RecoveryError> {
+    let dir = layout.partitions_dir();
+    let mut metas = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|source| io_error(&dir, source))? {
+        let path = entry.map_err(|source| io_error(&dir, source))?.path();
+        let meta_path = path.join(META_FILE);
+        let bytes = match std::fs::read(&meta_path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                // A creation interrupted before its metadata was durable: the
+                // partition was never announced, so nothing refers to it.
+                tracing::warn!(path = %path.display(), "removing partition directory without metadata");
+                std::fs::remove_dir_all(&path).map_err(|source| io_error(&path, source))?;
+                continue;
+            }
+            Err(source) => return Err(io_error(&meta_path, source)),
+        };
+        metas.push(PartitionMeta::decode(&bytes, &meta_path)?);
+    }
+    metas.sort_by_key(|meta| meta.id);
+    Ok(metas)
+}
+
+fn read_partition_ids(layout: &ShardLayout) -> u32 {
+    std::fs::read_to_string(layout.partition_ids_file())
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open a partition's queue; returns where its rebuild must start if it is
+/// behind what the checkpoint vouched for.
+fn open_queue(
+    options: &RecoveryOptions,
+    meta: PartitionMeta,
+    remembered: Option<PartitionCheckpoint>,
+    first_base: LogPosition,
+) -> Result<(QueueState, Option<LogPosition>), RecoveryError> {
+    let dir = options.layout.partition_dir(meta.id);
+    let trusted = remembered.map_or(0, |checkpoint| checkpoint.queue_entries);
+    let queue = match ConsumeQueue::open(&dir, options.entries_per_file, trusted) {
+        Ok(queue) => queue,
+        Err(error @ QueueError::Gap { .. }) => {
+            tracing::warn!(%error, partition = meta.id.0, "rebuilding consume queue");
+            remove_queue_files(&dir)?;
+            ConsumeQueue::open(&dir, options.entries_per_file, 0)?
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let resume = (queue.tail_index() < trusted).then(|| {
+        queue.last().map_or(first_base, |entry| {
+            entry
+                .position
+                .plus(FRAME_HEADER_BYTES as u64 + u64::from(entry.batch_len))
+        })
+    });
+    if let Some(resume) = resume {
+        tracing::warn!(
+            partition = meta.id.0,
+            topic = %meta.topic,
+            index = meta.index,
+            entries = queue.tail_index(),
+            expected = trusted,
+            from_position = resume.0,
+            "consume queue is behind the checkpoint; re-indexing it from the commit log"
+        );
+    }
+    Ok((
+        QueueState {
+            meta,
+            queue,
+            remembered,
+        },
+        resume,
+    ))
+}
+
+fn remove_queue_files(dir: &std::path::Path) -> Result<(), RecoveryError> {
+    for entry in std::fs::read_dir(dir).map_err(|source| io_error(dir, source))? {
+        let path = entry.map_err(|source| io_error(dir, source))?.path();
+        if path.extension().is_some_and(|extension| extension == "cq") {
+            std::fs::remove_file(&path).map_err(|source| io_error(&path, source))?;
+        }
+    }
+    Ok(())
+}
+
+/// Non-zero bytes after the last valid frame of a segment: a torn write,
+/// or garbage. Zeroed if the log resumes there.
+struct TornTail {
+    position: LogPosition,
+    bytes: u64,
+    reason: String,
+}
+
+/// Scan from `start`, indexing frames the queues lack. Returns the end of the
+/// last valid frame (or `indexed` if nothing valid follows it) and the torn
+/// tails seen.
+fn scan(
+    options: &RecoveryOptions,
+    segments: &VecDeque<Segment>,
+    start: LogPosition,
+    indexed: LogPosition,
+    queues: &mut HashMap<PartitionId, QueueState>,
+    report: &mut RecoveryReport,
+) -> Result<(LogPosition, Vec<TornTail>), RecoveryError> {
+    let mut end = indexed.max(start);
+    let mut tails = Vec::new();
+    for segment in segments {
+        if segment.end() <= start {
+            continue;
+        }
+        let mut scanner = FrameScanner::new(segment, options.payload_len_max);
+        let mut at = start.max(segment.base);
+        loop {
+            match scanner
+                .read(at)
+                .map_err(|source| io_error(&segment.path, source))?
+            {
+                ScanItem::Frame {
+                    position,
+                    header,
+                    batch,
+                } => {
+                    report.frames_scanned += 1;
+                    report.bytes_scanned += header.frame_len();
+                    index_frame(
+                        queues,
+                        position,
+                        header.partition,
+                        header.payload_len,
+                        &batch,
+                        report,
+                    )?;
+                    at = position.plus(header.frame_len());
+                    end = end.max(at);
+                }
+                ScanItem::SegmentEnd => break,
+                ScanItem::Invalid { position, reason } => {
+                    let limit = position.plus(options.resync_window_bytes);
+                    let next = scanner
+                        .find_next_frame(position.plus(1), limit)
+                        .map_err(|source| io_error(&segment.path, source))?;
+                    let Some(next) = next else {
+                        let bytes = scanner
+                            .nonzero_extent(position, limit)
+                            .map_err(|source| io_error(&segment.path, source))?;
+                        if bytes > 0 {
+                            tails.push(TornTail {
+                                position,
+                                bytes,
+                                reason,
+                            });
+                        }
+                        break;
+                    };
+                    tracing::error!(
+                        segment = %segment.path.display(),
+                        position = position.0,
+                        bytes = next.0 - position.0,
+                        %reason,
+                        "damaged commit-log range skipped; valid frames follow it and are kept"
+                    );
+                    report.skipped.push((position, next.0 - position.0, reason));
+                    at = next;
+                }
+            }
+        }
+    }
+    Ok((end, tails))
+}
+
+fn index_frame(
+    queues: &mut HashMap<PartitionId, QueueState>,
+    position: LogPosition,
+    partition: PartitionId,
+    payload_len: u32,
+    batch: &crate::record_batch::BatchHeader,
+    report: &mut RecoveryReport,
+) -> Result<(), RecoveryError> {
+    let Some(state) = queues.get_mut(&partition) else {
+        // A deleted partition's frames stay in the log until retention.
+        report.orphan_frames += 1;
+        return Ok(());
+    };
+    let next = state
+        .queue
+        .last()
+        .map_or(Offset(i64::MIN), |entry| entry.next_offset());
+    if batch.base_offset < next.0 {
+        return Ok(());
+    }
+    let running_max = state
+        .queue
+        .last()
+        .map_or(i64::MIN, |entry| entry.max_timestamp_ms);
+    state.queue.append(QueueEntry {
+        base_offset: Offset(batch.base_offset),
+        position,
+        batch_len: payload_len,
+        last_offset_delta: batch.last_offset_delta as u32,
+        max_timestamp_ms: batch.max_timestamp_ms.max(running_max),
+    })?;
+    report.frames_reindexed += 1;
+    Ok(())
+}
+
+/// Drop segments holding no frames, zero the torn bytes after `end`, and
+/// fsync the segment that holds the end so recovered data is durable.
+fn finish_log(
+    segments: &mut VecDeque<Segment>,
+    end: LogPosition,
+    tails: Vec<TornTail>,
+    options: &RecoveryOptions,
+    report: &mut RecoveryReport,
+) -> Result<(), RecoveryError> {
+    while segments.len() > 1 && segments.back().is_some_and(|segment| segment.base >= end) {
+        let segment = segments.pop_back().expect("checked length");
+        tracing::info!(segment = %segment.path.display(), "removing segment with no valid frames");
+        std::fs::remove_file(&segment.path).map_err(|source| io_error(&segment.path, source))?;
+    }
+    let Some(last) = segments.back() else {
+        return Ok(());
+    };
+    for tail in tails {
+        if !last.contains(tail.position) || tail.position < end {
+            // Behind the resume point: dead space that is never written again.
+            tracing::info!(position = tail.position.0, bytes = tail.bytes, reason = %tail.reason, "unused torn bytes at the end of an older segment");
+            continue;
+        }
+        tracing::warn!(
+            segment = %last.path.display(),
+            position = end.0,
+            bytes = tail.bytes,
+            reason = %tail.reason,
+            "torn write after the last valid frame; truncating"
+        );
+        let until = tail
+            .position
+            .plus(tail.bytes)
+            .max(end.plus(options.resync_window_bytes))
+            .min(last.end());
+        segment::zero_range(last, end, until).map_err(|source| io_error(&last.path, source))?;
+        report.truncated_bytes += tail.bytes;
+        report.truncated_at = Some(end);
+    }
+    last.reader
+        .sync_data()
+        .map_err(|source| io_error(&last.path, source))?;
+    Ok(())
+}
+
+fn io_error(path: &std::path::Path, source: std::io::Error) -> RecoveryError {
+    RecoveryError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}

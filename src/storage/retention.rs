@@ -1,0 +1,126 @@
+//! Retention: what may be deleted, by age, by size and under disk pressure.
+//!
+//! Partitions share the shard's commit log, so retention works in two layers:
+//!
+//! 1. **Logical**, per partition: `retention.ms` moves the log start past
+//!    batches in segments last written before `now - retention.ms` (age is the
+//!    segment's last write, as in RocketMQ, so client timestamps cannot pin
+//!    data). `retention.bytes` moves it until the retained batches fit.
+//! 2. **Physical**, per shard: a segment file is deleted once no partition
+//!    still retains a batch in it. A topic that keeps data longer than the
+//!    others therefore keeps the segments it shares with them.
+//!
+//! Disk guards ([`DiskPressure`]): above `disk_clean_ratio` retention runs at
+//! every disk check instead of every `check_interval_ms`; above
+//! `disk_force_clean_ratio` the oldest segments go even if they are not
+//! expired (their partitions' log starts move past them); above
+//! `disk_reject_ratio` appends are refused with a retriable error until usage
+//! drops.
+
+use crate::config::RetentionConfig;
+use crate::ids::{LogPosition, Offset};
+
+use super::partition::Partition;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DiskPressure {
+    Normal,
+    /// Delete expired segments at every check.
+    Clean,
+    /// Delete the oldest segments regardless of expiry.
+    ForceClean,
+    /// Also refuse appends.
+    Reject,
+}
+
+impl DiskPressure {
+    pub fn from_ratio(ratio: f64, config: &RetentionConfig) -> DiskPressure {
+        if ratio >= config.disk_reject_ratio {
+            DiskPressure::Reject
+        } else if ratio >= config.disk_force_clean_ratio {
+            DiskPressure::ForceClean
+        } else if ratio >= config.disk_clean_ratio {
+            DiskPressure::Clean
+        } else {
+            DiskPressure::Normal
+        }
+    }
+}
+
+/// Segment ages, oldest first: (base, end, last write ms).
+pub type SegmentAges = [(LogPosition, LogPosition, u64)];
+
+/// The log start `partition` should have under its own retention settings.
+pub fn retained_start(partition: &Partition, segments: &SegmentAges, now_ms: u64) -> Offset {
+    let mut start = partition.log_start_offset;
+    if partition.config.retention_ms >= 0 {
+        let cutoff_ms = now_ms.saturating_sub(partition.config.retention_ms as u64);
+        let boundary = segments
+            .iter()
+            .find(|(_, _, last_write_ms)| *last_write_ms >= cutoff_ms)
+            .map(|(base, _, _)| *base);
+        let first_kept = match boundary {
+            Some(boundary) => first_offset_at_or_after(partition, boundary),
+            // Every segment is older than the cutoff: nothing is retained.
+            None => partition.high_watermark,
+        };
+        start = start.max(first_kept);
+    }
+    if partition.config.retention_bytes >= 0 {
+        start = start.max(start_within_bytes(
+            partition,
+            start,
+            partition.config.retention_bytes as u64,
+        ));
+    }
+    start.min(partition.high_watermark)
+}
+
+/// The first offset whose batch lies at or after `position` (the high
+/// watermark if none): where the log start moves when the log before
+/// `position` goes away.
+pub fn first_offset_at_or_after(partition: &Partition, position: LogPosition) -> Offset {
+    let index = partition.queue.count_below(position);
+    partition
+        .queue
+        .get(index)
+        .map_or(partition.next_offset, |entry| entry.base_offset)
+        .min(partition.high_watermark)
+}
+
+/// The smallest batch-aligned start at or after `start` whose batches fit in
+/// `limit_bytes` (only written batches count).
+fn start_within_bytes(partition: &Partition, start: Offset, limit_bytes: u64) -> Offset {
+    let queue = &partition.queue;
+    let first = queue.search_offset(start);
+    let mut kept_bytes = 0u64;
+    let mut kept_from = queue.tail_index();
+    for index in (first..queue.tail_index()).rev() {
+        let Some(entry) = queue.get(index) else {
+            break;
+        };
+        if entry.base_offset >= partition.high_watermark {
+            continue;
+        }
+        if kept_bytes + u64::from(entry.batch_len) > limit_bytes {
+            break;
+        }
+        kept_bytes += u64::from(entry.batch_len);
+        kept_from = index;
+    }
+    queue
+        .get(kept_from)
+        .map_or(partition.high_watermark, |entry| entry.base_offset)
+}
+
+/// The lowest log position any partition still needs (None: none needs any).
+pub fn lowest_needed_position(
+    partitions: &mut dyn Iterator<Item = &Partition>,
+) -> Option<LogPosition> {
+    partitions
+        .filter_map(|partition| {
+            let index = partition.queue.search_offset(partition.log_start_offset);
+            partition.queue.get(index).map(|entry| entry.position)
+        })
+        .min()
+}
