@@ -28,5 +28,5 @@ pub use partition::PartitionConfig;
 pub use recovery::{CheckpointStatus, RecoveryReport};
 pub use shard_store::{
     AppendError, AppendReceipt, Durability, OpenError, PartitionError, PartitionOffsets, ReadError,
-    ReadResult, ReadSpan, ShardStore, StoreOptions, read_span,
+    ReadResult, ReadSpan, ShardStore, StoreHooks, StoreOptions, read_span,
 };

@@ -44,7 +44,7 @@ use super::retention::{self, DiskPressure};
 use super::segment::{self, SegmentError};
 use crate::config::{RetentionConfig, StorageConfig};
 use crate::ids::{LogPosition, Offset, PartitionId, ShardId};
-use crate::io::{EventFd, IoBackend, LogIoError, new_log_io};
+use crate::io::{EventFd, IoBackend, LogIo, LogIoError, new_log_io};
 use crate::record_batch::{self, ValidatedBatch};
 use crate::shard::local_sync::{Event, FifoGate, Notify, yield_now};
 
@@ -70,6 +70,14 @@ pub struct StoreOptions {
     pub storage: StorageConfig,
     pub retention: RetentionConfig,
     pub backend: IoBackend,
+}
+
+/// Parts of a store that tests replace: the commit log's device (to inject
+/// faults or simulate power loss) and the disk-usage probe.
+#[derive(Default)]
+pub struct StoreHooks {
+    pub log_io: Option<Box<dyn LogIo>>,
+    pub disk_probe: Option<DiskUsageProbe>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -99,6 +107,8 @@ pub enum AppendError {
         usage_percent: f64,
         limit_percent: f64,
     },
+    #[error("batch of {size} bytes exceeds storage.message_max_bytes ({limit})")]
+    BatchTooLarge { size: usize, limit: u32 },
     #[error("storage error (retriable): {0}")]
     Storage(String),
     #[error("the shard is shutting down")]
@@ -238,15 +248,18 @@ impl ShardStore {
     /// Recover the shard's files and start its tasks. Must run inside the
     /// shard's compio runtime.
     pub fn open(options: StoreOptions) -> Result<Rc<ShardStore>, OpenError> {
-        let probe = statvfs_probe(options.data_dir.clone());
-        ShardStore::open_with_probe(options, probe)
+        ShardStore::open_with(options, StoreHooks::default())
     }
 
-    /// As [`ShardStore::open`], with an injected disk-usage probe (tests).
-    pub fn open_with_probe(
+    /// As [`ShardStore::open`], with parts replaced (fault injection, fake
+    /// disk usage).
+    pub fn open_with(
         options: StoreOptions,
-        disk_probe: DiskUsageProbe,
+        hooks: StoreHooks,
     ) -> Result<Rc<ShardStore>, OpenError> {
+        let disk_probe = hooks
+            .disk_probe
+            .unwrap_or_else(|| statvfs_probe(options.data_dir.clone()));
         let shard = options.shard;
         let layout = ShardLayout::new(&options.data_dir, shard);
         let storage = &options.storage;
@@ -260,12 +273,15 @@ impl ShardStore {
         let default_config = PartitionConfig::from_defaults(&options.retention);
         let recovered = recover(&recovery_options, default_config)
             .map_err(|source| OpenError::Recovery { shard, source })?;
-        let io = new_log_io(
-            options.backend,
-            storage.inflight_writes_max + 1,
-            &shard.to_string(),
-        )
-        .map_err(|source| OpenError::Io { shard, source })?;
+        let io = match hooks.log_io {
+            Some(io) => io,
+            None => new_log_io(
+                options.backend,
+                storage.inflight_writes_max + 1,
+                &shard.to_string(),
+            )
+            .map_err(|source| OpenError::Io { shard, source })?,
+        };
         let log_options = LogOptions {
             dir: layout.log_dir(),
             write_mode: storage.write_mode,
@@ -525,6 +541,14 @@ impl ShardStore {
     ) -> Result<AppendReceipt, TryAppendError> {
         if self.stopping.get() {
             return Err(AppendError::ShuttingDown.into());
+        }
+        let limit = self.options.storage.message_max_bytes;
+        if batch.len() > limit as usize {
+            return Err(AppendError::BatchTooLarge {
+                size: batch.len(),
+                limit,
+            }
+            .into());
         }
         if self.disk_pressure.get() == DiskPressure::Reject {
             return Err(AppendError::DiskFull {
