@@ -109,8 +109,8 @@ fn run_child_and_kill(dir: &Path, round: u64, backend: IoBackend, lifetime_ms: u
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     reader.join().unwrap();
-    let acks = acks.lock().unwrap().clone();
-    acks
+
+    acks.lock().unwrap().clone()
 }
 
 fn parse_ack(line: &str) -> Option<Ack> {
@@ -201,7 +201,7 @@ fn crash_child() {
 
 async fn produce(store: Rc<ShardStore>, ids: Vec<PartitionId>, round: u64, task: usize) {
     let mut random = XorShift(round * 1000 + task as u64 + 1);
-    let acks_all = task % 2 == 0;
+    let acks_all = task.is_multiple_of(2);
     for seq in 0.. {
         let partition = random.below(u64::from(PARTITIONS)) as u32;
         let label = format!("r{round}t{task}s{seq}");

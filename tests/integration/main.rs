@@ -4,6 +4,10 @@
 mod support;
 
 mod crash;
+mod io_backend;
 mod power_loss;
+mod recovery;
+mod retention;
+mod shard_runtime;
 mod sim_device;
 mod storage_model;

@@ -55,13 +55,13 @@ async fn produce(
     fsync_stop: Rc<Cell<bool>>,
 ) {
     for seq in 0.. {
-        if task % 2 == 0 && fsync_stop.get() {
+        if task.is_multiple_of(2) && fsync_stop.get() {
             return;
         }
         let partition = (task + seq) % ids.len();
         let label = format!("p{round}t{task}s{seq}");
         let bytes = batch(&label, 1 + seq % 3, (seq * 977 + task * 131) % 5000);
-        let durability = if task % 2 == 0 {
+        let durability = if task.is_multiple_of(2) {
             Durability::Fsynced
         } else {
             Durability::Written

@@ -77,7 +77,7 @@ impl SimDevice {
             // The log's descriptor may be O_DIRECT; restore through our own.
             let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
             for (sector, old) in sectors {
-                if next(&mut state.random) % 2 == 0 {
+                if next(&mut state.random).is_multiple_of(2) {
                     file.write_all_at(&old, sector * SECTOR_BYTES).unwrap();
                     reverted += 1;
                 }
@@ -183,7 +183,7 @@ impl LogIo for SimLogIo {
         let mut index = 0;
         let mut performed_any = false;
         while index < self.queued.len() {
-            let pick = next(&mut self.device.state.borrow_mut().random) % 3 != 0;
+            let pick = !next(&mut self.device.state.borrow_mut().random).is_multiple_of(3);
             if pick || (!performed_any && index + 1 == self.queued.len()) {
                 let swap_with =
                     next(&mut self.device.state.borrow_mut().random) as usize % self.queued.len();

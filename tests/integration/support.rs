@@ -1,8 +1,12 @@
 //! Shared helpers: small-segment stores on temporary directories, batches
 //! with checkable contents, and the shard runtime for a test.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::Child;
 use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use sluice::config::{Config, RetentionConfig, StorageConfig, WriteMode};
 use sluice::ids::{Offset, PartitionId, ShardId};
@@ -133,4 +137,41 @@ pub fn runtime_config(dir: &Path, shards: usize) -> Config {
         storage: small_storage(WriteMode::Direct),
         ..Config::default()
     }
+}
+
+/// Lines of `child`'s stderr, streamed so the test can wait for one.
+pub fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().unwrap();
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+pub fn wait_for(lines: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Send SIGTERM to a child process.
+pub fn terminate(child: &Child) {
+    // SAFETY: kill takes a pid and a signal number; no memory is passed.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
 }

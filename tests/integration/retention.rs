@@ -1,0 +1,219 @@
+//! Retention: by age, by size per partition, and the disk-usage guards.
+
+use std::cell::Cell;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+
+use sluice::config::WriteMode;
+use sluice::ids::{Offset, PartitionId};
+use sluice::storage::retention::DiskPressure;
+use sluice::storage::segment::now_ms;
+use sluice::storage::{
+    AppendError, Durability, PartitionConfig, ReadError, ShardStore, StoreHooks,
+};
+
+use crate::support::{self, batch, validated};
+
+fn segment_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("shard-0").join("log"))
+        .unwrap()
+        .count()
+}
+
+async fn fill(
+    store: &ShardStore,
+    ids: &[PartitionId],
+    count: usize,
+) -> Vec<(usize, Offset, usize)> {
+    let mut appended = Vec::new();
+    for seq in 0..count {
+        let partition = seq % ids.len();
+        let bytes = batch(&format!("ret{seq}"), 2, 1500);
+        let receipt = store
+            .append(ids[partition], validated(&bytes), Durability::Written)
+            .await
+            .unwrap();
+        store.wait(&receipt).await.unwrap();
+        appended.push((partition, receipt.base_offset, bytes.len()));
+    }
+    appended
+}
+
+fn with_config(store: &ShardStore, id: PartitionId, edit: impl Fn(&mut PartitionConfig)) {
+    let mut config = support::default_partition_config();
+    edit(&mut config);
+    store.set_partition_config(id, config).unwrap();
+}
+
+#[test]
+fn segments_older_than_retention_ms_are_deleted_and_the_log_start_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = support::runtime(support::native_backend());
+    runtime.block_on(async {
+        let store = support::open(dir.path(), WriteMode::Direct, support::native_backend());
+        let id = support::create(&store, "aged", 0);
+        fill(&store, &[id], 400).await;
+        compio::time::sleep(Duration::from_millis(20)).await;
+        let midpoint_ms = now_ms();
+        compio::time::sleep(Duration::from_millis(20)).await;
+        let recent = fill(&store, &[id], 100).await;
+        let before = segment_count(dir.path());
+        assert!(before >= 4, "{before} segments");
+
+        with_config(&store, id, |config| config.retention_ms = 60_000);
+        store.enforce_retention(midpoint_ms + 60_000);
+        let after = segment_count(dir.path());
+        assert!(after < before && after >= 1, "segments {before} -> {after}");
+        let offsets = store.offsets(id).unwrap();
+        assert!(offsets.log_start_offset > Offset(0));
+        assert!(
+            offsets.log_start_offset <= recent[0].1,
+            "recent batches are retained"
+        );
+        assert!(matches!(
+            store.read(id, Offset(0), 1 << 20),
+            Err(ReadError::OffsetOutOfRange { .. })
+        ));
+        let kept = support::read_all(&store, id, offsets.log_start_offset);
+        assert_eq!(kept.last().unwrap().0, recent.last().unwrap().1);
+
+        // Everything expires: only the active segment remains, offsets go on.
+        store.enforce_retention(now_ms() + 3_600_000);
+        assert_eq!(segment_count(dir.path()), 1);
+        let offsets = store.offsets(id).unwrap();
+        assert_eq!(offsets.log_start_offset, offsets.high_watermark);
+        let next = fill(&store, &[id], 1).await;
+        assert_eq!(next[0].1, offsets.next_offset);
+        store.shutdown().await.unwrap();
+
+        let store = support::open(dir.path(), WriteMode::Direct, support::native_backend());
+        assert_eq!(
+            store.offsets(id).unwrap().log_start_offset,
+            offsets.log_start_offset,
+            "log start survives a restart"
+        );
+        store.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn retention_bytes_trims_one_partition_and_shared_segments_wait_for_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = support::runtime(support::native_backend());
+    runtime.block_on(async {
+        let store = support::open(dir.path(), WriteMode::Direct, support::native_backend());
+        let ids = [
+            support::create(&store, "sized", 0),
+            support::create(&store, "sized", 1),
+        ];
+        let appended = fill(&store, &ids, 600).await;
+        let before = segment_count(dir.path());
+        let limit = 40_000u64;
+        with_config(&store, ids[0], |config| {
+            config.retention_bytes = limit as i64
+        });
+        store.enforce_retention(now_ms());
+
+        let start = store.offsets(ids[0]).unwrap().log_start_offset;
+        let kept: u64 = appended
+            .iter()
+            .filter(|(partition, offset, _)| *partition == 0 && *offset >= start)
+            .map(|(_, _, len)| *len as u64)
+            .sum();
+        let one_batch = appended[0].2 as u64;
+        assert!(
+            kept <= limit && kept + one_batch > limit,
+            "kept {kept} bytes for a {limit}-byte limit"
+        );
+        assert_eq!(store.offsets(ids[1]).unwrap().log_start_offset, Offset(0));
+        assert_eq!(
+            segment_count(dir.path()),
+            before,
+            "partition 1 still needs every segment"
+        );
+
+        with_config(&store, ids[1], |config| {
+            config.retention_bytes = limit as i64
+        });
+        store.enforce_retention(now_ms());
+        assert!(
+            segment_count(dir.path()) < before,
+            "segments no partition needs are deleted"
+        );
+        for id in ids {
+            let start = store.offsets(id).unwrap().log_start_offset;
+            assert!(!support::read_all(&store, id, start).is_empty());
+        }
+        store.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn disk_guards_reject_appends_and_force_delete_the_oldest_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = support::runtime(support::native_backend());
+    runtime.block_on(async {
+        let usage = Rc::new(Cell::new(0.5));
+        let probe_usage = Rc::clone(&usage);
+        let log_dir = dir.path().join("shard-0").join("log");
+        // Force mode: usage shrinks as segments go: 84% with two segments,
+        // one point more per extra segment.
+        let force_mode = Rc::new(Cell::new(false));
+        let probe_force = Rc::clone(&force_mode);
+        let hooks = StoreHooks {
+            log_io: None,
+            disk_probe: Some(Rc::new(move || {
+                if probe_force.get() {
+                    let segments = std::fs::read_dir(&log_dir)?.count() as f64;
+                    return Ok(0.84 + 0.01 * (segments - 2.0));
+                }
+                Ok(probe_usage.get())
+            })),
+        };
+        let options = support::options(
+            dir.path(),
+            support::small_storage(WriteMode::Direct),
+            support::native_backend(),
+        );
+        let store = ShardStore::open_with(options, hooks).unwrap();
+        let id = support::create(&store, "guarded", 0);
+        fill(&store, &[id], 400).await;
+        let before = segment_count(dir.path());
+        assert!((4..8).contains(&before), "{before} segments");
+
+        usage.set(0.95);
+        assert_eq!(store.check_disk(), DiskPressure::Reject);
+        let bytes = batch("refused", 1, 10);
+        let error = store
+            .append(id, validated(&bytes), Durability::Written)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, AppendError::DiskFull { .. }), "{error}");
+        assert!(error.is_retriable());
+        assert!(error.to_string().contains("disk_reject_ratio"), "{error}");
+
+        usage.set(0.80);
+        assert_eq!(store.check_disk(), DiskPressure::Clean);
+        store
+            .append(id, validated(&bytes), Durability::Written)
+            .await
+            .unwrap();
+        store.enforce_retention(now_ms());
+        assert_eq!(
+            segment_count(dir.path()),
+            before,
+            "nothing is expired at 80%"
+        );
+
+        force_mode.set(true);
+        assert_eq!(store.check_disk(), DiskPressure::ForceClean);
+        store.enforce_retention(now_ms());
+        let after = segment_count(dir.path());
+        assert_eq!(after, 2, "deletes oldest segments until usage is below 85%");
+        let start = store.offsets(id).unwrap().log_start_offset;
+        assert!(start > Offset(0));
+        assert!(!support::read_all(&store, id, start).is_empty());
+        store.shutdown().await.unwrap();
+    });
+}
