@@ -1,1 +1,367 @@
-fn main() {}
+//! Storage benchmarks (criterion): append throughput, appends per fdatasync,
+//! consume-queue lookups, each against a baseline measured in the same run.
+//!
+//! * `append/<group>/<flush>/<mode>`: 1 KiB records in 64 KiB or 1 MiB
+//!   batches through `ShardStore::append`. `async`: acknowledged when
+//!   written, 64 in flight, one fdatasync at the end. `sync`: acknowledged
+//!   after fdatasync, 4 in flight. `direct` (O_DIRECT) or `buffered`.
+//! * `baseline/<group>/<flush>/<mode>`: plain sequential `pwrite` of the same
+//!   sizes into a preallocated file, with `fdatasync` after every write for
+//!   `sync`, once at the end for `async`.
+//! * `appends_per_fsync/<producers>`: 1 KiB acks=all appends from N
+//!   concurrent producers; prints appends completed per fdatasync.
+//! * `consume_queue/*`: offset and timestamp lookups in a 1M-entry queue.
+//!
+//! After the criterion output, a table prints each append figure next to its
+//! baseline and their ratio (this machine is shared and noisy: compare
+//! ratios, not absolute numbers). Run: `cargo bench --bench storage`.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::OpenOptions;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sluice::config::{RetentionConfig, StorageConfig, WriteMode};
+use sluice::ids::{LogPosition, Offset, ShardId};
+use sluice::io::{AlignedBuf, IoBackend};
+use sluice::record_batch::{BatchBuilder, RecordSpec, ValidatedBatch};
+use sluice::storage::consume_queue::{ConsumeQueue, QueueEntry};
+use sluice::storage::{Durability, PartitionConfig, ShardStore, StoreOptions};
+
+const RECORD_BYTES: usize = 1024;
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+const ASYNC_IN_FLIGHT: usize = 64;
+const SYNC_IN_FLIGHT: usize = 4;
+
+thread_local! {
+    /// Bytes and time accumulated per bench id, for the ratio table.
+    static TOTALS: RefCell<BTreeMap<String, (u64, Duration)>> = RefCell::new(BTreeMap::new());
+}
+
+fn record(id: &str, bytes: u64, elapsed: Duration) {
+    TOTALS.with(|totals| {
+        let mut totals = totals.borrow_mut();
+        let entry = totals.entry(id.to_owned()).or_default();
+        entry.0 += bytes;
+        entry.1 += elapsed;
+    });
+}
+
+fn backend() -> IoBackend {
+    match sluice::io::backend::probe_io_uring() {
+        Ok(()) => IoBackend::IoUring,
+        Err(_) => IoBackend::Epoll,
+    }
+}
+
+/// A RecordBatch of 1 KiB records, as many as fit in `group_bytes` (and in
+/// Kafka's default `message.max.bytes`).
+fn group_batch(group_bytes: usize) -> Vec<u8> {
+    let limit = group_bytes.min(sluice::config::MESSAGE_MAX_BYTES_DEFAULT as usize);
+    let value = vec![b'x'; RECORD_BYTES - 16];
+    let mut builder = BatchBuilder::new(1_700_000_000_000);
+    while builder.encoded_len() + RECORD_BYTES + 16 <= limit {
+        builder.push(RecordSpec {
+            key: Some(b"bench-key"),
+            value: Some(&value),
+            timestamp_delta_ms: 0,
+        });
+    }
+    builder.build()
+}
+
+fn store_options(dir: &Path, write_mode: WriteMode) -> StoreOptions {
+    StoreOptions {
+        shard: ShardId(0),
+        data_dir: dir.to_owned(),
+        storage: StorageConfig {
+            write_mode,
+            ..StorageConfig::default()
+        },
+        retention: RetentionConfig::default(),
+        backend: backend(),
+    }
+}
+
+/// Append `count` copies of `batch`; returns (elapsed, store stats).
+fn run_appends(
+    batch: &[u8],
+    count: u64,
+    durability: Durability,
+    write_mode: WriteMode,
+) -> (Duration, sluice::storage::commit_log::LogStats) {
+    let dir = tempfile::tempdir_in(bench_dir()).unwrap();
+    let runtime = sluice::shard::build_runtime(backend()).unwrap();
+    let result = runtime.block_on(async {
+        let store = ShardStore::open(store_options(dir.path(), write_mode)).unwrap();
+        let config = PartitionConfig::from_defaults(&RetentionConfig::default());
+        let id = store.create_partition("bench", 0, config).unwrap();
+        let validated = ValidatedBatch::validate(batch, 64 * MIB).unwrap();
+        let in_flight = match durability {
+            Durability::Fsynced => SYNC_IN_FLIGHT,
+            _ => ASYNC_IN_FLIGHT,
+        };
+        let started = Instant::now();
+        let mut receipts = VecDeque::new();
+        for _ in 0..count {
+            let receipt = store.append(id, validated, durability).await.unwrap();
+            receipts.push_back(receipt);
+            if receipts.len() >= in_flight {
+                let oldest = receipts.pop_front().unwrap();
+                store.wait(&oldest).await.unwrap();
+            }
+        }
+        for receipt in &receipts {
+            store.wait(receipt).await.unwrap();
+        }
+        // Like the baseline: the run ends when everything is on disk.
+        store.sync().await.unwrap();
+        let elapsed = started.elapsed();
+        let stats = store.stats();
+        store.shutdown().await.unwrap();
+        (elapsed, stats)
+    });
+    drop(runtime);
+    result
+}
+
+/// Plain sequential writes of `group_bytes` into a preallocated file.
+fn run_baseline(
+    group_bytes: usize,
+    count: u64,
+    sync_each: bool,
+    write_mode: WriteMode,
+) -> Duration {
+    let dir = tempfile::tempdir_in(bench_dir()).unwrap();
+    let path = dir.path().join("baseline");
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true);
+    if write_mode == WriteMode::Direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    let file = options.open(&path).unwrap();
+    let total = group_bytes as u64 * count;
+    // SAFETY: fallocate only reads its integer arguments.
+    unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+            0,
+            total as libc::off_t,
+        )
+    };
+    let mut buf = AlignedBuf::zeroed(group_bytes, 4096);
+    buf.as_mut_slice().fill(b'x');
+    let started = Instant::now();
+    for index in 0..count {
+        file.write_all_at(buf.as_slice(), index * group_bytes as u64)
+            .unwrap();
+        if sync_each {
+            file.sync_data().unwrap();
+        }
+    }
+    file.sync_data().unwrap();
+    started.elapsed()
+}
+
+fn bench_dir() -> std::path::PathBuf {
+    std::env::var_os("SLUICE_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into)
+}
+
+fn mode_name(mode: WriteMode) -> &'static str {
+    match mode {
+        WriteMode::Direct => "direct",
+        WriteMode::Buffered => "buffered",
+    }
+}
+
+fn appends(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("append");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .warm_up_time(Duration::from_secs(2));
+    for group_bytes in [64 * KIB, MIB] {
+        let batch = group_batch(group_bytes);
+        group.throughput(Throughput::Bytes(batch.len() as u64));
+        for (flush, durability) in [
+            ("async", Durability::Written),
+            ("sync", Durability::Fsynced),
+        ] {
+            for mode in [WriteMode::Direct, WriteMode::Buffered] {
+                let label = format!("{}/{flush}/{}", size_name(group_bytes), mode_name(mode));
+                group.bench_function(BenchmarkId::new("store", &label), |bencher| {
+                    bencher.iter_custom(|iters| {
+                        let (elapsed, _) = run_appends(&batch, iters, durability, mode);
+                        record(
+                            &format!("store/{label}"),
+                            batch.len() as u64 * iters,
+                            elapsed,
+                        );
+                        elapsed
+                    });
+                });
+                group.bench_function(BenchmarkId::new("baseline", &label), |bencher| {
+                    bencher.iter_custom(|iters| {
+                        let elapsed = run_baseline(
+                            batch.len().next_multiple_of(4096),
+                            iters,
+                            flush == "sync",
+                            mode,
+                        );
+                        record(
+                            &format!("baseline/{label}"),
+                            batch.len() as u64 * iters,
+                            elapsed,
+                        );
+                        elapsed
+                    });
+                });
+            }
+        }
+    }
+    group.finish();
+    print_ratios();
+}
+
+fn size_name(bytes: usize) -> String {
+    if bytes >= MIB {
+        format!("{}MiB", bytes / MIB)
+    } else {
+        format!("{}KiB", bytes / KIB)
+    }
+}
+
+fn print_ratios() {
+    println!("\nappend throughput vs plain sequential write(+fdatasync), same run:");
+    println!(
+        "{:<28} {:>12} {:>12} {:>8}",
+        "case", "store GB/s", "plain GB/s", "ratio"
+    );
+    TOTALS.with(|totals| {
+        let totals = totals.borrow();
+        for (id, &(bytes, elapsed)) in totals.iter() {
+            let Some(label) = id.strip_prefix("store/") else {
+                continue;
+            };
+            let Some(&(base_bytes, base_elapsed)) = totals.get(&format!("baseline/{label}")) else {
+                continue;
+            };
+            let store = bytes as f64 / elapsed.as_secs_f64() / 1e9;
+            let plain = base_bytes as f64 / base_elapsed.as_secs_f64() / 1e9;
+            println!(
+                "{label:<28} {store:>12.2} {plain:>12.2} {:>8.2}",
+                store / plain
+            );
+        }
+    });
+}
+
+fn appends_per_fsync(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("appends_per_fsync");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
+    let batch = group_batch(2 * KIB);
+    for producers in [1usize, 8, 64] {
+        group.throughput(Throughput::Elements(1));
+        let mut ratios = Vec::new();
+        group.bench_function(BenchmarkId::from_parameter(producers), |bencher| {
+            bencher.iter_custom(|iters| {
+                let (elapsed, appends, fsyncs) = concurrent_sync_appends(&batch, iters, producers);
+                ratios.push(appends as f64 / fsyncs.max(1) as f64);
+                elapsed
+            });
+        });
+        let mean = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
+        println!("appends_per_fsync/{producers}: {mean:.1} appends completed per fdatasync");
+    }
+    group.finish();
+}
+
+fn concurrent_sync_appends(batch: &[u8], total: u64, producers: usize) -> (Duration, u64, u64) {
+    let dir = tempfile::tempdir_in(bench_dir()).unwrap();
+    let runtime = sluice::shard::build_runtime(backend()).unwrap();
+    runtime.block_on(async {
+        let store = ShardStore::open(store_options(dir.path(), WriteMode::Direct)).unwrap();
+        let config = PartitionConfig::from_defaults(&RetentionConfig::default());
+        let id = store.create_partition("bench", 0, config).unwrap();
+        let batch: Rc<Vec<u8>> = Rc::new(batch.to_vec());
+        let per_producer = total.div_ceil(producers as u64);
+        let before = store.stats();
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..producers)
+            .map(|_| {
+                let store = Rc::clone(&store);
+                let batch = Rc::clone(&batch);
+                compio::runtime::spawn(async move {
+                    let validated = ValidatedBatch::validate(&batch, MIB).unwrap();
+                    for _ in 0..per_producer {
+                        let receipt = store
+                            .append(id, validated, Durability::Fsynced)
+                            .await
+                            .unwrap();
+                        store.wait(&receipt).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let elapsed = started.elapsed();
+        let after = store.stats();
+        store.shutdown().await.unwrap();
+        let appends = after.frames_appended - before.frames_appended;
+        (elapsed, appends, after.fsyncs - before.fsyncs)
+    })
+}
+
+fn consume_queue_lookup(criterion: &mut Criterion) {
+    const ENTRIES: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut queue = ConsumeQueue::open(dir.path(), 262_144, 0).unwrap();
+    for index in 0..ENTRIES {
+        queue
+            .append(QueueEntry {
+                base_offset: Offset(index as i64 * 10),
+                position: LogPosition(index * 4096),
+                batch_len: 4000,
+                last_offset_delta: 9,
+                max_timestamp_ms: 1_700_000_000_000 + index as i64,
+            })
+            .unwrap();
+    }
+    let mut group = criterion.benchmark_group("consume_queue");
+    let mut probe = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        probe ^= probe << 13;
+        probe ^= probe >> 7;
+        probe ^= probe << 17;
+        probe % ENTRIES
+    };
+    group.bench_function("lookup_by_offset_1M_entries", |bencher| {
+        bencher.iter(|| queue.search_offset(Offset(next() as i64 * 10 + 5)));
+    });
+    group.bench_function("lookup_by_timestamp_1M_entries", |bencher| {
+        bencher.iter(|| queue.search_timestamp(1_700_000_000_000 + next() as i64));
+    });
+    // Baseline: the same binary search over an in-memory Vec.
+    let offsets: Vec<i64> = (0..ENTRIES as i64).map(|index| index * 10 + 9).collect();
+    group.bench_function("baseline_vec_binary_search_1M", |bencher| {
+        bencher.iter(|| {
+            let target = next() as i64 * 10 + 5;
+            offsets.partition_point(|&last| last < target)
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, appends, appends_per_fsync, consume_queue_lookup);
+criterion_main!(benches);

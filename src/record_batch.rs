@@ -258,6 +258,11 @@ impl BatchBuilder {
         self.records_count
     }
 
+    /// Size of the batch [`BatchBuilder::build`] would produce now.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_BYTES + self.records.len()
+    }
+
     /// Encode the batch with base offset 0, as producers send it.
     pub fn build(&self) -> Vec<u8> {
         assert!(

@@ -237,8 +237,8 @@ pub struct ShardStore {
     disk_usage_ratio: Cell<f64>,
     stopping: Cell<bool>,
     flusher_stop: Cell<bool>,
-    checkpoint_running: Cell<bool>,
-    checkpoint_done: Event,
+    checkpoint_sequence: Cell<u64>,
+    checkpoint_writer: Arc<std::sync::Mutex<CheckpointWriter>>,
     recovery: RecoveryReport,
     tasks: RefCell<Vec<compio::runtime::JoinHandle<()>>>,
     flusher: RefCell<Option<compio::runtime::JoinHandle<()>>>,
@@ -327,8 +327,8 @@ impl ShardStore {
             disk_usage_ratio: Cell::new(0.0),
             stopping: Cell::new(false),
             flusher_stop: Cell::new(false),
-            checkpoint_running: Cell::new(false),
-            checkpoint_done: Event::default(),
+            checkpoint_sequence: Cell::new(0),
+            checkpoint_writer: Arc::default(),
             recovery: recovered.report,
             tasks: RefCell::new(Vec::new()),
             flusher: RefCell::new(None),
@@ -840,25 +840,27 @@ impl ShardStore {
     /// Fsync the consume-queue files touched since the last checkpoint, then
     /// record how far the log and the queues are durable.
     pub async fn checkpoint(&self) -> Result<(), CheckpointError> {
-        // One checkpoint at a time: they share the temporary file.
-        while self.checkpoint_running.get() {
-            self.checkpoint_done.wait().await;
-        }
-        self.checkpoint_running.set(true);
         let (checkpoint, dirty_files) = self.checkpoint_snapshot();
+        let sequence = self.checkpoint_sequence.get() + 1;
+        self.checkpoint_sequence.set(sequence);
+        let writer = Arc::clone(&self.checkpoint_writer);
+        writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pending
+            .extend(dirty_files);
         let root = self.layout.root().to_owned();
+        // The blocking side serialises checkpoints and owns the queue files
+        // still to fsync, so a cancelled checkpoint (whose closure may run
+        // late or never) can neither race the next one nor leave files
+        // unsynced that a later checkpoint vouches for.
         let result = compio::runtime::spawn_blocking(move || {
-            for file in &dirty_files {
-                file.sync_data().map_err(|source| CheckpointError::Io {
-                    path: root.clone(),
-                    source,
-                })?;
-            }
-            checkpoint.store(&root)
+            let mut writer = writer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            writer.write(sequence, &checkpoint, &root)
         })
         .await;
-        self.checkpoint_running.set(false);
-        self.checkpoint_done.notify_all();
         match result {
             Ok(result) => result,
             Err(error) => {
@@ -1004,6 +1006,37 @@ impl ShardStore {
             tracing::error!(%error, "final checkpoint failed; the next start scans further back");
         }
         synced
+    }
+}
+
+/// The blocking half of checkpointing: queue files waiting for an fsync and
+/// the newest checkpoint written. Held under a mutex by one checkpoint at a time.
+#[derive(Default)]
+struct CheckpointWriter {
+    pending: Vec<Arc<File>>,
+    written_sequence: u64,
+}
+
+impl CheckpointWriter {
+    fn write(
+        &mut self,
+        sequence: u64,
+        checkpoint: &Checkpoint,
+        root: &std::path::Path,
+    ) -> Result<(), CheckpointError> {
+        if sequence <= self.written_sequence {
+            return Ok(()); // a newer checkpoint is already on disk
+        }
+        for file in &self.pending {
+            file.sync_data().map_err(|source| CheckpointError::Io {
+                path: root.to_owned(),
+                source,
+            })?;
+        }
+        self.pending.clear();
+        checkpoint.store(root)?;
+        self.written_sequence = sequence;
+        Ok(())
     }
 }
 

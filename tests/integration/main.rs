@@ -5,6 +5,7 @@ mod support;
 
 mod crash;
 mod io_backend;
+mod pipeline;
 mod power_loss;
 mod recovery;
 mod retention;
