@@ -40,7 +40,7 @@ const SYNC_IN_FLIGHT: usize = 4;
 
 thread_local! {
     /// Bytes and time accumulated per bench id, for the ratio table.
-    static TOTALS: RefCell<BTreeMap<String, (u64, Duration)>> = RefCell::new(BTreeMap::new());
+    static TOTALS: RefCell<BTreeMap<String, (u64, Duration)>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 fn record(id: &str, bytes: u64, elapsed: Duration) {
@@ -75,14 +75,37 @@ fn group_batch(group_bytes: usize) -> Vec<u8> {
     builder.build()
 }
 
+/// The storage settings under test: the defaults, with `SLUICE_BENCH_FLUSH_BYTES`,
+/// `SLUICE_BENCH_WRITE_BUFFERS` and `SLUICE_BENCH_INFLIGHT` overriding
+/// `flush_bytes`, `write_buffers` and `inflight_writes_max` for tuning runs.
+fn storage_config(write_mode: WriteMode) -> StorageConfig {
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|value| value.parse::<u32>().ok())
+    };
+    let defaults = StorageConfig::default();
+    let config = StorageConfig {
+        write_mode,
+        flush_bytes: env("SLUICE_BENCH_FLUSH_BYTES").unwrap_or(defaults.flush_bytes),
+        write_buffers: env("SLUICE_BENCH_WRITE_BUFFERS").unwrap_or(defaults.write_buffers),
+        inflight_writes_max: env("SLUICE_BENCH_INFLIGHT").unwrap_or(defaults.inflight_writes_max),
+        ..defaults
+    };
+    sluice::config::Config {
+        storage: config.clone(),
+        ..Default::default()
+    }
+    .validate()
+    .expect("bench storage settings are valid");
+    config
+}
+
 fn store_options(dir: &Path, write_mode: WriteMode) -> StoreOptions {
     StoreOptions {
         shard: ShardId(0),
         data_dir: dir.to_owned(),
-        storage: StorageConfig {
-            write_mode,
-            ..StorageConfig::default()
-        },
+        storage: storage_config(write_mode),
         retention: RetentionConfig::default(),
         backend: backend(),
     }
@@ -169,6 +192,83 @@ fn run_baseline(
     started.elapsed()
 }
 
+/// What the device does with the store's queue depth and no broker at all:
+/// `queue_depth` O_DIRECT writes of `group_bytes` kept in flight through
+/// io_uring, sequentially over a preallocated file (like fio --iodepth).
+fn run_queued_baseline(
+    group_bytes: usize,
+    count: u64,
+    queue_depth: usize,
+    sync_each: bool,
+) -> Duration {
+    use io_uring::{IoUring, opcode, types};
+    let dir = tempfile::tempdir_in(bench_dir()).unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(dir.path().join("queued"))
+        .unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let total = group_bytes as u64 * count;
+    // SAFETY: fallocate only reads its integer arguments.
+    unsafe { libc::fallocate(fd, 0, 0, total as libc::off_t) };
+    let mut buffers: Vec<AlignedBuf> = (0..queue_depth)
+        .map(|_| AlignedBuf::zeroed(group_bytes, 4096))
+        .collect();
+    for buf in &mut buffers {
+        buf.as_mut_slice().fill(b'x');
+    }
+    let mut ring = IoUring::new(queue_depth as u32 * 2).unwrap();
+    let started = Instant::now();
+    let (mut next, mut done, mut inflight) = (0u64, 0u64, 0usize);
+    while done < count {
+        while inflight < queue_depth && next < count {
+            let buf = &buffers[(next % queue_depth as u64) as usize];
+            let write = opcode::Write::new(types::Fd(fd), buf.as_ptr(), group_bytes as u32)
+                .offset(next * group_bytes as u64)
+                .build()
+                .user_data(next);
+            let entry = if sync_each {
+                let sync = opcode::Fsync::new(types::Fd(fd))
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build()
+                    .user_data(u64::MAX);
+                // SAFETY: the buffer lives until the ring is drained below.
+                unsafe {
+                    ring.submission()
+                        .push_multiple(&[write.flags(io_uring::squeue::Flags::IO_LINK), sync])
+                        .unwrap()
+                };
+                None
+            } else {
+                Some(write)
+            };
+            if let Some(entry) = entry {
+                // SAFETY: as above.
+                unsafe { ring.submission().push(&entry).unwrap() };
+            }
+            next += 1;
+            inflight += 1;
+        }
+        ring.submit_and_wait(1).unwrap();
+        for cqe in ring.completion() {
+            assert!(
+                cqe.result() >= 0,
+                "queued baseline I/O failed: {}",
+                cqe.result()
+            );
+            if cqe.user_data() == u64::MAX || !sync_each {
+                done += 1;
+                inflight -= 1;
+            }
+        }
+    }
+    file.sync_data().unwrap();
+    started.elapsed()
+}
+
 fn bench_dir() -> std::path::PathBuf {
     std::env::var_os("SLUICE_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into)
 }
@@ -197,7 +297,17 @@ fn appends(criterion: &mut Criterion) {
                 let label = format!("{}/{flush}/{}", size_name(group_bytes), mode_name(mode));
                 group.bench_function(BenchmarkId::new("store", &label), |bencher| {
                     bencher.iter_custom(|iters| {
-                        let (elapsed, _) = run_appends(&batch, iters, durability, mode);
+                        let (elapsed, stats) = run_appends(&batch, iters, durability, mode);
+                        if std::env::var_os("SLUICE_BENCH_STATS").is_some() {
+                            eprintln!(
+                                "stats {label}: {} writes, {:.0} KiB/write, queue depth {:.2}, {} fsyncs, {:.2} GB/s",
+                                stats.writes,
+                                stats.bytes_written as f64 / stats.writes.max(1) as f64 / 1024.0,
+                                stats.queue_depth_sum as f64 / stats.writes.max(1) as f64,
+                                stats.fsyncs,
+                                batch.len() as f64 * iters as f64 / elapsed.as_secs_f64() / 1e9
+                            );
+                        }
                         record(
                             &format!("store/{label}"),
                             batch.len() as u64 * iters,
@@ -206,6 +316,25 @@ fn appends(criterion: &mut Criterion) {
                         elapsed
                     });
                 });
+                if mode == WriteMode::Direct {
+                    group.bench_function(BenchmarkId::new("queued", &label), |bencher| {
+                        bencher.iter_custom(|iters| {
+                            let depth = storage_config(mode).inflight_writes_max as usize;
+                            let elapsed = run_queued_baseline(
+                                batch.len().next_multiple_of(4096),
+                                iters,
+                                depth,
+                                flush == "sync",
+                            );
+                            record(
+                                &format!("queued/{label}"),
+                                batch.len() as u64 * iters,
+                                elapsed,
+                            );
+                            elapsed
+                        });
+                    });
+                }
                 group.bench_function(BenchmarkId::new("baseline", &label), |bencher| {
                     bencher.iter_custom(|iters| {
                         let elapsed = run_baseline(
@@ -238,25 +367,33 @@ fn size_name(bytes: usize) -> String {
 }
 
 fn print_ratios() {
-    println!("\nappend throughput vs plain sequential write(+fdatasync), same run:");
+    println!("\nappend throughput vs the same writes without a broker, same run (GB/s):");
+    println!("  plain:  sequential pwrite (+fdatasync each for sync), one at a time");
     println!(
-        "{:<28} {:>12} {:>12} {:>8}",
-        "case", "store GB/s", "plain GB/s", "ratio"
+        "  queued: O_DIRECT writes kept in flight through io_uring at the store's queue depth"
     );
+    println!(
+        "{:<24} {:>8} {:>8} {:>8} {:>13} {:>14}",
+        "case", "store", "plain", "queued", "store/plain", "store/queued"
+    );
+    let rate = |(bytes, elapsed): (u64, Duration)| bytes as f64 / elapsed.as_secs_f64() / 1e9;
     TOTALS.with(|totals| {
         let totals = totals.borrow();
-        for (id, &(bytes, elapsed)) in totals.iter() {
+        for (id, &measured) in totals.iter() {
             let Some(label) = id.strip_prefix("store/") else {
                 continue;
             };
-            let Some(&(base_bytes, base_elapsed)) = totals.get(&format!("baseline/{label}")) else {
-                continue;
-            };
-            let store = bytes as f64 / elapsed.as_secs_f64() / 1e9;
-            let plain = base_bytes as f64 / base_elapsed.as_secs_f64() / 1e9;
+            let store = rate(measured);
+            let plain = totals.get(&format!("baseline/{label}")).map(|&m| rate(m));
+            let queued = totals.get(&format!("queued/{label}")).map(|&m| rate(m));
+            let show =
+                |value: Option<f64>| value.map_or("-".to_owned(), |value| format!("{value:.2}"));
             println!(
-                "{label:<28} {store:>12.2} {plain:>12.2} {:>8.2}",
-                store / plain
+                "{label:<24} {store:>8.2} {:>8} {:>8} {:>13} {:>14}",
+                show(plain),
+                show(queued),
+                show(plain.map(|plain| store / plain)),
+                show(queued.map(|queued| store / queued)),
             );
         }
     });
@@ -279,8 +416,10 @@ fn appends_per_fsync(criterion: &mut Criterion) {
                 elapsed
             });
         });
-        let mean = ratios.iter().sum::<f64>() / ratios.len().max(1) as f64;
-        println!("appends_per_fsync/{producers}: {mean:.1} appends completed per fdatasync");
+        if !ratios.is_empty() {
+            let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+            println!("appends_per_fsync/{producers}: {mean:.1} appends completed per fdatasync");
+        }
     }
     group.finish();
 }

@@ -66,6 +66,9 @@ pub struct LogStats {
     pub fsyncs: u64,
     pub bytes_written: u64,
     pub frames_appended: u64,
+    /// Sum over writes of the writes in flight once each was submitted:
+    /// divided by `writes`, the average queue depth towards the device.
+    pub queue_depth_sum: u64,
 }
 
 #[derive(Debug)]
@@ -226,18 +229,17 @@ impl CommitLog {
             return;
         }
         let sync_now = self.due.earliest().is_some_and(|due| due <= now);
-        let mut synced_this_round = false;
-        while self.writes_inflight() < self.options.inflight_writes_max {
-            let Some(write) = self.appender.take_sealed_write() else {
-                break;
-            };
-            self.submit_write(write, sync_now);
-            synced_this_round |= sync_now;
-        }
+        let mut synced_this_round = self.submit_full_chunks(now);
         let interval_passed = self
             .oldest_unsubmitted
             .is_some_and(|oldest| now >= oldest + self.options.flush_interval);
-        if (idle || interval_passed || sync_now)
+        // A partly filled chunk goes out when the device has nothing to do
+        // (and someone waits or the shard is idle), or when the latency bound
+        // passed. While writes are in flight it keeps filling instead: their
+        // completion brings the next round, with more data per write.
+        let device_idle = self.writes_inflight() == 0;
+        let partial_due = (device_idle && (idle || sync_now)) || interval_passed;
+        if partial_due
             && self.writes_inflight() < self.options.inflight_writes_max
             && let Some(write) = self.appender.take_active_write()
         {
@@ -260,6 +262,29 @@ impl CommitLog {
         self.active_segment().touch(segment::now_ms());
     }
 
+    /// Submit every full chunk the queue depth allows; full chunks gain
+    /// nothing by waiting. Returns whether any went out with an fdatasync.
+    /// The flusher calls this straight after reaping, so a freed queue slot
+    /// is refilled before other tasks run.
+    pub fn submit_full_chunks(&mut self, now: Instant) -> bool {
+        if self.poisoned.is_some() {
+            return false;
+        }
+        let sync_now = self.due.earliest().is_some_and(|due| due <= now);
+        let mut submitted = false;
+        while self.writes_inflight() < self.options.inflight_writes_max {
+            let Some(write) = self.appender.take_sealed_write() else {
+                break;
+            };
+            self.submit_write(write, sync_now);
+            submitted = true;
+        }
+        if submitted && let Err(error) = self.io.flush_submissions() {
+            self.poison_with("io_uring_enter", error);
+        }
+        submitted && sync_now
+    }
+
     fn submit_write(&mut self, write: ChunkWrite, sync: bool) {
         let ChunkWrite {
             chunk_id,
@@ -272,6 +297,7 @@ impl CommitLog {
         self.stats.writes += 1;
         self.stats.bytes_written += op.buf_range.len() as u64;
         self.stats.fsyncs += u64::from(sync);
+        self.stats.queue_depth_sum += self.writes_inflight() as u64 + 1;
         self.inflight.push(InflightOp {
             token,
             chunk_id: Some(chunk_id),
@@ -366,14 +392,20 @@ impl CommitLog {
     }
 
     /// When the flusher must run next even without new appends or completions.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    ///
+    /// A deadline that already passed is returned only when no I/O is in
+    /// flight. Otherwise the flush that just ran could not act on it (the
+    /// chunk's write or the fdatasync is still out), and the next completion
+    /// wakes the flusher anyway; returning it would make the flusher spin.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let interval = self
             .oldest_unsubmitted
             .map(|oldest| oldest + self.options.flush_interval);
-        match (interval, self.due.earliest()) {
+        let deadline = match (interval, self.due.earliest()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }
+        }?;
+        (deadline > now || self.inflight.is_empty()).then_some(deadline)
     }
 
     /// Force every appended byte towards durability at the next flush

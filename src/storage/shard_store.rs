@@ -792,10 +792,15 @@ impl ShardStore {
             }
         };
         while !self.flusher_stop.get() {
-            let deadline = self.state.borrow().log.next_deadline();
-            wait_any(&self.flush_kick, &ready, deadline).await;
-            ready_fd.drain();
+            let deadline = self.state.borrow().log.next_deadline(Instant::now());
+            if wait_any(&self.flush_kick, &ready, deadline).await == Wake::Completions {
+                ready_fd.drain();
+            }
             self.reap();
+            self.state
+                .borrow_mut()
+                .log
+                .submit_full_chunks(Instant::now());
             // Let other ready tasks run first so their appends share this write.
             let appended = self.stats().frames_appended;
             yield_now().await;
@@ -1103,7 +1108,14 @@ fn resync_window_bytes(storage: &StorageConfig) -> u64 {
 }
 
 /// Wait for a kick, a completion, or the deadline, whichever comes first.
-async fn wait_any(kick: &Notify, ready: &PollFd<EventFd>, deadline: Option<Instant>) {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    Kick,
+    Completions,
+    Deadline,
+}
+
+async fn wait_any(kick: &Notify, ready: &PollFd<EventFd>, deadline: Option<Instant>) -> Wake {
     let mut sleep = pin!(async move {
         match deadline {
             Some(deadline) => compio::time::sleep_until(deadline).await,
@@ -1112,15 +1124,15 @@ async fn wait_any(kick: &Notify, ready: &PollFd<EventFd>, deadline: Option<Insta
     });
     poll_fn(|cx| {
         if kick.poll_notified(cx.waker()).is_ready() {
-            return Poll::Ready(());
+            return Poll::Ready(Wake::Kick);
         }
         if let Poll::Ready(result) = ready.poll_read_ready(cx) {
             if let Err(error) = result {
                 tracing::warn!(%error, "waiting for commit-log completions failed");
             }
-            return Poll::Ready(());
+            return Poll::Ready(Wake::Completions);
         }
-        sleep.as_mut().poll(cx)
+        sleep.as_mut().poll(cx).map(|()| Wake::Deadline)
     })
-    .await;
+    .await
 }
