@@ -20,7 +20,7 @@ pub const MESSAGE_MAX_BYTES_DEFAULT: u32 = 1_048_588;
 const MIB: u64 = 1024 * 1024;
 const HOUR_MS: i64 = 3600 * 1000;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where shard directories live. Created if missing.
@@ -53,7 +53,7 @@ pub enum WriteMode {
     Buffered,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Commit-log segment size; a multiple of `flush_bytes`.
@@ -75,7 +75,7 @@ pub struct StorageConfig {
     pub consume_queue_entries_per_file: u32,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
     /// Default topic `retention.ms`; -1 keeps data forever.
@@ -336,6 +336,12 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn the_example_file_documents_exactly_the_defaults() {
+        let example = Config::parse(include_str!("../sluice.example.toml")).unwrap();
+        assert_eq!(example, Config::default());
     }
 
     #[test]

@@ -1020,6 +1020,8 @@ impl ShardStore {
 struct CheckpointWriter {
     pending: Vec<Arc<File>>,
     written_sequence: u64,
+    /// The last checkpoint stored: an idle shard does not rewrite it.
+    written: Option<Checkpoint>,
 }
 
 impl CheckpointWriter {
@@ -1032,6 +1034,10 @@ impl CheckpointWriter {
         if sequence <= self.written_sequence {
             return Ok(()); // a newer checkpoint is already on disk
         }
+        if self.pending.is_empty() && self.written.as_ref() == Some(checkpoint) {
+            self.written_sequence = sequence;
+            return Ok(()); // nothing changed: no disk write on an idle shard
+        }
         for file in &self.pending {
             file.sync_data().map_err(|source| CheckpointError::Io {
                 path: root.to_owned(),
@@ -1041,6 +1047,7 @@ impl CheckpointWriter {
         self.pending.clear();
         checkpoint.store(root)?;
         self.written_sequence = sequence;
+        self.written = Some(checkpoint.clone());
         Ok(())
     }
 }
