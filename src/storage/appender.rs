@@ -62,6 +62,8 @@ pub struct ChunkWrite {
     /// The log bytes this write makes durable-able: `[data_start, data_end)`.
     pub data_start: LogPosition,
     pub data_end: LogPosition,
+    /// The range of the segment file written: all a linked fdatasync covers.
+    pub segment: (LogPosition, LogPosition),
 }
 
 #[derive(Debug)]
@@ -295,6 +297,7 @@ fn take_write(chunk: &mut Chunk, mut buf: AlignedBuf, block_bytes: usize) -> Chu
         chunk_id: chunk.id,
         data_start: chunk.base.plus(chunk.submitted as u64),
         data_end: chunk.base.plus(chunk.fill as u64),
+        segment: (chunk.place.segment_base, chunk.place.segment_end),
         op: WriteOp {
             file: Arc::clone(&chunk.place.file),
             file_offset: chunk.base.0 - chunk.place.segment_base.0 + io_start as u64,

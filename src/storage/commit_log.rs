@@ -16,7 +16,9 @@
 //! `flush_interval`, or when the shard is idle. The fdatasync goes linked to
 //! the write whenever an append's durability deadline has passed (acks=all,
 //! or `flush.ms` elapsed), so one fdatasync acknowledges every append it
-//! covers. A failed write or fdatasync poisons the log: watermarks freeze,
+//! covers. An fdatasync covers only its own segment file: what had been
+//! written to that file when it was issued. After a roll the previous
+//! segment gets a standalone fdatasync of its own. A failed write or fdatasync poisons the log: watermarks freeze,
 //! appends are refused, and only a restart (with recovery) clears it.
 
 use std::collections::VecDeque;
@@ -35,6 +37,9 @@ use crate::io::{LogIo, LogIoError, LogOp, LogOpDone, SubmitError};
 
 /// Token bit marking a standalone fdatasync (write tokens are chunk ids << 1).
 const SYNC_TOKEN_BIT: u64 = 1;
+/// Ring slots kept for standalone fdatasyncs next to `inflight_writes_max`
+/// writes: normally one; two while the durable end crosses a segment boundary.
+pub const LOG_SYNCS_INFLIGHT_MAX: u32 = 2;
 
 #[derive(Clone, Debug)]
 pub struct LogOptions {
@@ -76,8 +81,16 @@ struct InflightOp {
     token: u64,
     chunk_id: Option<u64>,
     data: Option<(LogPosition, LogPosition)>,
-    /// What was written when an fdatasync was issued: what it makes durable.
-    sync_snapshot: Option<RangeWatermark>,
+    sync: Option<SyncScope>,
+}
+
+/// What an fdatasync makes durable: what had been written when it was
+/// issued, inside the one segment file it syncs.
+#[derive(Debug)]
+struct SyncScope {
+    written: RangeWatermark,
+    segment_base: LogPosition,
+    segment_end: LogPosition,
 }
 
 pub struct CommitLog {
@@ -229,7 +242,7 @@ impl CommitLog {
             return;
         }
         let sync_now = self.due.earliest().is_some_and(|due| due <= now);
-        let mut synced_this_round = self.submit_full_chunks(now);
+        self.submit_full_chunks(now);
         let interval_passed = self
             .oldest_unsubmitted
             .is_some_and(|oldest| now >= oldest + self.options.flush_interval);
@@ -244,14 +257,9 @@ impl CommitLog {
             && let Some(write) = self.appender.take_active_write()
         {
             self.submit_write(write, sync_now);
-            synced_this_round |= sync_now;
         }
-        if sync_now
-            && !synced_this_round
-            && !self.sync_inflight()
-            && self.written.end() > self.durable.end()
-        {
-            self.submit_sync();
+        if sync_now && self.written.end() > self.durable.end() {
+            self.sync_first_pending_segment();
         }
         if self.appender.unsubmitted_bytes() == 0 {
             self.oldest_unsubmitted = None;
@@ -263,12 +271,11 @@ impl CommitLog {
     }
 
     /// Submit every full chunk the queue depth allows; full chunks gain
-    /// nothing by waiting. Returns whether any went out with an fdatasync.
-    /// The flusher calls this straight after reaping, so a freed queue slot
-    /// is refilled before other tasks run.
-    pub fn submit_full_chunks(&mut self, now: Instant) -> bool {
+    /// nothing by waiting. The flusher calls this straight after reaping, so
+    /// a freed queue slot is refilled before other tasks run.
+    pub fn submit_full_chunks(&mut self, now: Instant) {
         if self.poisoned.is_some() {
-            return false;
+            return;
         }
         let sync_now = self.due.earliest().is_some_and(|due| due <= now);
         let mut submitted = false;
@@ -282,7 +289,6 @@ impl CommitLog {
         if submitted && let Err(error) = self.io.flush_submissions() {
             self.poison_with("io_uring_enter", error);
         }
-        submitted && sync_now
     }
 
     fn submit_write(&mut self, write: ChunkWrite, sync: bool) {
@@ -291,6 +297,7 @@ impl CommitLog {
             mut op,
             data_start,
             data_end,
+            segment: (segment_base, segment_end),
         } = write;
         op.sync = sync;
         let token = chunk_id << 1;
@@ -302,29 +309,61 @@ impl CommitLog {
             token,
             chunk_id: Some(chunk_id),
             data: Some((data_start, data_end)),
-            sync_snapshot: sync.then(|| self.written.clone()),
+            sync: sync.then(|| SyncScope {
+                written: self.written.clone(),
+                segment_base,
+                segment_end,
+            }),
         });
         self.submit_op(token, LogOp::Write(op));
     }
 
-    fn submit_sync(&mut self) {
+    /// Unless an fdatasync in flight already covers it, sync the segment
+    /// holding the first byte that is written but not durable. fdatasync is
+    /// per file: after a roll, the previous segment needs its own, and syncs
+    /// linked to writes in the new segment never reach it.
+    fn sync_first_pending_segment(&mut self) {
+        let first_pending = self.durable_end();
+        // Deleted segments count as durable, so the first pending byte lies
+        // in a segment that still exists.
+        let Some(segment) = self.segment_at(first_pending) else {
+            return;
+        };
+        let (file, segment_base, segment_end) =
+            (Arc::clone(&segment.writer), segment.base, segment.end());
+        let covered = self.inflight.iter().any(|op| {
+            op.sync
+                .as_ref()
+                .is_some_and(|scope| scope.segment_base == segment_base)
+        });
+        if covered {
+            return;
+        }
         let token = (self.next_sync_token << 1) | SYNC_TOKEN_BIT;
         self.next_sync_token += 1;
         self.stats.fsyncs += 1;
-        self.inflight.push(InflightOp {
-            token,
-            chunk_id: None,
-            data: None,
-            sync_snapshot: Some(self.written.clone()),
-        });
-        let file = Arc::clone(&self.active_segment().writer);
-        self.submit_op(token, LogOp::Sync { file });
+        match self.io.submit(token, LogOp::Sync { file }) {
+            Ok(()) => self.inflight.push(InflightOp {
+                token,
+                chunk_id: None,
+                data: None,
+                sync: Some(SyncScope {
+                    written: self.written.clone(),
+                    segment_base,
+                    segment_end,
+                }),
+            }),
+            // Every slot is busy: the next round, after a completion, retries.
+            Err(SubmitError::QueueFull(_)) => self.stats.fsyncs -= 1,
+            Err(SubmitError::Failed(error)) => self.poison_with("submit", error),
+        }
     }
 
     fn submit_op(&mut self, token: u64, op: LogOp) {
         match self.io.submit(token, op) {
             Ok(()) => {}
-            // The ring is sized for inflight_writes_max + 1 ops, so this is a bug.
+            // The ring has room for every write plus LOG_SYNCS_INFLIGHT_MAX
+            // fdatasyncs, so a full queue for a write is a bug.
             Err(SubmitError::QueueFull(_)) => panic!("commit-log I/O queue full: ring undersized"),
             Err(SubmitError::Failed(error)) => self.poison_with("submit", error),
         }
@@ -383,8 +422,9 @@ impl CommitLog {
         if let Some((start, end)) = op.data {
             self.written.mark(start.0, end.0);
         }
-        if let Some(snapshot) = &op.sync_snapshot {
-            self.durable.merge(snapshot);
+        if let Some(scope) = &op.sync {
+            let (low, high) = (scope.segment_base.0, scope.segment_end.0);
+            self.durable.merge_within(&scope.written, low, high);
             if let Some((start, end)) = op.data {
                 self.durable.mark(start.0, end.0);
             }
@@ -451,10 +491,6 @@ impl CommitLog {
             .count()
     }
 
-    fn sync_inflight(&self) -> bool {
-        self.inflight.iter().any(|op| op.sync_snapshot.is_some())
-    }
-
     fn active_segment(&self) -> &Segment {
         self.segments.back().expect("the log always has a segment")
     }
@@ -490,6 +526,11 @@ impl CommitLog {
         }
         let oldest = self.segments.pop_front().expect("checked length");
         let result = std::fs::remove_file(&oldest.path);
+        // Its data is gone on purpose: nothing in it remains to be written or
+        // fsynced, so waiters and the durable end must not wait for it.
+        self.written.mark(oldest.base.0, oldest.end().0);
+        self.durable.mark(oldest.base.0, oldest.end().0);
+        self.due.satisfy(self.durable.end());
         Some((oldest.base, oldest.end(), result))
     }
 

@@ -436,7 +436,7 @@ fn index_frame(
 }
 
 /// Drop segments holding no frames, zero the torn bytes after `end`, and
-/// fsync the segment that holds the end so recovered data is durable.
+/// fsync every scanned segment so recovered data is durable.
 fn finish_log(
     segments: &mut VecDeque<Segment>,
     end: LogPosition,
@@ -474,9 +474,17 @@ fn finish_log(
         report.truncated_bytes += tail.bytes;
         report.truncated_at = Some(end);
     }
-    last.reader
-        .sync_data()
-        .map_err(|source| io_error(&last.path, source))?;
+    // Everything scanned may have been written but never fsynced before the
+    // crash; the log is about to call it durable, so make it so, per file.
+    for segment in segments
+        .iter()
+        .filter(|segment| segment.end() > report.scan_start)
+    {
+        segment
+            .reader
+            .sync_data()
+            .map_err(|source| io_error(&segment.path, source))?;
+    }
     Ok(())
 }
 

@@ -277,7 +277,7 @@ impl ShardStore {
             Some(io) => io,
             None => new_log_io(
                 options.backend,
-                storage.inflight_writes_max + 1,
+                storage.inflight_writes_max + super::commit_log::LOG_SYNCS_INFLIGHT_MAX,
                 &shard.to_string(),
             )
             .map_err(|source| OpenError::Io { shard, source })?,
@@ -987,6 +987,11 @@ impl ShardStore {
             drop(state);
             self.check_disk();
         }
+        // Deleted ranges count as written and durable: publish, wake waiters,
+        // and let the flusher recompute its deadlines.
+        publish(&mut self.state.borrow_mut());
+        self.progress.notify_all();
+        self.flush_kick.notify();
     }
 }
 

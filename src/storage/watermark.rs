@@ -50,10 +50,19 @@ impl RangeWatermark {
 
     /// Mark everything `other` has marked; returns true if the end advanced.
     pub fn merge(&mut self, other: &RangeWatermark) -> bool {
+        self.merge_within(other, 0, u64::MAX)
+    }
+
+    /// Mark what `other` has marked inside `[low, high)` only. An fdatasync
+    /// makes durable only what was written to *its* file: one segment's range.
+    pub fn merge_within(&mut self, other: &RangeWatermark, low: u64, high: u64) -> bool {
         let before = self.end;
-        self.mark(0, other.end);
-        for &(start, end) in &other.ahead {
-            self.mark(start, end);
+        let ranges = std::iter::once((0, other.end)).chain(other.ahead.iter().copied());
+        for (start, end) in ranges {
+            let (start, end) = (start.max(low), end.min(high));
+            if start < end {
+                self.mark(start, end);
+            }
         }
         self.end > before
     }
@@ -153,6 +162,18 @@ mod tests {
         assert_eq!(durable.end(), 10);
         durable.mark(10, 20);
         assert_eq!(durable.end(), 30);
+    }
+
+    #[test]
+    fn merge_within_credits_only_the_synced_file_range() {
+        let mut written = RangeWatermark::new(0);
+        written.mark(0, 300);
+        let mut durable = RangeWatermark::new(100);
+        // An fdatasync of the segment [200, 400) says nothing about [100, 200).
+        assert!(!durable.merge_within(&written, 200, 400));
+        assert_eq!(durable.end(), 100);
+        assert!(durable.merge_within(&written, 100, 200));
+        assert_eq!(durable.end(), 300);
     }
 
     #[test]

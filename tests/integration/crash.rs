@@ -159,7 +159,7 @@ fn verify(dir: &Path, acked: &[Ack]) {
                 ack.label
             );
         }
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
     });
 }
 

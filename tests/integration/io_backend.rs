@@ -38,7 +38,7 @@ fn epoll_backend_stores_and_recovers_like_io_uring() {
             store.wait(&receipt).await.unwrap();
             appended.push((receipt.base_offset, bytes));
         }
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
         let store = support::open(dir.path(), WriteMode::Direct, IoBackend::Epoll);
         let served = support::read_all(&store, id, Offset(0));
         assert_eq!(served.len(), appended.len());
@@ -46,7 +46,7 @@ fn epoll_backend_stores_and_recovers_like_io_uring() {
             assert_eq!(offset, want_offset);
             assert_eq!(bytes, &stored_form(original, *want_offset));
         }
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
     });
 }
 

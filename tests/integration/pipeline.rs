@@ -49,7 +49,7 @@ fn run(write_mode: WriteMode, durability: Durability, in_flight: usize, batches:
         compio::time::timeout(Duration::from_secs(60), work)
             .await
             .expect("appends stalled");
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
     });
 }
 

@@ -154,7 +154,7 @@ fn fsynced_batches_survive_power_loss_of_unsynced_sectors() {
         let store = open_on(dir.path(), &device);
         let ids = partitions(&store);
         check_acks(&store, &ids, &acks.borrow());
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
     });
 }
 
@@ -213,7 +213,7 @@ fn poison_then_recover(inject: impl Fn(&SimDevice)) {
             .await
             .unwrap();
         store.wait(&receipt).await.unwrap();
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
     });
 }
 
@@ -225,4 +225,71 @@ fn failed_fsync_poisons_the_log_until_restart() {
 #[test]
 fn failed_write_poisons_the_log_until_restart() {
     poison_then_recover(|device| device.fail_write_after(1));
+}
+
+/// fdatasync is per file. After a roll, an fdatasync of the new segment
+/// must not count the previous segment's unsynced writes as durable: an
+/// acks=all append may be acknowledged only once everything before it is
+/// fsynced in its own file. Checked at the moment of the acknowledgement,
+/// over many completion orders, then across a power cut after a checkpoint
+/// (which must not vouch for torn frames).
+#[test]
+fn fdatasync_of_a_new_segment_does_not_make_the_previous_one_durable() {
+    for seed in 0..24 {
+        let dir = tempfile::tempdir().unwrap();
+        let first_segment = dir.path().join("shard-0/log/00000000000000000000.log");
+        let runtime = support::runtime(IoBackend::Epoll);
+        runtime.block_on(async {
+            let device = SimDevice::new(seed * 31 + 7);
+            let store = open_on(dir.path(), &device);
+            let id = partitions(&store)[0];
+            let mut config = support::default_partition_config();
+            config.flush_ms = 3_600_000; // acks=1 data: never forced to disk here
+            store.set_partition_config(id, config).unwrap();
+            // ~300 KiB of acks=1 data: the 256 KiB first segment fills and rolls.
+            for seq in 0..100 {
+                let bytes = batch(&format!("loose{seq}"), 1, 3000);
+                let receipt = store
+                    .append(id, validated(&bytes), Durability::Written)
+                    .await
+                    .unwrap();
+                store.wait(&receipt).await.unwrap();
+            }
+            assert!(
+                store.log_ends().1.0 > 256 * 1024,
+                "the log rolled into a second segment"
+            );
+            assert!(device.unsynced_sectors(&first_segment) > 0);
+            let bytes = batch("anchor", 1, 100);
+            let receipt = store
+                .append(id, validated(&bytes), Durability::Fsynced)
+                .await
+                .unwrap();
+            compio::time::timeout(Duration::from_secs(10), store.wait(&receipt))
+                .await
+                .expect("the previous segment is never fsynced: the ack never comes")
+                .unwrap();
+            assert_eq!(
+                device.unsynced_sectors(&first_segment),
+                0,
+                "seed {seed}: acks=all acknowledged while the previous segment was not fsynced"
+            );
+            store.checkpoint().await.unwrap();
+            device.power_cut();
+        });
+        drop(runtime);
+        let runtime = support::runtime(IoBackend::Epoll);
+        runtime.block_on(async {
+            let store = open_on(dir.path(), &SimDevice::new(seed));
+            let id = partitions(&store)[0];
+            let served = support::read_all(&store, id, Offset(0)); // panics on a torn batch
+            assert_eq!(
+                served.len(),
+                101,
+                "everything before the acked batch is durable"
+            );
+            assert!(served[100].1.windows(8).any(|window| window == b"anchor-0"));
+            support::shutdown(&store).await;
+        });
+    }
 }

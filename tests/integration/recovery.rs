@@ -115,7 +115,7 @@ fn torn_tail_is_truncated_and_appends_continue_after_it() {
             .unwrap()
             .read_exact_at(&mut frame, last_at)
             .unwrap();
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
         let torn = &frame[..frame.len() / 2];
         damage(&first_segment(dir.path()), end.0, torn);
 
@@ -131,7 +131,7 @@ fn torn_tail_is_truncated_and_appends_continue_after_it() {
             Offset(20),
             "offsets continue after the torn batch"
         );
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
 
         let store = support::open(dir.path(), WriteMode::Direct, support::native_backend());
         assert_eq!(
@@ -141,7 +141,7 @@ fn torn_tail_is_truncated_and_appends_continue_after_it() {
         );
         let all: Vec<_> = appended.iter().chain(&more).cloned().collect();
         assert_all_served(&store, &ids, &all, &[]);
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
     });
 }
 
@@ -157,7 +157,7 @@ fn damaged_middle_frame_is_skipped(damage_at: impl Fn(u64, u32) -> (u64, Vec<u8>
         let victim = 5;
         let (partition, offset, _) = &appended[victim];
         let (frame_at, len) = frame_file_offset(&store, ids[*partition], *offset);
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
         std::fs::remove_file(dir.path().join("shard-0").join("checkpoint")).unwrap();
         let (at, bytes) = damage_at(frame_at, len);
         damage(&first_segment(dir.path()), at, &bytes);
@@ -185,7 +185,7 @@ fn damaged_middle_frame_is_skipped(damage_at: impl Fn(u64, u32) -> (u64, Vec<u8>
         assert_eq!(next.base_offset, appended[victim + 2].1);
         let more = fill(&store, &ids, 2, 10).await;
         assert!(more.iter().all(|(_, offset, _)| offset.0 >= 12));
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
     });
 }
 
@@ -210,7 +210,7 @@ fn deleted_consume_queue_is_rebuilt_from_the_commit_log() {
         let ids = ids_of(&store, 2);
         // 1024 entries per queue file: partition 0 gets three files.
         let appended = fill(&store, &ids, 4200, 20).await;
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
         let queue_dir = dir
             .path()
             .join("shard-0")
@@ -233,7 +233,7 @@ fn deleted_consume_queue_is_rebuilt_from_the_commit_log() {
         assert_all_served(&store, &ids, &appended, &[]);
         let when = store.offset_for_timestamp(ids[0], 0).unwrap();
         assert_eq!(when.map(|(offset, _)| offset), Some(Offset(0)));
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
     });
 }
 
@@ -252,10 +252,10 @@ fn segments_roll_over_and_every_batch_reads_back_across_them() {
             segment_count(dir.path())
         );
         assert_all_served(&store, &ids, &appended, &[]);
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
         let store = support::open(dir.path(), WriteMode::Direct, support::native_backend());
         assert_all_served(&store, &ids, &appended, &[]);
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
     });
 }
 
@@ -267,7 +267,7 @@ fn empty_segment_left_by_a_crash_is_removed() {
         let store = support::open(dir.path(), WriteMode::Direct, support::native_backend());
         let ids = ids_of(&store, 1);
         let appended = fill(&store, &ids, 5, 100).await;
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
         // A crash right after creating the next segment: it holds no frames.
         let next = log_dir(dir.path()).join(format!("{:020}.log", 256 * 1024));
         std::fs::File::create(&next)
@@ -281,7 +281,7 @@ fn empty_segment_left_by_a_crash_is_removed() {
         assert_all_served(&store, &ids, &appended, &[]);
         let more = fill(&store, &ids, 2, 100).await;
         assert_eq!(more[0].1, Offset(10));
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
     });
 }
 
@@ -294,7 +294,7 @@ fn frames_of_a_deleted_partition_are_ignored_by_recovery() {
         let ids = ids_of(&store, 2);
         let appended = fill(&store, &ids, 10, 100).await;
         store.delete_partition(ids[1]).unwrap();
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
         std::fs::remove_file(dir.path().join("shard-0").join("checkpoint")).unwrap();
 
         let store = support::open(dir.path(), WriteMode::Direct, support::native_backend());
@@ -305,6 +305,6 @@ fn frames_of_a_deleted_partition_are_ignored_by_recovery() {
         let again = support::create(&store, "rec", 1);
         assert!(again.0 > ids[1].0);
         assert_eq!(store.offsets(again).unwrap().next_offset, Offset(0));
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
     });
 }

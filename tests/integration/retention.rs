@@ -85,7 +85,7 @@ fn segments_older_than_retention_ms_are_deleted_and_the_log_start_moves() {
         assert_eq!(offsets.log_start_offset, offsets.high_watermark);
         let next = fill(&store, &[id], 1).await;
         assert_eq!(next[0].1, offsets.next_offset);
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
 
         let store = support::open(dir.path(), WriteMode::Direct, support::native_backend());
         assert_eq!(
@@ -93,7 +93,7 @@ fn segments_older_than_retention_ms_are_deleted_and_the_log_start_moves() {
             offsets.log_start_offset,
             "log start survives a restart"
         );
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
     });
 }
 
@@ -145,7 +145,7 @@ fn retention_bytes_trims_one_partition_and_shared_segments_wait_for_the_others()
             let start = store.offsets(id).unwrap().log_start_offset;
             assert!(!support::read_all(&store, id, start).is_empty());
         }
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
     });
 }
 
@@ -214,6 +214,6 @@ fn disk_guards_reject_appends_and_force_delete_the_oldest_segments() {
         let start = store.offsets(id).unwrap().log_start_offset;
         assert!(start > Offset(0));
         assert!(!support::read_all(&store, id, start).is_empty());
-        store.shutdown().await.unwrap();
+        support::shutdown(&store).await;
     });
 }

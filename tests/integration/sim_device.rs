@@ -65,6 +65,15 @@ impl SimDevice {
         state.fail_sync_at = Some(state.syncs + n);
     }
 
+    /// Sectors of `path` written since its last performed fdatasync.
+    pub fn unsynced_sectors(&self, path: &std::path::Path) -> usize {
+        self.state
+            .borrow()
+            .durable_sectors
+            .get(path)
+            .map_or(0, BTreeMap::len)
+    }
+
     /// Lose power: every sector not covered by a performed fdatasync keeps
     /// its new content or reverts to its durable content, at random. The
     /// device performs nothing afterwards.
@@ -138,12 +147,20 @@ impl SimLogIo {
     }
 }
 
+/// Record the durable content of every sector a write is about to change.
+/// Read through our own buffered descriptor: the log's may be O_DIRECT,
+/// which refuses unaligned buffers.
 fn remember_old_sectors(state: &mut DeviceState, file: &Arc<LogFile>, offset: u64, len: u64) {
     let sectors = state.durable_sectors.entry(file.path.clone()).or_default();
+    let reader = std::fs::File::open(&file.path).unwrap();
     for sector in offset / SECTOR_BYTES..(offset + len).div_ceil(SECTOR_BYTES) {
         sectors.entry(sector).or_insert_with(|| {
             let mut old = vec![0u8; SECTOR_BYTES as usize];
-            let _ = file.file.read_at(&mut old, sector * SECTOR_BYTES);
+            let read = reader.read_at(&mut old, sector * SECTOR_BYTES).unwrap();
+            assert!(
+                read == old.len() || read == 0,
+                "short read of sector {sector}"
+            );
             old
         });
     }

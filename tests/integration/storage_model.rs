@@ -150,7 +150,7 @@ impl Harness {
                 from_permille,
             } => self.check_read(model, partition, from_permille),
             Op::Reopen => {
-                self.store.shutdown().await.unwrap();
+                support::shutdown(&self.store).await;
                 self.store =
                     support::open(self.dir.path(), self.write_mode, support::native_backend());
                 for (index, id) in self.ids.iter().enumerate() {
@@ -204,7 +204,7 @@ fn run_model(write_mode: WriteMode, ops: &[Op]) {
         for partition in 0..PARTITIONS {
             harness.check_read(&model, partition, 0);
         }
-        harness.store.shutdown().await.unwrap();
+        support::shutdown(&harness.store).await;
     });
 }
 

@@ -175,3 +175,12 @@ pub fn terminate(child: &Child) {
     // SAFETY: kill takes a pid and a signal number; no memory is passed.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
 }
+
+/// Shut a store down, failing the test (instead of hanging it) if the final
+/// flush and fsync never complete.
+pub async fn shutdown(store: &ShardStore) {
+    compio::time::timeout(Duration::from_secs(60), store.shutdown())
+        .await
+        .expect("shutdown hung: appended data never became durable")
+        .expect("shutdown failed");
+}
