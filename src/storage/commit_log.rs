@@ -539,20 +539,6 @@ impl CommitLog {
     }
 }
 
-impl Appender {
-    /// Buffers a frame needs when it starts a fresh segment at `position`.
-    pub fn buffers_for_fresh(
-        chunk_bytes: usize,
-        position: LogPosition,
-        len: usize,
-        segment_end: LogPosition,
-    ) -> usize {
-        let room_to_end = (segment_end.0 - position.0) as usize;
-        assert!(len <= room_to_end, "frame larger than a segment");
-        len.div_ceil(chunk_bytes)
-    }
-}
-
 fn place_of(segment: &Segment) -> ChunkPlace {
     ChunkPlace {
         file: Arc::clone(&segment.writer),

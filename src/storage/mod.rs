@@ -1,32 +1,44 @@
 //! Per-shard storage, the RocketMQ way: one ordered commit log per shard
 //! plus a small consume queue per partition.
 //!
-//! Files, from the bottom up: [`frame`] (the on-disk record), [`segment`]
-//! and [`segment_reader`] (log files), [`appender`] and [`commit_log`] (the
-//! write path and group commit), [`consume_queue`] and [`partition`] (the
-//! per-partition index), [`checkpoint`] and [`recovery`] (restart),
-//! [`retention`] and [`disk_usage`] (deletion), and [`shard_store`], the API
-//! the rest of the broker uses.
+//! Files, from the bottom up:
+//! * [`frame`] (the on-disk record), [`segment`] and [`segment_reader`] (log
+//!   files);
+//! * [`appender`] and [`commit_log`] (the write buffers and group commit);
+//! * [`consume_queue`] and [`partition`] (the per-partition index);
+//! * [`checkpoint`] and [`recovery`] (restart);
+//! * [`retention`] and [`disk_usage`] (deletion);
+//! * [`shard_store`], the API the rest of the broker uses. Its parts are in
+//!   `write_path`, `read_path`, `flusher`, `checkpointer` and
+//!   `retention_task`; its errors are in [`store_errors`].
 
 pub mod appender;
 pub mod checkpoint;
+mod checkpointer;
 pub mod commit_log;
 pub mod consume_queue;
 pub mod disk_usage;
 pub mod durable_file;
+mod flusher;
 pub mod frame;
 pub mod layout;
 pub mod partition;
+mod read_path;
 pub mod recovery;
 pub mod retention;
+mod retention_task;
 pub mod segment;
 pub mod segment_reader;
 pub mod shard_store;
+pub mod store_errors;
 pub mod watermark;
+mod write_path;
 
 pub use partition::PartitionConfig;
+pub use read_path::read_span;
 pub use recovery::{CheckpointStatus, RecoveryReport};
 pub use shard_store::{
-    AppendError, AppendReceipt, Durability, OpenError, PartitionError, PartitionOffsets, ReadError,
-    ReadResult, ReadSpan, ShardStore, StoreHooks, StoreOptions, read_span,
+    AppendReceipt, Durability, PartitionOffsets, ReadResult, ReadSpan, ShardStore, StoreHooks,
+    StoreOptions,
 };
+pub use store_errors::{AppendError, OpenError, PartitionError, ReadError};

@@ -1,0 +1,101 @@
+//! The shard's flusher task: drives group commit.
+//!
+//! It sleeps until an append kicks it, a commit-log completion arrives (the
+//! storage ring's eventfd), or a deadline passes. It then reaps completions,
+//! publishes the new watermarks, refills the device queue with full chunks at
+//! once, yields one turn so that appends arriving in the same tick share the
+//! next write, and applies the flush policy (`CommitLog::flush`).
+
+use std::future::poll_fn;
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Instant;
+
+use compio::runtime::fd::PollFd;
+
+use super::shard_store::{ShardStore, publish};
+use crate::io::EventFd;
+use crate::shard::local_sync::{Notify, yield_now};
+
+impl ShardStore {
+    pub(super) async fn run_flusher(self: Rc<Self>) {
+        let ready_fd = self.state.borrow().log.ready_fd().clone();
+        let ready = match PollFd::new(ready_fd.clone()) {
+            Ok(ready) => ready,
+            Err(error) => {
+                tracing::error!(%error, shard = %self.options.shard, "cannot watch commit-log completions");
+                return;
+            }
+        };
+        while !self.flusher_stop.get() {
+            let deadline = self.state.borrow().log.next_deadline(Instant::now());
+            if wait_any(&self.flush_kick, &ready, deadline).await == Wake::Completions {
+                ready_fd.drain();
+            }
+            self.reap();
+            self.state
+                .borrow_mut()
+                .log
+                .submit_full_chunks(Instant::now());
+            // Let other ready tasks run first so their appends share this write.
+            let appended = self.stats().frames_appended;
+            yield_now().await;
+            self.reap();
+            let idle = self.stats().frames_appended == appended;
+            self.state.borrow_mut().log.flush(Instant::now(), idle);
+            if !idle {
+                self.flush_kick.notify();
+            }
+        }
+    }
+
+    /// Collect finished writes, publish watermarks, wake waiters.
+    fn reap(&self) {
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        let free_before = state.log.io_inflight();
+        let advanced = state.log.reap();
+        let freed = state.log.io_inflight() < free_before;
+        if advanced {
+            publish(state);
+        }
+        drop(guard);
+        if advanced {
+            self.progress.notify_all();
+        }
+        if freed {
+            self.buffer_space.resource_freed();
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    Kick,
+    Completions,
+    Deadline,
+}
+
+/// Wait for a kick, a completion, or the deadline, whichever comes first.
+async fn wait_any(kick: &Notify, ready: &PollFd<EventFd>, deadline: Option<Instant>) -> Wake {
+    let mut sleep = pin!(async move {
+        match deadline {
+            Some(deadline) => compio::time::sleep_until(deadline).await,
+            None => std::future::pending::<()>().await,
+        }
+    });
+    poll_fn(|cx| {
+        if kick.poll_notified(cx.waker()).is_ready() {
+            return Poll::Ready(Wake::Kick);
+        }
+        if let Poll::Ready(result) = ready.poll_read_ready(cx) {
+            if let Err(error) = result {
+                tracing::warn!(%error, "waiting for commit-log completions failed");
+            }
+            return Poll::Ready(Wake::Completions);
+        }
+        sleep.as_mut().poll(cx).map(|()| Wake::Deadline)
+    })
+    .await
+}

@@ -1,0 +1,133 @@
+//! The retention task: samples disk usage, applies the disk guards, and
+//! deletes what retention (see `retention.rs`) says is no longer needed.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::partition::Partition;
+use super::retention::{self, DiskPressure};
+use super::segment;
+use super::shard_store::{ShardStore, StoreState, publish};
+use crate::ids::Offset;
+
+impl ShardStore {
+    pub(super) async fn run_retention(self: Rc<Self>) {
+        let retention = self.options.retention.clone();
+        let mut last_run = Instant::now();
+        loop {
+            compio::time::sleep(Duration::from_millis(retention.disk_check_interval_ms)).await;
+            let pressure = self.check_disk();
+            let due = last_run.elapsed() >= Duration::from_millis(retention.check_interval_ms);
+            if due || pressure >= DiskPressure::Clean {
+                self.enforce_retention(segment::now_ms());
+                last_run = Instant::now();
+            }
+        }
+    }
+
+    /// Sample disk usage and update the guard state; returns the pressure.
+    pub fn check_disk(&self) -> DiskPressure {
+        let ratio = match (self.disk_probe)() {
+            Ok(ratio) => ratio,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read disk usage; keeping the previous value");
+                self.disk_usage_ratio.get()
+            }
+        };
+        let pressure = DiskPressure::from_ratio(ratio, &self.options.retention);
+        let previous = self.disk_pressure.replace(pressure);
+        self.disk_usage_ratio.set(ratio);
+        if pressure != previous {
+            let percent = ratio * 100.0;
+            match pressure {
+                DiskPressure::Reject => tracing::error!(
+                    percent,
+                    "disk nearly full: refusing appends until usage drops"
+                ),
+                DiskPressure::ForceClean => tracing::warn!(
+                    percent,
+                    "disk usage high: deleting oldest segments even if not expired"
+                ),
+                DiskPressure::Clean => tracing::warn!(
+                    percent,
+                    "disk usage above clean threshold: deleting expired segments now"
+                ),
+                DiskPressure::Normal => tracing::info!(percent, "disk usage back to normal"),
+            }
+        }
+        pressure
+    }
+
+    /// Apply retention now: per-partition log starts, then whole segments,
+    /// then (under force pressure) the oldest segments regardless.
+    pub fn enforce_retention(&self, now_ms: u64) {
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        let ages: Vec<_> = state
+            .log
+            .segments()
+            .map(|segment| (segment.base, segment.end(), segment.last_write_ms()))
+            .collect();
+        for partition in state.partitions.values_mut() {
+            let start = retention::retained_start(partition, &ages, now_ms);
+            advance_log_start(partition, start);
+        }
+        let needed = retention::lowest_needed_position(&mut state.partitions.values());
+        let needed = needed.unwrap_or(state.log.written_end());
+        while state.log.segments().len() > 1
+            && state
+                .log
+                .segments()
+                .next()
+                .is_some_and(|oldest| oldest.end() <= needed)
+        {
+            delete_oldest_segment(state, "retention");
+        }
+        drop(guard);
+        while self.disk_pressure.get() >= DiskPressure::ForceClean {
+            let mut state = self.state.borrow_mut();
+            if state.log.segments().len() < 2 {
+                break;
+            }
+            delete_oldest_segment(&mut state, "disk usage above disk_force_clean_ratio");
+            drop(state);
+            self.check_disk();
+        }
+        // Deleted ranges count as written and durable: publish, wake waiters,
+        // and let the flusher recompute its deadlines.
+        publish(&mut self.state.borrow_mut());
+        self.progress.notify_all();
+        self.flush_kick.notify();
+    }
+}
+
+fn advance_log_start(partition: &mut Partition, start: Offset) {
+    if start <= partition.log_start_offset {
+        return;
+    }
+    tracing::debug!(topic = %partition.meta.topic, index = partition.meta.index, from = partition.log_start_offset.0, to = start.0, "retention moves log start");
+    if let Err(error) = partition.advance_log_start(start) {
+        tracing::warn!(%error, "cannot delete expired consume-queue files");
+    }
+}
+
+fn delete_oldest_segment(state: &mut StoreState, reason: &str) {
+    let Some((base, end, result)) = state.log.delete_oldest_segment() else {
+        return;
+    };
+    match result {
+        Ok(()) => tracing::info!(
+            base = base.0,
+            end = end.0,
+            reason,
+            "deleted commit-log segment"
+        ),
+        Err(error) => {
+            tracing::error!(base = base.0, %error, "cannot delete commit-log segment file")
+        }
+    }
+    for partition in state.partitions.values_mut() {
+        let start = retention::first_offset_at_or_after(partition, end);
+        advance_log_start(partition, start);
+    }
+}

@@ -1,0 +1,117 @@
+//! What can go wrong in a shard's storage, per operation, with messages
+//! that say what happened and what to do.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::consume_queue::QueueError;
+use super::recovery::RecoveryError;
+use super::segment::SegmentError;
+use crate::ids::{Offset, PartitionId, ShardId};
+use crate::io::LogIoError;
+
+#[derive(Debug, Error)]
+pub enum AppendError {
+    #[error("{0} does not exist on this shard")]
+    UnknownPartition(PartitionId),
+    #[error("{shard}: {source}")]
+    Poisoned {
+        shard: ShardId,
+        #[source]
+        source: Arc<LogIoError>,
+    },
+    #[error(
+        "disk usage {usage_percent:.1}% is above disk_reject_ratio ({limit_percent:.0}%): appends \
+         are refused until retention frees space (retriable)"
+    )]
+    DiskFull {
+        usage_percent: f64,
+        limit_percent: f64,
+    },
+    #[error("batch of {size} bytes exceeds storage.message_max_bytes ({limit})")]
+    BatchTooLarge { size: usize, limit: u32 },
+    #[error("storage error (retriable): {0}")]
+    Storage(String),
+    #[error("the shard is shutting down")]
+    ShuttingDown,
+}
+
+impl AppendError {
+    /// Whether the producer may retry the same batch (Kafka: retriable error).
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self,
+            AppendError::DiskFull { .. } | AppendError::Storage(_) | AppendError::ShuttingDown
+        )
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ReadError {
+    #[error("{0} does not exist on this shard")]
+    UnknownPartition(PartitionId),
+    #[error("offset {requested} is outside the partition's range {log_start}..={high_watermark}")]
+    OffsetOutOfRange {
+        requested: Offset,
+        log_start: Offset,
+        high_watermark: Offset,
+    },
+}
+
+#[derive(Debug, Error)]
+pub enum PartitionError {
+    #[error("invalid topic name {topic:?}: {reason}")]
+    InvalidTopic { topic: String, reason: String },
+    #[error("partition {topic}-{index} already exists as {id}")]
+    AlreadyExists {
+        topic: String,
+        index: u32,
+        id: PartitionId,
+    },
+    #[error("{0} does not exist on this shard")]
+    Unknown(PartitionId),
+    #[error("cannot create or delete partition files in {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+#[derive(Debug, Error)]
+pub enum OpenError {
+    #[error("recovery of {shard} failed: {source}")]
+    Recovery {
+        shard: ShardId,
+        #[source]
+        source: RecoveryError,
+    },
+    #[error("cannot open the commit log of {shard}: {source}")]
+    Log {
+        shard: ShardId,
+        #[source]
+        source: SegmentError,
+    },
+    #[error("cannot start commit-log I/O for {shard}: {source}")]
+    Io {
+        shard: ShardId,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `try_append`'s outcome: the append must wait for buffer space, or failed.
+pub(super) enum TryAppendError {
+    NoBufferSpace,
+    Fatal(AppendError),
+}
+
+impl From<AppendError> for TryAppendError {
+    fn from(error: AppendError) -> Self {
+        TryAppendError::Fatal(error)
+    }
+}

@@ -1,0 +1,192 @@
+//! The write path: append a validated batch to a partition, and wait until
+//! it reached the durability it asked for.
+//!
+//! `append` returns once the batch is **buffered** with its offsets assigned;
+//! when write buffers are full it waits, in arrival order, for the flusher to
+//! free space (backpressure). `wait` resolves at `Written` (in the segment
+//! file, fetchable) or `Fsynced` (a covering fdatasync returned), or with
+//! `Poisoned` after an I/O error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::commit_log::LogAppendError;
+use super::frame::{FRAME_PREFIX_BYTES, FrameHeader};
+use super::retention::DiskPressure;
+use super::shard_store::{AppendReceipt, Durability, LEADER_EPOCH, PendingAppend, ShardStore};
+use super::store_errors::{AppendError, TryAppendError};
+use crate::ids::{Offset, PartitionId};
+use crate::record_batch::{self, ValidatedBatch};
+
+impl ShardStore {
+    /// Append `batch` to partition `id`. Returns once buffered, with offsets
+    /// assigned; waits (in arrival order) while write buffers are full.
+    pub async fn append(
+        &self,
+        id: PartitionId,
+        batch: ValidatedBatch<'_>,
+        durability: Durability,
+    ) -> Result<AppendReceipt, AppendError> {
+        let mut ticket = None;
+        loop {
+            if ticket.is_none() && !self.buffer_space.is_empty() {
+                ticket = Some(self.buffer_space.enqueue());
+            }
+            if let Some(ticket) = &ticket
+                && !ticket.is_front()
+            {
+                ticket.changed().await;
+                continue;
+            }
+            match self.try_append(id, &batch, durability, Instant::now()) {
+                Err(TryAppendError::NoBufferSpace) => {
+                    let ticket = ticket.get_or_insert_with(|| self.buffer_space.enqueue());
+                    self.flush_kick.notify();
+                    ticket.changed().await;
+                }
+                Err(TryAppendError::Fatal(error)) => return Err(error),
+                Ok(receipt) => return Ok(receipt),
+            }
+        }
+    }
+
+    fn try_append(
+        &self,
+        id: PartitionId,
+        batch: &ValidatedBatch<'_>,
+        durability: Durability,
+        now: Instant,
+    ) -> Result<AppendReceipt, TryAppendError> {
+        if self.stopping.get() {
+            return Err(AppendError::ShuttingDown.into());
+        }
+        let limit = self.options.storage.message_max_bytes;
+        if batch.len() > limit as usize {
+            return Err(AppendError::BatchTooLarge {
+                size: batch.len(),
+                limit,
+            }
+            .into());
+        }
+        if self.disk_pressure.get() == DiskPressure::Reject {
+            return Err(AppendError::DiskFull {
+                usage_percent: self.disk_usage_ratio.get() * 100.0,
+                limit_percent: self.options.retention.disk_reject_ratio * 100.0,
+            }
+            .into());
+        }
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        let partition = state
+            .partitions
+            .get_mut(&id)
+            .ok_or(AppendError::UnknownPartition(id))?;
+        let bytes = batch.bytes();
+        let header = *batch.header();
+        let base_offset = partition.next_offset;
+        let mut frame_prefix = [0u8; FRAME_PREFIX_BYTES];
+        let mut batch_prefix = [0u8; super::frame::COVERED_PAYLOAD_PREFIX_BYTES];
+        let prefix_len = batch_prefix.len();
+        batch_prefix.copy_from_slice(&bytes[..prefix_len]);
+        record_batch::assign_broker_fields(&mut batch_prefix, base_offset.0, LEADER_EPOCH);
+        let frame = FrameHeader {
+            payload_len: u32::try_from(bytes.len()).expect("batch validated against a u32 limit"),
+            partition: id,
+        };
+        frame.encode_prefix(&batch_prefix, &mut frame_prefix);
+        let durable_by = match durability {
+            Durability::Fsynced => Some(now),
+            Durability::Buffered | Durability::Written => {
+                now.checked_add(Duration::from_millis(partition.config.flush_ms))
+            }
+        };
+        partition
+            .queue
+            .reserve_next()
+            .map_err(|error| AppendError::Storage(error.to_string()))?;
+        let rest = &bytes[batch_prefix.len()..];
+        let position = state
+            .log
+            .append_frame(&[&frame_prefix, rest], durable_by, now)
+            .map_err(|error| self.classify_log_error(error))?;
+        partition
+            .index_batch(
+                position,
+                frame.payload_len,
+                header.last_offset_delta as u32,
+                header.max_timestamp_ms,
+            )
+            .expect("queue room was reserved");
+        let end = position.plus(frame.frame_len());
+        state.pending.push_back(PendingAppend {
+            end: end.0,
+            partition: id,
+            next_offset: partition.next_offset,
+        });
+        drop(guard);
+        self.flush_kick.notify();
+        Ok(AppendReceipt {
+            base_offset,
+            last_offset: Offset(base_offset.0 + i64::from(header.last_offset_delta)),
+            position,
+            end,
+            durability,
+        })
+    }
+
+    fn classify_log_error(&self, error: LogAppendError) -> TryAppendError {
+        match error {
+            LogAppendError::NoBufferSpace { .. } => TryAppendError::NoBufferSpace,
+            LogAppendError::Poisoned(source) => TryAppendError::Fatal(AppendError::Poisoned {
+                shard: self.options.shard,
+                source,
+            }),
+            LogAppendError::Roll(error) => {
+                TryAppendError::Fatal(AppendError::Storage(error.to_string()))
+            }
+        }
+    }
+
+    /// Wait until the append reached the durability it asked for.
+    pub async fn wait(&self, receipt: &AppendReceipt) -> Result<(), AppendError> {
+        loop {
+            let progress = {
+                let state = self.state.borrow();
+                if let Some(source) = state.log.poisoned() {
+                    return Err(AppendError::Poisoned {
+                        shard: self.options.shard,
+                        source: Arc::clone(source),
+                    });
+                }
+                let reached = match receipt.durability {
+                    Durability::Buffered => true,
+                    Durability::Written => state.log.written_end() >= receipt.end,
+                    Durability::Fsynced => state.log.durable_end() >= receipt.end,
+                };
+                if reached {
+                    return Ok(());
+                }
+                self.progress.wait()
+            };
+            progress.await;
+        }
+    }
+
+    /// Make everything appended so far durable, then return.
+    pub async fn sync(&self) -> Result<(), AppendError> {
+        let end = {
+            let mut state = self.state.borrow_mut();
+            state.log.require_durable_now(Instant::now());
+            state.log.append_end()
+        };
+        self.flush_kick.notify();
+        let receipt = AppendReceipt {
+            base_offset: Offset(0),
+            last_offset: Offset(0),
+            position: end,
+            end,
+            durability: Durability::Fsynced,
+        };
+        self.wait(&receipt).await
+    }
+}
