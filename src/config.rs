@@ -32,8 +32,42 @@ pub struct Config {
     pub io_backend: IoBackendSetting,
     /// Pin each shard thread to one core. Turn off only when sharing a host.
     pub pin_shards: bool,
+    pub kafka: KafkaConfig,
+    pub metrics: MetricsConfig,
     pub storage: StorageConfig,
     pub retention: RetentionConfig,
+}
+
+/// The Kafka listener and how it treats clients.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Address every shard listens on (SO_REUSEPORT), `host:port`.
+    pub listen: String,
+    /// `host:port` clients are told to connect to; empty = `listen` (with the
+    /// host name instead of an unspecified address).
+    pub advertised: String,
+    /// This broker's node id in Metadata responses.
+    pub node_id: i32,
+    /// Largest request a client may send (Kafka `socket.request.max.bytes`).
+    pub request_max_bytes: u32,
+    /// Open client connections per broker; more are accepted and closed at once.
+    pub connections_max: u32,
+    /// Close connections idle for longer than this (Kafka `connections.max.idle.ms`).
+    pub idle_timeout_ms: u64,
+    /// Create unknown topics on Metadata and Produce requests.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic, and the CreateTopics default.
+    pub default_partitions: u32,
+    /// Most partitions a topic may have.
+    pub partitions_per_topic_max: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the metrics and health endpoint, `host:port`.
+    pub listen: String,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -103,8 +137,34 @@ impl Default for Config {
             shards: 0,
             io_backend: IoBackendSetting::Auto,
             pin_shards: true,
+            kafka: KafkaConfig::default(),
+            metrics: MetricsConfig::default(),
             storage: StorageConfig::default(),
             retention: RetentionConfig::default(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            listen: "127.0.0.1:9092".to_owned(),
+            advertised: String::new(),
+            node_id: 0,
+            request_max_bytes: 100 * MIB as u32,
+            connections_max: 10_000,
+            idle_timeout_ms: 600_000,
+            auto_create_topics: true,
+            default_partitions: 1,
+            partitions_per_topic_max: 10_000,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9644".to_owned(),
         }
     }
 }
@@ -190,9 +250,92 @@ impl Config {
         if self.shards > usize::from(u16::MAX) {
             return invalid("shards", self.shards, "at most 65535 shards");
         }
+        self.kafka.validate(&self.storage)?;
+        parse_address("metrics.listen", &self.metrics.listen)?;
         self.storage.validate()?;
         self.retention.validate()
     }
+}
+
+impl KafkaConfig {
+    fn validate(&self, storage: &StorageConfig) -> Result<(), ConfigError> {
+        parse_address("kafka.listen", &self.listen)?;
+        if !self.advertised.is_empty() {
+            let (host, port) = self.advertised.rsplit_once(':').unwrap_or(("", ""));
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return invalid("kafka.advertised", &self.advertised, "expected host:port");
+            }
+        }
+        if self.node_id < 0 {
+            return invalid("kafka.node_id", self.node_id, "must be >= 0");
+        }
+        if self.request_max_bytes < storage.message_max_bytes {
+            return invalid(
+                "kafka.request_max_bytes",
+                self.request_max_bytes,
+                format!(
+                    "must be at least storage.message_max_bytes ({}) so the largest batch fits",
+                    storage.message_max_bytes
+                ),
+            );
+        }
+        if self.connections_max == 0 || self.idle_timeout_ms == 0 {
+            return invalid(
+                "kafka.connections_max",
+                self.connections_max,
+                "limits must be positive",
+            );
+        }
+        if self.default_partitions == 0 || self.default_partitions > self.partitions_per_topic_max {
+            return invalid(
+                "kafka.default_partitions",
+                self.default_partitions,
+                "between 1 and kafka.partitions_per_topic_max",
+            );
+        }
+        Ok(())
+    }
+
+    /// `host:port` to put in Metadata responses.
+    pub fn advertised_address(&self) -> (String, u16) {
+        let address = if self.advertised.is_empty() {
+            &self.listen
+        } else {
+            &self.advertised
+        };
+        let (host, port) = address
+            .rsplit_once(':')
+            .unwrap_or((address.as_str(), "9092"));
+        let port = port.parse().unwrap_or(9092);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = match host {
+            "0.0.0.0" | "::" | "" => hostname().unwrap_or_else(|| "localhost".to_owned()),
+            host => host.to_owned(),
+        };
+        (host, port)
+    }
+}
+
+fn parse_address(key: &'static str, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    value.parse().map_err(|_| ConfigError::Invalid {
+        key,
+        value: value.to_owned(),
+        reason: "expected an IP address and port, e.g. 127.0.0.1:9092 or [::]:9092".to_owned(),
+    })
+}
+
+fn hostname() -> Option<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: gethostname writes at most buffer.len() bytes into our buffer.
+    let status = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if status != 0 {
+        return None;
+    }
+    let end = buffer
+        .iter()
+        .position(|&byte| byte == 0)
+        .unwrap_or(buffer.len());
+    String::from_utf8(buffer[..end].to_vec()).ok()
 }
 
 impl StorageConfig {

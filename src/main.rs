@@ -124,7 +124,12 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match ShardRuntime::start(&config, &data_dir, backend) {
+    let runtime = match ShardRuntime::start(
+        &config,
+        &data_dir,
+        backend,
+        std::sync::Arc::new(sluice::shard::StorageOnly),
+    ) {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!("{error}");

@@ -13,7 +13,7 @@ pub mod mailbox;
 pub mod signals;
 
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use compio::driver::{DriverType, ProactorBuilder};
@@ -28,6 +28,29 @@ pub use mailbox::{MAILBOX_CAPACITY, Message, ShardGone, Shards};
 
 /// Entries in each shard's compio ring (sockets, timers, polls).
 const RING_ENTRIES: u32 = 1024;
+
+/// Something that runs on every shard (the Kafka front end): started on each
+/// shard thread once its storage is open, before the shard reports ready.
+pub trait ShardService: Send + Sync + 'static {
+    /// Spawn this shard's tasks; they are cancelled before the shard's storage
+    /// shuts down. An error stops the broker's start.
+    fn start(
+        &self,
+        context: &Rc<ShardContext>,
+    ) -> Result<Vec<compio::runtime::JoinHandle<()>>, String>;
+}
+
+/// No service: storage only (tests and tools).
+pub struct StorageOnly;
+
+impl ShardService for StorageOnly {
+    fn start(
+        &self,
+        _context: &Rc<ShardContext>,
+    ) -> Result<Vec<compio::runtime::JoinHandle<()>>, String> {
+        Ok(Vec::new())
+    }
+}
 
 /// What a shard task can reach: its storage and the other shards.
 pub struct ShardContext {
@@ -67,6 +90,7 @@ struct ShardSpec {
     core: Option<core_affinity::CoreId>,
     backend: IoBackend,
     options: StoreOptions,
+    service: Arc<dyn ShardService>,
 }
 
 impl ShardRuntime {
@@ -76,6 +100,7 @@ impl ShardRuntime {
         config: &Config,
         data_dir: &DataDir,
         backend: IoBackend,
+        service: Arc<dyn ShardService>,
     ) -> Result<ShardRuntime, StartError> {
         let count = config.shard_count();
         let cores = if config.pin_shards {
@@ -103,6 +128,7 @@ impl ShardRuntime {
                     retention: config.retention.clone(),
                     backend,
                 },
+                service: Arc::clone(&service),
             };
             let shards = shards.clone();
             let ready_sender = ready_sender.clone();
@@ -213,18 +239,35 @@ fn run_shard(
             recovery: store.recovery_report().clone(),
         };
         let context = Rc::new(ShardContext { id, store, shards });
+        let tasks = match spec.service.start(&context) {
+            Ok(tasks) => tasks,
+            Err(reason) => {
+                let _ = context.store.shutdown().await;
+                let _ = ready.send(Err((id, reason)));
+                return;
+            }
+        };
         if ready.send(Ok(started)).is_err() {
             return;
         }
-        serve_mailbox(&context, &mailbox).await;
+        serve_mailbox(&context, &mailbox, tasks).await;
     });
 }
 
-async fn serve_mailbox(context: &Rc<ShardContext>, mailbox: &flume::Receiver<Message>) {
+async fn serve_mailbox(
+    context: &Rc<ShardContext>,
+    mailbox: &flume::Receiver<Message>,
+    service_tasks: Vec<compio::runtime::JoinHandle<()>>,
+) {
+    let mut service_tasks = Some(service_tasks);
     while let Ok(message) = mailbox.recv_async().await {
         match message {
             Message::Run(job) => job(context),
             Message::Shutdown(reply) => {
+                // Stop taking requests before storage stops taking appends.
+                for task in service_tasks.take().into_iter().flatten() {
+                    task.cancel().await;
+                }
                 let result = context
                     .store
                     .shutdown()

@@ -64,6 +64,8 @@ pub struct ChunkWrite {
     pub data_end: LogPosition,
     /// The range of the segment file written: all a linked fdatasync covers.
     pub segment: (LogPosition, LogPosition),
+    /// Log position of the op buffer's first byte.
+    pub chunk_base: LogPosition,
 }
 
 #[derive(Debug)]
@@ -310,6 +312,7 @@ fn take_write(chunk: &mut Chunk, mut buf: AlignedBuf, block_bytes: usize) -> Chu
         data_start: chunk.base.plus(chunk.submitted as u64),
         data_end: chunk.base.plus(chunk.fill as u64),
         segment: (chunk.place.segment_base, chunk.place.segment_end),
+        chunk_base: chunk.base,
         op: WriteOp {
             file: Arc::clone(&chunk.place.file),
             file_offset: chunk.base.0 - chunk.place.segment_base.0 + io_start as u64,

@@ -33,10 +33,14 @@ use super::segment::{self, Preallocation, Segment, SegmentError};
 use super::watermark::{DueQueue, RangeWatermark};
 use crate::config::WriteMode;
 use crate::ids::LogPosition;
-use crate::io::{LogIo, LogIoError, LogOp, LogOpDone, SubmitError};
+use crate::io::{AlignedBuf, LogIo, LogIoError, LogOp, LogOpDone, SubmitError};
+use bytes::Bytes;
 
 /// Token bit marking a standalone fdatasync (write tokens are chunk ids << 1).
 const SYNC_TOKEN_BIT: u64 = 1;
+/// Partial-block copies kept for fetches near the written end (see
+/// `keep_tail_block`); only the newest one or two are ever needed.
+const TAIL_BLOCKS_KEPT_MAX: usize = 8;
 /// Ring slots kept for standalone fdatasyncs next to `inflight_writes_max`
 /// writes: normally one; two while the durable end crosses a segment boundary.
 pub const LOG_SYNCS_INFLIGHT_MAX: u32 = 2;
@@ -81,6 +85,8 @@ struct InflightOp {
     token: u64,
     chunk_id: Option<u64>,
     data: Option<(LogPosition, LogPosition)>,
+    /// Log position of the op buffer's first byte (writes only).
+    chunk_base: LogPosition,
     sync: Option<SyncScope>,
 }
 
@@ -108,6 +114,11 @@ pub struct CommitLog {
     next_sync_token: u64,
     reaped: Vec<LogOpDone>,
     stats: LogStats,
+    /// Alignment of writes: 4096 for O_DIRECT, 1 for buffered.
+    block_bytes: usize,
+    /// (block start, written bytes of it) for partial blocks near the
+    /// written end: see `keep_tail_block`.
+    tail_blocks: VecDeque<(u64, Bytes)>,
 }
 
 impl CommitLog {
@@ -139,9 +150,17 @@ impl CommitLog {
             active.base <= end && end <= active.end(),
             "end {end} outside the last segment"
         );
+        let mut tail_blocks = VecDeque::new();
         if end < active.end() {
             let preload = read_partial_block(active, end, block_bytes)?;
             appender.start_at(place_of(active), end, &preload);
+            if !preload.is_empty() {
+                let block_start = end.0 - preload.len() as u64;
+                tail_blocks.push_back((block_start, Bytes::from(preload)));
+            }
+            // Recovery read the tail through the page cache; those pages
+            // must not outlive the O_DIRECT rewrites that follow.
+            drop_cached_pages(active);
         }
         Ok(CommitLog {
             written: RangeWatermark::new(end.0),
@@ -158,6 +177,8 @@ impl CommitLog {
             next_sync_token: 0,
             reaped: Vec::new(),
             stats: LogStats::default(),
+            block_bytes,
+            tail_blocks,
         })
     }
 
@@ -298,6 +319,7 @@ impl CommitLog {
             data_start,
             data_end,
             segment: (segment_base, segment_end),
+            chunk_base,
         } = write;
         op.sync = sync;
         let token = chunk_id << 1;
@@ -309,6 +331,7 @@ impl CommitLog {
             token,
             chunk_id: Some(chunk_id),
             data: Some((data_start, data_end)),
+            chunk_base,
             sync: sync.then(|| SyncScope {
                 written: self.written.clone(),
                 segment_base,
@@ -347,6 +370,7 @@ impl CommitLog {
                 token,
                 chunk_id: None,
                 data: None,
+                chunk_base: LogPosition::ZERO,
                 sync: Some(SyncScope {
                     written: self.written.clone(),
                     segment_base,
@@ -411,6 +435,11 @@ impl CommitLog {
             .expect("completion for an op we submitted");
         let op = self.inflight.swap_remove(index);
         if let (Some(chunk_id), Some(buf)) = (op.chunk_id, done.buf) {
+            if done.result.is_ok()
+                && let Some((_, end)) = op.data
+            {
+                self.keep_tail_block(&buf, op.chunk_base, end);
+            }
             self.appender.complete(chunk_id, buf);
         }
         if let Err(error) = done.result {
@@ -429,6 +458,57 @@ impl CommitLog {
                 self.durable.mark(start.0, end.0);
             }
         }
+    }
+
+    /// Keep a copy of the written part of the block holding `end`, when that
+    /// block is partial: it may be rewritten, so fetches of it are served
+    /// from this copy, never through the page cache (see `final_end`).
+    fn keep_tail_block(&mut self, buf: &AlignedBuf, chunk_base: LogPosition, end: LogPosition) {
+        let block = self.block_bytes as u64;
+        let block_start = end.0 / block * block;
+        if block_start == end.0 {
+            return;
+        }
+        let from = (block_start - chunk_base.0) as usize;
+        let to = (end.0 - chunk_base.0) as usize;
+        let copy = Bytes::copy_from_slice(&buf.as_slice()[from..to]);
+        match self
+            .tail_blocks
+            .iter_mut()
+            .find(|(start, _)| *start == block_start)
+        {
+            Some((_, kept)) if kept.len() >= copy.len() => {}
+            Some((_, kept)) => *kept = copy,
+            None => self.tail_blocks.push_back((block_start, copy)),
+        }
+        let final_end = self.final_end().0;
+        self.tail_blocks
+            .retain(|(start, _)| start + block > final_end);
+        while self.tail_blocks.len() > TAIL_BLOCKS_KEPT_MAX {
+            self.tail_blocks.pop_front();
+        }
+    }
+
+    /// Bytes below this are in blocks that are never written again: they may
+    /// be read through the page cache (sendfile/splice). Past it, up to the
+    /// written end, lies a partial block an O_DIRECT rewrite may still touch.
+    pub fn final_end(&self) -> LogPosition {
+        let block = self.block_bytes as u64;
+        LogPosition(self.written.end() / block * block)
+    }
+
+    /// The written bytes `[start, end)` of the partial block at the written
+    /// end, from the copy kept at completion. `start >= final_end()`.
+    pub fn tail_bytes(&self, start: LogPosition, end: LogPosition) -> Option<Bytes> {
+        let block = self.block_bytes as u64;
+        let block_start = start.0 / block * block;
+        let (_, copy) = self
+            .tail_blocks
+            .iter()
+            .find(|(kept, _)| *kept == block_start)?;
+        let from = (start.0 - block_start) as usize;
+        let to = (end.0 - block_start) as usize;
+        (to <= copy.len()).then(|| copy.slice(from..to))
     }
 
     /// When the flusher must run next even without new appends or completions.
@@ -576,6 +656,12 @@ fn read_partial_block(
         });
     }
     Ok(preload)
+}
+
+fn drop_cached_pages(segment: &Segment) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise takes an open descriptor and integer arguments.
+    unsafe { libc::posix_fadvise(segment.reader.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
 fn log_preallocation(segment: &Segment, preallocation: Preallocation) {

@@ -35,10 +35,10 @@ pub mod watermark;
 mod write_path;
 
 pub use partition::PartitionConfig;
-pub use read_path::read_span;
+pub use read_path::read_batch_bytes;
 pub use recovery::{CheckpointStatus, RecoveryReport};
 pub use shard_store::{
-    AppendReceipt, Durability, PartitionOffsets, ReadResult, ReadSpan, ShardStore, StoreHooks,
-    StoreOptions,
+    AppendReceipt, Durability, PartitionOffsets, ReadBatch, ReadPart, ReadResult, ShardStore,
+    StoreHooks, StoreOptions,
 };
 pub use store_errors::{AppendError, OpenError, PartitionError, ReadError};

@@ -35,6 +35,8 @@ pub struct PartitionConfig {
     pub retention_bytes: i64,
     /// `flush.ms`: data not asked to be durable is fsynced within this long.
     pub flush_ms: u64,
+    /// `flush.messages`: an fsync is due at least every this many records.
+    pub flush_messages: u64,
 }
 
 impl PartitionConfig {
@@ -43,6 +45,7 @@ impl PartitionConfig {
             retention_ms: retention.retention_ms,
             retention_bytes: retention.retention_bytes,
             flush_ms: retention.flush_ms,
+            flush_messages: u64::MAX,
         }
     }
 }
@@ -123,6 +126,8 @@ pub struct Partition {
     pub log_start_offset: Offset,
     pub high_watermark: Offset,
     pub next_offset: Offset,
+    /// Records appended since an fsync was last forced for `flush.messages`.
+    pub records_since_forced_sync: u64,
 }
 
 impl Partition {
@@ -151,6 +156,7 @@ impl Partition {
             log_start_offset,
             high_watermark: next_offset,
             next_offset,
+            records_since_forced_sync: 0,
         }
     }
 

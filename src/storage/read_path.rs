@@ -1,11 +1,18 @@
-//! The read path: batches of a partition from an offset, as file spans for
-//! zero-copy sends, and lookups by timestamp. Only written data is returned.
+//! The read path: batches of a partition from an offset, ready to send, and
+//! lookups by timestamp. Only written data is returned.
+//!
+//! A batch comes back as parts. Bytes in blocks that will never be written
+//! again (below `CommitLog::final_end`) are file spans, for zero-copy sends
+//! through the page cache. The written part of the last, partial block is an
+//! in-memory copy: an O_DIRECT rewrite of that block may still be in flight,
+//! and a page cached before it could outlive the kernel's invalidation and
+//! serve stale bytes.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::frame::FRAME_HEADER_BYTES;
-use super::shard_store::{ReadResult, ReadSpan, ShardStore};
+use super::shard_store::{ReadBatch, ReadPart, ReadResult, ShardStore};
 use super::store_errors::ReadError;
 use crate::ids::{Offset, PartitionId};
 
@@ -30,7 +37,8 @@ impl ShardStore {
                 high_watermark: partition.high_watermark,
             });
         }
-        let mut spans = Vec::new();
+        let final_end = state.log.final_end();
+        let mut batches = Vec::new();
         let mut bytes = 0u64;
         let mut index = partition.queue.search_offset(offset);
         while let Some(entry) = partition.queue.get(index) {
@@ -38,25 +46,47 @@ impl ShardStore {
                 break;
             }
             let len = u64::from(entry.batch_len);
-            if !spans.is_empty() && bytes + len > max_bytes {
+            if !batches.is_empty() && bytes + len > max_bytes {
                 break;
             }
             let Some(segment) = state.log.segment_at(entry.position) else {
                 break;
             };
-            let batch_at = entry.position.plus(FRAME_HEADER_BYTES as u64);
-            spans.push(ReadSpan {
-                file: Arc::clone(&segment.reader),
-                file_offset: segment.file_offset(batch_at),
-                len: entry.batch_len,
+            let start = entry.position.plus(FRAME_HEADER_BYTES as u64);
+            let end = start.plus(len);
+            let file_end = end.min(final_end).max(start);
+            let mut parts = Vec::with_capacity(1);
+            if file_end > start {
+                parts.push(ReadPart::File {
+                    file: Arc::clone(&segment.reader),
+                    offset: segment.file_offset(start),
+                    len: (file_end.0 - start.0) as u32,
+                });
+            }
+            if end > file_end {
+                let Some(tail) = state.log.tail_bytes(file_end, end) else {
+                    // Cannot happen while the copy invariant holds; serve
+                    // what is final rather than risk stale bytes.
+                    tracing::error!(
+                        position = file_end.0,
+                        "no copy of the partial tail block; fetch stops before it"
+                    );
+                    break;
+                };
+                parts.push(ReadPart::Memory(tail));
+            }
+            batches.push(ReadBatch {
+                position: entry.position,
                 base_offset: entry.base_offset,
                 last_offset: entry.last_offset(),
+                len: entry.batch_len,
+                parts,
             });
             bytes += len;
             index += 1;
         }
         Ok(ReadResult {
-            spans,
+            batches,
             log_start_offset: partition.log_start_offset,
             high_watermark: partition.high_watermark,
         })
@@ -97,9 +127,18 @@ impl ShardStore {
     }
 }
 
-/// Read a span's bytes (tests and non-zero-copy paths).
-pub fn read_span(span: &ReadSpan) -> std::io::Result<Vec<u8>> {
-    let mut bytes = vec![0u8; span.len as usize];
-    span.file.read_exact_at(&mut bytes, span.file_offset)?;
+/// The bytes of a read batch (tests and non-zero-copy paths).
+pub fn read_batch_bytes(batch: &ReadBatch) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(batch.len as usize);
+    for part in &batch.parts {
+        match part {
+            ReadPart::File { file, offset, len } => {
+                let start = bytes.len();
+                bytes.resize(start + *len as usize, 0);
+                file.read_exact_at(&mut bytes[start..], *offset)?;
+            }
+            ReadPart::Memory(memory) => bytes.extend_from_slice(memory),
+        }
+    }
     Ok(bytes)
 }

@@ -81,19 +81,32 @@ pub struct AppendReceipt {
     pub(super) durability: Durability,
 }
 
-/// One batch's bytes in a segment file: what fetch sends.
+/// Where a piece of a fetched batch is: a span of a segment file (final
+/// blocks, sent zero-copy) or memory (the partial last block).
 #[derive(Clone, Debug)]
-pub struct ReadSpan {
-    pub file: Arc<File>,
-    pub file_offset: u64,
-    pub len: u32,
+pub enum ReadPart {
+    File {
+        file: Arc<File>,
+        offset: u64,
+        len: u32,
+    },
+    Memory(bytes::Bytes),
+}
+
+/// One stored batch, ready to send: its parts in order add up to `len` bytes.
+#[derive(Clone, Debug)]
+pub struct ReadBatch {
+    /// Where the batch's frame starts in the shard's commit log.
+    pub position: LogPosition,
     pub base_offset: Offset,
     pub last_offset: Offset,
+    pub len: u32,
+    pub parts: Vec<ReadPart>,
 }
 
 #[derive(Clone, Debug)]
 pub struct ReadResult {
-    pub spans: Vec<ReadSpan>,
+    pub batches: Vec<ReadBatch>,
     pub log_start_offset: Offset,
     pub high_watermark: Offset,
 }

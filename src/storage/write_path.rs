@@ -94,12 +94,20 @@ impl ShardStore {
             partition: id,
         };
         frame.encode_prefix(&batch_prefix, &mut frame_prefix);
+        let records = u64::try_from(header.records_count).unwrap_or(0);
+        partition.records_since_forced_sync += records;
+        let flush_messages_reached =
+            partition.records_since_forced_sync >= partition.config.flush_messages;
         let durable_by = match durability {
             Durability::Fsynced => Some(now),
+            _ if flush_messages_reached => Some(now),
             Durability::Buffered | Durability::Written => {
                 now.checked_add(Duration::from_millis(partition.config.flush_ms))
             }
         };
+        if durable_by == Some(now) {
+            partition.records_since_forced_sync = 0;
+        }
         partition
             .queue
             .reserve_next()

@@ -84,12 +84,13 @@ fn ids_of(store: &ShardStore, partitions: u32) -> Vec<PartitionId> {
 /// File offset of the frame holding `offset` of `partition` (frame header
 /// included), for damaging it.
 fn frame_file_offset(store: &ShardStore, id: PartitionId, offset: Offset) -> (u64, u32) {
-    let span = store.read(id, offset, 1).unwrap().spans.remove(0);
-    assert_eq!(span.base_offset, offset);
-    (
-        span.file_offset - sluice::storage::frame::FRAME_HEADER_BYTES as u64,
-        span.len,
-    )
+    let batch = store.read(id, offset, 1).unwrap().batches.remove(0);
+    assert_eq!(batch.base_offset, offset);
+    assert!(
+        batch.position.0 < 256 * 1024,
+        "the batch is in the first segment"
+    );
+    (batch.position.0, batch.len)
 }
 
 fn damage(path: &Path, at: u64, bytes: &[u8]) {
@@ -180,7 +181,7 @@ fn damaged_middle_frame_is_skipped(damage_at: impl Fn(u64, u32) -> (u64, Vec<u8>
         let next = store
             .read(ids[*partition], *offset, 1)
             .unwrap()
-            .spans
+            .batches
             .remove(0);
         assert_eq!(next.base_offset, appended[victim + 2].1);
         let more = fill(&store, &ids, 2, 10).await;

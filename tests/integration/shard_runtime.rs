@@ -22,7 +22,13 @@ fn partitions_live_on_their_owner_shard_and_survive_a_restart() {
     let client = support::runtime(backend);
 
     let data_dir = DataDir::open(dir.path(), 2, WriteMode::Direct).unwrap();
-    let runtime = ShardRuntime::start(&config, &data_dir, backend).unwrap();
+    let runtime = ShardRuntime::start(
+        &config,
+        &data_dir,
+        backend,
+        std::sync::Arc::new(sluice::shard::StorageOnly),
+    )
+    .unwrap();
     let shards = runtime.shards().clone();
     client.block_on(async {
         for index in 0..PARTITIONS {
@@ -67,7 +73,13 @@ fn partitions_live_on_their_owner_shard_and_survive_a_restart() {
     drop(data_dir);
 
     let data_dir = DataDir::open(dir.path(), 2, WriteMode::Direct).unwrap();
-    let runtime = ShardRuntime::start(&config, &data_dir, backend).unwrap();
+    let runtime = ShardRuntime::start(
+        &config,
+        &data_dir,
+        backend,
+        std::sync::Arc::new(sluice::shard::StorageOnly),
+    )
+    .unwrap();
     let partitions: usize = runtime
         .ready()
         .iter()

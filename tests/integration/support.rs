@@ -12,7 +12,7 @@ use sluice::config::{Config, RetentionConfig, StorageConfig, WriteMode};
 use sluice::ids::{Offset, PartitionId, ShardId};
 use sluice::io::IoBackend;
 use sluice::record_batch::{BatchBuilder, RecordSpec, ValidatedBatch};
-use sluice::storage::{PartitionConfig, ReadSpan, ShardStore, StoreOptions, read_span};
+use sluice::storage::{PartitionConfig, ReadBatch, ShardStore, StoreOptions, read_batch_bytes};
 
 pub const KIB: u64 = 1024;
 
@@ -111,19 +111,19 @@ pub fn read_all(
     let mut next = from;
     loop {
         let result = store.read(partition, next, 1 << 20).expect("read in range");
-        if result.spans.is_empty() {
+        if result.batches.is_empty() {
             return out;
         }
-        for span in &result.spans {
-            let bytes = span_bytes(span);
-            next = Offset(span.last_offset.0 + 1);
-            out.push((span.base_offset, bytes));
+        for batch in &result.batches {
+            let bytes = batch_bytes(batch);
+            next = Offset(batch.last_offset.0 + 1);
+            out.push((batch.base_offset, bytes));
         }
     }
 }
 
-pub fn span_bytes(span: &ReadSpan) -> Vec<u8> {
-    let bytes = read_span(span).expect("span readable");
+pub fn batch_bytes(batch: &ReadBatch) -> Vec<u8> {
+    let bytes = read_batch_bytes(batch).expect("batch readable");
     ValidatedBatch::validate(&bytes, 1 << 20).expect("a served batch is never torn or corrupt");
     bytes
 }

@@ -1,0 +1,315 @@
+//! Cluster metadata: topics, their partition counts, ids and config
+//! overrides, and the cluster id.
+//!
+//! Small and read on every request, so every shard reads an immutable
+//! snapshot (`Arc<ClusterMetadata>`) and one writer at a time replaces it.
+//! Each change is persisted durably first, in `<data_dir>/metadata.toml`
+//! (write, fsync, rename, fsync), then published. Metadata is the source of
+//! truth. At startup each shard creates the partitions it owns but lacks and
+//! deletes the ones no topic claims, which finishes any topic change a
+//! crash interrupted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::topic_config::{TopicConfig, TopicLimits};
+use crate::storage::durable_file::write_atomic;
+
+pub const METADATA_FILE: &str = "metadata.toml";
+const METADATA_VERSION: u32 = 1;
+
+/// A topic's 16-byte id (Kafka's topic UUID).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicId(pub [u8; 16]);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicMeta {
+    pub name: String,
+    pub id: TopicId,
+    pub partitions: u32,
+    /// Config overrides, as clients set them.
+    pub overrides: BTreeMap<String, String>,
+    /// Defaults with the overrides applied.
+    pub config: TopicConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterMetadata {
+    pub cluster_id: String,
+    pub topics: BTreeMap<String, Arc<TopicMeta>>,
+}
+
+#[derive(Debug, Error)]
+pub enum MetadataError {
+    #[error("cannot read cluster metadata {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cluster metadata {path} is damaged: {reason}; restore it from a backup (topics and their configs live there)")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("cannot persist cluster metadata {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Persisted {
+    version: u32,
+    cluster_id: String,
+    #[serde(default)]
+    topics: Vec<PersistedTopic>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PersistedTopic {
+    name: String,
+    id: String,
+    partitions: u32,
+    #[serde(default)]
+    configs: BTreeMap<String, String>,
+}
+
+pub struct MetadataStore {
+    path: PathBuf,
+    defaults: TopicConfig,
+    limits: TopicLimits,
+    current: RwLock<Arc<ClusterMetadata>>,
+    writer: Mutex<()>,
+}
+
+impl MetadataStore {
+    /// Load the metadata of `data_dir`, or start a new cluster there.
+    pub fn open(data_dir: &Path, defaults: TopicConfig, limits: TopicLimits) -> Result<MetadataStore, MetadataError> {
+        let path = data_dir.join(METADATA_FILE);
+        let metadata = match std::fs::read_to_string(&path) {
+            Ok(text) => decode(&text, &path, &defaults, limits)?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let fresh = ClusterMetadata {
+                    cluster_id: new_cluster_id(),
+                    topics: BTreeMap::new(),
+                };
+                persist(&path, &fresh)?;
+                fresh
+            }
+            Err(source) => return Err(MetadataError::Read { path, source }),
+        };
+        Ok(MetadataStore {
+            path,
+            defaults,
+            limits,
+            current: RwLock::new(Arc::new(metadata)),
+            writer: Mutex::new(()),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<ClusterMetadata> {
+        Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    pub fn defaults(&self) -> &TopicConfig {
+        &self.defaults
+    }
+
+    pub fn limits(&self) -> TopicLimits {
+        self.limits
+    }
+
+    /// Apply `change` to a copy of the metadata, persist it, then publish it.
+    /// Changes are serialised; `change` may refuse (its error is returned
+    /// and nothing is written). Blocking I/O: topic changes are rare.
+    pub fn update<T, E>(
+        &self,
+        change: impl FnOnce(&mut ClusterMetadata) -> Result<T, E>,
+    ) -> Result<Result<T, E>, MetadataError> {
+        let _writer = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next = (*self.snapshot()).clone();
+        let outcome = match change(&mut next) {
+            Ok(outcome) => outcome,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        persist(&self.path, &next)?;
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        Ok(Ok(outcome))
+    }
+
+    /// A new topic's metadata with its effective configuration.
+    pub fn new_topic(&self, name: &str, partitions: u32, overrides: BTreeMap<String, String>) -> Result<TopicMeta, super::topic_config::ConfigIssue> {
+        let config = TopicConfig::with_overrides(&self.defaults, &overrides, self.limits)?;
+        Ok(TopicMeta {
+            name: name.to_owned(),
+            id: TopicId(random_bytes()),
+            partitions,
+            overrides,
+            config,
+        })
+    }
+}
+
+impl ClusterMetadata {
+    pub fn topic(&self, name: &str) -> Option<&Arc<TopicMeta>> {
+        self.topics.get(name)
+    }
+
+    pub fn topic_by_id(&self, id: TopicId) -> Option<&Arc<TopicMeta>> {
+        self.topics.values().find(|topic| topic.id == id)
+    }
+}
+
+fn decode(text: &str, path: &Path, defaults: &TopicConfig, limits: TopicLimits) -> Result<ClusterMetadata, MetadataError> {
+    let corrupt = |reason: String| MetadataError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let persisted: Persisted = toml::from_str(text).map_err(|error| corrupt(error.to_string()))?;
+    if persisted.version != METADATA_VERSION {
+        return Err(corrupt(format!("version {} is not supported", persisted.version)));
+    }
+    let mut topics = BTreeMap::new();
+    for topic in persisted.topics {
+        let id = parse_id(&topic.id).ok_or_else(|| corrupt(format!("topic {} has a bad id", topic.name)))?;
+        let config = TopicConfig::with_overrides(defaults, &topic.configs, limits).unwrap_or_else(|issue| {
+            tracing::warn!(topic = %topic.name, %issue, "stored topic config no longer valid; using broker defaults for the topic");
+            defaults.clone()
+        });
+        let meta = TopicMeta {
+            name: topic.name.clone(),
+            id,
+            partitions: topic.partitions,
+            overrides: topic.configs,
+            config,
+        };
+        topics.insert(topic.name, Arc::new(meta));
+    }
+    Ok(ClusterMetadata {
+        cluster_id: persisted.cluster_id,
+        topics,
+    })
+}
+
+fn persist(path: &Path, metadata: &ClusterMetadata) -> Result<(), MetadataError> {
+    let persisted = Persisted {
+        version: METADATA_VERSION,
+        cluster_id: metadata.cluster_id.clone(),
+        topics: metadata
+            .topics
+            .values()
+            .map(|topic| PersistedTopic {
+                name: topic.name.clone(),
+                id: format_id(topic.id),
+                partitions: topic.partitions,
+                configs: topic.overrides.clone(),
+            })
+            .collect(),
+    };
+    let text = toml::to_string(&persisted).map_err(|error| MetadataError::Write {
+        path: path.to_owned(),
+        source: std::io::Error::other(error.to_string()),
+    })?;
+    write_atomic(path, text.as_bytes()).map_err(|source| MetadataError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+pub fn format_id(id: TopicId) -> String {
+    id.0.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn parse_id(text: &str) -> Option<TopicId> {
+    if text.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (index, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[index * 2..index * 2 + 2], 16).ok()?;
+    }
+    Some(TopicId(id))
+}
+
+/// 16 random bytes from the kernel, as a version-4 UUID.
+pub fn random_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        // SAFETY: getrandom writes at most the requested length into our buffer.
+        let written = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0) };
+        if written > 0 {
+            filled += written as usize;
+        }
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    bytes
+}
+
+/// A cluster id as Kafka prints them: a UUID in URL-safe base64, no padding.
+fn new_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = random_bytes();
+    let mut bits = 0u32;
+    let mut width = 0;
+    let mut out = String::new();
+    for byte in bytes {
+        bits = (bits << 8) | u32::from(byte);
+        width += 8;
+        while width >= 6 {
+            width -= 6;
+            out.push(ALPHABET[((bits >> width) & 0x3f) as usize] as char);
+        }
+    }
+    if width > 0 {
+        out.push(ALPHABET[((bits << (6 - width)) & 0x3f) as usize] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn store(dir: &Path) -> MetadataStore {
+        let defaults = TopicConfig::defaults(&Config::default());
+        MetadataStore::open(dir, defaults, TopicLimits { message_max_bytes: 1 << 20 }).unwrap()
+    }
+
+    #[test]
+    fn topics_and_the_cluster_id_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let metadata = store(dir.path());
+        let overrides = BTreeMap::from([("retention.ms".to_owned(), "1000".to_owned())]);
+        let topic = metadata.new_topic("orders", 3, overrides).unwrap();
+        metadata
+            .update(|cluster| {
+                cluster.topics.insert(topic.name.clone(), Arc::new(topic.clone()));
+                Ok::<(), ()>(())
+            })
+            .unwrap()
+            .unwrap();
+        let before = metadata.snapshot();
+        let after = store(dir.path()).snapshot();
+        assert_eq!(before, after);
+        assert_eq!(after.topic("orders").unwrap().config.retention_ms, 1000);
+        assert_eq!(after.cluster_id.len(), 22);
+    }
+
+    #[test]
+    fn a_refused_change_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let metadata = store(dir.path());
+        let outcome = metadata.update(|cluster| {
+            cluster.topics.clear();
+            Err::<(), &str>("no")
+        });
+        assert_eq!(outcome.unwrap(), Err("no"));
+    }
+}

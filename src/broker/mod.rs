@@ -1,0 +1,274 @@
+//! The broker: cluster metadata plus the topic operations that span shards.
+//!
+//! A topic change is made in the metadata first (durably), then carried out
+//! on the shards that own the affected partitions. Creating or deleting a
+//! partition is idempotent on its owner, and every shard reconciles its
+//! partitions with the metadata at startup, so a change interrupted by a
+//! crash completes at the next start.
+
+pub mod metadata;
+pub mod topic_config;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::shard::{ShardContext, ShardGone, Shards};
+use crate::storage::PartitionError;
+use crate::storage::partition::validate_topic_name;
+use metadata::{MetadataError, MetadataStore, TopicMeta};
+use topic_config::{ConfigIssue, TopicConfig, TopicLimits};
+
+/// Shared by every shard (Send + Sync): configuration, metadata, and how
+/// clients reach this broker.
+pub struct Broker {
+    pub config: Config,
+    pub metadata: MetadataStore,
+    /// Host and port put in Metadata responses.
+    pub advertised: (String, u16),
+}
+
+#[derive(Debug, Error)]
+pub enum TopicError {
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("topic {0} already exists")]
+    AlreadyExists(String),
+    #[error("topic {0} does not exist")]
+    Unknown(String),
+    #[error("{0}")]
+    InvalidPartitions(String),
+    #[error("{0}")]
+    InvalidConfig(ConfigIssue),
+    #[error("replication factor {0} is not supported by a single broker; use 1 or -1")]
+    InvalidReplicationFactor(i16),
+    #[error("{0}")]
+    Metadata(#[from] MetadataError),
+    #[error("partition storage failed: {0}")]
+    Storage(String),
+}
+
+impl From<ShardGone> for TopicError {
+    fn from(gone: ShardGone) -> Self {
+        TopicError::Storage(gone.to_string())
+    }
+}
+
+impl Broker {
+    pub fn new(config: Config, advertised: (String, u16)) -> Result<Broker, MetadataError> {
+        let defaults = TopicConfig::defaults(&config);
+        let limits = TopicLimits {
+            message_max_bytes: config.storage.message_max_bytes,
+        };
+        let metadata = MetadataStore::open(&config.data_dir, defaults, limits)?;
+        Ok(Broker {
+            config,
+            metadata,
+            advertised,
+        })
+    }
+
+    /// Create a topic and its partitions. With `validate_only`, only check.
+    pub async fn create_topic(
+        &self,
+        shards: &Shards,
+        name: &str,
+        partitions: u32,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<TopicMeta>, TopicError> {
+        validate_topic_name(name).map_err(|reason| TopicError::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })?;
+        self.check_partition_count(partitions)?;
+        let topic = Arc::new(self.metadata.new_topic(name, partitions, overrides).map_err(TopicError::InvalidConfig)?);
+        if validate_only {
+            if self.metadata.snapshot().topic(name).is_some() {
+                return Err(TopicError::AlreadyExists(name.to_owned()));
+            }
+            return Ok(topic);
+        }
+        self.metadata.update(|cluster| {
+            if cluster.topics.contains_key(name) {
+                return Err(TopicError::AlreadyExists(name.to_owned()));
+            }
+            cluster.topics.insert(name.to_owned(), Arc::clone(&topic));
+            Ok(())
+        })??;
+        tracing::info!(topic = name, partitions, "created topic");
+        self.create_partitions_on_owners(shards, &topic, 0..partitions).await?;
+        Ok(topic)
+    }
+
+    /// Create `name` with the default partition count if auto-creation is on
+    /// and it does not exist; returns the topic if it exists afterwards.
+    pub async fn ensure_topic(&self, shards: &Shards, name: &str) -> Option<Arc<TopicMeta>> {
+        if let Some(topic) = self.metadata.snapshot().topic(name) {
+            return Some(Arc::clone(topic));
+        }
+        if !self.config.kafka.auto_create_topics || validate_topic_name(name).is_err() {
+            return None;
+        }
+        let partitions = self.config.kafka.default_partitions;
+        match self.create_topic(shards, name, partitions, BTreeMap::new(), false).await {
+            Ok(topic) => Some(topic),
+            Err(TopicError::AlreadyExists(_)) => self.metadata.snapshot().topic(name).cloned(),
+            Err(error) => {
+                tracing::warn!(topic = name, %error, "auto-creating topic failed");
+                None
+            }
+        }
+    }
+
+    pub async fn delete_topic(&self, shards: &Shards, name: &str) -> Result<(), TopicError> {
+        let removed = self.metadata.update(|cluster| cluster.topics.remove(name).ok_or_else(|| TopicError::Unknown(name.to_owned())))??;
+        tracing::info!(topic = name, partitions = removed.partitions, "deleted topic");
+        for index in 0..removed.partitions {
+            let topic = name.to_owned();
+            shards
+                .call(shards.owner(name, index), move |context| async move {
+                    delete_partition_here(&context, &topic, index)
+                })
+                .await??;
+        }
+        Ok(())
+    }
+
+    /// Grow `name` to `total` partitions.
+    pub async fn add_partitions(&self, shards: &Shards, name: &str, total: u32, validate_only: bool) -> Result<(), TopicError> {
+        self.check_partition_count(total)?;
+        let current = self.metadata.snapshot().topic(name).cloned().ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
+        if total <= current.partitions {
+            return Err(TopicError::InvalidPartitions(format!(
+                "topic {name} has {} partitions; the new count must be larger",
+                current.partitions
+            )));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let (old, grown) = self.metadata.update(|cluster| {
+            let topic = cluster.topics.get_mut(name).ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
+            let old = topic.partitions;
+            if total <= old {
+                return Err(TopicError::InvalidPartitions(format!("topic {name} already has {old} partitions")));
+            }
+            Arc::make_mut(topic).partitions = total;
+            Ok((old, Arc::clone(topic)))
+        })??;
+        tracing::info!(topic = name, from = old, to = total, "added partitions");
+        self.create_partitions_on_owners(shards, &grown, old..total).await
+    }
+
+    /// Replace `name`'s config overrides by `overrides` and apply them.
+    pub async fn set_topic_overrides(
+        &self,
+        shards: &Shards,
+        name: &str,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), TopicError> {
+        let config = TopicConfig::with_overrides(self.metadata.defaults(), &overrides, self.metadata.limits())
+            .map_err(TopicError::InvalidConfig)?;
+        if self.metadata.snapshot().topic(name).is_none() {
+            return Err(TopicError::Unknown(name.to_owned()));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let topic = self.metadata.update(|cluster| {
+            let topic = cluster.topics.get_mut(name).ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
+            let topic = Arc::make_mut(topic);
+            topic.overrides = overrides;
+            topic.config = config;
+            Ok(Arc::new(topic.clone()))
+        })??;
+        tracing::info!(topic = name, overrides = ?topic.overrides, "changed topic config");
+        for index in 0..topic.partitions {
+            let partition_config = topic.config.partition_config();
+            let topic_name = name.to_owned();
+            shards
+                .call(shards.owner(name, index), move |context| async move {
+                    match context.store.partition_id(&topic_name, index) {
+                        Some(id) => context.store.set_partition_config(id, partition_config).map_err(|error| TopicError::Storage(error.to_string())),
+                        None => Ok(()),
+                    }
+                })
+                .await??;
+        }
+        Ok(())
+    }
+
+    fn check_partition_count(&self, partitions: u32) -> Result<(), TopicError> {
+        let max = self.config.kafka.partitions_per_topic_max;
+        if partitions == 0 || partitions > max {
+            return Err(TopicError::InvalidPartitions(format!(
+                "partition count {partitions} must be between 1 and {max} (kafka.partitions_per_topic_max)"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn create_partitions_on_owners(&self, shards: &Shards, topic: &Arc<TopicMeta>, indexes: std::ops::Range<u32>) -> Result<(), TopicError> {
+        for index in indexes {
+            let topic = Arc::clone(topic);
+            shards
+                .call(shards.owner(&topic.name, index), move |context| async move {
+                    create_partition_here(&context, &topic, index)
+                })
+                .await??;
+        }
+        Ok(())
+    }
+}
+
+/// Create partition `index` of `topic` on this shard if it is missing.
+pub fn create_partition_here(context: &ShardContext, topic: &TopicMeta, index: u32) -> Result<(), TopicError> {
+    let config = topic.config.partition_config();
+    match context.store.create_partition(&topic.name, index, config) {
+        Ok(_) | Err(PartitionError::AlreadyExists { .. }) => Ok(()),
+        Err(error) => Err(TopicError::Storage(error.to_string())),
+    }
+}
+
+fn delete_partition_here(context: &ShardContext, topic: &str, index: u32) -> Result<(), TopicError> {
+    let Some(id) = context.store.partition_id(topic, index) else {
+        return Ok(());
+    };
+    context
+        .store
+        .delete_partition(id)
+        .map_err(|error| TopicError::Storage(error.to_string()))
+}
+
+/// Make this shard's partitions match the metadata: create what it owns but
+/// lacks, delete what no topic claims, and apply every topic's config.
+pub fn reconcile_shard(context: &ShardContext, broker: &Broker) -> Result<(), TopicError> {
+    let cluster = broker.metadata.snapshot();
+    let shards = &context.shards;
+    for topic in cluster.topics.values() {
+        for index in (0..topic.partitions).filter(|&index| shards.owner(&topic.name, index) == context.id) {
+            create_partition_here(context, topic, index)?;
+            if let Some(id) = context.store.partition_id(&topic.name, index) {
+                context
+                    .store
+                    .set_partition_config(id, topic.config.partition_config())
+                    .map_err(|error| TopicError::Storage(error.to_string()))?;
+            }
+        }
+    }
+    for (topic, index, id) in context.store.partitions() {
+        let claimed = cluster.topic(&topic).is_some_and(|meta| index < meta.partitions) && shards.owner(&topic, index) == context.id;
+        if !claimed {
+            tracing::info!(shard = %context.id, %topic, index, "deleting partition no topic claims");
+            context
+                .store
+                .delete_partition(id)
+                .map_err(|error| TopicError::Storage(error.to_string()))?;
+        }
+    }
+    Ok(())
+}

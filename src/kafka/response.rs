@@ -1,0 +1,200 @@
+//! Responses as lists of parts, and sending them.
+//!
+//! A part is either bytes in memory (headers, encoded responses, the last
+//! partial block of the log) or a span of a segment file (fetched record
+//! batches). Memory parts are coalesced into few writes. File spans go to the
+//! socket with zero copies on io_uring: `splice` from the file into a
+//! per-connection pipe, then from the pipe into the socket. The disk read runs
+//! in io_uring's workers, not on the shard thread. On the epoll fallback
+//! (where splice cannot wait on a regular file) they are read into a buffer
+//! and written: correct, not zero-copy.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use compio::BufResult;
+use compio::driver::SharedFd;
+use compio::fs::pipe::{Receiver, Sender};
+use compio::io::AsyncWriteExt;
+use compio::net::TcpStream;
+use kafka_protocol::messages::ResponseHeader;
+use kafka_protocol::protocol::Encodable;
+
+use crate::io::IoBackend;
+
+/// Memory parts up to this size are copied into one write with their neighbours.
+const COALESCE_BYTES_MAX: usize = 64 * 1024;
+/// Pipe capacity asked for (Linux default 64 KiB; 1 MiB is the usual cap).
+const PIPE_BYTES: i32 = 1024 * 1024;
+/// Bytes read per step when copying file spans on the epoll fallback.
+const COPY_CHUNK_BYTES: usize = 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub enum Part {
+    Bytes(Bytes),
+    File { file: Arc<File>, offset: u64, len: u32 },
+}
+
+/// A response body (without the 4-byte size), ready to send.
+#[derive(Clone, Debug, Default)]
+pub struct Response {
+    parts: Vec<Part>,
+    len: usize,
+}
+
+impl Response {
+    pub fn push_bytes(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.len += bytes.len();
+        self.parts.push(Part::Bytes(bytes));
+    }
+
+    pub fn push_file(&mut self, file: Arc<File>, offset: u64, len: u32) {
+        if len == 0 {
+            return;
+        }
+        self.len += len as usize;
+        self.parts.push(Part::File { file, offset, len });
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn parts(&self) -> &[Part] {
+        &self.parts
+    }
+
+    /// A response made of a header and a message encoded by kafka-protocol.
+    pub fn encode<M: Encodable>(correlation_id: i32, header_version: i16, body: &M, version: i16) -> anyhow::Result<Response> {
+        let header = ResponseHeader::default().with_correlation_id(correlation_id);
+        let size = header.compute_size(header_version)? + body.compute_size(version)?;
+        let mut buffer = BytesMut::with_capacity(size);
+        header.encode(&mut buffer, header_version)?;
+        body.encode(&mut buffer, version)?;
+        let mut response = Response::default();
+        response.push_bytes(buffer.freeze());
+        Ok(response)
+    }
+}
+
+/// Sends responses on one connection.
+pub struct ResponseWriter {
+    backend: IoBackend,
+    pipe: Option<(Receiver, Sender)>,
+}
+
+struct SegmentFd(Arc<File>);
+
+impl AsFd for SegmentFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl ResponseWriter {
+    pub fn new(backend: IoBackend) -> ResponseWriter {
+        ResponseWriter { backend, pipe: None }
+    }
+
+    /// Write `response`, preceded by its size.
+    pub async fn send(&mut self, stream: &mut TcpStream, response: Response) -> io::Result<()> {
+        let size = i32::try_from(response.len).map_err(|_| io::Error::other("response larger than 2 GiB"))?;
+        let mut pending = BytesMut::with_capacity(4 + response.len.min(COALESCE_BYTES_MAX));
+        pending.put_i32(size);
+        for part in response.parts {
+            match part {
+                Part::Bytes(bytes) if bytes.len() <= COALESCE_BYTES_MAX => pending.extend_from_slice(&bytes),
+                Part::Bytes(bytes) => {
+                    write_pending(stream, &mut pending).await?;
+                    write_all(stream, bytes).await?;
+                }
+                Part::File { file, offset, len } => {
+                    write_pending(stream, &mut pending).await?;
+                    self.send_file(stream, file, offset, len as usize).await?;
+                }
+            }
+        }
+        write_pending(stream, &mut pending).await
+    }
+
+    async fn send_file(&mut self, stream: &mut TcpStream, file: Arc<File>, offset: u64, len: usize) -> io::Result<()> {
+        match self.backend {
+            IoBackend::IoUring => self.splice_file(stream, file, offset, len).await,
+            IoBackend::Epoll => copy_file(stream, file, offset, len).await,
+        }
+    }
+
+    async fn splice_file(&mut self, stream: &mut TcpStream, file: Arc<File>, offset: u64, len: usize) -> io::Result<()> {
+        if self.pipe.is_none() {
+            let (receiver, sender) = compio::fs::pipe::anonymous().await?;
+            // SAFETY: fcntl with F_SETPIPE_SZ takes an int; failure keeps the
+            // default size, which only means more splice round trips.
+            unsafe { libc::fcntl(sender.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
+            self.pipe = Some((receiver, sender));
+        }
+        let (receiver, sender) = self.pipe.as_ref().expect("created above");
+        let source = SharedFd::new(SegmentFd(file));
+        let mut done = 0usize;
+        while done < len {
+            let want = (len - done).min(PIPE_BYTES as usize);
+            let moved = compio::fs::pipe::splice(&source, sender, want)
+                .offset_in((offset + done as u64) as i64)
+                .await?;
+            if moved == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "segment file ended inside a fetched batch"));
+            }
+            let mut drained = 0;
+            while drained < moved {
+                let out = compio::fs::pipe::splice(receiver, &*stream, moved - drained).await?;
+                if out == 0 {
+                    return Err(io::Error::new(io::ErrorKind::WriteZero, "the client stopped reading"));
+                }
+                drained += out;
+            }
+            done += moved;
+        }
+        Ok(())
+    }
+}
+
+async fn copy_file(stream: &mut TcpStream, file: Arc<File>, offset: u64, len: usize) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < len {
+        let want = (len - done).min(COPY_CHUNK_BYTES);
+        let at = offset + done as u64;
+        let file = Arc::clone(&file);
+        let chunk = compio::runtime::spawn_blocking(move || {
+            let mut buffer = vec![0u8; want];
+            file.read_exact_at(&mut buffer, at).map(|()| buffer)
+        })
+        .await
+        .map_err(|_| io::Error::other("reading a segment for a fetch was cancelled"))??;
+        write_all(stream, chunk).await?;
+        done += want;
+    }
+    Ok(())
+}
+
+async fn write_pending(stream: &mut TcpStream, pending: &mut BytesMut) -> io::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let bytes = pending.split().freeze();
+    write_all(stream, bytes).await
+}
+
+async fn write_all<B: compio::buf::IoBuf>(stream: &mut TcpStream, buffer: B) -> io::Result<()> {
+    let BufResult(result, _) = stream.write_all(buffer).await;
+    result
+}

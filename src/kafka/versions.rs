@@ -1,0 +1,69 @@
+//! The APIs and versions Sluice implements: exactly what ApiVersions
+//! advertises, and what the dispatcher accepts.
+//!
+//! Ranges stop before versions that require topic ids in place of names
+//! (Fetch 13+, Produce 13), transactions or features Sluice does not have, so
+//! every advertised version is fully served. librdkafka 2.0.2 (Debian) and
+//! current clients negotiate within these ranges.
+
+use kafka_protocol::messages::ApiKey;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Supported {
+    pub key: ApiKey,
+    pub min: i16,
+    pub max: i16,
+}
+
+pub const SUPPORTED: &[Supported] = &[
+    Supported { key: ApiKey::Produce, min: 3, max: 9 },
+    Supported { key: ApiKey::Fetch, min: 4, max: 12 },
+    Supported { key: ApiKey::ListOffsets, min: 1, max: 7 },
+    Supported { key: ApiKey::Metadata, min: 0, max: 12 },
+    Supported { key: ApiKey::ApiVersions, min: 0, max: 3 },
+    Supported { key: ApiKey::CreateTopics, min: 2, max: 7 },
+    Supported { key: ApiKey::DeleteTopics, min: 1, max: 5 },
+    Supported { key: ApiKey::CreatePartitions, min: 0, max: 3 },
+    Supported { key: ApiKey::DescribeConfigs, min: 1, max: 4 },
+    Supported { key: ApiKey::IncrementalAlterConfigs, min: 0, max: 1 },
+    Supported { key: ApiKey::DescribeCluster, min: 0, max: 1 },
+];
+
+/// The supported range for `key`, if Sluice implements it at all.
+pub fn supported(key: ApiKey) -> Option<Supported> {
+    SUPPORTED.iter().copied().find(|entry| entry.key == key)
+}
+
+pub fn is_supported(key: ApiKey, version: i16) -> bool {
+    supported(key).is_some_and(|entry| (entry.min..=entry.max).contains(&version))
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::Message;
+
+    use super::*;
+
+    #[test]
+    fn advertised_ranges_lie_within_what_the_codec_handles() {
+        let codec = |key: ApiKey| match key {
+            ApiKey::Produce => ProduceRequest::VERSIONS,
+            ApiKey::Fetch => FetchRequest::VERSIONS,
+            ApiKey::ListOffsets => ListOffsetsRequest::VERSIONS,
+            ApiKey::Metadata => MetadataRequest::VERSIONS,
+            ApiKey::ApiVersions => ApiVersionsRequest::VERSIONS,
+            ApiKey::CreateTopics => CreateTopicsRequest::VERSIONS,
+            ApiKey::DeleteTopics => DeleteTopicsRequest::VERSIONS,
+            ApiKey::CreatePartitions => CreatePartitionsRequest::VERSIONS,
+            ApiKey::DescribeConfigs => DescribeConfigsRequest::VERSIONS,
+            ApiKey::IncrementalAlterConfigs => IncrementalAlterConfigsRequest::VERSIONS,
+            ApiKey::DescribeCluster => DescribeClusterRequest::VERSIONS,
+            other => panic!("no codec listed for {other:?}"),
+        };
+        for entry in SUPPORTED {
+            let range = codec(entry.key);
+            assert!(range.min <= entry.min && entry.max <= range.max, "{entry:?} vs {range:?}");
+        }
+    }
+}
