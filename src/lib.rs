@@ -8,10 +8,13 @@
 //! log, consume queues, recovery, retention), [`shard`] (threads, pinning,
 //! mailboxes), and the binary's `serve` command on top.
 
+pub mod broker;
 pub mod config;
 pub mod data_dir;
 pub mod ids;
 pub mod io;
+pub mod kafka;
+pub mod metrics_http;
 pub mod record_batch;
 pub mod shard;
 pub mod storage;

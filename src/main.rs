@@ -1,12 +1,18 @@
 //! The `sluice` command: `sluice serve` runs the broker.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use sluice::broker::Broker;
 use sluice::config::{Config, IoBackendSetting};
 use sluice::data_dir::DataDir;
-use sluice::io::choose_backend;
+use sluice::io::{IoBackend, choose_backend};
+use sluice::kafka::KafkaService;
+use sluice::kafka::listener::bind_shard_listeners;
+use sluice::metrics_http::MetricsServer;
 use sluice::shard::ShardRuntime;
 use sluice::shard::signals::{Termination, TerminationSignals};
 use sluice::storage::{CheckpointStatus, RecoveryReport};
@@ -33,9 +39,18 @@ struct ServeArgs {
     /// Configuration file (TOML); every key is optional.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Kafka listener, HOST:PORT (overrides `kafka.listen`; port 0 picks one).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Address given to clients, HOST:PORT (overrides `kafka.advertised`).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertised: Option<String>,
     /// Data directory (overrides `data_dir`).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Metrics and health listener, HOST:PORT (overrides `metrics.listen`).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
     /// Number of shards (overrides `shards`; 0 = one per core).
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
@@ -78,6 +93,15 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
     if let Some(shards) = args.shards {
         config.shards = shards;
     }
+    if let Some(listen) = &args.listen {
+        config.kafka.listen = listen.clone();
+    }
+    if let Some(advertised) = &args.advertised {
+        config.kafka.advertised = advertised.clone();
+    }
+    if let Some(listen) = &args.metrics_listen {
+        config.metrics.listen = listen.clone();
+    }
     if let Some(backend) = args.io_backend {
         config.io_backend = match backend {
             BackendArg::Auto => IoBackendSetting::Auto,
@@ -104,41 +128,88 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let backend = match choose_backend(config.io_backend) {
-        Ok(choice) => {
-            if let Some(reason) = &choice.fallback_reason {
-                tracing::warn!("{reason}; running on the epoll fallback");
-            }
-            choice.backend
-        }
+    match run(config, &signals) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
+    }
+}
+
+fn run(config: Config, signals: &TerminationSignals) -> Result<(), String> {
+    let backend = choose_backend(config.io_backend).map_err(|error| error.to_string())?;
+    if let Some(reason) = &backend.fallback_reason {
+        tracing::warn!("{reason}; running on the epoll fallback");
+    }
+    let backend = backend.backend;
     let shard_count = config.shard_count();
-    let data_dir = match DataDir::open(&config.data_dir, shard_count, config.storage.write_mode) {
-        Ok(data_dir) => data_dir,
-        Err(error) => {
-            tracing::error!("{error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = match ShardRuntime::start(
-        &config,
-        &data_dir,
-        backend,
-        std::sync::Arc::new(sluice::shard::StorageOnly),
-    ) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!("{error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let data_dir = DataDir::open(&config.data_dir, shard_count, config.storage.write_mode)
+        .map_err(|error| error.to_string())?;
+    let metrics_address: SocketAddr = config
+        .metrics
+        .listen
+        .parse()
+        .map_err(|_| "metrics.listen is not an address".to_owned())?;
+    let metrics = MetricsServer::start(metrics_address)
+        .map_err(|error| format!("cannot listen on {metrics_address} for metrics: {error}"))?;
+    let kafka_address: SocketAddr = config
+        .kafka
+        .listen
+        .parse()
+        .map_err(|_| "kafka.listen is not an address".to_owned())?;
+    let (listeners, kafka_address) =
+        bind_shard_listeners(kafka_address, shard_count).map_err(|error| error.to_string())?;
+    let advertised = advertised(&config, kafka_address);
+    let broker = Arc::new(
+        Broker::new(config.clone(), advertised.clone()).map_err(|error| error.to_string())?,
+    );
+    let service = Arc::new(KafkaService::new(Arc::clone(&broker), backend, listeners));
+    let runtime = ShardRuntime::start(&config, &data_dir, backend, service)
+        .map_err(|error| error.to_string())?;
     for ready in runtime.ready() {
         log_recovery(ready.shard.to_string(), &ready.recovery);
     }
+    metrics.set_ready(true);
+    log_ready(
+        &runtime,
+        &data_dir,
+        backend,
+        kafka_address,
+        &advertised,
+        metrics.address,
+    );
+    wait_for_termination(signals);
+    metrics.set_ready(false);
+    let failures = runtime.shutdown();
+    for (shard, reason) in &failures {
+        tracing::error!(%shard, %reason, "shard did not shut down cleanly");
+    }
+    if !failures.is_empty() {
+        return Err("some shards did not shut down cleanly".to_owned());
+    }
+    tracing::info!("sluice stopped: all data flushed and fsynced");
+    Ok(())
+}
+
+/// What clients are told: `kafka.advertised`, or the bound listener with the
+/// host name in place of an unspecified address.
+fn advertised(config: &Config, bound: SocketAddr) -> (String, u16) {
+    let (host, port) = config.kafka.advertised_address();
+    if config.kafka.advertised.is_empty() {
+        return (host, bound.port());
+    }
+    (host, port)
+}
+
+fn log_ready(
+    runtime: &ShardRuntime,
+    data_dir: &DataDir,
+    backend: IoBackend,
+    kafka: SocketAddr,
+    advertised: &(String, u16),
+    metrics: SocketAddr,
+) {
     let cores: Vec<String> = runtime
         .ready()
         .iter()
@@ -149,24 +220,16 @@ fn serve(args: ServeArgs) -> ExitCode {
         })
         .collect();
     tracing::info!(
-        shards = shard_count,
+        kafka = %kafka,
+        advertised = %format!("{}:{}", advertised.0, advertised.1),
+        metrics = %metrics,
+        shards = runtime.ready().len(),
         cores = %cores.join(","),
         io_backend = %backend,
         write_mode = ?data_dir.write_mode(),
         data_dir = %data_dir.path().display(),
         "sluice ready"
     );
-    wait_for_termination(&signals);
-    let failures = runtime.shutdown();
-    for (shard, reason) in &failures {
-        tracing::error!(%shard, %reason, "shard did not shut down cleanly");
-    }
-    if failures.is_empty() {
-        tracing::info!("sluice stopped: all data flushed and fsynced");
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
 }
 
 /// Wait for SIGINT/SIGTERM; a second one during shutdown exits at once.

@@ -119,6 +119,13 @@ impl<'a> ValidatedBatch<'a> {
         Ok(ValidatedBatch { bytes, header })
     }
 
+    /// A batch that passed [`ValidatedBatch::validate`] elsewhere (another
+    /// shard) and has not changed since: only the cheap structure checks run.
+    pub(crate) fn revalidated(bytes: &'a [u8]) -> Result<Self, BatchError> {
+        let header = check_structure(bytes)?;
+        Ok(ValidatedBatch { bytes, header })
+    }
+
     pub fn bytes(&self) -> &'a [u8] {
         self.bytes
     }
@@ -178,6 +185,19 @@ pub fn declared_size(bytes: &[u8]) -> Option<usize> {
     usize::try_from(declared)
         .ok()
         .map(|len| len + LOG_OVERHEAD_BYTES)
+}
+
+/// Stamp a batch with the broker's time (`message.timestamp.type =
+/// LogAppendTime`): set the timestamp-type attribute and `maxTimestamp`, then
+/// recompute the CRC, as Kafka does. Consumers then read the batch's
+/// timestamp for every record.
+pub fn set_log_append_time(bytes: &mut [u8], now_ms: i64) {
+    assert!(bytes.len() >= HEADER_BYTES, "batch shorter than its header");
+    let attributes = read_i16(bytes, ATTRIBUTES_AT) | ATTRIBUTE_LOG_APPEND_TIME;
+    bytes[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    bytes[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&bytes[CRC_COVERED_FROM..]);
+    bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Overwrite the broker-owned fields (outside the CRC) in a stored copy, or

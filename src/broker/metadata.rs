@@ -51,7 +51,9 @@ pub enum MetadataError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cluster metadata {path} is damaged: {reason}; restore it from a backup (topics and their configs live there)")]
+    #[error(
+        "cluster metadata {path} is damaged: {reason}; restore it from a backup (topics and their configs live there)"
+    )]
     Corrupt { path: PathBuf, reason: String },
     #[error("cannot persist cluster metadata {path}: {source}")]
     Write {
@@ -88,7 +90,11 @@ pub struct MetadataStore {
 
 impl MetadataStore {
     /// Load the metadata of `data_dir`, or start a new cluster there.
-    pub fn open(data_dir: &Path, defaults: TopicConfig, limits: TopicLimits) -> Result<MetadataStore, MetadataError> {
+    pub fn open(
+        data_dir: &Path,
+        defaults: TopicConfig,
+        limits: TopicLimits,
+    ) -> Result<MetadataStore, MetadataError> {
         let path = data_dir.join(METADATA_FILE);
         let metadata = match std::fs::read_to_string(&path) {
             Ok(text) => decode(&text, &path, &defaults, limits)?,
@@ -112,7 +118,12 @@ impl MetadataStore {
     }
 
     pub fn snapshot(&self) -> Arc<ClusterMetadata> {
-        Arc::clone(&self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     pub fn defaults(&self) -> &TopicConfig {
@@ -130,19 +141,30 @@ impl MetadataStore {
         &self,
         change: impl FnOnce(&mut ClusterMetadata) -> Result<T, E>,
     ) -> Result<Result<T, E>, MetadataError> {
-        let _writer = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut next = (*self.snapshot()).clone();
         let outcome = match change(&mut next) {
             Ok(outcome) => outcome,
             Err(refused) => return Ok(Err(refused)),
         };
         persist(&self.path, &next)?;
-        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
         Ok(Ok(outcome))
     }
 
     /// A new topic's metadata with its effective configuration.
-    pub fn new_topic(&self, name: &str, partitions: u32, overrides: BTreeMap<String, String>) -> Result<TopicMeta, super::topic_config::ConfigIssue> {
+    pub fn new_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<TopicMeta, super::topic_config::ConfigIssue> {
         let config = TopicConfig::with_overrides(&self.defaults, &overrides, self.limits)?;
         Ok(TopicMeta {
             name: name.to_owned(),
@@ -164,18 +186,27 @@ impl ClusterMetadata {
     }
 }
 
-fn decode(text: &str, path: &Path, defaults: &TopicConfig, limits: TopicLimits) -> Result<ClusterMetadata, MetadataError> {
+fn decode(
+    text: &str,
+    path: &Path,
+    defaults: &TopicConfig,
+    limits: TopicLimits,
+) -> Result<ClusterMetadata, MetadataError> {
     let corrupt = |reason: String| MetadataError::Corrupt {
         path: path.to_owned(),
         reason,
     };
     let persisted: Persisted = toml::from_str(text).map_err(|error| corrupt(error.to_string()))?;
     if persisted.version != METADATA_VERSION {
-        return Err(corrupt(format!("version {} is not supported", persisted.version)));
+        return Err(corrupt(format!(
+            "version {} is not supported",
+            persisted.version
+        )));
     }
     let mut topics = BTreeMap::new();
     for topic in persisted.topics {
-        let id = parse_id(&topic.id).ok_or_else(|| corrupt(format!("topic {} has a bad id", topic.name)))?;
+        let id = parse_id(&topic.id)
+            .ok_or_else(|| corrupt(format!("topic {} has a bad id", topic.name)))?;
         let config = TopicConfig::with_overrides(defaults, &topic.configs, limits).unwrap_or_else(|issue| {
             tracing::warn!(topic = %topic.name, %issue, "stored topic config no longer valid; using broker defaults for the topic");
             defaults.clone()
@@ -241,7 +272,9 @@ pub fn random_bytes() -> [u8; 16] {
     let mut filled = 0;
     while filled < bytes.len() {
         // SAFETY: getrandom writes at most the requested length into our buffer.
-        let written = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0) };
+        let written = unsafe {
+            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
+        };
         if written > 0 {
             filled += written as usize;
         }
@@ -279,7 +312,14 @@ mod tests {
 
     fn store(dir: &Path) -> MetadataStore {
         let defaults = TopicConfig::defaults(&Config::default());
-        MetadataStore::open(dir, defaults, TopicLimits { message_max_bytes: 1 << 20 }).unwrap()
+        MetadataStore::open(
+            dir,
+            defaults,
+            TopicLimits {
+                message_max_bytes: 1 << 20,
+            },
+        )
+        .unwrap()
     }
 
     #[test]
@@ -290,7 +330,9 @@ mod tests {
         let topic = metadata.new_topic("orders", 3, overrides).unwrap();
         metadata
             .update(|cluster| {
-                cluster.topics.insert(topic.name.clone(), Arc::new(topic.clone()));
+                cluster
+                    .topics
+                    .insert(topic.name.clone(), Arc::new(topic.clone()));
                 Ok::<(), ()>(())
             })
             .unwrap()

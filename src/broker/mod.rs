@@ -84,7 +84,11 @@ impl Broker {
             reason,
         })?;
         self.check_partition_count(partitions)?;
-        let topic = Arc::new(self.metadata.new_topic(name, partitions, overrides).map_err(TopicError::InvalidConfig)?);
+        let topic = Arc::new(
+            self.metadata
+                .new_topic(name, partitions, overrides)
+                .map_err(TopicError::InvalidConfig)?,
+        );
         if validate_only {
             if self.metadata.snapshot().topic(name).is_some() {
                 return Err(TopicError::AlreadyExists(name.to_owned()));
@@ -99,7 +103,8 @@ impl Broker {
             Ok(())
         })??;
         tracing::info!(topic = name, partitions, "created topic");
-        self.create_partitions_on_owners(shards, &topic, 0..partitions).await?;
+        self.create_partitions_on_owners(shards, &topic, 0..partitions)
+            .await?;
         Ok(topic)
     }
 
@@ -113,7 +118,10 @@ impl Broker {
             return None;
         }
         let partitions = self.config.kafka.default_partitions;
-        match self.create_topic(shards, name, partitions, BTreeMap::new(), false).await {
+        match self
+            .create_topic(shards, name, partitions, BTreeMap::new(), false)
+            .await
+        {
             Ok(topic) => Some(topic),
             Err(TopicError::AlreadyExists(_)) => self.metadata.snapshot().topic(name).cloned(),
             Err(error) => {
@@ -124,8 +132,17 @@ impl Broker {
     }
 
     pub async fn delete_topic(&self, shards: &Shards, name: &str) -> Result<(), TopicError> {
-        let removed = self.metadata.update(|cluster| cluster.topics.remove(name).ok_or_else(|| TopicError::Unknown(name.to_owned())))??;
-        tracing::info!(topic = name, partitions = removed.partitions, "deleted topic");
+        let removed = self.metadata.update(|cluster| {
+            cluster
+                .topics
+                .remove(name)
+                .ok_or_else(|| TopicError::Unknown(name.to_owned()))
+        })??;
+        tracing::info!(
+            topic = name,
+            partitions = removed.partitions,
+            "deleted topic"
+        );
         for index in 0..removed.partitions {
             let topic = name.to_owned();
             shards
@@ -138,9 +155,20 @@ impl Broker {
     }
 
     /// Grow `name` to `total` partitions.
-    pub async fn add_partitions(&self, shards: &Shards, name: &str, total: u32, validate_only: bool) -> Result<(), TopicError> {
+    pub async fn add_partitions(
+        &self,
+        shards: &Shards,
+        name: &str,
+        total: u32,
+        validate_only: bool,
+    ) -> Result<(), TopicError> {
         self.check_partition_count(total)?;
-        let current = self.metadata.snapshot().topic(name).cloned().ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
+        let current = self
+            .metadata
+            .snapshot()
+            .topic(name)
+            .cloned()
+            .ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
         if total <= current.partitions {
             return Err(TopicError::InvalidPartitions(format!(
                 "topic {name} has {} partitions; the new count must be larger",
@@ -151,16 +179,22 @@ impl Broker {
             return Ok(());
         }
         let (old, grown) = self.metadata.update(|cluster| {
-            let topic = cluster.topics.get_mut(name).ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
+            let topic = cluster
+                .topics
+                .get_mut(name)
+                .ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
             let old = topic.partitions;
             if total <= old {
-                return Err(TopicError::InvalidPartitions(format!("topic {name} already has {old} partitions")));
+                return Err(TopicError::InvalidPartitions(format!(
+                    "topic {name} already has {old} partitions"
+                )));
             }
             Arc::make_mut(topic).partitions = total;
             Ok((old, Arc::clone(topic)))
         })??;
         tracing::info!(topic = name, from = old, to = total, "added partitions");
-        self.create_partitions_on_owners(shards, &grown, old..total).await
+        self.create_partitions_on_owners(shards, &grown, old..total)
+            .await
     }
 
     /// Replace `name`'s config overrides by `overrides` and apply them.
@@ -171,8 +205,12 @@ impl Broker {
         overrides: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<(), TopicError> {
-        let config = TopicConfig::with_overrides(self.metadata.defaults(), &overrides, self.metadata.limits())
-            .map_err(TopicError::InvalidConfig)?;
+        let config = TopicConfig::with_overrides(
+            self.metadata.defaults(),
+            &overrides,
+            self.metadata.limits(),
+        )
+        .map_err(TopicError::InvalidConfig)?;
         if self.metadata.snapshot().topic(name).is_none() {
             return Err(TopicError::Unknown(name.to_owned()));
         }
@@ -180,11 +218,14 @@ impl Broker {
             return Ok(());
         }
         let topic = self.metadata.update(|cluster| {
-            let topic = cluster.topics.get_mut(name).ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
+            let topic = cluster
+                .topics
+                .get_mut(name)
+                .ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
             let topic = Arc::make_mut(topic);
             topic.overrides = overrides;
             topic.config = config;
-            Ok(Arc::new(topic.clone()))
+            Ok::<_, TopicError>(Arc::new(topic.clone()))
         })??;
         tracing::info!(topic = name, overrides = ?topic.overrides, "changed topic config");
         for index in 0..topic.partitions {
@@ -193,7 +234,10 @@ impl Broker {
             shards
                 .call(shards.owner(name, index), move |context| async move {
                     match context.store.partition_id(&topic_name, index) {
-                        Some(id) => context.store.set_partition_config(id, partition_config).map_err(|error| TopicError::Storage(error.to_string())),
+                        Some(id) => context
+                            .store
+                            .set_partition_config(id, partition_config)
+                            .map_err(|error| TopicError::Storage(error.to_string())),
                         None => Ok(()),
                     }
                 })
@@ -212,13 +256,19 @@ impl Broker {
         Ok(())
     }
 
-    async fn create_partitions_on_owners(&self, shards: &Shards, topic: &Arc<TopicMeta>, indexes: std::ops::Range<u32>) -> Result<(), TopicError> {
+    async fn create_partitions_on_owners(
+        &self,
+        shards: &Shards,
+        topic: &Arc<TopicMeta>,
+        indexes: std::ops::Range<u32>,
+    ) -> Result<(), TopicError> {
         for index in indexes {
             let topic = Arc::clone(topic);
             shards
-                .call(shards.owner(&topic.name, index), move |context| async move {
-                    create_partition_here(&context, &topic, index)
-                })
+                .call(
+                    shards.owner(&topic.name, index),
+                    move |context| async move { create_partition_here(&context, &topic, index) },
+                )
                 .await??;
         }
         Ok(())
@@ -226,7 +276,11 @@ impl Broker {
 }
 
 /// Create partition `index` of `topic` on this shard if it is missing.
-pub fn create_partition_here(context: &ShardContext, topic: &TopicMeta, index: u32) -> Result<(), TopicError> {
+pub fn create_partition_here(
+    context: &ShardContext,
+    topic: &TopicMeta,
+    index: u32,
+) -> Result<(), TopicError> {
     let config = topic.config.partition_config();
     match context.store.create_partition(&topic.name, index, config) {
         Ok(_) | Err(PartitionError::AlreadyExists { .. }) => Ok(()),
@@ -234,7 +288,11 @@ pub fn create_partition_here(context: &ShardContext, topic: &TopicMeta, index: u
     }
 }
 
-fn delete_partition_here(context: &ShardContext, topic: &str, index: u32) -> Result<(), TopicError> {
+fn delete_partition_here(
+    context: &ShardContext,
+    topic: &str,
+    index: u32,
+) -> Result<(), TopicError> {
     let Some(id) = context.store.partition_id(topic, index) else {
         return Ok(());
     };
@@ -250,7 +308,9 @@ pub fn reconcile_shard(context: &ShardContext, broker: &Broker) -> Result<(), To
     let cluster = broker.metadata.snapshot();
     let shards = &context.shards;
     for topic in cluster.topics.values() {
-        for index in (0..topic.partitions).filter(|&index| shards.owner(&topic.name, index) == context.id) {
+        for index in
+            (0..topic.partitions).filter(|&index| shards.owner(&topic.name, index) == context.id)
+        {
             create_partition_here(context, topic, index)?;
             if let Some(id) = context.store.partition_id(&topic.name, index) {
                 context
@@ -261,7 +321,10 @@ pub fn reconcile_shard(context: &ShardContext, broker: &Broker) -> Result<(), To
         }
     }
     for (topic, index, id) in context.store.partitions() {
-        let claimed = cluster.topic(&topic).is_some_and(|meta| index < meta.partitions) && shards.owner(&topic, index) == context.id;
+        let claimed = cluster
+            .topic(&topic)
+            .is_some_and(|meta| index < meta.partitions)
+            && shards.owner(&topic, index) == context.id;
         if !claimed {
             tracing::info!(shard = %context.id, %topic, index, "deleting partition no topic claims");
             context

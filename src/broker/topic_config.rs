@@ -68,7 +68,11 @@ pub struct ConfigIssue {
 
 impl std::fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid value {:?} for {}: {}", self.value, self.key, self.reason)
+        write!(
+            f,
+            "invalid value {:?} for {}: {}",
+            self.value, self.key, self.reason
+        )
     }
 }
 
@@ -114,10 +118,29 @@ impl TopicConfig {
             value: value.to_owned(),
             reason: reason.to_owned(),
         };
-        let integer = || value.trim().parse::<i64>().map_err(|_| issue("expected an integer"));
+        let integer = || {
+            value
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| issue("expected an integer"))
+        };
         match key {
-            RETENTION_MS => self.retention_ms = at_least(integer()?, -1, "-1 (forever) or a positive number of ms", &issue)?,
-            RETENTION_BYTES => self.retention_bytes = at_least(integer()?, -1, "-1 (no limit) or a positive number of bytes", &issue)?,
+            RETENTION_MS => {
+                self.retention_ms = at_least(
+                    integer()?,
+                    -1,
+                    "-1 (forever) or a positive number of ms",
+                    &issue,
+                )?
+            }
+            RETENTION_BYTES => {
+                self.retention_bytes = at_least(
+                    integer()?,
+                    -1,
+                    "-1 (no limit) or a positive number of bytes",
+                    &issue,
+                )?
+            }
             SEGMENT_BYTES => self.segment_bytes = at_least(integer()?, 14, "at least 14", &issue)?,
             FLUSH_MS => self.flush_ms = at_least(integer()?, 0, "0 or more ms", &issue)?,
             FLUSH_MESSAGES => self.flush_messages = at_least(integer()?, 1, "at least 1", &issue)?,
@@ -178,7 +201,11 @@ impl TopicConfig {
     }
 
     /// DescribeConfigs rows for `keys` (all keys when `None`).
-    pub fn describe(&self, overrides: &BTreeMap<String, String>, keys: Option<&[String]>) -> Vec<ConfigEntry> {
+    pub fn describe(
+        &self,
+        overrides: &BTreeMap<String, String>,
+        keys: Option<&[String]>,
+    ) -> Vec<ConfigEntry> {
         KEYS.iter()
             .filter(|key| keys.is_none_or(|keys| keys.iter().any(|wanted| wanted == *key)))
             .map(|&name| ConfigEntry {
@@ -191,7 +218,12 @@ impl TopicConfig {
     }
 }
 
-fn at_least(value: i64, minimum: i64, expected: &str, issue: &dyn Fn(&str) -> ConfigIssue) -> Result<i64, ConfigIssue> {
+fn at_least(
+    value: i64,
+    minimum: i64,
+    expected: &str,
+    issue: &dyn Fn(&str) -> ConfigIssue,
+) -> Result<i64, ConfigIssue> {
     if value < minimum || (minimum == -1 && value == 0) {
         return Err(issue(&format!("expected {expected}")));
     }
@@ -202,12 +234,16 @@ fn documentation(key: &str) -> &'static str {
     match key {
         RETENTION_MS => "How long to keep data; -1 keeps it forever. Enforced per segment age.",
         RETENTION_BYTES => "Most bytes a partition keeps; -1 for no limit.",
-        SEGMENT_BYTES => "Accepted for compatibility; segments belong to a shard's commit log (storage.segment_bytes).",
+        SEGMENT_BYTES => {
+            "Accepted for compatibility; segments belong to a shard's commit log (storage.segment_bytes)."
+        }
         CLEANUP_POLICY => "Only \"delete\" is supported.",
         MAX_MESSAGE_BYTES => "Largest record batch accepted for this topic.",
         FLUSH_MS => "Data produced with acks=0/1 is fsynced within this many ms.",
         FLUSH_MESSAGES => "Data is fsynced at least every this many records.",
-        MESSAGE_TIMESTAMP_TYPE => "CreateTime keeps the producer's timestamps; LogAppendTime replaces them with the broker's.",
+        MESSAGE_TIMESTAMP_TYPE => {
+            "CreateTime keeps the producer's timestamps; LogAppendTime replaces them with the broker's."
+        }
         _ => "",
     }
 }
@@ -236,15 +272,29 @@ mod tests {
         let defaults = TopicConfig::defaults(&Config::default());
         let overrides = BTreeMap::from([
             (RETENTION_MS.to_owned(), "60000".to_owned()),
-            (MESSAGE_TIMESTAMP_TYPE.to_owned(), "LogAppendTime".to_owned()),
+            (
+                MESSAGE_TIMESTAMP_TYPE.to_owned(),
+                "LogAppendTime".to_owned(),
+            ),
         ]);
         let config = TopicConfig::with_overrides(&defaults, &overrides, limits()).unwrap();
         assert_eq!(config.retention_ms, 60_000);
         assert_eq!(config.timestamp_type, TimestampType::LogAppendTime);
         let rows = config.describe(&overrides, None);
         assert_eq!(rows.len(), KEYS.len());
-        assert!(!rows.iter().find(|row| row.name == RETENTION_MS).unwrap().is_default);
-        assert!(rows.iter().find(|row| row.name == RETENTION_BYTES).unwrap().is_default);
+        assert!(
+            !rows
+                .iter()
+                .find(|row| row.name == RETENTION_MS)
+                .unwrap()
+                .is_default
+        );
+        assert!(
+            rows.iter()
+                .find(|row| row.name == RETENTION_BYTES)
+                .unwrap()
+                .is_default
+        );
     }
 
     #[test]

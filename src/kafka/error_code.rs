@@ -27,9 +27,9 @@ pub fn for_batch(error: &BatchError) -> i16 {
     match error {
         BatchError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
         BatchError::UnsupportedMagic { .. } => ResponseError::UnsupportedForMessageFormat.code(),
-        BatchError::CrcMismatch { .. } | BatchError::TooShort { .. } | BatchError::LengthMismatch { .. } => {
-            ResponseError::CorruptMessage.code()
-        }
+        BatchError::CrcMismatch { .. }
+        | BatchError::TooShort { .. }
+        | BatchError::LengthMismatch { .. } => ResponseError::CorruptMessage.code(),
         BatchError::InvalidLastOffsetDelta { .. } | BatchError::InvalidRecordsCount { .. } => {
             ResponseError::InvalidRecord.code()
         }

@@ -52,7 +52,10 @@ impl FrameReader {
         }
         let size = size as usize;
         if size > self.limit as usize {
-            return Err(FrameError::TooLarge { size, limit: self.limit });
+            return Err(FrameError::TooLarge {
+                size,
+                limit: self.limit,
+            });
         }
         if self.buffer.len() < 4 + size {
             self.buffer.reserve(4 + size - self.buffer.len());
@@ -90,14 +93,25 @@ mod tests {
     #[test]
     fn frames_split_out_of_the_buffer_and_bad_sizes_are_refused() {
         let mut reader = FrameReader::new(16);
-        reader.buffer.extend_from_slice(&[0, 0, 0, 3, b'a', b'b', b'c', 0, 0]);
-        assert_eq!(reader.buffered_frame().unwrap().unwrap(), Bytes::from_static(b"abc"));
+        reader
+            .buffer
+            .extend_from_slice(&[0, 0, 0, 3, b'a', b'b', b'c', 0, 0]);
+        assert_eq!(
+            reader.buffered_frame().unwrap().unwrap(),
+            Bytes::from_static(b"abc")
+        );
         assert!(reader.buffered_frame().unwrap().is_none());
         let mut reader = FrameReader::new(16);
         reader.buffer.extend_from_slice(&[0, 0, 0, 17]);
-        assert!(matches!(reader.buffered_frame(), Err(FrameError::TooLarge { size: 17, .. })));
+        assert!(matches!(
+            reader.buffered_frame(),
+            Err(FrameError::TooLarge { size: 17, .. })
+        ));
         let mut reader = FrameReader::new(16);
         reader.buffer.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
-        assert!(matches!(reader.buffered_frame(), Err(FrameError::BadSize { size: -1 })));
+        assert!(matches!(
+            reader.buffered_frame(),
+            Err(FrameError::BadSize { size: -1 })
+        ));
     }
 }

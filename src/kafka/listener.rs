@@ -24,13 +24,22 @@ pub struct ListenError {
 }
 
 /// Bind `count` sockets to `address`; returns them and the bound address.
-pub fn bind_shard_listeners(address: SocketAddr, count: usize) -> Result<(Vec<TcpListener>, SocketAddr), ListenError> {
+pub fn bind_shard_listeners(
+    address: SocketAddr,
+    count: usize,
+) -> Result<(Vec<TcpListener>, SocketAddr), ListenError> {
     let mut bound = address;
     let mut listeners = Vec::with_capacity(count);
     for _ in 0..count {
-        let listener = bind_one(bound).map_err(|source| ListenError { address: bound, source })?;
+        let listener = bind_one(bound).map_err(|source| ListenError {
+            address: bound,
+            source,
+        })?;
         if bound.port() == 0 {
-            bound = listener.local_addr().map_err(|source| ListenError { address: bound, source })?;
+            bound = listener.local_addr().map_err(|source| ListenError {
+                address: bound,
+                source,
+            })?;
         }
         listeners.push(listener);
     }
@@ -38,7 +47,11 @@ pub fn bind_shard_listeners(address: SocketAddr, count: usize) -> Result<(Vec<Tc
 }
 
 fn bind_one(address: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;

@@ -36,7 +36,11 @@ const COPY_CHUNK_BYTES: usize = 1024 * 1024;
 #[derive(Clone, Debug)]
 pub enum Part {
     Bytes(Bytes),
-    File { file: Arc<File>, offset: u64, len: u32 },
+    File {
+        file: Arc<File>,
+        offset: u64,
+        len: u32,
+    },
 }
 
 /// A response body (without the 4-byte size), ready to send.
@@ -76,7 +80,12 @@ impl Response {
     }
 
     /// A response made of a header and a message encoded by kafka-protocol.
-    pub fn encode<M: Encodable>(correlation_id: i32, header_version: i16, body: &M, version: i16) -> anyhow::Result<Response> {
+    pub fn encode<M: Encodable>(
+        correlation_id: i32,
+        header_version: i16,
+        body: &M,
+        version: i16,
+    ) -> anyhow::Result<Response> {
         let header = ResponseHeader::default().with_correlation_id(correlation_id);
         let size = header.compute_size(header_version)? + body.compute_size(version)?;
         let mut buffer = BytesMut::with_capacity(size);
@@ -104,17 +113,23 @@ impl AsFd for SegmentFd {
 
 impl ResponseWriter {
     pub fn new(backend: IoBackend) -> ResponseWriter {
-        ResponseWriter { backend, pipe: None }
+        ResponseWriter {
+            backend,
+            pipe: None,
+        }
     }
 
     /// Write `response`, preceded by its size.
     pub async fn send(&mut self, stream: &mut TcpStream, response: Response) -> io::Result<()> {
-        let size = i32::try_from(response.len).map_err(|_| io::Error::other("response larger than 2 GiB"))?;
+        let size = i32::try_from(response.len)
+            .map_err(|_| io::Error::other("response larger than 2 GiB"))?;
         let mut pending = BytesMut::with_capacity(4 + response.len.min(COALESCE_BYTES_MAX));
         pending.put_i32(size);
         for part in response.parts {
             match part {
-                Part::Bytes(bytes) if bytes.len() <= COALESCE_BYTES_MAX => pending.extend_from_slice(&bytes),
+                Part::Bytes(bytes) if bytes.len() <= COALESCE_BYTES_MAX => {
+                    pending.extend_from_slice(&bytes)
+                }
                 Part::Bytes(bytes) => {
                     write_pending(stream, &mut pending).await?;
                     write_all(stream, bytes).await?;
@@ -128,14 +143,26 @@ impl ResponseWriter {
         write_pending(stream, &mut pending).await
     }
 
-    async fn send_file(&mut self, stream: &mut TcpStream, file: Arc<File>, offset: u64, len: usize) -> io::Result<()> {
+    async fn send_file(
+        &mut self,
+        stream: &mut TcpStream,
+        file: Arc<File>,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<()> {
         match self.backend {
             IoBackend::IoUring => self.splice_file(stream, file, offset, len).await,
             IoBackend::Epoll => copy_file(stream, file, offset, len).await,
         }
     }
 
-    async fn splice_file(&mut self, stream: &mut TcpStream, file: Arc<File>, offset: u64, len: usize) -> io::Result<()> {
+    async fn splice_file(
+        &mut self,
+        stream: &mut TcpStream,
+        file: Arc<File>,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<()> {
         if self.pipe.is_none() {
             let (receiver, sender) = compio::fs::pipe::anonymous().await?;
             // SAFETY: fcntl with F_SETPIPE_SZ takes an int; failure keeps the
@@ -152,13 +179,19 @@ impl ResponseWriter {
                 .offset_in((offset + done as u64) as i64)
                 .await?;
             if moved == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "segment file ended inside a fetched batch"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "segment file ended inside a fetched batch",
+                ));
             }
             let mut drained = 0;
             while drained < moved {
                 let out = compio::fs::pipe::splice(receiver, &*stream, moved - drained).await?;
                 if out == 0 {
-                    return Err(io::Error::new(io::ErrorKind::WriteZero, "the client stopped reading"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the client stopped reading",
+                    ));
                 }
                 drained += out;
             }
@@ -168,7 +201,12 @@ impl ResponseWriter {
     }
 }
 
-async fn copy_file(stream: &mut TcpStream, file: Arc<File>, offset: u64, len: usize) -> io::Result<()> {
+async fn copy_file(
+    stream: &mut TcpStream,
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+) -> io::Result<()> {
     let mut done = 0usize;
     while done < len {
         let want = (len - done).min(COPY_CHUNK_BYTES);

@@ -16,17 +16,61 @@ pub struct Supported {
 }
 
 pub const SUPPORTED: &[Supported] = &[
-    Supported { key: ApiKey::Produce, min: 3, max: 9 },
-    Supported { key: ApiKey::Fetch, min: 4, max: 12 },
-    Supported { key: ApiKey::ListOffsets, min: 1, max: 7 },
-    Supported { key: ApiKey::Metadata, min: 0, max: 12 },
-    Supported { key: ApiKey::ApiVersions, min: 0, max: 3 },
-    Supported { key: ApiKey::CreateTopics, min: 2, max: 7 },
-    Supported { key: ApiKey::DeleteTopics, min: 1, max: 5 },
-    Supported { key: ApiKey::CreatePartitions, min: 0, max: 3 },
-    Supported { key: ApiKey::DescribeConfigs, min: 1, max: 4 },
-    Supported { key: ApiKey::IncrementalAlterConfigs, min: 0, max: 1 },
-    Supported { key: ApiKey::DescribeCluster, min: 0, max: 1 },
+    Supported {
+        key: ApiKey::Produce,
+        min: 3,
+        max: 9,
+    },
+    Supported {
+        key: ApiKey::Fetch,
+        min: 4,
+        max: 12,
+    },
+    Supported {
+        key: ApiKey::ListOffsets,
+        min: 1,
+        max: 7,
+    },
+    Supported {
+        key: ApiKey::Metadata,
+        min: 0,
+        max: 12,
+    },
+    Supported {
+        key: ApiKey::ApiVersions,
+        min: 0,
+        max: 3,
+    },
+    Supported {
+        key: ApiKey::CreateTopics,
+        min: 2,
+        max: 7,
+    },
+    Supported {
+        key: ApiKey::DeleteTopics,
+        min: 1,
+        max: 5,
+    },
+    Supported {
+        key: ApiKey::CreatePartitions,
+        min: 0,
+        max: 3,
+    },
+    Supported {
+        key: ApiKey::DescribeConfigs,
+        min: 1,
+        max: 4,
+    },
+    Supported {
+        key: ApiKey::IncrementalAlterConfigs,
+        min: 0,
+        max: 1,
+    },
+    Supported {
+        key: ApiKey::DescribeCluster,
+        min: 0,
+        max: 1,
+    },
 ];
 
 /// The supported range for `key`, if Sluice implements it at all.
@@ -63,7 +107,10 @@ mod tests {
         };
         for entry in SUPPORTED {
             let range = codec(entry.key);
-            assert!(range.min <= entry.min && entry.max <= range.max, "{entry:?} vs {range:?}");
+            assert!(
+                range.min <= entry.min && entry.max <= range.max,
+                "{entry:?} vs {range:?}"
+            );
         }
     }
 }

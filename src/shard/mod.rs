@@ -59,6 +59,22 @@ pub struct ShardContext {
     pub shards: Shards,
 }
 
+impl ShardContext {
+    /// Run `work` on `shard`: directly when that is this shard, through its
+    /// mailbox otherwise.
+    pub async fn run_on<F, Fut, T>(self: &Rc<Self>, shard: ShardId, work: F) -> Result<T, ShardGone>
+    where
+        F: FnOnce(Rc<ShardContext>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        if shard == self.id {
+            return Ok(work(Rc::clone(self)).await);
+        }
+        self.shards.call(shard, work).await
+    }
+}
+
 /// A shard that started: where it runs and what recovery found.
 #[derive(Debug, Clone)]
 pub struct ShardReady {

@@ -92,6 +92,23 @@ impl ShardStore {
         })
     }
 
+    /// The largest timestamp among written batches (None if none is written).
+    pub fn max_timestamp(&self, id: PartitionId) -> Result<Option<i64>, ReadError> {
+        let state = self.state.borrow();
+        let partition = state
+            .partitions
+            .get(&id)
+            .ok_or(ReadError::UnknownPartition(id))?;
+        let queue = &partition.queue;
+        let written = queue.search_offset(partition.high_watermark);
+        let last_written = written
+            .checked_sub(1)
+            .filter(|&index| index >= queue.head_index());
+        Ok(last_written
+            .and_then(|index| queue.get(index))
+            .map(|entry| entry.max_timestamp_ms))
+    }
+
     /// The first batch whose records may have a timestamp >= `timestamp_ms`:
     /// (its base offset, the running max timestamp). `None` if no written
     /// batch qualifies.

@@ -1,0 +1,126 @@
+//! CreateTopics: a single broker, so replication factor 1 (or -1, the
+//! default) and replica assignments naming only this node.
+
+use std::collections::{BTreeMap, HashSet};
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+
+use super::{decode, str_bytes};
+use crate::broker::TopicError;
+use crate::broker::metadata::TopicMeta;
+use crate::kafka::dispatch::Request;
+use crate::kafka::error_code;
+use crate::kafka::response::Response;
+
+/// DescribeConfigs' config source codes used in CreateTopics results.
+pub const SOURCE_TOPIC_OVERRIDE: i8 = 1;
+pub const SOURCE_DEFAULT: i8 = 5;
+
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+    let create: CreateTopicsRequest = decode(request, body)?;
+    let broker = request.broker;
+    let mut seen = HashSet::new();
+    let duplicates: HashSet<String> = create
+        .topics
+        .iter()
+        .map(|topic| topic.name.0.to_string())
+        .filter(|name| !seen.insert(name.clone()))
+        .collect();
+    let mut results = Vec::with_capacity(create.topics.len());
+    for topic in create.topics {
+        let name = topic.name.0.to_string();
+        let result = CreatableTopicResult::default().with_name(topic.name.clone());
+        if duplicates.contains(&name) {
+            results.push(failed(
+                result,
+                ResponseError::InvalidRequest.code(),
+                "topic listed more than once in the request",
+            ));
+            continue;
+        }
+        if topic.replication_factor != -1 && topic.replication_factor != 1 {
+            let error = TopicError::InvalidReplicationFactor(topic.replication_factor);
+            results.push(failed(
+                result,
+                error_code::for_topic(&error),
+                &error.to_string(),
+            ));
+            continue;
+        }
+        let node = broker.config.kafka.node_id;
+        if topic
+            .assignments
+            .iter()
+            .any(|assignment| assignment.broker_ids.iter().any(|id| id.0 != node))
+        {
+            results.push(failed(
+                result,
+                ResponseError::InvalidReplicaAssignment.code(),
+                &format!("this cluster has only broker {node}"),
+            ));
+            continue;
+        }
+        let partitions = match (topic.num_partitions, topic.assignments.len()) {
+            (-1, 0) => broker.config.kafka.default_partitions,
+            (-1, assigned) => assigned as u32,
+            (count, _) => u32::try_from(count).unwrap_or(0),
+        };
+        let overrides: BTreeMap<String, String> = topic
+            .configs
+            .iter()
+            .filter_map(|config| {
+                Some((config.name.to_string(), config.value.as_ref()?.to_string()))
+            })
+            .collect();
+        let created = broker
+            .create_topic(
+                &request.shard.shards,
+                &name,
+                partitions,
+                overrides,
+                create.validate_only,
+            )
+            .await;
+        results.push(match created {
+            Ok(meta) => succeeded(result, &meta),
+            Err(error) => failed(result, error_code::for_topic(&error), &error.to_string()),
+        });
+    }
+    request.respond(&CreateTopicsResponse::default().with_topics(results))
+}
+
+fn succeeded(result: CreatableTopicResult, meta: &TopicMeta) -> CreatableTopicResult {
+    let configs = meta
+        .config
+        .describe(&meta.overrides, None)
+        .into_iter()
+        .map(|entry| {
+            CreatableTopicConfigs::default()
+                .with_name(str_bytes(entry.name))
+                .with_value(Some(str_bytes(&entry.value)))
+                .with_config_source(if entry.is_default {
+                    SOURCE_DEFAULT
+                } else {
+                    SOURCE_TOPIC_OVERRIDE
+                })
+        })
+        .collect();
+    result
+        .with_topic_id(uuid::Uuid::from_bytes(meta.id.0))
+        .with_num_partitions(meta.partitions as i32)
+        .with_replication_factor(1)
+        .with_configs(Some(configs))
+}
+
+fn failed(result: CreatableTopicResult, error_code: i16, message: &str) -> CreatableTopicResult {
+    result
+        .with_error_code(error_code)
+        .with_error_message(Some(str_bytes(message)))
+        .with_num_partitions(-1)
+        .with_replication_factor(-1)
+}

@@ -1,0 +1,40 @@
+//! DescribeCluster: this broker is the whole cluster and its controller.
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
+
+use super::{AUTHORIZED_OPERATIONS_UNKNOWN, decode, str_bytes};
+use crate::kafka::dispatch::Request;
+use crate::kafka::response::Response;
+
+/// DescribeCluster endpoint type asking for broker listeners (KIP-919).
+const ENDPOINT_TYPE_BROKERS: i8 = 1;
+
+pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+    let describe: DescribeClusterRequest = decode(request, body)?;
+    let broker = request.broker;
+    let node = BrokerId(broker.config.kafka.node_id);
+    let (host, port) = &broker.advertised;
+    let mut response = DescribeClusterResponse::default()
+        .with_cluster_id(str_bytes(&broker.metadata.snapshot().cluster_id))
+        .with_controller_id(node)
+        .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_UNKNOWN);
+    if request.version >= 1 {
+        response = response.with_endpoint_type(describe.endpoint_type);
+    }
+    if request.version >= 1 && describe.endpoint_type != ENDPOINT_TYPE_BROKERS {
+        response = response
+            .with_error_code(ResponseError::UnsupportedEndpointType.code())
+            .with_error_message(Some(str_bytes("only broker endpoints (type 1) are served")));
+    } else {
+        response = response.with_brokers(vec![
+            DescribeClusterBroker::default()
+                .with_broker_id(node)
+                .with_host(str_bytes(host))
+                .with_port(i32::from(*port)),
+        ]);
+    }
+    request.respond(&response)
+}

@@ -1,0 +1,268 @@
+//! Fetch: read partitions on their owner shards, long-poll until enough data
+//! or the deadline, and send the batches without re-encoding them.
+//!
+//! * Each owner shard is asked once per round for all its partitions.
+//! * If fewer than `min_bytes` are ready, the request waits on each owner
+//!   for an append (a watermark advance), not a timer, until `max_wait_ms`.
+//! * `partition_max_bytes` and `max_bytes` cap the response, except that
+//!   the first batch found is always sent whole (KIP-74).
+//! * Fetch sessions (KIP-227) are declined: a full fetch gets session id 0,
+//!   which clients understand as "no session". An incremental fetch on a
+//!   session id gets FETCH_SESSION_ID_NOT_FOUND.
+//! * Isolation levels read the same data: without transactions the last
+//!   stable offset is the high watermark.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::{join_all, select_all};
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::FetchRequest;
+
+use super::decode;
+use crate::ids::{Offset, ShardId};
+use crate::kafka::dispatch::Request;
+use crate::kafka::error_code;
+use crate::kafka::fetch_response::{self, FetchedPartition, FetchedTopic};
+use crate::kafka::response::Response;
+use crate::shard::ShardContext;
+
+const ISOLATION_READ_COMMITTED: i8 = 1;
+
+/// One partition to read: (topic index, partition index in request order).
+#[derive(Clone, Debug)]
+struct Wanted {
+    slot: (usize, usize),
+    topic: String,
+    index: u32,
+    offset: i64,
+    max_bytes: u32,
+}
+
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+    let fetch: FetchRequest = decode(request, body)?;
+    let version = request.version;
+    if version >= 7 && fetch.session_id != 0 {
+        let code = ResponseError::FetchSessionIdNotFound.code();
+        return Ok(fetch_response::encode(
+            request.correlation_id(),
+            version,
+            code,
+            0,
+            &[],
+        ));
+    }
+    let read_committed = fetch.isolation_level == ISOLATION_READ_COMMITTED;
+    let (mut topics, wanted) = plan(request, &fetch, read_committed);
+    let deadline =
+        Instant::now() + Duration::from_millis(u64::try_from(fetch.max_wait_ms).unwrap_or(0));
+    let min_bytes = u64::try_from(fetch.min_bytes).unwrap_or(0);
+    loop {
+        let read = read_round(request.shard, &wanted).await;
+        let ready: u64 = read
+            .iter()
+            .map(|(_, partition)| partition_bytes(partition))
+            .sum();
+        let failed = read
+            .iter()
+            .any(|(_, partition)| partition.error_code != error_code::NONE);
+        if ready >= min_bytes || failed || wanted.is_empty() || Instant::now() >= deadline {
+            for ((topic, partition), fetched) in read {
+                topics[topic].partitions[partition] = fetched;
+            }
+            break;
+        }
+        wait_for_data(request.shard, &wanted, deadline).await;
+    }
+    apply_max_bytes(
+        &mut topics,
+        u64::try_from(fetch.max_bytes).unwrap_or(u64::MAX),
+    );
+    Ok(fetch_response::encode(
+        request.correlation_id(),
+        version,
+        error_code::NONE,
+        0,
+        &topics,
+    ))
+}
+
+/// The response skeleton in request order, and the partitions that exist.
+fn plan(
+    request: &Request<'_>,
+    fetch: &FetchRequest,
+    read_committed: bool,
+) -> (Vec<FetchedTopic>, Vec<Wanted>) {
+    let cluster = request.broker.metadata.snapshot();
+    let mut topics = Vec::with_capacity(fetch.topics.len());
+    let mut wanted = Vec::new();
+    for (topic_slot, topic) in fetch.topics.iter().enumerate() {
+        let name = topic.topic.0.to_string();
+        let meta = cluster.topic(&name);
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for (partition_slot, partition) in topic.partitions.iter().enumerate() {
+            let exists = meta.is_some_and(|meta| {
+                u32::try_from(partition.partition).is_ok_and(|index| index < meta.partitions)
+            });
+            let code = if exists {
+                error_code::NONE
+            } else {
+                ResponseError::UnknownTopicOrPartition.code()
+            };
+            partitions.push(empty_partition(partition.partition, code, read_committed));
+            if exists {
+                wanted.push(Wanted {
+                    slot: (topic_slot, partition_slot),
+                    topic: name.clone(),
+                    index: partition.partition as u32,
+                    offset: partition.fetch_offset,
+                    max_bytes: u32::try_from(partition.partition_max_bytes).unwrap_or(0),
+                });
+            }
+        }
+        topics.push(FetchedTopic { name, partitions });
+    }
+    if read_committed {
+        for topic in &mut topics {
+            for partition in &mut topic.partitions {
+                partition.aborted_transactions_empty = true;
+            }
+        }
+    }
+    (topics, wanted)
+}
+
+fn empty_partition(index: i32, error_code: i16, read_committed: bool) -> FetchedPartition {
+    FetchedPartition {
+        index,
+        error_code,
+        high_watermark: -1,
+        last_stable_offset: -1,
+        log_start_offset: -1,
+        aborted_transactions_empty: read_committed,
+        batches: Vec::new(),
+    }
+}
+
+fn by_owner(context: &ShardContext, wanted: &[Wanted]) -> BTreeMap<ShardId, Vec<Wanted>> {
+    let mut groups: BTreeMap<ShardId, Vec<Wanted>> = BTreeMap::new();
+    for partition in wanted {
+        let owner = context.shards.owner(&partition.topic, partition.index);
+        groups.entry(owner).or_default().push(partition.clone());
+    }
+    groups
+}
+
+/// Read every wanted partition once, one call per owner shard.
+async fn read_round(
+    context: &Rc<ShardContext>,
+    wanted: &[Wanted],
+) -> Vec<((usize, usize), FetchedPartition)> {
+    let calls = by_owner(context, wanted)
+        .into_iter()
+        .map(|(owner, partitions)| {
+            context.run_on(owner, move |owner_context| async move {
+                partitions
+                    .iter()
+                    .map(|partition| (partition.slot, read_partition(&owner_context, partition)))
+                    .collect::<Vec<_>>()
+            })
+        });
+    join_all(calls)
+        .await
+        .into_iter()
+        .flat_map(|result| result.unwrap_or_default())
+        .collect()
+}
+
+fn read_partition(context: &ShardContext, wanted: &Wanted) -> FetchedPartition {
+    let store = &context.store;
+    let Some(id) = store.partition_id(&wanted.topic, wanted.index) else {
+        return empty_partition(
+            wanted.index as i32,
+            ResponseError::UnknownTopicOrPartition.code(),
+            false,
+        );
+    };
+    let offsets = store.offsets(id);
+    let mut fetched = empty_partition(wanted.index as i32, error_code::NONE, false);
+    if let Some(offsets) = offsets {
+        fetched.high_watermark = offsets.high_watermark.0;
+        fetched.last_stable_offset = offsets.high_watermark.0;
+        fetched.log_start_offset = offsets.log_start_offset.0;
+    }
+    match store.read(id, Offset(wanted.offset), u64::from(wanted.max_bytes)) {
+        Ok(result) => fetched.batches = result.batches,
+        Err(error) => fetched.error_code = error_code::for_read(&error),
+    }
+    fetched
+}
+
+fn partition_bytes(partition: &FetchedPartition) -> u64 {
+    partition
+        .batches
+        .iter()
+        .map(|batch| u64::from(batch.len))
+        .sum()
+}
+
+/// Wait until an owner sees new data for one of its wanted partitions, or
+/// the deadline.
+async fn wait_for_data(context: &Rc<ShardContext>, wanted: &[Wanted], deadline: Instant) {
+    let waits: Vec<_> = by_owner(context, wanted)
+        .into_iter()
+        .map(|(owner, partitions)| {
+            Box::pin(context.run_on(owner, move |owner_context| async move {
+                wait_on_owner(&owner_context, &partitions, deadline).await;
+            }))
+        })
+        .collect();
+    if waits.is_empty() {
+        return;
+    }
+    let _ = select_all(waits).await;
+}
+
+async fn wait_on_owner(context: &ShardContext, partitions: &[Wanted], deadline: Instant) {
+    loop {
+        let has_data = partitions.iter().any(|partition| {
+            context
+                .store
+                .partition_id(&partition.topic, partition.index)
+                .and_then(|id| context.store.offsets(id))
+                .is_some_and(|offsets| offsets.high_watermark.0 > partition.offset)
+        });
+        if has_data {
+            return;
+        }
+        let progress = context.store.wait_for_progress();
+        if compio::time::timeout_at(deadline, progress).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keep whole batches, in request order, while the response stays within
+/// `max_bytes`; the first batch is always kept.
+fn apply_max_bytes(topics: &mut [FetchedTopic], max_bytes: u64) {
+    let mut used = 0u64;
+    let mut kept_any = false;
+    for partition in topics
+        .iter_mut()
+        .flat_map(|topic| topic.partitions.iter_mut())
+    {
+        let mut keep = 0;
+        for batch in &partition.batches {
+            let len = u64::from(batch.len);
+            if kept_any && used + len > max_bytes {
+                break;
+            }
+            used += len;
+            kept_any = true;
+            keep += 1;
+        }
+        partition.batches.truncate(keep);
+    }
+}

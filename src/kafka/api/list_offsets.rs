@@ -1,0 +1,154 @@
+//! ListOffsets: earliest (-2), latest (-1), the record with the largest
+//! timestamp (-3, v7+), or the first record at or after a timestamp.
+//!
+//! Timestamp lookups binary-search the consume queue's running maximum for
+//! the batch, then decode that batch's records (decompressing if needed) to
+//! return the exact record offset and its timestamp, as Kafka does.
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::records::RecordBatchDecoder;
+
+use super::decode;
+use crate::ids::{Offset, PartitionId};
+use crate::kafka::dispatch::Request;
+use crate::kafka::error_code;
+use crate::kafka::response::Response;
+use crate::record_batch::BatchHeader;
+use crate::shard::ShardContext;
+use crate::storage::{ShardStore, read_batch_bytes};
+
+const EARLIEST: i64 = -2;
+const LATEST: i64 = -1;
+const MAX_TIMESTAMP: i64 = -3;
+
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+    let list: ListOffsetsRequest = decode(request, body)?;
+    let mut topics = Vec::with_capacity(list.topics.len());
+    for topic in &list.topics {
+        let name = topic.name.0.to_string();
+        let lookups = topic.partitions.iter().map(|partition| {
+            lookup(
+                request,
+                name.clone(),
+                partition.partition_index,
+                partition.timestamp,
+            )
+        });
+        let partitions = join_all(lookups).await;
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name.clone())
+                .with_partitions(partitions),
+        );
+    }
+    request.respond(&ListOffsetsResponse::default().with_topics(topics))
+}
+
+async fn lookup(
+    request: &Request<'_>,
+    topic: String,
+    index: i32,
+    timestamp: i64,
+) -> ListOffsetsPartitionResponse {
+    let mut response = ListOffsetsPartitionResponse::default()
+        .with_partition_index(index)
+        .with_timestamp(-1)
+        .with_offset(-1);
+    if request.version >= 4 {
+        response = response.with_leader_epoch(0);
+    }
+    let exists = request
+        .broker
+        .metadata
+        .snapshot()
+        .topic(&topic)
+        .is_some_and(|meta| u32::try_from(index).is_ok_and(|index| index < meta.partitions));
+    if !exists {
+        return response.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+    }
+    if timestamp == MAX_TIMESTAMP && request.version < 7 || timestamp < MAX_TIMESTAMP {
+        return response.with_error_code(ResponseError::InvalidRequest.code());
+    }
+    let index = index as u32;
+    let owner = request.shard.shards.owner(&topic, index);
+    let found = request
+        .shard
+        .run_on(owner, move |context| async move {
+            lookup_on_owner(&context, &topic, index, timestamp)
+        })
+        .await;
+    match found {
+        Ok(Ok((offset, timestamp))) => response.with_offset(offset).with_timestamp(timestamp),
+        Ok(Err(code)) => response.with_error_code(code),
+        Err(_) => response.with_error_code(ResponseError::NotLeaderOrFollower.code()),
+    }
+}
+
+/// (offset, timestamp) for the lookup, on the partition's owner shard.
+fn lookup_on_owner(
+    context: &ShardContext,
+    topic: &str,
+    index: u32,
+    timestamp: i64,
+) -> Result<(i64, i64), i16> {
+    let store = &context.store;
+    let unknown = ResponseError::UnknownTopicOrPartition.code();
+    let id = store.partition_id(topic, index).ok_or(unknown)?;
+    let offsets = store.offsets(id).ok_or(unknown)?;
+    let target = match timestamp {
+        EARLIEST => return Ok((offsets.log_start_offset.0, -1)),
+        LATEST => return Ok((offsets.high_watermark.0, -1)),
+        MAX_TIMESTAMP => match store
+            .max_timestamp(id)
+            .map_err(|error| error_code::for_read(&error))?
+        {
+            Some(max) => max,
+            None => return Ok((-1, -1)),
+        },
+        target => target,
+    };
+    let Some((base_offset, _)) = store
+        .offset_for_timestamp(id, target)
+        .map_err(|error| error_code::for_read(&error))?
+    else {
+        return Ok((-1, -1));
+    };
+    let record = first_record_at_or_after(store, id, base_offset, target)
+        .ok_or(ResponseError::KafkaStorageError.code())?;
+    Ok((record.0.max(offsets.log_start_offset.0), record.1))
+}
+
+/// The first record of the batch at `base_offset` with a timestamp at or
+/// after `target` (the batch is known to hold one).
+fn first_record_at_or_after(
+    store: &ShardStore,
+    id: PartitionId,
+    base_offset: Offset,
+    target: i64,
+) -> Option<(i64, i64)> {
+    let batch = store
+        .read(id, base_offset, 1)
+        .ok()?
+        .batches
+        .into_iter()
+        .next()?;
+    let bytes = read_batch_bytes(&batch).ok()?;
+    let header = BatchHeader::parse(&bytes).ok()?;
+    if header.uses_log_append_time() {
+        return (header.max_timestamp_ms >= target)
+            .then_some((header.base_offset, header.max_timestamp_ms));
+    }
+    let mut bytes = Bytes::from(bytes);
+    let records = RecordBatchDecoder::decode(&mut bytes).ok()?;
+    records
+        .records
+        .iter()
+        .find(|record| record.timestamp >= target)
+        .map(|record| (record.offset, record.timestamp))
+}

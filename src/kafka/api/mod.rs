@@ -1,0 +1,59 @@
+//! One module per Kafka API. Each decodes its request with kafka-protocol,
+//! does the work (on the owner shards where partitions are involved) and
+//! encodes its response; fetch frames its records by hand for zero-copy.
+
+pub mod api_versions;
+pub mod create_partitions;
+pub mod create_topics;
+pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
+pub mod fetch;
+pub mod incremental_alter_configs;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::{Decodable, StrBytes};
+
+use super::dispatch::Request;
+use super::response::Response;
+
+/// Serve one request; `Ok(None)` means no response is sent (acks=0).
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Response>, String> {
+    match request.key {
+        ApiKey::ApiVersions => api_versions::handle(request).map(Some),
+        ApiKey::Metadata => metadata::handle(request, body).await.map(Some),
+        ApiKey::Produce => produce::handle(request, body).await,
+        ApiKey::Fetch => fetch::handle(request, body).await.map(Some),
+        ApiKey::ListOffsets => list_offsets::handle(request, body).await.map(Some),
+        ApiKey::CreateTopics => create_topics::handle(request, body).await.map(Some),
+        ApiKey::DeleteTopics => delete_topics::handle(request, body).await.map(Some),
+        ApiKey::CreatePartitions => create_partitions::handle(request, body).await.map(Some),
+        ApiKey::DescribeConfigs => describe_configs::handle(request, body).map(Some),
+        ApiKey::IncrementalAlterConfigs => incremental_alter_configs::handle(request, body)
+            .await
+            .map(Some),
+        ApiKey::DescribeCluster => describe_cluster::handle(request, body).map(Some),
+        other => Err(format!("{other:?} is not implemented")),
+    }
+}
+
+/// Decode the request body, or explain why it is malformed.
+pub fn decode<M: Decodable>(request: &Request<'_>, mut body: Bytes) -> Result<M, String> {
+    M::decode(&mut body, request.version).map_err(|error| {
+        format!(
+            "malformed {:?} v{} request: {error}",
+            request.key, request.version
+        )
+    })
+}
+
+pub fn str_bytes(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_owned())
+}
+
+/// Kafka's "authorized operations not requested/known" value.
+pub const AUTHORIZED_OPERATIONS_UNKNOWN: i32 = i32::MIN;

@@ -1,0 +1,296 @@
+//! Produce: validate each partition's batches, append them on the owner
+//! shard, and answer when the durability `acks` asked for is reached.
+//!
+//! * acks=all (-1): after the fdatasync covering the batches.
+//! * acks=1: once the batches are in the commit log's write path; written at
+//!   the next flush, fsynced within the topic's `flush.ms`.
+//! * acks=0: the same, and no response at all.
+//!
+//! Batches are checked on the shard that received them: magic 2, lengths,
+//! CRC32C, `max.message.bytes`. Topics with `message.timestamp.type =
+//! LogAppendTime` get the broker's time stamped in (and a new CRC). Each
+//! compression is stored exactly as sent. Nothing invalid is ever stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::join_all;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+
+use super::{decode, str_bytes};
+use crate::broker::create_partition_here;
+use crate::broker::metadata::TopicMeta;
+use crate::broker::topic_config::{TimestampType, TopicConfig};
+use crate::ids::Offset;
+use crate::kafka::dispatch::Request;
+use crate::kafka::error_code;
+use crate::kafka::response::Response;
+use crate::record_batch::{self, ValidatedBatch};
+use crate::shard::ShardContext;
+use crate::storage::Durability;
+use crate::storage::segment::now_ms;
+
+const ACKS_NONE: i16 = 0;
+const ACKS_LEADER: i16 = 1;
+const ACKS_ALL: i16 = -1;
+
+struct Outcome {
+    error_code: i16,
+    message: Option<String>,
+    base_offset: i64,
+    log_append_time_ms: i64,
+    log_start_offset: i64,
+}
+
+impl Outcome {
+    fn error(error_code: i16, message: impl Into<String>) -> Outcome {
+        Outcome {
+            error_code,
+            message: Some(message.into()),
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: -1,
+        }
+    }
+}
+
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Response>, String> {
+    let produce: ProduceRequest = decode(request, body)?;
+    let acks = produce.acks;
+    // How long acks=all may wait for its fdatasync; 0 or less: no limit.
+    let timeout = match u64::try_from(produce.timeout_ms) {
+        Ok(ms) if ms > 0 => Duration::from_millis(ms),
+        _ => Duration::MAX,
+    };
+    let mut slots = Vec::new();
+    let mut work = Vec::new();
+    for topic in &produce.topic_data {
+        for partition in &topic.partition_data {
+            slots.push((topic.name.0.to_string(), partition.index));
+            let name = topic.name.0.to_string();
+            let records = partition.records.clone();
+            let transactional = produce.transactional_id.is_some();
+            work.push(produce_partition(
+                request,
+                name,
+                partition.index,
+                records,
+                acks,
+                transactional,
+                timeout,
+            ));
+        }
+    }
+    let outcomes = join_all(work).await;
+    if acks == ACKS_NONE {
+        return Ok(None);
+    }
+    let mut responses: Vec<TopicProduceResponse> = Vec::new();
+    for ((topic, index), outcome) in slots.into_iter().zip(outcomes) {
+        if responses
+            .last()
+            .is_none_or(|last| last.name.0.as_str() != topic)
+        {
+            responses.push(TopicProduceResponse::default().with_name(TopicName(str_bytes(&topic))));
+        }
+        let partition = PartitionProduceResponse::default()
+            .with_index(index)
+            .with_error_code(outcome.error_code)
+            .with_error_message(outcome.message.map(|message| str_bytes(&message)))
+            .with_base_offset(outcome.base_offset)
+            .with_log_append_time_ms(outcome.log_append_time_ms)
+            .with_log_start_offset(outcome.log_start_offset);
+        responses
+            .last_mut()
+            .expect("pushed above")
+            .partition_responses
+            .push(partition);
+    }
+    request
+        .respond(&ProduceResponse::default().with_responses(responses))
+        .map(Some)
+}
+
+async fn produce_partition(
+    request: &Request<'_>,
+    name: String,
+    index: i32,
+    records: Option<Bytes>,
+    acks: i16,
+    transactional: bool,
+    timeout: Duration,
+) -> Outcome {
+    if !matches!(acks, ACKS_NONE | ACKS_LEADER | ACKS_ALL) {
+        return Outcome::error(
+            ResponseError::InvalidRequiredAcks.code(),
+            format!("acks must be -1, 0 or 1, not {acks}"),
+        );
+    }
+    if transactional {
+        return Outcome::error(
+            ResponseError::InvalidRequest.code(),
+            "transactions are not supported yet",
+        );
+    }
+    let Some(topic) = request
+        .broker
+        .ensure_topic(&request.shard.shards, &name)
+        .await
+    else {
+        return Outcome::error(
+            ResponseError::UnknownTopicOrPartition.code(),
+            format!("topic {name} does not exist"),
+        );
+    };
+    let Ok(index) = u32::try_from(index) else {
+        return Outcome::error(
+            ResponseError::UnknownTopicOrPartition.code(),
+            "negative partition",
+        );
+    };
+    if index >= topic.partitions {
+        return Outcome::error(
+            ResponseError::UnknownTopicOrPartition.code(),
+            format!("topic {name} has {} partitions", topic.partitions),
+        );
+    }
+    let Some(records) = records else {
+        return Outcome::error(ResponseError::InvalidRecord.code(), "no records");
+    };
+    let (batches, log_append_time_ms) = match prepare(records, &topic.config) {
+        Ok(prepared) => prepared,
+        Err(outcome) => return outcome,
+    };
+    let durability = if acks == ACKS_ALL {
+        Durability::Fsynced
+    } else {
+        Durability::Buffered
+    };
+    let owner = request.shard.shards.owner(&topic.name, index);
+    let appended = request
+        .shard
+        .run_on(owner, move |context| {
+            append_on_owner(context, topic, index, batches, durability, timeout)
+        })
+        .await;
+    match appended {
+        Ok(Ok((base_offset, log_start_offset))) => Outcome {
+            error_code: error_code::NONE,
+            message: None,
+            base_offset: base_offset.0,
+            log_append_time_ms,
+            log_start_offset: log_start_offset.0,
+        },
+        Ok(Err(outcome)) => outcome,
+        Err(gone) => Outcome::error(ResponseError::NotLeaderOrFollower.code(), gone.to_string()),
+    }
+}
+
+/// Split `records` into batches and check each; stamp LogAppendTime topics.
+fn prepare(records: Bytes, config: &TopicConfig) -> Result<(Vec<Bytes>, i64), Outcome> {
+    let limit = usize::try_from(config.max_message_bytes).unwrap_or(0);
+    let append_time = (config.timestamp_type == TimestampType::LogAppendTime)
+        .then(now_ms)
+        .map(|ms| ms as i64);
+    let mut batches = Vec::new();
+    let mut rest = records;
+    while !rest.is_empty() {
+        let size = record_batch::declared_size(&rest)
+            .filter(|&size| size <= rest.len())
+            .ok_or_else(|| {
+                Outcome::error(
+                    ResponseError::CorruptMessage.code(),
+                    "record batch length runs past the request",
+                )
+            })?;
+        let mut batch = rest.split_to(size);
+        if let Some(now) = append_time {
+            if batch.len() < record_batch::HEADER_BYTES {
+                return Err(Outcome::error(
+                    ResponseError::CorruptMessage.code(),
+                    "record batch shorter than its header",
+                ));
+            }
+            let mut copy = BytesMut::from(&batch[..]);
+            record_batch::set_log_append_time(&mut copy, now);
+            batch = copy.freeze();
+        }
+        ValidatedBatch::validate(&batch, limit)
+            .map_err(|error| Outcome::error(error_code::for_batch(&error), error.to_string()))?;
+        batches.push(batch);
+    }
+    if batches.is_empty() {
+        return Err(Outcome::error(
+            ResponseError::InvalidRecord.code(),
+            "no record batches",
+        ));
+    }
+    Ok((batches, append_time.unwrap_or(-1)))
+}
+
+/// On the owner shard: append the batches in order, then wait for the
+/// durability asked for. Returns (first base offset, log start offset).
+async fn append_on_owner(
+    context: std::rc::Rc<ShardContext>,
+    topic: Arc<TopicMeta>,
+    index: u32,
+    batches: Vec<Bytes>,
+    durability: Durability,
+    timeout: Duration,
+) -> Result<(Offset, Offset), Outcome> {
+    let store = &context.store;
+    let id = match store.partition_id(&topic.name, index) {
+        Some(id) => id,
+        None => {
+            create_partition_here(&context, &topic, index).map_err(|error| {
+                Outcome::error(error_code::for_topic(&error), error.to_string())
+            })?;
+            store.partition_id(&topic.name, index).ok_or_else(|| {
+                Outcome::error(
+                    ResponseError::UnknownTopicOrPartition.code(),
+                    "partition vanished",
+                )
+            })?
+        }
+    };
+    let mut first = None;
+    let mut last = None;
+    for bytes in &batches {
+        let batch = ValidatedBatch::revalidated(bytes)
+            .map_err(|error| Outcome::error(error_code::for_batch(&error), error.to_string()))?;
+        let receipt = store
+            .append(id, batch, durability)
+            .await
+            .map_err(|error| Outcome::error(error_code::for_append(&error), error.to_string()))?;
+        first.get_or_insert(receipt.base_offset);
+        last = Some(receipt);
+    }
+    let last = last.expect("at least one batch");
+    let waited = if timeout == Duration::MAX {
+        Ok(store.wait(&last).await)
+    } else {
+        compio::time::timeout(timeout, store.wait(&last)).await
+    };
+    match waited {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            return Err(Outcome::error(
+                error_code::for_append(&error),
+                error.to_string(),
+            ));
+        }
+        Err(_) => {
+            return Err(Outcome::error(
+                ResponseError::RequestTimedOut.code(),
+                "the batch is stored but was not durable within the request timeout",
+            ));
+        }
+    }
+    let log_start = store
+        .offsets(id)
+        .map_or(Offset(0), |offsets| offsets.log_start_offset);
+    Ok((first.expect("at least one batch"), log_start))
+}

@@ -1,0 +1,117 @@
+//! From a request frame to a response: header, version check, handler.
+//!
+//! An unknown API key, an unsupported version, or a header or body that does
+//! not decode ends the connection with a log line; the stream cannot be
+//! trusted after that. The exception is ApiVersions, which answers any
+//! version with the v0-compatible UNSUPPORTED_VERSION reply (KIP-511), so an
+//! old or new client can learn what this broker speaks.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::Decodable;
+
+use super::api;
+use super::response::Response;
+use super::versions;
+use crate::broker::Broker;
+use crate::shard::ShardContext;
+
+/// Everything a handler needs about the request it serves.
+pub struct Request<'a> {
+    pub shard: &'a Rc<ShardContext>,
+    pub broker: &'a Arc<Broker>,
+    pub header: RequestHeader,
+    pub key: ApiKey,
+    pub version: i16,
+}
+
+impl Request<'_> {
+    pub fn correlation_id(&self) -> i32 {
+        self.header.correlation_id
+    }
+
+    pub fn response_header_version(&self) -> i16 {
+        self.key.response_header_version(self.version)
+    }
+
+    /// Encode `body` as this request's response.
+    pub fn respond<M: kafka_protocol::protocol::Encodable>(
+        &self,
+        body: &M,
+    ) -> Result<Response, String> {
+        Response::encode(
+            self.correlation_id(),
+            self.response_header_version(),
+            body,
+            self.version,
+        )
+        .map_err(|error| {
+            format!(
+                "cannot encode the {:?} v{} response: {error}",
+                self.key, self.version
+            )
+        })
+    }
+}
+
+pub enum Outcome {
+    Respond(Response),
+    /// acks=0 produce: the client expects nothing.
+    Silent,
+    Close(String),
+}
+
+pub async fn handle(shard: &Rc<ShardContext>, broker: &Arc<Broker>, mut frame: Bytes) -> Outcome {
+    if frame.len() < 8 {
+        return Outcome::Close(format!(
+            "request of {} bytes is shorter than a request header",
+            frame.len()
+        ));
+    }
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let Ok(key) = ApiKey::try_from(raw_key) else {
+        return Outcome::Close(format!("unknown API key {raw_key}"));
+    };
+    if !versions::is_supported(key, version) {
+        if key == ApiKey::ApiVersions {
+            return respond(api::api_versions::unsupported_version(correlation_id));
+        }
+        let range = versions::supported(key).map_or("not implemented".to_owned(), |entry| {
+            format!("supported: {}..={}", entry.min, entry.max)
+        });
+        return Outcome::Close(format!("{key:?} v{version} is not supported ({range})"));
+    }
+    let header = match RequestHeader::decode(&mut frame, key.request_header_version(version)) {
+        Ok(header) => header,
+        Err(error) => {
+            return Outcome::Close(format!(
+                "malformed {key:?} v{version} request header: {error}"
+            ));
+        }
+    };
+    let request = Request {
+        shard,
+        broker,
+        header,
+        key,
+        version,
+    };
+    let body = frame.copy_to_bytes(frame.remaining());
+    match api::handle(&request, body).await {
+        Ok(Some(response)) => Outcome::Respond(response),
+        Ok(None) => Outcome::Silent,
+        Err(reason) => Outcome::Close(reason),
+    }
+}
+
+fn respond(response: Result<Response, String>) -> Outcome {
+    match response {
+        Ok(response) => Outcome::Respond(response),
+        Err(reason) => Outcome::Close(reason),
+    }
+}

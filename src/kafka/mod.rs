@@ -1,0 +1,128 @@
+//! The Kafka wire-protocol front end.
+//!
+//! Every shard accepts connections on the shared Kafka address (SO_REUSEPORT
+//! sockets bound by [`listener`]) and serves them itself ([`connection`],
+//! [`dispatch`], one module per API in [`api`]). Work on a partition runs on
+//! the partition's owner shard (`ShardContext::run_on`), reached through the
+//! shard mailboxes; responses are assembled on the connection's shard.
+//! Record batches are never re-encoded: produce stores them as sent, and
+//! fetch sends them from the segment files ([`fetch_response`], [`response`]).
+
+pub mod api;
+pub mod connection;
+pub mod dispatch;
+pub mod error_code;
+pub mod fetch_response;
+pub mod frame;
+pub mod listener;
+pub mod response;
+pub mod versions;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use crate::broker::{Broker, reconcile_shard};
+use crate::io::IoBackend;
+use crate::shard::{ShardContext, ShardService};
+
+/// Starts the Kafka front end on each shard.
+pub struct KafkaService {
+    broker: Arc<Broker>,
+    backend: IoBackend,
+    /// One bound socket per shard, taken by that shard at start.
+    listeners: Mutex<Vec<Option<std::net::TcpListener>>>,
+}
+
+impl KafkaService {
+    pub fn new(
+        broker: Arc<Broker>,
+        backend: IoBackend,
+        listeners: Vec<std::net::TcpListener>,
+    ) -> KafkaService {
+        KafkaService {
+            broker,
+            backend,
+            listeners: Mutex::new(listeners.into_iter().map(Some).collect()),
+        }
+    }
+}
+
+impl ShardService for KafkaService {
+    fn start(
+        &self,
+        context: &Rc<ShardContext>,
+    ) -> Result<Vec<compio::runtime::JoinHandle<()>>, String> {
+        reconcile_shard(context, &self.broker)
+            .map_err(|error| format!("cannot reconcile partitions with the metadata: {error}"))?;
+        let socket = self
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(usize::from(context.id.0))
+            .and_then(Option::take)
+            .ok_or_else(|| format!("no listening socket for {}", context.id))?;
+        let listener = compio::net::TcpListener::from_std(socket)
+            .map_err(|error| format!("cannot watch the Kafka socket: {error}"))?;
+        let accept = accept_loop(
+            Rc::clone(context),
+            Arc::clone(&self.broker),
+            listener,
+            self.backend,
+        );
+        Ok(vec![compio::runtime::spawn(accept)])
+    }
+}
+
+/// Open connections across all shards, against `kafka.connections_max`.
+static OPEN_CONNECTIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+struct ConnectionSlot;
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        OPEN_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn accept_loop(
+    context: Rc<ShardContext>,
+    broker: Arc<Broker>,
+    listener: compio::net::TcpListener,
+    backend: IoBackend,
+) {
+    let refused_logged = Cell::new(false);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(shard = %context.id, %error, "accept failed");
+                compio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let limit = broker.config.kafka.connections_max;
+        if OPEN_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= limit {
+            OPEN_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            if !refused_logged.replace(true) {
+                tracing::warn!(%peer, limit, "refusing connections: kafka.connections_max reached");
+            }
+            drop(stream);
+            continue;
+        }
+        refused_logged.set(false);
+        let slot = ConnectionSlot;
+        let serve = connection::serve(
+            Rc::clone(&context),
+            Arc::clone(&broker),
+            stream,
+            peer,
+            backend,
+        );
+        compio::runtime::spawn(async move {
+            serve.await;
+            drop(slot);
+        })
+        .detach();
+    }
+}
