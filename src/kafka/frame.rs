@@ -7,6 +7,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use compio::BufResult;
+use compio::buf::{IntoInner, IoBuf};
 use compio::io::AsyncRead;
 use thiserror::Error;
 
@@ -74,9 +75,12 @@ impl FrameReader {
             if self.buffer.capacity() - self.buffer.len() < READ_CHUNK_BYTES / 4 {
                 self.buffer.reserve(READ_CHUNK_BYTES);
             }
+            // compio reads into a buffer from its start: hand it only the
+            // spare capacity after the bytes already buffered.
+            let buffered = self.buffer.len();
             let buffer = std::mem::take(&mut self.buffer);
-            let BufResult(result, buffer) = stream.read(buffer).await;
-            self.buffer = buffer;
+            let BufResult(result, spare) = stream.read(buffer.slice(buffered..)).await;
+            self.buffer = spare.into_inner();
             match result? {
                 0 if self.buffer.is_empty() => return Err(FrameError::Closed),
                 0 => return Err(FrameError::Truncated),
@@ -113,5 +117,56 @@ mod tests {
             reader.buffered_frame(),
             Err(FrameError::BadSize { size: -1 })
         ));
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    /// A stream that hands out its bytes a few at a time, writing them the
+    /// way compio's socket reads do: from the start of the buffer's capacity,
+    /// then advancing its length to at least what was read.
+    struct Trickle {
+        bytes: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        async fn read<B: compio::buf::IoBufMut>(&mut self, mut buf: B) -> BufResult<usize, B> {
+            let take = self.step.min(self.bytes.len()).min(buf.buf_capacity());
+            let chunk: Vec<u8> = self.bytes.drain(..take).collect();
+            let spare = buf.as_uninit();
+            for (index, byte) in chunk.iter().enumerate() {
+                spare[index].write(*byte);
+            }
+            // SAFETY: the first `take` bytes were just written.
+            unsafe { compio::buf::SetLen::advance_to(&mut buf, take) };
+            BufResult(Ok(take), buf)
+        }
+    }
+
+    #[test]
+    fn frames_split_across_many_reads_arrive_intact() {
+        let runtime = compio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let mut wire = Vec::new();
+            let payloads: Vec<Vec<u8>> = (0..5)
+                .map(|index| vec![b'a' + index as u8; 100_000 + index])
+                .collect();
+            for payload in &payloads {
+                wire.extend_from_slice(&(payload.len() as i32).to_be_bytes());
+                wire.extend_from_slice(payload);
+            }
+            let mut stream = Trickle {
+                bytes: wire,
+                step: 7919,
+            };
+            let mut reader = FrameReader::new(1 << 20);
+            for payload in &payloads {
+                let frame = reader.next_frame(&mut stream).await.unwrap();
+                assert_eq!(&frame[..], &payload[..]);
+            }
+        });
     }
 }

@@ -1,10 +1,14 @@
 //! Integration tests: real files, real crashes, the real binary.
 //! One test binary; a module per feature.
 
+mod broker_process;
+mod kafka_clients;
 mod support;
+mod wire;
 
 mod crash;
 mod io_backend;
+mod kafka_roundtrip;
 mod pipeline;
 mod power_loss;
 mod recovery;
