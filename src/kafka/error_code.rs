@@ -26,7 +26,8 @@ pub fn for_append(error: &AppendError) -> i16 {
 pub fn for_batch(error: &BatchError) -> i16 {
     match error {
         BatchError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
-        BatchError::UnsupportedMagic { .. } => ResponseError::UnsupportedForMessageFormat.code(),
+        // Produce v3+ carries magic 2 only; Kafka answers INVALID_RECORD.
+        BatchError::UnsupportedMagic { .. } => ResponseError::InvalidRecord.code(),
         BatchError::CrcMismatch { .. }
         | BatchError::TooShort { .. }
         | BatchError::LengthMismatch { .. } => ResponseError::CorruptMessage.code(),

@@ -3,7 +3,7 @@
 //! killed with SIGKILL.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,6 @@ pub struct BrokerProcess {
     child: Option<Child>,
     /// `host:port` of the Kafka listener.
     pub address: String,
-    pub data_dir: PathBuf,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
@@ -67,7 +66,6 @@ impl BrokerProcess {
         BrokerProcess {
             child: Some(child),
             address,
-            data_dir: data_dir.to_owned(),
             lines,
         }
     }

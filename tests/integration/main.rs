@@ -8,6 +8,9 @@ mod wire;
 
 mod crash;
 mod io_backend;
+mod kafka_admin;
+mod kafka_bad_input;
+mod kafka_crash;
 mod kafka_roundtrip;
 mod pipeline;
 mod power_loss;

@@ -31,6 +31,7 @@ use crate::kafka::response::Response;
 use crate::record_batch::{self, ValidatedBatch};
 use crate::shard::ShardContext;
 use crate::storage::Durability;
+use crate::storage::partition::validate_topic_name;
 use crate::storage::segment::now_ms;
 
 const ACKS_NONE: i16 = 0;
@@ -134,6 +135,9 @@ async fn produce_partition(
             ResponseError::InvalidRequest.code(),
             "transactions are not supported yet",
         );
+    }
+    if let Err(reason) = validate_topic_name(&name) {
+        return Outcome::error(ResponseError::InvalidTopicException.code(), reason);
     }
     let Some(topic) = request
         .broker

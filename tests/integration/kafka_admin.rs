@@ -1,0 +1,301 @@
+//! Topic administration and offsets by time, through librdkafka's admin
+//! client and consumer, and the raw protocol where librdkafka has no call.
+
+use std::time::Duration;
+
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
+use kafka_protocol::messages::{DescribeConfigsRequest, IncrementalAlterConfigsRequest};
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::admin::{AdminOptions, NewPartitions, ResourceSpecifier};
+use rdkafka::producer::{BaseRecord, Producer};
+
+use crate::broker_process::BrokerProcess;
+use crate::kafka_clients;
+use crate::wire::Wire;
+
+fn topic_names(address: &str) -> Vec<String> {
+    let admin = kafka_clients::admin(address);
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    metadata
+        .topics()
+        .iter()
+        .map(|topic| topic.name().to_owned())
+        .collect()
+}
+
+#[test]
+fn topics_are_created_grown_and_deleted_through_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let address = &broker.address;
+    kafka_clients::create_topic(address, "managed", 3, &[("retention.ms", "3600000")]);
+    assert!(topic_names(address).contains(&"managed".to_owned()));
+
+    let admin = kafka_clients::admin(address);
+    let options = AdminOptions::new();
+    // Creating it again fails with TOPIC_ALREADY_EXISTS.
+    let again =
+        rdkafka::admin::NewTopic::new("managed", 3, rdkafka::admin::TopicReplication::Fixed(1));
+    let result = futures_executor::block_on(admin.create_topics([&again], &options)).unwrap();
+    assert!(
+        matches!(&result[0], Err((_, code)) if *code == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)
+    );
+    // Replication factor 3 cannot be honoured by one broker.
+    let replicated =
+        rdkafka::admin::NewTopic::new("replicated", 1, rdkafka::admin::TopicReplication::Fixed(3));
+    let result = futures_executor::block_on(admin.create_topics([&replicated], &options)).unwrap();
+    assert!(
+        matches!(&result[0], Err((_, code)) if *code == rdkafka::types::RDKafkaErrorCode::InvalidReplicationFactor)
+    );
+
+    let grown = futures_executor::block_on(
+        admin.create_partitions([&NewPartitions::new("managed", 5)], &options),
+    )
+    .unwrap();
+    assert!(grown[0].is_ok(), "{grown:?}");
+    let shrink = futures_executor::block_on(
+        admin.create_partitions([&NewPartitions::new("managed", 2)], &options),
+    )
+    .unwrap();
+    assert!(shrink[0].is_err(), "partition counts only grow");
+    let produced = {
+        let (producer, acks) = kafka_clients::producer(address, &[]);
+        kafka_clients::send(
+            &producer,
+            "managed",
+            Some(4),
+            None,
+            b"on the new partition",
+            &[],
+        );
+        kafka_clients::flush(&producer, &acks)
+    };
+    assert_eq!(produced[0].partition, 4);
+
+    let deleted = futures_executor::block_on(admin.delete_topics(&["managed"], &options)).unwrap();
+    assert!(deleted[0].is_ok(), "{deleted:?}");
+    assert!(!topic_names(address).contains(&"managed".to_owned()));
+    let missing = futures_executor::block_on(admin.delete_topics(&["managed"], &options)).unwrap();
+    assert!(
+        missing[0].is_err(),
+        "deleting twice reports the unknown topic"
+    );
+
+    // The deletion is durable, and the name can be reused from scratch.
+    assert!(broker.stop().success());
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    assert!(!topic_names(&broker.address).contains(&"managed".to_owned()));
+    kafka_clients::create_topic(&broker.address, "managed", 1, &[]);
+    assert_eq!(
+        kafka_clients::high_watermarks(&broker.address, "managed", 1),
+        vec![0]
+    );
+}
+
+#[test]
+fn topic_configs_are_described_and_altered() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let address = &broker.address;
+    kafka_clients::create_topic(address, "tuned", 1, &[("retention.ms", "7200000")]);
+
+    let admin = kafka_clients::admin(address);
+    let described = futures_executor::block_on(
+        admin.describe_configs([&ResourceSpecifier::Topic("tuned")], &AdminOptions::new()),
+    )
+    .unwrap();
+    let resource = described[0].as_ref().unwrap();
+    let entry = |name: &str| {
+        resource
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is described"))
+    };
+    assert_eq!(entry("retention.ms").value.as_deref(), Some("7200000"));
+    assert!(!entry("retention.ms").is_default);
+    assert!(entry("retention.bytes").is_default);
+    for key in [
+        "cleanup.policy",
+        "max.message.bytes",
+        "flush.ms",
+        "flush.messages",
+        "message.timestamp.type",
+        "segment.bytes",
+    ] {
+        entry(key);
+    }
+
+    let mut wire = Wire::connect(address);
+    let alter = |configs: Vec<AlterableConfig>| {
+        IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("tuned"))
+                .with_configs(configs),
+        ])
+    };
+    let set = |name: &'static str, value: &'static str| {
+        AlterableConfig::default()
+            .with_name(StrBytes::from_static_str(name))
+            .with_config_operation(0)
+            .with_value(Some(StrBytes::from_static_str(value)))
+    };
+    let response = wire.call(
+        1,
+        &alter(vec![
+            set("retention.bytes", "1048576"),
+            set("max.message.bytes", "2048"),
+        ]),
+    );
+    assert_eq!(
+        response.responses[0].error_code, 0,
+        "{:?}",
+        response.responses[0].error_message
+    );
+    let bad = wire.call(1, &alter(vec![set("retention.ms", "soon")]));
+    assert_eq!(
+        bad.responses[0].error_code,
+        kafka_protocol::ResponseError::InvalidConfig.code()
+    );
+    assert!(
+        bad.responses[0]
+            .error_message
+            .as_ref()
+            .unwrap()
+            .contains("retention.ms")
+    );
+    let delete = AlterableConfig::default()
+        .with_name(StrBytes::from_static_str("retention.ms"))
+        .with_config_operation(1);
+    assert_eq!(
+        wire.call(1, &alter(vec![delete])).responses[0].error_code,
+        0
+    );
+
+    let describe = DescribeConfigsRequest::default().with_resources(vec![
+        DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str("tuned"))
+            .with_configuration_keys(None),
+    ]);
+    let configs = &wire.call(4, &describe).results[0].configs;
+    let value = |name: &str| {
+        configs
+            .iter()
+            .find(|config| config.name.as_str() == name)
+            .unwrap()
+            .value
+            .as_ref()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(value("retention.bytes"), "1048576");
+    assert_eq!(
+        value("retention.ms"),
+        "259200000",
+        "deleting the override restores the default"
+    );
+
+    // The new max.message.bytes is enforced on produce.
+    let (producer, acks) = kafka_clients::producer(address, &[("compression.codec", "none")]);
+    let big = vec![7u8; 4096];
+    producer
+        .send(BaseRecord::<(), [u8]>::to("tuned").payload(&big[..]))
+        .unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let failed = acks.failed.lock().unwrap().clone();
+    assert!(
+        failed
+            .iter()
+            .any(|error| error.contains("MessageSizeTooLarge")),
+        "{failed:?}"
+    );
+
+    // Configs survive a restart.
+    assert!(broker.stop().success());
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let configs = &wire.call(4, &describe).results[0].configs;
+    assert!(
+        configs
+            .iter()
+            .any(|config| config.name.as_str() == "retention.bytes"
+                && config.value.as_deref() == Some("1048576"))
+    );
+}
+
+#[test]
+fn offsets_are_found_by_time_inside_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let address = &broker.address;
+    for codec in ["none", "zstd"] {
+        let topic = format!("timed-{codec}");
+        kafka_clients::create_topic(address, &topic, 1, &[]);
+        // 100 records at 1000, 1010, 1020, ...: librdkafka packs them in
+        // few batches, so the answer must come from inside a batch.
+        let (producer, acks) = kafka_clients::producer(
+            address,
+            &[("linger.ms", "100"), ("compression.codec", codec)],
+        );
+        for index in 0..100i64 {
+            let payload = format!("t{index}");
+            let record = BaseRecord::<(), [u8]>::to(&topic)
+                .payload(payload.as_bytes())
+                .timestamp(1000 + index * 10);
+            producer.send(record).unwrap();
+        }
+        kafka_clients::flush(&producer, &acks);
+        let found = kafka_clients::offsets_for_time(address, &topic, 1, 1255);
+        assert_eq!(
+            found[&0],
+            rdkafka::Offset::Offset(26),
+            "{codec}: first record at or after 1255 is t26 (1260)"
+        );
+        let found = kafka_clients::offsets_for_time(address, &topic, 1, 1000);
+        assert_eq!(found[&0], rdkafka::Offset::Offset(0));
+        let found = kafka_clients::offsets_for_time(address, &topic, 1, 999_999);
+        assert_eq!(
+            found[&0],
+            rdkafka::Offset::End,
+            "{codec}: nothing that late"
+        );
+    }
+}
+
+#[test]
+fn log_append_time_replaces_the_producer_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let address = &broker.address;
+    kafka_clients::create_topic(
+        address,
+        "stamped",
+        1,
+        &[
+            ("message.timestamp.type", "LogAppendTime"),
+            ("flush.messages", "1"),
+        ],
+    );
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (producer, acks) = kafka_clients::producer(address, &[("acks", "1")]);
+    let record = BaseRecord::<(), [u8]>::to("stamped")
+        .payload(&b"when?"[..])
+        .timestamp(5);
+    producer.send(record).unwrap();
+    kafka_clients::flush(&producer, &acks);
+    let consumed = kafka_clients::consume(address, "stamped", 1, 0, 1);
+    let timestamp = consumed[0].timestamp.expect("a timestamp");
+    assert!(
+        timestamp >= before,
+        "the broker's append time ({timestamp}) replaced the producer's (5)"
+    );
+}

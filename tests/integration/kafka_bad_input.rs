@@ -1,0 +1,220 @@
+//! Bad input gets the proper Kafka error code, or a clean close with a log
+//! line: never a panic, never stored data.
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ApiVersionsResponse, ProduceRequest, ResponseHeader, TopicName};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use sluice::record_batch::{BatchBuilder, RecordSpec};
+
+use crate::broker_process::BrokerProcess;
+use crate::kafka_clients;
+use crate::wire::Wire;
+
+fn batch(values: usize, value_bytes: usize) -> Vec<u8> {
+    let value = vec![b'v'; value_bytes];
+    let mut builder = BatchBuilder::new(1_700_000_000_000);
+    for _ in 0..values {
+        builder.push(RecordSpec {
+            key: None,
+            value: Some(&value),
+            timestamp_delta_ms: 0,
+        });
+    }
+    builder.build()
+}
+
+/// Produce `records` to `topic`/`partition` with acks=all; returns the
+/// partition's error code.
+fn produce_code(wire: &mut Wire, topic: &str, partition: i32, records: Vec<u8>) -> i16 {
+    produce_with_acks(wire, topic, partition, records, -1)
+}
+
+fn produce_with_acks(
+    wire: &mut Wire,
+    topic: &str,
+    partition: i32,
+    records: Vec<u8>,
+    acks: i16,
+) -> i16 {
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(Bytes::from(records))),
+                ]),
+        ]);
+    let response = wire.call(9, &request);
+    response.responses[0].partition_responses[0].error_code
+}
+
+#[test]
+fn bad_batches_get_kafka_error_codes_and_are_never_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    kafka_clients::create_topic(
+        &broker.address,
+        "strict",
+        1,
+        &[("max.message.bytes", "4096")],
+    );
+    let mut wire = Wire::connect(&broker.address);
+
+    let mut flipped = batch(3, 10);
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x40;
+    assert_eq!(
+        produce_code(&mut wire, "strict", 0, flipped),
+        ResponseError::CorruptMessage.code(),
+        "bad CRC"
+    );
+
+    let mut old_magic = batch(1, 10);
+    old_magic[16] = 1;
+    assert_eq!(
+        produce_code(&mut wire, "strict", 0, old_magic),
+        ResponseError::InvalidRecord.code(),
+        "wrong magic"
+    );
+
+    let truncated = batch(2, 10)[..40].to_vec();
+    assert_eq!(
+        produce_code(&mut wire, "strict", 0, truncated),
+        ResponseError::CorruptMessage.code(),
+        "truncated batch"
+    );
+
+    assert_eq!(
+        produce_code(&mut wire, "strict", 0, batch(10, 1000)),
+        ResponseError::MessageTooLarge.code(),
+        "over max.message.bytes"
+    );
+    assert_eq!(
+        produce_code(&mut wire, "strict", 7, batch(1, 10)),
+        ResponseError::UnknownTopicOrPartition.code(),
+        "unknown partition"
+    );
+    assert_eq!(
+        produce_code(&mut wire, "bad/name", 0, batch(1, 10)),
+        ResponseError::InvalidTopicException.code(),
+        "invalid topic name"
+    );
+    assert_eq!(
+        produce_with_acks(&mut wire, "strict", 0, batch(1, 10), 2),
+        ResponseError::InvalidRequiredAcks.code(),
+        "acks=2"
+    );
+
+    assert_eq!(
+        kafka_clients::high_watermarks(&broker.address, "strict", 1),
+        vec![0],
+        "nothing invalid was stored"
+    );
+    assert_eq!(
+        produce_code(&mut wire, "strict", 0, batch(1, 10)),
+        0,
+        "the same connection still works"
+    );
+    assert_eq!(
+        kafka_clients::high_watermarks(&broker.address, "strict", 1),
+        vec![1]
+    );
+    assert!(!broker.log().iter().any(|line| line.contains("panicked")));
+}
+
+#[test]
+fn api_versions_of_any_version_answers_with_the_v0_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    // ApiVersions v9: header v2 (key, version, correlation id, client id, tags).
+    let mut request = vec![0, 18, 0, 9, 0, 0, 0, 42, 0, 4];
+    request.extend_from_slice(b"test");
+    request.push(0);
+    wire.send_raw(&request);
+    let mut frame = wire.read_frame().unwrap();
+    let header = ResponseHeader::decode(&mut frame, 0).unwrap();
+    assert_eq!(header.correlation_id, 42);
+    let response = ApiVersionsResponse::decode(&mut frame, 0).unwrap();
+    assert_eq!(
+        response.error_code,
+        ResponseError::UnsupportedVersion.code()
+    );
+    assert!(
+        response
+            .api_keys
+            .iter()
+            .any(|key| key.api_key == 18 && key.max_version >= 3)
+    );
+    assert!(
+        response
+            .api_keys
+            .iter()
+            .any(|key| key.api_key == 0 && key.min_version == 3)
+    );
+}
+
+/// Requests that leave the stream untrustworthy end the connection, with a
+/// log line saying why.
+#[test]
+fn malformed_requests_close_the_connection_with_a_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        (
+            "negative size",
+            vec![0xff, 0xff, 0xff, 0xff],
+            "is not positive",
+        ),
+        (
+            "size over kafka.request_max_bytes",
+            200_000_000i32.to_be_bytes().to_vec(),
+            "exceeds kafka.request_max_bytes",
+        ),
+        (
+            "unknown API key",
+            frame(&[0x27, 0x0f, 0, 0, 0, 0, 0, 1, 0xff, 0xff]),
+            "unknown API key 9999",
+        ),
+        (
+            "unsupported Produce version",
+            frame(&[0, 0, 0, 1, 0, 0, 0, 1, 0xff, 0xff]),
+            "Produce v1 is not supported",
+        ),
+        (
+            "garbage body",
+            frame(&[
+                0, 0, 0, 9, 0, 0, 0, 1, 0xff, 0xff, 0, 0x99, 0x99, 0x99, 0x99,
+            ]),
+            "malformed Produce v9",
+        ),
+    ];
+    for (what, bytes, logged) in cases {
+        let mut wire = Wire::connect(&broker.address);
+        wire.send_bytes(&bytes);
+        assert!(wire.closed_by_broker(), "{what}: the connection is closed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            broker.log_contains(logged),
+            "{what}: logged {logged:?}\n{:#?}",
+            broker.log()
+        );
+    }
+    // The broker keeps serving.
+    let mut wire = Wire::connect(&broker.address);
+    assert_eq!(produce_code(&mut wire, "after", 0, batch(1, 1)), 0);
+    assert!(!broker.log().iter().any(|line| line.contains("panicked")));
+}
+
+/// A frame: size prefix then `body`.
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
