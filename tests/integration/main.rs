@@ -8,6 +8,7 @@ mod wire;
 
 mod crash;
 mod io_backend;
+mod kcat_smoke;
 mod kafka_admin;
 mod kafka_bad_input;
 mod kafka_crash;
