@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use rdkafka::ClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -65,7 +67,10 @@ impl ProducerContext for Timed {
         match result {
             Ok(_) => {
                 self.delivered.fetch_add(1, Relaxed);
-                self.latencies_us.lock().unwrap().push(sent.elapsed().as_micros() as u64);
+                self.latencies_us
+                    .lock()
+                    .unwrap()
+                    .push(sent.elapsed().as_micros() as u64);
             }
             Err(_) => {
                 self.failed.fetch_add(1, Relaxed);
@@ -83,6 +88,7 @@ fn producer(args: &Args) -> BaseProducer<Timed> {
         .set("batch.num.messages", "1000")
         .set("compression.codec", "none")
         .set("queue.buffering.max.kbytes", "1048576")
+        .set("message.timeout.ms", "30000")
         .create_with_context(Timed {
             latencies_us: std::sync::Mutex::new(Vec::new()),
             delivered: 0.into(),
@@ -93,7 +99,9 @@ fn producer(args: &Args) -> BaseProducer<Timed> {
 
 fn send(producer: &BaseProducer<Timed>, topic: &str, partition: i32, payload: &[u8]) {
     let mut record: BaseRecord<'_, (), [u8], Box<Instant>> =
-        BaseRecord::with_opaque_to(topic, Box::new(Instant::now())).payload(payload).partition(partition);
+        BaseRecord::with_opaque_to(topic, Box::new(Instant::now()))
+            .payload(payload)
+            .partition(partition);
     loop {
         match producer.send(record) {
             Ok(()) => return,
@@ -107,11 +115,39 @@ fn send(producer: &BaseProducer<Timed>, topic: &str, partition: i32, payload: &[
 
 fn main() {
     let args = Args::parse();
+    ensure_topic(&args);
     match args.mode {
         Mode::Produce => produce(&args),
         Mode::Consume => consume(&args),
         Mode::Latency => latency(&args),
     }
+}
+
+/// Creates the topic with `--partitions` partitions; an existing topic must
+/// have at least that many, or the records for the missing ones would wait
+/// out librdkafka's delivery timeout.
+fn ensure_topic(args: &Args) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(&args.topic, args.partitions, TopicReplication::Fixed(1));
+    let created = futures_executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))
+        .expect("create topics");
+    match &created[0] {
+        Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+        Err((_, code)) => panic!("cannot create topic {}: {code}", args.topic),
+    }
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    assert!(
+        partitions >= args.partitions,
+        "topic {} has {partitions} partitions; pass --partitions {partitions} or use another --topic",
+        args.topic
+    );
 }
 
 fn produce(args: &Args) {
@@ -120,7 +156,12 @@ fn produce(args: &Args) {
     let started = Instant::now();
     let mut sent = 0u64;
     while started.elapsed() < Duration::from_secs(args.seconds) {
-        send(&producer, &args.topic, (sent % args.partitions as u64) as i32, &payload);
+        send(
+            &producer,
+            &args.topic,
+            (sent % args.partitions as u64) as i32,
+            &payload,
+        );
         sent += 1;
         if sent.is_multiple_of(1000) {
             producer.poll(Duration::ZERO);
@@ -130,7 +171,13 @@ fn produce(args: &Args) {
     let elapsed = started.elapsed().as_secs_f64();
     let context = producer.context();
     let delivered = context.delivered.load(std::sync::atomic::Ordering::Relaxed);
-    report("produce", delivered, args.record_bytes, elapsed, context.failed.load(std::sync::atomic::Ordering::Relaxed));
+    report(
+        "produce",
+        delivered,
+        args.record_bytes,
+        elapsed,
+        context.failed.load(std::sync::atomic::Ordering::Relaxed),
+    );
 }
 
 fn consume(args: &Args) {
@@ -145,9 +192,13 @@ fn consume(args: &Args) {
     let mut end = 0i64;
     let mut assignment = TopicPartitionList::new();
     for partition in 0..args.partitions {
-        let (_, high) = consumer.fetch_watermarks(&args.topic, partition, Duration::from_secs(10)).expect("watermarks");
+        let (_, high) = consumer
+            .fetch_watermarks(&args.topic, partition, Duration::from_secs(10))
+            .expect("watermarks");
         end += high;
-        assignment.add_partition_offset(&args.topic, partition, Offset::Beginning).unwrap();
+        assignment
+            .add_partition_offset(&args.topic, partition, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&assignment).unwrap();
     let started = Instant::now();
@@ -181,7 +232,12 @@ fn latency(args: &Args) {
             producer.poll(due - now);
             continue;
         }
-        send(&producer, &args.topic, (sent % args.partitions as u64) as i32, &payload);
+        send(
+            &producer,
+            &args.topic,
+            (sent % args.partitions as u64) as i32,
+            &payload,
+        );
         sent += 1;
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
@@ -189,8 +245,20 @@ fn latency(args: &Args) {
     let context = producer.context();
     let mut latencies = context.latencies_us.lock().unwrap().clone();
     latencies.sort_unstable();
-    let at = |quantile: f64| latencies.get(((latencies.len() as f64 - 1.0) * quantile) as usize).copied().unwrap_or(0) as f64 / 1000.0;
-    report("latency", latencies.len() as u64, args.record_bytes, elapsed, context.failed.load(std::sync::atomic::Ordering::Relaxed));
+    let at = |quantile: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * quantile) as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    report(
+        "latency",
+        latencies.len() as u64,
+        args.record_bytes,
+        elapsed,
+        context.failed.load(std::sync::atomic::Ordering::Relaxed),
+    );
     println!(
         "acks={} at {:.0} MB/s: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
         args.acks,

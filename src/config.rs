@@ -51,6 +51,10 @@ pub struct KafkaConfig {
     pub node_id: i32,
     /// Largest request a client may send (Kafka `socket.request.max.bytes`).
     pub request_max_bytes: u32,
+    /// Requests one connection may have in progress at once (pipelining);
+    /// their total size is also capped at `request_max_bytes`. Responses
+    /// still go out in request order.
+    pub requests_in_flight_max: u32,
     /// Open client connections per broker; more are accepted and closed at once.
     pub connections_max: u32,
     /// Close connections idle for longer than this (Kafka `connections.max.idle.ms`).
@@ -152,6 +156,7 @@ impl Default for KafkaConfig {
             advertised: String::new(),
             node_id: 0,
             request_max_bytes: 100 * MIB as u32,
+            requests_in_flight_max: 32,
             connections_max: 10_000,
             idle_timeout_ms: 600_000,
             auto_create_topics: true,
@@ -279,12 +284,17 @@ impl KafkaConfig {
                 ),
             );
         }
-        if self.connections_max == 0 || self.idle_timeout_ms == 0 {
-            return invalid(
-                "kafka.connections_max",
-                self.connections_max,
-                "limits must be positive",
-            );
+        for (key, value) in [
+            (
+                "kafka.requests_in_flight_max",
+                u64::from(self.requests_in_flight_max),
+            ),
+            ("kafka.connections_max", u64::from(self.connections_max)),
+            ("kafka.idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if value == 0 {
+                return invalid(key, value, "must be positive");
+            }
         }
         if self.default_partitions == 0 || self.default_partitions > self.partitions_per_topic_max {
             return invalid(

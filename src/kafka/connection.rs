@@ -1,55 +1,199 @@
-//! One client connection: read requests, serve them in order, write each
-//! response before reading the next request.
+//! One client connection: requests are read and served concurrently
+//! (pipelining), responses go out in request order.
 //!
-//! Requests on a connection are served one at a time, as Kafka brokers do,
-//! so responses go out in request order. Clients pipeline by sending more
-//! requests meanwhile; they wait in the socket buffer and the read buffer
-//! (bounded by `kafka.request_max_bytes` per request), and TCP flow control
-//! pushes back on the client beyond that. A connection idle for
-//! `kafka.idle_timeout_ms` is closed.
+//! Three parts run together on the connection's shard:
+//! * the reader takes frames off the socket and starts a task per request,
+//!   as long as the connection has fewer than `kafka.requests_in_flight_max`
+//!   requests unanswered and their frames total under
+//!   `kafka.request_max_bytes`; beyond that it stops reading and TCP flow
+//!   control pushes back on the client;
+//! * the writer awaits those tasks in arrival order and writes each response;
+//! * the idle watch closes a connection with nothing in progress and no
+//!   traffic for `kafka.idle_timeout_ms`.
+//!
+//! Requests start in arrival order ([`super::turn`]), so what they change
+//! happens in the order the client sent them. When the client closes its
+//! side, or sends a frame that cannot be read, the responses already due
+//! are written and then the connection closes. A request that must close
+//! the connection (see [`dispatch`]) is answered by closing it after the
+//! responses before it; nothing behind it runs. Ending the connection drops
+//! its request tasks.
 
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use compio::net::TcpStream;
+use compio::runtime::JoinHandle;
+use futures_util::future::select;
 
 use super::dispatch::{self, Outcome};
 use super::frame::{FrameError, FrameReader};
 use super::response::ResponseWriter;
+use super::turn::Turns;
 use crate::broker::Broker;
 use crate::io::IoBackend;
 use crate::shard::ShardContext;
+use crate::shard::local_sync::Event;
 
 pub async fn serve(
     shard: Rc<ShardContext>,
     broker: Arc<Broker>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     backend: IoBackend,
 ) {
-    let kafka = &broker.config.kafka;
-    let mut reader = FrameReader::new(kafka.request_max_bytes);
-    let mut writer = ResponseWriter::new(backend);
-    let idle = Duration::from_millis(kafka.idle_timeout_ms);
     let _ = stream.set_nodelay(true);
+    let kafka = &broker.config.kafka;
+    let pipeline = Pipeline {
+        requests_max: kafka.requests_in_flight_max as usize,
+        bytes_max: kafka.request_max_bytes as usize,
+        idle: Duration::from_millis(kafka.idle_timeout_ms),
+        queue: RefCell::default(),
+        requests: Cell::new(0),
+        bytes: Cell::new(0),
+        reading: Cell::new(true),
+        changed: Event::default(),
+        last_activity: Cell::new(Instant::now()),
+    };
+    let read = pin!(read_requests(&shard, &broker, &stream, peer, &pipeline));
+    let write = pin!(write_responses(&stream, backend, peer, &pipeline));
+    let idle = pin!(close_when_idle(&pipeline, peer));
+    // The reader never finishes on its own; either of the others ends the
+    // connection.
+    let _ = select(read, select(write, idle)).await;
+}
+
+/// Requests read but not yet answered.
+struct Pipeline {
+    requests_max: usize,
+    bytes_max: usize,
+    idle: Duration,
+    queue: RefCell<VecDeque<InFlight>>,
+    /// Requests and frame bytes from reading until their response is written.
+    requests: Cell<usize>,
+    bytes: Cell<usize>,
+    reading: Cell<bool>,
+    /// Fires on every change to the above.
+    changed: Event,
+    last_activity: Cell<Instant>,
+}
+
+struct InFlight {
+    task: JoinHandle<Outcome>,
+    bytes: usize,
+}
+
+impl Pipeline {
+    /// A request of unknown size may be read: under both limits, and always
+    /// when nothing is in progress (a request up to `request_max_bytes`
+    /// must get through).
+    fn has_room(&self) -> bool {
+        let requests = self.requests.get();
+        requests == 0 || (requests < self.requests_max && self.bytes.get() < self.bytes_max)
+    }
+
+    async fn room(&self) {
+        loop {
+            let changed = self.changed.wait();
+            if self.has_room() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn push(&self, in_flight: InFlight) {
+        self.requests.set(self.requests.get() + 1);
+        self.bytes.set(self.bytes.get() + in_flight.bytes);
+        self.queue.borrow_mut().push_back(in_flight);
+        self.last_activity.set(Instant::now());
+        self.changed.notify_all();
+    }
+
+    /// The oldest request in progress; `None` once reading has ended and
+    /// every request is answered.
+    async fn next(&self) -> Option<InFlight> {
+        loop {
+            let changed = self.changed.wait();
+            if let Some(in_flight) = self.queue.borrow_mut().pop_front() {
+                return Some(in_flight);
+            }
+            if !self.reading.get() {
+                return None;
+            }
+            changed.await;
+        }
+    }
+
+    fn answered(&self, bytes: usize) {
+        self.requests.set(self.requests.get() - 1);
+        self.bytes.set(self.bytes.get() - bytes);
+        self.last_activity.set(Instant::now());
+        self.changed.notify_all();
+    }
+
+    fn stop_reading(&self) {
+        self.reading.set(false);
+        self.changed.notify_all();
+    }
+}
+
+async fn read_requests(
+    shard: &Rc<ShardContext>,
+    broker: &Arc<Broker>,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    pipeline: &Pipeline,
+) {
+    let mut reader = FrameReader::new(broker.config.kafka.request_max_bytes);
+    let mut turns = Turns::default();
     loop {
-        let frame = match compio::time::timeout(idle, reader.next_frame(&mut stream)).await {
-            Err(_) => {
-                tracing::debug!(%peer, "closing a connection idle for {} ms", idle.as_millis());
-                return;
+        pipeline.room().await;
+        let mut source = stream;
+        let frame = match reader.next_frame(&mut source).await {
+            Ok(frame) => frame,
+            Err(FrameError::Closed) => break,
+            Err(error) => {
+                tracing::warn!(%peer, %error, "closing connection after the requests before this one");
+                break;
             }
-            Ok(Err(FrameError::Closed)) => return,
-            Ok(Err(error)) => {
-                tracing::warn!(%peer, %error, "closing connection");
-                return;
-            }
-            Ok(Ok(frame)) => frame,
         };
-        match dispatch::handle(&shard, &broker, frame).await {
+        let bytes = frame.len();
+        let task = compio::runtime::spawn(dispatch::handle(
+            Rc::clone(shard),
+            Arc::clone(broker),
+            frame,
+            turns.take(),
+        ));
+        pipeline.push(InFlight { task, bytes });
+    }
+    pipeline.stop_reading();
+    std::future::pending::<()>().await;
+}
+
+async fn write_responses(
+    stream: &TcpStream,
+    backend: IoBackend,
+    peer: SocketAddr,
+    pipeline: &Pipeline,
+) {
+    let mut writer = ResponseWriter::new(backend);
+    while let Some(in_flight) = pipeline.next().await {
+        let outcome = match in_flight.task.await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::error!(%peer, ?error, "a request task failed; closing connection");
+                return;
+            }
+        };
+        match outcome {
             Outcome::Respond(response) => {
-                if let Err(error) = writer.send(&mut stream, response).await {
+                if let Err(error) = writer.send(stream, response).await {
                     tracing::debug!(%peer, %error, "could not send a response; closing");
                     return;
                 }
@@ -60,5 +204,22 @@ pub async fn serve(
                 return;
             }
         }
+        pipeline.answered(in_flight.bytes);
+    }
+}
+
+async fn close_when_idle(pipeline: &Pipeline, peer: SocketAddr) {
+    loop {
+        let quiet = pipeline.last_activity.get().elapsed();
+        if pipeline.requests.get() == 0 && quiet >= pipeline.idle {
+            tracing::debug!(%peer, "closing a connection idle for {} ms", quiet.as_millis());
+            return;
+        }
+        let check_in = if pipeline.requests.get() == 0 {
+            pipeline.idle - quiet.min(pipeline.idle)
+        } else {
+            pipeline.idle
+        };
+        compio::time::sleep(check_in.max(Duration::from_millis(1))).await;
     }
 }

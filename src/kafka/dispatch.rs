@@ -5,6 +5,11 @@
 //! trusted after that. The exception is ApiVersions, which answers any
 //! version with the v0-compatible UNSUPPORTED_VERSION reply (KIP-511), so an
 //! old or new client can learn what this broker speaks.
+//!
+//! Every request first waits for its [`Turn`]. Requests that only read pass
+//! it on at once; Produce passes it once its batches are appended (before
+//! waiting for durability); requests that change topics or configs (Metadata
+//! may auto-create) hold it until they finish.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -15,6 +20,7 @@ use kafka_protocol::protocol::Decodable;
 
 use super::api;
 use super::response::Response;
+use super::turn::Turn;
 use super::versions;
 use crate::broker::Broker;
 use crate::shard::ShardContext;
@@ -26,9 +32,15 @@ pub struct Request<'a> {
     pub header: RequestHeader,
     pub key: ApiKey,
     pub version: i16,
+    turn: &'a Turn,
 }
 
 impl Request<'_> {
+    /// Let the connection's next request start (see [`Turn`]).
+    pub fn pass_turn(&self) {
+        self.turn.pass();
+    }
+
     pub fn correlation_id(&self) -> i32 {
         self.header.correlation_id
     }
@@ -64,7 +76,40 @@ pub enum Outcome {
     Close(String),
 }
 
-pub async fn handle(shard: &Rc<ShardContext>, broker: &Arc<Broker>, mut frame: Bytes) -> Outcome {
+pub async fn handle(
+    shard: Rc<ShardContext>,
+    broker: Arc<Broker>,
+    frame: Bytes,
+    turn: Turn,
+) -> Outcome {
+    turn.wait().await;
+    let outcome = decode_and_serve(&shard, &broker, frame, &turn).await;
+    if let Outcome::Close(_) = outcome {
+        turn.stop();
+    }
+    outcome
+}
+
+/// Whether a request changes state later requests may depend on, and so
+/// keeps its turn until it is done (Produce passes it itself).
+fn holds_turn(key: ApiKey) -> bool {
+    matches!(
+        key,
+        ApiKey::Produce
+            | ApiKey::Metadata
+            | ApiKey::CreateTopics
+            | ApiKey::DeleteTopics
+            | ApiKey::CreatePartitions
+            | ApiKey::IncrementalAlterConfigs
+    )
+}
+
+async fn decode_and_serve(
+    shard: &Rc<ShardContext>,
+    broker: &Arc<Broker>,
+    mut frame: Bytes,
+    turn: &Turn,
+) -> Outcome {
     if frame.len() < 8 {
         return Outcome::Close(format!(
             "request of {} bytes is shorter than a request header",
@@ -100,7 +145,11 @@ pub async fn handle(shard: &Rc<ShardContext>, broker: &Arc<Broker>, mut frame: B
         header,
         key,
         version,
+        turn,
     };
+    if !holds_turn(key) {
+        turn.pass();
+    }
     let body = frame.copy_to_bytes(frame.remaining());
     match api::handle(&request, body).await {
         Ok(Some(response)) => Outcome::Respond(response),

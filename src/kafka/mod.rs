@@ -16,6 +16,7 @@ pub mod fetch_response;
 pub mod frame;
 pub mod listener;
 pub mod response;
+pub mod turn;
 pub mod versions;
 
 use std::cell::Cell;
@@ -92,6 +93,10 @@ async fn accept_loop(
     backend: IoBackend,
 ) {
     let refused_logged = Cell::new(false);
+    // The connections this shard serves: dropped (so cancelled, with their
+    // requests) when the accept loop is, at shutdown.
+    let mut connections: Vec<compio::runtime::JoinHandle<()>> = Vec::new();
+    let mut prune_at = 64;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -119,10 +124,13 @@ async fn accept_loop(
             peer,
             backend,
         );
-        compio::runtime::spawn(async move {
+        if connections.len() >= prune_at {
+            connections.retain(|connection| !connection.is_finished());
+            prune_at = (connections.len() * 2).max(64);
+        }
+        connections.push(compio::runtime::spawn(async move {
             serve.await;
             drop(slot);
-        })
-        .detach();
+        }));
     }
 }

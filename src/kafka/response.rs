@@ -120,7 +120,7 @@ impl ResponseWriter {
     }
 
     /// Write `response`, preceded by its size.
-    pub async fn send(&mut self, stream: &mut TcpStream, response: Response) -> io::Result<()> {
+    pub async fn send(&mut self, stream: &TcpStream, response: Response) -> io::Result<()> {
         let size = i32::try_from(response.len)
             .map_err(|_| io::Error::other("response larger than 2 GiB"))?;
         let mut pending = BytesMut::with_capacity(4 + response.len.min(COALESCE_BYTES_MAX));
@@ -145,7 +145,7 @@ impl ResponseWriter {
 
     async fn send_file(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &TcpStream,
         file: Arc<File>,
         offset: u64,
         len: usize,
@@ -158,7 +158,7 @@ impl ResponseWriter {
 
     async fn splice_file(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &TcpStream,
         file: Arc<File>,
         offset: u64,
         len: usize,
@@ -186,7 +186,7 @@ impl ResponseWriter {
             }
             let mut drained = 0;
             while drained < moved {
-                let out = compio::fs::pipe::splice(receiver, &*stream, moved - drained).await?;
+                let out = compio::fs::pipe::splice(receiver, stream, moved - drained).await?;
                 if out == 0 {
                     return Err(io::Error::new(
                         io::ErrorKind::WriteZero,
@@ -201,12 +201,7 @@ impl ResponseWriter {
     }
 }
 
-async fn copy_file(
-    stream: &mut TcpStream,
-    file: Arc<File>,
-    offset: u64,
-    len: usize,
-) -> io::Result<()> {
+async fn copy_file(stream: &TcpStream, file: Arc<File>, offset: u64, len: usize) -> io::Result<()> {
     let mut done = 0usize;
     while done < len {
         let want = (len - done).min(COPY_CHUNK_BYTES);
@@ -224,7 +219,7 @@ async fn copy_file(
     Ok(())
 }
 
-async fn write_pending(stream: &mut TcpStream, pending: &mut BytesMut) -> io::Result<()> {
+async fn write_pending(stream: &TcpStream, pending: &mut BytesMut) -> io::Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
@@ -232,7 +227,8 @@ async fn write_pending(stream: &mut TcpStream, pending: &mut BytesMut) -> io::Re
     write_all(stream, bytes).await
 }
 
-async fn write_all<B: compio::buf::IoBuf>(stream: &mut TcpStream, buffer: B) -> io::Result<()> {
+async fn write_all<B: compio::buf::IoBuf>(stream: &TcpStream, buffer: B) -> io::Result<()> {
+    let mut stream = stream;
     let BufResult(result, _) = stream.write_all(buffer).await;
     result
 }

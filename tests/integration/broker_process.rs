@@ -83,6 +83,19 @@ impl BrokerProcess {
             .any(|line| line.contains(needle))
     }
 
+    /// Whether `needle` shows up in the log within a few seconds (the log is
+    /// read from the broker's stderr by a thread, a little behind).
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if self.log_contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();

@@ -29,15 +29,33 @@ fn kcat_lists_produces_and_consumes() {
 
     let listed = kcat(&["-b", address, "-L"], None);
     let listing = String::from_utf8_lossy(&listed.stdout);
-    assert!(listed.status.success() && listing.contains("1 brokers"), "{listing}");
+    assert!(
+        listed.status.success() && listing.contains("1 brokers"),
+        "{listing}"
+    );
 
     let lines: String = (0..2000).map(|index| format!("line-{index}\n")).collect();
-    let produced = kcat(&["-b", address, "-P", "-t", "smoke", "-X", "acks=all"], Some(lines.as_bytes()));
-    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+    let produced = kcat(
+        &["-b", address, "-P", "-t", "smoke", "-X", "acks=all"],
+        Some(lines.as_bytes()),
+    );
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
 
     let consumed = kcat(&["-b", address, "-C", "-t", "smoke", "-e", "-q"], None);
-    assert!(consumed.status.success(), "{}", String::from_utf8_lossy(&consumed.stderr));
-    assert_eq!(String::from_utf8_lossy(&consumed.stdout), lines, "kcat reads back exactly what it wrote");
+    assert!(
+        consumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&consumed.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&consumed.stdout),
+        lines,
+        "kcat reads back exactly what it wrote"
+    );
 
     let listed = kcat(&["-b", address, "-L", "-t", "smoke"], None);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("topic \"smoke\" with 1 partitions"));

@@ -8,11 +8,12 @@ mod wire;
 
 mod crash;
 mod io_backend;
-mod kcat_smoke;
 mod kafka_admin;
 mod kafka_bad_input;
 mod kafka_crash;
+mod kafka_pipelining;
 mod kafka_roundtrip;
+mod kcat_smoke;
 mod pipeline;
 mod power_loss;
 mod recovery;

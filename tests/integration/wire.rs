@@ -76,6 +76,11 @@ impl Wire {
         Ok(Bytes::from(body))
     }
 
+    /// Close the sending side; responses can still be read.
+    pub fn shutdown(&mut self, how: std::net::Shutdown) {
+        self.stream.shutdown(how).unwrap();
+    }
+
     /// True when the broker closed the connection (EOF or reset) in time.
     pub fn closed_by_broker(&mut self) -> bool {
         let mut byte = [0u8; 1];

@@ -10,12 +10,17 @@
 //! CRC32C, `max.message.bytes`. Topics with `message.timestamp.type =
 //! LogAppendTime` get the broker's time stamped in (and a new CRC). Each
 //! compression is stored exactly as sent. Nothing invalid is ever stored.
+//!
+//! The request passes the connection's turn once every partition's batches
+//! are appended (or refused), so a pipelined Produce behind it appends after
+//! it while both wait for the same group-commit fdatasync.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::join_all;
+use futures_channel::oneshot;
+use futures_util::future::{join, join_all};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
@@ -68,24 +73,35 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
     };
     let mut slots = Vec::new();
     let mut work = Vec::new();
+    let mut appended = Vec::new();
     for topic in &produce.topic_data {
         for partition in &topic.partition_data {
             slots.push((topic.name.0.to_string(), partition.index));
             let name = topic.name.0.to_string();
             let records = partition.records.clone();
             let transactional = produce.transactional_id.is_some();
+            let (done, appended_here) = oneshot::channel();
+            appended.push(appended_here);
             work.push(produce_partition(
                 request,
-                name,
-                partition.index,
-                records,
-                acks,
-                transactional,
-                timeout,
+                PartitionWrite {
+                    name,
+                    index: partition.index,
+                    records,
+                    acks,
+                    transactional,
+                    timeout,
+                    appended: done,
+                },
             ));
         }
     }
-    let outcomes = join_all(work).await;
+    // A sender dropped unsent (a refused partition) counts as done too.
+    let pass_turn = async {
+        join_all(appended).await;
+        request.pass_turn();
+    };
+    let (outcomes, ()) = join(join_all(work), pass_turn).await;
     if acks == ACKS_NONE {
         return Ok(None);
     }
@@ -115,15 +131,28 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         .map(Some)
 }
 
-async fn produce_partition(
-    request: &Request<'_>,
+/// One partition's part of a Produce request.
+struct PartitionWrite {
     name: String,
     index: i32,
     records: Option<Bytes>,
     acks: i16,
     transactional: bool,
     timeout: Duration,
-) -> Outcome {
+    /// Signalled once the batches are appended, before the durability wait.
+    appended: oneshot::Sender<()>,
+}
+
+async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outcome {
+    let PartitionWrite {
+        name,
+        index,
+        records,
+        acks,
+        transactional,
+        timeout,
+        appended,
+    } = write;
     if !matches!(acks, ACKS_NONE | ACKS_LEADER | ACKS_ALL) {
         return Outcome::error(
             ResponseError::InvalidRequiredAcks.code(),
@@ -177,7 +206,9 @@ async fn produce_partition(
     let appended = request
         .shard
         .run_on(owner, move |context| {
-            append_on_owner(context, topic, index, batches, durability, timeout)
+            append_on_owner(
+                context, topic, index, batches, durability, timeout, appended,
+            )
         })
         .await;
     match appended {
@@ -244,6 +275,7 @@ async fn append_on_owner(
     batches: Vec<Bytes>,
     durability: Durability,
     timeout: Duration,
+    appended: oneshot::Sender<()>,
 ) -> Result<(Offset, Offset), Outcome> {
     let store = &context.store;
     let id = match store.partition_id(&topic.name, index) {
@@ -273,6 +305,7 @@ async fn append_on_owner(
         last = Some(receipt);
     }
     let last = last.expect("at least one batch");
+    let _ = appended.send(());
     let waited = if timeout == Duration::MAX {
         Ok(store.wait(&last).await)
     } else {
