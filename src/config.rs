@@ -36,6 +36,32 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub storage: StorageConfig,
     pub retention: RetentionConfig,
+    pub groups: GroupsConfig,
+}
+
+/// Consumer groups: the coordinator and committed offsets.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// Partitions of the internal `__consumer_offsets` topic; a group's
+    /// coordinator is the shard owning its partition. Fixed once the topic
+    /// exists (a later change is logged and ignored).
+    pub offsets_topic_partitions: u32,
+    /// Committed offsets of a group with no members expire this long after
+    /// the later of their commit and the group becoming empty (Kafka
+    /// `offsets.retention.minutes`).
+    pub offsets_retention_ms: u64,
+    /// How long a new group waits for more members before its first
+    /// assignment (Kafka `group.initial.rebalance.delay.ms`).
+    pub initial_rebalance_delay_ms: u64,
+    /// Smallest and largest session timeout a member may ask for (Kafka
+    /// `group.min.session.timeout.ms` / `group.max.session.timeout.ms`).
+    pub session_timeout_min_ms: u64,
+    pub session_timeout_max_ms: u64,
+    /// Most members one group may have (Kafka `group.max.size`).
+    pub members_max: u32,
+    /// Largest metadata string a commit may carry (Kafka `offset.metadata.max.bytes`).
+    pub offset_metadata_max_bytes: u32,
 }
 
 /// The Kafka listener and how it treats clients.
@@ -145,6 +171,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             storage: StorageConfig::default(),
             retention: RetentionConfig::default(),
+            groups: GroupsConfig::default(),
         }
     }
 }
@@ -162,6 +189,20 @@ impl Default for KafkaConfig {
             auto_create_topics: true,
             default_partitions: 1,
             partitions_per_topic_max: 10_000,
+        }
+    }
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            offsets_topic_partitions: 50,
+            offsets_retention_ms: 7 * 24 * HOUR_MS as u64,
+            initial_rebalance_delay_ms: 3000,
+            session_timeout_min_ms: 6000,
+            session_timeout_max_ms: 1_800_000,
+            members_max: 1000,
+            offset_metadata_max_bytes: 4096,
         }
     }
 }
@@ -258,7 +299,37 @@ impl Config {
         self.kafka.validate(&self.storage)?;
         parse_address("metrics.listen", &self.metrics.listen)?;
         self.storage.validate()?;
-        self.retention.validate()
+        self.retention.validate()?;
+        self.groups.validate()
+    }
+}
+
+impl GroupsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.offsets_topic_partitions == 0 || self.offsets_topic_partitions > 1000 {
+            return invalid(
+                "groups.offsets_topic_partitions",
+                self.offsets_topic_partitions,
+                "between 1 and 1000",
+            );
+        }
+        for (key, value) in [
+            ("groups.offsets_retention_ms", self.offsets_retention_ms),
+            ("groups.session_timeout_min_ms", self.session_timeout_min_ms),
+            ("groups.members_max", u64::from(self.members_max)),
+        ] {
+            if value == 0 {
+                return invalid(key, value, "must be positive");
+            }
+        }
+        if self.session_timeout_max_ms < self.session_timeout_min_ms {
+            return invalid(
+                "groups.session_timeout_max_ms",
+                self.session_timeout_max_ms,
+                "must be at least groups.session_timeout_min_ms",
+            );
+        }
+        Ok(())
     }
 }
 

@@ -55,6 +55,8 @@ pub enum MetadataError {
         "cluster metadata {path} is damaged: {reason}; restore it from a backup (topics and their configs live there)"
     )]
     Corrupt { path: PathBuf, reason: String },
+    #[error("invalid built-in topic: {0}")]
+    Invalid(String),
     #[error("cannot persist cluster metadata {path}: {source}")]
     Write {
         path: PathBuf,

@@ -6,6 +6,7 @@
 //! partitions with the metadata at startup, so a change interrupted by a
 //! crash completes at the next start.
 
+pub mod group;
 pub mod metadata;
 pub mod topic_config;
 
@@ -34,6 +35,8 @@ pub struct Broker {
 pub enum TopicError {
     #[error("invalid topic name {name:?}: {reason}")]
     InvalidName { name: String, reason: String },
+    #[error("{0} is an internal topic: only the broker changes it")]
+    Internal(String),
     #[error("topic {0} already exists")]
     AlreadyExists(String),
     #[error("topic {0} does not exist")]
@@ -63,6 +66,7 @@ impl Broker {
             message_max_bytes: config.storage.message_max_bytes,
         };
         let metadata = MetadataStore::open(&config.data_dir, defaults, limits)?;
+        ensure_offsets_topic(&metadata, config.groups.offsets_topic_partitions)?;
         Ok(Broker {
             config,
             metadata,
@@ -132,6 +136,7 @@ impl Broker {
     }
 
     pub async fn delete_topic(&self, shards: &Shards, name: &str) -> Result<(), TopicError> {
+        refuse_internal(name)?;
         let removed = self.metadata.update(|cluster| {
             cluster
                 .topics
@@ -162,6 +167,7 @@ impl Broker {
         total: u32,
         validate_only: bool,
     ) -> Result<(), TopicError> {
+        refuse_internal(name)?;
         self.check_partition_count(total)?;
         let current = self
             .metadata
@@ -205,6 +211,7 @@ impl Broker {
         overrides: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<(), TopicError> {
+        refuse_internal(name)?;
         let config = TopicConfig::with_overrides(
             self.metadata.defaults(),
             &overrides,
@@ -332,6 +339,47 @@ pub fn reconcile_shard(context: &ShardContext, broker: &Broker) -> Result<(), To
                 .delete_partition(id)
                 .map_err(|error| TopicError::Storage(error.to_string()))?;
         }
+    }
+    Ok(())
+}
+
+/// Create `__consumer_offsets` in the metadata if it is missing (its
+/// partitions are created by each shard's reconcile). Its records are
+/// compacted by the coordinator's snapshots, so time and size retention are
+/// off. The partition count is fixed once the topic exists.
+fn ensure_offsets_topic(metadata: &MetadataStore, partitions: u32) -> Result<(), MetadataError> {
+    if let Some(topic) = metadata.snapshot().topic(group::OFFSETS_TOPIC) {
+        if topic.partitions != partitions {
+            tracing::warn!(
+                existing = topic.partitions,
+                configured = partitions,
+                "groups.offsets_topic_partitions differs from the existing {}; keeping {} (a group's partition must not move)",
+                group::OFFSETS_TOPIC,
+                topic.partitions
+            );
+        }
+        return Ok(());
+    }
+    let overrides = BTreeMap::from([
+        (topic_config::RETENTION_MS.to_owned(), "-1".to_owned()),
+        (topic_config::RETENTION_BYTES.to_owned(), "-1".to_owned()),
+    ]);
+    let topic = metadata
+        .new_topic(group::OFFSETS_TOPIC, partitions, overrides)
+        .map_err(|issue| MetadataError::Invalid(format!("{}: {issue}", group::OFFSETS_TOPIC)))?;
+    metadata.update(|cluster| {
+        cluster
+            .topics
+            .insert(group::OFFSETS_TOPIC.to_owned(), Arc::new(topic));
+        Ok::<(), MetadataError>(())
+    })??;
+    tracing::info!(partitions, "created {}", group::OFFSETS_TOPIC);
+    Ok(())
+}
+
+fn refuse_internal(name: &str) -> Result<(), TopicError> {
+    if group::is_internal_topic(name) {
+        return Err(TopicError::Internal(name.to_owned()));
     }
     Ok(())
 }

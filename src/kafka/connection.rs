@@ -167,6 +167,7 @@ async fn read_requests(
         let task = compio::runtime::spawn(dispatch::handle(
             Rc::clone(shard),
             Arc::clone(broker),
+            peer,
             frame,
             turns.take(),
         ));

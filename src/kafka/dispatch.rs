@@ -11,6 +11,7 @@
 //! waiting for durability); requests that change topics or configs (Metadata
 //! may auto-create) hold it until they finish.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -32,6 +33,8 @@ pub struct Request<'a> {
     pub header: RequestHeader,
     pub key: ApiKey,
     pub version: i16,
+    /// The client's address (JoinGroup records it as the member's host).
+    pub peer: SocketAddr,
     turn: &'a Turn,
 }
 
@@ -79,11 +82,12 @@ pub enum Outcome {
 pub async fn handle(
     shard: Rc<ShardContext>,
     broker: Arc<Broker>,
+    peer: SocketAddr,
     frame: Bytes,
     turn: Turn,
 ) -> Outcome {
     turn.wait().await;
-    let outcome = decode_and_serve(&shard, &broker, frame, &turn).await;
+    let outcome = decode_and_serve(&shard, &broker, peer, frame, &turn).await;
     if let Outcome::Close(_) = outcome {
         turn.stop();
     }
@@ -101,12 +105,17 @@ fn holds_turn(key: ApiKey) -> bool {
             | ApiKey::DeleteTopics
             | ApiKey::CreatePartitions
             | ApiKey::IncrementalAlterConfigs
+            | ApiKey::OffsetCommit
+            | ApiKey::OffsetDelete
+            | ApiKey::DeleteGroups
+            | ApiKey::LeaveGroup
     )
 }
 
 async fn decode_and_serve(
     shard: &Rc<ShardContext>,
     broker: &Arc<Broker>,
+    peer: SocketAddr,
     mut frame: Bytes,
     turn: &Turn,
 ) -> Outcome {
@@ -145,6 +154,7 @@ async fn decode_and_serve(
         header,
         key,
         version,
+        peer,
         turn,
     };
     if !holds_turn(key) {

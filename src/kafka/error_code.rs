@@ -46,7 +46,9 @@ pub fn for_read(error: &ReadError) -> i16 {
 
 pub fn for_topic(error: &TopicError) -> i16 {
     match error {
-        TopicError::InvalidName { .. } => ResponseError::InvalidTopicException.code(),
+        TopicError::InvalidName { .. } | TopicError::Internal(_) => {
+            ResponseError::InvalidTopicException.code()
+        }
         TopicError::AlreadyExists(_) => ResponseError::TopicAlreadyExists.code(),
         TopicError::Unknown(_) => ResponseError::UnknownTopicOrPartition.code(),
         TopicError::InvalidPartitions(_) => ResponseError::InvalidPartitions.code(),

@@ -23,6 +23,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
+use crate::broker::group::coordinator::Coordinator;
 use crate::broker::{Broker, reconcile_shard};
 use crate::io::IoBackend;
 use crate::shard::{ShardContext, ShardService};
@@ -56,6 +57,8 @@ impl ShardService for KafkaService {
     ) -> Result<Vec<compio::runtime::JoinHandle<()>>, String> {
         reconcile_shard(context, &self.broker)
             .map_err(|error| format!("cannot reconcile partitions with the metadata: {error}"))?;
+        let group_timers = Coordinator::start(context, &self.broker)
+            .map_err(|error| format!("cannot start the group coordinator: {error}"))?;
         let socket = self
             .listeners
             .lock()
@@ -71,7 +74,7 @@ impl ShardService for KafkaService {
             listener,
             self.backend,
         );
-        Ok(vec![compio::runtime::spawn(accept)])
+        Ok(vec![compio::runtime::spawn(accept), group_timers])
     }
 }
 

@@ -71,6 +71,61 @@ pub const SUPPORTED: &[Supported] = &[
         min: 0,
         max: 1,
     },
+    Supported {
+        key: ApiKey::FindCoordinator,
+        min: 0,
+        max: 4,
+    },
+    Supported {
+        key: ApiKey::JoinGroup,
+        min: 0,
+        max: 9,
+    },
+    Supported {
+        key: ApiKey::SyncGroup,
+        min: 0,
+        max: 5,
+    },
+    Supported {
+        key: ApiKey::Heartbeat,
+        min: 0,
+        max: 4,
+    },
+    Supported {
+        key: ApiKey::LeaveGroup,
+        min: 0,
+        max: 5,
+    },
+    Supported {
+        key: ApiKey::OffsetCommit,
+        min: 2,
+        max: 8,
+    },
+    Supported {
+        key: ApiKey::OffsetFetch,
+        min: 1,
+        max: 8,
+    },
+    Supported {
+        key: ApiKey::OffsetDelete,
+        min: 0,
+        max: 0,
+    },
+    Supported {
+        key: ApiKey::ListGroups,
+        min: 0,
+        max: 5,
+    },
+    Supported {
+        key: ApiKey::DescribeGroups,
+        min: 0,
+        max: 5,
+    },
+    Supported {
+        key: ApiKey::DeleteGroups,
+        min: 0,
+        max: 2,
+    },
 ];
 
 /// The supported range for `key`, if Sluice implements it at all.
@@ -103,6 +158,17 @@ mod tests {
             ApiKey::DescribeConfigs => DescribeConfigsRequest::VERSIONS,
             ApiKey::IncrementalAlterConfigs => IncrementalAlterConfigsRequest::VERSIONS,
             ApiKey::DescribeCluster => DescribeClusterRequest::VERSIONS,
+            ApiKey::FindCoordinator => FindCoordinatorRequest::VERSIONS,
+            ApiKey::JoinGroup => JoinGroupRequest::VERSIONS,
+            ApiKey::SyncGroup => SyncGroupRequest::VERSIONS,
+            ApiKey::Heartbeat => HeartbeatRequest::VERSIONS,
+            ApiKey::LeaveGroup => LeaveGroupRequest::VERSIONS,
+            ApiKey::OffsetCommit => OffsetCommitRequest::VERSIONS,
+            ApiKey::OffsetFetch => OffsetFetchRequest::VERSIONS,
+            ApiKey::OffsetDelete => OffsetDeleteRequest::VERSIONS,
+            ApiKey::ListGroups => ListGroupsRequest::VERSIONS,
+            ApiKey::DescribeGroups => DescribeGroupsRequest::VERSIONS,
+            ApiKey::DeleteGroups => DeleteGroupsRequest::VERSIONS,
             other => panic!("no codec listed for {other:?}"),
         };
         for entry in SUPPORTED {

@@ -402,6 +402,19 @@ impl ShardStore {
         Ok(())
     }
 
+    /// Move partition `id`'s log start forward to `offset` (never back, never
+    /// past the next offset): what is below it is no longer readable and no
+    /// longer keeps segments alive. The checkpoint remembers it.
+    pub fn advance_log_start(&self, id: PartitionId, offset: Offset) -> Result<(), PartitionError> {
+        let mut state = self.state.borrow_mut();
+        let partition = state
+            .partitions
+            .get_mut(&id)
+            .ok_or(PartitionError::Unknown(id))?;
+        partition.advance_log_start(offset)?;
+        Ok(())
+    }
+
     pub fn offsets(&self, id: PartitionId) -> Option<PartitionOffsets> {
         let state = self.state.borrow();
         state.partitions.get(&id).map(|partition| PartitionOffsets {

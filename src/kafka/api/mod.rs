@@ -5,14 +5,25 @@
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
 pub mod incremental_alter_configs;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
 pub mod produce;
+pub mod sync_group;
 
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
@@ -37,6 +48,17 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
             .await
             .map(Some),
         ApiKey::DescribeCluster => describe_cluster::handle(request, body).map(Some),
+        ApiKey::FindCoordinator => find_coordinator::handle(request, body).map(Some),
+        ApiKey::JoinGroup => join_group::handle(request, body).await.map(Some),
+        ApiKey::SyncGroup => sync_group::handle(request, body).await.map(Some),
+        ApiKey::Heartbeat => heartbeat::handle(request, body).await.map(Some),
+        ApiKey::LeaveGroup => leave_group::handle(request, body).await.map(Some),
+        ApiKey::OffsetCommit => offset_commit::handle(request, body).await.map(Some),
+        ApiKey::OffsetFetch => offset_fetch::handle(request, body).await.map(Some),
+        ApiKey::OffsetDelete => offset_delete::handle(request, body).await.map(Some),
+        ApiKey::ListGroups => list_groups::handle(request, body).await.map(Some),
+        ApiKey::DescribeGroups => describe_groups::handle(request, body).await.map(Some),
+        ApiKey::DeleteGroups => delete_groups::handle(request, body).await.map(Some),
         other => Err(format!("{other:?} is not implemented")),
     }
 }

@@ -1,0 +1,795 @@
+//! The group coordinator of one shard: the groups whose offsets partition
+//! this shard owns, their membership, and their committed offsets.
+//!
+//! A group's coordinator is fixed by its id: the group hashes to a partition
+//! of `__consumer_offsets`, and the shard owning that partition coordinates
+//! it (so every request about a group runs on one thread, without locks).
+//! Each shard's coordinator is a shard-local service, like Seastar's
+//! `sharded<T>::local()`: installed on the shard's thread at start and found
+//! by requests that were routed there.
+//!
+//! Durability: a commit is appended to the group's offsets partition and
+//! applied to the in-memory table in log order, then answered after the
+//! fdatasync that covers it. At start, each owned offsets partition is
+//! replayed from its log start. Membership is not persisted: after a
+//! restart, members find their ids unknown and rejoin.
+//!
+//! Space: a shard's commit log is shared, so the offsets topic is compacted
+//! by copying forward. When a partition holds more superseded records than
+//! live ones (and enough of them, or long enough since the last snapshot),
+//! the live entries are appended again as a snapshot and, once it is
+//! durable, the partition's log start moves to it. The records below stop
+//! pinning old segments, and retention can delete them.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::records::RecordBatchDecoder;
+
+use super::membership::{
+    Group, GroupLimits, GroupState, JoinRequest, JoinResult, MemberClaim, Reply, SyncRequest,
+    SyncResult,
+};
+use super::offsets::{CommittedOffset, OffsetRecord, TopicPartition};
+use super::OFFSETS_TOPIC;
+use crate::broker::Broker;
+use crate::ids::{Offset, PartitionId};
+use crate::record_batch::{BatchBuilder, RecordSpec, ValidatedBatch};
+use crate::shard::ShardContext;
+use crate::storage::{AppendError, Durability};
+
+/// How often memberships are checked for expired sessions and finished joins.
+const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often offsets of empty groups are checked for expiry.
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// How often offsets partitions are checked for a snapshot.
+const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// A snapshot is taken once superseded records outnumber live ones and
+/// there are at least this many of them...
+const SNAPSHOT_RECORDS_MIN: u64 = 10_000;
+/// ...or this long has passed since the last snapshot.
+const SNAPSHOT_AGE_MAX: Duration = Duration::from_secs(600);
+/// Offset records per stored batch: keeps each batch far below
+/// `message.max.bytes` (a record is at most about 4.6 KiB).
+const RECORDS_PER_BATCH_MAX: usize = 100;
+/// Read size while replaying an offsets partition.
+const REPLAY_READ_BYTES: u64 = 1 << 20;
+
+thread_local! {
+    static LOCAL: RefCell<Option<Rc<Coordinator>>> = const { RefCell::new(None) };
+}
+
+/// The partition of `__consumer_offsets` holding `group` (FNV-1a).
+pub fn offsets_partition(group: &str, partitions: u32) -> u32 {
+    const FNV_OFFSET: u32 = 0x811c_9dc5;
+    const FNV_PRIME: u32 = 0x0100_0193;
+    let hash = group.bytes().fold(FNV_OFFSET, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(FNV_PRIME)
+    });
+    hash % partitions.max(1)
+}
+
+/// Removes this shard's coordinator when dropped.
+struct Installed;
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        LOCAL.with(|local| local.borrow_mut().take());
+    }
+}
+
+/// Bookkeeping for snapshots of one offsets partition.
+#[derive(Debug)]
+struct PartitionLog {
+    id: PartitionId,
+    records_since_snapshot: u64,
+    last_snapshot: Instant,
+}
+
+/// What DescribeGroups shows of a group.
+#[derive(Debug, Default)]
+pub struct GroupDescription {
+    pub state: String,
+    pub protocol_type: String,
+    pub protocol_name: String,
+    /// (member id, instance id, client id, client host, metadata, assignment).
+    pub members: Vec<MemberDescription>,
+}
+
+#[derive(Debug, Default)]
+pub struct MemberDescription {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
+/// One group as ListGroups shows it.
+#[derive(Debug)]
+pub struct GroupListing {
+    pub group_id: String,
+    pub protocol_type: String,
+    pub state: &'static str,
+}
+
+pub struct Coordinator {
+    context: Rc<ShardContext>,
+    broker: Arc<Broker>,
+    limits: GroupLimits,
+    groups: RefCell<HashMap<String, Group>>,
+    logs: RefCell<BTreeMap<u32, PartitionLog>>,
+    /// Held while appending offset records, so records reach the log and
+    /// the table in the same order, and a snapshot is not interleaved.
+    writer: futures_util::lock::Mutex<()>,
+}
+
+impl Coordinator {
+    /// Replay this shard's offsets partitions, install the coordinator on
+    /// this shard's thread and start its timer.
+    pub fn start(
+        context: &Rc<ShardContext>,
+        broker: &Arc<Broker>,
+    ) -> Result<compio::runtime::JoinHandle<()>, String> {
+        let groups_config = &broker.config.groups;
+        let limits = GroupLimits {
+            initial_rebalance_delay: Duration::from_millis(groups_config.initial_rebalance_delay_ms),
+            session_timeout_min: Duration::from_millis(groups_config.session_timeout_min_ms),
+            session_timeout_max: Duration::from_millis(groups_config.session_timeout_max_ms),
+            members_max: groups_config.members_max as usize,
+        };
+        let coordinator = Rc::new(Coordinator {
+            context: Rc::clone(context),
+            broker: Arc::clone(broker),
+            limits,
+            groups: RefCell::new(HashMap::new()),
+            logs: RefCell::new(BTreeMap::new()),
+            writer: futures_util::lock::Mutex::new(()),
+        });
+        coordinator.replay()?;
+        LOCAL.with(|local| *local.borrow_mut() = Some(Rc::clone(&coordinator)));
+        // The timer task owns the installation: when the shard cancels its
+        // service tasks at shutdown, the coordinator (and its hold on the
+        // shard's storage) goes with it.
+        let installed = Installed;
+        let timers = run_timers(Rc::downgrade(&coordinator));
+        Ok(compio::runtime::spawn(async move {
+            let _installed = installed;
+            timers.await;
+        }))
+    }
+
+    /// This shard's coordinator.
+    pub fn local() -> Option<Rc<Coordinator>> {
+        LOCAL.with(|local| local.borrow().clone())
+    }
+
+
+    fn replay(&self) -> Result<(), String> {
+        let Some(topic) = self.broker.metadata.snapshot().topic(OFFSETS_TOPIC).cloned() else {
+            return Err(format!("the {OFFSETS_TOPIC} topic is missing from the metadata"));
+        };
+        let started = Instant::now();
+        let mut records = 0u64;
+        for index in 0..topic.partitions {
+            if self.context.shards.owner(OFFSETS_TOPIC, index) != self.context.id {
+                continue;
+            }
+            let Some(id) = self.context.store.partition_id(OFFSETS_TOPIC, index) else {
+                return Err(format!("{OFFSETS_TOPIC}-{index} has no storage on this shard"));
+            };
+            let replayed = self.replay_partition(index, id)?;
+            records += replayed;
+            self.logs.borrow_mut().insert(
+                index,
+                PartitionLog {
+                    id,
+                    records_since_snapshot: replayed,
+                    last_snapshot: Instant::now(),
+                },
+            );
+        }
+        let groups = self.groups.borrow();
+        let offsets: usize = groups.values().map(|group| group.offsets.len()).sum();
+        tracing::info!(
+            shard = %self.context.id,
+            records,
+            groups = groups.len(),
+            offsets,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "committed offsets recovered"
+        );
+        Ok(())
+    }
+
+    fn replay_partition(&self, index: u32, id: PartitionId) -> Result<u64, String> {
+        let store = &self.context.store;
+        let Some(offsets) = store.offsets(id) else {
+            return Ok(0);
+        };
+        let mut next = offsets.log_start_offset;
+        let mut records = 0;
+        while next < offsets.high_watermark {
+            let read = store
+                .read(id, next, REPLAY_READ_BYTES)
+                .map_err(|error| format!("cannot read {OFFSETS_TOPIC}-{index}: {error}"))?;
+            if read.batches.is_empty() {
+                break;
+            }
+            for batch in &read.batches {
+                let bytes = crate::storage::read_batch_bytes(batch).map_err(|error| {
+                    format!("cannot read {OFFSETS_TOPIC}-{index} at {}: {error}", batch.base_offset.0)
+                })?;
+                records += self.replay_batch(index, Bytes::from(bytes));
+                next = Offset(batch.last_offset.0 + 1);
+            }
+        }
+        Ok(records)
+    }
+
+    fn replay_batch(&self, index: u32, mut bytes: Bytes) -> u64 {
+        let decoded = match RecordBatchDecoder::decode(&mut bytes) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                tracing::warn!(partition = index, %error, "skipping an undecodable offsets batch");
+                return 0;
+            }
+        };
+        let mut applied = 0;
+        for record in &decoded.records {
+            let Some(key) = &record.key else { continue };
+            match OffsetRecord::decode(key, record.value.as_deref()) {
+                Ok(Some(change)) => {
+                    self.apply(change, Instant::now());
+                    applied += 1;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(partition = index, offset = record.offset, %error, "skipping a bad offset record");
+                }
+            }
+        }
+        applied
+    }
+
+    fn apply(&self, change: OffsetRecord, now: Instant) {
+        let mut groups = self.groups.borrow_mut();
+        if change.value.is_none() && !groups.contains_key(&change.group) {
+            return;
+        }
+        let group = groups
+            .entry(change.group.clone())
+            .or_insert_with(|| Group::new(&change.group, now));
+        group.offsets.apply(change.key, change.value);
+    }
+
+    fn offsets_partitions(&self) -> u32 {
+        self.broker
+            .metadata
+            .snapshot()
+            .topic(OFFSETS_TOPIC)
+            .map_or(1, |topic| topic.partitions)
+    }
+
+    /// Append `changes` to their offsets partition, apply them to the table
+    /// in log order, and wait until they are durable.
+    async fn write(&self, changes: Vec<OffsetRecord>) -> Result<(), AppendError> {
+        let Some(first) = changes.first() else {
+            return Ok(());
+        };
+        let index = offsets_partition(&first.group, self.offsets_partitions());
+        let id = self
+            .logs
+            .borrow()
+            .get(&index)
+            .map(|log| log.id)
+            .ok_or(AppendError::Storage(format!(
+                "{OFFSETS_TOPIC}-{index} is not on this shard"
+            )))?;
+        let count = changes.len() as u64;
+        let receipt = {
+            let _writing = self.writer.lock().await;
+            self.append_in_order(id, changes).await?
+        };
+        if let Some(log) = self.logs.borrow_mut().get_mut(&index) {
+            log.records_since_snapshot += count;
+        }
+        match receipt {
+            Some(receipt) => self.context.store.wait(&receipt).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Append batches of records and apply each batch once it has its place
+    /// in the log. The caller holds the writer lock.
+    async fn append_in_order(
+        &self,
+        id: PartitionId,
+        changes: Vec<OffsetRecord>,
+    ) -> Result<Option<crate::storage::AppendReceipt>, AppendError> {
+        let limit = self.broker.config.storage.message_max_bytes as usize;
+        let mut last = None;
+        for chunk in changes.chunks(RECORDS_PER_BATCH_MAX) {
+            let bytes = encode_batch(chunk);
+            let batch = ValidatedBatch::validate(&bytes, limit)
+                .map_err(|error| AppendError::Storage(format!("offset batch: {error}")))?;
+            let receipt = self
+                .context
+                .store
+                .append(id, batch, Durability::Fsynced)
+                .await?;
+            let now = Instant::now();
+            for change in chunk {
+                self.apply(change.clone(), now);
+            }
+            last = Some(receipt);
+        }
+        Ok(last)
+    }
+}
+
+fn encode_batch(chunk: &[OffsetRecord]) -> Vec<u8> {
+    let now = now_ms();
+    let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = chunk
+        .iter()
+        .map(|change| (change.encode_key(), change.encode_value()))
+        .collect();
+    let mut builder = BatchBuilder::new(now);
+    for (key, value) in &encoded {
+        builder.push(RecordSpec {
+            key: Some(key),
+            value: value.as_deref(),
+            timestamp_delta_ms: 0,
+        });
+    }
+    builder.build()
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+/// Membership requests.
+impl Coordinator {
+    pub async fn join(&self, group_id: &str, request: JoinRequest) -> JoinResult {
+        let now = Instant::now();
+        let reply = {
+            let mut groups = self.groups.borrow_mut();
+            let group = groups
+                .entry(group_id.to_owned())
+                .or_insert_with(|| Group::new(group_id, now));
+            group.join(request.clone(), &self.limits, now)
+        };
+        match reply {
+            Reply::Now(result) => result,
+            Reply::Later(receiver) => receiver.await.unwrap_or_else(|_| JoinResult {
+                error: ResponseError::CoordinatorNotAvailable.code(),
+                generation: -1,
+                member_id: request.member_id,
+                ..JoinResult::default()
+            }),
+        }
+    }
+
+    pub async fn sync(&self, group_id: &str, request: SyncRequest) -> SyncResult {
+        let now = Instant::now();
+        let reply = {
+            let mut groups = self.groups.borrow_mut();
+            match groups.get_mut(group_id) {
+                Some(group) => group.sync(request, now),
+                None => Reply::Now(SyncResult {
+                    error: ResponseError::UnknownMemberId.code(),
+                    ..SyncResult::default()
+                }),
+            }
+        };
+        match reply {
+            Reply::Now(result) => result,
+            Reply::Later(receiver) => receiver.await.unwrap_or_else(|_| SyncResult {
+                error: ResponseError::CoordinatorNotAvailable.code(),
+                ..SyncResult::default()
+            }),
+        }
+    }
+
+    pub fn heartbeat(&self, group_id: &str, claim: &MemberClaim<'_>) -> i16 {
+        let mut groups = self.groups.borrow_mut();
+        match groups.get_mut(group_id) {
+            Some(group) => match group.heartbeat(claim, Instant::now()) {
+                Ok(()) => 0,
+                Err(error) => error.code(),
+            },
+            None => ResponseError::UnknownMemberId.code(),
+        }
+    }
+
+    /// LeaveGroup: one error code per departing member.
+    pub fn leave(&self, group_id: &str, departures: &[(String, Option<String>)]) -> Vec<i16> {
+        let mut groups = self.groups.borrow_mut();
+        let Some(group) = groups.get_mut(group_id) else {
+            return vec![ResponseError::UnknownMemberId.code(); departures.len()];
+        };
+        for (member_id, _) in departures {
+            tracing::debug!(group = group_id, member = %member_id, "member leaves");
+        }
+        group
+            .leave(departures, &self.limits, Instant::now())
+            .into_iter()
+            .map(|result| result.err().map_or(0, |error| error.code()))
+            .collect()
+    }
+
+    pub fn list(&self) -> Vec<GroupListing> {
+        self.groups
+            .borrow()
+            .values()
+            .map(|group| GroupListing {
+                group_id: group.id.clone(),
+                protocol_type: group.protocol_type.clone().unwrap_or_default(),
+                state: group.state.name(),
+            })
+            .collect()
+    }
+
+    pub fn describe(&self, group_id: &str) -> GroupDescription {
+        let groups = self.groups.borrow();
+        let Some(group) = groups.get(group_id) else {
+            return GroupDescription {
+                state: "Dead".to_owned(),
+                ..GroupDescription::default()
+            };
+        };
+        let protocol = group.protocol_name.clone().unwrap_or_default();
+        let stable = group.state == GroupState::Stable;
+        GroupDescription {
+            state: group.state.name().to_owned(),
+            protocol_type: group.protocol_type.clone().unwrap_or_default(),
+            protocol_name: if stable { protocol.clone() } else { String::new() },
+            members: group
+                .members()
+                .map(|member| MemberDescription {
+                    member_id: member.id.clone(),
+                    instance_id: member.instance_id.clone(),
+                    client_id: member.client_id.clone(),
+                    client_host: member.client_host.clone(),
+                    metadata: member.metadata(&protocol),
+                    assignment: if stable {
+                        member.assignment.clone()
+                    } else {
+                        Bytes::new()
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Offset requests.
+impl Coordinator {
+    /// OffsetCommit. `Err` is an error for the whole request; `Ok` holds one
+    /// code per partition, in request order.
+    pub async fn commit(
+        &self,
+        group_id: &str,
+        claim: &MemberClaim<'_>,
+        offsets: Vec<(TopicPartition, CommittedOffset)>,
+    ) -> Result<Vec<i16>, i16> {
+        self.check_commit(group_id, claim)
+            .map_err(|error| error.code())?;
+        let metadata_max = self.broker.config.groups.offset_metadata_max_bytes as usize;
+        let cluster = self.broker.metadata.snapshot();
+        let mut codes = Vec::with_capacity(offsets.len());
+        let mut changes = Vec::new();
+        for (key, value) in offsets {
+            let known = cluster.topic(&key.topic).is_some_and(|topic| {
+                u32::try_from(key.partition).is_ok_and(|index| index < topic.partitions)
+            });
+            let code = if !known {
+                ResponseError::UnknownTopicOrPartition.code()
+            } else if value.metadata.len() > metadata_max {
+                ResponseError::OffsetMetadataTooLarge.code()
+            } else {
+                changes.push(OffsetRecord {
+                    group: group_id.to_owned(),
+                    key,
+                    value: Some(value),
+                });
+                0
+            };
+            codes.push(code);
+        }
+        if let Err(error) = self.write(changes).await {
+            tracing::warn!(group = group_id, %error, "offset commit failed");
+            let code = commit_error_code(&error);
+            for stored in codes.iter_mut().filter(|code| **code == 0) {
+                *stored = code;
+            }
+        }
+        Ok(codes)
+    }
+
+    /// Who may commit: a member of the current generation, or anyone with
+    /// generation -1 and no member id while the group has no members
+    /// (clients that assign partitions themselves).
+    fn check_commit(&self, group_id: &str, claim: &MemberClaim<'_>) -> Result<(), ResponseError> {
+        let groups = self.groups.borrow();
+        let Some(group) = groups.get(group_id) else {
+            if claim.generation < 0 {
+                return Ok(());
+            }
+            return Err(ResponseError::IllegalGeneration);
+        };
+        if claim.generation < 0 && claim.member_id.is_empty() {
+            if group.has_members() {
+                return Err(ResponseError::UnknownMemberId);
+            }
+            return Ok(());
+        }
+        group.check_member(claim)?;
+        if group.state == GroupState::CompletingRebalance {
+            return Err(ResponseError::RebalanceInProgress);
+        }
+        Ok(())
+    }
+
+    /// OffsetFetch: the committed offset of each partition asked for, or of
+    /// every partition with one when `partitions` is None.
+    pub fn fetch(
+        &self,
+        group_id: &str,
+        partitions: Option<Vec<TopicPartition>>,
+    ) -> Vec<(TopicPartition, Option<CommittedOffset>)> {
+        let groups = self.groups.borrow();
+        let group = groups.get(group_id);
+        match partitions {
+            Some(partitions) => partitions
+                .into_iter()
+                .map(|key| {
+                    let value = group.and_then(|group| group.offsets.get(&key).cloned());
+                    (key, value)
+                })
+                .collect(),
+            None => group
+                .map(|group| {
+                    group
+                        .offsets
+                        .iter()
+                        .map(|(key, value)| (key.clone(), Some(value.clone())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// OffsetDelete: refused for topics the group's members subscribe to.
+    pub async fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: Vec<TopicPartition>,
+    ) -> Result<Vec<i16>, i16> {
+        let (codes, changes) = {
+            let groups = self.groups.borrow();
+            let group = groups
+                .get(group_id)
+                .ok_or(ResponseError::GroupIdNotFound.code())?;
+            let subscribed = group.subscribed_topics();
+            if subscribed.is_none() && group.has_members() {
+                return Err(ResponseError::NonEmptyGroup.code());
+            }
+            let subscribed = subscribed.unwrap_or_default();
+            let mut codes = Vec::with_capacity(partitions.len());
+            let mut changes = Vec::new();
+            for key in partitions {
+                if subscribed.contains(&key.topic) {
+                    codes.push(ResponseError::GroupSubscribedToTopic.code());
+                    continue;
+                }
+                if group.offsets.get(&key).is_some() {
+                    changes.push(OffsetRecord {
+                        group: group_id.to_owned(),
+                        key,
+                        value: None,
+                    });
+                }
+                codes.push(0);
+            }
+            (codes, changes)
+        };
+        self.write(changes)
+            .await
+            .map_err(|error| commit_error_code(&error))?;
+        Ok(codes)
+    }
+
+    /// DeleteGroups: only a group without members; its offsets go with it.
+    pub async fn delete_group(&self, group_id: &str) -> i16 {
+        let changes: Vec<OffsetRecord> = {
+            let groups = self.groups.borrow();
+            let Some(group) = groups.get(group_id) else {
+                return ResponseError::GroupIdNotFound.code();
+            };
+            if group.has_members() {
+                return ResponseError::NonEmptyGroup.code();
+            }
+            group
+                .offsets
+                .iter()
+                .map(|(key, _)| OffsetRecord {
+                    group: group_id.to_owned(),
+                    key: key.clone(),
+                    value: None,
+                })
+                .collect()
+        };
+        if let Err(error) = self.write(changes).await {
+            return commit_error_code(&error);
+        }
+        let mut groups = self.groups.borrow_mut();
+        if groups.get(group_id).is_some_and(|group| !group.has_members()) {
+            groups.remove(group_id);
+        }
+        tracing::info!(group = group_id, "deleted group");
+        0
+    }
+}
+
+/// Timers: session expiry, join deadlines, offset expiry, snapshots.
+impl Coordinator {
+    fn tick(&self, now: Instant) {
+        let mut groups = self.groups.borrow_mut();
+        for group in groups.values_mut().filter(|group| group.is_active()) {
+            for member in group.tick(&self.limits, now) {
+                tracing::info!(group = %group.id, %member, "member evicted: session timed out");
+            }
+        }
+        groups.retain(|_, group| group.has_members() || !group.offsets.is_empty());
+    }
+
+    /// Tombstones for offsets of groups that have been empty too long.
+    async fn expire_offsets(&self) {
+        let retention = Duration::from_millis(self.broker.config.groups.offsets_retention_ms);
+        let now_ms = now_ms();
+        let now = Instant::now();
+        let expired: Vec<OffsetRecord> = self
+            .groups
+            .borrow()
+            .values()
+            .filter(|group| !group.has_members())
+            .flat_map(|group| {
+                let empty_for = now.duration_since(group.empty_since);
+                group.offsets.iter().filter_map(move |(key, value)| {
+                    let committed_ago = u64::try_from(now_ms - value.commit_timestamp_ms)
+                        .map(Duration::from_millis)
+                        .unwrap_or_default();
+                    (committed_ago.min(empty_for) >= retention).then(|| OffsetRecord {
+                        group: group.id.clone(),
+                        key: key.clone(),
+                        value: None,
+                    })
+                })
+            })
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let mut by_group: BTreeMap<String, Vec<OffsetRecord>> = BTreeMap::new();
+        for record in expired {
+            by_group.entry(record.group.clone()).or_default().push(record);
+        }
+        for (group, records) in by_group {
+            let count = records.len();
+            match self.write(records).await {
+                Ok(()) => tracing::info!(group, offsets = count, "expired committed offsets"),
+                Err(error) => tracing::warn!(group, %error, "cannot expire offsets"),
+            }
+        }
+    }
+
+    /// Copy the live entries of crowded offsets partitions forward, then
+    /// release what lies below them.
+    async fn snapshot_if_due(&self) {
+        let partitions = self.offsets_partitions();
+        let due: Vec<(u32, PartitionId)> = {
+            let mut live: HashMap<u32, u64> = HashMap::new();
+            for group in self.groups.borrow().values() {
+                *live.entry(offsets_partition(&group.id, partitions)).or_default() +=
+                    group.offsets.len() as u64;
+            }
+            self.logs
+                .borrow()
+                .iter()
+                .filter(|(index, log)| {
+                    let live = live.get(index).copied().unwrap_or(0);
+                    log.records_since_snapshot > live
+                        && (log.records_since_snapshot - live >= SNAPSHOT_RECORDS_MIN
+                            || log.last_snapshot.elapsed() >= SNAPSHOT_AGE_MAX)
+                })
+                .map(|(&index, log)| (index, log.id))
+                .collect()
+        };
+        for (index, id) in due {
+            if let Err(error) = self.snapshot(index, id, partitions).await {
+                tracing::warn!(partition = index, %error, "offsets snapshot failed");
+            }
+        }
+    }
+
+    async fn snapshot(&self, index: u32, id: PartitionId, partitions: u32) -> Result<(), AppendError> {
+        let (receipt, start, live) = {
+            let _writing = self.writer.lock().await;
+            let live: Vec<OffsetRecord> = self
+                .groups
+                .borrow()
+                .values()
+                .filter(|group| offsets_partition(&group.id, partitions) == index)
+                .flat_map(|group| {
+                    group.offsets.iter().map(|(key, value)| OffsetRecord {
+                        group: group.id.clone(),
+                        key: key.clone(),
+                        value: Some(value.clone()),
+                    })
+                })
+                .collect();
+            let start = self
+                .context
+                .store
+                .offsets(id)
+                .map_or(Offset(0), |offsets| offsets.next_offset);
+            let count = live.len();
+            let receipt = self.append_in_order(id, live).await?;
+            (receipt, start, count)
+        };
+        if let Some(receipt) = &receipt {
+            self.context.store.wait(receipt).await?;
+        }
+        self.context
+            .store
+            .advance_log_start(id, start)
+            .map_err(|error| AppendError::Storage(error.to_string()))?;
+        if let Some(log) = self.logs.borrow_mut().get_mut(&index) {
+            log.records_since_snapshot = live as u64;
+            log.last_snapshot = Instant::now();
+        }
+        tracing::debug!(partition = index, live, log_start = start.0, "offsets snapshot");
+        Ok(())
+    }
+}
+
+async fn run_timers(coordinator: std::rc::Weak<Coordinator>) {
+    let mut last_expiry = Instant::now();
+    let mut last_snapshot_check = Instant::now();
+    loop {
+        compio::time::sleep(TICK_INTERVAL).await;
+        let Some(coordinator) = coordinator.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        coordinator.tick(now);
+        if now.duration_since(last_expiry) >= EXPIRY_CHECK_INTERVAL {
+            last_expiry = now;
+            coordinator.expire_offsets().await;
+        }
+        if now.duration_since(last_snapshot_check) >= SNAPSHOT_CHECK_INTERVAL {
+            last_snapshot_check = now;
+            coordinator.snapshot_if_due().await;
+        }
+    }
+}
+
+/// How a failed offsets write is reported (as Kafka does): retriable
+/// coordinator errors, or INVALID_COMMIT_OFFSET_SIZE for an oversized batch.
+fn commit_error_code(error: &AppendError) -> i16 {
+    match error {
+        AppendError::BatchTooLarge { .. } => ResponseError::InvalidCommitOffsetSize.code(),
+        AppendError::ShuttingDown => ResponseError::NotCoordinator.code(),
+        _ => ResponseError::CoordinatorNotAvailable.code(),
+    }
+}

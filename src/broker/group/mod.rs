@@ -1,0 +1,63 @@
+//! Consumer groups: the classic Kafka group protocol and committed offsets.
+//!
+//! * [`membership`]: one group's rebalance state machine (join, sync,
+//!   heartbeat, leave, session expiry, generations, static members).
+//! * [`offsets`]: the committed-offsets table and its stored records.
+//! * [`coordinator`]: a shard's groups, with the waiting, the timers and the
+//!   `__consumer_offsets` log (write, replay, snapshot compaction).
+//!
+//! Every request about a group runs on the group's coordinator shard: the
+//! owner of the `__consumer_offsets` partition the group id hashes to.
+
+pub mod coordinator;
+pub mod membership;
+pub mod offsets;
+
+use crate::ids::ShardId;
+use crate::shard::Shards;
+
+/// The internal topic holding committed offsets. Clients may read it but not
+/// produce to it, delete it or change it.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Topics only the broker writes.
+pub fn is_internal_topic(name: &str) -> bool {
+    name == OFFSETS_TOPIC
+}
+
+/// The shard coordinating `group`, given the offsets topic's partition count.
+pub fn coordinator_shard(shards: &Shards, group: &str, offsets_partitions: u32) -> ShardId {
+    let index = coordinator::offsets_partition(group, offsets_partitions);
+    shards.owner(OFFSETS_TOPIC, index)
+}
+
+/// Run `work` with the coordinator of `group`, on its shard. Errors with
+/// COORDINATOR_NOT_AVAILABLE (retriable) if that shard cannot serve it.
+pub async fn on_coordinator<F, Fut, T>(
+    shard: &std::rc::Rc<crate::shard::ShardContext>,
+    broker: &super::Broker,
+    group: &str,
+    work: F,
+) -> Result<T, i16>
+where
+    F: FnOnce(std::rc::Rc<coordinator::Coordinator>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let unavailable = kafka_protocol::ResponseError::CoordinatorNotAvailable.code();
+    let partitions = broker
+        .metadata
+        .snapshot()
+        .topic(OFFSETS_TOPIC)
+        .map_or(1, |topic| topic.partitions);
+    let target = coordinator_shard(&shard.shards, group, partitions);
+    let ran = shard
+        .run_on(target, move |_| async move {
+            match coordinator::Coordinator::local() {
+                Some(coordinator) => Ok(work(coordinator).await),
+                None => Err(unavailable),
+            }
+        })
+        .await;
+    ran.unwrap_or(Err(unavailable))
+}

@@ -1,0 +1,223 @@
+//! Committed offsets: a group's in-memory table, and the records that make
+//! it durable in the internal `__consumer_offsets` topic.
+//!
+//! A record's key names (group, topic, partition) and its value holds the
+//! offset, leader epoch, metadata and commit time; a record without a value
+//! (a tombstone) deletes the key. The layouts are Kafka's own
+//! `OffsetCommitKey` v1 and `OffsetCommitValue` v3 (big-endian, i16-length
+//! strings), so a reader of the topic sees familiar bytes. Replaying the
+//! records of a partition in offset order rebuilds the table exactly.
+
+use std::collections::BTreeMap;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+const KEY_VERSION: i16 = 1;
+const VALUE_VERSION: i16 = 3;
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub commit_timestamp_ms: i64,
+}
+
+/// One group's committed offsets, ordered by topic and partition.
+#[derive(Debug, Default)]
+pub struct GroupOffsets {
+    entries: BTreeMap<TopicPartition, CommittedOffset>,
+}
+
+impl GroupOffsets {
+    pub fn get(&self, key: &TopicPartition) -> Option<&CommittedOffset> {
+        self.entries.get(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&TopicPartition, &CommittedOffset)> {
+        self.entries.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Apply one change: a new value, or `None` to delete.
+    pub fn apply(&mut self, key: TopicPartition, value: Option<CommittedOffset>) {
+        match value {
+            Some(value) => {
+                self.entries.insert(key, value);
+            }
+            None => {
+                self.entries.remove(&key);
+            }
+        }
+    }
+}
+
+/// One change to the offsets table, as stored in `__consumer_offsets`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetRecord {
+    pub group: String,
+    pub key: TopicPartition,
+    pub value: Option<CommittedOffset>,
+}
+
+impl OffsetRecord {
+    pub fn encode_key(&self) -> Vec<u8> {
+        let mut out = BytesMut::with_capacity(10 + self.group.len() + self.key.topic.len());
+        out.put_i16(KEY_VERSION);
+        put_string(&mut out, &self.group);
+        put_string(&mut out, &self.key.topic);
+        out.put_i32(self.key.partition);
+        out.to_vec()
+    }
+
+    pub fn encode_value(&self) -> Option<Vec<u8>> {
+        let value = self.value.as_ref()?;
+        let mut out = BytesMut::with_capacity(24 + value.metadata.len());
+        out.put_i16(VALUE_VERSION);
+        out.put_i64(value.offset);
+        out.put_i32(value.leader_epoch);
+        put_string(&mut out, &value.metadata);
+        out.put_i64(value.commit_timestamp_ms);
+        Some(out.to_vec())
+    }
+
+    /// Decode a stored record; `None` for keys this version does not know
+    /// (skipped, so a future record type does not stop a replay).
+    pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Option<OffsetRecord>, String> {
+        let mut key = Bytes::copy_from_slice(key);
+        let version = get_i16(&mut key)?;
+        if version != 0 && version != KEY_VERSION {
+            return Ok(None);
+        }
+        let group = get_string(&mut key)?;
+        let topic = get_string(&mut key)?;
+        let partition = get_i32(&mut key)?;
+        let value = match value {
+            None => None,
+            Some(bytes) => Some(decode_value(bytes)?),
+        };
+        Ok(Some(OffsetRecord {
+            group,
+            key: TopicPartition { topic, partition },
+            value,
+        }))
+    }
+}
+
+fn decode_value(bytes: &[u8]) -> Result<CommittedOffset, String> {
+    let mut value = Bytes::copy_from_slice(bytes);
+    let version = get_i16(&mut value)?;
+    if version != VALUE_VERSION {
+        return Err(format!("offset value version {version} (expected {VALUE_VERSION})"));
+    }
+    Ok(CommittedOffset {
+        offset: get_i64(&mut value)?,
+        leader_epoch: get_i32(&mut value)?,
+        metadata: get_string(&mut value)?,
+        commit_timestamp_ms: get_i64(&mut value)?,
+    })
+}
+
+fn put_string(out: &mut BytesMut, text: &str) {
+    let len = i16::try_from(text.len()).expect("names and metadata are checked to fit");
+    out.put_i16(len);
+    out.put_slice(text.as_bytes());
+}
+
+fn need(bytes: &Bytes, len: usize) -> Result<(), String> {
+    if bytes.remaining() < len {
+        return Err(format!(
+            "offset record ends early: {len} bytes needed, {} left",
+            bytes.remaining()
+        ));
+    }
+    Ok(())
+}
+
+fn get_i16(bytes: &mut Bytes) -> Result<i16, String> {
+    need(bytes, 2)?;
+    Ok(bytes.get_i16())
+}
+
+fn get_i32(bytes: &mut Bytes) -> Result<i32, String> {
+    need(bytes, 4)?;
+    Ok(bytes.get_i32())
+}
+
+fn get_i64(bytes: &mut Bytes) -> Result<i64, String> {
+    need(bytes, 8)?;
+    Ok(bytes.get_i64())
+}
+
+fn get_string(bytes: &mut Bytes) -> Result<String, String> {
+    let len = get_i16(bytes)?;
+    let len = usize::try_from(len).map_err(|_| format!("negative string length {len}"))?;
+    need(bytes, len)?;
+    let raw = bytes.split_to(len);
+    String::from_utf8(raw.to_vec()).map_err(|error| format!("string is not UTF-8: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_including_tombstones() {
+        let record = OffsetRecord {
+            group: "billing".to_owned(),
+            key: TopicPartition {
+                topic: "orders".to_owned(),
+                partition: 7,
+            },
+            value: Some(CommittedOffset {
+                offset: 42,
+                leader_epoch: -1,
+                metadata: "meta".to_owned(),
+                commit_timestamp_ms: 1_700_000_000_000,
+            }),
+        };
+        let key = record.encode_key();
+        let value = record.encode_value();
+        assert_eq!(
+            OffsetRecord::decode(&key, value.as_deref()).unwrap(),
+            Some(record.clone())
+        );
+        let tombstone = OffsetRecord {
+            value: None,
+            ..record
+        };
+        assert_eq!(
+            OffsetRecord::decode(&tombstone.encode_key(), None).unwrap(),
+            Some(tombstone)
+        );
+    }
+
+    #[test]
+    fn truncated_records_are_errors_not_panics() {
+        let record = OffsetRecord {
+            group: "g".to_owned(),
+            key: TopicPartition {
+                topic: "t".to_owned(),
+                partition: 0,
+            },
+            value: None,
+        };
+        let key = record.encode_key();
+        for len in 0..key.len() {
+            assert!(OffsetRecord::decode(&key[..len], None).is_err());
+        }
+    }
+}

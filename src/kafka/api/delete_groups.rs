@@ -1,0 +1,34 @@
+//! DeleteGroups: remove groups without members, with their committed offsets.
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
+
+use super::decode;
+use crate::broker::group::on_coordinator;
+use crate::kafka::dispatch::Request;
+use crate::kafka::response::Response;
+
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+    let delete: DeleteGroupsRequest = decode(request, body)?;
+    let mut results = Vec::with_capacity(delete.groups_names.len());
+    for group_id in &delete.groups_names {
+        let code = if group_id.is_empty() {
+            ResponseError::InvalidGroupId.code()
+        } else {
+            let group = group_id.to_string();
+            on_coordinator(request.shard, request.broker, group_id, move |coordinator| async move {
+                coordinator.delete_group(&group).await
+            })
+            .await
+            .unwrap_or_else(|code| code)
+        };
+        results.push(
+            DeletableGroupResult::default()
+                .with_group_id(group_id.clone())
+                .with_error_code(code),
+        );
+    }
+    request.respond(&DeleteGroupsResponse::default().with_results(results))
+}

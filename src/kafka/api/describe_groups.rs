@@ -1,0 +1,49 @@
+//! DescribeGroups: state, protocol and members (with their metadata and
+//! assignment) of each group asked for; an unknown group is "Dead".
+
+use bytes::Bytes;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
+
+use super::{AUTHORIZED_OPERATIONS_UNKNOWN, decode, str_bytes};
+use crate::broker::group::on_coordinator;
+use crate::kafka::dispatch::Request;
+use crate::kafka::response::Response;
+
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+    let describe: DescribeGroupsRequest = decode(request, body)?;
+    let mut described = Vec::with_capacity(describe.groups.len());
+    for group_id in &describe.groups {
+        let group = group_id.to_string();
+        let result = on_coordinator(request.shard, request.broker, group_id, move |coordinator| async move {
+            coordinator.describe(&group)
+        })
+        .await;
+        let entry = DescribedGroup::default()
+            .with_group_id(group_id.clone())
+            .with_authorized_operations(AUTHORIZED_OPERATIONS_UNKNOWN);
+        described.push(match result {
+            Err(code) => entry.with_error_code(code),
+            Ok(description) => entry
+                .with_group_state(str_bytes(&description.state))
+                .with_protocol_type(str_bytes(&description.protocol_type))
+                .with_protocol_data(str_bytes(&description.protocol_name))
+                .with_members(
+                    description
+                        .members
+                        .into_iter()
+                        .map(|member| {
+                            DescribedGroupMember::default()
+                                .with_member_id(str_bytes(&member.member_id))
+                                .with_group_instance_id(member.instance_id.as_deref().map(str_bytes))
+                                .with_client_id(str_bytes(&member.client_id))
+                                .with_client_host(str_bytes(&member.client_host))
+                                .with_member_metadata(member.metadata)
+                                .with_member_assignment(member.assignment)
+                        })
+                        .collect(),
+                ),
+        });
+    }
+    request.respond(&DescribeGroupsResponse::default().with_groups(described))
+}

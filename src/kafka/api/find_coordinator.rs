@@ -1,0 +1,70 @@
+//! FindCoordinator: this broker coordinates every group (v4+ asks for
+//! several keys at once). Transaction coordinators are refused: Sluice has
+//! no transactions.
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
+
+use super::{decode, str_bytes};
+use crate::kafka::dispatch::Request;
+use crate::kafka::response::Response;
+
+const KEY_TYPE_GROUP: i8 = 0;
+
+pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+    let find: FindCoordinatorRequest = decode(request, body)?;
+    let broker = request.broker;
+    let node = BrokerId(broker.config.kafka.node_id);
+    let (host, port) = &broker.advertised;
+    let error = if find.key_type == KEY_TYPE_GROUP {
+        None
+    } else {
+        Some((
+            ResponseError::InvalidRequest.code(),
+            "only group coordinators exist: Sluice has no transactions",
+        ))
+    };
+    let mut response = FindCoordinatorResponse::default();
+    if request.version >= 4 {
+        response.coordinators = find
+            .coordinator_keys
+            .iter()
+            .map(|key| {
+                let mut coordinator = Coordinator::default().with_key(key.clone());
+                match error {
+                    Some((code, message)) => {
+                        coordinator.node_id = BrokerId(-1);
+                        coordinator.port = -1;
+                        coordinator.error_code = code;
+                        coordinator.error_message = Some(str_bytes(message));
+                    }
+                    None => {
+                        coordinator.node_id = node;
+                        coordinator.host = str_bytes(host);
+                        coordinator.port = i32::from(*port);
+                    }
+                }
+                coordinator
+            })
+            .collect();
+    } else {
+        match error {
+            Some((code, message)) => {
+                response.node_id = BrokerId(-1);
+                response.port = -1;
+                response.error_code = code;
+                if request.version >= 1 {
+                    response.error_message = Some(str_bytes(message));
+                }
+            }
+            None => {
+                response.node_id = node;
+                response.host = str_bytes(host);
+                response.port = i32::from(*port);
+            }
+        }
+    }
+    request.respond(&response)
+}

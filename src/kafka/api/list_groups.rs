@@ -1,0 +1,48 @@
+//! ListGroups: every group on every shard, optionally filtered by state
+//! (v4+) and type (v5+; all of Sluice's groups are "classic").
+
+use bytes::Bytes;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::{ListGroupsRequest, ListGroupsResponse};
+
+use super::{decode, str_bytes};
+use crate::broker::group::coordinator::{Coordinator, GroupListing};
+use crate::kafka::dispatch::Request;
+use crate::kafka::response::Response;
+
+const GROUP_TYPE: &str = "classic";
+
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+    let list: ListGroupsRequest = decode(request, body)?;
+    let mut listed: Vec<GroupListing> = Vec::new();
+    for shard in request.shard.shards.ids() {
+        let groups = request
+            .shard
+            .run_on(shard, |_| async move {
+                Coordinator::local().map(|coordinator| coordinator.list()).unwrap_or_default()
+            })
+            .await
+            .unwrap_or_default();
+        listed.extend(groups);
+    }
+    listed.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+    let states: Vec<String> = list
+        .states_filter
+        .iter()
+        .map(|state| state.to_lowercase())
+        .collect();
+    let types: Vec<String> = list.types_filter.iter().map(|kind| kind.to_lowercase()).collect();
+    let groups = listed
+        .into_iter()
+        .filter(|group| states.is_empty() || states.contains(&group.state.to_lowercase()))
+        .filter(|_| types.is_empty() || types.iter().any(|kind| kind == GROUP_TYPE))
+        .map(|group| {
+            ListedGroup::default()
+                .with_group_id(str_bytes(&group.group_id).into())
+                .with_protocol_type(str_bytes(&group.protocol_type))
+                .with_group_state(str_bytes(group.state))
+                .with_group_type(str_bytes(GROUP_TYPE))
+        })
+        .collect();
+    request.respond(&ListGroupsResponse::default().with_groups(groups))
+}

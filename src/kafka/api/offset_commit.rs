@@ -1,0 +1,92 @@
+//! OffsetCommit: store consumed positions, durably, in `__consumer_offsets`;
+//! answered after the fdatasync that covers them. Members must be of the
+//! current generation; clients that assign partitions themselves commit with
+//! generation -1 while the group has no members.
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
+
+use super::decode;
+use crate::broker::group::coordinator::now_ms;
+use crate::broker::group::membership::MemberClaim;
+use crate::broker::group::offsets::{CommittedOffset, TopicPartition};
+use crate::broker::group::on_coordinator;
+use crate::kafka::dispatch::Request;
+use crate::kafka::response::Response;
+
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+    let commit: OffsetCommitRequest = decode(request, body)?;
+    let group_id = commit.group_id.to_string();
+    let now = now_ms();
+    let offsets: Vec<(TopicPartition, CommittedOffset)> = commit
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic.partitions.iter().map(|partition| {
+                (
+                    TopicPartition {
+                        topic: topic.name.to_string(),
+                        partition: partition.partition_index,
+                    },
+                    CommittedOffset {
+                        offset: partition.committed_offset,
+                        leader_epoch: partition.committed_leader_epoch,
+                        metadata: partition
+                            .committed_metadata
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                        commit_timestamp_ms: now,
+                    },
+                )
+            })
+        })
+        .collect();
+    let keys: Vec<TopicPartition> = offsets.iter().map(|(key, _)| key.clone()).collect();
+    let codes = if group_id.is_empty() {
+        Err(ResponseError::InvalidGroupId.code())
+    } else {
+        let group = group_id.clone();
+        let member = commit.member_id.to_string();
+        let instance = commit.group_instance_id.as_ref().map(ToString::to_string);
+        let generation = commit.generation_id_or_member_epoch;
+        on_coordinator(request.shard, request.broker, &group_id, move |coordinator| async move {
+            let claim = MemberClaim {
+                member_id: &member,
+                instance_id: instance.as_deref(),
+                generation,
+            };
+            coordinator.commit(&group, &claim, offsets).await
+        })
+        .await
+        .and_then(|codes| codes)
+    };
+    let codes = match codes {
+        Ok(codes) => codes,
+        Err(code) => vec![code; keys.len()],
+    };
+    request.respond(&OffsetCommitResponse::default().with_topics(by_topic(&keys, &codes)))
+}
+
+/// Group per-partition codes under their topics, in request order.
+fn by_topic(keys: &[TopicPartition], codes: &[i16]) -> Vec<OffsetCommitResponseTopic> {
+    let mut topics: Vec<OffsetCommitResponseTopic> = Vec::new();
+    for (key, &code) in keys.iter().zip(codes) {
+        let partition = OffsetCommitResponsePartition::default()
+            .with_partition_index(key.partition)
+            .with_error_code(code);
+        match topics.last_mut() {
+            Some(topic) if topic.name.as_str() == key.topic => topic.partitions.push(partition),
+            _ => topics.push(
+                OffsetCommitResponseTopic::default()
+                    .with_name(super::str_bytes(&key.topic).into())
+                    .with_partitions(vec![partition]),
+            ),
+        }
+    }
+    topics
+}

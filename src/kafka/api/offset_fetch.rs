@@ -1,0 +1,135 @@
+//! OffsetFetch: committed offsets of chosen partitions, or of all of a
+//! group's partitions (topics = null); v8+ asks for several groups at once.
+//! A partition without a committed offset gets -1.
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse};
+
+use super::{decode, str_bytes};
+use crate::broker::group::offsets::{CommittedOffset, TopicPartition};
+use crate::broker::group::on_coordinator;
+use crate::kafka::dispatch::Request;
+use crate::kafka::response::Response;
+
+type Fetched = Vec<(TopicPartition, Option<CommittedOffset>)>;
+
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+    let fetch: OffsetFetchRequest = decode(request, body)?;
+    if request.version >= 8 {
+        let mut groups = Vec::with_capacity(fetch.groups.len());
+        for group in &fetch.groups {
+            let wanted = group.topics.as_ref().map(|topics| {
+                topics
+                    .iter()
+                    .flat_map(|topic| {
+                        topic.partition_indexes.iter().map(|&partition| TopicPartition {
+                            topic: topic.name.to_string(),
+                            partition,
+                        })
+                    })
+                    .collect()
+            });
+            let fetched = fetch_group(request, &group.group_id, wanted).await;
+            groups.push(group_response(&group.group_id, fetched));
+        }
+        return request.respond(&OffsetFetchResponse::default().with_groups(groups));
+    }
+    let wanted = fetch.topics.as_ref().map(|topics| {
+        topics
+            .iter()
+            .flat_map(|topic| {
+                topic.partition_indexes.iter().map(|&partition| TopicPartition {
+                    topic: topic.name.to_string(),
+                    partition,
+                })
+            })
+            .collect()
+    });
+    let response = match fetch_group(request, &fetch.group_id, wanted).await {
+        Ok(fetched) => OffsetFetchResponse::default().with_topics(topics_v7(fetched)),
+        Err(code) => OffsetFetchResponse::default().with_error_code(code),
+    };
+    request.respond(&response)
+}
+
+async fn fetch_group(
+    request: &Request<'_>,
+    group_id: &str,
+    wanted: Option<Vec<TopicPartition>>,
+) -> Result<Fetched, i16> {
+    if group_id.is_empty() {
+        return Err(ResponseError::InvalidGroupId.code());
+    }
+    let group = group_id.to_owned();
+    on_coordinator(request.shard, request.broker, group_id, move |coordinator| async move {
+        coordinator.fetch(&group, wanted)
+    })
+    .await
+}
+
+fn partition_values(value: Option<CommittedOffset>) -> (i64, i32, String) {
+    match value {
+        Some(value) => (value.offset, value.leader_epoch, value.metadata),
+        None => (-1, -1, String::new()),
+    }
+}
+
+fn topics_v7(fetched: Fetched) -> Vec<OffsetFetchResponseTopic> {
+    let mut topics: Vec<OffsetFetchResponseTopic> = Vec::new();
+    for (key, value) in fetched {
+        let (offset, epoch, metadata) = partition_values(value);
+        let partition = OffsetFetchResponsePartition::default()
+            .with_partition_index(key.partition)
+            .with_committed_offset(offset)
+            .with_committed_leader_epoch(epoch)
+            .with_metadata(Some(str_bytes(&metadata)));
+        match topics.last_mut() {
+            Some(topic) if topic.name.as_str() == key.topic => topic.partitions.push(partition),
+            _ => topics.push(
+                OffsetFetchResponseTopic::default()
+                    .with_name(str_bytes(&key.topic).into())
+                    .with_partitions(vec![partition]),
+            ),
+        }
+    }
+    topics
+}
+
+fn group_response(
+    group_id: &kafka_protocol::messages::GroupId,
+    fetched: Result<Fetched, i16>,
+) -> OffsetFetchResponseGroup {
+    let fetched = match fetched {
+        Ok(fetched) => fetched,
+        Err(code) => {
+            return OffsetFetchResponseGroup::default()
+                .with_group_id(group_id.clone())
+                .with_error_code(code);
+        }
+    };
+    let mut topics: Vec<OffsetFetchResponseTopics> = Vec::new();
+    for (key, value) in fetched {
+        let (offset, epoch, metadata) = partition_values(value);
+        let partition = OffsetFetchResponsePartitions::default()
+            .with_partition_index(key.partition)
+            .with_committed_offset(offset)
+            .with_committed_leader_epoch(epoch)
+            .with_metadata(Some(str_bytes(&metadata)));
+        match topics.last_mut() {
+            Some(topic) if topic.name.as_str() == key.topic => topic.partitions.push(partition),
+            _ => topics.push(
+                OffsetFetchResponseTopics::default()
+                    .with_name(str_bytes(&key.topic).into())
+                    .with_partitions(vec![partition]),
+            ),
+        }
+    }
+    OffsetFetchResponseGroup::default()
+        .with_group_id(group_id.clone())
+        .with_topics(topics)
+}
