@@ -6,6 +6,7 @@ mod kafka_clients;
 mod support;
 mod wire;
 
+mod consumer_groups;
 mod crash;
 mod io_backend;
 mod kafka_admin;

@@ -31,12 +31,12 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::records::RecordBatchDecoder;
 
+use super::OFFSETS_TOPIC;
 use super::membership::{
     Group, GroupLimits, GroupState, JoinRequest, JoinResult, MemberClaim, Reply, SyncRequest,
     SyncResult,
 };
 use super::offsets::{CommittedOffset, OffsetRecord, TopicPartition};
-use super::OFFSETS_TOPIC;
 use crate::broker::Broker;
 use crate::ids::{Offset, PartitionId};
 use crate::record_batch::{BatchBuilder, RecordSpec, ValidatedBatch};
@@ -48,7 +48,7 @@ const TICK_INTERVAL: Duration = Duration::from_millis(100);
 /// How often offsets of empty groups are checked for expiry.
 const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 /// How often offsets partitions are checked for a snapshot.
-const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// A snapshot is taken once superseded records outnumber live ones and
 /// there are at least this many of them...
 const SNAPSHOT_RECORDS_MIN: u64 = 10_000;
@@ -139,7 +139,9 @@ impl Coordinator {
     ) -> Result<compio::runtime::JoinHandle<()>, String> {
         let groups_config = &broker.config.groups;
         let limits = GroupLimits {
-            initial_rebalance_delay: Duration::from_millis(groups_config.initial_rebalance_delay_ms),
+            initial_rebalance_delay: Duration::from_millis(
+                groups_config.initial_rebalance_delay_ms,
+            ),
             session_timeout_min: Duration::from_millis(groups_config.session_timeout_min_ms),
             session_timeout_max: Duration::from_millis(groups_config.session_timeout_max_ms),
             members_max: groups_config.members_max as usize,
@@ -170,10 +172,17 @@ impl Coordinator {
         LOCAL.with(|local| local.borrow().clone())
     }
 
-
     fn replay(&self) -> Result<(), String> {
-        let Some(topic) = self.broker.metadata.snapshot().topic(OFFSETS_TOPIC).cloned() else {
-            return Err(format!("the {OFFSETS_TOPIC} topic is missing from the metadata"));
+        let Some(topic) = self
+            .broker
+            .metadata
+            .snapshot()
+            .topic(OFFSETS_TOPIC)
+            .cloned()
+        else {
+            return Err(format!(
+                "the {OFFSETS_TOPIC} topic is missing from the metadata"
+            ));
         };
         let started = Instant::now();
         let mut records = 0u64;
@@ -182,7 +191,9 @@ impl Coordinator {
                 continue;
             }
             let Some(id) = self.context.store.partition_id(OFFSETS_TOPIC, index) else {
-                return Err(format!("{OFFSETS_TOPIC}-{index} has no storage on this shard"));
+                return Err(format!(
+                    "{OFFSETS_TOPIC}-{index} has no storage on this shard"
+                ));
             };
             let replayed = self.replay_partition(index, id)?;
             records += replayed;
@@ -224,7 +235,10 @@ impl Coordinator {
             }
             for batch in &read.batches {
                 let bytes = crate::storage::read_batch_bytes(batch).map_err(|error| {
-                    format!("cannot read {OFFSETS_TOPIC}-{index} at {}: {error}", batch.base_offset.0)
+                    format!(
+                        "cannot read {OFFSETS_TOPIC}-{index} at {}: {error}",
+                        batch.base_offset.0
+                    )
                 })?;
                 records += self.replay_batch(index, Bytes::from(bytes));
                 next = Offset(batch.last_offset.0 + 1);
@@ -452,7 +466,11 @@ impl Coordinator {
         GroupDescription {
             state: group.state.name().to_owned(),
             protocol_type: group.protocol_type.clone().unwrap_or_default(),
-            protocol_name: if stable { protocol.clone() } else { String::new() },
+            protocol_name: if stable {
+                protocol.clone()
+            } else {
+                String::new()
+            },
             members: group
                 .members()
                 .map(|member| MemberDescription {
@@ -633,7 +651,10 @@ impl Coordinator {
             return commit_error_code(&error);
         }
         let mut groups = self.groups.borrow_mut();
-        if groups.get(group_id).is_some_and(|group| !group.has_members()) {
+        if groups
+            .get(group_id)
+            .is_some_and(|group| !group.has_members())
+        {
             groups.remove(group_id);
         }
         tracing::info!(group = group_id, "deleted group");
@@ -682,7 +703,10 @@ impl Coordinator {
         }
         let mut by_group: BTreeMap<String, Vec<OffsetRecord>> = BTreeMap::new();
         for record in expired {
-            by_group.entry(record.group.clone()).or_default().push(record);
+            by_group
+                .entry(record.group.clone())
+                .or_default()
+                .push(record);
         }
         for (group, records) in by_group {
             let count = records.len();
@@ -700,8 +724,9 @@ impl Coordinator {
         let due: Vec<(u32, PartitionId)> = {
             let mut live: HashMap<u32, u64> = HashMap::new();
             for group in self.groups.borrow().values() {
-                *live.entry(offsets_partition(&group.id, partitions)).or_default() +=
-                    group.offsets.len() as u64;
+                *live
+                    .entry(offsets_partition(&group.id, partitions))
+                    .or_default() += group.offsets.len() as u64;
             }
             self.logs
                 .borrow()
@@ -722,7 +747,12 @@ impl Coordinator {
         }
     }
 
-    async fn snapshot(&self, index: u32, id: PartitionId, partitions: u32) -> Result<(), AppendError> {
+    async fn snapshot(
+        &self,
+        index: u32,
+        id: PartitionId,
+        partitions: u32,
+    ) -> Result<(), AppendError> {
         let (receipt, start, live) = {
             let _writing = self.writer.lock().await;
             let live: Vec<OffsetRecord> = self
@@ -758,7 +788,12 @@ impl Coordinator {
             log.records_since_snapshot = live as u64;
             log.last_snapshot = Instant::now();
         }
-        tracing::debug!(partition = index, live, log_start = start.0, "offsets snapshot");
+        tracing::debug!(
+            partition = index,
+            live,
+            log_start = start.0,
+            "offsets snapshot"
+        );
         Ok(())
     }
 }

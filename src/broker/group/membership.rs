@@ -264,7 +264,12 @@ impl Group {
         })
     }
 
-    pub fn join(&mut self, request: JoinRequest, limits: &GroupLimits, now: Instant) -> Reply<JoinResult> {
+    pub fn join(
+        &mut self,
+        request: JoinRequest,
+        limits: &GroupLimits,
+        now: Instant,
+    ) -> Reply<JoinResult> {
         if request.protocol_type.is_empty() || request.protocols.is_empty() {
             return Reply::Now(JoinResult::error(
                 ResponseError::InconsistentGroupProtocol,
@@ -309,7 +314,12 @@ impl Group {
         self.rejoin(request, limits, now)
     }
 
-    fn join_new(&mut self, request: JoinRequest, limits: &GroupLimits, now: Instant) -> Reply<JoinResult> {
+    fn join_new(
+        &mut self,
+        request: JoinRequest,
+        limits: &GroupLimits,
+        now: Instant,
+    ) -> Reply<JoinResult> {
         if let Some(instance) = request.instance_id.clone() {
             if let Some(old_id) = self.static_member_id(&instance) {
                 return self.replace_static_member(&old_id, request, limits, now);
@@ -322,7 +332,10 @@ impl Group {
         if request.requires_known_member_id && request.instance_id.is_none() {
             self.pending
                 .insert(member_id.clone(), (now, request.session_timeout));
-            return Reply::Now(JoinResult::error(ResponseError::MemberIdRequired, &member_id));
+            return Reply::Now(JoinResult::error(
+                ResponseError::MemberIdRequired,
+                &member_id,
+            ));
         }
         self.add_and_rebalance(member_id, request, limits, now)
     }
@@ -407,7 +420,12 @@ impl Group {
         Reply::Later(receiver)
     }
 
-    fn rejoin(&mut self, request: JoinRequest, limits: &GroupLimits, now: Instant) -> Reply<JoinResult> {
+    fn rejoin(
+        &mut self,
+        request: JoinRequest,
+        limits: &GroupLimits,
+        now: Instant,
+    ) -> Reply<JoinResult> {
         let is_leader = self.leader.as_deref() == Some(request.member_id.as_str());
         let state = self.state;
         let member = self
@@ -466,6 +484,7 @@ impl Group {
         if self.state == GroupState::Empty {
             self.initial_delay_until = Some((now + limits.initial_rebalance_delay).min(deadline));
         }
+        tracing::info!(group = %self.id, generation = self.generation, "rebalance started");
         self.state = GroupState::PreparingRebalance;
     }
 
@@ -476,7 +495,9 @@ impl Group {
         if self.state != GroupState::PreparingRebalance {
             return false;
         }
-        let deadline_passed = self.rebalance_deadline.is_some_and(|deadline| now >= deadline);
+        let deadline_passed = self
+            .rebalance_deadline
+            .is_some_and(|deadline| now >= deadline);
         let delay_over = self.initial_delay_until.is_none_or(|until| now >= until);
         let all_joined = self.pending.is_empty()
             && self
@@ -486,7 +507,8 @@ impl Group {
         if !deadline_passed && !(all_joined && delay_over) {
             return false;
         }
-        self.members.retain(|_, member| member.join_waiter.is_some());
+        self.members
+            .retain(|_, member| member.join_waiter.is_some());
         self.initial_delay_until = None;
         self.rebalance_deadline = None;
         self.generation += 1;
@@ -504,7 +526,19 @@ impl Group {
         }
         self.state = GroupState::CompletingRebalance;
         let leader = self.leader.clone().unwrap_or_default();
-        let ids: Vec<String> = self.members.values().map(|member| member.id.clone()).collect();
+        tracing::info!(
+            group = %self.id,
+            generation = self.generation,
+            members = self.members.len(),
+            protocol = self.protocol_name.as_deref().unwrap_or(""),
+            %leader,
+            "group joined; waiting for the leader's assignment"
+        );
+        let ids: Vec<String> = self
+            .members
+            .values()
+            .map(|member| member.id.clone())
+            .collect();
         for id in ids {
             let result = self.current_join_result(&id, id == leader);
             let member = self.member_mut(&id).expect("listed");
@@ -657,7 +691,11 @@ impl Group {
         self.state = GroupState::Stable;
     }
 
-    pub fn heartbeat(&mut self, claim: &MemberClaim<'_>, now: Instant) -> Result<(), ResponseError> {
+    pub fn heartbeat(
+        &mut self,
+        claim: &MemberClaim<'_>,
+        now: Instant,
+    ) -> Result<(), ResponseError> {
         if self.state == GroupState::Empty {
             return Err(ResponseError::UnknownMemberId);
         }
@@ -710,7 +748,10 @@ impl Group {
     fn remove_member(&mut self, key: u64) {
         if let Some(mut member) = self.members.remove(&key) {
             if let Some(waiter) = member.join_waiter.take() {
-                let _ = waiter.send(JoinResult::error(ResponseError::UnknownMemberId, &member.id));
+                let _ = waiter.send(JoinResult::error(
+                    ResponseError::UnknownMemberId,
+                    &member.id,
+                ));
             }
             if let Some(waiter) = member.sync_waiter.take() {
                 let _ = waiter.send(SyncResult::error(ResponseError::UnknownMemberId));
@@ -807,7 +848,13 @@ fn decode_subscription(metadata: &mut Bytes) -> Option<Vec<String>> {
     }
     let version = metadata.get_i16();
     let subscription = ConsumerProtocolSubscription::decode(metadata, version.clamp(0, 3)).ok()?;
-    Some(subscription.topics.iter().map(ToString::to_string).collect())
+    Some(
+        subscription
+            .topics
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    )
 }
 
 /// `client-id-<uuid>` for dynamic members, `instance-id-<uuid>` for static

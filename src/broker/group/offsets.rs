@@ -121,7 +121,9 @@ fn decode_value(bytes: &[u8]) -> Result<CommittedOffset, String> {
     let mut value = Bytes::copy_from_slice(bytes);
     let version = get_i16(&mut value)?;
     if version != VALUE_VERSION {
-        return Err(format!("offset value version {version} (expected {VALUE_VERSION})"));
+        return Err(format!(
+            "offset value version {version} (expected {VALUE_VERSION})"
+        ));
     }
     Ok(CommittedOffset {
         offset: get_i64(&mut value)?,

@@ -18,9 +18,12 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
             ResponseError::InvalidGroupId.code()
         } else {
             let group = group_id.to_string();
-            on_coordinator(request.shard, request.broker, group_id, move |coordinator| async move {
-                coordinator.delete_group(&group).await
-            })
+            on_coordinator(
+                request.shard,
+                request.broker,
+                group_id,
+                move |coordinator| async move { coordinator.delete_group(&group).await },
+            )
             .await
             .unwrap_or_else(|code| code)
         };

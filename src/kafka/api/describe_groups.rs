@@ -15,9 +15,12 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
     let mut described = Vec::with_capacity(describe.groups.len());
     for group_id in &describe.groups {
         let group = group_id.to_string();
-        let result = on_coordinator(request.shard, request.broker, group_id, move |coordinator| async move {
-            coordinator.describe(&group)
-        })
+        let result = on_coordinator(
+            request.shard,
+            request.broker,
+            group_id,
+            move |coordinator| async move { coordinator.describe(&group) },
+        )
         .await;
         let entry = DescribedGroup::default()
             .with_group_id(group_id.clone())
@@ -35,7 +38,9 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
                         .map(|member| {
                             DescribedGroupMember::default()
                                 .with_member_id(str_bytes(&member.member_id))
-                                .with_group_instance_id(member.instance_id.as_deref().map(str_bytes))
+                                .with_group_instance_id(
+                                    member.instance_id.as_deref().map(str_bytes),
+                                )
                                 .with_client_id(str_bytes(&member.client_id))
                                 .with_client_host(str_bytes(&member.client_host))
                                 .with_member_metadata(member.metadata)

@@ -19,16 +19,24 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
     } else {
         let group = group_id.clone();
         let member = heartbeat.member_id.to_string();
-        let instance = heartbeat.group_instance_id.as_ref().map(ToString::to_string);
+        let instance = heartbeat
+            .group_instance_id
+            .as_ref()
+            .map(ToString::to_string);
         let generation = heartbeat.generation_id;
-        on_coordinator(request.shard, request.broker, &group_id, move |coordinator| async move {
-            let claim = MemberClaim {
-                member_id: &member,
-                instance_id: instance.as_deref(),
-                generation,
-            };
-            coordinator.heartbeat(&group, &claim)
-        })
+        on_coordinator(
+            request.shard,
+            request.broker,
+            &group_id,
+            move |coordinator| async move {
+                let claim = MemberClaim {
+                    member_id: &member,
+                    instance_id: instance.as_deref(),
+                    generation,
+                };
+                coordinator.heartbeat(&group, &claim)
+            },
+        )
         .await
         .unwrap_or_else(|code| code)
     };

@@ -50,9 +50,12 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
         requires_known_member_id: request.version >= 4,
     };
     let group = group_id.clone();
-    let result = on_coordinator(request.shard, request.broker, &group_id, move |coordinator| async move {
-        coordinator.join(&group, joining).await
-    })
+    let result = on_coordinator(
+        request.shard,
+        request.broker,
+        &group_id,
+        move |coordinator| async move { coordinator.join(&group, joining).await },
+    )
     .await;
     let result = match result {
         Ok(result) => result,

@@ -35,9 +35,12 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
     };
     let group = group_id.clone();
     let asked = departures.clone();
-    let codes = on_coordinator(request.shard, request.broker, &group_id, move |coordinator| async move {
-        coordinator.leave(&group, &asked)
-    })
+    let codes = on_coordinator(
+        request.shard,
+        request.broker,
+        &group_id,
+        move |coordinator| async move { coordinator.leave(&group, &asked) },
+    )
     .await;
     let response = match codes {
         Err(code) => LeaveGroupResponse::default().with_error_code(code),
@@ -53,7 +56,9 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
                 })
                 .collect(),
         ),
-        Ok(codes) => LeaveGroupResponse::default().with_error_code(codes.first().copied().unwrap_or(0)),
+        Ok(codes) => {
+            LeaveGroupResponse::default().with_error_code(codes.first().copied().unwrap_or(0))
+        }
     };
     request.respond(&response)
 }

@@ -19,7 +19,9 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
         let groups = request
             .shard
             .run_on(shard, |_| async move {
-                Coordinator::local().map(|coordinator| coordinator.list()).unwrap_or_default()
+                Coordinator::local()
+                    .map(|coordinator| coordinator.list())
+                    .unwrap_or_default()
             })
             .await
             .unwrap_or_default();
@@ -31,7 +33,11 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
         .iter()
         .map(|state| state.to_lowercase())
         .collect();
-    let types: Vec<String> = list.types_filter.iter().map(|kind| kind.to_lowercase()).collect();
+    let types: Vec<String> = list
+        .types_filter
+        .iter()
+        .map(|kind| kind.to_lowercase())
+        .collect();
     let groups = listed
         .into_iter()
         .filter(|group| states.is_empty() || states.contains(&group.state.to_lowercase()))

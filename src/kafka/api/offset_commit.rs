@@ -54,14 +54,19 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
         let member = commit.member_id.to_string();
         let instance = commit.group_instance_id.as_ref().map(ToString::to_string);
         let generation = commit.generation_id_or_member_epoch;
-        on_coordinator(request.shard, request.broker, &group_id, move |coordinator| async move {
-            let claim = MemberClaim {
-                member_id: &member,
-                instance_id: instance.as_deref(),
-                generation,
-            };
-            coordinator.commit(&group, &claim, offsets).await
-        })
+        on_coordinator(
+            request.shard,
+            request.broker,
+            &group_id,
+            move |coordinator| async move {
+                let claim = MemberClaim {
+                    member_id: &member,
+                    instance_id: instance.as_deref(),
+                    generation,
+                };
+                coordinator.commit(&group, &claim, offsets).await
+            },
+        )
         .await
         .and_then(|codes| codes)
     };

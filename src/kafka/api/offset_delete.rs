@@ -32,9 +32,12 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
     } else {
         let group = group_id.clone();
         let asked = keys.clone();
-        on_coordinator(request.shard, request.broker, &group_id, move |coordinator| async move {
-            coordinator.delete_offsets(&group, asked).await
-        })
+        on_coordinator(
+            request.shard,
+            request.broker,
+            &group_id,
+            move |coordinator| async move { coordinator.delete_offsets(&group, asked).await },
+        )
         .await
         .and_then(|codes| codes)
     };

@@ -27,10 +27,13 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
                 topics
                     .iter()
                     .flat_map(|topic| {
-                        topic.partition_indexes.iter().map(|&partition| TopicPartition {
-                            topic: topic.name.to_string(),
-                            partition,
-                        })
+                        topic
+                            .partition_indexes
+                            .iter()
+                            .map(|&partition| TopicPartition {
+                                topic: topic.name.to_string(),
+                                partition,
+                            })
                     })
                     .collect()
             });
@@ -43,10 +46,13 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
         topics
             .iter()
             .flat_map(|topic| {
-                topic.partition_indexes.iter().map(|&partition| TopicPartition {
-                    topic: topic.name.to_string(),
-                    partition,
-                })
+                topic
+                    .partition_indexes
+                    .iter()
+                    .map(|&partition| TopicPartition {
+                        topic: topic.name.to_string(),
+                        partition,
+                    })
             })
             .collect()
     });
@@ -66,9 +72,12 @@ async fn fetch_group(
         return Err(ResponseError::InvalidGroupId.code());
     }
     let group = group_id.to_owned();
-    on_coordinator(request.shard, request.broker, group_id, move |coordinator| async move {
-        coordinator.fetch(&group, wanted)
-    })
+    on_coordinator(
+        request.shard,
+        request.broker,
+        group_id,
+        move |coordinator| async move { coordinator.fetch(&group, wanted) },
+    )
     .await
 }
 

@@ -28,13 +28,21 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
         assignments: sync
             .assignments
             .iter()
-            .map(|assignment| (assignment.member_id.to_string(), assignment.assignment.clone()))
+            .map(|assignment| {
+                (
+                    assignment.member_id.to_string(),
+                    assignment.assignment.clone(),
+                )
+            })
             .collect(),
     };
     let group = group_id.clone();
-    let result = on_coordinator(request.shard, request.broker, &group_id, move |coordinator| async move {
-        coordinator.sync(&group, syncing).await
-    })
+    let result = on_coordinator(
+        request.shard,
+        request.broker,
+        &group_id,
+        move |coordinator| async move { coordinator.sync(&group, syncing).await },
+    )
     .await;
     let response = match result {
         Ok(result) => SyncGroupResponse::default()
