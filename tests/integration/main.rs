@@ -8,6 +8,7 @@ mod wire;
 
 mod consumer_groups;
 mod crash;
+mod group_protocol;
 mod io_backend;
 mod kafka_admin;
 mod kafka_bad_input;
