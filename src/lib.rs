@@ -8,7 +8,9 @@
 //! log, consume queues, recovery, retention), [`shard`] (threads, pinning,
 //! mailboxes), and the binary's `serve` command on top.
 
+pub mod admin;
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod data_dir;
 pub mod ids;

@@ -1,4 +1,5 @@
-//! The `sluice` command: `sluice serve` runs the broker.
+//! The `sluice` command: `sluice serve` runs the broker; `sluice topics` and
+//! `sluice groups` administer a running one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +33,83 @@ struct Cli {
 enum Command {
     /// Run the broker until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// List, create, describe and delete topics on a running broker.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+        /// Broker addresses, HOST:PORT[,HOST:PORT…].
+        #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+        brokers: String,
+    },
+    /// List, describe and delete consumer groups; reset their offsets.
+    Groups {
+        #[command(subcommand)]
+        command: GroupsCommand,
+        /// Broker addresses, HOST:PORT[,HOST:PORT…].
+        #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+        brokers: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Every topic and its partition count.
+    List,
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long, short = 'p', default_value_t = 1)]
+        partitions: i32,
+        /// Topic config, KEY=VALUE (repeatable), e.g. retention.ms=3600000.
+        #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+    },
+    /// Partitions with their log start and end, and the configs set on the topic.
+    Describe { name: String },
+    /// Delete a topic and its data.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum GroupsCommand {
+    /// Every group with its state.
+    List,
+    /// A group's members, committed offsets and lag per partition.
+    Describe { group: String },
+    /// Delete a group without members, with its committed offsets.
+    Delete { group: String },
+    /// Move a group's committed offsets (the group must have no members).
+    /// A dry run unless --execute.
+    ResetOffsets(ResetArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("to").required(true).args(["to_earliest", "to_latest", "to_offset", "to_datetime", "shift_by"])))]
+#[command(group(clap::ArgGroup::new("scope").required(true).args(["topic", "all_topics"])))]
+struct ResetArgs {
+    group: String,
+    /// Topic to reset (repeatable).
+    #[arg(long)]
+    topic: Vec<String>,
+    /// Every topic the group has committed offsets for.
+    #[arg(long)]
+    all_topics: bool,
+    #[arg(long)]
+    to_earliest: bool,
+    #[arg(long)]
+    to_latest: bool,
+    #[arg(long, value_name = "OFFSET")]
+    to_offset: Option<i64>,
+    /// RFC 3339 time (2026-11-21T10:00:00Z) or epoch milliseconds: the first
+    /// record at or after it.
+    #[arg(long, value_name = "TIME")]
+    to_datetime: Option<String>,
+    /// Move by N records (negative: back), from the committed offset.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    shift_by: Option<i64>,
+    /// Commit the new offsets (without it, only print them).
+    #[arg(long)]
+    execute: bool,
 }
 
 #[derive(clap::Args)]
@@ -72,6 +150,74 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Topics { command, brokers } => admin_exit(topics(&brokers, command)),
+        Command::Groups { command, brokers } => admin_exit(groups(&brokers, command)),
+    }
+}
+
+fn admin_exit(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn topics(brokers: &str, command: TopicsCommand) -> Result<(), String> {
+    use sluice::admin::topics;
+    match command {
+        TopicsCommand::List => topics::list(brokers),
+        TopicsCommand::Create {
+            name,
+            partitions,
+            configs,
+        } => {
+            let configs = configs
+                .iter()
+                .map(|pair| {
+                    pair.split_once('=')
+                        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                        .ok_or_else(|| format!("--config {pair:?}: expected KEY=VALUE"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            topics::create(brokers, &name, partitions, &configs)
+        }
+        TopicsCommand::Describe { name } => topics::describe(brokers, &name),
+        TopicsCommand::Delete { name } => topics::delete(brokers, &name),
+    }
+}
+
+fn groups(brokers: &str, command: GroupsCommand) -> Result<(), String> {
+    use sluice::admin::groups::{self, ResetRequest, ResetTo};
+    match command {
+        GroupsCommand::List => groups::list(brokers),
+        GroupsCommand::Describe { group } => groups::describe(brokers, &group),
+        GroupsCommand::Delete { group } => groups::delete(brokers, &group),
+        GroupsCommand::ResetOffsets(args) => {
+            let to = if args.to_earliest {
+                ResetTo::Earliest
+            } else if args.to_latest {
+                ResetTo::Latest
+            } else if let Some(offset) = args.to_offset {
+                ResetTo::Offset(offset)
+            } else if let Some(time) = &args.to_datetime {
+                ResetTo::TimestampMs(sluice::admin::datetime::parse_ms(time)?)
+            } else {
+                ResetTo::ShiftBy(args.shift_by.unwrap_or(0))
+            };
+            groups::reset_offsets(
+                brokers,
+                &ResetRequest {
+                    group: &args.group,
+                    topics: &args.topic,
+                    all_topics: args.all_topics,
+                    to,
+                    execute: args.execute,
+                },
+            )
+        }
     }
 }
 

@@ -495,3 +495,88 @@ pub fn committed_offsets(address: &str, group: &str, topic: &str, partitions: i3
         .map(|partition| by_partition[&partition])
         .collect()
 }
+
+/// Run the `sluice` admin command; returns (success, stdout + stderr).
+fn sluice_admin(address: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .args(["--brokers", address])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn reset_offsets_to_a_time_redelivers_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path());
+    let (ok, out) = sluice_admin(&broker.address, &["topics", "create", "replay", "-p", "2"]);
+    assert!(ok, "{out}");
+    let before = produce(&broker.address, "replay", 2, "before", 100);
+    std::thread::sleep(Duration::from_millis(100));
+    let boundary_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(100));
+    let after = produce(&broker.address, "replay", 2, "after", 100);
+
+    let received: Received = Arc::default();
+    let member = Member::start(&broker.address, "replayers", "replay", "r1", &received, &[]);
+    let everything: BTreeSet<Vec<u8>> = before.union(&after).cloned().collect();
+    wait_for_all(&received, &everything, Duration::from_secs(30));
+    let reset = [
+        "groups",
+        "reset-offsets",
+        "replayers",
+        "--topic",
+        "replay",
+        "--to-datetime",
+        &boundary_ms,
+        "--execute",
+    ];
+    let (ok, out) = sluice_admin(&broker.address, &reset);
+    assert!(!ok && out.contains("stop its consumers first"), "{out}");
+    member.leave();
+
+    let (ok, out) = sluice_admin(&broker.address, &["groups", "describe", "replayers"]);
+    assert!(ok && out.contains("TOTAL-LAG 0"), "{out}");
+    let (ok, out) = sluice_admin(&broker.address, &reset);
+    assert!(ok && out.contains("committed new offsets"), "{out}");
+    let (ok, out) = sluice_admin(&broker.address, &["groups", "describe", "replayers"]);
+    assert!(ok && out.contains("TOTAL-LAG 100"), "{out}");
+
+    // The group now starts from the first record at or after the time.
+    let replayed: Received = Arc::default();
+    let member = Member::start(&broker.address, "replayers", "replay", "r2", &replayed, &[]);
+    wait_for_all(&replayed, &after, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    member.leave();
+    let got: BTreeSet<Vec<u8>> = replayed
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, _, _, payload)| payload.clone())
+        .collect();
+    assert_eq!(
+        got, after,
+        "exactly the records after the time were redelivered"
+    );
+
+    let (ok, out) = sluice_admin(&broker.address, &["groups", "list"]);
+    assert!(ok && out.contains("replayers"), "{out}");
+    let (ok, out) = sluice_admin(&broker.address, &["topics", "describe", "replay"]);
+    assert!(ok && out.contains("PARTITIONS  2"), "{out}");
+    let (ok, out) = sluice_admin(&broker.address, &["groups", "delete", "replayers"]);
+    assert!(ok, "{out}");
+    let (ok, out) = sluice_admin(&broker.address, &["topics", "delete", "replay"]);
+    assert!(ok, "{out}");
+    let (ok, out) = sluice_admin(&broker.address, &["topics", "list"]);
+    assert!(ok && !out.contains("replay"), "{out}");
+}

@@ -1,0 +1,398 @@
+//! `sluice groups list|describe|delete|reset-offsets`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
+use kafka_protocol::messages::{
+    ConsumerProtocolAssignment, DeleteGroupsRequest, DescribeGroupsRequest, GroupId,
+    ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+
+use super::offsets::{self, EARLIEST, LATEST, PartitionKey};
+use super::table::Table;
+use super::{AdminResult, describe_error};
+use crate::client::KafkaClient;
+
+fn text(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_owned())
+}
+
+fn connect(brokers: &str) -> Result<KafkaClient, String> {
+    KafkaClient::connect(brokers).map_err(|error| error.to_string())
+}
+
+pub fn list(brokers: &str) -> AdminResult {
+    let mut client = connect(brokers)?;
+    let response = client
+        .call(&ListGroupsRequest::default())
+        .map_err(|error| error.to_string())?;
+    if response.error_code != 0 {
+        return Err(describe_error(response.error_code, None));
+    }
+    let mut table = Table::new(&["GROUP", "STATE", "PROTOCOL-TYPE"]);
+    let mut groups: Vec<_> = response.groups.iter().collect();
+    groups.sort_by(|a, b| a.group_id.as_str().cmp(b.group_id.as_str()));
+    for group in groups {
+        table.row(vec![
+            group.group_id.to_string(),
+            group.group_state.to_string(),
+            group.protocol_type.to_string(),
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+/// Who holds a partition: (member id, client id, host).
+type Holder = (String, String, String);
+
+struct GroupView {
+    state: String,
+    protocol: String,
+    members: usize,
+    holders: BTreeMap<PartitionKey, Holder>,
+}
+
+fn describe_group(client: &mut KafkaClient, group: &str) -> Result<GroupView, String> {
+    let response = client
+        .call(&DescribeGroupsRequest::default().with_groups(vec![GroupId(text(group))]))
+        .map_err(|error| error.to_string())?;
+    let described = response
+        .groups
+        .first()
+        .ok_or("empty DescribeGroups response")?;
+    if described.error_code != 0 {
+        return Err(format!(
+            "group {group}: {}",
+            describe_error(described.error_code, None)
+        ));
+    }
+    let mut holders = BTreeMap::new();
+    for member in &described.members {
+        for key in assigned_partitions(&member.member_assignment) {
+            holders.insert(
+                key,
+                (
+                    member.member_id.to_string(),
+                    member.client_id.to_string(),
+                    member.client_host.to_string(),
+                ),
+            );
+        }
+    }
+    Ok(GroupView {
+        state: described.group_state.to_string(),
+        protocol: described.protocol_data.to_string(),
+        members: described.members.len(),
+        holders,
+    })
+}
+
+/// The partitions in a consumer-protocol assignment (empty if it is not one).
+fn assigned_partitions(assignment: &Bytes) -> Vec<PartitionKey> {
+    let mut bytes = assignment.clone();
+    if bytes.remaining() < 2 {
+        return Vec::new();
+    }
+    let version = bytes.get_i16().clamp(0, 3);
+    let Ok(decoded) = ConsumerProtocolAssignment::decode(&mut bytes, version) else {
+        return Vec::new();
+    };
+    decoded
+        .assigned_partitions
+        .iter()
+        .flat_map(|topic| {
+            topic
+                .partitions
+                .iter()
+                .map(|&partition| (topic.topic.to_string(), partition))
+        })
+        .collect()
+}
+
+/// The group's committed offsets (all partitions).
+fn committed(client: &mut KafkaClient, group: &str) -> Result<BTreeMap<PartitionKey, i64>, String> {
+    let version = client
+        .version_of::<OffsetFetchRequest>()
+        .map_err(|error| error.to_string())?;
+    let mut request = OffsetFetchRequest::default();
+    if version >= 8 {
+        request.groups = vec![
+            OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(text(group)))
+                .with_topics(None),
+        ];
+    } else {
+        request.group_id = GroupId(text(group));
+        request.topics = None;
+    }
+    let response = client
+        .call_at(&request, version)
+        .map_err(|error| error.to_string())?;
+    let mut offsets = BTreeMap::new();
+    if version >= 8 {
+        for fetched in &response.groups {
+            if fetched.error_code != 0 {
+                return Err(format!(
+                    "group {group}: {}",
+                    describe_error(fetched.error_code, None)
+                ));
+            }
+            for topic in &fetched.topics {
+                for partition in &topic.partitions {
+                    offsets.insert(
+                        (topic.name.to_string(), partition.partition_index),
+                        partition.committed_offset,
+                    );
+                }
+            }
+        }
+    } else {
+        if response.error_code != 0 {
+            return Err(format!(
+                "group {group}: {}",
+                describe_error(response.error_code, None)
+            ));
+        }
+        for topic in &response.topics {
+            for partition in &topic.partitions {
+                offsets.insert(
+                    (topic.name.to_string(), partition.partition_index),
+                    partition.committed_offset,
+                );
+            }
+        }
+    }
+    Ok(offsets)
+}
+
+pub fn describe(brokers: &str, group: &str) -> AdminResult {
+    let mut client = connect(brokers)?;
+    let view = describe_group(&mut client, group)?;
+    let committed = committed(&mut client, group)?;
+    if view.state == "Dead" && committed.is_empty() {
+        return Err(format!("group {group} does not exist"));
+    }
+    println!("GROUP     {group}");
+    println!("STATE     {}", view.state);
+    println!(
+        "PROTOCOL  {}",
+        if view.protocol.is_empty() {
+            "-"
+        } else {
+            &view.protocol
+        }
+    );
+    println!("MEMBERS   {}", view.members);
+    let partitions: BTreeSet<PartitionKey> = committed
+        .keys()
+        .chain(view.holders.keys())
+        .cloned()
+        .collect();
+    let partitions: Vec<PartitionKey> = partitions.into_iter().collect();
+    let ends = if partitions.is_empty() {
+        BTreeMap::new()
+    } else {
+        offsets::list_offsets(&mut client, &partitions, LATEST)?
+    };
+    let mut table = Table::new(&[
+        "TOPIC",
+        "PARTITION",
+        "CURRENT-OFFSET",
+        "LOG-END-OFFSET",
+        "LAG",
+        "MEMBER-ID",
+        "CLIENT-ID",
+        "HOST",
+    ]);
+    let mut total_lag = 0;
+    for key in &partitions {
+        let current = committed.get(key).copied().filter(|offset| *offset >= 0);
+        let end = ends.get(key).copied().unwrap_or(-1);
+        let lag = current.map(|current| (end - current).max(0));
+        total_lag += lag.unwrap_or(0);
+        let (member, client_id, host) = view.holders.get(key).cloned().unwrap_or_default();
+        let dash = |value: String| {
+            if value.is_empty() {
+                "-".to_owned()
+            } else {
+                value
+            }
+        };
+        table.row(vec![
+            key.0.clone(),
+            key.1.to_string(),
+            current.map_or("-".to_owned(), |offset| offset.to_string()),
+            end.to_string(),
+            lag.map_or("-".to_owned(), |lag| lag.to_string()),
+            dash(member),
+            dash(client_id),
+            dash(host),
+        ]);
+    }
+    println!("TOTAL-LAG {total_lag}");
+    println!();
+    print!("{}", table.render());
+    Ok(())
+}
+
+pub fn delete(brokers: &str, group: &str) -> AdminResult {
+    let mut client = connect(brokers)?;
+    let response = client
+        .call(&DeleteGroupsRequest::default().with_groups_names(vec![GroupId(text(group))]))
+        .map_err(|error| error.to_string())?;
+    let result = response
+        .results
+        .first()
+        .ok_or("empty DeleteGroups response")?;
+    if result.error_code != 0 {
+        return Err(format!(
+            "cannot delete group {group}: {}",
+            describe_error(result.error_code, None)
+        ));
+    }
+    println!("deleted group {group}");
+    Ok(())
+}
+
+/// Where `reset-offsets` moves each partition.
+#[derive(Clone, Copy, Debug)]
+pub enum ResetTo {
+    Earliest,
+    Latest,
+    Offset(i64),
+    TimestampMs(i64),
+    ShiftBy(i64),
+}
+
+pub struct ResetRequest<'a> {
+    pub group: &'a str,
+    /// Topics to reset; empty with `all_topics` means every topic the group
+    /// has committed offsets for.
+    pub topics: &'a [String],
+    pub all_topics: bool,
+    pub to: ResetTo,
+    pub execute: bool,
+}
+
+pub fn reset_offsets(brokers: &str, reset: &ResetRequest<'_>) -> AdminResult {
+    let mut client = connect(brokers)?;
+    let view = describe_group(&mut client, reset.group)?;
+    if reset.execute && view.state != "Empty" && view.state != "Dead" {
+        return Err(format!(
+            "group {} is {} with {} members: stop its consumers first (offsets can only be reset while the group is empty)",
+            reset.group, view.state, view.members
+        ));
+    }
+    let committed = committed(&mut client, reset.group)?;
+    let topics: Vec<String> = if reset.all_topics {
+        committed
+            .keys()
+            .map(|(topic, _)| topic.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    } else {
+        reset.topics.to_vec()
+    };
+    if topics.is_empty() {
+        return Err("name the topics with --topic, or use --all-topics".to_owned());
+    }
+    let counts = offsets::partition_counts(&mut client, &topics)?;
+    let partitions: Vec<PartitionKey> = counts
+        .iter()
+        .flat_map(|(topic, &count)| (0..count).map(move |partition| (topic.clone(), partition)))
+        .collect();
+    let starts = offsets::list_offsets(&mut client, &partitions, EARLIEST)?;
+    let ends = offsets::list_offsets(&mut client, &partitions, LATEST)?;
+    let by_time = match reset.to {
+        ResetTo::TimestampMs(ms) => Some(offsets::list_offsets(&mut client, &partitions, ms)?),
+        _ => None,
+    };
+    let mut plan: Vec<(PartitionKey, Option<i64>, i64)> = Vec::new();
+    for key in &partitions {
+        let start = starts.get(key).copied().unwrap_or(0);
+        let end = ends.get(key).copied().unwrap_or(0);
+        let current = committed.get(key).copied().filter(|offset| *offset >= 0);
+        let target = match reset.to {
+            ResetTo::Earliest => start,
+            ResetTo::Latest => end,
+            ResetTo::Offset(offset) => offset,
+            ResetTo::TimestampMs(_) => by_time
+                .as_ref()
+                .and_then(|found| found.get(key).copied())
+                .filter(|offset| *offset >= 0)
+                .unwrap_or(end),
+            ResetTo::ShiftBy(delta) => current.unwrap_or(start).saturating_add(delta),
+        };
+        plan.push((key.clone(), current, target.clamp(start, end)));
+    }
+    let mut table = Table::new(&["TOPIC", "PARTITION", "CURRENT-OFFSET", "NEW-OFFSET"]);
+    for ((topic, partition), current, target) in &plan {
+        table.row(vec![
+            topic.clone(),
+            partition.to_string(),
+            current.map_or("-".to_owned(), |offset| offset.to_string()),
+            target.to_string(),
+        ]);
+    }
+    print!("{}", table.render());
+    if !reset.execute {
+        println!("(dry run: nothing changed; add --execute to commit these offsets)");
+        return Ok(());
+    }
+    commit_plan(&mut client, reset.group, &plan)?;
+    println!("committed new offsets for group {}", reset.group);
+    Ok(())
+}
+
+fn commit_plan(
+    client: &mut KafkaClient,
+    group: &str,
+    plan: &[(PartitionKey, Option<i64>, i64)],
+) -> AdminResult {
+    let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+    for ((topic, partition), _, target) in plan {
+        by_topic.entry(topic).or_default().push(
+            OffsetCommitRequestPartition::default()
+                .with_partition_index(*partition)
+                .with_committed_offset(*target)
+                .with_committed_leader_epoch(-1)
+                .with_committed_metadata(Some(text(""))),
+        );
+    }
+    let request = OffsetCommitRequest::default()
+        .with_group_id(GroupId(text(group)))
+        .with_generation_id_or_member_epoch(-1)
+        .with_member_id(text(""))
+        .with_retention_time_ms(-1)
+        .with_topics(
+            by_topic
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    OffsetCommitRequestTopic::default()
+                        .with_name(TopicName(text(topic)))
+                        .with_partitions(partitions)
+                })
+                .collect(),
+        );
+    let response = client.call(&request).map_err(|error| error.to_string())?;
+    for topic in &response.topics {
+        for partition in &topic.partitions {
+            if partition.error_code != 0 {
+                return Err(format!(
+                    "committing {}-{} failed: {}",
+                    topic.name.as_str(),
+                    partition.partition_index,
+                    describe_error(partition.error_code, None)
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! The admin commands, `sluice topics …` and `sluice groups …`: run against
+//! a broker over the Kafka protocol, with the habits of `rpk` and
+//! `kafka-consumer-groups` (aligned tables, lag per partition, reset-offsets
+//! as a dry run unless `--execute`).
+
+pub mod datetime;
+pub mod groups;
+pub mod offsets;
+pub mod table;
+pub mod topics;
+
+use kafka_protocol::ResponseError;
+
+/// An admin command failed: what to print (the command exits non-zero).
+pub type AdminResult = Result<(), String>;
+
+/// A Kafka error code as its name, with the broker's message if any.
+pub fn describe_error(code: i16, message: Option<&str>) -> String {
+    let name = ResponseError::try_from_code(code)
+        .map_or_else(|| format!("error {code}"), |error| format!("{error:?}"));
+    match message {
+        Some(message) if !message.is_empty() => format!("{name}: {message}"),
+        _ => name,
+    }
+}

@@ -1,0 +1,111 @@
+//! Partition offsets for the admin commands: log start, log end and offsets
+//! by time, through ListOffsets.
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{BrokerId, ListOffsetsRequest, MetadataRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use super::describe_error;
+use crate::client::KafkaClient;
+
+/// ListOffsets timestamp for the log end.
+pub const LATEST: i64 = -1;
+/// ListOffsets timestamp for the log start.
+pub const EARLIEST: i64 = -2;
+
+pub type PartitionKey = (String, i32);
+
+/// For each partition, the offset ListOffsets gives for `timestamp`
+/// (LATEST, EARLIEST or milliseconds); -1 when no record is that late.
+pub fn list_offsets(
+    client: &mut KafkaClient,
+    partitions: &[PartitionKey],
+    timestamp: i64,
+) -> Result<BTreeMap<PartitionKey, i64>, String> {
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (topic, partition) in partitions {
+        by_topic.entry(topic).or_default().push(*partition);
+    }
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(
+            by_topic
+                .iter()
+                .map(|(topic, partitions)| {
+                    ListOffsetsTopic::default()
+                        .with_name(TopicName(StrBytes::from_string((*topic).to_owned())))
+                        .with_partitions(
+                            partitions
+                                .iter()
+                                .map(|&partition| {
+                                    ListOffsetsPartition::default()
+                                        .with_partition_index(partition)
+                                        .with_timestamp(timestamp)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        );
+    let response = client.call(&request).map_err(|error| error.to_string())?;
+    let mut offsets = BTreeMap::new();
+    for topic in &response.topics {
+        for partition in &topic.partitions {
+            if partition.error_code != 0 {
+                return Err(format!(
+                    "ListOffsets {}-{}: {}",
+                    topic.name.as_str(),
+                    partition.partition_index,
+                    describe_error(partition.error_code, None)
+                ));
+            }
+            offsets.insert(
+                (topic.name.to_string(), partition.partition_index),
+                partition.offset,
+            );
+        }
+    }
+    Ok(offsets)
+}
+
+/// Partition counts of `topics` (all topics when empty), by name.
+pub fn partition_counts(
+    client: &mut KafkaClient,
+    topics: &[String],
+) -> Result<BTreeMap<String, i32>, String> {
+    let request = MetadataRequest::default()
+        .with_topics(if topics.is_empty() {
+            None
+        } else {
+            Some(
+                topics
+                    .iter()
+                    .map(|name| {
+                        MetadataRequestTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
+                    })
+                    .collect(),
+            )
+        })
+        .with_allow_auto_topic_creation(false);
+    let response = client.call(&request).map_err(|error| error.to_string())?;
+    let mut counts = BTreeMap::new();
+    for topic in &response.topics {
+        let name = topic
+            .name
+            .as_ref()
+            .map(|name| name.0.to_string())
+            .unwrap_or_default();
+        if topic.error_code != 0 {
+            return Err(format!(
+                "topic {name}: {}",
+                describe_error(topic.error_code, None)
+            ));
+        }
+        counts.insert(name, topic.partitions.len() as i32);
+    }
+    Ok(counts)
+}

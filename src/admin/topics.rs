@@ -1,0 +1,161 @@
+//! `sluice topics list|create|describe|delete`.
+
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::{
+    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::offsets::{self, EARLIEST, LATEST};
+use super::table::Table;
+use super::{AdminResult, describe_error};
+use crate::client::KafkaClient;
+
+/// DescribeConfigs resource type of a topic.
+const RESOURCE_TOPIC: i8 = 2;
+/// DescribeConfigs config source: set on the topic.
+const SOURCE_TOPIC: i8 = 1;
+
+fn text(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_owned())
+}
+
+pub fn list(brokers: &str) -> AdminResult {
+    let mut client = KafkaClient::connect(brokers).map_err(|error| error.to_string())?;
+    let counts = offsets::partition_counts(&mut client, &[])?;
+    let mut table = Table::new(&["NAME", "PARTITIONS"]);
+    for (name, partitions) in counts {
+        table.row(vec![name, partitions.to_string()]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+pub fn create(
+    brokers: &str,
+    name: &str,
+    partitions: i32,
+    configs: &[(String, String)],
+) -> AdminResult {
+    let mut client = KafkaClient::connect(brokers).map_err(|error| error.to_string())?;
+    let topic = CreatableTopic::default()
+        .with_name(TopicName(text(name)))
+        .with_num_partitions(partitions)
+        .with_replication_factor(-1)
+        .with_configs(
+            configs
+                .iter()
+                .map(|(key, value)| {
+                    CreatableTopicConfig::default()
+                        .with_name(text(key))
+                        .with_value(Some(text(value)))
+                })
+                .collect(),
+        );
+    let response = client
+        .call(
+            &CreateTopicsRequest::default()
+                .with_topics(vec![topic])
+                .with_timeout_ms(30_000),
+        )
+        .map_err(|error| error.to_string())?;
+    let result = response
+        .topics
+        .first()
+        .ok_or("empty CreateTopics response")?;
+    if result.error_code != 0 {
+        return Err(format!(
+            "cannot create {name}: {}",
+            describe_error(result.error_code, result.error_message.as_deref())
+        ));
+    }
+    println!("created topic {name} with {partitions} partitions");
+    Ok(())
+}
+
+pub fn describe(brokers: &str, name: &str) -> AdminResult {
+    let mut client = KafkaClient::connect(brokers).map_err(|error| error.to_string())?;
+    let counts = offsets::partition_counts(&mut client, &[name.to_owned()])?;
+    let partitions = counts.get(name).copied().unwrap_or(0);
+    let configs = client
+        .call(&DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(RESOURCE_TOPIC)
+                .with_resource_name(text(name))
+                .with_configuration_keys(None),
+        ]))
+        .map_err(|error| error.to_string())?;
+    println!("NAME        {name}");
+    println!("PARTITIONS  {partitions}");
+    if let Some(resource) = configs.results.first() {
+        let set: Vec<String> = resource
+            .configs
+            .iter()
+            .filter(|config| config.config_source == SOURCE_TOPIC)
+            .map(|config| {
+                format!(
+                    "{}={}",
+                    config.name.as_str(),
+                    config.value.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        println!(
+            "CONFIGS     {}",
+            if set.is_empty() {
+                "(defaults)".to_owned()
+            } else {
+                set.join(", ")
+            }
+        );
+    }
+    let keys: Vec<offsets::PartitionKey> = (0..partitions)
+        .map(|partition| (name.to_owned(), partition))
+        .collect();
+    let starts = offsets::list_offsets(&mut client, &keys, EARLIEST)?;
+    let ends = offsets::list_offsets(&mut client, &keys, LATEST)?;
+    let mut table = Table::new(&["PARTITION", "LOG-START-OFFSET", "HIGH-WATERMARK", "RECORDS"]);
+    for key in &keys {
+        let start = starts.get(key).copied().unwrap_or(-1);
+        let end = ends.get(key).copied().unwrap_or(-1);
+        table.row(vec![
+            key.1.to_string(),
+            start.to_string(),
+            end.to_string(),
+            (end - start).max(0).to_string(),
+        ]);
+    }
+    println!();
+    print!("{}", table.render());
+    Ok(())
+}
+
+pub fn delete(brokers: &str, name: &str) -> AdminResult {
+    let mut client = KafkaClient::connect(brokers).map_err(|error| error.to_string())?;
+    let version = client
+        .version_of::<DeleteTopicsRequest>()
+        .map_err(|error| error.to_string())?;
+    let mut request = DeleteTopicsRequest::default().with_timeout_ms(30_000);
+    if version >= 6 {
+        request.topics = vec![DeleteTopicState::default().with_name(Some(TopicName(text(name))))];
+    } else {
+        request.topic_names = vec![TopicName(text(name))];
+    }
+    let response = client
+        .call_at(&request, version)
+        .map_err(|error| error.to_string())?;
+    let result = response
+        .responses
+        .first()
+        .ok_or("empty DeleteTopics response")?;
+    if result.error_code != 0 {
+        return Err(format!(
+            "cannot delete {name}: {}",
+            describe_error(result.error_code, result.error_message.as_deref())
+        ));
+    }
+    println!("deleted topic {name}");
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! A small blocking Kafka client for the admin commands: one connection,
+//! requests encoded with kafka-protocol at the highest version both sides
+//! speak (learned with ApiVersions when connecting).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use thiserror::Error;
+
+/// How long a request may take before the command gives up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest response accepted.
+const RESPONSE_MAX_BYTES: usize = 256 * 1024 * 1024;
+const CLIENT_ID: &str = "sluice-admin";
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("cannot connect to {address}: {source} (is the broker running? see --brokers)")]
+    Connect {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connection to {address} failed: {source}")]
+    Io {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the broker at {address} does not support {key:?} (versions {min}..={max} are needed)")]
+    Unsupported {
+        address: String,
+        key: ApiKey,
+        min: i16,
+        max: i16,
+    },
+    #[error("cannot encode or decode {key:?}: {reason}")]
+    Codec { key: ApiKey, reason: String },
+    #[error("response {found} does not answer request {expected}")]
+    Correlation { expected: i32, found: i32 },
+    #[error("response of {0} bytes is larger than the client accepts")]
+    TooLarge(usize),
+}
+
+pub struct KafkaClient {
+    address: String,
+    stream: TcpStream,
+    next_correlation_id: i32,
+    /// Broker's supported (min, max) per API key.
+    versions: HashMap<i16, (i16, i16)>,
+}
+
+impl KafkaClient {
+    /// Connect to the first of `brokers` (comma-separated `host:port`) that
+    /// answers, and learn its API versions.
+    pub fn connect(brokers: &str) -> Result<KafkaClient, ClientError> {
+        let mut last_error = None;
+        for address in brokers
+            .split(',')
+            .map(str::trim)
+            .filter(|address| !address.is_empty())
+        {
+            match TcpStream::connect(address) {
+                Ok(stream) => {
+                    let io = |source| ClientError::Io {
+                        address: address.to_owned(),
+                        source,
+                    };
+                    stream.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(io)?;
+                    stream.set_nodelay(true).map_err(io)?;
+                    let mut client = KafkaClient {
+                        address: address.to_owned(),
+                        stream,
+                        next_correlation_id: 1,
+                        versions: HashMap::new(),
+                    };
+                    client.learn_versions()?;
+                    return Ok(client);
+                }
+                Err(source) => {
+                    last_error = Some(ClientError::Connect {
+                        address: address.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
+        Err(last_error.unwrap_or(ClientError::Connect {
+            address: brokers.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no broker address given",
+            ),
+        }))
+    }
+
+    fn learn_versions(&mut self) -> Result<(), ClientError> {
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("sluice"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let response: ApiVersionsResponse = self.call_at(&request, 3)?;
+        self.versions = response
+            .api_keys
+            .iter()
+            .map(|key| (key.api_key, (key.min_version, key.max_version)))
+            .collect();
+        Ok(())
+    }
+
+    /// The highest version of `R` both this client and the broker speak.
+    pub fn version_of<R: Request>(&self) -> Result<i16, ClientError> {
+        let key = api_key::<R>()?;
+        let ours = R::VERSIONS;
+        let (min, max) = self
+            .versions
+            .get(&R::KEY)
+            .copied()
+            .ok_or(ClientError::Unsupported {
+                address: self.address.clone(),
+                key,
+                min: ours.min,
+                max: ours.max,
+            })?;
+        let version = max.min(ours.max);
+        if version < min.max(ours.min) {
+            return Err(ClientError::Unsupported {
+                address: self.address.clone(),
+                key,
+                min: ours.min,
+                max: ours.max,
+            });
+        }
+        Ok(version)
+    }
+
+    /// Send `request` at the best common version and decode the answer.
+    pub fn call<R: Request>(&mut self, request: &R) -> Result<R::Response, ClientError> {
+        let version = self.version_of::<R>()?;
+        self.call_at(request, version)
+    }
+
+    /// Send `request` at `version` and decode the answer.
+    pub fn call_at<R: Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, ClientError> {
+        let key = api_key::<R>()?;
+        let codec = |error: anyhow::Error| ClientError::Codec {
+            key,
+            reason: error.to_string(),
+        };
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
+        let mut frame = BytesMut::new();
+        frame.extend_from_slice(&[0; 4]);
+        header
+            .encode(&mut frame, R::header_version(version))
+            .map_err(codec)?;
+        request.encode(&mut frame, version).map_err(codec)?;
+        let size = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+        let io = |source| ClientError::Io {
+            address: self.address.clone(),
+            source,
+        };
+        self.stream.write_all(&frame).map_err(io)?;
+        let mut body = self.read_frame()?;
+        let header = ResponseHeader::decode(&mut body, key.response_header_version(version))
+            .map_err(codec)?;
+        if header.correlation_id != correlation_id {
+            return Err(ClientError::Correlation {
+                expected: correlation_id,
+                found: header.correlation_id,
+            });
+        }
+        R::Response::decode(&mut body, version).map_err(codec)
+    }
+
+    fn read_frame(&mut self) -> Result<Bytes, ClientError> {
+        let io = |source| ClientError::Io {
+            address: self.address.clone(),
+            source,
+        };
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).map_err(io)?;
+        let size = i32::from_be_bytes(size).max(0) as usize;
+        if size > RESPONSE_MAX_BYTES {
+            return Err(ClientError::TooLarge(size));
+        }
+        let mut body = vec![0u8; size];
+        self.stream.read_exact(&mut body).map_err(io)?;
+        Ok(Bytes::from(body))
+    }
+}
+
+fn api_key<R: Request>() -> Result<ApiKey, ClientError> {
+    ApiKey::try_from(R::KEY).map_err(|_| ClientError::Codec {
+        key: ApiKey::ApiVersions,
+        reason: format!("unknown API key {}", R::KEY),
+    })
+}
