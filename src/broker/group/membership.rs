@@ -320,10 +320,10 @@ impl Group {
         limits: &GroupLimits,
         now: Instant,
     ) -> Reply<JoinResult> {
-        if let Some(instance) = request.instance_id.clone() {
-            if let Some(old_id) = self.static_member_id(&instance) {
-                return self.replace_static_member(&old_id, request, limits, now);
-            }
+        if let Some(instance) = request.instance_id.clone()
+            && let Some(old_id) = self.static_member_id(&instance)
+        {
+            return self.replace_static_member(&old_id, request, limits, now);
         }
         if self.members.len() + self.pending.len() >= limits.members_max {
             return Reply::Now(JoinResult::error(ResponseError::GroupMaxSizeReached, ""));
@@ -504,7 +504,7 @@ impl Group {
                 .members
                 .values()
                 .all(|member| member.join_waiter.is_some());
-        if !deadline_passed && !(all_joined && delay_over) {
+        if !(deadline_passed || all_joined && delay_over) {
             return false;
         }
         self.members
@@ -517,10 +517,10 @@ impl Group {
             return true;
         }
         self.protocol_name = Some(self.select_protocol());
-        if !self
+        if self
             .leader
             .as_ref()
-            .is_some_and(|leader| self.member(leader).is_some())
+            .is_none_or(|leader| self.member(leader).is_none())
         {
             self.leader = self.members.values().next().map(|member| member.id.clone());
         }
@@ -864,4 +864,97 @@ fn new_member_id(client_id: &str, instance_id: Option<&str>) -> String {
     let random = crate::broker::metadata::random_bytes();
     let uuid = uuid::Uuid::from_bytes(random);
     format!("{prefix}-{uuid}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: GroupLimits = GroupLimits {
+        initial_rebalance_delay: Duration::ZERO,
+        session_timeout_min: Duration::from_millis(1),
+        session_timeout_max: Duration::from_secs(60),
+        members_max: 10,
+    };
+
+    fn request(member_id: &str, protocols: &[&str]) -> JoinRequest {
+        JoinRequest {
+            member_id: member_id.to_owned(),
+            instance_id: None,
+            client_id: "client".to_owned(),
+            client_host: "/127.0.0.1".to_owned(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            protocol_type: CONSUMER_PROTOCOL_TYPE.to_owned(),
+            protocols: protocols
+                .iter()
+                .map(|name| ((*name).to_owned(), Bytes::new()))
+                .collect(),
+            requires_known_member_id: false,
+        }
+    }
+
+    fn answer(reply: Reply<JoinResult>) -> JoinResult {
+        match reply {
+            Reply::Now(result) => result,
+            Reply::Later(mut receiver) => receiver
+                .try_recv()
+                .expect("sender alive")
+                .expect("answered"),
+        }
+    }
+
+    #[test]
+    fn the_first_preference_wins_and_members_without_a_common_protocol_are_refused() {
+        let now = Instant::now();
+        let mut group = Group::new("g", now);
+        let first = group.join(request("", &["range", "roundrobin"]), &LIMITS, now);
+        let first = answer(first);
+        assert_eq!(first.protocol_name.as_deref(), Some("range"));
+        // A member without a protocol in common with the group is refused.
+        let refused = answer(group.join(request("", &["sticky"]), &LIMITS, now));
+        assert_eq!(
+            refused.error,
+            ResponseError::InconsistentGroupProtocol.code()
+        );
+    }
+
+    #[test]
+    fn a_silent_member_is_evicted_after_its_session_and_the_group_rebalances() {
+        let start = Instant::now();
+        let mut group = Group::new("g", start);
+        let a = answer(group.join(request("", &["range"]), &LIMITS, start));
+        let b_reply = group.join(request("", &["range"]), &LIMITS, start);
+        // A must rejoin for the new generation; it does.
+        let a = answer(group.join(request(&a.member_id, &["range"]), &LIMITS, start));
+        let b = answer(b_reply);
+        assert_eq!((a.generation, b.generation), (2, 2));
+        let synced = group.sync(
+            SyncRequest {
+                member_id: a.member_id.clone(),
+                instance_id: None,
+                generation: 2,
+                protocol_type: None,
+                protocol_name: None,
+                assignments: vec![],
+            },
+            start,
+        );
+        assert!(matches!(synced, Reply::Later(_)));
+        assert_eq!(group.state, GroupState::Stable);
+        let later = start + Duration::from_secs(5);
+        let claim = MemberClaim {
+            member_id: &a.member_id,
+            instance_id: None,
+            generation: 2,
+        };
+        assert_eq!(group.heartbeat(&claim, later), Ok(()));
+        let evicted = group.tick(&LIMITS, start + Duration::from_secs(11));
+        assert_eq!(evicted, vec![b.member_id]);
+        assert_eq!(group.state, GroupState::PreparingRebalance);
+        assert_eq!(
+            group.heartbeat(&claim, start + Duration::from_secs(11)),
+            Err(ResponseError::RebalanceInProgress)
+        );
+    }
 }
