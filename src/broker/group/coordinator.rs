@@ -19,7 +19,8 @@
 //! live ones (and enough of them, or long enough since the last snapshot),
 //! the live entries are appended again as a snapshot and, once it is
 //! durable, the partition's log start moves to it. The records below stop
-//! pinning old segments, and retention can delete them.
+//! pinning old segments, and retention can delete them. Live entries are
+//! also copied forward hourly, so idle groups do not pin old segments.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -54,6 +55,9 @@ const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const SNAPSHOT_RECORDS_MIN: u64 = 10_000;
 /// ...or this long has passed since the last snapshot.
 const SNAPSHOT_AGE_MAX: Duration = Duration::from_secs(600);
+/// Live entries are copied forward at least this often even when nothing
+/// changed, so an idle group's offsets never pin an old segment for long.
+const SNAPSHOT_REFRESH: Duration = Duration::from_secs(3600);
 /// Offset records per stored batch: keeps each batch far below
 /// `message.max.bytes` (a record is at most about 4.6 KiB).
 const RECORDS_PER_BATCH_MAX: usize = 100;
@@ -733,9 +737,11 @@ impl Coordinator {
                 .iter()
                 .filter(|(index, log)| {
                     let live = live.get(index).copied().unwrap_or(0);
-                    log.records_since_snapshot > live
+                    let age = log.last_snapshot.elapsed();
+                    let crowded = log.records_since_snapshot > live
                         && (log.records_since_snapshot - live >= SNAPSHOT_RECORDS_MIN
-                            || log.last_snapshot.elapsed() >= SNAPSHOT_AGE_MAX)
+                            || age >= SNAPSHOT_AGE_MAX);
+                    crowded || (live > 0 && age >= SNAPSHOT_REFRESH)
                 })
                 .map(|(&index, log)| (index, log.id))
                 .collect()
