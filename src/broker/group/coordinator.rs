@@ -288,11 +288,7 @@ impl Coordinator {
     }
 
     fn offsets_partitions(&self) -> u32 {
-        self.broker
-            .metadata
-            .snapshot()
-            .topic(OFFSETS_TOPIC)
-            .map_or(1, |topic| topic.partitions)
+        super::offsets_topic_partitions(&self.broker)
     }
 
     /// Append `changes` to their offsets partition, apply them to the table

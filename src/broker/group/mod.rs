@@ -25,6 +25,15 @@ pub fn is_internal_topic(name: &str) -> bool {
     name == OFFSETS_TOPIC
 }
 
+/// Partitions of `__consumer_offsets` (created at broker start).
+pub fn offsets_topic_partitions(broker: &super::Broker) -> u32 {
+    broker
+        .metadata
+        .snapshot()
+        .topic(OFFSETS_TOPIC)
+        .map_or(1, |topic| topic.partitions)
+}
+
 /// The shard coordinating `group`, given the offsets topic's partition count.
 pub fn coordinator_shard(shards: &Shards, group: &str, offsets_partitions: u32) -> ShardId {
     let index = coordinator::offsets_partition(group, offsets_partitions);
@@ -45,12 +54,7 @@ where
     T: Send + 'static,
 {
     let unavailable = kafka_protocol::ResponseError::CoordinatorNotAvailable.code();
-    let partitions = broker
-        .metadata
-        .snapshot()
-        .topic(OFFSETS_TOPIC)
-        .map_or(1, |topic| topic.partitions);
-    let target = coordinator_shard(&shard.shards, group, partitions);
+    let target = coordinator_shard(&shard.shards, group, offsets_topic_partitions(broker));
     let ran = shard
         .run_on(target, move |_| async move {
             match coordinator::Coordinator::local() {

@@ -79,3 +79,16 @@ pub fn str_bytes(text: &str) -> StrBytes {
 
 /// Kafka's "authorized operations not requested/known" value.
 pub const AUTHORIZED_OPERATIONS_UNKNOWN: i32 = i32::MIN;
+
+/// Items gathered under their topic, keeping request order (consecutive
+/// items of one topic share an entry), for responses nested by topic.
+pub fn by_topic<P>(items: impl IntoIterator<Item = (String, P)>) -> Vec<(String, Vec<P>)> {
+    let mut topics: Vec<(String, Vec<P>)> = Vec::new();
+    for (topic, item) in items {
+        match topics.last_mut() {
+            Some((name, list)) if *name == topic => list.push(item),
+            _ => topics.push((topic, vec![item])),
+        }
+    }
+    topics
+}

@@ -79,19 +79,18 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
 
 /// Group per-partition codes under their topics, in request order.
 fn by_topic(keys: &[TopicPartition], codes: &[i16]) -> Vec<OffsetCommitResponseTopic> {
-    let mut topics: Vec<OffsetCommitResponseTopic> = Vec::new();
-    for (key, &code) in keys.iter().zip(codes) {
+    let partitions = keys.iter().zip(codes).map(|(key, &code)| {
         let partition = OffsetCommitResponsePartition::default()
             .with_partition_index(key.partition)
             .with_error_code(code);
-        match topics.last_mut() {
-            Some(topic) if topic.name.as_str() == key.topic => topic.partitions.push(partition),
-            _ => topics.push(
-                OffsetCommitResponseTopic::default()
-                    .with_name(super::str_bytes(&key.topic).into())
-                    .with_partitions(vec![partition]),
-            ),
-        }
-    }
-    topics
+        (key.topic.clone(), partition)
+    });
+    super::by_topic(partitions)
+        .into_iter()
+        .map(|(name, partitions)| {
+            OffsetCommitResponseTopic::default()
+                .with_name(super::str_bytes(&name).into())
+                .with_partitions(partitions)
+        })
+        .collect()
 }

@@ -44,22 +44,20 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
     let response = match codes {
         Err(code) => OffsetDeleteResponse::default().with_error_code(code),
         Ok(codes) => {
-            let mut topics: Vec<OffsetDeleteResponseTopic> = Vec::new();
-            for (key, code) in keys.iter().zip(codes) {
+            let partitions = keys.iter().zip(codes).map(|(key, code)| {
                 let partition = OffsetDeleteResponsePartition::default()
                     .with_partition_index(key.partition)
                     .with_error_code(code);
-                match topics.last_mut() {
-                    Some(topic) if topic.name.as_str() == key.topic => {
-                        topic.partitions.push(partition)
-                    }
-                    _ => topics.push(
-                        OffsetDeleteResponseTopic::default()
-                            .with_name(super::str_bytes(&key.topic).into())
-                            .with_partitions(vec![partition]),
-                    ),
-                }
-            }
+                (key.topic.clone(), partition)
+            });
+            let topics = super::by_topic(partitions)
+                .into_iter()
+                .map(|(name, partitions)| {
+                    OffsetDeleteResponseTopic::default()
+                        .with_name(super::str_bytes(&name).into())
+                        .with_partitions(partitions)
+                })
+                .collect();
             OffsetDeleteResponse::default().with_topics(topics)
         }
     };

@@ -10,7 +10,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse};
 
-use super::{decode, str_bytes};
+use super::{by_topic, decode, str_bytes};
 use crate::broker::group::offsets::{CommittedOffset, TopicPartition};
 use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
@@ -24,18 +24,11 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
         let mut groups = Vec::with_capacity(fetch.groups.len());
         for group in &fetch.groups {
             let wanted = group.topics.as_ref().map(|topics| {
-                topics
-                    .iter()
-                    .flat_map(|topic| {
-                        topic
-                            .partition_indexes
-                            .iter()
-                            .map(|&partition| TopicPartition {
-                                topic: topic.name.to_string(),
-                                partition,
-                            })
-                    })
-                    .collect()
+                partitions_of(
+                    topics
+                        .iter()
+                        .map(|topic| (&topic.name, &topic.partition_indexes)),
+                )
             });
             let fetched = fetch_group(request, &group.group_id, wanted).await;
             groups.push(group_response(&group.group_id, fetched));
@@ -43,24 +36,31 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
         return request.respond(&OffsetFetchResponse::default().with_groups(groups));
     }
     let wanted = fetch.topics.as_ref().map(|topics| {
-        topics
-            .iter()
-            .flat_map(|topic| {
-                topic
-                    .partition_indexes
-                    .iter()
-                    .map(|&partition| TopicPartition {
-                        topic: topic.name.to_string(),
-                        partition,
-                    })
-            })
-            .collect()
+        partitions_of(
+            topics
+                .iter()
+                .map(|topic| (&topic.name, &topic.partition_indexes)),
+        )
     });
     let response = match fetch_group(request, &fetch.group_id, wanted).await {
         Ok(fetched) => OffsetFetchResponse::default().with_topics(topics_v7(fetched)),
         Err(code) => OffsetFetchResponse::default().with_error_code(code),
     };
     request.respond(&response)
+}
+
+/// The partitions a request names, topic by topic.
+fn partitions_of<'a>(
+    topics: impl Iterator<Item = (&'a kafka_protocol::messages::TopicName, &'a Vec<i32>)>,
+) -> Vec<TopicPartition> {
+    topics
+        .flat_map(|(name, partitions)| {
+            partitions.iter().map(|&partition| TopicPartition {
+                topic: name.to_string(),
+                partition,
+            })
+        })
+        .collect()
 }
 
 async fn fetch_group(
@@ -89,24 +89,22 @@ fn partition_values(value: Option<CommittedOffset>) -> (i64, i32, String) {
 }
 
 fn topics_v7(fetched: Fetched) -> Vec<OffsetFetchResponseTopic> {
-    let mut topics: Vec<OffsetFetchResponseTopic> = Vec::new();
-    for (key, value) in fetched {
+    by_topic(fetched.into_iter().map(|(key, value)| {
         let (offset, epoch, metadata) = partition_values(value);
         let partition = OffsetFetchResponsePartition::default()
             .with_partition_index(key.partition)
             .with_committed_offset(offset)
             .with_committed_leader_epoch(epoch)
             .with_metadata(Some(str_bytes(&metadata)));
-        match topics.last_mut() {
-            Some(topic) if topic.name.as_str() == key.topic => topic.partitions.push(partition),
-            _ => topics.push(
-                OffsetFetchResponseTopic::default()
-                    .with_name(str_bytes(&key.topic).into())
-                    .with_partitions(vec![partition]),
-            ),
-        }
-    }
-    topics
+        (key.topic, partition)
+    }))
+    .into_iter()
+    .map(|(name, partitions)| {
+        OffsetFetchResponseTopic::default()
+            .with_name(str_bytes(&name).into())
+            .with_partitions(partitions)
+    })
+    .collect()
 }
 
 fn group_response(
@@ -121,23 +119,22 @@ fn group_response(
                 .with_error_code(code);
         }
     };
-    let mut topics: Vec<OffsetFetchResponseTopics> = Vec::new();
-    for (key, value) in fetched {
+    let topics = by_topic(fetched.into_iter().map(|(key, value)| {
         let (offset, epoch, metadata) = partition_values(value);
         let partition = OffsetFetchResponsePartitions::default()
             .with_partition_index(key.partition)
             .with_committed_offset(offset)
             .with_committed_leader_epoch(epoch)
             .with_metadata(Some(str_bytes(&metadata)));
-        match topics.last_mut() {
-            Some(topic) if topic.name.as_str() == key.topic => topic.partitions.push(partition),
-            _ => topics.push(
-                OffsetFetchResponseTopics::default()
-                    .with_name(str_bytes(&key.topic).into())
-                    .with_partitions(vec![partition]),
-            ),
-        }
-    }
+        (key.topic, partition)
+    }))
+    .into_iter()
+    .map(|(name, partitions)| {
+        OffsetFetchResponseTopics::default()
+            .with_name(str_bytes(&name).into())
+            .with_partitions(partitions)
+    })
+    .collect();
     OffsetFetchResponseGroup::default()
         .with_group_id(group_id.clone())
         .with_topics(topics)
