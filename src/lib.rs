@@ -9,6 +9,7 @@
 //! mailboxes), and the binary's `serve` command on top.
 
 pub mod admin;
+pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;

@@ -49,6 +49,12 @@ enum Command {
         #[arg(long, global = true, default_value = "127.0.0.1:9092")]
         brokers: String,
     },
+    /// Load generator: produce, consume and end-to-end runs against a
+    /// broker, and this host's own limits as a baseline.
+    Bench {
+        #[command(subcommand)]
+        command: sluice::bench::BenchCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -152,6 +158,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Topics { command, brokers } => admin_exit(topics(&brokers, command)),
         Command::Groups { command, brokers } => admin_exit(groups(&brokers, command)),
+        Command::Bench { command } => admin_exit(sluice::bench::run(command)),
     }
 }
 

@@ -1,0 +1,237 @@
+//! `sluice bench baseline`: this host's own limits, measured with the same
+//! chunk size as the load (one record batch), so a broker figure can be read
+//! as a fraction of what the machine allows in the same run:
+//!
+//! - loopback TCP: `connections` sender/receiver thread pairs, no protocol;
+//! - write + fdatasync per batch (what acks=all must pay) and plain
+//!   sequential writes with one fdatasync at the end (acks=0/1), both with
+//!   O_DIRECT where the filesystem allows it (the broker's default write
+//!   mode), in a scratch file in the data directory.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::stats::{Bound, round};
+
+/// Scratch file size; writes wrap around inside it.
+const SCRATCH_BYTES: u64 = 4 << 30;
+const ALIGN: usize = 4096;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Baseline {
+    pub tcp_mb_s: f64,
+    pub disk_sync_mb_s: f64,
+    pub disk_write_mb_s: f64,
+    pub chunk_bytes: usize,
+    pub direct_io: bool,
+}
+
+impl Baseline {
+    /// The limit a result of this kind is bound by: the lower of the network
+    /// and the disk path it needs.
+    pub fn limit(&self, bound: Bound) -> (&'static str, f64) {
+        let tcp = ("loopback TCP", self.tcp_mb_s);
+        let disk = match bound {
+            Bound::DurableWrite => ("write+fdatasync per batch", self.disk_sync_mb_s),
+            Bound::Write => ("sequential write", self.disk_write_mb_s),
+            Bound::Network => return tcp,
+        };
+        if disk.1 < tcp.1 { disk } else { tcp }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "tcp_mb_s": round(self.tcp_mb_s),
+            "disk_sync_mb_s": round(self.disk_sync_mb_s),
+            "disk_write_mb_s": round(self.disk_write_mb_s),
+            "chunk_bytes": self.chunk_bytes,
+            "direct_io": self.direct_io,
+        })
+    }
+
+    pub fn to_text(&self) -> String {
+        format!(
+            "baseline: {} B chunks\n  loopback TCP               {:.1} MB/s\n  \
+             write+fdatasync per chunk  {:.1} MB/s\n  sequential write           {:.1} MB/s\n  \
+             ({}; MB = 10^6 bytes)\n",
+            self.chunk_bytes,
+            self.tcp_mb_s,
+            self.disk_sync_mb_s,
+            self.disk_write_mb_s,
+            if self.direct_io {
+                "disk with O_DIRECT"
+            } else {
+                "disk through the page cache: O_DIRECT refused here"
+            }
+        )
+    }
+}
+
+/// Measure all three limits, `duration` each.
+pub fn measure(
+    data_dir: &Path,
+    chunk_bytes: usize,
+    connections: usize,
+    duration: Duration,
+) -> Result<Baseline, String> {
+    let tcp_mb_s = tcp(chunk_bytes, connections.max(1), duration)?;
+    let (disk_sync_mb_s, direct_io) = disk(data_dir, chunk_bytes, duration, true)?;
+    let (disk_write_mb_s, _) = disk(data_dir, chunk_bytes, duration, false)?;
+    Ok(Baseline {
+        tcp_mb_s,
+        disk_sync_mb_s,
+        disk_write_mb_s,
+        chunk_bytes,
+        direct_io,
+    })
+}
+
+fn tcp(chunk_bytes: usize, connections: usize, duration: Duration) -> Result<f64, String> {
+    let failed = |error: std::io::Error| format!("loopback TCP: {error}");
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(failed)?;
+    let address = listener.local_addr().map_err(failed)?;
+    let chunk = vec![0x5au8; chunk_bytes.max(1)];
+    std::thread::scope(|scope| {
+        let mut receivers = Vec::new();
+        let mut senders = Vec::new();
+        for _ in 0..connections {
+            senders.push(TcpStream::connect(address).map_err(failed)?);
+            let (mut input, _) = listener.accept().map_err(failed)?;
+            receivers.push(scope.spawn(move || {
+                let mut buf = vec![0u8; chunk_bytes.max(64 * 1024)];
+                let mut total = 0u64;
+                while let Ok(read @ 1..) = input.read(&mut buf) {
+                    total += read as u64;
+                }
+                total
+            }));
+        }
+        let started = Instant::now();
+        let deadline = started + duration;
+        for mut output in senders {
+            let chunk = &chunk;
+            scope.spawn(
+                move || {
+                    while Instant::now() < deadline && output.write_all(chunk).is_ok() {}
+                },
+            );
+        }
+        let total: u64 = receivers
+            .into_iter()
+            .map(|receiver| receiver.join().unwrap_or(0))
+            .sum();
+        Ok(total as f64 / started.elapsed().as_secs_f64() / 1e6)
+    })
+}
+
+fn disk(
+    dir: &Path,
+    chunk_bytes: usize,
+    duration: Duration,
+    sync_each: bool,
+) -> Result<(f64, bool), String> {
+    let context = |error: std::io::Error| format!("{}: {error}", dir.display());
+    if !dir.is_dir() {
+        return Err(format!(
+            "--data-dir {} is not a directory: point it at the broker's data directory, \
+             so the disk baseline measures the filesystem Sluice writes to",
+            dir.display()
+        ));
+    }
+    let scratch = Scratch(dir.join(format!(".sluice-baseline-{}", std::process::id())));
+    let (file, direct_io) = match open(&scratch.0, true) {
+        Ok(file) => (file, true),
+        Err(_) => (open(&scratch.0, false).map_err(context)?, false),
+    };
+    preallocate(&file).map_err(context)?;
+    let chunk = AlignedChunk::new(chunk_bytes);
+    let started = Instant::now();
+    let mut offset = 0u64;
+    let mut written = 0u64;
+    while started.elapsed() < duration {
+        if offset + chunk.len() as u64 > SCRATCH_BYTES {
+            offset = 0;
+        }
+        file.write_all_at(chunk.bytes(), offset).map_err(context)?;
+        if sync_each {
+            file.sync_data().map_err(context)?;
+        }
+        offset += chunk.len() as u64;
+        written += chunk.len() as u64;
+    }
+    file.sync_data().map_err(context)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok((written as f64 / elapsed / 1e6, direct_io))
+}
+
+fn open(path: &Path, direct: bool) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).truncate(true).read(true).write(true);
+    if direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    options.open(path)
+}
+
+fn preallocate(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on an open descriptor we own.
+    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, SCRATCH_BYTES as libc::off_t) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Removes the scratch file however the measurement ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A chunk of the batch size rounded up to the O_DIRECT alignment.
+struct AlignedChunk {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl AlignedChunk {
+    fn new(bytes: usize) -> Self {
+        let len = bytes.max(1).div_ceil(ALIGN) * ALIGN;
+        let layout = Layout::from_size_align(len, ALIGN).expect("valid layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        assert!(!ptr.is_null(), "out of memory for a {len}-byte chunk");
+        // Fill with non-zero bytes so nothing below can shortcut zero pages.
+        // SAFETY: ptr is valid for len bytes, just allocated.
+        unsafe { std::ptr::write_bytes(ptr, 0x5a, len) };
+        AlignedChunk { ptr, layout }
+    }
+
+    fn len(&self) -> usize {
+        self.layout.size()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: ptr is valid and initialized for layout.size() bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedChunk {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.ptr, self.layout) };
+    }
+}

@@ -1,0 +1,229 @@
+//! Record batches for the load generator: built once per producer and sent
+//! many times, so the client spends its CPU on the socket, not on encoding.
+//!
+//! For end-to-end latency the first record's key carries a stamp: an 8-byte
+//! marker and the send time in nanoseconds since the Unix epoch (client and
+//! consumer run on the same host, so they share the clock). Uncompressed
+//! batches are stamped in place (key bytes and CRC); compressed ones are
+//! re-encoded, which costs CPU but e2e runs at a fixed `--rate`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use clap::ValueEnum;
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::records::{
+    Compression as Codec, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+    TimestampType,
+};
+
+use crate::record_batch::{BatchBuilder, CRC_COVERED_FROM, HEADER_BYTES, RecordSpec};
+
+/// Marks a stamped key: "sluice-e" followed by the send time.
+const STAMP_MARKER: [u8; 8] = *b"sluice-e";
+/// Marker plus nanoseconds.
+pub const STAMP_BYTES: usize = 16;
+const CRC_AT: usize = 17;
+const ATTRIBUTES_AT: usize = 21;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    fn codec(self) -> Codec {
+        match self {
+            Compression::None => Codec::None,
+            Compression::Gzip => Codec::Gzip,
+            Compression::Snappy => Codec::Snappy,
+            Compression::Lz4 => Codec::Lz4,
+            Compression::Zstd => Codec::Zstd,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// The records of one batch: values of `record_size` bytes of lowercase
+/// letters from a seeded generator (about as compressible as text), and a
+/// key slot for the stamp in the first record.
+pub struct BatchTemplate {
+    values: Vec<Bytes>,
+    compression: Compression,
+    /// The encoded batch, stamped with zero until [`BatchTemplate::stamp`].
+    bytes: Vec<u8>,
+    /// Where the stamp's nanoseconds lie in `bytes`, when uncompressed.
+    stamp_at: Option<usize>,
+}
+
+impl BatchTemplate {
+    pub fn new(records: usize, record_size: usize, compression: Compression, seed: u64) -> Self {
+        assert!(records > 0, "a batch holds at least one record");
+        let mut state = seed | 1;
+        let values = (0..records)
+            .map(|_| {
+                let value: Vec<u8> = (0..record_size)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        b'a' + (state % 26) as u8
+                    })
+                    .collect();
+                Bytes::from(value)
+            })
+            .collect();
+        let mut template = BatchTemplate {
+            values,
+            compression,
+            bytes: Vec::new(),
+            stamp_at: None,
+        };
+        template.bytes = template.encode(0);
+        if compression == Compression::None {
+            let marker_at = template.bytes[HEADER_BYTES..]
+                .windows(STAMP_MARKER.len())
+                .position(|window| window == STAMP_MARKER)
+                .expect("the first record's key holds the marker");
+            template.stamp_at = Some(HEADER_BYTES + marker_at + STAMP_MARKER.len());
+        }
+        template
+    }
+
+    pub fn records(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Put `nanos` (send time) into the first record's key and fix the CRC.
+    pub fn stamp(&mut self, nanos: u64) {
+        match self.stamp_at {
+            Some(at) => {
+                self.bytes[at..at + 8].copy_from_slice(&nanos.to_be_bytes());
+                let crc = crc32c::crc32c(&self.bytes[CRC_COVERED_FROM..]);
+                self.bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+            }
+            None => self.bytes = self.encode(nanos),
+        }
+    }
+
+    fn encode(&self, nanos: u64) -> Vec<u8> {
+        let mut key = STAMP_MARKER.to_vec();
+        key.extend_from_slice(&nanos.to_be_bytes());
+        let timestamp_ms = now_nanos() as i64 / 1_000_000;
+        if self.compression == Compression::None {
+            let mut builder = BatchBuilder::new(timestamp_ms);
+            for (index, value) in self.values.iter().enumerate() {
+                builder.push(RecordSpec {
+                    key: (index == 0).then_some(key.as_slice()),
+                    value: Some(value),
+                    timestamp_delta_ms: 0,
+                });
+            }
+            return builder.build();
+        }
+        let key = Bytes::from(key);
+        let records: Vec<Record> = self
+            .values
+            .iter()
+            .enumerate()
+            .map(|(index, value)| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: index as i64,
+                sequence: -1,
+                timestamp: timestamp_ms,
+                key: (index == 0).then(|| key.clone()),
+                value: Some(value.clone()),
+                headers: IndexMap::new(),
+            })
+            .collect();
+        let mut out = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut out,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: self.compression.codec(),
+            },
+        )
+        .expect("encoding a record batch in memory cannot fail");
+        out.to_vec()
+    }
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
+}
+
+/// The send time stamped into a batch's first key, if it carries one.
+pub fn read_stamp(batch: &[u8]) -> Option<u64> {
+    if batch.len() < HEADER_BYTES {
+        return None;
+    }
+    let attributes = i16::from_be_bytes([batch[ATTRIBUTES_AT], batch[ATTRIBUTES_AT + 1]]);
+    if attributes & 0x07 == 0 {
+        // Uncompressed: the first record's key is within its first bytes.
+        let head = &batch[HEADER_BYTES..batch.len().min(HEADER_BYTES + 64)];
+        let at = head
+            .windows(STAMP_MARKER.len())
+            .position(|window| window == STAMP_MARKER)?;
+        let nanos = head.get(at + 8..at + STAMP_BYTES)?;
+        return Some(u64::from_be_bytes(nanos.try_into().ok()?));
+    }
+    let mut buf = Bytes::copy_from_slice(batch);
+    let set = RecordBatchDecoder::decode(&mut buf).ok()?;
+    let key = set.records.first()?.key.as_ref()?;
+    if key.len() != STAMP_BYTES || key[..8] != STAMP_MARKER {
+        return None;
+    }
+    Some(u64::from_be_bytes(key[8..].try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record_batch::ValidatedBatch;
+
+    #[test]
+    fn stamped_batches_stay_valid_and_carry_the_stamp() {
+        for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+            let mut template = BatchTemplate::new(10, 100, compression, 7);
+            template.stamp(123_456_789);
+            let batch = template.bytes();
+            ValidatedBatch::validate(batch, usize::MAX).expect("valid batch");
+            assert_eq!(read_stamp(batch), Some(123_456_789), "{compression:?}");
+        }
+    }
+
+    #[test]
+    fn compression_shrinks_the_batch() {
+        let plain = BatchTemplate::new(100, 1024, Compression::None, 1);
+        let zstd = BatchTemplate::new(100, 1024, Compression::Zstd, 1);
+        assert!(zstd.bytes().len() < plain.bytes().len() * 3 / 4);
+    }
+}

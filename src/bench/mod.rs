@@ -1,0 +1,554 @@
+//! `sluice bench produce|consume|e2e|baseline`: a Kafka load generator that
+//! costs the client as little as possible (batches built once and sent with
+//! vectored writes, several connections, pipelined produce requests,
+//! responses parsed in place), so the figures measure the broker.
+//!
+//! Latencies go into HDR histograms; throughput counts record batch bytes.
+//! With `--baseline` a run first measures the host's own limits (loopback
+//! TCP, write + fdatasync) with the same chunk size and prints its ratio to
+//! them, so figures from noisy shared machines stay comparable.
+
+pub mod baseline;
+pub mod batch;
+mod consume;
+mod produce;
+pub mod stats;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand, ValueEnum};
+use kafka_protocol::messages::CreateTopicsRequest;
+use kafka_protocol::messages::TopicName;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::protocol::StrBytes;
+use serde_json::json;
+
+use crate::admin::describe_error;
+use crate::admin::offsets::{self, EARLIEST, LATEST};
+use crate::client::KafkaClient;
+use baseline::Baseline;
+use batch::{Compression, now_nanos};
+use consume::{ConsumeLoad, Mode};
+use produce::{ProduceLoad, Window};
+use stats::{Bound, Report};
+
+/// CreateTopics error: the topic exists.
+const TOPIC_ALREADY_EXISTS: i16 = 36;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Produce as fast as acks allow (or at --rate); report throughput and
+    /// ack latency.
+    Produce(ProduceArgs),
+    /// Read the topic from its log start to the end seen at start
+    /// (catch-up); report throughput and fetch latency.
+    Consume(ConsumeArgs),
+    /// Produce at --rate while consumers follow; report produce-to-consume
+    /// latency.
+    E2e(E2eArgs),
+    /// Measure this host's limits with the same sizes: loopback TCP, and
+    /// sequential write (+ fdatasync) in the data directory.
+    Baseline(BaselineArgs),
+}
+
+#[derive(Args)]
+pub struct Target {
+    /// Broker address, HOST:PORT (a single-node broker: the first address
+    /// of a comma-separated list is used).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, default_value = "sluice-bench")]
+    topic: String,
+}
+
+#[derive(Args)]
+pub struct Shape {
+    /// Bytes of each record's value.
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    /// Records in each batch (one batch per produce request).
+    #[arg(long, default_value_t = 1000)]
+    batch_records: usize,
+}
+
+#[derive(Args)]
+pub struct Output {
+    /// Print one JSON object on stdout (the text summary goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Measure the host's limits first (as `sluice bench baseline`) and
+    /// print the run's ratio to them.
+    #[arg(long)]
+    baseline: bool,
+    /// Where the disk baseline writes its scratch file: the broker's data
+    /// directory.
+    #[arg(long, value_name = "DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Seconds each baseline measurement runs.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
+    baseline_duration: f64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Acks {
+    #[value(name = "0")]
+    None,
+    #[value(name = "1")]
+    Leader,
+    #[value(name = "all")]
+    All,
+}
+
+impl Acks {
+    fn wire(self) -> i16 {
+        match self {
+            Acks::None => 0,
+            Acks::Leader => 1,
+            Acks::All => -1,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ProducerOptions {
+    #[arg(long, default_value_t = 2)]
+    producers: usize,
+    /// Partitions of the topic (created with this many when missing).
+    #[arg(long, default_value_t = 2)]
+    partitions: i32,
+    #[arg(long, value_enum, default_value = "all")]
+    acks: Acks,
+    #[arg(long, value_enum, default_value = "none")]
+    compression: Compression,
+    /// Produce requests in flight per producer connection.
+    #[arg(long, default_value_t = 8)]
+    inflight: usize,
+    /// Seconds of measured load.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring starts.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    warmup: f64,
+}
+
+#[derive(Args)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    shape: Shape,
+    #[command(flatten)]
+    producer: ProducerOptions,
+    /// Fixed total load in MB/s (latency at a given throughput); without
+    /// it, as fast as the acks come back.
+    #[arg(long, value_name = "MB/S")]
+    rate: Option<f64>,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Sizes for the baseline's chunk (the consumers read what is there).
+    #[command(flatten)]
+    shape: Shape,
+    #[arg(long, default_value_t = 2)]
+    consumers: usize,
+    /// Partitions to read (default: all of the topic's).
+    #[arg(long)]
+    partitions: Option<i32>,
+    /// Fetch max_bytes: most bytes in one response.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    fetch_max_bytes: i32,
+    /// Fetch partition_max_bytes: most bytes per partition in one response.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    partition_max_bytes: i32,
+    /// Most seconds to read; the run ends sooner once caught up.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    duration: f64,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+pub struct E2eArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    shape: Shape,
+    #[command(flatten)]
+    producer: ProducerOptions,
+    #[arg(long, default_value_t = 2)]
+    consumers: usize,
+    /// Fixed total produce load in MB/s.
+    #[arg(long, value_name = "MB/S", default_value_t = 50.0)]
+    rate: f64,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+pub struct BaselineArgs {
+    #[command(flatten)]
+    shape: Shape,
+    /// Parallel loopback connections (as many as producers or consumers).
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Directory for the disk scratch file: the broker's data directory.
+    #[arg(long, value_name = "DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Seconds each measurement runs.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
+    duration: f64,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(command: BenchCommand) -> Result<(), String> {
+    match command {
+        BenchCommand::Produce(args) => produce(args),
+        BenchCommand::Consume(args) => consume(args),
+        BenchCommand::E2e(args) => e2e(args),
+        BenchCommand::Baseline(args) => {
+            let chunk = chunk_bytes(&args.shape);
+            let baseline = baseline::measure(
+                &args.data_dir,
+                chunk,
+                args.connections,
+                seconds("--duration", args.duration)?,
+            )?;
+            if args.json {
+                println!("{}", baseline.to_json());
+            } else {
+                print!("{}", baseline.to_text());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn produce(args: ProduceArgs) -> Result<(), String> {
+    let load = producer_load(&args.target, &args.shape, &args.producer, args.rate, false)?;
+    let baseline = measure_baseline(&args.output, &args.shape, load.producers)?;
+    let window = window(&args.producer)?;
+    let (recorder, elapsed) = produce::run(&load, window)?;
+    let bound = if load.acks == -1 {
+        Bound::DurableWrite
+    } else {
+        Bound::Write
+    };
+    let report = Report {
+        test: "produce",
+        latency_of: if load.acks == 0 {
+            "no acks"
+        } else {
+            "ack latency"
+        },
+        settings: producer_settings(&load),
+        elapsed,
+        recorder,
+        baseline: baseline.map(|baseline| (baseline, bound)),
+        extra: Vec::new(),
+    };
+    emit(&report, args.output.json);
+    Ok(())
+}
+
+fn consume(args: ConsumeArgs) -> Result<(), String> {
+    let address = first_address(&args.target.brokers)?;
+    let mut client = KafkaClient::connect(&args.target.brokers).map_err(|e| e.to_string())?;
+    let topic = args.target.topic.clone();
+    let counts = offsets::partition_counts(&mut client, std::slice::from_ref(&topic))?;
+    let available = counts.get(&topic).copied().unwrap_or(0);
+    let partitions = args.partitions.unwrap_or(available);
+    if partitions > available || partitions <= 0 {
+        return Err(format!(
+            "topic {topic} has {available} partitions; cannot read {partitions}"
+        ));
+    }
+    let start = partition_offsets(&mut client, &topic, partitions, EARLIEST)?;
+    let end = partition_offsets(&mut client, &topic, partitions, LATEST)?;
+    let records: i64 = end.iter().map(|(p, end)| end - start[p]).sum();
+    if records <= 0 {
+        return Err(format!(
+            "topic {topic} holds no records to read: fill it first, e.g. \
+             `sluice bench produce --topic {topic} --acks 1 --duration 10`"
+        ));
+    }
+    let baseline = measure_baseline(&args.output, &args.shape, args.consumers)?;
+    let load = ConsumeLoad {
+        address,
+        topic: topic.clone(),
+        partitions,
+        consumers: args.consumers.max(1),
+        fetch_max_bytes: args.fetch_max_bytes,
+        partition_max_bytes: args.partition_max_bytes,
+        start,
+        mode: Mode::CatchUp { end },
+    };
+    let started = Instant::now();
+    let deadline = started + seconds("--duration", args.duration)?;
+    let (recorder, elapsed) = consume::run(&load, started, deadline)?;
+    let report = Report {
+        test: "consume",
+        latency_of: "fetch latency",
+        settings: json!({
+            "topic": topic,
+            "partitions": partitions,
+            "consumers": load.consumers,
+            "fetch_max_bytes": load.fetch_max_bytes,
+            "partition_max_bytes": load.partition_max_bytes,
+            "records_in_log": records,
+        }),
+        elapsed,
+        recorder,
+        baseline: baseline.map(|baseline| (baseline, Bound::Network)),
+        extra: Vec::new(),
+    };
+    emit(&report, args.output.json);
+    Ok(())
+}
+
+fn e2e(args: E2eArgs) -> Result<(), String> {
+    let load = producer_load(
+        &args.target,
+        &args.shape,
+        &args.producer,
+        Some(args.rate),
+        true,
+    )?;
+    let baseline = measure_baseline(&args.output, &args.shape, load.producers)?;
+    let mut client = KafkaClient::connect(&args.target.brokers).map_err(|e| e.to_string())?;
+    let start = partition_offsets(&mut client, &load.topic, load.partitions, LATEST)?;
+    let producers_done = Arc::new(AtomicBool::new(false));
+    let window = window(&args.producer)?;
+    let measure_from_nanos = now_nanos()
+        + window
+            .measure_from
+            .saturating_duration_since(Instant::now())
+            .as_nanos() as u64;
+    let consumers = ConsumeLoad {
+        address: load.address.clone(),
+        topic: load.topic.clone(),
+        partitions: load.partitions,
+        consumers: args.consumers.max(1),
+        fetch_max_bytes: 64 << 20,
+        partition_max_bytes: 16 << 20,
+        start,
+        mode: Mode::Follow {
+            measure_from_nanos,
+            producers_done: producers_done.clone(),
+        },
+    };
+    // Consumers stop once caught up after the producers finish, or 30 s
+    // later at the latest.
+    let consumers_deadline = window.deadline + Duration::from_secs(30);
+    let (produced, consumed) = std::thread::scope(|scope| {
+        let consumed =
+            scope.spawn(|| consume::run(&consumers, window.measure_from, consumers_deadline));
+        let produced = produce::run(&load, window);
+        producers_done.store(true, Ordering::Release);
+        let consumed = consumed.join().unwrap_or(Err("consumers panicked".into()));
+        (produced, consumed)
+    });
+    let (produced, produce_elapsed) = produced?;
+    let (consumed, consume_elapsed) = consumed?;
+    let produce_report = Report {
+        test: "e2e producers",
+        latency_of: "ack latency",
+        settings: producer_settings(&load),
+        elapsed: produce_elapsed,
+        recorder: produced,
+        baseline: None,
+        extra: Vec::new(),
+    };
+    let mut settings = producer_settings(&load);
+    settings["consumers"] = json!(consumers.consumers);
+    let report = Report {
+        test: "e2e",
+        latency_of: "produce→consume",
+        settings,
+        elapsed: consume_elapsed,
+        recorder: consumed,
+        baseline: baseline.map(|baseline| (baseline, Bound::Network)),
+        extra: vec![("produce", produce_report.to_json())],
+    };
+    if args.output.json {
+        eprint!("{}", produce_report.to_text());
+    } else {
+        print!("{}", produce_report.to_text());
+    }
+    emit(&report, args.output.json);
+    Ok(())
+}
+
+fn producer_load(
+    target: &Target,
+    shape: &Shape,
+    options: &ProducerOptions,
+    rate_mb_s: Option<f64>,
+    stamp: bool,
+) -> Result<ProduceLoad, String> {
+    if shape.record_size == 0 || shape.batch_records == 0 {
+        return Err("--record-size and --batch-records must be at least 1".into());
+    }
+    if options.producers == 0 || options.partitions <= 0 {
+        return Err("--producers and --partitions must be at least 1".into());
+    }
+    if let Some(rate) = rate_mb_s
+        && !(rate > 0.0 && rate.is_finite())
+    {
+        return Err(format!("--rate {rate}: expected MB/s above 0"));
+    }
+    ensure_topic(&target.brokers, &target.topic, options.partitions)?;
+    Ok(ProduceLoad {
+        address: first_address(&target.brokers)?,
+        topic: target.topic.clone(),
+        partitions: options.partitions,
+        producers: options.producers,
+        record_size: shape.record_size,
+        batch_records: shape.batch_records,
+        acks: options.acks.wire(),
+        compression: options.compression,
+        rate_mb_s,
+        inflight: options.inflight.max(1),
+        stamp,
+    })
+}
+
+fn producer_settings(load: &ProduceLoad) -> serde_json::Value {
+    json!({
+        "topic": load.topic,
+        "record_size": load.record_size,
+        "batch_records": load.batch_records,
+        "producers": load.producers,
+        "partitions": load.partitions,
+        "acks": match load.acks { 0 => "0", 1 => "1", _ => "all" },
+        "compression": load.compression.name(),
+        "inflight": load.inflight,
+        "rate_mb_s": load.rate_mb_s,
+    })
+}
+
+fn window(options: &ProducerOptions) -> Result<Window, String> {
+    let warmup = Duration::try_from_secs_f64(options.warmup)
+        .map_err(|_| format!("--warmup {}: expected seconds >= 0", options.warmup))?;
+    let measure_from = Instant::now() + warmup;
+    Ok(Window {
+        measure_from,
+        deadline: measure_from + seconds("--duration", options.duration)?,
+    })
+}
+
+fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(|| format!("{flag} {value}: expected seconds above 0"))
+}
+
+/// One batch of the run's shape, as the baseline's chunk.
+fn chunk_bytes(shape: &Shape) -> usize {
+    batch::BatchTemplate::new(
+        shape.batch_records.max(1),
+        shape.record_size.max(1),
+        Compression::None,
+        1,
+    )
+    .bytes()
+    .len()
+}
+
+fn measure_baseline(
+    output: &Output,
+    shape: &Shape,
+    connections: usize,
+) -> Result<Option<Baseline>, String> {
+    if !output.baseline {
+        return Ok(None);
+    }
+    let baseline = baseline::measure(
+        &output.data_dir,
+        chunk_bytes(shape),
+        connections,
+        seconds("--baseline-duration", output.baseline_duration)?,
+    )?;
+    eprint!("{}", baseline.to_text());
+    Ok(Some(baseline))
+}
+
+fn emit(report: &Report, json: bool) {
+    if json {
+        eprint!("{}", report.to_text());
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+}
+
+fn first_address(brokers: &str) -> Result<String, String> {
+    brokers
+        .split(',')
+        .map(str::trim)
+        .find(|address| !address.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| "--brokers is empty".into())
+}
+
+/// Create `topic` with `partitions`, or check that it has that many.
+fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), String> {
+    let mut client = KafkaClient::connect(brokers).map_err(|error| error.to_string())?;
+    let request = CreateTopicsRequest::default()
+        .with_topics(vec![
+            CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_num_partitions(partitions)
+                .with_replication_factor(-1),
+        ])
+        .with_timeout_ms(30_000);
+    let response = client.call(&request).map_err(|error| error.to_string())?;
+    let result = response
+        .topics
+        .first()
+        .ok_or("empty CreateTopics response")?;
+    match result.error_code {
+        0 => Ok(()),
+        TOPIC_ALREADY_EXISTS => {
+            let counts = offsets::partition_counts(&mut client, &[topic.to_owned()])?;
+            let existing = counts.get(topic).copied().unwrap_or(0);
+            if existing == partitions {
+                Ok(())
+            } else {
+                Err(format!(
+                    "topic {topic} exists with {existing} partitions, not {partitions}: \
+                     delete it (`sluice topics delete {topic}`) or choose another --topic"
+                ))
+            }
+        }
+        code => Err(format!(
+            "cannot create topic {topic}: {}",
+            describe_error(code, result.error_message.as_deref())
+        )),
+    }
+}
+
+fn partition_offsets(
+    client: &mut KafkaClient,
+    topic: &str,
+    partitions: i32,
+    at: i64,
+) -> Result<BTreeMap<i32, i64>, String> {
+    let keys: Vec<_> = (0..partitions).map(|p| (topic.to_owned(), p)).collect();
+    Ok(offsets::list_offsets(client, &keys, at)?
+        .into_iter()
+        .map(|((_, partition), offset)| (partition, offset))
+        .collect())
+}

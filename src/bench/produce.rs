@@ -1,0 +1,231 @@
+//! Producers: one connection each, a writer thread that sends pre-built
+//! batches (round robin over the producer's partitions) with up to
+//! `inflight` requests outstanding, and a reader thread that matches the
+//! responses and records the ack latency.
+//!
+//! With `--rate`, sends are scheduled at fixed intervals and latency is
+//! measured from the scheduled time, so a stall shows up in the percentiles
+//! instead of silently slowing the schedule (no coordinated omission).
+
+use std::net::TcpStream;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::batch::{BatchTemplate, Compression, now_nanos};
+use super::stats::Recorder;
+use super::wire;
+
+pub struct ProduceLoad {
+    pub address: String,
+    pub topic: String,
+    pub partitions: i32,
+    pub producers: usize,
+    pub record_size: usize,
+    pub batch_records: usize,
+    pub acks: i16,
+    pub compression: Compression,
+    /// Total MB/s over all producers; `None` sends as fast as acks allow.
+    pub rate_mb_s: Option<f64>,
+    pub inflight: usize,
+    /// Stamp each batch with its send time (for e2e).
+    pub stamp: bool,
+}
+
+/// The schedule every thread of a run shares.
+#[derive(Clone, Copy)]
+pub struct Window {
+    /// Sends before this are warm-up: sent but not counted.
+    pub measure_from: Instant,
+    /// No send starts after this.
+    pub deadline: Instant,
+}
+
+struct InFlight {
+    correlation_id: i32,
+    intended: Instant,
+    records: u64,
+    bytes: u64,
+    counted: bool,
+}
+
+/// Partitions producer (or consumer) `index` of `count` writes (reads).
+pub fn partitions_of(index: usize, count: usize, partitions: i32) -> Vec<i32> {
+    let partitions = partitions.max(1) as usize;
+    if count >= partitions {
+        return vec![(index % partitions) as i32];
+    }
+    (index..partitions)
+        .step_by(count)
+        .map(|partition| partition as i32)
+        .collect()
+}
+
+/// Run every producer; returns their merged recorder and the time from
+/// `measure_from` to the last counted ack.
+pub fn run(load: &ProduceLoad, window: Window) -> Result<(Recorder, Duration), String> {
+    let results: Vec<Result<(Recorder, Instant), String>> = thread::scope(|scope| {
+        let producers: Vec<_> = (0..load.producers)
+            .map(|index| scope.spawn(move || producer(load, index, window)))
+            .collect();
+        producers
+            .into_iter()
+            .map(|producer| producer.join().unwrap_or(Err("producer panicked".into())))
+            .collect()
+    });
+    let mut recorder = Recorder::default();
+    let mut last = window.measure_from;
+    for result in results {
+        let (one, one_last) = result?;
+        recorder.merge(one);
+        last = last.max(one_last);
+    }
+    if recorder.records == 0 {
+        return Err(match recorder.first_error {
+            Some(error) => format!("no batch was acknowledged: {error}"),
+            None => "no batch was acknowledged in the measured window".into(),
+        });
+    }
+    Ok((recorder, last.duration_since(window.measure_from)))
+}
+
+fn producer(
+    load: &ProduceLoad,
+    index: usize,
+    window: Window,
+) -> Result<(Recorder, Instant), String> {
+    let partitions = partitions_of(index, load.producers, load.partitions);
+    let mut template = BatchTemplate::new(
+        load.batch_records,
+        load.record_size,
+        load.compression,
+        index as u64 + 1,
+    );
+    let mut stream = wire::connect(&load.address)?;
+    let interval = load.rate_mb_s.map(|rate| {
+        let per_producer = rate * 1e6 / load.producers as f64;
+        Duration::from_secs_f64(template.bytes().len() as f64 / per_producer)
+    });
+    let (sender, receiver) = sync_channel::<InFlight>(load.inflight.max(1) - 1);
+    let reader = if load.acks == 0 {
+        drop(receiver);
+        None
+    } else {
+        let stream = stream
+            .try_clone()
+            .map_err(|error| format!("{}: {error}", load.address))?;
+        Some(thread::spawn(move || read_acks(stream, receiver, window)))
+    };
+    let mut sent = Recorder::default();
+    let mut next = Instant::now();
+    let mut sequence = 0usize;
+    let mut correlation_id = 0i32;
+    loop {
+        let intended = match interval {
+            Some(interval) => {
+                let now = Instant::now();
+                if next > now {
+                    thread::sleep(next - now);
+                }
+                let intended = next;
+                next += interval;
+                intended
+            }
+            None => Instant::now(),
+        };
+        if intended >= window.deadline {
+            break;
+        }
+        let partition = partitions[sequence % partitions.len()];
+        sequence += 1;
+        if load.stamp {
+            template.stamp(now_nanos());
+        }
+        let batch = template.bytes();
+        let mut prefix =
+            wire::produce_prefix(&load.topic, partition, load.acks, 30_000, batch.len());
+        wire::set_correlation_id(&mut prefix, correlation_id);
+        let entry = InFlight {
+            correlation_id,
+            intended,
+            records: template.records() as u64,
+            bytes: batch.len() as u64,
+            counted: intended >= window.measure_from,
+        };
+        correlation_id = correlation_id.wrapping_add(1);
+        if load.acks == 0 && entry.counted {
+            sent.add(entry.records, entry.bytes);
+            sent.requests += 1;
+        }
+        if load.acks != 0 && sender.send(entry).is_err() {
+            break; // the reader stopped: it holds the error
+        }
+        if let Err(error) = wire::write_all_vectored(&mut stream, &[&prefix, batch]) {
+            sent.error(format!("send to {}: {error}", load.address));
+            break;
+        }
+    }
+    drop(sender);
+    let sent_until = Instant::now();
+    match reader {
+        Some(reader) => {
+            let (mut acked, last) = reader.join().map_err(|_| "ack reader panicked")?;
+            acked.merge(sent);
+            Ok((acked, last))
+        }
+        None => Ok((sent, sent_until)),
+    }
+}
+
+fn read_acks(
+    mut stream: TcpStream,
+    in_flight: Receiver<InFlight>,
+    window: Window,
+) -> (Recorder, Instant) {
+    let mut recorder = Recorder::default();
+    let mut last = window.measure_from;
+    let mut frame = Vec::new();
+    for entry in in_flight {
+        if let Err(error) = wire::read_frame(&mut stream, &mut frame) {
+            recorder.error(format!("reading a produce response: {error}"));
+            break;
+        }
+        let now = Instant::now();
+        match wire::parse_produce_response(&frame) {
+            Ok((correlation_id, _)) if correlation_id != entry.correlation_id => {
+                recorder.error(format!(
+                    "response {correlation_id} arrived for request {}",
+                    entry.correlation_id
+                ));
+                break;
+            }
+            Ok((_, Some(error))) => recorder.error(error),
+            Ok((_, None)) if entry.counted => {
+                recorder.add(entry.records, entry.bytes);
+                recorder.requests += 1;
+                recorder.latency(now.duration_since(entry.intended));
+                last = now;
+            }
+            Ok((_, None)) => {}
+            Err(error) => {
+                recorder.error(format!("undecodable produce response: {error}"));
+                break;
+            }
+        }
+    }
+    (recorder, last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partitions_of;
+
+    #[test]
+    fn partitions_are_spread_over_producers() {
+        assert_eq!(partitions_of(0, 2, 2), vec![0]);
+        assert_eq!(partitions_of(1, 2, 2), vec![1]);
+        assert_eq!(partitions_of(1, 2, 5), vec![1, 3]);
+        assert_eq!(partitions_of(0, 2, 5), vec![0, 2, 4]);
+        assert_eq!(partitions_of(3, 4, 2), vec![1]);
+    }
+}

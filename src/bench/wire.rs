@@ -1,0 +1,304 @@
+//! The load generator's side of the Kafka wire: Produce v8 and Fetch v11,
+//! the last non-flexible versions, so a request is a short fixed prefix
+//! followed by the batch (sent with one vectored write, never copied) and a
+//! response is parsed in place from a reused buffer.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::TcpStream;
+
+use bytes::{BufMut, BytesMut};
+use kafka_protocol::messages::{ProduceResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+
+use crate::record_batch::{HEADER_BYTES, LOG_OVERHEAD_BYTES};
+
+pub const PRODUCE_VERSION: i16 = 8;
+pub const FETCH_VERSION: i16 = 11;
+const PRODUCE_KEY: i16 = 0;
+const CLIENT_ID: &[u8] = b"sluice-bench";
+/// Offset of the correlation id in a request frame: size, key, version.
+const CORRELATION_AT: usize = 8;
+/// Largest response frame read.
+const RESPONSE_MAX_BYTES: usize = 1 << 30;
+
+/// Connect with Nagle off; the producer's writes are whole requests.
+pub fn connect(address: &str) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect(address)
+        .map_err(|error| format!("cannot connect to {address}: {error}"))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|error| format!("{address}: {error}"))?;
+    Ok(stream)
+}
+
+/// Size, header v1 and the Produce v8 body up to the records' length, for a
+/// request with one batch of `batch_len` bytes for one partition. The
+/// correlation id is set per request with [`set_correlation_id`].
+pub fn produce_prefix(
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    timeout_ms: i32,
+    batch_len: usize,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + topic.len());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&PRODUCE_KEY.to_be_bytes());
+    out.extend_from_slice(&PRODUCE_VERSION.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    put_string(&mut out, CLIENT_ID);
+    out.extend_from_slice(&(-1i16).to_be_bytes()); // transactional id: null
+    out.extend_from_slice(&acks.to_be_bytes());
+    out.extend_from_slice(&timeout_ms.to_be_bytes());
+    out.extend_from_slice(&1i32.to_be_bytes()); // one topic
+    put_string(&mut out, topic.as_bytes());
+    out.extend_from_slice(&1i32.to_be_bytes()); // one partition
+    out.extend_from_slice(&partition.to_be_bytes());
+    let batch_len = i32::try_from(batch_len).expect("batch under 2 GiB");
+    out.extend_from_slice(&batch_len.to_be_bytes());
+    let size = (out.len() - 4) as i32 + batch_len;
+    out[..4].copy_from_slice(&size.to_be_bytes());
+    out
+}
+
+fn put_string(out: &mut Vec<u8>, text: &[u8]) {
+    out.extend_from_slice(&(text.len() as i16).to_be_bytes());
+    out.extend_from_slice(text);
+}
+
+pub fn set_correlation_id(frame: &mut [u8], id: i32) {
+    frame[CORRELATION_AT..CORRELATION_AT + 4].copy_from_slice(&id.to_be_bytes());
+}
+
+/// Write `parts` in full with as few system calls as the socket allows.
+pub fn write_all_vectored(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|part| IoSlice::new(part)).collect();
+    let mut slices = slices.as_mut_slice();
+    while !slices.is_empty() {
+        let written = stream.write_vectored(slices)?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
+}
+
+/// Read one response frame (without its size) into `buf`.
+pub fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size)?;
+    let size = i32::from_be_bytes(size);
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|size| *size <= RESPONSE_MAX_BYTES && *size >= 4)
+        .ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("frame of {size} bytes"))
+        })?;
+    buf.resize(size, 0);
+    stream.read_exact(buf)
+}
+
+/// Encode a whole request frame with kafka-protocol (for the small ones).
+pub fn encode_request<R: Request + Encodable>(
+    request: &R,
+    version: i16,
+    correlation_id: i32,
+) -> Vec<u8> {
+    let header = RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("sluice-bench")));
+    let mut frame = BytesMut::new();
+    frame.put_i32(0);
+    header
+        .encode(&mut frame, R::header_version(version))
+        .expect("request header encodes");
+    request
+        .encode(&mut frame, version)
+        .expect("request encodes");
+    let size = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
+    frame.to_vec()
+}
+
+/// The correlation id and the first error of a Produce v8 response.
+pub fn parse_produce_response(frame: &[u8]) -> Result<(i32, Option<String>), String> {
+    let mut body = bytes::Bytes::copy_from_slice(frame);
+    let header = ResponseHeader::decode(&mut body, 0).map_err(|error| error.to_string())?;
+    let response =
+        ProduceResponse::decode(&mut body, PRODUCE_VERSION).map_err(|error| error.to_string())?;
+    let error = response
+        .responses
+        .iter()
+        .flat_map(|topic| topic.partition_responses.iter())
+        .find(|partition| partition.error_code != 0)
+        .map(|partition| {
+            format!(
+                "partition {}: error {}{}",
+                partition.index,
+                partition.error_code,
+                partition
+                    .error_message
+                    .as_deref()
+                    .map(|message| format!(" ({message})"))
+                    .unwrap_or_default()
+            )
+        });
+    Ok((header.correlation_id, error))
+}
+
+/// A partition's part of a Fetch response.
+pub struct FetchedPartition<'a> {
+    pub partition: i32,
+    pub error_code: i16,
+    pub high_watermark: i64,
+    pub records: &'a [u8],
+}
+
+/// Walk a Fetch v11 response for one topic, in place.
+pub fn parse_fetch_response(frame: &[u8]) -> Result<(i32, Vec<FetchedPartition<'_>>), String> {
+    let mut reader = Reader {
+        bytes: frame,
+        at: 0,
+    };
+    let correlation_id = reader.i32()?;
+    let _throttle = reader.i32()?;
+    let error_code = reader.i16()?;
+    let _session = reader.i32()?;
+    if error_code != 0 {
+        return Err(format!("fetch failed with error {error_code}"));
+    }
+    let mut partitions = Vec::new();
+    for _ in 0..reader.count()? {
+        let name_len = reader.i16()?.max(0) as usize;
+        reader.take(name_len)?;
+        for _ in 0..reader.count()? {
+            let partition = reader.i32()?;
+            let error_code = reader.i16()?;
+            let high_watermark = reader.i64()?;
+            let _last_stable = reader.i64()?;
+            let _log_start = reader.i64()?;
+            let aborted = reader.i32()?;
+            if aborted > 0 {
+                reader.take(aborted as usize * 16)?;
+            }
+            let _preferred_replica = reader.i32()?;
+            let records_len = reader.i32()?.max(0) as usize;
+            let records = reader.take(records_len)?;
+            partitions.push(FetchedPartition {
+                partition,
+                error_code,
+                high_watermark,
+                records,
+            });
+        }
+    }
+    Ok((correlation_id, partitions))
+}
+
+/// A whole batch within fetched records.
+pub struct BatchView<'a> {
+    pub base_offset: i64,
+    pub next_offset: i64,
+    pub records: u64,
+    pub bytes: &'a [u8],
+}
+
+/// The whole batches in `records`; a partial batch at the end is skipped.
+pub fn batches(records: &[u8]) -> impl Iterator<Item = BatchView<'_>> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let rest = &records[at..];
+        if rest.len() < HEADER_BYTES {
+            return None;
+        }
+        let length = i32::from_be_bytes(rest[8..12].try_into().expect("4 bytes"));
+        let total = LOG_OVERHEAD_BYTES + usize::try_from(length).ok()?;
+        if total < HEADER_BYTES || rest.len() < total {
+            return None;
+        }
+        at += total;
+        let base_offset = i64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+        let last_delta = i32::from_be_bytes(rest[23..27].try_into().expect("4 bytes"));
+        let count = i32::from_be_bytes(rest[57..61].try_into().expect("4 bytes"));
+        Some(BatchView {
+            base_offset,
+            next_offset: base_offset + i64::from(last_delta) + 1,
+            records: count.max(0) as u64,
+            bytes: &rest[..total],
+        })
+    })
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(len)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or("fetch response ends early")?;
+        let taken = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(taken)
+    }
+
+    fn i16(&mut self) -> Result<i16, String> {
+        Ok(i16::from_be_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+
+    fn i32(&mut self) -> Result<i32, String> {
+        Ok(i32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn i64(&mut self) -> Result<i64, String> {
+        Ok(i64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn count(&mut self) -> Result<usize, String> {
+        Ok(self.i32()?.max(0) as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::ProduceRequest;
+
+    #[test]
+    fn produce_prefix_and_batch_decode_as_a_produce_request() {
+        let batch = crate::record_batch::BatchBuilder::new(1)
+            .push(crate::record_batch::RecordSpec {
+                key: None,
+                value: Some(b"v"),
+                timestamp_delta_ms: 0,
+            })
+            .build();
+        let mut frame = produce_prefix("bench", 3, -1, 30_000, batch.len());
+        set_correlation_id(&mut frame, 77);
+        frame.extend_from_slice(&batch);
+        let size = i32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(size, frame.len() - 4);
+        let mut body = bytes::Bytes::copy_from_slice(&frame[4..]);
+        let header = RequestHeader::decode(&mut body, 1).unwrap();
+        assert_eq!(header.correlation_id, 77);
+        assert_eq!(header.request_api_version, PRODUCE_VERSION);
+        let request = ProduceRequest::decode(&mut body, PRODUCE_VERSION).unwrap();
+        assert_eq!(request.acks, -1);
+        let partition = &request.topic_data[0].partition_data[0];
+        assert_eq!(partition.index, 3);
+        assert_eq!(partition.records.as_deref(), Some(batch.as_slice()));
+    }
+}
