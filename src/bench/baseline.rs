@@ -3,6 +3,8 @@
 //! as a fraction of what the machine allows in the same run:
 //!
 //! - loopback TCP: `connections` sender/receiver thread pairs, no protocol;
+//! - sequential read of what was written, cold, through the page cache (what
+//!   a catch-up fetch reads);
 //! - write + fdatasync per batch (what acks=all must pay) and plain
 //!   sequential writes with one fdatasync at the end (acks=0/1), both with
 //!   O_DIRECT where the filesystem allows it (the broker's default write
@@ -29,6 +31,9 @@ pub struct Baseline {
     pub tcp_mb_s: f64,
     pub disk_sync_mb_s: f64,
     pub disk_write_mb_s: f64,
+    /// Reading back what the write pass wrote, through the page cache (as
+    /// catch-up fetches read the log).
+    pub disk_read_mb_s: f64,
     pub chunk_bytes: usize,
     pub direct_io: bool,
 }
@@ -41,6 +46,7 @@ impl Baseline {
         let disk = match bound {
             Bound::DurableWrite => ("write+fdatasync per batch", self.disk_sync_mb_s),
             Bound::Write => ("sequential write", self.disk_write_mb_s),
+            Bound::Read => ("sequential read", self.disk_read_mb_s),
             Bound::Network => return tcp,
         };
         if disk.1 < tcp.1 { disk } else { tcp }
@@ -51,6 +57,7 @@ impl Baseline {
             "tcp_mb_s": round(self.tcp_mb_s),
             "disk_sync_mb_s": round(self.disk_sync_mb_s),
             "disk_write_mb_s": round(self.disk_write_mb_s),
+            "disk_read_mb_s": round(self.disk_read_mb_s),
             "chunk_bytes": self.chunk_bytes,
             "direct_io": self.direct_io,
         })
@@ -60,11 +67,12 @@ impl Baseline {
         format!(
             "baseline: {} B chunks\n  loopback TCP               {:.1} MB/s\n  \
              write+fdatasync per chunk  {:.1} MB/s\n  sequential write           {:.1} MB/s\n  \
-             ({}; MB = 10^6 bytes)\n",
+             sequential read            {:.1} MB/s\n  ({}; MB = 10^6 bytes)\n",
             self.chunk_bytes,
             self.tcp_mb_s,
             self.disk_sync_mb_s,
             self.disk_write_mb_s,
+            self.disk_read_mb_s,
             if self.direct_io {
                 "disk with O_DIRECT"
             } else {
@@ -82,12 +90,13 @@ pub fn measure(
     duration: Duration,
 ) -> Result<Baseline, String> {
     let tcp_mb_s = tcp(chunk_bytes, connections.max(1), duration)?;
-    let (disk_sync_mb_s, direct_io) = disk(data_dir, chunk_bytes, duration, true)?;
-    let (disk_write_mb_s, _) = disk(data_dir, chunk_bytes, duration, false)?;
+    let (disk_sync_mb_s, direct_io, _) = disk(data_dir, chunk_bytes, duration, true)?;
+    let (disk_write_mb_s, _, disk_read_mb_s) = disk(data_dir, chunk_bytes, duration, false)?;
     Ok(Baseline {
         tcp_mb_s,
         disk_sync_mb_s,
         disk_write_mb_s,
+        disk_read_mb_s,
         chunk_bytes,
         direct_io,
     })
@@ -136,7 +145,7 @@ fn disk(
     chunk_bytes: usize,
     duration: Duration,
     sync_each: bool,
-) -> Result<(f64, bool), String> {
+) -> Result<(f64, bool, f64), String> {
     let context = |error: std::io::Error| format!("{}: {error}", dir.display());
     if !dir.is_dir() {
         return Err(format!(
@@ -167,8 +176,40 @@ fn disk(
         written += chunk.len() as u64;
     }
     file.sync_data().map_err(context)?;
-    let elapsed = started.elapsed().as_secs_f64();
-    Ok((written as f64 / elapsed / 1e6, direct_io))
+    let write_mb_s = written as f64 / started.elapsed().as_secs_f64() / 1e6;
+    let read_mb_s = if sync_each {
+        0.0
+    } else {
+        read_back(
+            &scratch.0,
+            chunk.len(),
+            written.min(SCRATCH_BYTES),
+            duration,
+        )
+        .map_err(context)?
+    };
+    Ok((write_mb_s, direct_io, read_mb_s))
+}
+
+/// Sequential buffered reads of the first `len` bytes, cold: the cache is
+/// dropped first (O_DIRECT writes leave nothing there anyway).
+fn read_back(path: &Path, chunk: usize, len: u64, duration: Duration) -> std::io::Result<f64> {
+    use std::os::fd::AsRawFd;
+    let file = File::open(path)?;
+    // SAFETY: advice on an open descriptor we own; failure only means a
+    // warmer cache.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let mut buf = vec![0u8; chunk];
+    let started = Instant::now();
+    let mut offset = 0u64;
+    while offset < len && started.elapsed() < duration {
+        let read = file.read_at(&mut buf, offset)?;
+        if read == 0 {
+            break;
+        }
+        offset += read as u64;
+    }
+    Ok(offset as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e6)
 }
 
 fn open(path: &Path, direct: bool) -> std::io::Result<File> {

@@ -152,7 +152,9 @@ impl BatchTemplate {
                 producer_epoch: -1,
                 timestamp_type: TimestampType::Creation,
                 offset: index as i64,
-                sequence: -1,
+                // kafka-protocol keeps records in one batch only while
+                // offset - sequence stays constant; base sequence stays -1.
+                sequence: index as i32 - 1,
                 timestamp: timestamp_ms,
                 key: (index == 0).then(|| key.clone()),
                 value: Some(value.clone()),
@@ -215,7 +217,13 @@ mod tests {
             let mut template = BatchTemplate::new(10, 100, compression, 7);
             template.stamp(123_456_789);
             let batch = template.bytes();
-            ValidatedBatch::validate(batch, usize::MAX).expect("valid batch");
+            let validated = ValidatedBatch::validate(batch, usize::MAX).expect("valid batch");
+            assert_eq!(
+                validated.header().records_count,
+                10,
+                "one batch: {compression:?}"
+            );
+            assert_eq!(validated.len(), batch.len(), "nothing after the batch");
             assert_eq!(read_stamp(batch), Some(123_456_789), "{compression:?}");
         }
     }

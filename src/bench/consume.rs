@@ -21,6 +21,7 @@ use super::batch::{now_nanos, read_stamp};
 use super::produce::partitions_of;
 use super::stats::Recorder;
 use super::wire;
+use crate::admin::describe_error;
 
 pub struct ConsumeLoad {
     pub address: String,
@@ -103,16 +104,12 @@ fn consumer(
         if wanted.is_empty() {
             break;
         }
-        if let Mode::Follow { producers_done, .. } = &load.mode {
-            let caught_up = wanted.iter().all(|(partition, offset)| {
-                high_watermarks
-                    .get(partition)
-                    .is_some_and(|high| offset >= high)
-            });
-            if producers_done.load(Ordering::Acquire) && caught_up {
-                break;
-            }
-        }
+        // Only a response to a fetch sent after the producers finished can
+        // show that everything they produced was read.
+        let producers_were_done = match &load.mode {
+            Mode::Follow { producers_done, .. } => producers_done.load(Ordering::Acquire),
+            Mode::CatchUp { .. } => false,
+        };
         let request = fetch_request(load, &wanted, max_wait_ms);
         let sent_at = Instant::now();
         let request = wire::encode_request(&request, wire::FETCH_VERSION, correlation_id);
@@ -132,11 +129,13 @@ fn consumer(
         let mut got_any = false;
         for fetched in partitions {
             if fetched.error_code != 0 {
-                recorder.error(format!(
-                    "partition {}: error {}",
-                    fetched.partition, fetched.error_code
+                // Retrying would spin: the same fetch gets the same answer.
+                return Err(format!(
+                    "partition {} at offset {}: {}",
+                    fetched.partition,
+                    offsets.get(&fetched.partition).copied().unwrap_or(-1),
+                    describe_error(fetched.error_code, None)
                 ));
-                continue;
             }
             high_watermarks.insert(fetched.partition, fetched.high_watermark);
             let Some(offset) = offsets.get_mut(&fetched.partition) else {
@@ -165,11 +164,19 @@ fn consumer(
                 }
             }
         }
-        if let Mode::CatchUp { .. } = load.mode {
-            if got_any {
-                recorder.latency(now.duration_since(sent_at));
-                last = now;
-            }
+        let caught_up = offsets.iter().all(|(partition, offset)| {
+            high_watermarks
+                .get(partition)
+                .is_some_and(|high| offset >= high)
+        });
+        if producers_were_done && caught_up {
+            break;
+        }
+        if let Mode::CatchUp { .. } = load.mode
+            && got_any
+        {
+            recorder.latency(now.duration_since(sent_at));
+            last = now;
         }
     }
     Ok((recorder, last))

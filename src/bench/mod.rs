@@ -32,7 +32,7 @@ use crate::admin::describe_error;
 use crate::admin::offsets::{self, EARLIEST, LATEST};
 use crate::client::KafkaClient;
 use baseline::Baseline;
-use batch::{Compression, now_nanos};
+use batch::Compression;
 use consume::{ConsumeLoad, Mode};
 use produce::{ProduceLoad, Window};
 use stats::{Bound, Report};
@@ -310,7 +310,7 @@ fn consume(args: ConsumeArgs) -> Result<(), String> {
         }),
         elapsed,
         recorder,
-        baseline: baseline.map(|baseline| (baseline, Bound::Network)),
+        baseline: baseline.map(|baseline| (baseline, Bound::Read)),
         extra: Vec::new(),
     };
     emit(&report, args.output.json);
@@ -330,11 +330,6 @@ fn e2e(args: E2eArgs) -> Result<(), String> {
     let start = partition_offsets(&mut client, &load.topic, load.partitions, LATEST)?;
     let producers_done = Arc::new(AtomicBool::new(false));
     let window = window(&args.producer)?;
-    let measure_from_nanos = now_nanos()
-        + window
-            .measure_from
-            .saturating_duration_since(Instant::now())
-            .as_nanos() as u64;
     let consumers = ConsumeLoad {
         address: load.address.clone(),
         topic: load.topic.clone(),
@@ -344,7 +339,7 @@ fn e2e(args: E2eArgs) -> Result<(), String> {
         partition_max_bytes: 16 << 20,
         start,
         mode: Mode::Follow {
-            measure_from_nanos,
+            measure_from_nanos: window.measure_from_nanos,
             producers_done: producers_done.clone(),
         },
     };
@@ -441,11 +436,10 @@ fn producer_settings(load: &ProduceLoad) -> serde_json::Value {
 fn window(options: &ProducerOptions) -> Result<Window, String> {
     let warmup = Duration::try_from_secs_f64(options.warmup)
         .map_err(|_| format!("--warmup {}: expected seconds >= 0", options.warmup))?;
-    let measure_from = Instant::now() + warmup;
-    Ok(Window {
-        measure_from,
-        deadline: measure_from + seconds("--duration", options.duration)?,
-    })
+    Ok(Window::new(
+        warmup,
+        seconds("--duration", options.duration)?,
+    ))
 }
 
 fn seconds(flag: &str, value: f64) -> Result<Duration, String> {

@@ -39,6 +39,29 @@ pub struct Window {
     pub measure_from: Instant,
     /// No send starts after this.
     pub deadline: Instant,
+    /// `measure_from` on the wall clock (nanoseconds since the epoch), for
+    /// stamps that a consumer compares with its own clock.
+    pub measure_from_nanos: u64,
+}
+
+impl Window {
+    pub fn new(warmup: Duration, duration: Duration) -> Window {
+        let now = Instant::now();
+        Window {
+            measure_from: now + warmup,
+            deadline: now + warmup + duration,
+            measure_from_nanos: now_nanos() + warmup.as_nanos() as u64,
+        }
+    }
+
+    /// The e2e stamp of a send scheduled at `intended`: its wall-clock time
+    /// when it is measured, 0 (ignored by consumers) during warm-up.
+    fn stamp_of(&self, intended: Instant) -> u64 {
+        match intended.checked_duration_since(self.measure_from) {
+            Some(since) => self.measure_from_nanos + since.as_nanos() as u64,
+            None => 0,
+        }
+    }
 }
 
 struct InFlight {
@@ -139,7 +162,7 @@ fn producer(
         let partition = partitions[sequence % partitions.len()];
         sequence += 1;
         if load.stamp {
-            template.stamp(now_nanos());
+            template.stamp(window.stamp_of(intended));
         }
         let batch = template.bytes();
         let mut prefix =

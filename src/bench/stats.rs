@@ -85,7 +85,9 @@ pub enum Bound {
     DurableWrite,
     /// Produce acks=0/1: written, synced later.
     Write,
-    /// Consume: the broker's bytes cross loopback TCP.
+    /// Consume (catch-up): read from the log, then across loopback TCP.
+    Read,
+    /// e2e: bytes cross loopback TCP.
     Network,
 }
 

@@ -272,7 +272,7 @@ impl CommitLog {
         // passed. While writes are in flight it keeps filling instead: their
         // completion brings the next round, with more data per write.
         let device_idle = self.writes_inflight() == 0;
-        let partial_due = (device_idle && (idle || sync_now)) || interval_passed;
+        let partial_due = sync_now || (device_idle && idle) || interval_passed;
         if partial_due
             && self.writes_inflight() < self.options.inflight_writes_max
             && let Some(write) = self.appender.take_active_write()
