@@ -267,10 +267,13 @@ impl CommitLog {
         let interval_passed = self
             .oldest_unsubmitted
             .is_some_and(|oldest| now >= oldest + self.options.flush_interval);
-        // A partly filled chunk goes out when the device has nothing to do
-        // (and someone waits or the shard is idle), or when the latency bound
-        // passed. While writes are in flight it keeps filling instead: their
-        // completion brings the next round, with more data per write.
+        // A partly filled chunk goes out at once when someone waits for
+        // durability (acks=all, or `flush.ms` passed), even beside writes in
+        // flight: a batch spanning two chunks then has both writes and their
+        // fdatasyncs out together. Otherwise it goes when the device has
+        // nothing to do and the shard is idle, or when the latency bound
+        // passed; while writes are in flight it keeps filling, since their
+        // completion brings the next round with more data per write.
         let device_idle = self.writes_inflight() == 0;
         let partial_due = sync_now || (device_idle && idle) || interval_passed;
         if partial_due
