@@ -196,6 +196,12 @@ pub fn set_log_append_time(bytes: &mut [u8], now_ms: i64) {
     let attributes = read_i16(bytes, ATTRIBUTES_AT) | ATTRIBUTE_LOG_APPEND_TIME;
     bytes[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
     bytes[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&now_ms.to_be_bytes());
+    recompute_crc(bytes);
+}
+
+/// Recompute the batch CRC after changing bytes it covers.
+pub fn recompute_crc(bytes: &mut [u8]) {
+    assert!(bytes.len() >= HEADER_BYTES, "batch shorter than its header");
     let crc = crc32c::crc32c(&bytes[CRC_COVERED_FROM..]);
     bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
 }

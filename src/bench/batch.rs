@@ -17,14 +17,12 @@ use kafka_protocol::records::{
     TimestampType,
 };
 
-use crate::record_batch::{BatchBuilder, CRC_COVERED_FROM, HEADER_BYTES, RecordSpec};
+use crate::record_batch::{self, BatchBuilder, BatchHeader, HEADER_BYTES, RecordSpec};
 
 /// Marks a stamped key: "sluice-e" followed by the send time.
 const STAMP_MARKER: [u8; 8] = *b"sluice-e";
 /// Marker plus nanoseconds.
 pub const STAMP_BYTES: usize = 16;
-const CRC_AT: usize = 17;
-const ATTRIBUTES_AT: usize = 21;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Compression {
@@ -116,8 +114,7 @@ impl BatchTemplate {
         match self.stamp_at {
             Some(at) => {
                 self.bytes[at..at + 8].copy_from_slice(&nanos.to_be_bytes());
-                let crc = crc32c::crc32c(&self.bytes[CRC_COVERED_FROM..]);
-                self.bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+                record_batch::recompute_crc(&mut self.bytes);
             }
             None => self.bytes = self.encode(nanos),
         }
@@ -184,11 +181,8 @@ pub fn now_nanos() -> u64 {
 
 /// The send time stamped into a batch's first key, if it carries one.
 pub fn read_stamp(batch: &[u8]) -> Option<u64> {
-    if batch.len() < HEADER_BYTES {
-        return None;
-    }
-    let attributes = i16::from_be_bytes([batch[ATTRIBUTES_AT], batch[ATTRIBUTES_AT + 1]]);
-    if attributes & 0x07 == 0 {
+    let header = BatchHeader::parse(batch).ok()?;
+    if header.compression_codec() == 0 {
         // Uncompressed: the first record's key is within its first bytes.
         let head = &batch[HEADER_BYTES..batch.len().min(HEADER_BYTES + 64)];
         let at = head

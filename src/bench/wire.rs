@@ -10,7 +10,7 @@ use bytes::{BufMut, BytesMut};
 use kafka_protocol::messages::{ProduceResponse, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
-use crate::record_batch::{HEADER_BYTES, LOG_OVERHEAD_BYTES};
+use crate::record_batch::{self, BatchHeader, HEADER_BYTES};
 
 pub const PRODUCE_VERSION: i16 = 8;
 pub const FETCH_VERSION: i16 = 11;
@@ -200,7 +200,6 @@ pub fn parse_fetch_response(frame: &[u8]) -> Result<(i32, Vec<FetchedPartition<'
 
 /// A whole batch within fetched records.
 pub struct BatchView<'a> {
-    pub base_offset: i64,
     pub next_offset: i64,
     pub records: u64,
     pub bytes: &'a [u8],
@@ -214,19 +213,15 @@ pub fn batches(records: &[u8]) -> impl Iterator<Item = BatchView<'_>> {
         if rest.len() < HEADER_BYTES {
             return None;
         }
-        let length = i32::from_be_bytes(rest[8..12].try_into().expect("4 bytes"));
-        let total = LOG_OVERHEAD_BYTES + usize::try_from(length).ok()?;
+        let total = record_batch::declared_size(rest)?;
         if total < HEADER_BYTES || rest.len() < total {
             return None;
         }
         at += total;
-        let base_offset = i64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
-        let last_delta = i32::from_be_bytes(rest[23..27].try_into().expect("4 bytes"));
-        let count = i32::from_be_bytes(rest[57..61].try_into().expect("4 bytes"));
+        let header = BatchHeader::parse(rest).ok()?;
         Some(BatchView {
-            base_offset,
-            next_offset: base_offset + i64::from(last_delta) + 1,
-            records: count.max(0) as u64,
+            next_offset: header.base_offset + i64::from(header.last_offset_delta) + 1,
+            records: header.records_count.max(0) as u64,
             bytes: &rest[..total],
         })
     })
