@@ -98,6 +98,9 @@ pub struct KafkaConfig {
 pub struct MetricsConfig {
     /// Address of the metrics and health endpoint, `host:port`.
     pub listen: String,
+    /// How often each shard sets its gauges (busy ratio, log sizes,
+    /// consumer lag). Scrapes in between see the last values.
+    pub refresh_interval_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -211,6 +214,7 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: "127.0.0.1:9644".to_owned(),
+            refresh_interval_ms: 5000,
         }
     }
 }
@@ -298,6 +302,13 @@ impl Config {
         }
         self.kafka.validate(&self.storage)?;
         parse_address("metrics.listen", &self.metrics.listen)?;
+        if !(100..=3_600_000).contains(&self.metrics.refresh_interval_ms) {
+            return invalid(
+                "metrics.refresh_interval_ms",
+                self.metrics.refresh_interval_ms,
+                "between 100 and 3600000",
+            );
+        }
         self.storage.validate()?;
         self.retention.validate()?;
         self.groups.validate()

@@ -17,7 +17,7 @@ pub mod data_dir;
 pub mod ids;
 pub mod io;
 pub mod kafka;
-pub mod metrics_http;
 pub mod record_batch;
 pub mod shard;
 pub mod storage;
+pub mod telemetry;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice::broker::Broker;
@@ -13,10 +14,11 @@ use sluice::data_dir::DataDir;
 use sluice::io::{IoBackend, choose_backend};
 use sluice::kafka::KafkaService;
 use sluice::kafka::listener::bind_shard_listeners;
-use sluice::metrics_http::MetricsServer;
 use sluice::shard::ShardRuntime;
 use sluice::shard::signals::{Termination, TerminationSignals};
 use sluice::storage::{CheckpointStatus, RecoveryReport};
+use sluice::telemetry;
+use sluice::telemetry::http::MetricsServer;
 
 #[derive(Parser)]
 #[command(
@@ -304,7 +306,9 @@ fn run(config: Config, signals: &TerminationSignals) -> Result<(), String> {
         .listen
         .parse()
         .map_err(|_| "metrics.listen is not an address".to_owned())?;
-    let metrics = MetricsServer::start(metrics_address)
+    let refresh = Duration::from_millis(config.metrics.refresh_interval_ms);
+    let recorder = telemetry::install(refresh * 3 + Duration::from_secs(5))?;
+    let metrics = MetricsServer::start(metrics_address, Some(recorder))
         .map_err(|error| format!("cannot listen on {metrics_address} for metrics: {error}"))?;
     let kafka_address: SocketAddr = config
         .kafka

@@ -23,10 +23,16 @@ pub use log_io::{LogFile, LogIo, LogIoError, LogOp, LogOpDone, SubmitError, Writ
 pub fn new_log_io(
     backend: IoBackend,
     ops_max: u32,
-    label: &str,
+    shard: crate::ids::ShardId,
 ) -> std::io::Result<Box<dyn LogIo>> {
     Ok(match backend {
-        IoBackend::IoUring => Box::new(uring::UringLogIo::new(ops_max)?),
-        IoBackend::Epoll => Box::new(blocking::ThreadLogIo::new(ops_max, format!("{label}-io"))?),
+        IoBackend::IoUring => Box::new(uring::UringLogIo::new(
+            ops_max,
+            crate::telemetry::storage::RingMetrics::new(
+                &crate::telemetry::storage::shard_label(shard),
+                "commit_log",
+            ),
+        )?),
+        IoBackend::Epoll => Box::new(blocking::ThreadLogIo::new(ops_max, format!("{shard}-io"))?),
     })
 }

@@ -18,6 +18,7 @@ use io_uring::{IoUring, opcode, squeue, types};
 
 use super::eventfd::EventFd;
 use super::log_io::{LogIo, LogIoError, LogOp, LogOpDone, SubmitError, WriteOp};
+use crate::telemetry::storage::RingMetrics;
 
 /// Low bit of user_data: which SQE of an op completed.
 const USER_DATA_FSYNC_BIT: u64 = 1;
@@ -31,6 +32,7 @@ pub struct UringLogIo {
     /// Reused between reaps: (user_data, result) of each CQE.
     scratch: Vec<(u64, i32)>,
     queued_since_flush: bool,
+    metrics: RingMetrics,
 }
 
 struct InFlight {
@@ -47,7 +49,7 @@ struct InFlight {
 
 impl UringLogIo {
     /// A ring with room for `ops_max` ops in flight (each op needs up to 2 SQEs).
-    pub fn new(ops_max: u32) -> io::Result<UringLogIo> {
+    pub fn new(ops_max: u32, metrics: RingMetrics) -> io::Result<UringLogIo> {
         assert!(ops_max > 0);
         let entries = (ops_max * 2).next_power_of_two();
         let ring = IoUring::builder()
@@ -63,6 +65,7 @@ impl UringLogIo {
             finished: Vec::new(),
             scratch: Vec::new(),
             queued_since_flush: false,
+            metrics,
         })
     }
 
@@ -108,6 +111,7 @@ impl UringLogIo {
         let count = 1 + usize::from(second.is_some());
         let mut queue = self.ring.submission();
         if queue.capacity() - queue.len() < count {
+            self.metrics.queue_full.increment(1);
             return false;
         }
         // SAFETY: every entry points at memory owned by the slot (see above),
@@ -117,6 +121,7 @@ impl UringLogIo {
             None => unsafe { queue.push(&first) },
         };
         pushed.expect("space checked above");
+        self.metrics.submissions.increment(count as u64);
         in_flight.cqes_pending = count as u8;
         in_flight.resubmit = false;
         self.queued_since_flush = true;
@@ -248,6 +253,7 @@ impl LogIo for UringLogIo {
             check_write_op(write);
         }
         let Some(slot) = self.free_slots.pop() else {
+            self.metrics.queue_full.increment(1);
             return Err(SubmitError::QueueFull(op));
         };
         self.slots[slot as usize] = Some(InFlight {
@@ -294,6 +300,7 @@ impl LogIo for UringLogIo {
             if completions.is_empty() {
                 break;
             }
+            self.metrics.completions.increment(completions.len() as u64);
             for &(user_data, result) in &completions {
                 self.on_completion(user_data, result);
             }

@@ -39,6 +39,7 @@ use crate::broker::Broker;
 use crate::io::IoBackend;
 use crate::shard::ShardContext;
 use crate::shard::local_sync::Event;
+use crate::telemetry;
 
 pub async fn serve(
     shard: Rc<ShardContext>,
@@ -86,6 +87,10 @@ struct Pipeline {
 struct InFlight {
     task: JoinHandle<Outcome>,
     bytes: usize,
+    /// The request's API key (from the frame, before decoding) and when it
+    /// was read: its metrics once answered.
+    api_key: i16,
+    read_at: Instant,
 }
 
 impl Pipeline {
@@ -164,6 +169,9 @@ async fn read_requests(
             }
         };
         let bytes = frame.len();
+        let api_key = frame
+            .get(..2)
+            .map_or(-1, |key| i16::from_be_bytes([key[0], key[1]]));
         let task = compio::runtime::spawn(dispatch::handle(
             Rc::clone(shard),
             Arc::clone(broker),
@@ -171,7 +179,12 @@ async fn read_requests(
             frame,
             turns.take(),
         ));
-        pipeline.push(InFlight { task, bytes });
+        pipeline.push(InFlight {
+            task,
+            bytes,
+            api_key,
+            read_at: Instant::now(),
+        });
     }
     pipeline.stop_reading();
     std::future::pending::<()>().await;
@@ -201,10 +214,13 @@ async fn write_responses(
             }
             Outcome::Silent => {}
             Outcome::Close(reason) => {
+                telemetry::kafka::request_done(in_flight.api_key, in_flight.read_at);
+                telemetry::kafka::connection_closed_by(in_flight.api_key);
                 tracing::warn!(%peer, %reason, "closing connection after a bad request");
                 return;
             }
         }
+        telemetry::kafka::request_done(in_flight.api_key, in_flight.read_at);
         pipeline.answered(in_flight.bytes);
     }
 }

@@ -21,10 +21,12 @@ use kafka_protocol::protocol::Decodable;
 
 use super::api;
 use super::response::Response;
+use super::response_errors::ErrorCodes;
 use super::turn::Turn;
 use super::versions;
 use crate::broker::Broker;
 use crate::shard::ShardContext;
+use crate::telemetry;
 
 /// Everything a handler needs about the request it serves.
 pub struct Request<'a> {
@@ -52,11 +54,12 @@ impl Request<'_> {
         self.key.response_header_version(self.version)
     }
 
-    /// Encode `body` as this request's response.
-    pub fn respond<M: kafka_protocol::protocol::Encodable>(
+    /// Encode `body` as this request's response, counting its error codes.
+    pub fn respond<M: kafka_protocol::protocol::Encodable + ErrorCodes>(
         &self,
         body: &M,
     ) -> Result<Response, String> {
+        telemetry::kafka::response_errors(self.key, body);
         Response::encode(
             self.correlation_id(),
             self.response_header_version(),

@@ -16,6 +16,7 @@ pub mod fetch_response;
 pub mod frame;
 pub mod listener;
 pub mod response;
+pub mod response_errors;
 pub mod turn;
 pub mod versions;
 
@@ -27,6 +28,7 @@ use crate::broker::group::coordinator::Coordinator;
 use crate::broker::{Broker, reconcile_shard};
 use crate::io::IoBackend;
 use crate::shard::{ShardContext, ShardService};
+use crate::telemetry;
 
 /// Starts the Kafka front end on each shard.
 pub struct KafkaService {
@@ -74,11 +76,23 @@ impl ShardService for KafkaService {
             listener,
             self.backend,
         );
-        Ok(vec![compio::runtime::spawn(accept), group_timers])
+        let refresh = telemetry::refresh::run(
+            Rc::clone(context),
+            std::time::Duration::from_millis(self.broker.config.metrics.refresh_interval_ms),
+        );
+        Ok(vec![
+            compio::runtime::spawn(accept),
+            group_timers,
+            compio::runtime::spawn(refresh),
+        ])
     }
 }
 
 /// Open connections across all shards, against `kafka.connections_max`.
+pub fn open_connections() -> u32 {
+    OPEN_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 static OPEN_CONNECTIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 struct ConnectionSlot;
@@ -100,6 +114,10 @@ async fn accept_loop(
     // requests) when the accept loop is, at shutdown.
     let mut connections: Vec<compio::runtime::JoinHandle<()>> = Vec::new();
     let mut prune_at = 64;
+    let shard = telemetry::storage::shard_label(context.id);
+    let accepted =
+        metrics::counter!(telemetry::names::KAFKA_CONNECTIONS_ACCEPTED, "shard" => shard.clone());
+    let refused = metrics::counter!(telemetry::names::KAFKA_CONNECTIONS_REFUSED, "shard" => shard);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -112,6 +130,7 @@ async fn accept_loop(
         let limit = broker.config.kafka.connections_max;
         if OPEN_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= limit {
             OPEN_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            refused.increment(1);
             if !refused_logged.replace(true) {
                 tracing::warn!(%peer, limit, "refusing connections: kafka.connections_max reached");
             }
@@ -119,6 +138,7 @@ async fn accept_loop(
             continue;
         }
         refused_logged.set(false);
+        accepted.increment(1);
         let slot = ConnectionSlot;
         let serve = connection::serve(
             Rc::clone(&context),

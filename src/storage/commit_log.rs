@@ -34,6 +34,7 @@ use super::watermark::{DueQueue, RangeWatermark};
 use crate::config::WriteMode;
 use crate::ids::LogPosition;
 use crate::io::{AlignedBuf, LogIo, LogIoError, LogOp, LogOpDone, SubmitError};
+use crate::telemetry::storage::LogMetrics;
 use bytes::Bytes;
 
 /// Token bit marking a standalone fdatasync (write tokens are chunk ids << 1).
@@ -54,6 +55,7 @@ pub struct LogOptions {
     pub write_buffers: usize,
     pub inflight_writes_max: usize,
     pub flush_interval: Duration,
+    pub metrics: LogMetrics,
 }
 
 #[derive(Debug, Error)]
@@ -88,6 +90,7 @@ struct InflightOp {
     /// Log position of the op buffer's first byte (writes only).
     chunk_base: LogPosition,
     sync: Option<SyncScope>,
+    submitted: Instant,
 }
 
 /// What an fdatasync makes durable: what had been written when it was
@@ -119,6 +122,9 @@ pub struct CommitLog {
     /// (block start, written bytes of it) for partial blocks near the
     /// written end: see `keep_tail_block`.
     tail_blocks: VecDeque<(u64, Bytes)>,
+    /// Ends of appends whose producer waits for the fdatasync (due at once):
+    /// how many each fdatasync releases is `sluice_log_fsync_waiters`.
+    sync_waiters: VecDeque<u64>,
 }
 
 impl CommitLog {
@@ -179,6 +185,7 @@ impl CommitLog {
             stats: LogStats::default(),
             block_bytes,
             tail_blocks,
+            sync_waiters: VecDeque::new(),
         })
     }
 
@@ -227,6 +234,9 @@ impl CommitLog {
         self.append_end = position.plus(frame_bytes as u64);
         if let Some(due) = durable_by {
             self.due.push(self.append_end.0, due);
+            if due <= now {
+                self.sync_waiters.push_back(self.append_end.0);
+            }
         }
         self.oldest_unsubmitted.get_or_insert(now);
         self.stats.frames_appended += 1;
@@ -340,6 +350,7 @@ impl CommitLog {
                 segment_base,
                 segment_end,
             }),
+            submitted: Instant::now(),
         });
         self.submit_op(token, LogOp::Write(op));
     }
@@ -379,6 +390,7 @@ impl CommitLog {
                     segment_base,
                     segment_end,
                 }),
+                submitted: Instant::now(),
             }),
             // Every slot is busy: the next round, after a completion, retries.
             Err(SubmitError::QueueFull(_)) => self.stats.fsyncs -= 1,
@@ -455,12 +467,31 @@ impl CommitLog {
             self.written.mark(start.0, end.0);
         }
         if let Some(scope) = &op.sync {
+            let durable_before = self.durable.end();
             let (low, high) = (scope.segment_base.0, scope.segment_end.0);
             self.durable.merge_within(&scope.written, low, high);
             if let Some((start, end)) = op.data {
                 self.durable.mark(start.0, end.0);
             }
+            self.record_sync(&op, durable_before);
         }
+    }
+
+    /// Group-commit metrics of a finished fdatasync: its latency, the bytes
+    /// it made durable, and the producers it released.
+    fn record_sync(&mut self, op: &InflightOp, durable_before: u64) {
+        let durable = self.durable.end();
+        let mut released = 0u32;
+        while self.sync_waiters.front().is_some_and(|&end| end <= durable) {
+            self.sync_waiters.pop_front();
+            released += 1;
+        }
+        let metrics = &self.options.metrics;
+        metrics
+            .fsync_duration
+            .record(op.submitted.elapsed().as_secs_f64());
+        metrics.fsync_size.record((durable - durable_before) as f64);
+        metrics.fsync_waiters.record(released);
     }
 
     /// Keep a copy of the written part of the block holding `end`, when that

@@ -39,6 +39,6 @@ pub use read_path::read_batch_bytes;
 pub use recovery::{CheckpointStatus, RecoveryReport};
 pub use shard_store::{
     AppendReceipt, Durability, PartitionOffsets, ReadBatch, ReadPart, ReadResult, ShardStore,
-    StoreHooks, StoreOptions,
+    StoreGauges, StoreHooks, StoreOptions,
 };
 pub use store_errors::{AppendError, OpenError, PartitionError, ReadError};

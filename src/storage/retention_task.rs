@@ -9,6 +9,7 @@ use super::retention::{self, DiskPressure};
 use super::segment;
 use super::shard_store::{ShardStore, StoreState, publish};
 use crate::ids::Offset;
+use crate::telemetry::storage::{Deletion, StoreMetrics};
 
 impl ShardStore {
     pub(super) async fn run_retention(self: Rc<Self>) {
@@ -81,7 +82,7 @@ impl ShardStore {
                 .next()
                 .is_some_and(|oldest| oldest.end() <= needed)
         {
-            delete_oldest_segment(state, "retention");
+            delete_oldest_segment(state, &self.metrics, Deletion::Retention);
         }
         drop(guard);
         while self.disk_pressure.get() >= DiskPressure::ForceClean {
@@ -89,7 +90,7 @@ impl ShardStore {
             if state.log.segments().len() < 2 {
                 break;
             }
-            delete_oldest_segment(&mut state, "disk usage above disk_force_clean_ratio");
+            delete_oldest_segment(&mut state, &self.metrics, Deletion::DiskPressure);
             drop(state);
             self.check_disk();
         }
@@ -111,9 +112,13 @@ fn advance_log_start(partition: &mut Partition, start: Offset) {
     }
 }
 
-fn delete_oldest_segment(state: &mut StoreState, reason: &str) {
+fn delete_oldest_segment(state: &mut StoreState, metrics: &StoreMetrics, why: Deletion) {
     let Some((base, end, result)) = state.log.delete_oldest_segment() else {
         return;
+    };
+    let reason = match why {
+        Deletion::Retention => "retention",
+        Deletion::DiskPressure => "disk usage above disk_force_clean_ratio",
     };
     match result {
         Ok(()) => tracing::info!(
@@ -126,6 +131,7 @@ fn delete_oldest_segment(state: &mut StoreState, reason: &str) {
             tracing::error!(base = base.0, %error, "cannot delete commit-log segment file")
         }
     }
+    metrics.segment_deleted(why, end.0 - base.0);
     for partition in state.partitions.values_mut() {
         let start = retention::first_offset_at_or_after(partition, end);
         advance_log_start(partition, start);

@@ -39,6 +39,7 @@ use crate::config::{RetentionConfig, StorageConfig};
 use crate::ids::{LogPosition, Offset, PartitionId, ShardId};
 use crate::io::{IoBackend, LogIo, new_log_io};
 use crate::shard::local_sync::{Event, FifoGate, Notify};
+use crate::telemetry::storage::{LogMetrics, StoreMetrics};
 
 /// The partition leader epoch written into stored batches (single node).
 pub const LEADER_EPOCH: i32 = 0;
@@ -155,6 +156,21 @@ pub struct ShardStore {
     pub(super) recovery: RecoveryReport,
     pub(super) tasks: RefCell<Vec<compio::runtime::JoinHandle<()>>>,
     pub(super) flusher: RefCell<Option<compio::runtime::JoinHandle<()>>>,
+    pub(super) metrics: StoreMetrics,
+}
+
+/// What a shard's storage holds and owes, for its gauges.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreGauges {
+    pub partitions: usize,
+    pub segments: usize,
+    /// From the oldest segment's base to the append end.
+    pub log_bytes: u64,
+    /// Appended but not yet durable.
+    pub unflushed_bytes: u64,
+    /// Writes and fdatasyncs in flight.
+    pub io_inflight: usize,
+    pub stats: LogStats,
 }
 
 impl ShardStore {
@@ -191,7 +207,7 @@ impl ShardStore {
             None => new_log_io(
                 options.backend,
                 storage.inflight_writes_max + super::commit_log::LOG_SYNCS_INFLIGHT_MAX,
-                &shard.to_string(),
+                shard,
             )
             .map_err(|source| OpenError::Io { shard, source })?,
         };
@@ -203,6 +219,7 @@ impl ShardStore {
             write_buffers: storage.write_buffers as usize,
             inflight_writes_max: storage.inflight_writes_max as usize,
             flush_interval: Duration::from_millis(storage.flush_interval_ms),
+            metrics: LogMetrics::for_shard(shard),
         };
         let log = CommitLog::open(log_options, recovered.segments, recovered.end, io)
             .map_err(|source| OpenError::Log { shard, source })?;
@@ -245,6 +262,7 @@ impl ShardStore {
             recovery: recovered.report,
             tasks: RefCell::new(Vec::new()),
             flusher: RefCell::new(None),
+            metrics: StoreMetrics::for_shard(shard),
             options,
         });
         store.check_disk();
@@ -283,6 +301,19 @@ impl ShardStore {
 
     pub fn disk_usage_ratio(&self) -> f64 {
         self.disk_usage_ratio.get()
+    }
+
+    pub fn gauges(&self) -> StoreGauges {
+        let state = self.state.borrow();
+        let log = &state.log;
+        StoreGauges {
+            partitions: state.partitions.len(),
+            segments: log.segments().len(),
+            log_bytes: log.append_end().0 - log.start().0,
+            unflushed_bytes: log.append_end().0 - log.durable_end().0,
+            io_inflight: log.io_inflight(),
+            stats: log.stats(),
+        }
     }
 }
 

@@ -44,7 +44,10 @@ impl ShardStore {
                     self.flush_kick.notify();
                     ticket.changed().await;
                 }
-                Err(TryAppendError::Fatal(error)) => return Err(error),
+                Err(TryAppendError::Fatal(error)) => {
+                    self.metrics.append_rejected(&error);
+                    return Err(error);
+                }
                 Ok(receipt) => return Ok(receipt),
             }
         }

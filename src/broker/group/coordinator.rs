@@ -558,6 +558,21 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Every committed offset held here, as (group, partition, offset): what
+    /// the consumer-lag gauges are computed from.
+    pub fn committed_offsets(&self) -> Vec<(String, TopicPartition, i64)> {
+        self.groups
+            .borrow()
+            .values()
+            .flat_map(|group| {
+                group
+                    .offsets
+                    .iter()
+                    .map(|(key, value)| (group.id.clone(), key.clone(), value.offset))
+            })
+            .collect()
+    }
+
     /// OffsetFetch: the committed offset of each partition asked for, or of
     /// every partition with one when `partitions` is None.
     pub fn fetch(

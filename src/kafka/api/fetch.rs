@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::{join_all, select_all};
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::FetchRequest;
+use kafka_protocol::messages::{ApiKey, FetchRequest};
 
 use super::decode;
 use crate::ids::{Offset, ShardId};
@@ -28,6 +28,7 @@ use crate::kafka::error_code;
 use crate::kafka::fetch_response::{self, FetchedPartition, FetchedTopic};
 use crate::kafka::response::Response;
 use crate::shard::ShardContext;
+use crate::telemetry;
 
 const ISOLATION_READ_COMMITTED: i8 = 1;
 
@@ -46,6 +47,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
     let version = request.version;
     if version >= 7 && fetch.session_id != 0 {
         let code = ResponseError::FetchSessionIdNotFound.code();
+        telemetry::kafka::error(ApiKey::Fetch, code);
         return Ok(fetch_response::encode(
             request.correlation_id(),
             version,
@@ -80,6 +82,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
         &mut topics,
         u64::try_from(fetch.max_bytes).unwrap_or(u64::MAX),
     );
+    count_sent(&topics);
     Ok(fetch_response::encode(
         request.correlation_id(),
         version,
@@ -240,6 +243,30 @@ async fn wait_on_owner(context: &ShardContext, partitions: &[Wanted], deadline: 
         let progress = context.store.wait_for_progress();
         if compio::time::timeout_at(deadline, progress).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Per-topic bytes and records out, and partition errors (the response is
+/// framed by hand, so `Request::respond` does not see its codes).
+fn count_sent(topics: &[FetchedTopic]) {
+    for topic in topics {
+        let mut bytes = 0u64;
+        let mut records = 0u64;
+        for partition in &topic.partitions {
+            if partition.error_code != error_code::NONE {
+                telemetry::kafka::error(ApiKey::Fetch, partition.error_code);
+            }
+            for batch in &partition.batches {
+                bytes += u64::from(batch.len);
+                records +=
+                    u64::try_from(batch.last_offset.0 - batch.base_offset.0 + 1).unwrap_or(0);
+            }
+        }
+        if bytes > 0 {
+            let counters = telemetry::kafka::topic(&topic.name);
+            counters.bytes_out.increment(bytes);
+            counters.records_out.increment(records);
         }
     }
 }

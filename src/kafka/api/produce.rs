@@ -23,7 +23,7 @@ use futures_channel::oneshot;
 use futures_util::future::{join, join_all};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 
 use super::{decode, str_bytes};
 use crate::broker::create_partition_here;
@@ -38,6 +38,7 @@ use crate::shard::ShardContext;
 use crate::storage::Durability;
 use crate::storage::partition::validate_topic_name;
 use crate::storage::segment::now_ms;
+use crate::telemetry;
 
 const ACKS_NONE: i16 = 0;
 const ACKS_LEADER: i16 = 1;
@@ -103,6 +104,12 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
     };
     let (outcomes, ()) = join(join_all(work), pass_turn).await;
     if acks == ACKS_NONE {
+        // Nothing is sent back, but the errors still count.
+        for outcome in &outcomes {
+            if outcome.error_code != error_code::NONE {
+                telemetry::kafka::error(ApiKey::Produce, outcome.error_code);
+            }
+        }
         return Ok(None);
     }
     let mut responses: Vec<TopicProduceResponse> = Vec::new();
@@ -300,13 +307,17 @@ async fn append_on_owner(
     };
     let mut first = None;
     let mut last = None;
+    let counters = telemetry::kafka::topic(&topic.name);
     for bytes in &batches {
         let batch = ValidatedBatch::revalidated(bytes)
             .map_err(|error| Outcome::error(error_code::for_batch(&error), error.to_string()))?;
+        let records = u64::try_from(batch.header().records_count).unwrap_or(0);
         let receipt = store
             .append(id, batch, durability)
             .await
             .map_err(|error| Outcome::error(error_code::for_append(&error), error.to_string()))?;
+        counters.bytes_in.increment(bytes.len() as u64);
+        counters.records_in.increment(records);
         first.get_or_insert(receipt.base_offset);
         last = Some(receipt);
     }

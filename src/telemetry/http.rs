@@ -3,15 +3,19 @@
 //! text format).
 //!
 //! A small blocking HTTP/1.1 server on its own thread, off the shards' data
-//! path: one short request per connection, with read and write timeouts. The
-//! full metric set is added by the operations work; today `/metrics` exports
-//! liveness and readiness.
+//! path: one short request per connection, with read and write timeouts.
+//! `/metrics` renders the recorder installed by [`super::install`]; without
+//! one (tests of the server alone) it exports liveness and readiness only.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use super::names;
 
 /// How long a scrape may take to send its request or read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,8 +28,12 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Bind `address` and serve it on a background thread.
-    pub fn start(address: SocketAddr) -> io::Result<MetricsServer> {
+    /// Bind `address` and serve it on a background thread; `/metrics`
+    /// renders `recorder`.
+    pub fn start(
+        address: SocketAddr,
+        recorder: Option<PrometheusHandle>,
+    ) -> io::Result<MetricsServer> {
         let listener = TcpListener::bind(address)?;
         let address = listener.local_addr()?;
         let ready = Arc::new(AtomicBool::new(false));
@@ -34,7 +42,7 @@ impl MetricsServer {
             .name("sluice-metrics".to_owned())
             .spawn(move || {
                 for stream in listener.incoming().flatten() {
-                    if let Err(error) = answer(stream, &serving) {
+                    if let Err(error) = answer(stream, &serving, recorder.as_ref()) {
                         tracing::debug!(%error, "metrics request failed");
                     }
                 }
@@ -47,7 +55,11 @@ impl MetricsServer {
     }
 }
 
-fn answer(stream: TcpStream, ready: &AtomicBool) -> io::Result<()> {
+fn answer(
+    stream: TcpStream,
+    ready: &AtomicBool,
+    recorder: Option<&PrometheusHandle>,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut reader = BufReader::new(stream.try_clone()?).take(LINE_BYTES_MAX as u64 * 32);
@@ -63,7 +75,11 @@ fn answer(stream: TcpStream, ready: &AtomicBool) -> io::Result<()> {
             "text/plain",
             "starting\n".to_owned(),
         ),
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", exposition(is_ready)),
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            exposition(is_ready, recorder),
+        ),
         _ => (
             "404 Not Found",
             "text/plain",
@@ -79,7 +95,12 @@ fn answer(stream: TcpStream, ready: &AtomicBool) -> io::Result<()> {
     stream.flush()
 }
 
-fn exposition(ready: bool) -> String {
+fn exposition(ready: bool, recorder: Option<&PrometheusHandle>) -> String {
+    if let Some(recorder) = recorder {
+        metrics::gauge!(names::UP).set(1.0);
+        metrics::gauge!(names::READY).set(f64::from(u8::from(ready)));
+        return recorder.render();
+    }
     format!(
         "# HELP sluice_up Whether the broker process is running.\n# TYPE sluice_up gauge\nsluice_up 1\n\
          # HELP sluice_ready Whether every shard has recovered and serves requests.\n# TYPE sluice_ready gauge\nsluice_ready {}\n",

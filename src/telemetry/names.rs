@@ -1,0 +1,214 @@
+//! Every metric's name, in one place, with its description.
+//!
+//! Labels: `api` (Kafka API name, `Produce`), `error` (Kafka error name,
+//! `UnknownTopicOrPartition`, or `ConnectionClosed`), `topic`, `shard`
+//! (`0`, `1`, ...), `reason`, `group`, `partition`, `ring`.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+pub const UP: &str = "sluice_up";
+pub const READY: &str = "sluice_ready";
+
+pub const KAFKA_REQUESTS: &str = "sluice_kafka_requests_total";
+pub const KAFKA_REQUEST_DURATION: &str = "sluice_kafka_request_duration_seconds";
+pub const KAFKA_REQUEST_ERRORS: &str = "sluice_kafka_request_errors_total";
+pub const KAFKA_CONNECTIONS: &str = "sluice_kafka_connections";
+pub const KAFKA_CONNECTIONS_ACCEPTED: &str = "sluice_kafka_connections_accepted_total";
+pub const KAFKA_CONNECTIONS_REFUSED: &str = "sluice_kafka_connections_refused_total";
+
+pub const TOPIC_BYTES_IN: &str = "sluice_topic_bytes_in_total";
+pub const TOPIC_RECORDS_IN: &str = "sluice_topic_records_in_total";
+pub const TOPIC_BYTES_OUT: &str = "sluice_topic_bytes_out_total";
+pub const TOPIC_RECORDS_OUT: &str = "sluice_topic_records_out_total";
+
+pub const LOG_FSYNC_DURATION: &str = "sluice_log_fsync_duration_seconds";
+pub const LOG_FSYNC_SIZE: &str = "sluice_log_fsync_size_bytes";
+pub const LOG_FSYNC_WAITERS: &str = "sluice_log_fsync_waiters";
+pub const LOG_FLUSH_QUEUE_DEPTH: &str = "sluice_log_flush_queue_depth";
+pub const LOG_UNFLUSHED_BYTES: &str = "sluice_log_unflushed_bytes";
+pub const LOG_WRITES: &str = "sluice_log_writes_total";
+pub const LOG_WRITTEN_BYTES: &str = "sluice_log_written_bytes_total";
+pub const LOG_FSYNCS: &str = "sluice_log_fsyncs_total";
+
+pub const IO_URING_SUBMISSIONS: &str = "sluice_io_uring_submissions_total";
+pub const IO_URING_COMPLETIONS: &str = "sluice_io_uring_completions_total";
+pub const IO_URING_QUEUE_FULL: &str = "sluice_io_uring_queue_full_total";
+
+pub const SHARD_BUSY_RATIO: &str = "sluice_shard_busy_ratio";
+pub const SHARD_PARTITIONS: &str = "sluice_shard_partitions";
+pub const SHARD_SEGMENTS: &str = "sluice_shard_segments";
+pub const SHARD_LOG_BYTES: &str = "sluice_shard_log_bytes";
+
+pub const DISK_USAGE_RATIO: &str = "sluice_disk_usage_ratio";
+pub const RETENTION_DELETED_SEGMENTS: &str = "sluice_retention_deleted_segments_total";
+pub const RETENTION_DELETED_BYTES: &str = "sluice_retention_deleted_bytes_total";
+pub const APPENDS_REJECTED: &str = "sluice_appends_rejected_total";
+
+pub const CONSUMER_GROUP_LAG: &str = "sluice_consumer_group_lag";
+
+pub const RECOVERY_DURATION: &str = "sluice_recovery_duration_seconds";
+pub const RECOVERY_TRUNCATED_BYTES: &str = "sluice_recovery_truncated_bytes";
+
+/// Register every metric's help text and unit with the recorder.
+pub fn describe() {
+    describe_gauge!(UP, "1 while the broker process runs.");
+    describe_gauge!(READY, "1 once every shard recovered and serves requests.");
+
+    describe_counter!(
+        KAFKA_REQUESTS,
+        Unit::Count,
+        "Kafka requests answered (or that closed the connection), by API."
+    );
+    describe_histogram!(
+        KAFKA_REQUEST_DURATION,
+        Unit::Seconds,
+        "From reading a Kafka request to writing its response, by API (acks=all Produce includes the fdatasync)."
+    );
+    describe_counter!(
+        KAFKA_REQUEST_ERRORS,
+        Unit::Count,
+        "Error codes returned, one per failed partition, topic, group or member, by API and Kafka error name; ConnectionClosed counts requests that closed the connection."
+    );
+    describe_gauge!(
+        KAFKA_CONNECTIONS,
+        Unit::Count,
+        "Open Kafka client connections."
+    );
+    describe_counter!(
+        KAFKA_CONNECTIONS_ACCEPTED,
+        Unit::Count,
+        "Kafka connections accepted, by shard."
+    );
+    describe_counter!(
+        KAFKA_CONNECTIONS_REFUSED,
+        Unit::Count,
+        "Kafka connections refused at kafka.connections_max, by shard."
+    );
+
+    describe_counter!(
+        TOPIC_BYTES_IN,
+        Unit::Bytes,
+        "Record-batch bytes appended, by topic."
+    );
+    describe_counter!(TOPIC_RECORDS_IN, Unit::Count, "Records appended, by topic.");
+    describe_counter!(
+        TOPIC_BYTES_OUT,
+        Unit::Bytes,
+        "Record-batch bytes sent to fetchers, by topic."
+    );
+    describe_counter!(
+        TOPIC_RECORDS_OUT,
+        Unit::Count,
+        "Records sent to fetchers (whole batches), by topic."
+    );
+
+    describe_histogram!(
+        LOG_FSYNC_DURATION,
+        Unit::Seconds,
+        "Commit-log fdatasync latency, submission to completion (with its linked write, if any), by shard."
+    );
+    describe_histogram!(
+        LOG_FSYNC_SIZE,
+        Unit::Bytes,
+        "Commit-log bytes each fdatasync made durable (group-commit size), by shard."
+    );
+    describe_histogram!(
+        LOG_FSYNC_WAITERS,
+        Unit::Count,
+        "acks=all appends each fdatasync acknowledged (group-commit fan-in), by shard."
+    );
+    describe_gauge!(
+        LOG_FLUSH_QUEUE_DEPTH,
+        Unit::Count,
+        "Commit-log writes and fdatasyncs in flight towards the device, by shard."
+    );
+    describe_gauge!(
+        LOG_UNFLUSHED_BYTES,
+        Unit::Bytes,
+        "Commit-log bytes appended but not yet durable, by shard."
+    );
+    describe_counter!(
+        LOG_WRITES,
+        Unit::Count,
+        "Commit-log writes submitted, by shard."
+    );
+    describe_counter!(
+        LOG_WRITTEN_BYTES,
+        Unit::Bytes,
+        "Commit-log bytes submitted for writing (block padding included), by shard."
+    );
+    describe_counter!(
+        LOG_FSYNCS,
+        Unit::Count,
+        "Commit-log fdatasyncs submitted, by shard."
+    );
+
+    describe_counter!(
+        IO_URING_SUBMISSIONS,
+        Unit::Count,
+        "Submission-queue entries pushed to a shard's io_uring, by shard and ring."
+    );
+    describe_counter!(
+        IO_URING_COMPLETIONS,
+        Unit::Count,
+        "Completion-queue entries reaped from a shard's io_uring, by shard and ring."
+    );
+    describe_counter!(
+        IO_URING_QUEUE_FULL,
+        Unit::Count,
+        "Operations that found a shard's io_uring full and waited for a later round, by shard and ring."
+    );
+
+    describe_gauge!(
+        SHARD_BUSY_RATIO,
+        "Fraction of the last refresh interval the shard thread spent on a CPU, by shard."
+    );
+    describe_gauge!(SHARD_PARTITIONS, Unit::Count, "Partitions a shard owns.");
+    describe_gauge!(
+        SHARD_SEGMENTS,
+        Unit::Count,
+        "Commit-log segment files of a shard."
+    );
+    describe_gauge!(
+        SHARD_LOG_BYTES,
+        Unit::Bytes,
+        "Commit-log bytes a shard retains, from its oldest segment to the append end."
+    );
+
+    describe_gauge!(
+        DISK_USAGE_RATIO,
+        "Used fraction of the data directory's filesystem, as the disk guards see it."
+    );
+    describe_counter!(
+        RETENTION_DELETED_SEGMENTS,
+        Unit::Count,
+        "Commit-log segments deleted, by shard and reason (retention, disk_pressure)."
+    );
+    describe_counter!(
+        RETENTION_DELETED_BYTES,
+        Unit::Bytes,
+        "Commit-log bytes deleted with their segments, by shard."
+    );
+    describe_counter!(
+        APPENDS_REJECTED,
+        Unit::Count,
+        "Appends storage refused, by shard and reason (disk_full, too_large, poisoned, shutting_down, unknown_partition, storage)."
+    );
+
+    describe_gauge!(
+        CONSUMER_GROUP_LAG,
+        Unit::Count,
+        "Records between a group's committed offset and the partition's high watermark."
+    );
+
+    describe_gauge!(
+        RECOVERY_DURATION,
+        Unit::Seconds,
+        "How long the shard's recovery took at this start."
+    );
+    describe_gauge!(
+        RECOVERY_TRUNCATED_BYTES,
+        Unit::Bytes,
+        "Torn bytes recovery cut from the end of the shard's log at this start."
+    );
+}

@@ -1,0 +1,150 @@
+//! Each shard's gauge refresher: every `metrics.refresh_interval_ms` it sets
+//! the gauges that describe the shard's state rather than count events.
+//!
+//! * busy ratio: the shard thread's CPU time over the interval's wall time
+//!   (`CLOCK_THREAD_CPUTIME_ID`; a thread parked in `io_uring_enter` or
+//!   `epoll_wait` uses none);
+//! * partitions, segments, log bytes, bytes not yet durable, commit-log
+//!   ops in flight, and the commit log's running totals;
+//! * disk usage, open connections, what recovery did at this start;
+//! * consumer lag of the groups this shard coordinates: high watermarks are
+//!   asked of the owner shards, one mailbox call per shard.
+//!
+//! Gauges are looked up by name at each refresh, so one nobody sets any more
+//! (a deleted group's lag) expires from the exposition.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use metrics::{Counter, counter, gauge};
+
+use super::names;
+use super::storage::shard_label;
+use crate::broker::group::coordinator::Coordinator;
+use crate::ids::ShardId;
+use crate::shard::ShardContext;
+
+/// Refresh this shard's gauges every `interval`, forever (cancelled with
+/// the shard's other service tasks).
+pub async fn run(context: Rc<ShardContext>, interval: Duration) {
+    let shard = shard_label(context.id);
+    let totals = LogTotals::new(&shard);
+    let mut last = (Instant::now(), thread_cpu_time());
+    loop {
+        let now = (Instant::now(), thread_cpu_time());
+        let wall = now.0.duration_since(last.0).as_secs_f64();
+        let busy = now.1.saturating_sub(last.1).as_secs_f64();
+        if wall > 0.0 {
+            gauge!(names::SHARD_BUSY_RATIO, "shard" => shard.clone()).set(busy / wall);
+        }
+        last = now;
+        refresh_storage(&context, &shard, &totals);
+        refresh_consumer_lag(&context).await;
+        compio::time::sleep(interval).await;
+    }
+}
+
+/// The commit log's running totals, mirrored into counters.
+struct LogTotals {
+    writes: Counter,
+    bytes: Counter,
+    fsyncs: Counter,
+}
+
+impl LogTotals {
+    fn new(shard: &str) -> LogTotals {
+        LogTotals {
+            writes: counter!(names::LOG_WRITES, "shard" => shard.to_owned()),
+            bytes: counter!(names::LOG_WRITTEN_BYTES, "shard" => shard.to_owned()),
+            fsyncs: counter!(names::LOG_FSYNCS, "shard" => shard.to_owned()),
+        }
+    }
+}
+
+fn refresh_storage(context: &ShardContext, shard: &str, totals: &LogTotals) {
+    let store = &context.store;
+    let state = store.gauges();
+    let label = ("shard", shard.to_owned());
+    let per_shard = [
+        (names::SHARD_PARTITIONS, state.partitions as f64),
+        (names::SHARD_SEGMENTS, state.segments as f64),
+        (names::SHARD_LOG_BYTES, state.log_bytes as f64),
+        (names::LOG_UNFLUSHED_BYTES, state.unflushed_bytes as f64),
+        (names::LOG_FLUSH_QUEUE_DEPTH, state.io_inflight as f64),
+    ];
+    for (name, value) in per_shard {
+        gauge!(name, std::slice::from_ref(&label)).set(value);
+    }
+    totals.writes.absolute(state.stats.writes);
+    totals.bytes.absolute(state.stats.bytes_written);
+    totals.fsyncs.absolute(state.stats.fsyncs);
+    let recovery = store.recovery_report();
+    gauge!(names::RECOVERY_DURATION, std::slice::from_ref(&label))
+        .set(recovery.elapsed.as_secs_f64());
+    gauge!(
+        names::RECOVERY_TRUNCATED_BYTES,
+        std::slice::from_ref(&label)
+    )
+    .set(recovery.truncated_bytes as f64);
+    // The same filesystem and connection count on every shard: unlabelled.
+    gauge!(names::DISK_USAGE_RATIO).set(store.disk_usage_ratio());
+    gauge!(names::KAFKA_CONNECTIONS).set(f64::from(crate::kafka::open_connections()));
+}
+
+/// Lag of every committed offset this shard's coordinator holds.
+async fn refresh_consumer_lag(context: &Rc<ShardContext>) {
+    let Some(coordinator) = Coordinator::local() else {
+        return;
+    };
+    let committed = coordinator.committed_offsets();
+    drop(coordinator);
+    let mut by_owner: BTreeMap<ShardId, Vec<(String, String, i32, i64)>> = BTreeMap::new();
+    for (group, key, offset) in committed {
+        let Ok(index) = u32::try_from(key.partition) else {
+            continue;
+        };
+        let owner = context.shards.owner(&key.topic, index);
+        by_owner
+            .entry(owner)
+            .or_default()
+            .push((group, key.topic, key.partition, offset));
+    }
+    let calls = by_owner.into_iter().map(|(owner, entries)| {
+        context.run_on(owner, move |owner_context| async move {
+            let store = &owner_context.store;
+            entries
+                .into_iter()
+                .filter_map(|(group, topic, partition, offset)| {
+                    let id = store.partition_id(&topic, partition as u32)?;
+                    let high_watermark = store.offsets(id)?.high_watermark.0;
+                    Some((group, topic, partition, (high_watermark - offset).max(0)))
+                })
+                .collect::<Vec<_>>()
+        })
+    });
+    for (group, topic, partition, lag) in join_all(calls).await.into_iter().flatten().flatten() {
+        gauge!(
+            names::CONSUMER_GROUP_LAG,
+            "group" => group,
+            "topic" => topic,
+            "partition" => partition.to_string()
+        )
+        .set(lag as f64);
+    }
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) };
+    if result != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
+}

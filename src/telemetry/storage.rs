@@ -1,0 +1,129 @@
+//! Storage metrics, as handles registered once per shard: group commit
+//! (fdatasync latency, size and fan-in), the commit log's io_uring, appends
+//! refused, segments deleted.
+
+use metrics::{Counter, Histogram, counter, histogram};
+
+use super::names;
+use crate::ids::ShardId;
+use crate::storage::AppendError;
+
+/// The `shard` label: the shard's number.
+pub fn shard_label(shard: ShardId) -> String {
+    shard.0.to_string()
+}
+
+/// Group-commit histograms of one shard's commit log.
+#[derive(Clone)]
+pub struct LogMetrics {
+    pub fsync_duration: Histogram,
+    pub fsync_size: Histogram,
+    pub fsync_waiters: Histogram,
+}
+
+impl LogMetrics {
+    pub fn for_shard(shard: ShardId) -> LogMetrics {
+        let shard = shard_label(shard);
+        LogMetrics {
+            fsync_duration: histogram!(names::LOG_FSYNC_DURATION, "shard" => shard.clone()),
+            fsync_size: histogram!(names::LOG_FSYNC_SIZE, "shard" => shard.clone()),
+            fsync_waiters: histogram!(names::LOG_FSYNC_WAITERS, "shard" => shard),
+        }
+    }
+}
+
+impl std::fmt::Debug for LogMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogMetrics")
+    }
+}
+
+impl Default for LogMetrics {
+    /// Handles that record nothing (tests and tools).
+    fn default() -> Self {
+        LogMetrics {
+            fsync_duration: Histogram::noop(),
+            fsync_size: Histogram::noop(),
+            fsync_waiters: Histogram::noop(),
+        }
+    }
+}
+
+/// Counters of one io_uring instance.
+pub struct RingMetrics {
+    pub submissions: Counter,
+    pub completions: Counter,
+    pub queue_full: Counter,
+}
+
+impl RingMetrics {
+    /// `ring` names the ring's use (`commit_log`).
+    pub fn new(shard: &str, ring: &'static str) -> RingMetrics {
+        let labels = [("shard", shard.to_owned()), ("ring", ring.to_owned())];
+        RingMetrics {
+            submissions: counter!(names::IO_URING_SUBMISSIONS, &labels),
+            completions: counter!(names::IO_URING_COMPLETIONS, &labels),
+            queue_full: counter!(names::IO_URING_QUEUE_FULL, &labels),
+        }
+    }
+}
+
+/// Why segments are deleted: the `reason` label of
+/// `sluice_retention_deleted_segments_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// Every partition's retention has moved past the segment.
+    Retention,
+    /// Disk usage above `disk_force_clean_ratio`: oldest first, expired or not.
+    DiskPressure,
+}
+
+/// Counters of one shard store.
+pub struct StoreMetrics {
+    shard: String,
+    deleted_for_retention: Counter,
+    deleted_for_disk: Counter,
+    deleted_bytes: Counter,
+}
+
+impl StoreMetrics {
+    pub fn for_shard(shard: ShardId) -> StoreMetrics {
+        let shard = shard_label(shard);
+        StoreMetrics {
+            deleted_for_retention: counter!(
+                names::RETENTION_DELETED_SEGMENTS,
+                "shard" => shard.clone(),
+                "reason" => "retention"
+            ),
+            deleted_for_disk: counter!(
+                names::RETENTION_DELETED_SEGMENTS,
+                "shard" => shard.clone(),
+                "reason" => "disk_pressure"
+            ),
+            deleted_bytes: counter!(names::RETENTION_DELETED_BYTES, "shard" => shard.clone()),
+            shard,
+        }
+    }
+
+    pub fn segment_deleted(&self, why: Deletion, bytes: u64) {
+        match why {
+            Deletion::Retention => self.deleted_for_retention.increment(1),
+            Deletion::DiskPressure => self.deleted_for_disk.increment(1),
+        }
+        self.deleted_bytes.increment(bytes);
+    }
+
+    /// Count an append storage refused (rare: looked up by name).
+    pub fn append_rejected(&self, error: &AppendError) {
+        let reason = match error {
+            AppendError::UnknownPartition(_) => "unknown_partition",
+            AppendError::BatchTooLarge { .. } => "too_large",
+            AppendError::Poisoned { .. } => "poisoned",
+            AppendError::DiskFull { .. } => "disk_full",
+            AppendError::Storage(_) => "storage",
+            AppendError::ShuttingDown => "shutting_down",
+        };
+        counter!(names::APPENDS_REJECTED, "shard" => self.shard.clone(), "reason" => reason)
+            .increment(1);
+    }
+}
