@@ -13,6 +13,8 @@ pub struct BrokerProcess {
     child: Option<Child>,
     /// `host:port` of the Kafka listener.
     pub address: String,
+    /// `host:port` of the metrics and health listener.
+    pub metrics: String,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
@@ -63,9 +65,15 @@ impl BrokerProcess {
             .find_map(|field| field.strip_prefix("kafka="))
             .expect("the ready line names the Kafka listener")
             .to_owned();
+        let metrics = ready_line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("metrics="))
+            .expect("the ready line names the metrics listener")
+            .to_owned();
         BrokerProcess {
             child: Some(child),
             address,
+            metrics,
             lines,
         }
     }

@@ -12,7 +12,7 @@ use crate::broker_process::BrokerProcess;
 use crate::kafka_clients;
 use crate::wire::Wire;
 
-fn batch(values: usize, value_bytes: usize) -> Vec<u8> {
+pub fn batch(values: usize, value_bytes: usize) -> Vec<u8> {
     let value = vec![b'v'; value_bytes];
     let mut builder = BatchBuilder::new(1_700_000_000_000);
     for _ in 0..values {
@@ -27,7 +27,7 @@ fn batch(values: usize, value_bytes: usize) -> Vec<u8> {
 
 /// Produce `records` to `topic`/`partition` with acks=all; returns the
 /// partition's error code.
-fn produce_code(wire: &mut Wire, topic: &str, partition: i32, records: Vec<u8>) -> i16 {
+pub fn produce_code(wire: &mut Wire, topic: &str, partition: i32, records: Vec<u8>) -> i16 {
     produce_with_acks(wire, topic, partition, records, -1)
 }
 

@@ -17,6 +17,7 @@ mod kafka_pipelining;
 mod kafka_roundtrip;
 mod kcat_smoke;
 mod load_generator;
+mod metrics;
 mod pipeline;
 mod power_loss;
 mod recovery;

@@ -1,0 +1,266 @@
+//! The metrics listener against the real binary: `/health`, `/ready`, and a
+//! `/metrics` exposition scraped before and after a produce/consume run,
+//! parsed by the reference Prometheus text-format parser (Python's
+//! `prometheus_client`, installed by `.ci/run`).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::broker_process::BrokerProcess;
+use crate::kafka_bad_input::{batch, produce_code};
+use crate::kafka_clients;
+use crate::wire::Wire;
+
+/// Python's `prometheus_client` parser: one JSON line per sample, with its
+/// family's type. Exits non-zero if the exposition does not parse.
+const PARSER: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for sample in family.samples:
+        print(json.dumps({"family": family.name, "type": family.type,
+                          "name": sample.name, "labels": sample.labels,
+                          "value": sample.value}))
+"#;
+
+/// The interpreter Debian's python3-prometheus-client installs into.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// `(status line, body)` of a GET.
+fn get(address: &str, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(address).expect("metrics listener accepts");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+#[derive(Debug)]
+struct Sample {
+    family_type: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Samples by name, parsed by prometheus_client.
+struct Scrape(BTreeMap<String, Vec<Sample>>);
+
+impl Scrape {
+    fn take(address: &str) -> Scrape {
+        let (status, body) = get(address, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let mut parser = Command::new(PYTHON)
+            .args(["-c", PARSER])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (.ci/run installs python3-prometheus-client)");
+        parser
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let output = parser.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "the exposition does not parse: {}\n{body}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+        for line in String::from_utf8(output.stdout).unwrap().lines() {
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            let labels = json["labels"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(key, value)| (key.clone(), value.as_str().unwrap().to_owned()))
+                .collect();
+            samples
+                .entry(json["name"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(Sample {
+                    family_type: json["type"].as_str().unwrap().to_owned(),
+                    labels,
+                    value: json["value"].as_f64().unwrap(),
+                });
+        }
+        Scrape(samples)
+    }
+
+    fn samples(&self, name: &str) -> &[Sample] {
+        self.0.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// The sum of `name` over the samples carrying all of `labels`.
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples(name)
+            .iter()
+            .filter(|sample| {
+                labels
+                    .iter()
+                    .all(|(key, value)| sample.labels.get(*key).map(String::as_str) == Some(*value))
+            })
+            .map(|sample| sample.value)
+            .sum()
+    }
+
+    fn family_type(&self, name: &str) -> &str {
+        self.samples(name)
+            .first()
+            .map_or("missing", |sample| sample.family_type.as_str())
+    }
+}
+
+fn commit(address: &str, group: &str, topic: &str, partition: i32, offset: i64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", address)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, partition, Offset::Offset(offset))
+        .unwrap();
+    consumer.commit(&offsets, CommitMode::Sync).unwrap();
+}
+
+#[test]
+fn health_and_ready_answer_and_unknown_paths_are_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    assert_eq!(
+        get(&broker.metrics, "/health"),
+        ("HTTP/1.1 200 OK".to_owned(), "ok\n".to_owned())
+    );
+    assert_eq!(
+        get(&broker.metrics, "/ready"),
+        ("HTTP/1.1 200 OK".to_owned(), "ready\n".to_owned())
+    );
+    assert_eq!(get(&broker.metrics, "/nope").0, "HTTP/1.1 404 Not Found");
+}
+
+#[test]
+fn counters_move_with_a_produce_consume_run_and_the_exposition_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("metrics-test.toml");
+    std::fs::write(&config, "[metrics]\nrefresh_interval_ms = 100\n").unwrap();
+    let data = dir.path().join("data");
+    let broker = BrokerProcess::start(&data, &["--config", config.to_str().unwrap()]);
+    let address = broker.address.clone();
+    let before = Scrape::take(&broker.metrics);
+    assert_eq!(before.sum("sluice_up", &[]), 1.0);
+    assert_eq!(before.sum("sluice_ready", &[]), 1.0);
+    assert_eq!(
+        before.sum("sluice_topic_records_in_total", &[("topic", "metered")]),
+        0.0
+    );
+
+    kafka_clients::create_topic(&address, "metered", 2, &[]);
+    let (producer, acks) = kafka_clients::producer(&address, &[]);
+    let payload = vec![b'm'; 100];
+    for i in 0..400 {
+        kafka_clients::send(&producer, "metered", Some(i % 2), None, &payload, &[]);
+    }
+    assert_eq!(kafka_clients::flush(&producer, &acks).len(), 400);
+    drop(producer);
+    kafka_clients::consume(&address, "metered", 2, 0, 400);
+    let watermarks = kafka_clients::high_watermarks(&address, "metered", 2);
+    commit(&address, "lagging", "metered", 0, 50);
+    let mut wire = Wire::connect(&address);
+    let mut corrupt = batch(3, 10);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x40;
+    assert_eq!(
+        produce_code(&mut wire, "metered", 0, corrupt),
+        ResponseError::CorruptMessage.code()
+    );
+    let mut closing = Wire::connect(&address);
+    closing.send_raw(&[0x00, 0x77, 0, 0, 0, 0, 0, 1, 0xff, 0xff]);
+    assert!(closing.closed_by_broker(), "an unknown API key closes");
+    // Two refresh intervals: the gauges include everything above.
+    std::thread::sleep(Duration::from_millis(400));
+    let after = Scrape::take(&broker.metrics);
+
+    // Per topic: exactly the records produced in, at least as many out.
+    let topic = [("topic", "metered")];
+    assert_eq!(after.sum("sluice_topic_records_in_total", &topic), 400.0);
+    assert!(after.sum("sluice_topic_bytes_in_total", &topic) > 400.0 * 100.0);
+    assert!(after.sum("sluice_topic_records_out_total", &topic) >= 400.0);
+    assert!(after.sum("sluice_topic_bytes_out_total", &topic) > 400.0 * 100.0);
+
+    // Per API: every Produce counted once in the counter and the histogram.
+    let produce = [("api", "Produce")];
+    let produced = after.sum("sluice_kafka_requests_total", &produce);
+    assert!(produced > before.sum("sluice_kafka_requests_total", &produce));
+    assert_eq!(
+        after.sum("sluice_kafka_request_duration_seconds_count", &produce),
+        produced
+    );
+    assert!(after.sum("sluice_kafka_requests_total", &[("api", "Fetch")]) >= 1.0);
+    assert_eq!(
+        after.family_type("sluice_kafka_request_duration_seconds_bucket"),
+        "histogram"
+    );
+    let errors = "sluice_kafka_request_errors_total";
+    assert_eq!(
+        after.sum(errors, &[("api", "Produce"), ("error", "CorruptMessage")]),
+        1.0
+    );
+    assert_eq!(
+        after.sum(errors, &[("api", "Unknown"), ("error", "ConnectionClosed")]),
+        1.0
+    );
+    assert!(after.sum("sluice_kafka_connections_accepted_total", &[]) >= 4.0);
+    assert!(after.sum("sluice_kafka_connections", &[]) >= 1.0);
+
+    // Group commit: acks=all produce went through fdatasyncs with waiters.
+    assert!(after.sum("sluice_log_fsync_duration_seconds_count", &[]) >= 1.0);
+    assert!(after.sum("sluice_log_fsync_size_bytes_sum", &[]) > 400.0 * 100.0);
+    assert!(after.sum("sluice_log_fsync_waiters_sum", &[]) >= 1.0);
+    assert!(after.sum("sluice_log_fsyncs_total", &[]) >= 1.0);
+    assert!(after.sum("sluice_log_written_bytes_total", &[]) > 400.0 * 100.0);
+    if broker.log_contains("io_backend=io_uring") {
+        let submitted = after.sum("sluice_io_uring_submissions_total", &[]);
+        assert!(submitted >= 2.0);
+        assert!(after.sum("sluice_io_uring_completions_total", &[]) >= submitted - 8.0);
+    }
+
+    // Shard gauges: 2 topic partitions plus the 50 of __consumer_offsets.
+    assert_eq!(after.sum("sluice_shard_partitions", &[]), 52.0);
+    assert_eq!(after.samples("sluice_shard_segments").len(), 2);
+    assert!(after.sum("sluice_shard_log_bytes", &[]) > 400.0 * 100.0);
+    for sample in after.samples("sluice_shard_busy_ratio") {
+        assert!((0.0..=1.5).contains(&sample.value), "{sample:?}");
+    }
+    let disk = after.sum("sluice_disk_usage_ratio", &[]);
+    assert!(disk > 0.0 && disk < 1.0, "disk usage ratio {disk}");
+    assert_eq!(after.samples("sluice_recovery_duration_seconds").len(), 2);
+    assert_eq!(after.sum("sluice_recovery_truncated_bytes", &[]), 0.0);
+
+    // Consumer lag: the high watermark minus the committed offset.
+    let lag = after.sum(
+        "sluice_consumer_group_lag",
+        &[
+            ("group", "lagging"),
+            ("topic", "metered"),
+            ("partition", "0"),
+        ],
+    );
+    assert_eq!(lag, (watermarks[0] - 50) as f64);
+    assert_eq!(after.family_type("sluice_consumer_group_lag"), "gauge");
+}
