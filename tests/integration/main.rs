@@ -16,6 +16,7 @@ mod kafka_crash;
 mod kafka_pipelining;
 mod kafka_roundtrip;
 mod kcat_smoke;
+mod kernel_tuning;
 mod load_generator;
 mod metrics;
 mod pipeline;
