@@ -580,6 +580,21 @@ mod tests {
     }
 
     #[test]
+    fn the_production_example_is_valid() {
+        let production = Config::parse(include_str!("../packaging/sluice.toml")).unwrap();
+        production.validate().unwrap();
+        assert_eq!(production.data_dir, PathBuf::from("/var/lib/sluice"));
+        assert_eq!(production.io_backend, IoBackendSetting::IoUring);
+    }
+
+    #[test]
+    fn metrics_refresh_interval_is_bounded() {
+        let config = Config::parse("[metrics]\nrefresh_interval_ms = 10\n").unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("metrics.refresh_interval_ms"), "{error}");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_by_name() {
         let error = Config::parse("shardz = 3").unwrap_err();
         assert!(error.contains("shardz"), "{error}");

@@ -78,9 +78,21 @@ pub enum Deletion {
     DiskPressure,
 }
 
+/// The `reason` label of `sluice_appends_rejected_total`, in
+/// [`StoreMetrics::rejected`] order.
+const REJECT_REASONS: [&str; 6] = [
+    "unknown_partition",
+    "too_large",
+    "poisoned",
+    "disk_full",
+    "storage",
+    "shutting_down",
+];
+
 /// Counters of one shard store.
 pub struct StoreMetrics {
-    shard: String,
+    /// By reason, registered up front so every series starts at 0.
+    rejected: [Counter; 6],
     deleted_for_retention: Counter,
     deleted_for_disk: Counter,
     deleted_bytes: Counter,
@@ -101,7 +113,9 @@ impl StoreMetrics {
                 "reason" => "disk_pressure"
             ),
             deleted_bytes: counter!(names::RETENTION_DELETED_BYTES, "shard" => shard.clone()),
-            shard,
+            rejected: REJECT_REASONS.map(|reason| {
+                counter!(names::APPENDS_REJECTED, "shard" => shard.clone(), "reason" => reason)
+            }),
         }
     }
 
@@ -113,17 +127,16 @@ impl StoreMetrics {
         self.deleted_bytes.increment(bytes);
     }
 
-    /// Count an append storage refused (rare: looked up by name).
+    /// Count an append storage refused.
     pub fn append_rejected(&self, error: &AppendError) {
         let reason = match error {
-            AppendError::UnknownPartition(_) => "unknown_partition",
-            AppendError::BatchTooLarge { .. } => "too_large",
-            AppendError::Poisoned { .. } => "poisoned",
-            AppendError::DiskFull { .. } => "disk_full",
-            AppendError::Storage(_) => "storage",
-            AppendError::ShuttingDown => "shutting_down",
+            AppendError::UnknownPartition(_) => 0,
+            AppendError::BatchTooLarge { .. } => 1,
+            AppendError::Poisoned { .. } => 2,
+            AppendError::DiskFull { .. } => 3,
+            AppendError::Storage(_) => 4,
+            AppendError::ShuttingDown => 5,
         };
-        counter!(names::APPENDS_REJECTED, "shard" => self.shard.clone(), "reason" => reason)
-            .increment(1);
+        self.rejected[reason].increment(1);
     }
 }

@@ -263,4 +263,35 @@ fn counters_move_with_a_produce_consume_run_and_the_exposition_parses() {
     );
     assert_eq!(lag, (watermarks[0] - 50) as f64);
     assert_eq!(after.family_type("sluice_consumer_group_lag"), "gauge");
+
+    // The Grafana dashboard queries only series a real broker exposes.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("packaging/grafana/sluice-dashboard.json"),
+    )
+    .unwrap();
+    let queried = metric_names(&dashboard);
+    assert!(queried.len() >= 25, "{queried:?}");
+    for name in &queried {
+        assert!(
+            !after.samples(name).is_empty(),
+            "the dashboard queries {name}, which the broker does not expose"
+        );
+    }
+}
+
+/// Every `sluice_...` identifier in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("sluice_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names.remove("sluice_");
+    names
 }
