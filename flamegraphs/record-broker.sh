@@ -5,6 +5,7 @@
 #   flamegraphs/record-broker.sh produce-acks1     # -> flamegraphs/broker-produce-acks1.svg
 #   flamegraphs/record-broker.sh produce-acks-all
 #   flamegraphs/record-broker.sh consume           # fills the log first, then profiles the reads
+#   flamegraphs/record-broker.sh produce-small     # 10 x 100-byte records per batch: per-request costs
 #
 # Only the broker is profiled (perf record -p), not the load generator.
 # Needs perf (Debian: linux-perf) and inferno (`cargo install inferno`).
@@ -20,7 +21,8 @@ case $load in
   produce-acks1) bench=(produce --acks 1 --duration "$seconds" --warmup 0) ;;
   produce-acks-all) bench=(produce --acks all --duration "$seconds" --warmup 0) ;;
   consume) bench=(consume) ;;
-  *) echo "unknown load $load: produce-acks1, produce-acks-all or consume" >&2; exit 2 ;;
+  produce-small) bench=(produce --acks 1 --record-size 100 --batch-records 10 --duration "$seconds" --warmup 0) ;;
+  *) echo "unknown load $load: produce-acks1, produce-acks-all, consume or produce-small" >&2; exit 2 ;;
 esac
 cargo build --release --quiet
 sluice=target/release/sluice
@@ -45,3 +47,6 @@ wait "$perf" || true
 perf script -i "$data.perf" 2>/dev/null | inferno-collapse-perf >"$data.folded"
 inferno-flamegraph --title "sluice broker: $load (sluice bench ${bench[*]})" <"$data.folded" >"$here/broker-$load.svg"
 echo "wrote $here/broker-$load.svg"
+# The share of broker samples in the metrics code (src/telemetry, the metrics crates).
+awk '{ n = $NF; total += n; if ($0 ~ /telemetry|metrics_exporter_prometheus|metrics_util|metrics::/) hit += n }
+     END { if (total) printf "metrics code: %.2f%% of %.0f samples\n", 100 * hit / total, total }' "$data.folded"
