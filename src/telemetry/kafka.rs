@@ -41,10 +41,13 @@ pub fn api_name(raw_key: i16) -> String {
     ApiKey::try_from(raw_key).map_or_else(|()| "Unknown".to_owned(), |key| format!("{key:?}"))
 }
 
-/// The `error` label: Kafka's error name (`UnknownTopicOrPartition`).
+/// The `error` label: Kafka's error name (`UnknownTopicOrPartition`), or
+/// `Code<n>` for a code the protocol crate does not name (and 0).
 pub fn error_name(code: i16) -> String {
-    ResponseError::try_from_code(code)
-        .map_or_else(|| format!("Code{code}"), |error| format!("{error:?}"))
+    match ResponseError::try_from_code(code) {
+        Some(ResponseError::Unknown(_)) | None => format!("Code{code}"),
+        Some(error) => format!("{error:?}"),
+    }
 }
 
 /// A request with API key `raw_key`, read at `started`, is answered (or
