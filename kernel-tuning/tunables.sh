@@ -26,8 +26,8 @@ usage_options() {
 USAGE
 }
 
-# parse_options "$@": sets the globals above; prints leftover arguments
-# (the caller's own flags) one per line into REST.
+# parse_options "$@": sets the globals above and leaves the caller's own
+# flags in REST.
 REST=()
 parse_options() {
   while (($#)); do

@@ -40,11 +40,13 @@ top_level!(
     ListGroupsResponse
 );
 
-/// Responses with one error code per item of a list.
+/// Responses with one error code per item of a list, and optionally a
+/// top-level code (its field in brackets).
 macro_rules! per_item {
-    ($($response:ty => $list:ident),*) => {$(
+    ($($response:ty => $([$top:ident])? $list:ident),*) => {$(
         impl ErrorCodes for $response {
             fn error_codes(&self, each: &mut dyn FnMut(i16)) {
+                $(each(self.$top);)?
                 self.$list.iter().for_each(|item| each(item.error_code));
             }
         }
@@ -58,68 +60,53 @@ per_item!(
     DescribeConfigsResponse => results,
     IncrementalAlterConfigsResponse => responses,
     DescribeGroupsResponse => groups,
-    DeleteGroupsResponse => results
+    DeleteGroupsResponse => results,
+    FindCoordinatorResponse => [error_code] coordinators,
+    LeaveGroupResponse => [error_code] members
 );
 
-/// Responses with one error code per partition, nested under topics.
-macro_rules! per_partition {
-    ($($response:ty => $topics:ident . $partitions:ident),*) => {$(
-        impl ErrorCodes for $response {
-            fn error_codes(&self, each: &mut dyn FnMut(i16)) {
-                for topic in &self.$topics {
-                    topic.$partitions.iter().for_each(|partition| each(partition.error_code));
-                }
-            }
-        }
-    )*};
-}
-
-per_partition!(
-    ProduceResponse => responses.partition_responses,
-    ListOffsetsResponse => topics.partitions,
-    OffsetCommitResponse => topics.partitions
-);
-
-impl ErrorCodes for MetadataResponse {
-    fn error_codes(&self, each: &mut dyn FnMut(i16)) {
-        each(self.error_code);
-        for topic in &self.topics {
-            each(topic.error_code);
+/// Visit the code of every partition nested in `topics`.
+macro_rules! partition_codes {
+    ($each:ident, $topics:expr, $partitions:ident) => {
+        for topic in $topics {
             topic
-                .partitions
+                .$partitions
                 .iter()
-                .for_each(|partition| each(partition.error_code));
+                .for_each(|partition| $each(partition.error_code));
         }
+    };
+}
+
+impl ErrorCodes for ProduceResponse {
+    fn error_codes(&self, each: &mut dyn FnMut(i16)) {
+        partition_codes!(each, &self.responses, partition_responses);
     }
 }
 
-impl ErrorCodes for FindCoordinatorResponse {
+impl ErrorCodes for ListOffsetsResponse {
     fn error_codes(&self, each: &mut dyn FnMut(i16)) {
-        each(self.error_code);
-        self.coordinators
-            .iter()
-            .for_each(|coordinator| each(coordinator.error_code));
+        partition_codes!(each, &self.topics, partitions);
     }
 }
 
-impl ErrorCodes for LeaveGroupResponse {
+impl ErrorCodes for OffsetCommitResponse {
     fn error_codes(&self, each: &mut dyn FnMut(i16)) {
-        each(self.error_code);
-        self.members
-            .iter()
-            .for_each(|member| each(member.error_code));
+        partition_codes!(each, &self.topics, partitions);
     }
 }
 
 impl ErrorCodes for OffsetDeleteResponse {
     fn error_codes(&self, each: &mut dyn FnMut(i16)) {
         each(self.error_code);
-        for topic in &self.topics {
-            topic
-                .partitions
-                .iter()
-                .for_each(|partition| each(partition.error_code));
-        }
+        partition_codes!(each, &self.topics, partitions);
+    }
+}
+
+impl ErrorCodes for MetadataResponse {
+    fn error_codes(&self, each: &mut dyn FnMut(i16)) {
+        each(self.error_code);
+        self.topics.iter().for_each(|topic| each(topic.error_code));
+        partition_codes!(each, &self.topics, partitions);
     }
 }
 
@@ -127,20 +114,10 @@ impl ErrorCodes for OffsetFetchResponse {
     fn error_codes(&self, each: &mut dyn FnMut(i16)) {
         // v0-7 carry one group at the top level, v8+ a list of groups.
         each(self.error_code);
-        for topic in &self.topics {
-            topic
-                .partitions
-                .iter()
-                .for_each(|partition| each(partition.error_code));
-        }
+        partition_codes!(each, &self.topics, partitions);
         for group in &self.groups {
             each(group.error_code);
-            for topic in &group.topics {
-                topic
-                    .partitions
-                    .iter()
-                    .for_each(|partition| each(partition.error_code));
-            }
+            partition_codes!(each, &group.topics, partitions);
         }
     }
 }

@@ -78,8 +78,7 @@ pub enum Deletion {
     DiskPressure,
 }
 
-/// The `reason` label of `sluice_appends_rejected_total`, in
-/// [`StoreMetrics::rejected`] order.
+/// The `reason` label of `sluice_appends_rejected_total`.
 const REJECT_REASONS: [&str; 6] = [
     "unknown_partition",
     "too_large",
@@ -130,13 +129,17 @@ impl StoreMetrics {
     /// Count an append storage refused.
     pub fn append_rejected(&self, error: &AppendError) {
         let reason = match error {
-            AppendError::UnknownPartition(_) => 0,
-            AppendError::BatchTooLarge { .. } => 1,
-            AppendError::Poisoned { .. } => 2,
-            AppendError::DiskFull { .. } => 3,
-            AppendError::Storage(_) => 4,
-            AppendError::ShuttingDown => 5,
+            AppendError::UnknownPartition(_) => "unknown_partition",
+            AppendError::BatchTooLarge { .. } => "too_large",
+            AppendError::Poisoned { .. } => "poisoned",
+            AppendError::DiskFull { .. } => "disk_full",
+            AppendError::Storage(_) => "storage",
+            AppendError::ShuttingDown => "shutting_down",
         };
-        self.rejected[reason].increment(1);
+        let index = REJECT_REASONS
+            .iter()
+            .position(|&known| known == reason)
+            .expect("every reason is registered");
+        self.rejected[index].increment(1);
     }
 }
