@@ -474,6 +474,7 @@ fn consume_queue_lookup(criterion: &mut Criterion) {
                 batch_len: 4000,
                 last_offset_delta: 9,
                 max_timestamp_ms: 1_700_000_000_000 + index as i64,
+                attributes: 0,
             })
             .unwrap();
     }

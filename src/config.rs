@@ -138,7 +138,8 @@ pub struct StorageConfig {
     pub checkpoint_interval_ms: u64,
     /// Largest record batch accepted (Kafka `message.max.bytes`).
     pub message_max_bytes: u32,
-    /// Entries per consume-queue file (32 bytes each).
+    /// Entries per consume-queue file (40 bytes each) for new queues; an
+    /// existing queue keeps the size its files record.
     pub consume_queue_entries_per_file: u32,
 }
 

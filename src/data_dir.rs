@@ -24,7 +24,13 @@ use crate::storage::durable_file::write_atomic;
 
 pub const LOCK_FILE: &str = "LOCK";
 pub const META_FILE: &str = "sluice.meta";
-pub const LAYOUT_VERSION: u32 = 1;
+/// Version 2: consume-queue files have a header and checksummed 40-byte
+/// entries (issue 12).
+pub const LAYOUT_VERSION: u32 = 2;
+/// Layouts this build upgrades in place. Version 1 differs only in the
+/// consume-queue files, which are derived data: recovery rebuilds them from
+/// the commit log.
+const LAYOUT_VERSIONS_UPGRADED: [u32; 1] = [1];
 
 #[derive(Debug, Error)]
 pub enum DataDirError {
@@ -139,7 +145,7 @@ fn check_meta(dir: &Path, shards: usize) -> Result<(), DataDirError> {
                 path: path.clone(),
                 reason,
             })?;
-            if version != LAYOUT_VERSION {
+            if version != LAYOUT_VERSION && !LAYOUT_VERSIONS_UPGRADED.contains(&version) {
                 return Err(DataDirError::UnsupportedLayout {
                     path,
                     found: version,
@@ -152,14 +158,29 @@ fn check_meta(dir: &Path, shards: usize) -> Result<(), DataDirError> {
                     configured: shards,
                 });
             }
+            if version != LAYOUT_VERSION {
+                tracing::info!(
+                    path = %dir.display(),
+                    from = version,
+                    to = LAYOUT_VERSION,
+                    "upgrading the data directory layout: consume queues are rebuilt from the \
+                     commit log during this start"
+                );
+                write_meta(&path, shards)?;
+            }
             Ok(())
         }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            let text = format!("layout_version = {LAYOUT_VERSION}\nshards = {shards}\n");
-            write_atomic(&path, text.as_bytes()).map_err(|source| DataDirError::Io { path, source })
-        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => write_meta(&path, shards),
         Err(source) => Err(DataDirError::Io { path, source }),
     }
+}
+
+fn write_meta(path: &Path, shards: usize) -> Result<(), DataDirError> {
+    let text = format!("layout_version = {LAYOUT_VERSION}\nshards = {shards}\n");
+    write_atomic(path, text.as_bytes()).map_err(|source| DataDirError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn parse_meta(text: &str) -> Result<(u32, usize), String> {
@@ -210,6 +231,25 @@ mod tests {
         assert!(matches!(error, DataDirError::Locked { .. }), "{error}");
         drop(first);
         DataDir::open(dir.path(), 2, WriteMode::Buffered).unwrap();
+    }
+
+    #[test]
+    fn a_version_1_directory_is_upgraded_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join(META_FILE);
+        std::fs::write(&meta, "layout_version = 1\nshards = 2\n").unwrap();
+        drop(DataDir::open(dir.path(), 2, WriteMode::Buffered).unwrap());
+        let text = std::fs::read_to_string(&meta).unwrap();
+        assert!(
+            text.contains(&format!("layout_version = {LAYOUT_VERSION}")),
+            "{text}"
+        );
+        std::fs::write(&meta, "layout_version = 99\nshards = 2\n").unwrap();
+        let error = DataDir::open(dir.path(), 2, WriteMode::Buffered).unwrap_err();
+        assert!(
+            matches!(error, DataDirError::UnsupportedLayout { found: 99, .. }),
+            "{error}"
+        );
     }
 
     #[test]

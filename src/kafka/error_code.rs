@@ -41,6 +41,7 @@ pub fn for_read(error: &ReadError) -> i16 {
     match error {
         ReadError::UnknownPartition(_) => ResponseError::UnknownTopicOrPartition.code(),
         ReadError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
+        ReadError::Index { .. } => ResponseError::KafkaStorageError.code(),
     }
 }
 

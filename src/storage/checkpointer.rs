@@ -67,11 +67,7 @@ impl ShardStore {
         let mut dirty_files = Vec::new();
         let mut partitions = Vec::with_capacity(state.partitions.len());
         for partition in state.partitions.values_mut() {
-            let queue_entries = partition.queue.count_below(indexed);
-            let next_offset = queue_entries
-                .checked_sub(1)
-                .and_then(|last| partition.queue.get(last))
-                .map_or(partition.log_start_offset, |entry| entry.next_offset());
+            let (queue_entries, next_offset) = partition.checkpoint_position(indexed);
             partitions.push(PartitionCheckpoint {
                 id: partition.id(),
                 log_start_offset: partition.log_start_offset,

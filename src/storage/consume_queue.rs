@@ -1,86 +1,35 @@
 //! A partition's consume queue: one fixed-size entry per stored batch.
 //!
-//! Entries live in files of `entries_per_file` entries,
-//! `queue/<first entry index, 20 digits>.cq`, created sparse at full size and
-//! memory-mapped (RocketMQ's ConsumeQueue). Entry `i` of the partition is slot
-//! `i % entries_per_file` of file `i / entries_per_file`, so the i-th entry is
-//! found without searching. Entries are sorted by base offset and by log
-//! position, so lookup by offset is a binary search. `max_timestamp_ms` holds
-//! the running maximum, which makes lookup by timestamp a binary search as well.
+//! Entries live in files of `entries` slots each,
+//! `<first entry index, 20 digits>.cq` in the partition's directory, created
+//! sparse at full size and memory-mapped (RocketMQ's ConsumeQueue); the file
+//! format is in [`super::queue_file`], the entry format in
+//! [`super::queue_entry`]. Entry `i` of the partition is slot `i % entries`
+//! of file `i / entries`, so the i-th entry is found without searching.
+//! Entries are sorted by base offset and by log position, so lookup by
+//! offset is a binary search. `max_timestamp_ms` holds the running maximum,
+//! which makes lookup by timestamp a binary search as well.
 //!
-//! Entry layout (32 bytes, little-endian):
-//!
-//! | bytes  | field              |
-//! |--------|--------------------|
-//! | 0..8   | base offset (i64)  |
-//! | 8..16  | frame position (u64) in the shard's commit log |
-//! | 16..20 | batch length (u32); 0 marks an empty slot |
-//! | 20..24 | last offset delta (u32) |
-//! | 24..32 | max timestamp so far (i64, ms) |
+//! Every entry carries a CRC. A damaged entry makes the lookup that meets it
+//! fail with [`QueueError::CorruptEntry`]; the next checkpoint then vouches
+//! only for the entries before it, so the next start re-indexes the rest
+//! from the commit log.
 //!
 //! The queue is derived data. Recovery truncates it back to the checkpointed
 //! entry count and re-indexes from the commit log. Dropping the tail punches a
 //! hole, so stale entries cannot reappear.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::MmapMut;
 use thiserror::Error;
 
+pub use super::queue_entry::{ENTRY_BYTES, EntryError, QueueEntry};
+use super::queue_file::QueueFile;
+pub use super::queue_file::{QUEUE_FILE_SUFFIX, queue_file_path};
 use crate::ids::{LogPosition, Offset};
-
-pub const ENTRY_BYTES: usize = 32;
-pub const QUEUE_FILE_SUFFIX: &str = ".cq";
-/// Page size for clearing: whole pages are punched, the partial one zeroed.
-const QUEUE_PAGE_BYTES: usize = 4096;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueEntry {
-    pub base_offset: Offset,
-    pub position: LogPosition,
-    pub batch_len: u32,
-    pub last_offset_delta: u32,
-    pub max_timestamp_ms: i64,
-}
-
-impl QueueEntry {
-    pub fn last_offset(&self) -> Offset {
-        Offset(self.base_offset.0 + i64::from(self.last_offset_delta))
-    }
-
-    pub fn next_offset(&self) -> Offset {
-        Offset(self.last_offset().0 + 1)
-    }
-
-    fn encode(&self) -> [u8; ENTRY_BYTES] {
-        let mut out = [0u8; ENTRY_BYTES];
-        out[0..8].copy_from_slice(&self.base_offset.0.to_le_bytes());
-        out[8..16].copy_from_slice(&self.position.0.to_le_bytes());
-        out[16..20].copy_from_slice(&self.batch_len.to_le_bytes());
-        out[20..24].copy_from_slice(&self.last_offset_delta.to_le_bytes());
-        out[24..32].copy_from_slice(&self.max_timestamp_ms.to_le_bytes());
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Option<QueueEntry> {
-        let field = |at: usize| -> [u8; 8] { bytes[at..at + 8].try_into().expect("8 bytes") };
-        let batch_len = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
-        if batch_len == 0 {
-            return None;
-        }
-        Some(QueueEntry {
-            base_offset: Offset(i64::from_le_bytes(field(0))),
-            position: LogPosition(u64::from_le_bytes(field(8))),
-            batch_len,
-            last_offset_delta: u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes")),
-            max_timestamp_ms: i64::from_le_bytes(field(24)),
-        })
-    }
-}
 
 #[derive(Debug, Error)]
 pub enum QueueError {
@@ -91,20 +40,65 @@ pub enum QueueError {
         source: io::Error,
     },
     #[error(
+        "no space to extend consume queue file {path}: {source}; appends are refused (retriable) \
+         until space is freed"
+    )]
+    NoSpace {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
         "consume queue {dir} is missing file {missing}: the queue will be rebuilt from the commit log"
     )]
     Gap { dir: PathBuf, missing: PathBuf },
+    #[error(
+        "consume queue file {path} is not usable: {reason}; the queue will be rebuilt from the commit log"
+    )]
+    Format { path: PathBuf, reason: String },
+    #[error(
+        "consume queue file {path}: entry {index} is damaged ({error}); reads that reach it fail \
+         until a restart re-indexes the partition from the commit log"
+    )]
+    CorruptEntry {
+        path: PathBuf,
+        index: u64,
+        error: EntryError,
+    },
 }
 
-struct QueueFile {
-    first_index: u64,
-    path: PathBuf,
-    file: Arc<File>,
-    map: MmapMut,
+impl QueueError {
+    pub(super) fn io(path: &Path, source: io::Error) -> QueueError {
+        QueueError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// An error while allocating or writing: ENOSPC (and EDQUOT) become
+    /// [`QueueError::NoSpace`], which appends report as retriable.
+    pub(super) fn from_write(path: &Path, source: io::Error) -> QueueError {
+        match source.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => QueueError::NoSpace {
+                path: path.to_owned(),
+                source,
+            },
+            _ => QueueError::io(path, source),
+        }
+    }
+
+    /// The index of a damaged entry, if that is what this error is.
+    pub fn corrupt_index(&self) -> Option<u64> {
+        match self {
+            QueueError::CorruptEntry { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
 }
 
 pub struct ConsumeQueue {
     dir: PathBuf,
+    /// Entries per file: from the existing files' headers, else the setting.
     entries_per_file: u64,
     files: Vec<QueueFile>,
     /// Index of the oldest entry still present (files before it were deleted).
@@ -118,35 +112,54 @@ pub struct ConsumeQueue {
 
 impl ConsumeQueue {
     /// Open (or create empty) the queue in `dir`, trusting at most
-    /// `trusted_entries` entries: later slots are cleared. Fails with
-    /// [`QueueError::Gap`] if a file inside the trusted range is missing.
+    /// `trusted_entries` entries: later slots are cleared. A new queue gets
+    /// `entries_per_file` slots per file; an existing one keeps what its files
+    /// record. Fails with [`QueueError::Gap`] if a file inside the trusted
+    /// range is missing, [`QueueError::Format`] if a file is of another
+    /// layout or its header is damaged (the caller rebuilds the queue).
     pub fn open(
         dir: &Path,
         entries_per_file: u32,
         trusted_entries: u64,
     ) -> Result<ConsumeQueue, QueueError> {
-        std::fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
-        let entries_per_file = u64::from(entries_per_file);
+        std::fs::create_dir_all(dir).map_err(|source| QueueError::io(dir, source))?;
+        let mut files = Vec::new();
+        for first_index in list_queue_files(dir)? {
+            files.push(QueueFile::open(dir, first_index)?);
+        }
+        let entries_per_file = match files.first() {
+            Some(file) => file.entries(),
+            None => u64::from(entries_per_file),
+        };
+        assert!(entries_per_file > 0, "a queue file holds entries");
+        if let Some(odd) = files.iter().find(|file| file.entries() != entries_per_file) {
+            return Err(QueueError::Format {
+                path: odd.path.clone(),
+                reason: format!(
+                    "holds {} entries where the queue's other files hold {entries_per_file}",
+                    odd.entries()
+                ),
+            });
+        }
         let mut queue = ConsumeQueue {
             dir: dir.to_owned(),
             entries_per_file,
-            files: Vec::new(),
+            files,
             head_index: 0,
             tail_index: 0,
             dirty: Vec::new(),
             last: None,
         };
-        for first_index in list_queue_files(dir)? {
-            if first_index % entries_per_file != 0 {
-                continue;
-            }
-            queue
-                .files
-                .push(map_file(dir, first_index, entries_per_file, false)?);
-        }
         queue.check_contiguous()?;
         queue.head_index = queue.files.first().map_or(0, |file| file.first_index);
-        let tail = queue.find_tail(trusted_entries);
+        let mut tail = queue.find_tail(trusted_entries);
+        // The entry before the tail gives the next offset: it must be sound.
+        while tail > queue.head_index
+            && let Err(error) = queue.get(tail - 1)
+        {
+            tracing::warn!(%error, "consume queue is cut back to before a damaged entry");
+            tail -= 1;
+        }
         if tail <= queue.head_index {
             // Nothing trusted: start over at index 0 (indexes are internal).
             queue.clear_from(0)?;
@@ -156,10 +169,14 @@ impl ConsumeQueue {
             queue.clear_from(tail)?;
             queue.tail_index = tail;
         }
-        queue.last = queue
-            .tail_index
-            .checked_sub(1)
-            .and_then(|index| queue.get(index));
+        if let Some(file) = queue.files.last_mut() {
+            let slot = queue.tail_index.saturating_sub(file.first_index);
+            file.set_tail(slot.min(queue.entries_per_file));
+        }
+        queue.last = match queue.tail_index.checked_sub(1) {
+            Some(index) => queue.get(index)?,
+            None => None,
+        };
         Ok(queue)
     }
 
@@ -178,7 +195,8 @@ impl ConsumeQueue {
 
     /// The end of the valid prefix, at most `trusted_entries`. Entries before
     /// a checkpoint are contiguous, so a binary search for the first empty slot
-    /// works without touching every page.
+    /// works without touching every page. A damaged entry met on the way ends
+    /// the prefix: recovery re-indexes from there.
     fn find_tail(&self, trusted_entries: u64) -> u64 {
         let Some(last_file) = self.files.last() else {
             return 0;
@@ -188,10 +206,13 @@ impl ConsumeQueue {
         let mut high = limit;
         while low < high {
             let middle = low + (high - low) / 2;
-            if self.get(middle).is_some() {
-                low = middle + 1;
-            } else {
-                high = middle;
+            match self.get(middle) {
+                Ok(Some(_)) => low = middle + 1,
+                Ok(None) => high = middle,
+                Err(error) => {
+                    tracing::warn!(%error, "consume queue is cut back to before a damaged entry");
+                    return middle.max(self.head_index);
+                }
             }
         }
         low
@@ -213,22 +234,29 @@ impl ConsumeQueue {
         self.last
     }
 
-    pub fn first(&self) -> Option<QueueEntry> {
+    pub fn first(&self) -> Result<Option<QueueEntry>, QueueError> {
         if self.is_empty() {
-            None
+            Ok(None)
         } else {
             self.get(self.head_index)
         }
     }
 
-    /// The entry at `index`, if present.
-    pub fn get(&self, index: u64) -> Option<QueueEntry> {
+    /// The entry at `index`: `Ok(None)` when there is none (before the head,
+    /// past the files, or an empty slot), an error when it is damaged.
+    pub fn get(&self, index: u64) -> Result<Option<QueueEntry>, QueueError> {
         if index < self.head_index {
-            return None;
+            return Ok(None);
         }
-        let file = self.file_for(index)?;
-        let slot = ((index - file.first_index) as usize) * ENTRY_BYTES;
-        QueueEntry::decode(&file.map[slot..slot + ENTRY_BYTES])
+        let Some(file) = self.file_for(index) else {
+            return Ok(None);
+        };
+        file.entry(index - file.first_index)
+            .map_err(|error| QueueError::CorruptEntry {
+                path: file.path.clone(),
+                index,
+                error,
+            })
     }
 
     fn file_for(&self, index: u64) -> Option<&QueueFile> {
@@ -237,8 +265,9 @@ impl ConsumeQueue {
         self.files.get(usize::try_from(position).ok()?)
     }
 
-    /// Make sure the file for the next entry exists, so the following
-    /// [`ConsumeQueue::append`] cannot fail.
+    /// Make sure the file for the next entry exists and has blocks for it,
+    /// so the following [`ConsumeQueue::append`] cannot fail. A full disk is
+    /// [`QueueError::NoSpace`].
     pub fn reserve_next(&mut self) -> Result<(), QueueError> {
         let index = self.tail_index;
         let file_first = index - index % self.entries_per_file;
@@ -247,13 +276,14 @@ impl ConsumeQueue {
             .last()
             .is_none_or(|file| file.first_index != file_first)
         {
-            let file = map_file(&self.dir, file_first, self.entries_per_file, true)?;
+            let file = QueueFile::create(&self.dir, file_first, self.entries_per_file)?;
             if self.files.is_empty() {
                 self.head_index = index;
             }
             self.files.push(file);
         }
-        Ok(())
+        let file = self.files.last_mut().expect("file exists for the tail");
+        file.reserve_slot(index - file.first_index)
     }
 
     /// Append the next entry; offsets and positions must increase.
@@ -267,6 +297,10 @@ impl ConsumeQueue {
                 entry.position > last.position,
                 "queue positions must increase"
             );
+            assert!(
+                entry.max_timestamp_ms >= last.max_timestamp_ms,
+                "queue timestamps are a running maximum"
+            );
         }
         self.reserve_next()?;
         let index = self.tail_index;
@@ -276,8 +310,7 @@ impl ConsumeQueue {
             index - index % self.entries_per_file,
             "queue files are contiguous"
         );
-        let slot = ((index - file.first_index) as usize) * ENTRY_BYTES;
-        file.map[slot..slot + ENTRY_BYTES].copy_from_slice(&entry.encode());
+        file.write_slot(index - file.first_index, &entry)?;
         if !self
             .dirty
             .iter()
@@ -292,30 +325,30 @@ impl ConsumeQueue {
 
     /// Index of the first entry whose last offset is >= `offset` (the batch
     /// holding `offset`, or the next one after a gap); `tail_index` if none.
-    pub fn search_offset(&self, offset: Offset) -> u64 {
+    pub fn search_offset(&self, offset: Offset) -> Result<u64, QueueError> {
         self.partition_point(|entry| entry.last_offset() < offset)
     }
 
     /// Index of the first entry whose running max timestamp is >= `timestamp_ms`.
-    pub fn search_timestamp(&self, timestamp_ms: i64) -> u64 {
+    pub fn search_timestamp(&self, timestamp_ms: i64) -> Result<u64, QueueError> {
         self.partition_point(|entry| entry.max_timestamp_ms < timestamp_ms)
     }
 
     /// Number of entries (from the head) at positions below `position`.
-    pub fn count_below(&self, position: LogPosition) -> u64 {
+    pub fn count_below(&self, position: LogPosition) -> Result<u64, QueueError> {
         self.partition_point(|entry| entry.position < position)
     }
 
-    fn partition_point(&self, before: impl Fn(&QueueEntry) -> bool) -> u64 {
+    fn partition_point(&self, before: impl Fn(&QueueEntry) -> bool) -> Result<u64, QueueError> {
         let (mut low, mut high) = (self.head_index, self.tail_index);
         while low < high {
             let middle = low + (high - low) / 2;
-            match self.get(middle) {
+            match self.get(middle)? {
                 Some(entry) if before(&entry) => low = middle + 1,
                 _ => high = middle,
             }
         }
-        low
+        Ok(low)
     }
 
     /// Drop entries from `index` on (recovery), clearing their slots.
@@ -326,33 +359,26 @@ impl ConsumeQueue {
         }
         self.clear_from(index)?;
         self.tail_index = index;
-        self.last = index.checked_sub(1).and_then(|last| self.get(last));
+        self.last = match index.checked_sub(1) {
+            Some(last) => self.get(last)?,
+            None => None,
+        };
         Ok(())
     }
 
     /// Clear every slot from `index` on: delete files that start at or after
-    /// it, zero the partial page in the last file and punch out the rest.
+    /// it and empty the rest of the last file.
     fn clear_from(&mut self, index: u64) -> Result<(), QueueError> {
         while let Some(file) = self.files.last() {
             if file.first_index < index {
                 break;
             }
-            let file = self.files.pop().expect("checked above");
-            drop(file.map);
-            std::fs::remove_file(&file.path).map_err(|source| io_error(&file.path, source))?;
+            self.files.pop().expect("checked above").remove()?;
         }
         let Some(file) = self.files.last_mut() else {
             return Ok(());
         };
-        let start = ((index - file.first_index) as usize) * ENTRY_BYTES;
-        let map_len = file.map.len();
-        let page_end = (start.div_ceil(QUEUE_PAGE_BYTES) * QUEUE_PAGE_BYTES).min(map_len);
-        file.map[start..page_end].fill(0);
-        if page_end < map_len {
-            punch_hole(&file.file, page_end as u64, (map_len - page_end) as u64)
-                .map_err(|source| io_error(&file.path, source))?;
-        }
-        Ok(())
+        file.clear_from(index - file.first_index)
     }
 
     /// Delete whole files whose entries all end before `offset` (retention).
@@ -361,15 +387,13 @@ impl ConsumeQueue {
         let mut removed = 0;
         while self.files.len() > 1 {
             let next_first = self.files[1].first_index;
-            let Some(last_in_first) = self.get(next_first - 1) else {
+            let Some(last_in_first) = self.get(next_first - 1)? else {
                 break;
             };
             if last_in_first.last_offset() >= offset {
                 break;
             }
-            let file = self.files.remove(0);
-            drop(file.map);
-            std::fs::remove_file(&file.path).map_err(|source| io_error(&file.path, source))?;
+            self.files.remove(0).remove()?;
             removed += next_first - self.head_index;
             self.head_index = next_first;
         }
@@ -379,8 +403,7 @@ impl ConsumeQueue {
     /// Delete every file (the partition is being deleted or rebuilt).
     pub fn destroy(self) -> Result<(), QueueError> {
         for file in self.files {
-            drop(file.map);
-            std::fs::remove_file(&file.path).map_err(|source| io_error(&file.path, source))?;
+            file.remove()?;
         }
         Ok(())
     }
@@ -395,14 +418,12 @@ impl ConsumeQueue {
     }
 }
 
-fn queue_file_path(dir: &Path, first_index: u64) -> PathBuf {
-    dir.join(format!("{first_index:020}{QUEUE_FILE_SUFFIX}"))
-}
-
 fn list_queue_files(dir: &Path) -> Result<Vec<u64>, QueueError> {
     let mut indexes = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|source| io_error(dir, source))? {
-        let name = entry.map_err(|source| io_error(dir, source))?.file_name();
+    for entry in std::fs::read_dir(dir).map_err(|source| QueueError::io(dir, source))? {
+        let name = entry
+            .map_err(|source| QueueError::io(dir, source))?
+            .file_name();
         let Some(stem) = name
             .to_str()
             .and_then(|name| name.strip_suffix(QUEUE_FILE_SUFFIX))
@@ -417,60 +438,129 @@ fn list_queue_files(dir: &Path) -> Result<Vec<u64>, QueueError> {
     Ok(indexes)
 }
 
-fn map_file(
-    dir: &Path,
-    first_index: u64,
-    entries_per_file: u64,
-    create: bool,
-) -> Result<QueueFile, QueueError> {
-    let path = queue_file_path(dir, first_index);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .open(&path)
-        .map_err(|source| io_error(&path, source))?;
-    let size = entries_per_file * ENTRY_BYTES as u64;
-    // Sparse: disk blocks are allocated only as entries are written.
-    file.set_len(size)
-        .map_err(|source| io_error(&path, source))?;
-    // SAFETY: the data directory is locked by this process (see data_dir), so
-    // no other process truncates or writes this file while it is mapped, and
-    // this queue never shrinks a file it has mapped.
-    let map = unsafe { MmapMut::map_mut(&file) }.map_err(|source| io_error(&path, source))?;
-    Ok(QueueFile {
-        first_index,
-        path,
-        file: Arc::new(file),
-        map,
-    })
-}
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
 
-fn punch_hole(file: &File, offset: u64, length: u64) -> io::Result<()> {
-    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-    // SAFETY: fallocate only reads its integer arguments; the fd is open.
-    let status = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            mode,
-            offset as libc::off_t,
-            length as libc::off_t,
-        )
-    };
-    if status == 0 {
-        return Ok(());
-    }
-    let error = io::Error::last_os_error();
-    if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
-        return Ok(());
-    }
-    Err(error)
-}
+    use super::*;
+    use crate::storage::queue_file::HEADER_BYTES;
 
-fn io_error(path: &Path, source: io::Error) -> QueueError {
-    QueueError::Io {
-        path: path.to_owned(),
-        source,
+    fn entry(index: u64) -> QueueEntry {
+        QueueEntry {
+            base_offset: Offset(index as i64 * 3),
+            position: LogPosition(index * 1000),
+            batch_len: 900,
+            last_offset_delta: 2,
+            max_timestamp_ms: 1_700_000_000_000 + index as i64,
+            attributes: 0,
+        }
+    }
+
+    fn filled(dir: &Path, entries_per_file: u32, count: u64) -> ConsumeQueue {
+        let mut queue = ConsumeQueue::open(dir, entries_per_file, 0).unwrap();
+        for index in 0..count {
+            queue.append(entry(index)).unwrap();
+        }
+        queue
+    }
+
+    #[test]
+    fn entries_per_file_comes_from_the_files_not_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(filled(dir.path(), 1024, 3000));
+        // Issue 12: a changed setting used to reinterpret existing files.
+        let mut queue = ConsumeQueue::open(dir.path(), 4096, 3000).unwrap();
+        assert_eq!(queue.tail_index(), 3000);
+        for index in [0, 1023, 1024, 2999] {
+            assert_eq!(queue.get(index).unwrap(), Some(entry(index)));
+        }
+        for index in 3000..3100 {
+            queue.append(entry(index)).unwrap();
+        }
+        assert!(queue_file_path(dir.path(), 3072).exists());
+        assert_eq!(queue.search_offset(Offset(3050 * 3)).unwrap(), 3050);
+    }
+
+    #[test]
+    fn a_damaged_entry_fails_lookups_and_the_next_open_cuts_back_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(filled(dir.path(), 1024, 600));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(queue_file_path(dir.path(), 0))
+            .unwrap();
+        // 100 is not among the slots the open's binary search probes.
+        let damaged = 100u64;
+        let at = HEADER_BYTES as u64 + damaged * ENTRY_BYTES as u64 + 9;
+        file.write_all_at(&[0xee], at).unwrap();
+        drop(file);
+        {
+            // Opened trusting everything: the binary search may not meet
+            // the damage, but a lookup through it must fail, not mislead.
+            let queue = ConsumeQueue::open(dir.path(), 1024, 600).unwrap();
+            let error = queue.get(damaged).unwrap_err();
+            assert_eq!(error.corrupt_index(), Some(damaged), "{error}");
+            assert!(queue.search_offset(Offset(damaged as i64 * 3)).is_err());
+        }
+        // A checkpoint vouching only for the entries before it makes the
+        // queue end there, so recovery re-indexes the rest.
+        let queue = ConsumeQueue::open(dir.path(), 1024, damaged).unwrap();
+        assert_eq!(queue.tail_index(), damaged);
+        assert_eq!(queue.last(), Some(entry(damaged - 1)));
+    }
+
+    #[test]
+    fn a_damaged_entry_the_open_meets_ends_the_queue_there() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(filled(dir.path(), 1024, 600));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(queue_file_path(dir.path(), 0))
+            .unwrap();
+        // Slot 300 is the binary search's first probe of 600 entries.
+        file.write_all_at(&[0xee], HEADER_BYTES as u64 + 300 * ENTRY_BYTES as u64)
+            .unwrap();
+        let queue = ConsumeQueue::open(dir.path(), 1024, 600).unwrap();
+        assert_eq!(queue.tail_index(), 300);
+        assert_eq!(queue.get(300).unwrap(), None, "the damaged slot is cleared");
+    }
+
+    #[test]
+    fn a_damaged_last_trusted_entry_is_cut_back_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(filled(dir.path(), 1024, 50));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(queue_file_path(dir.path(), 0))
+            .unwrap();
+        file.write_all_at(&[1], HEADER_BYTES as u64 + 49 * ENTRY_BYTES as u64)
+            .unwrap();
+        let queue = ConsumeQueue::open(dir.path(), 1024, 50).unwrap();
+        assert_eq!(queue.tail_index(), 49);
+        assert_eq!(queue.last(), Some(entry(48)));
+    }
+
+    #[test]
+    fn files_of_the_old_layout_are_refused_for_a_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        // A version-1 file: 32-byte entries from byte 0, no header.
+        std::fs::write(queue_file_path(dir.path(), 0), vec![7u8; 32 * 1024]).unwrap();
+        let error = ConsumeQueue::open(dir.path(), 1024, 10).err().unwrap();
+        assert!(matches!(error, QueueError::Format { .. }), "{error}");
+    }
+
+    #[test]
+    fn entries_past_the_trusted_count_are_cleared_and_never_reappear() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(filled(dir.path(), 1024, 900));
+        let mut queue = ConsumeQueue::open(dir.path(), 1024, 100).unwrap();
+        assert_eq!(queue.tail_index(), 100);
+        assert_eq!(queue.get(500).unwrap(), None);
+        drop(queue);
+        let queue = ConsumeQueue::open(dir.path(), 1024, 900).unwrap();
+        assert_eq!(queue.tail_index(), 100, "cleared entries came back");
+        let mut queue = queue;
+        queue.append(entry(100)).unwrap();
+        assert_eq!(queue.get(100).unwrap(), Some(entry(100)));
     }
 }

@@ -5,7 +5,8 @@
 //! * [`frame`] (the on-disk record), [`segment`] and [`segment_reader`] (log
 //!   files);
 //! * [`appender`] and [`commit_log`] (the write buffers and group commit);
-//! * [`consume_queue`] and [`partition`] (the per-partition index);
+//! * [`consume_queue`] (with [`queue_file`] and [`queue_entry`]) and
+//!   [`partition`] (the per-partition index);
 //! * [`checkpoint`] and [`recovery`] (restart);
 //! * [`retention`] and [`disk_usage`] (deletion);
 //! * [`shard_store`], the API the rest of the broker uses. Its parts are in
@@ -23,6 +24,9 @@ mod flusher;
 pub mod frame;
 pub mod layout;
 pub mod partition;
+mod preallocate;
+pub mod queue_entry;
+pub mod queue_file;
 mod read_path;
 pub mod recovery;
 pub mod retention;

@@ -17,6 +17,17 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use super::consume_queue::{ConsumeQueue, QueueEntry, QueueError};
+
+/// What the consume queue records of a batch being appended.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexedBatch {
+    /// Bytes of the RecordBatch (the frame's payload).
+    pub len: u32,
+    pub last_offset_delta: u32,
+    pub max_timestamp_ms: i64,
+    /// Kafka RecordBatch attributes.
+    pub attributes: u16,
+}
 use crate::config::RetentionConfig;
 use crate::ids::{LogPosition, Offset, PartitionId};
 
@@ -141,7 +152,15 @@ impl Partition {
         remembered: Option<(Offset, Offset)>,
     ) -> Partition {
         let (remembered_start, remembered_next) = remembered.unwrap_or((Offset(0), Offset(0)));
-        let first = queue.first().map(|entry| entry.base_offset);
+        // Recovery checked the first entry (a damaged one makes it rebuild
+        // the queue); should it fail now, the checkpoint's start stands.
+        let first = match queue.first() {
+            Ok(first) => first.map(|entry| entry.base_offset),
+            Err(error) => {
+                tracing::error!(%error, "cannot read the first consume-queue entry");
+                Some(remembered_start)
+            }
+        };
         let next_from_queue = queue.last().map_or(Offset(0), |entry| entry.next_offset());
         let next_offset = next_from_queue.max(remembered_next).max(remembered_start);
         let log_start_offset = match first {
@@ -175,16 +194,15 @@ impl Partition {
     pub fn index_batch(
         &mut self,
         position: LogPosition,
-        batch_len: u32,
-        last_offset_delta: u32,
-        batch_max_timestamp_ms: i64,
+        batch: &IndexedBatch,
     ) -> Result<(), QueueError> {
         let entry = QueueEntry {
             base_offset: self.next_offset,
             position,
-            batch_len,
-            last_offset_delta,
-            max_timestamp_ms: batch_max_timestamp_ms.max(self.max_timestamp_ms()),
+            batch_len: batch.len,
+            last_offset_delta: batch.last_offset_delta,
+            max_timestamp_ms: batch.max_timestamp_ms.max(self.max_timestamp_ms()),
+            attributes: batch.attributes,
         };
         self.queue.append(entry)?;
         self.next_offset = entry.next_offset();
@@ -201,14 +219,24 @@ impl Partition {
         Ok(())
     }
 
-    /// Bytes of retained batches (for `retention.bytes`). Walks the queue, so
-    /// it is only called for partitions that set a size limit.
-    pub fn retained_bytes(&self) -> u64 {
-        let start = self.queue.search_offset(self.log_start_offset);
-        (start..self.queue.tail_index())
-            .filter_map(|index| self.queue.get(index))
-            .map(|entry| u64::from(entry.batch_len))
-            .sum()
+    /// What a checkpoint records for this partition when the log is indexed
+    /// up to `indexed`: the queue entries below it, and the next offset.
+    /// A damaged entry met on the way is not vouched for, so the next start
+    /// re-indexes from it.
+    pub fn checkpoint_position(&self, indexed: LogPosition) -> (u64, Offset) {
+        let entries = match self.queue.count_below(indexed) {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::error!(%error, topic = %self.meta.topic, index = self.meta.index, "checkpoint stops before a damaged consume-queue entry");
+                error.corrupt_index().unwrap_or(self.queue.head_index())
+            }
+        };
+        let previous = match entries.checked_sub(1) {
+            Some(last) => self.queue.get(last).ok().flatten(),
+            None => None,
+        };
+        let next_offset = previous.map_or(self.log_start_offset, |entry| entry.next_offset());
+        (entries, next_offset)
     }
 }
 

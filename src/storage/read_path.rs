@@ -40,8 +40,12 @@ impl ShardStore {
         let final_end = state.log.final_end();
         let mut batches = Vec::new();
         let mut bytes = 0u64;
-        let mut index = partition.queue.search_offset(offset);
-        while let Some(entry) = partition.queue.get(index) {
+        let index_error = |source| ReadError::Index {
+            partition: id,
+            source,
+        };
+        let mut index = partition.queue.search_offset(offset).map_err(index_error)?;
+        while let Some(entry) = partition.queue.get(index).map_err(index_error)? {
             if entry.base_offset >= partition.high_watermark {
                 break;
             }
@@ -100,12 +104,22 @@ impl ShardStore {
             .get(&id)
             .ok_or(ReadError::UnknownPartition(id))?;
         let queue = &partition.queue;
-        let written = queue.search_offset(partition.high_watermark);
+        let index_error = |source| ReadError::Index {
+            partition: id,
+            source,
+        };
+        let written = queue
+            .search_offset(partition.high_watermark)
+            .map_err(index_error)?;
         let last_written = written
             .checked_sub(1)
             .filter(|&index| index >= queue.head_index());
-        Ok(last_written
-            .and_then(|index| queue.get(index))
+        let Some(index) = last_written else {
+            return Ok(None);
+        };
+        Ok(queue
+            .get(index)
+            .map_err(index_error)?
             .map(|entry| entry.max_timestamp_ms))
     }
 
@@ -123,11 +137,21 @@ impl ShardStore {
             .get(&id)
             .ok_or(ReadError::UnknownPartition(id))?;
         let queue = &partition.queue;
+        let index_error = |source| ReadError::Index {
+            partition: id,
+            source,
+        };
         let index = queue
             .search_timestamp(timestamp_ms)
-            .max(queue.search_offset(partition.log_start_offset));
+            .map_err(index_error)?
+            .max(
+                queue
+                    .search_offset(partition.log_start_offset)
+                    .map_err(index_error)?,
+            );
         Ok(queue
             .get(index)
+            .map_err(index_error)?
             .filter(|entry| entry.base_offset < partition.high_watermark)
             .map(|entry| {
                 (

@@ -270,7 +270,7 @@ fn open_queue(
     let trusted = remembered.map_or(0, |checkpoint| checkpoint.queue_entries);
     let queue = match ConsumeQueue::open(&dir, options.entries_per_file, trusted) {
         Ok(queue) => queue,
-        Err(error @ QueueError::Gap { .. }) => {
+        Err(error @ (QueueError::Gap { .. } | QueueError::Format { .. })) => {
             tracing::warn!(%error, partition = meta.id.0, "rebuilding consume queue");
             remove_queue_files(&dir)?;
             ConsumeQueue::open(&dir, options.entries_per_file, 0)?
@@ -430,6 +430,7 @@ fn index_frame(
         batch_len: payload_len,
         last_offset_delta: batch.last_offset_delta as u32,
         max_timestamp_ms: batch.max_timestamp_ms.max(running_max),
+        attributes: batch.attributes as u16,
     })?;
     report.frames_reindexed += 1;
     Ok(())

@@ -20,6 +20,7 @@
 use crate::config::RetentionConfig;
 use crate::ids::{LogPosition, Offset};
 
+use super::consume_queue::QueueError;
 use super::partition::Partition;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -51,7 +52,11 @@ impl DiskPressure {
 pub type SegmentAges = [(LogPosition, LogPosition, u64)];
 
 /// The log start `partition` should have under its own retention settings.
-pub fn retained_start(partition: &Partition, segments: &SegmentAges, now_ms: u64) -> Offset {
+pub fn retained_start(
+    partition: &Partition,
+    segments: &SegmentAges,
+    now_ms: u64,
+) -> Result<Offset, QueueError> {
     let mut start = partition.log_start_offset;
     if partition.config.retention_ms >= 0 {
         let cutoff_ms = now_ms.saturating_sub(partition.config.retention_ms as u64);
@@ -60,7 +65,7 @@ pub fn retained_start(partition: &Partition, segments: &SegmentAges, now_ms: u64
             .find(|(_, _, last_write_ms)| *last_write_ms >= cutoff_ms)
             .map(|(base, _, _)| *base);
         let first_kept = match boundary {
-            Some(boundary) => first_offset_at_or_after(partition, boundary),
+            Some(boundary) => first_offset_at_or_after(partition, boundary)?,
             // Every segment is older than the cutoff: nothing is retained.
             None => partition.high_watermark,
         };
@@ -71,32 +76,39 @@ pub fn retained_start(partition: &Partition, segments: &SegmentAges, now_ms: u64
             partition,
             start,
             partition.config.retention_bytes as u64,
-        ));
+        )?);
     }
-    start.min(partition.high_watermark)
+    Ok(start.min(partition.high_watermark))
 }
 
 /// The first offset whose batch lies at or after `position` (the high
 /// watermark if none): where the log start moves when the log before
 /// `position` goes away.
-pub fn first_offset_at_or_after(partition: &Partition, position: LogPosition) -> Offset {
-    let index = partition.queue.count_below(position);
-    partition
+pub fn first_offset_at_or_after(
+    partition: &Partition,
+    position: LogPosition,
+) -> Result<Offset, QueueError> {
+    let index = partition.queue.count_below(position)?;
+    Ok(partition
         .queue
-        .get(index)
+        .get(index)?
         .map_or(partition.next_offset, |entry| entry.base_offset)
-        .min(partition.high_watermark)
+        .min(partition.high_watermark))
 }
 
 /// The smallest batch-aligned start at or after `start` whose batches fit in
 /// `limit_bytes` (only written batches count).
-fn start_within_bytes(partition: &Partition, start: Offset, limit_bytes: u64) -> Offset {
+fn start_within_bytes(
+    partition: &Partition,
+    start: Offset,
+    limit_bytes: u64,
+) -> Result<Offset, QueueError> {
     let queue = &partition.queue;
-    let first = queue.search_offset(start);
+    let first = queue.search_offset(start)?;
     let mut kept_bytes = 0u64;
     let mut kept_from = queue.tail_index();
     for index in (first..queue.tail_index()).rev() {
-        let Some(entry) = queue.get(index) else {
+        let Some(entry) = queue.get(index)? else {
             break;
         };
         if entry.base_offset >= partition.high_watermark {
@@ -108,19 +120,30 @@ fn start_within_bytes(partition: &Partition, start: Offset, limit_bytes: u64) ->
         kept_bytes += u64::from(entry.batch_len);
         kept_from = index;
     }
-    queue
-        .get(kept_from)
-        .map_or(partition.high_watermark, |entry| entry.base_offset)
+    Ok(queue
+        .get(kept_from)?
+        .map_or(partition.high_watermark, |entry| entry.base_offset))
 }
 
-/// The lowest log position any partition still needs (None: none needs any).
+/// The lowest log position any partition still needs (None: none needs
+/// any). A partition whose queue cannot say holds back everything: nothing is
+/// deleted that it might still need.
 pub fn lowest_needed_position(
     partitions: &mut dyn Iterator<Item = &Partition>,
 ) -> Option<LogPosition> {
     partitions
-        .filter_map(|partition| {
-            let index = partition.queue.search_offset(partition.log_start_offset);
-            partition.queue.get(index).map(|entry| entry.position)
+        .filter_map(|partition| match needed_position(partition) {
+            Ok(position) => position,
+            Err(error) => {
+                tracing::error!(%error, "retention keeps every segment a damaged queue may need");
+                Some(LogPosition::ZERO)
+            }
         })
         .min()
+}
+
+/// Where partition's oldest retained batch is.
+pub fn needed_position(partition: &Partition) -> Result<Option<LogPosition>, QueueError> {
+    let index = partition.queue.search_offset(partition.log_start_offset)?;
+    Ok(partition.queue.get(index)?.map(|entry| entry.position))
 }

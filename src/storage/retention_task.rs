@@ -70,8 +70,12 @@ impl ShardStore {
             .map(|segment| (segment.base, segment.end(), segment.last_write_ms()))
             .collect();
         for partition in state.partitions.values_mut() {
-            let start = retention::retained_start(partition, &ages, now_ms);
-            advance_log_start(partition, start);
+            match retention::retained_start(partition, &ages, now_ms) {
+                Ok(start) => advance_log_start(partition, start),
+                Err(error) => {
+                    tracing::error!(%error, topic = %partition.meta.topic, index = partition.meta.index, "retention skips a partition whose queue cannot be read")
+                }
+            }
         }
         let needed = retention::lowest_needed_position(&mut state.partitions.values());
         let needed = needed.unwrap_or(state.log.written_end());
@@ -133,7 +137,11 @@ fn delete_oldest_segment(state: &mut StoreState, metrics: &StoreMetrics, why: De
     }
     metrics.segment_deleted(why, end.0 - base.0);
     for partition in state.partitions.values_mut() {
-        let start = retention::first_offset_at_or_after(partition, end);
-        advance_log_start(partition, start);
+        match retention::first_offset_at_or_after(partition, end) {
+            Ok(start) => advance_log_start(partition, start),
+            Err(error) => {
+                tracing::error!(%error, topic = %partition.meta.topic, index = partition.meta.index, "cannot move the log start past a deleted segment")
+            }
+        }
     }
 }

@@ -227,9 +227,10 @@ impl ShardStore {
         let mut partitions = HashMap::new();
         let mut names = HashMap::new();
         for mut partition in recovered.partitions {
-            let first_on_disk = retention::first_offset_at_or_after(&partition, log_start);
-            if let Err(error) = partition.advance_log_start(first_on_disk) {
-                tracing::warn!(%error, "cannot drop consume-queue files below the log start");
+            let advanced = retention::first_offset_at_or_after(&partition, log_start)
+                .and_then(|first_on_disk| partition.advance_log_start(first_on_disk));
+            if let Err(error) = advanced {
+                tracing::warn!(%error, "cannot move the log start to the oldest segment");
             }
             names.insert(
                 (partition.meta.topic.clone(), partition.meta.index),

@@ -48,7 +48,7 @@ impl AppendError {
     }
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error)]
 pub enum ReadError {
     #[error("{0} does not exist on this shard")]
     UnknownPartition(PartitionId),
@@ -57,6 +57,12 @@ pub enum ReadError {
         requested: Offset,
         log_start: Offset,
         high_watermark: Offset,
+    },
+    #[error("{partition}: {source}")]
+    Index {
+        partition: PartitionId,
+        #[source]
+        source: QueueError,
     },
 }
 

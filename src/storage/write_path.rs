@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::commit_log::LogAppendError;
 use super::frame::{FRAME_PREFIX_BYTES, FrameHeader};
+use super::partition::IndexedBatch;
 use super::retention::DiskPressure;
 use super::shard_store::{AppendReceipt, Durability, LEADER_EPOCH, PendingAppend, ShardStore};
 use super::store_errors::{AppendError, TryAppendError};
@@ -120,13 +121,15 @@ impl ShardStore {
             .log
             .append_frame(&[&frame_prefix, rest], durable_by, now)
             .map_err(|error| self.classify_log_error(error))?;
+        let indexed = IndexedBatch {
+            len: frame.payload_len,
+            last_offset_delta: u32::try_from(header.last_offset_delta)
+                .expect("validated batches have a non-negative lastOffsetDelta"),
+            max_timestamp_ms: header.max_timestamp_ms,
+            attributes: header.attributes as u16,
+        };
         partition
-            .index_batch(
-                position,
-                frame.payload_len,
-                header.last_offset_delta as u32,
-                header.max_timestamp_ms,
-            )
+            .index_batch(position, &indexed)
             .expect("queue room was reserved");
         let end = position.plus(frame.frame_len());
         state.pending.push_back(PendingAppend {

@@ -1,0 +1,327 @@
+//! One consume-queue file: a header, then a fixed number of entry slots,
+//! memory-mapped.
+//!
+//! File layout (version 2):
+//!
+//! | bytes | field |
+//! |-------|-------|
+//! | 0..4  | magic `SLCQ` |
+//! | 4..6  | version (u16 LE, 2) |
+//! | 6..8  | entry size in bytes (u16 LE, 40) |
+//! | 8..12 | entries per file (u32 LE) |
+//! | 12..16 | reserved, zero |
+//! | 16..24 | index of the file's first entry (u64 LE) |
+//! | 24..28 | CRC32C of bytes 0..24 |
+//! | 28..64 | zero |
+//! | 64..   | `entries per file` slots of [`ENTRY_BYTES`] |
+//!
+//! The header records the geometry, so changing
+//! `storage.consume_queue_entries_per_file` applies to new queues only and
+//! never reinterprets existing files. A file without a valid header (an older
+//! layout, or damage) is refused with [`QueueError::Format`] and the queue is
+//! rebuilt from the commit log.
+//!
+//! Invariant: a slot is written through the map only after the blocks under
+//! it were allocated ([`QueueFile::write_slot`] reserves ahead with
+//! fallocate, or writes zeros where fallocate is missing), so a full disk is
+//! an ENOSPC error here, never a SIGBUS in the shard thread.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::MmapMut;
+
+use super::consume_queue::QueueError;
+use super::preallocate::{self, Allocation};
+use super::queue_entry::{ENTRY_BYTES, EntryError, QueueEntry};
+
+pub const QUEUE_FILE_SUFFIX: &str = ".cq";
+pub const HEADER_BYTES: usize = 64;
+const MAGIC: [u8; 4] = *b"SLCQ";
+const VERSION: u16 = 2;
+const HEADER_CRC_AT: usize = 24;
+/// Blocks are reserved this far ahead of the slot being written: one
+/// fallocate per ~1600 entries.
+pub const RESERVE_AHEAD_BYTES: u64 = 64 * 1024;
+/// Page size for clearing: whole pages are punched, the partial one zeroed.
+const PAGE_BYTES: usize = 4096;
+
+const _: () = assert!(HEADER_BYTES >= HEADER_CRC_AT + 4);
+const _: () = assert!(RESERVE_AHEAD_BYTES as usize % PAGE_BYTES == 0);
+const _: () = assert!(ENTRY_BYTES <= u16::MAX as usize);
+
+pub fn queue_file_path(dir: &Path, first_index: u64) -> PathBuf {
+    dir.join(format!("{first_index:020}{QUEUE_FILE_SUFFIX}"))
+}
+
+pub struct QueueFile {
+    pub first_index: u64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    entries: u64,
+    map: MmapMut,
+    /// Bytes below this are allocated on disk or hold entries: the next
+    /// reservation starts here, and zeros are only ever written above it.
+    allocated_end: u64,
+}
+
+impl QueueFile {
+    /// Create an empty file for entries `first_index..first_index + entries`
+    /// (a stale file of that name is replaced).
+    pub fn create(dir: &Path, first_index: u64, entries: u64) -> Result<QueueFile, QueueError> {
+        let path = queue_file_path(dir, first_index);
+        let io_error = |source| QueueError::io(&path, source);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_error)?;
+        let size = file_bytes(entries);
+        file.set_len(size).map_err(io_error)?;
+        let header = encode_header(entries, first_index);
+        file.write_all_at(&header, 0)
+            .map_err(|source| QueueError::from_write(&path, source))?;
+        let map = map(&file, &path)?;
+        Ok(QueueFile {
+            first_index,
+            path,
+            file: Arc::new(file),
+            entries,
+            map,
+            allocated_end: HEADER_BYTES as u64,
+        })
+    }
+
+    /// Open an existing file; its header must name `first_index`.
+    pub fn open(dir: &Path, first_index: u64) -> Result<QueueFile, QueueError> {
+        let path = queue_file_path(dir, first_index);
+        let io_error = |source| QueueError::io(&path, source);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_error)?;
+        let length = file.metadata().map_err(io_error)?.len();
+        let mut header = [0u8; HEADER_BYTES];
+        if length >= HEADER_BYTES as u64 {
+            file.read_exact_at(&mut header, 0).map_err(io_error)?;
+        }
+        let entries = decode_header(&header, first_index).map_err(|reason| QueueError::Format {
+            path: path.clone(),
+            reason,
+        })?;
+        if length != file_bytes(entries) {
+            return Err(QueueError::Format {
+                path,
+                reason: format!(
+                    "file is {length} bytes; its header's {entries} entries need {}",
+                    file_bytes(entries)
+                ),
+            });
+        }
+        let map = map(&file, &path)?;
+        Ok(QueueFile {
+            first_index,
+            path,
+            file: Arc::new(file),
+            entries,
+            map,
+            allocated_end: HEADER_BYTES as u64,
+        })
+    }
+
+    /// Entries this file holds (from its header).
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// The entry in slot `slot`: `Ok(None)` for an empty slot.
+    pub fn entry(&self, slot: u64) -> Result<Option<QueueEntry>, EntryError> {
+        assert!(slot < self.entries, "slot {slot} outside the file");
+        let at = slot_offset(slot) as usize;
+        let bytes: &[u8; ENTRY_BYTES] = self.map[at..at + ENTRY_BYTES]
+            .try_into()
+            .expect("slot inside the map");
+        QueueEntry::decode(bytes)
+    }
+
+    /// Note that slots from `slot` on are empty: reservations (and the zeros
+    /// written where fallocate is missing) start no lower than this.
+    pub fn set_tail(&mut self, slot: u64) {
+        self.allocated_end = self.allocated_end.max(slot_offset(slot));
+    }
+
+    /// Make sure `slot` has blocks under it, reserving
+    /// [`RESERVE_AHEAD_BYTES`] ahead when it has not. A full disk is
+    /// [`QueueError::NoSpace`].
+    pub fn reserve_slot(&mut self, slot: u64) -> Result<(), QueueError> {
+        assert!(slot < self.entries, "slot {slot} outside the file");
+        let at = slot_offset(slot);
+        let end = at + ENTRY_BYTES as u64;
+        if end > self.allocated_end {
+            self.reserve(at, end)?;
+        }
+        Ok(())
+    }
+
+    /// Write `entry` into `slot`, reserving blocks first if that was not done.
+    /// Done means in the page cache; a checkpoint fsyncs the file later.
+    pub fn write_slot(&mut self, slot: u64, entry: &QueueEntry) -> Result<(), QueueError> {
+        self.reserve_slot(slot)?;
+        let at = slot_offset(slot);
+        assert!(
+            at + ENTRY_BYTES as u64 <= self.allocated_end,
+            "writing a slot with no blocks"
+        );
+        let at = at as usize;
+        self.map[at..at + ENTRY_BYTES].copy_from_slice(&entry.encode());
+        Ok(())
+    }
+
+    fn reserve(&mut self, slot_start: u64, slot_end: u64) -> Result<(), QueueError> {
+        let from = self.allocated_end.max(slot_start);
+        let to = (slot_end + RESERVE_AHEAD_BYTES).min(self.map.len() as u64);
+        match preallocate::allocate(&self.file, from, to - from) {
+            Ok(Allocation::Allocated) => {}
+            Ok(Allocation::Unsupported) => {
+                preallocate::log_unsupported(
+                    &self.path,
+                    "consume-queue space is reserved by writing zeros",
+                );
+                preallocate::write_zeros(&self.file, from, to - from)
+                    .map_err(|source| QueueError::from_write(&self.path, source))?;
+            }
+            Err(source) => return Err(QueueError::from_write(&self.path, source)),
+        }
+        self.allocated_end = to;
+        Ok(())
+    }
+
+    /// Empty every slot from `slot` on: zero the partial page through the map
+    /// and punch out the rest (or, where punching is unsupported, zero every
+    /// page that holds data).
+    pub fn clear_from(&mut self, slot: u64) -> Result<(), QueueError> {
+        let start = slot_offset(slot.min(self.entries)) as usize;
+        let map_len = self.map.len();
+        let page_end = (start.div_ceil(PAGE_BYTES) * PAGE_BYTES).min(map_len);
+        // Pages that hold entries have blocks, so these writes allocate none.
+        self.map[start..page_end].fill(0);
+        if page_end < map_len {
+            let punched = punch_hole(&self.file, page_end as u64, (map_len - page_end) as u64)
+                .map_err(|source| QueueError::io(&self.path, source))?;
+            if !punched {
+                self.zero_pages_with_data(page_end);
+            }
+        }
+        self.allocated_end = self
+            .allocated_end
+            .min(start as u64)
+            .max(HEADER_BYTES as u64);
+        Ok(())
+    }
+
+    /// Zero, through the map, each page from `from` that holds a non-zero
+    /// byte. Holes read as zeros and are skipped, so nothing is allocated.
+    fn zero_pages_with_data(&mut self, from: usize) {
+        let mut at = from;
+        while at < self.map.len() {
+            let end = (at + PAGE_BYTES).min(self.map.len());
+            let page = &mut self.map[at..end];
+            if page.iter().any(|&byte| byte != 0) {
+                page.fill(0);
+            }
+            at = end;
+        }
+    }
+
+    /// Unmap and remove the file.
+    pub fn remove(self) -> Result<(), QueueError> {
+        drop(self.map);
+        std::fs::remove_file(&self.path).map_err(|source| QueueError::io(&self.path, source))
+    }
+}
+
+fn slot_offset(slot: u64) -> u64 {
+    HEADER_BYTES as u64 + slot * ENTRY_BYTES as u64
+}
+
+fn file_bytes(entries: u64) -> u64 {
+    slot_offset(entries)
+}
+
+fn map(file: &File, path: &Path) -> Result<MmapMut, QueueError> {
+    // SAFETY: the data directory is locked by this process (see data_dir), so
+    // no other process truncates or writes this file while it is mapped, and
+    // this queue never shrinks a file it has mapped.
+    unsafe { MmapMut::map_mut(file) }.map_err(|source| QueueError::io(path, source))
+}
+
+fn encode_header(entries: u64, first_index: u64) -> [u8; HEADER_BYTES] {
+    let entries = u32::try_from(entries).expect("entries per file fit in u32 (config limit)");
+    let mut header = [0u8; HEADER_BYTES];
+    header[0..4].copy_from_slice(&MAGIC);
+    header[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    header[6..8].copy_from_slice(&(ENTRY_BYTES as u16).to_le_bytes());
+    header[8..12].copy_from_slice(&entries.to_le_bytes());
+    header[16..24].copy_from_slice(&first_index.to_le_bytes());
+    let crc = crc32c::crc32c(&header[..HEADER_CRC_AT]);
+    header[HEADER_CRC_AT..HEADER_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// The entries per file a header records, or why it is not usable.
+fn decode_header(header: &[u8; HEADER_BYTES], first_index: u64) -> Result<u64, String> {
+    if header[0..4] != MAGIC {
+        return Err("no SLCQ header (a consume queue of an older layout, or damage)".to_owned());
+    }
+    let field = |at: usize| -> [u8; 4] { header[at..at + 4].try_into().expect("4 bytes") };
+    let stored = u32::from_le_bytes(field(HEADER_CRC_AT));
+    let computed = crc32c::crc32c(&header[..HEADER_CRC_AT]);
+    if stored != computed {
+        return Err(format!(
+            "header CRC32C mismatch: stored {stored:#010x}, bytes hash to {computed:#010x}"
+        ));
+    }
+    let version = u16::from_le_bytes([header[4], header[5]]);
+    let entry_bytes = u16::from_le_bytes([header[6], header[7]]);
+    if version != VERSION || usize::from(entry_bytes) != ENTRY_BYTES {
+        return Err(format!(
+            "version {version} with {entry_bytes}-byte entries; this build reads version \
+             {VERSION} with {ENTRY_BYTES}-byte entries"
+        ));
+    }
+    let entries = u64::from(u32::from_le_bytes(field(8)));
+    let named = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+    if entries == 0 || named != first_index || first_index % entries != 0 {
+        return Err(format!(
+            "header says {entries} entries from index {named}; the file name says {first_index}"
+        ));
+    }
+    Ok(entries)
+}
+
+/// Punch `[offset, offset + length)`; false where the file system cannot.
+fn punch_hole(file: &File, offset: u64, length: u64) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    let offset = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+    let length = libc::off_t::try_from(length).map_err(io::Error::other)?;
+    loop {
+        // SAFETY: fallocate only reads its integer arguments; the fd is open.
+        let status = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, length) };
+        if status == 0 {
+            return Ok(true);
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP | libc::ENOSYS) => return Ok(false),
+            _ => return Err(error),
+        }
+    }
+}
