@@ -230,6 +230,23 @@ fn groups(brokers: &str, command: GroupsCommand) -> Result<(), String> {
     }
 }
 
+/// A panic in the broker is a bug, and may have left a shard's state half
+/// changed: log it, then abort rather than serve on with a dead or
+/// inconsistent shard. The service manager restarts the process and
+/// recovery rebuilds everything from the durable log.
+fn abort_on_panic() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            "{info}; aborting (a bug: please report it with this line)"
+        );
+        default_hook(info);
+        std::process::abort();
+    }));
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -269,6 +286,7 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    abort_on_panic();
     let signals = match TerminationSignals::block() {
         Ok(signals) => signals,
         Err(error) => {
@@ -322,7 +340,18 @@ fn run(config: Config, signals: &TerminationSignals) -> Result<(), String> {
         Broker::new(config.clone(), advertised.clone()).map_err(|error| error.to_string())?,
     );
     let service = Arc::new(KafkaService::new(Arc::clone(&broker), backend, listeners));
-    let runtime = ShardRuntime::start(&config, &data_dir, backend, service)
+    let cancelled = || match signals.pending() {
+        Ok(Some(signal)) => {
+            tracing::warn!(?signal, "stopping during startup");
+            true
+        }
+        Ok(None) => false,
+        Err(error) => {
+            tracing::error!(%error, "cannot check for termination signals; stopping");
+            true
+        }
+    };
+    let runtime = ShardRuntime::start_cancellable(&config, &data_dir, backend, service, &cancelled)
         .map_err(|error| error.to_string())?;
     for ready in runtime.ready() {
         log_recovery(ready.shard.to_string(), &ready.recovery);

@@ -16,9 +16,11 @@ pub fn for_append(error: &AppendError) -> i16 {
     match error {
         AppendError::UnknownPartition(_) => ResponseError::UnknownTopicOrPartition.code(),
         AppendError::BatchTooLarge { .. } => ResponseError::MessageTooLarge.code(),
-        AppendError::Poisoned { .. } | AppendError::DiskFull { .. } | AppendError::Storage(_) => {
-            ResponseError::KafkaStorageError.code()
-        }
+        AppendError::Poisoned { .. }
+        | AppendError::DiskFull { .. }
+        | AppendError::Queue { .. }
+        | AppendError::Roll { .. }
+        | AppendError::Storage(_) => ResponseError::KafkaStorageError.code(),
         AppendError::ShuttingDown => ResponseError::NotLeaderOrFollower.code(),
     }
 }

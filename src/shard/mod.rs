@@ -93,7 +93,15 @@ pub enum StartError {
     },
     #[error("{shard} failed to start: {reason}")]
     Shard { shard: ShardId, reason: String },
+    #[error(
+        "startup cancelled by a signal while {recovering} shard(s) were still recovering; \
+         recovery resumes at the next start"
+    )]
+    Cancelled { recovering: usize },
 }
+
+/// How often a start waiting for shards checks whether it was cancelled.
+const START_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub struct ShardRuntime {
     shards: Shards,
@@ -117,6 +125,21 @@ impl ShardRuntime {
         data_dir: &DataDir,
         backend: IoBackend,
         service: Arc<dyn ShardService>,
+    ) -> Result<ShardRuntime, StartError> {
+        ShardRuntime::start_cancellable(config, data_dir, backend, service, &|| false)
+    }
+
+    /// As [`ShardRuntime::start`]; `cancelled` is polled while shards
+    /// recover (a termination signal). Any shard's failure, or a
+    /// cancellation, stops the shards that did start and returns the error;
+    /// shards still recovering are left to the process exit (recovery is
+    /// safe to interrupt).
+    pub fn start_cancellable(
+        config: &Config,
+        data_dir: &DataDir,
+        backend: IoBackend,
+        service: Arc<dyn ShardService>,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<ShardRuntime, StartError> {
         let count = config.shard_count();
         let cores = if config.pin_shards {
@@ -160,24 +183,59 @@ impl ShardRuntime {
             threads,
             ready: Vec::with_capacity(count),
         };
-        for _ in 0..count {
-            match ready_receiver.recv() {
-                Ok(Ok(ready)) => runtime.ready.push(ready),
-                Ok(Err((shard, reason))) => {
-                    runtime.shutdown();
-                    return Err(StartError::Shard { shard, reason });
+        let mut failure = None;
+        let mut pending = count;
+        while pending > 0 {
+            match ready_receiver.recv_timeout(START_POLL_INTERVAL) {
+                Ok(Ok(ready)) => {
+                    runtime.ready.push(ready);
+                    pending -= 1;
                 }
-                Err(_) => {
-                    runtime.shutdown();
-                    return Err(StartError::Shard {
-                        shard: ShardId(0),
-                        reason: "a shard thread exited during startup".to_owned(),
-                    });
+                Ok(Err(failed)) => {
+                    failure.get_or_insert(failed);
+                    pending -= 1;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if cancelled() {
+                        runtime.stop_ready();
+                        return Err(StartError::Cancelled {
+                            recovering: pending,
+                        });
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Every thread still owing an answer is gone (a panic).
+                    failure.get_or_insert((
+                        ShardId(0),
+                        format!("{pending} shard thread(s) exited during startup without a reason"),
+                    ));
+                    break;
                 }
             }
         }
+        if let Some((shard, reason)) = failure {
+            runtime.stop_ready();
+            return Err(StartError::Shard { shard, reason });
+        }
         runtime.ready.sort_by_key(|ready| ready.shard);
         Ok(runtime)
+    }
+
+    /// Stop the shards that reported ready (a start that failed). The
+    /// others either exited already or are still recovering; neither is
+    /// waited for.
+    fn stop_ready(self) {
+        let ready: Vec<ShardId> = self.ready.iter().map(|ready| ready.shard).collect();
+        let failures = stop_shards(&self.shards, &ready);
+        for (shard, reason) in failures {
+            tracing::error!(%shard, %reason, "shard did not shut down cleanly");
+        }
+        let mut threads = self.threads;
+        drop(self.shards);
+        for shard in ready.iter().rev() {
+            let thread = threads.remove(usize::from(shard.0));
+            let _ = thread.join();
+        }
     }
 
     pub fn shards(&self) -> &Shards {
@@ -191,30 +249,37 @@ impl ShardRuntime {
     /// Flush, fsync and checkpoint every shard, then join their threads.
     /// Returns the shards whose shutdown failed, with why.
     pub fn shutdown(self) -> Vec<(ShardId, String)> {
-        let (sender, receiver) = mpsc::channel();
-        let mut asked = 0;
-        for shard in self.shards.ids() {
-            if self
-                .shards
-                .send_blocking(shard, Message::Shutdown(sender.clone()))
-                .is_ok()
-            {
-                asked += 1;
-            }
-        }
-        drop(sender);
-        let mut failures = Vec::new();
-        for (shard, result) in receiver.iter().take(asked) {
-            if let Err(reason) = result {
-                failures.push((shard, reason));
-            }
-        }
+        let ids: Vec<ShardId> = self.shards.ids().collect();
+        let failures = stop_shards(&self.shards, &ids);
         drop(self.shards);
         for thread in self.threads {
             let _ = thread.join();
         }
         failures
     }
+}
+
+/// Ask each of `ids` (shards serving their mailboxes) to flush, fsync and
+/// checkpoint; returns those whose shutdown failed, with why.
+fn stop_shards(shards: &Shards, ids: &[ShardId]) -> Vec<(ShardId, String)> {
+    let (sender, receiver) = mpsc::channel();
+    let mut asked = 0;
+    for &shard in ids {
+        if shards
+            .send_blocking(shard, Message::Shutdown(sender.clone()))
+            .is_ok()
+        {
+            asked += 1;
+        }
+    }
+    drop(sender);
+    let mut failures = Vec::new();
+    for (shard, result) in receiver.iter().take(asked) {
+        if let Err(reason) = result {
+            failures.push((shard, reason));
+        }
+    }
+    failures
 }
 
 type ReadySender = mpsc::Sender<Result<ShardReady, (ShardId, String)>>;
@@ -236,8 +301,7 @@ fn run_shard(
     let runtime = match build_runtime(spec.backend) {
         Ok(runtime) => runtime,
         Err(error) => {
-            let reason = format!("cannot start its {} event loop: {error}", spec.backend);
-            let _ = ready.send(Err((id, reason)));
+            report_failure(&ready, id, format!("cannot start its {} event loop: {error}", spec.backend));
             return;
         }
     };
@@ -245,7 +309,7 @@ fn run_shard(
         let store = match ShardStore::open(spec.options) {
             Ok(store) => store,
             Err(error) => {
-                let _ = ready.send(Err((id, error.to_string())));
+                report_failure(&ready, id, error_chain(&error));
                 return;
             }
         };
@@ -259,7 +323,7 @@ fn run_shard(
             Ok(tasks) => tasks,
             Err(reason) => {
                 let _ = context.store.shutdown().await;
-                let _ = ready.send(Err((id, reason)));
+                report_failure(&ready, id, reason);
                 return;
             }
         };
@@ -268,6 +332,13 @@ fn run_shard(
         }
         serve_mailbox(&context, &mailbox, tasks).await;
     });
+}
+
+/// Log a shard's startup failure at once (the start may wait on other
+/// shards before it reports) and hand it to the starting thread.
+fn report_failure(ready: &ReadySender, id: ShardId, reason: String) {
+    tracing::error!(shard = %id, %reason, "shard failed to start");
+    let _ = ready.send(Err((id, reason)));
 }
 
 async fn serve_mailbox(
@@ -294,6 +365,21 @@ async fn serve_mailbox(
             }
         }
     }
+}
+
+/// `error` and its sources, outermost first: "a: b: c".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A compio runtime on exactly the chosen driver (no silent fallback here:

@@ -35,6 +35,32 @@ impl TerminationSignals {
         }
     }
 
+    /// A SIGINT or SIGTERM already pending, taken without waiting.
+    pub fn pending(&self) -> io::Result<Option<Termination>> {
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        loop {
+            // SAFETY: sigtimedwait reads our sigset and the timespec; a null
+            // siginfo pointer is allowed.
+            let signal = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &zero) };
+            match signal {
+                libc::SIGINT => return Ok(Some(Termination::Interrupt)),
+                libc::SIGTERM => return Ok(Some(Termination::Terminate)),
+                -1 => {
+                    let error = io::Error::last_os_error();
+                    match error.raw_os_error() {
+                        Some(libc::EAGAIN) => return Ok(None),
+                        Some(libc::EINTR) => continue,
+                        _ => return Err(error),
+                    }
+                }
+                _ => continue,
+            }
+        }
+    }
+
     /// Wait for the next SIGINT or SIGTERM.
     pub fn wait(&self) -> io::Result<Termination> {
         let mut signal: libc::c_int = 0;

@@ -708,5 +708,9 @@ fn log_preallocation(segment: &Segment, preallocation: Preallocation) {
             path = %segment.path.display(),
             "segment preallocated with fallocate (unwritten extents; fdatasync also commits extent conversion)"
         ),
+        Preallocation::Sparse => tracing::debug!(
+            path = %segment.path.display(),
+            "segment created sparse (no fallocate on this file system)"
+        ),
     }
 }

@@ -553,7 +553,7 @@ mod tests {
     fn entries_past_the_trusted_count_are_cleared_and_never_reappear() {
         let dir = tempfile::tempdir().unwrap();
         drop(filled(dir.path(), 1024, 900));
-        let mut queue = ConsumeQueue::open(dir.path(), 1024, 100).unwrap();
+        let queue = ConsumeQueue::open(dir.path(), 1024, 100).unwrap();
         assert_eq!(queue.tail_index(), 100);
         assert_eq!(queue.get(500).unwrap(), None);
         drop(queue);

@@ -47,8 +47,11 @@ impl ShardLayout {
         self.root.join(PARTITION_IDS_FILE)
     }
 
-    pub fn create_dirs(&self) -> std::io::Result<()> {
-        std::fs::create_dir_all(self.log_dir())?;
-        std::fs::create_dir_all(self.partitions_dir())
+    /// Create the shard's directories; an error names the one that failed.
+    pub fn create_dirs(&self) -> Result<(), (PathBuf, std::io::Error)> {
+        for dir in [self.log_dir(), self.partitions_dir()] {
+            std::fs::create_dir_all(&dir).map_err(|error| (dir.clone(), error))?;
+        }
+        Ok(())
     }
 }

@@ -50,7 +50,7 @@ pub const RESERVE_AHEAD_BYTES: u64 = 64 * 1024;
 const PAGE_BYTES: usize = 4096;
 
 const _: () = assert!(HEADER_BYTES >= HEADER_CRC_AT + 4);
-const _: () = assert!(RESERVE_AHEAD_BYTES as usize % PAGE_BYTES == 0);
+const _: () = assert!((RESERVE_AHEAD_BYTES as usize).is_multiple_of(PAGE_BYTES));
 const _: () = assert!(ENTRY_BYTES <= u16::MAX as usize);
 
 pub fn queue_file_path(dir: &Path, first_index: u64) -> PathBuf {
@@ -297,7 +297,7 @@ fn decode_header(header: &[u8; HEADER_BYTES], first_index: u64) -> Result<u64, S
     }
     let entries = u64::from(u32::from_le_bytes(field(8)));
     let named = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
-    if entries == 0 || named != first_index || first_index % entries != 0 {
+    if entries == 0 || named != first_index || !first_index.is_multiple_of(entries) {
         return Err(format!(
             "header says {entries} entries from index {named}; the file name says {first_index}"
         ));

@@ -110,7 +110,7 @@ pub fn recover(
     let layout = &options.layout;
     layout
         .create_dirs()
-        .map_err(|source| io_error(layout.root(), source))?;
+        .map_err(|(dir, source)| io_error(&dir, source))?;
     let mut segments = open_segments(options)?;
     let (checkpoint, checkpoint_status) = load_checkpoint(layout);
     let first_base = segments

@@ -4,7 +4,9 @@
 //! `FALLOC_FL_WRITE_ZEROES` (Linux 6.17+, on devices with a cheap write-zeroes
 //! command), which leaves *written* zeroed extents, so later fdatasyncs need no
 //! extent-conversion journal commit. Otherwise it uses a plain fallocate:
-//! unwritten extents, still no fragmentation or ENOSPC mid-segment. Each
+//! unwritten extents, still no fragmentation or ENOSPC mid-segment. On a
+//! file system without fallocate the file is extended sparse (logged once).
+//! Each
 //! segment has two descriptors: the writer (O_DIRECT in `direct` mode), used
 //! only by the commit log's I/O layer, and a buffered reader for recovery and
 //! fetch.
@@ -23,6 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
+use super::preallocate::{self, Allocation};
 use crate::config::WriteMode;
 use crate::ids::LogPosition;
 use crate::io::LogFile;
@@ -65,6 +68,10 @@ pub enum SegmentError {
 pub enum Preallocation {
     WrittenZeroes,
     Unwritten,
+    /// The file system has no fallocate: the file was extended sparse, so a
+    /// full disk shows up as a failed write (which poisons the log) rather
+    /// than a refused roll.
+    Sparse,
 }
 
 #[derive(Debug)]
@@ -120,7 +127,7 @@ impl Segment {
             path: path.clone(),
             source,
         })?;
-        let preallocation = preallocate(&file, size_bytes).map_err(|source| {
+        let preallocation = preallocate(&file, &path, size_bytes).map_err(|source| {
             let _ = std::fs::remove_file(&path);
             SegmentError::Preallocate {
                 path: path.clone(),
@@ -229,19 +236,25 @@ fn open_writer(path: &Path, mode: WriteMode, create_new: bool) -> io::Result<Fil
     options.open(path)
 }
 
-fn preallocate(file: &File, size_bytes: u64) -> io::Result<Preallocation> {
+fn preallocate(file: &File, path: &Path, size_bytes: u64) -> io::Result<Preallocation> {
     let length = libc::off_t::try_from(size_bytes).map_err(io::Error::other)?;
     // SAFETY: fallocate only reads its integer arguments; the fd is open.
     let status = unsafe { libc::fallocate(file.as_raw_fd(), FALLOC_FL_WRITE_ZEROES, 0, length) };
     if status == 0 {
         return Ok(Preallocation::WrittenZeroes);
     }
-    // SAFETY: as above.
-    let status = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, length) };
-    if status == 0 {
-        return Ok(Preallocation::Unwritten);
+    match preallocate::allocate(file, 0, size_bytes)? {
+        Allocation::Allocated => Ok(Preallocation::Unwritten),
+        Allocation::Unsupported => {
+            preallocate::log_unsupported(
+                path,
+                "commit-log segments are created sparse, so a disk that fills stops the shard's \
+                 log (poisoned until restart) instead of refusing appends",
+            );
+            file.set_len(size_bytes)?;
+            Ok(Preallocation::Sparse)
+        }
     }
-    Err(io::Error::last_os_error())
 }
 
 /// fsync a directory so entries created or removed in it are durable.
@@ -285,9 +298,11 @@ pub fn zero_range(segment: &Segment, from: LogPosition, to: LogPosition) -> io::
             }
             // No hole punching here: write zeros instead.
             file.write_all_at(&vec![0u8; (end - aligned_start) as usize], aligned_start)?;
-        } else {
-            // SAFETY: as above; re-reserve the punched range.
-            unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, length) };
+        } else if let Err(error) = preallocate::allocate(&file, aligned_start, end - aligned_start)
+        {
+            // The range stays a hole: a later write there allocates, and on a
+            // full disk fails (poisoning the log) instead of being refused.
+            tracing::warn!(path = %segment.path.display(), %error, "cannot re-reserve the zeroed range");
         }
     }
     file.sync_data()

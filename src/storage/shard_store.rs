@@ -39,6 +39,7 @@ use crate::config::{RetentionConfig, StorageConfig};
 use crate::ids::{LogPosition, Offset, PartitionId, ShardId};
 use crate::io::{IoBackend, LogIo, new_log_io};
 use crate::shard::local_sync::{Event, FifoGate, Notify};
+use crate::telemetry::log_limiter::LogLimiter;
 use crate::telemetry::storage::{LogMetrics, StoreMetrics};
 
 /// The partition leader epoch written into stored batches (single node).
@@ -157,7 +158,12 @@ pub struct ShardStore {
     pub(super) tasks: RefCell<Vec<compio::runtime::JoinHandle<()>>>,
     pub(super) flusher: RefCell<Option<compio::runtime::JoinHandle<()>>>,
     pub(super) metrics: StoreMetrics,
+    /// Refused appends are logged at most once per interval.
+    pub(super) rejection_log: LogLimiter,
 }
+
+/// How often a refused append (full disk, poisoned log) is logged.
+const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What a shard's storage holds and owes, for its gauges.
 #[derive(Clone, Copy, Debug)]
@@ -264,6 +270,7 @@ impl ShardStore {
             tasks: RefCell::new(Vec::new()),
             flusher: RefCell::new(None),
             metrics: StoreMetrics::for_shard(shard),
+            rejection_log: LogLimiter::new(REJECTION_LOG_INTERVAL),
             options,
         });
         store.check_disk();

@@ -32,6 +32,17 @@ pub enum AppendError {
     },
     #[error("batch of {size} bytes exceeds storage.message_max_bytes ({limit})")]
     BatchTooLarge { size: usize, limit: u32 },
+    #[error("cannot index a batch of {partition} (retriable): {source}")]
+    Queue {
+        partition: PartitionId,
+        #[source]
+        source: QueueError,
+    },
+    #[error("cannot start a new commit-log segment (retriable): {source}")]
+    Roll {
+        #[source]
+        source: SegmentError,
+    },
     #[error("storage error (retriable): {0}")]
     Storage(String),
     #[error("the shard is shutting down")]
@@ -43,7 +54,24 @@ impl AppendError {
     pub fn is_retriable(&self) -> bool {
         matches!(
             self,
-            AppendError::DiskFull { .. } | AppendError::Storage(_) | AppendError::ShuttingDown
+            AppendError::DiskFull { .. }
+                | AppendError::Queue { .. }
+                | AppendError::Roll { .. }
+                | AppendError::Storage(_)
+                | AppendError::ShuttingDown
+        )
+    }
+
+    /// Whether the operator should hear about it: the disk or the log, not
+    /// the client's request.
+    pub fn is_storage_fault(&self) -> bool {
+        matches!(
+            self,
+            AppendError::Poisoned { .. }
+                | AppendError::DiskFull { .. }
+                | AppendError::Queue { .. }
+                | AppendError::Roll { .. }
+                | AppendError::Storage(_)
         )
     }
 }

@@ -47,6 +47,16 @@ impl ShardStore {
                 }
                 Err(TryAppendError::Fatal(error)) => {
                     self.metrics.append_rejected(&error);
+                    if error.is_storage_fault() {
+                        self.rejection_log.emit(|suppressed| {
+                            tracing::warn!(
+                                shard = %self.options.shard,
+                                %error,
+                                suppressed,
+                                "append refused"
+                            )
+                        });
+                    }
                     return Err(error);
                 }
                 Ok(receipt) => return Ok(receipt),
@@ -115,7 +125,10 @@ impl ShardStore {
         partition
             .queue
             .reserve_next()
-            .map_err(|error| AppendError::Storage(error.to_string()))?;
+            .map_err(|source| AppendError::Queue {
+                partition: id,
+                source,
+            })?;
         let rest = &bytes[batch_prefix.len()..];
         let position = state
             .log
@@ -155,9 +168,7 @@ impl ShardStore {
                 shard: self.options.shard,
                 source,
             }),
-            LogAppendError::Roll(error) => {
-                TryAppendError::Fatal(AppendError::Storage(error.to_string()))
-            }
+            LogAppendError::Roll(source) => TryAppendError::Fatal(AppendError::Roll { source }),
         }
     }
 

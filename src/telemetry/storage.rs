@@ -133,7 +133,9 @@ impl StoreMetrics {
             AppendError::BatchTooLarge { .. } => "too_large",
             AppendError::Poisoned { .. } => "poisoned",
             AppendError::DiskFull { .. } => "disk_full",
-            AppendError::Storage(_) => "storage",
+            AppendError::Queue { .. } | AppendError::Roll { .. } | AppendError::Storage(_) => {
+                "storage"
+            }
             AppendError::ShuttingDown => "shutting_down",
         };
         let index = REJECT_REASONS

@@ -21,20 +21,44 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     /// Start a broker on `data_dir` with 2 shards and wait until it is ready.
     pub fn start(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--shards",
-                "2",
-                "--data-dir",
-            ])
-            .arg(data_dir)
+        BrokerProcess::start_command(BrokerProcess::command(data_dir, extra))
+    }
+
+    /// The command [`BrokerProcess::start`] runs, for tests that add to it
+    /// (environment, a wrapper) before starting it.
+    pub fn command(data_dir: &Path, extra: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .args(BrokerProcess::serve_args(data_dir))
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info");
+        command
+    }
+
+    /// `serve` and the flags every test broker uses (ephemeral ports, 2
+    /// shards, `data_dir`).
+    pub fn serve_args(data_dir: &Path) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--data-dir",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        args.push(data_dir.into());
+        args
+    }
+
+    /// Start `command` (a `sluice serve`, possibly wrapped) and wait until
+    /// the broker is ready.
+    pub fn start_command(mut command: Command) -> BrokerProcess {
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -110,6 +134,11 @@ impl BrokerProcess {
         // SAFETY: kill takes a pid and a signal number; no memory is passed.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         child.wait().unwrap()
+    }
+
+    /// The exit status if the process has ended.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().unwrap().try_wait().unwrap()
     }
 
     /// SIGKILL: no flush, no checkpoint, like a crash.

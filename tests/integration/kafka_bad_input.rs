@@ -31,7 +31,7 @@ pub fn produce_code(wire: &mut Wire, topic: &str, partition: i32, records: Vec<u
     produce_with_acks(wire, topic, partition, records, -1)
 }
 
-fn produce_with_acks(
+pub fn produce_with_acks(
     wire: &mut Wire,
     topic: &str,
     partition: i32,

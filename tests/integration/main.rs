@@ -8,6 +8,7 @@ mod wire;
 
 mod consumer_groups;
 mod crash;
+mod disk_faults;
 mod group_protocol;
 mod io_backend;
 mod kafka_admin;
