@@ -514,7 +514,16 @@ impl RecordBatchDecoder {
         version: i8,
         records: &mut Vec<Record>,
     ) -> Result<()> {
-        records.reserve(batch_decode_info.record_count as usize);
+        // Sluice patch (issue 12): the count is the batch's word; reserve
+        // only what the bytes left could hold.
+        let record_count = batch_decode_info.record_count as usize;
+        if record_count > buf.remaining() {
+            bail!(
+                "Record batch of {record_count} records but only {} bytes remaining",
+                buf.remaining()
+            );
+        }
+        records.reserve(types::capacity_for::<Record>(record_count, buf.remaining()));
         for _ in 0..batch_decode_info.record_count {
             records.push(Record::decode_new(buf, batch_decode_info, version)?);
         }
@@ -893,7 +902,17 @@ impl Record {
         }
         let num_headers = num_headers as usize;
 
-        let mut headers = IndexMap::with_capacity(num_headers);
+        // Sluice patch (issue 12): as for the record count above.
+        if num_headers > buf.len() {
+            bail!(
+                "Record of {num_headers} headers but only {} bytes remaining",
+                buf.len()
+            );
+        }
+        let mut headers = IndexMap::with_capacity(types::capacity_for::<(
+            StrBytes,
+            Option<Bytes>,
+        )>(num_headers, buf.len()));
         for _ in 0..num_headers {
             // Key len
             let key_len: i32 = types::VarInt.decode(buf)?;

@@ -57,6 +57,23 @@ impl<B: ByteBufMut> Compressor<B> for Snappy {
 
 const MAGIC_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
 
+/// Sluice patch (issue 12): the most a snappy block can expand. Its densest
+/// element, a copy, turns 3 bytes into at most 64; 32 leaves headroom.
+const SNAPPY_EXPANSION_MAX: usize = 32;
+
+/// The uncompressed length a snappy block declares, refused when its own
+/// bytes could not hold that much: the length sizes a buffer up front.
+fn declared_len(compressed: &[u8]) -> Result<usize> {
+    let len = decompress_len(compressed).context("failed to read snappy header")?;
+    if len > compressed.len().saturating_mul(SNAPPY_EXPANSION_MAX) {
+        anyhow::bail!(
+            "snappy block of {} bytes declares {len} uncompressed bytes",
+            compressed.len()
+        );
+    }
+    Ok(len)
+}
+
 impl<B: ByteBuf> Decompressor<B> for Snappy {
     type Buf = Bytes;
     fn decompress<R, F>(compressed: &mut B, f: F) -> Result<R>
@@ -80,7 +97,7 @@ impl<B: ByteBuf> Decompressor<B> for Snappy {
             .is_none_or(|magic| *magic != MAGIC_HEADER[..])
         {
             let compressed = compressed.copy_to_bytes(compressed.remaining());
-            let actual_len = decompress_len(&compressed).context("failed to read snappy header")?;
+            let actual_len = declared_len(&compressed)?;
             let mut tmp = BytesMut::zeroed(actual_len);
             Decoder::new()
                 .decompress(&compressed, &mut tmp)
@@ -102,7 +119,7 @@ impl<B: ByteBuf> Decompressor<B> for Snappy {
                 .try_get_bytes(compressed_block_size)
                 .context("not enough bytes for block")?;
 
-            let uncompressed_block_length = decompress_len(&compressed_block)
+            let uncompressed_block_length = declared_len(&compressed_block)
                 .context("failed to get snappy uncompressed length")?;
             let uncompressed_block_start = uncompressed.len();
             uncompressed.resize(

@@ -10,6 +10,29 @@ use anyhow::{bail, Result};
 use std::convert::TryFrom;
 use std::string::String as StdString;
 
+// Sluice patch (issue 12): lengths and counts read from the wire size no
+// allocation before the bytes behind them have been seen.
+
+/// Refuse a length or count larger than the bytes left to decode: every byte
+/// of a string and every element of an array takes at least one byte on the
+/// wire, so a larger value cannot be honest. Kafka's generated decoders
+/// refuse it the same way ("... but only M bytes remaining").
+fn check_remaining<B: ByteBuf>(buf: &B, len: usize, what: &str) -> Result<()> {
+    if len > buf.remaining() {
+        bail!(
+            "{what} of {len} but only {} bytes remaining",
+            buf.remaining()
+        );
+    }
+    Ok(())
+}
+
+/// Capacity to reserve for `count` elements of `T`: never more bytes than
+/// remain to be decoded. A longer array grows as its elements decode.
+pub(crate) fn capacity_for<T>(count: usize, remaining: usize) -> usize {
+    count.min(remaining / std::mem::size_of::<T>().max(1))
+}
+
 macro_rules! define_copy_impl {
     ($e:ident, $t:ty) => (
         impl Encoder<$t> for $e {
@@ -359,6 +382,7 @@ impl Decoder<Option<StdString>> for String {
         match Int16.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                check_remaining(buf, n as usize, "String length")?;
                 let mut strbuf = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
@@ -511,6 +535,7 @@ impl Decoder<Option<StdString>> for CompactString {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                check_remaining(buf, (n - 1) as usize, "CompactString length")?;
                 let mut strbuf = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
@@ -655,6 +680,7 @@ impl Decoder<Option<Vec<u8>>> for Bytes {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                check_remaining(buf, n as usize, "Bytes length")?;
                 let mut data = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -804,6 +830,7 @@ impl Decoder<Option<Vec<u8>>> for CompactBytes {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                check_remaining(buf, (n - 1) as usize, "CompactBytes length")?;
                 let mut data = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -985,7 +1012,8 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                let mut result = Vec::with_capacity(n as usize);
+                check_remaining(buf, n as usize, "Array length")?;
+                let mut result = Vec::with_capacity(capacity_for::<T>(n as usize, buf.remaining()));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1093,7 +1121,9 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut result = Vec::with_capacity((n - 1) as usize);
+                check_remaining(buf, (n - 1) as usize, "CompactArray length")?;
+                let mut result =
+                    Vec::with_capacity(capacity_for::<T>((n - 1) as usize, buf.remaining()));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }
