@@ -9,6 +9,7 @@ mod wire;
 mod consumer_groups;
 mod crash;
 mod group_protocol;
+mod hardening_decoder;
 mod io_backend;
 mod kafka_admin;
 mod kafka_bad_input;
