@@ -611,6 +611,49 @@ fn forged_counts_in_a_request_header_allocate_no_more_than_the_header() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// JoinGroup's member metadata is a ConsumerProtocolSubscription the broker
+/// decodes too (for the subscribed topics): a version, then the body.
+#[test]
+fn forged_counts_in_a_consumer_subscription_allocate_no_more_than_the_metadata() {
+    use kafka_protocol::messages::consumer_protocol_subscription::TopicPartition;
+    let mut failures = Vec::new();
+    for version in 0..=3i16 {
+        let mut body = BytesMut::from(&version.to_be_bytes()[..]);
+        ConsumerProtocolSubscription::default()
+            .with_topics(vec![name("t")])
+            .with_user_data(Some(Bytes::from_static(b"user")))
+            .with_owned_partitions(if version >= 1 {
+                vec![
+                    TopicPartition::default()
+                        .with_topic(topic("t"))
+                        .with_partitions(vec![0]),
+                ]
+            } else {
+                vec![]
+            })
+            .with_generation_id(if version >= 2 { 3 } else { -1 })
+            .with_rack_id(if version >= 3 { Some(name("rack")) } else { None })
+            .encode(&mut body, version)
+            .unwrap();
+        let huge = mutations(&body, HUGE_COUNTS, 0);
+        let plausible = mutations(&body, PLAUSIBLE_COUNTS, PADDING_BYTES);
+        for mutation in huge.into_iter().chain(plausible) {
+            failures.extend(largest_allocation(
+                "ConsumerProtocolSubscription",
+                version,
+                mutation,
+                |mut input| {
+                    let version = bytes::Buf::get_i16(&mut input).clamp(0, 3);
+                    let _ = std::hint::black_box(ConsumerProtocolSubscription::decode(
+                        &mut input, version,
+                    ));
+                },
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// A stored batch of two records with keys, values and a header each.
 fn record_batch(compression: Compression) -> Vec<u8> {
     let records: Vec<Record> = (0..2)

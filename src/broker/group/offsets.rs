@@ -193,7 +193,9 @@ fn get_i64(bytes: &mut Bytes) -> Result<i64, String> {
 
 fn get_string(bytes: &mut Bytes) -> Result<String, String> {
     let len = get_i16(bytes)?;
-    let len = usize::try_from(len).map_err(|_| format!("negative string length {len}"))?;
+    let Ok(len) = usize::try_from(len) else {
+        return Err(format!("negative string length {len}"));
+    };
     need(bytes, len)?;
     let raw = bytes.split_to(len);
     String::from_utf8(raw.to_vec()).map_err(|error| format!("string is not UTF-8: {error}"))
