@@ -632,7 +632,11 @@ fn forged_counts_in_a_consumer_subscription_allocate_no_more_than_the_metadata()
                 vec![]
             })
             .with_generation_id(if version >= 2 { 3 } else { -1 })
-            .with_rack_id(if version >= 3 { Some(name("rack")) } else { None })
+            .with_rack_id(if version >= 3 {
+                Some(name("rack"))
+            } else {
+                None
+            })
             .encode(&mut body, version)
             .unwrap();
         let huge = mutations(&body, HUGE_COUNTS, 0);
