@@ -60,7 +60,9 @@ pub struct GroupsConfig {
     pub session_timeout_max_ms: u64,
     /// Most members one group may have (Kafka `group.max.size`).
     pub members_max: u32,
-    /// Largest metadata string a commit may carry (Kafka `offset.metadata.max.bytes`).
+    /// Largest metadata string a commit may carry (Kafka
+    /// `offset.metadata.max.bytes`). Default 4096; at most 32767, the
+    /// longest string an offset record holds (i16 length).
     pub offset_metadata_max_bytes: u32,
 }
 
@@ -341,6 +343,14 @@ impl GroupsConfig {
                 "must be at least groups.session_timeout_min_ms",
             );
         }
+        let metadata_max = crate::broker::group::offsets::RECORD_STRING_BYTES_MAX;
+        if self.offset_metadata_max_bytes as usize > metadata_max {
+            return invalid(
+                "groups.offset_metadata_max_bytes",
+                self.offset_metadata_max_bytes,
+                format!("at most {metadata_max}, the longest string an offset record holds"),
+            );
+        }
         Ok(())
     }
 }
@@ -593,6 +603,19 @@ mod tests {
         let config = Config::parse("[metrics]\nrefresh_interval_ms = 10\n").unwrap();
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("metrics.refresh_interval_ms"), "{error}");
+    }
+
+    /// Issue 12: metadata is stored with an i16 length.
+    #[test]
+    fn offset_metadata_max_bytes_fits_an_offset_record() {
+        let config = Config::parse("[groups]\noffset_metadata_max_bytes = 32767\n").unwrap();
+        config.validate().unwrap();
+        let config = Config::parse("[groups]\noffset_metadata_max_bytes = 32768\n").unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("groups.offset_metadata_max_bytes"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -128,6 +128,26 @@ impl BrokerProcess {
         false
     }
 
+    /// Whether the broker process is still running (not exited or killed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().unwrap().is_none())
+    }
+
+    /// The broker's resident memory (`VmRSS` in `/proc/<pid>/status`).
+    pub fn resident_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("the broker runs").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().strip_suffix("kB"))
+            .and_then(|value| value.trim().parse().ok())
+            .expect("VmRSS in kB");
+        kib * 1024
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();

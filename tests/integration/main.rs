@@ -10,6 +10,7 @@ mod consumer_groups;
 mod crash;
 mod disk_faults;
 mod group_protocol;
+mod hardening_decoder;
 mod io_backend;
 mod kafka_admin;
 mod kafka_bad_input;

@@ -37,10 +37,10 @@ use super::membership::{
     Group, GroupLimits, GroupState, JoinRequest, JoinResult, MemberClaim, Reply, SyncRequest,
     SyncResult,
 };
-use super::offsets::{CommittedOffset, OffsetRecord, TopicPartition};
+use super::offsets::{CommittedOffset, OffsetRecord, RECORD_STRING_BYTES_MAX, TopicPartition};
 use crate::broker::Broker;
 use crate::ids::{Offset, PartitionId};
-use crate::record_batch::{BatchBuilder, RecordSpec, ValidatedBatch};
+use crate::record_batch::{BatchBuilder, HEADER_BYTES, RecordSpec, ValidatedBatch};
 use crate::shard::ShardContext;
 use crate::storage::{AppendError, Durability};
 
@@ -58,9 +58,13 @@ const SNAPSHOT_AGE_MAX: Duration = Duration::from_secs(600);
 /// Live entries are copied forward at least this often even when nothing
 /// changed, so an idle group's offsets never pin an old segment for long.
 const SNAPSHOT_REFRESH: Duration = Duration::from_secs(3600);
-/// Offset records per stored batch: keeps each batch far below
-/// `message.max.bytes` (a record is at most about 4.6 KiB).
+/// Offset records per stored batch, at most; fewer when their bytes would
+/// pass `storage.message_max_bytes` (see [`batch_chunks`]).
 const RECORDS_PER_BATCH_MAX: usize = 100;
+/// Bytes a record adds to a batch beyond its key and value, at most: its
+/// length, attributes, timestamp and offset deltas (varints), key and value
+/// lengths, and header count.
+const RECORD_FRAMING_BYTES_MAX: usize = 5 + 1 + 10 + 5 + 5 + 5 + 1;
 /// Read size while replaying an offsets partition.
 const REPLAY_READ_BYTES: u64 = 1 << 20;
 
@@ -327,11 +331,11 @@ impl Coordinator {
         id: PartitionId,
         changes: Vec<OffsetRecord>,
     ) -> Result<Option<crate::storage::AppendReceipt>, AppendError> {
-        let limit = self.broker.config.storage.message_max_bytes as usize;
+        let limit = self.broker.config.storage.message_max_bytes;
         let mut last = None;
-        for chunk in changes.chunks(RECORDS_PER_BATCH_MAX) {
+        for chunk in batch_chunks(&changes, limit)? {
             let bytes = encode_batch(chunk);
-            let batch = ValidatedBatch::validate(&bytes, limit)
+            let batch = ValidatedBatch::validate(&bytes, limit as usize)
                 .map_err(|error| AppendError::Storage(format!("offset batch: {error}")))?;
             let receipt = self
                 .context
@@ -346,6 +350,42 @@ impl Coordinator {
         }
         Ok(last)
     }
+}
+
+/// `changes` in order, split into batches of at most
+/// [`RECORDS_PER_BATCH_MAX`] records and `limit_bytes` bytes each. Group ids
+/// and metadata may each be up to 32 KiB, so a count alone does not keep a
+/// batch under the limit. A record too large for a batch of its own is
+/// BatchTooLarge (INVALID_COMMIT_OFFSET_SIZE to the committer).
+fn batch_chunks(
+    changes: &[OffsetRecord],
+    limit_bytes: u32,
+) -> Result<Vec<&[OffsetRecord]>, AppendError> {
+    let limit = limit_bytes as usize;
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut batch_bytes = HEADER_BYTES;
+    for (index, change) in changes.iter().enumerate() {
+        let record_bytes = RECORD_FRAMING_BYTES_MAX + change.encoded_len();
+        if HEADER_BYTES + record_bytes > limit {
+            return Err(AppendError::BatchTooLarge {
+                size: HEADER_BYTES + record_bytes,
+                limit: limit_bytes,
+            });
+        }
+        if index > start
+            && (index - start == RECORDS_PER_BATCH_MAX || batch_bytes + record_bytes > limit)
+        {
+            chunks.push(&changes[start..index]);
+            start = index;
+            batch_bytes = HEADER_BYTES;
+        }
+        batch_bytes += record_bytes;
+    }
+    if start < changes.len() {
+        chunks.push(&changes[start..]);
+    }
+    Ok(chunks)
 }
 
 fn encode_batch(chunk: &[OffsetRecord]) -> Vec<u8> {
@@ -500,6 +540,11 @@ impl Coordinator {
         claim: &MemberClaim<'_>,
         offsets: Vec<(TopicPartition, CommittedOffset)>,
     ) -> Result<Vec<i16>, i16> {
+        // Kafka sets no limit of its own; past this its record encoder
+        // fails. The group id is the request's word, so it is a Kafka error.
+        if group_id.len() > RECORD_STRING_BYTES_MAX {
+            return Err(ResponseError::InvalidGroupId.code());
+        }
         self.check_commit(group_id, claim)
             .map_err(|error| error.code())?;
         let metadata_max = self.broker.config.groups.offset_metadata_max_bytes as usize;
@@ -843,5 +888,63 @@ fn commit_error_code(error: &AppendError) -> i16 {
         AppendError::BatchTooLarge { .. } => ResponseError::InvalidCommitOffsetSize.code(),
         AppendError::ShuttingDown => ResponseError::NotCoordinator.code(),
         _ => ResponseError::CoordinatorNotAvailable.code(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(group: &str, metadata_bytes: usize) -> OffsetRecord {
+        OffsetRecord {
+            group: group.to_owned(),
+            key: TopicPartition {
+                topic: "t".to_owned(),
+                partition: 0,
+            },
+            value: Some(CommittedOffset {
+                offset: 1,
+                leader_epoch: -1,
+                metadata: "m".repeat(metadata_bytes),
+                commit_timestamp_ms: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn offset_batches_hold_at_most_the_record_count_limit() {
+        let changes = vec![record("g", 0); RECORDS_PER_BATCH_MAX + 1];
+        let chunks = batch_chunks(&changes, 1 << 20).unwrap();
+        let sizes: Vec<usize> = chunks.iter().map(|chunk| chunk.len()).collect();
+        assert_eq!(sizes, [RECORDS_PER_BATCH_MAX, 1]);
+    }
+
+    /// Issue 12: group ids and metadata of up to 32 KiB each make 100
+    /// records far larger than a batch may be; the batches split by bytes.
+    #[test]
+    fn offset_batches_of_the_longest_strings_stay_under_the_size_limit() {
+        let group = "g".repeat(RECORD_STRING_BYTES_MAX);
+        let changes = vec![record(&group, RECORD_STRING_BYTES_MAX); 40];
+        let limit = crate::config::MESSAGE_MAX_BYTES_DEFAULT;
+        let chunks = batch_chunks(&changes, limit).unwrap();
+        assert!(chunks.len() > 1);
+        assert_eq!(chunks.iter().map(|chunk| chunk.len()).sum::<usize>(), 40);
+        for chunk in chunks {
+            let bytes = encode_batch(chunk);
+            ValidatedBatch::validate(&bytes, limit as usize).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_offset_record_larger_than_a_batch_may_be_is_batch_too_large() {
+        let changes = vec![record("g", 2000)];
+        assert!(matches!(
+            batch_chunks(&changes, 1000),
+            Err(AppendError::BatchTooLarge { limit: 1000, .. })
+        ));
+        assert_eq!(
+            commit_error_code(&AppendError::BatchTooLarge { size: 0, limit: 0 }),
+            ResponseError::InvalidCommitOffsetSize.code()
+        );
     }
 }

@@ -15,6 +15,21 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 const KEY_VERSION: i16 = 1;
 const VALUE_VERSION: i16 = 3;
 
+/// The longest string a record holds: the layouts give group ids, topic
+/// names and metadata an i16 length. Requests may carry longer ones (compact
+/// strings have u32 lengths), so every string is checked against this
+/// before a record is built: group ids by OffsetCommit (INVALID_GROUP_ID),
+/// topic names by topic creation, metadata by `offset_metadata_max_bytes`.
+pub const RECORD_STRING_BYTES_MAX: usize = i16::MAX as usize;
+
+const _: () = assert!(crate::storage::partition::TOPIC_NAME_BYTES_MAX <= RECORD_STRING_BYTES_MAX);
+
+/// Bytes of a key beyond its two strings: version, two lengths, partition.
+const KEY_FIXED_BYTES: usize = 2 + 2 + 2 + 4;
+/// Bytes of a value beyond its metadata: version, offset, leader epoch,
+/// metadata length, commit time.
+const VALUE_FIXED_BYTES: usize = 2 + 8 + 4 + 2 + 8;
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TopicPartition {
     pub topic: String,
@@ -74,8 +89,19 @@ pub struct OffsetRecord {
 }
 
 impl OffsetRecord {
+    /// Bytes of the encoded key and value together.
+    pub fn encoded_len(&self) -> usize {
+        let key = KEY_FIXED_BYTES + self.group.len() + self.key.topic.len();
+        let value = self
+            .value
+            .as_ref()
+            .map_or(0, |value| VALUE_FIXED_BYTES + value.metadata.len());
+        key + value
+    }
+
     pub fn encode_key(&self) -> Vec<u8> {
-        let mut out = BytesMut::with_capacity(10 + self.group.len() + self.key.topic.len());
+        let mut out =
+            BytesMut::with_capacity(KEY_FIXED_BYTES + self.group.len() + self.key.topic.len());
         out.put_i16(KEY_VERSION);
         put_string(&mut out, &self.group);
         put_string(&mut out, &self.key.topic);
@@ -85,7 +111,7 @@ impl OffsetRecord {
 
     pub fn encode_value(&self) -> Option<Vec<u8>> {
         let value = self.value.as_ref()?;
-        let mut out = BytesMut::with_capacity(24 + value.metadata.len());
+        let mut out = BytesMut::with_capacity(VALUE_FIXED_BYTES + value.metadata.len());
         out.put_i16(VALUE_VERSION);
         out.put_i64(value.offset);
         out.put_i32(value.leader_epoch);
@@ -134,7 +160,8 @@ fn decode_value(bytes: &[u8]) -> Result<CommittedOffset, String> {
 }
 
 fn put_string(out: &mut BytesMut, text: &str) {
-    let len = i16::try_from(text.len()).expect("names and metadata are checked to fit");
+    let len = i16::try_from(text.len())
+        .expect("strings are checked against RECORD_STRING_BYTES_MAX before a record is built");
     out.put_i16(len);
     out.put_slice(text.as_bytes());
 }
@@ -166,7 +193,9 @@ fn get_i64(bytes: &mut Bytes) -> Result<i64, String> {
 
 fn get_string(bytes: &mut Bytes) -> Result<String, String> {
     let len = get_i16(bytes)?;
-    let len = usize::try_from(len).map_err(|_| format!("negative string length {len}"))?;
+    let Ok(len) = usize::try_from(len) else {
+        return Err(format!("negative string length {len}"));
+    };
     need(bytes, len)?;
     let raw = bytes.split_to(len);
     String::from_utf8(raw.to_vec()).map_err(|error| format!("string is not UTF-8: {error}"))
@@ -194,6 +223,10 @@ mod tests {
         let key = record.encode_key();
         let value = record.encode_value();
         assert_eq!(
+            record.encoded_len(),
+            key.len() + value.as_ref().map_or(0, Vec::len)
+        );
+        assert_eq!(
             OffsetRecord::decode(&key, value.as_deref()).unwrap(),
             Some(record.clone())
         );
@@ -201,9 +234,34 @@ mod tests {
             value: None,
             ..record
         };
+        assert_eq!(tombstone.encoded_len(), tombstone.encode_key().len());
         assert_eq!(
             OffsetRecord::decode(&tombstone.encode_key(), None).unwrap(),
             Some(tombstone)
+        );
+    }
+
+    #[test]
+    fn records_with_the_longest_strings_round_trip() {
+        let longest = "x".repeat(RECORD_STRING_BYTES_MAX);
+        let record = OffsetRecord {
+            group: longest.clone(),
+            key: TopicPartition {
+                topic: "t".to_owned(),
+                partition: 0,
+            },
+            value: Some(CommittedOffset {
+                offset: 1,
+                leader_epoch: 0,
+                metadata: longest,
+                commit_timestamp_ms: 0,
+            }),
+        };
+        let key = record.encode_key();
+        let value = record.encode_value();
+        assert_eq!(
+            OffsetRecord::decode(&key, value.as_deref()).unwrap(),
+            Some(record)
         );
     }
 

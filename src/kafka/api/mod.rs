@@ -64,13 +64,17 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
 }
 
 /// Decode the request body, or explain why it is malformed.
-pub fn decode<M: Decodable>(request: &Request<'_>, mut body: Bytes) -> Result<M, String> {
-    M::decode(&mut body, request.version).map_err(|error| {
-        format!(
-            "malformed {:?} v{} request: {error}",
-            request.key, request.version
-        )
-    })
+pub fn decode<M: Decodable>(request: &Request<'_>, body: Bytes) -> Result<M, String> {
+    decode_body(request.key, request.version, body)
+}
+
+/// Decode the body of a `key` request of `version`, or explain why it is
+/// malformed. The decoder (kafka-protocol, patched in `vendor/`) sizes no
+/// allocation by a length or count before the bytes behind it are seen, so a
+/// hostile body costs at most its own size (issue 12).
+pub fn decode_body<M: Decodable>(key: ApiKey, version: i16, mut body: Bytes) -> Result<M, String> {
+    M::decode(&mut body, version)
+        .map_err(|error| format!("malformed {key:?} v{version} request: {error}"))
 }
 
 pub fn str_bytes(text: &str) -> StrBytes {

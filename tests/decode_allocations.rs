@@ -1,0 +1,761 @@
+//! No length or count read from the network sizes an allocation before the
+//! bytes behind it have been seen (issue 12).
+//!
+//! For every API and version Sluice advertises, a valid request body is
+//! encoded, and then every position in it in turn is overwritten with a huge
+//! count (int32, int16, and 5-byte varints) and decoded with the function the
+//! dispatcher uses. Decoding may fail or succeed; what it may not do is ask
+//! the allocator for more than [`allocation_limit_bytes`] at once. A second
+//! pass writes counts that trailing padding could back, so that what is
+//! reserved for a count that passes the bytes-remaining check is bounded
+//! too. The request header, and record batches, which the broker decodes
+//! when it reads stored batches back (ListOffsets by time, the offsets-topic
+//! replay), get the same treatment.
+//!
+//! This is its own test binary, apart from `tests/integration/`, because it
+//! installs a counting `#[global_allocator]`: that is process-wide, and the
+//! integration binary's threads and child processes must not be measured
+//! (or slowed) by it. The allocator measures only the thread that armed it.
+//!
+//! An allocation too large to be served aborts the process (Rust's
+//! allocation-error handler); the allocator first prints the case that
+//! asked for it, so the abort says which API, version and byte position.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::messages::create_partitions_request::{
+    CreatePartitionsAssignment, CreatePartitionsTopic,
+};
+use kafka_protocol::messages::create_topics_request::{
+    CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
+};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_delete_request::{
+    OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use sluice::kafka::api::decode_body;
+use sluice::kafka::versions::SUPPORTED;
+use sluice::record_batch::recompute_crc;
+
+/// What is being decoded: (label, version, byte position, pattern name).
+type Case = (&'static str, i16, usize, &'static str);
+
+/// Allocations served by the system allocator, with the largest single
+/// request on an armed thread remembered.
+struct Counting;
+
+thread_local! {
+    /// Largest allocation allowed now on this thread; 0 when not measuring.
+    static LIMIT_BYTES: Cell<usize> = const { Cell::new(0) };
+    /// Largest allocation seen since the thread was armed.
+    static LARGEST_BYTES: Cell<usize> = const { Cell::new(0) };
+    /// What is being decoded: (label, version, position, pattern).
+    static CASE: Cell<Case> = const { Cell::new(("", 0, 0, "")) };
+}
+
+impl Counting {
+    fn note(size: usize) {
+        let limit = LIMIT_BYTES.try_with(Cell::get).unwrap_or(0);
+        if limit == 0 {
+            return;
+        }
+        let _ = LARGEST_BYTES.try_with(|largest| largest.set(largest.get().max(size)));
+        if size > limit {
+            // Report once: what follows (an abort's backtrace) is not the
+            // decoder's doing.
+            let _ = LIMIT_BYTES.try_with(|cell| cell.set(0));
+            let case = CASE.try_with(Cell::get).unwrap_or(("?", 0, 0, "?"));
+            report_oversized(size, limit, case);
+        }
+    }
+}
+
+// SAFETY: every call is passed to the system allocator unchanged; the
+// bookkeeping touches only const-initialised thread-locals, which never
+// allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Counting::note(layout.size());
+        // SAFETY: the caller's contract for `alloc` is passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        Counting::note(layout.size());
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        Counting::note(new_size);
+        // SAFETY: as for `alloc`; `ptr` came from this allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from this allocator with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Print the case behind an oversized allocation without allocating (the
+/// allocation may be about to abort the process).
+fn report_oversized(size: usize, limit: usize, case: Case) {
+    use std::io::Write;
+    let mut line = [0u8; 256];
+    let mut cursor = &mut line[..];
+    let _ = writeln!(
+        cursor,
+        "oversized allocation: {size} bytes (limit {limit}) decoding {} v{} with {} at byte {}",
+        case.0, case.1, case.3, case.2
+    );
+    let written = 256 - cursor.len();
+    // SAFETY: `line[..written]` is initialised memory; fd 2 is stderr.
+    unsafe { libc::write(2, line.as_ptr().cast(), written) };
+}
+
+/// The most one decode may allocate at once: a generous multiple of the
+/// input, so that decoding legitimately may copy and box what it read, but
+/// nothing near what a forged count would ask for.
+fn allocation_limit_bytes(input_bytes: usize) -> usize {
+    64 * input_bytes + 64 * 1024
+}
+
+/// A count or length as one of Kafka's encodings writes it.
+struct Pattern {
+    name: &'static str,
+    bytes: &'static [u8],
+    /// A varint: an honest small count takes one byte where the forged one
+    /// takes more, so it is also spliced in place of one byte.
+    varint: bool,
+}
+
+/// Counts no input of the test's size could back, in each of Kafka's
+/// length encodings: every one must be refused before it sizes anything.
+const HUGE_COUNTS: &[Pattern] = &[
+    Pattern {
+        name: "int32 0x7fffffff",
+        bytes: &[0x7f, 0xff, 0xff, 0xff],
+        varint: false,
+    },
+    Pattern {
+        name: "int16 0x7fff",
+        bytes: &[0x7f, 0xff],
+        varint: false,
+    },
+    Pattern {
+        name: "unsigned varint 0x7fffffff",
+        bytes: &[0xff, 0xff, 0xff, 0xff, 0x07],
+        varint: true,
+    },
+    Pattern {
+        name: "unsigned varint 0xffffffff",
+        bytes: &[0xff, 0xff, 0xff, 0xff, 0x0f],
+        varint: true,
+    },
+    Pattern {
+        name: "zigzag varint i32::MAX",
+        bytes: &[0xfe, 0xff, 0xff, 0xff, 0x0f],
+        varint: true,
+    },
+];
+
+/// Counts that [`PADDING_BYTES`] of trailing input could back, one byte an
+/// element: they pass the "count within the bytes remaining" check, so the
+/// capacity reserved for them must still be bounded by those bytes.
+const PLAUSIBLE_COUNTS: &[Pattern] = &[
+    Pattern {
+        name: "int32 16384 before padding",
+        bytes: &[0x00, 0x00, 0x40, 0x00],
+        varint: false,
+    },
+    Pattern {
+        name: "unsigned varint 16385 before padding",
+        bytes: &[0x81, 0x80, 0x01],
+        varint: true,
+    },
+];
+
+/// Zero bytes appended to a body after a plausible count is written into it.
+const PADDING_BYTES: usize = 16 * 1024;
+
+/// Every input derived from `valid`: each pattern written over each
+/// position where it fits (and varints also spliced in place of the byte
+/// there), then `padding` zero bytes appended.
+fn mutations(
+    valid: &[u8],
+    patterns: &[Pattern],
+    padding: usize,
+) -> Vec<(usize, &'static str, Vec<u8>)> {
+    let mut out = Vec::new();
+    for pattern in patterns {
+        let len = pattern.bytes.len();
+        for position in 0..valid.len() {
+            if position + len <= valid.len() {
+                let mut body = valid.to_vec();
+                body[position..position + len].copy_from_slice(pattern.bytes);
+                out.push((position, pattern.name, body));
+            }
+            if pattern.varint {
+                let mut body = valid[..position].to_vec();
+                body.extend_from_slice(pattern.bytes);
+                body.extend_from_slice(&valid[position + 1..]);
+                out.push((position, pattern.name, body));
+            }
+        }
+    }
+    for (_, _, body) in &mut out {
+        body.resize(body.len() + padding, 0);
+    }
+    out
+}
+
+/// Decode `input` with `decode`, measuring the largest allocation; returns
+/// it if it is over the limit.
+fn largest_allocation(
+    label: &'static str,
+    version: i16,
+    (position, pattern, input): (usize, &'static str, Vec<u8>),
+    decode: impl FnOnce(Bytes),
+) -> Option<String> {
+    let limit = allocation_limit_bytes(input.len());
+    let input = Bytes::from(input);
+    CASE.with(|case| case.set((label, version, position, pattern)));
+    LARGEST_BYTES.with(|largest| largest.set(0));
+    LIMIT_BYTES.with(|cell| cell.set(limit));
+    decode(input);
+    LIMIT_BYTES.with(|cell| cell.set(0));
+    let largest = LARGEST_BYTES.with(Cell::get);
+    (largest > limit).then(|| {
+        format!(
+            "{label} v{version}: {pattern} at byte {position}: allocated {largest} bytes at once (limit {limit})"
+        )
+    })
+}
+
+fn name(text: &'static str) -> StrBytes {
+    StrBytes::from_static_str(text)
+}
+
+fn topic(text: &'static str) -> TopicName {
+    TopicName(name(text))
+}
+
+fn group(text: &'static str) -> GroupId {
+    GroupId(name(text))
+}
+
+/// A valid request of each API with one element in each array, for
+/// `version`: fields a version lacks are left at their defaults, as the
+/// encoder requires.
+fn sample(key: ApiKey, version: i16, out: &mut BytesMut) -> anyhow::Result<()> {
+    match key {
+        ApiKey::Produce => ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(topic("t"))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(Bytes::from_static(b"records"))),
+                    ]),
+            ])
+            .encode(out, version),
+        ApiKey::Fetch => FetchRequest::default()
+            .with_max_wait_ms(100)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(topic("t"))
+                    .with_partitions(vec![
+                        FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(5)
+                            .with_partition_max_bytes(1024),
+                    ]),
+            ])
+            .with_forgotten_topics_data(if version >= 7 {
+                vec![
+                    ForgottenTopic::default()
+                        .with_topic(topic("f"))
+                        .with_partitions(vec![1]),
+                ]
+            } else {
+                vec![]
+            })
+            .with_rack_id(if version >= 11 {
+                name("rack")
+            } else {
+                name("")
+            })
+            .encode(out, version),
+        ApiKey::ListOffsets => ListOffsetsRequest::default()
+            .with_topics(vec![
+                ListOffsetsTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(vec![
+                        ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_timestamp(-1),
+                    ]),
+            ])
+            .encode(out, version),
+        ApiKey::Metadata => MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(topic("t"))),
+            ]))
+            .encode(out, version),
+        ApiKey::ApiVersions => ApiVersionsRequest::default()
+            .with_client_software_name(name("client"))
+            .with_client_software_version(name("1.0"))
+            .encode(out, version),
+        ApiKey::CreateTopics => CreateTopicsRequest::default()
+            .with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(topic("t"))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1)
+                    .with_assignments(vec![
+                        CreatableReplicaAssignment::default()
+                            .with_partition_index(0)
+                            .with_broker_ids(vec![BrokerId(1)]),
+                    ])
+                    .with_configs(vec![
+                        CreatableTopicConfig::default()
+                            .with_name(name("retention.ms"))
+                            .with_value(Some(name("1000"))),
+                    ]),
+            ])
+            .encode(out, version),
+        ApiKey::DeleteTopics => DeleteTopicsRequest::default()
+            .with_topics(if version >= 6 {
+                vec![DeleteTopicState::default().with_name(Some(topic("t")))]
+            } else {
+                vec![]
+            })
+            .with_topic_names(if version < 6 {
+                vec![topic("t")]
+            } else {
+                vec![]
+            })
+            .encode(out, version),
+        ApiKey::CreatePartitions => CreatePartitionsRequest::default()
+            .with_topics(vec![
+                CreatePartitionsTopic::default()
+                    .with_name(topic("t"))
+                    .with_count(2)
+                    .with_assignments(Some(vec![
+                        CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(1)]),
+                    ])),
+            ])
+            .encode(out, version),
+        ApiKey::DescribeConfigs => DescribeConfigsRequest::default()
+            .with_resources(vec![
+                DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name("t"))
+                    .with_configuration_keys(Some(vec![name("retention.ms")])),
+            ])
+            .encode(out, version),
+        ApiKey::IncrementalAlterConfigs => IncrementalAlterConfigsRequest::default()
+            .with_resources(vec![
+                AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name("t"))
+                    .with_configs(vec![
+                        AlterableConfig::default()
+                            .with_name(name("retention.ms"))
+                            .with_value(Some(name("1000"))),
+                    ]),
+            ])
+            .encode(out, version),
+        ApiKey::DescribeCluster => DescribeClusterRequest::default().encode(out, version),
+        ApiKey::FindCoordinator => FindCoordinatorRequest::default()
+            .with_key(if version < 4 { name("g") } else { name("") })
+            .with_coordinator_keys(if version >= 4 {
+                vec![name("g")]
+            } else {
+                vec![]
+            })
+            .encode(out, version),
+        ApiKey::JoinGroup => JoinGroupRequest::default()
+            .with_group_id(group("g"))
+            .with_session_timeout_ms(10_000)
+            .with_member_id(name("m"))
+            .with_protocol_type(name("consumer"))
+            .with_protocols(vec![
+                JoinGroupRequestProtocol::default()
+                    .with_name(name("range"))
+                    .with_metadata(Bytes::from_static(b"meta")),
+            ])
+            .encode(out, version),
+        ApiKey::SyncGroup => SyncGroupRequest::default()
+            .with_group_id(group("g"))
+            .with_member_id(name("m"))
+            .with_assignments(vec![
+                SyncGroupRequestAssignment::default()
+                    .with_member_id(name("m"))
+                    .with_assignment(Bytes::from_static(b"assignment")),
+            ])
+            .encode(out, version),
+        ApiKey::Heartbeat => HeartbeatRequest::default()
+            .with_group_id(group("g"))
+            .with_member_id(name("m"))
+            .encode(out, version),
+        ApiKey::LeaveGroup => LeaveGroupRequest::default()
+            .with_group_id(group("g"))
+            .with_member_id(if version < 3 { name("m") } else { name("") })
+            .with_members(if version >= 3 {
+                vec![MemberIdentity::default().with_member_id(name("m"))]
+            } else {
+                vec![]
+            })
+            .encode(out, version),
+        ApiKey::OffsetCommit => OffsetCommitRequest::default()
+            .with_group_id(group("g"))
+            .with_member_id(name("m"))
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(vec![
+                        OffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(42)
+                            .with_committed_metadata(Some(name("meta"))),
+                    ]),
+            ])
+            .encode(out, version),
+        ApiKey::OffsetFetch if version < 8 => OffsetFetchRequest::default()
+            .with_group_id(group("g"))
+            .with_topics(Some(vec![
+                OffsetFetchRequestTopic::default()
+                    .with_name(topic("t"))
+                    .with_partition_indexes(vec![0]),
+            ]))
+            .encode(out, version),
+        ApiKey::OffsetFetch => OffsetFetchRequest::default()
+            .with_groups(vec![
+                OffsetFetchRequestGroup::default()
+                    .with_group_id(group("g"))
+                    .with_topics(Some(vec![
+                        OffsetFetchRequestTopics::default()
+                            .with_name(topic("t"))
+                            .with_partition_indexes(vec![0]),
+                    ])),
+            ])
+            .encode(out, version),
+        ApiKey::OffsetDelete => OffsetDeleteRequest::default()
+            .with_group_id(group("g"))
+            .with_topics(vec![
+                OffsetDeleteRequestTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(vec![
+                        OffsetDeleteRequestPartition::default().with_partition_index(0),
+                    ]),
+            ])
+            .encode(out, version),
+        ApiKey::ListGroups => ListGroupsRequest::default()
+            .with_states_filter(if version >= 4 {
+                vec![name("Stable")]
+            } else {
+                vec![]
+            })
+            .with_types_filter(if version >= 5 {
+                vec![name("classic")]
+            } else {
+                vec![]
+            })
+            .encode(out, version),
+        ApiKey::DescribeGroups => DescribeGroupsRequest::default()
+            .with_groups(vec![group("g")])
+            .encode(out, version),
+        ApiKey::DeleteGroups => DeleteGroupsRequest::default()
+            .with_groups_names(vec![group("g")])
+            .encode(out, version),
+        other => anyhow::bail!("no sample request for {other:?}"),
+    }
+}
+
+/// Decode `body` as a `key` request of `version`, as the dispatcher does.
+fn decode_request(key: ApiKey, version: i16, body: Bytes) -> Result<(), String> {
+    fn run<M: Decodable>(key: ApiKey, version: i16, body: Bytes) -> Result<(), String> {
+        decode_body::<M>(key, version, body).map(|request| {
+            std::hint::black_box(request);
+        })
+    }
+    match key {
+        ApiKey::Produce => run::<ProduceRequest>(key, version, body),
+        ApiKey::Fetch => run::<FetchRequest>(key, version, body),
+        ApiKey::ListOffsets => run::<ListOffsetsRequest>(key, version, body),
+        ApiKey::Metadata => run::<MetadataRequest>(key, version, body),
+        ApiKey::ApiVersions => run::<ApiVersionsRequest>(key, version, body),
+        ApiKey::CreateTopics => run::<CreateTopicsRequest>(key, version, body),
+        ApiKey::DeleteTopics => run::<DeleteTopicsRequest>(key, version, body),
+        ApiKey::CreatePartitions => run::<CreatePartitionsRequest>(key, version, body),
+        ApiKey::DescribeConfigs => run::<DescribeConfigsRequest>(key, version, body),
+        ApiKey::IncrementalAlterConfigs => {
+            run::<IncrementalAlterConfigsRequest>(key, version, body)
+        }
+        ApiKey::DescribeCluster => run::<DescribeClusterRequest>(key, version, body),
+        ApiKey::FindCoordinator => run::<FindCoordinatorRequest>(key, version, body),
+        ApiKey::JoinGroup => run::<JoinGroupRequest>(key, version, body),
+        ApiKey::SyncGroup => run::<SyncGroupRequest>(key, version, body),
+        ApiKey::Heartbeat => run::<HeartbeatRequest>(key, version, body),
+        ApiKey::LeaveGroup => run::<LeaveGroupRequest>(key, version, body),
+        ApiKey::OffsetCommit => run::<OffsetCommitRequest>(key, version, body),
+        ApiKey::OffsetFetch => run::<OffsetFetchRequest>(key, version, body),
+        ApiKey::OffsetDelete => run::<OffsetDeleteRequest>(key, version, body),
+        ApiKey::ListGroups => run::<ListGroupsRequest>(key, version, body),
+        ApiKey::DescribeGroups => run::<DescribeGroupsRequest>(key, version, body),
+        ApiKey::DeleteGroups => run::<DeleteGroupsRequest>(key, version, body),
+        other => panic!("no decoder listed for {other:?}"),
+    }
+}
+
+/// A request with an unknown tagged field, for flexible versions, so the
+/// tagged-field size is forged too.
+fn with_unknown_tag(key: ApiKey, version: i16, body: &mut BytesMut) {
+    if key.request_header_version(version) < 2 {
+        return;
+    }
+    // Flexible bodies end with their tagged fields: 0 fields → 1 field.
+    assert_eq!(
+        body.last(),
+        Some(&0),
+        "{key:?} v{version} ends with no tags"
+    );
+    body.truncate(body.len() - 1);
+    body.extend_from_slice(&[1, 99, 1, b'x']);
+}
+
+#[test]
+fn forged_counts_in_any_advertised_request_allocate_no_more_than_the_request() {
+    let mut failures = Vec::new();
+    let mut cases = 0usize;
+    for entry in SUPPORTED {
+        // The allocator's report may not allocate: name the API up front.
+        let label: &'static str = format!("{:?}", entry.key).leak();
+        for version in entry.min..=entry.max {
+            let mut body = BytesMut::new();
+            sample(entry.key, version, &mut body)
+                .unwrap_or_else(|error| panic!("{label} v{version}: {error}"));
+            with_unknown_tag(entry.key, version, &mut body);
+            decode_request(entry.key, version, Bytes::from(body.to_vec()))
+                .unwrap_or_else(|error| panic!("the sample does not decode: {error}"));
+            let huge = mutations(&body, HUGE_COUNTS, 0);
+            let plausible = mutations(&body, PLAUSIBLE_COUNTS, PADDING_BYTES);
+            for mutation in huge.into_iter().chain(plausible) {
+                cases += 1;
+                failures.extend(largest_allocation(label, version, mutation, |input| {
+                    let _ = decode_request(entry.key, version, input);
+                }));
+            }
+        }
+    }
+    assert!(cases > 10_000, "only {cases} cases");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn forged_counts_in_a_request_header_allocate_no_more_than_the_header() {
+    let mut failures = Vec::new();
+    for header_version in 1..=2 {
+        let mut body = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(3)
+            .with_request_api_version(9)
+            .with_correlation_id(7)
+            .with_client_id(Some(name("client-id")))
+            .encode(&mut body, header_version)
+            .unwrap();
+        for mutation in mutations(&body, HUGE_COUNTS, 0) {
+            failures.extend(largest_allocation(
+                "RequestHeader",
+                header_version,
+                mutation,
+                |mut input| {
+                    let _ = std::hint::black_box(RequestHeader::decode(&mut input, header_version));
+                },
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// JoinGroup's member metadata is a ConsumerProtocolSubscription the broker
+/// decodes too (for the subscribed topics): a version, then the body.
+#[test]
+fn forged_counts_in_a_consumer_subscription_allocate_no_more_than_the_metadata() {
+    use kafka_protocol::messages::consumer_protocol_subscription::TopicPartition;
+    let mut failures = Vec::new();
+    for version in 0..=3i16 {
+        let mut body = BytesMut::from(&version.to_be_bytes()[..]);
+        ConsumerProtocolSubscription::default()
+            .with_topics(vec![name("t")])
+            .with_user_data(Some(Bytes::from_static(b"user")))
+            .with_owned_partitions(if version >= 1 {
+                vec![
+                    TopicPartition::default()
+                        .with_topic(topic("t"))
+                        .with_partitions(vec![0]),
+                ]
+            } else {
+                vec![]
+            })
+            .with_generation_id(if version >= 2 { 3 } else { -1 })
+            .with_rack_id(if version >= 3 {
+                Some(name("rack"))
+            } else {
+                None
+            })
+            .encode(&mut body, version)
+            .unwrap();
+        let huge = mutations(&body, HUGE_COUNTS, 0);
+        let plausible = mutations(&body, PLAUSIBLE_COUNTS, PADDING_BYTES);
+        for mutation in huge.into_iter().chain(plausible) {
+            failures.extend(largest_allocation(
+                "ConsumerProtocolSubscription",
+                version,
+                mutation,
+                |mut input| {
+                    let version = bytes::Buf::get_i16(&mut input).clamp(0, 3);
+                    let _ = std::hint::black_box(ConsumerProtocolSubscription::decode(
+                        &mut input, version,
+                    ));
+                },
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A stored batch of two records with keys, values and a header each.
+fn record_batch(compression: Compression) -> Vec<u8> {
+    let records: Vec<Record> = (0..2)
+        .map(|index| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: index,
+            sequence: index as i32,
+            timestamp: 1_700_000_000_000 + index,
+            key: Some(Bytes::from_static(b"key")),
+            value: Some(Bytes::from_static(b"value")),
+            headers: IndexMap::from([(name("h"), Some(Bytes::from_static(b"v")))]),
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut out,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .unwrap();
+    out.to_vec()
+}
+
+/// A batch whose records are raw (unframed) snappy, which the decoder also
+/// accepts: the varint uncompressed length, then one literal.
+fn raw_snappy_batch() -> Vec<u8> {
+    let mut batch = record_batch(Compression::None);
+    let records = batch.split_off(sluice::record_batch::HEADER_BYTES);
+    assert!(
+        records.len() <= 256,
+        "one literal, its length in its tag or one byte"
+    );
+    let mut compressed = Vec::new();
+    let mut declared = records.len();
+    while declared >= 0x80 {
+        compressed.push(declared as u8 | 0x80);
+        declared >>= 7;
+    }
+    compressed.push(declared as u8);
+    if records.len() <= 60 {
+        compressed.push(((records.len() - 1) as u8) << 2);
+    } else {
+        compressed.extend_from_slice(&[60 << 2, (records.len() - 1) as u8]);
+    }
+    compressed.extend_from_slice(&records);
+    batch.extend_from_slice(&compressed);
+    let length = (batch.len() - sluice::record_batch::LOG_OVERHEAD_BYTES) as i32;
+    batch[8..12].copy_from_slice(&length.to_be_bytes());
+    batch[21..23].copy_from_slice(&2i16.to_be_bytes());
+    recompute_crc(&mut batch);
+    batch
+}
+
+#[test]
+fn forged_counts_in_a_stored_batch_allocate_no_more_than_the_batch() {
+    let batches = [
+        ("batch, uncompressed", record_batch(Compression::None)),
+        ("batch, snappy", record_batch(Compression::Snappy)),
+        ("batch, raw snappy", raw_snappy_batch()),
+    ];
+    let mut failures = Vec::new();
+    for (label, batch) in batches {
+        let decoded = RecordBatchDecoder::decode(&mut Bytes::from(batch.clone()))
+            .unwrap_or_else(|error| panic!("{label}: {error}"));
+        assert_eq!(decoded.records.len(), 2, "{label}");
+        for (position, pattern, mut input) in mutations(&batch, HUGE_COUNTS, 0) {
+            // The CRC would catch the change before any count is read;
+            // the broker's own batches carry a correct one.
+            if input.len() >= sluice::record_batch::HEADER_BYTES {
+                recompute_crc(&mut input);
+            }
+            failures.extend(largest_allocation(
+                label,
+                2,
+                (position, pattern, input),
+                |mut input| {
+                    let _ = std::hint::black_box(RecordBatchDecoder::decode(&mut input));
+                },
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_allocator_counts_what_it_is_asked_for() {
+    let failure = largest_allocation("self-check", 0, (0, "no pattern", vec![0; 16]), |_| {
+        let big = vec![0u8; 2 * allocation_limit_bytes(16)];
+        std::hint::black_box(&big);
+    });
+    assert!(failure.is_some(), "a too-large allocation is seen");
+}
