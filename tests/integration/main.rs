@@ -12,6 +12,7 @@ mod group_protocol;
 mod io_backend;
 mod kafka_admin;
 mod kafka_bad_input;
+mod kafka_connection_limits;
 mod kafka_crash;
 mod kafka_pipelining;
 mod kafka_roundtrip;
