@@ -316,10 +316,10 @@ mod stream_tests {
 
     impl AsyncRead for Trickle {
         async fn read<B: compio::buf::IoBufMut>(&mut self, mut buf: B) -> BufResult<usize, B> {
+            self.largest_read = self.largest_read.max(buf.buf_capacity());
             if self.bytes.is_empty() && self.stall {
                 std::future::pending::<()>().await;
             }
-            self.largest_read = self.largest_read.max(buf.buf_capacity());
             let take = self.step.min(self.bytes.len()).min(buf.buf_capacity());
             let chunk: Vec<u8> = self.bytes.drain(..take).collect();
             let spare = buf.as_uninit();
@@ -396,6 +396,37 @@ mod stream_tests {
                 stream.largest_read
             );
             assert_eq!(budget.used_bytes(), 0, "the frame's budget came back");
+        });
+    }
+
+    #[test]
+    fn a_stalled_small_frame_times_out() {
+        let runtime = compio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let mut bytes = 100i32.to_be_bytes().to_vec();
+            bytes.extend_from_slice(&[7u8; 50]);
+            let mut stream = Trickle::new(bytes, 3);
+            stream.stall = true;
+            let budget = Arc::new(RequestBudget::new(1000));
+            let mut reader = reader(1000, Duration::from_millis(100));
+            let outcome = compio::time::timeout(
+                Duration::from_secs(10),
+                reader.next_frame(&mut stream, &budget),
+            )
+            .await
+            .expect("the read timeout ends the wait");
+            assert!(
+                matches!(
+                    outcome,
+                    Err(FrameError::ReadTimeout {
+                        received: 54,
+                        expected: 104,
+                        ..
+                    })
+                ),
+                "{:?}",
+                outcome.err()
+            );
         });
     }
 
