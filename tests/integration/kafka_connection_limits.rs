@@ -244,7 +244,6 @@ fn declared_request_sizes_reserve_no_memory() {
 
     let size_growth = memory_bytes(pid, "VmSize").saturating_sub(size_before);
     let resident_growth = memory_bytes(pid, "VmRSS").saturating_sub(resident_before);
-    eprintln!("DEBUG size_growth {} resident_growth {} queued {queued}", size_growth / 1024, resident_growth / 1024);
     assert!(
         size_growth < 256 * MIB,
         "address space grew by {} MiB",
@@ -318,7 +317,6 @@ fn the_request_budget_pushes_back_until_stalled_requests_time_out() {
         assert!(client.join().unwrap(), "a stalled request was never closed");
     }
     let growth = resident_peak.saturating_sub(resident_before);
-    eprintln!("DEBUG growth {} waited {waited} queued {queued_peak}", growth / 1024);
     assert!(
         growth < 40 * MIB,
         "resident memory grew by {} MiB with {stalled} stalled requests of {} MiB",

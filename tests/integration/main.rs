@@ -14,6 +14,7 @@ mod kafka_admin;
 mod kafka_bad_input;
 mod kafka_connection_limits;
 mod kafka_crash;
+mod kafka_fetch;
 mod kafka_pipelining;
 mod kafka_roundtrip;
 mod kcat_smoke;

@@ -76,8 +76,12 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
             .any(|(_, partition)| partition.error_code != error_code::NONE);
         let enough = ready >= min_bytes || failed || wanted.is_empty();
         if enough || Instant::now() >= deadline || request.hangup.happened() {
-            for ((topic, partition), fetched) in read {
-                topics[topic].partitions[partition] = fetched;
+            for ((topic, partition), mut fetched) in read {
+                let slot = &mut topics[topic].partitions[partition];
+                // The list's presence is the request's isolation level,
+                // decided by `plan`; the owner shard reads data only.
+                fetched.aborted_transactions_empty = slot.aborted_transactions_empty;
+                *slot = fetched;
             }
             break;
         }
@@ -139,13 +143,6 @@ fn plan(
             }
         }
         topics.push(FetchedTopic { name, partitions });
-    }
-    if read_committed {
-        for topic in &mut topics {
-            for partition in &mut topic.partitions {
-                partition.aborted_transactions_empty = true;
-            }
-        }
     }
     (topics, wanted)
 }
