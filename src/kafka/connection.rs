@@ -17,9 +17,10 @@
 //!
 //! Requests start in arrival order ([`super::turn`]), so what they change
 //! happens in the order the client sent them. When the client closes its
-//! side, or sends a frame that cannot be read, the connection hangs up
-//! ([`Hangup`]): requests that only wait (a long-poll Fetch) answer at once,
-//! the responses already due are written and then the connection closes. A request that must close
+//! side (seen by a read, or by polling while the reader waits), or sends a
+//! frame that cannot be read, the connection hangs up ([`Hangup`]):
+//! requests that only wait (a long-poll Fetch) answer at once, the
+//! responses already due are written and then the connection closes. A request that must close
 //! the connection (see [`dispatch`]) is answered by closing it after the
 //! responses before it; nothing behind it runs. Ending the connection drops
 //! its request tasks.
@@ -27,6 +28,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -37,7 +39,7 @@ use compio::runtime::JoinHandle;
 use futures_util::future::select;
 
 use super::dispatch::{self, Outcome};
-use super::frame::{FrameError, FrameLimits, FrameReader};
+use super::frame::{Frame, FrameError, FrameLimits, FrameReader};
 use super::hangup::Hangup;
 use super::request_budget::RequestBudget;
 use super::response::ResponseWriter;
@@ -178,9 +180,7 @@ async fn read_requests(
     });
     let mut turns = Turns::default();
     loop {
-        pipeline.room().await;
-        let mut source = stream;
-        let frame = match reader.next_frame(&mut source, budget).await {
+        let frame = match read_frame(&mut reader, budget, stream, pipeline).await {
             Ok(frame) => frame,
             Err(FrameError::Closed) => break,
             Err(error) => {
@@ -218,6 +218,30 @@ async fn read_requests(
     }
     pipeline.stop_reading();
     std::future::pending::<()>().await;
+}
+
+/// The next frame, once the pipeline has room and the budget covers it.
+/// While the connection is not reading it watches for the client's FIN.
+async fn read_frame(
+    reader: &mut FrameReader,
+    budget: &Arc<RequestBudget>,
+    stream: &TcpStream,
+    pipeline: &Pipeline,
+) -> Result<Frame, FrameError> {
+    let hangup = &pipeline.hangup;
+    if !pipeline.has_room() {
+        hangup.watch_while(stream.as_fd(), pipeline.room()).await;
+    }
+    let mut source = stream;
+    let size = reader.read_size(&mut source).await?;
+    let waiting_since = Instant::now();
+    let lease = hangup
+        .watch_while(stream.as_fd(), budget.acquire(size as u64))
+        .await;
+    let body = reader
+        .read_body(&mut source, size, waiting_since.elapsed())
+        .await?;
+    Ok(Frame { body, lease })
 }
 
 async fn write_responses(

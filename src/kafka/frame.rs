@@ -81,6 +81,8 @@ pub struct FrameReader {
     /// Bytes read but not yet returned in a frame.
     buffer: BytesMut,
     limits: FrameLimits,
+    /// The frame being read.
+    deadline: FrameDeadline,
 }
 
 /// When the frame being read must be complete: unset until its first byte.
@@ -96,6 +98,11 @@ impl FrameDeadline {
         }
     }
 
+    fn started_at(&mut self) -> Instant {
+        self.start();
+        self.at.unwrap_or_else(|| Instant::now() + self.timeout)
+    }
+
     /// Move the deadline on by time the broker, not the client, spent.
     fn extend(&mut self, by: Duration) {
         self.at = self.at.map(|at| at + by);
@@ -107,42 +114,61 @@ impl FrameReader {
         FrameReader {
             buffer: BytesMut::with_capacity(READ_CHUNK_BYTES),
             limits,
+            deadline: FrameDeadline {
+                at: None,
+                timeout: limits.read_timeout,
+            },
         }
     }
 
-    /// Read the next frame, waiting for the budget to cover it.
+    /// Read the next frame, waiting for the budget to cover it: the steps
+    /// below, for a caller with nothing to watch while it waits.
     pub async fn next_frame<R: AsyncRead>(
         &mut self,
         stream: &mut R,
         budget: &Arc<RequestBudget>,
     ) -> Result<Frame, FrameError> {
-        let mut deadline = FrameDeadline {
-            at: None,
-            timeout: self.limits.read_timeout,
-        };
-        if !self.buffer.is_empty() {
-            deadline.start();
-        }
-        while self.buffer.len() < SIZE_PREFIX_BYTES {
-            self.read_ahead(stream, &mut deadline, SIZE_PREFIX_BYTES)
-                .await?;
-        }
-        let size = self.declared_size()?;
+        let size = self.read_size(stream).await?;
         let waiting_since = Instant::now();
         let lease = budget.acquire(size as u64).await;
-        deadline.extend(waiting_since.elapsed());
+        let body = self
+            .read_body(stream, size, waiting_since.elapsed())
+            .await?;
+        Ok(Frame { body, lease })
+    }
+
+    /// Read the next frame's size prefix, checked. The frame's read clock
+    /// starts now if some of it is buffered, else at its first byte.
+    pub async fn read_size<R: AsyncRead>(&mut self, stream: &mut R) -> Result<usize, FrameError> {
+        self.deadline.at = None;
+        if !self.buffer.is_empty() {
+            self.deadline.start();
+        }
+        while self.buffer.len() < SIZE_PREFIX_BYTES {
+            self.read_ahead(stream, SIZE_PREFIX_BYTES).await?;
+        }
+        self.declared_size()
+    }
+
+    /// Read the body of the frame whose size [`FrameReader::read_size`]
+    /// returned. `paused` (time spent waiting for the budget since) does
+    /// not count against the read timeout.
+    pub async fn read_body<R: AsyncRead>(
+        &mut self,
+        stream: &mut R,
+        size: usize,
+        paused: Duration,
+    ) -> Result<Bytes, FrameError> {
+        self.deadline.extend(paused);
         let expected = SIZE_PREFIX_BYTES + size;
-        let body = if expected <= READ_CHUNK_BYTES || self.buffer.len() >= expected {
+        if expected <= READ_CHUNK_BYTES || self.buffer.len() >= expected {
             while self.buffer.len() < expected {
-                self.read_ahead(stream, &mut deadline, expected).await?;
+                self.read_ahead(stream, expected).await?;
             }
             self.buffer.advance(SIZE_PREFIX_BYTES);
-            self.buffer.split_to(size).freeze()
-        } else {
-            let at = deadline.at.unwrap_or_else(|| Instant::now() + deadline.timeout);
-            self.read_large(stream, at, size).await?
-        };
-        Ok(Frame { body, lease })
+            return Ok(self.buffer.split_to(size).freeze());
+        }
+        self.read_large(stream, size).await
     }
 
     /// The size prefix at the front of the buffer, checked.
@@ -167,7 +193,6 @@ impl FrameReader {
     async fn read_ahead<R: AsyncRead>(
         &mut self,
         stream: &mut R,
-        deadline: &mut FrameDeadline,
         expected: usize,
     ) -> Result<(), FrameError> {
         if self.buffer.capacity() - self.buffer.len() < READ_CHUNK_BYTES / 4 {
@@ -178,7 +203,7 @@ impl FrameReader {
         let buffered = self.buffer.len();
         let buffer = std::mem::take(&mut self.buffer);
         let read = stream.read(buffer.slice(buffered..));
-        let BufResult(result, spare) = match deadline.at {
+        let BufResult(result, spare) = match self.deadline.at {
             None => read.await,
             Some(at) => compio::time::timeout_at(at, read)
                 .await
@@ -189,7 +214,7 @@ impl FrameReader {
             0 if self.buffer.is_empty() => Err(FrameError::Closed),
             0 => Err(FrameError::Truncated),
             _ => {
-                deadline.start();
+                self.deadline.start();
                 Ok(())
             }
         }
@@ -200,9 +225,9 @@ impl FrameReader {
     async fn read_large<R: AsyncRead>(
         &mut self,
         stream: &mut R,
-        at: Instant,
         size: usize,
     ) -> Result<Bytes, FrameError> {
+        let at = self.deadline.started_at();
         self.buffer.advance(SIZE_PREFIX_BYTES);
         let mut body = Vec::with_capacity(next_capacity(self.buffer.len(), size));
         body.extend_from_slice(&self.buffer);

@@ -137,29 +137,46 @@ fn closed_by_broker(stream: &mut TcpStream) -> bool {
     }
 }
 
+/// Fill `kafka.connections_max` with clients that each send `polls` Fetch
+/// requests with max_wait_ms 0x7fffffff, check a new client is refused,
+/// close them all, and wait up to 10 s for a new client to be served.
+fn long_polls_then_close(kafka: &str, slots: usize, polls: usize) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker_with(dir.path(), &format!("connections_max = {slots}\n{kafka}"));
+    let mut pollers: Vec<Wire> = (0..slots).map(|_| Wire::connect(&broker.address)).collect();
+    create_topic(&mut pollers[0], "quiet");
+    for poller in &mut pollers {
+        poller.call(3, &ApiVersionsRequest::default());
+        for _ in 0..polls {
+            poller.send(12, &long_poll("quiet", i32::MAX));
+        }
+    }
+    assert!(
+        !served(&broker.address),
+        "with every slot held, a new client is refused"
+    );
+    drop(pollers);
+    eventually(Duration::from_secs(10), || served(&broker.address))
+}
+
 /// Issue 12, item 4: clients that send a Fetch with max_wait_ms 0x7fffffff
 /// and close their socket filled `kafka.connections_max` until the waits
 /// ended, and every new client was refused. Their connections now end when
 /// the broker reads their EOF.
 #[test]
 fn clients_that_close_during_a_long_poll_free_their_connections_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let slots = 64;
-    let broker = broker_with(dir.path(), &format!("connections_max = {slots}"));
-    let mut pollers: Vec<Wire> = (0..slots).map(|_| Wire::connect(&broker.address)).collect();
-    create_topic(&mut pollers[0], "quiet");
-    for poller in &mut pollers {
-        poller.call(3, &ApiVersionsRequest::default());
-        poller.send(12, &long_poll("quiet", i32::MAX));
-    }
     assert!(
-        !served(&broker.address),
-        "with every slot held, a new client is refused"
+        long_polls_then_close("", 64, 1),
+        "the closed clients' connections still hold kafka.connections_max"
     );
+}
 
-    drop(pollers);
+/// Issue 12, item 4: the same with every client's pipeline full, so the
+/// broker is not reading from them: it sees their FIN by polling the socket.
+#[test]
+fn clients_that_close_with_a_full_pipeline_of_long_polls_free_their_connections() {
     assert!(
-        eventually(Duration::from_secs(10), || served(&broker.address)),
+        long_polls_then_close("requests_in_flight_max = 2", 16, 3),
         "the closed clients' connections still hold kafka.connections_max"
     );
 }
