@@ -401,7 +401,10 @@ impl KafkaConfig {
             ),
             ("kafka.connections_max", u64::from(self.connections_max)),
             ("kafka.idle_timeout_ms", self.idle_timeout_ms),
-            ("kafka.request_read_timeout_ms", self.request_read_timeout_ms),
+            (
+                "kafka.request_read_timeout_ms",
+                self.request_read_timeout_ms,
+            ),
             ("kafka.fetch_wait_max_ms", self.fetch_wait_max_ms),
         ] {
             if value == 0 {

@@ -239,11 +239,12 @@ impl FrameReader {
             let received = body.len();
             let end = body.capacity().min(size);
             let read = stream.read(body.slice(received..end));
-            let BufResult(result, spare) = compio::time::timeout_at(at, read)
-                .await
-                .map_err(|_elapsed| {
-                    self.timed_out(SIZE_PREFIX_BYTES + received, SIZE_PREFIX_BYTES + size)
-                })?;
+            let BufResult(result, spare) =
+                compio::time::timeout_at(at, read)
+                    .await
+                    .map_err(|_elapsed| {
+                        self.timed_out(SIZE_PREFIX_BYTES + received, SIZE_PREFIX_BYTES + size)
+                    })?;
             body = spare.into_inner();
             if result? == 0 {
                 return Err(FrameError::Truncated);
