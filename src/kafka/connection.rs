@@ -20,10 +20,10 @@
 //! side (seen by a read, or by polling while the reader waits), or sends a
 //! frame that cannot be read, the connection hangs up ([`Hangup`]):
 //! requests that only wait (a long-poll Fetch) answer at once, the
-//! responses already due are written and then the connection closes. A request that must close
-//! the connection (see [`dispatch`]) is answered by closing it after the
-//! responses before it; nothing behind it runs. Ending the connection drops
-//! its request tasks.
+//! responses already due are written and then the connection closes. A
+//! request that must close the connection (see [`dispatch`]) is answered by
+//! closing it after the responses before it; nothing behind it runs. Ending
+//! the connection drops its request tasks.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -96,7 +96,8 @@ struct Pipeline {
     changed: Event,
     /// When the last request was read whole or answered.
     last_activity: Cell<Instant>,
-    /// Set when reading ends; shared with the request tasks.
+    /// Set once the client will send nothing more; shared with the request
+    /// tasks.
     hangup: Rc<Hangup>,
 }
 

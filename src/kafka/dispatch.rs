@@ -38,7 +38,7 @@ pub struct Request<'a> {
     pub version: i16,
     /// The client's address (JoinGroup records it as the member's host).
     pub peer: SocketAddr,
-    /// Set once the connection reads no more requests: a request that only
+    /// Set once the client will send no more requests: a request that only
     /// waits (a long-poll Fetch) should answer at once.
     pub hangup: &'a Hangup,
     turn: &'a Turn,
