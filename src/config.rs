@@ -85,8 +85,33 @@ pub struct KafkaConfig {
     pub requests_in_flight_max: u32,
     /// Open client connections per broker; more are accepted and closed at once.
     pub connections_max: u32,
-    /// Close connections idle for longer than this (Kafka `connections.max.idle.ms`).
+    /// Close connections idle for longer than this (Kafka `connections.max.idle.ms`):
+    /// nothing in progress and no request read whole or answered. Bytes of a
+    /// request still arriving are not activity.
     pub idle_timeout_ms: u64,
+    /// Close a connection whose request is not complete this long after its
+    /// first byte arrived (time waiting for `queued_requests_max_bytes` does
+    /// not count), with a log line; the same span as a client's
+    /// `request.timeout.ms` default. Stops a client that trickles or stalls
+    /// a request from holding its connection and its share of the budget.
+    /// Default 30000; must be positive.
+    pub request_read_timeout_ms: u64,
+    /// Bytes of requests being read or served at once, across all
+    /// connections and shards (Kafka `queued.max.request.bytes`). A request
+    /// takes its declared size when its size prefix arrives and gives it
+    /// back when it is done; while the budget cannot cover a request, its
+    /// connection stops reading and TCP pushes back on the client. Bounds
+    /// the memory clients can make the broker hold, whatever sizes they
+    /// declare. Default 512 MiB (five requests of the largest default size,
+    /// hundreds of typical 1 MiB produce requests); at least
+    /// `request_max_bytes`, so any allowed request can be read.
+    pub queued_requests_max_bytes: u64,
+    /// Longest a Fetch waits for `min_bytes` (the client's `max_wait_ms` is
+    /// capped at this). Kafka waits as long as the client asks; Sluice
+    /// caps it so a long poll cannot hold a connection past what any client
+    /// waits for (clients default to 500 ms and time requests out after
+    /// 30 s). Default 30000; must be positive.
+    pub fetch_wait_max_ms: u64,
     /// Create unknown topics on Metadata and Produce requests.
     pub auto_create_topics: bool,
     /// Partitions of an auto-created topic, and the CreateTopics default.
@@ -192,6 +217,9 @@ impl Default for KafkaConfig {
             requests_in_flight_max: 32,
             connections_max: 10_000,
             idle_timeout_ms: 600_000,
+            request_read_timeout_ms: 30_000,
+            queued_requests_max_bytes: 512 * MIB,
+            fetch_wait_max_ms: 30_000,
             auto_create_topics: true,
             default_partitions: 1,
             partitions_per_topic_max: 10_000,
@@ -384,10 +412,25 @@ impl KafkaConfig {
             ),
             ("kafka.connections_max", u64::from(self.connections_max)),
             ("kafka.idle_timeout_ms", self.idle_timeout_ms),
+            (
+                "kafka.request_read_timeout_ms",
+                self.request_read_timeout_ms,
+            ),
+            ("kafka.fetch_wait_max_ms", self.fetch_wait_max_ms),
         ] {
             if value == 0 {
                 return invalid(key, value, "must be positive");
             }
+        }
+        if self.queued_requests_max_bytes < u64::from(self.request_max_bytes) {
+            return invalid(
+                "kafka.queued_requests_max_bytes",
+                self.queued_requests_max_bytes,
+                format!(
+                    "must be at least kafka.request_max_bytes ({}) so the largest request can be read",
+                    self.request_max_bytes
+                ),
+            );
         }
         if self.default_partitions == 0 || self.default_partitions > self.partitions_per_topic_max {
             return invalid(
@@ -629,6 +672,30 @@ mod tests {
         let config = Config::parse("[storage]\nsegment_bytes = 3000000\n").unwrap();
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("storage.segment_bytes"), "{error}");
+    }
+
+    #[test]
+    fn the_request_budget_must_hold_the_largest_request() {
+        let config = Config::parse(
+            "[kafka]\nrequest_max_bytes = 2000000\nqueued_requests_max_bytes = 1999999\n",
+        )
+        .unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("kafka.queued_requests_max_bytes"), "{error}");
+        let config = Config::parse(
+            "[kafka]\nrequest_max_bytes = 2000000\nqueued_requests_max_bytes = 2000000\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn connection_timeouts_must_be_positive() {
+        for key in ["request_read_timeout_ms", "fetch_wait_max_ms"] {
+            let config = Config::parse(&format!("[kafka]\n{key} = 0\n")).unwrap();
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(&format!("kafka.{key}")), "{error}");
+        }
     }
 
     #[test]

@@ -89,6 +89,14 @@ line([
      [(by("sluice_kafka_connections_accepted_total", "shard"), "accepted shard {{shard}}"),
       (by("sluice_kafka_connections_refused_total", "shard"), "refused shard {{shard}}")], "cps", {}),
 ])
+line([
+    ("Request budget in use", "timeseries",
+     [(f"max(sluice_kafka_queued_request_bytes{{{INSTANCE}}})", "queued request bytes")], "bytes",
+     {"description": "Bytes of requests being read or served, against kafka.queued_requests_max_bytes; at the limit connections stop reading until requests finish."}),
+    ("Connections waiting for the request budget", "timeseries",
+     [(f"max(sluice_kafka_connections_waiting_for_request_budget{{{INSTANCE}}})", "waiting")], "none",
+     {"description": "Connections whose next request waits for kafka.queued_requests_max_bytes; steadily above 0 means the budget is too small for the load, or clients are stalling large requests."}),
+])
 row("Topics")
 line([
     ("Bytes in / s by topic", "timeseries", [(by("sluice_topic_bytes_in_total", "topic"), "{{topic}}")], "Bps", {"stack": True}),

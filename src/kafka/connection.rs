@@ -2,26 +2,33 @@
 //! (pipelining), responses go out in request order.
 //!
 //! Three parts run together on the connection's shard:
-//! * the reader takes frames off the socket and starts a task per request,
-//!   as long as the connection has fewer than `kafka.requests_in_flight_max`
-//!   requests unanswered and their frames total under
-//!   `kafka.request_max_bytes`; beyond that it stops reading and TCP flow
-//!   control pushes back on the client;
+//! * the reader takes frames off the socket ([`super::frame`]: each takes
+//!   its size from the broker-wide request budget, and must arrive within
+//!   `kafka.request_read_timeout_ms` of its first byte) and starts a task
+//!   per request, as long as the connection has fewer than
+//!   `kafka.requests_in_flight_max` requests unanswered and their frames
+//!   total under `kafka.request_max_bytes`; beyond that it stops reading and
+//!   TCP flow control pushes back on the client;
 //! * the writer awaits those tasks in arrival order and writes each response;
 //! * the idle watch closes a connection with nothing in progress and no
-//!   traffic for `kafka.idle_timeout_ms`.
+//!   complete request or response for `kafka.idle_timeout_ms` (bytes of a
+//!   request still arriving are not activity: a client trickling a frame is
+//!   the read timeout's to close).
 //!
 //! Requests start in arrival order ([`super::turn`]), so what they change
 //! happens in the order the client sent them. When the client closes its
-//! side, or sends a frame that cannot be read, the responses already due
-//! are written and then the connection closes. A request that must close
-//! the connection (see [`dispatch`]) is answered by closing it after the
-//! responses before it; nothing behind it runs. Ending the connection drops
-//! its request tasks.
+//! side (seen by a read, or by polling while the reader waits), or sends a
+//! frame that cannot be read, the connection hangs up ([`Hangup`]):
+//! requests that only wait (a long-poll Fetch) answer at once, the
+//! responses already due are written and then the connection closes. A
+//! request that must close the connection (see [`dispatch`]) is answered by
+//! closing it after the responses before it; nothing behind it runs. Ending
+//! the connection drops its request tasks.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -32,7 +39,9 @@ use compio::runtime::JoinHandle;
 use futures_util::future::select;
 
 use super::dispatch::{self, Outcome};
-use super::frame::{FrameError, FrameReader};
+use super::frame::{Frame, FrameError, FrameLimits, FrameReader};
+use super::hangup::Hangup;
+use super::request_budget::RequestBudget;
 use super::response::ResponseWriter;
 use super::turn::Turns;
 use crate::broker::Broker;
@@ -44,6 +53,7 @@ use crate::telemetry;
 pub async fn serve(
     shard: Rc<ShardContext>,
     broker: Arc<Broker>,
+    budget: Arc<RequestBudget>,
     stream: TcpStream,
     peer: SocketAddr,
     backend: IoBackend,
@@ -60,8 +70,11 @@ pub async fn serve(
         reading: Cell::new(true),
         changed: Event::default(),
         last_activity: Cell::new(Instant::now()),
+        hangup: Rc::default(),
     };
-    let read = pin!(read_requests(&shard, &broker, &stream, peer, &pipeline));
+    let read = pin!(read_requests(
+        &shard, &broker, &budget, &stream, peer, &pipeline
+    ));
     let write = pin!(write_responses(&stream, backend, peer, &pipeline));
     let idle = pin!(close_when_idle(&pipeline, peer));
     // The reader never finishes on its own; either of the others ends the
@@ -81,7 +94,11 @@ struct Pipeline {
     reading: Cell<bool>,
     /// Fires on every change to the above.
     changed: Event,
+    /// When the last request was read whole or answered.
     last_activity: Cell<Instant>,
+    /// Set once the client will send nothing more; shared with the request
+    /// tasks.
+    hangup: Rc<Hangup>,
 }
 
 struct InFlight {
@@ -144,6 +161,7 @@ impl Pipeline {
 
     fn stop_reading(&self) {
         self.reading.set(false);
+        self.hangup.hang_up();
         self.changed.notify_all();
     }
 }
@@ -151,16 +169,19 @@ impl Pipeline {
 async fn read_requests(
     shard: &Rc<ShardContext>,
     broker: &Arc<Broker>,
+    budget: &Arc<RequestBudget>,
     stream: &TcpStream,
     peer: SocketAddr,
     pipeline: &Pipeline,
 ) {
-    let mut reader = FrameReader::new(broker.config.kafka.request_max_bytes);
+    let kafka = &broker.config.kafka;
+    let mut reader = FrameReader::new(FrameLimits {
+        request_max_bytes: kafka.request_max_bytes,
+        read_timeout: Duration::from_millis(kafka.request_read_timeout_ms),
+    });
     let mut turns = Turns::default();
     loop {
-        pipeline.room().await;
-        let mut source = stream;
-        let frame = match reader.next_frame(&mut source).await {
+        let frame = match read_frame(&mut reader, budget, stream, pipeline).await {
             Ok(frame) => frame,
             Err(FrameError::Closed) => break,
             Err(error) => {
@@ -168,17 +189,27 @@ async fn read_requests(
                 break;
             }
         };
-        let bytes = frame.len();
+        let bytes = frame.body.len();
         let api_key = frame
+            .body
             .get(..2)
             .map_or(-1, |key| i16::from_be_bytes([key[0], key[1]]));
-        let task = compio::runtime::spawn(dispatch::handle(
+        let served = dispatch::handle(
             Rc::clone(shard),
             Arc::clone(broker),
             peer,
-            frame,
+            frame.body,
             turns.take(),
-        ));
+            Rc::clone(&pipeline.hangup),
+        );
+        let lease = frame.lease;
+        // The frame's budget comes back when its task ends (or is dropped
+        // with the connection): by then its bytes are no longer used.
+        let task = compio::runtime::spawn(async move {
+            let outcome = served.await;
+            drop(lease);
+            outcome
+        });
         pipeline.push(InFlight {
             task,
             bytes,
@@ -188,6 +219,30 @@ async fn read_requests(
     }
     pipeline.stop_reading();
     std::future::pending::<()>().await;
+}
+
+/// The next frame, once the pipeline has room and the budget covers it.
+/// While the connection is not reading it watches for the client's FIN.
+async fn read_frame(
+    reader: &mut FrameReader,
+    budget: &Arc<RequestBudget>,
+    stream: &TcpStream,
+    pipeline: &Pipeline,
+) -> Result<Frame, FrameError> {
+    let hangup = &pipeline.hangup;
+    if !pipeline.has_room() {
+        hangup.watch_while(stream.as_fd(), pipeline.room()).await;
+    }
+    let mut source = stream;
+    let size = reader.read_size(&mut source).await?;
+    let waiting_since = Instant::now();
+    let lease = hangup
+        .watch_while(stream.as_fd(), budget.acquire(size as u64))
+        .await;
+    let body = reader
+        .read_body(&mut source, size, waiting_since.elapsed())
+        .await?;
+    Ok(Frame { body, lease })
 }
 
 async fn write_responses(

@@ -20,6 +20,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::Decodable;
 
 use super::api;
+use super::hangup::Hangup;
 use super::response::Response;
 use super::response_errors::ErrorCodes;
 use super::turn::Turn;
@@ -37,6 +38,9 @@ pub struct Request<'a> {
     pub version: i16,
     /// The client's address (JoinGroup records it as the member's host).
     pub peer: SocketAddr,
+    /// Set once the client will send no more requests: a request that only
+    /// waits (a long-poll Fetch) should answer at once.
+    pub hangup: &'a Hangup,
     turn: &'a Turn,
 }
 
@@ -88,9 +92,15 @@ pub async fn handle(
     peer: SocketAddr,
     frame: Bytes,
     turn: Turn,
+    hangup: Rc<Hangup>,
 ) -> Outcome {
     turn.wait().await;
-    let outcome = decode_and_serve(&shard, &broker, peer, frame, &turn).await;
+    let connection = Connection {
+        peer,
+        hangup: &hangup,
+        turn: &turn,
+    };
+    let outcome = decode_and_serve(&shard, &broker, connection, frame).await;
     if let Outcome::Close(_) = outcome {
         turn.stop();
     }
@@ -115,12 +125,18 @@ fn holds_turn(key: ApiKey) -> bool {
     )
 }
 
+/// What a request knows of its connection.
+struct Connection<'a> {
+    peer: SocketAddr,
+    hangup: &'a Hangup,
+    turn: &'a Turn,
+}
+
 async fn decode_and_serve(
     shard: &Rc<ShardContext>,
     broker: &Arc<Broker>,
-    peer: SocketAddr,
+    connection: Connection<'_>,
     mut frame: Bytes,
-    turn: &Turn,
 ) -> Outcome {
     if frame.len() < 8 {
         return Outcome::Close(format!(
@@ -157,11 +173,12 @@ async fn decode_and_serve(
         header,
         key,
         version,
-        peer,
-        turn,
+        peer: connection.peer,
+        hangup: connection.hangup,
+        turn: connection.turn,
     };
     if !holds_turn(key) {
-        turn.pass();
+        request.pass_turn();
     }
     let body = frame.copy_to_bytes(frame.remaining());
     match api::handle(&request, body).await {

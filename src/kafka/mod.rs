@@ -14,7 +14,9 @@ pub mod dispatch;
 pub mod error_code;
 pub mod fetch_response;
 pub mod frame;
+pub mod hangup;
 pub mod listener;
+pub mod request_budget;
 pub mod response;
 pub mod response_errors;
 pub mod turn;
@@ -27,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use crate::broker::group::coordinator::Coordinator;
 use crate::broker::{Broker, reconcile_shard};
 use crate::io::IoBackend;
+use crate::kafka::request_budget::RequestBudget;
 use crate::shard::{ShardContext, ShardService};
 use crate::telemetry;
 
@@ -34,6 +37,9 @@ use crate::telemetry;
 pub struct KafkaService {
     broker: Arc<Broker>,
     backend: IoBackend,
+    /// Bytes of requests being read or served, across all shards
+    /// (`kafka.queued_requests_max_bytes`).
+    budget: Arc<RequestBudget>,
     /// One bound socket per shard, taken by that shard at start.
     listeners: Mutex<Vec<Option<std::net::TcpListener>>>,
 }
@@ -44,9 +50,13 @@ impl KafkaService {
         backend: IoBackend,
         listeners: Vec<std::net::TcpListener>,
     ) -> KafkaService {
+        let budget = Arc::new(RequestBudget::new(
+            broker.config.kafka.queued_requests_max_bytes,
+        ));
         KafkaService {
             broker,
             backend,
+            budget,
             listeners: Mutex::new(listeners.into_iter().map(Some).collect()),
         }
     }
@@ -73,11 +83,13 @@ impl ShardService for KafkaService {
         let accept = accept_loop(
             Rc::clone(context),
             Arc::clone(&self.broker),
+            Arc::clone(&self.budget),
             listener,
             self.backend,
         );
         let refresh = telemetry::refresh::run(
             Rc::clone(context),
+            Arc::clone(&self.budget),
             std::time::Duration::from_millis(self.broker.config.metrics.refresh_interval_ms),
         );
         Ok(vec![
@@ -106,6 +118,7 @@ impl Drop for ConnectionSlot {
 async fn accept_loop(
     context: Rc<ShardContext>,
     broker: Arc<Broker>,
+    budget: Arc<RequestBudget>,
     listener: compio::net::TcpListener,
     backend: IoBackend,
 ) {
@@ -143,6 +156,7 @@ async fn accept_loop(
         let serve = connection::serve(
             Rc::clone(&context),
             Arc::clone(&broker),
+            Arc::clone(&budget),
             stream,
             peer,
             backend,

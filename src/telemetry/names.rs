@@ -15,6 +15,9 @@ pub const KAFKA_REQUEST_ERRORS: &str = "sluice_kafka_request_errors_total";
 pub const KAFKA_CONNECTIONS: &str = "sluice_kafka_connections";
 pub const KAFKA_CONNECTIONS_ACCEPTED: &str = "sluice_kafka_connections_accepted_total";
 pub const KAFKA_CONNECTIONS_REFUSED: &str = "sluice_kafka_connections_refused_total";
+pub const KAFKA_QUEUED_REQUEST_BYTES: &str = "sluice_kafka_queued_request_bytes";
+pub const KAFKA_CONNECTIONS_WAITING_FOR_BUDGET: &str =
+    "sluice_kafka_connections_waiting_for_request_budget";
 
 pub const TOPIC_BYTES_IN: &str = "sluice_topic_bytes_in_total";
 pub const TOPIC_RECORDS_IN: &str = "sluice_topic_records_in_total";
@@ -83,6 +86,16 @@ pub fn describe() {
         KAFKA_CONNECTIONS_REFUSED,
         Unit::Count,
         "Kafka connections refused at kafka.connections_max, by shard."
+    );
+    describe_gauge!(
+        KAFKA_QUEUED_REQUEST_BYTES,
+        Unit::Bytes,
+        "Bytes of Kafka requests being read or served, against kafka.queued_requests_max_bytes."
+    );
+    describe_gauge!(
+        KAFKA_CONNECTIONS_WAITING_FOR_BUDGET,
+        Unit::Count,
+        "Kafka connections that stopped reading until kafka.queued_requests_max_bytes covers their next request."
     );
 
     describe_counter!(

@@ -6,7 +6,8 @@
 //!   `epoll_wait` uses none);
 //! * partitions, segments, log bytes, bytes not yet durable, commit-log
 //!   ops in flight, and the commit log's running totals;
-//! * disk usage, open connections, what recovery did at this start;
+//! * disk usage, open connections, the request budget (bytes taken,
+//!   connections waiting for it), what recovery did at this start;
 //! * consumer lag of the groups this shard coordinates: high watermarks are
 //!   asked of the owner shards, one mailbox call per shard.
 //!
@@ -15,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -24,11 +26,12 @@ use super::names;
 use super::storage::shard_label;
 use crate::broker::group::coordinator::Coordinator;
 use crate::ids::ShardId;
+use crate::kafka::request_budget::RequestBudget;
 use crate::shard::ShardContext;
 
 /// Refresh this shard's gauges every `interval`, forever (cancelled with
 /// the shard's other service tasks).
-pub async fn run(context: Rc<ShardContext>, interval: Duration) {
+pub async fn run(context: Rc<ShardContext>, budget: Arc<RequestBudget>, interval: Duration) {
     let shard = shard_label(context.id);
     let totals = LogTotals::new(&shard);
     let mut last = (Instant::now(), thread_cpu_time());
@@ -41,6 +44,7 @@ pub async fn run(context: Rc<ShardContext>, interval: Duration) {
         }
         last = now;
         refresh_storage(&context, &shard, &totals);
+        refresh_request_budget(&budget);
         refresh_consumer_lag(&context).await;
         compio::time::sleep(interval).await;
     }
@@ -91,6 +95,12 @@ fn refresh_storage(context: &ShardContext, shard: &str, totals: &LogTotals) {
     // The same filesystem and connection count on every shard: unlabelled.
     gauge!(names::DISK_USAGE_RATIO).set(store.disk_usage_ratio());
     gauge!(names::KAFKA_CONNECTIONS).set(f64::from(crate::kafka::open_connections()));
+}
+
+/// The same budget on every shard: unlabelled.
+fn refresh_request_budget(budget: &RequestBudget) {
+    gauge!(names::KAFKA_QUEUED_REQUEST_BYTES).set(budget.used_bytes() as f64);
+    gauge!(names::KAFKA_CONNECTIONS_WAITING_FOR_BUDGET).set(budget.waiting() as f64);
 }
 
 /// Lag of every committed offset this shard's coordinator holds.

@@ -102,6 +102,11 @@ impl BrokerProcess {
         }
     }
 
+    /// The broker's process id (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the broker runs").id()
+    }
+
     /// Everything the broker logged so far.
     pub fn log(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()

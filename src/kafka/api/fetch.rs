@@ -3,7 +3,11 @@
 //!
 //! * Each owner shard is asked once per round for all its partitions.
 //! * If fewer than `min_bytes` are ready, the request waits on each owner
-//!   for an append (a watermark advance), not a timer, until `max_wait_ms`.
+//!   for an append (a watermark advance), not a timer, until `max_wait_ms`
+//!   capped at `kafka.fetch_wait_max_ms` (Kafka itself waits as long as the
+//!   client asks), or until the connection hangs up: a client that sent a
+//!   long poll and closed its socket gets (or fails to get) the answer at
+//!   once, and its connection does not outlive it.
 //! * `partition_max_bytes` and `max_bytes` cap the response, except that
 //!   the first batch found is always sent whole (KIP-74).
 //! * Fetch sessions (KIP-227) are declined: a full fetch gets session id 0,
@@ -13,11 +17,12 @@
 //!   stable offset is the high watermark.
 
 use std::collections::BTreeMap;
+use std::pin::pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::future::{join_all, select_all};
+use futures_util::future::{join_all, select, select_all};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{ApiKey, FetchRequest};
 
@@ -58,8 +63,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
     }
     let read_committed = fetch.isolation_level == ISOLATION_READ_COMMITTED;
     let (mut topics, wanted) = plan(request, &fetch, read_committed);
-    let deadline =
-        Instant::now() + Duration::from_millis(u64::try_from(fetch.max_wait_ms).unwrap_or(0));
+    let deadline = Instant::now() + max_wait(request, fetch.max_wait_ms);
     let min_bytes = u64::try_from(fetch.min_bytes).unwrap_or(0);
     loop {
         let read = read_round(request.shard, &wanted).await;
@@ -70,13 +74,19 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
         let failed = read
             .iter()
             .any(|(_, partition)| partition.error_code != error_code::NONE);
-        if ready >= min_bytes || failed || wanted.is_empty() || Instant::now() >= deadline {
-            for ((topic, partition), fetched) in read {
-                topics[topic].partitions[partition] = fetched;
+        let enough = ready >= min_bytes || failed || wanted.is_empty();
+        if enough || Instant::now() >= deadline || request.hangup.happened() {
+            for ((topic, partition), mut fetched) in read {
+                let slot = &mut topics[topic].partitions[partition];
+                // The list's presence is the request's isolation level,
+                // decided by `plan`; the owner shard reads data only.
+                fetched.aborted_transactions_empty = slot.aborted_transactions_empty;
+                *slot = fetched;
             }
             break;
         }
-        wait_for_data(request.shard, &wanted, deadline).await;
+        let data = pin!(wait_for_data(request.shard, &wanted, deadline));
+        let _ = select(data, pin!(request.hangup.wait())).await;
     }
     apply_max_bytes(
         &mut topics,
@@ -90,6 +100,13 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Stri
         0,
         &topics,
     ))
+}
+
+/// How long the request may wait: the client's `max_wait_ms` (negative is
+/// none), at most `kafka.fetch_wait_max_ms`.
+fn max_wait(request: &Request<'_>, max_wait_ms: i32) -> Duration {
+    let asked = u64::try_from(max_wait_ms).unwrap_or(0);
+    Duration::from_millis(asked.min(request.broker.config.kafka.fetch_wait_max_ms))
 }
 
 /// The response skeleton in request order, and the partitions that exist.
@@ -126,13 +143,6 @@ fn plan(
             }
         }
         topics.push(FetchedTopic { name, partitions });
-    }
-    if read_committed {
-        for topic in &mut topics {
-            for partition in &mut topic.partitions {
-                partition.aborted_transactions_empty = true;
-            }
-        }
     }
     (topics, wanted)
 }
