@@ -95,6 +95,8 @@ impl ShardService for KafkaService {
 
 /// How often refused connections and failed accepts may log a line.
 const REFUSAL_LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often shard 0 looks for a burst to close with its count.
+const REFUSAL_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Connections closed at once for being over `kafka.connections_max`, by
 /// every shard.
@@ -124,7 +126,7 @@ fn log_accept_failed(error: &std::io::Error, failed: u64) {
 /// window after the previous line has passed. Runs on shard 0.
 async fn report_refusals(limit: u32) {
     loop {
-        compio::time::sleep(REFUSAL_LOG_WINDOW).await;
+        compio::time::sleep(REFUSAL_FLUSH_INTERVAL).await;
         let now_ms = monotonic_ms();
         if let Some(refused) = REFUSALS.flush(now_ms) {
             log_refused(limit, refused);
@@ -132,7 +134,8 @@ async fn report_refusals(limit: u32) {
         if let Some(failed) = ACCEPT_FAILURES.flush(now_ms) {
             tracing::warn!(
                 failed,
-                "Kafka accepts failed since the last such line (see the line before)"
+                "Kafka accepts failed since the last such line; if they were EMFILE, raise the \
+                 open-files limit (ulimit -n, LimitNOFILE=)"
             );
         }
     }

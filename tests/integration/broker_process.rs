@@ -3,6 +3,7 @@
 //! killed with SIGKILL.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -18,27 +19,60 @@ pub struct BrokerProcess {
     lines: Arc<Mutex<Vec<String>>>,
 }
 
+/// Where the broker listens and the limits it starts under.
+pub struct Launch<'a> {
+    pub listen: &'a str,
+    pub metrics_listen: &'a str,
+    /// `RLIMIT_NOFILE` (soft, hard) set in the child before it runs;
+    /// `None` inherits the test's.
+    pub open_files: Option<(u64, u64)>,
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Launch {
+            listen: "127.0.0.1:0",
+            metrics_listen: "127.0.0.1:0",
+            open_files: None,
+        }
+    }
+}
+
 impl BrokerProcess {
     /// Start a broker on `data_dir` with 2 shards and wait until it is ready.
     pub fn start(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--shards",
-                "2",
-                "--data-dir",
-            ])
+        BrokerProcess::start_with(data_dir, extra, &Launch::default())
+    }
+
+    /// [`BrokerProcess::start`] with other listeners or limits.
+    pub fn start_with(data_dir: &Path, extra: &[&str], launch: &Launch<'_>) -> BrokerProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .args(["serve", "--listen", launch.listen])
+            .args(["--metrics-listen", launch.metrics_listen])
+            .args(["--shards", "2", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the sluice binary starts");
+            .stderr(Stdio::piped());
+        if let Some((soft, hard)) = launch.open_files {
+            // SAFETY: the closure makes one async-signal-safe syscall
+            // (setrlimit) on a struct it owns.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().expect("the sluice binary starts");
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (ready_sender, ready) = mpsc::channel();
