@@ -224,6 +224,26 @@ mod tests {
         assert_eq!(uring.total() - epoll.total(), 20_000);
     }
 
+    /// The packaged unit's `LimitNOFILE` covers the production config's
+    /// connections and shards with most of it left for storage files.
+    #[test]
+    fn the_packaged_unit_allows_what_the_production_config_needs() {
+        let production = Config::parse(include_str!("../packaging/sluice.toml")).unwrap();
+        let unit = include_str!("../packaging/sluice.service");
+        let limit: u64 = unit
+            .lines()
+            .find_map(|line| line.strip_prefix("LimitNOFILE="))
+            .and_then(|value| value.parse().ok())
+            .expect("the unit sets a numeric LimitNOFILE");
+        let need = OpenFilesNeed::estimate(
+            &production,
+            IoBackend::IoUring,
+            production.shard_count(),
+            StorageFiles::default(),
+        );
+        assert!(need.total() * 4 <= limit, "{need:?} against {limit}");
+    }
+
     #[test]
     fn storage_files_are_counted_per_shard() {
         let dir = tempfile::tempdir().unwrap();
