@@ -54,8 +54,8 @@ const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 /// Most header fields a request may carry.
 const REQUEST_HEADERS_MAX: usize = 32;
 
-/// Failed accepts, logged at most once a minute with their count.
-static ACCEPT_FAILURES: LogThrottle = LogThrottle::new(Duration::from_secs(60));
+/// Failed accepts, logged at most once per 10 s with their count.
+static ACCEPT_FAILURES: LogThrottle = LogThrottle::new(Duration::from_secs(10));
 
 /// The bounds on the metrics listener's clients.
 #[derive(Clone, Copy, Debug)]
