@@ -641,6 +641,26 @@ mod tests {
         assert_eq!(production.io_backend, IoBackendSetting::IoUring);
     }
 
+    /// Issue 12: the production example listened on 0.0.0.0, every
+    /// interface, with no authentication.
+    #[test]
+    fn the_production_example_listens_on_one_private_interface() {
+        let production = Config::parse(include_str!("../packaging/sluice.toml")).unwrap();
+        for (key, listen) in [
+            ("kafka.listen", &production.kafka.listen),
+            ("metrics.listen", &production.metrics.listen),
+        ] {
+            let address: std::net::SocketAddr = listen.parse().unwrap();
+            let std::net::IpAddr::V4(ip) = address.ip() else {
+                panic!("{key} = {listen}: expected an IPv4 example");
+            };
+            assert!(
+                ip.is_private(),
+                "{key} = {listen}: a private interface, not every interface or a public one"
+            );
+        }
+    }
+
     #[test]
     fn metrics_refresh_interval_is_bounded() {
         let config = Config::parse("[metrics]\nrefresh_interval_ms = 10\n").unwrap();

@@ -11,9 +11,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sluice::broker::Broker;
 use sluice::config::{Config, IoBackendSetting};
 use sluice::data_dir::DataDir;
+use sluice::exposure;
 use sluice::io::{IoBackend, choose_backend};
 use sluice::kafka::KafkaService;
 use sluice::kafka::listener::bind_shard_listeners;
+use sluice::open_files;
 use sluice::shard::ShardRuntime;
 use sluice::shard::signals::{Termination, TerminationSignals};
 use sluice::storage::{CheckpointStatus, RecoveryReport};
@@ -319,11 +321,13 @@ fn run(config: Config, signals: &TerminationSignals) -> Result<(), String> {
     let shard_count = config.shard_count();
     let data_dir = DataDir::open(&config.data_dir, shard_count, config.storage.write_mode)
         .map_err(|error| error.to_string())?;
+    check_open_files(&config, backend, shard_count, &data_dir);
     let metrics_address: SocketAddr = config
         .metrics
         .listen
         .parse()
         .map_err(|_| "metrics.listen is not an address".to_owned())?;
+    exposure::warn_metrics(metrics_address);
     let refresh = Duration::from_millis(config.metrics.refresh_interval_ms);
     let recorder = telemetry::install(refresh * 3 + Duration::from_secs(5))?;
     let metrics = MetricsServer::start(metrics_address, Some(recorder))
@@ -333,6 +337,7 @@ fn run(config: Config, signals: &TerminationSignals) -> Result<(), String> {
         .listen
         .parse()
         .map_err(|_| "kafka.listen is not an address".to_owned())?;
+    exposure::warn_kafka(kafka_address);
     let (listeners, kafka_address) =
         bind_shard_listeners(kafka_address, shard_count).map_err(|error| error.to_string())?;
     let advertised = advertised(&config, kafka_address);
@@ -376,6 +381,21 @@ fn run(config: Config, signals: &TerminationSignals) -> Result<(), String> {
     }
     tracing::info!("sluice stopped: all data flushed and fsynced");
     Ok(())
+}
+
+/// Raise the open-files soft limit and warn if it is below what `config`
+/// and the data directory's files may need (`open_files`).
+fn check_open_files(config: &Config, backend: IoBackend, shards: usize, data_dir: &DataDir) {
+    let files = match open_files::count_storage_files(data_dir.path(), shards) {
+        Ok(files) => files,
+        Err(error) => {
+            tracing::warn!(%error, "cannot count the storage files; estimating the open-files need without them");
+            open_files::StorageFiles::default()
+        }
+    };
+    open_files::check_and_log(open_files::OpenFilesNeed::estimate(
+        config, backend, shards, files,
+    ));
 }
 
 /// What clients are told: `kafka.advertised`, or the bound listener with the

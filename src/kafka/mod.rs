@@ -22,7 +22,6 @@ pub mod response_errors;
 pub mod turn;
 pub mod versions;
 
-use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +29,7 @@ use crate::broker::group::coordinator::Coordinator;
 use crate::broker::{Broker, reconcile_shard};
 use crate::io::IoBackend;
 use crate::kafka::request_budget::RequestBudget;
+use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::shard::{ShardContext, ShardService};
 use crate::telemetry;
 
@@ -92,11 +92,64 @@ impl ShardService for KafkaService {
             Arc::clone(&self.budget),
             std::time::Duration::from_millis(self.broker.config.metrics.refresh_interval_ms),
         );
-        Ok(vec![
+        let mut tasks = vec![
             compio::runtime::spawn(accept),
             group_timers,
             compio::runtime::spawn(refresh),
-        ])
+        ];
+        if context.id.0 == 0 {
+            let limit = self.broker.config.kafka.connections_max;
+            tasks.push(compio::runtime::spawn(report_refusals(limit)));
+        }
+        Ok(tasks)
+    }
+}
+
+/// How often refused connections and failed accepts may log a line.
+const REFUSAL_LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often shard 0 looks for a burst to close with its count.
+const REFUSAL_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Connections closed at once for being over `kafka.connections_max`, by
+/// every shard.
+static REFUSALS: LogThrottle = LogThrottle::new(REFUSAL_LOG_WINDOW);
+/// Failed accepts (EMFILE when the open-files limit is reached), by every shard.
+static ACCEPT_FAILURES: LogThrottle = LogThrottle::new(REFUSAL_LOG_WINDOW);
+
+fn log_refused(limit: u32, refused: u64) {
+    tracing::warn!(
+        limit,
+        refused,
+        "refusing Kafka connections: kafka.connections_max reached (`refused` counts since the \
+         last such line; one line per 10 s at most)"
+    );
+}
+
+fn log_accept_failed(error: &std::io::Error, failed: u64) {
+    tracing::warn!(
+        %error,
+        failed,
+        "Kafka accept failed (`failed` counts since the last such line; one line per 10 s at \
+         most); EMFILE means the open-files limit is too low: raise it (ulimit -n, LimitNOFILE=)"
+    );
+}
+
+/// Closes each burst of refusals with a line carrying its count, once the
+/// window after the previous line has passed. Runs on shard 0.
+async fn report_refusals(limit: u32) {
+    loop {
+        compio::time::sleep(REFUSAL_FLUSH_INTERVAL).await;
+        let now_ms = monotonic_ms();
+        if let Some(refused) = REFUSALS.flush(now_ms) {
+            log_refused(limit, refused);
+        }
+        if let Some(failed) = ACCEPT_FAILURES.flush(now_ms) {
+            tracing::warn!(
+                failed,
+                "Kafka accepts failed since the last such line; if they were EMFILE, raise the \
+                 open-files limit (ulimit -n, LimitNOFILE=)"
+            );
+        }
     }
 }
 
@@ -122,7 +175,6 @@ async fn accept_loop(
     listener: compio::net::TcpListener,
     backend: IoBackend,
 ) {
-    let refused_logged = Cell::new(false);
     // The connections this shard serves: dropped (so cancelled, with their
     // requests) when the accept loop is, at shutdown.
     let mut connections: Vec<compio::runtime::JoinHandle<()>> = Vec::new();
@@ -135,7 +187,9 @@ async fn accept_loop(
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
-                tracing::warn!(shard = %context.id, %error, "accept failed");
+                if let Some(failed) = ACCEPT_FAILURES.record(monotonic_ms()) {
+                    log_accept_failed(&error, failed);
+                }
                 compio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
@@ -144,13 +198,12 @@ async fn accept_loop(
         if OPEN_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= limit {
             OPEN_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             refused.increment(1);
-            if !refused_logged.replace(true) {
-                tracing::warn!(%peer, limit, "refusing connections: kafka.connections_max reached");
+            if let Some(count) = REFUSALS.record(monotonic_ms()) {
+                log_refused(limit, count);
             }
             drop(stream);
             continue;
         }
-        refused_logged.set(false);
         accepted.increment(1);
         let slot = ConnectionSlot;
         let serve = connection::serve(

@@ -301,7 +301,11 @@ fn run_shard(
     let runtime = match build_runtime(spec.backend) {
         Ok(runtime) => runtime,
         Err(error) => {
-            report_failure(&ready, id, format!("cannot start its {} event loop: {error}", spec.backend));
+            report_failure(
+                &ready,
+                id,
+                format!("cannot start its {} event loop: {error}", spec.backend),
+            );
             return;
         }
     };

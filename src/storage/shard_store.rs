@@ -38,8 +38,8 @@ use super::store_errors::{AppendError, OpenError, PartitionError};
 use crate::config::{RetentionConfig, StorageConfig};
 use crate::ids::{LogPosition, Offset, PartitionId, ShardId};
 use crate::io::{IoBackend, LogIo, new_log_io};
+use crate::log_throttle::LogThrottle;
 use crate::shard::local_sync::{Event, FifoGate, Notify};
-use crate::telemetry::log_limiter::LogLimiter;
 use crate::telemetry::storage::{LogMetrics, StoreMetrics};
 
 /// The partition leader epoch written into stored batches (single node).
@@ -158,8 +158,8 @@ pub struct ShardStore {
     pub(super) tasks: RefCell<Vec<compio::runtime::JoinHandle<()>>>,
     pub(super) flusher: RefCell<Option<compio::runtime::JoinHandle<()>>>,
     pub(super) metrics: StoreMetrics,
-    /// Refused appends are logged at most once per interval.
-    pub(super) rejection_log: LogLimiter,
+    /// Refused appends are logged at most once per interval, with a count.
+    pub(super) rejection_log: LogThrottle,
 }
 
 /// How often a refused append (full disk, poisoned log) is logged.
@@ -270,7 +270,7 @@ impl ShardStore {
             tasks: RefCell::new(Vec::new()),
             flusher: RefCell::new(None),
             metrics: StoreMetrics::for_shard(shard),
-            rejection_log: LogLimiter::new(REJECTION_LOG_INTERVAL),
+            rejection_log: LogThrottle::new(REJECTION_LOG_INTERVAL),
             options,
         });
         store.check_disk();

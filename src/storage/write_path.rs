@@ -17,6 +17,7 @@ use super::retention::DiskPressure;
 use super::shard_store::{AppendReceipt, Durability, LEADER_EPOCH, PendingAppend, ShardStore};
 use super::store_errors::{AppendError, TryAppendError};
 use crate::ids::{Offset, PartitionId};
+use crate::log_throttle::monotonic_ms;
 use crate::record_batch::{self, ValidatedBatch};
 
 impl ShardStore {
@@ -47,15 +48,15 @@ impl ShardStore {
                 }
                 Err(TryAppendError::Fatal(error)) => {
                     self.metrics.append_rejected(&error);
-                    if error.is_storage_fault() {
-                        self.rejection_log.emit(|suppressed| {
-                            tracing::warn!(
-                                shard = %self.options.shard,
-                                %error,
-                                suppressed,
-                                "append refused"
-                            )
-                        });
+                    if error.is_storage_fault()
+                        && let Some(refused) = self.rejection_log.record(monotonic_ms())
+                    {
+                        tracing::warn!(
+                            shard = %self.options.shard,
+                            %error,
+                            refused,
+                            "appends refused since the last such line"
+                        );
                     }
                     return Err(error);
                 }

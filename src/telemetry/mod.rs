@@ -16,7 +16,6 @@
 
 pub mod http;
 pub mod kafka;
-pub mod log_limiter;
 pub mod names;
 pub mod refresh;
 pub mod storage;

@@ -3,6 +3,7 @@
 //! killed with SIGKILL.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -18,32 +19,81 @@ pub struct BrokerProcess {
     lines: Arc<Mutex<Vec<String>>>,
 }
 
+/// Where the broker listens and the limits it starts under.
+pub struct Launch<'a> {
+    pub listen: &'a str,
+    pub metrics_listen: &'a str,
+    /// `RLIMIT_NOFILE` (soft, hard) set in the child before it runs;
+    /// `None` inherits the test's.
+    pub open_files: Option<(u64, u64)>,
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Launch {
+            listen: "127.0.0.1:0",
+            metrics_listen: "127.0.0.1:0",
+            open_files: None,
+        }
+    }
+}
+
 impl BrokerProcess {
     /// Start a broker on `data_dir` with 2 shards and wait until it is ready.
     pub fn start(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
-        BrokerProcess::start_command(BrokerProcess::command(data_dir, extra))
+        BrokerProcess::start_with(data_dir, extra, &Launch::default())
+    }
+
+    /// [`BrokerProcess::start`] with other listeners or limits.
+    pub fn start_with(data_dir: &Path, extra: &[&str], launch: &Launch<'_>) -> BrokerProcess {
+        let mut command = BrokerProcess::command_with(data_dir, extra, launch);
+        if let Some((soft, hard)) = launch.open_files {
+            // SAFETY: the closure makes one async-signal-safe syscall
+            // (setrlimit) on a struct it owns.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        BrokerProcess::start_command(command)
     }
 
     /// The command [`BrokerProcess::start`] runs, for tests that add to it
-    /// (environment, a wrapper) before starting it.
+    /// (environment) before starting it with [`BrokerProcess::start_command`].
     pub fn command(data_dir: &Path, extra: &[&str]) -> Command {
+        BrokerProcess::command_with(data_dir, extra, &Launch::default())
+    }
+
+    fn command_with(data_dir: &Path, extra: &[&str], launch: &Launch<'_>) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command
-            .args(BrokerProcess::serve_args(data_dir))
+            .args(BrokerProcess::serve_args_with(data_dir, launch))
             .args(extra)
             .env("RUST_LOG", "info");
         command
     }
 
     /// `serve` and the flags every test broker uses (ephemeral ports, 2
-    /// shards, `data_dir`).
+    /// shards, `data_dir`), for tests that wrap the binary in another command.
     pub fn serve_args(data_dir: &Path) -> Vec<std::ffi::OsString> {
+        BrokerProcess::serve_args_with(data_dir, &Launch::default())
+    }
+
+    fn serve_args_with(data_dir: &Path, launch: &Launch<'_>) -> Vec<std::ffi::OsString> {
         let mut args: Vec<std::ffi::OsString> = [
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            launch.listen,
             "--metrics-listen",
-            "127.0.0.1:0",
+            launch.metrics_listen,
             "--shards",
             "2",
             "--data-dir",

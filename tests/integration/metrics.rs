@@ -4,10 +4,10 @@
 //! `prometheus_client`, installed by `.ci/run`).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
 use rdkafka::config::ClientConfig;
@@ -33,6 +33,13 @@ for family in text_string_to_metric_families(sys.stdin.read()):
 
 /// The interpreter Debian's python3-prometheus-client installs into.
 const PYTHON: &str = "/usr/bin/python3";
+
+/// How long a liveness probe may take: generous, a liveness bound rather
+/// than a speed target (kubelet's default probe timeout is 1 s).
+const PROBE_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a connection that never sends a whole request head may stay
+/// open: the server's header-read timeout (3 s) with room to spare.
+const SILENT_CLOSE_WAIT: Duration = Duration::from_secs(8);
 
 /// `(status line, body)` of a GET.
 fn get(address: &str, path: &str) -> (String, String) {
@@ -152,6 +159,98 @@ fn health_and_ready_answer_and_unknown_paths_are_404() {
         ("HTTP/1.1 200 OK".to_owned(), "ready\n".to_owned())
     );
     assert_eq!(get(&broker.metrics, "/nope").0, "HTTP/1.1 404 Not Found");
+}
+
+/// A liveness probe as an orchestrator sends it: the status line of
+/// `GET /health`, or why there was none within `deadline`.
+fn probe(address: &str, deadline: Duration) -> Result<String, String> {
+    let address = address.parse().unwrap();
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&address, deadline)
+        .map_err(|error| format!("connect: {error}"))?;
+    stream.set_read_timeout(Some(deadline)).unwrap();
+    write!(stream, "GET /health HTTP/1.1\r\nHost: probe\r\n\r\n")
+        .map_err(|error| format!("send: {error}"))?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .map_err(|error| format!("read: {error}"))?;
+    if started.elapsed() > deadline {
+        return Err(format!("answered after {:?}", started.elapsed()));
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    Ok(answer.lines().next().unwrap_or("").to_owned())
+}
+
+/// Sends a request head one byte per `pause`, until the peer closes; returns
+/// how long that took, or `None` if the head went out whole and was answered.
+fn slowloris(address: &str, pause: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(pause)).unwrap();
+    for byte in
+        b"GET /health HTTP/1.1\r\nHost: slowloris\r\nX-Padding: aaaaaaaaaaaaaaaaaaaa\r\n\r\n"
+    {
+        if stream.write_all(&[*byte]).is_err() {
+            return Some(started.elapsed());
+        }
+        let mut buf = [0u8; 256];
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => return None,
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => {
+                return Some(started.elapsed());
+            }
+            Err(_) => {} // the pause: nothing from the server yet
+        }
+    }
+    None
+}
+
+/// Whether the server closed `stream` within `wait` (EOF or reset).
+fn closed_by_server(mut stream: TcpStream, wait: Duration) -> bool {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => error.kind() == ErrorKind::ConnectionReset,
+    }
+}
+
+/// Issue 12: one silent TCP connection made every `/health` probe time out
+/// (15 of 15), because the metrics server served one connection at a time.
+#[test]
+fn health_answers_while_silent_and_slowloris_connections_are_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let silent: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(&broker.metrics).unwrap())
+        .collect();
+    let slow = {
+        let address = broker.metrics.clone();
+        std::thread::spawn(move || slowloris(&address, Duration::from_millis(200)))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let answers: Vec<Result<String, String>> = (0..15)
+        .map(|_| probe(&broker.metrics, PROBE_DEADLINE))
+        .collect();
+    let healthy = answers
+        .iter()
+        .filter(|answer| answer.as_deref() == Ok("HTTP/1.1 200 OK"))
+        .count();
+    assert_eq!(healthy, 15, "{answers:?}");
+
+    // The server closes what never sends a whole request head, within its
+    // header-read timeout (3 s), without waiting for the client.
+    let slow = slow.join().unwrap();
+    assert!(
+        slow.is_some_and(|after| after < SILENT_CLOSE_WAIT),
+        "the slowloris was not closed by the server: {slow:?}"
+    );
+    for stream in silent {
+        assert!(closed_by_server(stream, SILENT_CLOSE_WAIT));
+    }
 }
 
 #[test]

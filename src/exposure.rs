@@ -1,0 +1,71 @@
+//! Listeners other hosts can reach, while Sluice has no authentication.
+//!
+//! Neither the Kafka listener nor the metrics listener authenticates its
+//! clients yet: whoever reaches the Kafka port can produce, consume and
+//! delete topics; whoever reaches the metrics port reads topic and group
+//! names from the labels. At start `sluice serve` warns, one line per
+//! listener naming its key and the risk, when it is bound to anything but a
+//! loopback address: the unspecified address (`0.0.0.0`, `::`) listens on
+//! every interface, and any other address is reachable from its network.
+
+use std::net::SocketAddr;
+
+/// Whether a listener bound to `address` accepts connections from other
+/// hosts: anything but a loopback address (IPv4-mapped ones included).
+pub fn reachable_from_other_hosts(address: SocketAddr) -> bool {
+    !address.ip().to_canonical().is_loopback()
+}
+
+/// Log the warning for the Kafka listener bound to `address`, if exposed.
+pub fn warn_kafka(address: SocketAddr) {
+    if reachable_from_other_hosts(address) {
+        tracing::warn!(
+            kafka.listen = %address,
+            "kafka.listen is not a loopback address and Sluice has no authentication yet: any \
+             host that reaches it can produce, consume, and create or delete topics. Bind it to a \
+             private interface behind a firewall that admits only your clients"
+        );
+    }
+}
+
+/// Log the warning for the metrics listener bound to `address`, if exposed.
+pub fn warn_metrics(address: SocketAddr) {
+    if reachable_from_other_hosts(address) {
+        tracing::warn!(
+            metrics.listen = %address,
+            "metrics.listen is not a loopback address and has no authentication: any host that \
+             reaches it can read topic and consumer-group names and load the broker with \
+             scrapes. Bind it to a management interface that only Prometheus and the \
+             orchestrator reach"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn address(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn only_loopback_addresses_are_private_to_this_host() {
+        for private in [
+            "127.0.0.1:9092",
+            "127.1.2.3:0",
+            "[::1]:9644",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(!reachable_from_other_hosts(address(private)), "{private}");
+        }
+        for exposed in [
+            "0.0.0.0:9092",
+            "[::]:9092",
+            "10.0.0.5:9092",
+            "[fd00::5]:9644",
+        ] {
+            assert!(reachable_from_other_hosts(address(exposed)), "{exposed}");
+        }
+    }
+}
