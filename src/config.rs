@@ -185,7 +185,10 @@ pub struct RetentionConfig {
     pub disk_check_interval_ms: u64,
     /// Above this used fraction, expired segments are deleted at every disk check.
     pub disk_clean_ratio: f64,
-    /// Above this, the oldest segments are deleted even if not expired.
+    /// Above this, the oldest segments are deleted even if not expired, as
+    /// long as every partition with unexpired data in them belongs to a topic
+    /// with `sluice.disk.pressure.delete = true` (off by default, so by
+    /// default nothing acknowledged is deleted before it expires).
     pub disk_force_clean_ratio: f64,
     /// Above this, appends are rejected with a retriable error.
     pub disk_reject_ratio: f64,

@@ -19,9 +19,14 @@ pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
 pub const FLUSH_MS: &str = "flush.ms";
 pub const FLUSH_MESSAGES: &str = "flush.messages";
 pub const MESSAGE_TIMESTAMP_TYPE: &str = "message.timestamp.type";
+/// Sluice's own: whether this topic's unexpired data may be deleted when
+/// disk usage passes `retention.disk_force_clean_ratio` (RocketMQ's forced
+/// file cleaning, per topic). Off by default: acknowledged data stays until
+/// it expires, and appends are refused when the disk is nearly full.
+pub const DISK_PRESSURE_DELETE: &str = "sluice.disk.pressure.delete";
 
 /// Every topic config key Sluice accepts, in DescribeConfigs order.
-pub const KEYS: [&str; 8] = [
+pub const KEYS: [&str; 9] = [
     CLEANUP_POLICY,
     FLUSH_MESSAGES,
     FLUSH_MS,
@@ -30,6 +35,7 @@ pub const KEYS: [&str; 8] = [
     RETENTION_BYTES,
     RETENTION_MS,
     SEGMENT_BYTES,
+    DISK_PRESSURE_DELETE,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +56,8 @@ pub struct TopicConfig {
     pub flush_ms: i64,
     pub flush_messages: i64,
     pub timestamp_type: TimestampType,
+    /// [`DISK_PRESSURE_DELETE`].
+    pub disk_pressure_delete: bool,
 }
 
 /// Broker-wide limits that topic values are checked against.
@@ -96,6 +104,7 @@ impl TopicConfig {
             flush_ms: config.retention.flush_ms as i64,
             flush_messages: i64::MAX,
             timestamp_type: TimestampType::CreateTime,
+            disk_pressure_delete: false,
         }
     }
 
@@ -168,6 +177,13 @@ impl TopicConfig {
                     _ => return Err(issue("expected CreateTime or LogAppendTime")),
                 }
             }
+            DISK_PRESSURE_DELETE => {
+                self.disk_pressure_delete = match value.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(issue("expected true or false")),
+                }
+            }
             _ => return Err(issue("unknown topic config")),
         }
         Ok(())
@@ -180,6 +196,7 @@ impl TopicConfig {
             retention_bytes: self.retention_bytes,
             flush_ms: u64::try_from(self.flush_ms).unwrap_or(u64::MAX),
             flush_messages: u64::try_from(self.flush_messages).unwrap_or(u64::MAX),
+            disk_pressure_delete: self.disk_pressure_delete,
         }
     }
 
@@ -196,6 +213,7 @@ impl TopicConfig {
                 TimestampType::CreateTime => "CreateTime".to_owned(),
                 TimestampType::LogAppendTime => "LogAppendTime".to_owned(),
             },
+            DISK_PRESSURE_DELETE => self.disk_pressure_delete.to_string(),
             _ => return None,
         })
     }
@@ -243,6 +261,11 @@ fn documentation(key: &str) -> &'static str {
         FLUSH_MESSAGES => "Data is fsynced at least every this many records.",
         MESSAGE_TIMESTAMP_TYPE => {
             "CreateTime keeps the producer's timestamps; LogAppendTime replaces them with the broker's."
+        }
+        DISK_PRESSURE_DELETE => {
+            "Sluice: true lets this topic's unexpired data be deleted, oldest first, when disk usage \
+             passes retention.disk_force_clean_ratio; false (the default) keeps it and appends are \
+             refused near a full disk."
         }
         _ => "",
     }
@@ -305,6 +328,7 @@ mod tests {
             (RETENTION_MS, "0"),
             (MAX_MESSAGE_BYTES, "999999999"),
             (CLEANUP_POLICY, "compact"),
+            (DISK_PRESSURE_DELETE, "yes"),
             ("no.such.key", "1"),
         ] {
             let overrides = BTreeMap::from([(key.to_owned(), value.to_owned())]);

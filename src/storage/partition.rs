@@ -48,6 +48,9 @@ pub struct PartitionConfig {
     pub flush_ms: u64,
     /// `flush.messages`: an fsync is due at least every this many records.
     pub flush_messages: u64,
+    /// `sluice.disk.pressure.delete`: unexpired data may be deleted above
+    /// `retention.disk_force_clean_ratio`.
+    pub disk_pressure_delete: bool,
 }
 
 impl PartitionConfig {
@@ -57,6 +60,7 @@ impl PartitionConfig {
             retention_bytes: retention.retention_bytes,
             flush_ms: retention.flush_ms,
             flush_messages: u64::MAX,
+            disk_pressure_delete: false,
         }
     }
 }

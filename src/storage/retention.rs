@@ -13,7 +13,9 @@
 //! Disk guards ([`DiskPressure`]): above `disk_clean_ratio` retention runs at
 //! every disk check instead of every `check_interval_ms`; above
 //! `disk_force_clean_ratio` the oldest segments go even if they are not
-//! expired (their partitions' log starts move past them); above
+//! expired (their partitions' log starts move past them), but only while
+//! every partition with unexpired data in the oldest segment allows it
+//! (`sluice.disk.pressure.delete`, off by default); above
 //! `disk_reject_ratio` appends are refused with a retriable error until usage
 //! drops.
 

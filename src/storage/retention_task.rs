@@ -9,6 +9,7 @@ use super::retention::{self, DiskPressure};
 use super::segment;
 use super::shard_store::{ShardStore, StoreState, publish};
 use crate::ids::Offset;
+use crate::log_throttle::monotonic_ms;
 use crate::telemetry::storage::{Deletion, StoreMetrics};
 
 impl ShardStore {
@@ -94,6 +95,21 @@ impl ShardStore {
             if state.log.segments().len() < 2 {
                 break;
             }
+            if let Some(keeper) = forced_deletion_blocked_by(&state) {
+                if let Some(times) = self.forced_deletion_log.record(monotonic_ms()) {
+                    tracing::warn!(
+                        shard = %self.options.shard,
+                        topic = %keeper.0,
+                        partition = keeper.1,
+                        times,
+                        "disk usage is above retention.disk_force_clean_ratio, but the oldest \
+                         segment holds unexpired data of a topic without \
+                         sluice.disk.pressure.delete=true: nothing is deleted, and appends are \
+                         refused at retention.disk_reject_ratio until space is freed"
+                    );
+                }
+                break;
+            }
             delete_oldest_segment(&mut state, &self.metrics, Deletion::DiskPressure);
             drop(state);
             self.check_disk();
@@ -137,11 +153,38 @@ fn delete_oldest_segment(state: &mut StoreState, metrics: &StoreMetrics, why: De
     }
     metrics.segment_deleted(why, end.0 - base.0);
     for partition in state.partitions.values_mut() {
+        let before = partition.log_start_offset;
         match retention::first_offset_at_or_after(partition, end) {
             Ok(start) => advance_log_start(partition, start),
             Err(error) => {
                 tracing::error!(%error, topic = %partition.meta.topic, index = partition.meta.index, "cannot move the log start past a deleted segment")
             }
         }
+        let deleted = partition.log_start_offset.0 - before.0;
+        if why == Deletion::DiskPressure && deleted > 0 {
+            tracing::warn!(
+                topic = %partition.meta.topic,
+                partition = partition.meta.index,
+                from = before.0,
+                to = partition.log_start_offset.0,
+                "disk pressure deleted unexpired records (the topic has sluice.disk.pressure.delete=true)"
+            );
+            metrics.disk_pressure_deleted(&partition.meta.topic, deleted as u64);
+        }
     }
+}
+
+/// A partition (topic, index) that still needs the oldest segment and does
+/// not allow forced deletion, if there is one: the oldest segment must stay.
+fn forced_deletion_blocked_by(state: &StoreState) -> Option<(String, u32)> {
+    let oldest_end = state.log.segments().next()?.end();
+    state.partitions.values().find_map(|partition| {
+        let needs_oldest = match retention::needed_position(partition) {
+            Ok(position) => position.is_some_and(|position| position < oldest_end),
+            // A queue that cannot say might need it.
+            Err(_) => true,
+        };
+        (needs_oldest && !partition.config.disk_pressure_delete)
+            .then(|| (partition.meta.topic.clone(), partition.meta.index))
+    })
 }

@@ -160,6 +160,8 @@ pub struct ShardStore {
     pub(super) metrics: StoreMetrics,
     /// Refused appends are logged at most once per interval, with a count.
     pub(super) rejection_log: LogThrottle,
+    /// So is forced deletion held back by a topic that does not allow it.
+    pub(super) forced_deletion_log: LogThrottle,
 }
 
 /// How often a refused append (full disk, poisoned log) is logged.
@@ -271,6 +273,7 @@ impl ShardStore {
             flusher: RefCell::new(None),
             metrics: StoreMetrics::for_shard(shard),
             rejection_log: LogThrottle::new(REJECTION_LOG_INTERVAL),
+            forced_deletion_log: LogThrottle::new(REJECTION_LOG_INTERVAL),
             options,
         });
         store.check_disk();

@@ -45,6 +45,7 @@ pub const SHARD_LOG_BYTES: &str = "sluice_shard_log_bytes";
 pub const DISK_USAGE_RATIO: &str = "sluice_disk_usage_ratio";
 pub const RETENTION_DELETED_SEGMENTS: &str = "sluice_retention_deleted_segments_total";
 pub const RETENTION_DELETED_BYTES: &str = "sluice_retention_deleted_bytes_total";
+pub const DISK_PRESSURE_DELETED_OFFSETS: &str = "sluice_disk_pressure_deleted_offsets_total";
 pub const APPENDS_REJECTED: &str = "sluice_appends_rejected_total";
 
 pub const CONSUMER_GROUP_LAG: &str = "sluice_consumer_group_lag";
@@ -201,6 +202,13 @@ pub fn describe() {
         RETENTION_DELETED_BYTES,
         Unit::Bytes,
         "Commit-log bytes deleted with their segments, by shard."
+    );
+    describe_counter!(
+        DISK_PRESSURE_DELETED_OFFSETS,
+        Unit::Count,
+        "Offsets of unexpired data deleted because disk usage passed \
+         retention.disk_force_clean_ratio, by topic (only topics with \
+         sluice.disk.pressure.delete=true)."
     );
     describe_counter!(
         APPENDS_REJECTED,

@@ -126,6 +126,12 @@ impl StoreMetrics {
         self.deleted_bytes.increment(bytes);
     }
 
+    /// Count offsets of `topic` deleted unexpired under disk pressure.
+    pub fn disk_pressure_deleted(&self, topic: &str, offsets: u64) {
+        counter!(names::DISK_PRESSURE_DELETED_OFFSETS, "topic" => topic.to_owned())
+            .increment(offsets);
+    }
+
     /// Count an append storage refused.
     pub fn append_rejected(&self, error: &AppendError) {
         let reason = match error {

@@ -150,7 +150,7 @@ fn retention_bytes_trims_one_partition_and_shared_segments_wait_for_the_others()
 }
 
 #[test]
-fn disk_guards_reject_appends_and_force_delete_the_oldest_segments() {
+fn disk_guards_reject_appends_and_force_delete_only_topics_that_allow_it() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = support::runtime(support::native_backend());
     runtime.block_on(async {
@@ -178,7 +178,8 @@ fn disk_guards_reject_appends_and_force_delete_the_oldest_segments() {
         );
         let store = ShardStore::open_with(options, hooks).unwrap();
         let id = support::create(&store, "guarded", 0);
-        fill(&store, &[id], 400).await;
+        let kept = support::create(&store, "precious", 0);
+        fill(&store, &[id, kept], 400).await;
         let before = segment_count(dir.path());
         assert!((4..8).contains(&before), "{before} segments");
 
@@ -206,14 +207,33 @@ fn disk_guards_reject_appends_and_force_delete_the_oldest_segments() {
             "nothing is expired at 80%"
         );
 
+        // Issue 12: by default unexpired data is never deleted for space,
+        // whoever filled the disk.
         force_mode.set(true);
         assert_eq!(store.check_disk(), DiskPressure::ForceClean);
         store.enforce_retention(now_ms());
+        assert_eq!(segment_count(dir.path()), before, "nothing was allowed");
+        assert_eq!(store.offsets(id).unwrap().log_start_offset, Offset(0));
+
+        // One topic allows it, but the other shares every segment.
+        let allow = PartitionConfig {
+            disk_pressure_delete: true,
+            ..support::default_partition_config()
+        };
+        store.set_partition_config(id, allow).unwrap();
+        store.enforce_retention(now_ms());
+        assert_eq!(segment_count(dir.path()), before, "\"precious\" pins them");
+        assert_eq!(store.offsets(kept).unwrap().log_start_offset, Offset(0));
+
+        store.set_partition_config(kept, allow).unwrap();
+        store.enforce_retention(now_ms());
         let after = segment_count(dir.path());
         assert_eq!(after, 2, "deletes oldest segments until usage is below 85%");
-        let start = store.offsets(id).unwrap().log_start_offset;
-        assert!(start > Offset(0));
-        assert!(!support::read_all(&store, id, start).is_empty());
+        for partition in [id, kept] {
+            let start = store.offsets(partition).unwrap().log_start_offset;
+            assert!(start > Offset(0));
+            assert!(!support::read_all(&store, partition, start).is_empty());
+        }
         support::shutdown(&store).await;
     });
 }
