@@ -109,10 +109,11 @@ impl ShardStore {
             partition: id,
         };
         frame.encode_prefix(&batch_prefix, &mut frame_prefix);
+        // Counted only once the append succeeds: an append that must wait for
+        // buffer space comes back here and would count its records twice.
         let records = u64::try_from(header.records_count).unwrap_or(0);
-        partition.records_since_forced_sync += records;
-        let flush_messages_reached =
-            partition.records_since_forced_sync >= partition.config.flush_messages;
+        let records_since_forced_sync = partition.records_since_forced_sync + records;
+        let flush_messages_reached = records_since_forced_sync >= partition.config.flush_messages;
         let durable_by = match durability {
             Durability::Fsynced => Some(now),
             _ if flush_messages_reached => Some(now),
@@ -120,9 +121,6 @@ impl ShardStore {
                 now.checked_add(Duration::from_millis(partition.config.flush_ms))
             }
         };
-        if durable_by == Some(now) {
-            partition.records_since_forced_sync = 0;
-        }
         partition
             .queue
             .reserve_next()
@@ -135,6 +133,11 @@ impl ShardStore {
             .log
             .append_frame(&[&frame_prefix, rest], durable_by, now)
             .map_err(|error| self.classify_log_error(error))?;
+        partition.records_since_forced_sync = if durable_by == Some(now) {
+            0
+        } else {
+            records_since_forced_sync
+        };
         let indexed = IndexedBatch {
             len: frame.payload_len,
             last_offset_delta: u32::try_from(header.last_offset_delta)
@@ -173,17 +176,14 @@ impl ShardStore {
         }
     }
 
-    /// Wait until the append reached the durability it asked for.
+    /// Wait until the append reached the durability it asked for. An append
+    /// that reached it is reported done even if the log was poisoned later
+    /// (watermarks freeze at poisoning, so what they cover stays true): an
+    /// error for a durable batch would make the producer send a duplicate.
     pub async fn wait(&self, receipt: &AppendReceipt) -> Result<(), AppendError> {
         loop {
             let progress = {
                 let state = self.state.borrow();
-                if let Some(source) = state.log.poisoned() {
-                    return Err(AppendError::Poisoned {
-                        shard: self.options.shard,
-                        source: Arc::clone(source),
-                    });
-                }
                 let reached = match receipt.durability {
                     Durability::Buffered => true,
                     Durability::Written => state.log.written_end() >= receipt.end,
@@ -191,6 +191,12 @@ impl ShardStore {
                 };
                 if reached {
                     return Ok(());
+                }
+                if let Some(source) = state.log.poisoned() {
+                    return Err(AppendError::Poisoned {
+                        shard: self.options.shard,
+                        source: Arc::clone(source),
+                    });
                 }
                 self.progress.wait()
             };

@@ -32,3 +32,4 @@ mod retention;
 mod shard_runtime;
 mod sim_device;
 mod storage_model;
+mod write_path;
