@@ -14,7 +14,7 @@
 use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -92,6 +92,13 @@ pub trait LogIo {
 
     /// Ops submitted and not yet reaped.
     fn inflight(&self) -> usize;
+
+    /// fsync directory `dir`, so files created or removed in it are
+    /// durable. Synchronous: directory syncs are rare (a segment roll).
+    /// A simulated device overrides this to inject failures.
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
 }
 
 impl LogOp {

@@ -245,7 +245,12 @@ impl CommitLog {
 
     /// Start the next segment; the unused tail of the current one is skipped
     /// (it stays zero, and counts as written and durable: no frame is there).
-    fn roll(&mut self) -> Result<(), SegmentError> {
+    ///
+    /// A failure to create or reserve the file (ENOSPC) is retriable: the
+    /// file is gone and the next append tries again. A failed directory
+    /// fsync is not: the new file's entry may not survive a power cut, so
+    /// the file is removed and the log poisoned, like any failed fsync.
+    fn roll(&mut self) -> Result<(), LogAppendError> {
         let next_base = self.active_segment().end();
         let (segment, preallocation) = Segment::create(
             &self.options.dir,
@@ -253,10 +258,15 @@ impl CommitLog {
             self.options.segment_bytes,
             self.options.write_mode,
         )?;
-        segment::sync_dir(&self.options.dir).map_err(|source| SegmentError::Create {
-            path: segment.path.clone(),
-            source,
-        })?;
+        if let Err(error) = self.io.sync_dir(&self.options.dir) {
+            let cause = LogIoError::new("fsync of the log directory", &segment.writer, 0, 0, error);
+            if let Err(error) = std::fs::remove_file(&segment.path) {
+                tracing::error!(path = %segment.path.display(), %error, "cannot remove the segment whose creation failed");
+            }
+            self.poison(cause);
+            let cause = self.poisoned.clone().expect("just poisoned");
+            return Err(LogAppendError::Poisoned(cause));
+        }
         log_preallocation(&segment, preallocation);
         self.appender.seal_active();
         self.written.mark(self.append_end.0, next_base.0);

@@ -29,6 +29,8 @@ struct DeviceState {
     syncs: usize,
     fail_write_at: Option<usize>,
     fail_sync_at: Option<usize>,
+    dir_syncs: usize,
+    fail_dir_sync_at: Option<usize>,
     dead: bool,
     random: u64,
 }
@@ -63,6 +65,12 @@ impl SimDevice {
     pub fn fail_sync_after(&self, n: usize) {
         let mut state = self.state.borrow_mut();
         state.fail_sync_at = Some(state.syncs + n);
+    }
+
+    /// Make the `n`th directory fsync from now (a segment roll) fail with EIO.
+    pub fn fail_dir_sync_after(&self, n: usize) {
+        let mut state = self.state.borrow_mut();
+        state.fail_dir_sync_at = Some(state.dir_syncs + n);
     }
 
     /// Sectors of `path` written since its last performed fdatasync.
@@ -190,6 +198,15 @@ impl LogIo for SimLogIo {
 
     fn flush_submissions(&mut self) -> io::Result<()> {
         Ok(())
+    }
+
+    fn sync_dir(&mut self, dir: &std::path::Path) -> io::Result<()> {
+        let mut state = self.device.state.borrow_mut();
+        state.dir_syncs += 1;
+        if state.fail_dir_sync_at == Some(state.dir_syncs) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        std::fs::File::open(dir)?.sync_all()
     }
 
     fn reap(&mut self, out: &mut Vec<LogOpDone>) {

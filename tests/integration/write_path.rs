@@ -1,8 +1,10 @@
-//! When an append is acknowledged and what forces its fdatasync (issue 12,
-//! found by reading `storage/write_path.rs`): a batch that is durable is
-//! acknowledged even if a later write poisons the log, and a batch that had
-//! to wait for buffer space counts its records once towards
-//! `flush.messages`.
+//! When an append is acknowledged, what forces its fdatasync, and what a
+//! failed segment roll does (issue 12, found by reading
+//! `storage/write_path.rs` and `storage/commit_log.rs`): a batch that is
+//! durable is acknowledged even if a later write poisons the log; a batch
+//! that had to wait for buffer space counts its records once towards
+//! `flush.messages`; a roll whose directory fsync fails poisons the log and
+//! leaves no segment file behind.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -107,5 +109,68 @@ fn records_of_an_append_that_waited_for_buffers_count_once_towards_flush_message
             .unwrap();
         store.wait(&receipt).await.unwrap();
         assert!(store.stats().fsyncs >= 1);
+    });
+}
+
+/// The new segment's directory entry was not fsynced: the file used to stay,
+/// every later roll failed with EEXIST, and appends failed forever with a
+/// "retriable" error on a log that was never poisoned.
+#[test]
+fn a_roll_whose_directory_fsync_fails_poisons_the_log_and_removes_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("shard-0").join("log");
+    let segments = || std::fs::read_dir(&log_dir).unwrap().count();
+    let runtime = support::runtime(IoBackend::Epoll);
+    let acked = runtime.block_on(async {
+        let device = SimDevice::new(3);
+        let store = open_on(dir.path(), &device);
+        let id = support::create(&store, "rolled", 0);
+        device.fail_dir_sync_after(1);
+        let mut acked = 0;
+        let error = loop {
+            let bytes = batch("fill", 4, 1000);
+            match store
+                .append(id, validated(&bytes), Durability::Fsynced)
+                .await
+            {
+                Ok(receipt) => {
+                    store.wait(&receipt).await.unwrap();
+                    acked += 4;
+                }
+                Err(error) => break error,
+            }
+        };
+        assert!(matches!(error, AppendError::Poisoned { .. }), "{error}");
+        assert!(!error.is_retriable(), "{error}");
+        assert!(error.to_string().contains("directory"), "{error}");
+        assert_eq!(segments(), 1, "the half-created segment is removed");
+        let bytes = batch("after", 1, 10);
+        let later = store
+            .append(id, validated(&bytes), Durability::Written)
+            .await
+            .unwrap_err();
+        assert!(matches!(later, AppendError::Poisoned { .. }), "{later}");
+        acked
+    });
+    drop(runtime);
+    let runtime = support::runtime(IoBackend::Epoll);
+    runtime.block_on(async {
+        let store = open_on(dir.path(), &SimDevice::new(4));
+        let id = store.partition_id("rolled", 0).unwrap();
+        let served: usize = support::read_all(&store, id, sluice::ids::Offset(0))
+            .iter()
+            .map(|(_, bytes)| {
+                sluice::record_batch::BatchHeader::parse(bytes)
+                    .unwrap()
+                    .records_count as usize
+            })
+            .sum();
+        assert_eq!(served, acked);
+        let bytes = batch("restarted", 1, 10);
+        let receipt = store
+            .append(id, validated(&bytes), Durability::Fsynced)
+            .await
+            .unwrap();
+        store.wait(&receipt).await.unwrap();
     });
 }
