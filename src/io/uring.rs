@@ -7,9 +7,18 @@
 //! tells the flusher that the bytes are durable. The ring signals an eventfd
 //! that the shard's loop awaits.
 //!
-//! Retries live here: EINTR/EAGAIN resubmit the same op, a short write
-//! resubmits the remainder (and its linked fdatasync, which the kernel
-//! cancelled). Any other error is final for that op.
+//! Retries live here:
+//! * an op's EINTR/EAGAIN resubmits it; a short write resubmits the
+//!   remainder (and its linked fdatasync, which the kernel cancelled); a
+//!   write that completed whose fdatasync must go again resubmits the
+//!   fdatasync alone;
+//! * `io_uring_enter` failing with EAGAIN (no kernel resources) or EBUSY (the
+//!   completion queue is full) reaps what completed and tries again, up to
+//!   [`ENTER_RETRIES_MAX`] times, before it counts as an I/O error.
+//!
+//! Any other error is final for that op. Invariant: an op's buffer belongs
+//! to the kernel from its push until its last completion is reaped, so the
+//! ring is drained before it is dropped.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -22,6 +31,10 @@ use crate::telemetry::storage::RingMetrics;
 
 /// Low bit of user_data: which SQE of an op completed.
 const USER_DATA_FSYNC_BIT: u64 = 1;
+/// Tries of one `io_uring_enter` that fails with EAGAIN or EBUSY.
+pub const ENTER_RETRIES_MAX: u32 = 1000;
+/// Pause between such tries when nothing completed in the meantime.
+const ENTER_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_micros(100);
 
 pub struct UringLogIo {
     ring: IoUring,
@@ -33,6 +46,9 @@ pub struct UringLogIo {
     scratch: Vec<(u64, i32)>,
     queued_since_flush: bool,
     metrics: RingMetrics,
+    /// Errors `io_uring_enter` returns before the real call (tests).
+    #[cfg(test)]
+    injected_enter_errors: Vec<i32>,
 }
 
 struct InFlight {
@@ -66,7 +82,54 @@ impl UringLogIo {
             scratch: Vec::new(),
             queued_since_flush: false,
             metrics,
+            #[cfg(test)]
+            injected_enter_errors: Vec::new(),
         })
+    }
+
+    /// Ops with SQEs pushed whose completions are not reaped yet: the ones
+    /// whose buffers the kernel may use. (An op whose retry failed to push
+    /// has none.)
+    fn ops_in_kernel(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|in_flight| in_flight.cqes_pending > 0)
+            .count()
+    }
+
+    /// `io_uring_enter` for the queued SQEs, through the test seam.
+    fn enter(&mut self) -> io::Result<usize> {
+        #[cfg(test)]
+        if let Some(errno) = self.injected_enter_errors.pop() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        self.ring.submit()
+    }
+
+    /// Move every available completion into `finished` (via the retry
+    /// logic); returns how many CQEs were reaped.
+    fn drain_completions(&mut self) -> usize {
+        let mut completions = std::mem::take(&mut self.scratch);
+        let mut reaped = 0;
+        loop {
+            completions.clear();
+            completions.extend(
+                self.ring
+                    .completion()
+                    .map(|cqe| (cqe.user_data(), cqe.result())),
+            );
+            if completions.is_empty() {
+                break;
+            }
+            reaped += completions.len();
+            self.metrics.completions.increment(completions.len() as u64);
+            for &(user_data, result) in &completions {
+                self.on_completion(user_data, result);
+            }
+        }
+        self.scratch = completions;
+        reaped
     }
 
     /// Push the SQEs for the slot's op (from its current progress).
@@ -76,6 +139,21 @@ impl UringLogIo {
             .expect("pushing an occupied slot");
         let user_data = u64::from(slot) << 1;
         let (first, second): (squeue::Entry, Option<squeue::Entry>) = match &in_flight.op {
+            LogOp::Write(write)
+                if write.buf_range.start + in_flight.written_bytes == write.buf_range.end =>
+            {
+                // The write is complete; only its fdatasync goes again.
+                assert!(
+                    write.sync,
+                    "a complete write without fdatasync is never resubmitted"
+                );
+                let fd = types::Fd(write.file.file.as_raw_fd());
+                let fsync = opcode::Fsync::new(fd)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build()
+                    .user_data(user_data | USER_DATA_FSYNC_BIT);
+                (fsync, None)
+            }
             LogOp::Write(write) => {
                 let start = write.buf_range.start + in_flight.written_bytes;
                 let len = write.buf_range.end - start;
@@ -276,36 +354,38 @@ impl LogIo for UringLogIo {
         if !self.queued_since_flush {
             return Ok(());
         }
+        let mut busy_tries = 0;
         loop {
-            match self.ring.submit() {
+            match self.enter() {
+                // The kernel may take fewer SQEs than queued: go again.
+                Ok(_) if !self.ring.submission().is_empty() => continue,
                 Ok(_) => {
                     self.queued_since_flush = false;
                     return Ok(());
                 }
                 Err(error) if error.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(error)
+                    if matches!(error.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY))
+                        && busy_tries < ENTER_RETRIES_MAX =>
+                {
+                    busy_tries += 1;
+                    // EBUSY: the completion queue is full; EAGAIN: the kernel
+                    // is short of memory. Reaping frees room either way; the
+                    // ops that finished wait in `finished` for the next reap,
+                    // which the eventfd signal guarantees.
+                    if self.drain_completions() > 0 {
+                        self.eventfd.signal();
+                    } else {
+                        std::thread::sleep(ENTER_RETRY_PAUSE);
+                    }
+                }
                 Err(error) => return Err(error),
             }
         }
     }
 
     fn reap(&mut self, out: &mut Vec<LogOpDone>) {
-        let mut completions = std::mem::take(&mut self.scratch);
-        loop {
-            completions.clear();
-            completions.extend(
-                self.ring
-                    .completion()
-                    .map(|cqe| (cqe.user_data(), cqe.result())),
-            );
-            if completions.is_empty() {
-                break;
-            }
-            self.metrics.completions.increment(completions.len() as u64);
-            for &(user_data, result) in &completions {
-                self.on_completion(user_data, result);
-            }
-        }
-        self.scratch = completions;
+        self.drain_completions();
         // Resubmissions made while reaping must reach the kernel now; a failure
         // here surfaces as a poisoned log on the next flush.
         if let Err(error) = self.flush_submissions() {
@@ -320,5 +400,175 @@ impl LogIo for UringLogIo {
 
     fn inflight(&self) -> usize {
         self.slots.len() - self.free_slots.len()
+    }
+}
+
+impl Drop for UringLogIo {
+    /// Wait for every op in flight: the kernel may still read their buffers,
+    /// which are freed with the slots. If waiting fails, the buffers are
+    /// leaked rather than freed under the kernel.
+    fn drop(&mut self) {
+        if let Err(error) = self.flush_submissions() {
+            tracing::error!(%error, "cannot submit commit-log ops while closing the ring");
+        }
+        while self.ops_in_kernel() > 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(error) if error.raw_os_error() == Some(libc::EINTR) => {}
+                Err(error) => {
+                    tracing::error!(
+                        %error,
+                        ops = self.inflight(),
+                        "cannot wait for commit-log ops while closing the ring; leaking their buffers"
+                    );
+                    std::mem::forget(std::mem::take(&mut self.slots));
+                    return;
+                }
+            }
+            self.drain_completions();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::io::{AlignedBuf, LogFile, WriteOp};
+
+    fn ring() -> Option<UringLogIo> {
+        match UringLogIo::new(8, RingMetrics::new("test", "commit_log")) {
+            Ok(ring) => Some(ring),
+            Err(error) => {
+                eprintln!("skipped: no io_uring here ({error})");
+                None
+            }
+        }
+    }
+
+    fn write_op(file: &Arc<LogFile>, offset: u64, byte: u8, len: usize, sync: bool) -> LogOp {
+        let mut buf = AlignedBuf::zeroed(len, 4096);
+        buf.as_mut_slice().fill(byte);
+        LogOp::Write(WriteOp {
+            file: Arc::clone(file),
+            file_offset: offset,
+            buf,
+            buf_range: 0..len,
+            sync,
+        })
+    }
+
+    fn log_file(dir: &std::path::Path) -> Arc<LogFile> {
+        let path = dir.join("segment");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        Arc::new(LogFile { file, path })
+    }
+
+    /// Reap until `token` finishes; every CQE's result goes through `edit`.
+    fn finish_with(ring: &mut UringLogIo, edit: &mut dyn FnMut(u64, i32) -> i32) -> LogOpDone {
+        loop {
+            ring.flush_submissions().unwrap();
+            ring.ring.submit_and_wait(1).unwrap();
+            let completions: Vec<(u64, i32)> = ring
+                .ring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result()))
+                .collect();
+            for (user_data, result) in completions {
+                let result = edit(user_data, result);
+                ring.on_completion(user_data, result);
+            }
+            if let Some(done) = ring.finished.pop() {
+                return done;
+            }
+        }
+    }
+
+    #[test]
+    fn a_complete_write_whose_fdatasync_must_retry_resubmits_the_fdatasync_alone() {
+        let Some(mut ring) = ring() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let file = log_file(dir.path());
+        ring.submit(7, write_op(&file, 0, b'a', 8192, true))
+            .unwrap();
+        // Issue 12: the first fdatasync is interrupted after the whole write
+        // went through. The retry used to build a zero-length write and trip
+        // an assertion.
+        let mut fsyncs = 0;
+        let done = finish_with(&mut ring, &mut |user_data, result| {
+            if user_data & USER_DATA_FSYNC_BIT != 0 {
+                fsyncs += 1;
+                if fsyncs == 1 {
+                    return -libc::EINTR;
+                }
+            }
+            result
+        });
+        assert_eq!(done.token, 7);
+        done.result.unwrap();
+        assert_eq!(fsyncs, 2, "the fdatasync went again");
+        let mut back = vec![0u8; 8192];
+        file.file.read_exact_at(&mut back, 0).unwrap();
+        assert!(back.iter().all(|&byte| byte == b'a'));
+    }
+
+    #[test]
+    fn enter_failing_with_eagain_or_ebusy_is_retried_not_fatal() {
+        let Some(mut ring) = ring() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let file = log_file(dir.path());
+        ring.submit(1, write_op(&file, 0, b'b', 4096, true))
+            .unwrap();
+        ring.injected_enter_errors = vec![libc::EAGAIN, libc::EBUSY, libc::EINTR];
+        ring.flush_submissions()
+            .expect("EAGAIN and EBUSY from io_uring_enter are retried");
+        let done = finish_with(&mut ring, &mut |_, result| result);
+        done.result.unwrap();
+        // Past the retry budget it is an error the log poisons itself with.
+        ring.submit(2, write_op(&file, 4096, b'c', 4096, false))
+            .unwrap();
+        ring.injected_enter_errors = vec![libc::EAGAIN; ENTER_RETRIES_MAX as usize + 1];
+        let error = ring.flush_submissions().unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EAGAIN));
+    }
+
+    #[test]
+    fn dropping_the_ring_waits_for_the_ops_in_flight() {
+        let Some(mut ring) = ring() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let file = log_file(dir.path());
+        const OP_BYTES: usize = 4 << 20;
+        for index in 0..6u8 {
+            let op = write_op(
+                &file,
+                u64::from(index) * OP_BYTES as u64,
+                b'0' + index,
+                OP_BYTES,
+                true,
+            );
+            ring.submit(u64::from(index), op).unwrap();
+        }
+        ring.flush_submissions().unwrap();
+        // The ops own their buffers until reaped; dropping must not free
+        // them under the kernel, and returns once every op is done.
+        drop(ring);
+        let mut back = vec![0u8; OP_BYTES];
+        for index in 0..6u8 {
+            file.file
+                .read_exact_at(&mut back, u64::from(index) * OP_BYTES as u64)
+                .unwrap();
+            assert!(
+                back.iter().all(|&byte| byte == b'0' + index),
+                "op {index} was not finished when drop returned"
+            );
+        }
     }
 }
