@@ -36,7 +36,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use sluice::ids::{LogPosition, Offset, PartitionId};
 use sluice::kafka::fetch_response::{self, FetchedPartition, FetchedTopic};
-use sluice::record_batch::{BatchBuilder, RecordSpec, ValidatedBatch};
+use sluice::record_batch::{BatchBuilder, BatchLimits, RecordSpec, ValidatedBatch};
 use sluice::storage::frame::{FRAME_PREFIX_BYTES, FrameHeader};
 use sluice::storage::{ReadBatch, ReadPart};
 
@@ -92,7 +92,7 @@ fn batches(criterion: &mut Criterion) {
         group.throughput(Throughput::Bytes(bytes.len() as u64));
         group.bench_function(format!("validate/{name}"), |bench| {
             bench.iter(|| {
-                black_box(ValidatedBatch::validate(black_box(&bytes), usize::MAX).is_ok());
+                black_box(ValidatedBatch::validate(black_box(&bytes), &BatchLimits::unlimited()).is_ok());
             })
         });
         group.bench_function(format!("crc32c/{name}"), |bench| {
