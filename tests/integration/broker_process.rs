@@ -78,6 +78,11 @@ impl BrokerProcess {
         }
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the broker is running").id()
+    }
+
     /// Everything the broker logged so far.
     pub fn log(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()

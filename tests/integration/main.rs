@@ -14,6 +14,7 @@ mod kafka_admin;
 mod kafka_bad_input;
 mod kafka_crash;
 mod kafka_pipelining;
+mod kafka_poison_batches;
 mod kafka_roundtrip;
 mod kcat_smoke;
 mod kernel_tuning;
