@@ -274,8 +274,8 @@ fn poison_batches_from_issue_12_get_kafka_error_codes_and_are_never_stored() {
 
     // LogAppendTime topics check the producer's CRC before stamping theirs.
     let mut corrupt = valid_batch(2, BASE_TIMESTAMP_MS);
-    let last = corrupt.len() - 1;
-    corrupt[last] ^= 0x01;
+    let in_last_value = corrupt.len() - 2;
+    corrupt[in_last_value] ^= 0x01;
     assert_eq!(
         produce(&mut wire, "stamped", corrupt).error_code,
         ResponseError::CorruptMessage.code()
