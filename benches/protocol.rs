@@ -92,7 +92,9 @@ fn batches(criterion: &mut Criterion) {
         group.throughput(Throughput::Bytes(bytes.len() as u64));
         group.bench_function(format!("validate/{name}"), |bench| {
             bench.iter(|| {
-                black_box(ValidatedBatch::validate(black_box(&bytes), &BatchLimits::unlimited()).is_ok());
+                black_box(
+                    ValidatedBatch::validate(black_box(&bytes), &BatchLimits::unlimited()).is_ok(),
+                );
             })
         });
         group.bench_function(format!("crc32c/{name}"), |bench| {

@@ -352,11 +352,10 @@ pub fn walk_records<'a>(
     visit: impl FnMut(&RecordView<'a>) -> ControlFlow<()>,
 ) -> Result<Walked, BatchError> {
     let header = BatchHeader::parse(bytes)?;
-    let codec = Codec::from_id(header.compression_codec()).ok_or(
-        BatchError::UnsupportedCompression {
+    let codec =
+        Codec::from_id(header.compression_codec()).ok_or(BatchError::UnsupportedCompression {
             id: header.compression_codec(),
-        },
-    )?;
+        })?;
     let input = WalkInput {
         records: &bytes[HEADER_BYTES..],
         codec,

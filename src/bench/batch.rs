@@ -211,7 +211,8 @@ mod tests {
             let mut template = BatchTemplate::new(10, 100, compression, 7);
             template.stamp(123_456_789);
             let batch = template.bytes();
-            let validated = ValidatedBatch::validate(batch, &BatchLimits::unlimited()).expect("valid batch");
+            let validated =
+                ValidatedBatch::validate(batch, &BatchLimits::unlimited()).expect("valid batch");
             assert_eq!(
                 validated.header().records_count,
                 10,

@@ -162,8 +162,8 @@ fn walk_source<'a, S: Source<'a>>(
                 found: index,
             });
         }
-        let record =
-            read_record(source, index, input.first_timestamp_ms).map_err(|fault| fault.at(index))?;
+        let record = read_record(source, index, input.first_timestamp_ms)
+            .map_err(|fault| fault.at(index))?;
         max_timestamp_ms = max_timestamp_ms.max(record.timestamp_ms);
         if visit(&record).is_break() {
             return Ok(Walked::Stopped);
@@ -261,7 +261,9 @@ fn read_record<'a, S: Source<'a>>(
     let value = read_field(source, end, "value")?;
     let headers = read_varint(source, end)?;
     if headers < 0 {
-        return Err(Fault::Invalid(format!("header count {headers} is negative")));
+        return Err(Fault::Invalid(format!(
+            "header count {headers} is negative"
+        )));
     }
     for _ in 0..headers {
         let key_length = read_varint(source, end)?;
@@ -291,11 +293,7 @@ fn read_record<'a, S: Source<'a>>(
 }
 
 /// A key or value: a varint length (negative: null), then the bytes.
-fn read_field<'a, S: Source<'a>>(
-    source: &mut S,
-    end: u64,
-    what: &str,
-) -> Result<Field<'a>, Fault> {
+fn read_field<'a, S: Source<'a>>(source: &mut S, end: u64, what: &str) -> Result<Field<'a>, Fault> {
     let length = read_varint(source, end)?;
     if length < 0 {
         return Ok(Field::Null);
@@ -634,14 +632,23 @@ mod tests {
                 .unwrap_or_else(|error| panic!("{compression:?}: {error}"));
             let summary = batch.records().expect("walked");
             assert_eq!(summary.records, 50, "{compression:?}");
-            assert_eq!(summary.max_timestamp_ms, 1_700_000_000_049, "{compression:?}");
+            assert_eq!(
+                summary.max_timestamp_ms, 1_700_000_000_049,
+                "{compression:?}"
+            );
         }
     }
 
     #[test]
     fn raw_snappy_and_every_codec_as_clients_send_them_validate() {
         let builder = builder(200, &[b'z'; 500]);
-        for codec in [Codec::None, Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
+        for codec in [
+            Codec::None,
+            Codec::Gzip,
+            Codec::Snappy,
+            Codec::Lz4,
+            Codec::Zstd,
+        ] {
             let bytes = batch_with(codec, &builder);
             let batch = ValidatedBatch::validate(&bytes, &LIMITS)
                 .unwrap_or_else(|error| panic!("{codec:?}: {error}"));
@@ -656,13 +663,7 @@ mod tests {
     #[test]
     fn header_counts_that_disagree_are_refused() {
         let records = [record(0, b"a"), record(1, b"b"), record(2, b"c")].concat();
-        let cases = [
-            (0x7fff_ffff, 0),
-            (3, 0x7fff_fffe),
-            (0, -1),
-            (0, 0),
-            (2, 2),
-        ];
+        let cases = [(0x7fff_ffff, 0), (3, 0x7fff_fffe), (0, -1), (0, 0), (2, 2)];
         for (records_count, last_offset_delta) in cases {
             let bytes = assemble(
                 &HeaderFields {
@@ -720,7 +721,10 @@ mod tests {
                 &compressed,
             );
             let error = refused(&garbage);
-            assert!(matches!(error, BatchError::Records(_)), "{codec:?}: {error}");
+            assert!(
+                matches!(error, BatchError::Records(_)),
+                "{codec:?}: {error}"
+            );
             let not_compressed = assemble(
                 &HeaderFields {
                     attributes: codec_id(codec),
@@ -757,7 +761,13 @@ mod tests {
     #[test]
     fn bytes_after_the_last_record_are_refused() {
         let builder = builder(3, b"value");
-        for codec in [Codec::None, Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
+        for codec in [
+            Codec::None,
+            Codec::Gzip,
+            Codec::Snappy,
+            Codec::Lz4,
+            Codec::Zstd,
+        ] {
             let mut records = builder.records().to_vec();
             records.extend_from_slice(&[0, 1, 2]);
             let inside = assemble(

@@ -31,8 +31,7 @@ const COPY_MAX_BYTES: usize = 64;
 /// every byte of it has been read out.
 const HISTORY_TRIM_BYTES: usize = 2 * WINDOW_BYTES;
 /// The most the history buffer ever holds.
-pub const HISTORY_MAX_BYTES: usize =
-    HISTORY_TRIM_BYTES + LITERAL_PIECE_MAX_BYTES + COPY_MAX_BYTES;
+pub const HISTORY_MAX_BYTES: usize = HISTORY_TRIM_BYTES + LITERAL_PIECE_MAX_BYTES + COPY_MAX_BYTES;
 /// snappy-java's stream header: magic, then version and compatible version.
 const XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
 const XERIAL_HEADER_BYTES: usize = 16;
@@ -172,7 +171,11 @@ impl io::Read for SnappyReader<'_> {
 
 /// Decode one element (or the next piece of a long literal) of `stream`
 /// from `input` onto `history`.
-fn decode_element(stream: &mut RawStream, input: &mut &[u8], history: &mut Vec<u8>) -> io::Result<()> {
+fn decode_element(
+    stream: &mut RawStream,
+    input: &mut &[u8],
+    history: &mut Vec<u8>,
+) -> io::Result<()> {
     if stream.literal_left > 0 {
         let n = stream.literal_left.min(LITERAL_PIECE_MAX_BYTES);
         let piece = take(stream, input, n)?;
@@ -205,7 +208,10 @@ fn decode_element(stream: &mut RawStream, input: &mut &[u8], history: &mut Vec<u
         }
         2 => {
             let raw = take(stream, input, 2)?;
-            (usize::from(tag >> 2) + 1, usize::from(u16::from_le_bytes([raw[0], raw[1]])))
+            (
+                usize::from(tag >> 2) + 1,
+                usize::from(u16::from_le_bytes([raw[0], raw[1]])),
+            )
         }
         _ => {
             let raw = take(stream, input, 4)?;
@@ -371,14 +377,23 @@ mod tests {
     fn damaged_streams_are_errors_not_panics() {
         let data = sample(100_000);
         let compressed = snap::raw::Encoder::new().compress_vec(&data).unwrap();
-        assert!(read_all(&compressed[..compressed.len() - 1]).is_err(), "cut short");
+        assert!(
+            read_all(&compressed[..compressed.len() - 1]).is_err(),
+            "cut short"
+        );
         let mut longer = compressed.clone();
         longer.push(0);
         assert!(read_all(&longer).is_err(), "a trailing byte");
         // Declares 5 bytes, then a copy from 9 bytes back.
-        assert!(read_all(&[5, 0x01 | (1 << 2), 9]).is_err(), "copy before the start");
+        assert!(
+            read_all(&[5, 0x01 | (1 << 2), 9]).is_err(),
+            "copy before the start"
+        );
         // Declares 2 bytes, then a 3-byte literal.
-        assert!(read_all(&[2, 2 << 2, b'a', b'b', b'c']).is_err(), "literal past the end");
+        assert!(
+            read_all(&[2, 2 << 2, b'a', b'b', b'c']).is_err(),
+            "literal past the end"
+        );
         // Declares 4 GiB - 1 and holds nothing: cut short, nothing allocated.
         assert!(read_all(&[0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
         for cut in 0..200 {

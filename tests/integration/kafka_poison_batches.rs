@@ -97,7 +97,8 @@ fn three_records(records_count: i32, last_offset_delta: i32, attributes: i16) ->
 fn compressed(codec: i16, write: impl FnOnce(&mut dyn Write)) -> Vec<u8> {
     match codec {
         GZIP => {
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
             write(&mut encoder);
             encoder.finish().unwrap()
         }
@@ -231,27 +232,53 @@ fn poison_batches_from_issue_12_get_kafka_error_codes_and_are_never_stored() {
     let middle = gzip_damaged.len() / 2;
     gzip_damaged[middle] ^= 0xff;
     let cases: Vec<(&str, Vec<u8>, i16)> = vec![
-        ("recordsCount 0x7fffffff", three_records(0x7fff_ffff, 2, 0), invalid),
+        (
+            "recordsCount 0x7fffffff",
+            three_records(0x7fff_ffff, 2, 0),
+            invalid,
+        ),
         (
             "recordsCount 0x7fffffff = lastOffsetDelta + 1, 3 records",
             three_records(0x7fff_ffff, 0x7fff_fffe, 0),
             invalid,
         ),
-        ("lastOffsetDelta 0x7ffffffe, 3 records", three_records(3, 0x7fff_fffe, 0), invalid),
-        ("lastOffsetDelta 0x7fffffff, 3 records", three_records(3, 0x7fff_ffff, 0), invalid),
+        (
+            "lastOffsetDelta 0x7ffffffe, 3 records",
+            three_records(3, 0x7fff_fffe, 0),
+            invalid,
+        ),
+        (
+            "lastOffsetDelta 0x7fffffff, 3 records",
+            three_records(3, 0x7fff_ffff, 0),
+            invalid,
+        ),
         (
             "codec id 7",
             three_records(3, 2, 7),
             ResponseError::UnsupportedCompressionType.code(),
         ),
-        ("zstd attribute, data not zstd", three_records(3, 2, ZSTD), invalid),
+        (
+            "zstd attribute, data not zstd",
+            three_records(3, 2, ZSTD),
+            invalid,
+        ),
         (
             "gzip that does not decompress",
-            assemble(&HeaderFields { attributes: GZIP, ..fields(3, 2) }, &gzip_damaged),
+            assemble(
+                &HeaderFields {
+                    attributes: GZIP,
+                    ..fields(3, 2)
+                },
+                &gzip_damaged,
+            ),
             invalid,
         ),
         ("recordsCount 0", assemble(&fields(0, 0), &[]), invalid),
-        ("trailing garbage", assemble(&fields(3, 2), &trailing), invalid),
+        (
+            "trailing garbage",
+            assemble(&fields(3, 2), &trailing),
+            invalid,
+        ),
         ("control batch", three_records(3, 2, CONTROL), invalid),
         (
             "producer-set LogAppendTime",
@@ -261,8 +288,15 @@ fn poison_batches_from_issue_12_get_kafka_error_codes_and_are_never_stored() {
     ];
     for (what, batch, code) in cases {
         let response = produce(&mut wire, "poison", batch);
-        assert_eq!(response.error_code, code, "{what}: {:?}", response.error_message);
-        assert!(response.error_message.is_some(), "{what}: a message says why");
+        assert_eq!(
+            response.error_code, code,
+            "{what}: {:?}",
+            response.error_message
+        );
+        assert!(
+            response.error_message.is_some(),
+            "{what}: a message says why"
+        );
     }
 
     // KIP-467: the record at fault is named.
@@ -286,9 +320,16 @@ fn poison_batches_from_issue_12_get_kafka_error_codes_and_are_never_stored() {
         vec![1],
         "nothing was stored"
     );
-    assert_eq!(kafka_clients::high_watermarks(&broker.address, "stamped", 1), vec![0]);
+    assert_eq!(
+        kafka_clients::high_watermarks(&broker.address, "stamped", 1),
+        vec![0]
+    );
     let found = kafka_clients::offsets_for_time(&broker.address, "poison", 1, BASE_TIMESTAMP_MS);
-    assert_eq!(found[&0], Offset::Offset(0), "ListOffsets by time still works");
+    assert_eq!(
+        found[&0],
+        Offset::Offset(0),
+        "ListOffsets by time still works"
+    );
     assert_eq!(
         produce(&mut wire, "poison", valid_batch(3, BASE_TIMESTAMP_MS + 10)).error_code,
         0,
@@ -302,9 +343,18 @@ fn poison_batches_from_issue_12_get_kafka_error_codes_and_are_never_stored() {
 #[test]
 fn compression_bombs_are_refused_without_inflating_the_broker() {
     let bombs = [
-        ("gzip, 256 MiB of records", record_bomb(GZIP, 256, 0, BASE_TIMESTAMP_MS)),
-        ("lz4, 200 MiB of records", record_bomb(LZ4, 200, 0, BASE_TIMESTAMP_MS)),
-        ("zstd, 512 MiB of records", record_bomb(ZSTD, 512, 0, BASE_TIMESTAMP_MS)),
+        (
+            "gzip, 256 MiB of records",
+            record_bomb(GZIP, 256, 0, BASE_TIMESTAMP_MS),
+        ),
+        (
+            "lz4, 200 MiB of records",
+            record_bomb(LZ4, 200, 0, BASE_TIMESTAMP_MS),
+        ),
+        (
+            "zstd, 512 MiB of records",
+            record_bomb(ZSTD, 512, 0, BASE_TIMESTAMP_MS),
+        ),
         ("zstd, 1 GiB of zeros", zero_bomb(ZSTD, 1024)),
     ];
     let dir = tempfile::tempdir().unwrap();
@@ -317,7 +367,11 @@ fn compression_bombs_are_refused_without_inflating_the_broker() {
     );
     let peak_before = peak_rss_mib(broker.pid());
     for (what, batch) in bombs {
-        assert!(batch.len() < MIB, "{what}: {} bytes fit one batch", batch.len());
+        assert!(
+            batch.len() < MIB,
+            "{what}: {} bytes fit one batch",
+            batch.len()
+        );
         let response = produce(&mut wire, "bombs", batch);
         let expected = if what.contains("zeros") {
             // The first record already has length 0: nothing more is read.
@@ -337,7 +391,10 @@ fn compression_bombs_are_refused_without_inflating_the_broker() {
         peak_after < peak_before + 32,
         "peak RSS went from {peak_before} MiB to {peak_after} MiB"
     );
-    assert_eq!(kafka_clients::high_watermarks(&broker.address, "bombs", 1), vec![1]);
+    assert_eq!(
+        kafka_clients::high_watermarks(&broker.address, "bombs", 1),
+        vec![1]
+    );
     let found = kafka_clients::offsets_for_time(&broker.address, "bombs", 1, BASE_TIMESTAMP_MS);
     assert_eq!(found[&0], Offset::Offset(0));
     assert_alive(&broker);
@@ -451,13 +508,11 @@ fn poison_batches_already_on_disk_do_not_stop_a_restart_or_lookups_by_time() {
     let broker = BrokerProcess::start(dir.path(), &[]);
     assert!(broker.wait_for_log("skipping the rest of an unreadable offsets batch"));
     let address = &broker.address;
-    assert_eq!(kafka_clients::high_watermarks(address, "timeline", 1), vec![1033]);
-    let lookups = [
-        (at(1), 1),
-        (at(1001), 4),
-        (at(2001), 6),
-        (at(3000), 9),
-    ];
+    assert_eq!(
+        kafka_clients::high_watermarks(address, "timeline", 1),
+        vec![1033]
+    );
+    let lookups = [(at(1), 1), (at(1001), 4), (at(2001), 6), (at(3000), 9)];
     for (timestamp, offset) in lookups {
         let found = kafka_clients::offsets_for_time(address, "timeline", 1, timestamp);
         assert_eq!(found[&0], Offset::Offset(offset), "lookup of {timestamp}");

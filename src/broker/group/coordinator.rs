@@ -259,7 +259,10 @@ impl Coordinator {
     /// skipped whole, since this broker writes offsets uncompressed.
     fn replay_batch(&self, index: u32, bytes: &[u8]) -> u64 {
         let Ok(header) = BatchHeader::parse(bytes) else {
-            tracing::warn!(partition = index, "skipping an offsets batch shorter than its header");
+            tracing::warn!(
+                partition = index,
+                "skipping an offsets batch shorter than its header"
+            );
             return 0;
         };
         let limit = self

@@ -88,7 +88,13 @@ async fn lookup(
     let found = request
         .shard
         .run_on(owner, move |context| async move {
-            lookup_on_owner(&context, &topic, index, timestamp, limits.decompressed_max_bytes)
+            lookup_on_owner(
+                &context,
+                &topic,
+                index,
+                timestamp,
+                limits.decompressed_max_bytes,
+            )
         })
         .await;
     match found {

@@ -301,7 +301,9 @@ fn prepare(
             Some(rewrite) => {
                 let mut copy = BytesMut::from(&batch[..]);
                 match rewrite {
-                    Rewrite::LogAppendTime(now) => record_batch::set_log_append_time(&mut copy, now),
+                    Rewrite::LogAppendTime(now) => {
+                        record_batch::set_log_append_time(&mut copy, now)
+                    }
                     Rewrite::MaxTimestamp(max) => record_batch::set_max_timestamp(&mut copy, max),
                 }
                 copy.freeze()
