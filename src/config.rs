@@ -633,6 +633,22 @@ mod tests {
     }
 
     #[test]
+    fn decompressed_batch_ratio_is_bounded() {
+        for ratio in [0, DECOMPRESSED_BATCH_RATIO_LIMIT + 1] {
+            let config =
+                Config::parse(&format!("[storage]\ndecompressed_batch_ratio_max = {ratio}\n"))
+                    .unwrap();
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains("decompressed_batch_ratio_max"), "{error}");
+        }
+        let limits = StorageConfig::default().stored_batch_limits();
+        assert_eq!(
+            limits.decompressed_max_bytes,
+            u64::from(MESSAGE_MAX_BYTES_DEFAULT) * u64::from(DECOMPRESSED_BATCH_RATIO_MAX_DEFAULT)
+        );
+    }
+
+    #[test]
     fn segment_must_be_a_multiple_of_the_write_buffer() {
         let config = Config::parse("[storage]\nsegment_bytes = 3000000\n").unwrap();
         let error = config.validate().unwrap_err().to_string();

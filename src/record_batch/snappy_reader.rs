@@ -283,8 +283,12 @@ fn read_uvarint32(input: &mut &[u8]) -> io::Result<u32> {
         *input = rest;
         value |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
-            return u32::try_from(value)
-                .map_err(|_overflow| invalid("snappy length preamble above 32 bits"));
+            if value > u64::from(u32::MAX) {
+                return Err(invalid(format!(
+                    "snappy length preamble {value} is above 32 bits"
+                )));
+            }
+            return Ok(value as u32);
         }
     }
     Err(invalid("snappy length preamble longer than 5 bytes"))
