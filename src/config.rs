@@ -635,9 +635,10 @@ mod tests {
     #[test]
     fn decompressed_batch_ratio_is_bounded() {
         for ratio in [0, DECOMPRESSED_BATCH_RATIO_LIMIT + 1] {
-            let config =
-                Config::parse(&format!("[storage]\ndecompressed_batch_ratio_max = {ratio}\n"))
-                    .unwrap();
+            let config = Config::parse(&format!(
+                "[storage]\ndecompressed_batch_ratio_max = {ratio}\n"
+            ))
+            .unwrap();
             let error = config.validate().unwrap_err().to_string();
             assert!(error.contains("decompressed_batch_ratio_max"), "{error}");
         }
