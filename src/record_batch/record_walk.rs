@@ -192,6 +192,7 @@ fn walk_source<'a, S: Source<'a>>(
 enum Fault {
     /// The data ended (cut short or, compressed, decompressed to its end).
     EndOfData,
+    /// Bytes follow the last record (from `Source::finish` only).
     Trailing,
     Invalid(String),
     TooLarge(u64),
