@@ -8,6 +8,14 @@
 //! * `batch/validate/<size>`: `ValidatedBatch::validate` of a 1 KiB-record
 //!   batch, as Produce does for every batch. Baseline:
 //!   `batch/crc32c/<size>`, the bare CRC32C of the same bytes.
+//! * `batch/validate_<codec>/1000x1KiB`: `ValidatedBatch::validate` of a
+//!   load-generator batch (1000 records of 1 KiB lowercase letters) in each
+//!   codec: the record walk through the streaming decompressor. Baseline:
+//!   `batch/decode_<codec>/1000x1KiB`, kafka-protocol's `RecordBatchDecoder`
+//!   (decompresses into memory and builds every record).
+//! * `batch/refuse_bomb_<codec>`: validating a bomb (200 MiB of records with
+//!   1 MiB zero values) under the default limits (1 MiB batches, ratio 32):
+//!   the CPU one refused bomb costs, which the cap bounds.
 //! * `request/decode/produce_<size>`: request header + Produce v9 decode
 //!   from the frame `Bytes` (records stay slices of it). Baseline:
 //!   `request/copy/<size>`, one copy of the frame.
@@ -34,9 +42,14 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use sluice::bench::batch::{BatchTemplate, Compression};
+use sluice::config::{DECOMPRESSED_BATCH_RATIO_MAX_DEFAULT, MESSAGE_MAX_BYTES_DEFAULT};
 use sluice::ids::{LogPosition, Offset, PartitionId};
 use sluice::kafka::fetch_response::{self, FetchedPartition, FetchedTopic};
-use sluice::record_batch::{BatchBuilder, RecordSpec, ValidatedBatch};
+use sluice::record_batch::record_walk::RecordsError;
+use sluice::record_batch::{
+    BatchBuilder, BatchError, BatchLimits, HeaderFields, RecordSpec, ValidatedBatch, assemble,
+};
 use sluice::storage::frame::{FRAME_PREFIX_BYTES, FrameHeader};
 use sluice::storage::{ReadBatch, ReadPart};
 
@@ -92,7 +105,9 @@ fn batches(criterion: &mut Criterion) {
         group.throughput(Throughput::Bytes(bytes.len() as u64));
         group.bench_function(format!("validate/{name}"), |bench| {
             bench.iter(|| {
-                black_box(ValidatedBatch::validate(black_box(&bytes), usize::MAX).is_ok());
+                black_box(
+                    ValidatedBatch::validate(black_box(&bytes), &BatchLimits::unlimited()).is_ok(),
+                );
             })
         });
         group.bench_function(format!("crc32c/{name}"), |bench| {
@@ -100,6 +115,125 @@ fn batches(criterion: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+fn codec_batches(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("batch");
+    let limits = BatchLimits::new(
+        MESSAGE_MAX_BYTES_DEFAULT as usize,
+        DECOMPRESSED_BATCH_RATIO_MAX_DEFAULT,
+    );
+    for compression in [
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ] {
+        let codec = compression.name();
+        let template = BatchTemplate::new(1000, 1024, compression, 7);
+        let bytes = Bytes::copy_from_slice(template.bytes());
+        // Records per second is what matters; bytes are the uncompressed size.
+        group.throughput(Throughput::Bytes(1000 * 1024));
+        group.bench_function(format!("validate_{codec}/1000x1KiB"), |bench| {
+            bench.iter(|| black_box(ValidatedBatch::validate(black_box(&bytes), &limits).is_ok()))
+        });
+        group.bench_function(format!("decode_{codec}/1000x1KiB"), |bench| {
+            bench.iter(|| {
+                let mut buf = black_box(bytes.clone());
+                black_box(kafka_protocol::records::RecordBatchDecoder::decode(&mut buf).is_ok())
+            })
+        });
+    }
+    group.sample_size(10);
+    for (codec, id) in [("gzip", 1i16), ("lz4", 3), ("zstd", 4)] {
+        let bomb = bomb(id);
+        let refused = ValidatedBatch::validate(&bomb, &limits).map(|_| ());
+        assert!(
+            matches!(
+                refused,
+                Err(BatchError::Records(
+                    RecordsError::DecompressedTooLarge { .. }
+                ))
+            ),
+            "{codec}: refused at the cap, not earlier: {refused:?}"
+        );
+        group.throughput(Throughput::Bytes(limits.decompressed_max_bytes));
+        group.bench_function(format!("refuse_bomb_{codec}"), |bench| {
+            bench.iter(|| black_box(ValidatedBatch::validate(black_box(&bomb), &limits).is_err()))
+        });
+    }
+    group.finish();
+}
+
+const BOMB_RECORDS: i32 = 200;
+const BOMB_VALUE_BYTES: usize = 1 << 20;
+
+/// 200 records, each a 1 MiB value of zeros, compressed with codec `id`
+/// (it fits a 1 MiB batch in every codec; decompressing stops at the cap).
+fn bomb(id: i16) -> Vec<u8> {
+    let compressed = match id {
+        1 => {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            write_bomb_records(&mut encoder);
+            encoder.finish().unwrap()
+        }
+        3 => {
+            let mut encoder = lz4::EncoderBuilder::new()
+                .block_size(lz4::BlockSize::Max4MB)
+                .build(Vec::new())
+                .unwrap();
+            write_bomb_records(&mut encoder);
+            let (out, result) = encoder.finish();
+            result.unwrap();
+            out
+        }
+        _ => {
+            let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            write_bomb_records(&mut encoder);
+            encoder.finish().unwrap()
+        }
+    };
+    let fields = HeaderFields {
+        attributes: id,
+        last_offset_delta: BOMB_RECORDS - 1,
+        base_timestamp_ms: 1_700_000_000_000,
+        max_timestamp_ms: 1_700_000_000_000,
+        producer_id: -1,
+        records_count: BOMB_RECORDS,
+    };
+    let batch = assemble(&fields, &compressed);
+    assert!(
+        batch.len() < MESSAGE_MAX_BYTES_DEFAULT as usize,
+        "the bomb fits one batch"
+    );
+    batch
+}
+
+fn write_bomb_records(out: &mut impl std::io::Write) {
+    let zeros = vec![0u8; BOMB_VALUE_BYTES];
+    for index in 0..BOMB_RECORDS {
+        let mut head = vec![0]; // attributes
+        put_varint(&mut head, 0); // timestamp delta
+        put_varint(&mut head, i64::from(index));
+        put_varint(&mut head, -1); // null key
+        put_varint(&mut head, BOMB_VALUE_BYTES as i64);
+        let mut record = Vec::new();
+        put_varint(&mut record, (head.len() + BOMB_VALUE_BYTES + 1) as i64);
+        record.extend_from_slice(&head);
+        out.write_all(&record).unwrap();
+        out.write_all(&zeros).unwrap();
+        out.write_all(&[0]).unwrap(); // no headers
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, value: i64) {
+    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    while zigzag >= 0x80 {
+        out.push((zigzag as u8) | 0x80);
+        zigzag >>= 7;
+    }
+    out.push(zigzag as u8);
 }
 
 fn request_frame<R: Encodable>(key: ApiKey, version: i16, request: &R) -> Bytes {
@@ -259,5 +393,5 @@ fn responses(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frame, batches, requests, responses);
+criterion_group!(benches, frame, batches, codec_batches, requests, responses);
 criterion_main!(benches);

@@ -124,7 +124,7 @@ fn run_appends(
         let store = ShardStore::open(store_options(dir.path(), write_mode)).unwrap();
         let config = PartitionConfig::from_defaults(&RetentionConfig::default());
         let id = store.create_partition("bench", 0, config).unwrap();
-        let validated = ValidatedBatch::validate(batch, 64 * MIB).unwrap();
+        let validated = ValidatedBatch::frame_only(batch, 64 * MIB).unwrap();
         let in_flight = match durability {
             Durability::Fsynced => SYNC_IN_FLIGHT,
             _ => ASYNC_IN_FLIGHT,
@@ -440,7 +440,7 @@ fn concurrent_sync_appends(batch: &[u8], total: u64, producers: usize) -> (Durat
                 let store = Rc::clone(&store);
                 let batch = Rc::clone(&batch);
                 compio::runtime::spawn(async move {
-                    let validated = ValidatedBatch::validate(&batch, MIB).unwrap();
+                    let validated = ValidatedBatch::frame_only(&batch, MIB).unwrap();
                     for _ in 0..per_producer {
                         let receipt = store
                             .append(id, validated, Durability::Fsynced)

@@ -17,6 +17,10 @@ use crate::storage::frame::FRAME_HEADER_BYTES;
 pub const DIRECT_IO_ALIGNMENT_BYTES: u32 = 4096;
 /// Kafka's default `message.max.bytes` (1 MiB plus the record-batch overhead).
 pub const MESSAGE_MAX_BYTES_DEFAULT: u32 = 1_048_588;
+/// Default `storage.decompressed_batch_ratio_max`: see the field.
+pub const DECOMPRESSED_BATCH_RATIO_MAX_DEFAULT: u32 = 32;
+/// Largest `storage.decompressed_batch_ratio_max` accepted.
+pub const DECOMPRESSED_BATCH_RATIO_LIMIT: u32 = 1024;
 const MIB: u64 = 1024 * 1024;
 const HOUR_MS: i64 = 3600 * 1000;
 
@@ -165,6 +169,17 @@ pub struct StorageConfig {
     pub checkpoint_interval_ms: u64,
     /// Largest record batch accepted (Kafka `message.max.bytes`).
     pub message_max_bytes: u32,
+    /// A compressed batch may decompress to at most this many times its
+    /// topic's `max.message.bytes` (at Produce) or `message_max_bytes` (when
+    /// a stored batch is read: ListOffsets by time, the offsets replay).
+    /// Kafka has no such cap; it bounds the CPU one batch can cost (the
+    /// broker streams a batch through a fixed buffer, so memory is bounded
+    /// anyway). 32 lets a full 1 MiB batch of text that compresses 30x
+    /// through (librdkafka never sends more than `message.max.bytes`
+    /// uncompressed; the Java producer sizes batches by compressed size) and
+    /// costs at most 32 MiB of decompression, tens of milliseconds, per
+    /// batch. Larger: MESSAGE_TOO_LARGE. 1 to 1024.
+    pub decompressed_batch_ratio_max: u32,
     /// Entries per consume-queue file (40 bytes each) for new queues; an
     /// existing queue keeps the size its files record.
     pub consume_queue_entries_per_file: u32,
@@ -264,6 +279,7 @@ impl Default for StorageConfig {
             flush_interval_ms: 2,
             checkpoint_interval_ms: 1000,
             message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
+            decompressed_batch_ratio_max: DECOMPRESSED_BATCH_RATIO_MAX_DEFAULT,
             consume_queue_entries_per_file: 262_144,
         }
     }
@@ -496,6 +512,15 @@ impl StorageConfig {
         }
     }
 
+    /// Limits a stored batch is read under: the broker's largest batch, and
+    /// the decompressed cap relative to it (no topic may allow more).
+    pub fn stored_batch_limits(&self) -> crate::record_batch::BatchLimits {
+        crate::record_batch::BatchLimits::new(
+            self.message_max_bytes as usize,
+            self.decompressed_batch_ratio_max,
+        )
+    }
+
     /// Largest frame (header + batch) an append can carry.
     pub fn frame_max_bytes(&self) -> u64 {
         u64::from(self.message_max_bytes) + FRAME_HEADER_BYTES as u64
@@ -553,6 +578,13 @@ impl StorageConfig {
                 "storage.message_max_bytes",
                 self.message_max_bytes,
                 "must hold at least a record-batch header (61 bytes)",
+            );
+        }
+        if !(1..=DECOMPRESSED_BATCH_RATIO_LIMIT).contains(&self.decompressed_batch_ratio_max) {
+            return invalid(
+                "storage.decompressed_batch_ratio_max",
+                self.decompressed_batch_ratio_max,
+                format!("between 1 and {DECOMPRESSED_BATCH_RATIO_LIMIT}"),
             );
         }
         if self.consume_queue_entries_per_file < 1024 {
@@ -688,6 +720,23 @@ mod tests {
     fn unknown_keys_are_rejected_by_name() {
         let error = Config::parse("shardz = 3").unwrap_err();
         assert!(error.contains("shardz"), "{error}");
+    }
+
+    #[test]
+    fn decompressed_batch_ratio_is_bounded() {
+        for ratio in [0, DECOMPRESSED_BATCH_RATIO_LIMIT + 1] {
+            let config = Config::parse(&format!(
+                "[storage]\ndecompressed_batch_ratio_max = {ratio}\n"
+            ))
+            .unwrap();
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains("decompressed_batch_ratio_max"), "{error}");
+        }
+        let limits = StorageConfig::default().stored_batch_limits();
+        assert_eq!(
+            limits.decompressed_max_bytes,
+            u64::from(MESSAGE_MAX_BYTES_DEFAULT) * u64::from(DECOMPRESSED_BATCH_RATIO_MAX_DEFAULT)
+        );
     }
 
     #[test]

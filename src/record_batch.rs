@@ -9,8 +9,24 @@
 //! Invariant: a [`ValidatedBatch`] has a correct length, magic 2, a CRC32C that
 //! matches its bytes, and a non-negative `lastOffsetDelta`. Storage only accepts
 //! validated batches, so recovery can trust the CRC to find torn writes.
+//! [`ValidatedBatch::validate`], which Produce uses, also checks the header
+//! fields Kafka checks and walks every record ([`record_walk`]), so what a
+//! client stores can be decoded by every reader.
+//!
+//! Batches written before those checks existed may still be on disk, so
+//! every reader of records ([`walk_records`]) runs the same bounded walk and
+//! treats a bad batch as an error to report, never as trusted input.
+
+mod decompressor;
+pub mod record_walk;
+mod snappy_reader;
+
+use std::ops::ControlFlow;
 
 use thiserror::Error;
+
+pub use decompressor::Codec;
+use record_walk::{RecordView, RecordsError, RecordsSummary, WalkInput, Walked};
 
 /// Length of the fixed RecordBatch v2 header, up to and including `recordsCount`.
 pub const HEADER_BYTES: usize = 61;
@@ -32,10 +48,45 @@ const BASE_TIMESTAMP_AT: usize = 27;
 const MAX_TIMESTAMP_AT: usize = 35;
 const RECORDS_COUNT_AT: usize = 57;
 
+const PRODUCER_ID_AT: usize = 43;
+const BASE_SEQUENCE_AT: usize = 53;
+
 const ATTRIBUTE_COMPRESSION_MASK: i16 = 0x07;
 const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
+const ATTRIBUTE_CONTROL: i16 = 0x20;
 
-#[derive(Debug, Error, PartialEq, Eq)]
+/// What a batch is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// The whole batch, compressed (Kafka `max.message.bytes`).
+    pub size_max_bytes: usize,
+    /// The records section once decompressed.
+    pub decompressed_max_bytes: u64,
+}
+
+impl BatchLimits {
+    /// `max_message_bytes` for the batch and `decompressed_ratio_max` times
+    /// it for the decompressed records (`storage.decompressed_batch_ratio_max`).
+    pub fn new(max_message_bytes: usize, decompressed_ratio_max: u32) -> BatchLimits {
+        BatchLimits {
+            size_max_bytes: max_message_bytes,
+            decompressed_max_bytes: (max_message_bytes as u64)
+                .saturating_mul(u64::from(decompressed_ratio_max)),
+        }
+    }
+
+    /// No limit: for batches this process built itself (the load generator).
+    pub fn unlimited() -> BatchLimits {
+        BatchLimits {
+            size_max_bytes: usize::MAX,
+            decompressed_max_bytes: u64::MAX,
+        }
+    }
+}
+
+/// Why a batch is refused. The Kafka error code for each is in
+/// `kafka::error_code::for_batch`.
+#[derive(Debug, Error)]
 pub enum BatchError {
     #[error("record batch is {len} bytes, shorter than the {HEADER_BYTES}-byte v2 header")]
     TooShort { len: usize },
@@ -55,6 +106,37 @@ pub enum BatchError {
     InvalidRecordsCount { found: i32 },
     #[error("record batch is {size} bytes, above the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    #[error("record batch has recordsCount {found}; a produced batch holds at least one record")]
+    NoRecords { found: i32 },
+    #[error(
+        "record batch has recordsCount {records_count} but lastOffsetDelta {last_offset_delta}; \
+         the count must be lastOffsetDelta + 1"
+    )]
+    CountMismatch {
+        records_count: i32,
+        last_offset_delta: i32,
+    },
+    #[error(
+        "record batch uses compression codec id {id}; Kafka defines 0 (none), 1 (gzip), \
+         2 (snappy), 3 (lz4) and 4 (zstd)"
+    )]
+    UnsupportedCompression { id: i16 },
+    #[error("record batch is a control batch; clients may not write control records")]
+    ControlBatch,
+    #[error(
+        "record batch has timestamp type LogAppendTime; a producer must send CreateTime and \
+         leave LogAppendTime to the broker"
+    )]
+    LogAppendTimeFromClient,
+    #[error("record batch has baseOffset {found}; a produced batch must have baseOffset 0")]
+    NonZeroBaseOffset { found: i64 },
+    #[error("record batch has producerId {producer_id} but baseSequence {base_sequence}")]
+    MissingSequence {
+        producer_id: i64,
+        base_sequence: i32,
+    },
+    #[error(transparent)]
+    Records(#[from] RecordsError),
 }
 
 /// The header fields storage needs, decoded once.
@@ -66,6 +148,8 @@ pub struct BatchHeader {
     pub max_timestamp_ms: i64,
     pub records_count: i32,
     pub attributes: i16,
+    pub producer_id: i64,
+    pub base_sequence: i32,
 }
 
 impl BatchHeader {
@@ -81,11 +165,18 @@ impl BatchHeader {
             max_timestamp_ms: read_i64(bytes, MAX_TIMESTAMP_AT),
             records_count: read_i32(bytes, RECORDS_COUNT_AT),
             attributes: read_i16(bytes, ATTRIBUTES_AT),
+            producer_id: read_i64(bytes, PRODUCER_ID_AT),
+            base_sequence: read_i32(bytes, BASE_SEQUENCE_AT),
         })
     }
 
+    /// The codec id, bits 0-2 of the attributes (5-7 are undefined).
     pub fn compression_codec(&self) -> i16 {
         self.attributes & ATTRIBUTE_COMPRESSION_MASK
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTRIBUTE_CONTROL != 0
     }
 
     pub fn uses_log_append_time(&self) -> bool {
@@ -98,12 +189,40 @@ impl BatchHeader {
 pub struct ValidatedBatch<'a> {
     bytes: &'a [u8],
     header: BatchHeader,
+    /// What the walk of its records found, when they were walked.
+    records: Option<RecordsSummary>,
 }
 
 impl<'a> ValidatedBatch<'a> {
-    /// Check length, magic, CRC32C and offset fields; `size_limit_bytes` caps the
-    /// whole batch (Kafka's `max.message.bytes`).
-    pub fn validate(bytes: &'a [u8], size_limit_bytes: usize) -> Result<Self, BatchError> {
+    /// Everything Produce requires of a batch from a client, in the order
+    /// Kafka checks it (`UnifiedLog.analyzeAndValidateRecords`, then
+    /// `LogValidator.validateBatch` and its record iterators):
+    ///
+    /// 1. the frame: length, magic 2, `limits.size_max_bytes`, CRC32C;
+    /// 2. the header: baseOffset 0, recordsCount > 0 and equal to
+    ///    lastOffsetDelta + 1, a codec id Kafka defines, no control flag, no
+    ///    LogAppendTime flag (the broker sets it), a baseSequence when there
+    ///    is a producerId;
+    /// 3. the records, walked once (decompressing through a fixed buffer,
+    ///    at most `limits.decompressed_max_bytes`): see [`record_walk`].
+    pub fn validate(bytes: &'a [u8], limits: &BatchLimits) -> Result<Self, BatchError> {
+        let mut batch = ValidatedBatch::frame_only(bytes, limits.size_max_bytes)?;
+        check_client_header(&batch.header)?;
+        let walked = walk_records(bytes, limits.decompressed_max_bytes, |_| {
+            ControlFlow::Continue(())
+        })?;
+        batch.records = match walked {
+            Walked::Complete(summary) => Some(summary),
+            Walked::Stopped => None,
+        };
+        Ok(batch)
+    }
+
+    /// Only what storage relies on: length, magic, `size_limit_bytes`,
+    /// CRC32C and non-negative counts. The records are not read. For batches
+    /// whose records are checked elsewhere or not needed (tests that store
+    /// what a client may not, as an older build did).
+    pub fn frame_only(bytes: &'a [u8], size_limit_bytes: usize) -> Result<Self, BatchError> {
         let header = check_structure(bytes)?;
         if bytes.len() > size_limit_bytes {
             return Err(BatchError::TooLarge {
@@ -116,14 +235,22 @@ impl<'a> ValidatedBatch<'a> {
         if expected != computed {
             return Err(BatchError::CrcMismatch { expected, computed });
         }
-        Ok(ValidatedBatch { bytes, header })
+        Ok(ValidatedBatch {
+            bytes,
+            header,
+            records: None,
+        })
     }
 
     /// A batch that passed [`ValidatedBatch::validate`] elsewhere (another
     /// shard) and has not changed since: only the cheap structure checks run.
     pub(crate) fn revalidated(bytes: &'a [u8]) -> Result<Self, BatchError> {
         let header = check_structure(bytes)?;
-        Ok(ValidatedBatch { bytes, header })
+        Ok(ValidatedBatch {
+            bytes,
+            header,
+            records: None,
+        })
     }
 
     pub fn bytes(&self) -> &'a [u8] {
@@ -132,6 +259,12 @@ impl<'a> ValidatedBatch<'a> {
 
     pub fn header(&self) -> &BatchHeader {
         &self.header
+    }
+
+    /// What [`ValidatedBatch::validate`] found walking the records; `None`
+    /// when they were not walked.
+    pub fn records(&self) -> Option<&RecordsSummary> {
+        self.records.as_ref()
     }
 
     pub fn len(&self) -> usize {
@@ -167,6 +300,79 @@ pub fn check_structure(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         });
     }
     Ok(header)
+}
+
+/// The header checks Kafka makes of a batch from a client
+/// (`LogValidator.validateBatch`, `UnifiedLog.analyzeAndValidateRecords`,
+/// `DefaultRecordBatch.compressionType`).
+fn check_client_header(header: &BatchHeader) -> Result<(), BatchError> {
+    if header.base_offset != 0 {
+        return Err(BatchError::NonZeroBaseOffset {
+            found: header.base_offset,
+        });
+    }
+    if header.records_count <= 0 {
+        return Err(BatchError::NoRecords {
+            found: header.records_count,
+        });
+    }
+    if i64::from(header.records_count) != i64::from(header.last_offset_delta) + 1 {
+        return Err(BatchError::CountMismatch {
+            records_count: header.records_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
+    if Codec::from_id(header.compression_codec()).is_none() {
+        return Err(BatchError::UnsupportedCompression {
+            id: header.compression_codec(),
+        });
+    }
+    if header.is_control() {
+        return Err(BatchError::ControlBatch);
+    }
+    if header.uses_log_append_time() {
+        return Err(BatchError::LogAppendTimeFromClient);
+    }
+    if header.producer_id >= 0 && header.base_sequence < 0 {
+        return Err(BatchError::MissingSequence {
+            producer_id: header.producer_id,
+            base_sequence: header.base_sequence,
+        });
+    }
+    Ok(())
+}
+
+/// Walk the records of the batch `bytes` (whose frame is known whole),
+/// decompressing at most `decompressed_max_bytes`, calling `visit` for each
+/// record until it breaks. The one way the broker reads inside a batch:
+/// Produce validation, ListOffsets by time and the offsets-topic replay.
+pub fn walk_records<'a>(
+    bytes: &'a [u8],
+    decompressed_max_bytes: u64,
+    visit: impl FnMut(&RecordView<'a>) -> ControlFlow<()>,
+) -> Result<Walked, BatchError> {
+    let header = BatchHeader::parse(bytes)?;
+    let codec =
+        Codec::from_id(header.compression_codec()).ok_or(BatchError::UnsupportedCompression {
+            id: header.compression_codec(),
+        })?;
+    let input = WalkInput {
+        records: &bytes[HEADER_BYTES..],
+        codec,
+        records_count: header.records_count,
+        first_timestamp_ms: header.base_timestamp_ms,
+        decompressed_max_bytes,
+    };
+    Ok(record_walk::walk(input, visit)?)
+}
+
+/// Set a CreateTime batch's `maxTimestamp` to what its records hold and
+/// recompute the CRC, as Kafka does (`LogValidator` calls
+/// `setMaxTimestamp` with the records' maximum).
+pub fn set_max_timestamp(bytes: &mut [u8], max_timestamp_ms: i64) {
+    assert!(bytes.len() >= HEADER_BYTES, "batch shorter than its header");
+    bytes[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&max_timestamp_ms.to_be_bytes());
+    recompute_crc(bytes);
 }
 
 /// True when the CRC32C stored in the batch matches its covered bytes.
@@ -295,35 +501,71 @@ impl BatchBuilder {
             self.records_count > 0,
             "a record batch holds at least one record"
         );
-        let total = HEADER_BYTES + self.records.len();
-        let mut out = Vec::with_capacity(total);
-        out.extend_from_slice(&0i64.to_be_bytes());
-        let batch_length = i32::try_from(total - LOG_OVERHEAD_BYTES).expect("batch under 2 GiB");
-        out.extend_from_slice(&batch_length.to_be_bytes());
-        out.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch
-        out.push(MAGIC_V2 as u8);
-        out.extend_from_slice(&0u32.to_be_bytes()); // crc, patched below
-        out.extend_from_slice(&0i16.to_be_bytes()); // attributes: no compression
-        out.extend_from_slice(&(self.records_count - 1).to_be_bytes());
-        out.extend_from_slice(&self.base_timestamp_ms.to_be_bytes());
-        let max_timestamp = self.base_timestamp_ms + self.max_timestamp_delta_ms;
-        out.extend_from_slice(&max_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.producer_id.to_be_bytes());
-        out.extend_from_slice(&(-1i16).to_be_bytes()); // producerEpoch
-        out.extend_from_slice(&(-1i32).to_be_bytes()); // baseSequence
-        out.extend_from_slice(&self.records_count.to_be_bytes());
-        out.extend_from_slice(&self.records);
-        let crc = crc32c::crc32c(&out[CRC_COVERED_FROM..]);
-        out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
-        out
+        assemble(&self.header_fields(), &self.records)
+    }
+
+    /// The records section as [`BatchBuilder::build`] encodes it
+    /// (uncompressed), for a caller that compresses it itself.
+    pub fn records(&self) -> &[u8] {
+        &self.records
+    }
+
+    /// The header fields [`BatchBuilder::build`] writes.
+    pub fn header_fields(&self) -> HeaderFields {
+        HeaderFields {
+            attributes: 0,
+            last_offset_delta: self.records_count - 1,
+            base_timestamp_ms: self.base_timestamp_ms,
+            max_timestamp_ms: self.base_timestamp_ms + self.max_timestamp_delta_ms,
+            producer_id: self.producer_id,
+            records_count: self.records_count,
+        }
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, value: i32) {
+/// Header fields for [`assemble`]; base offset 0, no leader epoch, producer
+/// epoch and base sequence -1; lengths and CRC are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderFields {
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp_ms: i64,
+    pub max_timestamp_ms: i64,
+    pub producer_id: i64,
+    pub records_count: i32,
+}
+
+/// Encode a batch around a records section (compressed or not, as
+/// `fields.attributes` says), as a producer would send it. The fields are
+/// written as given, even when they disagree with the records: tests use
+/// this to build what a bad client sends.
+pub fn assemble(fields: &HeaderFields, records: &[u8]) -> Vec<u8> {
+    let total = HEADER_BYTES + records.len();
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&0i64.to_be_bytes());
+    let batch_length = i32::try_from(total - LOG_OVERHEAD_BYTES).expect("batch under 2 GiB");
+    out.extend_from_slice(&batch_length.to_be_bytes());
+    out.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch
+    out.push(MAGIC_V2 as u8);
+    out.extend_from_slice(&0u32.to_be_bytes()); // crc, patched below
+    out.extend_from_slice(&fields.attributes.to_be_bytes());
+    out.extend_from_slice(&fields.last_offset_delta.to_be_bytes());
+    out.extend_from_slice(&fields.base_timestamp_ms.to_be_bytes());
+    out.extend_from_slice(&fields.max_timestamp_ms.to_be_bytes());
+    out.extend_from_slice(&fields.producer_id.to_be_bytes());
+    out.extend_from_slice(&(-1i16).to_be_bytes()); // producerEpoch
+    out.extend_from_slice(&(-1i32).to_be_bytes()); // baseSequence
+    out.extend_from_slice(&fields.records_count.to_be_bytes());
+    out.extend_from_slice(records);
+    recompute_crc(&mut out);
+    out
+}
+
+pub(crate) fn put_varint(out: &mut Vec<u8>, value: i32) {
     put_unsigned_varint(out, ((value << 1) ^ (value >> 31)) as u32 as u64);
 }
 
-fn put_varlong(out: &mut Vec<u8>, value: i64) {
+pub(crate) fn put_varlong(out: &mut Vec<u8>, value: i64) {
     put_unsigned_varint(out, ((value << 1) ^ (value >> 63)) as u64);
 }
 
@@ -335,7 +577,7 @@ fn put_unsigned_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
-fn put_optional_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+pub(crate) fn put_optional_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
     match bytes {
         None => put_varint(out, -1),
         Some(bytes) => {
@@ -348,6 +590,10 @@ fn put_optional_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits() -> BatchLimits {
+        BatchLimits::new(1 << 20, 32)
+    }
 
     fn sample() -> Vec<u8> {
         let mut builder = BatchBuilder::new(1_700_000_000_000);
@@ -367,7 +613,7 @@ mod tests {
     #[test]
     fn built_batch_validates_and_reports_its_header() {
         let bytes = sample();
-        let batch = ValidatedBatch::validate(&bytes, 1 << 20).unwrap();
+        let batch = ValidatedBatch::validate(&bytes, &limits()).unwrap();
         assert_eq!(batch.header().last_offset_delta, 1);
         assert_eq!(batch.header().records_count, 2);
         assert_eq!(batch.header().max_timestamp_ms, 1_700_000_000_007);
@@ -380,7 +626,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
         assert!(matches!(
-            ValidatedBatch::validate(&bytes, 1 << 20),
+            ValidatedBatch::validate(&bytes, &limits()),
             Err(BatchError::CrcMismatch { .. })
         ));
     }
@@ -389,7 +635,7 @@ mod tests {
     fn broker_fields_are_outside_the_crc() {
         let mut bytes = sample();
         assign_broker_fields(&mut bytes, 42, 7);
-        let batch = ValidatedBatch::validate(&bytes, 1 << 20).unwrap();
+        let batch = ValidatedBatch::frame_only(&bytes, 1 << 20).unwrap();
         assert_eq!(batch.header().base_offset, 42);
     }
 
@@ -397,21 +643,21 @@ mod tests {
     fn wrong_magic_length_and_size_are_rejected() {
         let mut bytes = sample();
         bytes[MAGIC_AT] = 1;
-        assert_eq!(
-            ValidatedBatch::validate(&bytes, 1 << 20).unwrap_err(),
-            BatchError::UnsupportedMagic { found: 1 }
-        );
+        assert!(matches!(
+            ValidatedBatch::validate(&bytes, &limits()),
+            Err(BatchError::UnsupportedMagic { found: 1 })
+        ));
         let bytes = sample();
         assert!(matches!(
-            ValidatedBatch::validate(&bytes[..bytes.len() - 1], 1 << 20),
+            ValidatedBatch::validate(&bytes[..bytes.len() - 1], &limits()),
             Err(BatchError::LengthMismatch { .. })
         ));
         assert!(matches!(
-            ValidatedBatch::validate(&bytes, 10),
+            ValidatedBatch::validate(&bytes, &BatchLimits::new(10, 4)),
             Err(BatchError::TooLarge { .. })
         ));
         assert!(matches!(
-            ValidatedBatch::validate(&bytes[..20], 1 << 20),
+            ValidatedBatch::validate(&bytes[..20], &limits()),
             Err(BatchError::TooShort { len: 20 })
         ));
     }

@@ -203,7 +203,7 @@ pub fn read_stamp(batch: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record_batch::ValidatedBatch;
+    use crate::record_batch::{BatchLimits, ValidatedBatch};
 
     #[test]
     fn stamped_batches_stay_valid_and_carry_the_stamp() {
@@ -211,7 +211,8 @@ mod tests {
             let mut template = BatchTemplate::new(10, 100, compression, 7);
             template.stamp(123_456_789);
             let batch = template.bytes();
-            let validated = ValidatedBatch::validate(batch, usize::MAX).expect("valid batch");
+            let validated =
+                ValidatedBatch::validate(batch, &BatchLimits::unlimited()).expect("valid batch");
             assert_eq!(
                 validated.header().records_count,
                 10,

@@ -4,6 +4,7 @@ use kafka_protocol::ResponseError;
 
 use crate::broker::TopicError;
 use crate::record_batch::BatchError;
+use crate::record_batch::record_walk::RecordsError;
 use crate::storage::{AppendError, ReadError};
 
 pub const NONE: i16 = 0;
@@ -25,17 +26,39 @@ pub fn for_append(error: &AppendError) -> i16 {
     }
 }
 
+/// The code Produce answers for a refused batch. The frame (CRC, lengths)
+/// is CORRUPT_MESSAGE, as Kafka's `CorruptRecordException`: retriable, since
+/// a network fault can cause it. What the producer itself got wrong inside a
+/// whole batch is INVALID_RECORD, as Kafka's `InvalidRecordException` (not
+/// retriable: resending cannot help), including compressed data that does
+/// not decompress (Kafka wraps that in a generic `KafkaException`, which
+/// clients see as UNKNOWN_SERVER_ERROR). Size limits are MESSAGE_TOO_LARGE.
 pub fn for_batch(error: &BatchError) -> i16 {
     match error {
-        BatchError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
-        // Produce v3+ carries magic 2 only; Kafka answers INVALID_RECORD.
-        BatchError::UnsupportedMagic { .. } => ResponseError::InvalidRecord.code(),
+        BatchError::TooLarge { .. }
+        | BatchError::Records(RecordsError::DecompressedTooLarge { .. }) => {
+            ResponseError::MessageTooLarge.code()
+        }
         BatchError::CrcMismatch { .. }
         | BatchError::TooShort { .. }
         | BatchError::LengthMismatch { .. } => ResponseError::CorruptMessage.code(),
-        BatchError::InvalidLastOffsetDelta { .. } | BatchError::InvalidRecordsCount { .. } => {
-            ResponseError::InvalidRecord.code()
+        // Kafka's `CompressionType.forId` refuses ids it does not define.
+        BatchError::UnsupportedCompression { .. } => {
+            ResponseError::UnsupportedCompressionType.code()
         }
+        // `LogValidator.validateTimestamp`: "Producer should not set
+        // timestamp type to LogAppendTime".
+        BatchError::LogAppendTimeFromClient => ResponseError::InvalidTimestamp.code(),
+        // Produce v3+ carries magic 2 only; Kafka answers INVALID_RECORD.
+        BatchError::UnsupportedMagic { .. }
+        | BatchError::InvalidLastOffsetDelta { .. }
+        | BatchError::InvalidRecordsCount { .. }
+        | BatchError::NoRecords { .. }
+        | BatchError::CountMismatch { .. }
+        | BatchError::ControlBatch
+        | BatchError::NonZeroBaseOffset { .. }
+        | BatchError::MissingSequence { .. }
+        | BatchError::Records(_) => ResponseError::InvalidRecord.code(),
     }
 }
 

@@ -18,6 +18,7 @@ mod kafka_connection_limits;
 mod kafka_crash;
 mod kafka_fetch;
 mod kafka_pipelining;
+mod kafka_poison_batches;
 mod kafka_roundtrip;
 mod kcat_smoke;
 mod kernel_tuning;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use sluice::config::{Config, RetentionConfig, StorageConfig, WriteMode};
 use sluice::ids::{Offset, PartitionId, ShardId};
 use sluice::io::IoBackend;
-use sluice::record_batch::{BatchBuilder, RecordSpec, ValidatedBatch};
+use sluice::record_batch::{BatchBuilder, BatchLimits, RecordSpec, ValidatedBatch};
 use sluice::storage::{PartitionConfig, ReadBatch, ShardStore, StoreOptions, read_batch_bytes};
 
 pub const KIB: u64 = 1024;
@@ -29,6 +29,7 @@ pub fn small_storage(write_mode: WriteMode) -> StorageConfig {
         checkpoint_interval_ms: 200,
         message_max_bytes: 64 * 1024,
         consume_queue_entries_per_file: 1024,
+        ..StorageConfig::default()
     }
 }
 
@@ -90,7 +91,7 @@ pub fn batch(value_prefix: &str, records: usize, value_bytes: usize) -> Vec<u8> 
 }
 
 pub fn validated(bytes: &[u8]) -> ValidatedBatch<'_> {
-    ValidatedBatch::validate(bytes, 1 << 20).expect("test batch is valid")
+    ValidatedBatch::validate(bytes, &BatchLimits::new(1 << 20, 32)).expect("test batch is valid")
 }
 
 /// What a stored copy of `original` must look like at `base_offset`.
@@ -124,7 +125,7 @@ pub fn read_all(
 
 pub fn batch_bytes(batch: &ReadBatch) -> Vec<u8> {
     let bytes = read_batch_bytes(batch).expect("batch readable");
-    ValidatedBatch::validate(&bytes, 1 << 20).expect("a served batch is never torn or corrupt");
+    ValidatedBatch::frame_only(&bytes, 1 << 20).expect("a served batch is never torn or corrupt");
     bytes
 }
 

@@ -28,9 +28,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::ops::ControlFlow;
+
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
-use kafka_protocol::records::RecordBatchDecoder;
 
 use super::OFFSETS_TOPIC;
 use super::membership::{
@@ -40,7 +41,10 @@ use super::membership::{
 use super::offsets::{CommittedOffset, OffsetRecord, RECORD_STRING_BYTES_MAX, TopicPartition};
 use crate::broker::Broker;
 use crate::ids::{Offset, PartitionId};
-use crate::record_batch::{BatchBuilder, HEADER_BYTES, RecordSpec, ValidatedBatch};
+use crate::record_batch::record_walk::Field;
+use crate::record_batch::{
+    self, BatchBuilder, BatchHeader, HEADER_BYTES, RecordSpec, ValidatedBatch,
+};
 use crate::shard::ShardContext;
 use crate::storage::{AppendError, Durability};
 
@@ -248,34 +252,74 @@ impl Coordinator {
                         batch.base_offset.0
                     )
                 })?;
-                records += self.replay_batch(index, Bytes::from(bytes));
+                records += self.replay_batch(index, &bytes);
                 next = Offset(batch.last_offset.0 + 1);
             }
         }
         Ok(records)
     }
 
-    fn replay_batch(&self, index: u32, mut bytes: Bytes) -> u64 {
-        let decoded = match RecordBatchDecoder::decode(&mut bytes) {
-            Ok(decoded) => decoded,
-            Err(error) => {
-                tracing::warn!(partition = index, %error, "skipping an undecodable offsets batch");
-                return 0;
-            }
+    /// Apply the offset changes of one stored batch. A batch that cannot be
+    /// walked (damaged, or not written by this broker) is skipped with a
+    /// warning after the records before the fault; a compressed one is
+    /// skipped whole, since this broker writes offsets uncompressed.
+    fn replay_batch(&self, index: u32, bytes: &[u8]) -> u64 {
+        let Ok(header) = BatchHeader::parse(bytes) else {
+            tracing::warn!(
+                partition = index,
+                "skipping an offsets batch shorter than its header"
+            );
+            return 0;
         };
+        let limit = self
+            .broker
+            .config
+            .storage
+            .stored_batch_limits()
+            .decompressed_max_bytes;
         let mut applied = 0;
-        for record in &decoded.records {
-            let Some(key) = &record.key else { continue };
-            match OffsetRecord::decode(key, record.value.as_deref()) {
+        let mut compressed = false;
+        let walked = record_batch::walk_records(bytes, limit, |record| {
+            let offset = header.base_offset + i64::from(record.index);
+            let key = match record.key {
+                Field::Bytes(key) => key,
+                Field::Null => return ControlFlow::Continue(()),
+                Field::Skipped(_) => {
+                    compressed = true;
+                    return ControlFlow::Break(());
+                }
+            };
+            let value = match record.value {
+                Field::Bytes(value) => Some(value),
+                Field::Null | Field::Skipped(_) => None,
+            };
+            match OffsetRecord::decode(key, value) {
                 Ok(Some(change)) => {
                     self.apply(change, Instant::now());
                     applied += 1;
                 }
                 Ok(None) => {}
                 Err(error) => {
-                    tracing::warn!(partition = index, offset = record.offset, %error, "skipping a bad offset record");
+                    tracing::warn!(partition = index, offset, %error, "skipping a bad offset record");
                 }
             }
+            ControlFlow::Continue(())
+        });
+        if compressed {
+            tracing::warn!(
+                partition = index,
+                offset = header.base_offset,
+                "skipping a compressed offsets batch: this broker writes offsets uncompressed"
+            );
+        }
+        if let Err(error) = walked {
+            tracing::warn!(
+                partition = index,
+                offset = header.base_offset,
+                %error,
+                applied,
+                "skipping the rest of an unreadable offsets batch"
+            );
         }
         applied
     }
@@ -331,11 +375,11 @@ impl Coordinator {
         id: PartitionId,
         changes: Vec<OffsetRecord>,
     ) -> Result<Option<crate::storage::AppendReceipt>, AppendError> {
-        let limit = self.broker.config.storage.message_max_bytes;
+        let limits = self.broker.config.storage.stored_batch_limits();
         let mut last = None;
-        for chunk in batch_chunks(&changes, limit)? {
+        for chunk in batch_chunks(&changes, self.broker.config.storage.message_max_bytes)? {
             let bytes = encode_batch(chunk);
-            let batch = ValidatedBatch::validate(&bytes, limit as usize)
+            let batch = ValidatedBatch::validate(&bytes, &limits)
                 .map_err(|error| AppendError::Storage(format!("offset batch: {error}")))?;
             let receipt = self
                 .context
@@ -931,7 +975,11 @@ mod tests {
         assert_eq!(chunks.iter().map(|chunk| chunk.len()).sum::<usize>(), 40);
         for chunk in chunks {
             let bytes = encode_batch(chunk);
-            ValidatedBatch::validate(&bytes, limit as usize).unwrap();
+            ValidatedBatch::validate(
+                &bytes,
+                &crate::record_batch::BatchLimits::new(limit as usize, 32),
+            )
+            .unwrap();
         }
     }
 

@@ -2,8 +2,15 @@
 //! timestamp (-3, v7+), or the first record at or after a timestamp.
 //!
 //! Timestamp lookups binary-search the consume queue's running maximum for
-//! the batch, then decode that batch's records (decompressing if needed) to
-//! return the exact record offset and its timestamp, as Kafka does.
+//! the batch, then walk that batch's records (decompressing through a fixed
+//! buffer, under the same cap as Produce) to return the exact record offset
+//! and its timestamp, as Kafka does. A batch stored before Produce checked
+//! records may not walk (a declared count its records do not reach, an
+//! unknown codec, data that does not decompress): then the answer is the
+//! batch's own base offset and `maxTimestamp`, the earliest offset that can
+//! hold the record, with a warning in the log.
+
+use std::ops::ControlFlow;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -12,14 +19,14 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
-use kafka_protocol::records::RecordBatchDecoder;
 
 use super::decode;
 use crate::ids::{Offset, PartitionId};
 use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
 use crate::kafka::response::Response;
-use crate::record_batch::BatchHeader;
+use crate::record_batch::record_walk::Walked;
+use crate::record_batch::{self, BatchHeader};
 use crate::shard::ShardContext;
 use crate::storage::{ShardStore, read_batch_bytes};
 
@@ -77,10 +84,17 @@ async fn lookup(
     }
     let index = index as u32;
     let owner = request.shard.shards.owner(&topic, index);
+    let limits = request.broker.config.storage.stored_batch_limits();
     let found = request
         .shard
         .run_on(owner, move |context| async move {
-            lookup_on_owner(&context, &topic, index, timestamp)
+            lookup_on_owner(
+                &context,
+                &topic,
+                index,
+                timestamp,
+                limits.decompressed_max_bytes,
+            )
         })
         .await;
     match found {
@@ -96,6 +110,7 @@ fn lookup_on_owner(
     topic: &str,
     index: u32,
     timestamp: i64,
+    decompressed_max_bytes: u64,
 ) -> Result<(i64, i64), i16> {
     let store = &context.store;
     let unknown = ResponseError::UnknownTopicOrPartition.code();
@@ -119,18 +134,19 @@ fn lookup_on_owner(
     else {
         return Ok((-1, -1));
     };
-    let record = first_record_at_or_after(store, id, base_offset, target)
+    let record = first_record_at_or_after(store, id, base_offset, target, decompressed_max_bytes)
         .ok_or(ResponseError::KafkaStorageError.code())?;
     Ok((record.0.max(offsets.log_start_offset.0), record.1))
 }
 
 /// The first record of the batch at `base_offset` with a timestamp at or
-/// after `target` (the batch is known to hold one).
+/// after `target` (the batch is known to hold one, by its `maxTimestamp`).
 fn first_record_at_or_after(
     store: &ShardStore,
     id: PartitionId,
     base_offset: Offset,
     target: i64,
+    decompressed_max_bytes: u64,
 ) -> Option<(i64, i64)> {
     let batch = store
         .read(id, base_offset, 1)
@@ -144,11 +160,31 @@ fn first_record_at_or_after(
         return (header.max_timestamp_ms >= target)
             .then_some((header.base_offset, header.max_timestamp_ms));
     }
-    let mut bytes = Bytes::from(bytes);
-    let records = RecordBatchDecoder::decode(&mut bytes).ok()?;
-    records
-        .records
-        .iter()
-        .find(|record| record.timestamp >= target)
-        .map(|record| (record.offset, record.timestamp))
+    let mut found = None;
+    let walked = record_batch::walk_records(&bytes, decompressed_max_bytes, |record| {
+        if record.timestamp_ms >= target {
+            found = Some((
+                header.base_offset + i64::from(record.index),
+                record.timestamp_ms,
+            ));
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    match walked {
+        Ok(Walked::Stopped) => found,
+        // Only a batch whose maxTimestamp overstates its records gets here
+        // (Produce corrects those): the batch start is still a safe answer.
+        Ok(Walked::Complete(_)) => Some((header.base_offset, header.max_timestamp_ms)),
+        Err(error) => {
+            tracing::warn!(
+                partition = id.0,
+                offset = header.base_offset,
+                %error,
+                "ListOffsets by time: cannot read the records of a stored batch; answering with \
+                 its base offset"
+            );
+            Some((header.base_offset, header.max_timestamp_ms))
+        }
+    }
 }

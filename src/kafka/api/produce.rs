@@ -6,10 +6,16 @@
 //!   the next flush, fsynced within the topic's `flush.ms`.
 //! * acks=0: the same, and no response at all.
 //!
-//! Batches are checked on the shard that received them: magic 2, lengths,
-//! CRC32C, `max.message.bytes`. Topics with `message.timestamp.type =
-//! LogAppendTime` get the broker's time stamped in (and a new CRC). Each
-//! compression is stored exactly as sent. Nothing invalid is ever stored.
+//! Batches are checked on the shard that received them, before anything is
+//! appended ([`ValidatedBatch::validate`]): the frame (magic 2, lengths,
+//! CRC32C, `max.message.bytes`), the header fields Kafka checks, and every
+//! record, decompressed through a fixed buffer up to
+//! `storage.decompressed_batch_ratio_max` x `max.message.bytes`. A refused
+//! record is named in the response's KIP-467 `record_errors` (v8+). Topics
+//! with `message.timestamp.type = LogAppendTime` get the broker's time
+//! stamped in; CreateTime batches whose `maxTimestamp` is not their records'
+//! largest get it corrected, as Kafka does (either way with a new CRC).
+//! Each compression is stored as sent. Nothing invalid is ever stored.
 //!
 //! The request passes the connection's turn once every partition's batches
 //! are appended (or refused), so a pipelined Produce behind it appends after
@@ -22,7 +28,9 @@ use bytes::{Bytes, BytesMut};
 use futures_channel::oneshot;
 use futures_util::future::{join, join_all};
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 
 use super::{decode, str_bytes};
@@ -33,7 +41,7 @@ use crate::ids::Offset;
 use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
 use crate::kafka::response::Response;
-use crate::record_batch::{self, ValidatedBatch};
+use crate::record_batch::{self, BatchError, BatchLimits, ValidatedBatch};
 use crate::shard::ShardContext;
 use crate::storage::Durability;
 use crate::storage::partition::validate_topic_name;
@@ -47,6 +55,8 @@ const ACKS_ALL: i16 = -1;
 struct Outcome {
     error_code: i16,
     message: Option<String>,
+    /// KIP-467: (index of the record in its batch, why it was refused).
+    record_errors: Vec<(i32, String)>,
     base_offset: i64,
     log_append_time_ms: i64,
     log_start_offset: i64,
@@ -57,10 +67,22 @@ impl Outcome {
         Outcome {
             error_code,
             message: Some(message.into()),
+            record_errors: Vec::new(),
             base_offset: -1,
             log_append_time_ms: -1,
             log_start_offset: -1,
         }
+    }
+
+    /// A refused batch; names the record at fault when there is one.
+    fn batch(error: &BatchError) -> Outcome {
+        let mut outcome = Outcome::error(error_code::for_batch(error), error.to_string());
+        if let BatchError::Records(records) = error
+            && let Some(index) = records.record_index()
+        {
+            outcome.record_errors.push((index, records.to_string()));
+        }
+        outcome
     }
 }
 
@@ -124,6 +146,17 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
             .with_index(index)
             .with_error_code(outcome.error_code)
             .with_error_message(outcome.message.map(|message| str_bytes(&message)))
+            .with_record_errors(
+                outcome
+                    .record_errors
+                    .iter()
+                    .map(|(index, message)| {
+                        BatchIndexAndErrorMessage::default()
+                            .with_batch_index(*index)
+                            .with_batch_index_error_message(Some(str_bytes(message)))
+                    })
+                    .collect(),
+            )
             .with_base_offset(outcome.base_offset)
             .with_log_append_time_ms(outcome.log_append_time_ms)
             .with_log_start_offset(outcome.log_start_offset);
@@ -206,7 +239,8 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
     let Some(records) = records else {
         return Outcome::error(ResponseError::InvalidRecord.code(), "no records");
     };
-    let (batches, log_append_time_ms) = match prepare(records, &topic.config) {
+    let ratio = request.broker.config.storage.decompressed_batch_ratio_max;
+    let (batches, log_append_time_ms) = match prepare(records, &topic.config, ratio) {
         Ok(prepared) => prepared,
         Err(outcome) => return outcome,
     };
@@ -228,6 +262,7 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
         Ok(Ok((base_offset, log_start_offset))) => Outcome {
             error_code: error_code::NONE,
             message: None,
+            record_errors: Vec::new(),
             base_offset: base_offset.0,
             log_append_time_ms,
             log_start_offset: log_start_offset.0,
@@ -237,9 +272,15 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
     }
 }
 
-/// Split `records` into batches and check each; stamp LogAppendTime topics.
-fn prepare(records: Bytes, config: &TopicConfig) -> Result<(Vec<Bytes>, i64), Outcome> {
-    let limit = usize::try_from(config.max_message_bytes).unwrap_or(0);
+/// Split `records` into batches and check each; stamp LogAppendTime topics
+/// and correct a wrong `maxTimestamp`.
+fn prepare(
+    records: Bytes,
+    config: &TopicConfig,
+    decompressed_ratio_max: u32,
+) -> Result<(Vec<Bytes>, i64), Outcome> {
+    let size_max = usize::try_from(config.max_message_bytes).unwrap_or(0);
+    let limits = BatchLimits::new(size_max, decompressed_ratio_max);
     let append_time = (config.timestamp_type == TimestampType::LogAppendTime)
         .then(now_ms)
         .map(|ms| ms as i64);
@@ -254,20 +295,20 @@ fn prepare(records: Bytes, config: &TopicConfig) -> Result<(Vec<Bytes>, i64), Ou
                     "record batch length runs past the request",
                 )
             })?;
-        let mut batch = rest.split_to(size);
-        if let Some(now) = append_time {
-            if batch.len() < record_batch::HEADER_BYTES {
-                return Err(Outcome::error(
-                    ResponseError::CorruptMessage.code(),
-                    "record batch shorter than its header",
-                ));
+        let batch = rest.split_to(size);
+        let batch = match check(&batch, &limits, append_time)? {
+            None => batch,
+            Some(rewrite) => {
+                let mut copy = BytesMut::from(&batch[..]);
+                match rewrite {
+                    Rewrite::LogAppendTime(now) => {
+                        record_batch::set_log_append_time(&mut copy, now)
+                    }
+                    Rewrite::MaxTimestamp(max) => record_batch::set_max_timestamp(&mut copy, max),
+                }
+                copy.freeze()
             }
-            let mut copy = BytesMut::from(&batch[..]);
-            record_batch::set_log_append_time(&mut copy, now);
-            batch = copy.freeze();
-        }
-        ValidatedBatch::validate(&batch, limit)
-            .map_err(|error| Outcome::error(error_code::for_batch(&error), error.to_string()))?;
+        };
         batches.push(batch);
     }
     if batches.is_empty() {
@@ -277,6 +318,31 @@ fn prepare(records: Bytes, config: &TopicConfig) -> Result<(Vec<Bytes>, i64), Ou
         ));
     }
     Ok((batches, append_time.unwrap_or(-1)))
+}
+
+/// A change the broker makes to a valid batch before storing it.
+enum Rewrite {
+    LogAppendTime(i64),
+    MaxTimestamp(i64),
+}
+
+/// Validate one batch; say what must be rewritten in it, if anything.
+fn check(
+    batch: &[u8],
+    limits: &BatchLimits,
+    append_time: Option<i64>,
+) -> Result<Option<Rewrite>, Outcome> {
+    let validated =
+        ValidatedBatch::validate(batch, limits).map_err(|error| Outcome::batch(&error))?;
+    if let Some(now) = append_time {
+        return Ok(Some(Rewrite::LogAppendTime(now)));
+    }
+    let claimed = validated.header().max_timestamp_ms;
+    Ok(validated
+        .records()
+        .map(|summary| summary.max_timestamp_ms)
+        .filter(|&found| found != claimed)
+        .map(Rewrite::MaxTimestamp))
 }
 
 /// On the owner shard: append the batches in order, then wait for the
@@ -309,8 +375,7 @@ async fn append_on_owner(
     let mut last = None;
     let counters = telemetry::kafka::topic(&topic.name);
     for bytes in &batches {
-        let batch = ValidatedBatch::revalidated(bytes)
-            .map_err(|error| Outcome::error(error_code::for_batch(&error), error.to_string()))?;
+        let batch = ValidatedBatch::revalidated(bytes).map_err(|error| Outcome::batch(&error))?;
         let records = u64::try_from(batch.header().records_count).unwrap_or(0);
         let receipt = store
             .append(id, batch, durability)

@@ -1,0 +1,123 @@
+//! The decompressed bytes of a batch's records section, read in chunks.
+//!
+//! Each codec is read as the Kafka clients write it (KIP-110 for zstd):
+//! gzip is an RFC 1952 stream (concatenated members allowed, as Java's
+//! `GZIPInputStream` reads them); snappy is raw or in snappy-java's framing
+//! ([`SnappyReader`]); lz4 is the LZ4 frame format (`Lz4BlockOutputStream`
+//! in Kafka, `LZ4F` in librdkafka); zstd is one or more zstd frames.
+//!
+//! Nothing here is sized by what the stream declares: gzip keeps its 32 KiB
+//! window, snappy a 64 KiB one, lz4 at most two of the frame's blocks (4 MiB
+//! at most each), and zstd its window, which the decoder caps at 2^27 bytes
+//! (zstd's default `ZSTD_d_windowLogMax`, as zstd-jni in Kafka), allocated
+//! but only touched as far as the stream decodes. The caller bounds how far
+//! that is (see `record_walk`).
+
+use std::io::{self, Read};
+
+use super::snappy_reader::SnappyReader;
+
+/// A batch's compression codec: bits 0-2 of its attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Codec {
+    /// The codec with Kafka's id, or `None` for ids 5-7, which no Kafka
+    /// version defines.
+    pub fn from_id(id: i16) -> Option<Codec> {
+        match id {
+            0 => Some(Codec::None),
+            1 => Some(Codec::Gzip),
+            2 => Some(Codec::Snappy),
+            3 => Some(Codec::Lz4),
+            4 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Gzip => "gzip",
+            Codec::Snappy => "snappy",
+            Codec::Lz4 => "lz4",
+            Codec::Zstd => "zstd",
+        }
+    }
+}
+
+/// Streams the decompressed records section of one batch.
+pub struct Decompressor<'a> {
+    inner: Inner<'a>,
+}
+
+enum Inner<'a> {
+    Gzip(flate2::bufread::MultiGzDecoder<&'a [u8]>),
+    Snappy(SnappyReader<'a>),
+    Lz4(lz4::Decoder<&'a [u8]>),
+    Zstd(zstd::stream::read::Decoder<'static, &'a [u8]>),
+}
+
+impl<'a> Decompressor<'a> {
+    /// A decompressor for `compressed`; `codec` must not be [`Codec::None`].
+    pub fn new(codec: Codec, compressed: &'a [u8]) -> io::Result<Decompressor<'a>> {
+        let inner = match codec {
+            Codec::None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "an uncompressed batch has nothing to decompress",
+                ));
+            }
+            Codec::Gzip => Inner::Gzip(flate2::bufread::MultiGzDecoder::new(compressed)),
+            Codec::Snappy => Inner::Snappy(SnappyReader::new(compressed)?),
+            Codec::Lz4 => Inner::Lz4(lz4::Decoder::new(compressed)?),
+            Codec::Zstd => Inner::Zstd(zstd::stream::read::Decoder::with_buffer(compressed)?),
+        };
+        Ok(Decompressor { inner })
+    }
+
+    /// Read decompressed bytes; 0 at the end of the stream.
+    pub fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Inner::Gzip(decoder) => decoder.read(out),
+            Inner::Snappy(reader) => reader.read(out),
+            Inner::Lz4(decoder) => decoder.read(out),
+            Inner::Zstd(decoder) => decoder.read(out),
+        }
+    }
+
+    /// After [`Decompressor::read`] returned 0: check that the compressed
+    /// stream ended where it should and nothing follows it. (The lz4 reader
+    /// reports a frame cut short as a plain end, so it is checked here.)
+    pub fn finish(self) -> io::Result<()> {
+        let rest = match self.inner {
+            Inner::Gzip(decoder) => decoder.into_inner(),
+            Inner::Snappy(_) => &[],
+            Inner::Lz4(decoder) => {
+                let (rest, ended) = decoder.finish();
+                ended.map_err(|source| {
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("lz4 frame cut short: {source}"),
+                    )
+                })?;
+                rest
+            }
+            Inner::Zstd(decoder) => decoder.finish(),
+        };
+        if rest.is_empty() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} bytes follow the compressed stream", rest.len()),
+            ))
+        }
+    }
+}
