@@ -15,6 +15,7 @@ use crate::storage::frame::FRAME_HEADER_BYTES;
 /// O_DIRECT and the kernel's logical block size for NVMe: writes, buffers and
 /// file offsets are aligned to this in `direct` write mode.
 pub const DIRECT_IO_ALIGNMENT_BYTES: u32 = 4096;
+const _: () = assert!(DIRECT_IO_ALIGNMENT_BYTES.is_power_of_two());
 /// Kafka's default `message.max.bytes` (1 MiB plus the record-batch overhead).
 pub const MESSAGE_MAX_BYTES_DEFAULT: u32 = 1_048_588;
 /// Default `storage.decompressed_batch_ratio_max`: see the field.

@@ -46,6 +46,12 @@ const TAIL_BLOCKS_KEPT_MAX: usize = 8;
 /// writes: normally one; two while the durable end crosses a segment boundary.
 pub const LOG_SYNCS_INFLIGHT_MAX: u32 = 2;
 
+// A roll leaves the previous segment needing its own fdatasync beside the new
+// one's; the fetch path needs the newest partial block and the one before it.
+const _: () = assert!(LOG_SYNCS_INFLIGHT_MAX >= 2);
+const _: () = assert!(TAIL_BLOCKS_KEPT_MAX >= 2);
+const _: () = assert!(SYNC_TOKEN_BIT == 1, "write tokens are chunk ids << 1");
+
 #[derive(Clone, Debug)]
 pub struct LogOptions {
     pub dir: PathBuf,
@@ -240,7 +246,52 @@ impl CommitLog {
         }
         self.oldest_unsubmitted.get_or_insert(now);
         self.stats.frames_appended += 1;
+        assert!(
+            position.plus(frame_bytes as u64) == self.append_end,
+            "a frame ends at the append end"
+        );
+        self.assert_invariants();
         Ok(position)
+    }
+
+    /// The state machine's invariants, checked after every change. Cheap:
+    /// comparisons and one short scan of the ops in flight.
+    fn assert_invariants(&self) {
+        let (durable, written, appended) =
+            (self.durable.end(), self.written.end(), self.append_end.0);
+        assert!(
+            durable <= written && written <= appended,
+            "watermarks out of order: durable {durable}, written {written}, appended {appended}"
+        );
+        let active = self.active_segment();
+        assert!(
+            active.base <= self.append_end && self.append_end <= active.end(),
+            "append end {} outside the active segment {}..{}",
+            self.append_end,
+            active.base,
+            active.end()
+        );
+        assert!(
+            self.writes_inflight() <= self.options.inflight_writes_max,
+            "{} writes in flight, limit {}",
+            self.writes_inflight(),
+            self.options.inflight_writes_max
+        );
+        assert!(
+            self.inflight.len()
+                <= self.options.inflight_writes_max + LOG_SYNCS_INFLIGHT_MAX as usize,
+            "{} ops in flight",
+            self.inflight.len()
+        );
+        assert!(self.tail_blocks.len() <= TAIL_BLOCKS_KEPT_MAX);
+        // Finished ops wait in the device for the next reap, so the device
+        // may hold fewer than the log tracks, never more.
+        assert!(
+            self.io.inflight() <= self.inflight.len(),
+            "the device holds {} ops, the log tracks {}",
+            self.io.inflight(),
+            self.inflight.len()
+        );
     }
 
     /// Start the next segment; the unused tail of the current one is skipped
@@ -272,6 +323,10 @@ impl CommitLog {
         self.written.mark(self.append_end.0, next_base.0);
         self.durable.mark(self.append_end.0, next_base.0);
         self.append_end = next_base;
+        assert!(
+            segment.base == self.active_segment().end(),
+            "segments are contiguous"
+        );
         self.segments.push_back(segment);
         Ok(())
     }
@@ -312,6 +367,7 @@ impl CommitLog {
             self.poison_with("io_uring_enter", error);
         }
         self.active_segment().touch(segment::now_ms());
+        self.assert_invariants();
     }
 
     /// Submit every full chunk the queue depth allows; full chunks gain
@@ -344,6 +400,11 @@ impl CommitLog {
             segment: (segment_base, segment_end),
             chunk_base,
         } = write;
+        assert!(
+            segment_base <= data_start && data_start < data_end && data_end <= segment_end,
+            "write {data_start}..{data_end} outside its segment {segment_base}..{segment_end}"
+        );
+        assert!(data_end <= self.append_end, "writing past the append end");
         op.sync = sync;
         let token = chunk_id << 1;
         self.stats.writes += 1;
@@ -418,7 +479,9 @@ impl CommitLog {
         }
     }
 
-    fn poison_with(&mut self, op: &'static str, error: std::io::Error) {
+    /// Poison the log because `op` failed outside the device's own ops
+    /// (submitting, or watching for completions).
+    pub fn poison_with(&mut self, op: &'static str, error: std::io::Error) {
         let segment = self.active_segment();
         let cause = LogIoError::new(op, &segment.writer, 0, 0, error);
         self.poison(cause);
@@ -447,6 +510,12 @@ impl CommitLog {
         }
         self.reaped = reaped;
         self.due.satisfy(self.durable.end());
+        assert!(
+            self.poisoned.is_some()
+                || (self.written.end() >= written_before && self.durable.end() >= durable_before),
+            "watermarks never move back"
+        );
+        self.assert_invariants();
         self.written.end() != written_before
             || self.durable.end() != durable_before
             || self.poisoned.is_some() != poisoned_before
@@ -655,6 +724,7 @@ impl CommitLog {
         self.written.mark(oldest.base.0, oldest.end().0);
         self.durable.mark(oldest.base.0, oldest.end().0);
         self.due.satisfy(self.durable.end());
+        self.assert_invariants();
         Some((oldest.base, oldest.end(), result))
     }
 

@@ -24,7 +24,14 @@ impl ShardStore {
         let ready = match PollFd::new(ready_fd.clone()) {
             Ok(ready) => ready,
             Err(error) => {
+                // Nothing would ever complete: refuse appends instead of
+                // leaving their producers waiting forever.
                 tracing::error!(%error, shard = %self.options.shard, "cannot watch commit-log completions");
+                self.state
+                    .borrow_mut()
+                    .log
+                    .poison_with("watching commit-log completions", error);
+                self.progress.notify_all();
                 return;
             }
         };

@@ -82,6 +82,12 @@ pub enum MetaError {
     },
     #[error("partition metadata {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("partition metadata {path} has a topic name that is not UTF-8: {source}")]
+    NotUtf8 {
+        path: PathBuf,
+        #[source]
+        source: std::str::Utf8Error,
+    },
 }
 
 impl PartitionMeta {
@@ -123,7 +129,10 @@ impl PartitionMeta {
             return Err(corrupt("topic length does not match the file"));
         }
         let topic = std::str::from_utf8(&body[18..])
-            .map_err(|_| corrupt("topic name is not UTF-8"))?
+            .map_err(|source| MetaError::NotUtf8 {
+                path: path.to_owned(),
+                source,
+            })?
             .to_owned();
         Ok(PartitionMeta {
             id: PartitionId(read_u32(8)),
@@ -171,6 +180,10 @@ impl Partition {
             Some(first) => first.max(remembered_start),
             None => next_offset,
         };
+        assert!(
+            log_start_offset <= next_offset,
+            "log start {log_start_offset} past next offset {next_offset}"
+        );
         Partition {
             meta,
             config,
@@ -219,6 +232,10 @@ impl Partition {
             return Ok(());
         }
         self.log_start_offset = offset.min(self.next_offset);
+        assert!(
+            self.log_start_offset <= self.next_offset,
+            "the log start never passes the next offset"
+        );
         self.queue.drop_files_before(self.log_start_offset)?;
         Ok(())
     }

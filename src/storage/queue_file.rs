@@ -52,6 +52,8 @@ const PAGE_BYTES: usize = 4096;
 const _: () = assert!(HEADER_BYTES >= HEADER_CRC_AT + 4);
 const _: () = assert!((RESERVE_AHEAD_BYTES as usize).is_multiple_of(PAGE_BYTES));
 const _: () = assert!(ENTRY_BYTES <= u16::MAX as usize);
+const _: () = assert!(ENTRY_BYTES as u64 <= RESERVE_AHEAD_BYTES);
+const _: () = assert!(HEADER_BYTES <= PAGE_BYTES, "the header fits the first page");
 
 pub fn queue_file_path(dir: &Path, first_index: u64) -> PathBuf {
     dir.join(format!("{first_index:020}{QUEUE_FILE_SUFFIX}"))

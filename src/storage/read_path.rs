@@ -79,6 +79,11 @@ impl ShardStore {
                 };
                 parts.push(ReadPart::Memory(tail));
             }
+            assert_eq!(
+                parts.iter().map(ReadPart::len).sum::<u64>(),
+                len,
+                "a read batch's parts add up to the batch"
+            );
             batches.push(ReadBatch {
                 position: entry.position,
                 base_offset: entry.base_offset,

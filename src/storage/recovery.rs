@@ -172,7 +172,23 @@ pub fn recover(
         &mut queues,
         &mut report,
     )?;
+    assert!(
+        end <= log_limit,
+        "recovered end {end} past the last segment's end {log_limit}"
+    );
+    assert!(
+        end >= scan_from.min(indexed),
+        "recovery never ends before where it trusted the log"
+    );
     finish_log(&mut segments, end, tails, options, &mut report)?;
+    if let Some(last) = segments.back() {
+        assert!(
+            last.base <= end && end <= last.end(),
+            "recovered end {end} outside the last segment {}..{}",
+            last.base,
+            last.end()
+        );
+    }
     report.end = end;
 
     let partitions = queues
@@ -352,6 +368,14 @@ fn scan(
                     header,
                     batch,
                 } => {
+                    assert!(
+                        position >= at && segment.contains(position),
+                        "the scanner moved back or out of its segment: {position}"
+                    );
+                    assert!(
+                        position.plus(header.frame_len()) <= segment.end(),
+                        "a frame spans segments"
+                    );
                     report.frames_scanned += 1;
                     report.bytes_scanned += header.frame_len();
                     index_frame(
@@ -420,6 +444,13 @@ fn index_frame(
     if batch.base_offset < next.0 {
         return Ok(());
     }
+    assert!(
+        state
+            .queue
+            .last()
+            .is_none_or(|last| last.position < position),
+        "frames are indexed in log order"
+    );
     let running_max = state
         .queue
         .last()

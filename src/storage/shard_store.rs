@@ -95,6 +95,20 @@ pub enum ReadPart {
     Memory(bytes::Bytes),
 }
 
+impl ReadPart {
+    /// Bytes in this part.
+    pub fn len(&self) -> u64 {
+        match self {
+            ReadPart::File { len, .. } => u64::from(*len),
+            ReadPart::Memory(bytes) => bytes.len() as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One stored batch, ready to send: its parts in order add up to `len` bytes.
 #[derive(Clone, Debug)]
 pub struct ReadBatch {
@@ -500,15 +514,29 @@ pub(super) fn publish(state: &mut StoreState) {
         }
         if let Some(partition) = state.partitions.get_mut(&pending.partition) {
             partition.high_watermark = partition.high_watermark.max(pending.next_offset);
+            assert!(
+                partition.log_start_offset <= partition.high_watermark
+                    && partition.high_watermark <= partition.next_offset,
+                "{}: log start {} <= high watermark {} <= next offset {}",
+                partition.id(),
+                partition.log_start_offset,
+                partition.high_watermark,
+                partition.next_offset
+            );
         }
         state.visible += 1;
     }
+    assert!(state.visible <= state.pending.len());
     let durable = state.log.durable_end().0;
     while let Some(pending) = state.pending.front().copied() {
         if pending.end > durable {
             break;
         }
         assert!(state.visible > 0, "durable data is always written");
+        assert!(
+            state.durable_frame_end.0 <= pending.end,
+            "the durable frame end never moves back"
+        );
         state.durable_frame_end = LogPosition(pending.end);
         state.pending.pop_front();
         state.visible -= 1;

@@ -149,6 +149,14 @@ impl ShardStore {
             .index_batch(position, &indexed)
             .expect("queue room was reserved");
         let end = position.plus(frame.frame_len());
+        assert!(
+            state.pending.back().is_none_or(|last| last.end < end.0),
+            "pending appends are in log order"
+        );
+        assert!(
+            partition.next_offset.0 == base_offset.0 + i64::from(header.last_offset_delta) + 1,
+            "the partition's next offset follows the batch"
+        );
         state.pending.push_back(PendingAppend {
             end: end.0,
             partition: id,
