@@ -41,8 +41,16 @@ pub enum ClientError {
         min: i16,
         max: i16,
     },
-    #[error("cannot encode or decode {key:?}: {reason}")]
-    Codec { key: ApiKey, reason: String },
+    #[error("cannot encode or decode {key:?}: {source}")]
+    Codec {
+        key: ApiKey,
+        #[source]
+        source: anyhow::Error,
+    },
+    /// `R::KEY` of a request type kafka-protocol itself does not list (a
+    /// mismatch inside kafka-protocol: a bug).
+    #[error("API key {0} is not one kafka-protocol knows")]
+    UnknownApiKey(i16),
     #[error("response {found} does not answer request {expected}")]
     Correlation { expected: i32, found: i32 },
     #[error("response of {0} bytes is larger than the client accepts")]
@@ -153,10 +161,7 @@ impl KafkaClient {
         version: i16,
     ) -> Result<R::Response, ClientError> {
         let key = api_key::<R>()?;
-        let codec = |error: anyhow::Error| ClientError::Codec {
-            key,
-            reason: error.to_string(),
-        };
+        let codec = |source: anyhow::Error| ClientError::Codec { key, source };
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id += 1;
         let header = RequestHeader::default()
@@ -207,8 +212,6 @@ impl KafkaClient {
 }
 
 fn api_key<R: Request>() -> Result<ApiKey, ClientError> {
-    ApiKey::try_from(R::KEY).map_err(|_| ClientError::Codec {
-        key: ApiKey::ApiVersions,
-        reason: format!("unknown API key {}", R::KEY),
-    })
+    // `try_from` fails with `()`: the key itself is the whole story.
+    ApiKey::try_from(R::KEY).map_err(|()| ClientError::UnknownApiKey(R::KEY))
 }

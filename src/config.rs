@@ -309,13 +309,27 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("setting `{key}` = {value} is invalid: {reason}")]
     Invalid {
         key: &'static str,
         value: String,
         reason: String,
+    },
+    #[error(
+        "setting `{key}` = {value:?} is not an address ({source}): expected an IP address and \
+         port, e.g. 127.0.0.1:9092 or [::]:9092 (host names are not resolved)"
+    )]
+    InvalidAddress {
+        key: &'static str,
+        value: String,
+        #[source]
+        source: std::net::AddrParseError,
     },
 }
 
@@ -329,14 +343,16 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text).map_err(|message| ConfigError::Parse {
+        Config::parse(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            message,
+            source,
         })
     }
 
-    pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|error| error.to_string())
+    /// The settings in `text` (TOML); keys left out keep their defaults,
+    /// unknown keys are refused. Not validated: see [`Config::validate`].
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
     }
 
     /// Shards to run: the setting, or one per available core.
@@ -482,11 +498,12 @@ impl KafkaConfig {
     }
 }
 
-fn parse_address(key: &'static str, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
-    value.parse().map_err(|_| ConfigError::Invalid {
+/// The listener address `value` of setting `key` (an IP address and port).
+pub fn parse_address(key: &'static str, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    value.parse().map_err(|source| ConfigError::InvalidAddress {
         key,
         value: value.to_owned(),
-        reason: "expected an IP address and port, e.g. 127.0.0.1:9092 or [::]:9092".to_owned(),
+        source,
     })
 }
 
@@ -720,7 +737,37 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected_by_name() {
         let error = Config::parse("shardz = 3").unwrap_err();
-        assert!(error.contains("shardz"), "{error}");
+        assert!(error.to_string().contains("shardz"), "{error}");
+    }
+
+    #[test]
+    fn a_listen_address_that_is_not_an_ip_says_why_and_what_to_write() {
+        let mut config = Config::default();
+        config.kafka.listen = "localhost:9092".to_owned();
+        let error = config.validate().unwrap_err();
+        let source = std::error::Error::source(&error).expect("the parse error is kept");
+        assert_eq!(source.to_string(), "invalid socket address syntax");
+        let text = crate::error_chain::error_chain(&error);
+        assert!(
+            text.contains("`kafka.listen` = \"localhost:9092\""),
+            "{text}"
+        );
+        assert!(text.contains("invalid socket address syntax"), "{text}");
+        assert!(text.contains("host names are not resolved"), "{text}");
+    }
+
+    #[test]
+    fn a_config_file_that_is_not_toml_keeps_the_parser_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, "[kafka\nlisten = 1\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err();
+        assert!(matches!(error, ConfigError::Parse { .. }), "{error:?}");
+        let source = std::error::Error::source(&error).expect("the TOML error is kept");
+        let text = crate::error_chain::error_chain(&error);
+        assert!(text.contains("sluice.toml is not valid"), "{text}");
+        assert!(text.contains(&source.to_string()), "{text}");
+        assert!(text.contains("line 1"), "{text}");
     }
 
     #[test]

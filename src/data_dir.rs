@@ -59,8 +59,29 @@ pub enum DataDirError {
         "data directory {path} has layout version {found}; this build reads version {LAYOUT_VERSION}"
     )]
     UnsupportedLayout { path: PathBuf, found: u32 },
-    #[error("{path} is not a valid sluice.meta: {reason}")]
-    BadMeta { path: PathBuf, reason: String },
+    #[error(
+        "{path} is not a valid sluice.meta: {source}; it holds `layout_version = N` and \
+         `shards = N` (restore it, or start on an empty data directory)"
+    )]
+    BadMeta {
+        path: PathBuf,
+        #[source]
+        source: MetaError,
+    },
+}
+
+/// What is wrong inside `sluice.meta`.
+#[derive(Debug, Error)]
+pub enum MetaError {
+    #[error("`{key} = {value}` is not a number: {source}")]
+    NotANumber {
+        key: &'static str,
+        value: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    #[error("`{key}` is missing")]
+    Missing { key: &'static str },
 }
 
 /// An opened, locked data directory. Dropping it releases the lock.
@@ -141,9 +162,9 @@ fn check_meta(dir: &Path, shards: usize) -> Result<(), DataDirError> {
     let path = dir.join(META_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let (version, found) = parse_meta(&text).map_err(|reason| DataDirError::BadMeta {
+            let (version, found) = parse_meta(&text).map_err(|source| DataDirError::BadMeta {
                 path: path.clone(),
-                reason,
+                source,
             })?;
             if version != LAYOUT_VERSION && !LAYOUT_VERSIONS_UPGRADED.contains(&version) {
                 return Err(DataDirError::UnsupportedLayout {
@@ -183,24 +204,37 @@ fn write_meta(path: &Path, shards: usize) -> Result<(), DataDirError> {
     })
 }
 
-fn parse_meta(text: &str) -> Result<(u32, usize), String> {
+/// The layout version and shard count in `sluice.meta`'s text.
+fn parse_meta(text: &str) -> Result<(u32, usize), MetaError> {
     let mut version = None;
     let mut shards = None;
     for line in text.lines() {
         let Some((key, value)) = line.split_once('=') else {
             continue;
         };
-        let value = value.trim();
         match key.trim() {
-            "layout_version" => version = value.parse().ok(),
-            "shards" => shards = value.parse().ok(),
+            "layout_version" => version = Some(meta_number("layout_version", value)?),
+            "shards" => shards = Some(meta_number("shards", value)?),
             _ => {}
         }
     }
-    match (version, shards) {
-        (Some(version), Some(shards)) => Ok((version, shards)),
-        _ => Err("expected `layout_version = N` and `shards = N`".to_owned()),
-    }
+    let version = version.ok_or(MetaError::Missing {
+        key: "layout_version",
+    })?;
+    let shards = shards.ok_or(MetaError::Missing { key: "shards" })?;
+    Ok((version, shards))
+}
+
+fn meta_number<T>(key: &'static str, value: &str) -> Result<T, MetaError>
+where
+    T: std::str::FromStr<Err = std::num::ParseIntError>,
+{
+    let value = value.trim();
+    value.parse().map_err(|source| MetaError::NotANumber {
+        key,
+        value: value.to_owned(),
+        source,
+    })
 }
 
 fn supports_direct_io(dir: &Path) -> io::Result<bool> {
@@ -258,5 +292,23 @@ mod tests {
         drop(DataDir::open(dir.path(), 2, WriteMode::Buffered).unwrap());
         let error = DataDir::open(dir.path(), 3, WriteMode::Buffered).unwrap_err();
         assert!(error.to_string().contains("shards = 2"), "{error}");
+    }
+
+    #[test]
+    fn a_meta_file_with_a_bad_number_names_the_key_and_keeps_the_parse_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join(META_FILE);
+        std::fs::write(&meta, "layout_version = 2\nshards = two\n").unwrap();
+        let error = DataDir::open(dir.path(), 2, WriteMode::Buffered).unwrap_err();
+        let DataDirError::BadMeta { source, .. } = &error else {
+            panic!("{error:?}");
+        };
+        assert!(
+            matches!(source, MetaError::NotANumber { key: "shards", .. }),
+            "{source:?}"
+        );
+        let text = crate::error_chain::error_chain(&error);
+        assert!(text.contains("`shards = two` is not a number"), "{text}");
+        assert!(text.contains("invalid digit found in string"), "{text}");
     }
 }

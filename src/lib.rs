@@ -14,6 +14,7 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod data_dir;
+pub mod error_chain;
 pub mod exposure;
 pub mod ids;
 pub mod io;

@@ -7,10 +7,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice::broker::Broker;
-use sluice::config::{Config, IoBackendSetting};
+use sluice::config::{self, Config, IoBackendSetting};
 use sluice::data_dir::DataDir;
+use sluice::error_chain::error_chain;
 use sluice::exposure;
 use sluice::io::{IoBackend, choose_backend};
 use sluice::kafka::KafkaService;
@@ -166,17 +168,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn admin_exit(result: Result<(), String>) -> ExitCode {
+/// Exit after an admin or bench command, printing the error with every
+/// cause (`error_chain`: anyhow's `{:#}` would repeat the causes our errors
+/// already quote).
+fn admin_exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {}", error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
-fn topics(brokers: &str, command: TopicsCommand) -> Result<(), String> {
+fn topics(brokers: &str, command: TopicsCommand) -> anyhow::Result<()> {
     use sluice::admin::topics;
     match command {
         TopicsCommand::List => topics::list(brokers),
@@ -190,7 +195,7 @@ fn topics(brokers: &str, command: TopicsCommand) -> Result<(), String> {
                 .map(|pair| {
                     pair.split_once('=')
                         .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                        .ok_or_else(|| format!("--config {pair:?}: expected KEY=VALUE"))
+                        .with_context(|| format!("--config {pair:?}: expected KEY=VALUE"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             topics::create(brokers, &name, partitions, &configs)
@@ -200,7 +205,7 @@ fn topics(brokers: &str, command: TopicsCommand) -> Result<(), String> {
     }
 }
 
-fn groups(brokers: &str, command: GroupsCommand) -> Result<(), String> {
+fn groups(brokers: &str, command: GroupsCommand) -> anyhow::Result<()> {
     use sluice::admin::groups::{self, ResetRequest, ResetTo};
     match command {
         GroupsCommand::List => groups::list(brokers),
@@ -259,8 +264,8 @@ fn init_logging() {
         .init();
 }
 
-fn load_config(args: &ServeArgs) -> Result<Config, String> {
-    let mut config = Config::load(args.config.as_deref()).map_err(|error| error.to_string())?;
+fn load_config(args: &ServeArgs) -> Result<Config, config::ConfigError> {
+    let mut config = Config::load(args.config.as_deref())?;
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }
@@ -283,7 +288,7 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
             BackendArg::Epoll => IoBackendSetting::Epoll,
         };
     }
-    config.validate().map_err(|error| error.to_string())?;
+    config.validate()?;
     Ok(config)
 }
 
@@ -299,51 +304,39 @@ fn serve(args: ServeArgs) -> ExitCode {
     let config = match load_config(&args) {
         Ok(config) => config,
         Err(error) => {
-            tracing::error!("{error}");
+            tracing::error!("{}", error_chain(&error));
             return ExitCode::from(2);
         }
     };
     match run(config, &signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error}");
+            tracing::error!("{}", error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(config: Config, signals: &TerminationSignals) -> Result<(), String> {
-    let backend = choose_backend(config.io_backend).map_err(|error| error.to_string())?;
+fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
+    let backend = choose_backend(config.io_backend)?;
     if let Some(reason) = &backend.fallback_reason {
         tracing::warn!("{reason}; running on the epoll fallback");
     }
     let backend = backend.backend;
     let shard_count = config.shard_count();
-    let data_dir = DataDir::open(&config.data_dir, shard_count, config.storage.write_mode)
-        .map_err(|error| error.to_string())?;
+    let data_dir = DataDir::open(&config.data_dir, shard_count, config.storage.write_mode)?;
     check_open_files(&config, backend, shard_count, &data_dir);
-    let metrics_address: SocketAddr = config
-        .metrics
-        .listen
-        .parse()
-        .map_err(|_| "metrics.listen is not an address".to_owned())?;
+    let metrics_address = config::parse_address("metrics.listen", &config.metrics.listen)?;
     exposure::warn_metrics(metrics_address);
     let refresh = Duration::from_millis(config.metrics.refresh_interval_ms);
     let recorder = telemetry::install(refresh * 3 + Duration::from_secs(5))?;
     let metrics = MetricsServer::start(metrics_address, Some(recorder))
-        .map_err(|error| format!("cannot listen on {metrics_address} for metrics: {error}"))?;
-    let kafka_address: SocketAddr = config
-        .kafka
-        .listen
-        .parse()
-        .map_err(|_| "kafka.listen is not an address".to_owned())?;
+        .with_context(|| format!("cannot listen on {metrics_address} for metrics"))?;
+    let kafka_address = config::parse_address("kafka.listen", &config.kafka.listen)?;
     exposure::warn_kafka(kafka_address);
-    let (listeners, kafka_address) =
-        bind_shard_listeners(kafka_address, shard_count).map_err(|error| error.to_string())?;
+    let (listeners, kafka_address) = bind_shard_listeners(kafka_address, shard_count)?;
     let advertised = advertised(&config, kafka_address);
-    let broker = Arc::new(
-        Broker::new(config.clone(), advertised.clone()).map_err(|error| error.to_string())?,
-    );
+    let broker = Arc::new(Broker::new(config.clone(), advertised.clone())?);
     let service = Arc::new(KafkaService::new(Arc::clone(&broker), backend, listeners));
     let cancelled = || match signals.pending() {
         Ok(Some(signal)) => {
@@ -356,8 +349,8 @@ fn run(config: Config, signals: &TerminationSignals) -> Result<(), String> {
             true
         }
     };
-    let runtime = ShardRuntime::start_cancellable(&config, &data_dir, backend, service, &cancelled)
-        .map_err(|error| error.to_string())?;
+    let runtime =
+        ShardRuntime::start_cancellable(&config, &data_dir, backend, service, &cancelled)?;
     for ready in runtime.ready() {
         log_recovery(ready.shard.to_string(), &ready.recovery);
     }
@@ -373,11 +366,12 @@ fn run(config: Config, signals: &TerminationSignals) -> Result<(), String> {
     wait_for_termination(signals);
     metrics.set_ready(false);
     let failures = runtime.shutdown();
-    for (shard, reason) in &failures {
+    for (shard, error) in &failures {
+        let reason = error_chain(error);
         tracing::error!(%shard, %reason, "shard did not shut down cleanly");
     }
     if !failures.is_empty() {
-        return Err("some shards did not shut down cleanly".to_owned());
+        anyhow::bail!("some shards did not shut down cleanly");
     }
     tracing::info!("sluice stopped: all data flushed and fsynced");
     Ok(())

@@ -59,6 +59,7 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use sluice::kafka::api::decode_body;
+use sluice::kafka::request_error::RequestError;
 use sluice::kafka::versions::SUPPORTED;
 use sluice::record_batch::recompute_crc;
 
@@ -506,8 +507,8 @@ fn sample(key: ApiKey, version: i16, out: &mut BytesMut) -> anyhow::Result<()> {
 }
 
 /// Decode `body` as a `key` request of `version`, as the dispatcher does.
-fn decode_request(key: ApiKey, version: i16, body: Bytes) -> Result<(), String> {
-    fn run<M: Decodable>(key: ApiKey, version: i16, body: Bytes) -> Result<(), String> {
+fn decode_request(key: ApiKey, version: i16, body: Bytes) -> Result<(), RequestError> {
+    fn run<M: Decodable>(key: ApiKey, version: i16, body: Bytes) -> Result<(), RequestError> {
         decode_body::<M>(key, version, body).map(|request| {
             std::hint::black_box(request);
         })

@@ -1,20 +1,29 @@
 //! `--to-datetime` values: RFC 3339 (`2026-11-21T10:00:00Z`,
 //! `2026-11-21T10:00:00.250+01:00`) or milliseconds since the epoch.
 
+/// A `--to-datetime` value that is neither RFC 3339 nor epoch milliseconds.
+/// The message quotes the whole value and the forms accepted; which number
+/// parser refused which part ("invalid digit") would tell the operator less.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot read {text:?} as a time: use 2026-11-21T10:00:00Z (RFC 3339) or epoch milliseconds"
+)]
+pub struct DatetimeError {
+    pub text: String,
+}
+
 /// Milliseconds since the Unix epoch.
-pub fn parse_ms(text: &str) -> Result<i64, String> {
+pub fn parse_ms(text: &str) -> Result<i64, DatetimeError> {
     let text = text.trim();
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
     }
-    let error = || {
-        format!(
-            "cannot read {text:?} as a time: use 2026-11-21T10:00:00Z (RFC 3339) or epoch milliseconds"
-        )
+    let error = || DatetimeError {
+        text: text.to_owned(),
     };
     let (date, rest) = text.split_once(['T', ' ']).ok_or_else(error)?;
     let mut date_parts = date.split('-');
-    let next_number = |parts: &mut std::str::Split<'_, char>| -> Result<i64, String> {
+    let next_number = |parts: &mut std::str::Split<'_, char>| -> Result<i64, DatetimeError> {
         parts
             .next()
             .and_then(|part| part.parse().ok())
@@ -31,7 +40,8 @@ pub fn parse_ms(text: &str) -> Result<i64, String> {
         .next()
         .unwrap_or("0")
         .parse()
-        .map_err(|_| error())?;
+        .ok()
+        .ok_or_else(error)?;
     if !(1..=12).contains(&month)
         || !(1..=31).contains(&day)
         || hour > 23

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use anyhow::Context;
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
@@ -22,17 +23,15 @@ fn text(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_owned())
 }
 
-fn connect(brokers: &str) -> Result<KafkaClient, String> {
-    KafkaClient::connect(brokers).map_err(|error| error.to_string())
+fn connect(brokers: &str) -> anyhow::Result<KafkaClient> {
+    Ok(KafkaClient::connect(brokers)?)
 }
 
 pub fn list(brokers: &str) -> AdminResult {
     let mut client = connect(brokers)?;
-    let response = client
-        .call(&ListGroupsRequest::default())
-        .map_err(|error| error.to_string())?;
+    let response = client.call(&ListGroupsRequest::default())?;
     if response.error_code != 0 {
-        return Err(describe_error(response.error_code, None));
+        anyhow::bail!(describe_error(response.error_code, None));
     }
     let mut table = Table::new(&["GROUP", "STATE", "PROTOCOL-TYPE"]);
     let mut groups: Vec<_> = response.groups.iter().collect();
@@ -58,19 +57,18 @@ struct GroupView {
     holders: BTreeMap<PartitionKey, Holder>,
 }
 
-fn describe_group(client: &mut KafkaClient, group: &str) -> Result<GroupView, String> {
-    let response = client
-        .call(&DescribeGroupsRequest::default().with_groups(vec![GroupId(text(group))]))
-        .map_err(|error| error.to_string())?;
+fn describe_group(client: &mut KafkaClient, group: &str) -> anyhow::Result<GroupView> {
+    let response =
+        client.call(&DescribeGroupsRequest::default().with_groups(vec![GroupId(text(group))]))?;
     let described = response
         .groups
         .first()
-        .ok_or("empty DescribeGroups response")?;
+        .context("empty DescribeGroups response")?;
     if described.error_code != 0 {
-        return Err(format!(
+        anyhow::bail!(
             "group {group}: {}",
             describe_error(described.error_code, None)
-        ));
+        );
     }
     let mut holders = BTreeMap::new();
     for member in &described.members {
@@ -116,10 +114,8 @@ fn assigned_partitions(assignment: &Bytes) -> Vec<PartitionKey> {
 }
 
 /// The group's committed offsets (all partitions).
-fn committed(client: &mut KafkaClient, group: &str) -> Result<BTreeMap<PartitionKey, i64>, String> {
-    let version = client
-        .version_of::<OffsetFetchRequest>()
-        .map_err(|error| error.to_string())?;
+fn committed(client: &mut KafkaClient, group: &str) -> anyhow::Result<BTreeMap<PartitionKey, i64>> {
+    let version = client.version_of::<OffsetFetchRequest>()?;
     let mut request = OffsetFetchRequest::default();
     if version >= 8 {
         request.groups = vec![
@@ -131,17 +127,15 @@ fn committed(client: &mut KafkaClient, group: &str) -> Result<BTreeMap<Partition
         request.group_id = GroupId(text(group));
         request.topics = None;
     }
-    let response = client
-        .call_at(&request, version)
-        .map_err(|error| error.to_string())?;
+    let response = client.call_at(&request, version)?;
     let mut offsets = BTreeMap::new();
     if version >= 8 {
         for fetched in &response.groups {
             if fetched.error_code != 0 {
-                return Err(format!(
+                anyhow::bail!(
                     "group {group}: {}",
                     describe_error(fetched.error_code, None)
-                ));
+                );
             }
             for topic in &fetched.topics {
                 for partition in &topic.partitions {
@@ -154,10 +148,10 @@ fn committed(client: &mut KafkaClient, group: &str) -> Result<BTreeMap<Partition
         }
     } else {
         if response.error_code != 0 {
-            return Err(format!(
+            anyhow::bail!(
                 "group {group}: {}",
                 describe_error(response.error_code, None)
-            ));
+            );
         }
         for topic in &response.topics {
             for partition in &topic.partitions {
@@ -176,7 +170,7 @@ pub fn describe(brokers: &str, group: &str) -> AdminResult {
     let view = describe_group(&mut client, group)?;
     let committed = committed(&mut client, group)?;
     if view.state == "Dead" && committed.is_empty() {
-        return Err(format!("group {group} does not exist"));
+        anyhow::bail!("group {group} does not exist");
     }
     println!("GROUP     {group}");
     println!("STATE     {}", view.state);
@@ -244,17 +238,16 @@ pub fn describe(brokers: &str, group: &str) -> AdminResult {
 pub fn delete(brokers: &str, group: &str) -> AdminResult {
     let mut client = connect(brokers)?;
     let response = client
-        .call(&DeleteGroupsRequest::default().with_groups_names(vec![GroupId(text(group))]))
-        .map_err(|error| error.to_string())?;
+        .call(&DeleteGroupsRequest::default().with_groups_names(vec![GroupId(text(group))]))?;
     let result = response
         .results
         .first()
-        .ok_or("empty DeleteGroups response")?;
+        .context("empty DeleteGroups response")?;
     if result.error_code != 0 {
-        return Err(format!(
+        anyhow::bail!(
             "cannot delete group {group}: {}",
             describe_error(result.error_code, None)
-        ));
+        );
     }
     println!("deleted group {group}");
     Ok(())
@@ -284,10 +277,12 @@ pub fn reset_offsets(brokers: &str, reset: &ResetRequest<'_>) -> AdminResult {
     let mut client = connect(brokers)?;
     let view = describe_group(&mut client, reset.group)?;
     if reset.execute && view.state != "Empty" && view.state != "Dead" {
-        return Err(format!(
+        anyhow::bail!(
             "group {} is {} with {} members: stop its consumers first (offsets can only be reset while the group is empty)",
-            reset.group, view.state, view.members
-        ));
+            reset.group,
+            view.state,
+            view.members
+        );
     }
     let committed = committed(&mut client, reset.group)?;
     let topics: Vec<String> = if reset.all_topics {
@@ -301,7 +296,7 @@ pub fn reset_offsets(brokers: &str, reset: &ResetRequest<'_>) -> AdminResult {
         reset.topics.to_vec()
     };
     if topics.is_empty() {
-        return Err("name the topics with --topic, or use --all-topics".to_owned());
+        anyhow::bail!("name the topics with --topic, or use --all-topics");
     }
     let counts = offsets::partition_counts(&mut client, &topics)?;
     let partitions: Vec<PartitionKey> = counts
@@ -381,16 +376,16 @@ fn commit_plan(
                 })
                 .collect(),
         );
-    let response = client.call(&request).map_err(|error| error.to_string())?;
+    let response = client.call(&request)?;
     for topic in &response.topics {
         for partition in &topic.partitions {
             if partition.error_code != 0 {
-                return Err(format!(
+                anyhow::bail!(
                     "committing {}-{} failed: {}",
                     topic.name.as_str(),
                     partition.partition_index,
                     describe_error(partition.error_code, None)
-                ));
+                );
             }
         }
     }

@@ -11,8 +11,9 @@ pub mod topics;
 
 use kafka_protocol::ResponseError;
 
-/// An admin command failed: what to print (the command exits non-zero).
-pub type AdminResult = Result<(), String>;
+/// An admin command failed: what to print, with its causes (the command
+/// exits non-zero).
+pub type AdminResult = anyhow::Result<()>;
 
 /// A Kafka error code as its name, with the broker's message if any.
 pub fn describe_error(code: i16, message: Option<&str>) -> String {

@@ -24,7 +24,7 @@ pub fn list_offsets(
     client: &mut KafkaClient,
     partitions: &[PartitionKey],
     timestamp: i64,
-) -> Result<BTreeMap<PartitionKey, i64>, String> {
+) -> anyhow::Result<BTreeMap<PartitionKey, i64>> {
     let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for (topic, partition) in partitions {
         by_topic.entry(topic).or_default().push(*partition);
@@ -50,17 +50,17 @@ pub fn list_offsets(
                 })
                 .collect(),
         );
-    let response = client.call(&request).map_err(|error| error.to_string())?;
+    let response = client.call(&request)?;
     let mut offsets = BTreeMap::new();
     for topic in &response.topics {
         for partition in &topic.partitions {
             if partition.error_code != 0 {
-                return Err(format!(
+                anyhow::bail!(
                     "ListOffsets {}-{}: {}",
                     topic.name.as_str(),
                     partition.partition_index,
                     describe_error(partition.error_code, None)
-                ));
+                );
             }
             offsets.insert(
                 (topic.name.to_string(), partition.partition_index),
@@ -75,7 +75,7 @@ pub fn list_offsets(
 pub fn partition_counts(
     client: &mut KafkaClient,
     topics: &[String],
-) -> Result<BTreeMap<String, i32>, String> {
+) -> anyhow::Result<BTreeMap<String, i32>> {
     let request = MetadataRequest::default()
         .with_topics(if topics.is_empty() {
             None
@@ -91,7 +91,7 @@ pub fn partition_counts(
             )
         })
         .with_allow_auto_topic_creation(false);
-    let response = client.call(&request).map_err(|error| error.to_string())?;
+    let response = client.call(&request)?;
     let mut counts = BTreeMap::new();
     for topic in &response.topics {
         let name = topic
@@ -100,10 +100,7 @@ pub fn partition_counts(
             .map(|name| name.0.to_string())
             .unwrap_or_default();
         if topic.error_code != 0 {
-            return Err(format!(
-                "topic {name}: {}",
-                describe_error(topic.error_code, None)
-            ));
+            anyhow::bail!("topic {name}: {}", describe_error(topic.error_code, None));
         }
         counts.insert(name, topic.partitions.len() as i32);
     }

@@ -1,5 +1,6 @@
 //! `sluice topics list|create|describe|delete`.
 
+use anyhow::Context;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
@@ -23,7 +24,7 @@ fn text(value: &str) -> StrBytes {
 }
 
 pub fn list(brokers: &str) -> AdminResult {
-    let mut client = KafkaClient::connect(brokers).map_err(|error| error.to_string())?;
+    let mut client = KafkaClient::connect(brokers)?;
     let counts = offsets::partition_counts(&mut client, &[])?;
     let mut table = Table::new(&["NAME", "PARTITIONS"]);
     for (name, partitions) in counts {
@@ -39,7 +40,7 @@ pub fn create(
     partitions: i32,
     configs: &[(String, String)],
 ) -> AdminResult {
-    let mut client = KafkaClient::connect(brokers).map_err(|error| error.to_string())?;
+    let mut client = KafkaClient::connect(brokers)?;
     let topic = CreatableTopic::default()
         .with_name(TopicName(text(name)))
         .with_num_partitions(partitions)
@@ -54,39 +55,35 @@ pub fn create(
                 })
                 .collect(),
         );
-    let response = client
-        .call(
-            &CreateTopicsRequest::default()
-                .with_topics(vec![topic])
-                .with_timeout_ms(30_000),
-        )
-        .map_err(|error| error.to_string())?;
+    let response = client.call(
+        &CreateTopicsRequest::default()
+            .with_topics(vec![topic])
+            .with_timeout_ms(30_000),
+    )?;
     let result = response
         .topics
         .first()
-        .ok_or("empty CreateTopics response")?;
+        .context("empty CreateTopics response")?;
     if result.error_code != 0 {
-        return Err(format!(
+        anyhow::bail!(
             "cannot create {name}: {}",
             describe_error(result.error_code, result.error_message.as_deref())
-        ));
+        );
     }
     println!("created topic {name} with {partitions} partitions");
     Ok(())
 }
 
 pub fn describe(brokers: &str, name: &str) -> AdminResult {
-    let mut client = KafkaClient::connect(brokers).map_err(|error| error.to_string())?;
+    let mut client = KafkaClient::connect(brokers)?;
     let counts = offsets::partition_counts(&mut client, &[name.to_owned()])?;
     let partitions = counts.get(name).copied().unwrap_or(0);
-    let configs = client
-        .call(&DescribeConfigsRequest::default().with_resources(vec![
+    let configs = client.call(&DescribeConfigsRequest::default().with_resources(vec![
             DescribeConfigsResource::default()
                 .with_resource_type(RESOURCE_TOPIC)
                 .with_resource_name(text(name))
                 .with_configuration_keys(None),
-        ]))
-        .map_err(|error| error.to_string())?;
+        ]))?;
     println!("NAME        {name}");
     println!("PARTITIONS  {partitions}");
     if let Some(resource) = configs.results.first() {
@@ -133,28 +130,24 @@ pub fn describe(brokers: &str, name: &str) -> AdminResult {
 }
 
 pub fn delete(brokers: &str, name: &str) -> AdminResult {
-    let mut client = KafkaClient::connect(brokers).map_err(|error| error.to_string())?;
-    let version = client
-        .version_of::<DeleteTopicsRequest>()
-        .map_err(|error| error.to_string())?;
+    let mut client = KafkaClient::connect(brokers)?;
+    let version = client.version_of::<DeleteTopicsRequest>()?;
     let mut request = DeleteTopicsRequest::default().with_timeout_ms(30_000);
     if version >= 6 {
         request.topics = vec![DeleteTopicState::default().with_name(Some(TopicName(text(name))))];
     } else {
         request.topic_names = vec![TopicName(text(name))];
     }
-    let response = client
-        .call_at(&request, version)
-        .map_err(|error| error.to_string())?;
+    let response = client.call_at(&request, version)?;
     let result = response
         .responses
         .first()
-        .ok_or("empty DeleteTopics response")?;
+        .context("empty DeleteTopics response")?;
     if result.error_code != 0 {
-        return Err(format!(
+        anyhow::bail!(
             "cannot delete {name}: {}",
             describe_error(result.error_code, result.error_message.as_deref())
-        ));
+        );
     }
     println!("deleted topic {name}");
     Ok(())

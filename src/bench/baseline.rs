@@ -11,6 +11,8 @@
 //!   mode), in a scratch file in the data directory.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
+
+use anyhow::Context;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -88,7 +90,7 @@ pub fn measure(
     chunk_bytes: usize,
     connections: usize,
     duration: Duration,
-) -> Result<Baseline, String> {
+) -> anyhow::Result<Baseline> {
     let tcp_mb_s = tcp(chunk_bytes, connections.max(1), duration)?;
     let (disk_sync_mb_s, direct_io, _) = disk(data_dir, chunk_bytes, duration, true)?;
     let (disk_write_mb_s, _, disk_read_mb_s) = disk(data_dir, chunk_bytes, duration, false)?;
@@ -102,17 +104,18 @@ pub fn measure(
     })
 }
 
-fn tcp(chunk_bytes: usize, connections: usize, duration: Duration) -> Result<f64, String> {
-    let failed = |error: std::io::Error| format!("loopback TCP: {error}");
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(failed)?;
-    let address = listener.local_addr().map_err(failed)?;
+fn tcp(chunk_bytes: usize, connections: usize, duration: Duration) -> anyhow::Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("loopback TCP: bind")?;
+    let address = listener
+        .local_addr()
+        .context("loopback TCP: local address")?;
     let chunk = vec![0x5au8; chunk_bytes.max(1)];
     std::thread::scope(|scope| {
         let mut receivers = Vec::new();
         let mut senders = Vec::new();
         for _ in 0..connections {
-            senders.push(TcpStream::connect(address).map_err(failed)?);
-            let (mut input, _) = listener.accept().map_err(failed)?;
+            senders.push(TcpStream::connect(address).context("loopback TCP: connect")?);
+            let (mut input, _) = listener.accept().context("loopback TCP: accept")?;
             receivers.push(scope.spawn(move || {
                 let mut buf = vec![0u8; chunk_bytes.max(64 * 1024)];
                 let mut total = 0u64;
@@ -145,21 +148,24 @@ fn disk(
     chunk_bytes: usize,
     duration: Duration,
     sync_each: bool,
-) -> Result<(f64, bool, f64), String> {
-    let context = |error: std::io::Error| format!("{}: {error}", dir.display());
+) -> anyhow::Result<(f64, bool, f64)> {
+    let scratch_context = || format!("disk baseline in {}", dir.display());
     if !dir.is_dir() {
-        return Err(format!(
+        anyhow::bail!(
             "--data-dir {} is not a directory: point it at the broker's data directory, \
              so the disk baseline measures the filesystem Sluice writes to",
             dir.display()
-        ));
+        );
     }
     let scratch = Scratch(dir.join(format!(".sluice-baseline-{}", std::process::id())));
     let (file, direct_io) = match open(&scratch.0, true) {
         Ok(file) => (file, true),
-        Err(_) => (open(&scratch.0, false).map_err(context)?, false),
+        Err(_) => (
+            open(&scratch.0, false).with_context(scratch_context)?,
+            false,
+        ),
     };
-    preallocate(&file).map_err(context)?;
+    preallocate(&file).with_context(scratch_context)?;
     let chunk = AlignedChunk::new(chunk_bytes);
     let started = Instant::now();
     let mut offset = 0u64;
@@ -168,14 +174,15 @@ fn disk(
         if offset + chunk.len() as u64 > SCRATCH_BYTES {
             offset = 0;
         }
-        file.write_all_at(chunk.bytes(), offset).map_err(context)?;
+        file.write_all_at(chunk.bytes(), offset)
+            .with_context(scratch_context)?;
         if sync_each {
-            file.sync_data().map_err(context)?;
+            file.sync_data().with_context(scratch_context)?;
         }
         offset += chunk.len() as u64;
         written += chunk.len() as u64;
     }
-    file.sync_data().map_err(context)?;
+    file.sync_data().with_context(scratch_context)?;
     let write_mb_s = written as f64 / started.elapsed().as_secs_f64() / 1e6;
     let read_mb_s = if sync_each {
         0.0
@@ -186,7 +193,7 @@ fn disk(
             written.min(SCRATCH_BYTES),
             duration,
         )
-        .map_err(context)?
+        .with_context(scratch_context)?
     };
     Ok((write_mb_s, direct_io, read_mb_s))
 }

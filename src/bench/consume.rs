@@ -13,11 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::batch::{now_nanos, read_stamp};
+use super::panicked;
 use super::produce::partitions_of;
 use super::stats::Recorder;
 use super::wire;
@@ -53,14 +55,18 @@ pub fn run(
     load: &ConsumeLoad,
     started: Instant,
     deadline: Instant,
-) -> Result<(Recorder, Duration), String> {
-    let results: Vec<Result<(Recorder, Instant), String>> = thread::scope(|scope| {
+) -> anyhow::Result<(Recorder, Duration)> {
+    let results: Vec<anyhow::Result<(Recorder, Instant)>> = thread::scope(|scope| {
         let consumers: Vec<_> = (0..load.consumers)
             .map(|index| scope.spawn(move || consumer(load, index, deadline)))
             .collect();
         consumers
             .into_iter()
-            .map(|consumer| consumer.join().unwrap_or(Err("consumer panicked".into())))
+            .map(|consumer| {
+                consumer
+                    .join()
+                    .unwrap_or_else(|payload| Err(panicked("a consumer", payload.as_ref())))
+            })
             .collect()
     });
     let mut recorder = Recorder::default();
@@ -77,7 +83,7 @@ fn consumer(
     load: &ConsumeLoad,
     index: usize,
     deadline: Instant,
-) -> Result<(Recorder, Instant), String> {
+) -> anyhow::Result<(Recorder, Instant)> {
     let mut offsets: BTreeMap<i32, i64> = partitions_of(index, load.consumers, load.partitions)
         .into_iter()
         .map(|partition| (partition, load.start.get(&partition).copied().unwrap_or(0)))
@@ -114,15 +120,13 @@ fn consumer(
         let sent_at = Instant::now();
         let request = wire::encode_request(&request, wire::FETCH_VERSION, correlation_id);
         std::io::Write::write_all(&mut stream, &request)
-            .map_err(|error| format!("fetch from {}: {error}", load.address))?;
+            .with_context(|| format!("fetch from {}", load.address))?;
         wire::read_frame(&mut stream, &mut frame)
-            .map_err(|error| format!("fetch from {}: {error}", load.address))?;
+            .with_context(|| format!("fetch from {}", load.address))?;
         let now = Instant::now();
         let (answered, partitions) = wire::parse_fetch_response(&frame)?;
         if answered != correlation_id {
-            return Err(format!(
-                "fetch response {answered} for request {correlation_id}"
-            ));
+            anyhow::bail!("fetch response {answered} for request {correlation_id}");
         }
         correlation_id = correlation_id.wrapping_add(1);
         recorder.requests += 1;
@@ -130,12 +134,12 @@ fn consumer(
         for fetched in partitions {
             if fetched.error_code != 0 {
                 // Retrying would spin: the same fetch gets the same answer.
-                return Err(format!(
+                anyhow::bail!(
                     "partition {} at offset {}: {}",
                     fetched.partition,
                     offsets.get(&fetched.partition).copied().unwrap_or(-1),
                     describe_error(fetched.error_code, None)
-                ));
+                );
             }
             high_watermarks.insert(fetched.partition, fetched.high_watermark);
             let Some(offset) = offsets.get_mut(&fetched.partition) else {

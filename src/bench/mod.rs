@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use kafka_protocol::messages::CreateTopicsRequest;
 use kafka_protocol::messages::TopicName;
@@ -212,7 +213,7 @@ pub struct BaselineArgs {
     json: bool,
 }
 
-pub fn run(command: BenchCommand) -> Result<(), String> {
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Produce(args) => produce(args),
         BenchCommand::Consume(args) => consume(args),
@@ -235,7 +236,7 @@ pub fn run(command: BenchCommand) -> Result<(), String> {
     }
 }
 
-fn produce(args: ProduceArgs) -> Result<(), String> {
+fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let load = producer_load(&args.target, &args.shape, &args.producer, args.rate, false)?;
     let baseline = measure_baseline(&args.output, &args.shape, load.producers)?;
     let window = window(&args.producer)?;
@@ -262,26 +263,24 @@ fn produce(args: ProduceArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn consume(args: ConsumeArgs) -> Result<(), String> {
+fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let address = first_address(&args.target.brokers)?;
-    let mut client = KafkaClient::connect(&args.target.brokers).map_err(|e| e.to_string())?;
+    let mut client = KafkaClient::connect(&args.target.brokers)?;
     let topic = args.target.topic.clone();
     let counts = offsets::partition_counts(&mut client, std::slice::from_ref(&topic))?;
     let available = counts.get(&topic).copied().unwrap_or(0);
     let partitions = args.partitions.unwrap_or(available);
     if partitions > available || partitions <= 0 {
-        return Err(format!(
-            "topic {topic} has {available} partitions; cannot read {partitions}"
-        ));
+        anyhow::bail!("topic {topic} has {available} partitions; cannot read {partitions}");
     }
     let start = partition_offsets(&mut client, &topic, partitions, EARLIEST)?;
     let end = partition_offsets(&mut client, &topic, partitions, LATEST)?;
     let records: i64 = end.iter().map(|(p, end)| end - start[p]).sum();
     if records <= 0 {
-        return Err(format!(
+        anyhow::bail!(
             "topic {topic} holds no records to read: fill it first, e.g. \
              `sluice bench produce --topic {topic} --acks 1 --duration 10`"
-        ));
+        );
     }
     let baseline = measure_baseline(&args.output, &args.shape, args.consumers)?;
     let load = ConsumeLoad {
@@ -317,7 +316,7 @@ fn consume(args: ConsumeArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn e2e(args: E2eArgs) -> Result<(), String> {
+fn e2e(args: E2eArgs) -> anyhow::Result<()> {
     let load = producer_load(
         &args.target,
         &args.shape,
@@ -326,7 +325,7 @@ fn e2e(args: E2eArgs) -> Result<(), String> {
         true,
     )?;
     let baseline = measure_baseline(&args.output, &args.shape, load.producers)?;
-    let mut client = KafkaClient::connect(&args.target.brokers).map_err(|e| e.to_string())?;
+    let mut client = KafkaClient::connect(&args.target.brokers)?;
     let start = partition_offsets(&mut client, &load.topic, load.partitions, LATEST)?;
     let producers_done = Arc::new(AtomicBool::new(false));
     let window = window(&args.producer)?;
@@ -351,7 +350,9 @@ fn e2e(args: E2eArgs) -> Result<(), String> {
             scope.spawn(|| consume::run(&consumers, window.measure_from, consumers_deadline));
         let produced = produce::run(&load, window);
         producers_done.store(true, Ordering::Release);
-        let consumed = consumed.join().unwrap_or(Err("consumers panicked".into()));
+        let consumed = consumed
+            .join()
+            .unwrap_or_else(|payload| Err(panicked("the consumers", payload.as_ref())));
         (produced, consumed)
     });
     let (produced, produce_elapsed) = produced?;
@@ -391,17 +392,17 @@ fn producer_load(
     options: &ProducerOptions,
     rate_mb_s: Option<f64>,
     stamp: bool,
-) -> Result<ProduceLoad, String> {
+) -> anyhow::Result<ProduceLoad> {
     if shape.record_size == 0 || shape.batch_records == 0 {
-        return Err("--record-size and --batch-records must be at least 1".into());
+        anyhow::bail!("--record-size and --batch-records must be at least 1");
     }
     if options.producers == 0 || options.partitions <= 0 {
-        return Err("--producers and --partitions must be at least 1".into());
+        anyhow::bail!("--producers and --partitions must be at least 1");
     }
     if let Some(rate) = rate_mb_s
         && !(rate > 0.0 && rate.is_finite())
     {
-        return Err(format!("--rate {rate}: expected MB/s above 0"));
+        anyhow::bail!("--rate {rate}: expected MB/s above 0");
     }
     ensure_topic(&target.brokers, &target.topic, options.partitions)?;
     Ok(ProduceLoad {
@@ -433,20 +434,33 @@ fn producer_settings(load: &ProduceLoad) -> serde_json::Value {
     })
 }
 
-fn window(options: &ProducerOptions) -> Result<Window, String> {
+fn window(options: &ProducerOptions) -> anyhow::Result<Window> {
     let warmup = Duration::try_from_secs_f64(options.warmup)
-        .map_err(|_| format!("--warmup {}: expected seconds >= 0", options.warmup))?;
+        .with_context(|| format!("--warmup {}: expected seconds >= 0", options.warmup))?;
     Ok(Window::new(
         warmup,
         seconds("--duration", options.duration)?,
     ))
 }
 
-fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
+fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value)
         .ok()
         .filter(|duration| !duration.is_zero())
-        .ok_or_else(|| format!("{flag} {value}: expected seconds above 0"))
+        .with_context(|| format!("{flag} {value}: expected seconds above 0"))
+}
+
+/// A thread of the run panicked: what it was, and the panic's message when
+/// it is text (the panic hook printed it with its location too).
+fn panicked(thread: &str, payload: &(dyn std::any::Any + Send)) -> anyhow::Error {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+    match message {
+        Some(message) => anyhow::anyhow!("{thread} panicked: {message}"),
+        None => anyhow::anyhow!("{thread} panicked"),
+    }
 }
 
 /// One batch of the run's shape, as the baseline's chunk.
@@ -465,7 +479,7 @@ fn measure_baseline(
     output: &Output,
     shape: &Shape,
     connections: usize,
-) -> Result<Option<Baseline>, String> {
+) -> anyhow::Result<Option<Baseline>> {
     if !output.baseline {
         return Ok(None);
     }
@@ -488,18 +502,18 @@ fn emit(report: &Report, json: bool) {
     }
 }
 
-fn first_address(brokers: &str) -> Result<String, String> {
+fn first_address(brokers: &str) -> anyhow::Result<String> {
     brokers
         .split(',')
         .map(str::trim)
         .find(|address| !address.is_empty())
         .map(str::to_owned)
-        .ok_or_else(|| "--brokers is empty".into())
+        .context("--brokers is empty")
 }
 
 /// Create `topic` with `partitions`, or check that it has that many.
-fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), String> {
-    let mut client = KafkaClient::connect(brokers).map_err(|error| error.to_string())?;
+fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let mut client = KafkaClient::connect(brokers)?;
     let request = CreateTopicsRequest::default()
         .with_topics(vec![
             CreatableTopic::default()
@@ -508,11 +522,11 @@ fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), Strin
                 .with_replication_factor(-1),
         ])
         .with_timeout_ms(30_000);
-    let response = client.call(&request).map_err(|error| error.to_string())?;
+    let response = client.call(&request)?;
     let result = response
         .topics
         .first()
-        .ok_or("empty CreateTopics response")?;
+        .context("empty CreateTopics response")?;
     match result.error_code {
         0 => Ok(()),
         TOPIC_ALREADY_EXISTS => {
@@ -521,16 +535,16 @@ fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), Strin
             if existing == partitions {
                 Ok(())
             } else {
-                Err(format!(
+                anyhow::bail!(
                     "topic {topic} exists with {existing} partitions, not {partitions}: \
                      delete it (`sluice topics delete {topic}`) or choose another --topic"
-                ))
+                )
             }
         }
-        code => Err(format!(
+        code => anyhow::bail!(
             "cannot create topic {topic}: {}",
             describe_error(code, result.error_message.as_deref())
-        )),
+        ),
     }
 }
 
@@ -539,7 +553,7 @@ fn partition_offsets(
     topic: &str,
     partitions: i32,
     at: i64,
-) -> Result<BTreeMap<i32, i64>, String> {
+) -> anyhow::Result<BTreeMap<i32, i64>> {
     let keys: Vec<_> = (0..partitions).map(|p| (topic.to_owned(), p)).collect();
     Ok(offsets::list_offsets(client, &keys, at)?
         .into_iter()

@@ -12,7 +12,10 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 use super::batch::{BatchTemplate, Compression, now_nanos};
+use super::panicked;
 use super::stats::Recorder;
 use super::wire;
 
@@ -86,14 +89,18 @@ pub fn partitions_of(index: usize, count: usize, partitions: i32) -> Vec<i32> {
 
 /// Run every producer; returns their merged recorder and the time from
 /// `measure_from` to the last counted ack.
-pub fn run(load: &ProduceLoad, window: Window) -> Result<(Recorder, Duration), String> {
-    let results: Vec<Result<(Recorder, Instant), String>> = thread::scope(|scope| {
+pub fn run(load: &ProduceLoad, window: Window) -> anyhow::Result<(Recorder, Duration)> {
+    let results: Vec<anyhow::Result<(Recorder, Instant)>> = thread::scope(|scope| {
         let producers: Vec<_> = (0..load.producers)
             .map(|index| scope.spawn(move || producer(load, index, window)))
             .collect();
         producers
             .into_iter()
-            .map(|producer| producer.join().unwrap_or(Err("producer panicked".into())))
+            .map(|producer| {
+                producer
+                    .join()
+                    .unwrap_or_else(|payload| Err(panicked("a producer", payload.as_ref())))
+            })
             .collect()
     });
     let mut recorder = Recorder::default();
@@ -104,10 +111,10 @@ pub fn run(load: &ProduceLoad, window: Window) -> Result<(Recorder, Duration), S
         last = last.max(one_last);
     }
     if recorder.records == 0 {
-        return Err(match recorder.first_error {
-            Some(error) => format!("no batch was acknowledged: {error}"),
-            None => "no batch was acknowledged in the measured window".into(),
-        });
+        match recorder.first_error {
+            Some(error) => anyhow::bail!("no batch was acknowledged: {error}"),
+            None => anyhow::bail!("no batch was acknowledged in the measured window"),
+        }
     }
     Ok((recorder, last.duration_since(window.measure_from)))
 }
@@ -116,7 +123,7 @@ fn producer(
     load: &ProduceLoad,
     index: usize,
     window: Window,
-) -> Result<(Recorder, Instant), String> {
+) -> anyhow::Result<(Recorder, Instant)> {
     let partitions = partitions_of(index, load.producers, load.partitions);
     let mut template = BatchTemplate::new(
         load.batch_records,
@@ -136,7 +143,7 @@ fn producer(
     } else {
         let stream = stream
             .try_clone()
-            .map_err(|error| format!("{}: {error}", load.address))?;
+            .with_context(|| format!("cannot clone the socket to {}", load.address))?;
         Some(thread::spawn(move || read_acks(stream, receiver, window)))
     };
     let mut sent = Recorder::default();
@@ -192,7 +199,9 @@ fn producer(
     let sent_until = Instant::now();
     match reader {
         Some(reader) => {
-            let (mut acked, last) = reader.join().map_err(|_| "ack reader panicked")?;
+            let (mut acked, last) = reader
+                .join()
+                .map_err(|payload| panicked("the ack reader", payload.as_ref()))?;
             acked.merge(sent);
             Ok((acked, last))
         }
@@ -231,7 +240,7 @@ fn read_acks(
             }
             Ok((_, None)) => {}
             Err(error) => {
-                recorder.error(format!("undecodable produce response: {error}"));
+                recorder.error(format!("undecodable produce response: {error:#}"));
                 break;
             }
         }

@@ -6,6 +6,7 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
 
+use anyhow::Context;
 use bytes::{BufMut, BytesMut};
 use kafka_protocol::messages::{ProduceResponse, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
@@ -22,12 +23,12 @@ const CORRELATION_AT: usize = 8;
 const RESPONSE_MAX_BYTES: usize = 1 << 30;
 
 /// Connect with Nagle off; the producer's writes are whole requests.
-pub fn connect(address: &str) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect(address)
-        .map_err(|error| format!("cannot connect to {address}: {error}"))?;
+pub fn connect(address: &str) -> anyhow::Result<TcpStream> {
+    let stream =
+        TcpStream::connect(address).with_context(|| format!("cannot connect to {address}"))?;
     stream
         .set_nodelay(true)
-        .map_err(|error| format!("{address}: {error}"))?;
+        .with_context(|| format!("cannot turn Nagle off on {address}"))?;
     Ok(stream)
 }
 
@@ -124,11 +125,11 @@ pub fn encode_request<R: Request + Encodable>(
 }
 
 /// The correlation id and the first error of a Produce v8 response.
-pub fn parse_produce_response(frame: &[u8]) -> Result<(i32, Option<String>), String> {
+pub fn parse_produce_response(frame: &[u8]) -> anyhow::Result<(i32, Option<String>)> {
     let mut body = bytes::Bytes::copy_from_slice(frame);
-    let header = ResponseHeader::decode(&mut body, 0).map_err(|error| error.to_string())?;
-    let response =
-        ProduceResponse::decode(&mut body, PRODUCE_VERSION).map_err(|error| error.to_string())?;
+    let header = ResponseHeader::decode(&mut body, 0).context("Produce response header")?;
+    let response = ProduceResponse::decode(&mut body, PRODUCE_VERSION)
+        .with_context(|| format!("Produce v{PRODUCE_VERSION} response body"))?;
     let error = response
         .responses
         .iter()
@@ -158,7 +159,7 @@ pub struct FetchedPartition<'a> {
 }
 
 /// Walk a Fetch v11 response for one topic, in place.
-pub fn parse_fetch_response(frame: &[u8]) -> Result<(i32, Vec<FetchedPartition<'_>>), String> {
+pub fn parse_fetch_response(frame: &[u8]) -> anyhow::Result<(i32, Vec<FetchedPartition<'_>>)> {
     let mut reader = Reader {
         bytes: frame,
         at: 0,
@@ -168,7 +169,7 @@ pub fn parse_fetch_response(frame: &[u8]) -> Result<(i32, Vec<FetchedPartition<'
     let error_code = reader.i16()?;
     let _session = reader.i32()?;
     if error_code != 0 {
-        return Err(format!("fetch failed with error {error_code}"));
+        anyhow::bail!("fetch failed with error {error_code}");
     }
     let mut partitions = Vec::new();
     for _ in 0..reader.count()? {
@@ -233,36 +234,42 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, len: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, len: usize) -> anyhow::Result<&'a [u8]> {
         let end = self
             .at
             .checked_add(len)
             .filter(|end| *end <= self.bytes.len())
-            .ok_or("fetch response ends early")?;
+            .with_context(|| {
+                format!(
+                    "fetch response of {} bytes ends early: {len} bytes wanted at {}",
+                    self.bytes.len(),
+                    self.at
+                )
+            })?;
         let taken = &self.bytes[self.at..end];
         self.at = end;
         Ok(taken)
     }
 
-    fn i16(&mut self) -> Result<i16, String> {
+    fn i16(&mut self) -> anyhow::Result<i16> {
         Ok(i16::from_be_bytes(
             self.take(2)?.try_into().expect("2 bytes"),
         ))
     }
 
-    fn i32(&mut self) -> Result<i32, String> {
+    fn i32(&mut self) -> anyhow::Result<i32> {
         Ok(i32::from_be_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
         ))
     }
 
-    fn i64(&mut self) -> Result<i64, String> {
+    fn i64(&mut self) -> anyhow::Result<i64> {
         Ok(i64::from_be_bytes(
             self.take(8)?.try_into().expect("8 bytes"),
         ))
     }
 
-    fn count(&mut self) -> Result<usize, String> {
+    fn count(&mut self) -> anyhow::Result<usize> {
         Ok(self.i32()?.max(0) as usize)
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::topic_config::{TopicConfig, TopicLimits};
+use super::topic_config::{ConfigIssue, TopicConfig, TopicLimits};
 use crate::storage::durable_file::write_atomic;
 
 pub const METADATA_FILE: &str = "metadata.toml";
@@ -55,8 +55,26 @@ pub enum MetadataError {
         "cluster metadata {path} is damaged: {reason}; restore it from a backup (topics and their configs live there)"
     )]
     Corrupt { path: PathBuf, reason: String },
-    #[error("invalid built-in topic: {0}")]
-    Invalid(String),
+    #[error(
+        "cluster metadata {path} is damaged: {source}; restore it from a backup (topics and their configs live there)"
+    )]
+    Unparsable {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid built-in topic {topic}: {source}")]
+    InvalidBuiltIn {
+        topic: &'static str,
+        #[source]
+        source: ConfigIssue,
+    },
+    #[error("cannot encode cluster metadata for {path} (a bug): {source}")]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: toml::ser::Error,
+    },
     #[error("cannot persist cluster metadata {path}: {source}")]
     Write {
         path: PathBuf,
@@ -198,7 +216,11 @@ fn decode(
         path: path.to_owned(),
         reason,
     };
-    let persisted: Persisted = toml::from_str(text).map_err(|error| corrupt(error.to_string()))?;
+    let persisted: Persisted =
+        toml::from_str(text).map_err(|source| MetadataError::Unparsable {
+            path: path.to_owned(),
+            source,
+        })?;
     if persisted.version != METADATA_VERSION {
         return Err(corrupt(format!(
             "version {} is not supported",
@@ -243,9 +265,9 @@ fn persist(path: &Path, metadata: &ClusterMetadata) -> Result<(), MetadataError>
             })
             .collect(),
     };
-    let text = toml::to_string(&persisted).map_err(|error| MetadataError::Write {
+    let text = toml::to_string(&persisted).map_err(|source| MetadataError::Encode {
         path: path.to_owned(),
-        source: std::io::Error::other(error.to_string()),
+        source,
     })?;
     write_atomic(path, text.as_bytes()).map_err(|source| MetadataError::Write {
         path: path.to_owned(),

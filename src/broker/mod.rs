@@ -49,13 +49,19 @@ pub enum TopicError {
     InvalidReplicationFactor(i16),
     #[error("{0}")]
     Metadata(#[from] MetadataError),
-    #[error("partition storage failed: {0}")]
-    Storage(String),
+    #[error("partition storage failed: {source}")]
+    Storage {
+        #[source]
+        source: PartitionError,
+    },
+    /// The shard owning a partition stopped (the broker is shutting down).
+    #[error("{0}")]
+    ShardGone(#[from] ShardGone),
 }
 
-impl From<ShardGone> for TopicError {
-    fn from(gone: ShardGone) -> Self {
-        TopicError::Storage(gone.to_string())
+impl From<PartitionError> for TopicError {
+    fn from(source: PartitionError) -> Self {
+        TopicError::Storage { source }
     }
 }
 
@@ -244,7 +250,7 @@ impl Broker {
                         Some(id) => context
                             .store
                             .set_partition_config(id, partition_config)
-                            .map_err(|error| TopicError::Storage(error.to_string())),
+                            .map_err(TopicError::from),
                         None => Ok(()),
                     }
                 })
@@ -291,7 +297,7 @@ pub fn create_partition_here(
     let config = topic.config.partition_config();
     match context.store.create_partition(&topic.name, index, config) {
         Ok(_) | Err(PartitionError::AlreadyExists { .. }) => Ok(()),
-        Err(error) => Err(TopicError::Storage(error.to_string())),
+        Err(source) => Err(TopicError::Storage { source }),
     }
 }
 
@@ -303,10 +309,7 @@ fn delete_partition_here(
     let Some(id) = context.store.partition_id(topic, index) else {
         return Ok(());
     };
-    context
-        .store
-        .delete_partition(id)
-        .map_err(|error| TopicError::Storage(error.to_string()))
+    context.store.delete_partition(id).map_err(TopicError::from)
 }
 
 /// Make this shard's partitions match the metadata: create what it owns but
@@ -322,8 +325,7 @@ pub fn reconcile_shard(context: &ShardContext, broker: &Broker) -> Result<(), To
             if let Some(id) = context.store.partition_id(&topic.name, index) {
                 context
                     .store
-                    .set_partition_config(id, topic.config.partition_config())
-                    .map_err(|error| TopicError::Storage(error.to_string()))?;
+                    .set_partition_config(id, topic.config.partition_config())?;
             }
         }
     }
@@ -334,10 +336,7 @@ pub fn reconcile_shard(context: &ShardContext, broker: &Broker) -> Result<(), To
             && shards.owner(&topic, index) == context.id;
         if !claimed {
             tracing::info!(shard = %context.id, %topic, index, "deleting partition no topic claims");
-            context
-                .store
-                .delete_partition(id)
-                .map_err(|error| TopicError::Storage(error.to_string()))?;
+            context.store.delete_partition(id)?;
         }
     }
     Ok(())
@@ -366,7 +365,10 @@ fn ensure_offsets_topic(metadata: &MetadataStore, partitions: u32) -> Result<(),
     ]);
     let topic = metadata
         .new_topic(group::OFFSETS_TOPIC, partitions, overrides)
-        .map_err(|issue| MetadataError::Invalid(format!("{}: {issue}", group::OFFSETS_TOPIC)))?;
+        .map_err(|source| MetadataError::InvalidBuiltIn {
+            topic: group::OFFSETS_TOPIC,
+            source,
+        })?;
     metadata.update(|cluster| {
         cluster
             .topics

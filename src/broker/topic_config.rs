@@ -84,6 +84,8 @@ impl std::fmt::Display for ConfigIssue {
     }
 }
 
+impl std::error::Error for ConfigIssue {}
+
 /// One row of DescribeConfigs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigEntry {
@@ -131,7 +133,7 @@ impl TopicConfig {
             value
                 .trim()
                 .parse::<i64>()
-                .map_err(|_| issue("expected an integer"))
+                .map_err(|error| issue(&format!("expected an integer ({error})")))
         };
         match key {
             RETENTION_MS => {

@@ -45,6 +45,7 @@ use super::request_budget::RequestBudget;
 use super::response::ResponseWriter;
 use super::turn::Turns;
 use crate::broker::Broker;
+use crate::error_chain::error_chain;
 use crate::io::IoBackend;
 use crate::shard::ShardContext;
 use crate::shard::local_sync::Event;
@@ -268,9 +269,10 @@ async fn write_responses(
                 }
             }
             Outcome::Silent => {}
-            Outcome::Close(reason) => {
+            Outcome::Close(error) => {
                 telemetry::kafka::request_done(in_flight.api_key, in_flight.read_at);
                 telemetry::kafka::connection_closed_by(in_flight.api_key);
+                let reason = error_chain(&error);
                 tracing::warn!(%peer, %reason, "closing connection after a bad request");
                 return;
             }

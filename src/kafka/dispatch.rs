@@ -21,6 +21,7 @@ use kafka_protocol::protocol::Decodable;
 
 use super::api;
 use super::hangup::Hangup;
+use super::request_error::RequestError;
 use super::response::Response;
 use super::response_errors::ErrorCodes;
 use super::turn::Turn;
@@ -62,7 +63,7 @@ impl Request<'_> {
     pub fn respond<M: kafka_protocol::protocol::Encodable + ErrorCodes>(
         &self,
         body: &M,
-    ) -> Result<Response, String> {
+    ) -> Result<Response, RequestError> {
         telemetry::kafka::response_errors(self.key, body);
         Response::encode(
             self.correlation_id(),
@@ -70,11 +71,10 @@ impl Request<'_> {
             body,
             self.version,
         )
-        .map_err(|error| {
-            format!(
-                "cannot encode the {:?} v{} response: {error}",
-                self.key, self.version
-            )
+        .map_err(|source| RequestError::Encode {
+            key: self.key,
+            version: self.version,
+            source,
         })
     }
 }
@@ -83,7 +83,8 @@ pub enum Outcome {
     Respond(Response),
     /// acks=0 produce: the client expects nothing.
     Silent,
-    Close(String),
+    /// The connection closes after the responses before this one.
+    Close(RequestError),
 }
 
 pub async fn handle(
@@ -139,32 +140,28 @@ async fn decode_and_serve(
     mut frame: Bytes,
 ) -> Outcome {
     if frame.len() < 8 {
-        return Outcome::Close(format!(
-            "request of {} bytes is shorter than a request header",
-            frame.len()
-        ));
+        return Outcome::Close(RequestError::ShorterThanHeader { len: frame.len() });
     }
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let Ok(key) = ApiKey::try_from(raw_key) else {
-        return Outcome::Close(format!("unknown API key {raw_key}"));
+        return Outcome::Close(RequestError::UnknownApiKey { key: raw_key });
     };
     if !versions::is_supported(key, version) {
         if key == ApiKey::ApiVersions {
             return respond(api::api_versions::unsupported_version(correlation_id));
         }
-        let range = versions::supported(key).map_or("not implemented".to_owned(), |entry| {
-            format!("supported: {}..={}", entry.min, entry.max)
-        });
-        return Outcome::Close(format!("{key:?} v{version} is not supported ({range})"));
+        return Outcome::Close(RequestError::UnsupportedVersion { key, version });
     }
     let header = match RequestHeader::decode(&mut frame, key.request_header_version(version)) {
         Ok(header) => header,
-        Err(error) => {
-            return Outcome::Close(format!(
-                "malformed {key:?} v{version} request header: {error}"
-            ));
+        Err(source) => {
+            return Outcome::Close(RequestError::MalformedHeader {
+                key,
+                version,
+                source,
+            });
         }
     };
     let request = Request {
@@ -184,13 +181,13 @@ async fn decode_and_serve(
     match api::handle(&request, body).await {
         Ok(Some(response)) => Outcome::Respond(response),
         Ok(None) => Outcome::Silent,
-        Err(reason) => Outcome::Close(reason),
+        Err(error) => Outcome::Close(error),
     }
 }
 
-fn respond(response: Result<Response, String>) -> Outcome {
+fn respond(response: Result<Response, RequestError>) -> Outcome {
     match response {
         Ok(response) => Outcome::Respond(response),
-        Err(reason) => Outcome::Close(reason),
+        Err(error) => Outcome::Close(error),
     }
 }

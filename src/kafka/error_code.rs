@@ -20,8 +20,7 @@ pub fn for_append(error: &AppendError) -> i16 {
         AppendError::Poisoned { .. }
         | AppendError::DiskFull { .. }
         | AppendError::Queue { .. }
-        | AppendError::Roll { .. }
-        | AppendError::Storage(_) => ResponseError::KafkaStorageError.code(),
+        | AppendError::Roll { .. } => ResponseError::KafkaStorageError.code(),
         AppendError::ShuttingDown => ResponseError::NotLeaderOrFollower.code(),
     }
 }
@@ -80,6 +79,8 @@ pub fn for_topic(error: &TopicError) -> i16 {
         TopicError::InvalidPartitions(_) => ResponseError::InvalidPartitions.code(),
         TopicError::InvalidConfig(_) => ResponseError::InvalidConfig.code(),
         TopicError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor.code(),
-        TopicError::Metadata(_) | TopicError::Storage(_) => ResponseError::KafkaStorageError.code(),
+        TopicError::Metadata(_) | TopicError::Storage { .. } | TopicError::ShardGone(_) => {
+            ResponseError::KafkaStorageError.code()
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod frame;
 pub mod hangup;
 pub mod listener;
 pub mod request_budget;
+pub mod request_error;
 pub mod response;
 pub mod response_errors;
 pub mod turn;
@@ -26,12 +27,38 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use crate::broker::group::coordinator::Coordinator;
-use crate::broker::{Broker, reconcile_shard};
+use crate::broker::group::coordinator_error::CoordinatorStartError;
+use crate::broker::{Broker, TopicError, reconcile_shard};
+use crate::ids::ShardId;
 use crate::io::IoBackend;
 use crate::kafka::request_budget::RequestBudget;
 use crate::log_throttle::{LogThrottle, monotonic_ms};
-use crate::shard::{ShardContext, ShardService};
+use crate::shard::{ServiceError, ShardContext, ShardService};
 use crate::telemetry;
+
+/// Why the Kafka front end did not start on a shard (the shard, and so the
+/// broker, does not start either).
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaStartError {
+    #[error("cannot reconcile partitions with the metadata: {source}")]
+    Reconcile {
+        #[source]
+        source: TopicError,
+    },
+    #[error("cannot start the group coordinator: {source}")]
+    Coordinator {
+        #[source]
+        source: CoordinatorStartError,
+    },
+    /// Each shard takes its own socket once; a second start is a bug.
+    #[error("no listening socket for {shard}")]
+    NoSocket { shard: ShardId },
+    #[error("cannot watch the Kafka socket: {source}")]
+    WatchSocket {
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// Starts the Kafka front end on each shard.
 pub struct KafkaService {
@@ -66,20 +93,20 @@ impl ShardService for KafkaService {
     fn start(
         &self,
         context: &Rc<ShardContext>,
-    ) -> Result<Vec<compio::runtime::JoinHandle<()>>, String> {
+    ) -> Result<Vec<compio::runtime::JoinHandle<()>>, ServiceError> {
         reconcile_shard(context, &self.broker)
-            .map_err(|error| format!("cannot reconcile partitions with the metadata: {error}"))?;
+            .map_err(|source| KafkaStartError::Reconcile { source })?;
         let group_timers = Coordinator::start(context, &self.broker)
-            .map_err(|error| format!("cannot start the group coordinator: {error}"))?;
+            .map_err(|source| KafkaStartError::Coordinator { source })?;
         let socket = self
             .listeners
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get_mut(usize::from(context.id.0))
             .and_then(Option::take)
-            .ok_or_else(|| format!("no listening socket for {}", context.id))?;
+            .ok_or(KafkaStartError::NoSocket { shard: context.id })?;
         let listener = compio::net::TcpListener::from_std(socket)
-            .map_err(|error| format!("cannot watch the Kafka socket: {error}"))?;
+            .map_err(|source| KafkaStartError::WatchSocket { source })?;
         let accept = accept_loop(
             Rc::clone(context),
             Arc::clone(&self.broker),

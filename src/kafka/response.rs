@@ -97,6 +97,16 @@ impl Response {
     }
 }
 
+/// A response too large for the frame's i32 size field: the connection
+/// closes instead of sending a size that lies.
+#[derive(Debug, thiserror::Error)]
+#[error("a response of {len} bytes does not fit a Kafka frame (2 GiB at most): {source}")]
+struct ResponseTooLarge {
+    len: usize,
+    #[source]
+    source: std::num::TryFromIntError,
+}
+
 /// Sends responses on one connection.
 pub struct ResponseWriter {
     backend: IoBackend,
@@ -121,8 +131,12 @@ impl ResponseWriter {
 
     /// Write `response`, preceded by its size.
     pub async fn send(&mut self, stream: &TcpStream, response: Response) -> io::Result<()> {
-        let size = i32::try_from(response.len)
-            .map_err(|_| io::Error::other("response larger than 2 GiB"))?;
+        let size = i32::try_from(response.len).map_err(|source| {
+            io::Error::other(ResponseTooLarge {
+                len: response.len,
+                source,
+            })
+        })?;
         let mut pending = BytesMut::with_capacity(4 + response.len.min(COALESCE_BYTES_MAX));
         pending.put_i32(size);
         for part in response.parts {
@@ -212,7 +226,9 @@ async fn copy_file(stream: &TcpStream, file: Arc<File>, offset: u64, len: usize)
             file.read_exact_at(&mut buffer, at).map(|()| buffer)
         })
         .await
-        .map_err(|_| io::Error::other("reading a segment for a fetch was cancelled"))??;
+        // A JoinError may hold a panic payload, which is not Sync, so it
+        // cannot travel inside an io::Error: its text does.
+        .map_err(|error| io::Error::other(format!("reading a segment for a fetch: {error}")))??;
         write_all(stream, chunk).await?;
         done += want;
     }

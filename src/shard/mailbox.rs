@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use super::ShardContext;
 use crate::ids::ShardId;
+use crate::storage::AppendError;
 
 /// Messages a shard's mailbox holds before senders must wait.
 pub const MAILBOX_CAPACITY: usize = 1024;
@@ -23,7 +24,7 @@ pub type Job = Box<dyn FnOnce(&Rc<ShardContext>) + Send>;
 pub enum Message {
     Run(Job),
     /// Flush, fsync, checkpoint, then stop; the result goes back on the channel.
-    Shutdown(std::sync::mpsc::Sender<(ShardId, Result<(), String>)>),
+    Shutdown(std::sync::mpsc::Sender<(ShardId, Result<(), AppendError>)>),
 }
 
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
@@ -75,17 +76,22 @@ impl Shards {
             .detach();
         });
         let sender = &self.senders[usize::from(shard.0)];
+        // A send fails only when the shard's mailbox is closed; the error
+        // merely hands the job back. A cancelled reply likewise means the
+        // shard dropped the job unrun. Either way the shard is gone, which
+        // is all there is to say.
         sender
             .send_async(Message::Run(job))
             .await
-            .map_err(|_| ShardGone(shard))?;
-        result.await.map_err(|_| ShardGone(shard))
+            .map_err(|_unsent_job| ShardGone(shard))?;
+        result.await.map_err(|_reply_dropped| ShardGone(shard))
     }
 
     pub(super) fn send_blocking(&self, shard: ShardId, message: Message) -> Result<(), ShardGone> {
+        // The error only hands the message back: the mailbox is closed.
         self.senders[usize::from(shard.0)]
             .send(message)
-            .map_err(|_| ShardGone(shard))
+            .map_err(|_unsent_message| ShardGone(shard))
     }
 }
 

@@ -21,13 +21,18 @@ use thiserror::Error;
 
 use crate::config::Config;
 use crate::data_dir::DataDir;
+use crate::error_chain::error_chain;
 use crate::ids::ShardId;
 use crate::io::IoBackend;
-use crate::storage::{RecoveryReport, ShardStore, StoreOptions};
+use crate::storage::{AppendError, OpenError, RecoveryReport, ShardStore, StoreOptions};
 pub use mailbox::{MAILBOX_CAPACITY, Message, ShardGone, Shards};
 
 /// Entries in each shard's compio ring (sockets, timers, polls).
 const RING_ENTRIES: u32 = 1024;
+
+/// Why a [`ShardService`] did not start on a shard: the service's own
+/// error, kept whole (with its sources) for the startup failure's log line.
+pub type ServiceError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Something that runs on every shard (the Kafka front end): started on each
 /// shard thread once its storage is open, before the shard reports ready.
@@ -37,7 +42,7 @@ pub trait ShardService: Send + Sync + 'static {
     fn start(
         &self,
         context: &Rc<ShardContext>,
-    ) -> Result<Vec<compio::runtime::JoinHandle<()>>, String>;
+    ) -> Result<Vec<compio::runtime::JoinHandle<()>>, ServiceError>;
 }
 
 /// No service: storage only (tests and tools).
@@ -47,7 +52,7 @@ impl ShardService for StorageOnly {
     fn start(
         &self,
         _context: &Rc<ShardContext>,
-    ) -> Result<Vec<compio::runtime::JoinHandle<()>>, String> {
+    ) -> Result<Vec<compio::runtime::JoinHandle<()>>, ServiceError> {
         Ok(Vec::new())
     }
 }
@@ -91,13 +96,40 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{shard} failed to start: {reason}")]
-    Shard { shard: ShardId, reason: String },
+    #[error("{shard} failed to start: {source}")]
+    Shard {
+        shard: ShardId,
+        #[source]
+        source: ShardStartError,
+    },
     #[error(
         "startup cancelled by a signal while {recovering} shard(s) were still recovering; \
          recovery resumes at the next start"
     )]
     Cancelled { recovering: usize },
+}
+
+/// Why one shard did not start.
+#[derive(Debug, Error)]
+pub enum ShardStartError {
+    #[error("cannot start its {backend} event loop: {source}")]
+    EventLoop {
+        backend: IoBackend,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Opening or recovering its storage failed; the error names the file.
+    #[error(transparent)]
+    Storage(#[from] OpenError),
+    #[error("{source}")]
+    Service {
+        #[source]
+        source: ServiceError,
+    },
+    /// Threads that owed an answer exited without one (a panic, already
+    /// logged by the panic hook).
+    #[error("{pending} shard thread(s) exited during startup without a reason")]
+    ThreadsExited { pending: usize },
 }
 
 /// How often a start waiting for shards checks whether it was cancelled.
@@ -205,17 +237,14 @@ impl ShardRuntime {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // Every thread still owing an answer is gone (a panic).
-                    failure.get_or_insert((
-                        ShardId(0),
-                        format!("{pending} shard thread(s) exited during startup without a reason"),
-                    ));
+                    failure.get_or_insert((ShardId(0), ShardStartError::ThreadsExited { pending }));
                     break;
                 }
             }
         }
-        if let Some((shard, reason)) = failure {
+        if let Some((shard, source)) = failure {
             runtime.stop_ready();
-            return Err(StartError::Shard { shard, reason });
+            return Err(StartError::Shard { shard, source });
         }
         runtime.ready.sort_by_key(|ready| ready.shard);
         Ok(runtime)
@@ -227,7 +256,8 @@ impl ShardRuntime {
     fn stop_ready(self) {
         let ready: Vec<ShardId> = self.ready.iter().map(|ready| ready.shard).collect();
         let failures = stop_shards(&self.shards, &ready);
-        for (shard, reason) in failures {
+        for (shard, error) in failures {
+            let reason = error_chain(&error);
             tracing::error!(%shard, %reason, "shard did not shut down cleanly");
         }
         let mut threads = self.threads;
@@ -248,7 +278,7 @@ impl ShardRuntime {
 
     /// Flush, fsync and checkpoint every shard, then join their threads.
     /// Returns the shards whose shutdown failed, with why.
-    pub fn shutdown(self) -> Vec<(ShardId, String)> {
+    pub fn shutdown(self) -> Vec<(ShardId, AppendError)> {
         let ids: Vec<ShardId> = self.shards.ids().collect();
         let failures = stop_shards(&self.shards, &ids);
         drop(self.shards);
@@ -261,7 +291,7 @@ impl ShardRuntime {
 
 /// Ask each of `ids` (shards serving their mailboxes) to flush, fsync and
 /// checkpoint; returns those whose shutdown failed, with why.
-fn stop_shards(shards: &Shards, ids: &[ShardId]) -> Vec<(ShardId, String)> {
+fn stop_shards(shards: &Shards, ids: &[ShardId]) -> Vec<(ShardId, AppendError)> {
     let (sender, receiver) = mpsc::channel();
     let mut asked = 0;
     for &shard in ids {
@@ -275,14 +305,14 @@ fn stop_shards(shards: &Shards, ids: &[ShardId]) -> Vec<(ShardId, String)> {
     drop(sender);
     let mut failures = Vec::new();
     for (shard, result) in receiver.iter().take(asked) {
-        if let Err(reason) = result {
-            failures.push((shard, reason));
+        if let Err(error) = result {
+            failures.push((shard, error));
         }
     }
     failures
 }
 
-type ReadySender = mpsc::Sender<Result<ShardReady, (ShardId, String)>>;
+type ReadySender = mpsc::Sender<Result<ShardReady, (ShardId, ShardStartError)>>;
 
 fn run_shard(
     spec: ShardSpec,
@@ -300,12 +330,9 @@ fn run_shard(
     });
     let runtime = match build_runtime(spec.backend) {
         Ok(runtime) => runtime,
-        Err(error) => {
-            report_failure(
-                &ready,
-                id,
-                format!("cannot start its {} event loop: {error}", spec.backend),
-            );
+        Err(source) => {
+            let backend = spec.backend;
+            report_failure(&ready, id, ShardStartError::EventLoop { backend, source });
             return;
         }
     };
@@ -313,7 +340,7 @@ fn run_shard(
         let store = match ShardStore::open(spec.options) {
             Ok(store) => store,
             Err(error) => {
-                report_failure(&ready, id, error_chain(&error));
+                report_failure(&ready, id, error.into());
                 return;
             }
         };
@@ -325,9 +352,9 @@ fn run_shard(
         let context = Rc::new(ShardContext { id, store, shards });
         let tasks = match spec.service.start(&context) {
             Ok(tasks) => tasks,
-            Err(reason) => {
+            Err(source) => {
                 let _ = context.store.shutdown().await;
-                report_failure(&ready, id, reason);
+                report_failure(&ready, id, ShardStartError::Service { source });
                 return;
             }
         };
@@ -340,9 +367,10 @@ fn run_shard(
 
 /// Log a shard's startup failure at once (the start may wait on other
 /// shards before it reports) and hand it to the starting thread.
-fn report_failure(ready: &ReadySender, id: ShardId, reason: String) {
+fn report_failure(ready: &ReadySender, id: ShardId, error: ShardStartError) {
+    let reason = error_chain(&error);
     tracing::error!(shard = %id, %reason, "shard failed to start");
-    let _ = ready.send(Err((id, reason)));
+    let _ = ready.send(Err((id, error)));
 }
 
 async fn serve_mailbox(
@@ -359,31 +387,12 @@ async fn serve_mailbox(
                 for task in service_tasks.take().into_iter().flatten() {
                     task.cancel().await;
                 }
-                let result = context
-                    .store
-                    .shutdown()
-                    .await
-                    .map_err(|error| error.to_string());
+                let result = context.store.shutdown().await;
                 let _ = reply.send((context.id, result));
                 return;
             }
         }
     }
-}
-
-/// `error` and its sources, outermost first: "a: b: c".
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// A compio runtime on exactly the chosen driver (no silent fallback here:

@@ -43,8 +43,6 @@ pub enum AppendError {
         #[source]
         source: SegmentError,
     },
-    #[error("storage error (retriable): {0}")]
-    Storage(String),
     #[error("the shard is shutting down")]
     ShuttingDown,
 }
@@ -57,7 +55,6 @@ impl AppendError {
             AppendError::DiskFull { .. }
                 | AppendError::Queue { .. }
                 | AppendError::Roll { .. }
-                | AppendError::Storage(_)
                 | AppendError::ShuttingDown
         )
     }
@@ -71,7 +68,6 @@ impl AppendError {
                 | AppendError::DiskFull { .. }
                 | AppendError::Queue { .. }
                 | AppendError::Roll { .. }
-                | AppendError::Storage(_)
         )
     }
 }

@@ -22,7 +22,7 @@ pub mod storage;
 
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
 /// Upper bounds of the latency buckets, in seconds (100 µs to 10 s).
@@ -50,6 +50,26 @@ const WAITER_BUCKETS: &[f64] = &[
     0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0,
 ];
 
+/// Why the metrics recorder was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// A bucket list in this file is not usable (a bug).
+    #[error("cannot set the buckets of {name}: {source}")]
+    Buckets {
+        name: &'static str,
+        #[source]
+        source: BuildError,
+    },
+    /// `install` ran twice in one process (a bug; tests install none).
+    #[error("a metrics recorder is already installed in this process")]
+    AlreadyInstalled,
+    #[error("cannot start the metrics upkeep thread: {source}")]
+    UpkeepThread {
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// How often histograms are folded into their buckets when nobody scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -57,7 +77,7 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// describe every metric. Gauges not set for `gauge_idle` disappear from the
 /// exposition. Returns the handle that renders the exposition; a thread keeps
 /// its histograms bounded between scrapes.
-pub fn install(gauge_idle: Duration) -> Result<PrometheusHandle, String> {
+pub fn install(gauge_idle: Duration) -> Result<PrometheusHandle, InstallError> {
     let buckets = [
         (names::KAFKA_REQUEST_DURATION, LATENCY_BUCKETS),
         (names::LOG_FSYNC_DURATION, FSYNC_BUCKETS),
@@ -69,12 +89,14 @@ pub fn install(gauge_idle: Duration) -> Result<PrometheusHandle, String> {
     for (name, bounds) in buckets {
         builder = builder
             .set_buckets_for_metric(Matcher::Full(name.to_owned()), bounds)
-            .map_err(|error| format!("cannot set the buckets of {name}: {error}"))?;
+            .map_err(|source| InstallError::Buckets { name, source })?;
     }
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
+    // The error only hands our recorder back: that one was installed
+    // already is all it says.
     metrics::set_global_recorder(recorder)
-        .map_err(|_| "a metrics recorder is already installed".to_owned())?;
+        .map_err(|_recorder_handed_back| InstallError::AlreadyInstalled)?;
     names::describe();
     let upkeep = handle.clone();
     std::thread::Builder::new()
@@ -85,6 +107,6 @@ pub fn install(gauge_idle: Duration) -> Result<PrometheusHandle, String> {
                 upkeep.run_upkeep();
             }
         })
-        .map_err(|error| format!("cannot start the metrics upkeep thread: {error}"))?;
+        .map_err(|source| InstallError::UpkeepThread { source })?;
     Ok(handle)
 }

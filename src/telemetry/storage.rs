@@ -139,9 +139,7 @@ impl StoreMetrics {
             AppendError::BatchTooLarge { .. } => "too_large",
             AppendError::Poisoned { .. } => "poisoned",
             AppendError::DiskFull { .. } => "disk_full",
-            AppendError::Queue { .. } | AppendError::Roll { .. } | AppendError::Storage(_) => {
-                "storage"
-            }
+            AppendError::Queue { .. } | AppendError::Roll { .. } => "storage",
             AppendError::ShuttingDown => "shutting_down",
         };
         let index = REJECT_REASONS

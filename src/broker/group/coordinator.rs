@@ -34,6 +34,7 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
 use super::OFFSETS_TOPIC;
+use super::coordinator_error::{CoordinatorStartError, OffsetsWriteError};
 use super::membership::{
     Group, GroupLimits, GroupState, JoinRequest, JoinResult, MemberClaim, Reply, SyncRequest,
     SyncResult,
@@ -148,7 +149,7 @@ impl Coordinator {
     pub fn start(
         context: &Rc<ShardContext>,
         broker: &Arc<Broker>,
-    ) -> Result<compio::runtime::JoinHandle<()>, String> {
+    ) -> Result<compio::runtime::JoinHandle<()>, CoordinatorStartError> {
         let groups_config = &broker.config.groups;
         let limits = GroupLimits {
             initial_rebalance_delay: Duration::from_millis(
@@ -184,7 +185,7 @@ impl Coordinator {
         LOCAL.with(|local| local.borrow().clone())
     }
 
-    fn replay(&self) -> Result<(), String> {
+    fn replay(&self) -> Result<(), CoordinatorStartError> {
         let Some(topic) = self
             .broker
             .metadata
@@ -192,9 +193,7 @@ impl Coordinator {
             .topic(OFFSETS_TOPIC)
             .cloned()
         else {
-            return Err(format!(
-                "the {OFFSETS_TOPIC} topic is missing from the metadata"
-            ));
+            return Err(CoordinatorStartError::OffsetsTopicMissing);
         };
         let started = Instant::now();
         let mut records = 0u64;
@@ -203,9 +202,7 @@ impl Coordinator {
                 continue;
             }
             let Some(id) = self.context.store.partition_id(OFFSETS_TOPIC, index) else {
-                return Err(format!(
-                    "{OFFSETS_TOPIC}-{index} has no storage on this shard"
-                ));
+                return Err(CoordinatorStartError::NoStorage { index });
             };
             let replayed = self.replay_partition(index, id)?;
             records += replayed;
@@ -231,7 +228,7 @@ impl Coordinator {
         Ok(())
     }
 
-    fn replay_partition(&self, index: u32, id: PartitionId) -> Result<u64, String> {
+    fn replay_partition(&self, index: u32, id: PartitionId) -> Result<u64, CoordinatorStartError> {
         let store = &self.context.store;
         let Some(offsets) = store.offsets(id) else {
             return Ok(0);
@@ -239,18 +236,23 @@ impl Coordinator {
         let mut next = offsets.log_start_offset;
         let mut records = 0;
         while next < offsets.high_watermark {
-            let read = store
-                .read(id, next, REPLAY_READ_BYTES)
-                .map_err(|error| format!("cannot read {OFFSETS_TOPIC}-{index}: {error}"))?;
+            let read = store.read(id, next, REPLAY_READ_BYTES).map_err(|source| {
+                CoordinatorStartError::Read {
+                    index,
+                    offset: next,
+                    source,
+                }
+            })?;
             if read.batches.is_empty() {
                 break;
             }
             for batch in &read.batches {
-                let bytes = crate::storage::read_batch_bytes(batch).map_err(|error| {
-                    format!(
-                        "cannot read {OFFSETS_TOPIC}-{index} at {}: {error}",
-                        batch.base_offset.0
-                    )
+                let bytes = crate::storage::read_batch_bytes(batch).map_err(|source| {
+                    CoordinatorStartError::ReadBatch {
+                        index,
+                        offset: batch.base_offset,
+                        source,
+                    }
                 })?;
                 records += self.replay_batch(index, &bytes);
                 next = Offset(batch.last_offset.0 + 1);
@@ -341,7 +343,7 @@ impl Coordinator {
 
     /// Append `changes` to their offsets partition, apply them to the table
     /// in log order, and wait until they are durable.
-    async fn write(&self, changes: Vec<OffsetRecord>) -> Result<(), AppendError> {
+    async fn write(&self, changes: Vec<OffsetRecord>) -> Result<(), OffsetsWriteError> {
         let Some(first) = changes.first() else {
             return Ok(());
         };
@@ -351,9 +353,7 @@ impl Coordinator {
             .borrow()
             .get(&index)
             .map(|log| log.id)
-            .ok_or(AppendError::Storage(format!(
-                "{OFFSETS_TOPIC}-{index} is not on this shard"
-            )))?;
+            .ok_or(OffsetsWriteError::NotHere { index })?;
         let count = changes.len() as u64;
         let receipt = {
             let _writing = self.writer.lock().await;
@@ -362,10 +362,10 @@ impl Coordinator {
         if let Some(log) = self.logs.borrow_mut().get_mut(&index) {
             log.records_since_snapshot += count;
         }
-        match receipt {
-            Some(receipt) => self.context.store.wait(&receipt).await,
-            None => Ok(()),
+        if let Some(receipt) = receipt {
+            self.context.store.wait(&receipt).await?;
         }
+        Ok(())
     }
 
     /// Append batches of records and apply each batch once it has its place
@@ -374,13 +374,13 @@ impl Coordinator {
         &self,
         id: PartitionId,
         changes: Vec<OffsetRecord>,
-    ) -> Result<Option<crate::storage::AppendReceipt>, AppendError> {
+    ) -> Result<Option<crate::storage::AppendReceipt>, OffsetsWriteError> {
         let limits = self.broker.config.storage.stored_batch_limits();
         let mut last = None;
         for chunk in batch_chunks(&changes, self.broker.config.storage.message_max_bytes)? {
             let bytes = encode_batch(chunk);
             let batch = ValidatedBatch::validate(&bytes, &limits)
-                .map_err(|error| AppendError::Storage(format!("offset batch: {error}")))?;
+                .map_err(|source| OffsetsWriteError::InvalidBatch { source })?;
             let receipt = self
                 .context
                 .store
@@ -400,11 +400,11 @@ impl Coordinator {
 /// [`RECORDS_PER_BATCH_MAX`] records and `limit_bytes` bytes each. Group ids
 /// and metadata may each be up to 32 KiB, so a count alone does not keep a
 /// batch under the limit. A record too large for a batch of its own is
-/// BatchTooLarge (INVALID_COMMIT_OFFSET_SIZE to the committer).
+/// RecordTooLarge (INVALID_COMMIT_OFFSET_SIZE to the committer).
 fn batch_chunks(
     changes: &[OffsetRecord],
     limit_bytes: u32,
-) -> Result<Vec<&[OffsetRecord]>, AppendError> {
+) -> Result<Vec<&[OffsetRecord]>, OffsetsWriteError> {
     let limit = limit_bytes as usize;
     let mut chunks = Vec::new();
     let mut start = 0;
@@ -412,7 +412,7 @@ fn batch_chunks(
     for (index, change) in changes.iter().enumerate() {
         let record_bytes = RECORD_FRAMING_BYTES_MAX + change.encoded_len();
         if HEADER_BYTES + record_bytes > limit {
-            return Err(AppendError::BatchTooLarge {
+            return Err(OffsetsWriteError::RecordTooLarge {
                 size: HEADER_BYTES + record_bytes,
                 limit: limit_bytes,
             });
@@ -858,7 +858,7 @@ impl Coordinator {
         index: u32,
         id: PartitionId,
         partitions: u32,
-    ) -> Result<(), AppendError> {
+    ) -> Result<(), OffsetsWriteError> {
         let (receipt, start, live) = {
             let _writing = self.writer.lock().await;
             let live: Vec<OffsetRecord> = self
@@ -889,7 +889,11 @@ impl Coordinator {
         self.context
             .store
             .advance_log_start(id, start)
-            .map_err(|error| AppendError::Storage(error.to_string()))?;
+            .map_err(|source| OffsetsWriteError::AdvanceLogStart {
+                index,
+                start,
+                source,
+            })?;
         if let Some(log) = self.logs.borrow_mut().get_mut(&index) {
             log.records_since_snapshot = live as u64;
             log.last_snapshot = Instant::now();
@@ -927,10 +931,15 @@ async fn run_timers(coordinator: std::rc::Weak<Coordinator>) {
 
 /// How a failed offsets write is reported (as Kafka does): retriable
 /// coordinator errors, or INVALID_COMMIT_OFFSET_SIZE for an oversized batch.
-fn commit_error_code(error: &AppendError) -> i16 {
+fn commit_error_code(error: &OffsetsWriteError) -> i16 {
     match error {
-        AppendError::BatchTooLarge { .. } => ResponseError::InvalidCommitOffsetSize.code(),
-        AppendError::ShuttingDown => ResponseError::NotCoordinator.code(),
+        OffsetsWriteError::RecordTooLarge { .. }
+        | OffsetsWriteError::Append {
+            source: AppendError::BatchTooLarge { .. },
+        } => ResponseError::InvalidCommitOffsetSize.code(),
+        OffsetsWriteError::Append {
+            source: AppendError::ShuttingDown,
+        } => ResponseError::NotCoordinator.code(),
         _ => ResponseError::CoordinatorNotAvailable.code(),
     }
 }
@@ -984,14 +993,14 @@ mod tests {
     }
 
     #[test]
-    fn an_offset_record_larger_than_a_batch_may_be_is_batch_too_large() {
+    fn an_offset_record_larger_than_a_batch_may_be_is_record_too_large() {
         let changes = vec![record("g", 2000)];
         assert!(matches!(
             batch_chunks(&changes, 1000),
-            Err(AppendError::BatchTooLarge { limit: 1000, .. })
+            Err(OffsetsWriteError::RecordTooLarge { limit: 1000, .. })
         ));
         assert_eq!(
-            commit_error_code(&AppendError::BatchTooLarge { size: 0, limit: 0 }),
+            commit_error_code(&OffsetsWriteError::RecordTooLarge { size: 0, limit: 0 }),
             ResponseError::InvalidCommitOffsetSize.code()
         );
     }

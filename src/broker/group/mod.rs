@@ -4,12 +4,14 @@
 //!   heartbeat, leave, session expiry, generations, static members).
 //! * [`offsets`]: the committed-offsets table and its stored records.
 //! * [`coordinator`]: a shard's groups, with the waiting, the timers and the
-//!   `__consumer_offsets` log (write, replay, snapshot compaction).
+//!   `__consumer_offsets` log (write, replay, snapshot compaction);
+//!   [`coordinator_error`]: what its start and its writes can fail with.
 //!
 //! Every request about a group runs on the group's coordinator shard: the
 //! owner of the `__consumer_offsets` partition the group id hashes to.
 
 pub mod coordinator;
+pub mod coordinator_error;
 pub mod membership;
 pub mod offsets;
 

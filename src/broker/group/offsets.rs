@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
 
 const KEY_VERSION: i16 = 1;
 const VALUE_VERSION: i16 = 3;
@@ -23,6 +24,23 @@ const VALUE_VERSION: i16 = 3;
 pub const RECORD_STRING_BYTES_MAX: usize = i16::MAX as usize;
 
 const _: () = assert!(crate::storage::partition::TOPIC_NAME_BYTES_MAX <= RECORD_STRING_BYTES_MAX);
+
+/// Why a stored offset record does not decode (replay skips it with a
+/// warning: the record was damaged, or not written by this broker).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum OffsetRecordError {
+    #[error("offset record ends early: {needed} bytes needed, {left} left")]
+    EndsEarly { needed: usize, left: usize },
+    #[error("offset value version {found} (expected {VALUE_VERSION})")]
+    ValueVersion { found: i16 },
+    #[error("negative string length {len}")]
+    NegativeStringLength { len: i16 },
+    #[error("string is not UTF-8: {source}")]
+    NotUtf8 {
+        #[source]
+        source: std::string::FromUtf8Error,
+    },
+}
 
 /// Bytes of a key beyond its two strings: version, two lengths, partition.
 const KEY_FIXED_BYTES: usize = 2 + 2 + 2 + 4;
@@ -122,7 +140,10 @@ impl OffsetRecord {
 
     /// Decode a stored record; `None` for keys this version does not know
     /// (skipped, so a future record type does not stop a replay).
-    pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Option<OffsetRecord>, String> {
+    pub fn decode(
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<Option<OffsetRecord>, OffsetRecordError> {
         let mut key = Bytes::copy_from_slice(key);
         let version = get_i16(&mut key)?;
         if version != 0 && version != KEY_VERSION {
@@ -143,13 +164,11 @@ impl OffsetRecord {
     }
 }
 
-fn decode_value(bytes: &[u8]) -> Result<CommittedOffset, String> {
+fn decode_value(bytes: &[u8]) -> Result<CommittedOffset, OffsetRecordError> {
     let mut value = Bytes::copy_from_slice(bytes);
     let version = get_i16(&mut value)?;
     if version != VALUE_VERSION {
-        return Err(format!(
-            "offset value version {version} (expected {VALUE_VERSION})"
-        ));
+        return Err(OffsetRecordError::ValueVersion { found: version });
     }
     Ok(CommittedOffset {
         offset: get_i64(&mut value)?,
@@ -166,39 +185,39 @@ fn put_string(out: &mut BytesMut, text: &str) {
     out.put_slice(text.as_bytes());
 }
 
-fn need(bytes: &Bytes, len: usize) -> Result<(), String> {
+fn need(bytes: &Bytes, len: usize) -> Result<(), OffsetRecordError> {
     if bytes.remaining() < len {
-        return Err(format!(
-            "offset record ends early: {len} bytes needed, {} left",
-            bytes.remaining()
-        ));
+        return Err(OffsetRecordError::EndsEarly {
+            needed: len,
+            left: bytes.remaining(),
+        });
     }
     Ok(())
 }
 
-fn get_i16(bytes: &mut Bytes) -> Result<i16, String> {
+fn get_i16(bytes: &mut Bytes) -> Result<i16, OffsetRecordError> {
     need(bytes, 2)?;
     Ok(bytes.get_i16())
 }
 
-fn get_i32(bytes: &mut Bytes) -> Result<i32, String> {
+fn get_i32(bytes: &mut Bytes) -> Result<i32, OffsetRecordError> {
     need(bytes, 4)?;
     Ok(bytes.get_i32())
 }
 
-fn get_i64(bytes: &mut Bytes) -> Result<i64, String> {
+fn get_i64(bytes: &mut Bytes) -> Result<i64, OffsetRecordError> {
     need(bytes, 8)?;
     Ok(bytes.get_i64())
 }
 
-fn get_string(bytes: &mut Bytes) -> Result<String, String> {
+fn get_string(bytes: &mut Bytes) -> Result<String, OffsetRecordError> {
     let len = get_i16(bytes)?;
     let Ok(len) = usize::try_from(len) else {
-        return Err(format!("negative string length {len}"));
+        return Err(OffsetRecordError::NegativeStringLength { len });
     };
     need(bytes, len)?;
     let raw = bytes.split_to(len);
-    String::from_utf8(raw.to_vec()).map_err(|error| format!("string is not UTF-8: {error}"))
+    String::from_utf8(raw.to_vec()).map_err(|source| OffsetRecordError::NotUtf8 { source })
 }
 
 #[cfg(test)]
@@ -277,7 +296,13 @@ mod tests {
         };
         let key = record.encode_key();
         for len in 0..key.len() {
-            assert!(OffsetRecord::decode(&key[..len], None).is_err());
+            assert!(
+                matches!(
+                    OffsetRecord::decode(&key[..len], None),
+                    Err(OffsetRecordError::EndsEarly { .. })
+                ),
+                "a key cut to {len} bytes"
+            );
         }
     }
 }

@@ -8,9 +8,10 @@ use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse
 use super::{decode, str_bytes};
 use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let create: CreatePartitionsRequest = decode(request, body)?;
     let node = request.broker.config.kafka.node_id;
     let mut results = Vec::with_capacity(create.topics.len());

@@ -15,13 +15,14 @@ use crate::broker::TopicError;
 use crate::broker::metadata::TopicMeta;
 use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
 /// DescribeConfigs' config source codes used in CreateTopics results.
 pub const SOURCE_TOPIC_OVERRIDE: i8 = 1;
 pub const SOURCE_DEFAULT: i8 = 5;
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let create: CreateTopicsRequest = decode(request, body)?;
     let broker = request.broker;
     let mut seen = HashSet::new();

@@ -8,9 +8,10 @@ use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 use super::decode;
 use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let delete: DeleteGroupsRequest = decode(request, body)?;
     let mut results = Vec::with_capacity(delete.groups_names.len());
     for group_id in &delete.groups_names {

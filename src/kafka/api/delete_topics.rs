@@ -7,9 +7,10 @@ use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
 use super::{decode, str_bytes};
 use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let delete: DeleteTopicsRequest = decode(request, body)?;
     let mut results = Vec::with_capacity(delete.topic_names.len());
     for name in delete.topic_names {

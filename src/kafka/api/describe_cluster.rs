@@ -7,12 +7,13 @@ use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeCluster
 
 use super::{AUTHORIZED_OPERATIONS_UNKNOWN, decode, str_bytes};
 use crate::kafka::dispatch::Request;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
 /// DescribeCluster endpoint type asking for broker listeners (KIP-919).
 const ENDPOINT_TYPE_BROKERS: i8 = 1;
 
-pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let describe: DescribeClusterRequest = decode(request, body)?;
     let broker = request.broker;
     let node = BrokerId(broker.config.kafka.node_id);

@@ -16,6 +16,7 @@ use crate::broker::topic_config::{
     RETENTION_BYTES, RETENTION_MS, SEGMENT_BYTES,
 };
 use crate::kafka::dispatch::Request;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
 pub const RESOURCE_TOPIC: i8 = 2;
@@ -27,7 +28,7 @@ const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
 const TYPE_LIST: i8 = 7;
 
-pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let describe: DescribeConfigsRequest = decode(request, body)?;
     let results = describe
         .resources

@@ -8,9 +8,10 @@ use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 use super::{AUTHORIZED_OPERATIONS_UNKNOWN, decode, str_bytes};
 use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let describe: DescribeGroupsRequest = decode(request, body)?;
     let mut described = Vec::with_capacity(describe.groups.len());
     for group_id in &describe.groups {

@@ -31,6 +31,7 @@ use crate::ids::{Offset, ShardId};
 use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
 use crate::kafka::fetch_response::{self, FetchedPartition, FetchedTopic};
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 use crate::shard::ShardContext;
 use crate::telemetry;
@@ -47,7 +48,7 @@ struct Wanted {
     max_bytes: u32,
 }
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let fetch: FetchRequest = decode(request, body)?;
     let version = request.version;
     if version >= 7 && fetch.session_id != 0 {

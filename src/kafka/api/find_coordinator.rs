@@ -9,11 +9,12 @@ use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinator
 
 use super::{decode, str_bytes};
 use crate::kafka::dispatch::Request;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
 const KEY_TYPE_GROUP: i8 = 0;
 
-pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let find: FindCoordinatorRequest = decode(request, body)?;
     let broker = request.broker;
     let node = BrokerId(broker.config.kafka.node_id);

@@ -11,6 +11,7 @@ use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
 use super::{decode, str_bytes};
 use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
 const OP_SET: i8 = 0;
@@ -18,7 +19,7 @@ const OP_DELETE: i8 = 1;
 const OP_APPEND: i8 = 2;
 const OP_SUBTRACT: i8 = 3;
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let alter: IncrementalAlterConfigsRequest = decode(request, body)?;
     let mut responses = Vec::with_capacity(alter.resources.len());
     for resource in &alter.resources {

@@ -12,9 +12,10 @@ use super::{decode, str_bytes};
 use crate::broker::group::membership::JoinRequest;
 use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let join: JoinGroupRequest = decode(request, body)?;
     let group_id = join.group_id.to_string();
     let member_id = join.member_id.to_string();
@@ -91,7 +92,11 @@ fn fit_protocol_name(mut response: JoinGroupResponse, version: i16) -> JoinGroup
     response
 }
 
-fn respond_error(request: &Request<'_>, code: i16, member_id: &str) -> Result<Response, String> {
+fn respond_error(
+    request: &Request<'_>,
+    code: i16,
+    member_id: &str,
+) -> Result<Response, RequestError> {
     let response = JoinGroupResponse::default()
         .with_error_code(code)
         .with_generation_id(-1)

@@ -9,9 +9,10 @@ use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 use super::decode;
 use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let leave: LeaveGroupRequest = decode(request, body)?;
     let group_id = leave.group_id.to_string();
     if group_id.is_empty() {

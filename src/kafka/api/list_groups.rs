@@ -8,11 +8,12 @@ use kafka_protocol::messages::{ListGroupsRequest, ListGroupsResponse};
 use super::{decode, str_bytes};
 use crate::broker::group::coordinator::{Coordinator, GroupListing};
 use crate::kafka::dispatch::Request;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
 const GROUP_TYPE: &str = "classic";
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let list: ListGroupsRequest = decode(request, body)?;
     let mut listed: Vec<GroupListing> = Vec::new();
     for shard in request.shard.shards.ids() {

@@ -21,20 +21,22 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::decode;
+use crate::error_chain::error_chain;
 use crate::ids::{Offset, PartitionId};
 use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 use crate::record_batch::record_walk::Walked;
-use crate::record_batch::{self, BatchHeader};
+use crate::record_batch::{self, BatchError, BatchHeader};
 use crate::shard::ShardContext;
-use crate::storage::{ShardStore, read_batch_bytes};
+use crate::storage::{ReadError, ShardStore, read_batch_bytes};
 
 const EARLIEST: i64 = -2;
 const LATEST: i64 = -1;
 const MAX_TIMESTAMP: i64 = -3;
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let list: ListOffsetsRequest = decode(request, body)?;
     let mut topics = Vec::with_capacity(list.topics.len());
     for topic in &list.topics {
@@ -135,8 +137,47 @@ fn lookup_on_owner(
         return Ok((-1, -1));
     };
     let record = first_record_at_or_after(store, id, base_offset, target, decompressed_max_bytes)
-        .ok_or(ResponseError::KafkaStorageError.code())?;
+        .map_err(|error| {
+        let reason = error_chain(&error);
+        tracing::warn!(partition = id.0, %reason, "ListOffsets by time failed");
+        ResponseError::KafkaStorageError.code()
+    })?;
     Ok((record.0.max(offsets.log_start_offset.0), record.1))
+}
+
+/// Why the batch a timestamp lookup chose could not be read (the answer is
+/// KAFKA_STORAGE_ERROR, and the log says why).
+#[derive(Debug, thiserror::Error)]
+enum TimeLookupError {
+    #[error("cannot read the batch at offset {offset}: {source}")]
+    Read {
+        offset: Offset,
+        #[source]
+        source: ReadError,
+    },
+    #[error("no batch at offset {offset}, which the consume queue's timestamp index named")]
+    Missing { offset: Offset },
+    #[error("cannot read the bytes of the batch at offset {offset}: {source}")]
+    Bytes {
+        offset: Offset,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the batch at offset {offset} has maxTimestamp {max_timestamp_ms}, before {target}, \
+         though the timestamp index chose it"
+    )]
+    EarlierThanIndexed {
+        offset: Offset,
+        max_timestamp_ms: i64,
+        target: i64,
+    },
+    #[error("the stored batch at offset {offset} has no valid header: {source}")]
+    Header {
+        offset: Offset,
+        #[source]
+        source: BatchError,
+    },
 }
 
 /// The first record of the batch at `base_offset` with a timestamp at or
@@ -147,18 +188,29 @@ fn first_record_at_or_after(
     base_offset: Offset,
     target: i64,
     decompressed_max_bytes: u64,
-) -> Option<(i64, i64)> {
+) -> Result<(i64, i64), TimeLookupError> {
+    let offset = base_offset;
     let batch = store
         .read(id, base_offset, 1)
-        .ok()?
+        .map_err(|source| TimeLookupError::Read { offset, source })?
         .batches
         .into_iter()
-        .next()?;
-    let bytes = read_batch_bytes(&batch).ok()?;
-    let header = BatchHeader::parse(&bytes).ok()?;
+        .next()
+        .ok_or(TimeLookupError::Missing { offset })?;
+    let bytes =
+        read_batch_bytes(&batch).map_err(|source| TimeLookupError::Bytes { offset, source })?;
+    let header =
+        BatchHeader::parse(&bytes).map_err(|source| TimeLookupError::Header { offset, source })?;
+    let whole_batch = (header.base_offset, header.max_timestamp_ms);
     if header.uses_log_append_time() {
-        return (header.max_timestamp_ms >= target)
-            .then_some((header.base_offset, header.max_timestamp_ms));
+        if header.max_timestamp_ms < target {
+            return Err(TimeLookupError::EarlierThanIndexed {
+                offset,
+                max_timestamp_ms: header.max_timestamp_ms,
+                target,
+            });
+        }
+        return Ok(whole_batch);
     }
     let mut found = None;
     let walked = record_batch::walk_records(&bytes, decompressed_max_bytes, |record| {
@@ -172,10 +224,10 @@ fn first_record_at_or_after(
         ControlFlow::Continue(())
     });
     match walked {
-        Ok(Walked::Stopped) => found,
+        Ok(Walked::Stopped) => Ok(found.unwrap_or(whole_batch)),
         // Only a batch whose maxTimestamp overstates its records gets here
         // (Produce corrects those): the batch start is still a safe answer.
-        Ok(Walked::Complete(_)) => Some((header.base_offset, header.max_timestamp_ms)),
+        Ok(Walked::Complete(_)) => Ok(whole_batch),
         Err(error) => {
             tracing::warn!(
                 partition = id.0,
@@ -184,7 +236,7 @@ fn first_record_at_or_after(
                 "ListOffsets by time: cannot read the records of a stored batch; answering with \
                  its base offset"
             );
-            Some((header.base_offset, header.max_timestamp_ms))
+            Ok(whole_batch)
         }
     }
 }

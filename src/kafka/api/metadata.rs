@@ -13,10 +13,11 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use super::{AUTHORIZED_OPERATIONS_UNKNOWN, decode, str_bytes};
 use crate::broker::metadata::TopicMeta;
 use crate::kafka::dispatch::Request;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 use crate::storage::partition::validate_topic_name;
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let metadata: MetadataRequest = decode(request, body)?;
     let broker = request.broker;
     let node = BrokerId(broker.config.kafka.node_id);

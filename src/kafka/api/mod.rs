@@ -30,10 +30,11 @@ use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
 use super::dispatch::Request;
+use super::request_error::RequestError;
 use super::response::Response;
 
 /// Serve one request; `Ok(None)` means no response is sent (acks=0).
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Response>, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Response>, RequestError> {
     match request.key {
         ApiKey::ApiVersions => api_versions::handle(request).map(Some),
         ApiKey::Metadata => metadata::handle(request, body).await.map(Some),
@@ -59,22 +60,29 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         ApiKey::ListGroups => list_groups::handle(request, body).await.map(Some),
         ApiKey::DescribeGroups => describe_groups::handle(request, body).await.map(Some),
         ApiKey::DeleteGroups => delete_groups::handle(request, body).await.map(Some),
-        other => Err(format!("{other:?} is not implemented")),
+        key => Err(RequestError::NotImplemented { key }),
     }
 }
 
-/// Decode the request body, or explain why it is malformed.
-pub fn decode<M: Decodable>(request: &Request<'_>, body: Bytes) -> Result<M, String> {
+/// Decode the request body, or say why it is malformed.
+pub fn decode<M: Decodable>(request: &Request<'_>, body: Bytes) -> Result<M, RequestError> {
     decode_body(request.key, request.version, body)
 }
 
-/// Decode the body of a `key` request of `version`, or explain why it is
-/// malformed. The decoder (kafka-protocol, patched in `vendor/`) sizes no
+/// Decode the body of a `key` request of `version`, or say why it is
+/// malformed (the decoder's error is the source). The decoder (kafka-protocol, patched in `vendor/`) sizes no
 /// allocation by a length or count before the bytes behind it are seen, so a
 /// hostile body costs at most its own size (issue 12).
-pub fn decode_body<M: Decodable>(key: ApiKey, version: i16, mut body: Bytes) -> Result<M, String> {
-    M::decode(&mut body, version)
-        .map_err(|error| format!("malformed {key:?} v{version} request: {error}"))
+pub fn decode_body<M: Decodable>(
+    key: ApiKey,
+    version: i16,
+    mut body: Bytes,
+) -> Result<M, RequestError> {
+    M::decode(&mut body, version).map_err(|source| RequestError::MalformedBody {
+        key,
+        version,
+        source,
+    })
 }
 
 pub fn str_bytes(text: &str) -> StrBytes {

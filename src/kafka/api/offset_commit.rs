@@ -16,9 +16,10 @@ use crate::broker::group::membership::MemberClaim;
 use crate::broker::group::offsets::{CommittedOffset, TopicPartition};
 use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let commit: OffsetCommitRequest = decode(request, body)?;
     let group_id = commit.group_id.to_string();
     let now = now_ms();

@@ -12,9 +12,10 @@ use super::decode;
 use crate::broker::group::offsets::TopicPartition;
 use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let delete: OffsetDeleteRequest = decode(request, body)?;
     let group_id = delete.group_id.to_string();
     let keys: Vec<TopicPartition> = delete

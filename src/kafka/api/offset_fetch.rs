@@ -14,11 +14,12 @@ use super::{by_topic, decode, str_bytes};
 use crate::broker::group::offsets::{CommittedOffset, TopicPartition};
 use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
 type Fetched = Vec<(TopicPartition, Option<CommittedOffset>)>;
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let fetch: OffsetFetchRequest = decode(request, body)?;
     if request.version >= 8 {
         let mut groups = Vec::with_capacity(fetch.groups.len());

@@ -40,6 +40,7 @@ use crate::broker::topic_config::{TimestampType, TopicConfig};
 use crate::ids::Offset;
 use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
+use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 use crate::record_batch::{self, BatchError, BatchLimits, ValidatedBatch};
 use crate::shard::ShardContext;
@@ -86,7 +87,7 @@ impl Outcome {
     }
 }
 
-pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Response>, String> {
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Response>, RequestError> {
     let produce: ProduceRequest = decode(request, body)?;
     let acks = produce.acks;
     // How long acks=all may wait for its fdatasync; 0 or less: no limit.
