@@ -492,6 +492,13 @@ fn consume_queue_lookup(criterion: &mut Criterion) {
     group.bench_function("lookup_by_timestamp_1M_entries", |bencher| {
         bencher.iter(|| queue.search_timestamp(1_700_000_000_000 + next() as i64));
     });
+    // The same queue mapped afresh, as after a restart: its pages come in
+    // through read faults instead of the writes that built it.
+    drop(queue);
+    let queue = ConsumeQueue::open(dir.path(), 262_144, ENTRIES).unwrap();
+    group.bench_function("lookup_by_offset_1M_entries_reopened", |bencher| {
+        bencher.iter(|| queue.search_offset(Offset(next() as i64 * 10 + 5)));
+    });
     // Baseline: the same binary search over an in-memory Vec.
     let offsets: Vec<i64> = (0..ENTRIES as i64).map(|index| index * 10 + 9).collect();
     group.bench_function("baseline_vec_binary_search_1M", |bencher| {
