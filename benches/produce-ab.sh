@@ -9,6 +9,8 @@
 # --duration 8 --json` from the AFTER binary's load generator (so only the
 # broker differs), then the broker stopped and the directory removed.
 # Prints one line per run: codec, round, build, MB/s, records/s, p99 ms.
+# SLUICE_AB_BENCH_ARGS adds load-generator flags, e.g. "--record-size 100
+# --batch-records 10" for small requests, where per-request costs show.
 set -euo pipefail
 
 before=${1:?usage: produce-ab.sh BEFORE AFTER [ROUNDS] [CODECS] [ACKS]}
@@ -31,7 +33,7 @@ run() {
         sleep 0.1
     done
     "$after" bench produce --brokers "127.0.0.1:$port" --acks "$acks" \
-        --compression "$codec" --duration 8 --json 2>/dev/null
+        --compression "$codec" --duration 8 --json ${SLUICE_AB_BENCH_ARGS:-} 2>/dev/null
     kill "$broker"
     wait "$broker" || true
     rm -rf "$dir" "$dir.log"

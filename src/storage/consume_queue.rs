@@ -456,6 +456,17 @@ mod tests {
         }
     }
 
+    /// Flip `byte`'s worth of bits at `at` bytes into entry `index` of the
+    /// first file, as disk damage would.
+    fn damage(dir: &Path, index: u64, at: u64, byte: u8) {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(queue_file_path(dir, 0))
+            .unwrap();
+        let offset = HEADER_BYTES as u64 + index * ENTRY_BYTES as u64 + at;
+        file.write_all_at(&[byte], offset).unwrap();
+    }
+
     fn filled(dir: &Path, entries_per_file: u32, count: u64) -> ConsumeQueue {
         let mut queue = ConsumeQueue::open(dir, entries_per_file, 0).unwrap();
         for index in 0..count {
@@ -485,15 +496,9 @@ mod tests {
     fn a_damaged_entry_fails_lookups_and_the_next_open_cuts_back_before_it() {
         let dir = tempfile::tempdir().unwrap();
         drop(filled(dir.path(), 1024, 600));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(queue_file_path(dir.path(), 0))
-            .unwrap();
         // 100 is not among the slots the open's binary search probes.
         let damaged = 100u64;
-        let at = HEADER_BYTES as u64 + damaged * ENTRY_BYTES as u64 + 9;
-        file.write_all_at(&[0xee], at).unwrap();
-        drop(file);
+        damage(dir.path(), damaged, 9, 0xee);
         {
             // Opened trusting everything: the binary search may not meet
             // the damage, but a lookup through it must fail, not mislead.
@@ -513,13 +518,8 @@ mod tests {
     fn a_damaged_entry_the_open_meets_ends_the_queue_there() {
         let dir = tempfile::tempdir().unwrap();
         drop(filled(dir.path(), 1024, 600));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(queue_file_path(dir.path(), 0))
-            .unwrap();
         // Slot 300 is the binary search's first probe of 600 entries.
-        file.write_all_at(&[0xee], HEADER_BYTES as u64 + 300 * ENTRY_BYTES as u64)
-            .unwrap();
+        damage(dir.path(), 300, 0, 0xee);
         let queue = ConsumeQueue::open(dir.path(), 1024, 600).unwrap();
         assert_eq!(queue.tail_index(), 300);
         assert_eq!(queue.get(300).unwrap(), None, "the damaged slot is cleared");
@@ -529,12 +529,7 @@ mod tests {
     fn a_damaged_last_trusted_entry_is_cut_back_at_open() {
         let dir = tempfile::tempdir().unwrap();
         drop(filled(dir.path(), 1024, 50));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(queue_file_path(dir.path(), 0))
-            .unwrap();
-        file.write_all_at(&[1], HEADER_BYTES as u64 + 49 * ENTRY_BYTES as u64)
-            .unwrap();
+        damage(dir.path(), 49, 0, 1);
         let queue = ConsumeQueue::open(dir.path(), 1024, 50).unwrap();
         assert_eq!(queue.tail_index(), 49);
         assert_eq!(queue.last(), Some(entry(48)));

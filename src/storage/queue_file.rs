@@ -88,15 +88,7 @@ impl QueueFile {
         let header = encode_header(entries, first_index);
         file.write_all_at(&header, 0)
             .map_err(|source| QueueError::from_write(&path, source))?;
-        let map = map(&file, &path)?;
-        Ok(QueueFile {
-            first_index,
-            path,
-            file: Arc::new(file),
-            entries,
-            map,
-            allocated_end: HEADER_BYTES as u64,
-        })
+        QueueFile::mapped(file, path, first_index, entries)
     }
 
     /// Open an existing file; its header must name `first_index`.
@@ -126,7 +118,22 @@ impl QueueFile {
                 ),
             });
         }
-        let map = map(&file, &path)?;
+        QueueFile::mapped(file, path, first_index, entries)
+    }
+
+    /// Map a file whose header is in place. Only the header's block is known
+    /// to be allocated.
+    fn mapped(
+        file: File,
+        path: PathBuf,
+        first_index: u64,
+        entries: u64,
+    ) -> Result<QueueFile, QueueError> {
+        // SAFETY: the data directory is locked by this process (see data_dir),
+        // so no other process truncates or writes this file while it is
+        // mapped, and this queue never shrinks a file it has mapped.
+        let map =
+            unsafe { MmapMut::map_mut(&file) }.map_err(|source| QueueError::io(&path, source))?;
         Ok(QueueFile {
             first_index,
             path,
@@ -254,13 +261,6 @@ fn slot_offset(slot: u64) -> u64 {
 
 fn file_bytes(entries: u64) -> u64 {
     slot_offset(entries)
-}
-
-fn map(file: &File, path: &Path) -> Result<MmapMut, QueueError> {
-    // SAFETY: the data directory is locked by this process (see data_dir), so
-    // no other process truncates or writes this file while it is mapped, and
-    // this queue never shrinks a file it has mapped.
-    unsafe { MmapMut::map_mut(file) }.map_err(|source| QueueError::io(path, source))
 }
 
 fn encode_header(entries: u64, first_index: u64) -> [u8; HEADER_BYTES] {

@@ -9,14 +9,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{
-    ApiVersionsRequest, CreateTopicsRequest, FetchRequest, FetchResponse, TopicName,
-};
+use kafka_protocol::messages::{ApiVersionsRequest, CreateTopicsRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::broker_process::BrokerProcess;
 use crate::kafka_bad_input::{batch, produce_code};
+use crate::kafka_pipelining::long_poll;
 use crate::wire::Wire;
 
 const MIB: u64 = 1024 * 1024;
@@ -51,25 +49,6 @@ fn create_topic(wire: &mut Wire, topic: &str) {
 }
 
 /// A Fetch of an empty partition that waits up to `max_wait_ms` for a byte.
-fn long_poll(topic: &str, max_wait_ms: i32) -> FetchRequest {
-    FetchRequest::default()
-        .with_replica_id((-1).into())
-        .with_max_wait_ms(max_wait_ms)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_session_epoch(-1)
-        .with_topics(vec![
-            FetchTopic::default()
-                .with_topic(name(topic))
-                .with_partitions(vec![
-                    FetchPartition::default()
-                        .with_partition(0)
-                        .with_fetch_offset(0)
-                        .with_partition_max_bytes(1 << 20),
-                ]),
-        ])
-}
-
 /// Whether a new client gets an ApiVersions answer (a refused one is
 /// closed, which may also fail the write).
 fn served(address: &str) -> bool {

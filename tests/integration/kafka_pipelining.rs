@@ -126,7 +126,9 @@ fn pipelined_requests_apply_and_answer_in_request_order() {
 }
 
 /// A Fetch of partition 0 from offset 0 that waits up to `max_wait_ms` for a byte.
-fn long_poll(topic: &str, max_wait_ms: i32) -> FetchRequest {
+/// A Fetch of partition 0 of `topic` from offset 0 that waits up to
+/// `max_wait_ms` for a byte.
+pub fn long_poll(topic: &str, max_wait_ms: i32) -> FetchRequest {
     FetchRequest::default()
         .with_replica_id((-1).into())
         .with_max_wait_ms(max_wait_ms)

@@ -14,7 +14,7 @@ use std::time::Duration;
 use sluice::config::WriteMode;
 use sluice::ids::{Offset, PartitionId};
 use sluice::io::IoBackend;
-use sluice::storage::{AppendError, Durability, ShardStore, StoreHooks};
+use sluice::storage::{AppendError, Durability, ShardStore};
 
 use crate::sim_device::SimDevice;
 use crate::support::{self, batch, validated};
@@ -22,16 +22,7 @@ use crate::support::{self, batch, validated};
 const PARTITIONS: u32 = 2;
 
 fn open_on(dir: &Path, device: &SimDevice) -> Rc<ShardStore> {
-    let options = support::options(
-        dir,
-        support::small_storage(WriteMode::Direct),
-        IoBackend::Epoll,
-    );
-    let hooks = StoreHooks {
-        log_io: Some(device.log_io()),
-        disk_probe: None,
-    };
-    ShardStore::open_with(options, hooks).unwrap()
+    device.open_store(dir)
 }
 
 fn partitions(store: &ShardStore) -> Vec<PartitionId> {

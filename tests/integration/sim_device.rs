@@ -47,6 +47,21 @@ impl SimDevice {
         device
     }
 
+    /// A store of the test geometry in `dir` whose commit log runs on this
+    /// device.
+    pub fn open_store(&self, dir: &std::path::Path) -> Rc<sluice::storage::ShardStore> {
+        let options = crate::support::options(
+            dir,
+            crate::support::small_storage(sluice::config::WriteMode::Direct),
+            sluice::io::IoBackend::Epoll,
+        );
+        let hooks = sluice::storage::StoreHooks {
+            log_io: Some(self.log_io()),
+            disk_probe: None,
+        };
+        sluice::storage::ShardStore::open_with(options, hooks).unwrap()
+    }
+
     pub fn log_io(&self) -> Box<dyn LogIo> {
         Box::new(SimLogIo {
             device: self.clone(),

@@ -9,24 +9,14 @@
 use std::path::Path;
 use std::rc::Rc;
 
-use sluice::config::WriteMode;
 use sluice::io::IoBackend;
-use sluice::storage::{AppendError, Durability, ShardStore, StoreHooks};
+use sluice::storage::{AppendError, Durability, ShardStore};
 
 use crate::sim_device::SimDevice;
 use crate::support::{self, batch, validated};
 
 fn open_on(dir: &Path, device: &SimDevice) -> Rc<ShardStore> {
-    let options = support::options(
-        dir,
-        support::small_storage(WriteMode::Direct),
-        IoBackend::Epoll,
-    );
-    let hooks = StoreHooks {
-        log_io: Some(device.log_io()),
-        disk_probe: None,
-    };
-    ShardStore::open_with(options, hooks).unwrap()
+    device.open_store(dir)
 }
 
 /// The producer of a durable acks=all batch that looks only after a later
