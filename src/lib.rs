@@ -15,6 +15,9 @@ pub mod client;
 pub mod config;
 pub mod data_dir;
 pub mod exposure;
+/// Fuzz targets and the network fuzzer (`fuzz/README.md`); not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 pub mod io;
 pub mod kafka;

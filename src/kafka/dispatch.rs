@@ -132,14 +132,28 @@ struct Connection<'a> {
     turn: &'a Turn,
 }
 
-async fn decode_and_serve(
-    shard: &Rc<ShardContext>,
-    broker: &Arc<Broker>,
-    connection: Connection<'_>,
-    mut frame: Bytes,
-) -> Outcome {
+/// What the first bytes of a frame say, before any handler runs.
+#[derive(Debug)]
+pub enum Head {
+    /// A supported API and version with its decoded header; the frame now
+    /// holds only the body.
+    Request {
+        key: ApiKey,
+        version: i16,
+        header: RequestHeader,
+    },
+    /// ApiVersions at a version this broker does not speak: answered with
+    /// the v0-shaped UNSUPPORTED_VERSION reply (KIP-511).
+    UnsupportedApiVersions { correlation_id: i32 },
+    /// Not a request this broker serves: close the connection, saying why.
+    Refused(String),
+}
+
+/// Read the API key, version and request header at the front of `frame`
+/// (Kafka protocol guide, "Request Header"), leaving the body.
+pub fn read_head(frame: &mut Bytes) -> Head {
     if frame.len() < 8 {
-        return Outcome::Close(format!(
+        return Head::Refused(format!(
             "request of {} bytes is shorter than a request header",
             frame.len()
         ));
@@ -148,24 +162,45 @@ async fn decode_and_serve(
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let Ok(key) = ApiKey::try_from(raw_key) else {
-        return Outcome::Close(format!("unknown API key {raw_key}"));
+        return Head::Refused(format!("unknown API key {raw_key}"));
     };
     if !versions::is_supported(key, version) {
         if key == ApiKey::ApiVersions {
-            return respond(api::api_versions::unsupported_version(correlation_id));
+            return Head::UnsupportedApiVersions { correlation_id };
         }
         let range = versions::supported(key).map_or("not implemented".to_owned(), |entry| {
             format!("supported: {}..={}", entry.min, entry.max)
         });
-        return Outcome::Close(format!("{key:?} v{version} is not supported ({range})"));
+        return Head::Refused(format!("{key:?} v{version} is not supported ({range})"));
     }
-    let header = match RequestHeader::decode(&mut frame, key.request_header_version(version)) {
-        Ok(header) => header,
-        Err(error) => {
-            return Outcome::Close(format!(
-                "malformed {key:?} v{version} request header: {error}"
-            ));
+    match RequestHeader::decode(frame, key.request_header_version(version)) {
+        Ok(header) => Head::Request {
+            key,
+            version,
+            header,
+        },
+        Err(error) => Head::Refused(format!(
+            "malformed {key:?} v{version} request header: {error}"
+        )),
+    }
+}
+
+async fn decode_and_serve(
+    shard: &Rc<ShardContext>,
+    broker: &Arc<Broker>,
+    connection: Connection<'_>,
+    mut frame: Bytes,
+) -> Outcome {
+    let (key, version, header) = match read_head(&mut frame) {
+        Head::Request {
+            key,
+            version,
+            header,
+        } => (key, version, header),
+        Head::UnsupportedApiVersions { correlation_id } => {
+            return respond(api::api_versions::unsupported_version(correlation_id));
         }
+        Head::Refused(reason) => return Outcome::Close(reason),
     };
     let request = Request {
         shard,

@@ -1,0 +1,1 @@
+//! The network fuzzer (in progress).
