@@ -129,15 +129,15 @@ fn main() -> Result<(), String> {
         }
     };
     if !args.replay.is_empty() {
-        network::replay(&address, &args.replay).map_err(|error| format!("replay: {error}"))?;
-        std::thread::sleep(Duration::from_millis(500));
-        return match network::resident_bytes(pid) {
-            Some(rss) => {
-                println!("replayed {} files; the broker is up ({} MiB resident)", args.replay.len(), rss >> 20);
-                Ok(())
-            }
-            None => Err(format!("replayed {} files; the broker died (log: {})", args.replay.len(), log.display())),
-        };
+        network::replay(&address, pid, &args.replay)
+            .map_err(|error| format!("{error} (log: {})", log.display()))?;
+        let rss = network::resident_bytes(pid).unwrap_or(0);
+        println!(
+            "replayed {} files; the broker is up ({} MiB resident)",
+            args.replay.len(),
+            rss >> 20
+        );
+        return Ok(());
     }
     println!("fuzzing {address} (pid {pid}) for {} s with seed {seed}", args.duration);
     let report = network::run(&NetworkFuzzOptions {

