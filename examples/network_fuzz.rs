@@ -73,14 +73,25 @@ impl Drop for Broker {
 fn start_broker(binary: &PathBuf, log: PathBuf) -> Result<Broker, String> {
     let data = tempfile::tempdir().map_err(|error| format!("no temporary directory: {error}"))?;
     let mut child = Command::new(binary)
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--shards", "2", "--data-dir"])
         .arg(data.path())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|error| format!("cannot start {}: {error} (cargo build --bin sluice)", binary.display()))?;
+        .map_err(|error| {
+            format!(
+                "cannot start {}: {error} (cargo build --bin sluice)",
+                binary.display()
+            )
+        })?;
     let stderr = child.stderr.take().ok_or("no stderr pipe")?;
     let (ready_sender, ready) = mpsc::channel();
     std::thread::spawn(move || {
@@ -139,7 +150,10 @@ fn main() -> Result<(), String> {
         );
         return Ok(());
     }
-    println!("fuzzing {address} (pid {pid}) for {} s with seed {seed}", args.duration);
+    println!(
+        "fuzzing {address} (pid {pid}) for {} s with seed {seed}",
+        args.duration
+    );
     let report = network::run(&NetworkFuzzOptions {
         address,
         pid,

@@ -128,7 +128,11 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<String>()
         .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|text| (*text).to_owned()))
+        .or_else(|| {
+            payload
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+        })
         .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
@@ -211,7 +215,8 @@ fn fuzz(name: &'static str) {
         }
     }
     let seconds = env_number::<f64>("SLUICE_FUZZ_SECONDS").unwrap_or(SECONDS_DEFAULT);
-    let seed = env_number::<u64>("SLUICE_FUZZ_SEED").unwrap_or(0) ^ u64::from(crc32c::crc32c(name.as_bytes()));
+    let seed = env_number::<u64>("SLUICE_FUZZ_SEED").unwrap_or(0)
+        ^ u64::from(crc32c::crc32c(name.as_bytes()));
     let mut rng = Rng::new(seed);
     let mut donors: Vec<Vec<u8>> = seeds;
     donors.extend(regressions.into_iter().map(|(_, input)| input));
@@ -226,7 +231,12 @@ fn fuzz(name: &'static str) {
         };
         let input = mutate(&mut rng, parent, &donors, target.input_max_bytes);
         if let Some(failure) = run_one(target, &input) {
-            fail(name, &format!("mutation {count} (seed {seed})"), &input, failure);
+            fail(
+                name,
+                &format!("mutation {count} (seed {seed})"),
+                &input,
+                failure,
+            );
         }
         if pool.len() < POOL_MAX {
             pool.push(input);

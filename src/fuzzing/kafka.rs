@@ -361,7 +361,10 @@ pub(crate) fn assert_round_trip<M: Decodable + Encodable + PartialEq + Debug>(
     }
     let encoded = encoded.freeze();
     match M::decode(&mut encoded.clone(), version) {
-        Ok(again) => assert_eq!(&again, decoded, "{what:?} v{version} changed in a round trip"),
+        Ok(again) => assert_eq!(
+            &again, decoded,
+            "{what:?} v{version} changed in a round trip"
+        ),
         Err(error) => panic!(
             "{what:?} v{version} re-encoded does not decode: {error}\n{decoded:?}\n\
              encoded: {encoded:02x?}"

@@ -90,7 +90,9 @@ mod tests {
     fn every_target_has_a_unique_name_and_seeds_that_run() {
         for (index, target) in TARGETS.iter().enumerate() {
             assert!(
-                TARGETS[..index].iter().all(|other| other.name != target.name),
+                TARGETS[..index]
+                    .iter()
+                    .all(|other| other.name != target.name),
                 "{} twice",
                 target.name
             );

@@ -152,7 +152,11 @@ fn mutate_once(rng: &mut Rng, out: &mut Vec<u8>, donors: &[Vec<u8>]) {
             // A run of one byte: zeroed or filled space.
             let from = rng.below(len);
             let to = (from + 1 + rng.below(32)).min(len);
-            let byte = if rng.one_in(2) { 0 } else { rng.next_u64() as u8 };
+            let byte = if rng.one_in(2) {
+                0
+            } else {
+                rng.next_u64() as u8
+            };
             out[from..to].fill(byte);
         }
         _ => out.push(rng.next_u64() as u8),
@@ -204,7 +208,11 @@ mod tests {
         assert_ne!(first, run(8));
         assert!(first.iter().all(|input| input.len() <= 64));
         assert!(
-            first.iter().filter(|input| input.as_slice() != seeds[0]).count() > 50,
+            first
+                .iter()
+                .filter(|input| input.as_slice() != seeds[0])
+                .count()
+                > 50,
             "most inputs differ from their seed"
         );
     }

@@ -122,7 +122,9 @@ pub fn run(options: &NetworkFuzzOptions) -> NetworkFuzzReport {
     }
     let mut health = HealthCheck::new(&options.address);
     if let Err(error) = health.check() {
-        report.failure = Some(format!("the broker fails the check before fuzzing: {error}"));
+        report.failure = Some(format!(
+            "the broker fails the check before fuzzing: {error}"
+        ));
         return report;
     }
     report.health_checks = 1;
@@ -218,7 +220,9 @@ fn watch(options: &NetworkFuzzOptions, report: &mut NetworkFuzzReport) -> Option
 /// `VmRSS` of `pid`; `None` once the process is gone or a zombie.
 pub fn resident_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let state = status.lines().find_map(|line| line.strip_prefix("State:"))?;
+    let state = status
+        .lines()
+        .find_map(|line| line.strip_prefix("State:"))?;
     if state.trim_start().starts_with('Z') || state.trim_start().starts_with('X') {
         return None;
     }
@@ -316,7 +320,10 @@ fn produce_and_read_back(client: &mut KafkaClient, value: &[u8]) -> Result<(), S
         .and_then(|topic| topic.partition_responses.first())
         .ok_or("an empty produce response")?;
     if partition.error_code != 0 {
-        return Err(format!("produce failed with error code {}", partition.error_code));
+        return Err(format!(
+            "produce failed with error code {}",
+            partition.error_code
+        ));
     }
     let offset = partition.base_offset;
     let fetch = FetchRequest::default()
@@ -339,7 +346,10 @@ fn produce_and_read_back(client: &mut KafkaClient, value: &[u8]) -> Result<(), S
         .and_then(|topic| topic.partitions.first())
         .ok_or("an empty fetch response")?;
     if partition.error_code != 0 {
-        return Err(format!("fetch failed with error code {}", partition.error_code));
+        return Err(format!(
+            "fetch failed with error code {}",
+            partition.error_code
+        ));
     }
     let mut records = partition.records.clone().unwrap_or_default();
     let batches = RecordBatchDecoder::decode_all(&mut records)
@@ -349,7 +359,9 @@ fn produce_and_read_back(client: &mut KafkaClient, value: &[u8]) -> Result<(), S
         .flat_map(|set| &set.records)
         .any(|record| record.offset == offset && record.value.as_deref() == Some(value));
     if !found {
-        return Err(format!("the record produced at offset {offset} was not fetched back"));
+        return Err(format!(
+            "the record produced at offset {offset} was not fetched back"
+        ));
     }
     Ok(())
 }
@@ -382,7 +394,10 @@ impl Worker {
         while !self.stop.load(Ordering::Relaxed) {
             let script = self.script();
             {
-                let mut recent = self.recent.lock().unwrap_or_else(|poison| poison.into_inner());
+                let mut recent = self
+                    .recent
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
                 if recent.len() == RECENT_SCRIPTS_MAX {
                     recent.pop_front();
                 }
@@ -395,9 +410,13 @@ impl Worker {
                 continue;
             };
             self.counters.connections.fetch_add(1, Ordering::Relaxed);
-            self.counters.frames.fetch_add(script.frames, Ordering::Relaxed);
+            self.counters
+                .frames
+                .fetch_add(script.frames, Ordering::Relaxed);
             if send_script(&stream, &script, &self.counters) {
-                self.counters.closed_by_broker.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .closed_by_broker
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -490,11 +509,7 @@ fn send_script(mut stream: &TcpStream, script: &Script, counters: &Counters) -> 
 }
 
 /// Save every worker's recent scripts, oldest first within a worker.
-fn save_recent(
-    out_dir: &Path,
-    seed: u64,
-    recent: &[Arc<Mutex<VecDeque<Script>>>],
-) -> Vec<PathBuf> {
+fn save_recent(out_dir: &Path, seed: u64, recent: &[Arc<Mutex<VecDeque<Script>>>]) -> Vec<PathBuf> {
     let mut saved = Vec::new();
     if std::fs::create_dir_all(out_dir).is_err() {
         return saved;

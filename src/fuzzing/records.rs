@@ -11,8 +11,7 @@ use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::{ConsumerProtocolAssignment, ConsumerProtocolSubscription};
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-    TimestampType,
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
 use super::Target;
@@ -125,8 +124,8 @@ fn check_validated(validated: &ValidatedBatch<'_>, limit: usize) {
     assert!(header.last_offset_delta >= 0 && header.records_count >= 0);
     let mut stored = bytes.to_vec();
     assign_broker_fields(&mut stored, 1 << 40, 7);
-    let restamped = ValidatedBatch::validate(&stored, limit)
-        .expect("the broker's fields lie outside the CRC");
+    let restamped =
+        ValidatedBatch::validate(&stored, limit).expect("the broker's fields lie outside the CRC");
     assert_eq!(restamped.header().base_offset, 1 << 40);
     set_log_append_time(&mut stored, 1_800_000_000_000);
     let appended = ValidatedBatch::validate(&stored, limit)
@@ -326,9 +325,9 @@ where
 }
 
 fn group_metadata_seeds() -> Vec<Vec<u8>> {
+    use kafka_protocol::messages::TopicName;
     use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as Assigned;
     use kafka_protocol::messages::consumer_protocol_subscription::TopicPartition as Owned;
-    use kafka_protocol::messages::TopicName;
     use kafka_protocol::protocol::Encodable;
     let topic = || TopicName(StrBytes::from_static_str("orders"));
     let mut seeds = Vec::new();
@@ -339,7 +338,11 @@ fn group_metadata_seeds() -> Vec<Vec<u8>> {
             .with_topics(vec![StrBytes::from_static_str("orders")])
             .with_user_data(Some(Bytes::from_static(b"user")))
             .with_owned_partitions(if version >= 1 {
-                vec![Owned::default().with_topic(topic()).with_partitions(vec![0])]
+                vec![
+                    Owned::default()
+                        .with_topic(topic())
+                        .with_partitions(vec![0]),
+                ]
             } else {
                 vec![]
             })

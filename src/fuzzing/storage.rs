@@ -37,7 +37,9 @@ pub const SEGMENT_SCAN: Target = Target {
     name: "segment_scan",
     run: segment_scan,
     seeds: segment_scan_seeds,
-    allocation_max_bytes: |input| SCAN_BUFFER_BYTES + super::proportional_allocation_max_bytes(input),
+    allocation_max_bytes: |input| {
+        SCAN_BUFFER_BYTES + super::proportional_allocation_max_bytes(input)
+    },
     input_max_bytes: 64 * 1024,
 };
 
@@ -106,7 +108,10 @@ pub fn log_frame(data: &[u8]) {
             && u64::from(header.payload_len) <= payload_len_max
     );
     let mut encoded = [0u8; FRAME_PREFIX_BYTES];
-    header.encode_prefix(&prefix[FRAME_HEADER_BYTES..FRAME_PREFIX_BYTES], &mut encoded);
+    header.encode_prefix(
+        &prefix[FRAME_HEADER_BYTES..FRAME_PREFIX_BYTES],
+        &mut encoded,
+    );
     let reserved_zero = prefix[5..8] == [0, 0, 0];
     let differs_at: &[std::ops::Range<usize>] = if reserved_zero { &[] } else { &[5..8, 16..20] };
     assert_equal_outside(&encoded, &prefix[..FRAME_PREFIX_BYTES], differs_at, "frame");
@@ -130,7 +135,11 @@ fn assert_equal_outside(
     reserved: &[std::ops::Range<usize>],
     what: &str,
 ) {
-    assert_eq!(encoded.len(), found.len(), "{what} re-encodes to another length");
+    assert_eq!(
+        encoded.len(),
+        found.len(),
+        "{what} re-encodes to another length"
+    );
     for (at, (a, b)) in encoded.iter().zip(found).enumerate() {
         if reserved.iter().any(|range| range.contains(&at)) {
             continue;
@@ -376,7 +385,11 @@ fn check_entry(bytes: &[u8; ENTRY_BYTES]) -> Option<QueueEntry> {
             None
         }
         Ok(Some(entry)) => {
-            assert_eq!(&entry.encode(), bytes, "a queue entry changed in a round trip");
+            assert_eq!(
+                &entry.encode(),
+                bytes,
+                "a queue entry changed in a round trip"
+            );
             assert!(entry.next_offset() > entry.base_offset);
             assert!(entry.frame_end(FRAME_HEADER_BYTES as u64) > entry.position);
             Some(entry)
@@ -446,10 +459,13 @@ pub fn queue_file(data: &[u8]) {
         );
         for slot in 0..entries {
             let at = header_bytes + slot as usize * ENTRY_BYTES;
-            let bytes: &[u8; ENTRY_BYTES] =
-                file[at..at + ENTRY_BYTES].try_into().expect("a slot");
+            let bytes: &[u8; ENTRY_BYTES] = file[at..at + ENTRY_BYTES].try_into().expect("a slot");
             let expected = QueueEntry::decode(bytes);
-            assert_eq!(queue.entry(slot), expected, "slot {slot} read back differently");
+            assert_eq!(
+                queue.entry(slot),
+                expected,
+                "slot {slot} read back differently"
+            );
             check_entry(bytes);
         }
     });
@@ -470,7 +486,11 @@ fn queue_file_seeds() -> Vec<Vec<u8>> {
     }
     vec![
         [&[NAME_FROM_HEADER][..], &file].concat(),
-        [&[FIX_CRC | FIX_COUNT | NAME_FROM_HEADER | FIX_ENTRY_CRCS][..], &file].concat(),
+        [
+            &[FIX_CRC | FIX_COUNT | NAME_FROM_HEADER | FIX_ENTRY_CRCS][..],
+            &file,
+        ]
+        .concat(),
         [&[0u8][..], &file].concat(),
     ]
 }

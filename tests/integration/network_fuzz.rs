@@ -83,10 +83,16 @@ fn mutated_requests_on_many_connections_leave_the_broker_up_bounded_and_serving(
     assert_eq!(delivered.len(), 10);
     let records = kafka_clients::consume(&broker.address, "after-fuzz", 1, 0, 10);
     let payloads: Vec<Vec<u8>> = records.into_iter().map(|record| record.payload).collect();
-    assert_eq!(payloads, (0..10u8).map(|index| vec![index; 8]).collect::<Vec<_>>());
+    assert_eq!(
+        payloads,
+        (0..10u8).map(|index| vec![index; 8]).collect::<Vec<_>>()
+    );
     assert!(
         !broker.log().iter().any(|line| line.contains("panicked")),
         "a panic was logged"
     );
-    assert!(broker.stop().success(), "the broker stops cleanly after the fuzzing");
+    assert!(
+        broker.stop().success(),
+        "the broker stops cleanly after the fuzzing"
+    );
 }
