@@ -107,7 +107,7 @@ fn start_broker(binary: &PathBuf, log: PathBuf) -> Result<Broker, String> {
     });
     let line = ready
         .recv_timeout(Duration::from_secs(60))
-        .map_err(|_| "the broker never logged `sluice ready`".to_owned())?;
+        .map_err(|error| format!("the broker never logged `sluice ready` ({error})"))?;
     let address = line
         .split_whitespace()
         .find_map(|field| field.strip_prefix("kafka="))

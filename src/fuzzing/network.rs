@@ -250,8 +250,9 @@ fn prepare_topics(address: &str) -> Result<(), String> {
         .with_timeout_ms(30_000);
     let response = client.call(&request).map_err(|error| error.to_string())?;
     for topic in &response.topics {
-        // 36: TOPIC_ALREADY_EXISTS, from an earlier run on the same broker.
-        if topic.error_code != 0 && topic.error_code != 36 {
+        // Already there from an earlier run on the same broker: fine.
+        let exists = kafka_protocol::ResponseError::TopicAlreadyExists.code();
+        if topic.error_code != 0 && topic.error_code != exists {
             return Err(format!(
                 "creating {} failed with error code {}",
                 topic.name.0, topic.error_code
