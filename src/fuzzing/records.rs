@@ -85,6 +85,9 @@ pub fn record_batch(data: &[u8]) {
     };
     let batch = with_fixes(flags, batch);
     let limit = [1 << 20, 1024, HEADER_BYTES, 100][usize::from(flags >> 2) % 4];
+    // Produce's checks: where they grow (a walk over the records with
+    // decompression caps), call the new checks here on the same bytes and
+    // assert what they promise in `check_validated`.
     match ValidatedBatch::validate(&batch, limit) {
         Ok(validated) => check_validated(&validated, limit),
         Err(record_batch::BatchError::CrcMismatch { .. }) => {
