@@ -4,15 +4,22 @@
 //! keep its resident memory within a bound and answer a produce and a
 //! read-back every two seconds. Then librdkafka produces and consumes, and
 //! the broker stops cleanly. Long runs: `cargo run --example network_fuzz`
-//! (fuzz/README.md).
+//! (fuzz/README.md). Below it, the findings of the fuzz targets that reach
+//! the broker, each as a regression test.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{ListOffsetsRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use sluice::fuzzing::network::{self, NetworkFuzzOptions};
+use sluice::record_batch::{self, BatchBuilder, RecordSpec};
 
 use crate::broker_process::BrokerProcess;
+use crate::kafka_bad_input::{batch, produce_code};
 use crate::kafka_clients;
+use crate::wire::Wire;
 
 /// Seconds of fuzzing, unless `SLUICE_NETWORK_FUZZ_SECONDS` says otherwise.
 const SECONDS_DEFAULT: u64 = 20;
@@ -95,4 +102,53 @@ fn mutated_requests_on_many_connections_leave_the_broker_up_bounded_and_serving(
         broker.stop().success(),
         "the broker stops cleanly after the fuzzing"
     );
+}
+
+/// A batch whose records' timestamps overflow i64: a base near i64::MAX
+/// and a record 100 ms after it.
+fn batch_with_overflowing_timestamps() -> Vec<u8> {
+    let mut builder = BatchBuilder::new(0);
+    builder.push(RecordSpec {
+        key: None,
+        value: Some(b"late"),
+        timestamp_delta_ms: 100,
+    });
+    let mut batch = builder.build();
+    // baseTimestamp at 27, maxTimestamp at 35 (RecordBatch v2).
+    batch[27..35].copy_from_slice(&(i64::MAX - 10).to_be_bytes());
+    batch[35..43].copy_from_slice(&i64::MAX.to_be_bytes());
+    record_batch::recompute_crc(&mut batch);
+    batch
+}
+
+/// Issue 12, found by the `record_batch` fuzz target: ListOffsets by time
+/// decodes stored batches, and a record whose timestamp delta pushed its
+/// batch's base past i64::MAX panicked the decoder ("attempt to add with
+/// overflow", in builds with overflow checks, as the tests run) and so
+/// aborted the broker. The sum now wraps as in Kafka's Java decoder: the
+/// lookup answers and the broker keeps serving.
+#[test]
+fn list_offsets_by_time_over_a_batch_with_overflowing_timestamps_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let code = produce_code(&mut wire, "late", 0, batch_with_overflowing_timestamps());
+    assert_eq!(code, 0, "the batch is stored as sent");
+    let request = ListOffsetsRequest::default()
+        .with_replica_id((-1).into())
+        .with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("late")))
+                .with_partitions(vec![
+                    ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(1_700_000_000_000),
+                ]),
+        ]);
+    let response = wire.call(7, &request);
+    let partition = &response.topics[0].partitions[0];
+    eprintln!("ListOffsets answered {partition:?}");
+    assert!(broker.is_running(), "the broker survived the lookup");
+    assert_eq!(produce_code(&mut wire, "late", 0, batch(1, 7)), 0);
+    assert!(!broker.log().iter().any(|line| line.contains("panicked")));
 }
