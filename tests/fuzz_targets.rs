@@ -221,7 +221,8 @@ fn fuzz(name: &'static str) {
     let mut donors: Vec<Vec<u8>> = seeds;
     donors.extend(regressions.into_iter().map(|(_, input)| input));
     let mut pool: Vec<Vec<u8>> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
     let mut count = 0;
     while count < MUTATIONS_MAX && Instant::now() < deadline {
         let parent = if !pool.is_empty() && rng.one_in(2) {
@@ -247,8 +248,9 @@ fn fuzz(name: &'static str) {
         count += 1;
     }
     eprintln!(
-        "fuzz target {name}: {} seeds and regressions, {count} mutations in {seconds} s",
-        donors.len()
+        "fuzz target {name}: {} seeds and regressions, {count} mutations in {:.1} s",
+        donors.len(),
+        started.elapsed().as_secs_f64()
     );
     assert!(count > 0, "no time to run a single mutation");
 }
