@@ -16,6 +16,9 @@ pub mod config;
 pub mod data_dir;
 pub mod error_chain;
 pub mod exposure;
+/// Fuzz targets and the network fuzzer (`fuzz/README.md`); not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 pub mod io;
 pub mod kafka;

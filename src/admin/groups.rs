@@ -92,7 +92,7 @@ fn describe_group(client: &mut KafkaClient, group: &str) -> anyhow::Result<Group
 }
 
 /// The partitions in a consumer-protocol assignment (empty if it is not one).
-fn assigned_partitions(assignment: &Bytes) -> Vec<PartitionKey> {
+pub(crate) fn assigned_partitions(assignment: &Bytes) -> Vec<PartitionKey> {
     let mut bytes = assignment.clone();
     if bytes.remaining() < 2 {
         return Vec::new();

@@ -133,36 +133,71 @@ struct Connection<'a> {
     turn: &'a Turn,
 }
 
+/// What the first bytes of a frame say, before any handler runs.
+#[derive(Debug)]
+pub enum Head {
+    /// A supported API and version with its decoded header; the frame now
+    /// holds only the body.
+    Request {
+        key: ApiKey,
+        version: i16,
+        header: RequestHeader,
+    },
+    /// ApiVersions at a version this broker does not speak: answered with
+    /// the v0-shaped UNSUPPORTED_VERSION reply (KIP-511).
+    UnsupportedApiVersions { correlation_id: i32 },
+    /// Not a request this broker serves: close the connection, saying why.
+    Refused(RequestError),
+}
+
+/// Read the API key, version and request header at the front of `frame`
+/// (Kafka protocol guide, "Request Header"), leaving the body.
+pub fn read_head(frame: &mut Bytes) -> Head {
+    if frame.len() < 8 {
+        return Head::Refused(RequestError::ShorterThanHeader { len: frame.len() });
+    }
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let Ok(key) = ApiKey::try_from(raw_key) else {
+        return Head::Refused(RequestError::UnknownApiKey { key: raw_key });
+    };
+    if !versions::is_supported(key, version) {
+        if key == ApiKey::ApiVersions {
+            return Head::UnsupportedApiVersions { correlation_id };
+        }
+        return Head::Refused(RequestError::UnsupportedVersion { key, version });
+    }
+    match RequestHeader::decode(frame, key.request_header_version(version)) {
+        Ok(header) => Head::Request {
+            key,
+            version,
+            header,
+        },
+        Err(source) => Head::Refused(RequestError::MalformedHeader {
+            key,
+            version,
+            source,
+        }),
+    }
+}
+
 async fn decode_and_serve(
     shard: &Rc<ShardContext>,
     broker: &Arc<Broker>,
     connection: Connection<'_>,
     mut frame: Bytes,
 ) -> Outcome {
-    if frame.len() < 8 {
-        return Outcome::Close(RequestError::ShorterThanHeader { len: frame.len() });
-    }
-    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
-    let version = i16::from_be_bytes([frame[2], frame[3]]);
-    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-    let Ok(key) = ApiKey::try_from(raw_key) else {
-        return Outcome::Close(RequestError::UnknownApiKey { key: raw_key });
-    };
-    if !versions::is_supported(key, version) {
-        if key == ApiKey::ApiVersions {
+    let (key, version, header) = match read_head(&mut frame) {
+        Head::Request {
+            key,
+            version,
+            header,
+        } => (key, version, header),
+        Head::UnsupportedApiVersions { correlation_id } => {
             return respond(api::api_versions::unsupported_version(correlation_id));
         }
-        return Outcome::Close(RequestError::UnsupportedVersion { key, version });
-    }
-    let header = match RequestHeader::decode(&mut frame, key.request_header_version(version)) {
-        Ok(header) => header,
-        Err(source) => {
-            return Outcome::Close(RequestError::MalformedHeader {
-                key,
-                version,
-                source,
-            });
-        }
+        Head::Refused(reason) => return Outcome::Close(reason),
     };
     let request = Request {
         shard,

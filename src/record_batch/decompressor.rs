@@ -6,12 +6,16 @@
 //! ([`SnappyReader`]); lz4 is the LZ4 frame format (`Lz4BlockOutputStream`
 //! in Kafka, `LZ4F` in librdkafka); zstd is one or more zstd frames.
 //!
-//! Nothing here is sized by what the stream declares: gzip keeps its 32 KiB
-//! window, snappy a 64 KiB one, lz4 at most two of the frame's blocks (4 MiB
-//! at most each), and zstd its window, which the decoder caps at 2^27 bytes
-//! (zstd's default `ZSTD_d_windowLogMax`, as zstd-jni in Kafka), allocated
-//! but only touched as far as the stream decodes. The caller bounds how far
-//! that is (see `record_walk`).
+//! Nothing here is sized by what the stream declares beyond fixed bounds:
+//! gzip keeps its 32 KiB window, snappy a 64 KiB one, lz4 at most two of the
+//! frame's blocks (4 MiB at most each), and zstd its window, which libzstd
+//! allocates from the frame header before it reads any content. So the zstd
+//! window is capped ([`zstd_window_log_max`]): never above what the records
+//! may decompress to, rounded up to a power of two, but at least 8 MiB (the
+//! largest window of zstd levels 1–19, so any batch a client writes at
+//! those levels decodes) and at most 2^27 bytes (zstd's default limit, and
+//! zstd-jni's in Kafka). A frame that asks for more is refused. The caller
+//! bounds how far the stream decodes (see `record_walk`).
 
 use std::io::{self, Read};
 
@@ -52,6 +56,20 @@ impl Codec {
     }
 }
 
+/// Smallest zstd window cap: 2^23 bytes, the largest window zstd's levels
+/// 1–19 choose (`ZSTD_defaultCParameters`, inputs of unknown size).
+const ZSTD_WINDOW_LOG_FLOOR: u32 = 23;
+/// Largest zstd window cap: 2^27 bytes, `ZSTD_WINDOWLOG_LIMIT_DEFAULT`.
+const ZSTD_WINDOW_LOG_CEILING: u32 = 27;
+
+/// The base-2 log of the largest zstd window (`ZSTD_d_windowLogMax`) a batch
+/// that may decompress to `decompressed_max_bytes` is allowed: the bits
+/// that size needs, within 23..=27 (see the module docs).
+pub fn zstd_window_log_max(decompressed_max_bytes: u64) -> u32 {
+    let bits = u64::BITS - decompressed_max_bytes.saturating_sub(1).leading_zeros();
+    bits.clamp(ZSTD_WINDOW_LOG_FLOOR, ZSTD_WINDOW_LOG_CEILING)
+}
+
 /// Streams the decompressed records section of one batch.
 pub struct Decompressor<'a> {
     inner: Inner<'a>,
@@ -65,8 +83,16 @@ enum Inner<'a> {
 }
 
 impl<'a> Decompressor<'a> {
-    /// A decompressor for `compressed`; `codec` must not be [`Codec::None`].
-    pub fn new(codec: Codec, compressed: &'a [u8]) -> io::Result<Decompressor<'a>> {
+    /// A decompressor for `compressed`, whose output the caller stops at
+    /// `decompressed_max_bytes`; `codec` must not be [`Codec::None`].
+    ///
+    /// Errors: the stream's header is malformed (lz4, snappy framing) or,
+    /// for zstd, the decoder cannot be set up.
+    pub fn new(
+        codec: Codec,
+        compressed: &'a [u8],
+        decompressed_max_bytes: u64,
+    ) -> io::Result<Decompressor<'a>> {
         let inner = match codec {
             Codec::None => {
                 return Err(io::Error::new(
@@ -77,7 +103,11 @@ impl<'a> Decompressor<'a> {
             Codec::Gzip => Inner::Gzip(flate2::bufread::MultiGzDecoder::new(compressed)),
             Codec::Snappy => Inner::Snappy(SnappyReader::new(compressed)?),
             Codec::Lz4 => Inner::Lz4(lz4::Decoder::new(compressed)?),
-            Codec::Zstd => Inner::Zstd(zstd::stream::read::Decoder::with_buffer(compressed)?),
+            Codec::Zstd => {
+                let mut decoder = zstd::stream::read::Decoder::with_buffer(compressed)?;
+                decoder.window_log_max(zstd_window_log_max(decompressed_max_bytes))?;
+                Inner::Zstd(decoder)
+            }
         };
         Ok(Decompressor { inner })
     }

@@ -138,7 +138,7 @@ pub fn walk<'a>(
         return walk_source(&mut source, &input, visit);
     }
     let codec = input.codec.name();
-    let decompressor = Decompressor::new(input.codec, input.records)
+    let decompressor = Decompressor::new(input.codec, input.records, input.decompressed_max_bytes)
         .map_err(|source| RecordsError::Decompress { codec, source })?;
     let mut source = StreamSource {
         decompressor: Some(decompressor),
@@ -505,6 +505,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::record_batch::decompressor::zstd_window_log_max;
     use crate::record_batch::{
         BatchBuilder, BatchError, BatchLimits, HeaderFields, RecordSpec, ValidatedBatch, assemble,
         put_optional_bytes, put_varint, put_varlong, walk_records,
@@ -870,6 +871,59 @@ mod tests {
                 "{codec:?}: {error}"
             );
         }
+    }
+
+    /// The builder's records as one zstd frame of unknown content size
+    /// that declares a window of 2^`window_log` bytes (as a streaming
+    /// encoder at a high level writes it).
+    fn zstd_batch_with_window(builder: &BatchBuilder, window_log: u32) -> Vec<u8> {
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        encoder
+            .set_parameter(zstd::zstd_safe::CParameter::WindowLog(window_log))
+            .unwrap();
+        encoder.include_contentsize(false).unwrap();
+        encoder.write_all(builder.records()).unwrap();
+        let compressed = encoder.finish().unwrap();
+        let fields = HeaderFields {
+            attributes: codec_id(Codec::Zstd),
+            ..builder.header_fields()
+        };
+        assemble(&fields, &compressed)
+    }
+
+    #[test]
+    fn the_zstd_window_is_capped_by_what_the_batch_may_decompress_to() {
+        assert_eq!(zstd_window_log_max(1), 23);
+        assert_eq!(zstd_window_log_max(4 << 20), 23);
+        assert_eq!(zstd_window_log_max((8 << 20) + 1), 24);
+        assert_eq!(zstd_window_log_max(32 << 20), 25);
+        assert_eq!(zstd_window_log_max(u64::MAX), 27);
+    }
+
+    /// Issue 12 (fuzz finding 4): a zstd frame that declares a window larger
+    /// than its batch may decompress to is refused before libzstd allocates
+    /// it; windows up to the cap still decode.
+    #[test]
+    fn a_zstd_frame_asking_for_a_window_past_the_cap_is_refused() {
+        let builder = builder(3, b"value");
+        let within = zstd_batch_with_window(&builder, 23);
+        let batch = ValidatedBatch::validate(&within, &LIMITS).expect("a 2^23 window decodes");
+        assert_eq!(batch.records().expect("walked").records, 3);
+        let past = zstd_batch_with_window(&builder, 26);
+        assert!(past.len() < 200, "{} bytes", past.len());
+        let error = refused(&past);
+        assert!(
+            matches!(
+                error,
+                BatchError::Records(RecordsError::Decompress { codec: "zstd", .. })
+            ),
+            "{error}"
+        );
+        let roomy = BatchLimits {
+            decompressed_max_bytes: 64 << 20,
+            ..LIMITS
+        };
+        ValidatedBatch::validate(&past, &roomy).expect("a 2^26 window under a 64 MiB cap decodes");
     }
 
     #[test]

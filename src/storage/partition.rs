@@ -128,6 +128,12 @@ impl PartitionMeta {
         if body.len() != 18 + topic_len {
             return Err(corrupt("topic length does not match the file"));
         }
+        // Issue 12 (found by the partition_meta fuzz target): a longer name
+        // was accepted here though no partition can have one, and `encode`
+        // asserts it away.
+        if topic_len > TOPIC_NAME_BYTES_MAX {
+            return Err(corrupt("topic name longer than Kafka's 249 bytes"));
+        }
         let topic = std::str::from_utf8(&body[18..])
             .map_err(|source| MetaError::NotUtf8 {
                 path: path.to_owned(),
@@ -296,6 +302,30 @@ mod tests {
         assert_eq!(PartitionMeta::decode(&bytes, Path::new("x")).unwrap(), meta);
         bytes[10] ^= 1;
         assert!(PartitionMeta::decode(&bytes, Path::new("x")).is_err());
+    }
+
+    /// Issue 12 (the partition_meta fuzz target): a file whose CRC matches
+    /// but whose topic is longer than Kafka allows is corrupt, not a
+    /// partition whose metadata cannot be written back.
+    #[test]
+    fn a_topic_longer_than_kafka_allows_is_corrupt() {
+        let mut bytes = PartitionMeta {
+            id: PartitionId(1),
+            topic: "x".repeat(TOPIC_NAME_BYTES_MAX),
+            index: 0,
+        }
+        .encode();
+        assert!(PartitionMeta::decode(&bytes, Path::new("x")).is_ok());
+        let body_len = bytes.len() - 4;
+        bytes.truncate(body_len);
+        bytes.push(b'x');
+        bytes[16..18].copy_from_slice(&(TOPIC_NAME_BYTES_MAX as u16 + 1).to_le_bytes());
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            PartitionMeta::decode(&bytes, Path::new("x")),
+            Err(MetaError::Corrupt { reason, .. }) if reason.contains("249")
+        ));
     }
 
     #[test]

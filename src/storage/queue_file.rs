@@ -263,7 +263,7 @@ fn file_bytes(entries: u64) -> u64 {
     slot_offset(entries)
 }
 
-fn encode_header(entries: u64, first_index: u64) -> [u8; HEADER_BYTES] {
+pub(crate) fn encode_header(entries: u64, first_index: u64) -> [u8; HEADER_BYTES] {
     let entries = u32::try_from(entries).expect("entries per file fit in u32 (config limit)");
     let mut header = [0u8; HEADER_BYTES];
     header[0..4].copy_from_slice(&MAGIC);
@@ -277,7 +277,7 @@ fn encode_header(entries: u64, first_index: u64) -> [u8; HEADER_BYTES] {
 }
 
 /// The entries per file a header records, or why it is not usable.
-fn decode_header(header: &[u8; HEADER_BYTES], first_index: u64) -> Result<u64, String> {
+pub(crate) fn decode_header(header: &[u8; HEADER_BYTES], first_index: u64) -> Result<u64, String> {
     if header[0..4] != MAGIC {
         return Err("no SLCQ header (a consume queue of an older layout, or damage)".to_owned());
     }

@@ -14,7 +14,7 @@ use crate::ids::LogPosition;
 use crate::record_batch::{self, BatchHeader};
 
 /// Read-ahead of the scanner; larger frames grow the buffer.
-const SCAN_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+pub const SCAN_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug)]
 pub enum ScanItem {

@@ -24,6 +24,7 @@ mod kcat_smoke;
 mod kernel_tuning;
 mod load_generator;
 mod metrics;
+mod network_fuzz;
 mod operator_warnings;
 mod packaging;
 mod pipeline;

@@ -839,7 +839,7 @@ pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
 
 /// The topics of a ConsumerProtocolSubscription (any version), or None if
 /// the bytes are not one.
-fn decode_subscription(metadata: &mut Bytes) -> Option<Vec<String>> {
+pub(crate) fn decode_subscription(metadata: &mut Bytes) -> Option<Vec<String>> {
     use bytes::Buf;
     use kafka_protocol::messages::ConsumerProtocolSubscription;
     use kafka_protocol::protocol::Decodable;

@@ -1,0 +1,304 @@
+//! A valid request body of every API Sluice advertises, for every version:
+//! the seeds the request fuzz targets start from and the templates the
+//! network fuzzer mutates. One element in each array and a value in each
+//! field the version has, so a mutation can reach every decoder path.
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::create_partitions_request::{
+    CreatePartitionsAssignment, CreatePartitionsTopic,
+};
+use kafka_protocol::messages::create_topics_request::{
+    CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
+};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_delete_request::{
+    OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Encodable, StrBytes};
+
+fn name(text: &'static str) -> StrBytes {
+    StrBytes::from_static_str(text)
+}
+
+fn topic(text: &'static str) -> TopicName {
+    TopicName(name(text))
+}
+
+fn group(text: &'static str) -> GroupId {
+    GroupId(name(text))
+}
+
+/// A valid request of each API with one element in each array, for
+/// `version`: fields a version lacks are left at their defaults, as the
+/// encoder requires. `records` is the Produce request's record batch.
+pub fn sample_request(
+    key: ApiKey,
+    version: i16,
+    records: Bytes,
+    out: &mut BytesMut,
+) -> anyhow::Result<()> {
+    match key {
+        ApiKey::Produce => ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(topic("t"))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(records)),
+                    ]),
+            ])
+            .encode(out, version),
+        ApiKey::Fetch => FetchRequest::default()
+            .with_max_wait_ms(100)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(topic("t"))
+                    .with_partitions(vec![
+                        FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(5)
+                            .with_partition_max_bytes(1024),
+                    ]),
+            ])
+            .with_forgotten_topics_data(if version >= 7 {
+                vec![
+                    ForgottenTopic::default()
+                        .with_topic(topic("f"))
+                        .with_partitions(vec![1]),
+                ]
+            } else {
+                vec![]
+            })
+            .with_rack_id(if version >= 11 {
+                name("rack")
+            } else {
+                name("")
+            })
+            .encode(out, version),
+        ApiKey::ListOffsets => ListOffsetsRequest::default()
+            .with_topics(vec![
+                ListOffsetsTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(vec![
+                        ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_timestamp(-1),
+                    ]),
+            ])
+            .encode(out, version),
+        ApiKey::Metadata => MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(topic("t"))),
+            ]))
+            .encode(out, version),
+        ApiKey::ApiVersions => ApiVersionsRequest::default()
+            .with_client_software_name(name("client"))
+            .with_client_software_version(name("1.0"))
+            .encode(out, version),
+        ApiKey::CreateTopics => CreateTopicsRequest::default()
+            .with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(topic("t"))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1)
+                    .with_assignments(vec![
+                        CreatableReplicaAssignment::default()
+                            .with_partition_index(0)
+                            .with_broker_ids(vec![BrokerId(1)]),
+                    ])
+                    .with_configs(vec![
+                        CreatableTopicConfig::default()
+                            .with_name(name("retention.ms"))
+                            .with_value(Some(name("1000"))),
+                    ]),
+            ])
+            .encode(out, version),
+        ApiKey::DeleteTopics => DeleteTopicsRequest::default()
+            .with_topics(if version >= 6 {
+                vec![DeleteTopicState::default().with_name(Some(topic("t")))]
+            } else {
+                vec![]
+            })
+            .with_topic_names(if version < 6 {
+                vec![topic("t")]
+            } else {
+                vec![]
+            })
+            .encode(out, version),
+        ApiKey::CreatePartitions => CreatePartitionsRequest::default()
+            .with_topics(vec![
+                CreatePartitionsTopic::default()
+                    .with_name(topic("t"))
+                    .with_count(2)
+                    .with_assignments(Some(vec![
+                        CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(1)]),
+                    ])),
+            ])
+            .encode(out, version),
+        ApiKey::DescribeConfigs => DescribeConfigsRequest::default()
+            .with_resources(vec![
+                DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name("t"))
+                    .with_configuration_keys(Some(vec![name("retention.ms")])),
+            ])
+            .encode(out, version),
+        ApiKey::IncrementalAlterConfigs => IncrementalAlterConfigsRequest::default()
+            .with_resources(vec![
+                AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name("t"))
+                    .with_configs(vec![
+                        AlterableConfig::default()
+                            .with_name(name("retention.ms"))
+                            .with_value(Some(name("1000"))),
+                    ]),
+            ])
+            .encode(out, version),
+        ApiKey::DescribeCluster => DescribeClusterRequest::default().encode(out, version),
+        ApiKey::FindCoordinator => FindCoordinatorRequest::default()
+            .with_key(if version < 4 { name("g") } else { name("") })
+            .with_coordinator_keys(if version >= 4 {
+                vec![name("g")]
+            } else {
+                vec![]
+            })
+            .encode(out, version),
+        ApiKey::JoinGroup => JoinGroupRequest::default()
+            .with_group_id(group("g"))
+            .with_session_timeout_ms(10_000)
+            .with_member_id(name("m"))
+            .with_protocol_type(name("consumer"))
+            .with_protocols(vec![
+                JoinGroupRequestProtocol::default()
+                    .with_name(name("range"))
+                    .with_metadata(Bytes::from_static(b"meta")),
+            ])
+            .encode(out, version),
+        ApiKey::SyncGroup => SyncGroupRequest::default()
+            .with_group_id(group("g"))
+            .with_member_id(name("m"))
+            .with_assignments(vec![
+                SyncGroupRequestAssignment::default()
+                    .with_member_id(name("m"))
+                    .with_assignment(Bytes::from_static(b"assignment")),
+            ])
+            .encode(out, version),
+        ApiKey::Heartbeat => HeartbeatRequest::default()
+            .with_group_id(group("g"))
+            .with_member_id(name("m"))
+            .encode(out, version),
+        ApiKey::LeaveGroup => LeaveGroupRequest::default()
+            .with_group_id(group("g"))
+            .with_member_id(if version < 3 { name("m") } else { name("") })
+            .with_members(if version >= 3 {
+                vec![MemberIdentity::default().with_member_id(name("m"))]
+            } else {
+                vec![]
+            })
+            .encode(out, version),
+        ApiKey::OffsetCommit => OffsetCommitRequest::default()
+            .with_group_id(group("g"))
+            .with_member_id(name("m"))
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(vec![
+                        OffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(42)
+                            .with_committed_metadata(Some(name("meta"))),
+                    ]),
+            ])
+            .encode(out, version),
+        ApiKey::OffsetFetch if version < 8 => OffsetFetchRequest::default()
+            .with_group_id(group("g"))
+            .with_topics(Some(vec![
+                OffsetFetchRequestTopic::default()
+                    .with_name(topic("t"))
+                    .with_partition_indexes(vec![0]),
+            ]))
+            .encode(out, version),
+        ApiKey::OffsetFetch => OffsetFetchRequest::default()
+            .with_groups(vec![
+                OffsetFetchRequestGroup::default()
+                    .with_group_id(group("g"))
+                    .with_topics(Some(vec![
+                        OffsetFetchRequestTopics::default()
+                            .with_name(topic("t"))
+                            .with_partition_indexes(vec![0]),
+                    ])),
+            ])
+            .encode(out, version),
+        ApiKey::OffsetDelete => OffsetDeleteRequest::default()
+            .with_group_id(group("g"))
+            .with_topics(vec![
+                OffsetDeleteRequestTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(vec![
+                        OffsetDeleteRequestPartition::default().with_partition_index(0),
+                    ]),
+            ])
+            .encode(out, version),
+        ApiKey::ListGroups => ListGroupsRequest::default()
+            .with_states_filter(if version >= 4 {
+                vec![name("Stable")]
+            } else {
+                vec![]
+            })
+            .with_types_filter(if version >= 5 {
+                vec![name("classic")]
+            } else {
+                vec![]
+            })
+            .encode(out, version),
+        ApiKey::DescribeGroups => DescribeGroupsRequest::default()
+            .with_groups(vec![group("g")])
+            .encode(out, version),
+        ApiKey::DeleteGroups => DeleteGroupsRequest::default()
+            .with_groups_names(vec![group("g")])
+            .encode(out, version),
+        other => anyhow::bail!("no sample request for {other:?}"),
+    }
+}
+
+/// A request frame as it follows the 4-byte size on the wire: the request
+/// header (at the version `key` and `version` call for, client id
+/// `fuzz`), then [`sample_request`]'s body.
+pub fn sample_frame(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    records: Bytes,
+) -> anyhow::Result<Vec<u8>> {
+    let mut out = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(name("fuzz")))
+        .encode(&mut out, key.request_header_version(version))?;
+    sample_request(key, version, records, &mut out)?;
+    Ok(out.to_vec())
+}
