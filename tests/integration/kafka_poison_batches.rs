@@ -497,7 +497,22 @@ fn poison_batches_already_on_disk_do_not_stop_a_restart_or_lookups_by_time() {
         sluice::record_batch::recompute_crc(&mut bomb);
         bomb
     };
-    store_under_the_validator(dir.path(), "timeline", &[overcounted, unknown_codec, bomb]);
+    // Offsets 1033-1034: a base timestamp of i64::MAX and a record 1 ms
+    // after it (found by the record_batch fuzz target: the decoder once
+    // panicked on the sum).
+    let overflowing = assemble(
+        &HeaderFields {
+            base_timestamp_ms: i64::MAX,
+            max_timestamp_ms: i64::MAX,
+            ..fields(2, 1)
+        },
+        &records(&[0, 1]),
+    );
+    store_under_the_validator(
+        dir.path(),
+        "timeline",
+        &[overcounted, unknown_codec, bomb, overflowing],
+    );
     // The offsets replay at start meets one too.
     store_under_the_validator(
         dir.path(),
@@ -510,9 +525,15 @@ fn poison_batches_already_on_disk_do_not_stop_a_restart_or_lookups_by_time() {
     let address = &broker.address;
     assert_eq!(
         kafka_clients::high_watermarks(address, "timeline", 1),
-        vec![1033]
+        vec![1035]
     );
-    let lookups = [(at(1), 1), (at(1001), 4), (at(2001), 6), (at(3000), 9)];
+    let lookups = [
+        (at(1), 1),
+        (at(1001), 4),
+        (at(2001), 6),
+        (at(3000), 9),
+        (at(4000), 1033),
+    ];
     for (timestamp, offset) in lookups {
         let found = kafka_clients::offsets_for_time(address, "timeline", 1, timestamp);
         assert_eq!(found[&0], Offset::Offset(offset), "lookup of {timestamp}");
