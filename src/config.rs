@@ -18,6 +18,8 @@ pub const DIRECT_IO_ALIGNMENT_BYTES: u32 = 4096;
 const _: () = assert!(DIRECT_IO_ALIGNMENT_BYTES.is_power_of_two());
 /// Kafka's default `message.max.bytes` (1 MiB plus the record-batch overhead).
 pub const MESSAGE_MAX_BYTES_DEFAULT: u32 = 1_048_588;
+/// Default `kafka.fetch_max_bytes`: Kafka's `fetch.max.bytes` (55 MiB).
+pub const FETCH_MAX_BYTES_DEFAULT: u64 = 57_671_680;
 /// Default `storage.decompressed_batch_ratio_max`: see the field.
 pub const DECOMPRESSED_BATCH_RATIO_MAX_DEFAULT: u32 = 32;
 /// Largest `storage.decompressed_batch_ratio_max` accepted.
@@ -117,6 +119,14 @@ pub struct KafkaConfig {
     /// waits for (clients default to 500 ms and time requests out after
     /// 30 s). Default 30000; must be positive.
     pub fetch_wait_max_ms: u64,
+    /// Most bytes of record batches one Fetch response carries (Kafka's
+    /// broker `fetch.max.bytes`, KIP-541): a client's larger `max_bytes` is
+    /// capped at this, and the owner shards stop reading partitions once it
+    /// is used up, so a Fetch that lists partitions many times over with
+    /// huge per-partition limits costs no more than this. The first batch
+    /// found is still sent whole (KIP-74). Default 57671680 (55 MiB, as
+    /// Kafka); must be positive.
+    pub fetch_max_bytes: u64,
     /// Create unknown topics on Metadata and Produce requests.
     pub auto_create_topics: bool,
     /// Partitions of an auto-created topic, and the CreateTopics default.
@@ -239,6 +249,7 @@ impl Default for KafkaConfig {
             request_read_timeout_ms: 30_000,
             queued_requests_max_bytes: 512 * MIB,
             fetch_wait_max_ms: 30_000,
+            fetch_max_bytes: FETCH_MAX_BYTES_DEFAULT,
             auto_create_topics: true,
             default_partitions: 1,
             partitions_per_topic_max: 10_000,
@@ -453,6 +464,7 @@ impl KafkaConfig {
                 self.request_read_timeout_ms,
             ),
             ("kafka.fetch_wait_max_ms", self.fetch_wait_max_ms),
+            ("kafka.fetch_max_bytes", self.fetch_max_bytes),
         ] {
             if value == 0 {
                 return invalid(key, value, "must be positive");
@@ -811,7 +823,11 @@ mod tests {
 
     #[test]
     fn connection_timeouts_must_be_positive() {
-        for key in ["request_read_timeout_ms", "fetch_wait_max_ms"] {
+        for key in [
+            "request_read_timeout_ms",
+            "fetch_wait_max_ms",
+            "fetch_max_bytes",
+        ] {
             let config = Config::parse(&format!("[kafka]\n{key} = 0\n")).unwrap();
             let error = config.validate().unwrap_err().to_string();
             assert!(error.contains(&format!("kafka.{key}")), "{error}");

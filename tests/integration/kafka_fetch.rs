@@ -80,3 +80,107 @@ fn read_committed_fetches_carry_an_empty_aborted_transactions_list() {
         }
     }
 }
+
+/// The broker's peak resident memory (`VmHWM`) and its current one, in MiB.
+fn rss_mib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        let line = status.lines().find(|line| line.starts_with(name)).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            / 1024
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Bytes of record batches in a Fetch response.
+fn batch_bytes(response: &kafka_protocol::messages::FetchResponse) -> usize {
+    response
+        .responses
+        .iter()
+        .flat_map(|topic| &topic.partitions)
+        .map(|partition| {
+            partition
+                .records
+                .as_ref()
+                .map_or(0, |records| records.len())
+        })
+        .sum()
+}
+
+/// A Fetch v4 of `topic`-0 from offset 0, listed `times` times, each with
+/// `partition_max_bytes` of i32::MAX, and `max_bytes` for the response.
+fn fetch_repeated(topic: &str, times: usize, max_bytes: i32) -> FetchRequest {
+    let partition = FetchPartition::default()
+        .with_partition(0)
+        .with_fetch_offset(0)
+        .with_partition_max_bytes(i32::MAX);
+    FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(0)
+        .with_max_bytes(max_bytes)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![partition; times]),
+        ])
+}
+
+/// Issue 12 (found by a tester): a Fetch that listed one partition 20 000
+/// times with `partition_max_bytes` of i32::MAX made the owner shard read
+/// every batch of it for every entry before `max_bytes` was applied: 3 GB
+/// resident within seconds and the shard stalled. Each owner now stops
+/// reading once `max_bytes` is used up (at least one batch is still sent,
+/// KIP-74), and a client's `max_bytes` is capped at `kafka.fetch_max_bytes`.
+#[test]
+fn a_fetch_listing_a_partition_thousands_of_times_reads_at_most_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "shards = 1\n[kafka]\nfetch_max_bytes = 65536\n",
+    )
+    .unwrap();
+    let config = dir.path().join("sluice.toml");
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let mut wire = Wire::connect(&broker.address);
+    for value in 0..2000 {
+        assert_eq!(
+            produce_code(&mut wire, "many", 0, batch(1, 10 + value % 7)),
+            0
+        );
+    }
+    let first_batch = batch(1, 10).len();
+    let (_, before_mib) = rss_mib(broker.pid());
+    // 4000 x 2000 batches read whole would be 8 million batch descriptors.
+    let response = wire.call(4, &fetch_repeated("many", 4000, 1024));
+    assert_eq!(response.responses[0].partitions.len(), 4000);
+    assert!(
+        response.responses[0]
+            .partitions
+            .iter()
+            .all(|partition| partition.error_code == 0 && partition.high_watermark == 2000)
+    );
+    let sent = batch_bytes(&response);
+    assert!(
+        (first_batch..=1024 + first_batch).contains(&sent),
+        "{sent} bytes of batches for a max_bytes of 1024"
+    );
+    // A client asking for i32::MAX gets kafka.fetch_max_bytes.
+    let response = wire.call(4, &fetch_repeated("many", 4000, i32::MAX));
+    let sent = batch_bytes(&response);
+    assert!(
+        (65536 - first_batch * 2..=65536).contains(&sent),
+        "{sent} bytes of batches under a fetch_max_bytes of 65536"
+    );
+    let (peak_mib, _) = rss_mib(broker.pid());
+    assert!(
+        peak_mib < before_mib + 64,
+        "resident memory peaked at {peak_mib} MiB, from {before_mib} MiB before the fetches"
+    );
+}

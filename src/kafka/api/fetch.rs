@@ -8,8 +8,13 @@
 //!   client asks), or until the connection hangs up: a client that sent a
 //!   long poll and closed its socket gets (or fails to get) the answer at
 //!   once, and its connection does not outlive it.
-//! * `partition_max_bytes` and `max_bytes` cap the response, except that
-//!   the first batch found is always sent whole (KIP-74).
+//! * `partition_max_bytes` and `max_bytes` (capped at
+//!   `kafka.fetch_max_bytes`, Kafka's broker `fetch.max.bytes`, KIP-541) cap
+//!   the response, except that the first batch found is always sent whole
+//!   (KIP-74). Each owner shard reads its partitions in request order and
+//!   stops reading data once `max_bytes` is used up (the rest are answered
+//!   with their watermarks), so what a Fetch costs is bounded by
+//!   `max_bytes` however many partitions it lists, or how often.
 //! * Fetch sessions (KIP-227) are declined: a full fetch gets session id 0,
 //!   which clients understand as "no session". An incremental fetch on a
 //!   session id gets FETCH_SESSION_ID_NOT_FOUND.
@@ -66,8 +71,11 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     let (mut topics, wanted) = plan(request, &fetch, read_committed);
     let deadline = Instant::now() + max_wait(request, fetch.max_wait_ms);
     let min_bytes = u64::try_from(fetch.min_bytes).unwrap_or(0);
+    let max_bytes = u64::try_from(fetch.max_bytes)
+        .unwrap_or(u64::MAX)
+        .min(request.broker.config.kafka.fetch_max_bytes);
     loop {
-        let read = read_round(request.shard, &wanted).await;
+        let read = read_round(request.shard, &wanted, max_bytes).await;
         let ready: u64 = read
             .iter()
             .map(|(_, partition)| partition_bytes(partition))
@@ -89,10 +97,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         let data = pin!(wait_for_data(request.shard, &wanted, deadline));
         let _ = select(data, pin!(request.hangup.wait())).await;
     }
-    apply_max_bytes(
-        &mut topics,
-        u64::try_from(fetch.max_bytes).unwrap_or(u64::MAX),
-    );
+    apply_max_bytes(&mut topics, max_bytes);
     count_sent(&topics);
     Ok(fetch_response::encode(
         request.correlation_id(),
@@ -169,18 +174,35 @@ fn by_owner(context: &ShardContext, wanted: &[Wanted]) -> BTreeMap<ShardId, Vec<
     groups
 }
 
-/// Read every wanted partition once, one call per owner shard.
+/// Read every wanted partition once, one call per owner shard. Each owner
+/// reads its partitions in request order until `max_bytes` of batches are
+/// read (at least one batch, if any partition has one), and only the
+/// watermarks of the rest.
 async fn read_round(
     context: &Rc<ShardContext>,
     wanted: &[Wanted],
+    max_bytes: u64,
 ) -> Vec<((usize, usize), FetchedPartition)> {
     let calls = by_owner(context, wanted)
         .into_iter()
         .map(|(owner, partitions)| {
             context.run_on(owner, move |owner_context| async move {
+                let mut remaining = max_bytes;
+                let mut read_any = false;
                 partitions
                     .iter()
-                    .map(|partition| (partition.slot, read_partition(&owner_context, partition)))
+                    .map(|partition| {
+                        let limit = if read_any && remaining == 0 {
+                            None
+                        } else {
+                            Some(u64::from(partition.max_bytes).min(remaining))
+                        };
+                        let fetched = read_partition(&owner_context, partition, limit);
+                        let bytes = partition_bytes(&fetched);
+                        read_any |= bytes > 0;
+                        remaining = remaining.saturating_sub(bytes);
+                        (partition.slot, fetched)
+                    })
                     .collect::<Vec<_>>()
             })
         });
@@ -191,7 +213,9 @@ async fn read_round(
         .collect()
 }
 
-fn read_partition(context: &ShardContext, wanted: &Wanted) -> FetchedPartition {
+/// The partition's watermarks and, unless `limit` is `None`, its batches
+/// from the wanted offset up to `limit` bytes (at least one batch).
+fn read_partition(context: &ShardContext, wanted: &Wanted, limit: Option<u64>) -> FetchedPartition {
     let store = &context.store;
     let Some(id) = store.partition_id(&wanted.topic, wanted.index) else {
         return empty_partition(
@@ -207,7 +231,10 @@ fn read_partition(context: &ShardContext, wanted: &Wanted) -> FetchedPartition {
         fetched.last_stable_offset = offsets.high_watermark.0;
         fetched.log_start_offset = offsets.log_start_offset.0;
     }
-    match store.read(id, Offset(wanted.offset), u64::from(wanted.max_bytes)) {
+    let Some(limit) = limit else {
+        return fetched;
+    };
+    match store.read(id, Offset(wanted.offset), limit) {
         Ok(result) => fetched.batches = result.batches,
         Err(error) => fetched.error_code = error_code::for_read(&error),
     }
