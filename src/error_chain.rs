@@ -10,10 +10,10 @@
 /// `error` and its sources, outermost first: "a: b: c". A source whose
 /// message the text already holds is skipped.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
+    let mut text = one_line(&error.to_string());
     let mut source = error.source();
     while let Some(cause) = source {
-        let cause_text = cause.to_string();
+        let cause_text = one_line(&cause.to_string());
         if !text.contains(&cause_text) {
             text.push_str(": ");
             text.push_str(&cause_text);
@@ -21,6 +21,12 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// `message` without trailing whitespace and with line breaks as spaces
+/// (some library errors end their message with a newline).
+fn one_line(message: &str) -> String {
+    message.trim_end().replace(['\n', '\r'], " ")
 }
 
 #[cfg(test)]
@@ -57,5 +63,18 @@ mod tests {
         );
         assert_eq!(text.matches("cannot open").count(), 1, "{text}");
         assert!(text.ends_with("Input/output error (os error 5)"), "{text}");
+    }
+
+    /// kafka-protocol's "not enough bytes" error ends its message with a
+    /// newline, which split a log line in two.
+    #[test]
+    fn the_chain_is_one_line_whatever_the_messages_end_with() {
+        let error = anyhow::Error::new(kafka_protocol::protocol::buf::NotEnoughBytesError)
+            .context("malformed Produce v9 request");
+        let text = error_chain(error.as_ref());
+        assert_eq!(
+            text,
+            "malformed Produce v9 request: Not enough bytes remaining in buffer!"
+        );
     }
 }

@@ -1,34 +1,48 @@
-//! At most one log line per window for an event that can repeat thousands of
-//! times a second (connections refused at `kafka.connections_max`, accepts
-//! failing for want of file descriptors).
+//! At most a few log lines per window for an event that can repeat
+//! thousands of times a second (connections refused at
+//! `kafka.connections_max`, accepts failing for want of file descriptors,
+//! connections closed for bad input).
 //!
-//! The first event after a quiet window is logged at once; later ones are
+//! The first events of a window are logged at once, up to its line budget
+//! (one line unless [`LogThrottle::with_lines`] says more); later ones are
 //! counted, and the next line (the next event after the window, or a
 //! periodic [`LogThrottle::flush`]) carries the count since the previous
-//! line, so a burst costs one line at its start and one with its total.
-//! Shared by every shard: lock-free, a compare-and-swap elects the thread
-//! that logs.
+//! line, so a burst costs its first lines and one with its total. Shared by
+//! every shard: lock-free, and approximate only in a race at a window's
+//! turn (a line more or fewer).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// `last_line_ms` before any line was logged.
+/// `window_start_ms` before any line was logged.
 const NEVER_MS: u64 = u64::MAX;
 
 pub struct LogThrottle {
     window_ms: u64,
-    /// When the last line was logged, in [`monotonic_ms`].
-    last_line_ms: AtomicU64,
+    /// Lines logged at most per window.
+    lines_max: u64,
+    /// When the current window began, in [`monotonic_ms`].
+    window_start_ms: AtomicU64,
+    /// Lines logged in the current window.
+    lines: AtomicU64,
     /// Events since the last line.
     unreported: AtomicU64,
 }
 
 impl LogThrottle {
+    /// One line per `window`.
     pub const fn new(window: Duration) -> LogThrottle {
+        LogThrottle::with_lines(window, 1)
+    }
+
+    /// Up to `lines_max` lines per `window` (at least 1).
+    pub const fn with_lines(window: Duration, lines_max: u64) -> LogThrottle {
         LogThrottle {
             window_ms: window.as_millis() as u64,
-            last_line_ms: AtomicU64::new(NEVER_MS),
+            lines_max: if lines_max == 0 { 1 } else { lines_max },
+            window_start_ms: AtomicU64::new(NEVER_MS),
+            lines: AtomicU64::new(0),
             unreported: AtomicU64::new(0),
         }
     }
@@ -40,8 +54,9 @@ impl LogThrottle {
         self.take_if_due(now_ms)
     }
 
-    /// The events not yet reported, when there are some and the window
-    /// since the last line has passed: the closing line of a burst.
+    /// The events not yet reported, when there are some and the window's
+    /// lines are not spent (or a new window began): the closing line of a
+    /// burst.
     pub fn flush(&self, now_ms: u64) -> Option<u64> {
         if self.unreported.load(Ordering::Relaxed) == 0 {
             return None;
@@ -50,15 +65,24 @@ impl LogThrottle {
     }
 
     fn take_if_due(&self, now_ms: u64) -> Option<u64> {
-        let last = self.last_line_ms.load(Ordering::Relaxed);
-        if last != NEVER_MS && now_ms.saturating_sub(last) < self.window_ms {
+        let start = self.window_start_ms.load(Ordering::Relaxed);
+        if (start == NEVER_MS || now_ms.saturating_sub(start) >= self.window_ms)
+            && self
+                .window_start_ms
+                .compare_exchange(start, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.lines.store(0, Ordering::Relaxed);
+        }
+        if self.lines.fetch_add(1, Ordering::Relaxed) >= self.lines_max {
+            self.lines.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        self.last_line_ms
-            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-            .ok()?;
         match self.unreported.swap(0, Ordering::Relaxed) {
-            0 => None,
+            0 => {
+                self.lines.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
             count => Some(count),
         }
     }
@@ -102,6 +126,28 @@ mod tests {
                 (20_000, 10_000),
                 (30_000, 10_000),
                 (40_000, 10_000)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_window_with_more_lines_logs_its_first_events_each_then_counts() {
+        let throttle = LogThrottle::with_lines(WINDOW, 3);
+        let lines: Vec<(u64, u64)> = (0..25_000u64)
+            .filter_map(|now_ms| throttle.record(now_ms).map(|count| (now_ms, count)))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (0, 1),
+                (1, 1),
+                (2, 1),
+                (10_000, 9_998),
+                (10_001, 1),
+                (10_002, 1),
+                (20_000, 9_998),
+                (20_001, 1),
+                (20_002, 1)
             ]
         );
     }

@@ -47,6 +47,7 @@ use super::turn::Turns;
 use crate::broker::Broker;
 use crate::error_chain::error_chain;
 use crate::io::IoBackend;
+use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::shard::ShardContext;
 use crate::shard::local_sync::Event;
 use crate::telemetry;
@@ -184,9 +185,10 @@ async fn read_requests(
     loop {
         let frame = match read_frame(&mut reader, budget, stream, pipeline).await {
             Ok(frame) => frame,
-            Err(FrameError::Closed) => break,
             Err(error) => {
-                tracing::warn!(%peer, %error, "closing connection after the requests before this one");
+                if let Some(reason) = error.reason() {
+                    closed_for_bad_input(peer, reason, &error);
+                }
                 break;
             }
         };
@@ -272,13 +274,38 @@ async fn write_responses(
             Outcome::Close(error) => {
                 telemetry::kafka::request_done(in_flight.api_key, in_flight.read_at);
                 telemetry::kafka::connection_closed_by(in_flight.api_key);
-                let reason = error_chain(&error);
-                tracing::warn!(%peer, %reason, "closing connection after a bad request");
+                if error.is_client_fault() {
+                    closed_for_bad_input(peer, "bad_request", &error);
+                } else {
+                    let error = error_chain(&error);
+                    tracing::error!(%peer, %error, "closing a connection: the broker failed to serve its request");
+                }
                 return;
             }
         }
         telemetry::kafka::request_done(in_flight.api_key, in_flight.read_at);
         pipeline.answered(in_flight.bytes);
+    }
+}
+
+/// Connections closed for bad input, logged at most 20 times per 10 s:
+/// any client that reaches the port can cause one per connection.
+static BAD_INPUT_CLOSES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 20);
+
+/// Count a connection closed for what its client sent (answers before the
+/// bad request are still written) and log it, throttled: the line names
+/// this connection's peer and error, and `closed` counts such connections
+/// since the previous line.
+fn closed_for_bad_input(peer: SocketAddr, reason: &'static str, error: &dyn std::error::Error) {
+    telemetry::kafka::connection_closed_bad_input(reason);
+    if let Some(closed) = BAD_INPUT_CLOSES.record(monotonic_ms()) {
+        let error = error_chain(error);
+        tracing::warn!(
+            %peer,
+            %error,
+            closed,
+            "closed a connection for bad input, after answering the requests before it (`closed` counts such connections since the last such line; sluice_kafka_connections_closed_bad_input_total has them by reason)"
+        );
     }
 }
 

@@ -62,6 +62,21 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+impl FrameError {
+    /// The `reason` label of `sluice_kafka_connections_closed_bad_input_total`
+    /// for a connection closed by this error; `None` for a plain close.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            FrameError::Closed => None,
+            FrameError::Truncated => Some("truncated"),
+            FrameError::BadSize { .. } => Some("bad_size"),
+            FrameError::TooLarge { .. } => Some("too_large"),
+            FrameError::ReadTimeout { .. } => Some("read_timeout"),
+            FrameError::Io(_) => Some("read_error"),
+        }
+    }
+}
+
 /// A request frame (without its size prefix) and its share of the budget.
 pub struct Frame {
     pub body: Bytes,

@@ -55,6 +55,17 @@ pub enum RequestError {
     },
 }
 
+impl RequestError {
+    /// Whether the client caused this (a request this broker cannot read
+    /// or does not speak), rather than a bug in the broker.
+    pub fn is_client_fault(&self) -> bool {
+        !matches!(
+            self,
+            RequestError::NotImplemented { .. } | RequestError::Encode { .. }
+        )
+    }
+}
+
 /// The versions of `key` this broker speaks, for the close log line.
 fn supported_range(key: ApiKey) -> String {
     versions::supported(key).map_or("not implemented".to_owned(), |entry| {

@@ -77,6 +77,12 @@ pub fn error(api: ApiKey, code: i16) {
     .increment(1);
 }
 
+/// A connection closed for what its client sent; `reason` is one of those
+/// listed in [`names::KAFKA_CONNECTIONS_CLOSED_BAD_INPUT`].
+pub fn connection_closed_bad_input(reason: &'static str) {
+    counter!(names::KAFKA_CONNECTIONS_CLOSED_BAD_INPUT, "reason" => reason).increment(1);
+}
+
 /// A request that ended its connection (malformed, unsupported, failed).
 pub fn connection_closed_by(raw_key: i16) {
     counter!(

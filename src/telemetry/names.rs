@@ -15,6 +15,8 @@ pub const KAFKA_REQUEST_ERRORS: &str = "sluice_kafka_request_errors_total";
 pub const KAFKA_CONNECTIONS: &str = "sluice_kafka_connections";
 pub const KAFKA_CONNECTIONS_ACCEPTED: &str = "sluice_kafka_connections_accepted_total";
 pub const KAFKA_CONNECTIONS_REFUSED: &str = "sluice_kafka_connections_refused_total";
+pub const KAFKA_CONNECTIONS_CLOSED_BAD_INPUT: &str =
+    "sluice_kafka_connections_closed_bad_input_total";
 pub const KAFKA_QUEUED_REQUEST_BYTES: &str = "sluice_kafka_queued_request_bytes";
 pub const KAFKA_CONNECTIONS_WAITING_FOR_BUDGET: &str =
     "sluice_kafka_connections_waiting_for_request_budget";
@@ -87,6 +89,11 @@ pub fn describe() {
         KAFKA_CONNECTIONS_REFUSED,
         Unit::Count,
         "Kafka connections refused at kafka.connections_max, by shard."
+    );
+    describe_counter!(
+        KAFKA_CONNECTIONS_CLOSED_BAD_INPUT,
+        Unit::Count,
+        "Kafka connections the broker closed for what the client sent, by reason: bad_size (a size prefix not positive), too_large (over kafka.request_max_bytes), read_timeout (kafka.request_read_timeout_ms), truncated (closed mid-request), read_error, bad_request (a request it could not serve)."
     );
     describe_gauge!(
         KAFKA_QUEUED_REQUEST_BYTES,

@@ -218,3 +218,46 @@ fn frame(body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(body);
     out
 }
+
+/// Issue 12 (found by a new user): every connection closed for bad input
+/// logged a WARN line, so any client that reached the port could flood the
+/// log (500 connections with a size prefix of -1: 500 lines; a decoder
+/// error also ended its line with an empty one). Now at most 20 lines per
+/// 10 s, and a counter by reason has them all (the empty line:
+/// `error_chain`'s unit tests).
+#[test]
+fn connections_closed_for_bad_input_are_counted_and_their_log_lines_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    for _ in 0..10 {
+        let mut wire = Wire::connect(&broker.address);
+        // Produce v9 whose body stops after the transactional id.
+        wire.send_bytes(&frame(&[0, 0, 0, 9, 0, 0, 0, 1, 0xff, 0xff, 0, 0]));
+        assert!(wire.closed_by_broker());
+    }
+    for _ in 0..100 {
+        let mut wire = Wire::connect(&broker.address);
+        wire.send_bytes(&(-1i32).to_be_bytes());
+        assert!(wire.closed_by_broker());
+    }
+    let (_, metrics) = crate::metrics::get(&broker.metrics, "/metrics");
+    let counted = |reason: &str| {
+        let prefix =
+            format!("sluice_kafka_connections_closed_bad_input_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(counted("bad_size"), 100.0);
+    assert_eq!(counted("bad_request"), 10.0);
+    let log = broker.log();
+    let lines = log
+        .iter()
+        .filter(|line| line.contains("closed a connection for bad input"))
+        .count();
+    assert!((10..=20).contains(&lines), "{lines} lines:\n{log:#?}");
+    assert!(broker.log_contains("malformed Produce v9 request"));
+}

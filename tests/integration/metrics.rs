@@ -42,7 +42,7 @@ const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 const SILENT_CLOSE_WAIT: Duration = Duration::from_secs(8);
 
 /// `(status line, body)` of a GET.
-fn get(address: &str, path: &str) -> (String, String) {
+pub fn get(address: &str, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(address).expect("metrics listener accepts");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
