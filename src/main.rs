@@ -160,11 +160,28 @@ enum BackendArg {
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Topics { .. } | Command::Groups { .. }) {
+        end_quietly_on_a_closed_pipe();
+    }
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Topics { command, brokers } => admin_exit(topics(&brokers, command)),
         Command::Groups { command, brokers } => admin_exit(groups(&brokers, command)),
         Command::Bench { command } => admin_exit(sluice::bench::run(command)),
+    }
+}
+
+/// Let a command's output be piped into a reader that stops early (`sluice
+/// topics describe t | head -3`): restore SIGPIPE's default, ending the
+/// process as other command-line tools end, where Rust's runtime ignores it
+/// and `println!` panics on the broken pipe. Only for the admin commands,
+/// whose output is a table: `serve` and `bench` must see EPIPE on a socket
+/// as an error.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: called at the start of main, before any thread is spawned;
+    // SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

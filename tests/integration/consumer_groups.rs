@@ -580,3 +580,27 @@ fn reset_offsets_to_a_time_redelivers_from_there() {
     let (ok, out) = sluice_admin(&broker.address, &["topics", "list"]);
     assert!(ok && !out.contains("replay"), "{out}");
 }
+
+/// Found by a new user: `sluice topics describe t | head -3` panicked on
+/// the broken pipe ("failed printing to stdout"). The admin commands now
+/// end as other command-line tools do, quietly, by SIGPIPE.
+#[test]
+fn admin_output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path());
+    let (ok, out) = sluice_admin(&broker.address, &["topics", "create", "wide", "-p", "8"]);
+    assert!(ok, "{out}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["topics", "describe", "wide", "--brokers", &broker.address])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before the command writes anything.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+}
