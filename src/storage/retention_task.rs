@@ -8,7 +8,7 @@ use super::partition::Partition;
 use super::retention::{self, DiskPressure};
 use super::segment;
 use super::shard_store::{ShardStore, StoreState, publish};
-use crate::ids::Offset;
+use crate::ids::{Offset, PartitionId};
 use crate::log_throttle::monotonic_ms;
 use crate::telemetry::storage::{Deletion, StoreMetrics};
 
@@ -174,17 +174,44 @@ fn delete_oldest_segment(state: &mut StoreState, metrics: &StoreMetrics, why: De
     }
 }
 
+impl ShardStore {
+    /// Whether disk usage is above `retention.disk_force_clean_ratio` and
+    /// partition `id` still needs the oldest of several segments: what an
+    /// internal topic that copies its live records forward (the
+    /// `__consumer_offsets` snapshots) checks to do so at once, rather
+    /// than pin the segment until its next scheduled copy.
+    pub fn pins_the_oldest_segment_under_disk_pressure(&self, id: PartitionId) -> bool {
+        if self.disk_pressure.get() < DiskPressure::ForceClean {
+            return false;
+        }
+        let state = self.state.borrow();
+        if state.log.segments().len() < 2 {
+            return false;
+        }
+        state
+            .partitions
+            .get(&id)
+            .is_some_and(|partition| needs_the_oldest_segment(&state, partition))
+    }
+}
+
+/// Whether `partition` retains a batch in the shard's oldest segment.
+fn needs_the_oldest_segment(state: &StoreState, partition: &Partition) -> bool {
+    let Some(oldest) = state.log.segments().next() else {
+        return false;
+    };
+    match retention::needed_position(partition) {
+        Ok(position) => position.is_some_and(|position| position < oldest.end()),
+        // A queue that cannot say might need it.
+        Err(_) => true,
+    }
+}
+
 /// A partition (topic, index) that still needs the oldest segment and does
 /// not allow forced deletion, if there is one: the oldest segment must stay.
 fn forced_deletion_blocked_by(state: &StoreState) -> Option<(String, u32)> {
-    let oldest_end = state.log.segments().next()?.end();
     state.partitions.values().find_map(|partition| {
-        let needs_oldest = match retention::needed_position(partition) {
-            Ok(position) => position.is_some_and(|position| position < oldest_end),
-            // A queue that cannot say might need it.
-            Err(_) => true,
-        };
-        (needs_oldest && !partition.config.disk_pressure_delete)
+        (needs_the_oldest_segment(state, partition) && !partition.config.disk_pressure_delete)
             .then(|| (partition.meta.topic.clone(), partition.meta.index))
     })
 }

@@ -292,3 +292,88 @@ fn a_shard_that_cannot_start_stops_the_process_with_the_cause() {
         "the cause names the file and the error; log:\n{log}"
     );
 }
+
+/// Runs inside the namespace: mount a tmpfs of `$2` on `$1` and exec the
+/// broker.
+const SMALL_DISK_WRAPPER: &str = r#"
+set -e
+mnt=$1; size=$2; shift 2
+mount -t tmpfs -o size="$size" sluice-test "$mnt"
+exec "$@"
+"#;
+
+/// Issue 12 item 8, found by a new user: forced deletion under disk
+/// pressure stopped for good on a shard once a consumer group had
+/// committed an offset there, because `__consumer_offsets` (never expired)
+/// pinned the oldest segment until its hourly copy forward, and appends were
+/// then refused at the reject ratio. The coordinator now copies live offsets
+/// forward within seconds under pressure: the opted-in topic's old data is
+/// deleted, appends keep succeeding, and the committed offset is kept.
+#[test]
+fn committed_offsets_do_not_block_deletion_under_disk_pressure() {
+    let flags = match private_mount_namespace() {
+        Ok(flags) => flags,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    // 64 MiB: forced deletion from 32 MiB, appends refused from 60 MiB.
+    let config = write_config(
+        dir.path(),
+        "[storage]\nsegment_bytes = 2097152\n\
+         [retention]\ndisk_check_interval_ms = 100\ndisk_clean_ratio = 0.4\n\
+         disk_force_clean_ratio = 0.5\ndisk_reject_ratio = 0.95\n",
+    );
+    // One shard, so the group's offsets share the topic's commit log.
+    let mut serve = BrokerProcess::serve_args(&mnt.join("data"));
+    let shards = serve.iter().position(|arg| arg == "--shards").unwrap();
+    serve[shards + 1] = "1".into();
+    let mut command = Command::new("unshare");
+    command
+        .args(&flags)
+        .args(["sh", "-c", SMALL_DISK_WRAPPER, "sh"])
+        .arg(&mnt)
+        .arg("64m")
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .args(serve)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info");
+    let broker = BrokerProcess::start_command(command);
+    let address = broker.address.clone();
+    kafka_clients::create_topic(
+        &address,
+        "dropme",
+        1,
+        &[("sluice.disk.pressure.delete", "true")],
+    );
+    let mut wire = Wire::connect(&address);
+    // The commit lands in the shard's oldest segment.
+    let committed = wire.call(2, &crate::hardening_decoder::commit_request("g1", "dropme"));
+    assert_eq!(committed.topics[0].partitions[0].error_code, 0);
+
+    // 40 MiB on a 64 MiB disk: past the force-clean ratio, short of the
+    // reject ratio.
+    for index in 0..400 {
+        let code = produce_with_acks(&mut wire, "dropme", 0, batch(100, 1000), 1);
+        assert_eq!(code, 0, "batch {index}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !broker.log_contains("disk pressure deleted unexpired records") {
+        assert!(
+            Instant::now() < deadline,
+            "nothing was deleted under disk pressure; log:\n{}",
+            broker.log().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        crate::hardening_decoder::committed_offset(&mut wire, "g1"),
+        1,
+        "the committed offset survives the deletion"
+    );
+}

@@ -133,7 +133,7 @@ fn forged_array_counts_close_the_connection_and_the_broker_keeps_serving() {
     assert!(!broker.log().iter().any(|line| line.contains("panicked")));
 }
 
-fn commit_request(group: &str, topic: &str) -> OffsetCommitRequest {
+pub fn commit_request(group: &str, topic: &str) -> OffsetCommitRequest {
     OffsetCommitRequest::default()
         .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
         .with_generation_id_or_member_epoch(-1)
@@ -149,7 +149,7 @@ fn commit_request(group: &str, topic: &str) -> OffsetCommitRequest {
         ])
 }
 
-fn committed_offset(wire: &mut Wire, group: &str) -> i64 {
+pub fn committed_offset(wire: &mut Wire, group: &str) -> i64 {
     let request = OffsetFetchRequest::default().with_groups(vec![
         OffsetFetchRequestGroup::default()
             .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))

@@ -20,7 +20,10 @@
 //! the live entries are appended again as a snapshot and, once it is
 //! durable, the partition's log start moves to it. The records below stop
 //! pinning old segments, and retention can delete them. Live entries are
-//! also copied forward hourly, so idle groups do not pin old segments.
+//! also copied forward hourly, so idle groups do not pin old segments, and
+//! within seconds when disk usage passes `retention.disk_force_clean_ratio`
+//! and the partition holds the shard's oldest segment, so forced deletion
+//! under disk pressure is never blocked by committed offsets.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -63,6 +66,10 @@ const SNAPSHOT_AGE_MAX: Duration = Duration::from_secs(600);
 /// Live entries are copied forward at least this often even when nothing
 /// changed, so an idle group's offsets never pin an old segment for long.
 const SNAPSHOT_REFRESH: Duration = Duration::from_secs(3600);
+/// Under disk pressure (`retention.disk_force_clean_ratio`), a partition
+/// whose records pin the shard's oldest segment is copied forward at once,
+/// but not more often than this.
+const SNAPSHOT_UNDER_PRESSURE_INTERVAL: Duration = Duration::from_secs(5);
 /// Offset records per stored batch, at most; fewer when their bytes would
 /// pass `storage.message_max_bytes` (see [`batch_chunks`]).
 const RECORDS_PER_BATCH_MAX: usize = 100;
@@ -841,7 +848,12 @@ impl Coordinator {
                     let crowded = log.records_since_snapshot > live
                         && (log.records_since_snapshot - live >= SNAPSHOT_RECORDS_MIN
                             || age >= SNAPSHOT_AGE_MAX);
-                    crowded || (live > 0 && age >= SNAPSHOT_REFRESH)
+                    let pins_oldest = age >= SNAPSHOT_UNDER_PRESSURE_INTERVAL
+                        && self
+                            .context
+                            .store
+                            .pins_the_oldest_segment_under_disk_pressure(log.id);
+                    crowded || (live > 0 && age >= SNAPSHOT_REFRESH) || pins_oldest
                 })
                 .map(|(&index, log)| (index, log.id))
                 .collect()
