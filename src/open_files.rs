@@ -138,6 +138,8 @@ fn read_dir_or_empty(dir: &Path) -> io::Result<Vec<io::Result<std::fs::DirEntry>
 /// The descriptors the broker may need, by item (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpenFilesNeed {
+    /// Descriptors one client connection takes with the chosen I/O backend.
+    pub per_connection: u64,
     pub connections: u64,
     pub metrics: u64,
     pub shards: u64,
@@ -158,6 +160,7 @@ impl OpenFilesNeed {
         };
         let shards = shards as u64;
         OpenFilesNeed {
+            per_connection,
             connections: u64::from(config.kafka.connections_max) * per_connection,
             metrics: HttpLimits::default().connections_max as u64,
             shards: shards * (FDS_PER_SHARD + FDS_PER_SEGMENT),
@@ -189,17 +192,27 @@ pub fn check_and_log(need: OpenFilesNeed) {
         );
     }
     if limit.soft < need.total() {
+        let raise = if limit.hard >= need.total() {
+            format!("`ulimit -n {}` before starting", need.total().next_power_of_two())
+        } else {
+            format!(
+                "the hard limit ({}) first, as root or in /etc/security/limits.conf, then \
+                 `ulimit -n {}` before starting",
+                limit.hard,
+                need.total().next_power_of_two()
+            )
+        };
         tracing::warn!(
             limit = limit.soft,
             need = need.total(),
-            connections = need.connections,
-            storage = need.storage,
+            connection_fds = need.connections,
+            storage_fds = need.storage,
             "the open-files limit (RLIMIT_NOFILE) is below what this configuration may need \
-             (kafka.connections_max connections, shards, segments and consume-queue files): past \
-             it, clients are refused and segments cannot roll. Raise it: `ulimit -n {}` before \
-             starting, or LimitNOFILE= in the systemd unit (packaging/sluice.service sets \
-             1048576); or lower kafka.connections_max",
-            need.total().next_power_of_two()
+             (descriptors for kafka.connections_max connections, {} per connection with this I/O \
+             backend, and for shards, segments and consume-queue files): past it, clients are \
+             refused and segments cannot roll. Raise {raise}, or LimitNOFILE= in the systemd \
+             unit (packaging/sluice.service sets 1048576); or lower kafka.connections_max",
+            need.per_connection
         );
     }
 }

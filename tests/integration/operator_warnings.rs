@@ -144,6 +144,7 @@ fn exposed_listeners_and_a_low_open_files_limit_are_warned_about_at_start() {
     assert_eq!(too_few.len(), 1, "{:?}", broker.log());
     for fix in [
         "limit=512",
+        "the hard limit (512) first",
         "ulimit -n",
         "LimitNOFILE=",
         "kafka.connections_max",
