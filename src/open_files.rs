@@ -193,7 +193,10 @@ pub fn check_and_log(need: OpenFilesNeed) {
     }
     if limit.soft < need.total() {
         let raise = if limit.hard >= need.total() {
-            format!("`ulimit -n {}` before starting", need.total().next_power_of_two())
+            format!(
+                "`ulimit -n {}` before starting",
+                need.total().next_power_of_two()
+            )
         } else {
             format!(
                 "the hard limit ({}) first, as root or in /etc/security/limits.conf, then \

@@ -157,6 +157,16 @@ fn topic_configs_are_described_and_altered() {
         "{:?}",
         response.responses[0].error_message
     );
+    // As Kafka: a config named twice is INVALID_REQUEST, and nothing of
+    // the request applies (found by a tester).
+    let twice = wire.call(
+        1,
+        &alter(vec![
+            set("retention.ms", "1000"),
+            set("retention.ms", "2000"),
+        ]),
+    );
+    assert_eq!(twice.responses[0].error_code, 42, "INVALID_REQUEST");
     let bad = wire.call(1, &alter(vec![set("retention.ms", "soon")]));
     assert_eq!(
         bad.responses[0].error_code,
@@ -298,4 +308,51 @@ fn log_append_time_replaces_the_producer_timestamp() {
         timestamp >= before,
         "the broker's append time ({timestamp}) replaced the producer's (5)"
     );
+}
+
+/// As Kafka, CreateTopics refuses a config named twice (INVALID_REQUEST)
+/// and one with a null value (INVALID_CONFIG), and creates nothing; both
+/// were accepted, the first with the last value, the second ignored
+/// (found by a tester).
+#[test]
+fn create_topics_refuses_a_config_named_twice_or_without_a_value() {
+    use kafka_protocol::messages::CreateTopicsRequest;
+    use kafka_protocol::messages::TopicName;
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let config = |name: &'static str, value: Option<&'static str>| {
+        CreatableTopicConfig::default()
+            .with_name(StrBytes::from_static_str(name))
+            .with_value(value.map(StrBytes::from_static_str))
+    };
+    let cases = [
+        (
+            "twice",
+            vec![
+                config("retention.ms", Some("1")),
+                config("retention.ms", Some("2")),
+            ],
+            42,
+        ),
+        ("null", vec![config("retention.ms", None)], 40),
+    ];
+    for (topic, configs, code) in cases {
+        let response = wire.call(
+            5,
+            &CreateTopicsRequest::default()
+                .with_timeout_ms(10_000)
+                .with_topics(vec![
+                    CreatableTopic::default()
+                        .with_name(TopicName(StrBytes::from_static_str(topic)))
+                        .with_num_partitions(1)
+                        .with_replication_factor(1)
+                        .with_configs(configs),
+                ]),
+        );
+        assert_eq!(response.topics[0].error_code, code, "{topic}");
+        assert!(!topic_names(&broker.address).contains(&topic.to_owned()));
+    }
 }

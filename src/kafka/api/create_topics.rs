@@ -71,13 +71,13 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             (-1, assigned) => assigned as u32,
             (count, _) => u32::try_from(count).unwrap_or(0),
         };
-        let overrides: BTreeMap<String, String> = topic
-            .configs
-            .iter()
-            .filter_map(|config| {
-                Some((config.name.to_string(), config.value.as_ref()?.to_string()))
-            })
-            .collect();
+        let overrides = match config_overrides(&topic.configs) {
+            Ok(overrides) => overrides,
+            Err((code, message)) => {
+                results.push(failed(result, code, &message));
+                continue;
+            }
+        };
         let created = broker
             .create_topic(
                 &request.shard.shards,
@@ -93,6 +93,30 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         });
     }
     request.respond(&CreateTopicsResponse::default().with_topics(results))
+}
+
+/// The topic configs a CreateTopics request sets, by name. As Kafka: a
+/// name given twice is INVALID_REQUEST, a null value INVALID_CONFIG.
+fn config_overrides(
+    configs: &[kafka_protocol::messages::create_topics_request::CreatableTopicConfig],
+) -> Result<BTreeMap<String, String>, (i16, String)> {
+    let mut overrides = BTreeMap::new();
+    for config in configs {
+        let name = config.name.to_string();
+        let Some(value) = config.value.as_ref() else {
+            return Err((
+                ResponseError::InvalidConfig.code(),
+                format!("config {name} has a null value"),
+            ));
+        };
+        if overrides.insert(name.clone(), value.to_string()).is_some() {
+            return Err((
+                ResponseError::InvalidRequest.code(),
+                format!("config {name} is given more than once"),
+            ));
+        }
+    }
+    Ok(overrides)
 }
 
 fn succeeded(result: CreatableTopicResult, meta: &TopicMeta) -> CreatableTopicResult {

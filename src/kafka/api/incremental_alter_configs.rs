@@ -59,6 +59,17 @@ async fn alter_topic(
             format!("topic {name} does not exist"),
         ));
     };
+    let mut named = std::collections::BTreeSet::new();
+    if let Some(config) = resource
+        .configs
+        .iter()
+        .find(|config| !named.insert(config.name.as_str()))
+    {
+        return Err((
+            ResponseError::InvalidRequest.code(),
+            format!("config {} is given more than once", config.name.as_str()),
+        ));
+    }
     let mut overrides = topic.overrides.clone();
     for config in &resource.configs {
         let key = config.name.to_string();
