@@ -18,6 +18,9 @@ pub const DIRECT_IO_ALIGNMENT_BYTES: u32 = 4096;
 const _: () = assert!(DIRECT_IO_ALIGNMENT_BYTES.is_power_of_two());
 /// Kafka's default `message.max.bytes` (1 MiB plus the record-batch overhead).
 pub const MESSAGE_MAX_BYTES_DEFAULT: u32 = 1_048_588;
+/// Largest value of a `[kafka]` time or size Kafka keeps in an `int`
+/// (`i32::MAX`: about 24.8 days in milliseconds, 2 GiB in bytes).
+const KAFKA_INT_MAX: u64 = i32::MAX as u64;
 /// Default `kafka.fetch_max_bytes`: Kafka's `fetch.max.bytes` (55 MiB).
 pub const FETCH_MAX_BYTES_DEFAULT: u64 = 57_671_680;
 /// Default `storage.decompressed_batch_ratio_max`: see the field.
@@ -470,6 +473,23 @@ impl KafkaConfig {
                 return invalid(key, value, "must be positive");
             }
         }
+        for (key, value) in [
+            ("kafka.idle_timeout_ms", self.idle_timeout_ms),
+            (
+                "kafka.request_read_timeout_ms",
+                self.request_read_timeout_ms,
+            ),
+            ("kafka.fetch_wait_max_ms", self.fetch_wait_max_ms),
+            ("kafka.fetch_max_bytes", self.fetch_max_bytes),
+        ] {
+            if value > KAFKA_INT_MAX {
+                return invalid(
+                    key,
+                    value,
+                    format!("must be at most {KAFKA_INT_MAX} (Kafka's int settings' limit)"),
+                );
+            }
+        }
         if self.queued_requests_max_bytes < u64::from(self.request_max_bytes) {
             return invalid(
                 "kafka.queued_requests_max_bytes",
@@ -822,15 +842,20 @@ mod tests {
     }
 
     #[test]
-    fn connection_timeouts_must_be_positive() {
+    fn connection_timeouts_must_be_positive_and_fit_an_int() {
         for key in [
+            "idle_timeout_ms",
             "request_read_timeout_ms",
             "fetch_wait_max_ms",
             "fetch_max_bytes",
         ] {
-            let config = Config::parse(&format!("[kafka]\n{key} = 0\n")).unwrap();
-            let error = config.validate().unwrap_err().to_string();
-            assert!(error.contains(&format!("kafka.{key}")), "{error}");
+            for value in [0, 2_147_483_648u64] {
+                let config = Config::parse(&format!("[kafka]\n{key} = {value}\n")).unwrap();
+                let error = config.validate().unwrap_err().to_string();
+                assert!(error.contains(&format!("kafka.{key}")), "{error}");
+            }
+            let config = Config::parse(&format!("[kafka]\n{key} = 2147483647\n")).unwrap();
+            config.validate().unwrap();
         }
     }
 

@@ -10,10 +10,10 @@
 /// `error` and its sources, outermost first: "a: b: c". A source whose
 /// message the text already holds is skipped.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = one_line(&error.to_string());
+    let mut text = trimmed(&error.to_string());
     let mut source = error.source();
     while let Some(cause) = source {
-        let cause_text = one_line(&cause.to_string());
+        let cause_text = trimmed(&cause.to_string());
         if !text.contains(&cause_text) {
             text.push_str(": ");
             text.push_str(&cause_text);
@@ -23,10 +23,11 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// `message` without trailing whitespace and with line breaks as spaces
-/// (some library errors end their message with a newline).
-fn one_line(message: &str) -> String {
-    message.trim_end().replace(['\n', '\r'], " ")
+/// `message` without trailing whitespace: some library errors end their
+/// message with a newline, which split a log line. (Messages laid out on
+/// several lines on purpose, such as a TOML error's excerpt, keep them.)
+fn trimmed(message: &str) -> String {
+    message.trim_end().to_owned()
 }
 
 #[cfg(test)]
@@ -68,7 +69,7 @@ mod tests {
     /// kafka-protocol's "not enough bytes" error ends its message with a
     /// newline, which split a log line in two.
     #[test]
-    fn the_chain_is_one_line_whatever_the_messages_end_with() {
+    fn no_message_ends_the_chain_with_a_line_break() {
         let error = anyhow::Error::new(kafka_protocol::protocol::buf::NotEnoughBytesError)
             .context("malformed Produce v9 request");
         let text = error_chain(error.as_ref());
