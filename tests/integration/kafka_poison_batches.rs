@@ -397,6 +397,18 @@ fn compression_bombs_are_refused_without_inflating_the_broker() {
     );
     let found = kafka_clients::offsets_for_time(&broker.address, "bombs", 1, BASE_TIMESTAMP_MS);
     assert_eq!(found[&0], Offset::Offset(0));
+    // The operator learns why, not only the client (found by a new user).
+    let refusals: Vec<String> = broker
+        .log()
+        .into_iter()
+        .filter(|line| line.contains("refused a produce batch") && line.contains("topic=bombs"))
+        .collect();
+    assert_eq!(refusals.len(), 4, "{refusals:#?}");
+    assert!(
+        refusals[0].contains("storage.decompressed_batch_ratio_max"),
+        "{}",
+        refusals[0]
+    );
     assert_alive(&broker);
 }
 

@@ -21,6 +21,7 @@
 //! are appended (or refused), so a pipelined Produce behind it appends after
 //! it while both wait for the same group-commit fdatasync.
 
+use crate::log_throttle::{LogThrottle, monotonic_ms};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -243,7 +244,10 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
     let ratio = request.broker.config.storage.decompressed_batch_ratio_max;
     let (batches, log_append_time_ms) = match prepare(records, &topic.config, ratio) {
         Ok(prepared) => prepared,
-        Err(outcome) => return outcome,
+        Err(outcome) => {
+            log_refused_batch(request, &name, index, &outcome);
+            return outcome;
+        }
     };
     let durability = if acks == ACKS_ALL {
         Durability::Fsynced
@@ -319,6 +323,25 @@ fn prepare(
         ));
     }
     Ok((batches, append_time.unwrap_or(-1)))
+}
+
+/// Produce batches refused by validation, logged at most 20 times per 10 s.
+static REFUSED_BATCHES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 20);
+
+/// Say why a client's batch was refused (the client gets the code and, from
+/// Produce v8, the message; the operator gets this line), throttled.
+fn log_refused_batch(request: &Request<'_>, topic: &str, index: u32, outcome: &Outcome) {
+    if let Some(refused) = REFUSED_BATCHES.record(monotonic_ms()) {
+        tracing::warn!(
+            peer = %request.peer,
+            %topic,
+            partition = index,
+            error_code = outcome.error_code,
+            reason = %outcome.message.as_deref().unwrap_or(""),
+            refused,
+            "refused a produce batch (`refused` counts refusals since the last such line)"
+        );
+    }
 }
 
 /// A change the broker makes to a valid batch before storing it.
