@@ -10,8 +10,10 @@ pub mod group;
 pub mod metadata;
 pub mod topic_config;
 
+use crate::log_throttle::{LogThrottle, monotonic_ms};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -24,6 +26,10 @@ use topic_config::{ConfigIssue, TopicConfig, TopicLimits};
 
 /// Shared by every shard (Send + Sync): configuration, metadata, and how
 /// clients reach this broker.
+/// Failed topic auto-creations, logged at most 20 times per 10 s: one
+/// request can name thousands of topics.
+static AUTO_CREATE_FAILURES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 20);
+
 pub struct Broker {
     pub config: Config,
     pub metadata: MetadataStore,
@@ -135,7 +141,9 @@ impl Broker {
             Ok(topic) => Some(topic),
             Err(TopicError::AlreadyExists(_)) => self.metadata.snapshot().topic(name).cloned(),
             Err(error) => {
-                tracing::warn!(topic = name, %error, "auto-creating topic failed");
+                if let Some(failed) = AUTO_CREATE_FAILURES.record(monotonic_ms()) {
+                    tracing::warn!(topic = name, %error, failed, "auto-creating topic failed (`failed` counts failures since the last such line)");
+                }
                 None
             }
         }

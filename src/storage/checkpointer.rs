@@ -13,14 +13,17 @@ use std::time::Duration;
 
 use super::checkpoint::{Checkpoint, CheckpointError, PartitionCheckpoint};
 use super::shard_store::ShardStore;
+use crate::log_throttle::monotonic_ms;
 
 impl ShardStore {
     pub(super) async fn run_checkpointer(self: Rc<Self>) {
         let interval = Duration::from_millis(self.options.storage.checkpoint_interval_ms);
         loop {
             compio::time::sleep(interval).await;
-            if let Err(error) = self.checkpoint().await {
-                tracing::error!(%error, shard = %self.options.shard, "checkpoint failed; recovery will scan further back");
+            if let Err(error) = self.checkpoint().await
+                && let Some(failed) = self.checkpoint_failure_log.record(monotonic_ms())
+            {
+                tracing::error!(%error, shard = %self.options.shard, failed, "checkpoint failed; recovery will scan further back (`failed` counts failures since the last such line)");
             }
         }
     }

@@ -176,6 +176,9 @@ pub struct ShardStore {
     pub(super) rejection_log: LogThrottle,
     /// So is forced deletion held back by a topic that does not allow it.
     pub(super) forced_deletion_log: LogThrottle,
+    /// Failed checkpoints (every `checkpoint_interval_ms` while the cause
+    /// lasts).
+    pub(super) checkpoint_failure_log: LogThrottle,
 }
 
 /// How often a refused append (full disk, poisoned log) is logged.
@@ -288,6 +291,7 @@ impl ShardStore {
             metrics: StoreMetrics::for_shard(shard),
             rejection_log: LogThrottle::new(REJECTION_LOG_INTERVAL),
             forced_deletion_log: LogThrottle::new(REJECTION_LOG_INTERVAL),
+            checkpoint_failure_log: LogThrottle::new(REJECTION_LOG_INTERVAL),
             options,
         });
         store.check_disk();
