@@ -598,7 +598,12 @@ impl StorageConfig {
             return invalid(
                 "storage.segment_bytes",
                 self.segment_bytes,
-                "must hold at least one frame of storage.message_max_bytes",
+                format!(
+                    "must hold at least one frame of storage.message_max_bytes: at least {} \
+                     bytes, rounded up to a multiple of storage.flush_bytes ({flush}), that is {}",
+                    self.frame_max_bytes(),
+                    self.frame_max_bytes().div_ceil(flush) * flush
+                ),
             );
         }
         if self.write_buffers < 2 {
