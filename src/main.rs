@@ -78,6 +78,19 @@ enum TopicsCommand {
     },
     /// Partitions with their log start and end, and the configs set on the topic.
     Describe { name: String },
+    /// Set or remove topic configs (IncrementalAlterConfigs); others keep
+    /// their values.
+    #[command(group(clap::ArgGroup::new("changes").required(true).multiple(true).args(["configs", "delete_configs"])))]
+    Alter {
+        name: String,
+        /// Topic config to set, KEY=VALUE (repeatable), e.g.
+        /// sluice.disk.pressure.delete=true.
+        #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+        /// Topic config to remove, back to its default (repeatable).
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete_configs: Vec<String>,
+    },
     /// Delete a topic and its data.
     Delete { name: String },
 }
@@ -206,20 +219,27 @@ fn topics(brokers: &str, command: TopicsCommand) -> anyhow::Result<()> {
             name,
             partitions,
             configs,
-        } => {
-            let configs = configs
-                .iter()
-                .map(|pair| {
-                    pair.split_once('=')
-                        .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                        .with_context(|| format!("--config {pair:?}: expected KEY=VALUE"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            topics::create(brokers, &name, partitions, &configs)
-        }
+        } => topics::create(brokers, &name, partitions, &key_values(&configs)?),
         TopicsCommand::Describe { name } => topics::describe(brokers, &name),
+        TopicsCommand::Alter {
+            name,
+            configs,
+            delete_configs,
+        } => topics::alter(brokers, &name, &key_values(&configs)?, &delete_configs),
         TopicsCommand::Delete { name } => topics::delete(brokers, &name),
     }
+}
+
+/// `--config KEY=VALUE` arguments as pairs.
+fn key_values(pairs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                .with_context(|| format!("--config {pair:?}: expected KEY=VALUE"))
+        })
+        .collect()
 }
 
 fn groups(brokers: &str, command: GroupsCommand) -> anyhow::Result<()> {

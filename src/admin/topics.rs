@@ -1,11 +1,15 @@
-//! `sluice topics list|create|describe|delete`.
+//! `sluice topics list|create|describe|alter|delete`.
 
 use anyhow::Context;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, TopicName,
+    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    IncrementalAlterConfigsRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -18,6 +22,9 @@ use crate::client::KafkaClient;
 const RESOURCE_TOPIC: i8 = 2;
 /// DescribeConfigs config source: set on the topic.
 const SOURCE_TOPIC: i8 = 1;
+/// IncrementalAlterConfigs operations (KIP-339).
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
 
 fn text(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_owned())
@@ -126,6 +133,52 @@ pub fn describe(brokers: &str, name: &str) -> AdminResult {
     }
     println!();
     print!("{}", table.render());
+    Ok(())
+}
+
+/// Set `configs` and remove `deleted` on topic `name`, in one
+/// IncrementalAlterConfigs request (KIP-339): the broker applies all or
+/// none.
+pub fn alter(
+    brokers: &str,
+    name: &str,
+    configs: &[(String, String)],
+    deleted: &[String],
+) -> AdminResult {
+    let mut client = KafkaClient::connect(brokers)?;
+    let changes = configs
+        .iter()
+        .map(|(key, value)| {
+            AlterableConfig::default()
+                .with_name(text(key))
+                .with_config_operation(OP_SET)
+                .with_value(Some(text(value)))
+        })
+        .chain(deleted.iter().map(|key| {
+            AlterableConfig::default()
+                .with_name(text(key))
+                .with_config_operation(OP_DELETE)
+        }))
+        .collect();
+    let response = client.call(
+        &IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(RESOURCE_TOPIC)
+                .with_resource_name(text(name))
+                .with_configs(changes),
+        ]),
+    )?;
+    let result = response
+        .responses
+        .first()
+        .context("empty IncrementalAlterConfigs response")?;
+    if result.error_code != 0 {
+        anyhow::bail!(
+            "cannot alter {name}: {}",
+            describe_error(result.error_code, result.error_message.as_deref())
+        );
+    }
+    println!("altered topic {name}");
     Ok(())
 }
 

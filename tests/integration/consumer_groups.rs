@@ -604,3 +604,54 @@ fn admin_output_into_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{stderr}");
 }
+
+/// `sluice topics alter` sets and removes topic configs (found by a new
+/// user: the shipped tools had no way to change one, such as
+/// `sluice.disk.pressure.delete`, after creation).
+#[test]
+fn topic_configs_are_altered_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path());
+    let address = &broker.address;
+    let (ok, out) = sluice_admin(address, &["topics", "create", "tuned"]);
+    assert!(ok, "{out}");
+    let (ok, out) = sluice_admin(
+        address,
+        &[
+            "topics",
+            "alter",
+            "tuned",
+            "--config",
+            "sluice.disk.pressure.delete=true",
+            "--config",
+            "retention.ms=60000",
+        ],
+    );
+    assert!(ok && out.contains("altered topic tuned"), "{out}");
+    let (ok, out) = sluice_admin(address, &["topics", "describe", "tuned"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("sluice.disk.pressure.delete") && out.contains("60000"),
+        "{out}"
+    );
+    let (ok, out) = sluice_admin(
+        address,
+        &[
+            "topics",
+            "alter",
+            "tuned",
+            "--delete-config",
+            "retention.ms",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (_, out) = sluice_admin(address, &["topics", "describe", "tuned"]);
+    assert!(!out.contains("60000"), "{out}");
+    let (ok, out) = sluice_admin(
+        address,
+        &["topics", "alter", "tuned", "--config", "retention.ms=soon"],
+    );
+    assert!(!ok && out.contains("cannot alter tuned"), "{out}");
+    let (ok, out) = sluice_admin(address, &["topics", "alter", "tuned"]);
+    assert!(!ok, "a change is required: {out}");
+}
