@@ -162,6 +162,10 @@ impl CommitLog {
             active.base <= end && end <= active.end(),
             "end {end} outside the last segment"
         );
+        assert!(
+            active.size_bytes > 0,
+            "the active segment has room: a roll from a zero-byte one would recreate its name"
+        );
         let mut tail_blocks = VecDeque::new();
         if end < active.end() {
             let preload = read_partial_block(active, end, block_bytes)?;

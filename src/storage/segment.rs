@@ -115,7 +115,9 @@ pub fn list_segments(dir: &Path) -> Result<Vec<LogPosition>, SegmentError> {
 }
 
 impl Segment {
-    /// Create and preallocate a new segment file (fails if it exists).
+    /// Create and preallocate a new segment file. An empty file of that name
+    /// (left by a create that failed before its preallocation) holds nothing
+    /// and is replaced; any other existing file is an error.
     pub fn create(
         dir: &Path,
         base: LogPosition,
@@ -123,7 +125,7 @@ impl Segment {
         mode: WriteMode,
     ) -> Result<(Segment, Preallocation), SegmentError> {
         let path = segment_path(dir, base);
-        let file = open_writer(&path, mode, true).map_err(|source| SegmentError::Create {
+        let file = create_writer(&path, mode).map_err(|source| SegmentError::Create {
             path: path.clone(),
             source,
         })?;
@@ -221,6 +223,23 @@ impl Segment {
             }
         }
         Ok(done)
+    }
+}
+
+/// `open_writer` for a new file; an existing empty one is removed first.
+/// Issue 12: an empty file under the name of the next segment used to fail
+/// every roll with EEXIST, so every later append on the shard failed.
+fn create_writer(path: &Path, mode: WriteMode) -> io::Result<File> {
+    match open_writer(path, mode, true) {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            if std::fs::metadata(path)?.len() != 0 {
+                return Err(error);
+            }
+            tracing::warn!(path = %path.display(), "replacing an empty segment file left by an earlier failed create");
+            std::fs::remove_file(path)?;
+            open_writer(path, mode, true)
+        }
+        result => result,
     }
 }
 
