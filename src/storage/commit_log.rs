@@ -307,6 +307,10 @@ impl CommitLog {
     /// the file is removed and the log poisoned, like any failed fsync.
     fn roll(&mut self) -> Result<(), LogAppendError> {
         let next_base = self.active_segment().end();
+        assert!(
+            next_base > self.active_segment().base,
+            "a roll creates a file past the active segment, never under its name"
+        );
         let (segment, preallocation) = Segment::create(
             &self.options.dir,
             next_base,

@@ -326,3 +326,36 @@ pub fn zero_range(segment: &Segment, from: LogPosition, to: LogPosition) -> io::
     }
     file.sync_data()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE_BYTES: u64 = 64 * 1024;
+
+    #[test]
+    fn an_empty_file_under_a_new_segments_name_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = LogPosition(SIZE_BYTES);
+        // What a create that failed before its preallocation leaves behind.
+        File::create(segment_path(dir.path(), base)).unwrap();
+        let (segment, _) = Segment::create(dir.path(), base, SIZE_BYTES, WriteMode::Buffered)
+            .expect("an empty leftover does not block the roll");
+        assert_eq!(segment.end(), base.plus(SIZE_BYTES));
+        let on_disk = std::fs::metadata(segment_path(dir.path(), base)).unwrap();
+        assert_eq!(on_disk.len(), SIZE_BYTES);
+    }
+
+    #[test]
+    fn a_file_with_data_under_a_new_segments_name_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = LogPosition(0);
+        let path = segment_path(dir.path(), base);
+        std::fs::write(&path, b"frames").unwrap();
+        let error = Segment::create(dir.path(), base, SIZE_BYTES, WriteMode::Buffered)
+            .err()
+            .expect("an existing segment with data is refused");
+        assert!(matches!(error, SegmentError::Create { .. }), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"frames");
+    }
+}

@@ -111,6 +111,16 @@ fn a_damaged_consume_queue_entry_is_reindexed_from_the_commit_log_at_the_next_st
     std::fs::write(&queue, bytes).unwrap();
 
     let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    for partition in 0..PARTITIONS {
+        let (code, high_watermark, bytes) = fetch_from_start(&mut wire, topic, partition);
+        assert_eq!(code, 0, "partition {partition}");
+        assert_eq!(high_watermark, BATCHES * RECORDS, "partition {partition}");
+        assert!(bytes > 0, "partition {partition} served nothing");
+    }
+    let expected = (BATCHES * RECORDS) as usize * PARTITIONS as usize;
+    let records = kafka_clients::consume(&broker.address, topic, PARTITIONS, 0, expected);
+    assert_eq!(records.len(), expected);
     let log = broker.log();
     assert!(
         log.iter()
@@ -126,16 +136,6 @@ fn a_damaged_consume_queue_entry_is_reindexed_from_the_commit_log_at_the_next_st
         summary.contains("queues_rebuilt=1") && summary.contains("damaged_queue_entries=1"),
         "{summary}"
     );
-    let mut wire = Wire::connect(&broker.address);
-    for partition in 0..PARTITIONS {
-        let (code, high_watermark, bytes) = fetch_from_start(&mut wire, topic, partition);
-        assert_eq!(code, 0, "partition {partition}");
-        assert_eq!(high_watermark, BATCHES * RECORDS, "partition {partition}");
-        assert!(bytes > 0, "partition {partition} served nothing");
-    }
-    let expected = (BATCHES * RECORDS) as usize * PARTITIONS as usize;
-    let records = kafka_clients::consume(&broker.address, topic, PARTITIONS, 0, expected);
-    assert_eq!(records.len(), expected);
     assert_eq!(broker.stop().code(), Some(0));
 
     // The repair is durable: the next start finds nothing to re-index.
