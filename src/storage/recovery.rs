@@ -1,9 +1,11 @@
 //! Recovery: bring a shard's commit log and consume queues back to a
 //! consistent state after a clean stop or a crash.
 //!
-//! 1. Open the segments, the checkpoint (if valid) and the partitions. Open
-//!    each queue trusting only the entries the checkpoint vouches for, each
-//!    verified by its CRC. A queue with fewer sound entries than that (files
+//! 1. Open the segments, the checkpoint (if valid) and the partitions. A log
+//!    that ends before the checkpoint lost durable, acknowledged data: the
+//!    shard is refused ([`RecoveryError::LogBehindCheckpoint`] says how to
+//!    go on). Open each queue trusting only the entries the checkpoint
+//!    vouches for, each verified by its CRC. A queue with fewer sound entries than that (files
 //!    deleted or lost, a damaged or zeroed entry) is *behind* and is rebuilt
 //!    from where it stops, from the first segment if it is gone.
 //! 2. Scan from the earliest point anyone needs, verifying every frame (header

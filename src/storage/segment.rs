@@ -353,8 +353,7 @@ mod tests {
         let path = segment_path(dir.path(), base);
         std::fs::write(&path, b"frames").unwrap();
         let error = Segment::create(dir.path(), base, SIZE_BYTES, WriteMode::Buffered)
-            .err()
-            .expect("an existing segment with data is refused");
+            .expect_err("an existing segment with data is refused");
         assert!(matches!(error, SegmentError::Create { .. }), "{error}");
         assert_eq!(std::fs::read(&path).unwrap(), b"frames");
     }
