@@ -10,7 +10,8 @@
 //!   `sync`, once at the end for `async`.
 //! * `appends_per_fsync/<producers>`: 1 KiB acks=all appends from N
 //!   concurrent producers; prints appends completed per fdatasync.
-//! * `consume_queue/*`: offset and timestamp lookups in a 1M-entry queue.
+//! * `consume_queue/*`: offset and timestamp lookups in a 1M-entry queue,
+//!   and reopening it (which verifies every entry).
 //!
 //! After the criterion output, a table prints each append figure next to its
 //! baseline and their ratio (this machine is shared and noisy: compare
@@ -499,6 +500,14 @@ fn consume_queue_lookup(criterion: &mut Criterion) {
     group.bench_function("lookup_by_offset_1M_entries_reopened", |bencher| {
         bencher.iter(|| queue.search_offset(Offset(next() as i64 * 10 + 5)));
     });
+    drop(queue);
+    // Reopening verifies every trusted entry's CRC (issue 12): what that
+    // adds to a start, per 1M-entry queue, with its pages in the page cache.
+    group.sample_size(10);
+    group.bench_function("open_verifying_1M_entries", |bencher| {
+        bencher.iter(|| ConsumeQueue::open(dir.path(), 262_144, ENTRIES).unwrap());
+    });
+    group.sample_size(100);
     // Baseline: the same binary search over an in-memory Vec.
     let offsets: Vec<i64> = (0..ENTRIES as i64).map(|index| index * 10 + 9).collect();
     group.bench_function("baseline_vec_binary_search_1M", |bencher| {

@@ -509,6 +509,7 @@ fn log_recovery(shard: String, report: &RecoveryReport) {
         truncated_bytes = report.truncated_bytes,
         damaged_ranges_skipped = report.skipped.len(),
         queues_rebuilt = report.queues_rebuilt.len(),
+        damaged_queue_entries = report.damaged_queue_entries.len(),
         elapsed_ms = report.elapsed.as_secs_f64() * 1000.0,
         "recovered"
     );

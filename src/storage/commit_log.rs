@@ -162,6 +162,10 @@ impl CommitLog {
             active.base <= end && end <= active.end(),
             "end {end} outside the last segment"
         );
+        assert!(
+            active.size_bytes > 0,
+            "the active segment has room: a roll from a zero-byte one would recreate its name"
+        );
         let mut tail_blocks = VecDeque::new();
         if end < active.end() {
             let preload = read_partial_block(active, end, block_bytes)?;
@@ -303,6 +307,10 @@ impl CommitLog {
     /// the file is removed and the log poisoned, like any failed fsync.
     fn roll(&mut self) -> Result<(), LogAppendError> {
         let next_base = self.active_segment().end();
+        assert!(
+            next_base > self.active_segment().base,
+            "a roll creates a file past the active segment, never under its name"
+        );
         let (segment, preallocation) = Segment::create(
             &self.options.dir,
             next_base,

@@ -11,9 +11,10 @@
 //! which makes lookup by timestamp a binary search as well.
 //!
 //! Every entry carries a CRC. A damaged entry makes the lookup that meets it
-//! fail with [`QueueError::CorruptEntry`]; the next checkpoint then vouches
-//! only for the entries before it, so the next start re-indexes the rest
-//! from the commit log.
+//! fail with [`QueueError::CorruptEntry`]. Opening a queue verifies every
+//! entry it is asked to trust and ends the queue before the first damaged
+//! (or empty) one, so the next start re-indexes from there out of the commit
+//! log ([`ConsumeQueue::damage_found_at_open`] says where).
 //!
 //! The queue is derived data. Recovery truncates it back to the checkpointed
 //! entry count and re-indexes from the commit log. Dropping the tail punches a
@@ -108,15 +109,29 @@ pub struct ConsumeQueue {
     /// Files written since the last [`ConsumeQueue::take_dirty_files`].
     dirty: Vec<Arc<File>>,
     last: Option<QueueEntry>,
+    /// The first damaged entry the open met among those it was asked to
+    /// trust; the queue ends before it.
+    damaged_at_open: Option<DamagedEntry>,
+}
+
+/// A damaged entry found by [`ConsumeQueue::open`]: where it is and why its
+/// bytes are not an entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DamagedEntry {
+    pub path: PathBuf,
+    pub index: u64,
+    pub error: EntryError,
 }
 
 impl ConsumeQueue {
     /// Open (or create empty) the queue in `dir`, trusting at most
-    /// `trusted_entries` entries: later slots are cleared. A new queue gets
-    /// `entries_per_file` slots per file; an existing one keeps what its files
-    /// record. Fails with [`QueueError::Gap`] if a file inside the trusted
-    /// range is missing, [`QueueError::Format`] if a file is of another
-    /// layout or its header is damaged (the caller rebuilds the queue).
+    /// `trusted_entries` entries: each is verified (CRC and fields), the
+    /// queue ends before the first damaged or empty one, and later slots are
+    /// cleared. A new queue gets `entries_per_file` slots per file; an
+    /// existing one keeps what its files record. Fails with
+    /// [`QueueError::Gap`] if a file inside the trusted range is missing,
+    /// [`QueueError::Format`] if a file is of another layout or its header
+    /// is damaged (the caller rebuilds the queue).
     pub fn open(
         dir: &Path,
         entries_per_file: u32,
@@ -149,17 +164,12 @@ impl ConsumeQueue {
             tail_index: 0,
             dirty: Vec::new(),
             last: None,
+            damaged_at_open: None,
         };
         queue.check_contiguous()?;
         queue.head_index = queue.files.first().map_or(0, |file| file.first_index);
-        let mut tail = queue.find_tail(trusted_entries);
-        // The entry before the tail gives the next offset: it must be sound.
-        while tail > queue.head_index
-            && let Err(error) = queue.get(tail - 1)
-        {
-            tracing::warn!(%error, "consume queue is cut back to before a damaged entry");
-            tail -= 1;
-        }
+        let (tail, damaged) = queue.verify_prefix(trusted_entries);
+        queue.damaged_at_open = damaged;
         if tail <= queue.head_index {
             // Nothing trusted: start over at index 0 (indexes are internal).
             queue.clear_from(0)?;
@@ -193,29 +203,45 @@ impl ConsumeQueue {
         Ok(())
     }
 
-    /// The end of the valid prefix, at most `trusted_entries`. Entries before
-    /// a checkpoint are contiguous, so a binary search for the first empty slot
-    /// works without touching every page. A damaged entry met on the way ends
-    /// the prefix: recovery re-indexes from there.
-    fn find_tail(&self, trusted_entries: u64) -> u64 {
+    /// The end of the valid prefix, at most `trusted_entries`, and the
+    /// damaged entry that ended it, if one did. Every entry is checked (a
+    /// CRC over 40 bytes, in file order): a binary search for the first
+    /// empty slot would step over damage in the middle, which then failed
+    /// every read that reached it while each restart trusted it again
+    /// (issue 12). An empty slot inside the trusted range ends the prefix
+    /// too: the entries after it are re-indexed rather than left behind a
+    /// hole.
+    fn verify_prefix(&self, trusted_entries: u64) -> (u64, Option<DamagedEntry>) {
         let Some(last_file) = self.files.last() else {
-            return 0;
+            return (0, None);
         };
         let limit = trusted_entries.min(last_file.first_index + self.entries_per_file);
-        let mut low = self.head_index.min(limit);
-        let mut high = limit;
-        while low < high {
-            let middle = low + (high - low) / 2;
-            match self.get(middle) {
-                Ok(Some(_)) => low = middle + 1,
-                Ok(None) => high = middle,
-                Err(error) => {
-                    tracing::warn!(%error, "consume queue is cut back to before a damaged entry");
-                    return middle.max(self.head_index);
+        for file in &self.files {
+            let slots = limit
+                .saturating_sub(file.first_index)
+                .min(self.entries_per_file);
+            for slot in 0..slots {
+                match file.entry(slot) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return (file.first_index + slot, None),
+                    Err(error) => {
+                        let damaged = DamagedEntry {
+                            path: file.path.clone(),
+                            index: file.first_index + slot,
+                            error,
+                        };
+                        return (damaged.index, Some(damaged));
+                    }
                 }
             }
         }
-        low
+        (limit.max(self.head_index), None)
+    }
+
+    /// The first damaged entry [`ConsumeQueue::open`] met among those it was
+    /// asked to trust (the queue ends before it), for recovery to report.
+    pub fn damage_found_at_open(&self) -> Option<&DamagedEntry> {
+        self.damaged_at_open.as_ref()
     }
 
     pub fn head_index(&self) -> u64 {
@@ -493,25 +519,69 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_entry_fails_lookups_and_the_next_open_cuts_back_before_it() {
+    fn a_damaged_entry_fails_lookups_while_the_queue_is_open() {
         let dir = tempfile::tempdir().unwrap();
-        drop(filled(dir.path(), 1024, 600));
-        // 100 is not among the slots the open's binary search probes.
+        let queue = filled(dir.path(), 1024, 600);
+        // Damage under a mapped queue, as a disk would do it.
         let damaged = 100u64;
         damage(dir.path(), damaged, 9, 0xee);
-        {
-            // Opened trusting everything: the binary search may not meet
-            // the damage, but a lookup through it must fail, not mislead.
-            let queue = ConsumeQueue::open(dir.path(), 1024, 600).unwrap();
-            let error = queue.get(damaged).unwrap_err();
-            assert_eq!(error.corrupt_index(), Some(damaged), "{error}");
-            assert!(queue.search_offset(Offset(damaged as i64 * 3)).is_err());
+        let error = queue.get(damaged).unwrap_err();
+        assert_eq!(error.corrupt_index(), Some(damaged), "{error}");
+        assert!(queue.search_offset(Offset(damaged as i64 * 3)).is_err());
+    }
+
+    /// Issue 12: the open used to binary-search for the tail, stepped over
+    /// damage in the middle and trusted it again at every start, so reads
+    /// that reached it failed forever.
+    #[test]
+    fn a_damaged_entry_anywhere_in_the_trusted_range_ends_the_queue_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(filled(dir.path(), 1024, 3000));
+        // 3 and 1500 are not among the slots a binary search would probe.
+        for damaged in [1500u64, 3] {
+            let file_first = damaged - damaged % 1024;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(queue_file_path(dir.path(), file_first))
+                .unwrap();
+            let at = HEADER_BYTES as u64 + (damaged - file_first) * ENTRY_BYTES as u64 + 5;
+            file.write_all_at(&[0x5a], at).unwrap();
+            let queue = ConsumeQueue::open(dir.path(), 1024, 3000).unwrap();
+            assert_eq!(queue.tail_index(), damaged);
+            assert_eq!(queue.last(), Some(entry(damaged - 1)));
+            let found = queue.damage_found_at_open().unwrap();
+            assert_eq!(found.index, damaged);
+            assert_eq!(found.path, queue_file_path(dir.path(), file_first));
+            assert!(matches!(found.error, EntryError::Checksum { .. }));
+            assert_eq!(
+                queue.get(damaged).unwrap(),
+                None,
+                "the damaged slot is cleared"
+            );
         }
-        // A checkpoint vouching only for the entries before it makes the
-        // queue end there, so recovery re-indexes the rest.
-        let queue = ConsumeQueue::open(dir.path(), 1024, damaged).unwrap();
-        assert_eq!(queue.tail_index(), damaged);
-        assert_eq!(queue.last(), Some(entry(damaged - 1)));
+        let queue = ConsumeQueue::open(dir.path(), 1024, 3000).unwrap();
+        assert_eq!(queue.tail_index(), 3);
+        assert_eq!(queue.damage_found_at_open(), None);
+    }
+
+    #[test]
+    fn an_empty_slot_inside_the_trusted_range_ends_the_queue_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(filled(dir.path(), 1024, 600));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(queue_file_path(dir.path(), 0))
+            .unwrap();
+        let at = HEADER_BYTES as u64 + 250 * ENTRY_BYTES as u64;
+        file.write_all_at(&[0; ENTRY_BYTES], at).unwrap();
+        let queue = ConsumeQueue::open(dir.path(), 1024, 600).unwrap();
+        assert_eq!(queue.tail_index(), 250);
+        assert_eq!(queue.damage_found_at_open(), None);
+        assert_eq!(
+            queue.get(251).unwrap(),
+            None,
+            "entries after the hole are cleared"
+        );
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Recovery: bring a shard's commit log and consume queues back to a
 //! consistent state after a clean stop or a crash.
 //!
-//! 1. Open the segments, the checkpoint (if valid) and the partitions. Open
-//!    each queue trusting only the entries the checkpoint vouches for. A queue
-//!    with fewer entries than that (files deleted or lost) is *behind* and is
-//!    rebuilt from where it stops, from the first segment if it is gone.
+//! 1. Open the segments, the checkpoint (if valid) and the partitions. A log
+//!    that ends before the checkpoint lost durable, acknowledged data: the
+//!    shard is refused ([`RecoveryError::LogBehindCheckpoint`] says how to
+//!    go on). Open each queue trusting only the entries the checkpoint
+//!    vouches for, each verified by its CRC. A queue with fewer sound entries than that (files
+//!    deleted or lost, a damaged or zeroed entry) is *behind* and is rebuilt
+//!    from where it stops, from the first segment if it is gone.
 //! 2. Scan from the earliest point anyone needs, verifying every frame (header
 //!    CRC, batch structure, batch CRC), and index each frame a queue lacks.
 //! 3. At an invalid frame, look ahead a bounded window for the next valid
@@ -23,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::checkpoint::{Checkpoint, CheckpointError, PartitionCheckpoint};
+use super::checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointError, PartitionCheckpoint};
 use super::consume_queue::{ConsumeQueue, QueueEntry, QueueError};
 use super::frame::FRAME_HEADER_BYTES;
 use super::layout::ShardLayout;
@@ -58,6 +61,22 @@ pub enum RecoveryError {
         #[source]
         source: std::io::Error,
     },
+    /// The log ends before the position the checkpoint recorded as durable:
+    /// the disk lost acknowledged data (a truncated or missing segment).
+    #[error(
+        "the commit log ends at position {log_end} ({last_file}) but the checkpoint {checkpoint_file} \
+         records frames up to {checkpoint} as durable: the disk lost acknowledged data, so this \
+         shard is not started. To start with what the log still holds (everything past \
+         {log_end} stays lost), copy {shard_dir} aside for inspection, delete \
+         {checkpoint_file} and start again"
+    )]
+    LogBehindCheckpoint {
+        log_end: LogPosition,
+        last_file: PathBuf,
+        checkpoint: LogPosition,
+        checkpoint_file: PathBuf,
+        shard_dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +104,9 @@ pub struct RecoveryReport {
     pub truncated_bytes: u64,
     pub truncated_at: Option<LogPosition>,
     pub queues_rebuilt: Vec<PartitionId>,
+    /// Partitions whose consume queue held a damaged entry (its index): the
+    /// queue was cut back before it and re-indexed.
+    pub damaged_queue_entries: Vec<(PartitionId, u64)>,
     pub elapsed: Duration,
 }
 
@@ -117,9 +139,11 @@ pub fn recover(
         .front()
         .map_or(LogPosition::ZERO, |segment| segment.base);
     let log_limit = segments.back().map_or(LogPosition::ZERO, Segment::end);
-    let checkpoint = checkpoint.filter(|checkpoint| {
-        checkpoint.indexed_position >= first_base && checkpoint.indexed_position <= log_limit
-    });
+    if let Some(checkpoint) = &checkpoint {
+        check_log_reaches(layout, &segments, checkpoint.indexed_position)?;
+    }
+    // Retention may have deleted the segments below an older checkpoint.
+    let checkpoint = checkpoint.filter(|checkpoint| checkpoint.indexed_position >= first_base);
     let indexed = checkpoint
         .as_ref()
         .map_or(first_base, |checkpoint| checkpoint.indexed_position);
@@ -150,12 +174,18 @@ pub fn recover(
         truncated_bytes: 0,
         truncated_at: None,
         queues_rebuilt: Vec::new(),
+        damaged_queue_entries: Vec::new(),
         elapsed: Duration::ZERO,
     };
     let mut queues = HashMap::new();
     for meta in metas {
         let remembered = remembered.get(&meta.id).copied();
         let (state, resume) = open_queue(options, meta, remembered, first_base)?;
+        if let Some(damaged) = state.queue.damage_found_at_open() {
+            report
+                .damaged_queue_entries
+                .push((state.meta.id, damaged.index));
+        }
         if let Some(resume) = resume {
             report.queues_rebuilt.push(state.meta.id);
             report.scan_start = report.scan_start.min(resume);
@@ -230,6 +260,31 @@ fn open_segments(options: &RecoveryOptions) -> Result<VecDeque<Segment>, Recover
     Ok(segments)
 }
 
+/// The checkpoint only records positions that were durable (fsynced), so a
+/// log ending before it lost acknowledged data on the disk (a truncated,
+/// emptied or deleted segment). Starting anyway would silently drop those
+/// batches, so the shard is refused with what was found and how to go on.
+fn check_log_reaches(
+    layout: &ShardLayout,
+    segments: &VecDeque<Segment>,
+    checkpoint: LogPosition,
+) -> Result<(), RecoveryError> {
+    let log_end = segments.back().map_or(LogPosition::ZERO, Segment::end);
+    if checkpoint <= log_end {
+        return Ok(());
+    }
+    let last_file = segments
+        .back()
+        .map_or_else(|| layout.log_dir(), |segment| segment.path.clone());
+    Err(RecoveryError::LogBehindCheckpoint {
+        log_end,
+        last_file,
+        checkpoint,
+        checkpoint_file: layout.root().join(CHECKPOINT_FILE),
+        shard_dir: layout.root().to_owned(),
+    })
+}
+
 fn load_checkpoint(layout: &ShardLayout) -> (Option<Checkpoint>, CheckpointStatus) {
     match Checkpoint::load(layout.root()) {
         Ok(Some(checkpoint)) => {
@@ -293,6 +348,20 @@ fn open_queue(
         }
         Err(error) => return Err(error.into()),
     };
+    // A damaged entry ended the queue before it, which makes the queue
+    // behind: the one re-indexing path below serves damage, lost files and
+    // the version-1 upgrade alike.
+    if let Some(damaged) = queue.damage_found_at_open() {
+        tracing::warn!(
+            partition = meta.id.0,
+            topic = %meta.topic,
+            index = meta.index,
+            entry = damaged.index,
+            file = %damaged.path.display(),
+            error = %damaged.error,
+            "consume-queue entry is damaged; the queue is cut back before it and re-indexed from the commit log"
+        );
+    }
     let resume = (queue.tail_index() < trusted).then(|| {
         queue.last().map_or(first_base, |entry| {
             entry
@@ -310,6 +379,21 @@ fn open_queue(
             from_position = resume.0,
             "consume queue is behind the checkpoint; re-indexing it from the commit log"
         );
+        if resume < first_base {
+            // Retention deleted the segments those entries pointed into:
+            // what they indexed is gone, and the queue continues with the
+            // oldest frame still on disk.
+            tracing::warn!(
+                partition = meta.id.0,
+                topic = %meta.topic,
+                index = meta.index,
+                next_offset = ?queue.last().map(|entry| entry.next_offset().0),
+                lost_from_position = resume.0,
+                log_start_position = first_base.0,
+                "the commit log no longer holds the batches of the lost consume-queue entries; \
+                 their offsets are not served and reads continue at the oldest batch on disk"
+            );
+        }
     }
     Ok((
         QueueState {
@@ -476,8 +560,13 @@ fn finish_log(
     options: &RecoveryOptions,
     report: &mut RecoveryReport,
 ) -> Result<(), RecoveryError> {
-    while segments.len() > 1 && segments.back().is_some_and(|segment| segment.base >= end) {
-        let segment = segments.pop_back().expect("checked length");
+    // A zero-byte segment goes even when it is the only one: its end is its
+    // base, so the first roll would try to create its own name (issue 12:
+    // EEXIST on every append, for good). The log opens a fresh one at `end`.
+    while segments.back().is_some_and(|segment| {
+        segment.base >= end && (segments.len() > 1 || segment.size_bytes == 0)
+    }) {
+        let segment = segments.pop_back().expect("checked above");
         tracing::info!(segment = %segment.path.display(), "removing segment with no valid frames");
         std::fs::remove_file(&segment.path).map_err(|source| io_error(&segment.path, source))?;
     }

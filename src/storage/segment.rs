@@ -115,7 +115,9 @@ pub fn list_segments(dir: &Path) -> Result<Vec<LogPosition>, SegmentError> {
 }
 
 impl Segment {
-    /// Create and preallocate a new segment file (fails if it exists).
+    /// Create and preallocate a new segment file. An empty file of that name
+    /// (left by a create that failed before its preallocation) holds nothing
+    /// and is replaced; any other existing file is an error.
     pub fn create(
         dir: &Path,
         base: LogPosition,
@@ -123,7 +125,7 @@ impl Segment {
         mode: WriteMode,
     ) -> Result<(Segment, Preallocation), SegmentError> {
         let path = segment_path(dir, base);
-        let file = open_writer(&path, mode, true).map_err(|source| SegmentError::Create {
+        let file = create_writer(&path, mode).map_err(|source| SegmentError::Create {
             path: path.clone(),
             source,
         })?;
@@ -224,6 +226,23 @@ impl Segment {
     }
 }
 
+/// `open_writer` for a new file; an existing empty one is removed first.
+/// Issue 12: an empty file under the name of the next segment used to fail
+/// every roll with EEXIST, so every later append on the shard failed.
+fn create_writer(path: &Path, mode: WriteMode) -> io::Result<File> {
+    match open_writer(path, mode, true) {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            if std::fs::metadata(path)?.len() != 0 {
+                return Err(error);
+            }
+            tracing::warn!(path = %path.display(), "replacing an empty segment file left by an earlier failed create");
+            std::fs::remove_file(path)?;
+            open_writer(path, mode, true)
+        }
+        result => result,
+    }
+}
+
 fn open_writer(path: &Path, mode: WriteMode, create_new: bool) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.read(true).write(true);
@@ -306,4 +325,36 @@ pub fn zero_range(segment: &Segment, from: LogPosition, to: LogPosition) -> io::
         }
     }
     file.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE_BYTES: u64 = 64 * 1024;
+
+    #[test]
+    fn an_empty_file_under_a_new_segments_name_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = LogPosition(SIZE_BYTES);
+        // What a create that failed before its preallocation leaves behind.
+        File::create(segment_path(dir.path(), base)).unwrap();
+        let (segment, _) = Segment::create(dir.path(), base, SIZE_BYTES, WriteMode::Buffered)
+            .expect("an empty leftover does not block the roll");
+        assert_eq!(segment.end(), base.plus(SIZE_BYTES));
+        let on_disk = std::fs::metadata(segment_path(dir.path(), base)).unwrap();
+        assert_eq!(on_disk.len(), SIZE_BYTES);
+    }
+
+    #[test]
+    fn a_file_with_data_under_a_new_segments_name_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = LogPosition(0);
+        let path = segment_path(dir.path(), base);
+        std::fs::write(&path, b"frames").unwrap();
+        let error = Segment::create(dir.path(), base, SIZE_BYTES, WriteMode::Buffered)
+            .expect_err("an existing segment with data is refused");
+        assert!(matches!(error, SegmentError::Create { .. }), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"frames");
+    }
 }

@@ -8,6 +8,7 @@ mod wire;
 
 mod consumer_groups;
 mod crash;
+mod damaged_data_dir;
 mod disk_faults;
 mod group_protocol;
 mod hardening_decoder;

@@ -349,3 +349,57 @@ fn frames_of_a_deleted_partition_are_ignored_by_recovery() {
         support::shutdown(&store).await;
     });
 }
+
+/// Issue 12: a damaged consume-queue entry whose batch retention already
+/// deleted cannot be re-indexed. Recovery says so and serves what the log
+/// still holds, from its oldest batch on, with nothing wrong and no panic.
+#[test]
+fn a_damaged_queue_entry_whose_segment_is_gone_serves_what_remains() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = support::runtime(support::native_backend());
+    runtime.block_on(async {
+        let store = support::open(dir.path(), WriteMode::Direct, support::native_backend());
+        let ids = ids_of(&store, 1);
+        // ~600 KiB into 256 KiB segments: three of them.
+        let appended = fill(&store, &ids, 300, 1000).await;
+        let in_first_segment: Vec<usize> = appended
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, offset, _))| {
+                let batch = store.read(ids[0], *offset, 1).unwrap().batches.remove(0);
+                batch.position.0 < 256 * 1024
+            })
+            .map(|(seq, _)| seq)
+            .collect();
+        assert!(in_first_segment.len() > 10 && in_first_segment.len() < appended.len());
+        support::shutdown(&store).await;
+        // Retention's work, without its bookkeeping: the oldest segment is
+        // gone while the queue still indexes it, and then entry 3 is damaged.
+        std::fs::remove_file(first_segment(dir.path())).unwrap();
+        let queue = dir
+            .path()
+            .join("shard-0")
+            .join("partitions")
+            .join(format!("{:010}", ids[0].0))
+            .join(format!("{:020}.cq", 0));
+        damage(&queue, 64 + 3 * 40 + 12, &[0x77]);
+
+        let store = support::open(dir.path(), WriteMode::Direct, support::native_backend());
+        let report = store.recovery_report().clone();
+        assert_eq!(report.damaged_queue_entries, vec![(ids[0], 3)]);
+        assert_eq!(report.queues_rebuilt, vec![ids[0]]);
+        let first_kept = appended[in_first_segment.len()].1;
+        let offsets = store.offsets(ids[0]).unwrap();
+        assert_eq!(offsets.log_start_offset, first_kept);
+        assert_eq!(offsets.next_offset, Offset(600));
+        let served = support::read_all(&store, ids[0], first_kept);
+        let expected: Vec<_> = appended[in_first_segment.len()..]
+            .iter()
+            .map(|(_, offset, bytes)| (*offset, stored_form(bytes, *offset)))
+            .collect();
+        assert_eq!(served, expected);
+        let more = fill(&store, &ids, 2, 10).await;
+        assert_eq!(more[0].1, Offset(600));
+        support::shutdown(&store).await;
+    });
+}

@@ -1,0 +1,250 @@
+//! The real broker restarted on a data directory damaged while it was
+//! stopped (issue 12): a flipped byte in a consume-queue entry, and a
+//! commit-log segment truncated below the checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::FetchRequest;
+use kafka_protocol::messages::TopicName;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::protocol::StrBytes;
+use sluice::shard::mailbox::owner;
+use sluice::storage::partition::{META_FILE, PartitionMeta};
+
+use crate::broker_process::BrokerProcess;
+use crate::kafka_bad_input::{batch, produce_code};
+use crate::kafka_clients;
+use crate::wire::Wire;
+
+const PARTITIONS: i32 = 4;
+/// Batches produced to each partition before the damage.
+const BATCHES: i64 = 40;
+/// Records per batch.
+const RECORDS: i64 = 5;
+/// The test broker's shard count (`BrokerProcess::serve_args`).
+const SHARDS: usize = 2;
+
+/// Start a broker on `dir`, create `topic` and produce [`BATCHES`] acks=all
+/// batches to each partition, then stop it cleanly (checkpoint written).
+fn fill_and_stop(dir: &Path, topic: &str) {
+    let broker = BrokerProcess::start(dir, &[]);
+    kafka_clients::create_topic(&broker.address, topic, PARTITIONS, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    for _ in 0..BATCHES {
+        for partition in 0..PARTITIONS {
+            let code = produce_code(&mut wire, topic, partition, batch(RECORDS as usize, 30));
+            assert_eq!(code, 0, "partition {partition}");
+        }
+    }
+    assert_eq!(broker.stop().code(), Some(0));
+}
+
+/// The directory of `topic`/`index`'s partition on `shard`.
+fn partition_dir(data: &Path, shard: u16, topic: &str, index: u32) -> PathBuf {
+    let partitions = data.join(format!("shard-{shard}")).join("partitions");
+    for entry in std::fs::read_dir(&partitions).unwrap() {
+        let dir = entry.unwrap().path();
+        let meta_path = dir.join(META_FILE);
+        let meta = PartitionMeta::decode(&std::fs::read(&meta_path).unwrap(), &meta_path).unwrap();
+        if meta.topic == topic && meta.index == index {
+            return dir;
+        }
+    }
+    panic!(
+        "no directory for {topic}/{index} in {}",
+        partitions.display()
+    );
+}
+
+/// A Fetch of one partition from offset 0 that does not wait: (error code,
+/// high watermark, record bytes).
+fn fetch_from_start(wire: &mut Wire, topic: &str, partition: i32) -> (i16, i64, usize) {
+    let request = FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(partition)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    let response = wire.call(4, &request);
+    let answer = &response.responses[0].partitions[0];
+    let bytes = answer.records.as_ref().map_or(0, |records| records.len());
+    (answer.error_code, answer.high_watermark, bytes)
+}
+
+/// The "recovered" summary line of `shard` in a broker's log.
+fn recovered_line(log: &[String], shard: u16) -> String {
+    let needle = format!("shard=shard-{shard} ");
+    log.iter()
+        .find(|line| line.contains("sluice: recovered ") && line.contains(&needle))
+        .unwrap_or_else(|| panic!("no recovery summary for shard-{shard}:\n{}", log.join("\n")))
+        .clone()
+}
+
+/// Issue 12: a flipped byte in entry 3 of a consume queue was trusted again
+/// at every start (the open binary-searched for the tail and stepped over
+/// it), so every Fetch from offset 0 of that partition failed with
+/// KAFKA_STORAGE_ERROR for good while the log promised a restart would
+/// re-index it. Now the start verifies every trusted entry, re-indexes the
+/// queue from the commit log, and says so.
+#[test]
+fn a_damaged_consume_queue_entry_is_reindexed_from_the_commit_log_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = "cqflip";
+    fill_and_stop(dir.path(), topic);
+    let victim = 1u32;
+    let shard = owner(topic, victim, SHARDS).0;
+    let queue = partition_dir(dir.path(), shard, topic, victim).join(format!("{:020}.cq", 0));
+    let mut bytes = std::fs::read(&queue).unwrap();
+    // 64-byte file header, 40-byte entries: a byte inside entry 3.
+    bytes[64 + 40 * 3 + 5] ^= 0xff;
+    std::fs::write(&queue, bytes).unwrap();
+
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    for partition in 0..PARTITIONS {
+        let (code, high_watermark, bytes) = fetch_from_start(&mut wire, topic, partition);
+        assert_eq!(code, 0, "partition {partition}");
+        assert_eq!(high_watermark, BATCHES * RECORDS, "partition {partition}");
+        assert!(bytes > 0, "partition {partition} served nothing");
+    }
+    let expected = (BATCHES * RECORDS) as usize * PARTITIONS as usize;
+    let records = kafka_clients::consume(&broker.address, topic, PARTITIONS, 0, expected);
+    assert_eq!(records.len(), expected);
+    let log = broker.log();
+    assert!(
+        log.iter()
+            .any(|line| line.contains("consume-queue entry is damaged")
+                && line.contains("entry=3")
+                && line.contains(&format!("topic={topic}"))
+                && line.contains(&format!("index={victim}"))),
+        "a warning names the partition and the entry; log:\n{}",
+        log.join("\n")
+    );
+    let summary = recovered_line(&log, shard);
+    assert!(
+        summary.contains("queues_rebuilt=1") && summary.contains("damaged_queue_entries=1"),
+        "{summary}"
+    );
+    assert_eq!(broker.stop().code(), Some(0));
+
+    // The repair is durable: the next start finds nothing to re-index.
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let summary = recovered_line(&broker.log(), shard);
+    assert!(summary.contains("queues_rebuilt=0"), "{summary}");
+    assert_eq!(broker.stop().code(), Some(0));
+}
+
+/// Run the broker on `data` until it exits by itself (it is expected to
+/// refuse to start); returns its status and log.
+fn run_until_exit(data: &Path) -> (ExitStatus, String) {
+    let mut child = BrokerProcess::command(data, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut { stderr }, &mut log).unwrap();
+        log
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the broker started on a log that lost acknowledged data");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, reader.join().unwrap())
+}
+
+/// Issue 12: a shard's only segment truncated to 0 bytes on a stopped
+/// broker used to be accepted silently: the checkpoint was dropped, the
+/// shard's partitions fell back to high watermark 0 (acknowledged records
+/// gone, nothing logged), and every later Produce on the shard failed with
+/// KAFKA_STORAGE_ERROR because the first roll tried to create the empty
+/// segment's own name (EEXIST). Now the start is refused with the file, the
+/// positions and the way on; taking that way (deleting the checkpoint)
+/// starts the shard, and it takes appends again.
+#[test]
+fn a_segment_truncated_below_the_checkpoint_refuses_the_start_until_the_operator_accepts_the_loss()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let topic = "trunc0";
+    fill_and_stop(data, topic);
+    let segment = data.join("shard-0/log/00000000000000000000.log");
+    let segments = std::fs::read_dir(data.join("shard-0/log")).unwrap().count();
+    assert_eq!(segments, 1, "the shard's data is in one segment");
+    std::fs::File::options()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+
+    let (status, log) = run_until_exit(data);
+    assert!(!status.success(), "exit status {status}; log:\n{log}");
+    let checkpoint = data.join("shard-0/checkpoint");
+    for needle in [
+        "shard-0 failed to start",
+        "the commit log ends at position 0",
+        &segment.display().to_string(),
+        "lost acknowledged data",
+        &format!("delete {}", checkpoint.display()),
+    ] {
+        assert!(
+            log.contains(needle),
+            "the error says {needle:?}; log:\n{log}"
+        );
+    }
+    assert!(
+        checkpoint.exists(),
+        "a refused start leaves the files as they were"
+    );
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), 0);
+
+    // The documented way on: accept the loss by deleting the checkpoint.
+    std::fs::remove_file(&checkpoint).unwrap();
+    let broker = BrokerProcess::start(data, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let marks = kafka_clients::high_watermarks(&broker.address, topic, PARTITIONS);
+    for partition in 0..PARTITIONS {
+        let kept = owner(topic, partition as u32, SHARDS).0 != 0;
+        let expected = if kept { BATCHES * RECORDS } else { 0 };
+        assert_eq!(marks[partition as usize], expected, "partition {partition}");
+        let code = produce_code(&mut wire, topic, partition, batch(2, 10));
+        assert_eq!(
+            code, 0,
+            "produce to partition {partition} after the restart"
+        );
+        assert_eq!(
+            produce_code(&mut wire, topic, partition, batch(2, 10)),
+            0,
+            "and again"
+        );
+    }
+    let marks = kafka_clients::high_watermarks(&broker.address, topic, PARTITIONS);
+    for partition in 0..PARTITIONS {
+        let kept = owner(topic, partition as u32, SHARDS).0 != 0;
+        let expected = if kept { BATCHES * RECORDS } else { 0 } + 4;
+        assert_eq!(marks[partition as usize], expected, "partition {partition}");
+    }
+    assert_eq!(broker.stop().code(), Some(0));
+}
