@@ -21,16 +21,20 @@
 //! allocation-error handler); the allocator first prints the case that
 //! asked for it, so the abort says which API, version and byte position.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+#[path = "common/counting_allocator.rs"]
+mod counting_allocator;
+
 use std::cell::Cell;
 
 use bytes::{Bytes, BytesMut};
+use counting_allocator::Counting;
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+use sluice::fuzzing::kafka::{WithRequestType, with_request_type};
 use sluice::fuzzing::samples::sample_request;
 use sluice::kafka::api::decode_body;
 use sluice::kafka::request_error::RequestError;
@@ -39,10 +43,6 @@ use sluice::record_batch::recompute_crc;
 
 /// What is being decoded: (label, version, byte position, pattern name).
 type Case = (&'static str, i16, usize, &'static str);
-
-/// Allocations served by the system allocator, with the largest single
-/// request on an armed thread remembered.
-struct Counting;
 
 thread_local! {
     /// Largest allocation allowed now on this thread; 0 when not measuring.
@@ -53,53 +53,27 @@ thread_local! {
     static CASE: Cell<Case> = const { Cell::new(("", 0, 0, "")) };
 }
 
-impl Counting {
-    fn note(size: usize) {
-        let limit = LIMIT_BYTES.try_with(Cell::get).unwrap_or(0);
-        if limit == 0 {
-            return;
-        }
-        let _ = LARGEST_BYTES.try_with(|largest| largest.set(largest.get().max(size)));
-        if size > limit {
-            // Report once: what follows (an abort's backtrace) is not the
-            // decoder's doing.
-            let _ = LIMIT_BYTES.try_with(|cell| cell.set(0));
-            let case = CASE.try_with(Cell::get).unwrap_or(("?", 0, 0, "?"));
-            report_oversized(size, limit, case);
-        }
+/// The allocator hook: remember the largest allocation on an armed thread,
+/// and report one past the limit. Must not allocate.
+fn note_allocation(size: usize) {
+    let limit = LIMIT_BYTES.try_with(Cell::get).unwrap_or(0);
+    if limit == 0 {
+        return;
     }
-}
-
-// SAFETY: every call is passed to the system allocator unchanged; the
-// bookkeeping touches only const-initialised thread-locals, which never
-// allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        Counting::note(layout.size());
-        // SAFETY: the caller's contract for `alloc` is passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        Counting::note(layout.size());
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        Counting::note(new_size);
-        // SAFETY: as for `alloc`; `ptr` came from this allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator with this layout.
-        unsafe { System.dealloc(ptr, layout) }
+    let _ = LARGEST_BYTES.try_with(|largest| largest.set(largest.get().max(size)));
+    if size > limit {
+        // Report once: what follows (an abort's backtrace) is not the
+        // decoder's doing.
+        let _ = LIMIT_BYTES.try_with(|cell| cell.set(0));
+        let case = CASE.try_with(Cell::get).unwrap_or(("?", 0, 0, "?"));
+        report_oversized(size, limit, case);
     }
 }
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: Counting = Counting {
+    note: note_allocation,
+};
 
 /// Print the case behind an oversized allocation without allocating (the
 /// allocation may be about to abort the process).
@@ -252,38 +226,21 @@ fn sample(key: ApiKey, version: i16, out: &mut BytesMut) -> anyhow::Result<()> {
 
 /// Decode `body` as a `key` request of `version`, as the dispatcher does.
 fn decode_request(key: ApiKey, version: i16, body: Bytes) -> Result<(), RequestError> {
-    fn run<M: Decodable>(key: ApiKey, version: i16, body: Bytes) -> Result<(), RequestError> {
-        decode_body::<M>(key, version, body).map(|request| {
-            std::hint::black_box(request);
-        })
+    struct Decode {
+        key: ApiKey,
+        version: i16,
+        body: Bytes,
     }
-    match key {
-        ApiKey::Produce => run::<ProduceRequest>(key, version, body),
-        ApiKey::Fetch => run::<FetchRequest>(key, version, body),
-        ApiKey::ListOffsets => run::<ListOffsetsRequest>(key, version, body),
-        ApiKey::Metadata => run::<MetadataRequest>(key, version, body),
-        ApiKey::ApiVersions => run::<ApiVersionsRequest>(key, version, body),
-        ApiKey::CreateTopics => run::<CreateTopicsRequest>(key, version, body),
-        ApiKey::DeleteTopics => run::<DeleteTopicsRequest>(key, version, body),
-        ApiKey::CreatePartitions => run::<CreatePartitionsRequest>(key, version, body),
-        ApiKey::DescribeConfigs => run::<DescribeConfigsRequest>(key, version, body),
-        ApiKey::IncrementalAlterConfigs => {
-            run::<IncrementalAlterConfigsRequest>(key, version, body)
+    impl WithRequestType for Decode {
+        type Output = Result<(), RequestError>;
+        fn call<M: Decodable + Encodable + PartialEq + std::fmt::Debug>(self) -> Self::Output {
+            decode_body::<M>(self.key, self.version, self.body).map(|request| {
+                std::hint::black_box(request);
+            })
         }
-        ApiKey::DescribeCluster => run::<DescribeClusterRequest>(key, version, body),
-        ApiKey::FindCoordinator => run::<FindCoordinatorRequest>(key, version, body),
-        ApiKey::JoinGroup => run::<JoinGroupRequest>(key, version, body),
-        ApiKey::SyncGroup => run::<SyncGroupRequest>(key, version, body),
-        ApiKey::Heartbeat => run::<HeartbeatRequest>(key, version, body),
-        ApiKey::LeaveGroup => run::<LeaveGroupRequest>(key, version, body),
-        ApiKey::OffsetCommit => run::<OffsetCommitRequest>(key, version, body),
-        ApiKey::OffsetFetch => run::<OffsetFetchRequest>(key, version, body),
-        ApiKey::OffsetDelete => run::<OffsetDeleteRequest>(key, version, body),
-        ApiKey::ListGroups => run::<ListGroupsRequest>(key, version, body),
-        ApiKey::DescribeGroups => run::<DescribeGroupsRequest>(key, version, body),
-        ApiKey::DeleteGroups => run::<DeleteGroupsRequest>(key, version, body),
-        other => panic!("no decoder listed for {other:?}"),
     }
+    with_request_type(key, Decode { key, version, body })
+        .unwrap_or_else(|| panic!("no decoder listed for {key:?}"))
 }
 
 /// A request with an unknown tagged field, for flexible versions, so the

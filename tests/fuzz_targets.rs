@@ -15,12 +15,15 @@
 //! `cargo test --test fuzz_targets -- --ignored write_seed_corpora` writes
 //! the seeds to `fuzz/seeds/<target>/` for `cargo fuzz`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+#[path = "common/counting_allocator.rs"]
+mod counting_allocator;
+
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use counting_allocator::Counting;
 use sluice::fuzzing::mutate::{Rng, mutate};
 use sluice::fuzzing::{TARGETS, Target};
 
@@ -32,8 +35,6 @@ const MUTATIONS_MAX: usize = 200_000;
 /// mutations deep.
 const POOL_MAX: usize = 256;
 
-struct Counting;
-
 thread_local! {
     /// Largest allocation allowed now on this thread; 0 when not measuring.
     static LIMIT_BYTES: Cell<usize> = const { Cell::new(0) };
@@ -43,50 +44,24 @@ thread_local! {
     static TARGET: Cell<&'static str> = const { Cell::new("") };
 }
 
-impl Counting {
-    fn note(size: usize) {
-        let limit = LIMIT_BYTES.try_with(Cell::get).unwrap_or(0);
-        if limit == 0 {
-            return;
-        }
-        let _ = LARGEST_BYTES.try_with(|largest| largest.set(largest.get().max(size)));
-        if size > limit {
-            let _ = LIMIT_BYTES.try_with(|cell| cell.set(0));
-            report_oversized(size, limit, TARGET.try_with(Cell::get).unwrap_or("?"));
-        }
+/// The allocator hook: remember the largest allocation on an armed thread,
+/// and report one past the limit. Must not allocate.
+fn note_allocation(size: usize) {
+    let limit = LIMIT_BYTES.try_with(Cell::get).unwrap_or(0);
+    if limit == 0 {
+        return;
     }
-}
-
-// SAFETY: every call is passed to the system allocator unchanged; the
-// bookkeeping touches only const-initialised thread-locals, which never
-// allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        Counting::note(layout.size());
-        // SAFETY: the caller's contract for `alloc` is passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        Counting::note(layout.size());
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        Counting::note(new_size);
-        // SAFETY: as for `alloc`; `ptr` came from this allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator with this layout.
-        unsafe { System.dealloc(ptr, layout) }
+    let _ = LARGEST_BYTES.try_with(|largest| largest.set(largest.get().max(size)));
+    if size > limit {
+        let _ = LIMIT_BYTES.try_with(|cell| cell.set(0));
+        report_oversized(size, limit, TARGET.try_with(Cell::get).unwrap_or("?"));
     }
 }
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: Counting = Counting {
+    note: note_allocation,
+};
 
 /// Name the target behind an oversized allocation without allocating (the
 /// allocation may be about to abort the process).

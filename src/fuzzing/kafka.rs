@@ -295,47 +295,65 @@ pub fn kafka_request(data: &[u8]) {
     }
 }
 
+/// Something done with the request type a handler decodes, whichever it
+/// is: see [`with_request_type`].
+pub trait WithRequestType {
+    type Output;
+    fn call<M: Decodable + Encodable + PartialEq + Debug>(self) -> Self::Output;
+}
+
+/// `visitor` called with the request type the broker's handler for `key`
+/// decodes; `None` for a key no handler serves. The one list of advertised
+/// APIs and their request types for the fuzz targets and the allocation
+/// tests.
+pub fn with_request_type<V: WithRequestType>(key: ApiKey, visitor: V) -> Option<V::Output> {
+    Some(match key {
+        ApiKey::Produce => visitor.call::<ProduceRequest>(),
+        ApiKey::Fetch => visitor.call::<FetchRequest>(),
+        ApiKey::ListOffsets => visitor.call::<ListOffsetsRequest>(),
+        ApiKey::Metadata => visitor.call::<MetadataRequest>(),
+        ApiKey::ApiVersions => visitor.call::<ApiVersionsRequest>(),
+        ApiKey::CreateTopics => visitor.call::<CreateTopicsRequest>(),
+        ApiKey::DeleteTopics => visitor.call::<DeleteTopicsRequest>(),
+        ApiKey::CreatePartitions => visitor.call::<CreatePartitionsRequest>(),
+        ApiKey::DescribeConfigs => visitor.call::<DescribeConfigsRequest>(),
+        ApiKey::IncrementalAlterConfigs => visitor.call::<IncrementalAlterConfigsRequest>(),
+        ApiKey::DescribeCluster => visitor.call::<DescribeClusterRequest>(),
+        ApiKey::FindCoordinator => visitor.call::<FindCoordinatorRequest>(),
+        ApiKey::JoinGroup => visitor.call::<JoinGroupRequest>(),
+        ApiKey::SyncGroup => visitor.call::<SyncGroupRequest>(),
+        ApiKey::Heartbeat => visitor.call::<HeartbeatRequest>(),
+        ApiKey::LeaveGroup => visitor.call::<LeaveGroupRequest>(),
+        ApiKey::OffsetCommit => visitor.call::<OffsetCommitRequest>(),
+        ApiKey::OffsetFetch => visitor.call::<OffsetFetchRequest>(),
+        ApiKey::OffsetDelete => visitor.call::<OffsetDeleteRequest>(),
+        ApiKey::ListGroups => visitor.call::<ListGroupsRequest>(),
+        ApiKey::DescribeGroups => visitor.call::<DescribeGroupsRequest>(),
+        ApiKey::DeleteGroups => visitor.call::<DeleteGroupsRequest>(),
+        _ => return None,
+    })
+}
+
 /// Decode `body` with the decoder `key`'s handler uses; whether it
 /// decoded.
 fn decode_and_round_trip(key: ApiKey, version: i16, body: Bytes) -> bool {
-    fn run<M: Decodable + Encodable + PartialEq + Debug>(
+    struct RoundTrip {
         key: ApiKey,
         version: i16,
         body: Bytes,
-    ) -> bool {
-        let Ok(decoded) = decode_body::<M>(key, version, body) else {
-            return false;
-        };
-        assert_round_trip(&decoded, version, key);
-        true
     }
-    match key {
-        ApiKey::Produce => run::<ProduceRequest>(key, version, body),
-        ApiKey::Fetch => run::<FetchRequest>(key, version, body),
-        ApiKey::ListOffsets => run::<ListOffsetsRequest>(key, version, body),
-        ApiKey::Metadata => run::<MetadataRequest>(key, version, body),
-        ApiKey::ApiVersions => run::<ApiVersionsRequest>(key, version, body),
-        ApiKey::CreateTopics => run::<CreateTopicsRequest>(key, version, body),
-        ApiKey::DeleteTopics => run::<DeleteTopicsRequest>(key, version, body),
-        ApiKey::CreatePartitions => run::<CreatePartitionsRequest>(key, version, body),
-        ApiKey::DescribeConfigs => run::<DescribeConfigsRequest>(key, version, body),
-        ApiKey::IncrementalAlterConfigs => {
-            run::<IncrementalAlterConfigsRequest>(key, version, body)
+    impl WithRequestType for RoundTrip {
+        type Output = bool;
+        fn call<M: Decodable + Encodable + PartialEq + Debug>(self) -> bool {
+            let Ok(decoded) = decode_body::<M>(self.key, self.version, self.body) else {
+                return false;
+            };
+            assert_round_trip(&decoded, self.version, self.key);
+            true
         }
-        ApiKey::DescribeCluster => run::<DescribeClusterRequest>(key, version, body),
-        ApiKey::FindCoordinator => run::<FindCoordinatorRequest>(key, version, body),
-        ApiKey::JoinGroup => run::<JoinGroupRequest>(key, version, body),
-        ApiKey::SyncGroup => run::<SyncGroupRequest>(key, version, body),
-        ApiKey::Heartbeat => run::<HeartbeatRequest>(key, version, body),
-        ApiKey::LeaveGroup => run::<LeaveGroupRequest>(key, version, body),
-        ApiKey::OffsetCommit => run::<OffsetCommitRequest>(key, version, body),
-        ApiKey::OffsetFetch => run::<OffsetFetchRequest>(key, version, body),
-        ApiKey::OffsetDelete => run::<OffsetDeleteRequest>(key, version, body),
-        ApiKey::ListGroups => run::<ListGroupsRequest>(key, version, body),
-        ApiKey::DescribeGroups => run::<DescribeGroupsRequest>(key, version, body),
-        ApiKey::DeleteGroups => run::<DeleteGroupsRequest>(key, version, body),
-        other => panic!("{other:?} is advertised but has no decoder here"),
     }
+    with_request_type(key, RoundTrip { key, version, body })
+        .unwrap_or_else(|| panic!("{key:?} is advertised but has no decoder here"))
 }
 
 /// A decoded value encodes at the version it was decoded at, and those
