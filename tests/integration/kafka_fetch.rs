@@ -184,3 +184,69 @@ fn a_fetch_listing_a_partition_thousands_of_times_reads_at_most_max_bytes() {
         "resident memory peaked at {peak_mib} MiB, from {before_mib} MiB before the fetches"
     );
 }
+
+/// CPU time the broker process has used (user + system), from
+/// `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 here.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    std::time::Duration::from_millis(ticks * 1000 / per_second)
+}
+
+/// Issue 12 (found by a tester): a long poll on a partition holding some
+/// data but less than `min_bytes` never waited: the owner's "is there
+/// data" check saw the data already read, so the request re-read it in a
+/// loop until `max_wait_ms`, a core busy for the whole wait and other
+/// clients stalled behind it. Now it waits for data past what it read.
+#[test]
+fn a_long_poll_for_more_than_there_is_waits_without_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    for _ in 0..10 {
+        assert_eq!(produce_code(&mut wire, "quiet", 0, batch(1, 100)), 0);
+    }
+    let partition = FetchPartition::default()
+        .with_partition(0)
+        .with_fetch_offset(0)
+        .with_partition_max_bytes(1 << 20);
+    let request = FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(3000)
+        .with_min_bytes(1 << 20)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(name("quiet"))
+                .with_partitions(vec![partition]),
+        ]);
+    let before = cpu_time(broker.pid());
+    let started = std::time::Instant::now();
+    let response = wire.call(4, &request);
+    let waited = started.elapsed();
+    let used = cpu_time(broker.pid()) - before;
+    assert_eq!(response.responses[0].partitions[0].error_code, 0);
+    assert!(
+        batch_bytes(&response) > 0,
+        "the data there is, at the deadline"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(2900),
+        "{waited:?}"
+    );
+    // A spinning wait burns about a core for the whole 3 s.
+    assert!(
+        used < std::time::Duration::from_millis(1000),
+        "the broker used {used:?} of CPU during a 3 s long poll"
+    );
+}

@@ -3,11 +3,11 @@
 //!
 //! * Each owner shard is asked once per round for all its partitions.
 //! * If fewer than `min_bytes` are ready, the request waits on each owner
-//!   for an append (a watermark advance), not a timer, until `max_wait_ms`
-//!   capped at `kafka.fetch_wait_max_ms` (Kafka itself waits as long as the
-//!   client asks), or until the connection hangs up: a client that sent a
-//!   long poll and closed its socket gets (or fails to get) the answer at
-//!   once, and its connection does not outlive it.
+//!   for an append (a watermark advance past what it read), not a timer,
+//!   until `max_wait_ms` capped at `kafka.fetch_wait_max_ms` (Kafka itself
+//!   waits as long as the client asks), or until the connection hangs up: a
+//!   client that sent a long poll and closed its socket gets (or fails to
+//!   get) the answer at once, and its connection does not outlive it.
 //! * `partition_max_bytes` and `max_bytes` (capped at
 //!   `kafka.fetch_max_bytes`, Kafka's broker `fetch.max.bytes`, KIP-541) cap
 //!   the response, except that the first batch found is always sent whole
@@ -94,7 +94,11 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             }
             break;
         }
-        let data = pin!(wait_for_data(request.shard, &wanted, deadline));
+        // Wait for data past what this round saw: a partition with some
+        // data but fewer than `min_bytes` must not end the wait at once, or
+        // the request would spin reading the same bytes until its deadline.
+        let seen = past_what_was_read(&wanted, &read);
+        let data = pin!(wait_for_data(request.shard, &seen, deadline));
         let _ = select(data, pin!(request.hangup.wait())).await;
     }
     apply_max_bytes(&mut topics, max_bytes);
@@ -106,6 +110,27 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         0,
         &topics,
     ))
+}
+
+/// `wanted` with each offset moved up to the high watermark its partition
+/// had in `read`: what a long poll waits to see appended.
+fn past_what_was_read(
+    wanted: &[Wanted],
+    read: &[((usize, usize), FetchedPartition)],
+) -> Vec<Wanted> {
+    let seen: BTreeMap<(usize, usize), i64> = read
+        .iter()
+        .map(|(slot, partition)| (*slot, partition.high_watermark))
+        .collect();
+    wanted
+        .iter()
+        .map(|partition| Wanted {
+            offset: partition
+                .offset
+                .max(seen.get(&partition.slot).copied().unwrap_or(-1)),
+            ..partition.clone()
+        })
+        .collect()
 }
 
 /// How long the request may wait: the client's `max_wait_ms` (negative is
