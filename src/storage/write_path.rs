@@ -20,14 +20,50 @@ use crate::ids::{Offset, PartitionId};
 use crate::log_throttle::monotonic_ms;
 use crate::record_batch::{self, ValidatedBatch};
 
+/// Whether an append is refused above `retention.disk_reject_ratio`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admission {
+    UnlessDiskFull,
+    EvenAboveRejectRatio,
+}
+
 impl ShardStore {
     /// Append `batch` to partition `id`. Returns once buffered, with offsets
     /// assigned; waits (in arrival order) while write buffers are full.
+    /// Refused (retriable `DiskFull`) while disk usage is above
+    /// `retention.disk_reject_ratio`.
     pub async fn append(
         &self,
         id: PartitionId,
         batch: ValidatedBatch<'_>,
         durability: Durability,
+    ) -> Result<AppendReceipt, AppendError> {
+        self.append_admitted(id, batch, durability, Admission::UnlessDiskFull)
+            .await
+    }
+
+    /// [`ShardStore::append`] for a small append that lets space be freed:
+    /// an internal topic copying its live records forward (the
+    /// `__consumer_offsets` snapshot) so that retention can delete the old
+    /// segment they pin. It goes in above `retention.disk_reject_ratio`,
+    /// which would otherwise refuse the very write that frees space; it can
+    /// still fail on a file system that is really full (ENOSPC).
+    pub async fn append_to_free_space(
+        &self,
+        id: PartitionId,
+        batch: ValidatedBatch<'_>,
+        durability: Durability,
+    ) -> Result<AppendReceipt, AppendError> {
+        self.append_admitted(id, batch, durability, Admission::EvenAboveRejectRatio)
+            .await
+    }
+
+    async fn append_admitted(
+        &self,
+        id: PartitionId,
+        batch: ValidatedBatch<'_>,
+        durability: Durability,
+        admission: Admission,
     ) -> Result<AppendReceipt, AppendError> {
         let mut ticket = None;
         loop {
@@ -40,7 +76,7 @@ impl ShardStore {
                 ticket.changed().await;
                 continue;
             }
-            match self.try_append(id, &batch, durability, Instant::now()) {
+            match self.try_append(id, &batch, durability, admission, Instant::now()) {
                 Err(TryAppendError::NoBufferSpace) => {
                     let ticket = ticket.get_or_insert_with(|| self.buffer_space.enqueue());
                     self.flush_kick.notify();
@@ -70,6 +106,7 @@ impl ShardStore {
         id: PartitionId,
         batch: &ValidatedBatch<'_>,
         durability: Durability,
+        admission: Admission,
         now: Instant,
     ) -> Result<AppendReceipt, TryAppendError> {
         if self.stopping.get() {
@@ -83,7 +120,9 @@ impl ShardStore {
             }
             .into());
         }
-        if self.disk_pressure.get() == DiskPressure::Reject {
+        if self.disk_pressure.get() == DiskPressure::Reject
+            && admission == Admission::UnlessDiskFull
+        {
             return Err(AppendError::DiskFull {
                 usage_percent: self.disk_usage_ratio.get() * 100.0,
                 limit_percent: self.options.retention.disk_reject_ratio * 100.0,

@@ -364,7 +364,7 @@ impl Coordinator {
         let count = changes.len() as u64;
         let receipt = {
             let _writing = self.writer.lock().await;
-            self.append_in_order(id, changes).await?
+            self.append_in_order(id, changes, Purpose::Commit).await?
         };
         if let Some(log) = self.logs.borrow_mut().get_mut(&index) {
             log.records_since_snapshot += count;
@@ -376,11 +376,14 @@ impl Coordinator {
     }
 
     /// Append batches of records and apply each batch once it has its place
-    /// in the log. The caller holds the writer lock.
+    /// in the log. The caller holds the writer lock. A snapshot goes in even
+    /// above `retention.disk_reject_ratio`: it is what lets retention delete
+    /// the segments the offsets pin.
     async fn append_in_order(
         &self,
         id: PartitionId,
         changes: Vec<OffsetRecord>,
+        purpose: Purpose,
     ) -> Result<Option<crate::storage::AppendReceipt>, OffsetsWriteError> {
         let limits = self.broker.config.storage.stored_batch_limits();
         let mut last = None;
@@ -388,11 +391,15 @@ impl Coordinator {
             let bytes = encode_batch(chunk);
             let batch = ValidatedBatch::validate(&bytes, &limits)
                 .map_err(|source| OffsetsWriteError::InvalidBatch { source })?;
-            let receipt = self
-                .context
-                .store
-                .append(id, batch, Durability::Fsynced)
-                .await?;
+            let store = &self.context.store;
+            let receipt = match purpose {
+                Purpose::Commit => store.append(id, batch, Durability::Fsynced).await?,
+                Purpose::Snapshot => {
+                    store
+                        .append_to_free_space(id, batch, Durability::Fsynced)
+                        .await?
+                }
+            };
             let now = Instant::now();
             for change in chunk {
                 self.apply(change.clone(), now);
@@ -401,6 +408,16 @@ impl Coordinator {
         }
         Ok(last)
     }
+}
+
+/// Why offset records are appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// Clients' commits (and expiry tombstones): refused when the disk is
+    /// past `retention.disk_reject_ratio`, like any append.
+    Commit,
+    /// Live offsets copied forward so older segments can go.
+    Snapshot,
 }
 
 /// `changes` in order, split into batches of at most
@@ -892,7 +909,7 @@ impl Coordinator {
                 .offsets(id)
                 .map_or(Offset(0), |offsets| offsets.next_offset);
             let count = live.len();
-            let receipt = self.append_in_order(id, live).await?;
+            let receipt = self.append_in_order(id, live, Purpose::Snapshot).await?;
             (receipt, start, count)
         };
         if let Some(receipt) = &receipt {
