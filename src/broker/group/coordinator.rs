@@ -45,6 +45,7 @@ use super::membership::{
 use super::offsets::{CommittedOffset, OffsetRecord, RECORD_STRING_BYTES_MAX, TopicPartition};
 use crate::broker::Broker;
 use crate::ids::{Offset, PartitionId};
+use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::record_batch::record_walk::Field;
 use crate::record_batch::{
     self, BatchBuilder, BatchHeader, HEADER_BYTES, RecordSpec, ValidatedBatch,
@@ -410,6 +411,10 @@ impl Coordinator {
     }
 }
 
+/// Failed offset commits, logged at most 20 times per 10 s: while the disk
+/// refuses appends every commit fails.
+static COMMIT_FAILURES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 20);
+
 /// Why offset records are appended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Purpose {
@@ -638,7 +643,9 @@ impl Coordinator {
             codes.push(code);
         }
         if let Err(error) = self.write(changes).await {
-            tracing::warn!(group = group_id, %error, "offset commit failed");
+            if let Some(failed) = COMMIT_FAILURES.record(monotonic_ms()) {
+                tracing::warn!(group = group_id, %error, failed, "offset commit failed (`failed` counts failures since the last such line)");
+            }
             let code = commit_error_code(&error);
             for stored in codes.iter_mut().filter(|code| **code == 0) {
                 *stored = code;

@@ -11,6 +11,7 @@
 //! hold the record, with a warning in the log.
 
 use std::ops::ControlFlow;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -27,6 +28,7 @@ use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::record_batch::record_walk::Walked;
 use crate::record_batch::{self, BatchError, BatchHeader};
 use crate::shard::ShardContext;
@@ -35,6 +37,12 @@ use crate::storage::{ReadError, ShardStore, read_batch_bytes};
 const EARLIEST: i64 = -2;
 const LATEST: i64 = -1;
 const MAX_TIMESTAMP: i64 = -3;
+
+/// Lookups by time that failed, and stored batches they could not read:
+/// each logged at most 20 times per 10 s (clients can repeat a lookup at
+/// will).
+static LOOKUP_FAILURES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 20);
+static UNREADABLE_BATCHES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 20);
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let list: ListOffsetsRequest = decode(request, body)?;
@@ -138,8 +146,10 @@ fn lookup_on_owner(
     };
     let record = first_record_at_or_after(store, id, base_offset, target, decompressed_max_bytes)
         .map_err(|error| {
-        let reason = error_chain(&error);
-        tracing::warn!(partition = id.0, %reason, "ListOffsets by time failed");
+        if let Some(failed) = LOOKUP_FAILURES.record(monotonic_ms()) {
+            let reason = error_chain(&error);
+            tracing::warn!(partition = id.0, %reason, failed, "ListOffsets by time failed (`failed` counts failures since the last such line)");
+        }
         ResponseError::KafkaStorageError.code()
     })?;
     Ok((record.0.max(offsets.log_start_offset.0), record.1))
@@ -229,13 +239,17 @@ fn first_record_at_or_after(
         // (Produce corrects those): the batch start is still a safe answer.
         Ok(Walked::Complete(_)) => Ok(whole_batch),
         Err(error) => {
-            tracing::warn!(
-                partition = id.0,
-                offset = header.base_offset,
-                %error,
-                "ListOffsets by time: cannot read the records of a stored batch; answering with \
-                 its base offset"
-            );
+            if let Some(unreadable) = UNREADABLE_BATCHES.record(monotonic_ms()) {
+                tracing::warn!(
+                    partition = id.0,
+                    offset = header.base_offset,
+                    %error,
+                    unreadable,
+                    "ListOffsets by time: cannot read the records of a stored batch; answering \
+                     with its base offset (`unreadable` counts such batches met since the last \
+                     such line)"
+                );
+            }
             Ok(whole_batch)
         }
     }
