@@ -236,6 +236,7 @@ fn key_values(pairs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
         .iter()
         .map(|pair| {
             pair.split_once('=')
+                .filter(|(key, _)| !key.is_empty())
                 .map(|(key, value)| (key.to_owned(), value.to_owned()))
                 .with_context(|| format!("--config {pair:?}: expected KEY=VALUE"))
         })
