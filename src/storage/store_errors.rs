@@ -114,7 +114,9 @@ pub enum BatchMissingCause {
         path: PathBuf,
         segment_end: LogPosition,
     },
-    #[error("segment {path} is {file_bytes} bytes long, short of the batch's end at byte {needed_bytes}")]
+    #[error(
+        "segment {path} is {file_bytes} bytes long, short of the batch's end at byte {needed_bytes}"
+    )]
     FileShort {
         path: PathBuf,
         file_bytes: u64,
