@@ -458,3 +458,75 @@ fn a_middle_segment_cut_inside_a_batch_refuses_the_start_and_after_the_operator_
  {
     a_middle_segment_cut_below_the_checkpoint(Cut::Half);
 }
+
+/// Issue 12: a segment file cut under a running broker (the queue still
+/// points past the new end of the file) tore Fetch responses: the size
+/// prefix promised bytes the splice could not read, the connection closed
+/// mid-frame and the consumer reconnected forever. Now the fetch checks the
+/// file's length before it plans a batch: a fetch in the cut range gets
+/// KAFKA_STORAGE_ERROR, one before it gets the whole batches before the
+/// cut, and the connection keeps answering.
+#[test]
+fn a_segment_cut_under_a_running_broker_gets_a_storage_error_never_a_torn_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\nsegment_bytes = {SMALL_SEGMENT_BYTES}\n"),
+    )
+    .unwrap();
+    let extra = ["--config", config.to_str().unwrap()];
+    let topic = "livecut";
+    let shard = owner(topic, 0, SHARDS).0;
+    let broker = BrokerProcess::start(&data, &extra);
+    kafka_clients::create_topic(&broker.address, topic, 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    for _ in 0..MIDDLE_BATCHES {
+        let records = batch(MIDDLE_RECORDS, MIDDLE_VALUE_BYTES);
+        assert_eq!(produce_code(&mut wire, topic, 0, records), 0);
+    }
+    let (before, _) = read_every_batch(&mut wire, topic, 0);
+    let log_dir = data.join(format!("shard-{shard}/log"));
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    segments.sort();
+    assert!(
+        segments.len() >= 3,
+        "the data spans three segments: {segments:?}"
+    );
+    // The first segment loses its second half.
+    let first = &segments[0];
+    let length = std::fs::metadata(first).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(first)
+        .unwrap()
+        .set_len(length / 2)
+        .unwrap();
+    // A batch three quarters into the first segment, inside the cut range.
+    let batch_bytes = before.values().next().unwrap().len() as u64;
+    let inside = *before
+        .keys()
+        .nth((length / batch_bytes * 3 / 4) as usize)
+        .unwrap();
+    let (code, _, records) = fetch_at(&mut wire, topic, 0, inside);
+    assert_eq!(code, 56, "KAFKA_STORAGE_ERROR at {inside}");
+    assert!(records.is_empty());
+    let (code, _, records) = fetch_at(&mut wire, topic, 0, 0);
+    assert_eq!(code, 0, "the batches before the cut are served");
+    let whole = before
+        .values()
+        .take_while(|batch| records.len() >= batch.len());
+    assert!(whole.count() > 0 && !records.is_empty());
+    assert!(
+        records.len() as u64 <= length / 2,
+        "only whole batches before the cut: {} bytes",
+        records.len()
+    );
+    assert!(broker.log_contains("fetch cannot send a batch whose bytes are not on disk"));
+    drop(wire);
+    assert_eq!(broker.stop().code(), Some(0));
+}
