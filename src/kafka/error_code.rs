@@ -65,7 +65,9 @@ pub fn for_read(error: &ReadError) -> i16 {
     match error {
         ReadError::UnknownPartition(_) => ResponseError::UnknownTopicOrPartition.code(),
         ReadError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
-        ReadError::Index { .. } => ResponseError::KafkaStorageError.code(),
+        ReadError::Index { .. } | ReadError::BatchMissing { .. } => {
+            ResponseError::KafkaStorageError.code()
+        }
     }
 }
 

@@ -11,10 +11,13 @@
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use super::commit_log::CommitLog;
+use super::consume_queue::QueueEntry;
 use super::frame::FRAME_HEADER_BYTES;
 use super::shard_store::{ReadBatch, ReadPart, ReadResult, ShardStore};
-use super::store_errors::ReadError;
-use crate::ids::{Offset, PartitionId};
+use super::store_errors::{BatchMissingCause, ReadError};
+use crate::ids::{LogPosition, Offset, PartitionId};
+use crate::log_throttle::monotonic_ms;
 
 impl ShardStore {
     /// Batches of partition `id` from the one holding `offset`, up to
@@ -45,6 +48,7 @@ impl ShardStore {
             source,
         };
         let mut index = partition.queue.search_offset(offset).map_err(index_error)?;
+        let mut file_len = None;
         while let Some(entry) = partition.queue.get(index).map_err(index_error)? {
             if entry.base_offset >= partition.high_watermark {
                 break;
@@ -53,32 +57,27 @@ impl ShardStore {
             if !batches.is_empty() && bytes + len > max_bytes {
                 break;
             }
-            let Some(segment) = state.log.segment_at(entry.position) else {
-                break;
-            };
-            let start = entry.position.plus(FRAME_HEADER_BYTES as u64);
-            let end = start.plus(len);
-            let file_end = end.min(final_end).max(start);
-            let mut parts = Vec::with_capacity(1);
-            if file_end > start {
-                parts.push(ReadPart::File {
-                    file: Arc::clone(&segment.reader),
-                    offset: segment.file_offset(start),
-                    len: (file_end.0 - start.0) as u32,
-                });
-            }
-            if end > file_end {
-                let Some(tail) = state.log.tail_bytes(file_end, end) else {
-                    // Cannot happen while the copy invariant holds; serve
-                    // what is final rather than risk stale bytes.
-                    tracing::error!(
-                        position = file_end.0,
-                        "no copy of the partial tail block; fetch stops before it"
-                    );
+            let parts = match batch_parts(&state.log, final_end, &entry, &mut file_len) {
+                Ok(Some(parts)) => parts,
+                Ok(None) => break,
+                Err(cause) => {
+                    let error = ReadError::BatchMissing {
+                        partition: id,
+                        position: entry.position,
+                        len: entry.batch_len,
+                        cause,
+                    };
+                    if let Some(count) = self.missing_batch_log.record(monotonic_ms()) {
+                        tracing::error!(%error, count, "fetch cannot send a batch whose bytes are not on disk (`count` since the last such line)");
+                    }
+                    // What is already planned is whole; a partition with
+                    // nothing before the hole gets the error.
+                    if batches.is_empty() {
+                        return Err(error);
+                    }
                     break;
-                };
-                parts.push(ReadPart::Memory(tail));
-            }
+                }
+            };
             assert_eq!(
                 parts.iter().map(ReadPart::len).sum::<u64>(),
                 len,
@@ -171,6 +170,78 @@ impl ShardStore {
     pub async fn wait_for_progress(&self) {
         self.progress.wait().await;
     }
+}
+
+/// The parts of `entry`'s batch, or `None` when the partial tail block has
+/// no copy. Every byte must be on disk before its part is planned: the
+/// response's size prefix goes out before the file spans are spliced, so a
+/// span the file cannot fill would tear the frame (issue 12: a segment
+/// truncated under the broker closed consumers' connections mid-frame, and
+/// they reconnected and fetched the same batch forever). `file_len` caches
+/// the length of the last segment checked (one fstat per segment per read).
+fn batch_parts(
+    log: &CommitLog,
+    final_end: LogPosition,
+    entry: &QueueEntry,
+    file_len: &mut Option<(LogPosition, u64)>,
+) -> Result<Option<Vec<ReadPart>>, BatchMissingCause> {
+    let Some(segment) = log.segment_at(entry.position) else {
+        return Err(BatchMissingCause::NoSegment);
+    };
+    let start = entry.position.plus(FRAME_HEADER_BYTES as u64);
+    let end = start.plus(u64::from(entry.batch_len));
+    if end > segment.end() {
+        return Err(BatchMissingCause::SegmentEndsInside {
+            path: segment.path.clone(),
+            segment_end: segment.end(),
+        });
+    }
+    let file_end = end.min(final_end).max(start);
+    let mut parts = Vec::with_capacity(1);
+    if file_end > start {
+        let offset = segment.file_offset(start);
+        let len = file_end.0 - start.0;
+        let on_disk = match *file_len {
+            Some((base, bytes)) if base == segment.base => bytes,
+            _ => {
+                let bytes = segment
+                    .reader
+                    .metadata()
+                    .map_err(|source| BatchMissingCause::Stat {
+                        path: segment.path.clone(),
+                        source,
+                    })?
+                    .len();
+                *file_len = Some((segment.base, bytes));
+                bytes
+            }
+        };
+        if offset + len > on_disk {
+            return Err(BatchMissingCause::FileShort {
+                path: segment.path.clone(),
+                file_bytes: on_disk,
+                needed_bytes: offset + len,
+            });
+        }
+        parts.push(ReadPart::File {
+            file: Arc::clone(&segment.reader),
+            offset,
+            len: len as u32,
+        });
+    }
+    if end > file_end {
+        let Some(tail) = log.tail_bytes(file_end, end) else {
+            // Cannot happen while the copy invariant holds; serve what is
+            // final rather than risk stale bytes.
+            tracing::error!(
+                position = file_end.0,
+                "no copy of the partial tail block; fetch stops before it"
+            );
+            return Ok(None);
+        };
+        parts.push(ReadPart::Memory(tail));
+    }
+    Ok(Some(parts))
 }
 
 /// The bytes of a read batch (tests and non-zero-copy paths).

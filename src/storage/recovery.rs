@@ -2,12 +2,17 @@
 //! consistent state after a clean stop or a crash.
 //!
 //! 1. Open the segments, the checkpoint (if valid) and the partitions. A log
-//!    that ends before the checkpoint lost durable, acknowledged data: the
-//!    shard is refused ([`RecoveryError::LogBehindCheckpoint`] says how to
-//!    go on). Open each queue trusting only the entries the checkpoint
-//!    vouches for, each verified by its CRC. A queue with fewer sound entries than that (files
-//!    deleted or lost, a damaged or zeroed entry) is *behind* and is rebuilt
-//!    from where it stops, from the first segment if it is gone.
+//!    that lacks any position between its first segment and the checkpoint
+//!    (a segment truncated, emptied or deleted, in the middle or at the end)
+//!    lost durable, acknowledged data: the shard is refused
+//!    ([`RecoveryError::LogLostBelowCheckpoint`] names the files, the lost
+//!    ranges and how to go on). Open each queue trusting only the entries
+//!    the checkpoint vouches for, each verified by its CRC. A queue with
+//!    fewer sound entries than that (files deleted or lost, a damaged or
+//!    zeroed entry) is *behind* and is rebuilt from where it stops, from the
+//!    first segment if it is gone. Without a checkpoint no entry is trusted,
+//!    so every entry is rebuilt from frames the scan finds: none can point
+//!    into a hole in the log.
 //! 2. Scan from the earliest point anyone needs, verifying every frame (header
 //!    CRC, batch structure, batch CRC), and index each frame a queue lacks.
 //! 3. At an invalid frame, look ahead a bounded window for the next valid
@@ -61,22 +66,68 @@ pub enum RecoveryError {
         #[source]
         source: std::io::Error,
     },
-    /// The log ends before the position the checkpoint recorded as durable:
-    /// the disk lost acknowledged data (a truncated or missing segment).
+    /// Part of the log below the position the checkpoint recorded as durable
+    /// is missing (a segment truncated, emptied or deleted, in the middle or
+    /// at the end): the disk lost acknowledged data.
     #[error(
-        "the commit log ends at position {log_end} ({last_file}) but the checkpoint {checkpoint_file} \
-         records frames up to {checkpoint} as durable: the disk lost acknowledged data, so this \
-         shard is not started. To start with what the log still holds (everything past \
-         {log_end} stays lost), copy {shard_dir} aside for inspection, delete \
-         {checkpoint_file} and start again"
+        "the commit log lacks positions below {checkpoint}, which the checkpoint {checkpoint_file} \
+         records as durable ({lost}): the disk lost acknowledged data, so this shard is not \
+         started. To start with what the log still holds (the missing positions stay lost), copy \
+         {shard_dir} aside for inspection, delete {checkpoint_file} and start again"
     )]
-    LogBehindCheckpoint {
-        log_end: LogPosition,
-        last_file: PathBuf,
+    LogLostBelowCheckpoint {
+        lost: LostRanges,
         checkpoint: LogPosition,
         checkpoint_file: PathBuf,
         shard_dir: PathBuf,
     },
+}
+
+/// A range of log positions below the checkpoint that no segment holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LostRange {
+    pub start: LogPosition,
+    pub end: LogPosition,
+    /// The segment that ends at `start` (the log directory if there is none).
+    pub file: PathBuf,
+    /// The segment after the gap and its base; `None` when the log ends at
+    /// `start`.
+    pub next: Option<(PathBuf, LogPosition)>,
+}
+
+impl std::fmt::Display for LostRange {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (start, end, file) = (self.start, self.end, self.file.display());
+        match &self.next {
+            Some((next, next_base)) => write!(
+                formatter,
+                "positions {start}..{end} are missing: {file} ends at {start} but the next \
+                 segment {} starts at {next_base}",
+                next.display()
+            ),
+            None => write!(
+                formatter,
+                "positions {start}..{end} are missing: the commit log ends at position {start} \
+                 ({file})"
+            ),
+        }
+    }
+}
+
+/// Every lost range, for the error message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LostRanges(pub Vec<LostRange>);
+
+impl std::fmt::Display for LostRanges {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (index, range) in self.0.iter().enumerate() {
+            if index > 0 {
+                formatter.write_str("; ")?;
+            }
+            write!(formatter, "{range}")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,7 +191,7 @@ pub fn recover(
         .map_or(LogPosition::ZERO, |segment| segment.base);
     let log_limit = segments.back().map_or(LogPosition::ZERO, Segment::end);
     if let Some(checkpoint) = &checkpoint {
-        check_log_reaches(layout, &segments, checkpoint.indexed_position)?;
+        check_nothing_lost_below(layout, &segments, checkpoint.indexed_position)?;
     }
     // Retention may have deleted the segments below an older checkpoint.
     let checkpoint = checkpoint.filter(|checkpoint| checkpoint.indexed_position >= first_base);
@@ -260,29 +311,63 @@ fn open_segments(options: &RecoveryOptions) -> Result<VecDeque<Segment>, Recover
     Ok(segments)
 }
 
-/// The checkpoint only records positions that were durable (fsynced), so a
-/// log ending before it lost acknowledged data on the disk (a truncated,
-/// emptied or deleted segment). Starting anyway would silently drop those
-/// batches, so the shard is refused with what was found and how to go on.
-fn check_log_reaches(
+/// The checkpoint only records positions that were durable (fsynced), so
+/// any position below it that no segment holds was acknowledged data the
+/// disk lost: a segment truncated or emptied (it ends before the next one's
+/// base, or before the checkpoint if it is the last) or deleted between two
+/// others. Starting anyway would leave queue entries pointing into the hole
+/// (issue 12: fetches there returned nothing, or a torn response, for good),
+/// so the shard is refused with what was found and how to go on. Segments
+/// retention deleted from the front are not a loss: their positions are
+/// below the first segment.
+fn check_nothing_lost_below(
     layout: &ShardLayout,
     segments: &VecDeque<Segment>,
     checkpoint: LogPosition,
 ) -> Result<(), RecoveryError> {
-    let log_end = segments.back().map_or(LogPosition::ZERO, Segment::end);
-    if checkpoint <= log_end {
+    let lost = lost_ranges(&layout.log_dir(), segments, checkpoint);
+    if lost.is_empty() {
         return Ok(());
     }
-    let last_file = segments
-        .back()
-        .map_or_else(|| layout.log_dir(), |segment| segment.path.clone());
-    Err(RecoveryError::LogBehindCheckpoint {
-        log_end,
-        last_file,
+    Err(RecoveryError::LogLostBelowCheckpoint {
+        lost: LostRanges(lost),
         checkpoint,
         checkpoint_file: layout.root().join(CHECKPOINT_FILE),
         shard_dir: layout.root().to_owned(),
     })
+}
+
+/// The ranges below `checkpoint` between the first segment's base and the
+/// checkpoint that no segment covers, in log order.
+fn lost_ranges(
+    log_dir: &std::path::Path,
+    segments: &VecDeque<Segment>,
+    checkpoint: LogPosition,
+) -> Vec<LostRange> {
+    let mut lost = Vec::new();
+    for (segment, next) in segments.iter().zip(segments.iter().skip(1)) {
+        let end = next.base.min(checkpoint);
+        if segment.end() < end {
+            lost.push(LostRange {
+                start: segment.end(),
+                end,
+                file: segment.path.clone(),
+                next: Some((next.path.clone(), next.base)),
+            });
+        }
+    }
+    let log_end = segments.back().map_or(LogPosition::ZERO, Segment::end);
+    if log_end < checkpoint {
+        lost.push(LostRange {
+            start: log_end,
+            end: checkpoint,
+            file: segments
+                .back()
+                .map_or_else(|| log_dir.to_owned(), |segment| segment.path.clone()),
+            next: None,
+        });
+    }
+    lost
 }
 
 fn load_checkpoint(layout: &ShardLayout) -> (Option<Checkpoint>, CheckpointStatus) {

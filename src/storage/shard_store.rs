@@ -179,6 +179,9 @@ pub struct ShardStore {
     /// Failed checkpoints (every `checkpoint_interval_ms` while the cause
     /// lasts).
     pub(super) checkpoint_failure_log: LogThrottle,
+    /// Fetches refused because a batch's bytes are not on disk (every
+    /// consumer poll while the damage lasts).
+    pub(super) missing_batch_log: LogThrottle,
 }
 
 /// How often a refused append (full disk, poisoned log) is logged.
@@ -292,6 +295,7 @@ impl ShardStore {
             rejection_log: LogThrottle::new(REJECTION_LOG_INTERVAL),
             forced_deletion_log: LogThrottle::new(REJECTION_LOG_INTERVAL),
             checkpoint_failure_log: LogThrottle::new(REJECTION_LOG_INTERVAL),
+            missing_batch_log: LogThrottle::new(REJECTION_LOG_INTERVAL),
             options,
         });
         store.check_disk();

@@ -9,7 +9,7 @@ use thiserror::Error;
 use super::consume_queue::QueueError;
 use super::recovery::RecoveryError;
 use super::segment::SegmentError;
-use crate::ids::{Offset, PartitionId, ShardId};
+use crate::ids::{LogPosition, Offset, PartitionId, ShardId};
 use crate::io::LogIoError;
 
 #[derive(Debug, Error)]
@@ -87,6 +87,46 @@ pub enum ReadError {
         partition: PartitionId,
         #[source]
         source: QueueError,
+    },
+    /// A queue entry points at bytes no segment holds in full (a segment
+    /// file truncated or deleted under the broker): sending the planned
+    /// length would tear the response frame, so the batch is not sent.
+    #[error(
+        "{partition}: the batch at log position {position} ({len} bytes) is not on disk; the \
+         data directory was damaged, restart the broker so recovery checks the log: {cause}"
+    )]
+    BatchMissing {
+        partition: PartitionId,
+        position: LogPosition,
+        len: u32,
+        #[source]
+        cause: BatchMissingCause,
+    },
+}
+
+/// Why a queued batch's bytes are not all on disk.
+#[derive(Debug, Error)]
+pub enum BatchMissingCause {
+    #[error("no commit-log segment holds its position")]
+    NoSegment,
+    #[error("segment {path} ends at position {segment_end}, inside the batch")]
+    SegmentEndsInside {
+        path: PathBuf,
+        segment_end: LogPosition,
+    },
+    #[error(
+        "segment {path} is {file_bytes} bytes long, short of the batch's end at byte {needed_bytes}"
+    )]
+    FileShort {
+        path: PathBuf,
+        file_bytes: u64,
+        needed_bytes: u64,
+    },
+    #[error("cannot stat segment {path}: {source}")]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
 }
 

@@ -1,7 +1,9 @@
 //! The real broker restarted on a data directory damaged while it was
 //! stopped (issue 12): a flipped byte in a consume-queue entry, and a
-//! commit-log segment truncated below the checkpoint.
+//! commit-log segment (the last, or one in the middle) truncated below the
+//! checkpoint.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -61,6 +63,13 @@ fn partition_dir(data: &Path, shard: u16, topic: &str, index: u32) -> PathBuf {
 /// A Fetch of one partition from offset 0 that does not wait: (error code,
 /// high watermark, record bytes).
 fn fetch_from_start(wire: &mut Wire, topic: &str, partition: i32) -> (i16, i64, usize) {
+    let (code, high_watermark, records) = fetch_at(wire, topic, partition, 0);
+    (code, high_watermark, records.len())
+}
+
+/// A Fetch of one partition at `offset` that does not wait: (error code,
+/// high watermark, record bytes).
+fn fetch_at(wire: &mut Wire, topic: &str, partition: i32, offset: i64) -> (i16, i64, bytes::Bytes) {
     let request = FetchRequest::default()
         .with_replica_id((-1).into())
         .with_max_wait_ms(0)
@@ -72,14 +81,14 @@ fn fetch_from_start(wire: &mut Wire, topic: &str, partition: i32) -> (i16, i64, 
                 .with_partitions(vec![
                     FetchPartition::default()
                         .with_partition(partition)
-                        .with_fetch_offset(0)
+                        .with_fetch_offset(offset)
                         .with_partition_max_bytes(1 << 20),
                 ]),
         ]);
     let response = wire.call(4, &request);
     let answer = &response.responses[0].partitions[0];
-    let bytes = answer.records.as_ref().map_or(0, |records| records.len());
-    (answer.error_code, answer.high_watermark, bytes)
+    let records = answer.records.clone().unwrap_or_default();
+    (answer.error_code, answer.high_watermark, records)
 }
 
 /// The "recovered" summary line of `shard` in a broker's log.
@@ -147,8 +156,8 @@ fn a_damaged_consume_queue_entry_is_reindexed_from_the_commit_log_at_the_next_st
 
 /// Run the broker on `data` until it exits by itself (it is expected to
 /// refuse to start); returns its status and log.
-fn run_until_exit(data: &Path) -> (ExitStatus, String) {
-    let mut child = BrokerProcess::command(data, &[])
+fn run_until_exit(data: &Path, extra: &[&str]) -> (ExitStatus, String) {
+    let mut child = BrokerProcess::command(data, extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -199,7 +208,7 @@ fn a_segment_truncated_below_the_checkpoint_refuses_the_start_until_the_operator
         .set_len(0)
         .unwrap();
 
-    let (status, log) = run_until_exit(data);
+    let (status, log) = run_until_exit(data, &[]);
     assert!(!status.success(), "exit status {status}; log:\n{log}");
     let checkpoint = data.join("shard-0/checkpoint");
     for needle in [
@@ -246,5 +255,278 @@ fn a_segment_truncated_below_the_checkpoint_refuses_the_start_until_the_operator
         let expected = if kept { BATCHES * RECORDS } else { 0 } + 4;
         assert_eq!(marks[partition as usize], expected, "partition {partition}");
     }
+    assert_eq!(broker.stop().code(), Some(0));
+}
+
+/// Segment size for the middle-segment tests: the smallest the config
+/// accepts with the default limits, so a few hundred batches fill three.
+const SMALL_SEGMENT_BYTES: u64 = 2 * 1024 * 1024;
+/// Records per batch and value size in the middle-segment tests.
+const MIDDLE_RECORDS: usize = 16;
+const MIDDLE_VALUE_BYTES: usize = 1000;
+/// Batches produced, enough for more than two small segments.
+const MIDDLE_BATCHES: i64 = 320;
+
+/// How the middle segment is damaged.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// Truncated to 0 bytes.
+    Empty,
+    /// Truncated to half its length plus a few bytes, inside a batch.
+    Half,
+}
+
+/// Read partition `partition` from offset 0 to the high watermark with raw
+/// Fetches, as a consumer does: every batch by its base offset, and the
+/// high watermark. Panics if a Fetch below the high watermark fails or
+/// returns nothing (a stuck consumer); a torn response panics in the wire
+/// client.
+fn read_every_batch(wire: &mut Wire, topic: &str, partition: i32) -> (BTreeMap<i64, Vec<u8>>, i64) {
+    let mut batches = BTreeMap::new();
+    let mut offset = 0;
+    loop {
+        let (code, high_watermark, records) = fetch_at(wire, topic, partition, offset);
+        assert_eq!(code, 0, "fetch at {offset}");
+        if offset >= high_watermark {
+            return (batches, high_watermark);
+        }
+        assert!(
+            !records.is_empty(),
+            "a fetch at {offset}, below the high watermark {high_watermark}, returned nothing: the consumer is stuck"
+        );
+        let mut rest = &records[..];
+        while rest.len() >= 12 {
+            let base = i64::from_be_bytes(rest[..8].try_into().unwrap());
+            let len = i32::from_be_bytes(rest[8..12].try_into().unwrap()) as usize;
+            let (whole, after) = rest.split_at(12 + len);
+            let last_delta = i32::from_be_bytes(whole[23..27].try_into().unwrap());
+            assert!(
+                base + i64::from(last_delta) >= offset,
+                "batches move forward"
+            );
+            batches.insert(base, whole.to_vec());
+            offset = base + i64::from(last_delta) + 1;
+            rest = after;
+        }
+        assert!(rest.is_empty(), "the response holds whole batches only");
+    }
+}
+
+/// Issue 12: a middle segment of three truncated on a stopped broker was
+/// accepted with a warning ("segments are not contiguous"); queue entries
+/// still pointed into the hole, so a Fetch there returned nothing below the
+/// high watermark (emptied segment: consumers stuck for good) or a
+/// response shorter than its size prefix (half: connections closed
+/// mid-frame, consumers reconnecting forever). Now the start is refused
+/// with the file, the lost range and the way on, files untouched; after the
+/// operator deletes the checkpoint the queues are re-indexed from what the
+/// log holds, and a consumer reads every batch still on disk, byte for
+/// byte, stepping over the lost ones to the next batch after the hole.
+fn a_middle_segment_cut_below_the_checkpoint(cut: Cut) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\nsegment_bytes = {SMALL_SEGMENT_BYTES}\n"),
+    )
+    .unwrap();
+    let extra = ["--config", config.to_str().unwrap()];
+    let topic = "midcut";
+    let shard = owner(topic, 0, SHARDS).0;
+    let broker = BrokerProcess::start(&data, &extra);
+    kafka_clients::create_topic(&broker.address, topic, 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    for _ in 0..MIDDLE_BATCHES {
+        let records = batch(MIDDLE_RECORDS, MIDDLE_VALUE_BYTES);
+        assert_eq!(produce_code(&mut wire, topic, 0, records), 0);
+    }
+    let (before, high_watermark) = read_every_batch(&mut wire, topic, 0);
+    assert_eq!(high_watermark, MIDDLE_BATCHES * MIDDLE_RECORDS as i64);
+    assert_eq!(broker.stop().code(), Some(0));
+
+    let log_dir = data.join(format!("shard-{shard}/log"));
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    segments.sort();
+    assert!(
+        segments.len() >= 3,
+        "the data spans three segments: {segments:?}"
+    );
+    let middle = &segments[1];
+    let length = std::fs::metadata(middle).unwrap().len();
+    let kept = match cut {
+        Cut::Empty => 0,
+        Cut::Half => length / 2 + 777,
+    };
+    std::fs::File::options()
+        .write(true)
+        .open(middle)
+        .unwrap()
+        .set_len(kept)
+        .unwrap();
+    let base: u64 = middle
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let (status, log) = run_until_exit(&data, &extra);
+    assert!(!status.success(), "exit status {status}; log:\n{log}");
+    let checkpoint = data.join(format!("shard-{shard}/checkpoint"));
+    for needle in [
+        format!("shard-{shard} failed to start"),
+        format!(
+            "positions {}..{} are missing: {} ends at {}",
+            base + kept,
+            base + length,
+            middle.display(),
+            base + kept
+        ),
+        segments[2].display().to_string(),
+        "lost acknowledged data".to_owned(),
+        format!("delete {}", checkpoint.display()),
+    ] {
+        assert!(
+            log.contains(&needle),
+            "the error says {needle:?}; log:\n{log}"
+        );
+    }
+    assert!(
+        checkpoint.exists(),
+        "a refused start leaves the files as they were"
+    );
+    assert_eq!(std::fs::metadata(middle).unwrap().len(), kept);
+
+    // The documented way on: accept the loss by deleting the checkpoint.
+    std::fs::remove_file(&checkpoint).unwrap();
+    let broker = BrokerProcess::start(&data, &extra);
+    let mut wire = Wire::connect(&broker.address);
+    let (after, recovered_watermark) = read_every_batch(&mut wire, topic, 0);
+    assert_eq!(
+        recovered_watermark, high_watermark,
+        "the last segment is intact"
+    );
+    for (offset, bytes) in &after {
+        assert_eq!(
+            before.get(offset),
+            Some(bytes),
+            "batch at {offset} served as stored"
+        );
+    }
+    let lost: Vec<i64> = before
+        .keys()
+        .filter(|offset| !after.contains_key(offset))
+        .copied()
+        .collect();
+    let batch_bytes = before.values().map(Vec::len).min().unwrap() as u64;
+    assert!(!lost.is_empty(), "the cut lost batches");
+    assert!(
+        lost.len() as u64 <= (length - kept) / batch_bytes + 1,
+        "only batches in the lost range are gone: {} of {}",
+        lost.len(),
+        before.len()
+    );
+    let first = before.keys().position(|offset| *offset == lost[0]).unwrap();
+    let expected: Vec<i64> = before
+        .keys()
+        .skip(first)
+        .take(lost.len())
+        .copied()
+        .collect();
+    assert_eq!(lost, expected, "the lost batches are one run");
+
+    // A real client reads every record still there and is not stuck.
+    let records = after.len() * MIDDLE_RECORDS;
+    let consumed = kafka_clients::consume(&broker.address, topic, 1, 0, records);
+    assert_eq!(consumed.len(), records);
+    assert_eq!(broker.stop().code(), Some(0));
+}
+
+#[test]
+fn an_emptied_middle_segment_refuses_the_start_and_after_the_operator_accepts_the_loss_consumers_read_past_it()
+ {
+    a_middle_segment_cut_below_the_checkpoint(Cut::Empty);
+}
+
+#[test]
+fn a_middle_segment_cut_inside_a_batch_refuses_the_start_and_after_the_operator_accepts_the_loss_no_response_is_torn()
+ {
+    a_middle_segment_cut_below_the_checkpoint(Cut::Half);
+}
+
+/// Issue 12: a segment file cut under a running broker (the queue still
+/// points past the new end of the file) tore Fetch responses: the size
+/// prefix promised bytes the splice could not read, the connection closed
+/// mid-frame and the consumer reconnected forever. Now the fetch checks the
+/// file's length before it plans a batch: a fetch in the cut range gets
+/// KAFKA_STORAGE_ERROR, one before it gets the whole batches before the
+/// cut, and the connection keeps answering.
+#[test]
+fn a_segment_cut_under_a_running_broker_gets_a_storage_error_never_a_torn_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\nsegment_bytes = {SMALL_SEGMENT_BYTES}\n"),
+    )
+    .unwrap();
+    let extra = ["--config", config.to_str().unwrap()];
+    let topic = "livecut";
+    let shard = owner(topic, 0, SHARDS).0;
+    let broker = BrokerProcess::start(&data, &extra);
+    kafka_clients::create_topic(&broker.address, topic, 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    for _ in 0..MIDDLE_BATCHES {
+        let records = batch(MIDDLE_RECORDS, MIDDLE_VALUE_BYTES);
+        assert_eq!(produce_code(&mut wire, topic, 0, records), 0);
+    }
+    let (before, _) = read_every_batch(&mut wire, topic, 0);
+    let log_dir = data.join(format!("shard-{shard}/log"));
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    segments.sort();
+    assert!(
+        segments.len() >= 3,
+        "the data spans three segments: {segments:?}"
+    );
+    // The first segment loses its second half.
+    let first = &segments[0];
+    let length = std::fs::metadata(first).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(first)
+        .unwrap()
+        .set_len(length / 2)
+        .unwrap();
+    // A batch three quarters into the first segment, inside the cut range.
+    let batch_bytes = before.values().next().unwrap().len() as u64;
+    let inside = *before
+        .keys()
+        .nth((length / batch_bytes * 3 / 4) as usize)
+        .unwrap();
+    let (code, _, records) = fetch_at(&mut wire, topic, 0, inside);
+    assert_eq!(code, 56, "KAFKA_STORAGE_ERROR at {inside}");
+    assert!(records.is_empty());
+    let (code, _, records) = fetch_at(&mut wire, topic, 0, 0);
+    assert_eq!(code, 0, "the batches before the cut are served");
+    let whole = before
+        .values()
+        .take_while(|batch| records.len() >= batch.len());
+    assert!(whole.count() > 0 && !records.is_empty());
+    assert!(
+        records.len() as u64 <= length / 2,
+        "only whole batches before the cut: {} bytes",
+        records.len()
+    );
+    assert!(broker.log_contains("fetch cannot send a batch whose bytes are not on disk"));
+    drop(wire);
     assert_eq!(broker.stop().code(), Some(0));
 }
