@@ -504,6 +504,7 @@ fn log_recovery(shard: String, report: &RecoveryReport) {
         segments = report.segments,
         partitions = report.partitions,
         scanned_from = report.scan_start.0,
+        producers_rebuilt_from = report.producer_scan_start.0,
         frames_scanned = report.frames_scanned,
         bytes_scanned = report.bytes_scanned,
         frames_reindexed = report.frames_reindexed,

@@ -49,10 +49,12 @@ const MAX_TIMESTAMP_AT: usize = 35;
 const RECORDS_COUNT_AT: usize = 57;
 
 const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
 const BASE_SEQUENCE_AT: usize = 53;
 
 const ATTRIBUTE_COMPRESSION_MASK: i16 = 0x07;
 const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
+const ATTRIBUTE_TRANSACTIONAL: i16 = 0x10;
 const ATTRIBUTE_CONTROL: i16 = 0x20;
 
 /// What a batch is checked against.
@@ -149,6 +151,7 @@ pub struct BatchHeader {
     pub records_count: i32,
     pub attributes: i16,
     pub producer_id: i64,
+    pub producer_epoch: i16,
     pub base_sequence: i32,
 }
 
@@ -166,6 +169,7 @@ impl BatchHeader {
             records_count: read_i32(bytes, RECORDS_COUNT_AT),
             attributes: read_i16(bytes, ATTRIBUTES_AT),
             producer_id: read_i64(bytes, PRODUCER_ID_AT),
+            producer_epoch: read_i16(bytes, PRODUCER_EPOCH_AT),
             base_sequence: read_i32(bytes, BASE_SEQUENCE_AT),
         })
     }
@@ -181,6 +185,32 @@ impl BatchHeader {
 
     pub fn uses_log_append_time(&self) -> bool {
         self.attributes & ATTRIBUTE_LOG_APPEND_TIME != 0
+    }
+
+    /// Attribute bit 4: the batch belongs to a transaction (KIP-98).
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & ATTRIBUTE_TRANSACTIONAL != 0
+    }
+
+    /// Whether an idempotent producer stamped the batch (producerId >= 0).
+    pub fn has_producer(&self) -> bool {
+        self.producer_id >= 0
+    }
+
+    /// The sequence of the batch's last record. Sequences wrap from
+    /// `i32::MAX` to 0, as Kafka's `DefaultRecordBatch.incrementSequence`.
+    pub fn last_sequence(&self) -> i32 {
+        increment_sequence(self.base_sequence, self.last_offset_delta)
+    }
+}
+
+/// `sequence + increment`, wrapping from `i32::MAX` to 0 as Kafka's
+/// producers and brokers do (`DefaultRecordBatch.incrementSequence`).
+pub fn increment_sequence(sequence: i32, increment: i32) -> i32 {
+    if sequence > i32::MAX - increment {
+        increment - (i32::MAX - sequence) - 1
+    } else {
+        sequence + increment
     }
 }
 
@@ -454,6 +484,8 @@ pub struct RecordSpec<'a> {
 pub struct BatchBuilder {
     base_timestamp_ms: i64,
     producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
     records: Vec<u8>,
     records_count: i32,
     max_timestamp_delta_ms: i64,
@@ -464,6 +496,8 @@ impl BatchBuilder {
         BatchBuilder {
             base_timestamp_ms,
             producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
             records: Vec::new(),
             records_count: 0,
             max_timestamp_delta_ms: 0,
@@ -483,6 +517,20 @@ impl BatchBuilder {
         self.records.extend_from_slice(&body);
         self.records_count += 1;
         self.max_timestamp_delta_ms = self.max_timestamp_delta_ms.max(record.timestamp_delta_ms);
+        self
+    }
+
+    /// Stamp the batch as an idempotent producer does (KIP-98): its id,
+    /// epoch and the sequence of the first record.
+    pub fn producer(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> &mut Self {
+        self.producer_id = producer_id;
+        self.producer_epoch = producer_epoch;
+        self.base_sequence = base_sequence;
         self
     }
 
@@ -518,13 +566,16 @@ impl BatchBuilder {
             base_timestamp_ms: self.base_timestamp_ms,
             max_timestamp_ms: self.base_timestamp_ms + self.max_timestamp_delta_ms,
             producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            base_sequence: self.base_sequence,
             records_count: self.records_count,
         }
     }
 }
 
-/// Header fields for [`assemble`]; base offset 0, no leader epoch, producer
-/// epoch and base sequence -1; lengths and CRC are computed.
+/// Header fields for [`assemble`]; base offset 0, no leader epoch; lengths
+/// and CRC are computed. A batch without a producer has id, epoch and base
+/// sequence -1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeaderFields {
     pub attributes: i16,
@@ -532,6 +583,8 @@ pub struct HeaderFields {
     pub base_timestamp_ms: i64,
     pub max_timestamp_ms: i64,
     pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
     pub records_count: i32,
 }
 
@@ -553,8 +606,8 @@ pub fn assemble(fields: &HeaderFields, records: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&fields.base_timestamp_ms.to_be_bytes());
     out.extend_from_slice(&fields.max_timestamp_ms.to_be_bytes());
     out.extend_from_slice(&fields.producer_id.to_be_bytes());
-    out.extend_from_slice(&(-1i16).to_be_bytes()); // producerEpoch
-    out.extend_from_slice(&(-1i32).to_be_bytes()); // baseSequence
+    out.extend_from_slice(&fields.producer_epoch.to_be_bytes());
+    out.extend_from_slice(&fields.base_sequence.to_be_bytes());
     out.extend_from_slice(&fields.records_count.to_be_bytes());
     out.extend_from_slice(records);
     recompute_crc(&mut out);

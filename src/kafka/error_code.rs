@@ -5,6 +5,7 @@ use kafka_protocol::ResponseError;
 use crate::broker::TopicError;
 use crate::record_batch::BatchError;
 use crate::record_batch::record_walk::RecordsError;
+use crate::storage::producer_state::ProducerError;
 use crate::storage::{AppendError, ReadError};
 
 pub const NONE: i16 = 0;
@@ -22,6 +23,14 @@ pub fn for_append(error: &AppendError) -> i16 {
         | AppendError::Queue { .. }
         | AppendError::Roll { .. } => ResponseError::KafkaStorageError.code(),
         AppendError::ShuttingDown => ResponseError::NotLeaderOrFollower.code(),
+        // Kafka answers INVALID_PRODUCER_EPOCH, not PRODUCER_FENCED, from
+        // Produce since 2.7, so the client aborts and retries (KIP-588).
+        AppendError::Producer(ProducerError::InvalidEpoch { .. }) => {
+            ResponseError::InvalidProducerEpoch.code()
+        }
+        AppendError::Producer(ProducerError::OutOfOrderSequence { .. }) => {
+            ResponseError::OutOfOrderSequenceNumber.code()
+        }
     }
 }
 

@@ -589,6 +589,8 @@ mod tests {
             base_timestamp_ms: 1_700_000_000_000,
             max_timestamp_ms: 1_700_000_000_000,
             producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
             records_count,
         }
     }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use super::consume_queue::{ConsumeQueue, QueueEntry, QueueError};
+use super::producer_state::ProducerStates;
 
 /// What the consume queue records of a batch being appended.
 #[derive(Clone, Copy, Debug)]
@@ -158,6 +159,8 @@ pub struct Partition {
     pub next_offset: Offset,
     /// Records appended since an fsync was last forced for `flush.messages`.
     pub records_since_forced_sync: u64,
+    /// Idempotent producers' latest batches, checked by every append.
+    pub producers: ProducerStates,
 }
 
 impl Partition {
@@ -199,6 +202,7 @@ impl Partition {
             high_watermark: next_offset,
             next_offset,
             records_since_forced_sync: 0,
+            producers: ProducerStates::default(),
         }
     }
 

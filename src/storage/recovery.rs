@@ -36,6 +36,7 @@ use super::consume_queue::{ConsumeQueue, QueueEntry, QueueError};
 use super::frame::FRAME_HEADER_BYTES;
 use super::layout::ShardLayout;
 use super::partition::{META_FILE, MetaError, Partition, PartitionConfig, PartitionMeta};
+use super::producer_state::ProducerStates;
 use super::segment::{self, Segment, SegmentError, list_segments};
 use super::segment_reader::{FrameScanner, ScanItem};
 use crate::config::WriteMode;
@@ -144,6 +145,9 @@ pub struct RecoveryReport {
     pub segments: usize,
     pub partitions: usize,
     pub scan_start: LogPosition,
+    /// Where the scan that rebuilds idempotent-producer state started (the
+    /// first segment): frames below `scan_start` are read for it only.
+    pub producer_scan_start: LogPosition,
     pub end: LogPosition,
     pub frames_scanned: u64,
     pub bytes_scanned: u64,
@@ -173,6 +177,8 @@ struct QueueState {
     meta: PartitionMeta,
     queue: ConsumeQueue,
     remembered: Option<PartitionCheckpoint>,
+    /// Rebuilt from every frame of the partition the scan reads.
+    producers: ProducerStates,
 }
 
 pub fn recover(
@@ -216,6 +222,7 @@ pub fn recover(
         segments: segments.len(),
         partitions: metas.len(),
         scan_start: indexed,
+        producer_scan_start: first_base,
         end: indexed,
         frames_scanned: 0,
         bytes_scanned: 0,
@@ -248,8 +255,11 @@ pub fn recover(
     let (end, tails) = scan(
         options,
         &segments,
-        scan_from,
-        indexed,
+        ScanRange {
+            index_from: scan_from,
+            read_from: first_base.min(scan_from),
+            indexed,
+        },
         &mut queues,
         &mut report,
     )?;
@@ -279,7 +289,10 @@ pub fn recover(
             let remembered = state
                 .remembered
                 .map(|checkpoint| (checkpoint.log_start_offset, checkpoint.next_offset));
-            Partition::new(state.meta, default_config, dir, state.queue, remembered)
+            let mut partition =
+                Partition::new(state.meta, default_config, dir, state.queue, remembered);
+            partition.producers = state.producers;
+            partition
         })
         .collect();
     report.elapsed = started.elapsed();
@@ -485,6 +498,7 @@ fn open_queue(
             meta,
             queue,
             remembered,
+            producers: ProducerStates::default(),
         },
         resume,
     ))
@@ -508,25 +522,41 @@ struct TornTail {
     reason: String,
 }
 
-/// Scan from `start`, indexing frames the queues lack. Returns the end of the
-/// last valid frame (or `indexed` if nothing valid follows it) and the torn
-/// tails seen.
+/// Where [`scan`] reads and indexes.
+struct ScanRange {
+    /// Frames from here on are indexed where their queue lacks them.
+    index_from: LogPosition,
+    /// Frames from here on rebuild producer state (at or below `index_from`).
+    read_from: LogPosition,
+    /// What the checkpoint vouches for.
+    indexed: LogPosition,
+}
+
+/// Scan from `range.read_from`, rebuilding producer state from every frame
+/// and indexing the frames from `range.index_from` that the queues lack.
+/// Returns the end of the last valid frame (or `indexed` if nothing valid
+/// follows it) and the torn tails seen.
 fn scan(
     options: &RecoveryOptions,
     segments: &VecDeque<Segment>,
-    start: LogPosition,
-    indexed: LogPosition,
+    range: ScanRange,
     queues: &mut HashMap<PartitionId, QueueState>,
     report: &mut RecoveryReport,
 ) -> Result<(LogPosition, Vec<TornTail>), RecoveryError> {
+    assert!(range.read_from <= range.index_from);
+    let ScanRange {
+        index_from: start,
+        read_from,
+        indexed,
+    } = range;
     let mut end = indexed.max(start);
     let mut tails = Vec::new();
     for segment in segments {
-        if segment.end() <= start {
+        if segment.end() <= read_from {
             continue;
         }
         let mut scanner = FrameScanner::new(segment, options.payload_len_max);
-        let mut at = start.max(segment.base);
+        let mut at = read_from.max(segment.base);
         loop {
             match scanner
                 .read(at)
@@ -547,16 +577,19 @@ fn scan(
                     );
                     report.frames_scanned += 1;
                     report.bytes_scanned += header.frame_len();
-                    index_frame(
-                        queues,
-                        position,
-                        header.partition,
-                        header.payload_len,
-                        &batch,
-                        report,
-                    )?;
                     at = position.plus(header.frame_len());
-                    end = end.max(at);
+                    replay_producer(queues, header.partition, &batch, at);
+                    if position >= start {
+                        index_frame(
+                            queues,
+                            position,
+                            header.partition,
+                            header.payload_len,
+                            &batch,
+                            report,
+                        )?;
+                        end = end.max(at);
+                    }
                 }
                 ScanItem::SegmentEnd => break,
                 ScanItem::Invalid { position, reason } => {
@@ -591,6 +624,30 @@ fn scan(
         }
     }
     Ok((end, tails))
+}
+
+/// Rebuild a partition's idempotent-producer state from a stored batch.
+fn replay_producer(
+    queues: &mut HashMap<PartitionId, QueueState>,
+    partition: PartitionId,
+    batch: &crate::record_batch::BatchHeader,
+    end: LogPosition,
+) {
+    let Some(state) = queues.get_mut(&partition) else {
+        return;
+    };
+    if !state
+        .producers
+        .replay(batch, Offset(batch.base_offset), end)
+    {
+        tracing::warn!(
+            %partition,
+            producer_id = batch.producer_id,
+            base_offset = batch.base_offset,
+            "a stored producer batch is not past the producer's previous one; ignored for \
+             duplicate detection"
+        );
+    }
 }
 
 fn index_frame(

@@ -81,6 +81,9 @@ pub struct AppendReceipt {
     pub position: LogPosition,
     pub(super) end: LogPosition,
     pub(super) durability: Durability,
+    /// A retry of a batch an idempotent producer already stored: nothing
+    /// was appended, the offsets are the original's.
+    pub duplicate: bool,
 }
 
 /// Where a piece of a fetched batch is: a span of a segment file (final

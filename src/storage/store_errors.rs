@@ -7,6 +7,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::consume_queue::QueueError;
+use super::producer_state::ProducerError;
 use super::recovery::RecoveryError;
 use super::segment::SegmentError;
 use crate::ids::{LogPosition, Offset, PartitionId, ShardId};
@@ -45,6 +46,9 @@ pub enum AppendError {
     },
     #[error("the shard is shutting down")]
     ShuttingDown,
+    /// The batch breaks its idempotent producer's epoch or sequence rules.
+    #[error("{0}")]
+    Producer(#[from] ProducerError),
 }
 
 impl AppendError {

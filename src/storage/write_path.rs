@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::commit_log::LogAppendError;
 use super::frame::{FRAME_PREFIX_BYTES, FrameHeader};
 use super::partition::IndexedBatch;
+use super::producer_state::Check;
 use super::retention::DiskPressure;
 use super::shard_store::{AppendReceipt, Durability, LEADER_EPOCH, PendingAppend, ShardStore};
 use super::store_errors::{AppendError, TryAppendError};
@@ -137,6 +138,22 @@ impl ShardStore {
             .ok_or(AppendError::UnknownPartition(id))?;
         let bytes = batch.bytes();
         let header = *batch.header();
+        // Checked under the borrow that assigns the offset, so no append of
+        // this partition comes between the check and the state update.
+        if let Check::Duplicate(original) = partition
+            .producers
+            .check(&header)
+            .map_err(AppendError::Producer)?
+        {
+            return Ok(AppendReceipt {
+                base_offset: original.base_offset,
+                last_offset: original.last_offset(),
+                position: original.end,
+                end: original.end,
+                durability,
+                duplicate: true,
+            });
+        }
         let base_offset = partition.next_offset;
         let mut frame_prefix = [0u8; FRAME_PREFIX_BYTES];
         let mut batch_prefix = [0u8; super::frame::COVERED_PAYLOAD_PREFIX_BYTES];
@@ -188,6 +205,7 @@ impl ShardStore {
             .index_batch(position, &indexed)
             .expect("queue room was reserved");
         let end = position.plus(frame.frame_len());
+        partition.producers.apply(&header, base_offset, end);
         assert!(
             state.pending.back().is_none_or(|last| last.end < end.0),
             "pending appends are in log order"
@@ -209,6 +227,7 @@ impl ShardStore {
             position,
             end,
             durability,
+            duplicate: false,
         })
     }
 
@@ -265,6 +284,7 @@ impl ShardStore {
             position: end,
             end,
             durability: Durability::Fsynced,
+            duplicate: false,
         };
         self.wait(&receipt).await
     }

@@ -7,6 +7,7 @@ use metrics::{Counter, Histogram, counter, histogram};
 use super::names;
 use crate::ids::ShardId;
 use crate::storage::AppendError;
+use crate::storage::producer_state::ProducerError;
 
 /// The `shard` label: the shard's number.
 pub fn shard_label(shard: ShardId) -> String {
@@ -79,19 +80,21 @@ pub enum Deletion {
 }
 
 /// The `reason` label of `sluice_appends_rejected_total`.
-const REJECT_REASONS: [&str; 6] = [
+const REJECT_REASONS: [&str; 8] = [
     "unknown_partition",
     "too_large",
     "poisoned",
     "disk_full",
     "storage",
     "shutting_down",
+    "sequence",
+    "epoch",
 ];
 
 /// Counters of one shard store.
 pub struct StoreMetrics {
     /// By reason, registered up front so every series starts at 0.
-    rejected: [Counter; 6],
+    rejected: [Counter; 8],
     deleted_for_retention: Counter,
     deleted_for_disk: Counter,
     deleted_bytes: Counter,
@@ -141,6 +144,8 @@ impl StoreMetrics {
             AppendError::DiskFull { .. } => "disk_full",
             AppendError::Queue { .. } | AppendError::Roll { .. } => "storage",
             AppendError::ShuttingDown => "shutting_down",
+            AppendError::Producer(ProducerError::InvalidEpoch { .. }) => "epoch",
+            AppendError::Producer(ProducerError::OutOfOrderSequence { .. }) => "sequence",
         };
         let index = REJECT_REASONS
             .iter()

@@ -79,6 +79,8 @@ fn fields(records_count: i32, last_offset_delta: i32) -> HeaderFields {
         base_timestamp_ms: BASE_TIMESTAMP_MS,
         max_timestamp_ms: BASE_TIMESTAMP_MS + i64::from(records_count.clamp(1, 3)) - 1,
         producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
         records_count,
     }
 }

@@ -17,6 +17,13 @@
 //! largest get it corrected, as Kafka does (either way with a new CRC).
 //! Each compression is stored as sent. Nothing invalid is ever stored.
 //!
+//! Batches of idempotent producers (producerId >= 0) are checked on the
+//! owner shard against the partition's producer state
+//! ([`crate::storage::producer_state`]): a retry of one of the producer's
+//! last 5 batches is answered with its original base offset and stored once;
+//! a sequence gap gets OUT_OF_ORDER_SEQUENCE_NUMBER, an older epoch
+//! INVALID_PRODUCER_EPOCH. Transactional batches are refused for now.
+//!
 //! The request passes the connection's turn once every partition's batches
 //! are appended (or refused), so a pipelined Produce behind it appends after
 //! it while both wait for the same group-commit fdatasync.
@@ -358,6 +365,14 @@ fn check(
 ) -> Result<Option<Rewrite>, Outcome> {
     let validated =
         ValidatedBatch::validate(batch, limits).map_err(|error| Outcome::batch(&error))?;
+    // Until the transaction coordinator exists nothing could ever commit or
+    // abort such a batch, and it would hold back read_committed consumers.
+    if validated.header().is_transactional() {
+        return Err(Outcome::error(
+            ResponseError::InvalidRequest.code(),
+            "transactional batches are not supported yet",
+        ));
+    }
     if let Some(now) = append_time {
         return Ok(Some(Rewrite::LogAppendTime(now)));
     }
@@ -405,8 +420,10 @@ async fn append_on_owner(
             .append(id, batch, durability)
             .await
             .map_err(|error| Outcome::error(error_code::for_append(&error), error.to_string()))?;
-        counters.bytes_in.increment(bytes.len() as u64);
-        counters.records_in.increment(records);
+        if !receipt.duplicate {
+            counters.bytes_in.increment(bytes.len() as u64);
+            counters.records_in.increment(records);
+        }
         first.get_or_insert(receipt.base_offset);
         last = Some(receipt);
     }
