@@ -12,6 +12,8 @@ mod damaged_data_dir;
 mod disk_faults;
 mod group_protocol;
 mod hardening_decoder;
+mod idempotent_producer;
+mod idempotent_storage;
 mod io_backend;
 mod kafka_admin;
 mod kafka_bad_input;
