@@ -145,6 +145,13 @@ impl ShardStore {
             .check(&header)
             .map_err(AppendError::Producer)?
         {
+            // A retry asking for more than the original (acks=all after
+            // acks=1) must not wait for the original's flush.ms.
+            if durability == Durability::Fsynced {
+                state.log.require_durable_now(now);
+                drop(guard);
+                self.flush_kick.notify();
+            }
             return Ok(AppendReceipt {
                 base_offset: original.base_offset,
                 last_offset: original.last_offset(),

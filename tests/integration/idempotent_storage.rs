@@ -8,7 +8,9 @@ use sluice::ids::{Offset, PartitionId};
 use sluice::io::IoBackend;
 use sluice::record_batch::{BatchBuilder, RecordSpec};
 use sluice::storage::producer_state::ProducerError;
-use sluice::storage::{AppendError, Durability, ShardStore};
+use std::time::Duration;
+
+use sluice::storage::{AppendError, Durability, PartitionConfig, ShardStore};
 
 use crate::sim_device::SimDevice;
 use crate::support;
@@ -169,6 +171,46 @@ fn older_epoch_is_refused_by_storage() {
             "{refused:?}"
         );
         assert_eq!(store.offsets(id).expect("partition").next_offset, Offset(1));
+        support::shutdown(&store).await;
+    });
+}
+
+#[test]
+fn retry_asking_for_fsync_waits_for_the_original_batch_to_be_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = support::runtime(IoBackend::Epoll);
+    runtime.block_on(async {
+        let store = support::open(dir.path(), WriteMode::Direct, IoBackend::Epoll);
+        let config = PartitionConfig {
+            flush_ms: 3_600_000,
+            ..support::default_partition_config()
+        };
+        let id = store
+            .create_partition("idempotent", 0, config)
+            .expect("created");
+        let batch = producer_batch(0, 3);
+        // acks=1: buffered only, fsynced within the topic's flush.ms (1 h).
+        let original = store
+            .append(id, support::validated(&batch), Durability::Buffered)
+            .await
+            .expect("appended");
+        let (original_end, _, _) = store.log_ends();
+        let retry = store
+            .append(id, support::validated(&batch), Durability::Fsynced)
+            .await
+            .expect("a duplicate");
+        assert!(retry.duplicate);
+        assert_eq!(retry.base_offset, original.base_offset);
+        assert_eq!(store.log_ends().0, original_end, "nothing appended");
+        compio::time::timeout(Duration::from_secs(30), store.wait(&retry))
+            .await
+            .expect("the retry waited for the original's flush.ms")
+            .expect("durable");
+        let (_, _, durable) = store.log_ends();
+        assert!(
+            durable >= original_end,
+            "the retry was answered before the original was fsynced: {durable} < {original_end}"
+        );
         support::shutdown(&store).await;
     });
 }
