@@ -28,6 +28,9 @@ pub const DECOMPRESSED_BATCH_RATIO_MAX_DEFAULT: u32 = 32;
 /// Largest `storage.decompressed_batch_ratio_max` accepted.
 pub const DECOMPRESSED_BATCH_RATIO_LIMIT: u32 = 1024;
 const MIB: u64 = 1024 * 1024;
+/// Smallest `storage.producer_snapshot_interval_bytes`: a snapshot per
+/// mebibyte of log already costs more than the rescan it saves.
+const PRODUCER_SNAPSHOT_INTERVAL_BYTES_MIN: u64 = MIB;
 const HOUR_MS: i64 = 3600 * 1000;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -197,6 +200,11 @@ pub struct StorageConfig {
     /// Entries per consume-queue file (40 bytes each) for new queues; an
     /// existing queue keeps the size its files record.
     pub consume_queue_entries_per_file: u32,
+    /// How far the commit log advances between two snapshots of the
+    /// idempotent producers' state (also written at shutdown): recovery
+    /// after a crash rescans at most about this much for it. Default
+    /// 256 MiB; at least 1 MiB.
+    pub producer_snapshot_interval_bytes: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -296,6 +304,7 @@ impl Default for StorageConfig {
             message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
             decompressed_batch_ratio_max: DECOMPRESSED_BATCH_RATIO_MAX_DEFAULT,
             consume_queue_entries_per_file: 262_144,
+            producer_snapshot_interval_bytes: 256 * MIB,
         }
     }
 }
@@ -651,6 +660,13 @@ impl StorageConfig {
         }
         if self.checkpoint_interval_ms == 0 {
             return invalid("storage.checkpoint_interval_ms", 0, "must be positive");
+        }
+        if self.producer_snapshot_interval_bytes < PRODUCER_SNAPSHOT_INTERVAL_BYTES_MIN {
+            return invalid(
+                "storage.producer_snapshot_interval_bytes",
+                self.producer_snapshot_interval_bytes,
+                format!("at least {PRODUCER_SNAPSHOT_INTERVAL_BYTES_MIN}"),
+            );
         }
         Ok(())
     }

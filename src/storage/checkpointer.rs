@@ -1,5 +1,12 @@
 //! Checkpoints: how far the commit log and the consume queues are durable,
-//! so recovery scans only what follows.
+//! so recovery scans only what follows; and producer snapshots, so recovery
+//! rebuilds the idempotent producers' state from one plus the log after it.
+//!
+//! A producer snapshot is copied on the shard at the append end, every
+//! `producer_snapshot_interval_bytes` of log and at shutdown, and written
+//! by a later checkpoint once the log is durable up to that position (at
+//! shutdown, at once: everything is synced by then), so a snapshot on disk
+//! never holds a batch a crash could lose.
 //!
 //! The snapshot is taken on the shard; the fsyncs and the file replacement
 //! run on the blocking pool, serialised by `CheckpointWriter`, which also
@@ -12,7 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::checkpoint::{Checkpoint, CheckpointError, PartitionCheckpoint};
-use super::shard_store::ShardStore;
+use super::producer_snapshot::{ProducerSnapshot, ProducerSnapshotError};
+use super::recovery::{CheckpointStatus, RecoveryReport};
+use super::shard_store::{ShardStore, StoreState};
+use crate::ids::LogPosition;
 use crate::log_throttle::monotonic_ms;
 
 impl ShardStore {
@@ -30,7 +40,18 @@ impl ShardStore {
 
     /// Fsync the consume-queue files touched since the last checkpoint, then
     /// record how far the log and the queues are durable.
+    /// Then write the producer snapshot if one is due and durable.
     pub async fn checkpoint(&self) -> Result<(), CheckpointError> {
+        let result = self.checkpoint_queues().await;
+        if let Err(error) = self.snapshot_producers().await
+            && let Some(failed) = self.checkpoint_failure_log.record(monotonic_ms())
+        {
+            tracing::error!(%error, shard = %self.options.shard, failed, "producer snapshot failed; the next one is retried at the next checkpoint, and recovery scans further back meanwhile");
+        }
+        result
+    }
+
+    async fn checkpoint_queues(&self) -> Result<(), CheckpointError> {
         let (checkpoint, dirty_files) = self.checkpoint_snapshot();
         let sequence = self.checkpoint_sequence.get() + 1;
         self.checkpoint_sequence.set(sequence);
@@ -64,6 +85,70 @@ impl ShardStore {
         }
     }
 
+    /// Write the producer snapshot that is due and durable, if any.
+    async fn snapshot_producers(&self) -> Result<(), ProducerSnapshotError> {
+        let Some(snapshot) = self.producer_snapshot_due() else {
+            return Ok(());
+        };
+        let dir = self.layout.producer_snapshots_dir();
+        let written = Arc::clone(&self.producer_snapshot_written);
+        let result = compio::runtime::spawn_blocking(move || {
+            let mut written = written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *written >= snapshot.position {
+                return Ok(()); // a newer snapshot is already on disk
+            }
+            snapshot.store(&dir)?;
+            *written = snapshot.position;
+            Ok(())
+        })
+        .await;
+        let result = match result {
+            Ok(result) => result,
+            Err(error) => {
+                error.resume_unwind();
+                Err(ProducerSnapshotError::Io {
+                    path: self.layout.producer_snapshots_dir(),
+                    source: std::io::Error::other("the producer snapshot task was cancelled"),
+                })
+            }
+        };
+        if result.is_err() {
+            self.producer_snapshots.borrow_mut().retry = true;
+        }
+        result
+    }
+
+    /// Take a producer snapshot if one is due, and hand out the one taken
+    /// once the log is durable up to its position.
+    fn producer_snapshot_due(&self) -> Option<ProducerSnapshot> {
+        let state = self.state.borrow();
+        let mut snapshots = self.producer_snapshots.borrow_mut();
+        let end = state.log.append_end();
+        let interval = self.options.storage.producer_snapshot_interval_bytes;
+        let advanced = end.0.saturating_sub(snapshots.taken.0);
+        let due = if self.stopping.get() || snapshots.retry {
+            advanced > 0
+        } else {
+            snapshots.pending.is_none() && advanced >= interval
+        };
+        if due {
+            snapshots.pending = Some(producer_snapshot(&state, end));
+            snapshots.taken = end;
+            snapshots.retry = false;
+        }
+        let durable = state.durable_frame_end;
+        if snapshots
+            .pending
+            .as_ref()
+            .is_some_and(|pending| pending.position <= durable)
+        {
+            return snapshots.pending.take();
+        }
+        None
+    }
+
     fn checkpoint_snapshot(&self) -> (Checkpoint, Vec<Arc<File>>) {
         let mut state = self.state.borrow_mut();
         let indexed = state.durable_frame_end;
@@ -85,6 +170,50 @@ impl ShardStore {
             partitions,
         };
         (checkpoint, dirty_files)
+    }
+}
+
+/// Every partition's producer state, exact at the append end `end`: each
+/// batch up to it has been applied, and none after it exists yet.
+fn producer_snapshot(state: &StoreState, end: LogPosition) -> ProducerSnapshot {
+    let mut partitions: Vec<_> = state
+        .partitions
+        .values()
+        .filter(|partition| !partition.producers.is_empty())
+        .map(|partition| (partition.id(), partition.producers.clone()))
+        .collect();
+    partitions.sort_by_key(|(id, _)| *id);
+    ProducerSnapshot {
+        position: end,
+        partitions,
+    }
+}
+
+/// The shard side of producer snapshots.
+pub(super) struct ProducerSnapshots {
+    /// Taken at the append end, waiting for the log to be durable there.
+    pending: Option<ProducerSnapshot>,
+    /// Where the last snapshot was taken (or the one recovery used).
+    taken: LogPosition,
+    /// The last write failed: take and write the next one at once.
+    retry: bool,
+}
+
+impl ProducerSnapshots {
+    pub(super) fn after_recovery(report: &RecoveryReport) -> ProducerSnapshots {
+        let taken = match report.producer_snapshot {
+            CheckpointStatus::Found(position) => position,
+            CheckpointStatus::Missing | CheckpointStatus::Damaged(_) => LogPosition::ZERO,
+        };
+        ProducerSnapshots {
+            pending: None,
+            taken,
+            retry: false,
+        }
+    }
+
+    pub(super) fn taken(&self) -> LogPosition {
+        self.taken
     }
 }
 

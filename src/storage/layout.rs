@@ -7,6 +7,7 @@
 //!     next-partition-id                partition ids are never reused
 //!     partitions/<id>/partition.meta   topic name and partition index
 //!     partitions/<id>/<index>.cq       consume-queue files
+//!     producers/<position>.snap        see producer_snapshot.rs
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,11 @@ impl ShardLayout {
 
     pub fn partition_dir(&self, id: PartitionId) -> PathBuf {
         self.partitions_dir().join(format!("{:010}", id.0))
+    }
+
+    pub fn producer_snapshots_dir(&self) -> PathBuf {
+        self.root
+            .join(super::producer_snapshot::PRODUCER_SNAPSHOTS_DIR)
     }
 
     pub fn partition_ids_file(&self) -> PathBuf {

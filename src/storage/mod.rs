@@ -25,6 +25,7 @@ pub mod frame;
 pub mod layout;
 pub mod partition;
 mod preallocate;
+pub mod producer_snapshot;
 pub mod producer_state;
 pub mod queue_entry;
 pub mod queue_file;

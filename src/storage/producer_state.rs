@@ -56,7 +56,7 @@ impl BatchMeta {
 }
 
 /// One producer's state on the partition.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ProducerEntry {
     pub epoch: i16,
     /// The `maxTimestamp` of its latest batch (expiry compares it; read from
@@ -68,7 +68,42 @@ pub struct ProducerEntry {
     head: u8,
 }
 
+/// Equal when they remember the same batches, wherever the ring holds them.
+impl PartialEq for ProducerEntry {
+    fn eq(&self, other: &ProducerEntry) -> bool {
+        self.epoch == other.epoch
+            && self.last_timestamp_ms == other.last_timestamp_ms
+            && self.batches().eq(other.batches())
+    }
+}
+
+impl Eq for ProducerEntry {}
+
 impl ProducerEntry {
+    /// An entry restored from a snapshot: 1 to [`BATCHES_CACHED_MAX`]
+    /// batches, oldest first, in offset order. `None` if they are not (the
+    /// bytes came from disk, so this is no assertion). Sequences are not
+    /// checked: a replay takes what the log holds, and so does a restore.
+    pub fn restored(
+        epoch: i16,
+        last_timestamp_ms: i64,
+        batches: &[BatchMeta],
+    ) -> Option<ProducerEntry> {
+        let (first, rest) = batches.split_first()?;
+        if rest.len() >= BATCHES_CACHED_MAX {
+            return None;
+        }
+        let mut entry = ProducerEntry::starting_with(epoch, last_timestamp_ms, *first);
+        for batch in rest {
+            let newest = entry.newest();
+            if batch.base_offset <= newest.last_offset() {
+                return None;
+            }
+            entry.push(*batch);
+        }
+        Some(entry)
+    }
+
     fn starting_with(epoch: i16, last_timestamp_ms: i64, batch: BatchMeta) -> ProducerEntry {
         ProducerEntry {
             epoch,
@@ -163,6 +198,16 @@ impl ProducerStates {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Every producer's entry, in no particular order (for the snapshot).
+    pub fn entries(&self) -> impl Iterator<Item = (i64, &ProducerEntry)> {
+        self.entries.iter().map(|(id, entry)| (*id, entry))
+    }
+
+    /// Restore one producer's entry from a snapshot; replaces any entry it had.
+    pub fn restore(&mut self, producer_id: i64, entry: ProducerEntry) {
+        self.entries.insert(producer_id, entry);
     }
 
     /// Check a client's batch against the producer's state; changes nothing.

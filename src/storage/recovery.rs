@@ -36,6 +36,7 @@ use super::consume_queue::{ConsumeQueue, QueueEntry, QueueError};
 use super::frame::FRAME_HEADER_BYTES;
 use super::layout::ShardLayout;
 use super::partition::{META_FILE, MetaError, Partition, PartitionConfig, PartitionMeta};
+use super::producer_snapshot::ProducerSnapshot;
 use super::producer_state::ProducerStates;
 use super::segment::{self, Segment, SegmentError, list_segments};
 use super::segment_reader::{FrameScanner, ScanItem};
@@ -145,8 +146,12 @@ pub struct RecoveryReport {
     pub segments: usize,
     pub partitions: usize,
     pub scan_start: LogPosition,
-    /// Where the scan that rebuilds idempotent-producer state started (the
-    /// first segment): frames below `scan_start` are read for it only.
+    /// The newest producer snapshot: `Found(position)` if it seeded the
+    /// producers' state.
+    pub producer_snapshot: CheckpointStatus,
+    /// Where the scan that rebuilds idempotent-producer state started: the
+    /// snapshot's position, or the first segment without a usable snapshot.
+    /// Frames below `scan_start` are read for it only.
     pub producer_scan_start: LogPosition,
     pub end: LogPosition,
     pub frames_scanned: u64,
@@ -177,7 +182,8 @@ struct QueueState {
     meta: PartitionMeta,
     queue: ConsumeQueue,
     remembered: Option<PartitionCheckpoint>,
-    /// Rebuilt from every frame of the partition the scan reads.
+    /// Seeded from the producer snapshot, then rebuilt from every frame of
+    /// the partition the scan reads from `producer_scan_start` on.
     producers: ProducerStates,
 }
 
@@ -214,6 +220,14 @@ pub fn recover(
         })
         .collect();
 
+    let (snapshot, snapshot_status) = load_producer_snapshot(layout, first_base, log_limit);
+    let producer_from = snapshot
+        .as_ref()
+        .map_or(first_base, |snapshot| snapshot.position.max(first_base));
+    let mut seeds: HashMap<PartitionId, ProducerStates> = snapshot
+        .map(|snapshot| snapshot.partitions.into_iter().collect())
+        .unwrap_or_default();
+
     let metas = load_metas(layout)?;
     let next_partition_id =
         read_partition_ids(layout).max(metas.iter().map(|meta| meta.id.0 + 1).max().unwrap_or(0));
@@ -222,7 +236,8 @@ pub fn recover(
         segments: segments.len(),
         partitions: metas.len(),
         scan_start: indexed,
-        producer_scan_start: first_base,
+        producer_snapshot: snapshot_status,
+        producer_scan_start: producer_from,
         end: indexed,
         frames_scanned: 0,
         bytes_scanned: 0,
@@ -238,7 +253,8 @@ pub fn recover(
     let mut queues = HashMap::new();
     for meta in metas {
         let remembered = remembered.get(&meta.id).copied();
-        let (state, resume) = open_queue(options, meta, remembered, first_base)?;
+        let (mut state, resume) = open_queue(options, meta, remembered, first_base)?;
+        state.producers = seeds.remove(&state.meta.id).unwrap_or_default();
         if let Some(damaged) = state.queue.damage_found_at_open() {
             report
                 .damaged_queue_entries
@@ -257,7 +273,8 @@ pub fn recover(
         &segments,
         ScanRange {
             index_from: scan_from,
-            read_from: first_base.min(scan_from),
+            read_from: producer_from.min(scan_from),
+            producer_from,
             indexed,
         },
         &mut queues,
@@ -397,6 +414,35 @@ fn load_checkpoint(layout: &ShardLayout) -> (Option<Checkpoint>, CheckpointStatu
     }
 }
 
+/// The newest producer snapshot, if it is sound and the log still reaches
+/// its position; otherwise the state is rebuilt from the first segment.
+fn load_producer_snapshot(
+    layout: &ShardLayout,
+    first_base: LogPosition,
+    log_limit: LogPosition,
+) -> (Option<ProducerSnapshot>, CheckpointStatus) {
+    let snapshot = match ProducerSnapshot::load_newest(&layout.producer_snapshots_dir()) {
+        Ok(Some(snapshot)) => snapshot,
+        Ok(None) => return (None, CheckpointStatus::Missing),
+        Err(error) => {
+            tracing::warn!(%error, first_segment = first_base.0, "ignoring the producer snapshot; rebuilding the producers' state from the first segment");
+            return (None, CheckpointStatus::Damaged(error.to_string()));
+        }
+    };
+    if snapshot.position > log_limit {
+        // Only durable positions are snapshotted: the log lost data the
+        // snapshot saw, so the state must come from what the log holds.
+        let reason = format!(
+            "the producer snapshot is for position {}, past the end of the commit log at {log_limit}",
+            snapshot.position
+        );
+        tracing::warn!(%reason, first_segment = first_base.0, "ignoring the producer snapshot; rebuilding the producers' state from the first segment");
+        return (None, CheckpointStatus::Damaged(reason));
+    }
+    let position = snapshot.position;
+    (Some(snapshot), CheckpointStatus::Found(position))
+}
+
 fn load_metas(layout: &ShardLayout) -> Result<Vec<PartitionMeta>, RecoveryError> {
     let dir = layout.partitions_dir();
     let mut metas = Vec::new();
@@ -526,14 +572,17 @@ struct TornTail {
 struct ScanRange {
     /// Frames from here on are indexed where their queue lacks them.
     index_from: LogPosition,
-    /// Frames from here on rebuild producer state (at or below `index_from`).
+    /// Where the scan starts: the smaller of `index_from` and `producer_from`.
     read_from: LogPosition,
+    /// Frames from here on rebuild producer state.
+    producer_from: LogPosition,
     /// What the checkpoint vouches for.
     indexed: LogPosition,
 }
 
 /// Scan from `range.read_from`, rebuilding producer state from every frame
-/// and indexing the frames from `range.index_from` that the queues lack.
+/// from `range.producer_from` and indexing the frames from
+/// `range.index_from` that the queues lack.
 /// Returns the end of the last valid frame (or `indexed` if nothing valid
 /// follows it) and the torn tails seen.
 fn scan(
@@ -543,10 +592,11 @@ fn scan(
     queues: &mut HashMap<PartitionId, QueueState>,
     report: &mut RecoveryReport,
 ) -> Result<(LogPosition, Vec<TornTail>), RecoveryError> {
-    assert!(range.read_from <= range.index_from);
+    assert!(range.read_from == range.index_from.min(range.producer_from));
     let ScanRange {
         index_from: start,
         read_from,
+        producer_from,
         indexed,
     } = range;
     let mut end = indexed.max(start);
@@ -578,7 +628,9 @@ fn scan(
                     report.frames_scanned += 1;
                     report.bytes_scanned += header.frame_len();
                     at = position.plus(header.frame_len());
-                    replay_producer(queues, header.partition, &batch, at);
+                    if position >= producer_from {
+                        replay_producer(queues, header.partition, &batch, at);
+                    }
                     if position >= start {
                         index_frame(
                             queues,

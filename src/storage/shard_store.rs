@@ -24,7 +24,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::checkpointer::CheckpointWriter;
+use super::checkpointer::{CheckpointWriter, ProducerSnapshots};
 use super::commit_log::{CommitLog, LogOptions, LogStats};
 use super::disk_usage::{DiskUsageProbe, statvfs_probe};
 use super::durable_file::write_atomic;
@@ -171,6 +171,11 @@ pub struct ShardStore {
     pub(super) flusher_stop: Cell<bool>,
     pub(super) checkpoint_sequence: Cell<u64>,
     pub(super) checkpoint_writer: Arc<std::sync::Mutex<CheckpointWriter>>,
+    /// Producer snapshots taken and waiting for the log to be durable.
+    pub(super) producer_snapshots: RefCell<ProducerSnapshots>,
+    /// The position of the newest producer snapshot on disk; its lock
+    /// serialises the writes, so an older one never replaces a newer one.
+    pub(super) producer_snapshot_written: Arc<std::sync::Mutex<LogPosition>>,
     pub(super) recovery: RecoveryReport,
     pub(super) tasks: RefCell<Vec<compio::runtime::JoinHandle<()>>>,
     pub(super) flusher: RefCell<Option<compio::runtime::JoinHandle<()>>>,
@@ -278,6 +283,7 @@ impl ShardStore {
             visible: 0,
             next_partition_id: recovered.next_partition_id,
         };
+        let producer_snapshots = ProducerSnapshots::after_recovery(&recovered.report);
         let store = Rc::new(ShardStore {
             layout,
             state: RefCell::new(state),
@@ -291,6 +297,8 @@ impl ShardStore {
             flusher_stop: Cell::new(false),
             checkpoint_sequence: Cell::new(0),
             checkpoint_writer: Arc::default(),
+            producer_snapshot_written: Arc::new(std::sync::Mutex::new(producer_snapshots.taken())),
+            producer_snapshots: RefCell::new(producer_snapshots),
             recovery: recovered.report,
             tasks: RefCell::new(Vec::new()),
             flusher: RefCell::new(None),

@@ -4,10 +4,12 @@
 //! producer fields.
 
 use sluice::config::WriteMode;
+use sluice::ids::LogPosition;
 use sluice::ids::{Offset, PartitionId};
 use sluice::io::IoBackend;
 use sluice::record_batch::{BatchBuilder, RecordSpec};
 use sluice::storage::producer_state::ProducerError;
+use sluice::storage::recovery::CheckpointStatus;
 use std::time::Duration;
 
 use sluice::storage::{AppendError, Durability, PartitionConfig, ShardStore};
@@ -56,6 +58,58 @@ async fn seven_batches(store: &ShardStore, id: PartitionId) -> Vec<(Vec<u8>, Off
         stored.push((batch, offset));
     }
     stored
+}
+
+/// Four batches (sequences 0..8) and a clean shutdown, which leaves a
+/// producer snapshot at the end of the log; then a restart that starts the
+/// producers' scan there, three more batches (sequences 8..14) and a power
+/// cut. Returns the seven batches with their offsets and the snapshot's
+/// position; the snapshot file is still the shutdown's.
+fn snapshot_then_power_cut(
+    dir: &std::path::Path,
+) -> (PartitionId, Vec<(Vec<u8>, Offset)>, LogPosition) {
+    let runtime = support::runtime(IoBackend::Epoll);
+    let device = SimDevice::new(21);
+    let (id, mut stored, snapshot_at) = runtime.block_on(async {
+        let store = device.open_store(dir);
+        let id = support::create(&store, "idempotent", 0);
+        let mut stored = Vec::new();
+        for index in 0..4 {
+            let batch = producer_batch(index * 2, 2);
+            let (offset, _) = append(&store, id, &batch).await.expect("in sequence");
+            stored.push((batch, offset));
+        }
+        support::shutdown(&store).await;
+        (id, stored, store.log_ends().0)
+    });
+    drop(runtime);
+    assert!(snapshot_at > LogPosition::ZERO);
+    let runtime = support::runtime(IoBackend::Epoll);
+    let device = SimDevice::new(22);
+    runtime.block_on(async {
+        let store = device.open_store(dir);
+        let report = store.recovery_report().clone();
+        assert_eq!(report.producer_scan_start, snapshot_at, "{report:?}");
+        for index in 4..7 {
+            let batch = producer_batch(index * 2, 2);
+            let (offset, duplicate) = append(&store, id, &batch).await.expect("in sequence");
+            assert!(!duplicate);
+            stored.push((batch, offset));
+        }
+        device.power_cut();
+    });
+    drop(runtime);
+    (id, stored, snapshot_at)
+}
+
+/// The one producer snapshot file of shard 0.
+fn snapshot_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let files: Vec<_> = std::fs::read_dir(dir.join("shard-0").join("producers"))
+        .expect("snapshot dir")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.into_iter().next().expect("one")
 }
 
 /// After reopening: each of the last 5 batches is a duplicate with its
@@ -113,11 +167,16 @@ fn retried_batch_after_a_clean_restart_gets_its_original_offset() {
         (id, stored)
     });
     runtime.block_on(async {
-        // The clean shutdown left a checkpoint past every batch: the state
-        // is rebuilt from frames the queue index does not need to rescan.
+        // The clean shutdown left a producer snapshot at the end of the log:
+        // nothing is rescanned for the producers' state.
         let store = support::open(dir.path(), WriteMode::Direct, IoBackend::Epoll);
         let report = store.recovery_report().clone();
-        assert!(report.producer_scan_start < report.scan_start, "{report:?}");
+        assert_eq!(
+            report.producer_snapshot,
+            CheckpointStatus::Found(report.end),
+            "{report:?}"
+        );
+        assert_eq!(report.producer_scan_start, report.end, "{report:?}");
         assert_state_survived(&store, id, &stored).await;
         support::shutdown(&store).await;
     });
@@ -211,6 +270,56 @@ fn retry_asking_for_fsync_waits_for_the_original_batch_to_be_durable() {
             durable >= original_end,
             "the retry was answered before the original was fsynced: {durable} < {original_end}"
         );
+        support::shutdown(&store).await;
+    });
+}
+
+/// Issue 13: recovery rebuilds the producers' state from the snapshot plus
+/// the log after it, and a retry of a batch on either side of the
+/// snapshot's position is still recognised.
+#[test]
+fn restart_scans_for_producers_only_after_the_snapshot_and_still_finds_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, stored, snapshot_at) = snapshot_then_power_cut(dir.path());
+    let runtime = support::runtime(IoBackend::Epoll);
+    runtime.block_on(async {
+        let device = SimDevice::new(23);
+        let store = device.open_store(dir.path());
+        let report = store.recovery_report().clone();
+        assert_eq!(
+            report.producer_snapshot,
+            CheckpointStatus::Found(snapshot_at)
+        );
+        assert_eq!(report.producer_scan_start, snapshot_at, "{report:?}");
+        // stored[2..4] are in the snapshot, stored[4..] only in the log.
+        assert_state_survived(&store, id, &stored).await;
+        support::shutdown(&store).await;
+    });
+}
+
+/// Issue 13: a damaged producer snapshot is ignored and the state is
+/// rebuilt from the first segment, so duplicates are still recognised.
+#[test]
+fn damaged_producer_snapshot_falls_back_to_a_scan_from_the_first_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, stored, _) = snapshot_then_power_cut(dir.path());
+    let file = snapshot_file(dir.path());
+    let mut bytes = std::fs::read(&file).unwrap();
+    // The first sequence of the newest batch the snapshot holds (sequence
+    // 6): header 20, partition 8, entry 24, three batches of 32 before it.
+    bytes[20 + 8 + 24 + 3 * 32] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let runtime = support::runtime(IoBackend::Epoll);
+    runtime.block_on(async {
+        let device = SimDevice::new(24);
+        let store = device.open_store(dir.path());
+        let report = store.recovery_report().clone();
+        assert!(
+            matches!(report.producer_snapshot, CheckpointStatus::Damaged(_)),
+            "{report:?}"
+        );
+        assert_eq!(report.producer_scan_start, LogPosition::ZERO, "{report:?}");
+        assert_state_survived(&store, id, &stored).await;
         support::shutdown(&store).await;
     });
 }
