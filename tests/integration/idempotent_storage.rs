@@ -323,3 +323,65 @@ fn damaged_producer_snapshot_falls_back_to_a_scan_from_the_first_segment() {
         support::shutdown(&store).await;
     });
 }
+
+/// Issue 13: a periodic producer snapshot is copied at the append end but
+/// written only once the log is durable up to there, so it never holds a
+/// batch a crash could lose.
+#[test]
+fn periodic_producer_snapshot_is_written_only_once_the_log_is_durable_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = support::runtime(IoBackend::Epoll);
+    runtime.block_on(async {
+        let storage = sluice::config::StorageConfig {
+            checkpoint_interval_ms: 3_600_000,
+            producer_snapshot_interval_bytes: 1024 * 1024,
+            ..support::small_storage(WriteMode::Direct)
+        };
+        let options = support::options(dir.path(), storage, IoBackend::Epoll);
+        let store = ShardStore::open(options).expect("opened");
+        let config = PartitionConfig {
+            flush_ms: 3_600_000,
+            ..support::default_partition_config()
+        };
+        let id = store
+            .create_partition("idempotent", 0, config)
+            .expect("created");
+        let value = vec![b'v'; 50_000];
+        let mut sequence = 0;
+        while store.log_ends().0 < LogPosition(1024 * 1024) {
+            let mut builder = BatchBuilder::new(1_700_000_000_000);
+            builder
+                .producer(PRODUCER, EPOCH, sequence)
+                .push(RecordSpec {
+                    value: Some(&value),
+                    ..RecordSpec::default()
+                });
+            store
+                .append(
+                    id,
+                    support::validated(&builder.build()),
+                    Durability::Buffered,
+                )
+                .await
+                .expect("appended");
+            sequence += 1;
+        }
+        let snapshots = dir.path().join("shard-0").join("producers");
+        let (append_end, _, durable) = store.log_ends();
+        assert!(durable < append_end, "flush.ms 1 h: not yet durable");
+        store.checkpoint().await.expect("checkpoint");
+        assert!(
+            !snapshots.exists() || std::fs::read_dir(&snapshots).unwrap().next().is_none(),
+            "a snapshot was written before the log was durable at its position"
+        );
+        store.sync().await.expect("synced");
+        store.checkpoint().await.expect("checkpoint");
+        let file = snapshot_file(dir.path());
+        let expected = sluice::storage::producer_snapshot::ProducerSnapshot::file_name(append_end);
+        assert_eq!(
+            file.file_name().and_then(|name| name.to_str()),
+            Some(expected.as_str())
+        );
+        support::shutdown(&store).await;
+    });
+}
