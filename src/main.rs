@@ -493,14 +493,17 @@ fn wait_for_termination(signals: &TerminationSignals) {
 }
 
 fn log_recovery(shard: String, report: &RecoveryReport) {
-    let checkpoint = match &report.checkpoint {
+    let status = |status: &CheckpointStatus| match status {
         CheckpointStatus::Found(position) => format!("at {position}"),
         CheckpointStatus::Missing => "none".to_owned(),
         CheckpointStatus::Damaged(reason) => format!("damaged ({reason})"),
     };
+    let checkpoint = status(&report.checkpoint);
+    let producer_snapshot = status(&report.producer_snapshot);
     tracing::info!(
         %shard,
         checkpoint,
+        producer_snapshot,
         segments = report.segments,
         partitions = report.partitions,
         scanned_from = report.scan_start.0,
