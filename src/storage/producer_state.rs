@@ -21,6 +21,12 @@
 //! * a producer the partition has no state for is accepted at any sequence
 //!   (KIP-360), which is why Produce never answers UNKNOWN_PRODUCER_ID.
 //!
+//! [`ProducerStates::expire`] forgets a producer whose newest batch's
+//! timestamp is older than `storage.producer_id_expiration_ms` (Kafka's
+//! `producer.id.expiration.ms`); its next batch is then accepted as an
+//! unknown producer's. The timestamp is the batch's, so a replica replaying
+//! the same log expires the same producers.
+//!
 //! Invariant: an entry holds between 1 and [`BATCHES_CACHED_MAX`] batches of
 //! its current epoch, in log order, each starting where the one before ends.
 
@@ -208,6 +214,18 @@ impl ProducerStates {
     /// Restore one producer's entry from a snapshot; replaces any entry it had.
     pub fn restore(&mut self, producer_id: i64, entry: ProducerEntry) {
         self.entries.insert(producer_id, entry);
+    }
+
+    /// Forget every producer whose newest batch's timestamp is at least
+    /// `expiration_ms` older than `now_ms` (the broker's clock against the
+    /// batch's timestamp, as Kafka's `removeExpiredProducers`). Returns how
+    /// many were removed. Entries are never removed because the log start
+    /// moved past their batches (KIP-360).
+    pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        let before = self.entries.len();
+        self.entries
+            .retain(|_, entry| now_ms.saturating_sub(entry.last_timestamp_ms) < expiration_ms);
+        before - self.entries.len()
     }
 
     /// Check a client's batch against the producer's state; changes nothing.
@@ -479,6 +497,31 @@ mod tests {
         assert_eq!(log.produce(&wrapped), Ok((Offset(2), true)));
         let spanning = header(0, i32::MAX - 1, 4);
         assert_eq!(spanning.last_sequence(), 1, "a batch may span the wrap");
+    }
+
+    #[test]
+    fn producer_idle_for_the_expiration_is_forgotten_and_then_accepted_as_unknown() {
+        const EXPIRATION_MS: i64 = 1000;
+        let mut log = Log::new();
+        let first = header(0, 0, 2);
+        log.produce(&first).expect("stored");
+        let stored_at = first.max_timestamp_ms;
+        assert_eq!(
+            log.states
+                .expire(stored_at + EXPIRATION_MS - 1, EXPIRATION_MS),
+            0
+        );
+        assert!(log.states.get(PRODUCER).is_some());
+        // A gap is refused while the producer is remembered.
+        assert!(log.produce(&header(0, 5, 1)).is_err());
+
+        assert_eq!(
+            log.states.expire(stored_at + EXPIRATION_MS, EXPIRATION_MS),
+            1
+        );
+        assert!(log.states.is_empty());
+        // Forgotten: the same batch is accepted at any sequence (KIP-360).
+        assert_eq!(log.produce(&header(0, 5, 1)), Ok((Offset(2), false)));
     }
 
     #[test]
