@@ -205,6 +205,16 @@ pub struct StorageConfig {
     /// after a crash rescans at most about this much for it. Default
     /// 256 MiB; at least 1 MiB.
     pub producer_snapshot_interval_bytes: u64,
+    /// An idempotent producer whose newest batch on a partition is this much
+    /// older (by the batch's timestamp, against the broker's clock) is
+    /// forgotten there; its next batch is accepted as a new producer's
+    /// (Kafka's `producer.id.expiration.ms`, KIP-360). Default 86 400 000
+    /// (one day); positive, at most `i32::MAX` (Kafka keeps it in an `int`).
+    pub producer_id_expiration_ms: u64,
+    /// How often expired producers are looked for, by the retention task.
+    /// Default 600 000 (Kafka's `producer.id.expiration.check.interval.ms`);
+    /// positive, at most `i32::MAX`.
+    pub producer_id_expiration_check_interval_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -305,6 +315,8 @@ impl Default for StorageConfig {
             decompressed_batch_ratio_max: DECOMPRESSED_BATCH_RATIO_MAX_DEFAULT,
             consume_queue_entries_per_file: 262_144,
             producer_snapshot_interval_bytes: 256 * MIB,
+            producer_id_expiration_ms: 24 * HOUR_MS as u64,
+            producer_id_expiration_check_interval_ms: 600_000,
         }
     }
 }
@@ -668,6 +680,20 @@ impl StorageConfig {
                 format!("at least {PRODUCER_SNAPSHOT_INTERVAL_BYTES_MIN}"),
             );
         }
+        for (key, value) in [
+            (
+                "storage.producer_id_expiration_ms",
+                self.producer_id_expiration_ms,
+            ),
+            (
+                "storage.producer_id_expiration_check_interval_ms",
+                self.producer_id_expiration_check_interval_ms,
+            ),
+        ] {
+            if !(1..=KAFKA_INT_MAX).contains(&value) {
+                return invalid(key, value, format!("between 1 and {KAFKA_INT_MAX}"));
+            }
+        }
         Ok(())
     }
 }
@@ -764,6 +790,22 @@ mod tests {
                 ip.is_private(),
                 "{key} = {listen}: a private interface, not every interface or a public one"
             );
+        }
+    }
+
+    #[test]
+    fn producer_id_expiration_is_positive_and_fits_kafkas_int() {
+        for key in [
+            "producer_id_expiration_ms",
+            "producer_id_expiration_check_interval_ms",
+        ] {
+            for bad in [0, KAFKA_INT_MAX + 1] {
+                let config = Config::parse(&format!("[storage]\n{key} = {bad}\n")).unwrap();
+                let error = config.validate().unwrap_err().to_string();
+                assert!(error.contains(key), "{key} = {bad}: {error}");
+            }
+            let config = Config::parse(&format!("[storage]\n{key} = {KAFKA_INT_MAX}\n")).unwrap();
+            config.validate().unwrap();
         }
     }
 
