@@ -15,7 +15,13 @@ use crate::telemetry::storage::{Deletion, StoreMetrics};
 impl ShardStore {
     pub(super) async fn run_retention(self: Rc<Self>) {
         let retention = self.options.retention.clone();
+        let producers_interval = Duration::from_millis(
+            self.options
+                .storage
+                .producer_id_expiration_check_interval_ms,
+        );
         let mut last_run = Instant::now();
+        let mut last_producers_run = Instant::now();
         loop {
             compio::time::sleep(Duration::from_millis(retention.disk_check_interval_ms)).await;
             let pressure = self.check_disk();
@@ -24,7 +30,33 @@ impl ShardStore {
                 self.enforce_retention(segment::now_ms());
                 last_run = Instant::now();
             }
+            if last_producers_run.elapsed() >= producers_interval {
+                self.expire_producers(segment::now_ms());
+                last_producers_run = Instant::now();
+            }
         }
+    }
+
+    /// Forget, on every partition, the idempotent producers whose newest
+    /// batch's timestamp is `storage.producer_id_expiration_ms` or more
+    /// before `now_ms` (design 2.5, Kafka's `producer.id.expiration.ms`);
+    /// their next batch is accepted as a new producer's. Returns how many
+    /// entries were removed. Only the in-memory state changes: the next
+    /// producer snapshot leaves them out, and a restart that replays them
+    /// from the log expires them again at the next check.
+    pub fn expire_producers(&self, now_ms: u64) -> usize {
+        let expiration_ms = self.options.storage.producer_id_expiration_ms;
+        let now_ms = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let expiration_ms = i64::try_from(expiration_ms).unwrap_or(i64::MAX);
+        let mut state = self.state.borrow_mut();
+        let mut removed = 0;
+        for partition in state.partitions.values_mut() {
+            removed += partition.producers.expire(now_ms, expiration_ms);
+        }
+        if removed > 0 {
+            tracing::debug!(shard = %self.options.shard, removed, "expired idle producers");
+        }
+        removed
     }
 
     /// Sample disk usage and update the guard state; returns the pressure.

@@ -20,9 +20,12 @@ use crate::support;
 const PRODUCER: i64 = 4242;
 const EPOCH: i16 = 3;
 
+/// The timestamp of every record [`producer_batch`] builds.
+const BATCH_TIMESTAMP_MS: u64 = 1_700_000_000_000;
+
 /// A batch of `records` records from [`PRODUCER`] at `EPOCH`.
 fn producer_batch(base_sequence: i32, records: usize) -> Vec<u8> {
-    let mut builder = BatchBuilder::new(1_700_000_000_000);
+    let mut builder = BatchBuilder::new(BATCH_TIMESTAMP_MS as i64);
     builder.producer(PRODUCER, EPOCH, base_sequence);
     for index in 0..records {
         let value = format!("seq-{}", base_sequence as usize + index);
@@ -381,6 +384,60 @@ fn periodic_producer_snapshot_is_written_only_once_the_log_is_durable_there() {
         assert_eq!(
             file.file_name().and_then(|name| name.to_str()),
             Some(expected.as_str())
+        );
+        support::shutdown(&store).await;
+    });
+}
+
+/// Issue 13, design 2.5: a producer whose newest batch is
+/// `storage.producer_id_expiration_ms` old is forgotten, so its next batch is
+/// accepted at any sequence (KIP-360); one replayed after a restart expires
+/// again.
+#[test]
+fn producer_idle_for_the_expiration_is_forgotten_and_again_after_a_restart() {
+    let expiration_ms = sluice::config::StorageConfig::default().producer_id_expiration_ms;
+    let expired_at = BATCH_TIMESTAMP_MS + expiration_ms;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = support::runtime(IoBackend::Epoll);
+    let id = runtime.block_on(async {
+        let store = support::open(dir.path(), WriteMode::Direct, IoBackend::Epoll);
+        let id = support::create(&store, "idempotent", 0);
+        append(&store, id, &producer_batch(0, 2))
+            .await
+            .expect("first");
+        assert_eq!(store.expire_producers(expired_at - 1), 0);
+        let gap = append(&store, id, &producer_batch(10, 1)).await;
+        assert!(
+            matches!(
+                gap,
+                Err(AppendError::Producer(
+                    ProducerError::OutOfOrderSequence { .. }
+                ))
+            ),
+            "{gap:?}"
+        );
+        assert_eq!(store.expire_producers(expired_at), 1);
+        assert_eq!(
+            append(&store, id, &producer_batch(10, 1))
+                .await
+                .expect("accepted as an unknown producer"),
+            (Offset(2), false)
+        );
+        support::shutdown(&store).await;
+        id
+    });
+    runtime.block_on(async {
+        let store = support::open(dir.path(), WriteMode::Direct, IoBackend::Epoll);
+        // The producer is back from the log (its batch at sequence 10) ...
+        let gap = append(&store, id, &producer_batch(20, 1)).await;
+        assert!(gap.is_err(), "{gap:?}");
+        // ... and expires again at the next check.
+        assert_eq!(store.expire_producers(expired_at), 1);
+        assert_eq!(
+            append(&store, id, &producer_batch(20, 1))
+                .await
+                .expect("accepted as an unknown producer"),
+            (Offset(3), false)
         );
         support::shutdown(&store).await;
     });
