@@ -442,3 +442,37 @@ fn producer_idle_for_the_expiration_is_forgotten_and_again_after_a_restart() {
         support::shutdown(&store).await;
     });
 }
+
+/// Issue 13, design 2.5: the retention task runs the expiry by itself every
+/// `storage.producer_id_expiration_check_interval_ms` (the batches' 2023
+/// timestamps are far more than a day old by the broker's clock).
+#[test]
+fn retention_task_expires_idle_producers_periodically() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = support::runtime(IoBackend::Epoll);
+    runtime.block_on(async {
+        let storage = sluice::config::StorageConfig {
+            producer_id_expiration_check_interval_ms: 1,
+            ..support::small_storage(WriteMode::Direct)
+        };
+        let mut options = support::options(dir.path(), storage, IoBackend::Epoll);
+        options.retention.disk_check_interval_ms = 10;
+        let store = ShardStore::open(options).expect("opened");
+        let id = support::create(&store, "idempotent", 0);
+        append(&store, id, &producer_batch(0, 2))
+            .await
+            .expect("first");
+        let accepted = compio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Ok(stored) = append(&store, id, &producer_batch(10, 1)).await {
+                    return stored;
+                }
+                compio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the retention task expired the producer");
+        assert_eq!(accepted, (Offset(2), false));
+        support::shutdown(&store).await;
+    });
+}
