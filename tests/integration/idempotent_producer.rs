@@ -120,3 +120,42 @@ fn sequence_gap_and_older_epoch_get_kafka_error_codes() {
     drop(wire);
     broker.stop();
 }
+
+/// Issue 13, design 2.5: a producer idle for `storage.producer_id_expiration_ms`
+/// is forgotten by the running broker (its batches' 2023 timestamps are more
+/// than the default day old), so a batch that was a sequence gap is then
+/// accepted as an unknown producer's (KIP-360).
+#[test]
+fn idle_producer_expires_and_its_next_batch_is_accepted_at_any_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("expiry.toml");
+    std::fs::write(
+        &config,
+        "[storage]\nproducer_id_expiration_check_interval_ms = 50\n\
+         [retention]\ndisk_check_interval_ms = 50\n",
+    )
+    .unwrap();
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    kafka_clients::create_topic(&broker.address, TOPIC, 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    assert_eq!(send(&mut wire, &batch(0, 0, 2)), (0, 0));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let accepted = loop {
+        let (error, offset) = send(&mut wire, &batch(0, 10, 1));
+        if error == 0 {
+            break offset;
+        }
+        assert_eq!(error, ResponseError::OutOfOrderSequenceNumber.code());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the producer never expired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(accepted, 2);
+    drop(wire);
+    broker.stop();
+}
