@@ -281,6 +281,29 @@ enum Cut {
 /// high watermark. Panics if a Fetch below the high watermark fails or
 /// returns nothing (a stuck consumer); a torn response panics in the wire
 /// client.
+/// A config file under `dir` with segments of `SMALL_SEGMENT_BYTES`.
+fn small_segments_config(dir: &Path) -> PathBuf {
+    let config = dir.join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\nsegment_bytes = {SMALL_SEGMENT_BYTES}\n"),
+    )
+    .unwrap();
+    config
+}
+
+/// Create `topic` (one partition) and fill it across several segments;
+/// returns the connection that produced.
+fn fill_across_segments(broker: &BrokerProcess, topic: &str) -> Wire {
+    kafka_clients::create_topic(&broker.address, topic, 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    for _ in 0..MIDDLE_BATCHES {
+        let records = batch(MIDDLE_RECORDS, MIDDLE_VALUE_BYTES);
+        assert_eq!(produce_code(&mut wire, topic, 0, records), 0);
+    }
+    wire
+}
+
 fn read_every_batch(wire: &mut Wire, topic: &str, partition: i32) -> (BTreeMap<i64, Vec<u8>>, i64) {
     let mut batches = BTreeMap::new();
     let mut offset = 0;
@@ -325,22 +348,12 @@ fn read_every_batch(wire: &mut Wire, topic: &str, partition: i32) -> (BTreeMap<i
 fn a_middle_segment_cut_below_the_checkpoint(cut: Cut) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!("[storage]\nsegment_bytes = {SMALL_SEGMENT_BYTES}\n"),
-    )
-    .unwrap();
+    let config = small_segments_config(dir.path());
     let extra = ["--config", config.to_str().unwrap()];
     let topic = "midcut";
     let shard = owner(topic, 0, SHARDS).0;
     let broker = BrokerProcess::start(&data, &extra);
-    kafka_clients::create_topic(&broker.address, topic, 1, &[]);
-    let mut wire = Wire::connect(&broker.address);
-    for _ in 0..MIDDLE_BATCHES {
-        let records = batch(MIDDLE_RECORDS, MIDDLE_VALUE_BYTES);
-        assert_eq!(produce_code(&mut wire, topic, 0, records), 0);
-    }
+    let mut wire = fill_across_segments(&broker, topic);
     let (before, high_watermark) = read_every_batch(&mut wire, topic, 0);
     assert_eq!(high_watermark, MIDDLE_BATCHES * MIDDLE_RECORDS as i64);
     assert_eq!(broker.stop().code(), Some(0));
@@ -470,22 +483,12 @@ fn a_middle_segment_cut_inside_a_batch_refuses_the_start_and_after_the_operator_
 fn a_segment_cut_under_a_running_broker_gets_a_storage_error_never_a_torn_response() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!("[storage]\nsegment_bytes = {SMALL_SEGMENT_BYTES}\n"),
-    )
-    .unwrap();
+    let config = small_segments_config(dir.path());
     let extra = ["--config", config.to_str().unwrap()];
     let topic = "livecut";
     let shard = owner(topic, 0, SHARDS).0;
     let broker = BrokerProcess::start(&data, &extra);
-    kafka_clients::create_topic(&broker.address, topic, 1, &[]);
-    let mut wire = Wire::connect(&broker.address);
-    for _ in 0..MIDDLE_BATCHES {
-        let records = batch(MIDDLE_RECORDS, MIDDLE_VALUE_BYTES);
-        assert_eq!(produce_code(&mut wire, topic, 0, records), 0);
-    }
+    let mut wire = fill_across_segments(&broker, topic);
     let (before, _) = read_every_batch(&mut wire, topic, 0);
     let log_dir = data.join(format!("shard-{shard}/log"));
     let mut segments: Vec<PathBuf> = std::fs::read_dir(&log_dir)
