@@ -4,12 +4,14 @@
 mod broker_process;
 mod kafka_clients;
 mod support;
+mod test_clients;
 mod wire;
 
 mod consumer_groups;
 mod crash;
 mod damaged_data_dir;
 mod disk_faults;
+mod eos_clients;
 mod group_protocol;
 mod hardening_decoder;
 mod idempotent_producer;

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Installs the real Kafka clients that tests/integration/eos_clients.rs drives
+# against the sluice binary (issue 13):
+#   target/test-clients/venv           Python venv with tests/clients/requirements.txt
+#                                      (kafka-python, confluent-kafka, aiokafka; exact pins)
+#   tests/clients/node/node_modules    `npm ci` of tests/clients/node/package-lock.json (kafkajs)
+# Idempotent: a marker records what was installed (the pin files and the
+# python and node versions); when it matches, the script does nothing.
+# Needs python3 (3.8+, with venv and pip), node and npm, and PyPI and the npm
+# registry. Run by .ci/run before `cargo test`, and by the tests themselves.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+clients="$root/tests/clients"
+install_dir="$root/target/test-clients"
+venv="$install_dir/venv"
+node_dir="$clients/node"
+marker="$install_dir/installed"
+python="${PYTHON:-python3}"
+
+say() { echo "install-test-clients: $*"; }
+fail() {
+  echo "install-test-clients: $*" >&2
+  exit 1
+}
+
+command -v "$python" >/dev/null 2>&1 || fail "$python is missing (CPython 3.8+ with venv and pip is needed)"
+command -v node >/dev/null 2>&1 || fail "node is missing (Node.js 14+ is needed for kafkajs)"
+command -v npm >/dev/null 2>&1 || fail "npm is missing (it comes with Node.js)"
+
+fingerprint() {
+  {
+    "$python" --version 2>&1
+    node --version
+    cat "$clients/requirements.txt" "$node_dir/package.json" "$node_dir/package-lock.json"
+  } | sha256sum | cut -d' ' -f1
+}
+
+installed() {
+  [ -f "$marker" ] && [ "$(cat "$marker")" = "$1" ] &&
+    [ -x "$venv/bin/python" ] && [ -f "$node_dir/node_modules/kafkajs/package.json" ]
+}
+
+want="$(fingerprint)"
+if installed "$want"; then
+  say "up to date ($venv, $node_dir/node_modules)"
+  exit 0
+fi
+
+mkdir -p "$install_dir"
+# Test processes (nextest runs one per test) may start this at once: one installs.
+exec 9>"$install_dir/.lock"
+flock 9
+if installed "$want"; then
+  say "installed meanwhile by another run"
+  exit 0
+fi
+rm -f "$marker"
+
+say "creating $venv with $("$python" --version 2>&1)"
+rm -rf "$venv"
+"$python" -m venv "$venv" || fail "could not create the venv (Debian: apt-get install python3-venv)"
+say "installing $(grep -v -e '^#' -e '^$' "$clients/requirements.txt" | tr '\n' ' ')"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+  -r "$clients/requirements.txt" || fail "pip install failed (is PyPI reachable?)"
+
+say "installing kafkajs from $node_dir/package-lock.json with npm ci"
+(cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error) ||
+  fail "npm ci failed (is the npm registry reachable?)"
+
+echo "$want" >"$marker"
+say "done: $venv and $node_dir/node_modules"
