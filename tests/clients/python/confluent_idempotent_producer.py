@@ -85,7 +85,8 @@ def main():
                 next_sequence[partition] += 1
                 sent += 1
                 producer.produce(topic, value=value.encode(), partition=partition, on_delivery=on_delivery)
-            producer.poll(TICK_SECONDS)
+            producer.poll(0)
+            time.sleep(TICK_SECONDS)
         remaining = producer.flush(FLUSH_SECONDS)
         report["sent"] = sent
         if remaining:
