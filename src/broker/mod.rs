@@ -7,7 +7,9 @@
 //! crash completes at the next start.
 
 pub mod group;
+pub mod internal_log;
 pub mod metadata;
+pub mod producer_ids;
 pub mod topic_config;
 
 use crate::log_throttle::{LogThrottle, monotonic_ms};
@@ -78,7 +80,13 @@ impl Broker {
             message_max_bytes: config.storage.message_max_bytes,
         };
         let metadata = MetadataStore::open(&config.data_dir, defaults, limits)?;
-        ensure_offsets_topic(&metadata, config.groups.offsets_topic_partitions)?;
+        ensure_internal_topic(
+            &metadata,
+            group::OFFSETS_TOPIC,
+            config.groups.offsets_topic_partitions,
+            "groups.offsets_topic_partitions",
+        )?;
+        ensure_internal_topic(&metadata, producer_ids::PRODUCER_IDS_TOPIC, 1, "")?;
         Ok(Broker {
             config,
             metadata,
@@ -350,18 +358,25 @@ pub fn reconcile_shard(context: &ShardContext, broker: &Broker) -> Result<(), To
     Ok(())
 }
 
-/// Create `__consumer_offsets` in the metadata if it is missing (its
+/// Create the internal topic `name` in the metadata if it is missing (its
 /// partitions are created by each shard's reconcile). Its records are
-/// compacted by the coordinator's snapshots, so time and size retention are
-/// off. The partition count is fixed once the topic exists.
-fn ensure_offsets_topic(metadata: &MetadataStore, partitions: u32) -> Result<(), MetadataError> {
-    if let Some(topic) = metadata.snapshot().topic(group::OFFSETS_TOPIC) {
+/// compacted by the service that writes them (copy-forward snapshots, or a
+/// newest record that states everything), so time and size retention are
+/// off. The partition count is fixed once the topic exists: a key's
+/// partition must not move. `setting` names the setting that chose
+/// `partitions` (empty for a fixed count).
+fn ensure_internal_topic(
+    metadata: &MetadataStore,
+    name: &'static str,
+    partitions: u32,
+    setting: &str,
+) -> Result<(), MetadataError> {
+    if let Some(topic) = metadata.snapshot().topic(name) {
         if topic.partitions != partitions {
             tracing::warn!(
                 existing = topic.partitions,
                 configured = partitions,
-                "groups.offsets_topic_partitions differs from the existing {}; keeping {} (a group's partition must not move)",
-                group::OFFSETS_TOPIC,
+                "{setting} differs from the existing {name}; keeping {} (a key's partition must not move)",
                 topic.partitions
             );
         }
@@ -372,23 +387,27 @@ fn ensure_offsets_topic(metadata: &MetadataStore, partitions: u32) -> Result<(),
         (topic_config::RETENTION_BYTES.to_owned(), "-1".to_owned()),
     ]);
     let topic = metadata
-        .new_topic(group::OFFSETS_TOPIC, partitions, overrides)
+        .new_topic(name, partitions, overrides)
         .map_err(|source| MetadataError::InvalidBuiltIn {
-            topic: group::OFFSETS_TOPIC,
+            topic: name,
             source,
         })?;
     metadata.update(|cluster| {
-        cluster
-            .topics
-            .insert(group::OFFSETS_TOPIC.to_owned(), Arc::new(topic));
+        cluster.topics.insert(name.to_owned(), Arc::new(topic));
         Ok::<(), MetadataError>(())
     })??;
-    tracing::info!(partitions, "created {}", group::OFFSETS_TOPIC);
+    tracing::info!(partitions, "created {name}");
     Ok(())
 }
 
+/// Topics only the broker writes: clients may read them, never produce to,
+/// delete or change them.
+pub fn is_internal_topic(name: &str) -> bool {
+    name == group::OFFSETS_TOPIC || name == producer_ids::PRODUCER_IDS_TOPIC
+}
+
 fn refuse_internal(name: &str) -> Result<(), TopicError> {
-    if group::is_internal_topic(name) {
+    if is_internal_topic(name) {
         return Err(TopicError::Internal(name.to_owned()));
     }
     Ok(())

@@ -330,6 +330,7 @@ pub fn with_request_type<V: WithRequestType>(key: ApiKey, visitor: V) -> Option<
         ApiKey::ListGroups => visitor.call::<ListGroupsRequest>(),
         ApiKey::DescribeGroups => visitor.call::<DescribeGroupsRequest>(),
         ApiKey::DeleteGroups => visitor.call::<DeleteGroupsRequest>(),
+        ApiKey::InitProducerId => visitor.call::<InitProducerIdRequest>(),
         _ => return None,
     })
 }

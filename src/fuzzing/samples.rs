@@ -279,6 +279,12 @@ pub fn sample_request(
         ApiKey::DeleteGroups => DeleteGroupsRequest::default()
             .with_groups_names(vec![group("g")])
             .encode(out, version),
+        ApiKey::InitProducerId => InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+            .encode(out, version),
         other => anyhow::bail!("no sample request for {other:?}"),
     }
 }

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::broker::group::coordinator::Coordinator;
 use crate::broker::group::coordinator_error::CoordinatorStartError;
+use crate::broker::producer_ids::{ProducerIdAllocator, ProducerIdsStartError};
 use crate::broker::{Broker, TopicError, reconcile_shard};
 use crate::ids::ShardId;
 use crate::io::IoBackend;
@@ -49,6 +50,11 @@ pub enum KafkaStartError {
     Coordinator {
         #[source]
         source: CoordinatorStartError,
+    },
+    #[error("cannot start the producer-id allocator: {source}")]
+    ProducerIds {
+        #[source]
+        source: ProducerIdsStartError,
     },
     /// Each shard takes its own socket once; a second start is a bug.
     #[error("no listening socket for {shard}")]
@@ -98,6 +104,8 @@ impl ShardService for KafkaService {
             .map_err(|source| KafkaStartError::Reconcile { source })?;
         let group_timers = Coordinator::start(context, &self.broker)
             .map_err(|source| KafkaStartError::Coordinator { source })?;
+        let producer_ids = ProducerIdAllocator::start(context, &self.broker)
+            .map_err(|source| KafkaStartError::ProducerIds { source })?;
         let socket = self
             .listeners
             .lock()
@@ -124,6 +132,7 @@ impl ShardService for KafkaService {
             group_timers,
             compio::runtime::spawn(refresh),
         ];
+        tasks.extend(producer_ids);
         if context.id.0 == 0 {
             let limit = self.broker.config.kafka.connections_max;
             tasks.push(compio::runtime::spawn(report_refusals(limit)));

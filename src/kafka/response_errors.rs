@@ -9,10 +9,10 @@
 use kafka_protocol::messages::{
     ApiVersionsResponse, CreatePartitionsResponse, CreateTopicsResponse, DeleteGroupsResponse,
     DeleteTopicsResponse, DescribeClusterResponse, DescribeConfigsResponse, DescribeGroupsResponse,
-    FindCoordinatorResponse, HeartbeatResponse, IncrementalAlterConfigsResponse, JoinGroupResponse,
-    LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse, MetadataResponse,
-    OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse,
-    SyncGroupResponse,
+    FindCoordinatorResponse, HeartbeatResponse, IncrementalAlterConfigsResponse,
+    InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse,
+    ListOffsetsResponse, MetadataResponse, OffsetCommitResponse, OffsetDeleteResponse,
+    OffsetFetchResponse, ProduceResponse, SyncGroupResponse,
 };
 
 /// Visit every error code in a response (zeros included; the caller skips them).
@@ -37,6 +37,7 @@ top_level!(
     JoinGroupResponse,
     SyncGroupResponse,
     HeartbeatResponse,
+    InitProducerIdResponse,
     ListGroupsResponse
 );
 

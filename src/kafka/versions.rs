@@ -2,8 +2,10 @@
 //! advertises, and what the dispatcher accepts.
 //!
 //! Ranges stop before versions that require topic ids in place of names
-//! (Fetch 13+, Produce 13), transactions or features Sluice does not have, so
-//! every advertised version is fully served. librdkafka 2.0.2 (Debian) and
+//! (Fetch 13+, Produce 13), transactions (InitProducerId serves idempotent
+//! producers; InitProducerId 5 and the transaction APIs come with the
+//! transaction coordinator) or features Sluice does not have, so every
+//! advertised version is fully served. librdkafka 2.0.2 (Debian) and
 //! current clients negotiate within these ranges.
 
 use kafka_protocol::messages::ApiKey;
@@ -20,6 +22,11 @@ pub const SUPPORTED: &[Supported] = &[
         key: ApiKey::Produce,
         min: 3,
         max: 9,
+    },
+    Supported {
+        key: ApiKey::InitProducerId,
+        min: 0,
+        max: 4,
     },
     Supported {
         key: ApiKey::Fetch,
@@ -169,6 +176,7 @@ mod tests {
             ApiKey::ListGroups => ListGroupsRequest::VERSIONS,
             ApiKey::DescribeGroups => DescribeGroupsRequest::VERSIONS,
             ApiKey::DeleteGroups => DeleteGroupsRequest::VERSIONS,
+            ApiKey::InitProducerId => InitProducerIdRequest::VERSIONS,
             other => panic!("no codec listed for {other:?}"),
         };
         for entry in SUPPORTED {

@@ -490,6 +490,18 @@ impl ShardStore {
         Ok(())
     }
 
+    /// The largest producer id in any partition's producer state on this
+    /// shard (what recovery rebuilt from the log, plus what was appended
+    /// since), or `None` when no idempotent producer wrote here.
+    pub fn largest_producer_id(&self) -> Option<i64> {
+        let state = self.state.borrow();
+        state
+            .partitions
+            .values()
+            .flat_map(|partition| partition.producers.entries().map(|(id, _)| id))
+            .max()
+    }
+
     pub fn offsets(&self, id: PartitionId) -> Option<PartitionOffsets> {
         let state = self.state.borrow();
         state.partitions.get(&id).map(|partition| PartitionOffsets {

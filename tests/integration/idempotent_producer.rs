@@ -1,12 +1,16 @@
-//! Idempotent Produce on the raw wire against the real binary (issue 13,
-//! step 1). InitProducerId is not served yet, so the batches carry producer
-//! ids picked by hand, as a client stamps them after InitProducerId.
+//! Idempotent producers against the real binary (issue 13): InitProducerId
+//! and idempotent Produce on the raw wire (most batches carry a producer id
+//! picked by hand, as a client stamps them after InitProducerId), and
+//! librdkafka's idempotent producer end to end.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
-use kafka_protocol::messages::{ProduceRequest, TopicName};
+use kafka_protocol::messages::{
+    ApiVersionsRequest, DeleteTopicsRequest, InitProducerIdRequest, ListOffsetsRequest,
+    ProduceRequest, ProducerId, TopicName, TransactionalId,
+};
 use kafka_protocol::protocol::StrBytes;
 use sluice::record_batch::{BatchBuilder, RecordSpec, assemble};
 
@@ -72,6 +76,14 @@ fn retried_batch_gets_its_original_offset_and_is_stored_once_even_after_kill_9()
     assert_eq!(send(&mut wire, &second), (0, 2));
     // Stored once: the next batch follows the two originals directly.
     assert_eq!(send(&mut wire, &batch(0, 3, 1)), (0, 3));
+    // The hand-picked id was never allocated: the allocator, finding it in
+    // the log, hands out ids past it (design section 1, belt and braces).
+    let (error, allocated, _) = init_producer_id(&mut wire, 4, &idempotent_init());
+    assert_eq!(error, 0);
+    assert!(
+        allocated > PRODUCER,
+        "allocated {allocated}, in use {PRODUCER}"
+    );
     drop(wire);
     broker.kill9();
 
@@ -157,5 +169,187 @@ fn idle_producer_expires_and_its_next_batch_is_accepted_at_any_sequence() {
     };
     assert_eq!(accepted, 2);
     drop(wire);
+    broker.stop();
+}
+
+fn init_producer_id(
+    wire: &mut Wire,
+    version: i16,
+    request: &InitProducerIdRequest,
+) -> (i16, i64, i16) {
+    let response = wire.call(version, request);
+    (
+        response.error_code,
+        response.producer_id.0,
+        response.producer_epoch,
+    )
+}
+
+fn idempotent_init() -> InitProducerIdRequest {
+    InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1)
+}
+
+/// (log start, next offset) of `__producer_ids-0`.
+fn producer_ids_offsets(wire: &mut Wire) -> (i64, i64) {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    let at = |wire: &mut Wire, timestamp: i64| {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![
+                ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("__producer_ids")))
+                    .with_partitions(vec![
+                        ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_timestamp(timestamp),
+                    ]),
+            ]);
+        let mut response = wire.call(5, &request);
+        let partition = response.topics.remove(0).partitions.remove(0);
+        assert_eq!(partition.error_code, 0);
+        partition.offset
+    };
+    (at(wire, -2), at(wire, -1))
+}
+
+/// Issue 13, design section 1: every InitProducerId version a client sends
+/// gets a new producer id and epoch 0; ids come from durable blocks, so
+/// after kill -9 every id handed out is past every id handed out before,
+/// and the allocator's log keeps only its newest record.
+#[test]
+fn init_producer_id_never_hands_out_an_id_twice_even_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let advertised = wire.call(3, &ApiVersionsRequest::default());
+    let entry = advertised
+        .api_keys
+        .iter()
+        .find(|entry| entry.api_key == 22)
+        .expect("InitProducerId is advertised");
+    assert_eq!((entry.min_version, entry.max_version), (0, 4));
+
+    let mut before = Vec::new();
+    for version in 0..=4 {
+        let (error, id, epoch) = init_producer_id(&mut wire, version, &idempotent_init());
+        assert_eq!((error, epoch), (0, 0), "InitProducerId v{version}");
+        before.push(id);
+    }
+    // A KIP-360 bump of a non-transactional producer gets a fresh id too.
+    let bump = idempotent_init()
+        .with_producer_id(ProducerId(before[4]))
+        .with_producer_epoch(0);
+    let (error, id, epoch) = init_producer_id(&mut wire, 4, &bump);
+    assert_eq!((error, epoch), (0, 0));
+    before.push(id);
+    // Past one block of 1000 on this connection's shard.
+    for _ in 0..1500 {
+        before.push(init_producer_id(&mut wire, 1, &idempotent_init()).1);
+    }
+    let mut sorted = before.clone();
+    sorted.dedup();
+    assert_eq!(sorted.len(), before.len(), "ids are unique");
+    assert!(
+        before.windows(2).all(|pair| pair[0] < pair[1]),
+        "one shard hands out its ids in increasing order"
+    );
+    let (log_start, next) = producer_ids_offsets(&mut wire);
+    assert!(
+        next >= 2,
+        "at least two blocks were stored, next offset {next}"
+    );
+    assert_eq!(
+        log_start,
+        next - 1,
+        "the newest block record states everything: the older ones are released"
+    );
+    drop(wire);
+    broker.kill9();
+
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let largest_before = *before.iter().max().unwrap();
+    for _ in 0..4 {
+        let mut wire = Wire::connect(&broker.address);
+        for _ in 0..20 {
+            let (error, id, _) = init_producer_id(&mut wire, 4, &idempotent_init());
+            assert_eq!(error, 0);
+            assert!(
+                id > largest_before,
+                "id {id} after kill -9 is not past {largest_before}, the largest handed out before"
+            );
+        }
+    }
+    broker.stop();
+}
+
+/// Issue 13: Kafka's request rules for InitProducerId; a transactional id
+/// is refused until the transaction coordinator exists (step 4). The
+/// allocator's topic is internal.
+#[test]
+fn init_producer_id_refuses_half_given_ids_and_transactional_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let invalid = ResponseError::InvalidRequest.code();
+    let id_without_epoch = idempotent_init().with_producer_id(ProducerId(5));
+    assert_eq!(
+        init_producer_id(&mut wire, 3, &id_without_epoch),
+        (invalid, -1, -1)
+    );
+    let epoch_without_id = idempotent_init().with_producer_epoch(2);
+    assert_eq!(
+        init_producer_id(&mut wire, 3, &epoch_without_id),
+        (invalid, -1, -1)
+    );
+    let transactional = idempotent_init()
+        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("txn-1"))));
+    assert_eq!(
+        init_producer_id(&mut wire, 4, &transactional),
+        (invalid, -1, -1)
+    );
+    assert!(broker.wait_for_log("refusing InitProducerId for a transactional producer"));
+
+    let delete = DeleteTopicsRequest::default()
+        .with_topic_names(vec![TopicName(StrBytes::from_static_str("__producer_ids"))])
+        .with_timeout_ms(5_000);
+    let response = wire.call(4, &delete);
+    assert_ne!(
+        response.responses[0].error_code, 0,
+        "an internal topic cannot be deleted"
+    );
+    drop(wire);
+    broker.stop();
+}
+
+/// Issue 13: librdkafka's idempotent producer (what confluent-kafka, kcat
+/// and Quix Streams use) gets its id, and a retried batch is stored once:
+/// every record is read back exactly once.
+#[test]
+fn librdkafka_idempotent_producer_stores_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    kafka_clients::create_topic(&broker.address, TOPIC, 3, &[]);
+    let (producer, acks) =
+        kafka_clients::producer(&broker.address, &[("enable.idempotence", "true")]);
+    let sent: Vec<String> = (0..3000).map(|index| format!("value-{index}")).collect();
+    for (index, value) in sent.iter().enumerate() {
+        let partition = Some((index % 3) as i32);
+        kafka_clients::send(&producer, TOPIC, partition, None, value.as_bytes(), &[]);
+    }
+    let delivered = kafka_clients::flush(&producer, &acks);
+    assert_eq!(delivered.len(), sent.len(), "every record acknowledged");
+    assert!(broker.log_contains("allocated a producer-id block"));
+    let mut read: Vec<String> = kafka_clients::consume(&broker.address, TOPIC, 3, 0, sent.len())
+        .into_iter()
+        .map(|record| String::from_utf8(record.payload).unwrap())
+        .collect();
+    read.sort();
+    let mut expected = sent.clone();
+    expected.sort();
+    assert_eq!(read, expected, "every record exactly once");
     broker.stop();
 }

@@ -535,7 +535,7 @@ fn poison_batches_already_on_disk_do_not_stop_a_restart_or_lookups_by_time() {
     );
 
     let broker = BrokerProcess::start(dir.path(), &[]);
-    assert!(broker.wait_for_log("skipping the rest of an unreadable offsets batch"));
+    assert!(broker.wait_for_log("skipping the rest of an unreadable internal batch"));
     let address = &broker.address;
     assert_eq!(
         kafka_clients::high_watermarks(address, "timeline", 1),

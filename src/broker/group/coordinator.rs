@@ -31,8 +31,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use std::ops::ControlFlow;
-
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
@@ -44,12 +42,10 @@ use super::membership::{
 };
 use super::offsets::{CommittedOffset, OffsetRecord, RECORD_STRING_BYTES_MAX, TopicPartition};
 use crate::broker::Broker;
+use crate::broker::internal_log;
 use crate::ids::{Offset, PartitionId};
 use crate::log_throttle::{LogThrottle, monotonic_ms};
-use crate::record_batch::record_walk::Field;
-use crate::record_batch::{
-    self, BatchBuilder, BatchHeader, HEADER_BYTES, RecordSpec, ValidatedBatch,
-};
+use crate::record_batch::{HEADER_BYTES, ValidatedBatch};
 use crate::shard::ShardContext;
 use crate::storage::{AppendError, Durability};
 
@@ -78,8 +74,6 @@ const RECORDS_PER_BATCH_MAX: usize = 100;
 /// length, attributes, timestamp and offset deltas (varints), key and value
 /// lengths, and header count.
 const RECORD_FRAMING_BYTES_MAX: usize = 5 + 1 + 10 + 5 + 5 + 5 + 1;
-/// Read size while replaying an offsets partition.
-const REPLAY_READ_BYTES: u64 = 1 << 20;
 
 thread_local! {
     static LOCAL: RefCell<Option<Rc<Coordinator>>> = const { RefCell::new(None) };
@@ -237,101 +231,27 @@ impl Coordinator {
     }
 
     fn replay_partition(&self, index: u32, id: PartitionId) -> Result<u64, CoordinatorStartError> {
-        let store = &self.context.store;
-        let Some(offsets) = store.offsets(id) else {
-            return Ok(0);
-        };
-        let mut next = offsets.log_start_offset;
-        let mut records = 0;
-        while next < offsets.high_watermark {
-            let read = store.read(id, next, REPLAY_READ_BYTES).map_err(|source| {
-                CoordinatorStartError::Read {
-                    index,
-                    offset: next,
-                    source,
-                }
-            })?;
-            if read.batches.is_empty() {
-                break;
-            }
-            for batch in &read.batches {
-                let bytes = crate::storage::read_batch_bytes(batch).map_err(|source| {
-                    CoordinatorStartError::ReadBatch {
-                        index,
-                        offset: batch.base_offset,
-                        source,
-                    }
-                })?;
-                records += self.replay_batch(index, &bytes);
-                next = Offset(batch.last_offset.0 + 1);
-            }
-        }
-        Ok(records)
-    }
-
-    /// Apply the offset changes of one stored batch. A batch that cannot be
-    /// walked (damaged, or not written by this broker) is skipped with a
-    /// warning after the records before the fault; a compressed one is
-    /// skipped whole, since this broker writes offsets uncompressed.
-    fn replay_batch(&self, index: u32, bytes: &[u8]) -> u64 {
-        let Ok(header) = BatchHeader::parse(bytes) else {
-            tracing::warn!(
-                partition = index,
-                "skipping an offsets batch shorter than its header"
-            );
-            return 0;
-        };
         let limit = self
             .broker
             .config
             .storage
             .stored_batch_limits()
             .decompressed_max_bytes;
-        let mut applied = 0;
-        let mut compressed = false;
-        let walked = record_batch::walk_records(bytes, limit, |record| {
-            let offset = header.base_offset + i64::from(record.index);
-            let key = match record.key {
-                Field::Bytes(key) => key,
-                Field::Null => return ControlFlow::Continue(()),
-                Field::Skipped(_) => {
-                    compressed = true;
-                    return ControlFlow::Break(());
-                }
-            };
-            let value = match record.value {
-                Field::Bytes(value) => Some(value),
-                Field::Null | Field::Skipped(_) => None,
-            };
-            match OffsetRecord::decode(key, value) {
+        let label = format!("{OFFSETS_TOPIC}-{index}");
+        internal_log::replay(&self.context.store, id, &label, limit, |record| {
+            match OffsetRecord::decode(record.key, record.value) {
                 Ok(Some(change)) => {
                     self.apply(change, Instant::now());
-                    applied += 1;
+                    true
                 }
-                Ok(None) => {}
+                Ok(None) => false,
                 Err(error) => {
-                    tracing::warn!(partition = index, offset, %error, "skipping a bad offset record");
+                    tracing::warn!(partition = index, offset = record.offset.0, %error, "skipping a bad offset record");
+                    false
                 }
             }
-            ControlFlow::Continue(())
-        });
-        if compressed {
-            tracing::warn!(
-                partition = index,
-                offset = header.base_offset,
-                "skipping a compressed offsets batch: this broker writes offsets uncompressed"
-            );
-        }
-        if let Err(error) = walked {
-            tracing::warn!(
-                partition = index,
-                offset = header.base_offset,
-                %error,
-                applied,
-                "skipping the rest of an unreadable offsets batch"
-            );
-        }
-        applied
+        })
+        .map_err(|source| CoordinatorStartError::Replay { index, source })
     }
 
     fn apply(&self, change: OffsetRecord, now: Instant) {
@@ -462,20 +382,16 @@ fn batch_chunks(
 }
 
 fn encode_batch(chunk: &[OffsetRecord]) -> Vec<u8> {
-    let now = now_ms();
     let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = chunk
         .iter()
         .map(|change| (change.encode_key(), change.encode_value()))
         .collect();
-    let mut builder = BatchBuilder::new(now);
-    for (key, value) in &encoded {
-        builder.push(RecordSpec {
-            key: Some(key),
-            value: value.as_deref(),
-            timestamp_delta_ms: 0,
-        });
-    }
-    builder.build()
+    internal_log::encode_batch(
+        encoded
+            .iter()
+            .map(|(key, value)| (key.as_slice(), value.as_deref())),
+        now_ms(),
+    )
 }
 
 pub fn now_ms() -> i64 {

@@ -7,9 +7,10 @@
 use thiserror::Error;
 
 use super::OFFSETS_TOPIC;
+use crate::broker::internal_log::ReplayError;
 use crate::ids::Offset;
 use crate::record_batch::BatchError;
-use crate::storage::{AppendError, PartitionError, ReadError};
+use crate::storage::{AppendError, PartitionError};
 
 /// Why a shard's coordinator could not start; the shard does not start
 /// either (the broker would answer for groups it cannot see).
@@ -25,19 +26,11 @@ pub enum CoordinatorStartError {
          metadata before the coordinator starts: a bug)"
     )]
     NoStorage { index: u32 },
-    #[error("cannot read {OFFSETS_TOPIC}-{index} from offset {offset}: {source}")]
-    Read {
+    #[error("cannot replay {OFFSETS_TOPIC}-{index}: {source}")]
+    Replay {
         index: u32,
-        offset: Offset,
         #[source]
-        source: ReadError,
-    },
-    #[error("cannot read the {OFFSETS_TOPIC}-{index} batch at offset {offset}: {source}")]
-    ReadBatch {
-        index: u32,
-        offset: Offset,
-        #[source]
-        source: std::io::Error,
+        source: ReplayError,
     },
 }
 

@@ -22,11 +22,6 @@ use crate::shard::Shards;
 /// produce to it, delete it or change it.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
-/// Topics only the broker writes.
-pub fn is_internal_topic(name: &str) -> bool {
-    name == OFFSETS_TOPIC
-}
-
 /// Partitions of `__consumer_offsets` (created at broker start).
 pub fn offsets_topic_partitions(broker: &super::Broker) -> u32 {
     broker

@@ -117,7 +117,7 @@ pub fn topic_response(node: BrokerId, topic: &Arc<TopicMeta>) -> MetadataRespons
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(&topic.name))))
         .with_topic_id(uuid::Uuid::from_bytes(topic.id.0))
-        .with_is_internal(crate::broker::group::is_internal_topic(&topic.name))
+        .with_is_internal(crate::broker::is_internal_topic(&topic.name))
         .with_partitions(partitions)
         .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_UNKNOWN)
 }

@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
 pub mod incremental_alter_configs;
+pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
@@ -39,6 +40,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         ApiKey::ApiVersions => api_versions::handle(request).map(Some),
         ApiKey::Metadata => metadata::handle(request, body).await.map(Some),
         ApiKey::Produce => produce::handle(request, body).await,
+        ApiKey::InitProducerId => init_producer_id::handle(request, body).await.map(Some),
         ApiKey::Fetch => fetch::handle(request, body).await.map(Some),
         ApiKey::ListOffsets => list_offsets::handle(request, body).await.map(Some),
         ApiKey::CreateTopics => create_topics::handle(request, body).await.map(Some),

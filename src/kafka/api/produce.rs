@@ -217,7 +217,7 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
     if let Err(reason) = validate_topic_name(&name) {
         return Outcome::error(ResponseError::InvalidTopicException.code(), reason);
     }
-    if crate::broker::group::is_internal_topic(&name) {
+    if crate::broker::is_internal_topic(&name) {
         return Outcome::error(
             ResponseError::InvalidTopicException.code(),
             format!("{name} is an internal topic: only the broker writes it"),

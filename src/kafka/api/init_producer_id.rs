@@ -1,0 +1,90 @@
+//! InitProducerId (versions 0–4): gives an idempotent producer its producer
+//! id and epoch (KIP-98; v3 adds the producer's current id and epoch for an
+//! epoch bump, KIP-360; v4 may answer PRODUCER_FENCED, KIP-588).
+//!
+//! A request without a transactional id gets a producer id never handed out
+//! before (from this shard's block cache, `broker::producer_ids`) and epoch
+//! 0, whatever id and epoch it sends: as in Kafka, a non-transactional
+//! producer bumping its epoch after an error simply gets a fresh id and its
+//! old state expires. Transactional ids are served once the transaction
+//! coordinator exists (issue 13, step 4); until then they are refused with
+//! INVALID_REQUEST and a log line.
+//!
+//! Errors: INVALID_REQUEST when exactly one of producer id and epoch is -1
+//! (Kafka's rule) or for a transactional id; COORDINATOR_LOAD_IN_PROGRESS
+//! (retriable: clients retry InitProducerId) when no id can be handed out
+//! now, with the cause in the broker's log.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+
+use super::decode;
+use crate::broker::producer_ids::next_producer_id;
+use crate::kafka::dispatch::Request;
+use crate::kafka::request_error::RequestError;
+use crate::kafka::response::Response;
+use crate::log_throttle::{LogThrottle, monotonic_ms};
+
+/// The id and epoch "none" in requests and error responses.
+const NO_PRODUCER_ID: i64 = -1;
+const NO_PRODUCER_EPOCH: i16 = -1;
+
+/// Failed allocations, logged at most 20 times per 10 s: while the disk
+/// refuses appends every producer's retry fails.
+static ALLOCATION_FAILURES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 20);
+/// Refused transactional ids, logged at most once per 10 s.
+static TRANSACTIONAL_REFUSALS: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+
+pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
+    let init: InitProducerIdRequest = decode(request, body)?;
+    let answer = match (
+        &init.transactional_id,
+        init.producer_id.0,
+        init.producer_epoch,
+    ) {
+        (_, NO_PRODUCER_ID, epoch) if epoch != NO_PRODUCER_EPOCH => {
+            Err(ResponseError::InvalidRequest)
+        }
+        (_, id, NO_PRODUCER_EPOCH) if id != NO_PRODUCER_ID => Err(ResponseError::InvalidRequest),
+        (Some(transactional_id), _, _) => {
+            if let Some(refused) = TRANSACTIONAL_REFUSALS.record(monotonic_ms()) {
+                tracing::info!(
+                    peer = %request.peer,
+                    transactional_id = %transactional_id.0,
+                    refused,
+                    "refusing InitProducerId for a transactional producer: transactions are not \
+                     served yet, only idempotent producers (`refused` counts since the last such line)"
+                );
+            }
+            Err(ResponseError::InvalidRequest)
+        }
+        (None, _, _) => match next_producer_id(request.shard).await {
+            Ok(id) => Ok(id),
+            Err(error) => {
+                if let Some(failed) = ALLOCATION_FAILURES.record(monotonic_ms()) {
+                    tracing::warn!(
+                        peer = %request.peer,
+                        %error,
+                        failed,
+                        "cannot hand out a producer id; the producer will retry (`failed` counts \
+                         since the last such line)"
+                    );
+                }
+                Err(ResponseError::CoordinatorLoadInProgress)
+            }
+        },
+    };
+    let response = match answer {
+        Ok(id) => InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(0),
+        Err(error) => InitProducerIdResponse::default()
+            .with_error_code(error.code())
+            .with_producer_id(ProducerId(NO_PRODUCER_ID))
+            .with_producer_epoch(NO_PRODUCER_EPOCH),
+    };
+    request.respond(&response)
+}
