@@ -327,6 +327,13 @@ fn confluent_kafka_idempotent_producer_across_kill_9_stores_each_acked_record_on
         report.acked.len()
     );
 
+    eprintln!(
+        "{}: {} records acknowledged across {RESTARTS} kill -9 restarts (stored at each kill: \
+         {stored_at_kill:?})",
+        report.client,
+        report.acked.len()
+    );
+
     let consumed = read_back(&address, topic, RESTART_PARTITIONS);
     assert_acked_stored_exactly_once_in_order(&consumed, &report.acked);
     assert_batches_carry_a_producer_id(&address, topic, RESTART_PARTITIONS);
