@@ -332,7 +332,7 @@ fn responses(criterion: &mut Criterion) {
                     high_watermark: 2_000_000,
                     last_stable_offset: 2_000_000,
                     log_start_offset: 0,
-                    aborted_transactions_empty: false,
+                    aborted_transactions: None,
                     batches: vec![ReadBatch {
                         position: LogPosition(0),
                         base_offset: Offset(1_000_000),

@@ -17,6 +17,7 @@
 //! every reader of records ([`walk_records`]) runs the same bounded walk and
 //! treats a bad batch as an error to report, never as trusted input.
 
+pub mod control;
 mod decompressor;
 pub mod record_walk;
 mod snappy_reader;
@@ -54,8 +55,8 @@ const BASE_SEQUENCE_AT: usize = 53;
 
 const ATTRIBUTE_COMPRESSION_MASK: i16 = 0x07;
 const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
-const ATTRIBUTE_TRANSACTIONAL: i16 = 0x10;
-const ATTRIBUTE_CONTROL: i16 = 0x20;
+pub(crate) const ATTRIBUTE_TRANSACTIONAL: i16 = 0x10;
+pub(crate) const ATTRIBUTE_CONTROL: i16 = 0x20;
 
 /// What a batch is checked against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -483,6 +484,7 @@ pub struct RecordSpec<'a> {
 #[derive(Debug)]
 pub struct BatchBuilder {
     base_timestamp_ms: i64,
+    attributes: i16,
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
@@ -495,6 +497,7 @@ impl BatchBuilder {
     pub fn new(base_timestamp_ms: i64) -> Self {
         BatchBuilder {
             base_timestamp_ms,
+            attributes: 0,
             producer_id: -1,
             producer_epoch: -1,
             base_sequence: -1,
@@ -534,6 +537,12 @@ impl BatchBuilder {
         self
     }
 
+    /// Mark the batch as part of a transaction (attribute bit 4, KIP-98).
+    pub fn transactional(&mut self) -> &mut Self {
+        self.attributes |= ATTRIBUTE_TRANSACTIONAL;
+        self
+    }
+
     pub fn records_count(&self) -> i32 {
         self.records_count
     }
@@ -561,7 +570,7 @@ impl BatchBuilder {
     /// The header fields [`BatchBuilder::build`] writes.
     pub fn header_fields(&self) -> HeaderFields {
         HeaderFields {
-            attributes: 0,
+            attributes: self.attributes,
             last_offset_delta: self.records_count - 1,
             base_timestamp_ms: self.base_timestamp_ms,
             max_timestamp_ms: self.base_timestamp_ms + self.max_timestamp_delta_ms,

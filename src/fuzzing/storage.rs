@@ -199,6 +199,7 @@ fn scan_like_recovery(segment: &Segment, contents: &[u8], payload_len_max: u64, 
                 position,
                 header,
                 batch,
+                ..
             } => {
                 assert_eq!(position, at);
                 let start = (position.0 - segment.base.0) as usize;

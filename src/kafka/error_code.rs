@@ -31,6 +31,12 @@ pub fn for_append(error: &AppendError) -> i16 {
         AppendError::Producer(ProducerError::OutOfOrderSequence { .. }) => {
             ResponseError::OutOfOrderSequenceNumber.code()
         }
+        AppendError::Producer(ProducerError::NonTransactionalInTransaction { .. }) => {
+            ResponseError::InvalidTxnState.code()
+        }
+        AppendError::Producer(ProducerError::CoordinatorFenced { .. }) => {
+            ResponseError::TransactionCoordinatorFenced.code()
+        }
     }
 }
 

@@ -33,8 +33,10 @@ pub struct FetchedPartition {
     pub high_watermark: i64,
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
-    /// `None`: null (read_uncommitted); `Some`: an empty list.
-    pub aborted_transactions_empty: bool,
+    /// The aborted transactions among the batches, as (producer id, first
+    /// offset): `None` is null (read_uncommitted), `Some` a list
+    /// (read_committed, KIP-98).
+    pub aborted_transactions: Option<Vec<(i64, i64)>>,
     pub batches: Vec<ReadBatch>,
 }
 
@@ -144,10 +146,16 @@ fn encode_partition(writer: &mut Writer, version: i16, partition: &FetchedPartit
     if version >= 5 {
         writer.head.put_i64(partition.log_start_offset);
     }
-    if partition.aborted_transactions_empty {
-        writer.length(0);
-    } else {
-        writer.null_length();
+    match &partition.aborted_transactions {
+        Some(aborted) => {
+            writer.length(aborted.len());
+            for (producer_id, first_offset) in aborted {
+                writer.head.put_i64(*producer_id);
+                writer.head.put_i64(*first_offset);
+                writer.tagged_fields();
+            }
+        }
+        None => writer.null_length(),
     }
     if version >= 11 {
         writer.head.put_i32(-1); // preferred_read_replica: none
@@ -221,7 +229,7 @@ mod tests {
                             high_watermark: 7,
                             last_stable_offset: 7,
                             log_start_offset: 2,
-                            aborted_transactions_empty: true,
+                            aborted_transactions: Some(vec![(5, 1), (6, 3)]),
                             batches: vec![first, second],
                         },
                         FetchedPartition {
@@ -230,7 +238,7 @@ mod tests {
                             high_watermark: 9,
                             last_stable_offset: 9,
                             log_start_offset: 0,
-                            aborted_transactions_empty: false,
+                            aborted_transactions: None,
                             batches: Vec::new(),
                         },
                     ],
@@ -271,6 +279,16 @@ mod tests {
                 Some(&expected[..]),
                 "v{version}"
             );
+            let aborted: Vec<(i64, i64)> = partition
+                .aborted_transactions
+                .as_ref()
+                .expect("a read_committed list")
+                .iter()
+                .map(|aborted| (aborted.producer_id.0, aborted.first_offset))
+                .collect();
+            assert_eq!(aborted, vec![(5, 1), (6, 3)], "v{version}");
+            assert_eq!(partition.last_stable_offset, 7);
+            assert!(alpha.partitions[1].aborted_transactions.is_none());
             assert_eq!(alpha.partitions[1].error_code, 1);
             assert_eq!(alpha.partitions[1].records.as_deref(), Some(&[][..]));
         }

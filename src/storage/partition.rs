@@ -247,7 +247,19 @@ impl Partition {
             "the log start never passes the next offset"
         );
         self.queue.drop_files_before(self.log_start_offset)?;
+        self.producers.prune_aborted(self.log_start_offset);
         Ok(())
+    }
+
+    /// The last stable offset (KIP-98): below it every transaction is
+    /// decided and its marker written; read_committed consumers read up to
+    /// it. The first offset of the oldest open or undecided-in-the-log
+    /// transaction, else the high watermark; never below the log start.
+    pub fn last_stable_offset(&self) -> Offset {
+        self.producers
+            .first_unstable_offset()
+            .map_or(self.high_watermark, |first| first.min(self.high_watermark))
+            .max(self.log_start_offset)
     }
 
     /// What a checkpoint records for this partition when the log is indexed

@@ -14,21 +14,30 @@
 //! Layout (little-endian): magic `SLPS`, version u8, 3 reserved bytes,
 //! position u64, partition count u32, then per partition {id u32, entry
 //! count u32, then per entry {producer id i64, last timestamp i64, epoch i16,
-//! batch count u8, reserved u8, reserved u32, then per batch {first sequence
-//! i32, last sequence i32, base offset i64, last offset delta i32, reserved
-//! u32, frame end u64}}}, then CRC32C of everything before it.
+//! batch count u8, reserved u8, coordinator epoch i32, open transaction's
+//! first offset i64 (-1: none), then per batch {first sequence i32, last
+//! sequence i32, base offset i64, last offset delta i32, reserved u32, frame
+//! end u64}}, aborted count u32, then per aborted transaction {producer id
+//! i64, first offset i64, marker offset i64, last stable offset after it
+//! i64}}, then CRC32C of everything before it. Version 1 (before
+//! transactions) had no open-transaction offset and no aborted list, and
+//! is still read.
 
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use super::durable_file::write_atomic;
-use super::producer_state::{BATCHES_CACHED_MAX, BatchMeta, ProducerEntry, ProducerStates};
+use super::producer_state::{
+    AbortedTxn, BATCHES_CACHED_MAX, BatchMeta, NO_COORDINATOR_EPOCH, ProducerEntry, ProducerStates,
+};
 use crate::ids::{LogPosition, Offset, PartitionId};
 
 pub const PRODUCER_SNAPSHOTS_DIR: &str = "producers";
 const MAGIC: [u8; 4] = *b"SLPS";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// The version written before transactions; still read.
+const VERSION_IDEMPOTENT_ONLY: u8 = 1;
 const EXTENSION: &str = "snap";
 const CRC_BYTES: usize = 4;
 
@@ -75,6 +84,14 @@ impl ProducerSnapshot {
             for (producer_id, entry) in entries {
                 encode_entry(&mut out, producer_id, entry);
             }
+            let aborted: Vec<&AbortedTxn> = states.aborted().collect();
+            out.extend_from_slice(&(aborted.len() as u32).to_le_bytes());
+            for aborted in aborted {
+                out.extend_from_slice(&aborted.producer_id.to_le_bytes());
+                out.extend_from_slice(&aborted.first_offset.0.to_le_bytes());
+                out.extend_from_slice(&aborted.last_offset.0.to_le_bytes());
+                out.extend_from_slice(&aborted.last_stable_offset.0.to_le_bytes());
+            }
         }
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
@@ -89,10 +106,10 @@ impl ProducerSnapshot {
         if bytes.len() < MAGIC.len() + 1 + CRC_BYTES || bytes[..4] != MAGIC {
             return Err(corrupt("no producer snapshot magic".to_owned()));
         }
-        if bytes[4] != VERSION {
+        let version = bytes[4];
+        if version != VERSION && version != VERSION_IDEMPOTENT_ONLY {
             return Err(corrupt(format!(
-                "unsupported version {}, expected {VERSION}",
-                bytes[4]
+                "unsupported version {version}, expected {VERSION}"
             )));
         }
         let (body, crc) = bytes.split_at(bytes.len() - CRC_BYTES);
@@ -104,7 +121,7 @@ impl ProducerSnapshot {
             )));
         }
         let mut reader = Reader { body, at: 8 };
-        let snapshot = decode_body(&mut reader).map_err(corrupt)?;
+        let snapshot = decode_body(&mut reader, version).map_err(corrupt)?;
         if reader.at != body.len() {
             return Err(corrupt(format!(
                 "{} bytes after the last partition",
@@ -184,13 +201,15 @@ fn list(dir: &Path) -> Result<Vec<(LogPosition, PathBuf)>, ProducerSnapshotError
 
 fn encode_entry(out: &mut Vec<u8>, producer_id: i64, entry: &ProducerEntry) {
     let batches: Vec<&BatchMeta> = entry.batches().collect();
-    assert!((1..=BATCHES_CACHED_MAX).contains(&batches.len()));
+    assert!(batches.len() <= BATCHES_CACHED_MAX);
     out.extend_from_slice(&producer_id.to_le_bytes());
     out.extend_from_slice(&entry.last_timestamp_ms.to_le_bytes());
     out.extend_from_slice(&entry.epoch.to_le_bytes());
     out.push(batches.len() as u8);
     out.push(0);
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&entry.coordinator_epoch.to_le_bytes());
+    let open = entry.current_txn_first_offset.map_or(-1, |first| first.0);
+    out.extend_from_slice(&open.to_le_bytes());
     for batch in batches {
         out.extend_from_slice(&batch.first_sequence.to_le_bytes());
         out.extend_from_slice(&batch.last_sequence.to_le_bytes());
@@ -201,7 +220,7 @@ fn encode_entry(out: &mut Vec<u8>, producer_id: i64, entry: &ProducerEntry) {
     }
 }
 
-fn decode_body(reader: &mut Reader<'_>) -> Result<ProducerSnapshot, String> {
+fn decode_body(reader: &mut Reader<'_>, version: u8) -> Result<ProducerSnapshot, String> {
     let position = LogPosition(reader.u64()?);
     let partition_count = reader.u32()?;
     // Counts come from disk: nothing is sized by them, and the reader runs
@@ -212,11 +231,14 @@ fn decode_body(reader: &mut Reader<'_>) -> Result<ProducerSnapshot, String> {
         let entry_count = reader.u32()?;
         let mut states = ProducerStates::default();
         for _ in 0..entry_count {
-            let (producer_id, entry) = decode_entry(reader)?;
+            let (producer_id, entry) = decode_entry(reader, version)?;
             if states.get(producer_id).is_some() {
                 return Err(format!("producer {producer_id} twice in partition {id}"));
             }
             states.restore(producer_id, entry);
+        }
+        if version >= VERSION {
+            states.restore_aborted(decode_aborted(reader, id)?);
         }
         partitions.push((id, states));
     }
@@ -226,13 +248,19 @@ fn decode_body(reader: &mut Reader<'_>) -> Result<ProducerSnapshot, String> {
     })
 }
 
-fn decode_entry(reader: &mut Reader<'_>) -> Result<(i64, ProducerEntry), String> {
+fn decode_entry(reader: &mut Reader<'_>, version: u8) -> Result<(i64, ProducerEntry), String> {
     let producer_id = reader.u64()? as i64;
     let last_timestamp_ms = reader.u64()? as i64;
     let epoch = i16::from_le_bytes(reader.take::<2>()?);
     let [count, _] = reader.take::<2>()?;
-    reader.u32()?;
-    if !(1..=BATCHES_CACHED_MAX).contains(&usize::from(count)) {
+    let coordinator_epoch = reader.u32()? as i32;
+    let (coordinator_epoch, open) = if version >= VERSION {
+        let first = reader.u64()? as i64;
+        (coordinator_epoch, (first >= 0).then_some(Offset(first)))
+    } else {
+        (NO_COORDINATOR_EPOCH, None)
+    };
+    if usize::from(count) > BATCHES_CACHED_MAX || (count == 0 && version < VERSION) {
         return Err(format!("producer {producer_id} has {count} batches"));
     }
     let mut batches = [None; BATCHES_CACHED_MAX];
@@ -252,9 +280,33 @@ fn decode_entry(reader: &mut Reader<'_>) -> Result<(i64, ProducerEntry), String>
         });
     }
     let batches: Vec<BatchMeta> = batches.into_iter().flatten().collect();
-    let entry = ProducerEntry::restored(epoch, last_timestamp_ms, &batches)
-        .ok_or_else(|| format!("producer {producer_id}'s batches are not in offset order"))?;
+    let entry =
+        ProducerEntry::restored(epoch, last_timestamp_ms, coordinator_epoch, open, &batches)
+            .ok_or_else(|| format!("producer {producer_id}'s batches are not in offset order"))?;
     Ok((producer_id, entry))
+}
+
+fn decode_aborted(reader: &mut Reader<'_>, id: PartitionId) -> Result<Vec<AbortedTxn>, String> {
+    let count = reader.u32()?;
+    let mut aborted: Vec<AbortedTxn> = Vec::new();
+    for _ in 0..count {
+        let next = AbortedTxn {
+            producer_id: reader.u64()? as i64,
+            first_offset: Offset(reader.u64()? as i64),
+            last_offset: Offset(reader.u64()? as i64),
+            last_stable_offset: Offset(reader.u64()? as i64),
+        };
+        let ordered = aborted
+            .last()
+            .is_none_or(|previous| previous.last_offset < next.last_offset);
+        if !ordered || next.first_offset > next.last_offset {
+            return Err(format!(
+                "aborted transactions of partition {id} are out of order"
+            ));
+        }
+        aborted.push(next);
+    }
+    Ok(aborted)
 }
 
 /// Reads the body front to back; running out of bytes is damage.
@@ -288,6 +340,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record_batch::control::{MarkerKind, TxnMarker};
     use crate::record_batch::{BatchBuilder, BatchHeader, RecordSpec};
 
     fn header(producer_id: i64, epoch: i16, base_sequence: i32, records: i32) -> BatchHeader {
@@ -315,6 +368,22 @@ mod tests {
         first.apply(&header(12, 4, 0, 1), Offset(offset), LogPosition(999));
         let mut second = ProducerStates::default();
         second.apply(&header(5, 1, i32::MAX, 1), Offset(3), LogPosition(77));
+        // Transactions: 6 open, 7 aborted, 8 only fenced by a marker.
+        let transactional = |producer_id| {
+            let mut builder = BatchBuilder::new(1_700_000_000_000);
+            builder.producer(producer_id, 0, 0).transactional();
+            builder.push(RecordSpec::default());
+            BatchHeader::parse(&builder.build()).expect("a built batch parses")
+        };
+        second.apply(&transactional(6), Offset(4), LogPosition(90));
+        second.apply(&transactional(7), Offset(5), LogPosition(100));
+        let abort = TxnMarker {
+            kind: MarkerKind::Abort,
+            coordinator_epoch: 3,
+        };
+        second.apply_marker(7, 0, &abort, Offset(6), 1_700_000_000_000);
+        second.apply_marker(8, 2, &abort, Offset(7), 1_700_000_000_000);
+        second.stabilize(Offset(8));
         ProducerSnapshot {
             position: LogPosition(4096),
             partitions: vec![(PartitionId(2), first), (PartitionId(9), second)],
@@ -328,7 +397,55 @@ mod tests {
         assert_eq!(decoded, snapshot);
         let entry = decoded.partitions[0].1.get(11).expect("kept");
         assert_eq!(entry.batches().count(), BATCHES_CACHED_MAX);
-        assert_eq!(entry.newest().first_sequence, 12);
+        assert_eq!(entry.newest().unwrap().first_sequence, 12);
+        let second = &decoded.partitions[1].1;
+        assert_eq!(
+            second.first_unstable_offset(),
+            Some(Offset(4)),
+            "6's transaction is open"
+        );
+        assert_eq!(second.aborted().count(), 1);
+        assert_eq!(
+            second
+                .get(8)
+                .map(|entry| (entry.epoch, entry.coordinator_epoch)),
+            Some((2, 3))
+        );
+    }
+
+    /// A snapshot written before transactions (version 1) still seeds the
+    /// producers' state after an upgrade.
+    #[test]
+    fn a_version_1_snapshot_is_still_read() {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(b"SLPS");
+        bytes.extend_from_slice(&[1, 0, 0, 0]);
+        bytes.extend_from_slice(&512u64.to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes()); // partitions
+        bytes.extend_from_slice(&4u32.to_le_bytes()); // partition id
+        bytes.extend_from_slice(&1u32.to_le_bytes()); // entries
+        bytes.extend_from_slice(&33i64.to_le_bytes()); // producer id
+        bytes.extend_from_slice(&1_700_000_000_000i64.to_le_bytes());
+        bytes.extend_from_slice(&2i16.to_le_bytes()); // epoch
+        bytes.extend_from_slice(&[1, 0]); // batch count, reserved
+        bytes.extend_from_slice(&0u32.to_le_bytes()); // reserved
+        bytes.extend_from_slice(&10i32.to_le_bytes()); // first sequence
+        bytes.extend_from_slice(&11i32.to_le_bytes()); // last sequence
+        bytes.extend_from_slice(&40i64.to_le_bytes()); // base offset
+        bytes.extend_from_slice(&1i32.to_le_bytes()); // last offset delta
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&480u64.to_le_bytes()); // frame end
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let decoded = ProducerSnapshot::decode(&bytes, Path::new("v1")).expect("version 1 is read");
+        assert_eq!(decoded.position, LogPosition(512));
+        let entry = decoded.partitions[0].1.get(33).expect("restored");
+        assert_eq!(
+            (entry.epoch, entry.coordinator_epoch),
+            (2, NO_COORDINATOR_EPOCH)
+        );
+        assert_eq!(entry.current_txn_first_offset, None);
+        assert_eq!(entry.newest().map(|batch| batch.last_sequence), Some(11));
     }
 
     #[test]
@@ -359,7 +476,7 @@ mod tests {
         bytes[4] = VERSION + 1;
         let error = ProducerSnapshot::decode(&bytes, Path::new("s")).expect_err("refused");
         assert!(
-            error.to_string().contains("unsupported version 2"),
+            error.to_string().contains("unsupported version 3"),
             "{error}"
         );
     }

@@ -14,19 +14,35 @@ use std::sync::Arc;
 use super::commit_log::CommitLog;
 use super::consume_queue::QueueEntry;
 use super::frame::FRAME_HEADER_BYTES;
-use super::shard_store::{ReadBatch, ReadPart, ReadResult, ShardStore};
+use super::shard_store::{Isolation, ReadBatch, ReadPart, ReadResult, ShardStore};
 use super::store_errors::{BatchMissingCause, ReadError};
 use crate::ids::{LogPosition, Offset, PartitionId};
 use crate::log_throttle::monotonic_ms;
 
 impl ShardStore {
     /// Batches of partition `id` from the one holding `offset`, up to
-    /// `max_bytes` (at least one batch if any is available, as Kafka requires).
+    /// `max_bytes` (at least one batch if any is available, as Kafka
+    /// requires), below the high watermark.
     pub fn read(
         &self,
         id: PartitionId,
         offset: Offset,
         max_bytes: u64,
+    ) -> Result<ReadResult, ReadError> {
+        self.read_isolated(id, offset, max_bytes, Isolation::ReadUncommitted)
+    }
+
+    /// [`ShardStore::read`] at an isolation level: read_committed stops at
+    /// the last stable offset (always a batch boundary: a transaction's
+    /// first offset, or the high watermark) and lists the aborted
+    /// transactions among the batches returned (Kafka's fetch with
+    /// `isolation_level` 1, KIP-98).
+    pub fn read_isolated(
+        &self,
+        id: PartitionId,
+        offset: Offset,
+        max_bytes: u64,
+        isolation: Isolation,
     ) -> Result<ReadResult, ReadError> {
         let state = self.state.borrow();
         let partition = state
@@ -47,10 +63,15 @@ impl ShardStore {
             partition: id,
             source,
         };
+        let last_stable_offset = partition.last_stable_offset();
+        let until = match isolation {
+            Isolation::ReadUncommitted => partition.high_watermark,
+            Isolation::ReadCommitted => last_stable_offset,
+        };
         let mut index = partition.queue.search_offset(offset).map_err(index_error)?;
         let mut file_len = None;
         while let Some(entry) = partition.queue.get(index).map_err(index_error)? {
-            if entry.base_offset >= partition.high_watermark {
+            if entry.base_offset >= until {
                 break;
             }
             let len = u64::from(entry.batch_len);
@@ -93,10 +114,21 @@ impl ShardStore {
             bytes += len;
             index += 1;
         }
+        let aborted = match (isolation, batches.last()) {
+            (Isolation::ReadUncommitted, _) => None,
+            (Isolation::ReadCommitted, None) => Some(Vec::new()),
+            (Isolation::ReadCommitted, Some(last)) => Some(
+                partition
+                    .producers
+                    .aborted_between(offset, Offset(last.last_offset.0 + 1)),
+            ),
+        };
         Ok(ReadResult {
             batches,
             log_start_offset: partition.log_start_offset,
             high_watermark: partition.high_watermark,
+            last_stable_offset,
+            aborted,
         })
     }
 

@@ -309,6 +309,10 @@ pub fn recover(
             let mut partition =
                 Partition::new(state.meta, default_config, dir, state.queue, remembered);
             partition.producers = state.producers;
+            let (high_watermark, log_start) =
+                (partition.high_watermark, partition.log_start_offset);
+            partition.producers.stabilize(high_watermark);
+            partition.producers.prune_aborted(log_start);
             partition
         })
         .collect();
@@ -616,6 +620,7 @@ fn scan(
                     position,
                     header,
                     batch,
+                    marker,
                 } => {
                     assert!(
                         position >= at && segment.contains(position),
@@ -629,7 +634,7 @@ fn scan(
                     report.bytes_scanned += header.frame_len();
                     at = position.plus(header.frame_len());
                     if position >= producer_from {
-                        replay_producer(queues, header.partition, &batch, at);
+                        replay_producer(queues, header.partition, &batch, marker.as_ref(), at);
                     }
                     if position >= start {
                         index_frame(
@@ -678,16 +683,34 @@ fn scan(
     Ok((end, tails))
 }
 
-/// Rebuild a partition's idempotent-producer state from a stored batch.
+/// Rebuild a partition's producer state from a stored batch or marker.
 fn replay_producer(
     queues: &mut HashMap<PartitionId, QueueState>,
     partition: PartitionId,
     batch: &crate::record_batch::BatchHeader,
+    marker: Option<&crate::record_batch::control::TxnMarker>,
     end: LogPosition,
 ) {
     let Some(state) = queues.get_mut(&partition) else {
         return;
     };
+    if batch.is_control() {
+        match marker {
+            Some(marker) => state.producers.apply_marker(
+                batch.producer_id,
+                batch.producer_epoch,
+                marker,
+                Offset(batch.base_offset),
+                batch.max_timestamp_ms,
+            ),
+            None => tracing::warn!(
+                %partition,
+                base_offset = batch.base_offset,
+                "a stored control batch is no transaction marker this broker reads; ignored"
+            ),
+        }
+        return;
+    }
     if !state
         .producers
         .replay(batch, Offset(batch.base_offset), end)

@@ -11,6 +11,7 @@ use std::io;
 use super::frame::{FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_PREFIX_BYTES, FrameHeader};
 use super::segment::Segment;
 use crate::ids::LogPosition;
+use crate::record_batch::control::{self, TxnMarker};
 use crate::record_batch::{self, BatchHeader};
 
 /// Read-ahead of the scanner; larger frames grow the buffer.
@@ -22,6 +23,9 @@ pub enum ScanItem {
         position: LogPosition,
         header: FrameHeader,
         batch: BatchHeader,
+        /// The transaction marker a control batch holds (`None` for data
+        /// batches and for control batches this broker cannot read).
+        marker: Option<TxnMarker>,
     },
     /// No valid frame starts here (zeros, garbage, torn or damaged bytes).
     Invalid {
@@ -81,10 +85,15 @@ impl<'a> FrameScanner<'a> {
                 "stored batch CRC32C mismatch (torn or damaged write)".to_owned(),
             ));
         }
+        let marker = batch_header
+            .is_control()
+            .then(|| control::parse_marker(batch).ok())
+            .flatten();
         Ok(ScanItem::Frame {
             position,
             header,
             batch: batch_header,
+            marker,
         })
     }
 

@@ -31,6 +31,7 @@ use super::durable_file::write_atomic;
 use super::frame::FRAME_HEADER_BYTES;
 use super::layout::ShardLayout;
 use super::partition::{META_FILE, Partition, PartitionConfig, PartitionMeta, validate_topic_name};
+use super::producer_state::AbortedTxn;
 use super::recovery::{RecoveryOptions, RecoveryReport, recover};
 use super::retention::{self, DiskPressure};
 use super::segment;
@@ -128,12 +129,29 @@ pub struct ReadResult {
     pub batches: Vec<ReadBatch>,
     pub log_start_offset: Offset,
     pub high_watermark: Offset,
+    pub last_stable_offset: Offset,
+    /// For [`Isolation::ReadCommitted`]: the aborted transactions among the
+    /// batches returned (what a consumer must drop); `None` otherwise.
+    pub aborted: Option<Vec<AbortedTxn>>,
+}
+
+/// Which records a read may return (KIP-98 isolation levels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// Everything below the high watermark.
+    ReadUncommitted,
+    /// Only what is below the last stable offset, with the aborted
+    /// transactions among it listed.
+    ReadCommitted,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PartitionOffsets {
     pub log_start_offset: Offset,
     pub high_watermark: Offset,
+    /// Below it every transaction is decided (equals the high watermark
+    /// when no transaction is open).
+    pub last_stable_offset: Offset,
     pub next_offset: Offset,
 }
 
@@ -507,6 +525,7 @@ impl ShardStore {
         state.partitions.get(&id).map(|partition| PartitionOffsets {
             log_start_offset: partition.log_start_offset,
             high_watermark: partition.high_watermark,
+            last_stable_offset: partition.last_stable_offset(),
             next_offset: partition.next_offset,
         })
     }
@@ -545,6 +564,7 @@ pub(super) fn publish(state: &mut StoreState) {
         }
         if let Some(partition) = state.partitions.get_mut(&pending.partition) {
             partition.high_watermark = partition.high_watermark.max(pending.next_offset);
+            partition.producers.stabilize(partition.high_watermark);
             assert!(
                 partition.log_start_offset <= partition.high_watermark
                     && partition.high_watermark <= partition.next_offset,

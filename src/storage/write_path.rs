@@ -19,6 +19,7 @@ use super::shard_store::{AppendReceipt, Durability, LEADER_EPOCH, PendingAppend,
 use super::store_errors::{AppendError, TryAppendError};
 use crate::ids::{Offset, PartitionId};
 use crate::log_throttle::monotonic_ms;
+use crate::record_batch::control::TxnMarker;
 use crate::record_batch::{self, ValidatedBatch};
 
 /// Whether an append is refused above `retention.disk_reject_ratio`.
@@ -55,6 +56,33 @@ impl ShardStore {
         batch: ValidatedBatch<'_>,
         durability: Durability,
     ) -> Result<AppendReceipt, AppendError> {
+        self.append_admitted(id, batch, durability, Admission::EvenAboveRejectRatio)
+            .await
+    }
+
+    /// Append a transaction marker (a control batch, `record_batch::control`)
+    /// for `producer_id` at `producer_epoch` to partition `id`: it closes
+    /// the producer's open transaction there (KIP-98). Refused with
+    /// INVALID_PRODUCER_EPOCH for an epoch older than the producer's, or
+    /// TRANSACTION_COORDINATOR_FENCED for an older coordinator epoch;
+    /// accepted for a producer with no state here. The marker goes in above
+    /// `retention.disk_reject_ratio`: a transaction must be able to end, or
+    /// its open data would hold the last stable offset back.
+    pub async fn append_marker(
+        &self,
+        id: PartitionId,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: &TxnMarker,
+        durability: Durability,
+    ) -> Result<AppendReceipt, AppendError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as i64);
+        let bytes =
+            record_batch::control::build_marker(producer_id, producer_epoch, marker, now_ms);
+        let batch = ValidatedBatch::frame_only(&bytes, bytes.len())
+            .expect("a marker this broker built is a sound batch");
         self.append_admitted(id, batch, durability, Admission::EvenAboveRejectRatio)
             .await
     }
@@ -138,13 +166,24 @@ impl ShardStore {
             .ok_or(AppendError::UnknownPartition(id))?;
         let bytes = batch.bytes();
         let header = *batch.header();
+        // A control batch is a transaction marker only the broker writes
+        // (`append_marker`); one this broker cannot read changes no state,
+        // as in recovery.
+        let marker = header
+            .is_control()
+            .then(|| record_batch::control::parse_marker(bytes).ok())
+            .flatten();
         // Checked under the borrow that assigns the offset, so no append of
         // this partition comes between the check and the state update.
-        if let Check::Duplicate(original) = partition
-            .producers
-            .check(&header)
-            .map_err(AppendError::Producer)?
-        {
+        let check = match &marker {
+            Some(marker) => partition
+                .producers
+                .check_marker(header.producer_id, header.producer_epoch, marker)
+                .map(|()| Check::Append),
+            None if header.is_control() => Ok(Check::Append),
+            None => partition.producers.check(&header),
+        };
+        if let Check::Duplicate(original) = check.map_err(AppendError::Producer)? {
             // A retry asking for more than the original (acks=all after
             // acks=1) must not wait for the original's flush.ms.
             if durability == Durability::Fsynced {
@@ -212,7 +251,17 @@ impl ShardStore {
             .index_batch(position, &indexed)
             .expect("queue room was reserved");
         let end = position.plus(frame.frame_len());
-        partition.producers.apply(&header, base_offset, end);
+        match &marker {
+            Some(marker) => partition.producers.apply_marker(
+                header.producer_id,
+                header.producer_epoch,
+                marker,
+                base_offset,
+                header.max_timestamp_ms,
+            ),
+            None if header.is_control() => {}
+            None => partition.producers.apply(&header, base_offset, end),
+        }
         assert!(
             state.pending.back().is_none_or(|last| last.end < end.0),
             "pending appends are in log order"

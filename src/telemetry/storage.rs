@@ -80,7 +80,7 @@ pub enum Deletion {
 }
 
 /// The `reason` label of `sluice_appends_rejected_total`.
-const REJECT_REASONS: [&str; 8] = [
+const REJECT_REASONS: [&str; 10] = [
     "unknown_partition",
     "too_large",
     "poisoned",
@@ -89,12 +89,14 @@ const REJECT_REASONS: [&str; 8] = [
     "shutting_down",
     "sequence",
     "epoch",
+    "txn_state",
+    "coordinator_fenced",
 ];
 
 /// Counters of one shard store.
 pub struct StoreMetrics {
     /// By reason, registered up front so every series starts at 0.
-    rejected: [Counter; 8],
+    rejected: [Counter; 10],
     deleted_for_retention: Counter,
     deleted_for_disk: Counter,
     deleted_bytes: Counter,
@@ -146,6 +148,10 @@ impl StoreMetrics {
             AppendError::ShuttingDown => "shutting_down",
             AppendError::Producer(ProducerError::InvalidEpoch { .. }) => "epoch",
             AppendError::Producer(ProducerError::OutOfOrderSequence { .. }) => "sequence",
+            AppendError::Producer(ProducerError::NonTransactionalInTransaction { .. }) => {
+                "txn_state"
+            }
+            AppendError::Producer(ProducerError::CoordinatorFenced { .. }) => "coordinator_fenced",
         };
         let index = REJECT_REASONS
             .iter()

@@ -309,8 +309,8 @@ fn damaged_producer_snapshot_falls_back_to_a_scan_from_the_first_segment() {
     let file = snapshot_file(dir.path());
     let mut bytes = std::fs::read(&file).unwrap();
     // The first sequence of the newest batch the snapshot holds (sequence
-    // 6): header 20, partition 8, entry 24, three batches of 32 before it.
-    bytes[20 + 8 + 24 + 3 * 32] ^= 0x40;
+    // 6): header 20, partition 8, entry 32, three batches of 32 before it.
+    bytes[20 + 8 + 32 + 3 * 32] ^= 0x40;
     std::fs::write(&file, &bytes).unwrap();
     let runtime = support::runtime(IoBackend::Epoll);
     runtime.block_on(async {

@@ -39,4 +39,5 @@ mod retention;
 mod shard_runtime;
 mod sim_device;
 mod storage_model;
+mod transactions_storage;
 mod write_path;

@@ -18,8 +18,14 @@
 //! * Fetch sessions (KIP-227) are declined: a full fetch gets session id 0,
 //!   which clients understand as "no session". An incremental fetch on a
 //!   session id gets FETCH_SESSION_ID_NOT_FOUND.
-//! * Isolation levels read the same data: without transactions the last
-//!   stable offset is the high watermark.
+//! * Isolation levels (KIP-98): read_uncommitted reads up to the high
+//!   watermark; read_committed up to the last stable offset (the first
+//!   offset of the oldest transaction not yet decided in the log), with
+//!   the aborted transactions among the batches listed so the client drops
+//!   their records. Batches are still sent byte for byte: the bound is a
+//!   batch boundary, and the broker never filters. Every response carries
+//!   the last stable offset, and a read_committed long poll waits for it
+//!   to move.
 
 use std::collections::BTreeMap;
 use std::pin::pin;
@@ -39,6 +45,7 @@ use crate::kafka::fetch_response::{self, FetchedPartition, FetchedTopic};
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 use crate::shard::ShardContext;
+use crate::storage::Isolation;
 use crate::telemetry;
 
 const ISOLATION_READ_COMMITTED: i8 = 1;
@@ -51,6 +58,7 @@ struct Wanted {
     index: u32,
     offset: i64,
     max_bytes: u32,
+    isolation: Isolation,
 }
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
@@ -85,12 +93,8 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             .any(|(_, partition)| partition.error_code != error_code::NONE);
         let enough = ready >= min_bytes || failed || wanted.is_empty();
         if enough || Instant::now() >= deadline || request.hangup.happened() {
-            for ((topic, partition), mut fetched) in read {
-                let slot = &mut topics[topic].partitions[partition];
-                // The list's presence is the request's isolation level,
-                // decided by `plan`; the owner shard reads data only.
-                fetched.aborted_transactions_empty = slot.aborted_transactions_empty;
-                *slot = fetched;
+            for ((topic, partition), fetched) in read {
+                topics[topic].partitions[partition] = fetched;
             }
             break;
         }
@@ -112,15 +116,22 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     ))
 }
 
-/// `wanted` with each offset moved up to the high watermark its partition
-/// had in `read`: what a long poll waits to see appended.
+/// `wanted` with each offset moved up to what its partition could be read
+/// up to in `read` (the high watermark, or the last stable offset for
+/// read_committed): what a long poll waits to see move.
 fn past_what_was_read(
     wanted: &[Wanted],
     read: &[((usize, usize), FetchedPartition)],
 ) -> Vec<Wanted> {
     let seen: BTreeMap<(usize, usize), i64> = read
         .iter()
-        .map(|(slot, partition)| (*slot, partition.high_watermark))
+        .map(|(slot, partition)| {
+            let readable = match partition.aborted_transactions {
+                Some(_) => partition.last_stable_offset,
+                None => partition.high_watermark,
+            };
+            (*slot, readable)
+        })
         .collect();
     wanted
         .iter()
@@ -162,7 +173,12 @@ fn plan(
             } else {
                 ResponseError::UnknownTopicOrPartition.code()
             };
-            partitions.push(empty_partition(partition.partition, code, read_committed));
+            let isolation = if read_committed {
+                Isolation::ReadCommitted
+            } else {
+                Isolation::ReadUncommitted
+            };
+            partitions.push(empty_partition(partition.partition, code, isolation));
             if exists {
                 wanted.push(Wanted {
                     slot: (topic_slot, partition_slot),
@@ -170,6 +186,7 @@ fn plan(
                     index: partition.partition as u32,
                     offset: partition.fetch_offset,
                     max_bytes: u32::try_from(partition.partition_max_bytes).unwrap_or(0),
+                    isolation,
                 });
             }
         }
@@ -178,14 +195,16 @@ fn plan(
     (topics, wanted)
 }
 
-fn empty_partition(index: i32, error_code: i16, read_committed: bool) -> FetchedPartition {
+/// A partition with no data yet; the aborted list's presence is the
+/// request's isolation level.
+fn empty_partition(index: i32, error_code: i16, isolation: Isolation) -> FetchedPartition {
     FetchedPartition {
         index,
         error_code,
         high_watermark: -1,
         last_stable_offset: -1,
         log_start_offset: -1,
-        aborted_transactions_empty: read_committed,
+        aborted_transactions: (isolation == Isolation::ReadCommitted).then(Vec::new),
         batches: Vec::new(),
     }
 }
@@ -246,21 +265,29 @@ fn read_partition(context: &ShardContext, wanted: &Wanted, limit: Option<u64>) -
         return empty_partition(
             wanted.index as i32,
             ResponseError::UnknownTopicOrPartition.code(),
-            false,
+            wanted.isolation,
         );
     };
     let offsets = store.offsets(id);
-    let mut fetched = empty_partition(wanted.index as i32, error_code::NONE, false);
+    let mut fetched = empty_partition(wanted.index as i32, error_code::NONE, wanted.isolation);
     if let Some(offsets) = offsets {
         fetched.high_watermark = offsets.high_watermark.0;
-        fetched.last_stable_offset = offsets.high_watermark.0;
+        fetched.last_stable_offset = offsets.last_stable_offset.0;
         fetched.log_start_offset = offsets.log_start_offset.0;
     }
     let Some(limit) = limit else {
         return fetched;
     };
-    match store.read(id, Offset(wanted.offset), limit) {
-        Ok(result) => fetched.batches = result.batches,
+    match store.read_isolated(id, Offset(wanted.offset), limit, wanted.isolation) {
+        Ok(result) => {
+            fetched.batches = result.batches;
+            fetched.aborted_transactions = result.aborted.map(|aborted| {
+                aborted
+                    .iter()
+                    .map(|txn| (txn.producer_id, txn.first_offset.0))
+                    .collect()
+            });
+        }
         Err(error) => fetched.error_code = error_code::for_read(&error),
     }
     fetched
@@ -298,7 +325,13 @@ async fn wait_on_owner(context: &ShardContext, partitions: &[Wanted], deadline: 
                 .store
                 .partition_id(&partition.topic, partition.index)
                 .and_then(|id| context.store.offsets(id))
-                .is_some_and(|offsets| offsets.high_watermark.0 > partition.offset)
+                .is_some_and(|offsets| {
+                    let readable = match partition.isolation {
+                        Isolation::ReadUncommitted => offsets.high_watermark,
+                        Isolation::ReadCommitted => offsets.last_stable_offset,
+                    };
+                    readable.0 > partition.offset
+                })
         });
         if has_data {
             return;

@@ -9,6 +9,11 @@
 //! unknown codec, data that does not decompress): then the answer is the
 //! batch's own base offset and `maxTimestamp`, the earliest offset that can
 //! hold the record, with a warning in the log.
+//!
+//! The isolation level (v2+, KIP-98) sets the last offset a lookup may
+//! answer: the high watermark (read_uncommitted) or the last stable offset
+//! (read_committed). Latest is that offset; a lookup by time whose record
+//! lies at or past it finds nothing (-1), as in Kafka.
 
 use std::ops::ControlFlow;
 use std::time::Duration;
@@ -44,8 +49,12 @@ const MAX_TIMESTAMP: i64 = -3;
 static LOOKUP_FAILURES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 20);
 static UNREADABLE_BATCHES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 20);
 
+/// `isolation_level` 1 in ListOffsets and Fetch.
+const READ_COMMITTED: i8 = 1;
+
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let list: ListOffsetsRequest = decode(request, body)?;
+    let committed = list.isolation_level == READ_COMMITTED;
     let mut topics = Vec::with_capacity(list.topics.len());
     for topic in &list.topics {
         let name = topic.name.0.to_string();
@@ -55,6 +64,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 name.clone(),
                 partition.partition_index,
                 partition.timestamp,
+                committed,
             )
         });
         let partitions = join_all(lookups).await;
@@ -72,6 +82,7 @@ async fn lookup(
     topic: String,
     index: i32,
     timestamp: i64,
+    committed: bool,
 ) -> ListOffsetsPartitionResponse {
     let mut response = ListOffsetsPartitionResponse::default()
         .with_partition_index(index)
@@ -103,6 +114,7 @@ async fn lookup(
                 &topic,
                 index,
                 timestamp,
+                committed,
                 limits.decompressed_max_bytes,
             )
         })
@@ -120,15 +132,21 @@ fn lookup_on_owner(
     topic: &str,
     index: u32,
     timestamp: i64,
+    committed: bool,
     decompressed_max_bytes: u64,
 ) -> Result<(i64, i64), i16> {
     let store = &context.store;
     let unknown = ResponseError::UnknownTopicOrPartition.code();
     let id = store.partition_id(topic, index).ok_or(unknown)?;
     let offsets = store.offsets(id).ok_or(unknown)?;
+    let fetchable = if committed {
+        offsets.last_stable_offset
+    } else {
+        offsets.high_watermark
+    };
     let target = match timestamp {
         EARLIEST => return Ok((offsets.log_start_offset.0, -1)),
-        LATEST => return Ok((offsets.high_watermark.0, -1)),
+        LATEST => return Ok((fetchable.0, -1)),
         MAX_TIMESTAMP => match store
             .max_timestamp(id)
             .map_err(|error| error_code::for_read(&error))?
@@ -152,7 +170,11 @@ fn lookup_on_owner(
         }
         ResponseError::KafkaStorageError.code()
     })?;
-    Ok((record.0.max(offsets.log_start_offset.0), record.1))
+    let offset = record.0.max(offsets.log_start_offset.0);
+    if offset >= fetchable.0 {
+        return Ok((-1, -1));
+    }
+    Ok((offset, record.1))
 }
 
 /// Why the batch a timestamp lookup chose could not be read (the answer is
