@@ -40,4 +40,5 @@ mod shard_runtime;
 mod sim_device;
 mod storage_model;
 mod transactions_storage;
+mod transactions_wire;
 mod write_path;
