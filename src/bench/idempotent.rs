@@ -1,8 +1,9 @@
 //! `sluice bench produce --idempotent`: what idempotence costs the broker
 //! (issue 13, docs/exactly-once-design.md 5.4). Plain and idempotent
-//! producers run interleaved in one invocation, plain then idempotent in
-//! each of `--rounds` rounds, so drift in a shared machine and its disk hits
-//! both alike. Each half writes a fresh topic of the same layout
+//! producers run interleaved in one invocation, `--rounds` rounds of two
+//! halves, plain first in odd rounds and idempotent first in even ones
+//! (A B, B A, A B, ...), so drift in a shared machine and its disk, and
+//! whatever the first half of a round leaves to the second, hit both alike. Each half writes a fresh topic of the same layout
 //! (`<topic>-<round>-plain`, `<topic>-<round>-idempotent`), so no partition
 //! carries state from another half, and gets its own warm-up.
 //!
@@ -42,6 +43,26 @@ enum Mode {
 }
 
 impl Mode {
+    /// The halves of `round` (from 1) in the order they run: plain first in
+    /// odd rounds, idempotent first in even ones (A B, B A, ...), so an
+    /// effect of running first or second in a round (the disk still busy
+    /// with the half before, retention deleting its segments) falls on both
+    /// modes alike over an even number of rounds.
+    fn order(round: usize) -> [Mode; 2] {
+        if round % 2 == 1 {
+            [Mode::Plain, Mode::Idempotent]
+        } else {
+            [Mode::Idempotent, Mode::Plain]
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Mode::Plain => 0,
+            Mode::Idempotent => 1,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Mode::Plain => "plain",
@@ -98,8 +119,8 @@ pub fn run(
     ];
     let mut rounds = Vec::with_capacity(comparison.rounds);
     for round in 1..=comparison.rounds {
-        let mut halves = Vec::with_capacity(2);
-        for (mode, total) in [Mode::Plain, Mode::Idempotent].into_iter().zip(&mut totals) {
+        let mut halves: [Option<Half>; 2] = [None, None];
+        for mode in Mode::order(round) {
             let (half, recorder, elapsed) = run_half(comparison, round, mode, &ensure_topic)?;
             eprintln!(
                 "round {round}/{} {:<10}  {:8.1} MB/s  p99 {:.3} ms",
@@ -108,12 +129,14 @@ pub fn run(
                 half.throughput_mb_s,
                 half.p99_ms
             );
+            let total = &mut totals[mode.index()];
             total.0.merge(recorder);
             total.1 += elapsed;
-            halves.push(half);
+            halves[mode.index()] = Some(half);
         }
-        let idempotent = halves.pop().expect("two halves");
-        let plain = halves.pop().expect("two halves");
+        let [Some(plain), Some(idempotent)] = halves else {
+            unreachable!("every round runs both halves")
+        };
         rounds.push((plain, idempotent));
     }
     let [plain, idempotent] = [Mode::Plain, Mode::Idempotent]
@@ -156,7 +179,8 @@ fn run_half(
     if recorder.errors > 0 {
         anyhow::bail!(
             "round {round}, {} producers: {} produce request(s) failed, first: {}; the \
-             comparison stops here (an idempotent producer's error means its sequences are off)",
+             comparison stops (after a failed request an idempotent producer's sequences are \
+             off, and a half with failures measures something else)",
             mode.name(),
             recorder.errors,
             recorder.first_error.as_deref().unwrap_or("?")
@@ -271,6 +295,16 @@ mod tests {
             json: json!({}),
             throughput_mb_s,
             p99_ms,
+        }
+    }
+
+    #[test]
+    fn rounds_alternate_which_mode_runs_first() {
+        let firsts: Vec<&str> = (1..=4).map(|round| Mode::order(round)[0].name()).collect();
+        assert_eq!(firsts, ["plain", "idempotent", "plain", "idempotent"]);
+        for round in 1..=4 {
+            let [first, second] = Mode::order(round);
+            assert_ne!(first.index(), second.index(), "both modes in round {round}");
         }
     }
 

@@ -161,7 +161,8 @@ pub struct ProduceArgs {
     #[arg(long, value_name = "MB/S")]
     rate: Option<f64>,
     /// Compare plain and idempotent producers (KIP-98): --rounds rounds of a
-    /// plain run then an idempotent one (each producer connection gets its
+    /// plain run and an idempotent one (plain first in odd rounds,
+    /// idempotent first in even ones; each idempotent connection gets its
     /// own producer id from InitProducerId and numbers its batches), each on
     /// a fresh topic <topic>-<round>-plain|idempotent of the same layout.
     /// Reports both and idempotent_ratio, the median over rounds of
