@@ -333,6 +333,8 @@ pub fn with_request_type<V: WithRequestType>(key: ApiKey, visitor: V) -> Option<
         ApiKey::InitProducerId => visitor.call::<InitProducerIdRequest>(),
         ApiKey::AddPartitionsToTxn => visitor.call::<AddPartitionsToTxnRequest>(),
         ApiKey::EndTxn => visitor.call::<EndTxnRequest>(),
+        ApiKey::AddOffsetsToTxn => visitor.call::<AddOffsetsToTxnRequest>(),
+        ApiKey::TxnOffsetCommit => visitor.call::<TxnOffsetCommitRequest>(),
         _ => return None,
     })
 }

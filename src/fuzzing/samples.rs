@@ -295,6 +295,30 @@ pub fn sample_request(
             .with_producer_epoch(0)
             .with_committed(true)
             .encode(out, version),
+        ApiKey::AddOffsetsToTxn => AddOffsetsToTxnRequest::default()
+            .with_transactional_id(TransactionalId(name("txn")))
+            .with_producer_id(ProducerId(5))
+            .with_producer_epoch(0)
+            .with_group_id(group("g"))
+            .encode(out, version),
+        ApiKey::TxnOffsetCommit => TxnOffsetCommitRequest::default()
+            .with_transactional_id(TransactionalId(name("txn")))
+            .with_group_id(group("g"))
+            .with_producer_id(ProducerId(5))
+            .with_producer_epoch(0)
+            .with_generation_id(if version >= 3 { 1 } else { -1 })
+            .with_member_id(if version >= 3 { name("m") } else { name("") })
+            .with_topics(vec![
+                txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(vec![
+                        txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(7)
+                            .with_committed_metadata(Some(name("meta"))),
+                    ]),
+            ])
+            .encode(out, version),
         ApiKey::InitProducerId => InitProducerIdRequest::default()
             .with_transactional_id(None)
             .with_transaction_timeout_ms(60_000)

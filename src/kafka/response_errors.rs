@@ -7,13 +7,13 @@
 //! partition errors itself.
 
 use kafka_protocol::messages::{
-    AddPartitionsToTxnResponse, ApiVersionsResponse, CreatePartitionsResponse,
-    CreateTopicsResponse, DeleteGroupsResponse, DeleteTopicsResponse, DescribeClusterResponse,
-    DescribeConfigsResponse, DescribeGroupsResponse, EndTxnResponse, FindCoordinatorResponse,
-    HeartbeatResponse, IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse,
-    LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse, MetadataResponse,
-    OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse,
-    SyncGroupResponse,
+    AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, ApiVersionsResponse,
+    CreatePartitionsResponse, CreateTopicsResponse, DeleteGroupsResponse, DeleteTopicsResponse,
+    DescribeClusterResponse, DescribeConfigsResponse, DescribeGroupsResponse, EndTxnResponse,
+    FindCoordinatorResponse, HeartbeatResponse, IncrementalAlterConfigsResponse,
+    InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse,
+    ListOffsetsResponse, MetadataResponse, OffsetCommitResponse, OffsetDeleteResponse,
+    OffsetFetchResponse, ProduceResponse, SyncGroupResponse, TxnOffsetCommitResponse,
 };
 
 /// Visit every error code in a response (zeros included; the caller skips them).
@@ -40,6 +40,7 @@ top_level!(
     HeartbeatResponse,
     InitProducerIdResponse,
     EndTxnResponse,
+    AddOffsetsToTxnResponse,
     ListGroupsResponse
 );
 
@@ -88,6 +89,17 @@ impl ErrorCodes for AddPartitionsToTxnResponse {
                 .results_by_partition
                 .iter()
                 .for_each(|partition| each(partition.partition_error_code));
+        }
+    }
+}
+
+impl ErrorCodes for TxnOffsetCommitResponse {
+    fn error_codes(&self, each: &mut dyn FnMut(i16)) {
+        for topic in &self.topics {
+            topic
+                .partitions
+                .iter()
+                .for_each(|partition| each(partition.error_code));
         }
     }
 }

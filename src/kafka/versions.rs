@@ -38,6 +38,16 @@ pub const SUPPORTED: &[Supported] = &[
         max: 3,
     },
     Supported {
+        key: ApiKey::AddOffsetsToTxn,
+        min: 0,
+        max: 3,
+    },
+    Supported {
+        key: ApiKey::TxnOffsetCommit,
+        min: 0,
+        max: 3,
+    },
+    Supported {
         key: ApiKey::Fetch,
         min: 4,
         max: 12,
@@ -188,6 +198,8 @@ mod tests {
             ApiKey::InitProducerId => InitProducerIdRequest::VERSIONS,
             ApiKey::AddPartitionsToTxn => AddPartitionsToTxnRequest::VERSIONS,
             ApiKey::EndTxn => EndTxnRequest::VERSIONS,
+            ApiKey::AddOffsetsToTxn => AddOffsetsToTxnRequest::VERSIONS,
+            ApiKey::TxnOffsetCommit => TxnOffsetCommitRequest::VERSIONS,
             other => panic!("no codec listed for {other:?}"),
         };
         for entry in SUPPORTED {

@@ -458,3 +458,201 @@ fn an_abandoned_transaction_is_aborted_after_its_timeout_across_kill_9() {
     drop(wire);
     broker.stop();
 }
+
+fn add_offsets(wire: &mut Wire, id: &str, (producer_id, epoch): (i64, i16), group: &str) -> i16 {
+    let request = kafka_protocol::messages::AddOffsetsToTxnRequest::default()
+        .with_transactional_id(TransactionalId(name(id)))
+        .with_producer_id(ProducerId(producer_id))
+        .with_producer_epoch(epoch)
+        .with_group_id(kafka_protocol::messages::GroupId(name(group)));
+    wire.call(3, &request).error_code
+}
+
+fn txn_commit_offset(
+    wire: &mut Wire,
+    id: &str,
+    (producer_id, epoch): (i64, i16),
+    group: &str,
+    offset: i64,
+) -> i16 {
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    let request = kafka_protocol::messages::TxnOffsetCommitRequest::default()
+        .with_transactional_id(TransactionalId(name(id)))
+        .with_group_id(kafka_protocol::messages::GroupId(name(group)))
+        .with_producer_id(ProducerId(producer_id))
+        .with_producer_epoch(epoch)
+        .with_generation_id(-1)
+        .with_topics(vec![
+            TxnOffsetCommitRequestTopic::default()
+                .with_name(TopicName(name(TOPIC)))
+                .with_partitions(vec![
+                    TxnOffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(offset)
+                        .with_committed_metadata(Some(name(""))),
+                ]),
+        ]);
+    let response = wire.call(3, &request);
+    response.topics[0].partitions[0].error_code
+}
+
+/// (error code, committed offset) of `TOPIC`-0 for `group`.
+fn fetch_offset(wire: &mut Wire, group: &str, require_stable: bool) -> (i16, i64) {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    let request = kafka_protocol::messages::OffsetFetchRequest::default()
+        .with_group_id(kafka_protocol::messages::GroupId(name(group)))
+        .with_require_stable(require_stable)
+        .with_topics(Some(vec![
+            OffsetFetchRequestTopic::default()
+                .with_name(TopicName(name(TOPIC)))
+                .with_partition_indexes(vec![0]),
+        ]));
+    let response = wire.call(7, &request);
+    let partition = &response.topics[0].partitions[0];
+    (partition.error_code, partition.committed_offset)
+}
+
+/// Wait until the group's committed offset for `TOPIC`-0 is stable and
+/// return it.
+fn wait_offset_stable(wire: &mut Wire, group: &str) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (error, offset) = fetch_offset(wire, group, true);
+        if error == 0 {
+            return offset;
+        }
+        assert_eq!(error, ResponseError::UnstableOffsetCommit.code());
+        assert!(Instant::now() < deadline, "the offsets never became stable");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue 13, design 3.7: offsets committed in a transaction are invisible
+/// (UNSTABLE_OFFSET_COMMIT with `require_stable`) until it commits, gone if
+/// it aborts, and a commit answered before a kill -9 still applies them.
+#[test]
+fn transactional_offsets_follow_their_transaction_even_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    kafka_clients::create_topic(&broker.address, TOPIC, 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let (id, group) = ("offsets-txn", "ctp-group");
+    let (error, producer_id, epoch) = init(&mut wire, 4, id, None);
+    assert_eq!(error, 0);
+    let producer = (producer_id, epoch);
+    assert_eq!(
+        txn_commit_offset(&mut wire, id, producer, group, 5),
+        ResponseError::InvalidTxnState.code(),
+        "the group's partition is not in the transaction yet"
+    );
+    assert_eq!(add_offsets(&mut wire, id, producer, group), 0);
+    assert_eq!(txn_commit_offset(&mut wire, id, producer, group, 5), 0);
+    assert_eq!(
+        fetch_offset(&mut wire, group, false),
+        (0, -1),
+        "not visible yet"
+    );
+    assert_eq!(
+        fetch_offset(&mut wire, group, true).0,
+        ResponseError::UnstableOffsetCommit.code()
+    );
+    assert_eq!(end_txn(&mut wire, 3, id, producer, true), 0);
+    assert_eq!(wait_offset_stable(&mut wire, group), 5);
+
+    // An aborted transaction's offsets vanish.
+    assert_eq!(add_offsets(&mut wire, id, producer, group), 0);
+    assert_eq!(txn_commit_offset(&mut wire, id, producer, group, 9), 0);
+    assert_eq!(end_txn(&mut wire, 3, id, producer, false), 0);
+    assert_eq!(wait_offset_stable(&mut wire, group), 5);
+    drop(wire);
+    broker.stop();
+
+    // A commit answered, then kill -9 before its markers.
+    let mut command = BrokerProcess::command(dir.path(), &[]);
+    command.env("SLUICE_FAILPOINT", "txn_before_markers");
+    let broker = BrokerProcess::start_command(command);
+    let mut wire = Wire::connect(&broker.address);
+    let producer = init_retrying(&mut wire, id);
+    assert_eq!(add_offsets(&mut wire, id, producer, group), 0);
+    assert_eq!(txn_commit_offset(&mut wire, id, producer, group, 12), 0);
+    assert_eq!(end_txn(&mut wire, 3, id, producer, true), 0);
+    assert!(broker.wait_for_log("failpoint txn_before_markers"));
+    assert_eq!(fetch_offset(&mut wire, group, false), (0, 5));
+    drop(wire);
+    broker.kill9();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    assert_eq!(wait_offset_stable(&mut wire, group), 12);
+    drop(wire);
+    broker.stop();
+}
+
+/// Issue 13: librdkafka's consume-transform-produce with
+/// `send_offsets_to_transaction`: the group's committed offset moves with
+/// committed transactions only, and read_committed readers of the output
+/// see only the committed transactions' records.
+#[test]
+fn librdkafka_send_offsets_to_transaction_commits_offsets_with_the_transaction() {
+    use rdkafka::TopicPartitionList;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    kafka_clients::create_topic(&broker.address, TOPIC, 1, &[]);
+    kafka_clients::create_topic(&broker.address, "txn-out", 1, &[]);
+    let group = "rdkafka-ctp";
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let (producer, _acks) = kafka_clients::producer(
+        &broker.address,
+        &[("transactional.id", "rdkafka-ctp"), ("linger.ms", "1")],
+    );
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    let mut wire = Wire::connect(&broker.address);
+    for (round, commit) in [(1, true), (2, false), (3, true)] {
+        producer.begin_transaction().unwrap();
+        let value = format!("output-{round}");
+        kafka_clients::send(&producer, "txn-out", Some(0), None, value.as_bytes(), &[]);
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(TOPIC, 0, rdkafka::Offset::Offset(round * 10))
+            .unwrap();
+        let metadata = consumer.group_metadata().expect("group metadata");
+        producer
+            .send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(30))
+            .expect("send_offsets_to_transaction");
+        producer.flush(Duration::from_secs(30)).unwrap();
+        if commit {
+            producer
+                .commit_transaction(Duration::from_secs(30))
+                .unwrap();
+        } else {
+            producer.abort_transaction(Duration::from_secs(30)).unwrap();
+        }
+        let expected = if commit { round * 10 } else { (round - 1) * 10 };
+        assert_eq!(
+            wait_offset_stable(&mut wire, group),
+            expected,
+            "round {round}"
+        );
+    }
+    let read: Vec<String> = kafka_clients::consume_with(
+        &broker.address,
+        "txn-out",
+        1,
+        0,
+        2,
+        &[("isolation.level", "read_committed")],
+    )
+    .into_iter()
+    .map(|record| String::from_utf8(record.payload).unwrap())
+    .collect();
+    assert_eq!(read, vec!["output-1", "output-3"]);
+    drop(wire);
+    broker.stop();
+}

@@ -2,6 +2,7 @@
 //! does the work (on the owner shards where partitions are involved) and
 //! encodes its response; fetch frames its records by hand for zero-copy.
 
+pub mod add_offsets_to_txn;
 pub mod add_partitions_to_txn;
 pub mod api_versions;
 pub mod create_partitions;
@@ -27,6 +28,7 @@ pub mod offset_delete;
 pub mod offset_fetch;
 pub mod produce;
 pub mod sync_group;
+pub mod txn_offset_commit;
 
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
@@ -45,6 +47,8 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         ApiKey::InitProducerId => init_producer_id::handle(request, body).await.map(Some),
         ApiKey::AddPartitionsToTxn => add_partitions_to_txn::handle(request, body).await.map(Some),
         ApiKey::EndTxn => end_txn::handle(request, body).await.map(Some),
+        ApiKey::AddOffsetsToTxn => add_offsets_to_txn::handle(request, body).await.map(Some),
+        ApiKey::TxnOffsetCommit => txn_offset_commit::handle(request, body).await.map(Some),
         ApiKey::Fetch => fetch::handle(request, body).await.map(Some),
         ApiKey::ListOffsets => list_offsets::handle(request, body).await.map(Some),
         ApiKey::CreateTopics => create_topics::handle(request, body).await.map(Some),

@@ -1,6 +1,9 @@
 //! OffsetFetch: committed offsets of chosen partitions, or of all of a
 //! group's partitions (topics = null); v8+ asks for several groups at once.
-//! A partition without a committed offset gets -1.
+//! A partition without a committed offset gets -1. Offsets committed in a
+//! transaction (TxnOffsetCommit) are not visible until its commit marker;
+//! with `require_stable` (v7+, KIP-447) a partition that has such offsets
+//! pending gets UNSTABLE_OFFSET_COMMIT (retriable) instead.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -17,7 +20,8 @@ use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
-type Fetched = Vec<(TopicPartition, Option<CommittedOffset>)>;
+/// Per partition: its committed offset, or the partition's error code.
+type Fetched = Vec<(TopicPartition, Result<Option<CommittedOffset>, i16>)>;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let fetch: OffsetFetchRequest = decode(request, body)?;
@@ -31,7 +35,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                         .map(|topic| (&topic.name, &topic.partition_indexes)),
                 )
             });
-            let fetched = fetch_group(request, &group.group_id, wanted).await;
+            let fetched = fetch_group(request, &group.group_id, wanted, fetch.require_stable).await;
             groups.push(group_response(&group.group_id, fetched));
         }
         return request.respond(&OffsetFetchResponse::default().with_groups(groups));
@@ -43,7 +47,8 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .map(|topic| (&topic.name, &topic.partition_indexes)),
         )
     });
-    let response = match fetch_group(request, &fetch.group_id, wanted).await {
+    let require_stable = request.version >= 7 && fetch.require_stable;
+    let response = match fetch_group(request, &fetch.group_id, wanted, require_stable).await {
         Ok(fetched) => OffsetFetchResponse::default().with_topics(topics_v7(fetched)),
         Err(code) => OffsetFetchResponse::default().with_error_code(code),
     };
@@ -68,35 +73,52 @@ async fn fetch_group(
     request: &Request<'_>,
     group_id: &str,
     wanted: Option<Vec<TopicPartition>>,
+    require_stable: bool,
 ) -> Result<Fetched, i16> {
     if group_id.is_empty() {
         return Err(ResponseError::InvalidGroupId.code());
     }
     let group = group_id.to_owned();
+    let unstable = ResponseError::UnstableOffsetCommit.code();
     on_coordinator(
         request.shard,
         request.broker,
         group_id,
-        move |coordinator| async move { coordinator.fetch(&group, wanted) },
+        move |coordinator| async move {
+            coordinator
+                .fetch(&group, wanted)
+                .into_iter()
+                .map(|(key, value)| {
+                    if require_stable && coordinator.has_pending_txn_offset(&group, &key) {
+                        (key, Err(unstable))
+                    } else {
+                        (key, Ok(value))
+                    }
+                })
+                .collect()
+        },
     )
     .await
 }
 
-fn partition_values(value: Option<CommittedOffset>) -> (i64, i32, String) {
+/// (offset, leader epoch, metadata, error code) of one partition.
+fn partition_values(value: Result<Option<CommittedOffset>, i16>) -> (i64, i32, String, i16) {
     match value {
-        Some(value) => (value.offset, value.leader_epoch, value.metadata),
-        None => (-1, -1, String::new()),
+        Ok(Some(value)) => (value.offset, value.leader_epoch, value.metadata, 0),
+        Ok(None) => (-1, -1, String::new(), 0),
+        Err(code) => (-1, -1, String::new(), code),
     }
 }
 
 fn topics_v7(fetched: Fetched) -> Vec<OffsetFetchResponseTopic> {
     by_topic(fetched.into_iter().map(|(key, value)| {
-        let (offset, epoch, metadata) = partition_values(value);
+        let (offset, epoch, metadata, code) = partition_values(value);
         let partition = OffsetFetchResponsePartition::default()
             .with_partition_index(key.partition)
             .with_committed_offset(offset)
             .with_committed_leader_epoch(epoch)
-            .with_metadata(Some(str_bytes(&metadata)));
+            .with_metadata(Some(str_bytes(&metadata)))
+            .with_error_code(code);
         (key.topic, partition)
     }))
     .into_iter()
@@ -121,12 +143,13 @@ fn group_response(
         }
     };
     let topics = by_topic(fetched.into_iter().map(|(key, value)| {
-        let (offset, epoch, metadata) = partition_values(value);
+        let (offset, epoch, metadata, code) = partition_values(value);
         let partition = OffsetFetchResponsePartitions::default()
             .with_partition_index(key.partition)
             .with_committed_offset(offset)
             .with_committed_leader_epoch(epoch)
-            .with_metadata(Some(str_bytes(&metadata)));
+            .with_metadata(Some(str_bytes(&metadata)))
+            .with_error_code(code);
         (key.topic, partition)
     }))
     .into_iter()
