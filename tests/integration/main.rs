@@ -40,4 +40,5 @@ mod shard_runtime;
 mod sim_device;
 mod storage_model;
 mod transactions_storage;
+mod txn_clients;
 mod write_path;
