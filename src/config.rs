@@ -50,6 +50,77 @@ pub struct Config {
     pub storage: StorageConfig,
     pub retention: RetentionConfig,
     pub groups: GroupsConfig,
+    pub transactions: TransactionsConfig,
+}
+
+/// The transaction coordinator (KIP-98): where transactions are recorded
+/// and how long they and their ids may live.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransactionsConfig {
+    /// Partitions of the internal `__transaction_state` topic; a
+    /// transactional id's coordinator is the shard owning its partition.
+    /// Default 50, 1 to 1000; fixed once the topic exists (Kafka
+    /// `transaction.state.log.num.partitions`).
+    pub state_topic_partitions: u32,
+    /// Largest `transaction.timeout.ms` a producer may ask for; larger gets
+    /// INVALID_TRANSACTION_TIMEOUT. Default 900000 (15 min), at least 1000
+    /// (Kafka `transaction.max.timeout.ms`).
+    pub max_timeout_ms: u64,
+    /// A transactional id idle this long (no transaction in progress) is
+    /// forgotten. Default 604800000 (7 days), at least 1000 (Kafka
+    /// `transactional.id.expiration.ms`).
+    pub id_expiration_ms: u64,
+    /// How often open transactions are checked against their timeout (the
+    /// overdue ones are aborted and their producers fenced). Default 10000,
+    /// at least 10 (Kafka
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`).
+    pub abort_check_interval_ms: u64,
+}
+
+impl Default for TransactionsConfig {
+    fn default() -> Self {
+        TransactionsConfig {
+            state_topic_partitions: 50,
+            max_timeout_ms: 900_000,
+            id_expiration_ms: 7 * 24 * HOUR_MS as u64,
+            abort_check_interval_ms: 10_000,
+        }
+    }
+}
+
+impl TransactionsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=1000).contains(&self.state_topic_partitions) {
+            return invalid(
+                "transactions.state_topic_partitions",
+                self.state_topic_partitions,
+                "between 1 and 1000",
+            );
+        }
+        if !(1000..=i32::MAX as u64).contains(&self.max_timeout_ms) {
+            return invalid(
+                "transactions.max_timeout_ms",
+                self.max_timeout_ms,
+                format!("between 1000 and {}", i32::MAX),
+            );
+        }
+        if self.id_expiration_ms < 1000 {
+            return invalid(
+                "transactions.id_expiration_ms",
+                self.id_expiration_ms,
+                "at least 1000",
+            );
+        }
+        if !(10..=3_600_000).contains(&self.abort_check_interval_ms) {
+            return invalid(
+                "transactions.abort_check_interval_ms",
+                self.abort_check_interval_ms,
+                "between 10 and 3600000",
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Consumer groups: the coordinator and committed offsets.
@@ -253,6 +324,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             retention: RetentionConfig::default(),
             groups: GroupsConfig::default(),
+            transactions: TransactionsConfig::default(),
         }
     }
 }
@@ -413,7 +485,8 @@ impl Config {
         }
         self.storage.validate()?;
         self.retention.validate()?;
-        self.groups.validate()
+        self.groups.validate()?;
+        self.transactions.validate()
     }
 }
 

@@ -16,6 +16,7 @@ pub mod config;
 pub mod data_dir;
 pub mod error_chain;
 pub mod exposure;
+pub mod failpoint;
 /// Fuzz targets and the network fuzzer (`fuzz/README.md`); not an API.
 #[doc(hidden)]
 pub mod fuzzing;

@@ -254,6 +254,7 @@ targets!(
     kafka_request,
     record_batch,
     offset_record,
+    internal_record,
     offsets_batch,
     group_metadata,
     log_frame,

@@ -12,6 +12,7 @@
 
 use std::ops::ControlFlow;
 
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::ids::{Offset, PartitionId};
@@ -166,4 +167,83 @@ pub fn encode_batch<'a>(
         });
     }
     builder.build()
+}
+
+/// Why a field of an internal record does not decode (the replay skips the
+/// record with a warning: it was damaged, or not written by this broker).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FieldError {
+    #[error("ends early: {needed} bytes needed, {left} left")]
+    EndsEarly { needed: usize, left: usize },
+    #[error("negative string length {len}")]
+    NegativeStringLength { len: i16 },
+    #[error("string is not UTF-8: {source}")]
+    NotUtf8 {
+        #[source]
+        source: std::string::FromUtf8Error,
+    },
+}
+
+/// Internal records use Kafka's encodings: big-endian integers and strings
+/// with an i16 length. Nothing read is trusted: every length is checked
+/// against the bytes left before anything is taken or allocated.
+fn need(bytes: &Bytes, len: usize) -> Result<(), FieldError> {
+    if bytes.remaining() < len {
+        return Err(FieldError::EndsEarly {
+            needed: len,
+            left: bytes.remaining(),
+        });
+    }
+    Ok(())
+}
+
+pub fn get_i8(bytes: &mut Bytes) -> Result<i8, FieldError> {
+    need(bytes, 1)?;
+    Ok(bytes.get_i8())
+}
+
+pub fn get_i16(bytes: &mut Bytes) -> Result<i16, FieldError> {
+    need(bytes, 2)?;
+    Ok(bytes.get_i16())
+}
+
+pub fn get_i32(bytes: &mut Bytes) -> Result<i32, FieldError> {
+    need(bytes, 4)?;
+    Ok(bytes.get_i32())
+}
+
+pub fn get_i64(bytes: &mut Bytes) -> Result<i64, FieldError> {
+    need(bytes, 8)?;
+    Ok(bytes.get_i64())
+}
+
+pub fn get_string(bytes: &mut Bytes) -> Result<String, FieldError> {
+    let len = get_i16(bytes)?;
+    let Ok(len) = usize::try_from(len) else {
+        return Err(FieldError::NegativeStringLength { len });
+    };
+    need(bytes, len)?;
+    let raw = bytes.split_to(len);
+    String::from_utf8(raw.to_vec()).map_err(|source| FieldError::NotUtf8 { source })
+}
+
+/// A string with an i16 length; the caller keeps strings within
+/// `i16::MAX` bytes (topic names, group and transactional ids are checked
+/// before a record is built).
+pub fn put_string(out: &mut BytesMut, text: &str) {
+    let len = i16::try_from(text.len())
+        .expect("strings are checked against i16::MAX bytes before a record is built");
+    out.put_i16(len);
+    out.put_slice(text.as_bytes());
+}
+
+/// The partition of an internal topic holding `key` (a group or
+/// transactional id): FNV-1a of its bytes modulo `partitions`.
+pub fn key_partition(key: &str, partitions: u32) -> u32 {
+    const FNV_OFFSET: u32 = 0x811c_9dc5;
+    const FNV_PRIME: u32 = 0x0100_0193;
+    let hash = key.bytes().fold(FNV_OFFSET, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(FNV_PRIME)
+    });
+    hash % partitions.max(1)
 }

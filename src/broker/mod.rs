@@ -11,6 +11,7 @@ pub mod internal_log;
 pub mod metadata;
 pub mod producer_ids;
 pub mod topic_config;
+pub mod txn;
 
 use crate::log_throttle::{LogThrottle, monotonic_ms};
 use std::collections::BTreeMap;
@@ -87,6 +88,12 @@ impl Broker {
             "groups.offsets_topic_partitions",
         )?;
         ensure_internal_topic(&metadata, producer_ids::PRODUCER_IDS_TOPIC, 1, "")?;
+        ensure_internal_topic(
+            &metadata,
+            txn::TXN_TOPIC,
+            config.transactions.state_topic_partitions,
+            "transactions.state_topic_partitions",
+        )?;
         Ok(Broker {
             config,
             metadata,
@@ -403,7 +410,9 @@ fn ensure_internal_topic(
 /// Topics only the broker writes: clients may read them, never produce to,
 /// delete or change them.
 pub fn is_internal_topic(name: &str) -> bool {
-    name == group::OFFSETS_TOPIC || name == producer_ids::PRODUCER_IDS_TOPIC
+    name == group::OFFSETS_TOPIC
+        || name == producer_ids::PRODUCER_IDS_TOPIC
+        || name == txn::TXN_TOPIC
 }
 
 fn refuse_internal(name: &str) -> Result<(), TopicError> {

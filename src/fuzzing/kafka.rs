@@ -331,6 +331,8 @@ pub fn with_request_type<V: WithRequestType>(key: ApiKey, visitor: V) -> Option<
         ApiKey::DescribeGroups => visitor.call::<DescribeGroupsRequest>(),
         ApiKey::DeleteGroups => visitor.call::<DeleteGroupsRequest>(),
         ApiKey::InitProducerId => visitor.call::<InitProducerIdRequest>(),
+        ApiKey::AddPartitionsToTxn => visitor.call::<AddPartitionsToTxnRequest>(),
+        ApiKey::EndTxn => visitor.call::<EndTxnRequest>(),
         _ => return None,
     })
 }

@@ -60,6 +60,7 @@ pub const TARGETS: &[Target] = &[
     kafka::KAFKA_REQUEST,
     records::RECORD_BATCH,
     records::OFFSET_RECORD,
+    records::INTERNAL_RECORD,
     records::OFFSETS_BATCH,
     records::GROUP_METADATA,
     storage::LOG_FRAME,

@@ -3,8 +3,8 @@
 //! the `__consumer_offsets` replay), the offset records themselves, and the
 //! consumer-protocol member metadata and assignments the broker reads.
 //!
-//! There are no transaction records: Sluice has no transactions yet
-//! (ARCHITECTURE.md, "Not built yet"), so nothing decodes them.
+//! The other internal records (`__transaction_state`, `__producer_ids`,
+//! transaction markers) share one target, [`INTERNAL_RECORD`].
 
 use std::ops::ControlFlow;
 
@@ -54,6 +54,18 @@ pub const OFFSETS_BATCH: Target = Target {
     seeds: offsets_batch_seeds,
     allocation_max_bytes: decompressing_allocation_max_bytes,
     input_max_bytes: 64 * 1024,
+};
+
+/// One record of another internal log, chosen by the first byte: a
+/// `__transaction_state` record, a `__producer_ids` block, or a transaction
+/// marker's control record; what decodes re-encodes to what decodes the
+/// same.
+pub const INTERNAL_RECORD: Target = Target {
+    name: "internal_record",
+    run: internal_record,
+    seeds: internal_record_seeds,
+    allocation_max_bytes: super::proportional_allocation_max_bytes,
+    input_max_bytes: 4096,
 };
 
 /// JoinGroup member metadata (ConsumerProtocolSubscription) and SyncGroup
@@ -289,6 +301,104 @@ fn offset_record_seeds() -> Vec<Vec<u8>> {
             input
         })
         .collect()
+}
+
+/// Input: a kind byte (0 transaction, 1 producer-id block, 2 marker), then
+/// as [`offset_record`]: a u16 whose top bit marks a tombstone and whose
+/// rest is the key's length, the key, the value.
+pub fn internal_record(data: &[u8]) {
+    use crate::broker::producer_ids::ProducerIdBlock;
+    use crate::broker::txn::records;
+    use crate::record_batch::control;
+    let Some((&kind, data)) = data.split_first() else {
+        return;
+    };
+    let Some((prefix, rest)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let declared = u16::from_be_bytes(*prefix);
+    let key_len = usize::from(declared & 0x7fff).min(rest.len());
+    let (key, value) = rest.split_at(key_len);
+    let value = (declared & 0x8000 == 0).then_some(value);
+    match kind % 3 {
+        0 => {
+            let Ok(Some((id, meta))) = records::decode(key, value) else {
+                return;
+            };
+            let key = records::encode_key(&id);
+            let value = meta.as_ref().map(records::encode_value);
+            assert_eq!(
+                records::decode(&key, value.as_deref()),
+                Ok(Some((id, meta))),
+                "a transaction record changed in a round trip"
+            );
+        }
+        1 => {
+            let Ok(Some(block)) = ProducerIdBlock::decode(key, value) else {
+                return;
+            };
+            let value = block.encode_value();
+            assert_eq!(
+                ProducerIdBlock::decode(&ProducerIdBlock::encode_key(), Some(&value)),
+                Ok(Some(block))
+            );
+        }
+        _ => {
+            let Ok(marker) = control::decode_record(key, value.unwrap_or_default()) else {
+                return;
+            };
+            let batch = control::build_marker(1, 0, &marker, 0);
+            assert_eq!(control::parse_marker(&batch).ok(), Some(marker));
+        }
+    }
+}
+
+fn internal_record_seeds() -> Vec<Vec<u8>> {
+    use crate::broker::producer_ids::ProducerIdBlock;
+    use crate::broker::txn::records::{self, TxnMetadata, TxnState};
+    let meta = TxnMetadata {
+        producer_id: 7,
+        last_producer_id: -1,
+        producer_epoch: 2,
+        last_producer_epoch: 1,
+        timeout_ms: 60_000,
+        state: TxnState::Ongoing,
+        partitions: [("orders".to_owned(), 1), ("orders".to_owned(), 4)]
+            .into_iter()
+            .collect(),
+        start_ms: 1_700_000_000_000,
+        last_update_ms: 1_700_000_000_001,
+    };
+    let block = ProducerIdBlock {
+        start: 3000,
+        len: 1000,
+        shard: 1,
+    };
+    let with = |kind: u8, key: &[u8], value: Option<&[u8]>| {
+        let mut declared = key.len() as u16;
+        if value.is_none() {
+            declared |= 0x8000;
+        }
+        let mut input = vec![kind];
+        input.extend_from_slice(&declared.to_be_bytes());
+        input.extend_from_slice(key);
+        input.extend_from_slice(value.unwrap_or_default());
+        input
+    };
+    vec![
+        with(
+            0,
+            &records::encode_key("txn"),
+            Some(&records::encode_value(&meta)),
+        ),
+        with(0, &records::encode_key("txn"), None),
+        with(
+            1,
+            &ProducerIdBlock::encode_key(),
+            Some(&block.encode_value()),
+        ),
+        with(2, &[0, 0, 0, 1], Some(&[0, 0, 0, 0, 0, 5])),
+    ]
 }
 
 /// Input: a flag byte (as for [`record_batch`]), then a stored batch.

@@ -279,6 +279,22 @@ pub fn sample_request(
         ApiKey::DeleteGroups => DeleteGroupsRequest::default()
             .with_groups_names(vec![group("g")])
             .encode(out, version),
+        ApiKey::AddPartitionsToTxn => AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(name("txn")))
+            .with_v3_and_below_producer_id(ProducerId(5))
+            .with_v3_and_below_producer_epoch(0)
+            .with_v3_and_below_topics(vec![
+                add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(vec![0, 1]),
+            ])
+            .encode(out, version),
+        ApiKey::EndTxn => EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(name("txn")))
+            .with_producer_id(ProducerId(5))
+            .with_producer_epoch(0)
+            .with_committed(true)
+            .encode(out, version),
         ApiKey::InitProducerId => InitProducerIdRequest::default()
             .with_transactional_id(None)
             .with_transaction_timeout_ms(60_000)

@@ -31,9 +31,10 @@ pub fn for_append(error: &AppendError) -> i16 {
         AppendError::Producer(ProducerError::OutOfOrderSequence { .. }) => {
             ResponseError::OutOfOrderSequenceNumber.code()
         }
-        AppendError::Producer(ProducerError::NonTransactionalInTransaction { .. }) => {
-            ResponseError::InvalidTxnState.code()
-        }
+        AppendError::Producer(
+            ProducerError::NonTransactionalInTransaction { .. }
+            | ProducerError::TransactionEnded { .. },
+        ) => ResponseError::InvalidTxnState.code(),
         AppendError::Producer(ProducerError::CoordinatorFenced { .. }) => {
             ResponseError::TransactionCoordinatorFenced.code()
         }

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use crate::broker::group::coordinator::Coordinator;
 use crate::broker::group::coordinator_error::CoordinatorStartError;
 use crate::broker::producer_ids::{ProducerIdAllocator, ProducerIdsStartError};
+use crate::broker::txn::coordinator::{TxnCoordinator, TxnStartError};
 use crate::broker::{Broker, TopicError, reconcile_shard};
 use crate::ids::ShardId;
 use crate::io::IoBackend;
@@ -50,6 +51,11 @@ pub enum KafkaStartError {
     Coordinator {
         #[source]
         source: CoordinatorStartError,
+    },
+    #[error("cannot start the transaction coordinator: {source}")]
+    Transactions {
+        #[source]
+        source: TxnStartError,
     },
     #[error("cannot start the producer-id allocator: {source}")]
     ProducerIds {
@@ -106,6 +112,8 @@ impl ShardService for KafkaService {
             .map_err(|source| KafkaStartError::Coordinator { source })?;
         let producer_ids = ProducerIdAllocator::start(context, &self.broker)
             .map_err(|source| KafkaStartError::ProducerIds { source })?;
+        let txn_timers = TxnCoordinator::start(context, &self.broker)
+            .map_err(|source| KafkaStartError::Transactions { source })?;
         let socket = self
             .listeners
             .lock()
@@ -133,6 +141,7 @@ impl ShardService for KafkaService {
             compio::runtime::spawn(refresh),
         ];
         tasks.extend(producer_ids);
+        tasks.push(txn_timers);
         if context.id.0 == 0 {
             let limit = self.broker.config.kafka.connections_max;
             tasks.push(compio::runtime::spawn(report_refusals(limit)));

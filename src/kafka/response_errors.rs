@@ -7,12 +7,13 @@
 //! partition errors itself.
 
 use kafka_protocol::messages::{
-    ApiVersionsResponse, CreatePartitionsResponse, CreateTopicsResponse, DeleteGroupsResponse,
-    DeleteTopicsResponse, DescribeClusterResponse, DescribeConfigsResponse, DescribeGroupsResponse,
-    FindCoordinatorResponse, HeartbeatResponse, IncrementalAlterConfigsResponse,
-    InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse,
-    ListOffsetsResponse, MetadataResponse, OffsetCommitResponse, OffsetDeleteResponse,
-    OffsetFetchResponse, ProduceResponse, SyncGroupResponse,
+    AddPartitionsToTxnResponse, ApiVersionsResponse, CreatePartitionsResponse,
+    CreateTopicsResponse, DeleteGroupsResponse, DeleteTopicsResponse, DescribeClusterResponse,
+    DescribeConfigsResponse, DescribeGroupsResponse, EndTxnResponse, FindCoordinatorResponse,
+    HeartbeatResponse, IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse,
+    LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse, MetadataResponse,
+    OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse,
+    SyncGroupResponse,
 };
 
 /// Visit every error code in a response (zeros included; the caller skips them).
@@ -38,6 +39,7 @@ top_level!(
     SyncGroupResponse,
     HeartbeatResponse,
     InitProducerIdResponse,
+    EndTxnResponse,
     ListGroupsResponse
 );
 
@@ -76,6 +78,18 @@ macro_rules! partition_codes {
                 .for_each(|partition| $each(partition.error_code));
         }
     };
+}
+
+impl ErrorCodes for AddPartitionsToTxnResponse {
+    fn error_codes(&self, each: &mut dyn FnMut(i16)) {
+        each(self.error_code);
+        for topic in &self.results_by_topic_v3_and_below {
+            topic
+                .results_by_partition
+                .iter()
+                .for_each(|partition| each(partition.partition_error_code));
+        }
+    }
 }
 
 impl ErrorCodes for ProduceResponse {

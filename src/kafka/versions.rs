@@ -2,10 +2,9 @@
 //! advertises, and what the dispatcher accepts.
 //!
 //! Ranges stop before versions that require topic ids in place of names
-//! (Fetch 13+, Produce 13), transactions (InitProducerId serves idempotent
-//! producers; InitProducerId 5 and the transaction APIs come with the
-//! transaction coordinator) or features Sluice does not have, so every
-//! advertised version is fully served. librdkafka 2.0.2 (Debian) and
+//! (Fetch 13+, Produce 13), KIP-890's transaction versions (InitProducerId
+//! 5, AddPartitionsToTxn 4+, EndTxn 4+) or features Sluice does not have, so
+//! every advertised version is fully served. librdkafka 2.0.2 (Debian) and
 //! current clients negotiate within these ranges.
 
 use kafka_protocol::messages::ApiKey;
@@ -27,6 +26,16 @@ pub const SUPPORTED: &[Supported] = &[
         key: ApiKey::InitProducerId,
         min: 0,
         max: 4,
+    },
+    Supported {
+        key: ApiKey::AddPartitionsToTxn,
+        min: 0,
+        max: 3,
+    },
+    Supported {
+        key: ApiKey::EndTxn,
+        min: 0,
+        max: 3,
     },
     Supported {
         key: ApiKey::Fetch,
@@ -177,6 +186,8 @@ mod tests {
             ApiKey::DescribeGroups => DescribeGroupsRequest::VERSIONS,
             ApiKey::DeleteGroups => DeleteGroupsRequest::VERSIONS,
             ApiKey::InitProducerId => InitProducerIdRequest::VERSIONS,
+            ApiKey::AddPartitionsToTxn => AddPartitionsToTxnRequest::VERSIONS,
+            ApiKey::EndTxn => EndTxnRequest::VERSIONS,
             other => panic!("no codec listed for {other:?}"),
         };
         for entry in SUPPORTED {

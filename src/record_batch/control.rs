@@ -120,7 +120,7 @@ pub fn parse_marker(bytes: &[u8]) -> Result<TxnMarker, MarkerError> {
     let mut found = Err(MarkerError::NoRecord);
     walk_records(bytes, MARKER_DECOMPRESSED_MAX_BYTES, |record| {
         found = match (record.key, record.value) {
-            (Field::Bytes(key), Field::Bytes(value)) => decode(key, value),
+            (Field::Bytes(key), Field::Bytes(value)) => decode_record(key, value),
             _ => Err(MarkerError::MissingField),
         };
         ControlFlow::Break(())
@@ -128,7 +128,8 @@ pub fn parse_marker(bytes: &[u8]) -> Result<TxnMarker, MarkerError> {
     found
 }
 
-fn decode(key: &[u8], value: &[u8]) -> Result<TxnMarker, MarkerError> {
+/// A marker record's key and value (what [`parse_marker`] reads from the batch).
+pub fn decode_record(key: &[u8], value: &[u8]) -> Result<TxnMarker, MarkerError> {
     let [k0, k1, k2, k3, ..] = *key else {
         return Err(MarkerError::ShortKey { len: key.len() });
     };
@@ -193,24 +194,24 @@ mod tests {
     #[test]
     fn short_or_unknown_control_records_are_refused() {
         assert!(matches!(
-            decode(&[0, 0, 0], &[0; 6]),
+            decode_record(&[0, 0, 0], &[0; 6]),
             Err(MarkerError::ShortKey { len: 3 })
         ));
         assert!(matches!(
-            decode(&[0, 1, 0, 0], &[0; 6]),
+            decode_record(&[0, 1, 0, 0], &[0; 6]),
             Err(MarkerError::KeyVersion { version: 1 })
         ));
         assert!(matches!(
-            decode(&[0, 0, 0, 5], &[0; 6]),
+            decode_record(&[0, 0, 0, 5], &[0; 6]),
             Err(MarkerError::NotAMarker { type_id: 5 })
         ));
         assert!(matches!(
-            decode(&[0, 0, 0, 1], &[0; 5]),
+            decode_record(&[0, 0, 0, 1], &[0; 5]),
             Err(MarkerError::ShortValue { len: 5 })
         ));
         // A newer value version with more fields is read by its first ones.
         assert_eq!(
-            decode(&[0, 0, 0, 1], &[0, 1, 0, 0, 0, 9, 0xff, 0xff]).ok(),
+            decode_record(&[0, 0, 0, 1], &[0, 1, 0, 0, 0, 9, 0xff, 0xff]).ok(),
             Some(TxnMarker {
                 kind: MarkerKind::Commit,
                 coordinator_epoch: 9

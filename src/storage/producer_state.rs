@@ -96,6 +96,9 @@ pub struct ProducerEntry {
     pub coordinator_epoch: i32,
     /// The first offset of its open transaction on this partition.
     pub current_txn_first_offset: Option<Offset>,
+    /// The offset of its latest marker here (not persisted, not compared:
+    /// only a [`TxnToken`] taken in this process is checked against it).
+    last_marker_offset: Option<Offset>,
     /// A ring of the latest batches: the oldest at `head`, `len` in use.
     batches: [BatchMeta; BATCHES_CACHED_MAX],
     len: u8,
@@ -158,6 +161,7 @@ impl ProducerEntry {
             last_timestamp_ms,
             coordinator_epoch: NO_COORDINATOR_EPOCH,
             current_txn_first_offset: None,
+            last_marker_offset: None,
             batches: [none; BATCHES_CACHED_MAX],
             len: 0,
             head: 0,
@@ -228,6 +232,11 @@ pub enum ProducerError {
     )]
     NonTransactionalInTransaction { producer_id: i64 },
     #[error(
+        "producer {producer_id}'s transaction on this partition ended while its batch was being \
+         verified: the batch belongs to no open transaction (INVALID_TXN_STATE)"
+    )]
+    TransactionEnded { producer_id: i64 },
+    #[error(
         "a transaction marker for producer {producer_id} carries coordinator epoch \
          {coordinator_epoch}, older than {current} (TRANSACTION_COORDINATOR_FENCED)"
     )]
@@ -245,6 +254,17 @@ pub enum Check {
     Append,
     /// A retry of a stored batch: answer with its offsets, store nothing.
     Duplicate(BatchMeta),
+}
+
+/// What a transactional Produce saw of its producer on the partition before
+/// asking the coordinator (KIP-890's verification): whether its
+/// transaction was open here, and its latest marker. If a marker lands
+/// before the batch, the batch is refused rather than opening a
+/// transaction the coordinator has already finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnToken {
+    pub open: bool,
+    last_marker_offset: Option<Offset>,
 }
 
 /// An aborted transaction, as read_committed fetches list it (Kafka's
@@ -328,6 +348,34 @@ impl ProducerStates {
                 || now_ms.saturating_sub(entry.last_timestamp_ms) < expiration_ms
         });
         before - self.entries.len()
+    }
+
+    /// The token a transactional Produce takes before verification.
+    pub fn txn_token(&self, producer_id: i64) -> TxnToken {
+        let entry = self.entries.get(&producer_id);
+        TxnToken {
+            open: entry.is_some_and(|entry| entry.current_txn_first_offset.is_some()),
+            last_marker_offset: entry.and_then(|entry| entry.last_marker_offset),
+        }
+    }
+
+    /// Whether a transactional batch that passed [`ProducerStates::check`]
+    /// may go in under `token`: if it would open a transaction here, no
+    /// marker may have landed since the token was taken, and the token must
+    /// have been taken with the transaction not open (so it was verified).
+    pub fn check_token(&self, header: &BatchHeader, token: &TxnToken) -> Result<(), ProducerError> {
+        let entry = self.entries.get(&header.producer_id);
+        let open_now = entry.is_some_and(|entry| entry.current_txn_first_offset.is_some());
+        let marker_now = entry.and_then(|entry| entry.last_marker_offset);
+        if !header.is_transactional() || open_now {
+            return Ok(());
+        }
+        if token.open || token.last_marker_offset != marker_now {
+            return Err(ProducerError::TransactionEnded {
+                producer_id: header.producer_id,
+            });
+        }
+        Ok(())
     }
 
     /// The first offset of the oldest open or unstable transaction: the
@@ -532,6 +580,7 @@ impl ProducerStates {
             entry.raise_epoch(epoch);
         }
         entry.coordinator_epoch = entry.coordinator_epoch.max(marker.coordinator_epoch);
+        entry.last_marker_offset = Some(offset);
         entry.last_timestamp_ms = entry.last_timestamp_ms.max(timestamp_ms);
         let Some(first) = entry.current_txn_first_offset.take() else {
             return;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::commit_log::LogAppendError;
 use super::frame::{FRAME_PREFIX_BYTES, FrameHeader};
 use super::partition::IndexedBatch;
-use super::producer_state::Check;
+use super::producer_state::{Check, TxnToken};
 use super::retention::DiskPressure;
 use super::shard_store::{AppendReceipt, Durability, LEADER_EPOCH, PendingAppend, ShardStore};
 use super::store_errors::{AppendError, TryAppendError};
@@ -40,8 +40,37 @@ impl ShardStore {
         batch: ValidatedBatch<'_>,
         durability: Durability,
     ) -> Result<AppendReceipt, AppendError> {
-        self.append_admitted(id, batch, durability, Admission::UnlessDiskFull)
+        self.append_admitted(id, batch, durability, Admission::UnlessDiskFull, None)
             .await
+    }
+
+    /// [`ShardStore::append`] for a client's transactional batch, checked
+    /// against the [`TxnToken`] taken before its coordinator verified it
+    /// (`ShardStore::txn_token`): refused with INVALID_TXN_STATE if it
+    /// would open a transaction whose marker landed meanwhile.
+    pub async fn append_verified(
+        &self,
+        id: PartitionId,
+        batch: ValidatedBatch<'_>,
+        durability: Durability,
+        token: TxnToken,
+    ) -> Result<AppendReceipt, AppendError> {
+        self.append_admitted(
+            id,
+            batch,
+            durability,
+            Admission::UnlessDiskFull,
+            Some(token),
+        )
+        .await
+    }
+
+    /// What a transactional Produce takes before verification (see
+    /// [`TxnToken`]); `None` for an unknown partition.
+    pub fn txn_token(&self, id: PartitionId, producer_id: i64) -> Option<TxnToken> {
+        let state = self.state.borrow();
+        let partition = state.partitions.get(&id)?;
+        Some(partition.producers.txn_token(producer_id))
     }
 
     /// [`ShardStore::append`] for a small append that lets space be freed:
@@ -56,7 +85,7 @@ impl ShardStore {
         batch: ValidatedBatch<'_>,
         durability: Durability,
     ) -> Result<AppendReceipt, AppendError> {
-        self.append_admitted(id, batch, durability, Admission::EvenAboveRejectRatio)
+        self.append_admitted(id, batch, durability, Admission::EvenAboveRejectRatio, None)
             .await
     }
 
@@ -83,7 +112,7 @@ impl ShardStore {
             record_batch::control::build_marker(producer_id, producer_epoch, marker, now_ms);
         let batch = ValidatedBatch::frame_only(&bytes, bytes.len())
             .expect("a marker this broker built is a sound batch");
-        self.append_admitted(id, batch, durability, Admission::EvenAboveRejectRatio)
+        self.append_admitted(id, batch, durability, Admission::EvenAboveRejectRatio, None)
             .await
     }
 
@@ -93,6 +122,7 @@ impl ShardStore {
         batch: ValidatedBatch<'_>,
         durability: Durability,
         admission: Admission,
+        token: Option<TxnToken>,
     ) -> Result<AppendReceipt, AppendError> {
         let mut ticket = None;
         loop {
@@ -105,7 +135,7 @@ impl ShardStore {
                 ticket.changed().await;
                 continue;
             }
-            match self.try_append(id, &batch, durability, admission, Instant::now()) {
+            match self.try_append(id, &batch, durability, admission, token, Instant::now()) {
                 Err(TryAppendError::NoBufferSpace) => {
                     let ticket = ticket.get_or_insert_with(|| self.buffer_space.enqueue());
                     self.flush_kick.notify();
@@ -136,6 +166,7 @@ impl ShardStore {
         batch: &ValidatedBatch<'_>,
         durability: Durability,
         admission: Admission,
+        token: Option<TxnToken>,
         now: Instant,
     ) -> Result<AppendReceipt, TryAppendError> {
         if self.stopping.get() {
@@ -181,7 +212,16 @@ impl ShardStore {
                 .check_marker(header.producer_id, header.producer_epoch, marker)
                 .map(|()| Check::Append),
             None if header.is_control() => Ok(Check::Append),
-            None => partition.producers.check(&header),
+            None => partition
+                .producers
+                .check(&header)
+                .and_then(|check| match (check, &token) {
+                    (Check::Append, Some(token)) => partition
+                        .producers
+                        .check_token(&header, token)
+                        .map(|()| Check::Append),
+                    (check, _) => Ok(check),
+                }),
         };
         if let Check::Duplicate(original) = check.map_err(AppendError::Producer)? {
             // A retry asking for more than the original (acks=all after

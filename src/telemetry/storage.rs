@@ -148,9 +148,10 @@ impl StoreMetrics {
             AppendError::ShuttingDown => "shutting_down",
             AppendError::Producer(ProducerError::InvalidEpoch { .. }) => "epoch",
             AppendError::Producer(ProducerError::OutOfOrderSequence { .. }) => "sequence",
-            AppendError::Producer(ProducerError::NonTransactionalInTransaction { .. }) => {
-                "txn_state"
-            }
+            AppendError::Producer(
+                ProducerError::NonTransactionalInTransaction { .. }
+                | ProducerError::TransactionEnded { .. },
+            ) => "txn_state",
             AppendError::Producer(ProducerError::CoordinatorFenced { .. }) => "coordinator_fenced",
         };
         let index = REJECT_REASONS

@@ -286,11 +286,12 @@ fn init_producer_id_never_hands_out_an_id_twice_even_across_kill_9() {
     broker.stop();
 }
 
-/// Issue 13: Kafka's request rules for InitProducerId; a transactional id
-/// is refused until the transaction coordinator exists (step 4). The
-/// allocator's topic is internal.
+/// Issue 13: Kafka's request rules for InitProducerId: a half-given
+/// producer id and epoch, an empty transactional id and a transaction
+/// timeout above `transactions.max_timeout_ms` are refused. The allocator's
+/// and the coordinator's topics are internal.
 #[test]
-fn init_producer_id_refuses_half_given_ids_and_transactional_ids() {
+fn init_producer_id_refuses_half_given_ids_and_bad_transactional_requests() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), &[]);
     let mut wire = Wire::connect(&broker.address);
@@ -305,22 +306,26 @@ fn init_producer_id_refuses_half_given_ids_and_transactional_ids() {
         init_producer_id(&mut wire, 3, &epoch_without_id),
         (invalid, -1, -1)
     );
-    let transactional = idempotent_init()
-        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("txn-1"))));
+    let empty = idempotent_init()
+        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str(""))));
+    assert_eq!(init_producer_id(&mut wire, 4, &empty), (invalid, -1, -1));
+    let too_long = idempotent_init()
+        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("txn-1"))))
+        .with_transaction_timeout_ms(900_001);
     assert_eq!(
-        init_producer_id(&mut wire, 4, &transactional),
-        (invalid, -1, -1)
+        init_producer_id(&mut wire, 4, &too_long),
+        (ResponseError::InvalidTransactionTimeout.code(), -1, -1)
     );
-    assert!(broker.wait_for_log("refusing InitProducerId for a transactional producer"));
-
-    let delete = DeleteTopicsRequest::default()
-        .with_topic_names(vec![TopicName(StrBytes::from_static_str("__producer_ids"))])
-        .with_timeout_ms(5_000);
-    let response = wire.call(4, &delete);
-    assert_ne!(
-        response.responses[0].error_code, 0,
-        "an internal topic cannot be deleted"
-    );
+    for internal in ["__producer_ids", "__transaction_state"] {
+        let delete = DeleteTopicsRequest::default()
+            .with_topic_names(vec![TopicName(StrBytes::from_static_str(internal))])
+            .with_timeout_ms(5_000);
+        let response = wire.call(4, &delete);
+        assert_ne!(
+            response.responses[0].error_code, 0,
+            "{internal} is internal and cannot be deleted"
+        );
+    }
     drop(wire);
     broker.stop();
 }

@@ -145,16 +145,20 @@ pub fn flush(producer: &BaseProducer<Acks>, acks: &Acks) -> Vec<Record> {
     acks.delivered.lock().unwrap().clone()
 }
 
-fn consumer(address: &str) -> BaseConsumer {
+fn consumer(address: &str, settings: &[(&str, &str)]) -> BaseConsumer {
     // librdkafka wants a group id even for assign(); nothing is committed.
-    ClientConfig::new()
+    // Its default isolation level is read_committed.
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", address)
         .set("group.id", "sluice-tests")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .expect("consumer config is valid")
+        .set("fetch.wait.max.ms", "100");
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    config.create().expect("consumer config is valid")
 }
 
 /// Read `expected` records from `topic`'s `partitions`, each from `from`.
@@ -165,7 +169,19 @@ pub fn consume(
     from: i64,
     expected: usize,
 ) -> Vec<Record> {
-    let consumer = consumer(address);
+    consume_with(address, topic, partitions, from, expected, &[])
+}
+
+/// [`consume`] with extra consumer settings (`isolation.level`, ...).
+pub fn consume_with(
+    address: &str,
+    topic: &str,
+    partitions: i32,
+    from: i64,
+    expected: usize,
+    settings: &[(&str, &str)],
+) -> Vec<Record> {
+    let consumer = consumer(address, settings);
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
         assignment
@@ -200,7 +216,7 @@ pub fn offsets_for_time(
     partitions: i32,
     timestamp_ms: i64,
 ) -> BTreeMap<i32, Offset> {
-    let consumer = consumer(address);
+    let consumer = consumer(address, &[]);
     let mut query = TopicPartitionList::new();
     for partition in 0..partitions {
         query
@@ -239,7 +255,7 @@ pub fn create_topic(address: &str, name: &str, partitions: i32, configs: &[(&str
 
 /// The high watermark of each partition.
 pub fn high_watermarks(address: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer = consumer(address);
+    let consumer = consumer(address, &[]);
     (0..partitions)
         .map(|partition| {
             consumer

@@ -40,5 +40,6 @@ mod shard_runtime;
 mod sim_device;
 mod storage_model;
 mod transactions_storage;
+mod transactions_wire;
 mod txn_clients;
 mod write_path;

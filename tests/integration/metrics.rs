@@ -339,9 +339,9 @@ fn counters_move_with_a_produce_consume_run_and_the_exposition_parses() {
         assert!(after.sum("sluice_io_uring_completions_total", &[]) >= submitted - 8.0);
     }
 
-    // Shard gauges: 2 topic partitions plus the 50 of __consumer_offsets
-    // and the one of __producer_ids.
-    assert_eq!(after.sum("sluice_shard_partitions", &[]), 53.0);
+    // Shard gauges: 2 topic partitions plus the 50 of __consumer_offsets,
+    // the one of __producer_ids and the 50 of __transaction_state.
+    assert_eq!(after.sum("sluice_shard_partitions", &[]), 103.0);
     assert_eq!(after.samples("sluice_shard_segments").len(), 2);
     assert!(after.sum("sluice_shard_log_bytes", &[]) > 400.0 * 100.0);
     for sample in after.samples("sluice_shard_busy_ratio") {

@@ -81,12 +81,7 @@ thread_local! {
 
 /// The partition of `__consumer_offsets` holding `group` (FNV-1a).
 pub fn offsets_partition(group: &str, partitions: u32) -> u32 {
-    const FNV_OFFSET: u32 = 0x811c_9dc5;
-    const FNV_PRIME: u32 = 0x0100_0193;
-    let hash = group.bytes().fold(FNV_OFFSET, |hash, byte| {
-        (hash ^ u32::from(byte)).wrapping_mul(FNV_PRIME)
-    });
-    hash % partitions.max(1)
+    internal_log::key_partition(group, partitions)
 }
 
 /// Removes this shard's coordinator when dropped.

@@ -10,8 +10,10 @@
 
 use std::collections::BTreeMap;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
+
+use crate::broker::internal_log::{FieldError, get_i16, get_i32, get_i64, get_string, put_string};
 
 const KEY_VERSION: i16 = 1;
 const VALUE_VERSION: i16 = 3;
@@ -29,17 +31,10 @@ const _: () = assert!(crate::storage::partition::TOPIC_NAME_BYTES_MAX <= RECORD_
 /// warning: the record was damaged, or not written by this broker).
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum OffsetRecordError {
-    #[error("offset record ends early: {needed} bytes needed, {left} left")]
-    EndsEarly { needed: usize, left: usize },
+    #[error("offset record: {0}")]
+    Field(#[from] FieldError),
     #[error("offset value version {found} (expected {VALUE_VERSION})")]
     ValueVersion { found: i16 },
-    #[error("negative string length {len}")]
-    NegativeStringLength { len: i16 },
-    #[error("string is not UTF-8: {source}")]
-    NotUtf8 {
-        #[source]
-        source: std::string::FromUtf8Error,
-    },
 }
 
 /// Bytes of a key beyond its two strings: version, two lengths, partition.
@@ -178,48 +173,6 @@ fn decode_value(bytes: &[u8]) -> Result<CommittedOffset, OffsetRecordError> {
     })
 }
 
-fn put_string(out: &mut BytesMut, text: &str) {
-    let len = i16::try_from(text.len())
-        .expect("strings are checked against RECORD_STRING_BYTES_MAX before a record is built");
-    out.put_i16(len);
-    out.put_slice(text.as_bytes());
-}
-
-fn need(bytes: &Bytes, len: usize) -> Result<(), OffsetRecordError> {
-    if bytes.remaining() < len {
-        return Err(OffsetRecordError::EndsEarly {
-            needed: len,
-            left: bytes.remaining(),
-        });
-    }
-    Ok(())
-}
-
-fn get_i16(bytes: &mut Bytes) -> Result<i16, OffsetRecordError> {
-    need(bytes, 2)?;
-    Ok(bytes.get_i16())
-}
-
-fn get_i32(bytes: &mut Bytes) -> Result<i32, OffsetRecordError> {
-    need(bytes, 4)?;
-    Ok(bytes.get_i32())
-}
-
-fn get_i64(bytes: &mut Bytes) -> Result<i64, OffsetRecordError> {
-    need(bytes, 8)?;
-    Ok(bytes.get_i64())
-}
-
-fn get_string(bytes: &mut Bytes) -> Result<String, OffsetRecordError> {
-    let len = get_i16(bytes)?;
-    let Ok(len) = usize::try_from(len) else {
-        return Err(OffsetRecordError::NegativeStringLength { len });
-    };
-    need(bytes, len)?;
-    let raw = bytes.split_to(len);
-    String::from_utf8(raw.to_vec()).map_err(|source| OffsetRecordError::NotUtf8 { source })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,7 +252,7 @@ mod tests {
             assert!(
                 matches!(
                     OffsetRecord::decode(&key[..len], None),
-                    Err(OffsetRecordError::EndsEarly { .. })
+                    Err(OffsetRecordError::Field(FieldError::EndsEarly { .. }))
                 ),
                 "a key cut to {len} bytes"
             );

@@ -1,6 +1,6 @@
-//! FindCoordinator: this broker coordinates every group (v4+ asks for
-//! several keys at once). Transaction coordinators are refused: Sluice has
-//! no transactions.
+//! FindCoordinator: this broker coordinates every group and every
+//! transactional id (key type 1, KIP-98); v4+ asks for several keys at once.
+//! An empty transactional id, or an unknown key type, gets INVALID_REQUEST.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -13,20 +13,29 @@ use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
 const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
+
+/// Why a key gets no coordinator, or `None` when this node is it.
+fn refusal(key_type: i8, key: &str) -> Option<(i16, &'static str)> {
+    match key_type {
+        KEY_TYPE_GROUP => None,
+        KEY_TYPE_TRANSACTION if key.is_empty() => Some((
+            ResponseError::InvalidRequest.code(),
+            "a transactional id must not be empty",
+        )),
+        KEY_TYPE_TRANSACTION => None,
+        _ => Some((
+            ResponseError::InvalidRequest.code(),
+            "unknown coordinator key type: 0 is a group, 1 a transactional id",
+        )),
+    }
+}
 
 pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let find: FindCoordinatorRequest = decode(request, body)?;
     let broker = request.broker;
     let node = BrokerId(broker.config.kafka.node_id);
     let (host, port) = &broker.advertised;
-    let error = if find.key_type == KEY_TYPE_GROUP {
-        None
-    } else {
-        Some((
-            ResponseError::InvalidRequest.code(),
-            "only group coordinators exist: Sluice has no transactions",
-        ))
-    };
     let mut response = FindCoordinatorResponse::default();
     if request.version >= 4 {
         response.coordinators = find
@@ -34,7 +43,7 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
             .iter()
             .map(|key| {
                 let mut coordinator = Coordinator::default().with_key(key.clone());
-                match error {
+                match refusal(find.key_type, key) {
                     Some((code, message)) => {
                         coordinator.node_id = BrokerId(-1);
                         coordinator.port = -1;
@@ -51,7 +60,7 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
             })
             .collect();
     } else {
-        match error {
+        match refusal(find.key_type, &find.key) {
             Some((code, message)) => {
                 response.node_id = BrokerId(-1);
                 response.port = -1;

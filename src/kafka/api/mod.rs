@@ -2,6 +2,7 @@
 //! does the work (on the owner shards where partitions are involved) and
 //! encodes its response; fetch frames its records by hand for zero-copy.
 
+pub mod add_partitions_to_txn;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
@@ -10,6 +11,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -41,6 +43,8 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         ApiKey::Metadata => metadata::handle(request, body).await.map(Some),
         ApiKey::Produce => produce::handle(request, body).await,
         ApiKey::InitProducerId => init_producer_id::handle(request, body).await.map(Some),
+        ApiKey::AddPartitionsToTxn => add_partitions_to_txn::handle(request, body).await.map(Some),
+        ApiKey::EndTxn => end_txn::handle(request, body).await.map(Some),
         ApiKey::Fetch => fetch::handle(request, body).await.map(Some),
         ApiKey::ListOffsets => list_offsets::handle(request, body).await.map(Some),
         ApiKey::CreateTopics => create_topics::handle(request, body).await.map(Some),

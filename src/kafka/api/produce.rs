@@ -22,7 +22,16 @@
 //! ([`crate::storage::producer_state`]): a retry of one of the producer's
 //! last 5 batches is answered with its original base offset and stored once;
 //! a sequence gap gets OUT_OF_ORDER_SEQUENCE_NUMBER, an older epoch
-//! INVALID_PRODUCER_EPOCH. Transactional batches are refused for now.
+//! INVALID_PRODUCER_EPOCH.
+//!
+//! Transactional batches (KIP-98) need the request's transactional id and
+//! a producer id. A producer's first transactional batch on a partition
+//! opens its transaction there, so before it is appended the owner shard
+//! asks the id's transaction coordinator whether the partition is in the
+//! producer's open transaction (the in-process form of KIP-890's
+//! verification): INVALID_TXN_STATE if not, so a late batch of a finished
+//! transaction cannot leave one open that nobody will end. A batch from the
+//! producer outside its open transaction gets INVALID_TXN_STATE.
 //!
 //! The request passes the connection's turn once every partition's batches
 //! are appended (or refused), so a pipelined Produce behind it appends after
@@ -42,9 +51,10 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 
 use super::{decode, str_bytes};
-use crate::broker::create_partition_here;
 use crate::broker::metadata::TopicMeta;
 use crate::broker::topic_config::{TimestampType, TopicConfig};
+use crate::broker::txn::on_txn_coordinator;
+use crate::broker::{Broker, create_partition_here};
 use crate::ids::Offset;
 use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
@@ -54,6 +64,7 @@ use crate::record_batch::{self, BatchError, BatchLimits, ValidatedBatch};
 use crate::shard::ShardContext;
 use crate::storage::Durability;
 use crate::storage::partition::validate_topic_name;
+use crate::storage::producer_state::TxnToken;
 use crate::storage::segment::now_ms;
 use crate::telemetry;
 
@@ -111,7 +122,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
             slots.push((topic.name.0.to_string(), partition.index));
             let name = topic.name.0.to_string();
             let records = partition.records.clone();
-            let transactional = produce.transactional_id.is_some();
+            let transactional_id = produce.transactional_id.as_ref().map(|id| id.0.to_string());
             let (done, appended_here) = oneshot::channel();
             appended.push(appended_here);
             work.push(produce_partition(
@@ -121,7 +132,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
                     index: partition.index,
                     records,
                     acks,
-                    transactional,
+                    transactional_id,
                     timeout,
                     appended: done,
                 },
@@ -186,7 +197,8 @@ struct PartitionWrite {
     index: i32,
     records: Option<Bytes>,
     acks: i16,
-    transactional: bool,
+    /// The request's transactional id, which its transactional batches need.
+    transactional_id: Option<String>,
     timeout: Duration,
     /// Signalled once the batches are appended, before the durability wait.
     appended: oneshot::Sender<()>,
@@ -198,7 +210,7 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
         index,
         records,
         acks,
-        transactional,
+        transactional_id,
         timeout,
         appended,
     } = write;
@@ -206,12 +218,6 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
         return Outcome::error(
             ResponseError::InvalidRequiredAcks.code(),
             format!("acks must be -1, 0 or 1, not {acks}"),
-        );
-    }
-    if transactional {
-        return Outcome::error(
-            ResponseError::InvalidRequest.code(),
-            "transactions are not supported yet",
         );
     }
     if let Err(reason) = validate_topic_name(&name) {
@@ -249,7 +255,9 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
         return Outcome::error(ResponseError::InvalidRecord.code(), "no records");
     };
     let ratio = request.broker.config.storage.decompressed_batch_ratio_max;
-    let (batches, log_append_time_ms) = match prepare(records, &topic.config, ratio) {
+    let transactional = transactional_id.is_some();
+    let (batches, log_append_time_ms) = match prepare(records, &topic.config, ratio, transactional)
+    {
         Ok(prepared) => prepared,
         Err(outcome) => {
             log_refused_batch(request, &name, index, &outcome);
@@ -262,11 +270,22 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
         Durability::Buffered
     };
     let owner = request.shard.shards.owner(&topic.name, index);
+    let broker = Arc::clone(request.broker);
     let appended = request
         .shard
         .run_on(owner, move |context| {
             append_on_owner(
-                context, topic, index, batches, durability, timeout, appended,
+                OwnerWrite {
+                    context,
+                    broker,
+                    topic,
+                    index,
+                    transactional_id,
+                },
+                batches,
+                durability,
+                timeout,
+                appended,
             )
         })
         .await;
@@ -290,6 +309,7 @@ fn prepare(
     records: Bytes,
     config: &TopicConfig,
     decompressed_ratio_max: u32,
+    transactional_request: bool,
 ) -> Result<(Vec<Bytes>, i64), Outcome> {
     let size_max = usize::try_from(config.max_message_bytes).unwrap_or(0);
     let limits = BatchLimits::new(size_max, decompressed_ratio_max);
@@ -308,7 +328,7 @@ fn prepare(
                 )
             })?;
         let batch = rest.split_to(size);
-        let batch = match check(&batch, &limits, append_time)? {
+        let batch = match check(&batch, &limits, append_time, transactional_request)? {
             None => batch,
             Some(rewrite) => {
                 let mut copy = BytesMut::from(&batch[..]);
@@ -330,6 +350,54 @@ fn prepare(
         ));
     }
     Ok((batches, append_time.unwrap_or(-1)))
+}
+
+/// Take the producer's token on the partition and, unless its transaction
+/// is open here already, ask the coordinator whether the partition is in
+/// it (see the module docs).
+async fn verify(
+    context: &std::rc::Rc<ShardContext>,
+    broker: &Broker,
+    transactional_id: &str,
+    topic: &str,
+    index: u32,
+    id: crate::ids::PartitionId,
+    header: &record_batch::BatchHeader,
+) -> Result<TxnToken, Outcome> {
+    let token = context
+        .store
+        .txn_token(id, header.producer_id)
+        .ok_or_else(|| {
+            Outcome::error(
+                ResponseError::UnknownTopicOrPartition.code(),
+                "partition vanished",
+            )
+        })?;
+    if token.open {
+        return Ok(token);
+    }
+    let (txn_id, topic_name) = (transactional_id.to_owned(), topic.to_owned());
+    let (producer_id, epoch) = (header.producer_id, header.producer_epoch);
+    let verified = on_txn_coordinator(
+        context,
+        broker,
+        transactional_id,
+        move |coordinator| async move {
+            coordinator.verify(&txn_id, producer_id, epoch, &topic_name, index)
+        },
+    )
+    .await
+    .and_then(|verified| verified);
+    match verified {
+        Ok(()) => Ok(token),
+        Err(code) => Err(Outcome::error(
+            code,
+            format!(
+                "{topic}-{index} is not in an open transaction of {transactional_id} at producer \
+                 {producer_id} epoch {epoch}: add it with AddPartitionsToTxn first"
+            ),
+        )),
+    }
 }
 
 /// Produce batches refused by validation, logged at most 20 times per 10 s.
@@ -362,15 +430,21 @@ fn check(
     batch: &[u8],
     limits: &BatchLimits,
     append_time: Option<i64>,
+    transactional_request: bool,
 ) -> Result<Option<Rewrite>, Outcome> {
     let validated =
         ValidatedBatch::validate(batch, limits).map_err(|error| Outcome::batch(&error))?;
-    // Until the transaction coordinator exists nothing could ever commit or
-    // abort such a batch, and it would hold back read_committed consumers.
-    if validated.header().is_transactional() {
+    let header = validated.header();
+    if header.is_transactional() && !transactional_request {
         return Err(Outcome::error(
             ResponseError::InvalidRequest.code(),
-            "transactional batches are not supported yet",
+            "a transactional batch needs the request's transactional id",
+        ));
+    }
+    if header.is_transactional() && !header.has_producer() {
+        return Err(Outcome::error(
+            ResponseError::InvalidRecord.code(),
+            "a transactional batch needs a producer id",
         ));
     }
     if let Some(now) = append_time {
@@ -384,17 +458,31 @@ fn check(
         .map(Rewrite::MaxTimestamp))
 }
 
+/// Where a partition's batches go, on its owner shard.
+struct OwnerWrite {
+    context: std::rc::Rc<ShardContext>,
+    broker: Arc<Broker>,
+    topic: Arc<TopicMeta>,
+    index: u32,
+    transactional_id: Option<String>,
+}
+
 /// On the owner shard: append the batches in order, then wait for the
 /// durability asked for. Returns (first base offset, log start offset).
 async fn append_on_owner(
-    context: std::rc::Rc<ShardContext>,
-    topic: Arc<TopicMeta>,
-    index: u32,
+    write: OwnerWrite,
     batches: Vec<Bytes>,
     durability: Durability,
     timeout: Duration,
     appended: oneshot::Sender<()>,
 ) -> Result<(Offset, Offset), Outcome> {
+    let OwnerWrite {
+        context,
+        broker,
+        topic,
+        index,
+        transactional_id,
+    } = write;
     let store = &context.store;
     let id = match store.partition_id(&topic.name, index) {
         Some(id) => id,
@@ -415,10 +503,25 @@ async fn append_on_owner(
     let counters = telemetry::kafka::topic(&topic.name);
     for bytes in &batches {
         let batch = ValidatedBatch::revalidated(bytes).map_err(|error| Outcome::batch(&error))?;
-        let records = u64::try_from(batch.header().records_count).unwrap_or(0);
-        let receipt = store
-            .append(id, batch, durability)
-            .await
+        let header = *batch.header();
+        let records = u64::try_from(header.records_count).unwrap_or(0);
+        let appended = match (&transactional_id, header.is_transactional()) {
+            (Some(transactional_id), true) => {
+                let token = verify(
+                    &context,
+                    &broker,
+                    transactional_id,
+                    &topic.name,
+                    index,
+                    id,
+                    &header,
+                )
+                .await?;
+                store.append_verified(id, batch, durability, token).await
+            }
+            _ => store.append(id, batch, durability).await,
+        };
+        let receipt = appended
             .map_err(|error| Outcome::error(error_code::for_append(&error), error.to_string()))?;
         if !receipt.duplicate {
             counters.bytes_in.increment(bytes.len() as u64);

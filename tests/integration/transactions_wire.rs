@@ -1,0 +1,460 @@
+//! Transactions against the real binary (issue 13, step 4): librdkafka's
+//! transactional producer end to end, and the coordinator's answers at the
+//! wire (design section 3.2).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    AddPartitionsToTxnRequest, BrokerId, EndTxnRequest, FindCoordinatorRequest,
+    InitProducerIdRequest, ListOffsetsRequest, ProduceRequest, ProducerId, TopicName,
+    TransactionalId,
+};
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::producer::Producer;
+use sluice::record_batch::{BatchBuilder, RecordSpec};
+
+use crate::broker_process::BrokerProcess;
+use crate::kafka_clients;
+use crate::wire::Wire;
+
+const TOPIC: &str = "txn";
+
+fn name(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_owned())
+}
+
+fn init(wire: &mut Wire, version: i16, id: &str, expected: Option<(i64, i16)>) -> (i16, i64, i16) {
+    init_with_timeout(wire, version, id, expected, 60_000)
+}
+
+fn init_with_timeout(
+    wire: &mut Wire,
+    version: i16,
+    id: &str,
+    expected: Option<(i64, i16)>,
+    timeout_ms: i32,
+) -> (i16, i64, i16) {
+    let (producer_id, epoch) = expected.unwrap_or((-1, -1));
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(name(id))))
+        .with_transaction_timeout_ms(timeout_ms)
+        .with_producer_id(ProducerId(producer_id))
+        .with_producer_epoch(epoch);
+    let response = wire.call(version, &request);
+    (
+        response.error_code,
+        response.producer_id.0,
+        response.producer_epoch,
+    )
+}
+
+/// InitProducerId, retrying CONCURRENT_TRANSACTIONS as clients do.
+fn init_retrying(wire: &mut Wire, id: &str) -> (i64, i16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (error, producer_id, epoch) = init(wire, 4, id, None);
+        if error == 0 {
+            return (producer_id, epoch);
+        }
+        assert_eq!(error, ResponseError::ConcurrentTransactions.code());
+        assert!(Instant::now() < deadline, "InitProducerId never succeeded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn add_partitions(
+    wire: &mut Wire,
+    version: i16,
+    id: &str,
+    (producer_id, epoch): (i64, i16),
+    topic: &str,
+    partitions: Vec<i32>,
+) -> Vec<i16> {
+    let request = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(TransactionalId(name(id)))
+        .with_v3_and_below_producer_id(ProducerId(producer_id))
+        .with_v3_and_below_producer_epoch(epoch)
+        .with_v3_and_below_topics(vec![
+            AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(name(topic)))
+                .with_partitions(partitions),
+        ]);
+    let response = wire.call(version, &request);
+    response.results_by_topic_v3_and_below[0]
+        .results_by_partition
+        .iter()
+        .map(|partition| partition.partition_error_code)
+        .collect()
+}
+
+fn end_txn(
+    wire: &mut Wire,
+    version: i16,
+    id: &str,
+    (producer_id, epoch): (i64, i16),
+    commit: bool,
+) -> i16 {
+    let request = EndTxnRequest::default()
+        .with_transactional_id(TransactionalId(name(id)))
+        .with_producer_id(ProducerId(producer_id))
+        .with_producer_epoch(epoch)
+        .with_committed(commit);
+    wire.call(version, &request).error_code
+}
+
+/// A transactional Produce of one record at `sequence` to `partition`.
+fn produce(
+    wire: &mut Wire,
+    id: &str,
+    (producer_id, epoch): (i64, i16),
+    partition: i32,
+    sequence: i32,
+) -> (i16, i64) {
+    let mut builder = BatchBuilder::new(1_700_000_000_000);
+    builder
+        .producer(producer_id, epoch, sequence)
+        .transactional();
+    builder.push(RecordSpec {
+        value: Some(b"in a transaction"),
+        ..RecordSpec::default()
+    });
+    let request = ProduceRequest::default()
+        .with_transactional_id(Some(TransactionalId(name(id))))
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(name(TOPIC)))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(Bytes::from(builder.build()))),
+                ]),
+        ]);
+    let mut response = wire.call(9, &request);
+    let partition = response.responses.remove(0).partition_responses.remove(0);
+    (partition.error_code, partition.base_offset)
+}
+
+/// Latest offset of `TOPIC`-`partition` at an isolation level (1: committed).
+fn latest(wire: &mut Wire, partition: i32, isolation: i8) -> i64 {
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_isolation_level(isolation)
+        .with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(TopicName(name(TOPIC)))
+                .with_partitions(vec![
+                    ListOffsetsPartition::default()
+                        .with_partition_index(partition)
+                        .with_timestamp(-1),
+                ]),
+        ]);
+    let mut response = wire.call(5, &request);
+    response.topics.remove(0).partitions.remove(0).offset
+}
+
+/// Wait until the last stable offset of `TOPIC`-`partition` reaches its
+/// high watermark (the markers are written after EndTxn is answered).
+fn wait_stable(wire: &mut Wire, partition: i32) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (committed, uncommitted) = (latest(wire, partition, 1), latest(wire, partition, 0));
+        if committed == uncommitted {
+            return committed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "LSO {committed} never reached HW {uncommitted}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue 13: librdkafka's transactional producer: a committed transaction
+/// is read by a read_committed consumer, an aborted one is not; a
+/// read_uncommitted consumer reads both.
+#[test]
+fn librdkafka_transactions_commit_and_abort_as_read_committed_consumers_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    kafka_clients::create_topic(&broker.address, TOPIC, 2, &[]);
+    let (producer, acks) = kafka_clients::producer(
+        &broker.address,
+        &[("transactional.id", "rdkafka-txn"), ("linger.ms", "1")],
+    );
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init_transactions");
+    producer.begin_transaction().unwrap();
+    for index in 0..10 {
+        let value = format!("committed-{index}");
+        kafka_clients::send(
+            &producer,
+            TOPIC,
+            Some(index % 2),
+            None,
+            value.as_bytes(),
+            &[],
+        );
+    }
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .expect("commit");
+    producer.begin_transaction().unwrap();
+    for index in 0..5 {
+        let value = format!("aborted-{index}");
+        kafka_clients::send(
+            &producer,
+            TOPIC,
+            Some(index % 2),
+            None,
+            value.as_bytes(),
+            &[],
+        );
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    producer
+        .abort_transaction(Duration::from_secs(30))
+        .expect("abort");
+    assert_eq!(acks.delivered.lock().unwrap().len(), 15);
+    drop(producer);
+
+    let mut committed: Vec<String> = kafka_clients::consume_with(
+        &broker.address,
+        TOPIC,
+        2,
+        0,
+        10,
+        &[("isolation.level", "read_committed")],
+    )
+    .into_iter()
+    .map(|record| String::from_utf8(record.payload).unwrap())
+    .collect();
+    committed.sort();
+    let mut expected: Vec<String> = (0..10).map(|index| format!("committed-{index}")).collect();
+    expected.sort();
+    assert_eq!(committed, expected);
+    let everything = kafka_clients::consume_with(
+        &broker.address,
+        TOPIC,
+        2,
+        0,
+        15,
+        &[("isolation.level", "read_uncommitted")],
+    );
+    assert_eq!(everything.len(), 15);
+    broker.stop();
+}
+
+/// Issue 13, design 3.2: the coordinator's answers at the wire.
+#[test]
+fn the_coordinator_answers_as_kafka_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    kafka_clients::create_topic(&broker.address, TOPIC, 2, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let id = "wire-txn";
+
+    let find = FindCoordinatorRequest::default()
+        .with_key_type(1)
+        .with_coordinator_keys(vec![name(id), name("")]);
+    let found = wire.call(4, &find);
+    assert_eq!(found.coordinators[0].error_code, 0);
+    assert_eq!(
+        found.coordinators[1].error_code,
+        ResponseError::InvalidRequest.code()
+    );
+
+    let (error, producer_id, epoch) = init(&mut wire, 4, id, None);
+    assert_eq!((error, epoch), (0, 0));
+    let producer = (producer_id, epoch);
+    // A second InitProducerId bumps the epoch and fences the first.
+    let (error, same_id, bumped) = init(&mut wire, 4, id, None);
+    assert_eq!((error, same_id, bumped), (0, producer_id, 1));
+    let stale = producer;
+    let producer = (producer_id, 1);
+    assert_eq!(
+        add_partitions(&mut wire, 3, id, stale, TOPIC, vec![0]),
+        vec![ResponseError::ProducerFenced.code()]
+    );
+    assert_eq!(
+        add_partitions(&mut wire, 1, id, stale, TOPIC, vec![0]),
+        vec![ResponseError::InvalidProducerEpoch.code()],
+        "before KIP-588's versions"
+    );
+    assert_eq!(
+        add_partitions(&mut wire, 3, "unknown-txn", producer, TOPIC, vec![0]),
+        vec![ResponseError::InvalidProducerIdMapping.code()]
+    );
+    assert_eq!(
+        add_partitions(&mut wire, 3, id, producer, TOPIC, vec![0, 7]),
+        vec![
+            ResponseError::OperationNotAttempted.code(),
+            ResponseError::UnknownTopicOrPartition.code()
+        ]
+    );
+    assert_eq!(
+        end_txn(&mut wire, 3, id, producer, true),
+        ResponseError::InvalidTxnState.code(),
+        "nothing to end"
+    );
+    // A transactional batch for a partition not in the transaction.
+    assert_eq!(
+        produce(&mut wire, id, producer, 0, 0).0,
+        ResponseError::InvalidTxnState.code()
+    );
+    assert_eq!(
+        add_partitions(&mut wire, 3, id, producer, TOPIC, vec![0]),
+        vec![0]
+    );
+    assert_eq!(produce(&mut wire, id, producer, 0, 0), (0, 0));
+    assert_eq!(
+        produce(&mut wire, id, producer, 1, 0).0,
+        ResponseError::InvalidTxnState.code()
+    );
+    // The open transaction holds the last stable offset back.
+    assert_eq!((latest(&mut wire, 0, 1), latest(&mut wire, 0, 0)), (0, 1));
+    // A new instance fences the open transaction: it is aborted, and the
+    // new instance gets the epoch after the abort's.
+    assert_eq!(
+        init(&mut wire, 4, id, None).0,
+        ResponseError::ConcurrentTransactions.code()
+    );
+    let (fenced_id, fenced_epoch) = init_retrying(&mut wire, id);
+    assert_eq!((fenced_id, fenced_epoch), (producer_id, 3));
+    assert_eq!(
+        wait_stable(&mut wire, 0),
+        2,
+        "the abort marker is at offset 1"
+    );
+    assert_eq!(
+        produce(&mut wire, id, producer, 0, 1).0,
+        ResponseError::InvalidProducerEpoch.code(),
+        "the zombie is fenced on the partition"
+    );
+    // A commit by the new instance, and its retry.
+    let producer = (fenced_id, fenced_epoch);
+    assert_eq!(
+        add_partitions(&mut wire, 3, id, producer, TOPIC, vec![0, 1]),
+        vec![0, 0]
+    );
+    assert_eq!(produce(&mut wire, id, producer, 0, 0), (0, 2));
+    assert_eq!(end_txn(&mut wire, 3, id, producer, true), 0);
+    assert_eq!(wait_stable(&mut wire, 0), 4);
+    assert_eq!(
+        wait_stable(&mut wire, 1),
+        1,
+        "a marker on the added partition without data"
+    );
+    assert_eq!(
+        end_txn(&mut wire, 3, id, producer, true),
+        0,
+        "a retried commit"
+    );
+    assert_eq!(
+        end_txn(&mut wire, 3, id, producer, false),
+        ResponseError::InvalidTxnState.code()
+    );
+    drop(wire);
+    broker.stop();
+}
+
+/// Issue 13, design 3.3: a commit answered just before a kill -9 (the
+/// failpoint holds its markers back) takes effect on every partition when
+/// the broker restarts.
+#[test]
+fn a_commit_answered_before_kill_9_is_completed_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    kafka_clients::create_topic(&broker.address, TOPIC, 2, &[]);
+    broker.stop();
+    let mut command = BrokerProcess::command(dir.path(), &[]);
+    command.env("SLUICE_FAILPOINT", "txn_before_markers");
+    let broker = BrokerProcess::start_command(command);
+    let mut wire = Wire::connect(&broker.address);
+    let id = "crash-txn";
+    let (error, producer_id, epoch) = init(&mut wire, 4, id, None);
+    assert_eq!(error, 0);
+    let producer = (producer_id, epoch);
+    assert_eq!(
+        add_partitions(&mut wire, 3, id, producer, TOPIC, vec![0, 1]),
+        vec![0, 0]
+    );
+    assert_eq!(produce(&mut wire, id, producer, 0, 0), (0, 0));
+    assert_eq!(end_txn(&mut wire, 3, id, producer, true), 0);
+    assert!(broker.wait_for_log("failpoint txn_before_markers"));
+    assert_eq!(latest(&mut wire, 0, 1), 0, "no marker yet");
+    drop(wire);
+    broker.kill9();
+
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    assert_eq!(
+        wait_stable(&mut wire, 0),
+        2,
+        "the commit marker follows the record"
+    );
+    assert_eq!(wait_stable(&mut wire, 1), 1);
+    let read = kafka_clients::consume_with(
+        &broker.address,
+        TOPIC,
+        1,
+        0,
+        1,
+        &[("isolation.level", "read_committed")],
+    );
+    assert_eq!(read[0].payload, b"in a transaction");
+    // The id is usable again: its next epoch.
+    assert_eq!(init_retrying(&mut wire, id), (producer_id, epoch + 1));
+    drop(wire);
+    broker.stop();
+}
+
+/// Issue 13, design 3.8: a transaction left open by a producer that went
+/// away is aborted once its timeout passes, also across a kill -9 of the
+/// broker, and its producer is fenced.
+#[test]
+fn an_abandoned_transaction_is_aborted_after_its_timeout_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("txn.toml");
+    std::fs::write(&config, "[transactions]\nabort_check_interval_ms = 100\n").unwrap();
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().unwrap()];
+    let broker = BrokerProcess::start(&data, &args);
+    kafka_clients::create_topic(&broker.address, TOPIC, 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let id = "abandoned-txn";
+    let (error, producer_id, epoch) = init_with_timeout(&mut wire, 4, id, None, 5000);
+    assert_eq!(error, 0);
+    let producer = (producer_id, epoch);
+    assert_eq!(
+        add_partitions(&mut wire, 3, id, producer, TOPIC, vec![0]),
+        vec![0]
+    );
+    assert_eq!(produce(&mut wire, id, producer, 0, 0), (0, 0));
+    drop(wire);
+    broker.kill9();
+
+    let broker = BrokerProcess::start(&data, &args);
+    let mut wire = Wire::connect(&broker.address);
+    assert_eq!(latest(&mut wire, 0, 1), 0, "still open after the restart");
+    assert_eq!(
+        wait_stable(&mut wire, 0),
+        2,
+        "aborted: its marker is at offset 1"
+    );
+    assert!(broker.wait_for_log("aborting a transaction open longer than its timeout"));
+    assert_eq!(
+        produce(&mut wire, id, producer, 0, 1).0,
+        ResponseError::InvalidProducerEpoch.code(),
+        "the abandoned producer is fenced"
+    );
+    drop(wire);
+    broker.stop();
+}
