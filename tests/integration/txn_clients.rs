@@ -671,8 +671,9 @@ fn transaction_of_a_killed_producer_is_aborted_after_its_timeout() {
         std::thread::sleep(Duration::from_millis(100));
     };
     eprintln!(
-        "{test}: the last stable offset reached the high watermark {:?} after the producer \
-         stored its records (timeout {ABANDONED_TIMEOUT_MS} ms): {offsets:?}",
+        "{test}: the open transaction was checked {checked_within:?} and the last stable \
+         offset reached the high watermark {:?} after the producer stored its records \
+         (timeout {ABANDONED_TIMEOUT_MS} ms): {offsets:?}",
         produced_at.elapsed()
     );
     for (partition, (_, high)) in offsets.iter().enumerate() {
@@ -716,7 +717,7 @@ fn transaction_of_a_killed_producer_is_aborted_after_its_timeout() {
 /// Issue 13, design 5.3 item 9 (light): a confluent-kafka transactional
 /// producer commits transactions of 30 records over 3 partitions in a loop
 /// while the broker is killed with kill -9 and restarted on the same port
-/// twice, handling each error as librdkafka classifies it (retriable: call
+/// twice (first as a commit begins, then just after one returned), handling each error as librdkafka classifies it (retriable: call
 /// again; abortable: abort; fatal: a new producer with the same
 /// transactional id). Afterwards read_committed reads every record of every
 /// transaction whose commit returned exactly once and in order, nothing of
@@ -766,6 +767,16 @@ fn confluent_kafka_transactions_across_broker_kill_9_commit_exactly_once() {
         }
         if committed_at_kill.len() == RESTARTS {
             break;
+        }
+        if committed_at_kill.len() % 2 == 0 {
+            // Kill inside a commit: EndTxn, its markers, or the flush of the
+            // records before it.
+            let committing = producer.stderr_lines("committing ") + 1;
+            assert!(
+                producer.wait_for_stderr_lines("committing ", committing, Duration::from_secs(30)),
+                "no further commit began;\n{}",
+                producer.stderr_tail()
+            );
         }
         committed_at_kill.push(producer.stderr_lines("committed "));
         broker.kill9();

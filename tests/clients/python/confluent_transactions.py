@@ -1,8 +1,9 @@
 """confluent-kafka's transactional producer (issue 13): TRANSACTIONS
 transactions of RECORDS records each, round-robin over PARTITIONS partitions of
 TOPIC, committing the even-numbered ones ("t0", "t2", ...) and aborting the
-odd-numbered ones. Prints the report described in txn_report.py; stops at the
-first error.
+odd-numbered ones (after flushing their records, so that they are stored
+and hidden by the abort marker). Prints the report described in
+txn_report.py; stops at the first error.
 
 Usage: confluent_transactions.py BOOTSTRAP TOPIC PARTITIONS TRANSACTIONS RECORDS
 """
@@ -43,6 +44,13 @@ def main():
                 producer.commit_transaction(CALL_TIMEOUT_SECONDS)
                 report.transaction(label, values, "committed")
             else:
+                # abort_transaction() drops what is still queued; flushed
+                # first, the records are stored and the abort marker is what
+                # hides them.
+                at = f"{label} flush"
+                remaining = producer.flush(CALL_TIMEOUT_SECONDS)
+                if remaining:
+                    raise RuntimeError(f"{remaining} records unacknowledged after flush")
                 at = f"{label} abort_transaction"
                 producer.abort_transaction(CALL_TIMEOUT_SECONDS)
                 report.transaction(label, values, "aborted")

@@ -2,8 +2,9 @@
 while the broker is killed with kill -9 and restarted under it (issue 13).
 
 Each transaction "t<n>" produces RECORDS records round-robin over PARTITIONS
-partitions of TOPIC and commits; the script writes "committed t<n>" to
-stderr after each commit that returned. It handles errors as librdkafka
+partitions of TOPIC and commits; the script writes "committing t<n>" to
+stderr before it calls commit_transaction() and "<outcome> t<n>" when the
+transaction has ended. It handles errors as librdkafka
 documents them: a retriable error from commit_transaction() or
 abort_transaction() is retried by calling it again, one that requires an
 abort is answered by abort_transaction(), and a fatal one by a new producer
@@ -73,6 +74,7 @@ def one_transaction(producer, topic, label, partitions, records, report):
     try:
         producer.begin_transaction()
         values = txn_report.produce(producer, topic, label, partitions, records)
+        print(f"committing {label}", file=sys.stderr, flush=True)
         retried(report, f"{label} commit_transaction", producer.commit_transaction)
         return values, "committed"
     except Fatal:
