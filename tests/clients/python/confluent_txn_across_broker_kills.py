@@ -2,9 +2,10 @@
 while the broker is killed with kill -9 and restarted under it (issue 13).
 
 Each transaction "t<n>" produces RECORDS records round-robin over PARTITIONS
-partitions of TOPIC and commits; the script writes "committing t<n>" to
-stderr before it calls commit_transaction() and "<outcome> t<n>" when the
-transaction has ended. It handles errors as librdkafka
+partitions of TOPIC, flushes them, writes "stored t<n>" to stderr, waits
+STORED_PAUSE_SECONDS with the transaction open and its records stored, and
+commits; it writes "<outcome> t<n>" to stderr when the transaction has
+ended. It handles errors as librdkafka
 documents them: a retriable error from commit_transaction() or
 abort_transaction() is retried by calling it again, one that requires an
 abort is answered by abort_transaction(), and a fatal one by a new producer
@@ -30,8 +31,8 @@ CALL_TIMEOUT_SECONDS = 10
 # A call that keeps failing retriably fails the script after this long: the
 # broker is down for far less.
 RETRY_SECONDS_MAX = 45
-# A pause between transactions, to spare the 2-core machine.
-PAUSE_SECONDS = 0.02
+# The pause between a transaction's records being stored and its commit.
+STORED_PAUSE_SECONDS = 0.1
 
 
 class Fatal(Exception):
@@ -74,7 +75,12 @@ def one_transaction(producer, topic, label, partitions, records, report):
     try:
         producer.begin_transaction()
         values = txn_report.produce(producer, topic, label, partitions, records)
-        print(f"committing {label}", file=sys.stderr, flush=True)
+        # Flushed first, the records are stored in the open transaction
+        # (commit_transaction() flushes whatever remains); the pause is the
+        # test's moment to kill the broker with the transaction open.
+        producer.flush(CALL_TIMEOUT_SECONDS)
+        print(f"stored {label}", file=sys.stderr, flush=True)
+        time.sleep(STORED_PAUSE_SECONDS)
         retried(report, f"{label} commit_transaction", producer.commit_transaction)
         return values, "committed"
     except Fatal:
@@ -121,7 +127,6 @@ def main():
             print(f"{outcome} {label}", file=sys.stderr, flush=True)
             if outcome == "unknown":
                 producer = None
-            time.sleep(PAUSE_SECONDS)
     except Exception as error:  # noqa: BLE001 - every failure goes into the report
         report.stopped(at, error)
     report.print()
