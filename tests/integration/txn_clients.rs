@@ -45,8 +45,9 @@ const FENCED_ERRORS: [&str; 3] = ["_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCE
 const ABANDONED_TIMEOUT_MS: u64 = 3000;
 /// How often the broker looks for timed-out transactions in that test.
 const ABANDONED_ABORT_CHECK_INTERVAL_MS: u64 = 200;
-/// How long after the kill the abandoned transaction must be aborted: its
-/// timeout, a check interval, and the markers, with room for a loaded machine.
+/// How long after the checks of the open transaction it must be aborted:
+/// the rest of its timeout, a check interval, and the markers, with room for
+/// a loaded machine.
 const ABANDONED_ABORT_WITHIN: Duration = Duration::from_secs(15);
 
 /// Broker kill -9 and restarts while the transactional producer runs.
@@ -665,8 +666,8 @@ fn transaction_of_a_killed_producer_is_aborted_after_its_timeout() {
         }
         assert!(
             Instant::now() < deadline,
-            "the abandoned transaction was not aborted within {ABANDONED_ABORT_WITHIN:?} of \
-             the kill: (last stable offset, high watermark) {offsets:?}"
+            "the abandoned transaction was not aborted within {ABANDONED_ABORT_WITHIN:?} \
+             after the checks: (last stable offset, high watermark) {offsets:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     };
