@@ -12,6 +12,10 @@
 //!   concurrent producers; prints appends completed per fdatasync.
 //! * `consume_queue/*`: offset and timestamp lookups in a 1M-entry queue,
 //!   and reopening it (which verifies every entry).
+//! * `producer_state/*` (issue 13): what idempotence adds per batch in
+//!   Produce, `ProducerStates::check` then `apply` for a steady producer,
+//!   alone or among 1000 others on the partition; baseline: the same calls
+//!   for a batch without a producer id (a plain producer's).
 //!
 //! After the criterion output, a table prints each append figure next to its
 //! baseline and their ratio (this machine is shared and noisy: compare
@@ -29,8 +33,11 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use sluice::config::{RetentionConfig, StorageConfig, WriteMode};
 use sluice::ids::{LogPosition, Offset, ShardId};
 use sluice::io::{AlignedBuf, IoBackend};
-use sluice::record_batch::{BatchBuilder, RecordSpec, ValidatedBatch};
+use sluice::record_batch::{
+    BatchBuilder, BatchHeader, RecordSpec, ValidatedBatch, increment_sequence,
+};
 use sluice::storage::consume_queue::{ConsumeQueue, QueueEntry};
+use sluice::storage::producer_state::{Check, ProducerStates};
 use sluice::storage::{Durability, PartitionConfig, ShardStore, StoreOptions};
 
 const RECORD_BYTES: usize = 1024;
@@ -519,5 +526,64 @@ fn consume_queue_lookup(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, appends, appends_per_fsync, consume_queue_lookup);
+/// A 1000-record batch's header as Produce parses it: producer `producer_id`
+/// (-1 for none) at `base_sequence`, epoch 0.
+fn producer_header(producer_id: i64, base_sequence: i32) -> BatchHeader {
+    const RECORDS: i32 = 1000;
+    BatchHeader {
+        base_offset: 0,
+        last_offset_delta: RECORDS - 1,
+        base_timestamp_ms: 1_700_000_000_000,
+        max_timestamp_ms: 1_700_000_000_000,
+        records_count: RECORDS,
+        attributes: 0,
+        producer_id,
+        producer_epoch: if producer_id < 0 { -1 } else { 0 },
+        base_sequence: if producer_id < 0 { -1 } else { base_sequence },
+    }
+}
+
+/// Produce's per-batch producer-state work, as `try_append` does it: check,
+/// then apply at the next offset. The producer's next batch follows each
+/// time, so every check answers Append after a hash lookup and a compare
+/// with the newest cached batch, and every apply pushes into the 5-entry
+/// ring.
+fn producer_state(criterion: &mut Criterion) {
+    const PRODUCER: i64 = 1_000_000;
+    let mut group = criterion.benchmark_group("producer_state");
+    for (name, producer_id, others) in [
+        ("check_and_apply", PRODUCER, 0),
+        ("check_and_apply_among_1000_producers", PRODUCER, 1000),
+        ("baseline_no_producer_id", -1, 0),
+    ] {
+        let mut states = ProducerStates::default();
+        let mut offset = 0i64;
+        for other in 0..others {
+            let header = producer_header(other, 0);
+            states.apply(&header, Offset(offset), LogPosition(offset as u64 * 1024));
+            offset += 1000;
+        }
+        let mut header = producer_header(producer_id, 0);
+        group.bench_function(name, |bencher| {
+            bencher.iter(|| {
+                let check = states.check(std::hint::black_box(&header));
+                assert!(matches!(check, Ok(Check::Append)), "{check:?}");
+                states.apply(&header, Offset(offset), LogPosition(offset as u64 * 1024));
+                offset += 1000;
+                if header.producer_id >= 0 {
+                    header.base_sequence = increment_sequence(header.base_sequence, 1000);
+                }
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    appends,
+    appends_per_fsync,
+    consume_queue_lookup,
+    producer_state
+);
 criterion_main!(benches);

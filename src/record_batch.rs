@@ -443,6 +443,22 @@ pub fn recompute_crc(bytes: &mut [u8]) {
     bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Overwrite the fields an idempotent producer stamps (KIP-98: `producerId`,
+/// `producerEpoch`, `baseSequence`; -1, -1, -1 for none). They lie inside
+/// the CRC: the caller recomputes it ([`recompute_crc`]) once it has changed
+/// everything it means to.
+pub fn assign_producer_fields(
+    bytes: &mut [u8],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) {
+    assert!(bytes.len() >= HEADER_BYTES, "batch shorter than its header");
+    bytes[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&producer_id.to_be_bytes());
+    bytes[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&producer_epoch.to_be_bytes());
+    bytes[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&base_sequence.to_be_bytes());
+}
+
 /// Overwrite the broker-owned fields (outside the CRC) in a stored copy, or
 /// in a copy of just its first [`CRC_COVERED_FROM`] bytes.
 pub fn assign_broker_fields(bytes: &mut [u8], base_offset: i64, leader_epoch: i32) {

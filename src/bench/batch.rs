@@ -6,6 +6,12 @@
 //! consumer run on the same host, so they share the clock). Uncompressed
 //! batches are stamped in place (key bytes and CRC); compressed ones are
 //! re-encoded, which costs CPU but e2e runs at a fixed `--rate`.
+//!
+//! Every send also stamps the producer fields of the header in place
+//! (KIP-98: producer id, epoch, base sequence): an idempotent producer's
+//! from [`IdempotentProducer`], -1s otherwise. The CRC is recomputed for
+//! every send in both cases, so a plain and an idempotent run cost the client
+//! the same and their difference is the broker's.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,7 +23,9 @@ use kafka_protocol::records::{
     TimestampType,
 };
 
-use crate::record_batch::{self, BatchBuilder, BatchHeader, HEADER_BYTES, RecordSpec};
+use crate::record_batch::{
+    self, BatchBuilder, BatchHeader, HEADER_BYTES, RecordSpec, increment_sequence,
+};
 
 /// Marks a stamped key: "sluice-e" followed by the send time.
 const STAMP_MARKER: [u8; 8] = *b"sluice-e";
@@ -109,15 +117,22 @@ impl BatchTemplate {
         &self.bytes
     }
 
-    /// Put `nanos` (send time) into the first record's key and fix the CRC.
-    pub fn stamp(&mut self, nanos: u64) {
-        match self.stamp_at {
-            Some(at) => {
-                self.bytes[at..at + 8].copy_from_slice(&nanos.to_be_bytes());
-                record_batch::recompute_crc(&mut self.bytes);
-            }
-            None => self.bytes = self.encode(nanos),
+    /// Make the batch ready for one send: the producer fields from
+    /// `producer`, and with `send_nanos` (e2e) the send time in the first
+    /// record's key; then the CRC, once.
+    pub fn prepare(&mut self, producer: ProducerStamp, send_nanos: Option<u64>) {
+        match (send_nanos, self.stamp_at) {
+            (Some(nanos), Some(at)) => self.bytes[at..at + 8].copy_from_slice(&nanos.to_be_bytes()),
+            (Some(nanos), None) => self.bytes = self.encode(nanos),
+            (None, _) => {}
         }
+        record_batch::assign_producer_fields(
+            &mut self.bytes,
+            producer.producer_id,
+            producer.producer_epoch,
+            producer.base_sequence,
+        );
+        record_batch::recompute_crc(&mut self.bytes);
     }
 
     fn encode(&self, nanos: u64) -> Vec<u8> {
@@ -172,6 +187,68 @@ impl BatchTemplate {
     }
 }
 
+/// The producer fields of one send (KIP-98).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerStamp {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl ProducerStamp {
+    /// A plain (non-idempotent) producer's batch.
+    pub const NONE: ProducerStamp = ProducerStamp {
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
+}
+
+/// An idempotent producer: the id and epoch InitProducerId gave its
+/// connection, and the next base sequence of each partition it writes
+/// (indexed by the partition's slot in its list). A partition's sequence
+/// starts at 0 and advances by each batch's record count, wrapping from
+/// `i32::MAX` to 0 as Kafka's producer does
+/// (`DefaultRecordBatch.incrementSequence`); the broker expects exactly that
+/// and answers anything else with OUT_OF_ORDER_SEQUENCE_NUMBER, or a
+/// repeated range as a duplicate.
+#[derive(Debug)]
+pub struct IdempotentProducer {
+    producer_id: i64,
+    producer_epoch: i16,
+    next_sequence: Vec<i32>,
+}
+
+impl IdempotentProducer {
+    pub fn new(producer_id: i64, producer_epoch: i16, partitions: usize) -> Self {
+        assert!(producer_id >= 0, "InitProducerId hands out ids from 0 up");
+        IdempotentProducer {
+            producer_id,
+            producer_epoch,
+            next_sequence: vec![0; partitions],
+        }
+    }
+
+    pub fn producer_id(&self) -> i64 {
+        self.producer_id
+    }
+
+    /// The stamp of the next batch of `records` records to the partition in
+    /// `slot`; advances that partition's sequence past them.
+    pub fn next(&mut self, slot: usize, records: usize) -> ProducerStamp {
+        let records = i32::try_from(records).expect("--batch-records is checked to fit an i32");
+        assert!(records > 0, "a batch holds at least one record");
+        let sequence = &mut self.next_sequence[slot];
+        let stamp = ProducerStamp {
+            producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            base_sequence: *sequence,
+        };
+        *sequence = increment_sequence(*sequence, records);
+        stamp
+    }
+}
+
 /// Nanoseconds since the Unix epoch.
 pub fn now_nanos() -> u64 {
     SystemTime::now()
@@ -209,7 +286,7 @@ mod tests {
     fn stamped_batches_stay_valid_and_carry_the_stamp() {
         for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
             let mut template = BatchTemplate::new(10, 100, compression, 7);
-            template.stamp(123_456_789);
+            template.prepare(ProducerStamp::NONE, Some(123_456_789));
             let batch = template.bytes();
             let validated =
                 ValidatedBatch::validate(batch, &BatchLimits::unlimited()).expect("valid batch");
@@ -220,6 +297,63 @@ mod tests {
             );
             assert_eq!(validated.len(), batch.len(), "nothing after the batch");
             assert_eq!(read_stamp(batch), Some(123_456_789), "{compression:?}");
+        }
+    }
+
+    #[test]
+    fn idempotent_sequences_advance_per_partition_by_the_record_count() {
+        let mut producer = IdempotentProducer::new(42, 3, 2);
+        let sequences: Vec<(usize, i32)> = [0, 1, 0, 0, 1]
+            .into_iter()
+            .map(|slot| (slot, producer.next(slot, 10).base_sequence))
+            .collect();
+        assert_eq!(sequences, [(0, 0), (1, 0), (0, 10), (0, 20), (1, 10)]);
+        let stamp = producer.next(1, 1);
+        assert_eq!((stamp.producer_id, stamp.producer_epoch), (42, 3));
+    }
+
+    #[test]
+    fn idempotent_sequence_wraps_from_i32_max_to_zero() {
+        let mut producer = IdempotentProducer::new(1, 0, 1);
+        producer.next_sequence[0] = i32::MAX - 14;
+        assert_eq!(producer.next(0, 10).base_sequence, i32::MAX - 14);
+        // 10 records from MAX - 4: MAX - 4 ..= MAX, then 0 ..= 4.
+        assert_eq!(producer.next(0, 10).base_sequence, i32::MAX - 4);
+        assert_eq!(producer.next(0, 10).base_sequence, 5);
+        // Landing exactly on MAX + 1 wraps to 0.
+        producer.next_sequence[0] = i32::MAX - 9;
+        producer.next(0, 10);
+        assert_eq!(producer.next(0, 10).base_sequence, 0);
+    }
+
+    #[test]
+    fn producer_stamp_is_in_the_header_and_the_crc_stays_valid() {
+        for compression in [Compression::None, Compression::Zstd] {
+            let mut template = BatchTemplate::new(10, 100, compression, 7);
+            let mut producer = IdempotentProducer::new(1_234_567_890_123, 7, 1);
+            for send_nanos in [None, Some(99), None] {
+                let stamp = producer.next(0, template.records());
+                template.prepare(stamp, send_nanos);
+                let validated =
+                    ValidatedBatch::validate(template.bytes(), &BatchLimits::unlimited())
+                        .expect("the CRC covers the stamped fields");
+                let header = validated.header();
+                assert_eq!(
+                    (
+                        header.producer_id,
+                        header.producer_epoch,
+                        header.base_sequence
+                    ),
+                    (1_234_567_890_123, 7, stamp.base_sequence),
+                    "{compression:?}"
+                );
+                assert_eq!(header.last_sequence(), stamp.base_sequence + 9);
+            }
+            template.prepare(ProducerStamp::NONE, None);
+            let validated = ValidatedBatch::validate(template.bytes(), &BatchLimits::unlimited())
+                .expect("a plain send is valid too");
+            assert!(!validated.header().has_producer(), "{compression:?}");
+            assert_eq!(validated.header().base_sequence, -1);
         }
     }
 

@@ -6,11 +6,14 @@
 //! Latencies go into HDR histograms; throughput counts record batch bytes.
 //! With `--baseline` a run first measures the host's own limits (loopback
 //! TCP, write + fdatasync) with the same chunk size and prints its ratio to
-//! them, so figures from noisy shared machines stay comparable.
+//! them, so figures from noisy shared machines stay comparable. With
+//! `--idempotent`, produce compares plain and idempotent producers in
+//! interleaved rounds (`idempotent.rs`).
 
 pub mod baseline;
 pub mod batch;
 mod consume;
+mod idempotent;
 mod produce;
 pub mod stats;
 pub mod wire;
@@ -32,6 +35,7 @@ use serde_json::json;
 use crate::admin::describe_error;
 use crate::admin::offsets::{self, EARLIEST, LATEST};
 use crate::client::KafkaClient;
+use crate::storage::producer_state::BATCHES_CACHED_MAX;
 use baseline::Baseline;
 use batch::Compression;
 use consume::{ConsumeLoad, Mode};
@@ -40,6 +44,12 @@ use stats::{Bound, Report};
 
 /// CreateTopics error: the topic exists.
 const TOPIC_ALREADY_EXISTS: i16 = 36;
+/// Produce requests in flight per connection unless `--inflight` says.
+const INFLIGHT_DEFAULT: usize = 8;
+/// The most produce requests in flight per idempotent connection: the
+/// broker remembers a producer's last 5 batches per partition, so Kafka's
+/// clients allow at most 5 (`max.in.flight.requests.per.connection`, KIP-98).
+const INFLIGHT_IDEMPOTENT_MAX: usize = BATCHES_CACHED_MAX;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -95,7 +105,7 @@ pub struct Output {
     baseline_duration: f64,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Acks {
     #[value(name = "0")]
     None,
@@ -126,9 +136,10 @@ pub struct ProducerOptions {
     acks: Acks,
     #[arg(long, value_enum, default_value = "none")]
     compression: Compression,
-    /// Produce requests in flight per producer connection.
-    #[arg(long, default_value_t = 8)]
-    inflight: usize,
+    /// Produce requests in flight per producer connection [default: 8; for
+    /// `produce --idempotent` 5, the most allowed there].
+    #[arg(long)]
+    inflight: Option<usize>,
     /// Seconds of measured load.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     duration: f64,
@@ -149,6 +160,19 @@ pub struct ProduceArgs {
     /// it, as fast as the acks come back.
     #[arg(long, value_name = "MB/S")]
     rate: Option<f64>,
+    /// Compare plain and idempotent producers (KIP-98): --rounds rounds of a
+    /// plain run and an idempotent one (plain first in odd rounds,
+    /// idempotent first in even ones; each idempotent connection gets its
+    /// own producer id from InitProducerId and numbers its batches), each on
+    /// a fresh topic <topic>-<round>-plain|idempotent of the same layout.
+    /// Reports both and idempotent_ratio, the median over rounds of
+    /// idempotent MB/s / plain MB/s, and p99_ratio. Needs --acks all and
+    /// --inflight at most 5; any produce error fails the run.
+    #[arg(long)]
+    idempotent: bool,
+    /// Rounds of the --idempotent comparison.
+    #[arg(long, default_value_t = 2, requires = "idempotent")]
+    rounds: usize,
     #[command(flatten)]
     output: Output,
 }
@@ -237,7 +261,11 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
 }
 
 fn produce(args: ProduceArgs) -> anyhow::Result<()> {
+    if args.idempotent {
+        return produce_idempotent(args);
+    }
     let load = producer_load(&args.target, &args.shape, &args.producer, args.rate, false)?;
+    ensure_topic(&args.target.brokers, &load.topic, load.partitions)?;
     let baseline = measure_baseline(&args.output, &args.shape, load.producers)?;
     let window = window(&args.producer)?;
     let (recorder, elapsed) = produce::run(&load, window)?;
@@ -260,6 +288,52 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         extra: Vec::new(),
     };
     emit(&report, args.output.json);
+    Ok(())
+}
+
+/// `produce --idempotent`: plain and idempotent rounds, interleaved.
+fn produce_idempotent(args: ProduceArgs) -> anyhow::Result<()> {
+    if args.producer.acks != Acks::All {
+        anyhow::bail!(
+            "--idempotent needs --acks all: an idempotent producer is acknowledged only once its \
+             batch is durable (Kafka's clients force acks=all with enable.idempotence)"
+        );
+    }
+    if let Some(inflight) = args.producer.inflight
+        && inflight > INFLIGHT_IDEMPOTENT_MAX
+    {
+        anyhow::bail!(
+            "--inflight {inflight} with --idempotent: at most {INFLIGHT_IDEMPOTENT_MAX} requests \
+             may be in flight per idempotent connection (the broker remembers a producer's last \
+             {BATCHES_CACHED_MAX} batches per partition; Kafka's clients have the same limit)"
+        );
+    }
+    if args.rounds == 0 {
+        anyhow::bail!("--rounds must be at least 1");
+    }
+    let mut load = producer_load(&args.target, &args.shape, &args.producer, args.rate, false)?;
+    load.inflight = args
+        .producer
+        .inflight
+        .unwrap_or(INFLIGHT_IDEMPOTENT_MAX)
+        .max(1);
+    let baseline = measure_baseline(&args.output, &args.shape, load.producers)?;
+    let comparison = idempotent::Comparison {
+        load: &load,
+        rounds: args.rounds,
+        warmup: warmup(&args.producer)?,
+        duration: seconds("--duration", args.producer.duration)?,
+        baseline,
+    };
+    let (json, text) = idempotent::run(&comparison, |topic| {
+        ensure_topic(&args.target.brokers, topic, load.partitions)
+    })?;
+    if args.output.json {
+        eprint!("{text}");
+        println!("{json}");
+    } else {
+        print!("{text}");
+    }
     Ok(())
 }
 
@@ -324,6 +398,7 @@ fn e2e(args: E2eArgs) -> anyhow::Result<()> {
         Some(args.rate),
         true,
     )?;
+    ensure_topic(&args.target.brokers, &load.topic, load.partitions)?;
     let baseline = measure_baseline(&args.output, &args.shape, load.producers)?;
     let mut client = KafkaClient::connect(&args.target.brokers)?;
     let start = partition_offsets(&mut client, &load.topic, load.partitions, LATEST)?;
@@ -404,7 +479,13 @@ fn producer_load(
     {
         anyhow::bail!("--rate {rate}: expected MB/s above 0");
     }
-    ensure_topic(&target.brokers, &target.topic, options.partitions)?;
+    if i32::try_from(shape.batch_records).is_err() {
+        anyhow::bail!(
+            "--batch-records {}: at most {}",
+            shape.batch_records,
+            i32::MAX
+        );
+    }
     Ok(ProduceLoad {
         address: first_address(&target.brokers)?,
         topic: target.topic.clone(),
@@ -415,8 +496,9 @@ fn producer_load(
         acks: options.acks.wire(),
         compression: options.compression,
         rate_mb_s,
-        inflight: options.inflight.max(1),
+        inflight: options.inflight.unwrap_or(INFLIGHT_DEFAULT).max(1),
         stamp,
+        idempotent: false,
     })
 }
 
@@ -431,16 +513,20 @@ fn producer_settings(load: &ProduceLoad) -> serde_json::Value {
         "compression": load.compression.name(),
         "inflight": load.inflight,
         "rate_mb_s": load.rate_mb_s,
+        "idempotent": load.idempotent,
     })
 }
 
 fn window(options: &ProducerOptions) -> anyhow::Result<Window> {
-    let warmup = Duration::try_from_secs_f64(options.warmup)
-        .with_context(|| format!("--warmup {}: expected seconds >= 0", options.warmup))?;
     Ok(Window::new(
-        warmup,
+        warmup(options)?,
         seconds("--duration", options.duration)?,
     ))
+}
+
+fn warmup(options: &ProducerOptions) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(options.warmup)
+        .with_context(|| format!("--warmup {}: expected seconds >= 0", options.warmup))
 }
 
 fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {

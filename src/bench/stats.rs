@@ -66,7 +66,9 @@ impl Recorder {
         }
     }
 
-    fn percentile_ms(&self, quantile: f64) -> f64 {
+    /// The latency at `quantile` (0.99 for p99) in milliseconds; 0 when
+    /// nothing was recorded.
+    pub fn percentile_ms(&self, quantile: f64) -> f64 {
         if self.latency_us.is_empty() {
             return 0.0;
         }
@@ -201,6 +203,21 @@ fn describe_settings(settings: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// The median of `values` (the mean of the middle two for an even count);
+/// NaN for none.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    }
+}
+
 /// Three decimals are plenty for MB/s and milliseconds.
 pub fn round(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
@@ -237,5 +254,13 @@ mod tests {
         assert!((value["p50_ms"].as_f64().unwrap() - 0.5).abs() < 0.01);
         assert!(value["p999_ms"].as_f64().unwrap() > 49.0);
         assert!(value.get("baseline_ratio").is_none());
+    }
+
+    #[test]
+    fn median_takes_the_middle_value_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![0.5, 1.5, 1.0, 0.25]), 0.75);
+        assert_eq!(median(vec![0.97]), 0.97);
+        assert!(median(Vec::new()).is_nan());
     }
 }

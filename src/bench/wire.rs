@@ -1,20 +1,27 @@
 //! The load generator's side of the Kafka wire: Produce v8 and Fetch v11,
 //! the last non-flexible versions, so a request is a short fixed prefix
 //! followed by the batch (sent with one vectored write, never copied) and a
-//! response is parsed in place from a reused buffer.
+//! response is parsed in place from a reused buffer. InitProducerId v1 (once
+//! per idempotent producer connection, KIP-98) goes through kafka-protocol.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
 
 use anyhow::Context;
 use bytes::{BufMut, BytesMut};
-use kafka_protocol::messages::{ProduceResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    InitProducerIdRequest, InitProducerIdResponse, ProduceResponse, RequestHeader, ResponseHeader,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
+use crate::admin::describe_error;
 use crate::record_batch::{self, BatchHeader, HEADER_BYTES};
 
 pub const PRODUCE_VERSION: i16 = 8;
 pub const FETCH_VERSION: i16 = 11;
+/// The last non-flexible version; a null transactional id asks for an
+/// idempotent producer's id.
+pub const INIT_PRODUCER_ID_VERSION: i16 = 1;
 const PRODUCE_KEY: i16 = 0;
 const CLIENT_ID: &[u8] = b"sluice-bench";
 /// Offset of the correlation id in a request frame: size, key, version.
@@ -124,30 +131,76 @@ pub fn encode_request<R: Request + Encodable>(
     frame.to_vec()
 }
 
-/// The correlation id and the first error of a Produce v8 response.
-pub fn parse_produce_response(frame: &[u8]) -> anyhow::Result<(i32, Option<String>)> {
+/// An InitProducerId v1 request frame for an idempotent producer (no
+/// transactional id).
+pub fn init_producer_id_request(correlation_id: i32) -> Vec<u8> {
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(-1);
+    encode_request(&request, INIT_PRODUCER_ID_VERSION, correlation_id)
+}
+
+/// What an InitProducerId response said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitProducerIdAnswer {
+    pub correlation_id: i32,
+    pub error_code: i16,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+
+/// Decode an InitProducerId v1 response frame (without its size).
+pub fn parse_init_producer_id_response(frame: &[u8]) -> anyhow::Result<InitProducerIdAnswer> {
+    let mut body = bytes::Bytes::copy_from_slice(frame);
+    let header = ResponseHeader::decode(&mut body, 0).context("InitProducerId response header")?;
+    let response = InitProducerIdResponse::decode(&mut body, INIT_PRODUCER_ID_VERSION)
+        .with_context(|| format!("InitProducerId v{INIT_PRODUCER_ID_VERSION} response body"))?;
+    Ok(InitProducerIdAnswer {
+        correlation_id: header.correlation_id,
+        error_code: response.error_code,
+        producer_id: response.producer_id.0,
+        producer_epoch: response.producer_epoch,
+    })
+}
+
+/// What a Produce v8 response for one partition said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProduceAnswer {
+    pub correlation_id: i32,
+    /// The first partition error, named, with the broker's message.
+    pub error: Option<String>,
+    /// The first partition's base offset.
+    pub base_offset: Option<i64>,
+}
+
+/// Decode a Produce v8 response frame (without its size).
+pub fn parse_produce_response(frame: &[u8]) -> anyhow::Result<ProduceAnswer> {
     let mut body = bytes::Bytes::copy_from_slice(frame);
     let header = ResponseHeader::decode(&mut body, 0).context("Produce response header")?;
     let response = ProduceResponse::decode(&mut body, PRODUCE_VERSION)
         .with_context(|| format!("Produce v{PRODUCE_VERSION} response body"))?;
-    let error = response
+    let mut partitions = response
         .responses
         .iter()
-        .flat_map(|topic| topic.partition_responses.iter())
+        .flat_map(|topic| topic.partition_responses.iter());
+    let base_offset = partitions
+        .clone()
+        .next()
+        .map(|partition| partition.base_offset);
+    let error = partitions
         .find(|partition| partition.error_code != 0)
         .map(|partition| {
             format!(
-                "partition {}: error {}{}",
+                "partition {}: {}",
                 partition.index,
-                partition.error_code,
-                partition
-                    .error_message
-                    .as_deref()
-                    .map(|message| format!(" ({message})"))
-                    .unwrap_or_default()
+                describe_error(partition.error_code, partition.error_message.as_deref())
             )
         });
-    Ok((header.correlation_id, error))
+    Ok(ProduceAnswer {
+        correlation_id: header.correlation_id,
+        error,
+        base_offset,
+    })
 }
 
 /// A partition's part of a Fetch response.
@@ -302,5 +355,36 @@ mod tests {
         let partition = &request.topic_data[0].partition_data[0];
         assert_eq!(partition.index, 3);
         assert_eq!(partition.records.as_deref(), Some(batch.as_slice()));
+    }
+
+    #[test]
+    fn init_producer_id_round_trips_through_kafka_protocol() {
+        let frame = init_producer_id_request(9);
+        let mut body = bytes::Bytes::copy_from_slice(&frame[4..]);
+        let header = RequestHeader::decode(&mut body, 1).unwrap();
+        assert_eq!(header.correlation_id, 9);
+        assert_eq!(header.request_api_version, INIT_PRODUCER_ID_VERSION);
+        let request = InitProducerIdRequest::decode(&mut body, INIT_PRODUCER_ID_VERSION).unwrap();
+        assert_eq!(request.transactional_id, None);
+
+        let mut response = BytesMut::new();
+        ResponseHeader::default()
+            .with_correlation_id(9)
+            .encode(&mut response, 0)
+            .unwrap();
+        InitProducerIdResponse::default()
+            .with_producer_id(kafka_protocol::messages::ProducerId(1_000_123))
+            .with_producer_epoch(2)
+            .encode(&mut response, INIT_PRODUCER_ID_VERSION)
+            .unwrap();
+        assert_eq!(
+            parse_init_producer_id_response(&response).unwrap(),
+            InitProducerIdAnswer {
+                correlation_id: 9,
+                error_code: 0,
+                producer_id: 1_000_123,
+                producer_epoch: 2,
+            }
+        );
     }
 }

@@ -24,12 +24,26 @@ use crate::storage::{ReadError, ShardStore};
 const REPLAY_READ_BYTES: u64 = 1 << 20;
 
 /// One record met by [`replay`]: its offset, key and value (`None` for a
-/// tombstone).
+/// tombstone), and the producer id of its batch when the batch is
+/// transactional (transactional offset commits, undecided until a marker).
 #[derive(Clone, Copy, Debug)]
 pub struct InternalRecord<'a> {
     pub offset: Offset,
     pub key: &'a [u8],
     pub value: Option<&'a [u8]>,
+    pub transactional_producer: Option<i64>,
+}
+
+/// What [`replay`] hands over, in log order.
+#[derive(Clone, Copy, Debug)]
+pub enum ReplayItem<'a> {
+    Record(InternalRecord<'a>),
+    /// A transaction marker: `producer_id`'s transaction on this partition
+    /// is committed or aborted.
+    Marker {
+        producer_id: i64,
+        commit: bool,
+    },
 }
 
 /// Why an internal partition could not be replayed (the shard does not
@@ -52,8 +66,8 @@ pub enum ReplayError {
 
 /// Replay partition `id` (named `label` in log lines, e.g.
 /// `__consumer_offsets-3`) from its log start to its high watermark, calling
-/// `apply` for each record with a key, in log order; `apply` says whether
-/// it used the record. Returns how many it used.
+/// `apply` for each record with a key and each transaction marker, in log
+/// order; `apply` says whether it used the item. Returns how many it used.
 ///
 /// A batch that cannot be walked (damaged, or not written by this broker)
 /// is skipped with a warning after the records before the fault; a
@@ -64,7 +78,7 @@ pub fn replay(
     id: PartitionId,
     label: &str,
     decompressed_max_bytes: u64,
-    mut apply: impl FnMut(InternalRecord<'_>) -> bool,
+    mut apply: impl FnMut(ReplayItem<'_>) -> bool,
 ) -> Result<u64, ReplayError> {
     let Some(offsets) = store.offsets(id) else {
         return Ok(0);
@@ -99,7 +113,7 @@ fn replay_batch(
     label: &str,
     bytes: &[u8],
     decompressed_max_bytes: u64,
-    apply: &mut impl FnMut(InternalRecord<'_>) -> bool,
+    apply: &mut impl FnMut(ReplayItem<'_>) -> bool,
 ) -> u64 {
     let Ok(header) = BatchHeader::parse(bytes) else {
         tracing::warn!(
@@ -108,6 +122,19 @@ fn replay_batch(
         );
         return 0;
     };
+    if header.is_control() {
+        return match crate::record_batch::control::parse_marker(bytes) {
+            Ok(marker) => u64::from(apply(ReplayItem::Marker {
+                producer_id: header.producer_id,
+                commit: marker.kind == crate::record_batch::control::MarkerKind::Commit,
+            })),
+            Err(error) => {
+                tracing::warn!(partition = label, offset = header.base_offset, %error, "skipping an unreadable control batch");
+                0
+            }
+        };
+    }
+    let transactional_producer = header.is_transactional().then_some(header.producer_id);
     let mut used = 0;
     let mut compressed = false;
     let walked = record_batch::walk_records(bytes, decompressed_max_bytes, |record| {
@@ -124,11 +151,12 @@ fn replay_batch(
             Field::Null | Field::Skipped(_) => None,
         };
         let offset = header.base_offset + i64::from(record.index);
-        if apply(InternalRecord {
+        if apply(ReplayItem::Record(InternalRecord {
             offset: Offset(offset),
             key,
             value,
-        }) {
+            transactional_producer,
+        })) {
             used += 1;
         }
         ControlFlow::Continue(())
@@ -158,7 +186,28 @@ pub fn encode_batch<'a>(
     records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
     now_ms: i64,
 ) -> Vec<u8> {
+    encode_with(BatchBuilder::new(now_ms), records)
+}
+
+/// [`encode_batch`] as part of `producer_id`'s transaction at `epoch`: the
+/// transactional attribute, the producer's id and epoch, and no sequence
+/// (the broker's own records are not deduplicated; see
+/// `storage::producer_state`).
+pub fn encode_transactional_batch<'a>(
+    records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    now_ms: i64,
+    producer_id: i64,
+    epoch: i16,
+) -> Vec<u8> {
     let mut builder = BatchBuilder::new(now_ms);
+    builder.producer(producer_id, epoch, -1).transactional();
+    encode_with(builder, records)
+}
+
+fn encode_with<'a>(
+    mut builder: BatchBuilder,
+    records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+) -> Vec<u8> {
     for (key, value) in records {
         builder.push(RecordSpec {
             key: Some(key),

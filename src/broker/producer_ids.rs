@@ -9,7 +9,10 @@
 //! crash at any point can skip ids but never hand one out twice. At start it
 //! replays the partition from its log start. Each record states the whole
 //! state, so once the newest is durable the partition's log start moves to
-//! it and the older records stop pinning segments.
+//! it and the older records stop pinning segments; and whenever that
+//! record sits in the shard's oldest segment (checked every
+//! [`REFRESH_CHECK_INTERVAL`]), it is appended again and the log start
+//! follows, so the allocator never keeps retention from deleting segments.
 //!
 //! Every shard serves InitProducerId from its own cache of blocks
 //! ([`next_producer_id`]), asking the allocator for a block of
@@ -32,7 +35,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::Broker;
-use super::internal_log::{self, InternalRecord, ReplayError};
+use super::internal_log::{self, ReplayError, ReplayItem};
 use crate::ids::{PartitionId, ShardId};
 use crate::record_batch::{BatchError, ValidatedBatch};
 use crate::shard::{ShardContext, ShardGone};
@@ -48,6 +51,10 @@ pub const PRODUCER_ID_BLOCK_LEN: i32 = 1000;
 /// A shard asks for its next block in the background once fewer than this
 /// many ids are left in its cache (10 % of a block).
 pub const PREFETCH_BELOW_IDS: i64 = PRODUCER_ID_BLOCK_LEN as i64 / 10;
+
+/// How often the allocator checks whether its newest record keeps the
+/// shard's oldest segment alive.
+pub const REFRESH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Version of the record key and value this broker writes.
 const RECORD_VERSION: i16 = 0;
@@ -194,6 +201,9 @@ pub struct ProducerIdAllocator {
     partition: PartitionId,
     /// The first id not yet in a stored block.
     next: Cell<i64>,
+    /// The newest stored block (its end is `next`), copied forward when it
+    /// pins the oldest segment.
+    last_block: Cell<Option<ProducerIdBlock>>,
     /// Whether the shards' recovered producer ids were checked since start.
     floor_checked: Cell<bool>,
     /// One allocation at a time: blocks reach the log in id order.
@@ -230,21 +240,31 @@ impl ProducerIdAllocator {
             .stored_batch_limits()
             .decompressed_max_bytes;
         let mut next = 0i64;
+        let mut last_block = None;
         let label = format!("{PRODUCER_IDS_TOPIC}-0");
         let records = internal_log::replay(
             &context.store,
             partition,
             &label,
             limit,
-            |record: InternalRecord<'_>| match ProducerIdBlock::decode(record.key, record.value) {
-                Ok(Some(block)) => {
-                    next = next.max(block.end().unwrap_or(i64::MAX));
-                    true
-                }
-                Ok(None) => false,
-                Err(error) => {
-                    tracing::warn!(offset = record.offset.0, %error, "skipping a bad {PRODUCER_IDS_TOPIC} record");
-                    false
+            |item: ReplayItem<'_>| {
+                let ReplayItem::Record(record) = item else {
+                    return false;
+                };
+                match ProducerIdBlock::decode(record.key, record.value) {
+                    Ok(Some(block)) => {
+                        let end = block.end().unwrap_or(i64::MAX);
+                        if end >= next {
+                            next = end;
+                            last_block = Some(block);
+                        }
+                        true
+                    }
+                    Ok(None) => false,
+                    Err(error) => {
+                        tracing::warn!(offset = record.offset.0, %error, "skipping a bad {PRODUCER_IDS_TOPIC} record");
+                        false
+                    }
                 }
             },
         )
@@ -260,14 +280,24 @@ impl ProducerIdAllocator {
             broker: Arc::clone(broker),
             partition,
             next: Cell::new(next),
+            last_block: Cell::new(last_block),
             floor_checked: Cell::new(false),
             writer: futures_util::lock::Mutex::new(()),
         });
+        let refresher = Rc::downgrade(&allocator);
         ALLOCATOR.with(|local| *local.borrow_mut() = Some(allocator));
         let installed = Installed;
         Ok(Some(compio::runtime::spawn(async move {
             let _installed = installed;
-            std::future::pending::<()>().await;
+            loop {
+                compio::time::sleep(REFRESH_CHECK_INTERVAL).await;
+                let Some(allocator) = refresher.upgrade() else {
+                    return;
+                };
+                if let Err(error) = allocator.refresh_if_pinning().await {
+                    tracing::warn!(%error, "cannot copy the newest {PRODUCER_IDS_TOPIC} record forward");
+                }
+            }
         })))
     }
 
@@ -294,6 +324,28 @@ impl ProducerIdAllocator {
             shard: shard.0,
         };
         let end = block.end().ok_or(ProducerIdError::Exhausted)?;
+        self.store_block(block, false, || self.next.set(end))
+            .await?;
+        tracing::info!(
+            shard = shard.0,
+            start = block.start,
+            len = block.len,
+            "allocated a producer-id block"
+        );
+        Ok(block)
+    }
+
+    /// Append `block` (above the disk reject ratio when `freeing`: a copy
+    /// forward lets space be freed), call `placed` once it has its place in
+    /// the log, wait for its fdatasync, then move the log start to it: the
+    /// newest record states the whole allocator state. The caller holds
+    /// the writer.
+    async fn store_block(
+        &self,
+        block: ProducerIdBlock,
+        freeing: bool,
+        placed: impl FnOnce(),
+    ) -> Result<(), ProducerIdError> {
         let key = ProducerIdBlock::encode_key();
         let value = block.encode_value();
         let bytes = internal_log::encode_batch(
@@ -304,25 +356,42 @@ impl ProducerIdAllocator {
         let batch = ValidatedBatch::validate(&bytes, &limits)
             .map_err(|source| ProducerIdError::InvalidBatch { source })?;
         let store = &self.context.store;
-        let receipt = store
-            .append(self.partition, batch, Durability::Fsynced)
-            .await?;
+        let receipt = if freeing {
+            store
+                .append_to_free_space(self.partition, batch, Durability::Fsynced)
+                .await?
+        } else {
+            store
+                .append(self.partition, batch, Durability::Fsynced)
+                .await?
+        };
         // The block has its place in the log: never offer these ids again in
         // this process, even if the fdatasync below fails.
-        self.next.set(end);
+        placed();
+        self.last_block.set(Some(block));
         store.wait(&receipt).await?;
-        // The newest record states the whole allocator state, and it is
-        // durable: the older records may go.
         if let Err(error) = store.advance_log_start(self.partition, receipt.base_offset) {
             tracing::warn!(%error, "cannot move the log start of {PRODUCER_IDS_TOPIC}-0 to its newest block");
         }
-        tracing::info!(
-            shard = shard.0,
+        Ok(())
+    }
+
+    /// Copy the newest block record forward if it keeps the shard's oldest
+    /// segment alive (see the module docs).
+    async fn refresh_if_pinning(&self) -> Result<(), ProducerIdError> {
+        let _writing = self.writer.lock().await;
+        let Some(block) = self.last_block.get() else {
+            return Ok(());
+        };
+        if !self.context.store.pins_the_oldest_segment(self.partition) {
+            return Ok(());
+        }
+        self.store_block(block, true, || {}).await?;
+        tracing::debug!(
             start = block.start,
-            len = block.len,
-            "allocated a producer-id block"
+            "copied the newest producer-id block forward"
         );
-        Ok(block)
+        Ok(())
     }
 
     /// Raise `next` past every producer id the shards recovered from their

@@ -44,6 +44,13 @@
 //! offset of the oldest open or unstable transaction
 //! ([`ProducerStates::first_unstable_offset`]), else the high watermark.
 //!
+//! A batch with a producer id but no sequence (-1) is the broker's own:
+//! the transactional offset records the group coordinator writes for
+//! TxnOffsetCommit (Kafka's coordinator origin; Produce refuses such a
+//! batch from a client). Only its epoch is checked, and it is not cached
+//! for duplicates, but it opens the producer's transaction like any
+//! transactional batch, so the marker closes it.
+//!
 //! Invariant: an entry holds at most [`BATCHES_CACHED_MAX`] batches of its
 //! current epoch, in log order, each starting where the one before ends
 //! (none after a marker raised its epoch); `ongoing` holds exactly the
@@ -450,6 +457,9 @@ impl ProducerStates {
                 current: entry.epoch,
             });
         }
+        if header.base_sequence < 0 {
+            return Ok(Check::Append);
+        }
         let first = header.base_sequence;
         let last = header.last_sequence();
         if epoch == entry.epoch
@@ -522,7 +532,9 @@ impl ProducerStates {
         };
         // The log decides: a replay takes whatever epoch it holds.
         entry.raise_epoch(epoch);
-        entry.push(batch);
+        if header.base_sequence >= 0 {
+            entry.push(batch);
+        }
         entry.last_timestamp_ms = header.max_timestamp_ms;
         if header.is_transactional() && entry.current_txn_first_offset.is_none() {
             entry.current_txn_first_offset = Some(base_offset);

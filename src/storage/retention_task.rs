@@ -207,6 +207,22 @@ fn delete_oldest_segment(state: &mut StoreState, metrics: &StoreMetrics, why: De
 }
 
 impl ShardStore {
+    /// Whether partition `id` still needs the oldest of several segments:
+    /// what an internal topic whose newest records state everything
+    /// (`__producer_ids`, `__transaction_state`) checks to copy them
+    /// forward, so that its records never keep retention from deleting
+    /// the segments around them.
+    pub fn pins_the_oldest_segment(&self, id: PartitionId) -> bool {
+        let state = self.state.borrow();
+        if state.log.segments().len() < 2 {
+            return false;
+        }
+        state
+            .partitions
+            .get(&id)
+            .is_some_and(|partition| needs_the_oldest_segment(&state, partition))
+    }
+
     /// Whether disk usage is above `retention.disk_force_clean_ratio` and
     /// partition `id` still needs the oldest of several segments: what an
     /// internal topic that copies its live records forward (the

@@ -358,3 +358,44 @@ fn librdkafka_idempotent_producer_stores_each_record_once() {
     assert_eq!(read, expected, "every record exactly once");
     broker.stop();
 }
+
+/// Issue 13, design section 1 ("Space"): the allocator's newest record is
+/// copied forward once segments roll past it, so `__producer_ids` never
+/// keeps retention from deleting its shard's old segments.
+#[test]
+fn the_newest_producer_id_block_is_copied_forward_as_segments_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small-segments.toml");
+    std::fs::write(&config, "[storage]\nsegment_bytes = 2097152\n").unwrap();
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let mut wire = Wire::connect(&broker.address);
+    assert_eq!(init_producer_id(&mut wire, 4, &idempotent_init()).0, 0);
+    assert_eq!(producer_ids_offsets(&mut wire), (0, 1));
+    kafka_clients::create_topic(&broker.address, "filler", 2, &[]);
+    let (producer, acks) = kafka_clients::producer(&broker.address, &[]);
+    let value = vec![b'x'; 8192];
+    for index in 0..1000 {
+        kafka_clients::send(&producer, "filler", Some(index % 2), None, &value, &[]);
+    }
+    kafka_clients::flush(&producer, &acks);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        let (log_start, next) = producer_ids_offsets(&mut wire);
+        if log_start > 0 {
+            assert_eq!(log_start, next - 1, "only the newest record is kept");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the block record was never copied forward"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // The copy is the same block: the next id still comes after it.
+    assert_eq!(init_producer_id(&mut wire, 4, &idempotent_init()).0, 0);
+    drop(wire);
+    broker.stop();
+}

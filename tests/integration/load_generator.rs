@@ -1,13 +1,19 @@
 //! `sluice bench` against the real broker: the JSON it prints, records it
 //! produced coming back through `consume` and an independent client, e2e
-//! stamps, the same-run baseline, and clear errors.
+//! stamps, the same-run baseline, the plain/idempotent comparison (issue
+//! 13), and clear errors.
 
 use std::process::Command;
 
+use kafka_protocol::messages::TopicName;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::protocol::StrBytes;
 use serde_json::Value;
+use sluice::record_batch::{self, BatchHeader};
 
 use super::broker_process::BrokerProcess;
 use super::kafka_clients::{consume, create_topic, high_watermarks};
+use super::wire::Wire;
 
 fn bench(address: &str, args: &[&str]) -> (bool, Value, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -204,4 +210,189 @@ fn consume_of_an_empty_topic_says_what_to_do() {
     assert!(!ok);
     assert!(log.contains("holds no records to read"), "{log}");
     assert!(log.contains("sluice bench produce --topic empty"), "{log}");
+}
+
+/// The headers of every batch of `topic`'s `partition` below `end`, read
+/// with plain Fetch v4 requests.
+fn batch_headers(address: &str, topic: &str, partition: i32, end: i64) -> Vec<BatchHeader> {
+    let mut wire = Wire::connect(address);
+    let mut headers: Vec<BatchHeader> = Vec::new();
+    let mut offset = 0;
+    while offset < end {
+        let request = FetchRequest::default()
+            .with_replica_id((-1).into())
+            .with_max_wait_ms(0)
+            .with_max_bytes(4 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                    .with_partitions(vec![
+                        FetchPartition::default()
+                            .with_partition(partition)
+                            .with_fetch_offset(offset)
+                            .with_partition_max_bytes(4 << 20),
+                    ]),
+            ]);
+        let response = wire.call(4, &request);
+        let answer = &response.responses[0].partitions[0];
+        assert_eq!(
+            answer.error_code, 0,
+            "fetch {topic}/{partition} at {offset}"
+        );
+        let records = answer.records.clone().unwrap_or_default();
+        let mut rest = &records[..];
+        let before = headers.len();
+        while let Some(size) = record_batch::declared_size(rest).filter(|size| *size <= rest.len())
+        {
+            let header = BatchHeader::parse(&rest[..size]).unwrap();
+            offset = header.base_offset + i64::from(header.last_offset_delta) + 1;
+            headers.push(header);
+            rest = &rest[size..];
+        }
+        assert!(
+            headers.len() > before,
+            "no whole batch at {topic}/{partition}@{offset}"
+        );
+    }
+    headers
+}
+
+/// Issue 13 (design 5.4): `produce --idempotent` reports plain and
+/// idempotent figures per round and overall with their ratio, and each half
+/// stored exactly the records it says were acknowledged: every idempotent
+/// connection numbered its batches 0, 50, 100, ... under its own producer
+/// id, so the broker took none of them for a duplicate.
+#[test]
+fn idempotent_comparison_reports_both_halves_and_stores_each_acked_batch_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let (ok, report, log) = bench(
+        &broker.address,
+        &[
+            "produce",
+            "--idempotent",
+            "--rounds",
+            "2",
+            "--topic",
+            "cmp",
+            "--record-size",
+            "200",
+            "--batch-records",
+            "50",
+            "--producers",
+            "2",
+            "--partitions",
+            "2",
+            "--duration",
+            "0.5",
+            // No warm-up: every acknowledged batch is counted, so the log
+            // must hold exactly the records reported.
+            "--warmup",
+            "0",
+        ],
+    );
+    assert!(ok, "{log}");
+    assert!(log.contains("idempotent_ratio"), "{log}");
+    let rounds = report["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 2, "{report}");
+    let mut round_ratios = Vec::new();
+    for (index, round) in rounds.iter().enumerate() {
+        let (plain, idempotent) = (&round["plain"], &round["idempotent"]);
+        let expected = number(idempotent, "throughput_mb_s") / number(plain, "throughput_mb_s");
+        let ratio = number(round, "idempotent_ratio");
+        assert!(
+            (ratio - expected).abs() < 0.01,
+            "{ratio} vs {expected}: {round}"
+        );
+        round_ratios.push(ratio);
+        for (half, idempotent) in [(plain, false), (idempotent, true)] {
+            let topic = format!(
+                "cmp-{}-{}",
+                index + 1,
+                if idempotent { "idempotent" } else { "plain" }
+            );
+            assert_eq!(half["settings"]["topic"], topic.as_str(), "{half}");
+            assert_eq!(half["settings"]["idempotent"], idempotent, "{half}");
+            assert_eq!(half["settings"]["acks"], "all");
+            assert_eq!(number(half, "errors"), 0.0, "{half}");
+            assert!(number(half, "p99_ms") > 0.0, "{half}");
+            let records = number(half, "records");
+            assert!(records >= 50.0, "{half}");
+            let watermarks = high_watermarks(&broker.address, &topic, 2);
+            assert_eq!(
+                watermarks.iter().sum::<i64>() as f64,
+                records,
+                "{topic}: the log holds what was acknowledged, once"
+            );
+            let mut producer_ids = Vec::new();
+            for (partition, end) in watermarks.into_iter().enumerate() {
+                let headers = batch_headers(&broker.address, &topic, partition as i32, end);
+                let first = headers[0];
+                for (index, header) in headers.iter().enumerate() {
+                    let sequence = if idempotent { 50 * index as i32 } else { -1 };
+                    assert_eq!(
+                        (
+                            header.producer_id,
+                            header.producer_epoch,
+                            header.base_sequence
+                        ),
+                        (first.producer_id, first.producer_epoch, sequence),
+                        "{topic}/{partition}, batch {index}"
+                    );
+                }
+                assert_eq!(first.producer_id >= 0, idempotent, "{topic}/{partition}");
+                producer_ids.push(first.producer_id);
+            }
+            if idempotent {
+                assert_ne!(
+                    producer_ids[0], producer_ids[1],
+                    "one producer id per connection"
+                );
+            }
+        }
+    }
+    let median = (round_ratios[0] + round_ratios[1]) / 2.0;
+    assert!(
+        (number(&report, "idempotent_ratio") - median).abs() < 0.002,
+        "{report}"
+    );
+    assert!(number(&report, "p99_ratio") > 0.0, "{report}");
+    for half in ["plain", "idempotent"] {
+        let total = &report[half];
+        assert!(number(total, "throughput_mb_s") > 0.0, "{total}");
+        assert!(number(total, "p99_ms") > 0.0, "{total}");
+        let records: f64 = rounds
+            .iter()
+            .map(|round| number(&round[half], "records"))
+            .sum();
+        assert_eq!(number(total, "records"), records, "{total}");
+    }
+
+    // Idempotence needs acks=all and at most 5 requests in flight.
+    for (flags, expected) in [
+        (&["--acks", "1"][..], "--idempotent needs --acks all"),
+        (
+            &["--inflight", "6"][..],
+            "at most 5 requests may be in flight",
+        ),
+    ] {
+        let (ok, _, log) = bench(
+            &broker.address,
+            &[
+                &[
+                    "produce",
+                    "--idempotent",
+                    "--topic",
+                    "refused",
+                    "--duration",
+                    "0.2",
+                ][..],
+                flags,
+            ]
+            .concat(),
+        );
+        assert!(!ok);
+        assert!(log.contains(expected), "{log}");
+    }
 }

@@ -42,7 +42,7 @@ use super::membership::{
 };
 use super::offsets::{CommittedOffset, OffsetRecord, RECORD_STRING_BYTES_MAX, TopicPartition};
 use crate::broker::Broker;
-use crate::broker::internal_log;
+use crate::broker::internal_log::{self, ReplayItem};
 use crate::ids::{Offset, PartitionId};
 use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::record_batch::{HEADER_BYTES, ValidatedBatch};
@@ -135,9 +135,14 @@ pub struct Coordinator {
     limits: GroupLimits,
     groups: RefCell<HashMap<String, Group>>,
     logs: RefCell<BTreeMap<u32, PartitionLog>>,
-    /// Held while appending offset records, so records reach the log and
-    /// the table in the same order, and a snapshot is not interleaved.
+    /// Held while appending offset records or transaction markers, so
+    /// records reach the log and the table in the same order, and a
+    /// snapshot is not interleaved.
     writer: futures_util::lock::Mutex<()>,
+    /// Transactional offset commits (TxnOffsetCommit) waiting for their
+    /// transaction's marker, by (offsets partition, producer id), in log
+    /// order: a commit marker applies them, an abort drops them (KIP-98).
+    pending_txn: RefCell<HashMap<(u32, i64), Vec<OffsetRecord>>>,
 }
 
 impl Coordinator {
@@ -163,6 +168,7 @@ impl Coordinator {
             groups: RefCell::new(HashMap::new()),
             logs: RefCell::new(BTreeMap::new()),
             writer: futures_util::lock::Mutex::new(()),
+            pending_txn: RefCell::new(HashMap::new()),
         });
         coordinator.replay()?;
         LOCAL.with(|local| *local.borrow_mut() = Some(Rc::clone(&coordinator)));
@@ -233,10 +239,28 @@ impl Coordinator {
             .stored_batch_limits()
             .decompressed_max_bytes;
         let label = format!("{OFFSETS_TOPIC}-{index}");
-        internal_log::replay(&self.context.store, id, &label, limit, |record| {
+        internal_log::replay(&self.context.store, id, &label, limit, |item| {
+            let record = match item {
+                ReplayItem::Record(record) => record,
+                ReplayItem::Marker {
+                    producer_id,
+                    commit,
+                } => {
+                    self.complete_txn(index, producer_id, commit);
+                    return true;
+                }
+            };
             match OffsetRecord::decode(record.key, record.value) {
                 Ok(Some(change)) => {
-                    self.apply(change, Instant::now());
+                    match record.transactional_producer {
+                        Some(producer_id) => self
+                            .pending_txn
+                            .borrow_mut()
+                            .entry((index, producer_id))
+                            .or_default()
+                            .push(change),
+                        None => self.apply(change, Instant::now()),
+                    }
                     true
                 }
                 Ok(None) => false,
@@ -258,6 +282,155 @@ impl Coordinator {
             .entry(change.group.clone())
             .or_insert_with(|| Group::new(&change.group, now));
         group.offsets.apply(change.key, change.value);
+    }
+
+    /// `producer_id`'s transaction on offsets partition `index` ended: its
+    /// pending offset commits become committed offsets (in their log order)
+    /// or are dropped.
+    fn complete_txn(&self, index: u32, producer_id: i64, commit: bool) {
+        let Some(pending) = self.pending_txn.borrow_mut().remove(&(index, producer_id)) else {
+            return;
+        };
+        if commit {
+            let now = Instant::now();
+            for change in pending {
+                self.apply(change, now);
+            }
+        }
+    }
+
+    /// Whether `group` has transactional offsets for `partition` awaiting
+    /// their transaction's outcome (OffsetFetch with `require_stable`
+    /// answers UNSTABLE_OFFSET_COMMIT for them, KIP-447).
+    pub fn has_pending_txn_offset(&self, group: &str, partition: &TopicPartition) -> bool {
+        let index = offsets_partition(group, self.offsets_partitions());
+        self.pending_txn
+            .borrow()
+            .iter()
+            .filter(|((pending_index, _), _)| *pending_index == index)
+            .flat_map(|(_, changes)| changes)
+            .any(|change| change.group == group && change.key == *partition)
+    }
+
+    /// TxnOffsetCommit (KIP-98; v3's member checks, KIP-447): store `offsets`
+    /// as part of `producer_id`'s transaction at `epoch`. They are in the
+    /// log now and become the group's committed offsets when the
+    /// transaction's commit marker is written to this offsets partition.
+    /// The caller verified with the transaction coordinator that the
+    /// partition is in the transaction. Per-partition codes as
+    /// [`Coordinator::commit`].
+    pub async fn txn_commit(
+        &self,
+        group_id: &str,
+        claim: &MemberClaim<'_>,
+        producer_id: i64,
+        epoch: i16,
+        offsets: Vec<(TopicPartition, CommittedOffset)>,
+    ) -> Result<Vec<i16>, i16> {
+        if group_id.is_empty() || group_id.len() > RECORD_STRING_BYTES_MAX {
+            return Err(ResponseError::InvalidGroupId.code());
+        }
+        // v0-2 carry no member: anyone may commit within the transaction.
+        if claim.generation >= 0 || !claim.member_id.is_empty() {
+            self.check_commit(group_id, claim)
+                .map_err(|error| error.code())?;
+        }
+        let (codes, changes) = self.accepted_changes(group_id, offsets);
+        if changes.is_empty() {
+            return Ok(codes);
+        }
+        let index = offsets_partition(group_id, self.offsets_partitions());
+        let written = async {
+            let id = self
+                .logs
+                .borrow()
+                .get(&index)
+                .map(|log| log.id)
+                .ok_or(OffsetsWriteError::NotHere { index })?;
+            let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = changes
+                .iter()
+                .map(|change| (change.encode_key(), change.encode_value()))
+                .collect();
+            let bytes = internal_log::encode_transactional_batch(
+                encoded
+                    .iter()
+                    .map(|(key, value)| (key.as_slice(), value.as_deref())),
+                now_ms(),
+                producer_id,
+                epoch,
+            );
+            if bytes.len() > self.broker.config.storage.message_max_bytes as usize {
+                return Err(OffsetsWriteError::RecordTooLarge {
+                    size: bytes.len(),
+                    limit: self.broker.config.storage.message_max_bytes,
+                });
+            }
+            let batch = ValidatedBatch::frame_only(&bytes, bytes.len())
+                .map_err(|source| OffsetsWriteError::InvalidBatch { source })?;
+            let receipt = {
+                let _writing = self.writer.lock().await;
+                let receipt = self
+                    .context
+                    .store
+                    .append(id, batch, Durability::Fsynced)
+                    .await?;
+                self.pending_txn
+                    .borrow_mut()
+                    .entry((index, producer_id))
+                    .or_default()
+                    .extend(changes);
+                receipt
+            };
+            if let Some(log) = self.logs.borrow_mut().get_mut(&index) {
+                log.records_since_snapshot += encoded.len() as u64;
+            }
+            self.context.store.wait(&receipt).await?;
+            Ok::<(), OffsetsWriteError>(())
+        }
+        .await;
+        let mut codes = codes;
+        if let Err(error) = written {
+            if let Some(failed) = COMMIT_FAILURES.record(monotonic_ms()) {
+                tracing::warn!(group = group_id, %error, failed, "transactional offset commit failed (`failed` counts failures since the last such line)");
+            }
+            let code = match &error {
+                OffsetsWriteError::Append {
+                    source: crate::storage::AppendError::Producer(producer),
+                } => crate::kafka::error_code::for_append(&crate::storage::AppendError::Producer(
+                    producer.clone(),
+                )),
+                other => commit_error_code(other),
+            };
+            for stored in codes.iter_mut().filter(|code| **code == 0) {
+                *stored = code;
+            }
+        }
+        Ok(codes)
+    }
+
+    /// Append a transaction marker for `producer_id` to offsets partition
+    /// `index` and apply its outcome to the pending offsets while holding
+    /// the writer, so the table follows the log's order (design 3.3). The
+    /// caller waits for the receipt's durability.
+    pub async fn append_marker_in_order(
+        &self,
+        index: u32,
+        producer_id: i64,
+        epoch: i16,
+        marker: &crate::record_batch::control::TxnMarker,
+    ) -> Result<Option<crate::storage::AppendReceipt>, crate::storage::AppendError> {
+        let Some(id) = self.logs.borrow().get(&index).map(|log| log.id) else {
+            return Ok(None);
+        };
+        let _writing = self.writer.lock().await;
+        let receipt = self
+            .context
+            .store
+            .append_marker(id, producer_id, epoch, marker, Durability::Fsynced)
+            .await?;
+        let commit = marker.kind == crate::record_batch::control::MarkerKind::Commit;
+        self.complete_txn(index, producer_id, commit);
+        Ok(Some(receipt))
     }
 
     fn offsets_partitions(&self) -> u32 {
@@ -531,6 +704,26 @@ impl Coordinator {
         }
         self.check_commit(group_id, claim)
             .map_err(|error| error.code())?;
+        let (mut codes, changes) = self.accepted_changes(group_id, offsets);
+        if let Err(error) = self.write(changes).await {
+            if let Some(failed) = COMMIT_FAILURES.record(monotonic_ms()) {
+                tracing::warn!(group = group_id, %error, failed, "offset commit failed (`failed` counts failures since the last such line)");
+            }
+            let code = commit_error_code(&error);
+            for stored in codes.iter_mut().filter(|code| **code == 0) {
+                *stored = code;
+            }
+        }
+        Ok(codes)
+    }
+
+    /// Each offset's code (0: accepted, else UNKNOWN_TOPIC_OR_PARTITION or
+    /// OFFSET_METADATA_TOO_LARGE) and the records of the accepted ones.
+    fn accepted_changes(
+        &self,
+        group_id: &str,
+        offsets: Vec<(TopicPartition, CommittedOffset)>,
+    ) -> (Vec<i16>, Vec<OffsetRecord>) {
         let metadata_max = self.broker.config.groups.offset_metadata_max_bytes as usize;
         let cluster = self.broker.metadata.snapshot();
         let mut codes = Vec::with_capacity(offsets.len());
@@ -553,16 +746,7 @@ impl Coordinator {
             };
             codes.push(code);
         }
-        if let Err(error) = self.write(changes).await {
-            if let Some(failed) = COMMIT_FAILURES.record(monotonic_ms()) {
-                tracing::warn!(group = group_id, %error, failed, "offset commit failed (`failed` counts failures since the last such line)");
-            }
-            let code = commit_error_code(&error);
-            for stored in codes.iter_mut().filter(|code| **code == 0) {
-                *stored = code;
-            }
-        }
-        Ok(codes)
+        (codes, changes)
     }
 
     /// Who may commit: a member of the current generation, or anyone with
@@ -821,11 +1005,11 @@ impl Coordinator {
                     })
                 })
                 .collect();
-            let start = self
-                .context
-                .store
-                .offsets(id)
-                .map_or(Offset(0), |offsets| offsets.next_offset);
+            // Never past the first record of a transaction still open
+            // here: its offsets are not in the table, only in the log.
+            let start = self.context.store.offsets(id).map_or(Offset(0), |offsets| {
+                offsets.next_offset.min(offsets.last_stable_offset)
+            });
             let count = live.len();
             let receipt = self.append_in_order(id, live, Purpose::Snapshot).await?;
             (receipt, start, count)

@@ -40,7 +40,8 @@
 //!   an EndTxn answered before a crash always takes effect everywhere.
 //!
 //! Space: like `__consumer_offsets`, the partitions are compacted by
-//! copying the live records forward and moving the log start.
+//! copying the live records forward and moving the log start; also whenever
+//! a partition's records keep the shard's oldest segment alive.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -54,6 +55,8 @@ use thiserror::Error;
 use super::TXN_TOPIC;
 use super::records::{self, TxnMetadata, TxnState};
 use crate::broker::Broker;
+use crate::broker::group::OFFSETS_TOPIC;
+use crate::broker::group::coordinator::Coordinator as GroupCoordinator;
 use crate::broker::group::coordinator::now_ms;
 use crate::broker::internal_log::{self, ReplayError, key_partition};
 use crate::broker::producer_ids::{ProducerIdError, next_producer_id};
@@ -256,7 +259,10 @@ impl TxnCoordinator {
                 .partition_id(TXN_TOPIC, index)
                 .ok_or(TxnStartError::NoStorage { index })?;
             let label = format!("{TXN_TOPIC}-{index}");
-            let replayed = internal_log::replay(&self.context.store, id, &label, limit, |record| {
+            let replayed = internal_log::replay(&self.context.store, id, &label, limit, |item| {
+                let internal_log::ReplayItem::Record(record) = item else {
+                    return false;
+                };
                 match records::decode(record.key, record.value) {
                     Ok(Some((transactional_id, meta))) => {
                         self.apply(transactional_id, meta);
@@ -811,6 +817,7 @@ impl TxnCoordinator {
                     let superseded = log.records_since_snapshot.saturating_sub(live);
                     (superseded >= SNAPSHOT_RECORDS_MIN && superseded > live)
                         || (superseded > 0 && log.last_snapshot.elapsed() >= SNAPSHOT_AGE_MAX)
+                        || (live > 0 && self.context.store.pins_the_oldest_segment(log.id))
                 })
                 .map(|(index, log)| (*index, log.id))
                 .collect()
@@ -907,12 +914,28 @@ async fn write_marker_until_stored(
         let written = context
             .run_on(owner, move |owner_context| async move {
                 let store = &owner_context.store;
-                let Some(id) = store.partition_id(&topic_here, partition) else {
+                // On an offsets partition the group coordinator appends it,
+                // so its pending transactional offsets follow the log.
+                let receipt = if topic_here == OFFSETS_TOPIC {
+                    let Some(group) = GroupCoordinator::local() else {
+                        return Ok(false);
+                    };
+                    group
+                        .append_marker_in_order(partition, producer_id, epoch, &marker)
+                        .await?
+                } else {
+                    match store.partition_id(&topic_here, partition) {
+                        Some(id) => Some(
+                            store
+                                .append_marker(id, producer_id, epoch, &marker, Durability::Fsynced)
+                                .await?,
+                        ),
+                        None => None,
+                    }
+                };
+                let Some(receipt) = receipt else {
                     return Ok(false);
                 };
-                let receipt = store
-                    .append_marker(id, producer_id, epoch, &marker, Durability::Fsynced)
-                    .await?;
                 store.wait(&receipt).await?;
                 Ok::<bool, AppendError>(true)
             })
