@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the real Kafka clients that tests/integration/eos_clients.rs drives
-# against the sluice binary (issue 13):
+# Installs the real Kafka clients that tests/integration/eos_clients.rs and
+# txn_clients.rs drive against the sluice binary (issue 13):
 #   target/test-clients/venv           Python venv with tests/clients/requirements.txt
 #                                      (kafka-python, confluent-kafka, aiokafka; exact pins)
 #   tests/clients/node/node_modules    `npm ci` of tests/clients/node/package-lock.json (kafkajs)

@@ -3,6 +3,7 @@
 //! killed with SIGKILL.
 
 use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -36,6 +37,13 @@ impl Default for Launch<'_> {
             open_files: None,
         }
     }
+}
+
+/// A `host:port` on loopback that was free a moment ago, for a broker that
+/// is restarted where its clients reconnect (pass it as [`Launch::listen`]).
+pub fn free_loopback_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().unwrap().to_string()
 }
 
 impl BrokerProcess {

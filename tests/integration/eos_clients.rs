@@ -8,7 +8,6 @@
 //! producer id, so the client really produced idempotently.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener;
 use std::time::Duration;
 
 use kafka_protocol::messages::FetchRequest;
@@ -17,7 +16,7 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::protocol::StrBytes;
 use sluice::record_batch::{BatchHeader, declared_size};
 
-use crate::broker_process::{BrokerProcess, Launch};
+use crate::broker_process::{BrokerProcess, Launch, free_loopback_address};
 use crate::kafka_clients::{self, Record};
 use crate::test_clients::{self, Acked, Report};
 use crate::wire::Wire;
@@ -37,13 +36,6 @@ const RESTARTS: usize = 5;
 const BROKER_LIFETIME: Duration = Duration::from_millis(2000);
 /// How long the producer runs against no broker before the restart.
 const BROKER_DOWN: Duration = Duration::from_millis(300);
-
-/// A `host:port` on loopback that was free a moment ago: the restarted
-/// broker must listen where the producer reconnects.
-fn free_loopback_address() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().unwrap().to_string()
-}
 
 /// Every record of `topic`, read with librdkafka from offset 0.
 fn read_back(address: &str, topic: &str, partitions: i32) -> Vec<Record> {

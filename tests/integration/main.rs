@@ -41,4 +41,5 @@ mod sim_device;
 mod storage_model;
 mod transactions_storage;
 mod transactions_wire;
+mod txn_clients;
 mod write_path;

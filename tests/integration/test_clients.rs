@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 const REPOSITORY: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -179,30 +180,42 @@ impl ClientProcess {
     /// Whether the script wrote a stderr line containing `needle` within
     /// `timeout`; false as soon as the script has exited without it.
     pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> bool {
+        self.wait_for_stderr_lines(needle, 1, timeout)
+    }
+
+    /// Whether the script wrote `count` stderr lines containing `needle`
+    /// within `timeout`; false as soon as the script has exited without them.
+    pub fn wait_for_stderr_lines(&mut self, needle: &str, count: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self
-                .stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|line| line.contains(needle))
-            {
+            if self.stderr_lines(needle) >= count {
                 return true;
             }
             if self.child.try_wait().unwrap().is_some() {
                 // Its last lines may still be on their way through the pipe.
                 std::thread::sleep(Duration::from_millis(100));
-                return self
-                    .stderr
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .any(|line| line.contains(needle));
+                return self.stderr_lines(needle) >= count;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// How many stderr lines so far contain `needle`.
+    pub fn stderr_lines(&self, needle: &str) -> usize {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    /// SIGKILL the script, like a crash: no flush, no clean close of its
+    /// connections beyond what the kernel does; waits until it is gone.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("the script can be killed");
+        self.child.wait().expect("the killed script is reaped");
     }
 
     /// The last lines the script wrote to stderr, for failure messages.
@@ -219,6 +232,11 @@ impl ClientProcess {
     /// Close stdin (the scripts that run until told stop), wait up to
     /// `timeout` for the script to exit, and parse its report.
     pub fn finish(&mut self, timeout: Duration) -> Report {
+        self.finish_as(timeout)
+    }
+
+    /// [`ClientProcess::finish`] for scripts whose report has another shape.
+    pub fn finish_as<T: DeserializeOwned>(&mut self, timeout: Duration) -> T {
         drop(self.stdin.take());
         let deadline = Instant::now() + timeout;
         let status = loop {
