@@ -1,5 +1,5 @@
-//! The `sluice` command: `sluice serve` runs the broker; `sluice topics` and
-//! `sluice groups` administer a running one.
+//! The `sluice` command: `sluice serve` runs the broker; `sluice topics`,
+//! `sluice groups` and `sluice transactions` administer a running one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +55,15 @@ enum Command {
         #[arg(long, global = true, default_value = "127.0.0.1:9092")]
         brokers: String,
     },
+    /// List and describe transactions; fence a transactional id, aborting
+    /// its open transaction.
+    Transactions {
+        #[command(subcommand)]
+        command: TransactionsCommand,
+        /// Broker addresses, HOST:PORT[,HOST:PORT…].
+        #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+        brokers: String,
+    },
     /// Load generator: produce, consume and end-to-end runs against a
     /// broker, and this host's own limits as a baseline.
     Bench {
@@ -106,6 +115,26 @@ enum GroupsCommand {
     /// Move a group's committed offsets (the group must have no members).
     /// A dry run unless --execute.
     ResetOffsets(ResetArgs),
+}
+
+#[derive(Subcommand)]
+enum TransactionsCommand {
+    /// Every transactional id with its producer id and state.
+    List {
+        /// Only ids in this state: Empty, Ongoing, PrepareCommit,
+        /// PrepareAbort, CompleteCommit or CompleteAbort.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only the id of this producer id.
+        #[arg(long)]
+        producer_id: Option<i64>,
+    },
+    /// A transactional id's state, producer, timeout, and the partitions of
+    /// its transaction in progress.
+    Describe { transactional_id: String },
+    /// Fence a transactional id's producer (its epoch is bumped, as when a
+    /// new instance starts) and abort its open transaction.
+    Abort { transactional_id: String },
 }
 
 #[derive(clap::Args)]
@@ -173,13 +202,17 @@ enum BackendArg {
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Topics { .. } | Command::Groups { .. }) {
+    if matches!(
+        cli.command,
+        Command::Topics { .. } | Command::Groups { .. } | Command::Transactions { .. }
+    ) {
         end_quietly_on_a_closed_pipe();
     }
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Topics { command, brokers } => admin_exit(topics(&brokers, command)),
         Command::Groups { command, brokers } => admin_exit(groups(&brokers, command)),
+        Command::Transactions { command, brokers } => admin_exit(transactions(&brokers, command)),
         Command::Bench { command } => admin_exit(sluice::bench::run(command)),
     }
 }
@@ -241,6 +274,21 @@ fn key_values(pairs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
                 .with_context(|| format!("--config {pair:?}: expected KEY=VALUE"))
         })
         .collect()
+}
+
+fn transactions(brokers: &str, command: TransactionsCommand) -> anyhow::Result<()> {
+    use sluice::admin::transactions;
+    match command {
+        TransactionsCommand::List { state, producer_id } => {
+            transactions::list(brokers, state.as_deref(), producer_id)
+        }
+        TransactionsCommand::Describe { transactional_id } => {
+            transactions::describe(brokers, &transactional_id)
+        }
+        TransactionsCommand::Abort { transactional_id } => {
+            transactions::abort(brokers, &transactional_id)
+        }
+    }
 }
 
 fn groups(brokers: &str, command: GroupsCommand) -> anyhow::Result<()> {

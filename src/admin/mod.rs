@@ -1,4 +1,5 @@
-//! The admin commands, `sluice topics …` and `sluice groups …`: run against
+//! The admin commands, `sluice topics …`, `sluice groups …` and `sluice
+//! transactions …`: run against
 //! a broker over the Kafka protocol, with the habits of `rpk` and
 //! `kafka-consumer-groups` (aligned tables, lag per partition, reset-offsets
 //! as a dry run unless `--execute`).
@@ -8,6 +9,7 @@ pub mod groups;
 pub mod offsets;
 pub mod table;
 pub mod topics;
+pub mod transactions;
 
 use kafka_protocol::ResponseError;
 

@@ -335,6 +335,9 @@ pub fn with_request_type<V: WithRequestType>(key: ApiKey, visitor: V) -> Option<
         ApiKey::EndTxn => visitor.call::<EndTxnRequest>(),
         ApiKey::AddOffsetsToTxn => visitor.call::<AddOffsetsToTxnRequest>(),
         ApiKey::TxnOffsetCommit => visitor.call::<TxnOffsetCommitRequest>(),
+        ApiKey::DescribeProducers => visitor.call::<DescribeProducersRequest>(),
+        ApiKey::DescribeTransactions => visitor.call::<DescribeTransactionsRequest>(),
+        ApiKey::ListTransactions => visitor.call::<ListTransactionsRequest>(),
         _ => return None,
     })
 }

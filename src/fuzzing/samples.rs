@@ -319,6 +319,21 @@ pub fn sample_request(
                     ]),
             ])
             .encode(out, version),
+        ApiKey::DescribeProducers => DescribeProducersRequest::default()
+            .with_topics(vec![
+                describe_producers_request::TopicRequest::default()
+                    .with_name(topic("t"))
+                    .with_partition_indexes(vec![0, 1]),
+            ])
+            .encode(out, version),
+        ApiKey::DescribeTransactions => DescribeTransactionsRequest::default()
+            .with_transactional_ids(vec![TransactionalId(name("txn"))])
+            .encode(out, version),
+        ApiKey::ListTransactions => ListTransactionsRequest::default()
+            .with_state_filters(vec![name("Ongoing")])
+            .with_producer_id_filters(vec![ProducerId(5)])
+            .with_duration_filter(if version >= 1 { 1000 } else { -1 })
+            .encode(out, version),
         ApiKey::InitProducerId => InitProducerIdRequest::default()
             .with_transactional_id(None)
             .with_transaction_timeout_ms(60_000)

@@ -9,11 +9,13 @@
 use kafka_protocol::messages::{
     AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, ApiVersionsResponse,
     CreatePartitionsResponse, CreateTopicsResponse, DeleteGroupsResponse, DeleteTopicsResponse,
-    DescribeClusterResponse, DescribeConfigsResponse, DescribeGroupsResponse, EndTxnResponse,
+    DescribeClusterResponse, DescribeConfigsResponse, DescribeGroupsResponse,
+    DescribeProducersResponse, DescribeTransactionsResponse, EndTxnResponse,
     FindCoordinatorResponse, HeartbeatResponse, IncrementalAlterConfigsResponse,
     InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse,
-    ListOffsetsResponse, MetadataResponse, OffsetCommitResponse, OffsetDeleteResponse,
-    OffsetFetchResponse, ProduceResponse, SyncGroupResponse, TxnOffsetCommitResponse,
+    ListOffsetsResponse, ListTransactionsResponse, MetadataResponse, OffsetCommitResponse,
+    OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse, SyncGroupResponse,
+    TxnOffsetCommitResponse,
 };
 
 /// Visit every error code in a response (zeros included; the caller skips them).
@@ -41,6 +43,7 @@ top_level!(
     InitProducerIdResponse,
     EndTxnResponse,
     AddOffsetsToTxnResponse,
+    ListTransactionsResponse,
     ListGroupsResponse
 );
 
@@ -94,6 +97,25 @@ impl ErrorCodes for AddPartitionsToTxnResponse {
 }
 
 impl ErrorCodes for TxnOffsetCommitResponse {
+    fn error_codes(&self, each: &mut dyn FnMut(i16)) {
+        for topic in &self.topics {
+            topic
+                .partitions
+                .iter()
+                .for_each(|partition| each(partition.error_code));
+        }
+    }
+}
+
+impl ErrorCodes for DescribeTransactionsResponse {
+    fn error_codes(&self, each: &mut dyn FnMut(i16)) {
+        self.transaction_states
+            .iter()
+            .for_each(|state| each(state.error_code));
+    }
+}
+
+impl ErrorCodes for DescribeProducersResponse {
     fn error_codes(&self, each: &mut dyn FnMut(i16)) {
         for topic in &self.topics {
             topic

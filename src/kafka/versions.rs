@@ -48,6 +48,21 @@ pub const SUPPORTED: &[Supported] = &[
         max: 3,
     },
     Supported {
+        key: ApiKey::DescribeProducers,
+        min: 0,
+        max: 0,
+    },
+    Supported {
+        key: ApiKey::DescribeTransactions,
+        min: 0,
+        max: 0,
+    },
+    Supported {
+        key: ApiKey::ListTransactions,
+        min: 0,
+        max: 1,
+    },
+    Supported {
         key: ApiKey::Fetch,
         min: 4,
         max: 12,
@@ -200,6 +215,9 @@ mod tests {
             ApiKey::EndTxn => EndTxnRequest::VERSIONS,
             ApiKey::AddOffsetsToTxn => AddOffsetsToTxnRequest::VERSIONS,
             ApiKey::TxnOffsetCommit => TxnOffsetCommitRequest::VERSIONS,
+            ApiKey::DescribeProducers => DescribeProducersRequest::VERSIONS,
+            ApiKey::DescribeTransactions => DescribeTransactionsRequest::VERSIONS,
+            ApiKey::ListTransactions => ListTransactionsRequest::VERSIONS,
             other => panic!("no codec listed for {other:?}"),
         };
         for entry in SUPPORTED {

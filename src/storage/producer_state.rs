@@ -263,6 +263,19 @@ pub enum Check {
     Duplicate(BatchMeta),
 }
 
+/// One producer as DescribeProducers shows it (KIP-664).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerSummary {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// The last sequence of its newest cached batch, -1 if none.
+    pub last_sequence: i32,
+    pub last_timestamp_ms: i64,
+    pub coordinator_epoch: i32,
+    /// The first offset of its open transaction here, -1 if none.
+    pub current_txn_start_offset: i64,
+}
+
 /// What a transactional Produce saw of its producer on the partition before
 /// asking the coordinator (KIP-890's verification): whether its
 /// transaction was open here, and its latest marker. If a marker lands
@@ -355,6 +368,26 @@ impl ProducerStates {
                 || now_ms.saturating_sub(entry.last_timestamp_ms) < expiration_ms
         });
         before - self.entries.len()
+    }
+
+    /// Every producer with state here, by producer id.
+    pub fn summaries(&self) -> Vec<ProducerSummary> {
+        let mut all: Vec<ProducerSummary> = self
+            .entries
+            .iter()
+            .map(|(&producer_id, entry)| ProducerSummary {
+                producer_id,
+                epoch: entry.epoch,
+                last_sequence: entry.newest().map_or(-1, |newest| newest.last_sequence),
+                last_timestamp_ms: entry.last_timestamp_ms,
+                coordinator_epoch: entry.coordinator_epoch,
+                current_txn_start_offset: entry
+                    .current_txn_first_offset
+                    .map_or(-1, |first| first.0),
+            })
+            .collect();
+        all.sort_by_key(|summary| summary.producer_id);
+        all
     }
 
     /// The token a transactional Produce takes before verification.

@@ -508,6 +508,19 @@ impl ShardStore {
         Ok(())
     }
 
+    /// The producers with state on partition `id` (DescribeProducers);
+    /// `None` for an unknown partition.
+    pub fn producers(
+        &self,
+        id: PartitionId,
+    ) -> Option<Vec<super::producer_state::ProducerSummary>> {
+        let state = self.state.borrow();
+        state
+            .partitions
+            .get(&id)
+            .map(|partition| partition.producers.summaries())
+    }
+
     /// The largest producer id in any partition's producer state on this
     /// shard (what recovery rebuilt from the log, plus what was appended
     /// since), or `None` when no idempotent producer wrote here.

@@ -497,7 +497,7 @@ pub fn committed_offsets(address: &str, group: &str, topic: &str, partitions: i3
 }
 
 /// Run the `sluice` admin command; returns (success, stdout + stderr).
-fn sluice_admin(address: &str, args: &[&str]) -> (bool, String) {
+pub fn sluice_admin(address: &str, args: &[&str]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
         .args(["--brokers", address])

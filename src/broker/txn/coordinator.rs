@@ -665,6 +665,11 @@ impl TxnCoordinator {
         Ok(())
     }
 
+    /// What this coordinator knows of `id` (DescribeTransactions).
+    pub fn describe(&self, id: &str) -> Option<TxnMetadata> {
+        self.txns.borrow().get(id).map(|entry| entry.meta.clone())
+    }
+
     /// Every transactional id this shard coordinates.
     pub fn list(&self) -> Vec<TxnListing> {
         self.txns

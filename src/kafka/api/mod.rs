@@ -12,6 +12,8 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod describe_producers;
+pub mod describe_transactions;
 pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
@@ -22,6 +24,7 @@ pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
+pub mod list_transactions;
 pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
@@ -49,6 +52,11 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         ApiKey::EndTxn => end_txn::handle(request, body).await.map(Some),
         ApiKey::AddOffsetsToTxn => add_offsets_to_txn::handle(request, body).await.map(Some),
         ApiKey::TxnOffsetCommit => txn_offset_commit::handle(request, body).await.map(Some),
+        ApiKey::DescribeProducers => describe_producers::handle(request, body).await.map(Some),
+        ApiKey::DescribeTransactions => {
+            describe_transactions::handle(request, body).await.map(Some)
+        }
+        ApiKey::ListTransactions => list_transactions::handle(request, body).await.map(Some),
         ApiKey::Fetch => fetch::handle(request, body).await.map(Some),
         ApiKey::ListOffsets => list_offsets::handle(request, body).await.map(Some),
         ApiKey::CreateTopics => create_topics::handle(request, body).await.map(Some),

@@ -1,0 +1,187 @@
+//! `sluice transactions list|describe|abort`: what the transaction
+//! coordinators know (ListTransactions, DescribeTransactions,
+//! DescribeProducers; KIP-664), and fencing a transactional id, which
+//! aborts its open transaction.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::describe_producers_request::TopicRequest;
+use kafka_protocol::messages::{
+    DescribeProducersRequest, DescribeTransactionsRequest, InitProducerIdRequest,
+    ListTransactionsRequest, ProducerId, TransactionalId,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::table::Table;
+use super::{AdminResult, describe_error};
+use crate::client::KafkaClient;
+
+/// How long `abort` retries while the coordinator is still completing the
+/// id's previous transaction (CONCURRENT_TRANSACTIONS).
+const ABORT_WAIT: Duration = Duration::from_secs(30);
+/// The transaction timeout `abort` registers for the id (the producer sets
+/// its own again when it next initialises).
+const ABORT_TIMEOUT_MS: i32 = 60_000;
+
+fn text(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_owned())
+}
+
+/// Every transactional id, optionally only those in `state` or of
+/// `producer_id`.
+pub fn list(brokers: &str, state: Option<&str>, producer_id: Option<i64>) -> AdminResult {
+    let mut client = KafkaClient::connect(brokers)?;
+    let request = ListTransactionsRequest::default()
+        .with_state_filters(state.map(text).into_iter().collect())
+        .with_producer_id_filters(producer_id.map(ProducerId).into_iter().collect())
+        .with_duration_filter(-1);
+    let response = client.call(&request)?;
+    if response.error_code != 0 {
+        anyhow::bail!(describe_error(response.error_code, None));
+    }
+    if let Some(unknown) = response.unknown_state_filters.first() {
+        anyhow::bail!(
+            "unknown state {unknown}: use Empty, Ongoing, PrepareCommit, PrepareAbort, \
+             CompleteCommit or CompleteAbort"
+        );
+    }
+    let mut table = Table::new(&["TRANSACTIONAL-ID", "PRODUCER-ID", "STATE"]);
+    for state in &response.transaction_states {
+        table.row(vec![
+            state.transactional_id.to_string(),
+            state.producer_id.0.to_string(),
+            state.transaction_state.to_string(),
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+/// One transactional id: its state, producer, timeout, and the partitions
+/// of its transaction in progress with where it began on each.
+pub fn describe(brokers: &str, transactional_id: &str) -> AdminResult {
+    let mut client = KafkaClient::connect(brokers)?;
+    let response = client.call(
+        &DescribeTransactionsRequest::default()
+            .with_transactional_ids(vec![TransactionalId(text(transactional_id))]),
+    )?;
+    let state = response
+        .transaction_states
+        .first()
+        .context("empty DescribeTransactions response")?;
+    if state.error_code == ResponseError::TransactionalIdNotFound.code() {
+        anyhow::bail!("transactional id {transactional_id} does not exist");
+    }
+    if state.error_code != 0 {
+        anyhow::bail!(
+            "transactional id {transactional_id}: {}",
+            describe_error(state.error_code, None)
+        );
+    }
+    println!("TRANSACTIONAL-ID  {transactional_id}");
+    println!("STATE             {}", state.transaction_state);
+    println!("PRODUCER-ID       {}", state.producer_id.0);
+    println!("PRODUCER-EPOCH    {}", state.producer_epoch);
+    println!("TIMEOUT-MS        {}", state.transaction_timeout_ms);
+    println!(
+        "STARTED           {}",
+        if state.transaction_start_time_ms >= 0 {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as i64);
+            let ago_s = now_ms.saturating_sub(state.transaction_start_time_ms) / 1000;
+            format!(
+                "{} ms since the epoch ({ago_s} s ago)",
+                state.transaction_start_time_ms
+            )
+        } else {
+            "-".to_owned()
+        }
+    );
+    if state.topics.is_empty() {
+        return Ok(());
+    }
+    let producers = client.call(
+        &DescribeProducersRequest::default().with_topics(
+            state
+                .topics
+                .iter()
+                .map(|topic| {
+                    TopicRequest::default()
+                        .with_name(topic.topic.clone())
+                        .with_partition_indexes(topic.partitions.clone())
+                })
+                .collect(),
+        ),
+    )?;
+    let mut table = Table::new(&["TOPIC", "PARTITION", "OPEN-SINCE-OFFSET"]);
+    for topic in &producers.topics {
+        for partition in &topic.partitions {
+            let open_since = partition
+                .active_producers
+                .iter()
+                .find(|producer| producer.producer_id == state.producer_id)
+                .map(|producer| producer.current_txn_start_offset)
+                .filter(|&offset| offset >= 0)
+                .map_or_else(|| "-".to_owned(), |offset| offset.to_string());
+            let open_since = if partition.error_code == 0 {
+                open_since
+            } else {
+                describe_error(partition.error_code, None)
+            };
+            table.row(vec![
+                topic.name.to_string(),
+                partition.partition_index.to_string(),
+                open_since,
+            ]);
+        }
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+/// Fence `transactional_id`'s producer and abort its open transaction:
+/// InitProducerId for the id, as a new instance of the producer would send
+/// (the coordinator aborts the open transaction with a bumped epoch, so
+/// the old producer's further writes are refused).
+pub fn abort(brokers: &str, transactional_id: &str) -> AdminResult {
+    let mut client = KafkaClient::connect(brokers)?;
+    let described = client.call(
+        &DescribeTransactionsRequest::default()
+            .with_transactional_ids(vec![TransactionalId(text(transactional_id))]),
+    )?;
+    if described
+        .transaction_states
+        .first()
+        .is_some_and(|state| state.error_code == ResponseError::TransactionalIdNotFound.code())
+    {
+        anyhow::bail!("transactional id {transactional_id} does not exist");
+    }
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(text(transactional_id))))
+        .with_transaction_timeout_ms(ABORT_TIMEOUT_MS)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let deadline = Instant::now() + ABORT_WAIT;
+    loop {
+        let response = client.call(&request)?;
+        let concurrent = response.error_code == ResponseError::ConcurrentTransactions.code();
+        if response.error_code == 0 {
+            println!(
+                "fenced transactional id {transactional_id}: producer id {} is now at epoch {}; \
+                 its open transaction, if any, was aborted",
+                response.producer_id.0, response.producer_epoch
+            );
+            return Ok(());
+        }
+        if !concurrent || Instant::now() >= deadline {
+            anyhow::bail!(
+                "transactional id {transactional_id}: {}",
+                describe_error(response.error_code, None)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
