@@ -508,6 +508,20 @@ impl ShardStore {
         Ok(())
     }
 
+    /// (topic, index, high watermark − last stable offset) of every
+    /// partition whose last stable offset is below its high watermark.
+    pub fn unstable_partitions(&self) -> Vec<(String, u32, i64)> {
+        let state = self.state.borrow();
+        state
+            .partitions
+            .values()
+            .filter_map(|partition| {
+                let lag = partition.high_watermark.0 - partition.last_stable_offset().0;
+                (lag > 0).then(|| (partition.meta.topic.clone(), partition.meta.index, lag))
+            })
+            .collect()
+    }
+
     /// The producers with state on partition `id` (DescribeProducers);
     /// `None` for an unknown partition.
     pub fn producers(

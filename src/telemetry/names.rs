@@ -52,6 +52,11 @@ pub const APPENDS_REJECTED: &str = "sluice_appends_rejected_total";
 
 pub const CONSUMER_GROUP_LAG: &str = "sluice_consumer_group_lag";
 
+pub const TRANSACTIONS: &str = "sluice_transactions";
+pub const TRANSACTION_MARKERS: &str = "sluice_transaction_markers_total";
+pub const TRANSACTION_TIMEOUTS: &str = "sluice_transaction_timeouts_total";
+pub const PARTITION_LSO_LAG: &str = "sluice_partition_lso_lag";
+
 pub const RECOVERY_DURATION: &str = "sluice_recovery_duration_seconds";
 pub const RECOVERY_TRUNCATED_BYTES: &str = "sluice_recovery_truncated_bytes";
 
@@ -220,13 +225,35 @@ pub fn describe() {
     describe_counter!(
         APPENDS_REJECTED,
         Unit::Count,
-        "Appends storage refused, by shard and reason (disk_full, too_large, poisoned, shutting_down, unknown_partition, storage)."
+        "Appends storage refused, by shard and reason (disk_full, too_large, poisoned, shutting_down, unknown_partition, storage, sequence, epoch, txn_state, coordinator_fenced)."
     );
 
     describe_gauge!(
         CONSUMER_GROUP_LAG,
         Unit::Count,
         "Records between a group's committed offset and the partition's high watermark."
+    );
+
+    describe_gauge!(
+        TRANSACTIONS,
+        Unit::Count,
+        "Transactional ids a shard's transaction coordinator knows, by state."
+    );
+    describe_counter!(
+        TRANSACTION_MARKERS,
+        Unit::Count,
+        "Transaction markers written to partitions, by result (commit, abort)."
+    );
+    describe_counter!(
+        TRANSACTION_TIMEOUTS,
+        Unit::Count,
+        "Transactions aborted because they stayed open past their timeout."
+    );
+    describe_gauge!(
+        PARTITION_LSO_LAG,
+        Unit::Count,
+        "Offsets between a partition's last stable offset and its high watermark \
+         (read_committed consumers wait there); set only while above 0."
     );
 
     describe_gauge!(

@@ -9,7 +9,10 @@
 //! * disk usage, open connections, the request budget (bytes taken,
 //!   connections waiting for it), what recovery did at this start;
 //! * consumer lag of the groups this shard coordinates: high watermarks are
-//!   asked of the owner shards, one mailbox call per shard.
+//!   asked of the owner shards, one mailbox call per shard;
+//! * transactional ids per state on this shard's transaction coordinator,
+//!   and how far each partition's last stable offset trails its high
+//!   watermark (only partitions where it does).
 //!
 //! Gauges are looked up by name at each refresh, so one nobody sets any more
 //! (a deleted group's lag) expires from the exposition.
@@ -25,6 +28,8 @@ use metrics::{Counter, counter, gauge};
 use super::names;
 use super::storage::shard_label;
 use crate::broker::group::coordinator::Coordinator;
+use crate::broker::txn::coordinator::TxnCoordinator;
+use crate::broker::txn::records::TxnState;
 use crate::ids::ShardId;
 use crate::kafka::request_budget::RequestBudget;
 use crate::shard::ShardContext;
@@ -46,6 +51,7 @@ pub async fn run(context: Rc<ShardContext>, budget: Arc<RequestBudget>, interval
         refresh_storage(&context, &shard, &totals);
         refresh_request_budget(&budget);
         refresh_consumer_lag(&context).await;
+        refresh_transactions(&context, &shard);
         compio::time::sleep(interval).await;
     }
 }
@@ -101,6 +107,32 @@ fn refresh_storage(context: &ShardContext, shard: &str, totals: &LogTotals) {
 fn refresh_request_budget(budget: &RequestBudget) {
     gauge!(names::KAFKA_QUEUED_REQUEST_BYTES).set(budget.used_bytes() as f64);
     gauge!(names::KAFKA_CONNECTIONS_WAITING_FOR_BUDGET).set(budget.waiting() as f64);
+}
+
+/// Transactional ids by state, and the partitions whose last stable offset
+/// trails their high watermark.
+fn refresh_transactions(context: &ShardContext, shard: &str) {
+    if let Some(coordinator) = TxnCoordinator::local() {
+        let mut by_state: BTreeMap<&'static str, u64> = TxnState::ALL
+            .iter()
+            .map(|state| (state.name(), 0))
+            .collect();
+        for listing in coordinator.list() {
+            *by_state.entry(listing.meta.state.name()).or_default() += 1;
+        }
+        for (state, count) in by_state {
+            gauge!(names::TRANSACTIONS, "shard" => shard.to_owned(), "state" => state)
+                .set(count as f64);
+        }
+    }
+    for (topic, partition, lag) in context.store.unstable_partitions() {
+        gauge!(
+            names::PARTITION_LSO_LAG,
+            "topic" => topic,
+            "partition" => partition.to_string()
+        )
+        .set(lag as f64);
+    }
 }
 
 /// Lag of every committed offset this shard's coordinator holds.

@@ -721,6 +721,26 @@ fn an_operator_finds_and_aborts_an_open_transaction() {
         ResponseError::UnknownTopicOrPartition.code()
     );
 
+    // Operators see it in the metrics too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = crate::metrics::get(&broker.metrics, "/metrics");
+        let lso_lag = body.lines().any(|line| {
+            line.starts_with("sluice_partition_lso_lag{")
+                && line.contains(&format!("topic=\"{TOPIC}\""))
+                && line.ends_with(" 1")
+        });
+        let ongoing = body.lines().any(|line| {
+            line.starts_with("sluice_transactions{")
+                && line.contains("state=\"Ongoing\"")
+                && line.ends_with(" 1")
+        });
+        if lso_lag && ongoing {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no transaction metrics: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (ok, out) = sluice_admin(
         &broker.address,
         &["transactions", "list", "--state", "Ongoing"],
@@ -759,6 +779,13 @@ fn an_operator_finds_and_aborts_an_open_transaction() {
     );
     let (ok, out) = sluice_admin(&broker.address, &["transactions", "list"]);
     assert!(ok && out.contains(id) && out.contains("Empty"), "{out}");
+    let (_, body) = crate::metrics::get(&broker.metrics, "/metrics");
+    assert!(
+        body.lines()
+            .any(|line| line.starts_with("sluice_transaction_markers_total{")
+                && line.contains("result=\"abort\"")),
+        "{body}"
+    );
     drop(wire);
     broker.stop();
 }

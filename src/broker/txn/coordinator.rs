@@ -761,6 +761,7 @@ impl TxnCoordinator {
                 continue;
             };
             next.state = TxnState::PrepareAbort;
+            metrics::counter!(crate::telemetry::names::TRANSACTION_TIMEOUTS).increment(1);
             tracing::info!(
                 transactional_id = %id,
                 producer_id = meta.producer_id,
@@ -946,7 +947,15 @@ async fn write_marker_until_stored(
             })
             .await;
         let error = match written {
-            Ok(Ok(true)) => return,
+            Ok(Ok(true)) => {
+                let result = match marker.kind {
+                    MarkerKind::Commit => "commit",
+                    MarkerKind::Abort => "abort",
+                };
+                metrics::counter!(crate::telemetry::names::TRANSACTION_MARKERS, "result" => result)
+                    .increment(1);
+                return;
+            }
             Ok(Ok(false)) => {
                 tracing::info!(%topic, partition, producer_id, "skipping the transaction marker of a deleted partition");
                 return;

@@ -39,6 +39,16 @@ pub enum TxnState {
 }
 
 impl TxnState {
+    /// Every state, in Kafka's id order.
+    pub const ALL: [TxnState; 6] = [
+        TxnState::Empty,
+        TxnState::Ongoing,
+        TxnState::PrepareCommit,
+        TxnState::PrepareAbort,
+        TxnState::CompleteCommit,
+        TxnState::CompleteAbort,
+    ];
+
     pub fn id(self) -> i8 {
         match self {
             TxnState::Empty => 0,

@@ -22,22 +22,16 @@ use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
-/// Every state name a filter may use.
-const STATES: [TxnState; 6] = [
-    TxnState::Empty,
-    TxnState::Ongoing,
-    TxnState::PrepareCommit,
-    TxnState::PrepareAbort,
-    TxnState::CompleteCommit,
-    TxnState::CompleteAbort,
-];
-
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let list: ListTransactionsRequest = decode(request, body)?;
     let wanted_states: Vec<String> = list.state_filters.iter().map(ToString::to_string).collect();
     let unknown: Vec<_> = wanted_states
         .iter()
-        .filter(|name| !STATES.iter().any(|state| state.name() == name.as_str()))
+        .filter(|name| {
+            !TxnState::ALL
+                .iter()
+                .any(|state| state.name() == name.as_str())
+        })
         .map(|name| str_bytes(name))
         .collect();
     let producers: Vec<i64> = list.producer_id_filters.iter().map(|id| id.0).collect();
