@@ -268,6 +268,9 @@ fn producer(load: &ProduceLoad, index: usize, window: Window) -> anyhow::Result<
         stamps,
         transactions,
         interval,
+        next_send: Instant::now(),
+        sends: 0,
+        correlation_id: 0,
         sender,
         barrier_replies,
     };
@@ -317,8 +320,14 @@ struct Writer<'a> {
     /// Idempotent and transactional producers' sequences.
     stamps: Option<IdempotentProducer>,
     transactions: Option<Transactions>,
-    /// The send schedule under --rate.
+    /// The send schedule under --rate, and the next send's slot in it.
     interval: Option<Duration>,
+    next_send: Instant,
+    /// Batches sent, for the round robin over partitions.
+    sends: usize,
+    /// The next produce request's; counts from 0 (control requests count
+    /// down from -1).
+    correlation_id: i32,
     sender: SyncSender<Pending>,
     barrier_replies: Receiver<BarrierReply>,
 }
@@ -328,86 +337,97 @@ impl Writer<'_> {
     /// what acks=0 counted and errors of sending. A transaction that
     /// cannot begin or commit fails the producer.
     fn run(&mut self) -> anyhow::Result<Recorder> {
-        let load = self.load;
-        let window = self.window;
         let mut sent = Recorder::default();
-        if Instant::now() < window.deadline {
+        if Instant::now() < self.window.deadline {
             self.begin()?;
         }
-        let mut next = Instant::now();
-        let mut sequence = 0usize;
-        let mut correlation_id = 0i32;
+        self.next_send = Instant::now();
         loop {
-            let intended = match self.interval {
-                Some(interval) => {
-                    let now = Instant::now();
-                    if next > now {
-                        thread::sleep(next - now);
-                    }
-                    let intended = next;
-                    next += interval;
-                    intended
-                }
-                None => Instant::now(),
-            };
+            let intended = self.next_send_time();
             let open = self
                 .transactions
                 .as_ref()
                 .is_some_and(Transactions::is_open);
-            if intended >= window.deadline && !open {
+            if intended >= self.window.deadline && !open {
                 break;
             }
-            let slot = sequence % self.partitions.len();
-            let partition = self.partitions[slot];
-            sequence += 1;
-            let producer = match &mut self.stamps {
-                Some(stamps) => stamps.next(slot, self.template.records()),
-                None => ProducerStamp::NONE,
-            };
-            self.template
-                .prepare(producer, load.stamp.then(|| window.stamp_of(intended)));
-            let batch = self.template.bytes();
-            let target = ProduceTarget {
-                topic: &load.topic,
-                partition,
-                acks: load.acks,
-                timeout_ms: PRODUCE_TIMEOUT_MS,
-                transactional_id: self
-                    .transactions
-                    .as_ref()
-                    .map(Transactions::transactional_id),
-            };
-            let mut prefix = wire::produce_prefix(&target, batch.len());
-            wire::set_correlation_id(&mut prefix, correlation_id);
-            let entry = InFlight {
-                correlation_id,
-                partition,
-                slot,
-                intended,
-                records: self.template.records() as u64,
-                bytes: batch.len() as u64,
-                counted: intended >= window.measure_from,
-            };
-            correlation_id = correlation_id.wrapping_add(1);
-            if load.acks == 0 && entry.counted {
-                sent.add(entry.records, entry.bytes);
-                sent.requests += 1;
-            }
-            if load.acks != 0 && self.sender.send(Pending::Produce(entry)).is_err() {
-                break; // the reader stopped: it holds the error
-            }
-            if let Err(error) = wire::write_all_vectored(&mut self.stream, &[&prefix, batch]) {
-                sent.error(format!("send to {}: {error}", load.address));
+            if !self.send(intended, &mut sent) {
                 break;
             }
             if self.transactions.as_mut().is_some_and(Transactions::sent) {
                 self.commit()?;
-                if Instant::now() < window.deadline {
+                if Instant::now() < self.window.deadline {
                     self.begin()?;
                 }
             }
         }
         Ok(sent)
+    }
+
+    /// When the next send is due: now, or under --rate its slot in the
+    /// schedule (slept until).
+    fn next_send_time(&mut self) -> Instant {
+        let Some(interval) = self.interval else {
+            return Instant::now();
+        };
+        let now = Instant::now();
+        if self.next_send > now {
+            thread::sleep(self.next_send - now);
+        }
+        let intended = self.next_send;
+        self.next_send += interval;
+        intended
+    }
+
+    /// Send the next batch, scheduled at `intended`, to the next partition;
+    /// false when the connection or the ack reader has stopped (`sent` or
+    /// the reader holds the error).
+    fn send(&mut self, intended: Instant, sent: &mut Recorder) -> bool {
+        let load = self.load;
+        let slot = self.sends % self.partitions.len();
+        let partition = self.partitions[slot];
+        self.sends += 1;
+        let producer = match &mut self.stamps {
+            Some(stamps) => stamps.next(slot, self.template.records()),
+            None => ProducerStamp::NONE,
+        };
+        let stamp = load.stamp.then(|| self.window.stamp_of(intended));
+        self.template.prepare(producer, stamp);
+        let batch = self.template.bytes();
+        let target = ProduceTarget {
+            topic: &load.topic,
+            partition,
+            acks: load.acks,
+            timeout_ms: PRODUCE_TIMEOUT_MS,
+            transactional_id: self
+                .transactions
+                .as_ref()
+                .map(Transactions::transactional_id),
+        };
+        let mut prefix = wire::produce_prefix(&target, batch.len());
+        wire::set_correlation_id(&mut prefix, self.correlation_id);
+        let entry = InFlight {
+            correlation_id: self.correlation_id,
+            partition,
+            slot,
+            intended,
+            records: self.template.records() as u64,
+            bytes: batch.len() as u64,
+            counted: intended >= self.window.measure_from,
+        };
+        self.correlation_id = self.correlation_id.wrapping_add(1);
+        if load.acks == 0 && entry.counted {
+            sent.add(entry.records, entry.bytes);
+            sent.requests += 1;
+        }
+        if load.acks != 0 && self.sender.send(Pending::Produce(entry)).is_err() {
+            return false; // the reader stopped: it holds the error
+        }
+        if let Err(error) = wire::write_all_vectored(&mut self.stream, &[&prefix, batch]) {
+            sent.error(format!("send to {}: {error}", load.address));
+            return false;
+        }
+        true
     }
 
     /// Open the next transaction, if this producer is transactional.
