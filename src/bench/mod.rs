@@ -189,7 +189,13 @@ pub struct ProduceArgs {
     #[arg(long)]
     transactional: bool,
     /// Batches per partition in each transaction of --transactional.
-    #[arg(long, value_name = "N", default_value_t = TXN_BATCHES_DEFAULT, requires = "transactional")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = TXN_BATCHES_DEFAULT,
+        requires = "transactional",
+        conflicts_with = "idempotent"
+    )]
     txn_batches: usize,
     /// Rounds of the --idempotent or --transactional comparison.
     #[arg(long, default_value_t = 2, requires = "comparison")]
