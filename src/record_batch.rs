@@ -459,6 +459,20 @@ pub fn assign_producer_fields(
     bytes[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&base_sequence.to_be_bytes());
 }
 
+/// Set or clear the transactional attribute (0x10, KIP-98: the batch
+/// belongs to its producer's open transaction). Inside the CRC, like
+/// [`assign_producer_fields`]: the caller recomputes it.
+pub fn assign_transactional(bytes: &mut [u8], transactional: bool) {
+    assert!(bytes.len() >= HEADER_BYTES, "batch shorter than its header");
+    let attributes = read_i16(bytes, ATTRIBUTES_AT);
+    let attributes = if transactional {
+        attributes | ATTRIBUTE_TRANSACTIONAL
+    } else {
+        attributes & !ATTRIBUTE_TRANSACTIONAL
+    };
+    bytes[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+}
+
 /// Overwrite the broker-owned fields (outside the CRC) in a stored copy, or
 /// in a copy of just its first [`CRC_COVERED_FROM`] bytes.
 pub fn assign_broker_fields(bytes: &mut [u8], base_offset: i64, leader_epoch: i32) {

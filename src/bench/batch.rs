@@ -8,10 +8,12 @@
 //! re-encoded, which costs CPU but e2e runs at a fixed `--rate`.
 //!
 //! Every send also stamps the producer fields of the header in place
-//! (KIP-98: producer id, epoch, base sequence): an idempotent producer's
-//! from [`IdempotentProducer`], -1s otherwise. The CRC is recomputed for
-//! every send in both cases, so a plain and an idempotent run cost the client
-//! the same and their difference is the broker's.
+//! (KIP-98: producer id, epoch, base sequence, and the transactional
+//! attribute): an idempotent or transactional producer's from
+//! [`IdempotentProducer`], -1s and no attribute otherwise. The CRC is
+//! recomputed for every send in every case, so plain, idempotent and
+//! transactional runs cost the client the same and their difference is the
+//! broker's.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -132,6 +134,7 @@ impl BatchTemplate {
             producer.producer_epoch,
             producer.base_sequence,
         );
+        record_batch::assign_transactional(&mut self.bytes, producer.transactional);
         record_batch::recompute_crc(&mut self.bytes);
     }
 
@@ -193,6 +196,9 @@ pub struct ProducerStamp {
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub base_sequence: i32,
+    /// The batch belongs to the producer's open transaction (attribute
+    /// 0x10).
+    pub transactional: bool,
 }
 
 impl ProducerStamp {
@@ -201,12 +207,15 @@ impl ProducerStamp {
         producer_id: -1,
         producer_epoch: -1,
         base_sequence: -1,
+        transactional: false,
     };
 }
 
 /// An idempotent producer: the id and epoch InitProducerId gave its
 /// connection, and the next base sequence of each partition it writes
-/// (indexed by the partition's slot in its list). A partition's sequence
+/// (indexed by the partition's slot in its list). A transactional producer
+/// is one too, whose batches also carry the transactional attribute; its
+/// sequences run on across transactions, as Kafka's do within an epoch. A partition's sequence
 /// starts at 0 and advances by each batch's record count, wrapping from
 /// `i32::MAX` to 0 as Kafka's producer does
 /// (`DefaultRecordBatch.incrementSequence`); the broker expects exactly that
@@ -216,6 +225,7 @@ impl ProducerStamp {
 pub struct IdempotentProducer {
     producer_id: i64,
     producer_epoch: i16,
+    transactional: bool,
     next_sequence: Vec<i32>,
 }
 
@@ -225,8 +235,22 @@ impl IdempotentProducer {
         IdempotentProducer {
             producer_id,
             producer_epoch,
+            transactional: false,
             next_sequence: vec![0; partitions],
         }
+    }
+
+    /// A transactional producer's stamps: as [`IdempotentProducer::new`],
+    /// with the transactional attribute on every batch.
+    pub fn transactional(producer_id: i64, producer_epoch: i16, partitions: usize) -> Self {
+        IdempotentProducer {
+            transactional: true,
+            ..IdempotentProducer::new(producer_id, producer_epoch, partitions)
+        }
+    }
+
+    pub fn producer_epoch(&self) -> i16 {
+        self.producer_epoch
     }
 
     pub fn producer_id(&self) -> i64 {
@@ -243,6 +267,7 @@ impl IdempotentProducer {
             producer_id: self.producer_id,
             producer_epoch: self.producer_epoch,
             base_sequence: *sequence,
+            transactional: self.transactional,
         };
         *sequence = increment_sequence(*sequence, records);
         stamp
@@ -354,6 +379,41 @@ mod tests {
                 .expect("a plain send is valid too");
             assert!(!validated.header().has_producer(), "{compression:?}");
             assert_eq!(validated.header().base_sequence, -1);
+        }
+    }
+
+    #[test]
+    fn transactional_stamp_sets_the_attribute_and_a_plain_send_clears_it() {
+        for compression in [Compression::None, Compression::Lz4] {
+            let mut template = BatchTemplate::new(10, 100, compression, 7);
+            let codec = BatchHeader::parse(template.bytes())
+                .unwrap()
+                .compression_codec();
+            let mut producer = IdempotentProducer::transactional(5, 2, 2);
+            for (slot, sequence) in [(1, 0), (1, 10)] {
+                let stamp = producer.next(slot, template.records());
+                template.prepare(stamp, None);
+                let validated =
+                    ValidatedBatch::validate(template.bytes(), &BatchLimits::unlimited())
+                        .expect("the CRC covers the attribute");
+                let header = validated.header();
+                assert!(header.is_transactional(), "{compression:?}");
+                assert!(!header.is_control(), "{compression:?}");
+                assert_eq!(header.compression_codec(), codec, "codec bits kept");
+                assert_eq!(
+                    (
+                        header.producer_id,
+                        header.producer_epoch,
+                        header.base_sequence
+                    ),
+                    (5, 2, sequence)
+                );
+            }
+            template.prepare(ProducerStamp::NONE, None);
+            let validated = ValidatedBatch::validate(template.bytes(), &BatchLimits::unlimited())
+                .expect("a plain send after a transactional one is valid");
+            assert!(!validated.header().is_transactional(), "{compression:?}");
+            assert_eq!(validated.header().compression_codec(), codec);
         }
     }
 

@@ -7,15 +7,18 @@
 //! With `--baseline` a run first measures the host's own limits (loopback
 //! TCP, write + fdatasync) with the same chunk size and prints its ratio to
 //! them, so figures from noisy shared machines stay comparable. With
-//! `--idempotent`, produce compares plain and idempotent producers in
-//! interleaved rounds (`idempotent.rs`).
+//! `--idempotent` or `--transactional`, produce compares plain producers
+//! with idempotent or transactional ones in interleaved rounds
+//! (`compare.rs`, `transaction.rs`).
 
 pub mod baseline;
 pub mod batch;
+mod compare;
 mod consume;
-mod idempotent;
+mod control;
 mod produce;
 pub mod stats;
+mod transaction;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -25,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use kafka_protocol::messages::CreateTopicsRequest;
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
@@ -39,17 +42,20 @@ use crate::storage::producer_state::BATCHES_CACHED_MAX;
 use baseline::Baseline;
 use batch::Compression;
 use consume::{ConsumeLoad, Mode};
-use produce::{ProduceLoad, Window};
+use produce::{ProduceLoad, ProducerKind, Window};
 use stats::{Bound, Report};
 
 /// CreateTopics error: the topic exists.
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 /// Produce requests in flight per connection unless `--inflight` says.
 const INFLIGHT_DEFAULT: usize = 8;
-/// The most produce requests in flight per idempotent connection: the
-/// broker remembers a producer's last 5 batches per partition, so Kafka's
-/// clients allow at most 5 (`max.in.flight.requests.per.connection`, KIP-98).
+/// The most produce requests in flight per idempotent (or transactional)
+/// connection: the broker remembers a producer's last 5 batches per
+/// partition, so Kafka's clients allow at most 5
+/// (`max.in.flight.requests.per.connection`, KIP-98).
 const INFLIGHT_IDEMPOTENT_MAX: usize = BATCHES_CACHED_MAX;
+/// Batches per partition in each transaction unless `--txn-batches` says.
+const TXN_BATCHES_DEFAULT: usize = 10;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -137,7 +143,7 @@ pub struct ProducerOptions {
     #[arg(long, value_enum, default_value = "none")]
     compression: Compression,
     /// Produce requests in flight per producer connection [default: 8; for
-    /// `produce --idempotent` 5, the most allowed there].
+    /// `produce --idempotent|--transactional` 5, the most allowed there].
     #[arg(long)]
     inflight: Option<usize>,
     /// Seconds of measured load.
@@ -149,6 +155,7 @@ pub struct ProducerOptions {
 }
 
 #[derive(Args)]
+#[command(group(ArgGroup::new("comparison").args(["idempotent", "transactional"])))]
 pub struct ProduceArgs {
     #[command(flatten)]
     target: Target,
@@ -170,8 +177,28 @@ pub struct ProduceArgs {
     /// --inflight at most 5; any produce error fails the run.
     #[arg(long)]
     idempotent: bool,
-    /// Rounds of the --idempotent comparison.
-    #[arg(long, default_value_t = 2, requires = "idempotent")]
+    /// Compare plain and transactional producers (KIP-98) as --idempotent
+    /// does, on topics <topic>-<round>-plain|transactional: each
+    /// transactional connection has its own transactional id
+    /// (<topic>-<round>-transactional-<index>) and loops over
+    /// AddPartitionsToTxn with all its partitions, --txn-batches batches per
+    /// partition, and EndTxn(commit) once they are all acknowledged. Reports
+    /// both, transactional_ratio and p99_ratio, and the commit latency (EndTxn
+    /// round trip). Needs --acks all, --inflight at most 5 and no --rate; any
+    /// error fails the run.
+    #[arg(long)]
+    transactional: bool,
+    /// Batches per partition in each transaction of --transactional.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = TXN_BATCHES_DEFAULT,
+        requires = "transactional",
+        conflicts_with = "idempotent"
+    )]
+    txn_batches: usize,
+    /// Rounds of the --idempotent or --transactional comparison.
+    #[arg(long, default_value_t = 2, requires = "comparison")]
     rounds: usize,
     #[command(flatten)]
     output: Output,
@@ -262,13 +289,26 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
 
 fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     if args.idempotent {
-        return produce_idempotent(args);
+        return produce_compared(args, ProducerKind::Idempotent);
+    }
+    if args.transactional {
+        let batches_per_partition = args.txn_batches;
+        return produce_compared(
+            args,
+            ProducerKind::Transactional {
+                batches_per_partition,
+            },
+        );
     }
     let load = producer_load(&args.target, &args.shape, &args.producer, args.rate, false)?;
     ensure_topic(&args.target.brokers, &load.topic, load.partitions)?;
     let baseline = measure_baseline(&args.output, &args.shape, load.producers)?;
     let window = window(&args.producer)?;
-    let (recorder, elapsed) = produce::run(&load, window)?;
+    let produce::Produced {
+        acks: recorder,
+        elapsed,
+        ..
+    } = produce::run(&load, window)?;
     let bound = if load.acks == -1 {
         Bound::DurableWrite
     } else {
@@ -291,19 +331,22 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `produce --idempotent`: plain and idempotent rounds, interleaved.
-fn produce_idempotent(args: ProduceArgs) -> anyhow::Result<()> {
+/// `produce --idempotent|--transactional`: plain rounds and rounds of
+/// `variant`, interleaved.
+fn produce_compared(args: ProduceArgs, variant: ProducerKind) -> anyhow::Result<()> {
+    let flag = format!("--{}", variant.name());
     if args.producer.acks != Acks::All {
         anyhow::bail!(
-            "--idempotent needs --acks all: an idempotent producer is acknowledged only once its \
-             batch is durable (Kafka's clients force acks=all with enable.idempotence)"
+            "{flag} needs --acks all: an idempotent producer is acknowledged only once its \
+             batch is durable (Kafka's clients force acks=all with enable.idempotence, and a \
+             transactional producer is idempotent)"
         );
     }
     if let Some(inflight) = args.producer.inflight
         && inflight > INFLIGHT_IDEMPOTENT_MAX
     {
         anyhow::bail!(
-            "--inflight {inflight} with --idempotent: at most {INFLIGHT_IDEMPOTENT_MAX} requests \
+            "--inflight {inflight} with {flag}: at most {INFLIGHT_IDEMPOTENT_MAX} requests \
              may be in flight per idempotent connection (the broker remembers a producer's last \
              {BATCHES_CACHED_MAX} batches per partition; Kafka's clients have the same limit)"
         );
@@ -311,21 +354,36 @@ fn produce_idempotent(args: ProduceArgs) -> anyhow::Result<()> {
     if args.rounds == 0 {
         anyhow::bail!("--rounds must be at least 1");
     }
+    if let ProducerKind::Transactional {
+        batches_per_partition,
+    } = variant
+    {
+        if batches_per_partition == 0 {
+            anyhow::bail!("--txn-batches must be at least 1");
+        }
+        if args.rate.is_some() {
+            anyhow::bail!(
+                "--rate with --transactional: a transactional producer waits for its acks before \
+                 each commit, which a fixed send schedule cannot keep; leave --rate out"
+            );
+        }
+    }
     let mut load = producer_load(&args.target, &args.shape, &args.producer, args.rate, false)?;
     load.inflight = args
         .producer
         .inflight
         .unwrap_or(INFLIGHT_IDEMPOTENT_MAX)
         .max(1);
+    load.kind = variant;
     let baseline = measure_baseline(&args.output, &args.shape, load.producers)?;
-    let comparison = idempotent::Comparison {
+    let comparison = compare::Comparison {
         load: &load,
         rounds: args.rounds,
         warmup: warmup(&args.producer)?,
         duration: seconds("--duration", args.producer.duration)?,
         baseline,
     };
-    let (json, text) = idempotent::run(&comparison, |topic| {
+    let (json, text) = compare::run(&comparison, |topic| {
         ensure_topic(&args.target.brokers, topic, load.partitions)
     })?;
     if args.output.json {
@@ -430,7 +488,11 @@ fn e2e(args: E2eArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|payload| Err(panicked("the consumers", payload.as_ref())));
         (produced, consumed)
     });
-    let (produced, produce_elapsed) = produced?;
+    let produce::Produced {
+        acks: produced,
+        elapsed: produce_elapsed,
+        ..
+    } = produced?;
     let (consumed, consume_elapsed) = consumed?;
     let produce_report = Report {
         test: "e2e producers",
@@ -498,7 +560,7 @@ fn producer_load(
         rate_mb_s,
         inflight: options.inflight.unwrap_or(INFLIGHT_DEFAULT).max(1),
         stamp,
-        idempotent: false,
+        kind: ProducerKind::Plain,
     })
 }
 
@@ -513,7 +575,12 @@ fn producer_settings(load: &ProduceLoad) -> serde_json::Value {
         "compression": load.compression.name(),
         "inflight": load.inflight,
         "rate_mb_s": load.rate_mb_s,
-        "idempotent": load.idempotent,
+        "idempotent": load.kind != ProducerKind::Plain,
+        "transactional": matches!(load.kind, ProducerKind::Transactional { .. }),
+        "txn_batches": match load.kind {
+            ProducerKind::Transactional { batches_per_partition } => Some(batches_per_partition),
+            _ => None,
+        },
     })
 }
 

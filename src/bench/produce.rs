@@ -6,35 +6,60 @@
 //! An idempotent producer (`--idempotent`) first asks InitProducerId for its
 //! producer id on its own connection, then stamps each batch with its
 //! partition's next sequence (see `batch.rs`); a plain one stamps -1s, with
-//! the same per-send CRC. Either way the reader checks that each partition's
-//! acknowledged base offsets increase: an answer with an earlier offset is a
-//! batch the broker took for a duplicate, which would count records twice.
+//! the same per-send CRC. A transactional one (`--transactional`,
+//! `transaction.rs`) is idempotent with a transactional id, and wraps every
+//! `--txn-batches` batches per partition in a transaction: before its
+//! commit the writer sends the reader a barrier and waits until every
+//! response so far is read, so the connection carries EndTxn and the next
+//! AddPartitionsToTxn with nothing else in flight, as Kafka's clients send
+//! them. Either way the reader checks that each partition's acknowledged
+//! base offsets increase: an answer with an earlier offset is a batch the
+//! broker took for a duplicate, which would count records twice.
 //!
 //! With `--rate`, sends are scheduled at fixed intervals and latency is
 //! measured from the scheduled time, so a stall shows up in the percentiles
 //! instead of silently slowing the schedule (no coordinated omission).
 
 use std::net::TcpStream;
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::{Receiver, RecvError, Sender, SyncSender, channel, sync_channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use super::batch::{BatchTemplate, Compression, IdempotentProducer, ProducerStamp, now_nanos};
+use super::control::Control;
 use super::panicked;
 use super::stats::Recorder;
-use super::wire;
-use crate::admin::describe_error;
+use super::transaction::{Transactions, TxnFigures, TxnPlan};
+use super::wire::{self, InitProducer, ProduceTarget};
 
-/// InitProducerId's error while the broker cannot hand out ids yet (or its
-/// disk refused the block): retriable, as Kafka's clients treat it.
-const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
-/// InitProducerId attempts before giving up, and the pause between them.
-const INIT_PRODUCER_ID_ATTEMPTS_MAX: u32 = 50;
-const INIT_PRODUCER_ID_RETRY_BACKOFF: Duration = Duration::from_millis(100);
-/// The correlation id of InitProducerId; produce requests count from 0.
-const INIT_PRODUCER_ID_CORRELATION_ID: i32 = -1;
+/// How long the broker may take over a produce request.
+const PRODUCE_TIMEOUT_MS: i32 = 30_000;
+
+/// What each producer connection is (KIP-98).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProducerKind {
+    Plain,
+    /// Its own producer id from InitProducerId; batches numbered per
+    /// partition.
+    Idempotent,
+    /// Idempotent, with its own transactional id, committing a transaction
+    /// every `batches_per_partition` batches per partition.
+    Transactional {
+        batches_per_partition: usize,
+    },
+}
+
+impl ProducerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProducerKind::Plain => "plain",
+            ProducerKind::Idempotent => "idempotent",
+            ProducerKind::Transactional { .. } => "transactional",
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct ProduceLoad {
@@ -51,9 +76,9 @@ pub struct ProduceLoad {
     pub inflight: usize,
     /// Stamp each batch with its send time (for e2e).
     pub stamp: bool,
-    /// Each connection is an idempotent producer (acks=all, inflight at most
-    /// 5, checked by the caller).
-    pub idempotent: bool,
+    /// Idempotent and transactional producers need acks=all, inflight at
+    /// most 5, and (transactional) no --rate: checked by the caller.
+    pub kind: ProducerKind,
 }
 
 /// The schedule every thread of a run shares.
@@ -61,7 +86,7 @@ pub struct ProduceLoad {
 pub struct Window {
     /// Sends before this are warm-up: sent but not counted.
     pub measure_from: Instant,
-    /// No send starts after this.
+    /// No send starts after this (but a transaction open then is finished).
     pub deadline: Instant,
     /// `measure_from` on the wall clock (nanoseconds since the epoch), for
     /// stamps that a consumer compares with its own clock.
@@ -99,6 +124,37 @@ struct InFlight {
     counted: bool,
 }
 
+/// What the writer hands the ack reader, in the order of the connection's
+/// requests.
+enum Pending {
+    /// A produce request whose response comes next.
+    Produce(InFlight),
+    /// Every earlier response has been read: answer on the barrier channel
+    /// (with the first produce error, if any) and read nothing until the
+    /// next entry, so the writer may exchange control requests meanwhile.
+    Barrier,
+}
+
+/// The ack reader's answer to a barrier: the first produce error so far.
+type BarrierReply = Result<(), String>;
+
+/// What a run of producers measured.
+pub struct Produced {
+    pub acks: Recorder,
+    /// Transactional producers' commit and begin latencies.
+    pub transactions: Option<TxnFigures>,
+    /// From `measure_from` to the last counted ack or, for transactional
+    /// producers, the last counted commit.
+    pub elapsed: Duration,
+}
+
+/// One producer's share.
+struct ProducerResult {
+    acks: Recorder,
+    transactions: Option<TxnFigures>,
+    last: Instant,
+}
+
 /// Partitions producer (or consumer) `index` of `count` writes (reads).
 pub fn partitions_of(index: usize, count: usize, partitions: i32) -> Vec<i32> {
     let partitions = partitions.max(1) as usize;
@@ -111,10 +167,9 @@ pub fn partitions_of(index: usize, count: usize, partitions: i32) -> Vec<i32> {
         .collect()
 }
 
-/// Run every producer; returns their merged recorder and the time from
-/// `measure_from` to the last counted ack.
-pub fn run(load: &ProduceLoad, window: Window) -> anyhow::Result<(Recorder, Duration)> {
-    let results: Vec<anyhow::Result<(Recorder, Instant)>> = thread::scope(|scope| {
+/// Run every producer; returns their merged figures.
+pub fn run(load: &ProduceLoad, window: Window) -> anyhow::Result<Produced> {
+    let results: Vec<anyhow::Result<ProducerResult>> = thread::scope(|scope| {
         let producers: Vec<_> = (0..load.producers)
             .map(|index| scope.spawn(move || producer(load, index, window)))
             .collect();
@@ -127,49 +182,70 @@ pub fn run(load: &ProduceLoad, window: Window) -> anyhow::Result<(Recorder, Dura
             })
             .collect()
     });
-    let mut recorder = Recorder::default();
+    let mut acks = Recorder::default();
+    let mut transactions: Option<TxnFigures> = None;
     let mut last = window.measure_from;
     for result in results {
-        let (one, one_last) = result?;
-        recorder.merge(one);
-        last = last.max(one_last);
+        let one = result?;
+        acks.merge(one.acks);
+        if let Some(figures) = one.transactions {
+            transactions
+                .get_or_insert_with(TxnFigures::default)
+                .merge(figures);
+        }
+        last = last.max(one.last);
     }
-    if recorder.records == 0 {
-        match recorder.first_error {
+    if acks.records == 0 {
+        match acks.first_error {
             Some(error) => anyhow::bail!("no batch was acknowledged: {error}"),
             None => anyhow::bail!("no batch was acknowledged in the measured window"),
         }
     }
-    Ok((recorder, last.duration_since(window.measure_from)))
+    Ok(Produced {
+        acks,
+        transactions,
+        elapsed: last.duration_since(window.measure_from),
+    })
 }
 
-fn producer(
-    load: &ProduceLoad,
-    index: usize,
-    window: Window,
-) -> anyhow::Result<(Recorder, Instant)> {
+fn producer(load: &ProduceLoad, index: usize, window: Window) -> anyhow::Result<ProducerResult> {
     let partitions = partitions_of(index, load.producers, load.partitions);
-    let mut template = BatchTemplate::new(
+    let template = BatchTemplate::new(
         load.batch_records,
         load.record_size,
         load.compression,
         index as u64 + 1,
     );
     let mut stream = wire::connect(&load.address)?;
-    let mut idempotent = if load.idempotent {
-        Some(init_producer_id(
-            &mut stream,
-            &load.address,
-            partitions.len(),
-        )?)
-    } else {
-        None
+    let mut control = Control::new(&load.address);
+    let (stamps, transactions) = match load.kind {
+        ProducerKind::Plain => (None, None),
+        ProducerKind::Idempotent => {
+            let (producer_id, epoch) =
+                control.init_producer_id(&mut stream, InitProducer::Idempotent)?;
+            let stamps = IdempotentProducer::new(producer_id, epoch, partitions.len());
+            (Some(stamps), None)
+        }
+        ProducerKind::Transactional {
+            batches_per_partition,
+        } => {
+            assert_eq!(load.acks, -1, "a transaction commits acknowledged batches");
+            let plan = TxnPlan {
+                transactional_id: format!("{}-{index}", load.topic),
+                topic: load.topic.clone(),
+                partitions: partitions.clone(),
+                batches_per_partition,
+            };
+            let (transactions, stamps) = Transactions::start(&mut control, &mut stream, plan)?;
+            (Some(stamps), Some(transactions))
+        }
     };
     let interval = load.rate_mb_s.map(|rate| {
         let per_producer = rate * 1e6 / load.producers as f64;
         Duration::from_secs_f64(template.bytes().len() as f64 / per_producer)
     });
-    let (sender, receiver) = sync_channel::<InFlight>(load.inflight.max(1) - 1);
+    let (sender, receiver) = sync_channel::<Pending>(load.inflight.max(1) - 1);
+    let (barrier_sender, barrier_replies) = channel::<BarrierReply>();
     let reader = if load.acks == 0 {
         drop(receiver);
         None
@@ -179,125 +255,231 @@ fn producer(
             .with_context(|| format!("cannot clone the socket to {}", load.address))?;
         let slots = partitions.len();
         Some(thread::spawn(move || {
-            read_acks(stream, receiver, window, slots)
+            read_acks(stream, receiver, barrier_sender, window, slots)
         }))
     };
-    let mut sent = Recorder::default();
-    let mut next = Instant::now();
-    let mut sequence = 0usize;
-    let mut correlation_id = 0i32;
-    loop {
-        let intended = match interval {
-            Some(interval) => {
-                let now = Instant::now();
-                if next > now {
-                    thread::sleep(next - now);
-                }
-                let intended = next;
-                next += interval;
-                intended
-            }
-            None => Instant::now(),
-        };
-        if intended >= window.deadline {
-            break;
+    let mut writer = Writer {
+        load,
+        window,
+        partitions,
+        template,
+        stream,
+        control,
+        stamps,
+        transactions,
+        interval,
+        next_send: Instant::now(),
+        sends: 0,
+        correlation_id: 0,
+        sender,
+        barrier_replies,
+    };
+    let sent = writer.run();
+    let Writer {
+        sender,
+        transactions,
+        ..
+    } = writer;
+    drop(sender);
+    let sent_until = Instant::now();
+    let (mut acks, acked_until) = match reader {
+        Some(reader) => reader
+            .join()
+            .map_err(|payload| panicked("the ack reader", payload.as_ref()))?,
+        None => (Recorder::default(), sent_until),
+    };
+    let sent = match sent {
+        Ok(sent) => sent,
+        Err(error) => match acks.first_error {
+            Some(first) => return Err(error.context(format!("first produce error: {first}"))),
+            None => return Err(error),
+        },
+    };
+    acks.merge(sent);
+    let figures = transactions.map(|transactions| transactions.figures);
+    let last = figures
+        .as_ref()
+        .and_then(|figures| figures.last_commit)
+        .map_or(acked_until, |commit| commit.max(acked_until));
+    Ok(ProducerResult {
+        acks,
+        transactions: figures,
+        last,
+    })
+}
+
+/// A producer's sending side: the batch, the connection, its stamps and
+/// transactions, and the channel to the ack reader.
+struct Writer<'a> {
+    load: &'a ProduceLoad,
+    window: Window,
+    partitions: Vec<i32>,
+    template: BatchTemplate,
+    stream: TcpStream,
+    control: Control,
+    /// Idempotent and transactional producers' sequences.
+    stamps: Option<IdempotentProducer>,
+    transactions: Option<Transactions>,
+    /// The send schedule under --rate, and the next send's slot in it.
+    interval: Option<Duration>,
+    next_send: Instant,
+    /// Batches sent, for the round robin over partitions.
+    sends: usize,
+    /// The next produce request's; counts from 0 (control requests count
+    /// down from -1).
+    correlation_id: i32,
+    sender: SyncSender<Pending>,
+    barrier_replies: Receiver<BarrierReply>,
+}
+
+impl Writer<'_> {
+    /// Send until the deadline (finishing an open transaction); returns
+    /// what acks=0 counted and errors of sending. A transaction that
+    /// cannot begin or commit fails the producer.
+    fn run(&mut self) -> anyhow::Result<Recorder> {
+        let mut sent = Recorder::default();
+        if Instant::now() < self.window.deadline {
+            self.begin()?;
         }
-        let slot = sequence % partitions.len();
-        let partition = partitions[slot];
-        sequence += 1;
-        let producer = match &mut idempotent {
-            Some(idempotent) => idempotent.next(slot, template.records()),
+        self.next_send = Instant::now();
+        loop {
+            let intended = self.next_send_time();
+            let open = self
+                .transactions
+                .as_ref()
+                .is_some_and(Transactions::is_open);
+            if intended >= self.window.deadline && !open {
+                break;
+            }
+            if !self.send(intended, &mut sent) {
+                break;
+            }
+            if self.transactions.as_mut().is_some_and(Transactions::sent) {
+                self.commit()?;
+                if Instant::now() < self.window.deadline {
+                    self.begin()?;
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    /// When the next send is due: now, or under --rate its slot in the
+    /// schedule (slept until).
+    fn next_send_time(&mut self) -> Instant {
+        let Some(interval) = self.interval else {
+            return Instant::now();
+        };
+        let now = Instant::now();
+        if self.next_send > now {
+            thread::sleep(self.next_send - now);
+        }
+        let intended = self.next_send;
+        self.next_send += interval;
+        intended
+    }
+
+    /// Send the next batch, scheduled at `intended`, to the next partition;
+    /// false when the connection or the ack reader has stopped (`sent` or
+    /// the reader holds the error).
+    fn send(&mut self, intended: Instant, sent: &mut Recorder) -> bool {
+        let load = self.load;
+        let slot = self.sends % self.partitions.len();
+        let partition = self.partitions[slot];
+        self.sends += 1;
+        let producer = match &mut self.stamps {
+            Some(stamps) => stamps.next(slot, self.template.records()),
             None => ProducerStamp::NONE,
         };
-        template.prepare(producer, load.stamp.then(|| window.stamp_of(intended)));
-        let batch = template.bytes();
-        let mut prefix =
-            wire::produce_prefix(&load.topic, partition, load.acks, 30_000, batch.len());
-        wire::set_correlation_id(&mut prefix, correlation_id);
+        let stamp = load.stamp.then(|| self.window.stamp_of(intended));
+        self.template.prepare(producer, stamp);
+        let batch = self.template.bytes();
+        let target = ProduceTarget {
+            topic: &load.topic,
+            partition,
+            acks: load.acks,
+            timeout_ms: PRODUCE_TIMEOUT_MS,
+            transactional_id: self
+                .transactions
+                .as_ref()
+                .map(Transactions::transactional_id),
+        };
+        let mut prefix = wire::produce_prefix(&target, batch.len());
+        wire::set_correlation_id(&mut prefix, self.correlation_id);
         let entry = InFlight {
-            correlation_id,
+            correlation_id: self.correlation_id,
             partition,
             slot,
             intended,
-            records: template.records() as u64,
+            records: self.template.records() as u64,
             bytes: batch.len() as u64,
-            counted: intended >= window.measure_from,
+            counted: intended >= self.window.measure_from,
         };
-        correlation_id = correlation_id.wrapping_add(1);
+        self.correlation_id = self.correlation_id.wrapping_add(1);
         if load.acks == 0 && entry.counted {
             sent.add(entry.records, entry.bytes);
             sent.requests += 1;
         }
-        if load.acks != 0 && sender.send(entry).is_err() {
-            break; // the reader stopped: it holds the error
+        if load.acks != 0 && self.sender.send(Pending::Produce(entry)).is_err() {
+            return false; // the reader stopped: it holds the error
         }
-        if let Err(error) = wire::write_all_vectored(&mut stream, &[&prefix, batch]) {
+        if let Err(error) = wire::write_all_vectored(&mut self.stream, &[&prefix, batch]) {
             sent.error(format!("send to {}: {error}", load.address));
-            break;
+            return false;
         }
+        true
     }
-    drop(sender);
-    let sent_until = Instant::now();
-    match reader {
-        Some(reader) => {
-            let (mut acked, last) = reader
-                .join()
-                .map_err(|payload| panicked("the ack reader", payload.as_ref()))?;
-            acked.merge(sent);
-            Ok((acked, last))
-        }
-        None => Ok((sent, sent_until)),
-    }
-}
 
-/// Ask InitProducerId for this connection's producer id and epoch (KIP-98),
-/// retrying while the broker says it cannot hand one out yet.
-fn init_producer_id(
-    stream: &mut TcpStream,
-    address: &str,
-    partitions: usize,
-) -> anyhow::Result<IdempotentProducer> {
-    let request = wire::init_producer_id_request(INIT_PRODUCER_ID_CORRELATION_ID);
-    let mut frame = Vec::new();
-    for attempt in 1..=INIT_PRODUCER_ID_ATTEMPTS_MAX {
-        wire::write_all_vectored(stream, &[&request])
-            .with_context(|| format!("sending InitProducerId to {address}"))?;
-        wire::read_frame(stream, &mut frame)
-            .with_context(|| format!("reading InitProducerId's response from {address}"))?;
-        let answer = wire::parse_init_producer_id_response(&frame)?;
-        if answer.correlation_id != INIT_PRODUCER_ID_CORRELATION_ID {
-            anyhow::bail!(
-                "InitProducerId: response {} arrived for request {INIT_PRODUCER_ID_CORRELATION_ID}",
-                answer.correlation_id
-            );
-        }
-        match answer.error_code {
-            0 if answer.producer_id >= 0 => {
-                return Ok(IdempotentProducer::new(
-                    answer.producer_id,
-                    answer.producer_epoch,
-                    partitions,
-                ));
-            }
-            0 => anyhow::bail!(
-                "InitProducerId from {address} answered producer id {} without an error",
-                answer.producer_id
+    /// Open the next transaction, if this producer is transactional.
+    fn begin(&mut self) -> anyhow::Result<()> {
+        match &mut self.transactions {
+            Some(transactions) => transactions.begin(
+                &mut self.control,
+                &mut self.stream,
+                self.window.measure_from,
             ),
-            COORDINATOR_LOAD_IN_PROGRESS if attempt < INIT_PRODUCER_ID_ATTEMPTS_MAX => {
-                thread::sleep(INIT_PRODUCER_ID_RETRY_BACKOFF);
-            }
-            code => anyhow::bail!(
-                "InitProducerId from {address} failed (attempt {attempt}): {}",
-                describe_error(code, None)
-            ),
+            None => Ok(()),
         }
     }
-    unreachable!("the last attempt returns or bails")
+
+    /// Wait for every batch of the transaction to be acknowledged, then
+    /// commit it.
+    fn commit(&mut self) -> anyhow::Result<()> {
+        self.barrier()?;
+        let transactions = self
+            .transactions
+            .as_mut()
+            .expect("only transactions commit");
+        transactions.commit(
+            &mut self.control,
+            &mut self.stream,
+            self.window.measure_from,
+        )
+    }
+
+    /// Wait until the ack reader has read every response so far; after it
+    /// this thread may read the connection until it sends the next entry.
+    fn barrier(&mut self) -> anyhow::Result<()> {
+        // The reader stops only on an error, which it returns when joined.
+        let stopped = "the ack reader stopped before the transaction's acks were read";
+        if self.sender.send(Pending::Barrier).is_err() {
+            anyhow::bail!(stopped);
+        }
+        match self.barrier_replies.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(first_error)) => anyhow::bail!(
+                "a produce request of the transaction failed, so it is not committed: \
+                 {first_error}"
+            ),
+            Err(RecvError) => anyhow::bail!(stopped),
+        }
+    }
 }
 
 fn read_acks(
     mut stream: TcpStream,
-    in_flight: Receiver<InFlight>,
+    in_flight: Receiver<Pending>,
+    barrier_replies: Sender<BarrierReply>,
     window: Window,
     slots: usize,
 ) -> (Recorder, Instant) {
@@ -306,7 +488,20 @@ fn read_acks(
     let mut frame = Vec::new();
     // Per partition slot, the base offset of the last acknowledged batch.
     let mut acked_offsets: Vec<Option<i64>> = vec![None; slots];
-    for entry in in_flight {
+    for pending in in_flight {
+        let entry = match pending {
+            Pending::Produce(entry) => entry,
+            Pending::Barrier => {
+                let reply = match &recorder.first_error {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(()),
+                };
+                if barrier_replies.send(reply).is_err() {
+                    break; // the writer is gone
+                }
+                continue;
+            }
+        };
         if let Err(error) = wire::read_frame(&mut stream, &mut frame) {
             recorder.error(format!("reading a produce response: {error}"));
             break;

@@ -1,16 +1,23 @@
 //! The load generator's side of the Kafka wire: Produce v8 and Fetch v11,
 //! the last non-flexible versions, so a request is a short fixed prefix
 //! followed by the batch (sent with one vectored write, never copied) and a
-//! response is parsed in place from a reused buffer. InitProducerId v1 (once
-//! per idempotent producer connection, KIP-98) goes through kafka-protocol.
+//! response is parsed in place from a reused buffer. The small requests of
+//! idempotent and transactional producers (KIP-98) go through
+//! kafka-protocol: InitProducerId v1 (once per connection, with a
+//! transactional id for a transactional producer), FindCoordinator v3 with
+//! key type 1 (transaction), AddPartitionsToTxn v3 and EndTxn v3 (once per
+//! transaction each).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
 
 use anyhow::Context;
 use bytes::{BufMut, BytesMut};
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::{
-    InitProducerIdRequest, InitProducerIdResponse, ProduceResponse, RequestHeader, ResponseHeader,
+    AddPartitionsToTxnRequest, ApiKey, EndTxnRequest, FindCoordinatorRequest,
+    InitProducerIdRequest, ProduceResponse, ProducerId, RequestHeader, ResponseHeader, TopicName,
+    TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
@@ -22,6 +29,14 @@ pub const FETCH_VERSION: i16 = 11;
 /// The last non-flexible version; a null transactional id asks for an
 /// idempotent producer's id.
 pub const INIT_PRODUCER_ID_VERSION: i16 = 1;
+/// The last version with one key per request (v4 batches them, KIP-699).
+pub const FIND_COORDINATOR_VERSION: i16 = 3;
+/// The last version a client sends (v4 is broker-to-broker, KIP-890).
+pub const ADD_PARTITIONS_TO_TXN_VERSION: i16 = 3;
+/// The last version before KIP-890's transaction version 2.
+pub const END_TXN_VERSION: i16 = 3;
+/// FindCoordinator's key type for a transactional id (KIP-98).
+pub const COORDINATOR_TYPE_TRANSACTION: i8 = 1;
 const PRODUCE_KEY: i16 = 0;
 const CLIENT_ID: &[u8] = b"sluice-bench";
 /// Offset of the correlation id in a request frame: size, key, version.
@@ -39,23 +54,39 @@ pub fn connect(address: &str) -> anyhow::Result<TcpStream> {
     Ok(stream)
 }
 
+/// Where a produce request goes and how it is acknowledged.
+pub struct ProduceTarget<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub acks: i16,
+    pub timeout_ms: i32,
+    /// A transactional producer's id (its batches are transactional);
+    /// `None` for the others.
+    pub transactional_id: Option<&'a str>,
+}
+
 /// Size, header v1 and the Produce v8 body up to the records' length, for a
 /// request with one batch of `batch_len` bytes for one partition. The
 /// correlation id is set per request with [`set_correlation_id`].
-pub fn produce_prefix(
-    topic: &str,
-    partition: i32,
-    acks: i16,
-    timeout_ms: i32,
-    batch_len: usize,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + topic.len());
+pub fn produce_prefix(target: &ProduceTarget<'_>, batch_len: usize) -> Vec<u8> {
+    let ProduceTarget {
+        topic,
+        partition,
+        acks,
+        timeout_ms,
+        transactional_id,
+    } = *target;
+    let transactional_len = transactional_id.map_or(0, str::len);
+    let mut out = Vec::with_capacity(64 + topic.len() + transactional_len);
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&PRODUCE_KEY.to_be_bytes());
     out.extend_from_slice(&PRODUCE_VERSION.to_be_bytes());
     out.extend_from_slice(&0i32.to_be_bytes());
     put_string(&mut out, CLIENT_ID);
-    out.extend_from_slice(&(-1i16).to_be_bytes()); // transactional id: null
+    match transactional_id {
+        Some(id) => put_string(&mut out, id.as_bytes()),
+        None => out.extend_from_slice(&(-1i16).to_be_bytes()), // null
+    }
     out.extend_from_slice(&acks.to_be_bytes());
     out.extend_from_slice(&timeout_ms.to_be_bytes());
     out.extend_from_slice(&1i32.to_be_bytes()); // one topic
@@ -131,13 +162,101 @@ pub fn encode_request<R: Request + Encodable>(
     frame.to_vec()
 }
 
-/// An InitProducerId v1 request frame for an idempotent producer (no
-/// transactional id).
-pub fn init_producer_id_request(correlation_id: i32) -> Vec<u8> {
+/// Decode a whole response frame (without its size) to `R` at `version`
+/// with kafka-protocol; returns its correlation id and body.
+pub fn decode_response<R: Request>(
+    frame: &[u8],
+    version: i16,
+) -> anyhow::Result<(i32, R::Response)> {
+    let key = ApiKey::try_from(R::KEY)
+        .map_err(|()| anyhow::anyhow!("API key {} is not one kafka-protocol knows", R::KEY))?;
+    let mut body = bytes::Bytes::copy_from_slice(frame);
+    let header = ResponseHeader::decode(&mut body, key.response_header_version(version))
+        .with_context(|| format!("{key:?} v{version} response header"))?;
+    let response = R::Response::decode(&mut body, version)
+        .with_context(|| format!("{key:?} v{version} response body"))?;
+    Ok((header.correlation_id, response))
+}
+
+/// A transactional producer's identity, as every transaction request
+/// carries it.
+#[derive(Clone, Copy, Debug)]
+pub struct TxnProducer<'a> {
+    pub transactional_id: &'a str,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+
+/// What InitProducerId asks for: an idempotent producer's id, or a
+/// transactional id's producer id and epoch.
+#[derive(Clone, Copy, Debug)]
+pub enum InitProducer<'a> {
+    Idempotent,
+    Transactional {
+        transactional_id: &'a str,
+        transaction_timeout_ms: i32,
+    },
+}
+
+/// An InitProducerId v1 request frame.
+pub fn init_producer_id_request(producer: InitProducer<'_>, correlation_id: i32) -> Vec<u8> {
+    let (transactional_id, timeout_ms) = match producer {
+        InitProducer::Idempotent => (None, -1),
+        InitProducer::Transactional {
+            transactional_id,
+            transaction_timeout_ms,
+        } => (Some(transactional_id), transaction_timeout_ms),
+    };
     let request = InitProducerIdRequest::default()
-        .with_transactional_id(None)
-        .with_transaction_timeout_ms(-1);
+        .with_transactional_id(transactional_id.map(transactional_id_of))
+        .with_transaction_timeout_ms(timeout_ms);
     encode_request(&request, INIT_PRODUCER_ID_VERSION, correlation_id)
+}
+
+fn transactional_id_of(id: &str) -> TransactionalId {
+    TransactionalId(StrBytes::from_string(id.to_owned()))
+}
+
+/// A FindCoordinator v3 request frame for a transactional id's coordinator.
+pub fn find_transaction_coordinator_request(
+    transactional_id: &str,
+    correlation_id: i32,
+) -> Vec<u8> {
+    let request = FindCoordinatorRequest::default()
+        .with_key(StrBytes::from_string(transactional_id.to_owned()))
+        .with_key_type(COORDINATOR_TYPE_TRANSACTION);
+    encode_request(&request, FIND_COORDINATOR_VERSION, correlation_id)
+}
+
+/// An AddPartitionsToTxn v3 request frame adding `partitions` of `topic`
+/// to `producer`'s transaction.
+pub fn add_partitions_to_txn_request(
+    producer: TxnProducer<'_>,
+    topic: &str,
+    partitions: &[i32],
+    correlation_id: i32,
+) -> Vec<u8> {
+    let request = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(transactional_id_of(producer.transactional_id))
+        .with_v3_and_below_producer_id(ProducerId(producer.producer_id))
+        .with_v3_and_below_producer_epoch(producer.producer_epoch)
+        .with_v3_and_below_topics(vec![
+            AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partitions(partitions.to_vec()),
+        ]);
+    encode_request(&request, ADD_PARTITIONS_TO_TXN_VERSION, correlation_id)
+}
+
+/// An EndTxn v3 request frame: commit (`committed`) or abort `producer`'s
+/// transaction.
+pub fn end_txn_request(producer: TxnProducer<'_>, committed: bool, correlation_id: i32) -> Vec<u8> {
+    let request = EndTxnRequest::default()
+        .with_transactional_id(transactional_id_of(producer.transactional_id))
+        .with_producer_id(ProducerId(producer.producer_id))
+        .with_producer_epoch(producer.producer_epoch)
+        .with_committed(committed);
+    encode_request(&request, END_TXN_VERSION, correlation_id)
 }
 
 /// What an InitProducerId response said.
@@ -151,12 +270,10 @@ pub struct InitProducerIdAnswer {
 
 /// Decode an InitProducerId v1 response frame (without its size).
 pub fn parse_init_producer_id_response(frame: &[u8]) -> anyhow::Result<InitProducerIdAnswer> {
-    let mut body = bytes::Bytes::copy_from_slice(frame);
-    let header = ResponseHeader::decode(&mut body, 0).context("InitProducerId response header")?;
-    let response = InitProducerIdResponse::decode(&mut body, INIT_PRODUCER_ID_VERSION)
-        .with_context(|| format!("InitProducerId v{INIT_PRODUCER_ID_VERSION} response body"))?;
+    let (correlation_id, response) =
+        decode_response::<InitProducerIdRequest>(frame, INIT_PRODUCER_ID_VERSION)?;
     Ok(InitProducerIdAnswer {
-        correlation_id: header.correlation_id,
+        correlation_id,
         error_code: response.error_code,
         producer_id: response.producer_id.0,
         producer_epoch: response.producer_epoch,
@@ -330,7 +447,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::messages::ProduceRequest;
+    use kafka_protocol::messages::{InitProducerIdResponse, ProduceRequest};
 
     #[test]
     fn produce_prefix_and_batch_decode_as_a_produce_request() {
@@ -341,25 +458,181 @@ mod tests {
                 timestamp_delta_ms: 0,
             })
             .build();
-        let mut frame = produce_prefix("bench", 3, -1, 30_000, batch.len());
-        set_correlation_id(&mut frame, 77);
-        frame.extend_from_slice(&batch);
+        for transactional_id in [None, Some("bench-txn-1")] {
+            let target = ProduceTarget {
+                topic: "bench",
+                partition: 3,
+                acks: -1,
+                timeout_ms: 30_000,
+                transactional_id,
+            };
+            let mut frame = produce_prefix(&target, batch.len());
+            set_correlation_id(&mut frame, 77);
+            frame.extend_from_slice(&batch);
+            let size = i32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+            assert_eq!(size, frame.len() - 4);
+            let mut body = bytes::Bytes::copy_from_slice(&frame[4..]);
+            let header = RequestHeader::decode(&mut body, 1).unwrap();
+            assert_eq!(header.correlation_id, 77);
+            assert_eq!(header.request_api_version, PRODUCE_VERSION);
+            let request = ProduceRequest::decode(&mut body, PRODUCE_VERSION).unwrap();
+            assert_eq!(request.acks, -1);
+            assert_eq!(
+                request.transactional_id.as_ref().map(|id| id.0.as_str()),
+                transactional_id
+            );
+            let partition = &request.topic_data[0].partition_data[0];
+            assert_eq!(partition.index, 3);
+            assert_eq!(partition.records.as_deref(), Some(batch.as_slice()));
+            assert!(body.is_empty(), "nothing after the batch");
+        }
+    }
+
+    /// The body of a request frame encoded here, decoded as the broker
+    /// would: checks the header's key, version and correlation id.
+    fn decode_request<R: Request + Decodable>(frame: &[u8], version: i16, correlation: i32) -> R {
         let size = i32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
         assert_eq!(size, frame.len() - 4);
         let mut body = bytes::Bytes::copy_from_slice(&frame[4..]);
-        let header = RequestHeader::decode(&mut body, 1).unwrap();
-        assert_eq!(header.correlation_id, 77);
-        assert_eq!(header.request_api_version, PRODUCE_VERSION);
-        let request = ProduceRequest::decode(&mut body, PRODUCE_VERSION).unwrap();
-        assert_eq!(request.acks, -1);
-        let partition = &request.topic_data[0].partition_data[0];
-        assert_eq!(partition.index, 3);
-        assert_eq!(partition.records.as_deref(), Some(batch.as_slice()));
+        let header = RequestHeader::decode(&mut body, R::header_version(version)).unwrap();
+        assert_eq!(
+            (
+                header.request_api_key,
+                header.request_api_version,
+                header.correlation_id
+            ),
+            (R::KEY, version, correlation)
+        );
+        let request = R::decode(&mut body, version).unwrap();
+        assert!(body.is_empty(), "nothing after the request");
+        request
+    }
+
+    /// A response frame as the broker sends it (without its size).
+    fn response_frame<R: Request>(
+        response: &R::Response,
+        version: i16,
+        correlation: i32,
+    ) -> Vec<u8> {
+        let key = ApiKey::try_from(R::KEY).unwrap();
+        let mut frame = BytesMut::new();
+        ResponseHeader::default()
+            .with_correlation_id(correlation)
+            .encode(&mut frame, key.response_header_version(version))
+            .unwrap();
+        response.encode(&mut frame, version).unwrap();
+        frame.to_vec()
+    }
+
+    #[test]
+    fn transaction_requests_decode_as_the_broker_reads_them() {
+        let producer = TxnProducer {
+            transactional_id: "bench-1-transactional-0",
+            producer_id: 4_000_017,
+            producer_epoch: 3,
+        };
+        let find: FindCoordinatorRequest = decode_request(
+            &find_transaction_coordinator_request(producer.transactional_id, -2),
+            FIND_COORDINATOR_VERSION,
+            -2,
+        );
+        assert_eq!(find.key.as_str(), producer.transactional_id);
+        assert_eq!(find.key_type, COORDINATOR_TYPE_TRANSACTION);
+
+        let init: InitProducerIdRequest = decode_request(
+            &init_producer_id_request(
+                InitProducer::Transactional {
+                    transactional_id: producer.transactional_id,
+                    transaction_timeout_ms: 60_000,
+                },
+                -1,
+            ),
+            INIT_PRODUCER_ID_VERSION,
+            -1,
+        );
+        assert_eq!(
+            init.transactional_id.as_ref().map(|id| id.0.as_str()),
+            Some(producer.transactional_id)
+        );
+        assert_eq!(init.transaction_timeout_ms, 60_000);
+
+        let add: AddPartitionsToTxnRequest = decode_request(
+            &add_partitions_to_txn_request(producer, "bench-1-transactional", &[1, 3], 40),
+            ADD_PARTITIONS_TO_TXN_VERSION,
+            40,
+        );
+        assert_eq!(
+            add.v3_and_below_transactional_id.0.as_str(),
+            producer.transactional_id
+        );
+        assert_eq!(
+            (
+                add.v3_and_below_producer_id.0,
+                add.v3_and_below_producer_epoch
+            ),
+            (4_000_017, 3)
+        );
+        let topic = &add.v3_and_below_topics[0];
+        assert_eq!(add.v3_and_below_topics.len(), 1);
+        assert_eq!(topic.name.0.as_str(), "bench-1-transactional");
+        assert_eq!(topic.partitions, [1, 3]);
+
+        for committed in [true, false] {
+            let end: EndTxnRequest = decode_request(
+                &end_txn_request(producer, committed, 41),
+                END_TXN_VERSION,
+                41,
+            );
+            assert_eq!(end.transactional_id.0.as_str(), producer.transactional_id);
+            assert_eq!((end.producer_id.0, end.producer_epoch), (4_000_017, 3));
+            assert_eq!(end.committed, committed);
+        }
+    }
+
+    #[test]
+    fn transaction_responses_decode_with_their_flexible_headers() {
+        use kafka_protocol::messages::add_partitions_to_txn_response::{
+            AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+        };
+        use kafka_protocol::messages::{
+            AddPartitionsToTxnResponse, EndTxnResponse, FindCoordinatorResponse,
+        };
+        let found = FindCoordinatorResponse::default()
+            .with_node_id(kafka_protocol::messages::BrokerId(0))
+            .with_host(StrBytes::from_static_str("127.0.0.1"))
+            .with_port(9092);
+        let frame = response_frame::<FindCoordinatorRequest>(&found, FIND_COORDINATOR_VERSION, 7);
+        let (correlation, decoded) =
+            decode_response::<FindCoordinatorRequest>(&frame, FIND_COORDINATOR_VERSION).unwrap();
+        assert_eq!((correlation, decoded.port, decoded.node_id.0), (7, 9092, 0));
+
+        let added = AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(vec![
+            AddPartitionsToTxnTopicResult::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_results_by_partition(vec![
+                    AddPartitionsToTxnPartitionResult::default()
+                        .with_partition_index(1)
+                        .with_partition_error_code(51),
+                ]),
+        ]);
+        let frame =
+            response_frame::<AddPartitionsToTxnRequest>(&added, ADD_PARTITIONS_TO_TXN_VERSION, 8);
+        let (correlation, decoded) =
+            decode_response::<AddPartitionsToTxnRequest>(&frame, ADD_PARTITIONS_TO_TXN_VERSION)
+                .unwrap();
+        assert_eq!(correlation, 8);
+        assert_eq!(decoded, added);
+
+        let ended = EndTxnResponse::default().with_error_code(48);
+        let frame = response_frame::<EndTxnRequest>(&ended, END_TXN_VERSION, 9);
+        let (correlation, decoded) =
+            decode_response::<EndTxnRequest>(&frame, END_TXN_VERSION).unwrap();
+        assert_eq!((correlation, decoded.error_code), (9, 48));
     }
 
     #[test]
     fn init_producer_id_round_trips_through_kafka_protocol() {
-        let frame = init_producer_id_request(9);
+        let frame = init_producer_id_request(InitProducer::Idempotent, 9);
         let mut body = bytes::Bytes::copy_from_slice(&frame[4..]);
         let header = RequestHeader::decode(&mut body, 1).unwrap();
         assert_eq!(header.correlation_id, 9);

@@ -1,14 +1,19 @@
 //! `sluice bench` against the real broker: the JSON it prints, records it
 //! produced coming back through `consume` and an independent client, e2e
-//! stamps, the same-run baseline, the plain/idempotent comparison (issue
-//! 13), and clear errors.
+//! stamps, the same-run baseline, the plain/idempotent and
+//! plain/transactional comparisons (issue 13), and clear errors.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::TopicName;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{
+    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+};
+use kafka_protocol::messages::{BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use serde_json::Value;
+use sluice::record_batch::control::{self, MarkerKind};
 use sluice::record_batch::{self, BatchHeader};
 
 use super::broker_process::BrokerProcess;
@@ -215,8 +220,22 @@ fn consume_of_an_empty_topic_says_what_to_do() {
 /// The headers of every batch of `topic`'s `partition` below `end`, read
 /// with plain Fetch v4 requests.
 fn batch_headers(address: &str, topic: &str, partition: i32, end: i64) -> Vec<BatchHeader> {
+    stored_batches(address, topic, partition, end)
+        .into_iter()
+        .map(|(header, _)| header)
+        .collect()
+}
+
+/// Every batch of `topic`'s `partition` below `end` with its header, read
+/// with plain Fetch v4 requests (read_uncommitted: markers included).
+fn stored_batches(
+    address: &str,
+    topic: &str,
+    partition: i32,
+    end: i64,
+) -> Vec<(BatchHeader, Vec<u8>)> {
     let mut wire = Wire::connect(address);
-    let mut headers: Vec<BatchHeader> = Vec::new();
+    let mut headers: Vec<(BatchHeader, Vec<u8>)> = Vec::new();
     let mut offset = 0;
     while offset < end {
         let request = FetchRequest::default()
@@ -247,7 +266,7 @@ fn batch_headers(address: &str, topic: &str, partition: i32, end: i64) -> Vec<Ba
         {
             let header = BatchHeader::parse(&rest[..size]).unwrap();
             offset = header.base_offset + i64::from(header.last_offset_delta) + 1;
-            headers.push(header);
+            headers.push((header, rest[..size].to_vec()));
             rest = &rest[size..];
         }
         assert!(
@@ -395,4 +414,234 @@ fn idempotent_comparison_reports_both_halves_and_stores_each_acked_batch_once() 
         assert!(!ok);
         assert!(log.contains(expected), "{log}");
     }
+}
+
+/// The latest offset of `topic`'s `partition` at an isolation level
+/// (ListOffsets v5; 0: the high watermark, 1: the last stable offset).
+fn latest_offset(wire: &mut Wire, topic: &str, partition: i32, isolation: i8) -> i64 {
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_isolation_level(isolation)
+        .with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partitions(vec![
+                    ListOffsetsPartition::default()
+                        .with_partition_index(partition)
+                        .with_timestamp(-1),
+                ]),
+        ]);
+    let response = wire.call(5, &request);
+    let answer = &response.topics[0].partitions[0];
+    assert_eq!(answer.error_code, 0, "ListOffsets {topic}/{partition}");
+    answer.offset
+}
+
+/// The high watermark of `topic`'s `partition` once its last stable offset
+/// has reached it: the coordinator writes a commit's markers after EndTxn
+/// is answered, so the last ones may land just after the bench exits. A
+/// transaction left open keeps the two apart and fails here.
+fn stable_high_watermark(wire: &mut Wire, topic: &str, partition: i32) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stable = latest_offset(wire, topic, partition, 1);
+        let high = latest_offset(wire, topic, partition, 0);
+        if stable == high {
+            return high;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}/{partition}: the last stable offset {stable} never reached the high \
+             watermark {high}: a transaction was left open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue 13 (design 5.4): `produce --transactional` reports plain and
+/// transactional figures per round and overall, `transactional_ratio`, and
+/// the commit latency; and every transaction it reports was committed
+/// whole: each transactional topic holds exactly the acknowledged records
+/// plus one commit marker per partition per transaction, after every
+/// `--txn-batches` batches of its producer, and nothing is left open (a
+/// read_committed ListOffsets reaches the high watermark).
+#[test]
+fn transactional_comparison_commits_every_transaction_it_reports() {
+    const TXN_BATCHES: usize = 3;
+    const BATCH_RECORDS: i64 = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let (ok, report, log) = bench(
+        &broker.address,
+        &[
+            "produce",
+            "--transactional",
+            "--txn-batches",
+            &TXN_BATCHES.to_string(),
+            "--rounds",
+            "2",
+            "--topic",
+            "txn",
+            "--record-size",
+            "200",
+            "--batch-records",
+            &BATCH_RECORDS.to_string(),
+            // Two partitions per producer: a transaction spans both.
+            "--producers",
+            "2",
+            "--partitions",
+            "4",
+            "--duration",
+            "0.5",
+            // No warm-up: every transaction is counted, so the log must
+            // hold exactly the records and markers reported.
+            "--warmup",
+            "0",
+        ],
+    );
+    assert!(ok, "{log}");
+    assert!(log.contains("transactional_ratio"), "{log}");
+    assert!(log.contains("EndTxn round trip"), "{log}");
+    let rounds = report["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 2, "{report}");
+    let mut wire = Wire::connect(&broker.address);
+    let mut round_ratios = Vec::new();
+    for (index, round) in rounds.iter().enumerate() {
+        let (plain, transactional) = (&round["plain"], &round["transactional"]);
+        let expected = number(transactional, "throughput_mb_s") / number(plain, "throughput_mb_s");
+        let ratio = number(round, "transactional_ratio");
+        assert!(
+            (ratio - expected).abs() < 0.01,
+            "{ratio} vs {expected}: {round}"
+        );
+        round_ratios.push(ratio);
+        assert!(plain.get("transactions").is_none(), "{plain}");
+        assert_eq!(plain["settings"]["transactional"], false, "{plain}");
+
+        let topic = format!("txn-{}-transactional", index + 1);
+        let half = transactional;
+        assert_eq!(half["settings"]["topic"], topic.as_str(), "{half}");
+        assert_eq!(half["settings"]["transactional"], true, "{half}");
+        assert_eq!(half["settings"]["txn_batches"], TXN_BATCHES, "{half}");
+        assert_eq!(number(half, "errors"), 0.0, "{half}");
+        let figures = &half["transactions"];
+        let transactions = number(figures, "transactions") as i64;
+        assert!(
+            transactions >= 2,
+            "one transaction per producer at least: {half}"
+        );
+        assert!(number(figures, "commit_p50_ms") > 0.0, "{half}");
+        assert!(
+            number(figures, "commit_p99_ms") >= number(figures, "commit_p50_ms"),
+            "{half}"
+        );
+        let records = number(half, "records") as i64;
+        assert_eq!(
+            records,
+            transactions * 2 * TXN_BATCHES as i64 * BATCH_RECORDS,
+            "whole transactions only: {half}"
+        );
+
+        let mut stored_records = 0;
+        let mut markers = 0;
+        for partition in 0..4 {
+            let end = stable_high_watermark(&mut wire, &topic, partition);
+            let batches = stored_batches(&broker.address, &topic, partition, end);
+            let producer_id = batches[0].0.producer_id;
+            let mut data_since_marker = 0;
+            for (header, bytes) in &batches {
+                assert_eq!(header.producer_id, producer_id, "{topic}/{partition}");
+                assert!(header.is_transactional(), "{topic}/{partition}: {header:?}");
+                if header.is_control() {
+                    let marker = control::parse_marker(bytes).unwrap();
+                    assert_eq!(marker.kind, MarkerKind::Commit, "{topic}/{partition}");
+                    assert_eq!(
+                        data_since_marker, TXN_BATCHES,
+                        "{topic}/{partition}: --txn-batches batches per transaction"
+                    );
+                    data_since_marker = 0;
+                    markers += 1;
+                } else {
+                    stored_records += i64::from(header.records_count);
+                    data_since_marker += 1;
+                }
+            }
+            assert_eq!(
+                data_since_marker, 0,
+                "{topic}/{partition}: every transaction ends with its commit marker"
+            );
+            assert_eq!(
+                end,
+                stored_records_at(&batches),
+                "{topic}/{partition}: the high watermark counts records and markers"
+            );
+        }
+        assert_eq!(
+            stored_records, records,
+            "{topic}: acknowledged records, once"
+        );
+        assert_eq!(
+            markers,
+            transactions * 2,
+            "{topic}: one commit marker per partition per transaction"
+        );
+    }
+    let median = (round_ratios[0] + round_ratios[1]) / 2.0;
+    assert!(
+        (number(&report, "transactional_ratio") - median).abs() < 0.002,
+        "{report}"
+    );
+    assert!(number(&report, "p99_ratio") > 0.0, "{report}");
+    let total = &report["transactional"];
+    assert!(
+        number(&total["transactions"], "commit_p99_ms") > 0.0,
+        "{total}"
+    );
+    let transactions: f64 = rounds
+        .iter()
+        .map(|round| number(&round["transactional"]["transactions"], "transactions"))
+        .sum();
+    assert_eq!(
+        number(&total["transactions"], "transactions"),
+        transactions,
+        "{total}"
+    );
+
+    // Transactions need acks=all, and sends that wait for their acks
+    // before each commit cannot follow a --rate schedule.
+    for (flags, expected) in [
+        (&["--acks", "1"][..], "--transactional needs --acks all"),
+        (&["--rate", "10"][..], "--rate with --transactional"),
+        (
+            &["--txn-batches", "0"][..],
+            "--txn-batches must be at least 1",
+        ),
+    ] {
+        let (ok, _, log) = bench(
+            &broker.address,
+            &[
+                &[
+                    "produce",
+                    "--transactional",
+                    "--topic",
+                    "refused",
+                    "--duration",
+                    "0.2",
+                ][..],
+                flags,
+            ]
+            .concat(),
+        );
+        assert!(!ok);
+        assert!(log.contains(expected), "{log}");
+    }
+}
+
+/// The offsets `batches` (one partition's, from offset 0) take: records
+/// and markers alike.
+fn stored_records_at(batches: &[(BatchHeader, Vec<u8>)]) -> i64 {
+    batches
+        .iter()
+        .map(|(header, _)| i64::from(header.last_offset_delta) + 1)
+        .sum()
 }
