@@ -46,11 +46,21 @@ const CTP_ABORT_EVERY: usize = 3;
 
 /// Records per input partition of the Quix Streams test.
 const QUIX_RECORDS_PER_PARTITION: usize = 100;
-/// How long Quix's transform sleeps per record, so that the application is
-/// still working, with a transaction open, when it is killed halfway.
-const QUIX_RECORD_DELAY_MS: u64 = 10;
-/// Quix's `commit_interval`: each checkpoint is one transaction.
-const QUIX_COMMIT_INTERVAL_S: f64 = 0.5;
+/// Records in each Quix checkpoint (`commit_every`): each is one
+/// transaction, its output records and consumed offsets committed together.
+const QUIX_COMMIT_EVERY: usize = 20;
+/// The first application's transform stalls at this record, halfway, with
+/// the records of the checkpoint before it in an open transaction; the test
+/// kills it there.
+const QUIX_STALL_AT: usize = QUIX_RECORDS_PER_PARTITION * PARTITIONS as usize / 2;
+/// Records the first application commits: its whole checkpoints.
+const QUIX_COMMITTED_AT_KILL: usize = (QUIX_STALL_AT - 1) / QUIX_COMMIT_EVERY * QUIX_COMMIT_EVERY;
+/// Records of the checkpoint open at the kill, produced and never committed.
+const QUIX_OPEN_AT_KILL: usize = QUIX_STALL_AT - 1 - QUIX_COMMITTED_AT_KILL;
+// The kill hits a transaction with records, and the restarted application's
+// checkpoints end exactly at the end of the input (no partial one left).
+const _: () = assert!(QUIX_OPEN_AT_KILL > 0);
+const _: () = assert!((QUIX_RECORDS_PER_PARTITION * PARTITIONS as usize) % QUIX_COMMIT_EVERY == 0);
 /// `transaction.timeout.ms` of Quix's producer. Each start of a Quix
 /// application has a new random transactional.id, so the transaction open
 /// at the kill is not fenced by the restart: the coordinator aborts it once
@@ -274,28 +284,8 @@ fn confluent_kafka_consume_transform_produce_with_aborts_outputs_each_record_onc
 /// partition, and Quix processes an input partition in order).
 fn assert_quix_output_exactly_once(read: &[Acked]) {
     let mut copies: HashMap<&str, usize> = HashMap::new();
-    let mut last_index: HashMap<(i32, i32), usize> = HashMap::new();
     for record in read {
         *copies.entry(record.value.as_str()).or_default() += 1;
-        let parsed = record
-            .value
-            .strip_prefix("quix-")
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(partition, index)| Some((partition.parse().ok()?, index.parse().ok()?)));
-        let Some((input_partition, index)) = parsed else {
-            panic!("{:?} is not quix-<partition>-<index>", record.value);
-        };
-        let order = (record.partition, input_partition);
-        if let Some(previous) = last_index.insert(order, index) {
-            assert!(
-                previous < index,
-                "output partition {}: {:?} at offset {} after index {previous} of input \
-                 partition {input_partition}",
-                record.partition,
-                record.value,
-                record.offset
-            );
-        }
     }
     let expected: Vec<String> = numbered("quix", QUIX_RECORDS_PER_PARTITION)
         .into_values()
@@ -319,13 +309,45 @@ fn assert_quix_output_exactly_once(read: &[Acked]) {
         duplicated.len(),
         &duplicated[..duplicated.len().min(10)],
     );
+
+    // Every value is one of `expected` now, so it parses.
+    let mut last_index: HashMap<(i32, &str), usize> = HashMap::new();
+    for record in read {
+        let (input_partition, index) = record.value["quix-".len()..]
+            .split_once('-')
+            .expect("an expected value");
+        let index: usize = index.parse().expect("an expected value");
+        if let Some(previous) = last_index.insert((record.partition, input_partition), index) {
+            assert!(
+                previous < index,
+                "output partition {}: {:?} at offset {} after index {previous} of input \
+                 partition {input_partition}",
+                record.partition,
+                record.value,
+                record.offset
+            );
+        }
+    }
 }
 
-/// Wait until `ready` holds, polling; panics with `what` after `timeout`.
-fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+/// Poll `probe` until its value is `wanted`; panics with `what` and the
+/// last value after `timeout`.
+fn wait_for<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    wanted: T,
+    timeout: Duration,
+    mut probe: impl FnMut() -> T,
+) {
     let deadline = Instant::now() + timeout;
-    while !ready() {
-        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+    loop {
+        let seen = probe();
+        if seen == wanted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {seen:?} after {timeout:?}, waiting for {wanted:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -333,14 +355,15 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
 /// Issue 13, design 5.3 item 10: a stateless Quix Streams application
 /// (`processing_guarantee="exactly-once"`, Quix's own producer settings
 /// but a 5 s `transaction.timeout.ms`) turns 300 numbered records of 3
-/// partitions into output records with `sdf.apply`. Once it has processed
-/// half, committed a checkpoint, and has records of its next checkpoint
-/// stored in an open transaction, it is killed with kill -9 and started
-/// again; the coordinator aborts the killed one's transaction after its
-/// timeout and the new one resumes from the committed offsets. The output
-/// read read_committed is every input record exactly once; read_uncommitted
-/// has more (the aborted ones); the group's committed offsets are the
-/// input's end offsets.
+/// partitions into output records with `sdf.apply`, 20 per checkpoint. Its
+/// transform stalls at the 150th record: 7 checkpoints (140 records) are
+/// committed and the 9 records of the 8th are stored in an open
+/// transaction. It is killed there with kill -9 and started again; the
+/// coordinator aborts the killed one's transaction after its timeout, and
+/// the new application resumes from the committed offsets, processing
+/// exactly the other 160 records. The output read read_committed is every
+/// input record exactly once; read_uncommitted also has the 9 aborted ones;
+/// the group's committed offsets are the input's end offsets.
 #[test]
 fn quix_streams_exactly_once_across_a_kill_9_outputs_each_record_once() {
     let test = "quix_streams_exactly_once";
@@ -353,57 +376,62 @@ fn quix_streams_exactly_once_across_a_kill_9_outputs_each_record_once() {
     let address = broker.address.clone();
     let records = QUIX_RECORDS_PER_PARTITION * PARTITIONS as usize;
     let state_dir = dir.path().join("quix-state");
-    let args = [
-        address.clone(),
-        input.to_owned(),
-        output.to_owned(),
-        group.to_owned(),
-        state_dir
-            .to_str()
-            .expect("the temp path is UTF-8")
-            .to_owned(),
-        QUIX_SESSION_TIMEOUT_MS.to_string(),
-        QUIX_TRANSACTION_TIMEOUT_MS.to_string(),
-        QUIX_COMMIT_INTERVAL_S.to_string(),
-        QUIX_RECORD_DELAY_MS.to_string(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-
-    let mut first = clients.quix("quix_pipeline.py", &args);
-    assert!(
-        first.wait_for_stderr_lines("processed ", records / 2, QUIX_PROGRESS_TIMEOUT),
-        "the first application did not process half the input;\n{}",
-        first.stderr_tail()
-    );
-    let committed_sum = |require_stable| -> i64 {
-        committed_offsets(&address, group, input, require_stable)
+    let args = |stall_at: usize| -> Vec<String> {
+        vec![
+            address.clone(),
+            input.to_owned(),
+            output.to_owned(),
+            group.to_owned(),
+            state_dir
+                .to_str()
+                .expect("the temp path is UTF-8")
+                .to_owned(),
+            QUIX_SESSION_TIMEOUT_MS.to_string(),
+            QUIX_TRANSACTION_TIMEOUT_MS.to_string(),
+            QUIX_COMMIT_EVERY.to_string(),
+            stall_at.to_string(),
+        ]
+    };
+    let start = |stall_at: usize| {
+        let args = args(stall_at);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        clients.quix("quix_pipeline.py", &args)
+    };
+    let committed_sum = || -> i64 {
+        committed_offsets(&address, group, input, false)
             .iter()
             .map(|(_, offset)| (*offset).max(0))
             .sum()
     };
-    wait_until(
-        "the first application committed a checkpoint and stored records of the next one",
+    let open_records = || -> i64 {
+        stable_and_high_offsets(&address, output, PARTITIONS)
+            .iter()
+            .map(|(stable, high)| high - stable)
+            .sum()
+    };
+
+    let mut first = start(QUIX_STALL_AT);
+    assert!(
+        first.wait_for_stderr("stalled ", QUIX_PROGRESS_TIMEOUT),
+        "the first application never reached record {QUIX_STALL_AT};\n{}",
+        first.stderr_tail()
+    );
+    wait_for(
+        "(records committed, records stored in the open transaction) while the first \
+         application stalls",
+        (QUIX_COMMITTED_AT_KILL as i64, QUIX_OPEN_AT_KILL as i64),
         QUIX_PROGRESS_TIMEOUT,
-        || {
-            committed_sum(false) > 0
-                && stable_and_high_offsets(&address, output, PARTITIONS)
-                    .iter()
-                    .any(|(stable, high)| stable < high)
-        },
+        || (committed_sum(), open_records()),
     );
     first.kill9();
-    let processed_first = first.stderr_lines("processed ");
-    let committed_at_kill = committed_sum(false);
 
-    let mut second = clients.quix("quix_pipeline.py", &args);
-    let ends: i64 = kafka_clients::high_watermarks(&address, input, PARTITIONS)
-        .iter()
-        .sum();
+    let mut second = start(0);
     let started = Instant::now();
-    wait_until(
-        "the restarted application committed the whole input",
+    wait_for(
+        "records committed by the restarted application",
+        records as i64,
         QUIX_PROGRESS_TIMEOUT,
-        || committed_sum(false) == ends,
+        committed_sum,
     );
     let caught_up = started.elapsed();
     #[derive(serde::Deserialize)]
@@ -420,10 +448,15 @@ fn quix_streams_exactly_once_across_a_kill_9_outputs_each_record_once() {
         second.stderr_tail()
     );
     eprintln!(
-        "{test}: {}: killed after processing {processed_first} records with {committed_at_kill} \
-         committed; the restart processed {} and committed all {ends} in {caught_up:?}",
+        "{test}: {}: killed with {QUIX_COMMITTED_AT_KILL} records committed and \
+         {QUIX_OPEN_AT_KILL} in its open transaction; the restart committed all {records} in \
+         {caught_up:?}",
         report.client,
+    );
+    assert_eq!(
         second.stderr_lines("processed "),
+        records - QUIX_COMMITTED_AT_KILL,
+        "the restarted application processes everything after the committed offsets, once"
     );
 
     let committed = read_records(
@@ -441,11 +474,11 @@ fn quix_streams_exactly_once_across_a_kill_9_outputs_each_record_once() {
         PARTITIONS,
         Isolation::ReadUncommitted,
     );
-    assert!(
-        everything.len() > records,
-        "read_uncommitted reads {} records, no more than the {records} inputs: the kill hit no \
-         transaction with stored records",
-        everything.len()
+    assert_eq!(
+        everything.len(),
+        records + QUIX_OPEN_AT_KILL,
+        "read_uncommitted reads every output record and the aborted ones of the killed \
+         application"
     );
     assert_group_committed_the_input_end(&address, group, input);
 }
