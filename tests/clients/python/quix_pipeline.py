@@ -8,7 +8,8 @@ consumer settings are kept, except the two timeouts the caller gives:
   random transactional.id, so a transaction left open by a killed
   application is not fenced by the next start; the transaction coordinator
   aborts it once this has passed (librdkafka's default is 60 s), and until
-  then the restarted application waits (its offsets are unstable).
+  then it holds the last stable offset of the output, so read_committed
+  readers of the output wait.
 - `session.timeout.ms`: the killed application stays a member of the group
   until this has passed (librdkafka's default is 45 s), and the restarted
   one is assigned the partitions only then.
