@@ -63,7 +63,8 @@ const QUIX_OPEN_AT_KILL: usize = QUIX_STALL_AT - 1 - QUIX_COMMITTED_AT_KILL;
 // The kill hits a transaction with records, and the restarted application's
 // checkpoints end exactly at the end of the input (no partial one left).
 const _: () = assert!(QUIX_OPEN_AT_KILL > 0);
-const _: () = assert!((QUIX_RECORDS_PER_PARTITION * PARTITIONS as usize) % QUIX_COMMIT_EVERY == 0);
+const _: () =
+    assert!((QUIX_RECORDS_PER_PARTITION * PARTITIONS as usize).is_multiple_of(QUIX_COMMIT_EVERY));
 /// `transaction.timeout.ms` of Quix's producer. Each start of a Quix
 /// application has a new random transactional.id, so the transaction open
 /// at the kill is not fenced by the restart: the coordinator aborts it once
