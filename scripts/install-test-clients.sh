@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# Installs the real Kafka clients that tests/integration/eos_clients.rs and
-# txn_clients.rs drive against the sluice binary (issue 13):
+# Installs the real Kafka clients that tests/integration/eos_clients.rs,
+# txn_clients.rs and txn_pipelines.rs drive against the sluice binary (issue 13):
 #   target/test-clients/venv           Python venv with tests/clients/requirements.txt
 #                                      (kafka-python, confluent-kafka, aiokafka; exact pins)
+#   target/test-clients/quix-venv      Python venv with tests/clients/requirements-quix.txt
+#                                      (Quix Streams, which needs an older confluent-kafka)
 #   tests/clients/node/node_modules    `npm ci` of tests/clients/node/package-lock.json (kafkajs)
 # Idempotent: a marker records what was installed (the pin files and the
 # python and node versions); when it matches, the script does nothing.
-# Needs python3 (3.8+, with venv and pip), node and npm, and PyPI and the npm
-# registry. Run by .ci/run before `cargo test`, and by the tests themselves.
+# Needs python3 (3.11+, with venv and pip; Quix Streams wants 3.11), node and
+# npm, and PyPI and the npm registry. Run by .ci/run before `cargo test`, and
+# by the tests themselves.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 clients="$root/tests/clients"
 install_dir="$root/target/test-clients"
 venv="$install_dir/venv"
+quix_venv="$install_dir/quix-venv"
 node_dir="$clients/node"
 marker="$install_dir/installed"
 python="${PYTHON:-python3}"
@@ -23,7 +27,9 @@ fail() {
   exit 1
 }
 
-command -v "$python" >/dev/null 2>&1 || fail "$python is missing (CPython 3.8+ with venv and pip is needed)"
+command -v "$python" >/dev/null 2>&1 || fail "$python is missing (CPython 3.11+ with venv and pip is needed)"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+  fail "$("$python" --version 2>&1) is too old: Quix Streams needs CPython 3.11+ (set PYTHON=python3.11)"
 command -v node >/dev/null 2>&1 || fail "node is missing (Node.js 14+ is needed for kafkajs)"
 command -v npm >/dev/null 2>&1 || fail "npm is missing (it comes with Node.js)"
 
@@ -31,13 +37,15 @@ fingerprint() {
   {
     "$python" --version 2>&1
     node --version
-    cat "$clients/requirements.txt" "$node_dir/package.json" "$node_dir/package-lock.json"
+    cat "$clients/requirements.txt" "$clients/requirements-quix.txt" \
+      "$node_dir/package.json" "$node_dir/package-lock.json"
   } | sha256sum | cut -d' ' -f1
 }
 
 installed() {
   [ -f "$marker" ] && [ "$(cat "$marker")" = "$1" ] &&
-    [ -x "$venv/bin/python" ] && [ -f "$node_dir/node_modules/kafkajs/package.json" ]
+    [ -x "$venv/bin/python" ] && [ -x "$quix_venv/bin/python" ] &&
+    [ -f "$node_dir/node_modules/kafkajs/package.json" ]
 }
 
 want="$(fingerprint)"
@@ -56,16 +64,21 @@ if installed "$want"; then
 fi
 rm -f "$marker"
 
-say "creating $venv with $("$python" --version 2>&1)"
-rm -rf "$venv"
-"$python" -m venv "$venv" || fail "could not create the venv (Debian: apt-get install python3-venv)"
-say "installing $(grep -v -e '^#' -e '^$' "$clients/requirements.txt" | tr '\n' ' ')"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-  -r "$clients/requirements.txt" || fail "pip install failed (is PyPI reachable?)"
+# install_venv VENV REQUIREMENTS: a fresh venv with exactly REQUIREMENTS.
+install_venv() {
+  say "creating $1 with $("$python" --version 2>&1)"
+  rm -rf "$1"
+  "$python" -m venv "$1" || fail "could not create the venv (Debian: apt-get install python3-venv)"
+  say "installing $(grep -v -e '^#' -e '^$' "$2" | tr '\n' ' ')"
+  "$1/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$2" ||
+    fail "pip install -r $2 failed (is PyPI reachable?)"
+}
+install_venv "$venv" "$clients/requirements.txt"
+install_venv "$quix_venv" "$clients/requirements-quix.txt"
 
 say "installing kafkajs from $node_dir/package-lock.json with npm ci"
 (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error) ||
   fail "npm ci failed (is the npm registry reachable?)"
 
 echo "$want" >"$marker"
-say "done: $venv and $node_dir/node_modules"
+say "done: $venv, $quix_venv and $node_dir/node_modules"

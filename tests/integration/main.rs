@@ -42,4 +42,5 @@ mod storage_model;
 mod transactions_storage;
 mod transactions_wire;
 mod txn_clients;
+mod txn_pipelines;
 mod write_path;

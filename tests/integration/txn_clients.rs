@@ -59,28 +59,28 @@ const BROKER_DOWN: Duration = Duration::from_millis(300);
 
 /// What a transactional producer script reports.
 #[derive(Debug, Deserialize)]
-struct TxnReport {
+pub(crate) struct TxnReport {
     /// Client library and version.
-    client: String,
+    pub(crate) client: String,
     /// The transactions the script ended, in order.
-    transactions: Vec<Transaction>,
+    pub(crate) transactions: Vec<Transaction>,
     /// Every error the client raised or reported, in order.
-    errors: Vec<ClientError>,
+    pub(crate) errors: Vec<ClientError>,
     /// The error that stopped the script, if one did.
-    error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-struct Transaction {
-    label: String,
+pub(crate) struct Transaction {
+    pub(crate) label: String,
     /// `"<label>-<partition>-<index>"`, in the order produced.
-    values: Vec<String>,
-    outcome: Outcome,
+    pub(crate) values: Vec<String>,
+    pub(crate) outcome: Outcome,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-enum Outcome {
+pub(crate) enum Outcome {
     /// `commit_transaction()` returned.
     Committed,
     /// `abort_transaction()` returned.
@@ -93,7 +93,7 @@ enum Outcome {
 
 /// One error as the client classified it.
 #[derive(Debug, Deserialize)]
-struct ClientError {
+pub(crate) struct ClientError {
     /// The call or callback that raised it.
     at: String,
     /// librdkafka's error name (`_FENCED`, `INVALID_REQUEST`, ...) or the
@@ -123,7 +123,7 @@ impl std::fmt::Display for ClientError {
 }
 
 /// One error per line, for messages.
-fn listed<'a>(errors: impl IntoIterator<Item = &'a ClientError>) -> String {
+pub(crate) fn listed<'a>(errors: impl IntoIterator<Item = &'a ClientError>) -> String {
     errors
         .into_iter()
         .map(|error| format!("\n  {error}"))
@@ -133,7 +133,7 @@ fn listed<'a>(errors: impl IntoIterator<Item = &'a ClientError>) -> String {
 impl TxnReport {
     /// Panics, with the client's errors and stderr, if the script stopped on
     /// an error.
-    fn assert_finished(&self, client: &ClientProcess) {
+    pub(crate) fn assert_finished(&self, client: &ClientProcess) {
         assert!(
             self.error.is_none(),
             "{}: stopped by {:?}; errors:{};\n{}",
@@ -144,7 +144,7 @@ impl TxnReport {
         );
     }
 
-    fn outcomes(&self) -> Vec<Outcome> {
+    pub(crate) fn outcomes(&self) -> Vec<Outcome> {
         self.transactions
             .iter()
             .map(|transaction| transaction.outcome)
@@ -153,7 +153,10 @@ impl TxnReport {
 
     /// The values of the transactions `visible` picks, per partition, in the
     /// order they were produced.
-    fn values_where(&self, visible: impl Fn(&Transaction) -> bool) -> BTreeMap<i32, Vec<String>> {
+    pub(crate) fn values_where(
+        &self,
+        visible: impl Fn(&Transaction) -> bool,
+    ) -> BTreeMap<i32, Vec<String>> {
         by_partition(
             self.transactions
                 .iter()
@@ -181,7 +184,9 @@ fn partition_of(value: &str) -> i32 {
         .unwrap_or_else(|| panic!("value {value:?} is not <label>-<partition>-<index>"))
 }
 
-fn by_partition<'a>(values: impl Iterator<Item = &'a str>) -> BTreeMap<i32, Vec<String>> {
+pub(crate) fn by_partition<'a>(
+    values: impl Iterator<Item = &'a str>,
+) -> BTreeMap<i32, Vec<String>> {
     let mut partitions: BTreeMap<i32, Vec<String>> = BTreeMap::new();
     for value in values {
         partitions
@@ -194,8 +199,31 @@ fn by_partition<'a>(values: impl Iterator<Item = &'a str>) -> BTreeMap<i32, Vec<
 
 /// Every record of `topic`, read from offset 0 to the end `isolation` sets
 /// (the high watermark, or the last stable offset) by a confluent-kafka
-/// consumer.
-fn read(
+/// consumer; each value `"<label>-<partition>-<index>"` must be read from
+/// its partition.
+pub(crate) fn read(
+    clients: &Clients,
+    address: &str,
+    topic: &str,
+    partitions: i32,
+    isolation: Isolation,
+) -> Vec<Acked> {
+    let records = read_records(clients, address, topic, partitions, isolation);
+    for record in &records {
+        assert_eq!(
+            partition_of(&record.value),
+            record.partition,
+            "{:?} read from partition {} at offset {}",
+            record.value,
+            record.partition,
+            record.offset
+        );
+    }
+    records
+}
+
+/// [`read`] for values that say nothing of their partition.
+pub(crate) fn read_records(
     clients: &Clients,
     address: &str,
     topic: &str,
@@ -219,22 +247,16 @@ fn read(
         consumed.error,
         consumer.stderr_tail()
     );
-    for record in &consumed.records {
-        assert_eq!(
-            partition_of(&record.value),
-            record.partition,
-            "{:?} read from partition {} at offset {}",
-            record.value,
-            record.partition,
-            record.offset
-        );
-    }
     consumed.records
 }
 
 /// The records read are exactly `expected`: the same values in the same
 /// order within each partition, none missing, none twice, nothing else.
-fn assert_read_exactly(read: &[Acked], expected: &BTreeMap<i32, Vec<String>>, what: &str) {
+pub(crate) fn assert_read_exactly(
+    read: &[Acked],
+    expected: &BTreeMap<i32, Vec<String>>,
+    what: &str,
+) {
     let found = by_partition(read.iter().map(|record| record.value.as_str()));
     for partition in found.keys().chain(expected.keys()) {
         let found = found.get(partition).map(Vec::as_slice).unwrap_or_default();
@@ -259,7 +281,11 @@ fn assert_read_exactly(read: &[Acked], expected: &BTreeMap<i32, Vec<String>>, wh
 
 /// `(last stable offset, high watermark)` of each partition: ListOffsets
 /// for the latest offset at read_committed and at read_uncommitted.
-fn stable_and_high_offsets(address: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
+pub(crate) fn stable_and_high_offsets(
+    address: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<(i64, i64)> {
     let mut wire = Wire::connect(address);
     let mut latest = |isolation_level: i8| -> Vec<i64> {
         let request = ListOffsetsRequest::default()
