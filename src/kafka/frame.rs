@@ -64,10 +64,21 @@ pub enum FrameError {
 
 impl FrameError {
     /// The `reason` label of `sluice_kafka_connections_closed_bad_input_total`
-    /// for a connection closed by this error; `None` for a plain close.
+    /// for a connection closed by this error; `None` for a plain close,
+    /// which a client resetting its connection between requests is too.
     pub fn reason(&self) -> Option<&'static str> {
         match self {
             FrameError::Closed => None,
+            FrameError::Io(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                None
+            }
             FrameError::Truncated => Some("truncated"),
             FrameError::BadSize { .. } => Some("bad_size"),
             FrameError::TooLarge { .. } => Some("too_large"),
