@@ -56,6 +56,13 @@ pub const PREFETCH_BELOW_IDS: i64 = PRODUCER_ID_BLOCK_LEN as i64 / 10;
 /// shard's oldest segment alive.
 pub const REFRESH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How far past the next free id a producer id recovered from the log may
+/// lie and still be taken as a sign that `__producer_ids` lost records.
+/// Clients stamp producer ids themselves, so an id far beyond anything
+/// allocated (up to `i64::MAX`) is a forged one, and allocating past it
+/// would exhaust the id space.
+const RECOVERED_ID_WINDOW: i64 = 1 << 32;
+
 /// Version of the record key and value this broker writes.
 const RECORD_VERSION: i16 = 0;
 /// Bytes of a version-0 key: the version.
@@ -408,6 +415,16 @@ impl ProducerIdAllocator {
             largest = largest.max(found);
         }
         if let Some(largest) = largest
+            && largest >= self.next.get()
+            && largest - self.next.get() >= RECOVERED_ID_WINDOW
+        {
+            tracing::warn!(
+                largest_in_log = largest,
+                next_free = self.next.get(),
+                "a producer id far beyond every allocated block is in a partition's log: a client \
+                 stamped it without InitProducerId; not allocating past it"
+            );
+        } else if let Some(largest) = largest
             && largest >= self.next.get()
         {
             tracing::error!(

@@ -33,6 +33,7 @@ pub fn for_append(error: &AppendError) -> i16 {
         }
         AppendError::Producer(
             ProducerError::NonTransactionalInTransaction { .. }
+            | ProducerError::EpochChangedInTransaction { .. }
             | ProducerError::TransactionEnded { .. },
         ) => ResponseError::InvalidTxnState.code(),
         AppendError::Producer(ProducerError::CoordinatorFenced { .. }) => {

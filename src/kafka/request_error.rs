@@ -44,6 +44,14 @@ pub enum RequestError {
         #[source]
         source: anyhow::Error,
     },
+    /// A request listing more partitions than any real client sends in one
+    /// (its answer would cost the broker many times the request's size).
+    #[error("{key:?} names {count} partitions, more than {limit} in one request")]
+    TooManyPartitions {
+        key: ApiKey,
+        count: usize,
+        limit: usize,
+    },
     /// The response does not fit its own version (a field this version
     /// cannot carry was set): a bug in the handler, not in the client.
     #[error("cannot encode the {key:?} v{version} response: {source}")]

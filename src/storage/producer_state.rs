@@ -239,6 +239,15 @@ pub enum ProducerError {
     )]
     NonTransactionalInTransaction { producer_id: i64 },
     #[error(
+        "producer {producer_id} sent epoch {epoch} while its transaction at epoch {open_epoch} \
+         is open on this partition: only a marker ends it (INVALID_TXN_STATE)"
+    )]
+    EpochChangedInTransaction {
+        producer_id: i64,
+        epoch: i16,
+        open_epoch: i16,
+    },
+    #[error(
         "producer {producer_id}'s transaction on this partition ended while its batch was being \
          verified: the batch belongs to no open transaction (INVALID_TXN_STATE)"
     )]
@@ -283,8 +292,19 @@ pub struct ProducerSummary {
 /// transaction the coordinator has already finished.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TxnToken {
+    /// Whether the producer's transaction was open here...
     pub open: bool,
+    /// ...at this epoch (the entry's epoch, if it had one).
+    pub epoch: Option<i16>,
     last_marker_offset: Option<Offset>,
+}
+
+impl TxnToken {
+    /// Whether a transactional batch at `epoch` belongs to the transaction
+    /// already open here, so needs no verification.
+    pub fn joins_open_transaction(&self, epoch: i16) -> bool {
+        self.open && self.epoch == Some(epoch)
+    }
 }
 
 /// An aborted transaction, as read_committed fetches list it (Kafka's
@@ -395,6 +415,7 @@ impl ProducerStates {
         let entry = self.entries.get(&producer_id);
         TxnToken {
             open: entry.is_some_and(|entry| entry.current_txn_first_offset.is_some()),
+            epoch: entry.map(|entry| entry.epoch),
             last_marker_offset: entry.and_then(|entry| entry.last_marker_offset),
         }
     }
@@ -488,6 +509,13 @@ impl ProducerStates {
                 producer_id: header.producer_id,
                 epoch,
                 current: entry.epoch,
+            });
+        }
+        if epoch > entry.epoch && entry.current_txn_first_offset.is_some() {
+            return Err(ProducerError::EpochChangedInTransaction {
+                producer_id: header.producer_id,
+                epoch,
+                open_epoch: entry.epoch,
             });
         }
         if header.base_sequence < 0 {
@@ -1159,5 +1187,28 @@ mod tests {
             }
         }
         assert_eq!(replayed, live.states);
+    }
+
+    /// Found by the breaker: a transactional batch at a newer epoch while
+    /// the producer's transaction is open would raise the partition's epoch
+    /// past the coordinator's, so its markers would be refused and the
+    /// last stable offset stuck for good.
+    #[test]
+    fn a_newer_epoch_inside_an_open_transaction_is_refused() {
+        let mut log = Log::new();
+        log.produce(&txn_header(PRODUCER, 0, 0, 1)).unwrap();
+        assert!(matches!(
+            log.produce(&txn_header(PRODUCER, i16::MAX, 0, 1)),
+            Err(ProducerError::EpochChangedInTransaction {
+                epoch: i16::MAX,
+                open_epoch: 0,
+                ..
+            })
+        ));
+        log.end_txn(PRODUCER, 0, marker(MarkerKind::Commit, 0))
+            .unwrap();
+        assert_eq!(log.states.first_unstable_offset(), Some(Offset(0)));
+        log.states.stabilize(Offset(2));
+        assert_eq!(log.states.first_unstable_offset(), None);
     }
 }

@@ -150,6 +150,7 @@ impl StoreMetrics {
             AppendError::Producer(ProducerError::OutOfOrderSequence { .. }) => "sequence",
             AppendError::Producer(
                 ProducerError::NonTransactionalInTransaction { .. }
+                | ProducerError::EpochChangedInTransaction { .. }
                 | ProducerError::TransactionEnded { .. },
             ) => "txn_state",
             AppendError::Producer(ProducerError::CoordinatorFenced { .. }) => "coordinator_fenced",

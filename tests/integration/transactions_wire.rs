@@ -789,3 +789,100 @@ fn an_operator_finds_and_aborts_an_open_transaction() {
     drop(wire);
     broker.stop();
 }
+
+/// Issue 13, found by the breaker: a 32 KiB+ transactional id aborted the
+/// broker; a transactional batch at a newer epoch, under any transactional
+/// id, skipped verification and left read_committed stuck for good; a
+/// producer id forged near `i64::MAX` and a restart stopped InitProducerId;
+/// an AddPartitionsToTxn naming millions of partitions cost gigabytes.
+#[test]
+fn hostile_transaction_requests_are_refused_and_the_broker_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    kafka_clients::create_topic(&broker.address, TOPIC, 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+
+    let long_id = "t".repeat(32 * 1024);
+    assert_eq!(
+        init(&mut wire, 3, &long_id, None).0,
+        ResponseError::InvalidRequest.code()
+    );
+
+    let id = "victim-txn";
+    let (error, producer_id, epoch) = init(&mut wire, 4, id, None);
+    assert_eq!(error, 0);
+    let victim = (producer_id, epoch);
+    assert_eq!(
+        add_partitions(&mut wire, 3, id, victim, TOPIC, vec![0]),
+        vec![0]
+    );
+    assert_eq!(produce(&mut wire, id, victim, 0, 0), (0, 0));
+    let injected = produce(&mut wire, "whatever", (producer_id, i16::MAX), 0, 0);
+    assert_ne!(injected.0, 0, "the injected batch is refused");
+    assert_eq!(end_txn(&mut wire, 3, id, victim, true), 0);
+    assert_eq!(
+        wait_stable(&mut wire, 0),
+        2,
+        "the victim's commit is readable"
+    );
+
+    let forged = {
+        let mut builder = BatchBuilder::new(1_700_000_000_000);
+        builder.producer(i64::MAX - 1, 0, 0);
+        builder.push(RecordSpec {
+            value: Some(b"forged"),
+            ..RecordSpec::default()
+        });
+        builder.build()
+    };
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(name(TOPIC)))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(Bytes::from(forged))),
+                ]),
+        ]);
+    let response = wire.call(9, &request);
+    assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+
+    let mut too_many = Wire::connect(&broker.address);
+    too_many.send(
+        3,
+        &AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(name(id)))
+            .with_v3_and_below_producer_id(ProducerId(producer_id))
+            .with_v3_and_below_producer_epoch(epoch)
+            .with_v3_and_below_topics(vec![
+                AddPartitionsToTxnTopic::default()
+                    .with_name(TopicName(name(TOPIC)))
+                    .with_partitions(vec![0; 10_001]),
+            ]),
+    );
+    assert!(
+        too_many.closed_by_broker(),
+        "a request naming 10001 partitions is closed"
+    );
+    drop(wire);
+    broker.kill9();
+
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let response = wire.call(4, &request);
+    assert_eq!(
+        response.error_code, 0,
+        "InitProducerId still works after the forged id"
+    );
+    assert!(broker.log_contains("a client stamped it without InitProducerId"));
+    drop(wire);
+    broker.stop();
+}

@@ -313,14 +313,17 @@ impl Coordinator {
     }
 
     /// TxnOffsetCommit (KIP-98; v3's member checks, KIP-447): store `offsets`
-    /// as part of `producer_id`'s transaction at `epoch`. They are in the
-    /// log now and become the group's committed offsets when the
-    /// transaction's commit marker is written to this offsets partition.
-    /// The caller verified with the transaction coordinator that the
-    /// partition is in the transaction. Per-partition codes as
-    /// [`Coordinator::commit`].
+    /// as part of `transactional_id`'s transaction, by `producer_id` at
+    /// `epoch`. They are in the log now and become the group's committed
+    /// offsets when the transaction's commit marker is written to this
+    /// offsets partition. Unless the producer's transaction is open on the
+    /// partition already, the transaction coordinator is asked first
+    /// whether the partition is in it, with a token taken before asking, so
+    /// a marker landing meanwhile refuses the batch (as Produce does).
+    /// Per-partition codes as [`Coordinator::commit`].
     pub async fn txn_commit(
         &self,
+        transactional_id: &str,
         group_id: &str,
         claim: &MemberClaim<'_>,
         producer_id: i64,
@@ -329,6 +332,31 @@ impl Coordinator {
     ) -> Result<Vec<i16>, i16> {
         if group_id.is_empty() || group_id.len() > RECORD_STRING_BYTES_MAX {
             return Err(ResponseError::InvalidGroupId.code());
+        }
+        let index = offsets_partition(group_id, self.offsets_partitions());
+        let id = self
+            .logs
+            .borrow()
+            .get(&index)
+            .map(|log| log.id)
+            .ok_or_else(|| ResponseError::NotCoordinator.code())?;
+        let token = self
+            .context
+            .store
+            .txn_token(id, producer_id)
+            .ok_or_else(|| ResponseError::NotCoordinator.code())?;
+        if !token.joins_open_transaction(epoch) {
+            let txn_id = transactional_id.to_owned();
+            crate::broker::txn::on_txn_coordinator(
+                &self.context,
+                &self.broker,
+                transactional_id,
+                move |coordinator| async move {
+                    coordinator.verify(&txn_id, producer_id, epoch, OFFSETS_TOPIC, index)
+                },
+            )
+            .await
+            .and_then(|verified| verified)?;
         }
         // v0-2 carry no member: anyone may commit within the transaction.
         if claim.generation >= 0 || !claim.member_id.is_empty() {
@@ -339,14 +367,7 @@ impl Coordinator {
         if changes.is_empty() {
             return Ok(codes);
         }
-        let index = offsets_partition(group_id, self.offsets_partitions());
         let written = async {
-            let id = self
-                .logs
-                .borrow()
-                .get(&index)
-                .map(|log| log.id)
-                .ok_or(OffsetsWriteError::NotHere { index })?;
             let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = changes
                 .iter()
                 .map(|change| (change.encode_key(), change.encode_value()))
@@ -372,7 +393,7 @@ impl Coordinator {
                 let receipt = self
                     .context
                     .store
-                    .append(id, batch, Durability::Fsynced)
+                    .append_verified(id, batch, Durability::Fsynced, token)
                     .await?;
                 self.pending_txn
                     .borrow_mut()

@@ -67,6 +67,9 @@ use crate::record_batch::{BatchError, ValidatedBatch};
 use crate::shard::ShardContext;
 use crate::storage::{AppendError, Durability};
 
+/// The longest transactional id: its record stores it with an i16 length.
+pub const TRANSACTIONAL_ID_BYTES_MAX: usize = i16::MAX as usize;
+
 /// The coordinator epoch markers carry: the leader epoch of the
 /// `__transaction_state` partition, always 0 on a single node.
 pub const COORDINATOR_EPOCH: i32 = 0;
@@ -383,6 +386,10 @@ impl TxnCoordinator {
         expected: Option<(i64, i16)>,
         fenced: i16,
     ) -> Result<(i64, i16), i16> {
+        // Its record stores the id with an i16 length, as Kafka's does.
+        if id.len() > TRANSACTIONAL_ID_BYTES_MAX {
+            return Err(ResponseError::InvalidRequest.code());
+        }
         let max = self.broker.config.transactions.max_timeout_ms;
         if timeout_ms <= 0 || timeout_ms as u64 > max {
             return Err(ResponseError::InvalidTransactionTimeout.code());
@@ -454,11 +461,12 @@ impl TxnCoordinator {
         let mut next = meta.clone();
         next.last_producer_id = meta.producer_id;
         next.last_producer_epoch = meta.producer_epoch;
-        if meta.producer_epoch < i16::MAX - 1 {
-            next.producer_epoch = meta.producer_epoch + 1;
-        } else if rotate {
-            next.producer_id = self.new_producer_id().await?;
-            next.producer_epoch = 0;
+        match next_epoch(meta.producer_epoch, rotate) {
+            Some(epoch) => next.producer_epoch = epoch,
+            None => {
+                next.producer_id = self.new_producer_id().await?;
+                next.producer_epoch = 0;
+            }
         }
         next.last_update_ms = now_ms();
         Ok(next)
@@ -576,6 +584,18 @@ impl TxnCoordinator {
         next.state = TxnState::Ongoing;
         next.partitions.extend(partitions);
         next.last_update_ms = now_ms();
+        // The id's record must fit one batch: refuse a transaction that
+        // would outgrow it, rather than fail every retry.
+        let record_bytes = records::encode_key(id).len() + records::encode_value(&next).len();
+        if record_bytes + 128 > self.broker.config.storage.message_max_bytes as usize {
+            tracing::warn!(
+                transactional_id = id,
+                partitions = next.partitions.len(),
+                record_bytes,
+                "refusing to add partitions: the transaction's record would exceed storage.message_max_bytes"
+            );
+            return Err(ResponseError::InvalidRequest.code());
+        }
         self.write(id, Some(next))
             .await
             .map_err(|error| write_failed(id, &error))
@@ -861,7 +881,8 @@ impl TxnCoordinator {
                 .offsets(id)
                 .map_or(Offset(0), |offsets| offsets.next_offset);
             let mut receipt = None;
-            for chunk in live.chunks(SNAPSHOT_RECORDS_PER_BATCH) {
+            let limit_bytes = self.broker.config.storage.message_max_bytes as usize;
+            for chunk in chunks_within(&live, limit_bytes) {
                 let bytes = internal_log::encode_batch(
                     chunk
                         .iter()
@@ -891,6 +912,44 @@ impl TxnCoordinator {
         }
         Ok(())
     }
+}
+
+/// The epoch after `epoch`, or `None` for a new producer id. InitProducerId
+/// (`rotate`) takes a new id once the epoch is exhausted (Kafka's
+/// rotation at `i16::MAX - 1`); a fence may take the epoch to `i16::MAX`,
+/// so that the fenced producer's epoch is always below the markers', and
+/// the next InitProducerId then rotates.
+fn next_epoch(epoch: i16, rotate: bool) -> Option<i16> {
+    if rotate && epoch >= i16::MAX - 1 {
+        return None;
+    }
+    Some(epoch.saturating_add(1))
+}
+
+/// `records` in order, in runs of at most [`SNAPSHOT_RECORDS_PER_BATCH`]
+/// records whose key and value bytes (plus a record's framing) stay under
+/// `limit_bytes` with the batch header; a record too large for a batch of
+/// its own is a run of one (its append then fails and is logged).
+fn chunks_within(records: &[(Vec<u8>, Vec<u8>)], limit_bytes: usize) -> Vec<&[(Vec<u8>, Vec<u8>)]> {
+    const RECORD_FRAMING_BYTES_MAX: usize = 32;
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut bytes = crate::record_batch::HEADER_BYTES;
+    for (index, (key, value)) in records.iter().enumerate() {
+        let size = key.len() + value.len() + RECORD_FRAMING_BYTES_MAX;
+        if index > start
+            && (index - start == SNAPSHOT_RECORDS_PER_BATCH || bytes + size > limit_bytes)
+        {
+            chunks.push(&records[start..index]);
+            start = index;
+            bytes = crate::record_batch::HEADER_BYTES;
+        }
+        bytes += size;
+    }
+    if start < records.len() {
+        chunks.push(&records[start..]);
+    }
+    chunks
 }
 
 /// The code a failed write answers (retriable: the client tries again),
@@ -1025,6 +1084,48 @@ mod tests {
             start_ms: -1,
             last_update_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_fence_always_raises_the_epoch_and_an_exhausted_init_rotates() {
+        assert_eq!(next_epoch(0, true), Some(1));
+        assert_eq!(next_epoch(i16::MAX - 2, true), Some(i16::MAX - 1));
+        assert_eq!(
+            next_epoch(i16::MAX - 1, true),
+            None,
+            "exhausted: a new producer id"
+        );
+        assert_eq!(
+            next_epoch(i16::MAX - 1, false),
+            Some(i16::MAX),
+            "a fence of the last usable epoch still raises it (found by the breaker)"
+        );
+    }
+
+    #[test]
+    fn copy_forward_batches_stay_under_the_message_size_limit() {
+        let records: Vec<(Vec<u8>, Vec<u8>)> = (0..40)
+            .map(|_| (vec![0u8; 32 * 1024], vec![0u8; 100]))
+            .collect();
+        let chunks = chunks_within(&records, 1024 * 1024);
+        assert!(
+            chunks.len() > 1,
+            "40 records of 32 KiB do not fit one 1 MiB batch"
+        );
+        assert_eq!(chunks.iter().map(|chunk| chunk.len()).sum::<usize>(), 40);
+        for chunk in chunks {
+            let bytes: usize = chunk
+                .iter()
+                .map(|(key, value)| key.len() + value.len() + 32)
+                .sum();
+            assert!(bytes + crate::record_batch::HEADER_BYTES <= 1024 * 1024);
+        }
+        let small: Vec<(Vec<u8>, Vec<u8>)> = (0..250).map(|_| (vec![1], vec![2])).collect();
+        assert_eq!(
+            chunks_within(&small, 1024 * 1024).len(),
+            3,
+            "100 records a batch at most"
+        );
     }
 
     #[test]

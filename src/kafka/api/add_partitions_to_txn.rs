@@ -17,7 +17,7 @@ use kafka_protocol::messages::add_partitions_to_txn_response::{
 };
 use kafka_protocol::messages::{AddPartitionsToTxnRequest, AddPartitionsToTxnResponse};
 
-use super::decode;
+use super::{check_partition_count, decode};
 use crate::broker::txn::on_txn_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
@@ -28,8 +28,15 @@ const FENCED_FROM_VERSION: i16 = 2;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let add: AddPartitionsToTxnRequest = decode(request, body)?;
+    check_partition_count(
+        request,
+        add.v3_and_below_topics
+            .iter()
+            .map(|topic| topic.partitions.len())
+            .sum(),
+    )?;
     let cluster = request.broker.metadata.snapshot();
-    let mut wanted = Vec::new();
+    let mut wanted = std::collections::BTreeSet::new();
     let mut refused: Option<i16> = None;
     // Each partition's own code (0: it may be added), in request order.
     let mut codes: Vec<i16> = Vec::new();
@@ -54,7 +61,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                     codes.push(code);
                 }
                 (None, Some(index)) => {
-                    wanted.push((name.clone(), index));
+                    wanted.insert((name.clone(), index));
                     codes.push(0);
                 }
                 (None, None) => codes.push(0),
@@ -76,7 +83,13 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 &key,
                 move |coordinator| async move {
                     coordinator
-                        .add_partitions(&id, producer_id, epoch, wanted, fenced)
+                        .add_partitions(
+                            &id,
+                            producer_id,
+                            epoch,
+                            wanted.into_iter().collect(),
+                            fenced,
+                        )
                         .await
                 },
             )

@@ -12,13 +12,21 @@ use kafka_protocol::messages::describe_producers_response::{
 };
 use kafka_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse, ProducerId};
 
-use super::{decode, str_bytes};
+use super::{check_partition_count, decode, str_bytes};
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let describe: DescribeProducersRequest = decode(request, body)?;
+    check_partition_count(
+        request,
+        describe
+            .topics
+            .iter()
+            .map(|topic| topic.partition_indexes.len())
+            .sum(),
+    )?;
     let cluster = request.broker.metadata.snapshot();
     let mut topics = Vec::with_capacity(describe.topics.len());
     for topic in &describe.topics {

@@ -41,6 +41,26 @@ use super::dispatch::Request;
 use super::request_error::RequestError;
 use super::response::Response;
 
+/// Most partitions one transaction request (AddPartitionsToTxn,
+/// TxnOffsetCommit, DescribeProducers) may name. Clients name the
+/// partitions they just wrote to or consumed, a few thousand at most; a
+/// request naming more is closed with a log line rather than answered,
+/// since its answer costs the broker many times the request's size.
+pub const TXN_REQUEST_PARTITIONS_MAX: usize = 10_000;
+
+/// Close the connection if `count` partitions are more than
+/// [`TXN_REQUEST_PARTITIONS_MAX`].
+pub fn check_partition_count(request: &Request<'_>, count: usize) -> Result<(), RequestError> {
+    if count > TXN_REQUEST_PARTITIONS_MAX {
+        return Err(RequestError::TooManyPartitions {
+            key: request.key,
+            count,
+            limit: TXN_REQUEST_PARTITIONS_MAX,
+        });
+    }
+    Ok(())
+}
+
 /// Serve one request; `Ok(None)` means no response is sent (acks=0).
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Response>, RequestError> {
     match request.key {

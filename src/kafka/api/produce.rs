@@ -373,7 +373,7 @@ async fn verify(
                 "partition vanished",
             )
         })?;
-    if token.open {
+    if token.joins_open_transaction(header.producer_epoch) {
         return Ok(token);
     }
     let (txn_id, topic_name) = (transactional_id.to_owned(), topic.to_owned());

@@ -2,11 +2,11 @@
 //! a transactional producer commits a consumer group's offsets as part of
 //! its transaction (`send_offsets_to_transaction`).
 //!
-//! The transaction coordinator is asked first whether the group's offsets
-//! partition is in the producer's open transaction (AddOffsetsToTxn adds
-//! it): INVALID_TXN_STATE, INVALID_PRODUCER_EPOCH or
-//! INVALID_PRODUCER_ID_MAPPING for every partition if not. Then the group
-//! coordinator checks the member like OffsetCommit (v3: generation, member
+//! The group coordinator asks the transaction coordinator whether the
+//! group's offsets partition is in the producer's open transaction
+//! (AddOffsetsToTxn adds it): INVALID_TXN_STATE, INVALID_PRODUCER_EPOCH or
+//! INVALID_PRODUCER_ID_MAPPING for every partition if not (with a token
+//! against a marker landing meanwhile, as Produce). It also checks the member like OffsetCommit (v3: generation, member
 //! and instance id: ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID,
 //! FENCED_INSTANCE_ID; v0–2 carry none) and each partition
 //! (UNKNOWN_TOPIC_OR_PARTITION, OFFSET_METADATA_TOO_LARGE), and appends the
@@ -20,12 +20,11 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 };
 use kafka_protocol::messages::{TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 
-use super::decode;
-use crate::broker::group::coordinator::{now_ms, offsets_partition};
+use super::{check_partition_count, decode};
+use crate::broker::group::coordinator::now_ms;
 use crate::broker::group::membership::MemberClaim;
 use crate::broker::group::offsets::{CommittedOffset, TopicPartition};
-use crate::broker::group::{OFFSETS_TOPIC, offsets_topic_partitions, on_coordinator};
-use crate::broker::txn::on_txn_coordinator;
+use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
@@ -35,6 +34,14 @@ const MEMBER_FIELDS_FROM_VERSION: i16 = 3;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let commit: TxnOffsetCommitRequest = decode(request, body)?;
+    check_partition_count(
+        request,
+        commit
+            .topics
+            .iter()
+            .map(|topic| topic.partitions.len())
+            .sum(),
+    )?;
     let group = commit.group_id.0.to_string();
     let (producer_id, epoch) = (commit.producer_id.0, commit.producer_epoch);
     let offsets: Vec<(TopicPartition, CommittedOffset)> = commit
@@ -99,22 +106,7 @@ async fn commit_offsets(
     if group.is_empty() {
         return all(kafka_protocol::ResponseError::InvalidGroupId.code());
     }
-    let partition = offsets_partition(&group, offsets_topic_partitions(request.broker));
-    let id = commit.transactional_id.0.to_string();
-    let key = id.clone();
-    let verified = on_txn_coordinator(
-        request.shard,
-        request.broker,
-        &key,
-        move |coordinator| async move {
-            coordinator.verify(&id, producer_id, epoch, OFFSETS_TOPIC, partition)
-        },
-    )
-    .await
-    .and_then(|verified| verified);
-    if let Err(code) = verified {
-        return all(code);
-    }
+    let transactional_id = commit.transactional_id.0.to_string();
     let with_member = request.version >= MEMBER_FIELDS_FROM_VERSION;
     let member_id = if with_member {
         commit.member_id.to_string()
@@ -143,7 +135,14 @@ async fn commit_offsets(
                 generation,
             };
             coordinator
-                .txn_commit(&group, &claim, producer_id, epoch, offsets)
+                .txn_commit(
+                    &transactional_id,
+                    &group,
+                    &claim,
+                    producer_id,
+                    epoch,
+                    offsets,
+                )
                 .await
         },
     )
