@@ -21,9 +21,19 @@ use crate::client::KafkaClient;
 /// How long `abort` retries while the coordinator is still completing the
 /// id's previous transaction (CONCURRENT_TRANSACTIONS).
 const ABORT_WAIT: Duration = Duration::from_secs(30);
-/// The transaction timeout `abort` registers for the id (the producer sets
-/// its own again when it next initialises).
-const ABORT_TIMEOUT_MS: i32 = 60_000;
+/// The transaction timeout `abort` falls back to when the id's own is
+/// above `transactions.max_timeout_ms` now (the smallest maximum allowed).
+const ABORT_FALLBACK_TIMEOUT_MS: i32 = 1000;
+
+/// The transaction states, for `--state` in any case.
+const STATES: [&str; 6] = [
+    "Empty",
+    "Ongoing",
+    "PrepareCommit",
+    "PrepareAbort",
+    "CompleteCommit",
+    "CompleteAbort",
+];
 
 fn text(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_owned())
@@ -33,6 +43,13 @@ fn text(value: &str) -> StrBytes {
 /// `producer_id`.
 pub fn list(brokers: &str, state: Option<&str>, producer_id: Option<i64>) -> AdminResult {
     let mut client = KafkaClient::connect(brokers)?;
+    // The broker matches state names exactly; accept any case here.
+    let state = state.map(|wanted| {
+        STATES
+            .iter()
+            .find(|name| name.eq_ignore_ascii_case(wanted))
+            .map_or(wanted, |name| *name)
+    });
     let request = ListTransactionsRequest::default()
         .with_state_filters(state.map(text).into_iter().collect())
         .with_producer_id_filters(producer_id.map(ProducerId).into_iter().collect())
@@ -87,7 +104,10 @@ pub fn describe(brokers: &str, transactional_id: &str) -> AdminResult {
     println!("TIMEOUT-MS        {}", state.transaction_timeout_ms);
     println!(
         "STARTED           {}",
-        if state.transaction_start_time_ms >= 0 {
+        if state.transaction_start_time_ms >= 0
+            && !state.transaction_state.starts_with("Complete")
+            && state.transaction_state.as_str() != "Empty"
+        {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |since| since.as_millis() as i64);
@@ -152,30 +172,46 @@ pub fn abort(brokers: &str, transactional_id: &str) -> AdminResult {
         &DescribeTransactionsRequest::default()
             .with_transactional_ids(vec![TransactionalId(text(transactional_id))]),
     )?;
-    if described
+    let state = described
         .transaction_states
         .first()
-        .is_some_and(|state| state.error_code == ResponseError::TransactionalIdNotFound.code())
-    {
+        .context("empty DescribeTransactions response")?;
+    if state.error_code == ResponseError::TransactionalIdNotFound.code() {
         anyhow::bail!("transactional id {transactional_id} does not exist");
     }
-    let request = InitProducerIdRequest::default()
-        .with_transactional_id(Some(TransactionalId(text(transactional_id))))
-        .with_transaction_timeout_ms(ABORT_TIMEOUT_MS)
-        .with_producer_id(ProducerId(-1))
-        .with_producer_epoch(-1);
+    let was = state.transaction_state.to_string();
+    // Keep the id's own timeout (the producer's setting).
+    let mut timeout_ms = state.transaction_timeout_ms;
     let deadline = Instant::now() + ABORT_WAIT;
     loop {
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(text(transactional_id))))
+            .with_transaction_timeout_ms(timeout_ms)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
         let response = client.call(&request)?;
-        let concurrent = response.error_code == ResponseError::ConcurrentTransactions.code();
         if response.error_code == 0 {
+            let outcome = if matches!(was.as_str(), "Ongoing" | "PrepareAbort") {
+                "its open transaction was aborted"
+            } else if was == "PrepareCommit" {
+                "its transaction had been committed already"
+            } else {
+                "it had no open transaction"
+            };
             println!(
-                "fenced transactional id {transactional_id}: producer id {} is now at epoch {}; \
-                 its open transaction, if any, was aborted",
+                "fenced transactional id {transactional_id} (it was {was}): producer id {} is \
+                 now at epoch {}; {outcome}",
                 response.producer_id.0, response.producer_epoch
             );
             return Ok(());
         }
+        if response.error_code == ResponseError::InvalidTransactionTimeout.code()
+            && timeout_ms != ABORT_FALLBACK_TIMEOUT_MS
+        {
+            timeout_ms = ABORT_FALLBACK_TIMEOUT_MS;
+            continue;
+        }
+        let concurrent = response.error_code == ResponseError::ConcurrentTransactions.code();
         if !concurrent || Instant::now() >= deadline {
             anyhow::bail!(
                 "transactional id {transactional_id}: {}",

@@ -125,7 +125,23 @@ fn refresh_transactions(context: &ShardContext, shard: &str) {
                 .set(count as f64);
         }
     }
-    for (topic, partition, lag) in context.store.unstable_partitions() {
+    // A partition reported last time but stable now gets one 0, then is
+    // left to expire, so the gauge never keeps a stale lag.
+    let now: Vec<(String, u32, i64)> = context.store.unstable_partitions();
+    let settled: Vec<(String, u32)> = LSO_LAGGING.with(|lagging| {
+        let mut lagging = lagging.borrow_mut();
+        let current: std::collections::HashSet<(String, u32)> = now
+            .iter()
+            .map(|(topic, partition, _)| (topic.clone(), *partition))
+            .collect();
+        let settled = lagging.difference(&current).cloned().collect();
+        *lagging = current;
+        settled
+    });
+    let zeros = settled
+        .into_iter()
+        .map(|(topic, partition)| (topic, partition, 0));
+    for (topic, partition, lag) in now.into_iter().chain(zeros) {
         gauge!(
             names::PARTITION_LSO_LAG,
             "topic" => topic,
@@ -133,6 +149,12 @@ fn refresh_transactions(context: &ShardContext, shard: &str) {
         )
         .set(lag as f64);
     }
+}
+
+thread_local! {
+    /// The partitions this shard last reported a last-stable-offset lag for.
+    static LSO_LAGGING: std::cell::RefCell<std::collections::HashSet<(String, u32)>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
 }
 
 /// Lag of every committed offset this shard's coordinator holds.

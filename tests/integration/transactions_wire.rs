@@ -786,6 +786,25 @@ fn an_operator_finds_and_aborts_an_open_transaction() {
                 && line.contains("result=\"abort\"")),
         "{body}"
     );
+    // The lag gauge comes back to 0 (found by the new-user trial: it kept
+    // its last value).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = crate::metrics::get(&broker.metrics, "/metrics");
+        let settled = body.lines().any(|line| {
+            line.starts_with("sluice_partition_lso_lag{")
+                && line.contains(&format!("topic=\"{TOPIC}\""))
+                && line.ends_with(" 0")
+        });
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the LSO lag never returned to 0: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(wire);
     broker.stop();
 }
