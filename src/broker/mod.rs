@@ -185,6 +185,26 @@ impl Broker {
                 })
                 .await??;
         }
+        // Groups forget their committed offsets for it (Kafka does), so a
+        // re-created topic of the same name is not read from old offsets.
+        for shard in shards.ids() {
+            let topic = name.to_owned();
+            let forgotten = shards
+                .call(shard, move |_| async move {
+                    match group::coordinator::Coordinator::local() {
+                        Some(coordinator) => coordinator.forget_topics(|gone| gone == topic).await,
+                        None => 0,
+                    }
+                })
+                .await?;
+            if forgotten > 0 {
+                tracing::info!(
+                    topic = name,
+                    forgotten,
+                    "forgot the deleted topic's committed offsets"
+                );
+            }
+        }
         Ok(())
     }
 

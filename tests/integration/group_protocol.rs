@@ -503,3 +503,36 @@ fn offsets_log_is_compacted_and_survives_kill_9() {
         ]]
     );
 }
+
+/// Issue 14: a group's committed offsets outlived the deletion of their
+/// topic, so a topic re-created with the same name was read from the old
+/// offset (10 of its new records silently skipped). Kafka forgets them; so
+/// does Sluice, also when the broker restarts right after the deletion.
+#[test]
+fn deleting_a_topic_forgets_its_committed_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path());
+    kafka_clients::create_topic(&broker.address, "rt", 1, &[]);
+    kafka_clients::create_topic(&broker.address, "kept", 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    assert_eq!(commit(&mut wire, "g", -1, "", "rt", &[(0, 10)]), vec![0]);
+    assert_eq!(commit(&mut wire, "g", -1, "", "kept", &[(0, 7)]), vec![0]);
+    let (ok, out) =
+        crate::consumer_groups::sluice_admin(&broker.address, &["topics", "delete", "rt"]);
+    assert!(ok, "{out}");
+    kafka_clients::create_topic(&broker.address, "rt", 1, &[]);
+    assert_eq!(
+        fetch_offsets(&mut wire, &["g"]),
+        vec![vec![("kept".to_owned(), 0, 7)]],
+        "only the surviving topic's offset is left"
+    );
+    drop(wire);
+    broker.kill9();
+    let broker = start_broker(dir.path());
+    let mut wire = Wire::connect(&broker.address);
+    assert_eq!(
+        fetch_offsets(&mut wire, &["g"]),
+        vec![vec![("kept".to_owned(), 0, 7)]]
+    );
+    broker.stop();
+}

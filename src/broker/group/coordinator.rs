@@ -175,6 +175,19 @@ impl Coordinator {
         // The timer task owns the installation: when the shard cancels its
         // service tasks at shutdown, the coordinator (and its hold on the
         // shard's storage) goes with it.
+        // Offsets of topics deleted while a previous forget did not finish
+        // (a crash right after the deletion) go now.
+        let sweeper = Rc::clone(&coordinator);
+        compio::runtime::spawn(async move {
+            let cluster = sweeper.broker.metadata.snapshot();
+            let forgotten = sweeper
+                .forget_topics(|topic| cluster.topic(topic).is_none())
+                .await;
+            if forgotten > 0 {
+                tracing::info!(forgotten, "forgot committed offsets of deleted topics");
+            }
+        })
+        .detach();
         let installed = Installed;
         let timers = run_timers(Rc::downgrade(&coordinator));
         Ok(compio::runtime::spawn(async move {
@@ -876,6 +889,44 @@ impl Coordinator {
             .await
             .map_err(|error| commit_error_code(&error))?;
         Ok(codes)
+    }
+
+    /// Forget every group's committed offsets for the topics `gone`
+    /// (deleted): tombstones, one write per group, as Kafka's
+    /// `handleDeletedPartitions` does. A topic re-created with the same name
+    /// then starts from the consumer's `auto.offset.reset`, never from an
+    /// offset of the old topic's data. Returns how many offsets were
+    /// forgotten; a failed write is logged and retried at the next start.
+    pub async fn forget_topics(&self, gone: impl Fn(&str) -> bool) -> usize {
+        let by_group: Vec<Vec<OffsetRecord>> = self
+            .groups
+            .borrow()
+            .iter()
+            .map(|(group_id, group)| {
+                group
+                    .offsets
+                    .iter()
+                    .filter(|(key, _)| gone(&key.topic))
+                    .map(|(key, _)| OffsetRecord {
+                        group: group_id.clone(),
+                        key: key.clone(),
+                        value: None,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|changes| !changes.is_empty())
+            .collect();
+        let mut forgotten = 0;
+        for changes in by_group {
+            let count = changes.len();
+            match self.write(changes).await {
+                Ok(()) => forgotten += count,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot forget the committed offsets of a deleted topic; retried at the next start");
+                }
+            }
+        }
+        forgotten
     }
 
     /// DeleteGroups: only a group without members; its offsets go with it.
