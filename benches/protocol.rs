@@ -335,6 +335,7 @@ fn responses(criterion: &mut Criterion) {
                     aborted_transactions: None,
                     batches: vec![ReadBatch {
                         position: LogPosition(0),
+                        attributes: 0,
                         base_offset: Offset(1_000_000),
                         last_offset: Offset(1_000_999),
                         len: one.len() as u32,

@@ -192,6 +192,7 @@ mod tests {
         let bytes = Bytes::from(builder.build());
         let batch = ReadBatch {
             position: LogPosition(0),
+            attributes: 0,
             base_offset: Offset(0),
             last_offset: Offset(0),
             len: bytes.len() as u32,

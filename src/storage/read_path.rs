@@ -109,6 +109,7 @@ impl ShardStore {
                 base_offset: entry.base_offset,
                 last_offset: entry.last_offset(),
                 len: entry.batch_len,
+                attributes: entry.attributes,
                 parts,
             });
             bytes += len;

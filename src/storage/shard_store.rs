@@ -121,6 +121,8 @@ pub struct ReadBatch {
     pub base_offset: Offset,
     pub last_offset: Offset,
     pub len: u32,
+    /// The batch's attributes (codec in bits 0-2), from the consume queue.
+    pub attributes: u16,
     pub parts: Vec<ReadPart>,
 }
 

@@ -250,3 +250,65 @@ fn a_long_poll_for_more_than_there_is_waits_without_spinning() {
         "the broker used {used:?} of CPU during a 3 s long poll"
     );
 }
+
+/// Issue 14: a zstd batch sent with Produce v3–v6 was stored; Kafka answers
+/// UNSUPPORTED_COMPRESSION_TYPE and stores nothing, and will not send zstd
+/// data to a Fetch older than v10 (KIP-110).
+#[test]
+fn zstd_needs_produce_v7_and_fetch_v10() {
+    use kafka_protocol::messages::ProduceRequest;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use sluice::bench::batch::{BatchTemplate, Compression};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    crate::kafka_clients::create_topic(&broker.address, "zstd", 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let zstd = BatchTemplate::new(10, 100, Compression::Zstd, 1)
+        .bytes()
+        .to_vec();
+    let produce = |version: i16, wire: &mut Wire| {
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(name("zstd"))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(bytes::Bytes::from(zstd.clone()))),
+                    ]),
+            ]);
+        let response = wire.call(version, &request);
+        response.responses[0].partition_responses[0].error_code
+    };
+    let unsupported = kafka_protocol::ResponseError::UnsupportedCompressionType.code();
+    assert_eq!(produce(5, &mut wire), unsupported);
+    assert_eq!(produce(7, &mut wire), 0, "stored once, at offset 0");
+    let request = FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(name("zstd"))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    let old = wire.call(9, &request);
+    assert_eq!(old.responses[0].partitions[0].error_code, unsupported);
+    let new = wire.call(10, &request);
+    let partition = &new.responses[0].partitions[0];
+    assert_eq!((partition.error_code, partition.high_watermark), (0, 10));
+    assert!(
+        partition
+            .records
+            .as_ref()
+            .is_some_and(|records| !records.is_empty())
+    );
+    broker.stop();
+}

@@ -39,6 +39,7 @@ use kafka_protocol::messages::{ApiKey, FetchRequest};
 
 use super::decode;
 use crate::ids::{Offset, ShardId};
+use crate::kafka::api::produce::ZSTD_CODEC;
 use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
 use crate::kafka::fetch_response::{self, FetchedPartition, FetchedTopic};
@@ -46,6 +47,9 @@ use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 use crate::shard::ShardContext;
 use crate::storage::Isolation;
+
+/// The first Fetch version that may receive zstd batches (KIP-110).
+const ZSTD_FROM_FETCH_VERSION: i16 = 10;
 use crate::telemetry;
 
 const ISOLATION_READ_COMMITTED: i8 = 1;
@@ -59,6 +63,9 @@ struct Wanted {
     offset: i64,
     max_bytes: u32,
     isolation: Isolation,
+    /// Whether the request's version may receive zstd batches (Fetch v10+,
+    /// KIP-110).
+    zstd_allowed: bool,
 }
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
@@ -187,6 +194,7 @@ fn plan(
                     offset: partition.fetch_offset,
                     max_bytes: u32::try_from(partition.partition_max_bytes).unwrap_or(0),
                     isolation,
+                    zstd_allowed: request.version >= ZSTD_FROM_FETCH_VERSION,
                 });
             }
         }
@@ -280,6 +288,14 @@ fn read_partition(context: &ShardContext, wanted: &Wanted, limit: Option<u64>) -
     };
     match store.read_isolated(id, Offset(wanted.offset), limit, wanted.isolation) {
         Ok(result) => {
+            let zstd = |batch: &crate::storage::ReadBatch| {
+                i16::try_from(batch.attributes & 0x7).ok() == Some(ZSTD_CODEC)
+            };
+            if !wanted.zstd_allowed && result.batches.iter().any(zstd) {
+                // Kafka will not send zstd data to a client too old for it.
+                fetched.error_code = ResponseError::UnsupportedCompressionType.code();
+                return fetched;
+            }
             fetched.batches = result.batches;
             fetched.aborted_transactions = result.aborted.map(|aborted| {
                 aborted

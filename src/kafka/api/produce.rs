@@ -68,6 +68,11 @@ use crate::storage::producer_state::TxnToken;
 use crate::storage::segment::now_ms;
 use crate::telemetry;
 
+/// The first Produce version that may carry zstd batches (KIP-110).
+const ZSTD_FROM_PRODUCE_VERSION: i16 = 7;
+/// Kafka's codec id for zstd (attribute bits 0-2).
+pub const ZSTD_CODEC: i16 = 4;
+
 const ACKS_NONE: i16 = 0;
 const ACKS_LEADER: i16 = 1;
 const ACKS_ALL: i16 = -1;
@@ -256,14 +261,16 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
     };
     let ratio = request.broker.config.storage.decompressed_batch_ratio_max;
     let transactional = transactional_id.is_some();
-    let (batches, log_append_time_ms) = match prepare(records, &topic.config, ratio, transactional)
-    {
-        Ok(prepared) => prepared,
-        Err(outcome) => {
-            log_refused_batch(request, &name, index, &outcome);
-            return outcome;
-        }
-    };
+    // zstd needs Produce v7 (KIP-110): older requests cannot carry it.
+    let zstd_allowed = request.version >= ZSTD_FROM_PRODUCE_VERSION;
+    let (batches, log_append_time_ms) =
+        match prepare(records, &topic.config, ratio, transactional, zstd_allowed) {
+            Ok(prepared) => prepared,
+            Err(outcome) => {
+                log_refused_batch(request, &name, index, &outcome);
+                return outcome;
+            }
+        };
     let durability = if acks == ACKS_ALL {
         Durability::Fsynced
     } else {
@@ -310,6 +317,7 @@ fn prepare(
     config: &TopicConfig,
     decompressed_ratio_max: u32,
     transactional_request: bool,
+    zstd_allowed: bool,
 ) -> Result<(Vec<Bytes>, i64), Outcome> {
     let size_max = usize::try_from(config.max_message_bytes).unwrap_or(0);
     let limits = BatchLimits::new(size_max, decompressed_ratio_max);
@@ -328,7 +336,13 @@ fn prepare(
                 )
             })?;
         let batch = rest.split_to(size);
-        let batch = match check(&batch, &limits, append_time, transactional_request)? {
+        let batch = match check(
+            &batch,
+            &limits,
+            append_time,
+            transactional_request,
+            zstd_allowed,
+        )? {
             None => batch,
             Some(rewrite) => {
                 let mut copy = BytesMut::from(&batch[..]);
@@ -431,10 +445,17 @@ fn check(
     limits: &BatchLimits,
     append_time: Option<i64>,
     transactional_request: bool,
+    zstd_allowed: bool,
 ) -> Result<Option<Rewrite>, Outcome> {
     let validated =
         ValidatedBatch::validate(batch, limits).map_err(|error| Outcome::batch(&error))?;
     let header = validated.header();
+    if !zstd_allowed && header.compression_codec() == ZSTD_CODEC {
+        return Err(Outcome::error(
+            ResponseError::UnsupportedCompressionType.code(),
+            "zstd batches need Produce v7 or later (KIP-110)",
+        ));
+    }
     if header.is_transactional() && !transactional_request {
         return Err(Outcome::error(
             ResponseError::InvalidRequest.code(),
