@@ -225,7 +225,12 @@ fn init_producer_id_never_hands_out_an_id_twice_even_across_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), &[]);
     let mut wire = Wire::connect(&broker.address);
-    let advertised = wire.call(3, &ApiVersionsRequest::default());
+    let advertised = wire.call(
+        3,
+        &ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("sluice-tests"))
+            .with_client_software_version(StrBytes::from_static_str("1.0")),
+    );
     let entry = advertised
         .api_keys
         .iter()

@@ -261,3 +261,32 @@ fn connections_closed_for_bad_input_are_counted_and_their_log_lines_throttled() 
     assert!((10..=20).contains(&lines), "{lines} lines:\n{log:#?}");
     assert!(broker.log_contains("malformed Produce v9 request"));
 }
+
+/// Issue 14: ApiVersions v3 names the client's software; a name or
+/// version outside KIP-511's pattern ("RP Console", "-lead") gets
+/// INVALID_REQUEST and no API list, as Kafka answers.
+#[test]
+fn api_versions_v3_refuses_software_names_outside_kip_511() {
+    use kafka_protocol::messages::ApiVersionsRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let ask = |wire: &mut Wire, name: &'static str, version: &'static str| {
+        wire.call(
+            3,
+            &ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str(name))
+                .with_client_software_version(StrBytes::from_static_str(version)),
+        )
+    };
+    let invalid = kafka_protocol::ResponseError::InvalidRequest.code();
+    for (name, version) in [("RP Console", "1.0"), ("-lead", "1.0"), ("client", "")] {
+        let response = ask(&mut wire, name, version);
+        assert_eq!(response.error_code, invalid, "{name:?} {version:?}");
+        assert!(response.api_keys.is_empty());
+    }
+    let response = ask(&mut wire, "librdkafka", "2.16.0");
+    assert_eq!(response.error_code, 0);
+    assert!(!response.api_keys.is_empty());
+    broker.stop();
+}

@@ -125,7 +125,16 @@ fn long_polls_then_close(kafka: &str, slots: usize, polls: usize) -> bool {
     let mut pollers: Vec<Wire> = (0..slots).map(|_| Wire::connect(&broker.address)).collect();
     create_topic(&mut pollers[0], "quiet");
     for poller in &mut pollers {
-        poller.call(3, &ApiVersionsRequest::default());
+        poller.call(
+            3,
+            &ApiVersionsRequest::default()
+                .with_client_software_name(kafka_protocol::protocol::StrBytes::from_static_str(
+                    "sluice-tests",
+                ))
+                .with_client_software_version(kafka_protocol::protocol::StrBytes::from_static_str(
+                    "1.0",
+                )),
+        );
         for _ in 0..polls {
             poller.send(12, &long_poll("quiet", i32::MAX));
         }

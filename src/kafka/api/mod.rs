@@ -64,7 +64,7 @@ pub fn check_partition_count(request: &Request<'_>, count: usize) -> Result<(), 
 /// Serve one request; `Ok(None)` means no response is sent (acks=0).
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Response>, RequestError> {
     match request.key {
-        ApiKey::ApiVersions => api_versions::handle(request).map(Some),
+        ApiKey::ApiVersions => api_versions::handle(request, body).map(Some),
         ApiKey::Metadata => metadata::handle(request, body).await.map(Some),
         ApiKey::Produce => produce::handle(request, body).await,
         ApiKey::InitProducerId => init_producer_id::handle(request, body).await.map(Some),
