@@ -47,21 +47,6 @@ fn is_valid_software_field(text: &str) -> bool {
             .all(|byte| byte.is_ascii_alphanumeric() || *byte == b'-' || *byte == b'.')
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn software_names_follow_kip_511() {
-        for valid in ["librdkafka", "2.16.0", "kafka-python", "a", "1.0.0-rc1"] {
-            assert!(is_valid_software_field(valid), "{valid}");
-        }
-        for invalid in ["", "RP Console", "-lead", "trail.", "a_b", "é"] {
-            assert!(!is_valid_software_field(invalid), "{invalid}");
-        }
-    }
-}
-
 /// The reply to an ApiVersions request of a version this broker does not
 /// speak: error UNSUPPORTED_VERSION in the v0 layout, which every client
 /// can read, listing the supported ranges (KIP-511).
@@ -92,4 +77,19 @@ fn body(error_code: i16) -> ApiVersionsResponse {
     ApiVersionsResponse::default()
         .with_error_code(error_code)
         .with_api_keys(api_keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn software_names_follow_kip_511() {
+        for valid in ["librdkafka", "2.16.0", "kafka-python", "a", "1.0.0-rc1"] {
+            assert!(is_valid_software_field(valid), "{valid}");
+        }
+        for invalid in ["", "RP Console", "-lead", "trail.", "a_b", "é"] {
+            assert!(!is_valid_software_field(invalid), "{invalid}");
+        }
+    }
 }
