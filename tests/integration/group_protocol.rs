@@ -395,6 +395,18 @@ fn groups_are_found_listed_described_and_deleted() {
             ]),
     );
     assert_eq!(left.members[0].error_code, 0);
+    // Issue 14: an emptied consumer group keeps its protocol type, as in
+    // Kafka (it was listed as "", which tools read as a simple group).
+    let listed = wire.call(4, &ListGroupsRequest::default());
+    let alpha = listed
+        .groups
+        .iter()
+        .find(|group| group.group_id.as_str() == "alpha")
+        .expect("alpha is listed");
+    assert_eq!(
+        (alpha.group_state.as_str(), alpha.protocol_type.as_str()),
+        ("Empty", "consumer")
+    );
     let deleted = wire.call(
         2,
         &DeleteGroupsRequest::default()

@@ -550,10 +550,11 @@ impl Group {
         true
     }
 
+    /// The last member left. The protocol type stays, as in Kafka: an empty
+    /// consumer group is still listed and described as `consumer`.
     fn become_empty(&mut self, now: Instant) {
         self.state = GroupState::Empty;
         self.protocol_name = None;
-        self.protocol_type = None;
         self.leader = None;
         self.empty_since = now;
     }
