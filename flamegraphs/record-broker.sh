@@ -6,6 +6,7 @@
 #   flamegraphs/record-broker.sh produce-acks-all
 #   flamegraphs/record-broker.sh consume           # fills the log first, then profiles the reads
 #   flamegraphs/record-broker.sh produce-small     # 10 x 100-byte records per batch: per-request costs
+#   flamegraphs/record-broker.sh produce-idempotent  # acks=all with producer ids (issue 13)
 #
 # Only the broker is profiled (perf record -p), not the load generator.
 # Needs perf (Debian: linux-perf) and inferno (`cargo install inferno`).
@@ -22,7 +23,8 @@ case $load in
   produce-acks-all) bench=(produce --acks all --duration "$seconds" --warmup 0) ;;
   consume) bench=(consume) ;;
   produce-small) bench=(produce --acks 1 --record-size 100 --batch-records 10 --duration "$seconds" --warmup 0) ;;
-  *) echo "unknown load $load: produce-acks1, produce-acks-all, consume or produce-small" >&2; exit 2 ;;
+  produce-idempotent) bench=(produce --acks all --idempotent --rounds 1 --duration "$seconds" --warmup 0) ;;
+  *) echo "unknown load $load: produce-acks1, produce-acks-all, consume, produce-small or produce-idempotent" >&2; exit 2 ;;
 esac
 cargo build --release --quiet
 sluice=target/release/sluice
@@ -50,3 +52,6 @@ echo "wrote $here/broker-$load.svg"
 # The share of broker samples in the metrics code (src/telemetry, the metrics crates).
 awk '{ n = $NF; total += n; if ($0 ~ /telemetry|metrics_exporter_prometheus|metrics_util|metrics::/) hit += n }
      END { if (total) printf "metrics code: %.2f%% of %.0f samples\n", 100 * hit / total, total }' "$data.folded"
+# The share in producer state (idempotent and transactional checks).
+awk '{ n = $NF; total += n; if ($0 ~ /producer_state/) hit += n }
+     END { if (total) printf "producer state: %.2f%% of %.0f samples\n", 100 * hit / total, total }' "$data.folded"
