@@ -336,6 +336,7 @@ pub fn with_request_type<V: WithRequestType>(key: ApiKey, visitor: V) -> Option<
         ApiKey::AddOffsetsToTxn => visitor.call::<AddOffsetsToTxnRequest>(),
         ApiKey::TxnOffsetCommit => visitor.call::<TxnOffsetCommitRequest>(),
         ApiKey::DescribeProducers => visitor.call::<DescribeProducersRequest>(),
+        ApiKey::DeleteRecords => visitor.call::<DeleteRecordsRequest>(),
         ApiKey::DescribeTransactions => visitor.call::<DescribeTransactionsRequest>(),
         ApiKey::ListTransactions => visitor.call::<ListTransactionsRequest>(),
         _ => return None,

@@ -319,6 +319,18 @@ pub fn sample_request(
                     ]),
             ])
             .encode(out, version),
+        ApiKey::DeleteRecords => DeleteRecordsRequest::default()
+            .with_topics(vec![
+                delete_records_request::DeleteRecordsTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(vec![
+                        delete_records_request::DeleteRecordsPartition::default()
+                            .with_partition_index(0)
+                            .with_offset(3),
+                    ]),
+            ])
+            .with_timeout_ms(1000)
+            .encode(out, version),
         ApiKey::DescribeProducers => DescribeProducersRequest::default()
             .with_topics(vec![
                 describe_producers_request::TopicRequest::default()

@@ -48,6 +48,11 @@ pub const SUPPORTED: &[Supported] = &[
         max: 3,
     },
     Supported {
+        key: ApiKey::DeleteRecords,
+        min: 0,
+        max: 2,
+    },
+    Supported {
         key: ApiKey::DescribeProducers,
         min: 0,
         max: 0,
@@ -216,6 +221,7 @@ mod tests {
             ApiKey::AddOffsetsToTxn => AddOffsetsToTxnRequest::VERSIONS,
             ApiKey::TxnOffsetCommit => TxnOffsetCommitRequest::VERSIONS,
             ApiKey::DescribeProducers => DescribeProducersRequest::VERSIONS,
+            ApiKey::DeleteRecords => DeleteRecordsRequest::VERSIONS,
             ApiKey::DescribeTransactions => DescribeTransactionsRequest::VERSIONS,
             ApiKey::ListTransactions => ListTransactionsRequest::VERSIONS,
             other => panic!("no codec listed for {other:?}"),

@@ -312,3 +312,71 @@ fn zstd_needs_produce_v7_and_fetch_v10() {
     );
     broker.stop();
 }
+
+/// Issue 14: DeleteRecords (API 21) was missing. It moves the log start:
+/// the low watermark answers it, ListOffsets earliest and Fetch follow, -1
+/// means the high watermark, and offsets past it, unknown partitions and
+/// internal topics get their codes. A clean restart keeps the move.
+#[test]
+fn delete_records_moves_the_log_start() {
+    use crate::kafka_bad_input::{batch, produce_code};
+    use kafka_protocol::messages::DeleteRecordsRequest;
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    crate::kafka_clients::create_topic(&broker.address, "trim", 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    for _ in 0..5 {
+        assert_eq!(produce_code(&mut wire, "trim", 0, batch(2, 10)), 0);
+    }
+    let delete = |wire: &mut Wire, topic: &str, partition: i32, offset: i64| {
+        let response = wire.call(
+            2,
+            &DeleteRecordsRequest::default()
+                .with_timeout_ms(5_000)
+                .with_topics(vec![
+                    DeleteRecordsTopic::default()
+                        .with_name(name(topic))
+                        .with_partitions(vec![
+                            DeleteRecordsPartition::default()
+                                .with_partition_index(partition)
+                                .with_offset(offset),
+                        ]),
+                ]),
+        );
+        let partition = &response.topics[0].partitions[0];
+        (partition.error_code, partition.low_watermark)
+    };
+    let out_of_range = kafka_protocol::ResponseError::OffsetOutOfRange.code();
+    assert_eq!(delete(&mut wire, "trim", 0, 4), (0, 4));
+    assert_eq!(delete(&mut wire, "trim", 0, 2), (0, 4), "never back");
+    assert_eq!(delete(&mut wire, "trim", 0, 11).0, out_of_range);
+    assert_eq!(
+        delete(&mut wire, "trim", 3, 1).0,
+        kafka_protocol::ResponseError::UnknownTopicOrPartition.code()
+    );
+    assert_eq!(
+        delete(&mut wire, "__consumer_offsets", 0, 0).0,
+        kafka_protocol::ResponseError::InvalidTopicException.code()
+    );
+    let fetched = wire.call(12, &fetch("trim", 0));
+    assert_eq!(fetched.responses[0].partitions[0].log_start_offset, 4);
+    assert_eq!(
+        fetched.responses[0].partitions[0].error_code, out_of_range,
+        "a fetch below the log start"
+    );
+    assert_eq!(
+        delete(&mut wire, "trim", 0, -1),
+        (0, 10),
+        "-1: up to the high watermark"
+    );
+    drop(wire);
+    broker.stop();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let fetched = wire.call(12, &fetch("trim", 0));
+    assert_eq!(fetched.responses[0].partitions[0].log_start_offset, 10);
+    broker.stop();
+}

@@ -8,6 +8,7 @@ pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
+pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
@@ -42,7 +43,7 @@ use super::request_error::RequestError;
 use super::response::Response;
 
 /// Most partitions one transaction request (AddPartitionsToTxn,
-/// TxnOffsetCommit, DescribeProducers) may name. Clients name the
+/// TxnOffsetCommit, DescribeProducers) or DeleteRecords may name. Clients name the
 /// partitions they just wrote to or consumed, a few thousand at most; a
 /// request naming more is closed with a log line rather than answered,
 /// since its answer costs the broker many times the request's size.
@@ -73,6 +74,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         ApiKey::AddOffsetsToTxn => add_offsets_to_txn::handle(request, body).await.map(Some),
         ApiKey::TxnOffsetCommit => txn_offset_commit::handle(request, body).await.map(Some),
         ApiKey::DescribeProducers => describe_producers::handle(request, body).await.map(Some),
+        ApiKey::DeleteRecords => delete_records::handle(request, body).await.map(Some),
         ApiKey::DescribeTransactions => {
             describe_transactions::handle(request, body).await.map(Some)
         }
