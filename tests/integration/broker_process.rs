@@ -212,6 +212,17 @@ impl BrokerProcess {
     }
 
     /// SIGTERM, then wait for a clean exit.
+    /// [`BrokerProcess::stop`], then the broker's whole log (its last lines
+    /// say why a shutdown was not clean).
+    pub fn stop_with_log(self) -> (ExitStatus, Vec<String>) {
+        let lines = Arc::clone(&self.lines);
+        let status = self.stop();
+        // The reader thread sees the pipe close right after the exit.
+        std::thread::sleep(Duration::from_millis(100));
+        let log = lines.lock().unwrap().clone();
+        (status, log)
+    }
+
     pub fn stop(mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();
         // SAFETY: kill takes a pid and a signal number; no memory is passed.
