@@ -69,7 +69,8 @@ per_item!(
     DescribeGroupsResponse => groups,
     DeleteGroupsResponse => results,
     FindCoordinatorResponse => [error_code] coordinators,
-    LeaveGroupResponse => [error_code] members
+    LeaveGroupResponse => [error_code] members,
+    DescribeTransactionsResponse => transaction_states
 );
 
 /// Visit the code of every partition nested in `topics`.
@@ -98,42 +99,19 @@ impl ErrorCodes for AddPartitionsToTxnResponse {
 
 impl ErrorCodes for TxnOffsetCommitResponse {
     fn error_codes(&self, each: &mut dyn FnMut(i16)) {
-        for topic in &self.topics {
-            topic
-                .partitions
-                .iter()
-                .for_each(|partition| each(partition.error_code));
-        }
-    }
-}
-
-impl ErrorCodes for DescribeTransactionsResponse {
-    fn error_codes(&self, each: &mut dyn FnMut(i16)) {
-        self.transaction_states
-            .iter()
-            .for_each(|state| each(state.error_code));
+        partition_codes!(each, &self.topics, partitions);
     }
 }
 
 impl ErrorCodes for DeleteRecordsResponse {
     fn error_codes(&self, each: &mut dyn FnMut(i16)) {
-        for topic in &self.topics {
-            topic
-                .partitions
-                .iter()
-                .for_each(|partition| each(partition.error_code));
-        }
+        partition_codes!(each, &self.topics, partitions);
     }
 }
 
 impl ErrorCodes for DescribeProducersResponse {
     fn error_codes(&self, each: &mut dyn FnMut(i16)) {
-        for topic in &self.topics {
-            topic
-                .partitions
-                .iter()
-                .for_each(|partition| each(partition.error_code));
-        }
+        partition_codes!(each, &self.topics, partitions);
     }
 }
 

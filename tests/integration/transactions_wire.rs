@@ -53,18 +53,47 @@ fn init_with_timeout(
     )
 }
 
-/// InitProducerId, retrying CONCURRENT_TRANSACTIONS as clients do.
-fn init_retrying(wire: &mut Wire, id: &str) -> (i64, i16) {
+/// `attempt` until it gives an answer, for at most 20 s (panics with
+/// `what` after that).
+fn retry<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (error, producer_id, epoch) = init(wire, 4, id, None);
-        if error == 0 {
-            return (producer_id, epoch);
+        if let Some(answer) = attempt() {
+            return answer;
         }
-        assert_eq!(error, ResponseError::ConcurrentTransactions.code());
-        assert!(Instant::now() < deadline, "InitProducerId never succeeded");
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether the exposition `body` has a sample of `metric` for `label`
+/// (`name="value"`) equal to `value`.
+fn has_sample(body: &str, metric: &str, label: &str, value: &str) -> bool {
+    body.lines().any(|line| {
+        line.starts_with(&format!("{metric}{{"))
+            && line.contains(label)
+            && line.ends_with(&format!(" {value}"))
+    })
+}
+
+/// InitProducerId, retrying CONCURRENT_TRANSACTIONS as clients do.
+fn init_retrying(wire: &mut Wire, id: &str) -> (i64, i16) {
+    retry("InitProducerId never succeeded", || {
+        let (error, producer_id, epoch) = init(wire, 4, id, None);
+        if error != 0 {
+            assert_eq!(error, ResponseError::ConcurrentTransactions.code());
+        }
+        (error == 0).then_some((producer_id, epoch))
+    })
+}
+
+/// `call`'s code once it is not CONCURRENT_TRANSACTIONS (the previous
+/// transaction's completion is still being written), as clients retry.
+fn past_concurrent(mut call: impl FnMut() -> i16) -> i16 {
+    retry("still CONCURRENT_TRANSACTIONS after 20 s", || {
+        let error = call();
+        (error != ResponseError::ConcurrentTransactions.code()).then_some(error)
+    })
 }
 
 fn add_partitions(
@@ -162,18 +191,10 @@ fn latest(wire: &mut Wire, partition: i32, isolation: i8) -> i64 {
 /// Wait until the last stable offset of `TOPIC`-`partition` reaches its
 /// high watermark (the markers are written after EndTxn is answered).
 fn wait_stable(wire: &mut Wire, partition: i32) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    retry("the LSO never reached the HW", || {
         let (committed, uncommitted) = (latest(wire, partition, 1), latest(wire, partition, 0));
-        if committed == uncommitted {
-            return committed;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "LSO {committed} never reached HW {uncommitted}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        (committed == uncommitted).then_some(committed)
+    })
 }
 
 /// Issue 13: librdkafka's transactional producer: a committed transaction
@@ -354,14 +375,7 @@ fn the_coordinator_answers_as_kafka_does() {
     );
     // Once the commit is complete (CONCURRENT_TRANSACTIONS until then), a
     // retried commit is answered NONE and an abort INVALID_TXN_STATE.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let retried = loop {
-        let error = end_txn(&mut wire, 3, id, producer, true);
-        if error != ResponseError::ConcurrentTransactions.code() || Instant::now() >= deadline {
-            break error;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let retried = past_concurrent(|| end_txn(&mut wire, 3, id, producer, true));
     assert_eq!(retried, 0, "a retried commit");
     assert_eq!(
         end_txn(&mut wire, 3, id, producer, false),
@@ -473,14 +487,7 @@ fn add_offsets(wire: &mut Wire, id: &str, (producer_id, epoch): (i64, i16), grou
         .with_producer_id(ProducerId(producer_id))
         .with_producer_epoch(epoch)
         .with_group_id(kafka_protocol::messages::GroupId(name(group)));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let error = wire.call(3, &request).error_code;
-        if error != ResponseError::ConcurrentTransactions.code() || Instant::now() >= deadline {
-            return error;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    past_concurrent(|| wire.call(3, &request).error_code)
 }
 
 fn txn_commit_offset(
@@ -532,16 +539,13 @@ fn fetch_offset(wire: &mut Wire, group: &str, require_stable: bool) -> (i16, i64
 /// Wait until the group's committed offset for `TOPIC`-0 is stable and
 /// return it.
 fn wait_offset_stable(wire: &mut Wire, group: &str) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    retry("the offsets never became stable", || {
         let (error, offset) = fetch_offset(wire, group, true);
-        if error == 0 {
-            return offset;
+        if error != 0 {
+            assert_eq!(error, ResponseError::UnstableOffsetCommit.code());
         }
-        assert_eq!(error, ResponseError::UnstableOffsetCommit.code());
-        assert!(Instant::now() < deadline, "the offsets never became stable");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        (error == 0).then_some(offset)
+    })
 }
 
 /// Issue 13, design 3.7: offsets committed in a transaction are invisible
@@ -722,25 +726,13 @@ fn an_operator_finds_and_aborts_an_open_transaction() {
     );
 
     // Operators see it in the metrics too.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let topic_label = format!("topic=\"{TOPIC}\"");
+    retry("no transaction metrics", || {
         let (_, body) = crate::metrics::get(&broker.metrics, "/metrics");
-        let lso_lag = body.lines().any(|line| {
-            line.starts_with("sluice_partition_lso_lag{")
-                && line.contains(&format!("topic=\"{TOPIC}\""))
-                && line.ends_with(" 1")
-        });
-        let ongoing = body.lines().any(|line| {
-            line.starts_with("sluice_transactions{")
-                && line.contains("state=\"Ongoing\"")
-                && line.ends_with(" 1")
-        });
-        if lso_lag && ongoing {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no transaction metrics: {body}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        (has_sample(&body, "sluice_partition_lso_lag", &topic_label, "1")
+            && has_sample(&body, "sluice_transactions", "state=\"Ongoing\"", "1"))
+        .then_some(())
+    });
     let (ok, out) = sluice_admin(
         &broker.address,
         &["transactions", "list", "--state", "Ongoing"],
@@ -788,23 +780,10 @@ fn an_operator_finds_and_aborts_an_open_transaction() {
     );
     // The lag gauge comes back to 0 (found by the new-user trial: it kept
     // its last value).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    retry("the LSO lag never returned to 0", || {
         let (_, body) = crate::metrics::get(&broker.metrics, "/metrics");
-        let settled = body.lines().any(|line| {
-            line.starts_with("sluice_partition_lso_lag{")
-                && line.contains(&format!("topic=\"{TOPIC}\""))
-                && line.ends_with(" 0")
-        });
-        if settled {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the LSO lag never returned to 0: {body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        has_sample(&body, "sluice_partition_lso_lag", &topic_label, "0").then_some(())
+    });
     drop(wire);
     broker.stop();
 }
