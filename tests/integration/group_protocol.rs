@@ -302,6 +302,65 @@ fn a_static_member_that_restarts_fences_its_old_incarnation() {
     );
 }
 
+/// librdkafka test 0102 (issue 14): a static member that was the group's
+/// leader restarts into a stable group. Kafka rebalances for neither a
+/// leader nor a follower: from JoinGroup v9 the new incarnation is told it
+/// leads with `skip_assignment` (KIP-814); before v9 the answer names the
+/// old leader id so the client does not run an assignment.
+#[test]
+fn a_restarted_static_leader_keeps_the_generation_and_its_assignment() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path());
+    let mut first = Wire::connect(&broker.address);
+    let joined = first.call(5, &join_request("static-leader", "", Some("host-1")));
+    assert_eq!(joined.error_code, 0);
+    let first_id = joined.member_id.to_string();
+    assert_eq!(joined.leader.to_string(), first_id);
+    let generation = joined.generation_id;
+    let synced = sync(
+        &mut first,
+        "static-leader",
+        generation,
+        &first_id,
+        &[&first_id],
+    );
+    assert_eq!(synced.error_code, 0);
+
+    // Restart with JoinGroup v9: leader, skip the assignor, same generation.
+    let mut second = Wire::connect(&broker.address);
+    let rejoined = second.call(9, &join_request("static-leader", "", Some("host-1")));
+    assert_eq!(rejoined.error_code, 0);
+    let second_id = rejoined.member_id.to_string();
+    assert_ne!(second_id, first_id);
+    assert_eq!(rejoined.generation_id, generation, "no rebalance");
+    assert!(rejoined.skip_assignment);
+    assert_eq!(rejoined.leader.to_string(), second_id);
+    assert_eq!(rejoined.members.len(), 1);
+    // Its SyncGroup (without assignments) gets the assignment it had.
+    let kept = sync(&mut second, "static-leader", generation, &second_id, &[]);
+    assert_eq!(kept.error_code, 0);
+    assert_eq!(kept.assignment, Bytes::from(format!("for {first_id}")));
+
+    // Restart with JoinGroup v5: the answer names the previous leader id.
+    let mut third = Wire::connect(&broker.address);
+    let rejoined = third.call(5, &join_request("static-leader", "", Some("host-1")));
+    assert_eq!(rejoined.error_code, 0);
+    assert_eq!(rejoined.generation_id, generation, "no rebalance");
+    assert_eq!(rejoined.leader.to_string(), second_id);
+    assert!(rejoined.members.is_empty());
+    assert_eq!(
+        heartbeat(
+            &mut third,
+            "static-leader",
+            generation,
+            &rejoined.member_id,
+            Some("host-1")
+        ),
+        0,
+        "the group stays stable"
+    );
+}
+
 #[test]
 fn groups_are_found_listed_described_and_deleted() {
     let dir = tempfile::tempdir().unwrap();

@@ -64,6 +64,9 @@ pub struct JoinRequest {
     pub protocols: Vec<(String, Bytes)>,
     /// JoinGroup v4+: a new dynamic member first gets MEMBER_ID_REQUIRED.
     pub requires_known_member_id: bool,
+    /// JoinGroup v9+ (KIP-814): a static leader that rejoins a stable group
+    /// can be told it leads without running the assignor.
+    pub supports_skip_assignment: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -76,6 +79,9 @@ pub struct JoinResult {
     pub member_id: String,
     /// Only for the leader: (member id, instance id, metadata for the chosen protocol).
     pub members: Vec<(String, Option<String>, Bytes)>,
+    /// KIP-814: the leader keeps the current assignment and must not run
+    /// the assignor (a static leader rejoining a stable group).
+    pub skip_assignment: bool,
 }
 
 impl JoinResult {
@@ -341,7 +347,12 @@ impl Group {
     }
 
     /// A static member came back with a new member id: the old id is fenced.
-    /// A follower in a stable group keeps its assignment without a rebalance.
+    /// In a stable group whose selected protocol the member's protocols do
+    /// not change, nobody rebalances, the leader included (Kafka's static
+    /// membership, KIP-345): from JoinGroup v9 the leader is told it leads
+    /// with `skip_assignment` (KIP-814); before v9 the answer names the old
+    /// leader id, so the client does not think it leads and run a trivial
+    /// assignment that a stable group would never hand out.
     fn replace_static_member(
         &mut self,
         old_id: &str,
@@ -350,9 +361,9 @@ impl Group {
         now: Instant,
     ) -> Reply<JoinResult> {
         let new_id = new_member_id(&request.client_id, request.instance_id.as_deref());
-        let was_leader = self.leader.as_deref() == Some(old_id);
+        let old_leader = self.leader.clone().unwrap_or_default();
+        let was_leader = old_leader == old_id;
         let member = self.member_mut(old_id).expect("static member exists");
-        let same_protocols = member.protocols == request.protocols;
         if let Some(waiter) = member.join_waiter.take() {
             let _ = waiter.send(JoinResult::error(ResponseError::FencedInstanceId, old_id));
         }
@@ -365,14 +376,26 @@ impl Group {
         member.session_timeout = request.session_timeout;
         member.rebalance_timeout = request.rebalance_timeout;
         member.last_seen = now;
+        member.protocols = request.protocols;
         if was_leader {
             self.leader = Some(new_id.clone());
         }
-        if self.state == GroupState::Stable && same_protocols && !was_leader {
-            return Reply::Now(self.current_join_result(&new_id, false));
+        if self.state == GroupState::Stable
+            && self.protocol_name.as_deref() == Some(self.select_protocol().as_str())
+        {
+            let mut result = self.current_join_result(&new_id, was_leader);
+            if !was_leader {
+                return Reply::Now(result);
+            }
+            if request.supports_skip_assignment {
+                result.skip_assignment = true;
+            } else {
+                result.leader = old_leader;
+                result.members.clear();
+            }
+            return Reply::Now(result);
         }
         let member = self.member_mut(&new_id).expect("just renamed");
-        member.protocols = request.protocols;
         let (sender, receiver) = oneshot::channel();
         member.join_waiter = Some(sender);
         self.prepare_rebalance(limits, now);
@@ -616,6 +639,7 @@ impl Group {
             leader: self.leader.clone().unwrap_or_default(),
             member_id: member_id.to_owned(),
             members,
+            skip_assignment: false,
         }
     }
 
@@ -892,6 +916,7 @@ mod tests {
                 .map(|name| ((*name).to_owned(), Bytes::new()))
                 .collect(),
             requires_known_member_id: false,
+            supports_skip_assignment: true,
         }
     }
 

@@ -49,6 +49,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             .map(|protocol| (protocol.name.to_string(), protocol.metadata.clone()))
             .collect(),
         requires_known_member_id: request.version >= 4,
+        supports_skip_assignment: request.version >= 9,
     };
     let group = group_id.clone();
     let result = on_coordinator(
@@ -69,6 +70,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         .with_protocol_name(result.protocol_name.as_deref().map(str_bytes))
         .with_leader(str_bytes(&result.leader))
         .with_member_id(str_bytes(&result.member_id))
+        .with_skip_assignment(result.skip_assignment)
         .with_members(
             result
                 .members
