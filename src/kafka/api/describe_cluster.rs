@@ -5,7 +5,8 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 
-use super::{AUTHORIZED_OPERATIONS_UNKNOWN, decode, str_bytes};
+use super::authorized_operations::{AclResource, authorized_operations};
+use super::{decode, str_bytes};
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
@@ -21,7 +22,10 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
     let mut response = DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(&broker.metadata.snapshot().cluster_id))
         .with_controller_id(node)
-        .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_UNKNOWN);
+        .with_cluster_authorized_operations(authorized_operations(
+            describe.include_cluster_authorized_operations,
+            AclResource::Cluster,
+        ));
     if request.version >= 1 {
         response = response.with_endpoint_type(describe.endpoint_type);
     }

@@ -5,7 +5,8 @@ use bytes::Bytes;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 
-use super::{AUTHORIZED_OPERATIONS_UNKNOWN, decode, str_bytes};
+use super::authorized_operations::{AclResource, authorized_operations};
+use super::{decode, str_bytes};
 use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
@@ -23,12 +24,14 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             move |coordinator| async move { coordinator.describe(&group) },
         )
         .await;
-        let entry = DescribedGroup::default()
-            .with_group_id(group_id.clone())
-            .with_authorized_operations(AUTHORIZED_OPERATIONS_UNKNOWN);
+        let entry = DescribedGroup::default().with_group_id(group_id.clone());
         described.push(match result {
             Err(code) => entry.with_error_code(code),
             Ok(description) => entry
+                .with_authorized_operations(authorized_operations(
+                    describe.include_authorized_operations,
+                    AclResource::Group,
+                ))
                 .with_group_state(str_bytes(&description.state))
                 .with_protocol_type(str_bytes(&description.protocol_type))
                 .with_protocol_data(str_bytes(&description.protocol_name))

@@ -10,6 +10,7 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 
+use super::authorized_operations::{AclResource, authorized_operations};
 use super::{AUTHORIZED_OPERATIONS_UNKNOWN, decode, str_bytes};
 use crate::broker::metadata::TopicMeta;
 use crate::kafka::dispatch::Request;
@@ -55,6 +56,20 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             topics
         }
     };
+    let topic_operations = authorized_operations(
+        metadata.include_topic_authorized_operations,
+        AclResource::Topic,
+    );
+    let topics = topics
+        .into_iter()
+        .map(|topic: MetadataResponseTopic| {
+            if topic.error_code == 0 {
+                topic.with_topic_authorized_operations(topic_operations)
+            } else {
+                topic
+            }
+        })
+        .collect();
     let (host, port) = &broker.advertised;
     let response = MetadataResponse::default()
         .with_brokers(vec![
@@ -66,7 +81,10 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         .with_cluster_id(Some(str_bytes(&broker.metadata.snapshot().cluster_id)))
         .with_controller_id(node)
         .with_topics(topics)
-        .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_UNKNOWN);
+        .with_cluster_authorized_operations(authorized_operations(
+            metadata.include_cluster_authorized_operations,
+            AclResource::Cluster,
+        ));
     request.respond(&response)
 }
 

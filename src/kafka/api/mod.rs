@@ -5,6 +5,7 @@
 pub mod add_offsets_to_txn;
 pub mod add_partitions_to_txn;
 pub mod api_versions;
+pub mod authorized_operations;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
@@ -125,12 +126,11 @@ pub fn decode_body<M: Decodable>(
     })
 }
 
+pub use authorized_operations::AUTHORIZED_OPERATIONS_UNKNOWN;
+
 pub fn str_bytes(text: &str) -> StrBytes {
     StrBytes::from_string(text.to_owned())
 }
-
-/// Kafka's "authorized operations not requested/known" value.
-pub const AUTHORIZED_OPERATIONS_UNKNOWN: i32 = i32::MIN;
 
 /// Items gathered under their topic, keeping request order (consecutive
 /// items of one topic share an entry), for responses nested by topic.
