@@ -85,10 +85,8 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
 /// (v10+) outside a by-id request, or an id before v12, makes the whole
 /// request invalid.
 fn wanted_topics(version: i16, topics: &[MetadataRequestTopic]) -> Result<Vec<Wanted>, ()> {
-    let by_id = version >= TOPIC_IDS_FROM_VERSION
-        && topics
-            .iter()
-            .any(|topic| !topic.topic_id.is_nil());
+    let by_id =
+        version >= TOPIC_IDS_FROM_VERSION && topics.iter().any(|topic| !topic.topic_id.is_nil());
     if by_id {
         return Ok(topics
             .iter()

@@ -13,7 +13,9 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod describe_log_dirs;
 pub mod describe_producers;
+pub mod describe_topic_partitions;
 pub mod describe_transactions;
 pub mod end_txn;
 pub mod fetch;
@@ -89,6 +91,10 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
             .await
             .map(Some),
         ApiKey::DescribeCluster => describe_cluster::handle(request, body).map(Some),
+        ApiKey::DescribeTopicPartitions => describe_topic_partitions::handle(request, body)
+            .await
+            .map(Some),
+        ApiKey::DescribeLogDirs => describe_log_dirs::handle(request, body).await.map(Some),
         ApiKey::FindCoordinator => find_coordinator::handle(request, body).map(Some),
         ApiKey::JoinGroup => join_group::handle(request, body).await.map(Some),
         ApiKey::SyncGroup => sync_group::handle(request, body).await.map(Some),
@@ -131,6 +137,13 @@ pub fn str_bytes(text: &str) -> StrBytes {
 
 /// Kafka's "authorized operations not requested/known" value.
 pub const AUTHORIZED_OPERATIONS_UNKNOWN: i32 = i32::MIN;
+
+/// Every operation a topic supports (Kafka's `AclEntry.supportedOperations`
+/// for TOPIC: READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7, DESCRIBE 8,
+/// DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11) as a bit field: what Kafka
+/// without an authorizer reports as a topic's authorized operations.
+pub const TOPIC_AUTHORIZED_OPERATIONS_ALL: i32 =
+    1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8 | 1 << 10 | 1 << 11;
 
 /// Items gathered under their topic, keeping request order (consecutive
 /// items of one topic share an entry), for responses nested by topic.
