@@ -1,10 +1,11 @@
 //! The Kafka 4 admin APIs and versions of issue 14: DescribeTopicPartitions
 //! (API 75) paging, DescribeLogDirs (API 35) sizes and filesystem totals,
-//! and ListOffsets 8–10's special timestamps, through raw requests
-//! (`wire.rs`) and kafka-python 3's admin client.
+//! ListOffsets 8–10's special timestamps, and Produce 12's implicit add to
+//! a transaction, through raw requests (`wire.rs`) and kafka-python 3's
+//! admin client.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::delete_records_request::{
@@ -15,12 +16,15 @@ use kafka_protocol::messages::describe_log_dirs_response::DescribeLogDirsResult;
 use kafka_protocol::messages::describe_topic_partitions_request::{Cursor, TopicRequest};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     DeleteRecordsRequest, DescribeLogDirsRequest, DescribeTopicPartitionsRequest,
-    DescribeTopicPartitionsResponse, ListOffsetsRequest, TopicName,
+    DescribeTopicPartitionsResponse, EndTxnRequest, InitProducerIdRequest, ListOffsetsRequest,
+    ProduceRequest, ProducerId, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 use serde_json::Value;
+use sluice::record_batch::{BatchBuilder, RecordSpec};
 
 use crate::broker_process::BrokerProcess;
 use crate::kafka_bad_input::{batch, produce_code};
@@ -367,4 +371,123 @@ fn kafka_python_admin_uses_topic_ids_paging_and_log_dirs() {
     assert_eq!(report["by_id"], "py4-b", "{report}");
     assert_eq!(report["deleted_code"], 0, "{report}");
     assert_eq!(report["after_delete"], false, "{report}");
+}
+
+/// A transactional Produce of one record to `txn4`-`partition` at
+/// `version`, without AddPartitionsToTxn first; returns its error code.
+fn produce_transactional(
+    wire: &mut Wire,
+    version: i16,
+    (producer_id, epoch): (i64, i16),
+    partition: i32,
+    sequence: i32,
+) -> i16 {
+    let mut builder = BatchBuilder::new(1_700_000_000_000);
+    builder
+        .producer(producer_id, epoch, sequence)
+        .transactional();
+    builder.push(RecordSpec {
+        value: Some(b"added by the broker"),
+        ..RecordSpec::default()
+    });
+    let request = ProduceRequest::default()
+        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str(TXN_ID))))
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(name("txn4"))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(builder.build().into())),
+                ]),
+        ]);
+    let response = wire.call(version, &request);
+    response.responses[0].partition_responses[0].error_code
+}
+
+const TXN_ID: &str = "implicit-add";
+
+/// The latest offset of `txn4`-`partition` for read_committed (1) or
+/// read_uncommitted (0) consumers.
+fn latest(wire: &mut Wire, partition: i32, isolation: i8) -> i64 {
+    let request = ListOffsetsRequest::default()
+        .with_replica_id((-1).into())
+        .with_isolation_level(isolation)
+        .with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(name("txn4"))
+                .with_partitions(vec![
+                    ListOffsetsPartition::default()
+                        .with_partition_index(partition)
+                        .with_timestamp(-1),
+                ]),
+        ]);
+    let mut response = wire.call(10, &request);
+    response.topics.remove(0).partitions.remove(0).offset
+}
+
+/// `call` until it answers something other than CONCURRENT_TRANSACTIONS
+/// (a previous step still being written), for at most 20 s.
+fn past_concurrent(mut call: impl FnMut() -> i16) -> i16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let code = call();
+        if code != ResponseError::ConcurrentTransactions.code() || Instant::now() > deadline {
+            return code;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue 14: from Produce v12 (KIP-890 part 2) a transactional batch adds
+/// its partition to the producer's transaction itself: v11 without
+/// AddPartitionsToTxn gets INVALID_TXN_STATE, v12 is stored, and the commit
+/// then writes its marker on both partitions v12 wrote to, so
+/// read_committed consumers read them.
+#[test]
+fn produce_v12_adds_its_partition_to_the_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    create(&mut wire, "txn4", 2);
+    let init = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str(TXN_ID))))
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let producer = {
+        let response = wire.call(4, &init);
+        assert_eq!(response.error_code, 0);
+        (response.producer_id.0, response.producer_epoch)
+    };
+    assert_eq!(
+        produce_transactional(&mut wire, 11, producer, 0, 0),
+        ResponseError::InvalidTxnState.code(),
+        "v11 only checks that the partition is in the transaction"
+    );
+    assert_eq!(produce_transactional(&mut wire, 12, producer, 0, 0), 0);
+    assert_eq!(produce_transactional(&mut wire, 12, producer, 1, 0), 0);
+    let end = EndTxnRequest::default()
+        .with_transactional_id(TransactionalId(StrBytes::from_static_str(TXN_ID)))
+        .with_producer_id(ProducerId(producer.0))
+        .with_producer_epoch(producer.1)
+        .with_committed(true);
+    assert_eq!(past_concurrent(|| wire.call(3, &end).error_code), 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for partition in [0, 1] {
+        // The record and the commit marker, both stable.
+        while latest(&mut wire, partition, 1) != 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            (
+                latest(&mut wire, partition, 1),
+                latest(&mut wire, partition, 0)
+            ),
+            (2, 2),
+            "partition {partition} was in the committed transaction"
+        );
+    }
 }
