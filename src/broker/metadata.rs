@@ -468,6 +468,80 @@ mod tests {
     }
 
     #[test]
+    fn generated_ids_are_random_v4_uuids_kafka_would_draw() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let id = TopicId::generate();
+            assert!(!id.is_reserved());
+            assert_eq!(id.to_uuid().get_version_num(), 4);
+            let printed = id.to_string();
+            assert_eq!(printed.len(), 22);
+            assert!(!printed.starts_with('-'), "{printed}");
+            assert!(seen.insert(id), "ids do not repeat");
+        }
+    }
+
+    #[test]
+    fn ids_print_as_kafka_prints_them() {
+        assert_eq!(TopicId::ZERO.to_string(), "AAAAAAAAAAAAAAAAAAAAAA");
+        assert_eq!(TopicId::ONE.to_string(), "AAAAAAAAAAAAAAAAAAAAAQ");
+        assert_eq!(TopicId([0xff; 16]).to_string(), "_____________________w");
+    }
+
+    #[test]
+    fn a_stored_id_that_is_reserved_or_taken_twice_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = format_id(TopicId::generate());
+        for ids in [
+            [id.clone(), id.clone()],
+            [id.clone(), format_id(TopicId::ZERO)],
+        ] {
+            let text = format!(
+                "version = 1\ncluster_id = \"c\"\n\n[[topics]]\nname = \"a\"\nid = \"{}\"\npartitions = 1\n\n[[topics]]\nname = \"b\"\nid = \"{}\"\npartitions = 1\n",
+                ids[0], ids[1]
+            );
+            std::fs::write(dir.path().join(METADATA_FILE), text).unwrap();
+            let defaults = TopicConfig::defaults(&Config::default());
+            let limits = TopicLimits {
+                message_max_bytes: 1 << 20,
+            };
+            let opened = MetadataStore::open(dir.path(), defaults, limits);
+            assert!(
+                matches!(opened, Err(MetadataError::Corrupt { .. })),
+                "{ids:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_topic_created_again_gets_a_new_id_and_the_old_one_resolves_to_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let metadata = store(dir.path());
+        let add = |metadata: &MetadataStore| {
+            let topic = metadata.new_topic("again", 1, BTreeMap::new()).unwrap();
+            metadata
+                .update(|cluster| Ok::<_, ()>(cluster.insert_new_topic(topic)))
+                .unwrap()
+                .unwrap()
+                .id
+        };
+        let first = add(&metadata);
+        assert_eq!(
+            metadata.snapshot().topic_by_id(first).unwrap().name,
+            "again"
+        );
+        metadata
+            .update(|cluster| Ok::<_, ()>(cluster.topics.remove("again")))
+            .unwrap()
+            .unwrap();
+        let second = add(&metadata);
+        assert_ne!(first, second);
+        let snapshot = metadata.snapshot();
+        assert!(snapshot.topic_by_id(first).is_none());
+        assert_eq!(snapshot.topic_by_id(second).unwrap().name, "again");
+    }
+
+    #[test]
     fn a_refused_change_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let metadata = store(dir.path());
