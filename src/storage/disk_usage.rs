@@ -27,6 +27,9 @@ pub struct FilesystemSpace {
     pub usable_bytes: u64,
 }
 
+// `statvfs`'s block counts and sizes are `u64` on 64-bit Linux but narrower
+// elsewhere; the conversions keep this portable.
+#[allow(clippy::useless_conversion)]
 pub fn space(path: &Path) -> io::Result<FilesystemSpace> {
     let stats = statvfs(path)?;
     let block_bytes = u64::from(stats.f_frsize);

@@ -57,6 +57,11 @@ pub struct Page {
     pub next: Option<PageStart>,
 }
 
+/// A cursor Kafka refuses: its topic is not among those asked for, or its
+/// partition is negative (the request gets INVALID_REQUEST).
+#[derive(Debug, PartialEq, Eq)]
+pub struct CursorRefused;
+
 /// A topic in a page: its partitions in the page, or why it has none.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PageTopic {
@@ -78,7 +83,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     let cluster = request.broker.metadata.snapshot();
     let page = match page(&cluster, &asked, start, describe.response_partition_limit) {
         Ok(page) => page,
-        Err(()) => return request.respond(&invalid_request(&asked)),
+        Err(CursorRefused) => return request.respond(&invalid_request(&asked)),
     };
     let node = BrokerId(request.broker.config.kafka.node_id);
     let topics = page
@@ -106,14 +111,13 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     )
 }
 
-/// The page `start` and `limit` select among `asked` (empty: every topic);
-/// `Err` for a cursor Kafka refuses.
+/// The page `start` and `limit` select among `asked` (empty: every topic).
 pub fn page(
     cluster: &ClusterMetadata,
     asked: &[String],
     start: Option<PageStart>,
     limit: i32,
-) -> Result<Page, ()> {
+) -> Result<Page, CursorRefused> {
     let every_topic = asked.is_empty();
     let first_topic = start.as_ref().map_or("", |start| start.topic.as_str());
     let mut names: Vec<&str> = if every_topic {
@@ -127,7 +131,7 @@ pub fn page(
     if let Some(start) = &start {
         let cursor_asked = every_topic || names.contains(&start.topic.as_str());
         if !cursor_asked || start.partition < 0 {
-            return Err(());
+            return Err(CursorRefused);
         }
     }
     let mut remaining = i64::from(limit.clamp(1, PARTITIONS_PER_RESPONSE_MAX));
