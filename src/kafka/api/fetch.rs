@@ -122,6 +122,9 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         let data = pin!(wait_for_data(request.shard, &seen, deadline));
         let _ = select(data, pin!(request.hangup.wait())).await;
     }
+    if version >= TOPIC_IDS_FROM_FETCH_VERSION {
+        drop_recreated_topics(request, &mut topics);
+    }
     apply_max_bytes(&mut topics, max_bytes);
     count_sent(&topics);
     Ok(fetch_response::encode(
@@ -381,6 +384,34 @@ async fn wait_on_owner(context: &ShardContext, partitions: &[Wanted], deadline: 
         let progress = context.store.wait_for_progress();
         if compio::time::timeout_at(deadline, progress).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Owners read partitions by topic name: a topic deleted and created again
+/// under its name while the request ran may have been read in place of the
+/// one its id named. Checked once every read is done (a re-creation after
+/// this cannot have been read), such a topic's partitions are answered
+/// UNKNOWN_TOPIC_ID with no data, as if the id had been stale from the start.
+fn drop_recreated_topics(request: &Request<'_>, topics: &mut [FetchedTopic]) {
+    let cluster = request.broker.metadata.snapshot();
+    for topic in topics {
+        let still_named = cluster
+            .topic_by_id(topic.id)
+            .is_some_and(|meta| meta.name == topic.name);
+        if still_named || topic.name.is_empty() {
+            continue;
+        }
+        for partition in &mut topic.partitions {
+            *partition = empty_partition(
+                partition.index,
+                ResponseError::UnknownTopicId.code(),
+                if partition.aborted_transactions.is_some() {
+                    Isolation::ReadCommitted
+                } else {
+                    Isolation::ReadUncommitted
+                },
+            );
         }
     }
 }
