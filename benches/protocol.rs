@@ -325,6 +325,7 @@ fn responses(criterion: &mut Criterion) {
         };
         let topics = vec![FetchedTopic {
             name: "bench".into(),
+            id: sluice::broker::metadata::TopicId([7; 16]),
             partitions: (0..partitions)
                 .map(|index| FetchedPartition {
                     index,

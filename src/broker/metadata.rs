@@ -1,6 +1,13 @@
 //! Cluster metadata: topics, their partition counts, ids and config
 //! overrides, and the cluster id.
 //!
+//! Every topic has a [`TopicId`] (Kafka's topic UUID, KIP-516), drawn at
+//! random when the topic is created and kept with it, so a topic deleted and
+//! created again under the same name has a new id and requests naming the
+//! old one get UNKNOWN_TOPIC_ID. Ids are unique among live topics; the
+//! snapshot indexes them for requests that name topics by id (Fetch 13+,
+//! Produce 13, Metadata 12+, DeleteTopics 6).
+//!
 //! Small and read on every request, so every shard reads an immutable
 //! snapshot (`Arc<ClusterMetadata>`) and one writer at a time replaces it.
 //! Each change is persisted durably first, in `<data_dir>/metadata.toml`
@@ -22,9 +29,51 @@ use crate::storage::durable_file::write_atomic;
 pub const METADATA_FILE: &str = "metadata.toml";
 const METADATA_VERSION: u32 = 1;
 
-/// A topic's 16-byte id (Kafka's topic UUID).
+/// A topic's 16-byte id (Kafka's topic UUID, KIP-516).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicId(pub [u8; 16]);
+
+impl TopicId {
+    /// Kafka's "no topic id" (`Uuid.ZERO_UUID`): what a request sends where
+    /// it names a topic by name.
+    pub const ZERO: TopicId = TopicId([0; 16]);
+    /// Kafka's `Uuid.ONE_UUID`, reserved for its metadata topic.
+    pub const ONE: TopicId = TopicId([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+
+    /// A fresh random id, as Kafka's `Uuid.randomUuid` draws them: a
+    /// version-4 UUID, never one of the reserved ids, and never one whose
+    /// printed form starts with `-` (command-line tools would read it as a
+    /// flag).
+    pub fn generate() -> TopicId {
+        loop {
+            let id = TopicId(random_bytes());
+            if !id.is_reserved() && !id.to_string().starts_with('-') {
+                return id;
+            }
+        }
+    }
+
+    /// Whether Kafka reserves this id (zero and one), so no topic has it.
+    pub fn is_reserved(self) -> bool {
+        self == TopicId::ZERO || self == TopicId::ONE
+    }
+
+    pub fn from_uuid(uuid: uuid::Uuid) -> TopicId {
+        TopicId(*uuid.as_bytes())
+    }
+
+    pub fn to_uuid(self) -> uuid::Uuid {
+        uuid::Uuid::from_bytes(self.0)
+    }
+}
+
+/// Kafka's printed form of a UUID (`Uuid.toString`): URL-safe base64, no
+/// padding, as `kafka-topics --describe` shows topic ids.
+impl std::fmt::Display for TopicId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&base64_url(&self.0))
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicMeta {
@@ -41,6 +90,9 @@ pub struct TopicMeta {
 pub struct ClusterMetadata {
     pub cluster_id: String,
     pub topics: BTreeMap<String, Arc<TopicMeta>>,
+    /// Topic names by id, rebuilt from `topics` before each snapshot is
+    /// published ([`MetadataStore::update`]).
+    ids: BTreeMap<TopicId, String>,
 }
 
 #[derive(Debug, Error)]
@@ -122,6 +174,7 @@ impl MetadataStore {
                 let fresh = ClusterMetadata {
                     cluster_id: new_cluster_id(),
                     topics: BTreeMap::new(),
+                    ids: BTreeMap::new(),
                 };
                 persist(&path, &fresh)?;
                 fresh
@@ -154,9 +207,10 @@ impl MetadataStore {
         self.limits
     }
 
-    /// Apply `change` to a copy of the metadata, persist it, then publish it.
-    /// Changes are serialised; `change` may refuse (its error is returned
-    /// and nothing is written). Blocking I/O: topic changes are rare.
+    /// Apply `change` to a copy of the metadata, persist it, then publish it
+    /// (with its id index rebuilt). Changes are serialised; `change` may
+    /// refuse (its error is returned and nothing is written). Blocking I/O:
+    /// topic changes are rare.
     pub fn update<T, E>(
         &self,
         change: impl FnOnce(&mut ClusterMetadata) -> Result<T, E>,
@@ -170,6 +224,7 @@ impl MetadataStore {
             Ok(outcome) => outcome,
             Err(refused) => return Ok(Err(refused)),
         };
+        next.reindex();
         persist(&self.path, &next)?;
         *self
             .current
@@ -178,7 +233,8 @@ impl MetadataStore {
         Ok(Ok(outcome))
     }
 
-    /// A new topic's metadata with its effective configuration.
+    /// A new topic's metadata with its effective configuration and a fresh
+    /// id (see [`ClusterMetadata::insert_new_topic`] for its uniqueness).
     pub fn new_topic(
         &self,
         name: &str,
@@ -188,7 +244,7 @@ impl MetadataStore {
         let config = TopicConfig::with_overrides(&self.defaults, &overrides, self.limits)?;
         Ok(TopicMeta {
             name: name.to_owned(),
-            id: TopicId(random_bytes()),
+            id: TopicId::generate(),
             partitions,
             overrides,
             config,
@@ -201,8 +257,35 @@ impl ClusterMetadata {
         self.topics.get(name)
     }
 
+    /// The live topic with id `id`; `None` for a deleted topic's id, an id
+    /// never issued, or a reserved one.
     pub fn topic_by_id(&self, id: TopicId) -> Option<&Arc<TopicMeta>> {
-        self.topics.values().find(|topic| topic.id == id)
+        let name = self.ids.get(&id)?;
+        self.topics.get(name)
+    }
+
+    /// Add a new topic, drawing it another id should its id be taken (a
+    /// 122-bit random collision): ids stay unique. Returns what was added.
+    pub fn insert_new_topic(&mut self, mut topic: TopicMeta) -> Arc<TopicMeta> {
+        while topic.id.is_reserved() || self.topics.values().any(|other| other.id == topic.id) {
+            topic.id = TopicId::generate();
+        }
+        let topic = Arc::new(topic);
+        self.topics.insert(topic.name.clone(), Arc::clone(&topic));
+        topic
+    }
+
+    fn reindex(&mut self) {
+        self.ids = self
+            .topics
+            .values()
+            .map(|topic| (topic.id, topic.name.clone()))
+            .collect();
+        assert_eq!(
+            self.ids.len(),
+            self.topics.len(),
+            "topic ids are unique among live topics"
+        );
     }
 }
 
@@ -228,9 +311,17 @@ fn decode(
         )));
     }
     let mut topics = BTreeMap::new();
+    let mut seen_ids = BTreeMap::new();
     for topic in persisted.topics {
         let id = parse_id(&topic.id)
+            .filter(|id| !id.is_reserved())
             .ok_or_else(|| corrupt(format!("topic {} has a bad id", topic.name)))?;
+        if let Some(other) = seen_ids.insert(id, topic.name.clone()) {
+            return Err(corrupt(format!(
+                "topics {other} and {} have the same id",
+                topic.name
+            )));
+        }
         let config = TopicConfig::with_overrides(defaults, &topic.configs, limits).unwrap_or_else(|issue| {
             tracing::warn!(topic = %topic.name, %issue, "stored topic config no longer valid; using broker defaults for the topic");
             defaults.clone()
@@ -244,10 +335,13 @@ fn decode(
         };
         topics.insert(topic.name, Arc::new(meta));
     }
-    Ok(ClusterMetadata {
+    let mut metadata = ClusterMetadata {
         cluster_id: persisted.cluster_id,
         topics,
-    })
+        ids: BTreeMap::new(),
+    };
+    metadata.reindex();
+    Ok(metadata)
 }
 
 fn persist(path: &Path, metadata: &ClusterMetadata) -> Result<(), MetadataError> {
@@ -310,12 +404,17 @@ pub fn random_bytes() -> [u8; 16] {
 
 /// A cluster id as Kafka prints them: a UUID in URL-safe base64, no padding.
 fn new_cluster_id() -> String {
+    base64_url(&random_bytes())
+}
+
+/// 16 bytes in URL-safe base64 without padding (22 characters), Kafka's
+/// `Uuid.toString`.
+fn base64_url(bytes: &[u8; 16]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes = random_bytes();
     let mut bits = 0u32;
     let mut width = 0;
     let mut out = String::new();
-    for byte in bytes {
+    for &byte in bytes {
         bits = (bits << 8) | u32::from(byte);
         width += 8;
         while width >= 6 {
@@ -366,6 +465,80 @@ mod tests {
         assert_eq!(before, after);
         assert_eq!(after.topic("orders").unwrap().config.retention_ms, 1000);
         assert_eq!(after.cluster_id.len(), 22);
+    }
+
+    #[test]
+    fn generated_ids_are_random_v4_uuids_kafka_would_draw() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let id = TopicId::generate();
+            assert!(!id.is_reserved());
+            assert_eq!(id.to_uuid().get_version_num(), 4);
+            let printed = id.to_string();
+            assert_eq!(printed.len(), 22);
+            assert!(!printed.starts_with('-'), "{printed}");
+            assert!(seen.insert(id), "ids do not repeat");
+        }
+    }
+
+    #[test]
+    fn ids_print_as_kafka_prints_them() {
+        assert_eq!(TopicId::ZERO.to_string(), "AAAAAAAAAAAAAAAAAAAAAA");
+        assert_eq!(TopicId::ONE.to_string(), "AAAAAAAAAAAAAAAAAAAAAQ");
+        assert_eq!(TopicId([0xff; 16]).to_string(), "_____________________w");
+    }
+
+    #[test]
+    fn a_stored_id_that_is_reserved_or_taken_twice_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = format_id(TopicId::generate());
+        for ids in [
+            [id.clone(), id.clone()],
+            [id.clone(), format_id(TopicId::ZERO)],
+        ] {
+            let text = format!(
+                "version = 1\ncluster_id = \"c\"\n\n[[topics]]\nname = \"a\"\nid = \"{}\"\npartitions = 1\n\n[[topics]]\nname = \"b\"\nid = \"{}\"\npartitions = 1\n",
+                ids[0], ids[1]
+            );
+            std::fs::write(dir.path().join(METADATA_FILE), text).unwrap();
+            let defaults = TopicConfig::defaults(&Config::default());
+            let limits = TopicLimits {
+                message_max_bytes: 1 << 20,
+            };
+            let opened = MetadataStore::open(dir.path(), defaults, limits);
+            assert!(
+                matches!(opened, Err(MetadataError::Corrupt { .. })),
+                "{ids:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_topic_created_again_gets_a_new_id_and_the_old_one_resolves_to_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let metadata = store(dir.path());
+        let add = |metadata: &MetadataStore| {
+            let topic = metadata.new_topic("again", 1, BTreeMap::new()).unwrap();
+            metadata
+                .update(|cluster| Ok::<_, ()>(cluster.insert_new_topic(topic)))
+                .unwrap()
+                .unwrap()
+                .id
+        };
+        let first = add(&metadata);
+        assert_eq!(
+            metadata.snapshot().topic_by_id(first).unwrap().name,
+            "again"
+        );
+        metadata
+            .update(|cluster| Ok::<_, ()>(cluster.topics.remove("again")))
+            .unwrap()
+            .unwrap();
+        let second = add(&metadata);
+        assert_ne!(first, second);
+        let snapshot = metadata.snapshot();
+        assert!(snapshot.topic_by_id(first).is_none());
+        assert_eq!(snapshot.topic_by_id(second).unwrap().name, "again");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::shard::{ShardContext, ShardGone, Shards};
 use crate::storage::PartitionError;
 use crate::storage::partition::validate_topic_name;
-use metadata::{MetadataError, MetadataStore, TopicMeta};
+use metadata::{MetadataError, MetadataStore, TopicId, TopicMeta};
 use topic_config::{ConfigIssue, TopicConfig, TopicLimits};
 
 /// Shared by every shard (Send + Sync): configuration, metadata, and how
@@ -40,6 +40,22 @@ pub struct Broker {
     pub advertised: (String, u16),
 }
 
+/// How a request names a topic: by name, or by id (KIP-516).
+#[derive(Clone, Copy, Debug)]
+pub enum TopicRef<'a> {
+    Name(&'a str),
+    Id(TopicId),
+}
+
+impl TopicRef<'_> {
+    fn matches(self, topic: &TopicMeta) -> bool {
+        match self {
+            TopicRef::Name(name) => topic.name == name,
+            TopicRef::Id(id) => topic.id == id,
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum TopicError {
     #[error("invalid topic name {name:?}: {reason}")]
@@ -50,6 +66,8 @@ pub enum TopicError {
     AlreadyExists(String),
     #[error("topic {0} does not exist")]
     Unknown(String),
+    #[error("no topic has id {0}")]
+    UnknownId(TopicId),
     #[error("{0}")]
     InvalidPartitions(String),
     #[error("{0}")]
@@ -115,25 +133,23 @@ impl Broker {
             reason,
         })?;
         self.check_partition_count(partitions)?;
-        let topic = Arc::new(
-            self.metadata
-                .new_topic(name, partitions, overrides)
-                .map_err(TopicError::InvalidConfig)?,
-        );
+        let topic = self
+            .metadata
+            .new_topic(name, partitions, overrides)
+            .map_err(TopicError::InvalidConfig)?;
         if validate_only {
             if self.metadata.snapshot().topic(name).is_some() {
                 return Err(TopicError::AlreadyExists(name.to_owned()));
             }
-            return Ok(topic);
+            return Ok(Arc::new(topic));
         }
-        self.metadata.update(|cluster| {
+        let topic = self.metadata.update(|cluster| {
             if cluster.topics.contains_key(name) {
                 return Err(TopicError::AlreadyExists(name.to_owned()));
             }
-            cluster.topics.insert(name.to_owned(), Arc::clone(&topic));
-            Ok(())
+            Ok(cluster.insert_new_topic(topic))
         })??;
-        tracing::info!(topic = name, partitions, "created topic");
+        tracing::info!(topic = name, partitions, id = %topic.id, "created topic");
         self.create_partitions_on_owners(shards, &topic, 0..partitions)
             .await?;
         Ok(topic)
@@ -164,16 +180,42 @@ impl Broker {
         }
     }
 
-    pub async fn delete_topic(&self, shards: &Shards, name: &str) -> Result<(), TopicError> {
+    /// Delete the topic `target` names and its partitions; returns what was
+    /// deleted (its id included).
+    pub async fn delete_topic(
+        &self,
+        shards: &Shards,
+        target: TopicRef<'_>,
+    ) -> Result<Arc<TopicMeta>, TopicError> {
+        let name = match target {
+            TopicRef::Name(name) => name.to_owned(),
+            TopicRef::Id(id) => self
+                .metadata
+                .snapshot()
+                .topic_by_id(id)
+                .map(|topic| topic.name.clone())
+                .ok_or(TopicError::UnknownId(id))?,
+        };
+        let name = name.as_str();
         refuse_internal(name)?;
         let removed = self.metadata.update(|cluster| {
-            cluster
-                .topics
-                .remove(name)
-                .ok_or_else(|| TopicError::Unknown(name.to_owned()))
+            let unknown = match target {
+                TopicRef::Name(_) => TopicError::Unknown(name.to_owned()),
+                TopicRef::Id(id) => TopicError::UnknownId(id),
+            };
+            // By id, the name must still be that topic's: one deleted and
+            // created again in between is not the topic asked for.
+            let wanted = cluster
+                .topic(name)
+                .is_some_and(|topic| target.matches(topic));
+            if !wanted {
+                return Err(unknown);
+            }
+            cluster.topics.remove(name).ok_or(unknown)
         })??;
         tracing::info!(
             topic = name,
+            id = %removed.id,
             partitions = removed.partitions,
             "deleted topic"
         );
@@ -205,7 +247,7 @@ impl Broker {
                 );
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// Grow `name` to `total` partitions.
@@ -420,7 +462,7 @@ fn ensure_internal_topic(
             source,
         })?;
     metadata.update(|cluster| {
-        cluster.topics.insert(name.to_owned(), Arc::new(topic));
+        cluster.insert_new_topic(topic);
         Ok::<(), MetadataError>(())
     })??;
     tracing::info!(partitions, "created {name}");

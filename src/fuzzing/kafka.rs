@@ -319,6 +319,8 @@ pub fn with_request_type<V: WithRequestType>(key: ApiKey, visitor: V) -> Option<
         ApiKey::DescribeConfigs => visitor.call::<DescribeConfigsRequest>(),
         ApiKey::IncrementalAlterConfigs => visitor.call::<IncrementalAlterConfigsRequest>(),
         ApiKey::DescribeCluster => visitor.call::<DescribeClusterRequest>(),
+        ApiKey::DescribeTopicPartitions => visitor.call::<DescribeTopicPartitionsRequest>(),
+        ApiKey::DescribeLogDirs => visitor.call::<DescribeLogDirsRequest>(),
         ApiKey::FindCoordinator => visitor.call::<FindCoordinatorRequest>(),
         ApiKey::JoinGroup => visitor.call::<JoinGroupRequest>(),
         ApiKey::SyncGroup => visitor.call::<SyncGroupRequest>(),

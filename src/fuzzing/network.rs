@@ -294,6 +294,11 @@ impl HealthCheck {
     }
 }
 
+/// The Produce and Fetch versions of the health check: the newest that name
+/// topics by name (v13 of each names them by id).
+const HEALTH_PRODUCE_VERSION: i16 = 12;
+const HEALTH_FETCH_VERSION: i16 = 12;
+
 fn produce_and_read_back(client: &mut KafkaClient, value: &[u8]) -> Result<(), String> {
     let topic = || TopicName(StrBytes::from_static_str(HEALTH_TOPIC));
     let mut builder = BatchBuilder::new(crate::storage::segment::now_ms() as i64);
@@ -314,7 +319,9 @@ fn produce_and_read_back(client: &mut KafkaClient, value: &[u8]) -> Result<(), S
                         .with_records(Some(Bytes::from(builder.build()))),
                 ]),
         ]);
-    let response = client.call(&produce).map_err(|error| error.to_string())?;
+    let response = client
+        .call_at(&produce, HEALTH_PRODUCE_VERSION)
+        .map_err(|error| error.to_string())?;
     let partition = response
         .responses
         .first()
@@ -340,7 +347,9 @@ fn produce_and_read_back(client: &mut KafkaClient, value: &[u8]) -> Result<(), S
                         .with_partition_max_bytes(1 << 20),
                 ]),
         ]);
-    let response = client.call(&fetch).map_err(|error| error.to_string())?;
+    let response = client
+        .call_at(&fetch, HEALTH_FETCH_VERSION)
+        .map_err(|error| error.to_string())?;
     let partition = response
         .responses
         .first()

@@ -12,6 +12,10 @@ use kafka_protocol::messages::create_topics_request::{
 };
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
+use kafka_protocol::messages::describe_topic_partitions_request::{
+    Cursor as TopicPartitionsCursor, TopicRequest,
+};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
@@ -33,6 +37,9 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
+
+/// The topic id of the samples that name topics by id.
+const SAMPLE_TOPIC_ID: uuid::Uuid = uuid::Uuid::from_bytes([7; 16]);
 
 fn name(text: &'static str) -> StrBytes {
     StrBytes::from_static_str(text)
@@ -60,28 +67,40 @@ pub fn sample_request(
             .with_acks(-1)
             .with_timeout_ms(1000)
             .with_topic_data(vec![
-                TopicProduceData::default()
-                    .with_name(topic("t"))
-                    .with_partition_data(vec![
-                        PartitionProduceData::default()
-                            .with_index(0)
-                            .with_records(Some(records)),
-                    ]),
+                if version >= 13 {
+                    TopicProduceData::default().with_topic_id(SAMPLE_TOPIC_ID)
+                } else {
+                    TopicProduceData::default().with_name(topic("t"))
+                }
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(records)),
+                ]),
             ])
             .encode(out, version),
         ApiKey::Fetch => FetchRequest::default()
             .with_max_wait_ms(100)
             .with_topics(vec![
-                FetchTopic::default()
-                    .with_topic(topic("t"))
-                    .with_partitions(vec![
-                        FetchPartition::default()
-                            .with_partition(0)
-                            .with_fetch_offset(5)
-                            .with_partition_max_bytes(1024),
-                    ]),
+                if version >= 13 {
+                    FetchTopic::default().with_topic_id(SAMPLE_TOPIC_ID)
+                } else {
+                    FetchTopic::default().with_topic(topic("t"))
+                }
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(5)
+                        .with_partition_max_bytes(1024),
+                ]),
             ])
-            .with_forgotten_topics_data(if version >= 7 {
+            .with_forgotten_topics_data(if version >= 13 {
+                vec![
+                    ForgottenTopic::default()
+                        .with_topic_id(SAMPLE_TOPIC_ID)
+                        .with_partitions(vec![1]),
+                ]
+            } else if version >= 7 {
                 vec![
                     ForgottenTopic::default()
                         .with_topic(topic("f"))
@@ -177,6 +196,22 @@ pub fn sample_request(
             ])
             .encode(out, version),
         ApiKey::DescribeCluster => DescribeClusterRequest::default().encode(out, version),
+        ApiKey::DescribeTopicPartitions => DescribeTopicPartitionsRequest::default()
+            .with_topics(vec![TopicRequest::default().with_name(topic("t"))])
+            .with_response_partition_limit(10)
+            .with_cursor(Some(
+                TopicPartitionsCursor::default()
+                    .with_topic_name(topic("t"))
+                    .with_partition_index(1),
+            ))
+            .encode(out, version),
+        ApiKey::DescribeLogDirs => DescribeLogDirsRequest::default()
+            .with_topics(Some(vec![
+                DescribableLogDirTopic::default()
+                    .with_topic(topic("t"))
+                    .with_partitions(vec![0]),
+            ]))
+            .encode(out, version),
         ApiKey::FindCoordinator => FindCoordinatorRequest::default()
             .with_key(if version < 4 { name("g") } else { name("") })
             .with_coordinator_keys(if version >= 4 {

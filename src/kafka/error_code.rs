@@ -95,6 +95,7 @@ pub fn for_topic(error: &TopicError) -> i16 {
         }
         TopicError::AlreadyExists(_) => ResponseError::TopicAlreadyExists.code(),
         TopicError::Unknown(_) => ResponseError::UnknownTopicOrPartition.code(),
+        TopicError::UnknownId(_) => ResponseError::UnknownTopicId.code(),
         TopicError::InvalidPartitions(_) => ResponseError::InvalidPartitions.code(),
         TopicError::InvalidConfig(_) => ResponseError::InvalidConfig.code(),
         TopicError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor.code(),

@@ -1,14 +1,18 @@
 //! FetchResponse framing by hand, so record batches go to the socket as file
 //! spans instead of being copied into an encoded message.
 //!
-//! Layout for the versions Sluice serves (4..=12); v12 is "flexible": compact
-//! strings, arrays and bytes (unsigned varint length + 1), a tagged-field
-//! section at the end of every structure, and response header v1.
+//! Layout for the versions Sluice serves (4..=18); v12+ are "flexible":
+//! compact strings, arrays and bytes (unsigned varint length + 1), a
+//! tagged-field section at the end of every structure, and response header
+//! v1. From v13 a topic is named by its 16-byte id instead of its name.
+//! Sluice sends none of the tagged fields (diverging epoch, current leader,
+//! snapshot id, v16's node endpoints): they answer followers and leader
+//! changes.
 //!
 //! ```text
 //! throttle_time_ms i32
 //! [v7+] error_code i16, session_id i32
-//! responses: [topic: string,
+//! responses: [topic: string (v4-12) | topic_id: uuid (v13+),
 //!             partitions: [partition_index i32, error_code i16,
 //!                          high_watermark i64, last_stable_offset i64,
 //!                          [v5+] log_start_offset i64,
@@ -23,9 +27,12 @@
 use bytes::{BufMut, BytesMut};
 
 use super::response::Response;
+use crate::broker::metadata::TopicId;
 use crate::storage::{ReadBatch, ReadPart};
 
 pub const FLEXIBLE_FROM_VERSION: i16 = 12;
+/// The first version that names topics by id (KIP-516).
+const TOPIC_IDS_FROM_VERSION: i16 = 13;
 
 pub struct FetchedPartition {
     pub index: i32,
@@ -41,7 +48,11 @@ pub struct FetchedPartition {
 }
 
 pub struct FetchedTopic {
+    /// The topic's name (empty for an unknown id): what v4-12 send, and
+    /// what the per-topic metrics count under.
     pub name: String,
+    /// The topic's id as the request named it: what v13+ send.
+    pub id: TopicId,
     pub partitions: Vec<FetchedPartition>,
 }
 
@@ -125,7 +136,11 @@ pub fn encode(
     }
     writer.length(topics.len());
     for topic in topics {
-        writer.string(&topic.name);
+        if version >= TOPIC_IDS_FROM_VERSION {
+            writer.head.put_slice(&topic.id.0);
+        } else {
+            writer.string(&topic.name);
+        }
         writer.length(topic.partitions.len());
         for partition in &topic.partitions {
             encode_partition(&mut writer, version, partition);
@@ -217,12 +232,13 @@ mod tests {
 
     #[test]
     fn hand_framing_decodes_with_kafka_protocol_for_every_served_version() {
-        for version in 4..=12 {
+        for version in 4..=18 {
             let (first, first_bytes) = memory_batch(b"one");
             let (second, second_bytes) = memory_batch(b"two");
             let topics = vec![
                 FetchedTopic {
                     name: "alpha".to_owned(),
+                    id: TopicId([7; 16]),
                     partitions: vec![
                         FetchedPartition {
                             index: 0,
@@ -246,6 +262,7 @@ mod tests {
                 },
                 FetchedTopic {
                     name: "beta".to_owned(),
+                    id: TopicId([9; 16]),
                     partitions: Vec::new(),
                 },
             ];
@@ -263,7 +280,12 @@ mod tests {
             assert!(!wire.has_remaining(), "v{version}: trailing bytes");
             assert_eq!(decoded.responses.len(), 2, "v{version}");
             let alpha = &decoded.responses[0];
-            assert_eq!(alpha.topic.0.as_str(), "alpha");
+            if version >= TOPIC_IDS_FROM_VERSION {
+                assert_eq!(alpha.topic_id.as_bytes(), &[7; 16], "v{version}");
+                assert_eq!(decoded.responses[1].topic_id.as_bytes(), &[9; 16]);
+            } else {
+                assert_eq!(alpha.topic.0.as_str(), "alpha");
+            }
             let partition = &alpha.partitions[0];
             assert_eq!(
                 (partition.partition_index, partition.high_watermark),

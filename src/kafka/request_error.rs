@@ -113,7 +113,7 @@ mod tests {
         };
         assert_eq!(
             error.to_string(),
-            "Produce v1 is not supported (supported: 3..=9)"
+            "Produce v1 is not supported (supported: 3..=13)"
         );
     }
 }

@@ -10,12 +10,12 @@ use kafka_protocol::messages::{
     AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, ApiVersionsResponse,
     CreatePartitionsResponse, CreateTopicsResponse, DeleteGroupsResponse, DeleteRecordsResponse,
     DeleteTopicsResponse, DescribeClusterResponse, DescribeConfigsResponse, DescribeGroupsResponse,
-    DescribeProducersResponse, DescribeTransactionsResponse, EndTxnResponse,
-    FindCoordinatorResponse, HeartbeatResponse, IncrementalAlterConfigsResponse,
-    InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse,
-    ListOffsetsResponse, ListTransactionsResponse, MetadataResponse, OffsetCommitResponse,
-    OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse, SyncGroupResponse,
-    TxnOffsetCommitResponse,
+    DescribeLogDirsResponse, DescribeProducersResponse, DescribeTopicPartitionsResponse,
+    DescribeTransactionsResponse, EndTxnResponse, FindCoordinatorResponse, HeartbeatResponse,
+    IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse,
+    ListGroupsResponse, ListOffsetsResponse, ListTransactionsResponse, MetadataResponse,
+    OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse,
+    SyncGroupResponse, TxnOffsetCommitResponse,
 };
 
 /// Visit every error code in a response (zeros included; the caller skips them).
@@ -70,7 +70,8 @@ per_item!(
     DeleteGroupsResponse => results,
     FindCoordinatorResponse => [error_code] coordinators,
     LeaveGroupResponse => [error_code] members,
-    DescribeTransactionsResponse => transaction_states
+    DescribeTransactionsResponse => transaction_states,
+    DescribeLogDirsResponse => [error_code] results
 );
 
 /// Visit the code of every partition nested in `topics`.
@@ -143,6 +144,13 @@ impl ErrorCodes for OffsetDeleteResponse {
 impl ErrorCodes for MetadataResponse {
     fn error_codes(&self, each: &mut dyn FnMut(i16)) {
         each(self.error_code);
+        self.topics.iter().for_each(|topic| each(topic.error_code));
+        partition_codes!(each, &self.topics, partitions);
+    }
+}
+
+impl ErrorCodes for DescribeTopicPartitionsResponse {
+    fn error_codes(&self, each: &mut dyn FnMut(i16)) {
         self.topics.iter().for_each(|topic| each(topic.error_code));
         partition_codes!(each, &self.topics, partitions);
     }

@@ -1,10 +1,11 @@
 //! The APIs and versions Sluice implements: exactly what ApiVersions
 //! advertises, and what the dispatcher accepts.
 //!
-//! Ranges stop before versions that require topic ids in place of names
-//! (Fetch 13+, Produce 13), KIP-890's transaction versions (InitProducerId
-//! 5, AddPartitionsToTxn 4+, EndTxn 4+) or features Sluice does not have, so
-//! every advertised version is fully served. librdkafka 2.0.2 (Debian) and
+//! Ranges stop before KIP-890's transaction versions (InitProducerId 5,
+//! AddPartitionsToTxn 4+, EndTxn 4+) and features Sluice does not have, so
+//! every advertised version is fully served; they reach the Kafka 4.1
+//! versions of Fetch (18), Produce (13), ListOffsets (10), Metadata (13) and
+//! DeleteTopics (6), topic ids included. librdkafka 2.0.2 (Debian) and
 //! current clients negotiate within these ranges.
 
 use kafka_protocol::messages::ApiKey;
@@ -20,7 +21,7 @@ pub const SUPPORTED: &[Supported] = &[
     Supported {
         key: ApiKey::Produce,
         min: 3,
-        max: 9,
+        max: 13,
     },
     Supported {
         key: ApiKey::InitProducerId,
@@ -70,17 +71,17 @@ pub const SUPPORTED: &[Supported] = &[
     Supported {
         key: ApiKey::Fetch,
         min: 4,
-        max: 12,
+        max: 18,
     },
     Supported {
         key: ApiKey::ListOffsets,
         min: 1,
-        max: 7,
+        max: 10,
     },
     Supported {
         key: ApiKey::Metadata,
         min: 0,
-        max: 12,
+        max: 13,
     },
     Supported {
         key: ApiKey::ApiVersions,
@@ -95,7 +96,7 @@ pub const SUPPORTED: &[Supported] = &[
     Supported {
         key: ApiKey::DeleteTopics,
         min: 1,
-        max: 5,
+        max: 6,
     },
     Supported {
         key: ApiKey::CreatePartitions,
@@ -111,6 +112,16 @@ pub const SUPPORTED: &[Supported] = &[
         key: ApiKey::IncrementalAlterConfigs,
         min: 0,
         max: 1,
+    },
+    Supported {
+        key: ApiKey::DescribeTopicPartitions,
+        min: 0,
+        max: 0,
+    },
+    Supported {
+        key: ApiKey::DescribeLogDirs,
+        min: 1,
+        max: 4,
     },
     Supported {
         key: ApiKey::DescribeCluster,
@@ -204,6 +215,8 @@ mod tests {
             ApiKey::DescribeConfigs => DescribeConfigsRequest::VERSIONS,
             ApiKey::IncrementalAlterConfigs => IncrementalAlterConfigsRequest::VERSIONS,
             ApiKey::DescribeCluster => DescribeClusterRequest::VERSIONS,
+            ApiKey::DescribeTopicPartitions => DescribeTopicPartitionsRequest::VERSIONS,
+            ApiKey::DescribeLogDirs => DescribeLogDirsRequest::VERSIONS,
             ApiKey::FindCoordinator => FindCoordinatorRequest::VERSIONS,
             ApiKey::JoinGroup => JoinGroupRequest::VERSIONS,
             ApiKey::SyncGroup => SyncGroupRequest::VERSIONS,

@@ -149,6 +149,14 @@ impl PartitionMeta {
     }
 }
 
+/// One slice of [`Partition::stored_bytes_step`]: the bytes counted, and
+/// the queue index to continue from (`None`: done).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredBytesStep {
+    pub bytes: u64,
+    pub next: Option<u64>,
+}
+
 pub struct Partition {
     pub meta: PartitionMeta,
     pub config: PartitionConfig,
@@ -249,6 +257,38 @@ impl Partition {
         self.queue.drop_files_before(self.log_start_offset)?;
         self.producers.prune_aborted(self.log_start_offset);
         Ok(())
+    }
+
+    /// Count the bytes of this partition's readable batches (from the one
+    /// holding the log start up to the high watermark, as the consume queue
+    /// indexes them), at most `entries_max` queue entries from queue index
+    /// `from` (`None`: the log start's batch). A caller sums the steps,
+    /// continuing from `next`, so a long queue is counted in slices.
+    pub fn stored_bytes_step(
+        &self,
+        from: Option<u64>,
+        entries_max: u64,
+    ) -> Result<StoredBytesStep, QueueError> {
+        // The log start may have moved since the last slice: its batch is
+        // where counting resumes at the earliest.
+        let first = self.queue.search_offset(self.log_start_offset)?;
+        let start = from.map_or(first, |from| from.max(first));
+        let end = self
+            .queue
+            .tail_index()
+            .min(start.saturating_add(entries_max));
+        let mut bytes = 0u64;
+        for index in start..end {
+            let Some(entry) = self.queue.get(index)? else {
+                return Ok(StoredBytesStep { bytes, next: None });
+            };
+            if entry.base_offset >= self.high_watermark {
+                return Ok(StoredBytesStep { bytes, next: None });
+            }
+            bytes += u64::from(entry.batch_len);
+        }
+        let next = (end < self.queue.tail_index()).then_some(end);
+        Ok(StoredBytesStep { bytes, next })
     }
 
     /// The last stable offset (KIP-98): below it every transaction is

@@ -19,18 +19,21 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::checkpointer::{CheckpointWriter, ProducerSnapshots};
 use super::commit_log::{CommitLog, LogOptions, LogStats};
+use super::consume_queue::QueueError;
 use super::disk_usage::{DiskUsageProbe, statvfs_probe};
 use super::durable_file::write_atomic;
 use super::frame::FRAME_HEADER_BYTES;
 use super::layout::ShardLayout;
-use super::partition::{META_FILE, Partition, PartitionConfig, PartitionMeta, validate_topic_name};
+use super::partition::{
+    META_FILE, Partition, PartitionConfig, PartitionMeta, StoredBytesStep, validate_topic_name,
+};
 use super::producer_state::AbortedTxn;
 use super::recovery::{RecoveryOptions, RecoveryReport, recover};
 use super::retention::{self, DiskPressure};
@@ -547,6 +550,24 @@ impl ShardStore {
             .values()
             .flat_map(|partition| partition.producers.entries().map(|(id, _)| id))
             .max()
+    }
+
+    /// One slice of the count of partition `id`'s stored bytes (see
+    /// [`Partition::stored_bytes_step`]); `None` for an unknown partition.
+    pub fn stored_bytes_step(
+        &self,
+        id: PartitionId,
+        from: Option<u64>,
+        entries_max: u64,
+    ) -> Option<Result<StoredBytesStep, QueueError>> {
+        let state = self.state.borrow();
+        let partition = state.partitions.get(&id)?;
+        Some(partition.stored_bytes_step(from, entries_max))
+    }
+
+    /// This shard's directory (`<data_dir>/shard-<n>`).
+    pub fn root_dir(&self) -> &Path {
+        self.layout.root()
     }
 
     pub fn offsets(&self, id: PartitionId) -> Option<PartitionOffsets> {

@@ -15,6 +15,13 @@
 //!   stops reading data once `max_bytes` is used up (the rest are answered
 //!   with their watermarks), so what a Fetch costs is bounded by
 //!   `max_bytes` however many partitions it lists, or how often.
+//! * From v13 topics are named by id (KIP-516): a partition of an id no
+//!   live topic has (a topic deleted, or deleted and created again) gets
+//!   UNKNOWN_TOPIC_ID, and the response names topics by id. The fields
+//!   later versions add are a follower's (v15 replica state, v17 directory
+//!   id, v18 high watermark) or describe leader changes (v16 node
+//!   endpoints, sent with NOT_LEADER_OR_FOLLOWER, which a single broker
+//!   that leads every partition never answers), so v14–18 read as v13.
 //! * Fetch sessions (KIP-227) are declined: a full fetch gets session id 0,
 //!   which clients understand as "no session". An incremental fetch on a
 //!   session id gets FETCH_SESSION_ID_NOT_FOUND.
@@ -38,6 +45,7 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{ApiKey, FetchRequest};
 
 use super::decode;
+use crate::broker::metadata::TopicId;
 use crate::ids::{Offset, ShardId};
 use crate::kafka::api::produce::ZSTD_CODEC;
 use crate::kafka::dispatch::Request;
@@ -50,6 +58,8 @@ use crate::storage::Isolation;
 
 /// The first Fetch version that may receive zstd batches (KIP-110).
 const ZSTD_FROM_FETCH_VERSION: i16 = 10;
+/// The first Fetch version that names topics by id (KIP-516).
+pub const TOPIC_IDS_FROM_FETCH_VERSION: i16 = 13;
 use crate::telemetry;
 
 const ISOLATION_READ_COMMITTED: i8 = 1;
@@ -112,6 +122,9 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         let data = pin!(wait_for_data(request.shard, &seen, deadline));
         let _ = select(data, pin!(request.hangup.wait())).await;
     }
+    if version >= TOPIC_IDS_FROM_FETCH_VERSION {
+        drop_recreated_topics(request, &mut topics);
+    }
     apply_max_bytes(&mut topics, max_bytes);
     count_sent(&topics);
     Ok(fetch_response::encode(
@@ -165,20 +178,32 @@ fn plan(
     read_committed: bool,
 ) -> (Vec<FetchedTopic>, Vec<Wanted>) {
     let cluster = request.broker.metadata.snapshot();
+    let by_id = request.version >= TOPIC_IDS_FROM_FETCH_VERSION;
     let mut topics = Vec::with_capacity(fetch.topics.len());
     let mut wanted = Vec::new();
     for (topic_slot, topic) in fetch.topics.iter().enumerate() {
-        let name = topic.topic.0.to_string();
-        let meta = cluster.topic(&name);
+        let id = TopicId::from_uuid(topic.topic_id);
+        let meta = if by_id {
+            cluster.topic_by_id(id)
+        } else {
+            cluster.topic(topic.topic.0.as_str())
+        };
+        let name = match (by_id, meta) {
+            (false, _) => topic.topic.0.to_string(),
+            (true, Some(meta)) => meta.name.clone(),
+            (true, None) => String::new(),
+        };
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for (partition_slot, partition) in topic.partitions.iter().enumerate() {
             let exists = meta.is_some_and(|meta| {
                 u32::try_from(partition.partition).is_ok_and(|index| index < meta.partitions)
             });
-            let code = if exists {
-                error_code::NONE
-            } else {
-                ResponseError::UnknownTopicOrPartition.code()
+            let code = match (exists, meta) {
+                (true, _) => error_code::NONE,
+                // Fetch 13+ (KIP-516): an id no live topic has, such as one
+                // of a topic deleted and created again.
+                (false, None) if by_id => ResponseError::UnknownTopicId.code(),
+                (false, _) => ResponseError::UnknownTopicOrPartition.code(),
             };
             let isolation = if read_committed {
                 Isolation::ReadCommitted
@@ -198,7 +223,11 @@ fn plan(
                 });
             }
         }
-        topics.push(FetchedTopic { name, partitions });
+        topics.push(FetchedTopic {
+            name,
+            id,
+            partitions,
+        });
     }
     (topics, wanted)
 }
@@ -355,6 +384,34 @@ async fn wait_on_owner(context: &ShardContext, partitions: &[Wanted], deadline: 
         let progress = context.store.wait_for_progress();
         if compio::time::timeout_at(deadline, progress).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Owners read partitions by topic name: a topic deleted and created again
+/// under its name while the request ran may have been read in place of the
+/// one its id named. Checked once every read is done (a re-creation after
+/// this cannot have been read), such a topic's partitions are answered
+/// UNKNOWN_TOPIC_ID with no data, as if the id had been stale from the start.
+fn drop_recreated_topics(request: &Request<'_>, topics: &mut [FetchedTopic]) {
+    let cluster = request.broker.metadata.snapshot();
+    for topic in topics {
+        let still_named = cluster
+            .topic_by_id(topic.id)
+            .is_some_and(|meta| meta.name == topic.name);
+        if still_named || topic.name.is_empty() {
+            continue;
+        }
+        for partition in &mut topic.partitions {
+            *partition = empty_partition(
+                partition.index,
+                ResponseError::UnknownTopicId.code(),
+                if partition.aborted_transactions.is_some() {
+                    Isolation::ReadCommitted
+                } else {
+                    Isolation::ReadUncommitted
+                },
+            );
         }
     }
 }

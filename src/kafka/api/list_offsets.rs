@@ -1,5 +1,13 @@
 //! ListOffsets: earliest (-2), latest (-1), the record with the largest
-//! timestamp (-3, v7+), or the first record at or after a timestamp.
+//! timestamp (-3, v7+, KIP-734), the earliest local offset (-4, v8+,
+//! KIP-405), the latest tiered offset (-5, v9+, KIP-1005), or the first
+//! record at or after a timestamp. Sluice has no tiered storage, so as in a
+//! Kafka broker without it the local log is the whole log: earliest local
+//! is the log start offset, and latest tiered is offset -1 with leader
+//! epoch -1 (nothing is tiered). v10's `timeout_ms` bounds remote reads,
+//! which there are none of. A special timestamp the request's version does
+//! not define, or any other negative one, gets UNSUPPORTED_VERSION, as
+//! Kafka's `ReplicaManager.fetchOffset` answers.
 //!
 //! Timestamp lookups binary-search the consume queue's running maximum for
 //! the batch, then walk that batch's records (decompressing through a fixed
@@ -39,9 +47,30 @@ use crate::record_batch::{self, BatchError, BatchHeader};
 use crate::shard::ShardContext;
 use crate::storage::{ReadError, ShardStore, read_batch_bytes};
 
-const EARLIEST: i64 = -2;
 const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
+
+/// The first version that may ask for each special timestamp, as Kafka's
+/// `ReplicaManager.timestampMinSupportedVersion`.
+const SPECIAL_TIMESTAMPS_FROM_VERSION: [(i64, i16); 5] = [
+    (LATEST, 1),
+    (EARLIEST, 1),
+    (MAX_TIMESTAMP, 7),
+    (EARLIEST_LOCAL, 8),
+    (LATEST_TIERED, 9),
+];
+
+/// Whether `version` may ask for `timestamp` (every non-negative one is a
+/// time to look up).
+fn timestamp_supported(timestamp: i64, version: i16) -> bool {
+    timestamp >= 0
+        || SPECIAL_TIMESTAMPS_FROM_VERSION
+            .iter()
+            .any(|&(special, from)| special == timestamp && version >= from)
+}
 
 /// Lookups by time that failed, and stored batches they could not read:
 /// each logged at most 20 times per 10 s (clients can repeat a lookup at
@@ -91,6 +120,10 @@ async fn lookup(
     if request.version >= 4 {
         response = response.with_leader_epoch(0);
     }
+    // Kafka checks the timestamp before it looks for the partition.
+    if !timestamp_supported(timestamp, request.version) {
+        return response.with_error_code(ResponseError::UnsupportedVersion.code());
+    }
     let exists = request
         .broker
         .metadata
@@ -100,8 +133,8 @@ async fn lookup(
     if !exists {
         return response.with_error_code(ResponseError::UnknownTopicOrPartition.code());
     }
-    if timestamp == MAX_TIMESTAMP && request.version < 7 || timestamp < MAX_TIMESTAMP {
-        return response.with_error_code(ResponseError::InvalidRequest.code());
+    if timestamp == LATEST_TIERED {
+        return response.with_leader_epoch(-1);
     }
     let index = index as u32;
     let owner = request.shard.shards.owner(&topic, index);
@@ -145,7 +178,7 @@ fn lookup_on_owner(
         offsets.high_watermark
     };
     let target = match timestamp {
-        EARLIEST => return Ok((offsets.log_start_offset.0, -1)),
+        EARLIEST | EARLIEST_LOCAL => return Ok((offsets.log_start_offset.0, -1)),
         LATEST => return Ok((fetchable.0, -1)),
         MAX_TIMESTAMP => match store
             .max_timestamp(id)
@@ -274,5 +307,20 @@ fn first_record_at_or_after(
             }
             Ok(whole_batch)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_timestamps_need_the_version_that_defines_them() {
+        assert!(timestamp_supported(0, 1));
+        assert!(timestamp_supported(LATEST, 1) && timestamp_supported(EARLIEST, 1));
+        assert!(!timestamp_supported(MAX_TIMESTAMP, 6) && timestamp_supported(MAX_TIMESTAMP, 7));
+        assert!(!timestamp_supported(EARLIEST_LOCAL, 7) && timestamp_supported(EARLIEST_LOCAL, 8));
+        assert!(!timestamp_supported(LATEST_TIERED, 8) && timestamp_supported(LATEST_TIERED, 9));
+        assert!(!timestamp_supported(-6, 10));
     }
 }

@@ -1,10 +1,15 @@
 //! Metadata: this broker, and the topics asked for (auto-created when
-//! allowed). A single broker leads every partition at epoch 0.
+//! allowed). A single broker leads every partition at epoch 0. Topics carry
+//! their ids from v10; from v12 a request may name topics by id (an unknown
+//! id gets UNKNOWN_TOPIC_ID, and a topic named by id is never created); v13
+//! adds a top-level error code (KIP-1102), zero unless the request is
+//! invalid.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
@@ -12,35 +17,36 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 
 use super::authorized_operations::{AclResource, authorized_operations};
 use super::{AUTHORIZED_OPERATIONS_UNKNOWN, decode, str_bytes};
-use crate::broker::metadata::TopicMeta;
+use crate::broker::metadata::{TopicId, TopicMeta};
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 use crate::storage::partition::validate_topic_name;
 
+/// The first version whose topics may be named by id (KIP-516); v10 and 11
+/// carry the field but Kafka refuses ids there.
+const TOPIC_IDS_FROM_VERSION: i16 = 12;
+
+/// How the request names one topic.
+enum Wanted {
+    Name(String),
+    Id(TopicId),
+}
+
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let metadata: MetadataRequest = decode(request, body)?;
     let broker = request.broker;
     let node = BrokerId(broker.config.kafka.node_id);
-    let wanted: Option<Vec<Option<String>>> = match metadata.topics {
+    let requested = match &metadata.topics {
         None => None,
         Some(topics) if request.version == 0 && topics.is_empty() => None,
-        Some(topics) => Some(
-            topics
-                .into_iter()
-                .map(|topic| match topic.name {
-                    Some(name) => Some(name.0.to_string()),
-                    None => broker
-                        .metadata
-                        .snapshot()
-                        .topic_by_id(crate::broker::metadata::TopicId(*topic.topic_id.as_bytes()))
-                        .map(|topic| topic.name.clone()),
-                })
-                .collect(),
-        ),
+        Some(topics) => match wanted_topics(request.version, topics) {
+            Ok(wanted) => Some(wanted),
+            Err(()) => return request.respond(&invalid_request(request.version, topics)),
+        },
     };
     let auto_create = request.version < 4 || metadata.allow_auto_topic_creation;
-    let topics = match wanted {
+    let topics = match requested {
         None => broker
             .metadata
             .snapshot()
@@ -48,10 +54,13 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             .values()
             .map(|topic| topic_response(node, topic))
             .collect(),
-        Some(names) => {
-            let mut topics = Vec::with_capacity(names.len());
-            for name in names {
-                topics.push(named_topic(request, node, name, auto_create).await);
+        Some(wanted) => {
+            let mut topics = Vec::with_capacity(wanted.len());
+            for topic in wanted {
+                topics.push(match topic {
+                    Wanted::Name(name) => named_topic(request, node, name, auto_create).await,
+                    Wanted::Id(id) => topic_by_id(request, node, id),
+                });
             }
             topics
         }
@@ -88,16 +97,77 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     request.respond(&response)
 }
 
+/// The topics asked for, as Kafka's `handleTopicMetadataRequest` reads
+/// them: from v12, when any topic carries a (non-zero) id, the request is
+/// by id and names are ignored; otherwise by name. A topic with no name
+/// (v10+) outside a by-id request, or an id before v12, makes the whole
+/// request invalid.
+fn wanted_topics(version: i16, topics: &[MetadataRequestTopic]) -> Result<Vec<Wanted>, ()> {
+    let by_id =
+        version >= TOPIC_IDS_FROM_VERSION && topics.iter().any(|topic| !topic.topic_id.is_nil());
+    if by_id {
+        return Ok(topics
+            .iter()
+            .filter(|topic| !topic.topic_id.is_nil())
+            .map(|topic| Wanted::Id(TopicId::from_uuid(topic.topic_id)))
+            .collect());
+    }
+    topics
+        .iter()
+        .map(|topic| match &topic.name {
+            Some(name) if topic.topic_id.is_nil() => Ok(Wanted::Name(name.0.to_string())),
+            _ => Err(()),
+        })
+        .collect()
+}
+
+/// Kafka's answer to an invalid Metadata request: INVALID_REQUEST for each
+/// topic asked for (and at the top level from v13).
+fn invalid_request(version: i16, topics: &[MetadataRequestTopic]) -> MetadataResponse {
+    let code = ResponseError::InvalidRequest.code();
+    let topics = topics
+        .iter()
+        .map(|topic| {
+            let name = topic.name.as_ref().map_or("", |name| name.0.as_str());
+            MetadataResponseTopic::default()
+                .with_error_code(code)
+                .with_name(Some(TopicName(str_bytes(name))))
+                .with_topic_id(topic.topic_id)
+                .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_UNKNOWN)
+        })
+        .collect();
+    let response = MetadataResponse::default()
+        .with_topics(topics)
+        .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_UNKNOWN);
+    if version >= TOP_LEVEL_ERROR_FROM_VERSION {
+        response.with_error_code(code)
+    } else {
+        response
+    }
+}
+
+/// The first version with a top-level error code (KIP-1102).
+const TOP_LEVEL_ERROR_FROM_VERSION: i16 = 13;
+
+/// A topic asked for by id: never auto-created; an id no live topic has
+/// gets UNKNOWN_TOPIC_ID with the id echoed and no name.
+fn topic_by_id(request: &Request<'_>, node: BrokerId, id: TopicId) -> MetadataResponseTopic {
+    match request.broker.metadata.snapshot().topic_by_id(id) {
+        Some(topic) => topic_response(node, topic),
+        None => MetadataResponseTopic::default()
+            .with_error_code(ResponseError::UnknownTopicId.code())
+            .with_name(None)
+            .with_topic_id(id.to_uuid())
+            .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_UNKNOWN),
+    }
+}
+
 async fn named_topic(
     request: &Request<'_>,
     node: BrokerId,
-    name: Option<String>,
+    name: String,
     auto_create: bool,
 ) -> MetadataResponseTopic {
-    let Some(name) = name else {
-        return MetadataResponseTopic::default()
-            .with_error_code(ResponseError::UnknownTopicId.code());
-    };
     let broker = request.broker;
     let existing = broker.metadata.snapshot().topic(&name).cloned();
     let topic = match existing {
@@ -134,7 +204,7 @@ pub fn topic_response(node: BrokerId, topic: &Arc<TopicMeta>) -> MetadataRespons
         .collect();
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(&topic.name))))
-        .with_topic_id(uuid::Uuid::from_bytes(topic.id.0))
+        .with_topic_id(topic.id.to_uuid())
         .with_is_internal(crate::broker::is_internal_topic(&topic.name))
         .with_partitions(partitions)
         .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_UNKNOWN)

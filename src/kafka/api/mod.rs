@@ -14,7 +14,9 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod describe_log_dirs;
 pub mod describe_producers;
+pub mod describe_topic_partitions;
 pub mod describe_transactions;
 pub mod end_txn;
 pub mod fetch;
@@ -90,6 +92,10 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
             .await
             .map(Some),
         ApiKey::DescribeCluster => describe_cluster::handle(request, body).map(Some),
+        ApiKey::DescribeTopicPartitions => describe_topic_partitions::handle(request, body)
+            .await
+            .map(Some),
+        ApiKey::DescribeLogDirs => describe_log_dirs::handle(request, body).await.map(Some),
         ApiKey::FindCoordinator => find_coordinator::handle(request, body).map(Some),
         ApiKey::JoinGroup => join_group::handle(request, body).await.map(Some),
         ApiKey::SyncGroup => sync_group::handle(request, body).await.map(Some),

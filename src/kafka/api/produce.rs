@@ -31,7 +31,20 @@
 //! producer's open transaction (the in-process form of KIP-890's
 //! verification): INVALID_TXN_STATE if not, so a late batch of a finished
 //! transaction cannot leave one open that nobody will end. A batch from the
-//! producer outside its open transaction gets INVALID_TXN_STATE.
+//! producer outside its open transaction gets INVALID_TXN_STATE. From v12
+//! (KIP-890's transactions v2) the broker adds the partition to the
+//! producer's transaction itself, as Kafka's `addPartition` path does,
+//! instead of only checking it: the client need not send AddPartitionsToTxn
+//! first. A retriable coordinator answer (CONCURRENT_TRANSACTIONS, a
+//! coordinator loading or unavailable) becomes NOT_ENOUGH_REPLICAS, which
+//! every client retries, as in Kafka.
+//!
+//! Versions 10 and 11 add nothing a single broker sends: v10's current
+//! leader and node endpoints (KIP-951) accompany NOT_LEADER_OR_FOLLOWER,
+//! which Sluice answers only while shutting down, and then name this
+//! broker; v11 may answer TRANSACTION_ABORTABLE, which Sluice never needs.
+//! From v13 topics are named by id (KIP-516): an unknown id gets
+//! UNKNOWN_TOPIC_ID and is never auto-created.
 //!
 //! The request passes the connection's turn once every partition's batches
 //! are appended (or refused), so a pipelined Produce behind it appends after
@@ -46,12 +59,13 @@ use futures_channel::oneshot;
 use futures_util::future::{join, join_all};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{
-    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse,
+    TopicProduceResponse,
 };
-use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::messages::{ApiKey, BrokerId, ProduceRequest, ProduceResponse};
 
 use super::{decode, str_bytes};
-use crate::broker::metadata::TopicMeta;
+use crate::broker::metadata::{TopicId, TopicMeta};
 use crate::broker::topic_config::{TimestampType, TopicConfig};
 use crate::broker::txn::on_txn_coordinator;
 use crate::broker::{Broker, create_partition_here};
@@ -70,6 +84,14 @@ use crate::telemetry;
 
 /// The first Produce version that may carry zstd batches (KIP-110).
 const ZSTD_FROM_PRODUCE_VERSION: i16 = 7;
+/// The first version whose NOT_LEADER_OR_FOLLOWER carries the current
+/// leader and its endpoint (KIP-951).
+const LEADER_HINT_FROM_VERSION: i16 = 10;
+/// The first version whose transactional batches add their partition to
+/// the transaction (KIP-890 part 2).
+const IMPLICIT_ADD_FROM_VERSION: i16 = 12;
+/// The first version that names topics by id (KIP-516).
+const TOPIC_IDS_FROM_VERSION: i16 = 13;
 /// Kafka's codec id for zstd (attribute bits 0-2).
 pub const ZSTD_CODEC: i16 = 4;
 
@@ -119,13 +141,18 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         Ok(ms) if ms > 0 => Duration::from_millis(ms),
         _ => Duration::MAX,
     };
+    let by_id = request.version >= TOPIC_IDS_FROM_VERSION;
     let mut slots = Vec::new();
     let mut work = Vec::new();
     let mut appended = Vec::new();
-    for topic in &produce.topic_data {
+    for (topic_slot, topic) in produce.topic_data.iter().enumerate() {
         for partition in &topic.partition_data {
-            slots.push((topic.name.0.to_string(), partition.index));
-            let name = topic.name.0.to_string();
+            slots.push((topic_slot, partition.index));
+            let target = if by_id {
+                Target::Id(TopicId::from_uuid(topic.topic_id))
+            } else {
+                Target::Name(topic.name.0.to_string())
+            };
             let records = partition.records.clone();
             let transactional_id = produce.transactional_id.as_ref().map(|id| id.0.to_string());
             let (done, appended_here) = oneshot::channel();
@@ -133,7 +160,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
             work.push(produce_partition(
                 request,
                 PartitionWrite {
-                    name,
+                    target,
                     index: partition.index,
                     records,
                     acks,
@@ -159,46 +186,81 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         }
         return Ok(None);
     }
-    let mut responses: Vec<TopicProduceResponse> = Vec::new();
-    for ((topic, index), outcome) in slots.into_iter().zip(outcomes) {
-        if responses
-            .last()
-            .is_none_or(|last| last.name.0.as_str() != topic)
-        {
-            responses.push(TopicProduceResponse::default().with_name(TopicName(str_bytes(&topic))));
+    let leader_hint = request.version >= LEADER_HINT_FROM_VERSION;
+    let node = BrokerId(request.broker.config.kafka.node_id);
+    let mut not_leader = false;
+    let mut responses: Vec<(usize, TopicProduceResponse)> = Vec::new();
+    for ((topic_slot, index), outcome) in slots.into_iter().zip(outcomes) {
+        if responses.last().is_none_or(|(slot, _)| *slot != topic_slot) {
+            let topic = &produce.topic_data[topic_slot];
+            responses.push((
+                topic_slot,
+                TopicProduceResponse::default()
+                    .with_name(topic.name.clone())
+                    .with_topic_id(topic.topic_id),
+            ));
         }
-        let partition = PartitionProduceResponse::default()
-            .with_index(index)
-            .with_error_code(outcome.error_code)
-            .with_error_message(outcome.message.map(|message| str_bytes(&message)))
-            .with_record_errors(
-                outcome
-                    .record_errors
-                    .iter()
-                    .map(|(index, message)| {
-                        BatchIndexAndErrorMessage::default()
-                            .with_batch_index(*index)
-                            .with_batch_index_error_message(Some(str_bytes(message)))
-                    })
-                    .collect(),
-            )
-            .with_base_offset(outcome.base_offset)
-            .with_log_append_time_ms(outcome.log_append_time_ms)
-            .with_log_start_offset(outcome.log_start_offset);
+        let mut partition = partition_response(index, outcome);
+        if leader_hint && partition.error_code == ResponseError::NotLeaderOrFollower.code() {
+            // Every partition's leader is this broker, at epoch 0.
+            not_leader = true;
+            partition = partition.with_current_leader(
+                LeaderIdAndEpoch::default()
+                    .with_leader_id(node)
+                    .with_leader_epoch(0),
+            );
+        }
         responses
             .last_mut()
             .expect("pushed above")
+            .1
             .partition_responses
             .push(partition);
     }
-    request
-        .respond(&ProduceResponse::default().with_responses(responses))
-        .map(Some)
+    let mut response = ProduceResponse::default()
+        .with_responses(responses.into_iter().map(|(_, topic)| topic).collect());
+    if not_leader {
+        let (host, port) = &request.broker.advertised;
+        response = response.with_node_endpoints(vec![
+            NodeEndpoint::default()
+                .with_node_id(node)
+                .with_host(str_bytes(host))
+                .with_port(i32::from(*port)),
+        ]);
+    }
+    request.respond(&response).map(Some)
+}
+
+fn partition_response(index: i32, outcome: Outcome) -> PartitionProduceResponse {
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_error_code(outcome.error_code)
+        .with_error_message(outcome.message.map(|message| str_bytes(&message)))
+        .with_record_errors(
+            outcome
+                .record_errors
+                .iter()
+                .map(|(index, message)| {
+                    BatchIndexAndErrorMessage::default()
+                        .with_batch_index(*index)
+                        .with_batch_index_error_message(Some(str_bytes(message)))
+                })
+                .collect(),
+        )
+        .with_base_offset(outcome.base_offset)
+        .with_log_append_time_ms(outcome.log_append_time_ms)
+        .with_log_start_offset(outcome.log_start_offset)
+}
+
+/// How the request names a partition's topic: by name (v3–12), by id (v13+).
+enum Target {
+    Name(String),
+    Id(TopicId),
 }
 
 /// One partition's part of a Produce request.
 struct PartitionWrite {
-    name: String,
+    target: Target,
     index: i32,
     records: Option<Bytes>,
     acks: i16,
@@ -211,7 +273,7 @@ struct PartitionWrite {
 
 async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outcome {
     let PartitionWrite {
-        name,
+        target,
         index,
         records,
         acks,
@@ -225,25 +287,11 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
             format!("acks must be -1, 0 or 1, not {acks}"),
         );
     }
-    if let Err(reason) = validate_topic_name(&name) {
-        return Outcome::error(ResponseError::InvalidTopicException.code(), reason);
-    }
-    if crate::broker::is_internal_topic(&name) {
-        return Outcome::error(
-            ResponseError::InvalidTopicException.code(),
-            format!("{name} is an internal topic: only the broker writes it"),
-        );
-    }
-    let Some(topic) = request
-        .broker
-        .ensure_topic(&request.shard.shards, &name)
-        .await
-    else {
-        return Outcome::error(
-            ResponseError::UnknownTopicOrPartition.code(),
-            format!("topic {name} does not exist"),
-        );
+    let topic = match resolve_topic(request, target).await {
+        Ok(topic) => topic,
+        Err(outcome) => return outcome,
     };
+    let name = topic.name.clone();
     let Ok(index) = u32::try_from(index) else {
         return Outcome::error(
             ResponseError::UnknownTopicOrPartition.code(),
@@ -278,6 +326,7 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
     };
     let owner = request.shard.shards.owner(&topic.name, index);
     let broker = Arc::clone(request.broker);
+    let implicit_add = request.version >= IMPLICIT_ADD_FROM_VERSION;
     let appended = request
         .shard
         .run_on(owner, move |context| {
@@ -288,6 +337,7 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
                     topic,
                     index,
                     transactional_id,
+                    implicit_add,
                 },
                 batches,
                 durability,
@@ -308,6 +358,52 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
         Ok(Err(outcome)) => outcome,
         Err(gone) => Outcome::error(ResponseError::NotLeaderOrFollower.code(), gone.to_string()),
     }
+}
+
+/// The topic a partition write names: by name, created if auto-creation is
+/// on; by id, only a live topic's.
+async fn resolve_topic(request: &Request<'_>, target: Target) -> Result<Arc<TopicMeta>, Outcome> {
+    let name = match target {
+        Target::Name(name) => name,
+        Target::Id(id) => {
+            return match request.broker.metadata.snapshot().topic_by_id(id) {
+                Some(topic) if crate::broker::is_internal_topic(&topic.name) => {
+                    Err(internal_topic(&topic.name))
+                }
+                Some(topic) => Ok(Arc::clone(topic)),
+                None => Err(Outcome::error(
+                    ResponseError::UnknownTopicId.code(),
+                    format!("no topic has id {id}"),
+                )),
+            };
+        }
+    };
+    if let Err(reason) = validate_topic_name(&name) {
+        return Err(Outcome::error(
+            ResponseError::InvalidTopicException.code(),
+            reason,
+        ));
+    }
+    if crate::broker::is_internal_topic(&name) {
+        return Err(internal_topic(&name));
+    }
+    request
+        .broker
+        .ensure_topic(&request.shard.shards, &name)
+        .await
+        .ok_or_else(|| {
+            Outcome::error(
+                ResponseError::UnknownTopicOrPartition.code(),
+                format!("topic {name} does not exist"),
+            )
+        })
+}
+
+fn internal_topic(name: &str) -> Outcome {
+    Outcome::error(
+        ResponseError::InvalidTopicException.code(),
+        format!("{name} is an internal topic: only the broker writes it"),
+    )
 }
 
 /// Split `records` into batches and check each; stamp LogAppendTime topics
@@ -366,18 +462,32 @@ fn prepare(
     Ok((batches, append_time.unwrap_or(-1)))
 }
 
+/// A partition a transactional batch is written to.
+struct TxnPartition<'a> {
+    transactional_id: &'a str,
+    topic: &'a str,
+    index: u32,
+    id: crate::ids::PartitionId,
+    /// Add it to the transaction (Produce v12+) rather than only check it.
+    implicit_add: bool,
+}
+
 /// Take the producer's token on the partition and, unless its transaction
-/// is open here already, ask the coordinator whether the partition is in
-/// it (see the module docs).
+/// is open here already, ask the coordinator to add the partition to it
+/// (Produce v12+) or whether it is in it (see the module docs).
 async fn verify(
     context: &std::rc::Rc<ShardContext>,
     broker: &Broker,
-    transactional_id: &str,
-    topic: &str,
-    index: u32,
-    id: crate::ids::PartitionId,
+    partition: TxnPartition<'_>,
     header: &record_batch::BatchHeader,
 ) -> Result<TxnToken, Outcome> {
+    let TxnPartition {
+        transactional_id,
+        topic,
+        index,
+        id,
+        implicit_add,
+    } = partition;
     let token = context
         .store
         .txn_token(id, header.producer_id)
@@ -392,18 +502,41 @@ async fn verify(
     }
     let (txn_id, topic_name) = (transactional_id.to_owned(), topic.to_owned());
     let (producer_id, epoch) = (header.producer_id, header.producer_epoch);
+    // Produce answers a fenced producer with INVALID_PRODUCER_EPOCH (KIP-588).
+    let fenced = ResponseError::InvalidProducerEpoch.code();
     let verified = on_txn_coordinator(
         context,
         broker,
         transactional_id,
         move |coordinator| async move {
-            coordinator.verify(&txn_id, producer_id, epoch, &topic_name, index)
+            if implicit_add {
+                let partitions = vec![(topic_name, index)];
+                coordinator
+                    .add_partitions(&txn_id, producer_id, epoch, partitions, fenced)
+                    .await
+            } else {
+                coordinator.verify(&txn_id, producer_id, epoch, &topic_name, index)
+            }
         },
     )
     .await
     .and_then(|verified| verified);
     match verified {
         Ok(()) => Ok(token),
+        Err(code) if is_retriable_coordinator_error(code) => Err(Outcome::error(
+            ResponseError::NotEnoughReplicas.code(),
+            format!(
+                "unable to verify that {topic}-{index} is in the transaction of \
+                 {transactional_id}: the coordinator answered error code {code}; retry"
+            ),
+        )),
+        Err(code) if implicit_add => Err(Outcome::error(
+            code,
+            format!(
+                "{topic}-{index} cannot join the transaction of {transactional_id} at producer \
+                 {producer_id} epoch {epoch}"
+            ),
+        )),
         Err(code) => Err(Outcome::error(
             code,
             format!(
@@ -412,6 +545,21 @@ async fn verify(
             ),
         )),
     }
+}
+
+/// The coordinator answers that Kafka turns into NOT_ENOUGH_REPLICAS for
+/// Produce, so that clients of every version retry without a metadata
+/// refresh (`ReplicaManager`'s transaction verification).
+fn is_retriable_coordinator_error(code: i16) -> bool {
+    [
+        ResponseError::ConcurrentTransactions,
+        ResponseError::NetworkException,
+        ResponseError::CoordinatorLoadInProgress,
+        ResponseError::CoordinatorNotAvailable,
+        ResponseError::NotCoordinator,
+    ]
+    .iter()
+    .any(|error| error.code() == code)
 }
 
 /// Produce batches refused by validation, logged at most 20 times per 10 s.
@@ -486,6 +634,9 @@ struct OwnerWrite {
     topic: Arc<TopicMeta>,
     index: u32,
     transactional_id: Option<String>,
+    /// Add the partition to the producer's transaction rather than only
+    /// check that it is in it (Produce v12+).
+    implicit_add: bool,
 }
 
 /// On the owner shard: append the batches in order, then wait for the
@@ -503,6 +654,7 @@ async fn append_on_owner(
         topic,
         index,
         transactional_id,
+        implicit_add,
     } = write;
     let store = &context.store;
     let id = match store.partition_id(&topic.name, index) {
@@ -531,10 +683,13 @@ async fn append_on_owner(
                 let token = verify(
                     &context,
                     &broker,
-                    transactional_id,
-                    &topic.name,
-                    index,
-                    id,
+                    TxnPartition {
+                        transactional_id,
+                        topic: &topic.name,
+                        index,
+                        id,
+                        implicit_add,
+                    },
                     &header,
                 )
                 .await?;
