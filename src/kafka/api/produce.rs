@@ -660,6 +660,21 @@ async fn append_on_owner(
     let id = match store.partition_id(&topic.name, index) {
         Some(id) => id,
         None => {
+            // The topic may have been deleted since this request looked it
+            // up: never create a partition the metadata no longer claims
+            // (the check and the creation run on this shard with no await
+            // between, and a deletion publishes the metadata first).
+            let claimed = broker
+                .metadata
+                .snapshot()
+                .topic(&topic.name)
+                .is_some_and(|current| current.id == topic.id && index < current.partitions);
+            if !claimed {
+                return Err(Outcome::error(
+                    ResponseError::UnknownTopicOrPartition.code(),
+                    "the topic was deleted",
+                ));
+            }
             create_partition_here(&context, &topic, index).map_err(|error| {
                 Outcome::error(error_code::for_topic(&error), error.to_string())
             })?;
