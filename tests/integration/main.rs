@@ -39,6 +39,7 @@ mod retention;
 mod shard_runtime;
 mod sim_device;
 mod storage_model;
+mod topic_configs;
 mod transactions_storage;
 mod transactions_wire;
 mod txn_clients;
