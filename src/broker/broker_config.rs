@@ -716,11 +716,7 @@ mod tests {
             statics: &statics,
             overrides: &overrides,
         };
-        let sources: Vec<_> = view
-            .levels("log.retention.ms")
-            .into_iter()
-            .map(|(source, value)| (source, value))
-            .collect();
+        let sources = view.levels("log.retention.ms");
         assert_eq!(
             sources,
             vec![

@@ -150,11 +150,14 @@ fn synonyms(result: &DescribeConfigsResult, name: &str) -> Vec<(String, String, 
         .collect()
 }
 
+/// (resource type, name, the configs it is given) of a legacy AlterConfigs.
+type LegacyAlter<'a> = (i8, &'a str, &'a [(&'a str, Option<&'a str>)]);
+
 /// Legacy AlterConfigs of `version` on several resources; (code, message) each.
 fn alter_legacy(
     wire: &mut Wire,
     version: i16,
-    resources: &[(i8, &str, &[(&str, Option<&str>)])],
+    resources: &[LegacyAlter<'_>],
     validate_only: bool,
 ) -> Vec<(i16, String)> {
     let request = AlterConfigsRequest::default()
