@@ -13,6 +13,11 @@
 //!   codec: the record walk through the streaming decompressor. Baseline:
 //!   `batch/decode_<codec>/1000x1KiB`, kafka-protocol's `RecordBatchDecoder`
 //!   (decompresses into memory and builds every record).
+//! * `batch/recompress_<from>_to_<to>/1000x1KiB`: `record_batch::recompress`
+//!   of a load-generator batch, what Produce adds for a topic whose
+//!   `compression.type` differs from the producer's codec (issue 14).
+//!   Baseline: `batch/validate_<from>/1000x1KiB`, what Produce already
+//!   spends on every such batch.
 //! * `batch/refuse_bomb_<codec>`: validating a bomb (200 MiB of records with
 //!   1 MiB zero values) under the default limits (1 MiB batches, ratio 32):
 //!   the CPU one refused bomb costs, which the cap bounds.
@@ -144,6 +149,7 @@ fn codec_batches(criterion: &mut Criterion) {
             })
         });
     }
+    recompress_batches(&mut group, &limits);
     group.sample_size(10);
     for (codec, id) in [("gzip", 1i16), ("lz4", 3), ("zstd", 4)] {
         let bomb = bomb(id);
@@ -163,6 +169,46 @@ fn codec_batches(criterion: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// The broker's recompression (a topic's `compression.type`) from the
+/// producer's codec to the topic's, at Kafka's default levels, with the
+/// validation of the same batch as the baseline.
+fn recompress_batches(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    limits: &BatchLimits,
+) {
+    use sluice::record_batch::{Codec, recompress};
+    for (from, to, level) in [
+        (Compression::None, Codec::Zstd, 3),
+        (Compression::None, Codec::Lz4, 9),
+        (Compression::None, Codec::Gzip, -1),
+        (Compression::None, Codec::Snappy, 0),
+        (Compression::Lz4, Codec::Zstd, 3),
+        (Compression::Zstd, Codec::None, 0),
+    ] {
+        let template = BatchTemplate::new(1000, 1024, from, 7);
+        let bytes = Bytes::copy_from_slice(template.bytes());
+        let name = format!("{}_to_{}", from.name(), to.name());
+        group.throughput(Throughput::Bytes(1000 * 1024));
+        // The compressed sources' baselines are `validate_<codec>` above.
+        if from == Compression::None && to == Codec::Zstd {
+            group.bench_function("validate_none/1000x1KiB", |bench| {
+                bench
+                    .iter(|| black_box(ValidatedBatch::validate(black_box(&bytes), limits).is_ok()))
+            });
+        }
+        group.bench_function(format!("recompress_{name}/1000x1KiB"), |bench| {
+            bench.iter(|| {
+                black_box(recompress(
+                    black_box(&bytes),
+                    to,
+                    level,
+                    limits.decompressed_max_bytes,
+                ))
+            })
+        });
+    }
 }
 
 const BOMB_RECORDS: i32 = 200;

@@ -130,7 +130,8 @@ fn run_appends(
     let runtime = sluice::shard::build_runtime(backend()).unwrap();
     let result = runtime.block_on(async {
         let store = ShardStore::open(store_options(dir.path(), write_mode)).unwrap();
-        let config = PartitionConfig::from_defaults(&RetentionConfig::default());
+        let config =
+            PartitionConfig::from_defaults(&RetentionConfig::default(), &StorageConfig::default());
         let id = store.create_partition("bench", 0, config).unwrap();
         let validated = ValidatedBatch::frame_only(batch, 64 * MIB).unwrap();
         let in_flight = match durability {
@@ -437,7 +438,8 @@ fn concurrent_sync_appends(batch: &[u8], total: u64, producers: usize) -> (Durat
     let runtime = sluice::shard::build_runtime(backend()).unwrap();
     runtime.block_on(async {
         let store = ShardStore::open(store_options(dir.path(), WriteMode::Direct)).unwrap();
-        let config = PartitionConfig::from_defaults(&RetentionConfig::default());
+        let config =
+            PartitionConfig::from_defaults(&RetentionConfig::default(), &StorageConfig::default());
         let id = store.create_partition("bench", 0, config).unwrap();
         let batch: Rc<Vec<u8>> = Rc::new(batch.to_vec());
         let per_producer = total.div_ceil(producers as u64);

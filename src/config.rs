@@ -18,6 +18,8 @@ pub const DIRECT_IO_ALIGNMENT_BYTES: u32 = 4096;
 const _: () = assert!(DIRECT_IO_ALIGNMENT_BYTES.is_power_of_two());
 /// Kafka's default `message.max.bytes` (1 MiB plus the record-batch overhead).
 pub const MESSAGE_MAX_BYTES_DEFAULT: u32 = 1_048_588;
+/// Kafka's default `log.roll.ms` / `segment.ms`: 7 days.
+pub const SEGMENT_MS_DEFAULT: u64 = 7 * 24 * HOUR_MS as u64;
 /// Largest value of a `[kafka]` time or size Kafka keeps in an `int`
 /// (`i32::MAX`: about 24.8 days in milliseconds, 2 GiB in bytes).
 const KAFKA_INT_MAX: u64 = i32::MAX as u64;
@@ -255,8 +257,17 @@ pub struct StorageConfig {
     pub flush_interval_ms: u64,
     /// How often the checkpoint (durable position, queue positions) is written.
     pub checkpoint_interval_ms: u64,
-    /// Largest record batch accepted (Kafka `message.max.bytes`).
+    /// Kafka's `message.max.bytes`: the default of every topic's
+    /// `max.message.bytes`, and the largest batch the broker writes to its
+    /// internal topics. A topic may allow more, up to
+    /// [`StorageConfig::batch_ceiling_bytes`]. Default 1048588.
     pub message_max_bytes: u32,
+    /// Kafka's `log.roll.ms`: the default of every topic's `segment.ms`. A
+    /// shard's active segment is rolled once its first frame is older than
+    /// the smallest `segment.ms` of the topics written to it (see
+    /// ARCHITECTURE.md, Retention), so retention can delete it whole.
+    /// Default 604800000 (7 days, as Kafka); at least 1.
+    pub segment_ms: u64,
     /// A compressed batch may decompress to at most this many times its
     /// topic's `max.message.bytes` (at Produce) or `message_max_bytes` (when
     /// a stored batch is read: ListOffsets by time, the offsets replay).
@@ -384,6 +395,7 @@ impl Default for StorageConfig {
             flush_interval_ms: 2,
             checkpoint_interval_ms: 1000,
             message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
+            segment_ms: SEGMENT_MS_DEFAULT,
             decompressed_batch_ratio_max: DECOMPRESSED_BATCH_RATIO_MAX_DEFAULT,
             consume_queue_entries_per_file: 262_144,
             producer_snapshot_interval_bytes: 256 * MIB,
@@ -656,13 +668,29 @@ impl StorageConfig {
         }
     }
 
-    /// Limits a stored batch is read under: the broker's largest batch, and
-    /// the decompressed cap relative to it (no topic may allow more).
+    /// Limits a stored batch is read under: the largest batch storage
+    /// holds, and the decompressed cap relative to it (no topic may allow
+    /// more).
     pub fn stored_batch_limits(&self) -> crate::record_batch::BatchLimits {
         crate::record_batch::BatchLimits::new(
-            self.message_max_bytes as usize,
+            self.batch_ceiling_bytes() as usize,
             self.decompressed_batch_ratio_max,
         )
+    }
+
+    /// The largest record batch the commit log can hold, and so the most
+    /// any topic's `max.message.bytes` may be: a frame must fit in a
+    /// segment, and the write buffers must hold two of the largest frames
+    /// (the rule `validate` applies to `message_max_bytes`). With the
+    /// defaults, 16 x 1 MiB buffers: 8 MiB less the frame header. Kafka's
+    /// only bound is the request size (`kafka.request_max_bytes`, 100 MiB);
+    /// here the write buffers are the bound, and raising
+    /// `storage.write_buffers` raises it.
+    pub fn batch_ceiling_bytes(&self) -> u32 {
+        let buffered = u64::from(self.flush_bytes) * u64::from(self.write_buffers) / 2;
+        let frame_max = buffered.min(self.segment_bytes);
+        let batch_max = frame_max.saturating_sub(FRAME_HEADER_BYTES as u64);
+        u32::try_from(batch_max).unwrap_or(u32::MAX)
     }
 
     /// Largest frame (header + batch) an append can carry.
@@ -745,6 +773,13 @@ impl StorageConfig {
         }
         if self.checkpoint_interval_ms == 0 {
             return invalid("storage.checkpoint_interval_ms", 0, "must be positive");
+        }
+        if !(1..=i64::MAX as u64).contains(&self.segment_ms) {
+            return invalid(
+                "storage.segment_ms",
+                self.segment_ms,
+                format!("between 1 and {}", i64::MAX),
+            );
         }
         if self.producer_snapshot_interval_bytes < PRODUCER_SNAPSHOT_INTERVAL_BYTES_MIN {
             return invalid(
@@ -948,11 +983,47 @@ mod tests {
             let error = config.validate().unwrap_err().to_string();
             assert!(error.contains("decompressed_batch_ratio_max"), "{error}");
         }
-        let limits = StorageConfig::default().stored_batch_limits();
+        let storage = StorageConfig::default();
+        let limits = storage.stored_batch_limits();
         assert_eq!(
             limits.decompressed_max_bytes,
-            u64::from(MESSAGE_MAX_BYTES_DEFAULT) * u64::from(DECOMPRESSED_BATCH_RATIO_MAX_DEFAULT)
+            u64::from(storage.batch_ceiling_bytes())
+                * u64::from(DECOMPRESSED_BATCH_RATIO_MAX_DEFAULT)
         );
+    }
+
+    #[test]
+    fn the_batch_ceiling_is_half_the_write_buffers_within_a_segment() {
+        let storage = StorageConfig::default();
+        assert_eq!(
+            storage.batch_ceiling_bytes(),
+            (8 << 20) - FRAME_HEADER_BYTES as u32
+        );
+        assert!(storage.batch_ceiling_bytes() >= storage.message_max_bytes);
+        let small = Config::parse(
+            "[storage]
+segment_bytes = 4194304
+write_buffers = 64
+",
+        )
+        .unwrap()
+        .storage;
+        assert_eq!(
+            small.batch_ceiling_bytes(),
+            (4 << 20) - FRAME_HEADER_BYTES as u32
+        );
+    }
+
+    #[test]
+    fn segment_ms_must_be_positive() {
+        let config = Config::parse(
+            "[storage]
+segment_ms = 0
+",
+        )
+        .unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("storage.segment_ms"), "{error}");
     }
 
     #[test]

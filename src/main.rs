@@ -422,7 +422,11 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     exposure::warn_kafka(kafka_address);
     let (listeners, kafka_address) = bind_shard_listeners(kafka_address, shard_count)?;
     let advertised = advertised(&config, kafka_address);
-    let broker = Arc::new(Broker::new(config.clone(), advertised.clone())?);
+    // DescribeConfigs shows the bound listener (`listeners`), not a `:0`.
+    let mut broker_config = config.clone();
+    broker_config.kafka.listen = kafka_address.to_string();
+    broker_config.metrics.listen = metrics.address.to_string();
+    let broker = Arc::new(Broker::new(broker_config, advertised.clone())?);
     let service = Arc::new(KafkaService::new(Arc::clone(&broker), backend, listeners));
     let cancelled = || match signals.pending() {
         Ok(Some(signal)) => {

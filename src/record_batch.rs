@@ -17,6 +17,7 @@
 //! every reader of records ([`walk_records`]) runs the same bounded walk and
 //! treats a bad batch as an error to report, never as trusted input.
 
+mod compressor;
 pub mod control;
 mod decompressor;
 pub mod record_walk;
@@ -140,6 +141,14 @@ pub enum BatchError {
     },
     #[error(transparent)]
     Records(#[from] RecordsError),
+    /// The broker's own recompression failed (a bug or resource fault, not
+    /// the client's).
+    #[error("recompressing the batch with {codec} failed: {source}")]
+    Recompress {
+        codec: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The header fields storage needs, decoded once.
@@ -395,6 +404,90 @@ pub fn walk_records<'a>(
         decompressed_max_bytes,
     };
     Ok(record_walk::walk(input, visit)?)
+}
+
+/// The batch `bytes` (validated, with records decompressing to at most
+/// `decompressed_max_bytes`) with its records section recompressed with
+/// `codec` at `level`, or `None` when it already uses `codec` (Kafka keeps
+/// such a batch as sent, whatever its level). Every header field but the
+/// codec bits of the attributes is kept (producer id, epoch, sequence,
+/// transactional flag, timestamps), and the records are the same bytes,
+/// so offsets, timestamps, keys, values and headers are unchanged; the
+/// CRC is recomputed. The broker's base offset and leader epoch are left
+/// for the append to set. Kafka's `LogValidator` rebuilds the batch the
+/// same way when the topic's codec differs from the producer's.
+pub fn recompress(
+    bytes: &[u8],
+    codec: Codec,
+    level: i32,
+    decompressed_max_bytes: u64,
+) -> Result<Option<Vec<u8>>, BatchError> {
+    let header = BatchHeader::parse(bytes)?;
+    let source_id = header.compression_codec();
+    let source =
+        Codec::from_id(source_id).ok_or(BatchError::UnsupportedCompression { id: source_id })?;
+    if source == codec {
+        return Ok(None);
+    }
+    let records = &bytes[HEADER_BYTES..];
+    let plain;
+    let plain_records = match source {
+        Codec::None => records,
+        _ => {
+            plain = decompress_all(source, records, decompressed_max_bytes)?;
+            &plain[..]
+        }
+    };
+    let compressed = compressor::compress(codec, level, plain_records).map_err(|source| {
+        BatchError::Recompress {
+            codec: codec.name(),
+            source,
+        }
+    })?;
+    let fields = HeaderFields {
+        attributes: (header.attributes & !ATTRIBUTE_COMPRESSION_MASK) | codec.id(),
+        last_offset_delta: header.last_offset_delta,
+        base_timestamp_ms: header.base_timestamp_ms,
+        max_timestamp_ms: header.max_timestamp_ms,
+        producer_id: header.producer_id,
+        producer_epoch: header.producer_epoch,
+        base_sequence: header.base_sequence,
+        records_count: header.records_count,
+    };
+    Ok(Some(assemble(&fields, &compressed)))
+}
+
+/// The whole decompressed records section, refusing more than
+/// `decompressed_max_bytes` (the output grows as it is read).
+fn decompress_all(
+    codec: Codec,
+    records: &[u8],
+    decompressed_max_bytes: u64,
+) -> Result<Vec<u8>, BatchError> {
+    let failed = |source: std::io::Error| {
+        BatchError::Records(RecordsError::Decompress {
+            codec: codec.name(),
+            source,
+        })
+    };
+    let mut decompressor =
+        decompressor::Decompressor::new(codec, records, decompressed_max_bytes).map_err(failed)?;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        let read = decompressor.read(&mut chunk).map_err(failed)?;
+        if read == 0 {
+            break;
+        }
+        out.extend_from_slice(&chunk[..read]);
+        if out.len() as u64 > decompressed_max_bytes {
+            return Err(BatchError::Records(RecordsError::DecompressedTooLarge {
+                limit: decompressed_max_bytes,
+            }));
+        }
+    }
+    decompressor.finish().map_err(failed)?;
+    Ok(out)
 }
 
 /// Set a CreateTime batch's `maxTimestamp` to what its records hold and

@@ -1,5 +1,5 @@
 //! Cluster metadata: topics, their partition counts, ids and config
-//! overrides, and the cluster id.
+//! overrides, the dynamic broker settings, and the cluster id.
 //!
 //! Every topic has a [`TopicId`] (Kafka's topic UUID, KIP-516), drawn at
 //! random when the topic is created and kept with it, so a topic deleted and
@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::broker_config::{BrokerOverrides, BrokerView, StaticSettings};
 use super::topic_config::{ConfigIssue, TopicConfig, TopicLimits};
 use crate::storage::durable_file::write_atomic;
 
@@ -93,6 +94,11 @@ pub struct ClusterMetadata {
     /// Topic names by id, rebuilt from `topics` before each snapshot is
     /// published ([`MetadataStore::update`]).
     ids: BTreeMap<TopicId, String>,
+    /// Dynamic broker settings (KIP-226), as clients set them.
+    pub broker: BrokerOverrides,
+    /// What a topic config is where a topic does not override it: the
+    /// broker's settings at every level (see `broker_config.rs`).
+    pub topic_defaults: TopicConfig,
 }
 
 #[derive(Debug, Error)]
@@ -141,6 +147,19 @@ struct Persisted {
     cluster_id: String,
     #[serde(default)]
     topics: Vec<PersistedTopic>,
+    /// Dynamic broker settings; absent in files written before they existed.
+    #[serde(default)]
+    broker_configs: PersistedBroker,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct PersistedBroker {
+    /// The cluster default (resource name "").
+    #[serde(default)]
+    cluster: BTreeMap<String, String>,
+    /// This node's.
+    #[serde(default)]
+    node: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -154,7 +173,7 @@ struct PersistedTopic {
 
 pub struct MetadataStore {
     path: PathBuf,
-    defaults: TopicConfig,
+    statics: StaticSettings,
     limits: TopicLimits,
     current: RwLock<Arc<ClusterMetadata>>,
     writer: Mutex<()>,
@@ -164,17 +183,20 @@ impl MetadataStore {
     /// Load the metadata of `data_dir`, or start a new cluster there.
     pub fn open(
         data_dir: &Path,
-        defaults: TopicConfig,
+        statics: StaticSettings,
         limits: TopicLimits,
     ) -> Result<MetadataStore, MetadataError> {
         let path = data_dir.join(METADATA_FILE);
         let metadata = match std::fs::read_to_string(&path) {
-            Ok(text) => decode(&text, &path, &defaults, limits)?,
+            Ok(text) => decode(&text, &path, &statics, limits)?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let broker = BrokerOverrides::default();
                 let fresh = ClusterMetadata {
                     cluster_id: new_cluster_id(),
                     topics: BTreeMap::new(),
                     ids: BTreeMap::new(),
+                    topic_defaults: topic_defaults(&statics, &broker),
+                    broker,
                 };
                 persist(&path, &fresh)?;
                 fresh
@@ -183,7 +205,7 @@ impl MetadataStore {
         };
         Ok(MetadataStore {
             path,
-            defaults,
+            statics,
             limits,
             current: RwLock::new(Arc::new(metadata)),
             writer: Mutex::new(()),
@@ -199,8 +221,9 @@ impl MetadataStore {
         )
     }
 
-    pub fn defaults(&self) -> &TopicConfig {
-        &self.defaults
+    /// The broker settings `sluice.toml` gave (the static levels).
+    pub fn statics(&self) -> &StaticSettings {
+        &self.statics
     }
 
     pub fn limits(&self) -> TopicLimits {
@@ -241,7 +264,8 @@ impl MetadataStore {
         partitions: u32,
         overrides: BTreeMap<String, String>,
     ) -> Result<TopicMeta, super::topic_config::ConfigIssue> {
-        let config = TopicConfig::with_overrides(&self.defaults, &overrides, self.limits)?;
+        let defaults = self.snapshot().topic_defaults.clone();
+        let config = TopicConfig::with_overrides(&defaults, &overrides, self.limits)?;
         Ok(TopicMeta {
             name: name.to_owned(),
             id: TopicId::generate(),
@@ -287,12 +311,46 @@ impl ClusterMetadata {
             "topic ids are unique among live topics"
         );
     }
+
+    /// Replace the dynamic broker settings and recompute the topic
+    /// defaults and every topic's configuration from them. Refused (with
+    /// the topic and its issue, nothing changed) if a topic's overrides no
+    /// longer hold against the new defaults.
+    pub fn set_broker_overrides(
+        &mut self,
+        broker: BrokerOverrides,
+        statics: &StaticSettings,
+        limits: TopicLimits,
+    ) -> Result<(), (String, ConfigIssue)> {
+        let defaults = topic_defaults(statics, &broker);
+        let mut configs = Vec::with_capacity(self.topics.len());
+        for topic in self.topics.values() {
+            let config = TopicConfig::with_overrides(&defaults, &topic.overrides, limits)
+                .map_err(|issue| (topic.name.clone(), issue))?;
+            configs.push(config);
+        }
+        for (topic, config) in self.topics.values_mut().zip(configs) {
+            Arc::make_mut(topic).config = config;
+        }
+        self.broker = broker;
+        self.topic_defaults = defaults;
+        Ok(())
+    }
+}
+
+/// Every topic config's default under `broker`'s dynamic settings.
+fn topic_defaults(statics: &StaticSettings, broker: &BrokerOverrides) -> TopicConfig {
+    BrokerView {
+        statics,
+        overrides: broker,
+    }
+    .topic_defaults()
 }
 
 fn decode(
     text: &str,
     path: &Path,
-    defaults: &TopicConfig,
+    statics: &StaticSettings,
     limits: TopicLimits,
 ) -> Result<ClusterMetadata, MetadataError> {
     let corrupt = |reason: String| MetadataError::Corrupt {
@@ -310,6 +368,11 @@ fn decode(
             persisted.version
         )));
     }
+    let broker = BrokerOverrides {
+        cluster: persisted.broker_configs.cluster,
+        node: persisted.broker_configs.node,
+    };
+    let defaults = topic_defaults(statics, &broker);
     let mut topics = BTreeMap::new();
     let mut seen_ids = BTreeMap::new();
     for topic in persisted.topics {
@@ -322,7 +385,7 @@ fn decode(
                 topic.name
             )));
         }
-        let config = TopicConfig::with_overrides(defaults, &topic.configs, limits).unwrap_or_else(|issue| {
+        let config = TopicConfig::with_overrides(&defaults, &topic.configs, limits).unwrap_or_else(|issue| {
             tracing::warn!(topic = %topic.name, %issue, "stored topic config no longer valid; using broker defaults for the topic");
             defaults.clone()
         });
@@ -339,6 +402,8 @@ fn decode(
         cluster_id: persisted.cluster_id,
         topics,
         ids: BTreeMap::new(),
+        broker,
+        topic_defaults: defaults,
     };
     metadata.reindex();
     Ok(metadata)
@@ -358,6 +423,10 @@ fn persist(path: &Path, metadata: &ClusterMetadata) -> Result<(), MetadataError>
                 configs: topic.overrides.clone(),
             })
             .collect(),
+        broker_configs: PersistedBroker {
+            cluster: metadata.broker.cluster.clone(),
+            node: metadata.broker.node.clone(),
+        },
     };
     let text = toml::to_string(&persisted).map_err(|source| MetadataError::Encode {
         path: path.to_owned(),
@@ -434,12 +503,11 @@ mod tests {
     use crate::config::Config;
 
     fn store(dir: &Path) -> MetadataStore {
-        let defaults = TopicConfig::defaults(&Config::default());
         MetadataStore::open(
             dir,
-            defaults,
+            StaticSettings::from_config(&Config::default()),
             TopicLimits {
-                message_max_bytes: 1 << 20,
+                batch_max_bytes: 1 << 20,
             },
         )
         .unwrap()
@@ -501,9 +569,10 @@ mod tests {
                 ids[0], ids[1]
             );
             std::fs::write(dir.path().join(METADATA_FILE), text).unwrap();
-            let defaults = TopicConfig::defaults(&Config::default());
+            let defaults =
+                crate::broker::broker_config::StaticSettings::from_config(&Config::default());
             let limits = TopicLimits {
-                message_max_bytes: 1 << 20,
+                batch_max_bytes: 1 << 20,
             };
             let opened = MetadataStore::open(dir.path(), defaults, limits);
             assert!(
@@ -539,6 +608,40 @@ mod tests {
         let snapshot = metadata.snapshot();
         assert!(snapshot.topic_by_id(first).is_none());
         assert_eq!(snapshot.topic_by_id(second).unwrap().name, "again");
+    }
+
+    #[test]
+    fn dynamic_broker_settings_survive_a_reopen_and_set_topic_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let metadata = store(dir.path());
+        let topic = metadata.new_topic("orders", 1, BTreeMap::new()).unwrap();
+        let limits = metadata.limits();
+        let statics = StaticSettings::from_config(&Config::default());
+        metadata
+            .update(|cluster| {
+                cluster
+                    .topics
+                    .insert("orders".into(), Arc::new(topic.clone()));
+                let mut broker = BrokerOverrides::default();
+                broker
+                    .cluster
+                    .insert("log.retention.ms".into(), "5000".into());
+                broker.node.insert(
+                    "sasl.kerberos.min.time.before.relogin".into(),
+                    "58000".into(),
+                );
+                cluster.set_broker_overrides(broker, &statics, limits)
+            })
+            .unwrap()
+            .unwrap();
+        let after = store(dir.path()).snapshot();
+        assert_eq!(after.broker.cluster["log.retention.ms"], "5000");
+        assert_eq!(
+            after.broker.node["sasl.kerberos.min.time.before.relogin"],
+            "58000"
+        );
+        assert_eq!(after.topic_defaults.retention_ms, 5000);
+        assert_eq!(after.topic("orders").unwrap().config.retention_ms, 5000);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! partitions with the metadata at startup, so a change interrupted by a
 //! crash completes at the next start.
 
+pub mod broker_config;
+pub mod config_value;
 pub mod group;
 pub mod internal_log;
 pub mod metadata;
@@ -24,6 +26,7 @@ use crate::config::Config;
 use crate::shard::{ShardContext, ShardGone, Shards};
 use crate::storage::PartitionError;
 use crate::storage::partition::validate_topic_name;
+use broker_config::{BrokerScope, StaticSettings};
 use metadata::{MetadataError, MetadataStore, TopicId, TopicMeta};
 use topic_config::{ConfigIssue, TopicConfig, TopicLimits};
 
@@ -86,6 +89,17 @@ pub enum TopicError {
     ShardGone(#[from] ShardGone),
 }
 
+/// Why a change of dynamic broker settings was not made.
+#[derive(Debug, Error)]
+pub enum BrokerConfigError {
+    /// A value or name the broker refuses (Kafka: INVALID_REQUEST).
+    #[error("{0}")]
+    Refused(String),
+    /// Persisting or applying the change failed.
+    #[error("{0}")]
+    Topic(TopicError),
+}
+
 impl From<PartitionError> for TopicError {
     fn from(source: PartitionError) -> Self {
         TopicError::Storage { source }
@@ -94,11 +108,11 @@ impl From<PartitionError> for TopicError {
 
 impl Broker {
     pub fn new(config: Config, advertised: (String, u16)) -> Result<Broker, MetadataError> {
-        let defaults = TopicConfig::defaults(&config);
         let limits = TopicLimits {
-            message_max_bytes: config.storage.message_max_bytes,
+            batch_max_bytes: config.storage.batch_ceiling_bytes(),
         };
-        let metadata = MetadataStore::open(&config.data_dir, defaults, limits)?;
+        let statics = StaticSettings::from_config(&config);
+        let metadata = MetadataStore::open(&config.data_dir, statics, limits)?;
         ensure_internal_topic(
             &metadata,
             group::OFFSETS_TOPIC,
@@ -304,7 +318,7 @@ impl Broker {
     ) -> Result<(), TopicError> {
         refuse_internal(name)?;
         let config = TopicConfig::with_overrides(
-            self.metadata.defaults(),
+            &self.metadata.snapshot().topic_defaults,
             &overrides,
             self.metadata.limits(),
         )
@@ -326,20 +340,52 @@ impl Broker {
             Ok::<_, TopicError>(Arc::new(topic.clone()))
         })??;
         tracing::info!(topic = name, overrides = ?topic.overrides, "changed topic config");
-        for index in 0..topic.partitions {
-            let partition_config = topic.config.partition_config();
-            let topic_name = name.to_owned();
-            shards
-                .call(shards.owner(name, index), move |context| async move {
-                    match context.store.partition_id(&topic_name, index) {
-                        Some(id) => context
-                            .store
-                            .set_partition_config(id, partition_config)
-                            .map_err(TopicError::from),
-                        None => Ok(()),
-                    }
+        apply_partition_configs(shards, &topic).await
+    }
+
+    /// Replace the dynamic broker settings of `scope` (the cluster default
+    /// or this node) by `overrides`, persist them, and apply the topic
+    /// defaults they change to every topic at once. Each value must pass
+    /// [`broker_config::checked_dynamic`]; a refusal is
+    /// [`BrokerConfigError`]. With `validate_only`, only check.
+    pub async fn set_broker_overrides(
+        &self,
+        shards: &Shards,
+        scope: BrokerScope,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), BrokerConfigError> {
+        let limits = self.metadata.limits();
+        let mut checked = BTreeMap::new();
+        for (name, raw) in overrides {
+            let value = broker_config::checked_dynamic(&name, &raw, limits)
+                .map_err(BrokerConfigError::Refused)?;
+            checked.insert(name, value);
+        }
+        let statics = self.metadata.statics();
+        let change = |cluster: &mut metadata::ClusterMetadata| {
+            let mut broker = cluster.broker.clone();
+            *broker.of_mut(scope) = checked.clone();
+            cluster
+                .set_broker_overrides(broker, statics, limits)
+                .map_err(|(topic, issue)| {
+                    BrokerConfigError::Refused(format!(
+                        "topic {topic} would no longer be valid: {issue}"
+                    ))
                 })
-                .await??;
+        };
+        if validate_only {
+            let mut copy = (*self.metadata.snapshot()).clone();
+            return change(&mut copy);
+        }
+        self.metadata
+            .update(change)
+            .map_err(|error| BrokerConfigError::Topic(TopicError::Metadata(error)))??;
+        tracing::info!(?scope, overrides = ?checked, "changed dynamic broker settings");
+        for topic in self.metadata.snapshot().topics.values() {
+            apply_partition_configs(shards, topic)
+                .await
+                .map_err(BrokerConfigError::Topic)?;
         }
         Ok(())
     }
@@ -371,6 +417,29 @@ impl Broker {
         }
         Ok(())
     }
+}
+
+/// Push `topic`'s partition config to the shards owning its partitions.
+async fn apply_partition_configs(shards: &Shards, topic: &TopicMeta) -> Result<(), TopicError> {
+    for index in 0..topic.partitions {
+        let partition_config = topic.config.partition_config();
+        let topic_name = topic.name.clone();
+        shards
+            .call(
+                shards.owner(&topic.name, index),
+                move |context| async move {
+                    match context.store.partition_id(&topic_name, index) {
+                        Some(id) => context
+                            .store
+                            .set_partition_config(id, partition_config)
+                            .map_err(TopicError::from),
+                        None => Ok(()),
+                    }
+                },
+            )
+            .await??;
+    }
+    Ok(())
 }
 
 /// Create partition `index` of `topic` on this shard if it is missing.

@@ -1,42 +1,447 @@
-//! Topic configurations: the keys Sluice understands, their broker-wide
-//! defaults, validation of overrides, and how they reach storage.
+//! Topic configurations: every topic config Kafka 3.9 defines (and
+//! `sluice.disk.pressure.delete`), how each is checked, its broker-level
+//! synonym, and what Sluice does with it.
 //!
 //! A topic stores only its overrides (`name = value` strings, exactly as a
-//! client set them). The effective configuration is the defaults with the
-//! overrides applied, computed whenever metadata changes. Unknown keys and
-//! invalid values are refused with INVALID_CONFIG and a reason.
+//! client set them). The effective configuration is the broker-level
+//! defaults (see `broker_config.rs`: dynamic broker settings, then
+//! `sluice.toml`, then Kafka's default) with the overrides applied,
+//! computed whenever metadata changes. Values are checked with Kafka's rules
+//! (type, range, allowed values; `config_value.rs`) plus Sluice's own
+//! limits; an unknown name or a bad value is refused with INVALID_CONFIG
+//! and a reason naming the key.
+//!
+//! Each config is [`Effect::Enforced`] (storage or Produce acts on it),
+//! [`Effect::Recorded`] (kept and shown; honoured once the feature it needs
+//! exists) or [`Effect::Inert`] (kept and shown; it has no meaning for a
+//! single-node broker with one commit log per shard). docs/topic-configs.md
+//! tabulates them with the reasons.
 
 use std::collections::BTreeMap;
 
-use crate::config::Config;
+use super::config_value::{Check, ConfigType, ValueSpec};
+use crate::record_batch::Codec;
 use crate::storage::PartitionConfig;
 
-pub const RETENTION_MS: &str = "retention.ms";
-pub const RETENTION_BYTES: &str = "retention.bytes";
-pub const SEGMENT_BYTES: &str = "segment.bytes";
 pub const CLEANUP_POLICY: &str = "cleanup.policy";
-pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
-pub const FLUSH_MS: &str = "flush.ms";
+pub const COMPRESSION_GZIP_LEVEL: &str = "compression.gzip.level";
+pub const COMPRESSION_LZ4_LEVEL: &str = "compression.lz4.level";
+pub const COMPRESSION_TYPE: &str = "compression.type";
+pub const COMPRESSION_ZSTD_LEVEL: &str = "compression.zstd.level";
 pub const FLUSH_MESSAGES: &str = "flush.messages";
+pub const FLUSH_MS: &str = "flush.ms";
+pub const MAX_COMPACTION_LAG_MS: &str = "max.compaction.lag.ms";
+pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
+pub const MESSAGE_TIMESTAMP_AFTER_MAX_MS: &str = "message.timestamp.after.max.ms";
+pub const MESSAGE_TIMESTAMP_BEFORE_MAX_MS: &str = "message.timestamp.before.max.ms";
+pub const MESSAGE_TIMESTAMP_DIFFERENCE_MAX_MS: &str = "message.timestamp.difference.max.ms";
 pub const MESSAGE_TIMESTAMP_TYPE: &str = "message.timestamp.type";
+pub const MIN_COMPACTION_LAG_MS: &str = "min.compaction.lag.ms";
+pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
+pub const REMOTE_STORAGE_ENABLE: &str = "remote.storage.enable";
+pub const RETENTION_BYTES: &str = "retention.bytes";
+pub const RETENTION_MS: &str = "retention.ms";
+pub const SEGMENT_BYTES: &str = "segment.bytes";
+pub const SEGMENT_MS: &str = "segment.ms";
 /// Sluice's own: whether this topic's unexpired data may be deleted when
 /// disk usage passes `retention.disk_force_clean_ratio` (RocketMQ's forced
 /// file cleaning, per topic). Off by default: acknowledged data stays until
 /// it expires, and appends are refused when the disk is nearly full.
 pub const DISK_PRESSURE_DELETE: &str = "sluice.disk.pressure.delete";
 
-/// Every topic config key Sluice accepts, in DescribeConfigs order.
-pub const KEYS: [&str; 9] = [
-    CLEANUP_POLICY,
-    FLUSH_MESSAGES,
-    FLUSH_MS,
-    MAX_MESSAGE_BYTES,
-    MESSAGE_TIMESTAMP_TYPE,
-    RETENTION_BYTES,
-    RETENTION_MS,
-    SEGMENT_BYTES,
-    DISK_PRESSURE_DELETE,
+/// Kafka's `compression.type` values for a topic (`BrokerCompressionType`).
+const COMPRESSION_TYPES: &[&str] = &["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"];
+const TIMESTAMP_TYPES: &[&str] = &["CreateTime", "LogAppendTime"];
+const CLEANUP_POLICIES: &[&str] = &["compact", "delete"];
+const INT_MAX: i64 = i32::MAX as i64;
+
+/// What Sluice does with a config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Storage or Produce acts on it.
+    Enforced,
+    /// Kept and shown now; honoured once what it needs exists.
+    Recorded,
+    /// Kept and shown; it changes nothing in this storage.
+    Inert,
+}
+
+/// One topic config: its name, type and checks, Kafka's default, the
+/// broker setting it falls back to, what Sluice does with it, and the
+/// documentation DescribeConfigs returns.
+#[derive(Clone, Copy, Debug)]
+pub struct TopicConfigDef {
+    pub name: &'static str,
+    pub spec: ValueSpec,
+    /// Kafka's default, used where no broker setting supplies one.
+    pub kafka_default: &'static str,
+    /// The broker setting that supplies the default (Kafka's synonym).
+    pub synonym: Option<&'static str>,
+    pub effect: Effect,
+    pub doc: &'static str,
+}
+
+const fn def(
+    name: &'static str,
+    spec: ValueSpec,
+    kafka_default: &'static str,
+    synonym: Option<&'static str>,
+    effect: Effect,
+    doc: &'static str,
+) -> TopicConfigDef {
+    TopicConfigDef {
+        name,
+        spec,
+        kafka_default,
+        synonym,
+        effect,
+        doc,
+    }
+}
+
+const fn long_from(min: i64) -> ValueSpec {
+    ValueSpec::new(ConfigType::Long, Check::Range { min, max: i64::MAX })
+}
+
+const fn int_between(min: i64, max: i64) -> ValueSpec {
+    ValueSpec::new(ConfigType::Int, Check::Range { min, max })
+}
+
+const BOOLEAN: ValueSpec = ValueSpec::new(ConfigType::Boolean, Check::Any);
+const THROTTLED: ValueSpec = ValueSpec::new(ConfigType::List, Check::ThrottledReplicas);
+const LONG_MAX: &str = "9223372036854775807";
+
+/// Every topic config, in name order (DescribeConfigs lists them so).
+pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
+    def(
+        CLEANUP_POLICY,
+        ValueSpec::new(ConfigType::List, Check::EachOf(CLEANUP_POLICIES)),
+        "delete",
+        Some("log.cleanup.policy"),
+        Effect::Enforced,
+        "\"delete\": retention.ms and retention.bytes move the log start. Empty: nothing is \
+         deleted. \"compact\" is refused until log compaction exists.",
+    ),
+    def(
+        COMPRESSION_GZIP_LEVEL,
+        ValueSpec::new(ConfigType::Int, Check::GzipLevel),
+        "-1",
+        Some("compression.gzip.level"),
+        Effect::Enforced,
+        "Level of the broker's gzip recompression (compression.type=gzip): 1 to 9, or -1 for \
+         the codec's default.",
+    ),
+    def(
+        COMPRESSION_LZ4_LEVEL,
+        int_between(1, 17),
+        "9",
+        Some("compression.lz4.level"),
+        Effect::Enforced,
+        "Level of the broker's lz4 recompression (compression.type=lz4): 1 to 17; 9 is lz4's \
+         fast mode, other levels its high-compression mode.",
+    ),
+    def(
+        COMPRESSION_TYPE,
+        ValueSpec::new(ConfigType::String, Check::OneOf(COMPRESSION_TYPES)),
+        "producer",
+        Some("compression.type"),
+        Effect::Enforced,
+        "\"producer\" stores batches as sent. A codec (gzip, snappy, lz4, zstd, or uncompressed) \
+         makes the broker recompress every batch in another codec to it at Produce; offsets, \
+         timestamps, headers and producer fields are kept.",
+    ),
+    def(
+        COMPRESSION_ZSTD_LEVEL,
+        int_between(-131_072, 22),
+        "3",
+        Some("compression.zstd.level"),
+        Effect::Enforced,
+        "Level of the broker's zstd recompression (compression.type=zstd): -131072 to 22.",
+    ),
+    def(
+        "delete.retention.ms",
+        long_from(0),
+        "86400000",
+        Some("log.cleaner.delete.retention.ms"),
+        Effect::Inert,
+        "Kept for compacted topics (tombstone lifetime); no effect until log compaction exists.",
+    ),
+    def(
+        "file.delete.delay.ms",
+        long_from(0),
+        "60000",
+        Some("log.segment.delete.delay.ms"),
+        Effect::Inert,
+        "No effect: segments belong to a shard's commit log and are deleted at once when no \
+         partition needs them.",
+    ),
+    def(
+        FLUSH_MESSAGES,
+        long_from(1),
+        LONG_MAX,
+        Some("log.flush.interval.messages"),
+        Effect::Enforced,
+        "Data is fsynced at least every this many records.",
+    ),
+    def(
+        FLUSH_MS,
+        long_from(0),
+        LONG_MAX,
+        Some("log.flush.interval.ms"),
+        Effect::Enforced,
+        "Data produced with acks=0/1 is fsynced within this many ms.",
+    ),
+    def(
+        "follower.replication.throttled.replicas",
+        THROTTLED,
+        "",
+        None,
+        Effect::Inert,
+        "No effect: a single node has no replication to throttle.",
+    ),
+    def(
+        "index.interval.bytes",
+        int_between(0, INT_MAX),
+        "4096",
+        Some("log.index.interval.bytes"),
+        Effect::Inert,
+        "No effect: the consume queue indexes every batch.",
+    ),
+    def(
+        "leader.replication.throttled.replicas",
+        THROTTLED,
+        "",
+        None,
+        Effect::Inert,
+        "No effect: a single node has no replication to throttle.",
+    ),
+    def(
+        "local.retention.bytes",
+        long_from(-2),
+        "-2",
+        Some("log.local.retention.bytes"),
+        Effect::Inert,
+        "No effect: there is no tiered storage, so all data is local (retention.bytes applies).",
+    ),
+    def(
+        "local.retention.ms",
+        long_from(-2),
+        "-2",
+        Some("log.local.retention.ms"),
+        Effect::Inert,
+        "No effect: there is no tiered storage, so all data is local (retention.ms applies).",
+    ),
+    def(
+        MAX_COMPACTION_LAG_MS,
+        long_from(1),
+        LONG_MAX,
+        Some("log.cleaner.max.compaction.lag.ms"),
+        Effect::Inert,
+        "Kept for compacted topics; no effect until log compaction exists.",
+    ),
+    def(
+        MAX_MESSAGE_BYTES,
+        int_between(0, INT_MAX),
+        "1048588",
+        Some("message.max.bytes"),
+        Effect::Enforced,
+        "Largest record batch accepted for this topic (after any recompression), up to the \
+         largest batch the commit log holds (sluice.storage.batch.ceiling.bytes).",
+    ),
+    def(
+        "message.downconversion.enable",
+        BOOLEAN,
+        "true",
+        Some("log.message.downconversion.enable"),
+        Effect::Inert,
+        "No effect: Fetch is served from v4, which reads record batch v2, so nothing is ever \
+         down-converted.",
+    ),
+    def(
+        "message.format.version",
+        ValueSpec::new(ConfigType::String, Check::KafkaVersion),
+        "3.0-IV1",
+        Some("log.message.format.version"),
+        Effect::Inert,
+        "No effect (deprecated in Kafka 3.0): batches are always stored in format v2.",
+    ),
+    def(
+        MESSAGE_TIMESTAMP_AFTER_MAX_MS,
+        long_from(0),
+        LONG_MAX,
+        Some("log.message.timestamp.after.max.ms"),
+        Effect::Enforced,
+        "CreateTime topics: a batch with a record timestamped more than this far after the \
+         broker's clock is refused with INVALID_TIMESTAMP (KIP-937).",
+    ),
+    def(
+        MESSAGE_TIMESTAMP_BEFORE_MAX_MS,
+        long_from(0),
+        LONG_MAX,
+        Some("log.message.timestamp.before.max.ms"),
+        Effect::Enforced,
+        "CreateTime topics: a batch with a record timestamped more than this far before the \
+         broker's clock is refused with INVALID_TIMESTAMP (KIP-937).",
+    ),
+    def(
+        MESSAGE_TIMESTAMP_DIFFERENCE_MAX_MS,
+        long_from(0),
+        LONG_MAX,
+        Some("log.message.timestamp.difference.max.ms"),
+        Effect::Enforced,
+        "Deprecated: the bound in both directions where message.timestamp.before.max.ms or \
+         message.timestamp.after.max.ms is left at its default.",
+    ),
+    def(
+        MESSAGE_TIMESTAMP_TYPE,
+        ValueSpec::new(ConfigType::String, Check::OneOf(TIMESTAMP_TYPES)),
+        "CreateTime",
+        Some("log.message.timestamp.type"),
+        Effect::Enforced,
+        "CreateTime keeps the producer's timestamps; LogAppendTime replaces them with the \
+         broker's.",
+    ),
+    def(
+        "min.cleanable.dirty.ratio",
+        ValueSpec::new(ConfigType::Double, Check::Fraction { min: 0.0, max: 1.0 }),
+        "0.5",
+        Some("log.cleaner.min.cleanable.ratio"),
+        Effect::Inert,
+        "Kept for compacted topics; no effect until log compaction exists.",
+    ),
+    def(
+        MIN_COMPACTION_LAG_MS,
+        long_from(0),
+        "0",
+        Some("log.cleaner.min.compaction.lag.ms"),
+        Effect::Inert,
+        "Kept for compacted topics; no effect until log compaction exists.",
+    ),
+    def(
+        MIN_INSYNC_REPLICAS,
+        int_between(1, INT_MAX),
+        "1",
+        Some("min.insync.replicas"),
+        Effect::Recorded,
+        "Kept and shown; honoured once replication exists. A single node is its only in-sync \
+         replica, so acks=all waits for the local fsync.",
+    ),
+    def(
+        "preallocate",
+        BOOLEAN,
+        "false",
+        Some("log.preallocate"),
+        Effect::Inert,
+        "No effect: each shard's commit-log segments are always preallocated.",
+    ),
+    def(
+        "remote.log.copy.disable",
+        BOOLEAN,
+        "false",
+        None,
+        Effect::Inert,
+        "No effect: there is no tiered storage.",
+    ),
+    def(
+        "remote.log.delete.on.disable",
+        BOOLEAN,
+        "false",
+        None,
+        Effect::Inert,
+        "No effect: there is no tiered storage.",
+    ),
+    def(
+        REMOTE_STORAGE_ENABLE,
+        BOOLEAN,
+        "false",
+        None,
+        Effect::Inert,
+        "Only false: there is no tiered storage, so true is refused as Kafka refuses it when \
+         tiered storage is disabled.",
+    ),
+    def(
+        RETENTION_BYTES,
+        ValueSpec::new(ConfigType::Long, Check::Any),
+        "-1",
+        Some("log.retention.bytes"),
+        Effect::Enforced,
+        "Most bytes a partition keeps; negative for no limit.",
+    ),
+    def(
+        RETENTION_MS,
+        long_from(-1),
+        "604800000",
+        Some("log.retention.ms"),
+        Effect::Enforced,
+        "How long to keep data; -1 keeps it forever. Data expires with the commit-log segment \
+         holding it (by the segment's last write).",
+    ),
+    def(
+        SEGMENT_BYTES,
+        int_between(14, INT_MAX),
+        "1073741824",
+        Some("log.segment.bytes"),
+        Effect::Inert,
+        "No effect: segments belong to a shard's commit log, shared by partitions, and have \
+         one size (log.segment.bytes, storage.segment_bytes).",
+    ),
+    def(
+        "segment.index.bytes",
+        int_between(4, INT_MAX),
+        "10485760",
+        Some("log.index.size.max.bytes"),
+        Effect::Inert,
+        "No effect: the consume queue has fixed-size files of 40-byte entries.",
+    ),
+    def(
+        "segment.jitter.ms",
+        long_from(0),
+        "0",
+        Some("log.roll.jitter.ms"),
+        Effect::Inert,
+        "No effect: a shard's commit log rolls as one, so there are no per-partition rolls to \
+         spread out.",
+    ),
+    def(
+        SEGMENT_MS,
+        long_from(1),
+        "604800000",
+        Some("log.roll.ms"),
+        Effect::Enforced,
+        "A shard's active commit-log segment rolls once its first record is older than the \
+         smallest segment.ms of the topics written to it, so retention can delete it whole.",
+    ),
+    def(
+        DISK_PRESSURE_DELETE,
+        BOOLEAN,
+        "false",
+        None,
+        Effect::Enforced,
+        "Sluice: true lets this topic's unexpired data be deleted, oldest first, when disk \
+         usage passes retention.disk_force_clean_ratio; false (the default) keeps it and appends \
+         are refused near a full disk.",
+    ),
+    def(
+        "unclean.leader.election.enable",
+        BOOLEAN,
+        "false",
+        Some("unclean.leader.election.enable"),
+        Effect::Inert,
+        "No effect: a single node is always the leader, with every acknowledged record.",
+    ),
 ];
+
+/// The definition of topic config `name`, if Sluice knows it.
+pub fn config_def(name: &str) -> Option<&'static TopicConfigDef> {
+    TOPIC_CONFIGS.iter().find(|def| def.name == name)
+}
+
+/// The topic config whose broker-level synonym is `broker_name`.
+pub fn def_for_synonym(broker_name: &str) -> Option<&'static TopicConfigDef> {
+    TOPIC_CONFIGS
+        .iter()
+        .find(|def| def.synonym == Some(broker_name))
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimestampType {
@@ -44,26 +449,21 @@ pub enum TimestampType {
     LogAppendTime,
 }
 
-/// The effective configuration of one topic.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TopicConfig {
-    pub retention_ms: i64,
-    pub retention_bytes: i64,
-    /// Accepted for compatibility. Segments belong to a shard's commit log,
-    /// not to a topic (`storage.segment_bytes`), so this has no effect.
-    pub segment_bytes: i64,
-    pub max_message_bytes: i32,
-    pub flush_ms: i64,
-    pub flush_messages: i64,
-    pub timestamp_type: TimestampType,
-    /// [`DISK_PRESSURE_DELETE`].
-    pub disk_pressure_delete: bool,
+/// The codec and level a topic's `compression.type` makes the broker
+/// recompress to (none for `producer`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recompression {
+    pub codec: Codec,
+    /// Kafka's level for the codec (KIP-390); unused by snappy and none.
+    pub level: i32,
 }
 
 /// Broker-wide limits that topic values are checked against.
 #[derive(Clone, Copy, Debug)]
 pub struct TopicLimits {
-    pub message_max_bytes: u32,
+    /// The largest batch the commit log holds
+    /// ([`crate::config::StorageConfig::batch_ceiling_bytes`]).
+    pub batch_max_bytes: u32,
 }
 
 /// A refused config: which key, what value, and why.
@@ -72,6 +472,16 @@ pub struct ConfigIssue {
     pub key: String,
     pub value: String,
     pub reason: String,
+}
+
+impl ConfigIssue {
+    fn new(key: &str, value: &str, reason: impl Into<String>) -> ConfigIssue {
+        ConfigIssue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            reason: reason.into(),
+        }
+    }
 }
 
 impl std::fmt::Display for ConfigIssue {
@@ -86,28 +496,80 @@ impl std::fmt::Display for ConfigIssue {
 
 impl std::error::Error for ConfigIssue {}
 
-/// One row of DescribeConfigs.
+/// `raw` as the value of topic config `def`, in the form DescribeConfigs
+/// shows it, or why it is refused: Kafka's checks, then Sluice's.
+pub fn checked_value(
+    def: &TopicConfigDef,
+    raw: &str,
+    limits: TopicLimits,
+) -> Result<String, String> {
+    let value = def.spec.normalize(raw)?;
+    match def.name {
+        CLEANUP_POLICY if super::config_value::list_items(&value).contains(&"compact") => {
+            Err("log compaction is not supported yet; use \"delete\"".to_owned())
+        }
+        MAX_MESSAGE_BYTES
+            if value.parse::<i64>().unwrap_or(i64::MAX) > i64::from(limits.batch_max_bytes) =>
+        {
+            Err(format!(
+                "above the largest batch this broker's commit log holds ({} bytes, half of \
+                 storage.write_buffers x storage.flush_bytes; raise storage.write_buffers to \
+                 allow more)",
+                limits.batch_max_bytes
+            ))
+        }
+        REMOTE_STORAGE_ENABLE if value == "true" => Err(
+            "tiered storage is not available on this broker, so a topic cannot use remote \
+             log storage"
+                .to_owned(),
+        ),
+        _ => Ok(value),
+    }
+}
+
+/// The effective configuration of one topic: every config's value, and the
+/// ones Sluice acts on, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigEntry {
-    pub name: &'static str,
-    pub value: String,
-    pub is_default: bool,
-    pub documentation: &'static str,
+pub struct TopicConfig {
+    /// Every config in [`TOPIC_CONFIGS`], in the form DescribeConfigs shows.
+    values: BTreeMap<&'static str, String>,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    /// `cleanup.policy` contains `delete`: retention applies.
+    pub delete_policy: bool,
+    pub segment_ms: i64,
+    pub max_message_bytes: i32,
+    pub flush_ms: i64,
+    pub flush_messages: i64,
+    pub timestamp_type: TimestampType,
+    /// How far before and after the broker's clock a CreateTime record's
+    /// timestamp may be (KIP-937, with the deprecated
+    /// `message.timestamp.difference.max.ms` filling in for a default).
+    pub timestamp_before_max_ms: i64,
+    pub timestamp_after_max_ms: i64,
+    /// `compression.type`, unless `producer`.
+    pub recompression: Option<Recompression>,
+    pub min_insync_replicas: i32,
+    /// [`DISK_PRESSURE_DELETE`].
+    pub disk_pressure_delete: bool,
 }
 
 impl TopicConfig {
-    /// The broker-wide defaults, from `sluice.toml`.
-    pub fn defaults(config: &Config) -> TopicConfig {
-        TopicConfig {
-            retention_ms: config.retention.retention_ms,
-            retention_bytes: config.retention.retention_bytes,
-            segment_bytes: config.storage.segment_bytes as i64,
-            max_message_bytes: config.storage.message_max_bytes as i32,
-            flush_ms: config.retention.flush_ms as i64,
-            flush_messages: i64::MAX,
-            timestamp_type: TimestampType::CreateTime,
-            disk_pressure_delete: false,
-        }
+    /// Defaults from the broker level: `value_of(def)` gives each config's
+    /// broker-level value (already checked where it was set), or `None`
+    /// for Kafka's default. A value that does not read as its type (a
+    /// `sluice.toml` setting wider than Kafka's INT) is shown as given and
+    /// decoded as the nearest value.
+    pub fn from_broker(value_of: impl Fn(&TopicConfigDef) -> Option<String>) -> TopicConfig {
+        let values = TOPIC_CONFIGS
+            .iter()
+            .map(|def| {
+                let raw = value_of(def).unwrap_or_else(|| def.kafka_default.to_owned());
+                let shown = def.spec.normalize(&raw).unwrap_or(raw);
+                (def.name, shown)
+            })
+            .collect();
+        TopicConfig::decode(values)
     }
 
     /// `defaults` with `overrides` applied; the first bad override is refused.
@@ -116,161 +578,113 @@ impl TopicConfig {
         overrides: &BTreeMap<String, String>,
         limits: TopicLimits,
     ) -> Result<TopicConfig, ConfigIssue> {
-        let mut config = defaults.clone();
-        for (key, value) in overrides {
-            config.apply(key, value, limits)?;
+        let mut values = defaults.values.clone();
+        for (key, raw) in overrides {
+            let Some(def) = config_def(key) else {
+                return Err(ConfigIssue::new(
+                    key,
+                    raw,
+                    "no topic config has this name (Kafka's topic configs and \
+                     sluice.disk.pressure.delete are known)",
+                ));
+            };
+            let value = checked_value(def, raw, limits)
+                .map_err(|reason| ConfigIssue::new(key, raw, reason))?;
+            values.insert(def.name, value);
         }
-        Ok(config)
+        check_relations(&values)?;
+        Ok(TopicConfig::decode(values))
     }
 
-    fn apply(&mut self, key: &str, value: &str, limits: TopicLimits) -> Result<(), ConfigIssue> {
-        let issue = |reason: &str| ConfigIssue {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            reason: reason.to_owned(),
+    fn decode(values: BTreeMap<&'static str, String>) -> TopicConfig {
+        let long = |key: &str, fallback: i64| {
+            values
+                .get(key)
+                .and_then(|value| value.parse::<i64>().ok())
+                .unwrap_or(fallback)
         };
-        let integer = || {
-            value
-                .trim()
-                .parse::<i64>()
-                .map_err(|error| issue(&format!("expected an integer ({error})")))
+        let int = |key: &str, fallback: i32| {
+            i32::try_from(long(key, i64::from(fallback))).unwrap_or(i32::MAX)
         };
-        match key {
-            RETENTION_MS => {
-                self.retention_ms = at_least(
-                    integer()?,
-                    -1,
-                    "-1 (forever) or a positive number of ms",
-                    &issue,
-                )?
-            }
-            RETENTION_BYTES => {
-                self.retention_bytes = at_least(
-                    integer()?,
-                    -1,
-                    "-1 (no limit) or a positive number of bytes",
-                    &issue,
-                )?
-            }
-            SEGMENT_BYTES => self.segment_bytes = at_least(integer()?, 14, "at least 14", &issue)?,
-            FLUSH_MS => self.flush_ms = at_least(integer()?, 0, "0 or more ms", &issue)?,
-            FLUSH_MESSAGES => self.flush_messages = at_least(integer()?, 1, "at least 1", &issue)?,
-            MAX_MESSAGE_BYTES => {
-                let bytes = at_least(integer()?, 0, "0 or more bytes", &issue)?;
-                if bytes > i64::from(limits.message_max_bytes) {
-                    return Err(issue(&format!(
-                        "above the broker's storage.message_max_bytes ({})",
-                        limits.message_max_bytes
-                    )));
-                }
-                self.max_message_bytes = bytes as i32;
-            }
-            CLEANUP_POLICY => match value.trim() {
-                "delete" => {}
-                "compact" | "compact,delete" | "delete,compact" => {
-                    return Err(issue("log compaction is not supported yet; use \"delete\""));
-                }
-                _ => return Err(issue("expected \"delete\"")),
+        let text = |key: &str| values.get(key).map_or("", String::as_str);
+        let difference = long(MESSAGE_TIMESTAMP_DIFFERENCE_MAX_MS, i64::MAX);
+        let bound = |key: &str| match long(key, i64::MAX) {
+            i64::MAX => difference,
+            set => set,
+        };
+        let level = |key: &str, fallback: i32| int(key, fallback);
+        let recompression = match text(COMPRESSION_TYPE) {
+            "gzip" => Some((Codec::Gzip, level(COMPRESSION_GZIP_LEVEL, -1))),
+            "snappy" => Some((Codec::Snappy, 0)),
+            "lz4" => Some((Codec::Lz4, level(COMPRESSION_LZ4_LEVEL, 9))),
+            "zstd" => Some((Codec::Zstd, level(COMPRESSION_ZSTD_LEVEL, 3))),
+            "uncompressed" => Some((Codec::None, 0)),
+            _ => None,
+        }
+        .map(|(codec, level)| Recompression { codec, level });
+        TopicConfig {
+            retention_ms: long(RETENTION_MS, -1),
+            retention_bytes: long(RETENTION_BYTES, -1),
+            delete_policy: super::config_value::list_items(text(CLEANUP_POLICY))
+                .contains(&"delete"),
+            segment_ms: long(SEGMENT_MS, i64::MAX),
+            max_message_bytes: int(MAX_MESSAGE_BYTES, i32::MAX),
+            flush_ms: long(FLUSH_MS, i64::MAX),
+            flush_messages: long(FLUSH_MESSAGES, i64::MAX),
+            timestamp_type: match text(MESSAGE_TIMESTAMP_TYPE) {
+                "LogAppendTime" => TimestampType::LogAppendTime,
+                _ => TimestampType::CreateTime,
             },
-            MESSAGE_TIMESTAMP_TYPE => {
-                self.timestamp_type = match value.trim() {
-                    "CreateTime" => TimestampType::CreateTime,
-                    "LogAppendTime" => TimestampType::LogAppendTime,
-                    _ => return Err(issue("expected CreateTime or LogAppendTime")),
-                }
-            }
-            DISK_PRESSURE_DELETE => {
-                self.disk_pressure_delete = match value.trim() {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(issue("expected true or false")),
-                }
-            }
-            _ => return Err(issue("unknown topic config")),
+            timestamp_before_max_ms: bound(MESSAGE_TIMESTAMP_BEFORE_MAX_MS),
+            timestamp_after_max_ms: bound(MESSAGE_TIMESTAMP_AFTER_MAX_MS),
+            recompression,
+            min_insync_replicas: int(MIN_INSYNC_REPLICAS, 1),
+            disk_pressure_delete: text(DISK_PRESSURE_DELETE) == "true",
+            values,
         }
-        Ok(())
     }
 
-    /// What storage enforces for each partition of the topic.
+    /// What storage enforces for each partition of the topic. Without the
+    /// `delete` cleanup policy nothing expires.
     pub fn partition_config(&self) -> PartitionConfig {
+        let (retention_ms, retention_bytes) = if self.delete_policy {
+            (self.retention_ms, self.retention_bytes)
+        } else {
+            (-1, -1)
+        };
         PartitionConfig {
-            retention_ms: self.retention_ms,
-            retention_bytes: self.retention_bytes,
+            retention_ms,
+            retention_bytes,
             flush_ms: u64::try_from(self.flush_ms).unwrap_or(u64::MAX),
             flush_messages: u64::try_from(self.flush_messages).unwrap_or(u64::MAX),
+            segment_ms: u64::try_from(self.segment_ms).unwrap_or(u64::MAX),
             disk_pressure_delete: self.disk_pressure_delete,
         }
     }
 
-    pub fn value_of(&self, key: &str) -> Option<String> {
-        Some(match key {
-            RETENTION_MS => self.retention_ms.to_string(),
-            RETENTION_BYTES => self.retention_bytes.to_string(),
-            SEGMENT_BYTES => self.segment_bytes.to_string(),
-            CLEANUP_POLICY => "delete".to_owned(),
-            MAX_MESSAGE_BYTES => self.max_message_bytes.to_string(),
-            FLUSH_MS => self.flush_ms.to_string(),
-            FLUSH_MESSAGES => self.flush_messages.to_string(),
-            MESSAGE_TIMESTAMP_TYPE => match self.timestamp_type {
-                TimestampType::CreateTime => "CreateTime".to_owned(),
-                TimestampType::LogAppendTime => "LogAppendTime".to_owned(),
-            },
-            DISK_PRESSURE_DELETE => self.disk_pressure_delete.to_string(),
-            _ => return None,
-        })
-    }
-
-    /// DescribeConfigs rows for `keys` (all keys when `None`).
-    pub fn describe(
-        &self,
-        overrides: &BTreeMap<String, String>,
-        keys: Option<&[String]>,
-    ) -> Vec<ConfigEntry> {
-        KEYS.iter()
-            .filter(|key| keys.is_none_or(|keys| keys.iter().any(|wanted| wanted == *key)))
-            .map(|&name| ConfigEntry {
-                name,
-                value: self.value_of(name).unwrap_or_default(),
-                is_default: !overrides.contains_key(name),
-                documentation: documentation(name),
-            })
-            .collect()
+    /// The effective value of `key`, as DescribeConfigs shows it.
+    pub fn value_of(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
     }
 }
 
-fn at_least(
-    value: i64,
-    minimum: i64,
-    expected: &str,
-    issue: &dyn Fn(&str) -> ConfigIssue,
-) -> Result<i64, ConfigIssue> {
-    if value < minimum || (minimum == -1 && value == 0) {
-        return Err(issue(&format!("expected {expected}")));
+/// Checks between configs (Kafka's `LogConfig.validateValues`).
+fn check_relations(values: &BTreeMap<&'static str, String>) -> Result<(), ConfigIssue> {
+    let long = |key| {
+        values
+            .get(key)
+            .and_then(|value: &String| value.parse::<i64>().ok())
+    };
+    if let (Some(min), Some(max)) = (long(MIN_COMPACTION_LAG_MS), long(MAX_COMPACTION_LAG_MS))
+        && min > max
+    {
+        return Err(ConfigIssue::new(
+            MIN_COMPACTION_LAG_MS,
+            &min.to_string(),
+            format!("must not be above {MAX_COMPACTION_LAG_MS} ({max})"),
+        ));
     }
-    Ok(value)
-}
-
-fn documentation(key: &str) -> &'static str {
-    match key {
-        RETENTION_MS => "How long to keep data; -1 keeps it forever. Enforced per segment age.",
-        RETENTION_BYTES => "Most bytes a partition keeps; -1 for no limit.",
-        SEGMENT_BYTES => {
-            "Accepted for compatibility; segments belong to a shard's commit log (storage.segment_bytes)."
-        }
-        CLEANUP_POLICY => "Only \"delete\" is supported.",
-        MAX_MESSAGE_BYTES => "Largest record batch accepted for this topic.",
-        FLUSH_MS => "Data produced with acks=0/1 is fsynced within this many ms.",
-        FLUSH_MESSAGES => "Data is fsynced at least every this many records.",
-        MESSAGE_TIMESTAMP_TYPE => {
-            "CreateTime keeps the producer's timestamps; LogAppendTime replaces them with the broker's."
-        }
-        DISK_PRESSURE_DELETE => {
-            "Sluice: true lets this topic's unexpired data be deleted, oldest first, when disk usage \
-             passes retention.disk_force_clean_ratio; false (the default) keeps it and appends are \
-             refused near a full disk."
-        }
-        _ => "",
-    }
+    Ok(())
 }
 
 /// Validate overrides without applying them (CreateTopics, validate_only).
@@ -288,55 +702,135 @@ mod tests {
 
     fn limits() -> TopicLimits {
         TopicLimits {
-            message_max_bytes: 1_048_588,
+            batch_max_bytes: 8 << 20,
+        }
+    }
+
+    fn defaults() -> TopicConfig {
+        TopicConfig::from_broker(|_| None)
+    }
+
+    fn with(pairs: &[(&str, &str)]) -> Result<TopicConfig, ConfigIssue> {
+        let overrides = pairs
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
+        TopicConfig::with_overrides(&defaults(), &overrides, limits())
+    }
+
+    #[test]
+    fn the_table_is_in_name_order_with_defaults_that_pass_their_own_checks() {
+        assert!(
+            TOPIC_CONFIGS
+                .windows(2)
+                .all(|pair| pair[0].name < pair[1].name)
+        );
+        for def in TOPIC_CONFIGS {
+            let checked = checked_value(def, def.kafka_default, limits());
+            assert_eq!(checked.as_deref(), Ok(def.kafka_default), "{}", def.name);
+            assert!(!def.doc.is_empty());
         }
     }
 
     #[test]
     fn overrides_apply_over_defaults() {
-        let defaults = TopicConfig::defaults(&Config::default());
-        let overrides = BTreeMap::from([
-            (RETENTION_MS.to_owned(), "60000".to_owned()),
-            (
-                MESSAGE_TIMESTAMP_TYPE.to_owned(),
-                "LogAppendTime".to_owned(),
-            ),
-        ]);
-        let config = TopicConfig::with_overrides(&defaults, &overrides, limits()).unwrap();
+        let config = with(&[
+            (RETENTION_MS, "60000"),
+            (MESSAGE_TIMESTAMP_TYPE, "LogAppendTime"),
+            (COMPRESSION_TYPE, "zstd"),
+            (COMPRESSION_ZSTD_LEVEL, "7"),
+            ("preallocate", "TRUE"),
+        ])
+        .unwrap();
         assert_eq!(config.retention_ms, 60_000);
         assert_eq!(config.timestamp_type, TimestampType::LogAppendTime);
-        let rows = config.describe(&overrides, None);
-        assert_eq!(rows.len(), KEYS.len());
-        assert!(
-            !rows
-                .iter()
-                .find(|row| row.name == RETENTION_MS)
-                .unwrap()
-                .is_default
+        assert_eq!(
+            config.recompression,
+            Some(Recompression {
+                codec: Codec::Zstd,
+                level: 7
+            })
         );
-        assert!(
-            rows.iter()
-                .find(|row| row.name == RETENTION_BYTES)
-                .unwrap()
-                .is_default
-        );
+        assert_eq!(config.value_of("preallocate"), Some("true"));
+        assert_eq!(config.value_of(RETENTION_BYTES), Some("-1"));
+    }
+
+    #[test]
+    fn timestamp_bounds_fall_back_to_the_deprecated_difference() {
+        let config = with(&[(MESSAGE_TIMESTAMP_DIFFERENCE_MAX_MS, "5000")]).unwrap();
+        assert_eq!(config.timestamp_before_max_ms, 5000);
+        assert_eq!(config.timestamp_after_max_ms, 5000);
+        let config = with(&[
+            (MESSAGE_TIMESTAMP_DIFFERENCE_MAX_MS, "5000"),
+            (MESSAGE_TIMESTAMP_AFTER_MAX_MS, "10"),
+        ])
+        .unwrap();
+        assert_eq!(config.timestamp_before_max_ms, 5000);
+        assert_eq!(config.timestamp_after_max_ms, 10);
+        assert_eq!(defaults().timestamp_before_max_ms, i64::MAX);
+    }
+
+    #[test]
+    fn an_empty_cleanup_policy_keeps_everything() {
+        let config = with(&[(CLEANUP_POLICY, ""), (RETENTION_MS, "1000")]).unwrap();
+        assert_eq!(config.partition_config().retention_ms, -1);
+        let config = with(&[(RETENTION_MS, "1000")]).unwrap();
+        assert_eq!(config.partition_config().retention_ms, 1000);
     }
 
     #[test]
     fn bad_values_name_the_key_and_the_reason() {
-        let defaults = TopicConfig::defaults(&Config::default());
-        for (key, value) in [
-            (RETENTION_MS, "soon"),
-            (RETENTION_MS, "0"),
-            (MAX_MESSAGE_BYTES, "999999999"),
-            (CLEANUP_POLICY, "compact"),
-            (DISK_PRESSURE_DELETE, "yes"),
-            ("no.such.key", "1"),
+        for (key, value, reason) in [
+            (RETENTION_MS, "soon", "64-bit integer"),
+            (RETENTION_MS, "-2", "at least -1"),
+            (MAX_MESSAGE_BYTES, "999999999", "storage.write_buffers"),
+            (CLEANUP_POLICY, "compact", "compaction is not supported"),
+            (
+                CLEANUP_POLICY,
+                "delete,compact",
+                "compaction is not supported",
+            ),
+            (CLEANUP_POLICY, "shred", "not one of"),
+            (COMPRESSION_TYPE, "none", "one of"),
+            (COMPRESSION_GZIP_LEVEL, "0", "between 1 and 9"),
+            (COMPRESSION_LZ4_LEVEL, "18", "between 1 and 17"),
+            (COMPRESSION_ZSTD_LEVEL, "23", "between -131072 and 22"),
+            (SEGMENT_MS, "0", "at least 1"),
+            (MIN_INSYNC_REPLICAS, "0", "at least 1"),
+            ("min.cleanable.dirty.ratio", "2", "between 0 and 1"),
+            (
+                "leader.replication.throttled.replicas",
+                "all",
+                "partition:broker",
+            ),
+            (REMOTE_STORAGE_ENABLE, "true", "tiered storage"),
+            (DISK_PRESSURE_DELETE, "yes", "true or false"),
+            ("no.such.key", "1", "no topic config has this name"),
         ] {
-            let overrides = BTreeMap::from([(key.to_owned(), value.to_owned())]);
-            let issue = TopicConfig::with_overrides(&defaults, &overrides, limits()).unwrap_err();
+            let issue = with(&[(key, value)]).unwrap_err();
             assert_eq!(issue.key, key);
-            assert!(!issue.reason.is_empty());
+            assert!(
+                issue.reason.contains(reason),
+                "{key}={value}: {}",
+                issue.reason
+            );
         }
+        let issue =
+            with(&[(MIN_COMPACTION_LAG_MS, "10"), (MAX_COMPACTION_LAG_MS, "5")]).unwrap_err();
+        assert_eq!(issue.key, MIN_COMPACTION_LAG_MS);
+    }
+
+    #[test]
+    fn max_message_bytes_may_go_up_to_the_commit_logs_ceiling() {
+        assert_eq!(
+            with(&[(MAX_MESSAGE_BYTES, "2097164")])
+                .unwrap()
+                .max_message_bytes,
+            2_097_164
+        );
+        let ceiling = (8 << 20).to_string();
+        assert!(with(&[(MAX_MESSAGE_BYTES, &ceiling)]).is_ok());
+        let above = ((8 << 20) + 1).to_string();
+        assert!(with(&[(MAX_MESSAGE_BYTES, &above)]).is_err());
     }
 }

@@ -317,6 +317,7 @@ pub fn with_request_type<V: WithRequestType>(key: ApiKey, visitor: V) -> Option<
         ApiKey::DeleteTopics => visitor.call::<DeleteTopicsRequest>(),
         ApiKey::CreatePartitions => visitor.call::<CreatePartitionsRequest>(),
         ApiKey::DescribeConfigs => visitor.call::<DescribeConfigsRequest>(),
+        ApiKey::AlterConfigs => visitor.call::<AlterConfigsRequest>(),
         ApiKey::IncrementalAlterConfigs => visitor.call::<IncrementalAlterConfigsRequest>(),
         ApiKey::DescribeCluster => visitor.call::<DescribeClusterRequest>(),
         ApiKey::DescribeTopicPartitions => visitor.call::<DescribeTopicPartitionsRequest>(),

@@ -195,6 +195,18 @@ pub fn sample_request(
                     ]),
             ])
             .encode(out, version),
+        ApiKey::AlterConfigs => AlterConfigsRequest::default()
+            .with_resources(vec![
+                alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name("t"))
+                    .with_configs(vec![
+                        alter_configs_request::AlterableConfig::default()
+                            .with_name(name("retention.ms"))
+                            .with_value(Some(name("1000"))),
+                    ]),
+            ])
+            .encode(out, version),
         ApiKey::DescribeCluster => DescribeClusterRequest::default().encode(out, version),
         ApiKey::DescribeTopicPartitions => DescribeTopicPartitionsRequest::default()
             .with_topics(vec![TopicRequest::default().with_name(topic("t"))])

@@ -75,6 +75,7 @@ pub fn for_batch(error: &BatchError) -> i16 {
         | BatchError::NonZeroBaseOffset { .. }
         | BatchError::MissingSequence { .. }
         | BatchError::Records(_) => ResponseError::InvalidRecord.code(),
+        BatchError::Recompress { .. } => ResponseError::UnknownServerError.code(),
     }
 }
 

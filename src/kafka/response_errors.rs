@@ -7,7 +7,7 @@
 //! partition errors itself.
 
 use kafka_protocol::messages::{
-    AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, ApiVersionsResponse,
+    AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, AlterConfigsResponse, ApiVersionsResponse,
     CreatePartitionsResponse, CreateTopicsResponse, DeleteGroupsResponse, DeleteRecordsResponse,
     DeleteTopicsResponse, DescribeClusterResponse, DescribeConfigsResponse, DescribeGroupsResponse,
     DescribeLogDirsResponse, DescribeProducersResponse, DescribeTopicPartitionsResponse,
@@ -66,6 +66,7 @@ per_item!(
     CreatePartitionsResponse => results,
     DescribeConfigsResponse => results,
     IncrementalAlterConfigsResponse => responses,
+    AlterConfigsResponse => responses,
     DescribeGroupsResponse => groups,
     DeleteGroupsResponse => results,
     FindCoordinatorResponse => [error_code] coordinators,

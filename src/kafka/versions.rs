@@ -109,6 +109,11 @@ pub const SUPPORTED: &[Supported] = &[
         max: 4,
     },
     Supported {
+        key: ApiKey::AlterConfigs,
+        min: 0,
+        max: 2,
+    },
+    Supported {
         key: ApiKey::IncrementalAlterConfigs,
         min: 0,
         max: 1,
@@ -213,6 +218,7 @@ mod tests {
             ApiKey::DeleteTopics => DeleteTopicsRequest::VERSIONS,
             ApiKey::CreatePartitions => CreatePartitionsRequest::VERSIONS,
             ApiKey::DescribeConfigs => DescribeConfigsRequest::VERSIONS,
+            ApiKey::AlterConfigs => AlterConfigsRequest::VERSIONS,
             ApiKey::IncrementalAlterConfigs => IncrementalAlterConfigsRequest::VERSIONS,
             ApiKey::DescribeCluster => DescribeClusterRequest::VERSIONS,
             ApiKey::DescribeTopicPartitions => DescribeTopicPartitionsRequest::VERSIONS,

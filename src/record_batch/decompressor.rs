@@ -45,6 +45,17 @@ impl Codec {
         }
     }
 
+    /// Kafka's id for the codec (attribute bits 0-2).
+    pub fn id(self) -> i16 {
+        match self {
+            Codec::None => 0,
+            Codec::Gzip => 1,
+            Codec::Snappy => 2,
+            Codec::Lz4 => 3,
+            Codec::Zstd => 4,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Codec::None => "none",

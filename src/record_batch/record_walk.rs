@@ -93,6 +93,9 @@ pub struct RecordView<'a> {
     pub value: Field<'a>,
 }
 
+/// Kafka's "no timestamp" (`RecordBatch.NO_TIMESTAMP`).
+pub const NO_TIMESTAMP: i64 = -1;
+
 /// What a complete walk found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordsSummary {
@@ -100,6 +103,10 @@ pub struct RecordsSummary {
     /// The largest record timestamp (`firstTimestamp` + delta), or -1
     /// (Kafka's `NO_TIMESTAMP`) below any.
     pub max_timestamp_ms: i64,
+    /// The smallest record timestamp other than -1 (`NO_TIMESTAMP`), or
+    /// `i64::MAX` when there is none: with the largest, what Produce
+    /// checks against `message.timestamp.before.max.ms` (KIP-937).
+    pub min_timestamp_ms: i64,
     /// Bytes of the records section, decompressed.
     pub records_bytes: u64,
 }
@@ -158,6 +165,7 @@ fn walk_source<'a, S: Source<'a>>(
     mut visit: impl FnMut(&RecordView<'a>) -> ControlFlow<()>,
 ) -> Result<Walked, RecordsError> {
     let mut max_timestamp_ms = -1i64;
+    let mut min_timestamp_ms = i64::MAX;
     for index in 0..input.records_count.max(0) {
         if source.at_end().map_err(|fault| fault.at(index))? {
             return Err(RecordsError::TooFewRecords {
@@ -168,6 +176,9 @@ fn walk_source<'a, S: Source<'a>>(
         let record = read_record(source, index, input.first_timestamp_ms)
             .map_err(|fault| fault.at(index))?;
         max_timestamp_ms = max_timestamp_ms.max(record.timestamp_ms);
+        if record.timestamp_ms != NO_TIMESTAMP {
+            min_timestamp_ms = min_timestamp_ms.min(record.timestamp_ms);
+        }
         if visit(&record).is_break() {
             return Ok(Walked::Stopped);
         }
@@ -184,6 +195,7 @@ fn walk_source<'a, S: Source<'a>>(
     Ok(Walked::Complete(RecordsSummary {
         records: input.records_count,
         max_timestamp_ms,
+        min_timestamp_ms,
         records_bytes: source.position(),
     }))
 }

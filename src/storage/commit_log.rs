@@ -131,6 +131,13 @@ pub struct CommitLog {
     /// Ends of appends whose producer waits for the fdatasync (due at once):
     /// how many each fdatasync releases is `sluice_log_fsync_waiters`.
     sync_waiters: VecDeque<u64>,
+    /// The age roll (`segment.ms`): wall-clock ms of the active segment's
+    /// first frame, if it holds any (after a restart, the segment file's
+    /// last write, which is no earlier).
+    active_first_append_ms: Option<u64>,
+    /// The smallest `segment.ms` among the partitions written to the
+    /// active segment; `u64::MAX` before any.
+    active_roll_after_ms: u64,
 }
 
 impl CommitLog {
@@ -166,6 +173,7 @@ impl CommitLog {
             active.size_bytes > 0,
             "the active segment has room: a roll from a zero-byte one would recreate its name"
         );
+        let active_first_append_ms = (end > active.base).then(|| active.last_write_ms());
         let mut tail_blocks = VecDeque::new();
         if end < active.end() {
             let preload = read_partial_block(active, end, block_bytes)?;
@@ -196,6 +204,8 @@ impl CommitLog {
             block_bytes,
             tail_blocks,
             sync_waiters: VecDeque::new(),
+            active_first_append_ms,
+            active_roll_after_ms: u64::MAX,
         })
     }
 
@@ -331,11 +341,62 @@ impl CommitLog {
         self.written.mark(self.append_end.0, next_base.0);
         self.durable.mark(self.append_end.0, next_base.0);
         self.append_end = next_base;
+        self.active_first_append_ms = None;
+        self.active_roll_after_ms = u64::MAX;
         assert!(
             segment.base == self.active_segment().end(),
             "segments are contiguous"
         );
         self.segments.push_back(segment);
+        Ok(())
+    }
+
+    /// Record that a frame of a partition with `segment_ms` was appended at
+    /// wall-clock `now_ms` (the age roll's bookkeeping).
+    pub fn note_append(&mut self, segment_ms: u64, now_ms: u64) {
+        self.active_first_append_ms.get_or_insert(now_ms);
+        self.active_roll_after_ms = self.active_roll_after_ms.min(segment_ms);
+    }
+
+    /// Whether the active segment is due for its age roll at `now_ms`
+    /// before a frame of a partition with `segment_ms` goes in: it holds a
+    /// frame older than the smallest `segment.ms` of the partitions written
+    /// to it, that one included (`u64::MAX` for none, as the retention task
+    /// asks).
+    pub fn age_roll_due(&self, now_ms: u64, segment_ms: u64) -> bool {
+        let roll_after_ms = self.active_roll_after_ms.min(segment_ms);
+        self.active_first_append_ms
+            .is_some_and(|first| now_ms.saturating_sub(first) >= roll_after_ms)
+    }
+
+    /// Roll the active segment for its age (`segment.ms`), so that
+    /// retention can delete it whole once its data expires: the next frame
+    /// starts a new segment. The unused rest of the old one stays zero, as
+    /// after any roll, and its blocks are given back to the file system
+    /// (a preallocated segment would otherwise hold its full size on disk
+    /// until deleted). Same errors as a roll by size.
+    pub fn roll_for_age(&mut self) -> Result<(), LogAppendError> {
+        assert!(
+            self.active_first_append_ms.is_some(),
+            "an age roll needs a frame in the active segment"
+        );
+        let tail_from = self.append_end;
+        self.roll()?;
+        let rolled = &self.segments[self.segments.len() - 2];
+        assert!(rolled.contains(tail_from) || tail_from == rolled.end());
+        match segment::release_tail(rolled, tail_from) {
+            Ok(released) => tracing::debug!(
+                segment = %rolled.path.display(),
+                released,
+                "rolled the active segment for its age (segment.ms)"
+            ),
+            Err(error) => tracing::warn!(
+                segment = %rolled.path.display(),
+                %error,
+                "cannot give back the unused end of a segment rolled for its age; it keeps its \
+                 disk space until retention deletes it"
+            ),
+        }
         Ok(())
     }
 

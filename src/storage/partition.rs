@@ -29,7 +29,7 @@ pub struct IndexedBatch {
     /// Kafka RecordBatch attributes.
     pub attributes: u16,
 }
-use crate::config::RetentionConfig;
+use crate::config::{RetentionConfig, StorageConfig};
 use crate::ids::{LogPosition, Offset, PartitionId};
 
 pub const META_FILE: &str = "partition.meta";
@@ -49,18 +49,23 @@ pub struct PartitionConfig {
     pub flush_ms: u64,
     /// `flush.messages`: an fsync is due at least every this many records.
     pub flush_messages: u64,
+    /// `segment.ms`: the shard's active segment rolls once its first frame
+    /// is older than the smallest of these among the partitions written to
+    /// it (see `commit_log.rs`).
+    pub segment_ms: u64,
     /// `sluice.disk.pressure.delete`: unexpired data may be deleted above
     /// `retention.disk_force_clean_ratio`.
     pub disk_pressure_delete: bool,
 }
 
 impl PartitionConfig {
-    pub fn from_defaults(retention: &RetentionConfig) -> PartitionConfig {
+    pub fn from_defaults(retention: &RetentionConfig, storage: &StorageConfig) -> PartitionConfig {
         PartitionConfig {
             retention_ms: retention.retention_ms,
             retention_bytes: retention.retention_bytes,
             flush_ms: retention.flush_ms,
             flush_messages: u64::MAX,
+            segment_ms: storage.segment_ms,
             disk_pressure_delete: false,
         }
     }

@@ -92,11 +92,19 @@ impl ShardStore {
         pressure
     }
 
-    /// Apply retention now: per-partition log starts, then whole segments,
-    /// then (under force pressure) the oldest segments regardless.
+    /// Apply retention now: the age roll of an idle active segment, then
+    /// per-partition log starts, then whole segments, then (under force
+    /// pressure) the oldest segments regardless.
     pub fn enforce_retention(&self, now_ms: u64) {
         let mut guard = self.state.borrow_mut();
         let state = &mut *guard;
+        // An active segment no append comes to still rolls once it is older
+        // than its partitions' segment.ms, so its data can expire whole.
+        if state.log.age_roll_due(now_ms, u64::MAX)
+            && let Err(error) = state.log.roll_for_age()
+        {
+            tracing::warn!(shard = %self.options.shard, %error, "cannot roll the active segment for its age; retrying at the next check");
+        }
         let ages: Vec<_> = state
             .log
             .segments()

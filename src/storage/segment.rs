@@ -287,6 +287,36 @@ pub fn now_ms() -> u64 {
         .map_or(0, |since| since.as_millis() as u64)
 }
 
+/// Give the file system back the blocks of `segment` from `from` (the end
+/// of its last frame) to its end, keeping the file's size: the range reads
+/// as zeros, as the unused end of a rolled segment does anyway. Only whole
+/// blocks past `from` are released, so no write in flight (which never
+/// passes the block holding `from`) overlaps them. Returns the bytes
+/// released, 0 where the file system cannot punch holes.
+pub fn release_tail(segment: &Segment, from: LogPosition) -> io::Result<u64> {
+    const BLOCK: u64 = 4096;
+    let start = segment.file_offset(from).div_ceil(BLOCK) * BLOCK;
+    if start >= segment.size_bytes {
+        return Ok(0);
+    }
+    let length = segment.size_bytes - start;
+    let file = File::options().write(true).open(&segment.path)?;
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    let (offset, len) = (
+        libc::off_t::try_from(start).map_err(io::Error::other)?,
+        libc::off_t::try_from(length).map_err(io::Error::other)?,
+    );
+    // SAFETY: fallocate only reads its integer arguments; the fd is open.
+    if unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) } != 0 {
+        let error = io::Error::last_os_error();
+        return match error.raw_os_error() {
+            Some(libc::EOPNOTSUPP | libc::ENOSYS) => Ok(0),
+            _ => Err(error),
+        };
+    }
+    Ok(length)
+}
+
 /// Zero `[from, to)` of a segment file so stale bytes past a truncation point
 /// can never be read back as frames. Punches whole blocks (cheap, metadata
 /// only) and writes zeros over partial blocks, then re-reserves the space.

@@ -258,7 +258,7 @@ impl ShardStore {
             payload_len_max: storage.segment_bytes - FRAME_HEADER_BYTES as u64,
             resync_window_bytes: resync_window_bytes(storage),
         };
-        let default_config = PartitionConfig::from_defaults(&options.retention);
+        let default_config = PartitionConfig::from_defaults(&options.retention, &options.storage);
         let recovered = recover(&recovery_options, default_config)
             .map_err(|source| OpenError::Recovery { shard, source })?;
         let io = match hooks.log_io {

@@ -31,7 +31,10 @@ pub enum AppendError {
         usage_percent: f64,
         limit_percent: f64,
     },
-    #[error("batch of {size} bytes exceeds storage.message_max_bytes ({limit})")]
+    #[error(
+        "batch of {size} bytes exceeds the largest the commit log holds ({limit}: half of \
+         storage.write_buffers x storage.flush_bytes)"
+    )]
     BatchTooLarge { size: usize, limit: u32 },
     #[error("cannot index a batch of {partition} (retriable): {source}")]
     Queue {

@@ -15,6 +15,7 @@ use super::frame::{FRAME_PREFIX_BYTES, FrameHeader};
 use super::partition::IndexedBatch;
 use super::producer_state::{Check, TxnToken};
 use super::retention::DiskPressure;
+use super::segment;
 use super::shard_store::{AppendReceipt, Durability, LEADER_EPOCH, PendingAppend, ShardStore};
 use super::store_errors::{AppendError, TryAppendError};
 use crate::ids::{Offset, PartitionId};
@@ -172,7 +173,7 @@ impl ShardStore {
         if self.stopping.get() {
             return Err(AppendError::ShuttingDown.into());
         }
-        let limit = self.options.storage.message_max_bytes;
+        let limit = self.options.storage.batch_ceiling_bytes();
         if batch.len() > limit as usize {
             return Err(AppendError::BatchTooLarge {
                 size: batch.len(),
@@ -271,10 +272,18 @@ impl ShardStore {
                 source,
             })?;
         let rest = &bytes[batch_prefix.len()..];
+        let wall_ms = segment::now_ms();
+        if state.log.age_roll_due(wall_ms, partition.config.segment_ms) {
+            state
+                .log
+                .roll_for_age()
+                .map_err(|error| self.classify_log_error(error))?;
+        }
         let position = state
             .log
             .append_frame(&[&frame_prefix, rest], durable_by, now)
             .map_err(|error| self.classify_log_error(error))?;
+        state.log.note_append(partition.config.segment_ms, wall_ms);
         partition.records_since_forced_sync = if durable_by == Some(now) {
             0
         } else {

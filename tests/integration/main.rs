@@ -41,6 +41,7 @@ mod retention;
 mod shard_runtime;
 mod sim_device;
 mod storage_model;
+mod topic_configs;
 mod topic_ids;
 mod transactions_storage;
 mod transactions_wire;

@@ -60,7 +60,7 @@ pub fn native_backend() -> IoBackend {
 }
 
 pub fn default_partition_config() -> PartitionConfig {
-    PartitionConfig::from_defaults(&RetentionConfig::default())
+    PartitionConfig::from_defaults(&RetentionConfig::default(), &StorageConfig::default())
 }
 
 pub fn create(store: &ShardStore, topic: &str, index: u32) -> PartitionId {

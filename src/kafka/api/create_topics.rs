@@ -11,16 +11,13 @@ use kafka_protocol::messages::create_topics_response::{
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
 use super::{decode, str_bytes};
-use crate::broker::TopicError;
+use crate::broker::broker_config::BrokerView;
 use crate::broker::metadata::TopicMeta;
+use crate::broker::{Broker, TopicError};
 use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
-
-/// DescribeConfigs' config source codes used in CreateTopics results.
-pub const SOURCE_TOPIC_OVERRIDE: i8 = 1;
-pub const SOURCE_DEFAULT: i8 = 5;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let create: CreateTopicsRequest = decode(request, body)?;
@@ -88,7 +85,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             )
             .await;
         results.push(match created {
-            Ok(meta) => succeeded(result, &meta),
+            Ok(meta) => succeeded(broker, result, &meta),
             Err(error) => failed(result, error_code::for_topic(&error), &error.to_string()),
         });
     }
@@ -119,20 +116,26 @@ fn config_overrides(
     Ok(overrides)
 }
 
-fn succeeded(result: CreatableTopicResult, meta: &TopicMeta) -> CreatableTopicResult {
-    let configs = meta
-        .config
-        .describe(&meta.overrides, None)
+/// The created topic, with every config as DescribeConfigs would show it
+/// (CreateTopics v5+, KIP-525).
+fn succeeded(
+    broker: &Broker,
+    result: CreatableTopicResult,
+    meta: &TopicMeta,
+) -> CreatableTopicResult {
+    let cluster = broker.metadata.snapshot();
+    let view = BrokerView {
+        statics: broker.metadata.statics(),
+        overrides: &cluster.broker,
+    };
+    let configs = view
+        .describe_topic(&meta.config, &meta.overrides, None)
         .into_iter()
         .map(|entry| {
             CreatableTopicConfigs::default()
-                .with_name(str_bytes(entry.name))
+                .with_name(str_bytes(entry.def.name))
                 .with_value(Some(str_bytes(&entry.value)))
-                .with_config_source(if entry.is_default {
-                    SOURCE_DEFAULT
-                } else {
-                    SOURCE_TOPIC_OVERRIDE
-                })
+                .with_config_source(entry.source.code())
         })
         .collect();
     result

@@ -248,15 +248,15 @@ mod tests {
 
     use super::*;
     use crate::broker::metadata::MetadataStore;
-    use crate::broker::topic_config::{TopicConfig, TopicLimits};
+    use crate::broker::topic_config::TopicLimits;
     use crate::config::Config;
 
     fn cluster(dir: &Path, topics: &[(&str, u32)]) -> std::sync::Arc<ClusterMetadata> {
         let store = MetadataStore::open(
             dir,
-            TopicConfig::defaults(&Config::default()),
+            crate::broker::broker_config::StaticSettings::from_config(&Config::default()),
             TopicLimits {
-                message_max_bytes: 1 << 20,
+                batch_max_bytes: 1 << 20,
             },
         )
         .unwrap();

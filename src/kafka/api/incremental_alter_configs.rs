@@ -1,16 +1,33 @@
-//! IncrementalAlterConfigs: SET and DELETE topic config overrides (APPEND
-//! and SUBTRACT on list configs). Broker settings live in sluice.toml and are
-//! read-only here.
+//! IncrementalAlterConfigs (v0–1, KIP-339): SET, DELETE (back to the
+//! default), APPEND and SUBTRACT on list configs, for TOPIC and BROKER
+//! resources. Each resource's operations apply to its current overrides and
+//! the result is checked whole; a refused resource changes nothing.
+//!
+//! APPEND and SUBTRACT, as Kafka's `ConfigurationControlManager`: the
+//! current list is the override, or the value the resource inherits when
+//! there is none; APPEND adds each comma-separated element not yet in it,
+//! SUBTRACT removes each; a config that is not a LIST gets INVALID_CONFIG
+//! (`cleanup.policy` and the throttled-replicas lists are the topic lists).
+//! The other errors are those of AlterConfigs (`alter_configs.rs`).
+
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
+use super::alter_configs::{
+    Refusal, broker_scope, each_resource_once, null_values, refuse_repeated_names,
+    repeated_resources, set_broker, set_topic, unknown_resource_type,
+};
 use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
-use super::{decode, str_bytes};
+use super::str_bytes;
+use crate::broker::broker_config::{BrokerScope, BrokerView, ConfigSource, SettingKind, kind_of};
+use crate::broker::config_value::list_items;
+use crate::broker::topic_config::config_def;
 use crate::kafka::dispatch::Request;
-use crate::kafka::error_code;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
@@ -20,23 +37,24 @@ const OP_APPEND: i8 = 2;
 const OP_SUBTRACT: i8 = 3;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
-    let alter: IncrementalAlterConfigsRequest = decode(request, body)?;
+    let alter: IncrementalAlterConfigsRequest = super::decode(request, body)?;
+    let repeated = repeated_resources(
+        alter
+            .resources
+            .iter()
+            .map(|resource| (resource.resource_type, resource.resource_name.as_str())),
+    );
     let mut responses = Vec::with_capacity(alter.resources.len());
     for resource in &alter.resources {
+        let name = resource.resource_name.as_str();
+        let outcome = if repeated.contains(&(resource.resource_type, name)) {
+            Err(each_resource_once())
+        } else {
+            alter_resource(request, resource, alter.validate_only).await
+        };
         let response = AlterConfigsResourceResponse::default()
             .with_resource_type(resource.resource_type)
             .with_resource_name(resource.resource_name.clone());
-        let outcome = match resource.resource_type {
-            RESOURCE_TOPIC => alter_topic(request, resource, alter.validate_only).await,
-            RESOURCE_BROKER => Err((
-                ResponseError::InvalidRequest.code(),
-                "broker settings are read-only at runtime; set them in sluice.toml".to_owned(),
-            )),
-            other => Err((
-                ResponseError::InvalidRequest.code(),
-                format!("resource type {other} cannot be altered"),
-            )),
-        };
         responses.push(match outcome {
             Ok(()) => response,
             Err((code, message)) => response
@@ -47,65 +65,217 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     request.respond(&IncrementalAlterConfigsResponse::default().with_responses(responses))
 }
 
+/// One operation on one config.
+struct Operation {
+    name: String,
+    op: i8,
+    value: Option<String>,
+}
+
+async fn alter_resource(
+    request: &Request<'_>,
+    resource: &AlterConfigsResource,
+    validate_only: bool,
+) -> Result<(), Refusal> {
+    refuse_repeated_names(resource.configs.iter().map(|config| config.name.as_str()))?;
+    let operations: Vec<Operation> = resource
+        .configs
+        .iter()
+        .map(|config| Operation {
+            name: config.name.to_string(),
+            op: config.config_operation,
+            value: config.value.as_ref().map(ToString::to_string),
+        })
+        .collect();
+    if let Some(unknown) = operations
+        .iter()
+        .find(|operation| !(OP_SET..=OP_SUBTRACT).contains(&operation.op))
+    {
+        return Err((
+            ResponseError::InvalidRequest.code(),
+            format!(
+                "unknown config operation {} for {}",
+                unknown.op, unknown.name
+            ),
+        ));
+    }
+    let nulls: Vec<&str> = operations
+        .iter()
+        .filter(|operation| operation.op != OP_DELETE && operation.value.is_none())
+        .map(|operation| operation.name.as_str())
+        .collect();
+    if !nulls.is_empty() {
+        return Err(null_values(&nulls));
+    }
+    let name = resource.resource_name.as_str();
+    match resource.resource_type {
+        RESOURCE_TOPIC => alter_topic(request, name, &operations, validate_only).await,
+        RESOURCE_BROKER => alter_broker(request, name, &operations, validate_only).await,
+        other => Err(unknown_resource_type(other)),
+    }
+}
+
 async fn alter_topic(
     request: &Request<'_>,
-    resource: &kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource,
+    name: &str,
+    operations: &[Operation],
     validate_only: bool,
-) -> Result<(), (i16, String)> {
-    let name = resource.resource_name.as_str();
+) -> Result<(), Refusal> {
     let Some(topic) = request.broker.metadata.snapshot().topic(name).cloned() else {
         return Err((
             ResponseError::UnknownTopicOrPartition.code(),
             format!("topic {name} does not exist"),
         ));
     };
-    let mut named = std::collections::BTreeSet::new();
-    if let Some(config) = resource
-        .configs
-        .iter()
-        .find(|config| !named.insert(config.name.as_str()))
-    {
-        return Err((
-            ResponseError::InvalidRequest.code(),
-            format!("config {} is given more than once", config.name.as_str()),
-        ));
-    }
-    let mut overrides = topic.overrides.clone();
-    for config in &resource.configs {
-        let key = config.name.to_string();
-        let value = config.value.as_ref().map(ToString::to_string);
-        match (config.config_operation, value) {
-            (OP_SET, Some(value)) => {
-                overrides.insert(key, value);
+    let inherited = |key: &str| topic.config.value_of(key).map(str::to_owned);
+    let is_list = |key: &str| match config_def(key) {
+        Some(def) if def.spec.kind.is_list() => Ok(()),
+        Some(_) => Err(format!("{key} is not a LIST config")),
+        None => Err(format!("{key} is not a topic config")),
+    };
+    let overrides = apply(topic.overrides.clone(), operations, inherited, is_list)?;
+    set_topic(request, name, overrides, validate_only).await
+}
+
+async fn alter_broker(
+    request: &Request<'_>,
+    name: &str,
+    operations: &[Operation],
+    validate_only: bool,
+) -> Result<(), Refusal> {
+    let scope = broker_scope(request, name)?;
+    let cluster = request.broker.metadata.snapshot();
+    let view = BrokerView {
+        statics: request.broker.metadata.statics(),
+        overrides: &cluster.broker,
+    };
+    // What a setting is where this resource does not set it: the levels
+    // below it (for the node: the cluster default, then sluice.toml).
+    let current = cluster.broker.of(scope);
+    let inherited = |key: &str| {
+        view.levels(key)
+            .into_iter()
+            .find(|(source, _)| match scope {
+                BrokerScope::Node => *source != ConfigSource::DynamicBroker,
+                BrokerScope::Cluster => !matches!(
+                    source,
+                    ConfigSource::DynamicBroker | ConfigSource::DynamicDefaultBroker
+                ),
+            })
+            .map(|(_, value)| value)
+    };
+    let is_list = |key: &str| match kind_of(key) {
+        SettingKind::TopicDefault(def) if def.spec.kind.is_list() => Ok(()),
+        SettingKind::Unknown => Err(format!("{key} is not a broker setting Sluice knows")),
+        _ => Err(format!("{key} is not a LIST setting")),
+    };
+    let overrides = apply(current.clone(), operations, inherited, is_list)?;
+    set_broker(request, scope, overrides, validate_only).await
+}
+
+/// `overrides` after `operations`. `inherited` gives a config's value where
+/// it is not overridden; `is_list` says why APPEND/SUBTRACT do not apply.
+fn apply(
+    mut overrides: BTreeMap<String, String>,
+    operations: &[Operation],
+    inherited: impl Fn(&str) -> Option<String>,
+    is_list: impl Fn(&str) -> Result<(), String>,
+) -> Result<BTreeMap<String, String>, Refusal> {
+    for operation in operations {
+        let key = &operation.name;
+        let value = operation.value.as_deref().unwrap_or_default();
+        match operation.op {
+            OP_SET => {
+                overrides.insert(key.clone(), value.to_owned());
             }
-            (OP_SET, None) => {
-                return Err((
-                    ResponseError::InvalidConfig.code(),
-                    format!("SET {key} needs a value"),
-                ));
+            OP_DELETE => {
+                overrides.remove(key);
             }
-            (OP_DELETE, _) => {
-                overrides.remove(&key);
-            }
-            (OP_APPEND | OP_SUBTRACT, _) => {
-                return Err((
-                    ResponseError::InvalidConfig.code(),
-                    format!(
-                        "{key} is not a list this broker can append to or subtract from; use SET"
-                    ),
-                ));
-            }
-            (other, _) => {
-                return Err((
-                    ResponseError::InvalidRequest.code(),
-                    format!("unknown config operation {other}"),
-                ));
+            op => {
+                let verb = if op == OP_APPEND {
+                    "APPEND"
+                } else {
+                    "SUBTRACT"
+                };
+                is_list(key).map_err(|why| {
+                    (
+                        ResponseError::InvalidConfig.code(),
+                        format!("cannot {verb} to {key}: {why}"),
+                    )
+                })?;
+                let current = overrides.get(key).cloned().or_else(|| inherited(key));
+                let mut items: Vec<String> = list_items(current.as_deref().unwrap_or_default())
+                    .into_iter()
+                    .filter(|item| !item.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                for element in value.split(',') {
+                    if op == OP_APPEND {
+                        if !items.iter().any(|item| item == element) {
+                            items.push(element.to_owned());
+                        }
+                    } else {
+                        items.retain(|item| item != element);
+                    }
+                }
+                overrides.insert(key.clone(), items.join(","));
             }
         }
     }
-    request
-        .broker
-        .set_topic_overrides(&request.shard.shards, name, overrides, validate_only)
-        .await
-        .map_err(|error| (error_code::for_topic(&error), error.to_string()))
+    Ok(overrides)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn operation(name: &str, op: i8, value: &str) -> Operation {
+        Operation {
+            name: name.to_owned(),
+            op,
+            value: Some(value.to_owned()),
+        }
+    }
+
+    fn lists(key: &str) -> Result<(), String> {
+        if key.ends_with("replicas") || key == "cleanup.policy" {
+            Ok(())
+        } else {
+            Err("not a list".to_owned())
+        }
+    }
+
+    #[test]
+    fn append_and_subtract_work_on_the_inherited_list_and_keep_order() {
+        let inherited = |_: &str| Some("delete".to_owned());
+        let ops = [
+            operation(
+                "leader.replication.throttled.replicas",
+                OP_APPEND,
+                "0:1,1:1",
+            ),
+            operation(
+                "leader.replication.throttled.replicas",
+                OP_APPEND,
+                "1:1,2:1",
+            ),
+        ];
+        let no_inherited = |_: &str| None;
+        let done = apply(BTreeMap::new(), &ops, no_inherited, lists).unwrap();
+        assert_eq!(done["leader.replication.throttled.replicas"], "0:1,1:1,2:1");
+        let ops = [operation("cleanup.policy", OP_APPEND, "compact")];
+        let done = apply(BTreeMap::new(), &ops, inherited, lists).unwrap();
+        assert_eq!(done["cleanup.policy"], "delete,compact");
+        let ops = [operation("cleanup.policy", OP_SUBTRACT, "delete")];
+        let done = apply(BTreeMap::new(), &ops, inherited, lists).unwrap();
+        assert_eq!(done["cleanup.policy"], "");
+    }
+
+    #[test]
+    fn append_to_a_non_list_is_invalid_config() {
+        let ops = [operation("retention.ms", OP_APPEND, "5")];
+        let (code, message) = apply(BTreeMap::new(), &ops, |_| None, lists).unwrap_err();
+        assert_eq!(code, ResponseError::InvalidConfig.code());
+        assert!(message.contains("retention.ms"));
+    }
 }

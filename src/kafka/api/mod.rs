@@ -4,6 +4,7 @@
 
 pub mod add_offsets_to_txn;
 pub mod add_partitions_to_txn;
+pub mod alter_configs;
 pub mod api_versions;
 pub mod authorized_operations;
 pub mod create_partitions;
@@ -88,6 +89,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         ApiKey::DeleteTopics => delete_topics::handle(request, body).await.map(Some),
         ApiKey::CreatePartitions => create_partitions::handle(request, body).await.map(Some),
         ApiKey::DescribeConfigs => describe_configs::handle(request, body).map(Some),
+        ApiKey::AlterConfigs => alter_configs::handle(request, body).await.map(Some),
         ApiKey::IncrementalAlterConfigs => incremental_alter_configs::handle(request, body)
             .await
             .map(Some),

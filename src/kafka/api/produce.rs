@@ -15,7 +15,13 @@
 //! with `message.timestamp.type = LogAppendTime` get the broker's time
 //! stamped in; CreateTime batches whose `maxTimestamp` is not their records'
 //! largest get it corrected, as Kafka does (either way with a new CRC).
-//! Each compression is stored as sent. Nothing invalid is ever stored.
+//! CreateTime batches with a record timestamped outside the topic's
+//! `message.timestamp.before.max.ms` / `after.max.ms` window around the
+//! broker's clock (KIP-937) get INVALID_TIMESTAMP, the records named in
+//! `record_errors`. A topic whose `compression.type` is a codec gets every
+//! batch in another codec recompressed to it (`record_batch::recompress`)
+//! and checked against `max.message.bytes` again; with `producer`, each
+//! compression is stored as sent. Nothing invalid is ever stored.
 //!
 //! Batches of idempotent producers (producerId >= 0) are checked on the
 //! owner shard against the partition's producer state
@@ -66,7 +72,7 @@ use kafka_protocol::messages::{ApiKey, BrokerId, ProduceRequest, ProduceResponse
 
 use super::{decode, str_bytes};
 use crate::broker::metadata::{TopicId, TopicMeta};
-use crate::broker::topic_config::{TimestampType, TopicConfig};
+use crate::broker::topic_config::{Recompression, TimestampType, TopicConfig};
 use crate::broker::txn::on_txn_coordinator;
 use crate::broker::{Broker, create_partition_here};
 use crate::ids::Offset;
@@ -94,6 +100,10 @@ const IMPLICIT_ADD_FROM_VERSION: i16 = 12;
 const TOPIC_IDS_FROM_VERSION: i16 = 13;
 /// Kafka's codec id for zstd (attribute bits 0-2).
 pub const ZSTD_CODEC: i16 = 4;
+/// Most records one refused batch names in `record_errors` (KIP-467): a
+/// batch of a million tiny records must not cost a response of a million
+/// messages. The error message gives the full count.
+const RECORD_ERRORS_MAX: usize = 100;
 
 const ACKS_NONE: i16 = 0;
 const ACKS_LEADER: i16 = 1;
@@ -311,14 +321,14 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
     let transactional = transactional_id.is_some();
     // zstd needs Produce v7 (KIP-110): older requests cannot carry it.
     let zstd_allowed = request.version >= ZSTD_FROM_PRODUCE_VERSION;
-    let (batches, log_append_time_ms) =
-        match prepare(records, &topic.config, ratio, transactional, zstd_allowed) {
-            Ok(prepared) => prepared,
-            Err(outcome) => {
-                log_refused_batch(request, &name, index, &outcome);
-                return outcome;
-            }
-        };
+    let policy = BatchPolicy::new(&topic.config, ratio, transactional, zstd_allowed);
+    let (batches, log_append_time_ms) = match prepare(records, &policy) {
+        Ok(prepared) => prepared,
+        Err(outcome) => {
+            log_refused_batch(request, &name, index, &outcome);
+            return outcome;
+        }
+    };
     let durability = if acks == ACKS_ALL {
         Durability::Fsynced
     } else {
@@ -406,20 +416,71 @@ fn internal_topic(name: &str) -> Outcome {
     )
 }
 
-/// Split `records` into batches and check each; stamp LogAppendTime topics
-/// and correct a wrong `maxTimestamp`.
-fn prepare(
-    records: Bytes,
-    config: &TopicConfig,
-    decompressed_ratio_max: u32,
+/// What a partition's batches are checked against and how they are changed.
+struct BatchPolicy {
+    limits: BatchLimits,
+    /// LogAppendTime topics: the broker's time, stamped into every batch.
+    append_time: Option<i64>,
+    /// CreateTime topics: the timestamps records may carry.
+    timestamps: TimestampWindow,
+    recompression: Option<Recompression>,
     transactional_request: bool,
     zstd_allowed: bool,
-) -> Result<(Vec<Bytes>, i64), Outcome> {
-    let size_max = usize::try_from(config.max_message_bytes).unwrap_or(0);
-    let limits = BatchLimits::new(size_max, decompressed_ratio_max);
-    let append_time = (config.timestamp_type == TimestampType::LogAppendTime)
-        .then(now_ms)
-        .map(|ms| ms as i64);
+}
+
+impl BatchPolicy {
+    fn new(
+        config: &TopicConfig,
+        decompressed_ratio_max: u32,
+        transactional_request: bool,
+        zstd_allowed: bool,
+    ) -> BatchPolicy {
+        let size_max = usize::try_from(config.max_message_bytes).unwrap_or(0);
+        let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        BatchPolicy {
+            limits: BatchLimits::new(size_max, decompressed_ratio_max),
+            append_time: (config.timestamp_type == TimestampType::LogAppendTime).then_some(now),
+            timestamps: TimestampWindow {
+                now_ms: now,
+                before_max_ms: config.timestamp_before_max_ms,
+                after_max_ms: config.timestamp_after_max_ms,
+            },
+            recompression: config.recompression,
+            transactional_request,
+            zstd_allowed,
+        }
+    }
+}
+
+/// The record timestamps a CreateTime topic accepts: within
+/// `before_max_ms` before and `after_max_ms` after the broker's clock
+/// (Kafka's `LogValidator.validateTimestamp`; -1, no timestamp, passes).
+#[derive(Clone, Copy)]
+struct TimestampWindow {
+    now_ms: i64,
+    before_max_ms: i64,
+    after_max_ms: i64,
+}
+
+impl TimestampWindow {
+    fn admits(&self, timestamp_ms: i64) -> bool {
+        let difference = i128::from(self.now_ms) - i128::from(timestamp_ms);
+        timestamp_ms == record_batch::record_walk::NO_TIMESTAMP
+            || (difference <= i128::from(self.before_max_ms)
+                && -difference <= i128::from(self.after_max_ms))
+    }
+
+    fn bounds(&self) -> (i128, i128) {
+        (
+            i128::from(self.now_ms) - i128::from(self.before_max_ms),
+            i128::from(self.now_ms) + i128::from(self.after_max_ms),
+        )
+    }
+}
+
+/// Split `records` into batches and check each; stamp LogAppendTime topics,
+/// correct a wrong `maxTimestamp`, and recompress to the topic's codec.
+fn prepare(records: Bytes, policy: &BatchPolicy) -> Result<(Vec<Bytes>, i64), Outcome> {
     let mut batches = Vec::new();
     let mut rest = records;
     while !rest.is_empty() {
@@ -432,13 +493,7 @@ fn prepare(
                 )
             })?;
         let batch = rest.split_to(size);
-        let batch = match check(
-            &batch,
-            &limits,
-            append_time,
-            transactional_request,
-            zstd_allowed,
-        )? {
+        let batch = match check(&batch, policy)? {
             None => batch,
             Some(rewrite) => {
                 let mut copy = BytesMut::from(&batch[..]);
@@ -451,6 +506,10 @@ fn prepare(
                 copy.freeze()
             }
         };
+        let batch = match policy.recompression {
+            Some(target) => recompressed(batch, target, &policy.limits)?,
+            None => batch,
+        };
         batches.push(batch);
     }
     if batches.is_empty() {
@@ -459,7 +518,40 @@ fn prepare(
             "no record batches",
         ));
     }
-    Ok((batches, append_time.unwrap_or(-1)))
+    Ok((batches, policy.append_time.unwrap_or(-1)))
+}
+
+/// `batch` in the topic's codec (itself if already in it), within the
+/// topic's `max.message.bytes` afterwards (Kafka checks the size again
+/// after recompression: MESSAGE_TOO_LARGE).
+fn recompressed(
+    batch: Bytes,
+    target: Recompression,
+    limits: &BatchLimits,
+) -> Result<Bytes, Outcome> {
+    let rebuilt = record_batch::recompress(
+        &batch,
+        target.codec,
+        target.level,
+        limits.decompressed_max_bytes,
+    )
+    .map_err(|error| Outcome::batch(&error))?;
+    let Some(rebuilt) = rebuilt else {
+        return Ok(batch);
+    };
+    if rebuilt.len() > limits.size_max_bytes {
+        return Err(Outcome::error(
+            ResponseError::MessageTooLarge.code(),
+            format!(
+                "the batch is {} bytes once recompressed with the topic's compression.type {}, \
+                 above its max.message.bytes ({})",
+                rebuilt.len(),
+                target.codec.name(),
+                limits.size_max_bytes
+            ),
+        ));
+    }
+    Ok(Bytes::from(rebuilt))
 }
 
 /// A partition a transactional batch is written to.
@@ -588,23 +680,17 @@ enum Rewrite {
 }
 
 /// Validate one batch; say what must be rewritten in it, if anything.
-fn check(
-    batch: &[u8],
-    limits: &BatchLimits,
-    append_time: Option<i64>,
-    transactional_request: bool,
-    zstd_allowed: bool,
-) -> Result<Option<Rewrite>, Outcome> {
+fn check(batch: &[u8], policy: &BatchPolicy) -> Result<Option<Rewrite>, Outcome> {
     let validated =
-        ValidatedBatch::validate(batch, limits).map_err(|error| Outcome::batch(&error))?;
+        ValidatedBatch::validate(batch, &policy.limits).map_err(|error| Outcome::batch(&error))?;
     let header = validated.header();
-    if !zstd_allowed && header.compression_codec() == ZSTD_CODEC {
+    if !policy.zstd_allowed && header.compression_codec() == ZSTD_CODEC {
         return Err(Outcome::error(
             ResponseError::UnsupportedCompressionType.code(),
             "zstd batches need Produce v7 or later (KIP-110)",
         ));
     }
-    if header.is_transactional() && !transactional_request {
+    if header.is_transactional() && !policy.transactional_request {
         return Err(Outcome::error(
             ResponseError::InvalidRequest.code(),
             "a transactional batch needs the request's transactional id",
@@ -616,15 +702,68 @@ fn check(
             "a transactional batch needs a producer id",
         ));
     }
-    if let Some(now) = append_time {
+    if let Some(now) = policy.append_time {
         return Ok(Some(Rewrite::LogAppendTime(now)));
     }
+    check_timestamps(batch, &validated, policy)?;
     let claimed = validated.header().max_timestamp_ms;
     Ok(validated
         .records()
         .map(|summary| summary.max_timestamp_ms)
         .filter(|&found| found != claimed)
         .map(Rewrite::MaxTimestamp))
+}
+
+/// INVALID_TIMESTAMP, naming each record outside the CreateTime window, if
+/// any is. The walk's smallest and largest timestamps settle most batches;
+/// only a refused one is walked again to name its records.
+fn check_timestamps(
+    batch: &[u8],
+    validated: &ValidatedBatch<'_>,
+    policy: &BatchPolicy,
+) -> Result<(), Outcome> {
+    let window = policy.timestamps;
+    let Some(summary) = validated.records() else {
+        return Ok(());
+    };
+    let within = |timestamp_ms| timestamp_ms == i64::MAX || window.admits(timestamp_ms);
+    if within(summary.min_timestamp_ms) && within(summary.max_timestamp_ms) {
+        return Ok(());
+    }
+    let (earliest, latest) = window.bounds();
+    let mut refused = 0usize;
+    let mut record_errors = Vec::new();
+    let walked =
+        record_batch::walk_records(batch, policy.limits.decompressed_max_bytes, |record| {
+            if !window.admits(record.timestamp_ms) {
+                refused += 1;
+                if record_errors.len() < RECORD_ERRORS_MAX {
+                    record_errors.push((
+                        record.index,
+                        format!(
+                            "timestamp {} of record {} is outside [{earliest}, {latest}]",
+                            record.timestamp_ms, record.index
+                        ),
+                    ));
+                }
+            }
+            std::ops::ControlFlow::Continue(())
+        });
+    if let Err(error) = walked {
+        return Err(Outcome::batch(&error));
+    }
+    Err(Outcome {
+        record_errors,
+        ..Outcome::error(
+            ResponseError::InvalidTimestamp.code(),
+            format!(
+                "{refused} record(s) have timestamps outside [{earliest}, {latest}], the topic's \
+                 message.timestamp.before.max.ms ({}) and message.timestamp.after.max.ms ({}) \
+                 around the broker's clock ({})",
+                window.before_max_ms, window.after_max_ms, window.now_ms
+            ),
+        )
+    })
 }
 
 /// Where a partition's batches go, on its owner shard.
