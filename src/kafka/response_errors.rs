@@ -8,8 +8,9 @@
 
 use kafka_protocol::messages::{
     AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, ApiVersionsResponse,
-    CreatePartitionsResponse, CreateTopicsResponse, DeleteGroupsResponse, DeleteRecordsResponse,
-    DeleteTopicsResponse, DescribeClusterResponse, DescribeConfigsResponse, DescribeGroupsResponse,
+    ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatResponse, CreatePartitionsResponse,
+    CreateTopicsResponse, DeleteGroupsResponse, DeleteRecordsResponse, DeleteTopicsResponse,
+    DescribeClusterResponse, DescribeConfigsResponse, DescribeGroupsResponse,
     DescribeProducersResponse, DescribeTransactionsResponse, EndTxnResponse,
     FindCoordinatorResponse, HeartbeatResponse, IncrementalAlterConfigsResponse,
     InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse,
@@ -44,7 +45,8 @@ top_level!(
     EndTxnResponse,
     AddOffsetsToTxnResponse,
     ListTransactionsResponse,
-    ListGroupsResponse
+    ListGroupsResponse,
+    ConsumerGroupHeartbeatResponse
 );
 
 /// Responses with one error code per item of a list, and optionally a
@@ -67,6 +69,7 @@ per_item!(
     DescribeConfigsResponse => results,
     IncrementalAlterConfigsResponse => responses,
     DescribeGroupsResponse => groups,
+    ConsumerGroupDescribeResponse => groups,
     DeleteGroupsResponse => results,
     FindCoordinatorResponse => [error_code] coordinators,
     LeaveGroupResponse => [error_code] members,

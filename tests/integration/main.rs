@@ -8,6 +8,7 @@ mod test_clients;
 mod wire;
 
 mod consumer_groups;
+mod consumer_protocol;
 mod crash;
 mod damaged_data_dir;
 mod disk_faults;

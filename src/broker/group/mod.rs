@@ -10,8 +10,11 @@
 //! Every request about a group runs on the group's coordinator shard: the
 //! owner of the `__consumer_offsets` partition the group id hashes to.
 
+pub mod consumer;
+pub mod consumer_coordinator;
 pub mod coordinator;
 pub mod coordinator_error;
+pub mod log_record;
 pub mod membership;
 pub mod offsets;
 

@@ -5,6 +5,8 @@
 pub mod add_offsets_to_txn;
 pub mod add_partitions_to_txn;
 pub mod api_versions;
+pub mod consumer_group_describe;
+pub mod consumer_group_heartbeat;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
@@ -100,6 +102,12 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         ApiKey::ListGroups => list_groups::handle(request, body).await.map(Some),
         ApiKey::DescribeGroups => describe_groups::handle(request, body).await.map(Some),
         ApiKey::DeleteGroups => delete_groups::handle(request, body).await.map(Some),
+        ApiKey::ConsumerGroupHeartbeat => consumer_group_heartbeat::handle(request, body)
+            .await
+            .map(Some),
+        ApiKey::ConsumerGroupDescribe => consumer_group_describe::handle(request, body)
+            .await
+            .map(Some),
         key => Err(RequestError::NotImplemented { key }),
     }
 }
