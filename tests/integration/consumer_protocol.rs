@@ -217,3 +217,634 @@ fn a_partition_is_given_to_a_new_member_only_after_its_owner_revoked_it() {
         ]
     );
 }
+
+/// A librdkafka consumer speaking the consumer protocol (librdkafka 2.12,
+/// bundled by rdkafka-sys: KIP-848 is GA from 2.10). The classic settings
+/// (session timeout, heartbeat interval, assignment strategy) are the
+/// broker's under this protocol, so they are not set.
+fn kip848_consumer(address: &str, group: &str, name: &str) -> rdkafka::consumer::BaseConsumer {
+    rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", address)
+        .set("group.id", group)
+        .set("group.protocol", "consumer")
+        .set("client.id", name)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "100")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("consumer config is valid")
+}
+
+/// Payloads received more than once.
+fn duplicates(received: &crate::consumer_groups::Received) -> Vec<Vec<u8>> {
+    let mut seen = BTreeSet::new();
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, _, _, payload)| !seen.insert(payload.clone()))
+        .map(|(_, _, _, payload)| payload.clone())
+        .collect()
+}
+
+#[test]
+fn librdkafka_consumers_with_group_protocol_consumer_share_partitions_and_rebalance() {
+    use crate::consumer_groups::{Member, Received, produce, wait_for_all, wait_for_assignments};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "");
+    kafka_clients::create_topic(&broker.address, "kip848-clients", 4, &[]);
+    let first_batch = produce(&broker.address, "kip848-clients", 4, "first", 400);
+    let received: Received = Default::default();
+    let one = Member::start_consumer(
+        kip848_consumer(&broker.address, "kip848-rdkafka", "one"),
+        "kip848-clients",
+        "one",
+        &received,
+    );
+    let two = Member::start_consumer(
+        kip848_consumer(&broker.address, "kip848-rdkafka", "two"),
+        "kip848-clients",
+        "two",
+        &received,
+    );
+    wait_for_assignments(&[&one, &two], 4, &[2, 2], Duration::from_secs(30));
+    wait_for_all(&received, &first_batch, Duration::from_secs(30));
+    let mut wire = Wire::connect(&broker.address);
+    let described = describe(&mut wire, "kip848-rdkafka");
+    assert_eq!(described.group_state.as_str(), "Stable", "{described:?}");
+    assert_eq!(described.members.len(), 2);
+
+    // One leaves (librdkafka sends epoch -1): the other takes all four.
+    two.leave();
+    wait_for_assignments(&[&one], 4, &[4], Duration::from_secs(30));
+    let second_batch = produce(&broker.address, "kip848-clients", 4, "second", 400);
+    wait_for_all(&received, &second_batch, Duration::from_secs(30));
+    one.leave();
+    assert_eq!(
+        duplicates(&received),
+        Vec::<Vec<u8>>::new(),
+        "each record is consumed once"
+    );
+    let by_one = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(name, _, _, payload)| name == "one" && payload.starts_with(b"second"))
+        .count();
+    assert_eq!(
+        by_one, 400,
+        "after the rebalance the remaining member reads everything"
+    );
+}
+
+fn error(response: &ConsumerGroupHeartbeatResponse) -> (i16, String) {
+    (
+        response.error_code,
+        response
+            .error_message
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+    )
+}
+
+#[test]
+fn bad_heartbeats_get_kafkas_codes_and_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "");
+    kafka_clients::create_topic(&broker.address, "checks", 2, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let invalid = ResponseError::InvalidRequest.code();
+    let cases: Vec<(i16, ConsumerGroupHeartbeatRequest, i16, &str)> = vec![
+        (
+            1,
+            join("g", "", &["checks"]),
+            invalid,
+            "MemberId can't be empty.",
+        ),
+        (
+            1,
+            join(" ", "m", &["checks"]),
+            invalid,
+            "GroupId can't be empty.",
+        ),
+        (
+            1,
+            join("g", "m", &["checks"]).with_instance_id(Some(text(" "))),
+            invalid,
+            "InstanceId can't be empty.",
+        ),
+        (
+            1,
+            join("g", "m", &["checks"]).with_rebalance_timeout_ms(-1),
+            invalid,
+            "RebalanceTimeoutMs must be provided in first request.",
+        ),
+        (
+            1,
+            join("g", "m", &["checks"]).with_topic_partitions(None),
+            invalid,
+            "TopicPartitions must be empty when (re-)joining.",
+        ),
+        (
+            1,
+            join("g", "m", &["checks"]).with_subscribed_topic_names(None),
+            invalid,
+            "Either SubscribedTopicNames or SubscribedTopicRegex must be non-null when (re-)joining.",
+        ),
+        (
+            1,
+            beat("g", "m", -2, &[]),
+            invalid,
+            "InstanceId can't be null.",
+        ),
+        (
+            1,
+            beat("g", "m", -3, &[]),
+            invalid,
+            "MemberEpoch is invalid.",
+        ),
+        (
+            0,
+            beat("g", "", 1, &[]),
+            invalid,
+            "MemberId can't be empty.",
+        ),
+        (
+            1,
+            join("g", "m", &["checks"]).with_server_assignor(Some(text("sticky"))),
+            ResponseError::UnsupportedAssignor.code(),
+            "ServerAssignor sticky is not supported. Supported assignors: uniform, range.",
+        ),
+        (
+            1,
+            join("g", "m", &[]).with_subscribed_topic_regex(Some(text("(unclosed"))),
+            ResponseError::InvalidRegularExpression.code(),
+            "",
+        ),
+        (
+            1,
+            beat("nothing-here", "m", 1, &[]),
+            ResponseError::GroupIdNotFound.code(),
+            "Consumer group nothing-here not found.",
+        ),
+    ];
+    for (version, request, code, message) in cases {
+        let response = wire.call(version, &request);
+        let (got, got_message) = error(&response);
+        assert_eq!(got, code, "{request:?}: {got_message}");
+        if !message.is_empty() {
+            assert_eq!(got_message, message);
+        }
+        assert_eq!(response.member_epoch, 0);
+    }
+
+    // v0: the coordinator names a joining member.
+    let named = wire.call(0, &join("g0", "", &["checks"]));
+    assert_eq!(named.error_code, 0);
+    let member = named.member_id.unwrap().to_string();
+    assert_eq!(member.len(), 22, "a Kafka-style base64 UUID: {member}");
+    assert_eq!(named.member_epoch, 1);
+
+    // Epochs: ahead is fenced, an unknown member is unknown.
+    let ahead = wire.call(0, &beat("g0", &member, 7, &[]));
+    assert_eq!(ahead.error_code, ResponseError::FencedMemberEpoch.code());
+    let unknown = wire.call(1, &beat("g0", "stranger", 1, &[]));
+    assert_eq!(unknown.error_code, ResponseError::UnknownMemberId.code());
+    let leave_unknown = wire.call(1, &beat("g0", "stranger", -1, &[]));
+    assert_eq!(
+        leave_unknown.error_code,
+        ResponseError::UnknownMemberId.code()
+    );
+    // Leaving answers epoch -1; the member is then unknown.
+    let left = wire.call(0, &beat("g0", &member, -1, &[]));
+    assert_eq!((left.error_code, left.member_epoch), (0, -1));
+    let gone = wire.call(0, &beat("g0", &member, 1, &[]));
+    assert_eq!(gone.error_code, ResponseError::UnknownMemberId.code());
+}
+
+#[test]
+fn a_static_member_rejoins_with_its_partitions_and_a_second_instance_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "");
+    kafka_clients::create_topic(&broker.address, "static", 2, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let topic = topic_id(&mut wire, "static");
+    let request = |member: &str| join("sg", member, &["static"]).with_instance_id(Some(text("i1")));
+    let first = wire.call(1, &request("first"));
+    assert_eq!(first.member_epoch, 1);
+    assert_eq!(assigned(&first, topic), Some(vec![0, 1]));
+    let other = wire.call(1, &join("sg", "other", &["static"]));
+    assert_eq!(other.member_epoch, 2);
+    let both: &[i32] = &[0, 1];
+    let told = wire.call(1, &beat("sg", "first", 1, &[(topic, both)]));
+    let kept = assigned(&told, topic).unwrap();
+    wire.call(1, &beat("sg", "first", 1, &[(topic, &kept)]));
+
+    // A second process with the same instance id while the first is alive.
+    let intruder = wire.call(1, &request("second"));
+    assert_eq!(
+        intruder.error_code,
+        ResponseError::UnreleasedInstanceId.code()
+    );
+    // The member id must match the instance's.
+    let mismatch = wire.call(
+        1,
+        &beat("sg", "second", 2, &[]).with_instance_id(Some(text("i1"))),
+    );
+    assert_eq!(mismatch.error_code, ResponseError::FencedInstanceId.code());
+
+    // The first leaves for now (-2): it keeps its partitions...
+    let left = wire.call(
+        1,
+        &beat("sg", "first", -2, &[]).with_instance_id(Some(text("i1"))),
+    );
+    assert_eq!((left.error_code, left.member_epoch), (0, -2));
+    let epoch = describe(&mut wire, "sg").group_epoch;
+    // ...and a new process with the same instance id takes them over with
+    // no rebalance.
+    let second = wire.call(1, &request("second"));
+    assert_eq!(second.error_code, 0, "{:?}", second.error_message);
+    assert_eq!(assigned(&second, topic), Some(kept));
+    let described = describe(&mut wire, "sg");
+    assert_eq!(described.group_epoch, epoch, "no rebalance");
+    let ids: Vec<String> = described
+        .members
+        .iter()
+        .map(|member| member.member_id.to_string())
+        .collect();
+    assert_eq!(ids, ["other", "second"]);
+}
+
+#[test]
+fn a_silent_member_is_removed_after_the_session_timeout_and_its_partitions_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "");
+    kafka_clients::create_topic(&broker.address, "sessions", 2, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let topic = topic_id(&mut wire, "sessions");
+    wire.call(1, &join("sess", "stays", &["sessions"]));
+    wire.call(1, &join("sess", "goes-quiet", &["sessions"]));
+    let both: &[i32] = &[0, 1];
+    let told = wire.call(1, &beat("sess", "stays", 1, &[(topic, both)]));
+    let kept = assigned(&told, topic).unwrap();
+    wire.call(1, &beat("sess", "stays", 1, &[(topic, &kept)]));
+    let started = Instant::now();
+    // Only "stays" heartbeats; after 1.5 s the other is fenced and "stays"
+    // gets both partitions.
+    let request = beat("sess", "stays", 2, &[(topic, &kept)]);
+    let mut epoch = 2;
+    loop {
+        let response = wire.call(1, &request.clone().with_member_epoch(epoch));
+        assert_eq!(response.error_code, 0, "{:?}", response.error_message);
+        epoch = response.member_epoch;
+        if assigned(&response, topic).is_some_and(|partitions| partitions == [0, 1]) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never reassigned"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "not before the session timeout"
+    );
+    assert!(broker.wait_for_log("its session timed out"));
+    let described = describe(&mut wire, "sess");
+    assert_eq!(described.members.len(), 1);
+    let quiet = wire.call(1, &beat("sess", "goes-quiet", 2, &[]));
+    assert_eq!(quiet.error_code, ResponseError::UnknownMemberId.code());
+}
+
+#[test]
+fn a_topic_growing_or_appearing_starts_a_new_assignment() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "");
+    kafka_clients::create_topic(&broker.address, "grows", 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let grows = topic_id(&mut wire, "grows");
+    let joined = wire.call(1, &join("growth", "m", &["grows", "later"]));
+    assert_eq!(assigned(&joined, grows), Some(vec![0]));
+    let admin = kafka_clients::admin(&broker.address);
+    futures_executor::block_on(admin.create_partitions(
+        &[rdkafka::admin::NewPartitions::new("grows", 3)],
+        &rdkafka::admin::AdminOptions::new(),
+    ))
+    .unwrap();
+    let one: &[i32] = &[0];
+    let grown = beat_until(
+        &mut wire,
+        &beat("growth", "m", 1, &[(grows, one)]),
+        |response| assigned(response, grows).is_some(),
+    );
+    assert_eq!(grown.member_epoch, 2);
+    assert_eq!(assigned(&grown, grows), Some(vec![0, 1, 2]));
+    kafka_clients::create_topic(&broker.address, "later", 2, &[]);
+    let later = topic_id(&mut wire, "later");
+    let all: &[i32] = &[0, 1, 2];
+    let appeared = beat_until(
+        &mut wire,
+        &beat("growth", "m", 2, &[(grows, all)]),
+        |response| assigned(response, later).is_some(),
+    );
+    assert_eq!(appeared.member_epoch, 3);
+    assert_eq!(assigned(&appeared, later), Some(vec![0, 1]));
+}
+
+fn commit(
+    wire: &mut Wire,
+    version: i16,
+    group: &str,
+    member: &str,
+    epoch: i32,
+    offsets: &[(&str, i32, i64)],
+) -> Vec<i16> {
+    let topics = offsets
+        .iter()
+        .map(|(topic, partition, offset)| {
+            OffsetCommitRequestTopic::default()
+                .with_name(text(topic).into())
+                .with_partitions(vec![
+                    OffsetCommitRequestPartition::default()
+                        .with_partition_index(*partition)
+                        .with_committed_offset(*offset),
+                ])
+        })
+        .collect();
+    let response = wire.call(
+        version,
+        &OffsetCommitRequest::default()
+            .with_group_id(text(group).into())
+            .with_generation_id_or_member_epoch(epoch)
+            .with_member_id(text(member))
+            .with_topics(topics),
+    );
+    response
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic
+                .partitions
+                .iter()
+                .map(|partition| partition.error_code)
+        })
+        .collect()
+}
+
+/// OffsetFetch v9 of `topic`'s partition 0: the group's code and offset.
+fn fetch(
+    wire: &mut Wire,
+    group: &str,
+    member: Option<&str>,
+    epoch: i32,
+    topic: &str,
+) -> (i16, i64) {
+    let response = wire.call(
+        9,
+        &OffsetFetchRequest::default().with_groups(vec![
+            OffsetFetchRequestGroup::default()
+                .with_group_id(text(group).into())
+                .with_member_id(member.map(text))
+                .with_member_epoch(epoch)
+                .with_topics(Some(vec![
+                    OffsetFetchRequestTopics::default()
+                        .with_name(text(topic).into())
+                        .with_partition_indexes(vec![0]),
+                ])),
+        ]),
+    );
+    let group = &response.groups[0];
+    let offset = group
+        .topics
+        .first()
+        .and_then(|topic| topic.partitions.first())
+        .map_or(-1, |partition| partition.committed_offset);
+    (group.error_code, offset)
+}
+
+#[test]
+fn offset_commits_and_fetches_check_the_member_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "");
+    kafka_clients::create_topic(&broker.address, "commits", 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    wire.call(1, &join("cg", "m", &["commits"]));
+    let ok = 0;
+    let stale = ResponseError::StaleMemberEpoch.code();
+    assert_eq!(
+        commit(&mut wire, 9, "cg", "m", 1, &[("commits", 0, 5)]),
+        [ok]
+    );
+    assert_eq!(
+        commit(&mut wire, 9, "cg", "m", 0, &[("commits", 0, 6)]),
+        [stale]
+    );
+    assert_eq!(
+        commit(&mut wire, 9, "cg", "m", 2, &[("commits", 0, 6)]),
+        [stale]
+    );
+    assert_eq!(
+        commit(&mut wire, 9, "cg", "nobody", 1, &[("commits", 0, 6)]),
+        [ResponseError::UnknownMemberId.code()]
+    );
+    assert_eq!(
+        commit(&mut wire, 8, "cg", "m", 1, &[("commits", 0, 6)]),
+        [ResponseError::UnsupportedVersion.code()],
+        "consumer-protocol members must commit with v9"
+    );
+    // While the group has members, an admin's epoch -1 commit is refused.
+    assert_eq!(
+        commit(&mut wire, 9, "cg", "", -1, &[("commits", 0, 6)]),
+        [ResponseError::UnknownMemberId.code()]
+    );
+    assert_eq!(
+        commit(&mut wire, 9, "no-such-group", "m", 3, &[("commits", 0, 6)]),
+        [ResponseError::GroupIdNotFound.code()],
+        "v9 names an unknown group"
+    );
+    assert_eq!(
+        commit(&mut wire, 8, "no-such-group", "m", 3, &[("commits", 0, 6)]),
+        [ResponseError::IllegalGeneration.code()],
+        "before v9 it is a generation error"
+    );
+
+    assert_eq!(fetch(&mut wire, "cg", Some("m"), 1, "commits"), (0, 5));
+    assert_eq!(
+        fetch(&mut wire, "cg", None, -1, "commits"),
+        (0, 5),
+        "admins read freely"
+    );
+    assert_eq!(fetch(&mut wire, "cg", Some("m"), 0, "commits"), (stale, -1));
+    assert_eq!(
+        fetch(&mut wire, "cg", Some("nobody"), 1, "commits"),
+        (ResponseError::UnknownMemberId.code(), -1)
+    );
+
+    // Once the member left, the empty group takes an admin's commit.
+    wire.call(1, &beat("cg", "m", -1, &[]));
+    assert_eq!(
+        commit(&mut wire, 9, "cg", "", -1, &[("commits", 0, 9)]),
+        [ok]
+    );
+    assert_eq!(fetch(&mut wire, "cg", None, -1, "commits"), (0, 9));
+}
+
+#[test]
+fn list_groups_and_describe_groups_tell_consumer_groups_from_classic_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "");
+    kafka_clients::create_topic(&broker.address, "listed", 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    wire.call(1, &join("modern", "m", &["listed"]));
+    // A classic group with committed offsets only.
+    assert_eq!(
+        commit(&mut wire, 8, "simple", "", -1, &[("listed", 0, 1)]),
+        [0]
+    );
+    let list = |wire: &mut Wire,
+                types: &[&str],
+                states: &[&str]|
+     -> Vec<(String, String, String, String)> {
+        let response = wire.call(
+            5,
+            &ListGroupsRequest::default()
+                .with_types_filter(types.iter().map(|kind| text(kind)).collect())
+                .with_states_filter(states.iter().map(|state| text(state)).collect()),
+        );
+        let mut groups: Vec<_> = response
+            .groups
+            .iter()
+            .map(|group| {
+                (
+                    group.group_id.to_string(),
+                    group.protocol_type.to_string(),
+                    group.group_state.to_string(),
+                    group.group_type.to_string(),
+                )
+            })
+            .collect();
+        groups.sort();
+        groups
+    };
+    let modern = (
+        "modern".to_owned(),
+        "consumer".to_owned(),
+        "Stable".to_owned(),
+        "consumer".to_owned(),
+    );
+    let simple = (
+        "simple".to_owned(),
+        String::new(),
+        "Empty".to_owned(),
+        "classic".to_owned(),
+    );
+    assert_eq!(list(&mut wire, &[], &[]), [modern.clone(), simple.clone()]);
+    assert_eq!(list(&mut wire, &["Consumer"], &[]), [modern.clone()]);
+    assert_eq!(list(&mut wire, &["classic"], &[]), [simple]);
+    assert_eq!(list(&mut wire, &[], &["stable"]), [modern]);
+    assert_eq!(list(&mut wire, &[], &["Reconciling"]), []);
+
+    // DescribeGroups (up to v5) sees a consumer group as Dead, as Kafka's
+    // does; ConsumerGroupDescribe refuses a classic group.
+    let response = wire.call(
+        5,
+        &DescribeGroupsRequest::default().with_groups(vec![text("modern").into()]),
+    );
+    assert_eq!(response.groups[0].group_state.as_str(), "Dead");
+    assert!(response.groups[0].members.is_empty());
+    let classic = describe(&mut wire, "simple");
+    assert_eq!(classic.error_code, ResponseError::GroupIdNotFound.code());
+    assert_eq!(
+        classic.error_message.as_deref(),
+        Some("Group simple is not a consumer group.")
+    );
+    let absent = describe(&mut wire, "absent");
+    assert_eq!(absent.error_code, ResponseError::GroupIdNotFound.code());
+}
+
+#[test]
+fn consumer_groups_survive_a_restart_and_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "");
+    kafka_clients::create_topic(&broker.address, "durable", 4, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let topic = topic_id(&mut wire, "durable");
+    wire.call(
+        1,
+        &join("dg", "a", &["durable"]).with_server_assignor(Some(text("range"))),
+    );
+    wire.call(
+        1,
+        &join("dg", "b", &["durable"]).with_instance_id(Some(text("static-b"))),
+    );
+    let all: &[i32] = &[0, 1, 2, 3];
+    let told = wire.call(1, &beat("dg", "a", 1, &[(topic, all)]));
+    let kept = assigned(&told, topic).unwrap();
+    assert_eq!(
+        kept,
+        [2, 3],
+        "range puts static members first: static-b gets 0 and 1"
+    );
+    wire.call(1, &beat("dg", "a", 1, &[(topic, &kept)]));
+    assert_eq!(
+        commit(&mut wire, 9, "dg", "a", 2, &[("durable", 0, 42)]),
+        [0]
+    );
+    let before = describe(&mut wire, "dg");
+    assert_eq!(
+        before.group_state.as_str(),
+        "Reconciling",
+        "b has not taken its partitions yet"
+    );
+    drop(wire);
+
+    let view = |group: &consumer_group_describe_response::DescribedGroup| {
+        format!(
+            "{} {} {} {} {:?}",
+            group.group_state,
+            group.group_epoch,
+            group.assignment_epoch,
+            group.assignor_name,
+            group
+                .members
+                .iter()
+                .map(|member| (
+                    member.member_id.to_string(),
+                    member.instance_id.as_ref().map(ToString::to_string),
+                    member.member_epoch,
+                    member.assignment.clone(),
+                    member.target_assignment.clone(),
+                ))
+                .collect::<Vec<_>>()
+        )
+    };
+    let (status, _) = broker.stop_with_log();
+    assert!(status.success());
+    let broker = restart(dir.path());
+    let mut wire = Wire::connect(&broker.address);
+    let after = describe(&mut wire, "dg");
+    assert_eq!(view(&after), view(&before));
+    // The members carry on at their epochs: b now takes its partitions.
+    let b = beat_until(
+        &mut wire,
+        &beat("dg", "b", 2, &[]).with_instance_id(Some(text("static-b"))),
+        |response| assigned(response, topic).is_some(),
+    );
+    assert_eq!(b.error_code, 0);
+    assert_eq!(assigned(&b, topic), Some(vec![0, 1]));
+    let a = wire.call(1, &beat("dg", "a", 2, &[(topic, &kept)]));
+    assert_eq!((a.error_code, a.member_epoch), (0, 2));
+    assert_eq!(fetch(&mut wire, "dg", Some("a"), 2, "durable"), (0, 42));
+    let settled = describe(&mut wire, "dg");
+    drop(wire);
+
+    broker.kill9();
+    let broker = restart(dir.path());
+    let mut wire = Wire::connect(&broker.address);
+    assert_eq!(view(&describe(&mut wire, "dg")), view(&settled));
+    let a = wire.call(1, &beat("dg", "a", 2, &[(topic, &kept)]));
+    assert_eq!((a.error_code, a.member_epoch), (0, 2));
+}
