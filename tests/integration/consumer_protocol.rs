@@ -848,3 +848,411 @@ fn consumer_groups_survive_a_restart_and_a_kill_9() {
     let a = wire.call(1, &beat("dg", "a", 2, &[(topic, &kept)]));
     assert_eq!((a.error_code, a.member_epoch), (0, 2));
 }
+
+/// A classic consumer's JoinGroup protocol metadata: a
+/// ConsumerProtocolSubscription (v1: with the partitions it owns).
+fn subscription(topics: &[&str], owned: &[(&str, &[i32])]) -> Bytes {
+    use bytes::BufMut;
+    use kafka_protocol::messages::consumer_protocol_subscription::TopicPartition;
+    use kafka_protocol::protocol::Encodable;
+    let subscription = ConsumerProtocolSubscription::default()
+        .with_topics(topics.iter().map(|topic| text(topic)).collect())
+        .with_owned_partitions(
+            owned
+                .iter()
+                .map(|(topic, partitions)| {
+                    TopicPartition::default()
+                        .with_topic(text(topic).into())
+                        .with_partitions(partitions.to_vec())
+                })
+                .collect(),
+        );
+    let mut bytes = bytes::BytesMut::new();
+    bytes.put_i16(1);
+    subscription.encode(&mut bytes, 1).unwrap();
+    bytes.freeze()
+}
+
+fn assignment_bytes(partitions: &[(&str, &[i32])]) -> Bytes {
+    use bytes::BufMut;
+    use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
+    use kafka_protocol::protocol::Encodable;
+    let assignment = ConsumerProtocolAssignment::default().with_assigned_partitions(
+        partitions
+            .iter()
+            .map(|(topic, partitions)| {
+                TopicPartition::default()
+                    .with_topic(text(topic).into())
+                    .with_partitions(partitions.to_vec())
+            })
+            .collect(),
+    );
+    let mut bytes = bytes::BytesMut::new();
+    bytes.put_i16(1);
+    assignment.encode(&mut bytes, 1).unwrap();
+    bytes.freeze()
+}
+
+fn decode_assignment(bytes: &Bytes) -> Vec<(String, Vec<i32>)> {
+    use bytes::Buf;
+    use kafka_protocol::protocol::Decodable;
+    let mut bytes = bytes.clone();
+    let version = bytes.get_i16();
+    ConsumerProtocolAssignment::decode(&mut bytes, version.min(3))
+        .unwrap()
+        .assigned_partitions
+        .iter()
+        .map(|topic| (topic.topic.to_string(), topic.partitions.clone()))
+        .collect()
+}
+
+fn classic_join(
+    wire: &mut Wire,
+    group: &str,
+    member: &str,
+    protocol_type: &str,
+    metadata: Bytes,
+) -> JoinGroupResponse {
+    wire.call(
+        5,
+        &JoinGroupRequest::default()
+            .with_group_id(text(group).into())
+            .with_session_timeout_ms(6000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_member_id(text(member))
+            .with_protocol_type(text(protocol_type))
+            .with_protocols(vec![
+                JoinGroupRequestProtocol::default()
+                    .with_name(text("range"))
+                    .with_metadata(metadata),
+            ]),
+    )
+}
+
+fn classic_sync(
+    wire: &mut Wire,
+    group: &str,
+    member: &str,
+    generation: i32,
+    assignments: Vec<(String, Bytes)>,
+) -> SyncGroupResponse {
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+    wire.call(
+        5,
+        &SyncGroupRequest::default()
+            .with_group_id(text(group).into())
+            .with_member_id(text(member))
+            .with_generation_id(generation)
+            .with_protocol_type(Some(text("consumer")))
+            .with_protocol_name(Some(text("range")))
+            .with_assignments(
+                assignments
+                    .into_iter()
+                    .map(|(id, bytes)| {
+                        SyncGroupRequestAssignment::default()
+                            .with_member_id(text(&id))
+                            .with_assignment(bytes)
+                    })
+                    .collect(),
+            ),
+    )
+}
+
+fn classic_heartbeat(wire: &mut Wire, group: &str, member: &str, generation: i32) -> i16 {
+    wire.call(
+        4,
+        &HeartbeatRequest::default()
+            .with_group_id(text(group).into())
+            .with_generation_id(generation)
+            .with_member_id(text(member)),
+    )
+    .error_code
+}
+
+fn group_type(wire: &mut Wire, group: &str) -> (String, String) {
+    let response = wire.call(5, &ListGroupsRequest::default());
+    response
+        .groups
+        .iter()
+        .find(|listed| listed.group_id.as_str() == group)
+        .map(|listed| {
+            (
+                listed.group_type.to_string(),
+                listed.group_state.to_string(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// A classic member that joined, led and synced `partitions` to itself.
+fn classic_member_with(
+    wire: &mut Wire,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+) -> (String, i32) {
+    let first = classic_join(wire, group, "", "consumer", subscription(&[topic], &[]));
+    assert_eq!(first.error_code, ResponseError::MemberIdRequired.code());
+    let member = first.member_id.to_string();
+    let joined = classic_join(
+        wire,
+        group,
+        &member,
+        "consumer",
+        subscription(&[topic], &[]),
+    );
+    assert_eq!(joined.error_code, 0);
+    let synced = classic_sync(
+        wire,
+        group,
+        &member,
+        joined.generation_id,
+        vec![(member.clone(), assignment_bytes(&[(topic, partitions)]))],
+    );
+    assert_eq!(synced.error_code, 0);
+    (member, joined.generation_id)
+}
+
+#[test]
+fn a_consumer_member_cannot_join_a_busy_classic_group_unless_upgrades_are_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "consumer_migration_policy = \"downgrade\"\n");
+    kafka_clients::create_topic(&broker.address, "mixed", 2, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    classic_member_with(&mut wire, "busy", "mixed", &[0, 1]);
+    let refused = wire.call(1, &join("busy", "k", &["mixed"]));
+    assert_eq!(
+        error(&refused),
+        (
+            ResponseError::GroupIdNotFound.code(),
+            "Group busy is not a consumer group.".to_owned()
+        )
+    );
+    assert_eq!(group_type(&mut wire, "busy").0, "classic");
+
+    // A group of another protocol type never converts.
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "");
+    let mut wire = Wire::connect(&broker.address);
+    let connect = classic_join(
+        &mut wire,
+        "connect",
+        "",
+        "connect",
+        Bytes::from_static(b"x"),
+    );
+    let member = connect.member_id.to_string();
+    let joined = classic_join(
+        &mut wire,
+        "connect",
+        &member,
+        "connect",
+        Bytes::from_static(b"x"),
+    );
+    assert_eq!(joined.error_code, 0);
+    let refused = wire.call(1, &join("connect", "k", &["mixed"]));
+    assert_eq!(refused.error_code, ResponseError::GroupIdNotFound.code());
+}
+
+#[test]
+fn a_classic_group_upgrades_when_a_consumer_member_joins_and_downgrades_when_it_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "");
+    kafka_clients::create_topic(&broker.address, "mixed", 2, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let topic = topic_id(&mut wire, "mixed");
+    let (classic, generation) = classic_member_with(&mut wire, "mig", "mixed", &[0, 1]);
+    assert_eq!(group_type(&mut wire, "mig").0, "classic");
+
+    // A consumer-protocol member joins: the group is upgraded. The classic
+    // member keeps its partitions at its generation, so the newcomer waits.
+    let joined = wire.call(1, &join("mig", "k", &["mixed"]));
+    assert_eq!(joined.error_code, 0, "{:?}", joined.error_message);
+    assert_eq!(joined.member_epoch, generation + 1);
+    assert_eq!(assigned(&joined, topic), Some(vec![]));
+    assert_eq!(
+        group_type(&mut wire, "mig"),
+        ("consumer".to_owned(), "Reconciling".to_owned())
+    );
+    let described = describe(&mut wire, "mig");
+    let types: Vec<i8> = described
+        .members
+        .iter()
+        .map(|member| member.member_type)
+        .collect();
+    assert_eq!(types.len(), 2);
+
+    // The classic member is told to rejoin, rejoins owning both, and is
+    // given one: it must first revoke the other (generation unchanged).
+    assert_eq!(
+        classic_heartbeat(&mut wire, "mig", &classic, generation),
+        ResponseError::RebalanceInProgress.code()
+    );
+    let owned: &[(&str, &[i32])] = &[("mixed", &[0, 1])];
+    let rejoined = classic_join(
+        &mut wire,
+        "mig",
+        &classic,
+        "consumer",
+        subscription(&["mixed"], owned),
+    );
+    assert_eq!(rejoined.error_code, 0);
+    assert_eq!(rejoined.generation_id, generation);
+    assert_eq!(rejoined.protocol_name.as_deref(), Some("range"));
+    assert_eq!(rejoined.leader.as_str(), "", "the coordinator assigns");
+    let synced = classic_sync(&mut wire, "mig", &classic, generation, vec![]);
+    assert_eq!(synced.error_code, 0);
+    let kept = decode_assignment(&synced.assignment);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].1.len(), 1);
+    let kept_partition = kept[0].1[0];
+    // The newcomer still waits while the classic member owns both.
+    let waiting = wire.call(1, &beat("mig", "k", joined.member_epoch, &[]));
+    assert_eq!(assigned(&waiting, topic), None);
+    // Rejoining with only its partition, the classic member reaches the new
+    // epoch, and the newcomer gets the other partition.
+    let owned: &[(&str, &[i32])] = &[("mixed", &[kept_partition])];
+    let caught_up = classic_join(
+        &mut wire,
+        "mig",
+        &classic,
+        "consumer",
+        subscription(&["mixed"], owned),
+    );
+    assert_eq!(caught_up.generation_id, generation + 1);
+    let synced = classic_sync(&mut wire, "mig", &classic, generation + 1, vec![]);
+    assert_eq!(
+        decode_assignment(&synced.assignment),
+        [("mixed".to_owned(), vec![kept_partition])]
+    );
+    assert_eq!(
+        classic_heartbeat(&mut wire, "mig", &classic, generation + 1),
+        0
+    );
+    let handed = wire.call(1, &beat("mig", "k", joined.member_epoch, &[]));
+    assert_eq!(assigned(&handed, topic), Some(vec![1 - kept_partition]));
+
+    // The consumer-protocol member leaves: only a classic member is left,
+    // and the group goes back to the classic protocol in a rebalance.
+    let left = wire.call(
+        1,
+        &beat("mig", "k", joined.member_epoch, &[]).with_member_epoch(-1),
+    );
+    assert_eq!(left.error_code, 0);
+    assert_eq!(
+        group_type(&mut wire, "mig"),
+        ("classic".to_owned(), "PreparingRebalance".to_owned())
+    );
+    let code = classic_heartbeat(&mut wire, "mig", &classic, generation + 2);
+    assert_eq!(code, ResponseError::RebalanceInProgress.code());
+    let back = classic_join(
+        &mut wire,
+        "mig",
+        &classic,
+        "consumer",
+        subscription(&["mixed"], &[]),
+    );
+    assert_eq!(back.error_code, 0);
+    assert_eq!(
+        back.leader, back.member_id,
+        "a classic group again: its member leads"
+    );
+}
+
+#[test]
+fn an_empty_group_switches_protocol_either_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "consumer_migration_policy = \"disabled\"\n");
+    kafka_clients::create_topic(&broker.address, "switch", 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    // Consumer first; it commits and leaves: an empty consumer group.
+    wire.call(1, &join("sw", "k", &["switch"]));
+    assert_eq!(commit(&mut wire, 9, "sw", "k", 1, &[("switch", 0, 3)]), [0]);
+    wire.call(1, &beat("sw", "k", 1, &[]).with_member_epoch(-1));
+    assert_eq!(
+        group_type(&mut wire, "sw"),
+        ("consumer".to_owned(), "Empty".to_owned())
+    );
+    // A classic member joins the empty group: it is a classic group now,
+    // with its offsets.
+    let (member, generation) = classic_member_with(&mut wire, "sw", "switch", &[0]);
+    assert_eq!(group_type(&mut wire, "sw").0, "classic");
+    assert_eq!(fetch(&mut wire, "sw", None, -1, "switch"), (0, 3));
+    // While it has a member, a consumer member is refused (policy
+    // disabled); once it left, the consumer member gets the group back.
+    let refused = wire.call(1, &join("sw", "k2", &["switch"]));
+    assert_eq!(refused.error_code, ResponseError::GroupIdNotFound.code());
+    let left = wire.call(
+        3,
+        &LeaveGroupRequest::default()
+            .with_group_id(text("sw").into())
+            .with_members(vec![
+                leave_group_request::MemberIdentity::default().with_member_id(text(&member)),
+            ]),
+    );
+    assert_eq!(left.error_code, 0);
+    let _ = generation;
+    let joined = wire.call(1, &join("sw", "k2", &["switch"]));
+    assert_eq!(joined.error_code, 0, "{:?}", joined.error_message);
+    assert_eq!(group_type(&mut wire, "sw").0, "consumer");
+    assert_eq!(
+        fetch(&mut wire, "sw", Some("k2"), joined.member_epoch, "switch"),
+        (0, 3)
+    );
+    // Classic requests for consumer-protocol members are refused.
+    assert_eq!(
+        classic_heartbeat(&mut wire, "sw", "k2", joined.member_epoch),
+        ResponseError::UnknownMemberId.code()
+    );
+    let other = classic_join(&mut wire, "sw", "", "connect", Bytes::from_static(b"x"));
+    assert_eq!(
+        other.error_code,
+        ResponseError::InconsistentGroupProtocol.code()
+    );
+}
+
+#[test]
+fn librdkafka_classic_and_consumer_protocol_members_share_one_group() {
+    use crate::consumer_groups::{
+        Member, Received, group_consumer, produce, wait_for_all, wait_for_assignments,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "");
+    kafka_clients::create_topic(&broker.address, "mixed-clients", 4, &[]);
+    let first_batch = produce(&broker.address, "mixed-clients", 4, "first", 400);
+    let received: Received = Default::default();
+    let classic = Member::start_consumer(
+        group_consumer(&broker.address, "mixed-rdkafka", "classic", &[]),
+        "mixed-clients",
+        "classic",
+        &received,
+    );
+    wait_for_assignments(&[&classic], 4, &[4], Duration::from_secs(30));
+    // A consumer-protocol member joins: the group is upgraded and the
+    // classic member rejoins it through JoinGroup.
+    let modern = Member::start_consumer(
+        kip848_consumer(&broker.address, "mixed-rdkafka", "modern"),
+        "mixed-clients",
+        "modern",
+        &received,
+    );
+    wait_for_assignments(&[&classic, &modern], 4, &[2, 2], Duration::from_secs(30));
+    wait_for_all(&received, &first_batch, Duration::from_secs(30));
+    let mut wire = Wire::connect(&broker.address);
+    assert_eq!(group_type(&mut wire, "mixed-rdkafka").0, "consumer");
+    let second_batch = produce(&broker.address, "mixed-clients", 4, "second", 400);
+    wait_for_all(&received, &second_batch, Duration::from_secs(30));
+    // The consumer-protocol member leaves: the group is a classic one again
+    // and its member takes all four partitions back.
+    modern.leave();
+    wait_for_assignments(&[&classic], 4, &[4], Duration::from_secs(30));
+    assert_eq!(group_type(&mut wire, "mixed-rdkafka").0, "classic");
+    let third_batch = produce(&broker.address, "mixed-clients", 4, "third", 400);
+    wait_for_all(&received, &third_batch, Duration::from_secs(30));
+    classic.leave();
+    assert_eq!(
+        duplicates(&received),
+        Vec::<Vec<u8>>::new(),
+        "each record is consumed once"
+    );
+}

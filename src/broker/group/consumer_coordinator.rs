@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use kafka_protocol::ResponseError;
 
+use super::consumer::classic::{ClassicJoin, ClassicJoinOutcome, ClassicSync, ClassicSyncOutcome};
 use super::consumer::group::{
     ConsumerGroup, Context, GroupError, HeartbeatAnswer, HeartbeatRequest,
 };
@@ -24,8 +25,10 @@ use super::consumer::records as consumer_records;
 use super::coordinator::Coordinator;
 use super::coordinator_error::OffsetsWriteError;
 use super::log_record::LogRecord;
-use super::membership::{JoinRequest, JoinResult, MemberClaim, SyncRequest, SyncResult};
-use crate::broker::metadata::TopicId;
+use super::membership::{
+    CONSUMER_PROTOCOL_TYPE, Group, JoinRequest, JoinResult, MemberClaim, SyncRequest, SyncResult,
+};
+use crate::broker::metadata::{ClusterMetadata, TopicId};
 use crate::storage::AppendError;
 
 /// What ConsumerGroupDescribe shows of a group.
@@ -93,6 +96,41 @@ impl Coordinator {
         change: impl FnOnce(&mut ConsumerGroup, &Context<'_>) -> Result<T, GroupError>,
     ) -> Result<T, GroupError> {
         let writing = self.writer.lock().await;
+        let (value, receipt) = self
+            .change_consumer_group_locked(group_id, create, change)
+            .await?;
+        drop(writing);
+        self.wait_durable(receipt).await?;
+        Ok(value)
+    }
+
+    /// Wait until an append of group records is durable.
+    pub(super) async fn wait_durable(
+        &self,
+        receipt: Option<crate::storage::AppendReceipt>,
+    ) -> Result<(), GroupError> {
+        if let Some(receipt) = receipt {
+            self.context
+                .store
+                .wait(&receipt)
+                .await
+                .map_err(|source| write_error(&OffsetsWriteError::Append { source }))?;
+        }
+        Ok(())
+    }
+
+    /// [`Coordinator::change_consumer_group`] for a caller holding the
+    /// writer lock, which waits for the receipt itself after releasing it.
+    /// A classic group with members that the new consumer group took over
+    /// (upgrade) gives its membership up; a consumer group left with only
+    /// classic members by this change becomes a classic group (downgrade),
+    /// when the migration policy allows.
+    pub(super) async fn change_consumer_group_locked<T>(
+        &self,
+        group_id: &str,
+        create: impl FnOnce(&Coordinator) -> Result<ConsumerGroup, GroupError>,
+        change: impl FnOnce(&mut ConsumerGroup, &Context<'_>) -> Result<T, GroupError>,
+    ) -> Result<(T, Option<crate::storage::AppendReceipt>), GroupError> {
         let cluster = self.broker.metadata.snapshot();
         let existing = self.consumer_groups.borrow().get(group_id).cloned();
         let mut group = match existing {
@@ -105,9 +143,27 @@ impl Coordinator {
             now: Instant::now(),
         };
         let value = change(&mut group, &context)?;
+        let had_consumer_members = self
+            .consumer_groups
+            .borrow()
+            .get(group_id)
+            .is_some_and(|old| {
+                old.members
+                    .values()
+                    .any(|member| !member.uses_classic_protocol())
+            });
+        let downgrade = had_consumer_members
+            && group.only_classic_members()
+            && self
+                .broker
+                .config
+                .groups
+                .consumer_migration_policy
+                .downgrade_enabled();
         let records: Vec<LogRecord> = {
             let groups = self.consumer_groups.borrow();
-            consumer_records::changes(groups.get(group_id), Some(&group))
+            let new = (!downgrade).then_some(&group);
+            consumer_records::changes(groups.get(group_id), new)
                 .into_iter()
                 .map(LogRecord::Consumer)
                 .collect()
@@ -116,18 +172,51 @@ impl Coordinator {
             .append_group_records(records)
             .await
             .map_err(|error| write_error(&error))?;
+        if downgrade {
+            self.downgrade(group, &cluster, context.now);
+        } else {
+            self.install_consumer_group(group, context.now);
+        }
+        Ok((value, receipt))
+    }
+
+    /// Install a consumer group; a classic membership under the same id
+    /// (the group it was upgraded from) goes.
+    fn install_consumer_group(&self, group: ConsumerGroup, now: Instant) {
+        if let Some(classic) = self.groups.borrow_mut().get_mut(&group.id)
+            && classic.has_members()
+        {
+            tracing::info!(group = %group.id, "classic group upgraded to a consumer group");
+            classic.give_up_membership(now);
+        }
         self.consumer_groups
             .borrow_mut()
-            .insert(group_id.to_owned(), group);
-        drop(writing);
-        if let Some(receipt) = receipt {
-            self.context
-                .store
-                .wait(&receipt)
-                .await
-                .map_err(|source| write_error(&OffsetsWriteError::Append { source }))?;
-        }
-        Ok(value)
+            .insert(group.id.clone(), group);
+    }
+
+    /// The consumer group becomes a classic group of its (classic) members,
+    /// which rejoin in a rebalance; its records were just deleted.
+    fn downgrade(&self, group: ConsumerGroup, cluster: &ClusterMetadata, now: Instant) {
+        self.consumer_groups.borrow_mut().remove(&group.id);
+        let mut groups = self.groups.borrow_mut();
+        let offsets = groups
+            .remove(&group.id)
+            .map(|mut classic| std::mem::take(&mut classic.offsets))
+            .unwrap_or_default();
+        let classic = Group::from_consumer_group(
+            &group.id,
+            group.epoch,
+            group.to_classic_members(cluster),
+            offsets,
+            &self.limits,
+            now,
+        );
+        tracing::info!(
+            group = %group.id,
+            members = group.members.len(),
+            "consumer group downgraded to a classic group"
+        );
+        groups.insert(group.id.clone(), classic);
     }
 
     /// ConsumerGroupHeartbeat with epoch 0 or above (a join or a heartbeat).
@@ -145,9 +234,10 @@ impl Coordinator {
         .await
     }
 
-    /// A consumer group for a joining member: only when no classic group
-    /// with members holds the id (an empty classic group switches; its
-    /// offsets stay). Kafka answers GROUP_ID_NOT_FOUND otherwise.
+    /// A consumer group for a joining member. An empty classic group
+    /// switches (its offsets stay); one with members is upgraded when the
+    /// migration policy allows it and it uses the `consumer` protocol type,
+    /// and gets Kafka's GROUP_ID_NOT_FOUND otherwise.
     fn new_consumer_group(
         &self,
         group_id: &str,
@@ -159,15 +249,24 @@ impl Coordinator {
                 format!("Consumer group {group_id} not found."),
             ));
         }
-        if self
-            .groups
-            .borrow()
-            .get(group_id)
-            .is_some_and(|group| group.has_members())
-        {
+        let now = Instant::now();
+        let groups = self.groups.borrow();
+        let Some(classic) = groups.get(group_id).filter(|group| group.has_members()) else {
+            return Ok(ConsumerGroup::new(group_id, now));
+        };
+        let policy = self.broker.config.groups.consumer_migration_policy;
+        let consumer_protocol = classic.protocol_type.as_deref() == Some(CONSUMER_PROTOCOL_TYPE);
+        if !policy.upgrade_enabled() || !consumer_protocol {
+            tracing::info!(
+                group = group_id,
+                upgrade_allowed = policy.upgrade_enabled(),
+                consumer_protocol,
+                "a consumer-protocol member cannot join this classic group"
+            );
             return Err(not_a_consumer_group(group_id));
         }
-        Ok(ConsumerGroup::new(group_id, Instant::now()))
+        let cluster = self.broker.metadata.snapshot();
+        ConsumerGroup::from_classic(classic, &cluster, now)
     }
 
     /// ConsumerGroupHeartbeat with epoch -1 or -2.
@@ -412,18 +511,27 @@ impl Coordinator {
 }
 
 /// The classic group APIs (JoinGroup, SyncGroup, Heartbeat, LeaveGroup)
-/// meeting a consumer-protocol group. Each returns `None` when `group_id`
-/// is not a consumer group (the classic path then serves the request).
+/// meeting a consumer-protocol group (`consumer/classic.rs`). Each returns
+/// `None` when `group_id` is not a consumer group (the classic path then
+/// serves the request).
 impl Coordinator {
-    /// JoinGroup: an empty consumer group becomes a classic group (its
-    /// records are deleted; its offsets stay). The caller holds the writer
-    /// lock.
+    /// JoinGroup. An empty consumer group becomes a classic group (its
+    /// records are deleted; its offsets stay) and `None` lets the classic
+    /// join go on; otherwise the member joins the consumer group. The
+    /// caller holds the writer lock and waits for the receipt after
+    /// releasing it.
     pub(super) async fn join_consumer_group(
         &self,
         group_id: &str,
         request: &JoinRequest,
-    ) -> Option<JoinResult> {
+    ) -> Option<(JoinResult, Option<crate::storage::AppendReceipt>)> {
         let group = self.consumer_groups.borrow().get(group_id).cloned()?;
+        let failed = |error: GroupError| JoinResult {
+            error: error.error.code(),
+            generation: -1,
+            member_id: request.member_id.clone(),
+            ..JoinResult::default()
+        };
         if group.members.is_empty() {
             return match self.remove_consumer_group(&group, false).await {
                 Ok(_) => {
@@ -433,34 +541,102 @@ impl Coordinator {
                     );
                     None
                 }
-                Err(error) => Some(JoinResult {
-                    error: write_error(&error).error.code(),
-                    generation: -1,
-                    member_id: request.member_id.clone(),
-                    ..JoinResult::default()
-                }),
+                Err(error) => Some((failed(write_error(&error)), None)),
             };
         }
-        Some(JoinResult {
-            error: ResponseError::InconsistentGroupProtocol.code(),
-            generation: -1,
+        let join = ClassicJoin {
             member_id: request.member_id.clone(),
-            ..JoinResult::default()
+            instance_id: request.instance_id.clone(),
+            client_id: request.client_id.clone(),
+            client_host: request.client_host.clone(),
+            session_timeout_ms: millis(request.session_timeout),
+            rebalance_timeout_ms: millis(request.rebalance_timeout),
+            protocol_type: request.protocol_type.clone(),
+            protocols: request.protocols.clone(),
+            requires_known_member_id: request.requires_known_member_id,
+        };
+        let changed = self
+            .change_consumer_group_locked(
+                group_id,
+                |coordinator| Err(coordinator.missing_consumer_group(group_id)),
+                |group, context| group.classic_join(&join, context),
+            )
+            .await;
+        Some(match changed {
+            Err(error) => (failed(error), None),
+            Ok((ClassicJoinOutcome::MemberIdRequired(member_id), receipt)) => (
+                JoinResult {
+                    error: ResponseError::MemberIdRequired.code(),
+                    generation: -1,
+                    member_id,
+                    ..JoinResult::default()
+                },
+                receipt,
+            ),
+            Ok((
+                ClassicJoinOutcome::Joined {
+                    member_id,
+                    generation,
+                    protocol_name,
+                },
+                receipt,
+            )) => (
+                JoinResult {
+                    error: 0,
+                    generation,
+                    protocol_type: Some(CONSUMER_PROTOCOL_TYPE.to_owned()),
+                    protocol_name: Some(protocol_name),
+                    leader: String::new(),
+                    member_id,
+                    members: Vec::new(),
+                },
+                receipt,
+            ),
         })
     }
 
-    /// SyncGroup to a consumer group.
+    /// SyncGroup to a consumer group: the member's current assignment.
     pub(super) async fn sync_consumer_group(
         &self,
         group_id: &str,
-        _request: &SyncRequest,
+        request: &SyncRequest,
     ) -> Option<SyncResult> {
         if !self.consumer_groups.borrow().contains_key(group_id) {
             return None;
         }
-        Some(SyncResult {
-            error: ResponseError::UnknownMemberId.code(),
-            ..SyncResult::default()
+        let sync = ClassicSync {
+            member_id: request.member_id.clone(),
+            instance_id: request.instance_id.clone(),
+            generation: request.generation,
+            protocol_type: request.protocol_type.clone(),
+            protocol_name: request.protocol_name.clone(),
+        };
+        let limits = self.consumer_limits.clone();
+        let synced = self
+            .change_consumer_group(
+                group_id,
+                |_| Err(changed_protocol(group_id)),
+                |group, context| group.classic_sync(&sync, &limits, context.cluster, context.now),
+            )
+            .await;
+        Some(match synced {
+            Ok(ClassicSyncOutcome::Assigned {
+                protocol_name,
+                assignment,
+            }) => SyncResult {
+                error: 0,
+                protocol_type: Some(CONSUMER_PROTOCOL_TYPE.to_owned()),
+                protocol_name: Some(protocol_name),
+                assignment,
+            },
+            Ok(ClassicSyncOutcome::RebalanceInProgress) => SyncResult {
+                error: ResponseError::RebalanceInProgress.code(),
+                ..SyncResult::default()
+            },
+            Err(error) => SyncResult {
+                error: error.error.code(),
+                ..SyncResult::default()
+            },
         })
     }
 
@@ -468,12 +644,28 @@ impl Coordinator {
     pub(super) async fn heartbeat_consumer_group(
         &self,
         group_id: &str,
-        _claim: &MemberClaim<'_>,
+        claim: &MemberClaim<'_>,
     ) -> Option<i16> {
         if !self.consumer_groups.borrow().contains_key(group_id) {
             return None;
         }
-        Some(ResponseError::UnknownMemberId.code())
+        let limits = self.consumer_limits.clone();
+        let code = self
+            .change_consumer_group(
+                group_id,
+                |_| Err(changed_protocol(group_id)),
+                |group, context| {
+                    group.classic_heartbeat(
+                        claim.member_id,
+                        claim.instance_id,
+                        claim.generation,
+                        &limits,
+                        context.now,
+                    )
+                },
+            )
+            .await;
+        Some(code.unwrap_or_else(|error| error.error.code()))
     }
 
     /// LeaveGroup to a consumer group: one code per departure.
@@ -485,9 +677,26 @@ impl Coordinator {
         if !self.consumer_groups.borrow().contains_key(group_id) {
             return None;
         }
-        Some(vec![
-            ResponseError::UnknownMemberId.code();
-            departures.len()
-        ])
+        let left = self
+            .change_consumer_group(
+                group_id,
+                |_| Err(changed_protocol(group_id)),
+                |group, context| Ok(group.classic_leave(departures, context)),
+            )
+            .await;
+        Some(left.unwrap_or_else(|error| vec![error.error.code(); departures.len()]))
     }
+}
+
+/// The group stopped being a consumer group between the check and the
+/// change (it was downgraded): its members must rejoin.
+fn changed_protocol(group_id: &str) -> GroupError {
+    GroupError::new(
+        ResponseError::UnknownMemberId,
+        format!("Group {group_id} changed protocol; rejoin."),
+    )
+}
+
+fn millis(duration: std::time::Duration) -> i32 {
+    i32::try_from(duration.as_millis()).unwrap_or(i32::MAX)
 }

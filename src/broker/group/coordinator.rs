@@ -142,7 +142,7 @@ pub const CONSUMER_GROUP_TYPE: &str = "consumer";
 pub struct Coordinator {
     pub(super) context: Rc<ShardContext>,
     pub(super) broker: Arc<Broker>,
-    limits: GroupLimits,
+    pub(super) limits: GroupLimits,
     pub(super) consumer_limits: ConsumerGroupLimits,
     /// Classic groups, and every group's committed offsets (a consumer
     /// group's entry here holds only its offsets).
@@ -667,7 +667,16 @@ impl Coordinator {
         // Under the writer lock, so a consumer group cannot appear between
         // the check and the join (see `consumer_coordinator.rs`).
         let writing = self.writer.lock().await;
-        if let Some(result) = self.join_consumer_group(group_id, &request).await {
+        if let Some((result, receipt)) = self.join_consumer_group(group_id, &request).await {
+            drop(writing);
+            if let Err(error) = self.wait_durable(receipt).await {
+                return JoinResult {
+                    error: error.error.code(),
+                    generation: -1,
+                    member_id: request.member_id,
+                    ..JoinResult::default()
+                };
+            }
             return result;
         }
         let now = Instant::now();

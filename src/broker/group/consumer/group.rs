@@ -242,19 +242,11 @@ impl ConsumerGroup {
             self.subscription_version += 1;
         }
         self.members.insert(member_id.clone(), updated);
-        let subscriptions = self.subscriptions(context.cluster);
-        if self.epoch == 0 || subscription_changed || subscriptions.hash != self.metadata_hash {
-            self.bump(subscriptions.hash);
-        }
-        if self.epoch > self.assignment_epoch {
-            self.compute_targets(&subscriptions, context.limits);
-        }
-        self.reconcile_member(
+        self.settle(
             &member_id,
-            &subscriptions,
             subscription_changed,
             request.owned.as_deref(),
-            context.now,
+            context,
         )?;
         let member = self
             .members
@@ -370,6 +362,32 @@ impl ConsumerGroup {
         Ok((member, replaced))
     }
 
+    /// After a member's metadata changed: bump the epoch if the
+    /// subscriptions or their topics changed, compute a new target if the
+    /// epoch moved past it, and reconcile the member.
+    pub(super) fn settle(
+        &mut self,
+        member_id: &str,
+        subscription_changed: bool,
+        owned: Option<&[(TopicId, Vec<i32>)]>,
+        context: &Context<'_>,
+    ) -> Result<(), GroupError> {
+        let subscriptions = self.subscriptions(context.cluster);
+        if self.epoch == 0 || subscription_changed || subscriptions.hash != self.metadata_hash {
+            self.bump(subscriptions.hash);
+        }
+        if self.epoch > self.assignment_epoch {
+            self.compute_targets(&subscriptions, context.limits);
+        }
+        self.reconcile_member(
+            member_id,
+            &subscriptions,
+            subscription_changed,
+            owned,
+            context.now,
+        )
+    }
+
     fn bump(&mut self, hash: u64) {
         self.epoch += 1;
         self.metadata_hash = hash;
@@ -466,11 +484,12 @@ impl ConsumerGroup {
         })?;
         let member = self.members.get_mut(member_id).expect("looked up above");
         if next != member.current {
-            member.revocation_deadline =
-                (next.state == MemberState::UnrevokedPartitions).then(|| {
-                    let timeout = u64::try_from(member.metadata.rebalance_timeout_ms).unwrap_or(0);
-                    (next.epoch, now + Duration::from_millis(timeout))
-                });
+            // A classic member has join and sync deadlines instead.
+            let revoking = next.state == MemberState::UnrevokedPartitions;
+            member.revocation_deadline = (revoking && !member.uses_classic_protocol()).then(|| {
+                let timeout = u64::try_from(member.metadata.rebalance_timeout_ms).unwrap_or(0);
+                (next.epoch, now + Duration::from_millis(timeout))
+            });
             member.current = next;
         }
         Ok(())
@@ -526,10 +545,19 @@ impl ConsumerGroup {
     /// out): its partitions are free for the others, and the epoch is
     /// bumped so a new target is computed at the next heartbeat.
     pub fn fence(&mut self, member_id: &str, context: &Context<'_>) {
-        if self.members.remove(member_id).is_none() {
+        self.fence_all(&[member_id], context);
+    }
+
+    /// [`ConsumerGroup::fence`] for several members, with one epoch bump.
+    pub fn fence_all(&mut self, member_ids: &[&str], context: &Context<'_>) {
+        let mut removed = false;
+        for member_id in member_ids {
+            removed |= self.members.remove(*member_id).is_some();
+            self.targets.remove(*member_id);
+        }
+        if !removed {
             return;
         }
-        self.targets.remove(member_id);
         self.subscription_version += 1;
         let hash = self.subscriptions(context.cluster).hash;
         self.bump(hash);
@@ -577,18 +605,12 @@ impl ConsumerGroup {
     pub fn restart_timers(&mut self, session_timeout: Duration, now: Instant) {
         self.empty_since = now;
         for member in self.members.values_mut() {
-            let session = member
-                .metadata
-                .classic
-                .as_ref()
-                .and_then(|classic| u64::try_from(classic.session_timeout_ms).ok())
-                .map_or(session_timeout, Duration::from_millis);
-            member.session_deadline = now + session;
-            member.revocation_deadline = (member.current.state == MemberState::UnrevokedPartitions)
-                .then(|| {
-                    let timeout = u64::try_from(member.metadata.rebalance_timeout_ms).unwrap_or(0);
-                    (member.current.epoch, now + Duration::from_millis(timeout))
-                });
+            member.session_deadline = now + member.session_timeout(session_timeout);
+            let revoking = member.current.state == MemberState::UnrevokedPartitions;
+            member.revocation_deadline = (revoking && !member.uses_classic_protocol()).then(|| {
+                let timeout = u64::try_from(member.metadata.rebalance_timeout_ms).unwrap_or(0);
+                (member.current.epoch, now + Duration::from_millis(timeout))
+            });
         }
     }
 

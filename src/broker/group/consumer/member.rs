@@ -176,6 +176,15 @@ impl ConsumerMember {
         self.metadata.classic.is_some()
     }
 
+    /// Its session timeout: a classic member's own, else the broker's.
+    pub fn session_timeout(&self, consumer_default: std::time::Duration) -> std::time::Duration {
+        self.metadata
+            .classic
+            .as_ref()
+            .and_then(|classic| u64::try_from(classic.session_timeout_ms).ok())
+            .map_or(consumer_default, std::time::Duration::from_millis)
+    }
+
     /// Whether the member owns exactly its target at `target_epoch`.
     pub fn is_reconciled_to(&self, target_epoch: i32) -> bool {
         self.current.state == MemberState::Stable && self.current.epoch == target_epoch

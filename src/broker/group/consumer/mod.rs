@@ -9,9 +9,14 @@
 //! * [`subscription`]: subscriptions (names and regexes) resolved against
 //!   the cluster's topics;
 //! * [`group`]: the group's state machine (epochs, targets, timeouts);
-//! * [`records`]: the group's records in `__consumer_offsets`.
+//! * [`records`]: the group's records in `__consumer_offsets`;
+//! * [`classic`]: members that join with JoinGroup, and the conversions
+//!   between classic and consumer groups; [`embedded`]: the consumer
+//!   protocol inside their JoinGroup and SyncGroup bytes.
 
 pub mod assignor;
+pub mod classic;
+pub mod embedded;
 pub mod group;
 pub mod member;
 pub mod reconcile;
