@@ -1256,3 +1256,59 @@ fn librdkafka_classic_and_consumer_protocol_members_share_one_group() {
         "each record is consumed once"
     );
 }
+
+/// The copy-forward snapshot of `__consumer_offsets` keeps a consumer
+/// group's records along with its offsets: after the log start moved past
+/// everything the group wrote, a kill -9 and a restart still find it.
+#[test]
+fn a_consumer_group_survives_the_compaction_of_its_offsets_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "");
+    kafka_clients::create_topic(&broker.address, "stream", 2, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let topic = topic_id(&mut wire, "stream");
+    let joined = wire.call(1, &join("compacted", "m", &["stream"]));
+    assert_eq!(assigned(&joined, topic), Some(vec![0, 1]));
+    let churn: Vec<(&str, i32, i64)> = (0..2600).map(|offset| ("stream", 0, offset)).collect();
+    for _ in 0..4 {
+        let codes = commit(&mut wire, 9, "compacted", "m", 1, &churn);
+        assert!(codes.iter().all(|&code| code == 0));
+    }
+    assert_eq!(commit(&mut wire, 9, "compacted", "m", 1, &[("stream", 0, 777)]), [0]);
+
+    let partition = sluice::broker::group::coordinator::offsets_partition("compacted", 50) as i32;
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (low, high) = rdkafka::consumer::Consumer::fetch_watermarks(
+            &consumer,
+            "__consumer_offsets",
+            partition,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        if low > 0 {
+            // One offset, the group, its target epoch, and the member's three.
+            assert!(high - low <= 6, "only the live records remain: {low}..{high}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never compacted ({low}..{high})");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = describe(&mut wire, "compacted");
+    drop(wire);
+    broker.kill9();
+    let broker = restart(dir.path());
+    let mut wire = Wire::connect(&broker.address);
+    let after = describe(&mut wire, "compacted");
+    assert_eq!(after.error_code, 0, "{:?}", after.error_message);
+    assert_eq!(after.members, before.members);
+    assert_eq!(after.group_epoch, before.group_epoch);
+    let both: &[i32] = &[0, 1];
+    let beat = wire.call(1, &beat("compacted", "m", 1, &[(topic, both)]));
+    assert_eq!((beat.error_code, beat.member_epoch), (0, 1));
+    assert_eq!(fetch(&mut wire, "compacted", Some("m"), 1, "stream"), (0, 777));
+}
