@@ -159,6 +159,30 @@ fn a_partition_is_given_to_a_new_member_only_after_its_owner_revoked_it() {
     assert_eq!(described.group_epoch, 2);
     assert_eq!(described.assignment_epoch, 2);
     assert_eq!(described.assignor_name.as_str(), "uniform");
+    // While reconciling, the target and the assignment differ: a still owns
+    // all four, b owns none of its two.
+    let sizes: Vec<(String, usize, usize)> = described
+        .members
+        .iter()
+        .map(|member| {
+            let count = |assignment: &consumer_group_describe_response::Assignment| {
+                assignment
+                    .topic_partitions
+                    .iter()
+                    .map(|entry| entry.partitions.len())
+                    .sum::<usize>()
+            };
+            (
+                member.member_id.to_string(),
+                count(&member.assignment),
+                count(&member.target_assignment),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        [("member-a".to_owned(), 4, 2), ("member-b".to_owned(), 0, 2)]
+    );
 
     // a is told to give up two partitions and stays at epoch 1 until it has.
     let all: &[i32] = &[0, 1, 2, 3];
@@ -1282,15 +1306,24 @@ fn a_consumer_group_survives_the_compaction_of_its_offsets_partition() {
         .set("bootstrap.servers", &broker.address)
         .create()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (low, high) = rdkafka::consumer::Consumer::fetch_watermarks(
-            &consumer,
+    let log_start = |consumer: &rdkafka::consumer::BaseConsumer| {
+        rdkafka::consumer::Consumer::fetch_watermarks(
+            consumer,
             "__consumer_offsets",
             partition,
             Duration::from_secs(5),
         )
-        .unwrap();
+        .unwrap()
+    };
+    let both: &[i32] = &[0, 1];
+    let keep_alive = |wire: &mut Wire| {
+        let beat = wire.call(1, &beat("compacted", "m", 1, &[(topic, both)]));
+        assert_eq!((beat.error_code, beat.member_epoch), (0, 1));
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        keep_alive(&mut wire);
+        let (low, high) = log_start(&consumer);
         if low > 0 {
             // One offset, the group, its target epoch, and the member's three.
             assert!(high - low <= 6, "only the live records remain: {low}..{high}");
@@ -1299,17 +1332,26 @@ fn a_consumer_group_survives_the_compaction_of_its_offsets_partition() {
         assert!(Instant::now() < deadline, "never compacted ({low}..{high})");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Past the next checkpoint, which records the new log start.
+    for _ in 0..12 {
+        keep_alive(&mut wire);
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let before = describe(&mut wire, "compacted");
     drop(wire);
     broker.kill9();
     let broker = restart(dir.path());
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .create()
+        .unwrap();
+    let (low, _) = log_start(&consumer);
+    assert!(low > 0, "the replay starts past the group's first records");
     let mut wire = Wire::connect(&broker.address);
     let after = describe(&mut wire, "compacted");
     assert_eq!(after.error_code, 0, "{:?}", after.error_message);
     assert_eq!(after.members, before.members);
     assert_eq!(after.group_epoch, before.group_epoch);
-    let both: &[i32] = &[0, 1];
-    let beat = wire.call(1, &beat("compacted", "m", 1, &[(topic, both)]));
-    assert_eq!((beat.error_code, beat.member_epoch), (0, 1));
+    keep_alive(&mut wire);
     assert_eq!(fetch(&mut wire, "compacted", Some("m"), 1, "stream"), (0, 777));
 }
