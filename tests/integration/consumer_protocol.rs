@@ -240,6 +240,14 @@ fn a_partition_is_given_to_a_new_member_only_after_its_owner_revoked_it() {
             ("member-b".to_owned(), 2, given.clone(), given),
         ]
     );
+    // `sluice groups describe` shows it through ConsumerGroupDescribe.
+    let (ok, out) =
+        crate::consumer_groups::sluice_admin(&broker.address, &["groups", "describe", "g"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("STATE     Stable"), "{out}");
+    assert!(out.contains("PROTOCOL  consumer (uniform)"), "{out}");
+    assert!(out.contains("MEMBERS   2"), "{out}");
+    assert!(out.contains("member-b"), "{out}");
 }
 
 /// A librdkafka consumer speaking the consumer protocol (librdkafka 2.12,
@@ -1299,7 +1307,10 @@ fn a_consumer_group_survives_the_compaction_of_its_offsets_partition() {
         let codes = commit(&mut wire, 9, "compacted", "m", 1, &churn);
         assert!(codes.iter().all(|&code| code == 0));
     }
-    assert_eq!(commit(&mut wire, 9, "compacted", "m", 1, &[("stream", 0, 777)]), [0]);
+    assert_eq!(
+        commit(&mut wire, 9, "compacted", "m", 1, &[("stream", 0, 777)]),
+        [0]
+    );
 
     let partition = sluice::broker::group::coordinator::offsets_partition("compacted", 50) as i32;
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
@@ -1326,7 +1337,10 @@ fn a_consumer_group_survives_the_compaction_of_its_offsets_partition() {
         let (low, high) = log_start(&consumer);
         if low > 0 {
             // One offset, the group, its target epoch, and the member's three.
-            assert!(high - low <= 6, "only the live records remain: {low}..{high}");
+            assert!(
+                high - low <= 6,
+                "only the live records remain: {low}..{high}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "never compacted ({low}..{high})");
@@ -1353,5 +1367,8 @@ fn a_consumer_group_survives_the_compaction_of_its_offsets_partition() {
     assert_eq!(after.members, before.members);
     assert_eq!(after.group_epoch, before.group_epoch);
     keep_alive(&mut wire);
-    assert_eq!(fetch(&mut wire, "compacted", Some("m"), 1, "stream"), (0, 777));
+    assert_eq!(
+        fetch(&mut wire, "compacted", Some("m"), 1, "stream"),
+        (0, 777)
+    );
 }
