@@ -716,6 +716,43 @@ fn offset_commits_and_fetches_check_the_member_epoch() {
         (ResponseError::UnknownMemberId.code(), -1)
     );
 
+    // OffsetDelete refuses a topic the members subscribe to; DeleteGroups
+    // refuses a group with members.
+    let delete_offsets = |wire: &mut Wire| {
+        use kafka_protocol::messages::offset_delete_request::{
+            OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+        };
+        let response = wire.call(
+            0,
+            &OffsetDeleteRequest::default()
+                .with_group_id(text("cg").into())
+                .with_topics(vec![
+                    OffsetDeleteRequestTopic::default()
+                        .with_name(text("commits").into())
+                        .with_partitions(vec![
+                            OffsetDeleteRequestPartition::default().with_partition_index(0),
+                        ]),
+                ]),
+        );
+        (
+            response.error_code,
+            response.topics[0].partitions[0].error_code,
+        )
+    };
+    let delete_group = |wire: &mut Wire| {
+        wire.call(
+            2,
+            &DeleteGroupsRequest::default().with_groups_names(vec![text("cg").into()]),
+        )
+        .results[0]
+            .error_code
+    };
+    assert_eq!(
+        delete_offsets(&mut wire),
+        (0, ResponseError::GroupSubscribedToTopic.code())
+    );
+    assert_eq!(delete_group(&mut wire), ResponseError::NonEmptyGroup.code());
+
     // Once the member left, the empty group takes an admin's commit.
     wire.call(1, &beat("cg", "m", -1, &[]));
     assert_eq!(
@@ -723,6 +760,14 @@ fn offset_commits_and_fetches_check_the_member_epoch() {
         [ok]
     );
     assert_eq!(fetch(&mut wire, "cg", None, -1, "commits"), (0, 9));
+    // ...and it can be deleted, offsets and all.
+    assert_eq!(delete_offsets(&mut wire), (0, 0));
+    assert_eq!(fetch(&mut wire, "cg", None, -1, "commits"), (0, -1));
+    assert_eq!(delete_group(&mut wire), 0);
+    assert_eq!(
+        describe(&mut wire, "cg").error_code,
+        ResponseError::GroupIdNotFound.code()
+    );
 }
 
 #[test]
@@ -775,7 +820,10 @@ fn list_groups_and_describe_groups_tell_consumer_groups_from_classic_ones() {
         "classic".to_owned(),
     );
     assert_eq!(list(&mut wire, &[], &[]), [modern.clone(), simple.clone()]);
-    assert_eq!(list(&mut wire, &["Consumer"], &[]), [modern.clone()]);
+    assert_eq!(
+        list(&mut wire, &["Consumer"], &[]),
+        std::slice::from_ref(&modern)
+    );
     assert_eq!(list(&mut wire, &["classic"], &[]), [simple]);
     assert_eq!(list(&mut wire, &[], &["stable"]), [modern]);
     assert_eq!(list(&mut wire, &[], &["Reconciling"]), []);

@@ -7,12 +7,15 @@
 //!
 //! Regular expressions: Kafka compiles `subscribed_topic_regex` with RE2/J
 //! and a topic matches when the whole name matches. Here the `regex` crate
-//! (RE2's design, the same syntax for what consumers use: classes,
-//! alternation, repetition, anchors, Unicode classes) compiles it anchored
-//! at both ends. Not supported, and refused as INVALID_REGULAR_EXPRESSION:
-//! `\Q...\E` quoting, possessive quantifiers (`a*+`) and the Java-only
-//! classes RE2/J accepts (`\p{javaLowerCase}`). A regex is also refused if
-//! it compiles to more than [`REGEX_COMPILED_BYTES_MAX`]. Kafka resolves a
+//! (RE2's design and syntax for what consumers write: classes, alternation,
+//! repetition, anchors, Unicode classes) compiles it anchored at both ends.
+//! Where the two differ: `\Q...\E` quoting (RE2/J takes it) is refused as
+//! INVALID_REGULAR_EXPRESSION; a repeated repetition (`a*+`) and
+//! class set operations (`[a-z&&[^x]]`), which RE2/J refuses or reads
+//! literally, are taken with this crate's meaning; `\d`, `\w` and `\s` are
+//! Unicode-aware (RE2/J's are ASCII), which ASCII topic names cannot tell
+//! apart. A regex is also refused if it compiles to more than
+//! [`REGEX_COMPILED_BYTES_MAX`]. Kafka resolves a
 //! new regex asynchronously and bumps the epoch when it is done; here it is
 //! resolved at the heartbeat that brings it, so that heartbeat's answer
 //! already holds the partitions. Like Kafka, every topic can match,
@@ -156,4 +159,37 @@ fn metadata_hash(cluster: &ClusterMetadata, names: &BTreeSet<String>) -> u64 {
         }
     }
     hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regexes_match_whole_topic_names() {
+        let regex = compile("orders-.*").unwrap();
+        assert!(regex.is_match("orders-eu"));
+        assert!(!regex.is_match("old-orders-eu"), "anchored at the start");
+        let regex = compile("a|b").unwrap();
+        assert!(
+            !regex.is_match("ab"),
+            "the alternation is anchored as a whole"
+        );
+        assert!(compile("a)|(b").is_err(), "refused as RE2/J refuses it");
+    }
+
+    /// The differences from RE2/J listed in the module doc.
+    #[test]
+    fn re2j_syntax_this_crate_reads_differently() {
+        for (regex, refused) in [
+            ("\\Qa.b\\E", true),
+            ("a*+", false),
+            ("[a-z&&[^x]]", false),
+            ("\\p{Greek}+", false),
+        ] {
+            assert_eq!(compile(regex).is_err(), refused, "{regex}");
+        }
+        let intersection = compile("[a-z&&[^x]]+").unwrap();
+        assert!(intersection.is_match("abc") && !intersection.is_match("axc"));
+    }
 }
