@@ -11,8 +11,11 @@
 //! Durability: a commit is appended to the group's offsets partition and
 //! applied to the in-memory table in log order, then answered after the
 //! fdatasync that covers it. At start, each owned offsets partition is
-//! replayed from its log start. Membership is not persisted: after a
-//! restart, members find their ids unknown and rejoin.
+//! replayed from its log start. Classic membership is not persisted: after
+//! a restart, classic members find their ids unknown and rejoin.
+//! Consumer-protocol groups (KIP-848, `consumer_coordinator.rs`) are: their
+//! records share the partition with the offsets, are replayed with them and
+//! are copied forward with them.
 //!
 //! Space: a shard's commit log is shared, so the offsets topic is compacted
 //! by copying forward. When a partition holds more superseded records than
