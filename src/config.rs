@@ -144,8 +144,30 @@ pub struct GroupsConfig {
     /// `group.min.session.timeout.ms` / `group.max.session.timeout.ms`).
     pub session_timeout_min_ms: u64,
     pub session_timeout_max_ms: u64,
-    /// Most members one group may have (Kafka `group.max.size`).
+    /// Most members one group may have (Kafka `group.max.size`, and
+    /// `group.consumer.max.size` for consumer-protocol groups).
     pub members_max: u32,
+    /// How often a consumer-protocol (KIP-848) member heartbeats, told to
+    /// it in every ConsumerGroupHeartbeat answer (Kafka
+    /// `group.consumer.heartbeat.interval.ms`). Default 5000; below
+    /// `consumer_session_timeout_ms`.
+    pub consumer_heartbeat_interval_ms: u64,
+    /// A consumer-protocol member that does not heartbeat for this long is
+    /// removed and its partitions reassigned (Kafka
+    /// `group.consumer.session.timeout.ms`). Default 45000.
+    pub consumer_session_timeout_ms: u64,
+    /// The server-side assignors consumer-protocol members may name, the
+    /// first being the default (Kafka `group.consumer.assignors`): any of
+    /// `uniform` and `range`. Default both, `uniform` first.
+    pub consumer_assignors: Vec<String>,
+    /// Whether a group switches protocol while it has members (Kafka
+    /// `group.consumer.migration.policy`): `upgrade` lets a
+    /// ConsumerGroupHeartbeat turn a classic group into a consumer group,
+    /// `downgrade` lets the last consumer-protocol member leaving turn a
+    /// consumer group whose other members joined with JoinGroup back into a
+    /// classic one, `bidirectional` (the default, as in Kafka 4) both,
+    /// `disabled` neither. An empty group switches either way regardless.
+    pub consumer_migration_policy: MigrationPolicy,
     /// Largest metadata string a commit may carry (Kafka
     /// `offset.metadata.max.bytes`). Default 4096; at most 32767, the
     /// longest string an offset record holds (i16 length).
@@ -230,6 +252,33 @@ pub enum IoBackendSetting {
     Auto,
     IoUring,
     Epoll,
+}
+
+/// `groups.consumer_migration_policy`: which online protocol switches a
+/// group with members may make (Kafka `group.consumer.migration.policy`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationPolicy {
+    Disabled,
+    Upgrade,
+    Downgrade,
+    Bidirectional,
+}
+
+impl MigrationPolicy {
+    pub fn upgrade_enabled(self) -> bool {
+        matches!(
+            self,
+            MigrationPolicy::Upgrade | MigrationPolicy::Bidirectional
+        )
+    }
+
+    pub fn downgrade_enabled(self) -> bool {
+        matches!(
+            self,
+            MigrationPolicy::Downgrade | MigrationPolicy::Bidirectional
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -370,6 +419,10 @@ impl Default for GroupsConfig {
             session_timeout_min_ms: 6000,
             session_timeout_max_ms: 1_800_000,
             members_max: 1000,
+            consumer_heartbeat_interval_ms: 5000,
+            consumer_session_timeout_ms: 45_000,
+            consumer_assignors: vec!["uniform".to_owned(), "range".to_owned()],
+            consumer_migration_policy: MigrationPolicy::Bidirectional,
             offset_metadata_max_bytes: 4096,
         }
     }
@@ -515,6 +568,10 @@ impl GroupsConfig {
             ("groups.offsets_retention_ms", self.offsets_retention_ms),
             ("groups.session_timeout_min_ms", self.session_timeout_min_ms),
             ("groups.members_max", u64::from(self.members_max)),
+            (
+                "groups.consumer_heartbeat_interval_ms",
+                self.consumer_heartbeat_interval_ms,
+            ),
         ] {
             if value == 0 {
                 return invalid(key, value, "must be positive");
@@ -526,6 +583,32 @@ impl GroupsConfig {
                 self.session_timeout_max_ms,
                 "must be at least groups.session_timeout_min_ms",
             );
+        }
+        if self.consumer_session_timeout_ms <= self.consumer_heartbeat_interval_ms
+            || self.consumer_session_timeout_ms > i32::MAX as u64
+        {
+            return invalid(
+                "groups.consumer_session_timeout_ms",
+                self.consumer_session_timeout_ms,
+                "must be above groups.consumer_heartbeat_interval_ms and fit an i32",
+            );
+        }
+        let known = crate::broker::group::consumer::assignor::ASSIGNORS;
+        if self.consumer_assignors.is_empty() {
+            return invalid(
+                "groups.consumer_assignors",
+                "[]",
+                format!("name at least one of {known:?}"),
+            );
+        }
+        for name in &self.consumer_assignors {
+            if !known.contains(&name.as_str()) {
+                return invalid(
+                    "groups.consumer_assignors",
+                    name,
+                    format!("unknown assignor; known: {known:?}"),
+                );
+            }
         }
         let metadata_max = crate::broker::group::offsets::RECORD_STRING_BYTES_MAX;
         if self.offset_metadata_max_bytes as usize > metadata_max {

@@ -9,8 +9,9 @@ use kafka_protocol::messages::offset_commit_request::{
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
-    ConsumerProtocolAssignment, DeleteGroupsRequest, DescribeGroupsRequest, GroupId,
-    ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest, TopicName,
+    ConsumerGroupDescribeRequest, ConsumerProtocolAssignment, DeleteGroupsRequest,
+    DescribeGroupsRequest, GroupId, ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest,
+    TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
@@ -70,6 +71,13 @@ fn describe_group(client: &mut KafkaClient, group: &str) -> anyhow::Result<Group
             describe_error(described.error_code, None)
         );
     }
+    // DescribeGroups sees a consumer-protocol (KIP-848) group as Dead;
+    // ConsumerGroupDescribe describes it.
+    if described.group_state.as_str() == "Dead"
+        && let Some(view) = describe_consumer_group(client, group)?
+    {
+        return Ok(view);
+    }
     let mut holders = BTreeMap::new();
     for member in &described.members {
         for key in assigned_partitions(&member.member_assignment) {
@@ -89,6 +97,48 @@ fn describe_group(client: &mut KafkaClient, group: &str) -> anyhow::Result<Group
         members: described.members.len(),
         holders,
     })
+}
+
+/// A consumer-protocol group's view, or `None` if `group` is not one (or the
+/// broker has no ConsumerGroupDescribe). Its protocol is its assignor.
+fn describe_consumer_group(
+    client: &mut KafkaClient,
+    group: &str,
+) -> anyhow::Result<Option<GroupView>> {
+    if client.version_of::<ConsumerGroupDescribeRequest>().is_err() {
+        return Ok(None);
+    }
+    let response = client.call(
+        &ConsumerGroupDescribeRequest::default().with_group_ids(vec![GroupId(text(group))]),
+    )?;
+    let Some(described) = response
+        .groups
+        .first()
+        .filter(|group| group.error_code == 0)
+    else {
+        return Ok(None);
+    };
+    let mut holders = BTreeMap::new();
+    for member in &described.members {
+        for topic in &member.assignment.topic_partitions {
+            for &partition in &topic.partitions {
+                holders.insert(
+                    (topic.topic_name.to_string(), partition),
+                    (
+                        member.member_id.to_string(),
+                        member.client_id.to_string(),
+                        member.client_host.to_string(),
+                    ),
+                );
+            }
+        }
+    }
+    Ok(Some(GroupView {
+        state: described.group_state.to_string(),
+        protocol: format!("consumer ({})", described.assignor_name),
+        members: described.members.len(),
+        holders,
+    }))
 }
 
 /// The partitions in a consumer-protocol assignment (empty if it is not one).

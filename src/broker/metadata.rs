@@ -299,6 +299,36 @@ impl ClusterMetadata {
         topic
     }
 
+    /// Metadata of `topics` (name, id, partitions) with the built-in
+    /// defaults, for unit tests of what reads it.
+    #[cfg(test)]
+    pub fn with_topics(topics: &[(&str, TopicId, u32)]) -> ClusterMetadata {
+        let statics = StaticSettings::from_config(&crate::config::Config::default());
+        let broker = BrokerOverrides::default();
+        let defaults = topic_defaults(&statics, &broker);
+        let mut metadata = ClusterMetadata {
+            cluster_id: "test".to_owned(),
+            topics: topics
+                .iter()
+                .map(|&(name, id, partitions)| {
+                    let topic = TopicMeta {
+                        name: name.to_owned(),
+                        id,
+                        partitions,
+                        overrides: BTreeMap::new(),
+                        config: defaults.clone(),
+                    };
+                    (name.to_owned(), Arc::new(topic))
+                })
+                .collect(),
+            ids: BTreeMap::new(),
+            broker,
+            topic_defaults: defaults,
+        };
+        metadata.reindex();
+        metadata
+    }
+
     fn reindex(&mut self) {
         self.ids = self
             .topics

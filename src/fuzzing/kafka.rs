@@ -342,6 +342,8 @@ pub fn with_request_type<V: WithRequestType>(key: ApiKey, visitor: V) -> Option<
         ApiKey::DeleteRecords => visitor.call::<DeleteRecordsRequest>(),
         ApiKey::DescribeTransactions => visitor.call::<DescribeTransactionsRequest>(),
         ApiKey::ListTransactions => visitor.call::<ListTransactionsRequest>(),
+        ApiKey::ConsumerGroupHeartbeat => visitor.call::<ConsumerGroupHeartbeatRequest>(),
+        ApiKey::ConsumerGroupDescribe => visitor.call::<ConsumerGroupDescribeRequest>(),
         _ => return None,
     })
 }

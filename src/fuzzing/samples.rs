@@ -399,6 +399,28 @@ pub fn sample_request(
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1)
             .encode(out, version),
+        ApiKey::ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(group("g"))
+            .with_member_id(name("m"))
+            .with_member_epoch(0)
+            .with_rebalance_timeout_ms(30_000)
+            .with_subscribed_topic_names(Some(vec![topic("t")]))
+            .with_subscribed_topic_regex(if version >= 1 {
+                Some(name("t.*"))
+            } else {
+                None
+            })
+            .with_server_assignor(Some(name("uniform")))
+            .with_topic_partitions(Some(vec![
+                consumer_group_heartbeat_request::TopicPartitions::default()
+                    .with_topic_id(uuid::Uuid::from_bytes([7; 16]))
+                    .with_partitions(vec![0, 1]),
+            ]))
+            .encode(out, version),
+        ApiKey::ConsumerGroupDescribe => ConsumerGroupDescribeRequest::default()
+            .with_group_ids(vec![group("g")])
+            .with_include_authorized_operations(true)
+            .encode(out, version),
         other => anyhow::bail!("no sample request for {other:?}"),
     }
 }

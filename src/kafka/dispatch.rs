@@ -123,6 +123,7 @@ fn holds_turn(key: ApiKey) -> bool {
             | ApiKey::OffsetDelete
             | ApiKey::DeleteGroups
             | ApiKey::LeaveGroup
+            | ApiKey::ConsumerGroupHeartbeat
     )
 }
 

@@ -8,8 +8,9 @@
 
 use kafka_protocol::messages::{
     AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, AlterConfigsResponse, ApiVersionsResponse,
-    CreatePartitionsResponse, CreateTopicsResponse, DeleteGroupsResponse, DeleteRecordsResponse,
-    DeleteTopicsResponse, DescribeClusterResponse, DescribeConfigsResponse, DescribeGroupsResponse,
+    ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatResponse, CreatePartitionsResponse,
+    CreateTopicsResponse, DeleteGroupsResponse, DeleteRecordsResponse, DeleteTopicsResponse,
+    DescribeClusterResponse, DescribeConfigsResponse, DescribeGroupsResponse,
     DescribeLogDirsResponse, DescribeProducersResponse, DescribeTopicPartitionsResponse,
     DescribeTransactionsResponse, EndTxnResponse, FindCoordinatorResponse, HeartbeatResponse,
     IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse,
@@ -44,7 +45,8 @@ top_level!(
     EndTxnResponse,
     AddOffsetsToTxnResponse,
     ListTransactionsResponse,
-    ListGroupsResponse
+    ListGroupsResponse,
+    ConsumerGroupHeartbeatResponse
 );
 
 /// Responses with one error code per item of a list, and optionally a
@@ -68,6 +70,7 @@ per_item!(
     IncrementalAlterConfigsResponse => responses,
     AlterConfigsResponse => responses,
     DescribeGroupsResponse => groups,
+    ConsumerGroupDescribeResponse => groups,
     DeleteGroupsResponse => results,
     FindCoordinatorResponse => [error_code] coordinators,
     LeaveGroupResponse => [error_code] members,

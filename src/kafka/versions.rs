@@ -161,12 +161,12 @@ pub const SUPPORTED: &[Supported] = &[
     Supported {
         key: ApiKey::OffsetCommit,
         min: 2,
-        max: 8,
+        max: 9,
     },
     Supported {
         key: ApiKey::OffsetFetch,
         min: 1,
-        max: 8,
+        max: 9,
     },
     Supported {
         key: ApiKey::OffsetDelete,
@@ -187,6 +187,16 @@ pub const SUPPORTED: &[Supported] = &[
         key: ApiKey::DeleteGroups,
         min: 0,
         max: 2,
+    },
+    Supported {
+        key: ApiKey::ConsumerGroupHeartbeat,
+        min: 0,
+        max: 1,
+    },
+    Supported {
+        key: ApiKey::ConsumerGroupDescribe,
+        min: 0,
+        max: 1,
     },
 ];
 
@@ -243,6 +253,8 @@ mod tests {
             ApiKey::DeleteRecords => DeleteRecordsRequest::VERSIONS,
             ApiKey::DescribeTransactions => DescribeTransactionsRequest::VERSIONS,
             ApiKey::ListTransactions => ListTransactionsRequest::VERSIONS,
+            ApiKey::ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest::VERSIONS,
+            ApiKey::ConsumerGroupDescribe => ConsumerGroupDescribeRequest::VERSIONS,
             other => panic!("no codec listed for {other:?}"),
         };
         for entry in SUPPORTED {

@@ -94,6 +94,16 @@ impl Member {
         settings: &[(&str, &str)],
     ) -> Member {
         let consumer = group_consumer(address, group, name, settings);
+        Member::start_consumer(consumer, topic, name, received)
+    }
+
+    /// [`Member::start`] with a consumer configured by the caller.
+    pub fn start_consumer(
+        consumer: BaseConsumer,
+        topic: &str,
+        name: &str,
+        received: &Received,
+    ) -> Member {
         consumer.subscribe(&[topic]).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let assignment = Arc::new(Mutex::new(Vec::new()));

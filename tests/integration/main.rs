@@ -9,6 +9,7 @@ mod wire;
 
 mod authorized_operations;
 mod consumer_groups;
+mod consumer_protocol;
 mod crash;
 mod damaged_data_dir;
 mod disk_faults;

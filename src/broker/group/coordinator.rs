@@ -11,8 +11,11 @@
 //! Durability: a commit is appended to the group's offsets partition and
 //! applied to the in-memory table in log order, then answered after the
 //! fdatasync that covers it. At start, each owned offsets partition is
-//! replayed from its log start. Membership is not persisted: after a
-//! restart, members find their ids unknown and rejoin.
+//! replayed from its log start. Classic membership is not persisted: after
+//! a restart, classic members find their ids unknown and rejoin.
+//! Consumer-protocol groups (KIP-848, `consumer_coordinator.rs`) are: their
+//! records share the partition with the offsets, are replayed with them and
+//! are copied forward with them.
 //!
 //! Space: a shard's commit log is shared, so the offsets topic is compacted
 //! by copying forward. When a partition holds more superseded records than
@@ -35,10 +38,14 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
 use super::OFFSETS_TOPIC;
+use super::consumer::assignor::Assignor;
+use super::consumer::group::{ConsumerGroup, ConsumerGroupLimits};
+use super::consumer::records as consumer_records;
 use super::coordinator_error::{CoordinatorStartError, OffsetsWriteError};
+use super::log_record::{EncodedRecord, LogRecord};
 use super::membership::{
-    Group, GroupLimits, GroupState, JoinRequest, JoinResult, MemberClaim, Reply, SyncRequest,
-    SyncResult,
+    CONSUMER_PROTOCOL_TYPE, Group, GroupLimits, GroupState, JoinRequest, JoinResult, MemberClaim,
+    Reply, SyncRequest, SyncResult,
 };
 use super::offsets::{CommittedOffset, OffsetRecord, RECORD_STRING_BYTES_MAX, TopicPartition};
 use crate::broker::Broker;
@@ -127,18 +134,31 @@ pub struct GroupListing {
     pub group_id: String,
     pub protocol_type: String,
     pub state: &'static str,
+    /// `classic` or `consumer` (ListGroups v5, KIP-848).
+    pub group_type: &'static str,
 }
 
+/// ListGroups' group types (v5).
+pub const CLASSIC_GROUP_TYPE: &str = "classic";
+pub const CONSUMER_GROUP_TYPE: &str = "consumer";
+
 pub struct Coordinator {
-    context: Rc<ShardContext>,
-    broker: Arc<Broker>,
-    limits: GroupLimits,
-    groups: RefCell<HashMap<String, Group>>,
+    pub(super) context: Rc<ShardContext>,
+    pub(super) broker: Arc<Broker>,
+    pub(super) limits: GroupLimits,
+    pub(super) consumer_limits: ConsumerGroupLimits,
+    /// Classic groups, and every group's committed offsets (a consumer
+    /// group's entry here holds only its offsets).
+    pub(super) groups: RefCell<HashMap<String, Group>>,
+    /// Consumer-protocol groups (KIP-848). A group id here is a consumer
+    /// group: its entry in `groups`, if any, has no classic members.
+    pub(super) consumer_groups: RefCell<HashMap<String, ConsumerGroup>>,
     logs: RefCell<BTreeMap<u32, PartitionLog>>,
-    /// Held while appending offset records or transaction markers, so
+    /// Held while appending group records or transaction markers, so
     /// records reach the log and the table in the same order, and a
-    /// snapshot is not interleaved.
-    writer: futures_util::lock::Mutex<()>,
+    /// snapshot is not interleaved. A consumer group is changed only while
+    /// it is held, from the copy taken to the copy installed.
+    pub(super) writer: futures_util::lock::Mutex<()>,
     /// Transactional offset commits (TxnOffsetCommit) waiting for their
     /// transaction's marker, by (offsets partition, producer id), in log
     /// order: a commit marker applies them, an abort drops them (KIP-98).
@@ -161,11 +181,23 @@ impl Coordinator {
             session_timeout_max: Duration::from_millis(groups_config.session_timeout_max_ms),
             members_max: groups_config.members_max as usize,
         };
+        let consumer_limits = ConsumerGroupLimits {
+            session_timeout: Duration::from_millis(groups_config.consumer_session_timeout_ms),
+            heartbeat_interval: Duration::from_millis(groups_config.consumer_heartbeat_interval_ms),
+            members_max: groups_config.members_max as usize,
+            assignors: groups_config
+                .consumer_assignors
+                .iter()
+                .filter_map(|name| Assignor::from_name(name))
+                .collect(),
+        };
         let coordinator = Rc::new(Coordinator {
             context: Rc::clone(context),
             broker: Arc::clone(broker),
             limits,
+            consumer_limits,
             groups: RefCell::new(HashMap::new()),
+            consumer_groups: RefCell::new(HashMap::new()),
             logs: RefCell::new(BTreeMap::new()),
             writer: futures_util::lock::Mutex::new(()),
             pending_txn: RefCell::new(HashMap::new()),
@@ -231,12 +263,17 @@ impl Coordinator {
                 },
             );
         }
+        let now = Instant::now();
+        for group in self.consumer_groups.borrow_mut().values_mut() {
+            group.restart_timers(self.consumer_limits.session_timeout, now);
+        }
         let groups = self.groups.borrow();
         let offsets: usize = groups.values().map(|group| group.offsets.len()).sum();
         tracing::info!(
             shard = %self.context.id,
             records,
             groups = groups.len(),
+            consumer_groups = self.consumer_groups.borrow().len(),
             offsets,
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "committed offsets recovered"
@@ -263,8 +300,8 @@ impl Coordinator {
                     return true;
                 }
             };
-            match OffsetRecord::decode(record.key, record.value) {
-                Ok(Some(change)) => {
+            match LogRecord::decode(record.key, record.value) {
+                Ok(Some(LogRecord::Offset(change))) => {
                     match record.transactional_producer {
                         Some(producer_id) => self
                             .pending_txn
@@ -276,9 +313,17 @@ impl Coordinator {
                     }
                     true
                 }
+                Ok(Some(LogRecord::Consumer(change))) => {
+                    consumer_records::apply(
+                        &mut self.consumer_groups.borrow_mut(),
+                        change,
+                        Instant::now(),
+                    );
+                    true
+                }
                 Ok(None) => false,
                 Err(error) => {
-                    tracing::warn!(partition = index, offset = record.offset.0, %error, "skipping a bad offset record");
+                    tracing::warn!(partition = index, offset = record.offset.0, %error, "skipping a bad group record");
                     false
                 }
             }
@@ -373,7 +418,7 @@ impl Coordinator {
         }
         // v0-2 carry no member: anyone may commit within the transaction.
         if claim.generation >= 0 || !claim.member_id.is_empty() {
-            self.check_commit(group_id, claim)
+            self.check_commit(group_id, claim, None)
                 .map_err(|error| error.code())?;
         }
         let (codes, changes) = self.accepted_changes(group_id, offsets);
@@ -474,10 +519,28 @@ impl Coordinator {
     /// Append `changes` to their offsets partition, apply them to the table
     /// in log order, and wait until they are durable.
     async fn write(&self, changes: Vec<OffsetRecord>) -> Result<(), OffsetsWriteError> {
-        let Some(first) = changes.first() else {
-            return Ok(());
+        let changes: Vec<LogRecord> = changes.into_iter().map(LogRecord::Offset).collect();
+        let receipt = {
+            let _writing = self.writer.lock().await;
+            self.append_group_records(changes).await?
         };
-        let index = offsets_partition(&first.group, self.offsets_partitions());
+        if let Some(receipt) = receipt {
+            self.context.store.wait(&receipt).await?;
+        }
+        Ok(())
+    }
+
+    /// Append one group's records to its offsets partition, applying the
+    /// offset records to the table in log order. The caller holds the
+    /// writer lock and waits for the receipt's durability.
+    pub(super) async fn append_group_records(
+        &self,
+        changes: Vec<LogRecord>,
+    ) -> Result<Option<crate::storage::AppendReceipt>, OffsetsWriteError> {
+        let Some(first) = changes.first() else {
+            return Ok(None);
+        };
+        let index = offsets_partition(first.group(), self.offsets_partitions());
         let id = self
             .logs
             .borrow()
@@ -485,17 +548,11 @@ impl Coordinator {
             .map(|log| log.id)
             .ok_or(OffsetsWriteError::NotHere { index })?;
         let count = changes.len() as u64;
-        let receipt = {
-            let _writing = self.writer.lock().await;
-            self.append_in_order(id, changes, Purpose::Commit).await?
-        };
+        let receipt = self.append_in_order(id, changes, Purpose::Commit).await?;
         if let Some(log) = self.logs.borrow_mut().get_mut(&index) {
             log.records_since_snapshot += count;
         }
-        if let Some(receipt) = receipt {
-            self.context.store.wait(&receipt).await?;
-        }
-        Ok(())
+        Ok(receipt)
     }
 
     /// Append batches of records and apply each batch once it has its place
@@ -505,13 +562,17 @@ impl Coordinator {
     async fn append_in_order(
         &self,
         id: PartitionId,
-        changes: Vec<OffsetRecord>,
+        changes: Vec<LogRecord>,
         purpose: Purpose,
     ) -> Result<Option<crate::storage::AppendReceipt>, OffsetsWriteError> {
         let limits = self.broker.config.storage.stored_batch_limits();
+        let encoded: Vec<EncodedRecord> = changes.iter().map(LogRecord::encode).collect();
         let mut last = None;
-        for chunk in batch_chunks(&changes, self.broker.config.storage.message_max_bytes)? {
+        let mut done = 0;
+        for chunk in batch_chunks(&encoded, self.broker.config.storage.message_max_bytes)? {
             let bytes = encode_batch(chunk);
+            let applied = &changes[done..done + chunk.len()];
+            done += chunk.len();
             let batch = ValidatedBatch::validate(&bytes, &limits)
                 .map_err(|source| OffsetsWriteError::InvalidBatch { source })?;
             let store = &self.context.store;
@@ -523,9 +584,13 @@ impl Coordinator {
                         .await?
                 }
             };
+            // Consumer group records describe a change the caller installs
+            // itself once they are appended.
             let now = Instant::now();
-            for change in chunk {
-                self.apply(change.clone(), now);
+            for change in applied {
+                if let LogRecord::Offset(change) = change {
+                    self.apply(change.clone(), now);
+                }
             }
             last = Some(receipt);
         }
@@ -553,15 +618,16 @@ enum Purpose {
 /// batch under the limit. A record too large for a batch of its own is
 /// RecordTooLarge (INVALID_COMMIT_OFFSET_SIZE to the committer).
 fn batch_chunks(
-    changes: &[OffsetRecord],
+    changes: &[EncodedRecord],
     limit_bytes: u32,
-) -> Result<Vec<&[OffsetRecord]>, OffsetsWriteError> {
+) -> Result<Vec<&[EncodedRecord]>, OffsetsWriteError> {
     let limit = limit_bytes as usize;
     let mut chunks = Vec::new();
     let mut start = 0;
     let mut batch_bytes = HEADER_BYTES;
-    for (index, change) in changes.iter().enumerate() {
-        let record_bytes = RECORD_FRAMING_BYTES_MAX + change.encoded_len();
+    for (index, (key, value)) in changes.iter().enumerate() {
+        let record_bytes =
+            RECORD_FRAMING_BYTES_MAX + key.len() + value.as_ref().map_or(0, Vec::len);
         if HEADER_BYTES + record_bytes > limit {
             return Err(OffsetsWriteError::RecordTooLarge {
                 size: HEADER_BYTES + record_bytes,
@@ -583,13 +649,9 @@ fn batch_chunks(
     Ok(chunks)
 }
 
-fn encode_batch(chunk: &[OffsetRecord]) -> Vec<u8> {
-    let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = chunk
-        .iter()
-        .map(|change| (change.encode_key(), change.encode_value()))
-        .collect();
+fn encode_batch(chunk: &[EncodedRecord]) -> Vec<u8> {
     internal_log::encode_batch(
-        encoded
+        chunk
             .iter()
             .map(|(key, value)| (key.as_slice(), value.as_deref())),
         now_ms(),
@@ -605,6 +667,21 @@ pub fn now_ms() -> i64 {
 /// Membership requests.
 impl Coordinator {
     pub async fn join(&self, group_id: &str, request: JoinRequest) -> JoinResult {
+        // Under the writer lock, so a consumer group cannot appear between
+        // the check and the join (see `consumer_coordinator.rs`).
+        let writing = self.writer.lock().await;
+        if let Some((result, receipt)) = self.join_consumer_group(group_id, &request).await {
+            drop(writing);
+            if let Err(error) = self.wait_durable(receipt).await {
+                return JoinResult {
+                    error: error.error.code(),
+                    generation: -1,
+                    member_id: request.member_id,
+                    ..JoinResult::default()
+                };
+            }
+            return result;
+        }
         let now = Instant::now();
         let reply = {
             let mut groups = self.groups.borrow_mut();
@@ -613,6 +690,7 @@ impl Coordinator {
                 .or_insert_with(|| Group::new(group_id, now));
             group.join(request.clone(), &self.limits, now)
         };
+        drop(writing);
         match reply {
             Reply::Now(result) => result,
             Reply::Later(receiver) => receiver.await.unwrap_or_else(|_| JoinResult {
@@ -625,6 +703,9 @@ impl Coordinator {
     }
 
     pub async fn sync(&self, group_id: &str, request: SyncRequest) -> SyncResult {
+        if let Some(result) = self.sync_consumer_group(group_id, &request).await {
+            return result;
+        }
         let now = Instant::now();
         let reply = {
             let mut groups = self.groups.borrow_mut();
@@ -645,7 +726,10 @@ impl Coordinator {
         }
     }
 
-    pub fn heartbeat(&self, group_id: &str, claim: &MemberClaim<'_>) -> i16 {
+    pub async fn heartbeat(&self, group_id: &str, claim: &MemberClaim<'_>) -> i16 {
+        if let Some(code) = self.heartbeat_consumer_group(group_id, claim).await {
+            return code;
+        }
         let mut groups = self.groups.borrow_mut();
         match groups.get_mut(group_id) {
             Some(group) => match group.heartbeat(claim, Instant::now()) {
@@ -657,7 +741,10 @@ impl Coordinator {
     }
 
     /// LeaveGroup: one error code per departing member.
-    pub fn leave(&self, group_id: &str, departures: &[(String, Option<String>)]) -> Vec<i16> {
+    pub async fn leave(&self, group_id: &str, departures: &[(String, Option<String>)]) -> Vec<i16> {
+        if let Some(codes) = self.leave_consumer_group(group_id, departures).await {
+            return codes;
+        }
         let mut groups = self.groups.borrow_mut();
         let Some(group) = groups.get_mut(group_id) else {
             return vec![ResponseError::UnknownMemberId.code(); departures.len()];
@@ -673,18 +760,37 @@ impl Coordinator {
     }
 
     pub fn list(&self) -> Vec<GroupListing> {
-        self.groups
+        let consumer_groups = self.consumer_groups.borrow();
+        let mut listed: Vec<GroupListing> = self
+            .groups
             .borrow()
             .values()
+            .filter(|group| !consumer_groups.contains_key(&group.id))
             .map(|group| GroupListing {
                 group_id: group.id.clone(),
                 protocol_type: group.protocol_type.clone().unwrap_or_default(),
                 state: group.state.name(),
+                group_type: CLASSIC_GROUP_TYPE,
             })
-            .collect()
+            .collect();
+        listed.extend(consumer_groups.values().map(|group| GroupListing {
+            group_id: group.id.clone(),
+            protocol_type: CONSUMER_PROTOCOL_TYPE.to_owned(),
+            state: group.state().name(),
+            group_type: CONSUMER_GROUP_TYPE,
+        }));
+        listed
     }
 
+    /// DescribeGroups. A consumer-protocol group is `Dead` to it, as Kafka
+    /// answers DescribeGroups before v6 (ConsumerGroupDescribe describes it).
     pub fn describe(&self, group_id: &str) -> GroupDescription {
+        if self.consumer_groups.borrow().contains_key(group_id) {
+            return GroupDescription {
+                state: "Dead".to_owned(),
+                ..GroupDescription::default()
+            };
+        }
         let groups = self.groups.borrow();
         let Some(group) = groups.get(group_id) else {
             return GroupDescription {
@@ -729,6 +835,7 @@ impl Coordinator {
         &self,
         group_id: &str,
         claim: &MemberClaim<'_>,
+        version: i16,
         offsets: Vec<(TopicPartition, CommittedOffset)>,
     ) -> Result<Vec<i16>, i16> {
         // Kafka sets no limit of its own; past this its record encoder
@@ -736,7 +843,7 @@ impl Coordinator {
         if group_id.len() > RECORD_STRING_BYTES_MAX {
             return Err(ResponseError::InvalidGroupId.code());
         }
-        self.check_commit(group_id, claim)
+        self.check_commit(group_id, claim, Some(version))
             .map_err(|error| error.code())?;
         let (mut codes, changes) = self.accepted_changes(group_id, offsets);
         if let Err(error) = self.write(changes).await {
@@ -785,12 +892,29 @@ impl Coordinator {
 
     /// Who may commit: a member of the current generation, or anyone with
     /// generation -1 and no member id while the group has no members
-    /// (clients that assign partitions themselves).
-    fn check_commit(&self, group_id: &str, claim: &MemberClaim<'_>) -> Result<(), ResponseError> {
+    /// (clients that assign partitions themselves). A consumer-protocol
+    /// group checks member epochs instead (see `ConsumerGroup::check_commit`).
+    /// `version` is the OffsetCommit version (None: TxnOffsetCommit).
+    fn check_commit(
+        &self,
+        group_id: &str,
+        claim: &MemberClaim<'_>,
+        version: Option<i16>,
+    ) -> Result<(), ResponseError> {
+        if let Some(group) = self.consumer_groups.borrow().get(group_id) {
+            return group
+                .check_commit(claim.member_id, claim.generation, version)
+                .map_err(|error| error.error);
+        }
         let groups = self.groups.borrow();
         let Some(group) = groups.get(group_id) else {
             if claim.generation < 0 {
                 return Ok(());
+            }
+            // Kafka: from OffsetCommit v9 an unknown group is
+            // GROUP_ID_NOT_FOUND, before it ILLEGAL_GENERATION.
+            if version.is_some_and(|version| version >= 9) {
+                return Err(ResponseError::GroupIdNotFound);
             }
             return Err(ResponseError::IllegalGeneration);
         };
@@ -820,6 +944,22 @@ impl Coordinator {
                     .map(|(key, value)| (group.id.clone(), key.clone(), value.offset))
             })
             .collect()
+    }
+
+    /// OffsetFetch v9's member check, for consumer-protocol groups (a
+    /// classic group reads freely, as in Kafka).
+    pub fn check_fetch(
+        &self,
+        group_id: &str,
+        member_id: Option<&str>,
+        epoch: i32,
+    ) -> Result<(), i16> {
+        match self.consumer_groups.borrow().get(group_id) {
+            Some(group) => group
+                .check_fetch(member_id, epoch)
+                .map_err(|error| error.error.code()),
+            None => Ok(()),
+        }
     }
 
     /// OffsetFetch: the committed offset of each partition asked for, or of
@@ -857,16 +997,23 @@ impl Coordinator {
         group_id: &str,
         partitions: Vec<TopicPartition>,
     ) -> Result<Vec<i16>, i16> {
+        // A consumer group refuses the topics its members subscribe to
+        // (by name or regex), at any state, as Kafka does.
+        let consumer_subscribed = self.consumer_subscribed_topics(group_id);
         let (codes, changes) = {
             let groups = self.groups.borrow();
-            let group = groups
-                .get(group_id)
-                .ok_or(ResponseError::GroupIdNotFound.code())?;
-            let subscribed = group.subscribed_topics();
-            if subscribed.is_none() && group.has_members() {
-                return Err(ResponseError::NonEmptyGroup.code());
-            }
-            let subscribed = subscribed.unwrap_or_default();
+            let group = groups.get(group_id);
+            let subscribed: Vec<String> = match (consumer_subscribed, group) {
+                (Some(subscribed), _) => subscribed.into_iter().collect(),
+                (None, None) => return Err(ResponseError::GroupIdNotFound.code()),
+                (None, Some(group)) => {
+                    let subscribed = group.subscribed_topics();
+                    if subscribed.is_none() && group.has_members() {
+                        return Err(ResponseError::NonEmptyGroup.code());
+                    }
+                    subscribed.unwrap_or_default()
+                }
+            };
             let mut codes = Vec::with_capacity(partitions.len());
             let mut changes = Vec::new();
             for key in partitions {
@@ -874,7 +1021,7 @@ impl Coordinator {
                     codes.push(ResponseError::GroupSubscribedToTopic.code());
                     continue;
                 }
-                if group.offsets.get(&key).is_some() {
+                if group.is_some_and(|group| group.offsets.get(&key).is_some()) {
                     changes.push(OffsetRecord {
                         group: group_id.to_owned(),
                         key,
@@ -931,6 +1078,9 @@ impl Coordinator {
 
     /// DeleteGroups: only a group without members; its offsets go with it.
     pub async fn delete_group(&self, group_id: &str) -> i16 {
+        if let Some(code) = self.delete_consumer_group(group_id).await {
+            return code;
+        }
         let changes: Vec<OffsetRecord> = {
             let groups = self.groups.borrow();
             let Some(group) = groups.get(group_id) else {
@@ -981,13 +1131,27 @@ impl Coordinator {
         let retention = Duration::from_millis(self.broker.config.groups.offsets_retention_ms);
         let now_ms = now_ms();
         let now = Instant::now();
+        // A consumer group's offsets expire once it is empty, from when it
+        // became empty, like a classic group's.
+        let consumer_empty_since: HashMap<String, Option<Instant>> = self
+            .consumer_groups
+            .borrow()
+            .values()
+            .map(|group| {
+                let since = group.members.is_empty().then_some(group.empty_since);
+                (group.id.clone(), since)
+            })
+            .collect();
         let expired: Vec<OffsetRecord> = self
             .groups
             .borrow()
             .values()
-            .filter(|group| !group.has_members())
-            .flat_map(|group| {
-                let empty_for = now.duration_since(group.empty_since);
+            .filter_map(|group| match consumer_empty_since.get(&group.id) {
+                Some(since) => since.map(|since| (group, since)),
+                None => (!group.has_members()).then_some((group, group.empty_since)),
+            })
+            .flat_map(|(group, empty_since)| {
+                let empty_for = now.duration_since(empty_since);
                 group.offsets.iter().filter_map(move |(key, value)| {
                     let committed_ago = u64::try_from(now_ms - value.commit_timestamp_ms)
                         .map(Duration::from_millis)
@@ -1001,6 +1165,7 @@ impl Coordinator {
             })
             .collect();
         if expired.is_empty() {
+            self.delete_abandoned_consumer_groups().await;
             return;
         }
         let mut by_group: BTreeMap<String, Vec<OffsetRecord>> = BTreeMap::new();
@@ -1017,6 +1182,7 @@ impl Coordinator {
                 Err(error) => tracing::warn!(group, %error, "cannot expire offsets"),
             }
         }
+        self.delete_abandoned_consumer_groups().await;
     }
 
     /// Copy the live entries of crowded offsets partitions forward, then
@@ -1029,6 +1195,12 @@ impl Coordinator {
                 *live
                     .entry(offsets_partition(&group.id, partitions))
                     .or_default() += group.offsets.len() as u64;
+            }
+            for group in self.consumer_groups.borrow().values() {
+                // The group, its target epoch, and three per member.
+                *live
+                    .entry(offsets_partition(&group.id, partitions))
+                    .or_default() += 2 + 3 * group.members.len() as u64;
             }
             self.logs
                 .borrow()
@@ -1064,19 +1236,33 @@ impl Coordinator {
     ) -> Result<(), OffsetsWriteError> {
         let (receipt, start, live) = {
             let _writing = self.writer.lock().await;
-            let live: Vec<OffsetRecord> = self
+            let mut live: Vec<LogRecord> = self
                 .groups
                 .borrow()
                 .values()
                 .filter(|group| offsets_partition(&group.id, partitions) == index)
                 .flat_map(|group| {
-                    group.offsets.iter().map(|(key, value)| OffsetRecord {
-                        group: group.id.clone(),
-                        key: key.clone(),
-                        value: Some(value.clone()),
+                    group.offsets.iter().map(|(key, value)| {
+                        LogRecord::Offset(OffsetRecord {
+                            group: group.id.clone(),
+                            key: key.clone(),
+                            value: Some(value.clone()),
+                        })
                     })
                 })
                 .collect();
+            for group in self
+                .consumer_groups
+                .borrow()
+                .values()
+                .filter(|group| offsets_partition(&group.id, partitions) == index)
+            {
+                live.extend(
+                    consumer_records::changes(None, Some(group))
+                        .into_iter()
+                        .map(LogRecord::Consumer),
+                );
+            }
             // Never past the first record of a transaction still open
             // here: its offsets are not in the table, only in the log.
             let start = self.context.store.offsets(id).map_or(Offset(0), |offsets| {
@@ -1121,6 +1307,7 @@ async fn run_timers(coordinator: std::rc::Weak<Coordinator>) {
         };
         let now = Instant::now();
         coordinator.tick(now);
+        coordinator.expire_consumer_members().await;
         if now.duration_since(last_expiry) >= EXPIRY_CHECK_INTERVAL {
             last_expiry = now;
             coordinator.expire_offsets().await;
@@ -1151,8 +1338,8 @@ fn commit_error_code(error: &OffsetsWriteError) -> i16 {
 mod tests {
     use super::*;
 
-    fn record(group: &str, metadata_bytes: usize) -> OffsetRecord {
-        OffsetRecord {
+    fn record(group: &str, metadata_bytes: usize) -> EncodedRecord {
+        LogRecord::Offset(OffsetRecord {
             group: group.to_owned(),
             key: TopicPartition {
                 topic: "t".to_owned(),
@@ -1164,7 +1351,8 @@ mod tests {
                 metadata: "m".repeat(metadata_bytes),
                 commit_timestamp_ms: 0,
             }),
-        }
+        })
+        .encode()
     }
 
     #[test]

@@ -164,6 +164,19 @@ impl Member {
     }
 }
 
+/// A member a classic group takes over from a consumer group.
+#[derive(Debug)]
+pub struct MovedMember {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub protocols: Vec<(String, Bytes)>,
+    pub assignment: Bytes,
+}
+
 #[derive(Debug)]
 pub struct Group {
     pub id: String,
@@ -204,6 +217,76 @@ impl Group {
             empty_since: now,
             offsets: GroupOffsets::default(),
         }
+    }
+
+    /// A classic group made of a consumer group's members (Kafka's online
+    /// downgrade, see `consumer/classic.rs`): the generation continues from
+    /// the consumer group's epoch, the offsets come along, and a rebalance
+    /// starts, so every member rejoins through JoinGroup.
+    pub fn from_consumer_group(
+        id: &str,
+        generation: i32,
+        moved: Vec<MovedMember>,
+        offsets: GroupOffsets,
+        limits: &GroupLimits,
+        now: Instant,
+    ) -> Group {
+        let mut group = Group::new(id, now);
+        group.offsets = offsets;
+        group.generation = generation;
+        group.protocol_type = Some(CONSUMER_PROTOCOL_TYPE.to_owned());
+        for member in moved {
+            group.joined_sequence += 1;
+            group.members.insert(
+                group.joined_sequence,
+                Member {
+                    id: member.id,
+                    instance_id: member.instance_id,
+                    client_id: member.client_id,
+                    client_host: member.client_host,
+                    session_timeout: member.session_timeout,
+                    rebalance_timeout: member.rebalance_timeout,
+                    protocols: member.protocols,
+                    assignment: member.assignment,
+                    last_seen: now,
+                    join_waiter: None,
+                    sync_waiter: None,
+                },
+            );
+        }
+        if group.members.is_empty() {
+            return group;
+        }
+        group.protocol_name = Some(group.select_protocol());
+        group.leader = group
+            .members
+            .values()
+            .next()
+            .map(|member| member.id.clone());
+        group.state = GroupState::Stable;
+        group.prepare_rebalance(limits, now);
+        group
+    }
+
+    /// The group moves to the consumer protocol (Kafka's online upgrade):
+    /// members waiting on a join or sync are told to rejoin
+    /// (REBALANCE_IN_PROGRESS; they then join the consumer group), and the
+    /// classic membership goes. The offsets stay.
+    pub fn give_up_membership(&mut self, now: Instant) {
+        for member in self.members.values_mut() {
+            if let Some(waiter) = member.join_waiter.take() {
+                let _ = waiter.send(JoinResult::error(
+                    ResponseError::RebalanceInProgress,
+                    &member.id,
+                ));
+            }
+            if let Some(waiter) = member.sync_waiter.take() {
+                let _ = waiter.send(SyncResult::error(ResponseError::RebalanceInProgress));
+            }
+        }
+        let offsets = std::mem::take(&mut self.offsets);
+        *self = Group::new(&self.id, now);
+        self.offsets = offsets;
     }
 
     pub fn members(&self) -> impl Iterator<Item = &Member> {

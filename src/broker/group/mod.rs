@@ -1,7 +1,12 @@
-//! Consumer groups: the classic Kafka group protocol and committed offsets.
+//! Consumer groups: the classic Kafka group protocol, the consumer protocol
+//! of KIP-848, and committed offsets.
 //!
 //! * [`membership`]: one group's rebalance state machine (join, sync,
 //!   heartbeat, leave, session expiry, generations, static members).
+//! * [`consumer`]: consumer-protocol groups (epochs, server-side assignors,
+//!   reconciliation, their records); [`consumer_coordinator`]: how the
+//!   coordinator serves and stores them, and the rules between the two
+//!   protocols; [`log_record`]: every record kind in `__consumer_offsets`.
 //! * [`offsets`]: the committed-offsets table and its stored records.
 //! * [`coordinator`]: a shard's groups, with the waiting, the timers and the
 //!   `__consumer_offsets` log (write, replay, snapshot compaction);
@@ -10,8 +15,11 @@
 //! Every request about a group runs on the group's coordinator shard: the
 //! owner of the `__consumer_offsets` partition the group id hashes to.
 
+pub mod consumer;
+pub mod consumer_coordinator;
 pub mod coordinator;
 pub mod coordinator_error;
+pub mod log_record;
 pub mod membership;
 pub mod offsets;
 

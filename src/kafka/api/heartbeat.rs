@@ -35,7 +35,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                     instance_id: instance.as_deref(),
                     generation,
                 };
-                coordinator.heartbeat(&group, &claim)
+                coordinator.heartbeat(&group, &claim).await
             },
         )
         .await

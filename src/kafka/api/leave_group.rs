@@ -40,7 +40,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         request.shard,
         request.broker,
         &group_id,
-        move |coordinator| async move { coordinator.leave(&group, &asked) },
+        move |coordinator| async move { coordinator.leave(&group, &asked).await },
     )
     .await;
     let response = match codes {

@@ -1,5 +1,6 @@
 //! ListGroups: every group on every shard, optionally filtered by state
-//! (v4+) and type (v5+; all of Sluice's groups are "classic").
+//! (v4+) and type (v5+: "classic", or "consumer" for KIP-848 groups, whose
+//! states are Empty, Assigning, Reconciling and Stable).
 
 use bytes::Bytes;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
@@ -10,8 +11,6 @@ use crate::broker::group::coordinator::{Coordinator, GroupListing};
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
-
-const GROUP_TYPE: &str = "classic";
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let list: ListGroupsRequest = decode(request, body)?;
@@ -42,13 +41,13 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     let groups = listed
         .into_iter()
         .filter(|group| states.is_empty() || states.contains(&group.state.to_lowercase()))
-        .filter(|_| types.is_empty() || types.iter().any(|kind| kind == GROUP_TYPE))
+        .filter(|group| types.is_empty() || types.iter().any(|kind| kind == group.group_type))
         .map(|group| {
             ListedGroup::default()
                 .with_group_id(str_bytes(&group.group_id).into())
                 .with_protocol_type(str_bytes(&group.protocol_type))
                 .with_group_state(str_bytes(group.state))
-                .with_group_type(str_bytes(GROUP_TYPE))
+                .with_group_type(str_bytes(group.group_type))
         })
         .collect();
     request.respond(&ListGroupsResponse::default().with_groups(groups))

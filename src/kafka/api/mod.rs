@@ -7,6 +7,8 @@ pub mod add_partitions_to_txn;
 pub mod alter_configs;
 pub mod api_versions;
 pub mod authorized_operations;
+pub mod consumer_group_describe;
+pub mod consumer_group_heartbeat;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
@@ -109,6 +111,12 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         ApiKey::ListGroups => list_groups::handle(request, body).await.map(Some),
         ApiKey::DescribeGroups => describe_groups::handle(request, body).await.map(Some),
         ApiKey::DeleteGroups => delete_groups::handle(request, body).await.map(Some),
+        ApiKey::ConsumerGroupHeartbeat => consumer_group_heartbeat::handle(request, body)
+            .await
+            .map(Some),
+        ApiKey::ConsumerGroupDescribe => consumer_group_describe::handle(request, body)
+            .await
+            .map(Some),
         key => Err(RequestError::NotImplemented { key }),
     }
 }

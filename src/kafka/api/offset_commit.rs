@@ -1,7 +1,10 @@
 //! OffsetCommit: store consumed positions, durably, in `__consumer_offsets`;
 //! answered after the fdatasync that covers them. Members must be of the
 //! current generation; clients that assign partitions themselves commit with
-//! generation -1 while the group has no members.
+//! generation -1 while the group has no members. In a consumer-protocol
+//! group (KIP-848) the generation field is the member epoch: another epoch is
+//! STALE_MEMBER_EPOCH, and its members must use v9 (UNSUPPORTED_VERSION
+//! below); from v9 a commit to an unknown group is GROUP_ID_NOT_FOUND.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -55,6 +58,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         let member = commit.member_id.to_string();
         let instance = commit.group_instance_id.as_ref().map(ToString::to_string);
         let generation = commit.generation_id_or_member_epoch;
+        let version = request.version;
         on_coordinator(
             request.shard,
             request.broker,
@@ -65,7 +69,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                     instance_id: instance.as_deref(),
                     generation,
                 };
-                coordinator.commit(&group, &claim, offsets).await
+                coordinator.commit(&group, &claim, version, offsets).await
             },
         )
         .await

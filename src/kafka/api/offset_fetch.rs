@@ -3,7 +3,10 @@
 //! A partition without a committed offset gets -1. Offsets committed in a
 //! transaction (TxnOffsetCommit) are not visible until its commit marker;
 //! with `require_stable` (v7+, KIP-447) a partition that has such offsets
-//! pending gets UNSTABLE_OFFSET_COMMIT (retriable) instead.
+//! pending gets UNSTABLE_OFFSET_COMMIT (retriable) instead. v9 (KIP-848)
+//! names the member asking: in a consumer-protocol group it must be a
+//! member at its current epoch (UNKNOWN_MEMBER_ID, STALE_MEMBER_EPOCH for
+//! the group otherwise); no member id and epoch -1 reads freely.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -35,7 +38,18 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                         .map(|topic| (&topic.name, &topic.partition_indexes)),
                 )
             });
-            let fetched = fetch_group(request, &group.group_id, wanted, fetch.require_stable).await;
+            let member = (
+                group.member_id.as_ref().map(ToString::to_string),
+                group.member_epoch,
+            );
+            let fetched = fetch_group(
+                request,
+                &group.group_id,
+                wanted,
+                fetch.require_stable,
+                member,
+            )
+            .await;
             groups.push(group_response(&group.group_id, fetched));
         }
         return request.respond(&OffsetFetchResponse::default().with_groups(groups));
@@ -48,10 +62,11 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         )
     });
     let require_stable = request.version >= 7 && fetch.require_stable;
-    let response = match fetch_group(request, &fetch.group_id, wanted, require_stable).await {
-        Ok(fetched) => OffsetFetchResponse::default().with_topics(topics_v7(fetched)),
-        Err(code) => OffsetFetchResponse::default().with_error_code(code),
-    };
+    let response =
+        match fetch_group(request, &fetch.group_id, wanted, require_stable, (None, -1)).await {
+            Ok(fetched) => OffsetFetchResponse::default().with_topics(topics_v7(fetched)),
+            Err(code) => OffsetFetchResponse::default().with_error_code(code),
+        };
     request.respond(&response)
 }
 
@@ -74,6 +89,7 @@ async fn fetch_group(
     group_id: &str,
     wanted: Option<Vec<TopicPartition>>,
     require_stable: bool,
+    (member_id, member_epoch): (Option<String>, i32),
 ) -> Result<Fetched, i16> {
     if group_id.is_empty() {
         return Err(ResponseError::InvalidGroupId.code());
@@ -85,7 +101,8 @@ async fn fetch_group(
         request.broker,
         group_id,
         move |coordinator| async move {
-            coordinator
+            coordinator.check_fetch(&group, member_id.as_deref(), member_epoch)?;
+            Ok(coordinator
                 .fetch(&group, wanted)
                 .into_iter()
                 .map(|(key, value)| {
@@ -95,10 +112,11 @@ async fn fetch_group(
                         (key, Ok(value))
                     }
                 })
-                .collect()
+                .collect())
         },
     )
     .await
+    .and_then(|fetched| fetched)
 }
 
 /// (offset, leader epoch, metadata, error code) of one partition.
