@@ -1241,6 +1241,93 @@ fn a_classic_group_upgrades_when_a_consumer_member_joins_and_downgrades_when_it_
     );
 }
 
+/// Found by a new-user trial (issue 14): a classic member joining a
+/// consumer group whose target partitions other members still own waits
+/// (state UnreleasedPartitions); once they revoke them, its heartbeat must
+/// tell it to rejoin (Kafka's `classicGroupHeartbeatToConsumerGroup`), or
+/// those partitions stay without a consumer until the next rebalance.
+#[test]
+fn a_classic_member_is_told_to_rejoin_once_its_partitions_are_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), "");
+    kafka_clients::create_topic(&broker.address, "held", 2, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let topic = topic_id(&mut wire, "held");
+    let joined = wire.call(1, &join("held-group", "a", &["held"]));
+    assert_eq!(joined.error_code, 0, "{:?}", joined.error_message);
+    assert_eq!(assigned(&joined, topic), Some(vec![0, 1]));
+    let epoch = joined.member_epoch;
+
+    // A classic member joins: its target holds a partition "a" still owns.
+    let first = classic_join(
+        &mut wire,
+        "held-group",
+        "",
+        "consumer",
+        subscription(&["held"], &[]),
+    );
+    assert_eq!(first.error_code, ResponseError::MemberIdRequired.code());
+    let member = first.member_id.to_string();
+    let rejoined = classic_join(
+        &mut wire,
+        "held-group",
+        &member,
+        "consumer",
+        subscription(&["held"], &[]),
+    );
+    assert_eq!(rejoined.error_code, 0);
+    let generation = rejoined.generation_id;
+    let synced = classic_sync(&mut wire, "held-group", &member, generation, vec![]);
+    assert_eq!(synced.error_code, 0);
+    assert!(
+        decode_assignment(&synced.assignment)
+            .iter()
+            .all(|(_, p)| p.is_empty())
+    );
+    assert_eq!(
+        classic_heartbeat(&mut wire, "held-group", &member, generation),
+        0
+    );
+
+    // "a" learns its new target and revokes one partition.
+    let told = beat_until(
+        &mut wire,
+        &beat("held-group", "a", epoch, &[(topic, &[0, 1])]),
+        |answer| assigned(answer, topic).is_some_and(|partitions| partitions.len() == 1),
+    );
+    let kept = assigned(&told, topic).unwrap();
+    let revoked = wire.call(
+        1,
+        &beat("held-group", "a", told.member_epoch, &[(topic, &kept)]),
+    );
+    assert_eq!(revoked.error_code, 0);
+
+    // Now the classic member must rejoin, and gets the released partition.
+    assert_eq!(
+        classic_heartbeat(&mut wire, "held-group", &member, generation),
+        ResponseError::RebalanceInProgress.code()
+    );
+    let again = classic_join(
+        &mut wire,
+        "held-group",
+        &member,
+        "consumer",
+        subscription(&["held"], &[]),
+    );
+    assert_eq!(again.error_code, 0);
+    let synced = classic_sync(
+        &mut wire,
+        "held-group",
+        &member,
+        again.generation_id,
+        vec![],
+    );
+    assert_eq!(
+        decode_assignment(&synced.assignment),
+        [("held".to_owned(), vec![1 - kept[0]])]
+    );
+}
+
 #[test]
 fn an_empty_group_switches_protocol_either_way() {
     let dir = tempfile::tempdir().unwrap();

@@ -275,22 +275,50 @@ impl ConsumerGroup {
         Ok(member)
     }
 
-    /// Whether a classic member must rejoin: the group moved past its epoch
-    /// and it has nothing left to revoke at this one (then it must rejoin
-    /// within its rebalance timeout).
+    /// Whether a classic member must rejoin (Kafka's
+    /// `classicGroupHeartbeatToConsumerGroup`): the group moved past its
+    /// epoch and it has nothing left to revoke at this one, or partitions
+    /// of its target that other members held back then are free now (only
+    /// a rejoin hands them over: a classic member has no other way to learn
+    /// its new assignment). It must then rejoin within its rebalance timeout.
     fn must_rejoin(&mut self, member_id: &str, now: Instant) -> bool {
         let epoch = self.epoch;
-        let Some(member) = self.members.get_mut(member_id) else {
+        let Some(member) = self.members.get(member_id) else {
             return false;
         };
-        if epoch > member.current.epoch && member.current.state != MemberState::UnrevokedPartitions
-        {
-            if member.classic_deadline.is_none() {
-                member.classic_deadline = Some(now + rebalance_timeout(member));
-            }
-            return true;
+        let behind = epoch > member.current.epoch
+            && member.current.state != MemberState::UnrevokedPartitions;
+        let released = member.current.state == MemberState::UnreleasedPartitions
+            && !self.waiting_on_unreleased(member_id);
+        if !behind && !released {
+            return false;
         }
-        false
+        let member = self.members.get_mut(member_id).expect("found above");
+        if member.classic_deadline.is_none() {
+            member.classic_deadline = Some(now + rebalance_timeout(member));
+        }
+        true
+    }
+
+    /// Whether another member still owns (or must still revoke) a
+    /// partition of `member_id`'s target that it does not have yet.
+    fn waiting_on_unreleased(&self, member_id: &str) -> bool {
+        let (Some(member), Some(target)) =
+            (self.members.get(member_id), self.targets.get(member_id))
+        else {
+            return false;
+        };
+        let taken = self.owned_by_others(member_id);
+        target.iter().any(|(topic, partitions)| {
+            partitions.iter().any(|partition| {
+                let held = member
+                    .current
+                    .assigned
+                    .get(topic)
+                    .is_some_and(|assigned| assigned.contains(partition));
+                !held && taken.contains(&(*topic, *partition))
+            })
+        })
     }
 
     /// SyncGroup to a consumer group: the member's assignment.

@@ -428,7 +428,7 @@ impl ConsumerGroup {
 
     /// Partitions owned (assigned or being revoked) by members other than
     /// `member_id`.
-    fn owned_by_others(&self, member_id: &str) -> HashSet<(TopicId, i32)> {
+    pub(super) fn owned_by_others(&self, member_id: &str) -> HashSet<(TopicId, i32)> {
         let mut owned = HashSet::new();
         for member in self
             .members
