@@ -7,15 +7,17 @@ use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
 };
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
     CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    IncrementalAlterConfigsRequest, TopicName,
+    IncrementalAlterConfigsRequest, MetadataRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
 use super::offsets::{self, EARLIEST, LATEST};
 use super::table::Table;
 use super::{AdminResult, describe_error};
+use crate::broker::metadata::TopicId;
 use crate::client::KafkaClient;
 
 /// DescribeConfigs resource type of a topic.
@@ -92,6 +94,9 @@ pub fn describe(brokers: &str, name: &str) -> AdminResult {
                 .with_configuration_keys(None),
         ]))?;
     println!("NAME        {name}");
+    if let Some(id) = topic_id(&mut client, name)? {
+        println!("ID          {id}");
+    }
     println!("PARTITIONS  {partitions}");
     if let Some(resource) = configs.results.first() {
         let set: Vec<String> = resource
@@ -134,6 +139,23 @@ pub fn describe(brokers: &str, name: &str) -> AdminResult {
     println!();
     print!("{}", table.render());
     Ok(())
+}
+
+/// The topic's id (KIP-516) in Kafka's printed form, as
+/// `kafka-topics.sh --describe` shows it; `None` from a broker without ids.
+fn topic_id(client: &mut KafkaClient, name: &str) -> anyhow::Result<Option<TopicId>> {
+    let response = client.call(
+        &MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(TopicName(text(name)))),
+            ]))
+            .with_allow_auto_topic_creation(false),
+    )?;
+    Ok(response
+        .topics
+        .first()
+        .map(|topic| TopicId(*topic.topic_id.as_bytes()))
+        .filter(|id| *id != TopicId::ZERO))
 }
 
 /// Set `configs` and remove `deleted` on topic `name`, in one

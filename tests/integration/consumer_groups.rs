@@ -583,6 +583,13 @@ fn reset_offsets_to_a_time_redelivers_from_there() {
     assert!(ok && out.contains("replayers"), "{out}");
     let (ok, out) = sluice_admin(&broker.address, &["topics", "describe", "replay"]);
     assert!(ok && out.contains("PARTITIONS  2"), "{out}");
+    // The topic id in Kafka's printed form (22 characters), as
+    // `kafka-topics.sh --describe` shows it (issue 14).
+    let id = out
+        .lines()
+        .find_map(|line| line.strip_prefix("ID "))
+        .map(str::trim);
+    assert!(id.is_some_and(|id| id.len() == 22), "{out}");
     let (ok, out) = sluice_admin(&broker.address, &["groups", "delete", "replayers"]);
     assert!(ok, "{out}");
     let (ok, out) = sluice_admin(&broker.address, &["topics", "delete", "replay"]);
