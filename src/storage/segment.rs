@@ -137,7 +137,13 @@ impl Segment {
                 source,
             }
         })?;
-        let segment = Segment::from_writer(path, base, size_bytes, file)?;
+        // The file is not part of the log until this returns: on any
+        // failure past its creation it goes, or every later roll to this
+        // base would fail on it ("File exists") until a restart.
+        let segment =
+            Segment::from_writer(path.clone(), base, size_bytes, file).inspect_err(|_| {
+                let _ = std::fs::remove_file(&path);
+            })?;
         Ok((segment, preallocation))
     }
 
@@ -166,7 +172,7 @@ impl Segment {
         size_bytes: u64,
         writer: File,
     ) -> Result<Segment, SegmentError> {
-        let reader = File::open(&path).map_err(|source| SegmentError::Open {
+        let reader = open_reader(&path).map_err(|source| SegmentError::Open {
             path: path.clone(),
             source,
         })?;
@@ -355,6 +361,24 @@ pub fn zero_range(segment: &Segment, from: LogPosition, to: LogPosition) -> io::
         }
     }
     file.sync_data()
+}
+
+/// The segment's read handle. The failpoint `segment_reader_open_once`
+/// (debug builds) fails the first open of a segment past the log's first
+/// (a roll) with EMFILE, as a process at its open-files limit does between
+/// opening a new segment's writer and its reader.
+fn open_reader(path: &Path) -> std::io::Result<File> {
+    if crate::failpoint::active("segment_reader_open_once") {
+        static FIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let rolled = path
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .is_some_and(|stem| stem.trim_start_matches('0') != "");
+        if rolled && !FIRED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        }
+    }
+    File::open(path)
 }
 
 #[cfg(test)]

@@ -398,3 +398,35 @@ fn committed_offsets_do_not_block_deletion_under_disk_pressure() {
         "the committed offset survives the deletion"
     );
 }
+
+/// Found by a breaker (issue 14): a roll whose new segment file was
+/// created but whose read handle could not be opened (the process at its
+/// open-files limit) left the file behind, so every later roll to that
+/// position failed with "File exists" and the shard refused all appends
+/// until a restart. The failpoint fails that open once, with EMFILE.
+#[test]
+fn a_roll_that_fails_after_creating_its_file_does_not_wedge_the_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = BrokerProcess::command(dir.path(), &[]);
+    command.env("SLUICE_FAILPOINT", "segment_reader_open_once");
+    let broker = BrokerProcess::start_command(command);
+    kafka_clients::create_topic(&broker.address, "rolls", 1, &[("segment.ms", "1")]);
+    let mut wire = Wire::connect(&broker.address);
+    // Appends spaced past segment.ms roll the shard's segment; the first
+    // roll fails, and the later ones must succeed: five appends in a row.
+    let mut codes = Vec::new();
+    let mut in_a_row = 0;
+    while in_a_row < 5 && codes.len() < 30 {
+        std::thread::sleep(Duration::from_millis(50));
+        let code = produce_with_acks(&mut wire, "rolls", 0, batch(1, 10), -1);
+        codes.push(code);
+        in_a_row = if code == 0 { in_a_row + 1 } else { 0 };
+    }
+    assert!(
+        broker.log_contains("Too many open files"),
+        "the failpoint fired: {:?}",
+        broker.log()
+    );
+    assert_eq!(in_a_row, 5, "appends resume: {codes:?}");
+    assert!(broker.stop().success());
+}
