@@ -373,7 +373,7 @@ fn open_reader(path: &Path) -> std::io::Result<File> {
         let rolled = path
             .file_stem()
             .and_then(|stem| stem.to_str())
-            .is_some_and(|stem| stem.trim_start_matches('0') != "");
+            .is_some_and(|stem| !stem.trim_start_matches('0').is_empty());
         if rolled && !FIRED.swap(true, std::sync::atomic::Ordering::Relaxed) {
             return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
         }
