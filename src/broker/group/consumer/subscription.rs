@@ -21,7 +21,7 @@
 //! already holds the partitions. Like Kafka, every topic can match,
 //! internal ones included.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
 
 use super::member::ConsumerMember;
@@ -50,6 +50,10 @@ pub struct Subscriptions {
 #[derive(Clone, Debug, Default)]
 pub struct ResolvedCache {
     resolved: Option<(Weak<ClusterMetadata>, u64, Arc<Subscriptions>)>,
+    /// Members' regexes compiled (`None`: does not compile), kept for the
+    /// regexes members still use, so a resolution after a topic or
+    /// subscription change matches names without compiling them again.
+    compiled: HashMap<String, Option<regex::Regex>>,
 }
 
 impl ResolvedCache {
@@ -69,7 +73,22 @@ impl ResolvedCache {
         {
             return Arc::clone(resolved);
         }
-        let resolved = Arc::new(resolve(cluster, members));
+        let members: Vec<&ConsumerMember> = members.collect();
+        let in_use: BTreeSet<&str> = members
+            .iter()
+            .filter_map(|member| member.metadata.regex())
+            .collect();
+        self.compiled
+            .retain(|regex, _| in_use.contains(regex.as_str()));
+        for regex in in_use {
+            if !self.compiled.contains_key(regex) {
+                // Regexes are checked when a member brings one; one that
+                // no longer compiles (a record from another version)
+                // matches nothing.
+                self.compiled.insert(regex.to_owned(), compile(regex).ok());
+            }
+        }
+        let resolved = Arc::new(resolve(cluster, members, &self.compiled));
         self.resolved = Some((Arc::downgrade(cluster), version, Arc::clone(&resolved)));
         resolved
     }
@@ -89,24 +108,22 @@ pub fn compile(regex: &str) -> Result<regex::Regex, regex::Error> {
 
 fn resolve<'a>(
     cluster: &ClusterMetadata,
-    members: impl Iterator<Item = &'a ConsumerMember>,
+    members: Vec<&'a ConsumerMember>,
+    compiled: &HashMap<String, Option<regex::Regex>>,
 ) -> Subscriptions {
-    let members: Vec<&ConsumerMember> = members.collect();
     let mut by_regex: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for regex in members.iter().filter_map(|member| member.metadata.regex()) {
         if by_regex.contains_key(regex) {
             continue;
         }
-        // Regexes are checked when a member brings one; one that no longer
-        // compiles (a record from another version) matches nothing.
-        let matched = match compile(regex) {
-            Ok(compiled) => cluster
+        let matched = match compiled.get(regex) {
+            Some(Some(compiled)) => cluster
                 .topics
                 .keys()
                 .filter(|name| compiled.is_match(name))
                 .map(String::as_str)
                 .collect(),
-            Err(_) => Vec::new(),
+            _ => Vec::new(),
         };
         by_regex.insert(regex, matched);
     }
