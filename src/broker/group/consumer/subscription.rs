@@ -106,9 +106,9 @@ pub fn compile(regex: &str) -> Result<regex::Regex, regex::Error> {
         .build()
 }
 
-fn resolve<'a>(
+fn resolve(
     cluster: &ClusterMetadata,
-    members: Vec<&'a ConsumerMember>,
+    members: Vec<&ConsumerMember>,
     compiled: &HashMap<String, Option<regex::Regex>>,
 ) -> Subscriptions {
     let mut by_regex: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
