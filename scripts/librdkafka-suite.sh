@@ -21,12 +21,13 @@
 #      target/debug/sluice (built with `cargo build --bin sluice` if
 #      missing), started in a temporary directory on an ephemeral port with
 #      kafka.default_partitions = 4 (the suite assumes auto-created topics
-#      get 4 partitions, as its trivup clusters configure). It is restarted
-#      if a test leaves it dead, and that is reported.
+#      get 4 partitions, as its trivup clusters configure), 64 MiB segments
+#      and disk thresholds near full (see start_broker). It is restarted if
+#      a test leaves it dead, and that is reported.
 #   4. Tests: each test number runs as its own `test-runner` process with
 #      TESTS=<number>, -p1 (sequential) and -L (no broker-less tests), in
 #      full mode (TEST_QUICK=1 adds -Q, which skips most sub-tests), with
-#      TEST_KAFKA_VERSION=${TEST_KAFKA_VERSION:-3.9.0} and
+#      TEST_KAFKA_VERSION=${TEST_KAFKA_VERSION:-4.0.0} and
 #      test.timeout.multiplier=${TEST_TIMEOUT_MULTIPLIER:-2} (a debug broker
 #      on a shared 2-core machine is slow). Its JSON report gives each
 #      sub-test's state; its log is kept in target/librdkafka-suite/logs/.
@@ -59,7 +60,9 @@ work="$root/target/librdkafka-suite"
 version="${LIBRDKAFKA_VERSION:-v2.15.0}"
 git_url="${LIBRDKAFKA_GIT:-https://github.com/confluentinc/librdkafka.git}"
 src="${LIBRDKAFKA_SRC:-$work/librdkafka-$version}"
-kafka_version="${TEST_KAFKA_VERSION:-3.9.0}"
+# Kafka 4.0: Sluice's oldest versions are Kafka 4's (KIP-896 removed the
+# older ones), so the suite must not test the pre-0.11 message formats.
+kafka_version="${TEST_KAFKA_VERSION:-4.0.0}"
 timeout_multiplier="${TEST_TIMEOUT_MULTIPLIER:-2}"
 # A hung test-runner is killed after this long (its own per-test timeouts
 # are shorter; this is the backstop).
@@ -152,7 +155,22 @@ start_broker() {
   [ "$scenario" = noautocreate ] && auto_create=false
   rm -rf "$broker_dir/data"
   mkdir -p "$broker_dir/data"
-  printf '[kafka]\ndefault_partitions = 4\nauto_create_topics = %s\n' "$auto_create" >"$broker_dir/sluice.toml"
+  # 64 MiB segments (each shard preallocates one) and disk thresholds near
+  # full: the suite writes a few GiB in all, and the run should not depend
+  # on what else shares the disk.
+  cat >"$broker_dir/sluice.toml" <<TOML
+[kafka]
+default_partitions = 4
+auto_create_topics = $auto_create
+
+[storage]
+segment_bytes = 67108864
+
+[retention]
+disk_clean_ratio = 0.96
+disk_force_clean_ratio = 0.97
+disk_reject_ratio = 0.99
+TOML
   : >"$broker_dir/broker.log"
   RUST_LOG="${SLUICE_LOG:-warn,sluice=info}" "$binary" serve --config "$broker_dir/sluice.toml" \
     --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
@@ -249,7 +267,7 @@ EOF
 # runner's "### Test ... failed at ...: ###" line and the reason after it).
 first_error() {
   sed -e 's/\x1b\[[0-9;]*m//g' "$1" |
-    grep -a -A1 -F "### Test \"$2" | grep -a -v '^--$' | head -4 | cut -c1-300 || true
+    grep -a -A1 -F "### Test \"$2" | grep -a -v '^--$' | awk '!seen[$0]++' | head -4 | cut -c1-300 || true
 }
 
 # run_test BINARY SCENARIO NUMBER SELECTION LINES: one test-runner process
@@ -258,14 +276,16 @@ run_test() {
   local binary="$1" scenario="$2" number="$3" selection="$4" lines="$5"
   local log="$logs/$number-$scenario.log" report="$logs/$number-$scenario.json"
   local test_started=$SECONDS status=0
-  (
+  # The outer subshell swallows bash's "Aborted" notice for a runner that
+  # fails its own assertion (the log has the details).
+  ( (
     cd "$src/tests"
     TESTS="$number" TEST_KAFKA_VERSION="$kafka_version" TEST_SCENARIO="$scenario" \
       RDKAFKA_TEST_CONF="$broker_dir/test.conf" TEST_REPORT="$report" \
       KAFKA_PATH="$broker_dir/kafka" BROKERS="$broker_address" \
       LD_LIBRARY_PATH="../src:../src-cpp" \
       timeout --kill-after=10 "$test_run_timeout_s" ./test-runner -L -p1 -S $quick
-  ) >"$log" 2>&1 || status=$?
+  ) >"$log" 2>&1) 2>/dev/null || status=$?
   local found
   found="$(report_lines "$report" "$selection" "$scenario" "$number")"
   if [ -z "$found" ]; then

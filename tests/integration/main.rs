@@ -7,6 +7,7 @@ mod support;
 mod test_clients;
 mod wire;
 
+mod compat_clients;
 mod consumer_groups;
 mod crash;
 mod damaged_data_dir;

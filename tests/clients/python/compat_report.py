@@ -6,7 +6,8 @@ One JSON line on stdout per check, as soon as it ends:
   {"check": NAME, "outcome": "pass" | "fail" | "not_exposed", "detail": TEXT,
    "seconds": FLOAT}
 "not_exposed" means the client has no API for what the check covers (the
-detail says what is missing). Every check the script declares is reported
+detail says what is missing; a detail starting "runtime:" means the client
+has it but not on the runtime installed here, and the README table says so). Every check the script declares is reported
 once: a declared check that never ran (an earlier step it depends on failed)
 is reported as "fail" by finish(). The last line is
   {"client": "<library> <version>", "done": true}
