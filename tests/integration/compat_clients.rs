@@ -96,8 +96,16 @@ const PENDING: &[(&str, &str, &str)] = &[
     ),
     ("aiokafka", "admin.create_topic_kafka_configs", CONFIGS),
     ("aiokafka", "admin.alter_configs_legacy", ALTER_CONFIGS),
-    ("confluent-kafka", "admin.create_topic_kafka_configs", CONFIGS),
-    ("confluent-kafka", "admin.alter_configs_legacy", ALTER_CONFIGS),
+    (
+        "confluent-kafka",
+        "admin.create_topic_kafka_configs",
+        CONFIGS,
+    ),
+    (
+        "confluent-kafka",
+        "admin.alter_configs_legacy",
+        ALTER_CONFIGS,
+    ),
     ("confluent-kafka", "group.consumer_protocol", KIP_848),
 ];
 
@@ -257,10 +265,7 @@ fn write_results(name: &str, client: String, checks: &[CheckLine]) -> PathBuf {
 
 /// Run one client's compatibility script against a fresh broker and check
 /// every outcome against [`PENDING`].
-fn client_passes_its_checks(
-    name: &str,
-    start: impl FnOnce(&Clients, &[&str]) -> ClientProcess,
-) {
+fn client_passes_its_checks(name: &str, start: impl FnOnce(&Clients, &[&str]) -> ClientProcess) {
     let test = format!("compat_{name}");
     let Some(clients) = test_clients::installed(&test) else {
         return;
@@ -272,7 +277,12 @@ fn client_passes_its_checks(
     let broker = BrokerProcess::start(&data, &["--config", config.to_str().unwrap()]);
     let mut script = start(clients, &[&broker.address]);
     let (status, stdout) = script.finish_stdout(SCRIPT_TIMEOUT);
-    let context = || format!("{name} ({status}) stdout:\n{stdout}\n{}", script.stderr_tail());
+    let context = || {
+        format!(
+            "{name} ({status}) stdout:\n{stdout}\n{}",
+            script.stderr_tail()
+        )
+    };
     let (client, checks) = parse_report(&stdout, &context);
     let problems: Vec<String> = checks
         .iter()
@@ -352,8 +362,14 @@ fn pending_entries_name_known_clients_and_checks_once() {
         "confluent-kafka",
     ];
     for (index, (client, check, _)) in PENDING.iter().enumerate() {
-        assert!(CLIENTS.contains(client), "PENDING names unknown client {client}");
-        assert!(CHECKS.contains(check), "PENDING names unknown check {check}");
+        assert!(
+            CLIENTS.contains(client),
+            "PENDING names unknown client {client}"
+        );
+        assert!(
+            CHECKS.contains(check),
+            "PENDING names unknown check {check}"
+        );
         assert!(
             !PENDING[..index]
                 .iter()
