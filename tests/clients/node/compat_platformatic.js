@@ -263,7 +263,12 @@ async function groupChecks (client, checks) {
       expectEqual(groups.get(group).protocolType, 'consumer', 'protocol type')
     })
     await checks.run('admin.describe_groups', async () => {
-      const described = (await client.admin.describeGroups({ groups: [group] })).get(group)
+      // The member has joined; its SyncGroup may still be on its way.
+      const describe = async () => (await client.admin.describeGroups({ groups: [group] })).get(group)
+      const described = await waitUntil(async () => {
+        const found = await describe()
+        return found.state === 'STABLE' && found
+      }, 10000, 'the group Stable').catch(() => describe())
       expectEqual([described.state, described.protocolType, described.members.size], ['STABLE', 'consumer', 1], '[state, protocol type, members]')
     })
     const read = await client.read(first, GROUP_RECORDS)
