@@ -287,16 +287,16 @@ run_test() {
   local binary="$1" scenario="$2" number="$3" selection="$4" lines="$5"
   local log="$logs/$number-$scenario.log" report="$logs/$number-$scenario.json"
   local test_started=$SECONDS status=0
-  # The outer subshell swallows bash's "Aborted" notice for a runner that
-  # fails its own assertion (the log has the details).
-  ( (
+  # The braces send bash's "Aborted" notice, for a runner that fails its
+  # own assertion, to /dev/null (the log has the details).
+  { (
     cd "$src/tests"
     TESTS="$number" TEST_KAFKA_VERSION="$kafka_version" TEST_SCENARIO="$scenario" \
       RDKAFKA_TEST_CONF="$broker_dir/test.conf" TEST_REPORT="$report" \
       KAFKA_PATH="$broker_dir/kafka" BROKERS="$broker_address" \
       LD_LIBRARY_PATH="../src:../src-cpp" \
       timeout --kill-after=10 "$test_run_timeout_s" ./test-runner -L -p1 -S $quick
-  ) >"$log" 2>&1) 2>/dev/null || status=$?
+  ) >"$log" 2>&1; } 2>/dev/null || status=$?
   local found
   found="$(report_lines "$report" "$selection" "$scenario" "$number")"
   if [ -z "$found" ]; then
