@@ -60,7 +60,10 @@
 # target/librdkafka-suite/result.txt, which scripts/compat-table.sh reads.
 #
 # Needs: git, gcc, g++, make, perl, pkg-config, python3, zlib1g-dev;
-# libzstd-dev and libssl-dev for the zstd and SSL parts (Debian names).
+# libzstd-dev and libssl-dev for the zstd and SSL parts, rapidjson-dev for
+# the tests that check statistics JSON (0053, 0110; without it they skip)
+# (Debian names). After installing one of these later, delete
+# target/librdkafka-suite/librdkafka-<version>/.sluice-suite-built to rebuild.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$root/target/librdkafka-suite"
