@@ -37,9 +37,9 @@
 #   - mock-cluster tests not flagged local (0139, 0150): they never talk to
 #     the broker under test; the mock tests are all skipped;
 #   - tests that need more than one broker: 0101 (fetch from a follower),
-#     and 0103 (transactions), 0107 (topic re-creation) and 0111, which
-#     create their topics with replication factor 3 (a single Kafka broker
-#     refuses that too);
+#     and 0098 and 0103 (transactions), 0107 (topic re-creation) and 0111,
+#     which create their topics with replication factor 3 (a single Kafka
+#     broker refuses that too);
 #   - tests of authorization (0115, 0119), which set ACLs with Kafka's
 #     kafka-acls.sh: Sluice has no authorizer (0109 runs: only its last
 #     sub-tests need ACLs, so it fails there);
@@ -79,10 +79,10 @@ timeout_multiplier="${TEST_TIMEOUT_MULTIPLIER:-2}"
 test_run_timeout_s="${TEST_RUN_TIMEOUT_S:-900}"
 # Never run: mock-cluster-only tests not flagged local (0139, 0150), and the
 # tests that need more than one broker: 0101 (fetch from a follower) and
-# 0103, 0107 and 0111 (they create topics with replication factor 3); and
-# the tests of authorization, which set ACLs with Kafka's kafka-acls.sh
+# 0098, 0103, 0107 and 0111 (they create topics with replication factor 3);
+# and the tests of authorization, which set ACLs with Kafka's kafka-acls.sh
 # (0115, 0119).
-excluded="0139 0150 0101 0103 0107 0111 0115 0119"
+excluded="0139 0150 0098 0101 0103 0107 0111 0115 0119"
 # Quick mode (-Q) only when TEST_QUICK=1: it skips every SUB_TEST() that is
 # not marked quick, which is most of the suite's substance.
 quick=""
