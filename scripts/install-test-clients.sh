@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the real Kafka clients that tests/integration/eos_clients.rs,
-# txn_clients.rs and txn_pipelines.rs drive against the sluice binary (issue 13):
+# txn_clients.rs, txn_pipelines.rs (issue 13) and compat_clients.rs (issue 14)
+# drive against the sluice binary:
 #   target/test-clients/venv           Python venv with tests/clients/requirements.txt
-#                                      (kafka-python, confluent-kafka, aiokafka; exact pins)
+#                                      (kafka-python, confluent-kafka, aiokafka and the
+#                                      snappy/lz4/zstd libraries they use; exact pins)
 #   target/test-clients/quix-venv      Python venv with tests/clients/requirements-quix.txt
 #                                      (Quix Streams, which needs an older confluent-kafka)
-#   tests/clients/node/node_modules    `npm ci` of tests/clients/node/package-lock.json (kafkajs)
+#   tests/clients/node/node_modules    `npm ci` of tests/clients/node/package-lock.json
+#                                      (kafkajs and its codecs, @platformatic/kafka)
 # Idempotent: a marker records what was installed (the pin files and the
 # python and node versions); when it matches, the script does nothing.
 # Needs python3 (3.11+, with venv and pip; Quix Streams wants 3.11), node and
@@ -30,7 +33,7 @@ fail() {
 command -v "$python" >/dev/null 2>&1 || fail "$python is missing (CPython 3.11+ with venv and pip is needed)"
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
   fail "$("$python" --version 2>&1) is too old: Quix Streams needs CPython 3.11+ (set PYTHON=python3.11)"
-command -v node >/dev/null 2>&1 || fail "node is missing (Node.js 14+ is needed for kafkajs)"
+command -v node >/dev/null 2>&1 || fail "node is missing (Node.js 20.19+ is needed for @platformatic/kafka)"
 command -v npm >/dev/null 2>&1 || fail "npm is missing (it comes with Node.js)"
 
 fingerprint() {
@@ -45,7 +48,8 @@ fingerprint() {
 installed() {
   [ -f "$marker" ] && [ "$(cat "$marker")" = "$1" ] &&
     [ -x "$venv/bin/python" ] && [ -x "$quix_venv/bin/python" ] &&
-    [ -f "$node_dir/node_modules/kafkajs/package.json" ]
+    [ -f "$node_dir/node_modules/kafkajs/package.json" ] &&
+    [ -f "$node_dir/node_modules/@platformatic/kafka/package.json" ]
 }
 
 want="$(fingerprint)"
@@ -76,7 +80,7 @@ install_venv() {
 install_venv "$venv" "$clients/requirements.txt"
 install_venv "$quix_venv" "$clients/requirements-quix.txt"
 
-say "installing kafkajs from $node_dir/package-lock.json with npm ci"
+say "installing kafkajs and @platformatic/kafka from $node_dir/package-lock.json with npm ci"
 (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error) ||
   fail "npm ci failed (is the npm registry reachable?)"
 

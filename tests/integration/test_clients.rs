@@ -249,6 +249,21 @@ impl ClientProcess {
 
     /// [`ClientProcess::finish`] for scripts whose report has another shape.
     pub fn finish_as<T: DeserializeOwned>(&mut self, timeout: Duration) -> T {
+        let (status, stdout) = self.finish_stdout(timeout);
+        let last = stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(last).unwrap_or_else(|error| {
+            panic!(
+                "{} ({status}) printed no JSON report ({error}); stdout:\n{stdout}\n{}",
+                self.name,
+                self.stderr_tail()
+            )
+        })
+    }
+
+    /// Close stdin, wait up to `timeout` for the script to exit (panicking,
+    /// with its stderr, if it does not), and return its exit status and
+    /// everything it wrote to stdout, for scripts that report line by line.
+    pub fn finish_stdout(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
         drop(self.stdin.take());
         let deadline = Instant::now() + timeout;
         let status = loop {
@@ -272,14 +287,7 @@ impl ClientProcess {
             .expect("finish is called once")
             .join()
             .unwrap();
-        let last = stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(last).unwrap_or_else(|error| {
-            panic!(
-                "{} ({status}) printed no JSON report ({error}); stdout:\n{stdout}\n{}",
-                self.name,
-                self.stderr_tail()
-            )
-        })
+        (status, stdout)
     }
 }
 
