@@ -52,62 +52,10 @@ const CHECKS: &[&str] = &[
     "offsets_for_times",
 ];
 
-/// Branch `configs`: every standard Kafka topic config accepted.
-const CONFIGS: &str = "not yet: Kafka's standard topic configs (branch configs)";
-/// Branch `configs`: legacy AlterConfigs.
-const ALTER_CONFIGS: &str = "not yet: AlterConfigs, API 33 (branch configs)";
-/// Branch `topicids`: platformatic sends topic ids in every Fetch version,
-/// so it reads only with Fetch 13+.
-const FETCH_13: &str =
-    "not yet: Fetch 13+, by topic id, which platformatic uses for every fetch (branch topicids)";
-/// Branch `topicids`: DeleteTopics v6, the only version platformatic sends.
-const DELETE_TOPICS_6: &str = "not yet: DeleteTopics v6 (branch topicids)";
-/// Branch `topicids`: DescribeLogDirs.
-const DESCRIBE_LOG_DIRS: &str = "not yet: DescribeLogDirs, API 35 (branch topicids)";
-/// Branch `topicids`: DescribeTopicPartitions.
-const DESCRIBE_TOPIC_PARTITIONS: &str =
-    "not yet: DescribeTopicPartitions, API 75 (branch topicids)";
-/// Branch `kip848`: ConsumerGroupHeartbeat and the consumer group protocol.
-const KIP_848: &str = "not yet: the KIP-848 consumer group protocol (branch kip848)";
-
 /// Expected failures: `(client, check, why)` for each check that fails today
 /// only because a branch that implements what it needs has not landed. Delete
 /// an entry when its branch lands; a listed check that passes fails its test.
-const PENDING: &[(&str, &str, &str)] = &[
-    ("kafkajs", "admin.create_topic_kafka_configs", CONFIGS),
-    ("kafkajs", "admin.alter_configs_legacy", ALTER_CONFIGS),
-    ("platformatic", "admin.create_topic_kafka_configs", CONFIGS),
-    ("platformatic", "admin.alter_configs_legacy", ALTER_CONFIGS),
-    ("platformatic", "admin.delete_topics", DELETE_TOPICS_6),
-    ("platformatic", "admin.describe_log_dirs", DESCRIBE_LOG_DIRS),
-    ("platformatic", "produce.none", FETCH_13),
-    ("platformatic", "produce.gzip", FETCH_13),
-    ("platformatic", "produce.snappy", FETCH_13),
-    ("platformatic", "produce.lz4", FETCH_13),
-    ("platformatic", "group.classic", FETCH_13),
-    ("platformatic", "group.consumer_protocol", KIP_848),
-    ("kafka-python", "admin.create_topic_kafka_configs", CONFIGS),
-    ("kafka-python", "admin.alter_configs_legacy", ALTER_CONFIGS),
-    ("kafka-python", "admin.describe_log_dirs", DESCRIBE_LOG_DIRS),
-    (
-        "kafka-python",
-        "admin.describe_topic_partitions",
-        DESCRIBE_TOPIC_PARTITIONS,
-    ),
-    ("aiokafka", "admin.create_topic_kafka_configs", CONFIGS),
-    ("aiokafka", "admin.alter_configs_legacy", ALTER_CONFIGS),
-    (
-        "confluent-kafka",
-        "admin.create_topic_kafka_configs",
-        CONFIGS,
-    ),
-    (
-        "confluent-kafka",
-        "admin.alter_configs_legacy",
-        ALTER_CONFIGS,
-    ),
-    ("confluent-kafka", "group.consumer_protocol", KIP_848),
-];
+const PENDING: &[(&str, &str, &str)] = &[];
 
 /// How long one client's whole script may run (its checks bound their own
 /// waits; a check that waits for records gives up after 20 s).
