@@ -33,18 +33,10 @@ pub type Refusal = (i16, String);
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let alter: AlterConfigsRequest = decode(request, body)?;
-    let repeated = repeated_resources(
-        alter
-            .resources
-            .iter()
-            .map(|resource| (resource.resource_type, resource.resource_name.as_str())),
-    );
-    let mut responses = Vec::with_capacity(alter.resources.len());
-    for resource in &alter.resources {
-        let name = resource.resource_name.as_str();
-        let outcome = if repeated.contains(&(resource.resource_type, name)) {
-            Err(each_resource_once())
-        } else {
+    let outcomes = alter_each(
+        &alter.resources,
+        |resource| (resource.resource_type, resource.resource_name.as_str()),
+        |resource| {
             let configs = resource
                 .configs
                 .iter()
@@ -58,12 +50,15 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             replace(
                 request,
                 resource.resource_type,
-                name,
+                resource.resource_name.as_str(),
                 configs,
                 alter.validate_only,
             )
-            .await
-        };
+        },
+    )
+    .await;
+    let mut responses = Vec::with_capacity(alter.resources.len());
+    for (resource, outcome) in alter.resources.iter().zip(outcomes) {
         let response = AlterConfigsResourceResponse::default()
             .with_resource_type(resource.resource_type)
             .with_resource_name(resource.resource_name.clone());
@@ -147,9 +142,30 @@ pub fn broker_scope(request: &Request<'_>, name: &str) -> Result<BrokerScope, Re
 }
 
 /// The (type, name) pairs that appear more than once.
-pub fn repeated_resources<'a>(
-    resources: impl Iterator<Item = (i8, &'a str)>,
-) -> Vec<(i8, &'a str)> {
+/// Alter each resource in request order with `alter`. A resource named
+/// twice in one request is refused each time (INVALID_REQUEST) and not
+/// altered, as Kafka refuses it; the others are unaffected.
+pub async fn alter_each<'a, R, Fut>(
+    resources: &'a [R],
+    key: impl Fn(&'a R) -> (i8, &'a str),
+    mut alter: impl FnMut(&'a R) -> Fut,
+) -> Vec<Result<(), Refusal>>
+where
+    Fut: std::future::Future<Output = Result<(), Refusal>>,
+{
+    let repeated = repeated_resources(resources.iter().map(&key));
+    let mut outcomes = Vec::with_capacity(resources.len());
+    for resource in resources {
+        outcomes.push(if repeated.contains(&key(resource)) {
+            Err(each_resource_once())
+        } else {
+            alter(resource).await
+        });
+    }
+    outcomes
+}
+
+fn repeated_resources<'a>(resources: impl Iterator<Item = (i8, &'a str)>) -> Vec<(i8, &'a str)> {
     let mut counts: HashMap<(i8, &str), usize> = HashMap::new();
     for resource in resources {
         *counts.entry(resource).or_default() += 1;
@@ -161,7 +177,7 @@ pub fn repeated_resources<'a>(
         .collect()
 }
 
-pub fn each_resource_once() -> Refusal {
+fn each_resource_once() -> Refusal {
     (
         ResponseError::InvalidRequest.code(),
         "each resource may appear at most once in a request".to_owned(),

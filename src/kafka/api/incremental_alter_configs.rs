@@ -19,8 +19,8 @@ use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsRe
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
 use super::alter_configs::{
-    Refusal, broker_scope, each_resource_once, null_values, refuse_repeated_names,
-    repeated_resources, set_broker, set_topic, unknown_resource_type,
+    Refusal, alter_each, broker_scope, null_values, refuse_repeated_names, set_broker, set_topic,
+    unknown_resource_type,
 };
 use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
 use super::str_bytes;
@@ -38,20 +38,14 @@ const OP_SUBTRACT: i8 = 3;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let alter: IncrementalAlterConfigsRequest = super::decode(request, body)?;
-    let repeated = repeated_resources(
-        alter
-            .resources
-            .iter()
-            .map(|resource| (resource.resource_type, resource.resource_name.as_str())),
-    );
+    let outcomes = alter_each(
+        &alter.resources,
+        |resource| (resource.resource_type, resource.resource_name.as_str()),
+        |resource| alter_resource(request, resource, alter.validate_only),
+    )
+    .await;
     let mut responses = Vec::with_capacity(alter.resources.len());
-    for resource in &alter.resources {
-        let name = resource.resource_name.as_str();
-        let outcome = if repeated.contains(&(resource.resource_type, name)) {
-            Err(each_resource_once())
-        } else {
-            alter_resource(request, resource, alter.validate_only).await
-        };
+    for (resource, outcome) in alter.resources.iter().zip(outcomes) {
         let response = AlterConfigsResourceResponse::default()
             .with_resource_type(resource.resource_type)
             .with_resource_name(resource.resource_name.clone());
