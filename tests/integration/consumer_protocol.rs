@@ -41,6 +41,16 @@ fn start(dir: &Path, extra_config: &str) -> BrokerProcess {
     BrokerProcess::start(&dir.join("data"), &["--config", config.to_str().unwrap()])
 }
 
+/// A broker (with [`CONFIG`]) that has `topic` with `partitions`, a
+/// connection to it, and the topic's id.
+fn start_with_topic(dir: &Path, topic: &str, partitions: i32) -> (BrokerProcess, Wire, uuid::Uuid) {
+    let broker = start(dir, "");
+    kafka_clients::create_topic(&broker.address, topic, partitions, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let id = topic_id(&mut wire, topic);
+    (broker, wire, id)
+}
+
 fn restart(dir: &Path) -> BrokerProcess {
     let config = dir.join("consumer-protocol.toml");
     BrokerProcess::start(&dir.join("data"), &["--config", config.to_str().unwrap()])
@@ -135,10 +145,7 @@ fn beat_until(
 #[test]
 fn a_partition_is_given_to_a_new_member_only_after_its_owner_revoked_it() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path(), "");
-    kafka_clients::create_topic(&broker.address, "kip848", 4, &[]);
-    let mut wire = Wire::connect(&broker.address);
-    let topic = topic_id(&mut wire, "kip848");
+    let (broker, mut wire, topic) = start_with_topic(dir.path(), "kip848", 4);
 
     let a = wire.call(1, &join("g", "member-a", &["kip848"]));
     assert_eq!(a.error_code, 0, "{:?}", a.error_message);
@@ -460,10 +467,7 @@ fn bad_heartbeats_get_kafkas_codes_and_messages() {
 #[test]
 fn a_static_member_rejoins_with_its_partitions_and_a_second_instance_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path(), "");
-    kafka_clients::create_topic(&broker.address, "static", 2, &[]);
-    let mut wire = Wire::connect(&broker.address);
-    let topic = topic_id(&mut wire, "static");
+    let (_broker, mut wire, topic) = start_with_topic(dir.path(), "static", 2);
     let request = |member: &str| join("sg", member, &["static"]).with_instance_id(Some(text("i1")));
     let first = wire.call(1, &request("first"));
     assert_eq!(first.member_epoch, 1);
@@ -513,10 +517,7 @@ fn a_static_member_rejoins_with_its_partitions_and_a_second_instance_is_refused(
 #[test]
 fn a_silent_member_is_removed_after_the_session_timeout_and_its_partitions_move() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path(), "");
-    kafka_clients::create_topic(&broker.address, "sessions", 2, &[]);
-    let mut wire = Wire::connect(&broker.address);
-    let topic = topic_id(&mut wire, "sessions");
+    let (broker, mut wire, topic) = start_with_topic(dir.path(), "sessions", 2);
     wire.call(1, &join("sess", "stays", &["sessions"]));
     wire.call(1, &join("sess", "goes-quiet", &["sessions"]));
     let quiet_since = Instant::now();
@@ -556,10 +557,7 @@ fn a_silent_member_is_removed_after_the_session_timeout_and_its_partitions_move(
 #[test]
 fn a_topic_growing_or_appearing_starts_a_new_assignment() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path(), "");
-    kafka_clients::create_topic(&broker.address, "grows", 1, &[]);
-    let mut wire = Wire::connect(&broker.address);
-    let grows = topic_id(&mut wire, "grows");
+    let (broker, mut wire, grows) = start_with_topic(dir.path(), "grows", 1);
     let joined = wire.call(1, &join("growth", "m", &["grows", "later"]));
     assert_eq!(assigned(&joined, grows), Some(vec![0]));
     let admin = kafka_clients::admin(&broker.address);
@@ -850,10 +848,7 @@ fn list_groups_and_describe_groups_tell_consumer_groups_from_classic_ones() {
 #[test]
 fn consumer_groups_survive_a_restart_and_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path(), "");
-    kafka_clients::create_topic(&broker.address, "durable", 4, &[]);
-    let mut wire = Wire::connect(&broker.address);
-    let topic = topic_id(&mut wire, "durable");
+    let (broker, mut wire, topic) = start_with_topic(dir.path(), "durable", 4);
     wire.call(
         1,
         &join("dg", "a", &["durable"]).with_server_assignor(Some(text("range"))),
@@ -1139,10 +1134,7 @@ fn a_consumer_member_cannot_join_a_busy_classic_group_unless_upgrades_are_allowe
 #[test]
 fn a_classic_group_upgrades_when_a_consumer_member_joins_and_downgrades_when_it_leaves() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path(), "");
-    kafka_clients::create_topic(&broker.address, "mixed", 2, &[]);
-    let mut wire = Wire::connect(&broker.address);
-    let topic = topic_id(&mut wire, "mixed");
+    let (_broker, mut wire, topic) = start_with_topic(dir.path(), "mixed", 2);
     let (classic, generation) = classic_member_with(&mut wire, "mig", "mixed", &[0, 1]);
     assert_eq!(group_type(&mut wire, "mig").0, "classic");
 
@@ -1249,10 +1241,7 @@ fn a_classic_group_upgrades_when_a_consumer_member_joins_and_downgrades_when_it_
 #[test]
 fn a_classic_member_is_told_to_rejoin_once_its_partitions_are_released() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path(), "");
-    kafka_clients::create_topic(&broker.address, "held", 2, &[]);
-    let mut wire = Wire::connect(&broker.address);
-    let topic = topic_id(&mut wire, "held");
+    let (_broker, mut wire, topic) = start_with_topic(dir.path(), "held", 2);
     let joined = wire.call(1, &join("held-group", "a", &["held"]));
     assert_eq!(joined.error_code, 0, "{:?}", joined.error_message);
     assert_eq!(assigned(&joined, topic), Some(vec![0, 1]));
@@ -1432,10 +1421,7 @@ fn librdkafka_classic_and_consumer_protocol_members_share_one_group() {
 #[test]
 fn a_consumer_group_survives_the_compaction_of_its_offsets_partition() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path(), "");
-    kafka_clients::create_topic(&broker.address, "stream", 2, &[]);
-    let mut wire = Wire::connect(&broker.address);
-    let topic = topic_id(&mut wire, "stream");
+    let (broker, mut wire, topic) = start_with_topic(dir.path(), "stream", 2);
     let joined = wire.call(1, &join("compacted", "m", &["stream"]));
     assert_eq!(assigned(&joined, topic), Some(vec![0, 1]));
     let churn: Vec<(&str, i32, i64)> = (0..2600).map(|offset| ("stream", 0, offset)).collect();
