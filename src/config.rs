@@ -156,6 +156,17 @@ pub struct GroupsConfig {
     /// removed and its partitions reassigned (Kafka
     /// `group.consumer.session.timeout.ms`). Default 45000.
     pub consumer_session_timeout_ms: u64,
+    /// Range a group's `consumer.session.timeout.ms` config may take (Kafka
+    /// `group.consumer.min.session.timeout.ms` / `...max...`; defaults
+    /// 45000 and 60000). `consumer_session_timeout_ms` lies within it.
+    pub consumer_session_timeout_min_ms: u64,
+    pub consumer_session_timeout_max_ms: u64,
+    /// Range a group's `consumer.heartbeat.interval.ms` config may take
+    /// (Kafka `group.consumer.min.heartbeat.interval.ms` / `...max...`;
+    /// defaults 5000 and 15000). `consumer_heartbeat_interval_ms` lies
+    /// within it.
+    pub consumer_heartbeat_interval_min_ms: u64,
+    pub consumer_heartbeat_interval_max_ms: u64,
     /// The server-side assignors consumer-protocol members may name, the
     /// first being the default (Kafka `group.consumer.assignors`): any of
     /// `uniform` and `range`. Default both, `uniform` first.
@@ -421,6 +432,10 @@ impl Default for GroupsConfig {
             members_max: 1000,
             consumer_heartbeat_interval_ms: 5000,
             consumer_session_timeout_ms: 45_000,
+            consumer_session_timeout_min_ms: 45_000,
+            consumer_session_timeout_max_ms: 60_000,
+            consumer_heartbeat_interval_min_ms: 5000,
+            consumer_heartbeat_interval_max_ms: 15_000,
             consumer_assignors: vec!["uniform".to_owned(), "range".to_owned()],
             consumer_migration_policy: MigrationPolicy::Bidirectional,
             offset_metadata_max_bytes: 4096,
@@ -592,6 +607,38 @@ impl GroupsConfig {
                 self.consumer_session_timeout_ms,
                 "must be above groups.consumer_heartbeat_interval_ms and fit an i32",
             );
+        }
+        for (default_key, default, min_key, min, max_key, max) in [
+            (
+                "groups.consumer_session_timeout_ms",
+                self.consumer_session_timeout_ms,
+                "groups.consumer_session_timeout_min_ms",
+                self.consumer_session_timeout_min_ms,
+                "groups.consumer_session_timeout_max_ms",
+                self.consumer_session_timeout_max_ms,
+            ),
+            (
+                "groups.consumer_heartbeat_interval_ms",
+                self.consumer_heartbeat_interval_ms,
+                "groups.consumer_heartbeat_interval_min_ms",
+                self.consumer_heartbeat_interval_min_ms,
+                "groups.consumer_heartbeat_interval_max_ms",
+                self.consumer_heartbeat_interval_max_ms,
+            ),
+        ] {
+            if min == 0 {
+                return invalid(min_key, min, "must be positive");
+            }
+            if max > i32::MAX as u64 {
+                return invalid(max_key, max, "must fit an i32");
+            }
+            if !(min..=max).contains(&default) {
+                return invalid(
+                    default_key,
+                    default,
+                    format!("must lie within {min_key} ({min}) and {max_key} ({max})"),
+                );
+            }
         }
         let known = crate::broker::group::consumer::assignor::ASSIGNORS;
         if self.consumer_assignors.is_empty() {

@@ -41,6 +41,8 @@ pub enum ConfigSource {
     DynamicDefaultBroker,
     StaticBroker,
     Default,
+    /// A group config set on the group (GROUP_CONFIG, KIP-848).
+    Group,
 }
 
 impl ConfigSource {
@@ -51,6 +53,7 @@ impl ConfigSource {
             ConfigSource::DynamicDefaultBroker => 3,
             ConfigSource::StaticBroker => 4,
             ConfigSource::Default => 5,
+            ConfigSource::Group => 8,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Cluster metadata: topics, their partition counts, ids and config
-//! overrides, the dynamic broker settings, and the cluster id.
+//! overrides, the dynamic broker settings, group configs, and the cluster
+//! id.
 //!
 //! Every topic has a [`TopicId`] (Kafka's topic UUID, KIP-516), drawn at
 //! random when the topic is created and kept with it, so a topic deleted and
@@ -99,6 +100,9 @@ pub struct ClusterMetadata {
     /// What a topic config is where a topic does not override it: the
     /// broker's settings at every level (see `broker_config.rs`).
     pub topic_defaults: TopicConfig,
+    /// Group configs (`group/config.rs`), checked, by group id; a group
+    /// without any has no entry.
+    pub group_configs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Error)]
@@ -150,6 +154,9 @@ struct Persisted {
     /// Dynamic broker settings; absent in files written before they existed.
     #[serde(default)]
     broker_configs: PersistedBroker,
+    /// Group configs by group id; absent in files written before them.
+    #[serde(default)]
+    group_configs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -197,6 +204,7 @@ impl MetadataStore {
                     ids: BTreeMap::new(),
                     topic_defaults: topic_defaults(&statics, &broker),
                     broker,
+                    group_configs: BTreeMap::new(),
                 };
                 persist(&path, &fresh)?;
                 fresh
@@ -324,6 +332,7 @@ impl ClusterMetadata {
             ids: BTreeMap::new(),
             broker,
             topic_defaults: defaults,
+            group_configs: BTreeMap::new(),
         };
         metadata.reindex();
         metadata
@@ -434,6 +443,7 @@ fn decode(
         ids: BTreeMap::new(),
         broker,
         topic_defaults: defaults,
+        group_configs: persisted.group_configs,
     };
     metadata.reindex();
     Ok(metadata)
@@ -457,6 +467,7 @@ fn persist(path: &Path, metadata: &ClusterMetadata) -> Result<(), MetadataError>
             cluster: metadata.broker.cluster.clone(),
             node: metadata.broker.node.clone(),
         },
+        group_configs: metadata.group_configs.clone(),
     };
     let text = toml::to_string(&persisted).map_err(|source| MetadataError::Encode {
         path: path.to_owned(),

@@ -100,6 +100,20 @@ pub enum BrokerConfigError {
     Topic(TopicError),
 }
 
+/// Why a change of a group's configs was not made.
+#[derive(Debug, Error)]
+pub enum GroupConfigError {
+    /// A bad name or value (Kafka: INVALID_CONFIG).
+    #[error("{0}")]
+    Invalid(String),
+    /// A request Kafka refuses whole: an empty group name, or too many
+    /// configured groups (INVALID_REQUEST).
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Metadata(#[from] MetadataError),
+}
+
 impl From<PartitionError> for TopicError {
     fn from(source: PartitionError) -> Self {
         TopicError::Storage { source }
@@ -387,6 +401,55 @@ impl Broker {
                 .await
                 .map_err(BrokerConfigError::Topic)?;
         }
+        Ok(())
+    }
+
+    /// What consumer group `group` runs with: its configs over the broker's
+    /// defaults.
+    pub fn group_settings(&self, group: &str) -> group::config::GroupSettings {
+        let cluster = self.metadata.snapshot();
+        group::config::GroupSettings::resolve(&self.config.groups, cluster.group_configs.get(group))
+    }
+
+    /// Replace group `group`'s configs by `overrides` (`group/config.rs`);
+    /// the group's coordinator reads them on the members' next heartbeat.
+    pub fn set_group_overrides(
+        &self,
+        group: &str,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), GroupConfigError> {
+        if group.is_empty() {
+            return Err(GroupConfigError::Refused(
+                "Group name must not be empty".to_owned(),
+            ));
+        }
+        let checked = group::config::checked(&self.config.groups, overrides)
+            .map_err(GroupConfigError::Invalid)?;
+        let change = |cluster: &mut metadata::ClusterMetadata| {
+            if checked.is_empty() {
+                cluster.group_configs.remove(group);
+                return Ok(());
+            }
+            if !cluster.group_configs.contains_key(group)
+                && cluster.group_configs.len() >= group::config::CONFIGURED_GROUPS_MAX
+            {
+                return Err(GroupConfigError::Refused(format!(
+                    "{} groups have configs already, the most Sluice keeps; delete the \
+                     configs of groups no longer used",
+                    group::config::CONFIGURED_GROUPS_MAX
+                )));
+            }
+            cluster
+                .group_configs
+                .insert(group.to_owned(), checked.clone());
+            Ok(())
+        };
+        if validate_only {
+            return change(&mut (*self.metadata.snapshot()).clone());
+        }
+        self.metadata.update(change)??;
+        tracing::info!(group, configs = ?checked, "changed group configs");
         Ok(())
     }
 

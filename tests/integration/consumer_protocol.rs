@@ -26,14 +26,16 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::broker_process::BrokerProcess;
 use crate::kafka_clients;
+use crate::topic_configs;
 use crate::wire::Wire;
 
 fn text(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_owned())
 }
 
-/// Consumer groups with short timeouts: a silent member is gone in 1.5 s.
-const CONFIG: &str = "[groups]\ninitial_rebalance_delay_ms = 300\nconsumer_heartbeat_interval_ms = 300\nconsumer_session_timeout_ms = 1500\n";
+/// Consumer groups with short timeouts: a silent member is gone in 1.5 s;
+/// a group's configs may take the session timeout from 1 s to 60 s.
+const CONFIG: &str = "[groups]\ninitial_rebalance_delay_ms = 300\nconsumer_heartbeat_interval_ms = 300\nconsumer_session_timeout_ms = 1500\nconsumer_session_timeout_min_ms = 1000\nconsumer_heartbeat_interval_min_ms = 100\n";
 
 fn start(dir: &Path, extra_config: &str) -> BrokerProcess {
     let config = dir.join("consumer-protocol.toml");
@@ -1493,4 +1495,155 @@ fn a_consumer_group_survives_the_compaction_of_its_offsets_partition() {
         fetch(&mut wire, "compacted", Some("m"), 1, "stream"),
         (0, 777)
     );
+}
+
+const RESOURCE_GROUP: i8 = 32;
+const OP_SET: i8 = 0;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_GROUP: i8 = 8;
+
+/// (value, source) of each group config of `group`.
+fn group_configs(wire: &mut Wire, group: &str) -> Vec<(String, String, i8)> {
+    let described = topic_configs::describe(wire, RESOURCE_GROUP, group);
+    assert_eq!(described.error_code, 0, "{:?}", described.error_message);
+    described
+        .configs
+        .iter()
+        .map(|config| {
+            let value = config.value.as_ref().map(ToString::to_string);
+            (
+                config.name.to_string(),
+                value.unwrap_or_default(),
+                config.config_source,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn group_configs_set_one_groups_session_timeout_and_heartbeat_interval_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, mut wire, _topic) = start_with_topic(dir.path(), "configured", 1);
+    // A group nobody has used yet is described with the broker's values.
+    assert_eq!(
+        group_configs(&mut wire, "slow"),
+        [
+            (
+                "consumer.heartbeat.interval.ms".to_owned(),
+                "300".to_owned(),
+                SOURCE_STATIC_BROKER
+            ),
+            (
+                "consumer.session.timeout.ms".to_owned(),
+                "1500".to_owned(),
+                SOURCE_STATIC_BROKER
+            ),
+        ]
+    );
+    for (name, operations, code, message) in [
+        (
+            "slow",
+            vec![("consumer.session.timeout.ms", OP_SET, Some("999"))],
+            ResponseError::InvalidConfig,
+            "greater than or equal to group.consumer.min.session.timeout.ms",
+        ),
+        (
+            "slow",
+            vec![("consumer.heartbeat.interval.ms", OP_SET, Some("15001"))],
+            ResponseError::InvalidConfig,
+            "less than or equal to group.consumer.max.heartbeat.interval.ms",
+        ),
+        (
+            "slow",
+            vec![
+                ("consumer.session.timeout.ms", OP_SET, Some("1200")),
+                ("consumer.heartbeat.interval.ms", OP_SET, Some("1200")),
+            ],
+            ResponseError::InvalidConfig,
+            "must be greater than consumer.heartbeat.interval.ms",
+        ),
+        (
+            "slow",
+            vec![("session.timeout.ms", OP_SET, Some("5000"))],
+            ResponseError::InvalidConfig,
+            "Unknown group config name",
+        ),
+        (
+            "slow",
+            vec![("consumer.session.timeout.ms", 2, Some("5000"))],
+            ResponseError::InvalidConfig,
+            "not a LIST",
+        ),
+        (
+            "",
+            vec![("consumer.session.timeout.ms", OP_SET, Some("5000"))],
+            ResponseError::InvalidRequest,
+            "must not be empty",
+        ),
+    ] {
+        let (got, text) =
+            topic_configs::alter_incremental(&mut wire, RESOURCE_GROUP, name, &operations);
+        assert_eq!(
+            (got, text.contains(message)),
+            (code.code(), true),
+            "{operations:?}: {text}"
+        );
+    }
+    let (code, text) = topic_configs::alter_incremental(
+        &mut wire,
+        RESOURCE_GROUP,
+        "slow",
+        &[
+            ("consumer.session.timeout.ms", OP_SET, Some("4000")),
+            ("consumer.heartbeat.interval.ms", OP_SET, Some("700")),
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+
+    // Members of "slow" are told its interval and outlive the broker's
+    // 1.5 s session timeout; those of another group are not.
+    let slow = wire.call(1, &join("slow", "patient", &["configured"]));
+    assert_eq!(slow.heartbeat_interval_ms, 700);
+    let quick = wire.call(1, &join("quick", "hasty", &["configured"]));
+    assert_eq!(quick.heartbeat_interval_ms, 300);
+    std::thread::sleep(Duration::from_millis(2500));
+    let slow = wire.call(1, &beat("slow", "patient", slow.member_epoch, &[]));
+    assert_eq!(slow.error_code, 0, "{:?}", slow.error_message);
+    let quick = wire.call(1, &beat("quick", "hasty", quick.member_epoch, &[]));
+    assert_eq!(quick.error_code, ResponseError::UnknownMemberId.code());
+
+    // The configs survive a kill -9, and a legacy AlterConfigs with none
+    // gives the group the broker's values back.
+    broker.kill9();
+    let broker = restart(dir.path());
+    let mut wire = Wire::connect(&broker.address);
+    assert_eq!(
+        group_configs(&mut wire, "slow"),
+        [
+            (
+                "consumer.heartbeat.interval.ms".to_owned(),
+                "700".to_owned(),
+                SOURCE_GROUP
+            ),
+            (
+                "consumer.session.timeout.ms".to_owned(),
+                "4000".to_owned(),
+                SOURCE_GROUP
+            ),
+        ]
+    );
+    let rejoined = wire.call(1, &join("slow", "again", &["configured"]));
+    assert_eq!(rejoined.heartbeat_interval_ms, 700);
+    let outcomes =
+        topic_configs::alter_legacy(&mut wire, 2, &[(RESOURCE_GROUP, "slow", &[])], false);
+    assert_eq!(outcomes[0].0, 0, "{}", outcomes[0].1);
+    let defaults = group_configs(&mut wire, "slow");
+    assert!(
+        defaults
+            .iter()
+            .all(|(_, _, source)| *source == SOURCE_STATIC_BROKER),
+        "{defaults:?}"
+    );
+    let again = wire.call(1, &beat("slow", "again", rejoined.member_epoch, &[]));
+    assert_eq!(again.heartbeat_interval_ms, 300);
 }

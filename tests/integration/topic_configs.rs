@@ -102,7 +102,7 @@ fn create_ok(wire: &mut Wire, name: &str, configs: &[(&str, &str)]) {
 }
 
 /// DescribeConfigs v4 of one resource, with synonyms and documentation.
-fn describe(wire: &mut Wire, resource_type: i8, name: &str) -> DescribeConfigsResult {
+pub(crate) fn describe(wire: &mut Wire, resource_type: i8, name: &str) -> DescribeConfigsResult {
     let request = DescribeConfigsRequest::default()
         .with_include_synonyms(true)
         .with_include_documentation(true)
@@ -115,7 +115,10 @@ fn describe(wire: &mut Wire, resource_type: i8, name: &str) -> DescribeConfigsRe
     wire.call(4, &request).results.remove(0)
 }
 
-fn entry<'a>(result: &'a DescribeConfigsResult, name: &str) -> &'a DescribeConfigsResourceResult {
+pub(crate) fn entry<'a>(
+    result: &'a DescribeConfigsResult,
+    name: &str,
+) -> &'a DescribeConfigsResourceResult {
     result
         .configs
         .iter()
@@ -123,7 +126,7 @@ fn entry<'a>(result: &'a DescribeConfigsResult, name: &str) -> &'a DescribeConfi
         .unwrap_or_else(|| panic!("{name} is described"))
 }
 
-fn value(result: &DescribeConfigsResult, name: &str) -> String {
+pub(crate) fn value(result: &DescribeConfigsResult, name: &str) -> String {
     entry(result, name)
         .value
         .as_ref()
@@ -132,7 +135,7 @@ fn value(result: &DescribeConfigsResult, name: &str) -> String {
 }
 
 /// (name, value, source) of each synonym of `name`.
-fn synonyms(result: &DescribeConfigsResult, name: &str) -> Vec<(String, String, i8)> {
+pub(crate) fn synonyms(result: &DescribeConfigsResult, name: &str) -> Vec<(String, String, i8)> {
     entry(result, name)
         .synonyms
         .iter()
@@ -151,10 +154,10 @@ fn synonyms(result: &DescribeConfigsResult, name: &str) -> Vec<(String, String, 
 }
 
 /// (resource type, name, the configs it is given) of a legacy AlterConfigs.
-type LegacyAlter<'a> = (i8, &'a str, &'a [(&'a str, Option<&'a str>)]);
+pub(crate) type LegacyAlter<'a> = (i8, &'a str, &'a [(&'a str, Option<&'a str>)]);
 
 /// Legacy AlterConfigs of `version` on several resources; (code, message) each.
-fn alter_legacy(
+pub(crate) fn alter_legacy(
     wire: &mut Wire,
     version: i16,
     resources: &[LegacyAlter<'_>],
@@ -198,7 +201,7 @@ fn alter_legacy(
 }
 
 /// IncrementalAlterConfigs v1 of one resource; (code, message).
-fn alter_incremental(
+pub(crate) fn alter_incremental(
     wire: &mut Wire,
     resource_type: i8,
     name: &str,

@@ -18,7 +18,7 @@ use kafka_protocol::ResponseError;
 
 use super::consumer::classic::{ClassicJoin, ClassicJoinOutcome, ClassicSync, ClassicSyncOutcome};
 use super::consumer::group::{
-    ConsumerGroup, Context, GroupError, HeartbeatAnswer, HeartbeatRequest,
+    ConsumerGroup, ConsumerGroupLimits, Context, GroupError, HeartbeatAnswer, HeartbeatRequest,
 };
 use super::consumer::member::Assignment;
 use super::consumer::records as consumer_records;
@@ -137,8 +137,9 @@ impl Coordinator {
             Some(group) => group,
             None => create(self)?,
         };
+        let limits = self.consumer_limits_for(group_id);
         let context = Context {
-            limits: &self.consumer_limits,
+            limits: &limits,
             cluster: &cluster,
             now: Instant::now(),
         };
@@ -178,6 +179,17 @@ impl Coordinator {
             self.install_consumer_group(group, context.now);
         }
         Ok((value, receipt))
+    }
+
+    /// The limits group `group_id` runs under: the broker's, with the
+    /// group's configs (`group/config.rs`) applied.
+    pub(super) fn consumer_limits_for(&self, group_id: &str) -> ConsumerGroupLimits {
+        let settings = self.broker.group_settings(group_id);
+        ConsumerGroupLimits {
+            session_timeout: settings.session_timeout,
+            heartbeat_interval: settings.heartbeat_interval,
+            ..self.consumer_limits.clone()
+        }
     }
 
     /// Install a consumer group; a classic membership under the same id
@@ -612,7 +624,7 @@ impl Coordinator {
             protocol_type: request.protocol_type.clone(),
             protocol_name: request.protocol_name.clone(),
         };
-        let limits = self.consumer_limits.clone();
+        let limits = self.consumer_limits_for(group_id);
         let synced = self
             .change_consumer_group(
                 group_id,
@@ -650,7 +662,7 @@ impl Coordinator {
         if !self.consumer_groups.borrow().contains_key(group_id) {
             return None;
         }
-        let limits = self.consumer_limits.clone();
+        let limits = self.consumer_limits_for(group_id);
         let code = self
             .change_consumer_group(
                 group_id,

@@ -265,7 +265,8 @@ impl Coordinator {
         }
         let now = Instant::now();
         for group in self.consumer_groups.borrow_mut().values_mut() {
-            group.restart_timers(self.consumer_limits.session_timeout, now);
+            let limits = self.consumer_limits_for(&group.id);
+            group.restart_timers(limits.session_timeout, now);
         }
         let groups = self.groups.borrow();
         let offsets: usize = groups.values().map(|group| group.offsets.len()).sum();

@@ -7,6 +7,7 @@
 //!   reconciliation, their records); [`consumer_coordinator`]: how the
 //!   coordinator serves and stores them, and the rules between the two
 //!   protocols; [`log_record`]: every record kind in `__consumer_offsets`.
+//! * [`config`]: per-group configs (session timeout, heartbeat interval).
 //! * [`offsets`]: the committed-offsets table and its stored records.
 //! * [`coordinator`]: a shard's groups, with the waiting, the timers and the
 //!   `__consumer_offsets` log (write, replay, snapshot compaction);
@@ -15,6 +16,7 @@
 //! Every request about a group runs on the group's coordinator shard: the
 //! owner of the `__consumer_offsets` partition the group id hashes to.
 
+pub mod config;
 pub mod consumer;
 pub mod consumer_coordinator;
 pub mod coordinator;

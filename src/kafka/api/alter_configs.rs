@@ -8,7 +8,9 @@
 //! INVALID_REQUEST; a TOPIC's bad or unknown config INVALID_CONFIG and an
 //! unknown topic UNKNOWN_TOPIC_OR_PARTITION; a BROKER (the empty name for
 //! the cluster default, or this node's id) answers INVALID_REQUEST for
-//! another id, a read-only setting or a bad value (KAFKA-13609). With
+//! another id, a read-only setting or a bad value (KAFKA-13609); a GROUP
+//! (KIP-848) INVALID_CONFIG for a bad or unknown config and
+//! INVALID_REQUEST for the empty name. With
 //! `validate_only` everything is checked and nothing changes. Also the
 //! helpers IncrementalAlterConfigs shares.
 
@@ -19,10 +21,10 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
-use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
+use super::describe_configs::{RESOURCE_BROKER, RESOURCE_GROUP, RESOURCE_TOPIC, RESOURCE_TYPES};
 use super::{decode, str_bytes};
-use crate::broker::BrokerConfigError;
 use crate::broker::broker_config::{BrokerScope, scope_of};
+use crate::broker::{BrokerConfigError, GroupConfigError};
 use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
 use crate::kafka::request_error::RequestError;
@@ -99,6 +101,7 @@ async fn replace(
             let scope = broker_scope(request, name)?;
             set_broker(request, scope, overrides, validate_only).await
         }
+        RESOURCE_GROUP => set_group(request, name, overrides, validate_only),
         other => Err(unknown_resource_type(other)),
     }
 }
@@ -132,6 +135,26 @@ pub async fn set_broker(
         .map_err(|error| match error {
             BrokerConfigError::Refused(message) => (ResponseError::InvalidRequest.code(), message),
             BrokerConfigError::Topic(error) => (error_code::for_topic(&error), error.to_string()),
+        })
+}
+
+/// Replace group `name`'s configs (INVALID_CONFIG for a bad one).
+pub fn set_group(
+    request: &Request<'_>,
+    name: &str,
+    overrides: BTreeMap<String, String>,
+    validate_only: bool,
+) -> Result<(), Refusal> {
+    request
+        .broker
+        .set_group_overrides(name, overrides, validate_only)
+        .map_err(|error| {
+            let code = match &error {
+                GroupConfigError::Invalid(_) => ResponseError::InvalidConfig,
+                GroupConfigError::Refused(_) => ResponseError::InvalidRequest,
+                GroupConfigError::Metadata(_) => ResponseError::KafkaStorageError,
+            };
+            (code.code(), error.to_string())
         })
 }
 
@@ -208,6 +231,6 @@ pub fn null_values(names: &[&str]) -> Refusal {
 pub fn unknown_resource_type(resource_type: i8) -> Refusal {
     (
         ResponseError::InvalidRequest.code(),
-        format!("resource type {resource_type} cannot be altered here (topics: 2, brokers: 4)"),
+        format!("resource type {resource_type} cannot be altered here ({RESOURCE_TYPES})"),
     )
 }

@@ -37,7 +37,9 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     }
     let group_id = heartbeat.group_id.to_string();
     let decoded = decode_heartbeat(request, &heartbeat);
-    let heartbeat_interval_ms = request.broker.config.groups.consumer_heartbeat_interval_ms as i32;
+    // The group's own interval where it sets one (KIP-848 group configs).
+    let heartbeat_interval = request.broker.group_settings(&group_id).heartbeat_interval;
+    let heartbeat_interval_ms = i32::try_from(heartbeat_interval.as_millis()).unwrap_or(i32::MAX);
     let epoch = heartbeat.member_epoch;
     let group = group_id.clone();
     let answer = on_coordinator(

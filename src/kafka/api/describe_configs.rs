@@ -1,7 +1,8 @@
 //! DescribeConfigs (v1–4): a topic's every config (effective value, source,
 //! synonyms and documentation, as Kafka's `ConfigHelper`), and the broker's
 //! settings (`broker_config.rs`): this node's all, the cluster default's
-//! those set at that level.
+//! those set at that level; and a group's configs (`group/config.rs`, KIP-848),
+//! known group or not, as Kafka answers.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -13,12 +14,18 @@ use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use super::{decode, str_bytes};
 use crate::broker::Broker;
 use crate::broker::broker_config::{BrokerView, ConfigSource, scope_of};
+use crate::broker::config_value::ConfigType;
+use crate::broker::group::config as group_config;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 
 pub const RESOURCE_TOPIC: i8 = 2;
 pub const RESOURCE_BROKER: i8 = 4;
+/// KIP-848's GROUP config resource.
+pub const RESOURCE_GROUP: i8 = 32;
+/// What an unsupported resource type's refusal lists.
+pub const RESOURCE_TYPES: &str = "topics: 2, brokers: 4, groups: 32";
 
 /// What the request asked to be included in each row.
 #[derive(Clone, Copy)]
@@ -50,9 +57,10 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
             let described = match resource.resource_type {
                 RESOURCE_TOPIC => topic_configs(request.broker, name, keys.as_deref(), include),
                 RESOURCE_BROKER => broker_configs(request.broker, name, keys.as_deref(), include),
+                RESOURCE_GROUP => group_configs(request.broker, name, keys.as_deref(), include),
                 other => Err((
                     ResponseError::InvalidRequest.code(),
-                    format!("resource type {other} is not described here (topics: 2, brokers: 4)"),
+                    format!("resource type {other} is not described here ({RESOURCE_TYPES})"),
                 )),
             };
             match described {
@@ -121,6 +129,32 @@ fn broker_configs(broker: &Broker, name: &str, keys: Option<&[String]>, include:
             .with_documentation(include.documentation.then(|| str_bytes(entry.doc)))
         })
         .collect())
+}
+
+fn group_configs(broker: &Broker, name: &str, keys: Option<&[String]>, include: Include) -> Rows {
+    if name.is_empty() {
+        return Err((
+            ResponseError::InvalidRequest.code(),
+            "Group name must not be empty".to_owned(),
+        ));
+    }
+    let cluster = broker.metadata.snapshot();
+    Ok(
+        group_config::describe(&broker.config.groups, cluster.group_configs.get(name), keys)
+            .into_iter()
+            .map(|entry| {
+                row(
+                    entry.def.name,
+                    &entry.value,
+                    entry.source,
+                    entry.synonyms,
+                    include,
+                )
+                .with_config_type(ConfigType::Int.code())
+                .with_documentation(include.documentation.then(|| str_bytes(entry.def.doc)))
+            })
+            .collect(),
+    )
 }
 
 fn row(

@@ -1,6 +1,6 @@
 //! IncrementalAlterConfigs (v0–1, KIP-339): SET, DELETE (back to the
-//! default), APPEND and SUBTRACT on list configs, for TOPIC and BROKER
-//! resources. Each resource's operations apply to its current overrides and
+//! default), APPEND and SUBTRACT on list configs, for TOPIC, BROKER and
+//! GROUP (KIP-848) resources. Each resource's operations apply to its current overrides and
 //! the result is checked whole; a refused resource changes nothing.
 //!
 //! APPEND and SUBTRACT, as Kafka's `ConfigurationControlManager`: the
@@ -19,10 +19,10 @@ use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsRe
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
 use super::alter_configs::{
-    Refusal, alter_each, broker_scope, null_values, refuse_repeated_names, set_broker, set_topic,
-    unknown_resource_type,
+    Refusal, alter_each, broker_scope, null_values, refuse_repeated_names, set_broker, set_group,
+    set_topic, unknown_resource_type,
 };
-use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
+use super::describe_configs::{RESOURCE_BROKER, RESOURCE_GROUP, RESOURCE_TOPIC};
 use super::str_bytes;
 use crate::broker::broker_config::{BrokerScope, BrokerView, ConfigSource, SettingKind, kind_of};
 use crate::broker::config_value::list_items;
@@ -105,6 +105,7 @@ async fn alter_resource(
     match resource.resource_type {
         RESOURCE_TOPIC => alter_topic(request, name, &operations, validate_only).await,
         RESOURCE_BROKER => alter_broker(request, name, &operations, validate_only).await,
+        RESOURCE_GROUP => alter_group(request, name, &operations, validate_only),
         other => Err(unknown_resource_type(other)),
     }
 }
@@ -165,6 +166,26 @@ async fn alter_broker(
     };
     let overrides = apply(current.clone(), operations, inherited, is_list)?;
     set_broker(request, scope, overrides, validate_only).await
+}
+
+/// A group's configs are INTs: APPEND and SUBTRACT never apply.
+fn alter_group(
+    request: &Request<'_>,
+    name: &str,
+    operations: &[Operation],
+    validate_only: bool,
+) -> Result<(), Refusal> {
+    let current = request
+        .broker
+        .metadata
+        .snapshot()
+        .group_configs
+        .get(name)
+        .cloned()
+        .unwrap_or_default();
+    let is_list = |key: &str| Err(format!("{key} is not a LIST group config"));
+    let overrides = apply(current, operations, |_| None, is_list)?;
+    set_group(request, name, overrides, validate_only)
 }
 
 /// `overrides` after `operations`. `inherited` gives a config's value where

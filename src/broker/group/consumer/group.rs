@@ -53,12 +53,15 @@ impl ConsumerGroupState {
     }
 }
 
-/// The broker settings a consumer group runs under.
+/// The settings a consumer group runs under: the broker's, with the group's
+/// configs applied (`group/config.rs`).
 #[derive(Clone, Debug)]
 pub struct ConsumerGroupLimits {
+    /// The group's `consumer.session.timeout.ms`, else
     /// `groups.consumer_session_timeout_ms`.
     pub session_timeout: Duration,
-    /// `groups.consumer_heartbeat_interval_ms`, told to every member.
+    /// The group's `consumer.heartbeat.interval.ms`, else
+    /// `groups.consumer_heartbeat_interval_ms`; told to every member.
     pub heartbeat_interval: Duration,
     /// `groups.members_max`.
     pub members_max: usize,
