@@ -10,21 +10,26 @@
 //! Produce 13, Metadata 12+, DeleteTopics 6).
 //!
 //! Small and read on every request, so every shard reads an immutable
-//! snapshot (`Arc<ClusterMetadata>`) and one writer at a time replaces it.
-//! Each change is persisted durably first, in `<data_dir>/metadata.toml`
-//! (write, fsync, rename, fsync), then published. Metadata is the source of
+//! snapshot (`Arc<ClusterMetadata>`, swapped atomically: readers never
+//! wait). Changes are commands (`metadata_command.rs`) executed one at a
+//! time by the writer thread, on a copy that is persisted durably first, in
+//! `<data_dir>/metadata.toml` (write, fsync, rename, fsync), then published;
+//! shard threads await the outcome without waiting on the file system. Metadata is the source of
 //! truth. At startup each shard creates the partitions it owns but lacks and
 //! deletes the ones no topic claims, which finishes any topic change a
 //! crash interrupted.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::broker_config::{BrokerOverrides, BrokerView, StaticSettings};
+use super::metadata_command::{Applied, ExecuteContext, MetadataCommand, Refusal};
 use super::topic_config::{ConfigIssue, TopicConfig, TopicLimits};
 use crate::storage::durable_file::write_atomic;
 
@@ -137,6 +142,8 @@ pub enum MetadataError {
         #[source]
         source: toml::ser::Error,
     },
+    #[error("the metadata writer has stopped (the broker is shutting down)")]
+    WriterStopped,
     #[error("cannot persist cluster metadata {path}: {source}")]
     Write {
         path: PathBuf,
@@ -178,16 +185,38 @@ struct PersistedTopic {
     configs: BTreeMap<String, String>,
 }
 
+/// The cluster metadata of this node: the published snapshot and the
+/// writer that changes it.
 pub struct MetadataStore {
+    shared: Arc<Shared>,
+    /// Commands for the writer thread; it stops when this is dropped.
+    jobs: flume::Sender<Job>,
+}
+
+/// What the store and its writer thread share.
+struct Shared {
     path: PathBuf,
     statics: StaticSettings,
     limits: TopicLimits,
-    current: RwLock<Arc<ClusterMetadata>>,
+    /// The published snapshot, swapped whole: readers never wait.
+    current: ArcSwap<ClusterMetadata>,
+    /// Serialises commits (the writer thread's, and a start's before it).
     writer: Mutex<()>,
 }
 
+/// A command for the writer thread and where its outcome goes.
+struct Job {
+    command: MetadataCommand,
+    reply: futures_channel::oneshot::Sender<Committed>,
+}
+
+/// A command's outcome: refused, or applied and durable. The outer error is
+/// the metadata file's (nothing published).
+pub type Committed = Result<Result<Applied, Refusal>, MetadataError>;
+
 impl MetadataStore {
-    /// Load the metadata of `data_dir`, or start a new cluster there.
+    /// Load the metadata of `data_dir`, or start a new cluster there, and
+    /// start its writer thread.
     pub fn open(
         data_dir: &Path,
         statics: StaticSettings,
@@ -211,76 +240,107 @@ impl MetadataStore {
             }
             Err(source) => return Err(MetadataError::Read { path, source }),
         };
-        Ok(MetadataStore {
+        let shared = Arc::new(Shared {
             path,
             statics,
             limits,
-            current: RwLock::new(Arc::new(metadata)),
+            current: ArcSwap::from_pointee(metadata),
             writer: Mutex::new(()),
-        })
+        });
+        let (jobs, queue) = flume::unbounded::<Job>();
+        let writer = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("sluice-metadata".to_owned())
+            .spawn(move || {
+                while let Ok(job) = queue.recv() {
+                    // The requester may have gone (its connection closed):
+                    // the change stands regardless.
+                    let _ = job.reply.send(writer.commit(job.command));
+                }
+            })
+            .map_err(|source| MetadataError::Write {
+                path: shared.path.clone(),
+                source,
+            })?;
+        Ok(MetadataStore { shared, jobs })
     }
 
+    /// The current metadata (lock-free).
     pub fn snapshot(&self) -> Arc<ClusterMetadata> {
-        Arc::clone(
-            &self
-                .current
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        self.shared.current.load_full()
     }
 
     /// The broker settings `sluice.toml` gave (the static levels).
     pub fn statics(&self) -> &StaticSettings {
-        &self.statics
+        &self.shared.statics
     }
 
     pub fn limits(&self) -> TopicLimits {
-        self.limits
+        self.shared.limits
     }
 
-    /// Apply `change` to a copy of the metadata, persist it, then publish it
-    /// (with its id index rebuilt). Changes are serialised; `change` may
-    /// refuse (its error is returned and nothing is written). Blocking I/O:
-    /// topic changes are rare.
-    pub fn update<T, E>(
-        &self,
-        change: impl FnOnce(&mut ClusterMetadata) -> Result<T, E>,
-    ) -> Result<Result<T, E>, MetadataError> {
+    fn context(&self) -> ExecuteContext<'_> {
+        self.shared.context()
+    }
+
+    /// Execute `command` on the writer thread: refused, or applied,
+    /// persisted and published before the future resolves. The calling
+    /// thread never waits on the file system.
+    pub async fn submit(&self, command: MetadataCommand) -> Committed {
+        let (reply, outcome) = futures_channel::oneshot::channel();
+        if self.jobs.send(Job { command, reply }).is_err() {
+            return Err(MetadataError::WriterStopped);
+        }
+        outcome.await.unwrap_or(Err(MetadataError::WriterStopped))
+    }
+
+    /// [`MetadataStore::submit`] on the calling thread, for the start
+    /// (before any shard serves) and tests.
+    pub fn submit_blocking(&self, command: MetadataCommand) -> Committed {
+        self.shared.commit(command)
+    }
+
+    /// What `command` would do to the current metadata, changing nothing
+    /// (validate-only requests).
+    pub fn dry_run(&self, command: MetadataCommand) -> Result<Applied, Refusal> {
+        (*self.snapshot()).clone().execute(command, self.context())
+    }
+
+    /// A fresh id for a new topic, not taken by a live one.
+    pub fn new_topic_id(&self) -> TopicId {
+        let snapshot = self.snapshot();
+        loop {
+            let id = TopicId::generate();
+            if snapshot.topic_by_id(id).is_none() {
+                return id;
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn context(&self) -> ExecuteContext<'_> {
+        ExecuteContext {
+            statics: &self.statics,
+            limits: self.limits,
+        }
+    }
+
+    /// Execute `command` on a copy of the metadata, persist the copy, then
+    /// publish it. Commits are serialised; a refusal writes nothing.
+    fn commit(&self, command: MetadataCommand) -> Committed {
         let _writer = self
             .writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut next = (*self.snapshot()).clone();
-        let outcome = match change(&mut next) {
-            Ok(outcome) => outcome,
-            Err(refused) => return Ok(Err(refused)),
+        let mut next = (*self.current.load_full()).clone();
+        let applied = match next.execute(command, self.context()) {
+            Ok(applied) => applied,
+            Err(refusal) => return Ok(Err(refusal)),
         };
-        next.reindex();
         persist(&self.path, &next)?;
-        *self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
-        Ok(Ok(outcome))
-    }
-
-    /// A new topic's metadata with its effective configuration and a fresh
-    /// id (see [`ClusterMetadata::insert_new_topic`] for its uniqueness).
-    pub fn new_topic(
-        &self,
-        name: &str,
-        partitions: u32,
-        overrides: BTreeMap<String, String>,
-    ) -> Result<TopicMeta, super::topic_config::ConfigIssue> {
-        let defaults = self.snapshot().topic_defaults.clone();
-        let config = TopicConfig::with_overrides(&defaults, &overrides, self.limits)?;
-        Ok(TopicMeta {
-            name: name.to_owned(),
-            id: TopicId::generate(),
-            partitions,
-            overrides,
-            config,
-        })
+        self.current.store(Arc::new(next));
+        Ok(Ok(applied))
     }
 }
 
@@ -294,17 +354,6 @@ impl ClusterMetadata {
     pub fn topic_by_id(&self, id: TopicId) -> Option<&Arc<TopicMeta>> {
         let name = self.ids.get(&id)?;
         self.topics.get(name)
-    }
-
-    /// Add a new topic, drawing it another id should its id be taken (a
-    /// 122-bit random collision): ids stay unique. Returns what was added.
-    pub fn insert_new_topic(&mut self, mut topic: TopicMeta) -> Arc<TopicMeta> {
-        while topic.id.is_reserved() || self.topics.values().any(|other| other.id == topic.id) {
-            topic.id = TopicId::generate();
-        }
-        let topic = Arc::new(topic);
-        self.topics.insert(topic.name.clone(), Arc::clone(&topic));
-        topic
     }
 
     /// Metadata of `topics` (name, id, partitions) with the built-in
@@ -338,7 +387,7 @@ impl ClusterMetadata {
         metadata
     }
 
-    fn reindex(&mut self) {
+    pub(super) fn reindex(&mut self) {
         self.ids = self
             .topics
             .values()
@@ -541,6 +590,7 @@ fn base64_url(bytes: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::broker_config::BrokerScope;
     use crate::config::Config;
 
     fn store(dir: &Path) -> MetadataStore {
@@ -554,26 +604,51 @@ mod tests {
         .unwrap()
     }
 
+    fn create(metadata: &MetadataStore, name: &str, overrides: &[(&str, &str)]) -> TopicId {
+        let id = metadata.new_topic_id();
+        let command = MetadataCommand::CreateTopic {
+            name: name.to_owned(),
+            id,
+            partitions: 3,
+            overrides: overrides
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+        };
+        metadata.submit_blocking(command).unwrap().unwrap();
+        id
+    }
+
     #[test]
     fn topics_and_the_cluster_id_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let metadata = store(dir.path());
-        let overrides = BTreeMap::from([("retention.ms".to_owned(), "1000".to_owned())]);
-        let topic = metadata.new_topic("orders", 3, overrides).unwrap();
-        metadata
-            .update(|cluster| {
-                cluster
-                    .topics
-                    .insert(topic.name.clone(), Arc::new(topic.clone()));
-                Ok::<(), ()>(())
-            })
-            .unwrap()
-            .unwrap();
+        create(&metadata, "orders", &[("retention.ms", "1000")]);
         let before = metadata.snapshot();
         let after = store(dir.path()).snapshot();
         assert_eq!(before, after);
         assert_eq!(after.topic("orders").unwrap().config.retention_ms, 1000);
         assert_eq!(after.cluster_id.len(), 22);
+    }
+
+    #[test]
+    fn commands_submitted_from_another_thread_are_durable_when_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let metadata = store(dir.path());
+        let command = MetadataCommand::SetGroupConfigs {
+            group: "g\n\"quoted\" \u{1F600}".to_owned(),
+            overrides: BTreeMap::from([(
+                "consumer.session.timeout.ms".to_owned(),
+                "50000".to_owned(),
+            )]),
+        };
+        let outcome = compio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(metadata.submit(command));
+        assert!(matches!(outcome, Ok(Ok(Applied::Configs))));
+        let reopened = store(dir.path()).snapshot();
+        assert_eq!(reopened.group_configs, metadata.snapshot().group_configs);
+        assert_eq!(reopened.group_configs.len(), 1);
     }
 
     #[test]
@@ -627,24 +702,17 @@ mod tests {
     fn a_topic_created_again_gets_a_new_id_and_the_old_one_resolves_to_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let metadata = store(dir.path());
-        let add = |metadata: &MetadataStore| {
-            let topic = metadata.new_topic("again", 1, BTreeMap::new()).unwrap();
-            metadata
-                .update(|cluster| Ok::<_, ()>(cluster.insert_new_topic(topic)))
-                .unwrap()
-                .unwrap()
-                .id
-        };
-        let first = add(&metadata);
+        let first = create(&metadata, "again", &[]);
         assert_eq!(
             metadata.snapshot().topic_by_id(first).unwrap().name,
             "again"
         );
-        metadata
-            .update(|cluster| Ok::<_, ()>(cluster.topics.remove("again")))
-            .unwrap()
-            .unwrap();
-        let second = add(&metadata);
+        let delete = MetadataCommand::DeleteTopic {
+            name: "again".to_owned(),
+            id: first,
+        };
+        metadata.submit_blocking(delete).unwrap().unwrap();
+        let second = create(&metadata, "again", &[]);
         assert_ne!(first, second);
         let snapshot = metadata.snapshot();
         assert!(snapshot.topic_by_id(first).is_none());
@@ -655,26 +723,21 @@ mod tests {
     fn dynamic_broker_settings_survive_a_reopen_and_set_topic_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let metadata = store(dir.path());
-        let topic = metadata.new_topic("orders", 1, BTreeMap::new()).unwrap();
-        let limits = metadata.limits();
-        let statics = StaticSettings::from_config(&Config::default());
-        metadata
-            .update(|cluster| {
-                cluster
-                    .topics
-                    .insert("orders".into(), Arc::new(topic.clone()));
-                let mut broker = BrokerOverrides::default();
-                broker
-                    .cluster
-                    .insert("log.retention.ms".into(), "5000".into());
-                broker.node.insert(
-                    "sasl.kerberos.min.time.before.relogin".into(),
-                    "58000".into(),
-                );
-                cluster.set_broker_overrides(broker, &statics, limits)
-            })
-            .unwrap()
-            .unwrap();
+        create(&metadata, "orders", &[]);
+        for (scope, key, value) in [
+            (BrokerScope::Cluster, "log.retention.ms", "5000"),
+            (
+                BrokerScope::Node,
+                "sasl.kerberos.min.time.before.relogin",
+                "58000",
+            ),
+        ] {
+            let command = MetadataCommand::SetBrokerConfigs {
+                scope,
+                overrides: BTreeMap::from([(key.to_owned(), value.to_owned())]),
+            };
+            metadata.submit_blocking(command).unwrap().unwrap();
+        }
         let after = store(dir.path()).snapshot();
         assert_eq!(after.broker.cluster["log.retention.ms"], "5000");
         assert_eq!(
@@ -686,13 +749,25 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_change_writes_nothing() {
+    fn a_refused_command_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let metadata = store(dir.path());
-        let outcome = metadata.update(|cluster| {
-            cluster.topics.clear();
-            Err::<(), &str>("no")
-        });
-        assert_eq!(outcome.unwrap(), Err("no"));
+        create(&metadata, "orders", &[]);
+        let before = std::fs::read(dir.path().join(METADATA_FILE)).unwrap();
+        let command = MetadataCommand::CreateTopic {
+            name: "orders".to_owned(),
+            id: metadata.new_topic_id(),
+            partitions: 1,
+            overrides: BTreeMap::new(),
+        };
+        let outcome = metadata.submit_blocking(command).unwrap();
+        assert_eq!(
+            outcome.unwrap_err(),
+            Refusal::TopicExists("orders".to_owned())
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join(METADATA_FILE)).unwrap(),
+            before
+        );
     }
 }

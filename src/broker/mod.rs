@@ -1,6 +1,7 @@
 //! The broker: cluster metadata plus the topic operations that span shards.
 //!
-//! A topic change is made in the metadata first (durably), then carried out
+//! A topic change is made in the metadata first (durably, as a
+//! [`metadata_command::MetadataCommand`]), then carried out
 //! on the shards that own the affected partitions. Creating or deleting a
 //! partition is idempotent on its owner, and every shard reconciles its
 //! partitions with the metadata at startup, so a change interrupted by a
@@ -11,6 +12,7 @@ pub mod config_value;
 pub mod group;
 pub mod internal_log;
 pub mod metadata;
+pub mod metadata_command;
 pub mod producer_ids;
 pub mod topic_config;
 pub mod txn;
@@ -28,7 +30,8 @@ use crate::storage::PartitionError;
 use crate::storage::partition::validate_topic_name;
 use broker_config::{BrokerScope, StaticSettings};
 use metadata::{MetadataError, MetadataStore, TopicId, TopicMeta};
-use topic_config::{ConfigIssue, TopicConfig, TopicLimits};
+use metadata_command::{Applied, MetadataCommand, Refusal};
+use topic_config::{ConfigIssue, TopicLimits};
 
 /// Shared by every shard (Send + Sync): configuration, metadata, and how
 /// clients reach this broker.
@@ -50,15 +53,6 @@ pub enum TopicRef<'a> {
     Id(TopicId),
 }
 
-impl TopicRef<'_> {
-    fn matches(self, topic: &TopicMeta) -> bool {
-        match self {
-            TopicRef::Name(name) => topic.name == name,
-            TopicRef::Id(id) => topic.id == id,
-        }
-    }
-}
-
 #[derive(Debug, Error)]
 pub enum TopicError {
     #[error("invalid topic name {name:?}: {reason}")]
@@ -77,6 +71,9 @@ pub enum TopicError {
     InvalidConfig(ConfigIssue),
     #[error("replication factor {0} is not supported by a single broker; use 1 or -1")]
     InvalidReplicationFactor(i16),
+    /// A request refused whole (INVALID_REQUEST).
+    #[error("{0}")]
+    InvalidRequest(String),
     #[error("{0}")]
     Metadata(#[from] MetadataError),
     #[error("partition storage failed: {source}")]
@@ -112,6 +109,19 @@ pub enum GroupConfigError {
     Refused(String),
     #[error("{0}")]
     Metadata(#[from] MetadataError),
+}
+
+impl From<Refusal> for TopicError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::TopicExists(name) => TopicError::AlreadyExists(name),
+            Refusal::UnknownTopic(name) => TopicError::Unknown(name),
+            Refusal::UnknownTopicId(id) => TopicError::UnknownId(id),
+            Refusal::InvalidPartitions(message) => TopicError::InvalidPartitions(message),
+            Refusal::InvalidConfig(issue) => TopicError::InvalidConfig(issue),
+            Refusal::InvalidRequest(message) => TopicError::InvalidRequest(message),
+        }
+    }
 }
 
 impl From<PartitionError> for TopicError {
@@ -161,22 +171,16 @@ impl Broker {
             reason,
         })?;
         self.check_partition_count(partitions)?;
-        let topic = self
-            .metadata
-            .new_topic(name, partitions, overrides)
-            .map_err(TopicError::InvalidConfig)?;
+        let command = MetadataCommand::CreateTopic {
+            name: name.to_owned(),
+            id: self.metadata.new_topic_id(),
+            partitions,
+            overrides,
+        };
         if validate_only {
-            if self.metadata.snapshot().topic(name).is_some() {
-                return Err(TopicError::AlreadyExists(name.to_owned()));
-            }
-            return Ok(Arc::new(topic));
+            return Ok(changed_topic(self.metadata.dry_run(command)?));
         }
-        let topic = self.metadata.update(|cluster| {
-            if cluster.topics.contains_key(name) {
-                return Err(TopicError::AlreadyExists(name.to_owned()));
-            }
-            Ok(cluster.insert_new_topic(topic))
-        })??;
+        let topic = changed_topic(self.metadata.submit(command).await??);
         tracing::info!(topic = name, partitions, id = %topic.id, "created topic");
         self.create_partitions_on_owners(shards, &topic, 0..partitions)
             .await?;
@@ -215,32 +219,32 @@ impl Broker {
         shards: &Shards,
         target: TopicRef<'_>,
     ) -> Result<Arc<TopicMeta>, TopicError> {
-        let name = match target {
-            TopicRef::Name(name) => name.to_owned(),
-            TopicRef::Id(id) => self
-                .metadata
-                .snapshot()
-                .topic_by_id(id)
-                .map(|topic| topic.name.clone())
-                .ok_or(TopicError::UnknownId(id))?,
+        let unknown = || match target {
+            TopicRef::Name(name) => TopicError::Unknown(name.to_owned()),
+            TopicRef::Id(id) => TopicError::UnknownId(id),
+        };
+        let (name, id) = {
+            let snapshot = self.metadata.snapshot();
+            let topic = match target {
+                TopicRef::Name(name) => snapshot.topic(name),
+                TopicRef::Id(id) => snapshot.topic_by_id(id),
+            };
+            let topic = topic.ok_or_else(unknown)?;
+            (topic.name.clone(), topic.id)
         };
         let name = name.as_str();
         refuse_internal(name)?;
-        let removed = self.metadata.update(|cluster| {
-            let unknown = match target {
-                TopicRef::Name(_) => TopicError::Unknown(name.to_owned()),
-                TopicRef::Id(id) => TopicError::UnknownId(id),
-            };
-            // By id, the name must still be that topic's: one deleted and
-            // created again in between is not the topic asked for.
-            let wanted = cluster
-                .topic(name)
-                .is_some_and(|topic| target.matches(topic));
-            if !wanted {
-                return Err(unknown);
-            }
-            cluster.topics.remove(name).ok_or(unknown)
-        })??;
+        // The command names the topic by name and id: one deleted and
+        // created again in between is not the topic asked for.
+        let command = MetadataCommand::DeleteTopic {
+            name: name.to_owned(),
+            id,
+        };
+        let removed = match self.metadata.submit(command).await? {
+            Ok(applied) => changed_topic(applied),
+            Err(Refusal::UnknownTopic(_) | Refusal::UnknownTopicId(_)) => return Err(unknown()),
+            Err(refusal) => return Err(refusal.into()),
+        };
         tracing::info!(
             topic = name,
             id = %removed.id,
@@ -300,23 +304,27 @@ impl Broker {
                 current.partitions
             )));
         }
+        let command = MetadataCommand::CreatePartitions {
+            name: name.to_owned(),
+            id: current.id,
+            total,
+        };
         if validate_only {
-            return Ok(());
+            return self
+                .metadata
+                .dry_run(command)
+                .map(drop)
+                .map_err(by_name(name));
         }
-        let (old, grown) = self.metadata.update(|cluster| {
-            let topic = cluster
-                .topics
-                .get_mut(name)
-                .ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
-            let old = topic.partitions;
-            if total <= old {
-                return Err(TopicError::InvalidPartitions(format!(
-                    "topic {name} already has {old} partitions"
-                )));
-            }
-            Arc::make_mut(topic).partitions = total;
-            Ok((old, Arc::clone(topic)))
-        })??;
+        let (old, grown) = match self
+            .metadata
+            .submit(command)
+            .await?
+            .map_err(by_name(name))?
+        {
+            Applied::Grown { from, topic } => (from, topic),
+            other => unreachable!("CreatePartitions applied as {other:?}"),
+        };
         tracing::info!(topic = name, from = old, to = total, "added partitions");
         self.create_partitions_on_owners(shards, &grown, old..total)
             .await
@@ -331,28 +339,30 @@ impl Broker {
         validate_only: bool,
     ) -> Result<(), TopicError> {
         refuse_internal(name)?;
-        let config = TopicConfig::with_overrides(
-            &self.metadata.snapshot().topic_defaults,
-            &overrides,
-            self.metadata.limits(),
-        )
-        .map_err(TopicError::InvalidConfig)?;
-        if self.metadata.snapshot().topic(name).is_none() {
-            return Err(TopicError::Unknown(name.to_owned()));
-        }
+        let id = self
+            .metadata
+            .snapshot()
+            .topic(name)
+            .map(|topic| topic.id)
+            .ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
+        let command = MetadataCommand::SetTopicConfigs {
+            name: name.to_owned(),
+            id,
+            overrides,
+        };
         if validate_only {
-            return Ok(());
+            return self
+                .metadata
+                .dry_run(command)
+                .map(drop)
+                .map_err(by_name(name));
         }
-        let topic = self.metadata.update(|cluster| {
-            let topic = cluster
-                .topics
-                .get_mut(name)
-                .ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
-            let topic = Arc::make_mut(topic);
-            topic.overrides = overrides;
-            topic.config = config;
-            Ok::<_, TopicError>(Arc::new(topic.clone()))
-        })??;
+        let topic = changed_topic(
+            self.metadata
+                .submit(command)
+                .await?
+                .map_err(by_name(name))?,
+        );
         tracing::info!(topic = name, overrides = ?topic.overrides, "changed topic config");
         apply_partition_configs(shards, &topic).await
     }
@@ -376,25 +386,19 @@ impl Broker {
                 .map_err(BrokerConfigError::Refused)?;
             checked.insert(name, value);
         }
-        let statics = self.metadata.statics();
-        let change = |cluster: &mut metadata::ClusterMetadata| {
-            let mut broker = cluster.broker.clone();
-            *broker.of_mut(scope) = checked.clone();
-            cluster
-                .set_broker_overrides(broker, statics, limits)
-                .map_err(|(topic, issue)| {
-                    BrokerConfigError::Refused(format!(
-                        "topic {topic} would no longer be valid: {issue}"
-                    ))
-                })
+        let command = MetadataCommand::SetBrokerConfigs {
+            scope,
+            overrides: checked.clone(),
         };
+        let refused = |refusal: Refusal| BrokerConfigError::Refused(refusal.to_string());
         if validate_only {
-            let mut copy = (*self.metadata.snapshot()).clone();
-            return change(&mut copy);
+            return self.metadata.dry_run(command).map(drop).map_err(refused);
         }
         self.metadata
-            .update(change)
-            .map_err(|error| BrokerConfigError::Topic(TopicError::Metadata(error)))??;
+            .submit(command)
+            .await
+            .map_err(|error| BrokerConfigError::Topic(TopicError::Metadata(error)))?
+            .map_err(refused)?;
         tracing::info!(?scope, overrides = ?checked, "changed dynamic broker settings");
         for topic in self.metadata.snapshot().topics.values() {
             apply_partition_configs(shards, topic)
@@ -413,7 +417,7 @@ impl Broker {
 
     /// Replace group `group`'s configs by `overrides` (`group/config.rs`);
     /// the group's coordinator reads them on the members' next heartbeat.
-    pub fn set_group_overrides(
+    pub async fn set_group_overrides(
         &self,
         group: &str,
         overrides: BTreeMap<String, String>,
@@ -426,29 +430,15 @@ impl Broker {
         }
         let checked = group::config::checked(&self.config.groups, overrides)
             .map_err(GroupConfigError::Invalid)?;
-        let change = |cluster: &mut metadata::ClusterMetadata| {
-            if checked.is_empty() {
-                cluster.group_configs.remove(group);
-                return Ok(());
-            }
-            if !cluster.group_configs.contains_key(group)
-                && cluster.group_configs.len() >= group::config::CONFIGURED_GROUPS_MAX
-            {
-                return Err(GroupConfigError::Refused(format!(
-                    "{} groups have configs already, the most Sluice keeps; delete the \
-                     configs of groups no longer used",
-                    group::config::CONFIGURED_GROUPS_MAX
-                )));
-            }
-            cluster
-                .group_configs
-                .insert(group.to_owned(), checked.clone());
-            Ok(())
+        let command = MetadataCommand::SetGroupConfigs {
+            group: group.to_owned(),
+            overrides: checked.clone(),
         };
+        let refused = |refusal: Refusal| GroupConfigError::Refused(refusal.to_string());
         if validate_only {
-            return change(&mut (*self.metadata.snapshot()).clone());
+            return self.metadata.dry_run(command).map(drop).map_err(refused);
         }
-        self.metadata.update(change)??;
+        self.metadata.submit(command).await?.map_err(refused)?;
         tracing::info!(group, configs = ?checked, "changed group configs");
         Ok(())
     }
@@ -479,6 +469,24 @@ impl Broker {
                 .await??;
         }
         Ok(())
+    }
+}
+
+/// The topic an executed topic command created, deleted or changed.
+fn changed_topic(applied: Applied) -> Arc<TopicMeta> {
+    match applied {
+        Applied::Topic(topic) | Applied::Grown { topic, .. } => topic,
+        Applied::Configs => unreachable!("a topic command applies to a topic"),
+    }
+}
+
+/// A refusal of a command made for a topic a request named by name: the
+/// topic was deleted (and maybe created again) since, so the name is
+/// unknown.
+fn by_name(name: &str) -> impl Fn(Refusal) -> TopicError + '_ {
+    move |refusal| match refusal {
+        Refusal::UnknownTopicId(_) => TopicError::Unknown(name.to_owned()),
+        other => other.into(),
     }
 }
 
@@ -587,16 +595,22 @@ fn ensure_internal_topic(
         (topic_config::RETENTION_MS.to_owned(), "-1".to_owned()),
         (topic_config::RETENTION_BYTES.to_owned(), "-1".to_owned()),
     ]);
-    let topic = metadata
-        .new_topic(name, partitions, overrides)
-        .map_err(|source| MetadataError::InvalidBuiltIn {
-            topic: name,
-            source,
-        })?;
-    metadata.update(|cluster| {
-        cluster.insert_new_topic(topic);
-        Ok::<(), MetadataError>(())
-    })??;
+    let command = MetadataCommand::CreateTopic {
+        name: name.to_owned(),
+        id: metadata.new_topic_id(),
+        partitions,
+        overrides,
+    };
+    match metadata.submit_blocking(command)? {
+        Ok(_) => {}
+        Err(Refusal::InvalidConfig(source)) => {
+            return Err(MetadataError::InvalidBuiltIn {
+                topic: name,
+                source,
+            });
+        }
+        Err(refusal) => unreachable!("{name} was missing a moment ago: {refusal}"),
+    }
     tracing::info!(partitions, "created {name}");
     Ok(())
 }

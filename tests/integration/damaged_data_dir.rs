@@ -529,7 +529,7 @@ fn a_segment_cut_under_a_running_broker_gets_a_storage_error_never_a_torn_respon
         "only whole batches before the cut: {} bytes",
         records.len()
     );
-    assert!(broker.log_contains("fetch cannot send a batch whose bytes are not on disk"));
+    assert!(broker.wait_for_log("fetch cannot send a batch whose bytes are not on disk"));
     drop(wire);
     let (status, log) = broker.stop_with_log();
     let tail = &log[log.len().saturating_sub(15)..];

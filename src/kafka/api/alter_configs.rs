@@ -101,7 +101,7 @@ async fn replace(
             let scope = broker_scope(request, name)?;
             set_broker(request, scope, overrides, validate_only).await
         }
-        RESOURCE_GROUP => set_group(request, name, overrides, validate_only),
+        RESOURCE_GROUP => set_group(request, name, overrides, validate_only).await,
         other => Err(unknown_resource_type(other)),
     }
 }
@@ -139,7 +139,7 @@ pub async fn set_broker(
 }
 
 /// Replace group `name`'s configs (INVALID_CONFIG for a bad one).
-pub fn set_group(
+pub async fn set_group(
     request: &Request<'_>,
     name: &str,
     overrides: BTreeMap<String, String>,
@@ -148,6 +148,7 @@ pub fn set_group(
     request
         .broker
         .set_group_overrides(name, overrides, validate_only)
+        .await
         .map_err(|error| {
             let code = match &error {
                 GroupConfigError::Invalid(_) => ResponseError::InvalidConfig,

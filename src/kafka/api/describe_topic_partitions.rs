@@ -243,31 +243,15 @@ fn invalid_request(asked: &[String]) -> DescribeTopicPartitionsResponse {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::path::Path;
-
     use super::*;
-    use crate::broker::metadata::MetadataStore;
-    use crate::broker::topic_config::TopicLimits;
-    use crate::config::Config;
+    use crate::broker::metadata::TopicId;
 
-    fn cluster(dir: &Path, topics: &[(&str, u32)]) -> std::sync::Arc<ClusterMetadata> {
-        let store = MetadataStore::open(
-            dir,
-            crate::broker::broker_config::StaticSettings::from_config(&Config::default()),
-            TopicLimits {
-                batch_max_bytes: 1 << 20,
-            },
-        )
-        .unwrap();
-        for &(name, partitions) in topics {
-            let topic = store.new_topic(name, partitions, BTreeMap::new()).unwrap();
-            store
-                .update(|cluster| Ok::<_, ()>(cluster.insert_new_topic(topic)))
-                .unwrap()
-                .unwrap();
-        }
-        store.snapshot()
+    fn cluster(topics: &[(&str, u32)]) -> std::sync::Arc<ClusterMetadata> {
+        let topics: Vec<(&str, TopicId, u32)> = topics
+            .iter()
+            .map(|&(name, partitions)| (name, TopicId::generate(), partitions))
+            .collect();
+        std::sync::Arc::new(ClusterMetadata::with_topics(&topics))
     }
 
     fn found(name: &str, partitions: std::ops::Range<i32>) -> PageTopic {
@@ -286,8 +270,7 @@ mod tests {
 
     #[test]
     fn pages_cut_topics_at_the_limit_and_resume_at_the_cursor() {
-        let dir = tempfile::tempdir().unwrap();
-        let cluster = cluster(dir.path(), &[("b", 3), ("a", 2), ("c", 4)]);
+        let cluster = cluster(&[("b", 3), ("a", 2), ("c", 4)]);
         let asked = ["c", "a", "b", "a"].map(str::to_owned);
         let first = page(&cluster, &asked, None, 4).unwrap();
         assert_eq!(first.topics, vec![found("a", 0..2), found("b", 0..2)]);
@@ -302,8 +285,7 @@ mod tests {
 
     #[test]
     fn a_limit_used_up_at_a_topic_end_points_at_the_next_topic() {
-        let dir = tempfile::tempdir().unwrap();
-        let cluster = cluster(dir.path(), &[("a", 2), ("b", 1)]);
+        let cluster = cluster(&[("a", 2), ("b", 1)]);
         let page = page(&cluster, &[], None, 2).unwrap();
         assert_eq!(page.topics, vec![found("a", 0..2)]);
         assert_eq!(page.next, at("b", 0));
@@ -311,8 +293,7 @@ mod tests {
 
     #[test]
     fn missing_topics_take_none_of_the_limit_and_bad_cursors_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let cluster = cluster(dir.path(), &[("a", 2)]);
+        let cluster = cluster(&[("a", 2)]);
         let asked = ["a", "nope", "bad name"].map(str::to_owned);
         let whole = page(&cluster, &asked, None, 3).unwrap();
         assert_eq!(

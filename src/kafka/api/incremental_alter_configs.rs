@@ -105,7 +105,7 @@ async fn alter_resource(
     match resource.resource_type {
         RESOURCE_TOPIC => alter_topic(request, name, &operations, validate_only).await,
         RESOURCE_BROKER => alter_broker(request, name, &operations, validate_only).await,
-        RESOURCE_GROUP => alter_group(request, name, &operations, validate_only),
+        RESOURCE_GROUP => alter_group(request, name, &operations, validate_only).await,
         other => Err(unknown_resource_type(other)),
     }
 }
@@ -169,7 +169,7 @@ async fn alter_broker(
 }
 
 /// A group's configs are INTs: APPEND and SUBTRACT never apply.
-fn alter_group(
+async fn alter_group(
     request: &Request<'_>,
     name: &str,
     operations: &[Operation],
@@ -185,7 +185,7 @@ fn alter_group(
         .unwrap_or_default();
     let is_list = |key: &str| Err(format!("{key} is not a LIST group config"));
     let overrides = apply(current, operations, |_| None, is_list)?;
-    set_group(request, name, overrides, validate_only)
+    set_group(request, name, overrides, validate_only).await
 }
 
 /// `overrides` after `operations`. `inherited` gives a config's value where

@@ -1,0 +1,320 @@
+//! Metadata commands: every change of the cluster metadata as a value, and
+//! the one function that carries it out ([`ClusterMetadata::execute`]).
+//!
+//! A command is checked against the metadata it is executed on (a topic
+//! that exists, an id that still names the topic, configs that hold under
+//! the current defaults) and either refused with a [`Refusal`] (which maps
+//! to Kafka's error code) or applied. The metadata store executes commands
+//! one at a time on its writer thread, on a copy that replaces the
+//! published snapshot only once persisted (`metadata.rs`); a validate-only
+//! request executes the command on a throwaway copy. The cluster's
+//! controller will execute the same commands in log order on every node
+//! (ARCHITECTURE.md, "Cluster"), which is why a command carries every
+//! choice made for it (a new topic's id) instead of making it when
+//! executed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::broker_config::{BrokerScope, StaticSettings};
+use super::group::config::CONFIGURED_GROUPS_MAX;
+use super::metadata::{ClusterMetadata, TopicId, TopicMeta};
+use super::topic_config::{ConfigIssue, TopicConfig, TopicLimits};
+
+/// One change of the cluster metadata. Config maps are the overrides as
+/// they will be stored: the caller has checked their names and normalised
+/// their values where that needs no metadata (broker settings, group
+/// configs); topic configs are checked here, against the defaults they
+/// will combine with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetadataCommand {
+    /// Create topic `name` with id `id` (drawn by the caller; refused if a
+    /// live topic has it).
+    CreateTopic {
+        name: String,
+        id: TopicId,
+        partitions: u32,
+        overrides: BTreeMap<String, String>,
+    },
+    /// Delete topic `name` if it is still the topic with id `id`.
+    DeleteTopic { name: String, id: TopicId },
+    /// Grow topic `name` (id `id`) to `total` partitions.
+    CreatePartitions {
+        name: String,
+        id: TopicId,
+        total: u32,
+    },
+    /// Replace topic `name`'s (id `id`) config overrides.
+    SetTopicConfigs {
+        name: String,
+        id: TopicId,
+        overrides: BTreeMap<String, String>,
+    },
+    /// Replace the dynamic broker settings of `scope` (KIP-226).
+    SetBrokerConfigs {
+        scope: BrokerScope,
+        overrides: BTreeMap<String, String>,
+    },
+    /// Replace group `group`'s configs (none: forget the group's entry).
+    SetGroupConfigs {
+        group: String,
+        overrides: BTreeMap<String, String>,
+    },
+}
+
+/// What an executed command changed.
+#[derive(Clone, Debug)]
+pub enum Applied {
+    /// A topic created, deleted or reconfigured: as it is (or was) after.
+    Topic(Arc<TopicMeta>),
+    /// Partitions `from..topic.partitions` were added.
+    Grown { from: u32, topic: Arc<TopicMeta> },
+    /// Broker or group configs changed.
+    Configs,
+}
+
+/// Why a command was not executed, with what Kafka answers for it.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum Refusal {
+    /// TOPIC_ALREADY_EXISTS.
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    /// UNKNOWN_TOPIC_OR_PARTITION.
+    #[error("topic {0} does not exist")]
+    UnknownTopic(String),
+    /// UNKNOWN_TOPIC_ID.
+    #[error("no topic has id {0}")]
+    UnknownTopicId(TopicId),
+    /// INVALID_PARTITIONS.
+    #[error("{0}")]
+    InvalidPartitions(String),
+    /// INVALID_CONFIG.
+    #[error("{0}")]
+    InvalidConfig(ConfigIssue),
+    /// INVALID_REQUEST (a broker setting or group config refused whole).
+    #[error("{0}")]
+    InvalidRequest(String),
+}
+
+/// The node-local settings a command is executed with: the static broker
+/// levels and the storage limits (topic configs combine with them).
+#[derive(Clone, Copy)]
+pub struct ExecuteContext<'a> {
+    pub statics: &'a StaticSettings,
+    pub limits: TopicLimits,
+}
+
+impl ClusterMetadata {
+    /// Execute `command` on this metadata: refused (nothing changed) or
+    /// applied. Deterministic given the metadata and the context.
+    pub fn execute(
+        &mut self,
+        command: MetadataCommand,
+        context: ExecuteContext<'_>,
+    ) -> Result<Applied, Refusal> {
+        match command {
+            MetadataCommand::CreateTopic {
+                name,
+                id,
+                partitions,
+                overrides,
+            } => {
+                if self.topics.contains_key(&name) {
+                    return Err(Refusal::TopicExists(name));
+                }
+                if id.is_reserved() || self.topic_by_id(id).is_some() {
+                    // A 122-bit collision: the caller draws another id.
+                    return Err(Refusal::InvalidRequest(format!(
+                        "topic id {id} is taken; try again"
+                    )));
+                }
+                let config =
+                    TopicConfig::with_overrides(&self.topic_defaults, &overrides, context.limits)
+                        .map_err(Refusal::InvalidConfig)?;
+                let topic = Arc::new(TopicMeta {
+                    name: name.clone(),
+                    id,
+                    partitions,
+                    overrides,
+                    config,
+                });
+                self.topics.insert(name, Arc::clone(&topic));
+                self.reindex();
+                Ok(Applied::Topic(topic))
+            }
+            MetadataCommand::DeleteTopic { name, id } => {
+                self.topic_named(&name, id)?;
+                let removed = self
+                    .topics
+                    .remove(&name)
+                    .expect("topic_named found the topic");
+                self.reindex();
+                Ok(Applied::Topic(removed))
+            }
+            MetadataCommand::CreatePartitions { name, id, total } => {
+                let current = self.topic_named(&name, id)?;
+                let from = current.partitions;
+                if total <= from {
+                    return Err(Refusal::InvalidPartitions(format!(
+                        "topic {name} has {from} partitions; the new count must be larger"
+                    )));
+                }
+                let topic = self.topics.get_mut(&name).expect("topic_named found it");
+                Arc::make_mut(topic).partitions = total;
+                Ok(Applied::Grown {
+                    from,
+                    topic: Arc::clone(topic),
+                })
+            }
+            MetadataCommand::SetTopicConfigs {
+                name,
+                id,
+                overrides,
+            } => {
+                self.topic_named(&name, id)?;
+                let config =
+                    TopicConfig::with_overrides(&self.topic_defaults, &overrides, context.limits)
+                        .map_err(Refusal::InvalidConfig)?;
+                let topic = self.topics.get_mut(&name).expect("topic_named found it");
+                let changed = Arc::make_mut(topic);
+                changed.overrides = overrides;
+                changed.config = config;
+                Ok(Applied::Topic(Arc::clone(topic)))
+            }
+            MetadataCommand::SetBrokerConfigs { scope, overrides } => {
+                let mut broker = self.broker.clone();
+                *broker.of_mut(scope) = overrides;
+                self.set_broker_overrides(broker, context.statics, context.limits)
+                    .map_err(|(topic, issue)| {
+                        Refusal::InvalidRequest(format!(
+                            "topic {topic} would no longer be valid: {issue}"
+                        ))
+                    })?;
+                Ok(Applied::Configs)
+            }
+            MetadataCommand::SetGroupConfigs { group, overrides } => {
+                if overrides.is_empty() {
+                    self.group_configs.remove(&group);
+                    return Ok(Applied::Configs);
+                }
+                if !self.group_configs.contains_key(&group)
+                    && self.group_configs.len() >= CONFIGURED_GROUPS_MAX
+                {
+                    return Err(Refusal::InvalidRequest(format!(
+                        "{CONFIGURED_GROUPS_MAX} groups have configs already, the most Sluice \
+                         keeps; delete the configs of groups no longer used"
+                    )));
+                }
+                self.group_configs.insert(group, overrides);
+                Ok(Applied::Configs)
+            }
+        }
+    }
+
+    /// Topic `name`, if it is still the topic with id `id`: one deleted and
+    /// created again in between is not the topic the command was made for.
+    fn topic_named(&self, name: &str, id: TopicId) -> Result<&Arc<TopicMeta>, Refusal> {
+        match self.topics.get(name) {
+            Some(topic) if topic.id == id => Ok(topic),
+            Some(_) => Err(Refusal::UnknownTopicId(id)),
+            None => Err(Refusal::UnknownTopic(name.to_owned())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn context(statics: &StaticSettings) -> ExecuteContext<'_> {
+        ExecuteContext {
+            statics,
+            limits: TopicLimits {
+                batch_max_bytes: 1 << 20,
+            },
+        }
+    }
+
+    fn create(name: &str, id: TopicId, overrides: &[(&str, &str)]) -> MetadataCommand {
+        MetadataCommand::CreateTopic {
+            name: name.to_owned(),
+            id,
+            partitions: 2,
+            overrides: overrides
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn topic_commands_check_names_ids_and_configs_against_the_metadata() {
+        let statics = StaticSettings::from_config(&Config::default());
+        let context = context(&statics);
+        let mut metadata = ClusterMetadata::with_topics(&[]);
+        let first = TopicId::generate();
+        metadata
+            .execute(create("t", first, &[("retention.ms", "1000")]), context)
+            .unwrap();
+        let again = metadata.execute(create("t", TopicId::generate(), &[]), context);
+        assert_eq!(again.unwrap_err(), Refusal::TopicExists("t".to_owned()));
+        let taken = metadata.execute(create("u", first, &[]), context);
+        assert!(matches!(taken, Err(Refusal::InvalidRequest(_))));
+        let bad = metadata.execute(
+            create("u", TopicId::generate(), &[("retention.ms", "x")]),
+            context,
+        );
+        assert!(matches!(bad, Err(Refusal::InvalidConfig(_))));
+        assert!(
+            metadata.topic("u").is_none(),
+            "a refused create adds nothing"
+        );
+
+        // A command made for the old "t" does not touch a new "t".
+        metadata
+            .execute(
+                MetadataCommand::DeleteTopic {
+                    name: "t".to_owned(),
+                    id: first,
+                },
+                context,
+            )
+            .unwrap();
+        let second = TopicId::generate();
+        metadata.execute(create("t", second, &[]), context).unwrap();
+        let stale = metadata.execute(
+            MetadataCommand::CreatePartitions {
+                name: "t".to_owned(),
+                id: first,
+                total: 5,
+            },
+            context,
+        );
+        assert!(matches!(stale, Err(Refusal::UnknownTopicId(id)) if id == first));
+        let grown = metadata
+            .execute(
+                MetadataCommand::CreatePartitions {
+                    name: "t".to_owned(),
+                    id: second,
+                    total: 5,
+                },
+                context,
+            )
+            .unwrap();
+        assert!(matches!(grown, Applied::Grown { from: 2, ref topic } if topic.partitions == 5));
+        let unknown = metadata.execute(
+            MetadataCommand::DeleteTopic {
+                name: "nope".to_owned(),
+                id: TopicId::generate(),
+            },
+            context,
+        );
+        assert_eq!(
+            unknown.unwrap_err(),
+            Refusal::UnknownTopic("nope".to_owned())
+        );
+    }
+}
