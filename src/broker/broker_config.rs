@@ -59,7 +59,7 @@ impl ConfigSource {
 }
 
 /// Which BROKER resource a request names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BrokerScope {
     /// The empty name: the cluster-wide default.
     Cluster,

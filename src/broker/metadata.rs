@@ -74,6 +74,21 @@ impl TopicId {
     }
 }
 
+/// Stored and sent as 32 hex digits (as in `metadata.toml`).
+impl Serialize for TopicId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format_id(*self))
+    }
+}
+
+impl<'de> Deserialize<'de> for TopicId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_id(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not 32 hex digits")))
+    }
+}
+
 /// Kafka's printed form of a UUID (`Uuid.toString`): URL-safe base64, no
 /// padding, as `kafka-topics --describe` shows topic ids.
 impl std::fmt::Display for TopicId {

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::broker_config::{BrokerScope, StaticSettings};
@@ -28,7 +29,7 @@ use super::topic_config::{ConfigIssue, TopicConfig, TopicLimits};
 /// their values where that needs no metadata (broker settings, group
 /// configs); topic configs are checked here, against the defaults they
 /// will combine with.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetadataCommand {
     /// Create topic `name` with id `id` (drawn by the caller; refused if a
     /// live topic has it).
@@ -76,7 +77,7 @@ pub enum Applied {
 }
 
 /// Why a command was not executed, with what Kafka answers for it.
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
     /// TOPIC_ALREADY_EXISTS.
     #[error("topic {0} already exists")]

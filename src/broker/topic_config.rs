@@ -467,7 +467,7 @@ pub struct TopicLimits {
 }
 
 /// A refused config: which key, what value, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConfigIssue {
     pub key: String,
     pub value: String,

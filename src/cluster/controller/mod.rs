@@ -1,0 +1,49 @@
+//! The cluster controller: an openraft (0.9) group whose voters are the
+//! configured peers and whose state machine is the cluster metadata. Every
+//! metadata change is a [`ControllerCommand`] appended to its log; every
+//! node applies the committed log in order with the same function
+//! (`broker::metadata_command`), so all nodes hold the same metadata.
+//!
+//! Runs on the cluster thread's tokio runtime (openraft needs tokio); the
+//! shards reach it through channels.
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::metadata_command::{MetadataCommand, Refusal};
+
+openraft::declare_raft_types!(
+    /// The controller's Raft types: node ids are the configured
+    /// `cluster.node_id`s, a node is known by its cluster address, entries
+    /// carry [`ControllerCommand`]s and snapshots are the serialised state.
+    pub ControllerTypes:
+        D = ControllerCommand,
+        R = ControllerOutcome,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
+
+/// One entry of the controller's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControllerCommand {
+    /// The first command of a new cluster: its id, drawn by the first
+    /// leader. Every node records it and refuses data of another cluster.
+    CreateCluster { cluster_id: String },
+    /// A node announces how clients reach it and how many shards it runs
+    /// (every node must run the same count).
+    RegisterNode {
+        node_id: u64,
+        kafka_host: String,
+        kafka_port: u16,
+        shards: u32,
+    },
+    /// A change of the cluster metadata.
+    Metadata(MetadataCommand),
+}
+
+/// What applying a command gave: nothing to say, or the refusal a command
+/// met when it was applied (the proposer answers its client with it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerOutcome {
+    pub refusal: Option<Refusal>,
+}
