@@ -328,6 +328,14 @@ pub struct StorageConfig {
     /// ARCHITECTURE.md, Retention), so retention can delete it whole.
     /// Default 604800000 (7 days, as Kafka); at least 1.
     pub segment_ms: u64,
+    /// The soonest a shard's active segment is rolled for its age, whatever
+    /// `segment.ms` a topic asks for. Segments are shared by every
+    /// partition of the shard, and one holding any retained batch stays
+    /// (with two open files) until the oldest end of the log expires, so
+    /// a topic with `segment.ms=1` would otherwise create a file per
+    /// append until the process runs out of descriptors. Default 600000
+    /// (10 minutes); at least 1.
+    pub segment_roll_min_ms: u64,
     /// A compressed batch may decompress to at most this many times its
     /// topic's `max.message.bytes` (at Produce) or `message_max_bytes` (when
     /// a stored batch is read: ListOffsets by time, the offsets replay).
@@ -464,6 +472,7 @@ impl Default for StorageConfig {
             checkpoint_interval_ms: 1000,
             message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
             segment_ms: SEGMENT_MS_DEFAULT,
+            segment_roll_min_ms: 600_000,
             decompressed_batch_ratio_max: DECOMPRESSED_BATCH_RATIO_MAX_DEFAULT,
             consume_queue_entries_per_file: 262_144,
             producer_snapshot_interval_bytes: 256 * MIB,
@@ -910,6 +919,9 @@ impl StorageConfig {
                 self.segment_ms,
                 format!("between 1 and {}", i64::MAX),
             );
+        }
+        if self.segment_roll_min_ms == 0 {
+            return invalid("storage.segment_roll_min_ms", 0, "must be positive");
         }
         if self.producer_snapshot_interval_bytes < PRODUCER_SNAPSHOT_INTERVAL_BYTES_MIN {
             return invalid(

@@ -123,6 +123,18 @@ pub struct ClusterMetadata {
     /// Group configs (`group/config.rs`), checked, by group id; a group
     /// without any has no entry.
     pub group_configs: BTreeMap<String, BTreeMap<String, String>>,
+    /// The nodes of a cluster, by node id (empty for a single node).
+    pub nodes: BTreeMap<u64, NodeInfo>,
+}
+
+/// A cluster node as clients reach it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its advertised Kafka host and port.
+    pub host: String,
+    pub port: u16,
+    /// Its shard count (the same on every node).
+    pub shards: u32,
 }
 
 #[derive(Debug, Error)]
@@ -167,8 +179,9 @@ pub enum MetadataError {
     },
 }
 
-#[derive(Serialize, Deserialize)]
-struct Persisted {
+/// The stored form of the metadata (`metadata.toml`, controller snapshots).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Persisted {
     version: u32,
     cluster_id: String,
     #[serde(default)]
@@ -179,9 +192,12 @@ struct Persisted {
     /// Group configs by group id; absent in files written before them.
     #[serde(default)]
     group_configs: BTreeMap<String, BTreeMap<String, String>>,
+    /// A cluster's nodes (controller snapshots only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    nodes: BTreeMap<String, NodeInfo>,
 }
 
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct PersistedBroker {
     /// The cluster default (resource name "").
     #[serde(default)]
@@ -191,7 +207,7 @@ struct PersistedBroker {
     node: BTreeMap<String, String>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct PersistedTopic {
     name: String,
     id: String,
@@ -249,6 +265,7 @@ impl MetadataStore {
                     topic_defaults: topic_defaults(&statics, &broker),
                     broker,
                     group_configs: BTreeMap::new(),
+                    nodes: BTreeMap::new(),
                 };
                 persist(&path, &fresh)?;
                 fresh
@@ -319,6 +336,12 @@ impl MetadataStore {
     /// (validate-only requests).
     pub fn dry_run(&self, command: MetadataCommand) -> Result<Applied, Refusal> {
         (*self.snapshot()).clone().execute(command, self.context())
+    }
+
+    /// Publish `metadata` as the current snapshot: the cluster controller's
+    /// state machine does, after applying committed commands.
+    pub fn publish(&self, metadata: Arc<ClusterMetadata>) {
+        self.shared.current.store(metadata);
     }
 
     /// A fresh id for a new topic, not taken by a live one.
@@ -397,6 +420,7 @@ impl ClusterMetadata {
             broker,
             topic_defaults: defaults,
             group_configs: BTreeMap::new(),
+            nodes: BTreeMap::new(),
         };
         metadata.reindex();
         metadata
@@ -456,83 +480,114 @@ fn decode(
     statics: &StaticSettings,
     limits: TopicLimits,
 ) -> Result<ClusterMetadata, MetadataError> {
-    let corrupt = |reason: String| MetadataError::Corrupt {
-        path: path.to_owned(),
-        reason,
-    };
     let persisted: Persisted =
         toml::from_str(text).map_err(|source| MetadataError::Unparsable {
             path: path.to_owned(),
             source,
         })?;
-    if persisted.version != METADATA_VERSION {
-        return Err(corrupt(format!(
-            "version {} is not supported",
-            persisted.version
-        )));
-    }
-    let broker = BrokerOverrides {
-        cluster: persisted.broker_configs.cluster,
-        node: persisted.broker_configs.node,
-    };
-    let defaults = topic_defaults(statics, &broker);
-    let mut topics = BTreeMap::new();
-    let mut seen_ids = BTreeMap::new();
-    for topic in persisted.topics {
-        let id = parse_id(&topic.id)
-            .filter(|id| !id.is_reserved())
-            .ok_or_else(|| corrupt(format!("topic {} has a bad id", topic.name)))?;
-        if let Some(other) = seen_ids.insert(id, topic.name.clone()) {
-            return Err(corrupt(format!(
-                "topics {other} and {} have the same id",
-                topic.name
-            )));
+    ClusterMetadata::from_stored(persisted, statics, limits).map_err(|reason| {
+        MetadataError::Corrupt {
+            path: path.to_owned(),
+            reason,
         }
-        let config = TopicConfig::with_overrides(&defaults, &topic.configs, limits).unwrap_or_else(|issue| {
-            tracing::warn!(topic = %topic.name, %issue, "stored topic config no longer valid; using broker defaults for the topic");
-            defaults.clone()
-        });
-        let meta = TopicMeta {
-            name: topic.name.clone(),
-            id,
-            partitions: topic.partitions,
-            overrides: topic.configs,
-            config,
-        };
-        topics.insert(topic.name, Arc::new(meta));
+    })
+}
+
+impl ClusterMetadata {
+    /// The stored form: what `metadata.toml` and the controller's
+    /// snapshots hold (the effective topic configs are derived).
+    pub fn to_stored(&self) -> Persisted {
+        Persisted {
+            version: METADATA_VERSION,
+            cluster_id: self.cluster_id.clone(),
+            topics: self
+                .topics
+                .values()
+                .map(|topic| PersistedTopic {
+                    name: topic.name.clone(),
+                    id: format_id(topic.id),
+                    partitions: topic.partitions,
+                    configs: topic.overrides.clone(),
+                })
+                .collect(),
+            broker_configs: PersistedBroker {
+                cluster: self.broker.cluster.clone(),
+                node: self.broker.node.clone(),
+            },
+            group_configs: self.group_configs.clone(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(id, node)| (id.to_string(), node.clone()))
+                .collect(),
+        }
     }
-    let mut metadata = ClusterMetadata {
-        cluster_id: persisted.cluster_id,
-        topics,
-        ids: BTreeMap::new(),
-        broker,
-        topic_defaults: defaults,
-        group_configs: persisted.group_configs,
-    };
-    metadata.reindex();
-    Ok(metadata)
+
+    /// Metadata from its stored form under this node's settings, or why the
+    /// stored form is damaged (an unknown version, a bad or repeated id). A
+    /// topic config no longer valid under the settings is logged and the
+    /// topic runs with the defaults.
+    pub fn from_stored(
+        persisted: Persisted,
+        statics: &StaticSettings,
+        limits: TopicLimits,
+    ) -> Result<ClusterMetadata, String> {
+        if persisted.version != METADATA_VERSION {
+            return Err(format!("version {} is not supported", persisted.version));
+        }
+        let broker = BrokerOverrides {
+            cluster: persisted.broker_configs.cluster,
+            node: persisted.broker_configs.node,
+        };
+        let defaults = topic_defaults(statics, &broker);
+        let mut topics = BTreeMap::new();
+        let mut seen_ids = BTreeMap::new();
+        for topic in persisted.topics {
+            let id = parse_id(&topic.id)
+                .filter(|id| !id.is_reserved())
+                .ok_or_else(|| format!("topic {} has a bad id", topic.name))?;
+            if let Some(other) = seen_ids.insert(id, topic.name.clone()) {
+                return Err(format!(
+                    "topics {other} and {} have the same id",
+                    topic.name
+                ));
+            }
+            let config = TopicConfig::with_overrides(&defaults, &topic.configs, limits).unwrap_or_else(|issue| {
+                tracing::warn!(topic = %topic.name, %issue, "stored topic config no longer valid; using broker defaults for the topic");
+                defaults.clone()
+            });
+            let meta = TopicMeta {
+                name: topic.name.clone(),
+                id,
+                partitions: topic.partitions,
+                overrides: topic.configs,
+                config,
+            };
+            topics.insert(topic.name, Arc::new(meta));
+        }
+        let mut nodes = BTreeMap::new();
+        for (id, node) in persisted.nodes {
+            let id: u64 = id
+                .parse()
+                .map_err(|_| format!("node id {id:?} is not a number"))?;
+            nodes.insert(id, node);
+        }
+        let mut metadata = ClusterMetadata {
+            cluster_id: persisted.cluster_id,
+            topics,
+            ids: BTreeMap::new(),
+            broker,
+            topic_defaults: defaults,
+            group_configs: persisted.group_configs,
+            nodes,
+        };
+        metadata.reindex();
+        Ok(metadata)
+    }
 }
 
 fn persist(path: &Path, metadata: &ClusterMetadata) -> Result<(), MetadataError> {
-    let persisted = Persisted {
-        version: METADATA_VERSION,
-        cluster_id: metadata.cluster_id.clone(),
-        topics: metadata
-            .topics
-            .values()
-            .map(|topic| PersistedTopic {
-                name: topic.name.clone(),
-                id: format_id(topic.id),
-                partitions: topic.partitions,
-                configs: topic.overrides.clone(),
-            })
-            .collect(),
-        broker_configs: PersistedBroker {
-            cluster: metadata.broker.cluster.clone(),
-            node: metadata.broker.node.clone(),
-        },
-        group_configs: metadata.group_configs.clone(),
-    };
+    let persisted = metadata.to_stored();
     let text = toml::to_string(&persisted).map_err(|source| MetadataError::Encode {
         path: path.to_owned(),
         source,

@@ -57,6 +57,8 @@ pub struct LogOptions {
     pub dir: PathBuf,
     pub write_mode: WriteMode,
     pub segment_bytes: u64,
+    /// `storage.segment_roll_min_ms`: the soonest an age roll happens.
+    pub age_roll_min_ms: u64,
     pub chunk_bytes: usize,
     pub write_buffers: usize,
     pub inflight_writes_max: usize,
@@ -362,9 +364,12 @@ impl CommitLog {
     /// before a frame of a partition with `segment_ms` goes in: it holds a
     /// frame older than the smallest `segment.ms` of the partitions written
     /// to it, that one included (`u64::MAX` for none, as the retention task
-    /// asks).
+    /// asks), and at least `age_roll_min_ms` old.
     pub fn age_roll_due(&self, now_ms: u64, segment_ms: u64) -> bool {
-        let roll_after_ms = self.active_roll_after_ms.min(segment_ms);
+        let roll_after_ms = self
+            .active_roll_after_ms
+            .min(segment_ms)
+            .max(self.options.age_roll_min_ms);
         self.active_first_append_ms
             .is_some_and(|first| now_ms.saturating_sub(first) >= roll_after_ms)
     }

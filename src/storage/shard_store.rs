@@ -274,6 +274,7 @@ impl ShardStore {
             dir: layout.log_dir(),
             write_mode: storage.write_mode,
             segment_bytes: storage.segment_bytes,
+            age_roll_min_ms: storage.segment_roll_min_ms,
             chunk_bytes: storage.flush_bytes as usize,
             write_buffers: storage.write_buffers as usize,
             inflight_writes_max: storage.inflight_writes_max as usize,

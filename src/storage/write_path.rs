@@ -19,9 +19,12 @@ use super::segment;
 use super::shard_store::{AppendReceipt, Durability, LEADER_EPOCH, PendingAppend, ShardStore};
 use super::store_errors::{AppendError, TryAppendError};
 use crate::ids::{Offset, PartitionId};
-use crate::log_throttle::monotonic_ms;
+use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::record_batch::control::TxnMarker;
 use crate::record_batch::{self, ValidatedBatch};
+
+/// Failed age rolls, logged at most once per 10 s per process.
+static AGE_ROLL_FAILURES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 1);
 
 /// Whether an append is refused above `retention.disk_reject_ratio`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -274,10 +277,18 @@ impl ShardStore {
         let rest = &bytes[batch_prefix.len()..];
         let wall_ms = segment::now_ms();
         if state.log.age_roll_due(wall_ms, partition.config.segment_ms) {
-            state
-                .log
-                .roll_for_age()
-                .map_err(|error| self.classify_log_error(error))?;
+            // An age roll is for retention's sake: one that cannot create
+            // its file (no space, no descriptors) leaves the batch in the
+            // active segment and is tried again at the next append.
+            match state.log.roll_for_age() {
+                Ok(()) => {}
+                Err(LogAppendError::Roll(error)) => {
+                    if let Some(failed) = AGE_ROLL_FAILURES.record(monotonic_ms()) {
+                        tracing::warn!(shard = %self.options.shard, %error, failed, "cannot roll the active segment for its age; appending to it meanwhile (`failed` counts failures since the last such line)");
+                    }
+                }
+                Err(error) => return Err(self.classify_log_error(error)),
+            }
         }
         let position = state
             .log

@@ -1152,7 +1152,7 @@ fn segment_ms_rolls_the_active_segment_so_retention_deletes_it_whole() {
     let data = dir.path().join("data");
     let config = config_file(
         dir.path(),
-        "[storage]\nsegment_bytes = 4194304\n\
+        "[storage]\nsegment_bytes = 4194304\nsegment_roll_min_ms = 1\n\
          [retention]\ncheck_interval_ms = 200\ndisk_check_interval_ms = 100\n",
     );
     let broker = BrokerProcess::start(&data, &["--config", config.to_str().unwrap()]);
