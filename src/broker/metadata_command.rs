@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::broker_config::{BrokerScope, StaticSettings};
-use super::group::config::CONFIGURED_GROUPS_MAX;
+use super::group::config::{
+    CONFIGURED_GROUP_NAMES_BYTES_MAX, CONFIGURED_GROUPS_MAX, GROUP_NAME_BYTES_MAX,
+};
 use super::metadata::{ClusterMetadata, TopicId, TopicMeta};
 use super::topic_config::{ConfigIssue, TopicConfig, TopicLimits};
 
@@ -200,12 +202,24 @@ impl ClusterMetadata {
                     self.group_configs.remove(&group);
                     return Ok(Applied::Configs);
                 }
+                if group.len() > GROUP_NAME_BYTES_MAX {
+                    return Err(Refusal::InvalidRequest(format!(
+                        "a group id of {} bytes is longer than a group's records hold \
+                         ({GROUP_NAME_BYTES_MAX} bytes)",
+                        group.len()
+                    )));
+                }
+                let names_bytes: usize = self.group_configs.keys().map(String::len).sum();
                 if !self.group_configs.contains_key(&group)
-                    && self.group_configs.len() >= CONFIGURED_GROUPS_MAX
+                    && (self.group_configs.len() >= CONFIGURED_GROUPS_MAX
+                        || names_bytes + group.len() > CONFIGURED_GROUP_NAMES_BYTES_MAX)
                 {
                     return Err(Refusal::InvalidRequest(format!(
-                        "{CONFIGURED_GROUPS_MAX} groups have configs already, the most Sluice \
-                         keeps; delete the configs of groups no longer used"
+                        "{} groups ({names_bytes} bytes of names) have configs already, the most \
+                         Sluice keeps is {CONFIGURED_GROUPS_MAX} groups or \
+                         {CONFIGURED_GROUP_NAMES_BYTES_MAX} bytes of names; delete the configs of \
+                         groups no longer used",
+                        self.group_configs.len()
                     )));
                 }
                 self.group_configs.insert(group, overrides);
@@ -317,5 +331,34 @@ mod tests {
             unknown.unwrap_err(),
             Refusal::UnknownTopic("nope".to_owned())
         );
+    }
+
+    #[test]
+    fn group_configs_are_bounded_in_name_length_and_total_size() {
+        let statics = StaticSettings::from_config(&Config::default());
+        let context = context(&statics);
+        let mut metadata = ClusterMetadata::with_topics(&[]);
+        let set = |group: String| MetadataCommand::SetGroupConfigs {
+            group,
+            overrides: BTreeMap::from([(
+                "consumer.session.timeout.ms".to_owned(),
+                "50000".to_owned(),
+            )]),
+        };
+        let too_long = metadata.execute(set("g".repeat(GROUP_NAME_BYTES_MAX + 1)), context);
+        assert!(matches!(too_long, Err(Refusal::InvalidRequest(ref m)) if m.contains("longer")));
+        let fits = CONFIGURED_GROUP_NAMES_BYTES_MAX / GROUP_NAME_BYTES_MAX;
+        for index in 0..fits {
+            let name = format!("{index:05}{}", "g".repeat(GROUP_NAME_BYTES_MAX - 5));
+            metadata.execute(set(name), context).unwrap();
+        }
+        let full = metadata.execute(set("h".repeat(GROUP_NAME_BYTES_MAX)), context);
+        assert!(
+            matches!(full, Err(Refusal::InvalidRequest(ref m)) if m.contains("bytes of names"))
+        );
+        // A group already configured may still change.
+        let name = format!("{:05}{}", 0, "g".repeat(GROUP_NAME_BYTES_MAX - 5));
+        metadata.execute(set(name), context).unwrap();
+        assert_eq!(metadata.group_configs.len(), fits);
     }
 }

@@ -103,10 +103,10 @@ pub struct RecordsSummary {
     /// The largest record timestamp (`firstTimestamp` + delta), or -1
     /// (Kafka's `NO_TIMESTAMP`) below any.
     pub max_timestamp_ms: i64,
-    /// The smallest record timestamp other than -1 (`NO_TIMESTAMP`), or
-    /// `i64::MAX` when there is none: with the largest, what Produce
-    /// checks against `message.timestamp.before.max.ms` (KIP-937).
-    pub min_timestamp_ms: i64,
+    /// The smallest record timestamp other than -1 (`NO_TIMESTAMP`), `None`
+    /// when there is none: with the largest, what Produce checks against
+    /// `message.timestamp.before.max.ms` (KIP-937).
+    pub min_timestamp_ms: Option<i64>,
     /// Bytes of the records section, decompressed.
     pub records_bytes: u64,
 }
@@ -165,7 +165,7 @@ fn walk_source<'a, S: Source<'a>>(
     mut visit: impl FnMut(&RecordView<'a>) -> ControlFlow<()>,
 ) -> Result<Walked, RecordsError> {
     let mut max_timestamp_ms = -1i64;
-    let mut min_timestamp_ms = i64::MAX;
+    let mut min_timestamp_ms: Option<i64> = None;
     for index in 0..input.records_count.max(0) {
         if source.at_end().map_err(|fault| fault.at(index))? {
             return Err(RecordsError::TooFewRecords {
@@ -177,7 +177,9 @@ fn walk_source<'a, S: Source<'a>>(
             .map_err(|fault| fault.at(index))?;
         max_timestamp_ms = max_timestamp_ms.max(record.timestamp_ms);
         if record.timestamp_ms != NO_TIMESTAMP {
-            min_timestamp_ms = min_timestamp_ms.min(record.timestamp_ms);
+            min_timestamp_ms = Some(
+                min_timestamp_ms.map_or(record.timestamp_ms, |min| min.min(record.timestamp_ms)),
+            );
         }
         if visit(&record).is_break() {
             return Ok(Walked::Stopped);

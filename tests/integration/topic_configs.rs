@@ -1051,6 +1051,34 @@ fn timestamps_outside_the_topic_window_get_invalid_timestamp_and_nothing_is_stor
         .collect();
     assert_eq!(named, vec![2]);
     assert_eq!(fetch(&mut wire, "window", 0).1, 0);
+    // Found by a breaker: i64::MAX was the walk's "no timestamp" mark, so a
+    // record stamped with it passed unchecked.
+    for first_ms in [i64::MAX, now_ms()] {
+        let mut builder = BatchBuilder::new(first_ms);
+        for delta in [0, i64::MAX - first_ms] {
+            builder.push(RecordSpec {
+                key: None,
+                value: Some(b"v"),
+                timestamp_delta_ms: delta,
+            });
+        }
+        let answer = produce(&mut wire, "window", builder.build());
+        assert_eq!(answer.error_code, INVALID_TIMESTAMP, "first at {first_ms}");
+    }
+    assert_eq!(fetch(&mut wire, "window", 0).1, 0);
+    // The bounds a message names are timestamps (within i64), also where
+    // one side of the window is unbounded.
+    create_ok(
+        &mut wire,
+        "before_only",
+        &[("message.timestamp.before.max.ms", "3600000")],
+    );
+    let answer = produce(&mut wire, "before_only", batch_at(now_ms() - 2 * hour, 1));
+    let message = answer.error_message.unwrap();
+    assert!(
+        message.contains(&format!("{}]", i64::MAX)),
+        "upper bound i64::MAX: {message}"
+    );
     // Within the window, and any timestamp on a LogAppendTime topic.
     assert_eq!(
         produce(&mut wire, "window", batch_at(now_ms() - 1000, 5)).error_code,

@@ -32,9 +32,14 @@ use crate::config::GroupsConfig;
 pub const SESSION_TIMEOUT: &str = "consumer.session.timeout.ms";
 pub const HEARTBEAT_INTERVAL: &str = "consumer.heartbeat.interval.ms";
 
-/// The most groups that may have configs at once: each change rewrites the
-/// cluster metadata whole, so the set is bounded (INVALID_REQUEST past it).
+/// The most groups that may have configs at once, and the most bytes their
+/// names may take together: each change rewrites the cluster metadata
+/// whole, so the set is bounded (INVALID_REQUEST past it).
 pub const CONFIGURED_GROUPS_MAX: usize = 10_000;
+pub const CONFIGURED_GROUP_NAMES_BYTES_MAX: usize = 1 << 20;
+/// The longest group id a config may name: the longest a group's records
+/// hold (ConsumerGroupHeartbeat refuses longer ones).
+pub const GROUP_NAME_BYTES_MAX: usize = crate::broker::group::offsets::RECORD_STRING_BYTES_MAX;
 
 /// One group config: its name, Kafka's documentation, the broker setting it
 /// defaults to and the range that setting allows.

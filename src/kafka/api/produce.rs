@@ -471,9 +471,11 @@ impl TimestampWindow {
     }
 
     fn bounds(&self) -> (i128, i128) {
+        // Timestamps are i64: a bound past either end is that end.
+        let clamp = |bound: i128| bound.clamp(i128::from(i64::MIN), i128::from(i64::MAX));
         (
-            i128::from(self.now_ms) - i128::from(self.before_max_ms),
-            i128::from(self.now_ms) + i128::from(self.after_max_ms),
+            clamp(i128::from(self.now_ms) - i128::from(self.before_max_ms)),
+            clamp(i128::from(self.now_ms) + i128::from(self.after_max_ms)),
         )
     }
 }
@@ -726,8 +728,12 @@ fn check_timestamps(
     let Some(summary) = validated.records() else {
         return Ok(());
     };
-    let within = |timestamp_ms| timestamp_ms == i64::MAX || window.admits(timestamp_ms);
-    if within(summary.min_timestamp_ms) && within(summary.max_timestamp_ms) {
+    // Every timestamp lies between these two, so both admitted means all
+    // are (a batch of NO_TIMESTAMP records only has no smallest).
+    let min_admitted = summary
+        .min_timestamp_ms
+        .is_none_or(|min| window.admits(min));
+    if min_admitted && window.admits(summary.max_timestamp_ms) {
         return Ok(());
     }
     let (earliest, latest) = window.bounds();

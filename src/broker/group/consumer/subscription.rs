@@ -27,8 +27,11 @@ use std::sync::{Arc, Weak};
 use super::member::ConsumerMember;
 use crate::broker::metadata::{ClusterMetadata, TopicId};
 
-/// Most memory one compiled subscription regex may take.
-pub const REGEX_COMPILED_BYTES_MAX: usize = 1 << 20;
+/// Most memory one compiled subscription regex may take, and its lazy DFA's
+/// cache: a topic-name pattern needs a few KiB, and every member of every
+/// group may bring its own (a breaker saw 1.7 MB per regex with 1 MiB).
+pub const REGEX_COMPILED_BYTES_MAX: usize = 128 << 10;
+pub const REGEX_DFA_CACHE_BYTES_MAX: usize = 64 << 10;
 
 /// The group's subscriptions resolved against one metadata snapshot.
 #[derive(Debug, Default)]
@@ -100,9 +103,11 @@ pub fn compile(regex: &str) -> Result<regex::Regex, regex::Error> {
     // refused as RE2/J refuses it.
     regex::RegexBuilder::new(regex)
         .size_limit(REGEX_COMPILED_BYTES_MAX)
+        .dfa_size_limit(REGEX_DFA_CACHE_BYTES_MAX)
         .build()?;
     regex::RegexBuilder::new(&format!("^(?:{regex})$"))
         .size_limit(REGEX_COMPILED_BYTES_MAX)
+        .dfa_size_limit(REGEX_DFA_CACHE_BYTES_MAX)
         .build()
 }
 
@@ -193,6 +198,22 @@ mod tests {
             "the alternation is anchored as a whole"
         );
         assert!(compile("a)|(b").is_err(), "refused as RE2/J refuses it");
+    }
+
+    /// Found by a breaker: each member may bring a regex, so a large one
+    /// is refused rather than kept (it took 1.7 MB each under a 1 MiB cap).
+    #[test]
+    fn topic_patterns_compile_and_huge_ones_are_refused() {
+        for regex in [
+            "orders-.*",
+            "payments-\\d+",
+            "(eu|us|ap)-[a-z0-9._-]{1,200}",
+            "\\w+-events",
+        ] {
+            assert!(compile(regex).is_ok(), "{regex}");
+        }
+        let huge = format!("m1\\w{{15}}|{}", "x".repeat(10));
+        assert!(compile(&huge).is_err(), "{huge}");
     }
 
     /// The differences from RE2/J listed in the module doc.
