@@ -79,8 +79,14 @@ enum TopicsCommand {
     /// Create a topic.
     Create {
         name: String,
-        #[arg(long, short = 'p', default_value_t = 1)]
-        partitions: i32,
+        /// Partition count; the broker's default (`kafka.default_partitions`,
+        /// Kafka's `num.partitions`) when not given.
+        #[arg(long, short = 'p')]
+        partitions: Option<i32>,
+        /// Replicas per partition; the broker's default when not given (a
+        /// single node takes 1).
+        #[arg(long, short = 'r')]
+        replication_factor: Option<i16>,
         /// Topic config, KEY=VALUE (repeatable), e.g. retention.ms=3600000.
         #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
         configs: Vec<String>,
@@ -251,8 +257,15 @@ fn topics(brokers: &str, command: TopicsCommand) -> anyhow::Result<()> {
         TopicsCommand::Create {
             name,
             partitions,
+            replication_factor,
             configs,
-        } => topics::create(brokers, &name, partitions, &key_values(&configs)?),
+        } => topics::create(
+            brokers,
+            &name,
+            partitions,
+            replication_factor,
+            &key_values(&configs)?,
+        ),
         TopicsCommand::Describe { name } => topics::describe(brokers, &name),
         TopicsCommand::Alter {
             name,

@@ -43,17 +43,20 @@ pub fn list(brokers: &str) -> AdminResult {
     Ok(())
 }
 
+/// Create topic `name`; `None` counts take the broker's defaults (-1 in
+/// CreateTopics v4+, KIP-464).
 pub fn create(
     brokers: &str,
     name: &str,
-    partitions: i32,
+    partitions: Option<i32>,
+    replication_factor: Option<i16>,
     configs: &[(String, String)],
 ) -> AdminResult {
     let mut client = KafkaClient::connect(brokers)?;
     let topic = CreatableTopic::default()
         .with_name(TopicName(text(name)))
-        .with_num_partitions(partitions)
-        .with_replication_factor(-1)
+        .with_num_partitions(partitions.unwrap_or(-1))
+        .with_replication_factor(replication_factor.unwrap_or(-1))
         .with_configs(
             configs
                 .iter()
@@ -79,7 +82,13 @@ pub fn create(
             describe_error(result.error_code, result.error_message.as_deref())
         );
     }
-    println!("created topic {name} with {partitions} partitions");
+    let created = if result.num_partitions > 0 {
+        result.num_partitions
+    } else {
+        partitions.unwrap_or_default()
+    };
+    let plural = if created == 1 { "" } else { "s" };
+    println!("created topic {name} with {created} partition{plural}");
     Ok(())
 }
 

@@ -622,6 +622,33 @@ fn admin_output_into_a_closed_pipe_ends_quietly() {
     assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{stderr}");
 }
 
+/// `sluice topics create` without `-p` takes the broker's default partition
+/// count, as `kafka-topics --create` takes `num.partitions` (found by the
+/// issue-14 new-user trial: it always asked for 1).
+#[test]
+fn topics_create_takes_the_broker_default_partition_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("partitions.toml");
+    std::fs::write(&config, "[kafka]\ndefault_partitions = 3\n").unwrap();
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let address = &broker.address;
+    let (ok, out) = sluice_admin(address, &["topics", "create", "defaulted"]);
+    assert!(
+        ok && out.contains("created topic defaulted with 3 partitions"),
+        "{out}"
+    );
+    let (ok, out) = sluice_admin(address, &["topics", "create", "one", "-p", "1", "-r", "1"]);
+    assert!(
+        ok && out.contains("created topic one with 1 partition\n"),
+        "{out}"
+    );
+    let (ok, out) = sluice_admin(address, &["topics", "create", "three", "-r", "3"]);
+    assert!(!ok && out.contains("replication factor 3"), "{out}");
+}
+
 /// `sluice topics alter` sets and removes topic configs (found by a new
 /// user: the shipped tools had no way to change one, such as
 /// `sluice.disk.pressure.delete`, after creation).
