@@ -12,6 +12,7 @@ pub mod admin;
 pub mod bench;
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod data_dir;
 pub mod error_chain;
