@@ -106,12 +106,10 @@ pub enum IdentityError {
     )]
     SingleNodeData { data_dir: PathBuf, topics: String },
     #[error(
-        "cannot tell whether data dir {data_dir} holds a single node's topics: {path} is not \
-         valid TOML ({source}); restore it, or point --data-dir at an empty directory for this \
-         cluster node"
+        "cannot tell whether the data dir holds a single node's topics: {path} is not valid TOML \
+         ({source}); restore it, or point --data-dir at an empty directory for this cluster node"
     )]
     MetadataUnparsable {
-        data_dir: PathBuf,
         path: PathBuf,
         #[source]
         source: toml::de::Error,
@@ -266,10 +264,11 @@ impl NodeIdentity {
 }
 
 fn decode(path: &Path, text: &str) -> Result<Stored, IdentityError> {
-    let persisted: Persisted = toml::from_str(text).map_err(|source| IdentityError::Unparsable {
-        path: path.to_owned(),
-        source,
-    })?;
+    let persisted: Persisted =
+        toml::from_str(text).map_err(|source| IdentityError::Unparsable {
+            path: path.to_owned(),
+            source,
+        })?;
     let damaged = |reason: String| IdentityError::Damaged {
         path: path.to_owned(),
         reason,
@@ -321,7 +320,6 @@ pub fn refuse_single_node_data(data_dir: &Path) -> Result<(), IdentityError> {
     };
     let metadata: SingleNodeMetadata =
         toml::from_str(&text).map_err(|source| IdentityError::MetadataUnparsable {
-            data_dir: data_dir.to_owned(),
             path: path.clone(),
             source,
         })?;
@@ -364,7 +362,10 @@ mod tests {
     }
 
     fn claimed(dir: &Path, node_id: i32) -> NodeIdentity {
-        IdentityFile::load(dir).unwrap().check_node(node_id).unwrap()
+        IdentityFile::load(dir)
+            .unwrap()
+            .check_node(node_id)
+            .unwrap()
     }
 
     #[test]
@@ -395,7 +396,10 @@ mod tests {
             .unwrap()
             .check_node(3)
             .unwrap_err();
-        assert!(matches!(error, IdentityError::OtherNode { .. }), "{error:?}");
+        assert!(
+            matches!(error, IdentityError::OtherNode { .. }),
+            "{error:?}"
+        );
         let text = error.to_string();
         let expected = format!(
             "data dir {} belongs to node 2, this node is configured as node 3;",
@@ -456,7 +460,10 @@ mod tests {
             "{error:?}"
         );
         let text = error.to_string();
-        assert!(text.contains("(orders, payments, in metadata.toml)"), "{text}");
+        assert!(
+            text.contains("(orders, payments, in metadata.toml)"),
+            "{text}"
+        );
         assert!(text.contains("without the [cluster] section"), "{text}");
         assert!(
             !dir.path().join(NODE_FILE).exists(),

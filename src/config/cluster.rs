@@ -221,7 +221,9 @@ fn deserialize_peers<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<P
         }
 
         fn visit_str<E: de::Error>(self, text: &str) -> Result<Vec<Peer>, E> {
-            text.split(',').map(|entry| peer_entry(entry.trim())).collect()
+            text.split(',')
+                .map(|entry| peer_entry(entry.trim()))
+                .collect()
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Peer>, A::Error> {
@@ -347,7 +349,11 @@ impl ClusterConfig {
         let missing = if self.node_id == NODE_ID_UNSET {
             Some(("cluster.node_id", "node_id = N", "--node-id N"))
         } else if self.listen.is_empty() {
-            Some(("cluster.listen", "listen = \"IP:PORT\"", "--cluster-listen IP:PORT"))
+            Some((
+                "cluster.listen",
+                "listen = \"IP:PORT\"",
+                "--cluster-listen IP:PORT",
+            ))
         } else if self.peers.is_empty() {
             Some((
                 "cluster.peers",
@@ -614,10 +620,7 @@ mod tests {
             (600, 1200)
         );
         assert_eq!(cluster.raft_heartbeat_interval_ms(), 200);
-        assert_eq!(
-            cluster.advertised_address(),
-            ("127.0.0.1".to_owned(), 9093)
-        );
+        assert_eq!(cluster.advertised_address(), ("127.0.0.1".to_owned(), 9093));
     }
 
     #[test]
@@ -683,7 +686,9 @@ mod tests {
 
     #[test]
     fn every_refusal_names_its_key_and_the_fix() {
-        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        /// Keys changed, the key the refusal names, and its fix.
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
             (&[("node_id", "-2")], "cluster.node_id", "must be >= 0"),
             (
                 &[("listen", "\"localhost:9093\"")],
@@ -691,7 +696,10 @@ mod tests {
                 "host names are not resolved",
             ),
             (
-                &[("listen", "\"127.0.0.1:0\""), ("peers", "\"1@127.0.0.1:1\"")],
+                &[
+                    ("listen", "\"127.0.0.1:0\""),
+                    ("peers", "\"1@127.0.0.1:1\""),
+                ],
                 "cluster.listen",
                 "needs a fixed port",
             ),
@@ -898,10 +906,7 @@ mod tests {
             let mut config = Config::default();
             config.apply_cluster_flags(&flags).unwrap();
             let text = config.validate().unwrap_err().to_string();
-            assert!(
-                text.contains(&format!("`{missing}` is missing")),
-                "{text}"
-            );
+            assert!(text.contains(&format!("`{missing}` is missing")), "{text}");
             assert!(text.contains(flag), "{text}");
         }
     }
@@ -930,7 +935,9 @@ mod tests {
             })
             .unwrap_err();
         assert!(
-            error.to_string().contains("`cluster.peers` = \"1@127.0.0.1\""),
+            error
+                .to_string()
+                .contains("`cluster.peers` = \"1@127.0.0.1\""),
             "{error}"
         );
     }

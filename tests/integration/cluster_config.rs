@@ -40,7 +40,10 @@ fn run_until_exit(data: &Path, extra: &[&str]) -> (ExitStatus, String) {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("sluice serve {extra:?} kept running; log:\n{}", reader.join().unwrap());
+            panic!(
+                "sluice serve {extra:?} kept running; log:\n{}",
+                reader.join().unwrap()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -152,7 +155,10 @@ fn bad_cluster_flags_and_settings_stop_the_start_naming_the_key_and_the_fix() {
             Some(CONFIG_ERROR_EXIT),
             "{flags:?}; log:\n{log}"
         );
-        assert!(log.contains(refusal), "{flags:?} says {refusal:?}; log:\n{log}");
+        assert!(
+            log.contains(refusal),
+            "{flags:?} says {refusal:?}; log:\n{log}"
+        );
         assert!(log.contains(fix), "{flags:?} says {fix:?}; log:\n{log}");
         assert!(
             !data.exists(),
@@ -190,7 +196,10 @@ fn a_data_dir_of_node_2_started_as_node_3_is_refused_with_the_reason() {
         "refused before the cluster start; log:\n{log}"
     );
     let identity_after = std::fs::read_to_string(data.join("node.toml")).unwrap();
-    assert_eq!(identity_after, identity, "a refused node leaves node.toml alone");
+    assert_eq!(
+        identity_after, identity,
+        "a refused node leaves node.toml alone"
+    );
 }
 
 #[test]
