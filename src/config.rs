@@ -12,6 +12,9 @@ use thiserror::Error;
 
 use crate::storage::frame::FRAME_HEADER_BYTES;
 
+mod cluster;
+pub use cluster::{ClusterConfig, ClusterFlags, NODE_ID_UNSET, Peer, PeerSyntax};
+
 /// O_DIRECT and the kernel's logical block size for NVMe: writes, buffers and
 /// file offsets are aligned to this in `direct` write mode.
 pub const DIRECT_IO_ALIGNMENT_BYTES: u32 = 4096;
@@ -53,6 +56,11 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub groups: GroupsConfig,
     pub transactions: TransactionsConfig,
+    /// `[cluster]`: this node's place in a cluster (issue 15). Absent (the
+    /// default): one node, exactly as without clustering. See
+    /// [`ClusterConfig`]; `--node-id`, `--cluster-listen` and
+    /// `--cluster-peers` create it.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The transaction coordinator (KIP-98): where transactions are recorded
@@ -404,6 +412,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             groups: GroupsConfig::default(),
             transactions: TransactionsConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -517,6 +526,8 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error("setting `{key}` is missing: {fix}")]
+    Missing { key: &'static str, fix: String },
     #[error(
         "setting `{key}` = {value:?} is not an address ({source}): expected an IP address and \
          port, e.g. 127.0.0.1:9092 or [::]:9092 (host names are not resolved)"
@@ -575,7 +586,11 @@ impl Config {
         self.storage.validate()?;
         self.retention.validate()?;
         self.groups.validate()?;
-        self.transactions.validate()
+        self.transactions.validate()?;
+        match &self.cluster {
+            Some(cluster) => cluster.validate(&self.kafka, &self.metrics),
+            None => Ok(()),
+        }
     }
 }
 
@@ -757,22 +772,27 @@ impl KafkaConfig {
 
     /// `host:port` to put in Metadata responses.
     pub fn advertised_address(&self) -> (String, u16) {
-        let address = if self.advertised.is_empty() {
-            &self.listen
-        } else {
-            &self.advertised
-        };
-        let (host, port) = address
-            .rsplit_once(':')
-            .unwrap_or((address.as_str(), "9092"));
-        let port = port.parse().unwrap_or(9092);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let host = match host {
-            "0.0.0.0" | "::" | "" => hostname().unwrap_or_else(|| "localhost".to_owned()),
-            host => host.to_owned(),
-        };
-        (host, port)
+        advertised_or_listen(&self.advertised, &self.listen)
     }
+}
+
+/// `advertised` as host and port, or when it is empty `listen` with this
+/// host's name in place of an unspecified address (port 9092 where none is
+/// given).
+fn advertised_or_listen(advertised: &str, listen: &str) -> (String, u16) {
+    let address = if advertised.is_empty() {
+        listen
+    } else {
+        advertised
+    };
+    let (host, port) = address.rsplit_once(':').unwrap_or((address, "9092"));
+    let port = port.parse().unwrap_or(9092);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = match host {
+        "0.0.0.0" | "::" | "" => hostname().unwrap_or_else(|| "localhost".to_owned()),
+        host => host.to_owned(),
+    };
+    (host, port)
 }
 
 /// The listener address `value` of setting `key` (an IP address and port).

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice::broker::Broker;
-use sluice::config::{self, Config, IoBackendSetting};
+use sluice::config::{self, ClusterFlags, Config, IoBackendSetting};
 use sluice::data_dir::DataDir;
 use sluice::error_chain::error_chain;
 use sluice::exposure;
@@ -195,6 +195,24 @@ struct ServeArgs {
     /// I/O backend (overrides `io_backend`).
     #[arg(long, value_enum, value_name = "BACKEND")]
     io_backend: Option<BackendArg>,
+    /// This node's id in a cluster (overrides `cluster.node_id` and
+    /// `kafka.node_id`). --node-id, --cluster-listen and --cluster-peers
+    /// make this node part of a cluster; without a [cluster] section in the
+    /// file, all three are needed.
+    #[arg(long, value_name = "N", help_heading = "Cluster")]
+    node_id: Option<i32>,
+    /// Internal RPC listener the other nodes connect to, IP:PORT with a
+    /// fixed port (overrides `cluster.listen`).
+    #[arg(long, value_name = "HOST:PORT", help_heading = "Cluster")]
+    cluster_listen: Option<String>,
+    /// Every node of the cluster, this one included: id@host:port of each
+    /// node's cluster listener, comma-separated (overrides `cluster.peers`).
+    #[arg(
+        long,
+        value_name = "1@HOST:PORT,2@HOST:PORT,3@HOST:PORT",
+        help_heading = "Cluster"
+    )]
+    cluster_peers: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -387,6 +405,11 @@ fn load_config(args: &ServeArgs) -> Result<Config, config::ConfigError> {
             BackendArg::Epoll => IoBackendSetting::Epoll,
         };
     }
+    config.apply_cluster_flags(&ClusterFlags {
+        node_id: args.node_id,
+        listen: args.cluster_listen.clone(),
+        peers: args.cluster_peers.clone(),
+    })?;
     config.validate()?;
     Ok(config)
 }
@@ -424,6 +447,10 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     let backend = backend.backend;
     let shard_count = config.shard_count();
     let data_dir = DataDir::open(&config.data_dir, shard_count, config.storage.write_mode)?;
+    if let Some(cluster) = &config.cluster {
+        // Issue 15: the cluster node starts here, before the shards.
+        sluice::cluster::start(cluster, data_dir.path())?;
+    }
     check_open_files(&config, backend, shard_count, &data_dir);
     let metrics_address = config::parse_address("metrics.listen", &config.metrics.listen)?;
     exposure::warn_metrics(metrics_address);
