@@ -7,6 +7,8 @@
 //! Runs on the cluster thread's tokio runtime (openraft needs tokio); the
 //! shards reach it through channels.
 
+pub mod log_store;
+
 use serde::{Deserialize, Serialize};
 
 use crate::broker::metadata_command::{MetadataCommand, Refusal};
