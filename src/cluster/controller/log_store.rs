@@ -2,9 +2,10 @@
 //! files in `<data_dir>/controller/log/` ([`LogStore::dir_in`]).
 //!
 //! * Entries are framed (length, CRC32C, JSON) in segment files named by
-//!   their first index (format in [`segment`]); a segment that has reached
-//!   [`SEGMENT_BYTES_TARGET`] gets no more entries. Every entry not yet
-//!   purged is also kept in memory, so reads never touch the disk: the
+//!   their first index, after a versioned header (format in
+//!   `log_store/segment.rs`); a segment that has reached
+//!   `SEGMENT_BYTES_TARGET` (64 MiB) gets no more entries. Every entry not
+//!   yet purged is also kept in memory, so reads never touch the disk: the
 //!   controller log holds metadata changes and is purged behind snapshots.
 //! * `vote.json`, `committed.json` and `purged.json` hold the vote, the
 //!   last committed log id and the last purged log id, each replaced
@@ -18,12 +19,14 @@
 //! truncate deletes later segments before it shortens the one it cuts, so a
 //! crash part way leaves a log that recovery reads.
 //!
-//! Recovery ([`LogStore::open`], in [`recovery`]) checks every frame's CRC
-//! and that indexes are consecutive. A torn tail of the last segment (a
-//! frame cut short, a bad CRC in the frame that ends the file, zeros to the
-//! end) was never acknowledged, since append reports only after its
-//! fdatasync, and is truncated away with a log line; damage anywhere else
-//! is an error naming the file and offset, never skipped.
+//! Recovery ([`LogStore::open`], in `log_store/recovery.rs`) checks every
+//! frame's CRC and that indexes are consecutive. A torn tail of the last
+//! segment (a frame cut short, a bad CRC in the frame that ends the file,
+//! zeros to the end) was never acknowledged, since append reports only
+//! after its fdatasync, and is truncated away with a log line; damage
+//! anywhere else is an error naming the file and offset, never skipped.
+//! Entries at or below the last purged index are skipped, on reading and on
+//! appending (Raft never appends them; they are in the snapshot).
 //!
 //! A failed write poisons the store: it refuses every later write until the
 //! node restarts and recovers the log from disk (openraft stops on a
