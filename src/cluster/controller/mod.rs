@@ -7,6 +7,7 @@
 //! Runs on the cluster thread's tokio runtime (openraft needs tokio); the
 //! shards reach it through channels.
 
+pub mod log_store;
 pub mod state_machine;
 
 use serde::{Deserialize, Serialize};
