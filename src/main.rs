@@ -447,10 +447,12 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     let backend = backend.backend;
     let shard_count = config.shard_count();
     let data_dir = DataDir::open(&config.data_dir, shard_count, config.storage.write_mode)?;
-    if let Some(cluster) = &config.cluster {
-        // Issue 15: the cluster node starts here, before the shards.
-        sluice::cluster::start(cluster, data_dir.path())?;
-    }
+    // Issue 15: a cluster node's data dir is checked before anything
+    // else touches it; it joins once the broker exists, before the shards.
+    let identity = match &config.cluster {
+        Some(cluster) => Some(sluice::cluster::check_identity(cluster, data_dir.path())?),
+        None => None,
+    };
     check_open_files(&config, backend, shard_count, &data_dir);
     let metrics_address = config::parse_address("metrics.listen", &config.metrics.listen)?;
     exposure::warn_metrics(metrics_address);
@@ -478,6 +480,17 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
             tracing::error!(%error, "cannot check for termination signals; stopping");
             true
         }
+    };
+    let _controller = match (&config.cluster, identity) {
+        (Some(cluster), Some(identity)) => Some(sluice::cluster::join(
+            cluster,
+            data_dir.path(),
+            &broker,
+            identity,
+            shard_count as u32,
+            &cancelled,
+        )?),
+        _ => None,
     };
     let runtime =
         ShardRuntime::start_cancellable(&config, &data_dir, backend, service, &cancelled)?;

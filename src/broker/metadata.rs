@@ -171,6 +171,8 @@ pub enum MetadataError {
     },
     #[error("the metadata writer has stopped (the broker is shutting down)")]
     WriterStopped,
+    #[error("the cluster controller did not take the change: {0}")]
+    Controller(String),
     #[error("cannot persist cluster metadata {path}: {source}")]
     Write {
         path: PathBuf,
@@ -220,8 +222,27 @@ struct PersistedTopic {
 /// writer that changes it.
 pub struct MetadataStore {
     shared: Arc<Shared>,
-    /// Commands for the writer thread; it stops when this is dropped.
-    jobs: flume::Sender<Job>,
+    writer: Writer,
+}
+
+/// Who executes commands.
+enum Writer {
+    /// A single node: the writer thread (it stops when this is dropped).
+    Local(flume::Sender<Job>),
+    /// A cluster node: the controller, once attached; its state machine
+    /// publishes the snapshots.
+    Replicated(std::sync::OnceLock<Arc<dyn MetadataProposer>>),
+}
+
+/// Where a cluster node's metadata commands go: the controller, which
+/// answers once the command is committed and applied on this node.
+pub trait MetadataProposer: Send + Sync {
+    /// The command's refusal (`None`: applied), or why it may not have been
+    /// made.
+    fn propose(
+        &self,
+        command: MetadataCommand,
+    ) -> futures_util::future::BoxFuture<'static, Result<Option<Refusal>, String>>;
 }
 
 /// What the store and its writer thread share.
@@ -233,6 +254,9 @@ struct Shared {
     current: ArcSwap<ClusterMetadata>,
     /// Serialises commits (the writer thread's, and a start's before it).
     writer: Mutex<()>,
+    /// A cluster's controller leader (-1: none known), as the controller
+    /// last saw it.
+    controller: std::sync::atomic::AtomicI64,
 }
 
 /// A command for the writer thread and where its outcome goes.
@@ -278,6 +302,7 @@ impl MetadataStore {
             limits,
             current: ArcSwap::from_pointee(metadata),
             writer: Mutex::new(()),
+            controller: std::sync::atomic::AtomicI64::new(-1),
         });
         let (jobs, queue) = flume::unbounded::<Job>();
         let writer = Arc::clone(&shared);
@@ -294,7 +319,68 @@ impl MetadataStore {
                 path: shared.path.clone(),
                 source,
             })?;
-        Ok(MetadataStore { shared, jobs })
+        Ok(MetadataStore {
+            shared,
+            writer: Writer::Local(jobs),
+        })
+    }
+
+    /// The store of a cluster node: no file (the controller's log and
+    /// snapshots hold the metadata) and an empty snapshot until the
+    /// controller's state machine publishes one.
+    pub fn replicated(statics: StaticSettings, limits: TopicLimits) -> MetadataStore {
+        let broker = BrokerOverrides::default();
+        let empty = ClusterMetadata {
+            cluster_id: String::new(),
+            topics: BTreeMap::new(),
+            ids: BTreeMap::new(),
+            topic_defaults: topic_defaults(&statics, &broker),
+            broker,
+            group_configs: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+        };
+        MetadataStore {
+            shared: Arc::new(Shared {
+                path: PathBuf::new(),
+                statics,
+                limits,
+                current: ArcSwap::from_pointee(empty),
+                writer: Mutex::new(()),
+                controller: std::sync::atomic::AtomicI64::new(-1),
+            }),
+            writer: Writer::Replicated(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// Send this cluster node's commands to `proposer` (once).
+    pub fn attach(&self, proposer: Arc<dyn MetadataProposer>) {
+        if let Writer::Replicated(slot) = &self.writer {
+            let _ = slot.set(proposer);
+        }
+    }
+
+    /// A cluster's controller leader as last seen (`None` while unknown).
+    pub fn controller(&self) -> Option<u64> {
+        u64::try_from(
+            self.shared
+                .controller
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .ok()
+    }
+
+    /// Record the controller leader (`None`: unknown).
+    pub fn set_controller(&self, leader: Option<u64>) {
+        let value = leader.and_then(|id| i64::try_from(id).ok()).unwrap_or(-1);
+        self.shared
+            .controller
+            .store(value, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the metadata is the cluster's (replicated by the
+    /// controller) rather than this node's own.
+    pub fn is_replicated(&self) -> bool {
+        matches!(self.writer, Writer::Replicated(_))
     }
 
     /// The current metadata (lock-free).
@@ -319,16 +405,39 @@ impl MetadataStore {
     /// persisted and published before the future resolves. The calling
     /// thread never waits on the file system.
     pub async fn submit(&self, command: MetadataCommand) -> Committed {
+        let jobs = match &self.writer {
+            Writer::Local(jobs) => jobs,
+            Writer::Replicated(proposer) => {
+                let Some(proposer) = proposer.get() else {
+                    return Err(MetadataError::Controller(
+                        "this node has not joined its cluster yet".to_owned(),
+                    ));
+                };
+                let before = self.snapshot();
+                let refusal = proposer
+                    .propose(command.clone())
+                    .await
+                    .map_err(MetadataError::Controller)?;
+                return Ok(match refusal {
+                    Some(refusal) => Err(refusal),
+                    None => Ok(applied(&command, &before, &self.snapshot())),
+                });
+            }
+        };
         let (reply, outcome) = futures_channel::oneshot::channel();
-        if self.jobs.send(Job { command, reply }).is_err() {
+        if jobs.send(Job { command, reply }).is_err() {
             return Err(MetadataError::WriterStopped);
         }
         outcome.await.unwrap_or(Err(MetadataError::WriterStopped))
     }
 
-    /// [`MetadataStore::submit`] on the calling thread, for the start
-    /// (before any shard serves) and tests.
+    /// [`MetadataStore::submit`] on the calling thread, for a single node's
+    /// start (before any shard serves) and tests.
     pub fn submit_blocking(&self, command: MetadataCommand) -> Committed {
+        assert!(
+            !self.is_replicated(),
+            "a cluster node's commands go through the controller"
+        );
         self.shared.commit(command)
     }
 
@@ -352,6 +461,38 @@ impl MetadataStore {
             if snapshot.topic_by_id(id).is_none() {
                 return id;
             }
+        }
+    }
+}
+
+/// What an applied `command` changed, from the snapshots before and after
+/// it (a cluster node learns the change through its state machine).
+fn applied(
+    command: &MetadataCommand,
+    before: &ClusterMetadata,
+    after: &ClusterMetadata,
+) -> Applied {
+    let topic = |metadata: &ClusterMetadata, name: &str| {
+        metadata.topic(name).cloned().unwrap_or_else(|| {
+            Arc::new(TopicMeta {
+                name: name.to_owned(),
+                id: TopicId::ZERO,
+                partitions: 0,
+                overrides: BTreeMap::new(),
+                config: metadata.topic_defaults.clone(),
+            })
+        })
+    };
+    match command {
+        MetadataCommand::CreateTopic { name, .. }
+        | MetadataCommand::SetTopicConfigs { name, .. } => Applied::Topic(topic(after, name)),
+        MetadataCommand::DeleteTopic { name, .. } => Applied::Topic(topic(before, name)),
+        MetadataCommand::CreatePartitions { name, .. } => Applied::Grown {
+            from: topic(before, name).partitions,
+            topic: topic(after, name),
+        },
+        MetadataCommand::SetBrokerConfigs { .. } | MetadataCommand::SetGroupConfigs { .. } => {
+            Applied::Configs
         }
     }
 }
@@ -638,7 +779,7 @@ fn new_cluster_id() -> String {
 
 /// 16 bytes in URL-safe base64 without padding (22 characters), Kafka's
 /// `Uuid.toString`.
-fn base64_url(bytes: &[u8; 16]) -> String {
+pub fn base64_url(bytes: &[u8; 16]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut bits = 0u32;
     let mut width = 0;

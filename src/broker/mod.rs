@@ -41,7 +41,7 @@ static AUTO_CREATE_FAILURES: LogThrottle = LogThrottle::with_lines(Duration::fro
 
 pub struct Broker {
     pub config: Config,
-    pub metadata: MetadataStore,
+    pub metadata: Arc<MetadataStore>,
     /// Host and port put in Metadata responses.
     pub advertised: (String, u16),
 }
@@ -136,23 +136,22 @@ impl Broker {
             batch_max_bytes: config.storage.batch_ceiling_bytes(),
         };
         let statics = StaticSettings::from_config(&config);
+        if config.cluster.is_some() {
+            // The controller holds the metadata; its first leader creates
+            // the internal topics (`cluster/controller/runtime.rs`).
+            return Ok(Broker {
+                metadata: Arc::new(MetadataStore::replicated(statics, limits)),
+                config,
+                advertised,
+            });
+        }
         let metadata = MetadataStore::open(&config.data_dir, statics, limits)?;
-        ensure_internal_topic(
-            &metadata,
-            group::OFFSETS_TOPIC,
-            config.groups.offsets_topic_partitions,
-            "groups.offsets_topic_partitions",
-        )?;
-        ensure_internal_topic(&metadata, producer_ids::PRODUCER_IDS_TOPIC, 1, "")?;
-        ensure_internal_topic(
-            &metadata,
-            txn::TXN_TOPIC,
-            config.transactions.state_topic_partitions,
-            "transactions.state_topic_partitions",
-        )?;
+        for (name, partitions, overrides, setting) in internal_topics(&config) {
+            ensure_internal_topic(&metadata, name, partitions, overrides, setting)?;
+        }
         Ok(Broker {
             config,
-            metadata,
+            metadata: Arc::new(metadata),
             advertised,
         })
     }
@@ -408,6 +407,33 @@ impl Broker {
         Ok(())
     }
 
+    /// The brokers clients are told of, (node id, host, port) in id order:
+    /// a cluster's registered nodes, or this node alone.
+    pub fn brokers(&self) -> Vec<(i32, String, u16)> {
+        let snapshot = self.metadata.snapshot();
+        if snapshot.nodes.is_empty() {
+            let (host, port) = &self.advertised;
+            return vec![(self.config.kafka.node_id, host.clone(), *port)];
+        }
+        snapshot
+            .nodes
+            .iter()
+            .filter_map(|(id, node)| Some((i32::try_from(*id).ok()?, node.host.clone(), node.port)))
+            .collect()
+    }
+
+    /// The controller clients are told of: a cluster's controller leader
+    /// (-1 while none is known), or this node.
+    pub fn controller_id(&self) -> i32 {
+        if !self.metadata.is_replicated() {
+            return self.config.kafka.node_id;
+        }
+        self.metadata
+            .controller()
+            .and_then(|id| i32::try_from(id).ok())
+            .unwrap_or(-1)
+    }
+
     /// What consumer group `group` runs with: its configs over the broker's
     /// defaults.
     pub fn group_settings(&self, group: &str) -> group::config::GroupSettings {
@@ -567,17 +593,43 @@ pub fn reconcile_shard(context: &ShardContext, broker: &Broker) -> Result<(), To
     Ok(())
 }
 
+/// The internal topics a broker with `config` needs: (name, partitions,
+/// overrides, the setting that chose the count, empty for a fixed one).
+/// Their records are compacted by the service that writes them
+/// (copy-forward snapshots, or a newest record that states everything), so
+/// time and size retention are off.
+pub fn internal_topics(
+    config: &Config,
+) -> Vec<(&'static str, u32, BTreeMap<String, String>, &'static str)> {
+    let overrides = BTreeMap::from([
+        (topic_config::RETENTION_MS.to_owned(), "-1".to_owned()),
+        (topic_config::RETENTION_BYTES.to_owned(), "-1".to_owned()),
+    ]);
+    vec![
+        (
+            group::OFFSETS_TOPIC,
+            config.groups.offsets_topic_partitions,
+            overrides.clone(),
+            "groups.offsets_topic_partitions",
+        ),
+        (producer_ids::PRODUCER_IDS_TOPIC, 1, overrides.clone(), ""),
+        (
+            txn::TXN_TOPIC,
+            config.transactions.state_topic_partitions,
+            overrides,
+            "transactions.state_topic_partitions",
+        ),
+    ]
+}
+
 /// Create the internal topic `name` in the metadata if it is missing (its
-/// partitions are created by each shard's reconcile). Its records are
-/// compacted by the service that writes them (copy-forward snapshots, or a
-/// newest record that states everything), so time and size retention are
-/// off. The partition count is fixed once the topic exists: a key's
-/// partition must not move. `setting` names the setting that chose
-/// `partitions` (empty for a fixed count).
+/// partitions are created by each shard's reconcile). The partition count
+/// is fixed once the topic exists: a key's partition must not move.
 fn ensure_internal_topic(
     metadata: &MetadataStore,
     name: &'static str,
     partitions: u32,
+    overrides: BTreeMap<String, String>,
     setting: &str,
 ) -> Result<(), MetadataError> {
     if let Some(topic) = metadata.snapshot().topic(name) {
@@ -591,10 +643,6 @@ fn ensure_internal_topic(
         }
         return Ok(());
     }
-    let overrides = BTreeMap::from([
-        (topic_config::RETENTION_MS.to_owned(), "-1".to_owned()),
-        (topic_config::RETENTION_BYTES.to_owned(), "-1".to_owned()),
-    ]);
     let command = MetadataCommand::CreateTopic {
         name: name.to_owned(),
         id: metadata.new_topic_id(),

@@ -12,29 +12,34 @@ pub mod controller;
 pub mod identity;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::broker::{Broker, internal_topics};
 use crate::config::ClusterConfig;
-use identity::{IdentityError, IdentityFile};
+use controller::runtime::{self, ControllerHandle, ControllerStartError, LocalNode};
+use identity::{IdentityError, IdentityFile, NodeIdentity};
 
 #[derive(Debug, Error)]
 pub enum ClusterStartError {
     #[error(transparent)]
     Identity(#[from] IdentityError),
-    #[error(
-        "cluster mode is not available yet (issue 15 is in progress): remove the [cluster] \
-         section / --cluster-* flags to run a single node"
-    )]
-    NotAvailable,
+    #[error(transparent)]
+    Controller(#[from] ControllerStartError),
+    #[error("stopped by a signal before joining the cluster")]
+    Cancelled,
 }
 
-/// Start this node's part of the cluster on `data_dir` (locked by the
-/// caller): refuse a data dir that belongs to another node or holds
-/// single-node data, and claim a fresh one for `cluster.node_id`. Runs
-/// before the shards start, so a refused node has changed nothing but
-/// `node.toml`.
-pub fn start(cluster: &ClusterConfig, data_dir: &Path) -> Result<(), ClusterStartError> {
+/// Check the data dir before anything else touches it: refuse one that
+/// belongs to another node or holds single-node data, and claim a fresh
+/// one for `cluster.node_id`. Runs before the shards start, so a refused
+/// node has changed nothing but `node.toml`.
+pub fn check_identity(
+    cluster: &ClusterConfig,
+    data_dir: &Path,
+) -> Result<NodeIdentity, ClusterStartError> {
     let node = IdentityFile::load(data_dir)?.check_node(cluster.node_id)?;
     tracing::info!(
         node_id = node.node_id(),
@@ -42,6 +47,68 @@ pub fn start(cluster: &ClusterConfig, data_dir: &Path) -> Result<(), ClusterStar
         data_dir = %data_dir.display(),
         "data dir belongs to this node"
     );
-    // The controller (issue 15, item 2) starts here.
-    Err(ClusterStartError::NotAvailable)
+    Ok(node)
+}
+
+/// Start the controller member and wait until this node has joined: a
+/// leader is known, the cluster has its id and internal topics, and the
+/// metadata lists this node. `cancelled` is polled while waiting (SIGTERM).
+pub fn join(
+    cluster: &ClusterConfig,
+    data_dir: &Path,
+    broker: &Broker,
+    identity: NodeIdentity,
+    shards: u32,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<ControllerHandle, ClusterStartError> {
+    let (host, port) = broker.advertised.clone();
+    let internal_topics: Vec<_> = internal_topics(&broker.config)
+        .into_iter()
+        .map(|(name, partitions, overrides, _)| (name.to_owned(), partitions, overrides))
+        .collect();
+    let wanted: Vec<String> = internal_topics
+        .iter()
+        .map(|(name, ..)| name.clone())
+        .collect();
+    let local = LocalNode {
+        kafka_host: host,
+        kafka_port: port,
+        shards,
+        internal_topics,
+    };
+    let store = Arc::clone(&broker.metadata);
+    let handle = runtime::start(cluster, data_dir, store, local, identity)?;
+    broker.metadata.attach(Arc::new(handle.clone()));
+    let node_id = u64::try_from(cluster.node_id).expect("validated: node ids are >= 0");
+    let started = Instant::now();
+    let mut last_report = started;
+    loop {
+        let snapshot = broker.metadata.snapshot();
+        let joined = !snapshot.cluster_id.is_empty()
+            && snapshot.nodes.contains_key(&node_id)
+            && wanted.iter().all(|name| snapshot.topic(name).is_some());
+        if joined {
+            tracing::info!(
+                cluster_id = %snapshot.cluster_id,
+                node_id,
+                nodes = snapshot.nodes.len(),
+                leader = handle.leader(),
+                waited_ms = started.elapsed().as_millis() as u64,
+                "joined the cluster"
+            );
+            return Ok(handle);
+        }
+        if cancelled() {
+            return Err(ClusterStartError::Cancelled);
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            tracing::info!(
+                leader = handle.leader(),
+                peers = cluster.peers.len(),
+                "waiting to join the cluster: a majority of the peers must be up"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -8,6 +8,9 @@
 //! shards reach it through channels.
 
 pub mod log_store;
+pub mod network;
+pub mod rpc;
+pub mod runtime;
 pub mod state_machine;
 
 use serde::{Deserialize, Serialize};

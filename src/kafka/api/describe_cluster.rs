@@ -1,4 +1,5 @@
-//! DescribeCluster: this broker is the whole cluster and its controller.
+//! DescribeCluster: a cluster's registered nodes and its controller leader,
+//! or, for a single node, this broker as the whole cluster.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -17,11 +18,9 @@ const ENDPOINT_TYPE_BROKERS: i8 = 1;
 pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let describe: DescribeClusterRequest = decode(request, body)?;
     let broker = request.broker;
-    let node = BrokerId(broker.config.kafka.node_id);
-    let (host, port) = &broker.advertised;
     let mut response = DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(&broker.metadata.snapshot().cluster_id))
-        .with_controller_id(node)
+        .with_controller_id(BrokerId(broker.controller_id()))
         .with_cluster_authorized_operations(authorized_operations(
             describe.include_cluster_authorized_operations,
             AclResource::Cluster,
@@ -34,12 +33,18 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
             .with_error_code(ResponseError::UnsupportedEndpointType.code())
             .with_error_message(Some(str_bytes("only broker endpoints (type 1) are served")));
     } else {
-        response = response.with_brokers(vec![
-            DescribeClusterBroker::default()
-                .with_broker_id(node)
-                .with_host(str_bytes(host))
-                .with_port(i32::from(*port)),
-        ]);
+        response = response.with_brokers(
+            broker
+                .brokers()
+                .into_iter()
+                .map(|(id, host, port)| {
+                    DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(id))
+                        .with_host(str_bytes(&host))
+                        .with_port(i32::from(port))
+                })
+                .collect(),
+        );
     }
     request.respond(&response)
 }

@@ -79,16 +79,20 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             }
         })
         .collect();
-    let (host, port) = &broker.advertised;
-    let response = MetadataResponse::default()
-        .with_brokers(vec![
+    let brokers = broker
+        .brokers()
+        .into_iter()
+        .map(|(id, host, port)| {
             MetadataResponseBroker::default()
-                .with_node_id(node)
-                .with_host(str_bytes(host))
-                .with_port(i32::from(*port)),
-        ])
+                .with_node_id(BrokerId(id))
+                .with_host(str_bytes(&host))
+                .with_port(i32::from(port))
+        })
+        .collect();
+    let response = MetadataResponse::default()
+        .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(&broker.metadata.snapshot().cluster_id)))
-        .with_controller_id(node)
+        .with_controller_id(BrokerId(broker.controller_id()))
         .with_topics(topics)
         .with_cluster_authorized_operations(authorized_operations(
             metadata.include_cluster_authorized_operations,

@@ -1,0 +1,588 @@
+//! The cluster thread: a current-thread tokio runtime running this node's
+//! controller member (openraft), the internal RPC server, the node's
+//! duties toward the cluster, and the proposals the shards send.
+//!
+//! * **Bootstrap.** The lowest configured node id initialises the voters
+//!   (every peer) when its log is empty and no peer answers with a cluster
+//!   id; the others wait to be contacted. Whoever leads a cluster without
+//!   an id commits [`ControllerCommand::CreateCluster`] with a fresh one,
+//!   then the internal topics.
+//! * **Duties** (every [`DUTY_INTERVAL`]): record the cluster id in
+//!   `node.toml` once known, register this node (its Kafka address and
+//!   shard count) until the metadata shows it, and publish who leads.
+//! * **Proposals**: a command from a shard is written by the leader
+//!   (forwarded over `/controller/propose` when it is another node); the
+//!   answer waits until this node's state machine applied it, so the
+//!   caller reads the change in its own snapshot.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+use openraft::{BasicNode, Raft};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::log_store::LogStore;
+use super::network::Network;
+use super::rpc::{self, Identity, PATH_APPEND, PATH_PROPOSE, PATH_SNAPSHOT, PATH_VOTE};
+use super::state_machine::StateMachine;
+use super::{ControllerCommand, ControllerOutcome, ControllerTypes};
+use crate::broker::metadata::{MetadataProposer, MetadataStore, NodeInfo, random_bytes};
+use crate::broker::metadata_command::{MetadataCommand, Refusal};
+use crate::cluster::identity::NodeIdentity;
+use crate::config::ClusterConfig;
+
+/// How often a node looks at its duties.
+pub const DUTY_INTERVAL: Duration = Duration::from_millis(200);
+/// How long a proposal may take, retries through leader changes included.
+pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(15);
+const PATH_HELLO: &str = "/cluster/hello";
+
+/// Why the controller could not start.
+#[derive(Debug, Error)]
+pub enum ControllerStartError {
+    #[error("cannot start the cluster thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("cannot listen on cluster.listen {address}: {source}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the controller's log cannot be opened: {0}")]
+    Log(String),
+    #[error("the controller's state cannot be restored: {0}")]
+    State(String),
+    #[error("{0}")]
+    Raft(String),
+    #[error(
+        "node {peer} at {address} belongs to cluster {theirs}, this data dir to cluster {ours}: \
+         point this node at its own cluster's peers, or empty its data dir to join this cluster"
+    )]
+    OtherCluster {
+        peer: i32,
+        address: String,
+        theirs: String,
+        ours: String,
+    },
+}
+
+/// Why a proposal failed (the command may or may not have been applied).
+#[derive(Clone, Debug, Error, Serialize, Deserialize)]
+pub enum ProposeError {
+    #[error("no controller leader answered within {0:?}; is a majority of the nodes up?")]
+    NoLeader(Duration),
+    #[error("the cluster thread has stopped")]
+    Stopped,
+}
+
+/// What the leader answers a forwarded proposal.
+#[derive(Debug, Serialize, Deserialize)]
+enum ProposeAnswer {
+    Committed {
+        index: u64,
+        outcome: ControllerOutcome,
+    },
+    NotLeader {
+        leader: Option<u64>,
+    },
+}
+
+/// What `/cluster/hello` answers.
+#[derive(Debug, Serialize, Deserialize)]
+struct Hello {
+    node_id: u64,
+    cluster_id: String,
+}
+
+/// A command from a shard and where its outcome goes.
+struct Proposal {
+    command: ControllerCommand,
+    reply: futures_channel::oneshot::Sender<Result<ControllerOutcome, ProposeError>>,
+}
+
+/// The shards' handle on the controller (Send + Sync, cheap to clone).
+#[derive(Clone)]
+pub struct ControllerHandle {
+    proposals: flume::Sender<Proposal>,
+    leader: Arc<AtomicI64>,
+}
+
+impl ControllerHandle {
+    /// Propose `command` and wait until it is committed and applied on this
+    /// node (then the store's snapshot shows it).
+    pub async fn propose(
+        &self,
+        command: ControllerCommand,
+    ) -> Result<ControllerOutcome, ProposeError> {
+        let (reply, outcome) = futures_channel::oneshot::channel();
+        if self.proposals.send(Proposal { command, reply }).is_err() {
+            return Err(ProposeError::Stopped);
+        }
+        outcome.await.unwrap_or(Err(ProposeError::Stopped))
+    }
+
+    /// The controller leader's node id, -1 while none is known.
+    pub fn leader(&self) -> i64 {
+        self.leader.load(Ordering::Relaxed)
+    }
+}
+
+impl MetadataProposer for ControllerHandle {
+    fn propose(
+        &self,
+        command: MetadataCommand,
+    ) -> futures_util::future::BoxFuture<'static, Result<Option<Refusal>, String>> {
+        let handle = self.clone();
+        Box::pin(async move {
+            handle
+                .propose(ControllerCommand::Metadata(command))
+                .await
+                .map(|outcome| outcome.refusal)
+                .map_err(|error| error.to_string())
+        })
+    }
+}
+
+/// What this node tells the cluster about itself.
+#[derive(Clone)]
+pub struct LocalNode {
+    pub kafka_host: String,
+    pub kafka_port: u16,
+    pub shards: u32,
+    /// The internal topics and their partition counts, created by the
+    /// first leader.
+    pub internal_topics: Vec<(String, u32, BTreeMap<String, String>)>,
+}
+
+/// Start the cluster thread on `data_dir` (locked by the caller). Returns
+/// once the RPC listener is bound and the controller member runs; joining
+/// (a leader, the cluster id, this node registered) happens after.
+pub fn start(
+    config: &ClusterConfig,
+    data_dir: &Path,
+    store: Arc<MetadataStore>,
+    local: LocalNode,
+    identity: NodeIdentity,
+) -> Result<ControllerHandle, ControllerStartError> {
+    let (proposals, queue) = flume::unbounded::<Proposal>();
+    let leader = Arc::new(AtomicI64::new(-1));
+    let handle = ControllerHandle {
+        proposals,
+        leader: Arc::clone(&leader),
+    };
+    let (started, outcome) = std::sync::mpsc::channel();
+    let config = config.clone();
+    let data_dir = data_dir.to_owned();
+    std::thread::Builder::new()
+        .name("sluice-cluster".to_owned())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = started.send(Err(ControllerStartError::Thread(error)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let member = match Member::start(&config, &data_dir, store, identity, leader).await
+                {
+                    Ok(member) => member,
+                    Err(error) => {
+                        let _ = started.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = started.send(Ok(()));
+                member.run(local, queue).await;
+            });
+        })
+        .map_err(ControllerStartError::Thread)?;
+    match outcome.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(ControllerStartError::Raft(
+            "the cluster thread stopped while starting".to_owned(),
+        )),
+    }
+}
+
+/// This node's controller member and what it needs.
+struct Member {
+    raft: Raft<ControllerTypes>,
+    identity: Identity,
+    node_identity: NodeIdentity,
+    store: Arc<MetadataStore>,
+    peers: BTreeMap<u64, BasicNode>,
+    leader: Arc<AtomicI64>,
+}
+
+impl Member {
+    async fn start(
+        config: &ClusterConfig,
+        data_dir: &Path,
+        store: Arc<MetadataStore>,
+        node_identity: NodeIdentity,
+        leader: Arc<AtomicI64>,
+    ) -> Result<Member, ControllerStartError> {
+        let node_id = u64::try_from(config.node_id).expect("validated: node ids are >= 0");
+        let known_cluster = node_identity.cluster_id().unwrap_or_default().to_owned();
+        let identity = Identity {
+            node_id,
+            cluster_id: Arc::new(std::sync::RwLock::new(known_cluster.clone())),
+        };
+        let peers: BTreeMap<u64, BasicNode> = config
+            .peers
+            .iter()
+            .map(|peer| {
+                (
+                    u64::try_from(peer.id).expect("validated: node ids are >= 0"),
+                    BasicNode::new(peer.address.clone()),
+                )
+            })
+            .collect();
+        let answers = hello_peers(&identity, config).await;
+        if !known_cluster.is_empty()
+            && let Some((peer, address, theirs)) = answers
+                .iter()
+                .find(|(_, _, theirs)| !theirs.is_empty() && *theirs != known_cluster)
+        {
+            return Err(ControllerStartError::OtherCluster {
+                peer: *peer,
+                address: address.clone(),
+                theirs: theirs.clone(),
+                ours: known_cluster,
+            });
+        }
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| ControllerStartError::Listen {
+                address: config.listen.clone(),
+                source,
+            })?;
+        let controller_dir = data_dir.join("controller");
+        let log = LogStore::open(&LogStore::dir_in(data_dir))
+            .map_err(|error| ControllerStartError::Log(crate::error_chain::error_chain(&error)))?;
+        let state = StateMachine::open(&controller_dir, Arc::clone(&store))
+            .map_err(ControllerStartError::State)?;
+        let raft_config = openraft::Config {
+            cluster_name: "sluice".to_owned(),
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            heartbeat_interval: config.raft_heartbeat_interval_ms(),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|error| ControllerStartError::Raft(error.to_string()))?;
+        let network = Network {
+            identity: identity.clone(),
+        };
+        let raft = Raft::new(node_id, Arc::new(raft_config), network, log, state)
+            .await
+            .map_err(|error| ControllerStartError::Raft(error.to_string()))?;
+        let server = Server {
+            raft: raft.clone(),
+            identity: identity.clone(),
+        };
+        tokio::spawn(server.serve(listener));
+        let lowest = peers.keys().next().copied() == Some(node_id);
+        let initialized = raft.is_initialized().await.unwrap_or(true);
+        let cluster_exists = answers.iter().any(|(_, _, theirs)| !theirs.is_empty());
+        if lowest && !initialized && !cluster_exists {
+            match raft.initialize(peers.clone()).await {
+                Ok(()) => {
+                    tracing::info!(voters = ?peers.keys().collect::<Vec<_>>(), "initialised the controller's voters")
+                }
+                Err(error) => tracing::info!(%error, "controller already initialised"),
+            }
+        }
+        Ok(Member {
+            raft,
+            identity,
+            node_identity,
+            store,
+            peers,
+            leader,
+        })
+    }
+
+    async fn run(mut self, local: LocalNode, queue: flume::Receiver<Proposal>) {
+        let mut duties = tokio::time::interval(DUTY_INTERVAL);
+        loop {
+            tokio::select! {
+                proposal = queue.recv_async() => {
+                    let Ok(proposal) = proposal else { return };
+                    let member = self.proposer();
+                    tokio::spawn(async move {
+                        let outcome = member.propose(proposal.command).await;
+                        let _ = proposal.reply.send(outcome);
+                    });
+                }
+                _ = duties.tick() => self.duties(&local).await,
+            }
+        }
+    }
+
+    fn proposer(&self) -> Proposer {
+        Proposer {
+            raft: self.raft.clone(),
+            identity: self.identity.clone(),
+            peers: self.peers.clone(),
+        }
+    }
+
+    /// Publish the leader, record the cluster id, and make the cluster
+    /// whole: an id, the internal topics, this node registered.
+    async fn duties(&mut self, local: &LocalNode) {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader.map_or(-1, |id| id as i64);
+        self.store.set_controller(metrics.current_leader);
+        if self.leader.swap(leader, Ordering::Relaxed) != leader && leader >= 0 {
+            tracing::info!(leader, term = metrics.current_term, "controller leader");
+        }
+        let snapshot = self.store.snapshot();
+        if !snapshot.cluster_id.is_empty() && self.identity.cluster_id() != snapshot.cluster_id {
+            if let Err(error) = self.node_identity.record_cluster_id(&snapshot.cluster_id) {
+                tracing::error!(%error, "cannot record the cluster id in node.toml; retrying");
+                return;
+            }
+            *self
+                .identity
+                .cluster_id
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot.cluster_id.clone();
+        }
+        let proposer = self.proposer();
+        if metrics.current_leader == Some(self.identity.node_id) {
+            if snapshot.cluster_id.is_empty() {
+                let cluster_id = crate::broker::metadata::base64_url(&random_bytes());
+                let _ = proposer
+                    .propose(ControllerCommand::CreateCluster { cluster_id })
+                    .await;
+                return;
+            }
+            for (name, partitions, overrides) in &local.internal_topics {
+                if snapshot.topic(name).is_none() {
+                    let command = MetadataCommand::CreateTopic {
+                        name: name.clone(),
+                        id: self.store.new_topic_id(),
+                        partitions: *partitions,
+                        overrides: overrides.clone(),
+                    };
+                    let _ = proposer.propose(ControllerCommand::Metadata(command)).await;
+                }
+            }
+        }
+        if leader < 0 || snapshot.cluster_id.is_empty() {
+            return;
+        }
+        let me = NodeInfo {
+            host: local.kafka_host.clone(),
+            port: local.kafka_port,
+            shards: local.shards,
+        };
+        if snapshot.nodes.get(&self.identity.node_id) != Some(&me) {
+            let command = ControllerCommand::RegisterNode {
+                node_id: self.identity.node_id,
+                kafka_host: me.host,
+                kafka_port: me.port,
+                shards: me.shards,
+            };
+            match proposer.propose(command).await {
+                Ok(ControllerOutcome {
+                    refusal: Some(refusal),
+                }) => tracing::error!(%refusal, "this node cannot register"),
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%error, "registration not done yet"),
+            }
+        }
+    }
+}
+
+/// Ask every other peer for its cluster id: (peer id, address, id) of the
+/// peers that answered.
+async fn hello_peers(identity: &Identity, config: &ClusterConfig) -> Vec<(i32, String, String)> {
+    // Sent without a cluster id, so that a peer of another cluster answers
+    // with its id instead of refusing.
+    let anonymous = Identity {
+        node_id: identity.node_id,
+        cluster_id: Arc::new(std::sync::RwLock::new(String::new())),
+    };
+    let mut answers = Vec::new();
+    for peer in config.peers.iter().filter(|peer| peer.id != config.node_id) {
+        let hello: Result<Hello, _> = rpc::call(
+            &anonymous,
+            &peer.address,
+            PATH_HELLO,
+            &(),
+            Duration::from_millis(500),
+        )
+        .await;
+        if let Ok(hello) = hello {
+            answers.push((peer.id, peer.address.clone(), hello.cluster_id));
+        }
+    }
+    answers
+}
+
+/// What a proposal needs (cloned into its own task).
+#[derive(Clone)]
+struct Proposer {
+    raft: Raft<ControllerTypes>,
+    identity: Identity,
+    peers: BTreeMap<u64, BasicNode>,
+}
+
+impl Proposer {
+    async fn propose(&self, command: ControllerCommand) -> Result<ControllerOutcome, ProposeError> {
+        let deadline = Instant::now() + PROPOSAL_TIMEOUT;
+        loop {
+            match self.write_once(&command).await {
+                Some((index, outcome)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let applied = self
+                        .raft
+                        .wait(Some(left.max(Duration::from_millis(1))))
+                        .applied_index_at_least(Some(index), "proposal applied here")
+                        .await;
+                    return match applied {
+                        Ok(_) => Ok(outcome),
+                        Err(_) => Err(ProposeError::NoLeader(PROPOSAL_TIMEOUT)),
+                    };
+                }
+                None if Instant::now() >= deadline => {
+                    return Err(ProposeError::NoLeader(PROPOSAL_TIMEOUT));
+                }
+                None => tokio::time::sleep(DUTY_INTERVAL / 2).await,
+            }
+        }
+    }
+
+    /// One attempt: write on this node if it leads, else forward to the
+    /// leader. `None`: no leader, or it changed; try again.
+    async fn write_once(&self, command: &ControllerCommand) -> Option<(u64, ControllerOutcome)> {
+        let leader = self.raft.metrics().borrow().current_leader?;
+        if leader == self.identity.node_id {
+            return match self.raft.client_write(command.clone()).await {
+                Ok(written) => Some((written.log_id.index, written.data)),
+                Err(error) => {
+                    tracing::debug!(%error, "controller write not taken");
+                    None
+                }
+            };
+        }
+        let address = &self.peers.get(&leader)?.addr;
+        let answer: Result<ProposeAnswer, _> = rpc::call(
+            &self.identity,
+            address,
+            PATH_PROPOSE,
+            command,
+            PROPOSAL_TIMEOUT,
+        )
+        .await;
+        match answer {
+            Ok(ProposeAnswer::Committed { index, outcome }) => Some((index, outcome)),
+            Ok(ProposeAnswer::NotLeader { .. }) => None,
+            Err(error) => {
+                tracing::debug!(%error, leader, "forwarding a proposal failed");
+                None
+            }
+        }
+    }
+}
+
+/// The internal RPC server.
+struct Server {
+    raft: Raft<ControllerTypes>,
+    identity: Identity,
+}
+
+impl Server {
+    async fn serve(self, listener: tokio::net::TcpListener) {
+        let server = Arc::new(self);
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "cluster listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let server = Arc::clone(&server);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let server = Arc::clone(&server);
+                    async move {
+                        let response = rpc::accept(&server.identity, request, |call| {
+                            server.handle(call.path, call.body)
+                        })
+                        .await;
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "cluster RPC connection ended");
+                }
+            });
+        }
+    }
+
+    async fn handle(
+        &self,
+        path: String,
+        body: bytes::Bytes,
+    ) -> Result<Vec<u8>, (StatusCode, String)> {
+        match path.as_str() {
+            PATH_APPEND => {
+                let request = rpc::decode(&body)?;
+                rpc::encode(&self.raft.append_entries(request).await)
+            }
+            PATH_VOTE => {
+                let request = rpc::decode(&body)?;
+                rpc::encode(&self.raft.vote(request).await)
+            }
+            PATH_SNAPSHOT => {
+                let request = rpc::decode(&body)?;
+                rpc::encode(&self.raft.install_snapshot(request).await)
+            }
+            PATH_PROPOSE => {
+                let command: ControllerCommand = rpc::decode(&body)?;
+                let leader = self.raft.metrics().borrow().current_leader;
+                if leader != Some(self.identity.node_id) {
+                    return rpc::encode(&ProposeAnswer::NotLeader { leader });
+                }
+                match self.raft.client_write(command).await {
+                    Ok(written) => rpc::encode(&ProposeAnswer::Committed {
+                        index: written.log_id.index,
+                        outcome: written.data,
+                    }),
+                    Err(error) => {
+                        tracing::debug!(%error, "forwarded controller write not taken");
+                        rpc::encode(&ProposeAnswer::NotLeader {
+                            leader: self.raft.metrics().borrow().current_leader,
+                        })
+                    }
+                }
+            }
+            PATH_HELLO => rpc::encode(&Hello {
+                node_id: self.identity.node_id,
+                cluster_id: self.identity.cluster_id(),
+            }),
+            other => Err((StatusCode::NOT_FOUND, format!("no such path {other}"))),
+        }
+    }
+}
