@@ -96,9 +96,11 @@ pub struct ClusterConfig {
     /// A follower that hears nothing from the controller leader for a random
     /// time between these two starts an election (Raft's randomised election
     /// timeout). The leader's Raft heartbeats go out every
-    /// `election_timeout_min_ms / 3` (200 ms by default). With the defaults
-    /// 600 and 1200, a new controller leader is elected about 0.6 to 1.2 s
-    /// after the old one dies. `election_timeout_min_ms` at least 150,
+    /// `election_timeout_min_ms / 3` (133 ms by default). A follower also
+    /// refuses to vote for `election_timeout_max_ms` after it last heard the
+    /// leader (openraft's leader lease), so with the defaults 400 and 800 a
+    /// new controller leader is elected about 0.8 to 1.6 s after the old one
+    /// dies. `election_timeout_min_ms` at least 150,
     /// `election_timeout_max_ms` above it, both at most 60000.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
@@ -117,8 +119,8 @@ impl Default for ClusterConfig {
             min_insync_replicas: None,
             heartbeat_interval_ms: 500,
             session_timeout_ms: 6000,
-            election_timeout_min_ms: 600,
-            election_timeout_max_ms: 1200,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
         }
     }
 }
@@ -617,9 +619,9 @@ mod tests {
                 cluster.election_timeout_min_ms,
                 cluster.election_timeout_max_ms
             ),
-            (600, 1200)
+            (400, 800)
         );
-        assert_eq!(cluster.raft_heartbeat_interval_ms(), 200);
+        assert_eq!(cluster.raft_heartbeat_interval_ms(), 133);
         assert_eq!(cluster.advertised_address(), ("127.0.0.1".to_owned(), 9093));
     }
 
@@ -779,14 +781,14 @@ mod tests {
                 "between 150 and 60000",
             ),
             (
-                &[("election_timeout_max_ms", "600")],
+                &[("election_timeout_max_ms", "400")],
                 "cluster.election_timeout_max_ms",
-                "above cluster.election_timeout_min_ms (600)",
+                "above cluster.election_timeout_min_ms (400)",
             ),
             (
-                &[("session_timeout_ms", "1200")],
+                &[("session_timeout_ms", "800")],
                 "cluster.session_timeout_ms",
-                "cluster.election_timeout_max_ms (1200)",
+                "cluster.election_timeout_max_ms (800)",
             ),
             (
                 &[("session_timeout_ms", "2147483648")],

@@ -80,7 +80,7 @@ impl BrokerProcess {
         BrokerProcess::command_with(data_dir, extra, &Launch::default())
     }
 
-    fn command_with(data_dir: &Path, extra: &[&str], launch: &Launch<'_>) -> Command {
+    pub fn command_with(data_dir: &Path, extra: &[&str], launch: &Launch<'_>) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         command
             .args(BrokerProcess::serve_args_with(data_dir, launch))

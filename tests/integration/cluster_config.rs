@@ -1,8 +1,8 @@
 //! Issue 15, cluster start: the `[cluster]` settings and the `--node-id`,
 //! `--cluster-listen` and `--cluster-peers` flags of the real binary, and
 //! the checks of the node identity file (`node.toml`) before any shard
-//! starts. Until the controller exists a valid cluster node stops with
-//! "cluster mode is not available yet"; without `[cluster]` nothing changes.
+//! starts; without `[cluster]` nothing changes. The cluster itself is
+//! tested in `cluster.rs`.
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -11,17 +11,19 @@ use std::time::{Duration, Instant};
 use crate::broker_process::{BrokerProcess, free_loopback_address};
 use crate::kafka_clients::create_topic;
 
-const NOT_AVAILABLE: &str = "cluster mode is not available yet (issue 15 is in progress): \
-                             remove the [cluster] section / --cluster-* flags to run a single node";
-
 /// Exit status of a configuration error: systemd does not restart it
 /// (packaging/sluice.service), since restarting cannot fix it.
 const CONFIG_ERROR_EXIT: i32 = 2;
 
 /// Run `sluice serve` on `data` until it exits by itself (every start here
 /// is expected to stop); its status and log.
-fn run_until_exit(data: &Path, extra: &[&str]) -> (ExitStatus, String) {
-    let mut child = BrokerProcess::command(data, extra)
+pub(crate) fn run_until_exit(data: &Path, extra: &[&str]) -> (ExitStatus, String) {
+    exit_of(BrokerProcess::command(data, extra))
+}
+
+/// Run `command` until it exits by itself (30 s at most); its status and log.
+pub(crate) fn exit_of(mut command: std::process::Command) -> (ExitStatus, String) {
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -41,7 +43,7 @@ fn run_until_exit(data: &Path, extra: &[&str]) -> (ExitStatus, String) {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "sluice serve {extra:?} kept running; log:\n{}",
+                "sluice serve {command:?} kept running; log:\n{}",
                 reader.join().unwrap()
             );
         }
@@ -173,14 +175,22 @@ fn a_data_dir_of_node_2_started_as_node_3_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
 
-    let (status, log) = run_until_exit(data, &as_args(&node_flags(&peers, 2)));
-    assert_eq!(status.code(), Some(1), "log:\n{log}");
-    assert!(log.contains(NOT_AVAILABLE), "log:\n{log}");
+    // Node 2 claims the data dir: a cluster of one, which it leads.
+    let solo = free_loopback_address();
+    let flags = [
+        "--node-id".to_owned(),
+        "2".to_owned(),
+        "--cluster-listen".to_owned(),
+        solo.clone(),
+        "--cluster-peers".to_owned(),
+        format!("2@{solo}"),
+    ];
+    let broker = BrokerProcess::start(data, &as_args(&flags));
+    assert_eq!(broker.stop().code(), Some(0));
     let identity = std::fs::read_to_string(data.join("node.toml")).unwrap();
-    assert!(identity.contains("node_id = 2"), "{identity}");
     assert!(
-        !data.join("shard-0").exists(),
-        "no shard starts in cluster mode yet"
+        identity.contains("node_id = 2") && identity.contains("cluster_id = "),
+        "{identity}"
     );
 
     let (status, log) = run_until_exit(data, &as_args(&node_flags(&peers, 3)));
@@ -192,8 +202,8 @@ fn a_data_dir_of_node_2_started_as_node_3_is_refused_with_the_reason() {
     );
     assert!(log.contains(&reason), "log:\n{log}");
     assert!(
-        !log.contains(NOT_AVAILABLE),
-        "refused before the cluster start; log:\n{log}"
+        !log.contains("sluice::cluster::controller"),
+        "refused before the controller starts; log:\n{log}"
     );
     let identity_after = std::fs::read_to_string(data.join("node.toml")).unwrap();
     assert_eq!(
@@ -224,7 +234,6 @@ fn a_single_node_data_dir_started_with_cluster_flags_is_refused() {
     ] {
         assert!(log.contains(needle), "says {needle:?}; log:\n{log}");
     }
-    assert!(!log.contains(NOT_AVAILABLE), "log:\n{log}");
     assert!(
         !data.join("node.toml").exists(),
         "a refused data dir is not claimed"

@@ -253,6 +253,15 @@ pub fn create_topic(address: &str, name: &str, partitions: i32, configs: &[(&str
     }
 }
 
+pub fn delete_topic(address: &str, name: &str) {
+    let admin = admin(address);
+    let results = futures_executor::block_on(admin.delete_topics(&[name], &AdminOptions::new()))
+        .expect("DeleteTopics answered");
+    for result in results {
+        result.unwrap_or_else(|(topic, error)| panic!("deleting {topic} failed: {error}"));
+    }
+}
+
 /// The high watermark of each partition.
 pub fn high_watermarks(address: &str, topic: &str, partitions: i32) -> Vec<i64> {
     let consumer = consumer(address, &[]);

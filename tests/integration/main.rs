@@ -8,6 +8,7 @@ mod test_clients;
 mod wire;
 
 mod authorized_operations;
+mod cluster;
 mod cluster_config;
 mod compat_clients;
 mod consumer_groups;

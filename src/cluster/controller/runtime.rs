@@ -316,8 +316,18 @@ impl Member {
 
     async fn run(mut self, local: LocalNode, queue: flume::Receiver<Proposal>) {
         let mut duties = tokio::time::interval(DUTY_INTERVAL);
+        let mut metrics = self.raft.metrics();
         loop {
             tokio::select! {
+                // A new leader is published at once (clients are told it in
+                // Metadata), not at the next duty tick.
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let leader = metrics.borrow().current_leader;
+                    self.publish_leader(leader, metrics.borrow().current_term);
+                }
                 proposal = queue.recv_async() => {
                     let Ok(proposal) = proposal else { return };
                     let member = self.proposer();
@@ -339,15 +349,21 @@ impl Member {
         }
     }
 
+    /// Tell the handle and the metadata store who leads (logged on change).
+    fn publish_leader(&self, leader: Option<u64>, term: u64) {
+        self.store.set_controller(leader);
+        let id = leader.map_or(-1, |id| id as i64);
+        if self.leader.swap(id, Ordering::Relaxed) != id && id >= 0 {
+            tracing::info!(leader = id, term, "controller leader");
+        }
+    }
+
     /// Publish the leader, record the cluster id, and make the cluster
     /// whole: an id, the internal topics, this node registered.
     async fn duties(&mut self, local: &LocalNode) {
         let metrics = self.raft.metrics().borrow().clone();
+        self.publish_leader(metrics.current_leader, metrics.current_term);
         let leader = metrics.current_leader.map_or(-1, |id| id as i64);
-        self.store.set_controller(metrics.current_leader);
-        if self.leader.swap(leader, Ordering::Relaxed) != leader && leader >= 0 {
-            tracing::info!(leader, term = metrics.current_term, "controller leader");
-        }
         let snapshot = self.store.snapshot();
         if !snapshot.cluster_id.is_empty() && self.identity.cluster_id() != snapshot.cluster_id {
             if let Err(error) = self.node_identity.record_cluster_id(&snapshot.cluster_id) {

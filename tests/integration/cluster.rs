@@ -1,0 +1,272 @@
+//! Issue 15, Cluster I with real processes on loopback: three nodes start
+//! from empty data dirs, elect a controller and agree on the metadata
+//! (cluster id, brokers, topics created and deleted through any node); a
+//! kill -9 of the controller leader elects another, and admin works again
+//! (the time is printed); a restarted node catches up on what it missed; a
+//! node started on another cluster's data is refused with the reason.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::MetadataRequest;
+use kafka_protocol::messages::metadata_response::MetadataResponse;
+
+use crate::broker_process::{BrokerProcess, Launch, free_loopback_address};
+use crate::cluster_config::exit_of;
+use crate::kafka_clients;
+use crate::wire::Wire;
+
+/// One node's fixed addresses and data dir, so it restarts where its peers
+/// and clients expect it.
+struct Node {
+    id: usize,
+    data: PathBuf,
+    kafka: String,
+    metrics: String,
+    cluster: String,
+}
+
+/// Three nodes' settings; the processes are started separately.
+struct Cluster {
+    nodes: Vec<Node>,
+    peers: String,
+}
+
+impl Cluster {
+    fn new(dir: &Path) -> Cluster {
+        let nodes: Vec<Node> = (1..=3)
+            .map(|id| Node {
+                id,
+                data: dir.join(format!("node-{id}")),
+                kafka: free_loopback_address(),
+                metrics: free_loopback_address(),
+                cluster: free_loopback_address(),
+            })
+            .collect();
+        let peers = nodes
+            .iter()
+            .map(|node| format!("{}@{}", node.id, node.cluster))
+            .collect::<Vec<_>>()
+            .join(",");
+        Cluster { nodes, peers }
+    }
+
+    fn flags(&self, id: usize) -> Vec<String> {
+        let node = &self.nodes[id - 1];
+        vec![
+            "--node-id".to_owned(),
+            id.to_string(),
+            "--cluster-listen".to_owned(),
+            node.cluster.clone(),
+            "--cluster-peers".to_owned(),
+            self.peers.clone(),
+        ]
+    }
+
+    /// Start node `id` and wait until it has joined (it is ready then).
+    fn start(&self, id: usize) -> BrokerProcess {
+        let node = &self.nodes[id - 1];
+        let flags = self.flags(id);
+        let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        BrokerProcess::start_with(
+            &node.data,
+            &args,
+            &Launch {
+                listen: &node.kafka,
+                metrics_listen: &node.metrics,
+                open_files: None,
+            },
+        )
+    }
+
+    /// Start every node at once (each waits for a majority to join).
+    fn start_all(&self) -> Vec<BrokerProcess> {
+        std::thread::scope(|scope| {
+            let starting: Vec<_> = (1..=3)
+                .map(|id| scope.spawn(move || self.start(id)))
+                .collect();
+            starting
+                .into_iter()
+                .map(|handle| handle.join().unwrap())
+                .collect()
+        })
+    }
+}
+
+fn metadata(address: &str) -> MetadataResponse {
+    let mut wire = Wire::connect(address);
+    wire.call(12, &MetadataRequest::default().with_topics(None))
+}
+
+fn topic_id(response: &MetadataResponse, name: &str) -> Option<uuid::Uuid> {
+    response
+        .topics
+        .iter()
+        .find(|topic| topic.name.as_ref().is_some_and(|n| n.as_str() == name))
+        .map(|topic| topic.topic_id)
+}
+
+/// Poll `check` until it holds, up to 15 s; the time it took.
+fn eventually(what: &str, check: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never happened: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn three_nodes_agree_on_the_cluster_and_on_topics_changed_through_any_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(dir.path());
+    let brokers = cluster.start_all();
+    let answers: Vec<MetadataResponse> = brokers
+        .iter()
+        .map(|broker| metadata(&broker.address))
+        .collect();
+    let cluster_id = answers[0].cluster_id.clone().unwrap().to_string();
+    assert_eq!(cluster_id.len(), 22, "a Kafka-style cluster id");
+    for (node, answer) in cluster.nodes.iter().zip(&answers) {
+        let theirs = answer.cluster_id.as_ref().map(ToString::to_string);
+        assert_eq!(theirs.as_deref(), Some(cluster_id.as_str()));
+        let listed: Vec<(i32, String)> = answer
+            .brokers
+            .iter()
+            .map(|broker| {
+                (
+                    broker.node_id.0,
+                    format!("{}:{}", broker.host.as_str(), broker.port),
+                )
+            })
+            .collect();
+        let expected: Vec<(i32, String)> = cluster
+            .nodes
+            .iter()
+            .map(|node| (node.id as i32, node.kafka.clone()))
+            .collect();
+        assert_eq!(listed, expected, "node {} lists every node", node.id);
+        assert!(
+            (1..=3).contains(&answer.controller_id.0),
+            "{:?}",
+            answer.controller_id
+        );
+        let identity = std::fs::read_to_string(node.data.join("node.toml")).unwrap();
+        assert!(
+            identity.contains(&format!("cluster_id = \"{cluster_id}\"")),
+            "node {} recorded the cluster id: {identity}",
+            node.id
+        );
+    }
+    // Created through node 2, the topic is in every node's metadata with
+    // the same id when the answer arrives; deleted through node 3, it is
+    // gone from every node.
+    kafka_clients::create_topic(&brokers[1].address, "shared", 3, &[]);
+    let ids: Vec<Option<uuid::Uuid>> = brokers
+        .iter()
+        .map(|broker| topic_id(&metadata(&broker.address), "shared"))
+        .collect();
+    assert!(
+        ids[0].is_some() && ids.iter().all(|id| *id == ids[0]),
+        "{ids:?}"
+    );
+    kafka_clients::delete_topic(&brokers[2].address, "shared");
+    for broker in &brokers {
+        assert!(topic_id(&metadata(&broker.address), "shared").is_none());
+    }
+    for broker in brokers {
+        assert_eq!(broker.stop().code(), Some(0));
+    }
+}
+
+#[test]
+fn a_kill_9_of_the_controller_leader_elects_another_and_a_restarted_node_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(dir.path());
+    let mut brokers: Vec<Option<BrokerProcess>> =
+        cluster.start_all().into_iter().map(Some).collect();
+    let leader = metadata(&brokers[0].as_ref().unwrap().address)
+        .controller_id
+        .0 as usize;
+    let survivor = cluster.nodes.iter().find(|node| node.id != leader).unwrap();
+    brokers[leader - 1].take().unwrap().kill9();
+    let killed = Instant::now();
+    let elected = eventually("a new controller", || {
+        let controller = metadata(&survivor.kafka).controller_id.0;
+        controller > 0 && controller as usize != leader
+    });
+    kafka_clients::create_topic(&survivor.kafka, "after-failover", 2, &[]);
+    println!(
+        "controller failover: a new leader {} ms and topic admin working again {} ms after the \
+         kill -9 of node {leader}",
+        elected.as_millis(),
+        killed.elapsed().as_millis()
+    );
+    // The killed node comes back and catches up on the topic it missed.
+    let restarted = cluster.start(leader);
+    eventually("the restarted node has the topic", || {
+        topic_id(&metadata(&restarted.address), "after-failover").is_some()
+    });
+    assert_eq!(
+        topic_id(&metadata(&restarted.address), "after-failover"),
+        topic_id(&metadata(&survivor.kafka), "after-failover")
+    );
+    assert_eq!(restarted.stop().code(), Some(0));
+    for broker in brokers.into_iter().flatten() {
+        assert_eq!(broker.stop().code(), Some(0));
+    }
+}
+
+#[test]
+fn a_node_started_on_another_clusters_data_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    // A cluster of one (node 3) gives its data dir a cluster id.
+    let other = dir.path().join("other");
+    let solo = free_loopback_address();
+    let flags = [
+        "--node-id".to_owned(),
+        "3".to_owned(),
+        "--cluster-listen".to_owned(),
+        solo.clone(),
+        "--cluster-peers".to_owned(),
+        format!("3@{solo}"),
+    ];
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let lone = BrokerProcess::start(&other, &args);
+    let other_cluster = metadata(&lone.address).cluster_id.unwrap().to_string();
+    assert_eq!(lone.stop().code(), Some(0));
+
+    let cluster = Cluster::new(&dir.path().join("main"));
+    let mut brokers = cluster.start_all();
+    let main_cluster = metadata(&brokers[0].address)
+        .cluster_id
+        .unwrap()
+        .to_string();
+    brokers.pop().unwrap().kill9();
+    // Node 3's place in the main cluster, on the other cluster's data.
+    let node = &cluster.nodes[2];
+    let flags = cluster.flags(3);
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let command = BrokerProcess::command_with(
+        &other,
+        &args,
+        &Launch {
+            listen: &node.kafka,
+            metrics_listen: &node.metrics,
+            open_files: None,
+        },
+    );
+    let (status, log) = exit_of(command);
+    assert_eq!(status.code(), Some(1), "log:\n{log}");
+    assert!(
+        log.contains(&format!("belongs to cluster {main_cluster}"))
+            && log.contains(&format!("this data dir to cluster {other_cluster}")),
+        "names both clusters; log:\n{log}"
+    );
+    for broker in brokers {
+        assert_eq!(broker.stop().code(), Some(0));
+    }
+}
