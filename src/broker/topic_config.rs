@@ -472,6 +472,9 @@ pub struct ConfigIssue {
     pub key: String,
     pub value: String,
     pub reason: String,
+    /// The key names no topic config (the value was not looked at).
+    #[serde(default)]
+    pub unknown_key: bool,
 }
 
 impl ConfigIssue {
@@ -480,12 +483,16 @@ impl ConfigIssue {
             key: key.to_owned(),
             value: value.to_owned(),
             reason: reason.into(),
+            unknown_key: false,
         }
     }
 }
 
 impl std::fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.unknown_key {
+            return write!(f, "unknown topic config {}: {}", self.key, self.reason);
+        }
         write!(
             f,
             "invalid value {:?} for {}: {}",
@@ -581,12 +588,15 @@ impl TopicConfig {
         let mut values = defaults.values.clone();
         for (key, raw) in overrides {
             let Some(def) = config_def(key) else {
-                return Err(ConfigIssue::new(
-                    key,
-                    raw,
-                    "no topic config has this name (Kafka's topic configs and \
-                     sluice.disk.pressure.delete are known)",
-                ));
+                return Err(ConfigIssue {
+                    unknown_key: true,
+                    ..ConfigIssue::new(
+                        key,
+                        raw,
+                        "no topic config has this name (Kafka's topic configs and \
+                         sluice.disk.pressure.delete are known)",
+                    )
+                });
             };
             let value = checked_value(def, raw, limits)
                 .map_err(|reason| ConfigIssue::new(key, raw, reason))?;
@@ -809,6 +819,9 @@ mod tests {
         ] {
             let issue = with(&[(key, value)]).unwrap_err();
             assert_eq!(issue.key, key);
+            // Found by a new user: an unknown name is not an "invalid value".
+            let unknown = issue.to_string().starts_with("unknown topic config");
+            assert_eq!(unknown, key == "no.such.key", "{issue}");
             assert!(
                 issue.reason.contains(reason),
                 "{key}={value}: {}",
