@@ -96,6 +96,11 @@ pub fn join(
                 waited_ms = started.elapsed().as_millis() as u64,
                 "joined the cluster"
             );
+            tracing::warn!(
+                "cluster mode is being built (issue 15): the metadata is replicated, but partitions \
+                 are not placed on nodes or replicated yet, so each node stores and serves its \
+                 own copy of every partition; do not spread one topic's clients over nodes"
+            );
             return Ok(handle);
         }
         if cancelled() {
