@@ -125,6 +125,34 @@ pub struct ClusterMetadata {
     pub group_configs: BTreeMap<String, BTreeMap<String, String>>,
     /// The nodes of a cluster, by node id (empty for a single node).
     pub nodes: BTreeMap<u64, NodeInfo>,
+    /// Where a cluster's partitions live (`None` for a single node).
+    pub placement: Option<Placement>,
+}
+
+/// A cluster's shard groups (ARCHITECTURE.md, "Placement"): group
+/// `g = j·S + i` is shard `i` of `nodes[j]`; partition `(t, p)` belongs to
+/// group `partition_slot(t, p) mod (N·S)`, so its shard index is the one a
+/// single node would give it and its leader is `nodes[g / S]`. Fixed when
+/// the cluster is created (the voters and the first leader's shard count,
+/// which every node must run).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The voters' node ids, ascending.
+    pub nodes: Vec<u64>,
+    pub shards: u32,
+}
+
+impl Placement {
+    /// The node leading partition `index` of `topic`.
+    pub fn leader(&self, topic: &str, index: u32) -> u64 {
+        assert!(
+            !self.nodes.is_empty() && self.shards > 0,
+            "a placement has nodes and shards"
+        );
+        let groups = self.nodes.len() as u64 * u64::from(self.shards);
+        let group = crate::shard::mailbox::partition_slot(topic, index) % groups;
+        self.nodes[(group / u64::from(self.shards)) as usize]
+    }
 }
 
 /// A cluster node as clients reach it.
@@ -197,6 +225,9 @@ pub struct Persisted {
     /// A cluster's nodes (controller snapshots only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     nodes: BTreeMap<String, NodeInfo>,
+    /// A cluster's placement (controller snapshots only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    placement: Option<Placement>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -290,6 +321,7 @@ impl MetadataStore {
                     broker,
                     group_configs: BTreeMap::new(),
                     nodes: BTreeMap::new(),
+                    placement: None,
                 };
                 persist(&path, &fresh)?;
                 fresh
@@ -338,6 +370,7 @@ impl MetadataStore {
             broker,
             group_configs: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            placement: None,
         };
         MetadataStore {
             shared: Arc::new(Shared {
@@ -528,6 +561,14 @@ impl ClusterMetadata {
         self.topics.get(name)
     }
 
+    /// The node leading partition `index` of `topic` in a cluster (`None`
+    /// for a single node, which leads everything).
+    pub fn leader_of(&self, topic: &str, index: u32) -> Option<u64> {
+        self.placement
+            .as_ref()
+            .map(|placement| placement.leader(topic, index))
+    }
+
     /// The live topic with id `id`; `None` for a deleted topic's id, an id
     /// never issued, or a reserved one.
     pub fn topic_by_id(&self, id: TopicId) -> Option<&Arc<TopicMeta>> {
@@ -562,6 +603,7 @@ impl ClusterMetadata {
             topic_defaults: defaults,
             group_configs: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            placement: None,
         };
         metadata.reindex();
         metadata
@@ -661,6 +703,7 @@ impl ClusterMetadata {
                 .iter()
                 .map(|(id, node)| (id.to_string(), node.clone()))
                 .collect(),
+            placement: self.placement.clone(),
         }
     }
 
@@ -721,6 +764,7 @@ impl ClusterMetadata {
             topic_defaults: defaults,
             group_configs: persisted.group_configs,
             nodes,
+            placement: persisted.placement,
         };
         metadata.reindex();
         Ok(metadata)
@@ -860,6 +904,31 @@ mod tests {
         let reopened = store(dir.path()).snapshot();
         assert_eq!(reopened.group_configs, metadata.snapshot().group_configs);
         assert_eq!(reopened.group_configs.len(), 1);
+    }
+
+    #[test]
+    fn placement_spreads_partitions_over_nodes_and_keeps_the_single_node_shard() {
+        let placement = Placement {
+            nodes: vec![1, 2, 5],
+            shards: 2,
+        };
+        for topic in ["orders", "a", "payments-eu"] {
+            let leaders: Vec<u64> = (0..6).map(|index| placement.leader(topic, index)).collect();
+            let mut distinct = leaders.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct, [1, 2, 5], "{topic}: {leaders:?}");
+            // Consecutive partitions fill a node's shards, then move on.
+            for index in 0..6 {
+                let slot = crate::shard::mailbox::partition_slot(topic, index);
+                let shard = crate::shard::mailbox::owner(topic, index, 2);
+                assert_eq!(
+                    u64::from(shard.0),
+                    slot % 2,
+                    "the shard a single node would use"
+                );
+            }
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod txn;
 
 use crate::log_throttle::{LogThrottle, monotonic_ms};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -422,6 +423,44 @@ impl Broker {
             .collect()
     }
 
+    /// The node leading partition `index` of `topic`, as clients are told:
+    /// its placement's leader in a cluster, this node otherwise.
+    pub fn partition_leader(&self, topic: &str, index: u32) -> i32 {
+        if is_internal_topic(topic) {
+            return self.config.kafka.node_id;
+        }
+        self.metadata
+            .snapshot()
+            .leader_of(topic, index)
+            .and_then(|leader| i32::try_from(leader).ok())
+            .unwrap_or(self.config.kafka.node_id)
+    }
+
+    /// Whether partition `index` of `topic` lives on this node: always for
+    /// a single node; in a cluster, where the placement leads it, except
+    /// the internal topics, which every node keeps for itself until their
+    /// coordinators are placed too (issue 15).
+    pub fn is_placed_here(
+        &self,
+        cluster: &metadata::ClusterMetadata,
+        topic: &str,
+        index: u32,
+    ) -> bool {
+        is_internal_topic(topic)
+            || cluster
+                .leader_of(topic, index)
+                .is_none_or(|leader| i64::from(self.config.kafka.node_id) == leader as i64)
+    }
+
+    /// The node clients must send requests for partition `index` of
+    /// `topic` to, when it is not this one (a cluster places partitions on
+    /// nodes): Kafka's NOT_LEADER_OR_FOLLOWER, with this leader where the
+    /// response has the field (KIP-951).
+    pub fn leader_elsewhere(&self, topic: &str, index: u32) -> Option<i32> {
+        let leader = self.partition_leader(topic, index);
+        (leader != self.config.kafka.node_id).then_some(leader)
+    }
+
     /// The controller clients are told of: a cluster's controller leader
     /// (-1 while none is known), or this node.
     pub fn controller_id(&self) -> i32 {
@@ -485,7 +524,10 @@ impl Broker {
         topic: &Arc<TopicMeta>,
         indexes: std::ops::Range<u32>,
     ) -> Result<(), TopicError> {
-        for index in indexes {
+        // In a cluster the other nodes create theirs when they see the
+        // change (`reconcile_on_change`).
+        let cluster = self.metadata.snapshot();
+        for index in indexes.filter(|&index| self.is_placed_here(&cluster, &topic.name, index)) {
             let topic = Arc::clone(topic);
             shards
                 .call(
@@ -563,15 +605,37 @@ fn delete_partition_here(
     context.store.delete_partition(id).map_err(TopicError::from)
 }
 
+/// On a cluster node, reconcile this shard whenever the metadata changes
+/// (a topic created, grown or deleted through another node): checked every
+/// `RECONCILE_INTERVAL`, a pointer comparison when nothing changed.
+pub async fn reconcile_on_change(context: Rc<ShardContext>, broker: Arc<Broker>) {
+    let mut seen = broker.metadata.snapshot();
+    loop {
+        compio::time::sleep(RECONCILE_INTERVAL).await;
+        let current = broker.metadata.snapshot();
+        if Arc::ptr_eq(&current, &seen) {
+            continue;
+        }
+        seen = current;
+        if let Err(error) = reconcile_shard(&context, &broker) {
+            tracing::warn!(shard = %context.id, %error, "cannot match this shard's partitions to the metadata; trying again at the next change");
+        }
+    }
+}
+
+/// How often a cluster node's shards look for a metadata change.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Make this shard's partitions match the metadata: create what it owns but
 /// lacks, delete what no topic claims, and apply every topic's config.
 pub fn reconcile_shard(context: &ShardContext, broker: &Broker) -> Result<(), TopicError> {
     let cluster = broker.metadata.snapshot();
-    let shards = &context.shards;
+    let placed_here = |topic: &str, index: u32| {
+        context.shards.owner(topic, index) == context.id
+            && broker.is_placed_here(&cluster, topic, index)
+    };
     for topic in cluster.topics.values() {
-        for index in
-            (0..topic.partitions).filter(|&index| shards.owner(&topic.name, index) == context.id)
-        {
+        for index in (0..topic.partitions).filter(|&index| placed_here(&topic.name, index)) {
             create_partition_here(context, topic, index)?;
             if let Some(id) = context.store.partition_id(&topic.name, index) {
                 context
@@ -584,7 +648,7 @@ pub fn reconcile_shard(context: &ShardContext, broker: &Broker) -> Result<(), To
         let claimed = cluster
             .topic(&topic)
             .is_some_and(|meta| index < meta.partitions)
-            && shards.owner(&topic, index) == context.id;
+            && placed_here(&topic, index);
         if !claimed {
             tracing::info!(shard = %context.id, %topic, index, "deleting partition no topic claims");
             context.store.delete_partition(id)?;

@@ -97,9 +97,9 @@ pub fn join(
                 "joined the cluster"
             );
             tracing::warn!(
-                "cluster mode is being built (issue 15): the metadata is replicated, but partitions \
-                 are not placed on nodes or replicated yet, so each node stores and serves its \
-                 own copy of every partition; do not spread one topic's clients over nodes"
+                "cluster mode is being built (issue 15): partitions live on their leader only (no \
+                 replicas yet), and consumer groups, transactions and producer ids are coordinated \
+                 by each node for itself: keep a group's members and idempotent producers on one node"
             );
             return Ok(handle);
         }

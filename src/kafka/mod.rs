@@ -142,6 +142,12 @@ impl ShardService for KafkaService {
         ];
         tasks.extend(producer_ids);
         tasks.push(txn_timers);
+        if self.broker.metadata.is_replicated() {
+            tasks.push(compio::runtime::spawn(crate::broker::reconcile_on_change(
+                Rc::clone(context),
+                Arc::clone(&self.broker),
+            )));
+        }
         if context.id.0 == 0 {
             let limit = self.broker.config.kafka.connections_max;
             tasks.push(compio::runtime::spawn(report_refusals(limit)));

@@ -98,12 +98,20 @@ impl Shards {
 /// FNV-1a of the topic name plus the partition index, modulo `shards`.
 pub fn owner(topic: &str, index: u32, shards: usize) -> ShardId {
     assert!(shards > 0);
+    ShardId((partition_slot(topic, index) % shards as u64) as u16)
+}
+
+/// FNV-1a of the topic name plus the partition index: where a partition
+/// goes, modulo the shard count on one node and modulo the shard-group
+/// count in a cluster (`broker::metadata::Placement`), which keeps the
+/// same shard index on every node.
+pub fn partition_slot(topic: &str, index: u32) -> u64 {
     const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
     let hash = topic.bytes().fold(FNV_OFFSET, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
     });
-    ShardId((hash.wrapping_add(u64::from(index)) % shards as u64) as u16)
+    hash.wrapping_add(u64::from(index))
 }
 
 #[cfg(test)]

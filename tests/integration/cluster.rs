@@ -3,13 +3,21 @@
 //! (cluster id, brokers, topics created and deleted through any node); a
 //! kill -9 of the controller leader elects another, and admin works again
 //! (the time is printed); a restarted node catches up on what it missed; a
-//! node started on another cluster's data is refused with the reason.
+//! node started on another cluster's data is refused with the reason;
+//! partitions are placed on nodes, Metadata names their leaders, and
+//! librdkafka produces through one node and consumes through another,
+//! following the leaders (a request to another node's partition gets
+//! NOT_LEADER_OR_FOLLOWER with the leader, KIP-951).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::MetadataRequest;
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::metadata_response::MetadataResponse;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{MetadataRequest, ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
 
 use crate::broker_process::{BrokerProcess, Launch, free_loopback_address};
 use crate::cluster_config::exit_of;
@@ -265,6 +273,106 @@ fn a_node_started_on_another_clusters_data_is_refused_with_the_reason() {
         log.contains(&format!("belongs to cluster {main_cluster}"))
             && log.contains(&format!("this data dir to cluster {other_cluster}")),
         "names both clusters; log:\n{log}"
+    );
+    for broker in brokers {
+        assert_eq!(broker.stop().code(), Some(0));
+    }
+}
+
+#[test]
+fn librdkafka_produces_through_one_node_and_consumes_through_another_following_the_leaders() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(dir.path());
+    let brokers = cluster.start_all();
+    kafka_clients::create_topic(&brokers[1].address, "spread", 6, &[]);
+    // Every node names the same leaders, spread over the three nodes.
+    let leaders: Vec<Vec<i32>> = brokers
+        .iter()
+        .map(|broker| {
+            let answer = metadata(&broker.address);
+            let topic = answer
+                .topics
+                .iter()
+                .find(|topic| {
+                    topic
+                        .name
+                        .as_ref()
+                        .is_some_and(|name| name.as_str() == "spread")
+                })
+                .unwrap();
+            let mut partitions = topic.partitions.clone();
+            partitions.sort_by_key(|partition| partition.partition_index);
+            partitions
+                .iter()
+                .map(|partition| partition.leader_id.0)
+                .collect()
+        })
+        .collect();
+    assert!(
+        leaders.iter().all(|each| *each == leaders[0]),
+        "{leaders:?}"
+    );
+    let mut distinct = leaders[0].clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct,
+        [1, 2, 3],
+        "partitions spread over the nodes: {leaders:?}"
+    );
+
+    let (producer, acks) = kafka_clients::producer(&brokers[0].address, &[]);
+    for index in 0..60 {
+        let key = format!("key-{index}");
+        kafka_clients::send(
+            &producer,
+            "spread",
+            None,
+            Some(key.as_bytes()),
+            key.as_bytes(),
+            &[],
+        );
+    }
+    let delivered = kafka_clients::flush(&producer, &acks);
+    assert_eq!(delivered.len(), 60);
+    let consumed = kafka_clients::consume(&brokers[2].address, "spread", 6, 0, 60);
+    let mut payloads: Vec<Vec<u8>> = consumed.into_iter().map(|record| record.payload).collect();
+    payloads.sort();
+    let mut sent: Vec<Vec<u8>> = (0..60)
+        .map(|index| format!("key-{index}").into_bytes())
+        .collect();
+    sent.sort();
+    assert_eq!(payloads, sent, "every record once, through another node");
+
+    // A Produce for another node's partition names that node (KIP-951).
+    let partition = leaders[0].iter().position(|&leader| leader != 1).unwrap();
+    let leader = leaders[0][partition];
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("spread")))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(partition as i32)
+                        .with_records(Some(Bytes::from(crate::kafka_bad_input::batch(1, 10)))),
+                ]),
+        ]);
+    let answer = Wire::connect(&brokers[0].address).call(12, &request);
+    let refused = &answer.responses[0].partition_responses[0];
+    assert_eq!(
+        refused.error_code,
+        ResponseError::NotLeaderOrFollower.code()
+    );
+    assert_eq!(refused.current_leader.leader_id.0, leader);
+    let endpoint = &answer.node_endpoints[0];
+    assert_eq!(
+        (
+            endpoint.node_id.0,
+            format!("{}:{}", endpoint.host.as_str(), endpoint.port)
+        ),
+        (leader, cluster.nodes[leader as usize - 1].kafka.clone())
     );
     for broker in brokers {
         assert_eq!(broker.stop().code(), Some(0));

@@ -33,8 +33,14 @@ openraft::declare_raft_types!(
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControllerCommand {
     /// The first command of a new cluster: its id, drawn by the first
-    /// leader. Every node records it and refuses data of another cluster.
-    CreateCluster { cluster_id: String },
+    /// leader, and its placement (the voters, and the first leader's shard
+    /// count, which every node must run). Every node records the id and
+    /// refuses data of another cluster.
+    CreateCluster {
+        cluster_id: String,
+        nodes: Vec<u64>,
+        shards: u32,
+    },
     /// A node announces how clients reach it and how many shards it runs
     /// (every node must run the same count).
     RegisterNode {

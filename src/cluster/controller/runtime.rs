@@ -380,9 +380,12 @@ impl Member {
         if metrics.current_leader == Some(self.identity.node_id) {
             if snapshot.cluster_id.is_empty() {
                 let cluster_id = crate::broker::metadata::base64_url(&random_bytes());
-                let _ = proposer
-                    .propose(ControllerCommand::CreateCluster { cluster_id })
-                    .await;
+                let command = ControllerCommand::CreateCluster {
+                    cluster_id,
+                    nodes: self.peers.keys().copied().collect(),
+                    shards: local.shards,
+                };
+                let _ = proposer.propose(command).await;
                 return;
             }
             for (name, partitions, overrides) in &local.internal_topics {

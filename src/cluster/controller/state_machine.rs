@@ -21,7 +21,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::{ControllerCommand, ControllerOutcome, ControllerTypes};
-use crate::broker::metadata::{ClusterMetadata, MetadataStore, NodeInfo, Persisted};
+use crate::broker::metadata::{ClusterMetadata, MetadataStore, NodeInfo, Persisted, Placement};
 use crate::broker::metadata_command::{ExecuteContext, Refusal};
 use crate::storage::durable_file::write_atomic;
 
@@ -107,10 +107,26 @@ impl StateMachine {
         context: ExecuteContext<'_>,
     ) -> ControllerOutcome {
         let refusal = match command {
-            ControllerCommand::CreateCluster { cluster_id } => {
+            ControllerCommand::CreateCluster {
+                cluster_id,
+                nodes,
+                shards,
+            } => {
                 if metadata.cluster_id.is_empty() {
                     metadata.cluster_id = cluster_id.clone();
-                    tracing::info!(cluster_id, "the cluster has its id");
+                    let mut nodes = nodes.clone();
+                    nodes.sort_unstable();
+                    nodes.dedup();
+                    tracing::info!(
+                        cluster_id,
+                        ?nodes,
+                        shards,
+                        "the cluster has its id and placement"
+                    );
+                    metadata.placement = Some(Placement {
+                        nodes,
+                        shards: *shards,
+                    });
                     None
                 } else {
                     Some(Refusal::InvalidRequest(format!(
@@ -130,11 +146,14 @@ impl StateMachine {
                     port: *kafka_port,
                     shards: *shards,
                 };
-                let first = metadata.nodes.values().next().map(|other| other.shards);
-                match first {
+                let placed = metadata
+                    .placement
+                    .as_ref()
+                    .map(|placement| placement.shards);
+                match placed {
                     Some(count) if count != *shards => Some(Refusal::InvalidRequest(format!(
                         "node {node_id} runs {shards} shards, the cluster's nodes run {count}: \
-                         every node must run the same shard count"
+                         every node must run the same shard count (--shards {count})"
                     ))),
                     _ => {
                         if metadata.nodes.get(node_id) != Some(&node) {

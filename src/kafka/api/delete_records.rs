@@ -61,6 +61,10 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 partitions.push(result.with_error_code(code.code()));
                 continue;
             };
+            if request.broker.leader_elsewhere(&name, index).is_some() {
+                partitions.push(result.with_error_code(ResponseError::NotLeaderOrFollower.code()));
+                continue;
+            }
             let offset = partition.offset;
             let topic_name = name.clone();
             let moved = request

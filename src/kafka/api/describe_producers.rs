@@ -46,6 +46,14 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 );
                 continue;
             };
+            if let Some(leader) = request.broker.leader_elsewhere(&name, index) {
+                partitions.push(
+                    response
+                        .with_error_code(ResponseError::NotLeaderOrFollower.code())
+                        .with_error_message(Some(str_bytes(&format!("led by node {leader}")))),
+                );
+                continue;
+            }
             let owner = request.shard.shards.owner(&name, index);
             let topic_name = name.clone();
             let found = request

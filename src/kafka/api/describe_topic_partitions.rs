@@ -33,6 +33,7 @@ use kafka_protocol::messages::{
 
 use super::authorized_operations::{AclResource, authorized_operations};
 use super::{decode, str_bytes};
+use crate::broker::Broker;
 use crate::broker::is_internal_topic;
 use crate::broker::metadata::{ClusterMetadata, TopicMeta};
 use crate::kafka::dispatch::Request;
@@ -86,14 +87,13 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         Ok(page) => page,
         Err(CursorRefused) => return request.respond(&invalid_request(&asked)),
     };
-    let node = BrokerId(request.broker.config.kafka.node_id);
     let topics = page
         .topics
         .into_iter()
         .map(|topic| match topic {
             PageTopic::Found { name, partitions } => {
                 let meta = cluster.topic(&name).map(AsRef::as_ref);
-                found_topic(node, &name, meta, partitions)
+                found_topic(request.broker, &name, meta, partitions)
             }
             PageTopic::Missing { name, error_code } => response_topic(&name)
                 .with_error_code(error_code)
@@ -193,7 +193,7 @@ fn missing_topic(name: &str) -> PageTopic {
 }
 
 fn found_topic(
-    node: BrokerId,
+    broker: &Broker,
     name: &str,
     meta: Option<&TopicMeta>,
     partitions: Vec<i32>,
@@ -201,12 +201,13 @@ fn found_topic(
     let partitions = partitions
         .into_iter()
         .map(|index| {
+            let leader = BrokerId(broker.partition_leader(name, index as u32));
             DescribeTopicPartitionsResponsePartition::default()
                 .with_partition_index(index)
-                .with_leader_id(node)
+                .with_leader_id(leader)
                 .with_leader_epoch(0)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_replica_nodes(vec![leader])
+                .with_isr_nodes(vec![leader])
                 .with_eligible_leader_replicas(Some(Vec::new()))
                 .with_last_known_elr(Some(Vec::new()))
                 .with_offline_replicas(Vec::new())

@@ -198,7 +198,17 @@ fn plan(
             let exists = meta.is_some_and(|meta| {
                 u32::try_from(partition.partition).is_ok_and(|index| index < meta.partitions)
             });
+            // A cluster places each partition on one node: the others
+            // answer NOT_LEADER_OR_FOLLOWER and the client refreshes its
+            // metadata (Cluster I: no followers to read from yet).
+            let elsewhere = exists
+                && request
+                    .broker
+                    .leader_elsewhere(&name, partition.partition as u32)
+                    .is_some();
+            let exists = exists && !elsewhere;
             let code = match (exists, meta) {
+                _ if elsewhere => ResponseError::NotLeaderOrFollower.code(),
                 (true, _) => error_code::NONE,
                 // Fetch 13+ (KIP-516): an id no live topic has, such as one
                 // of a topic deleted and created again.

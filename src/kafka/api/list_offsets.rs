@@ -133,6 +133,13 @@ async fn lookup(
     if !exists {
         return response.with_error_code(ResponseError::UnknownTopicOrPartition.code());
     }
+    if request
+        .broker
+        .leader_elsewhere(&topic, index as u32)
+        .is_some()
+    {
+        return response.with_error_code(ResponseError::NotLeaderOrFollower.code());
+    }
     if timestamp == LATEST_TIERED {
         return response.with_leader_epoch(-1);
     }

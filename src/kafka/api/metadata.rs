@@ -17,6 +17,7 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 
 use super::authorized_operations::{AclResource, authorized_operations};
 use super::{AUTHORIZED_OPERATIONS_UNKNOWN, decode, str_bytes};
+use crate::broker::Broker;
 use crate::broker::metadata::{TopicId, TopicMeta};
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
@@ -36,7 +37,6 @@ enum Wanted {
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let metadata: MetadataRequest = decode(request, body)?;
     let broker = request.broker;
-    let node = BrokerId(broker.config.kafka.node_id);
     let requested = match &metadata.topics {
         None => None,
         Some(topics) if request.version == 0 && topics.is_empty() => None,
@@ -52,14 +52,14 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             .snapshot()
             .topics
             .values()
-            .map(|topic| topic_response(node, topic))
+            .map(|topic| topic_response(broker, topic))
             .collect(),
         Some(wanted) => {
             let mut topics = Vec::with_capacity(wanted.len());
             for topic in wanted {
                 topics.push(match topic {
-                    Wanted::Name(name) => named_topic(request, node, name, auto_create).await,
-                    Wanted::Id(id) => topic_by_id(request, node, id),
+                    Wanted::Name(name) => named_topic(request, name, auto_create).await,
+                    Wanted::Id(id) => topic_by_id(request, id),
                 });
             }
             topics
@@ -155,9 +155,9 @@ const TOP_LEVEL_ERROR_FROM_VERSION: i16 = 13;
 
 /// A topic asked for by id: never auto-created; an id no live topic has
 /// gets UNKNOWN_TOPIC_ID with the id echoed and no name.
-fn topic_by_id(request: &Request<'_>, node: BrokerId, id: TopicId) -> MetadataResponseTopic {
+fn topic_by_id(request: &Request<'_>, id: TopicId) -> MetadataResponseTopic {
     match request.broker.metadata.snapshot().topic_by_id(id) {
-        Some(topic) => topic_response(node, topic),
+        Some(topic) => topic_response(request.broker, topic),
         None => MetadataResponseTopic::default()
             .with_error_code(ResponseError::UnknownTopicId.code())
             .with_name(None)
@@ -168,7 +168,6 @@ fn topic_by_id(request: &Request<'_>, node: BrokerId, id: TopicId) -> MetadataRe
 
 async fn named_topic(
     request: &Request<'_>,
-    node: BrokerId,
     name: String,
     auto_create: bool,
 ) -> MetadataResponseTopic {
@@ -183,7 +182,7 @@ async fn named_topic(
         None => None,
     };
     match topic {
-        Some(topic) => topic_response(node, &topic),
+        Some(topic) => topic_response(request.broker, &topic),
         None => error_topic(&name, ResponseError::UnknownTopicOrPartition.code()),
     }
 }
@@ -195,15 +194,17 @@ fn error_topic(name: &str, error_code: i16) -> MetadataResponseTopic {
         .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_UNKNOWN)
 }
 
-pub fn topic_response(node: BrokerId, topic: &Arc<TopicMeta>) -> MetadataResponseTopic {
+pub fn topic_response(broker: &Broker, topic: &Arc<TopicMeta>) -> MetadataResponseTopic {
     let partitions = (0..topic.partitions)
         .map(|index| {
+            // Cluster I: a partition's data lives on its leader only.
+            let leader = BrokerId(broker.partition_leader(&topic.name, index));
             MetadataResponsePartition::default()
                 .with_partition_index(index as i32)
-                .with_leader_id(node)
+                .with_leader_id(leader)
                 .with_leader_epoch(0)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_replica_nodes(vec![leader])
+                .with_isr_nodes(vec![leader])
         })
         .collect();
     MetadataResponseTopic::default()

@@ -117,6 +117,9 @@ struct Outcome {
     base_offset: i64,
     log_append_time_ms: i64,
     log_start_offset: i64,
+    /// NOT_LEADER_OR_FOLLOWER: the partition's leader, for the KIP-951
+    /// hint (`None`: this node).
+    leader: Option<i32>,
 }
 
 impl Outcome {
@@ -128,6 +131,7 @@ impl Outcome {
             base_offset: -1,
             log_append_time_ms: -1,
             log_start_offset: -1,
+            leader: None,
         }
     }
 
@@ -198,7 +202,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
     }
     let leader_hint = request.version >= LEADER_HINT_FROM_VERSION;
     let node = BrokerId(request.broker.config.kafka.node_id);
-    let mut not_leader = false;
+    let mut leaders: Vec<i32> = Vec::new();
     let mut responses: Vec<(usize, TopicProduceResponse)> = Vec::new();
     for ((topic_slot, index), outcome) in slots.into_iter().zip(outcomes) {
         if responses.last().is_none_or(|(slot, _)| *slot != topic_slot) {
@@ -210,13 +214,16 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
                     .with_topic_id(topic.topic_id),
             ));
         }
+        let leader = outcome.leader.map_or(node, BrokerId);
         let mut partition = partition_response(index, outcome);
         if leader_hint && partition.error_code == ResponseError::NotLeaderOrFollower.code() {
-            // Every partition's leader is this broker, at epoch 0.
-            not_leader = true;
+            // The leader (at epoch 0: leaders do not move yet).
+            if !leaders.contains(&leader.0) {
+                leaders.push(leader.0);
+            }
             partition = partition.with_current_leader(
                 LeaderIdAndEpoch::default()
-                    .with_leader_id(node)
+                    .with_leader_id(leader)
                     .with_leader_epoch(0),
             );
         }
@@ -229,14 +236,20 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
     }
     let mut response = ProduceResponse::default()
         .with_responses(responses.into_iter().map(|(_, topic)| topic).collect());
-    if not_leader {
-        let (host, port) = &request.broker.advertised;
-        response = response.with_node_endpoints(vec![
-            NodeEndpoint::default()
-                .with_node_id(node)
-                .with_host(str_bytes(host))
-                .with_port(i32::from(*port)),
-        ]);
+    if !leaders.is_empty() {
+        let endpoints = request
+            .broker
+            .brokers()
+            .into_iter()
+            .filter(|(id, ..)| leaders.contains(id))
+            .map(|(id, host, port)| {
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(id))
+                    .with_host(str_bytes(&host))
+                    .with_port(i32::from(port))
+            })
+            .collect();
+        response = response.with_node_endpoints(endpoints);
     }
     request.respond(&response).map(Some)
 }
@@ -314,6 +327,15 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
             format!("topic {name} has {} partitions", topic.partitions),
         );
     }
+    if let Some(leader) = request.broker.leader_elsewhere(&name, index) {
+        return Outcome {
+            leader: Some(leader),
+            ..Outcome::error(
+                ResponseError::NotLeaderOrFollower.code(),
+                format!("partition {index} of {name} is led by node {leader}"),
+            )
+        };
+    }
     let Some(records) = records else {
         return Outcome::error(ResponseError::InvalidRecord.code(), "no records");
     };
@@ -364,6 +386,7 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
             base_offset: base_offset.0,
             log_append_time_ms,
             log_start_offset: log_start_offset.0,
+            leader: None,
         },
         Ok(Err(outcome)) => outcome,
         Err(gone) => Outcome::error(ResponseError::NotLeaderOrFollower.code(), gone.to_string()),

@@ -173,6 +173,8 @@ fn entry(term: u64, index: u64) -> Entry {
         log_id: log_id(term, index),
         payload: EntryPayload::Normal(ControllerCommand::CreateCluster {
             cluster_id: format!("cluster-{index}"),
+            nodes: vec![1, 2, 3],
+            shards: 2,
         }),
     }
 }
