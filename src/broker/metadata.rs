@@ -127,6 +127,9 @@ pub struct ClusterMetadata {
     pub nodes: BTreeMap<u64, NodeInfo>,
     /// Where a cluster's partitions live (`None` for a single node).
     pub placement: Option<Placement>,
+    /// A cluster's next free producer id (its controller allocates them;
+    /// a single node keeps its own in `__producer_ids`).
+    pub next_producer_id: i64,
 }
 
 /// A cluster's shard groups (ARCHITECTURE.md, "Placement"): group
@@ -228,6 +231,13 @@ pub struct Persisted {
     /// A cluster's placement (controller snapshots only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     placement: Option<Placement>,
+    /// A cluster's next free producer id (controller snapshots only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    next_producer_id: i64,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -274,6 +284,12 @@ pub trait MetadataProposer: Send + Sync {
         &self,
         command: MetadataCommand,
     ) -> futures_util::future::BoxFuture<'static, Result<Option<Refusal>, String>>;
+
+    /// The first id of a fresh block of `len` producer ids.
+    fn allocate_producer_ids(
+        &self,
+        len: i32,
+    ) -> futures_util::future::BoxFuture<'static, Result<i64, String>>;
 }
 
 /// What the store and its writer thread share.
@@ -322,6 +338,7 @@ impl MetadataStore {
                     group_configs: BTreeMap::new(),
                     nodes: BTreeMap::new(),
                     placement: None,
+                    next_producer_id: 0,
                 };
                 persist(&path, &fresh)?;
                 fresh
@@ -357,6 +374,23 @@ impl MetadataStore {
         })
     }
 
+    /// A block of `len` producer ids from the cluster's controller: its
+    /// first id (a cluster node's InitProducerId draws from these).
+    pub async fn allocate_producer_ids(&self, len: i32) -> Result<i64, MetadataError> {
+        let Writer::Replicated(proposer) = &self.writer else {
+            return Err(MetadataError::Controller(
+                "a single node allocates producer ids itself".to_owned(),
+            ));
+        };
+        let proposer = proposer.get().ok_or_else(|| {
+            MetadataError::Controller("this node has not joined its cluster yet".to_owned())
+        })?;
+        proposer
+            .allocate_producer_ids(len)
+            .await
+            .map_err(MetadataError::Controller)
+    }
+
     /// The store of a cluster node: no file (the controller's log and
     /// snapshots hold the metadata) and an empty snapshot until the
     /// controller's state machine publishes one.
@@ -371,6 +405,7 @@ impl MetadataStore {
             group_configs: BTreeMap::new(),
             nodes: BTreeMap::new(),
             placement: None,
+            next_producer_id: 0,
         };
         MetadataStore {
             shared: Arc::new(Shared {
@@ -604,6 +639,7 @@ impl ClusterMetadata {
             group_configs: BTreeMap::new(),
             nodes: BTreeMap::new(),
             placement: None,
+            next_producer_id: 0,
         };
         metadata.reindex();
         metadata
@@ -704,6 +740,7 @@ impl ClusterMetadata {
                 .map(|(id, node)| (id.to_string(), node.clone()))
                 .collect(),
             placement: self.placement.clone(),
+            next_producer_id: self.next_producer_id,
         }
     }
 
@@ -765,6 +802,7 @@ impl ClusterMetadata {
             group_configs: persisted.group_configs,
             nodes,
             placement: persisted.placement,
+            next_producer_id: persisted.next_producer_id,
         };
         metadata.reindex();
         Ok(metadata)

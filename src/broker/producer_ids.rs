@@ -198,6 +198,10 @@ pub enum ProducerIdError {
     },
     #[error("{0}")]
     ShardGone(#[from] ShardGone),
+    /// A cluster node's block comes from the controller, which did not
+    /// answer.
+    #[error("cannot get a producer-id block from the cluster controller: {0}")]
+    Controller(#[source] super::metadata::MetadataError),
 }
 
 /// Hands out producer-id blocks; runs on the shard owning
@@ -321,6 +325,27 @@ impl ProducerIdAllocator {
     /// Store the next block for `shard` and return it once it is durable.
     pub async fn allocate(&self, shard: ShardId) -> Result<ProducerIdBlock, ProducerIdError> {
         let _writing = self.writer.lock().await;
+        if self.broker.metadata.is_replicated() {
+            // A cluster's ids are unique across its nodes: the controller
+            // hands out the blocks (KIP-730), in its replicated log.
+            let start = self
+                .broker
+                .metadata
+                .allocate_producer_ids(PRODUCER_ID_BLOCK_LEN)
+                .await
+                .map_err(ProducerIdError::Controller)?;
+            tracing::info!(
+                shard = shard.0,
+                start,
+                len = PRODUCER_ID_BLOCK_LEN,
+                "got a producer-id block from the controller"
+            );
+            return Ok(ProducerIdBlock {
+                start,
+                len: PRODUCER_ID_BLOCK_LEN,
+                shard: shard.0,
+            });
+        }
         if !self.floor_checked.get() {
             self.raise_past_recovered_ids().await?;
             self.floor_checked.set(true);

@@ -98,8 +98,8 @@ pub fn join(
             );
             tracing::warn!(
                 "cluster mode is being built (issue 15): partitions live on their leader only (no \
-                 replicas yet), and consumer groups, transactions and producer ids are coordinated \
-                 by each node for itself: keep a group's members and idempotent producers on one node"
+                 replicas yet), and consumer groups and transactions are coordinated by each node \
+                 for itself: give a group's members and transactional producers one node's address"
             );
             return Ok(handle);
         }

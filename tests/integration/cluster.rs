@@ -16,7 +16,9 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::metadata_response::MetadataResponse;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{MetadataRequest, ProduceRequest, TopicName};
+use kafka_protocol::messages::{
+    InitProducerIdRequest, MetadataRequest, ProduceRequest, ProducerId, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::broker_process::{BrokerProcess, Launch, free_loopback_address};
@@ -374,6 +376,39 @@ fn librdkafka_produces_through_one_node_and_consumes_through_another_following_t
         ),
         (leader, cluster.nodes[leader as usize - 1].kafka.clone())
     );
+    for broker in brokers {
+        assert_eq!(broker.stop().code(), Some(0));
+    }
+}
+
+/// Idempotent producers get their ids from whichever node they ask; the
+/// controller hands out the blocks (KIP-730), so no two nodes ever give the
+/// same id (a shared id would make partitions mix two producers' sequences).
+#[test]
+fn producer_ids_are_unique_across_the_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(dir.path());
+    let brokers = cluster.start_all();
+    let mut ids = Vec::new();
+    for broker in &brokers {
+        let mut wire = Wire::connect(&broker.address);
+        for _ in 0..3 {
+            let answer = wire.call(
+                4,
+                &InitProducerIdRequest::default()
+                    .with_transactional_id(None)
+                    .with_transaction_timeout_ms(60_000)
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1),
+            );
+            assert_eq!(answer.error_code, 0, "node at {}", broker.address);
+            ids.push(answer.producer_id.0);
+        }
+    }
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ids.len(), "every id once: {ids:?}");
     for broker in brokers {
         assert_eq!(broker.stop().code(), Some(0));
     }

@@ -51,6 +51,10 @@ pub enum ControllerCommand {
     },
     /// A change of the cluster metadata.
     Metadata(MetadataCommand),
+    /// Hand out the next `len` producer ids (Kafka's AllocateProducerIds,
+    /// KIP-730): the outcome carries the block's first id, and no id is
+    /// handed out twice in the cluster's life.
+    AllocateProducerIds { len: i32 },
 }
 
 /// What applying a command gave: nothing to say, or the refusal a command
@@ -58,4 +62,7 @@ pub enum ControllerCommand {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControllerOutcome {
     pub refusal: Option<Refusal>,
+    /// AllocateProducerIds: the first id of the block.
+    #[serde(default)]
+    pub producer_id_block_start: Option<i64>,
 }

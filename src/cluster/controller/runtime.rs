@@ -146,6 +146,24 @@ impl MetadataProposer for ControllerHandle {
                 .map_err(|error| error.to_string())
         })
     }
+
+    fn allocate_producer_ids(
+        &self,
+        len: i32,
+    ) -> futures_util::future::BoxFuture<'static, Result<i64, String>> {
+        let handle = self.clone();
+        Box::pin(async move {
+            let outcome = handle
+                .propose(ControllerCommand::AllocateProducerIds { len })
+                .await
+                .map_err(|error| error.to_string())?;
+            match (outcome.refusal, outcome.producer_id_block_start) {
+                (Some(refusal), _) => Err(refusal.to_string()),
+                (None, Some(start)) => Ok(start),
+                (None, None) => Err("the controller answered no block".to_owned()),
+            }
+        })
+    }
 }
 
 /// What this node tells the cluster about itself.
@@ -418,6 +436,7 @@ impl Member {
             match proposer.propose(command).await {
                 Ok(ControllerOutcome {
                     refusal: Some(refusal),
+                    ..
                 }) => tracing::error!(%refusal, "this node cannot register"),
                 Ok(_) => {}
                 Err(error) => tracing::debug!(%error, "registration not done yet"),

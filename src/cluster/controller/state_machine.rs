@@ -164,11 +164,32 @@ impl StateMachine {
                     }
                 }
             }
+            ControllerCommand::AllocateProducerIds { len } => {
+                let start = metadata.next_producer_id;
+                return match i64::from(*len).checked_add(start).filter(|_| *len > 0) {
+                    Some(end) => {
+                        metadata.next_producer_id = end;
+                        ControllerOutcome {
+                            refusal: None,
+                            producer_id_block_start: Some(start),
+                        }
+                    }
+                    None => ControllerOutcome {
+                        refusal: Some(Refusal::InvalidRequest(format!(
+                            "no block of {len} producer ids is left after {start}"
+                        ))),
+                        producer_id_block_start: None,
+                    },
+                };
+            }
             ControllerCommand::Metadata(command) => {
                 metadata.execute(command.clone(), context).err()
             }
         };
-        ControllerOutcome { refusal }
+        ControllerOutcome {
+            refusal,
+            producer_id_block_start: None,
+        }
     }
 
     fn snapshot_path(&self) -> PathBuf {
