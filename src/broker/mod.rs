@@ -452,6 +452,35 @@ impl Broker {
                 .is_none_or(|leader| i64::from(self.config.kafka.node_id) == leader as i64)
     }
 
+    /// The node coordinating the keys of partition `index` of an internal
+    /// topic (`__consumer_offsets` for groups, `__transaction_state` for
+    /// transactional ids): its placement's leader in a cluster, this node
+    /// otherwise; (node id, host, port). Cluster I keeps each node's copy of
+    /// the internal topics to itself, so a group's state lives on its
+    /// coordinator only.
+    pub fn coordinator_of(&self, topic: &str, index: u32) -> (i32, String, u16) {
+        let own = || {
+            let (host, port) = self.advertised.clone();
+            (self.config.kafka.node_id, host, port)
+        };
+        let snapshot = self.metadata.snapshot();
+        let Some(leader) = snapshot.leader_of(topic, index) else {
+            return own();
+        };
+        match (i32::try_from(leader), snapshot.nodes.get(&leader)) {
+            (Ok(id), _) if id == self.config.kafka.node_id => own(),
+            (Ok(id), Some(node)) => (id, node.host.clone(), node.port),
+            // Not registered yet: no one to send the client to.
+            _ => (-1, String::new(), 0),
+        }
+    }
+
+    /// Whether this node coordinates the keys of partition `index` of the
+    /// internal `topic` ([`Broker::coordinator_of`]).
+    pub fn coordinates(&self, topic: &str, index: u32) -> bool {
+        self.coordinator_of(topic, index).0 == self.config.kafka.node_id
+    }
+
     /// The node clients must send requests for partition `index` of
     /// `topic` to, when it is not this one (a cluster places partitions on
     /// nodes): Kafka's NOT_LEADER_OR_FOLLOWER, with this leader where the

@@ -97,9 +97,9 @@ pub fn join(
                 "joined the cluster"
             );
             tracing::warn!(
-                "cluster mode is being built (issue 15): partitions live on their leader only (no \
-                 replicas yet), and consumer groups and transactions are coordinated by each node \
-                 for itself: give a group's members and transactional producers one node's address"
+                "cluster mode is being built (issue 15): partitions, groups and transactions live \
+                 on one node each with no replicas yet, so a node that is down takes its share \
+                 offline until it returns"
             );
             return Ok(handle);
         }

@@ -17,7 +17,8 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::metadata_response::MetadataResponse;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    InitProducerIdRequest, MetadataRequest, ProduceRequest, ProducerId, TopicName,
+    FindCoordinatorRequest, InitProducerIdRequest, MetadataRequest, ProduceRequest, ProducerId,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -409,6 +410,62 @@ fn producer_ids_are_unique_across_the_nodes() {
     distinct.sort_unstable();
     distinct.dedup();
     assert_eq!(distinct.len(), ids.len(), "every id once: {ids:?}");
+    for broker in brokers {
+        assert_eq!(broker.stop().code(), Some(0));
+    }
+}
+
+/// A consumer group's coordinator is the node leading its
+/// `__consumer_offsets` partition: every node names it in
+/// FindCoordinator, the others answer NOT_COORDINATOR, and members that
+/// bootstrap from different nodes form one group.
+#[test]
+fn a_group_has_one_coordinator_whichever_node_its_members_ask() {
+    use crate::consumer_groups::{Member, Received, produce, wait_for_all, wait_for_assignments};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(dir.path());
+    let brokers = cluster.start_all();
+    let coordinators: Vec<i32> = brokers
+        .iter()
+        .map(|broker| {
+            let answer = Wire::connect(&broker.address).call(
+                4,
+                &FindCoordinatorRequest::default()
+                    .with_key_type(0)
+                    .with_coordinator_keys(vec![StrBytes::from_static_str("spread-readers")]),
+            );
+            let coordinator = &answer.coordinators[0];
+            assert_eq!(coordinator.error_code, 0);
+            coordinator.node_id.0
+        })
+        .collect();
+    assert!(
+        coordinators.iter().all(|&node| node == coordinators[0]),
+        "{coordinators:?}"
+    );
+    kafka_clients::create_topic(&brokers[0].address, "spread", 6, &[]);
+    let received: Received = Default::default();
+    let a = Member::start(
+        &brokers[0].address,
+        "spread-readers",
+        "spread",
+        "a",
+        &received,
+        &[],
+    );
+    let b = Member::start(
+        &brokers[2].address,
+        "spread-readers",
+        "spread",
+        "b",
+        &received,
+        &[],
+    );
+    wait_for_assignments(&[&a, &b], 6, &[3, 3], Duration::from_secs(30));
+    let expected = produce(&brokers[1].address, "spread", 6, "record", 300);
+    wait_for_all(&received, &expected, Duration::from_secs(30));
+    a.leave();
+    b.leave();
     for broker in brokers {
         assert_eq!(broker.stop().code(), Some(0));
     }

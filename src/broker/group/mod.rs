@@ -48,7 +48,8 @@ pub fn coordinator_shard(shards: &Shards, group: &str, offsets_partitions: u32) 
 }
 
 /// Run `work` with the coordinator of `group`, on its shard. Errors with
-/// COORDINATOR_NOT_AVAILABLE (retriable) if that shard cannot serve it.
+/// COORDINATOR_NOT_AVAILABLE (retriable) if that shard cannot serve it, and
+/// NOT_COORDINATOR when another cluster node coordinates the group.
 pub async fn on_coordinator<F, Fut, T>(
     shard: &std::rc::Rc<crate::shard::ShardContext>,
     broker: &super::Broker,
@@ -61,6 +62,10 @@ where
     T: Send + 'static,
 {
     let unavailable = kafka_protocol::ResponseError::CoordinatorNotAvailable.code();
+    let index = coordinator::offsets_partition(group, offsets_topic_partitions(broker));
+    if !broker.coordinates(OFFSETS_TOPIC, index) {
+        return Err(kafka_protocol::ResponseError::NotCoordinator.code());
+    }
     let target = coordinator_shard(&shard.shards, group, offsets_topic_partitions(broker));
     let ran = shard
         .run_on(target, move |_| async move {

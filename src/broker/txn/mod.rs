@@ -39,7 +39,7 @@ pub fn coordinator_shard(shards: &Shards, transactional_id: &str, partitions: u3
 
 /// Run `work` with the coordinator of `transactional_id`, on its shard.
 /// Errors with COORDINATOR_NOT_AVAILABLE (retriable) if that shard cannot
-/// serve it.
+/// serve it, and NOT_COORDINATOR when another cluster node coordinates it.
 pub async fn on_txn_coordinator<F, Fut, T>(
     shard: &std::rc::Rc<crate::shard::ShardContext>,
     broker: &super::Broker,
@@ -52,6 +52,10 @@ where
     T: Send + 'static,
 {
     let unavailable = kafka_protocol::ResponseError::CoordinatorNotAvailable.code();
+    let index = key_partition(transactional_id, txn_topic_partitions(broker));
+    if !broker.coordinates(TXN_TOPIC, index) {
+        return Err(kafka_protocol::ResponseError::NotCoordinator.code());
+    }
     let target = coordinator_shard(
         &shard.shards,
         transactional_id,

@@ -34,8 +34,18 @@ fn refusal(key_type: i8, key: &str) -> Option<(i16, &'static str)> {
 pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let find: FindCoordinatorRequest = decode(request, body)?;
     let broker = request.broker;
-    let node = BrokerId(broker.config.kafka.node_id);
-    let (host, port) = &broker.advertised;
+    // The node coordinating a key: its internal partition's leader.
+    let coordinator_of = |key: &str| {
+        if find.key_type == KEY_TYPE_TRANSACTION {
+            let partitions = crate::broker::txn::txn_topic_partitions(broker);
+            let index = crate::broker::internal_log::key_partition(key, partitions);
+            broker.coordinator_of(crate::broker::txn::TXN_TOPIC, index)
+        } else {
+            let partitions = crate::broker::group::offsets_topic_partitions(broker);
+            let index = crate::broker::group::coordinator::offsets_partition(key, partitions);
+            broker.coordinator_of(crate::broker::group::OFFSETS_TOPIC, index)
+        }
+    };
     let mut response = FindCoordinatorResponse::default();
     if request.version >= 4 {
         response.coordinators = find
@@ -51,9 +61,13 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
                         coordinator.error_message = Some(str_bytes(message));
                     }
                     None => {
-                        coordinator.node_id = node;
-                        coordinator.host = str_bytes(host);
-                        coordinator.port = i32::from(*port);
+                        let (node, host, port) = coordinator_of(key.as_str());
+                        if node < 0 {
+                            coordinator.error_code = ResponseError::CoordinatorNotAvailable.code();
+                        }
+                        coordinator.node_id = BrokerId(node);
+                        coordinator.host = str_bytes(&host);
+                        coordinator.port = i32::from(port);
                     }
                 }
                 coordinator
@@ -70,9 +84,13 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
                 }
             }
             None => {
-                response.node_id = node;
-                response.host = str_bytes(host);
-                response.port = i32::from(*port);
+                let (node, host, port) = coordinator_of(find.key.as_str());
+                if node < 0 {
+                    response.error_code = ResponseError::CoordinatorNotAvailable.code();
+                }
+                response.node_id = BrokerId(node);
+                response.host = str_bytes(&host);
+                response.port = i32::from(port);
             }
         }
     }
