@@ -328,18 +328,7 @@ impl MetadataStore {
         let metadata = match std::fs::read_to_string(&path) {
             Ok(text) => decode(&text, &path, &statics, limits)?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let broker = BrokerOverrides::default();
-                let fresh = ClusterMetadata {
-                    cluster_id: new_cluster_id(),
-                    topics: BTreeMap::new(),
-                    ids: BTreeMap::new(),
-                    topic_defaults: topic_defaults(&statics, &broker),
-                    broker,
-                    group_configs: BTreeMap::new(),
-                    nodes: BTreeMap::new(),
-                    placement: None,
-                    next_producer_id: 0,
-                };
+                let fresh = ClusterMetadata::empty(new_cluster_id(), &statics);
                 persist(&path, &fresh)?;
                 fresh
             }
@@ -395,18 +384,7 @@ impl MetadataStore {
     /// snapshots hold the metadata) and an empty snapshot until the
     /// controller's state machine publishes one.
     pub fn replicated(statics: StaticSettings, limits: TopicLimits) -> MetadataStore {
-        let broker = BrokerOverrides::default();
-        let empty = ClusterMetadata {
-            cluster_id: String::new(),
-            topics: BTreeMap::new(),
-            ids: BTreeMap::new(),
-            topic_defaults: topic_defaults(&statics, &broker),
-            broker,
-            group_configs: BTreeMap::new(),
-            nodes: BTreeMap::new(),
-            placement: None,
-            next_producer_id: 0,
-        };
+        let empty = ClusterMetadata::empty(String::new(), &statics);
         MetadataStore {
             shared: Arc::new(Shared {
                 path: PathBuf::new(),
@@ -592,6 +570,22 @@ impl Shared {
 }
 
 impl ClusterMetadata {
+    /// Metadata with no topics and no dynamic settings.
+    pub fn empty(cluster_id: String, statics: &StaticSettings) -> ClusterMetadata {
+        let broker = BrokerOverrides::default();
+        ClusterMetadata {
+            cluster_id,
+            topics: BTreeMap::new(),
+            ids: BTreeMap::new(),
+            topic_defaults: topic_defaults(statics, &broker),
+            broker,
+            group_configs: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            placement: None,
+            next_producer_id: 0,
+        }
+    }
+
     pub fn topic(&self, name: &str) -> Option<&Arc<TopicMeta>> {
         self.topics.get(name)
     }
@@ -616,31 +610,17 @@ impl ClusterMetadata {
     #[cfg(test)]
     pub fn with_topics(topics: &[(&str, TopicId, u32)]) -> ClusterMetadata {
         let statics = StaticSettings::from_config(&crate::config::Config::default());
-        let broker = BrokerOverrides::default();
-        let defaults = topic_defaults(&statics, &broker);
-        let mut metadata = ClusterMetadata {
-            cluster_id: "test".to_owned(),
-            topics: topics
-                .iter()
-                .map(|&(name, id, partitions)| {
-                    let topic = TopicMeta {
-                        name: name.to_owned(),
-                        id,
-                        partitions,
-                        overrides: BTreeMap::new(),
-                        config: defaults.clone(),
-                    };
-                    (name.to_owned(), Arc::new(topic))
-                })
-                .collect(),
-            ids: BTreeMap::new(),
-            broker,
-            topic_defaults: defaults,
-            group_configs: BTreeMap::new(),
-            nodes: BTreeMap::new(),
-            placement: None,
-            next_producer_id: 0,
-        };
+        let mut metadata = ClusterMetadata::empty("test".to_owned(), &statics);
+        for &(name, id, partitions) in topics {
+            let topic = TopicMeta {
+                name: name.to_owned(),
+                id,
+                partitions,
+                overrides: BTreeMap::new(),
+                config: metadata.topic_defaults.clone(),
+            };
+            metadata.topics.insert(name.to_owned(), Arc::new(topic));
+        }
         metadata.reindex();
         metadata
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct BrokerProcess {
     child: Option<Child>,
@@ -241,6 +241,37 @@ impl BrokerProcess {
         child.kill().unwrap();
         child.wait().unwrap();
     }
+}
+
+/// Run `command` until it exits by itself (30 s at most); its status and log.
+pub fn exit_of(mut command: std::process::Command) -> (ExitStatus, String) {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut { stderr }, &mut log).unwrap();
+        log
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "sluice serve {command:?} kept running; log:\n{}",
+                reader.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, reader.join().unwrap())
 }
 
 impl Drop for BrokerProcess {

@@ -22,8 +22,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use crate::broker_process::{BrokerProcess, Launch, free_loopback_address};
-use crate::cluster_config::exit_of;
+use crate::broker_process::{BrokerProcess, Launch, exit_of, free_loopback_address};
 use crate::kafka_clients;
 use crate::wire::Wire;
 

@@ -5,10 +5,9 @@
 //! tested in `cluster.rs`.
 
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
 
-use crate::broker_process::{BrokerProcess, free_loopback_address};
+use crate::broker_process::{BrokerProcess, exit_of, free_loopback_address};
 use crate::kafka_clients::create_topic;
 
 /// Exit status of a configuration error: systemd does not restart it
@@ -19,37 +18,6 @@ const CONFIG_ERROR_EXIT: i32 = 2;
 /// is expected to stop); its status and log.
 pub(crate) fn run_until_exit(data: &Path, extra: &[&str]) -> (ExitStatus, String) {
     exit_of(BrokerProcess::command(data, extra))
-}
-
-/// Run `command` until it exits by itself (30 s at most); its status and log.
-pub(crate) fn exit_of(mut command: std::process::Command) -> (ExitStatus, String) {
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut log = String::new();
-        std::io::Read::read_to_string(&mut { stderr }, &mut log).unwrap();
-        log
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "sluice serve {command:?} kept running; log:\n{}",
-                reader.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status, reader.join().unwrap())
 }
 
 /// Three nodes' cluster listeners on loopback: the `--cluster-peers` value

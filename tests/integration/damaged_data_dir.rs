@@ -5,8 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
 
 use kafka_protocol::messages::FetchRequest;
 use kafka_protocol::messages::TopicName;
@@ -157,30 +156,7 @@ fn a_damaged_consume_queue_entry_is_reindexed_from_the_commit_log_at_the_next_st
 /// Run the broker on `data` until it exits by itself (it is expected to
 /// refuse to start); returns its status and log.
 fn run_until_exit(data: &Path, extra: &[&str]) -> (ExitStatus, String) {
-    let mut child = BrokerProcess::command(data, extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut log = String::new();
-        std::io::Read::read_to_string(&mut { stderr }, &mut log).unwrap();
-        log
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the broker started on a log that lost acknowledged data");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (status, reader.join().unwrap())
+    crate::broker_process::exit_of(BrokerProcess::command(data, extra))
 }
 
 /// Issue 12: a shard's only segment truncated to 0 bytes on a stopped
