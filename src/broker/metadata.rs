@@ -166,6 +166,10 @@ pub struct NodeInfo {
     pub port: u16,
     /// Its shard count (the same on every node).
     pub shards: u32,
+    /// Silent past the session timeout: left out of Metadata until it
+    /// registers again (its heartbeats resume).
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 #[derive(Debug, Error)]

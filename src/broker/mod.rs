@@ -409,7 +409,8 @@ impl Broker {
     }
 
     /// The brokers clients are told of, (node id, host, port) in id order:
-    /// a cluster's registered nodes, or this node alone.
+    /// a cluster's registered nodes that are not fenced, or this node
+    /// alone.
     pub fn brokers(&self) -> Vec<(i32, String, u16)> {
         let snapshot = self.metadata.snapshot();
         if snapshot.nodes.is_empty() {
@@ -419,21 +420,28 @@ impl Broker {
         snapshot
             .nodes
             .iter()
+            .filter(|(_, node)| !node.fenced)
             .filter_map(|(id, node)| Some((i32::try_from(*id).ok()?, node.host.clone(), node.port)))
             .collect()
     }
 
     /// The node leading partition `index` of `topic`, as clients are told:
-    /// its placement's leader in a cluster, this node otherwise.
+    /// its placement's leader in a cluster (-1 while that node is fenced or
+    /// not registered: Cluster I has no other replica to lead), this node
+    /// otherwise.
     pub fn partition_leader(&self, topic: &str, index: u32) -> i32 {
         if is_internal_topic(topic) {
             return self.config.kafka.node_id;
         }
-        self.metadata
-            .snapshot()
-            .leader_of(topic, index)
-            .and_then(|leader| i32::try_from(leader).ok())
-            .unwrap_or(self.config.kafka.node_id)
+        let snapshot = self.metadata.snapshot();
+        let Some(leader) = snapshot.leader_of(topic, index) else {
+            return self.config.kafka.node_id;
+        };
+        match (i32::try_from(leader), snapshot.nodes.get(&leader)) {
+            (Ok(id), _) if id == self.config.kafka.node_id => id,
+            (Ok(id), Some(node)) if !node.fenced => id,
+            _ => -1,
+        }
     }
 
     /// Whether partition `index` of `topic` lives on this node: always for
@@ -469,8 +477,8 @@ impl Broker {
         };
         match (i32::try_from(leader), snapshot.nodes.get(&leader)) {
             (Ok(id), _) if id == self.config.kafka.node_id => own(),
-            (Ok(id), Some(node)) => (id, node.host.clone(), node.port),
-            // Not registered yet: no one to send the client to.
+            (Ok(id), Some(node)) if !node.fenced => (id, node.host.clone(), node.port),
+            // Fenced or not registered yet: no one to send the client to.
             _ => (-1, String::new(), 0),
         }
     }

@@ -40,6 +40,8 @@ struct Node {
 struct Cluster {
     nodes: Vec<Node>,
     peers: String,
+    /// Extra `sluice serve` arguments for every node (a config file).
+    extra: Vec<String>,
 }
 
 impl Cluster {
@@ -58,19 +60,35 @@ impl Cluster {
             .map(|node| format!("{}@{}", node.id, node.cluster))
             .collect::<Vec<_>>()
             .join(",");
-        Cluster { nodes, peers }
+        Cluster {
+            nodes,
+            peers,
+            extra: Vec::new(),
+        }
+    }
+
+    /// [`Cluster::new`] with `config` (TOML) given to every node.
+    fn with_config(dir: &Path, config: &str) -> Cluster {
+        let path = dir.join("cluster.toml");
+        std::fs::write(&path, config).unwrap();
+        Cluster {
+            extra: vec!["--config".to_owned(), path.to_str().unwrap().to_owned()],
+            ..Cluster::new(dir)
+        }
     }
 
     fn flags(&self, id: usize) -> Vec<String> {
         let node = &self.nodes[id - 1];
-        vec![
+        let mut flags = vec![
             "--node-id".to_owned(),
             id.to_string(),
             "--cluster-listen".to_owned(),
             node.cluster.clone(),
             "--cluster-peers".to_owned(),
             self.peers.clone(),
-        ]
+        ];
+        flags.extend(self.extra.iter().cloned());
+        flags
     }
 
     /// Start node `id` and wait until it has joined (it is ready then).
@@ -466,6 +484,72 @@ fn a_group_has_one_coordinator_whichever_node_its_members_ask() {
     a.leave();
     b.leave();
     for broker in brokers {
+        assert_eq!(broker.stop().code(), Some(0));
+    }
+}
+
+/// A node silent past `cluster.session_timeout_ms` is fenced: Metadata
+/// leaves it out and its partitions have no leader (LEADER_NOT_AVAILABLE)
+/// while admin keeps working; restarted, it registers again and serves its
+/// partitions with the records they held.
+#[test]
+fn a_silent_node_is_fenced_and_comes_back_when_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::with_config(
+        dir.path(),
+        "[cluster]\nheartbeat_interval_ms = 200\nsession_timeout_ms = 1500\n",
+    );
+    let mut brokers: Vec<Option<BrokerProcess>> =
+        cluster.start_all().into_iter().map(Some).collect();
+    let first = brokers[0].as_ref().unwrap().address.clone();
+    kafka_clients::create_topic(&first, "spread", 6, &[]);
+    let sent = crate::consumer_groups::produce(&first, "spread", 6, "before", 60);
+    let controller = metadata(&first).controller_id.0 as usize;
+    let victim = (1..=3).find(|&id| id != controller).unwrap();
+    let survivor = &cluster.nodes[(1..=3).find(|&id| id != victim).unwrap() - 1];
+    brokers[victim - 1].take().unwrap().kill9();
+    let killed = Instant::now();
+    eventually("the killed node fenced", || {
+        let answer = metadata(&survivor.kafka);
+        let listed = answer
+            .brokers
+            .iter()
+            .any(|broker| broker.node_id.0 == victim as i32);
+        let leaderless = answer.topics.iter().any(|topic| {
+            topic.partitions.iter().any(|partition| {
+                partition.leader_id.0 == -1
+                    && partition.error_code == ResponseError::LeaderNotAvailable.code()
+                    && partition
+                        .replica_nodes
+                        .iter()
+                        .any(|node| node.0 == victim as i32)
+            })
+        });
+        !listed && leaderless
+    });
+    println!(
+        "node {victim} fenced {} ms after its kill -9 (heartbeats every 200 ms, session timeout \
+         1500 ms)",
+        killed.elapsed().as_millis()
+    );
+    kafka_clients::create_topic(&survivor.kafka, "while-down", 2, &[]);
+    let back = cluster.start(victim);
+    eventually("the restarted node listed again", || {
+        metadata(&survivor.kafka)
+            .brokers
+            .iter()
+            .any(|broker| broker.node_id.0 == victim as i32)
+    });
+    assert!(topic_id(&metadata(&back.address), "while-down").is_some());
+    let consumed = kafka_clients::consume(&survivor.kafka, "spread", 6, 0, 60);
+    let got: std::collections::BTreeSet<Vec<u8>> =
+        consumed.into_iter().map(|record| record.payload).collect();
+    assert_eq!(
+        got, sent,
+        "the restarted node serves what its partitions held"
+    );
+    assert_eq!(back.stop().code(), Some(0));
+    for broker in brokers.into_iter().flatten() {
         assert_eq!(broker.stop().code(), Some(0));
     }
 }

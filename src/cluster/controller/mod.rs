@@ -51,6 +51,10 @@ pub enum ControllerCommand {
     },
     /// A change of the cluster metadata.
     Metadata(MetadataCommand),
+    /// The controller leader has not heard from this node for
+    /// `cluster.session_timeout_ms`: it is fenced (left out of Metadata,
+    /// its partitions without a leader) until it registers again.
+    FenceNode { node_id: u64 },
     /// Hand out the next `len` producer ids (Kafka's AllocateProducerIds,
     /// KIP-730): the outcome carries the block's first id, and no id is
     /// handed out twice in the cluster's life.

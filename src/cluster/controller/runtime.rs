@@ -10,10 +10,17 @@
 //! * **Duties** (every [`DUTY_INTERVAL`]): record the cluster id in
 //!   `node.toml` once known, register this node (its Kafka address and
 //!   shard count) until the metadata shows it, and publish who leads.
+//! * **Liveness**: every node heartbeats to the leader
+//!   (`/cluster/heartbeat`) every `cluster.heartbeat_interval_ms`, and at
+//!   once when it applied more of the log, with its applied index; the
+//!   leader fences a node silent for `cluster.session_timeout_ms` (a new
+//!   leader first gives every node that long), and a fenced node that is
+//!   alive registers again, which unfences it.
 //! * **Proposals**: a command from a shard is written by the leader
 //!   (forwarded over `/controller/propose` when it is another node); the
-//!   answer waits until this node's state machine applied it, so the
-//!   caller reads the change in its own snapshot.
+//!   leader answers once every unfenced node reported it applied (at most
+//!   [`APPLY_WAIT`]), and the proposing node once it applied it too, so a
+//!   created topic is usable on every node when the client hears back.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -41,6 +48,114 @@ pub const DUTY_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a proposal may take, retries through leader changes included.
 pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(15);
 const PATH_HELLO: &str = "/cluster/hello";
+const PATH_HEARTBEAT: &str = "/cluster/heartbeat";
+/// How long the leader waits for every unfenced node to apply a write
+/// before answering anyway (a slow node applies it later).
+pub const APPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// A node's heartbeat to the controller leader.
+#[derive(Debug, Serialize, Deserialize)]
+struct Heartbeat {
+    node_id: u64,
+    /// The last log index its state machine applied.
+    applied: u64,
+}
+
+/// What the leader knows of the nodes' heartbeats: when each was last
+/// heard (or, after a leader change, the change), what it had applied, and
+/// whether this leader heard it at all.
+#[derive(Default)]
+struct Liveness {
+    seen: std::sync::Mutex<BTreeMap<u64, Seen>>,
+}
+
+#[derive(Clone, Copy)]
+struct Seen {
+    at: Instant,
+    applied: u64,
+    heard: bool,
+}
+
+impl Liveness {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Seen>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn record(&self, node: u64, applied: u64) {
+        let mut seen = self.lock();
+        let before = seen.get(&node).map_or(0, |seen| seen.applied);
+        seen.insert(
+            node,
+            Seen {
+                at: Instant::now(),
+                applied: before.max(applied),
+                heard: true,
+            },
+        );
+    }
+
+    /// A new leader counts every node as just heard from (for fencing),
+    /// and waits for no one until it hears them.
+    fn reset(&self, nodes: impl Iterator<Item = u64>) {
+        let mut seen = self.lock();
+        let now = Instant::now();
+        for node in nodes {
+            let applied = seen.get(&node).map_or(0, |seen| seen.applied);
+            seen.insert(
+                node,
+                Seen {
+                    at: now,
+                    applied,
+                    heard: false,
+                },
+            );
+        }
+    }
+
+    fn silent_for(&self, node: u64) -> Duration {
+        self.lock()
+            .get(&node)
+            .map_or(Duration::MAX, |seen| seen.at.elapsed())
+    }
+
+    /// Wait until every node that heartbeats (heard within `recent`) but
+    /// `me` reported `index` applied, or [`APPLY_WAIT`] passed. A node not
+    /// heard lately is not waited for: it is down or about to be fenced.
+    async fn wait_applied(&self, store: &MetadataStore, me: u64, index: u64, recent: Duration) {
+        let deadline = Instant::now() + APPLY_WAIT;
+        loop {
+            let snapshot = store.snapshot();
+            let behind: Vec<u64> = {
+                let seen = self.lock();
+                snapshot
+                    .nodes
+                    .iter()
+                    .filter(|(id, node)| **id != me && !node.fenced)
+                    .filter(|(id, _)| {
+                        seen.get(id).is_some_and(|seen| {
+                            seen.heard && seen.at.elapsed() < recent && seen.applied < index
+                        })
+                    })
+                    .map(|(id, _)| *id)
+                    .collect()
+            };
+            if behind.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::debug!(
+                    index,
+                    ?behind,
+                    "answering before every node applied the write"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
 
 /// Why the controller could not start.
 #[derive(Debug, Error)]
@@ -240,6 +355,13 @@ struct Member {
     store: Arc<MetadataStore>,
     peers: BTreeMap<u64, BasicNode>,
     leader: Arc<AtomicI64>,
+    liveness: Arc<Liveness>,
+    heartbeat_interval: Duration,
+    session_timeout: Duration,
+    /// Whether this node led at the last duty tick.
+    leading: bool,
+    /// The applied index last reported to the leader.
+    reported_applied: u64,
 }
 
 impl Member {
@@ -306,9 +428,13 @@ impl Member {
         let raft = Raft::new(node_id, Arc::new(raft_config), network, log, state)
             .await
             .map_err(|error| ControllerStartError::Raft(error.to_string()))?;
+        let liveness = Arc::new(Liveness::default());
         let server = Server {
             raft: raft.clone(),
             identity: identity.clone(),
+            liveness: Arc::clone(&liveness),
+            store: Arc::clone(&store),
+            recent: Duration::from_millis(config.heartbeat_interval_ms * 3),
         };
         tokio::spawn(server.serve(listener));
         let lowest = peers.keys().next().copied() == Some(node_id);
@@ -329,23 +455,35 @@ impl Member {
             store,
             peers,
             leader,
+            liveness,
+            heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
+            session_timeout: Duration::from_millis(config.session_timeout_ms),
+            leading: false,
+            reported_applied: 0,
         })
     }
 
     async fn run(mut self, local: LocalNode, queue: flume::Receiver<Proposal>) {
         let mut duties = tokio::time::interval(DUTY_INTERVAL);
+        let mut heartbeats = tokio::time::interval(self.heartbeat_interval);
         let mut metrics = self.raft.metrics();
         loop {
             tokio::select! {
                 // A new leader is published at once (clients are told it in
-                // Metadata), not at the next duty tick.
+                // Metadata), not at the next duty tick; more of the log
+                // applied is reported at once (writers wait for it).
                 changed = metrics.changed() => {
                     if changed.is_err() {
                         return;
                     }
                     let leader = metrics.borrow().current_leader;
                     self.publish_leader(leader, metrics.borrow().current_term);
+                    let applied = metrics.borrow().last_applied.map_or(0, |log_id| log_id.index);
+                    if applied > self.reported_applied {
+                        self.heartbeat();
+                    }
                 }
+                _ = heartbeats.tick() => self.heartbeat(),
                 proposal = queue.recv_async() => {
                     let Ok(proposal) = proposal else { return };
                     let member = self.proposer();
@@ -364,6 +502,68 @@ impl Member {
             raft: self.raft.clone(),
             identity: self.identity.clone(),
             peers: self.peers.clone(),
+            liveness: Arc::clone(&self.liveness),
+            store: Arc::clone(&self.store),
+            recent: self.heartbeat_interval * 3,
+        }
+    }
+
+    /// Tell the leader this node is alive and what it applied (recorded
+    /// directly when this node leads).
+    fn heartbeat(&mut self) {
+        let metrics = self.raft.metrics().borrow().clone();
+        let applied = metrics.last_applied.map_or(0, |log_id| log_id.index);
+        self.reported_applied = applied;
+        let me = self.identity.node_id;
+        let Some(leader) = metrics.current_leader else {
+            return;
+        };
+        if leader == me {
+            self.liveness.record(me, applied);
+            return;
+        }
+        let Some(address) = self.peers.get(&leader).map(|node| node.addr.clone()) else {
+            return;
+        };
+        let identity = self.identity.clone();
+        let timeout = self.heartbeat_interval;
+        tokio::spawn(async move {
+            let sent: Result<bool, _> = rpc::call(
+                &identity,
+                &address,
+                PATH_HEARTBEAT,
+                &Heartbeat {
+                    node_id: me,
+                    applied,
+                },
+                timeout,
+            )
+            .await;
+            if let Err(error) = sent {
+                tracing::debug!(%error, leader, "heartbeat to the controller leader failed");
+            }
+        });
+    }
+
+    /// As the leader: fence the nodes silent past the session timeout (a
+    /// new leader first counts everyone as just heard from).
+    async fn fence_silent_nodes(&mut self, snapshot: &crate::broker::metadata::ClusterMetadata) {
+        if !self.leading {
+            self.leading = true;
+            self.liveness.reset(snapshot.nodes.keys().copied());
+            return;
+        }
+        let proposer = self.proposer();
+        for (node_id, node) in &snapshot.nodes {
+            if *node_id == self.identity.node_id || node.fenced {
+                continue;
+            }
+            if self.liveness.silent_for(*node_id) > self.session_timeout {
+                let command = ControllerCommand::FenceNode { node_id: *node_id };
+                if let Err(error) = proposer.propose(command).await {
+                    tracing::debug!(%error, node_id, "fencing not done yet");
+                }
+            }
         }
     }
 
@@ -395,7 +595,11 @@ impl Member {
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot.cluster_id.clone();
         }
         let proposer = self.proposer();
+        if metrics.current_leader != Some(self.identity.node_id) {
+            self.leading = false;
+        }
         if metrics.current_leader == Some(self.identity.node_id) {
+            self.fence_silent_nodes(&snapshot).await;
             if snapshot.cluster_id.is_empty() {
                 let cluster_id = crate::broker::metadata::base64_url(&random_bytes());
                 let command = ControllerCommand::CreateCluster {
@@ -425,6 +629,7 @@ impl Member {
             host: local.kafka_host.clone(),
             port: local.kafka_port,
             shards: local.shards,
+            fenced: false,
         };
         if snapshot.nodes.get(&self.identity.node_id) != Some(&me) {
             let command = ControllerCommand::RegisterNode {
@@ -477,6 +682,10 @@ struct Proposer {
     raft: Raft<ControllerTypes>,
     identity: Identity,
     peers: BTreeMap<u64, BasicNode>,
+    liveness: Arc<Liveness>,
+    store: Arc<MetadataStore>,
+    /// A node heard within this long is waited for (3 heartbeats).
+    recent: Duration,
 }
 
 impl Proposer {
@@ -510,7 +719,13 @@ impl Proposer {
         let leader = self.raft.metrics().borrow().current_leader?;
         if leader == self.identity.node_id {
             return match self.raft.client_write(command.clone()).await {
-                Ok(written) => Some((written.log_id.index, written.data)),
+                Ok(written) => {
+                    let index = written.log_id.index;
+                    self.liveness
+                        .wait_applied(&self.store, self.identity.node_id, index, self.recent)
+                        .await;
+                    Some((index, written.data))
+                }
                 Err(error) => {
                     tracing::debug!(%error, "controller write not taken");
                     None
@@ -541,6 +756,10 @@ impl Proposer {
 struct Server {
     raft: Raft<ControllerTypes>,
     identity: Identity,
+    liveness: Arc<Liveness>,
+    store: Arc<MetadataStore>,
+    /// A node heard within this long is waited for (3 heartbeats).
+    recent: Duration,
 }
 
 impl Server {
@@ -604,10 +823,16 @@ impl Server {
                     return rpc::encode(&ProposeAnswer::NotLeader { leader });
                 }
                 match self.raft.client_write(command).await {
-                    Ok(written) => rpc::encode(&ProposeAnswer::Committed {
-                        index: written.log_id.index,
-                        outcome: written.data,
-                    }),
+                    Ok(written) => {
+                        let index = written.log_id.index;
+                        self.liveness
+                            .wait_applied(&self.store, self.identity.node_id, index, self.recent)
+                            .await;
+                        rpc::encode(&ProposeAnswer::Committed {
+                            index,
+                            outcome: written.data,
+                        })
+                    }
                     Err(error) => {
                         tracing::debug!(%error, "forwarded controller write not taken");
                         rpc::encode(&ProposeAnswer::NotLeader {
@@ -615,6 +840,15 @@ impl Server {
                         })
                     }
                 }
+            }
+            PATH_HEARTBEAT => {
+                let heartbeat: Heartbeat = rpc::decode(&body)?;
+                let leading =
+                    self.raft.metrics().borrow().current_leader == Some(self.identity.node_id);
+                if leading {
+                    self.liveness.record(heartbeat.node_id, heartbeat.applied);
+                }
+                rpc::encode(&leading)
             }
             PATH_HELLO => rpc::encode(&Hello {
                 node_id: self.identity.node_id,

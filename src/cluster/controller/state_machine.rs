@@ -145,6 +145,7 @@ impl StateMachine {
                     host: kafka_host.clone(),
                     port: *kafka_port,
                     shards: *shards,
+                    fenced: false,
                 };
                 let placed = metadata
                     .placement
@@ -163,6 +164,18 @@ impl StateMachine {
                         None
                     }
                 }
+            }
+            ControllerCommand::FenceNode { node_id } => {
+                if let Some(node) = metadata.nodes.get_mut(node_id)
+                    && !node.fenced
+                {
+                    node.fenced = true;
+                    tracing::warn!(
+                        node_id,
+                        "node fenced: the controller has not heard from it within cluster.session_timeout_ms"
+                    );
+                }
+                None
             }
             ControllerCommand::AllocateProducerIds { len } => {
                 let start = metadata.next_producer_id;

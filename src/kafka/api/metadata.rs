@@ -197,12 +197,26 @@ fn error_topic(name: &str, error_code: i16) -> MetadataResponseTopic {
 pub fn topic_response(broker: &Broker, topic: &Arc<TopicMeta>) -> MetadataResponseTopic {
     let partitions = (0..topic.partitions)
         .map(|index| {
-            // Cluster I: a partition's data lives on its leader only.
+            // Cluster I: a partition's data lives on its leader only; a
+            // fenced leader leaves it without one (LEADER_NOT_AVAILABLE).
             let leader = BrokerId(broker.partition_leader(&topic.name, index));
-            MetadataResponsePartition::default()
+            let partition = MetadataResponsePartition::default()
                 .with_partition_index(index as i32)
                 .with_leader_id(leader)
-                .with_leader_epoch(0)
+                .with_leader_epoch(0);
+            if leader.0 < 0 {
+                let placed = broker
+                    .metadata
+                    .snapshot()
+                    .leader_of(&topic.name, index)
+                    .and_then(|node| i32::try_from(node).ok())
+                    .map(BrokerId);
+                return partition
+                    .with_error_code(ResponseError::LeaderNotAvailable.code())
+                    .with_replica_nodes(placed.into_iter().collect())
+                    .with_offline_replicas(placed.into_iter().collect());
+            }
+            partition
                 .with_replica_nodes(vec![leader])
                 .with_isr_nodes(vec![leader])
         })
