@@ -143,18 +143,41 @@ pub struct Placement {
     /// The voters' node ids, ascending.
     pub nodes: Vec<u64>,
     pub shards: u32,
+    /// Members of each shard group: its leader and the next
+    /// `replication_factor - 1` nodes in id order (`cluster.replication_factor`
+    /// when the cluster was created).
+    #[serde(default = "one")]
+    pub replication_factor: u16,
+}
+
+fn one() -> u16 {
+    1
 }
 
 impl Placement {
     /// The node leading partition `index` of `topic`.
     pub fn leader(&self, topic: &str, index: u32) -> u64 {
+        self.nodes[self.leader_position(topic, index)]
+    }
+
+    /// The members of partition `index` of `topic`'s shard group, its
+    /// leader first.
+    pub fn replicas(&self, topic: &str, index: u32) -> Vec<u64> {
+        let first = self.leader_position(topic, index);
+        let count = usize::from(self.replication_factor).clamp(1, self.nodes.len());
+        (0..count)
+            .map(|offset| self.nodes[(first + offset) % self.nodes.len()])
+            .collect()
+    }
+
+    fn leader_position(&self, topic: &str, index: u32) -> usize {
         assert!(
             !self.nodes.is_empty() && self.shards > 0,
             "a placement has nodes and shards"
         );
         let groups = self.nodes.len() as u64 * u64::from(self.shards);
         let group = crate::shard::mailbox::partition_slot(topic, index) % groups;
-        self.nodes[(group / u64::from(self.shards)) as usize]
+        (group / u64::from(self.shards)) as usize
     }
 }
 
@@ -933,6 +956,7 @@ mod tests {
         let placement = Placement {
             nodes: vec![1, 2, 5],
             shards: 2,
+            replication_factor: 2,
         };
         for topic in ["orders", "a", "payments-eu"] {
             let leaders: Vec<u64> = (0..6).map(|index| placement.leader(topic, index)).collect();
@@ -940,6 +964,16 @@ mod tests {
             distinct.sort_unstable();
             distinct.dedup();
             assert_eq!(distinct, [1, 2, 5], "{topic}: {leaders:?}");
+            for index in 0..6 {
+                let replicas = placement.replicas(topic, index);
+                assert_eq!(replicas.len(), 2);
+                assert_eq!(
+                    replicas[0],
+                    placement.leader(topic, index),
+                    "the leader first"
+                );
+                assert_ne!(replicas[0], replicas[1]);
+            }
             // Consecutive partitions fill a node's shards, then move on.
             for index in 0..6 {
                 let slot = crate::shard::mailbox::partition_slot(topic, index);

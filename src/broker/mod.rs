@@ -379,6 +379,15 @@ impl Broker {
         overrides: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<(), BrokerConfigError> {
+        if scope == BrokerScope::Node && self.metadata.is_replicated() {
+            // The replicated metadata holds one set of node overrides, which
+            // would apply to every node.
+            return Err(BrokerConfigError::Refused(
+                "per-node dynamic settings are not supported in a cluster yet (issue 15): set the \
+                 cluster default (the empty resource name) instead"
+                    .to_owned(),
+            ));
+        }
         let limits = self.metadata.limits();
         let mut checked = BTreeMap::new();
         for (name, raw) in overrides {
@@ -458,6 +467,37 @@ impl Broker {
             || cluster
                 .leader_of(topic, index)
                 .is_none_or(|leader| i64::from(self.config.kafka.node_id) == leader as i64)
+    }
+
+    /// The replicas of partition `index` of `topic` as clients are told:
+    /// (replicas, in-sync replicas, offline replicas). In a cluster the
+    /// replicas are its shard group's members, leader first; only the
+    /// leader holds the data until followers copy it (Cluster II), so the
+    /// in-sync set is the leader alone (empty while it is fenced), and
+    /// fenced members are offline. This node alone otherwise.
+    pub fn partition_replicas(&self, topic: &str, index: u32) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
+        let own = self.config.kafka.node_id;
+        let snapshot = self.metadata.snapshot();
+        let placement = match &snapshot.placement {
+            Some(placement) if !is_internal_topic(topic) => placement,
+            _ => return (vec![own], vec![own], Vec::new()),
+        };
+        let fenced = |id: u64| snapshot.nodes.get(&id).is_none_or(|node| node.fenced);
+        let as_id = |id: u64| i32::try_from(id).unwrap_or(-1);
+        let members = placement.replicas(topic, index);
+        let leader = members[0];
+        let in_sync = if fenced(leader) {
+            Vec::new()
+        } else {
+            vec![as_id(leader)]
+        };
+        let offline = members
+            .iter()
+            .copied()
+            .filter(|&id| fenced(id))
+            .map(as_id)
+            .collect();
+        (members.into_iter().map(as_id).collect(), in_sync, offline)
     }
 
     /// The node coordinating the keys of partition `index` of an internal

@@ -74,6 +74,7 @@ pub fn join(
         kafka_host: host,
         kafka_port: port,
         shards,
+        replication_factor: cluster.replication_factor(),
         internal_topics,
     };
     let store = Arc::clone(&broker.metadata);

@@ -205,6 +205,20 @@ fn three_nodes_agree_on_the_cluster_and_on_topics_changed_through_any_node() {
     for broker in &brokers {
         assert!(topic_id(&metadata(&broker.address), "shared").is_none());
     }
+    // Dynamic broker settings: the cluster default, set through any node;
+    // per-node ones are refused until the metadata keeps one set per node.
+    let mut wire = Wire::connect(&brokers[0].address);
+    let set = [("log.retention.ms", 0, Some("3600000"))];
+    let (code, message) = crate::topic_configs::alter_incremental(&mut wire, 4, "", &set);
+    assert_eq!(code, 0, "{message}");
+    let (code, message) = crate::topic_configs::alter_incremental(&mut wire, 4, "1", &set);
+    assert_eq!(code, ResponseError::InvalidRequest.code());
+    assert!(message.contains("per-node dynamic settings"), "{message}");
+    let described = crate::topic_configs::describe(&mut Wire::connect(&brokers[2].address), 4, "");
+    assert_eq!(
+        crate::topic_configs::value(&described, "log.retention.ms"),
+        "3600000"
+    );
     for broker in brokers {
         assert_eq!(broker.stop().code(), Some(0));
     }
@@ -322,6 +336,15 @@ fn librdkafka_produces_through_one_node_and_consumes_through_another_following_t
                 .unwrap();
             let mut partitions = topic.partitions.clone();
             partitions.sort_by_key(|partition| partition.partition_index);
+            for partition in &partitions {
+                // The shard group: three members, the leader first; only the
+                // leader holds the data until Cluster II (in-sync: itself).
+                let replicas: Vec<i32> = partition.replica_nodes.iter().map(|id| id.0).collect();
+                let in_sync: Vec<i32> = partition.isr_nodes.iter().map(|id| id.0).collect();
+                assert_eq!(replicas.len(), 3, "{replicas:?}");
+                assert_eq!(replicas[0], partition.leader_id.0);
+                assert_eq!(in_sync, [partition.leader_id.0]);
+            }
             partitions
                 .iter()
                 .map(|partition| partition.leader_id.0)

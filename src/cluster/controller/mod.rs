@@ -40,6 +40,8 @@ pub enum ControllerCommand {
         cluster_id: String,
         nodes: Vec<u64>,
         shards: u32,
+        /// Members per shard group (`cluster.replication_factor`).
+        replication_factor: u16,
     },
     /// A node announces how clients reach it and how many shards it runs
     /// (every node must run the same count).

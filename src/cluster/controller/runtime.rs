@@ -287,6 +287,8 @@ pub struct LocalNode {
     pub kafka_host: String,
     pub kafka_port: u16,
     pub shards: u32,
+    /// `cluster.replication_factor`, fixed when the cluster is created.
+    pub replication_factor: u16,
     /// The internal topics and their partition counts, created by the
     /// first leader.
     pub internal_topics: Vec<(String, u32, BTreeMap<String, String>)>,
@@ -606,6 +608,7 @@ impl Member {
                     cluster_id,
                     nodes: self.peers.keys().copied().collect(),
                     shards: local.shards,
+                    replication_factor: local.replication_factor,
                 };
                 let _ = proposer.propose(command).await;
                 return;

@@ -111,6 +111,7 @@ impl StateMachine {
                 cluster_id,
                 nodes,
                 shards,
+                replication_factor,
             } => {
                 if metadata.cluster_id.is_empty() {
                     metadata.cluster_id = cluster_id.clone();
@@ -126,6 +127,7 @@ impl StateMachine {
                     metadata.placement = Some(Placement {
                         nodes,
                         shards: *shards,
+                        replication_factor: *replication_factor,
                     });
                     None
                 } else {

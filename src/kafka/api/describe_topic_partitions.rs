@@ -202,15 +202,23 @@ fn found_topic(
         .into_iter()
         .map(|index| {
             let leader = BrokerId(broker.partition_leader(name, index as u32));
+            let (replicas, in_sync, offline) = broker.partition_replicas(name, index as u32);
+            let ids = |nodes: Vec<i32>| nodes.into_iter().map(BrokerId).collect();
+            let error = if leader.0 < 0 {
+                ResponseError::LeaderNotAvailable.code()
+            } else {
+                0
+            };
             DescribeTopicPartitionsResponsePartition::default()
                 .with_partition_index(index)
+                .with_error_code(error)
                 .with_leader_id(leader)
                 .with_leader_epoch(0)
-                .with_replica_nodes(vec![leader])
-                .with_isr_nodes(vec![leader])
+                .with_replica_nodes(ids(replicas))
+                .with_isr_nodes(ids(in_sync))
                 .with_eligible_leader_replicas(Some(Vec::new()))
                 .with_last_known_elr(Some(Vec::new()))
-                .with_offline_replicas(Vec::new())
+                .with_offline_replicas(ids(offline))
         })
         .collect();
     let topic = response_topic(name)

@@ -200,25 +200,19 @@ pub fn topic_response(broker: &Broker, topic: &Arc<TopicMeta>) -> MetadataRespon
             // Cluster I: a partition's data lives on its leader only; a
             // fenced leader leaves it without one (LEADER_NOT_AVAILABLE).
             let leader = BrokerId(broker.partition_leader(&topic.name, index));
+            let (replicas, in_sync, offline) = broker.partition_replicas(&topic.name, index);
+            let ids = |nodes: Vec<i32>| nodes.into_iter().map(BrokerId).collect();
             let partition = MetadataResponsePartition::default()
                 .with_partition_index(index as i32)
                 .with_leader_id(leader)
-                .with_leader_epoch(0);
+                .with_leader_epoch(0)
+                .with_replica_nodes(ids(replicas))
+                .with_isr_nodes(ids(in_sync))
+                .with_offline_replicas(ids(offline));
             if leader.0 < 0 {
-                let placed = broker
-                    .metadata
-                    .snapshot()
-                    .leader_of(&topic.name, index)
-                    .and_then(|node| i32::try_from(node).ok())
-                    .map(BrokerId);
-                return partition
-                    .with_error_code(ResponseError::LeaderNotAvailable.code())
-                    .with_replica_nodes(placed.into_iter().collect())
-                    .with_offline_replicas(placed.into_iter().collect());
+                return partition.with_error_code(ResponseError::LeaderNotAvailable.code());
             }
             partition
-                .with_replica_nodes(vec![leader])
-                .with_isr_nodes(vec![leader])
         })
         .collect();
     MetadataResponseTopic::default()

@@ -175,6 +175,7 @@ fn entry(term: u64, index: u64) -> Entry {
             cluster_id: format!("cluster-{index}"),
             nodes: vec![1, 2, 3],
             shards: 2,
+            replication_factor: 3,
         }),
     }
 }
