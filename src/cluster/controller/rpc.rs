@@ -28,9 +28,22 @@ use thiserror::Error;
 pub const CLUSTER_ID_HEADER: &str = "sluice-cluster-id";
 pub const NODE_ID_HEADER: &str = "sluice-node-id";
 
-/// Largest request or response body: a batch of log entries or a snapshot
-/// chunk (openraft sends snapshots in 3 MiB chunks).
-pub const BODY_BYTES_MAX: usize = 64 << 20;
+/// Largest request or response body: a batch of at most
+/// [`ENTRIES_PER_APPEND_MAX`] log entries of at most [`ENTRY_BYTES_MAX`]
+/// each, or a snapshot chunk (openraft sends snapshots in 3 MiB chunks).
+/// With [`CONNECTIONS_MAX`] it bounds what the listener buffers (1 GiB).
+pub const BODY_BYTES_MAX: usize = 16 << 20;
+
+/// Largest controller command, as JSON: a bigger one is refused when
+/// proposed (INVALID_REQUEST), so every entry fits an append.
+pub const ENTRY_BYTES_MAX: usize = 1 << 20;
+
+/// Entries per AppendEntries (openraft's `max_payload_entries`).
+pub const ENTRIES_PER_APPEND_MAX: u64 = 8;
+
+/// Connections the cluster listener keeps open at once; more are closed as
+/// they arrive (peers open one per call and close it after).
+pub const CONNECTIONS_MAX: usize = 64;
 
 pub const PATH_APPEND: &str = "/raft/append";
 pub const PATH_VOTE: &str = "/raft/vote";

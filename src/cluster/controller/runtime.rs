@@ -420,6 +420,7 @@ impl Member {
             election_timeout_max: config.election_timeout_max_ms,
             heartbeat_interval: config.raft_heartbeat_interval_ms(),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+            max_payload_entries: rpc::ENTRIES_PER_APPEND_MAX,
             ..Default::default()
         }
         .validate()
@@ -679,6 +680,18 @@ async fn hello_peers(identity: &Identity, config: &ClusterConfig) -> Vec<(i32, S
     answers
 }
 
+/// INVALID_REQUEST for a command too large for one log entry.
+fn too_large(command: &ControllerCommand) -> Option<Refusal> {
+    let bytes = serde_json::to_vec(command).map_or(usize::MAX, |json| json.len());
+    (bytes > rpc::ENTRY_BYTES_MAX).then(|| {
+        Refusal::InvalidRequest(format!(
+            "this metadata change takes {bytes} bytes, more than the {} a controller entry \
+             may hold",
+            rpc::ENTRY_BYTES_MAX
+        ))
+    })
+}
+
 /// What a proposal needs (cloned into its own task).
 #[derive(Clone)]
 struct Proposer {
@@ -693,6 +706,12 @@ struct Proposer {
 
 impl Proposer {
     async fn propose(&self, command: ControllerCommand) -> Result<ControllerOutcome, ProposeError> {
+        if let Some(refusal) = too_large(&command) {
+            return Ok(ControllerOutcome {
+                refusal: Some(refusal),
+                producer_id_block_start: None,
+            });
+        }
         let deadline = Instant::now() + PROPOSAL_TIMEOUT;
         loop {
             match self.write_once(&command).await {
@@ -755,6 +774,20 @@ impl Proposer {
     }
 }
 
+/// Connections refused at the cluster listener's limit, logged at most
+/// once per 10 s.
+static REFUSED_CONNECTIONS: crate::log_throttle::LogThrottle =
+    crate::log_throttle::LogThrottle::new(Duration::from_secs(10));
+
+/// Counts an open cluster connection until dropped.
+struct OpenConnection(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The internal RPC server.
 struct Server {
     raft: Raft<ControllerTypes>,
@@ -768,8 +801,9 @@ struct Server {
 impl Server {
     async fn serve(self, listener: tokio::net::TcpListener) {
         let server = Arc::new(self);
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         loop {
-            let (stream, _) = match listener.accept().await {
+            let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "cluster listener accept failed");
@@ -777,9 +811,23 @@ impl Server {
                     continue;
                 }
             };
+            // Peers open a connection per call: a bound on those open at
+            // once keeps a flood of idle connections from growing memory.
+            if open.load(Ordering::Relaxed) >= rpc::CONNECTIONS_MAX {
+                if let Some(refused) =
+                    REFUSED_CONNECTIONS.record(crate::log_throttle::monotonic_ms())
+                {
+                    tracing::warn!(%peer, refused, limit = rpc::CONNECTIONS_MAX, "cluster listener at its connection limit; closing new connections");
+                }
+                drop(stream);
+                continue;
+            }
+            open.fetch_add(1, Ordering::Relaxed);
             let _ = stream.set_nodelay(true);
             let server = Arc::clone(&server);
+            let open = Arc::clone(&open);
             tokio::spawn(async move {
+                let _open = OpenConnection(open);
                 let service = hyper::service::service_fn(move |request| {
                     let server = Arc::clone(&server);
                     async move {
@@ -821,6 +869,9 @@ impl Server {
             }
             PATH_PROPOSE => {
                 let command: ControllerCommand = rpc::decode(&body)?;
+                if let Some(refusal) = too_large(&command) {
+                    return Err((StatusCode::PAYLOAD_TOO_LARGE, refusal.to_string()));
+                }
                 let leader = self.raft.metrics().borrow().current_leader;
                 if leader != Some(self.identity.node_id) {
                     return rpc::encode(&ProposeAnswer::NotLeader { leader });
