@@ -912,3 +912,33 @@ impl Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::metadata::TopicId;
+
+    #[test]
+    fn a_command_too_large_for_one_entry_is_refused() {
+        let command = |value_bytes: usize| {
+            ControllerCommand::Metadata(MetadataCommand::CreateTopic {
+                name: "big".to_owned(),
+                id: TopicId::generate(),
+                partitions: 1,
+                overrides: BTreeMap::from([(
+                    "leader.replication.throttled.replicas".to_owned(),
+                    "x".repeat(value_bytes),
+                )]),
+            })
+        };
+        assert!(too_large(&command(1000)).is_none());
+        let refusal = too_large(&command(rpc::ENTRY_BYTES_MAX)).unwrap();
+        assert!(
+            matches!(refusal, Refusal::InvalidRequest(ref message) if message.contains("controller entry"))
+        );
+        // Every entry that fits, times the entries per append, fits a body.
+        assert!(
+            rpc::ENTRY_BYTES_MAX as u64 * rpc::ENTRIES_PER_APPEND_MAX < rpc::BODY_BYTES_MAX as u64
+        );
+    }
+}
