@@ -67,6 +67,11 @@ pub enum MetadataCommand {
     },
 }
 
+/// The most partitions any topic may have, whatever a node's
+/// `kafka.partitions_per_topic_max`: a bound every node applies the same
+/// way to a command from the controller's log.
+pub const PARTITIONS_PER_TOPIC_HARD_MAX: u32 = 100_000;
+
 /// What an executed command changed.
 #[derive(Clone, Debug)]
 pub enum Applied {
@@ -124,6 +129,17 @@ impl ClusterMetadata {
                 partitions,
                 overrides,
             } => {
+                if let Err(reason) = crate::storage::partition::validate_topic_name(&name) {
+                    return Err(Refusal::InvalidRequest(format!(
+                        "invalid topic name {name:?}: {reason}"
+                    )));
+                }
+                if !(1..=PARTITIONS_PER_TOPIC_HARD_MAX).contains(&partitions) {
+                    return Err(Refusal::InvalidPartitions(format!(
+                        "partition count {partitions} must be between 1 and \
+                         {PARTITIONS_PER_TOPIC_HARD_MAX}"
+                    )));
+                }
                 if self.topics.contains_key(&name) {
                     return Err(Refusal::TopicExists(name));
                 }
@@ -159,6 +175,11 @@ impl ClusterMetadata {
             MetadataCommand::CreatePartitions { name, id, total } => {
                 let current = self.topic_named(&name, id)?;
                 let from = current.partitions;
+                if total > PARTITIONS_PER_TOPIC_HARD_MAX {
+                    return Err(Refusal::InvalidPartitions(format!(
+                        "partition count {total} must be at most {PARTITIONS_PER_TOPIC_HARD_MAX}"
+                    )));
+                }
                 if total <= from {
                     return Err(Refusal::InvalidPartitions(format!(
                         "topic {name} has {from} partitions; the new count must be larger"

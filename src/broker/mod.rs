@@ -538,16 +538,13 @@ impl Broker {
         (leader != self.config.kafka.node_id).then_some(leader)
     }
 
-    /// The controller clients are told of: a cluster's controller leader
-    /// (-1 while none is known), or this node.
+    /// The controller clients are told of: this node. Every node takes
+    /// admin requests and forwards them to the controller leader, as KRaft
+    /// brokers answer with a live broker rather than the quorum leader
+    /// (KIP-590); naming the Raft leader left clients that cache it (a
+    /// long-lived librdkafka admin client) stuck on a dead node.
     pub fn controller_id(&self) -> i32 {
-        if !self.metadata.is_replicated() {
-            return self.config.kafka.node_id;
-        }
-        self.metadata
-            .controller()
-            .and_then(|id| i32::try_from(id).ok())
-            .unwrap_or(-1)
+        self.config.kafka.node_id
     }
 
     /// What consumer group `group` runs with: its configs over the broker's

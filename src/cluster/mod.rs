@@ -30,6 +30,8 @@ pub enum ClusterStartError {
     Controller(#[from] ControllerStartError),
     #[error("stopped by a signal before joining the cluster")]
     Cancelled,
+    #[error("the cluster refused this node: {0}")]
+    Refused(String),
 }
 
 /// Check the data dir before anything else touches it: refuse one that
@@ -106,6 +108,9 @@ pub fn join(
         }
         if cancelled() {
             return Err(ClusterStartError::Cancelled);
+        }
+        if let Some(reason) = handle.registration_refused() {
+            return Err(ClusterStartError::Refused(reason));
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
             last_report = Instant::now();

@@ -121,6 +121,16 @@ impl Cluster {
     }
 }
 
+/// The controller leader a node last logged.
+fn raft_leader(broker: &BrokerProcess) -> Option<usize> {
+    broker
+        .log()
+        .iter()
+        .rev()
+        .find_map(|line| line.split("controller leader leader=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
 fn metadata(address: &str) -> MetadataResponse {
     let mut wire = Wire::connect(address);
     wire.call(12, &MetadataRequest::default().with_topics(None))
@@ -230,15 +240,14 @@ fn a_kill_9_of_the_controller_leader_elects_another_and_a_restarted_node_catches
     let cluster = Cluster::new(dir.path());
     let mut brokers: Vec<Option<BrokerProcess>> =
         cluster.start_all().into_iter().map(Some).collect();
-    let leader = metadata(&brokers[0].as_ref().unwrap().address)
-        .controller_id
-        .0 as usize;
-    let survivor = cluster.nodes.iter().find(|node| node.id != leader).unwrap();
+    let leader = raft_leader(brokers[0].as_ref().unwrap()).unwrap();
+    let survivor_id = (1..=3).find(|&id| id != leader).unwrap();
+    let survivor = &cluster.nodes[survivor_id - 1];
     brokers[leader - 1].take().unwrap().kill9();
     let killed = Instant::now();
+    let survivor_process = brokers[survivor_id - 1].as_ref().unwrap();
     let elected = eventually("a new controller", || {
-        let controller = metadata(&survivor.kafka).controller_id.0;
-        controller > 0 && controller as usize != leader
+        raft_leader(survivor_process).is_some_and(|now| now != leader)
     });
     kafka_clients::create_topic(&survivor.kafka, "after-failover", 2, &[]);
     println!(
@@ -527,7 +536,7 @@ fn a_silent_node_is_fenced_and_comes_back_when_restarted() {
     let first = brokers[0].as_ref().unwrap().address.clone();
     kafka_clients::create_topic(&first, "spread", 6, &[]);
     let sent = crate::consumer_groups::produce(&first, "spread", 6, "before", 60);
-    let controller = metadata(&first).controller_id.0 as usize;
+    let controller = raft_leader(brokers[0].as_ref().unwrap()).unwrap();
     let victim = (1..=3).find(|&id| id != controller).unwrap();
     let survivor = &cluster.nodes[(1..=3).find(|&id| id != victim).unwrap() - 1];
     brokers[victim - 1].take().unwrap().kill9();
@@ -572,6 +581,47 @@ fn a_silent_node_is_fenced_and_comes_back_when_restarted() {
         "the restarted node serves what its partitions held"
     );
     assert_eq!(back.stop().code(), Some(0));
+    for broker in brokers.into_iter().flatten() {
+        assert_eq!(broker.stop().code(), Some(0));
+    }
+}
+
+/// Found by both issue-15 trials: a member restarted on an empty data dir
+/// (a replaced disk, a wrong --data-dir) made the controller's log go back,
+/// which crashed the leader (openraft refuses a follower log reversion) or
+/// let acknowledged topics be lost. It is refused at start with the reason.
+#[test]
+fn a_member_restarted_on_an_empty_data_dir_is_refused_and_the_cluster_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(dir.path());
+    let mut brokers: Vec<Option<BrokerProcess>> =
+        cluster.start_all().into_iter().map(Some).collect();
+    brokers[2].take().unwrap().kill9();
+    let node = &cluster.nodes[2];
+    std::fs::remove_dir_all(&node.data).unwrap();
+    let flags = cluster.flags(3);
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let command = BrokerProcess::command_with(
+        &node.data,
+        &args,
+        &Launch {
+            listen: &node.kafka,
+            metrics_listen: &node.metrics,
+            open_files: None,
+        },
+    );
+    let (status, log) = exit_of(command);
+    assert_eq!(status.code(), Some(1), "log:\n{log}");
+    assert!(
+        log.contains("cannot rejoin with an empty data dir"),
+        "log:\n{log}"
+    );
+    // The other two still elect, create and serve.
+    let first = brokers[0].as_ref().unwrap().address.clone();
+    kafka_clients::create_topic(&first, "still-working", 1, &[]);
+    for broker in brokers.iter_mut().flatten() {
+        assert!(broker.is_running(), "no node crashed");
+    }
     for broker in brokers.into_iter().flatten() {
         assert_eq!(broker.stop().code(), Some(0));
     }

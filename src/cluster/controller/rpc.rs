@@ -34,6 +34,10 @@ pub const NODE_ID_HEADER: &str = "sluice-node-id";
 /// With [`CONNECTIONS_MAX`] it bounds what the listener buffers (1 GiB).
 pub const BODY_BYTES_MAX: usize = 16 << 20;
 
+/// Largest snapshot a node accepts from a leader (the metadata of many
+/// thousands of topics fits in a few MiB).
+pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
+
 /// Largest controller command, as JSON: a bigger one is refused when
 /// proposed (INVALID_REQUEST), so every entry fits an append.
 pub const ENTRY_BYTES_MAX: usize = 1 << 20;
@@ -55,6 +59,21 @@ pub const PATH_PROPOSE: &str = "/controller/propose";
 pub struct Identity {
     pub node_id: u64,
     pub cluster_id: Arc<RwLock<String>>,
+    /// The configured peers' ids: requests from anyone else are refused.
+    pub peers: Arc<Vec<u64>>,
+}
+
+/// How long a request body may take to arrive.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Refused cluster requests, logged at most once per 10 s.
+static REFUSED_REQUESTS: crate::log_throttle::LogThrottle =
+    crate::log_throttle::LogThrottle::new(std::time::Duration::from_secs(10));
+
+fn log_refused(status: StatusCode, reason: &str) {
+    if let Some(refused) = REFUSED_REQUESTS.record(crate::log_throttle::monotonic_ms()) {
+        tracing::warn!(%status, reason, refused, "refused a cluster RPC request (`refused` counts those since the last such line)");
+    }
 }
 
 impl Identity {
@@ -208,14 +227,29 @@ where
     if request.method() != Method::POST {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "POST only".to_owned());
     }
+    let sender = request
+        .headers()
+        .get(NODE_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if !sender.is_some_and(|id| identity.peers.contains(&id)) {
+        return plain(
+            StatusCode::FORBIDDEN,
+            format!("{NODE_ID_HEADER} must name one of this cluster's configured peers"),
+        );
+    }
     let path = request.uri().path().to_owned();
-    let body = match Limited::new(request.into_body(), BODY_BYTES_MAX)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) => {
+    let collect = Limited::new(request.into_body(), BODY_BYTES_MAX).collect();
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) => {
             return plain(StatusCode::PAYLOAD_TOO_LARGE, error.to_string());
+        }
+        Err(_) => {
+            return plain(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {BODY_READ_TIMEOUT:?}"),
+            );
         }
     };
     match handle(Call { path, body }).await {
@@ -229,6 +263,7 @@ where
 }
 
 fn plain(status: StatusCode, reason: String) -> Response<Full<Bytes>> {
+    log_refused(status, &reason);
     let mut response = Response::new(Full::new(Bytes::from(reason)));
     *response.status_mut() = status;
     response

@@ -176,13 +176,25 @@ pub enum ControllerStartError {
     Raft(String),
     #[error(
         "node {peer} at {address} belongs to cluster {theirs}, this data dir to cluster {ours}: \
-         point this node at its own cluster's peers, or empty its data dir to join this cluster"
+         point this node at its own cluster's peers, or give it the data dir it had in this \
+         cluster"
     )]
     OtherCluster {
         peer: i32,
         address: String,
         theirs: String,
         ours: String,
+    },
+    #[error(
+        "node {node} is a member of cluster {cluster} (node {peer} at {address} says so), but this \
+         data dir holds none of its data: a member cannot rejoin with an empty data dir yet (it \
+         would make the controller's log go back, issue 16); restart it on the data dir it had"
+    )]
+    LostData {
+        node: u64,
+        cluster: String,
+        peer: i32,
+        address: String,
     },
 }
 
@@ -212,6 +224,9 @@ enum ProposeAnswer {
 struct Hello {
     node_id: u64,
     cluster_id: String,
+    /// The nodes registered in the answering node's metadata.
+    #[serde(default)]
+    members: Vec<u64>,
 }
 
 /// A command from a shard and where its outcome goes.
@@ -225,6 +240,8 @@ struct Proposal {
 pub struct ControllerHandle {
     proposals: flume::Sender<Proposal>,
     leader: Arc<AtomicI64>,
+    /// Why the cluster refused this node's registration, if it did.
+    refused: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl ControllerHandle {
@@ -244,6 +261,15 @@ impl ControllerHandle {
     /// The controller leader's node id, -1 while none is known.
     pub fn leader(&self) -> i64 {
         self.leader.load(Ordering::Relaxed)
+    }
+
+    /// Why the cluster refused to register this node (a shard count other
+    /// than the cluster's), if it did: the node cannot serve.
+    pub fn registration_refused(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -306,9 +332,11 @@ pub fn start(
 ) -> Result<ControllerHandle, ControllerStartError> {
     let (proposals, queue) = flume::unbounded::<Proposal>();
     let leader = Arc::new(AtomicI64::new(-1));
+    let refused = Arc::new(std::sync::Mutex::new(None));
     let handle = ControllerHandle {
         proposals,
         leader: Arc::clone(&leader),
+        refused: Arc::clone(&refused),
     };
     let (started, outcome) = std::sync::mpsc::channel();
     let config = config.clone();
@@ -327,14 +355,15 @@ pub fn start(
                 }
             };
             runtime.block_on(async move {
-                let member = match Member::start(&config, &data_dir, store, identity, leader).await
-                {
-                    Ok(member) => member,
-                    Err(error) => {
-                        let _ = started.send(Err(error));
-                        return;
-                    }
-                };
+                let member =
+                    match Member::start(&config, &data_dir, store, identity, leader, refused).await
+                    {
+                        Ok(member) => member,
+                        Err(error) => {
+                            let _ = started.send(Err(error));
+                            return;
+                        }
+                    };
                 let _ = started.send(Ok(()));
                 member.run(local, queue).await;
             });
@@ -364,6 +393,8 @@ struct Member {
     leading: bool,
     /// The applied index last reported to the leader.
     reported_applied: u64,
+    /// Where a refused registration is reported to the start.
+    refused: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Member {
@@ -373,12 +404,20 @@ impl Member {
         store: Arc<MetadataStore>,
         node_identity: NodeIdentity,
         leader: Arc<AtomicI64>,
+        refused: Arc<std::sync::Mutex<Option<String>>>,
     ) -> Result<Member, ControllerStartError> {
         let node_id = u64::try_from(config.node_id).expect("validated: node ids are >= 0");
         let known_cluster = node_identity.cluster_id().unwrap_or_default().to_owned();
         let identity = Identity {
             node_id,
             cluster_id: Arc::new(std::sync::RwLock::new(known_cluster.clone())),
+            peers: Arc::new(
+                config
+                    .peers
+                    .iter()
+                    .filter_map(|peer| u64::try_from(peer.id).ok())
+                    .collect(),
+            ),
         };
         let peers: BTreeMap<u64, BasicNode> = config
             .peers
@@ -391,10 +430,22 @@ impl Member {
             })
             .collect();
         let answers = hello_peers(&identity, config).await;
-        if !known_cluster.is_empty()
-            && let Some((peer, address, theirs)) = answers
+        if known_cluster.is_empty()
+            && let Some((peer, address, theirs, _)) = answers
                 .iter()
-                .find(|(_, _, theirs)| !theirs.is_empty() && *theirs != known_cluster)
+                .find(|(_, _, theirs, members)| !theirs.is_empty() && members.contains(&node_id))
+        {
+            return Err(ControllerStartError::LostData {
+                node: node_id,
+                cluster: theirs.clone(),
+                peer: *peer,
+                address: address.clone(),
+            });
+        }
+        if !known_cluster.is_empty()
+            && let Some((peer, address, theirs, _)) = answers
+                .iter()
+                .find(|(_, _, theirs, _)| !theirs.is_empty() && *theirs != known_cluster)
         {
             return Err(ControllerStartError::OtherCluster {
                 peer: *peer,
@@ -442,7 +493,7 @@ impl Member {
         tokio::spawn(server.serve(listener));
         let lowest = peers.keys().next().copied() == Some(node_id);
         let initialized = raft.is_initialized().await.unwrap_or(true);
-        let cluster_exists = answers.iter().any(|(_, _, theirs)| !theirs.is_empty());
+        let cluster_exists = answers.iter().any(|(_, _, theirs, _)| !theirs.is_empty());
         if lowest && !initialized && !cluster_exists {
             match raft.initialize(peers.clone()).await {
                 Ok(()) => {
@@ -463,6 +514,7 @@ impl Member {
             session_timeout: Duration::from_millis(config.session_timeout_ms),
             leading: false,
             reported_applied: 0,
+            refused,
         })
     }
 
@@ -476,8 +528,16 @@ impl Member {
                 // Metadata), not at the next duty tick; more of the log
                 // applied is reported at once (writers wait for it).
                 changed = metrics.changed() => {
-                    if changed.is_err() {
-                        return;
+                    let stopped = changed.is_err() || metrics.borrow().running_state.is_err();
+                    if stopped {
+                        // openraft stops its core on a storage error (a full
+                        // disk, a bad snapshot): this node's metadata would
+                        // freeze while it keeps serving. Stop the process so
+                        // it restarts and recovers from its log (acknowledged
+                        // data is on disk).
+                        let state = metrics.borrow().running_state.clone();
+                        tracing::error!(?state, "the cluster controller stopped; exiting so that this node restarts and recovers");
+                        std::process::exit(70);
                     }
                     let leader = metrics.borrow().current_leader;
                     self.publish_leader(leader, metrics.borrow().current_term);
@@ -646,7 +706,13 @@ impl Member {
                 Ok(ControllerOutcome {
                     refusal: Some(refusal),
                     ..
-                }) => tracing::error!(%refusal, "this node cannot register"),
+                }) => {
+                    *self
+                        .refused
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(refusal.to_string());
+                }
                 Ok(_) => {}
                 Err(error) => tracing::debug!(%error, "registration not done yet"),
             }
@@ -654,14 +720,18 @@ impl Member {
     }
 }
 
-/// Ask every other peer for its cluster id: (peer id, address, id) of the
-/// peers that answered.
-async fn hello_peers(identity: &Identity, config: &ClusterConfig) -> Vec<(i32, String, String)> {
+/// Ask every other peer for its cluster id and registered nodes: (peer id,
+/// address, cluster id, members) of the peers that answered.
+async fn hello_peers(
+    identity: &Identity,
+    config: &ClusterConfig,
+) -> Vec<(i32, String, String, Vec<u64>)> {
     // Sent without a cluster id, so that a peer of another cluster answers
     // with its id instead of refusing.
     let anonymous = Identity {
         node_id: identity.node_id,
         cluster_id: Arc::new(std::sync::RwLock::new(String::new())),
+        peers: Arc::clone(&identity.peers),
     };
     let mut answers = Vec::new();
     for peer in config.peers.iter().filter(|peer| peer.id != config.node_id) {
@@ -674,7 +744,12 @@ async fn hello_peers(identity: &Identity, config: &ClusterConfig) -> Vec<(i32, S
         )
         .await;
         if let Ok(hello) = hello {
-            answers.push((peer.id, peer.address.clone(), hello.cluster_id));
+            answers.push((
+                peer.id,
+                peer.address.clone(),
+                hello.cluster_id,
+                hello.members,
+            ));
         }
     }
     answers
@@ -864,7 +939,22 @@ impl Server {
                 rpc::encode(&self.raft.vote(request).await)
             }
             PATH_SNAPSHOT => {
-                let request = rpc::decode(&body)?;
+                let request: openraft::raft::InstallSnapshotRequest<ControllerTypes> =
+                    rpc::decode(&body)?;
+                // The chunk is written at its offset into a buffer in
+                // memory: an offset past any snapshot this metadata makes
+                // would have it allocate whatever the sender says.
+                let end = request.offset.checked_add(request.data.len() as u64);
+                if end.is_none_or(|end| end > rpc::SNAPSHOT_BYTES_MAX) {
+                    return Err((
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "a snapshot chunk at offset {} runs past the {} bytes a snapshot may take",
+                            request.offset,
+                            rpc::SNAPSHOT_BYTES_MAX
+                        ),
+                    ));
+                }
                 rpc::encode(&self.raft.install_snapshot(request).await)
             }
             PATH_PROPOSE => {
@@ -907,6 +997,7 @@ impl Server {
             PATH_HELLO => rpc::encode(&Hello {
                 node_id: self.identity.node_id,
                 cluster_id: self.identity.cluster_id(),
+                members: self.store.snapshot().nodes.keys().copied().collect(),
             }),
             other => Err((StatusCode::NOT_FOUND, format!("no such path {other}"))),
         }

@@ -190,9 +190,11 @@ impl StateMachine {
                         }
                     }
                     None => ControllerOutcome {
-                        refusal: Some(Refusal::InvalidRequest(format!(
-                            "no block of {len} producer ids is left after {start}"
-                        ))),
+                        refusal: Some(Refusal::InvalidRequest(if *len > 0 {
+                            format!("no block of {len} producer ids is left after {start}")
+                        } else {
+                            format!("a producer-id block needs a positive length, not {len}")
+                        })),
                         producer_id_block_start: None,
                     },
                 };
