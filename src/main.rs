@@ -372,8 +372,17 @@ fn abort_on_panic() {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // openraft logs its state at INFO and every failed RPC to a down peer
+    // at WARN, several lines a second; the cluster's own lines say what an
+    // operator needs (leader changes, fencing). `RUST_LOG=openraft=...`
+    // brings them back.
+    let asked_for_openraft =
+        std::env::var("RUST_LOG").is_ok_and(|value| value.contains("openraft"));
+    if !asked_for_openraft && let Ok(quiet) = "openraft=error".parse() {
+        filter = filter.add_directive(quiet);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
