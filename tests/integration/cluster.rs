@@ -121,6 +121,13 @@ impl Cluster {
     }
 }
 
+/// Stop every broker with SIGTERM: each exits cleanly.
+fn stop_all(brokers: impl IntoIterator<Item = BrokerProcess>) {
+    for broker in brokers {
+        assert_eq!(broker.stop().code(), Some(0));
+    }
+}
+
 /// The controller leader a node last logged.
 fn raft_leader(broker: &BrokerProcess) -> Option<usize> {
     broker
@@ -229,9 +236,7 @@ fn three_nodes_agree_on_the_cluster_and_on_topics_changed_through_any_node() {
         crate::topic_configs::value(&described, "log.retention.ms"),
         "3600000"
     );
-    for broker in brokers {
-        assert_eq!(broker.stop().code(), Some(0));
-    }
+    stop_all(brokers);
 }
 
 #[test]
@@ -266,9 +271,7 @@ fn a_kill_9_of_the_controller_leader_elects_another_and_a_restarted_node_catches
         topic_id(&metadata(&survivor.kafka), "after-failover")
     );
     assert_eq!(restarted.stop().code(), Some(0));
-    for broker in brokers.into_iter().flatten() {
-        assert_eq!(broker.stop().code(), Some(0));
-    }
+    stop_all(brokers.into_iter().flatten());
 }
 
 #[test]
@@ -317,9 +320,7 @@ fn a_node_started_on_another_clusters_data_is_refused_with_the_reason() {
             && log.contains(&format!("this data dir to cluster {other_cluster}")),
         "names both clusters; log:\n{log}"
     );
-    for broker in brokers {
-        assert_eq!(broker.stop().code(), Some(0));
-    }
+    stop_all(brokers);
 }
 
 #[test]
@@ -426,9 +427,7 @@ fn librdkafka_produces_through_one_node_and_consumes_through_another_following_t
         ),
         (leader, cluster.nodes[leader as usize - 1].kafka.clone())
     );
-    for broker in brokers {
-        assert_eq!(broker.stop().code(), Some(0));
-    }
+    stop_all(brokers);
 }
 
 /// Idempotent producers get their ids from whichever node they ask; the
@@ -459,9 +458,7 @@ fn producer_ids_are_unique_across_the_nodes() {
     distinct.sort_unstable();
     distinct.dedup();
     assert_eq!(distinct.len(), ids.len(), "every id once: {ids:?}");
-    for broker in brokers {
-        assert_eq!(broker.stop().code(), Some(0));
-    }
+    stop_all(brokers);
 }
 
 /// A consumer group's coordinator is the node leading its
@@ -515,9 +512,7 @@ fn a_group_has_one_coordinator_whichever_node_its_members_ask() {
     wait_for_all(&received, &expected, Duration::from_secs(30));
     a.leave();
     b.leave();
-    for broker in brokers {
-        assert_eq!(broker.stop().code(), Some(0));
-    }
+    stop_all(brokers);
 }
 
 /// A node silent past `cluster.session_timeout_ms` is fenced: Metadata
@@ -581,9 +576,7 @@ fn a_silent_node_is_fenced_and_comes_back_when_restarted() {
         "the restarted node serves what its partitions held"
     );
     assert_eq!(back.stop().code(), Some(0));
-    for broker in brokers.into_iter().flatten() {
-        assert_eq!(broker.stop().code(), Some(0));
-    }
+    stop_all(brokers.into_iter().flatten());
 }
 
 /// Found by both issue-15 trials: a member restarted on an empty data dir
@@ -622,7 +615,5 @@ fn a_member_restarted_on_an_empty_data_dir_is_refused_and_the_cluster_keeps_work
     for broker in brokers.iter_mut().flatten() {
         assert!(broker.is_running(), "no node crashed");
     }
-    for broker in brokers.into_iter().flatten() {
-        assert_eq!(broker.stop().code(), Some(0));
-    }
+    stop_all(brokers.into_iter().flatten());
 }

@@ -433,19 +433,24 @@ fn a_roll_that_fails_after_creating_its_file_does_not_wedge_the_shard() {
         codes.iter().all(|&code| code == 0),
         "no append failed: {codes:?}"
     );
-    let most_segments = std::fs::read_dir(&data)
+    let most_segments = most_segments(&data);
+    assert!(
+        most_segments >= 5,
+        "later rolls succeeded: {most_segments} segments"
+    );
+    assert!(broker.stop().success());
+}
+
+/// The most segment files any shard of the broker on `data` has.
+fn most_segments(data: &Path) -> usize {
+    std::fs::read_dir(data)
         .unwrap()
         .filter_map(|entry| {
             let log = entry.unwrap().path().join("log");
             std::fs::read_dir(log).ok().map(|files| files.count())
         })
         .max()
-        .unwrap();
-    assert!(
-        most_segments >= 5,
-        "later rolls succeeded: {most_segments} segments"
-    );
-    assert!(broker.stop().success());
+        .unwrap()
 }
 
 /// Found by both issue-14 trials: a topic with `segment.ms=1` rolled the
@@ -462,14 +467,7 @@ fn a_tiny_segment_ms_rolls_no_sooner_than_the_floor() {
         std::thread::sleep(Duration::from_millis(10));
         assert_eq!(produce_with_acks(&mut wire, "tiny", 0, batch(1, 10), -1), 0);
     }
-    let most_segments = std::fs::read_dir(&data)
-        .unwrap()
-        .filter_map(|entry| {
-            let log = entry.unwrap().path().join("log");
-            std::fs::read_dir(log).ok().map(|files| files.count())
-        })
-        .max()
-        .unwrap();
+    let most_segments = most_segments(&data);
     assert_eq!(most_segments, 1, "no age roll before the 10-minute floor");
     assert!(broker.stop().success());
 }
