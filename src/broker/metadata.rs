@@ -328,9 +328,6 @@ struct Shared {
     current: ArcSwap<ClusterMetadata>,
     /// Serialises commits (the writer thread's, and a start's before it).
     writer: Mutex<()>,
-    /// A cluster's controller leader (-1: none known), as the controller
-    /// last saw it.
-    controller: std::sync::atomic::AtomicI64,
 }
 
 /// A command for the writer thread and where its outcome goes.
@@ -367,7 +364,6 @@ impl MetadataStore {
             limits,
             current: ArcSwap::from_pointee(metadata),
             writer: Mutex::new(()),
-            controller: std::sync::atomic::AtomicI64::new(-1),
         });
         let (jobs, queue) = flume::unbounded::<Job>();
         let writer = Arc::clone(&shared);
@@ -419,7 +415,6 @@ impl MetadataStore {
                 limits,
                 current: ArcSwap::from_pointee(empty),
                 writer: Mutex::new(()),
-                controller: std::sync::atomic::AtomicI64::new(-1),
             }),
             writer: Writer::Replicated(std::sync::OnceLock::new()),
         }
@@ -430,24 +425,6 @@ impl MetadataStore {
         if let Writer::Replicated(slot) = &self.writer {
             let _ = slot.set(proposer);
         }
-    }
-
-    /// A cluster's controller leader as last seen (`None` while unknown).
-    pub fn controller(&self) -> Option<u64> {
-        u64::try_from(
-            self.shared
-                .controller
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
-        .ok()
-    }
-
-    /// Record the controller leader (`None`: unknown).
-    pub fn set_controller(&self, leader: Option<u64>) {
-        let value = leader.and_then(|id| i64::try_from(id).ok()).unwrap_or(-1);
-        self.shared
-            .controller
-            .store(value, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether the metadata is the cluster's (replicated by the

@@ -630,9 +630,8 @@ impl Member {
         }
     }
 
-    /// Tell the handle and the metadata store who leads (logged on change).
+    /// Tell the handle who leads (logged on change).
     fn publish_leader(&self, leader: Option<u64>, term: u64) {
-        self.store.set_controller(leader);
         let id = leader.map_or(-1, |id| id as i64);
         if self.leader.swap(id, Ordering::Relaxed) != id && id >= 0 {
             tracing::info!(leader = id, term, "controller leader");
