@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice::broker::Broker;
+use sluice::broker::peer::BrokerPeers;
 use sluice::config::{self, ClusterFlags, Config, IoBackendSetting};
 use sluice::data_dir::DataDir;
 use sluice::error_chain::error_chain;
@@ -490,7 +491,7 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
             true
         }
     };
-    let _controller = match (&config.cluster, identity) {
+    let controller = match (&config.cluster, identity) {
         (Some(cluster), Some(identity)) => Some(sluice::cluster::join(
             cluster,
             data_dir.path(),
@@ -503,6 +504,10 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     };
     let runtime =
         ShardRuntime::start_cancellable(&config, &data_dir, backend, service, &cancelled)?;
+    if let Some(controller) = &controller {
+        let peers = BrokerPeers::new(runtime.shards().clone(), Arc::clone(&broker));
+        controller.serve_broker(Arc::new(peers));
+    }
     for ready in runtime.ready() {
         log_recovery(ready.shard.to_string(), &ready.recovery);
     }

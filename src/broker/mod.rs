@@ -13,6 +13,7 @@ pub mod group;
 pub mod internal_log;
 pub mod metadata;
 pub mod metadata_command;
+pub mod peer;
 pub mod producer_ids;
 pub mod topic_config;
 pub mod txn;
@@ -45,6 +46,9 @@ pub struct Broker {
     pub metadata: Arc<MetadataStore>,
     /// Host and port put in Metadata responses.
     pub advertised: (String, u16),
+    /// How this node's broker reaches the others' (set when it joins a
+    /// cluster; never on a single node).
+    pub peers: std::sync::OnceLock<Arc<dyn peer::PeerCaller>>,
 }
 
 /// How a request names a topic: by name, or by id (KIP-516).
@@ -144,6 +148,7 @@ impl Broker {
                 metadata: Arc::new(MetadataStore::replicated(statics, limits)),
                 config,
                 advertised,
+                peers: std::sync::OnceLock::new(),
             });
         }
         let metadata = MetadataStore::open(&config.data_dir, statics, limits)?;
@@ -154,6 +159,7 @@ impl Broker {
             config,
             metadata: Arc::new(metadata),
             advertised,
+            peers: std::sync::OnceLock::new(),
         })
     }
 

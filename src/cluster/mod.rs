@@ -4,9 +4,11 @@
 //! `[cluster]` section ([`crate::config::ClusterConfig`]), and a single node
 //! never touches it.
 //!
-//! Built so far: the settings and flags (`config/cluster.rs`), the node
-//! identity file ([`identity`]), checked before any shard starts, and the
-//! pieces of the [`controller`] (openraft types and state machine).
+//! Built: the settings and flags (`config/cluster.rs`), the node identity
+//! file ([`identity`]), checked before any shard starts, and the
+//! [`controller`] (openraft log, state machine, RPC, liveness), whose RPC
+//! also carries the requests one node's broker makes of another's
+//! ([`crate::broker::peer`]).
 
 pub mod controller;
 pub mod identity;
@@ -82,6 +84,7 @@ pub fn join(
     let store = Arc::clone(&broker.metadata);
     let handle = runtime::start(cluster, data_dir, store, local, identity)?;
     broker.metadata.attach(Arc::new(handle.clone()));
+    let _ = broker.peers.set(Arc::new(handle.clone()));
     let node_id = u64::try_from(cluster.node_id).expect("validated: node ids are >= 0");
     let started = Instant::now();
     let mut last_report = started;
@@ -100,9 +103,9 @@ pub fn join(
                 "joined the cluster"
             );
             tracing::warn!(
-                "cluster mode is being built (issue 15): partitions, groups and transactions live \
-                 on one node each with no replicas yet, so a node that is down takes its share \
-                 offline until it returns"
+                "cluster mode is being built (issues 15 and 16): partitions, groups and \
+                 transactions live on one node each with no replicas yet, so a node that is down \
+                 takes its share offline until it returns"
             );
             return Ok(handle);
         }

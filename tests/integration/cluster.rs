@@ -473,17 +473,7 @@ fn a_group_has_one_coordinator_whichever_node_its_members_ask() {
     let brokers = cluster.start_all();
     let coordinators: Vec<i32> = brokers
         .iter()
-        .map(|broker| {
-            let answer = Wire::connect(&broker.address).call(
-                4,
-                &FindCoordinatorRequest::default()
-                    .with_key_type(0)
-                    .with_coordinator_keys(vec![StrBytes::from_static_str("spread-readers")]),
-            );
-            let coordinator = &answer.coordinators[0];
-            assert_eq!(coordinator.error_code, 0);
-            coordinator.node_id.0
-        })
+        .map(|broker| coordinator(&broker.address, 0, "spread-readers"))
         .collect();
     assert!(
         coordinators.iter().all(|&node| node == coordinators[0]),
@@ -512,6 +502,123 @@ fn a_group_has_one_coordinator_whichever_node_its_members_ask() {
     wait_for_all(&received, &expected, Duration::from_secs(30));
     a.leave();
     b.leave();
+    stop_all(brokers);
+}
+
+/// The coordinator a node answers FindCoordinator with for `key`
+/// (key type 0: a group, 1: a transactional id).
+fn coordinator(address: &str, key_type: i8, key: &str) -> i32 {
+    let answer = Wire::connect(address).call(
+        4,
+        &FindCoordinatorRequest::default()
+            .with_key_type(key_type)
+            .with_coordinator_keys(vec![StrBytes::from_string(key.to_owned())]),
+    );
+    let coordinator = &answer.coordinators[0];
+    assert_eq!(coordinator.error_code, 0, "{key}");
+    coordinator.node_id.0
+}
+
+/// A transaction whose partitions are led by all three nodes, with its
+/// offsets in a group another node coordinates: each partition's leader
+/// checks the producer's first batch with the transaction's coordinator
+/// node, and the coordinator writes the markers on the leaders' logs, so
+/// read_committed readers through any node see exactly the committed
+/// rounds and the group's offset moves with committed transactions only.
+#[test]
+fn a_transaction_spans_partitions_led_by_every_node_and_a_group_on_another() {
+    use rdkafka::TopicPartitionList;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::Producer;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(dir.path());
+    let brokers = cluster.start_all();
+    kafka_clients::create_topic(&brokers[0].address, "txn-spread", 6, &[]);
+    let transactional_id = "spread-txn";
+    let txn_node = coordinator(&brokers[0].address, 1, transactional_id);
+    let group = (0..100)
+        .map(|index| format!("spread-ctp-{index}"))
+        .find(|group| coordinator(&brokers[0].address, 0, group) != txn_node)
+        .expect("a group coordinated by another node");
+    let (producer, _acks) = kafka_clients::producer(
+        &brokers[1].address,
+        &[("transactional.id", transactional_id), ("linger.ms", "1")],
+    );
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers[2].address)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    for (round, commit) in [(1, true), (2, false), (3, true)] {
+        producer.begin_transaction().unwrap();
+        for partition in 0..6 {
+            let value = format!("round-{round}-partition-{partition}");
+            kafka_clients::send(
+                &producer,
+                "txn-spread",
+                Some(partition),
+                None,
+                value.as_bytes(),
+                &[],
+            );
+        }
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset("txn-spread", 0, rdkafka::Offset::Offset(round * 10))
+            .unwrap();
+        let group_metadata = consumer.group_metadata().expect("group metadata");
+        producer
+            .send_offsets_to_transaction(&offsets, &group_metadata, Duration::from_secs(30))
+            .expect("send_offsets_to_transaction");
+        producer.flush(Duration::from_secs(30)).unwrap();
+        if commit {
+            producer
+                .commit_transaction(Duration::from_secs(30))
+                .expect("commit");
+        } else {
+            producer
+                .abort_transaction(Duration::from_secs(30))
+                .expect("abort");
+        }
+    }
+    let mut read: Vec<String> = kafka_clients::consume_with(
+        &brokers[0].address,
+        "txn-spread",
+        6,
+        0,
+        12,
+        &[("isolation.level", "read_committed")],
+    )
+    .into_iter()
+    .map(|record| String::from_utf8(record.payload).unwrap())
+    .collect();
+    read.sort();
+    let mut expected: Vec<String> = [1, 3]
+        .iter()
+        .flat_map(|round| {
+            (0..6).map(move |partition| format!("round-{round}-partition-{partition}"))
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(
+        read, expected,
+        "exactly the committed rounds, on every node's partitions"
+    );
+    let mut wanted = TopicPartitionList::new();
+    wanted.add_partition("txn-spread", 0);
+    eventually("the group's offset is the last committed round's", || {
+        consumer
+            .committed_offsets(wanted.clone(), Duration::from_secs(5))
+            .ok()
+            .and_then(|committed| {
+                let partition = committed.find_partition("txn-spread", 0)?;
+                Some(partition.offset())
+            })
+            == Some(rdkafka::Offset::Offset(30))
+    });
+    drop(producer);
     stop_all(brokers);
 }
 

@@ -50,6 +50,7 @@ use super::membership::{
 use super::offsets::{CommittedOffset, OffsetRecord, RECORD_STRING_BYTES_MAX, TopicPartition};
 use crate::broker::Broker;
 use crate::broker::internal_log::{self, ReplayItem};
+use crate::broker::txn::verify::{VerifyRequest, verify};
 use crate::ids::{Offset, PartitionId};
 use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::record_batch::{HEADER_BYTES, ValidatedBatch};
@@ -405,17 +406,18 @@ impl Coordinator {
             .txn_token(id, producer_id)
             .ok_or_else(|| ResponseError::NotCoordinator.code())?;
         if !token.joins_open_transaction(epoch) {
-            let txn_id = transactional_id.to_owned();
-            crate::broker::txn::on_txn_coordinator(
-                &self.context,
-                &self.broker,
-                transactional_id,
-                move |coordinator| async move {
-                    coordinator.verify(&txn_id, producer_id, epoch, OFFSETS_TOPIC, index)
-                },
-            )
-            .await
-            .and_then(|verified| verified)?;
+            let request = VerifyRequest {
+                transactional_id: transactional_id.to_owned(),
+                producer_id,
+                epoch,
+                topic: OFFSETS_TOPIC.to_owned(),
+                partition: index,
+                implicit_add: false,
+                fenced: ResponseError::InvalidProducerEpoch.code(),
+            };
+            verify(&self.context, &self.broker, request)
+                .await
+                .map_err(txn_offset_commit_error)?;
         }
         // v0-2 carry no member: anyone may commit within the transaction.
         if claim.generation >= 0 || !claim.member_id.is_empty() {
@@ -1332,6 +1334,24 @@ fn commit_error_code(error: &OffsetsWriteError) -> i16 {
             source: AppendError::ShuttingDown,
         } => ResponseError::NotCoordinator.code(),
         _ => ResponseError::CoordinatorNotAvailable.code(),
+    }
+}
+
+/// The code TxnOffsetCommit answers for a failed verification with the
+/// transaction's coordinator: one the group's clients retry without
+/// looking the group coordinator up again, as Kafka's
+/// `maybeConvertOffsetCommitError` does (an unreachable or moving
+/// transaction coordinator is not this group coordinator's fault).
+fn txn_offset_commit_error(code: i16) -> i16 {
+    let moving = [
+        ResponseError::NetworkException,
+        ResponseError::NotCoordinator,
+        ResponseError::CoordinatorNotAvailable,
+    ];
+    if moving.iter().any(|error| error.code() == code) {
+        ResponseError::CoordinatorLoadInProgress.code()
+    } else {
+        code
     }
 }
 

@@ -53,16 +53,15 @@ use kafka_protocol::ResponseError;
 use thiserror::Error;
 
 use super::TXN_TOPIC;
+use super::markers::{self, MarkerRequest};
 use super::records::{self, TxnMetadata, TxnState};
 use crate::broker::Broker;
-use crate::broker::group::OFFSETS_TOPIC;
-use crate::broker::group::coordinator::Coordinator as GroupCoordinator;
 use crate::broker::group::coordinator::now_ms;
 use crate::broker::internal_log::{self, ReplayError, key_partition};
 use crate::broker::producer_ids::{ProducerIdError, next_producer_id};
 use crate::ids::{Offset, PartitionId};
 use crate::log_throttle::{LogThrottle, monotonic_ms};
-use crate::record_batch::control::{MarkerKind, TxnMarker};
+use crate::record_batch::control::MarkerKind;
 use crate::record_batch::{BatchError, ValidatedBatch};
 use crate::shard::ShardContext;
 use crate::storage::{AppendError, Durability};
@@ -84,15 +83,15 @@ const SNAPSHOT_AGE_MAX: Duration = Duration::from_secs(3600);
 /// Records per copy-forward batch.
 const SNAPSHOT_RECORDS_PER_BATCH: usize = 100;
 /// Back-off between attempts to write a marker or a completion.
-const RETRY_BACKOFF_MIN: Duration = Duration::from_secs(1);
-const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub(super) const RETRY_BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub(super) const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 thread_local! {
     static LOCAL: RefCell<Option<Rc<TxnCoordinator>>> = const { RefCell::new(None) };
 }
 
 /// Failed marker or completion writes, logged at most 20 times per 10 s.
-static RETRIES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 20);
+pub(super) static RETRIES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 20);
 
 /// Why the coordinator could not start (the shard does not start either).
 #[derive(Debug, Error)]
@@ -717,23 +716,20 @@ impl TxnCoordinator {
                 return;
             }
         };
-        let marker = TxnMarker {
-            kind,
-            coordinator_epoch: COORDINATOR_EPOCH,
-        };
         if crate::failpoint::active("txn_before_markers") {
             tracing::warn!(transactional_id = %id, "failpoint txn_before_markers: holding the markers back");
             std::future::pending::<()>().await;
         }
         let writes = meta.partitions.iter().map(|(topic, partition)| {
-            write_marker_until_stored(
-                Rc::clone(&self.context),
-                topic.clone(),
-                *partition,
-                meta.producer_id,
-                meta.producer_epoch,
-                marker,
-            )
+            let request = MarkerRequest {
+                topic: topic.clone(),
+                partition: *partition,
+                producer_id: meta.producer_id,
+                epoch: meta.producer_epoch,
+                commit: kind == MarkerKind::Commit,
+                coordinator_epoch: COORDINATOR_EPOCH,
+            };
+            markers::write_until_stored(Rc::clone(&self.context), Arc::clone(&self.broker), request)
         });
         futures_util::future::join_all(writes).await;
         let mut next = meta;
@@ -959,81 +955,6 @@ fn write_failed(id: &str, error: &TxnWriteError) -> i16 {
         tracing::warn!(transactional_id = id, %error, failed, "cannot record a transaction change");
     }
     ResponseError::CoordinatorNotAvailable.code()
-}
-
-/// Append the marker to `topic`-`partition` on its owner shard and wait
-/// for its fdatasync, retrying with back-off; a partition whose topic is
-/// gone is skipped with a log line.
-async fn write_marker_until_stored(
-    context: Rc<ShardContext>,
-    topic: String,
-    partition: u32,
-    producer_id: i64,
-    epoch: i16,
-    marker: TxnMarker,
-) {
-    let owner = context.shards.owner(&topic, partition);
-    let mut backoff = RETRY_BACKOFF_MIN;
-    loop {
-        let topic_here = topic.clone();
-        let written = context
-            .run_on(owner, move |owner_context| async move {
-                let store = &owner_context.store;
-                // On an offsets partition the group coordinator appends it,
-                // so its pending transactional offsets follow the log.
-                let receipt = if topic_here == OFFSETS_TOPIC {
-                    let Some(group) = GroupCoordinator::local() else {
-                        return Ok(false);
-                    };
-                    group
-                        .append_marker_in_order(partition, producer_id, epoch, &marker)
-                        .await?
-                } else {
-                    match store.partition_id(&topic_here, partition) {
-                        Some(id) => Some(
-                            store
-                                .append_marker(id, producer_id, epoch, &marker, Durability::Fsynced)
-                                .await?,
-                        ),
-                        None => None,
-                    }
-                };
-                let Some(receipt) = receipt else {
-                    return Ok(false);
-                };
-                store.wait(&receipt).await?;
-                Ok::<bool, AppendError>(true)
-            })
-            .await;
-        let error = match written {
-            Ok(Ok(true)) => {
-                let result = match marker.kind {
-                    MarkerKind::Commit => "commit",
-                    MarkerKind::Abort => "abort",
-                };
-                metrics::counter!(crate::telemetry::names::TRANSACTION_MARKERS, "result" => result)
-                    .increment(1);
-                return;
-            }
-            Ok(Ok(false)) => {
-                tracing::info!(%topic, partition, producer_id, "skipping the transaction marker of a deleted partition");
-                return;
-            }
-            // A marker for an older epoch than the partition has seen: the
-            // producer was fenced there already; nothing left to close.
-            Ok(Err(AppendError::Producer(refused))) => {
-                tracing::info!(%topic, partition, producer_id, %refused, "transaction marker refused by the partition's producer state");
-                return;
-            }
-            Ok(Err(error)) => error.to_string(),
-            Err(gone) => gone.to_string(),
-        };
-        if let Some(failed) = RETRIES.record(monotonic_ms()) {
-            tracing::warn!(%topic, partition, producer_id, %error, failed, "cannot write a transaction marker; retrying");
-        }
-        compio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-    }
 }
 
 /// Timers: timed-out transactions, id expiry, snapshots.

@@ -4,8 +4,12 @@
 //!   id, the latest wins) and the transaction states.
 //! * [`coordinator`]: a shard's coordinator: the transactional ids whose
 //!   `__transaction_state` partition the shard owns, their state machine,
-//!   the markers that end a transaction on its partitions, timeouts and id
-//!   expiry, and the log (write, replay, copy-forward compaction).
+//!   timeouts and id expiry, and the log (write, replay, copy-forward
+//!   compaction).
+//! * [`markers`]: the markers that end a transaction on its partitions,
+//!   written on each partition's leader node.
+//! * [`verify`]: a transactional batch's check with its coordinator, on
+//!   this node or another.
 //!
 //! Every request about a transactional id runs on its coordinator shard:
 //! the owner of the `__transaction_state` partition the id hashes to
@@ -14,7 +18,9 @@
 //! rebuilt from there (`storage::producer_state`).
 
 pub mod coordinator;
+pub mod markers;
 pub mod records;
+pub mod verify;
 
 use crate::broker::internal_log::key_partition;
 use crate::ids::ShardId;

@@ -11,7 +11,9 @@
 //! declared length.
 //!
 //! Paths: `/raft/append`, `/raft/vote`, `/raft/snapshot` (openraft's three
-//! RPCs) and `/controller/propose` (a command for the leader).
+//! RPCs), `/controller/propose` (a command for the leader), `/cluster/*`
+//! (hello, heartbeat) and `/broker/*` (one node's broker asking another's,
+//! [`crate::broker::peer`]).
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -120,6 +122,24 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     body: &Req,
     timeout: Duration,
 ) -> Result<Resp, RpcError> {
+    let body_error = |reason: String| RpcError::Body {
+        address: address.to_owned(),
+        reason,
+    };
+    let encoded = serde_json::to_vec(body).map_err(|error| body_error(error.to_string()))?;
+    let answer = call_raw(identity, address, path, encoded, timeout).await?;
+    serde_json::from_slice(&answer).map_err(|error| body_error(error.to_string()))
+}
+
+/// POST the JSON `body` to `path` on `address`; the answer's body, which
+/// a success status says is JSON.
+pub async fn call_raw(
+    identity: &Identity,
+    address: &str,
+    path: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Bytes, RpcError> {
     match tokio::time::timeout(timeout, exchange(identity, address, path, body)).await {
         Ok(answer) => answer,
         Err(_) => Err(RpcError::Timeout {
@@ -129,12 +149,12 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     }
 }
 
-async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
+async fn exchange(
     identity: &Identity,
     address: &str,
     path: &str,
-    body: &Req,
-) -> Result<Resp, RpcError> {
+    body: Vec<u8>,
+) -> Result<Bytes, RpcError> {
     let body_error = |reason: String| RpcError::Body {
         address: address.to_owned(),
         reason,
@@ -143,7 +163,6 @@ async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
         address: address.to_owned(),
         source,
     };
-    let encoded = serde_json::to_vec(body).map_err(|error| body_error(error.to_string()))?;
     let stream = tokio::net::TcpStream::connect(address)
         .await
         .map_err(|source| RpcError::Connect {
@@ -165,7 +184,7 @@ async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(CLUSTER_ID_HEADER, identity.cluster_id())
         .header(NODE_ID_HEADER, identity.node_id.to_string())
-        .body(Full::new(Bytes::from(encoded)))
+        .body(Full::new(Bytes::from(body)))
         .map_err(|error| body_error(error.to_string()))?;
     let response = sender.send_request(request).await.map_err(http_error)?;
     let status = response.status();
@@ -181,7 +200,7 @@ async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
             reason: String::from_utf8_lossy(&bytes).into_owned(),
         });
     }
-    serde_json::from_slice(&bytes).map_err(|error| body_error(error.to_string()))
+    Ok(bytes)
 }
 
 /// A request as the server hands it to its handler: the path and the body.

@@ -40,6 +40,7 @@ use super::state_machine::StateMachine;
 use super::{ControllerCommand, ControllerOutcome, ControllerTypes};
 use crate::broker::metadata::{MetadataProposer, MetadataStore, NodeInfo, random_bytes};
 use crate::broker::metadata_command::{MetadataCommand, Refusal};
+use crate::broker::peer::{PATH_PREFIX, PeerCaller, PeerService};
 use crate::cluster::identity::NodeIdentity;
 use crate::config::ClusterConfig;
 
@@ -235,10 +236,25 @@ struct Proposal {
     reply: futures_channel::oneshot::Sender<Result<ControllerOutcome, ProposeError>>,
 }
 
+/// A call from this node's broker to another node's, and where its answer
+/// goes.
+struct PeerCall {
+    node: u64,
+    path: &'static str,
+    body: Vec<u8>,
+    timeout: Duration,
+    reply: futures_channel::oneshot::Sender<Result<bytes::Bytes, String>>,
+}
+
+/// What this node's broker serves other nodes, once its shards run.
+type BrokerService = Arc<std::sync::OnceLock<Arc<dyn PeerService>>>;
+
 /// The shards' handle on the controller (Send + Sync, cheap to clone).
 #[derive(Clone)]
 pub struct ControllerHandle {
     proposals: flume::Sender<Proposal>,
+    calls: flume::Sender<PeerCall>,
+    broker_service: BrokerService,
     leader: Arc<AtomicI64>,
     /// Why the cluster refused this node's registration, if it did.
     refused: Arc<std::sync::Mutex<Option<String>>>,
@@ -256,6 +272,13 @@ impl ControllerHandle {
             return Err(ProposeError::Stopped);
         }
         outcome.await.unwrap_or(Err(ProposeError::Stopped))
+    }
+
+    /// Serve other nodes' broker requests (paths under
+    /// [`crate::broker::peer::PATH_PREFIX`]) with `service` from now on;
+    /// until then they are answered 503 and retried by their senders.
+    pub fn serve_broker(&self, service: Arc<dyn PeerService>) {
+        let _ = self.broker_service.set(service);
     }
 
     /// The controller leader's node id, -1 while none is known.
@@ -307,6 +330,34 @@ impl MetadataProposer for ControllerHandle {
     }
 }
 
+impl PeerCaller for ControllerHandle {
+    fn call(
+        &self,
+        node: u64,
+        path: &'static str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'static, Result<bytes::Bytes, String>> {
+        let (reply, answer) = futures_channel::oneshot::channel();
+        let call = PeerCall {
+            node,
+            path,
+            body,
+            timeout,
+            reply,
+        };
+        let sent = self.calls.send(call).is_ok();
+        Box::pin(async move {
+            if !sent {
+                return Err(ProposeError::Stopped.to_string());
+            }
+            answer
+                .await
+                .unwrap_or_else(|_| Err(ProposeError::Stopped.to_string()))
+        })
+    }
+}
+
 /// What this node tells the cluster about itself.
 #[derive(Clone)]
 pub struct LocalNode {
@@ -331,10 +382,14 @@ pub fn start(
     identity: NodeIdentity,
 ) -> Result<ControllerHandle, ControllerStartError> {
     let (proposals, queue) = flume::unbounded::<Proposal>();
+    let (calls, call_queue) = flume::unbounded::<PeerCall>();
+    let broker_service = BrokerService::default();
     let leader = Arc::new(AtomicI64::new(-1));
     let refused = Arc::new(std::sync::Mutex::new(None));
     let handle = ControllerHandle {
         proposals,
+        calls,
+        broker_service: Arc::clone(&broker_service),
         leader: Arc::clone(&leader),
         refused: Arc::clone(&refused),
     };
@@ -355,17 +410,21 @@ pub fn start(
                 }
             };
             runtime.block_on(async move {
-                let member =
-                    match Member::start(&config, &data_dir, store, identity, leader, refused).await
-                    {
-                        Ok(member) => member,
-                        Err(error) => {
-                            let _ = started.send(Err(error));
-                            return;
-                        }
-                    };
+                let shared = Shared {
+                    store,
+                    leader,
+                    refused,
+                    broker_service,
+                };
+                let member = match Member::start(&config, &data_dir, identity, shared).await {
+                    Ok(member) => member,
+                    Err(error) => {
+                        let _ = started.send(Err(error));
+                        return;
+                    }
+                };
                 let _ = started.send(Ok(()));
-                member.run(local, queue).await;
+                member.run(local, queue, call_queue).await;
             });
         })
         .map_err(ControllerStartError::Thread)?;
@@ -376,6 +435,15 @@ pub fn start(
             "the cluster thread stopped while starting".to_owned(),
         )),
     }
+}
+
+/// What the cluster thread shares with the [`ControllerHandle`] and the
+/// rest of the node.
+struct Shared {
+    store: Arc<MetadataStore>,
+    leader: Arc<AtomicI64>,
+    refused: Arc<std::sync::Mutex<Option<String>>>,
+    broker_service: BrokerService,
 }
 
 /// This node's controller member and what it needs.
@@ -401,11 +469,15 @@ impl Member {
     async fn start(
         config: &ClusterConfig,
         data_dir: &Path,
-        store: Arc<MetadataStore>,
         node_identity: NodeIdentity,
-        leader: Arc<AtomicI64>,
-        refused: Arc<std::sync::Mutex<Option<String>>>,
+        shared: Shared,
     ) -> Result<Member, ControllerStartError> {
+        let Shared {
+            store,
+            leader,
+            refused,
+            broker_service,
+        } = shared;
         let node_id = u64::try_from(config.node_id).expect("validated: node ids are >= 0");
         let known_cluster = node_identity.cluster_id().unwrap_or_default().to_owned();
         let identity = Identity {
@@ -489,6 +561,7 @@ impl Member {
             liveness: Arc::clone(&liveness),
             store: Arc::clone(&store),
             recent: Duration::from_millis(config.heartbeat_interval_ms * 3),
+            broker_service,
         };
         tokio::spawn(server.serve(listener));
         let lowest = peers.keys().next().copied() == Some(node_id);
@@ -518,7 +591,12 @@ impl Member {
         })
     }
 
-    async fn run(mut self, local: LocalNode, queue: flume::Receiver<Proposal>) {
+    async fn run(
+        mut self,
+        local: LocalNode,
+        queue: flume::Receiver<Proposal>,
+        calls: flume::Receiver<PeerCall>,
+    ) {
         let mut duties = tokio::time::interval(DUTY_INTERVAL);
         let mut heartbeats = tokio::time::interval(self.heartbeat_interval);
         let mut metrics = self.raft.metrics();
@@ -555,9 +633,31 @@ impl Member {
                         let _ = proposal.reply.send(outcome);
                     });
                 }
+                call = calls.recv_async() => {
+                    let Ok(call) = call else { return };
+                    self.send_peer_call(call);
+                }
                 _ = duties.tick() => self.duties(&local).await,
             }
         }
+    }
+
+    /// Send a broker's call to its node; the answer goes back to the
+    /// caller (the reason when there is none).
+    fn send_peer_call(&self, call: PeerCall) {
+        let Some(address) = self.peers.get(&call.node).map(|node| node.addr.clone()) else {
+            let _ = call
+                .reply
+                .send(Err(format!("node {} is not a configured peer", call.node)));
+            return;
+        };
+        let identity = self.identity.clone();
+        tokio::spawn(async move {
+            let answer = rpc::call_raw(&identity, &address, call.path, call.body, call.timeout)
+                .await
+                .map_err(|error| error.to_string());
+            let _ = call.reply.send(answer);
+        });
     }
 
     fn proposer(&self) -> Proposer {
@@ -870,6 +970,7 @@ struct Server {
     store: Arc<MetadataStore>,
     /// A node heard within this long is waited for (3 heartbeats).
     recent: Duration,
+    broker_service: BrokerService,
 }
 
 impl Server {
@@ -955,6 +1056,22 @@ impl Server {
                     ));
                 }
                 rpc::encode(&self.raft.install_snapshot(request).await)
+            }
+            path if path.starts_with(PATH_PREFIX) => {
+                let Some(service) = self.broker_service.get() else {
+                    return Err((
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "this node's shards are still starting".to_owned(),
+                    ));
+                };
+                service
+                    .handle(path, body)
+                    .await
+                    .map_err(|(status, reason)| {
+                        let status = StatusCode::from_u16(status)
+                            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                        (status, reason)
+                    })
             }
             PATH_PROPOSE => {
                 let command: ControllerCommand = rpc::decode(&body)?;

@@ -33,9 +33,9 @@
 //! Transactional batches (KIP-98) need the request's transactional id and
 //! a producer id. A producer's first transactional batch on a partition
 //! opens its transaction there, so before it is appended the owner shard
-//! asks the id's transaction coordinator whether the partition is in the
-//! producer's open transaction (the in-process form of KIP-890's
-//! verification): INVALID_TXN_STATE if not, so a late batch of a finished
+//! asks the id's transaction coordinator, on this node or another one of
+//! the cluster, whether the partition is in the producer's open
+//! transaction (KIP-890's verification, `broker/txn/verify.rs`): INVALID_TXN_STATE if not, so a late batch of a finished
 //! transaction cannot leave one open that nobody will end. A batch from the
 //! producer outside its open transaction gets INVALID_TXN_STATE. From v12
 //! (KIP-890's transactions v2) the broker adds the partition to the
@@ -45,10 +45,10 @@
 //! coordinator loading or unavailable) becomes NOT_ENOUGH_REPLICAS, which
 //! every client retries, as in Kafka.
 //!
-//! Versions 10 and 11 add nothing a single broker sends: v10's current
-//! leader and node endpoints (KIP-951) accompany NOT_LEADER_OR_FOLLOWER,
-//! which Sluice answers only while shutting down, and then name this
-//! broker; v11 may answer TRANSACTION_ABORTABLE, which Sluice never needs.
+//! From v10 a NOT_LEADER_OR_FOLLOWER names the partition's leader and its
+//! endpoint (KIP-951): in a cluster, a partition another node leads; on a
+//! single node only while shutting down, naming this broker. v11 may
+//! answer TRANSACTION_ABORTABLE, which Sluice never needs.
 //! From v13 topics are named by id (KIP-516): an unknown id gets
 //! UNKNOWN_TOPIC_ID and is never auto-created.
 //!
@@ -73,7 +73,7 @@ use kafka_protocol::messages::{ApiKey, BrokerId, ProduceRequest, ProduceResponse
 use super::{decode, str_bytes};
 use crate::broker::metadata::{TopicId, TopicMeta};
 use crate::broker::topic_config::{Recompression, TimestampType, TopicConfig};
-use crate::broker::txn::on_txn_coordinator;
+use crate::broker::txn::verify::{VerifyRequest, verify as verify_with_coordinator};
 use crate::broker::{Broker, create_partition_here};
 use crate::ids::Offset;
 use crate::kafka::dispatch::Request;
@@ -617,27 +617,18 @@ async fn verify(
     if token.joins_open_transaction(header.producer_epoch) {
         return Ok(token);
     }
-    let (txn_id, topic_name) = (transactional_id.to_owned(), topic.to_owned());
-    let (producer_id, epoch) = (header.producer_id, header.producer_epoch);
     // Produce answers a fenced producer with INVALID_PRODUCER_EPOCH (KIP-588).
-    let fenced = ResponseError::InvalidProducerEpoch.code();
-    let verified = on_txn_coordinator(
-        context,
-        broker,
-        transactional_id,
-        move |coordinator| async move {
-            if implicit_add {
-                let partitions = vec![(topic_name, index)];
-                coordinator
-                    .add_partitions(&txn_id, producer_id, epoch, partitions, fenced)
-                    .await
-            } else {
-                coordinator.verify(&txn_id, producer_id, epoch, &topic_name, index)
-            }
-        },
-    )
-    .await
-    .and_then(|verified| verified);
+    let request = VerifyRequest {
+        transactional_id: transactional_id.to_owned(),
+        producer_id: header.producer_id,
+        epoch: header.producer_epoch,
+        topic: topic.to_owned(),
+        partition: index,
+        implicit_add,
+        fenced: ResponseError::InvalidProducerEpoch.code(),
+    };
+    let (producer_id, epoch) = (header.producer_id, header.producer_epoch);
+    let verified = verify_with_coordinator(context, broker, request).await;
     match verified {
         Ok(()) => Ok(token),
         Err(code) if is_retriable_coordinator_error(code) => Err(Outcome::error(
