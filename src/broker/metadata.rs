@@ -133,21 +133,44 @@ pub struct ClusterMetadata {
 }
 
 /// A cluster's shard groups (ARCHITECTURE.md, "Placement"): group
-/// `g = j·S + i` is shard `i` of `nodes[j]`; partition `(t, p)` belongs to
-/// group `partition_slot(t, p) mod (N·S)`, so its shard index is the one a
-/// single node would give it and its leader is `nodes[g / S]`. Fixed when
-/// the cluster is created (the voters and the first leader's shard count,
-/// which every node must run).
+/// `g = j·S + i` is shard `i` of `nodes[j]` (its preferred leader) and of
+/// the next `replication_factor - 1` nodes in id order; partition `(t, p)`
+/// belongs to group `partition_slot(t, p) mod (N·S)`, so its shard index is
+/// the one a single node would give it. The nodes and shard count are fixed
+/// when the cluster is created (the voters and the first leader's shard
+/// count, which every node must run); each group's leader, leader epoch and
+/// in-sync set are recorded in [`Placement::groups`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
     /// The voters' node ids, ascending.
     pub nodes: Vec<u64>,
     pub shards: u32,
-    /// Members of each shard group: its leader and the next
-    /// `replication_factor - 1` nodes in id order (`cluster.replication_factor`
-    /// when the cluster was created).
+    /// Members per shard group (`cluster.replication_factor` when the
+    /// cluster was created).
     #[serde(default = "one")]
     pub replication_factor: u16,
+    /// Every shard group's record, by group number (`N·S` of them). Empty
+    /// in metadata stored before the records existed: [`Placement::new`]'s
+    /// records are filled in when such metadata is loaded.
+    #[serde(default)]
+    pub groups: Vec<ShardGroup>,
+}
+
+/// One shard group as the controller records it (Kafka's partition
+/// registration, per shard group; ARCHITECTURE.md, "Cluster II design").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardGroup {
+    /// Its members, the preferred leader first.
+    pub members: Vec<u64>,
+    /// The member serving its partitions.
+    pub leader: u64,
+    /// Raised at every change of leader (KIP-101's leader epoch, kept per
+    /// shard group); Metadata reports it for each partition of the group.
+    pub leader_epoch: i32,
+    /// The members holding every acknowledged record of the group's log
+    /// (Kafka's ISR). Until followers copy the log (issue 16) only the
+    /// leader does.
+    pub in_sync: Vec<u64>,
 }
 
 fn one() -> u16 {
@@ -155,29 +178,63 @@ fn one() -> u16 {
 }
 
 impl Placement {
+    /// The placement of a new cluster: every group led by its preferred
+    /// leader at epoch 0, in sync with itself alone.
+    pub fn new(nodes: Vec<u64>, shards: u32, replication_factor: u16) -> Placement {
+        let mut placement = Placement {
+            nodes,
+            shards,
+            replication_factor,
+            groups: Vec::new(),
+        };
+        placement.fill_groups();
+        placement
+    }
+
+    /// Give metadata stored before the group records existed the records
+    /// [`Placement::new`] would have made (nothing had changed them then).
+    pub fn fill_groups(&mut self) {
+        if !self.groups.is_empty() || self.nodes.is_empty() || self.shards == 0 {
+            return;
+        }
+        let count = usize::from(self.replication_factor).clamp(1, self.nodes.len());
+        let per_node = self.shards as usize;
+        self.groups = (0..self.nodes.len() * per_node)
+            .map(|group| {
+                let first = group / per_node;
+                let members: Vec<u64> = (0..count)
+                    .map(|offset| self.nodes[(first + offset) % self.nodes.len()])
+                    .collect();
+                ShardGroup {
+                    leader: members[0],
+                    leader_epoch: 0,
+                    in_sync: vec![members[0]],
+                    members,
+                }
+            })
+            .collect();
+    }
+
+    /// The shard group holding partition `index` of `topic`.
+    pub fn group(&self, topic: &str, index: u32) -> &ShardGroup {
+        assert_eq!(
+            self.groups.len(),
+            self.nodes.len() * self.shards as usize,
+            "a placement has a record per shard group"
+        );
+        let slot = crate::shard::mailbox::partition_slot(topic, index);
+        &self.groups[(slot % self.groups.len() as u64) as usize]
+    }
+
     /// The node leading partition `index` of `topic`.
     pub fn leader(&self, topic: &str, index: u32) -> u64 {
-        self.nodes[self.leader_position(topic, index)]
+        self.group(topic, index).leader
     }
 
-    /// The members of partition `index` of `topic`'s shard group, its
-    /// leader first.
+    /// The members of partition `index` of `topic`'s shard group, the
+    /// preferred leader first.
     pub fn replicas(&self, topic: &str, index: u32) -> Vec<u64> {
-        let first = self.leader_position(topic, index);
-        let count = usize::from(self.replication_factor).clamp(1, self.nodes.len());
-        (0..count)
-            .map(|offset| self.nodes[(first + offset) % self.nodes.len()])
-            .collect()
-    }
-
-    fn leader_position(&self, topic: &str, index: u32) -> usize {
-        assert!(
-            !self.nodes.is_empty() && self.shards > 0,
-            "a placement has nodes and shards"
-        );
-        let groups = self.nodes.len() as u64 * u64::from(self.shards);
-        let group = crate::shard::mailbox::partition_slot(topic, index) % groups;
-        (group / u64::from(self.shards)) as usize
+        self.group(topic, index).members.clone()
     }
 }
 
@@ -785,7 +842,10 @@ impl ClusterMetadata {
             topic_defaults: defaults,
             group_configs: persisted.group_configs,
             nodes,
-            placement: persisted.placement,
+            placement: persisted.placement.map(|mut placement| {
+                placement.fill_groups();
+                placement
+            }),
             next_producer_id: persisted.next_producer_id,
         };
         metadata.reindex();
@@ -929,12 +989,26 @@ mod tests {
     }
 
     #[test]
+    fn a_placement_stored_before_the_group_records_gets_the_records_a_new_one_has() {
+        let stored = r#"{"nodes":[1,2,3],"shards":2,"replication_factor":3}"#;
+        let mut old: Placement = serde_json::from_str(stored).unwrap();
+        assert!(old.groups.is_empty());
+        old.fill_groups();
+        let new = Placement::new(vec![1, 2, 3], 2, 3);
+        assert_eq!(old, new);
+        // Group j·S + i is led by node j at epoch 0, in sync with itself.
+        for (number, group) in new.groups.iter().enumerate() {
+            let leader = [1, 2, 3][number / 2];
+            assert_eq!((group.leader, group.leader_epoch), (leader, 0));
+            assert_eq!(group.members[0], leader);
+            assert_eq!(group.members.len(), 3);
+            assert_eq!(group.in_sync, [leader]);
+        }
+    }
+
+    #[test]
     fn placement_spreads_partitions_over_nodes_and_keeps_the_single_node_shard() {
-        let placement = Placement {
-            nodes: vec![1, 2, 5],
-            shards: 2,
-            replication_factor: 2,
-        };
+        let placement = Placement::new(vec![1, 2, 5], 2, 2);
         for topic in ["orders", "a", "payments-eu"] {
             let leaders: Vec<u64> = (0..6).map(|index| placement.leader(topic, index)).collect();
             let mut distinct = leaders.clone();

@@ -476,11 +476,11 @@ impl Broker {
     }
 
     /// The replicas of partition `index` of `topic` as clients are told:
-    /// (replicas, in-sync replicas, offline replicas). In a cluster the
-    /// replicas are its shard group's members, leader first; only the
-    /// leader holds the data until followers copy it (Cluster II), so the
-    /// in-sync set is the leader alone (empty while it is fenced), and
-    /// fenced members are offline. This node alone otherwise.
+    /// (replicas, in-sync replicas, offline replicas). In a cluster they
+    /// are its shard group's record: the members, the preferred leader
+    /// first, the in-sync set (the leader alone until followers copy the
+    /// log, issue 16) less fenced nodes, and the fenced members as offline.
+    /// This node alone otherwise.
     pub fn partition_replicas(&self, topic: &str, index: u32) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
         let own = self.config.kafka.node_id;
         let snapshot = self.metadata.snapshot();
@@ -489,21 +489,38 @@ impl Broker {
             _ => return (vec![own], vec![own], Vec::new()),
         };
         let fenced = |id: u64| snapshot.nodes.get(&id).is_none_or(|node| node.fenced);
-        let as_id = |id: u64| i32::try_from(id).unwrap_or(-1);
-        let members = placement.replicas(topic, index);
-        let leader = members[0];
-        let in_sync = if fenced(leader) {
-            Vec::new()
-        } else {
-            vec![as_id(leader)]
+        let ids = |nodes: &[u64], fenced_ones: bool| -> Vec<i32> {
+            nodes
+                .iter()
+                .copied()
+                .filter(|&id| fenced(id) == fenced_ones)
+                .map(|id| i32::try_from(id).unwrap_or(-1))
+                .collect()
         };
-        let offline = members
+        let group = placement.group(topic, index);
+        let members = group
+            .members
             .iter()
-            .copied()
-            .filter(|&id| fenced(id))
-            .map(as_id)
+            .map(|&id| i32::try_from(id).unwrap_or(-1))
             .collect();
-        (members.into_iter().map(as_id).collect(), in_sync, offline)
+        (
+            members,
+            ids(&group.in_sync, false),
+            ids(&group.members, true),
+        )
+    }
+
+    /// The leader epoch of partition `index` of `topic`: its shard group's
+    /// in a cluster (KIP-101; raised at every change of leader), the
+    /// single node's constant otherwise.
+    pub fn partition_leader_epoch(&self, topic: &str, index: u32) -> i32 {
+        let snapshot = self.metadata.snapshot();
+        match &snapshot.placement {
+            Some(placement) if !is_internal_topic(topic) => {
+                placement.group(topic, index).leader_epoch
+            }
+            _ => crate::storage::LEADER_EPOCH,
+        }
     }
 
     /// The node coordinating the keys of partition `index` of an internal

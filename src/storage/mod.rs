@@ -44,7 +44,7 @@ pub use partition::PartitionConfig;
 pub use read_path::read_batch_bytes;
 pub use recovery::{CheckpointStatus, RecoveryReport};
 pub use shard_store::{
-    AppendReceipt, Durability, Isolation, PartitionOffsets, ReadBatch, ReadPart, ReadResult,
-    ShardStore, StoreGauges, StoreHooks, StoreOptions,
+    AppendReceipt, Durability, Isolation, LEADER_EPOCH, PartitionOffsets, ReadBatch, ReadPart,
+    ReadResult, ShardStore, StoreGauges, StoreHooks, StoreOptions,
 };
 pub use store_errors::{AppendError, OpenError, PartitionError, ReadError};

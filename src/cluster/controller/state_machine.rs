@@ -124,11 +124,7 @@ impl StateMachine {
                         shards,
                         "the cluster has its id and placement"
                     );
-                    metadata.placement = Some(Placement {
-                        nodes,
-                        shards: *shards,
-                        replication_factor: *replication_factor,
-                    });
+                    metadata.placement = Some(Placement::new(nodes, *shards, *replication_factor));
                     None
                 } else {
                     Some(Refusal::InvalidRequest(format!(

@@ -213,7 +213,7 @@ fn found_topic(
                 .with_partition_index(index)
                 .with_error_code(error)
                 .with_leader_id(leader)
-                .with_leader_epoch(0)
+                .with_leader_epoch(broker.partition_leader_epoch(name, index as u32))
                 .with_replica_nodes(ids(replicas))
                 .with_isr_nodes(ids(in_sync))
                 .with_eligible_leader_replicas(Some(Vec::new()))

@@ -205,7 +205,7 @@ pub fn topic_response(broker: &Broker, topic: &Arc<TopicMeta>) -> MetadataRespon
             let partition = MetadataResponsePartition::default()
                 .with_partition_index(index as i32)
                 .with_leader_id(leader)
-                .with_leader_epoch(0)
+                .with_leader_epoch(broker.partition_leader_epoch(&topic.name, index))
                 .with_replica_nodes(ids(replicas))
                 .with_isr_nodes(ids(in_sync))
                 .with_offline_replicas(ids(offline));

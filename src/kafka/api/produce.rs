@@ -117,9 +117,9 @@ struct Outcome {
     base_offset: i64,
     log_append_time_ms: i64,
     log_start_offset: i64,
-    /// NOT_LEADER_OR_FOLLOWER: the partition's leader, for the KIP-951
-    /// hint (`None`: this node).
-    leader: Option<i32>,
+    /// NOT_LEADER_OR_FOLLOWER: the partition's leader and its leader
+    /// epoch, for the KIP-951 hint (`None`: this node).
+    leader: Option<(i32, i32)>,
 }
 
 impl Outcome {
@@ -214,17 +214,20 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
                     .with_topic_id(topic.topic_id),
             ));
         }
-        let leader = outcome.leader.map_or(node, BrokerId);
+        let (leader, epoch) = outcome
+            .leader
+            .map_or((node, crate::storage::LEADER_EPOCH), |(id, epoch)| {
+                (BrokerId(id), epoch)
+            });
         let mut partition = partition_response(index, outcome);
         if leader_hint && partition.error_code == ResponseError::NotLeaderOrFollower.code() {
-            // The leader (at epoch 0: leaders do not move yet).
             if !leaders.contains(&leader.0) {
                 leaders.push(leader.0);
             }
             partition = partition.with_current_leader(
                 LeaderIdAndEpoch::default()
                     .with_leader_id(leader)
-                    .with_leader_epoch(0),
+                    .with_leader_epoch(epoch),
             );
         }
         responses
@@ -328,8 +331,9 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
         );
     }
     if let Some(leader) = request.broker.leader_elsewhere(&name, index) {
+        let epoch = request.broker.partition_leader_epoch(&name, index);
         return Outcome {
-            leader: Some(leader),
+            leader: Some((leader, epoch)),
             ..Outcome::error(
                 ResponseError::NotLeaderOrFollower.code(),
                 format!("partition {index} of {name} is led by node {leader}"),
