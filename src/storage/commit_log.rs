@@ -353,6 +353,23 @@ impl CommitLog {
         Ok(())
     }
 
+    /// Start the next segment now, because the log this one copies started
+    /// one here (Cluster II: a follower's segments begin where its
+    /// leader's do, so positions match). Releases the unused rest of the
+    /// active segment as an age roll does. Same errors as a roll by size.
+    pub fn roll_as_copied(&mut self) -> Result<(), LogAppendError> {
+        if self.active_first_append_ms.is_some() {
+            self.roll_for_age()
+        } else {
+            self.roll()
+        }
+    }
+
+    /// Where the active segment ends: the next segment's base.
+    pub fn active_end(&self) -> LogPosition {
+        self.active_segment().end()
+    }
+
     /// Record that a frame of a partition with `segment_ms` was appended at
     /// wall-clock `now_ms` (the age roll's bookkeeping).
     pub fn note_append(&mut self, segment_ms: u64, now_ms: u64) {

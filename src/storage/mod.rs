@@ -31,6 +31,7 @@ pub mod queue_entry;
 pub mod queue_file;
 mod read_path;
 pub mod recovery;
+pub mod replica;
 pub mod retention;
 mod retention_task;
 pub mod segment;

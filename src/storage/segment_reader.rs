@@ -36,6 +36,56 @@ pub enum ScanItem {
     SegmentEnd,
 }
 
+/// A frame checked whole: its header, its batch's header, and the
+/// transaction marker a control batch holds.
+#[derive(Debug)]
+pub struct CheckedFrame {
+    pub header: FrameHeader,
+    pub batch: BatchHeader,
+    pub marker: Option<TxnMarker>,
+}
+
+/// Check the frame at the start of `bytes` as the scanner checks one on
+/// disk (header magic, version, length and CRC; the batch's structure and
+/// CRC). `bytes` may hold more after it; the reason when it is not a whole,
+/// sound frame.
+pub fn check_frame(bytes: &[u8], payload_len_max: u64) -> Result<CheckedFrame, String> {
+    if bytes.len() < FRAME_PREFIX_BYTES {
+        return Err(format!(
+            "{} bytes cannot hold a frame ({FRAME_PREFIX_BYTES} at least)",
+            bytes.len()
+        ));
+    }
+    let header = FrameHeader::decode(bytes, payload_len_max).map_err(|error| error.to_string())?;
+    let end = header.frame_len();
+    if (bytes.len() as u64) < end {
+        return Err(format!(
+            "a {end}-byte frame with only {} bytes of it present",
+            bytes.len()
+        ));
+    }
+    let (batch, marker) = check_batch(&bytes[FRAME_HEADER_BYTES..end as usize])?;
+    Ok(CheckedFrame {
+        header,
+        batch,
+        marker,
+    })
+}
+
+/// Check a stored batch's structure and CRC; its header and marker.
+fn check_batch(batch: &[u8]) -> Result<(BatchHeader, Option<TxnMarker>), String> {
+    let batch_header =
+        record_batch::check_structure(batch).map_err(|error| format!("stored batch: {error}"))?;
+    if !record_batch::crc_matches(batch) {
+        return Err("stored batch CRC32C mismatch (torn or damaged write)".to_owned());
+    }
+    let marker = batch_header
+        .is_control()
+        .then(|| control::parse_marker(batch).ok())
+        .flatten();
+    Ok((batch_header, marker))
+}
+
 pub struct FrameScanner<'a> {
     segment: &'a Segment,
     payload_len_max: u64,
@@ -75,26 +125,15 @@ impl<'a> FrameScanner<'a> {
         }
         let batch_at = position.plus(FRAME_HEADER_BYTES as u64);
         let batch = self.bytes(batch_at, header.payload_len as usize)?;
-        let batch_header = match record_batch::check_structure(batch) {
-            Ok(batch_header) => batch_header,
-            Err(error) => return Ok(invalid(position, format!("stored batch: {error}"))),
-        };
-        if !record_batch::crc_matches(batch) {
-            return Ok(invalid(
+        match check_batch(batch) {
+            Ok((batch_header, marker)) => Ok(ScanItem::Frame {
                 position,
-                "stored batch CRC32C mismatch (torn or damaged write)".to_owned(),
-            ));
+                header,
+                batch: batch_header,
+                marker,
+            }),
+            Err(reason) => Ok(invalid(position, reason)),
         }
-        let marker = batch_header
-            .is_control()
-            .then(|| control::parse_marker(batch).ok())
-            .flatten();
-        Ok(ScanItem::Frame {
-            position,
-            header,
-            batch: batch_header,
-            marker,
-        })
     }
 
     /// The first valid frame in `[from, limit)`, searching for the frame magic.

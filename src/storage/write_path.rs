@@ -347,7 +347,7 @@ impl ShardStore {
         })
     }
 
-    fn classify_log_error(&self, error: LogAppendError) -> TryAppendError {
+    pub(super) fn classify_log_error(&self, error: LogAppendError) -> TryAppendError {
         match error {
             LogAppendError::NoBufferSpace { .. } => TryAppendError::NoBufferSpace,
             LogAppendError::Poisoned(source) => TryAppendError::Fatal(AppendError::Poisoned {

@@ -41,6 +41,7 @@ mod packaging;
 mod pipeline;
 mod power_loss;
 mod recovery;
+mod replica_log;
 mod retention;
 mod shard_runtime;
 mod sim_device;
