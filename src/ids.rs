@@ -12,10 +12,24 @@ pub struct ShardId(pub u16);
 
 /// A partition's id inside its shard's commit log (the frame header carries it).
 ///
-/// Allocated by the owning shard, never reused, so frames of a deleted
-/// partition can never be attributed to a newer one.
+/// Never reused, so frames of a deleted partition can never be attributed
+/// to a newer one. A single node's shard allocates its own, from 0; a
+/// cluster's controller allocates them from [`PartitionId::CLUSTER_FIRST`]
+/// for every partition of every topic, so that a partition has the same id
+/// in every replica of its shard group's log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PartitionId(pub u32);
+
+impl PartitionId {
+    /// The first id a cluster's controller allocates: above any a shard
+    /// allocates itself.
+    pub const CLUSTER_FIRST: u32 = 1 << 31;
+
+    /// Whether a cluster's controller allocated this id.
+    pub fn is_cluster_assigned(self) -> bool {
+        self.0 >= PartitionId::CLUSTER_FIRST
+    }
+}
 
 /// A Kafka record offset within one partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -31,6 +31,7 @@ use thiserror::Error;
 use super::broker_config::{BrokerOverrides, BrokerView, StaticSettings};
 use super::metadata_command::{Applied, ExecuteContext, MetadataCommand, Refusal};
 use super::topic_config::{ConfigIssue, TopicConfig, TopicLimits};
+use crate::ids::PartitionId;
 use crate::storage::durable_file::write_atomic;
 
 pub const METADATA_FILE: &str = "metadata.toml";
@@ -106,6 +107,27 @@ pub struct TopicMeta {
     pub overrides: BTreeMap<String, String>,
     /// Defaults with the overrides applied.
     pub config: TopicConfig,
+    /// A cluster topic's partition ids, allocated by the controller so that
+    /// a partition has the same id in every replica: (first partition
+    /// index, its id) per range of consecutive partitions created together,
+    /// in index order. Empty on a single node, whose shards number their
+    /// partitions themselves.
+    pub partition_ids: Vec<(u32, u32)>,
+}
+
+impl TopicMeta {
+    /// The id the controller allocated to partition `index`, if it did.
+    pub fn partition_id(&self, index: u32) -> Option<PartitionId> {
+        if index >= self.partitions {
+            return None;
+        }
+        let &(first_index, first_id) = self
+            .partition_ids
+            .iter()
+            .rev()
+            .find(|(first_index, _)| *first_index <= index)?;
+        Some(PartitionId(first_id + (index - first_index)))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,6 +152,9 @@ pub struct ClusterMetadata {
     /// A cluster's next free producer id (its controller allocates them;
     /// a single node keeps its own in `__producer_ids`).
     pub next_producer_id: i64,
+    /// A cluster's next free partition id ([`TopicMeta::partition_ids`]),
+    /// from [`PartitionId::CLUSTER_FIRST`].
+    pub next_partition_id: u32,
 }
 
 /// A cluster's shard groups (ARCHITECTURE.md, "Placement"): group
@@ -318,6 +343,20 @@ pub struct Persisted {
     /// A cluster's next free producer id (controller snapshots only).
     #[serde(default, skip_serializing_if = "is_zero")]
     next_producer_id: i64,
+    /// A cluster's next free partition id (controller snapshots only).
+    #[serde(
+        default = "cluster_first_partition_id",
+        skip_serializing_if = "is_cluster_first"
+    )]
+    next_partition_id: u32,
+}
+
+fn cluster_first_partition_id() -> u32 {
+    PartitionId::CLUSTER_FIRST
+}
+
+fn is_cluster_first(id: &u32) -> bool {
+    *id == PartitionId::CLUSTER_FIRST
 }
 
 fn is_zero(value: &i64) -> bool {
@@ -341,6 +380,9 @@ struct PersistedTopic {
     partitions: u32,
     #[serde(default)]
     configs: BTreeMap<String, String>,
+    /// [`TopicMeta::partition_ids`] (cluster topics only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    partition_ids: Vec<(u32, u32)>,
 }
 
 /// The cluster metadata of this node: the published snapshot and the
@@ -587,6 +629,7 @@ fn applied(
                 partitions: 0,
                 overrides: BTreeMap::new(),
                 config: metadata.topic_defaults.clone(),
+                partition_ids: Vec::new(),
             })
         })
     };
@@ -644,6 +687,7 @@ impl ClusterMetadata {
             nodes: BTreeMap::new(),
             placement: None,
             next_producer_id: 0,
+            next_partition_id: PartitionId::CLUSTER_FIRST,
         }
     }
 
@@ -679,6 +723,7 @@ impl ClusterMetadata {
                 partitions,
                 overrides: BTreeMap::new(),
                 config: metadata.topic_defaults.clone(),
+                partition_ids: Vec::new(),
             };
             metadata.topics.insert(name.to_owned(), Arc::new(topic));
         }
@@ -768,6 +813,7 @@ impl ClusterMetadata {
                     id: format_id(topic.id),
                     partitions: topic.partitions,
                     configs: topic.overrides.clone(),
+                    partition_ids: topic.partition_ids.clone(),
                 })
                 .collect(),
             broker_configs: PersistedBroker {
@@ -782,6 +828,7 @@ impl ClusterMetadata {
                 .collect(),
             placement: self.placement.clone(),
             next_producer_id: self.next_producer_id,
+            next_partition_id: self.next_partition_id,
         }
     }
 
@@ -824,6 +871,7 @@ impl ClusterMetadata {
                 partitions: topic.partitions,
                 overrides: topic.configs,
                 config,
+                partition_ids: topic.partition_ids,
             };
             topics.insert(topic.name, Arc::new(meta));
         }
@@ -847,6 +895,7 @@ impl ClusterMetadata {
                 placement
             }),
             next_producer_id: persisted.next_producer_id,
+            next_partition_id: persisted.next_partition_id,
         };
         metadata.reindex();
         Ok(metadata)

@@ -115,6 +115,28 @@ pub struct ExecuteContext<'a> {
 }
 
 impl ClusterMetadata {
+    /// Ids for `count` new partitions of a topic from index `first_index`:
+    /// in a cluster, the next range of the controller's counter (as one
+    /// [`TopicMeta::partition_ids`] range); none on a single node, whose
+    /// shards number their own partitions.
+    fn allocate_partition_ids(
+        &mut self,
+        first_index: u32,
+        count: u32,
+    ) -> Result<Vec<(u32, u32)>, Refusal> {
+        if self.placement.is_none() {
+            return Ok(Vec::new());
+        }
+        let first = self.next_partition_id;
+        self.next_partition_id = first.checked_add(count).ok_or_else(|| {
+            Refusal::InvalidPartitions(format!(
+                "the cluster has used up its {} partition ids; no more partitions can be created",
+                u32::MAX - crate::ids::PartitionId::CLUSTER_FIRST
+            ))
+        })?;
+        Ok(vec![(first_index, first)])
+    }
+
     /// Execute `command` on this metadata: refused (nothing changed) or
     /// applied. Deterministic given the metadata and the context.
     pub fn execute(
@@ -152,12 +174,14 @@ impl ClusterMetadata {
                 let config =
                     TopicConfig::with_overrides(&self.topic_defaults, &overrides, context.limits)
                         .map_err(Refusal::InvalidConfig)?;
+                let partition_ids = self.allocate_partition_ids(0, partitions)?;
                 let topic = Arc::new(TopicMeta {
                     name: name.clone(),
                     id,
                     partitions,
                     overrides,
                     config,
+                    partition_ids,
                 });
                 self.topics.insert(name, Arc::clone(&topic));
                 self.reindex();
@@ -185,8 +209,11 @@ impl ClusterMetadata {
                         "topic {name} has {from} partitions; the new count must be larger"
                     )));
                 }
+                let added = self.allocate_partition_ids(from, total - from)?;
                 let topic = self.topics.get_mut(&name).expect("topic_named found it");
-                Arc::make_mut(topic).partitions = total;
+                let grown = Arc::make_mut(topic);
+                grown.partitions = total;
+                grown.partition_ids.extend(added);
                 Ok(Applied::Grown {
                     from,
                     topic: Arc::clone(topic),
@@ -284,6 +311,56 @@ mod tests {
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_cluster_numbers_every_partition_once_and_a_single_node_leaves_it_to_its_shards() {
+        use crate::ids::PartitionId;
+        let statics = StaticSettings::from_config(&Config::default());
+        let context = context(&statics);
+        let mut single = ClusterMetadata::with_topics(&[]);
+        single
+            .execute(create("t", TopicId::generate(), &[]), context)
+            .unwrap();
+        assert_eq!(single.topic("t").unwrap().partition_id(0), None);
+
+        let mut cluster = ClusterMetadata::with_topics(&[]);
+        cluster.placement = Some(crate::broker::metadata::Placement::new(vec![1, 2], 2, 2));
+        let (t, u) = (TopicId::generate(), TopicId::generate());
+        cluster.execute(create("t", t, &[]), context).unwrap();
+        cluster.execute(create("u", u, &[]), context).unwrap();
+        let grow = MetadataCommand::CreatePartitions {
+            name: "t".to_owned(),
+            id: t,
+            total: 4,
+        };
+        cluster.execute(grow, context).unwrap();
+        let refused = cluster.execute(create("u", TopicId::generate(), &[]), context);
+        assert!(refused.is_err(), "a refused command allocates nothing");
+        let first = PartitionId::CLUSTER_FIRST;
+        let ids = |name: &str, count: u32| -> Vec<Option<u32>> {
+            let topic = cluster.topic(name).unwrap();
+            (0..count)
+                .map(|index| topic.partition_id(index).map(|id| id.0))
+                .collect()
+        };
+        assert_eq!(
+            ids("t", 5),
+            [
+                Some(first),
+                Some(first + 1),
+                Some(first + 4),
+                Some(first + 5),
+                None
+            ]
+        );
+        assert_eq!(ids("u", 2), [Some(first + 2), Some(first + 3)]);
+        assert_eq!(cluster.next_partition_id, first + 6);
+        // The stored form keeps them.
+        let restored =
+            ClusterMetadata::from_stored(cluster.to_stored(), &statics, context.limits).unwrap();
+        assert_eq!(restored.topic("t"), cluster.topic("t"));
+        assert_eq!(restored.next_partition_id, first + 6);
     }
 
     #[test]

@@ -685,7 +685,11 @@ pub fn create_partition_here(
     index: u32,
 ) -> Result<(), TopicError> {
     let config = topic.config.partition_config();
-    match context.store.create_partition(&topic.name, index, config) {
+    let id = topic.partition_id(index);
+    match context
+        .store
+        .create_partition_as(&topic.name, index, id, config)
+    {
         Ok(_) | Err(PartitionError::AlreadyExists { .. }) => Ok(()),
         Err(source) => Err(TopicError::Storage { source }),
     }

@@ -229,8 +229,15 @@ pub fn recover(
         .unwrap_or_default();
 
     let metas = load_metas(layout)?;
-    let next_partition_id =
-        read_partition_ids(layout).max(metas.iter().map(|meta| meta.id.0 + 1).max().unwrap_or(0));
+    // Ids a cluster's controller allocated are not the shard's to count.
+    let next_partition_id = read_partition_ids(layout).max(
+        metas
+            .iter()
+            .filter(|meta| !meta.id.is_cluster_assigned())
+            .map(|meta| meta.id.0 + 1)
+            .max()
+            .unwrap_or(0),
+    );
     let mut report = RecoveryReport {
         checkpoint: checkpoint_status,
         segments: segments.len(),

@@ -394,6 +394,20 @@ impl ShardStore {
         index: u32,
         config: PartitionConfig,
     ) -> Result<PartitionId, PartitionError> {
+        self.create_partition_as(topic, index, None, config)
+    }
+
+    /// [`ShardStore::create_partition`] under `id` when one is given (a
+    /// cluster's controller allocated it, [`PartitionId::CLUSTER_FIRST`] or
+    /// above, so every replica of the partition has it); refused when the
+    /// shard holds another partition under it.
+    pub fn create_partition_as(
+        &self,
+        topic: &str,
+        index: u32,
+        id: Option<PartitionId>,
+        config: PartitionConfig,
+    ) -> Result<PartitionId, PartitionError> {
         validate_topic_name(topic).map_err(|reason| PartitionError::InvalidTopic {
             topic: topic.to_owned(),
             reason,
@@ -406,15 +420,35 @@ impl ShardStore {
                 id,
             });
         }
-        let id = PartitionId(state.next_partition_id);
-        let ids_file = self.layout.partition_ids_file();
-        write_atomic(&ids_file, format!("{}\n", id.0 + 1).as_bytes()).map_err(|source| {
-            PartitionError::Io {
-                path: ids_file.clone(),
-                source,
+        let id = match id {
+            Some(id) => {
+                assert!(id.is_cluster_assigned(), "given ids are a controller's");
+                if state.partitions.contains_key(&id) {
+                    return Err(PartitionError::IdTaken {
+                        topic: topic.to_owned(),
+                        index,
+                        id,
+                    });
+                }
+                id
             }
-        })?;
-        state.next_partition_id = id.0 + 1;
+            None => {
+                let id = PartitionId(state.next_partition_id);
+                assert!(
+                    !id.is_cluster_assigned(),
+                    "a shard's own ids stay below a controller's"
+                );
+                let ids_file = self.layout.partition_ids_file();
+                write_atomic(&ids_file, format!("{}\n", id.0 + 1).as_bytes()).map_err(
+                    |source| PartitionError::Io {
+                        path: ids_file.clone(),
+                        source,
+                    },
+                )?;
+                state.next_partition_id = id.0 + 1;
+                id
+            }
+        };
         let meta = PartitionMeta {
             id,
             topic: topic.to_owned(),

@@ -149,6 +149,14 @@ pub enum PartitionError {
     },
     #[error("{0} does not exist on this shard")]
     Unknown(PartitionId),
+    #[error(
+        "partition {topic}-{index} cannot take {id}: the shard holds another partition as {id}"
+    )]
+    IdTaken {
+        topic: String,
+        index: u32,
+        id: PartitionId,
+    },
     #[error("cannot create or delete partition files in {path}: {source}")]
     Io {
         path: PathBuf,

@@ -374,6 +374,18 @@ fn librdkafka_produces_through_one_node_and_consumes_through_another_following_t
         "partitions spread over the nodes: {leaders:?}"
     );
 
+    // Issue 16: the controller numbers every partition (from 2^31), so a
+    // partition has the same id in every replica of its shard group's log.
+    for node in &cluster.nodes {
+        let ids = partition_dir_ids(&node.data);
+        assert!(ids.len() > 6, "{ids:?}");
+        assert!(
+            ids.iter()
+                .all(|&id| id >= sluice::ids::PartitionId::CLUSTER_FIRST),
+            "node {}: {ids:?}",
+            node.id
+        );
+    }
     let (producer, acks) = kafka_clients::producer(&brokers[0].address, &[]);
     for index in 0..60 {
         let key = format!("key-{index}");
@@ -428,6 +440,22 @@ fn librdkafka_produces_through_one_node_and_consumes_through_another_following_t
         (leader, cluster.nodes[leader as usize - 1].kafka.clone())
     );
     stop_all(brokers);
+}
+
+/// The ids of the partitions a node's shards hold (their directories).
+fn partition_dir_ids(data: &Path) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for shard in std::fs::read_dir(data).unwrap() {
+        let partitions = shard.unwrap().path().join("partitions");
+        let Ok(entries) = std::fs::read_dir(&partitions) else {
+            continue;
+        };
+        for entry in entries {
+            let name = entry.unwrap().file_name();
+            ids.push(name.to_string_lossy().parse().unwrap());
+        }
+    }
+    ids
 }
 
 /// Idempotent producers get their ids from whichever node they ask; the
