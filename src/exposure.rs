@@ -28,6 +28,21 @@ pub fn warn_kafka(address: SocketAddr) {
     }
 }
 
+/// Log the warning for the cluster listener bound to `address`, if
+/// exposed (a cluster across hosts needs it to be; it must still be
+/// private).
+pub fn warn_cluster(address: SocketAddr) {
+    if reachable_from_other_hosts(address) {
+        tracing::warn!(
+            cluster.listen = %address,
+            "cluster.listen is not a loopback address and the cluster's internal RPC has no \
+             authentication yet: a host that reaches it and names a configured node id can take \
+             part in elections and write to the metadata. Keep it on a private network that \
+             only the cluster's nodes reach"
+        );
+    }
+}
+
 /// Log the warning for the metrics listener bound to `address`, if exposed.
 pub fn warn_metrics(address: SocketAddr) {
     if reachable_from_other_hosts(address) {

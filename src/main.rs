@@ -376,13 +376,17 @@ fn init_logging() {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // openraft logs its state at INFO and every failed RPC to a down peer
-    // at WARN, several lines a second; the cluster's own lines say what an
-    // operator needs (leader changes, fencing). `RUST_LOG=openraft=...`
-    // brings them back.
+    // at WARN and ERROR, several lines a second; the cluster's own lines
+    // say what an operator needs (leader changes, fencing, failed peer
+    // calls, throttled). `RUST_LOG=openraft=...` brings them back.
     let asked_for_openraft =
         std::env::var("RUST_LOG").is_ok_and(|value| value.contains("openraft"));
-    if !asked_for_openraft && let Ok(quiet) = "openraft=error".parse() {
-        filter = filter.add_directive(quiet);
+    if !asked_for_openraft {
+        for directive in ["openraft=error", "openraft::replication=off"] {
+            if let Ok(quiet) = directive.parse() {
+                filter = filter.add_directive(quiet);
+            }
+        }
     }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -461,7 +465,10 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     // else touches it; it joins once the broker exists, before the shards.
     let identity = match &config.cluster {
         Some(cluster) => Some(sluice::cluster::check_identity(cluster, data_dir.path())?),
-        None => None,
+        None => {
+            sluice::cluster::check_single_node(data_dir.path())?;
+            None
+        }
     };
     check_open_files(&config, backend, shard_count, &data_dir);
     let metrics_address = config::parse_address("metrics.listen", &config.metrics.listen)?;

@@ -443,11 +443,11 @@ impl Broker {
     /// The node leading partition `index` of `topic`, as clients are told:
     /// its placement's leader in a cluster (-1 while that node is fenced or
     /// not registered: Cluster I has no other replica to lead), this node
-    /// otherwise.
+    /// otherwise. An internal topic's partition is led by the node that
+    /// coordinates its keys (every node keeps a copy of the internal topics
+    /// for itself, but only the coordinator's is the one that counts, so
+    /// every node names the same leader).
     pub fn partition_leader(&self, topic: &str, index: u32) -> i32 {
-        if is_internal_topic(topic) {
-            return self.config.kafka.node_id;
-        }
         let snapshot = self.metadata.snapshot();
         let Some(leader) = snapshot.leader_of(topic, index) else {
             return self.config.kafka.node_id;
@@ -484,9 +484,8 @@ impl Broker {
     pub fn partition_replicas(&self, topic: &str, index: u32) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
         let own = self.config.kafka.node_id;
         let snapshot = self.metadata.snapshot();
-        let placement = match &snapshot.placement {
-            Some(placement) if !is_internal_topic(topic) => placement,
-            _ => return (vec![own], vec![own], Vec::new()),
+        let Some(placement) = &snapshot.placement else {
+            return (vec![own], vec![own], Vec::new());
         };
         let fenced = |id: u64| snapshot.nodes.get(&id).is_none_or(|node| node.fenced);
         let ids = |nodes: &[u64], fenced_ones: bool| -> Vec<i32> {
@@ -516,10 +515,8 @@ impl Broker {
     pub fn partition_leader_epoch(&self, topic: &str, index: u32) -> i32 {
         let snapshot = self.metadata.snapshot();
         match &snapshot.placement {
-            Some(placement) if !is_internal_topic(topic) => {
-                placement.group(topic, index).leader_epoch
-            }
-            _ => crate::storage::LEADER_EPOCH,
+            Some(placement) => placement.group(topic, index).leader_epoch,
+            None => crate::storage::LEADER_EPOCH,
         }
     }
 

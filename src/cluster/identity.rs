@@ -106,6 +106,17 @@ pub enum IdentityError {
     )]
     SingleNodeData { data_dir: PathBuf, topics: String },
     #[error(
+        "data dir {data_dir} belongs to node {node_id} of cluster {cluster} ({NODE_FILE}); a \
+         single node cannot serve it, as its topics live in the cluster's metadata: start it with \
+         its cluster settings (--node-id {node_id} --cluster-listen ... --cluster-peers ..., or \
+         the [cluster] section), or point --data-dir elsewhere"
+    )]
+    ClusterData {
+        data_dir: PathBuf,
+        node_id: i32,
+        cluster: String,
+    },
+    #[error(
         "cannot tell whether the data dir holds a single node's topics: {path} is not valid TOML \
          ({source}); restore it, or point --data-dir at an empty directory for this cluster node"
     )]
@@ -167,6 +178,22 @@ impl IdentityFile {
     /// The node the dir belongs to, if a node claimed it.
     pub fn node_id(&self) -> Option<i32> {
         self.stored.as_ref().map(|stored| stored.node_id)
+    }
+
+    /// Refuse to serve a cluster node's data dir as a single node (its
+    /// topics are in the cluster's metadata, not in `metadata.toml`).
+    pub fn refuse_as_single_node(&self) -> Result<(), IdentityError> {
+        match &self.stored {
+            Some(stored) => Err(IdentityError::ClusterData {
+                data_dir: self.data_dir.clone(),
+                node_id: stored.node_id,
+                cluster: stored
+                    .cluster_id
+                    .clone()
+                    .unwrap_or_else(|| "(not joined yet)".to_owned()),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The cluster the dir's node joined, if it did.

@@ -54,9 +54,17 @@ pub fn check_identity(
     Ok(node)
 }
 
+/// Refuse to start a single node on a cluster node's data dir (one with a
+/// `node.toml`): it would serve none of the cluster's topics and create
+/// new ones beside them.
+pub fn check_single_node(data_dir: &Path) -> Result<(), ClusterStartError> {
+    IdentityFile::load(data_dir)?.refuse_as_single_node()?;
+    Ok(())
+}
+
 /// Start the controller member and wait until this node has joined: a
-/// leader is known, the cluster has its id and internal topics, and the
-/// metadata lists this node. `cancelled` is polled while waiting (SIGTERM).
+/// majority committed its registration since it started, the cluster has
+/// its id and internal topics, and the metadata lists this node, unfenced. `cancelled` is polled while waiting (SIGTERM).
 pub fn join(
     cluster: &ClusterConfig,
     data_dir: &Path,
@@ -90,10 +98,20 @@ pub fn join(
     let mut last_report = started;
     loop {
         let snapshot = broker.metadata.snapshot();
+        // A restarted node has all of this in its stored metadata before
+        // any peer answers (and openraft may restore it as leader): its
+        // registration must also be committed since it started, which
+        // takes a live majority, or it would serve stale metadata without
+        // a quorum.
         let joined = !snapshot.cluster_id.is_empty()
-            && snapshot.nodes.contains_key(&node_id)
+            && handle.registered()
+            && snapshot
+                .nodes
+                .get(&node_id)
+                .is_some_and(|node| !node.fenced)
             && wanted.iter().all(|name| snapshot.topic(name).is_some());
         if joined {
+            warn_if_peers_differ(cluster, &snapshot);
             tracing::info!(
                 cluster_id = %snapshot.cluster_id,
                 node_id,
@@ -124,5 +142,31 @@ pub fn join(
             );
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Warn when `cluster.peers` names other nodes than the controller's voters
+/// (fixed when the cluster was created): adding or removing a node is not
+/// supported yet, so the difference has no effect.
+fn warn_if_peers_differ(
+    cluster: &ClusterConfig,
+    snapshot: &crate::broker::metadata::ClusterMetadata,
+) {
+    let Some(placement) = &snapshot.placement else {
+        return;
+    };
+    let mut configured: Vec<u64> = cluster
+        .peers
+        .iter()
+        .filter_map(|peer| u64::try_from(peer.id).ok())
+        .collect();
+    configured.sort_unstable();
+    if configured != placement.nodes {
+        tracing::warn!(
+            configured = ?configured,
+            voters = ?placement.nodes,
+            "cluster.peers names other nodes than the cluster was created with; adding or \
+             removing nodes is not supported yet, so the cluster keeps its voters"
+        );
     }
 }

@@ -458,6 +458,36 @@ fn partition_dir_ids(data: &Path) -> Vec<u32> {
     ids
 }
 
+/// A node restarted while the others are down has complete metadata on
+/// disk but no quorum: it waits for a controller leader before it serves
+/// (it would otherwise list dead nodes as live and take requests it cannot
+/// commit), and serves once a majority is back.
+#[test]
+fn a_node_restarted_without_a_majority_waits_for_a_leader_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(dir.path());
+    let brokers = cluster.start_all();
+    kafka_clients::create_topic(&brokers[0].address, "before", 1, &[]);
+    stop_all(brokers);
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| {
+            let broker = cluster.start(1);
+            (broker, Instant::now())
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let second_launched = Instant::now();
+        let second = cluster.start(2);
+        let (first, first_ready) = first.join().unwrap();
+        assert!(
+            first_ready > second_launched,
+            "node 1 served {:?} before a second node was started",
+            second_launched - first_ready
+        );
+        assert!(topic_id(&metadata(&first.address), "before").is_some());
+        stop_all([first, second]);
+    });
+}
+
 /// Idempotent producers get their ids from whichever node they ask; the
 /// controller hands out the blocks (KIP-730), so no two nodes ever give the
 /// same id (a shared id would make partitions mix two producers' sequences).

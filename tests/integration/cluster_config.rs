@@ -178,6 +178,14 @@ fn a_data_dir_of_node_2_started_as_node_3_is_refused_with_the_reason() {
         identity_after, identity,
         "a refused node leaves node.toml alone"
     );
+
+    // Nor does a single node serve it: its topics are the cluster's.
+    let (status, log) = run_until_exit(data, &[]);
+    assert_eq!(status.code(), Some(1), "log:\n{log}");
+    let reason = format!("data dir {} belongs to node 2 of cluster", data.display());
+    for needle in [reason.as_str(), "start it with its cluster settings"] {
+        assert!(log.contains(needle), "says {needle:?}; log:\n{log}");
+    }
 }
 
 #[test]

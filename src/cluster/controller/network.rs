@@ -19,6 +19,11 @@ use super::rpc::{self, Identity, PATH_APPEND, PATH_SNAPSHOT, PATH_VOTE, RpcError
 
 type NodeId = u64;
 
+/// Failed calls to peers, logged at most once per 10 s (openraft's own
+/// lines about them are off unless `RUST_LOG` names openraft).
+static FAILED_CALLS: crate::log_throttle::LogThrottle =
+    crate::log_throttle::LogThrottle::new(std::time::Duration::from_secs(10));
+
 /// Makes a client per peer.
 pub struct Network {
     pub identity: Identity,
@@ -63,9 +68,14 @@ impl PeerClient {
             option.hard_ttl(),
         )
         .await
-        .map_err(|error| match error {
-            RpcError::Connect { .. } => RPCError::Unreachable(Unreachable::new(&error)),
-            other => RPCError::Network(NetworkError::new(&other)),
+        .map_err(|error| {
+            if let Some(failed) = FAILED_CALLS.record(crate::log_throttle::monotonic_ms()) {
+                tracing::warn!(peer = self.target, %error, failed, "a controller call to a peer failed (`failed` counts those since the last such line)");
+            }
+            match error {
+                RpcError::Connect { .. } => RPCError::Unreachable(Unreachable::new(&error)),
+                other => RPCError::Network(NetworkError::new(&other)),
+            }
         })?;
         answer.map_err(|error| {
             RPCError::RemoteError(RemoteError::new_with_node(

@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
@@ -258,6 +258,8 @@ pub struct ControllerHandle {
     leader: Arc<AtomicI64>,
     /// Why the cluster refused this node's registration, if it did.
     refused: Arc<std::sync::Mutex<Option<String>>>,
+    /// Whether this node's registration was committed since it started.
+    registered: Arc<AtomicBool>,
 }
 
 impl ControllerHandle {
@@ -279,6 +281,13 @@ impl ControllerHandle {
     /// until then they are answered 503 and retried by their senders.
     pub fn serve_broker(&self, service: Arc<dyn PeerService>) {
         let _ = self.broker_service.set(service);
+    }
+
+    /// Whether this node registered since it started: a majority committed
+    /// it, so the cluster is live (a restarted node's stored metadata
+    /// already lists it, and openraft may restore a stale leader).
+    pub fn registered(&self) -> bool {
+        self.registered.load(Ordering::Relaxed)
     }
 
     /// The controller leader's node id, -1 while none is known.
@@ -386,9 +395,11 @@ pub fn start(
     let broker_service = BrokerService::default();
     let leader = Arc::new(AtomicI64::new(-1));
     let refused = Arc::new(std::sync::Mutex::new(None));
+    let registered = Arc::new(AtomicBool::new(false));
     let handle = ControllerHandle {
         proposals,
         calls,
+        registered: Arc::clone(&registered),
         broker_service: Arc::clone(&broker_service),
         leader: Arc::clone(&leader),
         refused: Arc::clone(&refused),
@@ -414,6 +425,7 @@ pub fn start(
                     store,
                     leader,
                     refused,
+                    registered,
                     broker_service,
                 };
                 let member = match Member::start(&config, &data_dir, identity, shared).await {
@@ -443,6 +455,7 @@ struct Shared {
     store: Arc<MetadataStore>,
     leader: Arc<AtomicI64>,
     refused: Arc<std::sync::Mutex<Option<String>>>,
+    registered: Arc<AtomicBool>,
     broker_service: BrokerService,
 }
 
@@ -463,6 +476,8 @@ struct Member {
     reported_applied: u64,
     /// Where a refused registration is reported to the start.
     refused: Arc<std::sync::Mutex<Option<String>>>,
+    /// Set once this node's registration is committed after its start.
+    registered: Arc<AtomicBool>,
 }
 
 impl Member {
@@ -476,6 +491,7 @@ impl Member {
             store,
             leader,
             refused,
+            registered,
             broker_service,
         } = shared;
         let node_id = u64::try_from(config.node_id).expect("validated: node ids are >= 0");
@@ -532,6 +548,9 @@ impl Member {
                 address: config.listen.clone(),
                 source,
             })?;
+        if let Ok(bound) = listener.local_addr() {
+            crate::exposure::warn_cluster(bound);
+        }
         let controller_dir = data_dir.join("controller");
         let log = LogStore::open(&LogStore::dir_in(data_dir))
             .map_err(|error| ControllerStartError::Log(crate::error_chain::error_chain(&error)))?;
@@ -588,6 +607,7 @@ impl Member {
             leading: false,
             reported_applied: 0,
             refused,
+            registered,
         })
     }
 
@@ -721,10 +741,17 @@ impl Member {
             if *node_id == self.identity.node_id || node.fenced {
                 continue;
             }
-            if self.liveness.silent_for(*node_id) > self.session_timeout {
+            let silent = self.liveness.silent_for(*node_id);
+            if silent > self.session_timeout {
                 let command = ControllerCommand::FenceNode { node_id: *node_id };
-                if let Err(error) = proposer.propose(command).await {
-                    tracing::debug!(%error, node_id, "fencing not done yet");
+                match proposer.propose(command).await {
+                    Ok(_) => tracing::warn!(
+                        node_id,
+                        silent_ms = silent.as_millis() as u64,
+                        "node fenced: the controller has not heard from it within \
+                         cluster.session_timeout_ms; its partitions have no leader until it returns"
+                    ),
+                    Err(error) => tracing::debug!(%error, node_id, "fencing not done yet"),
                 }
             }
         }
@@ -794,7 +821,11 @@ impl Member {
             shards: local.shards,
             fenced: false,
         };
-        if snapshot.nodes.get(&self.identity.node_id) != Some(&me) {
+        // Registered once per start even when the stored metadata lists
+        // this node: the commit proves a live majority (see `registered`).
+        if !self.registered.load(Ordering::Relaxed)
+            || snapshot.nodes.get(&self.identity.node_id) != Some(&me)
+        {
             let command = ControllerCommand::RegisterNode {
                 node_id: self.identity.node_id,
                 kafka_host: me.host,
@@ -812,7 +843,7 @@ impl Member {
                         .unwrap_or_else(std::sync::PoisonError::into_inner) =
                         Some(refusal.to_string());
                 }
-                Ok(_) => {}
+                Ok(_) => self.registered.store(true, Ordering::Relaxed),
                 Err(error) => tracing::debug!(%error, "registration not done yet"),
             }
         }

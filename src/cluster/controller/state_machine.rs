@@ -156,7 +156,9 @@ impl StateMachine {
                     ))),
                     _ => {
                         if metadata.nodes.get(node_id) != Some(&node) {
-                            tracing::info!(node_id, host = %node.host, port = node.port, shards, "node registered");
+                            // Debug: a restart replays every registration;
+                            // the node logs its own joining.
+                            tracing::debug!(node_id, host = %node.host, port = node.port, shards, "node registered");
                         }
                         metadata.nodes.insert(*node_id, node);
                         None
@@ -168,10 +170,9 @@ impl StateMachine {
                     && !node.fenced
                 {
                     node.fenced = true;
-                    tracing::warn!(
-                        node_id,
-                        "node fenced: the controller has not heard from it within cluster.session_timeout_ms"
-                    );
+                    // Debug: a restart replays every fencing; the leader
+                    // that fenced the node logged it.
+                    tracing::debug!(node_id, "node fenced");
                 }
                 None
             }
