@@ -206,6 +206,38 @@ fn three_nodes_agree_on_the_cluster_and_on_topics_changed_through_any_node() {
             node.id
         );
     }
+    // Every node names the same leaders, the internal topics' included
+    // (each node keeps its own copy of those; the coordinator's counts).
+    let leaders = |address: &str| -> Vec<(String, i32, i32)> {
+        let mut all: Vec<(String, i32, i32)> = metadata(address)
+            .topics
+            .iter()
+            .flat_map(|topic| {
+                let name = topic.name.as_ref().unwrap().to_string();
+                topic
+                    .partitions
+                    .iter()
+                    .map(move |partition| {
+                        (
+                            name.clone(),
+                            partition.partition_index,
+                            partition.leader_id.0,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let first = leaders(&brokers[0].address);
+    assert!(
+        first.iter().any(|(name, ..)| name == "__consumer_offsets"),
+        "{first:?}"
+    );
+    for broker in &brokers[1..] {
+        assert_eq!(leaders(&broker.address), first);
+    }
     // Created through node 2, the topic is in every node's metadata with
     // the same id when the answer arrives; deleted through node 3, it is
     // gone from every node.
