@@ -28,7 +28,12 @@ fn name(text: &str) -> StrBytes {
     StrBytes::from_string(text.to_owned())
 }
 
-fn init(wire: &mut Wire, version: i16, id: &str, expected: Option<(i64, i16)>) -> (i16, i64, i16) {
+pub(crate) fn init(
+    wire: &mut Wire,
+    version: i16,
+    id: &str,
+    expected: Option<(i64, i16)>,
+) -> (i16, i64, i16) {
     init_with_timeout(wire, version, id, expected, 60_000)
 }
 

@@ -720,18 +720,14 @@ impl TxnCoordinator {
             tracing::warn!(transactional_id = %id, "failpoint txn_before_markers: holding the markers back");
             std::future::pending::<()>().await;
         }
-        let writes = meta.partitions.iter().map(|(topic, partition)| {
-            let request = MarkerRequest {
-                topic: topic.clone(),
-                partition: *partition,
-                producer_id: meta.producer_id,
-                epoch: meta.producer_epoch,
-                commit: kind == MarkerKind::Commit,
-                coordinator_epoch: COORDINATOR_EPOCH,
-            };
-            markers::write_until_stored(Rc::clone(&self.context), Arc::clone(&self.broker), request)
-        });
-        futures_util::future::join_all(writes).await;
+        let marker = MarkerRequest {
+            producer_id: meta.producer_id,
+            epoch: meta.producer_epoch,
+            commit: kind == MarkerKind::Commit,
+            coordinator_epoch: COORDINATOR_EPOCH,
+            partitions: meta.partitions.iter().cloned().collect(),
+        };
+        markers::write_until_stored(&self.context, &self.broker, marker).await;
         let mut next = meta;
         next.state = done;
         next.partitions.clear();

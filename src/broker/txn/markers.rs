@@ -3,44 +3,51 @@
 //!
 //! Once a transaction's Prepare* state is durable, its coordinator writes a
 //! commit or abort marker to every partition in it and waits for each to
-//! be fsynced before it records Complete*. A partition led by this node is
-//! written on its owner shard; one led by another node gets the marker over
-//! the cluster RPC ([`PATH_MARKER`], as Kafka's coordinator sends
-//! WriteTxnMarkers to the partitions' leaders), and that node writes it the
-//! same way. On `__consumer_offsets` the group coordinator appends it, so
-//! its pending transactional offsets follow the log. Every failure is
-//! retried with back-off until the marker is stored, its partition is gone,
-//! or the partition's producer state refuses it (the producer was fenced
-//! there already).
+//! be fsynced before it records Complete*. Partitions led by this node are
+//! written on their owner shards; those led by another node go to it in one
+//! request per node (at most [`PARTITIONS_PER_CALL_MAX`] partitions each)
+//! over the cluster RPC ([`PATH_MARKER`], as Kafka's coordinator sends one
+//! WriteTxnMarkers per broker), and that node writes them the same way. On
+//! `__consumer_offsets` the group coordinator appends the marker, so its
+//! pending transactional offsets follow the log. Partitions whose marker
+//! failed are retried with back-off until each is stored, gone, or refused
+//! by the partition's producer state (the producer was fenced there
+//! already).
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 
 use super::coordinator::{RETRIES, RETRY_BACKOFF_MAX, RETRY_BACKOFF_MIN};
 use crate::broker::group::OFFSETS_TOPIC;
 use crate::broker::group::coordinator::Coordinator as GroupCoordinator;
-use crate::broker::{Broker, peer};
+use crate::broker::{Broker, is_internal_topic, peer};
 use crate::log_throttle::monotonic_ms;
 use crate::record_batch::control::{MarkerKind, TxnMarker};
 use crate::shard::{ShardContext, Shards};
 use crate::storage::{AppendError, Durability};
 
 /// Where a coordinator on another node sends a [`MarkerRequest`]; the
-/// answer is a [`MarkerWritten`].
+/// answer is one [`MarkerWritten`] per partition, in order.
 pub const PATH_MARKER: &str = "/broker/txn/marker";
 
-/// One marker for one partition.
+/// Partitions in one request to a node: bounds its body and the work one
+/// request starts there.
+pub const PARTITIONS_PER_CALL_MAX: usize = 1000;
+
+/// One transaction's marker, for some of its partitions.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MarkerRequest {
-    pub topic: String,
-    pub partition: u32,
     pub producer_id: i64,
     pub epoch: i16,
     /// A commit marker, or an abort marker.
     pub commit: bool,
     pub coordinator_epoch: i32,
+    /// (topic, partition) of each partition to write it to.
+    pub partitions: Vec<(String, u32)>,
 }
 
 impl MarkerRequest {
@@ -54,51 +61,68 @@ impl MarkerRequest {
             coordinator_epoch: self.coordinator_epoch,
         }
     }
+
+    /// The same marker for `partitions`.
+    fn for_partitions(&self, partitions: Vec<(String, u32)>) -> MarkerRequest {
+        MarkerRequest {
+            partitions,
+            ..self.clone()
+        }
+    }
 }
 
-/// What became of one attempt to write a marker.
+/// What became of one attempt to write a marker to one partition.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum MarkerWritten {
     /// Appended and fsynced on the partition's leader.
     Stored,
     /// The partition is gone (its topic was deleted): nothing to close.
     PartitionGone,
-    /// The partition's producer state refused it (an older epoch than the
-    /// partition has seen: the producer was fenced there already).
+    /// Refused for good: the partition's producer state refuses it (an
+    /// older epoch than the partition has seen: the producer was fenced
+    /// there already), or the request is not one a coordinator sends.
     Refused(String),
     /// Not written this time (the reason); the coordinator tries again.
     Failed(String),
 }
 
-/// Write `request`'s marker on its partition's leader, retrying with
-/// back-off until it is stored, the partition is gone, or it is refused.
+/// Write `request`'s marker on every partition's leader, retrying the
+/// partitions that failed with back-off until each is stored, gone, or
+/// refused.
 pub async fn write_until_stored(
-    context: Rc<ShardContext>,
-    broker: Arc<Broker>,
+    context: &Rc<ShardContext>,
+    broker: &Arc<Broker>,
     request: MarkerRequest,
 ) {
     let mut backoff = RETRY_BACKOFF_MIN;
-    let (topic, partition, producer_id) = (&request.topic, request.partition, request.producer_id);
+    let mut remaining = request.partitions.clone();
+    let producer_id = request.producer_id;
     loop {
-        let error = match write_once(&context, &broker, request.clone()).await {
-            MarkerWritten::Stored => {
-                let result = if request.commit { "commit" } else { "abort" };
-                metrics::counter!(crate::telemetry::names::TRANSACTION_MARKERS, "result" => result)
-                    .increment(1);
-                return;
+        let outcomes = write_once(context, broker, &request.for_partitions(remaining)).await;
+        remaining = Vec::new();
+        for ((topic, partition), outcome) in outcomes {
+            match outcome {
+                MarkerWritten::Stored => {
+                    let result = if request.commit { "commit" } else { "abort" };
+                    metrics::counter!(crate::telemetry::names::TRANSACTION_MARKERS, "result" => result)
+                        .increment(1);
+                }
+                MarkerWritten::PartitionGone => {
+                    tracing::info!(%topic, partition, producer_id, "skipping the transaction marker of a deleted partition");
+                }
+                MarkerWritten::Refused(refused) => {
+                    tracing::info!(%topic, partition, producer_id, %refused, "transaction marker refused by the partition");
+                }
+                MarkerWritten::Failed(error) => {
+                    if let Some(failed) = RETRIES.record(monotonic_ms()) {
+                        tracing::warn!(%topic, partition, producer_id, %error, failed, "cannot write a transaction marker; retrying");
+                    }
+                    remaining.push((topic, partition));
+                }
             }
-            MarkerWritten::PartitionGone => {
-                tracing::info!(%topic, partition, producer_id, "skipping the transaction marker of a deleted partition");
-                return;
-            }
-            MarkerWritten::Refused(refused) => {
-                tracing::info!(%topic, partition, producer_id, %refused, "transaction marker refused by the partition's producer state");
-                return;
-            }
-            MarkerWritten::Failed(error) => error,
-        };
-        if let Some(failed) = RETRIES.record(monotonic_ms()) {
-            tracing::warn!(%topic, partition, producer_id, %error, failed, "cannot write a transaction marker; retrying");
+        }
+        if remaining.is_empty() {
+            return;
         }
         compio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
@@ -115,42 +139,115 @@ fn marker_node(broker: &Broker, topic: &str, partition: u32) -> i32 {
     }
 }
 
-/// One attempt, here or on the partition's leader node.
+/// One attempt for every partition of `request`: this node's written here,
+/// the others' sent to their nodes, one request per node (and per
+/// [`PARTITIONS_PER_CALL_MAX`] partitions), all at once.
 async fn write_once(
     context: &Rc<ShardContext>,
     broker: &Broker,
-    request: MarkerRequest,
-) -> MarkerWritten {
-    let node = marker_node(broker, &request.topic, request.partition);
-    if node == broker.config.kafka.node_id {
-        return write_here(context, broker, request).await;
+    request: &MarkerRequest,
+) -> Vec<((String, u32), MarkerWritten)> {
+    let own = broker.config.kafka.node_id;
+    let mut by_node: BTreeMap<i32, Vec<(String, u32)>> = BTreeMap::new();
+    for (topic, partition) in &request.partitions {
+        let node = marker_node(broker, topic, *partition);
+        by_node
+            .entry(node)
+            .or_default()
+            .push((topic.clone(), *partition));
     }
-    if node < 0 {
-        return MarkerWritten::Failed("the partition's leader node is fenced".to_owned());
+    let mut outcomes = Vec::new();
+    let mut calls = Vec::new();
+    for (node, partitions) in by_node {
+        if node == own {
+            outcomes
+                .extend(write_here_all(context, broker, request.for_partitions(partitions)).await);
+        } else if node < 0 {
+            let fenced =
+                || MarkerWritten::Failed("the partition's leader node is fenced".to_owned());
+            outcomes.extend(
+                partitions
+                    .into_iter()
+                    .map(|partition| (partition, fenced())),
+            );
+        } else {
+            for chunk in partitions.chunks(PARTITIONS_PER_CALL_MAX) {
+                calls.push(send(broker, node, request.for_partitions(chunk.to_vec())));
+            }
+        }
     }
-    peer::call(broker, node, PATH_MARKER, &request)
-        .await
-        .unwrap_or_else(MarkerWritten::Failed)
+    for answered in join_all(calls).await {
+        outcomes.extend(answered);
+    }
+    outcomes
 }
 
-/// Write the marker on this node, on the partition's owner shard, unless
-/// another node leads the partition now.
-async fn write_here(
+/// Send `request` to node `node`; every partition failed if it cannot
+/// answer, or answers for another number of partitions.
+async fn send(
+    broker: &Broker,
+    node: i32,
+    request: MarkerRequest,
+) -> Vec<((String, u32), MarkerWritten)> {
+    let answer: Result<Vec<MarkerWritten>, String> =
+        peer::call(broker, node, PATH_MARKER, &request).await;
+    let answer = answer.and_then(|written| {
+        if written.len() == request.partitions.len() {
+            Ok(written)
+        } else {
+            Err(format!(
+                "node {node} answered for {} of {} partitions",
+                written.len(),
+                request.partitions.len()
+            ))
+        }
+    });
+    match answer {
+        Ok(written) => request.partitions.into_iter().zip(written).collect(),
+        Err(error) => request
+            .partitions
+            .into_iter()
+            .map(|partition| (partition, MarkerWritten::Failed(error.clone())))
+            .collect(),
+    }
+}
+
+/// Write the marker on every partition of `request`, each on its owner
+/// shard of this node, at once.
+async fn write_here_all(
     context: &Rc<ShardContext>,
     broker: &Broker,
     request: MarkerRequest,
+) -> Vec<((String, u32), MarkerWritten)> {
+    let writes = request
+        .partitions
+        .iter()
+        .map(|(topic, partition)| write_here(context, broker, &request, topic.clone(), *partition));
+    let written = join_all(writes).await;
+    request.partitions.into_iter().zip(written).collect()
+}
+
+/// Write the marker on `topic`-`partition` on this node, on its owner
+/// shard, unless another node leads the partition now.
+async fn write_here(
+    context: &Rc<ShardContext>,
+    broker: &Broker,
+    request: &MarkerRequest,
+    topic: String,
+    partition: u32,
 ) -> MarkerWritten {
-    let node = marker_node(broker, &request.topic, request.partition);
+    let node = marker_node(broker, &topic, partition);
     if node != broker.config.kafka.node_id {
         return MarkerWritten::Failed(format!(
-            "node {} does not lead {}-{} (node {node} does)",
-            broker.config.kafka.node_id, request.topic, request.partition
+            "node {} does not lead {topic}-{partition} (node {node} does)",
+            broker.config.kafka.node_id
         ));
     }
-    let owner = context.shards.owner(&request.topic, request.partition);
+    let owner = context.shards.owner(&topic, partition);
+    let (producer_id, epoch, marker) = (request.producer_id, request.epoch, request.marker());
     context
         .run_on(owner, move |owner| async move {
-            append_and_wait(&owner, &request)
+            append_and_wait(&owner, &topic, partition, producer_id, epoch, &marker)
                 .await
                 .unwrap_or_else(|error| match error {
                     AppendError::Producer(refused) => MarkerWritten::Refused(refused.to_string()),
@@ -165,23 +262,25 @@ async fn write_here(
 /// its fdatasync.
 async fn append_and_wait(
     context: &ShardContext,
-    request: &MarkerRequest,
+    topic: &str,
+    partition: u32,
+    producer_id: i64,
+    epoch: i16,
+    marker: &TxnMarker,
 ) -> Result<MarkerWritten, AppendError> {
     let store = &context.store;
-    let (partition, producer_id, epoch) = (request.partition, request.producer_id, request.epoch);
-    let marker = request.marker();
-    let receipt = if request.topic == OFFSETS_TOPIC {
+    let receipt = if topic == OFFSETS_TOPIC {
         let Some(group) = GroupCoordinator::local() else {
             return Ok(MarkerWritten::PartitionGone);
         };
         group
-            .append_marker_in_order(partition, producer_id, epoch, &marker)
+            .append_marker_in_order(partition, producer_id, epoch, marker)
             .await?
     } else {
-        match store.partition_id(&request.topic, partition) {
+        match store.partition_id(topic, partition) {
             Some(id) => Some(
                 store
-                    .append_marker(id, producer_id, epoch, &marker, Durability::Fsynced)
+                    .append_marker(id, producer_id, epoch, marker, Durability::Fsynced)
                     .await?,
             ),
             None => None,
@@ -194,13 +293,64 @@ async fn append_and_wait(
     Ok(MarkerWritten::Stored)
 }
 
-/// Answer another node's [`PATH_MARKER`] request.
-pub async fn serve(shards: Shards, broker: Arc<Broker>, request: MarkerRequest) -> MarkerWritten {
-    let owner = shards.owner(&request.topic, request.partition);
-    shards
-        .call(owner, move |context| async move {
-            write_here(&context, &broker, request).await
-        })
-        .await
-        .unwrap_or_else(|gone| MarkerWritten::Failed(gone.to_string()))
+/// Why a marker request from another node is not one a coordinator sends,
+/// if it is not: markers go to user topics and `__consumer_offsets`, for a
+/// producer id and epochs that are not negative.
+fn refused(request: &MarkerRequest) -> Option<String> {
+    if request.producer_id < 0 || request.epoch < 0 || request.coordinator_epoch < 0 {
+        return Some(format!(
+            "a marker needs a producer id and epochs of at least 0 (producer {}, epoch {}, \
+             coordinator epoch {})",
+            request.producer_id, request.epoch, request.coordinator_epoch
+        ));
+    }
+    if request.partitions.len() > PARTITIONS_PER_CALL_MAX {
+        return Some(format!(
+            "{} partitions in one request; at most {PARTITIONS_PER_CALL_MAX}",
+            request.partitions.len()
+        ));
+    }
+    None
+}
+
+/// Answer another node's [`PATH_MARKER`] request: one outcome per
+/// partition, in order.
+pub async fn serve(
+    shards: Shards,
+    broker: Arc<Broker>,
+    request: MarkerRequest,
+) -> Vec<MarkerWritten> {
+    if let Some(reason) = refused(&request) {
+        return request
+            .partitions
+            .iter()
+            .map(|_| MarkerWritten::Refused(reason.clone()))
+            .collect();
+    }
+    let metadata = broker.metadata.snapshot();
+    let bare = request.for_partitions(Vec::new());
+    let writes = request.partitions.iter().map(|(topic, partition)| {
+        let (shards, broker, request) = (shards.clone(), Arc::clone(&broker), bare.clone());
+        let (topic, partition) = (topic.clone(), *partition);
+        let known = metadata
+            .topic(&topic)
+            .is_some_and(|meta| partition < meta.partitions);
+        let takes_markers = topic == OFFSETS_TOPIC || !is_internal_topic(&topic);
+        async move {
+            if !known {
+                return MarkerWritten::PartitionGone;
+            }
+            if !takes_markers {
+                return MarkerWritten::Refused(format!("{topic} takes no transaction markers"));
+            }
+            let owner = shards.owner(&topic, partition);
+            shards
+                .call(owner, move |context| async move {
+                    write_here(&context, &broker, &request, topic, partition).await
+                })
+                .await
+                .unwrap_or_else(|gone| MarkerWritten::Failed(gone.to_string()))
+        }
+    });
+    join_all(writes).await
 }

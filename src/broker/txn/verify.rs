@@ -18,9 +18,11 @@ use std::time::Duration;
 use kafka_protocol::ResponseError;
 use serde::{Deserialize, Serialize};
 
+use super::coordinator::TRANSACTIONAL_ID_BYTES_MAX;
 use super::{TXN_TOPIC, coordinator_shard, on_txn_coordinator, txn_topic_partitions};
+use crate::broker::group::OFFSETS_TOPIC;
 use crate::broker::internal_log::key_partition;
-use crate::broker::{Broker, peer};
+use crate::broker::{Broker, is_internal_topic, peer};
 use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::shard::{ShardContext, Shards};
 
@@ -110,9 +112,38 @@ async fn verify_here(
     .and_then(|verified| verified)
 }
 
+/// Why a request from another node is not one a partition leader sends,
+/// if it is not (the error code): a transactional id the Kafka API would
+/// take, a partition of a topic the metadata has (user topics and
+/// `__consumer_offsets` join transactions), a producer id and epoch that
+/// are not negative.
+fn check(broker: &Broker, request: &VerifyRequest) -> Result<(), i16> {
+    let invalid = ResponseError::InvalidRequest.code();
+    let id = &request.transactional_id;
+    if id.is_empty() || id.len() > TRANSACTIONAL_ID_BYTES_MAX {
+        return Err(invalid);
+    }
+    if request.producer_id < 0 || request.epoch < 0 {
+        return Err(invalid);
+    }
+    let known = broker
+        .metadata
+        .snapshot()
+        .topic(&request.topic)
+        .is_some_and(|topic| request.partition < topic.partitions);
+    if !known {
+        return Err(ResponseError::UnknownTopicOrPartition.code());
+    }
+    if is_internal_topic(&request.topic) && request.topic != OFFSETS_TOPIC {
+        return Err(invalid);
+    }
+    Ok(())
+}
+
 /// Answer another node's [`PATH_VERIFY`] request, on the id's coordinator
 /// shard here (NOT_COORDINATOR if this node no longer coordinates it).
 pub async fn serve(shards: Shards, broker: Arc<Broker>, request: VerifyRequest) -> Result<(), i16> {
+    check(&broker, &request)?;
     let unavailable = ResponseError::CoordinatorNotAvailable.code();
     let partitions = txn_topic_partitions(&broker);
     let target = coordinator_shard(&shards, &request.transactional_id, partitions);

@@ -44,6 +44,11 @@ use crate::broker::peer::{PATH_PREFIX, PeerCaller, PeerService};
 use crate::cluster::identity::NodeIdentity;
 use crate::config::ClusterConfig;
 
+/// Broker calls (`broker/peer.rs`) in flight to one peer at once: a
+/// transaction over thousands of partitions must not open thousands of
+/// connections to a node whose listener takes `rpc::CONNECTIONS_MAX`.
+pub const PEER_CALLS_IN_FLIGHT_MAX: usize = 8;
+
 /// How often a node looks at its duties.
 pub const DUTY_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a proposal may take, retries through leader changes included.
@@ -478,6 +483,8 @@ struct Member {
     refused: Arc<std::sync::Mutex<Option<String>>>,
     /// Set once this node's registration is committed after its start.
     registered: Arc<AtomicBool>,
+    /// Per peer, the broker calls that may be in flight to it at once.
+    peer_call_slots: BTreeMap<u64, Arc<tokio::sync::Semaphore>>,
 }
 
 impl Member {
@@ -594,6 +601,15 @@ impl Member {
                 Err(error) => tracing::info!(%error, "controller already initialised"),
             }
         }
+        let peer_call_slots = peers
+            .keys()
+            .map(|&id| {
+                (
+                    id,
+                    Arc::new(tokio::sync::Semaphore::new(PEER_CALLS_IN_FLIGHT_MAX)),
+                )
+            })
+            .collect();
         Ok(Member {
             raft,
             identity,
@@ -608,6 +624,7 @@ impl Member {
             reported_applied: 0,
             refused,
             registered,
+            peer_call_slots,
         })
     }
 
@@ -662,10 +679,14 @@ impl Member {
         }
     }
 
-    /// Send a broker's call to its node; the answer goes back to the
-    /// caller (the reason when there is none).
+    /// Send a broker's call to its node, at most
+    /// [`PEER_CALLS_IN_FLIGHT_MAX`] at once per node (the others wait,
+    /// within their timeout); the answer goes back to the caller (the
+    /// reason when there is none).
     fn send_peer_call(&self, call: PeerCall) {
-        let Some(address) = self.peers.get(&call.node).map(|node| node.addr.clone()) else {
+        let address = self.peers.get(&call.node).map(|node| node.addr.clone());
+        let slots = self.peer_call_slots.get(&call.node).cloned();
+        let (Some(address), Some(slots)) = (address, slots) else {
             let _ = call
                 .reply
                 .send(Err(format!("node {} is not a configured peer", call.node)));
@@ -673,10 +694,27 @@ impl Member {
         };
         let identity = self.identity.clone();
         tokio::spawn(async move {
-            let answer = rpc::call_raw(&identity, &address, call.path, call.body, call.timeout)
+            let PeerCall {
+                node,
+                path,
+                body,
+                timeout,
+                reply,
+            } = call;
+            let exchange = async {
+                let _slot = slots.acquire().await.map_err(|error| error.to_string())?;
+                rpc::call_raw(&identity, &address, path, body, timeout)
+                    .await
+                    .map_err(|error| error.to_string())
+            };
+            let answer = tokio::time::timeout(timeout, exchange)
                 .await
-                .map_err(|error| error.to_string());
-            let _ = call.reply.send(answer);
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no answer from node {node} within {timeout:?} (calls to it queued)"
+                    ))
+                });
+            let _ = reply.send(answer);
         });
     }
 
@@ -1044,9 +1082,13 @@ impl Server {
                         Ok::<_, std::convert::Infallible>(response)
                     }
                 });
+                // Peers open a connection per call: one answer closes it,
+                // so an idle connection holds a slot for at most the header
+                // read timeout.
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
+                    .keep_alive(false)
+                    .header_read_timeout(Duration::from_secs(5))
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                 if let Err(error) = connection.await {
                     tracing::debug!(%error, "cluster RPC connection ended");
