@@ -264,27 +264,14 @@ impl ShardStore {
         frame: &[u8],
         checked: &CheckedFrame,
     ) -> Result<(), ReplicaAppendError> {
-        let mut ticket = None;
-        loop {
-            if ticket.is_none() && !self.buffer_space.is_empty() {
-                ticket = Some(self.buffer_space.enqueue());
-            }
-            if let Some(ticket) = &ticket
-                && !ticket.is_front()
-            {
-                ticket.changed().await;
-                continue;
-            }
-            match self.try_append_copied(at, frame, checked, Instant::now()) {
-                Ok(()) => return Ok(()),
-                Err(TryCopyError::NoBufferSpace) => {
-                    let ticket = ticket.get_or_insert_with(|| self.buffer_space.enqueue());
-                    self.flush_kick.notify();
-                    ticket.changed().await;
-                }
-                Err(TryCopyError::Fatal(error)) => return Err(error),
-            }
-        }
+        self.in_buffer_order(
+            || match self.try_append_copied(at, frame, checked, Instant::now()) {
+                Ok(()) => Ok(()),
+                Err(TryCopyError::NoBufferSpace) => Err(None),
+                Err(TryCopyError::Fatal(error)) => Err(Some(error)),
+            },
+        )
+        .await
     }
 
     fn try_append_copied(

@@ -128,6 +128,39 @@ impl ShardStore {
         admission: Admission,
         token: Option<TxnToken>,
     ) -> Result<AppendReceipt, AppendError> {
+        let appended = self
+            .in_buffer_order(|| {
+                match self.try_append(id, &batch, durability, admission, token, Instant::now()) {
+                    Ok(receipt) => Ok(receipt),
+                    Err(TryAppendError::NoBufferSpace) => Err(None),
+                    Err(TryAppendError::Fatal(error)) => Err(Some(error)),
+                }
+            })
+            .await;
+        if let Err(error) = &appended {
+            self.metrics.append_rejected(error);
+            if error.is_storage_fault()
+                && let Some(refused) = self.rejection_log.record(monotonic_ms())
+            {
+                tracing::warn!(
+                    shard = %self.options.shard,
+                    %error,
+                    refused,
+                    "appends refused since the last such line"
+                );
+            }
+        }
+        appended
+    }
+
+    /// Run `attempt` until it finds buffer space (`Err(None)` says it did
+    /// not), in arrival order with every other append waiting for space (a
+    /// FIFO ticket), kicking the flusher to free some; `Err(Some(_))` ends
+    /// it.
+    pub(super) async fn in_buffer_order<T, E>(
+        &self,
+        mut attempt: impl FnMut() -> Result<T, Option<E>>,
+    ) -> Result<T, E> {
         let mut ticket = None;
         loop {
             if ticket.is_none() && !self.buffer_space.is_empty() {
@@ -139,27 +172,14 @@ impl ShardStore {
                 ticket.changed().await;
                 continue;
             }
-            match self.try_append(id, &batch, durability, admission, token, Instant::now()) {
-                Err(TryAppendError::NoBufferSpace) => {
+            match attempt() {
+                Ok(done) => return Ok(done),
+                Err(Some(error)) => return Err(error),
+                Err(None) => {
                     let ticket = ticket.get_or_insert_with(|| self.buffer_space.enqueue());
                     self.flush_kick.notify();
                     ticket.changed().await;
                 }
-                Err(TryAppendError::Fatal(error)) => {
-                    self.metrics.append_rejected(&error);
-                    if error.is_storage_fault()
-                        && let Some(refused) = self.rejection_log.record(monotonic_ms())
-                    {
-                        tracing::warn!(
-                            shard = %self.options.shard,
-                            %error,
-                            refused,
-                            "appends refused since the last such line"
-                        );
-                    }
-                    return Err(error);
-                }
-                Ok(receipt) => return Ok(receipt),
             }
         }
     }
