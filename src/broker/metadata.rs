@@ -242,13 +242,18 @@ impl Placement {
 
     /// The shard group holding partition `index` of `topic`.
     pub fn group(&self, topic: &str, index: u32) -> &ShardGroup {
+        &self.groups[self.group_number(topic, index)]
+    }
+
+    /// The number of the shard group holding partition `index` of `topic`.
+    pub fn group_number(&self, topic: &str, index: u32) -> usize {
         assert_eq!(
             self.groups.len(),
             self.nodes.len() * self.shards as usize,
             "a placement has a record per shard group"
         );
         let slot = crate::shard::mailbox::partition_slot(topic, index);
-        &self.groups[(slot % self.groups.len() as u64) as usize]
+        (slot % self.groups.len() as u64) as usize
     }
 
     /// The node leading partition `index` of `topic`.

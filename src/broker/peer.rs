@@ -20,8 +20,8 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::Broker;
 use super::txn::{markers, verify};
+use super::{Broker, replication};
 use crate::shard::Shards;
 
 /// Paths under this prefix on `cluster.listen` go to the broker.
@@ -62,15 +62,25 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     path: &'static str,
     request: &Req,
 ) -> Result<Resp, String> {
+    let answer = call_raw(broker, node, path, request).await?;
+    serde_json::from_slice(&answer)
+        .map_err(|error| format!("node {node} answered {path} with a bad body: {error}"))
+}
+
+/// [`call`] for an answer that is not JSON: its bytes.
+pub async fn call_raw<Req: Serialize>(
+    broker: &Broker,
+    node: i32,
+    path: &'static str,
+    request: &Req,
+) -> Result<Bytes, String> {
     let caller = broker
         .peers
         .get()
         .ok_or_else(|| "this node is not part of a cluster".to_owned())?;
     let id = u64::try_from(node).map_err(|_| format!("there is no node {node}"))?;
     let body = serde_json::to_vec(request).map_err(|error| error.to_string())?;
-    let answer = caller.call(id, path, body, CALL_TIMEOUT).await?;
-    serde_json::from_slice(&answer)
-        .map_err(|error| format!("node {node} answered {path} with a bad body: {error}"))
+    caller.call(id, path, body, CALL_TIMEOUT).await
 }
 
 /// What this node's broker serves other nodes: each request runs on the
@@ -97,6 +107,10 @@ impl PeerService for BrokerPeers {
         Box::pin(async move {
             let bad_body = |error: serde_json::Error| (400, error.to_string());
             let answer = match path.as_str() {
+                replication::PATH_FETCH => {
+                    let request = serde_json::from_slice(&body).map_err(bad_body)?;
+                    return replication::serve(shards, broker, request).await;
+                }
                 verify::PATH_VERIFY => {
                     let request = serde_json::from_slice(&body).map_err(bad_body)?;
                     serde_json::to_vec(&verify::serve(shards, broker, request).await)

@@ -62,6 +62,11 @@ pub enum KafkaStartError {
         #[source]
         source: ProducerIdsStartError,
     },
+    #[error("cannot open a follower copy of a shard group's log: {source}")]
+    Followers {
+        #[source]
+        source: crate::storage::OpenError,
+    },
     /// Each shard takes its own socket once; a second start is a bug.
     #[error("no listening socket for {shard}")]
     NoSocket { shard: ShardId },
@@ -147,6 +152,9 @@ impl ShardService for KafkaService {
                 Rc::clone(context),
                 Arc::clone(&self.broker),
             )));
+            let followers = crate::broker::replication::start_followers(context, &self.broker)
+                .map_err(|source| KafkaStartError::Followers { source })?;
+            tasks.extend(followers);
         }
         if context.id.0 == 0 {
             let limit = self.broker.config.kafka.connections_max;

@@ -62,6 +62,9 @@ pub struct ShardContext {
     pub id: ShardId,
     pub store: Rc<ShardStore>,
     pub shards: Shards,
+    /// The copies of other nodes' shard logs this shard keeps (a cluster
+    /// node's follower stores, issue 16): shut down with the shard.
+    pub replicas: std::cell::RefCell<Vec<Rc<ShardStore>>>,
 }
 
 impl ShardContext {
@@ -349,7 +352,12 @@ fn run_shard(
             core: core.map(|core| core.id),
             recovery: store.recovery_report().clone(),
         };
-        let context = Rc::new(ShardContext { id, store, shards });
+        let context = Rc::new(ShardContext {
+            id,
+            store,
+            shards,
+            replicas: std::cell::RefCell::new(Vec::new()),
+        });
         let tasks = match spec.service.start(&context) {
             Ok(tasks) => tasks,
             Err(source) => {
@@ -386,6 +394,12 @@ async fn serve_mailbox(
                 // Stop taking requests before storage stops taking appends.
                 for task in service_tasks.take().into_iter().flatten() {
                     task.cancel().await;
+                }
+                let replicas = context.replicas.take();
+                for replica in &replicas {
+                    if let Err(error) = replica.shutdown().await {
+                        tracing::warn!(shard = %context.id, %error, "a follower copy did not shut down cleanly; recovery repairs it and the leader resends what it lacks");
+                    }
                 }
                 let result = context.store.shutdown().await;
                 let _ = reply.send((context.id, result));

@@ -238,6 +238,18 @@ impl ShardStore {
         &self,
         read: &LogRead,
     ) -> Result<LogPosition, ReplicaAppendError> {
+        self.append_replicated_with(read, &|_| false).await
+    }
+
+    /// [`ShardStore::append_replicated`], where a frame of a partition this
+    /// store lacks and `gone` says no longer exists (its topic was deleted)
+    /// is stored unindexed, as recovery keeps a deleted partition's frames
+    /// until retention: the positions must still match the leader's.
+    pub async fn append_replicated_with(
+        &self,
+        read: &LogRead,
+        gone: &dyn Fn(PartitionId) -> bool,
+    ) -> Result<LogPosition, ReplicaAppendError> {
         let payload_len_max = self.options.storage.segment_bytes - FRAME_HEADER_BYTES as u64;
         let mut at = read.position;
         let mut rest = read.frames.as_slice();
@@ -249,7 +261,9 @@ impl ShardStore {
                 }
             })?;
             let len = checked.header.frame_len() as usize;
-            self.append_copied(at, &rest[..len], &checked).await?;
+            let orphan = !self.holds(checked.header.partition) && gone(checked.header.partition);
+            self.append_copied(at, &rest[..len], &checked, orphan)
+                .await?;
             at = at.plus(len as u64);
             rest = &rest[len..];
         }
@@ -263,15 +277,21 @@ impl ShardStore {
         at: LogPosition,
         frame: &[u8],
         checked: &CheckedFrame,
+        orphan: bool,
     ) -> Result<(), ReplicaAppendError> {
-        self.in_buffer_order(
-            || match self.try_append_copied(at, frame, checked, Instant::now()) {
+        self.in_buffer_order(|| {
+            match self.try_append_copied(at, frame, checked, orphan, Instant::now()) {
                 Ok(()) => Ok(()),
                 Err(TryCopyError::NoBufferSpace) => Err(None),
                 Err(TryCopyError::Fatal(error)) => Err(Some(error)),
-            },
-        )
+            }
+        })
         .await
+    }
+
+    /// Whether this store holds partition `id`.
+    fn holds(&self, id: PartitionId) -> bool {
+        self.state.borrow().partitions.contains_key(&id)
     }
 
     fn try_append_copied(
@@ -279,6 +299,7 @@ impl ShardStore {
         at: LogPosition,
         frame: &[u8],
         checked: &CheckedFrame,
+        orphan: bool,
         now: Instant,
     ) -> Result<(), TryCopyError> {
         if self.stopping.get() {
@@ -307,6 +328,17 @@ impl ShardStore {
         }
         let (header, batch) = (&checked.header, &checked.batch);
         let id = header.partition;
+        if orphan {
+            let position = state
+                .log
+                .append_frame(&[frame], Some(now), now)
+                .map_err(|error| fatal(self.classify_log_error(error)))?;
+            assert_eq!(position, at, "a copied frame lands where the leader put it");
+            state.log.note_append(u64::MAX, segment::now_ms());
+            drop(guard);
+            self.flush_kick.notify();
+            return Ok(());
+        }
         let partition =
             state
                 .partitions

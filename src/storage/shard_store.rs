@@ -346,6 +346,11 @@ impl ShardStore {
         tasks.push(compio::runtime::spawn(Rc::clone(self).run_retention()));
     }
 
+    /// The options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
     pub fn shard(&self) -> ShardId {
         self.options.shard
     }

@@ -57,6 +57,8 @@ pub const TRANSACTION_MARKERS: &str = "sluice_transaction_markers_total";
 pub const TRANSACTION_TIMEOUTS: &str = "sluice_transaction_timeouts_total";
 pub const PARTITION_LSO_LAG: &str = "sluice_partition_lso_lag";
 
+pub const REPLICA_LAG_BYTES: &str = "sluice_replica_lag_bytes";
+
 pub const RECOVERY_DURATION: &str = "sluice_recovery_duration_seconds";
 pub const RECOVERY_TRUNCATED_BYTES: &str = "sluice_recovery_truncated_bytes";
 
@@ -248,6 +250,12 @@ pub fn describe() {
         TRANSACTION_TIMEOUTS,
         Unit::Count,
         "Transactions aborted because they stayed open past their timeout."
+    );
+    describe_gauge!(
+        REPLICA_LAG_BYTES,
+        Unit::Bytes,
+        "Bytes of a shard group's log this node's follower copy lacks, as of its last fetch \
+         from the group's leader, by group (cluster nodes only)."
     );
     describe_gauge!(
         PARTITION_LSO_LAG,

@@ -44,8 +44,17 @@ struct Cluster {
     extra: Vec<String>,
 }
 
+/// Every cluster test node's storage: 16 MiB segments, since each node
+/// preallocates a segment per shard for every shard group it is a member
+/// of (three per shard with three nodes).
+const SMALL_SEGMENTS: &str = "[storage]\nsegment_bytes = 16777216\n";
+
 impl Cluster {
     fn new(dir: &Path) -> Cluster {
+        Cluster::with_config(dir, "")
+    }
+
+    fn with_nodes(dir: &Path) -> Cluster {
         let nodes: Vec<Node> = (1..=3)
             .map(|id| Node {
                 id,
@@ -67,13 +76,15 @@ impl Cluster {
         }
     }
 
-    /// [`Cluster::new`] with `config` (TOML) given to every node.
+    /// [`Cluster::new`] with `config` (TOML) given to every node, after
+    /// [`SMALL_SEGMENTS`].
     fn with_config(dir: &Path, config: &str) -> Cluster {
+        std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("cluster.toml");
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, format!("{SMALL_SEGMENTS}{config}")).unwrap();
         Cluster {
             extra: vec!["--config".to_owned(), path.to_str().unwrap().to_owned()],
-            ..Cluster::new(dir)
+            ..Cluster::with_nodes(dir)
         }
     }
 
@@ -867,6 +878,124 @@ fn a_transaction_over_hundreds_of_partitions_sends_its_markers_per_node() {
     }
     drop(producer);
     stop_all(brokers);
+}
+
+/// Every series of metric `name` in a node's `/metrics`, with its value.
+fn metric_values(metrics: &str, name: &str) -> Vec<(String, f64)> {
+    let (_, text) = crate::metrics::get(metrics, "/metrics");
+    text.lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// What a stopped node's shard log holds (its own, or a follower copy
+/// under `replicas/group-<g>`), read from its files: every frame by
+/// position, and every user partition's batches by offset.
+type LogContents = (Vec<(u64, Vec<u8>)>, PartitionBatches);
+
+/// (topic, partition, its batches as (base offset, bytes)).
+type PartitionBatches = Vec<(String, u32, Vec<(i64, Vec<u8>)>)>;
+
+fn log_frames(data_dir: &Path, shard: u16) -> LogContents {
+    let runtime = sluice::shard::build_runtime(sluice::io::IoBackend::Epoll).unwrap();
+    runtime.block_on(async {
+        let storage = sluice::config::StorageConfig {
+            segment_bytes: 16 << 20,
+            ..sluice::config::StorageConfig::default()
+        };
+        let options = crate::support::options(data_dir, storage, sluice::io::IoBackend::Epoll);
+        let options = sluice::storage::StoreOptions {
+            shard: sluice::ids::ShardId(shard),
+            ..options
+        };
+        let store = sluice::storage::ShardStore::open(options).expect("the copy opens");
+        let mut frames = Vec::new();
+        let mut at = sluice::ids::LogPosition::ZERO;
+        loop {
+            let read = store.read_log(at, 1 << 20).expect("readable");
+            if read.frames.is_empty() {
+                break;
+            }
+            at = read.end();
+            frames.push((read.position.0, read.frames));
+        }
+        let mut partitions: PartitionBatches = store
+            .partitions()
+            .into_iter()
+            .filter(|(topic, ..)| !topic.starts_with("__"))
+            .map(|(topic, index, id)| {
+                let batches = crate::support::read_all(&store, id, sluice::ids::Offset(0))
+                    .into_iter()
+                    .map(|(offset, bytes)| (offset.0, bytes))
+                    .collect();
+                (topic, index, batches)
+            })
+            .collect();
+        partitions.sort();
+        crate::support::shutdown(&store).await;
+        (frames, partitions)
+    })
+}
+
+/// Issue 16: every member of a shard group keeps a copy of the group
+/// leader's log, frame for frame at the same positions (so offsets,
+/// batches and producer state are the leader's), fetched as the leader
+/// writes; `sluice_replica_lag_bytes` says how far behind each copy is.
+#[test]
+fn followers_copy_their_shard_groups_logs_frame_for_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(dir.path());
+    let brokers = cluster.start_all();
+    kafka_clients::create_topic(&brokers[0].address, "copied", 6, &[]);
+    let (producer, acks) =
+        kafka_clients::producer(&brokers[1].address, &[("enable.idempotence", "true")]);
+    for index in 0..600 {
+        let value = format!("record-{index}-{}", "x".repeat(index % 300));
+        kafka_clients::send(
+            &producer,
+            "copied",
+            Some(index as i32 % 6),
+            None,
+            value.as_bytes(),
+            &[],
+        );
+    }
+    assert_eq!(kafka_clients::flush(&producer, &acks).len(), 600);
+    // Each node follows the 4 groups it does not lead (2 shards, 3 nodes,
+    // 3 members each); every copy catches up.
+    eventually("every follower copy caught up", || {
+        brokers.iter().all(|broker| {
+            let lags = metric_values(&broker.metrics, "sluice_replica_lag_bytes");
+            lags.len() == 4 && lags.iter().all(|(_, lag)| *lag == 0.0)
+        })
+    });
+    drop(producer);
+    stop_all(brokers);
+    let shards = 2u16;
+    for group in 0..6u16 {
+        let (leader, shard) = (usize::from(group / shards), group % shards);
+        let expected = log_frames(&cluster.nodes[leader].data, shard);
+        assert!(!expected.0.is_empty(), "group {group} has frames");
+        assert!(
+            expected.1.iter().any(|(.., batches)| !batches.is_empty()),
+            "group {group} leads a partition with batches"
+        );
+        for (member, node) in cluster.nodes.iter().enumerate() {
+            if member == leader {
+                continue;
+            }
+            let copy = node.data.join("replicas").join(format!("group-{group}"));
+            assert!(
+                log_frames(&copy, shard) == expected,
+                "node {}'s copy of group {group} is its leader's log",
+                node.id
+            );
+        }
+    }
 }
 
 /// A node silent past `cluster.session_timeout_ms` is fenced: Metadata
