@@ -462,7 +462,16 @@ fn static_value(name: &str, config: &Config) -> Option<String> {
         "auto.create.topics.enable" => kafka.auto_create_topics.to_string(),
         "broker.id" | "node.id" => kafka.node_id.to_string(),
         "connections.max.idle.ms" => kafka.idle_timeout_ms.to_string(),
-        "default.replication.factor" => "1".to_owned(),
+        "default.replication.factor" => config
+            .cluster
+            .as_ref()
+            .map_or(1, |cluster| cluster.replication_factor())
+            .to_string(),
+        "min.insync.replicas" => config
+            .cluster
+            .as_ref()
+            .map_or(1, |cluster| cluster.min_insync_replicas())
+            .to_string(),
         "delete.topic.enable" => "true".to_owned(),
         "fetch.max.bytes" => kafka.fetch_max_bytes.to_string(),
         "group.initial.rebalance.delay.ms" => groups.initial_rebalance_delay_ms.to_string(),

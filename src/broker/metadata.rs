@@ -646,9 +646,9 @@ fn applied(
             from: topic(before, name).partitions,
             topic: topic(after, name),
         },
-        MetadataCommand::SetBrokerConfigs { .. } | MetadataCommand::SetGroupConfigs { .. } => {
-            Applied::Configs
-        }
+        MetadataCommand::SetBrokerConfigs { .. }
+        | MetadataCommand::SetGroupConfigs { .. }
+        | MetadataCommand::SetInSync { .. } => Applied::Configs,
     }
 }
 

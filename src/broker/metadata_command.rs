@@ -65,6 +65,15 @@ pub enum MetadataCommand {
         group: String,
         overrides: BTreeMap<String, String>,
     },
+    /// Set shard group `group`'s in-sync set (Kafka's AlterPartition, per
+    /// shard group), as its leader at `leader_epoch` saw its followers:
+    /// refused when the epoch is not the group's (a stale leader), or the
+    /// set leaves out the leader or names a non-member.
+    SetInSync {
+        group: u32,
+        leader_epoch: i32,
+        in_sync: Vec<u64>,
+    },
 }
 
 /// The most partitions any topic may have, whatever a node's
@@ -271,6 +280,41 @@ impl ClusterMetadata {
                     )));
                 }
                 self.group_configs.insert(group, overrides);
+                Ok(Applied::Configs)
+            }
+            MetadataCommand::SetInSync {
+                group,
+                leader_epoch,
+                in_sync,
+            } => {
+                let record = self
+                    .placement
+                    .as_mut()
+                    .and_then(|placement| placement.groups.get_mut(group as usize))
+                    .ok_or_else(|| {
+                        Refusal::InvalidRequest(format!("there is no shard group {group}"))
+                    })?;
+                if record.leader_epoch != leader_epoch {
+                    return Err(Refusal::InvalidRequest(format!(
+                        "shard group {group} is at leader epoch {}, not {leader_epoch}",
+                        record.leader_epoch
+                    )));
+                }
+                let members = in_sync.iter().all(|node| record.members.contains(node));
+                if !in_sync.contains(&record.leader) || !members {
+                    return Err(Refusal::InvalidRequest(format!(
+                        "an in-sync set of shard group {group} holds its leader {} and members \
+                         of {:?} only, not {in_sync:?}",
+                        record.leader, record.members
+                    )));
+                }
+                // Kept in member order, so equal sets compare equal.
+                record.in_sync = record
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|node| in_sync.contains(node))
+                    .collect();
                 Ok(Applied::Configs)
             }
         }

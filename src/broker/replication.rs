@@ -12,12 +12,26 @@
 //! (`ShardStore::append_replicated_with`), so offsets, consume queues and
 //! producer state are the leader's by construction.
 //!
-//! Built so far: the copying. Not yet: the high watermark and acks=all over
-//! the in-sync set, in-sync set changes, failover and truncation.
+//! The leader's shard keeps, per follower, the durable end it reported and
+//! when it last had everything the leader had written at its previous
+//! answer (Kafka's `lastCaughtUpTime`). Every [`ISR_CHECK_INTERVAL`] the
+//! leader sets the group's in-sync set to itself and the followers caught
+//! up within `cluster.replica_lag_time_max_ms` (a `SetInSync` command,
+//! checked against the group's leader epoch by the controller), and
+//! acks=all writes wait until every in-sync member holds them durably
+//! ([`wait_in_sync`]): refused with NOT_ENOUGH_REPLICAS when the in-sync
+//! set is smaller than the topic's `min.insync.replicas`.
+//!
+//! Not yet: the high watermark that consumers read up to, failover and
+//! truncation.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use kafka_protocol::ResponseError;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +39,7 @@ use super::{Broker, is_internal_topic, peer};
 use crate::broker::metadata::ClusterMetadata;
 use crate::ids::{LogPosition, PartitionId, ShardId};
 use crate::log_throttle::{LogThrottle, monotonic_ms};
+use crate::shard::local_sync::Event;
 use crate::shard::{ShardContext, Shards};
 use crate::storage::replica::{LogRead, ReplicaAppendError};
 use crate::storage::{OpenError, PartitionError, ShardStore};
@@ -51,11 +66,34 @@ const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Failed fetches and appends, logged at most 10 times per 10 s.
 static FAILURES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 10);
 
+/// How often a leader's shard looks at its groups' in-sync sets.
+pub const ISR_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What a group's leader knows of one follower (on the leader's shard).
+#[derive(Clone, Copy, Debug)]
+struct Follower {
+    /// The durable end it reported.
+    durable: LogPosition,
+    /// The leader's written end when it last answered it.
+    answered_end: Option<LogPosition>,
+    /// When it last asked from at least `answered_end`.
+    caught_up_at: Option<Instant>,
+}
+
+thread_local! {
+    /// This shard's followers, by (group, node).
+    static FOLLOWERS: RefCell<HashMap<(u32, u64), Follower>> = RefCell::new(HashMap::new());
+    /// Notified when a follower reports a new durable end.
+    static PROGRESS: Rc<Event> = Rc::new(Event::default());
+}
+
 /// A follower's request for the frames of shard group `group` from
 /// position `from`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FetchRequest {
     pub group: u32,
+    /// The follower's node id.
+    pub node: u64,
     /// The follower's log end: where the frames it lacks start.
     pub from: u64,
     /// The follower's durable end (for the high watermark, issue 16).
@@ -226,6 +264,7 @@ async fn follow(
         let (append_end, _, durable) = store.log_ends();
         let request = FetchRequest {
             group,
+            node: u64::try_from(broker.config.kafka.node_id).unwrap_or(u64::MAX),
             from: append_end.0,
             durable: durable.0,
             max_bytes: FETCH_BYTES_MAX,
@@ -301,19 +340,188 @@ pub async fn serve(
     let max_bytes = request.max_bytes.min(FETCH_BYTES_MAX) as usize;
     let wait = Duration::from_millis(u64::from(request.wait_ms)).min(FETCH_WAIT_MAX);
     let from = LogPosition(request.from);
+    let (group, node, durable) = (request.group, request.node, LogPosition(request.durable));
     shards
         .call(shard, move |context| async move {
+            record_fetch(group, node, from, durable);
             let deadline = Instant::now() + wait;
             loop {
                 match context.store.read_log(from, max_bytes) {
                     Ok(read) if read.frames.is_empty() && Instant::now() < deadline => {
                         compio::time::sleep(FETCH_POLL_INTERVAL).await;
                     }
-                    Ok(read) => return Ok(encode(&read, context.store.log_ends().1)),
+                    Ok(read) => {
+                        let written_end = context.store.log_ends().1;
+                        record_answer(group, node, written_end);
+                        return Ok(encode(&read, written_end));
+                    }
                     Err(error) => return Err((409, error.to_string())),
                 }
             }
         })
         .await
         .unwrap_or_else(|gone| Err((503, gone.to_string())))
+}
+
+/// On the leader's shard: a follower asked from `from` with `durable`
+/// durable.
+fn record_fetch(group: u32, node: u64, from: LogPosition, durable: LogPosition) {
+    let now = Instant::now();
+    FOLLOWERS.with(|followers| {
+        let mut followers = followers.borrow_mut();
+        let follower = followers.entry((group, node)).or_insert(Follower {
+            durable,
+            answered_end: None,
+            caught_up_at: None,
+        });
+        // A follower's log never shrinks while it follows one leader.
+        follower.durable = follower.durable.max(durable);
+        if follower.answered_end.is_some_and(|end| from >= end) {
+            follower.caught_up_at = Some(now);
+        }
+    });
+    PROGRESS.with(|progress| progress.notify_all());
+}
+
+/// On the leader's shard: a follower was answered with the log written up
+/// to `written_end`.
+fn record_answer(group: u32, node: u64, written_end: LogPosition) {
+    FOLLOWERS.with(|followers| {
+        if let Some(follower) = followers.borrow_mut().get_mut(&(group, node)) {
+            follower.answered_end = Some(written_end);
+        }
+    });
+}
+
+/// The durable end follower `node` of `group` reported, if it did.
+fn follower_durable(group: u32, node: u64) -> Option<LogPosition> {
+    FOLLOWERS.with(|followers| {
+        followers
+            .borrow()
+            .get(&(group, node))
+            .map(|follower| follower.durable)
+    })
+}
+
+/// Whether follower `node` of `group` caught up within `lag_max`.
+fn caught_up(group: u32, node: u64, lag_max: Duration) -> bool {
+    FOLLOWERS.with(|followers| {
+        followers
+            .borrow()
+            .get(&(group, node))
+            .and_then(|follower| follower.caught_up_at)
+            .is_some_and(|at| at.elapsed() <= lag_max)
+    })
+}
+
+/// Keep the in-sync sets of the groups this shard leads: the leader and
+/// the followers caught up within `cluster.replica_lag_time_max_ms`,
+/// unfenced. Runs for as long as the shard.
+pub async fn maintain_in_sync(context: Rc<ShardContext>, broker: Arc<Broker>) {
+    let Some(cluster_config) = broker.config.cluster.clone() else {
+        return;
+    };
+    let lag_max = Duration::from_millis(cluster_config.replica_lag_time_max_ms);
+    let own = u64::try_from(broker.config.kafka.node_id).unwrap_or(u64::MAX);
+    loop {
+        compio::time::sleep(ISR_CHECK_INTERVAL).await;
+        let snapshot = broker.metadata.snapshot();
+        let Some(placement) = &snapshot.placement else {
+            continue;
+        };
+        let shards = placement.shards as usize;
+        for (number, record) in placement.groups.iter().enumerate() {
+            if number % shards != usize::from(context.id.0) || record.leader != own {
+                continue;
+            }
+            let group = number as u32;
+            let live = |node: &u64| snapshot.nodes.get(node).is_some_and(|info| !info.fenced);
+            let in_sync: Vec<u64> = record
+                .members
+                .iter()
+                .copied()
+                .filter(|&node| node == own || (live(&node) && caught_up(group, node, lag_max)))
+                .collect();
+            if in_sync == record.in_sync {
+                continue;
+            }
+            let command = crate::broker::metadata_command::MetadataCommand::SetInSync {
+                group,
+                leader_epoch: record.leader_epoch,
+                in_sync: in_sync.clone(),
+            };
+            match broker.metadata.submit(command).await {
+                Ok(Ok(_)) => {
+                    tracing::info!(shard = %context.id, group, ?in_sync, was = ?record.in_sync, "in-sync set of a shard group changed")
+                }
+                Ok(Err(refusal)) => {
+                    tracing::warn!(shard = %context.id, group, %refusal, "the controller refused an in-sync set change")
+                }
+                Err(error) => {
+                    tracing::debug!(shard = %context.id, group, %error, "in-sync set change not committed yet")
+                }
+            }
+        }
+    }
+}
+
+/// Before an acks=all write to `topic`-`index` in a cluster:
+/// NOT_ENOUGH_REPLICAS when its shard group's in-sync set is smaller than
+/// the topic's `min.insync.replicas` (Kafka's check before the append).
+pub fn check_in_sync(broker: &Broker, topic: &str, index: u32) -> Result<(), i16> {
+    let snapshot = broker.metadata.snapshot();
+    let (Some(placement), Some(meta)) = (&snapshot.placement, snapshot.topic(topic)) else {
+        return Ok(());
+    };
+    if is_internal_topic(topic) {
+        return Ok(());
+    }
+    let in_sync = placement.group(topic, index).in_sync.len();
+    if (in_sync as i64) < i64::from(meta.config.min_insync_replicas) {
+        return Err(ResponseError::NotEnoughReplicas.code());
+    }
+    Ok(())
+}
+
+/// After an acks=all write to `topic`-`index` that this node holds
+/// durably up to `end`: wait until every member of the group's in-sync set
+/// does (on the partition's owner shard, which leads the group).
+/// NOT_ENOUGH_REPLICAS_AFTER_APPEND when the set shrinks below
+/// `min.insync.replicas` meanwhile; REQUEST_TIMED_OUT past `deadline`.
+pub async fn wait_in_sync(
+    broker: &Broker,
+    topic: &str,
+    index: u32,
+    end: LogPosition,
+    deadline: Option<Instant>,
+) -> Result<(), i16> {
+    let own = u64::try_from(broker.config.kafka.node_id).unwrap_or(u64::MAX);
+    let progress = PROGRESS.with(Rc::clone);
+    loop {
+        let snapshot = broker.metadata.snapshot();
+        let (Some(placement), Some(meta)) = (&snapshot.placement, snapshot.topic(topic)) else {
+            return Ok(());
+        };
+        if is_internal_topic(topic) {
+            return Ok(());
+        }
+        let group = placement.group_number(topic, index) as u32;
+        let record = &placement.groups[group as usize];
+        if (record.in_sync.len() as i64) < i64::from(meta.config.min_insync_replicas) {
+            return Err(ResponseError::NotEnoughReplicasAfterAppend.code());
+        }
+        let held = record.in_sync.iter().all(|&node| {
+            node == own || follower_durable(group, node).is_some_and(|durable| durable >= end)
+        });
+        if held {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|deadline| now >= deadline) {
+            return Err(ResponseError::RequestTimedOut.code());
+        }
+        // A follower's report, or a metadata change (the set shrank).
+        let wait = progress.wait();
+        let _ = compio::time::timeout(Duration::from_millis(50), wait).await;
+    }
 }

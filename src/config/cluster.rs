@@ -104,6 +104,11 @@ pub struct ClusterConfig {
     /// `election_timeout_max_ms` above it, both at most 60000.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// A follower that has not caught up with its shard group's leader for
+    /// this long leaves the group's in-sync set, so acks=all writes stop
+    /// waiting for it (Kafka `replica.lag.time.max.ms`); it rejoins once it
+    /// catches up. Default 30000; 100 to 2147483647.
+    pub replica_lag_time_max_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -121,6 +126,7 @@ impl Default for ClusterConfig {
             session_timeout_ms: 6000,
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
+            replica_lag_time_max_ms: 30_000,
         }
     }
 }
@@ -538,6 +544,13 @@ impl ClusterConfig {
                      {CLUSTER_INTERVAL_MS_MAX}: the timeouts are drawn at random between them",
                     self.election_timeout_min_ms
                 ),
+            );
+        }
+        if !(100..=super::KAFKA_INT_MAX).contains(&self.replica_lag_time_max_ms) {
+            return invalid(
+                "cluster.replica_lag_time_max_ms",
+                self.replica_lag_time_max_ms,
+                format!("must be between 100 and {}", super::KAFKA_INT_MAX),
             );
         }
         let floor = self.heartbeat_interval_ms.max(self.election_timeout_max_ms);
@@ -992,6 +1005,11 @@ mod tests {
                 "election_timeout_max_ms",
                 cluster.election_timeout_max_ms,
                 defaults.election_timeout_max_ms,
+            ),
+            (
+                "replica_lag_time_max_ms",
+                cluster.replica_lag_time_max_ms,
+                defaults.replica_lag_time_max_ms,
             ),
         ] {
             assert_eq!(example, default, "the example shows the default {key}");

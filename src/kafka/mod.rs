@@ -155,6 +155,12 @@ impl ShardService for KafkaService {
             let followers = crate::broker::replication::start_followers(context, &self.broker)
                 .map_err(|source| KafkaStartError::Followers { source })?;
             tasks.extend(followers);
+            tasks.push(compio::runtime::spawn(
+                crate::broker::replication::maintain_in_sync(
+                    Rc::clone(context),
+                    Arc::clone(&self.broker),
+                ),
+            ));
         }
         if context.id.0 == 0 {
             let limit = self.broker.config.kafka.connections_max;

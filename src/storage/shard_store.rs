@@ -102,6 +102,13 @@ pub enum ReadPart {
     Memory(bytes::Bytes),
 }
 
+impl AppendReceipt {
+    /// Where the last appended frame ends in the shard's log.
+    pub fn end(&self) -> LogPosition {
+        self.end
+    }
+}
+
 impl ReadPart {
     /// Bytes in this part.
     pub fn len(&self) -> u64 {

@@ -390,13 +390,14 @@ fn librdkafka_produces_through_one_node_and_consumes_through_another_following_t
             let mut partitions = topic.partitions.clone();
             partitions.sort_by_key(|partition| partition.partition_index);
             for partition in &partitions {
-                // The shard group: three members, the leader first; only the
-                // leader holds the data until Cluster II (in-sync: itself).
+                // The shard group: three members, the leader first; the
+                // in-sync set holds the leader and the followers caught up.
                 let replicas: Vec<i32> = partition.replica_nodes.iter().map(|id| id.0).collect();
                 let in_sync: Vec<i32> = partition.isr_nodes.iter().map(|id| id.0).collect();
                 assert_eq!(replicas.len(), 3, "{replicas:?}");
                 assert_eq!(replicas[0], partition.leader_id.0);
-                assert_eq!(in_sync, [partition.leader_id.0]);
+                assert!(in_sync.contains(&partition.leader_id.0), "{in_sync:?}");
+                assert!(in_sync.iter().all(|node| replicas.contains(node)), "{in_sync:?}");
             }
             partitions
                 .iter()
@@ -973,6 +974,12 @@ fn followers_copy_their_shard_groups_logs_frame_for_frame() {
             lags.len() == 4 && lags.iter().all(|(_, lag)| *lag == 0.0)
         })
     });
+    // Caught up, every follower is in its group's in-sync set.
+    eventually("the followers joined the in-sync sets", || {
+        partition_states(&brokers[2].address, "copied")
+            .iter()
+            .all(|(_, in_sync)| *in_sync == [1, 2, 3])
+    });
     drop(producer);
     stop_all(brokers);
     let shards = 2u16;
@@ -996,6 +1003,130 @@ fn followers_copy_their_shard_groups_logs_frame_for_frame() {
             );
         }
     }
+}
+
+/// Each partition's (leader, in-sync replicas) in a node's Metadata.
+fn partition_states(address: &str, topic: &str) -> Vec<(i32, Vec<i32>)> {
+    let answer = metadata(address);
+    let found = answer
+        .topics
+        .iter()
+        .find(|found| {
+            found
+                .name
+                .as_ref()
+                .is_some_and(|name| name.as_str() == topic)
+        })
+        .expect("the topic is listed");
+    let mut partitions = found.partitions.clone();
+    partitions.sort_by_key(|partition| partition.partition_index);
+    partitions
+        .iter()
+        .map(|partition| {
+            let mut in_sync: Vec<i32> = partition.isr_nodes.iter().map(|id| id.0).collect();
+            in_sync.sort_unstable();
+            (partition.leader_id.0, in_sync)
+        })
+        .collect()
+}
+
+/// An acks=all Produce of one small batch to `topic`-`partition` with a
+/// `timeout_ms` request timeout; the partition's error code.
+fn produce_acks_all(address: &str, topic: &str, partition: i32, timeout_ms: i32) -> i16 {
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(timeout_ms)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(Bytes::from(crate::kafka_bad_input::batch(1, 10)))),
+                ]),
+        ]);
+    let answer = Wire::connect(address).call(9, &request);
+    answer.responses[0].partition_responses[0].error_code
+}
+
+fn signal(broker: &BrokerProcess, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{name}"), broker.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Issue 16: a follower that keeps up joins its shard group's in-sync set
+/// (Metadata lists it); an acks=all write waits until every in-sync member
+/// holds it durably (stopped followers make it time out, resumed ones
+/// complete it); a fenced follower leaves the set, and a topic whose
+/// `min.insync.replicas` the set no longer reaches gets NOT_ENOUGH_REPLICAS.
+#[test]
+fn acks_all_waits_for_the_in_sync_followers_and_refuses_below_min_insync_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(dir.path());
+    let mut brokers = cluster.start_all();
+    let configs = [("min.insync.replicas", "2")];
+    kafka_clients::create_topic(&brokers[0].address, "durable", 6, &configs);
+    let strict = [("min.insync.replicas", "3")];
+    kafka_clients::create_topic(&brokers[0].address, "strict", 6, &strict);
+    for topic in ["durable", "strict"] {
+        eventually("every follower joined the in-sync sets", || {
+            partition_states(&brokers[0].address, topic)
+                .iter()
+                .all(|(_, in_sync)| *in_sync == [1, 2, 3])
+        });
+    }
+    let led_by = |topic: &str, node: i32| {
+        partition_states(&brokers[0].address, topic)
+            .iter()
+            .position(|(leader, _)| *leader == node)
+            .expect("node leads a partition") as i32
+    };
+    let (durable, strict) = (led_by("durable", 1), led_by("strict", 1));
+    assert_eq!(
+        produce_acks_all(&brokers[0].address, "durable", durable, 5000),
+        0
+    );
+    assert_eq!(
+        produce_acks_all(&brokers[0].address, "strict", strict, 5000),
+        0
+    );
+
+    // Both followers stopped (and with them the controller's quorum, so
+    // nobody leaves the in-sync set): the write is stored on the leader
+    // but never acknowledged.
+    signal(&brokers[1], "STOP");
+    signal(&brokers[2], "STOP");
+    assert_eq!(
+        produce_acks_all(&brokers[0].address, "durable", durable, 1500),
+        ResponseError::RequestTimedOut.code()
+    );
+    signal(&brokers[1], "CONT");
+    signal(&brokers[2], "CONT");
+    assert_eq!(
+        produce_acks_all(&brokers[0].address, "durable", durable, 10_000),
+        0
+    );
+
+    // Node 3 dies: once fenced it leaves every in-sync set; "durable"
+    // (2 required) still takes acks=all writes, "strict" (3) refuses them.
+    brokers.pop().unwrap().kill9();
+    eventually("node 3 left the in-sync sets", || {
+        partition_states(&brokers[0].address, "strict")
+            .iter()
+            .all(|(_, in_sync)| !in_sync.contains(&3))
+    });
+    assert_eq!(
+        produce_acks_all(&brokers[0].address, "durable", durable, 5000),
+        0
+    );
+    assert_eq!(
+        produce_acks_all(&brokers[0].address, "strict", strict, 5000),
+        ResponseError::NotEnoughReplicas.code()
+    );
+    stop_all(brokers);
 }
 
 /// A node silent past `cluster.session_timeout_ms` is fenced: Metadata

@@ -72,6 +72,7 @@ use kafka_protocol::messages::{ApiKey, BrokerId, ProduceRequest, ProduceResponse
 
 use super::{decode, str_bytes};
 use crate::broker::metadata::{TopicId, TopicMeta};
+use crate::broker::replication;
 use crate::broker::topic_config::{Recompression, TimestampType, TopicConfig};
 use crate::broker::txn::verify::{VerifyRequest, verify as verify_with_coordinator};
 use crate::broker::{Broker, create_partition_here};
@@ -849,6 +850,18 @@ async fn append_on_owner(
             })?
         }
     };
+    let started = std::time::Instant::now();
+    if durability == Durability::Fsynced
+        && let Err(code) = replication::check_in_sync(&broker, &topic.name, index)
+    {
+        return Err(Outcome::error(
+            code,
+            format!(
+                "{}-{index} has fewer in-sync replicas than its min.insync.replicas",
+                topic.name
+            ),
+        ));
+    }
     let mut first = None;
     let mut last = None;
     let counters = telemetry::kafka::topic(&topic.name);
@@ -905,6 +918,23 @@ async fn append_on_owner(
                 "the batch is stored but was not durable within the request timeout",
             ));
         }
+    }
+    if durability == Durability::Fsynced {
+        // In a cluster, acks=all also waits for the shard group's in-sync
+        // followers to hold it durably.
+        let deadline = (timeout != Duration::MAX).then(|| started + timeout);
+        replication::wait_in_sync(&broker, &topic.name, index, last.end(), deadline)
+            .await
+            .map_err(|code| {
+                Outcome::error(
+                    code,
+                    format!(
+                        "the batch is stored on the leader but not yet on every in-sync replica \
+                         of {}-{index}",
+                        topic.name
+                    ),
+                )
+            })?;
     }
     let log_start = store
         .offsets(id)
