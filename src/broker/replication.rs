@@ -274,9 +274,18 @@ async fn follow(
         let outcome = match peer::call_raw(&broker, leader_id, PATH_FETCH, &request).await {
             Ok(answer) => match decode(&answer) {
                 Ok((read, leader_end)) => {
-                    let copied = store
+                    let mut copied = store
                         .append_replicated_with(&read, &|id| gone(&cluster, id))
                         .await;
+                    // Durable before the next fetch reports it: acks=all
+                    // and the high watermark wait for that report.
+                    if copied.is_ok() && !read.frames.is_empty() {
+                        copied = store
+                            .sync()
+                            .await
+                            .map(|()| read.end())
+                            .map_err(ReplicaAppendError::Append);
+                    }
                     let lag = leader_end.0.saturating_sub(store.log_ends().0.0);
                     metrics::gauge!(crate::telemetry::names::REPLICA_LAG_BYTES, "group" => group.to_string())
                         .set(lag as f64);
@@ -344,6 +353,7 @@ pub async fn serve(
     shards
         .call(shard, move |context| async move {
             record_fetch(group, node, from, durable);
+            update_high_watermark(&context, &broker, group);
             let deadline = Instant::now() + wait;
             loop {
                 match context.store.read_log(from, max_bytes) {
@@ -381,6 +391,35 @@ fn record_fetch(group: u32, node: u64, from: LogPosition, durable: LogPosition) 
         }
     });
     PROGRESS.with(|progress| progress.notify_all());
+}
+
+/// On the leader's shard: let consumers see what every in-sync follower of
+/// `group` holds durably (the group's high watermark; the leader's own
+/// writes bound it too), or everything written when the leader is alone
+/// in sync.
+fn update_high_watermark(context: &ShardContext, broker: &Broker, group: u32) {
+    let snapshot = broker.metadata.snapshot();
+    let Some(record) = snapshot
+        .placement
+        .as_ref()
+        .and_then(|placement| placement.groups.get(group as usize))
+    else {
+        return;
+    };
+    let own = u64::try_from(broker.config.kafka.node_id).unwrap_or(u64::MAX);
+    if record.leader != own {
+        return;
+    }
+    let limit = record
+        .in_sync
+        .iter()
+        .filter(|&&node| node != own)
+        .map(|&node| follower_durable(group, node).unwrap_or(LogPosition::ZERO))
+        .min();
+    match limit {
+        Some(limit) => context.store.set_visible_limit(limit),
+        None => context.store.clear_visible_limit(),
+    }
 }
 
 /// On the leader's shard: a follower was answered with the log written up
@@ -435,6 +474,7 @@ pub async fn maintain_in_sync(context: Rc<ShardContext>, broker: Arc<Broker>) {
                 continue;
             }
             let group = number as u32;
+            update_high_watermark(&context, &broker, group);
             let live = |node: &u64| snapshot.nodes.get(node).is_some_and(|info| !info.fenced);
             let in_sync: Vec<u64> = record
                 .members

@@ -183,6 +183,10 @@ pub(super) struct StoreState {
     pub(super) visible: usize,
     /// The last frame end at or below the durable end: checkpoints start here.
     pub(super) durable_frame_end: LogPosition,
+    /// Appends ending past this stay invisible even once written: a
+    /// cluster leader's high watermark, what its in-sync followers hold
+    /// durably (`u64::MAX` otherwise).
+    pub(super) visible_limit: u64,
     pub(super) next_partition_id: u32,
 }
 
@@ -312,6 +316,7 @@ impl ShardStore {
             names,
             pending: VecDeque::new(),
             visible: 0,
+            visible_limit: u64::MAX,
             next_partition_id: recovered.next_partition_id,
         };
         let producer_snapshots = ProducerSnapshots::after_recovery(&recovered.report);
@@ -351,6 +356,37 @@ impl ShardStore {
         let mut tasks = self.tasks.borrow_mut();
         tasks.push(compio::runtime::spawn(Rc::clone(self).run_checkpointer()));
         tasks.push(compio::runtime::spawn(Rc::clone(self).run_retention()));
+    }
+
+    /// Let appends ending at or below `limit` become visible (a cluster
+    /// leader's high watermark: what its in-sync followers hold durably;
+    /// `u64::MAX` positions for no limit). The limit never moves back.
+    pub fn set_visible_limit(&self, limit: LogPosition) {
+        let mut state = self.state.borrow_mut();
+        if limit.0 <= state.visible_limit && state.visible_limit != u64::MAX {
+            return;
+        }
+        state.visible_limit = if state.visible_limit == u64::MAX {
+            limit.0
+        } else {
+            state.visible_limit.max(limit.0)
+        };
+        publish(&mut state);
+        drop(state);
+        self.progress.notify_all();
+    }
+
+    /// Lift the visible limit ([`ShardStore::set_visible_limit`]): every
+    /// written append becomes visible.
+    pub fn clear_visible_limit(&self) {
+        let mut state = self.state.borrow_mut();
+        if state.visible_limit == u64::MAX {
+            return;
+        }
+        state.visible_limit = u64::MAX;
+        publish(&mut state);
+        drop(state);
+        self.progress.notify_all();
     }
 
     /// The options the store was opened with.
@@ -652,9 +688,10 @@ impl ShardStore {
     }
 }
 
-/// Advance high watermarks for written appends and forget durable ones.
+/// Advance high watermarks for written appends (below the visible limit)
+/// and forget durable visible ones.
 pub(super) fn publish(state: &mut StoreState) {
-    let written = state.log.written_end().0;
+    let written = state.log.written_end().0.min(state.visible_limit);
     while let Some(pending) = state.pending.get(state.visible).copied() {
         if pending.end > written {
             break;
@@ -677,10 +714,10 @@ pub(super) fn publish(state: &mut StoreState) {
     assert!(state.visible <= state.pending.len());
     let durable = state.log.durable_end().0;
     while let Some(pending) = state.pending.front().copied() {
-        if pending.end > durable {
+        // Durable but held back by the visible limit: kept until visible.
+        if pending.end > durable || state.visible == 0 {
             break;
         }
-        assert!(state.visible > 0, "durable data is always written");
         assert!(
             state.durable_frame_end.0 <= pending.end,
             "the durable frame end never moves back"

@@ -397,7 +397,10 @@ fn librdkafka_produces_through_one_node_and_consumes_through_another_following_t
                 assert_eq!(replicas.len(), 3, "{replicas:?}");
                 assert_eq!(replicas[0], partition.leader_id.0);
                 assert!(in_sync.contains(&partition.leader_id.0), "{in_sync:?}");
-                assert!(in_sync.iter().all(|node| replicas.contains(node)), "{in_sync:?}");
+                assert!(
+                    in_sync.iter().all(|node| replicas.contains(node)),
+                    "{in_sync:?}"
+                );
             }
             partitions
                 .iter()
@@ -1097,17 +1100,37 @@ fn acks_all_waits_for_the_in_sync_followers_and_refuses_below_min_insync_replica
     // Both followers stopped (and with them the controller's quorum, so
     // nobody leaves the in-sync set): the write is stored on the leader
     // but never acknowledged.
+    // Consumers see only what the in-sync set holds (the high watermark).
+    let high_watermark = || {
+        use rdkafka::consumer::Consumer;
+        let consumer = kafka_clients::consumer(&brokers[0].address, &[]);
+        let (_, high) = consumer
+            .fetch_watermarks("durable", durable, Duration::from_secs(10))
+            .expect("ListOffsets answered");
+        high
+    };
+    eventually("the first write is visible", || high_watermark() == 1);
     signal(&brokers[1], "STOP");
     signal(&brokers[2], "STOP");
     assert_eq!(
         produce_acks_all(&brokers[0].address, "durable", durable, 1500),
         ResponseError::RequestTimedOut.code()
     );
+    assert_eq!(
+        high_watermark(),
+        1,
+        "stored on the leader only: not visible"
+    );
     signal(&brokers[1], "CONT");
     signal(&brokers[2], "CONT");
     assert_eq!(
         produce_acks_all(&brokers[0].address, "durable", durable, 10_000),
         0
+    );
+    assert_eq!(
+        high_watermark(),
+        3,
+        "both writes visible once the followers hold them"
     );
 
     // Node 3 dies: once fenced it leaves every in-sync set; "durable"

@@ -145,7 +145,8 @@ pub fn flush(producer: &BaseProducer<Acks>, acks: &Acks) -> Vec<Record> {
     acks.delivered.lock().unwrap().clone()
 }
 
-fn consumer(address: &str, settings: &[(&str, &str)]) -> BaseConsumer {
+/// A consumer of `address` with `settings`, for assign() (no group use).
+pub fn consumer(address: &str, settings: &[(&str, &str)]) -> BaseConsumer {
     // librdkafka wants a group id even for assign(); nothing is committed.
     // Its default isolation level is read_committed.
     let mut config = ClientConfig::new();

@@ -254,3 +254,44 @@ fn frame_len(frames: &[u8]) -> usize {
     let payload = u32::from_le_bytes(frames[8..12].try_into().unwrap()) as usize;
     20 + payload
 }
+
+/// Issue 16: a cluster leader's high watermark. Written and even durable
+/// batches stay invisible past the store's visible limit (what the in-sync
+/// followers hold), become visible as the limit advances, and all of them
+/// once it is lifted; the limit never moves back.
+#[test]
+fn batches_past_the_visible_limit_stay_invisible_until_it_advances() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = support::runtime(IoBackend::Epoll);
+    runtime.block_on(async {
+        let (store, ids) = store_with_partitions(dir.path());
+        let id = ids[0];
+        let high = |store: &ShardStore| store.offsets(id).unwrap().high_watermark.0;
+        let first = support::batch("visible", 2, 10);
+        store
+            .append(id, support::validated(&first), Durability::Fsynced)
+            .await
+            .unwrap();
+        let visible_end = store.log_ends().0;
+        store.set_visible_limit(visible_end);
+        let mut ends = Vec::new();
+        for round in 0..3 {
+            let bytes = support::batch(&format!("held-{round}"), 2, 10);
+            let receipt = store
+                .append(id, support::validated(&bytes), Durability::Fsynced)
+                .await
+                .unwrap();
+            store.wait(&receipt).await.unwrap();
+            ends.push(receipt.end());
+        }
+        assert_eq!(high(&store), 2, "durable but past the limit: invisible");
+        store.set_visible_limit(ends[0]);
+        assert_eq!(high(&store), 4);
+        store.set_visible_limit(visible_end);
+        assert_eq!(high(&store), 4, "the limit never moves back");
+        store.clear_visible_limit();
+        assert_eq!(high(&store), 8);
+        assert_eq!(support::read_all(&store, id, Offset(0)).len(), 4);
+        support::shutdown(&store).await;
+    });
+}
