@@ -94,6 +94,10 @@ pub struct FetchRequest {
     pub group: u32,
     /// The follower's node id.
     pub node: u64,
+    /// The group's leader epoch as the follower knows it: a leader at
+    /// another epoch refuses the fetch (Kafka's FENCED_LEADER_EPOCH and
+    /// UNKNOWN_LEADER_EPOCH), so a stale leader never feeds a follower.
+    pub leader_epoch: i32,
     /// The follower's log end: where the frames it lacks start.
     pub from: u64,
     /// The follower's durable end (for the high watermark, issue 16).
@@ -253,11 +257,11 @@ async fn follow(
                 tracing::warn!(%shard, group, %error, "cannot match a follower copy's partitions to the metadata");
             }
         }
-        let Some(leader) = cluster
+        let Some((leader, leader_epoch)) = cluster
             .placement
             .as_ref()
             .and_then(|placement| placement.groups.get(group as usize))
-            .map(|record| record.leader)
+            .map(|record| (record.leader, record.leader_epoch))
         else {
             return;
         };
@@ -265,6 +269,7 @@ async fn follow(
         let request = FetchRequest {
             group,
             node: u64::try_from(broker.config.kafka.node_id).unwrap_or(u64::MAX),
+            leader_epoch,
             from: append_end.0,
             durable: durable.0,
             max_bytes: FETCH_BYTES_MAX,
@@ -289,7 +294,8 @@ async fn follow(
                     let lag = leader_end.0.saturating_sub(store.log_ends().0.0);
                     metrics::gauge!(crate::telemetry::names::REPLICA_LAG_BYTES, "group" => group.to_string())
                         .set(lag as f64);
-                    copied.map(drop).map_err(|error| {
+                    let behind = lag > u64::from(FETCH_BYTES_MAX);
+                    copied.map(|end| if behind { end.0.saturating_sub(append_end.0) } else { 0 }).map_err(|error| {
                         // A partition created since the last reconcile.
                         if matches!(error, ReplicaAppendError::UnknownPartition { .. })
                             && let Err(error) =
@@ -304,8 +310,12 @@ async fn follow(
             },
             Err(error) => Err(error),
         };
+        let outcome: Result<u64, String> = outcome;
         match outcome {
-            Ok(()) => backoff = RETRY_BACKOFF_MIN,
+            Ok(copied) => {
+                backoff = RETRY_BACKOFF_MIN;
+                throttle(&broker, copied).await;
+            }
             Err(error) => {
                 if let Some(failed) = FAILURES.record(monotonic_ms()) {
                     tracing::warn!(%shard, group, leader, %error, failed, "a follower cannot copy its shard group's log yet; retrying (`failed` counts failures since the last such line)");
@@ -342,6 +352,15 @@ pub async fn serve(
             format!(
                 "node {own} does not lead shard group {} (node {} does)",
                 request.group, record.leader
+            ),
+        ));
+    }
+    if request.leader_epoch != record.leader_epoch {
+        return Err((
+            409,
+            format!(
+                "shard group {} is at leader epoch {}, the follower asked at {}",
+                request.group, record.leader_epoch, request.leader_epoch
             ),
         ));
     }
@@ -564,4 +583,18 @@ pub async fn wait_in_sync(
         let wait = progress.wait();
         let _ = compio::time::timeout(Duration::from_millis(50), wait).await;
     }
+}
+
+/// After copying `copied` bytes while catching up: wait as long as
+/// `cluster.replica_catchup_bytes_per_second` asks.
+async fn throttle(broker: &Broker, copied: u64) {
+    let rate = broker
+        .config
+        .cluster
+        .as_ref()
+        .map_or(0, |cluster| cluster.replica_catchup_bytes_per_second);
+    if rate == 0 || copied == 0 {
+        return;
+    }
+    compio::time::sleep(Duration::from_secs_f64(copied as f64 / rate as f64)).await;
 }

@@ -109,6 +109,12 @@ pub struct ClusterConfig {
     /// waiting for it (Kafka `replica.lag.time.max.ms`); it rejoins once it
     /// catches up. Default 30000; 100 to 2147483647.
     pub replica_lag_time_max_ms: u64,
+    /// Most bytes a second one follower copy fetches while it catches up
+    /// (more than one fetch behind its leader), so a new or returning
+    /// replica copying whole segments does not starve the leader's disk
+    /// and network; 0 for no limit (Kafka's follower replication quota).
+    /// Default 0.
+    pub replica_catchup_bytes_per_second: u64,
 }
 
 impl Default for ClusterConfig {
@@ -127,6 +133,7 @@ impl Default for ClusterConfig {
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
             replica_lag_time_max_ms: 30_000,
+            replica_catchup_bytes_per_second: 0,
         }
     }
 }
@@ -1010,6 +1017,11 @@ mod tests {
                 "replica_lag_time_max_ms",
                 cluster.replica_lag_time_max_ms,
                 defaults.replica_lag_time_max_ms,
+            ),
+            (
+                "replica_catchup_bytes_per_second",
+                cluster.replica_catchup_bytes_per_second,
+                defaults.replica_catchup_bytes_per_second,
             ),
         ] {
             assert_eq!(example, default, "the example shows the default {key}");

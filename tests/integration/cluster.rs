@@ -822,6 +822,28 @@ fn forged_transaction_requests_between_nodes_are_refused_and_the_node_keeps_serv
         answer.contains("Refused") && answer.contains("PartitionGone"),
         "{answer}"
     );
+    // A replica fetch at another leader epoch than the group's (a stale
+    // leader or follower) is refused; at the group's epoch it is served.
+    let group = (node - 1) * 2;
+    let fetch = |epoch: i32| {
+        let body = serde_json::json!({
+            "group": group, "node": sender, "leader_epoch": epoch, "from": 0,
+            "durable": 0, "max_bytes": 1024, "wait_ms": 0,
+        });
+        cluster_post(
+            listener,
+            sender,
+            "/broker/replica/fetch",
+            body.to_string().as_bytes(),
+        )
+    };
+    let (status, answer) = fetch(5);
+    assert!(
+        status.contains("409") && answer.contains("leader epoch"),
+        "{status} {answer}"
+    );
+    let (status, _) = fetch(0);
+    assert!(status.contains("200"), "{status}");
     // Still serving: the coordinator answers, a topic can be created.
     assert_eq!(
         coordinator(&brokers[node - 1].address, 1, transactional_id),
