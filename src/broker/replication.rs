@@ -399,12 +399,14 @@ fn record_fetch(group: u32, node: u64, from: LogPosition, durable: LogPosition) 
     FOLLOWERS.with(|followers| {
         let mut followers = followers.borrow_mut();
         let follower = followers.entry((group, node)).or_insert(Follower {
-            durable,
+            durable: durable.min(from),
             answered_end: None,
             caught_up_at: None,
         });
-        // A follower's log never shrinks while it follows one leader.
-        follower.durable = follower.durable.max(durable);
+        // A follower holds nothing durably past where it asks from; one
+        // that lost its copy (an emptied data dir) reports less than before,
+        // and acks=all must not count what it no longer has.
+        follower.durable = durable.min(from);
         if follower.answered_end.is_some_and(|end| from >= end) {
             follower.caught_up_at = Some(now);
         }
@@ -597,4 +599,32 @@ async fn throttle(broker: &Broker, copied: u64) {
         return;
     }
     compio::time::sleep(Duration::from_secs_f64(copied as f64 / rate as f64)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_counts_as_holding_nothing_past_where_it_asks_from() {
+        record_fetch(7, 2, LogPosition(100), LogPosition(10_000));
+        assert_eq!(follower_durable(7, 2), Some(LogPosition(100)));
+        record_fetch(7, 2, LogPosition(500), LogPosition(400));
+        assert_eq!(follower_durable(7, 2), Some(LogPosition(400)));
+        // A follower that lost its copy starts again from 0.
+        record_fetch(7, 2, LogPosition(0), LogPosition(0));
+        assert_eq!(follower_durable(7, 2), Some(LogPosition(0)));
+    }
+
+    #[test]
+    fn a_follower_is_caught_up_once_it_asks_from_where_the_last_answer_ended() {
+        let lag_max = Duration::from_secs(30);
+        record_fetch(8, 3, LogPosition(0), LogPosition(0));
+        assert!(!caught_up(8, 3, lag_max), "no answer yet to have caught up with");
+        record_answer(8, 3, LogPosition(4096));
+        record_fetch(8, 3, LogPosition(1024), LogPosition(1024));
+        assert!(!caught_up(8, 3, lag_max));
+        record_fetch(8, 3, LogPosition(4096), LogPosition(1024));
+        assert!(caught_up(8, 3, lag_max));
+    }
 }
