@@ -35,14 +35,19 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sends a request to another node's broker (the cluster layer implements
 /// it over its RPC).
 pub trait PeerCaller: Send + Sync {
-    /// POST the JSON `body` to `path` on node `node`; the JSON answer, or
+    /// POST the JSON `body` to `path` on node `node`; the answer's body, or
     /// why there is none (unreachable, timed out, refused: the reason).
+    /// A `queued` call waits its turn among a bounded number in flight to
+    /// the node; a replica fetch (one per follower copy, held open by the
+    /// leader while it has nothing new) does not, or copies would starve
+    /// each other and every other call.
     fn call(
         &self,
         node: u64,
         path: &'static str,
         body: Vec<u8>,
         timeout: Duration,
+        queued: bool,
     ) -> BoxFuture<'static, Result<Bytes, String>>;
 }
 
@@ -62,17 +67,19 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     path: &'static str,
     request: &Req,
 ) -> Result<Resp, String> {
-    let answer = call_raw(broker, node, path, request).await?;
+    let answer = call_raw(broker, node, path, request, true).await?;
     serde_json::from_slice(&answer)
         .map_err(|error| format!("node {node} answered {path} with a bad body: {error}"))
 }
 
-/// [`call`] for an answer that is not JSON: its bytes.
+/// [`call`] for an answer that is not JSON: its bytes (`queued`: see
+/// [`PeerCaller::call`]).
 pub async fn call_raw<Req: Serialize>(
     broker: &Broker,
     node: i32,
     path: &'static str,
     request: &Req,
+    queued: bool,
 ) -> Result<Bytes, String> {
     let caller = broker
         .peers
@@ -80,7 +87,7 @@ pub async fn call_raw<Req: Serialize>(
         .ok_or_else(|| "this node is not part of a cluster".to_owned())?;
     let id = u64::try_from(node).map_err(|_| format!("there is no node {node}"))?;
     let body = serde_json::to_vec(request).map_err(|error| error.to_string())?;
-    caller.call(id, path, body, CALL_TIMEOUT).await
+    caller.call(id, path, body, CALL_TIMEOUT, queued).await
 }
 
 /// What this node's broker serves other nodes: each request runs on the

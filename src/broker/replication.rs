@@ -276,7 +276,7 @@ async fn follow(
             wait_ms: FETCH_WAIT_MAX.as_millis() as u32,
         };
         let leader_id = i32::try_from(leader).unwrap_or(-1);
-        let outcome = match peer::call_raw(&broker, leader_id, PATH_FETCH, &request).await {
+        let outcome = match peer::call_raw(&broker, leader_id, PATH_FETCH, &request, false).await {
             Ok(answer) => match decode(&answer) {
                 Ok((read, leader_end)) => {
                     let mut copied = store
@@ -620,7 +620,10 @@ mod tests {
     fn a_follower_is_caught_up_once_it_asks_from_where_the_last_answer_ended() {
         let lag_max = Duration::from_secs(30);
         record_fetch(8, 3, LogPosition(0), LogPosition(0));
-        assert!(!caught_up(8, 3, lag_max), "no answer yet to have caught up with");
+        assert!(
+            !caught_up(8, 3, lag_max),
+            "no answer yet to have caught up with"
+        );
         record_answer(8, 3, LogPosition(4096));
         record_fetch(8, 3, LogPosition(1024), LogPosition(1024));
         assert!(!caught_up(8, 3, lag_max));

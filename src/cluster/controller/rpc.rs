@@ -33,7 +33,8 @@ pub const NODE_ID_HEADER: &str = "sluice-node-id";
 /// Largest request or response body: a batch of at most
 /// [`ENTRIES_PER_APPEND_MAX`] log entries of at most [`ENTRY_BYTES_MAX`]
 /// each, or a snapshot chunk (openraft sends snapshots in 3 MiB chunks).
-/// With [`CONNECTIONS_MAX`] it bounds what the listener buffers (1 GiB).
+/// With the connection limit ([`connections_max`]) it bounds what the
+/// listener buffers (1 GiB with two shards).
 pub const BODY_BYTES_MAX: usize = 16 << 20;
 
 /// Largest snapshot a node accepts from a leader (the metadata of many
@@ -50,6 +51,14 @@ pub const ENTRIES_PER_APPEND_MAX: u64 = 8;
 /// Connections the cluster listener keeps open at once; more are closed as
 /// they arrive (peers open one per call and close it after).
 pub const CONNECTIONS_MAX: usize = 64;
+
+/// Connections a node's cluster listener keeps open at once:
+/// [`CONNECTIONS_MAX`] for the controller and broker calls, plus the
+/// replica fetches its followers hold open (one per follower copy: up to
+/// `shards` per other node).
+pub fn connections_max(shards: u32, peers: usize) -> usize {
+    CONNECTIONS_MAX + shards as usize * peers.saturating_sub(1)
+}
 
 pub const PATH_APPEND: &str = "/raft/append";
 pub const PATH_VOTE: &str = "/raft/vote";

@@ -248,6 +248,8 @@ struct PeerCall {
     path: &'static str,
     body: Vec<u8>,
     timeout: Duration,
+    /// Waits its turn among [`PEER_CALLS_IN_FLIGHT_MAX`] to the node.
+    queued: bool,
     reply: futures_channel::oneshot::Sender<Result<bytes::Bytes, String>>,
 }
 
@@ -351,6 +353,7 @@ impl PeerCaller for ControllerHandle {
         path: &'static str,
         body: Vec<u8>,
         timeout: Duration,
+        queued: bool,
     ) -> futures_util::future::BoxFuture<'static, Result<bytes::Bytes, String>> {
         let (reply, answer) = futures_channel::oneshot::channel();
         let call = PeerCall {
@@ -358,6 +361,7 @@ impl PeerCaller for ControllerHandle {
             path,
             body,
             timeout,
+            queued,
             reply,
         };
         let sent = self.calls.send(call).is_ok();
@@ -433,7 +437,9 @@ pub fn start(
                     registered,
                     broker_service,
                 };
-                let member = match Member::start(&config, &data_dir, identity, shared).await {
+                let shards = local.shards;
+                let member = match Member::start(&config, &data_dir, identity, shared, shards).await
+                {
                     Ok(member) => member,
                     Err(error) => {
                         let _ = started.send(Err(error));
@@ -493,6 +499,7 @@ impl Member {
         data_dir: &Path,
         node_identity: NodeIdentity,
         shared: Shared,
+        shards: u32,
     ) -> Result<Member, ControllerStartError> {
         let Shared {
             store,
@@ -588,6 +595,7 @@ impl Member {
             store: Arc::clone(&store),
             recent: Duration::from_millis(config.heartbeat_interval_ms * 3),
             broker_service,
+            connections_max: rpc::connections_max(shards, peers.len()),
         };
         tokio::spawn(server.serve(listener));
         let lowest = peers.keys().next().copied() == Some(node_id);
@@ -699,10 +707,15 @@ impl Member {
                 path,
                 body,
                 timeout,
+                queued,
                 reply,
             } = call;
             let exchange = async {
-                let _slot = slots.acquire().await.map_err(|error| error.to_string())?;
+                let _slot = if queued {
+                    Some(slots.acquire().await.map_err(|error| error.to_string())?)
+                } else {
+                    None
+                };
                 rpc::call_raw(&identity, &address, path, body, timeout)
                     .await
                     .map_err(|error| error.to_string())
@@ -1040,6 +1053,8 @@ struct Server {
     /// A node heard within this long is waited for (3 heartbeats).
     recent: Duration,
     broker_service: BrokerService,
+    /// [`rpc::connections_max`] for this cluster.
+    connections_max: usize,
 }
 
 impl Server {
@@ -1057,11 +1072,11 @@ impl Server {
             };
             // Peers open a connection per call: a bound on those open at
             // once keeps a flood of idle connections from growing memory.
-            if open.load(Ordering::Relaxed) >= rpc::CONNECTIONS_MAX {
+            if open.load(Ordering::Relaxed) >= server.connections_max {
                 if let Some(refused) =
                     REFUSED_CONNECTIONS.record(crate::log_throttle::monotonic_ms())
                 {
-                    tracing::warn!(%peer, refused, limit = rpc::CONNECTIONS_MAX, "cluster listener at its connection limit; closing new connections");
+                    tracing::warn!(%peer, refused, limit = server.connections_max, "cluster listener at its connection limit; closing new connections");
                 }
                 drop(stream);
                 continue;
