@@ -265,6 +265,12 @@ async fn follow(
         else {
             return;
         };
+        if i64::try_from(leader).ok() == Some(i64::from(broker.config.kafka.node_id)) {
+            // This node leads the group now (failover, not built yet): a
+            // copy does not follow itself.
+            tracing::warn!(%shard, group, "this node leads a group it kept a copy of; the copy stops following");
+            return;
+        }
         let (append_end, _, durable) = store.log_ends();
         let request = FetchRequest {
             group,
