@@ -502,6 +502,11 @@ pub async fn maintain_in_sync(context: Rc<ShardContext>, broker: Arc<Broker>) {
             }
             let group = number as u32;
             update_high_watermark(&context, &broker, group);
+            let label = group.to_string();
+            metrics::gauge!(crate::telemetry::names::GROUP_IN_SYNC_REPLICAS, "group" => label.clone())
+                .set(record.in_sync.len() as f64);
+            metrics::gauge!(crate::telemetry::names::GROUP_REPLICAS, "group" => label)
+                .set(record.members.len() as f64);
             let live = |node: &u64| snapshot.nodes.get(node).is_some_and(|info| !info.fenced);
             let in_sync: Vec<u64> = record
                 .members

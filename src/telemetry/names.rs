@@ -58,6 +58,8 @@ pub const TRANSACTION_TIMEOUTS: &str = "sluice_transaction_timeouts_total";
 pub const PARTITION_LSO_LAG: &str = "sluice_partition_lso_lag";
 
 pub const REPLICA_LAG_BYTES: &str = "sluice_replica_lag_bytes";
+pub const GROUP_IN_SYNC_REPLICAS: &str = "sluice_group_in_sync_replicas";
+pub const GROUP_REPLICAS: &str = "sluice_group_replicas";
 
 pub const RECOVERY_DURATION: &str = "sluice_recovery_duration_seconds";
 pub const RECOVERY_TRUNCATED_BYTES: &str = "sluice_recovery_truncated_bytes";
@@ -256,6 +258,17 @@ pub fn describe() {
         Unit::Bytes,
         "Bytes of a shard group's log this node's follower copy lacks, as of its last fetch \
          from the group's leader, by group (cluster nodes only)."
+    );
+    describe_gauge!(
+        GROUP_IN_SYNC_REPLICAS,
+        Unit::Count,
+        "Members of a shard group this node leads that are in sync (the leader included), by \
+         group; below sluice_group_replicas the group's partitions are under-replicated."
+    );
+    describe_gauge!(
+        GROUP_REPLICAS,
+        Unit::Count,
+        "Members of a shard group this node leads, by group (the replication factor)."
     );
     describe_gauge!(
         PARTITION_LSO_LAG,

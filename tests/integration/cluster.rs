@@ -999,11 +999,18 @@ fn followers_copy_their_shard_groups_logs_frame_for_frame() {
             lags.len() == 4 && lags.iter().all(|(_, lag)| *lag == 0.0)
         })
     });
-    // Caught up, every follower is in its group's in-sync set.
+    // Caught up, every follower is in its group's in-sync set; each leader
+    // says so for the 2 groups it leads.
     eventually("the followers joined the in-sync sets", || {
         partition_states(&brokers[2].address, "copied")
             .iter()
             .all(|(_, in_sync)| *in_sync == [1, 2, 3])
+    });
+    eventually("the leaders count their in-sync replicas", || {
+        brokers.iter().all(|broker| {
+            let in_sync = metric_values(&broker.metrics, "sluice_group_in_sync_replicas");
+            in_sync.len() == 2 && in_sync.iter().all(|(_, count)| *count == 3.0)
+        })
     });
     drop(producer);
     stop_all(brokers);
