@@ -22,7 +22,7 @@ use super::frame::{FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES, FrameHeader};
 use super::partition::IndexedBatch;
 use super::segment::{self, Segment};
 use super::segment_reader::{CheckedFrame, check_frame};
-use super::shard_store::{PendingAppend, ShardStore};
+use super::shard_store::ShardStore;
 use super::store_errors::{AppendError, TryAppendError};
 use crate::ids::{LogPosition, Offset, PartitionId};
 
@@ -397,15 +397,8 @@ impl ShardStore {
                 }
             }
         }
-        assert!(
-            state.pending.back().is_none_or(|last| last.end < end.0),
-            "pending appends are in log order"
-        );
-        state.pending.push_back(PendingAppend {
-            end: end.0,
-            partition: id,
-            next_offset: partition.next_offset,
-        });
+        let next_offset = partition.next_offset;
+        state.push_pending(id, end, next_offset);
         drop(guard);
         self.flush_kick.notify();
         Ok(())

@@ -688,6 +688,28 @@ impl ShardStore {
     }
 }
 
+impl StoreState {
+    /// Record an append of partition `partition` ending at `end`, after
+    /// which the partition's next offset is `next_offset`: visible once
+    /// written (and below the visible limit), forgotten once durable.
+    pub(super) fn push_pending(
+        &mut self,
+        partition: PartitionId,
+        end: LogPosition,
+        next_offset: Offset,
+    ) {
+        assert!(
+            self.pending.back().is_none_or(|last| last.end < end.0),
+            "pending appends are in log order"
+        );
+        self.pending.push_back(PendingAppend {
+            end: end.0,
+            partition,
+            next_offset,
+        });
+    }
+}
+
 /// Advance high watermarks for written appends (below the visible limit)
 /// and forget durable visible ones.
 pub(super) fn publish(state: &mut StoreState) {

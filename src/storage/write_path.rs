@@ -16,7 +16,7 @@ use super::partition::IndexedBatch;
 use super::producer_state::{Check, TxnToken};
 use super::retention::DiskPressure;
 use super::segment;
-use super::shard_store::{AppendReceipt, Durability, LEADER_EPOCH, PendingAppend, ShardStore};
+use super::shard_store::{AppendReceipt, Durability, LEADER_EPOCH, ShardStore};
 use super::store_errors::{AppendError, TryAppendError};
 use crate::ids::{Offset, PartitionId};
 use crate::log_throttle::{LogThrottle, monotonic_ms};
@@ -343,18 +343,11 @@ impl ShardStore {
             None => partition.producers.apply(&header, base_offset, end),
         }
         assert!(
-            state.pending.back().is_none_or(|last| last.end < end.0),
-            "pending appends are in log order"
-        );
-        assert!(
             partition.next_offset.0 == base_offset.0 + i64::from(header.last_offset_delta) + 1,
             "the partition's next offset follows the batch"
         );
-        state.pending.push_back(PendingAppend {
-            end: end.0,
-            partition: id,
-            next_offset: partition.next_offset,
-        });
+        let next_offset = partition.next_offset;
+        state.push_pending(id, end, next_offset);
         drop(guard);
         self.flush_kick.notify();
         Ok(AppendReceipt {

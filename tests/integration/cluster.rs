@@ -1065,20 +1065,9 @@ fn partition_states(address: &str, topic: &str) -> Vec<(i32, Vec<i32>)> {
 /// An acks=all Produce of one small batch to `topic`-`partition` with a
 /// `timeout_ms` request timeout; the partition's error code.
 fn produce_acks_all(address: &str, topic: &str, partition: i32, timeout_ms: i32) -> i16 {
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(timeout_ms)
-        .with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-                .with_partition_data(vec![
-                    PartitionProduceData::default()
-                        .with_index(partition)
-                        .with_records(Some(Bytes::from(crate::kafka_bad_input::batch(1, 10)))),
-                ]),
-        ]);
-    let answer = Wire::connect(address).call(9, &request);
-    answer.responses[0].partition_responses[0].error_code
+    let batch = crate::kafka_bad_input::batch(1, 10);
+    let mut wire = Wire::connect(address);
+    crate::kafka_bad_input::produce_with_timeout(&mut wire, topic, partition, batch, -1, timeout_ms)
 }
 
 fn signal(broker: &BrokerProcess, name: &str) {

@@ -38,9 +38,21 @@ pub fn produce_with_acks(
     records: Vec<u8>,
     acks: i16,
 ) -> i16 {
+    produce_with_timeout(wire, topic, partition, records, acks, 10_000)
+}
+
+/// [`produce_with_acks`] with a request timeout of `timeout_ms`.
+pub fn produce_with_timeout(
+    wire: &mut Wire,
+    topic: &str,
+    partition: i32,
+    records: Vec<u8>,
+    acks: i16,
+    timeout_ms: i32,
+) -> i16 {
     let request = ProduceRequest::default()
         .with_acks(acks)
-        .with_timeout_ms(10_000)
+        .with_timeout_ms(timeout_ms)
         .with_topic_data(vec![
             TopicProduceData::default()
                 .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
