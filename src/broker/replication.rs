@@ -56,9 +56,6 @@ pub const FETCH_BYTES_MAX: u32 = 4 << 20;
 /// Longest a leader holds a fetch that finds nothing new.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_millis(500);
 
-/// How often a held fetch looks for new frames.
-const FETCH_POLL_INTERVAL: Duration = Duration::from_millis(5);
-
 /// Back-off after a failed fetch, doubled up to the maximum.
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -377,21 +374,30 @@ pub async fn serve(
     let (group, node, durable) = (request.group, request.node, LogPosition(request.durable));
     shards
         .call(shard, move |context| async move {
-            record_fetch(group, node, from, durable);
-            update_high_watermark(&context, &broker, group);
             let deadline = Instant::now() + wait;
+            let mut recorded = false;
             loop {
-                match context.store.read_log(from, max_bytes) {
-                    Ok(read) if read.frames.is_empty() && Instant::now() < deadline => {
-                        compio::time::sleep(FETCH_POLL_INTERVAL).await;
-                    }
-                    Ok(read) => {
-                        let written_end = context.store.log_ends().1;
-                        record_answer(group, node, written_end);
-                        return Ok(encode(&read, written_end));
-                    }
-                    Err(error) => return Err((409, error.to_string())),
+                // A position this log does not have (past its end, inside
+                // a frame) is refused before the follower's report counts.
+                let read = context
+                    .store
+                    .read_log(from, max_bytes)
+                    .map_err(|error| (409, error.to_string()))?;
+                if !recorded {
+                    recorded = true;
+                    record_fetch(group, node, from, durable);
+                    update_high_watermark(&context, &broker, group);
                 }
+                let now = Instant::now();
+                if read.frames.is_empty() && now < deadline {
+                    // Woken by the next write (or the deadline).
+                    let written = context.store.progressed();
+                    let _ = compio::time::timeout(deadline - now, written).await;
+                    continue;
+                }
+                let written_end = context.store.log_ends().1;
+                record_answer(group, node, written_end);
+                return Ok(encode(&read, written_end));
             }
         })
         .await

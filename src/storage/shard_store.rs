@@ -358,19 +358,29 @@ impl ShardStore {
         tasks.push(compio::runtime::spawn(Rc::clone(self).run_retention()));
     }
 
+    /// Resolves at the store's next progress: a watermark advanced (more
+    /// written, durable or visible) or the log was poisoned.
+    pub fn progressed(&self) -> impl Future<Output = ()> + '_ {
+        self.progress.wait()
+    }
+
     /// Let appends ending at or below `limit` become visible (a cluster
     /// leader's high watermark: what its in-sync followers hold durably;
     /// `u64::MAX` positions for no limit). The limit never moves back.
     pub fn set_visible_limit(&self, limit: LogPosition) {
         let mut state = self.state.borrow_mut();
-        if limit.0 <= state.visible_limit && state.visible_limit != u64::MAX {
+        // Without a limit everything written is visible: a new limit starts
+        // there at least, so nothing visible becomes a frontier again.
+        let floor = if state.visible_limit == u64::MAX {
+            state.log.written_end().0
+        } else {
+            state.visible_limit
+        };
+        let limit = limit.0.max(floor);
+        if limit == state.visible_limit {
             return;
         }
-        state.visible_limit = if state.visible_limit == u64::MAX {
-            limit.0
-        } else {
-            state.visible_limit.max(limit.0)
-        };
+        state.visible_limit = limit;
         publish(&mut state);
         drop(state);
         self.progress.notify_all();

@@ -844,6 +844,31 @@ fn forged_transaction_requests_between_nodes_are_refused_and_the_node_keeps_serv
     );
     let (status, _) = fetch(0);
     assert!(status.contains("200"), "{status}");
+    // A report from a position past the log's end is refused and does not
+    // count: with that follower stopped, an acks=all write to the group
+    // still waits for it.
+    kafka_clients::create_topic(&brokers[0].address, "guarded", 6, &[]);
+    let partition = (0..6)
+        .find(|&index| sluice::shard::mailbox::partition_slot("guarded", index) % 6 == group as u64)
+        .unwrap() as i32;
+    eventually("the group's followers are in sync", || {
+        partition_states(&brokers[0].address, "guarded")[partition as usize].1 == [1, 2, 3]
+    });
+    let forged = serde_json::json!({
+        "group": group, "node": sender, "leader_epoch": 0, "from": u64::MAX,
+        "durable": u64::MAX, "max_bytes": 1024, "wait_ms": 0,
+    });
+    let (status, answer) = cluster_post(
+        listener,
+        sender,
+        "/broker/replica/fetch",
+        forged.to_string().as_bytes(),
+    );
+    assert!(status.contains("409"), "{status} {answer}");
+    signal(&brokers[sender - 1], "STOP");
+    let code = produce_acks_all(&brokers[node - 1].address, "guarded", partition, 1500);
+    signal(&brokers[sender - 1], "CONT");
+    assert_eq!(code, ResponseError::RequestTimedOut.code());
     // Still serving: the coordinator answers, a topic can be created.
     assert_eq!(
         coordinator(&brokers[node - 1].address, 1, transactional_id),
