@@ -66,6 +66,14 @@ static FAILURES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 
 /// How often a leader's shard looks at its groups' in-sync sets.
 pub const ISR_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
+/// A gap between two checks this much longer than planned means the node
+/// was stopped, not its followers.
+const PAUSE_DETECTED_AFTER: Duration = Duration::from_secs(2);
+
+/// After such a pause, no follower leaves an in-sync set for this long
+/// (they fetch again within one long poll).
+const SHRINK_GRACE_AFTER_PAUSE: Duration = Duration::from_secs(3);
+
 /// What a group's leader knows of one follower (on the leader's shard).
 #[derive(Clone, Copy, Debug)]
 struct Follower {
@@ -495,8 +503,20 @@ pub async fn maintain_in_sync(context: Rc<ShardContext>, broker: Arc<Broker>) {
     };
     let lag_max = Duration::from_millis(cluster_config.replica_lag_time_max_ms);
     let own = u64::try_from(broker.config.kafka.node_id).unwrap_or(u64::MAX);
+    let mut last_check = Instant::now();
+    let mut shrink_from = Instant::now();
     loop {
         compio::time::sleep(ISR_CHECK_INTERVAL).await;
+        // A check far later than planned means this node itself was
+        // stopped (SIGSTOP, a stalled host): its followers only look
+        // stale by its clock, so none is dropped until they had time to
+        // fetch again.
+        let now = Instant::now();
+        if now - last_check > PAUSE_DETECTED_AFTER {
+            shrink_from = now + SHRINK_GRACE_AFTER_PAUSE;
+        }
+        last_check = now;
+        let may_shrink = now >= shrink_from;
         let snapshot = broker.metadata.snapshot();
         let Some(placement) = &snapshot.placement else {
             continue;
@@ -518,7 +538,10 @@ pub async fn maintain_in_sync(context: Rc<ShardContext>, broker: Arc<Broker>) {
                 .members
                 .iter()
                 .copied()
-                .filter(|&node| node == own || (live(&node) && caught_up(group, node, lag_max)))
+                .filter(|&node| {
+                    let kept = !may_shrink && record.in_sync.contains(&node);
+                    node == own || (live(&node) && (kept || caught_up(group, node, lag_max)))
+                })
                 .collect();
             if in_sync == record.in_sync {
                 continue;

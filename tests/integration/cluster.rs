@@ -1195,6 +1195,44 @@ fn acks_all_waits_for_the_in_sync_followers_and_refuses_below_min_insync_replica
     stop_all(brokers);
 }
 
+/// A leader that was itself stopped for a while (SIGSTOP) does not drop
+/// its healthy followers from the in-sync sets when it resumes: they only
+/// look stale by its clock.
+#[test]
+fn a_leader_resumed_after_a_pause_keeps_its_followers_in_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::with_config(dir.path(), "[cluster]\nreplica_lag_time_max_ms = 1000\n");
+    let brokers = cluster.start_all();
+    kafka_clients::create_topic(&brokers[0].address, "paused", 6, &[]);
+    eventually("every follower joined the in-sync sets", || {
+        partition_states(&brokers[0].address, "paused")
+            .iter()
+            .all(|(_, in_sync)| *in_sync == [1, 2, 3])
+    });
+    let shrinks = |broker: &BrokerProcess| {
+        broker
+            .log()
+            .iter()
+            .filter(|line| {
+                line.contains("in-sync set of a shard group changed")
+                    && line.contains("was=[1, 2, 3]")
+            })
+            .count()
+    };
+    let before = shrinks(&brokers[0]);
+    signal(&brokers[0], "STOP");
+    std::thread::sleep(Duration::from_secs(3));
+    signal(&brokers[0], "CONT");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        shrinks(&brokers[0]),
+        before,
+        "node 1 changed in-sync sets after its pause:\n{}",
+        brokers[0].log().join("\n")
+    );
+    stop_all(brokers);
+}
+
 /// A node silent past `cluster.session_timeout_ms` is fenced: Metadata
 /// leaves it out and its partitions have no leader (LEADER_NOT_AVAILABLE)
 /// while admin keeps working; restarted, it registers again and serves its
