@@ -234,13 +234,19 @@ fn reconcile_replica(
     Ok(())
 }
 
-/// Whether no partition of the metadata has id `id` (its topic was
-/// deleted): its frames are kept unindexed.
-fn gone(cluster: &ClusterMetadata, id: PartitionId) -> bool {
-    !cluster
+/// Whether no live partition has id `id` (its topic was deleted): its
+/// frames are kept unindexed.
+fn gone(live: &std::collections::HashSet<PartitionId>, id: PartitionId) -> bool {
+    !live.contains(&id)
+}
+
+/// The ids of every partition of the metadata.
+fn live_partition_ids(cluster: &ClusterMetadata) -> std::collections::HashSet<PartitionId> {
+    cluster
         .topics
         .values()
-        .any(|topic| (0..topic.partitions).any(|index| topic.partition_id(index) == Some(id)))
+        .flat_map(|topic| (0..topic.partitions).filter_map(|index| topic.partition_id(index)))
+        .collect()
 }
 
 /// Copy group `group`'s log from its leader into `store`, for as long as
@@ -290,8 +296,13 @@ async fn follow(
         let outcome = match peer::call_raw(&broker, leader_id, PATH_FETCH, &request, false).await {
             Ok(answer) => match decode(&answer) {
                 Ok((read, leader_end)) => {
+                    let live = std::cell::OnceCell::new();
                     let mut copied = store
-                        .append_replicated_with(&read, &|id| gone(&cluster, id))
+                        .append_replicated_with(&read, &|id| {
+                            // Built once per fetch, and only for a frame of
+                            // a partition the copy lacks.
+                            gone(live.get_or_init(|| live_partition_ids(&cluster)), id)
+                        })
                         .await;
                     // Durable before the next fetch reports it: acks=all
                     // and the high watermark wait for that report.

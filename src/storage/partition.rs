@@ -29,6 +29,19 @@ pub struct IndexedBatch {
     /// Kafka RecordBatch attributes.
     pub attributes: u16,
 }
+
+impl IndexedBatch {
+    /// What the queue records of a checked batch of `len` bytes.
+    pub fn of(len: u32, header: &crate::record_batch::BatchHeader) -> IndexedBatch {
+        IndexedBatch {
+            len,
+            last_offset_delta: u32::try_from(header.last_offset_delta)
+                .expect("checked batches have a non-negative lastOffsetDelta"),
+            max_timestamp_ms: header.max_timestamp_ms,
+            attributes: header.attributes as u16,
+        }
+    }
+}
 use crate::config::{RetentionConfig, StorageConfig};
 use crate::ids::{LogPosition, Offset, PartitionId};
 

@@ -370,13 +370,7 @@ impl ShardStore {
         state
             .log
             .note_append(partition.config.segment_ms, segment::now_ms());
-        let indexed = IndexedBatch {
-            len: header.payload_len,
-            last_offset_delta: u32::try_from(batch.last_offset_delta)
-                .expect("checked batches have a non-negative lastOffsetDelta"),
-            max_timestamp_ms: batch.max_timestamp_ms,
-            attributes: batch.attributes as u16,
-        };
+        let indexed = IndexedBatch::of(header.payload_len, batch);
         let base_offset = partition.next_offset;
         partition
             .index_batch(position, &indexed)

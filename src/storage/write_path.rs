@@ -320,13 +320,7 @@ impl ShardStore {
         } else {
             records_since_forced_sync
         };
-        let indexed = IndexedBatch {
-            len: frame.payload_len,
-            last_offset_delta: u32::try_from(header.last_offset_delta)
-                .expect("validated batches have a non-negative lastOffsetDelta"),
-            max_timestamp_ms: header.max_timestamp_ms,
-            attributes: header.attributes as u16,
-        };
+        let indexed = IndexedBatch::of(frame.payload_len, &header);
         partition
             .index_batch(position, &indexed)
             .expect("queue room was reserved");
