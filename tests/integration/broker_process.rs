@@ -41,9 +41,38 @@ impl Default for Launch<'_> {
 
 /// A `host:port` on loopback that was free a moment ago, for a broker that
 /// is restarted where its clients reconnect (pass it as [`Launch::listen`]).
+///
+/// The port comes from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), handed out once per test process: a
+/// port bound with `:0` by another test, or the local end of any outgoing
+/// connection, is always taken from the ephemeral range, so the address
+/// cannot be grabbed between this call and the broker's bind (which the
+/// old "bind :0, close, reuse" scheme allowed under parallel tests).
 pub fn free_loopback_address() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().unwrap().to_string()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low > FIRST + 1000)
+        .unwrap_or(32_768);
+    let span = ephemeral_low - FIRST;
+    // Test binaries run one after another, but a rerun may find ports of
+    // a previous run in TIME_WAIT: start each process somewhere else.
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id() % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            return listener.local_addr().unwrap().to_string();
+        }
+    }
+    panic!("no free loopback port below the ephemeral range");
 }
 
 impl BrokerProcess {
