@@ -23,6 +23,7 @@ pub mod durable_file;
 mod flusher;
 pub mod frame;
 pub mod layout;
+pub mod leader_epochs;
 pub mod partition;
 mod preallocate;
 pub mod producer_snapshot;
@@ -38,6 +39,7 @@ pub mod segment;
 pub mod segment_reader;
 pub mod shard_store;
 pub mod store_errors;
+pub mod truncate;
 pub mod watermark;
 mod write_path;
 

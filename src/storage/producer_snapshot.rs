@@ -174,6 +174,23 @@ impl ProducerSnapshot {
 }
 
 /// The snapshot files in `dir` with the positions their names carry.
+/// Remove every snapshot in `dir` taken past `position` (a log cut back
+/// there no longer holds what they describe); how many were removed.
+pub fn remove_snapshots_after(dir: &Path, position: LogPosition) -> std::io::Result<usize> {
+    let found = list(dir).map_err(std::io::Error::other)?;
+    let mut removed = 0;
+    for (taken, path) in found {
+        if taken > position {
+            std::fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        super::segment::sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
 fn list(dir: &Path) -> Result<Vec<(LogPosition, PathBuf)>, ProducerSnapshotError> {
     let io = |source| ProducerSnapshotError::Io {
         path: dir.to_owned(),

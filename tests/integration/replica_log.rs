@@ -295,3 +295,65 @@ fn batches_past_the_visible_limit_stay_invisible_until_it_advances() {
         support::shutdown(&store).await;
     });
 }
+
+/// A failover as the storage sees it: the old leader's log holds a tail the
+/// new leader never copied, the new leader writes on at a new epoch, and
+/// the old leader, cut back where its epoch ends in the new leader's
+/// history, copies the new leader's log and ends up with the same log,
+/// offsets and producer state (before and after its recovery).
+#[test]
+fn a_diverged_copy_cut_where_its_epoch_ends_follows_the_new_leader_to_the_same_log() {
+    use sluice::storage::leader_epochs::LeaderEpochs;
+    use sluice::storage::truncate::truncate_closed;
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let runtime = support::runtime(IoBackend::Epoll);
+    runtime.block_on(async {
+        let (old_leader, ids) = store_with_partitions(old_dir.path());
+        let (new_leader, _) = store_with_partitions(new_dir.path());
+        let mut sequence = 0;
+        for round in 0..12 {
+            write_round(&old_leader, &ids, round, &mut sequence).await;
+            old_leader.sync().await.expect("synced");
+            catch_up(&old_leader, &new_leader, 64 * 1024).await;
+        }
+        new_leader.sync().await.expect("synced");
+        // The old leader writes a tail nobody copies, then is replaced.
+        let mut old_sequence = sequence;
+        for round in 12..15 {
+            write_round(&old_leader, &ids, round, &mut old_sequence).await;
+        }
+        old_leader.sync().await.expect("synced");
+        let mut history = LeaderEpochs::default();
+        let took_over = new_leader.log_ends().0;
+        history.begin(1, took_over);
+        for round in 100..104 {
+            write_round(&new_leader, &ids, round, &mut sequence).await;
+        }
+        new_leader.sync().await.expect("synced");
+        assert!(
+            old_leader.log_ends().0 > took_over,
+            "the old leader diverged"
+        );
+        let cut = history.end_of(0, new_leader.log_ends().0);
+        assert_eq!(cut, took_over);
+
+        let options = old_leader.options().clone();
+        support::shutdown(&old_leader).await;
+        drop(old_leader);
+        let truncated = truncate_closed(&options, cut).expect("cut");
+        assert!(truncated.checkpoint_removed, "{truncated:?}");
+        let old_leader = ShardStore::open(options.clone()).expect("reopens");
+        assert_eq!(old_leader.log_ends().0, cut, "recovery ends at the cut");
+        catch_up(&new_leader, &old_leader, 64 * 1024).await;
+        old_leader.sync().await.expect("synced");
+        let expected = observed(&new_leader, &ids);
+        assert_eq!(observed(&old_leader, &ids), expected);
+        assert_eq!(segment_files(old_dir.path()), segment_files(new_dir.path()));
+        support::shutdown(&old_leader).await;
+        drop(old_leader);
+        let old_leader = ShardStore::open(options).expect("reopens");
+        assert_eq!(observed(&old_leader, &ids), expected);
+        support::shutdown(&old_leader).await;
+        support::shutdown(&new_leader).await;
+    });
+}
