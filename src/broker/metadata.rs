@@ -19,7 +19,7 @@
 //! deletes the ones no topic claims, which finishes any topic change a
 //! crash interrupted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -708,6 +708,74 @@ impl ClusterMetadata {
             .map(|placement| placement.leader(topic, index))
     }
 
+    /// Node `fenced` was just fenced: it leaves every in-sync set (Kafka's
+    /// controller shrinks the ISR of a fenced broker, so acks=all writes no
+    /// longer wait for it), and each shard group it led gets a new leader
+    /// at the next leader epoch: the first of its other in-sync members
+    /// that is not fenced, in member order (Kafka's election from the
+    /// ISR). With none, the group keeps its leader and stays offline until
+    /// that node returns, unless `unclean.leader.election.enable` is true
+    /// as the cluster default: then the first live member leads, alone in
+    /// sync, and what only the old leader held may be lost.
+    pub fn elect_leaders_without(&mut self, fenced: u64) {
+        let unclean = self
+            .topic_defaults
+            .value_of("unclean.leader.election.enable")
+            == Some("true");
+        let live: BTreeSet<u64> = self
+            .nodes
+            .iter()
+            .filter(|(id, node)| !node.fenced && **id != fenced)
+            .map(|(id, _)| *id)
+            .collect();
+        let Some(placement) = self.placement.as_mut() else {
+            return;
+        };
+        for (number, group) in placement.groups.iter_mut().enumerate() {
+            group.in_sync.retain(|member| *member != fenced);
+            if group.leader != fenced {
+                continue;
+            }
+            let clean = group
+                .in_sync
+                .iter()
+                .copied()
+                .find(|member| live.contains(member));
+            let unclean_choice = || {
+                group
+                    .members
+                    .iter()
+                    .copied()
+                    .find(|member| live.contains(member))
+            };
+            let (leader, in_sync) = match clean {
+                Some(leader) => (leader, group.in_sync.clone()),
+                None => match unclean.then(unclean_choice).flatten() {
+                    Some(leader) => {
+                        tracing::warn!(
+                            group = number,
+                            leader,
+                            "no in-sync member of a shard group is live: unclean.leader.election.enable elects an out-of-sync one, and records only the old leader held may be lost"
+                        );
+                        (leader, vec![leader])
+                    }
+                    None => {
+                        // Keeps the fenced leader in its in-sync set: it
+                        // holds every acknowledged record.
+                        group.in_sync = vec![fenced];
+                        continue;
+                    }
+                },
+            };
+            group.leader = leader;
+            group.leader_epoch += 1;
+            group.in_sync = in_sync;
+            if !group.in_sync.contains(&leader) {
+                group.in_sync.insert(0, leader);
+            }
+        }
+    }
+
     /// The live topic with id `id`; `None` for a deleted topic's id, an id
     /// never issued, or a reserved one.
     pub fn topic_by_id(&self, id: TopicId) -> Option<&Arc<TopicMeta>> {
@@ -1040,6 +1108,67 @@ mod tests {
         let reopened = store(dir.path()).snapshot();
         assert_eq!(reopened.group_configs, metadata.snapshot().group_configs);
         assert_eq!(reopened.group_configs.len(), 1);
+    }
+
+    #[test]
+    fn fencing_a_leader_elects_the_next_live_in_sync_member_at_the_next_epoch() {
+        let statics = StaticSettings::from_config(&Config::default());
+        let limits = TopicLimits {
+            batch_max_bytes: 1 << 20,
+        };
+        let mut metadata = ClusterMetadata::empty("c".to_owned(), &statics);
+        for id in [1, 2, 3] {
+            let node = NodeInfo {
+                host: "127.0.0.1".to_owned(),
+                port: 9000 + id as u16,
+                shards: 1,
+                fenced: false,
+            };
+            metadata.nodes.insert(id, node);
+        }
+        metadata.placement = Some(Placement::new(vec![1, 2, 3], 1, 3));
+        let groups = |metadata: &ClusterMetadata| metadata.placement.clone().unwrap().groups;
+        {
+            let placement = metadata.placement.as_mut().unwrap();
+            placement.groups[0].in_sync = vec![1, 2, 3];
+            placement.groups[1].in_sync = vec![2, 3];
+            // Group 2 (led by 3): alone in sync.
+        }
+        metadata.nodes.get_mut(&1).unwrap().fenced = true;
+        metadata.elect_leaders_without(1);
+        let after = groups(&metadata);
+        assert_eq!((after[0].leader, after[0].leader_epoch), (2, 1));
+        assert_eq!(after[0].in_sync, [2, 3]);
+        assert_eq!((after[1].leader, after[1].leader_epoch), (2, 0));
+        assert_eq!(after[2].in_sync, [3]);
+
+        // Node 3 led group 2 alone: nothing clean to elect, so it stays
+        // offline with its leader, which holds what was acknowledged.
+        metadata.nodes.get_mut(&3).unwrap().fenced = true;
+        metadata.elect_leaders_without(3);
+        let after = groups(&metadata);
+        assert_eq!((after[2].leader, after[2].leader_epoch), (3, 0));
+        assert_eq!(after[2].in_sync, [3]);
+        assert_eq!(after[0].in_sync, [2], "a fenced follower leaves the set");
+
+        // Unless unclean election is the cluster default.
+        let mut broker = BrokerOverrides::default();
+        broker.cluster.insert(
+            "unclean.leader.election.enable".to_owned(),
+            "true".to_owned(),
+        );
+        metadata
+            .set_broker_overrides(broker, &statics, limits)
+            .unwrap();
+        metadata.placement.as_mut().unwrap().groups[2].in_sync = vec![3];
+        metadata.elect_leaders_without(3);
+        let after = groups(&metadata);
+        assert_eq!(
+            (after[2].leader, after[2].leader_epoch),
+            (2, 1),
+            "the first live member"
+        );
+        assert_eq!(after[2].in_sync, [2]);
     }
 
     #[test]

@@ -662,9 +662,9 @@ async fn apply_partition_configs(shards: &Shards, topic: &TopicMeta) -> Result<(
             .call(
                 shards.owner(&topic.name, index),
                 move |context| async move {
-                    match context.store.partition_id(&topic_name, index) {
-                        Some(id) => context
-                            .store
+                    let store = context.store_for(&topic_name, index);
+                    match store.partition_id(&topic_name, index) {
+                        Some(id) => store
                             .set_partition_config(id, partition_config)
                             .map_err(TopicError::from),
                         None => Ok(()),
@@ -685,7 +685,7 @@ pub fn create_partition_here(
     let config = topic.config.partition_config();
     let id = topic.partition_id(index);
     match context
-        .store
+        .store_for(&topic.name, index)
         .create_partition_as(&topic.name, index, id, config)
     {
         Ok(_) | Err(PartitionError::AlreadyExists { .. }) => Ok(()),
@@ -698,10 +698,11 @@ fn delete_partition_here(
     topic: &str,
     index: u32,
 ) -> Result<(), TopicError> {
-    let Some(id) = context.store.partition_id(topic, index) else {
+    let store = context.store_for(topic, index);
+    let Some(id) = store.partition_id(topic, index) else {
         return Ok(());
     };
-    context.store.delete_partition(id).map_err(TopicError::from)
+    store.delete_partition(id).map_err(TopicError::from)
 }
 
 /// On a cluster node, reconcile this shard whenever the metadata changes
@@ -728,6 +729,11 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(50);
 /// Make this shard's partitions match the metadata: create what it owns but
 /// lacks, delete what no topic claims, and apply every topic's config.
 pub fn reconcile_shard(context: &ShardContext, broker: &Broker) -> Result<(), TopicError> {
+    if broker.metadata.is_replicated() {
+        // Each shard-group log this shard keeps holds its group's
+        // partitions, whichever node leads the group.
+        return replication::reconcile_groups(context, broker).map_err(TopicError::from);
+    }
     let cluster = broker.metadata.snapshot();
     let placed_here = |topic: &str, index: u32| {
         context.shards.owner(topic, index) == context.id
@@ -736,21 +742,21 @@ pub fn reconcile_shard(context: &ShardContext, broker: &Broker) -> Result<(), To
     for topic in cluster.topics.values() {
         for index in (0..topic.partitions).filter(|&index| placed_here(&topic.name, index)) {
             create_partition_here(context, topic, index)?;
-            if let Some(id) = context.store.partition_id(&topic.name, index) {
+            if let Some(id) = context.store().partition_id(&topic.name, index) {
                 context
-                    .store
+                    .store()
                     .set_partition_config(id, topic.config.partition_config())?;
             }
         }
     }
-    for (topic, index, id) in context.store.partitions() {
+    for (topic, index, id) in context.store().partitions() {
         let claimed = cluster
             .topic(&topic)
             .is_some_and(|meta| index < meta.partitions)
             && placed_here(&topic, index);
         if !claimed {
             tracing::info!(shard = %context.id, %topic, index, "deleting partition no topic claims");
-            context.store.delete_partition(id)?;
+            context.store().delete_partition(id)?;
         }
     }
     Ok(())

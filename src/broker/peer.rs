@@ -118,6 +118,11 @@ impl PeerService for BrokerPeers {
                     let request = serde_json::from_slice(&body).map_err(bad_body)?;
                     return replication::serve(shards, broker, request).await;
                 }
+                replication::PATH_EPOCHS => {
+                    let request = serde_json::from_slice(&body).map_err(bad_body)?;
+                    let answer = replication::serve_epochs(shards, broker, request).await?;
+                    serde_json::to_vec(&answer)
+                }
                 verify::PATH_VERIFY => {
                     let request = serde_json::from_slice(&body).map_err(bad_body)?;
                     serde_json::to_vec(&verify::serve(shards, broker, request).await)

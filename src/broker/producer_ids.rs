@@ -242,7 +242,7 @@ impl ProducerIdAllocator {
             return Ok(None);
         }
         let partition = context
-            .store
+            .store()
             .partition_id(PRODUCER_IDS_TOPIC, 0)
             .ok_or(ProducerIdsStartError::NoStorage)?;
         let limit = broker
@@ -254,7 +254,7 @@ impl ProducerIdAllocator {
         let mut last_block = None;
         let label = format!("{PRODUCER_IDS_TOPIC}-0");
         let records = internal_log::replay(
-            &context.store,
+            &context.store(),
             partition,
             &label,
             limit,
@@ -387,7 +387,7 @@ impl ProducerIdAllocator {
         let limits = self.broker.config.storage.stored_batch_limits();
         let batch = ValidatedBatch::validate(&bytes, &limits)
             .map_err(|source| ProducerIdError::InvalidBatch { source })?;
-        let store = &self.context.store;
+        let store = &self.context.store();
         let receipt = if freeing {
             store
                 .append_to_free_space(self.partition, batch, Durability::Fsynced)
@@ -415,7 +415,7 @@ impl ProducerIdAllocator {
         let Some(block) = self.last_block.get() else {
             return Ok(());
         };
-        if !self.context.store.pins_the_oldest_segment(self.partition) {
+        if !self.context.store().pins_the_oldest_segment(self.partition) {
             return Ok(());
         }
         self.store_block(block, true, || {}).await?;
@@ -434,7 +434,7 @@ impl ProducerIdAllocator {
             let found = self
                 .context
                 .run_on(shard, |context| async move {
-                    context.store.largest_producer_id()
+                    context.store().largest_producer_id()
                 })
                 .await?;
             largest = largest.max(found);

@@ -41,12 +41,14 @@ use crate::ids::{LogPosition, PartitionId, ShardId};
 use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::shard::local_sync::Event;
 use crate::shard::{ShardContext, Shards};
+use crate::storage::leader_epochs::LeaderEpochs;
 use crate::storage::replica::{LogRead, ReplicaAppendError};
 use crate::storage::{OpenError, PartitionError, ShardStore};
 
 /// Where a follower asks a group's leader for frames ([`FetchRequest`]);
-/// the answer is the position of the first frame and the leader's written
-/// end (8 bytes each, big-endian), followed by the frames.
+/// the answer is the position of the first frame, the leader's written end
+/// and its high watermark (8 bytes each, big-endian), followed by the
+/// frames.
 pub const PATH_FETCH: &str = "/broker/replica/fetch";
 
 /// Most bytes of frames a follower asks for at once (a single bigger frame
@@ -77,6 +79,8 @@ const SHRINK_GRACE_AFTER_PAUSE: Duration = Duration::from_secs(3);
 /// What a group's leader knows of one follower (on the leader's shard).
 #[derive(Clone, Copy, Debug)]
 struct Follower {
+    /// The leader epoch it fetched at.
+    epoch: i32,
     /// The durable end it reported.
     durable: LogPosition,
     /// The leader's written end when it last answered it.
@@ -111,74 +115,102 @@ pub struct FetchRequest {
     pub wait_ms: u32,
 }
 
-fn encode(read: &LogRead, written_end: LogPosition) -> Vec<u8> {
-    let mut answer = Vec::with_capacity(16 + read.frames.len());
+fn encode(read: &LogRead, written_end: LogPosition, high_watermark: LogPosition) -> Vec<u8> {
+    let mut answer = Vec::with_capacity(24 + read.frames.len());
     answer.extend_from_slice(&read.position.0.to_be_bytes());
     answer.extend_from_slice(&written_end.0.to_be_bytes());
+    answer.extend_from_slice(&high_watermark.0.to_be_bytes());
     answer.extend_from_slice(&read.frames);
     answer
 }
 
-/// The frames read and the leader's written end.
-fn decode(bytes: &[u8]) -> Result<(LogRead, LogPosition), String> {
+/// The frames read, the leader's written end and its high watermark.
+fn decode(bytes: &[u8]) -> Result<(LogRead, LogPosition, LogPosition), String> {
     let short = || format!("a {}-byte answer lacks its positions", bytes.len());
     let (position, rest) = bytes.split_first_chunk::<8>().ok_or_else(short)?;
-    let (written_end, frames) = rest.split_first_chunk::<8>().ok_or_else(short)?;
+    let (written_end, rest) = rest.split_first_chunk::<8>().ok_or_else(short)?;
+    let (high_watermark, frames) = rest.split_first_chunk::<8>().ok_or_else(short)?;
     let read = LogRead {
         position: LogPosition(u64::from_be_bytes(*position)),
         frames: frames.to_vec(),
     };
-    Ok((read, LogPosition(u64::from_be_bytes(*written_end))))
+    Ok((
+        read,
+        LogPosition(u64::from_be_bytes(*written_end)),
+        LogPosition(u64::from_be_bytes(*high_watermark)),
+    ))
 }
 
-/// The shard groups this node follows on `shard`: (group number, leader).
-fn followed_groups(broker: &Broker, shard: ShardId) -> Vec<(u32, u64)> {
+/// This node's id as the placement records it.
+fn own_id(broker: &Broker) -> u64 {
+    u64::try_from(broker.config.kafka.node_id).unwrap_or(u64::MAX)
+}
+
+/// The shard groups shard `shard` of this node is a member of, and the
+/// cluster's group count and this shard's home group (the one this node
+/// is the preferred leader of, kept in `<data_dir>/shard-<n>`).
+fn member_groups(broker: &Broker, shard: ShardId) -> Option<(Vec<u32>, u32, u32)> {
     let snapshot = broker.metadata.snapshot();
-    let Some(placement) = &snapshot.placement else {
-        return Vec::new();
-    };
-    let own = u64::try_from(broker.config.kafka.node_id).unwrap_or(u64::MAX);
+    let placement = snapshot.placement.as_ref()?;
+    let own = own_id(broker);
     let shards = placement.shards as usize;
-    placement
+    let position = placement.nodes.iter().position(|node| *node == own)?;
+    let home = (position * shards + usize::from(shard.0)) as u32;
+    let groups = placement
         .groups
         .iter()
         .enumerate()
         .filter(|(number, group)| {
-            number % shards == usize::from(shard.0)
-                && group.members.contains(&own)
-                && group.leader != own
+            number % shards == usize::from(shard.0) && group.members.contains(&own)
         })
-        .map(|(number, group)| (number as u32, group.leader))
-        .collect()
+        .map(|(number, _)| number as u32)
+        .collect();
+    Some((groups, placement.groups.len() as u32, home))
 }
 
-/// Open the follower stores of this shard and start their loops.
-pub fn start_followers(
-    context: &Rc<ShardContext>,
-    broker: &Arc<Broker>,
-) -> Result<Vec<compio::runtime::JoinHandle<()>>, OpenError> {
-    let mut tasks = Vec::new();
-    for (group, leader) in followed_groups(broker, context.id) {
-        let mut options = context.store.options().clone();
+/// Open this shard's copies of the shard groups it is a member of besides
+/// its home group (`<data_dir>/replicas/group-<g>/`), as followers, and
+/// register every group store with the shard. Runs before the shard's
+/// partitions are reconciled, so that each store gets its group's.
+pub fn open_groups(context: &Rc<ShardContext>, broker: &Arc<Broker>) -> Result<(), OpenError> {
+    let Some((groups, count, home)) = member_groups(broker, context.id) else {
+        return Ok(());
+    };
+    context.join_groups(count, home);
+    for group in groups.into_iter().filter(|group| *group != home) {
+        let mut options = context.store().options().clone();
         options.data_dir = options
             .data_dir
             .join("replicas")
             .join(format!("group-{group}"));
         let store = ShardStore::open(options)?;
-        if let Err(error) = reconcile_replica(&store, broker, &context.shards, group, context.id) {
-            tracing::warn!(shard = %context.id, group, %error, "cannot match a follower copy's partitions to the metadata yet");
-        }
-        tracing::info!(shard = %context.id, group, leader, "following a shard group");
-        context.replicas.borrow_mut().push(Rc::clone(&store));
-        tasks.push(compio::runtime::spawn(follow(
-            Arc::clone(broker),
-            context.shards.clone(),
-            context.id,
-            group,
-            store,
-        )));
+        hold_as_copy(&store);
+        context.replace(group, store);
     }
-    Ok(tasks)
+    Ok(())
+}
+
+/// Start a task per shard group this shard keeps: it leads the group's log
+/// or follows the leader's, as the metadata says, for as long as the
+/// shard runs.
+pub fn run_groups(
+    context: &Rc<ShardContext>,
+    broker: &Arc<Broker>,
+) -> Vec<compio::runtime::JoinHandle<()>> {
+    context
+        .group_stores()
+        .into_iter()
+        .map(|(group, _)| {
+            compio::runtime::spawn(replicate(Arc::clone(broker), Rc::clone(context), group))
+        })
+        .collect()
+}
+
+/// A store that follows: appends refused, and nothing it copies becomes
+/// visible past what its leader's high watermark says.
+fn hold_as_copy(store: &ShardStore) {
+    store.set_follower(true);
+    store.set_visible_limit(LogPosition::ZERO);
 }
 
 /// Whether partition `index` of `topic` is in group `group`'s log: its
@@ -199,9 +231,19 @@ fn in_group(
         && (is_internal_topic(topic) || placement.group_number(topic, index) == group as usize)
 }
 
-/// Make a follower store's partitions those of its group's log: create
-/// what it lacks (under the controller's ids), delete what no topic claims.
-fn reconcile_replica(
+/// Make every group store of this shard hold its group's partitions
+/// ([`reconcile_group_store`]).
+pub fn reconcile_groups(context: &ShardContext, broker: &Broker) -> Result<(), PartitionError> {
+    for (group, store) in context.group_stores() {
+        reconcile_group_store(&store, broker, &context.shards, group, context.id)?;
+    }
+    Ok(())
+}
+
+/// Make a group store's partitions those of its group's log: create what
+/// it lacks (under the controller's ids), apply every topic's config,
+/// delete what no topic claims.
+fn reconcile_group_store(
     store: &ShardStore,
     broker: &Broker,
     shards: &Shards,
@@ -220,6 +262,9 @@ fn reconcile_replica(
                 Ok(_) | Err(PartitionError::AlreadyExists { .. }) => {}
                 Err(error) => return Err(error),
             }
+            if let Some(id) = store.partition_id(&topic.name, index) {
+                store.set_partition_config(id, config)?;
+            }
         }
     }
     for (topic, index, id) in store.partitions() {
@@ -228,6 +273,7 @@ fn reconcile_replica(
             .is_some_and(|meta| index < meta.partitions)
             && in_group(&cluster, shards, shard, group, &topic, index);
         if !claimed {
+            tracing::info!(%shard, group, %topic, index, "deleting partition no topic claims");
             store.delete_partition(id)?;
         }
     }
@@ -249,99 +295,89 @@ fn live_partition_ids(cluster: &ClusterMetadata) -> std::collections::HashSet<Pa
         .collect()
 }
 
-/// Copy group `group`'s log from its leader into `store`, for as long as
-/// the shard runs.
-async fn follow(
-    broker: Arc<Broker>,
-    shards: Shards,
-    shard: ShardId,
-    group: u32,
-    store: Rc<ShardStore>,
-) {
-    let mut seen = broker.metadata.snapshot();
+/// What a group store is doing, at which leader epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Starting,
+    Leading(i32),
+    Following(i32),
+}
+
+/// How often a group's task looks at the metadata while it leads.
+const LEADING_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Lead or follow shard group `group`'s log on this shard, as the metadata
+/// says, for as long as the shard runs: a store that starts leading
+/// records the new epoch in its history before it takes appends; one that
+/// starts following refuses appends, cuts its log where it diverges from
+/// the new leader's ([`align_with_leader`]), then copies the leader's
+/// frames.
+async fn replicate(broker: Arc<Broker>, context: Rc<ShardContext>, group: u32) {
+    let own = own_id(&broker);
+    let shard = context.id;
+    let mut role = Role::Starting;
     let mut backoff = RETRY_BACKOFF_MIN;
     loop {
         let cluster = broker.metadata.snapshot();
-        if !Arc::ptr_eq(&cluster, &seen) {
-            seen = Arc::clone(&cluster);
-            if let Err(error) = reconcile_replica(&store, &broker, &shards, group, shard) {
-                tracing::warn!(%shard, group, %error, "cannot match a follower copy's partitions to the metadata");
-            }
-        }
-        let Some((leader, leader_epoch)) = cluster
+        let Some(record) = cluster
             .placement
             .as_ref()
             .and_then(|placement| placement.groups.get(group as usize))
-            .map(|record| (record.leader, record.leader_epoch))
         else {
             return;
         };
-        if i64::try_from(leader).ok() == Some(i64::from(broker.config.kafka.node_id)) {
-            // This node leads the group now (failover, not built yet): a
-            // copy does not follow itself.
-            tracing::warn!(%shard, group, "this node leads a group it kept a copy of; the copy stops following");
+        let Some(store) = context.group_store(group) else {
             return;
-        }
-        let (append_end, _, durable) = store.log_ends();
-        let request = FetchRequest {
-            group,
-            node: u64::try_from(broker.config.kafka.node_id).unwrap_or(u64::MAX),
-            leader_epoch,
-            from: append_end.0,
-            durable: durable.0,
-            max_bytes: FETCH_BYTES_MAX,
-            wait_ms: FETCH_WAIT_MAX.as_millis() as u32,
         };
-        let leader_id = i32::try_from(leader).unwrap_or(-1);
-        let outcome = match peer::call_raw(&broker, leader_id, PATH_FETCH, &request, false).await {
-            Ok(answer) => match decode(&answer) {
-                Ok((read, leader_end)) => {
-                    let live = std::cell::OnceCell::new();
-                    let mut copied = store
-                        .append_replicated_with(&read, &|id| {
-                            // Built once per fetch, and only for a frame of
-                            // a partition the copy lacks.
-                            gone(live.get_or_init(|| live_partition_ids(&cluster)), id)
-                        })
-                        .await;
-                    // Durable before the next fetch reports it: acks=all
-                    // and the high watermark wait for that report.
-                    if copied.is_ok() && !read.frames.is_empty() {
-                        copied = store
-                            .sync()
-                            .await
-                            .map(|()| read.end())
-                            .map_err(ReplicaAppendError::Append);
-                    }
-                    let lag = leader_end.0.saturating_sub(store.log_ends().0.0);
-                    metrics::gauge!(crate::telemetry::names::REPLICA_LAG_BYTES, "group" => group.to_string())
-                        .set(lag as f64);
-                    let behind = lag > u64::from(FETCH_BYTES_MAX);
-                    copied.map(|end| if behind { end.0.saturating_sub(append_end.0) } else { 0 }).map_err(|error| {
-                        // A partition created since the last reconcile.
-                        if matches!(error, ReplicaAppendError::UnknownPartition { .. })
-                            && let Err(error) =
-                                reconcile_replica(&store, &broker, &shards, group, shard)
-                        {
-                            tracing::warn!(%shard, group, %error, "cannot create a follower copy's partition");
+        let epoch = record.leader_epoch;
+        let outcome = if record.leader == own {
+            if role != Role::Leading(epoch) {
+                match begin_leading(&store, group, epoch, &record.in_sync) {
+                    Ok(()) => {
+                        if role != Role::Starting || epoch > 0 {
+                            tracing::info!(%shard, group, leader_epoch = epoch, "this node leads a shard group now");
                         }
-                        error.to_string()
-                    })
+                        role = Role::Leading(epoch);
+                    }
+                    Err(error) => {
+                        report_failure(shard, group, record.leader, &error);
+                        compio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                        continue;
+                    }
                 }
-                Err(error) => Err(error),
-            },
-            Err(error) => Err(error),
+            }
+            backoff = RETRY_BACKOFF_MIN;
+            compio::time::sleep(LEADING_CHECK_INTERVAL).await;
+            continue;
+        } else if role != Role::Following(epoch) {
+            hold_as_copy(&store);
+            align_with_leader(&broker, &context, group, record.leader, epoch)
+                .await
+                .map(|cut| {
+                    tracing::info!(%shard, group, leader = record.leader, leader_epoch = epoch, ?cut, "following a shard group's leader");
+                    role = Role::Following(epoch);
+                    0
+                })
+        } else {
+            copy_once(
+                &broker,
+                &context,
+                &cluster,
+                group,
+                record.leader,
+                epoch,
+                &store,
+            )
+            .await
         };
-        let outcome: Result<u64, String> = outcome;
         match outcome {
             Ok(copied) => {
                 backoff = RETRY_BACKOFF_MIN;
                 throttle(&broker, copied).await;
             }
             Err(error) => {
-                if let Some(failed) = FAILURES.record(monotonic_ms()) {
-                    tracing::warn!(%shard, group, leader, %error, failed, "a follower cannot copy its shard group's log yet; retrying (`failed` counts failures since the last such line)");
-                }
+                report_failure(shard, group, record.leader, &error);
                 compio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
             }
@@ -349,15 +385,223 @@ async fn follow(
     }
 }
 
-/// Answer a follower's [`PATH_FETCH`]: the frames of this node's log for
-/// the group from the requested position, held up to the request's wait
-/// (at most [`FETCH_WAIT_MAX`]) while there are none. Refused (409) when
-/// this node does not lead the group or the position is not in its log.
-pub async fn serve(
-    shards: Shards,
-    broker: Arc<Broker>,
-    request: FetchRequest,
-) -> Result<Vec<u8>, (u16, String)> {
+fn report_failure(shard: ShardId, group: u32, leader: u64, error: &str) {
+    if let Some(failed) = FAILURES.record(monotonic_ms()) {
+        tracing::warn!(%shard, group, leader, %error, failed, "a shard group's copy cannot follow or lead yet; retrying (`failed` counts failures since the last such line)");
+    }
+}
+
+/// This store leads its group from its log end on at `epoch`: the epoch
+/// goes into its history (durably) before appends are let in. The in-sync
+/// followers count as caught up from now (Kafka's new leader does the
+/// same), so they stay in sync for `cluster.replica_lag_time_max_ms` while
+/// they start following it; acks=all still waits for their reports.
+fn begin_leading(
+    store: &ShardStore,
+    group: u32,
+    epoch: i32,
+    in_sync: &[u64],
+) -> Result<(), String> {
+    let now = Instant::now();
+    FOLLOWERS.with(|followers| {
+        let mut followers = followers.borrow_mut();
+        for &node in in_sync {
+            let fresh = Follower {
+                epoch,
+                durable: LogPosition::ZERO,
+                answered_end: None,
+                caught_up_at: Some(now),
+            };
+            let follower = followers.entry((group, node)).or_insert(fresh);
+            if follower.epoch != epoch {
+                *follower = fresh;
+            }
+        }
+    });
+    let dir = store.root_dir();
+    let mut history = LeaderEpochs::load(dir).unwrap_or_else(|error| {
+        tracing::warn!(%error, "starting a new leader-epoch history");
+        LeaderEpochs::default()
+    });
+    let before = history.clone();
+    history.begin(epoch, store.log_ends().0);
+    if history != before {
+        history.store(dir).map_err(|error| error.to_string())?;
+    }
+    store.set_follower(false);
+    Ok(())
+}
+
+/// The leader's answer to [`PATH_EPOCHS`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochsAnswer {
+    /// Its leader-epoch history: (epoch, start position).
+    pub entries: Vec<(i32, u64)>,
+    /// Its log end.
+    pub end: u64,
+}
+
+/// Before following `leader` at `epoch`: ask it for its epoch history, cut
+/// this copy's log where its last epoch ends in the leader's (when it holds
+/// more; Kafka's OffsetsForLeaderEpoch, by log position), and take the
+/// leader's history as its own. The cut position when there was one.
+async fn align_with_leader(
+    broker: &Broker,
+    context: &Rc<ShardContext>,
+    group: u32,
+    leader: u64,
+    epoch: i32,
+) -> Result<Option<LogPosition>, String> {
+    let request = EpochsRequest {
+        group,
+        node: own_id(broker),
+        leader_epoch: epoch,
+    };
+    let leader_id = i32::try_from(leader).unwrap_or(-1);
+    let answer: EpochsAnswer = peer::call(broker, leader_id, PATH_EPOCHS, &request).await?;
+    let theirs = LeaderEpochs::from_entries(
+        answer
+            .entries
+            .iter()
+            .map(|&(epoch, start)| (epoch, LogPosition(start)))
+            .collect(),
+    )
+    .map_err(|reason| format!("node {leader} sent a bad leader-epoch history: {reason}"))?;
+    let store = context
+        .group_store(group)
+        .ok_or_else(|| format!("this shard keeps no copy of group {group}"))?;
+    let mine = LeaderEpochs::load(store.root_dir()).unwrap_or_else(|error| {
+        tracing::warn!(%error, "a damaged leader-epoch history counts as epoch 0 only");
+        LeaderEpochs::default()
+    });
+    let cut = theirs.end_of(mine.latest().0, LogPosition(answer.end));
+    let mut cut_at = None;
+    let store = if cut < store.log_ends().0 {
+        cut_at = Some(cut);
+        cut_copy(context, group, store, cut).await?
+    } else {
+        store
+    };
+    theirs
+        .store(store.root_dir())
+        .map_err(|error| error.to_string())?;
+    Ok(cut_at)
+}
+
+/// Shut `store` down, cut its log at `cut` and open it again (recovery
+/// rebuilds its indexes and producer state from what remains), in place of
+/// the old one.
+async fn cut_copy(
+    context: &Rc<ShardContext>,
+    group: u32,
+    store: Rc<ShardStore>,
+    cut: LogPosition,
+) -> Result<Rc<ShardStore>, String> {
+    let options = store.options().clone();
+    let end = store.log_ends().0;
+    tracing::warn!(shard = %context.id, group, %cut, %end, dropped_bytes = end.0 - cut.0, "this copy of a shard group's log holds a tail its new leader does not: cutting it there (none of it was acknowledged to acks=all producers)");
+    // A failed shutdown leaves the files as recovery finds them: the cut
+    // applies to those just the same.
+    if let Err(error) = store.shutdown().await {
+        tracing::warn!(shard = %context.id, group, %error, "the copy did not shut down cleanly before its cut");
+    }
+    drop(store);
+    crate::storage::truncate::truncate_closed(&options, cut).map_err(|error| error.to_string())?;
+    let reopened = ShardStore::open(options).map_err(|error| error.to_string())?;
+    hold_as_copy(&reopened);
+    context.replace(group, Rc::clone(&reopened));
+    Ok(reopened)
+}
+
+/// One fetch from the leader, appended and made durable; the bytes copied
+/// when the copy is catching up (for the throttle), else 0.
+async fn copy_once(
+    broker: &Broker,
+    context: &ShardContext,
+    cluster: &ClusterMetadata,
+    group: u32,
+    leader: u64,
+    leader_epoch: i32,
+    store: &ShardStore,
+) -> Result<u64, String> {
+    let (append_end, _, durable) = store.log_ends();
+    let request = FetchRequest {
+        group,
+        node: own_id(broker),
+        leader_epoch,
+        from: append_end.0,
+        durable: durable.0,
+        max_bytes: FETCH_BYTES_MAX,
+        wait_ms: FETCH_WAIT_MAX.as_millis() as u32,
+    };
+    let leader_id = i32::try_from(leader).unwrap_or(-1);
+    let answer = peer::call_raw(broker, leader_id, PATH_FETCH, &request, false).await?;
+    let (read, leader_end, high_watermark) = decode(&answer)?;
+    let live = std::cell::OnceCell::new();
+    let mut copied = store
+        .append_replicated_with(&read, &|id| {
+            // Built once per fetch, and only for a frame of a partition the
+            // copy lacks.
+            gone(live.get_or_init(|| live_partition_ids(cluster)), id)
+        })
+        .await;
+    // Durable before the next fetch reports it: acks=all and the high
+    // watermark wait for that report.
+    if copied.is_ok() && !read.frames.is_empty() {
+        copied = store
+            .sync()
+            .await
+            .map(|()| read.end())
+            .map_err(ReplicaAppendError::Append);
+    }
+    let end = store.log_ends().0;
+    // What the leader's consumers see, this copy's show too (once it holds
+    // it), so a promoted copy never shows more than was committed.
+    store.set_visible_limit(high_watermark.min(end));
+    let lag = leader_end.0.saturating_sub(end.0);
+    metrics::gauge!(crate::telemetry::names::REPLICA_LAG_BYTES, "group" => group.to_string())
+        .set(lag as f64);
+    let behind = lag > u64::from(FETCH_BYTES_MAX);
+    copied
+        .map(|copied_end| {
+            if behind {
+                copied_end.0.saturating_sub(append_end.0)
+            } else {
+                0
+            }
+        })
+        .map_err(|error| {
+            // A partition created since the last reconcile.
+            if matches!(error, ReplicaAppendError::UnknownPartition { .. })
+                && let Err(error) =
+                    reconcile_group_store(store, broker, &context.shards, group, context.id)
+            {
+                tracing::warn!(shard = %context.id, group, %error, "cannot create a copy's partition");
+            }
+            error.to_string()
+        })
+}
+
+/// A replica's question to a group's leader before it follows: the
+/// leader's epoch history ([`EpochsAnswer`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochsRequest {
+    pub group: u32,
+    pub node: u64,
+    pub leader_epoch: i32,
+}
+
+/// Where a replica asks a group's leader for its epoch history.
+pub const PATH_EPOCHS: &str = "/broker/replica/epochs";
+
+/// The store of `group` on this node when it leads the group at `epoch`
+/// and has started leading it; refused (409) otherwise.
+fn leading_store(
+    broker: &Broker,
+    context: &ShardContext,
+    group: u32,
+    epoch: i32,
+) -> Result<Rc<ShardStore>, (u16, String)> {
     let snapshot = broker.metadata.snapshot();
     let placement = snapshot
         .placement
@@ -365,58 +609,126 @@ pub async fn serve(
         .ok_or((409, "this node has no placement yet".to_owned()))?;
     let record = placement
         .groups
-        .get(request.group as usize)
-        .ok_or((400, format!("there is no shard group {}", request.group)))?;
-    let own = u64::try_from(broker.config.kafka.node_id).unwrap_or(u64::MAX);
+        .get(group as usize)
+        .ok_or((400, format!("there is no shard group {group}")))?;
+    let own = own_id(broker);
     if record.leader != own {
         return Err((
             409,
             format!(
-                "node {own} does not lead shard group {} (node {} does)",
-                request.group, record.leader
+                "node {own} does not lead shard group {group} (node {} does)",
+                record.leader
             ),
         ));
     }
-    if request.leader_epoch != record.leader_epoch {
+    if epoch != record.leader_epoch {
         return Err((
             409,
             format!(
-                "shard group {} is at leader epoch {}, the follower asked at {}",
-                request.group, record.leader_epoch, request.leader_epoch
+                "shard group {group} is at leader epoch {}, the follower asked at {epoch}",
+                record.leader_epoch
             ),
         ));
     }
-    let shard = ShardId((request.group % placement.shards) as u16);
+    match context.group_store(group) {
+        Some(store) if !store.is_follower() => Ok(store),
+        _ => Err((
+            409,
+            format!("node {own} has not started leading shard group {group} yet"),
+        )),
+    }
+}
+
+/// Answer a replica's [`PATH_EPOCHS`] on the group's shard.
+pub async fn serve_epochs(
+    shards: Shards,
+    broker: Arc<Broker>,
+    request: EpochsRequest,
+) -> Result<EpochsAnswer, (u16, String)> {
+    let groups = broker
+        .metadata
+        .snapshot()
+        .placement
+        .as_ref()
+        .map_or(0, |placement| placement.groups.len() as u32);
+    if request.group >= groups {
+        return Err((400, format!("there is no shard group {}", request.group)));
+    }
+    let shard = shard_of_group(&shards, request.group);
+    shards
+        .call(shard, move |context| async move {
+            let store = leading_store(&broker, &context, request.group, request.leader_epoch)?;
+            let history =
+                LeaderEpochs::load(store.root_dir()).map_err(|error| (500, error.to_string()))?;
+            Ok(EpochsAnswer {
+                entries: history
+                    .entries()
+                    .iter()
+                    .map(|&(epoch, start)| (epoch, start.0))
+                    .collect(),
+                end: store.log_ends().0.0,
+            })
+        })
+        .await
+        .unwrap_or_else(|gone| Err((503, gone.to_string())))
+}
+
+/// The shard that keeps group `group`'s log on every member.
+fn shard_of_group(shards: &Shards, group: u32) -> ShardId {
+    ShardId((group as usize % shards.count()) as u16)
+}
+
+/// Answer a follower's [`PATH_FETCH`]: the frames of this node's log for
+/// the group from the requested position, held up to the request's wait
+/// (at most [`FETCH_WAIT_MAX`]) while there are none. Refused (409) when
+/// this node does not lead the group at the request's epoch or the
+/// position is not in its log.
+pub async fn serve(
+    shards: Shards,
+    broker: Arc<Broker>,
+    request: FetchRequest,
+) -> Result<Vec<u8>, (u16, String)> {
+    let groups = broker
+        .metadata
+        .snapshot()
+        .placement
+        .as_ref()
+        .map_or(0, |placement| placement.groups.len() as u32);
+    if request.group >= groups {
+        return Err((400, format!("there is no shard group {}", request.group)));
+    }
+    let shard = shard_of_group(&shards, request.group);
     let max_bytes = request.max_bytes.min(FETCH_BYTES_MAX) as usize;
     let wait = Duration::from_millis(u64::from(request.wait_ms)).min(FETCH_WAIT_MAX);
     let from = LogPosition(request.from);
     let (group, node, durable) = (request.group, request.node, LogPosition(request.durable));
+    let epoch = request.leader_epoch;
     shards
         .call(shard, move |context| async move {
             let deadline = Instant::now() + wait;
             let mut recorded = false;
             loop {
+                let store = leading_store(&broker, &context, group, epoch)?;
                 // A position this log does not have (past its end, inside
                 // a frame) is refused before the follower's report counts.
-                let read = context
-                    .store
+                let read = store
                     .read_log(from, max_bytes)
                     .map_err(|error| (409, error.to_string()))?;
                 if !recorded {
                     recorded = true;
-                    record_fetch(group, node, from, durable);
+                    record_fetch(group, node, epoch, from, durable);
                     update_high_watermark(&context, &broker, group);
                 }
                 let now = Instant::now();
                 if read.frames.is_empty() && now < deadline {
                     // Woken by the next write (or the deadline).
-                    let written = context.store.progressed();
+                    let written = store.progressed();
                     let _ = compio::time::timeout(deadline - now, written).await;
                     continue;
                 }
-                let written_end = context.store.log_ends().1;
+                let written_end = store.log_ends().1;
                 record_answer(group, node, written_end);
-                return Ok(encode(&read, written_end));
+                return Ok(encode(&read, written_end, store.visible_end()));
             }
         })
         .await
@@ -424,16 +736,22 @@ pub async fn serve(
 }
 
 /// On the leader's shard: a follower asked from `from` with `durable`
-/// durable.
-fn record_fetch(group: u32, node: u64, from: LogPosition, durable: LogPosition) {
+/// durable, at leader epoch `epoch` (what it reported at an earlier epoch
+/// no longer counts: it may have cut its log since).
+fn record_fetch(group: u32, node: u64, epoch: i32, from: LogPosition, durable: LogPosition) {
     let now = Instant::now();
     FOLLOWERS.with(|followers| {
         let mut followers = followers.borrow_mut();
-        let follower = followers.entry((group, node)).or_insert(Follower {
+        let fresh = Follower {
+            epoch,
             durable: durable.min(from),
             answered_end: None,
             caught_up_at: None,
-        });
+        };
+        let follower = followers.entry((group, node)).or_insert(fresh);
+        if follower.epoch != epoch {
+            *follower = fresh;
+        }
         // A follower holds nothing durably past where it asks from; one
         // that lost its copy (an emptied data dir) reports less than before,
         // and acks=all must not count what it no longer has.
@@ -458,19 +776,24 @@ fn update_high_watermark(context: &ShardContext, broker: &Broker, group: u32) {
     else {
         return;
     };
-    let own = u64::try_from(broker.config.kafka.node_id).unwrap_or(u64::MAX);
-    if record.leader != own {
+    let own = own_id(broker);
+    let Some(store) = context.group_store(group) else {
+        return;
+    };
+    if record.leader != own || store.is_follower() {
         return;
     }
     let limit = record
         .in_sync
         .iter()
         .filter(|&&node| node != own)
-        .map(|&node| follower_durable(group, node).unwrap_or(LogPosition::ZERO))
+        .map(|&node| {
+            follower_durable(group, node, record.leader_epoch).unwrap_or(LogPosition::ZERO)
+        })
         .min();
     match limit {
-        Some(limit) => context.store.set_visible_limit(limit),
-        None => context.store.clear_visible_limit(),
+        Some(limit) => store.set_visible_limit(limit),
+        None => store.clear_visible_limit(),
     }
 }
 
@@ -484,22 +807,26 @@ fn record_answer(group: u32, node: u64, written_end: LogPosition) {
     });
 }
 
-/// The durable end follower `node` of `group` reported, if it did.
-fn follower_durable(group: u32, node: u64) -> Option<LogPosition> {
+/// The durable end follower `node` of `group` reported at leader epoch
+/// `epoch`, if it did.
+fn follower_durable(group: u32, node: u64, epoch: i32) -> Option<LogPosition> {
     FOLLOWERS.with(|followers| {
         followers
             .borrow()
             .get(&(group, node))
+            .filter(|follower| follower.epoch == epoch)
             .map(|follower| follower.durable)
     })
 }
 
-/// Whether follower `node` of `group` caught up within `lag_max`.
-fn caught_up(group: u32, node: u64, lag_max: Duration) -> bool {
+/// Whether follower `node` of `group` caught up within `lag_max` at leader
+/// epoch `epoch`.
+fn caught_up(group: u32, node: u64, epoch: i32, lag_max: Duration) -> bool {
     FOLLOWERS.with(|followers| {
         followers
             .borrow()
             .get(&(group, node))
+            .filter(|follower| follower.epoch == epoch)
             .and_then(|follower| follower.caught_up_at)
             .is_some_and(|at| at.elapsed() <= lag_max)
     })
@@ -513,7 +840,7 @@ pub async fn maintain_in_sync(context: Rc<ShardContext>, broker: Arc<Broker>) {
         return;
     };
     let lag_max = Duration::from_millis(cluster_config.replica_lag_time_max_ms);
-    let own = u64::try_from(broker.config.kafka.node_id).unwrap_or(u64::MAX);
+    let own = own_id(&broker);
     let mut last_check = Instant::now();
     let mut shrink_from = Instant::now();
     loop {
@@ -538,6 +865,12 @@ pub async fn maintain_in_sync(context: Rc<ShardContext>, broker: Arc<Broker>) {
                 continue;
             }
             let group = number as u32;
+            if context
+                .group_store(group)
+                .is_none_or(|store| store.is_follower())
+            {
+                continue;
+            }
             update_high_watermark(&context, &broker, group);
             let label = group.to_string();
             metrics::gauge!(crate::telemetry::names::GROUP_IN_SYNC_REPLICAS, "group" => label.clone())
@@ -551,7 +884,9 @@ pub async fn maintain_in_sync(context: Rc<ShardContext>, broker: Arc<Broker>) {
                 .copied()
                 .filter(|&node| {
                     let kept = !may_shrink && record.in_sync.contains(&node);
-                    node == own || (live(&node) && (kept || caught_up(group, node, lag_max)))
+                    node == own
+                        || (live(&node)
+                            && (kept || caught_up(group, node, record.leader_epoch, lag_max)))
                 })
                 .collect();
             if in_sync == record.in_sync {
@@ -596,18 +931,22 @@ pub fn check_in_sync(broker: &Broker, topic: &str, index: u32) -> Result<(), i16
 }
 
 /// After an acks=all write to `topic`-`index` that this node holds
-/// durably up to `end`: wait until every member of the group's in-sync set
+/// durably up to `end`, appended while it led the partition's shard group
+/// at `leader_epoch`: wait until every member of the group's in-sync set
 /// does (on the partition's owner shard, which leads the group).
 /// NOT_ENOUGH_REPLICAS_AFTER_APPEND when the set shrinks below
-/// `min.insync.replicas` meanwhile; REQUEST_TIMED_OUT past `deadline`.
+/// `min.insync.replicas` meanwhile; NOT_LEADER_OR_FOLLOWER when the group
+/// got another leader or epoch (the write may be cut from the log: it is
+/// not acknowledged); REQUEST_TIMED_OUT past `deadline`.
 pub async fn wait_in_sync(
     broker: &Broker,
     topic: &str,
     index: u32,
     end: LogPosition,
+    leader_epoch: i32,
     deadline: Option<Instant>,
 ) -> Result<(), i16> {
-    let own = u64::try_from(broker.config.kafka.node_id).unwrap_or(u64::MAX);
+    let own = own_id(broker);
     let progress = PROGRESS.with(Rc::clone);
     loop {
         let snapshot = broker.metadata.snapshot();
@@ -619,11 +958,15 @@ pub async fn wait_in_sync(
         }
         let group = placement.group_number(topic, index) as u32;
         let record = &placement.groups[group as usize];
+        if record.leader != own || record.leader_epoch != leader_epoch {
+            return Err(ResponseError::NotLeaderOrFollower.code());
+        }
         if (record.in_sync.len() as i64) < i64::from(meta.config.min_insync_replicas) {
             return Err(ResponseError::NotEnoughReplicasAfterAppend.code());
         }
         let held = record.in_sync.iter().all(|&node| {
-            node == own || follower_durable(group, node).is_some_and(|durable| durable >= end)
+            node == own
+                || follower_durable(group, node, leader_epoch).is_some_and(|durable| durable >= end)
         });
         if held {
             return Ok(());
@@ -658,27 +1001,36 @@ mod tests {
 
     #[test]
     fn a_follower_counts_as_holding_nothing_past_where_it_asks_from() {
-        record_fetch(7, 2, LogPosition(100), LogPosition(10_000));
-        assert_eq!(follower_durable(7, 2), Some(LogPosition(100)));
-        record_fetch(7, 2, LogPosition(500), LogPosition(400));
-        assert_eq!(follower_durable(7, 2), Some(LogPosition(400)));
+        record_fetch(7, 2, 0, LogPosition(100), LogPosition(10_000));
+        assert_eq!(follower_durable(7, 2, 0), Some(LogPosition(100)));
+        record_fetch(7, 2, 0, LogPosition(500), LogPosition(400));
+        assert_eq!(follower_durable(7, 2, 0), Some(LogPosition(400)));
         // A follower that lost its copy starts again from 0.
-        record_fetch(7, 2, LogPosition(0), LogPosition(0));
-        assert_eq!(follower_durable(7, 2), Some(LogPosition(0)));
+        record_fetch(7, 2, 0, LogPosition(0), LogPosition(0));
+        assert_eq!(follower_durable(7, 2, 0), Some(LogPosition(0)));
+        // What it reported at another leader epoch does not count.
+        assert_eq!(follower_durable(7, 2, 1), None);
+        record_fetch(7, 2, 1, LogPosition(300), LogPosition(300));
+        assert_eq!(follower_durable(7, 2, 1), Some(LogPosition(300)));
+        assert_eq!(follower_durable(7, 2, 0), None);
     }
 
     #[test]
     fn a_follower_is_caught_up_once_it_asks_from_where_the_last_answer_ended() {
         let lag_max = Duration::from_secs(30);
-        record_fetch(8, 3, LogPosition(0), LogPosition(0));
+        record_fetch(8, 3, 0, LogPosition(0), LogPosition(0));
         assert!(
-            !caught_up(8, 3, lag_max),
+            !caught_up(8, 3, 0, lag_max),
             "no answer yet to have caught up with"
         );
         record_answer(8, 3, LogPosition(4096));
-        record_fetch(8, 3, LogPosition(1024), LogPosition(1024));
-        assert!(!caught_up(8, 3, lag_max));
-        record_fetch(8, 3, LogPosition(4096), LogPosition(1024));
-        assert!(caught_up(8, 3, lag_max));
+        record_fetch(8, 3, 0, LogPosition(1024), LogPosition(1024));
+        assert!(!caught_up(8, 3, 0, lag_max));
+        record_fetch(8, 3, 0, LogPosition(4096), LogPosition(1024));
+        assert!(caught_up(8, 3, 0, lag_max));
+        assert!(
+            !caught_up(8, 3, 1, lag_max),
+            "at the epoch it fetched at only"
+        );
     }
 }

@@ -427,7 +427,10 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         "false",
         Some("unclean.leader.election.enable"),
         Effect::Inert,
-        "No effect: a single node is always the leader, with every acknowledged record.",
+        "A cluster elects per shard group, so the cluster default (the broker-level \
+         unclean.leader.election.enable) decides: true lets a member that is not in sync lead \
+         when no in-sync one is live, losing what only the old leader held; a topic's own value \
+         is stored but not used. No effect on a single node.",
     ),
 ];
 

@@ -22,7 +22,9 @@ pub fn for_append(error: &AppendError) -> i16 {
         | AppendError::DiskFull { .. }
         | AppendError::Queue { .. }
         | AppendError::Roll { .. } => ResponseError::KafkaStorageError.code(),
-        AppendError::ShuttingDown => ResponseError::NotLeaderOrFollower.code(),
+        AppendError::ShuttingDown | AppendError::NotLeader => {
+            ResponseError::NotLeaderOrFollower.code()
+        }
         // Kafka answers INVALID_PRODUCER_EPOCH, not PRODUCER_FENCED, from
         // Produce since 2.7, so the client aborts and retries (KIP-588).
         AppendError::Producer(ProducerError::InvalidEpoch { .. }) => {

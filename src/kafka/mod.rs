@@ -111,6 +111,10 @@ impl ShardService for KafkaService {
         &self,
         context: &Rc<ShardContext>,
     ) -> Result<Vec<compio::runtime::JoinHandle<()>>, ServiceError> {
+        if self.broker.metadata.is_replicated() {
+            crate::broker::replication::open_groups(context, &self.broker)
+                .map_err(|source| KafkaStartError::Followers { source })?;
+        }
         reconcile_shard(context, &self.broker)
             .map_err(|source| KafkaStartError::Reconcile { source })?;
         let group_timers = Coordinator::start(context, &self.broker)
@@ -152,9 +156,10 @@ impl ShardService for KafkaService {
                 Rc::clone(context),
                 Arc::clone(&self.broker),
             )));
-            let followers = crate::broker::replication::start_followers(context, &self.broker)
-                .map_err(|source| KafkaStartError::Followers { source })?;
-            tasks.extend(followers);
+            tasks.extend(crate::broker::replication::run_groups(
+                context,
+                &self.broker,
+            ));
             tasks.push(compio::runtime::spawn(
                 crate::broker::replication::maintain_in_sync(
                     Rc::clone(context),

@@ -12,6 +12,8 @@ pub mod local_sync;
 pub mod mailbox;
 pub mod signals;
 
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -60,14 +62,88 @@ impl ShardService for StorageOnly {
 /// What a shard task can reach: its storage and the other shards.
 pub struct ShardContext {
     pub id: ShardId,
-    pub store: Rc<ShardStore>,
     pub shards: Shards,
-    /// The copies of other nodes' shard logs this shard keeps (a cluster
-    /// node's follower stores, issue 16): shut down with the shard.
-    pub replicas: std::cell::RefCell<Vec<Rc<ShardStore>>>,
+    /// The store in `<data_dir>/shard-<n>`: a single node's only one; in a
+    /// cluster, the log of the shard group this node is the preferred
+    /// leader of. Replaced when a cut reopens it ([`ShardContext::replace`]).
+    home: RefCell<Rc<ShardStore>>,
+    /// In a cluster, every shard-group log this shard keeps, by group
+    /// number, the home store included (issue 16): the groups it leads and
+    /// those it follows. Empty on a single node.
+    groups: RefCell<BTreeMap<u32, Rc<ShardStore>>>,
+    /// The cluster's shard-group count (`N·S`), 0 on a single node.
+    group_count: Cell<u32>,
+    /// The home store's group number in a cluster.
+    home_group: Cell<Option<u32>>,
 }
 
 impl ShardContext {
+    pub fn new(id: ShardId, store: Rc<ShardStore>, shards: Shards) -> ShardContext {
+        ShardContext {
+            id,
+            shards,
+            home: RefCell::new(store),
+            groups: RefCell::new(BTreeMap::new()),
+            group_count: Cell::new(0),
+            home_group: Cell::new(None),
+        }
+    }
+
+    /// The home store (see [`ShardContext::store_for`] for a partition's).
+    pub fn store(&self) -> Rc<ShardStore> {
+        Rc::clone(&self.home.borrow())
+    }
+
+    /// The store holding partition `index` of `topic`: in a cluster, its
+    /// shard group's log (`partition_slot mod N·S`), whichever this shard
+    /// keeps it in; the home store on a single node. The internal topics'
+    /// partitions are read and written in the home store, where this node's
+    /// coordinators keep their state.
+    pub fn store_for(&self, topic: &str, index: u32) -> Rc<ShardStore> {
+        let count = self.group_count.get();
+        if count == 0 || crate::broker::is_internal_topic(topic) {
+            return self.store();
+        }
+        let group = (mailbox::partition_slot(topic, index) % u64::from(count)) as u32;
+        self.group_store(group).unwrap_or_else(|| self.store())
+    }
+
+    /// This shard's store of shard group `group`, if it keeps one.
+    pub fn group_store(&self, group: u32) -> Option<Rc<ShardStore>> {
+        self.groups.borrow().get(&group).cloned()
+    }
+
+    /// Every shard-group store this shard keeps, by group number.
+    pub fn group_stores(&self) -> Vec<(u32, Rc<ShardStore>)> {
+        self.groups
+            .borrow()
+            .iter()
+            .map(|(group, store)| (*group, Rc::clone(store)))
+            .collect()
+    }
+
+    /// A cluster of `group_count` shard groups, this shard's home store
+    /// holding group `home_group`.
+    pub fn join_groups(&self, group_count: u32, home_group: u32) {
+        assert!(
+            home_group < group_count,
+            "the home group is one of the groups"
+        );
+        self.group_count.set(group_count);
+        self.home_group.set(Some(home_group));
+        let home = self.store();
+        self.groups.borrow_mut().insert(home_group, home);
+    }
+
+    /// Keep `store` as group `group`'s (a follower copy opened, or a store
+    /// reopened after a cut; the home store too when it is the home group).
+    pub fn replace(&self, group: u32, store: Rc<ShardStore>) {
+        if self.home_group.get() == Some(group) {
+            *self.home.borrow_mut() = Rc::clone(&store);
+        }
+        self.groups.borrow_mut().insert(group, store);
+    }
+
     /// Run `work` on `shard`: directly when that is this shard, through its
     /// mailbox otherwise.
     pub async fn run_on<F, Fut, T>(self: &Rc<Self>, shard: ShardId, work: F) -> Result<T, ShardGone>
@@ -352,16 +428,11 @@ fn run_shard(
             core: core.map(|core| core.id),
             recovery: store.recovery_report().clone(),
         };
-        let context = Rc::new(ShardContext {
-            id,
-            store,
-            shards,
-            replicas: std::cell::RefCell::new(Vec::new()),
-        });
+        let context = Rc::new(ShardContext::new(id, store, shards));
         let tasks = match spec.service.start(&context) {
             Ok(tasks) => tasks,
             Err(source) => {
-                let _ = context.store.shutdown().await;
+                let _ = context.store().shutdown().await;
                 report_failure(&ready, id, ShardStartError::Service { source });
                 return;
             }
@@ -395,13 +466,16 @@ async fn serve_mailbox(
                 for task in service_tasks.take().into_iter().flatten() {
                     task.cancel().await;
                 }
-                let replicas = context.replicas.take();
-                for replica in &replicas {
-                    if let Err(error) = replica.shutdown().await {
-                        tracing::warn!(shard = %context.id, %error, "a follower copy did not shut down cleanly; recovery repairs it and the leader resends what it lacks");
+                let home = context.store();
+                for (group, store) in context.group_stores() {
+                    if Rc::ptr_eq(&store, &home) {
+                        continue;
+                    }
+                    if let Err(error) = store.shutdown().await {
+                        tracing::warn!(shard = %context.id, group, %error, "a shard group's copy did not shut down cleanly; recovery repairs it and its leader resends what it lacks");
                     }
                 }
-                let result = context.store.shutdown().await;
+                let result = home.shutdown().await;
                 let _ = reply.send((context.id, result));
                 return;
             }

@@ -202,6 +202,9 @@ pub struct ShardStore {
     pub(super) disk_pressure: Cell<DiskPressure>,
     pub(super) disk_usage_ratio: Cell<f64>,
     pub(super) stopping: Cell<bool>,
+    /// A copy following its shard group's leader: appends are refused
+    /// ([`AppendError::NotLeader`]); copied frames are not.
+    pub(super) follower: Cell<bool>,
     pub(super) flusher_stop: Cell<bool>,
     pub(super) checkpoint_sequence: Cell<u64>,
     pub(super) checkpoint_writer: Arc<std::sync::Mutex<CheckpointWriter>>,
@@ -330,6 +333,7 @@ impl ShardStore {
             disk_pressure: Cell::new(DiskPressure::Normal),
             disk_usage_ratio: Cell::new(0.0),
             stopping: Cell::new(false),
+            follower: Cell::new(false),
             flusher_stop: Cell::new(false),
             checkpoint_sequence: Cell::new(0),
             checkpoint_writer: Arc::default(),
@@ -384,6 +388,26 @@ impl ShardStore {
         publish(&mut state);
         drop(state);
         self.progress.notify_all();
+    }
+
+    /// Where consumers' view of the log ends: the visible limit, or the
+    /// written end when there is none (a cluster leader's high watermark,
+    /// sent to its followers).
+    pub fn visible_end(&self) -> LogPosition {
+        let state = self.state.borrow();
+        LogPosition(state.log.written_end().0.min(state.visible_limit))
+    }
+
+    /// Make this store a copy that follows its shard group's leader (`true`:
+    /// appends are refused with [`AppendError::NotLeader`]) or the leader's
+    /// own log (`false`).
+    pub fn set_follower(&self, follower: bool) {
+        self.follower.set(follower);
+    }
+
+    /// Whether appends are refused because this store follows a leader.
+    pub fn is_follower(&self) -> bool {
+        self.follower.get()
     }
 
     /// Lift the visible limit ([`ShardStore::set_visible_limit`]): every

@@ -49,6 +49,10 @@ pub enum AppendError {
     },
     #[error("the shard is shutting down")]
     ShuttingDown,
+    /// The store is a copy of a shard group's log that follows another
+    /// node (issue 16): only its leader appends to it.
+    #[error("this copy of the shard group's log follows its leader on another node")]
+    NotLeader,
     /// The batch breaks its idempotent producer's epoch or sequence rules.
     #[error("{0}")]
     Producer(#[from] ProducerError),
@@ -63,6 +67,7 @@ impl AppendError {
                 | AppendError::Queue { .. }
                 | AppendError::Roll { .. }
                 | AppendError::ShuttingDown
+                | AppendError::NotLeader
         )
     }
 

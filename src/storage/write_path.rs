@@ -196,6 +196,9 @@ impl ShardStore {
         if self.stopping.get() {
             return Err(AppendError::ShuttingDown.into());
         }
+        if self.follower.get() {
+            return Err(AppendError::NotLeader.into());
+        }
         let limit = self.options.storage.batch_ceiling_bytes();
         if batch.len() > limit as usize {
             return Err(AppendError::BatchTooLarge {

@@ -74,7 +74,7 @@ impl LogTotals {
 }
 
 fn refresh_storage(context: &ShardContext, shard: &str, totals: &LogTotals) {
-    let store = &context.store;
+    let store = &context.store();
     let state = store.gauges();
     let label = ("shard", shard.to_owned());
     let per_shard = [
@@ -127,7 +127,7 @@ fn refresh_transactions(context: &ShardContext, shard: &str) {
     }
     // A partition reported last time but stable now gets one 0, then is
     // left to expire, so the gauge never keeps a stale lag.
-    let now: Vec<(String, u32, i64)> = context.store.unstable_partitions();
+    let now: Vec<(String, u32, i64)> = context.store().unstable_partitions();
     let settled: Vec<(String, u32)> = LSO_LAGGING.with(|lagging| {
         let mut lagging = lagging.borrow_mut();
         let current: std::collections::HashSet<(String, u32)> = now
@@ -177,10 +177,10 @@ async fn refresh_consumer_lag(context: &Rc<ShardContext>) {
     }
     let calls = by_owner.into_iter().map(|(owner, entries)| {
         context.run_on(owner, move |owner_context| async move {
-            let store = &owner_context.store;
             entries
                 .into_iter()
                 .filter_map(|(group, topic, partition, offset)| {
+                    let store = owner_context.store_for(&topic, partition as u32);
                     let id = store.partition_id(&topic, partition as u32)?;
                     let high_watermark = store.offsets(id)?.high_watermark.0;
                     Some((group, topic, partition, (high_watermark - offset).max(0)))

@@ -80,13 +80,14 @@ pub enum Deletion {
 }
 
 /// The `reason` label of `sluice_appends_rejected_total`.
-const REJECT_REASONS: [&str; 10] = [
+const REJECT_REASONS: [&str; 11] = [
     "unknown_partition",
     "too_large",
     "poisoned",
     "disk_full",
     "storage",
     "shutting_down",
+    "not_leader",
     "sequence",
     "epoch",
     "txn_state",
@@ -96,7 +97,7 @@ const REJECT_REASONS: [&str; 10] = [
 /// Counters of one shard store.
 pub struct StoreMetrics {
     /// By reason, registered up front so every series starts at 0.
-    rejected: [Counter; 10],
+    rejected: [Counter; 11],
     deleted_for_retention: Counter,
     deleted_for_disk: Counter,
     deleted_bytes: Counter,
@@ -146,6 +147,7 @@ impl StoreMetrics {
             AppendError::DiskFull { .. } => "disk_full",
             AppendError::Queue { .. } | AppendError::Roll { .. } => "storage",
             AppendError::ShuttingDown => "shutting_down",
+            AppendError::NotLeader => "not_leader",
             AppendError::Producer(ProducerError::InvalidEpoch { .. }) => "epoch",
             AppendError::Producer(ProducerError::OutOfOrderSequence { .. }) => "sequence",
             AppendError::Producer(

@@ -1233,12 +1233,13 @@ fn a_leader_resumed_after_a_pause_keeps_its_followers_in_sync() {
     stop_all(brokers);
 }
 
-/// A node silent past `cluster.session_timeout_ms` is fenced: Metadata
-/// leaves it out and its partitions have no leader (LEADER_NOT_AVAILABLE)
-/// while admin keeps working; restarted, it registers again and serves its
-/// partitions with the records they held.
+/// Failover (issue 16): a killed leader's node is fenced, each shard group
+/// it led gets an in-sync follower as leader at the next leader epoch, and
+/// producers and consumers go on through the survivors with every
+/// acknowledged record; restarted, the old leader follows the new leaders
+/// (cutting what only it held) and rejoins every in-sync set.
 #[test]
-fn a_silent_node_is_fenced_and_comes_back_when_restarted() {
+fn a_killed_leaders_groups_move_to_in_sync_followers_and_it_follows_when_restarted() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::with_config(
         dir.path(),
@@ -1248,53 +1249,124 @@ fn a_silent_node_is_fenced_and_comes_back_when_restarted() {
         cluster.start_all().into_iter().map(Some).collect();
     let first = brokers[0].as_ref().unwrap().address.clone();
     kafka_clients::create_topic(&first, "spread", 6, &[]);
-    let sent = crate::consumer_groups::produce(&first, "spread", 6, "before", 60);
+    eventually("every follower in sync", || {
+        partition_states(&first, "spread")
+            .iter()
+            .all(|(_, in_sync)| in_sync.len() == 3)
+    });
+    let mut sent = produce_idempotently(&first, "spread", 6, "before", 60);
     let controller = raft_leader(brokers[0].as_ref().unwrap()).unwrap();
     let victim = (1..=3).find(|&id| id != controller).unwrap();
     let survivor = &cluster.nodes[(1..=3).find(|&id| id != victim).unwrap() - 1];
+    let led_by_victim: Vec<usize> = partition_states(&first, "spread")
+        .iter()
+        .enumerate()
+        .filter(|(_, (leader, _))| *leader == victim as i32)
+        .map(|(index, _)| index)
+        .collect();
+    assert!(!led_by_victim.is_empty(), "node {victim} leads a partition");
     brokers[victim - 1].take().unwrap().kill9();
     let killed = Instant::now();
-    eventually("the killed node fenced", || {
+    eventually("the killed node's partitions led by survivors", || {
         let answer = metadata(&survivor.kafka);
         let listed = answer
             .brokers
             .iter()
             .any(|broker| broker.node_id.0 == victim as i32);
-        let leaderless = answer.topics.iter().any(|topic| {
-            topic.partitions.iter().any(|partition| {
-                partition.leader_id.0 == -1
-                    && partition.error_code == ResponseError::LeaderNotAvailable.code()
-                    && partition
-                        .replica_nodes
-                        .iter()
-                        .any(|node| node.0 == victim as i32)
+        let states = partition_states(&survivor.kafka, "spread");
+        !listed
+            && states.iter().all(|(leader, in_sync)| {
+                *leader > 0 && *leader != victim as i32 && !in_sync.contains(&(victim as i32))
             })
-        });
-        !listed && leaderless
     });
     println!(
-        "node {victim} fenced {} ms after its kill -9 (heartbeats every 200 ms, session timeout \
-         1500 ms)",
+        "node {victim}'s partitions {led_by_victim:?} have new leaders {} ms after its kill -9 \
+         (heartbeats every 200 ms, session timeout 1500 ms)",
         killed.elapsed().as_millis()
     );
+    let epochs = leader_epochs(&survivor.kafka, "spread");
+    for &index in &led_by_victim {
+        assert_eq!(epochs[index], 1, "partition {index}: the next leader epoch");
+    }
+    // acks=all goes on with two of three in sync (min.insync.replicas 2).
+    sent.extend(produce_idempotently(
+        &survivor.kafka,
+        "spread",
+        6,
+        "after",
+        60,
+    ));
     kafka_clients::create_topic(&survivor.kafka, "while-down", 2, &[]);
-    let back = cluster.start(victim);
-    eventually("the restarted node listed again", || {
-        metadata(&survivor.kafka)
-            .brokers
-            .iter()
-            .any(|broker| broker.node_id.0 == victim as i32)
-    });
-    assert!(topic_id(&metadata(&back.address), "while-down").is_some());
-    let consumed = kafka_clients::consume(&survivor.kafka, "spread", 6, 0, 60);
+    let consumed = kafka_clients::consume(&survivor.kafka, "spread", 6, 0, sent.len());
     let got: std::collections::BTreeSet<Vec<u8>> =
         consumed.into_iter().map(|record| record.payload).collect();
     assert_eq!(
         got, sent,
-        "the restarted node serves what its partitions held"
+        "every acknowledged record, through the survivors"
     );
+
+    let back = cluster.start(victim);
+    eventually("the restarted node back in every in-sync set", || {
+        partition_states(&survivor.kafka, "spread")
+            .iter()
+            .all(|(_, in_sync)| in_sync.len() == 3)
+    });
+    assert!(topic_id(&metadata(&back.address), "while-down").is_some());
+    let states = partition_states(&back.address, "spread");
+    assert!(
+        states.iter().all(|(leader, _)| *leader != victim as i32),
+        "the returning node follows: {states:?}"
+    );
+    sent.extend(produce_idempotently(&back.address, "spread", 6, "back", 30));
+    let consumed = kafka_clients::consume(&back.address, "spread", 6, 0, sent.len());
+    let got: std::collections::BTreeSet<Vec<u8>> =
+        consumed.into_iter().map(|record| record.payload).collect();
+    assert_eq!(got, sent);
     assert_eq!(back.stop().code(), Some(0));
     stop_all(brokers.into_iter().flatten());
+}
+
+/// Send `count` records to `topic` round-robin over `partitions` with an
+/// idempotent acks=all producer (retries across a failover are not
+/// duplicated) and wait for every acknowledgement; the payloads.
+fn produce_idempotently(
+    address: &str,
+    topic: &str,
+    partitions: i32,
+    prefix: &str,
+    count: usize,
+) -> std::collections::BTreeSet<Vec<u8>> {
+    let (producer, acks) = kafka_clients::producer(address, &[("enable.idempotence", "true")]);
+    let mut sent = std::collections::BTreeSet::new();
+    for n in 0..count {
+        let payload = format!("{prefix}-{n}").into_bytes();
+        let partition = Some((n % partitions as usize) as i32);
+        kafka_clients::send(&producer, topic, partition, None, &payload, &[]);
+        sent.insert(payload);
+    }
+    kafka_clients::flush(&producer, &acks);
+    sent
+}
+
+/// Each partition's leader epoch in a node's Metadata.
+fn leader_epochs(address: &str, topic: &str) -> Vec<i32> {
+    let answer = metadata(address);
+    let found = answer
+        .topics
+        .iter()
+        .find(|found| {
+            found
+                .name
+                .as_ref()
+                .is_some_and(|name| name.as_str() == topic)
+        })
+        .expect("the topic is listed");
+    let mut partitions = found.partitions.clone();
+    partitions.sort_by_key(|partition| partition.partition_index);
+    partitions
+        .iter()
+        .map(|partition| partition.leader_epoch)
+        .collect()
 }
 
 /// Found by both issue-15 trials: a member restarted on an empty data dir

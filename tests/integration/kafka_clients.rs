@@ -201,12 +201,26 @@ pub fn consume_with(
     }
     assert_eq!(records.len(), expected, "records consumed from {topic}");
     // Nothing beyond what was expected.
-    assert!(
-        consumer
-            .poll(Duration::from_millis(300))
-            .is_none_or(|extra| extra.is_err()),
-        "more records than produced"
-    );
+    if let Some(Ok(extra)) = consumer.poll(Duration::from_millis(300)) {
+        let extra = to_record(&extra);
+        let listed: Vec<String> = records
+            .iter()
+            .map(|record| {
+                format!(
+                    "{}@{}:{}",
+                    record.partition,
+                    record.offset,
+                    String::from_utf8_lossy(&record.payload)
+                )
+            })
+            .collect();
+        panic!(
+            "more records than produced: {}@{}:{} after {listed:?}",
+            extra.partition,
+            extra.offset,
+            String::from_utf8_lossy(&extra.payload)
+        );
+    }
     records
 }
 

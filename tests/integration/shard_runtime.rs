@@ -35,7 +35,7 @@ fn partitions_live_on_their_owner_shard_and_survive_a_restart() {
             let owner = shards.owner("routed", index);
             let served_by = shards
                 .call(owner, move |context| async move {
-                    let store = &context.store;
+                    let store = &context.store();
                     let id = support::create(store, "routed", index);
                     for seq in 0..BATCHES {
                         let bytes = batch(&format!("p{index}s{seq}"), 2, 200);
@@ -59,8 +59,8 @@ fn partitions_live_on_their_owner_shard_and_survive_a_restart() {
                 context
                     .shards
                     .call(other, |owner| async move {
-                        let id = owner.store.partition_id("routed", 1).unwrap();
-                        owner.store.offsets(id).unwrap().high_watermark
+                        let id = owner.store().partition_id("routed", 1).unwrap();
+                        owner.store().offsets(id).unwrap().high_watermark
                     })
                     .await
                     .unwrap()
@@ -91,8 +91,8 @@ fn partitions_live_on_their_owner_shard_and_survive_a_restart() {
         for index in 0..PARTITIONS {
             let batches = shards
                 .call(shards.owner("routed", index), move |context| async move {
-                    let id = context.store.partition_id("routed", index).unwrap();
-                    support::read_all(&context.store, id, Offset(0)).len()
+                    let id = context.store().partition_id("routed", index).unwrap();
+                    support::read_all(&context.store(), id, Offset(0)).len()
                 })
                 .await
                 .unwrap();

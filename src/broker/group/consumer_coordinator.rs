@@ -111,7 +111,7 @@ impl Coordinator {
     ) -> Result<(), GroupError> {
         if let Some(receipt) = receipt {
             self.context
-                .store
+                .store()
                 .wait(&receipt)
                 .await
                 .map_err(|source| write_error(&OffsetsWriteError::Append { source }))?;
@@ -432,7 +432,7 @@ impl Coordinator {
         };
         drop(writing);
         if let Some(receipt) = receipt
-            && let Err(source) = self.context.store.wait(&receipt).await
+            && let Err(source) = self.context.store().wait(&receipt).await
         {
             return Some(
                 write_error(&OffsetsWriteError::Append { source })

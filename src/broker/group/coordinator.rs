@@ -250,7 +250,7 @@ impl Coordinator {
             if self.context.shards.owner(OFFSETS_TOPIC, index) != self.context.id {
                 continue;
             }
-            let Some(id) = self.context.store.partition_id(OFFSETS_TOPIC, index) else {
+            let Some(id) = self.context.store().partition_id(OFFSETS_TOPIC, index) else {
                 return Err(CoordinatorStartError::NoStorage { index });
             };
             let replayed = self.replay_partition(index, id)?;
@@ -291,7 +291,7 @@ impl Coordinator {
             .stored_batch_limits()
             .decompressed_max_bytes;
         let label = format!("{OFFSETS_TOPIC}-{index}");
-        internal_log::replay(&self.context.store, id, &label, limit, |item| {
+        internal_log::replay(&self.context.store(), id, &label, limit, |item| {
             let record = match item {
                 ReplayItem::Record(record) => record,
                 ReplayItem::Marker {
@@ -402,7 +402,7 @@ impl Coordinator {
             .ok_or_else(|| ResponseError::NotCoordinator.code())?;
         let token = self
             .context
-            .store
+            .store()
             .txn_token(id, producer_id)
             .ok_or_else(|| ResponseError::NotCoordinator.code())?;
         if !token.joins_open_transaction(epoch) {
@@ -453,7 +453,7 @@ impl Coordinator {
                 let _writing = self.writer.lock().await;
                 let receipt = self
                     .context
-                    .store
+                    .store()
                     .append_verified(id, batch, Durability::Fsynced, token)
                     .await?;
                 self.pending_txn
@@ -466,7 +466,7 @@ impl Coordinator {
             if let Some(log) = self.logs.borrow_mut().get_mut(&index) {
                 log.records_since_snapshot += encoded.len() as u64;
             }
-            self.context.store.wait(&receipt).await?;
+            self.context.store().wait(&receipt).await?;
             Ok::<(), OffsetsWriteError>(())
         }
         .await;
@@ -507,7 +507,7 @@ impl Coordinator {
         let _writing = self.writer.lock().await;
         let receipt = self
             .context
-            .store
+            .store()
             .append_marker(id, producer_id, epoch, marker, Durability::Fsynced)
             .await?;
         let commit = marker.kind == crate::record_batch::control::MarkerKind::Commit;
@@ -528,7 +528,7 @@ impl Coordinator {
             self.append_group_records(changes).await?
         };
         if let Some(receipt) = receipt {
-            self.context.store.wait(&receipt).await?;
+            self.context.store().wait(&receipt).await?;
         }
         Ok(())
     }
@@ -578,7 +578,7 @@ impl Coordinator {
             done += chunk.len();
             let batch = ValidatedBatch::validate(&bytes, &limits)
                 .map_err(|source| OffsetsWriteError::InvalidBatch { source })?;
-            let store = &self.context.store;
+            let store = &self.context.store();
             let receipt = match purpose {
                 Purpose::Commit => store.append(id, batch, Durability::Fsynced).await?,
                 Purpose::Snapshot => {
@@ -1217,7 +1217,7 @@ impl Coordinator {
                     let pins_oldest = age >= SNAPSHOT_UNDER_PRESSURE_INTERVAL
                         && self
                             .context
-                            .store
+                            .store()
                             .pins_the_oldest_segment_under_disk_pressure(log.id);
                     crowded || (live > 0 && age >= SNAPSHOT_REFRESH) || pins_oldest
                 })
@@ -1268,18 +1268,22 @@ impl Coordinator {
             }
             // Never past the first record of a transaction still open
             // here: its offsets are not in the table, only in the log.
-            let start = self.context.store.offsets(id).map_or(Offset(0), |offsets| {
-                offsets.next_offset.min(offsets.last_stable_offset)
-            });
+            let start = self
+                .context
+                .store()
+                .offsets(id)
+                .map_or(Offset(0), |offsets| {
+                    offsets.next_offset.min(offsets.last_stable_offset)
+                });
             let count = live.len();
             let receipt = self.append_in_order(id, live, Purpose::Snapshot).await?;
             (receipt, start, count)
         };
         if let Some(receipt) = &receipt {
-            self.context.store.wait(receipt).await?;
+            self.context.store().wait(receipt).await?;
         }
         self.context
-            .store
+            .store()
             .advance_log_start(id, start)
             .map_err(|source| OffsetsWriteError::AdvanceLogStart {
                 index,

@@ -257,11 +257,11 @@ impl TxnCoordinator {
             }
             let id = self
                 .context
-                .store
+                .store()
                 .partition_id(TXN_TOPIC, index)
                 .ok_or(TxnStartError::NoStorage { index })?;
             let label = format!("{TXN_TOPIC}-{index}");
-            let replayed = internal_log::replay(&self.context.store, id, &label, limit, |item| {
+            let replayed = internal_log::replay(&self.context.store(), id, &label, limit, |item| {
                 let internal_log::ReplayItem::Record(record) = item else {
                     return false;
                 };
@@ -362,7 +362,7 @@ impl TxnCoordinator {
             // disk reject ratio, like the markers.
             let receipt = self
                 .context
-                .store
+                .store()
                 .append_to_free_space(partition, batch, Durability::Fsynced)
                 .await?;
             self.apply(id.to_owned(), meta);
@@ -371,7 +371,7 @@ impl TxnCoordinator {
         if let Some(log) = self.logs.borrow_mut().get_mut(&index) {
             log.records_since_snapshot += 1;
         }
-        self.context.store.wait(&receipt).await?;
+        self.context.store().wait(&receipt).await?;
         Ok(())
     }
 
@@ -835,7 +835,7 @@ impl TxnCoordinator {
                     let superseded = log.records_since_snapshot.saturating_sub(live);
                     (superseded >= SNAPSHOT_RECORDS_MIN && superseded > live)
                         || (superseded > 0 && log.last_snapshot.elapsed() >= SNAPSHOT_AGE_MAX)
-                        || (live > 0 && self.context.store.pins_the_oldest_segment(log.id))
+                        || (live > 0 && self.context.store().pins_the_oldest_segment(log.id))
                 })
                 .map(|(index, log)| (*index, log.id))
                 .collect()
@@ -854,7 +854,7 @@ impl TxnCoordinator {
         partitions: u32,
     ) -> Result<(), TxnWriteError> {
         let limits = self.broker.config.storage.stored_batch_limits();
-        let store = &self.context.store;
+        let store = &self.context.store();
         let (receipt, start, live) = {
             let _writing = self.writer.lock().await;
             let live: Vec<(Vec<u8>, Vec<u8>)> = self

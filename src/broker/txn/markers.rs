@@ -268,7 +268,7 @@ async fn append_and_wait(
     epoch: i16,
     marker: &TxnMarker,
 ) -> Result<MarkerWritten, AppendError> {
-    let store = &context.store;
+    let store = &context.store_for(topic, partition);
     let receipt = if topic == OFFSETS_TOPIC {
         let Some(group) = GroupCoordinator::local() else {
             return Ok(MarkerWritten::PartitionGone);

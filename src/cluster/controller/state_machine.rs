@@ -173,16 +173,7 @@ impl StateMachine {
                     // Debug: a restart replays every fencing; the leader
                     // that fenced the node logged it.
                     tracing::debug!(node_id, "node fenced");
-                    // A fenced follower is out of sync (Kafka's controller
-                    // shrinks the ISR of a fenced broker), so acks=all
-                    // writes no longer wait for it.
-                    if let Some(placement) = metadata.placement.as_mut() {
-                        for group in &mut placement.groups {
-                            if group.leader != *node_id {
-                                group.in_sync.retain(|member| member != node_id);
-                            }
-                        }
-                    }
+                    metadata.elect_leaders_without(*node_id);
                 }
                 None
             }

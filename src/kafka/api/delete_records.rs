@@ -70,7 +70,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             let moved = request
                 .shard
                 .run_on(request.shard.shards.owner(&name, index), move |context| async move {
-                    let store = &context.store;
+                    let store = &context.store_for(&topic_name, index);
                     let Some(id) = store.partition_id(&topic_name, index) else {
                         return Err(ResponseError::UnknownTopicOrPartition.code());
                     };

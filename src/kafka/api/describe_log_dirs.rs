@@ -28,6 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::rc::Rc;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -44,8 +45,8 @@ use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 use crate::shard::ShardContext;
 use crate::shard::local_sync::yield_now;
-use crate::storage::disk_usage;
 use crate::storage::layout::ShardLayout;
+use crate::storage::{ShardStore, disk_usage};
 
 /// Consume-queue entries counted before the shard runs its other work
 /// (about a millisecond's worth).
@@ -137,7 +138,7 @@ async fn describe_shard(
     context: &ShardContext,
     wanted: Option<&BTreeMap<String, BTreeSet<i32>>>,
 ) -> ShardDir {
-    let root = context.store.root_dir().to_owned();
+    let root = context.store().root_dir().to_owned();
     let space = match disk_usage::space(&root) {
         Ok(space) => Some(space),
         Err(error) => {
@@ -146,7 +147,23 @@ async fn describe_shard(
         }
     };
     let mut topics: Vec<(String, Vec<(i32, u64)>)> = Vec::new();
-    for (topic, index, id) in context.store.partitions() {
+    // In a cluster every shard-group log this shard keeps (led or
+    // followed), each partition from the store that holds its group's log
+    // (every store keeps the shard's internal partitions).
+    let mut stores = vec![context.store()];
+    stores.extend(context.group_stores().into_iter().map(|(_, store)| store));
+    let mut partitions: Vec<(String, u32, PartitionId, Rc<ShardStore>)> = Vec::new();
+    let mut listed: BTreeSet<(String, u32)> = BTreeSet::new();
+    for store in &stores {
+        for (topic, index, id) in store.partitions() {
+            let holder = context.store_for(&topic, index);
+            if Rc::ptr_eq(&holder, store) && listed.insert((topic.clone(), index)) {
+                partitions.push((topic, index, id, Rc::clone(store)));
+            }
+        }
+    }
+    partitions.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    for (topic, index, id, store) in partitions {
         let Ok(index) = i32::try_from(index) else {
             continue;
         };
@@ -158,7 +175,7 @@ async fn describe_shard(
         if !asked {
             continue;
         }
-        let Some(bytes) = stored_bytes(context, id).await else {
+        let Some(bytes) = stored_bytes(&store, id).await else {
             continue;
         };
         match topics.last_mut() {
@@ -177,14 +194,11 @@ async fn describe_shard(
 /// was deleted meanwhile. A damaged queue entry ends the count there (the
 /// bytes before it are reported; the damage is logged, and a Fetch of it
 /// gets KAFKA_STORAGE_ERROR).
-async fn stored_bytes(context: &ShardContext, id: PartitionId) -> Option<u64> {
+async fn stored_bytes(store: &ShardStore, id: PartitionId) -> Option<u64> {
     let mut total = 0u64;
     let mut from = None;
     loop {
-        match context
-            .store
-            .stored_bytes_step(id, from, STORED_BYTES_ENTRIES_PER_SLICE)?
-        {
+        match store.stored_bytes_step(id, from, STORED_BYTES_ENTRIES_PER_SLICE)? {
             Ok(step) => {
                 total += step.bytes;
                 match step.next {

@@ -59,10 +59,10 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             let found = request
                 .shard
                 .run_on(owner, move |context| async move {
-                    context
-                        .store
+                    let store = context.store_for(&topic_name, index);
+                    store
                         .partition_id(&topic_name, index)
-                        .and_then(|id| context.store.producers(id))
+                        .and_then(|id| store.producers(id))
                 })
                 .await;
             partitions.push(match found {

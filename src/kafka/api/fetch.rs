@@ -307,7 +307,7 @@ async fn read_round(
 /// The partition's watermarks and, unless `limit` is `None`, its batches
 /// from the wanted offset up to `limit` bytes (at least one batch).
 fn read_partition(context: &ShardContext, wanted: &Wanted, limit: Option<u64>) -> FetchedPartition {
-    let store = &context.store;
+    let store = &context.store_for(&wanted.topic, wanted.index);
     let Some(id) = store.partition_id(&wanted.topic, wanted.index) else {
         return empty_partition(
             wanted.index as i32,
@@ -375,23 +375,34 @@ async fn wait_for_data(context: &Rc<ShardContext>, wanted: &[Wanted], deadline: 
 
 async fn wait_on_owner(context: &ShardContext, partitions: &[Wanted], deadline: Instant) {
     loop {
-        let has_data = partitions.iter().any(|partition| {
-            context
-                .store
+        // In a cluster a shard may lead several shard groups' logs: wait on
+        // each store a wanted partition is in.
+        let mut stores: Vec<Rc<crate::storage::ShardStore>> = Vec::new();
+        let mut has_data = false;
+        for partition in partitions {
+            let store = context.store_for(&partition.topic, partition.index);
+            has_data |= store
                 .partition_id(&partition.topic, partition.index)
-                .and_then(|id| context.store.offsets(id))
+                .and_then(|id| store.offsets(id))
                 .is_some_and(|offsets| {
                     let readable = match partition.isolation {
                         Isolation::ReadUncommitted => offsets.high_watermark,
                         Isolation::ReadCommitted => offsets.last_stable_offset,
                     };
                     readable.0 > partition.offset
-                })
-        });
-        if has_data {
+                });
+            if !stores.iter().any(|known| Rc::ptr_eq(known, &store)) {
+                stores.push(store);
+            }
+        }
+        if has_data || stores.is_empty() {
             return;
         }
-        let progress = context.store.wait_for_progress();
+        let progress = select_all(
+            stores
+                .iter()
+                .map(|store| Box::pin(store.wait_for_progress())),
+        );
         if compio::time::timeout_at(deadline, progress).await.is_err() {
             return;
         }

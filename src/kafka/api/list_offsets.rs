@@ -175,7 +175,7 @@ fn lookup_on_owner(
     committed: bool,
     decompressed_max_bytes: u64,
 ) -> Result<(i64, i64), i16> {
-    let store = &context.store;
+    let store = &context.store_for(topic, index);
     let unknown = ResponseError::UnknownTopicOrPartition.code();
     let id = store.partition_id(topic, index).ok_or(unknown)?;
     let offsets = store.offsets(id).ok_or(unknown)?;

@@ -611,7 +611,7 @@ async fn verify(
         implicit_add,
     } = partition;
     let token = context
-        .store
+        .store_for(topic, index)
         .txn_token(id, header.producer_id)
         .ok_or_else(|| {
             Outcome::error(
@@ -820,7 +820,7 @@ async fn append_on_owner(
         transactional_id,
         implicit_add,
     } = write;
-    let store = &context.store;
+    let store = &context.store_for(&topic.name, index);
     let id = match store.partition_id(&topic.name, index) {
         Some(id) => id,
         None => {
@@ -851,6 +851,9 @@ async fn append_on_owner(
         }
     };
     let started = std::time::Instant::now();
+    // The epoch the append is made at: acks=all answers only if the group
+    // keeps this leader and epoch until the in-sync set holds the batch.
+    let leader_epoch = broker.partition_leader_epoch(&topic.name, index);
     if durability == Durability::Fsynced
         && let Err(code) = replication::check_in_sync(&broker, &topic.name, index)
     {
@@ -923,18 +926,25 @@ async fn append_on_owner(
         // In a cluster, acks=all also waits for the shard group's in-sync
         // followers to hold it durably.
         let deadline = (timeout != Duration::MAX).then(|| started + timeout);
-        replication::wait_in_sync(&broker, &topic.name, index, last.end(), deadline)
-            .await
-            .map_err(|code| {
-                Outcome::error(
-                    code,
-                    format!(
-                        "the batch is stored on the leader but not yet on every in-sync replica \
+        replication::wait_in_sync(
+            &broker,
+            &topic.name,
+            index,
+            last.end(),
+            leader_epoch,
+            deadline,
+        )
+        .await
+        .map_err(|code| {
+            Outcome::error(
+                code,
+                format!(
+                    "the batch is stored on the leader but not yet on every in-sync replica \
                          of {}-{index}",
-                        topic.name
-                    ),
-                )
-            })?;
+                    topic.name
+                ),
+            )
+        })?;
     }
     let log_start = store
         .offsets(id)
