@@ -204,7 +204,10 @@ fn one() -> u16 {
 
 impl Placement {
     /// The placement of a new cluster: every group led by its preferred
-    /// leader at epoch 0, in sync with itself alone.
+    /// leader at epoch 0, every member in sync (every copy of a new log is
+    /// empty, so all hold everything; Kafka creates a partition with its
+    /// ISR = its replicas). A member that does not start copying leaves the
+    /// set after `cluster.replica_lag_time_max_ms`, or when it is fenced.
     pub fn new(nodes: Vec<u64>, shards: u32, replication_factor: u16) -> Placement {
         let mut placement = Placement {
             nodes,
@@ -213,6 +216,9 @@ impl Placement {
             groups: Vec::new(),
         };
         placement.fill_groups();
+        for group in &mut placement.groups {
+            group.in_sync = group.members.clone();
+        }
         placement
     }
 
@@ -1133,6 +1139,7 @@ mod tests {
             placement.groups[0].in_sync = vec![1, 2, 3];
             placement.groups[1].in_sync = vec![2, 3];
             // Group 2 (led by 3): alone in sync.
+            placement.groups[2].in_sync = vec![3];
         }
         metadata.nodes.get_mut(&1).unwrap().fenced = true;
         metadata.elect_leaders_without(1);
@@ -1178,14 +1185,17 @@ mod tests {
         assert!(old.groups.is_empty());
         old.fill_groups();
         let new = Placement::new(vec![1, 2, 3], 2, 3);
-        assert_eq!(old, new);
-        // Group j·S + i is led by node j at epoch 0, in sync with itself.
-        for (number, group) in new.groups.iter().enumerate() {
+        // Group j·S + i is led by node j at epoch 0: in a new cluster every
+        // member is in sync, in one stored before the records (before any
+        // copy existed) the leader alone.
+        for (number, (group, stored)) in new.groups.iter().zip(&old.groups).enumerate() {
             let leader = [1, 2, 3][number / 2];
             assert_eq!((group.leader, group.leader_epoch), (leader, 0));
             assert_eq!(group.members[0], leader);
             assert_eq!(group.members.len(), 3);
-            assert_eq!(group.in_sync, [leader]);
+            assert_eq!(group.in_sync, group.members);
+            assert_eq!(stored.members, group.members);
+            assert_eq!(stored.in_sync, [leader]);
         }
     }
 

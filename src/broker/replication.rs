@@ -94,6 +94,9 @@ thread_local! {
     static FOLLOWERS: RefCell<HashMap<(u32, u64), Follower>> = RefCell::new(HashMap::new());
     /// Notified when a follower reports a new durable end.
     static PROGRESS: Rc<Event> = Rc::new(Event::default());
+    /// The groups this shard leads: (leader epoch, where its log ended when
+    /// it started leading at that epoch).
+    static LEADING_SINCE: RefCell<HashMap<u32, (i32, LogPosition)>> = RefCell::new(HashMap::new());
 }
 
 /// A follower's request for the frames of shard group `group` from
@@ -424,12 +427,39 @@ fn begin_leading(
         LeaderEpochs::default()
     });
     let before = history.clone();
-    history.begin(epoch, store.log_ends().0);
+    let start = store.log_ends().0;
+    history.begin(epoch, start);
     if history != before {
         history.store(dir).map_err(|error| error.to_string())?;
     }
     store.set_follower(false);
+    LEADING_SINCE.with(|leading| leading.borrow_mut().insert(group, (epoch, start)));
     Ok(())
+}
+
+/// The leader epoch at which this shard may serve the coordinator of
+/// internal partition `topic`-`index` from its shard group's log: this
+/// node leads the group, its log took appends at the current epoch, and
+/// its high watermark reached where the log ended when it took over, so
+/// every record the previous coordinator wrote (and had acknowledged) is
+/// visible to the replay. `None` while any of that is not so.
+pub fn coordinator_epoch(
+    context: &ShardContext,
+    broker: &Broker,
+    topic: &str,
+    index: u32,
+) -> Option<i32> {
+    let snapshot = broker.metadata.snapshot();
+    let placement = snapshot.placement.as_ref()?;
+    let group = placement.group_number(topic, index) as u32;
+    let record = placement.groups.get(group as usize)?;
+    if record.leader != own_id(broker) {
+        return None;
+    }
+    let store = context.group_store(group)?;
+    let (epoch, start) = LEADING_SINCE.with(|leading| leading.borrow().get(&group).copied())?;
+    (epoch == record.leader_epoch && !store.is_follower() && store.visible_end() >= start)
+        .then_some(epoch)
 }
 
 /// The leader's answer to [`PATH_EPOCHS`].
@@ -953,9 +983,6 @@ pub async fn wait_in_sync(
         let (Some(placement), Some(meta)) = (&snapshot.placement, snapshot.topic(topic)) else {
             return Ok(());
         };
-        if is_internal_topic(topic) {
-            return Ok(());
-        }
         let group = placement.group_number(topic, index) as u32;
         let record = &placement.groups[group as usize];
         if record.leader != own || record.leader_epoch != leader_epoch {
@@ -979,6 +1006,40 @@ pub async fn wait_in_sync(
         let wait = progress.wait();
         let _ = compio::time::timeout(Duration::from_millis(50), wait).await;
     }
+}
+
+/// Longest a coordinator's write or a transaction marker waits for the
+/// in-sync replicas (Kafka's `offsets.commit.timeout.ms`).
+pub const INTERNAL_REPLICATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After a write this node holds durably up to `end` in `topic`-`index`'s
+/// log, appended while it led the partition's shard group at
+/// `leader_epoch`, that must not be lost with this node: a coordinator's
+/// record (offsets, group and transaction state) or a transaction marker.
+/// In a cluster, wait until the group's in-sync set holds it, as Kafka's
+/// coordinators write with acks=all; refused as `NotLeader` (retriable)
+/// when the set is too small, the leadership moved, or
+/// [`INTERNAL_REPLICATION_TIMEOUT`] passed. Nothing to wait for on a single
+/// node.
+pub async fn wait_for_replicas(
+    broker: &Broker,
+    topic: &str,
+    index: u32,
+    end: LogPosition,
+    leader_epoch: i32,
+) -> Result<(), crate::storage::AppendError> {
+    if !broker.metadata.is_replicated() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + INTERNAL_REPLICATION_TIMEOUT;
+    wait_in_sync(broker, topic, index, end, leader_epoch, Some(deadline))
+        .await
+        .map_err(|code| {
+            if let Some(failed) = FAILURES.record(monotonic_ms()) {
+                tracing::warn!(%topic, partition = index, code, failed, "a coordinator's write or a transaction marker did not reach the in-sync replicas; the client retries");
+            }
+            crate::storage::AppendError::NotLeader
+        })
 }
 
 /// After copying `copied` bytes while catching up: wait as long as

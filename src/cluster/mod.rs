@@ -121,9 +121,10 @@ pub fn join(
                 "joined the cluster"
             );
             tracing::warn!(
-                "cluster mode is being built (issues 15 and 16): partitions, groups and \
-                 transactions live on one node each with no replicas yet, so a node that is down \
-                 takes its share offline until it returns"
+                "cluster mode is being built (issue 16): each shard group's log is copied to its \
+                 followers and a down node's groups fail over to an in-sync follower, but \
+                 adding or removing nodes, moving leadership back to a returning node and \
+                 replicating DeleteRecords are not built yet (README, \"A cluster\")"
             );
             return Ok(handle);
         }

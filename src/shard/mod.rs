@@ -96,12 +96,10 @@ impl ShardContext {
 
     /// The store holding partition `index` of `topic`: in a cluster, its
     /// shard group's log (`partition_slot mod N·S`), whichever this shard
-    /// keeps it in; the home store on a single node. The internal topics'
-    /// partitions are read and written in the home store, where this node's
-    /// coordinators keep their state.
+    /// keeps it in; the home store on a single node.
     pub fn store_for(&self, topic: &str, index: u32) -> Rc<ShardStore> {
         let count = self.group_count.get();
-        if count == 0 || crate::broker::is_internal_topic(topic) {
+        if count == 0 {
             return self.store();
         }
         let group = (mailbox::partition_slot(topic, index) % u64::from(count)) as u32;

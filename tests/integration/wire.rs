@@ -27,6 +27,11 @@ impl Wire {
         }
     }
 
+    /// Wait this long for an answer (10 s by default).
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+    }
+
     /// Send a request and decode its response.
     pub fn call<R: Request>(&mut self, version: i16, body: &R) -> R::Response {
         let correlation_id = self.send(version, body);

@@ -100,19 +100,18 @@ impl Coordinator {
             .change_consumer_group_locked(group_id, create, change)
             .await?;
         drop(writing);
-        self.wait_durable(receipt).await?;
+        self.wait_durable(group_id, receipt).await?;
         Ok(value)
     }
 
     /// Wait until an append of group records is durable.
     pub(super) async fn wait_durable(
         &self,
+        group_id: &str,
         receipt: Option<crate::storage::AppendReceipt>,
     ) -> Result<(), GroupError> {
         if let Some(receipt) = receipt {
-            self.context
-                .store()
-                .wait(&receipt)
+            self.durable_for_group(group_id, &receipt)
                 .await
                 .map_err(|source| write_error(&OffsetsWriteError::Append { source }))?;
         }
@@ -432,7 +431,7 @@ impl Coordinator {
         };
         drop(writing);
         if let Some(receipt) = receipt
-            && let Err(source) = self.context.store().wait(&receipt).await
+            && let Err(source) = self.durable_for_group(group_id, &receipt).await
         {
             return Some(
                 write_error(&OffsetsWriteError::Append { source })

@@ -55,7 +55,7 @@ use crate::ids::{Offset, PartitionId};
 use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::record_batch::{HEADER_BYTES, ValidatedBatch};
 use crate::shard::ShardContext;
-use crate::storage::{AppendError, Durability};
+use crate::storage::{AppendError, Durability, ShardStore};
 
 /// How often memberships are checked for expired sessions and finished joins.
 const TICK_INTERVAL: Duration = Duration::from_millis(100);
@@ -101,10 +101,17 @@ impl Drop for Installed {
     }
 }
 
-/// Bookkeeping for snapshots of one offsets partition.
-#[derive(Debug)]
+/// One offsets partition this coordinator serves: where its log is, and
+/// bookkeeping for its snapshots.
 struct PartitionLog {
     id: PartitionId,
+    /// The store holding it: the shard's own on a single node; in a
+    /// cluster, its shard group's log on this node, which this node leads.
+    store: Rc<ShardStore>,
+    /// The shard group's leader epoch it was loaded at (0 on a single
+    /// node): another epoch means the partition was led elsewhere since,
+    /// so it is loaded again.
+    leader_epoch: i32,
     records_since_snapshot: u64,
     last_snapshot: Instant,
 }
@@ -223,10 +230,106 @@ impl Coordinator {
         .detach();
         let installed = Installed;
         let timers = run_timers(Rc::downgrade(&coordinator));
+        let leadership = follow_leadership(Rc::downgrade(&coordinator));
         Ok(compio::runtime::spawn(async move {
             let _installed = installed;
-            timers.await;
+            futures_util::future::join(timers, leadership).await;
         }))
+    }
+
+    /// In a cluster: serve the offsets partitions of this shard whose
+    /// shard group this node leads, each loaded from the group's log on
+    /// this node at the group's current leader epoch once that log started
+    /// leading (the state the previous coordinator wrote there, copied by
+    /// replication), and drop the groups of those it no longer leads.
+    pub(crate) async fn match_leadership(&self) {
+        let snapshot = self.broker.metadata.snapshot();
+        let Some(topic) = snapshot.topic(OFFSETS_TOPIC) else {
+            return;
+        };
+        for index in 0..topic.partitions {
+            if self.context.shards.owner(OFFSETS_TOPIC, index) != self.context.id {
+                continue;
+            }
+            let store = self.context.store_for(OFFSETS_TOPIC, index);
+            let wanted = crate::broker::replication::coordinator_epoch(
+                &self.context,
+                &self.broker,
+                OFFSETS_TOPIC,
+                index,
+            );
+            let current = match self.logs.borrow().get(&index) {
+                Some(log) => Some(log.leader_epoch) == wanted && Rc::ptr_eq(&log.store, &store),
+                None => wanted.is_none(),
+            };
+            if current {
+                continue;
+            }
+            let _writing = self.writer.lock().await;
+            self.unload(index);
+            if let Some(epoch) = wanted {
+                match self.load(index, store, epoch) {
+                    Ok(records) => {
+                        tracing::info!(shard = %self.context.id, partition = index, leader_epoch = epoch, records, "coordinating the groups of an offsets partition")
+                    }
+                    Err(error) => {
+                        tracing::warn!(shard = %self.context.id, partition = index, %error, "cannot load an offsets partition; trying again")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forget offsets partition `index` and its groups (another node
+    /// coordinates them now).
+    fn unload(&self, index: u32) {
+        let partitions = self.offsets_partitions();
+        self.logs.borrow_mut().remove(&index);
+        self.groups
+            .borrow_mut()
+            .retain(|id, _| offsets_partition(id, partitions) != index);
+        self.consumer_groups
+            .borrow_mut()
+            .retain(|id, _| offsets_partition(id, partitions) != index);
+        self.pending_txn
+            .borrow_mut()
+            .retain(|(pending, _), _| *pending != index);
+    }
+
+    /// Replay offsets partition `index` from `store` and serve it; the
+    /// records replayed.
+    fn load(
+        &self,
+        index: u32,
+        store: Rc<ShardStore>,
+        leader_epoch: i32,
+    ) -> Result<u64, CoordinatorStartError> {
+        let id = store
+            .partition_id(OFFSETS_TOPIC, index)
+            .ok_or(CoordinatorStartError::NoStorage { index })?;
+        let replayed = self.replay_partition(index, id, &store)?;
+        self.logs.borrow_mut().insert(
+            index,
+            PartitionLog {
+                id,
+                store,
+                leader_epoch,
+                records_since_snapshot: replayed,
+                last_snapshot: Instant::now(),
+            },
+        );
+        let partitions = self.offsets_partitions();
+        let now = Instant::now();
+        for group in self
+            .consumer_groups
+            .borrow_mut()
+            .values_mut()
+            .filter(|group| offsets_partition(&group.id, partitions) == index)
+        {
+            let limits = self.consumer_limits_for(&group.id);
+            group.restart_timers(limits.session_timeout, now);
+        }
+        Ok(replayed)
     }
 
     /// This shard's coordinator.
@@ -235,6 +338,11 @@ impl Coordinator {
     }
 
     fn replay(&self) -> Result<(), CoordinatorStartError> {
+        if self.broker.metadata.is_replicated() {
+            // A cluster node loads the partitions of the shard groups it
+            // leads as it starts leading them (`follow_leadership`).
+            return Ok(());
+        }
         let Some(topic) = self
             .broker
             .metadata
@@ -250,15 +358,18 @@ impl Coordinator {
             if self.context.shards.owner(OFFSETS_TOPIC, index) != self.context.id {
                 continue;
             }
-            let Some(id) = self.context.store().partition_id(OFFSETS_TOPIC, index) else {
+            let store = self.context.store();
+            let Some(id) = store.partition_id(OFFSETS_TOPIC, index) else {
                 return Err(CoordinatorStartError::NoStorage { index });
             };
-            let replayed = self.replay_partition(index, id)?;
+            let replayed = self.replay_partition(index, id, &store)?;
             records += replayed;
             self.logs.borrow_mut().insert(
                 index,
                 PartitionLog {
                     id,
+                    store,
+                    leader_epoch: 0,
                     records_since_snapshot: replayed,
                     last_snapshot: Instant::now(),
                 },
@@ -283,7 +394,12 @@ impl Coordinator {
         Ok(())
     }
 
-    fn replay_partition(&self, index: u32, id: PartitionId) -> Result<u64, CoordinatorStartError> {
+    fn replay_partition(
+        &self,
+        index: u32,
+        id: PartitionId,
+        store: &ShardStore,
+    ) -> Result<u64, CoordinatorStartError> {
         let limit = self
             .broker
             .config
@@ -291,7 +407,7 @@ impl Coordinator {
             .stored_batch_limits()
             .decompressed_max_bytes;
         let label = format!("{OFFSETS_TOPIC}-{index}");
-        internal_log::replay(&self.context.store(), id, &label, limit, |item| {
+        internal_log::replay(store, id, &label, limit, |item| {
             let record = match item {
                 ReplayItem::Record(record) => record,
                 ReplayItem::Marker {
@@ -394,15 +510,10 @@ impl Coordinator {
             return Err(ResponseError::InvalidGroupId.code());
         }
         let index = offsets_partition(group_id, self.offsets_partitions());
-        let id = self
-            .logs
-            .borrow()
-            .get(&index)
-            .map(|log| log.id)
+        let (id, store) = self
+            .log_of(index)
             .ok_or_else(|| ResponseError::NotCoordinator.code())?;
-        let token = self
-            .context
-            .store()
+        let token = store
             .txn_token(id, producer_id)
             .ok_or_else(|| ResponseError::NotCoordinator.code())?;
         if !token.joins_open_transaction(epoch) {
@@ -451,9 +562,7 @@ impl Coordinator {
                 .map_err(|source| OffsetsWriteError::InvalidBatch { source })?;
             let receipt = {
                 let _writing = self.writer.lock().await;
-                let receipt = self
-                    .context
-                    .store()
+                let receipt = store
                     .append_verified(id, batch, Durability::Fsynced, token)
                     .await?;
                 self.pending_txn
@@ -466,7 +575,7 @@ impl Coordinator {
             if let Some(log) = self.logs.borrow_mut().get_mut(&index) {
                 log.records_since_snapshot += encoded.len() as u64;
             }
-            self.context.store().wait(&receipt).await?;
+            self.durable(index, &receipt).await?;
             Ok::<(), OffsetsWriteError>(())
         }
         .await;
@@ -501,13 +610,11 @@ impl Coordinator {
         epoch: i16,
         marker: &crate::record_batch::control::TxnMarker,
     ) -> Result<Option<crate::storage::AppendReceipt>, crate::storage::AppendError> {
-        let Some(id) = self.logs.borrow().get(&index).map(|log| log.id) else {
+        let Some((id, store)) = self.log_of(index) else {
             return Ok(None);
         };
         let _writing = self.writer.lock().await;
-        let receipt = self
-            .context
-            .store()
+        let receipt = store
             .append_marker(id, producer_id, epoch, marker, Durability::Fsynced)
             .await?;
         let commit = marker.kind == crate::record_batch::control::MarkerKind::Commit;
@@ -522,15 +629,69 @@ impl Coordinator {
     /// Append `changes` to their offsets partition, apply them to the table
     /// in log order, and wait until they are durable.
     async fn write(&self, changes: Vec<OffsetRecord>) -> Result<(), OffsetsWriteError> {
+        let Some(group) = changes.first().map(|change| change.group.clone()) else {
+            return Ok(());
+        };
         let changes: Vec<LogRecord> = changes.into_iter().map(LogRecord::Offset).collect();
         let receipt = {
             let _writing = self.writer.lock().await;
             self.append_group_records(changes).await?
         };
         if let Some(receipt) = receipt {
-            self.context.store().wait(&receipt).await?;
+            self.durable_for_group(&group, &receipt).await?;
         }
         Ok(())
+    }
+
+    /// Offsets partition `index`'s id and store, while this coordinator
+    /// serves it.
+    fn log_of(&self, index: u32) -> Option<(PartitionId, Rc<ShardStore>)> {
+        self.logs
+            .borrow()
+            .get(&index)
+            .map(|log| (log.id, Rc::clone(&log.store)))
+    }
+
+    /// Wait until an append to offsets partition `index` is durable here
+    /// and, in a cluster, held by the in-sync replicas (a committed offset
+    /// survives the loss of this node).
+    pub(super) async fn durable(
+        &self,
+        index: u32,
+        receipt: &crate::storage::AppendReceipt,
+    ) -> Result<(), AppendError> {
+        let (store, leader_epoch) = self
+            .logs
+            .borrow()
+            .get(&index)
+            .map(|log| (Rc::clone(&log.store), log.leader_epoch))
+            .ok_or(AppendError::NotLeader)?;
+        store.wait(receipt).await?;
+        crate::broker::replication::wait_for_replicas(
+            &self.broker,
+            OFFSETS_TOPIC,
+            index,
+            receipt.end(),
+            leader_epoch,
+        )
+        .await
+    }
+
+    /// [`Coordinator::durable`] for an append of `group`'s records.
+    pub(super) async fn durable_for_group(
+        &self,
+        group: &str,
+        receipt: &crate::storage::AppendReceipt,
+    ) -> Result<(), AppendError> {
+        self.durable(offsets_partition(group, self.offsets_partitions()), receipt)
+            .await
+    }
+
+    /// Whether this coordinator serves offsets partition `index` now (in a
+    /// cluster: this node leads its shard group and loaded it at the
+    /// current leader epoch).
+    pub fn serves(&self, index: u32) -> bool {
+        self.logs.borrow().contains_key(&index)
     }
 
     /// Append one group's records to its offsets partition, applying the
@@ -544,14 +705,10 @@ impl Coordinator {
             return Ok(None);
         };
         let index = offsets_partition(first.group(), self.offsets_partitions());
-        let id = self
-            .logs
-            .borrow()
-            .get(&index)
-            .map(|log| log.id)
-            .ok_or(OffsetsWriteError::NotHere { index })?;
         let count = changes.len() as u64;
-        let receipt = self.append_in_order(id, changes, Purpose::Commit).await?;
+        let receipt = self
+            .append_in_order(index, changes, Purpose::Commit)
+            .await?;
         if let Some(log) = self.logs.borrow_mut().get_mut(&index) {
             log.records_since_snapshot += count;
         }
@@ -564,10 +721,13 @@ impl Coordinator {
     /// the segments the offsets pin.
     async fn append_in_order(
         &self,
-        id: PartitionId,
+        index: u32,
         changes: Vec<LogRecord>,
         purpose: Purpose,
     ) -> Result<Option<crate::storage::AppendReceipt>, OffsetsWriteError> {
+        let (id, store) = self
+            .log_of(index)
+            .ok_or(OffsetsWriteError::NotHere { index })?;
         let limits = self.broker.config.storage.stored_batch_limits();
         let encoded: Vec<EncodedRecord> = changes.iter().map(LogRecord::encode).collect();
         let mut last = None;
@@ -578,7 +738,6 @@ impl Coordinator {
             done += chunk.len();
             let batch = ValidatedBatch::validate(&bytes, &limits)
                 .map_err(|source| OffsetsWriteError::InvalidBatch { source })?;
-            let store = &self.context.store();
             let receipt = match purpose {
                 Purpose::Commit => store.append(id, batch, Durability::Fsynced).await?,
                 Purpose::Snapshot => {
@@ -675,7 +834,7 @@ impl Coordinator {
         let writing = self.writer.lock().await;
         if let Some((result, receipt)) = self.join_consumer_group(group_id, &request).await {
             drop(writing);
-            if let Err(error) = self.wait_durable(receipt).await {
+            if let Err(error) = self.wait_durable(group_id, receipt).await {
                 return JoinResult {
                     error: error.error.code(),
                     generation: -1,
@@ -1215,9 +1374,8 @@ impl Coordinator {
                         && (log.records_since_snapshot - live >= SNAPSHOT_RECORDS_MIN
                             || age >= SNAPSHOT_AGE_MAX);
                     let pins_oldest = age >= SNAPSHOT_UNDER_PRESSURE_INTERVAL
-                        && self
-                            .context
-                            .store()
+                        && log
+                            .store
                             .pins_the_oldest_segment_under_disk_pressure(log.id);
                     crowded || (live > 0 && age >= SNAPSHOT_REFRESH) || pins_oldest
                 })
@@ -1237,6 +1395,9 @@ impl Coordinator {
         id: PartitionId,
         partitions: u32,
     ) -> Result<(), OffsetsWriteError> {
+        let (_, store) = self
+            .log_of(index)
+            .ok_or(OffsetsWriteError::NotHere { index })?;
         let (receipt, start, live) = {
             let _writing = self.writer.lock().await;
             let mut live: Vec<LogRecord> = self
@@ -1268,28 +1429,23 @@ impl Coordinator {
             }
             // Never past the first record of a transaction still open
             // here: its offsets are not in the table, only in the log.
-            let start = self
-                .context
-                .store()
-                .offsets(id)
-                .map_or(Offset(0), |offsets| {
-                    offsets.next_offset.min(offsets.last_stable_offset)
-                });
+            let start = store.offsets(id).map_or(Offset(0), |offsets| {
+                offsets.next_offset.min(offsets.last_stable_offset)
+            });
             let count = live.len();
-            let receipt = self.append_in_order(id, live, Purpose::Snapshot).await?;
+            let receipt = self.append_in_order(index, live, Purpose::Snapshot).await?;
             (receipt, start, count)
         };
         if let Some(receipt) = &receipt {
-            self.context.store().wait(receipt).await?;
+            self.durable(index, receipt).await?;
         }
-        self.context
-            .store()
-            .advance_log_start(id, start)
-            .map_err(|source| OffsetsWriteError::AdvanceLogStart {
+        store.advance_log_start(id, start).map_err(|source| {
+            OffsetsWriteError::AdvanceLogStart {
                 index,
                 start,
                 source,
-            })?;
+            }
+        })?;
         if let Some(log) = self.logs.borrow_mut().get_mut(&index) {
             log.records_since_snapshot = live as u64;
             log.last_snapshot = Instant::now();
@@ -1301,6 +1457,23 @@ impl Coordinator {
             "offsets snapshot"
         );
         Ok(())
+    }
+}
+
+/// How often a cluster node's coordinator compares what it serves with the
+/// shard groups it leads.
+const LEADERSHIP_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
+async fn follow_leadership(coordinator: std::rc::Weak<Coordinator>) {
+    loop {
+        compio::time::sleep(LEADERSHIP_CHECK_INTERVAL).await;
+        let Some(coordinator) = coordinator.upgrade() else {
+            return;
+        };
+        if !coordinator.broker.metadata.is_replicated() {
+            return;
+        }
+        coordinator.match_leadership().await;
     }
 }
 

@@ -67,10 +67,24 @@ where
         return Err(kafka_protocol::ResponseError::NotCoordinator.code());
     }
     let target = coordinator_shard(&shard.shards, group, offsets_topic_partitions(broker));
+    let loading = kafka_protocol::ResponseError::CoordinatorLoadInProgress.code();
     let ran = shard
         .run_on(target, move |_| async move {
             match coordinator::Coordinator::local() {
-                Some(coordinator) => Ok(work(coordinator).await),
+                Some(coordinator) => {
+                    if !coordinator.serves(index) {
+                        // Load it now if this node just became its
+                        // coordinator, rather than at the next check.
+                        coordinator.match_leadership().await;
+                    }
+                    if coordinator.serves(index) {
+                        Ok(work(coordinator).await)
+                    } else {
+                        // Still loading (the log's high watermark has not
+                        // reached the takeover point yet): retriable.
+                        Err(loading)
+                    }
+                }
                 None => Err(unavailable),
             }
         })

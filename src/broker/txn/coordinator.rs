@@ -64,7 +64,7 @@ use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::record_batch::control::MarkerKind;
 use crate::record_batch::{BatchError, ValidatedBatch};
 use crate::shard::ShardContext;
-use crate::storage::{AppendError, Durability};
+use crate::storage::{AppendError, Durability, ShardStore};
 
 /// The longest transactional id: its record stores it with an i16 length.
 pub const TRANSACTIONAL_ID_BYTES_MAX: usize = i16::MAX as usize;
@@ -135,9 +135,14 @@ struct TxnEntry {
     pending: bool,
 }
 
-#[derive(Debug)]
+/// One `__transaction_state` partition this coordinator serves.
 struct PartitionLog {
     id: PartitionId,
+    /// The store holding it (in a cluster, its shard group's log on this
+    /// node, which this node leads).
+    store: Rc<ShardStore>,
+    /// The shard group's leader epoch it was loaded at (0 on a single node).
+    leader_epoch: i32,
     records_since_snapshot: u64,
     last_snapshot: Instant,
 }
@@ -211,26 +216,93 @@ impl TxnCoordinator {
         });
         coordinator.replay()?;
         LOCAL.with(|local| *local.borrow_mut() = Some(Rc::clone(&coordinator)));
-        let unfinished: Vec<String> = coordinator
+        coordinator.complete_decided(None);
+        let installed = Installed;
+        let timers = run_timers(Rc::downgrade(&coordinator));
+        let leadership = follow_leadership(Rc::downgrade(&coordinator));
+        Ok(compio::runtime::spawn(async move {
+            let _installed = installed;
+            futures_util::future::join(timers, leadership).await;
+        }))
+    }
+
+    /// Finish the transactions left in Prepare* (of partition `index`, or
+    /// of all): decided before a restart or by the previous coordinator.
+    fn complete_decided(self: &Rc<Self>, index: Option<u32>) {
+        let partitions = self.partitions();
+        let unfinished: Vec<String> = self
             .txns
             .borrow_mut()
             .iter_mut()
-            .filter(|(_, entry)| entry.meta.state.is_prepare())
+            .filter(|(id, entry)| {
+                entry.meta.state.is_prepare()
+                    && index.is_none_or(|index| key_partition(id, partitions) == index)
+            })
             .map(|(id, entry)| {
                 entry.pending = true;
                 id.clone()
             })
             .collect();
         for id in unfinished {
-            tracing::info!(transactional_id = %id, "completing a transaction decided before the restart");
-            compio::runtime::spawn(Rc::clone(&coordinator).complete(id)).detach();
+            tracing::info!(transactional_id = %id, "completing a transaction decided before this coordinator took over");
+            compio::runtime::spawn(Rc::clone(self).complete(id)).detach();
         }
-        let installed = Installed;
-        let timers = run_timers(Rc::downgrade(&coordinator));
-        Ok(compio::runtime::spawn(async move {
-            let _installed = installed;
-            timers.await;
-        }))
+    }
+
+    /// Whether this coordinator serves `__transaction_state` partition
+    /// `index` now (in a cluster: this node leads its shard group and
+    /// loaded it at the current leader epoch).
+    pub fn serves(&self, index: u32) -> bool {
+        self.logs.borrow().contains_key(&index)
+    }
+
+    /// In a cluster: serve the `__transaction_state` partitions of this
+    /// shard whose shard group this node leads, loaded from the group's log
+    /// on this node at the current leader epoch (finishing what the previous
+    /// coordinator decided), and forget those it no longer leads.
+    pub(crate) async fn match_leadership(self: &Rc<Self>) {
+        let snapshot = self.broker.metadata.snapshot();
+        let Some(topic) = snapshot.topic(TXN_TOPIC) else {
+            return;
+        };
+        for index in 0..topic.partitions {
+            if self.context.shards.owner(TXN_TOPIC, index) != self.context.id {
+                continue;
+            }
+            let store = self.context.store_for(TXN_TOPIC, index);
+            let wanted = crate::broker::replication::coordinator_epoch(
+                &self.context,
+                &self.broker,
+                TXN_TOPIC,
+                index,
+            );
+            let current = match self.logs.borrow().get(&index) {
+                Some(log) => Some(log.leader_epoch) == wanted && Rc::ptr_eq(&log.store, &store),
+                None => wanted.is_none(),
+            };
+            if current {
+                continue;
+            }
+            let writing = self.writer.lock().await;
+            let partitions = self.partitions();
+            self.logs.borrow_mut().remove(&index);
+            self.txns
+                .borrow_mut()
+                .retain(|id, _| key_partition(id, partitions) != index);
+            let Some(epoch) = wanted else {
+                continue;
+            };
+            match self.load(index, store, epoch) {
+                Ok(records) => {
+                    drop(writing);
+                    tracing::info!(shard = %self.context.id, partition = index, leader_epoch = epoch, records, "coordinating the transactions of a {TXN_TOPIC} partition");
+                    self.complete_decided(Some(index));
+                }
+                Err(error) => {
+                    tracing::warn!(shard = %self.context.id, partition = index, %error, "cannot load a {TXN_TOPIC} partition; trying again")
+                }
+            }
+        }
     }
 
     /// This shard's coordinator.
@@ -243,50 +315,18 @@ impl TxnCoordinator {
     }
 
     fn replay(&self) -> Result<(), TxnStartError> {
+        if self.broker.metadata.is_replicated() {
+            // A cluster node loads the partitions of the shard groups it
+            // leads as it starts leading them (`match_leadership`).
+            return Ok(());
+        }
         let started = Instant::now();
-        let limit = self
-            .broker
-            .config
-            .storage
-            .stored_batch_limits()
-            .decompressed_max_bytes;
         let mut records = 0;
         for index in 0..self.partitions() {
             if self.context.shards.owner(TXN_TOPIC, index) != self.context.id {
                 continue;
             }
-            let id = self
-                .context
-                .store()
-                .partition_id(TXN_TOPIC, index)
-                .ok_or(TxnStartError::NoStorage { index })?;
-            let label = format!("{TXN_TOPIC}-{index}");
-            let replayed = internal_log::replay(&self.context.store(), id, &label, limit, |item| {
-                let internal_log::ReplayItem::Record(record) = item else {
-                    return false;
-                };
-                match records::decode(record.key, record.value) {
-                    Ok(Some((transactional_id, meta))) => {
-                        self.apply(transactional_id, meta);
-                        true
-                    }
-                    Ok(None) => false,
-                    Err(error) => {
-                        tracing::warn!(partition = index, offset = record.offset.0, %error, "skipping a bad transaction record");
-                        false
-                    }
-                }
-            })
-            .map_err(|source| TxnStartError::Replay { index, source })?;
-            records += replayed;
-            self.logs.borrow_mut().insert(
-                index,
-                PartitionLog {
-                    id,
-                    records_since_snapshot: replayed,
-                    last_snapshot: Instant::now(),
-                },
-            );
+            records += self.load(index, self.context.store(), 0)?;
         }
         tracing::info!(
             shard = %self.context.id,
@@ -296,6 +336,54 @@ impl TxnCoordinator {
             "transactions recovered"
         );
         Ok(())
+    }
+
+    /// Replay partition `index` from `store` and serve it; the records
+    /// replayed.
+    fn load(
+        &self,
+        index: u32,
+        store: Rc<ShardStore>,
+        leader_epoch: i32,
+    ) -> Result<u64, TxnStartError> {
+        let limit = self
+            .broker
+            .config
+            .storage
+            .stored_batch_limits()
+            .decompressed_max_bytes;
+        let id = store
+            .partition_id(TXN_TOPIC, index)
+            .ok_or(TxnStartError::NoStorage { index })?;
+        let label = format!("{TXN_TOPIC}-{index}");
+        let replayed = internal_log::replay(&store, id, &label, limit, |item| {
+            let internal_log::ReplayItem::Record(record) = item else {
+                return false;
+            };
+            match records::decode(record.key, record.value) {
+                Ok(Some((transactional_id, meta))) => {
+                    self.apply(transactional_id, meta);
+                    true
+                }
+                Ok(None) => false,
+                Err(error) => {
+                    tracing::warn!(partition = index, offset = record.offset.0, %error, "skipping a bad transaction record");
+                    false
+                }
+            }
+        })
+        .map_err(|source| TxnStartError::Replay { index, source })?;
+        self.logs.borrow_mut().insert(
+            index,
+            PartitionLog {
+                id,
+                store,
+                leader_epoch,
+                records_since_snapshot: replayed,
+                last_snapshot: Instant::now(),
+            },
+        );
+        Ok(replayed)
     }
 
     /// Apply a record in log order (replay, or a write that has its place).
@@ -343,11 +431,11 @@ impl TxnCoordinator {
     /// until it is durable.
     async fn write(&self, id: &str, meta: Option<TxnMetadata>) -> Result<(), TxnWriteError> {
         let index = key_partition(id, self.partitions());
-        let partition = self
+        let (partition, store, leader_epoch) = self
             .logs
             .borrow()
             .get(&index)
-            .map(|log| log.id)
+            .map(|log| (log.id, Rc::clone(&log.store), log.leader_epoch))
             .ok_or(TxnWriteError::NotHere { index })?;
         let key = records::encode_key(id);
         let value = meta.as_ref().map(records::encode_value);
@@ -360,9 +448,7 @@ impl TxnCoordinator {
             // Transactions must be able to end, or their data would hold
             // back the last stable offset: their records go in above the
             // disk reject ratio, like the markers.
-            let receipt = self
-                .context
-                .store()
+            let receipt = store
                 .append_to_free_space(partition, batch, Durability::Fsynced)
                 .await?;
             self.apply(id.to_owned(), meta);
@@ -371,7 +457,17 @@ impl TxnCoordinator {
         if let Some(log) = self.logs.borrow_mut().get_mut(&index) {
             log.records_since_snapshot += 1;
         }
-        self.context.store().wait(&receipt).await?;
+        store.wait(&receipt).await?;
+        // Held by the in-sync replicas too: the transaction's state
+        // survives the loss of this node (Kafka writes it with acks=all).
+        crate::broker::replication::wait_for_replicas(
+            &self.broker,
+            TXN_TOPIC,
+            index,
+            receipt.end(),
+            leader_epoch,
+        )
+        .await?;
         Ok(())
     }
 
@@ -835,7 +931,7 @@ impl TxnCoordinator {
                     let superseded = log.records_since_snapshot.saturating_sub(live);
                     (superseded >= SNAPSHOT_RECORDS_MIN && superseded > live)
                         || (superseded > 0 && log.last_snapshot.elapsed() >= SNAPSHOT_AGE_MAX)
-                        || (live > 0 && self.context.store().pins_the_oldest_segment(log.id))
+                        || (live > 0 && log.store.pins_the_oldest_segment(log.id))
                 })
                 .map(|(index, log)| (*index, log.id))
                 .collect()
@@ -854,7 +950,14 @@ impl TxnCoordinator {
         partitions: u32,
     ) -> Result<(), TxnWriteError> {
         let limits = self.broker.config.storage.stored_batch_limits();
-        let store = &self.context.store();
+        let Some((store, leader_epoch)) = self
+            .logs
+            .borrow()
+            .get(&index)
+            .map(|log| (Rc::clone(&log.store), log.leader_epoch))
+        else {
+            return Ok(());
+        };
         let (receipt, start, live) = {
             let _writing = self.writer.lock().await;
             let live: Vec<(Vec<u8>, Vec<u8>)> = self
@@ -893,6 +996,14 @@ impl TxnCoordinator {
         };
         if let Some(receipt) = &receipt {
             store.wait(receipt).await?;
+            crate::broker::replication::wait_for_replicas(
+                &self.broker,
+                TXN_TOPIC,
+                index,
+                receipt.end(),
+                leader_epoch,
+            )
+            .await?;
         }
         if let Err(error) = store.advance_log_start(id, start) {
             tracing::warn!(partition = index, %error, "cannot move the log start of {TXN_TOPIC} after a snapshot");
@@ -954,6 +1065,23 @@ fn write_failed(id: &str, error: &TxnWriteError) -> i16 {
 }
 
 /// Timers: timed-out transactions, id expiry, snapshots.
+/// How often a cluster node's coordinator compares what it serves with the
+/// shard groups it leads.
+const LEADERSHIP_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
+async fn follow_leadership(coordinator: std::rc::Weak<TxnCoordinator>) {
+    loop {
+        compio::time::sleep(LEADERSHIP_CHECK_INTERVAL).await;
+        let Some(coordinator) = coordinator.upgrade() else {
+            return;
+        };
+        if !coordinator.broker.metadata.is_replicated() {
+            return;
+        }
+        coordinator.match_leadership().await;
+    }
+}
+
 async fn run_timers(coordinator: std::rc::Weak<TxnCoordinator>) {
     let Some(interval) = coordinator.upgrade().map(|coordinator| {
         Duration::from_millis(

@@ -131,7 +131,7 @@ pub async fn write_until_stored(
 
 /// The node that takes markers for `topic`-`partition`: its leader; for
 /// `__consumer_offsets`, its group coordinator's node. -1 while fenced.
-fn marker_node(broker: &Broker, topic: &str, partition: u32) -> i32 {
+fn marker_node(broker: &Arc<Broker>, topic: &str, partition: u32) -> i32 {
     if topic == OFFSETS_TOPIC {
         broker.coordinator_of(OFFSETS_TOPIC, partition).0
     } else {
@@ -144,7 +144,7 @@ fn marker_node(broker: &Broker, topic: &str, partition: u32) -> i32 {
 /// [`PARTITIONS_PER_CALL_MAX`] partitions), all at once.
 async fn write_once(
     context: &Rc<ShardContext>,
-    broker: &Broker,
+    broker: &Arc<Broker>,
     request: &MarkerRequest,
 ) -> Vec<((String, u32), MarkerWritten)> {
     let own = broker.config.kafka.node_id;
@@ -216,7 +216,7 @@ async fn send(
 /// shard of this node, at once.
 async fn write_here_all(
     context: &Rc<ShardContext>,
-    broker: &Broker,
+    broker: &Arc<Broker>,
     request: MarkerRequest,
 ) -> Vec<((String, u32), MarkerWritten)> {
     let writes = request
@@ -231,7 +231,7 @@ async fn write_here_all(
 /// shard, unless another node leads the partition now.
 async fn write_here(
     context: &Rc<ShardContext>,
-    broker: &Broker,
+    broker: &Arc<Broker>,
     request: &MarkerRequest,
     topic: String,
     partition: u32,
@@ -245,23 +245,35 @@ async fn write_here(
     }
     let owner = context.shards.owner(&topic, partition);
     let (producer_id, epoch, marker) = (request.producer_id, request.epoch, request.marker());
+    let broker = Arc::clone(broker);
     context
         .run_on(owner, move |owner| async move {
-            append_and_wait(&owner, &topic, partition, producer_id, epoch, &marker)
-                .await
-                .unwrap_or_else(|error| match error {
-                    AppendError::Producer(refused) => MarkerWritten::Refused(refused.to_string()),
-                    error => MarkerWritten::Failed(error.to_string()),
-                })
+            append_and_wait(
+                &owner,
+                &broker,
+                &topic,
+                partition,
+                producer_id,
+                epoch,
+                &marker,
+            )
+            .await
+            .unwrap_or_else(|error| match error {
+                AppendError::Producer(refused) => MarkerWritten::Refused(refused.to_string()),
+                error => MarkerWritten::Failed(error.to_string()),
+            })
         })
         .await
         .unwrap_or_else(|gone| MarkerWritten::Failed(gone.to_string()))
 }
 
 /// Append the marker on this, the partition's owner shard, and wait for
-/// its fdatasync.
+/// its fdatasync and, in a cluster, for the partition's in-sync replicas
+/// (Kafka writes markers with acks=all: the transaction completes only
+/// once no failover can lose its markers).
 async fn append_and_wait(
     context: &ShardContext,
+    broker: &Broker,
     topic: &str,
     partition: u32,
     producer_id: i64,
@@ -269,10 +281,15 @@ async fn append_and_wait(
     marker: &TxnMarker,
 ) -> Result<MarkerWritten, AppendError> {
     let store = &context.store_for(topic, partition);
+    let leader_epoch = broker.partition_leader_epoch(topic, partition);
     let receipt = if topic == OFFSETS_TOPIC {
         let Some(group) = GroupCoordinator::local() else {
             return Ok(MarkerWritten::PartitionGone);
         };
+        if !group.serves(partition) {
+            // Its coordinator is loading it here (or it moved): retried.
+            return Err(AppendError::NotLeader);
+        }
         group
             .append_marker_in_order(partition, producer_id, epoch, marker)
             .await?
@@ -290,6 +307,14 @@ async fn append_and_wait(
         return Ok(MarkerWritten::PartitionGone);
     };
     store.wait(&receipt).await?;
+    crate::broker::replication::wait_for_replicas(
+        broker,
+        topic,
+        partition,
+        receipt.end(),
+        leader_epoch,
+    )
+    .await?;
     Ok(MarkerWritten::Stored)
 }
 

@@ -800,7 +800,8 @@ impl Member {
                         node_id,
                         silent_ms = silent.as_millis() as u64,
                         "node fenced: the controller has not heard from it within \
-                         cluster.session_timeout_ms; its partitions have no leader until it returns"
+                         cluster.session_timeout_ms; each shard group it led gets an in-sync \
+                         follower as leader (a group with none stays offline until it returns)"
                     ),
                     Err(error) => tracing::debug!(%error, node_id, "fencing not done yet"),
                 }
