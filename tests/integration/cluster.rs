@@ -1614,7 +1614,7 @@ fn kill_9_rounds_of_partition_leaders_lose_and_duplicate_no_acknowledged_record(
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::with_config(
         dir.path(),
-        "[cluster]\nheartbeat_interval_ms = 100\nsession_timeout_ms = 700\nelection_timeout_min_ms = 150\nelection_timeout_max_ms = 300\n",
+        "[cluster]\nheartbeat_interval_ms = 100\nsession_timeout_ms = 500\nelection_timeout_min_ms = 150\nelection_timeout_max_ms = 300\n",
     );
     let mut brokers: Vec<Option<BrokerProcess>> =
         cluster.start_all().into_iter().map(Some).collect();
@@ -1632,14 +1632,24 @@ fn kill_9_rounds_of_partition_leaders_lose_and_duplicate_no_acknowledged_record(
         .map(|node| node.kafka.clone())
         .collect::<Vec<_>>()
         .join(",");
-    let (producer, acks) = kafka_clients::producer(
-        &bootstrap,
-        &[
-            ("enable.idempotence", "true"),
-            ("message.timeout.ms", "120000"),
-            ("linger.ms", "2"),
-        ],
-    );
+    let mut settings = vec![
+        ("enable.idempotence", "true"),
+        ("message.timeout.ms", "120000"),
+        ("linger.ms", "2"),
+    ];
+    // SLUICE_FAILOVER_FAST_RETRY=1: look for the new leader every 100 ms at
+    // most, not up to 1 s (librdkafka's default back-off), as a
+    // latency-minded client would. Open bug (issue 16): with it, about one
+    // run in four stores a retried batch twice.
+    if std::env::var_os("SLUICE_FAILOVER_FAST_RETRY").is_some() {
+        settings.extend([
+            ("retry.backoff.ms", "20"),
+            ("retry.backoff.max.ms", "100"),
+            ("reconnect.backoff.ms", "20"),
+            ("reconnect.backoff.max.ms", "100"),
+        ]);
+    }
+    let (producer, acks) = kafka_clients::producer(&bootstrap, &settings);
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));
     let writer = std::thread::spawn({
@@ -1706,7 +1716,7 @@ fn kill_9_rounds_of_partition_leaders_lose_and_duplicate_no_acknowledged_record(
     let delivered = acks.delivered.lock().unwrap().clone();
     let live = brokers.iter().flatten().next().unwrap().address.clone();
     eventually("every follower in sync", || all_in_sync(&live));
-    let consumed = kafka_clients::consume(&live, "rounds", 6, 0, delivered.len());
+    let consumed = kafka_clients::consume_all(&live, "rounds", 6, Duration::from_secs(3));
     let at: BTreeMap<(i32, i64), Vec<u8>> = consumed
         .iter()
         .map(|record| ((record.partition, record.offset), record.payload.clone()))
@@ -1736,14 +1746,64 @@ fn kill_9_rounds_of_partition_leaders_lose_and_duplicate_no_acknowledged_record(
         }
     }
     let duplicated = consumed.len() - distinct.len();
+    let unacknowledged = distinct.len().saturating_sub(delivered.len());
     unavailable.sort();
     println!(
-        "{rounds} rounds, {} records acknowledged: {lost} lost, {duplicated} duplicated; \
-         unavailability p50 {} ms, max {} ms",
+        "{rounds} rounds, {} records acknowledged: {lost} lost, {duplicated} duplicated \
+         ({unacknowledged} stored but never acknowledged); unavailability p50 {} ms, max {} ms",
         delivered.len(),
         unavailable[unavailable.len() / 2].as_millis(),
         unavailable.last().unwrap().as_millis()
     );
+    if duplicated > 0 {
+        // What the next look at a duplicate needs: where each copy is,
+        // what the producer was told, what the brokers refused.
+        let mut first_at = std::collections::BTreeMap::new();
+        for record in &consumed {
+            if let Some(previous) =
+                first_at.insert(record.payload.clone(), (record.partition, record.offset))
+            {
+                let acked: Vec<(i32, i64)> = delivered
+                    .iter()
+                    .filter(|acked| acked.payload == record.payload)
+                    .map(|acked| (acked.partition, acked.offset))
+                    .collect();
+                println!(
+                    "DUP {:?} at {:?} and {}@{}, acked at {:?}",
+                    String::from_utf8_lossy(&record.payload),
+                    previous,
+                    record.partition,
+                    record.offset,
+                    acked
+                );
+                let around: Vec<String> = consumed
+                    .iter()
+                    .filter(|near| {
+                        near.partition == record.partition
+                            && (near.offset - record.offset).abs() <= 4
+                    })
+                    .map(|near| {
+                        format!("{}:{}", near.offset, String::from_utf8_lossy(&near.payload))
+                    })
+                    .collect();
+                println!("AROUND {around:?}");
+            }
+        }
+        for broker in brokers.iter().flatten() {
+            for (series, value) in metric_values(&broker.metrics, "sluice_appends_rejected_total") {
+                if value > 0.0 {
+                    println!("REJ {} {series} {value}", broker.address);
+                }
+            }
+            for (series, value) in
+                metric_values(&broker.metrics, "sluice_kafka_request_errors_total")
+            {
+                if value > 0.0 {
+                    println!("PERR {} {series} {value}", broker.address);
+                }
+            }
+        }
+    }
     assert_eq!((lost, duplicated), (0, 0));
     eventually("every copy caught up", || {
         brokers.iter().flatten().all(|broker| {

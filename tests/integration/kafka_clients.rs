@@ -173,6 +173,33 @@ pub fn consume(
     consume_with(address, topic, partitions, from, expected, &[])
 }
 
+/// Every record of `topic`'s `partitions` from offset 0, read until none
+/// comes for `idle` (at most 120 s in all).
+pub fn consume_all(address: &str, topic: &str, partitions: i32, idle: Duration) -> Vec<Record> {
+    let consumer = consumer(address, &[]);
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(0))
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut records = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < idle && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                records.push(to_record(&message));
+                last = Instant::now();
+            }
+            Some(Err(error)) => panic!("consume failed: {error}"),
+            None => {}
+        }
+    }
+    records
+}
+
 /// [`consume`] with extra consumer settings (`isolation.level`, ...).
 pub fn consume_with(
     address: &str,
