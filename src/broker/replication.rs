@@ -675,16 +675,7 @@ pub async fn serve_epochs(
     broker: Arc<Broker>,
     request: EpochsRequest,
 ) -> Result<EpochsAnswer, (u16, String)> {
-    let groups = broker
-        .metadata
-        .snapshot()
-        .placement
-        .as_ref()
-        .map_or(0, |placement| placement.groups.len() as u32);
-    if request.group >= groups {
-        return Err((400, format!("there is no shard group {}", request.group)));
-    }
-    let shard = shard_of_group(&shards, request.group);
+    let shard = shard_of_group(&shards, &broker, request.group)?;
     shards
         .call(shard, move |context| async move {
             let store = leading_store(&broker, &context, request.group, request.leader_epoch)?;
@@ -703,9 +694,19 @@ pub async fn serve_epochs(
         .unwrap_or_else(|gone| Err((503, gone.to_string())))
 }
 
-/// The shard that keeps group `group`'s log on every member.
-fn shard_of_group(shards: &Shards, group: u32) -> ShardId {
-    ShardId((group as usize % shards.count()) as u16)
+/// The shard that keeps group `group`'s log on every member; 400 for a
+/// group the placement does not have.
+fn shard_of_group(shards: &Shards, broker: &Broker, group: u32) -> Result<ShardId, (u16, String)> {
+    let groups = broker
+        .metadata
+        .snapshot()
+        .placement
+        .as_ref()
+        .map_or(0, |placement| placement.groups.len() as u32);
+    if group >= groups {
+        return Err((400, format!("there is no shard group {group}")));
+    }
+    Ok(ShardId((group as usize % shards.count()) as u16))
 }
 
 /// Answer a follower's [`PATH_FETCH`]: the frames of this node's log for
@@ -718,16 +719,7 @@ pub async fn serve(
     broker: Arc<Broker>,
     request: FetchRequest,
 ) -> Result<Vec<u8>, (u16, String)> {
-    let groups = broker
-        .metadata
-        .snapshot()
-        .placement
-        .as_ref()
-        .map_or(0, |placement| placement.groups.len() as u32);
-    if request.group >= groups {
-        return Err((400, format!("there is no shard group {}", request.group)));
-    }
-    let shard = shard_of_group(&shards, request.group);
+    let shard = shard_of_group(&shards, &broker, request.group)?;
     let max_bytes = request.max_bytes.min(FETCH_BYTES_MAX) as usize;
     let wait = Duration::from_millis(u64::from(request.wait_ms)).min(FETCH_WAIT_MAX);
     let from = LogPosition(request.from);
@@ -1006,6 +998,51 @@ pub async fn wait_in_sync(
         let wait = progress.wait();
         let _ = compio::time::timeout(Duration::from_millis(50), wait).await;
     }
+}
+
+/// The internal partitions of `topic` on this shard whose coordinator
+/// state must change: (index, the store holding it, the leader epoch to
+/// load it at, or `None` to drop it), for each index where what `loaded`
+/// says the coordinator holds (epoch and store) differs from what
+/// [`coordinator_epoch`] says it should.
+pub fn coordinator_changes(
+    context: &ShardContext,
+    broker: &Broker,
+    topic: &str,
+    loaded: impl Fn(u32) -> Option<(i32, Rc<ShardStore>)>,
+) -> Vec<(u32, Rc<ShardStore>, Option<i32>)> {
+    let partitions = broker
+        .metadata
+        .snapshot()
+        .topic(topic)
+        .map_or(0, |meta| meta.partitions);
+    (0..partitions)
+        .filter(|&index| context.shards.owner(topic, index) == context.id)
+        .filter_map(|index| {
+            let store = context.store_for(topic, index);
+            let wanted = coordinator_epoch(context, broker, topic, index);
+            let current = match loaded(index) {
+                Some((epoch, held)) => Some(epoch) == wanted && Rc::ptr_eq(&held, &store),
+                None => wanted.is_none(),
+            };
+            (!current).then_some((index, store, wanted))
+        })
+        .collect()
+}
+
+/// Wait until an append to `topic`-`index` in `store` (made while this
+/// node led its shard group at `leader_epoch`) is durable here and, in a
+/// cluster, held by the in-sync replicas ([`wait_for_replicas`]).
+pub async fn durable_everywhere(
+    broker: &Broker,
+    store: &ShardStore,
+    topic: &str,
+    index: u32,
+    receipt: &crate::storage::AppendReceipt,
+    leader_epoch: i32,
+) -> Result<(), crate::storage::AppendError> {
+    store.wait(receipt).await?;
+    wait_for_replicas(broker, topic, index, receipt.end(), leader_epoch).await
 }
 
 /// Longest a coordinator's write or a transaction marker waits for the

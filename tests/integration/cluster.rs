@@ -1064,8 +1064,11 @@ fn followers_copy_their_shard_groups_logs_frame_for_frame() {
     }
 }
 
-/// Each partition's (leader, in-sync replicas) in a node's Metadata.
-fn partition_states(address: &str, topic: &str) -> Vec<(i32, Vec<i32>)> {
+/// A topic's partitions in a node's Metadata, by index.
+fn topic_partitions(
+    address: &str,
+    topic: &str,
+) -> Vec<kafka_protocol::messages::metadata_response::MetadataResponsePartition> {
     let answer = metadata(address);
     let found = answer
         .topics
@@ -1080,6 +1083,11 @@ fn partition_states(address: &str, topic: &str) -> Vec<(i32, Vec<i32>)> {
     let mut partitions = found.partitions.clone();
     partitions.sort_by_key(|partition| partition.partition_index);
     partitions
+}
+
+/// Each partition's (leader, in-sync replicas) in a node's Metadata.
+fn partition_states(address: &str, topic: &str) -> Vec<(i32, Vec<i32>)> {
+    topic_partitions(address, topic)
         .iter()
         .map(|partition| {
             let mut in_sync: Vec<i32> = partition.isr_nodes.iter().map(|id| id.0).collect();
@@ -1840,20 +1848,7 @@ fn produce_idempotently(
 
 /// Each partition's leader epoch in a node's Metadata.
 fn leader_epochs(address: &str, topic: &str) -> Vec<i32> {
-    let answer = metadata(address);
-    let found = answer
-        .topics
-        .iter()
-        .find(|found| {
-            found
-                .name
-                .as_ref()
-                .is_some_and(|name| name.as_str() == topic)
-        })
-        .expect("the topic is listed");
-    let mut partitions = found.partitions.clone();
-    partitions.sort_by_key(|partition| partition.partition_index);
-    partitions
+    topic_partitions(address, topic)
         .iter()
         .map(|partition| partition.leader_epoch)
         .collect()

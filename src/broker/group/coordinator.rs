@@ -243,38 +243,29 @@ impl Coordinator {
     /// leading (the state the previous coordinator wrote there, copied by
     /// replication), and drop the groups of those it no longer leads.
     pub(crate) async fn match_leadership(&self) {
-        let snapshot = self.broker.metadata.snapshot();
-        let Some(topic) = snapshot.topic(OFFSETS_TOPIC) else {
-            return;
-        };
-        for index in 0..topic.partitions {
-            if self.context.shards.owner(OFFSETS_TOPIC, index) != self.context.id {
-                continue;
-            }
-            let store = self.context.store_for(OFFSETS_TOPIC, index);
-            let wanted = crate::broker::replication::coordinator_epoch(
-                &self.context,
-                &self.broker,
-                OFFSETS_TOPIC,
-                index,
-            );
-            let current = match self.logs.borrow().get(&index) {
-                Some(log) => Some(log.leader_epoch) == wanted && Rc::ptr_eq(&log.store, &store),
-                None => wanted.is_none(),
-            };
-            if current {
-                continue;
-            }
+        let changes = crate::broker::replication::coordinator_changes(
+            &self.context,
+            &self.broker,
+            OFFSETS_TOPIC,
+            |index| {
+                self.logs
+                    .borrow()
+                    .get(&index)
+                    .map(|log| (log.leader_epoch, Rc::clone(&log.store)))
+            },
+        );
+        for (index, store, wanted) in changes {
             let _writing = self.writer.lock().await;
             self.unload(index);
-            if let Some(epoch) = wanted {
-                match self.load(index, store, epoch) {
-                    Ok(records) => {
-                        tracing::info!(shard = %self.context.id, partition = index, leader_epoch = epoch, records, "coordinating the groups of an offsets partition")
-                    }
-                    Err(error) => {
-                        tracing::warn!(shard = %self.context.id, partition = index, %error, "cannot load an offsets partition; trying again")
-                    }
+            let Some(epoch) = wanted else {
+                continue;
+            };
+            match self.load(index, store, epoch) {
+                Ok(records) => {
+                    tracing::info!(shard = %self.context.id, partition = index, leader_epoch = epoch, records, "coordinating the groups of an offsets partition")
+                }
+                Err(error) => {
+                    tracing::warn!(shard = %self.context.id, partition = index, %error, "cannot load an offsets partition; trying again")
                 }
             }
         }
@@ -666,12 +657,12 @@ impl Coordinator {
             .get(&index)
             .map(|log| (Rc::clone(&log.store), log.leader_epoch))
             .ok_or(AppendError::NotLeader)?;
-        store.wait(receipt).await?;
-        crate::broker::replication::wait_for_replicas(
+        crate::broker::replication::durable_everywhere(
             &self.broker,
+            &store,
             OFFSETS_TOPIC,
             index,
-            receipt.end(),
+            receipt,
             leader_epoch,
         )
         .await

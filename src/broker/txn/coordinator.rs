@@ -261,28 +261,18 @@ impl TxnCoordinator {
     /// on this node at the current leader epoch (finishing what the previous
     /// coordinator decided), and forget those it no longer leads.
     pub(crate) async fn match_leadership(self: &Rc<Self>) {
-        let snapshot = self.broker.metadata.snapshot();
-        let Some(topic) = snapshot.topic(TXN_TOPIC) else {
-            return;
-        };
-        for index in 0..topic.partitions {
-            if self.context.shards.owner(TXN_TOPIC, index) != self.context.id {
-                continue;
-            }
-            let store = self.context.store_for(TXN_TOPIC, index);
-            let wanted = crate::broker::replication::coordinator_epoch(
-                &self.context,
-                &self.broker,
-                TXN_TOPIC,
-                index,
-            );
-            let current = match self.logs.borrow().get(&index) {
-                Some(log) => Some(log.leader_epoch) == wanted && Rc::ptr_eq(&log.store, &store),
-                None => wanted.is_none(),
-            };
-            if current {
-                continue;
-            }
+        let changes = crate::broker::replication::coordinator_changes(
+            &self.context,
+            &self.broker,
+            TXN_TOPIC,
+            |index| {
+                self.logs
+                    .borrow()
+                    .get(&index)
+                    .map(|log| (log.leader_epoch, Rc::clone(&log.store)))
+            },
+        );
+        for (index, store, wanted) in changes {
             let writing = self.writer.lock().await;
             let partitions = self.partitions();
             self.logs.borrow_mut().remove(&index);
@@ -457,14 +447,14 @@ impl TxnCoordinator {
         if let Some(log) = self.logs.borrow_mut().get_mut(&index) {
             log.records_since_snapshot += 1;
         }
-        store.wait(&receipt).await?;
         // Held by the in-sync replicas too: the transaction's state
         // survives the loss of this node (Kafka writes it with acks=all).
-        crate::broker::replication::wait_for_replicas(
+        crate::broker::replication::durable_everywhere(
             &self.broker,
+            &store,
             TXN_TOPIC,
             index,
-            receipt.end(),
+            &receipt,
             leader_epoch,
         )
         .await?;
@@ -995,12 +985,12 @@ impl TxnCoordinator {
             (receipt, start, live.len())
         };
         if let Some(receipt) = &receipt {
-            store.wait(receipt).await?;
-            crate::broker::replication::wait_for_replicas(
+            crate::broker::replication::durable_everywhere(
                 &self.broker,
+                &store,
                 TXN_TOPIC,
                 index,
-                receipt.end(),
+                receipt,
                 leader_epoch,
             )
             .await?;

@@ -306,12 +306,12 @@ async fn append_and_wait(
     let Some(receipt) = receipt else {
         return Ok(MarkerWritten::PartitionGone);
     };
-    store.wait(&receipt).await?;
-    crate::broker::replication::wait_for_replicas(
+    crate::broker::replication::durable_everywhere(
         broker,
+        store,
         topic,
         partition,
-        receipt.end(),
+        &receipt,
         leader_epoch,
     )
     .await?;
