@@ -1030,6 +1030,30 @@ pub fn coordinator_changes(
         .collect()
 }
 
+/// How often a cluster node's coordinators compare what they serve with
+/// the shard groups this node leads.
+const LEADERSHIP_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Run `check` on a coordinator every [`LEADERSHIP_CHECK_INTERVAL`] for as
+/// long as it exists, in a cluster (`replicated`); returns at once on a
+/// single node.
+pub async fn follow_leadership<C>(
+    coordinator: std::rc::Weak<C>,
+    replicated: bool,
+    check: impl Fn(Rc<C>) -> futures_util::future::LocalBoxFuture<'static, ()>,
+) {
+    if !replicated {
+        return;
+    }
+    loop {
+        compio::time::sleep(LEADERSHIP_CHECK_INTERVAL).await;
+        let Some(coordinator) = coordinator.upgrade() else {
+            return;
+        };
+        check(coordinator).await;
+    }
+}
+
 /// Wait until an append to `topic`-`index` in `store` (made while this
 /// node led its shard group at `leader_epoch`) is durable here and, in a
 /// cluster, held by the in-sync replicas ([`wait_for_replicas`]).

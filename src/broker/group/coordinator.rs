@@ -230,7 +230,11 @@ impl Coordinator {
         .detach();
         let installed = Installed;
         let timers = run_timers(Rc::downgrade(&coordinator));
-        let leadership = follow_leadership(Rc::downgrade(&coordinator));
+        let leadership = crate::broker::replication::follow_leadership(
+            Rc::downgrade(&coordinator),
+            broker.metadata.is_replicated(),
+            |coordinator| Box::pin(async move { coordinator.match_leadership().await }),
+        );
         Ok(compio::runtime::spawn(async move {
             let _installed = installed;
             futures_util::future::join(timers, leadership).await;
@@ -1448,23 +1452,6 @@ impl Coordinator {
             "offsets snapshot"
         );
         Ok(())
-    }
-}
-
-/// How often a cluster node's coordinator compares what it serves with the
-/// shard groups it leads.
-const LEADERSHIP_CHECK_INTERVAL: Duration = Duration::from_millis(20);
-
-async fn follow_leadership(coordinator: std::rc::Weak<Coordinator>) {
-    loop {
-        compio::time::sleep(LEADERSHIP_CHECK_INTERVAL).await;
-        let Some(coordinator) = coordinator.upgrade() else {
-            return;
-        };
-        if !coordinator.broker.metadata.is_replicated() {
-            return;
-        }
-        coordinator.match_leadership().await;
     }
 }
 
