@@ -33,7 +33,21 @@ pub struct Acks {
     pub failed: Arc<Mutex<Vec<String>>>,
 }
 
-impl ClientContext for Acks {}
+/// `SLUICE_TEST_CLIENT_DEBUG=<librdkafka debug contexts>` (for example
+/// `eos,msg`) prints the test producers' librdkafka debug log to stderr,
+/// with the time, to diagnose a failed run.
+impl ClientContext for Acks {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        eprintln!(
+            "{}.{:03} librdkafka {level:?} {fac}: {log_message}",
+            now.as_secs(),
+            now.subsec_millis()
+        );
+    }
+}
 
 impl ProducerContext for Acks {
     type DeliveryOpaque = ();
@@ -79,6 +93,11 @@ pub fn producer(address: &str, settings: &[(&str, &str)]) -> (BaseProducer<Acks>
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000");
+    if let Ok(contexts) = std::env::var("SLUICE_TEST_CLIENT_DEBUG") {
+        config
+            .set("debug", contexts)
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
     for (key, value) in settings {
         config.set(*key, *value);
     }

@@ -3,6 +3,7 @@
 
 mod broker_process;
 mod kafka_clients;
+mod netns;
 mod support;
 mod test_clients;
 mod wire;
