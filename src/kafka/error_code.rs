@@ -22,7 +22,9 @@ pub fn for_append(error: &AppendError) -> i16 {
         | AppendError::DiskFull { .. }
         | AppendError::Queue { .. }
         | AppendError::Roll { .. } => ResponseError::KafkaStorageError.code(),
-        AppendError::ShuttingDown | AppendError::NotLeader => {
+        AppendError::ShuttingDown
+        | AppendError::NotLeader
+        | AppendError::SequenceGapAfterFailover { .. } => {
             ResponseError::NotLeaderOrFollower.code()
         }
         // Kafka answers INVALID_PRODUCER_EPOCH, not PRODUCER_FENCED, from

@@ -188,6 +188,7 @@ impl CommitLog {
             // must not outlive the O_DIRECT rewrites that follow.
             drop_cached_pages(active);
         }
+        crate::failpoint::journal_durable_end(&options.dir, end.0);
         Ok(CommitLog {
             written: RangeWatermark::new(end.0),
             durable: RangeWatermark::new(end.0),
@@ -651,6 +652,7 @@ impl CommitLog {
     /// it made durable, and the producers it released.
     fn record_sync(&mut self, op: &InflightOp, durable_before: u64) {
         let durable = self.durable.end();
+        crate::failpoint::journal_durable_end(&self.options.dir, durable);
         let mut released = 0u32;
         while self.sync_waiters.front().is_some_and(|&end| end <= durable) {
             self.sync_waiters.pop_front();

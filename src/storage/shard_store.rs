@@ -205,6 +205,10 @@ pub struct ShardStore {
     /// A copy following its shard group's leader: appends are refused
     /// ([`AppendError::NotLeader`]); copied frames are not.
     pub(super) follower: Cell<bool>,
+    /// Where the log ended when this store last stopped following and
+    /// began to lead (zero: it always led); see
+    /// [`AppendError::SequenceGapAfterFailover`].
+    pub(super) leading_from: Cell<LogPosition>,
     pub(super) flusher_stop: Cell<bool>,
     pub(super) checkpoint_sequence: Cell<u64>,
     pub(super) checkpoint_writer: Arc<std::sync::Mutex<CheckpointWriter>>,
@@ -334,6 +338,7 @@ impl ShardStore {
             disk_usage_ratio: Cell::new(0.0),
             stopping: Cell::new(false),
             follower: Cell::new(false),
+            leading_from: Cell::new(LogPosition::ZERO),
             flusher_stop: Cell::new(false),
             checkpoint_sequence: Cell::new(0),
             checkpoint_writer: Arc::default(),
@@ -402,6 +407,9 @@ impl ShardStore {
     /// appends are refused with [`AppendError::NotLeader`]) or the leader's
     /// own log (`false`).
     pub fn set_follower(&self, follower: bool) {
+        if self.follower.get() && !follower {
+            self.leading_from.set(self.state.borrow().log.append_end());
+        }
         self.follower.set(follower);
     }
 

@@ -53,6 +53,25 @@ pub enum AppendError {
     /// node (issue 16): only its leader appends to it.
     #[error("this copy of the shard group's log follows its leader on another node")]
     NotLeader,
+    /// A gap in an idempotent producer's sequence on a store that began to
+    /// lead after that producer's newest batch here was written: requests
+    /// the producer pipelined to the previous leader, or sent while this
+    /// copy still followed, were refused out of order around the failover,
+    /// and the earlier ones will come again. Kafka answers
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER, on which librdkafka bumps the producer
+    /// epoch and renumbers batches that may already be stored, writing them
+    /// twice (confluentinc/librdkafka#4953); NOT_LEADER_OR_FOLLOWER makes
+    /// every client resend from its oldest unacknowledged batch instead,
+    /// which this store then recognises as a duplicate.
+    #[error(
+        "producer {producer_id} skipped to sequence {found} (expected {expected}) right after \
+         this store began to lead; its earlier batches must come first"
+    )]
+    SequenceGapAfterFailover {
+        producer_id: i64,
+        expected: i32,
+        found: i32,
+    },
     /// The batch breaks its idempotent producer's epoch or sequence rules.
     #[error("{0}")]
     Producer(#[from] ProducerError),
@@ -68,6 +87,7 @@ impl AppendError {
                 | AppendError::Roll { .. }
                 | AppendError::ShuttingDown
                 | AppendError::NotLeader
+                | AppendError::SequenceGapAfterFailover { .. }
         )
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::commit_log::LogAppendError;
 use super::frame::{FRAME_PREFIX_BYTES, FrameHeader};
 use super::partition::IndexedBatch;
-use super::producer_state::{Check, TxnToken};
+use super::producer_state::{Check, ProducerError, TxnToken};
 use super::retention::DiskPressure;
 use super::segment;
 use super::shard_store::{AppendReceipt, Durability, LEADER_EPOCH, ShardStore};
@@ -249,6 +249,28 @@ impl ShardStore {
                         .map(|()| Check::Append),
                     (check, _) => Ok(check),
                 }),
+        };
+        let check = match check {
+            Err(ProducerError::OutOfOrderSequence {
+                producer_id,
+                epoch,
+                expected,
+                found,
+            }) if partition
+                .producers
+                .get(producer_id)
+                .filter(|entry| entry.epoch == epoch)
+                .and_then(|entry| entry.newest())
+                .is_some_and(|newest| newest.end <= self.leading_from.get()) =>
+            {
+                return Err(AppendError::SequenceGapAfterFailover {
+                    producer_id,
+                    expected,
+                    found,
+                }
+                .into());
+            }
+            check => check,
         };
         if let Check::Duplicate(original) = check.map_err(AppendError::Producer)? {
             // A retry asking for more than the original (acks=all after

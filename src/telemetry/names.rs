@@ -229,7 +229,7 @@ pub fn describe() {
     describe_counter!(
         APPENDS_REJECTED,
         Unit::Count,
-        "Appends storage refused, by shard and reason (disk_full, too_large, poisoned, shutting_down, not_leader, unknown_partition, storage, sequence, epoch, txn_state, coordinator_fenced)."
+        "Appends storage refused, by shard and reason (disk_full, too_large, poisoned, shutting_down, not_leader, sequence_after_failover, unknown_partition, storage, sequence, epoch, txn_state, coordinator_fenced)."
     );
 
     describe_gauge!(

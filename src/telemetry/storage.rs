@@ -80,7 +80,7 @@ pub enum Deletion {
 }
 
 /// The `reason` label of `sluice_appends_rejected_total`.
-const REJECT_REASONS: [&str; 11] = [
+const REJECT_REASONS: [&str; 12] = [
     "unknown_partition",
     "too_large",
     "poisoned",
@@ -88,6 +88,7 @@ const REJECT_REASONS: [&str; 11] = [
     "storage",
     "shutting_down",
     "not_leader",
+    "sequence_after_failover",
     "sequence",
     "epoch",
     "txn_state",
@@ -97,7 +98,7 @@ const REJECT_REASONS: [&str; 11] = [
 /// Counters of one shard store.
 pub struct StoreMetrics {
     /// By reason, registered up front so every series starts at 0.
-    rejected: [Counter; 11],
+    rejected: [Counter; REJECT_REASONS.len()],
     deleted_for_retention: Counter,
     deleted_for_disk: Counter,
     deleted_bytes: Counter,
@@ -148,6 +149,7 @@ impl StoreMetrics {
             AppendError::Queue { .. } | AppendError::Roll { .. } => "storage",
             AppendError::ShuttingDown => "shutting_down",
             AppendError::NotLeader => "not_leader",
+            AppendError::SequenceGapAfterFailover { .. } => "sequence_after_failover",
             AppendError::Producer(ProducerError::InvalidEpoch { .. }) => "epoch",
             AppendError::Producer(ProducerError::OutOfOrderSequence { .. }) => "sequence",
             AppendError::Producer(

@@ -237,6 +237,80 @@ fn older_epoch_is_refused_by_storage() {
     });
 }
 
+/// Found by issue 16's kill rounds: around a failover, a producer's
+/// pipelined requests reach the new leader out of order (an earlier one was
+/// refused while the copy still followed). A gap in a producer's sequence
+/// on a store that began to lead after that producer's newest batch was
+/// written is refused as retriable (NOT_LEADER_OR_FOLLOWER), so the client
+/// resends from its oldest batch, which is then found as a duplicate, not
+/// as OUT_OF_ORDER_SEQUENCE_NUMBER (on which librdkafka renumbers batches
+/// that may be stored already, writing them twice). Once the producer
+/// wrote under this leadership, a gap is out of order again.
+#[test]
+fn a_sequence_gap_right_after_taking_over_the_log_is_retriable() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = support::runtime(IoBackend::Epoll);
+    runtime.block_on(async {
+        let store = support::open(dir.path(), WriteMode::Direct, IoBackend::Epoll);
+        let id = support::create(&store, "idempotent", 0);
+        append(&store, id, &producer_batch(0, 2)).await.expect("first");
+        // A gap while this store always led: out of order.
+        let gap = append(&store, id, &producer_batch(3, 1)).await;
+        assert!(
+            matches!(
+                gap,
+                Err(AppendError::Producer(ProducerError::OutOfOrderSequence {
+                    expected: 2,
+                    ..
+                }))
+            ),
+            "{gap:?}"
+        );
+        // It follows another leader for a while, then leads again.
+        store.set_follower(true);
+        store.set_follower(false);
+        let gap = append(&store, id, &producer_batch(3, 1)).await;
+        assert!(
+            matches!(
+                gap,
+                Err(AppendError::SequenceGapAfterFailover {
+                    expected: 2,
+                    found: 3,
+                    ..
+                })
+            ),
+            "{gap:?}"
+        );
+        assert!(gap.unwrap_err().is_retriable());
+        // The client resends from its oldest batch: a duplicate, then the
+        // rest in order.
+        assert_eq!(
+            append(&store, id, &producer_batch(0, 2)).await.unwrap(),
+            (Offset(0), true)
+        );
+        assert_eq!(
+            append(&store, id, &producer_batch(2, 1)).await.unwrap(),
+            (Offset(2), false)
+        );
+        assert_eq!(
+            append(&store, id, &producer_batch(3, 1)).await.unwrap(),
+            (Offset(3), false)
+        );
+        let gap = append(&store, id, &producer_batch(5, 1)).await;
+        assert!(
+            matches!(
+                gap,
+                Err(AppendError::Producer(ProducerError::OutOfOrderSequence {
+                    expected: 4,
+                    ..
+                }))
+            ),
+            "{gap:?}"
+        );
+        support::shutdown(&store).await;
+    });
+}
+
 #[test]
 fn retry_asking_for_fsync_waits_for_the_original_batch_to_be_durable() {
     let dir = tempfile::tempdir().unwrap();
