@@ -96,6 +96,9 @@ fn half_load(load: &ProduceLoad, round: &str, kind: ProducerKind) -> ProduceLoad
     ProduceLoad {
         topic: half_topic(&load.topic, round, kind),
         kind,
+        // Fresh topics, on a single node (the comparison is not
+        // leader-aware).
+        leaders: Default::default(),
         ..load.clone()
     }
 }
@@ -368,6 +371,7 @@ mod tests {
     fn load(kind: ProducerKind) -> ProduceLoad {
         ProduceLoad {
             address: "127.0.0.1:9092".into(),
+            leaders: Default::default(),
             topic: "cmp".into(),
             partitions: 2,
             producers: 2,

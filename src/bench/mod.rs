@@ -29,9 +29,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
-use kafka_protocol::messages::CreateTopicsRequest;
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{CreateTopicsRequest, MetadataRequest};
 use kafka_protocol::protocol::StrBytes;
 use serde_json::json;
 
@@ -75,8 +76,10 @@ pub enum BenchCommand {
 
 #[derive(Args)]
 pub struct Target {
-    /// Broker address, HOST:PORT (a single-node broker: the first address
-    /// of a comma-separated list is used).
+    /// Broker address, HOST:PORT (the first address of a comma-separated
+    /// list is used). Against a cluster, `produce` sends each partition to
+    /// its leader, found through this address; the other modes need a
+    /// single node.
     #[arg(long, default_value = "127.0.0.1:9092")]
     brokers: String,
     #[arg(long, default_value = "sluice-bench")]
@@ -302,6 +305,7 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     }
     let load = producer_load(&args.target, &args.shape, &args.producer, args.rate, false)?;
     ensure_topic(&args.target.brokers, &load.topic, load.partitions)?;
+    let load = with_leaders(load, &args.target.brokers)?;
     let baseline = measure_baseline(&args.output, &args.shape, load.producers)?;
     let window = window(&args.producer)?;
     let produce::Produced {
@@ -550,6 +554,7 @@ fn producer_load(
     }
     Ok(ProduceLoad {
         address: first_address(&target.brokers)?,
+        leaders: BTreeMap::new(),
         topic: target.topic.clone(),
         partitions: options.partitions,
         producers: options.producers,
@@ -662,6 +667,58 @@ fn first_address(brokers: &str) -> anyhow::Result<String> {
         .find(|address| !address.is_empty())
         .map(str::to_owned)
         .context("--brokers is empty")
+}
+
+/// `load` with each partition's leader when the broker is part of a
+/// cluster (Metadata lists more than one broker), so that every producer
+/// sends to its partitions' leader ([`ProduceLoad::assignment`]); as it
+/// was for a single node. Errors: a partition without a leader, or fewer
+/// producers than leaders.
+fn with_leaders(mut load: ProduceLoad, brokers: &str) -> anyhow::Result<ProduceLoad> {
+    let mut client = KafkaClient::connect(brokers)?;
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+            TopicName(StrBytes::from_string(load.topic.clone())),
+        ))]))
+        .with_allow_auto_topic_creation(false);
+    let response = client.call(&request)?;
+    if response.brokers.len() < 2 {
+        return Ok(load);
+    }
+    let addresses: BTreeMap<i32, String> = response
+        .brokers
+        .iter()
+        .map(|broker| {
+            (
+                broker.node_id.0,
+                format!("{}:{}", broker.host.as_str(), broker.port),
+            )
+        })
+        .collect();
+    let topic = response
+        .topics
+        .first()
+        .context("Metadata answered no topic")?;
+    for partition in &topic.partitions {
+        let leader = addresses.get(&partition.leader_id.0).with_context(|| {
+            format!(
+                "partition {} of {} has no live leader (leader {})",
+                partition.partition_index, load.topic, partition.leader_id.0
+            )
+        })?;
+        load.leaders
+            .insert(partition.partition_index, leader.clone());
+    }
+    let leaders: std::collections::BTreeSet<&String> = load.leaders.values().collect();
+    if load.producers < leaders.len() {
+        anyhow::bail!(
+            "{} nodes lead the partitions of {}: --producers must be at least that many (each \
+             producer sends to one leader)",
+            leaders.len(),
+            load.topic
+        );
+    }
+    Ok(load)
 }
 
 /// Create `topic` with `partitions`, or check that it has that many.

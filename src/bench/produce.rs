@@ -63,7 +63,11 @@ impl ProducerKind {
 
 #[derive(Clone)]
 pub struct ProduceLoad {
+    /// The broker every producer sends to, unless `leaders` is known.
     pub address: String,
+    /// In a cluster: each partition's leader (HOST:PORT), from Metadata
+    /// ([`ProduceLoad::assignment`]); empty for a single node.
+    pub leaders: std::collections::BTreeMap<i32, String>,
     pub topic: String,
     pub partitions: i32,
     pub producers: usize,
@@ -167,6 +171,40 @@ pub fn partitions_of(index: usize, count: usize, partitions: i32) -> Vec<i32> {
         .collect()
 }
 
+impl ProduceLoad {
+    /// Producer `index`'s broker and partitions. A single node: every
+    /// producer sends to `address`, partitions shared by [`partitions_of`].
+    /// A cluster (`leaders` known): producers go to the partitions'
+    /// leaders round robin, and those of one leader share its partitions
+    /// the same way; every leader needs a producer (checked when the
+    /// leaders are looked up).
+    pub fn assignment(&self, index: usize) -> (String, Vec<i32>) {
+        if self.leaders.is_empty() {
+            return (
+                self.address.clone(),
+                partitions_of(index, self.producers, self.partitions),
+            );
+        }
+        let mut by_leader: std::collections::BTreeMap<&str, Vec<i32>> =
+            std::collections::BTreeMap::new();
+        for (partition, leader) in &self.leaders {
+            by_leader.entry(leader).or_default().push(*partition);
+        }
+        let leaders = by_leader.len();
+        let (leader, partitions) = by_leader
+            .into_iter()
+            .nth(index % leaders)
+            .expect("index % leaders is a leader");
+        // The producers with this leader: indexes congruent to it.
+        let sharing = (self.producers + leaders - 1 - index % leaders) / leaders;
+        let mine = partitions_of(index / leaders, sharing, partitions.len() as i32)
+            .into_iter()
+            .map(|slot| partitions[slot as usize])
+            .collect();
+        (leader.to_owned(), mine)
+    }
+}
+
 /// Run every producer; returns their merged figures.
 pub fn run(load: &ProduceLoad, window: Window) -> anyhow::Result<Produced> {
     let results: Vec<anyhow::Result<ProducerResult>> = thread::scope(|scope| {
@@ -209,15 +247,15 @@ pub fn run(load: &ProduceLoad, window: Window) -> anyhow::Result<Produced> {
 }
 
 fn producer(load: &ProduceLoad, index: usize, window: Window) -> anyhow::Result<ProducerResult> {
-    let partitions = partitions_of(index, load.producers, load.partitions);
+    let (address, partitions) = load.assignment(index);
     let template = BatchTemplate::new(
         load.batch_records,
         load.record_size,
         load.compression,
         index as u64 + 1,
     );
-    let mut stream = wire::connect(&load.address)?;
-    let mut control = Control::new(&load.address);
+    let mut stream = wire::connect(&address)?;
+    let mut control = Control::new(&address);
     let (stamps, transactions) = match load.kind {
         ProducerKind::Plain => (None, None),
         ProducerKind::Idempotent => {
@@ -252,7 +290,7 @@ fn producer(load: &ProduceLoad, index: usize, window: Window) -> anyhow::Result<
     } else {
         let stream = stream
             .try_clone()
-            .with_context(|| format!("cannot clone the socket to {}", load.address))?;
+            .with_context(|| format!("cannot clone the socket to {address}"))?;
         let slots = partitions.len();
         Some(thread::spawn(move || {
             read_acks(stream, receiver, barrier_sender, window, slots)
@@ -571,6 +609,46 @@ fn check_offset_advances(
 #[cfg(test)]
 mod tests {
     use super::partitions_of;
+
+    #[test]
+    fn producers_in_a_cluster_go_to_each_partitions_leader() {
+        let load = super::ProduceLoad {
+            address: "a:1".to_owned(),
+            leaders: [
+                (0, "a:1"),
+                (1, "b:1"),
+                (2, "c:1"),
+                (3, "a:1"),
+                (4, "b:1"),
+                (5, "c:1"),
+            ]
+            .into_iter()
+            .map(|(partition, leader)| (partition, leader.to_owned()))
+            .collect(),
+            topic: "t".to_owned(),
+            partitions: 6,
+            producers: 4,
+            record_size: 1,
+            batch_records: 1,
+            acks: -1,
+            compression: crate::bench::batch::Compression::None,
+            rate_mb_s: None,
+            inflight: 1,
+            stamp: false,
+            kind: super::ProducerKind::Plain,
+        };
+        let assigned: Vec<(String, Vec<i32>)> =
+            (0..4).map(|index| load.assignment(index)).collect();
+        assert_eq!(
+            assigned,
+            [
+                ("a:1".to_owned(), vec![0]),
+                ("b:1".to_owned(), vec![1, 4]),
+                ("c:1".to_owned(), vec![2, 5]),
+                ("a:1".to_owned(), vec![3]),
+            ]
+        );
+    }
 
     #[test]
     fn partitions_are_spread_over_producers() {

@@ -59,7 +59,7 @@ pub const FETCH_BYTES_MAX: u32 = 4 << 20;
 pub const FETCH_WAIT_MAX: Duration = Duration::from_millis(500);
 
 /// Back-off after a failed fetch, doubled up to the maximum.
-const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Failed fetches and appends, logged at most 10 times per 10 s.
@@ -320,6 +320,7 @@ async fn replicate(broker: Arc<Broker>, context: Rc<ShardContext>, group: u32) {
     let shard = context.id;
     let mut role = Role::Starting;
     let mut backoff = RETRY_BACKOFF_MIN;
+    let mut backing_off_from = None;
     loop {
         let cluster = broker.metadata.snapshot();
         let Some(record) = cluster
@@ -333,6 +334,12 @@ async fn replicate(broker: Arc<Broker>, context: Rc<ShardContext>, group: u32) {
             return;
         };
         let epoch = record.leader_epoch;
+        // Failures against one leader say nothing about the next one: a
+        // new leader is tried at once and then backed off from afresh
+        // (its first answers may come before it has taken over).
+        if backing_off_from.replace((record.leader, epoch)) != Some((record.leader, epoch)) {
+            backoff = RETRY_BACKOFF_MIN;
+        }
         let outcome = if record.leader == own {
             if role != Role::Leading(epoch) {
                 match begin_leading(&store, group, epoch, &record.in_sync) {
@@ -381,10 +388,33 @@ async fn replicate(broker: Arc<Broker>, context: Rc<ShardContext>, group: u32) {
             }
             Err(error) => {
                 report_failure(shard, group, record.leader, &error);
-                compio::time::sleep(backoff).await;
+                back_off_unless_moved(&broker, group, (record.leader, epoch), backoff).await;
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
             }
         }
+    }
+}
+
+/// Wait `backoff` after a failed copy, or less once group `group`'s leader
+/// or epoch is no longer `was`: a copy that kept failing against a dead
+/// leader must follow the new one at once, since acks=all waits for it.
+async fn back_off_unless_moved(broker: &Broker, group: u32, was: (u64, i32), backoff: Duration) {
+    let until = Instant::now() + backoff;
+    while Instant::now() < until {
+        let moved = broker
+            .metadata
+            .snapshot()
+            .placement
+            .as_ref()
+            .and_then(|placement| placement.groups.get(group as usize))
+            .is_none_or(|record| (record.leader, record.leader_epoch) != was);
+        if moved {
+            return;
+        }
+        compio::time::sleep(
+            LEADING_CHECK_INTERVAL.min(until.saturating_duration_since(Instant::now())),
+        )
+        .await;
     }
 }
 
@@ -585,6 +615,8 @@ async fn copy_once(
             .map_err(ReplicaAppendError::Append);
     }
     let end = store.log_ends().0;
+    metrics::counter!(crate::telemetry::names::REPLICA_COPIED_BYTES, "group" => group.to_string())
+        .increment(end.0.saturating_sub(append_end.0));
     // What the leader's consumers see, this copy's show too (once it holds
     // it), so a promoted copy never shows more than was committed.
     store.set_visible_limit(high_watermark.min(end));

@@ -24,9 +24,7 @@ pub fn for_append(error: &AppendError) -> i16 {
         | AppendError::Roll { .. } => ResponseError::KafkaStorageError.code(),
         AppendError::ShuttingDown
         | AppendError::NotLeader
-        | AppendError::SequenceGapAfterFailover { .. } => {
-            ResponseError::NotLeaderOrFollower.code()
-        }
+        | AppendError::SequenceGapAfterFailover { .. } => ResponseError::NotLeaderOrFollower.code(),
         // Kafka answers INVALID_PRODUCER_EPOCH, not PRODUCER_FENCED, from
         // Produce since 2.7, so the client aborts and retries (KIP-588).
         AppendError::Producer(ProducerError::InvalidEpoch { .. }) => {

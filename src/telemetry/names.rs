@@ -58,6 +58,7 @@ pub const TRANSACTION_TIMEOUTS: &str = "sluice_transaction_timeouts_total";
 pub const PARTITION_LSO_LAG: &str = "sluice_partition_lso_lag";
 
 pub const REPLICA_LAG_BYTES: &str = "sluice_replica_lag_bytes";
+pub const REPLICA_COPIED_BYTES: &str = "sluice_replica_copied_bytes_total";
 pub const GROUP_IN_SYNC_REPLICAS: &str = "sluice_group_in_sync_replicas";
 pub const GROUP_REPLICAS: &str = "sluice_group_replicas";
 
@@ -258,6 +259,12 @@ pub fn describe() {
         Unit::Bytes,
         "Bytes of a shard group's log this node's follower copy lacks, as of its last fetch \
          from the group's leader, by group (cluster nodes only)."
+    );
+    describe_counter!(
+        REPLICA_COPIED_BYTES,
+        Unit::Bytes,
+        "Bytes of a shard group's log this node's follower copy appended from its leader, by \
+         group (cluster nodes only; its rate is the copy's catch-up speed)."
     );
     describe_gauge!(
         GROUP_IN_SYNC_REPLICAS,

@@ -253,7 +253,9 @@ fn a_sequence_gap_right_after_taking_over_the_log_is_retriable() {
     runtime.block_on(async {
         let store = support::open(dir.path(), WriteMode::Direct, IoBackend::Epoll);
         let id = support::create(&store, "idempotent", 0);
-        append(&store, id, &producer_batch(0, 2)).await.expect("first");
+        append(&store, id, &producer_batch(0, 2))
+            .await
+            .expect("first");
         // A gap while this store always led: out of order.
         let gap = append(&store, id, &producer_batch(3, 1)).await;
         assert!(

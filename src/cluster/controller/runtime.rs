@@ -120,6 +120,13 @@ impl Liveness {
         }
     }
 
+    /// Count `node` as silent for `silent` already (not heard since).
+    fn backdate(&self, node: u64, silent: Duration) {
+        if let Some(seen) = self.lock().get_mut(&node) {
+            seen.at = Instant::now().checked_sub(silent).unwrap_or(seen.at);
+        }
+    }
+
     fn silent_for(&self, node: u64) -> Duration {
         self.lock()
             .get(&node)
@@ -483,6 +490,11 @@ struct Member {
     session_timeout: Duration,
     /// Whether this node led at the last duty tick.
     leading: bool,
+    /// The last controller leader other than this node, and the shortest
+    /// election timeout: a node that takes over was not reached by that
+    /// leader for at least that long, so its silence counts from then.
+    other_leader: Option<u64>,
+    election_timeout_min: Duration,
     /// The applied index last reported to the leader.
     reported_applied: u64,
     /// Where a refused registration is reported to the start.
@@ -629,6 +641,8 @@ impl Member {
             heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
             session_timeout: Duration::from_millis(config.session_timeout_ms),
             leading: false,
+            other_leader: None,
+            election_timeout_min: Duration::from_millis(config.election_timeout_min_ms),
             reported_applied: 0,
             refused,
             registered,
@@ -642,7 +656,8 @@ impl Member {
         queue: flume::Receiver<Proposal>,
         calls: flume::Receiver<PeerCall>,
     ) {
-        let mut duties = tokio::time::interval(DUTY_INTERVAL);
+        // Fencing is a duty: looked at at least once a heartbeat interval.
+        let mut duties = tokio::time::interval(DUTY_INTERVAL.min(self.heartbeat_interval));
         let mut heartbeats = tokio::time::interval(self.heartbeat_interval);
         let mut metrics = self.raft.metrics();
         loop {
@@ -780,11 +795,16 @@ impl Member {
     }
 
     /// As the leader: fence the nodes silent past the session timeout (a
-    /// new leader first counts everyone as just heard from).
+    /// new leader first counts everyone as just heard from, but the
+    /// previous leader as silent since an election timeout ago: it had not
+    /// reached this node for that long, or no election would have begun).
     async fn fence_silent_nodes(&mut self, snapshot: &crate::broker::metadata::ClusterMetadata) {
         if !self.leading {
             self.leading = true;
             self.liveness.reset(snapshot.nodes.keys().copied());
+            if let Some(previous) = self.other_leader {
+                self.liveness.backdate(previous, self.election_timeout_min);
+            }
             return;
         }
         let proposer = self.proposer();
@@ -810,7 +830,10 @@ impl Member {
     }
 
     /// Tell the handle who leads (logged on change).
-    fn publish_leader(&self, leader: Option<u64>, term: u64) {
+    fn publish_leader(&mut self, leader: Option<u64>, term: u64) {
+        if let Some(other) = leader.filter(|&id| id != self.identity.node_id) {
+            self.other_leader = Some(other);
+        }
         let id = leader.map_or(-1, |id| id as i64);
         if self.leader.swap(id, Ordering::Relaxed) != id && id >= 0 {
             tracing::info!(leader = id, term, "controller leader");
