@@ -14,11 +14,12 @@
 # line per run: acks, round, replication factor, MB/s, p99 ms; then the
 # median ratio RF=3 / RF=1 per acks level.
 #
-# Catch-up: with replication factor 3, node 3 is stopped, CATCHUP_MB
-# (default 2048) are produced with acks=all through the other two, node 3
-# is started again and timed until its copies' `sluice_replica_lag_bytes`
-# are all 0. Prints the bytes it copied per second next to `sluice bench
-# baseline`'s write+fdatasync figure.
+# Catch-up: with replication factor 3, node 3 is stopped, up to CATCHUP_MB
+# (default 2048) are produced with acks=all through the other two once it
+# is fenced, node 3 is started again and its
+# `sluice_replica_copied_bytes_total` sampled every 50 ms until it stops
+# moving. Prints the bytes it copied per second (first to last moving
+# sample) next to `sluice bench baseline`'s write+fdatasync figure.
 set -euo pipefail
 
 binary=${1:?usage: replication-ab.sh SLUICE_BINARY [ROUNDS] [SECONDS]}
@@ -146,36 +147,47 @@ EOF
 # Catch-up of a returning replica.
 dir="$work/catchup"
 start_cluster 3 "$dir"
-"$binary" bench produce --brokers "127.0.0.1:$(kafka_port 1)" --topic catchup \
-    --partitions 6 --producers 3 --acks all --duration 1 --json >/dev/null 2>&1
 stop_node 3
-per_second=$((catchup_mb / 4))
+# Written once node 3 is fenced (cluster.session_timeout_ms, 6 s), so that
+# acks=all goes on with the other two.
+sleep 8
 "$binary" bench produce --brokers "127.0.0.1:$(kafka_port 1)" --topic catchup \
     --partitions 6 --producers 3 --acks all --duration 4 --warmup 0 \
-    --rate "$per_second" --json >/dev/null 2>&1 || true
+    --rate $((catchup_mb / 4)) --json >/dev/null 2>&1
 start_node 3 "$dir" "$dir/cluster.toml"
-started=$(date +%s.%N)
-wait_ready "$dir" 3
-copied_before=$(metric_sum 3 sluice_replica_copied_bytes_total)
-behind=0
-for _ in $(seq 1200); do
-    lag=$(metric_sum 3 sluice_replica_lag_bytes)
-    [ "$behind" = 0 ] && behind=$lag
-    [ "$lag" = 0 ] && break
-    sleep 0.1
+# Sample node 3's copied bytes every 50 ms from its start: the rate is
+# what it copied between the first and the last sample that moved.
+samples="$work/catchup.samples"
+: >"$samples"
+last=""
+still=0
+for _ in $(seq 2400); do
+    copied=$(metric_sum 3 sluice_replica_copied_bytes_total 2>/dev/null || echo "")
+    if [ -n "$copied" ] && [ "$copied" != "$last" ]; then
+        echo "$(date +%s.%N) $copied" >>"$samples"
+        last=$copied
+        still=0
+    elif [ -n "$last" ] && [ "$last" != 0 ]; then
+        still=$((still + 1))
+        [ "$still" -ge 40 ] && break
+    fi
+    sleep 0.05
 done
-finished=$(date +%s.%N)
-copied=$(metric_sum 3 sluice_replica_copied_bytes_total)
 stop_cluster
 baseline=$("$binary" bench baseline --data-dir "$work" --json 2>/dev/null || echo '{}')
-python3 - "$started" "$finished" "$copied" "$baseline" <<'EOF'
+python3 - "$samples" "$baseline" <<'EOF'
 import json, sys
-started, finished, copied = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-baseline = json.loads(sys.argv[4] or "{}")
-seconds = finished - started
-rate = copied / seconds / 1e6 if seconds > 0 else 0
+samples = [tuple(map(float, line.split())) for line in open(sys.argv[1]) if line.strip()]
+samples = [s for s in samples if s[1] > 0]
+baseline = json.loads(sys.argv[2] or "{}")
+if len(samples) < 2:
+    print("catch-up: too few samples to measure")
+    sys.exit(0)
+(t0, c0), (t1, c1) = samples[0], samples[-1]
+rate = (c1 - c0) / (t1 - t0) / 1e6 if t1 > t0 else 0
+line = (f"catch-up: node 3 copied {c1 / 1e6:.0f} MB; {(c1 - c0) / 1e6:.0f} MB in {t1 - t0:.1f} s "
+        f"between its first and last moving sample: {rate:.0f} MB/s")
 disk = baseline.get("disk_sync_mb_s")
-line = f"catch-up: node 3 copied {copied / 1e6:.0f} MB in {seconds:.1f} s from its start: {rate:.0f} MB/s"
 if disk:
     line += f"; disk write+fdatasync baseline {disk:.0f} MB/s in the same run: {rate / disk:.2f}x"
 print(line)
