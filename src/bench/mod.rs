@@ -699,6 +699,21 @@ fn with_leaders(mut load: ProduceLoad, brokers: &str) -> anyhow::Result<ProduceL
         .topics
         .first()
         .context("Metadata answered no topic")?;
+    if topic.error_code != 0 {
+        anyhow::bail!(
+            "topic {}: {}",
+            load.topic,
+            describe_error(topic.error_code, None)
+        );
+    }
+    if topic.partitions.len() != load.partitions as usize {
+        anyhow::bail!(
+            "Metadata lists {} partitions of {}, not {}",
+            topic.partitions.len(),
+            load.topic,
+            load.partitions
+        );
+    }
     for partition in &topic.partitions {
         let leader = addresses.get(&partition.leader_id.0).with_context(|| {
             format!(

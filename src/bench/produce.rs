@@ -462,7 +462,11 @@ impl Writer<'_> {
             return false; // the reader stopped: it holds the error
         }
         if let Err(error) = wire::write_all_vectored(&mut self.stream, &[&prefix, batch]) {
-            sent.error(format!("send to {}: {error}", load.address));
+            let peer = self
+                .stream
+                .peer_addr()
+                .map_or_else(|_| load.address.clone(), |peer| peer.to_string());
+            sent.error(format!("send to {peer}: {error}"));
             return false;
         }
         true

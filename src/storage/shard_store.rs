@@ -22,7 +22,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::checkpointer::{CheckpointWriter, ProducerSnapshots};
 use super::commit_log::{CommitLog, LogOptions, LogStats};
@@ -205,10 +205,10 @@ pub struct ShardStore {
     /// A copy following its shard group's leader: appends are refused
     /// ([`AppendError::NotLeader`]); copied frames are not.
     pub(super) follower: Cell<bool>,
-    /// Where the log ended when this store last stopped following and
-    /// began to lead (zero: it always led); see
+    /// Where the log ended when this store last began to lead its shard
+    /// group, and when (none: it never took over a group's log); see
     /// [`AppendError::SequenceGapAfterFailover`].
-    pub(super) leading_from: Cell<LogPosition>,
+    pub(super) leading_from: Cell<Option<(LogPosition, Instant)>>,
     pub(super) flusher_stop: Cell<bool>,
     pub(super) checkpoint_sequence: Cell<u64>,
     pub(super) checkpoint_writer: Arc<std::sync::Mutex<CheckpointWriter>>,
@@ -338,7 +338,7 @@ impl ShardStore {
             disk_usage_ratio: Cell::new(0.0),
             stopping: Cell::new(false),
             follower: Cell::new(false),
-            leading_from: Cell::new(LogPosition::ZERO),
+            leading_from: Cell::new(None),
             flusher_stop: Cell::new(false),
             checkpoint_sequence: Cell::new(0),
             checkpoint_writer: Arc::default(),
@@ -406,9 +406,11 @@ impl ShardStore {
     /// Make this store a copy that follows its shard group's leader (`true`:
     /// appends are refused with [`AppendError::NotLeader`]) or the leader's
     /// own log (`false`).
+    /// `false` is a takeover: it also records where the log ends now.
     pub fn set_follower(&self, follower: bool) {
-        if self.follower.get() && !follower {
-            self.leading_from.set(self.state.borrow().log.append_end());
+        if !follower {
+            let end = self.state.borrow().log.append_end();
+            self.leading_from.set(Some((end, Instant::now())));
         }
         self.follower.set(follower);
     }

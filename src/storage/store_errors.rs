@@ -53,11 +53,13 @@ pub enum AppendError {
     /// node (issue 16): only its leader appends to it.
     #[error("this copy of the shard group's log follows its leader on another node")]
     NotLeader,
-    /// A gap in an idempotent producer's sequence on a store that began to
-    /// lead after that producer's newest batch here was written: requests
-    /// the producer pipelined to the previous leader, or sent while this
-    /// copy still followed, were refused out of order around the failover,
-    /// and the earlier ones will come again. Kafka answers
+    /// A gap in an idempotent producer's sequence (ahead of what it should
+    /// send), within `SEQUENCE_GAP_AFTER_TAKEOVER` (30 s) of this store
+    /// beginning to lead, from a producer whose newest batch here is older
+    /// than that: requests the producer pipelined to the previous leader,
+    /// or sent while this copy still followed, were refused out of order
+    /// around the failover, and the earlier ones will come again. Kafka
+    /// answers
     /// OUT_OF_ORDER_SEQUENCE_NUMBER, on which librdkafka bumps the producer
     /// epoch and renumbers batches that may already be stored, writing them
     /// twice (confluentinc/librdkafka#4953); NOT_LEADER_OR_FOLLOWER makes

@@ -256,12 +256,16 @@ impl ShardStore {
                 epoch,
                 expected,
                 found,
-            }) if partition
-                .producers
-                .get(producer_id)
-                .filter(|entry| entry.epoch == epoch)
-                .and_then(|entry| entry.newest())
-                .is_some_and(|newest| newest.end <= self.leading_from.get()) =>
+            }) if sequence_ahead(expected, found)
+                && self.leading_from.get().is_some_and(|(from, since)| {
+                    now.saturating_duration_since(since) < SEQUENCE_GAP_AFTER_TAKEOVER
+                        && partition
+                            .producers
+                            .get(producer_id)
+                            .filter(|entry| entry.epoch == epoch)
+                            .and_then(|entry| entry.newest())
+                            .is_some_and(|newest| newest.end <= from)
+                }) =>
             {
                 return Err(AppendError::SequenceGapAfterFailover {
                     producer_id,
@@ -435,5 +439,34 @@ impl ShardStore {
             duplicate: false,
         };
         self.wait(&receipt).await
+    }
+}
+
+/// How long after a store takes over its shard group's log a sequence gap
+/// from a producer it has not heard from since is answered as retriable
+/// ([`AppendError::SequenceGapAfterFailover`]): long enough for the
+/// requests in flight at the failover to come back in order, short enough
+/// that a gap that will never close (an unclean election lost the batches)
+/// soon gets OUT_OF_ORDER_SEQUENCE_NUMBER, as Kafka answers it.
+pub const SEQUENCE_GAP_AFTER_TAKEOVER: Duration = Duration::from_secs(30);
+
+/// Whether sequence `found` is ahead of `expected`, by less than half the
+/// sequence space (sequences wrap from `i32::MAX` to 0, KIP-98).
+fn sequence_ahead(expected: i32, found: i32) -> bool {
+    let distance = (i64::from(found) - i64::from(expected)).rem_euclid(1 << 31);
+    distance > 0 && distance < 1 << 30
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sequence_ahead;
+
+    #[test]
+    fn a_sequence_is_ahead_across_the_wrap_and_never_behind() {
+        assert!(sequence_ahead(2, 3));
+        assert!(sequence_ahead(i32::MAX - 1, 3));
+        assert!(!sequence_ahead(3, 3));
+        assert!(!sequence_ahead(3, 2));
+        assert!(!sequence_ahead(3, i32::MAX - 1));
     }
 }

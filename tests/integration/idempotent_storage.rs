@@ -284,6 +284,18 @@ fn a_sequence_gap_right_after_taking_over_the_log_is_retriable() {
             "{gap:?}"
         );
         assert!(gap.unwrap_err().is_retriable());
+        // A sequence behind what the store expects never becomes a
+        // duplicate by waiting: out of order at once.
+        let behind = append(&store, id, &producer_batch(1, 1)).await;
+        assert!(
+            matches!(
+                behind,
+                Err(AppendError::Producer(
+                    ProducerError::OutOfOrderSequence { .. }
+                ))
+            ),
+            "{behind:?}"
+        );
         // The client resends from its oldest batch: a duplicate, then the
         // rest in order.
         assert_eq!(

@@ -7,14 +7,16 @@
 
 use std::process::Command;
 
-/// One namespace `sluice-<pid>` with the address `10.213.<n>.2`, reached
-/// from the test's namespace through `10.213.<n>.1` (a /24 on a veth
-/// pair).
+/// One namespace `sluice-<pid>-<k>` with the address `10.213.<n>.2`,
+/// reached from the test's namespace through `10.213.<n>.1` (a /24 on a
+/// veth pair, `n` one no address of this host is in).
 pub struct Netns {
     name: String,
     inner_link: String,
     host_link: String,
-    subnet: String,
+    /// What [`Netns::create`] made, which is all that Drop removes.
+    made_netns: bool,
+    made_link: bool,
     /// The address of the test's end of the pair (bind other nodes here so
     /// that the namespace reaches them).
     pub host_ip: String,
@@ -23,12 +25,16 @@ pub struct Netns {
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
+    ip_output(args).map(drop)
+}
+
+fn ip_output(args: &[&str]) -> Result<String, String> {
     let output = Command::new("ip")
         .args(args)
         .output()
         .map_err(|error| format!("`ip` cannot run: {error}"))?;
     if output.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(format!(
             "`ip {}` failed: {}",
@@ -38,22 +44,56 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Remove the namespaces earlier test processes made and could not remove
+/// (killed): `sluice-<pid>-<k>` whose process is gone. Deleting one
+/// deletes its veth pair too.
+fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("sluice-")
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
+}
+
 impl Netns {
     /// Make the namespace and its link (up); why not where it cannot be
     /// made (not root, no `ip`).
     pub fn create() -> Result<Netns, String> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static MADE: AtomicU32 = AtomicU32::new(0);
+        sweep_stale();
         let pid = std::process::id();
-        let n = pid % 200 + 20;
-        let netns = Netns {
-            name: format!("sluice-{pid}"),
-            inner_link: format!("sl{}n", pid % 1_000_000),
-            host_link: format!("sl{}h", pid % 1_000_000),
-            subnet: format!("10.213.{n}.0/24"),
+        let k = MADE.fetch_add(1, Ordering::Relaxed) % 100;
+        // A subnet no address of this host is in.
+        let n = (0..230)
+            .map(|step| (pid + step) % 230 + 20)
+            .find(|n| {
+                ip_output(&["-o", "addr", "show", "to", &format!("10.213.{n}.0/24")])
+                    .is_ok_and(|listed| listed.trim().is_empty())
+            })
+            .ok_or("no free 10.213.n.0/24 subnet")?;
+        let mut netns = Netns {
+            name: format!("sluice-{pid}-{k}"),
+            inner_link: format!("sl{k}{}n", pid % 100_000),
+            host_link: format!("sl{k}{}h", pid % 100_000),
+            made_netns: false,
+            made_link: false,
             host_ip: format!("10.213.{n}.1"),
             inner_ip: format!("10.213.{n}.2"),
         };
         // An early return drops `netns`, which removes what was made.
         ip(&["netns", "add", &netns.name])?;
+        netns.made_netns = true;
         ip(&[
             "link",
             "add",
@@ -64,6 +104,7 @@ impl Netns {
             "name",
             &netns.inner_link,
         ])?;
+        netns.made_link = true;
         ip(&["link", "set", &netns.inner_link, "netns", &netns.name])?;
         ip(&[
             "addr",
@@ -73,16 +114,6 @@ impl Netns {
             &netns.host_link,
         ])?;
         ip(&["link", "set", &netns.host_link, "up"])?;
-        // Should the link's own route go, the subnet is unreachable rather
-        // than sent to the default gateway.
-        ip(&[
-            "route",
-            "add",
-            "unreachable",
-            &netns.subnet,
-            "metric",
-            "1000",
-        ])?;
         netns.inside(&[
             "addr",
             "add",
@@ -156,15 +187,11 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = ip(&["link", "del", &self.host_link]);
-        let _ = ip(&[
-            "route",
-            "del",
-            "unreachable",
-            &self.subnet,
-            "metric",
-            "1000",
-        ]);
-        let _ = ip(&["netns", "del", &self.name]);
+        if self.made_link {
+            let _ = ip(&["link", "del", &self.host_link]);
+        }
+        if self.made_netns {
+            let _ = ip(&["netns", "del", &self.name]);
+        }
     }
 }

@@ -802,7 +802,7 @@ impl Member {
         if !self.leading {
             self.leading = true;
             self.liveness.reset(snapshot.nodes.keys().copied());
-            if let Some(previous) = self.other_leader {
+            if let Some(previous) = self.other_leader.take() {
                 self.liveness.backdate(previous, self.election_timeout_min);
             }
             return;
