@@ -15,6 +15,7 @@ pub mod metadata;
 pub mod metadata_command;
 pub mod peer;
 pub mod producer_ids;
+pub mod replica_log_starts;
 pub mod replication;
 pub mod topic_config;
 pub mod txn;

@@ -37,7 +37,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Broker, is_internal_topic, peer};
 use crate::broker::metadata::ClusterMetadata;
-use crate::ids::{LogPosition, PartitionId, ShardId};
+use crate::broker::replica_log_starts;
+use crate::ids::{LogPosition, Offset, PartitionId, ShardId};
 use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::shard::local_sync::Event;
 use crate::shard::{ShardContext, Shards};
@@ -116,32 +117,55 @@ pub struct FetchRequest {
     pub durable: u64,
     pub max_bytes: u32,
     pub wait_ms: u32,
+    /// The version of the group's log-start moves the follower applied
+    /// ([`replica_log_starts`]).
+    #[serde(default)]
+    pub log_starts_seen: u64,
 }
 
-fn encode(read: &LogRead, written_end: LogPosition, high_watermark: LogPosition) -> Vec<u8> {
-    let mut answer = Vec::with_capacity(24 + read.frames.len());
+/// A fetch answer: the first frame's position, the leader's written end
+/// and high watermark (8 bytes each, big-endian), the log-start moves
+/// ([`replica_log_starts::encode`]), then the frames.
+fn encode(
+    read: &LogRead,
+    written_end: LogPosition,
+    high_watermark: LogPosition,
+    log_starts: (u64, &[(PartitionId, Offset)]),
+) -> Vec<u8> {
+    let mut answer = Vec::with_capacity(36 + log_starts.1.len() * 12 + read.frames.len());
     answer.extend_from_slice(&read.position.0.to_be_bytes());
     answer.extend_from_slice(&written_end.0.to_be_bytes());
     answer.extend_from_slice(&high_watermark.0.to_be_bytes());
+    replica_log_starts::encode(log_starts.0, log_starts.1, &mut answer);
     answer.extend_from_slice(&read.frames);
     answer
 }
 
-/// The frames read, the leader's written end and its high watermark.
-fn decode(bytes: &[u8]) -> Result<(LogRead, LogPosition, LogPosition), String> {
+/// What a fetch answer holds ([`encode`]).
+struct FetchAnswer {
+    read: LogRead,
+    written_end: LogPosition,
+    high_watermark: LogPosition,
+    log_starts_version: u64,
+    log_starts: replica_log_starts::LogStartMoves,
+}
+
+fn decode(bytes: &[u8]) -> Result<FetchAnswer, String> {
     let short = || format!("a {}-byte answer lacks its positions", bytes.len());
     let (position, rest) = bytes.split_first_chunk::<8>().ok_or_else(short)?;
     let (written_end, rest) = rest.split_first_chunk::<8>().ok_or_else(short)?;
-    let (high_watermark, frames) = rest.split_first_chunk::<8>().ok_or_else(short)?;
-    let read = LogRead {
-        position: LogPosition(u64::from_be_bytes(*position)),
-        frames: frames.to_vec(),
-    };
-    Ok((
-        read,
-        LogPosition(u64::from_be_bytes(*written_end)),
-        LogPosition(u64::from_be_bytes(*high_watermark)),
-    ))
+    let (high_watermark, rest) = rest.split_first_chunk::<8>().ok_or_else(short)?;
+    let (log_starts_version, log_starts, frames) = replica_log_starts::decode(rest)?;
+    Ok(FetchAnswer {
+        read: LogRead {
+            position: LogPosition(u64::from_be_bytes(*position)),
+            frames: frames.to_vec(),
+        },
+        written_end: LogPosition(u64::from_be_bytes(*written_end)),
+        high_watermark: LogPosition(u64::from_be_bytes(*high_watermark)),
+        log_starts_version,
+        log_starts,
+    })
 }
 
 /// This node's id as the placement records it.
@@ -362,6 +386,7 @@ async fn replicate(broker: Arc<Broker>, context: Rc<ShardContext>, group: u32) {
             continue;
         } else if role != Role::Following(epoch) {
             hold_as_copy(&store);
+            replica_log_starts::forget(group);
             align_with_leader(&broker, &context, group, record.leader, epoch)
                 .await
                 .map(|cut| {
@@ -593,10 +618,17 @@ async fn copy_once(
         durable: durable.0,
         max_bytes: FETCH_BYTES_MAX,
         wait_ms: FETCH_WAIT_MAX.as_millis() as u32,
+        log_starts_seen: replica_log_starts::applied(group),
     };
     let leader_id = i32::try_from(leader).unwrap_or(-1);
     let answer = peer::call_raw(broker, leader_id, PATH_FETCH, &request, false).await?;
-    let (read, leader_end, high_watermark) = decode(&answer)?;
+    let FetchAnswer {
+        read,
+        written_end: leader_end,
+        high_watermark,
+        log_starts_version,
+        log_starts,
+    } = decode(&answer)?;
     let live = std::cell::OnceCell::new();
     let mut copied = store
         .append_replicated_with(&read, &|id| {
@@ -613,6 +645,9 @@ async fn copy_once(
             .await
             .map(|()| read.end())
             .map_err(ReplicaAppendError::Append);
+    }
+    if copied.is_ok() {
+        replica_log_starts::apply(group, store, log_starts_version, &log_starts);
     }
     let end = store.log_ends().0;
     metrics::counter!(crate::telemetry::names::REPLICA_COPIED_BYTES, "group" => group.to_string())
@@ -756,6 +791,7 @@ pub async fn serve(
     let wait = Duration::from_millis(u64::from(request.wait_ms)).min(FETCH_WAIT_MAX);
     let from = LogPosition(request.from);
     let (group, node, durable) = (request.group, request.node, LogPosition(request.durable));
+    let log_starts_seen = request.log_starts_seen;
     let epoch = request.leader_epoch;
     shards
         .call(shard, move |context| async move {
@@ -782,7 +818,14 @@ pub async fn serve(
                 }
                 let written_end = store.log_ends().1;
                 record_answer(group, node, written_end);
-                return Ok(encode(&read, written_end, store.visible_end()));
+                let (version, moves) =
+                    replica_log_starts::moves_since(group, &store, log_starts_seen);
+                return Ok(encode(
+                    &read,
+                    written_end,
+                    store.visible_end(),
+                    (version, &moves),
+                ));
             }
         })
         .await

@@ -1671,6 +1671,74 @@ fn assert_copies_identical(cluster: &Cluster) {
     assert!(written > 0, "no group holds frames");
 }
 
+/// Issue 16: DeleteRecords on a partition's leader moves the log start of
+/// its copies too (the fetch answers carry it, as Kafka's do), so the
+/// records it deleted do not come back when a copy takes over.
+#[test]
+fn records_deleted_on_the_leader_stay_deleted_after_a_failover() {
+    use kafka_protocol::messages::DeleteRecordsRequest;
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    use rdkafka::consumer::Consumer;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::with_config(
+        dir.path(),
+        "[cluster]\nheartbeat_interval_ms = 100\nsession_timeout_ms = 500\nelection_timeout_min_ms = 150\nelection_timeout_max_ms = 300\n",
+    );
+    let mut brokers: Vec<Option<BrokerProcess>> =
+        cluster.start_all().into_iter().map(Some).collect();
+    let first = brokers[0].as_ref().unwrap().address.clone();
+    kafka_clients::create_topic(&first, "trimmed", 3, &[]);
+    eventually("every follower in sync", || {
+        partition_states(&first, "trimmed")
+            .iter()
+            .all(|(_, in_sync)| in_sync.len() == 3)
+    });
+    produce_idempotently(&first, "trimmed", 3, "record", 60);
+    let leader = partition_states(&first, "trimmed")[0].0 as usize;
+    let leader_address = cluster.nodes[leader - 1].kafka.clone();
+    let answer = Wire::connect(&leader_address).call(
+        2,
+        &DeleteRecordsRequest::default()
+            .with_timeout_ms(5_000)
+            .with_topics(vec![
+                DeleteRecordsTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("trimmed")))
+                    .with_partitions(vec![
+                        DeleteRecordsPartition::default()
+                            .with_partition_index(0)
+                            .with_offset(15),
+                    ]),
+            ]),
+    );
+    let deleted = &answer.topics[0].partitions[0];
+    assert_eq!((deleted.error_code, deleted.low_watermark), (0, 15));
+    // An acks=all write answered after the move reached the followers'
+    // fetch answers: both copies hold it, and applied the move with it.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(produce_acks_all(&leader_address, "trimmed", 0, 5000), 0);
+    brokers[leader - 1].take().unwrap().kill9();
+    let survivor = brokers.iter().flatten().next().unwrap().address.clone();
+    eventually("partition 0 led by a copy", || {
+        let leader_now = partition_states(&survivor, "trimmed")[0].0;
+        leader_now > 0 && leader_now != leader as i32
+    });
+    // The high watermark reaches the last write once the other copy
+    // follows the new leader; the log start is the old leader's from the
+    // start.
+    let consumer = kafka_clients::consumer(&survivor, &[]);
+    let watermarks = || {
+        consumer
+            .fetch_watermarks("trimmed", 0, Duration::from_secs(10))
+            .expect("ListOffsets answered")
+    };
+    assert_eq!(watermarks().0, 15, "the new leader's log starts at 15");
+    eventually("every write visible", || watermarks() == (15, 21));
+    brokers[leader - 1] = Some(cluster.start(leader));
+    stop_all(brokers.into_iter().flatten());
+}
+
 /// Issue 16's isolation round: node 1 runs in its own network namespace
 /// and leads some partitions when its link is taken down. Alone, it
 /// acknowledges no acks=all write, even to a client that still reaches it
