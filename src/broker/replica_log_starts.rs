@@ -59,17 +59,7 @@ pub fn moves_since(group: u32, store: &ShardStore, seen: u64) -> (u64, LogStartM
             .looked
             .is_none_or(|looked| now.saturating_duration_since(looked) >= REFRESH_INTERVAL)
         {
-            moves.looked = Some(now);
-            for (_, _, id) in store.partitions() {
-                let Some(start) = store.offsets(id).map(|offsets| offsets.log_start_offset) else {
-                    continue;
-                };
-                let known = moves.starts.get(&id).map(|(offset, _)| *offset);
-                if start > Offset(0) && known != Some(start) {
-                    moves.version += 1;
-                    moves.starts.insert(id, (start, moves.version));
-                }
-            }
+            look(moves, store, now);
         }
         // A version this leader did not give (another leader's, or before
         // its restart): everything.
@@ -82,6 +72,32 @@ pub fn moves_since(group: u32, store: &ShardStore, seen: u64) -> (u64, LogStartM
             .collect();
         (moves.version, listed)
     })
+}
+
+/// On the leader, right after a log start moved (DeleteRecords): the
+/// version that lists every move so far (looked at now).
+pub fn version_now(group: u32, store: &ShardStore) -> u64 {
+    LEADING.with(|leading| {
+        let mut leading = leading.borrow_mut();
+        let moves = leading.entry(group).or_default();
+        look(moves, store, Instant::now());
+        moves.version
+    })
+}
+
+/// Record the partitions whose log start moved since the last look.
+fn look(moves: &mut Moves, store: &ShardStore, now: Instant) {
+    moves.looked = Some(now);
+    for (_, _, id) in store.partitions() {
+        let Some(start) = store.offsets(id).map(|offsets| offsets.log_start_offset) else {
+            continue;
+        };
+        let known = moves.starts.get(&id).map(|(offset, _)| *offset);
+        if start > Offset(0) && known != Some(start) {
+            moves.version += 1;
+            moves.starts.insert(id, (start, moves.version));
+        }
+    }
 }
 
 /// Append the moves section to a fetch answer.

@@ -88,6 +88,8 @@ struct Follower {
     answered_end: Option<LogPosition>,
     /// When it last asked from at least `answered_end`.
     caught_up_at: Option<Instant>,
+    /// The version of the group's log-start moves it applied.
+    log_starts_seen: u64,
 }
 
 thread_local! {
@@ -469,6 +471,7 @@ fn begin_leading(
                 durable: LogPosition::ZERO,
                 answered_end: None,
                 caught_up_at: Some(now),
+                log_starts_seen: 0,
             };
             let follower = followers.entry((group, node)).or_insert(fresh);
             if follower.epoch != epoch {
@@ -807,6 +810,7 @@ pub async fn serve(
                 if !recorded {
                     recorded = true;
                     record_fetch(group, node, epoch, from, durable);
+                    record_log_starts_seen(group, node, epoch, log_starts_seen);
                     update_high_watermark(&context, &broker, group);
                 }
                 let now = Instant::now();
@@ -844,6 +848,7 @@ fn record_fetch(group: u32, node: u64, epoch: i32, from: LogPosition, durable: L
             durable: durable.min(from),
             answered_end: None,
             caught_up_at: None,
+            log_starts_seen: 0,
         };
         let follower = followers.entry((group, node)).or_insert(fresh);
         if follower.epoch != epoch {
@@ -906,6 +911,80 @@ fn record_answer(group: u32, node: u64, written_end: LogPosition) {
 
 /// The durable end follower `node` of `group` reported at leader epoch
 /// `epoch`, if it did.
+/// On the leader's shard: the log-start version a follower fetching at
+/// `epoch` reported applied (after [`record_fetch`]).
+fn record_log_starts_seen(group: u32, node: u64, epoch: i32, seen: u64) {
+    FOLLOWERS.with(|followers| {
+        if let Some(follower) = followers
+            .borrow_mut()
+            .get_mut(&(group, node))
+            .filter(|follower| follower.epoch == epoch)
+        {
+            follower.log_starts_seen = seen;
+        }
+    });
+}
+
+/// DeleteRecords in a cluster (Kafka's delayed DeleteRecords): once the
+/// leader moved partition `index` of `topic`'s log start, wait until every
+/// in-sync follower of its group applied the move (the log-start version
+/// it reports with its fetches reaches one that lists it), so that no copy
+/// that could take over still serves what was deleted. NOT_LEADER_OR_
+/// FOLLOWER when the group's leader or epoch changes meanwhile,
+/// REQUEST_TIMED_OUT at `deadline`; at once on a single node or for a
+/// leader alone in sync.
+pub async fn wait_log_start_replicated(
+    context: &ShardContext,
+    broker: &Broker,
+    topic: &str,
+    index: u32,
+    deadline: Instant,
+) -> Result<(), i16> {
+    let own = own_id(broker);
+    let snapshot = broker.metadata.snapshot();
+    let Some(placement) = &snapshot.placement else {
+        return Ok(());
+    };
+    let group = placement.group_number(topic, index) as u32;
+    let epoch = placement.groups[group as usize].leader_epoch;
+    let Some(store) = context.group_store(group) else {
+        return Ok(());
+    };
+    let version = replica_log_starts::version_now(group, &store);
+    let progress = PROGRESS.with(Rc::clone);
+    loop {
+        let snapshot = broker.metadata.snapshot();
+        let Some(record) = snapshot
+            .placement
+            .as_ref()
+            .and_then(|placement| placement.groups.get(group as usize))
+        else {
+            return Ok(());
+        };
+        if record.leader != own || record.leader_epoch != epoch {
+            return Err(ResponseError::NotLeaderOrFollower.code());
+        }
+        let applied = record.in_sync.iter().all(|&node| {
+            node == own
+                || FOLLOWERS.with(|followers| {
+                    followers
+                        .borrow()
+                        .get(&(group, node))
+                        .is_some_and(|follower| {
+                            follower.epoch == epoch && follower.log_starts_seen >= version
+                        })
+                })
+        });
+        if applied {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ResponseError::RequestTimedOut.code());
+        }
+        let _ = compio::time::timeout(Duration::from_millis(50), progress.wait()).await;
+    }
+}
+
 fn follower_durable(group: u32, node: u64, epoch: i32) -> Option<LogPosition> {
     FOLLOWERS.with(|followers| {
         followers

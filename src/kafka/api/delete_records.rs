@@ -39,6 +39,9 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             .sum(),
     )?;
     let cluster = request.broker.metadata.snapshot();
+    // The request's timeout bounds the wait for the copies (a cluster).
+    let deadline = std::time::Instant::now()
+        + std::time::Duration::from_millis(u64::try_from(delete.timeout_ms).unwrap_or(0));
     let mut topics = Vec::with_capacity(delete.topics.len());
     for topic in &delete.topics {
         let name = topic.name.0.to_string();
@@ -67,6 +70,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             }
             let offset = partition.offset;
             let topic_name = name.clone();
+            let broker = std::sync::Arc::clone(request.broker);
             let moved = request
                 .shard
                 .run_on(request.shard.shards.owner(&name, index), move |context| async move {
@@ -88,7 +92,19 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                         tracing::warn!(%error, partition = %id, "DeleteRecords could not move the log start");
                         ResponseError::KafkaStorageError.code()
                     })?;
-                    Ok(store.offsets(id).map_or(target.0, |after| after.log_start_offset.0))
+                    let low_watermark =
+                        store.offsets(id).map_or(target.0, |after| after.log_start_offset.0);
+                    // In a cluster, answered once the in-sync copies moved
+                    // theirs too (Kafka's delayed DeleteRecords).
+                    crate::broker::replication::wait_log_start_replicated(
+                        &context,
+                        &broker,
+                        &topic_name,
+                        index,
+                        deadline,
+                    )
+                    .await?;
+                    Ok(low_watermark)
                 })
                 .await;
             partitions.push(match moved {
