@@ -782,6 +782,44 @@ impl ClusterMetadata {
         }
     }
 
+    /// The shard groups led by another member than their preferred leader
+    /// (their first member) while that one is live (not fenced) and in
+    /// sync: what [`ClusterMetadata::elect_preferred_leaders`] would move.
+    pub fn preferred_leaders_due(&self) -> Vec<u32> {
+        let Some(placement) = &self.placement else {
+            return Vec::new();
+        };
+        placement
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(_, group)| {
+                group.members.first().is_some_and(|&preferred| {
+                    preferred != group.leader
+                        && group.in_sync.contains(&preferred)
+                        && self.nodes.get(&preferred).is_some_and(|node| !node.fenced)
+                })
+            })
+            .map(|(number, _)| number as u32)
+            .collect()
+    }
+
+    /// Give each group of [`ClusterMetadata::preferred_leaders_due`] back
+    /// to its preferred leader at the next leader epoch (its in-sync set
+    /// unchanged: the preferred leader is in it, so it holds every
+    /// acknowledged record); the groups moved.
+    pub fn elect_preferred_leaders(&mut self) -> Vec<u32> {
+        let due = self.preferred_leaders_due();
+        if let Some(placement) = self.placement.as_mut() {
+            for &number in &due {
+                let group = &mut placement.groups[number as usize];
+                group.leader = group.members[0];
+                group.leader_epoch += 1;
+            }
+        }
+        due
+    }
+
     /// The live topic with id `id`; `None` for a deleted topic's id, an id
     /// never issued, or a reserved one.
     pub fn topic_by_id(&self, id: TopicId) -> Option<&Arc<TopicMeta>> {
@@ -1114,6 +1152,42 @@ mod tests {
         let reopened = store(dir.path()).snapshot();
         assert_eq!(reopened.group_configs, metadata.snapshot().group_configs);
         assert_eq!(reopened.group_configs.len(), 1);
+    }
+
+    #[test]
+    fn leadership_returns_to_a_live_in_sync_preferred_leader_at_the_next_epoch() {
+        let statics = StaticSettings::from_config(&Config::default());
+        let mut metadata = ClusterMetadata::empty("c".to_owned(), &statics);
+        for id in [1, 2, 3] {
+            let node = NodeInfo {
+                host: "127.0.0.1".to_owned(),
+                port: 9000 + id as u16,
+                shards: 1,
+                fenced: false,
+            };
+            metadata.nodes.insert(id, node);
+        }
+        metadata.placement = Some(Placement::new(vec![1, 2, 3], 1, 3));
+        metadata.nodes.get_mut(&1).unwrap().fenced = true;
+        metadata.elect_leaders_without(1);
+        assert_eq!(
+            metadata.preferred_leaders_due(),
+            Vec::<u32>::new(),
+            "node 1 is down"
+        );
+        // Back, but not yet in sync: stays with the new leader.
+        metadata.nodes.get_mut(&1).unwrap().fenced = false;
+        assert_eq!(metadata.preferred_leaders_due(), Vec::<u32>::new());
+        metadata.placement.as_mut().unwrap().groups[0].in_sync = vec![2, 3, 1];
+        assert_eq!(metadata.preferred_leaders_due(), vec![0]);
+        assert_eq!(metadata.elect_preferred_leaders(), vec![0]);
+        let group = &metadata.placement.as_ref().unwrap().groups[0];
+        assert_eq!((group.leader, group.leader_epoch), (1, 2));
+        assert_eq!(group.in_sync, [2, 3, 1]);
+        assert!(
+            metadata.elect_preferred_leaders().is_empty(),
+            "nothing left to move"
+        );
     }
 
     #[test]

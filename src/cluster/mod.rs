@@ -122,9 +122,9 @@ pub fn join(
             );
             tracing::warn!(
                 "cluster mode is being built (issue 16): each shard group's log is copied to its \
-                 followers and a down node's groups fail over to an in-sync follower, but \
-                 adding or removing nodes, moving leadership back to a returning node and \
-                 replicating DeleteRecords are not built yet (README, \"A cluster\")"
+                 followers, a down node's groups fail over to an in-sync follower and move \
+                 back once it is in sync again, but adding or removing nodes is not built yet \
+                 (README, \"A cluster\")"
             );
             return Ok(handle);
         }

@@ -115,6 +115,13 @@ pub struct ClusterConfig {
     /// and network; 0 for no limit (Kafka's follower replication quota).
     /// Default 0.
     pub replica_catchup_bytes_per_second: u64,
+    /// How often the controller moves the leadership of each shard group
+    /// back to its preferred leader (its first member) when that node is
+    /// live and in sync again after a failover (Kafka
+    /// `auto.leader.rebalance.enable` with
+    /// `leader.imbalance.check.interval.seconds`); 0 never does. Default
+    /// 300000 (5 minutes, Kafka's); 0 or 100 to 2147483647.
+    pub leader_rebalance_interval_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -134,6 +141,7 @@ impl Default for ClusterConfig {
             election_timeout_max_ms: 800,
             replica_lag_time_max_ms: 30_000,
             replica_catchup_bytes_per_second: 0,
+            leader_rebalance_interval_ms: 300_000,
         }
     }
 }
@@ -558,6 +566,18 @@ impl ClusterConfig {
                 "cluster.replica_lag_time_max_ms",
                 self.replica_lag_time_max_ms,
                 format!("must be between 100 and {}", super::KAFKA_INT_MAX),
+            );
+        }
+        if self.leader_rebalance_interval_ms != 0
+            && !(100..=super::KAFKA_INT_MAX).contains(&self.leader_rebalance_interval_ms)
+        {
+            return invalid(
+                "cluster.leader_rebalance_interval_ms",
+                self.leader_rebalance_interval_ms,
+                format!(
+                    "must be 0 (never) or between 100 and {}",
+                    super::KAFKA_INT_MAX
+                ),
             );
         }
         let floor = self.heartbeat_interval_ms.max(self.election_timeout_max_ms);
@@ -1022,6 +1042,11 @@ mod tests {
                 "replica_catchup_bytes_per_second",
                 cluster.replica_catchup_bytes_per_second,
                 defaults.replica_catchup_bytes_per_second,
+            ),
+            (
+                "leader_rebalance_interval_ms",
+                cluster.leader_rebalance_interval_ms,
+                defaults.leader_rebalance_interval_ms,
             ),
         ] {
             assert_eq!(example, default, "the example shows the default {key}");

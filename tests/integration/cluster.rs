@@ -1735,6 +1735,139 @@ fn records_deleted_on_the_leader_stay_deleted_after_a_failover() {
     stop_all(brokers.into_iter().flatten());
 }
 
+/// Issue 16: once a node that was down is live and in sync again, the
+/// controller gives it back the leadership of the shard groups it is the
+/// preferred leader of (`cluster.leader_rebalance_interval_ms`, Kafka's
+/// automatic preferred leader election), at a new leader epoch, while an
+/// idempotent producer writes on: nothing acknowledged is lost or stored
+/// twice, and the copies stay identical.
+#[test]
+fn leadership_moves_back_to_a_returning_preferred_leader_without_losing_writes() {
+    use rdkafka::producer::Producer;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::with_config(
+        dir.path(),
+        "[cluster]\nheartbeat_interval_ms = 100\nsession_timeout_ms = 500\nelection_timeout_min_ms = 150\nelection_timeout_max_ms = 300\nleader_rebalance_interval_ms = 500\n",
+    );
+    let mut brokers: Vec<Option<BrokerProcess>> =
+        cluster.start_all().into_iter().map(Some).collect();
+    let first = cluster.nodes[1].kafka.clone();
+    kafka_clients::create_topic(&first, "home", 6, &[]);
+    let all_in_sync = || {
+        partition_states(&first, "home")
+            .iter()
+            .all(|(_, in_sync)| in_sync.len() == 3)
+    };
+    eventually("every follower in sync", all_in_sync);
+    let preferred: Vec<i32> = partition_states(&first, "home")
+        .iter()
+        .map(|(leader, _)| *leader)
+        .collect();
+    assert!(preferred.contains(&1), "node 1 leads some partitions");
+    let epochs_before = leader_epochs(&first, "home");
+    let bootstrap = format!("{},{}", cluster.nodes[1].kafka, cluster.nodes[2].kafka);
+    let (producer, acks) = kafka_clients::producer(
+        &bootstrap,
+        &[
+            ("enable.idempotence", "true"),
+            ("message.timeout.ms", "60000"),
+            ("retry.backoff.max.ms", "100"),
+            ("reconnect.backoff.max.ms", "100"),
+        ],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = std::thread::spawn({
+        let stop = Arc::clone(&stop);
+        move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let payload = format!("home-{n}");
+                kafka_clients::send(
+                    &producer,
+                    "home",
+                    Some((n % 6) as i32),
+                    None,
+                    payload.as_bytes(),
+                    &[],
+                );
+                n += 1;
+                producer.poll(Duration::from_millis(2));
+            }
+            producer.flush(Duration::from_secs(60)).expect("flushed");
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    brokers[0].take().unwrap().kill9();
+    eventually("node 1's partitions led by the others", || {
+        partition_states(&first, "home")
+            .iter()
+            .all(|(leader, _)| *leader > 1)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    brokers[0] = Some(cluster.start(1));
+    eventually("node 1 leads its partitions again", || {
+        partition_states(&first, "home")
+            .iter()
+            .map(|(leader, _)| *leader)
+            .eq(preferred.iter().copied())
+    });
+    let epochs_after = leader_epochs(&first, "home");
+    for (index, leader) in preferred.iter().enumerate() {
+        if *leader == 1 {
+            assert_eq!(
+                epochs_after[index],
+                epochs_before[index] + 2,
+                "partition {index}: one epoch for the failover, one for the move back"
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let failed = acks.failed.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "{} deliveries failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let delivered = acks.delivered.lock().unwrap().clone();
+    eventually("every follower in sync", all_in_sync);
+    let consumed = kafka_clients::consume_all(&first, "home", 6, Duration::from_secs(2));
+    let distinct: std::collections::BTreeSet<&Vec<u8>> =
+        consumed.iter().map(|record| &record.payload).collect();
+    assert_eq!(consumed.len(), distinct.len(), "no record stored twice");
+    let at: BTreeMap<(i32, i64), &Vec<u8>> = consumed
+        .iter()
+        .map(|record| ((record.partition, record.offset), &record.payload))
+        .collect();
+    for record in &delivered {
+        if record.offset < 0 {
+            assert!(distinct.contains(&record.payload), "{record:?} stored");
+        } else {
+            assert_eq!(
+                at.get(&(record.partition, record.offset)),
+                Some(&&record.payload),
+                "acknowledged at its offset"
+            );
+        }
+    }
+    println!(
+        "{} records acknowledged across the failover and the move back",
+        delivered.len()
+    );
+    eventually("every copy caught up", || {
+        brokers.iter().flatten().all(|broker| {
+            metric_values(&broker.metrics, "sluice_replica_lag_bytes")
+                .iter()
+                .all(|(_, lag)| *lag == 0.0)
+        })
+    });
+    stop_all(brokers.into_iter().flatten());
+    assert_copies_identical(&cluster);
+}
+
 /// Issue 16's isolation round: node 1 runs in its own network namespace
 /// and leads some partitions when its link is taken down. Alone, it
 /// acknowledges no acks=all write, even to a client that still reaches it

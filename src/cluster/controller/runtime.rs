@@ -495,6 +495,10 @@ struct Member {
     /// leader for at least that long, so its silence counts from then.
     other_leader: Option<u64>,
     election_timeout_min: Duration,
+    /// `cluster.leader_rebalance_interval_ms` (none: 0, never), and when
+    /// this node last looked as the leader.
+    leader_rebalance_interval: Option<Duration>,
+    last_rebalance: Option<Instant>,
     /// The applied index last reported to the leader.
     reported_applied: u64,
     /// Where a refused registration is reported to the start.
@@ -643,6 +647,9 @@ impl Member {
             leading: false,
             other_leader: None,
             election_timeout_min: Duration::from_millis(config.election_timeout_min_ms),
+            leader_rebalance_interval: (config.leader_rebalance_interval_ms > 0)
+                .then(|| Duration::from_millis(config.leader_rebalance_interval_ms)),
+            last_rebalance: None,
             reported_applied: 0,
             refused,
             registered,
@@ -829,6 +836,36 @@ impl Member {
         }
     }
 
+    /// As the leader, every `cluster.leader_rebalance_interval_ms`: give
+    /// the shard groups whose preferred leader is live and in sync again
+    /// back to it (Kafka's automatic preferred leader election).
+    async fn rebalance_leaders(&mut self, snapshot: &crate::broker::metadata::ClusterMetadata) {
+        let Some(interval) = self.leader_rebalance_interval else {
+            return;
+        };
+        let now = Instant::now();
+        let last = *self.last_rebalance.get_or_insert(now);
+        if now.saturating_duration_since(last) < interval {
+            return;
+        }
+        self.last_rebalance = Some(now);
+        let due = snapshot.preferred_leaders_due();
+        if due.is_empty() {
+            return;
+        }
+        match self
+            .proposer()
+            .propose(ControllerCommand::ElectPreferredLeaders)
+            .await
+        {
+            Ok(_) => tracing::info!(
+                groups = ?due,
+                "shard groups moved back to their preferred leaders (cluster.leader_rebalance_interval_ms)"
+            ),
+            Err(error) => tracing::debug!(%error, "preferred leader election not done yet"),
+        }
+    }
+
     /// Tell the handle who leads (logged on change).
     fn publish_leader(&mut self, leader: Option<u64>, term: u64) {
         if let Some(other) = leader.filter(|&id| id != self.identity.node_id) {
@@ -864,6 +901,7 @@ impl Member {
         }
         if metrics.current_leader == Some(self.identity.node_id) {
             self.fence_silent_nodes(&snapshot).await;
+            self.rebalance_leaders(&snapshot).await;
             if snapshot.cluster_id.is_empty() {
                 let cluster_id = crate::broker::metadata::base64_url(&random_bytes());
                 let command = ControllerCommand::CreateCluster {

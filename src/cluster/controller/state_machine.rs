@@ -177,6 +177,14 @@ impl StateMachine {
                 }
                 None
             }
+            ControllerCommand::ElectPreferredLeaders => {
+                let moved = metadata.elect_preferred_leaders();
+                if !moved.is_empty() {
+                    // Debug: a restart replays it; the proposer logs it.
+                    tracing::debug!(?moved, "shard groups led by their preferred leaders again");
+                }
+                None
+            }
             ControllerCommand::AllocateProducerIds { len } => {
                 let start = metadata.next_producer_id;
                 return match i64::from(*len).checked_add(start).filter(|_| *len > 0) {
