@@ -36,7 +36,7 @@ use kafka_protocol::ResponseError;
 use serde::{Deserialize, Serialize};
 
 use super::{Broker, is_internal_topic, peer};
-use crate::broker::metadata::ClusterMetadata;
+use crate::broker::metadata::{ClusterMetadata, ShardGroup};
 use crate::broker::replica_log_starts;
 use crate::ids::{LogPosition, Offset, PartitionId, ShardId};
 use crate::log_throttle::{LogThrottle, monotonic_ms};
@@ -168,6 +168,18 @@ fn decode(bytes: &[u8]) -> Result<FetchAnswer, String> {
         log_starts_version,
         log_starts,
     })
+}
+
+/// Shard group `group`'s record (leader, epoch, members, in-sync set) as
+/// the metadata says now; `None` without a placement or such a group.
+fn group_record(broker: &Broker, group: u32) -> Option<ShardGroup> {
+    broker
+        .metadata
+        .snapshot()
+        .placement
+        .as_ref()
+        .and_then(|placement| placement.groups.get(group as usize))
+        .cloned()
 }
 
 /// This node's id as the placement records it.
@@ -428,12 +440,7 @@ async fn replicate(broker: Arc<Broker>, context: Rc<ShardContext>, group: u32) {
 async fn back_off_unless_moved(broker: &Broker, group: u32, was: (u64, i32), backoff: Duration) {
     let until = Instant::now() + backoff;
     while Instant::now() < until {
-        let moved = broker
-            .metadata
-            .snapshot()
-            .placement
-            .as_ref()
-            .and_then(|placement| placement.groups.get(group as usize))
+        let moved = group_record(broker, group)
             .is_none_or(|record| (record.leader, record.leader_epoch) != was);
         if moved {
             return;
@@ -870,12 +877,7 @@ fn record_fetch(group: u32, node: u64, epoch: i32, from: LogPosition, durable: L
 /// writes bound it too), or everything written when the leader is alone
 /// in sync.
 fn update_high_watermark(context: &ShardContext, broker: &Broker, group: u32) {
-    let snapshot = broker.metadata.snapshot();
-    let Some(record) = snapshot
-        .placement
-        .as_ref()
-        .and_then(|placement| placement.groups.get(group as usize))
-    else {
+    let Some(record) = group_record(broker, group) else {
         return;
     };
     let own = own_id(broker);
@@ -953,12 +955,7 @@ pub async fn wait_log_start_replicated(
     let version = replica_log_starts::version_now(group, &store);
     let progress = PROGRESS.with(Rc::clone);
     loop {
-        let snapshot = broker.metadata.snapshot();
-        let Some(record) = snapshot
-            .placement
-            .as_ref()
-            .and_then(|placement| placement.groups.get(group as usize))
-        else {
+        let Some(record) = group_record(broker, group) else {
             return Ok(());
         };
         if record.leader != own || record.leader_epoch != epoch {

@@ -51,6 +51,10 @@ struct Cluster {
     env: Vec<(&'static str, &'static str)>,
 }
 
+/// Fast failover for the fault tests: heartbeats every 100 ms, a node
+/// silent for 500 ms fenced, a new controller within 150–300 ms.
+const FAST_FAILOVER: &str = "[cluster]\nheartbeat_interval_ms = 100\nsession_timeout_ms = 500\nelection_timeout_min_ms = 150\nelection_timeout_max_ms = 300\n";
+
 /// Every cluster test node's storage: 16 MiB segments, since each node
 /// preallocates a segment per shard for every shard group it is a member
 /// of (three per shard with three nodes).
@@ -1261,15 +1265,7 @@ fn acks_all_waits_for_the_in_sync_followers_and_refuses_below_min_insync_replica
         produce_acks_all(&brokers[0].address, "strict", strict, 5000),
         0
     );
-    eventually("every copy caught up", || {
-        brokers.iter().all(|broker| {
-            metric_values(&broker.metrics, "sluice_replica_lag_bytes")
-                .iter()
-                .all(|(_, lag)| *lag == 0.0)
-        })
-    });
-    stop_all(brokers);
-    assert_copies_identical(&cluster);
+    stop_caught_up(&cluster, brokers);
 }
 
 /// A leader that was itself stopped for a while (SIGSTOP) does not drop
@@ -1636,15 +1632,29 @@ fn a_paused_leader_is_replaced_acknowledges_nothing_alone_and_rejoins_with_the_s
         );
     }
     // Quiet now: let every copy catch up, then compare the logs on disk.
+    stop_caught_up(&cluster, brokers);
+}
+
+/// Wait until every copy on the live `brokers` caught up with its leader
+/// (`sluice_replica_lag_bytes` 0 everywhere; a node in the cluster's
+/// network namespace is asked from inside it), stop them, and check that
+/// every log's copies are identical ([`assert_copies_identical`]).
+fn stop_caught_up(cluster: &Cluster, brokers: impl IntoIterator<Item = BrokerProcess>) {
+    let brokers: Vec<BrokerProcess> = brokers.into_iter().collect();
     eventually("every copy caught up", || {
         brokers.iter().all(|broker| {
-            metric_values(&broker.metrics, "sluice_replica_lag_bytes")
-                .iter()
-                .all(|(_, lag)| *lag == 0.0)
+            let lags = match &cluster.netns {
+                Some(netns) if broker.metrics.starts_with(&netns.inner_ip) => {
+                    let metrics = broker.metrics.clone();
+                    netns.enter(|| metric_values(&metrics, "sluice_replica_lag_bytes"))
+                }
+                _ => metric_values(&broker.metrics, "sluice_replica_lag_bytes"),
+            };
+            lags.iter().all(|(_, lag)| *lag == 0.0)
         })
     });
     stop_all(brokers);
-    assert_copies_identical(&cluster);
+    assert_copies_identical(cluster);
 }
 
 /// Every shard group's log is the same, frame for frame, on its three
@@ -1683,10 +1693,7 @@ fn records_deleted_on_the_leader_stay_deleted_after_a_failover() {
     };
     use rdkafka::consumer::Consumer;
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::with_config(
-        dir.path(),
-        "[cluster]\nheartbeat_interval_ms = 100\nsession_timeout_ms = 500\nelection_timeout_min_ms = 150\nelection_timeout_max_ms = 300\n",
-    );
+    let cluster = Cluster::with_config(dir.path(), FAST_FAILOVER);
     let mut brokers: Vec<Option<BrokerProcess>> =
         cluster.start_all().into_iter().map(Some).collect();
     let first = brokers[0].as_ref().unwrap().address.clone();
@@ -1748,7 +1755,7 @@ fn leadership_moves_back_to_a_returning_preferred_leader_without_losing_writes()
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::with_config(
         dir.path(),
-        "[cluster]\nheartbeat_interval_ms = 100\nsession_timeout_ms = 500\nelection_timeout_min_ms = 150\nelection_timeout_max_ms = 300\nleader_rebalance_interval_ms = 500\n",
+        &format!("{FAST_FAILOVER}leader_rebalance_interval_ms = 500\n"),
     );
     let mut brokers: Vec<Option<BrokerProcess>> =
         cluster.start_all().into_iter().map(Some).collect();
@@ -1857,15 +1864,7 @@ fn leadership_moves_back_to_a_returning_preferred_leader_without_losing_writes()
         "{} records acknowledged across the failover and the move back",
         delivered.len()
     );
-    eventually("every copy caught up", || {
-        brokers.iter().flatten().all(|broker| {
-            metric_values(&broker.metrics, "sluice_replica_lag_bytes")
-                .iter()
-                .all(|(_, lag)| *lag == 0.0)
-        })
-    });
-    stop_all(brokers.into_iter().flatten());
-    assert_copies_identical(&cluster);
+    stop_caught_up(&cluster, brokers.into_iter().flatten());
 }
 
 /// Issue 16's isolation round: node 1 runs in its own network namespace
@@ -1880,10 +1879,7 @@ fn leadership_moves_back_to_a_returning_preferred_leader_without_losing_writes()
 #[test]
 fn an_isolated_leader_acknowledges_nothing_alone_and_rejoins_with_the_majoritys_log() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = match Cluster::with_isolable_node(
-        dir.path(),
-        "[cluster]\nheartbeat_interval_ms = 100\nsession_timeout_ms = 500\nelection_timeout_min_ms = 150\nelection_timeout_max_ms = 300\n",
-    ) {
+    let cluster = match Cluster::with_isolable_node(dir.path(), FAST_FAILOVER) {
         Ok(cluster) => cluster,
         Err(why) if std::env::var_os("CI").is_none() => {
             eprintln!("skipped: network namespaces cannot be made here: {why}");
@@ -1983,19 +1979,7 @@ fn an_isolated_leader_acknowledges_nothing_alone_and_rejoins_with_the_majoritys_
     let distinct: std::collections::BTreeSet<Vec<u8>> = got.iter().map(|p| (*p).clone()).collect();
     assert_eq!(got.len(), distinct.len(), "no record twice");
     assert_eq!(distinct, sent, "exactly the acknowledged records");
-    eventually("every copy caught up", || {
-        brokers.iter().enumerate().all(|(index, broker)| {
-            let metrics = broker.metrics.clone();
-            let lags = if index == 0 {
-                netns.enter(|| metric_values(&metrics, "sluice_replica_lag_bytes"))
-            } else {
-                metric_values(&metrics, "sluice_replica_lag_bytes")
-            };
-            lags.iter().all(|(_, lag)| *lag == 0.0)
-        })
-    });
-    stop_all(brokers);
-    assert_copies_identical(&cluster);
+    stop_caught_up(&cluster, brokers);
 }
 
 /// One record batch holding one record with value `value`.
@@ -2091,10 +2075,7 @@ fn kill_9_rounds_of_partition_leaders_lose_and_duplicate_no_acknowledged_record(
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster {
         env: vec![("SLUICE_DURABLE_JOURNAL", "1")],
-        ..Cluster::with_config(
-            dir.path(),
-            "[cluster]\nheartbeat_interval_ms = 100\nsession_timeout_ms = 500\nelection_timeout_min_ms = 150\nelection_timeout_max_ms = 300\n",
-        )
+        ..Cluster::with_config(dir.path(), FAST_FAILOVER)
     };
     let mut brokers: Vec<Option<BrokerProcess>> =
         cluster.start_all().into_iter().map(Some).collect();
@@ -2348,15 +2329,7 @@ fn kill_9_rounds_of_partition_leaders_lose_and_duplicate_no_acknowledged_record(
         panic!("{duplicated} records stored twice");
     }
     assert_eq!(lost, 0);
-    eventually("every copy caught up", || {
-        brokers.iter().flatten().all(|broker| {
-            metric_values(&broker.metrics, "sluice_replica_lag_bytes")
-                .iter()
-                .all(|(_, lag)| *lag == 0.0)
-        })
-    });
-    stop_all(brokers.into_iter().flatten());
-    assert_copies_identical(&cluster);
+    stop_caught_up(&cluster, brokers.into_iter().flatten());
 }
 
 /// For a failed round's diagnosis: on every node and every store (home
