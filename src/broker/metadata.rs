@@ -804,12 +804,14 @@ impl ClusterMetadata {
             .collect()
     }
 
-    /// Give each group of [`ClusterMetadata::preferred_leaders_due`] back
-    /// to its preferred leader at the next leader epoch (its in-sync set
-    /// unchanged: the preferred leader is in it, so it holds every
-    /// acknowledged record); the groups moved.
-    pub fn elect_preferred_leaders(&mut self) -> Vec<u32> {
-        let due = self.preferred_leaders_due();
+    /// Give each of `groups` that is in
+    /// [`ClusterMetadata::preferred_leaders_due`] back to its preferred
+    /// leader at the next leader epoch (its in-sync set unchanged: the
+    /// preferred leader is in it, so it holds every acknowledged record);
+    /// the groups moved.
+    pub fn elect_preferred_leaders(&mut self, groups: &[u32]) -> Vec<u32> {
+        let mut due = self.preferred_leaders_due();
+        due.retain(|group| groups.contains(group));
         if let Some(placement) = self.placement.as_mut() {
             for &number in &due {
                 let group = &mut placement.groups[number as usize];
@@ -1180,12 +1182,17 @@ mod tests {
         assert_eq!(metadata.preferred_leaders_due(), Vec::<u32>::new());
         metadata.placement.as_mut().unwrap().groups[0].in_sync = vec![2, 3, 1];
         assert_eq!(metadata.preferred_leaders_due(), vec![0]);
-        assert_eq!(metadata.elect_preferred_leaders(), vec![0]);
+        assert_eq!(
+            metadata.elect_preferred_leaders(&[1, 2]),
+            Vec::<u32>::new(),
+            "not asked"
+        );
+        assert_eq!(metadata.elect_preferred_leaders(&[0]), vec![0]);
         let group = &metadata.placement.as_ref().unwrap().groups[0];
         assert_eq!((group.leader, group.leader_epoch), (1, 2));
         assert_eq!(group.in_sync, [2, 3, 1]);
         assert!(
-            metadata.elect_preferred_leaders().is_empty(),
+            metadata.elect_preferred_leaders(&[0]).is_empty(),
             "nothing left to move"
         );
     }

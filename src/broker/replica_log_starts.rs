@@ -144,8 +144,8 @@ pub fn forget(group: u32) {
 }
 
 /// On a follower, after appending an answer's frames: advance each listed
-/// partition's log start the copy holds the records for, and keep
-/// `version` when that was all of them.
+/// partition's log start its high watermark reached, and keep `version`
+/// when that was all of them.
 pub fn apply(group: u32, store: &ShardStore, version: u64, moves: &[(PartitionId, Offset)]) {
     let mut all = true;
     for &(id, offset) in moves {
@@ -159,7 +159,9 @@ pub fn apply(group: u32, store: &ShardStore, version: u64, moves: &[(PartitionId
         if offsets.log_start_offset >= offset {
             continue;
         }
-        if offsets.next_offset < offset || store.advance_log_start(id, offset).is_err() {
+        // Applied once the copy shows the records up to there (its high
+        // watermark follows the leader's, which the log start never passes).
+        if offsets.high_watermark < offset || store.advance_log_start(id, offset).is_err() {
             all = false;
         }
     }

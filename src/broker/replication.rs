@@ -913,6 +913,12 @@ fn record_answer(group: u32, node: u64, written_end: LogPosition) {
 
 /// The durable end follower `node` of `group` reported at leader epoch
 /// `epoch`, if it did.
+/// On the leader's shard: forget follower `node` of `group` (it was
+/// fenced): nothing it reported counts any more.
+fn forget_follower(group: u32, node: u64) {
+    FOLLOWERS.with(|followers| followers.borrow_mut().remove(&(group, node)));
+}
+
 /// On the leader's shard: the log-start version a follower fetching at
 /// `epoch` reported applied (after [`record_fetch`]).
 fn record_log_starts_seen(group: u32, node: u64, epoch: i32, seen: u64) {
@@ -1051,6 +1057,14 @@ pub async fn maintain_in_sync(context: Rc<ShardContext>, broker: Arc<Broker>) {
             metrics::gauge!(crate::telemetry::names::GROUP_REPLICAS, "group" => label)
                 .set(record.members.len() as f64);
             let live = |node: &u64| snapshot.nodes.get(node).is_some_and(|info| !info.fenced);
+            // A fenced node forgets what it reported: when it returns, it
+            // rejoins only after fetching up to this leader's end again
+            // (found by the breaker trial: a returning node re-admitted on
+            // its reports from before its crash lacked records acknowledged
+            // while it was out, and leading again, had them cut).
+            for node in record.members.iter().filter(|node| !live(node)) {
+                forget_follower(group, *node);
+            }
             let in_sync: Vec<u64> = record
                 .members
                 .iter()

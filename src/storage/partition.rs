@@ -272,6 +272,10 @@ impl Partition {
             self.log_start_offset <= self.next_offset,
             "the log start never passes the next offset"
         );
+        // Nothing below the log start is readable, so the high watermark is
+        // at least there (a copy applying its leader's log start may hold
+        // records its own high watermark does not show yet).
+        self.high_watermark = self.high_watermark.max(self.log_start_offset);
         self.queue.drop_files_before(self.log_start_offset)?;
         self.producers.prune_aborted(self.log_start_offset);
         Ok(())

@@ -296,6 +296,42 @@ fn batches_past_the_visible_limit_stay_invisible_until_it_advances() {
     });
 }
 
+/// Found by issue 16's breaker trial: a copy applies its leader's log
+/// start (DeleteRecords up to the high watermark) while its own high
+/// watermark still lags behind it. The log start never passes the high
+/// watermark (the records below it are gone), so the records that become
+/// visible later do not break the store's invariants (it aborted).
+#[test]
+fn a_log_start_past_the_high_watermark_raises_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = support::runtime(IoBackend::Epoll);
+    runtime.block_on(async {
+        let (store, ids) = store_with_partitions(dir.path());
+        let id = ids[0];
+        store.set_visible_limit(LogPosition::ZERO);
+        for round in 0..3 {
+            let bytes = support::batch(&format!("held-{round}"), 2, 10);
+            let receipt = store
+                .append(id, support::validated(&bytes), Durability::Fsynced)
+                .await
+                .unwrap();
+            store.wait(&receipt).await.unwrap();
+        }
+        let offsets = store.offsets(id).unwrap();
+        assert_eq!((offsets.high_watermark.0, offsets.next_offset.0), (0, 6));
+        store.advance_log_start(id, Offset(4)).unwrap();
+        let offsets = store.offsets(id).unwrap();
+        assert_eq!(
+            (offsets.log_start_offset.0, offsets.high_watermark.0),
+            (4, 4)
+        );
+        store.clear_visible_limit();
+        assert_eq!(store.offsets(id).unwrap().high_watermark.0, 6);
+        assert_eq!(support::read_all(&store, id, Offset(4)).len(), 1);
+        support::shutdown(&store).await;
+    });
+}
+
 /// A failover as the storage sees it: the old leader's log holds a tail the
 /// new leader never copied, the new leader writes on at a new epoch, and
 /// the old leader, cut back where its epoch ends in the new leader's

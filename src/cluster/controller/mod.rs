@@ -61,11 +61,11 @@ pub enum ControllerCommand {
     /// KIP-730): the outcome carries the block's first id, and no id is
     /// handed out twice in the cluster's life.
     AllocateProducerIds { len: i32 },
-    /// Move the leadership of every shard group whose preferred leader (its
-    /// first member) is live, in sync and not leading back to it, at the
-    /// next leader epoch (Kafka's preferred replica election, run by
-    /// `auto.leader.rebalance.enable`).
-    ElectPreferredLeaders,
+    /// Move the leadership of these shard groups back to their preferred
+    /// leader (first member), each that is still live, in sync and not
+    /// leading when applied, at the next leader epoch (Kafka's preferred
+    /// replica election, run by `auto.leader.rebalance.enable`).
+    ElectPreferredLeaders { groups: Vec<u32> },
 }
 
 /// What applying a command gave: nothing to say, or the refusal a command

@@ -849,13 +849,27 @@ impl Member {
             return;
         }
         self.last_rebalance = Some(now);
-        let due = snapshot.preferred_leaders_due();
+        // Only to a node heard within the last heartbeats: one killed a
+        // moment ago is not fenced yet, and would leave the groups without
+        // a serving leader until it is.
+        let recent = self.heartbeat_interval * 3;
+        let mut due = snapshot.preferred_leaders_due();
+        due.retain(|&group| {
+            snapshot
+                .placement
+                .as_ref()
+                .and_then(|placement| placement.groups.get(group as usize))
+                .and_then(|record| record.members.first())
+                .is_some_and(|&preferred| self.liveness.silent_for(preferred) <= recent)
+        });
         if due.is_empty() {
             return;
         }
         match self
             .proposer()
-            .propose(ControllerCommand::ElectPreferredLeaders)
+            .propose(ControllerCommand::ElectPreferredLeaders {
+                groups: due.clone(),
+            })
             .await
         {
             Ok(_) => tracing::info!(

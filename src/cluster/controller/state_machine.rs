@@ -177,8 +177,8 @@ impl StateMachine {
                 }
                 None
             }
-            ControllerCommand::ElectPreferredLeaders => {
-                let moved = metadata.elect_preferred_leaders();
+            ControllerCommand::ElectPreferredLeaders { groups } => {
+                let moved = metadata.elect_preferred_leaders(groups);
                 if !moved.is_empty() {
                     // Debug: a restart replays it; the proposer logs it.
                     tracing::debug!(?moved, "shard groups led by their preferred leaders again");
