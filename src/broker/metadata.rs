@@ -1156,10 +1156,9 @@ mod tests {
         assert_eq!(reopened.group_configs.len(), 1);
     }
 
-    #[test]
-    fn leadership_returns_to_a_live_in_sync_preferred_leader_at_the_next_epoch() {
-        let statics = StaticSettings::from_config(&Config::default());
-        let mut metadata = ClusterMetadata::empty("c".to_owned(), &statics);
+    /// Nodes 1, 2 and 3, live, one shard each, three groups of three.
+    fn three_live_nodes(statics: &StaticSettings) -> ClusterMetadata {
+        let mut metadata = ClusterMetadata::empty("c".to_owned(), statics);
         for id in [1, 2, 3] {
             let node = NodeInfo {
                 host: "127.0.0.1".to_owned(),
@@ -1170,6 +1169,13 @@ mod tests {
             metadata.nodes.insert(id, node);
         }
         metadata.placement = Some(Placement::new(vec![1, 2, 3], 1, 3));
+        metadata
+    }
+
+    #[test]
+    fn leadership_returns_to_a_live_in_sync_preferred_leader_at_the_next_epoch() {
+        let statics = StaticSettings::from_config(&Config::default());
+        let mut metadata = three_live_nodes(&statics);
         metadata.nodes.get_mut(&1).unwrap().fenced = true;
         metadata.elect_leaders_without(1);
         assert_eq!(
@@ -1203,17 +1209,7 @@ mod tests {
         let limits = TopicLimits {
             batch_max_bytes: 1 << 20,
         };
-        let mut metadata = ClusterMetadata::empty("c".to_owned(), &statics);
-        for id in [1, 2, 3] {
-            let node = NodeInfo {
-                host: "127.0.0.1".to_owned(),
-                port: 9000 + id as u16,
-                shards: 1,
-                fenced: false,
-            };
-            metadata.nodes.insert(id, node);
-        }
-        metadata.placement = Some(Placement::new(vec![1, 2, 3], 1, 3));
+        let mut metadata = three_live_nodes(&statics);
         let groups = |metadata: &ClusterMetadata| metadata.placement.clone().unwrap().groups;
         {
             let placement = metadata.placement.as_mut().unwrap();
