@@ -1681,16 +1681,37 @@ fn assert_copies_identical(cluster: &Cluster) {
     assert!(written > 0, "no group holds frames");
 }
 
+/// DeleteRecords of `topic`-`partition` up to `offset` (-1: the high
+/// watermark) through `address`, 5 s timeout: (error code, low watermark).
+fn delete_records(address: &str, topic: &str, partition: i32, offset: i64) -> (i16, i64) {
+    use kafka_protocol::messages::DeleteRecordsRequest;
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    let answer = Wire::connect(address).call(
+        2,
+        &DeleteRecordsRequest::default()
+            .with_timeout_ms(5_000)
+            .with_topics(vec![
+                DeleteRecordsTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                    .with_partitions(vec![
+                        DeleteRecordsPartition::default()
+                            .with_partition_index(partition)
+                            .with_offset(offset),
+                    ]),
+            ]),
+    );
+    let result = &answer.topics[0].partitions[0];
+    (result.error_code, result.low_watermark)
+}
+
 /// Issue 16: DeleteRecords on a partition's leader moves the log start of
 /// its copies too (the fetch answers carry it, as Kafka's do) before it is
 /// answered, so the records it deleted do not come back when a copy takes
 /// over, even at once.
 #[test]
 fn records_deleted_on_the_leader_stay_deleted_after_a_failover() {
-    use kafka_protocol::messages::DeleteRecordsRequest;
-    use kafka_protocol::messages::delete_records_request::{
-        DeleteRecordsPartition, DeleteRecordsTopic,
-    };
     use rdkafka::consumer::Consumer;
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::with_config(dir.path(), FAST_FAILOVER);
@@ -1718,43 +1739,14 @@ fn records_deleted_on_the_leader_stay_deleted_after_a_failover() {
                 0
             );
         }
-        let answer = Wire::connect(&busy_address).call(
-            2,
-            &DeleteRecordsRequest::default()
-                .with_timeout_ms(5_000)
-                .with_topics(vec![
-                    DeleteRecordsTopic::default()
-                        .with_name(TopicName(StrBytes::from_static_str("trimmed")))
-                        .with_partitions(vec![
-                            DeleteRecordsPartition::default()
-                                .with_partition_index(1)
-                                .with_offset(-1),
-                        ]),
-                ]),
-        );
-        assert_eq!(answer.topics[0].partitions[0].error_code, 0);
+        assert_eq!(delete_records(&busy_address, "trimmed", 1, -1).0, 0);
     }
     for broker in brokers.iter_mut().flatten() {
         assert!(broker.is_running(), "every node survives the deletes");
     }
     let leader = partition_states(&first, "trimmed")[0].0 as usize;
     let leader_address = cluster.nodes[leader - 1].kafka.clone();
-    let answer = Wire::connect(&leader_address).call(
-        2,
-        &DeleteRecordsRequest::default()
-            .with_timeout_ms(5_000)
-            .with_topics(vec![
-                DeleteRecordsTopic::default()
-                    .with_name(TopicName(StrBytes::from_static_str("trimmed")))
-                    .with_partitions(vec![
-                        DeleteRecordsPartition::default()
-                            .with_partition_index(0)
-                            .with_offset(15),
-                    ]),
-            ]),
-    );
-    let deleted = &answer.topics[0].partitions[0];
-    assert_eq!((deleted.error_code, deleted.low_watermark), (0, 15));
+    assert_eq!(delete_records(&leader_address, "trimmed", 0, 15), (0, 15));
     // Answered once both copies moved their log start too (Kafka's delayed
     // DeleteRecords): the leader dies right after.
     brokers[leader - 1].take().unwrap().kill9();
