@@ -1204,6 +1204,38 @@ mod tests {
     }
 
     #[test]
+    fn a_fenced_node_cannot_join_an_in_sync_set_but_may_stay_in_one() {
+        let statics = StaticSettings::from_config(&Config::default());
+        let context = || ExecuteContext {
+            statics: &statics,
+            limits: TopicLimits {
+                batch_max_bytes: 1 << 20,
+            },
+        };
+        let mut metadata = three_live_nodes(&statics);
+        metadata.placement.as_mut().unwrap().groups[0].in_sync = vec![1, 2];
+        metadata.nodes.get_mut(&3).unwrap().fenced = true;
+        let set = |in_sync: Vec<u64>| MetadataCommand::SetInSync {
+            group: 0,
+            leader_epoch: 0,
+            in_sync,
+        };
+        let refused = metadata.execute(set(vec![1, 2, 3]), context());
+        assert!(
+            matches!(&refused, Err(Refusal::InvalidRequest(why)) if why.contains("fenced")),
+            "{refused:?}"
+        );
+        metadata.nodes.get_mut(&3).unwrap().fenced = false;
+        metadata.execute(set(vec![1, 2, 3]), context()).unwrap();
+        // A leader's shrink that still names a member fenced meanwhile is
+        // taken: it only ever removes.
+        metadata.nodes.get_mut(&3).unwrap().fenced = true;
+        metadata.execute(set(vec![1, 3]), context()).unwrap();
+        let group = &metadata.placement.as_ref().unwrap().groups[0];
+        assert_eq!(group.in_sync, [1, 3]);
+    }
+
+    #[test]
     fn fencing_a_leader_elects_the_next_live_in_sync_member_at_the_next_epoch() {
         let statics = StaticSettings::from_config(&Config::default());
         let limits = TopicLimits {

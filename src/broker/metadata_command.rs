@@ -287,6 +287,28 @@ impl ClusterMetadata {
                 leader_epoch,
                 in_sync,
             } => {
+                let fenced = |node: &u64| self.nodes.get(node).is_some_and(|info| info.fenced);
+                let joining_fenced: Vec<u64> = self
+                    .placement
+                    .as_ref()
+                    .and_then(|placement| placement.groups.get(group as usize))
+                    .map(|record| {
+                        in_sync
+                            .iter()
+                            .copied()
+                            .filter(|node| !record.in_sync.contains(node) && fenced(node))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                // A leader's view of a follower can predate its fencing
+                // (KIP-903): a fenced node rejoins only after it registered
+                // again and caught up anew.
+                if !joining_fenced.is_empty() {
+                    return Err(Refusal::InvalidRequest(format!(
+                        "nodes {joining_fenced:?} are fenced: they cannot join shard group {group}'s \
+                         in-sync set"
+                    )));
+                }
                 let record = self
                     .placement
                     .as_mut()

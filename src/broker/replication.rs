@@ -90,6 +90,12 @@ struct Follower {
     caught_up_at: Option<Instant>,
     /// The version of the group's log-start moves it applied.
     log_starts_seen: u64,
+    /// Out of the in-sync set but caught up: the leader's durable end when
+    /// acks=all writes began to wait for it too. It joins the set once it
+    /// holds that much (then it holds everything acknowledged: what was
+    /// acknowledged before is below that end, what came after waited for
+    /// it; Kafka's "maximal ISR", KIP-497 and KAFKA-13091).
+    joining: Option<LogPosition>,
 }
 
 thread_local! {
@@ -424,6 +430,12 @@ async fn replicate(broker: Arc<Broker>, context: Rc<ShardContext>, group: u32) {
             Ok(copied) => {
                 backoff = RETRY_BACKOFF_MIN;
                 throttle(&broker, copied).await;
+                // A follower that fetches only once a second (debug
+                // builds): the window in which a returning copy is caught
+                // up but not yet holding what the others acknowledged.
+                if crate::failpoint::active("follower_slow_fetch") {
+                    compio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
             Err(error) => {
                 report_failure(shard, group, record.leader, &error);
@@ -479,6 +491,7 @@ fn begin_leading(
                 answered_end: None,
                 caught_up_at: Some(now),
                 log_starts_seen: 0,
+                joining: None,
             };
             let follower = followers.entry((group, node)).or_insert(fresh);
             if follower.epoch != epoch {
@@ -856,6 +869,7 @@ fn record_fetch(group: u32, node: u64, epoch: i32, from: LogPosition, durable: L
             answered_end: None,
             caught_up_at: None,
             log_starts_seen: 0,
+            joining: None,
         };
         let follower = followers.entry((group, node)).or_insert(fresh);
         if follower.epoch != epoch {
@@ -887,13 +901,8 @@ fn update_high_watermark(context: &ShardContext, broker: &Broker, group: u32) {
     if record.leader != own || store.is_follower() {
         return;
     }
-    let limit = record
-        .in_sync
-        .iter()
-        .filter(|&&node| node != own)
-        .map(|&node| {
-            follower_durable(group, node, record.leader_epoch).unwrap_or(LogPosition::ZERO)
-        })
+    let limit = counted_followers(group, &record, own)
+        .map(|node| follower_durable(group, node, record.leader_epoch).unwrap_or(LogPosition::ZERO))
         .min();
     match limit {
         Some(limit) => store.set_visible_limit(limit),
@@ -998,6 +1007,59 @@ fn follower_durable(group: u32, node: u64, epoch: i32) -> Option<LogPosition> {
     })
 }
 
+/// The followers of `group` that acks=all writes and the high watermark
+/// wait for at `record`'s leader epoch: the in-sync set's, and those
+/// joining it ([`Follower::joining`]).
+fn counted_followers(group: u32, record: &ShardGroup, own: u64) -> impl Iterator<Item = u64> {
+    record.members.iter().copied().filter(move |&node| {
+        node != own
+            && (record.in_sync.contains(&node)
+                || joining_since(group, node, record.leader_epoch).is_some())
+    })
+}
+
+/// Since which durable end of the leader follower `node` of `group` is
+/// joining the in-sync set at leader epoch `epoch`, if it is.
+fn joining_since(group: u32, node: u64, epoch: i32) -> Option<LogPosition> {
+    FOLLOWERS.with(|followers| {
+        followers
+            .borrow()
+            .get(&(group, node))
+            .filter(|follower| follower.epoch == epoch)
+            .and_then(|follower| follower.joining)
+    })
+}
+
+/// On the leader's shard, for follower `node` of `group`, caught up at
+/// leader epoch `epoch` but not in the in-sync set: whether it may join it
+/// now. The first call makes acks=all writes wait for it from the
+/// leader's durable end `leader_durable` on; it may join once it holds
+/// that end durably.
+fn may_join(group: u32, node: u64, epoch: i32, leader_durable: LogPosition) -> bool {
+    FOLLOWERS.with(|followers| {
+        let mut followers = followers.borrow_mut();
+        let Some(follower) = followers
+            .get_mut(&(group, node))
+            .filter(|follower| follower.epoch == epoch)
+        else {
+            return false;
+        };
+        let since = *follower.joining.get_or_insert(leader_durable);
+        follower.durable >= since
+    })
+}
+
+/// On the leader's shard: follower `node` of `group` is in the in-sync
+/// set, or fell behind before it joined it: acks no longer wait for it as
+/// a joining follower.
+fn stop_joining(group: u32, node: u64) {
+    FOLLOWERS.with(|followers| {
+        if let Some(follower) = followers.borrow_mut().get_mut(&(group, node)) {
+            follower.joining = None;
+        }
+    });
+}
+
 /// Whether follower `node` of `group` caught up within `lag_max` at leader
 /// epoch `epoch`.
 fn caught_up(group: u32, node: u64, epoch: i32, lag_max: Duration) -> bool {
@@ -1044,12 +1106,12 @@ pub async fn maintain_in_sync(context: Rc<ShardContext>, broker: Arc<Broker>) {
                 continue;
             }
             let group = number as u32;
-            if context
+            let Some(store) = context
                 .group_store(group)
-                .is_none_or(|store| store.is_follower())
-            {
+                .filter(|store| !store.is_follower())
+            else {
                 continue;
-            }
+            };
             update_high_watermark(&context, &broker, group);
             let label = group.to_string();
             metrics::gauge!(crate::telemetry::names::GROUP_IN_SYNC_REPLICAS, "group" => label.clone())
@@ -1065,15 +1127,33 @@ pub async fn maintain_in_sync(context: Rc<ShardContext>, broker: Arc<Broker>) {
             for node in record.members.iter().filter(|node| !live(node)) {
                 forget_follower(group, *node);
             }
+            let leader_durable = store.log_ends().2;
+            let epoch = record.leader_epoch;
             let in_sync: Vec<u64> = record
                 .members
                 .iter()
                 .copied()
                 .filter(|&node| {
-                    let kept = !may_shrink && record.in_sync.contains(&node);
-                    node == own
-                        || (live(&node)
-                            && (kept || caught_up(group, node, record.leader_epoch, lag_max)))
+                    if node == own {
+                        return true;
+                    }
+                    if !live(&node) {
+                        return false;
+                    }
+                    let current = caught_up(group, node, epoch, lag_max);
+                    if record.in_sync.contains(&node) {
+                        stop_joining(group, node);
+                        return current || !may_shrink;
+                    }
+                    // A follower caught up with the leader's written end
+                    // may still lack what the others acknowledged since
+                    // its last fetch (the breaker trial's loss: it joined,
+                    // led next, and those records were cut).
+                    if !current {
+                        stop_joining(group, node);
+                        return false;
+                    }
+                    may_join(group, node, epoch, leader_durable)
                 })
                 .collect();
             if in_sync == record.in_sync {
@@ -1148,9 +1228,8 @@ pub async fn wait_in_sync(
         if (record.in_sync.len() as i64) < i64::from(meta.config.min_insync_replicas) {
             return Err(ResponseError::NotEnoughReplicasAfterAppend.code());
         }
-        let held = record.in_sync.iter().all(|&node| {
-            node == own
-                || follower_durable(group, node, leader_epoch).is_some_and(|durable| durable >= end)
+        let held = counted_followers(group, record, own).all(|node| {
+            follower_durable(group, node, leader_epoch).is_some_and(|durable| durable >= end)
         });
         if held {
             return Ok(());
@@ -1300,6 +1379,32 @@ mod tests {
         record_fetch(7, 2, 1, LogPosition(300), LogPosition(300));
         assert_eq!(follower_durable(7, 2, 1), Some(LogPosition(300)));
         assert_eq!(follower_durable(7, 2, 0), None);
+    }
+
+    #[test]
+    fn a_caught_up_follower_joins_only_once_it_holds_the_leaders_durable_end_from_when_acks_began_to_wait_for_it()
+     {
+        let record = ShardGroup {
+            members: vec![1, 2, 3],
+            leader: 1,
+            leader_epoch: 4,
+            in_sync: vec![1, 2],
+        };
+        record_fetch(9, 3, 4, LogPosition(1024), LogPosition(1024));
+        assert_eq!(counted_followers(9, &record, 1).collect::<Vec<_>>(), [2]);
+        assert!(!may_join(9, 3, 4, LogPosition(8192)));
+        assert_eq!(
+            counted_followers(9, &record, 1).collect::<Vec<_>>(),
+            [2, 3],
+            "acks wait for a joining follower"
+        );
+        // The leader's end moved on meanwhile; the follower needs the end
+        // from when it began to count only.
+        record_fetch(9, 3, 4, LogPosition(8192), LogPosition(8192));
+        assert!(may_join(9, 3, 4, LogPosition(20_000)));
+        assert!(!may_join(9, 3, 5, LogPosition(0)), "at its epoch only");
+        stop_joining(9, 3);
+        assert_eq!(counted_followers(9, &record, 1).collect::<Vec<_>>(), [2]);
     }
 
     #[test]

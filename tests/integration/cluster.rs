@@ -1953,6 +1953,123 @@ fn a_node_killed_twice_gets_its_groups_back_only_in_sync_and_nothing_is_lost() {
     stop_caught_up(&cluster, brokers.into_iter().flatten());
 }
 
+/// Issue 16 (the breaker trial's loss): a returning follower that has
+/// caught up with its leader's written end does not hold what the others
+/// acknowledged after its last fetch, so it may join the in-sync set only
+/// once it holds everything the leader held durably when it began to
+/// count (acks wait for it from then on, Kafka's "maximal ISR"). Node 1
+/// comes back fetching only once a second (the `follower_slow_fetch`
+/// failpoint) under a steady acks=all producer, and its partition's
+/// leader is killed the moment Metadata lists node 1 in sync: node 1,
+/// first in member order, takes over, and every acknowledged record must
+/// still be there at its offset (mutation: a follower joins as soon as it
+/// asked from the leader's last answered end → acknowledged records lost).
+#[test]
+fn a_returning_follower_joins_the_in_sync_set_only_holding_every_acknowledged_record() {
+    use rdkafka::producer::Producer;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::with_config(
+        dir.path(),
+        &format!("{FAST_FAILOVER}leader_rebalance_interval_ms = 0\n"),
+    );
+    let mut brokers: Vec<Option<BrokerProcess>> =
+        cluster.start_all().into_iter().map(Some).collect();
+    let watcher = cluster.nodes[2].kafka.clone();
+    kafka_clients::create_topic(&watcher, "rejoin", 6, &[]);
+    let states = || partition_states(&watcher, "rejoin");
+    eventually("every follower in sync", || {
+        states().iter().all(|(_, in_sync)| in_sync.len() == 3)
+    });
+    let partition = states()
+        .iter()
+        .position(|(leader, _)| *leader == 1)
+        .expect("node 1 leads a partition") as i32;
+    let bootstrap = format!("{},{}", cluster.nodes[1].kafka, cluster.nodes[2].kafka);
+    let (producer, acks) = kafka_clients::producer(
+        &bootstrap,
+        &[
+            ("enable.idempotence", "true"),
+            ("message.timeout.ms", "60000"),
+            ("retry.backoff.max.ms", "100"),
+            ("reconnect.backoff.max.ms", "100"),
+        ],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = std::thread::spawn({
+        let stop = Arc::clone(&stop);
+        move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let payload = format!("rejoin-{n}");
+                kafka_clients::send(
+                    &producer,
+                    "rejoin",
+                    Some(partition),
+                    None,
+                    payload.as_bytes(),
+                    &[],
+                );
+                n += 1;
+                producer.poll(Duration::from_millis(1));
+            }
+            producer.flush(Duration::from_secs(60)).expect("flushed");
+        }
+    });
+    let state = || states()[partition as usize].clone();
+    brokers[0].take().unwrap().kill9();
+    eventually("node 1 out of the partition's in-sync set", || {
+        let (leader, in_sync) = state();
+        leader > 1 && !in_sync.contains(&1)
+    });
+    let stand_in = state().0 as usize;
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.env = vec![("SLUICE_FAILPOINT", "follower_slow_fetch")];
+    brokers[0] = Some(cluster.start(1));
+    eventually("node 1 in sync again", || state().1.contains(&1));
+    brokers[stand_in - 1].take().unwrap().kill9();
+    eventually("node 1 leads the partition", || state().0 == 1);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let delivered = acks.delivered.lock().unwrap().clone();
+    cluster.env.clear();
+    brokers[stand_in - 1] = Some(cluster.start(stand_in));
+    eventually("every follower in sync", || {
+        states().iter().all(|(_, in_sync)| in_sync.len() == 3)
+    });
+    let consumed = kafka_clients::consume_all(&watcher, "rejoin", 6, Duration::from_secs(2));
+    let at: BTreeMap<(i32, i64), &Vec<u8>> = consumed
+        .iter()
+        .map(|record| ((record.partition, record.offset), &record.payload))
+        .collect();
+    let lost: Vec<_> = delivered
+        .iter()
+        .filter(|record| {
+            if record.offset < 0 {
+                !consumed
+                    .iter()
+                    .any(|stored| stored.payload == record.payload)
+            } else {
+                at.get(&(record.partition, record.offset)) != Some(&&record.payload)
+            }
+        })
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged records lost, the first {:?}",
+        lost.len(),
+        delivered.len(),
+        lost.first()
+    );
+    assert!(
+        acks.failed.lock().unwrap().is_empty(),
+        "every record acknowledged"
+    );
+    assert_eq!(consumed.len(), delivered.len(), "nothing stored twice");
+    stop_caught_up(&cluster, brokers.into_iter().flatten());
+}
+
 /// Issue 16's isolation round: node 1 runs in its own network namespace
 /// and leads some partitions when its link is taken down. Alone, it
 /// acknowledges no acks=all write, even to a client that still reaches it
