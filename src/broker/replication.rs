@@ -44,6 +44,7 @@ use crate::shard::local_sync::Event;
 use crate::shard::{ShardContext, Shards};
 use crate::storage::leader_epochs::LeaderEpochs;
 use crate::storage::replica::{LogRead, ReplicaAppendError};
+use crate::storage::truncate::LogRestart;
 use crate::storage::{OpenError, PartitionError, ShardStore};
 
 /// Where a follower asks a group's leader for frames ([`FetchRequest`]);
@@ -439,12 +440,23 @@ async fn replicate(broker: Arc<Broker>, context: Rc<ShardContext>, group: u32) {
             }
             Err(error) => {
                 report_failure(shard, group, record.leader, &error);
+                // Fetches that keep failing against the same leader may
+                // mean its log no longer has where this copy ends (its
+                // retention moved on): align with it again, which starts
+                // such a copy over at the leader's log start.
+                if backoff >= REALIGN_AFTER_BACKOFF && matches!(role, Role::Following(_)) {
+                    role = Role::Starting;
+                }
                 back_off_unless_moved(&broker, group, (record.leader, epoch), backoff).await;
                 backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
             }
         }
     }
 }
+
+/// A follower whose copying failed until its back-off reached this aligns
+/// with its leader again.
+const REALIGN_AFTER_BACKOFF: Duration = Duration::from_millis(800);
 
 /// Wait `backoff` after a failed copy, or less once group `group`'s leader
 /// or epoch is no longer `was`: a copy that kept failing against a dead
@@ -547,6 +559,13 @@ pub struct EpochsAnswer {
     pub entries: Vec<(i32, u64)>,
     /// Its log end.
     pub end: u64,
+    /// Where its log starts (retention deleted what was before).
+    #[serde(default)]
+    pub start: u64,
+    /// Each partition's offset at `start` (partition id, offset): where a
+    /// copy that must start again there continues it.
+    #[serde(default)]
+    pub offsets_at_start: Vec<(u32, i64)>,
 }
 
 /// Before following `leader` at `epoch`: ask it for its epoch history, cut
@@ -583,8 +602,24 @@ async fn align_with_leader(
         LeaderEpochs::default()
     });
     let cut = theirs.end_of(mine.latest().0, LogPosition(answer.end));
+    let end = store.log_ends().0;
+    let leader_start = LogPosition(answer.start);
     let mut cut_at = None;
-    let store = if cut < store.log_ends().0 {
+    // What this copy shares with the leader's log ends at `cut` (or its
+    // own end): when that is before the leader's log start, nothing it
+    // lacks can be fetched any more (retention deleted it while it was
+    // away), so it starts again, empty, where the leader's log starts.
+    let store = if cut.min(end) < leader_start {
+        let restart = LogRestart {
+            start: leader_start,
+            offsets: answer
+                .offsets_at_start
+                .iter()
+                .map(|&(id, offset)| (PartitionId(id), Offset(offset)))
+                .collect(),
+        };
+        restart_copy(context, group, store, &restart).await?
+    } else if cut < end {
         cut_at = Some(cut);
         cut_copy(context, group, store, cut).await?
     } else {
@@ -596,6 +631,46 @@ async fn align_with_leader(
     Ok(cut_at)
 }
 
+/// Shut `store` down, empty its log and start it again as `restart` says
+/// (the leader's log start), and open it again, in place of the old one.
+async fn restart_copy(
+    context: &Rc<ShardContext>,
+    group: u32,
+    store: Rc<ShardStore>,
+    restart: &LogRestart,
+) -> Result<Rc<ShardStore>, String> {
+    let (start, end) = (store.log_start(), store.log_ends().0);
+    tracing::warn!(shard = %context.id, group, %start, %end, leader_log_start = %restart.start, "this copy of a shard group's log ends before its leader's log starts (retention deleted what it lacks): emptying it and copying again from the leader's log start");
+    reopen_changed(context, group, store, |options| {
+        crate::storage::truncate::restart_closed(options, restart)
+            .map_err(|error| error.to_string())
+    })
+    .await
+}
+
+/// Shut `store` down, change its closed files with `change`, and open it
+/// again (recovery rebuilds its indexes and producer state from what
+/// remains), in place of the old one.
+async fn reopen_changed(
+    context: &Rc<ShardContext>,
+    group: u32,
+    store: Rc<ShardStore>,
+    change: impl FnOnce(&crate::storage::StoreOptions) -> Result<(), String>,
+) -> Result<Rc<ShardStore>, String> {
+    let options = store.options().clone();
+    // A failed shutdown leaves the files as recovery finds them: the
+    // change applies to those just the same.
+    if let Err(error) = store.shutdown().await {
+        tracing::warn!(shard = %context.id, group, %error, "the copy did not shut down cleanly before it was changed");
+    }
+    drop(store);
+    change(&options)?;
+    let reopened = ShardStore::open(options).map_err(|error| error.to_string())?;
+    hold_as_copy(&reopened);
+    context.replace(group, Rc::clone(&reopened));
+    Ok(reopened)
+}
+
 /// Shut `store` down, cut its log at `cut` and open it again (recovery
 /// rebuilds its indexes and producer state from what remains), in place of
 /// the old one.
@@ -605,20 +680,14 @@ async fn cut_copy(
     store: Rc<ShardStore>,
     cut: LogPosition,
 ) -> Result<Rc<ShardStore>, String> {
-    let options = store.options().clone();
     let end = store.log_ends().0;
     tracing::warn!(shard = %context.id, group, %cut, %end, dropped_bytes = end.0 - cut.0, "this copy of a shard group's log holds a tail its new leader does not: cutting it there (none of it was acknowledged to acks=all producers)");
-    // A failed shutdown leaves the files as recovery finds them: the cut
-    // applies to those just the same.
-    if let Err(error) = store.shutdown().await {
-        tracing::warn!(shard = %context.id, group, %error, "the copy did not shut down cleanly before its cut");
-    }
-    drop(store);
-    crate::storage::truncate::truncate_closed(&options, cut).map_err(|error| error.to_string())?;
-    let reopened = ShardStore::open(options).map_err(|error| error.to_string())?;
-    hold_as_copy(&reopened);
-    context.replace(group, Rc::clone(&reopened));
-    Ok(reopened)
+    reopen_changed(context, group, store, |options| {
+        crate::storage::truncate::truncate_closed(options, cut)
+            .map(drop)
+            .map_err(|error| error.to_string())
+    })
+    .await
 }
 
 /// One fetch from the leader, appended and made durable; the bytes copied
@@ -771,6 +840,9 @@ pub async fn serve_epochs(
             let store = leading_store(&broker, &context, request.group, request.leader_epoch)?;
             let history =
                 LeaderEpochs::load(store.root_dir()).map_err(|error| (500, error.to_string()))?;
+            let (start, offsets) = store
+                .offsets_at_log_start()
+                .map_err(|error| (500, error.to_string()))?;
             Ok(EpochsAnswer {
                 entries: history
                     .entries()
@@ -778,6 +850,11 @@ pub async fn serve_epochs(
                     .map(|&(epoch, start)| (epoch, start.0))
                     .collect(),
                 end: store.log_ends().0.0,
+                start: start.0,
+                offsets_at_start: offsets
+                    .iter()
+                    .map(|(id, offset)| (id.0, offset.0))
+                    .collect(),
             })
         })
         .await

@@ -561,7 +561,7 @@ fn open_queue(
     ))
 }
 
-fn remove_queue_files(dir: &std::path::Path) -> Result<(), RecoveryError> {
+pub(super) fn remove_queue_files(dir: &std::path::Path) -> Result<(), RecoveryError> {
     for entry in std::fs::read_dir(dir).map_err(|source| io_error(dir, source))? {
         let path = entry.map_err(|source| io_error(dir, source))?.path();
         if path.extension().is_some_and(|extension| extension == "cq") {

@@ -18,6 +18,7 @@ use std::time::Instant;
 use thiserror::Error;
 
 use super::commit_log::CommitLog;
+use super::consume_queue::QueueError;
 use super::frame::{FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES, FrameHeader};
 use super::partition::IndexedBatch;
 use super::segment::{self, Segment};
@@ -124,6 +125,28 @@ impl From<ReplicaAppendError> for TryCopyError {
 }
 
 impl ShardStore {
+    /// Where this log starts (retention deleted what was before) and each
+    /// partition's offset there: the base offset of its first indexed
+    /// batch at or past that position, else its next offset. A copy
+    /// started again at this position continues each partition from there
+    /// ([`crate::storage::truncate::restart_closed`]).
+    pub fn offsets_at_log_start(
+        &self,
+    ) -> Result<(LogPosition, Vec<(PartitionId, Offset)>), QueueError> {
+        let state = self.state.borrow();
+        let start = state.log.start();
+        let mut offsets = Vec::with_capacity(state.partitions.len());
+        for (id, partition) in &state.partitions {
+            let first = partition.queue.count_below(start)?;
+            let offset = partition
+                .queue
+                .get(first)?
+                .map_or(partition.next_offset, |entry| entry.base_offset);
+            offsets.push((*id, offset));
+        }
+        Ok((start, offsets))
+    }
+
     /// Whole frames of this log from `from` (a frame boundary: where a
     /// follower's copy ends), at most `max_bytes` (capped at
     /// [`READ_BYTES_MAX`]) of them but at least one when one is written, all
@@ -328,7 +351,16 @@ impl ShardStore {
         }
         let (header, batch) = (&checked.header, &checked.batch);
         let id = header.partition;
-        if orphan {
+        // A batch wholly below its partition's log start is stored but not
+        // indexed, as recovery does: a copy started again at its leader's
+        // log start gets such batches of a partition whose own log start
+        // had moved past them (their queue entries were already dropped).
+        let below_log_start = state.partitions.get(&id).is_some_and(|partition| {
+            batch.base_offset < partition.next_offset.0
+                && i64::from(batch.last_offset_delta).saturating_add(batch.base_offset)
+                    < partition.log_start_offset.0
+        });
+        if orphan || below_log_start {
             let position = state
                 .log
                 .append_frame(&[frame], Some(now), now)

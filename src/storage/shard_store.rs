@@ -269,6 +269,8 @@ impl ShardStore {
         let shard = options.shard;
         let layout = ShardLayout::new(&options.data_dir, shard);
         let storage = &options.storage;
+        super::truncate::finish_pending_restart(&layout, storage.segment_bytes, storage.write_mode)
+            .map_err(|source| OpenError::Restart { shard, source })?;
         let recovery_options = RecoveryOptions {
             layout: layout.clone(),
             write_mode: storage.write_mode,
@@ -448,6 +450,11 @@ impl ShardStore {
 
     pub fn stats(&self) -> LogStats {
         self.state.borrow().log.stats()
+    }
+
+    /// Where the log starts: retention deleted the segments before.
+    pub fn log_start(&self) -> LogPosition {
+        self.state.borrow().log.start()
     }
 
     pub fn log_ends(&self) -> (LogPosition, LogPosition, LogPosition) {

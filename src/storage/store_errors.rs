@@ -208,6 +208,12 @@ pub enum OpenError {
         #[source]
         source: SegmentError,
     },
+    #[error("cannot finish restarting the log of {shard}: {source}")]
+    Restart {
+        shard: ShardId,
+        #[source]
+        source: super::truncate::TruncateError,
+    },
     #[error("cannot start commit-log I/O for {shard}: {source}")]
     Io {
         shard: ShardId,

@@ -1015,7 +1015,7 @@ fn log_frames(data_dir: &Path, shard: u16) -> LogContents {
         };
         let store = sluice::storage::ShardStore::open(options).expect("the copy opens");
         let mut frames = Vec::new();
-        let mut at = sluice::ids::LogPosition::ZERO;
+        let mut at = store.log_start();
         loop {
             let read = store.read_log(at, 1 << 20).expect("readable");
             if read.frames.is_empty() {
@@ -1029,7 +1029,8 @@ fn log_frames(data_dir: &Path, shard: u16) -> LogContents {
             .into_iter()
             .filter(|(topic, ..)| !topic.starts_with("__"))
             .map(|(topic, index, id)| {
-                let batches = crate::support::read_all(&store, id, sluice::ids::Offset(0))
+                let start = store.offsets(id).expect("listed").log_start_offset;
+                let batches = crate::support::read_all(&store, id, start)
                     .into_iter()
                     .map(|(offset, bytes)| (offset.0, bytes))
                     .collect();
@@ -1897,8 +1898,8 @@ fn leadership_moves_back_to_a_returning_preferred_leader_without_losing_writes()
 /// back as their preferred leader only once it is in sync again, so
 /// nothing acknowledged is cut on the way back (mutation: the move back
 /// not requiring the in-sync set → 40 acknowledged records lost). The
-/// breaker trial's loss (a returning node re-admitted on reports from
-/// before its crash) needs a timing this test does not reproduce.
+/// breaker trial's loss is reproduced by
+/// `a_returning_follower_joins_the_in_sync_set_only_holding_every_acknowledged_record`.
 #[test]
 fn a_node_killed_twice_gets_its_groups_back_only_in_sync_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
@@ -2067,6 +2068,114 @@ fn a_returning_follower_joins_the_in_sync_set_only_holding_every_acknowledged_re
         "every record acknowledged"
     );
     assert_eq!(consumed.len(), delivered.len(), "nothing stored twice");
+    stop_caught_up(&cluster, brokers.into_iter().flatten());
+}
+
+/// Issue 16: a node away while retention deleted the start of its
+/// groups' logs cannot fetch what it lacks any more; it empties its copy,
+/// starts it again at the leader's log start with each partition at the
+/// leader's offset there, catches up, and, led again by it, serves every
+/// record from the same log start at the same offsets (mutation: no
+/// restart → the copy fetches below the leader's log start for good and
+/// never rejoins).
+#[test]
+fn a_copy_behind_its_leaders_log_start_starts_again_there_and_serves_the_same_offsets() {
+    use rdkafka::consumer::Consumer;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::with_config(dir.path(), "");
+    std::fs::write(
+        dir.path().join("cluster.toml"),
+        format!(
+            "[storage]\nsegment_bytes = 2097152\nsegment_roll_min_ms = 1\n\
+             [retention]\ncheck_interval_ms = 200\n{FAST_FAILOVER}leader_rebalance_interval_ms = 300\n"
+        ),
+    )
+    .unwrap();
+    let mut brokers: Vec<Option<BrokerProcess>> =
+        cluster.start_all().into_iter().map(Some).collect();
+    let watcher = cluster.nodes[0].kafka.clone();
+    kafka_clients::create_topic(&watcher, "aged", 6, &[("retention.ms", "2000")]);
+    let states = || partition_states(&watcher, "aged");
+    eventually("every follower in sync", || {
+        states().iter().all(|(_, in_sync)| in_sync.len() == 3)
+    });
+    let partition = states()
+        .iter()
+        .position(|(leader, _)| *leader == 3)
+        .expect("node 3 leads a partition") as i32;
+    let state = || states()[partition as usize].clone();
+    brokers[2].take().unwrap().kill9();
+    eventually("node 3 replaced", || {
+        let (leader, in_sync) = state();
+        leader != 3 && !in_sync.contains(&3)
+    });
+    let bootstrap = format!("{},{}", cluster.nodes[0].kafka, cluster.nodes[1].kafka);
+    let send = |prefix: &str, count: usize, bytes: usize| {
+        let (producer, acks) =
+            kafka_clients::producer(&bootstrap, &[("enable.idempotence", "true")]);
+        for n in 0..count {
+            let mut payload = format!("{prefix}-{n}-").into_bytes();
+            payload.resize(bytes, b'.');
+            kafka_clients::send(&producer, "aged", Some(partition), None, &payload, &[]);
+        }
+        kafka_clients::flush(&producer, &acks)
+    };
+    // About 8 MiB: four segments of 2 MiB, deleted 2 s later.
+    send("old", 128, 64 << 10);
+    let low_watermark = || {
+        kafka_clients::consumer(&watcher, &[])
+            .fetch_watermarks("aged", partition, Duration::from_secs(10))
+            .expect("ListOffsets answered")
+            .0
+    };
+    eventually("retention moved the log start", || low_watermark() > 0);
+    let log_start = low_watermark();
+    let mut kept = send("new", 50, 100);
+    brokers[2] = Some(cluster.start(3));
+    eventually("node 3 leads its partition again", || {
+        let (leader, in_sync) = state();
+        leader == 3 && in_sync.len() == 3
+    });
+    assert!(
+        brokers[2]
+            .as_ref()
+            .unwrap()
+            .log()
+            .iter()
+            .any(|line| line.contains("copying again from the leader's log start")),
+        "node 3 started its copy again"
+    );
+    kept.extend(send("last", 50, 100));
+    assert_eq!(low_watermark(), log_start, "the same log start on node 3");
+    // From the log start through node 3, which leads the partition now.
+    let consumer = kafka_clients::consumer(&watcher, &[]);
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset("aged", partition, rdkafka::Offset::Offset(log_start))
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let end = kept.last().unwrap().offset + 1;
+    let mut at: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while at.last_key_value().is_none_or(|(&last, _)| last + 1 < end) && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let record = kafka_clients::to_record(&message.expect("consumed"));
+            at.insert(record.offset, record.payload);
+        }
+    }
+    for record in &kept {
+        assert_eq!(
+            at.get(&record.offset),
+            Some(&record.payload),
+            "offset {} served by node 3",
+            record.offset
+        );
+    }
+    assert_eq!(
+        at.keys().next(),
+        Some(&log_start),
+        "served from the log start"
+    );
     stop_caught_up(&cluster, brokers.into_iter().flatten());
 }
 

@@ -60,7 +60,7 @@ impl ProducerContext for Acks {
     }
 }
 
-fn to_record<M: Message>(message: &M) -> Record {
+pub fn to_record<M: Message>(message: &M) -> Record {
     let headers = message
         .headers()
         .map(|headers| {

@@ -393,3 +393,99 @@ fn a_diverged_copy_cut_where_its_epoch_ends_follows_the_new_leader_to_the_same_l
         support::shutdown(&new_leader).await;
     });
 }
+
+/// Issue 16: a copy that ends before its leader's log start is emptied and
+/// started again there (`truncate::restart_closed`): it opens as an empty
+/// log at that position, each partition continuing from the leader's
+/// offset; a process killed right after the restart was written down
+/// finishes it when the store opens (mutation: no finishing at open →
+/// the old log and offsets come back).
+#[test]
+fn a_copy_started_again_at_its_leaders_log_start_opens_empty_there_even_after_a_crash_midway() {
+    use sluice::storage::truncate::{LogRestart, RESTART_FILE, restart_closed};
+    let (dir, crashed_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let start = LogPosition(3 << 20);
+    let runtime = support::runtime(IoBackend::Epoll);
+    runtime.block_on(async {
+        let (store, ids) = store_with_partitions(dir.path());
+        let mut sequence = 0;
+        for round in 0..6 {
+            write_round(&store, &ids, round, &mut sequence).await;
+        }
+        store.sync().await.expect("synced");
+        assert!(store.offsets(ids[0]).unwrap().next_offset > Offset(0));
+        let options = store.options().clone();
+        support::shutdown(&store).await;
+        drop(store);
+        let copied = std::process::Command::new("cp")
+            .args(["-a", "--", &format!("{}/.", dir.path().display())])
+            .arg(crashed_dir.path())
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let offsets = vec![
+            (ids[0], Offset(500)),
+            (ids[1], Offset(7)),
+            (ids[2], Offset(0)),
+        ];
+        let check = |options: sluice::storage::StoreOptions| {
+            let ids = ids.clone();
+            async move {
+                let store = ShardStore::open(options).expect("reopens");
+                assert_eq!(store.log_start(), start);
+                assert_eq!(store.log_ends().0, start, "empty");
+                let next: Vec<(Offset, Offset)> = ids
+                    .iter()
+                    .map(|&id| {
+                        let offsets = store.offsets(id).unwrap();
+                        (offsets.log_start_offset, offsets.next_offset)
+                    })
+                    .collect();
+                assert_eq!(
+                    next,
+                    [
+                        (Offset(500), Offset(500)),
+                        (Offset(7), Offset(7)),
+                        (Offset(0), Offset(0))
+                    ]
+                );
+                let bytes = support::batch("after", 3, 100);
+                let receipt = store
+                    .append(ids[0], support::validated(&bytes), Durability::Buffered)
+                    .await
+                    .expect("appended");
+                assert_eq!(receipt.base_offset, Offset(500));
+                support::shutdown(&store).await;
+            }
+        };
+        restart_closed(
+            &options,
+            &LogRestart {
+                start,
+                offsets: offsets.clone(),
+            },
+        )
+        .expect("restarted");
+        check(options.clone()).await;
+        // Killed right after writing the restart down.
+        let crashed = sluice::storage::StoreOptions {
+            data_dir: crashed_dir.path().to_owned(),
+            ..options
+        };
+        let record = format!(
+            "{{\"start\":{},\"offsets\":[{}]}}",
+            start.0,
+            offsets
+                .iter()
+                .map(|(id, offset)| format!("[{},{}]", id.0, offset.0))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        std::fs::write(
+            crashed_dir.path().join("shard-0").join(RESTART_FILE),
+            record,
+        )
+        .unwrap();
+        check(crashed).await;
+    });
+}
