@@ -84,9 +84,10 @@ enum TopicsCommand {
         /// Kafka's `num.partitions`) when not given.
         #[arg(long, short = 'p')]
         partitions: Option<i32>,
-        /// Replicas per partition; the broker's default when not given (a
-        /// single node takes 1).
-        #[arg(long, short = 'r')]
+        /// Replicas per partition; the broker's default when not given or
+        /// -1 (a single node takes 1; a cluster takes 1 up to
+        /// `cluster.replication_factor` and gives every topic that many).
+        #[arg(long, short = 'r', allow_negative_numbers = true)]
         replication_factor: Option<i16>,
         /// Topic config, KEY=VALUE (repeatable), e.g. retention.ms=3600000.
         #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]

@@ -76,8 +76,11 @@ pub enum TopicError {
     InvalidPartitions(String),
     #[error("{0}")]
     InvalidConfig(ConfigIssue),
-    #[error("replication factor {0} is not supported by a single broker; use 1 or -1")]
-    InvalidReplicationFactor(i16),
+    /// A replication factor past the copies the cluster keeps (1 on a
+    /// single node; `cluster.replication_factor` in a cluster, where every
+    /// topic gets that many, at least what was asked).
+    #[error("{}", replication_factor_refusal(*asked, *copies))]
+    InvalidReplicationFactor { asked: i16, copies: i16 },
     /// A request refused whole (INVALID_REQUEST).
     #[error("{0}")]
     InvalidRequest(String),
@@ -91,6 +94,18 @@ pub enum TopicError {
     /// The shard owning a partition stopped (the broker is shutting down).
     #[error("{0}")]
     ShardGone(#[from] ShardGone),
+}
+
+fn replication_factor_refusal(asked: i16, copies: i16) -> String {
+    if copies == 1 {
+        format!("replication factor {asked} is not supported by a single broker; use 1 or -1")
+    } else {
+        format!(
+            "replication factor {asked} is not possible: this cluster keeps {copies} copies of \
+             every partition (cluster.replication_factor); ask for 1 to {copies} (each topic \
+             gets {copies}) or -1"
+        )
+    }
 }
 
 /// Why a change of dynamic broker settings was not made.

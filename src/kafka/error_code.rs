@@ -101,7 +101,9 @@ pub fn for_topic(error: &TopicError) -> i16 {
         TopicError::UnknownId(_) => ResponseError::UnknownTopicId.code(),
         TopicError::InvalidPartitions(_) => ResponseError::InvalidPartitions.code(),
         TopicError::InvalidConfig(_) => ResponseError::InvalidConfig.code(),
-        TopicError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor.code(),
+        TopicError::InvalidReplicationFactor { .. } => {
+            ResponseError::InvalidReplicationFactor.code()
+        }
         TopicError::InvalidRequest(_) => ResponseError::InvalidRequest.code(),
         TopicError::Metadata(_) | TopicError::Storage { .. } | TopicError::ShardGone(_) => {
             ResponseError::KafkaStorageError.code()

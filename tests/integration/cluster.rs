@@ -315,6 +315,33 @@ fn three_nodes_agree_on_the_cluster_and_on_topics_changed_through_any_node() {
     for broker in &brokers {
         assert!(topic_id(&metadata(&broker.address), "shared").is_none());
     }
+    // A replication factor up to the cluster's is taken (every topic gets
+    // the cluster's three copies); more is refused with the reason (found
+    // by the fresh-user trial: RF 3 was refused as "a single broker").
+    let admin = kafka_clients::admin(&brokers[0].address);
+    let create = |name: &str, factor: i32| {
+        let topic =
+            rdkafka::admin::NewTopic::new(name, 2, rdkafka::admin::TopicReplication::Fixed(factor));
+        let options = rdkafka::admin::AdminOptions::new();
+        futures_executor::block_on(admin.create_topics([&topic], &options))
+            .unwrap()
+            .remove(0)
+    };
+    create("three-copies", 3).expect("RF 3 taken");
+    create("one-copy", 1).expect("RF 1 taken");
+    let replicas = |name: &str| {
+        topic_partitions(&brokers[1].address, name)
+            .iter()
+            .map(|partition| partition.replica_nodes.len())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(replicas("three-copies"), [3, 3]);
+    assert_eq!(replicas("one-copy"), [3, 3], "at least what was asked");
+    let refused = create("four-copies", 4);
+    assert!(
+        matches!(&refused, Err((_, code)) if *code == rdkafka::types::RDKafkaErrorCode::InvalidReplicationFactor),
+        "{refused:?}"
+    );
     // Dynamic broker settings: the cluster default, set through any node;
     // per-node ones are refused until the metadata keeps one set per node.
     let mut wire = Wire::connect(&brokers[0].address);

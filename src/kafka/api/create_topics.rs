@@ -41,8 +41,17 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             ));
             continue;
         }
-        if topic.replication_factor != -1 && topic.replication_factor != 1 {
-            let error = TopicError::InvalidReplicationFactor(topic.replication_factor);
+        // Every partition gets the copies of its shard group: a topic asking
+        // for fewer gets more than it asked, never fewer.
+        let copies = broker
+            .metadata
+            .snapshot()
+            .placement
+            .as_ref()
+            .map_or(1, |placement| placement.replication_factor as i16);
+        let asked = topic.replication_factor;
+        if asked != -1 && !(1..=copies).contains(&asked) {
+            let error = TopicError::InvalidReplicationFactor { asked, copies };
             results.push(failed(
                 result,
                 error_code::for_topic(&error),
@@ -51,6 +60,15 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             continue;
         }
         let node = broker.config.kafka.node_id;
+        if copies > 1 && !topic.assignments.is_empty() {
+            results.push(failed(
+                result,
+                ResponseError::InvalidReplicaAssignment.code(),
+                "this cluster places each partition on its shard group's members: omit the \
+                 replica assignment",
+            ));
+            continue;
+        }
         if topic
             .assignments
             .iter()
