@@ -530,6 +530,9 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     );
     wait_for_termination(signals);
     metrics.set_ready(false);
+    if let (Some(controller), Some(cluster)) = (&controller, &config.cluster) {
+        sluice::cluster::leave(controller, &broker, cluster);
+    }
     let failures = runtime.shutdown();
     for (shard, error) in &failures {
         let reason = error_chain(error);

@@ -54,6 +54,37 @@ pub fn check_identity(
     Ok(node)
 }
 
+/// Before this node stops (SIGTERM): hand the shard groups it leads to
+/// in-sync followers through the controller ([`ControllerHandle::leave`]),
+/// waiting at most `cluster.session_timeout_ms`, the longest a crash would
+/// leave them without a leader. Logs the outcome.
+pub fn leave(handle: &ControllerHandle, broker: &Broker, cluster: &ClusterConfig) {
+    let node_id = u64::try_from(cluster.node_id).expect("validated: node ids are >= 0");
+    let timeout = Duration::from_millis(cluster.session_timeout_ms);
+    let started = Instant::now();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::warn!(%error, "cannot hand this node's shard groups over before stopping; they fail over after cluster.session_timeout_ms");
+            return;
+        }
+    };
+    if runtime.block_on(handle.leave(&broker.metadata, node_id, timeout)) {
+        tracing::info!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            "handed the shard groups this node led to in-sync followers (controlled shutdown)"
+        );
+    } else {
+        tracing::warn!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            "could not hand this node's shard groups over before stopping (no controller majority?); they fail over after cluster.session_timeout_ms"
+        );
+    }
+}
+
 /// Refuse to start a single node on a cluster node's data dir (one with a
 /// `node.toml`): it would serve none of the cluster's topics and create
 /// new ones beside them.

@@ -2206,6 +2206,46 @@ fn a_copy_behind_its_leaders_log_start_starts_again_there_and_serves_the_same_of
     stop_caught_up(&cluster, brokers.into_iter().flatten());
 }
 
+/// Issue 16 (found by the fresh-user trial): a node stopped with SIGTERM
+/// hands its shard groups to in-sync followers and leaves the in-sync
+/// sets before it exits (Kafka's controlled shutdown), instead of leaving
+/// them leaderless for the 6 s session timeout; restarted, it registers
+/// and rejoins (mutation: no hand-over → node 1 still leads when it has
+/// exited).
+#[test]
+fn a_node_stopped_with_sigterm_hands_its_groups_over_before_it_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(dir.path());
+    let mut brokers: Vec<Option<BrokerProcess>> =
+        cluster.start_all().into_iter().map(Some).collect();
+    let watcher = cluster.nodes[1].kafka.clone();
+    kafka_clients::create_topic(&watcher, "handover", 6, &[]);
+    let states = || partition_states(&watcher, "handover");
+    eventually("every follower in sync", || {
+        states().iter().all(|(_, in_sync)| in_sync.len() == 3)
+    });
+    assert!(states().iter().any(|(leader, _)| *leader == 1));
+    let status = brokers[0].take().unwrap().stop();
+    assert_eq!(status.code(), Some(0));
+    let after = states();
+    assert!(
+        after
+            .iter()
+            .all(|(leader, in_sync)| *leader != 1 && !in_sync.contains(&1)),
+        "node 1 led or was in sync after it exited: {after:?}"
+    );
+    assert_eq!(
+        produce_acks_all(&watcher, "handover", 0, 5000),
+        0,
+        "acks=all goes on at once"
+    );
+    brokers[0] = Some(cluster.start(1));
+    eventually("node 1 in sync again", || {
+        states().iter().all(|(_, in_sync)| in_sync.len() == 3)
+    });
+    stop_all(brokers.into_iter().flatten());
+}
+
 /// Issue 16's isolation round: node 1 runs in its own network namespace
 /// and leads some partitions when its link is taken down. Alone, it
 /// acknowledges no acks=all write, even to a client that still reaches it

@@ -274,9 +274,60 @@ pub struct ControllerHandle {
     refused: Arc<std::sync::Mutex<Option<String>>>,
     /// Whether this node's registration was committed since it started.
     registered: Arc<AtomicBool>,
+    /// Set by [`ControllerHandle::leave`]: this node no longer registers.
+    leaving: Arc<AtomicBool>,
 }
 
 impl ControllerHandle {
+    /// Controlled shutdown (Kafka's ControlledShutdown; KIP-631's broker
+    /// heartbeat asking to shut down): stop registering this node and
+    /// fence it through the controller, so that each shard group it leads
+    /// gets an in-sync follower as leader now instead of after
+    /// `cluster.session_timeout_ms`, then wait until `store` shows no
+    /// group led by this node that another in-sync member could lead. At
+    /// most `timeout`; false when that did not happen in time (no
+    /// controller majority: the groups then fail over as after a crash).
+    pub async fn leave(&self, store: &MetadataStore, node_id: u64, timeout: Duration) -> bool {
+        self.leaving.store(true, Ordering::Relaxed);
+        // Nothing to hand over when this node leads no group another
+        // in-sync member could take and is in no other leader's in-sync
+        // set (the last node of a cluster stopping, which could not fence
+        // itself without a majority anyway).
+        let snapshot = store.snapshot();
+        let needed = snapshot.placement.as_ref().is_some_and(|placement| {
+            placement
+                .groups
+                .iter()
+                .any(|group| group.in_sync.len() > 1 && group.in_sync.contains(&node_id))
+        });
+        if !needed {
+            return true;
+        }
+        let deadline = Instant::now() + timeout;
+        let handed_over = || {
+            let snapshot = store.snapshot();
+            let fenced = snapshot.nodes.get(&node_id).is_some_and(|node| node.fenced);
+            let still_leading = snapshot.placement.as_ref().is_some_and(|placement| {
+                placement
+                    .groups
+                    .iter()
+                    .any(|group| group.leader == node_id && group.in_sync.len() > 1)
+            });
+            fenced && !still_leading
+        };
+        let fence = self.propose(ControllerCommand::FenceNode { node_id });
+        if tokio::time::timeout(timeout, fence).await.is_err() {
+            return false;
+        }
+        while !handed_over() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Propose `command` and wait until it is committed and applied on this
     /// node (then the store's snapshot shows it).
     pub async fn propose(
@@ -412,10 +463,12 @@ pub fn start(
     let leader = Arc::new(AtomicI64::new(-1));
     let refused = Arc::new(std::sync::Mutex::new(None));
     let registered = Arc::new(AtomicBool::new(false));
+    let leaving = Arc::new(AtomicBool::new(false));
     let handle = ControllerHandle {
         proposals,
         calls,
         registered: Arc::clone(&registered),
+        leaving: Arc::clone(&leaving),
         broker_service: Arc::clone(&broker_service),
         leader: Arc::clone(&leader),
         refused: Arc::clone(&refused),
@@ -442,6 +495,7 @@ pub fn start(
                     leader,
                     refused,
                     registered,
+                    leaving,
                     broker_service,
                 };
                 let shards = local.shards;
@@ -474,6 +528,7 @@ struct Shared {
     leader: Arc<AtomicI64>,
     refused: Arc<std::sync::Mutex<Option<String>>>,
     registered: Arc<AtomicBool>,
+    leaving: Arc<AtomicBool>,
     broker_service: BrokerService,
 }
 
@@ -505,6 +560,8 @@ struct Member {
     refused: Arc<std::sync::Mutex<Option<String>>>,
     /// Set once this node's registration is committed after its start.
     registered: Arc<AtomicBool>,
+    /// Set when this node shuts down: it no longer registers.
+    leaving: Arc<AtomicBool>,
     /// Per peer, the broker calls that may be in flight to it at once.
     peer_call_slots: BTreeMap<u64, Arc<tokio::sync::Semaphore>>,
 }
@@ -522,6 +579,7 @@ impl Member {
             leader,
             refused,
             registered,
+            leaving,
             broker_service,
         } = shared;
         let node_id = u64::try_from(config.node_id).expect("validated: node ids are >= 0");
@@ -653,6 +711,7 @@ impl Member {
             reported_applied: 0,
             refused,
             registered,
+            leaving,
             peer_call_slots,
         })
     }
@@ -950,6 +1009,9 @@ impl Member {
         };
         // Registered once per start even when the stored metadata lists
         // this node: the commit proves a live majority (see `registered`).
+        if self.leaving.load(Ordering::Relaxed) {
+            return;
+        }
         if !self.registered.load(Ordering::Relaxed)
             || snapshot.nodes.get(&self.identity.node_id) != Some(&me)
         {
