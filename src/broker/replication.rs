@@ -391,6 +391,7 @@ async fn replicate(broker: Arc<Broker>, context: Rc<ShardContext>, group: u32) {
                     Ok(()) => {
                         if role != Role::Starting || epoch > 0 {
                             tracing::info!(%shard, group, leader_epoch = epoch, "this node leads a shard group now");
+                            metrics::counter!(crate::telemetry::names::GROUP_LEADERSHIPS_TAKEN, "group" => group.to_string()).increment(1);
                         }
                         role = Role::Leading(epoch);
                     }

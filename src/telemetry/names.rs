@@ -61,6 +61,11 @@ pub const REPLICA_LAG_BYTES: &str = "sluice_replica_lag_bytes";
 pub const REPLICA_COPIED_BYTES: &str = "sluice_replica_copied_bytes_total";
 pub const GROUP_IN_SYNC_REPLICAS: &str = "sluice_group_in_sync_replicas";
 pub const GROUP_REPLICAS: &str = "sluice_group_replicas";
+pub const GROUP_LEADERSHIPS_TAKEN: &str = "sluice_group_leaderships_taken_total";
+pub const CLUSTER_CONTROLLER_LEADER: &str = "sluice_cluster_controller_leader";
+pub const CLUSTER_NODES: &str = "sluice_cluster_nodes";
+pub const CLUSTER_GROUPS_OFFLINE: &str = "sluice_cluster_groups_offline";
+pub const CLUSTER_GROUPS_UNDER_REPLICATED: &str = "sluice_cluster_groups_under_replicated";
 
 pub const RECOVERY_DURATION: &str = "sluice_recovery_duration_seconds";
 pub const RECOVERY_TRUNCATED_BYTES: &str = "sluice_recovery_truncated_bytes";
@@ -276,6 +281,34 @@ pub fn describe() {
         GROUP_REPLICAS,
         Unit::Count,
         "Members of a shard group this node leads, by group (the replication factor)."
+    );
+    describe_counter!(
+        GROUP_LEADERSHIPS_TAKEN,
+        Unit::Count,
+        "Times this node began to lead a shard group after a failover or a move back, by \
+         group (cluster nodes only)."
+    );
+    describe_gauge!(
+        CLUSTER_CONTROLLER_LEADER,
+        "The controller leader's node id as this node knows it; -1 while none is known (no \
+         majority of the peers reachable)."
+    );
+    describe_gauge!(
+        CLUSTER_NODES,
+        Unit::Count,
+        "Registered cluster nodes by state (live, fenced), as this node's metadata says."
+    );
+    describe_gauge!(
+        CLUSTER_GROUPS_OFFLINE,
+        Unit::Count,
+        "Shard groups whose leader is fenced (no in-sync member could take over): their \
+         partitions take no writes and serve no reads."
+    );
+    describe_gauge!(
+        CLUSTER_GROUPS_UNDER_REPLICATED,
+        Unit::Count,
+        "Shard groups with fewer members in sync than members, as this node's metadata says \
+         (the same on every node)."
     );
     describe_gauge!(
         PARTITION_LSO_LAG,

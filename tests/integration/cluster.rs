@@ -1389,6 +1389,40 @@ fn a_killed_leaders_groups_move_to_in_sync_followers_and_it_follows_when_restart
     for &index in &led_by_victim {
         assert_eq!(epochs[index], 1, "partition {index}: the next leader epoch");
     }
+    // What an operator's alerts read, on a survivor.
+    let gauge = |name: &str| {
+        metric_values(&survivor.metrics, name)
+            .iter()
+            .map(|(series, value)| format!("{series} {value}"))
+            .collect::<Vec<_>>()
+    };
+    eventually("the cluster gauges show the fenced node", || {
+        gauge("sluice_cluster_nodes")
+            .iter()
+            .any(|line| line == "sluice_cluster_nodes{state=\"fenced\"} 1")
+            && gauge("sluice_cluster_groups_under_replicated")
+                .iter()
+                .any(|line| !line.ends_with(" 0"))
+    });
+    assert_eq!(
+        gauge("sluice_cluster_groups_offline"),
+        ["sluice_cluster_groups_offline 0"]
+    );
+    assert!(
+        gauge("sluice_cluster_controller_leader")
+            .iter()
+            .any(|line| !line.ends_with(" -1")),
+        "{:?}",
+        gauge("sluice_cluster_controller_leader")
+    );
+    let taken: f64 = cluster
+        .nodes
+        .iter()
+        .filter(|node| node.id != victim)
+        .flat_map(|node| metric_values(&node.metrics, "sluice_group_leaderships_taken_total"))
+        .map(|(_, value)| value)
+        .sum();
+    assert!(taken >= 1.0, "a survivor counted its takeover");
     // acks=all goes on with two of three in sync (min.insync.replicas 2).
     sent.extend(produce_idempotently(
         &survivor.kafka,

@@ -957,6 +957,7 @@ impl Member {
         self.publish_leader(metrics.current_leader, metrics.current_term);
         let leader = metrics.current_leader.map_or(-1, |id| id as i64);
         let snapshot = self.store.snapshot();
+        publish_cluster_gauges(self.leader.load(Ordering::Relaxed), &snapshot);
         if !snapshot.cluster_id.is_empty() && self.identity.cluster_id() != snapshot.cluster_id {
             if let Err(error) = self.node_identity.record_cluster_id(&snapshot.cluster_id) {
                 tracing::error!(%error, "cannot record the cluster id in node.toml; retrying");
@@ -1037,6 +1038,37 @@ impl Member {
             }
         }
     }
+}
+
+/// The cluster's state as this node sees it, for operators' alerts: the
+/// controller leader, live and fenced nodes, offline and under-replicated
+/// shard groups (the same on every node once the metadata reached it).
+fn publish_cluster_gauges(leader: i64, snapshot: &crate::broker::metadata::ClusterMetadata) {
+    use crate::telemetry::names;
+    metrics::gauge!(names::CLUSTER_CONTROLLER_LEADER).set(leader as f64);
+    let fenced = snapshot.nodes.values().filter(|node| node.fenced).count();
+    metrics::gauge!(names::CLUSTER_NODES, "state" => "live")
+        .set((snapshot.nodes.len() - fenced) as f64);
+    metrics::gauge!(names::CLUSTER_NODES, "state" => "fenced").set(fenced as f64);
+    let groups = snapshot
+        .placement
+        .as_ref()
+        .map_or(&[][..], |placement| &placement.groups[..]);
+    let offline = groups
+        .iter()
+        .filter(|group| {
+            snapshot
+                .nodes
+                .get(&group.leader)
+                .is_none_or(|node| node.fenced)
+        })
+        .count();
+    let under_replicated = groups
+        .iter()
+        .filter(|group| group.in_sync.len() < group.members.len())
+        .count();
+    metrics::gauge!(names::CLUSTER_GROUPS_OFFLINE).set(offline as f64);
+    metrics::gauge!(names::CLUSTER_GROUPS_UNDER_REPLICATED).set(under_replicated as f64);
 }
 
 /// Ask every other peer for its cluster id and registered nodes: (peer id,
