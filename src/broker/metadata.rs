@@ -782,6 +782,27 @@ impl ClusterMetadata {
         }
     }
 
+    /// Node `node` registered again after a restart: a new incarnation,
+    /// which may lack the tail of its log that its followers copied (a
+    /// power cut loses what it had not fsynced; a damaged disk, more). As
+    /// Kafka's controller does for a broker back from an unclean shutdown
+    /// (KIP-966), it leaves every in-sync set and each group it led gets
+    /// another in-sync member as leader ([`ClusterMetadata::elect_leaders_
+    /// without`]); a group with none keeps it as leader, alone in sync, at
+    /// the next leader epoch, so that the other copies cut what it lacks
+    /// by epoch instead of asking it for positions past its end.
+    pub fn restart_node(&mut self, node: u64) {
+        self.elect_leaders_without(node);
+        let Some(placement) = self.placement.as_mut() else {
+            return;
+        };
+        for group in &mut placement.groups {
+            if group.leader == node {
+                group.leader_epoch += 1;
+            }
+        }
+    }
+
     /// The shard groups led by another member than their preferred leader
     /// (their first member) while that one is live (not fenced) and in
     /// sync: what [`ClusterMetadata::elect_preferred_leaders`] would move.
@@ -1200,6 +1221,34 @@ mod tests {
         assert!(
             metadata.elect_preferred_leaders(&[0]).is_empty(),
             "nothing left to move"
+        );
+    }
+
+    #[test]
+    fn a_restarted_node_leaves_the_in_sync_sets_and_leads_only_where_it_is_alone_at_a_new_epoch() {
+        let statics = StaticSettings::from_config(&Config::default());
+        let mut metadata = three_live_nodes(&statics);
+        {
+            let placement = metadata.placement.as_mut().unwrap();
+            placement.groups[0].in_sync = vec![1, 2, 3];
+            placement.groups[1].in_sync = vec![2, 1];
+            placement.groups[2].leader = 1;
+            placement.groups[2].in_sync = vec![1];
+        }
+        metadata.restart_node(1);
+        let groups = &metadata.placement.as_ref().unwrap().groups;
+        assert_eq!((groups[0].leader, groups[0].leader_epoch), (2, 1));
+        assert_eq!(groups[0].in_sync, [2, 3]);
+        assert_eq!((groups[1].leader, groups[1].leader_epoch), (2, 0));
+        assert_eq!(groups[1].in_sync, [2]);
+        assert_eq!(
+            (
+                groups[2].leader,
+                groups[2].leader_epoch,
+                groups[2].in_sync.clone()
+            ),
+            (1, 1, vec![1]),
+            "alone in sync: it keeps leading, at the next epoch"
         );
     }
 

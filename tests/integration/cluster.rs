@@ -2280,6 +2280,93 @@ fn a_node_stopped_with_sigterm_hands_its_groups_over_before_it_exits() {
     stop_all(brokers.into_iter().flatten());
 }
 
+/// Issue 16 (the breaker trial's D1): a leader killed and back before the
+/// session timeout fences it, with the tail of its own log lost (a power
+/// cut, a damaged disk), used to lead again at the same epoch with a
+/// shorter log: the followers asked it for positions past its end for
+/// good and acknowledged records were lost. Its registration is a new
+/// incarnation now: it leaves the in-sync sets and its groups go to
+/// in-sync followers (KIP-966), so every acknowledged record is still at
+/// its offset and the copies agree (mutation: registration changes no
+/// leadership → node 1 leads again and records are lost).
+#[test]
+fn a_leader_back_before_it_is_fenced_with_its_log_tail_lost_leads_nothing_until_in_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::with_config(dir.path(), "");
+    let mut brokers: Vec<Option<BrokerProcess>> =
+        cluster.start_all().into_iter().map(Some).collect();
+    let watcher = cluster.nodes[1].kafka.clone();
+    kafka_clients::create_topic(&watcher, "torn", 6, &[]);
+    let states = || partition_states(&watcher, "torn");
+    eventually("every follower in sync", || {
+        states().iter().all(|(_, in_sync)| in_sync.len() == 3)
+    });
+    let led: Vec<usize> = states()
+        .iter()
+        .enumerate()
+        .filter(|(_, (leader, _))| *leader == 1)
+        .map(|(index, _)| index)
+        .collect();
+    assert!(!led.is_empty(), "node 1 leads a partition");
+    let (producer, acks) = kafka_clients::producer(&watcher, &[("enable.idempotence", "true")]);
+    for n in 0..120 {
+        let payload = format!("torn-{n}");
+        let partition = Some(led[n % led.len()] as i32);
+        kafka_clients::send(&producer, "torn", partition, None, payload.as_bytes(), &[]);
+    }
+    let delivered = kafka_clients::flush(&producer, &acks);
+    brokers[0].take().unwrap().kill9();
+    // The last 120 bytes of node 1's own logs (not its copies of the
+    // others'): acknowledged records the followers also hold.
+    for shard in 0..2 {
+        let log = cluster.nodes[0].data.join(format!("shard-{shard}/log"));
+        for base in sluice::storage::segment::list_segments(&log).unwrap() {
+            let path = sluice::storage::segment::segment_path(&log, base);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let end = bytes
+                .iter()
+                .rposition(|&byte| byte != 0)
+                .map_or(0, |at| at + 1);
+            if end > 120 {
+                bytes[end - 120..end].fill(0);
+                std::fs::write(&path, &bytes).unwrap();
+            }
+        }
+    }
+    brokers[0] = Some(cluster.start(1));
+    let after = states();
+    assert!(
+        led.iter().all(|&index| after[index].0 != 1),
+        "node 1 leads nothing it may lack: {after:?}"
+    );
+    let mut sent = produce_idempotently(&watcher, "torn", 6, "after", 60);
+    eventually("every follower in sync", || {
+        states().iter().all(|(_, in_sync)| in_sync.len() == 3)
+    });
+    let consumed = kafka_clients::consume_all(&watcher, "torn", 6, Duration::from_secs(2));
+    let at: BTreeMap<(i32, i64), &Vec<u8>> = consumed
+        .iter()
+        .map(|record| ((record.partition, record.offset), &record.payload))
+        .collect();
+    for record in &delivered {
+        assert_eq!(
+            at.get(&(record.partition, record.offset)),
+            Some(&&record.payload),
+            "acknowledged at {}-{}",
+            record.partition,
+            record.offset
+        );
+    }
+    let got: std::collections::BTreeSet<Vec<u8>> = consumed
+        .iter()
+        .map(|record| record.payload.clone())
+        .collect();
+    assert_eq!(consumed.len(), got.len(), "no record twice");
+    sent.retain(|payload| !got.contains(payload));
+    assert!(sent.is_empty(), "{} acknowledged records lost", sent.len());
+    stop_caught_up(&cluster, brokers.into_iter().flatten());
+}
+
 /// Issue 16's isolation round: node 1 runs in its own network namespace
 /// and leads some partitions when its link is taken down. Alone, it
 /// acknowledges no acks=all write, even to a client that still reaches it

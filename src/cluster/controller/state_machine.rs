@@ -160,6 +160,11 @@ impl StateMachine {
                             // the node logs its own joining.
                             tracing::debug!(node_id, host = %node.host, port = node.port, shards, "node registered");
                         }
+                        // A node registers once per start: one already
+                        // listed is a new incarnation of it.
+                        if metadata.nodes.contains_key(node_id) {
+                            metadata.restart_node(*node_id);
+                        }
                         metadata.nodes.insert(*node_id, node);
                         None
                     }
