@@ -888,6 +888,21 @@ pub async fn serve(
     request: FetchRequest,
 ) -> Result<Vec<u8>, (u16, String)> {
     let shard = shard_of_group(&shards, &broker, request.group)?;
+    // Only the group's other members copy it: what the leader keeps per
+    // follower stays bounded by the replication factor (found by the
+    // breaker trial: invented node ids each added an entry for good).
+    let follower = group_record(&broker, request.group).is_some_and(|record| {
+        record.members.contains(&request.node) && request.node != own_id(&broker)
+    });
+    if !follower {
+        return Err((
+            403,
+            format!(
+                "node {} is not a follower of shard group {}",
+                request.node, request.group
+            ),
+        ));
+    }
     let max_bytes = request.max_bytes.min(FETCH_BYTES_MAX) as usize;
     let wait = Duration::from_millis(u64::from(request.wait_ms)).min(FETCH_WAIT_MAX);
     let from = LogPosition(request.from);

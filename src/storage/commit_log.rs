@@ -165,6 +165,28 @@ impl CommitLog {
             })?;
             segments.push_back(first);
         }
+        let block = block_bytes as u64;
+        if let Some(active) = segments
+            .back_mut()
+            .filter(|active| !active.size_bytes.is_multiple_of(block))
+        {
+            // Found by the breaker trial: a file shortened outside Sluice
+            // (every written byte still in it) aborted the shard, since
+            // writes go whole blocks at a time.
+            let aligned = active.size_bytes.next_multiple_of(block);
+            tracing::warn!(segment = %active.path.display(), size_bytes = active.size_bytes, aligned, "the last commit-log segment's length is not a multiple of the I/O block (the file was shortened outside Sluice); extending it with zeros");
+            let extended = active
+                .writer
+                .file
+                .set_len(aligned)
+                .and_then(|()| active.writer.file.sync_all());
+            extended.map_err(|source| SegmentError::Preallocate {
+                path: active.path.clone(),
+                size_bytes: aligned,
+                source,
+            })?;
+            active.size_bytes = aligned;
+        }
         let mut appender = Appender::new(options.chunk_bytes, block_bytes, options.write_buffers);
         let active = segments.back().expect("at least one segment");
         assert!(

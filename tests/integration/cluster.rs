@@ -942,6 +942,19 @@ fn forged_transaction_requests_between_nodes_are_refused_and_the_node_keeps_serv
         forged.to_string().as_bytes(),
     );
     assert!(status.contains("409"), "{status} {answer}");
+    // A node id that is no member of the group is refused before the
+    // leader keeps anything for it.
+    let invented = serde_json::json!({
+        "group": group, "node": 7, "leader_epoch": 0, "from": 0,
+        "durable": u64::MAX, "max_bytes": 1024, "wait_ms": 0,
+    });
+    let (status, answer) = cluster_post(
+        listener,
+        sender,
+        "/broker/replica/fetch",
+        invented.to_string().as_bytes(),
+    );
+    assert!(status.contains("403"), "{status} {answer}");
     signal(&brokers[sender - 1], "STOP");
     let code = produce_acks_all(&brokers[node - 1].address, "guarded", partition, 1500);
     signal(&brokers[sender - 1], "CONT");

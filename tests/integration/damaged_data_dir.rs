@@ -511,3 +511,54 @@ fn a_segment_cut_under_a_running_broker_gets_a_storage_error_never_a_torn_respon
     let tail = &log[log.len().saturating_sub(15)..];
     assert_eq!(status.code(), Some(0), "the broker's last lines: {tail:#?}");
 }
+
+/// Found by the breaker trial (issue 16): the last segment's file
+/// shortened outside Sluice to a length that is not a multiple of the I/O
+/// block, every written byte still in it, aborted both shards at start
+/// ("segment size is block-aligned"). The file is extended with zeros and
+/// logged; every record is still served and new ones are taken (mutation:
+/// no extension → the broker aborts at start).
+#[test]
+fn a_last_segment_shortened_to_an_unaligned_length_is_extended_and_serves_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    fill_and_stop(dir.path(), "shortened");
+    for shard in 0..SHARDS {
+        let log = dir.path().join(format!("shard-{shard}/log"));
+        let last = sluice::storage::segment::list_segments(&log)
+            .unwrap()
+            .into_iter()
+            .last()
+            .unwrap();
+        let path = sluice::storage::segment::segment_path(&log, last);
+        let bytes = std::fs::read(&path).unwrap();
+        let end = bytes
+            .iter()
+            .rposition(|&byte| byte != 0)
+            .map_or(0, |at| at + 1);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(end as u64 + 100).unwrap();
+    }
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    assert!(
+        broker.log_contains("is not a multiple of the I/O block"),
+        "the extension is logged"
+    );
+    let mut wire = Wire::connect(&broker.address);
+    for partition in 0..PARTITIONS {
+        let (code, high_watermark, _) = fetch_from_start(&mut wire, "shortened", partition);
+        assert_eq!(code, 0);
+        assert_eq!(
+            high_watermark,
+            BATCHES as i64 * RECORDS,
+            "partition {partition}"
+        );
+        let code = produce_code(
+            &mut wire,
+            "shortened",
+            partition,
+            batch(RECORDS as usize, 30),
+        );
+        assert_eq!(code, 0, "partition {partition} takes writes");
+    }
+    assert_eq!(broker.stop().code(), Some(0));
+}
