@@ -547,11 +547,7 @@ fn a_last_segment_shortened_to_an_unaligned_length_is_extended_and_serves_everyt
     for partition in 0..PARTITIONS {
         let (code, high_watermark, _) = fetch_from_start(&mut wire, "shortened", partition);
         assert_eq!(code, 0);
-        assert_eq!(
-            high_watermark,
-            BATCHES as i64 * RECORDS,
-            "partition {partition}"
-        );
+        assert_eq!(high_watermark, BATCHES * RECORDS, "partition {partition}");
         let code = produce_code(
             &mut wire,
             "shortened",
