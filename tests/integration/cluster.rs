@@ -968,6 +968,65 @@ fn forged_transaction_requests_between_nodes_are_refused_and_the_node_keeps_serv
     stop_all(brokers);
 }
 
+/// Breaker trial D4 (issue 16): a transaction coordinator's write that the
+/// in-sync replicas did not take in time is not acknowledged, and its
+/// state is not kept either: a retry writes it again and waits again. It
+/// used to find the unreplicated state, answer at once and write nothing,
+/// so a coordinator taking over never knew the transaction and the
+/// client's abort got a fatal INVALID_TXN_STATE (mutation: state kept →
+/// the retry is acknowledged while the followers are stopped).
+#[test]
+fn a_coordinator_write_the_followers_did_not_take_is_written_again_on_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::with_config(
+        dir.path(),
+        "[cluster]\nsession_timeout_ms = 60000\nreplica_lag_time_max_ms = 60000\n",
+    );
+    let brokers = cluster.start_all();
+    kafka_clients::create_topic(&brokers[0].address, "txn-target", 3, &[]);
+    let transactional_id = "unreplicated";
+    let node = coordinator(&brokers[0].address, 1, transactional_id) as usize;
+    let mut wire = Wire::connect(&brokers[node - 1].address);
+    let (error, producer_id, epoch) =
+        crate::transactions_wire::init(&mut wire, 4, transactional_id, None);
+    assert_eq!(error, 0);
+    let add = |wire: &mut Wire, partition: i32| {
+        crate::transactions_wire::add_partitions(
+            wire,
+            3,
+            transactional_id,
+            (producer_id, epoch),
+            "txn-target",
+            vec![partition],
+        )[0]
+    };
+    assert_eq!(add(&mut wire, 0), 0);
+    let others: Vec<&BrokerProcess> = brokers
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| index + 1 != node)
+        .map(|(_, broker)| broker)
+        .collect();
+    for broker in &others {
+        signal(broker, "STOP");
+    }
+    let first = add(&mut wire, 1);
+    let retried = add(&mut wire, 1);
+    for broker in &others {
+        signal(broker, "CONT");
+    }
+    assert_ne!(first, 0, "not acknowledged without the in-sync followers");
+    assert_ne!(
+        retried, 0,
+        "the retry is not acknowledged either while they are stopped"
+    );
+    let wire = std::cell::RefCell::new(wire);
+    eventually("the retry acknowledged once they are back", || {
+        add(&mut wire.borrow_mut(), 1) == 0
+    });
+    stop_all(brokers);
+}
+
 /// A transaction over hundreds of partitions led by every node ends with
 /// one marker request per node (not one connection per partition, which
 /// ran the peers' cluster listeners out of connections), promptly.

@@ -101,7 +101,7 @@ fn past_concurrent(mut call: impl FnMut() -> i16) -> i16 {
     })
 }
 
-fn add_partitions(
+pub(crate) fn add_partitions(
     wire: &mut Wire,
     version: i16,
     id: &str,

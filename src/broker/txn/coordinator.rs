@@ -437,7 +437,7 @@ impl TxnCoordinator {
         let limits = self.broker.config.storage.stored_batch_limits();
         let batch = ValidatedBatch::validate(&bytes, &limits)
             .map_err(|source| TxnWriteError::InvalidBatch { source })?;
-        let receipt = {
+        let (receipt, previous) = {
             let _writing = self.writer.lock().await;
             // Transactions must be able to end, or their data would hold
             // back the last stable offset: their records go in above the
@@ -445,15 +445,16 @@ impl TxnCoordinator {
             let receipt = store
                 .append_to_free_space(partition, batch, Durability::Fsynced)
                 .await?;
+            let previous = self.describe(id);
             self.apply(id.to_owned(), meta);
-            receipt
+            (receipt, previous)
         };
         if let Some(log) = self.logs.borrow_mut().get_mut(&index) {
             log.records_since_snapshot += 1;
         }
         // Held by the in-sync replicas too: the transaction's state
         // survives the loss of this node (Kafka writes it with acks=all).
-        crate::broker::replication::durable_everywhere(
+        let held = crate::broker::replication::durable_everywhere(
             &self.broker,
             &store,
             TXN_TOPIC,
@@ -461,7 +462,16 @@ impl TxnCoordinator {
             &receipt,
             leader_epoch,
         )
-        .await?;
+        .await;
+        if let Err(error) = held {
+            // Not acknowledged, so a retry must write it again (found by
+            // the breaker trial: a retried AddPartitionsToTxn found the
+            // unreplicated state here and wrote nothing, the coordinator
+            // that took over never knew the transaction, and the client's
+            // abort got a fatal INVALID_TXN_STATE).
+            self.apply(id.to_owned(), previous);
+            return Err(error.into());
+        }
         Ok(())
     }
 
