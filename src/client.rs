@@ -109,6 +109,11 @@ impl KafkaClient {
         }))
     }
 
+    /// The `host:port` this client is connected to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
     fn learn_versions(&mut self) -> Result<(), ClientError> {
         let request = ApiVersionsRequest::default()
             .with_client_software_name(StrBytes::from_static_str("sluice"))

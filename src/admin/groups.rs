@@ -17,26 +17,33 @@ use kafka_protocol::protocol::{Decodable, StrBytes};
 
 use super::offsets::{self, EARLIEST, LATEST, PartitionKey};
 use super::table::Table;
-use super::{AdminResult, describe_error};
+use super::{AdminResult, describe_error, routing};
 use crate::client::KafkaClient;
 
 fn text(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_owned())
 }
 
-fn connect(brokers: &str) -> anyhow::Result<KafkaClient> {
-    Ok(KafkaClient::connect(brokers)?)
+/// A client connected to `group`'s coordinator (in a cluster, one node
+/// coordinates each group).
+fn connect(brokers: &str, group: &str) -> anyhow::Result<KafkaClient> {
+    routing::connect_to_coordinator(brokers, group, routing::GROUP)
 }
 
+/// Every group of every node (each coordinator lists its own).
 pub fn list(brokers: &str) -> AdminResult {
-    let mut client = connect(brokers)?;
-    let response = client.call(&ListGroupsRequest::default())?;
-    if response.error_code != 0 {
-        anyhow::bail!(describe_error(response.error_code, None));
-    }
+    let mut client = KafkaClient::connect(brokers)?;
+    let answers = routing::on_every_node(&mut client, |node| {
+        let response = node.call(&ListGroupsRequest::default())?;
+        if response.error_code != 0 {
+            anyhow::bail!(describe_error(response.error_code, None));
+        }
+        Ok(response.groups)
+    })?;
     let mut table = Table::new(&["GROUP", "STATE", "PROTOCOL-TYPE"]);
-    let mut groups: Vec<_> = response.groups.iter().collect();
+    let mut groups: Vec<_> = answers.iter().flatten().collect();
     groups.sort_by(|a, b| a.group_id.as_str().cmp(b.group_id.as_str()));
+    groups.dedup_by(|a, b| a.group_id == b.group_id);
     for group in groups {
         table.row(vec![
             group.group_id.to_string(),
@@ -216,7 +223,7 @@ fn committed(client: &mut KafkaClient, group: &str) -> anyhow::Result<BTreeMap<P
 }
 
 pub fn describe(brokers: &str, group: &str) -> AdminResult {
-    let mut client = connect(brokers)?;
+    let mut client = connect(brokers, group)?;
     let view = describe_group(&mut client, group)?;
     let committed = committed(&mut client, group)?;
     if view.state == "Dead" && committed.is_empty() {
@@ -286,7 +293,7 @@ pub fn describe(brokers: &str, group: &str) -> AdminResult {
 }
 
 pub fn delete(brokers: &str, group: &str) -> AdminResult {
-    let mut client = connect(brokers)?;
+    let mut client = connect(brokers, group)?;
     let response = client
         .call(&DeleteGroupsRequest::default().with_groups_names(vec![GroupId(text(group))]))?;
     let result = response
@@ -324,7 +331,7 @@ pub struct ResetRequest<'a> {
 }
 
 pub fn reset_offsets(brokers: &str, reset: &ResetRequest<'_>) -> AdminResult {
-    let mut client = connect(brokers)?;
+    let mut client = connect(brokers, reset.group)?;
     let view = describe_group(&mut client, reset.group)?;
     if reset.execute && view.state != "Empty" && view.state != "Dead" {
         anyhow::bail!(

@@ -7,6 +7,7 @@
 pub mod datetime;
 pub mod groups;
 pub mod offsets;
+pub mod routing;
 pub mod table;
 pub mod topics;
 pub mod transactions;

@@ -1,14 +1,14 @@
 //! Partition offsets for the admin commands: log start, log end and offsets
 //! by time, through ListOffsets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{BrokerId, ListOffsetsRequest, MetadataRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-use super::describe_error;
+use super::{describe_error, routing};
 use crate::client::KafkaClient;
 
 /// ListOffsets timestamp for the log end.
@@ -20,7 +20,38 @@ pub type PartitionKey = (String, i32);
 
 /// For each partition, the offset ListOffsets gives for `timestamp`
 /// (LATEST, EARLIEST or milliseconds); -1 when no record is that late.
+/// Each partition is asked of its leader (in a cluster, the node `client`
+/// is connected to may lead none of them).
 pub fn list_offsets(
+    client: &mut KafkaClient,
+    partitions: &[PartitionKey],
+    timestamp: i64,
+) -> anyhow::Result<BTreeMap<PartitionKey, i64>> {
+    let topics: BTreeSet<&str> = partitions.iter().map(|(topic, _)| topic.as_str()).collect();
+    let leaders = routing::leaders(client, &topics.into_iter().collect::<Vec<_>>())?;
+    let mut by_leader: BTreeMap<&str, Vec<PartitionKey>> = BTreeMap::new();
+    for key in partitions {
+        // Without a known leader, the node asked answers with the reason.
+        let address = leaders.get(key).map_or(client.address(), String::as_str);
+        by_leader.entry(address).or_default().push(key.clone());
+    }
+    let by_leader: Vec<(String, Vec<PartitionKey>)> = by_leader
+        .into_iter()
+        .map(|(address, keys)| (address.to_owned(), keys))
+        .collect();
+    let mut offsets = BTreeMap::new();
+    for (address, keys) in by_leader {
+        let answered = match routing::connect_to(client, &address)? {
+            Some(mut leader) => list_offsets_at(&mut leader, &keys, timestamp)?,
+            None => list_offsets_at(client, &keys, timestamp)?,
+        };
+        offsets.extend(answered);
+    }
+    Ok(offsets)
+}
+
+/// [`list_offsets`] of the node `client` is connected to.
+fn list_offsets_at(
     client: &mut KafkaClient,
     partitions: &[PartitionKey],
     timestamp: i64,

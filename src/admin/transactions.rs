@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::table::Table;
-use super::{AdminResult, describe_error};
+use super::{AdminResult, describe_error, routing};
 use crate::client::KafkaClient;
 
 /// How long `abort` retries while the coordinator is still completing the
@@ -43,6 +43,25 @@ fn text(value: &str) -> StrBytes {
 /// `producer_id`.
 pub fn list(brokers: &str, state: Option<&str>, producer_id: Option<i64>) -> AdminResult {
     let mut client = KafkaClient::connect(brokers)?;
+    let mut listed =
+        routing::on_every_node(&mut client, |node| list_on(node, state, producer_id))?.concat();
+    listed.sort();
+    listed.dedup();
+    let mut table = Table::new(&["TRANSACTIONAL-ID", "PRODUCER-ID", "STATE"]);
+    for (id, producer, state) in listed {
+        table.row(vec![id, producer.to_string(), state]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+/// What one node's transaction coordinators list: (transactional id,
+/// producer id, state).
+fn list_on(
+    client: &mut KafkaClient,
+    state: Option<&str>,
+    producer_id: Option<i64>,
+) -> anyhow::Result<Vec<(String, i64, String)>> {
     // The broker matches state names exactly; accept any case here.
     let state = state.map(|wanted| {
         STATES
@@ -64,22 +83,24 @@ pub fn list(brokers: &str, state: Option<&str>, producer_id: Option<i64>) -> Adm
              CompleteCommit or CompleteAbort"
         );
     }
-    let mut table = Table::new(&["TRANSACTIONAL-ID", "PRODUCER-ID", "STATE"]);
-    for state in &response.transaction_states {
-        table.row(vec![
-            state.transactional_id.to_string(),
-            state.producer_id.0.to_string(),
-            state.transaction_state.to_string(),
-        ]);
-    }
-    print!("{}", table.render());
-    Ok(())
+    Ok(response
+        .transaction_states
+        .iter()
+        .map(|state| {
+            (
+                state.transactional_id.to_string(),
+                state.producer_id.0,
+                state.transaction_state.to_string(),
+            )
+        })
+        .collect())
 }
 
 /// One transactional id: its state, producer, timeout, and the partitions
 /// of its transaction in progress with where it began on each.
 pub fn describe(brokers: &str, transactional_id: &str) -> AdminResult {
-    let mut client = KafkaClient::connect(brokers)?;
+    let mut client =
+        routing::connect_to_coordinator(brokers, transactional_id, routing::TRANSACTION)?;
     let response = client.call(
         &DescribeTransactionsRequest::default()
             .with_transactional_ids(vec![TransactionalId(text(transactional_id))]),
@@ -167,7 +188,8 @@ pub fn describe(brokers: &str, transactional_id: &str) -> AdminResult {
 /// (the coordinator aborts the open transaction with a bumped epoch, so
 /// the old producer's further writes are refused).
 pub fn abort(brokers: &str, transactional_id: &str) -> AdminResult {
-    let mut client = KafkaClient::connect(brokers)?;
+    let mut client =
+        routing::connect_to_coordinator(brokers, transactional_id, routing::TRANSACTION)?;
     let described = client.call(
         &DescribeTransactionsRequest::default()
             .with_transactional_ids(vec![TransactionalId(text(transactional_id))]),

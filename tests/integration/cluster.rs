@@ -1027,6 +1027,53 @@ fn a_coordinator_write_the_followers_did_not_take_is_written_again_on_retry() {
     stop_all(brokers);
 }
 
+/// The admin commands in a cluster (found by the fresh-user trial): asked
+/// through one node, `sluice groups` goes to the group's coordinator,
+/// `sluice groups list` and `sluice transactions list` ask every node, and
+/// offsets are asked of each partition's leader (mutation: ask only the
+/// node given → NotCoordinator, NotLeaderOrFollower, a partial list).
+#[test]
+fn the_admin_commands_ask_the_coordinator_the_leaders_or_every_node() {
+    use crate::consumer_groups::sluice_admin;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(dir.path());
+    let brokers = cluster.start_all();
+    let through = &brokers[0].address;
+    kafka_clients::create_topic(through, "audited", 6, &[]);
+    eventually("every partition led", || {
+        partition_states(through, "audited")
+            .iter()
+            .all(|(leader, _)| *leader > 0)
+    });
+    produce_idempotently(through, "audited", 6, "audited", 60);
+    let group = (0..300)
+        .map(|n| format!("auditors-{n}"))
+        .find(|group| coordinator(through, 0, group) != 1)
+        .expect("a group another node coordinates");
+    let (ok, out) = sluice_admin(
+        through,
+        &[
+            "groups",
+            "reset-offsets",
+            &group,
+            "--topic",
+            "audited",
+            "--to-earliest",
+            "--execute",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = sluice_admin(through, &["groups", "list"]);
+    assert!(ok && out.contains(&group), "{out}");
+    let (ok, out) = sluice_admin(through, &["groups", "describe", &group]);
+    assert!(ok && out.contains("TOTAL-LAG 60"), "{out}");
+    let (ok, out) = sluice_admin(through, &["topics", "describe", "audited"]);
+    assert!(ok, "{out}");
+    let (ok, out) = sluice_admin(through, &["transactions", "list"]);
+    assert!(ok, "{out}");
+    stop_all(brokers);
+}
+
 /// A transaction over hundreds of partitions led by every node ends with
 /// one marker request per node (not one connection per partition, which
 /// ran the peers' cluster listeners out of connections), promptly.
