@@ -144,21 +144,40 @@ pub fn describe(brokers: &str, transactional_id: &str) -> AdminResult {
     if state.topics.is_empty() {
         return Ok(());
     }
-    let producers = client.call(
-        &DescribeProducersRequest::default().with_topics(
-            state
-                .topics
-                .iter()
-                .map(|topic| {
-                    TopicRequest::default()
-                        .with_name(topic.topic.clone())
-                        .with_partition_indexes(topic.partitions.clone())
-                })
-                .collect(),
-        ),
-    )?;
-    let mut table = Table::new(&["TOPIC", "PARTITION", "OPEN-SINCE-OFFSET"]);
-    for topic in &producers.topics {
+    // Each partition's producers are known to its leader.
+    let names: Vec<&str> = state
+        .topics
+        .iter()
+        .map(|topic| topic.topic.as_str())
+        .collect();
+    let leaders = routing::leaders(&mut client, &names)?;
+    let mut by_leader: std::collections::BTreeMap<String, Vec<TopicRequest>> =
+        std::collections::BTreeMap::new();
+    for topic in &state.topics {
+        for &partition in &topic.partitions {
+            let key = (topic.topic.to_string(), partition);
+            let leader = leaders
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| client.address().to_owned());
+            by_leader.entry(leader).or_default().push(
+                TopicRequest::default()
+                    .with_name(topic.topic.clone())
+                    .with_partition_indexes(vec![partition]),
+            );
+        }
+    }
+    let mut answered = Vec::new();
+    for (address, topics) in by_leader {
+        let request = DescribeProducersRequest::default().with_topics(topics);
+        let response = match routing::connect_to(&mut client, &address)? {
+            Some(mut leader) => leader.call(&request)?,
+            None => client.call(&request)?,
+        };
+        answered.extend(response.topics);
+    }
+    let mut rows = Vec::new();
+    for topic in &answered {
         for partition in &topic.partitions {
             let open_since = partition
                 .active_producers
@@ -172,12 +191,17 @@ pub fn describe(brokers: &str, transactional_id: &str) -> AdminResult {
             } else {
                 describe_error(partition.error_code, None)
             };
-            table.row(vec![
+            rows.push((
                 topic.name.to_string(),
-                partition.partition_index.to_string(),
+                partition.partition_index,
                 open_since,
-            ]);
+            ));
         }
+    }
+    rows.sort();
+    let mut table = Table::new(&["TOPIC", "PARTITION", "OPEN-SINCE-OFFSET"]);
+    for (topic, partition, open_since) in rows {
+        table.row(vec![topic, partition.to_string(), open_since]);
     }
     print!("{}", table.render());
     Ok(())

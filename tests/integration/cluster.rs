@@ -1069,8 +1069,32 @@ fn the_admin_commands_ask_the_coordinator_the_leaders_or_every_node() {
     assert!(ok && out.contains("TOTAL-LAG 60"), "{out}");
     let (ok, out) = sluice_admin(through, &["topics", "describe", "audited"]);
     assert!(ok, "{out}");
+    // A transaction open on partitions every node leads: each partition's
+    // open offset comes from its leader.
+    let (producer, _) = kafka_clients::producer(through, &[("transactional.id", "audit-txn")]);
+    {
+        use rdkafka::producer::Producer;
+        producer.init_transactions(Duration::from_secs(30)).unwrap();
+        producer.begin_transaction().unwrap();
+        for partition in 0..6 {
+            kafka_clients::send(&producer, "audited", Some(partition), None, b"open", &[]);
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
     let (ok, out) = sluice_admin(through, &["transactions", "list"]);
-    assert!(ok, "{out}");
+    assert!(ok && out.contains("audit-txn"), "{out}");
+    let (ok, out) = sluice_admin(through, &["transactions", "describe", "audit-txn"]);
+    assert!(ok && out.contains("Ongoing"), "{out}");
+    assert!(
+        !out.contains("NotLeader")
+            && out
+                .lines()
+                .filter(|line| line.starts_with("audited"))
+                .count()
+                == 6,
+        "{out}"
+    );
+    drop(producer);
     stop_all(brokers);
 }
 
