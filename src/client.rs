@@ -55,6 +55,14 @@ pub enum ClientError {
     Correlation { expected: i32, found: i32 },
     #[error("response of {0} bytes is larger than the client accepts")]
     TooLarge(usize),
+    #[error(
+        "no answer from {address} within {} s: the broker is overloaded or, in a cluster, \
+         has no controller majority (topic, config and group changes need one)",
+        REQUEST_TIMEOUT.as_secs()
+    )]
+    TimedOut { address: String },
+    #[error("the broker at {address} closed the connection in the middle of a response")]
+    Truncated { address: String },
 }
 
 pub struct KafkaClient {
@@ -200,9 +208,16 @@ impl KafkaClient {
     }
 
     fn read_frame(&mut self) -> Result<Bytes, ClientError> {
-        let io = |source| ClientError::Io {
-            address: self.address.clone(),
-            source,
+        let io = |source: std::io::Error| match source.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                ClientError::TimedOut {
+                    address: self.address.clone(),
+                }
+            }
+            _ => ClientError::Io {
+                address: self.address.clone(),
+                source,
+            },
         };
         let mut size = [0u8; 4];
         self.stream.read_exact(&mut size).map_err(io)?;
@@ -210,8 +225,17 @@ impl KafkaClient {
         if size > RESPONSE_MAX_BYTES {
             return Err(ClientError::TooLarge(size));
         }
-        let mut body = vec![0u8; size];
-        self.stream.read_exact(&mut body).map_err(io)?;
+        // Grown as the bytes arrive, never sized by the length alone.
+        let mut body = Vec::new();
+        (&mut self.stream)
+            .take(size as u64)
+            .read_to_end(&mut body)
+            .map_err(io)?;
+        if body.len() < size {
+            return Err(ClientError::Truncated {
+                address: self.address.clone(),
+            });
+        }
         Ok(Bytes::from(body))
     }
 }
