@@ -2510,6 +2510,36 @@ fn a_leader_back_before_it_is_fenced_with_its_log_tail_lost_leads_nothing_until_
     stop_caught_up(&cluster, brokers.into_iter().flatten());
 }
 
+/// Issue 16 (found by the fresh-user trial): the controller leader left
+/// alone by two nodes killed reports no controller leader in
+/// `sluice_cluster_controller_leader` (-1) once no majority acknowledged
+/// it within the session timeout: the metadata cannot change, and alerts
+/// must say so (mutation: the leader reports itself whatever its quorum).
+#[test]
+fn a_controller_leader_without_a_majority_reports_no_controller_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::with_config(dir.path(), FAST_FAILOVER);
+    let mut brokers: Vec<Option<BrokerProcess>> =
+        cluster.start_all().into_iter().map(Some).collect();
+    let leader = raft_leader(brokers[0].as_ref().unwrap()).expect("a controller leader");
+    let metrics = cluster.nodes[leader - 1].metrics.clone();
+    let reported = || {
+        metric_values(&metrics, "sluice_cluster_controller_leader")
+            .first()
+            .map(|(_, value)| *value)
+    };
+    eventually("the gauge names the leader", || {
+        reported() == Some(leader as f64)
+    });
+    for id in (1..=3).filter(|&id| id != leader) {
+        brokers[id - 1].take().unwrap().kill9();
+    }
+    eventually("no controller leader without a majority", || {
+        reported() == Some(-1.0)
+    });
+    stop_all(brokers.into_iter().flatten());
+}
+
 /// Issue 16's isolation round: node 1 runs in its own network namespace
 /// and leads some partitions when its link is taken down. Alone, it
 /// acknowledges no acks=all write, even to a client that still reaches it

@@ -886,8 +886,9 @@ impl Member {
                         node_id,
                         silent_ms = silent.as_millis() as u64,
                         "node fenced: the controller has not heard from it within \
-                         cluster.session_timeout_ms; each shard group it led gets an in-sync \
-                         follower as leader (a group with none stays offline until it returns)"
+                         cluster.session_timeout_ms; it leaves every in-sync set and each \
+                         shard group it led gets an in-sync follower as leader (a group with \
+                         none stays offline until it returns)"
                     ),
                     Err(error) => tracing::debug!(%error, node_id, "fencing not done yet"),
                 }
@@ -957,7 +958,19 @@ impl Member {
         self.publish_leader(metrics.current_leader, metrics.current_term);
         let leader = metrics.current_leader.map_or(-1, |id| id as i64);
         let snapshot = self.store.snapshot();
-        publish_cluster_gauges(self.leader.load(Ordering::Relaxed), &snapshot);
+        // A leader no majority acknowledged lately leads nothing: the
+        // metadata cannot change (found by the fresh-user trial: with two
+        // of three nodes down the survivor still reported itself).
+        let quorum_lost = metrics.current_leader == Some(self.identity.node_id)
+            && metrics
+                .millis_since_quorum_ack
+                .is_none_or(|ms| u128::from(ms) > self.session_timeout.as_millis());
+        let reachable_leader = if quorum_lost {
+            -1
+        } else {
+            self.leader.load(Ordering::Relaxed)
+        };
+        publish_cluster_gauges(reachable_leader, &snapshot);
         if !snapshot.cluster_id.is_empty() && self.identity.cluster_id() != snapshot.cluster_id {
             if let Err(error) = self.node_identity.record_cluster_id(&snapshot.cluster_id) {
                 tracing::error!(%error, "cannot record the cluster id in node.toml; retrying");
