@@ -201,4 +201,14 @@ fn warn_if_peers_differ(
              removing nodes is not supported yet, so the cluster keeps its voters"
         );
     }
+    // Found by the fresh-user trial: a node started with another
+    // replication factor said nothing, and answered with its own default.
+    if cluster.replication_factor() != placement.replication_factor {
+        tracing::warn!(
+            configured = cluster.replication_factor(),
+            cluster = placement.replication_factor,
+            "cluster.replication_factor differs from the one the cluster was created with, \
+             which stays; set the same cluster.* settings on every node"
+        );
+    }
 }
