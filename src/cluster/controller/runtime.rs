@@ -763,7 +763,14 @@ impl Member {
                     let Ok(call) = call else { return };
                     self.send_peer_call(call);
                 }
-                _ = duties.tick() => self.duties(&local).await,
+                // Bounded: a proposal that cannot commit (no majority)
+                // must not hold up heartbeats, peer calls and the gauges
+                // (found with the controller-leader gauge test); an
+                // unfinished duty runs again at the next tick.
+                _ = duties.tick() => {
+                    let bound = self.session_timeout / 4;
+                    let _ = tokio::time::timeout(bound, self.duties(&local)).await;
+                }
             }
         }
     }
