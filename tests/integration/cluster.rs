@@ -1098,6 +1098,115 @@ fn the_admin_commands_ask_the_coordinator_the_leaders_or_every_node() {
     stop_all(brokers);
 }
 
+/// Breaker trial F1 (issue 16): markers carry the coordinator epoch, the
+/// leader epoch of the `__transaction_state` partition the coordinator
+/// loaded, so a partition that took a later coordinator's marker refuses
+/// a deposed one's. A deposed coordinator's late commit marker used to
+/// close the producer's next transaction, which was then aborted:
+/// read_committed consumers saw aborted records. Here a marker at the
+/// epoch before a failover is forged while a transaction is open; it is
+/// refused and the abort hides the open records (mutation: every marker
+/// at coordinator epoch 0 → the forged marker commits them).
+#[test]
+fn a_deposed_coordinators_marker_is_refused_after_a_later_coordinators() {
+    use rdkafka::producer::Producer;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::with_config(
+        dir.path(),
+        &format!("{FAST_FAILOVER}leader_rebalance_interval_ms = 0\n"),
+    );
+    let mut brokers: Vec<Option<BrokerProcess>> =
+        cluster.start_all().into_iter().map(Some).collect();
+    let id = "moved-coordinator";
+    let first = cluster.nodes[0].kafka.clone();
+    kafka_clients::create_topic(&first, "fenced-markers", 1, &[]);
+    eventually("every copy of the transaction log in sync", || {
+        partition_states(&first, "__transaction_state")
+            .iter()
+            .all(|(_, in_sync)| in_sync.len() == 3)
+    });
+    let old = coordinator(&first, 1, id) as usize;
+    let live = (1..=3).find(|&node| node != old).unwrap();
+    let watcher = cluster.nodes[live - 1].kafka.clone();
+    brokers[old - 1].take().unwrap().kill9();
+    eventually("another node coordinates the id", || {
+        let answer = Wire::connect(&watcher).call(
+            4,
+            &FindCoordinatorRequest::default()
+                .with_key_type(1)
+                .with_coordinator_keys(vec![StrBytes::from_string(id.to_owned())]),
+        );
+        let found = &answer.coordinators[0];
+        found.error_code == 0 && found.node_id.0 as usize != old
+    });
+    let bootstrap: Vec<String> = (1..=3)
+        .filter(|&node| node != old)
+        .map(|node| cluster.nodes[node - 1].kafka.clone())
+        .collect();
+    let (producer, _) = kafka_clients::producer(
+        &bootstrap.join(","),
+        &[
+            ("transactional.id", id),
+            ("transaction.timeout.ms", "60000"),
+        ],
+    );
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    producer.begin_transaction().unwrap();
+    kafka_clients::send(
+        &producer,
+        "fenced-markers",
+        Some(0),
+        None,
+        b"committed",
+        &[],
+    );
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap();
+    producer.begin_transaction().unwrap();
+    kafka_clients::send(&producer, "fenced-markers", Some(0), None, b"aborted", &[]);
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let (ok, out) =
+        crate::consumer_groups::sluice_admin(&watcher, &["transactions", "describe", id]);
+    assert!(ok, "{out}");
+    let field = |name: &str| -> i64 {
+        out.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {out}"))
+    };
+    let (producer_id, epoch) = (field("PRODUCER-ID"), field("PRODUCER-EPOCH"));
+    let leader = partition_states(&watcher, "fenced-markers")[0].0 as usize;
+    let sender = (1..=3).find(|&node| node != leader && node != old).unwrap();
+    let forged = serde_json::json!({
+        "producer_id": producer_id, "epoch": epoch, "commit": true, "coordinator_epoch": 0,
+        "partitions": [["fenced-markers", 0]],
+    });
+    let (status, answer) = cluster_post(
+        &cluster.nodes[leader - 1].cluster,
+        sender,
+        "/broker/txn/marker",
+        forged.to_string().as_bytes(),
+    );
+    assert!(
+        status.contains("200") && answer.contains("Refused"),
+        "{status} {answer}"
+    );
+    producer.abort_transaction(Duration::from_secs(30)).unwrap();
+    let consumed = kafka_clients::consume_with(
+        &watcher,
+        "fenced-markers",
+        1,
+        0,
+        1,
+        &[("isolation.level", "read_committed")],
+    );
+    assert_eq!(consumed[0].payload, b"committed");
+    drop(producer);
+    brokers[old - 1] = Some(cluster.start(old));
+    stop_all(brokers.into_iter().flatten());
+}
+
 /// A transaction over hundreds of partitions led by every node ends with
 /// one marker request per node (not one connection per partition, which
 /// ran the peers' cluster listeners out of connections), promptly.

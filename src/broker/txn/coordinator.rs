@@ -69,9 +69,6 @@ use crate::storage::{AppendError, Durability, ShardStore};
 /// The longest transactional id: its record stores it with an i16 length.
 pub const TRANSACTIONAL_ID_BYTES_MAX: usize = i16::MAX as usize;
 
-/// The coordinator epoch markers carry: the leader epoch of the
-/// `__transaction_state` partition, always 0 on a single node.
-pub const COORDINATOR_EPOCH: i32 = 0;
 /// How often ids are checked for expiry.
 const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 /// How often partitions are checked for a copy-forward snapshot.
@@ -801,6 +798,12 @@ impl TxnCoordinator {
             .collect()
     }
 
+    /// The leader epoch at which this coordinator loaded `__transaction_state`
+    /// partition `index`, while it serves it.
+    fn loaded_epoch(&self, index: u32) -> Option<i32> {
+        self.logs.borrow().get(&index).map(|log| log.leader_epoch)
+    }
+
     /// Write a marker to every partition of `id`'s decided transaction, then
     /// its Complete* state; retried with back-off until done. Clears
     /// `pending` at the end.
@@ -820,20 +823,41 @@ impl TxnCoordinator {
             tracing::warn!(transactional_id = %id, "failpoint txn_before_markers: holding the markers back");
             std::future::pending::<()>().await;
         }
+        // The coordinator epoch is the leader epoch of the id's
+        // `__transaction_state` partition this coordinator loaded (Kafka's
+        // coordinatorEpoch; 0 on a single node): a partition that took a
+        // marker of a later coordinator refuses this one's (found by the
+        // breaker trial: a deposed coordinator's late commit marker closed
+        // the producer's next transaction, which was then aborted, so
+        // read_committed consumers saw aborted records).
+        let index = key_partition(&id, self.partitions());
+        let Some(coordinator_epoch) = self.loaded_epoch(index) else {
+            self.finish(&id);
+            return;
+        };
         let marker = MarkerRequest {
             producer_id: meta.producer_id,
             epoch: meta.producer_epoch,
             commit: kind == MarkerKind::Commit,
-            coordinator_epoch: COORDINATOR_EPOCH,
+            coordinator_epoch,
             partitions: meta.partitions.iter().cloned().collect(),
         };
-        markers::write_until_stored(&self.context, &self.broker, marker).await;
+        let deposed = || self.loaded_epoch(index) != Some(coordinator_epoch);
+        if !markers::write_until_stored(&self.context, &self.broker, marker, &deposed).await {
+            tracing::info!(transactional_id = %id, "another coordinator took this transaction over before its markers were written; it completes them");
+            self.finish(&id);
+            return;
+        }
         let mut next = meta;
         next.state = done;
         next.partitions.clear();
         next.last_update_ms = now_ms();
         let mut backoff = RETRY_BACKOFF_MIN;
         loop {
+            if deposed() {
+                self.finish(&id);
+                return;
+            }
             match self.write(&id, Some(next.clone())).await {
                 Ok(()) => break,
                 Err(error) => {

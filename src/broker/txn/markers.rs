@@ -88,16 +88,21 @@ pub enum MarkerWritten {
 
 /// Write `request`'s marker on every partition's leader, retrying the
 /// partitions that failed with back-off until each is stored, gone, or
-/// refused.
+/// refused: true then; false as soon as `deposed` says another coordinator
+/// took the transaction over (it writes the markers itself).
 pub async fn write_until_stored(
     context: &Rc<ShardContext>,
     broker: &Arc<Broker>,
     request: MarkerRequest,
-) {
+    deposed: &dyn Fn() -> bool,
+) -> bool {
     let mut backoff = RETRY_BACKOFF_MIN;
     let mut remaining = request.partitions.clone();
     let producer_id = request.producer_id;
     loop {
+        if deposed() {
+            return false;
+        }
         let outcomes = write_once(context, broker, &request.for_partitions(remaining)).await;
         remaining = Vec::new();
         for ((topic, partition), outcome) in outcomes {
@@ -122,7 +127,7 @@ pub async fn write_until_stored(
             }
         }
         if remaining.is_empty() {
-            return;
+            return true;
         }
         compio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
