@@ -49,7 +49,12 @@ impl ShardStore {
             .partitions
             .get(&id)
             .ok_or(ReadError::UnknownPartition(id))?;
-        if offset < partition.log_start_offset || offset > partition.high_watermark {
+        // Past the high watermark but within the log: nothing to read yet,
+        // not an error, as Kafka answers. A new leader's high watermark can
+        // be behind the one its predecessor showed, and consumers already
+        // hold offsets up to that (found by the breaker trial: they were
+        // told OFFSET_OUT_OF_RANGE and reset, re-reading or skipping).
+        if offset < partition.log_start_offset || offset > partition.next_offset {
             return Err(ReadError::OffsetOutOfRange {
                 requested: offset,
                 log_start: partition.log_start_offset,

@@ -285,6 +285,16 @@ fn batches_past_the_visible_limit_stay_invisible_until_it_advances() {
             ends.push(receipt.end());
         }
         assert_eq!(high(&store), 2, "durable but past the limit: invisible");
+        // Between the high watermark and the log end: nothing yet, not out
+        // of range (a new leader's high watermark may lag the one its
+        // predecessor showed consumers); past the log end: out of range.
+        let read = |offset: i64| store.read(id, Offset(offset), 1 << 20);
+        assert!(read(4).unwrap().batches.is_empty());
+        assert!(read(8).unwrap().batches.is_empty());
+        assert!(matches!(
+            read(9),
+            Err(sluice::storage::ReadError::OffsetOutOfRange { .. })
+        ));
         store.set_visible_limit(ends[0]);
         assert_eq!(high(&store), 4);
         store.set_visible_limit(visible_end);
