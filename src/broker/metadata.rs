@@ -286,6 +286,10 @@ pub struct NodeInfo {
     /// registers again (its heartbeats resume).
     #[serde(default)]
     pub fenced: bool,
+    /// The node's process start it registered from (drawn at random at
+    /// each start): another one in a registration means it restarted.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 #[derive(Debug, Error)]
@@ -1186,6 +1190,7 @@ mod tests {
                 port: 9000 + id as u16,
                 shards: 1,
                 fenced: false,
+                incarnation: 0,
             };
             metadata.nodes.insert(id, node);
         }

@@ -50,6 +50,10 @@ pub enum ControllerCommand {
         kafka_host: String,
         kafka_port: u16,
         shards: u32,
+        /// Drawn at the node's start: a registration with another one
+        /// than the stored one is a restart (0 in logs written before).
+        #[serde(default)]
+        incarnation: u64,
     },
     /// A change of the cluster metadata.
     Metadata(MetadataCommand),

@@ -562,6 +562,9 @@ struct Member {
     registered: Arc<AtomicBool>,
     /// Set when this node shuts down: it no longer registers.
     leaving: Arc<AtomicBool>,
+    /// Drawn at this start: its registrations carry it, so the controller
+    /// tells a restart from a repeated registration.
+    incarnation: u64,
     /// Per peer, the broker calls that may be in flight to it at once.
     peer_call_slots: BTreeMap<u64, Arc<tokio::sync::Semaphore>>,
 }
@@ -712,6 +715,14 @@ impl Member {
             refused,
             registered,
             leaving,
+            incarnation: {
+                let bytes = crate::broker::metadata::random_bytes();
+                u64::from_le_bytes([
+                    bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6],
+                    bytes[7],
+                ])
+                .max(1)
+            },
             peer_call_slots,
         })
     }
@@ -1027,6 +1038,7 @@ impl Member {
             port: local.kafka_port,
             shards: local.shards,
             fenced: false,
+            incarnation: self.incarnation,
         };
         // Registered once per start even when the stored metadata lists
         // this node: the commit proves a live majority (see `registered`).
@@ -1041,6 +1053,7 @@ impl Member {
                 kafka_host: me.host,
                 kafka_port: me.port,
                 shards: me.shards,
+                incarnation: me.incarnation,
             };
             match proposer.propose(command).await {
                 Ok(ControllerOutcome {

@@ -138,12 +138,14 @@ impl StateMachine {
                 kafka_host,
                 kafka_port,
                 shards,
+                incarnation,
             } => {
                 let node = NodeInfo {
                     host: kafka_host.clone(),
                     port: *kafka_port,
                     shards: *shards,
                     fenced: false,
+                    incarnation: *incarnation,
                 };
                 let placed = metadata
                     .placement
@@ -160,9 +162,15 @@ impl StateMachine {
                             // the node logs its own joining.
                             tracing::debug!(node_id, host = %node.host, port = node.port, shards, "node registered");
                         }
-                        // A node registers once per start: one already
-                        // listed is a new incarnation of it.
-                        if metadata.nodes.contains_key(node_id) {
+                        // Another incarnation than the listed one is a
+                        // restart; the same one registers again after a
+                        // fencing, or repeats a registration whose answer
+                        // was lost.
+                        if metadata
+                            .nodes
+                            .get(node_id)
+                            .is_some_and(|listed| listed.incarnation != *incarnation)
+                        {
                             metadata.restart_node(*node_id);
                         }
                         metadata.nodes.insert(*node_id, node);
