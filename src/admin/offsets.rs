@@ -4,8 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{BrokerId, ListOffsetsRequest, MetadataRequest, TopicName};
+use kafka_protocol::messages::{BrokerId, ListOffsetsRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::{describe_error, routing};
@@ -107,22 +106,8 @@ pub fn partition_counts(
     client: &mut KafkaClient,
     topics: &[String],
 ) -> anyhow::Result<BTreeMap<String, i32>> {
-    let request = MetadataRequest::default()
-        .with_topics(if topics.is_empty() {
-            None
-        } else {
-            Some(
-                topics
-                    .iter()
-                    .map(|name| {
-                        MetadataRequestTopic::default()
-                            .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
-                    })
-                    .collect(),
-            )
-        })
-        .with_allow_auto_topic_creation(false);
-    let response = client.call(&request)?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let response = routing::metadata_of(client, &names)?;
     let mut counts = BTreeMap::new();
     for topic in &response.topics {
         let name = topic

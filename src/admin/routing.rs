@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{MetadataRequest, TopicName};
+use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::describe_error;
@@ -104,6 +104,23 @@ pub fn on_every_node<T>(
     Ok(answers)
 }
 
+/// Metadata for `topics` (every topic when empty), never creating one.
+pub fn metadata_of(client: &mut KafkaClient, topics: &[&str]) -> anyhow::Result<MetadataResponse> {
+    let listed = (!topics.is_empty()).then(|| {
+        topics
+            .iter()
+            .map(|name| {
+                MetadataRequestTopic::default()
+                    .with_name(Some(TopicName(StrBytes::from_string((*name).to_owned()))))
+            })
+            .collect()
+    });
+    let request = MetadataRequest::default()
+        .with_topics(listed)
+        .with_allow_auto_topic_creation(false);
+    Ok(client.call(&request)?)
+}
+
 /// Each partition's leader `host:port` for `topics` (Metadata), by
 /// (topic, partition); partitions without a leader are left out.
 pub fn leaders(
@@ -111,18 +128,7 @@ pub fn leaders(
     topics: &[&str],
 ) -> anyhow::Result<BTreeMap<(String, i32), String>> {
     let nodes = nodes(client)?;
-    let request = MetadataRequest::default()
-        .with_topics(Some(
-            topics
-                .iter()
-                .map(|name| {
-                    MetadataRequestTopic::default()
-                        .with_name(Some(TopicName(StrBytes::from_string((*name).to_owned()))))
-                })
-                .collect(),
-        ))
-        .with_allow_auto_topic_creation(false);
-    let response = client.call(&request)?;
+    let response = metadata_of(client, topics)?;
     let mut leaders = BTreeMap::new();
     for topic in &response.topics {
         let name = topic

@@ -2089,8 +2089,6 @@ fn records_deleted_on_the_leader_stay_deleted_after_a_failover() {
 /// twice, and the copies stay identical.
 #[test]
 fn leadership_moves_back_to_a_returning_preferred_leader_without_losing_writes() {
-    use rdkafka::producer::Producer;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::with_config(
         dir.path(),
@@ -2113,36 +2111,7 @@ fn leadership_moves_back_to_a_returning_preferred_leader_without_losing_writes()
     assert!(preferred.contains(&1), "node 1 leads some partitions");
     let epochs_before = leader_epochs(&first, "home");
     let bootstrap = format!("{},{}", cluster.nodes[1].kafka, cluster.nodes[2].kafka);
-    let (producer, acks) = kafka_clients::producer(
-        &bootstrap,
-        &[
-            ("enable.idempotence", "true"),
-            ("message.timeout.ms", "60000"),
-            ("retry.backoff.max.ms", "100"),
-            ("reconnect.backoff.max.ms", "100"),
-        ],
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = std::thread::spawn({
-        let stop = Arc::clone(&stop);
-        move || {
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let payload = format!("home-{n}");
-                kafka_clients::send(
-                    &producer,
-                    "home",
-                    Some((n % 6) as i32),
-                    None,
-                    payload.as_bytes(),
-                    &[],
-                );
-                n += 1;
-                producer.poll(Duration::from_millis(2));
-            }
-            producer.flush(Duration::from_secs(60)).expect("flushed");
-        }
-    });
+    let writer = SteadyWriter::start(&bootstrap, "home", "home", |n| (n % 6) as i32);
     std::thread::sleep(Duration::from_millis(500));
     brokers[0].take().unwrap().kill9();
     eventually("node 1's partitions led by the others", || {
@@ -2169,8 +2138,7 @@ fn leadership_moves_back_to_a_returning_preferred_leader_without_losing_writes()
         }
     }
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
+    let acks = writer.finish();
     let failed = acks.failed.lock().unwrap().clone();
     assert!(
         failed.is_empty(),
@@ -2204,6 +2172,65 @@ fn leadership_moves_back_to_a_returning_preferred_leader_without_losing_writes()
         delivered.len()
     );
     stop_caught_up(&cluster, brokers.into_iter().flatten());
+}
+
+/// An idempotent producer with fast retries writing `prefix-N` to `topic`
+/// (partition `partition(N)`) without pause on a thread of its own, until
+/// [`SteadyWriter::finish`].
+struct SteadyWriter {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+    acks: kafka_clients::Acks,
+}
+
+impl SteadyWriter {
+    fn start(
+        bootstrap: &str,
+        topic: &'static str,
+        prefix: &'static str,
+        partition: impl Fn(usize) -> i32 + Send + 'static,
+    ) -> SteadyWriter {
+        use rdkafka::producer::Producer;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (producer, acks) = kafka_clients::producer(
+            bootstrap,
+            &[
+                ("enable.idempotence", "true"),
+                ("message.timeout.ms", "60000"),
+                ("retry.backoff.max.ms", "100"),
+                ("reconnect.backoff.max.ms", "100"),
+            ],
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let payload = format!("{prefix}-{n}");
+                    kafka_clients::send(
+                        &producer,
+                        topic,
+                        Some(partition(n)),
+                        None,
+                        payload.as_bytes(),
+                        &[],
+                    );
+                    n += 1;
+                    producer.poll(Duration::from_millis(1));
+                }
+                producer.flush(Duration::from_secs(60)).expect("flushed");
+            }
+        });
+        SteadyWriter { stop, thread, acks }
+    }
+
+    /// Stop writing, wait until everything sent is answered: the answers.
+    fn finish(self) -> kafka_clients::Acks {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.acks
+    }
 }
 
 /// Issue 16: a node killed, brought back and killed again misses the
@@ -2280,8 +2307,6 @@ fn a_node_killed_twice_gets_its_groups_back_only_in_sync_and_nothing_is_lost() {
 /// asked from the leader's last answered end → acknowledged records lost).
 #[test]
 fn a_returning_follower_joins_the_in_sync_set_only_holding_every_acknowledged_record() {
-    use rdkafka::producer::Producer;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::with_config(
         dir.path(),
@@ -2289,9 +2314,10 @@ fn a_returning_follower_joins_the_in_sync_set_only_holding_every_acknowledged_re
     );
     let mut brokers: Vec<Option<BrokerProcess>> =
         cluster.start_all().into_iter().map(Some).collect();
-    let watcher = cluster.nodes[2].kafka.clone();
-    kafka_clients::create_topic(&watcher, "rejoin", 6, &[]);
-    let states = || partition_states(&watcher, "rejoin");
+    // Asked through node 3, or node 2 once node 3 is the one killed.
+    let watcher = std::cell::RefCell::new(cluster.nodes[2].kafka.clone());
+    kafka_clients::create_topic(&watcher.borrow(), "rejoin", 6, &[]);
+    let states = || partition_states(&watcher.borrow(), "rejoin");
     eventually("every follower in sync", || {
         states().iter().all(|(_, in_sync)| in_sync.len() == 3)
     });
@@ -2300,36 +2326,7 @@ fn a_returning_follower_joins_the_in_sync_set_only_holding_every_acknowledged_re
         .position(|(leader, _)| *leader == 1)
         .expect("node 1 leads a partition") as i32;
     let bootstrap = format!("{},{}", cluster.nodes[1].kafka, cluster.nodes[2].kafka);
-    let (producer, acks) = kafka_clients::producer(
-        &bootstrap,
-        &[
-            ("enable.idempotence", "true"),
-            ("message.timeout.ms", "60000"),
-            ("retry.backoff.max.ms", "100"),
-            ("reconnect.backoff.max.ms", "100"),
-        ],
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = std::thread::spawn({
-        let stop = Arc::clone(&stop);
-        move || {
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let payload = format!("rejoin-{n}");
-                kafka_clients::send(
-                    &producer,
-                    "rejoin",
-                    Some(partition),
-                    None,
-                    payload.as_bytes(),
-                    &[],
-                );
-                n += 1;
-                producer.poll(Duration::from_millis(1));
-            }
-            producer.flush(Duration::from_secs(60)).expect("flushed");
-        }
-    });
+    let writer = SteadyWriter::start(&bootstrap, "rejoin", "rejoin", move |_| partition);
     let state = || states()[partition as usize].clone();
     brokers[0].take().unwrap().kill9();
     eventually("node 1 out of the partition's in-sync set", || {
@@ -2337,6 +2334,9 @@ fn a_returning_follower_joins_the_in_sync_set_only_holding_every_acknowledged_re
         leader > 1 && !in_sync.contains(&1)
     });
     let stand_in = state().0 as usize;
+    if stand_in == 3 {
+        *watcher.borrow_mut() = cluster.nodes[1].kafka.clone();
+    }
     std::thread::sleep(Duration::from_millis(300));
     cluster.env = vec![("SLUICE_FAILPOINT", "follower_slow_fetch")];
     brokers[0] = Some(cluster.start(1));
@@ -2344,15 +2344,15 @@ fn a_returning_follower_joins_the_in_sync_set_only_holding_every_acknowledged_re
     brokers[stand_in - 1].take().unwrap().kill9();
     eventually("node 1 leads the partition", || state().0 == 1);
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
+    let acks = writer.finish();
     let delivered = acks.delivered.lock().unwrap().clone();
     cluster.env.clear();
     brokers[stand_in - 1] = Some(cluster.start(stand_in));
     eventually("every follower in sync", || {
         states().iter().all(|(_, in_sync)| in_sync.len() == 3)
     });
-    let consumed = kafka_clients::consume_all(&watcher, "rejoin", 6, Duration::from_secs(2));
+    let consumed =
+        kafka_clients::consume_all(&watcher.borrow(), "rejoin", 6, Duration::from_secs(2));
     let at: BTreeMap<(i32, i64), &Vec<u8>> = consumed
         .iter()
         .map(|record| ((record.partition, record.offset), &record.payload))

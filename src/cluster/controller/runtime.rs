@@ -718,8 +718,7 @@ impl Member {
             incarnation: {
                 let bytes = crate::broker::metadata::random_bytes();
                 u64::from_le_bytes([
-                    bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6],
-                    bytes[7],
+                    bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
                 ])
                 .max(1)
             },
