@@ -110,11 +110,7 @@ pub fn partition_counts(
     let response = routing::metadata_of(client, &names)?;
     let mut counts = BTreeMap::new();
     for topic in &response.topics {
-        let name = topic
-            .name
-            .as_ref()
-            .map(|name| name.0.to_string())
-            .unwrap_or_default();
+        let name = routing::topic_name(topic);
         if topic.error_code != 0 {
             anyhow::bail!("topic {name}: {}", describe_error(topic.error_code, None));
         }

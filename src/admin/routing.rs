@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
@@ -121,6 +122,15 @@ pub fn metadata_of(client: &mut KafkaClient, topics: &[&str]) -> anyhow::Result<
     Ok(client.call(&request)?)
 }
 
+/// A Metadata answer's topic name ("" when it has none).
+pub fn topic_name(topic: &MetadataResponseTopic) -> String {
+    topic
+        .name
+        .as_ref()
+        .map(|name| name.0.to_string())
+        .unwrap_or_default()
+}
+
 /// Each partition's leader `host:port` for `topics` (Metadata), by
 /// (topic, partition); partitions without a leader are left out.
 pub fn leaders(
@@ -131,11 +141,7 @@ pub fn leaders(
     let response = metadata_of(client, topics)?;
     let mut leaders = BTreeMap::new();
     for topic in &response.topics {
-        let name = topic
-            .name
-            .as_ref()
-            .map(|name| name.0.to_string())
-            .unwrap_or_default();
+        let name = topic_name(topic);
         for partition in &topic.partitions {
             if let Some(address) = nodes.get(&partition.leader_id.0) {
                 leaders.insert((name.clone(), partition.partition_index), address.clone());
