@@ -87,6 +87,7 @@ fn frame(criterion: &mut Criterion) {
     let header = FrameHeader {
         payload_len: batch.len() as u32,
         partition: PartitionId(7),
+        kind: Default::default(),
     };
     let mut group = criterion.benchmark_group("frame");
     group.bench_function("encode_prefix", |bench| {

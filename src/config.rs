@@ -325,6 +325,16 @@ pub struct StorageConfig {
     pub flush_interval_ms: u64,
     /// How often the checkpoint (durable position, queue positions) is written.
     pub checkpoint_interval_ms: u64,
+    /// Kafka's `log.cleaner.io.max.bytes.per.second`: the log cleaner of
+    /// each shard reads and writes at most this many bytes per second
+    /// together. Default 64 MiB/s.
+    pub cleaner_io_max_bytes_per_second: u64,
+    /// Kafka's `log.cleaner.dedupe.buffer.size`: memory of each shard's
+    /// key map; a pass holds at most this ÷ 24 keys. Default 128 MiB.
+    pub cleaner_dedupe_buffer_bytes: u64,
+    /// Kafka's `log.cleaner.backoff.ms`: how often each shard's cleaner
+    /// looks for a partition to compact. Default 15 s.
+    pub cleaner_backoff_ms: u64,
     /// Kafka's `message.max.bytes`: the default of every topic's
     /// `max.message.bytes`, and the largest batch the broker writes to its
     /// internal topics. A topic may allow more, up to
@@ -479,6 +489,9 @@ impl Default for StorageConfig {
             inflight_writes_max: 4,
             flush_interval_ms: 2,
             checkpoint_interval_ms: 1000,
+            cleaner_io_max_bytes_per_second: 64 * MIB,
+            cleaner_dedupe_buffer_bytes: 128 * MIB,
+            cleaner_backoff_ms: 15_000,
             message_max_bytes: MESSAGE_MAX_BYTES_DEFAULT,
             segment_ms: SEGMENT_MS_DEFAULT,
             segment_roll_min_ms: 600_000,
@@ -932,6 +945,23 @@ impl StorageConfig {
         }
         if self.checkpoint_interval_ms == 0 {
             return invalid("storage.checkpoint_interval_ms", 0, "must be positive");
+        }
+        if self.cleaner_io_max_bytes_per_second < MIB {
+            return invalid(
+                "storage.cleaner_io_max_bytes_per_second",
+                self.cleaner_io_max_bytes_per_second,
+                "at least 1048576 (1 MiB/s)",
+            );
+        }
+        if self.cleaner_dedupe_buffer_bytes < MIB {
+            return invalid(
+                "storage.cleaner_dedupe_buffer_bytes",
+                self.cleaner_dedupe_buffer_bytes,
+                "at least 1048576",
+            );
+        }
+        if self.cleaner_backoff_ms == 0 {
+            return invalid("storage.cleaner_backoff_ms", 0, "must be positive");
         }
         if !(1..=i64::MAX as u64).contains(&self.segment_ms) {
             return invalid(

@@ -17,9 +17,9 @@
 //! every reader of records ([`walk_records`]) runs the same bounded walk and
 //! treats a bad batch as an error to report, never as trusted input.
 
-mod compressor;
+pub(crate) mod compressor;
 pub mod control;
-mod decompressor;
+pub(crate) mod decompressor;
 pub mod record_walk;
 mod snappy_reader;
 
@@ -54,7 +54,7 @@ const PRODUCER_ID_AT: usize = 43;
 const PRODUCER_EPOCH_AT: usize = 51;
 const BASE_SEQUENCE_AT: usize = 53;
 
-const ATTRIBUTE_COMPRESSION_MASK: i16 = 0x07;
+pub(crate) const ATTRIBUTE_COMPRESSION_MASK: i16 = 0x07;
 const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
 pub(crate) const ATTRIBUTE_TRANSACTIONAL: i16 = 0x10;
 pub(crate) const ATTRIBUTE_CONTROL: i16 = 0x20;
@@ -459,7 +459,7 @@ pub fn recompress(
 
 /// The whole decompressed records section, refusing more than
 /// `decompressed_max_bytes` (the output grows as it is read).
-fn decompress_all(
+pub(crate) fn decompress_all(
     codec: Codec,
     records: &[u8],
     decompressed_max_bytes: u64,

@@ -515,9 +515,6 @@ pub fn checked_value(
 ) -> Result<String, String> {
     let value = def.spec.normalize(raw)?;
     match def.name {
-        CLEANUP_POLICY if super::config_value::list_items(&value).contains(&"compact") => {
-            Err("log compaction is not supported yet; use \"delete\"".to_owned())
-        }
         MAX_MESSAGE_BYTES
             if value.parse::<i64>().unwrap_or(i64::MAX) > i64::from(limits.batch_max_bytes) =>
         {
@@ -672,7 +669,24 @@ impl TopicConfig {
             flush_messages: u64::try_from(self.flush_messages).unwrap_or(u64::MAX),
             segment_ms: u64::try_from(self.segment_ms).unwrap_or(u64::MAX),
             disk_pressure_delete: self.disk_pressure_delete,
+            compact: self
+                .value_of("cleanup.policy")
+                .is_some_and(|policy| policy.contains("compact")),
+            delete: self.delete_policy,
+            delete_retention_ms: self.long_of("delete.retention.ms", 86_400_000),
+            min_compaction_lag_ms: self.long_of("min.compaction.lag.ms", 0),
+            max_compaction_lag_ms: self.long_of("max.compaction.lag.ms", i64::MAX),
+            min_cleanable_dirty_ratio_ppm: self
+                .value_of("min.cleanable.dirty.ratio")
+                .and_then(|ratio| ratio.parse::<f64>().ok())
+                .map_or(500_000, |ratio| (ratio.clamp(0.0, 1.0) * 1e6) as u32),
         }
+    }
+
+    fn long_of(&self, key: &str, default: i64) -> i64 {
+        self.value_of(key)
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(default)
     }
 
     /// The effective value of `key`, as DescribeConfigs shows it.
@@ -797,12 +811,6 @@ mod tests {
             (RETENTION_MS, "soon", "64-bit integer"),
             (RETENTION_MS, "-2", "at least -1"),
             (MAX_MESSAGE_BYTES, "999999999", "storage.write_buffers"),
-            (CLEANUP_POLICY, "compact", "compaction is not supported"),
-            (
-                CLEANUP_POLICY,
-                "delete,compact",
-                "compaction is not supported",
-            ),
             (CLEANUP_POLICY, "shred", "not one of"),
             (COMPRESSION_TYPE, "none", "one of"),
             (COMPRESSION_GZIP_LEVEL, "0", "between 1 and 9"),

@@ -153,6 +153,7 @@ fn frame(partition: u32, batch: &[u8]) -> Vec<u8> {
     let header = FrameHeader {
         payload_len: batch.len() as u32,
         partition: PartitionId(partition),
+        kind: Default::default(),
     };
     let mut out = [0u8; FRAME_PREFIX_BYTES];
     header.encode_prefix(&batch[..COVERED_PAYLOAD_PREFIX_BYTES], &mut out);

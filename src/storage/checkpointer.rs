@@ -151,7 +151,11 @@ impl ShardStore {
 
     fn checkpoint_snapshot(&self) -> (Checkpoint, Vec<Arc<File>>) {
         let mut state = self.state.borrow_mut();
-        let indexed = state.durable_frame_end;
+        // A compaction pass collected but not applied is scanned again.
+        let indexed = match state.compaction.hold() {
+            Some(hold) => state.durable_frame_end.min(hold),
+            None => state.durable_frame_end,
+        };
         let mut dirty_files = Vec::new();
         let mut partitions = Vec::with_capacity(state.partitions.len());
         for partition in state.partitions.values_mut() {

@@ -16,7 +16,9 @@
 pub mod appender;
 pub mod checkpoint;
 mod checkpointer;
+mod cleaner;
 pub mod commit_log;
+pub mod compaction;
 pub mod consume_queue;
 pub mod disk_usage;
 pub mod durable_file;

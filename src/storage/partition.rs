@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use super::compaction::clean_section::CleanSection;
 use super::consume_queue::{ConsumeQueue, QueueEntry, QueueError};
 use super::producer_state::ProducerStates;
 
@@ -69,6 +70,20 @@ pub struct PartitionConfig {
     /// `sluice.disk.pressure.delete`: unexpired data may be deleted above
     /// `retention.disk_force_clean_ratio`.
     pub disk_pressure_delete: bool,
+    /// `cleanup.policy` holds `compact`: the cleaner keeps the latest
+    /// record per key.
+    pub compact: bool,
+    /// `cleanup.policy` holds `delete`: retention by time and size applies.
+    pub delete: bool,
+    /// `delete.retention.ms`: how long a tombstone outlives its cleaning.
+    pub delete_retention_ms: i64,
+    /// `min.compaction.lag.ms`: records younger than this are not cleaned.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a record older than this is cleaned
+    /// whatever the dirty ratio.
+    pub max_compaction_lag_ms: i64,
+    /// `min.cleanable.dirty.ratio`, in parts per million.
+    pub min_cleanable_dirty_ratio_ppm: u32,
 }
 
 impl PartitionConfig {
@@ -80,6 +95,12 @@ impl PartitionConfig {
             flush_messages: u64::MAX,
             segment_ms: storage.segment_ms,
             disk_pressure_delete: false,
+            compact: false,
+            delete: true,
+            delete_retention_ms: 86_400_000,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            min_cleanable_dirty_ratio_ppm: 500_000,
         }
     }
 }
@@ -187,6 +208,19 @@ pub struct Partition {
     pub records_since_forced_sync: u64,
     /// Idempotent producers' latest batches, checked by every append.
     pub producers: ProducerStates,
+    /// A compacted partition's clean section: offsets below its end are
+    /// read through it, the rest through `queue` (ARCHITECTURE.md, "Log
+    /// compaction").
+    pub clean: Option<CleanSection>,
+}
+
+/// A place in a partition's index: an entry of the clean section or of the
+/// main queue. Walk with [`Partition::cursor`], [`Partition::entry`] and
+/// [`Partition::advance`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cursor {
+    Clean(u64),
+    Main(u64),
 }
 
 impl Partition {
@@ -229,7 +263,93 @@ impl Partition {
             next_offset,
             records_since_forced_sync: 0,
             producers: ProducerStates::default(),
+            clean: None,
         }
+    }
+
+    /// Give the partition its clean section (recovery). The log start is
+    /// then what the checkpoint remembered (`remembered_start`), or the
+    /// first clean batch: the main queue's first entry, which
+    /// [`Partition::new`] went by, lies in the head.
+    pub fn with_clean(
+        mut self,
+        clean: Option<CleanSection>,
+        remembered_start: Option<Offset>,
+    ) -> Partition {
+        if let Some(clean) = &clean
+            && let Ok(Some(first)) = clean.queue.first()
+        {
+            self.log_start_offset = remembered_start
+                .unwrap_or(first.base_offset)
+                .min(self.next_offset);
+        }
+        self.clean = clean;
+        self
+    }
+
+    /// The first offset of the head: the clean end, or `Offset(i64::MIN)`
+    /// for a partition never compacted.
+    pub fn clean_end(&self) -> Offset {
+        self.clean
+            .as_ref()
+            .map_or(Offset(i64::MIN), |clean| clean.end)
+    }
+
+    /// The entry holding `offset`, or the next one after a gap: in the
+    /// clean section below its end, else in the main queue from the clean
+    /// end on.
+    pub fn cursor(&self, offset: Offset) -> Result<Cursor, QueueError> {
+        if let Some(clean) = &self.clean
+            && offset < clean.end
+        {
+            let index = clean.queue.search_offset(offset)?;
+            if index < clean.queue.tail_index() {
+                return Ok(Cursor::Clean(index));
+            }
+        }
+        Ok(Cursor::Main(
+            self.queue.search_offset(offset.max(self.clean_end()))?,
+        ))
+    }
+
+    /// The entry at `cursor` (`None`: past the last one).
+    pub fn entry(&self, cursor: Cursor) -> Result<Option<QueueEntry>, QueueError> {
+        match (cursor, &self.clean) {
+            (Cursor::Clean(index), Some(clean)) => clean.queue.get(index),
+            (Cursor::Clean(_), None) => Ok(None),
+            (Cursor::Main(index), _) => self.queue.get(index),
+        }
+    }
+
+    /// The place after `cursor`.
+    pub fn advance(&self, cursor: Cursor) -> Result<Cursor, QueueError> {
+        match (cursor, &self.clean) {
+            (Cursor::Clean(index), Some(clean)) if index + 1 < clean.queue.tail_index() => {
+                Ok(Cursor::Clean(index + 1))
+            }
+            (Cursor::Clean(_), _) => Ok(Cursor::Main(self.queue.search_offset(self.clean_end())?)),
+            (Cursor::Main(index), _) => Ok(Cursor::Main(index + 1)),
+        }
+    }
+
+    /// The first entry whose running max timestamp is at or past
+    /// `timestamp_ms`, from the log start on (`None`: none is).
+    pub fn first_entry_at_time(&self, timestamp_ms: i64) -> Result<Option<QueueEntry>, QueueError> {
+        if let Some(clean) = &self.clean {
+            let index = clean
+                .queue
+                .search_timestamp(timestamp_ms)?
+                .max(clean.queue.search_offset(self.log_start_offset)?);
+            if let Some(entry) = clean.queue.get(index)? {
+                return Ok(Some(entry));
+            }
+        }
+        let from = self.log_start_offset.max(self.clean_end());
+        let index = self
+            .queue
+            .search_timestamp(timestamp_ms)?
+            .max(self.queue.search_offset(from)?);
+        self.queue.get(index)
     }
 
     pub fn id(&self) -> PartitionId {
@@ -277,6 +397,9 @@ impl Partition {
         // records its own high watermark does not show yet).
         self.high_watermark = self.high_watermark.max(self.log_start_offset);
         self.queue.drop_files_before(self.log_start_offset)?;
+        if let Some(clean) = &mut self.clean {
+            clean.queue.drop_files_before(self.log_start_offset)?;
+        }
         self.producers.prune_aborted(self.log_start_offset);
         Ok(())
     }
@@ -293,13 +416,19 @@ impl Partition {
     ) -> Result<StoredBytesStep, QueueError> {
         // The log start may have moved since the last slice: its batch is
         // where counting resumes at the earliest.
-        let first = self.queue.search_offset(self.log_start_offset)?;
+        let first = self
+            .queue
+            .search_offset(self.log_start_offset.max(self.clean_end()))?;
         let start = from.map_or(first, |from| from.max(first));
         let end = self
             .queue
             .tail_index()
             .min(start.saturating_add(entries_max));
-        let mut bytes = 0u64;
+        // The clean section is counted whole with the first slice.
+        let mut bytes = match (&self.clean, from) {
+            (Some(clean), None) => clean.bytes_from(self.log_start_offset)?,
+            _ => 0,
+        };
         for index in start..end {
             let Some(entry) = self.queue.get(index)? else {
                 return Ok(StoredBytesStep { bytes, next: None });

@@ -73,9 +73,9 @@ impl ShardStore {
             Isolation::ReadUncommitted => partition.high_watermark,
             Isolation::ReadCommitted => last_stable_offset,
         };
-        let mut index = partition.queue.search_offset(offset).map_err(index_error)?;
+        let mut cursor = partition.cursor(offset).map_err(index_error)?;
         let mut file_len = None;
-        while let Some(entry) = partition.queue.get(index).map_err(index_error)? {
+        while let Some(entry) = partition.entry(cursor).map_err(index_error)? {
             if entry.base_offset >= until {
                 break;
             }
@@ -118,7 +118,7 @@ impl ShardStore {
                 parts,
             });
             bytes += len;
-            index += 1;
+            cursor = partition.advance(cursor).map_err(index_error)?;
         }
         let aborted = match (isolation, batches.last()) {
             (Isolation::ReadUncommitted, _) => None,
@@ -178,21 +178,12 @@ impl ShardStore {
             .partitions
             .get(&id)
             .ok_or(ReadError::UnknownPartition(id))?;
-        let queue = &partition.queue;
         let index_error = |source| ReadError::Index {
             partition: id,
             source,
         };
-        let index = queue
-            .search_timestamp(timestamp_ms)
-            .map_err(index_error)?
-            .max(
-                queue
-                    .search_offset(partition.log_start_offset)
-                    .map_err(index_error)?,
-            );
-        Ok(queue
-            .get(index)
+        Ok(partition
+            .first_entry_at_time(timestamp_ms)
             .map_err(index_error)?
             .filter(|entry| entry.base_offset < partition.high_watermark)
             .map(|entry| {

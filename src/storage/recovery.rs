@@ -32,8 +32,10 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointError, PartitionCheckpoint};
+use super::compaction::clean_section::CleanSection;
+use super::compaction::collector::Collector;
 use super::consume_queue::{ConsumeQueue, QueueEntry, QueueError};
-use super::frame::FRAME_HEADER_BYTES;
+use super::frame::{FRAME_HEADER_BYTES, FrameKind};
 use super::layout::ShardLayout;
 use super::partition::{META_FILE, MetaError, Partition, PartitionConfig, PartitionMeta};
 use super::producer_snapshot::ProducerSnapshot;
@@ -58,6 +60,8 @@ pub struct RecoveryOptions {
 pub enum RecoveryError {
     #[error(transparent)]
     Segment(#[from] SegmentError),
+    #[error("compaction clean section: {0}")]
+    Clean(String),
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error(transparent)]
@@ -176,6 +180,9 @@ pub struct Recovered {
     pub partitions: Vec<Partition>,
     pub next_partition_id: u32,
     pub report: RecoveryReport,
+    /// Compaction passes whose commit frames the scan met: the store
+    /// applies the complete ones once they are below its visible limit.
+    pub compaction: Collector,
 }
 
 struct QueueState {
@@ -258,7 +265,18 @@ pub fn recover(
         elapsed: Duration::ZERO,
     };
     let mut queues = HashMap::new();
+    let mut cleans = HashMap::new();
     for meta in metas {
+        let (clean, unusable) =
+            CleanSection::open_newest(&layout.partition_dir(meta.id), options.entries_per_file)
+                .map_err(|error| RecoveryError::Clean(error.to_string()))?;
+        if let Some(unusable) = unusable {
+            // Built again from its commit frames, which the scan collects.
+            report.scan_start = report.scan_start.min(unusable.commit_position);
+        }
+        if let Some(clean) = clean {
+            cleans.insert(meta.id, clean);
+        }
         let remembered = remembered.get(&meta.id).copied();
         let (mut state, resume) = open_queue(options, meta, remembered, first_base)?;
         state.producers = seeds.remove(&state.meta.id).unwrap_or_default();
@@ -275,6 +293,7 @@ pub fn recover(
     }
 
     let scan_from = report.scan_start.max(first_base);
+    let mut collector = Collector::default();
     let (end, tails) = scan(
         options,
         &segments,
@@ -285,6 +304,7 @@ pub fn recover(
             indexed,
         },
         &mut queues,
+        &mut collector,
         &mut report,
     )?;
     assert!(
@@ -313,8 +333,12 @@ pub fn recover(
             let remembered = state
                 .remembered
                 .map(|checkpoint| (checkpoint.log_start_offset, checkpoint.next_offset));
+            let clean = cleans
+                .remove(&state.meta.id)
+                .and_then(|clean| keep_clean_section(clean, end));
             let mut partition =
-                Partition::new(state.meta, default_config, dir, state.queue, remembered);
+                Partition::new(state.meta, default_config, dir, state.queue, remembered)
+                    .with_clean(clean, remembered.map(|(start, _)| start));
             partition.producers = state.producers;
             let (high_watermark, log_start) =
                 (partition.high_watermark, partition.log_start_offset);
@@ -330,6 +354,7 @@ pub fn recover(
         partitions,
         next_partition_id,
         report,
+        compaction: collector,
     })
 }
 
@@ -601,6 +626,7 @@ fn scan(
     segments: &VecDeque<Segment>,
     range: ScanRange,
     queues: &mut HashMap<PartitionId, QueueState>,
+    collector: &mut Collector,
     report: &mut RecoveryReport,
 ) -> Result<(LogPosition, Vec<TornTail>), RecoveryError> {
     assert!(range.read_from == range.index_from.min(range.producer_from));
@@ -628,6 +654,7 @@ fn scan(
                     header,
                     batch,
                     marker,
+                    commit,
                 } => {
                     assert!(
                         position >= at && segment.contains(position),
@@ -640,6 +667,19 @@ fn scan(
                     report.frames_scanned += 1;
                     report.bytes_scanned += header.frame_len();
                     at = position.plus(header.frame_len());
+                    if header.kind != FrameKind::Batch {
+                        // Compaction copies are indexed only through their
+                        // pass's commit frames, which are collected here.
+                        if let Some(part) = commit
+                            && queues.contains_key(&header.partition)
+                        {
+                            collector.collect(header.partition, position, at, part, Instant::now());
+                        }
+                        if position >= start {
+                            end = end.max(at);
+                        }
+                        continue;
+                    }
                     if position >= producer_from {
                         replay_producer(queues, header.partition, &batch, marker.as_ref(), at);
                     }
@@ -688,6 +728,26 @@ fn scan(
         }
     }
     Ok((end, tails))
+}
+
+/// `clean` if its pass's commit frames are in the recovered log (which ends
+/// at `end`); a section applied from frames the log no longer holds is
+/// dropped (it cannot happen without damage: a pass is applied only once
+/// it is durable and, in a cluster, below the high watermark).
+fn keep_clean_section(clean: CleanSection, end: LogPosition) -> Option<CleanSection> {
+    if clean.commit_position < end {
+        return Some(clean);
+    }
+    tracing::error!(
+        generation = clean.generation,
+        commit_position = clean.commit_position.0,
+        end = end.0,
+        "a clean section's commit frames are past the recovered log; it is dropped"
+    );
+    if let Err(error) = clean.remove() {
+        tracing::warn!(%error, "cannot delete the dropped clean section");
+    }
+    None
 }
 
 /// Rebuild a partition's producer state from a stored batch or marker.

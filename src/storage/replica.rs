@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use super::commit_log::CommitLog;
 use super::consume_queue::QueueError;
-use super::frame::{FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES, FrameHeader};
+use super::frame::{FRAME_HEADER_BYTES, FRAME_PREFIX_BYTES, FrameHeader, FrameKind};
 use super::partition::IndexedBatch;
 use super::segment::{self, Segment};
 use super::segment_reader::{CheckedFrame, check_frame};
@@ -360,13 +360,25 @@ impl ShardStore {
                 && i64::from(batch.last_offset_delta).saturating_add(batch.base_offset)
                     < partition.log_start_offset.0
         });
-        if orphan || below_log_start {
+        // Compaction copies and commits are indexed only when their pass
+        // is applied (`cleaner.rs`), as on the leader.
+        let compaction = header.kind != FrameKind::Batch;
+        if orphan || below_log_start || compaction {
             let position = state
                 .log
                 .append_frame(&[frame], Some(now), now)
                 .map_err(|error| fatal(self.classify_log_error(error)))?;
             assert_eq!(position, at, "a copied frame lands where the leader put it");
             state.log.note_append(u64::MAX, segment::now_ms());
+            if let Some(part) = &checked.commit
+                && !orphan
+                && state.partitions.contains_key(&id)
+            {
+                let end = position.plus(header.frame_len());
+                state
+                    .compaction
+                    .collect(id, position, end, part.clone(), now);
+            }
             drop(guard);
             self.flush_kick.notify();
             return Ok(());

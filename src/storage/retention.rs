@@ -90,7 +90,17 @@ pub fn first_offset_at_or_after(
     partition: &Partition,
     position: LogPosition,
 ) -> Result<Offset, QueueError> {
-    let index = partition.queue.count_below(position)?;
+    // A clean section's copies are the oldest offsets wherever they lie.
+    if let Some(clean) = &partition.clean {
+        let index = clean.queue.count_below(position)?;
+        if let Some(entry) = clean.queue.get(index)? {
+            return Ok(entry.base_offset.min(partition.high_watermark));
+        }
+    }
+    let index = partition
+        .queue
+        .count_below(position)?
+        .max(partition.queue.search_offset(partition.clean_end())?);
     Ok(partition
         .queue
         .get(index)?
@@ -105,10 +115,11 @@ fn start_within_bytes(
     start: Offset,
     limit_bytes: u64,
 ) -> Result<Offset, QueueError> {
-    let queue = &partition.queue;
-    let first = queue.search_offset(start)?;
     let mut kept_bytes = 0u64;
-    let mut kept_from = queue.tail_index();
+    let mut kept_from = None;
+    // Newest first: the head, then the clean section.
+    let queue = &partition.queue;
+    let first = queue.search_offset(start.max(partition.clean_end()))?;
     for index in (first..queue.tail_index()).rev() {
         let Some(entry) = queue.get(index)? else {
             break;
@@ -117,14 +128,27 @@ fn start_within_bytes(
             continue;
         }
         if kept_bytes + u64::from(entry.batch_len) > limit_bytes {
-            break;
+            return Ok(kept_from.unwrap_or(partition.high_watermark));
         }
         kept_bytes += u64::from(entry.batch_len);
-        kept_from = index;
+        kept_from = Some(entry.base_offset);
     }
-    Ok(queue
-        .get(kept_from)?
-        .map_or(partition.high_watermark, |entry| entry.base_offset))
+    if let Some(clean) = &partition.clean
+        && start < clean.end
+    {
+        let first = clean.queue.search_offset(start)?;
+        for index in (first..clean.queue.tail_index()).rev() {
+            let Some(entry) = clean.queue.get(index)? else {
+                break;
+            };
+            if kept_bytes + u64::from(entry.batch_len) > limit_bytes {
+                break;
+            }
+            kept_bytes += u64::from(entry.batch_len);
+            kept_from = Some(entry.base_offset);
+        }
+    }
+    Ok(kept_from.unwrap_or(partition.high_watermark))
 }
 
 /// The lowest log position any partition still needs (None: none needs
@@ -146,6 +170,16 @@ pub fn lowest_needed_position(
 
 /// Where partition's oldest retained batch is.
 pub fn needed_position(partition: &Partition) -> Result<Option<LogPosition>, QueueError> {
-    let index = partition.queue.search_offset(partition.log_start_offset)?;
-    Ok(partition.queue.get(index)?.map(|entry| entry.position))
+    let head = partition
+        .queue
+        .search_offset(partition.log_start_offset.max(partition.clean_end()))?;
+    let head = partition.queue.get(head)?.map(|entry| entry.position);
+    let clean = match &partition.clean {
+        Some(clean) => {
+            let index = clean.queue.search_offset(partition.log_start_offset)?;
+            clean.queue.get(index)?.map(|entry| entry.position)
+        }
+        None => None,
+    };
+    Ok(head.into_iter().chain(clean).min())
 }

@@ -8,7 +8,8 @@
 
 use std::io;
 
-use super::frame::{FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_PREFIX_BYTES, FrameHeader};
+use super::compaction::commit::CommitPart;
+use super::frame::{FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_PREFIX_BYTES, FrameHeader, FrameKind};
 use super::segment::Segment;
 use crate::ids::LogPosition;
 use crate::record_batch::control::{self, TxnMarker};
@@ -26,6 +27,8 @@ pub enum ScanItem {
         /// The transaction marker a control batch holds (`None` for data
         /// batches and for control batches this broker cannot read).
         marker: Option<TxnMarker>,
+        /// What a compaction commit frame carries.
+        commit: Option<CommitPart>,
     },
     /// No valid frame starts here (zeros, garbage, torn or damaged bytes).
     Invalid {
@@ -43,6 +46,8 @@ pub struct CheckedFrame {
     pub header: FrameHeader,
     pub batch: BatchHeader,
     pub marker: Option<TxnMarker>,
+    /// What a compaction commit frame carries.
+    pub commit: Option<CommitPart>,
 }
 
 /// Check the frame at the start of `bytes` as the scanner checks one on
@@ -64,12 +69,25 @@ pub fn check_frame(bytes: &[u8], payload_len_max: u64) -> Result<CheckedFrame, S
             bytes.len()
         ));
     }
-    let (batch, marker) = check_batch(&bytes[FRAME_HEADER_BYTES..end as usize])?;
+    let payload = &bytes[FRAME_HEADER_BYTES..end as usize];
+    let (batch, marker) = check_batch(payload)?;
+    let commit = commit_part(&header, payload)?;
     Ok(CheckedFrame {
         header,
         batch,
         marker,
+        commit,
     })
+}
+
+/// The commit part a compaction commit frame's (checked) batch carries.
+fn commit_part(header: &FrameHeader, batch: &[u8]) -> Result<Option<CommitPart>, String> {
+    if header.kind != FrameKind::CompactionCommit {
+        return Ok(None);
+    }
+    CommitPart::decode(batch)
+        .map(Some)
+        .map_err(|error| error.to_string())
 }
 
 /// Check a stored batch's structure and CRC; its header and marker.
@@ -125,12 +143,15 @@ impl<'a> FrameScanner<'a> {
         }
         let batch_at = position.plus(FRAME_HEADER_BYTES as u64);
         let batch = self.bytes(batch_at, header.payload_len as usize)?;
-        match check_batch(batch) {
-            Ok((batch_header, marker)) => Ok(ScanItem::Frame {
+        match check_batch(batch).and_then(|(batch_header, marker)| {
+            Ok((batch_header, marker, commit_part(&header, batch)?))
+        }) {
+            Ok((batch_header, marker, commit)) => Ok(ScanItem::Frame {
                 position,
                 header,
                 batch: batch_header,
                 marker,
+                commit,
             }),
             Err(reason) => Ok(invalid(position, reason)),
         }

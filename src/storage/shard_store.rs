@@ -188,6 +188,8 @@ pub(super) struct StoreState {
     /// durably (`u64::MAX` otherwise).
     pub(super) visible_limit: u64,
     pub(super) next_partition_id: u32,
+    /// Compaction commit frames stored but not applied yet.
+    pub(super) compaction: super::compaction::collector::Collector,
 }
 
 pub struct ShardStore {
@@ -231,6 +233,7 @@ pub struct ShardStore {
     /// Fetches refused because a batch's bytes are not on disk (every
     /// consumer poll while the damage lasts).
     pub(super) missing_batch_log: LogThrottle,
+    pub(super) cleaner_failure_log: LogThrottle,
 }
 
 /// How often a refused append (full disk, poisoned log) is logged.
@@ -327,6 +330,7 @@ impl ShardStore {
             visible: 0,
             visible_limit: u64::MAX,
             next_partition_id: recovered.next_partition_id,
+            compaction: recovered.compaction,
         };
         let producer_snapshots = ProducerSnapshots::after_recovery(&recovered.report);
         let store = Rc::new(ShardStore {
@@ -354,6 +358,7 @@ impl ShardStore {
             forced_deletion_log: LogThrottle::new(REJECTION_LOG_INTERVAL),
             checkpoint_failure_log: LogThrottle::new(REJECTION_LOG_INTERVAL),
             missing_batch_log: LogThrottle::new(REJECTION_LOG_INTERVAL),
+            cleaner_failure_log: LogThrottle::new(REJECTION_LOG_INTERVAL),
             options,
         });
         store.check_disk();
@@ -367,6 +372,7 @@ impl ShardStore {
         let mut tasks = self.tasks.borrow_mut();
         tasks.push(compio::runtime::spawn(Rc::clone(self).run_checkpointer()));
         tasks.push(compio::runtime::spawn(Rc::clone(self).run_retention()));
+        tasks.push(compio::runtime::spawn(Rc::clone(self).run_cleaner()));
     }
 
     /// Resolves at the store's next progress: a watermark advanced (more
@@ -583,6 +589,7 @@ impl ShardStore {
         state
             .names
             .remove(&(partition.meta.topic.clone(), partition.meta.index));
+        state.compaction.forget(id);
         let dir = partition.dir.clone();
         partition.queue.destroy()?;
         let io_error = |source| PartitionError::Io {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::commit_log::LogAppendError;
-use super::frame::{FRAME_PREFIX_BYTES, FrameHeader};
+use super::frame::{FRAME_PREFIX_BYTES, FrameHeader, FrameKind};
 use super::partition::IndexedBatch;
 use super::producer_state::{Check, ProducerError, TxnToken};
 use super::retention::DiskPressure;
@@ -302,6 +302,7 @@ impl ShardStore {
         let frame = FrameHeader {
             payload_len: u32::try_from(bytes.len()).expect("batch validated against a u32 limit"),
             partition: id,
+            kind: FrameKind::Batch,
         };
         frame.encode_prefix(&batch_prefix, &mut frame_prefix);
         // Counted only once the append succeeds: an append that must wait for

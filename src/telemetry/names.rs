@@ -50,6 +50,12 @@ pub const RETENTION_DELETED_BYTES: &str = "sluice_retention_deleted_bytes_total"
 pub const DISK_PRESSURE_DELETED_OFFSETS: &str = "sluice_disk_pressure_deleted_offsets_total";
 pub const APPENDS_REJECTED: &str = "sluice_appends_rejected_total";
 
+pub const COMPACTION_BYTES_READ: &str = "sluice_compaction_read_bytes_total";
+pub const COMPACTION_BYTES_WRITTEN: &str = "sluice_compaction_written_bytes_total";
+pub const COMPACTION_RECORDS_REMOVED: &str = "sluice_compaction_removed_records_total";
+pub const COMPACTION_PASS_DURATION: &str = "sluice_compaction_pass_duration_seconds";
+pub const COMPACTION_DIRTY_RATIO: &str = "sluice_compaction_dirty_ratio";
+
 pub const CONSUMER_GROUP_LAG: &str = "sluice_consumer_group_lag";
 
 pub const TRANSACTIONS: &str = "sluice_transactions";
@@ -236,6 +242,31 @@ pub fn describe() {
         APPENDS_REJECTED,
         Unit::Count,
         "Appends storage refused, by shard and reason (disk_full, too_large, poisoned, shutting_down, not_leader, sequence_after_failover, unknown_partition, storage, sequence, epoch, txn_state, coordinator_fenced)."
+    );
+
+    describe_counter!(
+        COMPACTION_BYTES_READ,
+        Unit::Bytes,
+        "Bytes the log cleaner read from compacted partitions, by shard."
+    );
+    describe_counter!(
+        COMPACTION_BYTES_WRITTEN,
+        Unit::Bytes,
+        "Bytes of surviving batches the log cleaner copied forward, by shard."
+    );
+    describe_counter!(
+        COMPACTION_RECORDS_REMOVED,
+        Unit::Count,
+        "Records compaction removed (superseded, expired tombstones, keyless), by shard."
+    );
+    describe_histogram!(
+        COMPACTION_PASS_DURATION,
+        Unit::Seconds,
+        "Duration of compaction passes, by shard."
+    );
+    describe_gauge!(
+        COMPACTION_DIRTY_RATIO,
+        "A compacted partition's uncleaned share of its bytes when the cleaner last looked, by topic and partition (cleaned at min.cleanable.dirty.ratio)."
     );
 
     describe_gauge!(

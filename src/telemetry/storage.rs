@@ -102,6 +102,10 @@ pub struct StoreMetrics {
     deleted_for_retention: Counter,
     deleted_for_disk: Counter,
     deleted_bytes: Counter,
+    compaction_read: Counter,
+    compaction_written: Counter,
+    compaction_removed: Counter,
+    compaction_duration: metrics::Histogram,
 }
 
 impl StoreMetrics {
@@ -119,10 +123,38 @@ impl StoreMetrics {
                 "reason" => "disk_pressure"
             ),
             deleted_bytes: counter!(names::RETENTION_DELETED_BYTES, "shard" => shard.clone()),
+            compaction_read: counter!(names::COMPACTION_BYTES_READ, "shard" => shard.clone()),
+            compaction_written: counter!(names::COMPACTION_BYTES_WRITTEN, "shard" => shard.clone()),
+            compaction_removed: counter!(names::COMPACTION_RECORDS_REMOVED, "shard" => shard.clone()),
+            compaction_duration: metrics::histogram!(names::COMPACTION_PASS_DURATION, "shard" => shard.clone()),
             rejected: REJECT_REASONS.map(|reason| {
                 counter!(names::APPENDS_REJECTED, "shard" => shard.clone(), "reason" => reason)
             }),
         }
+    }
+
+    /// A compaction pass finished.
+    pub fn compaction_pass(
+        &self,
+        read: u64,
+        written: u64,
+        removed: u64,
+        took: std::time::Duration,
+    ) {
+        self.compaction_read.increment(read);
+        self.compaction_written.increment(written);
+        self.compaction_removed.increment(removed);
+        self.compaction_duration.record(took.as_secs_f64());
+    }
+
+    /// A compacted partition's dirty ratio, as the cleaner last saw it.
+    pub fn compaction_dirty_ratio(&self, topic: &str, partition: u32, ratio: f64) {
+        metrics::gauge!(
+            names::COMPACTION_DIRTY_RATIO,
+            "topic" => topic.to_owned(),
+            "partition" => partition.to_string()
+        )
+        .set(ratio);
     }
 
     pub fn segment_deleted(&self, why: Deletion, bytes: u64) {

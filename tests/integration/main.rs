@@ -11,6 +11,7 @@ mod wire;
 mod authorized_operations;
 mod cluster;
 mod cluster_config;
+mod compaction;
 mod compat_clients;
 mod consumer_groups;
 mod consumer_protocol;

@@ -1,0 +1,611 @@
+//! The log cleaner of a shard: compaction passes for partitions with
+//! `cleanup.policy=compact`, and the application of every pass whose commit
+//! frames are durable (this node's own, its leader's, or recovery's).
+//! Design: ARCHITECTURE.md, "Log compaction".
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::compaction::clean_section::CleanSection;
+use super::compaction::collector::CompletePass;
+use super::compaction::commit::{CommitPart, ENTRIES_PER_PART};
+use super::compaction::records::Records;
+use super::consume_queue::QueueEntry;
+use super::frame::{COVERED_PAYLOAD_PREFIX_BYTES, FRAME_PREFIX_BYTES, FrameHeader, FrameKind};
+use super::shard_store::{AppendReceipt, Durability, ReadBatch, ShardStore};
+use super::store_errors::TryAppendError;
+use super::store_errors::{AppendError, ReadError};
+use crate::ids::{Offset, PartitionId};
+use crate::log_throttle::monotonic_ms;
+use crate::shard::local_sync::yield_now;
+
+/// A pass still collecting commit parts after this long was cut short (its
+/// leader stopped between parts): it is dropped, so that it no longer holds
+/// the checkpoint back.
+const INCOMPLETE_PASS_MAX_AGE: Duration = Duration::from_secs(60);
+/// Batches read per step of a pass.
+const READ_STEP_BYTES: u64 = 4 * 1024 * 1024;
+/// Bytes a key-map entry is counted as (Kafka's 16-byte hash and 8-byte
+/// offset).
+const KEY_MAP_ENTRY_BYTES: u64 = 24;
+
+/// Why a pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CleanerError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error("reading batch bytes: {0}")]
+    Bytes(std::io::Error),
+    #[error("batch at offset {offset}: {reason}")]
+    Batch { offset: Offset, reason: String },
+    #[error("writing the clean section: {0}")]
+    Section(String),
+}
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassStats {
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub records_removed: u64,
+    pub clean_end: Offset,
+}
+
+/// What the cleaner knows of a partition before a pass.
+struct Plan {
+    log_start: Offset,
+    clean_end: Offset,
+    /// The head's cleanable part ends here.
+    cleanable_end: Offset,
+    generation: u64,
+    delete_retention_ms: i64,
+}
+
+impl ShardStore {
+    pub(super) async fn run_cleaner(self: Rc<Self>) {
+        let backoff = Duration::from_millis(self.options.storage.cleaner_backoff_ms);
+        let mut next_pass = Instant::now() + backoff;
+        loop {
+            let progress = self.progress.wait();
+            self.apply_durable_compactions().await;
+            if Instant::now() >= next_pass {
+                next_pass = Instant::now() + backoff;
+                self.state
+                    .borrow_mut()
+                    .compaction
+                    .abandon_older_than(Instant::now(), INCOMPLETE_PASS_MAX_AGE);
+                if !self.is_follower() && !self.stopping.get() {
+                    self.clean_due_partitions().await;
+                }
+            }
+            let sleep = compio::time::sleep_until(next_pass);
+            futures_util::future::select(Box::pin(progress), Box::pin(sleep)).await;
+        }
+    }
+
+    /// One pass for every compacted partition that is due.
+    async fn clean_due_partitions(&self) {
+        let due: Vec<PartitionId> = {
+            let state = self.state.borrow();
+            state
+                .partitions
+                .values()
+                .filter(|partition| partition.config.compact)
+                .map(|partition| partition.id())
+                .collect()
+        };
+        for id in due {
+            if self.is_follower() || self.stopping.get() {
+                return;
+            }
+            match self.clean_partition(id, false).await {
+                Ok(_) => {}
+                Err(error) => {
+                    self.state.borrow_mut().compaction.forget(id);
+                    if let Some(failed) = self.cleaner_failure_log.record(monotonic_ms()) {
+                        tracing::warn!(shard = %self.options.shard, partition = %id, %error, failed, "a compaction pass stopped; the partition keeps its previous clean section and is tried again later (`failed` counts failures since the last such line)");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run one compaction pass over partition `id` if it is due (or at
+    /// once with `force`, when anything is cleanable): `None` when nothing
+    /// was done. Returns once the new clean section is in use.
+    pub async fn clean_partition(
+        &self,
+        id: PartitionId,
+        force: bool,
+    ) -> Result<Option<PassStats>, CleanerError> {
+        let Some(plan) = self.plan_pass(id, force)? else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let mut stats = PassStats {
+            bytes_read: 0,
+            bytes_written: 0,
+            records_removed: 0,
+            clean_end: plan.clean_end,
+        };
+        let mut throttle = Throttle::new(self.options.storage.cleaner_io_max_bytes_per_second);
+        let key_limit = self.options.storage.cleaner_dedupe_buffer_bytes / KEY_MAP_ENTRY_BYTES;
+        // 1. The key map over the cleanable head.
+        let mut latest: HashMap<u128, i64> = HashMap::new();
+        let mut cleanable_end = plan.cleanable_end;
+        let mut offset = plan.clean_end.max(plan.log_start);
+        'map: while offset < cleanable_end {
+            let batches = self.read_step(id, offset, cleanable_end).await?;
+            if batches.is_empty() {
+                break;
+            }
+            for (batch, bytes) in batches {
+                offset = Offset(batch.last_offset.0 + 1);
+                stats.bytes_read += bytes.len() as u64;
+                throttle.spend(bytes.len() as u64).await;
+                if skipped_whole(batch.attributes) {
+                    continue;
+                }
+                let records = parse(&bytes, batch.base_offset, self)?;
+                let new_keys = records
+                    .records
+                    .iter()
+                    .filter_map(|record| records.key(record))
+                    .filter(|key| !latest.contains_key(&key_hash(key)))
+                    .count() as u64;
+                if latest.len() as u64 + new_keys > key_limit {
+                    // The map is full: this pass cleans up to here.
+                    cleanable_end = batch.base_offset;
+                    break 'map;
+                }
+                for record in &records.records {
+                    if let Some(key) = records.key(record) {
+                        let at = records.header.base_offset + i64::from(record.offset_delta);
+                        latest.insert(key_hash(key), at);
+                    }
+                }
+            }
+        }
+        if cleanable_end <= plan.clean_end.max(plan.log_start) {
+            return Ok(None);
+        }
+        // 2. Copy the survivors of the clean section and the cleanable head.
+        let now_ms = wall_ms();
+        let mut entries: Vec<QueueEntry> = Vec::new();
+        let mut offset = plan.log_start;
+        while offset < cleanable_end {
+            let batches = self.read_step(id, offset, cleanable_end).await?;
+            if batches.is_empty() {
+                break;
+            }
+            for (batch, bytes) in batches {
+                offset = Offset(batch.last_offset.0 + 1);
+                stats.bytes_read += bytes.len() as u64;
+                throttle.spend(bytes.len() as u64).await;
+                let survivor = if skipped_whole(batch.attributes) {
+                    Some(bytes)
+                } else {
+                    let records = parse(&bytes, batch.base_offset, self)?;
+                    let keep: Vec<usize> = records
+                        .records
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, record)| {
+                            let Some(key) = records.key(record) else {
+                                return false;
+                            };
+                            let at = records.header.base_offset + i64::from(record.offset_delta);
+                            let newest = latest
+                                .get(&key_hash(key))
+                                .is_none_or(|&newest| newest <= at);
+                            let expired = record.tombstone
+                                && record.timestamp_ms.saturating_add(plan.delete_retention_ms)
+                                    < now_ms;
+                            newest && !expired
+                        })
+                        .map(|(index, _)| index)
+                        .collect();
+                    stats.records_removed += (records.records.len() - keep.len()) as u64;
+                    if keep.is_empty() {
+                        None
+                    } else if keep.len() == records.records.len() {
+                        Some(bytes)
+                    } else {
+                        Some(records.rebuild(&bytes, &keep).map_err(|error| {
+                            CleanerError::Batch {
+                                offset: batch.base_offset,
+                                reason: format!("recompressing: {error}"),
+                            }
+                        })?)
+                    }
+                };
+                let Some(copy) = survivor else {
+                    continue;
+                };
+                throttle.spend(copy.len() as u64).await;
+                let receipt = self
+                    .append_compaction_frame(id, FrameKind::CompactionCopy, &copy)
+                    .await?;
+                stats.bytes_written += copy.len() as u64;
+                let header = crate::record_batch::BatchHeader::parse(&copy).map_err(|error| {
+                    CleanerError::Batch {
+                        offset: batch.base_offset,
+                        reason: error.to_string(),
+                    }
+                })?;
+                let running_max = entries
+                    .last()
+                    .map_or(i64::MIN, |entry| entry.max_timestamp_ms);
+                entries.push(QueueEntry {
+                    base_offset: batch.base_offset,
+                    position: receipt.position,
+                    batch_len: copy.len() as u32,
+                    last_offset_delta: header.last_offset_delta as u32,
+                    max_timestamp_ms: header.max_timestamp_ms.max(running_max),
+                    attributes: header.attributes as u16,
+                });
+                yield_now().await;
+            }
+        }
+        // 3. Commit: the entries, in parts; the last one fsynced.
+        let parts = entries.chunks(ENTRIES_PER_PART).count().max(1);
+        let mut last_receipt = None;
+        for index in 0..parts {
+            let chunk = entries
+                .chunks(ENTRIES_PER_PART)
+                .nth(index)
+                .map_or(Vec::new(), <[QueueEntry]>::to_vec);
+            let part = CommitPart {
+                generation: plan.generation,
+                clean_end: cleanable_end,
+                last: index + 1 == parts,
+                entries: chunk,
+            };
+            let bytes = part.encode(now_ms);
+            last_receipt = Some(
+                self.append_compaction_frame(id, FrameKind::CompactionCommit, &bytes)
+                    .await?,
+            );
+        }
+        let receipt = last_receipt.expect("at least one commit part");
+        self.wait(&receipt).await?;
+        self.apply_durable_compactions().await;
+        stats.clean_end = cleanable_end;
+        self.metrics.compaction_pass(
+            stats.bytes_read,
+            stats.bytes_written,
+            stats.records_removed,
+            started.elapsed(),
+        );
+        tracing::info!(shard = %self.options.shard, partition = %id, generation = plan.generation, clean_end = cleanable_end.0, bytes_read = stats.bytes_read, bytes_written = stats.bytes_written, records_removed = stats.records_removed, elapsed_ms = started.elapsed().as_millis() as u64, "compacted a partition");
+        Ok(Some(stats))
+    }
+
+    /// Whether partition `id` is due a pass, and what it covers.
+    fn plan_pass(&self, id: PartitionId, force: bool) -> Result<Option<Plan>, ReadError> {
+        let state = self.state.borrow();
+        let Some(partition) = state.partitions.get(&id) else {
+            return Ok(None);
+        };
+        if !partition.config.compact {
+            return Ok(None);
+        }
+        let index_error = |source| ReadError::Index {
+            partition: id,
+            source,
+        };
+        let now_ms = wall_ms();
+        let limit = partition.high_watermark.min(partition.last_stable_offset());
+        let young_from = now_ms.saturating_sub(partition.config.min_compaction_lag_ms.max(0));
+        let clean_end = partition.clean_end().max(partition.log_start_offset);
+        let mut cursor = partition.cursor(clean_end).map_err(index_error)?;
+        let mut cleanable_end = None;
+        let mut dirty_bytes = 0u64;
+        let mut oldest_dirty_ms = None;
+        while let Some(entry) = partition.entry(cursor).map_err(index_error)? {
+            if entry.next_offset() > limit || entry.max_timestamp_ms > young_from {
+                break;
+            }
+            dirty_bytes += u64::from(entry.batch_len);
+            oldest_dirty_ms.get_or_insert(entry.max_timestamp_ms);
+            cleanable_end = Some(entry.next_offset());
+            cursor = partition.advance(cursor).map_err(index_error)?;
+        }
+        let Some(cleanable_end) = cleanable_end else {
+            return Ok(None);
+        };
+        let clean_bytes = match &partition.clean {
+            Some(clean) => clean
+                .bytes_from(partition.log_start_offset)
+                .map_err(index_error)?,
+            None => 0,
+        };
+        let ratio_ppm = dirty_bytes.saturating_mul(1_000_000) / (dirty_bytes + clean_bytes).max(1);
+        let overdue = oldest_dirty_ms.is_some_and(|oldest| {
+            oldest < now_ms.saturating_sub(partition.config.max_compaction_lag_ms.max(0))
+        });
+        self.metrics.compaction_dirty_ratio(
+            &partition.meta.topic,
+            partition.meta.index,
+            ratio_ppm as f64 / 1e6,
+        );
+        if !force
+            && ratio_ppm < u64::from(partition.config.min_cleanable_dirty_ratio_ppm)
+            && !overdue
+        {
+            return Ok(None);
+        }
+        Ok(Some(Plan {
+            log_start: partition.log_start_offset,
+            clean_end,
+            cleanable_end,
+            generation: partition
+                .clean
+                .as_ref()
+                .map_or(1, |clean| clean.generation + 1),
+            delete_retention_ms: partition.config.delete_retention_ms,
+        }))
+    }
+
+    /// The batches of `id` from `offset` below `end`, with their bytes
+    /// (read off the shard thread).
+    async fn read_step(
+        &self,
+        id: PartitionId,
+        offset: Offset,
+        end: Offset,
+    ) -> Result<Vec<(ReadBatch, Vec<u8>)>, CleanerError> {
+        let read = self.read(id, offset, READ_STEP_BYTES)?;
+        let batches: Vec<ReadBatch> = read
+            .batches
+            .into_iter()
+            .filter(|batch| batch.base_offset < end)
+            .collect();
+        let read = compio::runtime::spawn_blocking(move || {
+            batches
+                .into_iter()
+                .map(|batch| {
+                    let bytes = super::read_batch_bytes(&batch)?;
+                    Ok((batch, bytes))
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .await;
+        match read {
+            Ok(read) => read.map_err(CleanerError::Bytes),
+            Err(error) => {
+                error.resume_unwind();
+                Err(CleanerError::Bytes(std::io::Error::other(
+                    "the read task was cancelled",
+                )))
+            }
+        }
+    }
+
+    /// Append a compaction frame of `kind` for partition `id` holding
+    /// `batch` as it is (its offsets are the original's): not indexed, not
+    /// a producer's batch. A commit part is collected for the apply and
+    /// asked to be durable at once.
+    async fn append_compaction_frame(
+        &self,
+        id: PartitionId,
+        kind: FrameKind,
+        batch: &[u8],
+    ) -> Result<AppendReceipt, AppendError> {
+        self.in_buffer_order(|| match self.try_append_compaction(id, kind, batch) {
+            Ok(receipt) => Ok(receipt),
+            Err(TryAppendError::NoBufferSpace) => Err(None),
+            Err(TryAppendError::Fatal(error)) => Err(Some(error)),
+        })
+        .await
+    }
+
+    fn try_append_compaction(
+        &self,
+        id: PartitionId,
+        kind: FrameKind,
+        batch: &[u8],
+    ) -> Result<AppendReceipt, TryAppendError> {
+        if self.stopping.get() {
+            return Err(AppendError::ShuttingDown.into());
+        }
+        if self.follower.get() {
+            return Err(AppendError::NotLeader.into());
+        }
+        let now = Instant::now();
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        let partition = state
+            .partitions
+            .get(&id)
+            .ok_or(AppendError::UnknownPartition(id))?;
+        let next_offset = partition.next_offset;
+        let frame = FrameHeader {
+            payload_len: u32::try_from(batch.len()).expect("a batch under 4 GiB"),
+            partition: id,
+            kind,
+        };
+        let mut prefix = [0u8; FRAME_PREFIX_BYTES];
+        frame.encode_prefix(&batch[..COVERED_PAYLOAD_PREFIX_BYTES], &mut prefix);
+        let durable_by = (kind == FrameKind::CompactionCommit).then_some(now);
+        let position = state
+            .log
+            .append_frame(
+                &[&prefix, &batch[COVERED_PAYLOAD_PREFIX_BYTES..]],
+                durable_by,
+                now,
+            )
+            .map_err(|error| self.classify_log_error(error))?;
+        state.log.note_append(u64::MAX, super::segment::now_ms());
+        let end = position.plus(frame.frame_len());
+        if kind == FrameKind::CompactionCommit {
+            let part = CommitPart::decode(batch).expect("a part this cleaner encoded");
+            state.compaction.collect(id, position, end, part, now);
+        }
+        state.push_pending(id, end, next_offset);
+        drop(guard);
+        self.flush_kick.notify();
+        Ok(AppendReceipt {
+            base_offset: next_offset,
+            last_offset: next_offset,
+            position,
+            end,
+            durability: if kind == FrameKind::CompactionCommit {
+                Durability::Fsynced
+            } else {
+                Durability::Buffered
+            },
+            duplicate: false,
+        })
+    }
+
+    /// Apply every collected pass whose commit frames are durable: write
+    /// its clean section (off the shard thread), switch the partition to
+    /// it and delete the one it replaces.
+    pub(super) async fn apply_durable_compactions(&self) {
+        let passes = {
+            let mut state = self.state.borrow_mut();
+            if !state.compaction.has_ready() {
+                return;
+            }
+            // Durable here and, in a cluster, below the high watermark, so
+            // no failover truncates a pass this node applied.
+            let limit = state.log.durable_end().0.min(state.visible_limit);
+            state
+                .compaction
+                .take_durable(crate::ids::LogPosition(limit))
+        };
+        for pass in passes {
+            let partition = pass.partition;
+            let generation = pass.generation;
+            if let Err(error) = self.apply_compaction(pass).await {
+                tracing::error!(shard = %self.options.shard, %partition, generation, %error, "cannot apply a compaction pass; the partition keeps its previous clean section");
+            }
+        }
+        // Until now the checkpoint was held at the passes' first parts.
+        self.state.borrow_mut().compaction.applied();
+    }
+
+    async fn apply_compaction(&self, pass: CompletePass) -> Result<(), CleanerError> {
+        let id = pass.partition;
+        let dir = self.layout.partition_dir(id);
+        let entries_per_file = self.options.storage.consume_queue_entries_per_file;
+        let current = self
+            .state
+            .borrow()
+            .partitions
+            .get(&id)
+            .map(|partition| partition.clean.as_ref().map_or(0, |clean| clean.generation));
+        if current.is_none_or(|current| current >= pass.generation) {
+            return Ok(());
+        }
+        let written = compio::runtime::spawn_blocking(move || {
+            CleanSection::write(
+                &dir,
+                pass.generation,
+                pass.clean_end,
+                pass.first_part,
+                &pass.entries,
+                entries_per_file,
+            )
+        })
+        .await;
+        let section = match written {
+            Ok(section) => section.map_err(|error| CleanerError::Section(error.to_string()))?,
+            Err(error) => {
+                error.resume_unwind();
+                return Err(CleanerError::Section("the write was cancelled".to_owned()));
+            }
+        };
+        let replaced = {
+            let mut state = self.state.borrow_mut();
+            match state.partitions.get_mut(&id) {
+                // Deleted meanwhile: the new section goes with it.
+                None => Some(section),
+                Some(partition) => {
+                    let end = section.end;
+                    let replaced = partition.clean.replace(section);
+                    // The head's entries below the clean end are not read
+                    // again: whole files of them go.
+                    if let Err(error) = partition.queue.drop_files_before(end) {
+                        tracing::warn!(partition = %id, %error, "cannot drop consume-queue files below the clean end");
+                    }
+                    replaced
+                }
+            }
+        };
+        if let Some(replaced) = replaced {
+            let removed = compio::runtime::spawn_blocking(move || replaced.remove()).await;
+            if let Ok(Err(error)) = removed {
+                tracing::warn!(partition = %id, %error, "cannot delete a replaced clean section; the next start deletes it");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a batch is copied whole, without looking at its records:
+/// transaction markers and transactional batches (a record of an aborted
+/// transaction must never hide an earlier committed one, and is kept as
+/// read_committed readers skip it).
+fn skipped_whole(attributes: u16) -> bool {
+    const TRANSACTIONAL: u16 = 1 << 4;
+    const CONTROL: u16 = 1 << 5;
+    attributes & (TRANSACTIONAL | CONTROL) != 0
+}
+
+fn parse(bytes: &[u8], offset: Offset, store: &ShardStore) -> Result<Records, CleanerError> {
+    let limit = store.options.storage.batch_ceiling_bytes() as u64
+        * u64::from(store.options.storage.decompressed_batch_ratio_max);
+    Records::parse(bytes, limit).map_err(|reason| CleanerError::Batch { offset, reason })
+}
+
+/// A 128-bit hash of a record key: two SipHash-1-3 runs with different
+/// prefixes (a collision, at 2^-128, would drop a live record, as an MD5
+/// collision would in Kafka's cleaner).
+fn key_hash(key: &[u8]) -> u128 {
+    let half = |salt: u8| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        salt.hash(&mut hasher);
+        key.hash(&mut hasher);
+        hasher.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
+}
+
+/// `log.cleaner.io.max.bytes.per.second`: a pass sleeps whenever it is
+/// ahead of the rate since it began.
+struct Throttle {
+    bytes_per_second: u64,
+    started: Instant,
+    spent: u64,
+}
+
+impl Throttle {
+    fn new(bytes_per_second: u64) -> Throttle {
+        Throttle {
+            bytes_per_second: bytes_per_second.max(1),
+            started: Instant::now(),
+            spent: 0,
+        }
+    }
+
+    async fn spend(&mut self, bytes: u64) {
+        self.spent += bytes;
+        let due = Duration::from_secs_f64(self.spent as f64 / self.bytes_per_second as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            compio::time::sleep(due - elapsed).await;
+        }
+    }
+}

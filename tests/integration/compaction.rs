@@ -1,0 +1,221 @@
+//! Log compaction (`cleanup.policy=compact`, issue 17) with real clients:
+//! the latest value of every key survives, older ones and expired
+//! tombstones go, offsets are kept, and a kill -9 at any moment of a pass
+//! loses nothing and exposes no half-compacted partition.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::broker_process::BrokerProcess;
+use crate::kafka_clients::{self, Record};
+
+/// A cleaner that looks every 200 ms.
+const FAST_CLEANER: &str = "[storage]\ncleaner_backoff_ms = 200\n";
+
+fn start(dir: &Path, config: &str) -> BrokerProcess {
+    let path = dir.join("compaction-test.toml");
+    std::fs::write(&path, config).unwrap();
+    BrokerProcess::start(&dir.join("data"), &["--config", path.to_str().unwrap()])
+}
+
+/// Write `count` updates over `keys` keys (`key-K` = `value-N`, N counting
+/// from `first`), acks=all; the acknowledged records.
+fn write_updates(
+    address: &str,
+    topic: &str,
+    first: usize,
+    count: usize,
+    keys: usize,
+) -> Vec<Record> {
+    write_keys(address, topic, "key", first, count, keys)
+}
+
+/// [`write_updates`] with keys `PREFIX-K`.
+fn write_keys(
+    address: &str,
+    topic: &str,
+    prefix: &str,
+    first: usize,
+    count: usize,
+    keys: usize,
+) -> Vec<Record> {
+    let (producer, acks) = kafka_clients::producer(address, &[("linger.ms", "20")]);
+    for n in first..first + count {
+        let key = format!("{prefix}-{}", n % keys);
+        let value = format!("value-{n}");
+        kafka_clients::send(
+            &producer,
+            topic,
+            None,
+            Some(key.as_bytes()),
+            value.as_bytes(),
+            &[],
+        );
+    }
+    kafka_clients::flush(&producer, &acks)
+}
+
+/// The latest acknowledged record of each key: (partition, offset, value).
+fn latest_by_key(acked: &[Record]) -> BTreeMap<Vec<u8>, (i32, i64, Vec<u8>)> {
+    let mut latest: BTreeMap<Vec<u8>, (i32, i64, Vec<u8>)> = BTreeMap::new();
+    for record in acked {
+        let key = record.key.clone().expect("keyed");
+        let entry = (record.partition, record.offset, record.payload.clone());
+        match latest.get(&key) {
+            Some((_, offset, _)) if *offset > record.offset => {}
+            _ => {
+                latest.insert(key, entry);
+            }
+        }
+    }
+    latest
+}
+
+/// Consume until exactly `expected` records come back (compaction is
+/// asynchronous), at most 90 s.
+fn consume_until(address: &str, topic: &str, partitions: i32, expected: usize) -> Vec<Record> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let records =
+            kafka_clients::consume_all(address, topic, partitions, Duration::from_secs(1));
+        if records.len() == expected || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Every key's last record in the log is its latest acknowledged value at
+/// its acknowledged offset, and no record of a key comes after it.
+fn assert_latest_values(records: &[Record], latest: &BTreeMap<Vec<u8>, (i32, i64, Vec<u8>)>) {
+    let mut last: BTreeMap<Vec<u8>, (i32, i64, Vec<u8>)> = BTreeMap::new();
+    for record in records {
+        let key = record
+            .key
+            .clone()
+            .expect("a compacted topic holds keyed records only");
+        last.insert(
+            key,
+            (record.partition, record.offset, record.payload.clone()),
+        );
+    }
+    assert_eq!(last.len(), latest.len(), "every key is present");
+    for (key, expected) in latest {
+        assert_eq!(
+            last.get(key),
+            Some(expected),
+            "key {:?}",
+            String::from_utf8_lossy(key)
+        );
+    }
+}
+
+#[test]
+#[ignore = "issue 17 in progress: after a restart a compacted partition reads nothing yet"]
+fn a_compacted_topic_keeps_the_latest_value_of_each_of_1000_keys_after_100000_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), FAST_CLEANER);
+    let address = broker.address.clone();
+    kafka_clients::create_topic(
+        &address,
+        "table",
+        2,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("delete.retention.ms", "1000"),
+        ],
+    );
+    let acked = write_updates(&address, "table", 0, 100_000, 1000);
+    let latest = latest_by_key(&acked);
+    assert_eq!(latest.len(), 1000);
+    let records = consume_until(&address, "table", 2, 1000);
+    assert_eq!(records.len(), 1000, "compaction left one record per key");
+    assert_latest_values(&records, &latest);
+
+    // Tombstones for 100 keys: kept for delete.retention.ms, then removed
+    // by a later pass.
+    let (producer, acks) = kafka_clients::producer(&address, &[]);
+    for key in 0..100 {
+        let key = format!("key-{key}");
+        let record: rdkafka::producer::BaseRecord<'_, [u8], [u8]> =
+            rdkafka::producer::BaseRecord::to("table").key(key.as_bytes());
+        producer.poll(Duration::ZERO);
+        producer.send(record).map_err(|(error, _)| error).unwrap();
+    }
+    kafka_clients::flush(&producer, &acks);
+    std::thread::sleep(Duration::from_millis(1500));
+    // New writes (to other keys) make the partitions dirty again, so a
+    // pass runs.
+    let more = write_keys(&address, "table", "other", 0, 2_000, 50);
+    let mut latest = latest_by_key(&[acked, more].concat());
+    for key in 0..100 {
+        latest.remove(format!("key-{key}").as_bytes());
+    }
+    let records = consume_until(&address, "table", 2, 950);
+    assert_eq!(
+        records.len(),
+        950,
+        "the expired tombstones and their keys are gone"
+    );
+    assert_latest_values(&records, &latest);
+
+    // The compacted state survives a restart and a kill -9.
+    let _ = broker.stop();
+    let broker = start(dir.path(), FAST_CLEANER);
+    assert_latest_values(
+        &kafka_clients::consume_all(&broker.address, "table", 2, Duration::from_secs(1)),
+        &latest,
+    );
+    broker.kill9();
+    let broker = start(dir.path(), FAST_CLEANER);
+    assert_latest_values(
+        &kafka_clients::consume_all(&broker.address, "table", 2, Duration::from_secs(1)),
+        &latest,
+    );
+    let _ = broker.stop();
+}
+
+#[test]
+#[ignore = "issue 17 in progress: after a restart a compacted partition reads nothing yet"]
+fn kill_9_during_compaction_passes_loses_no_latest_value() {
+    let dir = tempfile::tempdir().unwrap();
+    // A slow cleaner, so that kills land in the middle of passes.
+    let config = "[storage]\ncleaner_backoff_ms = 100\ncleaner_io_max_bytes_per_second = 1048576\n";
+    let mut broker = start(dir.path(), config);
+    kafka_clients::create_topic(
+        &broker.address,
+        "kv",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+        ],
+    );
+    let mut acked = Vec::new();
+    for round in 0..5 {
+        acked.extend(write_updates(
+            &broker.address,
+            "kv",
+            round * 20_000,
+            20_000,
+            500,
+        ));
+        std::thread::sleep(Duration::from_millis(300 + 450 * round as u64));
+        broker.kill9();
+        broker = start(dir.path(), config);
+        let records = kafka_clients::consume_all(&broker.address, "kv", 1, Duration::from_secs(3));
+        assert_latest_values(&records, &latest_by_key(&acked));
+        // Offsets only increase and each is served once.
+        assert!(
+            records
+                .windows(2)
+                .all(|pair| pair[0].offset < pair[1].offset)
+        );
+    }
+    let records = consume_until(&broker.address, "kv", 1, 500);
+    assert_eq!(records.len(), 500, "the last pass left one record per key");
+    assert_latest_values(&records, &latest_by_key(&acked));
+    let _ = broker.stop();
+}
