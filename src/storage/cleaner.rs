@@ -126,6 +126,7 @@ impl ShardStore {
             return Ok(None);
         };
         let started = Instant::now();
+        tracing::info!(shard = %self.options.shard, partition = %id, generation = plan.generation, from = plan.log_start.0, cleanable_end = plan.cleanable_end.0, "compacting a partition");
         let mut stats = PassStats {
             bytes_read: 0,
             bytes_written: 0,

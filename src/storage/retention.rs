@@ -90,11 +90,19 @@ pub fn first_offset_at_or_after(
     partition: &Partition,
     position: LogPosition,
 ) -> Result<Offset, QueueError> {
-    // A clean section's copies are the oldest offsets wherever they lie.
+    // A clean section's copies hold the oldest offsets wherever they lie.
+    // Its gaps are compaction's, not losses: while no clean batch at or
+    // after the log start lies before `position`, nothing goes.
     if let Some(clean) = &partition.clean {
-        let index = clean.queue.count_below(position)?;
-        if let Some(entry) = clean.queue.get(index)? {
-            return Ok(entry.base_offset.min(partition.high_watermark));
+        let first_live = clean.queue.search_offset(partition.log_start_offset)?;
+        if first_live < clean.queue.tail_index() {
+            let index = clean.queue.count_below(position)?.max(first_live);
+            if index == first_live {
+                return Ok(partition.log_start_offset);
+            }
+            if let Some(entry) = clean.queue.get(index)? {
+                return Ok(entry.base_offset.min(partition.high_watermark));
+            }
         }
     }
     let index = partition

@@ -112,7 +112,6 @@ fn assert_latest_values(records: &[Record], latest: &BTreeMap<Vec<u8>, (i32, i64
 }
 
 #[test]
-#[ignore = "issue 17 in progress: after a restart a compacted partition reads nothing yet"]
 fn a_compacted_topic_keeps_the_latest_value_of_each_of_1000_keys_after_100000_updates() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path(), FAST_CLEANER);
@@ -178,11 +177,12 @@ fn a_compacted_topic_keeps_the_latest_value_of_each_of_1000_keys_after_100000_up
 }
 
 #[test]
-#[ignore = "issue 17 in progress: after a restart a compacted partition reads nothing yet"]
 fn kill_9_during_compaction_passes_loses_no_latest_value() {
     let dir = tempfile::tempdir().unwrap();
-    // A slow cleaner, so that kills land in the middle of passes.
-    let config = "[storage]\ncleaner_backoff_ms = 100\ncleaner_io_max_bytes_per_second = 1048576\n";
+    // A slow cleaner, so that kills land in the middle of passes, and small
+    // consume-queue files, so that passes drop whole files of the head.
+    let config = "[storage]\ncleaner_backoff_ms = 100\ncleaner_io_max_bytes_per_second = 1048576\n\
+                  consume_queue_entries_per_file = 1024\n";
     let mut broker = start(dir.path(), config);
     kafka_clients::create_topic(
         &broker.address,
@@ -194,6 +194,7 @@ fn kill_9_during_compaction_passes_loses_no_latest_value() {
         ],
     );
     let mut acked = Vec::new();
+    let mut killed_mid_pass = 0;
     for round in 0..5 {
         acked.extend(write_updates(
             &broker.address,
@@ -203,6 +204,23 @@ fn kill_9_during_compaction_passes_loses_no_latest_value() {
             500,
         ));
         std::thread::sleep(Duration::from_millis(300 + 450 * round as u64));
+        // The last pass the log mentions was started and not finished.
+        let passes: Vec<bool> = broker
+            .log()
+            .iter()
+            .filter_map(|line| {
+                if line.contains("compacting a partition") {
+                    Some(true)
+                } else if line.contains("compacted a partition") {
+                    Some(false)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        if passes.last() == Some(&true) {
+            killed_mid_pass += 1;
+        }
         broker.kill9();
         broker = start(dir.path(), config);
         let records = kafka_clients::consume_all(&broker.address, "kv", 1, Duration::from_secs(3));
@@ -214,6 +232,10 @@ fn kill_9_during_compaction_passes_loses_no_latest_value() {
                 .all(|pair| pair[0].offset < pair[1].offset)
         );
     }
+    assert!(
+        killed_mid_pass >= 2,
+        "only {killed_mid_pass} of 5 kills landed inside a pass"
+    );
     let records = consume_until(&broker.address, "kv", 1, 500);
     assert_eq!(records.len(), 500, "the last pass left one record per key");
     assert_latest_values(&records, &latest_by_key(&acked));
