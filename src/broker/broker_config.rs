@@ -752,9 +752,15 @@ mod tests {
             "5"
         );
         assert!(checked_dynamic("log.retention.ms", "-5", limits()).is_err());
+        // Issue 17: compaction is a cluster-wide default too, as in Kafka.
         assert_eq!(
-            checked_dynamic("log.cleanup.policy", "delete,compact", limits()).unwrap(),
+            checked_dynamic("log.cleanup.policy", "delete, compact", limits()).unwrap(),
             "delete,compact"
+        );
+        assert!(
+            checked_dynamic("log.cleanup.policy", "delete,shred", limits())
+                .unwrap_err()
+                .contains("log.cleanup.policy")
         );
         assert!(
             checked_dynamic("num.partitions", "3", limits())

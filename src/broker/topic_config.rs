@@ -22,12 +22,14 @@ use std::collections::BTreeMap;
 use super::config_value::{Check, ConfigType, ValueSpec};
 use crate::record_batch::Codec;
 use crate::storage::PartitionConfig;
+use crate::storage::partition::MIN_CLEANABLE_DIRTY_RATIO_PPM_DEFAULT;
 
 pub const CLEANUP_POLICY: &str = "cleanup.policy";
 pub const COMPRESSION_GZIP_LEVEL: &str = "compression.gzip.level";
 pub const COMPRESSION_LZ4_LEVEL: &str = "compression.lz4.level";
 pub const COMPRESSION_TYPE: &str = "compression.type";
 pub const COMPRESSION_ZSTD_LEVEL: &str = "compression.zstd.level";
+pub const DELETE_RETENTION_MS: &str = "delete.retention.ms";
 pub const FLUSH_MESSAGES: &str = "flush.messages";
 pub const FLUSH_MS: &str = "flush.ms";
 pub const MAX_COMPACTION_LAG_MS: &str = "max.compaction.lag.ms";
@@ -36,6 +38,7 @@ pub const MESSAGE_TIMESTAMP_AFTER_MAX_MS: &str = "message.timestamp.after.max.ms
 pub const MESSAGE_TIMESTAMP_BEFORE_MAX_MS: &str = "message.timestamp.before.max.ms";
 pub const MESSAGE_TIMESTAMP_DIFFERENCE_MAX_MS: &str = "message.timestamp.difference.max.ms";
 pub const MESSAGE_TIMESTAMP_TYPE: &str = "message.timestamp.type";
+pub const MIN_CLEANABLE_DIRTY_RATIO: &str = "min.cleanable.dirty.ratio";
 pub const MIN_COMPACTION_LAG_MS: &str = "min.compaction.lag.ms";
 pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
 pub const REMOTE_STORAGE_ENABLE: &str = "remote.storage.enable";
@@ -52,7 +55,12 @@ pub const DISK_PRESSURE_DELETE: &str = "sluice.disk.pressure.delete";
 /// Kafka's `compression.type` values for a topic (`BrokerCompressionType`).
 const COMPRESSION_TYPES: &[&str] = &["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"];
 const TIMESTAMP_TYPES: &[&str] = &["CreateTime", "LogAppendTime"];
-const CLEANUP_POLICIES: &[&str] = &["compact", "delete"];
+const CLEANUP_POLICY_COMPACT: &str = "compact";
+const CLEANUP_POLICY_DELETE: &str = "delete";
+const CLEANUP_POLICIES: &[&str] = &[CLEANUP_POLICY_COMPACT, CLEANUP_POLICY_DELETE];
+/// `min.cleanable.dirty.ratio` is handed to storage in parts per million,
+/// so that [`PartitionConfig`] keeps `Eq`.
+const RATIO_PPM_ONE: f64 = 1_000_000.0;
 const INT_MAX: i64 = i32::MAX as i64;
 
 /// What Sluice does with a config.
@@ -119,8 +127,10 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         "delete",
         Some("log.cleanup.policy"),
         Effect::Enforced,
-        "\"delete\": retention.ms and retention.bytes move the log start. Empty: nothing is \
-         deleted. \"compact\" is refused until log compaction exists.",
+        "\"delete\": retention.ms and retention.bytes move the log start. \"compact\": the \
+         cleaner keeps the latest record of each key, and Produce refuses records without a \
+         key (INVALID_RECORD). Both may be given (\"compact,delete\"); \"compact\" alone \
+         deletes nothing by age or size. Empty: nothing is deleted.",
     ),
     def(
         COMPRESSION_GZIP_LEVEL,
@@ -159,12 +169,14 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         "Level of the broker's zstd recompression (compression.type=zstd): -131072 to 22.",
     ),
     def(
-        "delete.retention.ms",
+        DELETE_RETENTION_MS,
         long_from(0),
         "86400000",
         Some("log.cleaner.delete.retention.ms"),
-        Effect::Inert,
-        "Kept for compacted topics (tombstone lifetime); no effect until log compaction exists.",
+        Effect::Enforced,
+        "Compacted topics: how long the cleaner keeps a tombstone (a record with a null value) \
+         once it has compacted the part of the log holding it, so that consumers still see the \
+         deletion.",
     ),
     def(
         "file.delete.delay.ms",
@@ -236,8 +248,10 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         long_from(1),
         LONG_MAX,
         Some("log.cleaner.max.compaction.lag.ms"),
-        Effect::Inert,
-        "Kept for compacted topics; no effect until log compaction exists.",
+        Effect::Enforced,
+        "Compacted topics: the longest a record may stay uncompacted; the cleaner compacts the \
+         log once a record is this old, whatever min.cleanable.dirty.ratio says. At least \
+         min.compaction.lag.ms.",
     ),
     def(
         MAX_MESSAGE_BYTES,
@@ -302,20 +316,22 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
          broker's.",
     ),
     def(
-        "min.cleanable.dirty.ratio",
+        MIN_CLEANABLE_DIRTY_RATIO,
         ValueSpec::new(ConfigType::Double, Check::Fraction { min: 0.0, max: 1.0 }),
         "0.5",
         Some("log.cleaner.min.cleanable.ratio"),
-        Effect::Inert,
-        "Kept for compacted topics; no effect until log compaction exists.",
+        Effect::Enforced,
+        "Compacted topics: the cleaner compacts a partition once the uncompacted part of its \
+         log is at least this fraction of the whole.",
     ),
     def(
         MIN_COMPACTION_LAG_MS,
         long_from(0),
         "0",
         Some("log.cleaner.min.compaction.lag.ms"),
-        Effect::Inert,
-        "Kept for compacted topics; no effect until log compaction exists.",
+        Effect::Enforced,
+        "Compacted topics: the shortest a record stays uncompacted; the cleaner leaves records \
+         younger than this as written.",
     ),
     def(
         MIN_INSYNC_REPLICAS,
@@ -544,6 +560,14 @@ pub struct TopicConfig {
     pub retention_bytes: i64,
     /// `cleanup.policy` contains `delete`: retention applies.
     pub delete_policy: bool,
+    /// `cleanup.policy` contains `compact`: the cleaner compacts the topic,
+    /// and Produce refuses records without a key.
+    pub compact_policy: bool,
+    pub delete_retention_ms: i64,
+    pub min_compaction_lag_ms: i64,
+    pub max_compaction_lag_ms: i64,
+    /// `min.cleanable.dirty.ratio` in parts per million.
+    pub min_cleanable_dirty_ratio_ppm: u32,
     pub segment_ms: i64,
     pub max_message_bytes: i32,
     pub flush_ms: i64,
@@ -623,6 +647,7 @@ impl TopicConfig {
             set => set,
         };
         let level = |key: &str, fallback: i32| int(key, fallback);
+        let policy = super::config_value::list_items(text(CLEANUP_POLICY));
         let recompression = match text(COMPRESSION_TYPE) {
             "gzip" => Some((Codec::Gzip, level(COMPRESSION_GZIP_LEVEL, -1))),
             "snappy" => Some((Codec::Snappy, 0)),
@@ -635,8 +660,12 @@ impl TopicConfig {
         TopicConfig {
             retention_ms: long(RETENTION_MS, -1),
             retention_bytes: long(RETENTION_BYTES, -1),
-            delete_policy: super::config_value::list_items(text(CLEANUP_POLICY))
-                .contains(&"delete"),
+            delete_policy: policy.contains(&CLEANUP_POLICY_DELETE),
+            compact_policy: policy.contains(&CLEANUP_POLICY_COMPACT),
+            delete_retention_ms: long(DELETE_RETENTION_MS, i64::MAX),
+            min_compaction_lag_ms: long(MIN_COMPACTION_LAG_MS, 0),
+            max_compaction_lag_ms: long(MAX_COMPACTION_LAG_MS, i64::MAX),
+            min_cleanable_dirty_ratio_ppm: ratio_ppm(text(MIN_CLEANABLE_DIRTY_RATIO)),
             segment_ms: long(SEGMENT_MS, i64::MAX),
             max_message_bytes: int(MAX_MESSAGE_BYTES, i32::MAX),
             flush_ms: long(FLUSH_MS, i64::MAX),
@@ -655,44 +684,44 @@ impl TopicConfig {
     }
 
     /// What storage enforces for each partition of the topic. Without the
-    /// `delete` cleanup policy nothing expires.
+    /// `delete` cleanup policy nothing expires (retention looks at
+    /// [`PartitionConfig::delete`]); with `compact` the cleaner works on it.
     pub fn partition_config(&self) -> PartitionConfig {
-        let (retention_ms, retention_bytes) = if self.delete_policy {
-            (self.retention_ms, self.retention_bytes)
-        } else {
-            (-1, -1)
-        };
         PartitionConfig {
-            retention_ms,
-            retention_bytes,
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            delete: self.delete_policy,
+            compact: self.compact_policy,
+            delete_retention_ms: self.delete_retention_ms,
+            min_compaction_lag_ms: self.min_compaction_lag_ms,
+            max_compaction_lag_ms: self.max_compaction_lag_ms,
+            min_cleanable_dirty_ratio_ppm: self.min_cleanable_dirty_ratio_ppm,
             flush_ms: u64::try_from(self.flush_ms).unwrap_or(u64::MAX),
             flush_messages: u64::try_from(self.flush_messages).unwrap_or(u64::MAX),
             segment_ms: u64::try_from(self.segment_ms).unwrap_or(u64::MAX),
             disk_pressure_delete: self.disk_pressure_delete,
-            compact: self
-                .value_of("cleanup.policy")
-                .is_some_and(|policy| policy.contains("compact")),
-            delete: self.delete_policy,
-            delete_retention_ms: self.long_of("delete.retention.ms", 86_400_000),
-            min_compaction_lag_ms: self.long_of("min.compaction.lag.ms", 0),
-            max_compaction_lag_ms: self.long_of("max.compaction.lag.ms", i64::MAX),
-            min_cleanable_dirty_ratio_ppm: self
-                .value_of("min.cleanable.dirty.ratio")
-                .and_then(|ratio| ratio.parse::<f64>().ok())
-                .map_or(500_000, |ratio| (ratio.clamp(0.0, 1.0) * 1e6) as u32),
         }
     }
 
-    fn long_of(&self, key: &str, default: i64) -> i64 {
-        self.value_of(key)
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(default)
-    }
 
     /// The effective value of `key`, as DescribeConfigs shows it.
     pub fn value_of(&self, key: &str) -> Option<&str> {
         self.values.get(key).map(String::as_str)
     }
+}
+
+/// `min.cleanable.dirty.ratio` (a checked fraction) in parts per million;
+/// a value that does not read as one (a broker setting shown as given) is
+/// Kafka's default, half.
+fn ratio_ppm(value: &str) -> u32 {
+    let ratio = value
+        .parse::<f64>()
+        .ok()
+        .filter(|ratio| (0.0..=1.0).contains(ratio));
+    // In [0, 1], so the product is in [0, 1e6] and fits u32.
+    ratio.map_or(MIN_CLEANABLE_DIRTY_RATIO_PPM_DEFAULT, |ratio| {
+        (ratio * RATIO_PPM_ONE).round() as u32
+    })
 }
 
 /// Checks between configs (Kafka's `LogConfig.validateValues`).
@@ -800,9 +829,76 @@ mod tests {
     #[test]
     fn an_empty_cleanup_policy_keeps_everything() {
         let config = with(&[(CLEANUP_POLICY, ""), (RETENTION_MS, "1000")]).unwrap();
-        assert_eq!(config.partition_config().retention_ms, -1);
+        let partition = config.partition_config();
+        assert!(!partition.delete && !partition.compact);
         let config = with(&[(RETENTION_MS, "1000")]).unwrap();
-        assert_eq!(config.partition_config().retention_ms, 1000);
+        let partition = config.partition_config();
+        assert!(partition.delete && !partition.compact);
+        assert_eq!(partition.retention_ms, 1000);
+    }
+
+    /// Issue 17: every policy Kafka accepts, in either order and spacing,
+    /// reaches storage as its two flags.
+    #[test]
+    fn compact_and_delete_policies_are_accepted_and_reach_storage() {
+        for (policy, shown, delete, compact) in [
+            ("compact", "compact", false, true),
+            ("delete", "delete", true, false),
+            ("compact,delete", "compact,delete", true, true),
+            (" delete , compact", "delete,compact", true, true),
+            ("", "", false, false),
+        ] {
+            let config = with(&[(CLEANUP_POLICY, policy)]).unwrap();
+            assert_eq!(config.value_of(CLEANUP_POLICY), Some(shown), "{policy:?}");
+            let partition = config.partition_config();
+            assert_eq!(
+                (partition.delete, partition.compact),
+                (delete, compact),
+                "{policy:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn compaction_settings_reach_storage() {
+        let config = with(&[
+            (CLEANUP_POLICY, "compact"),
+            (DELETE_RETENTION_MS, "1000"),
+            (MIN_COMPACTION_LAG_MS, "2000"),
+            (MAX_COMPACTION_LAG_MS, "3000"),
+            (MIN_CLEANABLE_DIRTY_RATIO, "0.125"),
+        ])
+        .unwrap();
+        let partition = config.partition_config();
+        assert_eq!(partition.delete_retention_ms, 1000);
+        assert_eq!(partition.min_compaction_lag_ms, 2000);
+        assert_eq!(partition.max_compaction_lag_ms, 3000);
+        assert_eq!(partition.min_cleanable_dirty_ratio_ppm, 125_000);
+        for (ratio, ppm) in [("0", 0), ("1", 1_000_000), ("0.000001", 1)] {
+            let config = with(&[(MIN_CLEANABLE_DIRTY_RATIO, ratio)]).unwrap();
+            assert_eq!(config.min_cleanable_dirty_ratio_ppm, ppm, "{ratio}");
+        }
+    }
+
+    /// Storage's defaults for a partition not yet given its topic's configs
+    /// are Kafka's, the ones this table gives a topic.
+    #[test]
+    fn storage_defaults_match_the_topic_defaults() {
+        use crate::config::{RetentionConfig, StorageConfig};
+        let table = defaults().partition_config();
+        let storage =
+            PartitionConfig::from_defaults(&RetentionConfig::default(), &StorageConfig::default());
+        assert_eq!(
+            (table.delete, table.compact),
+            (storage.delete, storage.compact)
+        );
+        assert_eq!(table.delete_retention_ms, storage.delete_retention_ms);
+        assert_eq!(table.min_compaction_lag_ms, storage.min_compaction_lag_ms);
+        assert_eq!(table.max_compaction_lag_ms, storage.max_compaction_lag_ms);
+        assert_eq!(
+            table.min_cleanable_dirty_ratio_ppm,
+            storage.min_cleanable_dirty_ratio_ppm
+        );
     }
 
     #[test]
@@ -812,6 +908,7 @@ mod tests {
             (RETENTION_MS, "-2", "at least -1"),
             (MAX_MESSAGE_BYTES, "999999999", "storage.write_buffers"),
             (CLEANUP_POLICY, "shred", "not one of"),
+            (CLEANUP_POLICY, "compact,shred", "not one of"),
             (COMPRESSION_TYPE, "none", "one of"),
             (COMPRESSION_GZIP_LEVEL, "0", "between 1 and 9"),
             (COMPRESSION_LZ4_LEVEL, "18", "between 1 and 17"),
@@ -839,9 +936,14 @@ mod tests {
                 issue.reason
             );
         }
+        // Kafka's LogConfig.validateValues: min.compaction.lag.ms must not
+        // exceed max.compaction.lag.ms, wherever each value comes from.
         let issue =
             with(&[(MIN_COMPACTION_LAG_MS, "10"), (MAX_COMPACTION_LAG_MS, "5")]).unwrap_err();
         assert_eq!(issue.key, MIN_COMPACTION_LAG_MS);
+        assert!(issue.reason.contains(MAX_COMPACTION_LAG_MS), "{issue}");
+        assert!(with(&[(MAX_COMPACTION_LAG_MS, "0")]).is_err(), "below 1");
+        assert!(with(&[(MIN_COMPACTION_LAG_MS, "5"), (MAX_COMPACTION_LAG_MS, "5")]).is_ok());
     }
 
     #[test]

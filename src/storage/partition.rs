@@ -52,13 +52,36 @@ const META_VERSION: u8 = 1;
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
+/// Kafka's defaults for the compaction settings (`log.cleaner.*`), used
+/// until a partition gets its topic's configs.
+pub const DELETE_RETENTION_MS_DEFAULT: i64 = 86_400_000;
+pub const MIN_COMPACTION_LAG_MS_DEFAULT: i64 = 0;
+pub const MAX_COMPACTION_LAG_MS_DEFAULT: i64 = i64::MAX;
+pub const MIN_CLEANABLE_DIRTY_RATIO_PPM_DEFAULT: u32 = 500_000;
+
 /// Per-partition settings that storage enforces (from the topic's configs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PartitionConfig {
-    /// `retention.ms`; -1 keeps data forever.
+    /// `retention.ms`; -1 keeps data forever. Applies only with `delete`.
     pub retention_ms: i64,
-    /// `retention.bytes`; -1 means no size limit.
+    /// `retention.bytes`; -1 means no size limit. Applies only with `delete`.
     pub retention_bytes: i64,
+    /// `cleanup.policy` contains `delete`: retention by time and size
+    /// applies. Without it (`compact` alone, or empty) nothing expires.
+    pub delete: bool,
+    /// `cleanup.policy` contains `compact`: the cleaner keeps the latest
+    /// record of each key.
+    pub compact: bool,
+    /// `delete.retention.ms`: how long a tombstone outlives its compaction.
+    pub delete_retention_ms: i64,
+    /// `min.compaction.lag.ms`: records younger than this stay uncompacted.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: records older than this are due for
+    /// compaction whatever the dirty ratio (>= `min_compaction_lag_ms`).
+    pub max_compaction_lag_ms: i64,
+    /// `min.cleanable.dirty.ratio` in parts per million (0..=1 000 000; an
+    /// integer so the struct keeps `Eq`).
+    pub min_cleanable_dirty_ratio_ppm: u32,
     /// `flush.ms`: data not asked to be durable is fsynced within this long.
     pub flush_ms: u64,
     /// `flush.messages`: an fsync is due at least every this many records.
@@ -70,20 +93,6 @@ pub struct PartitionConfig {
     /// `sluice.disk.pressure.delete`: unexpired data may be deleted above
     /// `retention.disk_force_clean_ratio`.
     pub disk_pressure_delete: bool,
-    /// `cleanup.policy` holds `compact`: the cleaner keeps the latest
-    /// record per key.
-    pub compact: bool,
-    /// `cleanup.policy` holds `delete`: retention by time and size applies.
-    pub delete: bool,
-    /// `delete.retention.ms`: how long a tombstone outlives its cleaning.
-    pub delete_retention_ms: i64,
-    /// `min.compaction.lag.ms`: records younger than this are not cleaned.
-    pub min_compaction_lag_ms: i64,
-    /// `max.compaction.lag.ms`: a record older than this is cleaned
-    /// whatever the dirty ratio.
-    pub max_compaction_lag_ms: i64,
-    /// `min.cleanable.dirty.ratio`, in parts per million.
-    pub min_cleanable_dirty_ratio_ppm: u32,
 }
 
 impl PartitionConfig {
@@ -91,16 +100,16 @@ impl PartitionConfig {
         PartitionConfig {
             retention_ms: retention.retention_ms,
             retention_bytes: retention.retention_bytes,
+            delete: true,
+            compact: false,
+            delete_retention_ms: DELETE_RETENTION_MS_DEFAULT,
+            min_compaction_lag_ms: MIN_COMPACTION_LAG_MS_DEFAULT,
+            max_compaction_lag_ms: MAX_COMPACTION_LAG_MS_DEFAULT,
+            min_cleanable_dirty_ratio_ppm: MIN_CLEANABLE_DIRTY_RATIO_PPM_DEFAULT,
             flush_ms: retention.flush_ms,
             flush_messages: u64::MAX,
             segment_ms: storage.segment_ms,
             disk_pressure_delete: false,
-            compact: false,
-            delete: true,
-            delete_retention_ms: 86_400_000,
-            min_compaction_lag_ms: 0,
-            max_compaction_lag_ms: i64::MAX,
-            min_cleanable_dirty_ratio_ppm: 500_000,
         }
     }
 }

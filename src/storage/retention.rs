@@ -5,7 +5,9 @@
 //! 1. **Logical**, per partition: `retention.ms` moves the log start past
 //!    batches in segments last written before `now - retention.ms` (age is the
 //!    segment's last write, as in RocketMQ, so client timestamps cannot pin
-//!    data). `retention.bytes` moves it until the retained batches fit.
+//!    data). `retention.bytes` moves it until the retained batches fit. Both
+//!    apply only to topics whose `cleanup.policy` includes `delete`; with
+//!    `compact` alone (or an empty policy) nothing expires, as in Kafka.
 //! 2. **Physical**, per shard: a segment file is deleted once no partition
 //!    still retains a batch in it. A topic that keeps data longer than the
 //!    others therefore keeps the segments it shares with them.
@@ -53,13 +55,17 @@ impl DiskPressure {
 /// Segment ages, oldest first: (base, end, last write ms).
 pub type SegmentAges = [(LogPosition, LogPosition, u64)];
 
-/// The log start `partition` should have under its own retention settings.
+/// The log start `partition` should have under its own retention settings
+/// (its current one when its `cleanup.policy` has no `delete`).
 pub fn retained_start(
     partition: &Partition,
     segments: &SegmentAges,
     now_ms: u64,
 ) -> Result<Offset, QueueError> {
     let mut start = partition.log_start_offset;
+    if !partition.config.delete {
+        return Ok(start);
+    }
     if partition.config.retention_ms >= 0 {
         let cutoff_ms = now_ms.saturating_sub(partition.config.retention_ms as u64);
         let boundary = segments
@@ -190,4 +196,94 @@ pub fn needed_position(partition: &Partition) -> Result<Option<LogPosition>, Que
         None => None,
     };
     Ok(head.into_iter().chain(clean).min())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RetentionConfig, StorageConfig};
+    use crate::ids::PartitionId;
+    use crate::storage::consume_queue::ConsumeQueue;
+    use crate::storage::partition::{IndexedBatch, PartitionConfig, PartitionMeta};
+
+    const BATCH_BYTES: u32 = 100;
+    const BATCHES: u64 = 3;
+    const QUEUE_ENTRIES_PER_FILE: u32 = 64;
+
+    /// A partition of three one-record batches of 100 bytes at log
+    /// positions 0, 100 and 200, all written and durable.
+    fn three_batches(dir: &std::path::Path, config: PartitionConfig) -> Partition {
+        let queue = ConsumeQueue::open(dir, QUEUE_ENTRIES_PER_FILE, 0).unwrap();
+        let meta = PartitionMeta {
+            id: PartitionId(0),
+            topic: "kept".to_owned(),
+            index: 0,
+        };
+        let mut partition = Partition::new(meta, config, dir.to_owned(), queue, None);
+        for batch in 0..BATCHES {
+            let indexed = IndexedBatch {
+                len: BATCH_BYTES,
+                last_offset_delta: 0,
+                max_timestamp_ms: 0,
+                attributes: 0,
+            };
+            let position = LogPosition(batch * u64::from(BATCH_BYTES));
+            partition.index_batch(position, &indexed).unwrap();
+        }
+        partition.high_watermark = partition.next_offset;
+        partition
+    }
+
+    /// Issue 17: Kafka deletes nothing by age or size from a topic whose
+    /// cleanup.policy is `compact` alone; only the cleaner removes records.
+    #[test]
+    fn retention_deletes_nothing_without_the_delete_policy() {
+        let expiring = PartitionConfig {
+            retention_ms: 1,
+            retention_bytes: i64::from(BATCH_BYTES),
+            ..PartitionConfig::from_defaults(&RetentionConfig::default(), &StorageConfig::default())
+        };
+        // One segment, last written long before the 1 ms cutoff.
+        let end = LogPosition(BATCHES * u64::from(BATCH_BYTES));
+        let segments = [(LogPosition(0), end, 0)];
+        let now_ms = 1_000_000;
+        for (delete, compact, expected) in [
+            (true, false, Offset(3)),
+            (true, true, Offset(3)),
+            (false, true, Offset(0)),
+            (false, false, Offset(0)),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = PartitionConfig {
+                delete,
+                compact,
+                ..expiring
+            };
+            let partition = three_batches(dir.path(), config);
+            let start = retained_start(&partition, &segments, now_ms).unwrap();
+            assert_eq!(start, expected, "delete {delete}, compact {compact}");
+        }
+        // By size alone: the delete policy keeps the last batch only.
+        let dir = tempfile::tempdir().unwrap();
+        let by_size = PartitionConfig {
+            retention_ms: -1,
+            ..expiring
+        };
+        let partition = three_batches(dir.path(), by_size);
+        assert_eq!(
+            retained_start(&partition, &segments, now_ms).unwrap(),
+            Offset(2)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let compacted = PartitionConfig {
+            delete: false,
+            compact: true,
+            ..by_size
+        };
+        let partition = three_batches(dir.path(), compacted);
+        assert_eq!(
+            retained_start(&partition, &segments, now_ms).unwrap(),
+            Offset(0)
+        );
+    }
 }

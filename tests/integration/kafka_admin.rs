@@ -1,5 +1,6 @@
 //! Topic administration and offsets by time, through librdkafka's admin
-//! client and consumer, and the raw protocol where librdkafka has no call.
+//! client and consumer, and the raw protocol where librdkafka has no call
+//! (IncrementalAlterConfigs).
 
 use std::time::Duration;
 
@@ -9,8 +10,11 @@ use kafka_protocol::messages::incremental_alter_configs_request::{
 };
 use kafka_protocol::messages::{DescribeConfigsRequest, IncrementalAlterConfigsRequest};
 use kafka_protocol::protocol::StrBytes;
-use rdkafka::admin::{AdminOptions, NewPartitions, ResourceSpecifier};
+use rdkafka::admin::{
+    AdminOptions, AlterConfig, ConfigSource, NewPartitions, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::broker_process::BrokerProcess;
 use crate::kafka_clients;
@@ -236,6 +240,176 @@ fn topic_configs_are_described_and_altered() {
             .iter()
             .any(|config| config.name.as_str() == "retention.bytes"
                 && config.value.as_deref() == Some("1048576"))
+    );
+}
+
+/// The value and source (`ConfigSource`'s name) of each of `names` on
+/// `topic`, as librdkafka's admin client describes them.
+fn described(address: &str, topic: &str, names: &[&str]) -> Vec<(String, Option<String>, String)> {
+    let admin = kafka_clients::admin(address);
+    let described = futures_executor::block_on(
+        admin.describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new()),
+    )
+    .unwrap();
+    let resource = described[0].as_ref().unwrap();
+    names
+        .iter()
+        .map(|name| {
+            let entry = resource
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} is described"));
+            (
+                entry.name.clone(),
+                entry.value.clone(),
+                format!("{:?}", entry.source),
+            )
+        })
+        .collect()
+}
+
+const COMPACTION_CONFIGS: &[&str] = &[
+    "cleanup.policy",
+    "delete.retention.ms",
+    "min.compaction.lag.ms",
+    "max.compaction.lag.ms",
+    "min.cleanable.dirty.ratio",
+];
+
+/// Issue 17: `cleanup.policy=compact` and the four compaction configs are
+/// accepted at CreateTopics, IncrementalAlterConfigs and AlterConfigs, and
+/// Kafka's check that `min.compaction.lag.ms` is not above
+/// `max.compaction.lag.ms` holds wherever the two values come from.
+#[test]
+fn compacted_topic_configs_are_created_described_and_altered() {
+    const TOPIC: i8 = 2;
+    const SET: i8 = 0;
+    const APPEND: i8 = 2;
+    const SUBTRACT: i8 = 3;
+    let invalid_config = kafka_protocol::ResponseError::InvalidConfig.code();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let address = &broker.address;
+    kafka_clients::create_topic(
+        address,
+        "changelog",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("delete.retention.ms", "60000"),
+            ("min.compaction.lag.ms", "1000"),
+            ("max.compaction.lag.ms", "3600000"),
+            ("min.cleanable.dirty.ratio", "0.1"),
+        ],
+    );
+    let topic_value = |name: &str, value: &str| {
+        (
+            name.to_owned(),
+            Some(value.to_owned()),
+            format!("{:?}", ConfigSource::DynamicTopic),
+        )
+    };
+    assert_eq!(
+        described(address, "changelog", COMPACTION_CONFIGS),
+        vec![
+            topic_value("cleanup.policy", "compact"),
+            topic_value("delete.retention.ms", "60000"),
+            topic_value("min.compaction.lag.ms", "1000"),
+            topic_value("max.compaction.lag.ms", "3600000"),
+            topic_value("min.cleanable.dirty.ratio", "0.1"),
+        ]
+    );
+
+    let mut wire = Wire::connect(address);
+    let alter = |wire: &mut Wire, operations: &[(&str, i8, Option<&str>)]| {
+        crate::topic_configs::alter_incremental(wire, TOPIC, "changelog", operations)
+    };
+    let (code, message) = alter(
+        &mut wire,
+        &[
+            ("cleanup.policy", APPEND, Some("delete")),
+            ("min.compaction.lag.ms", SET, Some("2000")),
+            ("min.cleanable.dirty.ratio", SET, Some("0.75")),
+        ],
+    );
+    assert_eq!(code, 0, "{message}");
+    let policy_and_lag = ["cleanup.policy", "min.compaction.lag.ms"];
+    assert_eq!(
+        described(address, "changelog", &policy_and_lag),
+        vec![
+            topic_value("cleanup.policy", "compact,delete"),
+            topic_value("min.compaction.lag.ms", "2000"),
+        ]
+    );
+    let (code, message) = alter(&mut wire, &[("cleanup.policy", SUBTRACT, Some("delete"))]);
+    assert_eq!(code, 0, "{message}");
+    assert_eq!(
+        described(address, "changelog", &["cleanup.policy"])[0]
+            .1
+            .as_deref(),
+        Some("compact")
+    );
+
+    // min.compaction.lag.ms above max.compaction.lag.ms, by either key:
+    // INVALID_CONFIG naming both, and nothing of the request applies.
+    for operations in [
+        vec![("min.compaction.lag.ms", SET, Some("7200000"))],
+        vec![
+            ("cleanup.policy", APPEND, Some("delete")),
+            ("max.compaction.lag.ms", SET, Some("1000")),
+        ],
+    ] {
+        let (code, message) = alter(&mut wire, &operations);
+        assert_eq!(code, invalid_config, "{operations:?}: {message}");
+        assert!(
+            message.contains("min.compaction.lag.ms") && message.contains("max.compaction.lag.ms"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        described(address, "changelog", &policy_and_lag),
+        vec![
+            topic_value("cleanup.policy", "compact"),
+            topic_value("min.compaction.lag.ms", "2000"),
+        ]
+    );
+    // The same check at CreateTopics, with librdkafka's error.
+    let admin = kafka_clients::admin(address);
+    let lagging = rdkafka::admin::NewTopic::new("lagging", 1, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("min.compaction.lag.ms", "10")
+        .set("max.compaction.lag.ms", "5");
+    let result =
+        futures_executor::block_on(admin.create_topics([&lagging], &AdminOptions::new())).unwrap();
+    assert!(
+        matches!(&result[0], Err((_, code)) if *code == RDKafkaErrorCode::InvalidConfig),
+        "{result:?}"
+    );
+    assert!(!topic_names(address).contains(&"lagging".to_owned()));
+
+    // Legacy AlterConfigs (librdkafka's alter_configs) replaces the whole
+    // override set: the policy given stays, the others go back to Kafka's
+    // defaults.
+    let replace = AlterConfig::new(ResourceSpecifier::Topic("changelog"))
+        .set("cleanup.policy", "delete,compact");
+    let result =
+        futures_executor::block_on(admin.alter_configs([&replace], &AdminOptions::new())).unwrap();
+    assert!(result[0].is_ok(), "{result:?}");
+    let default_value = |name: &str, value: &str| {
+        (
+            name.to_owned(),
+            Some(value.to_owned()),
+            format!("{:?}", ConfigSource::Default),
+        )
+    };
+    assert_eq!(
+        described(address, "changelog", COMPACTION_CONFIGS),
+        vec![
+            topic_value("cleanup.policy", "delete,compact"),
+            default_value("delete.retention.ms", "86400000"),
+            default_value("min.compaction.lag.ms", "0"),
+            default_value("max.compaction.lag.ms", "9223372036854775807"),
+            default_value("min.cleanable.dirty.ratio", "0.5"),
+        ]
     );
 }
 
