@@ -107,6 +107,8 @@ pub struct RecordsSummary {
     /// when there is none: with the largest, what Produce checks against
     /// `message.timestamp.before.max.ms` (KIP-937).
     pub min_timestamp_ms: Option<i64>,
+    /// Records whose key is null: what Produce refuses on a compacted topic.
+    pub keyless_records: i32,
     /// Bytes of the records section, decompressed.
     pub records_bytes: u64,
 }
@@ -166,6 +168,7 @@ fn walk_source<'a, S: Source<'a>>(
 ) -> Result<Walked, RecordsError> {
     let mut max_timestamp_ms = -1i64;
     let mut min_timestamp_ms: Option<i64> = None;
+    let mut keyless_records = 0;
     for index in 0..input.records_count.max(0) {
         if source.at_end().map_err(|fault| fault.at(index))? {
             return Err(RecordsError::TooFewRecords {
@@ -180,6 +183,9 @@ fn walk_source<'a, S: Source<'a>>(
             min_timestamp_ms = Some(
                 min_timestamp_ms.map_or(record.timestamp_ms, |min| min.min(record.timestamp_ms)),
             );
+        }
+        if record.key == Field::Null {
+            keyless_records += 1;
         }
         if visit(&record).is_break() {
             return Ok(Walked::Stopped);
@@ -198,6 +204,7 @@ fn walk_source<'a, S: Source<'a>>(
         records: input.records_count,
         max_timestamp_ms,
         min_timestamp_ms,
+        keyless_records,
         records_bytes: source.position(),
     }))
 }
@@ -657,6 +664,8 @@ mod tests {
                 summary.max_timestamp_ms, 1_700_000_000_049,
                 "{compression:?}"
             );
+            // Odd records have no key, compressed or not.
+            assert_eq!(summary.keyless_records, 25, "{compression:?}");
         }
     }
 
@@ -675,6 +684,7 @@ mod tests {
                 .unwrap_or_else(|error| panic!("{codec:?}: {error}"));
             let summary = batch.records().unwrap();
             assert_eq!(summary.records, 200);
+            assert_eq!(summary.keyless_records, 0);
             assert_eq!(summary.records_bytes, builder.records().len() as u64);
         }
     }

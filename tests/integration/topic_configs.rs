@@ -4,7 +4,8 @@
 //! whole override set; APPEND/SUBTRACT on list configs; the broker's
 //! settings described and its dynamic ones changed live; and what the
 //! enforced configs do to stored data (recompression, timestamp bounds,
-//! the segment.ms roll, max.message.bytes above the broker default).
+//! the segment.ms roll, max.message.bytes above the broker default, keys
+//! required on compacted topics).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -57,6 +58,7 @@ const SOURCE_DEFAULT: i8 = 5;
 const INVALID_CONFIG: i16 = 40;
 const INVALID_REQUEST: i16 = 42;
 const INVALID_TIMESTAMP: i16 = 32;
+const INVALID_RECORD: i16 = 87;
 /// Sluice's built-in `retention.retention_ms`: 72 hours.
 const RETENTION_MS_DEFAULT: &str = "259200000";
 
@@ -1105,6 +1107,117 @@ fn timestamps_outside_the_topic_window_get_invalid_timestamp_and_nothing_is_stor
         0
     );
     assert_eq!(fetch(&mut wire, "window", 0).1, 5);
+}
+
+/// An uncompressed batch timestamped now whose records have `keys`.
+fn batch_with_keys(keys: &[Option<&[u8]>]) -> Vec<u8> {
+    let mut builder = BatchBuilder::new(now_ms());
+    for key in keys {
+        builder.push(RecordSpec {
+            key: *key,
+            value: Some(b"value"),
+            timestamp_delta_ms: 0,
+        });
+    }
+    builder.build()
+}
+
+fn named_records(answer: &PartitionProduceResponse) -> Vec<i32> {
+    answer
+        .record_errors
+        .iter()
+        .map(|error| error.batch_index)
+        .collect()
+}
+
+/// Issue 17: as Kafka's LogValidator, a compacted topic refuses a batch
+/// holding a record without a key: INVALID_RECORD, each keyless record
+/// named in `record_errors` (KIP-467), nothing stored.
+#[test]
+fn keyless_records_on_a_compacted_topic_get_invalid_record_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    create_ok(&mut wire, "compacted", &[("cleanup.policy", "compact")]);
+    create_ok(&mut wire, "both", &[("cleanup.policy", "compact,delete")]);
+    create_ok(&mut wire, "deleting", &[]);
+    let key: Option<&[u8]> = Some(b"k");
+    for topic in ["compacted", "both"] {
+        let answer = produce(&mut wire, topic, batch_with_keys(&[key, None, key]));
+        assert_eq!(answer.error_code, INVALID_RECORD, "{topic}");
+        assert_eq!(named_records(&answer), vec![1], "{topic}");
+        let reason = answer.record_errors[0]
+            .batch_index_error_message
+            .as_ref()
+            .unwrap();
+        assert!(reason.contains("without key"), "{reason}");
+        let message = answer.error_message.unwrap();
+        assert!(message.contains("1 record(s) have no key"), "{message}");
+        // Compressed as a client sends it: the odd records have no key.
+        let (compressed, _) = client_batch(Compression::Lz4, now_ms(), None);
+        let answer = produce(&mut wire, topic, compressed);
+        assert_eq!(answer.error_code, INVALID_RECORD, "{topic}");
+        let odd: Vec<i32> = (1..20).step_by(2).collect();
+        assert_eq!(named_records(&answer), odd, "{topic}");
+        assert_eq!(fetch(&mut wire, topic, 0).1, 0, "nothing stored in {topic}");
+
+        let answer = produce(&mut wire, topic, batch_with_keys(&[key, key, key]));
+        assert_eq!(answer.error_code, 0, "{topic}: {:?}", answer.error_message);
+        assert_eq!(fetch(&mut wire, topic, 0).1, 3, "{topic}");
+    }
+    // Without compact, keys are optional; APPEND compact applies at once.
+    let keyless = || batch_with_keys(&[None, None]);
+    assert_eq!(produce(&mut wire, "deleting", keyless()).error_code, 0);
+    let (code, message) = alter_incremental(
+        &mut wire,
+        TOPIC,
+        "deleting",
+        &[("cleanup.policy", APPEND, Some("compact"))],
+    );
+    assert_eq!(code, 0, "{message}");
+    let answer = produce(&mut wire, "deleting", keyless());
+    assert_eq!(answer.error_code, INVALID_RECORD);
+    assert_eq!(named_records(&answer), vec![0, 1]);
+    assert_eq!(fetch(&mut wire, "deleting", 0).1, 2);
+}
+
+/// Issue 17, with a real client: librdkafka's delivery report for a
+/// keyless record on a compacted topic is INVALID_RECORD, and keyed ones
+/// are stored and read back.
+#[test]
+fn librdkafka_gets_invalid_record_for_a_keyless_record_on_a_compacted_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let address = &broker.address;
+    kafka_clients::create_topic(address, "changelog", 1, &[("cleanup.policy", "compact")]);
+
+    let (producer, acks) = kafka_clients::producer(address, &[]);
+    kafka_clients::send(&producer, "changelog", Some(0), None, b"no key", &[]);
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).unwrap();
+    let failed = acks.failed.lock().unwrap().clone();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].contains("InvalidRecord"), "{failed:?}");
+    assert!(acks.delivered.lock().unwrap().is_empty());
+    assert_eq!(
+        kafka_clients::high_watermarks(address, "changelog", 1),
+        vec![0]
+    );
+
+    let (producer, acks) = kafka_clients::producer(address, &[]);
+    for (key, value) in [(b"user-1", b"a"), (b"user-2", b"b"), (b"user-1", b"c")] {
+        kafka_clients::send(&producer, "changelog", Some(0), Some(key), value, &[]);
+    }
+    assert_eq!(kafka_clients::flush(&producer, &acks).len(), 3);
+    let stored = kafka_clients::consume_all(address, "changelog", 1, Duration::from_secs(2));
+    let keys: Vec<Option<Vec<u8>>> = stored.iter().map(|record| record.key.clone()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            Some(b"user-1".to_vec()),
+            Some(b"user-2".to_vec()),
+            Some(b"user-1".to_vec())
+        ]
+    );
 }
 
 #[test]

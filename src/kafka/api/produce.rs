@@ -18,7 +18,11 @@
 //! CreateTime batches with a record timestamped outside the topic's
 //! `message.timestamp.before.max.ms` / `after.max.ms` window around the
 //! broker's clock (KIP-937) get INVALID_TIMESTAMP, the records named in
-//! `record_errors`. A topic whose `compression.type` is a codec gets every
+//! `record_errors`. On a topic whose `cleanup.policy` includes `compact`, a
+//! batch with a record without a key gets INVALID_RECORD, each such record
+//! named, as Kafka's `LogValidator` refuses them (the cleaner keeps the
+//! latest record of each key, so a keyless one has no place). A topic whose
+//! `compression.type` is a codec gets every
 //! batch in another codec recompressed to it (`record_batch::recompress`)
 //! and checked against `max.message.bytes` again; with `producer`, each
 //! compression is stored as sent. Nothing invalid is ever stored.
@@ -81,6 +85,7 @@ use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::record_batch::record_walk::Field;
 use crate::record_batch::{self, BatchError, BatchLimits, ValidatedBatch};
 use crate::shard::ShardContext;
 use crate::storage::Durability;
@@ -452,6 +457,8 @@ struct BatchPolicy {
     /// CreateTime topics: the timestamps records may carry.
     timestamps: TimestampWindow,
     recompression: Option<Recompression>,
+    /// `cleanup.policy` includes `compact`: every record needs a key.
+    compacted: bool,
     transactional_request: bool,
     zstd_allowed: bool,
 }
@@ -474,6 +481,7 @@ impl BatchPolicy {
                 after_max_ms: config.timestamp_after_max_ms,
             },
             recompression: config.recompression,
+            compacted: config.compact_policy,
             transactional_request,
             zstd_allowed,
         }
@@ -496,6 +504,14 @@ impl TimestampWindow {
         timestamp_ms == record_batch::record_walk::NO_TIMESTAMP
             || (difference <= i128::from(self.before_max_ms)
                 && -difference <= i128::from(self.after_max_ms))
+    }
+
+    /// Whether every record the walk summarised is admitted: the smallest
+    /// and largest timestamps bound the others (a batch of NO_TIMESTAMP
+    /// records only has no smallest).
+    fn admits_all(&self, summary: &record_batch::record_walk::RecordsSummary) -> bool {
+        summary.min_timestamp_ms.is_none_or(|min| self.admits(min))
+            && self.admits(summary.max_timestamp_ms)
     }
 
     fn bounds(&self) -> (i128, i128) {
@@ -723,10 +739,10 @@ fn check(batch: &[u8], policy: &BatchPolicy) -> Result<Option<Rewrite>, Outcome>
             "a transactional batch needs a producer id",
         ));
     }
+    check_records(batch, &validated, policy)?;
     if let Some(now) = policy.append_time {
         return Ok(Some(Rewrite::LogAppendTime(now)));
     }
-    check_timestamps(batch, &validated, policy)?;
     let claimed = validated.header().max_timestamp_ms;
     Ok(validated
         .records()
@@ -735,60 +751,107 @@ fn check(batch: &[u8], policy: &BatchPolicy) -> Result<Option<Rewrite>, Outcome>
         .map(Rewrite::MaxTimestamp))
 }
 
-/// INVALID_TIMESTAMP, naming each record outside the CreateTime window, if
-/// any is. The walk's smallest and largest timestamps settle most batches;
-/// only a refused one is walked again to name its records.
-fn check_timestamps(
+/// INVALID_RECORD or INVALID_TIMESTAMP naming each refused record, as
+/// Kafka's `LogValidator.validateRecord` checks them: a record without a key
+/// on a compacted topic, else, on a CreateTime topic, a record timestamped
+/// outside the window. The walk's summary (keyless count, smallest and
+/// largest timestamps) settles most batches; only a refused one is walked
+/// again to name its records. Control batches never get here: clients may
+/// not send them, and the broker writes its markers without Produce.
+fn check_records(
     batch: &[u8],
     validated: &ValidatedBatch<'_>,
     policy: &BatchPolicy,
 ) -> Result<(), Outcome> {
-    let window = policy.timestamps;
     let Some(summary) = validated.records() else {
         return Ok(());
     };
-    // Every timestamp lies between these two, so both admitted means all
-    // are (a batch of NO_TIMESTAMP records only has no smallest).
-    let min_admitted = summary
-        .min_timestamp_ms
-        .is_none_or(|min| window.admits(min));
-    if min_admitted && window.admits(summary.max_timestamp_ms) {
+    // LogAppendTime topics replace the timestamps: none is refused.
+    let window = policy.append_time.is_none().then_some(policy.timestamps);
+    let keys_refused = policy.compacted && summary.keyless_records > 0;
+    if !keys_refused && window.is_none_or(|window| window.admits_all(summary)) {
         return Ok(());
     }
-    let (earliest, latest) = window.bounds();
-    let mut refused = 0usize;
-    let mut record_errors = Vec::new();
+    let mut refused = RefusedRecords::default();
     let walked =
         record_batch::walk_records(batch, policy.limits.decompressed_max_bytes, |record| {
-            if !window.admits(record.timestamp_ms) {
-                refused += 1;
-                if record_errors.len() < RECORD_ERRORS_MAX {
-                    record_errors.push((
-                        record.index,
-                        format!(
-                            "timestamp {} of record {} is outside [{earliest}, {latest}]",
-                            record.timestamp_ms, record.index
-                        ),
-                    ));
-                }
+            if policy.compacted && record.key == Field::Null {
+                refused.no_key(record.index);
+            } else if let Some(window) = window
+                && !window.admits(record.timestamp_ms)
+            {
+                refused.timestamp(record.index, record.timestamp_ms, window.bounds());
             }
             std::ops::ControlFlow::Continue(())
         });
     if let Err(error) = walked {
         return Err(Outcome::batch(&error));
     }
-    Err(Outcome {
-        record_errors,
-        ..Outcome::error(
-            ResponseError::InvalidTimestamp.code(),
+    Err(refused.outcome(&policy.timestamps))
+}
+
+/// The records of one batch that Produce refuses, and why (KIP-467).
+#[derive(Default)]
+struct RefusedRecords {
+    keyless: usize,
+    bad_timestamps: usize,
+    /// At most [`RECORD_ERRORS_MAX`]; the counts above are complete.
+    record_errors: Vec<(i32, String)>,
+}
+
+impl RefusedRecords {
+    fn no_key(&mut self, index: i32) {
+        self.keyless += 1;
+        self.name(
+            index,
+            format!("Compacted topic cannot accept message without key: record {index} has no key"),
+        );
+    }
+
+    fn timestamp(&mut self, index: i32, timestamp_ms: i64, (earliest, latest): (i128, i128)) {
+        self.bad_timestamps += 1;
+        self.name(
+            index,
+            format!("timestamp {timestamp_ms} of record {index} is outside [{earliest}, {latest}]"),
+        );
+    }
+
+    fn name(&mut self, index: i32, message: String) {
+        if self.record_errors.len() < RECORD_ERRORS_MAX {
+            self.record_errors.push((index, message));
+        }
+    }
+
+    /// As Kafka: INVALID_TIMESTAMP if any timestamp is refused, else
+    /// INVALID_RECORD; `record_errors` names both kinds.
+    fn outcome(self, window: &TimestampWindow) -> Outcome {
+        let (earliest, latest) = window.bounds();
+        let timestamps = (self.bad_timestamps > 0).then(|| {
             format!(
-                "{refused} record(s) have timestamps outside [{earliest}, {latest}], the topic's \
+                "{} record(s) have timestamps outside [{earliest}, {latest}], the topic's \
                  message.timestamp.before.max.ms ({}) and message.timestamp.after.max.ms ({}) \
                  around the broker's clock ({})",
-                window.before_max_ms, window.after_max_ms, window.now_ms
-            ),
-        )
-    })
+                self.bad_timestamps, window.before_max_ms, window.after_max_ms, window.now_ms
+            )
+        });
+        let keyless = (self.keyless > 0).then(|| {
+            format!(
+                "{} record(s) have no key: the topic's cleanup.policy includes compact, which \
+                 keeps the latest record of each key, so every record needs one",
+                self.keyless
+            )
+        });
+        let code = if timestamps.is_some() {
+            ResponseError::InvalidTimestamp
+        } else {
+            ResponseError::InvalidRecord
+        };
+        let message: Vec<String> = timestamps.into_iter().chain(keyless).collect();
+        Outcome {
+            record_errors: self.record_errors,
+            ..Outcome::error(code.code(), message.join("; "))
+        }
+    }
 }
 
 /// Where a partition's batches go, on its owner shard.
@@ -950,4 +1013,124 @@ async fn append_on_owner(
         .offsets(id)
         .map_or(Offset(0), |offsets| offsets.log_start_offset);
     Ok((first.expect("at least one batch"), log_start))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::broker::topic_config::TopicLimits;
+    use crate::record_batch::{BatchBuilder, RecordSpec};
+
+    const DECOMPRESSED_RATIO_MAX: u32 = 10;
+
+    fn policy(overrides: &[(&str, &str)]) -> BatchPolicy {
+        let overrides: BTreeMap<String, String> = overrides
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
+        let limits = TopicLimits {
+            batch_max_bytes: 8 << 20,
+        };
+        let config =
+            TopicConfig::with_overrides(&TopicConfig::from_broker(|_| None), &overrides, limits)
+                .unwrap();
+        BatchPolicy::new(&config, DECOMPRESSED_RATIO_MAX, false, true)
+    }
+
+    /// A batch timestamped now whose records have the given keys, then
+    /// records timestamped `late_ms` later.
+    fn batch(keys: &[Option<&[u8]>], late: &[Option<&[u8]>], late_ms: i64) -> Bytes {
+        let mut builder = BatchBuilder::new(i64::try_from(now_ms()).unwrap());
+        let records = keys
+            .iter()
+            .map(|key| (key, 0))
+            .chain(late.iter().map(|key| (key, late_ms)));
+        for (key, timestamp_delta_ms) in records {
+            builder.push(RecordSpec {
+                key: *key,
+                value: Some(b"value"),
+                timestamp_delta_ms,
+            });
+        }
+        Bytes::from(builder.build())
+    }
+
+    fn refused(records: Bytes, policy: &BatchPolicy) -> Outcome {
+        match prepare(records, policy) {
+            Ok(_) => panic!("the batch was accepted"),
+            Err(outcome) => outcome,
+        }
+    }
+
+    fn named(outcome: &Outcome) -> Vec<i32> {
+        outcome
+            .record_errors
+            .iter()
+            .map(|(index, _)| *index)
+            .collect()
+    }
+
+    /// Issue 17: Kafka's LogValidator refuses a keyless record on a
+    /// compacted topic, and the whole batch with it.
+    #[test]
+    fn a_keyless_record_on_a_compacted_topic_refuses_its_batch_naming_it() {
+        let key: Option<&[u8]> = Some(b"k");
+        for policy_value in ["compact", "compact,delete", "delete,compact"] {
+            let compacted = policy(&[("cleanup.policy", policy_value)]);
+            let outcome = refused(batch(&[key, None, key], &[], 0), &compacted);
+            assert_eq!(outcome.error_code, ResponseError::InvalidRecord.code());
+            assert_eq!(named(&outcome), vec![1], "{policy_value}");
+            assert!(outcome.record_errors[0].1.contains("without key"));
+            let message = outcome.message.unwrap();
+            assert!(message.contains("1 record(s) have no key"), "{message}");
+            assert!(prepare(batch(&[key, key, key], &[], 0), &compacted).is_ok());
+        }
+        for policy_value in ["delete", ""] {
+            let kept = policy(&[("cleanup.policy", policy_value)]);
+            assert!(prepare(batch(&[None, None], &[], 0), &kept).is_ok());
+        }
+        // LogAppendTime replaces timestamps, not keys.
+        let stamped = policy(&[
+            ("cleanup.policy", "compact"),
+            ("message.timestamp.type", "LogAppendTime"),
+        ]);
+        let outcome = refused(batch(&[None], &[], 0), &stamped);
+        assert_eq!(outcome.error_code, ResponseError::InvalidRecord.code());
+    }
+
+    #[test]
+    fn keyless_records_are_named_up_to_the_cap_and_all_counted() {
+        let compacted = policy(&[("cleanup.policy", "compact")]);
+        let keys = vec![None; RECORD_ERRORS_MAX + 5];
+        let outcome = refused(batch(&keys, &[], 0), &compacted);
+        assert_eq!(outcome.record_errors.len(), RECORD_ERRORS_MAX);
+        let message = outcome.message.unwrap();
+        let count = format!("{} record(s) have no key", RECORD_ERRORS_MAX + 5);
+        assert!(message.contains(&count), "{message}");
+    }
+
+    /// As Kafka's `processRecordErrors`: a record's key is checked before
+    /// its timestamp, and any bad timestamp makes the batch's error
+    /// INVALID_TIMESTAMP, every refused record named.
+    #[test]
+    fn a_bad_timestamp_beside_a_keyless_record_is_invalid_timestamp_naming_both() {
+        let key: Option<&[u8]> = Some(b"k");
+        let compacted = policy(&[
+            ("cleanup.policy", "compact"),
+            ("message.timestamp.after.max.ms", "60000"),
+        ]);
+        let hour_ms = 3_600_000;
+        let outcome = refused(batch(&[None, key], &[key, None], hour_ms), &compacted);
+        assert_eq!(outcome.error_code, ResponseError::InvalidTimestamp.code());
+        assert_eq!(named(&outcome), vec![0, 2, 3]);
+        assert!(outcome.record_errors[1].1.contains("timestamp"));
+        assert!(outcome.record_errors[2].1.contains("without key"));
+        let message = outcome.message.unwrap();
+        assert!(
+            message.contains("1 record(s) have timestamps") && message.contains("2 record(s)"),
+            "{message}"
+        );
+    }
 }
