@@ -116,6 +116,17 @@ pub struct TopicMeta {
 }
 
 impl TopicMeta {
+    /// What storage enforces for the topic's partitions. The internal
+    /// topics are never handed to the log cleaner, whatever the broker's
+    /// `log.cleanup.policy`: their coordinators keep them small themselves.
+    pub fn storage_config(&self) -> crate::storage::PartitionConfig {
+        let mut config = self.config.partition_config();
+        if super::is_internal_topic(&self.name) {
+            config.compact = false;
+        }
+        config
+    }
+
     /// The id the controller allocated to partition `index`, if it did.
     pub fn partition_id(&self, index: u32) -> Option<PartitionId> {
         if index >= self.partitions {

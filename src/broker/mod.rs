@@ -672,7 +672,7 @@ fn by_name(name: &str) -> impl Fn(Refusal) -> TopicError + '_ {
 /// Push `topic`'s partition config to the shards owning its partitions.
 async fn apply_partition_configs(shards: &Shards, topic: &TopicMeta) -> Result<(), TopicError> {
     for index in 0..topic.partitions {
-        let partition_config = topic.config.partition_config();
+        let partition_config = topic.storage_config();
         let topic_name = topic.name.clone();
         shards
             .call(
@@ -698,7 +698,7 @@ pub fn create_partition_here(
     topic: &TopicMeta,
     index: u32,
 ) -> Result<(), TopicError> {
-    let config = topic.config.partition_config();
+    let config = topic.storage_config();
     let id = topic.partition_id(index);
     match context
         .store_for(&topic.name, index)
@@ -761,7 +761,7 @@ pub fn reconcile_shard(context: &ShardContext, broker: &Broker) -> Result<(), To
             if let Some(id) = context.store().partition_id(&topic.name, index) {
                 context
                     .store()
-                    .set_partition_config(id, topic.config.partition_config())?;
+                    .set_partition_config(id, topic.storage_config())?;
             }
         }
     }

@@ -304,7 +304,7 @@ fn reconcile_group_store(
             if !in_group(&cluster, shards, shard, group, &topic.name, index) {
                 continue;
             }
-            let config = topic.config.partition_config();
+            let config = topic.storage_config();
             let id = topic.partition_id(index);
             match store.create_partition_as(&topic.name, index, id, config) {
                 Ok(_) | Err(PartitionError::AlreadyExists { .. }) => {}

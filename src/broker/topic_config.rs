@@ -703,7 +703,6 @@ impl TopicConfig {
         }
     }
 
-
     /// The effective value of `key`, as DescribeConfigs shows it.
     pub fn value_of(&self, key: &str) -> Option<&str> {
         self.values.get(key).map(String::as_str)
