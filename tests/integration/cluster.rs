@@ -1997,7 +1997,12 @@ fn assert_copies_identical(cluster: &Cluster) {
 
 /// DeleteRecords of `topic`-`partition` up to `offset` (-1: the high
 /// watermark) through `address`, 5 s timeout: (error code, low watermark).
-fn delete_records(address: &str, topic: &str, partition: i32, offset: i64) -> (i16, i64) {
+pub(crate) fn delete_records(
+    address: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> (i16, i64) {
     use kafka_protocol::messages::DeleteRecordsRequest;
     use kafka_protocol::messages::delete_records_request::{
         DeleteRecordsPartition, DeleteRecordsTopic,

@@ -241,3 +241,37 @@ fn kill_9_during_compaction_passes_loses_no_latest_value() {
     assert_latest_values(&records, &latest_by_key(&acked));
     let _ = broker.stop();
 }
+
+/// Kafka refuses DeleteRecords on a topic whose cleanup policy lacks
+/// `delete` (POLICY_VIOLATION) and takes it with `compact,delete`.
+#[test]
+fn delete_records_needs_the_delete_policy() {
+    const POLICY_VIOLATION: i16 = 44;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), FAST_CLEANER);
+    let address = broker.address.clone();
+    kafka_clients::create_topic(
+        &address,
+        "only-compact",
+        1,
+        &[("cleanup.policy", "compact")],
+    );
+    kafka_clients::create_topic(
+        &address,
+        "compact-delete",
+        1,
+        &[("cleanup.policy", "compact,delete")],
+    );
+    for topic in ["only-compact", "compact-delete"] {
+        write_keys(&address, topic, "k", 0, 10, 10);
+    }
+    assert_eq!(
+        crate::cluster::delete_records(&address, "only-compact", 0, 5).0,
+        POLICY_VIOLATION
+    );
+    assert_eq!(
+        crate::cluster::delete_records(&address, "compact-delete", 0, 5),
+        (0, 5)
+    );
+    let _ = broker.stop();
+}

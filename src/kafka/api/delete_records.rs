@@ -64,6 +64,12 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 partitions.push(result.with_error_code(code.code()));
                 continue;
             };
+            // Kafka refuses DeleteRecords on a topic without the delete
+            // cleanup policy (`UnifiedLog.maybeIncrementLogStartOffset`).
+            if meta.is_some_and(|meta| !meta.config.delete_policy) {
+                partitions.push(result.with_error_code(ResponseError::PolicyViolation.code()));
+                continue;
+            }
             if request.broker.leader_elsewhere(&name, index).is_some() {
                 partitions.push(result.with_error_code(ResponseError::NotLeaderOrFollower.code()));
                 continue;
