@@ -176,6 +176,21 @@ pub const READ_ONLY_SETTINGS: &[ReadOnlySetting] = &[
         "Shortest session timeout a member may ask for (groups.session_timeout_min_ms).",
     ),
     read_only("listeners", STR, "The Kafka listener (kafka.listen)."),
+    read_only(
+        "log.cleaner.backoff.ms",
+        LONG,
+        "How often each shard's log cleaner looks for a compacted partition to clean (storage.cleaner_backoff_ms).",
+    ),
+    read_only(
+        "log.cleaner.dedupe.buffer.size",
+        LONG,
+        "Memory of each shard's compaction key map; a pass holds at most this / 24 keys (storage.cleaner_dedupe_buffer_bytes).",
+    ),
+    read_only(
+        "log.cleaner.io.max.bytes.per.second",
+        DOUBLE,
+        "Bytes each shard's log cleaner reads and writes per second at most (storage.cleaner_io_max_bytes_per_second).",
+    ),
     read_only("log.dirs", STR, "The data directory (data_dir)."),
     read_only(
         "log.retention.check.interval.ms",
@@ -479,6 +494,11 @@ fn static_value(name: &str, config: &Config) -> Option<String> {
         "group.max.size" => groups.members_max.to_string(),
         "group.min.session.timeout.ms" => groups.session_timeout_min_ms.to_string(),
         "listeners" => format!("PLAINTEXT://{}", kafka.listen),
+        "log.cleaner.backoff.ms" => storage.cleaner_backoff_ms.to_string(),
+        "log.cleaner.dedupe.buffer.size" => storage.cleaner_dedupe_buffer_bytes.to_string(),
+        "log.cleaner.io.max.bytes.per.second" => {
+            (storage.cleaner_io_max_bytes_per_second as f64).to_string()
+        }
         "log.dirs" => config.data_dir.display().to_string(),
         "log.flush.interval.ms" => retention.flush_ms.to_string(),
         "log.retention.bytes" => retention.retention_bytes.to_string(),

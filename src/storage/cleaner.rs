@@ -14,6 +14,7 @@ use super::compaction::commit::{CommitPart, ENTRIES_PER_PART};
 use super::compaction::records::Records;
 use super::consume_queue::QueueEntry;
 use super::frame::{COVERED_PAYLOAD_PREFIX_BYTES, FRAME_PREFIX_BYTES, FrameHeader, FrameKind};
+use super::producer_state::AbortedTxn;
 use super::shard_store::{AppendReceipt, Durability, ReadBatch, ShardStore};
 use super::store_errors::TryAppendError;
 use super::store_errors::{AppendError, ReadError};
@@ -63,6 +64,10 @@ struct Plan {
     cleanable_end: Offset,
     generation: u64,
     delete_retention_ms: i64,
+    /// The aborted transactions among the batches cleaned: their records
+    /// are dropped (all cleaned batches are below the last stable offset,
+    /// so every transaction among them is decided).
+    aborted: Vec<AbortedTxn>,
 }
 
 impl ShardStore {
@@ -148,10 +153,13 @@ impl ShardStore {
                 offset = Offset(batch.last_offset.0 + 1);
                 stats.bytes_read += bytes.len() as u64;
                 throttle.spend(bytes.len() as u64).await;
-                if skipped_whole(batch.attributes) {
+                if is_control(batch.attributes) {
                     continue;
                 }
                 let records = parse(&bytes, batch.base_offset, self)?;
+                if aborted(&plan.aborted, &records.header) {
+                    continue;
+                }
                 let new_keys = records
                     .records
                     .iter()
@@ -187,10 +195,11 @@ impl ShardStore {
                 offset = Offset(batch.last_offset.0 + 1);
                 stats.bytes_read += bytes.len() as u64;
                 throttle.spend(bytes.len() as u64).await;
-                let survivor = if skipped_whole(batch.attributes) {
+                let survivor = if is_control(batch.attributes) {
                     Some(bytes)
                 } else {
                     let records = parse(&bytes, batch.base_offset, self)?;
+                    let dropped = aborted(&plan.aborted, &records.header);
                     let keep: Vec<usize> = records
                         .records
                         .iter()
@@ -206,7 +215,7 @@ impl ShardStore {
                             let expired = record.tombstone
                                 && record.timestamp_ms.saturating_add(plan.delete_retention_ms)
                                     < now_ms;
-                            newest && !expired
+                            !dropped && newest && !expired
                         })
                         .map(|(index, _)| index)
                         .collect();
@@ -349,6 +358,9 @@ impl ShardStore {
                 .as_ref()
                 .map_or(1, |clean| clean.generation + 1),
             delete_retention_ms: partition.config.delete_retention_ms,
+            aborted: partition
+                .producers
+                .aborted_between(partition.log_start_offset, cleanable_end),
         }))
     }
 
@@ -549,14 +561,21 @@ impl ShardStore {
     }
 }
 
-/// Whether a batch is copied whole, without looking at its records:
-/// transaction markers and transactional batches (a record of an aborted
-/// transaction must never hide an earlier committed one, and is kept as
-/// read_committed readers skip it).
-fn skipped_whole(attributes: u16) -> bool {
-    const TRANSACTIONAL: u16 = 1 << 4;
+/// Transaction markers are copied whole: read_committed readers need them.
+fn is_control(attributes: u16) -> bool {
     const CONTROL: u16 = 1 << 5;
-    attributes & (TRANSACTIONAL | CONTROL) != 0
+    attributes & CONTROL != 0
+}
+
+/// Whether `batch` belongs to one of the `aborted` transactions (its
+/// producer's, begun at or before it and ended by a marker after it).
+fn aborted(aborted: &[AbortedTxn], batch: &crate::record_batch::BatchHeader) -> bool {
+    batch.is_transactional()
+        && aborted.iter().any(|txn| {
+            txn.producer_id == batch.producer_id
+                && txn.first_offset.0 <= batch.base_offset
+                && batch.base_offset <= txn.last_offset.0
+        })
 }
 
 fn parse(bytes: &[u8], offset: Offset, store: &ShardStore) -> Result<Records, CleanerError> {

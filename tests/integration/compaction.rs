@@ -275,3 +275,106 @@ fn delete_records_needs_the_delete_policy() {
     );
     let _ = broker.stop();
 }
+
+/// A transaction's records take part in compaction once it is decided:
+/// a committed one supersedes older values like any record, an aborted
+/// one's records are removed and never hide the committed value, and the
+/// markers stay so read_committed readers still find each transaction's end.
+#[test]
+fn aborted_transactions_are_removed_and_committed_ones_win() {
+    use rdkafka::producer::{BaseRecord, Producer};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), FAST_CLEANER);
+    let address = broker.address.clone();
+    kafka_clients::create_topic(
+        &address,
+        "txn-table",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+        ],
+    );
+    // Plain updates: a=plain-N, b=plain-N.
+    write_keys(&address, "txn-table", "plain", 0, 200, 2);
+    let (producer, acks) = kafka_clients::producer(
+        &address,
+        &[("transactional.id", "compaction-txn"), ("linger.ms", "0")],
+    );
+    producer.init_transactions(Duration::from_secs(10)).unwrap();
+    let send = |key: &str, value: &str| {
+        producer
+            .send(BaseRecord::to("txn-table").key(key).payload(value))
+            .map_err(|(error, _)| error)
+            .unwrap();
+    };
+    producer.begin_transaction().unwrap();
+    send("plain-0", "committed");
+    producer
+        .commit_transaction(Duration::from_secs(10))
+        .unwrap();
+    producer.begin_transaction().unwrap();
+    send("plain-0", "aborted");
+    send("plain-1", "aborted");
+    producer.flush(Duration::from_secs(10)).unwrap();
+    producer.abort_transaction(Duration::from_secs(10)).unwrap();
+    // Later plain writes make the partition dirty past the transactions.
+    write_keys(&address, "txn-table", "other", 0, 50, 1);
+    drop(acks);
+    for isolation in ["read_uncommitted", "read_committed"] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let values = loop {
+            let records =
+                consume_all_with(&address, "txn-table", &[("isolation.level", isolation)]);
+            let values: Vec<(String, String)> = records
+                .iter()
+                .map(|record| {
+                    (
+                        String::from_utf8_lossy(record.key.as_deref().unwrap_or_default())
+                            .into_owned(),
+                        String::from_utf8_lossy(&record.payload).into_owned(),
+                    )
+                })
+                .collect();
+            if values.len() <= 3 || Instant::now() > deadline {
+                break values;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        assert_eq!(
+            values,
+            [
+                ("plain-1".to_owned(), "value-199".to_owned()),
+                ("plain-0".to_owned(), "committed".to_owned()),
+                ("other-0".to_owned(), "value-49".to_owned()),
+            ],
+            "{isolation}"
+        );
+    }
+    let _ = broker.stop();
+}
+
+/// Every record of partition 0 of `topic` from offset 0 with consumer
+/// `settings`, read until none comes for a second.
+fn consume_all_with(address: &str, topic: &str, settings: &[(&str, &str)]) -> Vec<Record> {
+    use rdkafka::consumer::Consumer;
+    let consumer = kafka_clients::consumer(address, settings);
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, rdkafka::Offset::Offset(0))
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut records = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(1) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                records.push(kafka_clients::to_record(&message));
+                last = Instant::now();
+            }
+            Some(Err(error)) => panic!("consume failed: {error}"),
+            None => {}
+        }
+    }
+    records
+}
