@@ -31,6 +31,8 @@ const READ_STEP_BYTES: u64 = 4 * 1024 * 1024;
 /// Bytes a key-map entry is counted as (Kafka's 16-byte hash and 8-byte
 /// offset).
 const KEY_MAP_ENTRY_BYTES: u64 = 24;
+/// Head entries summed exactly when looking at a partition's dirty ratio.
+const HEAD_ENTRIES_SUMMED: u64 = 4096;
 
 /// Why a pass stopped.
 #[derive(Debug, thiserror::Error)]
@@ -312,22 +314,29 @@ impl ShardStore {
         let limit = partition.high_watermark.min(partition.last_stable_offset());
         let young_from = now_ms.saturating_sub(partition.config.min_compaction_lag_ms.max(0));
         let clean_end = partition.clean_end().max(partition.log_start_offset);
-        let mut cursor = partition.cursor(clean_end).map_err(index_error)?;
-        let mut cleanable_end = None;
-        let mut dirty_bytes = 0u64;
-        let mut oldest_dirty_ms = None;
-        while let Some(entry) = partition.entry(cursor).map_err(index_error)? {
-            if entry.next_offset() > limit || entry.max_timestamp_ms > young_from {
-                break;
-            }
-            dirty_bytes += u64::from(entry.batch_len);
-            oldest_dirty_ms.get_or_insert(entry.max_timestamp_ms);
-            cleanable_end = Some(entry.next_offset());
-            cursor = partition.advance(cursor).map_err(index_error)?;
+        // Binary searches, so that a long head costs the shard thread
+        // microseconds: the head's cleanable entries end before the first
+        // one past the limit and before the first younger than the lag
+        // (timestamps are a running maximum).
+        let queue = &partition.queue;
+        let first = queue.search_offset(clean_end).map_err(index_error)?;
+        let past_limit = queue.search_offset(limit).map_err(index_error)?;
+        let young = queue
+            .search_timestamp(young_from.saturating_add(1))
+            .map_err(index_error)?;
+        let end = past_limit.min(young);
+        if end <= first {
+            return Ok(None);
         }
-        let Some(cleanable_end) = cleanable_end else {
+        let Some(last) = queue.get(end - 1).map_err(index_error)? else {
             return Ok(None);
         };
+        let cleanable_end = last.next_offset();
+        let dirty_bytes = head_bytes(queue, first, end).map_err(index_error)?;
+        let oldest_dirty_ms = queue
+            .get(first)
+            .map_err(index_error)?
+            .map(|entry| entry.max_timestamp_ms);
         let clean_bytes = match &partition.clean {
             Some(clean) => clean
                 .bytes_from(partition.log_start_offset)
@@ -559,6 +568,30 @@ impl ShardStore {
         }
         Ok(())
     }
+}
+
+/// Bytes of the queue's entries `[first, end)`: summed when there are at
+/// most [`HEAD_ENTRIES_SUMMED`], else estimated from an even sample of that
+/// many (the dirty ratio need not be exact; the shard thread must not walk
+/// millions of entries every `log.cleaner.backoff.ms`).
+fn head_bytes(
+    queue: &super::consume_queue::ConsumeQueue,
+    first: u64,
+    end: u64,
+) -> Result<u64, super::consume_queue::QueueError> {
+    let count = end - first;
+    let step = count.div_ceil(HEAD_ENTRIES_SUMMED).max(1);
+    let mut sampled = 0u64;
+    let mut bytes = 0u64;
+    let mut index = first;
+    while index < end {
+        if let Some(entry) = queue.get(index)? {
+            bytes += u64::from(entry.batch_len);
+            sampled += 1;
+        }
+        index += step;
+    }
+    Ok(bytes.saturating_mul(count) / sampled.max(1))
 }
 
 /// Transaction markers are copied whole: read_committed readers need them.

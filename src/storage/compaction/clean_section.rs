@@ -32,6 +32,8 @@ pub struct CleanSection {
     /// scans from there to build a damaged generation again.
     pub commit_position: LogPosition,
     pub queue: ConsumeQueue,
+    /// Bytes of all its batches.
+    total_bytes: u64,
     dir: PathBuf,
 }
 
@@ -138,6 +140,7 @@ impl CleanSection {
             end,
             commit_position,
             queue,
+            total_bytes: entries.iter().map(|entry| u64::from(entry.batch_len)).sum(),
             dir,
         })
     }
@@ -210,6 +213,13 @@ impl CleanSection {
 
     /// Bytes of the batches from the one holding `from` on.
     pub fn bytes_from(&self, from: Offset) -> Result<u64, QueueError> {
+        let whole = self
+            .queue
+            .first()?
+            .is_none_or(|first| from <= first.base_offset);
+        if whole && self.queue.head_index() == 0 {
+            return Ok(self.total_bytes);
+        }
         let mut bytes = 0;
         for index in self.queue.search_offset(from)?..self.queue.tail_index() {
             bytes += self
@@ -237,11 +247,18 @@ fn open_generation(
             )),
         });
     }
+    let mut total_bytes = 0;
+    for index in queue.head_index()..queue.tail_index() {
+        total_bytes += queue
+            .get(index)?
+            .map_or(0, |entry| u64::from(entry.batch_len));
+    }
     Ok(CleanSection {
         generation: meta.generation,
         end: meta.end,
         commit_position: meta.commit_position,
         queue,
+        total_bytes,
         dir: dir.to_owned(),
     })
 }
