@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::compaction::clean_section::CleanSection;
@@ -142,126 +143,90 @@ impl ShardStore {
         };
         let mut throttle = Throttle::new(self.options.storage.cleaner_io_max_bytes_per_second);
         let key_limit = self.options.storage.cleaner_dedupe_buffer_bytes / KEY_MAP_ENTRY_BYTES;
-        // 1. The key map over the cleanable head.
-        let mut latest: HashMap<u128, i64> = HashMap::new();
+        let decompressed_max = u64::from(self.options.storage.batch_ceiling_bytes())
+            * u64::from(self.options.storage.decompressed_batch_ratio_max);
+        let aborted_txns = Arc::new(plan.aborted.clone());
+        // 1. The key map over the cleanable head. Reading, decompressing
+        // and hashing run on the blocking pool, never on the shard thread.
+        let mut latest = KeyMap::default();
         let mut cleanable_end = plan.cleanable_end;
         let mut offset = plan.clean_end.max(plan.log_start);
-        'map: while offset < cleanable_end {
-            let batches = self.read_step(id, offset, cleanable_end).await?;
-            if batches.is_empty() {
+        while offset < cleanable_end {
+            let batches = self.plan_read(id, offset, cleanable_end)?;
+            let Some(last) = batches.last() else {
                 break;
-            }
-            for (batch, bytes) in batches {
-                offset = Offset(batch.last_offset.0 + 1);
-                stats.bytes_read += bytes.len() as u64;
-                throttle.spend(bytes.len() as u64).await;
-                if is_control(batch.attributes) {
-                    continue;
-                }
-                let records = parse(&bytes, batch.base_offset, self)?;
-                if aborted(&plan.aborted, &records.header) {
-                    continue;
-                }
-                let new_keys = records
-                    .records
-                    .iter()
-                    .filter_map(|record| records.key(record))
-                    .filter(|key| !latest.contains_key(&key_hash(key)))
-                    .count() as u64;
-                if latest.len() as u64 + new_keys > key_limit {
-                    // The map is full: this pass cleans up to here.
-                    cleanable_end = batch.base_offset;
-                    break 'map;
-                }
-                for record in &records.records {
-                    if let Some(key) = records.key(record) {
-                        let at = records.header.base_offset + i64::from(record.offset_delta);
-                        latest.insert(key_hash(key), at);
-                    }
-                }
+            };
+            offset = Offset(last.last_offset.0 + 1);
+            let aborted_txns = Arc::clone(&aborted_txns);
+            let (map, step) = off_shard(move || {
+                let mut map = latest;
+                let step = map_step(
+                    &mut map,
+                    batches,
+                    &aborted_txns,
+                    key_limit,
+                    decompressed_max,
+                );
+                (map, step)
+            })
+            .await?;
+            latest = map;
+            let step = step?;
+            stats.bytes_read += step.bytes_read;
+            throttle.spend(step.bytes_read).await;
+            if let Some(full_at) = step.full_at {
+                // The map is full: this pass cleans up to there.
+                cleanable_end = full_at;
+                break;
             }
         }
         if cleanable_end <= plan.clean_end.max(plan.log_start) {
             return Ok(None);
         }
-        // 2. Copy the survivors of the clean section and the cleanable head.
-        let now_ms = wall_ms();
+        // 2. Copy the survivors of the clean section and the cleanable head
+        // (filtered off the shard thread, appended on it).
+        let filter = Arc::new(Filter {
+            latest,
+            aborted: plan.aborted.clone(),
+            delete_retention_ms: plan.delete_retention_ms,
+            now_ms: wall_ms(),
+            decompressed_max,
+        });
         let mut entries: Vec<QueueEntry> = Vec::new();
         let mut offset = plan.log_start;
         while offset < cleanable_end {
-            let batches = self.read_step(id, offset, cleanable_end).await?;
-            if batches.is_empty() {
+            let batches = self.plan_read(id, offset, cleanable_end)?;
+            let Some(last) = batches.last() else {
                 break;
-            }
-            for (batch, bytes) in batches {
-                offset = Offset(batch.last_offset.0 + 1);
-                stats.bytes_read += bytes.len() as u64;
-                throttle.spend(bytes.len() as u64).await;
-                let survivor = if is_control(batch.attributes) {
-                    Some(bytes)
-                } else {
-                    let records = parse(&bytes, batch.base_offset, self)?;
-                    let dropped = aborted(&plan.aborted, &records.header);
-                    let keep: Vec<usize> = records
-                        .records
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, record)| {
-                            let Some(key) = records.key(record) else {
-                                return false;
-                            };
-                            let at = records.header.base_offset + i64::from(record.offset_delta);
-                            let newest = latest
-                                .get(&key_hash(key))
-                                .is_none_or(|&newest| newest <= at);
-                            let expired = record.tombstone
-                                && record.timestamp_ms.saturating_add(plan.delete_retention_ms)
-                                    < now_ms;
-                            !dropped && newest && !expired
-                        })
-                        .map(|(index, _)| index)
-                        .collect();
-                    stats.records_removed += (records.records.len() - keep.len()) as u64;
-                    if keep.is_empty() {
-                        None
-                    } else if keep.len() == records.records.len() {
-                        Some(bytes)
-                    } else {
-                        Some(records.rebuild(&bytes, &keep).map_err(|error| {
-                            CleanerError::Batch {
-                                offset: batch.base_offset,
-                                reason: format!("recompressing: {error}"),
-                            }
-                        })?)
-                    }
-                };
-                let Some(copy) = survivor else {
+            };
+            offset = Offset(last.last_offset.0 + 1);
+            let filter = Arc::clone(&filter);
+            let copies = off_shard(move || filter.step(batches)).await??;
+            for copy in copies {
+                stats.bytes_read += copy.read;
+                stats.records_removed += copy.removed;
+                throttle.spend(copy.read).await;
+                let Some(bytes) = copy.survivor else {
                     continue;
                 };
-                throttle.spend(copy.len() as u64).await;
+                throttle.spend(bytes.len() as u64).await;
                 let receipt = self
-                    .append_compaction_frame(id, FrameKind::CompactionCopy, &copy)
+                    .append_compaction_frame(id, FrameKind::CompactionCopy, &bytes)
                     .await?;
-                stats.bytes_written += copy.len() as u64;
-                let header = crate::record_batch::BatchHeader::parse(&copy).map_err(|error| {
-                    CleanerError::Batch {
-                        offset: batch.base_offset,
-                        reason: error.to_string(),
-                    }
-                })?;
+                stats.bytes_written += bytes.len() as u64;
                 let running_max = entries
                     .last()
                     .map_or(i64::MIN, |entry| entry.max_timestamp_ms);
                 entries.push(QueueEntry {
-                    base_offset: batch.base_offset,
+                    base_offset: copy.base_offset,
                     position: receipt.position,
-                    batch_len: copy.len() as u32,
-                    last_offset_delta: header.last_offset_delta as u32,
-                    max_timestamp_ms: header.max_timestamp_ms.max(running_max),
-                    attributes: header.attributes as u16,
+                    batch_len: bytes.len() as u32,
+                    last_offset_delta: copy.last_offset_delta,
+                    max_timestamp_ms: copy.max_timestamp_ms.max(running_max),
+                    attributes: copy.attributes,
                 });
-                yield_now().await;
             }
+            yield_now().await;
         }
         // 3. Commit: the entries, in parts; the last one fsynced.
         let parts = entries.chunks(ENTRIES_PER_PART).count().max(1);
@@ -277,7 +242,7 @@ impl ShardStore {
                 last: index + 1 == parts,
                 entries: chunk,
             };
-            let bytes = part.encode(now_ms);
+            let bytes = part.encode(wall_ms());
             last_receipt = Some(
                 self.append_compaction_frame(id, FrameKind::CompactionCommit, &bytes)
                     .await?,
@@ -373,39 +338,20 @@ impl ShardStore {
         }))
     }
 
-    /// The batches of `id` from `offset` below `end`, with their bytes
-    /// (read off the shard thread).
-    async fn read_step(
+    /// The batches of `id` from `offset` below `end`, at most
+    /// [`READ_STEP_BYTES`] (at least one), as the read path plans them.
+    fn plan_read(
         &self,
         id: PartitionId,
         offset: Offset,
         end: Offset,
-    ) -> Result<Vec<(ReadBatch, Vec<u8>)>, CleanerError> {
+    ) -> Result<Vec<ReadBatch>, CleanerError> {
         let read = self.read(id, offset, READ_STEP_BYTES)?;
-        let batches: Vec<ReadBatch> = read
+        Ok(read
             .batches
             .into_iter()
             .filter(|batch| batch.base_offset < end)
-            .collect();
-        let read = compio::runtime::spawn_blocking(move || {
-            batches
-                .into_iter()
-                .map(|batch| {
-                    let bytes = super::read_batch_bytes(&batch)?;
-                    Ok((batch, bytes))
-                })
-                .collect::<std::io::Result<Vec<_>>>()
-        })
-        .await;
-        match read {
-            Ok(read) => read.map_err(CleanerError::Bytes),
-            Err(error) => {
-                error.resume_unwind();
-                Err(CleanerError::Bytes(std::io::Error::other(
-                    "the read task was cancelled",
-                )))
-            }
-        }
+            .collect())
     }
 
     /// Append a compaction frame of `kind` for partition `id` holding
@@ -611,10 +557,173 @@ fn aborted(aborted: &[AbortedTxn], batch: &crate::record_batch::BatchHeader) -> 
         })
 }
 
-fn parse(bytes: &[u8], offset: Offset, store: &ShardStore) -> Result<Records, CleanerError> {
-    let limit = store.options.storage.batch_ceiling_bytes() as u64
-        * u64::from(store.options.storage.decompressed_batch_ratio_max);
-    Records::parse(bytes, limit).map_err(|reason| CleanerError::Batch { offset, reason })
+/// Keys' 128-bit hashes to the offset of their latest record.
+type KeyMap = HashMap<u128, i64>;
+
+/// What one step of the key-map phase read.
+struct MapStep {
+    bytes_read: u64,
+    /// The map filled at this batch: the pass ends before it.
+    full_at: Option<Offset>,
+}
+
+/// Enter the keys of `batches` (read here) into `map`, stopping before the
+/// batch that would take it past `key_limit` keys. Blocking.
+fn map_step(
+    map: &mut KeyMap,
+    batches: Vec<ReadBatch>,
+    aborted_txns: &[AbortedTxn],
+    key_limit: u64,
+    decompressed_max: u64,
+) -> Result<MapStep, CleanerError> {
+    let mut step = MapStep {
+        bytes_read: 0,
+        full_at: None,
+    };
+    for batch in batches {
+        let bytes = super::read_batch_bytes(&batch).map_err(CleanerError::Bytes)?;
+        step.bytes_read += bytes.len() as u64;
+        if is_control(batch.attributes) {
+            continue;
+        }
+        let records = parse(&bytes, batch.base_offset, decompressed_max)?;
+        if aborted(aborted_txns, &records.header) {
+            continue;
+        }
+        let keys: Vec<(u128, i64)> = records
+            .records
+            .iter()
+            .filter_map(|record| {
+                let key = records.key(record)?;
+                Some((
+                    key_hash(key),
+                    records.header.base_offset + i64::from(record.offset_delta),
+                ))
+            })
+            .collect();
+        let new_keys = keys
+            .iter()
+            .filter(|(hash, _)| !map.contains_key(hash))
+            .count() as u64;
+        if map.len() as u64 + new_keys > key_limit {
+            step.full_at = Some(batch.base_offset);
+            return Ok(step);
+        }
+        map.extend(keys);
+    }
+    Ok(step)
+}
+
+/// What the copy phase keeps of each record.
+struct Filter {
+    latest: KeyMap,
+    aborted: Vec<AbortedTxn>,
+    delete_retention_ms: i64,
+    now_ms: i64,
+    decompressed_max: u64,
+}
+
+/// One cleaned batch: what was read, what survives of it.
+struct Copy {
+    base_offset: Offset,
+    last_offset_delta: u32,
+    max_timestamp_ms: i64,
+    attributes: u16,
+    read: u64,
+    removed: u64,
+    /// The batch to copy forward (`None`: nothing of it survives).
+    survivor: Option<Vec<u8>>,
+}
+
+impl Filter {
+    /// Read `batches` and filter each to its surviving records. Blocking.
+    fn step(&self, batches: Vec<ReadBatch>) -> Result<Vec<Copy>, CleanerError> {
+        batches
+            .into_iter()
+            .map(|batch| {
+                let bytes = super::read_batch_bytes(&batch).map_err(CleanerError::Bytes)?;
+                self.copy(&batch, bytes)
+            })
+            .collect()
+    }
+
+    fn copy(&self, batch: &ReadBatch, bytes: Vec<u8>) -> Result<Copy, CleanerError> {
+        let header = crate::record_batch::BatchHeader::parse(&bytes).map_err(|error| {
+            CleanerError::Batch {
+                offset: batch.base_offset,
+                reason: error.to_string(),
+            }
+        })?;
+        let mut copy = Copy {
+            base_offset: batch.base_offset,
+            last_offset_delta: header.last_offset_delta as u32,
+            max_timestamp_ms: header.max_timestamp_ms,
+            attributes: header.attributes as u16,
+            read: bytes.len() as u64,
+            removed: 0,
+            survivor: None,
+        };
+        if is_control(batch.attributes) {
+            copy.survivor = Some(bytes);
+            return Ok(copy);
+        }
+        let records = parse(&bytes, batch.base_offset, self.decompressed_max)?;
+        let dropped = aborted(&self.aborted, &records.header);
+        let keep: Vec<usize> = records
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(_, record)| {
+                let Some(key) = records.key(record) else {
+                    return false;
+                };
+                let at = records.header.base_offset + i64::from(record.offset_delta);
+                let newest = self
+                    .latest
+                    .get(&key_hash(key))
+                    .is_none_or(|&newest| newest <= at);
+                let expired = record.tombstone
+                    && record.timestamp_ms.saturating_add(self.delete_retention_ms) < self.now_ms;
+                !dropped && newest && !expired
+            })
+            .map(|(index, _)| index)
+            .collect();
+        copy.removed = (records.records.len() - keep.len()) as u64;
+        copy.survivor = if keep.is_empty() {
+            None
+        } else if keep.len() == records.records.len() {
+            Some(bytes)
+        } else {
+            Some(
+                records
+                    .rebuild(&bytes, &keep)
+                    .map_err(|error| CleanerError::Batch {
+                        offset: batch.base_offset,
+                        reason: format!("recompressing: {error}"),
+                    })?,
+            )
+        };
+        Ok(copy)
+    }
+}
+
+fn parse(bytes: &[u8], offset: Offset, decompressed_max: u64) -> Result<Records, CleanerError> {
+    Records::parse(bytes, decompressed_max).map_err(|reason| CleanerError::Batch { offset, reason })
+}
+
+/// Run `work` on the blocking pool.
+async fn off_shard<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CleanerError> {
+    match compio::runtime::spawn_blocking(work).await {
+        Ok(done) => Ok(done),
+        Err(error) => {
+            error.resume_unwind();
+            Err(CleanerError::Bytes(std::io::Error::other(
+                "the cleaner's blocking task was cancelled",
+            )))
+        }
+    }
 }
 
 /// A 128-bit hash of a record key: two SipHash-1-3 runs with different
