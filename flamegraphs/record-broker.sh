@@ -7,6 +7,8 @@
 #   flamegraphs/record-broker.sh consume           # fills the log first, then profiles the reads
 #   flamegraphs/record-broker.sh produce-small     # 10 x 100-byte records per batch: per-request costs
 #   flamegraphs/record-broker.sh produce-idempotent  # acks=all with producer ids (issue 13)
+#   flamegraphs/record-broker.sh compaction        # acks=all produce while the cleaner compacts a
+#                                                  # 300 MB table (issue 17; needs kcat)
 #
 # Only the broker is profiled (perf record -p), not the load generator.
 # Needs perf (Debian: linux-perf) and inferno (`cargo install inferno`).
@@ -24,19 +26,36 @@ case $load in
   consume) bench=(consume) ;;
   produce-small) bench=(produce --acks 1 --record-size 100 --batch-records 10 --duration "$seconds" --warmup 0) ;;
   produce-idempotent) bench=(produce --acks all --idempotent --rounds 1 --duration "$seconds" --warmup 0) ;;
-  *) echo "unknown load $load: produce-acks1, produce-acks-all, consume, produce-small or produce-idempotent" >&2; exit 2 ;;
+  compaction) bench=(produce --acks all --duration "$seconds" --warmup 0) ;;
+  *) echo "unknown load $load: produce-acks1, produce-acks-all, consume, produce-small, produce-idempotent or compaction" >&2; exit 2 ;;
 esac
 cargo build --release --quiet
 sluice=target/release/sluice
 data=$(mktemp -d "${SLUICE_PERF_DIR:-/tmp}/sluice-flame.XXXXXX")
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 metrics=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$sluice" serve --data-dir "$data" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics" \
+config=/dev/null
+if [ "$load" = compaction ]; then
+  config="$data.toml"
+  printf '[storage]\ncleaner_backoff_ms = 100\n' >"$config"
+fi
+"$sluice" serve --data-dir "$data" --config "$config" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics" \
   >"$data.log" 2>&1 &
 broker=$!
-cleanup() { kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; rm -rf "$data" "$data.log" "$data.perf" "$data.folded"; }
+cleanup() { kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; rm -rf "$data" "$data.log" "$data.perf" "$data.folded" "$data.toml" "$data.updates"; }
 trap cleanup EXIT
 for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+if [ "$load" = compaction ]; then
+  # A table of 300 MB of 1 KiB updates over 10 000 keys, held back from the
+  # cleaner until it is written whole.
+  "$sluice" topics create table --partitions 2 --brokers "127.0.0.1:$port" \
+    --config cleanup.policy=compact --config min.cleanable.dirty.ratio=0.01 \
+    --config min.compaction.lag.ms=3600000 >/dev/null
+  value=$(head -c 1000 /dev/zero | tr '\0' 'v')
+  awk -v v="$value" 'BEGIN { for (i = 0; i < 307200; i++) printf "key-%d:%s\n", i % 10000, v }' >"$data.updates"
+  kcat -b "127.0.0.1:$port" -P -t table -K: -X linger.ms=20 <"$data.updates"
+  "$sluice" topics alter table --brokers "127.0.0.1:$port" --config min.compaction.lag.ms=0 >/dev/null
+fi
 if [ "$load" = consume ]; then
   "$sluice" bench produce --brokers "127.0.0.1:$port" --acks 1 --duration "$seconds" --warmup 0 >/dev/null
 fi
@@ -52,6 +71,9 @@ echo "wrote $here/broker-$load.svg"
 # The share of broker samples in the metrics code (src/telemetry, the metrics crates).
 awk '{ n = $NF; total += n; if ($0 ~ /telemetry|metrics_exporter_prometheus|metrics_util|metrics::/) hit += n }
      END { if (total) printf "metrics code: %.2f%% of %.0f samples\n", 100 * hit / total, total }' "$data.folded"
+# The share in the log cleaner (issue 17).
+awk '{ n = $NF; total += n; if ($0 ~ /cleaner|compaction/) hit += n }
+     END { if (total) printf "log cleaner: %.2f%% of %.0f samples\n", 100 * hit / total, total }' "$data.folded"
 # The share in producer state (idempotent and transactional checks).
 awk '{ n = $NF; total += n; if ($0 ~ /producer_state/) hit += n }
      END { if (total) printf "producer state: %.2f%% of %.0f samples\n", 100 * hit / total, total }' "$data.folded"

@@ -384,6 +384,15 @@ impl ShardStore {
         if self.follower.get() {
             return Err(AppendError::NotLeader.into());
         }
+        // Above the reject ratio the copies wait: the room left is for the
+        // appends that free space (the coordinators' snapshots, markers).
+        if self.disk_pressure.get() == super::retention::DiskPressure::Reject {
+            return Err(AppendError::DiskFull {
+                usage_percent: self.disk_usage_ratio.get() * 100.0,
+                limit_percent: self.options.retention.disk_reject_ratio * 100.0,
+            }
+            .into());
+        }
         let now = Instant::now();
         let mut guard = self.state.borrow_mut();
         let state = &mut *guard;
@@ -460,6 +469,7 @@ impl ShardStore {
 
     async fn apply_compaction(&self, pass: CompletePass) -> Result<(), CleanerError> {
         let id = pass.partition;
+        let generation = pass.generation;
         let dir = self.layout.partition_dir(id);
         let entries_per_file = self.options.storage.consume_queue_entries_per_file;
         let current = self
@@ -491,6 +501,7 @@ impl ShardStore {
         };
         let replaced = {
             let mut state = self.state.borrow_mut();
+            let log_start = state.log.start();
             match state.partitions.get_mut(&id) {
                 // Deleted meanwhile: the new section goes with it.
                 None => Some(section),
@@ -498,14 +509,27 @@ impl ShardStore {
                     let end = section.end;
                     let replaced = partition.clean.replace(section);
                     // The head's entries below the clean end are not read
-                    // again: whole files of them go.
-                    if let Err(error) = partition.queue.drop_files_before(end) {
+                    // again: whole files of them go, once the log no longer
+                    // holds their frames (a copy started again at the log's
+                    // start finds each partition's offset there in them,
+                    // `offsets_at_log_start`).
+                    let on_disk = partition
+                        .queue
+                        .count_below(log_start)
+                        .and_then(|index| partition.queue.get(index));
+                    let drop_below = match on_disk {
+                        Ok(Some(entry)) => entry.base_offset.min(end),
+                        Ok(None) => end,
+                        Err(_) => Offset(i64::MIN),
+                    };
+                    if let Err(error) = partition.queue.drop_files_before(drop_below) {
                         tracing::warn!(partition = %id, %error, "cannot drop consume-queue files below the clean end");
                     }
                     replaced
                 }
             }
         };
+        tracing::info!(shard = %self.options.shard, partition = %id, generation, "applied a compaction pass");
         if let Some(replaced) = replaced {
             let removed = compio::runtime::spawn_blocking(move || replaced.remove()).await;
             if let Ok(Err(error)) = removed {

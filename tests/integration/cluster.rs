@@ -3242,3 +3242,64 @@ fn a_member_restarted_on_an_empty_data_dir_is_refused_and_the_cluster_keeps_work
     }
     stop_all(brokers.into_iter().flatten());
 }
+
+/// Issue 17 in a cluster: the leader's cleaner compacts a replicated
+/// topic, the followers apply the same pass from the commit frames they
+/// copy, and after the leader is killed the new leader serves the same
+/// latest values.
+#[test]
+fn a_compacted_topic_keeps_its_latest_values_across_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::with_config(
+        dir.path(),
+        &format!("cleaner_backoff_ms = 200\n{FAST_FAILOVER}"),
+    );
+    let mut brokers: Vec<Option<BrokerProcess>> =
+        cluster.start_all().into_iter().map(Some).collect();
+    let first = cluster.nodes[0].kafka.clone();
+    kafka_clients::create_topic(
+        &first,
+        "table",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+        ],
+    );
+    eventually("every follower in sync", || {
+        partition_states(&first, "table")
+            .iter()
+            .all(|(_, in_sync)| in_sync.len() == 3)
+    });
+    let acked = crate::compaction::write_keys(&first, "table", "key", 0, 20_000, 200);
+    let latest = crate::compaction::latest_by_key(&acked);
+    let records = crate::compaction::consume_until(&first, "table", 1, 200);
+    assert_eq!(records.len(), 200, "the leader compacted the topic");
+    crate::compaction::assert_latest_values(&records, &latest);
+    let leader = partition_states(&first, "table")[0].0 as usize;
+    eventually("the followers applied the pass", || {
+        brokers
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| index + 1 != leader)
+            .all(|(_, broker)| {
+                broker
+                    .as_ref()
+                    .is_some_and(|broker| broker.log_contains("applied a compaction pass"))
+            })
+    });
+    brokers[leader - 1].take().unwrap().kill9();
+    let survivor = cluster.nodes[leader % 3].kafka.clone();
+    eventually("another node leads the partition", || {
+        partition_states(&survivor, "table")[0].0 as usize != leader
+    });
+    let records = kafka_clients::consume_all(&survivor, "table", 1, Duration::from_secs(2));
+    assert_eq!(
+        records.len(),
+        200,
+        "the new leader serves the compacted topic"
+    );
+    crate::compaction::assert_latest_values(&records, &latest);
+    brokers[leader - 1] = Some(cluster.start(leader));
+    stop_caught_up(&cluster, brokers.into_iter().flatten());
+}

@@ -32,7 +32,7 @@ fn write_updates(
 }
 
 /// [`write_updates`] with keys `PREFIX-K`.
-fn write_keys(
+pub(crate) fn write_keys(
     address: &str,
     topic: &str,
     prefix: &str,
@@ -57,7 +57,7 @@ fn write_keys(
 }
 
 /// The latest acknowledged record of each key: (partition, offset, value).
-fn latest_by_key(acked: &[Record]) -> BTreeMap<Vec<u8>, (i32, i64, Vec<u8>)> {
+pub(crate) fn latest_by_key(acked: &[Record]) -> BTreeMap<Vec<u8>, (i32, i64, Vec<u8>)> {
     let mut latest: BTreeMap<Vec<u8>, (i32, i64, Vec<u8>)> = BTreeMap::new();
     for record in acked {
         let key = record.key.clone().expect("keyed");
@@ -74,7 +74,12 @@ fn latest_by_key(acked: &[Record]) -> BTreeMap<Vec<u8>, (i32, i64, Vec<u8>)> {
 
 /// Consume until exactly `expected` records come back (compaction is
 /// asynchronous), at most 90 s.
-fn consume_until(address: &str, topic: &str, partitions: i32, expected: usize) -> Vec<Record> {
+pub(crate) fn consume_until(
+    address: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> Vec<Record> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let records =
@@ -88,7 +93,10 @@ fn consume_until(address: &str, topic: &str, partitions: i32, expected: usize) -
 
 /// Every key's last record in the log is its latest acknowledged value at
 /// its acknowledged offset, and no record of a key comes after it.
-fn assert_latest_values(records: &[Record], latest: &BTreeMap<Vec<u8>, (i32, i64, Vec<u8>)>) {
+pub(crate) fn assert_latest_values(
+    records: &[Record],
+    latest: &BTreeMap<Vec<u8>, (i32, i64, Vec<u8>)>,
+) {
     let mut last: BTreeMap<Vec<u8>, (i32, i64, Vec<u8>)> = BTreeMap::new();
     for record in records {
         let key = record
