@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the real Kafka clients that tests/integration/eos_clients.rs,
-# txn_clients.rs, txn_pipelines.rs (issue 13) and compat_clients.rs (issue 14)
-# drive against the sluice binary:
+# txn_clients.rs, txn_pipelines.rs (issue 13), compat_clients.rs (issue 14) and
+# compaction_clients.rs (issue 17) drive against the sluice binary:
 #   target/test-clients/venv           Python venv with tests/clients/requirements.txt
 #                                      (kafka-python, confluent-kafka, aiokafka and the
 #                                      snappy/lz4/zstd libraries they use; exact pins)
 #   target/test-clients/quix-venv      Python venv with tests/clients/requirements-quix.txt
 #                                      (Quix Streams, which needs an older confluent-kafka)
+#   target/test-clients/faust-venv     Python venv with tests/clients/requirements-faust.txt
+#                                      (faust-streaming, its aiokafka, and rocksdict)
 #   tests/clients/node/node_modules    `npm ci` of tests/clients/node/package-lock.json
 #                                      (kafkajs and its codecs, @platformatic/kafka)
 # Idempotent: a marker records what was installed (the pin files and the
@@ -20,6 +22,7 @@ clients="$root/tests/clients"
 install_dir="$root/target/test-clients"
 venv="$install_dir/venv"
 quix_venv="$install_dir/quix-venv"
+faust_venv="$install_dir/faust-venv"
 node_dir="$clients/node"
 marker="$install_dir/installed"
 python="${PYTHON:-python3}"
@@ -41,6 +44,7 @@ fingerprint() {
     "$python" --version 2>&1
     node --version
     cat "$clients/requirements.txt" "$clients/requirements-quix.txt" \
+      "$clients/requirements-faust.txt" \
       "$node_dir/package.json" "$node_dir/package-lock.json"
   } | sha256sum | cut -d' ' -f1
 }
@@ -48,13 +52,14 @@ fingerprint() {
 installed() {
   [ -f "$marker" ] && [ "$(cat "$marker")" = "$1" ] &&
     [ -x "$venv/bin/python" ] && [ -x "$quix_venv/bin/python" ] &&
+    [ -x "$faust_venv/bin/python" ] &&
     [ -f "$node_dir/node_modules/kafkajs/package.json" ] &&
     [ -f "$node_dir/node_modules/@platformatic/kafka/package.json" ]
 }
 
 want="$(fingerprint)"
 if installed "$want"; then
-  say "up to date ($venv, $node_dir/node_modules)"
+  say "up to date ($venv, $quix_venv, $faust_venv, $node_dir/node_modules)"
   exit 0
 fi
 
@@ -79,10 +84,11 @@ install_venv() {
 }
 install_venv "$venv" "$clients/requirements.txt"
 install_venv "$quix_venv" "$clients/requirements-quix.txt"
+install_venv "$faust_venv" "$clients/requirements-faust.txt"
 
 say "installing kafkajs and @platformatic/kafka from $node_dir/package-lock.json with npm ci"
 (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error) ||
   fail "npm ci failed (is the npm registry reachable?)"
 
 echo "$want" >"$marker"
-say "done: $venv, $quix_venv and $node_dir/node_modules"
+say "done: $venv, $quix_venv, $faust_venv and $node_dir/node_modules"

@@ -12,6 +12,7 @@ mod authorized_operations;
 mod cluster;
 mod cluster_config;
 mod compaction;
+mod compaction_clients;
 mod compat_clients;
 mod consumer_groups;
 mod consumer_protocol;

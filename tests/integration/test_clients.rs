@@ -1,11 +1,12 @@
 //! Real Kafka clients as test fixtures: the Python (kafka-python,
-//! confluent-kafka, aiokafka, Quix Streams) and Node (kafkajs) client scripts
+//! confluent-kafka, aiokafka, Quix Streams, Faust) and Node (kafkajs) client scripts
 //! kept in `tests/clients/`, run as child processes against a broker, each
 //! printing one JSON report as the last line of its stdout.
 //!
-//! The clients come from `scripts/install-test-clients.sh` (two venvs under
-//! `target/test-clients/`, one for Quix Streams, which needs an older
-//! confluent-kafka; `node_modules` under `tests/clients/node/`), which
+//! The clients come from `scripts/install-test-clients.sh` (three venvs
+//! under `target/test-clients/`: one for Quix Streams, which needs an older
+//! confluent-kafka, and one for faust-streaming; `node_modules` under
+//! `tests/clients/node/`), which
 //! `.ci/run` runs before `cargo test` and [`installed`] runs once per test
 //! process, so a plain `cargo test` works on a machine with network access.
 //! Where installing fails, a test fails when `CI=true` and is skipped with the
@@ -27,6 +28,8 @@ const REPOSITORY: &str = env!("CARGO_MANIFEST_DIR");
 const VENV_PYTHON: &str = "target/test-clients/venv/bin/python";
 /// Where it puts the venv with Quix Streams.
 const QUIX_VENV_PYTHON: &str = "target/test-clients/quix-venv/bin/python";
+/// Where it puts the venv with faust-streaming.
+const FAUST_VENV_PYTHON: &str = "target/test-clients/faust-venv/bin/python";
 
 /// How much of a client's stderr a failure message shows.
 const STDERR_SHOWN_LINES_MAX: usize = 40;
@@ -35,6 +38,7 @@ const STDERR_SHOWN_LINES_MAX: usize = 40;
 pub struct Clients {
     python: PathBuf,
     quix_python: PathBuf,
+    faust_python: PathBuf,
     scripts: PathBuf,
 }
 
@@ -80,6 +84,7 @@ fn install() -> Result<Clients, String> {
     Ok(Clients {
         python: repository.join(VENV_PYTHON),
         quix_python: repository.join(QUIX_VENV_PYTHON),
+        faust_python: repository.join(FAUST_VENV_PYTHON),
         scripts: repository.join("tests/clients"),
     })
 }
@@ -96,6 +101,16 @@ impl Clients {
     pub fn quix(&self, script: &str, args: &[&str]) -> ClientProcess {
         let path = self.scripts.join("python").join(script);
         ClientProcess::spawn(Command::new(&self.quix_python).arg(path).args(args), script)
+    }
+
+    /// Start `tests/clients/python/<script>` with the faust-streaming
+    /// venv's python.
+    pub fn faust(&self, script: &str, args: &[&str]) -> ClientProcess {
+        let path = self.scripts.join("python").join(script);
+        ClientProcess::spawn(
+            Command::new(&self.faust_python).arg(path).args(args),
+            script,
+        )
     }
 
     /// Start `tests/clients/node/<script>` with node.

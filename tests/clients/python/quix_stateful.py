@@ -16,7 +16,9 @@ topic before it processes anything: that is what the caller checks.
 Runs until its stdin closes (then stops the application, which commits its
 last checkpoint) or it is killed. Writes "processed <key> <count> <sum>" on
 stderr for each record, Quix's own log (INFO: "Recovery successful for ...")
-on stderr, and on stdout one JSON report: client, error.
+on stderr, and on stdout one JSON report: client, error, processed
+(records this run), totals (the last {"key": [count, sum]} this run
+output).
 
 Usage: quix_stateful.py BOOTSTRAP INPUT OUTPUT GROUP STATE_DIR COMMIT_EVERY
 """
@@ -37,13 +39,18 @@ COMMIT_INTERVAL_SECONDS = 60.0
 TOTALS = "totals"
 
 
-def count_and_sum(value, key, _timestamp, _headers, state: State):
-    count, total = state.get(TOTALS, [0, 0])
-    count, total = count + 1, total + int(value)
-    state.set(TOTALS, [count, total])
-    key = key.decode()
-    print(f"processed {key} {count} {total}", file=sys.stderr, flush=True)
-    return {"key": key, "count": count, "sum": total}
+def counter(report):
+    def count_and_sum(value, key, _timestamp, _headers, state: State):
+        count, total = state.get(TOTALS, [0, 0])
+        count, total = count + 1, total + int(value)
+        state.set(TOTALS, [count, total])
+        key = key.decode()
+        report["processed"] += 1
+        report["totals"][key] = [count, total]
+        print(f"processed {key} {count} {total}", file=sys.stderr, flush=True)
+        return {"key": key, "count": count, "sum": total}
+
+    return count_and_sum
 
 
 def main():
@@ -53,6 +60,8 @@ def main():
         "client": f"quixstreams {quixstreams.__version__} (confluent-kafka {confluent_kafka.__version__} "
         f"librdkafka {confluent_kafka.libversion()[0]})",
         "error": None,
+        "processed": 0,
+        "totals": {},
     }
     try:
         app = Application(
@@ -67,7 +76,7 @@ def main():
         input_topic = app.topic(input_name, value_deserializer="str")
         output_topic = app.topic(output_name, value_serializer="json")
         sdf = app.dataframe(input_topic)
-        sdf = sdf.apply(count_and_sum, stateful=True, metadata=True)
+        sdf = sdf.apply(counter(report), stateful=True, metadata=True)
         sdf.to_topic(output_topic)
 
         def stop_when_stdin_closes():
