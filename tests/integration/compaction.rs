@@ -386,3 +386,74 @@ fn consume_all_with(address: &str, topic: &str, settings: &[(&str, &str)]) -> Ve
     }
     records
 }
+
+/// `min.compaction.lag.ms` keeps young records out of a pass whatever the
+/// dirty ratio; `max.compaction.lag.ms` makes a pass due whatever the ratio.
+#[test]
+fn compaction_lags_hold_back_young_records_and_force_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), FAST_CLEANER);
+    let address = broker.address.clone();
+    kafka_clients::create_topic(
+        &address,
+        "lagged",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("min.compaction.lag.ms", "3600000"),
+        ],
+    );
+    kafka_clients::create_topic(
+        &address,
+        "forced",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+        ],
+    );
+    write_keys(&address, "lagged", "k", 0, 1_000, 10);
+    let acked = write_keys(&address, "forced", "k", 0, 1_000, 10);
+    assert_eq!(consume_until(&address, "forced", 1, 10).len(), 10);
+    // A clean section of 10 records, then a head too small for the ratio
+    // (0.99): only the max lag can make it due.
+    let admin = kafka_clients::admin(&address);
+    let alter = |configs: &[(&str, &str)]| {
+        let mut resource =
+            rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic("forced"));
+        for (key, value) in configs {
+            resource = resource.set(key, value);
+        }
+        let results = futures_executor::block_on(
+            admin.alter_configs([&resource], &rdkafka::admin::AdminOptions::new()),
+        )
+        .unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    };
+    alter(&[
+        ("cleanup.policy", "compact"),
+        ("min.cleanable.dirty.ratio", "0.99"),
+    ]);
+    let more = write_keys(&address, "forced", "k", 5_000, 5, 10);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        kafka_clients::consume_all(&address, "forced", 1, Duration::from_secs(1)).len(),
+        15,
+        "below the dirty ratio nothing is cleaned"
+    );
+    alter(&[
+        ("cleanup.policy", "compact"),
+        ("min.cleanable.dirty.ratio", "0.99"),
+        ("max.compaction.lag.ms", "1000"),
+    ]);
+    let records = consume_until(&address, "forced", 1, 10);
+    assert_eq!(records.len(), 10, "the max lag forced a pass");
+    assert_latest_values(&records, &latest_by_key(&[acked, more].concat()));
+    assert_eq!(
+        kafka_clients::consume_all(&address, "lagged", 1, Duration::from_secs(1)).len(),
+        1_000,
+        "records younger than min.compaction.lag.ms stay"
+    );
+    let _ = broker.stop();
+}
