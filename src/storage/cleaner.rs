@@ -291,6 +291,12 @@ impl ShardStore {
             .map_err(index_error)?;
         let end = past_limit.min(young);
         if end <= first {
+            self.metrics.compaction_state(
+                &partition.meta.topic,
+                partition.meta.index,
+                0.0,
+                Duration::ZERO,
+            );
             return Ok(None);
         }
         let Some(last) = queue.get(end - 1).map_err(index_error)? else {
@@ -312,10 +318,12 @@ impl ShardStore {
         let overdue = oldest_dirty_ms.is_some_and(|oldest| {
             oldest < now_ms.saturating_sub(partition.config.max_compaction_lag_ms.max(0))
         });
-        self.metrics.compaction_dirty_ratio(
+        let delay_ms = oldest_dirty_ms.map_or(0, |oldest| now_ms.saturating_sub(oldest).max(0));
+        self.metrics.compaction_state(
             &partition.meta.topic,
             partition.meta.index,
             ratio_ppm as f64 / 1e6,
+            Duration::from_millis(delay_ms as u64),
         );
         if !force
             && ratio_ppm < u64::from(partition.config.min_cleanable_dirty_ratio_ppm)

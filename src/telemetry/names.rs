@@ -55,6 +55,7 @@ pub const COMPACTION_BYTES_WRITTEN: &str = "sluice_compaction_written_bytes_tota
 pub const COMPACTION_RECORDS_REMOVED: &str = "sluice_compaction_removed_records_total";
 pub const COMPACTION_PASS_DURATION: &str = "sluice_compaction_pass_duration_seconds";
 pub const COMPACTION_DIRTY_RATIO: &str = "sluice_compaction_dirty_ratio";
+pub const COMPACTION_DELAY: &str = "sluice_compaction_delay_seconds";
 
 pub const CONSUMER_GROUP_LAG: &str = "sluice_consumer_group_lag";
 
@@ -263,6 +264,11 @@ pub fn describe() {
         COMPACTION_PASS_DURATION,
         Unit::Seconds,
         "Duration of compaction passes, by shard."
+    );
+    describe_gauge!(
+        COMPACTION_DELAY,
+        Unit::Seconds,
+        "Age of a compacted partition's oldest uncleaned batch (its max timestamp) when the cleaner last looked, by topic and partition (Kafka's max-compaction-delay-secs)."
     );
     describe_gauge!(
         COMPACTION_DIRTY_RATIO,

@@ -147,14 +147,27 @@ impl StoreMetrics {
         self.compaction_duration.record(took.as_secs_f64());
     }
 
-    /// A compacted partition's dirty ratio, as the cleaner last saw it.
-    pub fn compaction_dirty_ratio(&self, topic: &str, partition: u32, ratio: f64) {
+    /// A compacted partition's dirty ratio and the age of its oldest
+    /// uncleaned batch, as the cleaner last saw them.
+    pub fn compaction_state(
+        &self,
+        topic: &str,
+        partition: u32,
+        ratio: f64,
+        delay: std::time::Duration,
+    ) {
         metrics::gauge!(
             names::COMPACTION_DIRTY_RATIO,
             "topic" => topic.to_owned(),
             "partition" => partition.to_string()
         )
         .set(ratio);
+        metrics::gauge!(
+            names::COMPACTION_DELAY,
+            "topic" => topic.to_owned(),
+            "partition" => partition.to_string()
+        )
+        .set(delay.as_secs_f64());
     }
 
     pub fn segment_deleted(&self, why: Deletion, bytes: u64) {
