@@ -134,7 +134,8 @@ fn expected_totals(records: usize) -> BTreeMap<String, Totals> {
 fn wait_processed(application: &mut ClientProcess, count: usize, what: &str) {
     assert!(
         application.wait_for_stderr_lines("processed ", count, PROGRESS_TIMEOUT),
-        "{what}: {} of {count} records processed after {PROGRESS_TIMEOUT:?};\n{}",
+        "{what}: {} of {count} records processed when the application exited or \
+         {PROGRESS_TIMEOUT:?} passed;\n{}",
         application.stderr_lines("processed "),
         application.stderr_tail()
     );
@@ -397,8 +398,11 @@ fn quix_streams_state_is_restored_from_its_compacted_changelog() {
 /// faust-streaming 0.15.3, `Recovery.on_recovery_completed` resumes the
 /// stream partitions before it seeks them to the committed offsets, so
 /// records that wait in the input while the Table is restored are raced by
-/// that seek (one per partition is dropped and the last is processed twice;
-/// see faust-streaming issue 216 for the same race in `_resume_streams`).
+/// that seek: records fetched while it is under way are processed, the
+/// ones queued when it lands are dropped (`flow_control.resume()` clears the
+/// stream queues), and the refetch from the committed offsets passes only
+/// the last record of each partition, a second time. faust-streaming issue
+/// 216 (fixed by pull request 217) was the same race in `_resume_streams`.
 /// That is Faust's bug, not the broker's: it answers the OffsetFetch and the
 /// fetches as asked.
 #[test]

@@ -25,6 +25,7 @@ Usage: quix_stateful.py BOOTSTRAP INPUT OUTPUT GROUP STATE_DIR COMMIT_EVERY
 
 import json
 import logging
+import os
 import sys
 import threading
 
@@ -87,7 +88,13 @@ def main():
         app.run()
     except Exception as error:  # noqa: BLE001 - every failure goes into the report
         report["error"] = f"{type(error).__name__}: {error}"
+        print(f"error: {report['error']}", file=sys.stderr, flush=True)
     print(json.dumps(report), flush=True)
+    if report["error"] is not None:
+        # Exit now: after a failed start (a refused CreateTopics) Quix's
+        # threads would keep the process alive until stdin closes, and the
+        # caller would wait for records that never come.
+        os._exit(1)
 
 
 if __name__ == "__main__":
