@@ -67,6 +67,11 @@ struct Plan {
     cleanable_end: Offset,
     generation: u64,
     delete_retention_ms: i64,
+    /// The partition's next offset when the pass was planned.
+    partition_end: Offset,
+    /// The partition's topic and index, for the log.
+    topic: String,
+    index: u32,
     /// The aborted transactions among the batches cleaned: their records
     /// are dropped (all cleaned batches are below the last stable offset,
     /// so every transaction among them is decided).
@@ -134,7 +139,7 @@ impl ShardStore {
             return Ok(None);
         };
         let started = Instant::now();
-        tracing::info!(shard = %self.options.shard, partition = %id, generation = plan.generation, from = plan.log_start.0, cleanable_end = plan.cleanable_end.0, "compacting a partition");
+        tracing::info!(shard = %self.options.shard, topic = %plan.topic, partition = plan.index, generation = plan.generation, from = plan.log_start.0, cleanable_end = plan.cleanable_end.0, "compacting a partition");
         let mut stats = PassStats {
             bytes_read: 0,
             bytes_written: 0,
@@ -186,6 +191,15 @@ impl ShardStore {
         // 2. Copy the survivors of the clean section and the cleanable head
         // (filtered off the shard thread, appended on it).
         let filter = Arc::new(Filter {
+            // The partition's last batch is never dropped while nothing
+            // follows it: a consumer reads up to the high watermark, and one
+            // at an offset with no stored batch at or after it would wait
+            // forever (Kafka never cleans the active segment).
+            keep_last_of: if cleanable_end >= plan.partition_end {
+                Offset(plan.partition_end.0 - 1)
+            } else {
+                Offset(i64::MAX)
+            },
             latest,
             aborted: plan.aborted.clone(),
             delete_retention_ms: plan.delete_retention_ms,
@@ -258,7 +272,7 @@ impl ShardStore {
             stats.records_removed,
             started.elapsed(),
         );
-        tracing::info!(shard = %self.options.shard, partition = %id, generation = plan.generation, clean_end = cleanable_end.0, bytes_read = stats.bytes_read, bytes_written = stats.bytes_written, records_removed = stats.records_removed, elapsed_ms = started.elapsed().as_millis() as u64, "compacted a partition");
+        tracing::info!(shard = %self.options.shard, topic = %plan.topic, partition = plan.index, generation = plan.generation, clean_end = cleanable_end.0, bytes_read = stats.bytes_read, bytes_written = stats.bytes_written, records_removed = stats.records_removed, elapsed_ms = started.elapsed().as_millis() as u64, "compacted a partition");
         Ok(Some(stats))
     }
 
@@ -340,6 +354,9 @@ impl ShardStore {
                 .as_ref()
                 .map_or(1, |clean| clean.generation + 1),
             delete_retention_ms: partition.config.delete_retention_ms,
+            partition_end: partition.next_offset,
+            topic: partition.meta.topic.clone(),
+            index: partition.meta.index,
             aborted: partition
                 .producers
                 .aborted_between(partition.log_start_offset, cleanable_end),
@@ -516,6 +533,12 @@ impl ShardStore {
                 Some(partition) => {
                     let end = section.end;
                     let replaced = partition.clean.replace(section);
+                    self.metrics.compaction_state(
+                        &partition.meta.topic,
+                        partition.meta.index,
+                        0.0,
+                        Duration::ZERO,
+                    );
                     // The head's entries below the clean end are not read
                     // again: whole files of them go, once the log no longer
                     // holds their frames (a copy started again at the log's
@@ -648,6 +671,8 @@ fn map_step(
 
 /// What the copy phase keeps of each record.
 struct Filter {
+    /// A batch holding this offset keeps at least its last record.
+    keep_last_of: Offset,
     latest: KeyMap,
     aborted: Vec<AbortedTxn>,
     delete_retention_ms: i64,
@@ -720,6 +745,15 @@ impl Filter {
             })
             .map(|(index, _)| index)
             .collect();
+        let mut keep = keep;
+        if keep.is_empty()
+            && batch.last_offset >= self.keep_last_of
+            && let Some(last) = records.records.len().checked_sub(1)
+        {
+            // The partition's last batch survives with its last record (its
+            // last offset delta is kept whatever survives).
+            keep.push(last);
+        }
         copy.removed = (records.records.len() - keep.len()) as u64;
         copy.survivor = if keep.is_empty() {
             None

@@ -457,3 +457,81 @@ fn compaction_lags_hold_back_young_records_and_force_old_ones() {
     );
     let _ = broker.stop();
 }
+
+/// Found by a fresh user: when the newest records of a partition were
+/// tombstones that expired at once, a pass removed every batch up to the
+/// high watermark and consumers at those offsets waited forever for a batch.
+/// The last batch stays while nothing follows it, so every consumer reaches
+/// the end.
+#[test]
+fn consumers_reach_the_end_after_the_newest_records_are_cleaned_away() {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::producer::BaseRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), FAST_CLEANER);
+    let address = broker.address.clone();
+    kafka_clients::create_topic(
+        &address,
+        "ends",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("delete.retention.ms", "0"),
+        ],
+    );
+    let acked = write_keys(&address, "ends", "g", 0, 5, 5);
+    let (producer, acks) = kafka_clients::producer(&address, &[]);
+    for key in ["g-1", "g-2"] {
+        producer
+            .send(BaseRecord::<str, [u8]>::to("ends").key(key))
+            .map_err(|(error, _)| error)
+            .unwrap();
+    }
+    kafka_clients::flush(&producer, &acks);
+    let mut latest = latest_by_key(&acked);
+    latest.remove(&b"g-1"[..]);
+    latest.remove(&b"g-2"[..]);
+    // Until a pass removed the deleted keys' values (and the expired
+    // tombstones before the last batch).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while kafka_clients::consume_all(&address, "ends", 1, Duration::from_secs(1))
+        .iter()
+        .any(|record| record.key.as_deref() == Some(&b"g-1"[..]) && !record.payload.is_empty())
+    {
+        assert!(Instant::now() < deadline, "no pass removed g-1's value");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A consumer from the start, and one at each offset up to the end,
+    // reach the end of the partition.
+    for from in 0..7 {
+        let consumer = kafka_clients::consumer(&address, &[("enable.partition.eof", "true")]);
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        assignment
+            .add_partition_offset("ends", 0, rdkafka::Offset::Offset(from))
+            .unwrap();
+        consumer.assign(&assignment).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut records = Vec::new();
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "a consumer from offset {from} never reached the end (read {records:?})"
+            );
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => records.push(kafka_clients::to_record(&message)),
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(error)) => panic!("consume failed: {error}"),
+                None => {}
+            }
+        }
+        if from == 0 {
+            let live: Vec<Record> = records
+                .into_iter()
+                .filter(|record| !record.payload.is_empty())
+                .collect();
+            assert_latest_values(&live, &latest);
+        }
+    }
+    let _ = broker.stop();
+}
