@@ -2426,6 +2426,11 @@ fn a_copy_behind_its_leaders_log_start_starts_again_there_and_serves_the_same_of
     eventually("every follower in sync", || {
         states().iter().all(|(_, in_sync)| in_sync.len() == 3)
     });
+    // A node that joined late leads its groups only once the rebalance
+    // gave them back.
+    eventually("node 3 leads a partition", || {
+        states().iter().any(|(leader, _)| *leader == 3)
+    });
     let partition = states()
         .iter()
         .position(|(leader, _)| *leader == 3)
