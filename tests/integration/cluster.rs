@@ -3028,7 +3028,20 @@ fn kill_9_rounds_of_partition_leaders_lose_and_duplicate_no_acknowledged_record(
     let delivered = acks.delivered.lock().unwrap().clone();
     let live = brokers.iter().flatten().next().unwrap().address.clone();
     eventually("every follower in sync", || all_in_sync(&live));
-    let consumed = kafka_clients::consume_all(&live, "rounds", 6, Duration::from_secs(3));
+    // A loaded machine can keep the first fetch longer than the idle
+    // window: read again until every acknowledged record could be there.
+    let read_deadline = Instant::now() + Duration::from_secs(60);
+    let consumed = loop {
+        let consumed = kafka_clients::consume_all(&live, "rounds", 6, Duration::from_secs(3));
+        if consumed.len() >= delivered.len() || Instant::now() > read_deadline {
+            break consumed;
+        }
+        println!(
+            "read {} records of {} acknowledged; reading again",
+            consumed.len(),
+            delivered.len()
+        );
+    };
     let at: BTreeMap<(i32, i64), Vec<u8>> = consumed
         .iter()
         .map(|record| ((record.partition, record.offset), record.payload.clone()))
