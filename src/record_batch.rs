@@ -446,13 +446,7 @@ pub fn recompress(
     })?;
     let fields = HeaderFields {
         attributes: (header.attributes & !ATTRIBUTE_COMPRESSION_MASK) | codec.id(),
-        last_offset_delta: header.last_offset_delta,
-        base_timestamp_ms: header.base_timestamp_ms,
-        max_timestamp_ms: header.max_timestamp_ms,
-        producer_id: header.producer_id,
-        producer_epoch: header.producer_epoch,
-        base_sequence: header.base_sequence,
-        records_count: header.records_count,
+        ..HeaderFields::of(&header)
     };
     Ok(Some(assemble(&fields, &compressed)))
 }
@@ -718,6 +712,22 @@ pub struct HeaderFields {
     pub producer_epoch: i16,
     pub base_sequence: i32,
     pub records_count: i32,
+}
+
+impl HeaderFields {
+    /// The fields of a stored batch's header, to re-encode it.
+    pub fn of(header: &BatchHeader) -> HeaderFields {
+        HeaderFields {
+            attributes: header.attributes,
+            last_offset_delta: header.last_offset_delta,
+            base_timestamp_ms: header.base_timestamp_ms,
+            max_timestamp_ms: header.max_timestamp_ms,
+            producer_id: header.producer_id,
+            producer_epoch: header.producer_epoch,
+            base_sequence: header.base_sequence,
+            records_count: header.records_count,
+        }
+    }
 }
 
 /// Encode a batch around a records section (compressed or not, as

@@ -109,16 +109,9 @@ impl Records {
             Codec::None => section,
             codec => record_batch::compressor::compress(codec, default_level(codec), &section)?,
         };
-        let header = &self.header;
         let fields = HeaderFields {
-            attributes: header.attributes,
-            last_offset_delta: header.last_offset_delta,
-            base_timestamp_ms: header.base_timestamp_ms,
-            max_timestamp_ms: header.max_timestamp_ms,
-            producer_id: header.producer_id,
-            producer_epoch: header.producer_epoch,
-            base_sequence: header.base_sequence,
             records_count: i32::try_from(keep.len()).expect("fewer records than the original"),
+            ..HeaderFields::of(&self.header)
         };
         let mut batch = record_batch::assemble(&fields, &compressed);
         // Base offset and leader epoch lie outside the CRC: the original's.
