@@ -254,6 +254,12 @@ impl ShardStore {
                 generation: plan.generation,
                 clean_end: cleanable_end,
                 last: index + 1 == parts,
+                index: u16::try_from(index).map_err(|_| {
+                    CleanerError::Section(format!(
+                        "{} entries need more than 65 536 commit parts",
+                        entries.len()
+                    ))
+                })?,
                 entries: chunk,
             };
             let bytes = part.encode(wall_ms());
@@ -300,9 +306,15 @@ impl ShardStore {
         let queue = &partition.queue;
         let first = queue.search_offset(clean_end).map_err(index_error)?;
         let past_limit = queue.search_offset(limit).map_err(index_error)?;
-        let young = queue
-            .search_timestamp(young_from.saturating_add(1))
-            .map_err(index_error)?;
+        // Kafka applies the lag only when it is set: a record stamped in
+        // the future must not hold the partition back for good.
+        let young = if partition.config.min_compaction_lag_ms > 0 {
+            queue
+                .search_timestamp(young_from.saturating_add(1))
+                .map_err(index_error)?
+        } else {
+            queue.tail_index()
+        };
         let end = past_limit.min(young);
         if end <= first {
             self.metrics.compaction_state(
@@ -349,10 +361,14 @@ impl ShardStore {
             log_start: partition.log_start_offset,
             clean_end,
             cleanable_end,
+            // Past any generation collected for the partition, so that no
+            // part a crash or a stopped pass left behind joins this pass.
             generation: partition
                 .clean
                 .as_ref()
-                .map_or(1, |clean| clean.generation + 1),
+                .map_or(0, |clean| clean.generation)
+                .max(state.compaction.newest_generation(id).unwrap_or(0))
+                + 1,
             delete_retention_ms: partition.config.delete_retention_ms,
             partition_end: partition.next_offset,
             topic: partition.meta.topic.clone(),
@@ -720,7 +736,9 @@ impl Filter {
             removed: 0,
             survivor: None,
         };
-        if is_control(batch.attributes) {
+        // A damaged batch is copied as it is, never re-encoded with a fresh
+        // CRC: consumers checking CRCs must still see the damage.
+        if is_control(batch.attributes) || !crate::record_batch::crc_matches(&bytes) {
             copy.survivor = Some(bytes);
             return Ok(copy);
         }

@@ -307,6 +307,17 @@ pub fn recover(
         &mut collector,
         &mut report,
     )?;
+    let skipped: Vec<(LogPosition, LogPosition)> = report
+        .skipped
+        .iter()
+        .map(|(position, bytes, _)| (*position, position.plus(*bytes)))
+        .collect();
+    collector.drop_damaged(|entry| {
+        let frame_end = entry.frame_end(FRAME_HEADER_BYTES as u64);
+        skipped
+            .iter()
+            .any(|&(start, end)| entry.position < end && start < frame_end)
+    });
     assert!(
         end <= log_limit,
         "recovered end {end} past the last segment's end {log_limit}"

@@ -310,10 +310,19 @@ impl ShardStore {
         let mut partitions = HashMap::new();
         let mut names = HashMap::new();
         for mut partition in recovered.partitions {
-            let advanced = retention::first_offset_at_or_after(&partition, log_start)
-                .and_then(|first_on_disk| partition.advance_log_start(first_on_disk));
-            if let Err(error) = advanced {
-                tracing::warn!(%error, "cannot move the log start to the oldest segment");
+            // A compaction pass recovery collected but has not applied yet
+            // holds offsets below the first batch the head keeps on disk:
+            // the log start stays until it is applied.
+            if recovered
+                .compaction
+                .newest_generation(partition.id())
+                .is_none()
+            {
+                let advanced = retention::first_offset_at_or_after(&partition, log_start)
+                    .and_then(|first_on_disk| partition.advance_log_start(first_on_disk));
+                if let Err(error) = advanced {
+                    tracing::warn!(%error, "cannot move the log start to the oldest segment");
+                }
             }
             names.insert(
                 (partition.meta.topic.clone(), partition.meta.index),

@@ -535,3 +535,45 @@ fn consumers_reach_the_end_after_the_newest_records_are_cleaned_away() {
     }
     let _ = broker.stop();
 }
+
+/// Found by the breaker: one record stamped a year ahead held every later
+/// batch out of passes for good (`min.compaction.lag.ms` 0 applies no lag).
+#[test]
+fn a_record_stamped_in_the_future_does_not_stop_compaction() {
+    use rdkafka::producer::BaseRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), FAST_CLEANER);
+    let address = broker.address.clone();
+    kafka_clients::create_topic(
+        &address,
+        "future",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+        ],
+    );
+    let (producer, acks) = kafka_clients::producer(&address, &[]);
+    let year_ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 365 * 24 * 3_600_000;
+    producer
+        .send(
+            BaseRecord::to("future")
+                .key("ahead")
+                .payload("later")
+                .timestamp(year_ahead),
+        )
+        .map_err(|(error, _)| error)
+        .unwrap();
+    kafka_clients::flush(&producer, &acks);
+    let acked = write_keys(&address, "future", "k", 0, 1_000, 10);
+    let mut latest = latest_by_key(&acked);
+    latest.insert(b"ahead".to_vec(), (0, 0, b"later".to_vec()));
+    let records = consume_until(&address, "future", 1, 11);
+    assert_eq!(records.len(), 11, "compacted to one record per key");
+    assert_latest_values(&records, &latest);
+    let _ = broker.stop();
+}

@@ -116,12 +116,23 @@ impl CleanSection {
             // A write cut short, or one recovery repeats: start it afresh.
             std::fs::remove_dir_all(&dir).map_err(|source| io(&dir, source))?;
         }
+        // The entries come from the log: a pass whose entries do not
+        // increase (parts of two passes joined) is refused, never a panic.
+        let ordered = entries.windows(2).all(|pair| {
+            pair[1].base_offset > pair[0].last_offset()
+                && pair[1].position > pair[0].position
+                && pair[1].max_timestamp_ms >= pair[0].max_timestamp_ms
+        });
+        if !ordered || entries.last().is_some_and(|last| last.next_offset() > end) {
+            return Err(CleanError::Io {
+                path: dir,
+                source: std::io::Error::other(
+                    "the pass's entries do not increase or pass its clean end; it is not applied",
+                ),
+            });
+        }
         let mut queue = ConsumeQueue::open(&dir, entries_per_file, 0)?;
         for entry in entries {
-            assert!(
-                entry.next_offset() <= end,
-                "a clean entry ends at or before the clean end"
-            );
             queue.append(*entry)?;
         }
         for file in queue.take_dirty_files() {
@@ -329,6 +340,28 @@ mod tests {
             .map(|item| item.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(left, ["clean-00000000000000000002"]);
+    }
+
+    #[test]
+    fn entries_that_do_not_increase_are_refused_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut joined = entries(3);
+        joined.extend(entries(2));
+        assert!(
+            CleanSection::write(dir.path(), 1, Offset(30), LogPosition(9000), &joined, 64).is_err()
+        );
+        assert!(
+            CleanSection::write(
+                dir.path(),
+                1,
+                Offset(15),
+                LogPosition(9000),
+                &entries(3),
+                64
+            )
+            .is_err(),
+            "an entry past the clean end"
+        );
     }
 
     #[test]

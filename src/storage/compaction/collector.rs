@@ -26,6 +26,8 @@ pub struct CompletePass {
     /// Where its last commit frame ends: applied once durable there.
     pub end: LogPosition,
     pub entries: Vec<QueueEntry>,
+    /// Commit parts joined so far.
+    pub parts: usize,
 }
 
 #[derive(Default)]
@@ -52,11 +54,17 @@ impl Collector {
         now: Instant,
     ) {
         let (pass, since) = match self.building.remove(&partition) {
-            Some((mut pass, since)) if pass.generation == part.generation => {
+            Some((mut pass, since))
+                if pass.generation == part.generation && usize::from(part.index) == pass.parts =>
+            {
                 pass.entries.extend(part.entries);
                 pass.end = end;
+                pass.parts += 1;
                 (pass, since)
             }
+            // A part out of order: one before it is missing from the log
+            // (damage), so the pass can never be complete.
+            _ if part.index != 0 => return,
             _ => (
                 CompletePass {
                     partition,
@@ -65,6 +73,7 @@ impl Collector {
                     first_part: position,
                     end,
                     entries: part.entries,
+                    parts: 1,
                 },
                 now,
             ),
@@ -97,6 +106,36 @@ impl Collector {
     /// Whether a complete pass waits to be applied.
     pub fn has_ready(&self) -> bool {
         !self.ready.is_empty()
+    }
+
+    /// Drop every collected pass for which `damaged` says one of its
+    /// entries' frames is not whole in the log (recovery skipped a damaged
+    /// range there): applying it would index bytes that are not a batch.
+    pub fn drop_damaged(&mut self, damaged: impl Fn(&QueueEntry) -> bool) {
+        let sound = |pass: &CompletePass| {
+            let sound = !pass.entries.iter().any(&damaged);
+            if !sound {
+                tracing::error!(partition = %pass.partition, generation = pass.generation, "a compaction pass's copies lie in a damaged log range; it is not applied and the partition keeps its previous clean section");
+            }
+            sound
+        };
+        self.building.retain(|_, (pass, _)| sound(pass));
+        self.ready.retain(|pass| sound(pass));
+    }
+
+    /// The newest generation collected for `partition`, complete or not.
+    pub fn newest_generation(&self, partition: PartitionId) -> Option<u64> {
+        self.building
+            .get(&partition)
+            .map(|(pass, _)| pass.generation)
+            .into_iter()
+            .chain(
+                self.ready
+                    .iter()
+                    .filter(|pass| pass.partition == partition)
+                    .map(|pass| pass.generation),
+            )
+            .max()
     }
 
     /// Forget what was collected for `partition` (deleted, or its passes
@@ -140,6 +179,7 @@ mod tests {
             generation,
             clean_end: Offset(100),
             last,
+            index: base as u16,
             entries: vec![QueueEntry {
                 base_offset: Offset(base),
                 position: LogPosition(10 + base as u64),
@@ -203,13 +243,35 @@ mod tests {
             id,
             LogPosition(5000),
             LogPosition(5100),
-            part(3, true, 7),
+            part(3, true, 0),
             now(),
         );
         let done = collector.take_durable(LogPosition(u64::MAX));
         assert_eq!(done.len(), 1);
         assert_eq!((done[0].generation, done[0].entries.len()), (3, 1));
         assert_eq!(done[0].first_part, LogPosition(5000));
+    }
+
+    #[test]
+    fn a_missing_middle_part_leaves_the_pass_incomplete() {
+        let mut collector = Collector::default();
+        let id = PartitionId(4);
+        collector.collect(
+            id,
+            LogPosition(100),
+            LogPosition(200),
+            part(5, false, 0),
+            now(),
+        );
+        collector.collect(
+            id,
+            LogPosition(300),
+            LogPosition(400),
+            part(5, true, 2),
+            now(),
+        );
+        assert!(collector.take_durable(LogPosition(u64::MAX)).is_empty());
+        assert!(!collector.has_ready());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! | 4 | magic `SLCC` |
 //! | 1 | version, 1 |
 //! | 1 | 1 on the last part of the pass, else 0 |
-//! | 2 | reserved, 0 |
+//! | 2 | index of this part in its pass, from 0 |
 //! | 8 | generation of the clean queue (per partition, increasing) |
 //! | 8 | clean end: the first offset the pass left in the head |
 //! | 4 | entries in this part |
@@ -39,6 +39,9 @@ pub struct CommitPart {
     pub clean_end: Offset,
     /// The pass's last part: the clean queue is complete with it.
     pub last: bool,
+    /// This part's place in its pass, from 0: a part missing in the log
+    /// (damage) leaves the pass incomplete instead of joining the others.
+    pub index: u16,
     pub entries: Vec<QueueEntry>,
 }
 
@@ -60,7 +63,7 @@ impl CommitPart {
         value.extend_from_slice(&MAGIC);
         value.push(VERSION);
         value.push(u8::from(self.last));
-        value.extend_from_slice(&[0, 0]);
+        value.extend_from_slice(&self.index.to_le_bytes());
         value.extend_from_slice(&self.generation.to_le_bytes());
         value.extend_from_slice(&self.clean_end.0.to_le_bytes());
         let count = u32::try_from(self.entries.len()).expect("a part holds few entries");
@@ -119,6 +122,7 @@ impl CommitPart {
             generation: u64_at(8),
             clean_end: Offset(u64_at(16) as i64),
             last: value[5] == 1,
+            index: u16::from_le_bytes([value[6], value[7]]),
             entries,
         })
     }
@@ -146,6 +150,7 @@ mod tests {
             generation: 7,
             clean_end: Offset(1234),
             last: true,
+            index: 3,
             entries: vec![entry(0, 4096), entry(10, 8192)],
         };
         let batch = part.encode(1_700_000_000_000);
@@ -160,6 +165,7 @@ mod tests {
             generation: 1,
             clean_end: Offset(5),
             last: false,
+            index: 0,
             entries: vec![entry(0, 4096)],
         };
         let mut batch = part.encode(0);
