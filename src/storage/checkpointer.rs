@@ -199,7 +199,8 @@ pub(super) struct ProducerSnapshots {
     pending: Option<ProducerSnapshot>,
     /// Where the last snapshot was taken (or the one recovery used).
     taken: LogPosition,
-    /// The last write failed: take and write the next one at once.
+    /// The last write failed, or retention waits for a snapshot: take and
+    /// write the next one at once.
     retry: bool,
 }
 
@@ -213,6 +214,16 @@ impl ProducerSnapshots {
             pending: None,
             taken,
             retry: false,
+        }
+    }
+
+    /// Take a snapshot at the next checkpoint, however little the log
+    /// grew since the last one: retention waits for it to delete segments.
+    /// A snapshot already waiting for durability is written first (taking
+    /// a newer one each time would keep a busy shard from ever writing one).
+    pub(super) fn request(&mut self) {
+        if self.pending.is_none() {
+            self.retry = true;
         }
     }
 

@@ -8,7 +8,7 @@ use super::partition::Partition;
 use super::retention::{self, DiskPressure};
 use super::segment;
 use super::shard_store::{ShardStore, StoreState, publish};
-use crate::ids::{Offset, PartitionId};
+use crate::ids::{LogPosition, Offset, PartitionId};
 use crate::log_throttle::monotonic_ms;
 use crate::telemetry::storage::{Deletion, StoreMetrics};
 
@@ -120,6 +120,7 @@ impl ShardStore {
         }
         let needed = retention::lowest_needed_position(&mut state.partitions.values());
         let needed = needed.unwrap_or(state.log.written_end());
+        let producers_kept = self.producer_state_kept_to(state);
         while state.log.segments().len() > 1
             && state
                 .log
@@ -127,12 +128,18 @@ impl ShardStore {
                 .next()
                 .is_some_and(|oldest| oldest.end() <= needed)
         {
+            if !self.may_delete_oldest(state, producers_kept) {
+                break;
+            }
             delete_oldest_segment(state, &self.metrics, Deletion::Retention);
         }
         drop(guard);
         while self.disk_pressure.get() >= DiskPressure::ForceClean {
             let mut state = self.state.borrow_mut();
             if state.log.segments().len() < 2 {
+                break;
+            }
+            if !self.may_delete_oldest(&state, producers_kept) {
                 break;
             }
             if let Some(keeper) = forced_deletion_blocked_by(&state) {
@@ -159,6 +166,51 @@ impl ShardStore {
         publish(&mut self.state.borrow_mut());
         self.progress.notify_all();
         self.flush_kick.notify();
+    }
+}
+
+impl ShardStore {
+    /// The log position up to which deleting segments loses no
+    /// idempotent-producer state: the newest producer snapshot on disk,
+    /// from which recovery replays the log after it (Kafka keeps its
+    /// producer snapshots for the same reason). A shard without producer
+    /// state has nothing to lose and no bound. Without this, a segment
+    /// holding a producer's last batches, deleted by retention (or made
+    /// unneeded by compaction) before a snapshot covered it, took that
+    /// producer's sequences with it at the next crash, and the client's
+    /// retry of its last batch was stored twice.
+    fn producer_state_kept_to(&self, state: &StoreState) -> Option<LogPosition> {
+        if state
+            .partitions
+            .values()
+            .all(|partition| partition.producers.is_empty())
+        {
+            return None;
+        }
+        Some(
+            *self
+                .producer_snapshot_written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Whether the oldest segment may go given the producer state's bound
+    /// (see `producer_state_kept_to`); when it may not, a producer snapshot
+    /// is taken at the next checkpoint, after which it may.
+    fn may_delete_oldest(&self, state: &StoreState, producers_kept: Option<LogPosition>) -> bool {
+        let Some(kept) = producers_kept else {
+            return true;
+        };
+        let Some(oldest) = state.log.segments().next() else {
+            return false;
+        };
+        if oldest.end() <= kept {
+            return true;
+        }
+        tracing::debug!(shard = %self.options.shard, segment = oldest.base.0, snapshot = kept.0, "a segment waits for a producer snapshot past it before deletion");
+        self.producer_snapshots.borrow_mut().request();
+        false
     }
 }
 

@@ -564,3 +564,71 @@ fn retention_task_expires_idle_producers_periodically() {
         support::shutdown(&store).await;
     });
 }
+
+/// Issue 17 (a breaker's finding): while producers have state, retention
+/// deletes no segment past the newest producer snapshot, and asks for one;
+/// so after a power cut a retry of a producer's batch is still recognised
+/// even when every segment that held its batches expired (mutation: no
+/// such bound → the segments go at once and the retries are stored again).
+#[test]
+fn retention_waits_for_a_producer_snapshot_before_deleting_a_producers_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = || {
+        std::fs::read_dir(dir.path().join("shard-0").join("log"))
+            .unwrap()
+            .count()
+    };
+    let runtime = support::runtime(IoBackend::Epoll);
+    let device = SimDevice::new(31);
+    let (id, stored, end) = runtime.block_on(async {
+        let store = device.open_store(dir.path());
+        let id = support::create(&store, "idempotent", 0);
+        let stored = seven_batches(&store, id).await;
+        // Batches of no producer fill several more segments.
+        let filler = support::batch("filler", 2, 20_000);
+        while segments() < 4 {
+            append(&store, id, &filler).await.expect("appended");
+        }
+        let config = PartitionConfig {
+            retention_ms: 1,
+            ..support::default_partition_config()
+        };
+        store.set_partition_config(id, config).unwrap();
+        let before = segments();
+        let later = sluice::storage::segment::now_ms() + 3_600_000;
+        store.enforce_retention(later);
+        assert_eq!(
+            segments(),
+            before,
+            "no producer snapshot covers the producer's batches yet"
+        );
+        // Everything appended was fsynced: the requested snapshot is
+        // written at once.
+        store.checkpoint().await.expect("checkpoint");
+        store.enforce_retention(later);
+        assert_eq!(segments(), 1, "the snapshot covers them now");
+        let end = store.offsets(id).expect("partition").next_offset;
+        device.power_cut();
+        (id, stored, end)
+    });
+    drop(runtime);
+    let runtime = support::runtime(IoBackend::Epoll);
+    runtime.block_on(async {
+        let device = SimDevice::new(32);
+        let store = device.open_store(dir.path());
+        assert_eq!(store.offsets(id).expect("partition").next_offset, end);
+        for (batch, offset) in &stored[2..] {
+            assert_eq!(
+                append(&store, id, batch).await.expect("a duplicate"),
+                (*offset, true),
+                "a retry after its segment expired"
+            );
+        }
+        assert_eq!(store.offsets(id).expect("partition").next_offset, end);
+        let (offset, duplicate) = append(&store, id, &producer_batch(14, 2))
+            .await
+            .expect("the next sequence");
+        assert_eq!((offset, duplicate), (end, false));
+        support::shutdown(&store).await;
+    });
+}
