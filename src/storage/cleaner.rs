@@ -118,8 +118,14 @@ impl ShardStore {
             match self.clean_partition(id, false).await {
                 Ok(_) => {}
                 Err(error) => {
-                    self.state.borrow_mut().compaction.forget(id);
-                    if let Some(failed) = self.cleaner_failure_log.record(monotonic_ms()) {
+                    let deleted = {
+                        let mut state = self.state.borrow_mut();
+                        state.compaction.forget(id);
+                        !state.partitions.contains_key(&id)
+                    };
+                    if deleted {
+                        tracing::debug!(shard = %self.options.shard, partition = %id, %error, "a compaction pass ended with its partition, deleted meanwhile");
+                    } else if let Some(failed) = self.cleaner_failure_log.record(monotonic_ms()) {
                         tracing::warn!(shard = %self.options.shard, partition = %id, %error, failed, "a compaction pass stopped; the partition keeps its previous clean section and is tried again later (`failed` counts failures since the last such line)");
                     }
                 }
@@ -639,7 +645,7 @@ struct MapStep {
 }
 
 /// Enter the keys of `batches` (read here) into `map`, stopping before the
-/// batch that would take it past `key_limit` keys. Blocking.
+/// batch that would take it past `key_limit` keys (the first batch goes in whatever its size). Blocking.
 fn map_step(
     map: &mut KeyMap,
     batches: Vec<ReadBatch>,
@@ -676,7 +682,11 @@ fn map_step(
             .iter()
             .filter(|(hash, _)| !map.contains_key(hash))
             .count() as u64;
-        if map.len() as u64 + new_keys > key_limit {
+        // A batch with more keys than the map holds still goes in whole
+        // when it comes first (the map exceeds its budget by that batch,
+        // itself bounded by the decompressed batch limit); refusing it
+        // would stop the partition's compaction there for good.
+        if !map.is_empty() && map.len() as u64 + new_keys > key_limit {
             step.full_at = Some(batch.base_offset);
             return Ok(step);
         }

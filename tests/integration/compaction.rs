@@ -577,3 +577,60 @@ fn a_record_stamped_in_the_future_does_not_stop_compaction() {
     assert_latest_values(&records, &latest);
     let _ = broker.stop();
 }
+
+/// A batch with more distinct keys than the key map holds
+/// (`storage.cleaner_dedupe_buffer_bytes` 1 MiB: 43 690 keys; the batch
+/// has 50 000) still compacts: the first batch of a pass goes into the map
+/// whatever its size (mutation: refused like any batch that overflows the
+/// map → the pass stops before it every time and the partition never
+/// compacts).
+#[test]
+fn a_batch_with_more_keys_than_the_key_map_holds_still_compacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(
+        dir.path(),
+        &format!("{FAST_CLEANER}cleaner_dedupe_buffer_bytes = 1048576\n"),
+    );
+    let address = broker.address.clone();
+    kafka_clients::create_topic(
+        &address,
+        "wide",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+        ],
+    );
+    // One lz4 batch of 50 000 records, each about 17 bytes uncompressed.
+    let (producer, acks) = kafka_clients::producer(
+        &address,
+        &[
+            ("linger.ms", "2000"),
+            ("compression.type", "lz4"),
+            ("batch.num.messages", "100000"),
+            ("batch.size", "1000000"),
+        ],
+    );
+    for n in 0..50_000 {
+        let key = format!("w{n:05}");
+        kafka_clients::send(&producer, "wide", Some(0), Some(key.as_bytes()), b"a", &[]);
+    }
+    let mut acked = kafka_clients::flush(&producer, &acks);
+    // 1 000 of its keys again, in ordinary batches.
+    let (producer, acks) = kafka_clients::producer(&address, &[]);
+    for n in 0..1_000 {
+        let key = format!("w{n:05}");
+        kafka_clients::send(&producer, "wide", Some(0), Some(key.as_bytes()), b"b", &[]);
+    }
+    acked.extend(kafka_clients::flush(&producer, &acks));
+    let latest = latest_by_key(&acked);
+    assert_eq!(latest.len(), 50_000);
+    let records = consume_until(&address, "wide", 1, latest.len());
+    assert_eq!(
+        records.len(),
+        latest.len(),
+        "compacted to one record per key"
+    );
+    assert_latest_values(&records, &latest);
+    let _ = broker.stop();
+}
