@@ -154,6 +154,26 @@ line([
     ("Appends rejected / s", "timeseries",
      [(by("sluice_appends_rejected_total", "reason"), "{{reason}}")], "ops", {}),
 ])
+row("Log compaction")
+line([
+    ("Bytes read / written by the cleaner per s", "timeseries",
+     [(by("sluice_compaction_read_bytes_total", "shard"), "read, shard {{shard}}"),
+      (by("sluice_compaction_written_bytes_total", "shard"), "written, shard {{shard}}")], "Bps",
+     {"description": "Both count against storage.cleaner_io_max_bytes_per_second."}),
+    ("Records removed / s", "timeseries",
+     [(by("sluice_compaction_removed_records_total", "shard"), "shard {{shard}}")], "ops", {}),
+    ("Pass duration p50 / p99", "timeseries",
+     [(quantile(0.5, "sluice_compaction_pass_duration_seconds", "shard"), "p50 shard {{shard}}"),
+      (quantile(0.99, "sluice_compaction_pass_duration_seconds", "shard"), "p99 shard {{shard}}")], "s", {}),
+])
+line([
+    ("Dirty ratio by partition (top 20)", "timeseries",
+     [(f"topk(20, sluice_compaction_dirty_ratio{{{INSTANCE}}})", "{{topic}}/{{partition}}")], "percentunit",
+     {"description": "Share of a compacted partition not yet cleaned; a pass starts above min.cleanable.dirty.ratio."}),
+    ("Compaction delay by partition (top 20)", "timeseries",
+     [(f"topk(20, sluice_compaction_delay_seconds{{{INSTANCE}}})", "{{topic}}/{{partition}}")], "s",
+     {"description": "Age of the partition's oldest uncleaned batch when the cleaner last looked (Kafka's max-compaction-delay-secs); compare with max.compaction.lag.ms."}),
+])
 row("Consumer groups")
 line([
     ("Lag by group and topic", "timeseries",
@@ -165,7 +185,7 @@ line([
 dashboard = {
     "title": "Sluice",
     "uid": "sluice-broker",
-    "description": "Sluice broker: Kafka requests, topics, group commit, shards, retention, consumer lag.",
+    "description": "Sluice broker: Kafka requests, topics, group commit, shards, retention, log compaction, consumer lag.",
     "tags": ["sluice", "kafka"],
     "timezone": "browser",
     "schemaVersion": 39,

@@ -49,6 +49,10 @@ const FSYNC_SIZE_BUCKETS: &[f64] = &[
 const WAITER_BUCKETS: &[f64] = &[
     0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0,
 ];
+/// Seconds of one compaction pass: 10 ms to 30 min.
+const COMPACTION_PASS_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+];
 
 /// Why the metrics recorder was not installed.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +87,7 @@ pub fn install(gauge_idle: Duration) -> Result<PrometheusHandle, InstallError> {
         (names::LOG_FSYNC_DURATION, FSYNC_BUCKETS),
         (names::LOG_FSYNC_SIZE, FSYNC_SIZE_BUCKETS),
         (names::LOG_FSYNC_WAITERS, WAITER_BUCKETS),
+        (names::COMPACTION_PASS_DURATION, COMPACTION_PASS_BUCKETS),
     ];
     let mut builder =
         PrometheusBuilder::new().idle_timeout(MetricKindMask::GAUGE, Some(gauge_idle));

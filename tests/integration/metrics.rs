@@ -112,8 +112,8 @@ impl Scrape {
         self.0.get(name).map_or(&[], Vec::as_slice)
     }
 
-    /// The sum of `name` over the samples carrying all of `labels`.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    /// The samples of `name` carrying all of `labels`.
+    fn samples_with(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
         self.samples(name)
             .iter()
             .filter(|sample| {
@@ -121,6 +121,13 @@ impl Scrape {
                     .iter()
                     .all(|(key, value)| sample.labels.get(*key).map(String::as_str) == Some(*value))
             })
+            .collect()
+    }
+
+    /// The sum of `name` over the samples carrying all of `labels`.
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples_with(name, labels)
+            .iter()
             .map(|sample| sample.value)
             .sum()
     }
@@ -257,7 +264,11 @@ fn health_answers_while_silent_and_slowloris_connections_are_open() {
 fn counters_move_with_a_produce_consume_run_and_the_exposition_parses() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("metrics-test.toml");
-    std::fs::write(&config, "[metrics]\nrefresh_interval_ms = 100\n").unwrap();
+    std::fs::write(
+        &config,
+        "[metrics]\nrefresh_interval_ms = 100\n[storage]\ncleaner_backoff_ms = 200\n",
+    )
+    .unwrap();
     let data = dir.path().join("data");
     let broker = BrokerProcess::start(&data, &["--config", config.to_str().unwrap()]);
     let address = broker.address.clone();
@@ -291,6 +302,35 @@ fn counters_move_with_a_produce_consume_run_and_the_exposition_parses() {
     let mut closing = Wire::connect(&address);
     closing.send_raw(&[0x00, 0x77, 0, 0, 0, 0, 0, 1, 0xff, 0xff]);
     assert!(closing.closed_by_broker(), "an unknown API key closes");
+    // A compacted topic: 200 updates of 10 keys, cleaned by a pass.
+    kafka_clients::create_topic(
+        &address,
+        "compacted",
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+        ],
+    );
+    let (producer, acks) = kafka_clients::producer(&address, &[]);
+    for n in 0..200 {
+        let key = format!("key-{}", n % 10);
+        kafka_clients::send(
+            &producer,
+            "compacted",
+            Some(0),
+            Some(key.as_bytes()),
+            b"v",
+            &[],
+        );
+    }
+    assert_eq!(kafka_clients::flush(&producer, &acks).len(), 200);
+    drop(producer);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while Scrape::take(&broker.metrics).sum("sluice_compaction_removed_records_total", &[]) == 0.0 {
+        assert!(std::time::Instant::now() < deadline, "no compaction pass");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Two refresh intervals: the gauges include everything above.
     std::thread::sleep(Duration::from_millis(400));
     let after = Scrape::take(&broker.metrics);
@@ -339,9 +379,32 @@ fn counters_move_with_a_produce_consume_run_and_the_exposition_parses() {
         assert!(after.sum("sluice_io_uring_completions_total", &[]) >= submitted - 8.0);
     }
 
-    // Shard gauges: 2 topic partitions plus the 50 of __consumer_offsets,
+    // Compaction: the pass read, wrote and removed (at most 190 records:
+    // 10 keys survive), and the cleaner reports the partition's state.
+    let removed = after.sum("sluice_compaction_removed_records_total", &[]);
+    assert!((1.0..=190.0).contains(&removed), "removed {removed}");
+    assert!(after.sum("sluice_compaction_read_bytes_total", &[]) > 0.0);
+    assert!(after.sum("sluice_compaction_written_bytes_total", &[]) > 0.0);
+    assert!(after.sum("sluice_compaction_pass_duration_seconds_count", &[]) >= 1.0);
+    let compacted = [("topic", "compacted"), ("partition", "0")];
+    assert_eq!(
+        after
+            .samples_with("sluice_compaction_dirty_ratio", &compacted)
+            .len(),
+        1
+    );
+    let ratio = after.sum("sluice_compaction_dirty_ratio", &compacted);
+    assert!((0.0..=1.0).contains(&ratio), "dirty ratio {ratio}");
+    assert_eq!(
+        after
+            .samples_with("sluice_compaction_delay_seconds", &compacted)
+            .len(),
+        1
+    );
+
+    // Shard gauges: 3 topic partitions plus the 50 of __consumer_offsets,
     // the one of __producer_ids and the 50 of __transaction_state.
-    assert_eq!(after.sum("sluice_shard_partitions", &[]), 103.0);
+    assert_eq!(after.sum("sluice_shard_partitions", &[]), 104.0);
     assert_eq!(after.samples("sluice_shard_segments").len(), 2);
     assert!(after.sum("sluice_shard_log_bytes", &[]) > 400.0 * 100.0);
     for sample in after.samples("sluice_shard_busy_ratio") {
