@@ -134,7 +134,10 @@ pub fn describe(brokers: &str, name: &str) -> AdminResult {
         .collect();
     let starts = offsets::list_offsets(&mut client, &keys, EARLIEST)?;
     let ends = offsets::list_offsets(&mut client, &keys, LATEST)?;
-    let mut table = Table::new(&["PARTITION", "LOG-START-OFFSET", "HIGH-WATERMARK", "RECORDS"]);
+    // High watermark minus log start: the offsets a consumer reads through.
+    // On a compacted topic fewer records remain than offsets, so no record
+    // count is claimed.
+    let mut table = Table::new(&["PARTITION", "LOG-START-OFFSET", "HIGH-WATERMARK", "OFFSETS"]);
     for key in &keys {
         let start = starts.get(key).copied().unwrap_or(-1);
         let end = ends.get(key).copied().unwrap_or(-1);
