@@ -19,6 +19,16 @@ fn start(dir: &Path, config: &str) -> BrokerProcess {
     BrokerProcess::start(&dir.join("data"), &["--config", path.to_str().unwrap()])
 }
 
+/// Create a compacted topic cleaned at any dirty ratio, with `extra` configs.
+fn create_compacted(address: &str, topic: &str, partitions: i32, extra: &[(&str, &str)]) {
+    let mut configs = vec![
+        ("cleanup.policy", "compact"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+    ];
+    configs.extend_from_slice(extra);
+    kafka_clients::create_topic(address, topic, partitions, &configs);
+}
+
 /// Write `count` updates over `keys` keys (`key-K` = `value-N`, N counting
 /// from `first`), acks=all; the acknowledged records.
 fn write_updates(
@@ -124,16 +134,7 @@ fn a_compacted_topic_keeps_the_latest_value_of_each_of_1000_keys_after_100000_up
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path(), FAST_CLEANER);
     let address = broker.address.clone();
-    kafka_clients::create_topic(
-        &address,
-        "table",
-        2,
-        &[
-            ("cleanup.policy", "compact"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-            ("delete.retention.ms", "1000"),
-        ],
-    );
+    create_compacted(&address, "table", 2, &[("delete.retention.ms", "1000")]);
     let acked = write_updates(&address, "table", 0, 100_000, 1000);
     let latest = latest_by_key(&acked);
     assert_eq!(latest.len(), 1000);
@@ -192,15 +193,7 @@ fn kill_9_during_compaction_passes_loses_no_latest_value() {
     let config = "[storage]\ncleaner_backoff_ms = 100\ncleaner_io_max_bytes_per_second = 1048576\n\
                   consume_queue_entries_per_file = 1024\n";
     let mut broker = start(dir.path(), config);
-    kafka_clients::create_topic(
-        &broker.address,
-        "kv",
-        1,
-        &[
-            ("cleanup.policy", "compact"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-        ],
-    );
+    create_compacted(&broker.address, "kv", 1, &[]);
     let mut acked = Vec::new();
     let mut killed_mid_pass = 0;
     for round in 0..5 {
@@ -294,15 +287,7 @@ fn aborted_transactions_are_removed_and_committed_ones_win() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path(), FAST_CLEANER);
     let address = broker.address.clone();
-    kafka_clients::create_topic(
-        &address,
-        "txn-table",
-        1,
-        &[
-            ("cleanup.policy", "compact"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-        ],
-    );
+    create_compacted(&address, "txn-table", 1, &[]);
     // Plain updates: a=plain-N, b=plain-N.
     write_keys(&address, "txn-table", "plain", 0, 200, 2);
     let (producer, acks) = kafka_clients::producer(
@@ -394,25 +379,13 @@ fn compaction_lags_hold_back_young_records_and_force_old_ones() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path(), FAST_CLEANER);
     let address = broker.address.clone();
-    kafka_clients::create_topic(
+    create_compacted(
         &address,
         "lagged",
         1,
-        &[
-            ("cleanup.policy", "compact"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-            ("min.compaction.lag.ms", "3600000"),
-        ],
+        &[("min.compaction.lag.ms", "3600000")],
     );
-    kafka_clients::create_topic(
-        &address,
-        "forced",
-        1,
-        &[
-            ("cleanup.policy", "compact"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-        ],
-    );
+    create_compacted(&address, "forced", 1, &[]);
     write_keys(&address, "lagged", "k", 0, 1_000, 10);
     let acked = write_keys(&address, "forced", "k", 0, 1_000, 10);
     assert_eq!(consume_until(&address, "forced", 1, 10).len(), 10);
@@ -470,16 +443,7 @@ fn consumers_reach_the_end_after_the_newest_records_are_cleaned_away() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path(), FAST_CLEANER);
     let address = broker.address.clone();
-    kafka_clients::create_topic(
-        &address,
-        "ends",
-        1,
-        &[
-            ("cleanup.policy", "compact"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-            ("delete.retention.ms", "0"),
-        ],
-    );
+    create_compacted(&address, "ends", 1, &[("delete.retention.ms", "0")]);
     let acked = write_keys(&address, "ends", "g", 0, 5, 5);
     let (producer, acks) = kafka_clients::producer(&address, &[]);
     for key in ["g-1", "g-2"] {
@@ -544,15 +508,7 @@ fn a_record_stamped_in_the_future_does_not_stop_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path(), FAST_CLEANER);
     let address = broker.address.clone();
-    kafka_clients::create_topic(
-        &address,
-        "future",
-        1,
-        &[
-            ("cleanup.policy", "compact"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-        ],
-    );
+    create_compacted(&address, "future", 1, &[]);
     let (producer, acks) = kafka_clients::producer(&address, &[]);
     let year_ahead = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -592,15 +548,7 @@ fn a_batch_with_more_keys_than_the_key_map_holds_still_compacts() {
         &format!("{FAST_CLEANER}cleaner_dedupe_buffer_bytes = 1048576\n"),
     );
     let address = broker.address.clone();
-    kafka_clients::create_topic(
-        &address,
-        "wide",
-        1,
-        &[
-            ("cleanup.policy", "compact"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-        ],
-    );
+    create_compacted(&address, "wide", 1, &[]);
     // One lz4 batch of 50 000 records, each about 17 bytes uncompressed.
     let (producer, acks) = kafka_clients::producer(
         &address,

@@ -173,6 +173,7 @@ impl Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ops::Range;
 
     fn part(generation: u64, last: bool, base: i64) -> CommitPart {
         CommitPart {
@@ -195,25 +196,24 @@ mod tests {
         Instant::now()
     }
 
+    /// Collect `part` as the frame at log positions `frame`.
+    fn collect(collector: &mut Collector, id: PartitionId, frame: Range<u64>, part: CommitPart) {
+        collector.collect(
+            id,
+            LogPosition(frame.start),
+            LogPosition(frame.end),
+            part,
+            now(),
+        );
+    }
+
     #[test]
     fn parts_of_a_pass_are_joined_and_applied_once_durable() {
         let mut collector = Collector::default();
         let id = PartitionId(3);
-        collector.collect(
-            id,
-            LogPosition(1000),
-            LogPosition(1100),
-            part(2, false, 0),
-            now(),
-        );
+        collect(&mut collector, id, 1000..1100, part(2, false, 0));
         assert_eq!(collector.hold(), Some(LogPosition(1000)));
-        collector.collect(
-            id,
-            LogPosition(1100),
-            LogPosition(1200),
-            part(2, true, 1),
-            now(),
-        );
+        collect(&mut collector, id, 1100..1200, part(2, true, 1));
         assert!(collector.take_durable(LogPosition(1199)).is_empty());
         let done = collector.take_durable(LogPosition(1200));
         assert_eq!(done.len(), 1);
@@ -232,20 +232,8 @@ mod tests {
     fn a_new_generation_replaces_a_pass_cut_short() {
         let mut collector = Collector::default();
         let id = PartitionId(3);
-        collector.collect(
-            id,
-            LogPosition(1000),
-            LogPosition(1100),
-            part(2, false, 0),
-            now(),
-        );
-        collector.collect(
-            id,
-            LogPosition(5000),
-            LogPosition(5100),
-            part(3, true, 0),
-            now(),
-        );
+        collect(&mut collector, id, 1000..1100, part(2, false, 0));
+        collect(&mut collector, id, 5000..5100, part(3, true, 0));
         let done = collector.take_durable(LogPosition(u64::MAX));
         assert_eq!(done.len(), 1);
         assert_eq!((done[0].generation, done[0].entries.len()), (3, 1));
@@ -256,20 +244,8 @@ mod tests {
     fn a_missing_middle_part_leaves_the_pass_incomplete() {
         let mut collector = Collector::default();
         let id = PartitionId(4);
-        collector.collect(
-            id,
-            LogPosition(100),
-            LogPosition(200),
-            part(5, false, 0),
-            now(),
-        );
-        collector.collect(
-            id,
-            LogPosition(300),
-            LogPosition(400),
-            part(5, true, 2),
-            now(),
-        );
+        collect(&mut collector, id, 100..200, part(5, false, 0));
+        collect(&mut collector, id, 300..400, part(5, true, 2));
         assert!(collector.take_durable(LogPosition(u64::MAX)).is_empty());
         assert!(!collector.has_ready());
     }
