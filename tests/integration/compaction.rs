@@ -582,3 +582,48 @@ fn a_batch_with_more_keys_than_the_key_map_holds_still_compacts() {
     assert_latest_values(&records, &latest);
     let _ = broker.stop();
 }
+
+/// With `message.timestamp.type=LogAppendTime` a tombstone's age counts
+/// from the broker's time, not the producer's: a tombstone the producer
+/// stamped two days ago stays for `delete.retention.ms` (one day) after it
+/// arrived (a new user's finding; mutation: record timestamps from the
+/// batch's base timestamp → the first pass removes it).
+#[test]
+fn a_log_append_time_tombstone_ages_from_the_brokers_time() {
+    use rdkafka::producer::BaseRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), FAST_CLEANER);
+    let address = broker.address.clone();
+    create_compacted(
+        &address,
+        "appended",
+        1,
+        &[("message.timestamp.type", "LogAppendTime")],
+    );
+    let (producer, acks) = kafka_clients::producer(&address, &[("linger.ms", "0")]);
+    let two_days_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 2 * 24 * 3_600_000;
+    kafka_clients::send(&producer, "appended", Some(0), Some(b"a"), b"1", &[]);
+    kafka_clients::flush(&producer, &acks);
+    producer
+        .send(
+            BaseRecord::<[u8], [u8]>::to("appended")
+                .partition(0)
+                .key(&b"a"[..])
+                .timestamp(two_days_ago),
+        )
+        .map_err(|(error, _)| error)
+        .unwrap();
+    kafka_clients::flush(&producer, &acks);
+    // Ten updates of `b` after it: a pass leaves a's tombstone and b's
+    // latest value.
+    write_keys(&address, "appended", "b", 0, 10, 1);
+    let records = consume_until(&address, "appended", 1, 2);
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0].key.as_deref(), Some(&b"a"[..]));
+    assert!(records[0].payload.is_empty(), "a's tombstone stays");
+    let _ = broker.stop();
+}

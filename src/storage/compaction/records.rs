@@ -71,7 +71,13 @@ impl Records {
             records.push(Record {
                 bytes: start..end,
                 offset_delta,
-                timestamp_ms: header.base_timestamp_ms.saturating_add(timestamp_delta),
+                // A LogAppendTime batch's records carry the broker's time,
+                // its max timestamp (Kafka's DefaultRecordBatch).
+                timestamp_ms: if header.uses_log_append_time() {
+                    header.max_timestamp_ms
+                } else {
+                    header.base_timestamp_ms.saturating_add(timestamp_delta)
+                },
                 key,
                 tombstone: value.is_none(),
             });
@@ -217,6 +223,19 @@ mod tests {
         assert!(parsed.records[2].tombstone);
         assert_eq!(parsed.records[2].offset_delta, 2);
         assert_eq!(parsed.records[2].timestamp_ms, 1_002);
+    }
+
+    #[test]
+    fn records_of_a_log_append_time_batch_carry_the_brokers_time() {
+        let mut bytes = batch(&[(Some(b"a"), None), (Some(b"b"), Some(b"1"))]);
+        record_batch::set_log_append_time(&mut bytes, 9_000);
+        let parsed = Records::parse(&bytes, 1 << 20).unwrap();
+        assert!(
+            parsed
+                .records
+                .iter()
+                .all(|record| record.timestamp_ms == 9_000)
+        );
     }
 
     #[test]
