@@ -126,11 +126,21 @@ impl ShardStore {
                     if deleted {
                         tracing::debug!(shard = %self.options.shard, partition = %id, %error, "a compaction pass ended with its partition, deleted meanwhile");
                     } else if let Some(failed) = self.cleaner_failure_log.record(monotonic_ms()) {
-                        tracing::warn!(shard = %self.options.shard, partition = %id, %error, failed, "a compaction pass stopped; the partition keeps its previous clean section and is tried again later (`failed` counts failures since the last such line)");
+                        let partition = self.partition_label(id);
+                        tracing::warn!(shard = %self.options.shard, %partition, %error, failed, "a compaction pass stopped; the partition keeps its previous clean section and is tried again later (`failed` counts failures since the last such line)");
                     }
                 }
             }
         }
+    }
+
+    /// `topic/index` of partition `id` for log lines (its shard-local id
+    /// once the partition is deleted).
+    fn partition_label(&self, id: PartitionId) -> String {
+        self.state.borrow().partitions.get(&id).map_or_else(
+            || id.to_string(),
+            |partition| format!("{}/{}", partition.meta.topic, partition.meta.index),
+        )
     }
 
     /// Run one compaction pass over partition `id` if it is due (or at
@@ -322,13 +332,16 @@ impl ShardStore {
             queue.tail_index()
         };
         let end = past_limit.min(young);
+        // The oldest uncleaned batch, cleanable or not (the delay gauge).
+        let oldest_dirty_ms = queue
+            .get(first)
+            .map_err(index_error)?
+            .map(|entry| entry.max_timestamp_ms);
+        let delay_ms = oldest_dirty_ms.map_or(0, |oldest| now_ms.saturating_sub(oldest).max(0));
+        let delay = Duration::from_millis(delay_ms as u64);
         if end <= first {
-            self.metrics.compaction_state(
-                &partition.meta.topic,
-                partition.meta.index,
-                0.0,
-                Duration::ZERO,
-            );
+            let (topic, index) = (&partition.meta.topic, partition.meta.index);
+            self.metrics.compaction_state(topic, index, 0.0, delay);
             return Ok(None);
         }
         let Some(last) = queue.get(end - 1).map_err(index_error)? else {
@@ -336,10 +349,6 @@ impl ShardStore {
         };
         let cleanable_end = last.next_offset();
         let dirty_bytes = head_bytes(queue, first, end).map_err(index_error)?;
-        let oldest_dirty_ms = queue
-            .get(first)
-            .map_err(index_error)?
-            .map(|entry| entry.max_timestamp_ms);
         let clean_bytes = match &partition.clean {
             Some(clean) => clean
                 .bytes_from(partition.log_start_offset)
@@ -350,12 +359,11 @@ impl ShardStore {
         let overdue = oldest_dirty_ms.is_some_and(|oldest| {
             oldest < now_ms.saturating_sub(partition.config.max_compaction_lag_ms.max(0))
         });
-        let delay_ms = oldest_dirty_ms.map_or(0, |oldest| now_ms.saturating_sub(oldest).max(0));
         self.metrics.compaction_state(
             &partition.meta.topic,
             partition.meta.index,
             ratio_ppm as f64 / 1e6,
-            Duration::from_millis(delay_ms as u64),
+            delay,
         );
         if !force
             && ratio_ppm < u64::from(partition.config.min_cleanable_dirty_ratio_ppm)
@@ -546,6 +554,7 @@ impl ShardStore {
                 return Err(CleanerError::Section("the write was cancelled".to_owned()));
             }
         };
+        let label = self.partition_label(id);
         let replaced = {
             let mut state = self.state.borrow_mut();
             let log_start = state.log.start();
@@ -576,17 +585,17 @@ impl ShardStore {
                         Err(_) => Offset(i64::MIN),
                     };
                     if let Err(error) = partition.queue.drop_files_before(drop_below) {
-                        tracing::warn!(partition = %id, %error, "cannot drop consume-queue files below the clean end");
+                        tracing::warn!(partition = %label, %error, "cannot drop consume-queue files below the clean end");
                     }
                     replaced
                 }
             }
         };
-        tracing::info!(shard = %self.options.shard, partition = %id, generation, "applied a compaction pass");
+        tracing::info!(shard = %self.options.shard, partition = %label, generation, "applied a compaction pass");
         if let Some(replaced) = replaced {
             let removed = compio::runtime::spawn_blocking(move || replaced.remove()).await;
             if let Ok(Err(error)) = removed {
-                tracing::warn!(partition = %id, %error, "cannot delete a replaced clean section; the next start deletes it");
+                tracing::warn!(partition = %label, %error, "cannot delete a replaced clean section; the next start deletes it");
             }
         }
         Ok(())

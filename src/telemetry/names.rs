@@ -272,7 +272,7 @@ pub fn describe() {
     );
     describe_gauge!(
         COMPACTION_DIRTY_RATIO,
-        "A compacted partition's uncleaned share of its bytes when the cleaner last looked, by topic and partition (cleaned at min.cleanable.dirty.ratio)."
+        "A compacted partition's cleanable share of its bytes (uncleaned, older than min.compaction.lag.ms, below the high watermark) when the cleaner last looked, by topic and partition (cleaned at min.cleanable.dirty.ratio)."
     );
 
     describe_gauge!(
