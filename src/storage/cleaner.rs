@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::compaction::clean_section::CleanSection;
 use super::compaction::collector::CompletePass;
-use super::compaction::commit::{CommitPart, ENTRIES_PER_PART};
+use super::compaction::commit::{self, CommitPart};
 use super::compaction::records::Records;
 use super::consume_queue::QueueEntry;
 use super::frame::{COVERED_PAYLOAD_PREFIX_BYTES, FRAME_PREFIX_BYTES, FrameHeader, FrameKind};
@@ -258,12 +258,14 @@ impl ShardStore {
             }
             yield_now().await;
         }
-        // 3. Commit: the entries, in parts; the last one fsynced.
-        let parts = entries.chunks(ENTRIES_PER_PART).count().max(1);
+        // 3. Commit: the entries, in parts that each fit the log's largest
+        // batch; the last one fsynced.
+        let per_part = commit::entries_per_part(self.options.storage.batch_ceiling_bytes());
+        let parts = entries.chunks(per_part).count().max(1);
         let mut last_receipt = None;
         for index in 0..parts {
             let chunk = entries
-                .chunks(ENTRIES_PER_PART)
+                .chunks(per_part)
                 .nth(index)
                 .map_or(Vec::new(), <[QueueEntry]>::to_vec);
             let part = CommitPart {
@@ -445,6 +447,17 @@ impl ShardStore {
             return Err(AppendError::DiskFull {
                 usage_percent: self.disk_usage_ratio.get() * 100.0,
                 limit_percent: self.options.retention.disk_reject_ratio * 100.0,
+            }
+            .into());
+        }
+        // A copy of a batch stored under a larger limit than today's: the
+        // pass stops (the log cannot take the frame) and the partition keeps
+        // its clean section.
+        let limit = self.options.storage.batch_ceiling_bytes();
+        if batch.len() > limit as usize {
+            return Err(AppendError::BatchTooLarge {
+                size: batch.len(),
+                limit,
             }
             .into());
         }

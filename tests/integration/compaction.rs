@@ -54,14 +54,7 @@ pub(crate) fn write_keys(
     for n in first..first + count {
         let key = format!("{prefix}-{}", n % keys);
         let value = format!("value-{n}");
-        kafka_clients::send(
-            &producer,
-            topic,
-            None,
-            Some(key.as_bytes()),
-            value.as_bytes(),
-            &[],
-        );
+        kafka_clients::send(&producer, topic, None, Some(key.as_bytes()), b"v", &[]);
     }
     kafka_clients::flush(&producer, &acks)
 }
@@ -625,5 +618,51 @@ fn a_log_append_time_tombstone_ages_from_the_brokers_time() {
     assert_eq!(records.len(), 2, "{records:?}");
     assert_eq!(records[0].key.as_deref(), Some(&b"a"[..]));
     assert!(records[0].payload.is_empty(), "a's tombstone stays");
+    let _ = broker.stop();
+}
+
+/// With small segments and write buffers (64 KiB segments, 16 KiB
+/// buffers, 8 KiB batches: a valid configuration) a pass over 2 500
+/// surviving batches commits them in parts that each fit the log's
+/// largest batch (a breaker's finding: parts of 26 000 entries made a
+/// 100 KB commit frame, and "frame larger than a segment" aborted the
+/// broker at every start; mutation, with compaction frames now checked
+/// like any append: such parts → every pass stops and nothing compacts).
+#[test]
+fn a_pass_commits_in_parts_that_fit_small_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(
+        dir.path(),
+        "[storage]\ncleaner_backoff_ms = 200\nsegment_bytes = 65536\nflush_bytes = 16384\n\
+         message_max_bytes = 8192\n",
+    );
+    let address = broker.address.clone();
+    create_compacted(&address, "narrow", 1, &[]);
+    // One record per batch: 2 500 batches of distinct keys all survive;
+    // then 500 of them again, enough for the 1 % dirty ratio over them.
+    let (producer, acks) =
+        kafka_clients::producer(&address, &[("batch.num.messages", "1"), ("linger.ms", "0")]);
+    for n in (0..2_500).chain(0..500) {
+        let key = format!("k-{n}");
+        kafka_clients::send(
+            &producer,
+            "narrow",
+            Some(0),
+            Some(key.as_bytes()),
+            b"v",
+            &[],
+        );
+    }
+    let acked = kafka_clients::flush(&producer, &acks);
+    let latest = latest_by_key(&acked);
+    assert_eq!(latest.len(), 2_500);
+    let records = consume_until(&address, "narrow", 1, latest.len());
+    assert_eq!(
+        records.len(),
+        latest.len(),
+        "compacted to one record per key"
+    );
+    assert_latest_values(&records, &latest);
+    assert!(broker.log_contains("compacted a partition"), "a pass ran");
     let _ = broker.stop();
 }

@@ -29,8 +29,19 @@ pub const COMMIT_KEY: &[u8] = b"sluice.compaction.commit";
 const MAGIC: [u8; 4] = *b"SLCC";
 const VERSION: u8 = 1;
 const HEAD_BYTES: usize = 28;
-/// Entries per commit part: about 1 MiB of them.
-pub const ENTRIES_PER_PART: usize = 26_000;
+/// Entries per commit part at most: about 1 MiB of them.
+const ENTRIES_PER_PART_MAX: usize = 26_000;
+/// A commit batch's bytes besides its entries: the batch header (61), the
+/// record's framing (at most 21), its key and the part's head, rounded up.
+const PART_OVERHEAD_BYTES: usize = 160;
+
+/// Entries per commit part such that its batch is at most `batch_max`
+/// bytes (the commit log's largest batch, `batch_ceiling_bytes`): at most
+/// [`ENTRIES_PER_PART_MAX`], at least one.
+pub fn entries_per_part(batch_max: u32) -> usize {
+    let room = (batch_max as usize).saturating_sub(PART_OVERHEAD_BYTES) / ENTRY_BYTES;
+    room.clamp(1, ENTRIES_PER_PART_MAX)
+}
 
 /// One commit frame's content.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,6 +143,27 @@ impl CommitPart {
 mod tests {
     use super::*;
     use crate::ids::LogPosition;
+
+    /// A breaker's finding: parts of a fixed 26 000 entries (1 MiB) were
+    /// larger than a small configuration's segments and write buffers.
+    #[test]
+    fn a_full_part_fits_the_logs_largest_batch() {
+        for batch_max in [4_096u32, 16_384, 65_536, 1 << 20, 8 << 20] {
+            let count = entries_per_part(batch_max);
+            let part = CommitPart {
+                generation: 1,
+                clean_end: Offset(0),
+                last: true,
+                index: 0,
+                entries: (0..count).map(|n| entry(n as i64, n as u64)).collect(),
+            };
+            let bytes = part.encode(0).len();
+            assert!(bytes <= batch_max as usize, "{bytes} > {batch_max}");
+            assert!(bytes + 2 * ENTRY_BYTES > batch_max as usize || count == ENTRIES_PER_PART_MAX);
+        }
+        assert_eq!(entries_per_part(8 << 20), ENTRIES_PER_PART_MAX);
+        assert_eq!(entries_per_part(100), 1);
+    }
 
     fn entry(base: i64, position: u64) -> QueueEntry {
         QueueEntry {
