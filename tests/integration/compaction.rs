@@ -54,7 +54,14 @@ pub(crate) fn write_keys(
     for n in first..first + count {
         let key = format!("{prefix}-{}", n % keys);
         let value = format!("value-{n}");
-        kafka_clients::send(&producer, topic, None, Some(key.as_bytes()), b"v", &[]);
+        kafka_clients::send(
+            &producer,
+            topic,
+            None,
+            Some(key.as_bytes()),
+            value.as_bytes(),
+            &[],
+        );
     }
     kafka_clients::flush(&producer, &acks)
 }
