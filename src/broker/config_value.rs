@@ -152,10 +152,17 @@ impl ValueSpec {
 
     fn check_list(&self, items: &[&str]) -> Result<(), String> {
         match self.check {
-            Check::EachOf(allowed) => match items.iter().find(|item| !allowed.contains(item)) {
-                Some(item) => Err(format!("{item:?} is not one of {}", allowed.join(", "))),
-                None => Ok(()),
-            },
+            Check::EachOf(allowed) => {
+                if let Some(item) = items.iter().find(|item| !allowed.contains(item)) {
+                    Err(format!("{item:?} is not one of {}", allowed.join(", ")))
+                } else if let Some(twice) =
+                    (1..items.len()).find(|&at| items[..at].contains(&items[at]))
+                {
+                    Err(format!("{:?} is listed twice", items[twice]))
+                } else {
+                    Ok(())
+                }
+            }
             Check::ThrottledReplicas => {
                 let pairs = items.iter().all(|item| is_replica_pair(item));
                 if pairs || items == ["*"] {
@@ -252,6 +259,12 @@ mod tests {
             "delete,compact"
         );
         assert_eq!(policy.normalize("").unwrap(), "");
+        assert!(
+            policy
+                .normalize("compact,compact")
+                .unwrap_err()
+                .contains("twice")
+        );
         assert!(
             policy
                 .normalize("delete,shred")
