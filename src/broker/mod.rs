@@ -9,6 +9,7 @@
 
 pub mod broker_config;
 pub mod config_value;
+pub mod delay;
 pub mod group;
 pub mod internal_log;
 pub mod metadata;
