@@ -8,6 +8,12 @@
 //! * `batch/validate/<size>`: `ValidatedBatch::validate` of a 1 KiB-record
 //!   batch, as Produce does for every batch. Baseline:
 //!   `batch/crc32c/<size>`, the bare CRC32C of the same bytes.
+//! * `batch/validate_headers/1000x100B`: the same for 1000 records of
+//!   100 bytes with three headers each (two 11- and 12-byte keys as tracing
+//!   adds them, and `sluice.delay.ms`): the header walk, which reads each
+//!   key's first 7 bytes for the `sluice.` prefix. Baseline:
+//!   `batch/validate_headerless/1000x100B`, the same records without
+//!   headers.
 //! * `batch/validate_<codec>/1000x1KiB`: `ValidatedBatch::validate` of a
 //!   load-generator batch (1000 records of 1 KiB lowercase letters) in each
 //!   codec: the record walk through the streaming decompressor. Baseline:
@@ -120,6 +126,63 @@ fn batches(criterion: &mut Criterion) {
             bench.iter(|| black_box(crc32c::crc32c(black_box(&bytes[21..]))))
         });
     }
+    group.finish();
+}
+
+/// 1000 records of 100 bytes, each with `headers` (key, value).
+fn batch_with_headers(headers: &[(&str, &[u8])]) -> Bytes {
+    use kafka_protocol::indexmap::IndexMap;
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let records: Vec<Record> = (0..1000)
+        .map(|index| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: index,
+            sequence: index as i32,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(Bytes::from(vec![b'v'; 100])),
+            headers: headers
+                .iter()
+                .map(|(key, value)| {
+                    (
+                        StrBytes::from_string((*key).to_owned()),
+                        Some(Bytes::copy_from_slice(value)),
+                    )
+                })
+                .collect::<IndexMap<_, _>>(),
+        })
+        .collect();
+    let mut bytes = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: kafka_protocol::records::Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut bytes, &records, &options).unwrap();
+    bytes.freeze()
+}
+
+fn header_batches(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("batch");
+    let limits = BatchLimits::unlimited();
+    let traced = batch_with_headers(&[
+        ("traceparent", &[b't'; 55]),
+        ("content-type", b"application/json"),
+        ("sluice.delay.ms", b"1000"),
+    ]);
+    let plain = batch_with_headers(&[]);
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("validate_headers/1000x100B", |bench| {
+        bench.iter(|| black_box(ValidatedBatch::validate(black_box(&traced), &limits).is_ok()))
+    });
+    group.bench_function("validate_headerless/1000x100B", |bench| {
+        bench.iter(|| black_box(ValidatedBatch::validate(black_box(&plain), &limits).is_ok()))
+    });
     group.finish();
 }
 
@@ -444,5 +507,13 @@ fn responses(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frame, batches, codec_batches, requests, responses);
+criterion_group!(
+    benches,
+    frame,
+    batches,
+    header_batches,
+    codec_batches,
+    requests,
+    responses
+);
 criterion_main!(benches);

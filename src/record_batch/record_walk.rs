@@ -91,7 +91,13 @@ pub struct RecordView<'a> {
     pub timestamp_ms: i64,
     pub key: Field<'a>,
     pub value: Field<'a>,
+    /// Whether a header's key starts with [`SLUICE_HEADER_PREFIX`].
+    pub sluice_header: bool,
 }
+
+/// The prefix of the record headers Sluice acts on (`sluice.delay.ms` and
+/// the others of delayed delivery and retries, `broker/delay.rs`).
+pub const SLUICE_HEADER_PREFIX: &[u8] = b"sluice.";
 
 /// Kafka's "no timestamp" (`RecordBatch.NO_TIMESTAMP`).
 pub const NO_TIMESTAMP: i64 = -1;
@@ -109,6 +115,9 @@ pub struct RecordsSummary {
     pub min_timestamp_ms: Option<i64>,
     /// Records whose key is null: what Produce refuses on a compacted topic.
     pub keyless_records: i32,
+    /// Records with a header whose key starts with [`SLUICE_HEADER_PREFIX`]:
+    /// what Produce reads further for delayed delivery.
+    pub sluice_header_records: i32,
     /// Bytes of the records section, decompressed.
     pub records_bytes: u64,
 }
@@ -169,6 +178,7 @@ fn walk_source<'a, S: Source<'a>>(
     let mut max_timestamp_ms = -1i64;
     let mut min_timestamp_ms: Option<i64> = None;
     let mut keyless_records = 0;
+    let mut sluice_header_records = 0;
     for index in 0..input.records_count.max(0) {
         if source.at_end().map_err(|fault| fault.at(index))? {
             return Err(RecordsError::TooFewRecords {
@@ -186,6 +196,9 @@ fn walk_source<'a, S: Source<'a>>(
         }
         if record.key == Field::Null {
             keyless_records += 1;
+        }
+        if record.sluice_header {
+            sluice_header_records += 1;
         }
         if visit(&record).is_break() {
             return Ok(Walked::Stopped);
@@ -205,6 +218,7 @@ fn walk_source<'a, S: Source<'a>>(
         max_timestamp_ms,
         min_timestamp_ms,
         keyless_records,
+        sluice_header_records,
         records_bytes: source.position(),
     }))
 }
@@ -243,6 +257,8 @@ trait Source<'a> {
     fn byte(&mut self) -> Result<u8, Fault>;
     /// `len` bytes: borrowed when they are in memory, else skipped.
     fn take(&mut self, len: usize) -> Result<Field<'a>, Fault>;
+    /// Skip `len` bytes; whether they start with `prefix`.
+    fn skip_checking(&mut self, len: usize, prefix: &[u8]) -> Result<bool, Fault>;
     /// Bytes of the records section consumed so far.
     fn position(&self) -> u64;
     /// True when no byte follows (the next record would start here).
@@ -290,6 +306,7 @@ fn read_record<'a, S: Source<'a>>(
             "header count {headers} is negative"
         )));
     }
+    let mut sluice_header = false;
     for _ in 0..headers {
         let key_length = read_varint(source, end)?;
         if key_length < 0 {
@@ -297,7 +314,9 @@ fn read_record<'a, S: Source<'a>>(
                 "header key length {key_length} is negative"
             )));
         }
-        skip_within(source, end, key_length as u64)?;
+        within(source, end, key_length as u64)?;
+        let prefixed = source.skip_checking(key_length as usize, SLUICE_HEADER_PREFIX)?;
+        sluice_header |= prefixed;
         let value_length = read_varint(source, end)?;
         if value_length > 0 {
             skip_within(source, end, value_length as u64)?;
@@ -314,6 +333,7 @@ fn read_record<'a, S: Source<'a>>(
         timestamp_ms,
         key,
         value,
+        sluice_header,
     })
 }
 
@@ -333,12 +353,18 @@ fn read_field<'a, S: Source<'a>>(source: &mut S, end: u64, what: &str) -> Result
 }
 
 fn skip_within<'a, S: Source<'a>>(source: &mut S, end: u64, length: u64) -> Result<(), Fault> {
+    within(source, end, length)?;
+    source.take(length as usize).map(drop)
+}
+
+/// Whether a header field of `length` bytes ends within the record.
+fn within<'a, S: Source<'a>>(source: &S, end: u64, length: u64) -> Result<(), Fault> {
     if source.position() + length > end {
         return Err(Fault::Invalid(format!(
             "header field of {length} bytes runs past the end of the record"
         )));
     }
-    source.take(length as usize).map(drop)
+    Ok(())
 }
 
 /// A byte that must lie before `end`.
@@ -402,6 +428,13 @@ impl<'a> Source<'a> for SliceSource<'a> {
             .ok_or(Fault::EndOfData)?;
         self.position += len;
         Ok(Field::Bytes(bytes))
+    }
+
+    fn skip_checking(&mut self, len: usize, prefix: &[u8]) -> Result<bool, Fault> {
+        match self.take(len)? {
+            Field::Bytes(bytes) => Ok(bytes.starts_with(prefix)),
+            _ => Ok(false),
+        }
     }
 
     fn position(&self) -> u64 {
@@ -485,6 +518,27 @@ impl<'a> Source<'a> for StreamSource<'a> {
             left -= step;
         }
         Ok(Field::Skipped(len))
+    }
+
+    fn skip_checking(&mut self, len: usize, prefix: &[u8]) -> Result<bool, Fault> {
+        let mut matches = len >= prefix.len();
+        let mut compared = 0;
+        let mut left = len;
+        while left > 0 {
+            if self.at == self.end && !self.refill()? {
+                return Err(Fault::EndOfData);
+            }
+            let step = left.min(self.end - self.at);
+            if matches && compared < prefix.len() {
+                let count = (prefix.len() - compared).min(step);
+                matches =
+                    self.chunk[self.at..self.at + count] == prefix[compared..compared + count];
+                compared += count;
+            }
+            self.at += step;
+            left -= step;
+        }
+        Ok(matches)
     }
 
     fn position(&self) -> u64 {
@@ -640,6 +694,13 @@ mod tests {
                 headers: IndexMap::from([
                     ("h1".into(), Some(Bytes::from_static(b"x"))),
                     ("h2".into(), None),
+                    // Every third record carries a Sluice header; the
+                    // others one that only starts alike.
+                    if index % 3 == 0 {
+                        ("sluice.delay.ms".into(), Some(Bytes::from_static(b"10")))
+                    } else {
+                        ("sluicE.x".into(), None)
+                    },
                 ]),
             })
             .collect();
@@ -666,6 +727,7 @@ mod tests {
             );
             // Odd records have no key, compressed or not.
             assert_eq!(summary.keyless_records, 25, "{compression:?}");
+            assert_eq!(summary.sluice_header_records, 17, "{compression:?}");
         }
     }
 
