@@ -439,7 +439,7 @@ fn an_understated_max_timestamp_is_corrected_so_lookups_by_time_find_the_records
 
 /// Append `batches` to `topic`-0 straight into the stopped broker's
 /// storage, past Produce's checks, as a build without them stored them.
-fn store_under_the_validator(data_dir: &Path, topic: &str, batches: &[Vec<u8>]) {
+pub(crate) fn store_under_the_validator(data_dir: &Path, topic: &str, batches: &[Vec<u8>]) {
     let runtime = support::runtime(support::native_backend());
     runtime.block_on(async {
         let mut stored = false;

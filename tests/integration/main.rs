@@ -19,6 +19,7 @@ mod consumer_protocol;
 mod crash;
 mod damaged_data_dir;
 mod disk_faults;
+mod empty_batches;
 mod eos_clients;
 mod group_protocol;
 mod hardening_decoder;
