@@ -41,6 +41,7 @@ pub mod segment;
 pub mod segment_reader;
 pub mod shard_store;
 pub mod store_errors;
+pub mod timer;
 pub mod truncate;
 pub mod watermark;
 mod write_path;

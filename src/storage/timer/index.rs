@@ -1,0 +1,578 @@
+//! The timer index of one shard: delayed records by due time (ARCHITECTURE.md,
+//! "Delayed delivery, retry and dead letters").
+//!
+//! Entries ([`TimerEntry`], 64 bytes) are appended to entry files of
+//! `entries_per_file` entries each, `<first index>.te` in the timer
+//! directory, and never move. The wheel is a ring of `slots` slots of
+//! `slot_ms` each, in memory (16 bytes a slot, whatever the number of
+//! pending records): a slot holds its absolute slot number (time /
+//! `slot_ms`) and its newest entry, and a slot's entries form a list
+//! through their `previous` field, on disk. An entry is listed in its due
+//! slot, or the cursor's slot when that is later (due already), or the
+//! window's last slot when its due slot lies past the window; there, when
+//! the slot comes up, it is inserted again (RocketMQ 5's timer roll).
+//!
+//! The index is derived state. Its checkpoint ([`TimerCheckpoint`]) is the
+//! entry count and the cursor, taken with the consume queues' at one
+//! indexed log position after [`TimerIndex::sync`]; [`TimerIndex::open`]
+//! truncates the entries to the count, rebuilds the ring by reading the
+//! entry files in order (rewriting any list link that differs, as after a
+//! damaged entry), and treats as pending again every entry done at or past
+//! the indexed position (its delivery or roll frame may be lost) or
+//! reinserted as an entry past the count. Entries listed in slots before
+//! the cursor that are still pending (handed out, not yet delivered) are due
+//! at once. The frames after the indexed position are then replayed into it
+//! by the caller.
+//!
+//! Not built yet: deleting entry files whose entries are all done (the open
+//! reads every file).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use super::entry::{Done, ENTRY_BYTES, TimerEntry};
+use crate::ids::LogPosition;
+
+const FILE_SUFFIX: &str = ".te";
+
+#[derive(Debug, Error)]
+pub enum TimerError {
+    #[error("timer index {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> TimerError + '_ {
+    move |source| TimerError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The geometry of a timer index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerGeometry {
+    /// Milliseconds of one wheel slot.
+    pub slot_ms: i64,
+    /// Slots in the wheel: the window is `slots * slot_ms`.
+    pub slots: u64,
+    /// Entries per entry file.
+    pub entries_per_file: u64,
+}
+
+/// What a checkpoint records of the index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimerCheckpoint {
+    /// Entries written.
+    pub entries: u64,
+    /// The next absolute slot to load.
+    pub cursor: i64,
+}
+
+/// What [`TimerIndex::open`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Entries not done.
+    pub pending: u64,
+    /// Entries that failed their CRC (their records are no longer timed).
+    pub damaged: u64,
+    /// List links and done fields rewritten.
+    pub repaired: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct RingSlot {
+    absolute: i64,
+    /// The newest entry's index + 1; 0 for none.
+    newest: u64,
+}
+
+pub struct TimerIndex {
+    dir: PathBuf,
+    geometry: TimerGeometry,
+    files: BTreeMap<u64, File>,
+    /// First indexes of files written since the last sync.
+    dirty: BTreeSet<u64>,
+    count: u64,
+    ring: Vec<RingSlot>,
+    cursor: i64,
+    /// Loaded entries waiting for their due time, by (due, index).
+    current: BTreeMap<(i64, u64), TimerEntry>,
+    pending: u64,
+}
+
+impl TimerIndex {
+    /// Open (or create) the index in `dir` as of `checkpoint`, taken at
+    /// log position `indexed`; see the module doc.
+    pub fn open(
+        dir: &Path,
+        geometry: TimerGeometry,
+        checkpoint: TimerCheckpoint,
+        indexed: LogPosition,
+    ) -> Result<(TimerIndex, OpenReport), TimerError> {
+        assert!(geometry.slot_ms > 0 && geometry.slots > 0 && geometry.entries_per_file > 0);
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let mut index = TimerIndex {
+            dir: dir.to_owned(),
+            geometry,
+            files: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            count: checkpoint.entries,
+            ring: vec![RingSlot::default(); geometry.slots as usize],
+            cursor: checkpoint.cursor,
+            current: BTreeMap::new(),
+            pending: 0,
+        };
+        index.open_files()?;
+        let mut report = OpenReport::default();
+        let first = index.files.keys().next().copied().unwrap_or(index.count);
+        for at in first..index.count {
+            let mut entry = match index.read(at)? {
+                Ok(entry) => entry,
+                Err(_) => {
+                    report.damaged += 1;
+                    continue;
+                }
+            };
+            let mut rewrite = false;
+            let lost = match entry.done {
+                Some(Done::Delivered(position) | Done::Moved(position)) => position >= indexed,
+                Some(Done::Reinserted(newer)) => newer >= index.count,
+                None => false,
+            };
+            if lost {
+                entry.done = None;
+                rewrite = true;
+            }
+            if entry.slot >= index.cursor {
+                let expected = index.link(entry.slot, at);
+                if entry.previous != expected {
+                    entry.previous = expected;
+                    rewrite = true;
+                }
+            } else if entry.done.is_none() {
+                index.current.insert((entry.due_ms, at), entry);
+            }
+            if entry.done.is_none() {
+                index.pending += 1;
+            }
+            if rewrite {
+                report.repaired += 1;
+                index.write(at, &entry)?;
+            }
+        }
+        report.pending = index.pending;
+        Ok((index, report))
+    }
+
+    /// The entry files on disk; those wholly past the count go, and the
+    /// last is cut to the count.
+    fn open_files(&mut self) -> Result<(), TimerError> {
+        let listing = std::fs::read_dir(&self.dir).map_err(io_error(&self.dir))?;
+        for item in listing {
+            let item = item.map_err(io_error(&self.dir))?;
+            let name = item.file_name();
+            let Some(first) = name
+                .to_str()
+                .and_then(|name| name.strip_suffix(FILE_SUFFIX))
+                .and_then(|stem| stem.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let path = item.path();
+            if first >= self.count {
+                std::fs::remove_file(&path).map_err(io_error(&path))?;
+                continue;
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io_error(&path))?;
+            let kept = (self.count - first).min(self.geometry.entries_per_file);
+            file.set_len(kept * ENTRY_BYTES as u64)
+                .map_err(io_error(&path))?;
+            self.files.insert(first, file);
+        }
+        Ok(())
+    }
+
+    /// Entries not done.
+    pub fn pending(&self) -> u64 {
+        self.pending
+    }
+
+    /// The checkpoint of the index as it is now.
+    pub fn checkpoint(&self) -> TimerCheckpoint {
+        TimerCheckpoint {
+            entries: self.count,
+            cursor: self.cursor,
+        }
+    }
+
+    /// Time a record: `entry`'s `previous`, `slot` and `done` are set here.
+    /// Returns its index.
+    pub fn insert(&mut self, entry: TimerEntry) -> Result<u64, TimerError> {
+        let index = self.place(entry, self.cursor)?;
+        self.pending += 1;
+        Ok(index)
+    }
+
+    /// Write `entry` as the next entry, listed relative to `base`, the first
+    /// slot not loaded yet.
+    fn place(&mut self, mut entry: TimerEntry, base: i64) -> Result<u64, TimerError> {
+        let at = self.count;
+        let due_slot = entry.due_ms.div_euclid(self.geometry.slot_ms);
+        entry.done = None;
+        if due_slot < base {
+            // Due in a slot already loaded: straight to the loaded set.
+            entry.slot = base - 1;
+            entry.previous = 0;
+            self.write(at, &entry)?;
+            self.current.insert((entry.due_ms, at), entry);
+        } else {
+            entry.slot = due_slot.min(base + self.geometry.slots as i64 - 1);
+            entry.previous = self.link(entry.slot, at);
+            self.write(at, &entry)?;
+        }
+        self.count += 1;
+        Ok(at)
+    }
+
+    /// Make entry `at` the newest of absolute slot `slot`; returns the
+    /// `previous` link it takes.
+    fn link(&mut self, slot: i64, at: u64) -> u64 {
+        let ring = &mut self.ring[slot.rem_euclid(self.geometry.slots as i64) as usize];
+        let previous = if ring.absolute == slot {
+            ring.newest
+        } else {
+            0
+        };
+        *ring = RingSlot {
+            absolute: slot,
+            newest: at + 1,
+        };
+        previous
+    }
+
+    /// The pending entries due at `now_ms` (at most `max`), in due order
+    /// (ties in index order), loading the slots up to now. They stay
+    /// pending until [`TimerIndex::done`]; a restart before that hands them
+    /// out again.
+    pub fn due(&mut self, now_ms: i64, max: usize) -> Result<Vec<(u64, TimerEntry)>, TimerError> {
+        let now_slot = now_ms.div_euclid(self.geometry.slot_ms);
+        if now_slot >= self.cursor {
+            let window = self.geometry.slots as i64;
+            // Every slot up to now is loaded before any entry is listed
+            // again, so that no list of a slot not loaded yet is replaced.
+            let mut again = Vec::new();
+            if now_slot - self.cursor >= window {
+                // A whole window or more behind (a long stop): each ring
+                // slot once, not every slot in between.
+                let behind: Vec<i64> = self
+                    .ring
+                    .iter()
+                    .filter(|ring| {
+                        ring.newest > 0 && (self.cursor..=now_slot).contains(&ring.absolute)
+                    })
+                    .map(|ring| ring.absolute)
+                    .collect();
+                for slot in behind {
+                    self.load(slot, &mut again)?;
+                }
+            } else {
+                for slot in self.cursor..=now_slot {
+                    self.load(slot, &mut again)?;
+                }
+            }
+            self.cursor = now_slot + 1;
+            // Oldest first, so that the new entries keep their order.
+            again.sort_by_key(|(at, _)| *at);
+            for (at, entry) in again {
+                let newer = self.place(entry, self.cursor)?;
+                self.mark(at, Done::Reinserted(newer))?;
+            }
+        }
+        let mut due = Vec::new();
+        while due.len() < max {
+            let Some((&(due_ms, at), _)) = self.current.first_key_value() else {
+                break;
+            };
+            if due_ms > now_ms {
+                break;
+            }
+            let entry = self.current.remove(&(due_ms, at)).expect("the first key");
+            due.push((at, entry));
+        }
+        Ok(due)
+    }
+
+    /// Put back entries handed out by [`TimerIndex::due`] and not done
+    /// (their delivery could not be appended now).
+    pub fn put_back(&mut self, entries: impl IntoIterator<Item = (u64, TimerEntry)>) {
+        for (at, entry) in entries {
+            self.current.insert((entry.due_ms, at), entry);
+        }
+    }
+
+    /// Load absolute slot `slot`: its pending entries go to the loaded
+    /// set, or, when due past it (listed in a window's last slot), to
+    /// `again`, to be listed again.
+    fn load(&mut self, slot: i64, again: &mut Vec<(u64, TimerEntry)>) -> Result<(), TimerError> {
+        let ring = self.ring[slot.rem_euclid(self.geometry.slots as i64) as usize];
+        if ring.absolute != slot {
+            return Ok(());
+        }
+        let mut next = ring.newest;
+        while next > 0 {
+            let at = next - 1;
+            let Ok(entry) = self.read(at)? else {
+                // A damaged entry ends the list; the next open relinks it.
+                break;
+            };
+            next = entry.previous;
+            if entry.done.is_some() {
+                continue;
+            }
+            if entry.due_ms.div_euclid(self.geometry.slot_ms) > slot {
+                again.push((at, entry));
+            } else {
+                self.current.insert((entry.due_ms, at), entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Entry `at`, handed out by [`TimerIndex::due`], is done.
+    pub fn done(&mut self, at: u64, done: Done) -> Result<(), TimerError> {
+        self.pending -= 1;
+        self.mark(at, done)
+    }
+
+    fn mark(&mut self, at: u64, done: Done) -> Result<(), TimerError> {
+        let (file, within) = self.locate(at);
+        let path = self.path(file);
+        let bytes = Done::field_bytes(Some(done));
+        self.files[&file]
+            .write_all_at(&bytes, within + Done::FIELD_AT as u64)
+            .map_err(io_error(&path))?;
+        self.dirty.insert(file);
+        Ok(())
+    }
+
+    /// Make every entry written so far durable (before a checkpoint that
+    /// records [`TimerIndex::checkpoint`]).
+    pub fn sync(&mut self) -> Result<(), TimerError> {
+        for first in std::mem::take(&mut self.dirty) {
+            let path = self.path(first);
+            self.files[&first].sync_data().map_err(io_error(&path))?;
+        }
+        Ok(())
+    }
+
+    /// (first index of the file holding `at`, byte offset within it).
+    fn locate(&self, at: u64) -> (u64, u64) {
+        let per_file = self.geometry.entries_per_file;
+        let first = at - at % per_file;
+        (first, (at - first) * ENTRY_BYTES as u64)
+    }
+
+    fn path(&self, first: u64) -> PathBuf {
+        self.dir.join(format!("{first:020}{FILE_SUFFIX}"))
+    }
+
+    fn write(&mut self, at: u64, entry: &TimerEntry) -> Result<(), TimerError> {
+        let (first, within) = self.locate(at);
+        let path = self.path(first);
+        if !self.files.contains_key(&first) {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io_error(&path))?;
+            crate::storage::segment::sync_dir(&self.dir).map_err(io_error(&self.dir))?;
+            self.files.insert(first, file);
+        }
+        self.files[&first]
+            .write_all_at(&entry.encode(), within)
+            .map_err(io_error(&path))?;
+        self.dirty.insert(first);
+        Ok(())
+    }
+
+    /// Entry `at`: `Ok(Err(reason))` when it is damaged or missing.
+    fn read(&self, at: u64) -> Result<Result<TimerEntry, String>, TimerError> {
+        let (first, within) = self.locate(at);
+        let Some(file) = self.files.get(&first) else {
+            return Ok(Err("its entry file is missing".to_owned()));
+        };
+        let mut bytes = [0; ENTRY_BYTES];
+        match file.read_exact_at(&mut bytes, within) {
+            Ok(()) => Ok(TimerEntry::decode(&bytes)),
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                Ok(Err("past the end of its file".to_owned()))
+            }
+            Err(source) => Err(TimerError::Io {
+                path: self.path(first),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{Offset, PartitionId};
+
+    const NOW: i64 = 1_700_000_000_000;
+    const GEOMETRY: TimerGeometry = TimerGeometry {
+        slot_ms: 1000,
+        slots: 60,
+        entries_per_file: 4,
+    };
+
+    fn start() -> TimerCheckpoint {
+        TimerCheckpoint {
+            entries: 0,
+            cursor: NOW / 1000,
+        }
+    }
+
+    fn entry(due_ms: i64, origin: i64) -> TimerEntry {
+        TimerEntry {
+            due_ms,
+            held_position: LogPosition(origin as u64 * 100),
+            held_len: 90,
+            partition: PartitionId(1),
+            origin_offset: Offset(origin),
+            previous: 0,
+            slot: 0,
+            done: None,
+        }
+    }
+
+    fn origins(due: &[(u64, TimerEntry)]) -> Vec<i64> {
+        due.iter().map(|(_, entry)| entry.origin_offset.0).collect()
+    }
+
+    fn open(dir: &Path, checkpoint: TimerCheckpoint, indexed: u64) -> (TimerIndex, OpenReport) {
+        TimerIndex::open(dir, GEOMETRY, checkpoint, LogPosition(indexed)).unwrap()
+    }
+
+    #[test]
+    fn entries_come_due_in_due_order_and_ties_in_insertion_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut index, _) = open(dir.path(), start(), 0);
+        for (due, origin) in [(500, 0), (2500, 1), (1500, 2), (1500, 3), (-5000, 4)] {
+            index.insert(entry(NOW + due, origin)).unwrap();
+        }
+        assert_eq!(index.pending(), 5);
+        assert_eq!(origins(&index.due(NOW, 10).unwrap()), [4], "already due");
+        assert_eq!(origins(&index.due(NOW + 1000, 10).unwrap()), [0]);
+        let due = index.due(NOW + 3000, 2).unwrap();
+        assert_eq!(origins(&due), [2, 3], "at most 2, ties in order");
+        assert_eq!(origins(&index.due(NOW + 3000, 10).unwrap()), [1]);
+        for (at, _) in due {
+            index.done(at, Done::Delivered(LogPosition(7))).unwrap();
+        }
+        assert_eq!(index.pending(), 3, "handed out is not done");
+    }
+
+    #[test]
+    fn an_entry_due_past_the_window_is_listed_again_until_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut index, _) = open(dir.path(), start(), 0);
+        index.insert(entry(NOW + 150_000, 0)).unwrap();
+        assert!(index.due(NOW + 59_999, 10).unwrap().is_empty());
+        assert!(index.due(NOW + 120_000, 10).unwrap().is_empty());
+        assert_eq!(index.checkpoint().entries, 3, "listed again twice");
+        assert_eq!(index.pending(), 1);
+        // After a restart only the newest listing is pending.
+        index.sync().unwrap();
+        let checkpoint = index.checkpoint();
+        drop(index);
+        let (mut index, report) = open(dir.path(), checkpoint, 0);
+        assert_eq!(report.pending, 1, "{report:?}");
+        assert!(index.due(NOW + 120_000, 10).unwrap().is_empty());
+        let due = index.due(NOW + 150_000, 10).unwrap();
+        assert_eq!(origins(&due), [0]);
+        assert_eq!(due[0].1.due_ms, NOW + 150_000);
+    }
+
+    #[test]
+    fn a_restart_keeps_pending_entries_and_those_done_past_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut index, _) = open(dir.path(), start(), 0);
+        for origin in 0..5 {
+            index.insert(entry(NOW + 1000 + origin, origin)).unwrap();
+        }
+        let due = index.due(NOW + 2000, 10).unwrap();
+        assert_eq!(origins(&due), [0, 1, 2, 3, 4]);
+        // 0 delivered below the checkpoint's position, 1 past it (its
+        // frame may be lost), 2 handed out only.
+        index
+            .done(due[0].0, Done::Delivered(LogPosition(500)))
+            .unwrap();
+        index
+            .done(due[1].0, Done::Delivered(LogPosition(1500)))
+            .unwrap();
+        index.sync().unwrap();
+        let checkpoint = index.checkpoint();
+        // Written after the checkpoint: gone at the restart.
+        index.insert(entry(NOW + 9000, 9)).unwrap();
+        drop(index);
+        let (mut index, report) = open(dir.path(), checkpoint, 1000);
+        assert_eq!(report.pending, 4, "{report:?}");
+        assert_eq!(report.repaired, 1, "entry 1's lost delivery");
+        assert_eq!(origins(&index.due(NOW + 60_000, 10).unwrap()), [1, 2, 3, 4]);
+        assert_eq!(index.checkpoint().entries, 5);
+    }
+
+    #[test]
+    fn a_damaged_entry_is_skipped_and_its_slot_relinked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut index, _) = open(dir.path(), start(), 0);
+        for origin in 0..3 {
+            index.insert(entry(NOW + 5000, origin)).unwrap();
+        }
+        index.sync().unwrap();
+        let checkpoint = index.checkpoint();
+        drop(index);
+        let file = dir.path().join(format!("{:020}{FILE_SUFFIX}", 0));
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[ENTRY_BYTES + 2] ^= 0x10; // entry 1's due time
+        std::fs::write(&file, &bytes).unwrap();
+        let (mut index, report) = open(dir.path(), checkpoint, 0);
+        assert_eq!((report.damaged, report.pending), (1, 2), "{report:?}");
+        assert_eq!(report.repaired, 1, "entry 2 now links to entry 0");
+        assert_eq!(origins(&index.due(NOW + 5000, 10).unwrap()), [0, 2]);
+    }
+
+    #[test]
+    fn after_a_stop_longer_than_the_window_everything_due_comes_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut index, _) = open(dir.path(), start(), 0);
+        for (due, origin) in [(1000, 0), (30_000, 1), (400_000, 2), (59_000, 3)] {
+            index.insert(entry(NOW + due, origin)).unwrap();
+        }
+        index.sync().unwrap();
+        let checkpoint = index.checkpoint();
+        drop(index);
+        let (mut index, _) = open(dir.path(), checkpoint, 0);
+        let later = NOW + 300_000;
+        assert_eq!(origins(&index.due(later, 10).unwrap()), [0, 1, 3]);
+        assert_eq!(index.pending(), 4);
+        assert_eq!(origins(&index.due(NOW + 400_000, 10).unwrap()), [2]);
+    }
+}
