@@ -494,6 +494,13 @@ pub fn set_max_timestamp(bytes: &mut [u8], max_timestamp_ms: i64) {
 }
 
 /// True when the CRC32C stored in the batch matches its covered bytes.
+/// The CRC32C a batch's header states (not checked). Panics on fewer than
+/// [`HEADER_BYTES`] bytes.
+pub fn stored_crc(bytes: &[u8]) -> u32 {
+    assert!(bytes.len() >= HEADER_BYTES, "a batch header");
+    read_u32(bytes, CRC_AT)
+}
+
 pub fn crc_matches(bytes: &[u8]) -> bool {
     bytes.len() >= HEADER_BYTES
         && read_u32(bytes, CRC_AT) == crc32c::crc32c(&bytes[CRC_COVERED_FROM..])

@@ -18,7 +18,9 @@
 //! of the frame, and the batch bytes stay exactly what Kafka clients expect.
 //!
 //! Version 2 frames are written by log compaction (ARCHITECTURE.md, "Log
-//! compaction"): a copy of a cleaned batch, or a commit of a cleaning pass.
+//! compaction"): a copy of a cleaned batch, or a commit of a cleaning pass;
+//! and by delayed delivery ("Delayed delivery, retry and dead letters"):
+//! the held records of a produced batch.
 //! A build that knows only version 1 refuses them instead of indexing a copy
 //! as new data.
 
@@ -60,6 +62,11 @@ pub enum FrameKind {
     CompactionCopy,
     /// Part of a cleaning pass's commit: the new clean queue's entries.
     CompactionCommit,
+    /// The delayed records of a produced batch (a timer batch, issue 18):
+    /// not indexed; counted only when the next frame of the log is the
+    /// partition's batch at the same base offset whose CRC the held
+    /// batch's `partitionLeaderEpoch` field holds.
+    DelayHeld,
 }
 
 impl FrameKind {
@@ -68,6 +75,7 @@ impl FrameKind {
             FrameKind::Batch => 0,
             FrameKind::CompactionCopy => 1,
             FrameKind::CompactionCommit => 2,
+            FrameKind::DelayHeld => 3,
         }
     }
 
@@ -128,6 +136,7 @@ impl FrameHeader {
             (FRAME_VERSION, 0) => FrameKind::Batch,
             (FRAME_VERSION_KINDS, 1) => FrameKind::CompactionCopy,
             (FRAME_VERSION_KINDS, 2) => FrameKind::CompactionCommit,
+            (FRAME_VERSION_KINDS, 3) => FrameKind::DelayHeld,
             (version @ (FRAME_VERSION | FRAME_VERSION_KINDS), found) => {
                 return Err(FrameError::UnknownKind { found, version });
             }
@@ -196,8 +205,12 @@ mod tests {
     }
 
     #[test]
-    fn compaction_kinds_round_trip_as_version_2() {
-        for kind in [FrameKind::CompactionCopy, FrameKind::CompactionCommit] {
+    fn version_2_kinds_round_trip() {
+        for kind in [
+            FrameKind::CompactionCopy,
+            FrameKind::CompactionCommit,
+            FrameKind::DelayHeld,
+        ] {
             let bytes = encoded_as(kind);
             assert_eq!(bytes[4], 2);
             assert_eq!(FrameHeader::decode(&bytes, 1 << 20).unwrap().kind, kind);

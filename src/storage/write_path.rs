@@ -44,8 +44,34 @@ impl ShardStore {
         batch: ValidatedBatch<'_>,
         durability: Durability,
     ) -> Result<AppendReceipt, AppendError> {
-        self.append_admitted(id, batch, durability, Admission::UnlessDiskFull, None)
+        self.append_admitted(id, None, batch, durability, Admission::UnlessDiskFull, None)
             .await
+    }
+
+    /// [`ShardStore::append`] of a produced batch whose delayed records
+    /// were taken out (issue 18; ARCHITECTURE.md, "Delayed delivery, retry
+    /// and dead letters"): `held`, a broker-built timer batch holding them
+    /// with their own offset deltas, is appended as a held frame right
+    /// before `batch`, at the same base offset and naming `batch`'s CRC, in
+    /// one step after the producer-state check, so a retry of a stored
+    /// batch appends neither. `token` as in [`ShardStore::append_verified`].
+    pub async fn append_with_held(
+        &self,
+        id: PartitionId,
+        held: ValidatedBatch<'_>,
+        batch: ValidatedBatch<'_>,
+        durability: Durability,
+        token: Option<TxnToken>,
+    ) -> Result<AppendReceipt, AppendError> {
+        self.append_admitted(
+            id,
+            Some(&held),
+            batch,
+            durability,
+            Admission::UnlessDiskFull,
+            token,
+        )
+        .await
     }
 
     /// [`ShardStore::append`] for a client's transactional batch, checked
@@ -61,6 +87,7 @@ impl ShardStore {
     ) -> Result<AppendReceipt, AppendError> {
         self.append_admitted(
             id,
+            None,
             batch,
             durability,
             Admission::UnlessDiskFull,
@@ -89,8 +116,15 @@ impl ShardStore {
         batch: ValidatedBatch<'_>,
         durability: Durability,
     ) -> Result<AppendReceipt, AppendError> {
-        self.append_admitted(id, batch, durability, Admission::EvenAboveRejectRatio, None)
-            .await
+        self.append_admitted(
+            id,
+            None,
+            batch,
+            durability,
+            Admission::EvenAboveRejectRatio,
+            None,
+        )
+        .await
     }
 
     /// Append a transaction marker (a control batch, `record_batch::control`)
@@ -116,13 +150,21 @@ impl ShardStore {
             record_batch::control::build_marker(producer_id, producer_epoch, marker, now_ms);
         let batch = ValidatedBatch::frame_only(&bytes, bytes.len())
             .expect("a marker this broker built is a sound batch");
-        self.append_admitted(id, batch, durability, Admission::EvenAboveRejectRatio, None)
-            .await
+        self.append_admitted(
+            id,
+            None,
+            batch,
+            durability,
+            Admission::EvenAboveRejectRatio,
+            None,
+        )
+        .await
     }
 
     async fn append_admitted(
         &self,
         id: PartitionId,
+        held: Option<&ValidatedBatch<'_>>,
         batch: ValidatedBatch<'_>,
         durability: Durability,
         admission: Admission,
@@ -130,7 +172,8 @@ impl ShardStore {
     ) -> Result<AppendReceipt, AppendError> {
         let appended = self
             .in_buffer_order(|| {
-                match self.try_append(id, &batch, durability, admission, token, Instant::now()) {
+                let now = Instant::now();
+                match self.try_append(id, held, &batch, durability, admission, token, now) {
                     Ok(receipt) => Ok(receipt),
                     Err(TryAppendError::NoBufferSpace) => Err(None),
                     Err(TryAppendError::Fatal(error)) => Err(Some(error)),
@@ -184,9 +227,11 @@ impl ShardStore {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn try_append(
         &self,
         id: PartitionId,
+        held: Option<&ValidatedBatch<'_>>,
         batch: &ValidatedBatch<'_>,
         durability: Durability,
         admission: Admission,
@@ -200,12 +245,12 @@ impl ShardStore {
             return Err(AppendError::NotLeader.into());
         }
         let limit = self.options.storage.batch_ceiling_bytes();
-        if batch.len() > limit as usize {
-            return Err(AppendError::BatchTooLarge {
-                size: batch.len(),
-                limit,
-            }
-            .into());
+        if let Some(size) = std::iter::once(batch)
+            .chain(held)
+            .map(|batch| batch.len())
+            .find(|&size| size > limit as usize)
+        {
+            return Err(AppendError::BatchTooLarge { size, limit }.into());
         }
         if self.disk_pressure.get() == DiskPressure::Reject
             && admission == Admission::UnlessDiskFull
@@ -339,6 +384,34 @@ impl ShardStore {
                 }
                 Err(error) => return Err(self.classify_log_error(error)),
             }
+        }
+        if let Some(held) = held {
+            // The held frame first: the batch's durability covers it. A
+            // batch refused after it (no buffer space) leaves it unpaired,
+            // dead bytes that recovery and followers ignore.
+            let bytes = held.bytes();
+            let mut held_prefix = [0u8; super::frame::COVERED_PAYLOAD_PREFIX_BYTES];
+            held_prefix.copy_from_slice(&bytes[..prefix_len]);
+            // The held batch is never served: its leader epoch field holds
+            // the visible batch's CRC, which pairs the two frames (a batch
+            // of another producer at the same offset cannot pass for it).
+            record_batch::assign_broker_fields(
+                &mut held_prefix,
+                base_offset.0,
+                record_batch::stored_crc(batch.bytes()) as i32,
+            );
+            let held_frame = FrameHeader {
+                payload_len: u32::try_from(bytes.len()).expect("under the batch ceiling"),
+                partition: id,
+                kind: FrameKind::DelayHeld,
+            };
+            let mut held_frame_prefix = [0u8; FRAME_PREFIX_BYTES];
+            held_frame.encode_prefix(&held_prefix, &mut held_frame_prefix);
+            state
+                .log
+                .append_frame(&[&held_frame_prefix, &bytes[prefix_len..]], None, now)
+                .map_err(|error| self.classify_log_error(error))?;
+            state.log.note_append(partition.config.segment_ms, wall_ms);
         }
         let position = state
             .log

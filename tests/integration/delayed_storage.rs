@@ -1,0 +1,127 @@
+//! Issue 18, through the storage API: a produced batch's delayed records
+//! go into a held frame appended right before the partition's visible
+//! batch (ARCHITECTURE.md, "Delayed delivery, retry and dead letters").
+
+use sluice::config::WriteMode;
+use sluice::ids::Offset;
+use sluice::record_batch::{self, BatchBuilder, RecordSpec, ValidatedBatch};
+use sluice::storage::frame::{FRAME_HEADER_BYTES, FrameKind};
+use sluice::storage::segment_reader::check_frame;
+use sluice::storage::{Durability, ShardStore};
+
+use crate::support;
+
+fn batch(values: &[&str], producer: Option<(i64, i16, i32)>) -> Vec<u8> {
+    let mut builder = BatchBuilder::new(1_700_000_000_000);
+    if let Some((id, epoch, sequence)) = producer {
+        builder.producer(id, epoch, sequence);
+    }
+    for value in values {
+        builder.push(RecordSpec {
+            key: None,
+            value: Some(value.as_bytes()),
+            timestamp_delta_ms: 0,
+        });
+    }
+    builder.build()
+}
+
+/// The frames of shard 0's first segment, in order: (kind, base offset,
+/// the batch's partitionLeaderEpoch field).
+fn frames(dir: &std::path::Path) -> Vec<(FrameKind, i64, i32)> {
+    let mut segments: Vec<_> = std::fs::read_dir(dir.join("shard-0").join("log"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    segments.sort();
+    let bytes = std::fs::read(&segments[0]).unwrap();
+    let mut at = 0;
+    let mut found = Vec::new();
+    while let Ok(frame) = check_frame(&bytes[at..], 1 << 20) {
+        let epoch_at = at + FRAME_HEADER_BYTES + 12;
+        let epoch = i32::from_be_bytes(bytes[epoch_at..epoch_at + 4].try_into().unwrap());
+        found.push((frame.header.kind, frame.batch.base_offset, epoch));
+        at += frame.header.frame_len() as usize;
+    }
+    found
+}
+
+async fn append(
+    store: &ShardStore,
+    id: sluice::ids::PartitionId,
+    held: &[u8],
+    visible: &[u8],
+) -> sluice::storage::AppendReceipt {
+    let held = ValidatedBatch::frame_only(held, usize::MAX).unwrap();
+    let receipt = store
+        .append_with_held(
+            id,
+            held,
+            support::validated(visible),
+            Durability::Fsynced,
+            None,
+        )
+        .await
+        .unwrap();
+    store.wait(&receipt).await.unwrap();
+    receipt
+}
+
+/// The held frame lands right before its batch at the same base offset,
+/// carrying the batch's CRC; reads, restarts and offsets see the batch
+/// only; a retry of the stored batch appends neither frame (mutation: the
+/// held frame appended before the producer check → a second held frame).
+#[test]
+fn a_held_frame_goes_right_before_its_batch_and_a_retry_writes_neither() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = support::runtime(support::native_backend());
+    let visible = batch(&["a", "b", "c"], Some((7, 0, 0)));
+    let held = batch(&["later"], None);
+    runtime.block_on(async {
+        let store = support::open(dir.path(), WriteMode::Direct, support::native_backend());
+        let id = support::create(&store, "later", 0);
+        let first = append(&store, id, &held, &visible).await;
+        assert_eq!((first.base_offset, first.duplicate), (Offset(0), false));
+        let end = store.log_ends().0;
+        let retry = append(&store, id, &held, &visible).await;
+        assert_eq!((retry.base_offset, retry.duplicate), (Offset(0), true));
+        assert_eq!(store.log_ends().0, end, "a retry appends nothing");
+        let after = append(&store, id, &held, &batch(&["d"], Some((7, 0, 3)))).await;
+        assert_eq!(after.base_offset, Offset(3));
+        let read = support::read_all(&store, id, Offset(0));
+        assert_eq!(
+            read.iter().map(|(offset, _)| *offset).collect::<Vec<_>>(),
+            [Offset(0), Offset(3)],
+            "reads see the visible batches only"
+        );
+        support::shutdown(&store).await;
+    });
+    let crc = |bytes: &[u8]| record_batch::stored_crc(bytes) as i32;
+    let found = frames(dir.path());
+    let data: Vec<_> = found
+        .iter()
+        .filter(|(kind, ..)| matches!(kind, FrameKind::Batch | FrameKind::DelayHeld))
+        .copied()
+        .collect();
+    let visible_after = batch(&["d"], Some((7, 0, 3)));
+    assert_eq!(
+        data.iter()
+            .map(|(kind, base, _)| (*kind, *base))
+            .collect::<Vec<_>>(),
+        [
+            (FrameKind::DelayHeld, 0),
+            (FrameKind::Batch, 0),
+            (FrameKind::DelayHeld, 3),
+            (FrameKind::Batch, 3),
+        ]
+    );
+    assert_eq!(data[0].2, crc(&visible), "the held frame names its batch");
+    assert_eq!(data[2].2, crc(&visible_after));
+    runtime.block_on(async {
+        let store = support::open(dir.path(), WriteMode::Direct, support::native_backend());
+        let id = store.partition_id("later", 0).unwrap();
+        assert_eq!(store.offsets(id).unwrap().next_offset, Offset(4));
+        assert_eq!(support::read_all(&store, id, Offset(0)).len(), 2);
+        support::shutdown(&store).await;
+    });
+}
