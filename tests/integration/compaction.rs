@@ -134,7 +134,17 @@ fn a_compacted_topic_keeps_the_latest_value_of_each_of_1000_keys_after_100000_up
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path(), FAST_CLEANER);
     let address = broker.address.clone();
-    create_compacted(&address, "table", 2, &[("delete.retention.ms", "1000")]);
+    // Records a pass left below the dirty ratio (passes run while the
+    // updates arrive) are cleaned once a second old.
+    create_compacted(
+        &address,
+        "table",
+        2,
+        &[
+            ("delete.retention.ms", "1000"),
+            ("max.compaction.lag.ms", "1000"),
+        ],
+    );
     let acked = write_updates(&address, "table", 0, 100_000, 1000);
     let latest = latest_by_key(&acked);
     assert_eq!(latest.len(), 1000);
@@ -548,7 +558,7 @@ fn a_batch_with_more_keys_than_the_key_map_holds_still_compacts() {
         &format!("{FAST_CLEANER}cleaner_dedupe_buffer_bytes = 1048576\n"),
     );
     let address = broker.address.clone();
-    create_compacted(&address, "wide", 1, &[]);
+    create_compacted(&address, "wide", 1, &[("max.compaction.lag.ms", "1000")]);
     // One lz4 batch of 50 000 records, each about 17 bytes uncompressed.
     let (producer, acks) = kafka_clients::producer(
         &address,
@@ -644,7 +654,9 @@ fn a_pass_commits_in_parts_that_fit_small_segments() {
          message_max_bytes = 8192\n",
     );
     let address = broker.address.clone();
-    create_compacted(&address, "narrow", 1, &[]);
+    // Passes run while the records arrive; the last few left below the
+    // dirty ratio are cleaned once a second old.
+    create_compacted(&address, "narrow", 1, &[("max.compaction.lag.ms", "1000")]);
     // One record per batch: 2 500 batches of distinct keys all survive;
     // then 500 of them again, enough for the 1 % dirty ratio over them.
     let (producer, acks) =
