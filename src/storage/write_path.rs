@@ -116,15 +116,7 @@ impl ShardStore {
         batch: ValidatedBatch<'_>,
         durability: Durability,
     ) -> Result<AppendReceipt, AppendError> {
-        self.append_admitted(
-            id,
-            None,
-            batch,
-            durability,
-            Admission::EvenAboveRejectRatio,
-            None,
-        )
-        .await
+        self.append_above_reject_ratio(id, batch, durability).await
     }
 
     /// Append a transaction marker (a control batch, `record_batch::control`)
@@ -150,15 +142,20 @@ impl ShardStore {
             record_batch::control::build_marker(producer_id, producer_epoch, marker, now_ms);
         let batch = ValidatedBatch::frame_only(&bytes, bytes.len())
             .expect("a marker this broker built is a sound batch");
-        self.append_admitted(
-            id,
-            None,
-            batch,
-            durability,
-            Admission::EvenAboveRejectRatio,
-            None,
-        )
-        .await
+        self.append_above_reject_ratio(id, batch, durability).await
+    }
+
+    /// An append that goes in above `retention.disk_reject_ratio` (space
+    /// freeing copies, transaction markers).
+    async fn append_above_reject_ratio(
+        &self,
+        id: PartitionId,
+        batch: ValidatedBatch<'_>,
+        durability: Durability,
+    ) -> Result<AppendReceipt, AppendError> {
+        let admission = Admission::EvenAboveRejectRatio;
+        self.append_admitted(id, None, batch, durability, admission, None)
+            .await
     }
 
     async fn append_admitted(
