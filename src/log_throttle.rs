@@ -87,8 +87,14 @@ impl LogThrottle {
                 count => Some(count),
             };
         }
-        if self.lines.fetch_add(1, Ordering::Relaxed) >= self.lines_max {
-            self.lines.fetch_sub(1, Ordering::Relaxed);
+        // Taken only when there is budget (no add-then-undo: an undo racing
+        // a window's reset could hand the budget back twice).
+        let budget = self
+            .lines
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |lines| {
+                (lines < self.lines_max).then_some(lines + 1)
+            });
+        if budget.is_err() {
             return None;
         }
         match self.unreported.swap(0, Ordering::Relaxed) {
