@@ -818,6 +818,39 @@ impl ClusterMetadata {
         }
     }
 
+    /// Node `node` came back on an empty data dir (its disk was replaced,
+    /// or wiped): none of its copies holds anything any more. As for a
+    /// fenced node ([`ClusterMetadata::elect_leaders_without`]), it leaves
+    /// every in-sync set and each group it led gets another in-sync member
+    /// as leader at the next leader epoch; it then copies every group from
+    /// its leader and rejoins each in-sync set once caught up. Refused,
+    /// changing nothing, while it is the only in-sync member of a group
+    /// (and `unclean.leader.election.enable` is off): that group's
+    /// acknowledged records exist on no other node, and leading it empty
+    /// would drop them. The reason names the groups.
+    pub fn forget_lost_copies(&mut self, node: u64) -> Result<(), String> {
+        let mut changed = self.clone();
+        changed.elect_leaders_without(node);
+        let only_copy: Vec<usize> = changed
+            .placement
+            .iter()
+            .flat_map(|placement| placement.groups.iter().enumerate())
+            .filter(|(_, group)| group.leader == node)
+            .map(|(number, _)| number)
+            .collect();
+        if !only_copy.is_empty() {
+            return Err(format!(
+                "node {node} came back with an empty data dir, but it is the only in-sync \
+                 replica of shard groups {only_copy:?}: their acknowledged records are on no \
+                 other node. Restart it on the data dir it had (or bring back an in-sync \
+                 member of those groups first); to give them up instead, set \
+                 unclean.leader.election.enable=true as the cluster default"
+            ));
+        }
+        *self = changed;
+        Ok(())
+    }
+
     /// The shard groups led by another member than their preferred leader
     /// (their first member) while that one is live (not fenced) and in
     /// sync: what [`ClusterMetadata::elect_preferred_leaders`] would move.
@@ -1265,6 +1298,52 @@ mod tests {
             ),
             (1, 1, vec![1]),
             "alone in sync: it keeps leading, at the next epoch"
+        );
+    }
+
+    #[test]
+    fn a_node_back_without_its_data_leads_nothing_and_is_refused_where_it_was_alone_in_sync() {
+        let statics = StaticSettings::from_config(&Config::default());
+        let mut metadata = three_live_nodes(&statics);
+        {
+            let placement = metadata.placement.as_mut().unwrap();
+            placement.groups[0].in_sync = vec![1, 2, 3];
+            placement.groups[1].in_sync = vec![2, 1];
+        }
+        let mut alone = metadata.clone();
+        {
+            let group = &mut alone.placement.as_mut().unwrap().groups[2];
+            group.leader = 1;
+            group.in_sync = vec![1];
+        }
+        let unchanged = alone.clone();
+        let refused = alone.forget_lost_copies(1).unwrap_err();
+        assert!(refused.contains("shard groups [2]"), "{refused}");
+        assert_eq!(alone, unchanged, "a refusal changes nothing");
+        metadata.forget_lost_copies(1).unwrap();
+        let groups = &metadata.placement.as_ref().unwrap().groups;
+        assert_eq!((groups[0].leader, groups[0].leader_epoch), (2, 1));
+        assert_eq!(groups[0].in_sync, [2, 3]);
+        assert_eq!(groups[1].in_sync, [2]);
+        assert!(groups.iter().all(|group| !group.in_sync.contains(&1)));
+        // Given up explicitly: another live member leads, alone in sync.
+        let mut broker = BrokerOverrides::default();
+        broker.cluster.insert(
+            "unclean.leader.election.enable".to_owned(),
+            "true".to_owned(),
+        );
+        let limits = TopicLimits {
+            batch_max_bytes: 1 << 20,
+        };
+        alone
+            .set_broker_overrides(broker, &statics, limits)
+            .unwrap();
+        alone.forget_lost_copies(1).unwrap();
+        let group = &alone.placement.as_ref().unwrap().groups[2];
+        assert_eq!(
+            (group.leader, group.in_sync.clone()),
+            (3, vec![3]),
+            "its first live member"
         );
     }
 

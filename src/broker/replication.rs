@@ -217,14 +217,19 @@ fn member_groups(broker: &Broker, shard: ShardId) -> Option<(Vec<u32>, u32, u32)
 }
 
 /// Open this shard's copies of the shard groups it is a member of besides
-/// its home group (`<data_dir>/replicas/group-<g>/`), as followers, and
-/// register every group store with the shard. Runs before the shard's
+/// its home group (`<data_dir>/replicas/group-<g>/`), hold them and the
+/// home store as followers until their group tasks run, and register
+/// every group store with the shard. Runs before the shard's
 /// partitions are reconciled, so that each store gets its group's.
 pub fn open_groups(context: &Rc<ShardContext>, broker: &Arc<Broker>) -> Result<(), OpenError> {
     let Some((groups, count, home)) = member_groups(broker, context.id) else {
         return Ok(());
     };
     context.join_groups(count, home);
+    // The home store too shows nothing and takes no append until its
+    // group's task knows whether this node leads it: recovery made its
+    // whole log visible, tail not acknowledged to acks=all included.
+    hold_as_copy(&context.store());
     for group in groups.into_iter().filter(|group| *group != home) {
         let mut options = context.store().options().clone();
         options.data_dir = options

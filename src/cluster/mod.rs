@@ -152,10 +152,8 @@ pub fn join(
                 "joined the cluster"
             );
             tracing::warn!(
-                "cluster mode is being built (issue 16): each shard group's log is copied to its \
-                 followers, a down node's groups fail over to an in-sync follower and move \
-                 back once it is in sync again, but adding or removing nodes is not built yet \
-                 (README, \"A cluster\")"
+                "adding or removing cluster nodes is not built yet: the peers the cluster was \
+                 created with stay its members (README, \"A cluster\")"
             );
             return Ok(handle);
         }

@@ -9,6 +9,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod rejoin;
 pub mod rpc;
 pub mod runtime;
 pub mod state_machine;
@@ -54,6 +55,11 @@ pub enum ControllerCommand {
         /// than the stored one is a restart (0 in logs written before).
         #[serde(default)]
         incarnation: u64,
+        /// The node started on an empty data dir after it had been a
+        /// member (a replaced disk): it holds no copy of any shard group
+        /// ([`crate::broker::metadata::ClusterMetadata::forget_lost_copies`]).
+        #[serde(default)]
+        lost_data: bool,
     },
     /// A change of the cluster metadata.
     Metadata(MetadataCommand),

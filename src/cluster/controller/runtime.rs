@@ -35,6 +35,7 @@ use thiserror::Error;
 
 use super::log_store::LogStore;
 use super::network::Network;
+use super::rejoin;
 use super::rpc::{self, Identity, PATH_APPEND, PATH_PROPOSE, PATH_SNAPSHOT, PATH_VOTE};
 use super::state_machine::StateMachine;
 use super::{ControllerCommand, ControllerOutcome, ControllerTypes};
@@ -198,17 +199,8 @@ pub enum ControllerStartError {
         theirs: String,
         ours: String,
     },
-    #[error(
-        "node {node} is a member of cluster {cluster} (node {peer} at {address} says so), but this \
-         data dir holds none of its data: a member cannot rejoin with an empty data dir yet (it \
-         would make the controller's log go back, issue 16); restart it on the data dir it had"
-    )]
-    LostData {
-        node: u64,
-        cluster: String,
-        peer: i32,
-        address: String,
-    },
+    #[error("cannot record that this node's data dir was found empty: {0}")]
+    LostDataMarker(#[source] std::io::Error),
 }
 
 /// Why a proposal failed (the command may or may not have been applied).
@@ -567,6 +559,15 @@ struct Member {
     incarnation: u64,
     /// Per peer, the broker calls that may be in flight to it at once.
     peer_call_slots: BTreeMap<u64, Arc<tokio::sync::Semaphore>>,
+    /// This member found its data dir empty while the cluster lists it: it
+    /// asks the leader to take it back as a learner before anything else.
+    rejoin: bool,
+    /// While set, the member answers no vote, append or snapshot (shared
+    /// with the [`Server`]).
+    passive: Arc<AtomicBool>,
+    /// Its next registration says its copies are lost (rejoin.rs).
+    lost_data: bool,
+    controller_dir: std::path::PathBuf,
 }
 
 impl Member {
@@ -609,18 +610,20 @@ impl Member {
             })
             .collect();
         let answers = hello_peers(&identity, config).await;
-        if known_cluster.is_empty()
-            && let Some((peer, address, theirs, _)) = answers
-                .iter()
-                .find(|(_, _, theirs, members)| !theirs.is_empty() && members.contains(&node_id))
-        {
-            return Err(ControllerStartError::LostData {
-                node: node_id,
-                cluster: theirs.clone(),
-                peer: *peer,
-                address: address.clone(),
-            });
+        let controller_dir = data_dir.join("controller");
+        // A member whose data dir is empty (a replaced disk) rejoins as a
+        // learner first (rejoin.rs).
+        let rejoin = known_cluster.is_empty()
+            && answers.iter().find(|(_, _, theirs, members)| {
+                !theirs.is_empty() && members.contains(&node_id)
+            }).inspect(|(peer, address, theirs, _)| {
+                tracing::warn!(peer, address, cluster = %theirs, "this node is a member of the cluster but its data dir is empty: rejoining, and copying every shard-group log it keeps from its leader");
+            }).is_some();
+        if rejoin {
+            rejoin::mark_lost_data(&controller_dir)
+                .map_err(ControllerStartError::LostDataMarker)?;
         }
+        let lost_data = rejoin::lost_data_marked(&controller_dir);
         if !known_cluster.is_empty()
             && let Some((peer, address, theirs, _)) = answers
                 .iter()
@@ -642,7 +645,6 @@ impl Member {
         if let Ok(bound) = listener.local_addr() {
             crate::exposure::warn_cluster(bound);
         }
-        let controller_dir = data_dir.join("controller");
         let log = LogStore::open(&LogStore::dir_in(data_dir))
             .map_err(|error| ControllerStartError::Log(crate::error_chain::error_chain(&error)))?;
         let state = StateMachine::open(&controller_dir, Arc::clone(&store))
@@ -665,7 +667,10 @@ impl Member {
             .await
             .map_err(|error| ControllerStartError::Raft(error.to_string()))?;
         let liveness = Arc::new(Liveness::default());
+        let passive = Arc::new(AtomicBool::new(rejoin));
         let server = Server {
+            passive: Arc::clone(&passive),
+            membership_change_timeout: Duration::from_millis(config.session_timeout_ms),
             raft: raft.clone(),
             identity: identity.clone(),
             liveness: Arc::clone(&liveness),
@@ -723,6 +728,10 @@ impl Member {
                 .max(1)
             },
             peer_call_slots,
+            rejoin,
+            passive,
+            lost_data,
+            controller_dir,
         })
     }
 
@@ -732,6 +741,21 @@ impl Member {
         queue: flume::Receiver<Proposal>,
         calls: flume::Receiver<PeerCall>,
     ) {
+        if self.rejoin {
+            let peers: Vec<(u64, String)> = self
+                .peers
+                .iter()
+                .map(|(id, node)| (*id, node.addr.clone()))
+                .collect();
+            if let Err(reason) = rejoin::ask_to_rejoin(&self.identity, &peers).await {
+                *self
+                    .refused
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+                return;
+            }
+            self.passive.store(false, Ordering::Relaxed);
+        }
         // Fencing is a duty: looked at at least once a heartbeat interval.
         let mut duties = tokio::time::interval(DUTY_INTERVAL.min(self.heartbeat_interval));
         let mut heartbeats = tokio::time::interval(self.heartbeat_interval);
@@ -1006,6 +1030,8 @@ impl Member {
         if metrics.current_leader == Some(self.identity.node_id) {
             self.fence_silent_nodes(&snapshot).await;
             self.rebalance_leaders(&snapshot).await;
+            let peers: std::collections::BTreeSet<u64> = self.peers.keys().copied().collect();
+            rejoin::promote_caught_up_learners(&self.raft, &peers).await;
             if snapshot.cluster_id.is_empty() {
                 let cluster_id = crate::broker::metadata::base64_url(&random_bytes());
                 let command = ControllerCommand::CreateCluster {
@@ -1053,6 +1079,7 @@ impl Member {
                 kafka_port: me.port,
                 shards: me.shards,
                 incarnation: me.incarnation,
+                lost_data: self.lost_data,
             };
             match proposer.propose(command).await {
                 Ok(ControllerOutcome {
@@ -1065,7 +1092,16 @@ impl Member {
                         .unwrap_or_else(std::sync::PoisonError::into_inner) =
                         Some(refusal.to_string());
                 }
-                Ok(_) => self.registered.store(true, Ordering::Relaxed),
+                Ok(_) => {
+                    if self.lost_data {
+                        if let Err(error) = rejoin::clear_lost_data(&self.controller_dir) {
+                            tracing::error!(%error, "cannot remove the lost-data marker; retrying");
+                            return;
+                        }
+                        self.lost_data = false;
+                    }
+                    self.registered.store(true, Ordering::Relaxed);
+                }
                 Err(error) => tracing::debug!(%error, "registration not done yet"),
             }
         }
@@ -1248,6 +1284,11 @@ impl Drop for OpenConnection {
 
 /// The internal RPC server.
 struct Server {
+    /// A member rejoining on an empty data dir takes no part in votes or
+    /// appends until it is a learner (rejoin.rs).
+    passive: Arc<AtomicBool>,
+    /// How long a rejoin may wait for the other voters.
+    membership_change_timeout: Duration,
     raft: Raft<ControllerTypes>,
     identity: Identity,
     liveness: Arc<Liveness>,
@@ -1319,6 +1360,15 @@ impl Server {
         path: String,
         body: bytes::Bytes,
     ) -> Result<Vec<u8>, (StatusCode, String)> {
+        let raft_path = matches!(path.as_str(), PATH_APPEND | PATH_VOTE | PATH_SNAPSHOT);
+        if raft_path && self.passive.load(Ordering::Relaxed) {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this node found its data dir empty and takes no part in the controller's votes \
+                 until the leader took it back as a learner"
+                    .to_owned(),
+            ));
+        }
         match path.as_str() {
             PATH_APPEND => {
                 let request = rpc::decode(&body)?;
@@ -1390,6 +1440,18 @@ impl Server {
                         })
                     }
                 }
+            }
+            rejoin::PATH_REJOIN => {
+                let request = rpc::decode(&body)?;
+                let answer = rejoin::answer(
+                    &self.raft,
+                    &self.identity,
+                    &self.store,
+                    request,
+                    self.membership_change_timeout,
+                )
+                .await?;
+                rpc::encode(&answer)
             }
             PATH_HEARTBEAT => {
                 let heartbeat: Heartbeat = rpc::decode(&body)?;

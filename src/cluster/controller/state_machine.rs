@@ -139,6 +139,7 @@ impl StateMachine {
                 kafka_port,
                 shards,
                 incarnation,
+                lost_data,
             } => {
                 let node = NodeInfo {
                     host: kafka_host.clone(),
@@ -166,11 +167,18 @@ impl StateMachine {
                         // restart; the same one registers again after a
                         // fencing, or repeats a registration whose answer
                         // was lost.
-                        if metadata
+                        let restarted = metadata
                             .nodes
                             .get(node_id)
-                            .is_some_and(|listed| listed.incarnation != *incarnation)
-                        {
+                            .is_some_and(|listed| listed.incarnation != *incarnation);
+                        if *lost_data && restarted {
+                            if let Err(reason) = metadata.forget_lost_copies(*node_id) {
+                                return ControllerOutcome {
+                                    refusal: Some(Refusal::InvalidRequest(reason)),
+                                    producer_id_block_start: None,
+                                };
+                            }
+                        } else if restarted {
                             metadata.restart_node(*node_id);
                         }
                         metadata.nodes.insert(*node_id, node);
