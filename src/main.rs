@@ -383,7 +383,14 @@ fn init_logging() {
     let asked_for_openraft =
         std::env::var("RUST_LOG").is_ok_and(|value| value.contains("openraft"));
     if !asked_for_openraft {
-        for directive in ["openraft=error", "openraft::replication=off"] {
+        // A vote request to a down peer is an ERROR line from raft_core
+        // every election timeout (fresh-user trial); the core's own
+        // failures stop it, which the cluster thread reports and exits on.
+        for directive in [
+            "openraft=error",
+            "openraft::replication=off",
+            "openraft::core::raft_core=off",
+        ] {
             if let Ok(quiet) = directive.parse() {
                 filter = filter.add_directive(quiet);
             }

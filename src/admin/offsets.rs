@@ -17,11 +17,51 @@ pub const EARLIEST: i64 = -2;
 
 pub type PartitionKey = (String, i32);
 
+/// How long [`list_offsets`] asks again while a partition's answer is
+/// retriable.
+const RETRIABLE_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A partition answered with an error a later try may not meet: right
+/// after CreateTopics its leader may not have created it yet, and around a
+/// failover the leader moves (Kafka's tools retry these too).
+#[derive(Debug, thiserror::Error)]
+#[error("ListOffsets {topic}-{partition}: {reason}")]
+struct Retriable {
+    topic: String,
+    partition: i32,
+    reason: String,
+}
+
+/// UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER.
+fn retriable(error_code: i16) -> bool {
+    matches!(error_code, 3 | 5 | 6)
+}
+
 /// For each partition, the offset ListOffsets gives for `timestamp`
 /// (LATEST, EARLIEST or milliseconds); -1 when no record is that late.
 /// Each partition is asked of its leader (in a cluster, the node `client`
-/// is connected to may lead none of them).
+/// is connected to may lead none of them); asked again, leaders looked up
+/// again, for up to 5 s while an answer is retriable.
 pub fn list_offsets(
+    client: &mut KafkaClient,
+    partitions: &[PartitionKey],
+    timestamp: i64,
+) -> anyhow::Result<BTreeMap<PartitionKey, i64>> {
+    let deadline = std::time::Instant::now() + RETRIABLE_FOR;
+    loop {
+        match list_offsets_once(client, partitions, timestamp) {
+            Err(error)
+                if error.downcast_ref::<Retriable>().is_some()
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            answer => return answer,
+        }
+    }
+}
+
+fn list_offsets_once(
     client: &mut KafkaClient,
     partitions: &[PartitionKey],
     timestamp: i64,
@@ -84,6 +124,14 @@ fn list_offsets_at(
     let mut offsets = BTreeMap::new();
     for topic in &response.topics {
         for partition in &topic.partitions {
+            if retriable(partition.error_code) {
+                return Err(Retriable {
+                    topic: topic.name.to_string(),
+                    partition: partition.partition_index,
+                    reason: describe_error(partition.error_code, None),
+                }
+                .into());
+            }
             if partition.error_code != 0 {
                 anyhow::bail!(
                     "ListOffsets {}-{}: {}",

@@ -401,7 +401,7 @@ async fn replicate(broker: Arc<Broker>, context: Rc<ShardContext>, group: u32) {
                         role = Role::Leading(epoch);
                     }
                     Err(error) => {
-                        report_failure(shard, group, record.leader, &error);
+                        report_failure(shard, group, record.leader, &error, backoff);
                         compio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
                         continue;
@@ -445,7 +445,7 @@ async fn replicate(broker: Arc<Broker>, context: Rc<ShardContext>, group: u32) {
                 }
             }
             Err(error) => {
-                report_failure(shard, group, record.leader, &error);
+                report_failure(shard, group, record.leader, &error, backoff);
                 // Fetches that keep failing against the same leader may
                 // mean its log no longer has where this copy ends (its
                 // retention moved on): align with it again, which starts
@@ -482,11 +482,21 @@ async fn back_off_unless_moved(broker: &Broker, group: u32, was: (u64, i32), bac
     }
 }
 
-fn report_failure(shard: ShardId, group: u32, leader: u64, error: &str) {
-    if let Some(failed) = FAILURES.record(monotonic_ms()) {
+/// A failed attempt to lead or copy: a warning (throttled) once failures
+/// have gone on for about 1.5 s (`backoff` grown to a second), at debug
+/// before: around every leader change a copy's first calls meet a leader
+/// that has not taken over yet (409, 503), which is no fault (found by
+/// the fresh-user trial: hundreds of such warnings on ordinary restarts).
+fn report_failure(shard: ShardId, group: u32, leader: u64, error: &str, backoff: Duration) {
+    if backoff < PERSISTENT_FAILURE_BACKOFF {
+        tracing::debug!(%shard, group, leader, %error, "a shard group's copy cannot follow or lead yet; retrying");
+    } else if let Some(failed) = FAILURES.record(monotonic_ms()) {
         tracing::warn!(%shard, group, leader, %error, failed, "a shard group's copy cannot follow or lead yet; retrying (`failed` counts failures since the last such line)");
     }
 }
+
+/// The back-off at which failures to follow or lead are warned about.
+const PERSISTENT_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// This store leads its group from its log end on at `epoch`: the epoch
 /// goes into its history (durably) before appends are let in. The in-sync

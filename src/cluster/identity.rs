@@ -79,7 +79,7 @@ pub enum IdentityError {
     #[error(
         "data dir {data_dir} belongs to node {found}, this node is configured as node \
          {configured}; start node {found} on it (--node-id {found}), or give node {configured} \
-         its own data dir (--data-dir; an empty one to start it as a new node)"
+         its own data dir (--data-dir)"
     )]
     OtherNode {
         data_dir: PathBuf,

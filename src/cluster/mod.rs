@@ -73,10 +73,29 @@ pub fn leave(handle: &ControllerHandle, broker: &Broker, cluster: &ClusterConfig
         }
     };
     if runtime.block_on(handle.leave(&broker.metadata, node_id, timeout)) {
-        tracing::info!(
-            waited_ms = started.elapsed().as_millis() as u64,
-            "handed the shard groups this node led to in-sync followers (controlled shutdown)"
-        );
+        // Groups this node leads alone in sync have nobody to go to.
+        let kept: Vec<usize> = broker
+            .metadata
+            .snapshot()
+            .placement
+            .iter()
+            .flat_map(|placement| placement.groups.iter().enumerate())
+            .filter(|(_, group)| group.leader == node_id)
+            .map(|(number, _)| number)
+            .collect();
+        let waited_ms = started.elapsed().as_millis() as u64;
+        if kept.is_empty() {
+            tracing::info!(
+                waited_ms,
+                "handed the shard groups this node led to in-sync followers (controlled shutdown)"
+            );
+        } else {
+            tracing::warn!(
+                waited_ms,
+                groups = ?kept,
+                "this node is the only in-sync replica of these shard groups: they are offline until it returns"
+            );
+        }
     } else {
         tracing::warn!(
             waited_ms = started.elapsed().as_millis() as u64,
@@ -150,10 +169,6 @@ pub fn join(
                 leader = handle.leader(),
                 waited_ms = started.elapsed().as_millis() as u64,
                 "joined the cluster"
-            );
-            tracing::warn!(
-                "adding or removing cluster nodes is not built yet: the peers the cluster was \
-                 created with stay its members (README, \"A cluster\")"
             );
             return Ok(handle);
         }

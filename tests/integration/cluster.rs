@@ -3240,13 +3240,18 @@ fn leader_epochs(address: &str, topic: &str) -> Vec<i32> {
 }
 
 /// Issue 16: a member whose disk was replaced (killed, its data dir
-/// deleted, started again) rejoins. The controller takes it back as a
-/// learner and then a voter again, it copies every shard-group log it
-/// keeps from the group's leader and rejoins every in-sync set; the
-/// cluster then survives losing another node, with the controller's
-/// majority made of the rejoined node, every acknowledged record there
-/// once and every copy identical. Mutation: the learner never made a
-/// voter again → no controller majority after the second kill.
+/// deleted, started again) rejoins. It comes back while another voter is
+/// down, so the controller cannot take it out of the voters yet (the
+/// change waits in its joint stage, which the leader finishes once that
+/// voter returns: found by the breaker trial, where the rejoining node
+/// waited for good). Then it is a learner and a voter again, copies every
+/// shard-group log it keeps from the group's leader and rejoins every
+/// in-sync set; the cluster survives losing the controller leader, whose
+/// majority now needs the rejoined node, with every acknowledged record
+/// there once and every copy identical. Mutations: the learner never made
+/// a voter again → no controller majority after the last kill; the joint
+/// stage never finished → node 3 never ready. A peer's request to rejoin
+/// for another node is refused (403).
 #[test]
 fn a_member_back_on_an_empty_data_dir_copies_its_logs_again_and_votes_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -3264,6 +3269,12 @@ fn a_member_back_on_an_empty_data_dir_copies_its_logs_again_and_votes_again() {
             .all(|(_, in_sync)| in_sync.len() == 3)
     };
     eventually("every follower in sync", || in_sync_on(&first));
+    // A peer asking for another (breaker trial: it demoted a healthy voter).
+    for node in &cluster.nodes {
+        let (status, reason) =
+            cluster_post(&node.cluster, 2, "/controller/rejoin", br#"{"node_id":1}"#);
+        assert!(status.contains("403"), "{status}: {reason}");
+    }
     let bootstrap = format!("{},{}", cluster.nodes[0].kafka, cluster.nodes[1].kafka);
     let mut sent = produce_idempotently(&bootstrap, "replaced", 6, "before", 60);
     brokers[2].take().unwrap().kill9();
@@ -3274,25 +3285,49 @@ fn a_member_back_on_an_empty_data_dir_copies_its_logs_again_and_votes_again() {
             .all(|(leader, in_sync)| *leader != 3 && !in_sync.contains(&3))
     });
     sent.extend(produce_idempotently(&bootstrap, "replaced", 6, "away", 60));
-    brokers[2] = Some(cluster.start(3));
-    let rejoined = brokers[2].as_ref().unwrap();
+    // The controller leader stays; the other voter goes down, and node 3
+    // comes back meanwhile.
+    let leader = raft_leader(brokers[0].as_ref().unwrap()).expect("a controller leader");
+    assert!(leader != 3, "node 3 is down");
+    let other = 3 - leader;
+    brokers[other - 1].take().unwrap().kill9();
+    std::thread::scope(|scope| {
+        let rejoining = scope.spawn(|| cluster.start(3));
+        std::thread::sleep(Duration::from_secs(3));
+        brokers[other - 1] = Some(cluster.start(other));
+        brokers[2] = Some(rejoining.join().unwrap());
+    });
     assert!(
-        rejoined.log_contains("its data dir is empty"),
+        brokers[2]
+            .as_ref()
+            .unwrap()
+            .log_contains("its data dir is empty"),
         "node 3 said why it rejoins"
     );
-    eventually("node 3 back in every in-sync set", || in_sync_on(&first));
+    eventually_within(
+        "node 3 back in every in-sync set",
+        Duration::from_secs(45),
+        || in_sync_on(&first),
+    );
     sent.extend(produce_idempotently(&bootstrap, "replaced", 6, "back", 60));
-    // Without node 1, nodes 2 and 3 are the controller's majority only if
-    // node 3 votes again, and node 3's copies must hold every record.
-    brokers[0].take().unwrap().kill9();
-    let survivor = cluster.nodes[1].kafka.clone();
-    eventually("node 1 out of every in-sync set", || {
-        partition_states(&survivor, "replaced")
-            .iter()
-            .all(|(leader, in_sync)| *leader != 1 && !in_sync.contains(&1))
-    });
+    // Without the controller leader, the other node and node 3 are a
+    // majority only if node 3 votes again, and its copies must hold every
+    // record.
+    brokers[leader - 1].take().unwrap().kill9();
+    let survivor = cluster.nodes[other - 1].kafka.clone();
+    eventually_within(
+        "the killed leader out of every in-sync set",
+        Duration::from_secs(30),
+        || {
+            partition_states(&survivor, "replaced")
+                .iter()
+                .all(|(node, in_sync)| {
+                    *node as usize != leader && !in_sync.contains(&(leader as i32))
+                })
+        },
+    );
     kafka_clients::create_topic(&survivor, "after-the-second-loss", 1, &[]);
-    let bootstrap = format!("{},{}", cluster.nodes[1].kafka, cluster.nodes[2].kafka);
+    let bootstrap = format!("{},{}", survivor, cluster.nodes[2].kafka);
     sent.extend(produce_idempotently(&bootstrap, "replaced", 6, "last", 60));
     let consumed = kafka_clients::consume_all(&survivor, "replaced", 6, Duration::from_secs(2));
     let got: std::collections::BTreeSet<Vec<u8>> = consumed
@@ -3302,8 +3337,10 @@ fn a_member_back_on_an_empty_data_dir_copies_its_logs_again_and_votes_again() {
     assert_eq!(consumed.len(), got.len(), "no record twice");
     let lost: Vec<&Vec<u8>> = sent.difference(&got).collect();
     assert!(lost.is_empty(), "{} acknowledged records lost", lost.len());
-    brokers[0] = Some(cluster.start(1));
-    eventually("node 1 back in every in-sync set", || in_sync_on(&survivor));
+    brokers[leader - 1] = Some(cluster.start(leader));
+    eventually("every node back in every in-sync set", || {
+        in_sync_on(&survivor)
+    });
     stop_caught_up(&cluster, brokers.into_iter().flatten());
 }
 

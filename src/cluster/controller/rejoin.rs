@@ -92,22 +92,30 @@ pub fn clear_lost_data(controller_dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// On any node: answer `request`. The leader checks that the member's
-/// copies are not the only in-sync ones of any group, then removes it from
-/// the voters, keeping it as a learner (within `timeout`: it needs a
-/// majority of the other voters).
+/// On any node: answer `request` from configured peer `sender`, which
+/// must be the node it names (a peer cannot demote another). The leader
+/// checks that the member's copies are not the only in-sync ones of any
+/// group, then removes it from the voters, keeping it as a learner (within
+/// `timeout`: it needs a majority of the other voters; a change cut short
+/// is finished by [`finish_voter_changes`]).
 pub async fn answer(
     raft: &Raft<ControllerTypes>,
     identity: &Identity,
     store: &MetadataStore,
-    request: RejoinRequest,
+    (sender, request): (u64, RejoinRequest),
     timeout: Duration,
 ) -> Result<RejoinAnswer, (StatusCode, String)> {
     let node = request.node_id;
-    if !identity.peers.contains(&node) || node == identity.node_id {
+    if node != sender {
         return Err((
             StatusCode::FORBIDDEN,
-            format!("node {node} is not another configured peer"),
+            format!("node {sender} asked to rejoin for node {node}: a node rejoins only itself"),
+        ));
+    }
+    if node == identity.node_id {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!("node {node} asked itself to rejoin"),
         ));
     }
     let metrics = raft.metrics().borrow().clone();
@@ -211,13 +219,28 @@ pub async fn ask_to_rejoin(identity: &Identity, peers: &[(u64, String)]) -> Resu
     }
 }
 
-/// On the controller leader: make each configured peer that is a learner
-/// (it rejoined on an empty data dir) a voter again once it has taken
-/// everything the leader applied. Bounded by the caller's duty bound.
-pub async fn promote_caught_up_learners(raft: &Raft<ControllerTypes>, peers: &BTreeSet<u64>) {
+/// On the controller leader, each duty: finish a change of the voters left
+/// in its joint stage (openraft leaves the joint config in place when the
+/// change's caller is gone: a rejoin that timed out waiting for a down
+/// voter, a leader that changed; found by the breaker trial, where it
+/// wedged a rejoining node for good), else make each configured peer that
+/// is a learner (it rejoined on an empty data dir) a voter again once it
+/// has taken everything the leader applied. Bounded by the caller's duty
+/// bound; what it cuts short the next duty takes up.
+pub async fn finish_voter_changes(raft: &Raft<ControllerTypes>, peers: &BTreeSet<u64>) {
     let metrics = raft.metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
-    if membership.get_joint_config().len() > 1 {
+    let configs = membership.get_joint_config();
+    if configs.len() > 1 {
+        let goal = configs.last().cloned().unwrap_or_default();
+        // Refused while the joint entry is not committed yet: the next
+        // duty asks again.
+        match raft.change_membership(goal.clone(), true).await {
+            Ok(_) => tracing::info!(voters = ?goal, "finished a change of the controller's voters"),
+            Err(error) => {
+                tracing::debug!(%error, "a joint change of the voters is not finished yet")
+            }
+        }
         return;
     }
     let applied = metrics.last_applied.map_or(0, |log_id| log_id.index);

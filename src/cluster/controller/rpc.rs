@@ -82,6 +82,15 @@ static REFUSED_REQUESTS: crate::log_throttle::LogThrottle =
     crate::log_throttle::LogThrottle::new(std::time::Duration::from_secs(10));
 
 fn log_refused(status: StatusCode, reason: &str) {
+    // A peer at another leader epoch (409) or not ready (503) is part of
+    // every leader change and restart, not a bad request.
+    if matches!(
+        status,
+        StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        tracing::debug!(%status, reason, "refused a cluster RPC request");
+        return;
+    }
     if let Some(refused) = REFUSED_REQUESTS.record(crate::log_throttle::monotonic_ms()) {
         tracing::warn!(%status, reason, refused, "refused a cluster RPC request (`refused` counts those since the last such line)");
     }
@@ -216,6 +225,8 @@ async fn exchange(
 pub struct Call {
     pub path: String,
     pub body: Bytes,
+    /// The configured peer the request names as its sender.
+    pub sender: u64,
 }
 
 /// Read, check and route one request: the cluster id must match (or one
@@ -260,12 +271,12 @@ where
         .get(NODE_ID_HEADER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if !sender.is_some_and(|id| identity.peers.contains(&id)) {
+    let Some(sender) = sender.filter(|id| identity.peers.contains(id)) else {
         return plain(
             StatusCode::FORBIDDEN,
             format!("{NODE_ID_HEADER} must name one of this cluster's configured peers"),
         );
-    }
+    };
     let path = request.uri().path().to_owned();
     let collect = Limited::new(request.into_body(), BODY_BYTES_MAX).collect();
     let body = match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
@@ -280,7 +291,7 @@ where
             );
         }
     };
-    match handle(Call { path, body }).await {
+    match handle(Call { path, body, sender }).await {
         Ok(answer) => Response::builder()
             .status(StatusCode::OK)
             .header(hyper::header::CONTENT_TYPE, "application/json")

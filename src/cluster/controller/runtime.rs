@@ -1031,7 +1031,7 @@ impl Member {
             self.fence_silent_nodes(&snapshot).await;
             self.rebalance_leaders(&snapshot).await;
             let peers: std::collections::BTreeSet<u64> = self.peers.keys().copied().collect();
-            rejoin::promote_caught_up_learners(&self.raft, &peers).await;
+            rejoin::finish_voter_changes(&self.raft, &peers).await;
             if snapshot.cluster_id.is_empty() {
                 let cluster_id = crate::broker::metadata::base64_url(&random_bytes());
                 let command = ControllerCommand::CreateCluster {
@@ -1334,7 +1334,7 @@ impl Server {
                     let server = Arc::clone(&server);
                     async move {
                         let response = rpc::accept(&server.identity, request, |call| {
-                            server.handle(call.path, call.body)
+                            server.handle(call.path, call.body, call.sender)
                         })
                         .await;
                         Ok::<_, std::convert::Infallible>(response)
@@ -1359,6 +1359,7 @@ impl Server {
         &self,
         path: String,
         body: bytes::Bytes,
+        sender: u64,
     ) -> Result<Vec<u8>, (StatusCode, String)> {
         let raft_path = matches!(path.as_str(), PATH_APPEND | PATH_VOTE | PATH_SNAPSHOT);
         if raft_path && self.passive.load(Ordering::Relaxed) {
@@ -1447,7 +1448,7 @@ impl Server {
                     &self.raft,
                     &self.identity,
                     &self.store,
-                    request,
+                    (sender, request),
                     self.membership_change_timeout,
                 )
                 .await?;
