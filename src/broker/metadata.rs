@@ -818,6 +818,16 @@ impl ClusterMetadata {
         }
     }
 
+    /// The shard groups `node` leads (by number).
+    pub fn groups_led_by(&self, node: u64) -> Vec<usize> {
+        self.placement
+            .iter()
+            .flat_map(|placement| placement.groups.iter().enumerate())
+            .filter(|(_, group)| group.leader == node)
+            .map(|(number, _)| number)
+            .collect()
+    }
+
     /// Node `node` came back on an empty data dir (its disk was replaced,
     /// or wiped): none of its copies holds anything any more. As for a
     /// fenced node ([`ClusterMetadata::elect_leaders_without`]), it leaves
@@ -831,13 +841,7 @@ impl ClusterMetadata {
     pub fn forget_lost_copies(&mut self, node: u64) -> Result<(), String> {
         let mut changed = self.clone();
         changed.elect_leaders_without(node);
-        let only_copy: Vec<usize> = changed
-            .placement
-            .iter()
-            .flat_map(|placement| placement.groups.iter().enumerate())
-            .filter(|(_, group)| group.leader == node)
-            .map(|(number, _)| number)
-            .collect();
+        let only_copy = changed.groups_led_by(node);
         if !only_copy.is_empty() {
             return Err(format!(
                 "node {node} came back with an empty data dir, but it is the only in-sync \

@@ -496,34 +496,25 @@ impl Broker {
     /// The replicas of partition `index` of `topic` as clients are told:
     /// (replicas, in-sync replicas, offline replicas). In a cluster they
     /// are its shard group's record: the members, the preferred leader
-    /// first, the in-sync set (the leader alone until followers copy the
-    /// log, issue 16) less fenced nodes, and the fenced members as offline.
-    /// This node alone otherwise.
+    /// first, the in-sync set, and the fenced members as offline. Fencing
+    /// takes a node out of every in-sync set but where it was the only
+    /// member: an offline partition lists its last in-sync replica, the
+    /// node it waits for, as Kafka does. This node alone otherwise.
     pub fn partition_replicas(&self, topic: &str, index: u32) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
         let own = self.config.kafka.node_id;
         let snapshot = self.metadata.snapshot();
         let Some(placement) = &snapshot.placement else {
             return (vec![own], vec![own], Vec::new());
         };
-        let fenced = |id: u64| snapshot.nodes.get(&id).is_none_or(|node| node.fenced);
-        let ids = |nodes: &[u64], fenced_ones: bool| -> Vec<i32> {
-            nodes
-                .iter()
-                .copied()
-                .filter(|&id| fenced(id) == fenced_ones)
-                .map(|id| i32::try_from(id).unwrap_or(-1))
-                .collect()
+        let fenced = |id: &&u64| snapshot.nodes.get(id).is_none_or(|node| node.fenced);
+        let ids = |nodes: &mut dyn Iterator<Item = &u64>| -> Vec<i32> {
+            nodes.map(|&id| i32::try_from(id).unwrap_or(-1)).collect()
         };
         let group = placement.group(topic, index);
-        let members = group
-            .members
-            .iter()
-            .map(|&id| i32::try_from(id).unwrap_or(-1))
-            .collect();
         (
-            members,
-            ids(&group.in_sync, false),
-            ids(&group.members, true),
+            ids(&mut group.members.iter()),
+            ids(&mut group.in_sync.iter()),
+            ids(&mut group.members.iter().filter(fenced)),
         )
     }
 

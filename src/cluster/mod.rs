@@ -74,15 +74,7 @@ pub fn leave(handle: &ControllerHandle, broker: &Broker, cluster: &ClusterConfig
     };
     if runtime.block_on(handle.leave(&broker.metadata, node_id, timeout)) {
         // Groups this node leads alone in sync have nobody to go to.
-        let kept: Vec<usize> = broker
-            .metadata
-            .snapshot()
-            .placement
-            .iter()
-            .flat_map(|placement| placement.groups.iter().enumerate())
-            .filter(|(_, group)| group.leader == node_id)
-            .map(|(number, _)| number)
-            .collect();
+        let kept = broker.metadata.snapshot().groups_led_by(node_id);
         let waited_ms = started.elapsed().as_millis() as u64;
         if kept.is_empty() {
             tracing::info!(

@@ -923,14 +923,25 @@ impl Member {
             if silent > self.session_timeout {
                 let command = ControllerCommand::FenceNode { node_id: *node_id };
                 match proposer.propose(command).await {
-                    Ok(_) => tracing::warn!(
-                        node_id,
-                        silent_ms = silent.as_millis() as u64,
-                        "node fenced: the controller has not heard from it within \
-                         cluster.session_timeout_ms; it leaves every in-sync set and each \
-                         shard group it led gets an in-sync follower as leader (a group with \
-                         none stays offline until it returns)"
-                    ),
+                    Ok(_) => {
+                        tracing::warn!(
+                            node_id,
+                            silent_ms = silent.as_millis() as u64,
+                            "node fenced: the controller has not heard from it within \
+                             cluster.session_timeout_ms; it leaves every in-sync set and each \
+                             shard group it led gets an in-sync follower as leader"
+                        );
+                        let offline = self.store.snapshot().groups_led_by(*node_id);
+                        if !offline.is_empty() {
+                            tracing::warn!(
+                                node_id,
+                                groups = ?offline,
+                                "these shard groups are offline: their only in-sync replica is \
+                                 the fenced node, and they come back when it returns (or with \
+                                 unclean.leader.election.enable=true, losing what only it holds)"
+                            );
+                        }
+                    }
                     Err(error) => tracing::debug!(%error, node_id, "fencing not done yet"),
                 }
             }
