@@ -3344,6 +3344,65 @@ fn a_member_back_on_an_empty_data_dir_copies_its_logs_again_and_votes_again() {
     stop_caught_up(&cluster, brokers.into_iter().flatten());
 }
 
+/// Issue 16: `cluster.replica_catchup_bytes_per_second` paces a copy
+/// that is catching up. A follower that missed 16 MiB comes back at 1 MiB/s
+/// and takes at least 6 s from its start to rejoin the in-sync set (each
+/// 4 MiB fetch is followed by a 4 s pause while the copy is behind);
+/// unpaced it takes well under that (mutation: no pause → caught).
+#[test]
+fn a_returning_copy_catches_up_no_faster_than_the_catch_up_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::with_config(
+        dir.path(),
+        &format!(
+            "{FAST_FAILOVER}leader_rebalance_interval_ms = 0\n\
+             replica_catchup_bytes_per_second = 1048576\n"
+        ),
+    );
+    let mut brokers: Vec<Option<BrokerProcess>> =
+        cluster.start_all().into_iter().map(Some).collect();
+    let first = cluster.nodes[0].kafka.clone();
+    kafka_clients::create_topic(&first, "paced", 1, &[]);
+    eventually("every follower in sync", || {
+        partition_states(&first, "paced")[0].1.len() == 3
+    });
+    let leader = partition_states(&first, "paced")[0].0 as usize;
+    let follower = leader % 3 + 1;
+    // Asked through the third node, which stays up.
+    let watcher = cluster.nodes[follower % 3].kafka.clone();
+    brokers[follower - 1].take().unwrap().kill9();
+    eventually("the follower out of the in-sync set", || {
+        !partition_states(&watcher, "paced")[0]
+            .1
+            .contains(&(follower as i32))
+    });
+    let bootstrap = cluster.nodes[leader - 1].kafka.clone();
+    let (producer, acks) = kafka_clients::producer(&bootstrap, &[("enable.idempotence", "true")]);
+    let payload = vec![b'p'; 256 << 10];
+    for _ in 0..64 {
+        kafka_clients::send(&producer, "paced", Some(0), None, &payload, &[]);
+    }
+    kafka_clients::flush(&producer, &acks);
+    brokers[follower - 1] = Some(cluster.start(follower));
+    let started = Instant::now();
+    eventually_within(
+        "the follower back in the in-sync set",
+        Duration::from_secs(60),
+        || {
+            partition_states(&watcher, "paced")[0]
+                .1
+                .contains(&(follower as i32))
+        },
+    );
+    let took = started.elapsed();
+    eprintln!("catch-up of 16 MiB at 1 MiB/s: in sync {took:?} after the start");
+    assert!(
+        took >= Duration::from_secs(6),
+        "16 MiB copied in {took:?} after the start, faster than 1 MiB/s allows"
+    );
+    stop_caught_up(&cluster, brokers.into_iter().flatten());
+}
+
 /// Issue 17 in a cluster: the leader's cleaner compacts a replicated
 /// topic, the followers apply the same pass from the commit frames they
 /// copy, and after the leader is killed the new leader serves the same
