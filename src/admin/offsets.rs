@@ -21,18 +21,13 @@ pub type PartitionKey = (String, i32);
 /// retriable.
 const RETRIABLE_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A partition answered with an error a later try may not meet: right
-/// after CreateTopics its leader may not have created it yet, and around a
-/// failover the leader moves (Kafka's tools retry these too).
-#[derive(Debug, thiserror::Error)]
-#[error("ListOffsets {topic}-{partition}: {reason}")]
-struct Retriable {
-    topic: String,
-    partition: i32,
-    reason: String,
-}
+/// A partition's answer: its offset, or the error code it came with.
+pub type Answer = Result<i64, i16>;
 
-/// UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER.
+/// Errors a later try may not meet: right after CreateTopics a partition's
+/// leader may not have created it yet, and around a failover the leader
+/// moves (Kafka's tools retry these too). UNKNOWN_TOPIC_OR_PARTITION,
+/// LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER.
 fn retriable(error_code: i16) -> bool {
     matches!(error_code, 3 | 5 | 6)
 }
@@ -41,23 +36,44 @@ fn retriable(error_code: i16) -> bool {
 /// (LATEST, EARLIEST or milliseconds); -1 when no record is that late.
 /// Each partition is asked of its leader (in a cluster, the node `client`
 /// is connected to may lead none of them); asked again, leaders looked up
-/// again, for up to 5 s while an answer is retriable.
+/// again, for up to 5 s while an answer is retriable. The first partition
+/// error is the error.
 pub fn list_offsets(
     client: &mut KafkaClient,
     partitions: &[PartitionKey],
     timestamp: i64,
 ) -> anyhow::Result<BTreeMap<PartitionKey, i64>> {
+    let mut offsets = BTreeMap::new();
+    for (key, answer) in list_offsets_each(client, partitions, timestamp)? {
+        match answer {
+            Ok(offset) => offsets.insert(key, offset),
+            Err(code) => anyhow::bail!(
+                "ListOffsets {}-{}: {}",
+                key.0,
+                key.1,
+                describe_error(code, None)
+            ),
+        };
+    }
+    Ok(offsets)
+}
+
+/// [`list_offsets`] with each partition's own answer: a partition that
+/// stays unavailable (offline, no leader) after the retries keeps its
+/// error code instead of failing the others.
+pub fn list_offsets_each(
+    client: &mut KafkaClient,
+    partitions: &[PartitionKey],
+    timestamp: i64,
+) -> anyhow::Result<BTreeMap<PartitionKey, Answer>> {
     let deadline = std::time::Instant::now() + RETRIABLE_FOR;
     loop {
-        match list_offsets_once(client, partitions, timestamp) {
-            Err(error)
-                if error.downcast_ref::<Retriable>().is_some()
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            answer => return answer,
+        let answers = list_offsets_once(client, partitions, timestamp)?;
+        let again = answers.values().any(|answer| answer.is_err_and(retriable));
+        if !again || std::time::Instant::now() >= deadline {
+            return Ok(answers);
         }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
@@ -65,7 +81,7 @@ fn list_offsets_once(
     client: &mut KafkaClient,
     partitions: &[PartitionKey],
     timestamp: i64,
-) -> anyhow::Result<BTreeMap<PartitionKey, i64>> {
+) -> anyhow::Result<BTreeMap<PartitionKey, Answer>> {
     let topics: BTreeSet<&str> = partitions.iter().map(|(topic, _)| topic.as_str()).collect();
     let leaders = routing::leaders(client, &topics.into_iter().collect::<Vec<_>>())?;
     let mut by_leader: BTreeMap<&str, Vec<PartitionKey>> = BTreeMap::new();
@@ -89,12 +105,12 @@ fn list_offsets_once(
     Ok(offsets)
 }
 
-/// [`list_offsets`] of the node `client` is connected to.
+/// [`list_offsets`] of the node `client` is connected to, once.
 fn list_offsets_at(
     client: &mut KafkaClient,
     partitions: &[PartitionKey],
     timestamp: i64,
-) -> anyhow::Result<BTreeMap<PartitionKey, i64>> {
+) -> anyhow::Result<BTreeMap<PartitionKey, Answer>> {
     let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for (topic, partition) in partitions {
         by_topic.entry(topic).or_default().push(*partition);
@@ -124,26 +140,11 @@ fn list_offsets_at(
     let mut offsets = BTreeMap::new();
     for topic in &response.topics {
         for partition in &topic.partitions {
-            if retriable(partition.error_code) {
-                return Err(Retriable {
-                    topic: topic.name.to_string(),
-                    partition: partition.partition_index,
-                    reason: describe_error(partition.error_code, None),
-                }
-                .into());
-            }
-            if partition.error_code != 0 {
-                anyhow::bail!(
-                    "ListOffsets {}-{}: {}",
-                    topic.name.as_str(),
-                    partition.partition_index,
-                    describe_error(partition.error_code, None)
-                );
-            }
-            offsets.insert(
-                (topic.name.to_string(), partition.partition_index),
-                partition.offset,
-            );
+            let answer = match partition.error_code {
+                0 => Ok(partition.offset),
+                code => Err(code),
+            };
+            offsets.insert((topic.name.to_string(), partition.partition_index), answer);
         }
     }
     Ok(offsets)

@@ -8,8 +8,9 @@ use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
 };
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    BrokerId, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
     IncrementalAlterConfigsRequest, MetadataRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
@@ -103,7 +104,12 @@ pub fn describe(brokers: &str, name: &str) -> AdminResult {
                 .with_configuration_keys(None),
         ]))?;
     println!("NAME        {name}");
-    if let Some(id) = topic_id(&mut client, name)? {
+    let metadata = topic_metadata(&mut client, name)?;
+    let id = metadata
+        .as_ref()
+        .map(|topic| TopicId(*topic.topic_id.as_bytes()))
+        .filter(|id| *id != TopicId::ZERO);
+    if let Some(id) = id {
         println!("ID          {id}");
     }
     println!("PARTITIONS  {partitions}");
@@ -132,30 +138,88 @@ pub fn describe(brokers: &str, name: &str) -> AdminResult {
     let keys: Vec<offsets::PartitionKey> = (0..partitions)
         .map(|partition| (name.to_owned(), partition))
         .collect();
-    let starts = offsets::list_offsets(&mut client, &keys, EARLIEST)?;
-    let ends = offsets::list_offsets(&mut client, &keys, LATEST)?;
+    let starts = offsets::list_offsets_each(&mut client, &keys, EARLIEST)?;
+    let ends = offsets::list_offsets_each(&mut client, &keys, LATEST)?;
     // High watermark minus log start: the offsets a consumer reads through.
     // On a compacted topic fewer records remain than offsets, so no record
-    // count is claimed.
-    let mut table = Table::new(&["PARTITION", "LOG-START-OFFSET", "HIGH-WATERMARK", "OFFSETS"]);
+    // count is claimed. Leader, replicas and in-sync replicas as Metadata
+    // gives them (kafka-topics.sh --describe); a partition without a
+    // leader shows -1 and why its offsets are missing.
+    let mut table = Table::new(&[
+        "PARTITION",
+        "LEADER",
+        "REPLICAS",
+        "ISR",
+        "LOG-START-OFFSET",
+        "HIGH-WATERMARK",
+        "OFFSETS",
+    ]);
+    let mut unavailable = Vec::new();
     for key in &keys {
-        let start = starts.get(key).copied().unwrap_or(-1);
-        let end = ends.get(key).copied().unwrap_or(-1);
-        table.row(vec![
-            key.1.to_string(),
-            start.to_string(),
-            end.to_string(),
-            (end - start).max(0).to_string(),
-        ]);
+        let placed = metadata.as_ref().and_then(|topic| {
+            topic
+                .partitions
+                .iter()
+                .find(|partition| partition.partition_index == key.1)
+        });
+        let nodes = |ids: &[BrokerId]| {
+            ids.iter()
+                .map(|id| id.0.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let (leader, replicas, in_sync) = placed.map_or_else(
+            || ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+            |partition| {
+                (
+                    partition.leader_id.0.to_string(),
+                    nodes(&partition.replica_nodes),
+                    nodes(&partition.isr_nodes),
+                )
+            },
+        );
+        let mut row = vec![key.1.to_string(), leader, replicas, in_sync];
+        match (starts.get(key), ends.get(key)) {
+            (Some(Ok(start)), Some(Ok(end))) => row.extend([
+                start.to_string(),
+                end.to_string(),
+                (end - start).max(0).to_string(),
+            ]),
+            (start, end) => {
+                let code = [start, end]
+                    .into_iter()
+                    .find_map(|answer| answer.and_then(|answer| answer.err()));
+                unavailable.push(format!(
+                    "partition {}: {}",
+                    key.1,
+                    code.map_or_else(|| "no answer".to_owned(), |code| describe_error(code, None))
+                ));
+                row.extend(["-".to_owned(), "-".to_owned(), "-".to_owned()]);
+            }
+        }
+        table.row(row);
     }
     println!();
     print!("{}", table.render());
+    for line in &unavailable {
+        println!("{line}");
+    }
+    if !unavailable.is_empty() {
+        anyhow::bail!(
+            "{} of {} partitions did not answer (offline: no in-sync replica is up, or moving)",
+            unavailable.len(),
+            keys.len()
+        );
+    }
     Ok(())
 }
 
-/// The topic's id (KIP-516) in Kafka's printed form, as
-/// `kafka-topics.sh --describe` shows it; `None` from a broker without ids.
-fn topic_id(client: &mut KafkaClient, name: &str) -> anyhow::Result<Option<TopicId>> {
+/// The topic as Metadata describes it: its id (KIP-516; zero from a broker
+/// without ids) and its partitions' leaders, replicas and in-sync replicas.
+fn topic_metadata(
+    client: &mut KafkaClient,
+    name: &str,
+) -> anyhow::Result<Option<MetadataResponseTopic>> {
     let response = client.call(
         &MetadataRequest::default()
             .with_topics(Some(vec![
@@ -163,11 +227,7 @@ fn topic_id(client: &mut KafkaClient, name: &str) -> anyhow::Result<Option<Topic
             ]))
             .with_allow_auto_topic_creation(false),
     )?;
-    Ok(response
-        .topics
-        .first()
-        .map(|topic| TopicId(*topic.topic_id.as_bytes()))
-        .filter(|id| *id != TopicId::ZERO))
+    Ok(response.topics.into_iter().next())
 }
 
 /// Set `configs` and remove `deleted` on topic `name`, in one
