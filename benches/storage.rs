@@ -534,6 +534,8 @@ fn producer_header(producer_id: i64, base_sequence: i32) -> BatchHeader {
     const RECORDS: i32 = 1000;
     BatchHeader {
         base_offset: 0,
+        partition_leader_epoch: -1,
+        crc: 0,
         last_offset_delta: RECORDS - 1,
         base_timestamp_ms: 1_700_000_000_000,
         max_timestamp_ms: 1_700_000_000_000,

@@ -155,6 +155,11 @@ pub enum BatchError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchHeader {
     pub base_offset: i64,
+    /// The broker's `partitionLeaderEpoch` field (outside the CRC); a held
+    /// frame's timer batch names its visible batch's CRC here (issue 18).
+    pub partition_leader_epoch: i32,
+    /// The stored CRC-32C of the batch from its attributes on.
+    pub crc: u32,
     pub last_offset_delta: i32,
     pub base_timestamp_ms: i64,
     pub max_timestamp_ms: i64,
@@ -173,6 +178,8 @@ impl BatchHeader {
         }
         Ok(BatchHeader {
             base_offset: read_i64(bytes, BASE_OFFSET_AT),
+            partition_leader_epoch: read_i32(bytes, LEADER_EPOCH_AT),
+            crc: read_u32(bytes, CRC_AT),
             last_offset_delta: read_i32(bytes, LAST_OFFSET_DELTA_AT),
             base_timestamp_ms: read_i64(bytes, BASE_TIMESTAMP_AT),
             max_timestamp_ms: read_i64(bytes, MAX_TIMESTAMP_AT),

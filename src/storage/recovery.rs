@@ -25,6 +25,7 @@
 //! Nothing past the last valid frame is ever indexed, so nothing half-written
 //! is ever served.
 
+use super::timer::pairing::{HeldFrame, HeldPairing};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -171,6 +172,9 @@ pub struct RecoveryReport {
     /// Partitions whose consume queue held a damaged entry (its index): the
     /// queue was cut back before it and re-indexed.
     pub damaged_queue_entries: Vec<(PartitionId, u64)>,
+    /// The held frames (issue 18) at or after the scan start whose visible
+    /// batch follows them, in log order: what the timer re-derives.
+    pub held_frames: Vec<HeldFrame>,
     pub elapsed: Duration,
 }
 
@@ -262,6 +266,7 @@ pub fn recover(
         truncated_at: None,
         queues_rebuilt: Vec::new(),
         damaged_queue_entries: Vec::new(),
+        held_frames: Vec::new(),
         elapsed: Duration::ZERO,
     };
     let mut queues = HashMap::new();
@@ -649,6 +654,7 @@ fn scan(
     } = range;
     let mut end = indexed.max(start);
     let mut tails = Vec::new();
+    let mut pairing = HeldPairing::default();
     for segment in segments {
         if segment.end() <= read_from {
             continue;
@@ -678,6 +684,11 @@ fn scan(
                     report.frames_scanned += 1;
                     report.bytes_scanned += header.frame_len();
                     at = position.plus(header.frame_len());
+                    if let Some(held) = pairing.next(position, &header, &batch)
+                        && held.position >= start
+                    {
+                        report.held_frames.push(held);
+                    }
                     if header.kind != FrameKind::Batch {
                         // Compaction copies are indexed only through their
                         // pass's commit frames, which are collected here.
@@ -733,6 +744,7 @@ fn scan(
                         "damaged commit-log range skipped; valid frames follow it and are kept"
                     );
                     report.skipped.push((position, next.0 - position.0, reason));
+                    pairing.reset();
                     at = next;
                 }
             }

@@ -125,3 +125,75 @@ fn a_held_frame_goes_right_before_its_batch_and_a_retry_writes_neither() {
         support::shutdown(&store).await;
     });
 }
+
+/// (kind, start, end) of each frame in shard 0's first segment.
+fn frame_spans(dir: &std::path::Path) -> (std::path::PathBuf, Vec<(FrameKind, usize, usize)>) {
+    let mut segments: Vec<_> = std::fs::read_dir(dir.join("shard-0").join("log"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    segments.sort();
+    let bytes = std::fs::read(&segments[0]).unwrap();
+    let mut at = 0;
+    let mut spans = Vec::new();
+    while let Ok(frame) = check_frame(&bytes[at..], 1 << 20) {
+        let end = at + frame.header.frame_len() as usize;
+        spans.push((frame.header.kind, at, end));
+        at = end;
+    }
+    (segments[0].clone(), spans)
+}
+
+/// Recovery counts a held frame only with its visible batch right after
+/// it: a crash between the two appends (the batch's bytes never reached
+/// the disk) leaves the held frame as dead bytes, never a delayed record
+/// of an unacknowledged batch (mutation: every held frame counted → the
+/// orphan counted; the pairing's own rules are unit-tested in
+/// `storage/timer/pairing.rs`).
+#[test]
+fn recovery_counts_a_held_frame_only_when_its_batch_follows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = support::runtime(support::native_backend());
+    let checkpoint = dir.path().join("shard-0").join("checkpoint");
+    let recovered = |runtime: &compio::runtime::Runtime| {
+        runtime.block_on(async {
+            let store = support::open(dir.path(), WriteMode::Direct, support::native_backend());
+            let held: Vec<(u32, i64)> = store
+                .recovery_report()
+                .held_frames
+                .iter()
+                .map(|held| (held.partition.0, held.base_offset))
+                .collect();
+            let id = store.partition_id("later", 0).unwrap();
+            let next = store.offsets(id).unwrap().next_offset;
+            support::shutdown(&store).await;
+            (held, next, id.0)
+        })
+    };
+    runtime.block_on(async {
+        let store = support::open(dir.path(), WriteMode::Direct, support::native_backend());
+        let id = support::create(&store, "later", 0);
+        let held = batch(&["later"], None);
+        append(&store, id, &held, &batch(&["a", "b"], None)).await;
+        append(&store, id, &held, &batch(&["c"], None)).await;
+        support::shutdown(&store).await;
+    });
+    std::fs::remove_file(&checkpoint).unwrap();
+    let (held, next, id) = recovered(&runtime);
+    assert_eq!(held, [(id, 0), (id, 2)], "both held frames, scanned again");
+    assert_eq!(next, Offset(3));
+    // Cut the log between the second held frame and its batch.
+    let (segment, spans) = frame_spans(dir.path());
+    let last = spans
+        .iter()
+        .rposition(|(kind, ..)| *kind == FrameKind::Batch)
+        .unwrap();
+    assert_eq!(spans[last - 1].0, FrameKind::DelayHeld, "its held frame");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[spans[last].1..].fill(0);
+    std::fs::write(&segment, &bytes).unwrap();
+    std::fs::remove_file(&checkpoint).unwrap();
+    let (held, next, id) = recovered(&runtime);
+    assert_eq!(held, [(id, 0)], "the orphan held frame does not count");
+    assert_eq!(next, Offset(2));
+}

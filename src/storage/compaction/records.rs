@@ -49,10 +49,7 @@ impl Records {
                 .map_err(|error: BatchError| error.to_string())?,
         };
         let mut records = Vec::new();
-        let mut reader = Reader {
-            bytes: &plain,
-            at: 0,
-        };
+        let mut reader = Reader::new(&plain);
         while reader.at < plain.len() {
             let start = reader.at;
             let length = usize::try_from(reader.varint()?)
@@ -136,13 +133,19 @@ fn default_level(codec: Codec) -> i32 {
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+/// Reads a record's fields (varints, nullable byte strings) from `bytes`
+/// at `at`; every read is bounded by `bytes`.
+pub(crate) struct Reader<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) at: usize,
 }
 
-impl Reader<'_> {
-    fn skip(&mut self, count: usize) -> Result<(), String> {
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, at: 0 }
+    }
+
+    pub(crate) fn skip(&mut self, count: usize) -> Result<(), String> {
         self.at = self
             .at
             .checked_add(count)
@@ -151,7 +154,7 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn unsigned(&mut self) -> Result<u64, String> {
+    pub(crate) fn unsigned(&mut self) -> Result<u64, String> {
         let mut value = 0u64;
         for shift in (0..70).step_by(7) {
             let byte = *self
@@ -167,16 +170,16 @@ impl Reader<'_> {
         Err("a varint longer than 10 bytes".to_owned())
     }
 
-    fn varlong(&mut self) -> Result<i64, String> {
+    pub(crate) fn varlong(&mut self) -> Result<i64, String> {
         let raw = self.unsigned()?;
         Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64))
     }
 
-    fn varint(&mut self) -> Result<i32, String> {
+    pub(crate) fn varint(&mut self) -> Result<i32, String> {
         i32::try_from(self.varlong()?).map_err(|_| "a varint outside 32 bits".to_owned())
     }
 
-    fn nullable_bytes(&mut self) -> Result<Option<Range<usize>>, String> {
+    pub(crate) fn nullable_bytes(&mut self) -> Result<Option<Range<usize>>, String> {
         let length = self.varint()?;
         if length < 0 {
             return Ok(None);
