@@ -26,15 +26,20 @@ fn batch(values: &[&str], producer: Option<(i64, i16, i32)>) -> Vec<u8> {
     builder.build()
 }
 
-/// The frames of shard 0's first segment, in order: (kind, base offset,
-/// the batch's partitionLeaderEpoch field).
-fn frames(dir: &std::path::Path) -> Vec<(FrameKind, i64, i32)> {
+/// Shard 0's first segment file.
+fn first_segment(dir: &std::path::Path) -> std::path::PathBuf {
     let mut segments: Vec<_> = std::fs::read_dir(dir.join("shard-0").join("log"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .collect();
     segments.sort();
-    let bytes = std::fs::read(&segments[0]).unwrap();
+    segments.swap_remove(0)
+}
+
+/// The frames of shard 0's first segment, in order: (kind, base offset,
+/// the batch's partitionLeaderEpoch field).
+fn frames(dir: &std::path::Path) -> Vec<(FrameKind, i64, i32)> {
+    let bytes = std::fs::read(first_segment(dir)).unwrap();
     let mut at = 0;
     let mut found = Vec::new();
     while let Ok(frame) = check_frame(&bytes[at..], 1 << 20) {
@@ -128,12 +133,8 @@ fn a_held_frame_goes_right_before_its_batch_and_a_retry_writes_neither() {
 
 /// (kind, start, end) of each frame in shard 0's first segment.
 fn frame_spans(dir: &std::path::Path) -> (std::path::PathBuf, Vec<(FrameKind, usize, usize)>) {
-    let mut segments: Vec<_> = std::fs::read_dir(dir.join("shard-0").join("log"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    segments.sort();
-    let bytes = std::fs::read(&segments[0]).unwrap();
+    let segment = first_segment(dir);
+    let bytes = std::fs::read(&segment).unwrap();
     let mut at = 0;
     let mut spans = Vec::new();
     while let Ok(frame) = check_frame(&bytes[at..], 1 << 20) {
@@ -141,7 +142,7 @@ fn frame_spans(dir: &std::path::Path) -> (std::path::PathBuf, Vec<(FrameKind, us
         spans.push((frame.header.kind, at, end));
         at = end;
     }
-    (segments[0].clone(), spans)
+    (segment, spans)
 }
 
 /// Recovery counts a held frame only with its visible batch right after
