@@ -559,11 +559,10 @@ struct Member {
     incarnation: u64,
     /// Per peer, the broker calls that may be in flight to it at once.
     peer_call_slots: BTreeMap<u64, Arc<tokio::sync::Semaphore>>,
-    /// This member found its data dir empty while the cluster lists it: it
-    /// asks the leader to take it back as a learner before anything else.
-    rejoin: bool,
-    /// While set, the member answers no vote, append or snapshot (shared
-    /// with the [`Server`]).
+    /// Set at start when this member found its data dir empty while the
+    /// cluster lists it: it answers no vote, append or snapshot (shared
+    /// with the [`Server`]) and asks the leader to take it back as a
+    /// learner before anything else.
     passive: Arc<AtomicBool>,
     /// Its next registration says its copies are lost (rejoin.rs).
     lost_data: bool,
@@ -728,7 +727,6 @@ impl Member {
                 .max(1)
             },
             peer_call_slots,
-            rejoin,
             passive,
             lost_data,
             controller_dir,
@@ -741,7 +739,7 @@ impl Member {
         queue: flume::Receiver<Proposal>,
         calls: flume::Receiver<PeerCall>,
     ) {
-        if self.rejoin {
+        if self.passive.load(Ordering::Relaxed) {
             let peers: Vec<(u64, String)> = self
                 .peers
                 .iter()
