@@ -56,6 +56,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub groups: GroupsConfig,
     pub transactions: TransactionsConfig,
+    /// `[delay]`: delayed delivery and retries.
+    pub delay: DelayConfig,
     /// `[cluster]`: this node's place in a cluster (issue 15). Absent (the
     /// default): one node, exactly as without clustering. See
     /// [`ClusterConfig`]; `--node-id`, `--cluster-listen` and
@@ -383,6 +385,11 @@ pub struct StorageConfig {
     /// Default 600 000 (Kafka's `producer.id.expiration.check.interval.ms`);
     /// positive, at most `i32::MAX`.
     pub producer_id_expiration_check_interval_ms: u64,
+    /// The span of each shard's delayed-delivery timer wheel, seconds: one
+    /// 16-byte slot per second in memory (7 days: 9.7 MB). A record due
+    /// later waits in the wheel's last slot and is listed again when that
+    /// slot comes up. Default 604800 (7 days); 60 to 31536000 (a year).
+    pub timer_wheel_window_s: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -422,6 +429,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             groups: GroupsConfig::default(),
             transactions: TransactionsConfig::default(),
+            delay: DelayConfig::default(),
             cluster: None,
         }
     }
@@ -500,6 +508,7 @@ impl Default for StorageConfig {
             producer_snapshot_interval_bytes: 256 * MIB,
             producer_id_expiration_ms: 24 * HOUR_MS as u64,
             producer_id_expiration_check_interval_ms: 600_000,
+            timer_wheel_window_s: 7 * 24 * 3600,
         }
     }
 }
@@ -600,6 +609,7 @@ impl Config {
         self.retention.validate()?;
         self.groups.validate()?;
         self.transactions.validate()?;
+        self.delay.validate()?;
         match &self.cluster {
             Some(cluster) => cluster.validate(&self.kafka, &self.metrics),
             None => Ok(()),
@@ -993,6 +1003,83 @@ impl StorageConfig {
             if !(1..=KAFKA_INT_MAX).contains(&value) {
                 return invalid(key, value, format!("between 1 and {KAFKA_INT_MAX}"));
             }
+        }
+        if !(60..=YEAR_MS / 1000).contains(&self.timer_wheel_window_s) {
+            return invalid(
+                "storage.timer_wheel_window_s",
+                self.timer_wheel_window_s,
+                format!("between 60 and {} (a year)", YEAR_MS / 1000),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A year of milliseconds: the longest delay a record may ask for.
+pub const YEAR_MS: u64 = 365 * 24 * 3_600_000;
+
+/// `[delay]`: delayed delivery and consumer retries (issue 18; see
+/// ARCHITECTURE.md, "Delayed delivery, retry and dead letters").
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DelayConfig {
+    /// Level `n` of the `sluice.delay.level` header waits `levels_ms[n - 1]`
+    /// milliseconds. Default RocketMQ's 18 levels (`messageDelayLevel`,
+    /// 1 s to 2 h); 1 to 64 levels, each from 1 to `max_delay_ms`. A
+    /// retried record's attempt `k` (from 0) waits level `k + 3`.
+    pub levels_ms: Vec<u64>,
+    /// The longest delay a record may ask for; longer is refused with
+    /// INVALID_RECORD. Default 2592000000 (30 days); 1000 to a year.
+    pub max_delay_ms: u64,
+    /// A retried record consumed and failed this many times goes to the
+    /// group's dead-letter topic instead (RocketMQ's
+    /// `maxReconsumeTimes`). Default 16; 0 to 1000.
+    pub max_reconsume_times: u32,
+}
+
+impl Default for DelayConfig {
+    fn default() -> Self {
+        DelayConfig {
+            levels_ms: crate::broker::delay::ROCKETMQ_LEVELS_MS.to_vec(),
+            max_delay_ms: 30 * 24 * 3_600_000,
+            max_reconsume_times: 16,
+        }
+    }
+}
+
+impl DelayConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1000..=YEAR_MS).contains(&self.max_delay_ms) {
+            return invalid(
+                "delay.max_delay_ms",
+                self.max_delay_ms,
+                format!("between 1000 and {YEAR_MS} (a year)"),
+            );
+        }
+        if !(1..=64).contains(&self.levels_ms.len()) {
+            return invalid(
+                "delay.levels_ms",
+                format!("{:?}", self.levels_ms),
+                "1 to 64 levels",
+            );
+        }
+        if let Some(level) = self
+            .levels_ms
+            .iter()
+            .find(|&&level| level == 0 || level > self.max_delay_ms)
+        {
+            return invalid(
+                "delay.levels_ms",
+                level,
+                "each level between 1 and delay.max_delay_ms",
+            );
+        }
+        if self.max_reconsume_times > 1000 {
+            return invalid(
+                "delay.max_reconsume_times",
+                self.max_reconsume_times,
+                "between 0 and 1000",
+            );
         }
         Ok(())
     }

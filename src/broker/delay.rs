@@ -22,10 +22,8 @@ pub const DELIVER_AT_MS: &str = "sluice.deliver.at.ms";
 /// Header: how many times a retried record was consumed and failed
 /// (RocketMQ's `reconsumeTimes`); missing = 0.
 pub const RECONSUME_TIMES: &str = "sluice.reconsume.times";
-/// Header added at delivery: the offset the record got at Produce.
-pub const ORIGIN_OFFSET: &str = "sluice.origin.offset";
-/// Header added at delivery: the record's timestamp at Produce.
-pub const ORIGIN_TIMESTAMP: &str = "sluice.origin.timestamp";
+/// Headers added at delivery: the record's offset and timestamp at Produce.
+pub use crate::storage::timer::notes::{ORIGIN_OFFSET, ORIGIN_TIMESTAMP};
 
 /// RocketMQ's delay levels (`messageDelayLevel`), in milliseconds:
 /// `1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h`.

@@ -51,6 +51,10 @@ pub const SEGMENT_MS: &str = "segment.ms";
 /// file cleaning, per topic). Off by default: acknowledged data stays until
 /// it expires, and appends are refused when the disk is nearly full.
 pub const DISK_PRESSURE_DELETE: &str = "sluice.disk.pressure.delete";
+/// Sluice's own: the delay of every record produced to the topic without
+/// a delay header of its own (issue 18; `broker/delay.rs`), milliseconds;
+/// 0 = none.
+pub const DELIVERY_DELAY_MS: &str = "sluice.delivery.delay.ms";
 
 /// Kafka's `compression.type` values for a topic (`BrokerCompressionType`).
 const COMPRESSION_TYPES: &[&str] = &["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"];
@@ -428,6 +432,20 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
          smallest segment.ms of the topics written to it, so retention can delete it whole.",
     ),
     def(
+        DELIVERY_DELAY_MS,
+        ValueSpec::new(
+            ConfigType::Long,
+            Check::Range {
+                min: 0,
+                max: crate::config::YEAR_MS as i64,
+            },
+        ),
+        "0",
+        None,
+        Effect::Enforced,
+        "Sluice: every record produced to this topic without a sluice.delay.level,          sluice.delay.ms or sluice.deliver.at.ms header of its own is held this many          milliseconds, then delivered at a new offset (0, the default: none). At most the          broker's delay.max_delay_ms.",
+    ),
+    def(
         DISK_PRESSURE_DELETE,
         BOOLEAN,
         "false",
@@ -583,6 +601,8 @@ pub struct TopicConfig {
     pub min_insync_replicas: i32,
     /// [`DISK_PRESSURE_DELETE`].
     pub disk_pressure_delete: bool,
+    /// [`DELIVERY_DELAY_MS`].
+    pub delivery_delay_ms: i64,
 }
 
 impl TopicConfig {
@@ -679,6 +699,7 @@ impl TopicConfig {
             recompression,
             min_insync_replicas: int(MIN_INSYNC_REPLICAS, 1),
             disk_pressure_delete: text(DISK_PRESSURE_DELETE) == "true",
+            delivery_delay_ms: long(DELIVERY_DELAY_MS, 0),
             values,
         }
     }

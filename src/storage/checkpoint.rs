@@ -8,22 +8,30 @@
 //!   for those frames.
 //! * per partition: how many queue entries those frames produced, the log
 //!   start offset (moved by retention) and the next offset.
+//! * the delayed-delivery timer's entry count and cursor, and the log
+//!   position they are exact at (`storage/timer/`; version 2): the durable
+//!   frame end, at or past `indexed_position`, which a compaction pass
+//!   waiting to be applied may hold back.
 //!
 //! Layout (little-endian): magic `SLCK`, version u8, 3 reserved bytes,
 //! indexed_position u64, partition count u32, then per partition
 //! {id u32, reserved u32, log_start_offset i64, next_offset i64,
-//! queue_entries u64}, then CRC32C of everything before it.
+//! queue_entries u64}, then (version 2) timer entries u64, timer cursor
+//! i64 and timer position u64, then CRC32C of everything before it.
+//! Version 1 (no timer) reads as an empty timer at `indexed_position`.
 
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use super::durable_file::write_atomic;
+use super::timer::index::TimerCheckpoint;
 use crate::ids::{LogPosition, Offset, PartitionId};
 
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 const MAGIC: [u8; 4] = *b"SLCK";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+const TIMER_BYTES: usize = 24;
 const HEADER_BYTES: usize = 20;
 const PARTITION_RECORD_BYTES: usize = 32;
 
@@ -39,6 +47,9 @@ pub struct PartitionCheckpoint {
 pub struct Checkpoint {
     pub indexed_position: LogPosition,
     pub partitions: Vec<PartitionCheckpoint>,
+    /// The timer index as of `timer_position`.
+    pub timer: TimerCheckpoint,
+    pub timer_position: LogPosition,
 }
 
 #[derive(Debug, Error)]
@@ -69,6 +80,9 @@ impl Checkpoint {
             out.extend_from_slice(&partition.next_offset.0.to_le_bytes());
             out.extend_from_slice(&partition.queue_entries.to_le_bytes());
         }
+        out.extend_from_slice(&self.timer.entries.to_le_bytes());
+        out.extend_from_slice(&self.timer.cursor.to_le_bytes());
+        out.extend_from_slice(&self.timer_position.0.to_le_bytes());
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
@@ -82,7 +96,8 @@ impl Checkpoint {
         if bytes.len() < HEADER_BYTES + 4 || bytes[..4] != MAGIC {
             return Err(corrupt("no checkpoint magic".to_owned()));
         }
-        if bytes[4] != VERSION {
+        let version = bytes[4];
+        if version != 1 && version != VERSION {
             return Err(corrupt(format!("unsupported version {}", bytes[4])));
         }
         let (body, crc) = bytes.split_at(bytes.len() - 4);
@@ -93,7 +108,8 @@ impl Checkpoint {
         let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
         let u32_at = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes"));
         let count = u32_at(16) as usize;
-        if body.len() != HEADER_BYTES + count * PARTITION_RECORD_BYTES {
+        let timer_bytes = if version == 1 { 0 } else { TIMER_BYTES };
+        if body.len() != HEADER_BYTES + count * PARTITION_RECORD_BYTES + timer_bytes {
             return Err(corrupt(format!(
                 "{count} partitions do not fit {} bytes",
                 body.len()
@@ -110,9 +126,27 @@ impl Checkpoint {
                 }
             })
             .collect();
+        let timer_at = HEADER_BYTES + count * PARTITION_RECORD_BYTES;
+        let indexed_position = LogPosition(u64_at(8));
+        let (timer, timer_position) = if version == 1 {
+            (TimerCheckpoint::default(), indexed_position)
+        } else {
+            let timer = TimerCheckpoint {
+                entries: u64_at(timer_at),
+                cursor: u64_at(timer_at + 8) as i64,
+            };
+            (timer, LogPosition(u64_at(timer_at + 16)))
+        };
+        if timer_position < indexed_position {
+            return Err(corrupt(format!(
+                "timer position {timer_position} before the indexed position {indexed_position}"
+            )));
+        }
         Ok(Checkpoint {
-            indexed_position: LogPosition(u64_at(8)),
+            indexed_position,
             partitions,
+            timer,
+            timer_position,
         })
     }
 
@@ -150,6 +184,11 @@ mod tests {
                 next_offset: Offset(99),
                 queue_entries: 7,
             }],
+            timer: TimerCheckpoint {
+                entries: 12,
+                cursor: 1_700_000_000,
+            },
+            timer_position: LogPosition(8192),
         };
         let mut bytes = checkpoint.encode();
         assert_eq!(
@@ -161,5 +200,24 @@ mod tests {
             Checkpoint::decode(&bytes, Path::new("c")),
             Err(CheckpointError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_version_1_checkpoint_reads_with_an_empty_timer() {
+        let checkpoint = Checkpoint {
+            indexed_position: LogPosition(4096),
+            partitions: Vec::new(),
+            timer: TimerCheckpoint::default(),
+            timer_position: LogPosition(4096),
+        };
+        let mut bytes = checkpoint.encode();
+        bytes.truncate(HEADER_BYTES);
+        bytes[4] = 1;
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            Checkpoint::decode(&bytes, Path::new("c")).unwrap(),
+            checkpoint
+        );
     }
 }

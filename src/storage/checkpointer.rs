@@ -52,6 +52,14 @@ impl ShardStore {
     }
 
     async fn checkpoint_queues(&self) -> Result<(), CheckpointError> {
+        if let Some(fault) = self.state.borrow().timer_fault.clone() {
+            return Err(CheckpointError::Io {
+                path: self.layout.timer_dir(),
+                source: std::io::Error::other(format!(
+                    "the delayed-delivery timer failed ({fault}); no checkpoint until a restart"
+                )),
+            });
+        }
         let (checkpoint, dirty_files) = self.checkpoint_snapshot();
         let sequence = self.checkpoint_sequence.get() + 1;
         self.checkpoint_sequence.set(sequence);
@@ -169,9 +177,16 @@ impl ShardStore {
             dirty_files.extend(partition.queue.take_dirty_files());
         }
         partitions.sort_by_key(|partition| partition.id);
+        // The timer is exact at the durable frame end (a compaction hold
+        // does not concern it), which only grows.
+        let timer_position = state.durable_frame_end;
+        let timer = state.timer.checkpoint_at(timer_position);
+        dirty_files.extend(state.timer.index.take_dirty_files());
         let checkpoint = Checkpoint {
             indexed_position: indexed,
             partitions,
+            timer,
+            timer_position,
         };
         (checkpoint, dirty_files)
     }

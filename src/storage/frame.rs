@@ -67,6 +67,17 @@ pub enum FrameKind {
     /// partition's batch at the same base offset whose CRC the held
     /// batch's `partitionLeaderEpoch` field holds.
     DelayHeld,
+    /// The note of a timer delivery (issue 18): an empty broker-built batch
+    /// that says the next frame of the log, the partition's batch at the
+    /// same base offset whose CRC its `partitionLeaderEpoch` field holds,
+    /// delivers delayed records (each naming its origin offset in a
+    /// `sluice.origin.offset` header). Not indexed.
+    DelayDelivery,
+    /// A timer roll note (issue 18): a broker-built batch whose records
+    /// name timer entries due past the wheel's window that are listed
+    /// again, so that every copy of the log numbers its entries alike.
+    /// Not indexed.
+    DelayRoll,
 }
 
 impl FrameKind {
@@ -76,6 +87,8 @@ impl FrameKind {
             FrameKind::CompactionCopy => 1,
             FrameKind::CompactionCommit => 2,
             FrameKind::DelayHeld => 3,
+            FrameKind::DelayDelivery => 4,
+            FrameKind::DelayRoll => 5,
         }
     }
 
@@ -137,6 +150,8 @@ impl FrameHeader {
             (FRAME_VERSION_KINDS, 1) => FrameKind::CompactionCopy,
             (FRAME_VERSION_KINDS, 2) => FrameKind::CompactionCommit,
             (FRAME_VERSION_KINDS, 3) => FrameKind::DelayHeld,
+            (FRAME_VERSION_KINDS, 4) => FrameKind::DelayDelivery,
+            (FRAME_VERSION_KINDS, 5) => FrameKind::DelayRoll,
             (version @ (FRAME_VERSION | FRAME_VERSION_KINDS), found) => {
                 return Err(FrameError::UnknownKind { found, version });
             }
@@ -210,6 +225,8 @@ mod tests {
             FrameKind::CompactionCopy,
             FrameKind::CompactionCommit,
             FrameKind::DelayHeld,
+            FrameKind::DelayDelivery,
+            FrameKind::DelayRoll,
         ] {
             let bytes = encoded_as(kind);
             assert_eq!(bytes[4], 2);

@@ -49,6 +49,11 @@ impl ShardLayout {
             .join(super::producer_snapshot::PRODUCER_SNAPSHOTS_DIR)
     }
 
+    /// The delayed-delivery timer's entry files (`storage/timer/index.rs`).
+    pub fn timer_dir(&self) -> PathBuf {
+        self.root.join("timer")
+    }
+
     pub fn partition_ids_file(&self) -> PathBuf {
         self.root.join(PARTITION_IDS_FILE)
     }

@@ -42,6 +42,7 @@ pub mod segment_reader;
 pub mod shard_store;
 pub mod store_errors;
 pub mod timer;
+mod timer_store;
 pub mod truncate;
 pub mod watermark;
 mod write_path;

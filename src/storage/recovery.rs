@@ -25,7 +25,8 @@
 //! Nothing past the last valid frame is ever indexed, so nothing half-written
 //! is ever served.
 
-use super::timer::pairing::{HeldFrame, HeldPairing};
+use super::timer::index::TimerCheckpoint;
+use super::timer::pairing::{TimerFrame, TimerPairing};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -172,9 +173,10 @@ pub struct RecoveryReport {
     /// Partitions whose consume queue held a damaged entry (its index): the
     /// queue was cut back before it and re-indexed.
     pub damaged_queue_entries: Vec<(PartitionId, u64)>,
-    /// The held frames (issue 18) at or after the scan start whose visible
-    /// batch follows them, in log order: what the timer re-derives.
-    pub held_frames: Vec<HeldFrame>,
+    /// The timer notes (issue 18: held frames, delivery and roll notes) at
+    /// or after the checkpoint's timer position (whose batch follows them),
+    /// in log order: what the timer re-derives.
+    pub timer_frames: Vec<TimerFrame>,
     pub elapsed: Duration,
 }
 
@@ -187,6 +189,10 @@ pub struct Recovered {
     /// Compaction passes whose commit frames the scan met: the store
     /// applies the complete ones once they are below its visible limit.
     pub compaction: Collector,
+    /// The timer index as of `timer_from` (the checkpoint's timer position;
+    /// the timer frames from there on are in `report.timer_frames`).
+    pub timer: TimerCheckpoint,
+    pub timer_from: LogPosition,
 }
 
 struct QueueState {
@@ -221,6 +227,10 @@ pub fn recover(
     let indexed = checkpoint
         .as_ref()
         .map_or(first_base, |checkpoint| checkpoint.indexed_position);
+    let (timer, timer_from) = checkpoint.as_ref().map_or_else(
+        || (TimerCheckpoint::default(), indexed),
+        |checkpoint| (checkpoint.timer, checkpoint.timer_position),
+    );
     let remembered: HashMap<PartitionId, PartitionCheckpoint> = checkpoint
         .iter()
         .flat_map(|checkpoint| {
@@ -266,7 +276,7 @@ pub fn recover(
         truncated_at: None,
         queues_rebuilt: Vec::new(),
         damaged_queue_entries: Vec::new(),
-        held_frames: Vec::new(),
+        timer_frames: Vec::new(),
         elapsed: Duration::ZERO,
     };
     let mut queues = HashMap::new();
@@ -307,6 +317,7 @@ pub fn recover(
             read_from: producer_from.min(scan_from),
             producer_from,
             indexed,
+            timer_from,
         },
         &mut queues,
         &mut collector,
@@ -331,6 +342,14 @@ pub fn recover(
         end >= scan_from.min(indexed),
         "recovery never ends before where it trusted the log"
     );
+    if end < timer_from {
+        tracing::error!(
+            end = end.0,
+            timer_from = timer_from.0,
+            "the recovered log ends before the position the timer's checkpoint vouches for \
+             (damage): delayed records timed past the end may be delivered from dead bytes"
+        );
+    }
     finish_log(&mut segments, end, tails, options, &mut report)?;
     if let Some(last) = segments.back() {
         assert!(
@@ -371,6 +390,8 @@ pub fn recover(
         next_partition_id,
         report,
         compaction: collector,
+        timer,
+        timer_from,
     })
 }
 
@@ -630,6 +651,8 @@ struct ScanRange {
     producer_from: LogPosition,
     /// What the checkpoint vouches for.
     indexed: LogPosition,
+    /// Timer notes from here on are listed (at or past `indexed`).
+    timer_from: LogPosition,
 }
 
 /// Scan from `range.read_from`, rebuilding producer state from every frame
@@ -651,10 +674,11 @@ fn scan(
         read_from,
         producer_from,
         indexed,
+        timer_from,
     } = range;
     let mut end = indexed.max(start);
     let mut tails = Vec::new();
-    let mut pairing = HeldPairing::default();
+    let mut pairing = TimerPairing::default();
     for segment in segments {
         if segment.end() <= read_from {
             continue;
@@ -684,10 +708,10 @@ fn scan(
                     report.frames_scanned += 1;
                     report.bytes_scanned += header.frame_len();
                     at = position.plus(header.frame_len());
-                    if let Some(held) = pairing.next(position, &header, &batch)
-                        && held.position >= start
+                    if let Some(note) = pairing.next(position, &header, &batch)
+                        && note.position >= timer_from
                     {
-                        report.held_frames.push(held);
+                        report.timer_frames.push(note);
                     }
                     if header.kind != FrameKind::Batch {
                         // Compaction copies are indexed only through their

@@ -370,6 +370,7 @@ impl ShardStore {
                 .map_err(|error| fatal(self.classify_log_error(error)))?;
             assert_eq!(position, at, "a copied frame lands where the leader put it");
             state.log.note_append(u64::MAX, segment::now_ms());
+            state.copy_timer_frame(position, header, batch, frame);
             if let Some(part) = &checked.commit
                 && !orphan
                 && state.partitions.contains_key(&id)
@@ -437,6 +438,7 @@ impl ShardStore {
         }
         let next_offset = partition.next_offset;
         state.push_pending(id, end, next_offset);
+        state.copy_timer_frame(position, header, batch, frame);
         drop(guard);
         self.flush_kick.notify();
         Ok(())
@@ -446,7 +448,7 @@ impl ShardStore {
 /// The written bytes `[from, to)` of `segment`: from the file below the
 /// log's final end, from the kept copy of the partial last block above it
 /// (see `read_path`).
-fn log_bytes(
+pub(super) fn log_bytes(
     log: &CommitLog,
     segment: &Segment,
     from: LogPosition,

@@ -120,6 +120,8 @@ impl ShardStore {
         }
         let needed = retention::lowest_needed_position(&mut state.partitions.values());
         let needed = needed.unwrap_or(state.log.written_end());
+        // Pending delayed records keep the timer batches holding them.
+        let needed = needed.min(timer_pin(state));
         let producers_kept = self.producer_state_kept_to(state);
         while state.log.segments().len() > 1
             && state
@@ -140,6 +142,14 @@ impl ShardStore {
                 break;
             }
             if !self.may_delete_oldest(&state, producers_kept) {
+                break;
+            }
+            if state
+                .log
+                .segments()
+                .next()
+                .is_some_and(|oldest| oldest.end() > timer_pin(&state))
+            {
                 break;
             }
             if let Some(keeper) = forced_deletion_blocked_by(&state) {
@@ -167,6 +177,16 @@ impl ShardStore {
         self.progress.notify_all();
         self.flush_kick.notify();
     }
+}
+
+/// Where the oldest pending delayed record's timer batch lies (rounded
+/// down): no segment ending past it is deleted.
+fn timer_pin(state: &StoreState) -> LogPosition {
+    state
+        .timer
+        .index
+        .pinned_from()
+        .unwrap_or(LogPosition(u64::MAX))
 }
 
 impl ShardStore {

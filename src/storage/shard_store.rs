@@ -190,6 +190,11 @@ pub(super) struct StoreState {
     pub(super) next_partition_id: u32,
     /// Compaction commit frames stored but not applied yet.
     pub(super) compaction: super::compaction::collector::Collector,
+    /// Delayed records by due time (issue 18; `timer_store.rs`).
+    pub(super) timer: super::timer::shard_timer::ShardTimer,
+    /// Why the timer's files failed, if they did: checkpoints stop, so a
+    /// restart rebuilds it from the log.
+    pub(super) timer_fault: Option<String>,
 }
 
 pub struct ShardStore {
@@ -306,6 +311,13 @@ impl ShardStore {
         };
         let log = CommitLog::open(log_options, recovered.segments, recovered.end, io)
             .map_err(|source| OpenError::Log { shard, source })?;
+        let timer = super::timer_store::open_timer(
+            &options,
+            &layout,
+            &log,
+            (recovered.timer, recovered.timer_from),
+            &recovered.report.timer_frames,
+        )?;
         let log_start = log.start();
         let mut partitions = HashMap::new();
         let mut names = HashMap::new();
@@ -340,6 +352,8 @@ impl ShardStore {
             visible_limit: u64::MAX,
             next_partition_id: recovered.next_partition_id,
             compaction: recovered.compaction,
+            timer,
+            timer_fault: None,
         };
         let producer_snapshots = ProducerSnapshots::after_recovery(&recovered.report);
         let store = Rc::new(ShardStore {
@@ -382,6 +396,7 @@ impl ShardStore {
         tasks.push(compio::runtime::spawn(Rc::clone(self).run_checkpointer()));
         tasks.push(compio::runtime::spawn(Rc::clone(self).run_retention()));
         tasks.push(compio::runtime::spawn(Rc::clone(self).run_cleaner()));
+        tasks.push(compio::runtime::spawn(Rc::clone(self).run_timer()));
     }
 
     /// Resolves at the store's next progress: a watermark advanced (more

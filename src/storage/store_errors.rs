@@ -214,6 +214,12 @@ pub enum OpenError {
         #[source]
         source: super::truncate::TruncateError,
     },
+    #[error("cannot open the delayed-delivery timer of {shard}: {source}")]
+    Timer {
+        shard: ShardId,
+        #[source]
+        source: super::timer::index::TimerError,
+    },
     #[error("cannot start commit-log I/O for {shard}: {source}")]
     Io {
         shard: ShardId,

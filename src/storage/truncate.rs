@@ -87,14 +87,15 @@ pub fn truncate_closed(
         });
     }
     let mut truncated = Truncated::default();
-    // The checkpoint vouches for queue entries up to its position, and a
+    // The checkpoint vouches for queue entries and timer entries up to its
+    // positions (the timer's is the later), and a
     // producer snapshot for state up to its own: both go first, so that a
     // crash in the middle never leaves them trusting positions the cut
     // removes.
     if Checkpoint::load(layout.root())
         .ok()
         .flatten()
-        .is_none_or(|checkpoint| checkpoint.indexed_position > at)
+        .is_none_or(|checkpoint| checkpoint.timer_position > at)
     {
         match std::fs::remove_file(layout.root().join(CHECKPOINT_FILE)) {
             Ok(()) => truncated.checkpoint_removed = true,
@@ -247,6 +248,12 @@ fn finish_restart(
         super::recovery::remove_queue_files(&partition.path())
             .map_err(|error| io(std::io::Error::other(error)))?;
     }
+    // The timer is derived from the log, which starts again here.
+    match std::fs::remove_dir_all(layout.timer_dir()) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io(error)),
+    }
     let bases = list_segments(&log_dir).map_err(|error| io(std::io::Error::other(error)))?;
     for base in bases {
         std::fs::remove_file(segment::segment_path(&log_dir, base)).map_err(io)?;
@@ -268,6 +275,8 @@ fn finish_restart(
                 queue_entries: 0,
             })
             .collect(),
+        timer: Default::default(),
+        timer_position: at,
     };
     checkpoint
         .store(layout.root())

@@ -18,6 +18,7 @@ use super::retention::DiskPressure;
 use super::segment;
 use super::shard_store::{AppendReceipt, Durability, LEADER_EPOCH, ShardStore};
 use super::store_errors::{AppendError, TryAppendError};
+use super::timer::pairing::TimerFrame;
 use crate::ids::{Offset, PartitionId};
 use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::record_batch::control::TxnMarker;
@@ -65,11 +66,33 @@ impl ShardStore {
     ) -> Result<AppendReceipt, AppendError> {
         self.append_admitted(
             id,
-            Some(&held),
+            Some((FrameKind::DelayHeld, &held)),
             batch,
             durability,
             Admission::UnlessDiskFull,
             token,
+        )
+        .await
+    }
+
+    /// Append a timer delivery (issue 18): the delivery note `note` (naming
+    /// the timer entries delivered) right before `batch`, the delivered
+    /// records, as one step; the entries are done once it returns. Goes in
+    /// above `retention.disk_reject_ratio`: a delivery frees the timer
+    /// batches it delivers from.
+    pub(super) async fn append_delivery(
+        &self,
+        id: PartitionId,
+        note: ValidatedBatch<'_>,
+        batch: ValidatedBatch<'_>,
+    ) -> Result<AppendReceipt, AppendError> {
+        self.append_admitted(
+            id,
+            Some((FrameKind::DelayDelivery, &note)),
+            batch,
+            Durability::Buffered,
+            Admission::EvenAboveRejectRatio,
+            None,
         )
         .await
     }
@@ -161,7 +184,7 @@ impl ShardStore {
     async fn append_admitted(
         &self,
         id: PartitionId,
-        held: Option<&ValidatedBatch<'_>>,
+        note: Option<(FrameKind, &ValidatedBatch<'_>)>,
         batch: ValidatedBatch<'_>,
         durability: Durability,
         admission: Admission,
@@ -170,7 +193,7 @@ impl ShardStore {
         let appended = self
             .in_buffer_order(|| {
                 let now = Instant::now();
-                match self.try_append(id, held, &batch, durability, admission, token, now) {
+                match self.try_append(id, note, &batch, durability, admission, token, now) {
                     Ok(receipt) => Ok(receipt),
                     Err(TryAppendError::NoBufferSpace) => Err(None),
                     Err(TryAppendError::Fatal(error)) => Err(Some(error)),
@@ -228,7 +251,7 @@ impl ShardStore {
     fn try_append(
         &self,
         id: PartitionId,
-        held: Option<&ValidatedBatch<'_>>,
+        note: Option<(FrameKind, &ValidatedBatch<'_>)>,
         batch: &ValidatedBatch<'_>,
         durability: Durability,
         admission: Admission,
@@ -243,7 +266,7 @@ impl ShardStore {
         }
         let limit = self.options.storage.batch_ceiling_bytes();
         if let Some(size) = std::iter::once(batch)
-            .chain(held)
+            .chain(note.map(|(_, note)| note))
             .map(|batch| batch.len())
             .find(|&size| size > limit as usize)
         {
@@ -382,11 +405,13 @@ impl ShardStore {
                 Err(error) => return Err(self.classify_log_error(error)),
             }
         }
-        if let Some(held) = held {
-            // The held frame first: the batch's durability covers it. A
-            // batch refused after it (no buffer space) leaves it unpaired,
-            // dead bytes that recovery and followers ignore.
-            let bytes = held.bytes();
+        let mut note_frame = None;
+        if let Some((kind, note)) = note {
+            // The note (held frame or delivery note) first: the batch's
+            // durability covers it. A batch refused after it (no buffer
+            // space) leaves it unpaired, dead bytes that recovery and
+            // followers ignore.
+            let bytes = note.bytes();
             let mut held_prefix = [0u8; super::frame::COVERED_PAYLOAD_PREFIX_BYTES];
             held_prefix.copy_from_slice(&bytes[..prefix_len]);
             // The held batch is never served: its leader epoch field holds
@@ -400,15 +425,16 @@ impl ShardStore {
             let held_frame = FrameHeader {
                 payload_len: u32::try_from(bytes.len()).expect("under the batch ceiling"),
                 partition: id,
-                kind: FrameKind::DelayHeld,
+                kind,
             };
             let mut held_frame_prefix = [0u8; FRAME_PREFIX_BYTES];
             held_frame.encode_prefix(&held_prefix, &mut held_frame_prefix);
-            state
+            let note_position = state
                 .log
                 .append_frame(&[&held_frame_prefix, &bytes[prefix_len..]], None, now)
                 .map_err(|error| self.classify_log_error(error))?;
             state.log.note_append(partition.config.segment_ms, wall_ms);
+            note_frame = Some((kind, note_position, held_frame.frame_len(), bytes));
         }
         let position = state
             .log
@@ -442,6 +468,18 @@ impl ShardStore {
         );
         let next_offset = partition.next_offset;
         state.push_pending(id, end, next_offset);
+        if let Some((kind, note_position, frame_len, payload)) = note_frame {
+            let note = TimerFrame {
+                kind,
+                position: note_position,
+                frame_len,
+                partition: id,
+                base_offset: base_offset.0,
+                batch_position: position,
+                batch_frame_len: frame.frame_len(),
+            };
+            state.apply_timer_frame(&note, payload);
+        }
         drop(guard);
         self.flush_kick.notify();
         Ok(AppendReceipt {

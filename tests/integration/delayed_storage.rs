@@ -161,7 +161,7 @@ fn recovery_counts_a_held_frame_only_when_its_batch_follows_it() {
             let store = support::open(dir.path(), WriteMode::Direct, support::native_backend());
             let held: Vec<(u32, i64)> = store
                 .recovery_report()
-                .held_frames
+                .timer_frames
                 .iter()
                 .map(|held| (held.partition.0, held.base_offset))
                 .collect();

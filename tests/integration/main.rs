@@ -18,6 +18,7 @@ mod consumer_groups;
 mod consumer_protocol;
 mod crash;
 mod damaged_data_dir;
+mod delayed_delivery;
 mod delayed_storage;
 mod disk_faults;
 mod empty_batches;

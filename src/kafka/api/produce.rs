@@ -353,7 +353,13 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
     let transactional = transactional_id.is_some();
     // zstd needs Produce v7 (KIP-110): older requests cannot carry it.
     let zstd_allowed = request.version >= ZSTD_FROM_PRODUCE_VERSION;
-    let policy = BatchPolicy::new(&topic.config, ratio, transactional, zstd_allowed);
+    let policy = BatchPolicy::new(
+        &topic.config,
+        ratio,
+        transactional,
+        zstd_allowed,
+        &request.broker.config.delay,
+    );
     let (batches, log_append_time_ms) = match prepare(records, &policy) {
         Ok(prepared) => prepared,
         Err(outcome) => {
@@ -461,6 +467,17 @@ struct BatchPolicy {
     compacted: bool,
     transactional_request: bool,
     zstd_allowed: bool,
+    /// Levels, longest delay and the topic's delay (issue 18).
+    delay: DelayPolicy,
+}
+
+/// What decides which records of a batch are delayed, and until when
+/// (`broker/delay.rs`), with the broker's clock at Produce.
+struct DelayPolicy {
+    levels_ms: Vec<u64>,
+    max_delay_ms: u64,
+    topic_delay_ms: u64,
+    now_ms: i64,
 }
 
 impl BatchPolicy {
@@ -469,6 +486,7 @@ impl BatchPolicy {
         decompressed_ratio_max: u32,
         transactional_request: bool,
         zstd_allowed: bool,
+        delay: &crate::config::DelayConfig,
     ) -> BatchPolicy {
         let size_max = usize::try_from(config.max_message_bytes).unwrap_or(0);
         let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
@@ -484,6 +502,12 @@ impl BatchPolicy {
             compacted: config.compact_policy,
             transactional_request,
             zstd_allowed,
+            delay: DelayPolicy {
+                levels_ms: delay.levels_ms.clone(),
+                max_delay_ms: delay.max_delay_ms,
+                topic_delay_ms: u64::try_from(config.delivery_delay_ms).unwrap_or(0),
+                now_ms: now,
+            },
         }
     }
 }
@@ -524,9 +548,18 @@ impl TimestampWindow {
     }
 }
 
+/// A checked batch ready to store: the batch the partition serves and, when
+/// some of its records are delayed, the timer batch holding them
+/// (`storage/timer/held.rs`).
+struct Prepared {
+    batch: Bytes,
+    held: Option<Bytes>,
+}
+
 /// Split `records` into batches and check each; stamp LogAppendTime topics,
-/// correct a wrong `maxTimestamp`, and recompress to the topic's codec.
-fn prepare(records: Bytes, policy: &BatchPolicy) -> Result<(Vec<Bytes>, i64), Outcome> {
+/// correct a wrong `maxTimestamp`, recompress to the topic's codec, and
+/// take the delayed records out.
+fn prepare(records: Bytes, policy: &BatchPolicy) -> Result<(Vec<Prepared>, i64), Outcome> {
     let mut batches = Vec::new();
     let mut rest = records;
     while !rest.is_empty() {
@@ -539,7 +572,8 @@ fn prepare(records: Bytes, policy: &BatchPolicy) -> Result<(Vec<Bytes>, i64), Ou
                 )
             })?;
         let batch = rest.split_to(size);
-        let batch = match check(&batch, policy)? {
+        let (rewrite, may_delay) = check(&batch, policy)?;
+        let batch = match rewrite {
             None => batch,
             Some(rewrite) => {
                 let mut copy = BytesMut::from(&batch[..]);
@@ -556,7 +590,11 @@ fn prepare(records: Bytes, policy: &BatchPolicy) -> Result<(Vec<Bytes>, i64), Ou
             Some(target) => recompressed(batch, target, &policy.limits)?,
             None => batch,
         };
-        batches.push(batch);
+        batches.push(if may_delay {
+            hold_delayed(batch, policy)?
+        } else {
+            Prepared { batch, held: None }
+        });
     }
     if batches.is_empty() {
         return Err(Outcome::error(
@@ -716,8 +754,10 @@ enum Rewrite {
     MaxTimestamp(i64),
 }
 
-/// Validate one batch; say what must be rewritten in it, if anything.
-fn check(batch: &[u8], policy: &BatchPolicy) -> Result<Option<Rewrite>, Outcome> {
+/// Validate one batch; say what must be rewritten in it, if anything, and
+/// whether some of its records may be delayed (a `sluice.` header, or a
+/// topic delay).
+fn check(batch: &[u8], policy: &BatchPolicy) -> Result<(Option<Rewrite>, bool), Outcome> {
     let validated =
         ValidatedBatch::validate(batch, &policy.limits).map_err(|error| Outcome::batch(&error))?;
     let header = validated.header();
@@ -740,15 +780,100 @@ fn check(batch: &[u8], policy: &BatchPolicy) -> Result<Option<Rewrite>, Outcome>
         ));
     }
     check_records(batch, &validated, policy)?;
+    let may_delay = policy.delay.topic_delay_ms > 0
+        || validated
+            .records()
+            .is_none_or(|summary| summary.sluice_header_records > 0);
     if let Some(now) = policy.append_time {
-        return Ok(Some(Rewrite::LogAppendTime(now)));
+        return Ok((Some(Rewrite::LogAppendTime(now)), may_delay));
     }
     let claimed = validated.header().max_timestamp_ms;
-    Ok(validated
+    let rewrite = validated
         .records()
         .map(|summary| summary.max_timestamp_ms)
         .filter(|&found| found != claimed)
-        .map(Rewrite::MaxTimestamp))
+        .map(Rewrite::MaxTimestamp);
+    Ok((rewrite, may_delay))
+}
+
+/// `batch` with its delayed records taken out into a timer batch (issue
+/// 18; `broker/delay.rs` says which and until when). A record with a bad
+/// delay header refuses the batch with INVALID_RECORD naming it (KIP-467);
+/// so does a delayed record in a transactional batch, which the timer
+/// cannot hold back until the transaction ends.
+fn hold_delayed(batch: Bytes, policy: &BatchPolicy) -> Result<Prepared, Outcome> {
+    use crate::broker::delay::{self, DelayRules, Delivery};
+    use crate::storage::compaction::records::Records;
+    let max = policy.limits.decompressed_max_bytes;
+    let records = Records::parse(&batch, max)
+        .map_err(|reason| Outcome::error(ResponseError::CorruptMessage.code(), reason))?;
+    let rules = DelayRules {
+        levels_ms: &policy.delay.levels_ms,
+        max_delay_ms: policy.delay.max_delay_ms,
+        topic_delay_ms: policy.delay.topic_delay_ms,
+    };
+    let mut due = Vec::with_capacity(records.records.len());
+    let mut record_errors = Vec::new();
+    let mut refused = 0usize;
+    let mut first_reason = None;
+    for (index, record) in records.records.iter().enumerate() {
+        let bytes = &records.plain[record.bytes.clone()];
+        let headers = crate::storage::timer::notes::record_headers(bytes)
+            .map_err(|reason| Outcome::error(ResponseError::CorruptMessage.code(), reason))?;
+        let delivery = delay::delivery(
+            headers.iter().map(|(key, value)| {
+                (
+                    &bytes[key.clone()],
+                    value.clone().map(|value| &bytes[value]),
+                )
+            }),
+            policy.delay.now_ms,
+            &rules,
+        );
+        match delivery {
+            Ok(Delivery::Now) => due.push(None),
+            Ok(Delivery::At(at)) if records.header.is_transactional() => {
+                refused += 1;
+                let reason = format!(
+                    "a delayed record (due at {at}) in a transactional batch: delayed records \
+                     cannot be part of a transaction"
+                );
+                first_reason.get_or_insert_with(|| reason.clone());
+                if record_errors.len() < RECORD_ERRORS_MAX {
+                    record_errors.push((index as i32, reason));
+                }
+            }
+            Ok(Delivery::At(at)) => due.push(Some(at)),
+            Err(reason) => {
+                refused += 1;
+                first_reason.get_or_insert_with(|| reason.clone());
+                if record_errors.len() < RECORD_ERRORS_MAX {
+                    record_errors.push((index as i32, reason));
+                }
+            }
+        }
+    }
+    if refused > 0 {
+        return Err(Outcome {
+            record_errors,
+            ..Outcome::error(
+                ResponseError::InvalidRecord.code(),
+                format!(
+                    "{refused} record(s) refused for their delay; the first: {}",
+                    first_reason.unwrap_or_default()
+                ),
+            )
+        });
+    }
+    if due.iter().all(Option::is_none) {
+        return Ok(Prepared { batch, held: None });
+    }
+    let split = crate::storage::timer::held::split(&batch, &due, max)
+        .map_err(|reason| Outcome::error(ResponseError::CorruptMessage.code(), reason))?;
+    Ok(Prepared {
+        batch: Bytes::from(split.visible),
+        held: Some(Bytes::from(split.held)),
+    })
 }
 
 /// INVALID_RECORD or INVALID_TIMESTAMP naming each refused record, as
@@ -870,7 +995,7 @@ struct OwnerWrite {
 /// durability asked for. Returns (first base offset, log start offset).
 async fn append_on_owner(
     write: OwnerWrite,
-    batches: Vec<Bytes>,
+    batches: Vec<Prepared>,
     durability: Durability,
     timeout: Duration,
     appended: oneshot::Sender<()>,
@@ -931,7 +1056,7 @@ async fn append_on_owner(
     let mut first = None;
     let mut last = None;
     let counters = telemetry::kafka::topic(&topic.name);
-    for bytes in &batches {
+    for Prepared { batch: bytes, held } in &batches {
         let batch = ValidatedBatch::revalidated(bytes).map_err(|error| Outcome::batch(&error))?;
         let header = *batch.header();
         let records = u64::try_from(header.records_count).unwrap_or(0);
@@ -952,7 +1077,16 @@ async fn append_on_owner(
                 .await?;
                 store.append_verified(id, batch, durability, token).await
             }
-            _ => store.append(id, batch, durability).await,
+            _ => match held {
+                Some(held) => {
+                    let held = ValidatedBatch::frame_only(held, held.len())
+                        .map_err(|error| Outcome::batch(&error))?;
+                    store
+                        .append_with_held(id, held, batch, durability, None)
+                        .await
+                }
+                None => store.append(id, batch, durability).await,
+            },
         };
         let receipt = appended
             .map_err(|error| Outcome::error(error_code::for_append(&error), error.to_string()))?;
@@ -1036,7 +1170,13 @@ mod tests {
         let config =
             TopicConfig::with_overrides(&TopicConfig::from_broker(|_| None), &overrides, limits)
                 .unwrap();
-        BatchPolicy::new(&config, DECOMPRESSED_RATIO_MAX, false, true)
+        BatchPolicy::new(
+            &config,
+            DECOMPRESSED_RATIO_MAX,
+            false,
+            true,
+            &crate::config::DelayConfig::default(),
+        )
     }
 
     /// A batch timestamped now whose records have the given keys, then

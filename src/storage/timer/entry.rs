@@ -36,6 +36,9 @@ pub enum Done {
     /// Inserted again as the entry with this index (it was due past the
     /// wheel's window when its slot came up).
     Reinserted(u64),
+    /// Due when its partition no longer existed (its topic was deleted):
+    /// nothing was delivered.
+    Dropped,
 }
 
 impl Done {
@@ -44,6 +47,7 @@ impl Done {
             Done::Delivered(at) => (1, at.0),
             Done::Moved(at) => (2, at.0),
             Done::Reinserted(index) => (3, index),
+            Done::Dropped => (4, 0),
         }
     }
 
@@ -53,6 +57,7 @@ impl Done {
             1 => Some(Done::Delivered(LogPosition(at))),
             2 => Some(Done::Moved(LogPosition(at))),
             3 => Some(Done::Reinserted(at)),
+            4 => Some(Done::Dropped),
             other => return Err(format!("unknown done kind {other}")),
         })
     }
@@ -156,6 +161,7 @@ mod tests {
             Some(Done::Delivered(LogPosition(99))),
             Some(Done::Moved(LogPosition(1 << 40))),
             Some(Done::Reinserted(12)),
+            Some(Done::Dropped),
         ] {
             let original = entry(done);
             assert_eq!(TimerEntry::decode(&original.encode()), Ok(original));

@@ -10,7 +10,10 @@
 //! through their `previous` field, on disk. An entry is listed in its due
 //! slot, or the cursor's slot when that is later (due already), or the
 //! window's last slot when its due slot lies past the window; there, when
-//! the slot comes up, it is inserted again (RocketMQ 5's timer roll).
+//! the slot comes up, it is inserted again (RocketMQ 5's timer roll): the
+//! caller takes such entries ([`TimerIndex::take_again`]), records that in
+//! the log and calls [`TimerIndex::reinsert`], so that every copy of the
+//! log numbers its entries alike.
 //!
 //! The index is derived state. Its checkpoint ([`TimerCheckpoint`]) is the
 //! entry count and the cursor, taken with the consume queues' at one
@@ -32,6 +35,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -98,7 +102,7 @@ struct RingSlot {
 pub struct TimerIndex {
     dir: PathBuf,
     geometry: TimerGeometry,
-    files: BTreeMap<u64, File>,
+    files: BTreeMap<u64, Arc<File>>,
     /// First indexes of files written since the last sync.
     dirty: BTreeSet<u64>,
     count: u64,
@@ -106,8 +110,17 @@ pub struct TimerIndex {
     cursor: i64,
     /// Loaded entries waiting for their due time, by (due, index).
     current: BTreeMap<(i64, u64), TimerEntry>,
+    /// Loaded entries due past the slot they were listed in, waiting to be
+    /// inserted again, by index.
+    again: BTreeMap<u64, TimerEntry>,
     pending: u64,
+    /// Pending entries per [`PIN_BUCKET_BYTES`] of log where their timer
+    /// batch lies: what retention must keep.
+    pinned: BTreeMap<u64, u64>,
 }
+
+/// The grain (bytes of log) at which pending entries pin the log.
+pub const PIN_BUCKET_BYTES: u64 = 1 << 20;
 
 impl TimerIndex {
     /// Open (or create) the index in `dir` as of `checkpoint`, taken at
@@ -129,7 +142,9 @@ impl TimerIndex {
             ring: vec![RingSlot::default(); geometry.slots as usize],
             cursor: checkpoint.cursor,
             current: BTreeMap::new(),
+            again: BTreeMap::new(),
             pending: 0,
+            pinned: BTreeMap::new(),
         };
         index.open_files()?;
         let mut report = OpenReport::default();
@@ -146,7 +161,7 @@ impl TimerIndex {
             let lost = match entry.done {
                 Some(Done::Delivered(position) | Done::Moved(position)) => position >= indexed,
                 Some(Done::Reinserted(newer)) => newer >= index.count,
-                None => false,
+                Some(Done::Dropped) | None => false,
             };
             if lost {
                 entry.done = None;
@@ -159,10 +174,11 @@ impl TimerIndex {
                     rewrite = true;
                 }
             } else if entry.done.is_none() {
-                index.current.insert((entry.due_ms, at), entry);
+                index.load_one(entry.slot, at, entry);
             }
             if entry.done.is_none() {
                 index.pending += 1;
+                index.pin(&entry, 1);
             }
             if rewrite {
                 report.repaired += 1;
@@ -200,7 +216,7 @@ impl TimerIndex {
             let kept = (self.count - first).min(self.geometry.entries_per_file);
             file.set_len(kept * ENTRY_BYTES as u64)
                 .map_err(io_error(&path))?;
-            self.files.insert(first, file);
+            self.files.insert(first, Arc::new(file));
         }
         Ok(())
     }
@@ -208,6 +224,29 @@ impl TimerIndex {
     /// Entries not done.
     pub fn pending(&self) -> u64 {
         self.pending
+    }
+
+    /// Where the oldest pending entry's timer batch lies, rounded down to
+    /// [`PIN_BUCKET_BYTES`]: the log from here on must be kept.
+    pub fn pinned_from(&self) -> Option<LogPosition> {
+        self.pinned
+            .keys()
+            .next()
+            .map(|bucket| LogPosition(bucket * PIN_BUCKET_BYTES))
+    }
+
+    fn pin(&mut self, entry: &TimerEntry, delta: i64) {
+        let bucket = entry.held_position.0 / PIN_BUCKET_BYTES;
+        let count = self.pinned.entry(bucket).or_insert(0);
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 {
+            self.pinned.remove(&bucket);
+        }
+    }
+
+    /// The next entry's index.
+    pub fn count(&self) -> u64 {
+        self.count
     }
 
     /// The checkpoint of the index as it is now.
@@ -223,6 +262,7 @@ impl TimerIndex {
     pub fn insert(&mut self, entry: TimerEntry) -> Result<u64, TimerError> {
         let index = self.place(entry, self.cursor)?;
         self.pending += 1;
+        self.pin(&entry, 1);
         Ok(index)
     }
 
@@ -294,12 +334,7 @@ impl TimerIndex {
                 }
             }
             self.cursor = now_slot + 1;
-            // Oldest first, so that the new entries keep their order.
-            again.sort_by_key(|(at, _)| *at);
-            for (at, entry) in again {
-                let newer = self.place(entry, self.cursor)?;
-                self.mark(at, Done::Reinserted(newer))?;
-            }
+            self.again.extend(again);
         }
         let mut due = Vec::new();
         while due.len() < max {
@@ -313,6 +348,32 @@ impl TimerIndex {
             due.push((at, entry));
         }
         Ok(due)
+    }
+
+    /// Up to `max` loaded entries due past the slot they were listed in,
+    /// oldest first: each is to be [`TimerIndex::reinsert`]ed once the log
+    /// records that (or handed out again after a restart).
+    pub fn take_again(&self, max: usize) -> Vec<u64> {
+        self.again.keys().take(max).copied().collect()
+    }
+
+    /// List entry `at` again, as a new entry (relative to the cursor);
+    /// returns the new index. An entry already done stays done (`None`).
+    pub fn reinsert(&mut self, at: u64) -> Result<Option<u64>, TimerError> {
+        let entry = match self.again.remove(&at) {
+            Some(entry) => entry,
+            None => match self.read(at)? {
+                Ok(entry) => entry,
+                Err(_) => return Ok(None),
+            },
+        };
+        if entry.done.is_some() {
+            return Ok(None);
+        }
+        self.current.remove(&(entry.due_ms, at));
+        let newer = self.place(entry, self.cursor)?;
+        self.mark(at, Done::Reinserted(newer))?;
+        Ok(Some(newer))
     }
 
     /// Put back entries handed out by [`TimerIndex::due`] and not done
@@ -351,10 +412,33 @@ impl TimerIndex {
         Ok(())
     }
 
-    /// Entry `at`, handed out by [`TimerIndex::due`], is done.
-    pub fn done(&mut self, at: u64, done: Done) -> Result<(), TimerError> {
+    /// A pending entry of a slot before the cursor: due, or to be listed
+    /// again when due past it.
+    fn load_one(&mut self, slot: i64, at: u64, entry: TimerEntry) {
+        if entry.due_ms.div_euclid(self.geometry.slot_ms) > slot {
+            self.again.insert(at, entry);
+        } else {
+            self.current.insert((entry.due_ms, at), entry);
+        }
+    }
+
+    /// Entry `at` is done (delivered, dropped): wherever it is listed, it
+    /// is no longer handed out. Returns it, or `None` when it was done
+    /// already or cannot be read (damaged, or past the entries).
+    pub fn finish(&mut self, at: u64, done: Done) -> Result<Option<TimerEntry>, TimerError> {
+        if at >= self.count {
+            return Ok(None);
+        }
+        let entry = match self.read(at)? {
+            Ok(entry) if entry.done.is_none() => entry,
+            _ => return Ok(None),
+        };
+        self.current.remove(&(entry.due_ms, at));
+        self.again.remove(&at);
         self.pending -= 1;
-        self.mark(at, done)
+        self.pin(&entry, -1);
+        self.mark(at, done)?;
+        Ok(Some(entry))
     }
 
     fn mark(&mut self, at: u64, done: Done) -> Result<(), TimerError> {
@@ -366,6 +450,16 @@ impl TimerIndex {
             .map_err(io_error(&path))?;
         self.dirty.insert(file);
         Ok(())
+    }
+
+    /// The entry files written since the last call, for a checkpoint to
+    /// fsync before it records [`TimerIndex::checkpoint`] (as it does the
+    /// consume queues').
+    pub fn take_dirty_files(&mut self) -> Vec<Arc<File>> {
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|first| Arc::clone(&self.files[&first]))
+            .collect()
     }
 
     /// Make every entry written so far durable (before a checkpoint that
@@ -401,7 +495,7 @@ impl TimerIndex {
                 .open(&path)
                 .map_err(io_error(&path))?;
             crate::storage::segment::sync_dir(&self.dir).map_err(io_error(&self.dir))?;
-            self.files.insert(first, file);
+            self.files.insert(first, Arc::new(file));
         }
         self.files[&first]
             .write_all_at(&entry.encode(), within)
@@ -484,7 +578,12 @@ mod tests {
         assert_eq!(origins(&due), [2, 3], "at most 2, ties in order");
         assert_eq!(origins(&index.due(NOW + 3000, 10).unwrap()), [1]);
         for (at, _) in due {
-            index.done(at, Done::Delivered(LogPosition(7))).unwrap();
+            assert!(
+                index
+                    .finish(at, Done::Delivered(LogPosition(7)))
+                    .unwrap()
+                    .is_some()
+            );
         }
         assert_eq!(index.pending(), 3, "handed out is not done");
     }
@@ -495,9 +594,15 @@ mod tests {
         let (mut index, _) = open(dir.path(), start(), 0);
         index.insert(entry(NOW + 150_000, 0)).unwrap();
         assert!(index.due(NOW + 59_999, 10).unwrap().is_empty());
+        assert_eq!(index.take_again(10), [0], "its window's last slot came up");
+        assert_eq!(index.reinsert(0).unwrap(), Some(1));
+        assert_eq!(index.reinsert(0).unwrap(), None, "once");
         assert!(index.due(NOW + 120_000, 10).unwrap().is_empty());
+        assert_eq!(index.take_again(10), [1]);
+        assert_eq!(index.reinsert(1).unwrap(), Some(2));
         assert_eq!(index.checkpoint().entries, 3, "listed again twice");
         assert_eq!(index.pending(), 1);
+        assert_eq!(index.pinned_from(), Some(LogPosition(0)));
         // After a restart only the newest listing is pending.
         index.sync().unwrap();
         let checkpoint = index.checkpoint();
@@ -508,6 +613,34 @@ mod tests {
         let due = index.due(NOW + 150_000, 10).unwrap();
         assert_eq!(origins(&due), [0]);
         assert_eq!(due[0].1.due_ms, NOW + 150_000);
+    }
+
+    #[test]
+    fn an_entry_waiting_to_be_listed_again_at_a_restart_is_not_due_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut index, _) = open(dir.path(), start(), 0);
+        index.insert(entry(NOW + 150_000, 0)).unwrap();
+        assert!(index.due(NOW + 59_999, 10).unwrap().is_empty());
+        index.sync().unwrap();
+        let checkpoint = index.checkpoint();
+        drop(index);
+        let (mut index, report) = open(dir.path(), checkpoint, 0);
+        assert_eq!(report.pending, 1);
+        assert!(index.due(NOW + 60_000, 10).unwrap().is_empty());
+        assert_eq!(index.take_again(10), [0]);
+        index.reinsert(0).unwrap();
+        assert!(due_rolling(&mut index, NOW + 149_999).is_empty());
+        assert_eq!(origins(&due_rolling(&mut index, NOW + 150_000)), [0]);
+    }
+
+    /// What is due at `now`, listing again (as the store does through the
+    /// log) whatever comes up due past its slot.
+    fn due_rolling(index: &mut TimerIndex, now: i64) -> Vec<(u64, TimerEntry)> {
+        let due = index.due(now, 10).unwrap();
+        for at in index.take_again(10) {
+            index.reinsert(at).unwrap();
+        }
+        due
     }
 
     #[test]
@@ -522,10 +655,10 @@ mod tests {
         // 0 delivered below the checkpoint's position, 1 past it (its
         // frame may be lost), 2 handed out only.
         index
-            .done(due[0].0, Done::Delivered(LogPosition(500)))
+            .finish(due[0].0, Done::Delivered(LogPosition(500)))
             .unwrap();
         index
-            .done(due[1].0, Done::Delivered(LogPosition(1500)))
+            .finish(due[1].0, Done::Delivered(LogPosition(1500)))
             .unwrap();
         index.sync().unwrap();
         let checkpoint = index.checkpoint();
@@ -571,8 +704,9 @@ mod tests {
         drop(index);
         let (mut index, _) = open(dir.path(), checkpoint, 0);
         let later = NOW + 300_000;
-        assert_eq!(origins(&index.due(later, 10).unwrap()), [0, 1, 3]);
+        assert_eq!(origins(&due_rolling(&mut index, later)), [0, 1, 3]);
         assert_eq!(index.pending(), 4);
-        assert_eq!(origins(&index.due(NOW + 400_000, 10).unwrap()), [2]);
+        assert!(due_rolling(&mut index, NOW + 399_999).is_empty());
+        assert_eq!(origins(&due_rolling(&mut index, NOW + 400_000)), [2]);
     }
 }

@@ -1,74 +1,101 @@
-//! Which held frames of a commit log count (ARCHITECTURE.md, "Delayed
+//! Which timer notes of a commit log count (ARCHITECTURE.md, "Delayed
 //! delivery, retry and dead letters": two adjacent frames per produced
-//! batch). A held frame counts only when the very next frame of the log is
-//! its visible batch: same partition, same base offset, and the CRC the
-//! timer batch names in its `partitionLeaderEpoch` field. A crash between
-//! the two appends, or a visible batch refused after its held frame was
-//! written, leaves the held frame unpaired: dead bytes, never a delayed
-//! record whose batch was not acknowledged. Recovery and followers feed
-//! every frame they read, in log order, through one [`HeldPairing`].
+//! batch, and per delivery). A note, a held frame (the delayed records of a
+//! produced batch) or a delivery note (the next batch delivers delayed
+//! records), counts only when the very next frame of the log is its batch:
+//! same partition, same base offset, and the CRC the note names in its
+//! `partitionLeaderEpoch` field. A crash between the two appends, or a
+//! batch refused after its note was written, leaves the note unpaired: dead
+//! bytes, never a delayed record whose batch was not acknowledged, nor a
+//! delivery that is not in the log. Recovery and followers feed every frame
+//! they read, in log order, through one [`TimerPairing`].
 
 use crate::ids::{LogPosition, PartitionId};
 use crate::record_batch::BatchHeader;
 use crate::storage::frame::{FrameHeader, FrameKind};
 
-/// A held frame whose visible batch follows it in the log.
+/// A timer note whose batch follows it in the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HeldFrame {
-    /// Where the held frame starts, and its length with its header.
+pub struct TimerFrame {
+    /// [`FrameKind::DelayHeld`], [`FrameKind::DelayDelivery`] or
+    /// [`FrameKind::DelayRoll`] (which stands alone: its "batch" is
+    /// itself).
+    pub kind: FrameKind,
+    /// Where the note starts, and its length with its header.
     pub position: LogPosition,
     pub frame_len: u64,
     pub partition: PartitionId,
-    /// The produced batch's base offset: each delayed record's origin
-    /// offset is this plus its offset delta.
+    /// The batch's base offset: for a held frame, each delayed record's
+    /// origin offset is this plus its offset delta.
     pub base_offset: i64,
+    /// Where the note's batch (the visible batch, or the delivered
+    /// records) starts, and its length with its header.
+    pub batch_position: LogPosition,
+    pub batch_frame_len: u64,
 }
 
-/// The last held frame read, waiting for the next frame.
+/// The last note read, waiting for the next frame.
 #[derive(Debug, Default)]
-pub struct HeldPairing {
-    pending: Option<(HeldFrame, u32)>,
+pub struct TimerPairing {
+    pending: Option<(TimerFrame, u32)>,
 }
 
-impl HeldPairing {
+impl TimerPairing {
     /// Feed the next frame of the log (`position`, its frame header and its
-    /// batch's header); the held frame it completes, if it is the visible
-    /// batch the previous frame was held for. Positions must rise.
+    /// batch's header); the note it completes, if it is the batch the
+    /// previous frame was a note for. Positions must rise.
     pub fn next(
         &mut self,
         position: LogPosition,
         frame: &FrameHeader,
         batch: &BatchHeader,
-    ) -> Option<HeldFrame> {
+    ) -> Option<TimerFrame> {
         let pending = self.pending.take();
-        if let Some((held, _)) = &pending {
-            assert!(position > held.position, "frames fed in log order");
+        if let Some((note, _)) = &pending {
+            assert!(position > note.position, "frames fed in log order");
         }
         match frame.kind {
-            FrameKind::DelayHeld => {
-                let held = HeldFrame {
+            FrameKind::DelayHeld | FrameKind::DelayDelivery => {
+                let note = TimerFrame {
+                    kind: frame.kind,
                     position,
                     frame_len: frame.frame_len(),
                     partition: frame.partition,
                     base_offset: batch.base_offset,
+                    batch_position: position,
+                    batch_frame_len: 0,
                 };
-                self.pending = Some((held, batch.partition_leader_epoch as u32));
+                self.pending = Some((note, batch.partition_leader_epoch as u32));
                 None
             }
+            // A roll note stands alone.
+            FrameKind::DelayRoll => Some(TimerFrame {
+                kind: frame.kind,
+                position,
+                frame_len: frame.frame_len(),
+                partition: frame.partition,
+                base_offset: batch.base_offset,
+                batch_position: position,
+                batch_frame_len: frame.frame_len(),
+            }),
             // The next frame, wherever it lies (a roll may come between
             // the two appends: the batch then starts the next segment).
-            FrameKind::Batch => pending.and_then(|(held, visible_crc)| {
-                (frame.partition == held.partition
-                    && batch.base_offset == held.base_offset
-                    && batch.crc == visible_crc)
-                    .then_some(held)
+            FrameKind::Batch => pending.and_then(|(note, crc)| {
+                (frame.partition == note.partition
+                    && batch.base_offset == note.base_offset
+                    && batch.crc == crc)
+                    .then_some(TimerFrame {
+                        batch_position: position,
+                        batch_frame_len: frame.frame_len(),
+                        ..note
+                    })
             }),
             _ => None,
         }
     }
 
-    /// Forget a held frame waiting for its batch (the log's reading jumped:
-    /// a damaged range skipped, a new segment after a gap).
+    /// Forget a note waiting for its batch (the log's reading jumped: a
+    /// damaged range skipped, a new segment after a gap).
     pub fn reset(&mut self) {
         self.pending = None;
     }
@@ -116,18 +143,21 @@ mod tests {
         let (held_frame, held_header) = held_for(&visible, 1, 10);
         let after_held = LogPosition(100).plus(held_frame.frame_len());
 
-        let mut pairing = HeldPairing::default();
+        let mut pairing = TimerPairing::default();
         assert_eq!(
             pairing.next(LogPosition(100), &held_frame, &held_header),
             None
         );
         assert_eq!(
             pairing.next(after_held, &visible_frame, &visible_header),
-            Some(HeldFrame {
+            Some(TimerFrame {
+                kind: FrameKind::DelayHeld,
                 position: LogPosition(100),
                 frame_len: held_frame.frame_len(),
                 partition: PartitionId(1),
                 base_offset: 10,
+                batch_position: after_held,
+                batch_frame_len: visible_frame.frame_len(),
             })
         );
         assert_eq!(
