@@ -3480,3 +3480,75 @@ fn a_compacted_topic_keeps_its_latest_values_across_a_failover() {
     brokers[leader - 1] = Some(cluster.start(leader));
     stop_caught_up(&cluster, brokers.into_iter().flatten());
 }
+
+/// Delayed records replicate with the shard group's log (issue 18): the
+/// followers' timers are fed by the copied held frames and delivery notes,
+/// so when the leader is killed with records pending (some delivered
+/// already), the new leader delivers each remaining one, and none twice
+/// (mutation: copied frames not fed to the timer → nothing delivered after
+/// the kill).
+#[test]
+fn delayed_records_pending_at_a_leaders_kill_are_delivered_once_by_the_next_leader() {
+    const RECORDS: usize = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::with_config(
+        dir.path(),
+        "[cluster]\nheartbeat_interval_ms = 200\nsession_timeout_ms = 1500\n",
+    );
+    let mut brokers: Vec<Option<BrokerProcess>> =
+        cluster.start_all().into_iter().map(Some).collect();
+    let first = brokers[0].as_ref().unwrap().address.clone();
+    kafka_clients::create_topic(&first, "timed", 1, &[]);
+    eventually("every follower in sync", || {
+        partition_states(&first, "timed")
+            .iter()
+            .all(|(_, in_sync)| in_sync.len() == 3)
+    });
+    let (producer, acks) = kafka_clients::producer(&first, &[("linger.ms", "20")]);
+    for index in 0..RECORDS {
+        // Due from 2 s to 6 s from now.
+        let delay = (2_000 + (index * 7_919) % 4_000).to_string();
+        kafka_clients::send(
+            &producer,
+            "timed",
+            Some(0),
+            None,
+            format!("r{index}").as_bytes(),
+            &[("sluice.delay.ms", delay.as_bytes())],
+        );
+    }
+    assert_eq!(kafka_clients::flush(&producer, &acks).len(), RECORDS);
+    drop(producer);
+    std::thread::sleep(Duration::from_millis(3_000));
+    let leader = partition_states(&first, "timed")[0].0 as usize;
+    brokers[leader - 1].take().unwrap().kill9();
+    let survivor = &cluster.nodes[(1..=3).find(|&id| id != leader).unwrap() - 1];
+    eventually("a new leader", || {
+        let (new_leader, _) = partition_states(&survivor.kafka, "timed")[0].clone();
+        new_leader > 0 && new_leader != leader as i32
+    });
+    let all = crate::delayed_delivery::consume_until(
+        &survivor.kafka,
+        "timed",
+        RECORDS,
+        Duration::from_secs(40),
+        Duration::from_secs(2),
+    );
+    let mut origins: std::collections::BTreeMap<i64, usize> = Default::default();
+    for record in &all {
+        let origin: i64 = crate::delayed_delivery::header(record, "sluice.origin.offset")
+            .unwrap()
+            .parse()
+            .unwrap();
+        *origins.entry(origin).or_default() += 1;
+    }
+    let twice: Vec<_> = origins.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} delivered twice, first {:?}",
+        twice.len(),
+        &twice[..twice.len().min(10)]
+    );
+    assert_eq!(origins.len(), RECORDS, "every delayed record delivered");
+    stop_all(brokers.into_iter().flatten());
+}

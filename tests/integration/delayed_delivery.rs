@@ -35,7 +35,7 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn header<'r>(record: &'r Record, name: &str) -> Option<&'r str> {
+pub(crate) fn header<'r>(record: &'r Record, name: &str) -> Option<&'r str> {
     record
         .headers
         .iter()
@@ -45,7 +45,7 @@ fn header<'r>(record: &'r Record, name: &str) -> Option<&'r str> {
 
 /// Poll `topic` partition 0 from offset 0 until `expected` records came
 /// or `wait` passed, then `quiet` more to catch any extra one.
-fn consume_until(
+pub(crate) fn consume_until(
     address: &str,
     topic: &str,
     expected: usize,
