@@ -256,6 +256,11 @@ pub struct StoreGauges {
     /// Writes and fdatasyncs in flight.
     pub io_inflight: usize,
     pub stats: LogStats,
+    /// Delayed records waiting in the timer, and their bytes.
+    pub delayed_records: u64,
+    pub delayed_bytes: u64,
+    /// The due time of the oldest due record not delivered yet (epoch ms).
+    pub oldest_due_ms: Option<i64>,
 }
 
 impl ShardStore {
@@ -510,6 +515,9 @@ impl ShardStore {
             unflushed_bytes: log.append_end().0 - log.durable_end().0,
             io_inflight: log.io_inflight(),
             stats: log.stats(),
+            delayed_records: state.timer.index.pending(),
+            delayed_bytes: state.timer.index.pending_bytes(),
+            oldest_due_ms: state.timer.index.oldest_due(),
         }
     }
 }

@@ -89,6 +89,23 @@ pub(super) fn open_timer(
     Ok(timer)
 }
 
+/// The payload (the batch) of the frame at `position`, whatever its length.
+pub(super) fn frame_payload_at(log: &CommitLog, position: LogPosition) -> std::io::Result<Vec<u8>> {
+    let segment = log
+        .segment_at(position)
+        .ok_or_else(|| std::io::Error::other(format!("no segment holds {position}")))?;
+    let end = position.plus(FRAME_PREFIX_BYTES as u64);
+    if end > log.written_end() || end > segment.end() {
+        return Err(std::io::Error::other(format!(
+            "frame at {position} is not written yet"
+        )));
+    }
+    let bytes = log_bytes(log, segment, position, end).map_err(std::io::Error::other)?;
+    let header =
+        FrameHeader::decode(&bytes, segment.end().0 - position.0).map_err(std::io::Error::other)?;
+    frame_payload(log, position, header.frame_len())
+}
+
 /// The payload (the batch) of the frame at `position`, `frame_len` bytes
 /// with its header.
 pub(super) fn frame_payload(
@@ -177,7 +194,10 @@ impl ShardStore {
                 let batch = ValidatedBatch::frame_only(&delivery.batch, delivery.batch.len())
                     .expect("a delivery batch this broker built is a sound batch");
                 match self.append_delivery(delivery.partition, note, batch).await {
-                    Ok(_) => delivered += delivery.entries.len(),
+                    Ok(_) => {
+                        delivered += delivery.entries.len();
+                        self.metrics.delayed_delivered(delivery.entries.len());
+                    }
                     // Deleted meanwhile: dropped at the next look.
                     Err(error) => {
                         let mut state = self.state.borrow_mut();
@@ -291,9 +311,7 @@ impl ShardStore {
             let mut bytes = 0;
             for (at, entry) in entries {
                 let source = held.entry(entry.held_position).or_insert_with(|| {
-                    let payload =
-                        frame_payload(&state.log, entry.held_position, u64::from(entry.held_len))
-                            .ok()?;
+                    let payload = frame_payload_at(&state.log, entry.held_position).ok()?;
                     let base_offset = record_batch::BatchHeader::parse(&payload).ok()?.base_offset;
                     Some((
                         base_offset,

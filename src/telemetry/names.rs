@@ -74,6 +74,11 @@ pub const CLUSTER_NODES: &str = "sluice_cluster_nodes";
 pub const CLUSTER_GROUPS_OFFLINE: &str = "sluice_cluster_groups_offline";
 pub const CLUSTER_GROUPS_UNDER_REPLICATED: &str = "sluice_cluster_groups_under_replicated";
 
+pub const DELAY_PENDING_RECORDS: &str = "sluice_delay_pending_records";
+pub const DELAY_PENDING_BYTES: &str = "sluice_delay_pending_bytes";
+pub const DELAY_DUE_LAG: &str = "sluice_delay_due_lag_seconds";
+pub const DELAY_DELIVERED: &str = "sluice_delay_delivered_records_total";
+
 pub const RECOVERY_DURATION: &str = "sluice_recovery_duration_seconds";
 pub const RECOVERY_TRUNCATED_BYTES: &str = "sluice_recovery_truncated_bytes";
 
@@ -354,6 +359,24 @@ pub fn describe() {
          (read_committed consumers wait there); set only while above 0."
     );
 
+    describe_gauge!(
+        DELAY_PENDING_RECORDS,
+        "Delayed records (issue 18: delay headers, a topic delay, retries) a shard holds until their due time."
+    );
+    describe_gauge!(
+        DELAY_PENDING_BYTES,
+        Unit::Bytes,
+        "Bytes of the delayed records a shard holds until their due time."
+    );
+    describe_gauge!(
+        DELAY_DUE_LAG,
+        Unit::Seconds,
+        "How far behind its due time the oldest due, undelivered delayed record of a shard is (0: none late)."
+    );
+    describe_counter!(
+        DELAY_DELIVERED,
+        "Delayed records a shard delivered to their partitions at their due time."
+    );
     describe_gauge!(
         RECOVERY_DURATION,
         Unit::Seconds,

@@ -83,6 +83,9 @@ fn refresh_storage(context: &ShardContext, shard: &str, totals: &LogTotals) {
         (names::SHARD_LOG_BYTES, state.log_bytes as f64),
         (names::LOG_UNFLUSHED_BYTES, state.unflushed_bytes as f64),
         (names::LOG_FLUSH_QUEUE_DEPTH, state.io_inflight as f64),
+        (names::DELAY_PENDING_RECORDS, state.delayed_records as f64),
+        (names::DELAY_PENDING_BYTES, state.delayed_bytes as f64),
+        (names::DELAY_DUE_LAG, due_lag_seconds(state.oldest_due_ms)),
     ];
     for (name, value) in per_shard {
         gauge!(name, std::slice::from_ref(&label)).set(value);
@@ -101,6 +104,12 @@ fn refresh_storage(context: &ShardContext, shard: &str, totals: &LogTotals) {
     // The same filesystem and connection count on every shard: unlabelled.
     gauge!(names::DISK_USAGE_RATIO).set(store.disk_usage_ratio());
     gauge!(names::KAFKA_CONNECTIONS).set(f64::from(crate::kafka::open_connections()));
+}
+
+/// How late the oldest due delayed record is, seconds (0: none is late).
+fn due_lag_seconds(oldest_due_ms: Option<i64>) -> f64 {
+    let now_ms = crate::storage::segment::now_ms() as i64;
+    oldest_due_ms.map_or(0.0, |due| (now_ms - due).max(0) as f64 / 1000.0)
 }
 
 /// The same budget on every shard: unlabelled.

@@ -106,6 +106,7 @@ pub struct StoreMetrics {
     compaction_written: Counter,
     compaction_removed: Counter,
     compaction_duration: metrics::Histogram,
+    delay_delivered: Counter,
 }
 
 impl StoreMetrics {
@@ -127,6 +128,7 @@ impl StoreMetrics {
             compaction_written: counter!(names::COMPACTION_BYTES_WRITTEN, "shard" => shard.clone()),
             compaction_removed: counter!(names::COMPACTION_RECORDS_REMOVED, "shard" => shard.clone()),
             compaction_duration: metrics::histogram!(names::COMPACTION_PASS_DURATION, "shard" => shard.clone()),
+            delay_delivered: counter!(names::DELAY_DELIVERED, "shard" => shard.clone()),
             rejected: REJECT_REASONS.map(|reason| {
                 counter!(names::APPENDS_REJECTED, "shard" => shard.clone(), "reason" => reason)
             }),
@@ -168,6 +170,11 @@ impl StoreMetrics {
             "partition" => partition.to_string()
         )
         .set(delay.as_secs_f64());
+    }
+
+    /// Delayed records delivered at their due time.
+    pub fn delayed_delivered(&self, records: usize) {
+        self.delay_delivered.increment(records as u64);
     }
 
     pub fn segment_deleted(&self, why: Deletion, bytes: u64) {

@@ -24,7 +24,11 @@ const LATE_MS: i64 = 2_500;
 
 fn start(dir: &Path) -> BrokerProcess {
     let config = dir.join("sluice.toml");
-    std::fs::write(&config, format!("[delay]\nlevels_ms = {LEVELS_MS:?}\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("[delay]\nlevels_ms = {LEVELS_MS:?}\n[metrics]\nrefresh_interval_ms = 100\n"),
+    )
+    .unwrap();
     BrokerProcess::start(&dir.join("data"), &["--config", config.to_str().unwrap()])
 }
 
@@ -263,8 +267,30 @@ fn a_bad_delay_header_refuses_the_record_with_invalid_record() {
     let _ = broker.stop();
 }
 
+/// The sum of every series of metric `name` (`sluice_…`), scraped.
+fn metric_sum(metrics: &str, name: &str) -> f64 {
+    let (_, body) = crate::metrics::get(metrics, "/metrics");
+    body.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Wait (up to 10 s) until `check` holds.
+fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A topic's `sluice.delivery.delay.ms` holds every record without a delay
 /// header of its own; a record may ask for none with `sluice.delay.ms: 0`.
+/// The gauges show the record pending, then delivered.
 #[test]
 fn a_topic_delay_holds_records_without_a_header_of_their_own() {
     let dir = tempfile::tempdir().unwrap();
@@ -273,18 +299,12 @@ fn a_topic_delay_holds_records_without_a_header_of_their_own() {
         &broker.address,
         "slow",
         1,
-        &[("sluice.delivery.delay.ms", "800")],
+        &[("sluice.delivery.delay.ms", "4000")],
     );
     let (producer, acks) = kafka_clients::producer(&broker.address, &[]);
     kafka_clients::send(&producer, "slow", Some(0), None, b"held", &[]);
-    kafka_clients::send(
-        &producer,
-        "slow",
-        Some(0),
-        None,
-        b"now",
-        &[("sluice.delay.ms", b"0")],
-    );
+    let zero: &[(&str, &[u8])] = &[("sluice.delay.ms", b"0")];
+    kafka_clients::send(&producer, "slow", Some(0), None, b"now", zero);
     kafka_clients::flush(&producer, &acks);
     let first = consume_until(
         &broker.address,
@@ -294,6 +314,10 @@ fn a_topic_delay_holds_records_without_a_header_of_their_own() {
         Duration::ZERO,
     );
     assert_eq!(first[0].payload, b"now");
+    eventually("the held record in the gauges", || {
+        metric_sum(&broker.metrics, "sluice_delay_pending_records") == 1.0
+            && metric_sum(&broker.metrics, "sluice_delay_pending_bytes") > 4.0
+    });
     let all = consume_until(
         &broker.address,
         "slow",
@@ -304,6 +328,15 @@ fn a_topic_delay_holds_records_without_a_header_of_their_own() {
     assert_eq!(all.len(), 2);
     assert_eq!(all[1].payload, b"held");
     assert_eq!(header(&all[1], "sluice.origin.offset"), Some("0"));
+    eventually("the delivery in the gauges", || {
+        metric_sum(&broker.metrics, "sluice_delay_pending_records") == 0.0
+            && metric_sum(&broker.metrics, "sluice_delay_pending_bytes") == 0.0
+            && metric_sum(&broker.metrics, "sluice_delay_delivered_records_total") == 1.0
+    });
+    assert_eq!(
+        metric_sum(&broker.metrics, "sluice_delay_due_lag_seconds"),
+        0.0
+    );
     let _ = broker.stop();
 }
 

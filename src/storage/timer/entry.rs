@@ -8,7 +8,7 @@
 //! |--------|----------------|------------------------------------------------|
 //! | 0..8   | due_ms         | epoch milliseconds                             |
 //! | 8..16  | held_position  | log position of the timer batch's first byte   |
-//! | 16..20 | held_len       | bytes of the timer batch                       |
+//! | 16..20 | record_bytes   | bytes of the delayed record in its timer batch |
 //! | 20..24 | partition      | the shard-local partition the record goes to   |
 //! | 24..32 | origin_offset  | the offset the record got at Produce           |
 //! | 32..40 | previous       | the slot's previous entry's index + 1; 0: none |
@@ -79,9 +79,11 @@ impl Done {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimerEntry {
     pub due_ms: i64,
-    /// The timer batch holding the record: its first byte in the log.
+    /// The held frame whose timer batch holds the record: its first byte
+    /// in the log.
     pub held_position: LogPosition,
-    pub held_len: u32,
+    /// The record's bytes in the timer batch (for the pending-bytes gauge).
+    pub record_bytes: u32,
     pub partition: PartitionId,
     /// The offset the record got at Produce; its identity in the partition.
     pub origin_offset: Offset,
@@ -98,7 +100,7 @@ impl TimerEntry {
         let mut bytes = [0; ENTRY_BYTES];
         bytes[0..8].copy_from_slice(&self.due_ms.to_le_bytes());
         bytes[8..16].copy_from_slice(&self.held_position.0.to_le_bytes());
-        bytes[16..20].copy_from_slice(&self.held_len.to_le_bytes());
+        bytes[16..20].copy_from_slice(&self.record_bytes.to_le_bytes());
         bytes[20..24].copy_from_slice(&self.partition.0.to_le_bytes());
         bytes[24..32].copy_from_slice(&self.origin_offset.0.to_le_bytes());
         bytes[32..40].copy_from_slice(&self.previous.to_le_bytes());
@@ -127,7 +129,7 @@ impl TimerEntry {
         Ok(TimerEntry {
             due_ms: u64_at(0) as i64,
             held_position: LogPosition(u64_at(8)),
-            held_len: u32_at(16),
+            record_bytes: u32_at(16),
             partition: PartitionId(u32_at(20)),
             origin_offset: Offset(u64_at(24) as i64),
             previous: u64_at(32),
@@ -145,7 +147,7 @@ mod tests {
         TimerEntry {
             due_ms: 1_700_000_000_123,
             held_position: LogPosition(4096 * 7 + 20),
-            held_len: 300,
+            record_bytes: 300,
             partition: PartitionId(9),
             origin_offset: Offset(41),
             previous: 17,

@@ -114,6 +114,8 @@ pub struct TimerIndex {
     /// inserted again, by index.
     again: BTreeMap<u64, TimerEntry>,
     pending: u64,
+    /// Bytes of the pending entries' records.
+    pending_bytes: u64,
     /// Pending entries per [`PIN_BUCKET_BYTES`] of log where their timer
     /// batch lies: what retention must keep.
     pinned: BTreeMap<u64, u64>,
@@ -144,6 +146,7 @@ impl TimerIndex {
             current: BTreeMap::new(),
             again: BTreeMap::new(),
             pending: 0,
+            pending_bytes: 0,
             pinned: BTreeMap::new(),
         };
         index.open_files()?;
@@ -235,7 +238,25 @@ impl TimerIndex {
             .map(|bucket| LogPosition(bucket * PIN_BUCKET_BYTES))
     }
 
+    /// Bytes of the pending entries' records.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending_bytes
+    }
+
+    /// The due time of the oldest loaded entry not done (handed out
+    /// entries are not counted until put back).
+    pub fn oldest_due(&self) -> Option<i64> {
+        self.current.keys().next().map(|(due, _)| *due)
+    }
+
+    /// Count `entry` as pending (`delta` 1) or no longer (-1).
     fn pin(&mut self, entry: &TimerEntry, delta: i64) {
+        let bytes = u64::from(entry.record_bytes);
+        self.pending_bytes = if delta > 0 {
+            self.pending_bytes + bytes
+        } else {
+            self.pending_bytes.saturating_sub(bytes)
+        };
         let bucket = entry.held_position.0 / PIN_BUCKET_BYTES;
         let count = self.pinned.entry(bucket).or_insert(0);
         *count = count.saturating_add_signed(delta);
@@ -547,7 +568,7 @@ mod tests {
         TimerEntry {
             due_ms,
             held_position: LogPosition(origin as u64 * 100),
-            held_len: 90,
+            record_bytes: 90,
             partition: PartitionId(1),
             origin_offset: Offset(origin),
             previous: 0,

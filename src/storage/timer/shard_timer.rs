@@ -75,7 +75,7 @@ impl ShardTimer {
                         self.index.insert(TimerEntry {
                             due_ms: record.due_ms,
                             held_position: note.position,
-                            held_len: note.frame_len as u32,
+                            record_bytes: record.bytes,
                             partition: note.partition,
                             origin_offset: Offset(record.origin_offset),
                             previous: 0,
