@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use clap::ValueEnum;
-use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression as Codec, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
     TimestampType,
@@ -75,6 +75,8 @@ pub struct BatchTemplate {
     bytes: Vec<u8>,
     /// Where the stamp's nanoseconds lie in `bytes`, when uncompressed.
     stamp_at: Option<usize>,
+    /// Headers every record carries (`sluice.delay.ms` for delayed loads).
+    headers: Vec<(String, Bytes)>,
 }
 
 impl BatchTemplate {
@@ -99,16 +101,34 @@ impl BatchTemplate {
             compression,
             bytes: Vec::new(),
             stamp_at: None,
+            headers: Vec::new(),
         };
         template.bytes = template.encode(0);
-        if compression == Compression::None {
-            let marker_at = template.bytes[HEADER_BYTES..]
-                .windows(STAMP_MARKER.len())
-                .position(|window| window == STAMP_MARKER)
-                .expect("the first record's key holds the marker");
-            template.stamp_at = Some(HEADER_BYTES + marker_at + STAMP_MARKER.len());
-        }
+        template.stamp_at = template.find_stamp();
         template
+    }
+
+    /// The template with `headers` on every record.
+    pub fn with_headers(mut self, headers: &[(String, Vec<u8>)]) -> Self {
+        self.headers = headers
+            .iter()
+            .map(|(key, value)| (key.clone(), Bytes::from(value.clone())))
+            .collect();
+        self.bytes = self.encode(0);
+        self.stamp_at = self.find_stamp();
+        self
+    }
+
+    /// Where the stamp's nanoseconds lie in the uncompressed batch.
+    fn find_stamp(&self) -> Option<usize> {
+        if self.compression != Compression::None {
+            return None;
+        }
+        let marker_at = self.bytes[HEADER_BYTES..]
+            .windows(STAMP_MARKER.len())
+            .position(|window| window == STAMP_MARKER)
+            .expect("the first record's key holds the marker");
+        Some(HEADER_BYTES + marker_at + STAMP_MARKER.len())
     }
 
     pub fn records(&self) -> usize {
@@ -142,7 +162,7 @@ impl BatchTemplate {
         let mut key = STAMP_MARKER.to_vec();
         key.extend_from_slice(&nanos.to_be_bytes());
         let timestamp_ms = now_nanos() as i64 / 1_000_000;
-        if self.compression == Compression::None {
+        if self.compression == Compression::None && self.headers.is_empty() {
             let mut builder = BatchBuilder::new(timestamp_ms);
             for (index, value) in self.values.iter().enumerate() {
                 builder.push(RecordSpec {
@@ -173,7 +193,11 @@ impl BatchTemplate {
                 timestamp: timestamp_ms,
                 key: (index == 0).then(|| key.clone()),
                 value: Some(value.clone()),
-                headers: IndexMap::new(),
+                headers: self
+                    .headers
+                    .iter()
+                    .map(|(key, value)| (StrBytes::from_string(key.clone()), Some(value.clone())))
+                    .collect(),
             })
             .collect();
         let mut out = BytesMut::new();

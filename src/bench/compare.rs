@@ -75,6 +75,7 @@ fn half_title(kind: ProducerKind) -> &'static str {
         ProducerKind::Plain => "produce, plain",
         ProducerKind::Idempotent => "produce, idempotent",
         ProducerKind::Transactional { .. } => "produce, transactional",
+        ProducerKind::Delayed { .. } => "produce, delayed",
     }
 }
 
@@ -84,6 +85,7 @@ fn all_rounds_title(kind: ProducerKind) -> &'static str {
         ProducerKind::Plain => "produce, plain (all rounds)",
         ProducerKind::Idempotent => "produce, idempotent (all rounds)",
         ProducerKind::Transactional { .. } => "produce, transactional (all rounds)",
+        ProducerKind::Delayed { .. } => "produce, delayed (all rounds)",
     }
 }
 
@@ -383,6 +385,7 @@ mod tests {
             inflight: 5,
             stamp: false,
             kind,
+            record_headers: Vec::new(),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod batch;
 mod compare;
 mod consume;
 mod control;
+mod delivery;
 mod produce;
 pub mod stats;
 mod transaction;
@@ -72,6 +73,27 @@ pub enum BenchCommand {
     /// Measure this host's limits with the same sizes: loopback TCP, and
     /// sequential write (+ fdatasync) in the data directory.
     Baseline(BaselineArgs),
+    /// Produce records that all fall due at one time (issue 18's delayed
+    /// delivery); report how fast and how late the timer delivers them.
+    Delivery(DeliveryArgs),
+}
+
+#[derive(Args)]
+pub struct DeliveryArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    shape: Shape,
+    #[command(flatten)]
+    producer: ProducerOptions,
+    /// Seconds of producing (every record due at the same time).
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    produce_for: f64,
+    /// Seconds from the start to the records' due time.
+    #[arg(long, value_name = "SECONDS", default_value_t = 6.0)]
+    lead: f64,
+    #[command(flatten)]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -158,7 +180,7 @@ pub struct ProducerOptions {
 }
 
 #[derive(Args)]
-#[command(group(ArgGroup::new("comparison").args(["idempotent", "transactional"])))]
+#[command(group(ArgGroup::new("comparison").args(["idempotent", "transactional", "delayed"])))]
 pub struct ProduceArgs {
     #[command(flatten)]
     target: Target,
@@ -191,6 +213,13 @@ pub struct ProduceArgs {
     /// error fails the run.
     #[arg(long)]
     transactional: bool,
+    /// Compare plain producers with producers whose every record carries
+    /// `sluice.delay.ms: MS` (issue 18), as --idempotent does, on topics
+    /// <topic>-<round>-plain|delayed: reports delayed_ratio (MB/s of delayed
+    /// over plain records) and p99_ratio. Choose MS past the run's end
+    /// (default one hour) so that deliveries do not load a later round.
+    #[arg(long, value_name = "MS", num_args = 0..=1, default_missing_value = "3600000")]
+    delayed: Option<u64>,
     /// Batches per partition in each transaction of --transactional.
     #[arg(
         long,
@@ -200,7 +229,7 @@ pub struct ProduceArgs {
         conflicts_with = "idempotent"
     )]
     txn_batches: usize,
-    /// Rounds of the --idempotent or --transactional comparison.
+    /// Rounds of the --idempotent, --transactional or --delayed comparison.
     #[arg(long, default_value_t = 2, requires = "comparison")]
     rounds: usize,
     #[command(flatten)]
@@ -272,6 +301,11 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Produce(args) => produce(args),
         BenchCommand::Consume(args) => consume(args),
         BenchCommand::E2e(args) => e2e(args),
+        BenchCommand::Delivery(args) => {
+            let load = producer_load(&args.target, &args.shape, &args.producer, None, false)?;
+            ensure_topic(&args.target.brokers, &load.topic, load.partitions)?;
+            delivery::run(&args, load)
+        }
         BenchCommand::Baseline(args) => {
             let chunk = chunk_bytes(&args.shape);
             let baseline = baseline::measure(
@@ -293,6 +327,9 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
 fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     if args.idempotent {
         return produce_compared(args, ProducerKind::Idempotent);
+    }
+    if let Some(delay_ms) = args.delayed {
+        return produce_compared(args, ProducerKind::Delayed { delay_ms });
     }
     if args.transactional {
         let batches_per_partition = args.txn_batches;
@@ -339,7 +376,11 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
 /// `variant`, interleaved.
 fn produce_compared(args: ProduceArgs, variant: ProducerKind) -> anyhow::Result<()> {
     let flag = format!("--{}", variant.name());
-    if args.producer.acks != Acks::All {
+    let idempotent = matches!(
+        variant,
+        ProducerKind::Idempotent | ProducerKind::Transactional { .. }
+    );
+    if idempotent && args.producer.acks != Acks::All {
         anyhow::bail!(
             "{flag} needs --acks all: an idempotent producer is acknowledged only once its \
              batch is durable (Kafka's clients force acks=all with enable.idempotence, and a \
@@ -347,6 +388,7 @@ fn produce_compared(args: ProduceArgs, variant: ProducerKind) -> anyhow::Result<
         );
     }
     if let Some(inflight) = args.producer.inflight
+        && idempotent
         && inflight > INFLIGHT_IDEMPOTENT_MAX
     {
         anyhow::bail!(
@@ -373,11 +415,13 @@ fn produce_compared(args: ProduceArgs, variant: ProducerKind) -> anyhow::Result<
         }
     }
     let mut load = producer_load(&args.target, &args.shape, &args.producer, args.rate, false)?;
-    load.inflight = args
-        .producer
-        .inflight
-        .unwrap_or(INFLIGHT_IDEMPOTENT_MAX)
-        .max(1);
+    if idempotent {
+        load.inflight = args
+            .producer
+            .inflight
+            .unwrap_or(INFLIGHT_IDEMPOTENT_MAX)
+            .max(1);
+    }
     load.kind = variant;
     let baseline = measure_baseline(&args.output, &args.shape, load.producers)?;
     let comparison = compare::Comparison {
@@ -566,6 +610,7 @@ fn producer_load(
         inflight: options.inflight.unwrap_or(INFLIGHT_DEFAULT).max(1),
         stamp,
         kind: ProducerKind::Plain,
+        record_headers: Vec::new(),
     })
 }
 
@@ -580,7 +625,14 @@ fn producer_settings(load: &ProduceLoad) -> serde_json::Value {
         "compression": load.compression.name(),
         "inflight": load.inflight,
         "rate_mb_s": load.rate_mb_s,
-        "idempotent": load.kind != ProducerKind::Plain,
+        "idempotent": matches!(
+            load.kind,
+            ProducerKind::Idempotent | ProducerKind::Transactional { .. }
+        ),
+        "delay_ms": match load.kind {
+            ProducerKind::Delayed { delay_ms } => Some(delay_ms),
+            _ => None,
+        },
         "transactional": matches!(load.kind, ProducerKind::Transactional { .. }),
         "txn_batches": match load.kind {
             ProducerKind::Transactional { batches_per_partition } => Some(batches_per_partition),

@@ -49,6 +49,9 @@ pub enum ProducerKind {
     Transactional {
         batches_per_partition: usize,
     },
+    /// Plain, every record delayed by `delay_ms` (issue 18: a
+    /// `sluice.delay.ms` header).
+    Delayed { delay_ms: u64 },
 }
 
 impl ProducerKind {
@@ -57,6 +60,18 @@ impl ProducerKind {
             ProducerKind::Plain => "plain",
             ProducerKind::Idempotent => "idempotent",
             ProducerKind::Transactional { .. } => "transactional",
+            ProducerKind::Delayed { .. } => "delayed",
+        }
+    }
+
+    /// Headers every record of this kind carries.
+    pub fn record_headers(self) -> Vec<(String, Vec<u8>)> {
+        match self {
+            ProducerKind::Delayed { delay_ms } => vec![(
+                crate::broker::delay::DELAY_MS.to_owned(),
+                delay_ms.to_string().into_bytes(),
+            )],
+            _ => Vec::new(),
         }
     }
 }
@@ -83,6 +98,9 @@ pub struct ProduceLoad {
     /// Idempotent and transactional producers need acks=all, inflight at
     /// most 5, and (transactional) no --rate: checked by the caller.
     pub kind: ProducerKind,
+    /// Headers on every record besides the kind's (`bench delivery`'s
+    /// `sluice.deliver.at.ms`).
+    pub record_headers: Vec<(String, Vec<u8>)>,
 }
 
 /// The schedule every thread of a run shares.
@@ -248,16 +266,19 @@ pub fn run(load: &ProduceLoad, window: Window) -> anyhow::Result<Produced> {
 
 fn producer(load: &ProduceLoad, index: usize, window: Window) -> anyhow::Result<ProducerResult> {
     let (address, partitions) = load.assignment(index);
+    let mut headers = load.kind.record_headers();
+    headers.extend(load.record_headers.iter().cloned());
     let template = BatchTemplate::new(
         load.batch_records,
         load.record_size,
         load.compression,
         index as u64 + 1,
-    );
+    )
+    .with_headers(&headers);
     let mut stream = wire::connect(&address)?;
     let mut control = Control::new(&address);
     let (stamps, transactions) = match load.kind {
-        ProducerKind::Plain => (None, None),
+        ProducerKind::Plain | ProducerKind::Delayed { .. } => (None, None),
         ProducerKind::Idempotent => {
             let (producer_id, epoch) =
                 control.init_producer_id(&mut stream, InitProducer::Idempotent)?;
@@ -640,6 +661,7 @@ mod tests {
             inflight: 1,
             stamp: false,
             kind: super::ProducerKind::Plain,
+            record_headers: Vec::new(),
         };
         let assigned: Vec<(String, Vec<i32>)> =
             (0..4).map(|index| load.assignment(index)).collect();
