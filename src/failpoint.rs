@@ -19,6 +19,41 @@ pub fn active(_name: &str) -> bool {
     false
 }
 
+/// Debug builds with `SLUICE_TEST_CLOCK_FILE` set: milliseconds added to
+/// the clock of delayed delivery (a decimal number in that file, read
+/// again at most every 10 ms; none or unreadable: 0), so that a test moves
+/// a record's due time days ahead without waiting (issue 18). 0 in release
+/// builds.
+#[cfg(debug_assertions)]
+pub fn clock_offset_ms() -> i64 {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    static PATH: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    static LAST: Mutex<Option<(Instant, i64)>> = Mutex::new(None);
+    let Some(path) = PATH.get_or_init(|| std::env::var_os("SLUICE_TEST_CLOCK_FILE").map(Into::into))
+    else {
+        return 0;
+    };
+    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((read, offset)) = *last
+        && read.elapsed() < Duration::from_millis(10)
+    {
+        return offset;
+    }
+    let offset = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0);
+    *last = Some((Instant::now(), offset));
+    offset
+}
+
+/// 0 in release builds.
+#[cfg(not(debug_assertions))]
+pub fn clock_offset_ms() -> i64 {
+    0
+}
+
 /// The file in a commit log's segment directory where
 /// [`journal_durable_end`] keeps the log's durable end.
 pub const DURABLE_JOURNAL: &str = "durable-end.test";

@@ -40,10 +40,10 @@ pub fn run(args: &DeliveryArgs, mut load: ProduceLoad) -> anyhow::Result<()> {
         .values()
         .sum();
     let due_ms = now_ms() + lead.as_millis() as i64;
-    load.record_headers = vec![(
+    load.record_headers.push((
         crate::broker::delay::DELIVER_AT_MS.to_owned(),
         due_ms.to_string().into_bytes(),
-    )];
+    ));
     let produced = produce::run(&load, Window::new(Duration::ZERO, produce_for))?;
     if produced.acks.errors > 0 {
         anyhow::bail!(

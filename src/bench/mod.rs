@@ -177,6 +177,17 @@ pub struct ProducerOptions {
     /// Seconds of load before measuring starts.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
     warmup: f64,
+    /// A header every record carries, KEY=VALUE (repeatable): for example
+    /// `sluice.delay.ms=60000` delays every record a minute.
+    #[arg(long = "header", value_name = "KEY=VALUE", value_parser = parse_header)]
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+fn parse_header(text: &str) -> Result<(String, Vec<u8>), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected KEY=VALUE"))?;
+    Ok((key.to_owned(), value.as_bytes().to_vec()))
 }
 
 #[derive(Args)]
@@ -610,7 +621,7 @@ fn producer_load(
         inflight: options.inflight.unwrap_or(INFLIGHT_DEFAULT).max(1),
         stamp,
         kind: ProducerKind::Plain,
-        record_headers: Vec::new(),
+        record_headers: options.headers.clone(),
     })
 }
 
@@ -638,6 +649,11 @@ fn producer_settings(load: &ProduceLoad) -> serde_json::Value {
             ProducerKind::Transactional { batches_per_partition } => Some(batches_per_partition),
             _ => None,
         },
+        "headers": load
+            .record_headers
+            .iter()
+            .map(|(key, value)| format!("{key}={}", String::from_utf8_lossy(value)))
+            .collect::<Vec<_>>(),
     })
 }
 

@@ -25,6 +25,16 @@ pub const RECONSUME_TIMES: &str = "sluice.reconsume.times";
 /// Headers added at delivery: the record's offset and timestamp at Produce.
 pub use crate::storage::timer::notes::{ORIGIN_OFFSET, ORIGIN_TIMESTAMP};
 
+/// The clock delayed delivery runs on, epoch milliseconds: the wall clock
+/// (plus, in debug builds, a test's offset: `failpoint::clock_offset_ms`).
+/// Produce computes due times with it and the timer delivers by it.
+pub fn clock_ms() -> i64 {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64);
+    wall.saturating_add(crate::failpoint::clock_offset_ms())
+}
+
 /// RocketMQ's delay levels (`messageDelayLevel`), in milliseconds:
 /// `1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h`.
 pub const ROCKETMQ_LEVELS_MS: [u64; 18] = [

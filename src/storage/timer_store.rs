@@ -33,6 +33,8 @@ use crate::record_batch::{self, ValidatedBatch};
 pub const DELIVERY_TICK: Duration = Duration::from_millis(10);
 /// Most entries one look hands out (more wait for the next, at once).
 const DUE_PER_STEP: usize = 4096;
+/// The pause between two steps of one look.
+const STEP_PAUSE: Duration = Duration::from_millis(1);
 /// Largest delivery batch (records section), bytes.
 const DELIVERY_BATCH_BYTES: usize = 512 * 1024;
 /// Entries per timer entry file (64 bytes each: 16 MiB files).
@@ -64,7 +66,7 @@ pub(super) fn open_timer(
         timer_geometry(store.storage.timer_wheel_window_s),
         checkpoint,
         from,
-        super::segment::now_ms() as i64,
+        crate::broker::delay::clock_ms(),
     )
     .map_err(fail)?;
     for note in frames {
@@ -173,7 +175,7 @@ impl ShardStore {
             if self.follower.get() || self.stopping.get() {
                 continue;
             }
-            if let Err(error) = self.deliver_due(super::segment::now_ms() as i64).await
+            if let Err(error) = self.deliver_due(crate::broker::delay::clock_ms()).await
                 && let Some(failed) = DELIVERY_FAILURES.record(monotonic_ms())
             {
                 tracing::warn!(shard = %self.options.shard, %error, failed, "cannot deliver due delayed records now; retrying (`failed` counts failures since the last such line)");
@@ -196,7 +198,10 @@ impl ShardStore {
                 match self.append_delivery(delivery.partition, note, batch).await {
                     Ok(_) => {
                         delivered += delivery.entries.len();
-                        self.metrics.delayed_delivered(delivery.entries.len());
+                        let now_ms = crate::broker::delay::clock_ms();
+                        self.metrics.delayed_delivered(
+                            delivery.entries.iter().map(|(_, entry)| now_ms - entry.due_ms),
+                        );
                     }
                     // Deleted meanwhile: dropped at the next look.
                     Err(error) => {
@@ -212,6 +217,11 @@ impl ShardStore {
             if handed < DUE_PER_STEP {
                 return Ok(delivered);
             }
+            // More are due: let the I/O of this shard complete between
+            // steps (a yield alone does not poll the ring), so that the
+            // flusher writes the deliveries (they become visible) and
+            // requests are served.
+            compio::time::sleep(STEP_PAUSE).await;
         }
     }
 

@@ -88,6 +88,7 @@ pub fn install(gauge_idle: Duration) -> Result<PrometheusHandle, InstallError> {
         (names::LOG_FSYNC_SIZE, FSYNC_SIZE_BUCKETS),
         (names::LOG_FSYNC_WAITERS, WAITER_BUCKETS),
         (names::COMPACTION_PASS_DURATION, COMPACTION_PASS_BUCKETS),
+        (names::DELAY_DELIVERY_LATENESS, LATENCY_BUCKETS),
     ];
     let mut builder =
         PrometheusBuilder::new().idle_timeout(MetricKindMask::GAUGE, Some(gauge_idle));

@@ -78,6 +78,7 @@ pub const DELAY_PENDING_RECORDS: &str = "sluice_delay_pending_records";
 pub const DELAY_PENDING_BYTES: &str = "sluice_delay_pending_bytes";
 pub const DELAY_DUE_LAG: &str = "sluice_delay_due_lag_seconds";
 pub const DELAY_DELIVERED: &str = "sluice_delay_delivered_records_total";
+pub const DELAY_DELIVERY_LATENESS: &str = "sluice_delay_delivery_lateness_seconds";
 
 pub const RECOVERY_DURATION: &str = "sluice_recovery_duration_seconds";
 pub const RECOVERY_TRUNCATED_BYTES: &str = "sluice_recovery_truncated_bytes";
@@ -372,6 +373,11 @@ pub fn describe() {
         DELAY_DUE_LAG,
         Unit::Seconds,
         "How far behind its due time the oldest due, undelivered delayed record of a shard is (0: none late)."
+    );
+    describe_histogram!(
+        DELAY_DELIVERY_LATENESS,
+        Unit::Seconds,
+        "How long after its due time each delayed record was appended to its partition, by shard."
     );
     describe_counter!(
         DELAY_DELIVERED,

@@ -108,7 +108,7 @@ fn refresh_storage(context: &ShardContext, shard: &str, totals: &LogTotals) {
 
 /// How late the oldest due delayed record is, seconds (0: none is late).
 fn due_lag_seconds(oldest_due_ms: Option<i64>) -> f64 {
-    let now_ms = crate::storage::segment::now_ms() as i64;
+    let now_ms = crate::broker::delay::clock_ms();
     oldest_due_ms.map_or(0.0, |due| (now_ms - due).max(0) as f64 / 1000.0)
 }
 

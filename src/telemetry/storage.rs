@@ -107,6 +107,7 @@ pub struct StoreMetrics {
     compaction_removed: Counter,
     compaction_duration: metrics::Histogram,
     delay_delivered: Counter,
+    delay_lateness: metrics::Histogram,
 }
 
 impl StoreMetrics {
@@ -129,6 +130,7 @@ impl StoreMetrics {
             compaction_removed: counter!(names::COMPACTION_RECORDS_REMOVED, "shard" => shard.clone()),
             compaction_duration: metrics::histogram!(names::COMPACTION_PASS_DURATION, "shard" => shard.clone()),
             delay_delivered: counter!(names::DELAY_DELIVERED, "shard" => shard.clone()),
+            delay_lateness: metrics::histogram!(names::DELAY_DELIVERY_LATENESS, "shard" => shard.clone()),
             rejected: REJECT_REASONS.map(|reason| {
                 counter!(names::APPENDS_REJECTED, "shard" => shard.clone(), "reason" => reason)
             }),
@@ -172,9 +174,14 @@ impl StoreMetrics {
         .set(delay.as_secs_f64());
     }
 
-    /// Delayed records delivered at their due time.
-    pub fn delayed_delivered(&self, records: usize) {
-        self.delay_delivered.increment(records as u64);
+    /// Delayed records delivered, each `late_ms` after its due time.
+    pub fn delayed_delivered(&self, late_ms: impl Iterator<Item = i64>) {
+        let mut records = 0;
+        for late in late_ms {
+            self.delay_lateness.record(late.max(0) as f64 / 1000.0);
+            records += 1;
+        }
+        self.delay_delivered.increment(records);
     }
 
     pub fn segment_deleted(&self, why: Deletion, bytes: u64) {

@@ -506,7 +506,7 @@ impl BatchPolicy {
                 levels_ms: delay.levels_ms.clone(),
                 max_delay_ms: delay.max_delay_ms,
                 topic_delay_ms: u64::try_from(config.delivery_delay_ms).unwrap_or(0),
-                now_ms: now,
+                now_ms: crate::broker::delay::clock_ms(),
             },
         }
     }

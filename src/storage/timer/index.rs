@@ -325,11 +325,13 @@ impl TimerIndex {
     }
 
     /// The pending entries due at `now_ms` (at most `max`), in due order
-    /// (ties in index order), loading the slots up to now. They stay
-    /// pending until [`TimerIndex::done`]; a restart before that hands them
-    /// out again.
+    /// (ties in index order), loading the slots up to the one after now.
+    /// They stay pending until [`TimerIndex::finish`]; a restart before
+    /// that hands them out again.
     pub fn due(&mut self, now_ms: i64, max: usize) -> Result<Vec<(u64, TimerEntry)>, TimerError> {
-        let now_slot = now_ms.div_euclid(self.geometry.slot_ms);
+        // The next slot is loaded a slot ahead of its time, so that reading
+        // a crowded slot's list does not make its first records late.
+        let now_slot = (now_ms + self.geometry.slot_ms).div_euclid(self.geometry.slot_ms);
         if now_slot >= self.cursor {
             let window = self.geometry.slots as i64;
             // Every slot up to now is loaded before any entry is listed
