@@ -30,11 +30,14 @@ pub fn clock_offset_ms() -> i64 {
     use std::time::{Duration, Instant};
     static PATH: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
     static LAST: Mutex<Option<(Instant, i64)>> = Mutex::new(None);
-    let Some(path) = PATH.get_or_init(|| std::env::var_os("SLUICE_TEST_CLOCK_FILE").map(Into::into))
+    let Some(path) =
+        PATH.get_or_init(|| std::env::var_os("SLUICE_TEST_CLOCK_FILE").map(Into::into))
     else {
         return 0;
     };
-    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some((read, offset)) = *last
         && read.elapsed() < Duration::from_millis(10)
     {

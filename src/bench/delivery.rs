@@ -53,9 +53,11 @@ pub fn run(args: &DeliveryArgs, mut load: ProduceLoad) -> anyhow::Result<()> {
         );
     }
     let end = |client: &mut KafkaClient| -> anyhow::Result<i64> {
-        Ok(partition_offsets(client, &load.topic, load.partitions, LATEST)?
-            .values()
-            .sum())
+        Ok(
+            partition_offsets(client, &load.topic, load.partitions, LATEST)?
+                .values()
+                .sum(),
+        )
     };
     let stored = end(&mut client)? - before;
     let records = produced.acks.records as i64;

@@ -51,7 +51,9 @@ pub enum ProducerKind {
     },
     /// Plain, every record delayed by `delay_ms` (issue 18: a
     /// `sluice.delay.ms` header).
-    Delayed { delay_ms: u64 },
+    Delayed {
+        delay_ms: u64,
+    },
 }
 
 impl ProducerKind {

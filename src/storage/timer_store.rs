@@ -200,7 +200,10 @@ impl ShardStore {
                         delivered += delivery.entries.len();
                         let now_ms = crate::broker::delay::clock_ms();
                         self.metrics.delayed_delivered(
-                            delivery.entries.iter().map(|(_, entry)| now_ms - entry.due_ms),
+                            delivery
+                                .entries
+                                .iter()
+                                .map(|(_, entry)| now_ms - entry.due_ms),
                         );
                     }
                     // Deleted meanwhile: dropped at the next look.
