@@ -3534,21 +3534,6 @@ fn delayed_records_pending_at_a_leaders_kill_are_delivered_once_by_the_next_lead
         Duration::from_secs(40),
         Duration::from_secs(2),
     );
-    let mut origins: std::collections::BTreeMap<i64, usize> = Default::default();
-    for record in &all {
-        let origin: i64 = crate::delayed_delivery::header(record, "sluice.origin.offset")
-            .unwrap()
-            .parse()
-            .unwrap();
-        *origins.entry(origin).or_default() += 1;
-    }
-    let twice: Vec<_> = origins.iter().filter(|(_, count)| **count > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "{} delivered twice, first {:?}",
-        twice.len(),
-        &twice[..twice.len().min(10)]
-    );
-    assert_eq!(origins.len(), RECORDS, "every delayed record delivered");
+    crate::delayed_delivery::assert_each_delivered_once(&all, RECORDS);
     stop_all(brokers.into_iter().flatten());
 }

@@ -279,6 +279,27 @@ fn metric_sum(metrics: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// `delivered` holds one delivery of each of `expected` delayed records
+/// (told apart by their `sluice.origin.offset`), none twice.
+pub(crate) fn assert_each_delivered_once(delivered: &[Record], expected: usize) {
+    let mut origins: BTreeMap<i64, usize> = BTreeMap::new();
+    for record in delivered {
+        let origin: i64 = header(record, "sluice.origin.offset")
+            .expect("a delivered record names its origin")
+            .parse()
+            .unwrap();
+        *origins.entry(origin).or_default() += 1;
+    }
+    let twice: Vec<_> = origins.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} records delivered more than once, first: {:?}",
+        twice.len(),
+        &twice[..twice.len().min(10)]
+    );
+    assert_eq!(origins.len(), expected, "every delayed record delivered");
+}
+
 /// Wait (up to 10 s) until `check` holds.
 fn eventually(what: &str, check: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -377,30 +398,13 @@ fn pending_delayed_records_survive_kill_9_and_each_is_delivered_exactly_once() {
         wait,
         Duration::from_secs(2),
     );
-    let mut origins: BTreeMap<i64, usize> = BTreeMap::new();
     for record in &all {
         assert!(
             record.offset >= RECORDS as i64,
             "only deliveries: {record:?}"
         );
-        let origin: i64 = header(record, "sluice.origin.offset")
-            .unwrap()
-            .parse()
-            .unwrap();
-        *origins.entry(origin).or_default() += 1;
     }
-    let twice: Vec<_> = origins.iter().filter(|(_, count)| **count > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "{} records delivered more than once, first: {:?}",
-        twice.len(),
-        &twice[..twice.len().min(10)]
-    );
-    assert_eq!(
-        origins.len(),
-        RECORDS,
-        "every acknowledged delayed record delivered"
-    );
+    assert_each_delivered_once(&all, RECORDS);
     let _ = broker.stop();
 }
 

@@ -54,30 +54,23 @@ impl TimerPairing {
         if let Some((note, _)) = &pending {
             assert!(position > note.position, "frames fed in log order");
         }
+        // This frame as a note standing alone (its own batch).
+        let alone = TimerFrame {
+            kind: frame.kind,
+            position,
+            frame_len: frame.frame_len(),
+            partition: frame.partition,
+            base_offset: batch.base_offset,
+            batch_position: position,
+            batch_frame_len: frame.frame_len(),
+        };
         match frame.kind {
             FrameKind::DelayHeld | FrameKind::DelayDelivery => {
-                let note = TimerFrame {
-                    kind: frame.kind,
-                    position,
-                    frame_len: frame.frame_len(),
-                    partition: frame.partition,
-                    base_offset: batch.base_offset,
-                    batch_position: position,
-                    batch_frame_len: 0,
-                };
-                self.pending = Some((note, batch.partition_leader_epoch as u32));
+                self.pending = Some((alone, batch.partition_leader_epoch as u32));
                 None
             }
             // A roll note stands alone.
-            FrameKind::DelayRoll => Some(TimerFrame {
-                kind: frame.kind,
-                position,
-                frame_len: frame.frame_len(),
-                partition: frame.partition,
-                base_offset: batch.base_offset,
-                batch_position: position,
-                batch_frame_len: frame.frame_len(),
-            }),
+            FrameKind::DelayRoll => Some(alone),
             // The next frame, wherever it lies (a roll may come between
             // the two appends: the batch then starts the next segment).
             FrameKind::Batch => pending.and_then(|(note, crc)| {
