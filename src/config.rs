@@ -1071,7 +1071,12 @@ impl DelayConfig {
             return invalid(
                 "delay.levels_ms",
                 level,
-                "each level between 1 and delay.max_delay_ms",
+                format!(
+                    "each level must lie between 1 and delay.max_delay_ms ({} ms); the levels \
+                     default to RocketMQ's, up to 7200000 (2 h), so a shorter max_delay_ms needs \
+                     its own levels_ms too, a list of milliseconds such as [1000, 5000, 10000]",
+                    self.max_delay_ms
+                ),
             );
         }
         if self.max_reconsume_times > 1000 {

@@ -711,6 +711,7 @@ mod tests {
     fn limits() -> TopicLimits {
         TopicLimits {
             batch_max_bytes: 8 << 20,
+            max_delay_ms: 30 * 24 * 3_600_000,
         }
     }
 

@@ -1177,6 +1177,7 @@ mod tests {
             StaticSettings::from_config(&Config::default()),
             TopicLimits {
                 batch_max_bytes: 1 << 20,
+                max_delay_ms: 30 * 24 * 3_600_000,
             },
         )
         .unwrap()
@@ -1338,6 +1339,7 @@ mod tests {
         );
         let limits = TopicLimits {
             batch_max_bytes: 1 << 20,
+            max_delay_ms: 30 * 24 * 3_600_000,
         };
         alone
             .set_broker_overrides(broker, &statics, limits)
@@ -1358,6 +1360,7 @@ mod tests {
             statics: &statics,
             limits: TopicLimits {
                 batch_max_bytes: 1 << 20,
+                max_delay_ms: 30 * 24 * 3_600_000,
             },
         };
         let mut metadata = three_live_nodes(&statics);
@@ -1388,6 +1391,7 @@ mod tests {
         let statics = StaticSettings::from_config(&Config::default());
         let limits = TopicLimits {
             batch_max_bytes: 1 << 20,
+            max_delay_ms: 30 * 24 * 3_600_000,
         };
         let mut metadata = three_live_nodes(&statics);
         let groups = |metadata: &ClusterMetadata| metadata.placement.clone().unwrap().groups;
@@ -1526,6 +1530,7 @@ mod tests {
                 crate::broker::broker_config::StaticSettings::from_config(&Config::default());
             let limits = TopicLimits {
                 batch_max_bytes: 1 << 20,
+                max_delay_ms: 30 * 24 * 3_600_000,
             };
             let opened = MetadataStore::open(dir.path(), defaults, limits);
             assert!(

@@ -363,6 +363,7 @@ mod tests {
             statics,
             limits: TopicLimits {
                 batch_max_bytes: 1 << 20,
+                max_delay_ms: 30 * 24 * 3_600_000,
             },
         }
     }

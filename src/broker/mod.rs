@@ -157,6 +157,7 @@ impl Broker {
     pub fn new(config: Config, advertised: (String, u16)) -> Result<Broker, MetadataError> {
         let limits = TopicLimits {
             batch_max_bytes: config.storage.batch_ceiling_bytes(),
+            max_delay_ms: config.delay.max_delay_ms,
         };
         let statics = StaticSettings::from_config(&config);
         if config.cluster.is_some() {

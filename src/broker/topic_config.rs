@@ -501,6 +501,9 @@ pub struct TopicLimits {
     /// The largest batch the commit log holds
     /// ([`crate::config::StorageConfig::batch_ceiling_bytes`]).
     pub batch_max_bytes: u32,
+    /// The longest delay a record may ask for (`delay.max_delay_ms`): the
+    /// most `sluice.delivery.delay.ms` may be.
+    pub max_delay_ms: u64,
 }
 
 /// A refused config: which key, what value, and why.
@@ -557,6 +560,14 @@ pub fn checked_value(
                  storage.write_buffers x storage.flush_bytes; raise storage.write_buffers to \
                  allow more)",
                 limits.batch_max_bytes
+            ))
+        }
+        DELIVERY_DELAY_MS
+            if value.parse::<u64>().unwrap_or(u64::MAX) > limits.max_delay_ms =>
+        {
+            Err(format!(
+                "above the longest delay this broker holds a record for (delay.max_delay_ms, {} ms)",
+                limits.max_delay_ms
             ))
         }
         REMOTE_STORAGE_ENABLE if value == "true" => Err(
@@ -779,6 +790,7 @@ mod tests {
     fn limits() -> TopicLimits {
         TopicLimits {
             batch_max_bytes: 8 << 20,
+            max_delay_ms: 30 * 24 * 3_600_000,
         }
     }
 
@@ -978,5 +990,17 @@ mod tests {
         assert!(with(&[(MAX_MESSAGE_BYTES, &ceiling)]).is_ok());
         let above = ((8 << 20) + 1).to_string();
         assert!(with(&[(MAX_MESSAGE_BYTES, &above)]).is_err());
+    }
+
+    /// A topic delay longer than a record may ask for is refused where it
+    /// is set, not at every Produce.
+    #[test]
+    fn a_topic_delay_is_at_most_the_brokers_longest_delay() {
+        let month = (30 * 24 * 3_600_000u64).to_string();
+        let config = with(&[(DELIVERY_DELAY_MS, &month)]).unwrap();
+        assert_eq!(config.delivery_delay_ms, 2_592_000_000);
+        let above = (30 * 24 * 3_600_000u64 + 1).to_string();
+        let refused = with(&[(DELIVERY_DELAY_MS, &above)]).unwrap_err();
+        assert!(refused.reason.contains("delay.max_delay_ms"), "{refused:?}");
     }
 }

@@ -1166,6 +1166,7 @@ mod tests {
             .collect();
         let limits = TopicLimits {
             batch_max_bytes: 8 << 20,
+            max_delay_ms: 30 * 24 * 3_600_000,
         };
         let config =
             TopicConfig::with_overrides(&TopicConfig::from_broker(|_| None), &overrides, limits)
