@@ -79,6 +79,13 @@ pub fn delivery<'h>(
 ) -> Result<Delivery, String> {
     let mut found: Option<(&'static str, i64)> = None;
     for (key, value) in headers {
+        if key == crate::storage::timer::held::DUE_HEADER.as_bytes() {
+            return Err(format!(
+                "header {} is the broker's own (it marks a held record's due time); a record \
+                 may not carry it",
+                crate::storage::timer::held::DUE_HEADER
+            ));
+        }
         let Some(name) = [DELAY_LEVEL, DELAY_MS, DELIVER_AT_MS]
             .into_iter()
             .find(|name| name.as_bytes() == key)
@@ -270,6 +277,7 @@ mod tests {
                 vec![(DELAY_MS, Some("1")), (DELAY_LEVEL, Some("2"))],
                 "both given",
             ),
+            (vec![("sluice.due.ms", Some("1"))], "the broker's own"),
         ] {
             let error = due(&headers, &RULES).unwrap_err();
             assert!(error.contains(says), "{headers:?}: {error}");

@@ -562,9 +562,7 @@ pub fn checked_value(
                 limits.batch_max_bytes
             ))
         }
-        DELIVERY_DELAY_MS
-            if value.parse::<u64>().unwrap_or(u64::MAX) > limits.max_delay_ms =>
-        {
+        DELIVERY_DELAY_MS if value.parse::<u64>().unwrap_or(u64::MAX) > limits.max_delay_ms => {
             Err(format!(
                 "above the longest delay this broker holds a record for (delay.max_delay_ms, {} ms)",
                 limits.max_delay_ms

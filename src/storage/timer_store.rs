@@ -22,7 +22,9 @@ use super::shard_store::{ShardStore, StoreState};
 use super::store_errors::{AppendError, OpenError};
 use super::timer::entry::{Done, TimerEntry};
 use super::timer::index::{TimerError, TimerGeometry};
-use super::timer::notes::{DeliveryRecord, delivery_batch, delivery_record, note_batch};
+use super::timer::notes::{
+    DeliveryRecord, HELD_DECOMPRESSED_MAX, delivery_batch, delivery_record, note_batch,
+};
 use super::timer::pairing::TimerFrame;
 use super::timer::shard_timer::ShardTimer;
 use crate::ids::{LogPosition, PartitionId};
@@ -328,7 +330,7 @@ impl ShardStore {
                     let base_offset = record_batch::BatchHeader::parse(&payload).ok()?.base_offset;
                     Some((
                         base_offset,
-                        Records::parse(&payload, payload.len() as u64).ok()?,
+                        Records::parse(&payload, HELD_DECOMPRESSED_MAX).ok()?,
                     ))
                 });
                 let Some((base_offset, source)) = source else {

@@ -247,6 +247,9 @@ fn a_bad_delay_header_refuses_the_record_with_invalid_record() {
         &[("sluice.delay.level", b"4")],
         &[("sluice.delay.ms", b"1"), ("sluice.delay.level", b"1")],
         &[("sluice.deliver.at.ms", b"99999999999999999")],
+        // The broker's own header (a client's would have been read as the
+        // due time of every delayed record of its batch).
+        &[("sluice.due.ms", b"abc"), ("sluice.delay.ms", b"100")],
     ] {
         let (producer, acks) =
             kafka_clients::producer(&broker.address, &[("message.timeout.ms", "5000")]);

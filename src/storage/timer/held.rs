@@ -8,11 +8,11 @@
 //!   producer fields, codec), as a compaction pass rebuilds a batch: the
 //!   delayed records' offsets are gaps. With no immediate record it is an
 //!   empty, uncompressed batch (records count 0), which Kafka clients skip.
-//! - The timer batch holds the delayed records, uncompressed, each with its
+//! - The timer batch holds the delayed records, in the produced batch's
+//!   codec (so a batch within the limits compressed stays so), each with its
 //!   own offset delta (so base offset + delta is its *origin offset*),
 //!   timestamp delta, key, value and headers, plus a [`DUE_HEADER`] header
-//!   giving its due time. Its header fields are the produced batch's but
-//!   the codec; its `partitionLeaderEpoch` field, outside the CRC and
+//!   giving its due time. Its header fields are the produced batch's; its `partitionLeaderEpoch` field, outside the CRC and
 //!   otherwise unused in a held frame, records the visible batch's CRC, by
 //!   which recovery pairs the two frames.
 //!
@@ -91,6 +91,16 @@ pub fn split(
         ..HeaderFields::of(&records.header)
     };
     let mut held = record_batch::assemble(&fields, &section);
+    // In the produced batch's codec, so that a batch within the limits
+    // when compressed stays within them held.
+    let codec = records.header.attributes & CODEC_BITS;
+    if codec != 0
+        && let Some(compressed) =
+            record_batch::recompress(&held, records.codec, 1, decompressed_max_bytes)
+                .map_err(|error| format!("cannot compress the timer batch: {error}"))?
+    {
+        held = compressed;
+    }
     // Base offset (and, for the visible batch, leader epoch) lie outside
     // the CRC: the produced batch's; the held batch's epoch field names
     // the visible batch.
@@ -114,18 +124,18 @@ pub fn due_of(record: &[u8]) -> Result<i64, String> {
     let headers_at = skip_to_headers(&mut reader)?;
     reader.at = headers_at;
     let count = reader.varint()?;
+    // The broker's is the last (Produce refuses a record carrying one).
+    let mut due = Err(format!("a held record without a {DUE_HEADER} header"));
     for _ in 0..count {
         let key = reader.nullable_bytes()?;
         let value = reader.nullable_bytes()?;
         if key.is_some_and(|key| &record[key] == DUE_HEADER.as_bytes()) {
-            let value = value.ok_or_else(|| format!("a null {DUE_HEADER} header"))?;
-            return std::str::from_utf8(&record[value])
-                .ok()
-                .and_then(|text| text.parse().ok())
+            due = value
+                .and_then(|value| std::str::from_utf8(&record[value]).ok()?.parse().ok())
                 .ok_or_else(|| format!("a {DUE_HEADER} header that is not a number"));
         }
     }
-    Err(format!("a held record without a {DUE_HEADER} header"))
+    due
 }
 
 /// Where the header count of `reader`'s record starts (the reader is left
@@ -248,7 +258,7 @@ mod tests {
             assert_eq!(visible.header.base_offset, 500);
             assert_eq!(visible.header.last_offset_delta, 3);
             let held = Records::parse(&split.held, MAX).unwrap();
-            assert_eq!(held.codec, Codec::None);
+            assert_eq!(held.codec, codec, "the timer batch keeps the codec too");
             assert_eq!(held.header.base_offset, 500);
             let offsets: Vec<i32> = held.records.iter().map(|r| r.offset_delta).collect();
             assert_eq!(offsets, [1, 3], "base + delta is each origin offset");

@@ -34,9 +34,13 @@ pub struct HeldRecord {
     pub bytes: u32,
 }
 
+/// Most bytes a timer batch's records may decompress to: the broker built
+/// it from a produced batch whose records Produce bounded already.
+pub const HELD_DECOMPRESSED_MAX: u64 = 1 << 30;
+
 /// The delayed records of the timer batch `held` (stored at `base_offset`).
 pub fn held_records(held: &[u8], base_offset: i64) -> Result<Vec<HeldRecord>, String> {
-    let records = Records::parse(held, held.len() as u64)?;
+    let records = Records::parse(held, HELD_DECOMPRESSED_MAX)?;
     records
         .records
         .iter()
@@ -69,8 +73,10 @@ impl DeliveryRecord {
 /// The record of timer batch `held` (stored at `base_offset`) whose origin
 /// offset is `origin_offset`, rewritten for delivery: timestamp delta 0
 /// (the delivery batch's time), offset delta `offset_delta`, key, value
-/// and headers kept but the due header, plus [`ORIGIN_OFFSET`] and
-/// [`ORIGIN_TIMESTAMP`]. `None` if the batch holds no such record.
+/// and headers kept but the due header and any origin headers, then
+/// [`ORIGIN_OFFSET`] and [`ORIGIN_TIMESTAMP`] (the broker's, so a record
+/// carries one of each, whatever its producer sent). `None` if the batch
+/// holds no such record.
 pub fn delivery_record(
     held: &Records,
     base_offset: i64,
@@ -95,7 +101,11 @@ pub fn delivery_record(
     let kept: Vec<&(Range<usize>, Option<Range<usize>>)> = parts
         .headers
         .iter()
-        .filter(|(key, _)| &bytes[key.clone()] != DUE_HEADER.as_bytes())
+        .filter(|(key, _)| {
+            ![DUE_HEADER, ORIGIN_OFFSET, ORIGIN_TIMESTAMP]
+                .iter()
+                .any(|reserved| &bytes[key.clone()] == reserved.as_bytes())
+        })
         .collect();
     put_varint(&mut body, kept.len() as i32 + 2);
     for (key, value) in kept {
