@@ -3504,21 +3504,9 @@ fn delayed_records_pending_at_a_leaders_kill_are_delivered_once_by_the_next_lead
             .iter()
             .all(|(_, in_sync)| in_sync.len() == 3)
     });
-    let (producer, acks) = kafka_clients::producer(&first, &[("linger.ms", "20")]);
-    for index in 0..RECORDS {
-        // Due from 2 s to 6 s from now.
-        let delay = (2_000 + (index * 7_919) % 4_000).to_string();
-        kafka_clients::send(
-            &producer,
-            "timed",
-            Some(0),
-            None,
-            format!("r{index}").as_bytes(),
-            &[("sluice.delay.ms", delay.as_bytes())],
-        );
-    }
-    assert_eq!(kafka_clients::flush(&producer, &acks).len(), RECORDS);
-    drop(producer);
+    // Due from 2 s to 6 s from now.
+    let acked = crate::delayed_delivery::produce_spread(&first, "timed", RECORDS, 2_000);
+    assert_eq!(acked, RECORDS);
     std::thread::sleep(Duration::from_millis(3_000));
     let leader = partition_states(&first, "timed")[0].0 as usize;
     brokers[leader - 1].take().unwrap().kill9();

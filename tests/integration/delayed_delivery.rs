@@ -282,6 +282,24 @@ fn metric_sum(metrics: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Produce `records` records to `topic` partition 0, delayed from
+/// `from_ms` to `from_ms` + 4 s in every order; how many were acknowledged.
+pub(crate) fn produce_spread(address: &str, topic: &str, records: usize, from_ms: usize) -> usize {
+    let (producer, acks) = kafka_clients::producer(address, &[("linger.ms", "20")]);
+    for index in 0..records {
+        let delay = (from_ms + (index * 7_919) % 4_000).to_string();
+        kafka_clients::send(
+            &producer,
+            topic,
+            Some(0),
+            None,
+            format!("r{index}").as_bytes(),
+            &[("sluice.delay.ms", delay.as_bytes())],
+        );
+    }
+    kafka_clients::flush(&producer, &acks).len()
+}
+
 /// `delivered` holds one delivery of each of `expected` delayed records
 /// (told apart by their `sluice.origin.offset`), none twice.
 pub(crate) fn assert_each_delivered_once(delivered: &[Record], expected: usize) {
@@ -374,21 +392,10 @@ fn pending_delayed_records_survive_kill_9_and_each_is_delivered_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path());
     kafka_clients::create_topic(&broker.address, "timed", 1, &[]);
-    let (producer, acks) = kafka_clients::producer(&broker.address, &[("linger.ms", "20")]);
-    for index in 0..RECORDS {
-        // Due from 1 s to 5 s from now, in every order.
-        let delay = (1_000 + (index * 7_919) % 4_000).to_string();
-        kafka_clients::send(
-            &producer,
-            "timed",
-            Some(0),
-            None,
-            format!("r{index}").as_bytes(),
-            &[("sluice.delay.ms", delay.as_bytes())],
-        );
-    }
-    let acked = kafka_clients::flush(&producer, &acks);
-    assert_eq!(acked.len(), RECORDS);
+    assert_eq!(
+        produce_spread(&broker.address, "timed", RECORDS, 1_000),
+        RECORDS
+    );
     let killed_at = Instant::now();
     std::thread::sleep(Duration::from_millis(2_500));
     broker.kill9();
