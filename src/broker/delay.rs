@@ -79,13 +79,7 @@ pub fn delivery<'h>(
 ) -> Result<Delivery, String> {
     let mut found: Option<(&'static str, i64)> = None;
     for (key, value) in headers {
-        if key == crate::storage::timer::held::DUE_HEADER.as_bytes() {
-            return Err(format!(
-                "header {} is the broker's own (it marks a held record's due time); a record \
-                 may not carry it",
-                crate::storage::timer::held::DUE_HEADER
-            ));
-        }
+        reserved(key)?;
         let Some(name) = [DELAY_LEVEL, DELAY_MS, DELIVER_AT_MS]
             .into_iter()
             .find(|name| name.as_bytes() == key)
@@ -138,6 +132,22 @@ pub fn delivery<'h>(
     } else {
         Delivery::Now
     })
+}
+
+/// An error if `key` names a header only the broker writes (the timer's
+/// due-time and target headers, `storage/timer/held.rs`).
+pub fn reserved(key: &[u8]) -> Result<(), String> {
+    use crate::storage::timer::held::{DUE_HEADER, TARGET_HEADER};
+    match [DUE_HEADER, TARGET_HEADER]
+        .into_iter()
+        .find(|name| name.as_bytes() == key)
+    {
+        Some(name) => Err(format!(
+            "header {name} is the broker's own (it marks how a held record is delivered); a \
+             record may not carry it"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// How long a retried record waits before attempt `reconsume_times + 1`:
@@ -278,6 +288,10 @@ mod tests {
                 "both given",
             ),
             (vec![("sluice.due.ms", Some("1"))], "the broker's own"),
+            (
+                vec![("sluice.target.partition", Some("1"))],
+                "the broker's own",
+            ),
         ] {
             let error = due(&headers, &RULES).unwrap_err();
             assert!(error.contains(says), "{headers:?}: {error}");

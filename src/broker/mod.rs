@@ -18,6 +18,7 @@ pub mod peer;
 pub mod producer_ids;
 pub mod replica_log_starts;
 pub mod replication;
+pub mod retry;
 pub mod topic_config;
 pub mod txn;
 
@@ -213,15 +214,22 @@ impl Broker {
     }
 
     /// Create `name` with the default partition count if auto-creation is on
-    /// and it does not exist; returns the topic if it exists afterwards.
-    pub async fn ensure_topic(&self, shards: &Shards, name: &str) -> Option<Arc<TopicMeta>> {
+    /// and it does not exist; returns the topic if it exists afterwards. A
+    /// dead-letter topic (`G.dlq`, `broker/retry.rs`) gets at least a
+    /// partition per commit log, so that every retry partition has one in
+    /// its own log.
+    pub async fn ensure_topic(&self, context: &ShardContext, name: &str) -> Option<Arc<TopicMeta>> {
+        let mut partitions = self.config.kafka.default_partitions;
+        if name.ends_with(retry::DLQ_SUFFIX) {
+            partitions = partitions.max(context.placement_count());
+        }
+        let shards = &context.shards;
         if let Some(topic) = self.metadata.snapshot().topic(name) {
             return Some(Arc::clone(topic));
         }
         if !self.config.kafka.auto_create_topics || validate_topic_name(name).is_err() {
             return None;
         }
-        let partitions = self.config.kafka.default_partitions;
         match self
             .create_topic(shards, name, partitions, BTreeMap::new(), false)
             .await

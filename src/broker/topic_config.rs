@@ -446,6 +446,15 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         "Sluice: every record produced to this topic without a sluice.delay.level,          sluice.delay.ms or sluice.deliver.at.ms header of its own is held this many          milliseconds, then delivered at a new offset (0, the default: none). At most the          broker's delay.max_delay_ms.",
     ),
     def(
+        crate::broker::retry::MAX_RECONSUME_TIMES,
+        ValueSpec::new(ConfigType::Int, Check::Range { min: -1, max: 1000 }),
+        "-1",
+        None,
+        Effect::Enforced,
+        "Sluice, on a retry topic G.retry: how many times group G retries a record before it \
+         goes to G.dlq; -1 (the default): the broker's delay.max_reconsume_times (16).",
+    ),
+    def(
         DISK_PRESSURE_DELETE,
         BOOLEAN,
         "false",
@@ -612,6 +621,8 @@ pub struct TopicConfig {
     pub disk_pressure_delete: bool,
     /// [`DELIVERY_DELAY_MS`].
     pub delivery_delay_ms: i64,
+    /// [`crate::broker::retry::MAX_RECONSUME_TIMES`]; -1: the broker's.
+    pub max_reconsume_times: i64,
 }
 
 impl TopicConfig {
@@ -709,6 +720,7 @@ impl TopicConfig {
             min_insync_replicas: int(MIN_INSYNC_REPLICAS, 1),
             disk_pressure_delete: text(DISK_PRESSURE_DELETE) == "true",
             delivery_delay_ms: long(DELIVERY_DELAY_MS, 0),
+            max_reconsume_times: long(crate::broker::retry::MAX_RECONSUME_TIMES, -1),
             values,
         }
     }

@@ -106,6 +106,23 @@ impl ShardContext {
         self.group_store(group).unwrap_or_else(|| self.store())
     }
 
+    /// How many commit logs partitions are spread over: the shards on a
+    /// single node, the shard groups in a cluster.
+    pub fn placement_count(&self) -> u32 {
+        match self.group_count.get() {
+            0 => self.shards.count() as u32,
+            count => count,
+        }
+    }
+
+    /// Whether partition `a` (topic, index) and partition `b` are kept in
+    /// the same commit log (the same shard, or shard group in a cluster).
+    pub fn same_log(&self, a: (&str, u32), b: (&str, u32)) -> bool {
+        let placement = u64::from(self.placement_count());
+        mailbox::partition_slot(a.0, a.1) % placement
+            == mailbox::partition_slot(b.0, b.1) % placement
+    }
+
     /// This shard's store of shard group `group`, if it keeps one.
     pub fn group_store(&self, group: u32) -> Option<Rc<ShardStore>> {
         self.groups.borrow().get(&group).cloned()

@@ -79,6 +79,9 @@ pub const DELAY_PENDING_BYTES: &str = "sluice_delay_pending_bytes";
 pub const DELAY_DUE_LAG: &str = "sluice_delay_due_lag_seconds";
 pub const DELAY_DELIVERED: &str = "sluice_delay_delivered_records_total";
 pub const DELAY_DELIVERY_LATENESS: &str = "sluice_delay_delivery_lateness_seconds";
+pub const RETRY_RECORDS: &str = "sluice_retry_records_total";
+pub const DEAD_LETTER_RECORDS: &str = "sluice_dead_letter_records_total";
+pub const RETRY_STUCK_RECORDS: &str = "sluice_retry_without_dead_letter_partition_records_total";
 
 pub const RECOVERY_DURATION: &str = "sluice_recovery_duration_seconds";
 pub const RECOVERY_TRUNCATED_BYTES: &str = "sluice_recovery_truncated_bytes";
@@ -382,6 +385,18 @@ pub fn describe() {
     describe_counter!(
         DELAY_DELIVERED,
         "Delayed records a shard delivered to their partitions at their due time."
+    );
+    describe_counter!(
+        RETRY_RECORDS,
+        "Records a consumer group sent back to its retry topic G.retry, held for their back-off, by group."
+    );
+    describe_counter!(
+        DEAD_LETTER_RECORDS,
+        "Records past their retries moved to a group's dead-letter topic G.dlq, by group."
+    );
+    describe_counter!(
+        RETRY_STUCK_RECORDS,
+        "Records past their retries kept retrying because G.dlq has no partition in their retry partition's log, by group."
     );
     describe_gauge!(
         RECOVERY_DURATION,

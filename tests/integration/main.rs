@@ -49,6 +49,7 @@ mod power_loss;
 mod recovery;
 mod replica_log;
 mod retention;
+mod retry_dlq;
 mod shard_runtime;
 mod sim_device;
 mod storage_model;

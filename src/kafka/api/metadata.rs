@@ -178,7 +178,7 @@ async fn named_topic(
         None if validate_topic_name(&name).is_err() => {
             return error_topic(&name, ResponseError::InvalidTopicException.code());
         }
-        None if auto_create => broker.ensure_topic(&request.shard.shards, &name).await,
+        None if auto_create => broker.ensure_topic(request.shard, &name).await,
         None => None,
     };
     match topic {

@@ -353,12 +353,23 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
     let transactional = transactional_id.is_some();
     // zstd needs Produce v7 (KIP-110): older requests cannot carry it.
     let zstd_allowed = request.version >= ZSTD_FROM_PRODUCE_VERSION;
+    let retry = match crate::broker::retry::retry_group(&name) {
+        Some(group) => Some(
+            crate::broker::retry::rules(request.broker, request.shard, &topic, index, group).await,
+        ),
+        None => None,
+    };
+    let group = retry
+        .as_ref()
+        .and_then(|rules| crate::broker::retry::retry_group(&rules.topic))
+        .map(str::to_owned);
     let policy = BatchPolicy::new(
         &topic.config,
         ratio,
         transactional,
         zstd_allowed,
         &request.broker.config.delay,
+        retry,
     );
     let (batches, log_append_time_ms) = match prepare(records, &policy) {
         Ok(prepared) => prepared,
@@ -367,6 +378,13 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
             return outcome;
         }
     };
+    let retried = batches
+        .iter()
+        .fold(Retried::default(), |sum, batch| Retried {
+            again: sum.again + batch.retried.again,
+            dead_letters: sum.dead_letters + batch.retried.dead_letters,
+            stuck: sum.stuck + batch.retried.stuck,
+        });
     let durability = if acks == ACKS_ALL {
         Durability::Fsynced
     } else {
@@ -394,6 +412,9 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
             )
         })
         .await;
+    if let (Ok(Ok(_)), Some(group)) = (&appended, group) {
+        retried.count(&group);
+    }
     match appended {
         Ok(Ok((base_offset, log_start_offset))) => Outcome {
             error_code: error_code::NONE,
@@ -438,7 +459,7 @@ async fn resolve_topic(request: &Request<'_>, target: Target) -> Result<Arc<Topi
     }
     request
         .broker
-        .ensure_topic(&request.shard.shards, &name)
+        .ensure_topic(request.shard, &name)
         .await
         .ok_or_else(|| {
             Outcome::error(
@@ -469,6 +490,9 @@ struct BatchPolicy {
     zstd_allowed: bool,
     /// Levels, longest delay and the topic's delay (issue 18).
     delay: DelayPolicy,
+    /// A retry topic's back-off and dead-letter partition (issue 18,
+    /// `broker/retry.rs`): every record is held.
+    retry: Option<crate::broker::retry::RetryRules>,
 }
 
 /// What decides which records of a batch are delayed, and until when
@@ -487,6 +511,7 @@ impl BatchPolicy {
         transactional_request: bool,
         zstd_allowed: bool,
         delay: &crate::config::DelayConfig,
+        retry: Option<crate::broker::retry::RetryRules>,
     ) -> BatchPolicy {
         let size_max = usize::try_from(config.max_message_bytes).unwrap_or(0);
         let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
@@ -508,6 +533,7 @@ impl BatchPolicy {
                 topic_delay_ms: u64::try_from(config.delivery_delay_ms).unwrap_or(0),
                 now_ms: crate::broker::delay::clock_ms(),
             },
+            retry,
         }
     }
 }
@@ -554,6 +580,44 @@ impl TimestampWindow {
 struct Prepared {
     batch: Bytes,
     held: Option<Bytes>,
+    /// What became of the records of a batch produced to a retry topic.
+    retried: Retried,
+}
+
+/// The records of a batch produced to a retry topic, by what became of
+/// them (`broker/retry.rs`).
+#[derive(Clone, Copy, Default)]
+struct Retried {
+    again: u64,
+    dead_letters: u64,
+    /// Past their retries with no dead-letter partition to go to.
+    stuck: u64,
+}
+
+impl Retried {
+    /// Count them in group `group`'s metrics.
+    fn count(&self, group: &str) {
+        use crate::telemetry::names;
+        for (name, records) in [
+            (names::RETRY_RECORDS, self.again),
+            (names::DEAD_LETTER_RECORDS, self.dead_letters),
+            (names::RETRY_STUCK_RECORDS, self.stuck),
+        ] {
+            if records > 0 {
+                metrics::counter!(name, "group" => group.to_owned()).increment(records);
+            }
+        }
+    }
+}
+
+impl Prepared {
+    fn plain(batch: Bytes) -> Prepared {
+        Prepared {
+            batch,
+            held: None,
+            retried: Retried::default(),
+        }
+    }
 }
 
 /// Split `records` into batches and check each; stamp LogAppendTime topics,
@@ -593,7 +657,7 @@ fn prepare(records: Bytes, policy: &BatchPolicy) -> Result<(Vec<Prepared>, i64),
         batches.push(if may_delay {
             hold_delayed(batch, policy)?
         } else {
-            Prepared { batch, held: None }
+            Prepared::plain(batch)
         });
     }
     if batches.is_empty() {
@@ -781,6 +845,7 @@ fn check(batch: &[u8], policy: &BatchPolicy) -> Result<(Option<Rewrite>, bool), 
     }
     check_records(batch, &validated, policy)?;
     let may_delay = policy.delay.topic_delay_ms > 0
+        || policy.retry.is_some()
         || validated
             .records()
             .is_none_or(|summary| summary.sluice_header_records > 0);
@@ -804,6 +869,7 @@ fn check(batch: &[u8], policy: &BatchPolicy) -> Result<(Option<Rewrite>, bool), 
 fn hold_delayed(batch: Bytes, policy: &BatchPolicy) -> Result<Prepared, Outcome> {
     use crate::broker::delay::{self, DelayRules, Delivery};
     use crate::storage::compaction::records::Records;
+    use crate::storage::timer::held::Hold;
     let max = policy.limits.decompressed_max_bytes;
     let records = Records::parse(&batch, max)
         .map_err(|reason| Outcome::error(ResponseError::CorruptMessage.code(), reason))?;
@@ -816,23 +882,48 @@ fn hold_delayed(batch: Bytes, policy: &BatchPolicy) -> Result<Prepared, Outcome>
     let mut record_errors = Vec::new();
     let mut refused = 0usize;
     let mut first_reason = None;
+    let mut retried = Retried::default();
     for (index, record) in records.records.iter().enumerate() {
         let bytes = &records.plain[record.bytes.clone()];
         let headers = crate::storage::timer::notes::record_headers(bytes)
             .map_err(|reason| Outcome::error(ResponseError::CorruptMessage.code(), reason))?;
-        let delivery = delay::delivery(
-            headers.iter().map(|(key, value)| {
-                (
-                    &bytes[key.clone()],
-                    value.clone().map(|value| &bytes[value]),
-                )
-            }),
-            policy.delay.now_ms,
-            &rules,
-        );
+        let headers = headers.iter().map(|(key, value)| {
+            (
+                &bytes[key.clone()],
+                value.clone().map(|value| &bytes[value]),
+            )
+        });
+        let delivery = match &policy.retry {
+            Some(rules) => {
+                use crate::broker::retry::Retry;
+                crate::broker::retry::retry(headers, policy.delay.now_ms, rules).map(|retry| {
+                    Some(match retry {
+                        Retry::Again(hold) => {
+                            retried.again += 1;
+                            hold
+                        }
+                        Retry::DeadLetter(hold) => {
+                            retried.dead_letters += 1;
+                            hold
+                        }
+                        Retry::NoDeadLetterPartition(hold) => {
+                            retried.stuck += 1;
+                            hold
+                        }
+                    })
+                })
+            }
+            None => {
+                delay::delivery(headers, policy.delay.now_ms, &rules).map(|delivery| match delivery
+                {
+                    Delivery::Now => None,
+                    Delivery::At(at) => Some(Hold::at(at)),
+                })
+            }
+        };
         match delivery {
-            Ok(Delivery::Now) => due.push(None),
-            Ok(Delivery::At(at)) if records.header.is_transactional() => {
+            Ok(None) => due.push(None),
+            Ok(Some(Hold { due_ms: at, .. })) if records.header.is_transactional() => {
                 refused += 1;
                 let reason = format!(
                     "a delayed record (due at {at}) in a transactional batch: delayed records \
@@ -843,7 +934,7 @@ fn hold_delayed(batch: Bytes, policy: &BatchPolicy) -> Result<Prepared, Outcome>
                     record_errors.push((index as i32, reason));
                 }
             }
-            Ok(Delivery::At(at)) => due.push(Some(at)),
+            Ok(Some(hold)) => due.push(Some(hold)),
             Err(reason) => {
                 refused += 1;
                 first_reason.get_or_insert_with(|| reason.clone());
@@ -866,13 +957,14 @@ fn hold_delayed(batch: Bytes, policy: &BatchPolicy) -> Result<Prepared, Outcome>
         });
     }
     if due.iter().all(Option::is_none) {
-        return Ok(Prepared { batch, held: None });
+        return Ok(Prepared::plain(batch));
     }
     let split = crate::storage::timer::held::split(&batch, &due, max)
         .map_err(|reason| Outcome::error(ResponseError::CorruptMessage.code(), reason))?;
     Ok(Prepared {
         batch: Bytes::from(split.visible),
         held: Some(Bytes::from(split.held)),
+        retried,
     })
 }
 
@@ -1056,7 +1148,10 @@ async fn append_on_owner(
     let mut first = None;
     let mut last = None;
     let counters = telemetry::kafka::topic(&topic.name);
-    for Prepared { batch: bytes, held } in &batches {
+    for Prepared {
+        batch: bytes, held, ..
+    } in &batches
+    {
         let batch = ValidatedBatch::revalidated(bytes).map_err(|error| Outcome::batch(&error))?;
         let header = *batch.header();
         let records = u64::try_from(header.records_count).unwrap_or(0);
@@ -1177,6 +1272,7 @@ mod tests {
             false,
             true,
             &crate::config::DelayConfig::default(),
+            None,
         )
     }
 

@@ -28,6 +28,12 @@ use crate::storage::compaction::records::{Reader, Records};
 /// milliseconds since the Unix epoch.
 pub const DUE_HEADER: &str = "sluice.due.ms";
 
+/// The header a timer batch's record names the partition it is delivered
+/// to in, when that is not the held frame's own (a dead letter goes from
+/// `G.retry` to `G.dlq`, `broker/retry.rs`): the [`crate::ids::PartitionId`]
+/// in decimal. Produce refuses a record carrying one.
+pub const TARGET_HEADER: &str = "sluice.target.partition";
+
 /// The codec bits of a batch's attributes.
 const CODEC_BITS: i16 = 0x07;
 
@@ -40,14 +46,38 @@ pub struct Split {
     pub held: Vec<u8>,
 }
 
+/// How a delayed record is held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// Its due time, ms since the Unix epoch.
+    pub due_ms: i64,
+    /// Headers set on the held record: any it carries with one of these
+    /// keys are removed, then these follow its others (before the due
+    /// header).
+    pub headers: Vec<(&'static str, String)>,
+    /// Headers removed from the held record.
+    pub removed: Vec<&'static str>,
+}
+
+impl Hold {
+    /// Held until `due_ms`, headers as produced.
+    pub fn at(due_ms: i64) -> Hold {
+        Hold {
+            due_ms,
+            headers: Vec::new(),
+            removed: Vec::new(),
+        }
+    }
+}
+
 /// Split the checked batch `batch` (with its broker fields assigned) by
-/// `due`: one entry per record, in order, the due time of a delayed record
-/// (ms since the Unix epoch) or `None` for an immediate one. Errors: `due`
-/// not one per record, no delayed record, or a batch that does not parse
-/// (decompressing at most `decompressed_max_bytes`).
+/// `due`: one entry per record, in order, how a delayed record is held or
+/// `None` for an immediate one. Errors: `due` not one per record, no
+/// delayed record, or a batch that does not parse (decompressing at most
+/// `decompressed_max_bytes`).
 pub fn split(
     batch: &[u8],
-    due: &[Option<i64>],
+    due: &[Option<Hold>],
     decompressed_max_bytes: u64,
 ) -> Result<Split, String> {
     let records = Records::parse(batch, decompressed_max_bytes)?;
@@ -79,9 +109,16 @@ pub fn split(
     let mut section = Vec::new();
     let mut held_count = 0i32;
     for (record, due) in records.records.iter().zip(due) {
-        if let Some(due) = due {
+        if let Some(hold) = due {
             let bytes = &records.plain[record.bytes.clone()];
-            section.extend_from_slice(&with_header(bytes, DUE_HEADER, &due.to_string())?);
+            let due = hold.due_ms.to_string();
+            let mut set: Vec<(&str, &str)> = hold
+                .headers
+                .iter()
+                .map(|(key, value)| (*key, value.as_str()))
+                .collect();
+            set.push((DUE_HEADER, &due));
+            section.extend_from_slice(&with_headers(bytes, &set, &hold.removed)?);
             held_count += 1;
         }
     }
@@ -117,25 +154,51 @@ pub fn visible_crc(held: &[u8]) -> u32 {
     u32::from_be_bytes([held[12], held[13], held[14], held[15]])
 }
 
-/// The due time a timer batch's record carries ([`DUE_HEADER`]); `record`
-/// is the whole record, its length prefix included.
-pub fn due_of(record: &[u8]) -> Result<i64, String> {
+/// What the timer reads of a held record: its due time ([`DUE_HEADER`])
+/// and the partition it goes to ([`TARGET_HEADER`]; `None`: the held
+/// frame's own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldAs {
+    pub due_ms: i64,
+    pub target: Option<u32>,
+}
+
+/// How a timer batch's record is held; `record` is the whole record, its
+/// length prefix included.
+pub fn held_as(record: &[u8]) -> Result<HeldAs, String> {
     let mut reader = Reader::new(record);
     let headers_at = skip_to_headers(&mut reader)?;
     reader.at = headers_at;
     let count = reader.varint()?;
-    // The broker's is the last (Produce refuses a record carrying one).
+    // The broker's are the last (Produce refuses a record carrying one).
     let mut due = Err(format!("a held record without a {DUE_HEADER} header"));
+    let mut target = Ok(None);
     for _ in 0..count {
         let key = reader.nullable_bytes()?;
         let value = reader.nullable_bytes()?;
-        if key.is_some_and(|key| &record[key] == DUE_HEADER.as_bytes()) {
-            due = value
+        let number = |name: &str| {
+            value
+                .clone()
                 .and_then(|value| std::str::from_utf8(&record[value]).ok()?.parse().ok())
-                .ok_or_else(|| format!("a {DUE_HEADER} header that is not a number"));
+                .ok_or_else(|| format!("a {name} header that is not a number"))
+        };
+        match key.map(|key| &record[key]) {
+            Some(key) if key == DUE_HEADER.as_bytes() => due = number(DUE_HEADER),
+            Some(key) if key == TARGET_HEADER.as_bytes() => {
+                target = number(TARGET_HEADER).map(Some);
+            }
+            _ => {}
         }
     }
-    due
+    Ok(HeldAs {
+        due_ms: due?,
+        target: target?
+            .map(|target: i64| {
+                u32::try_from(target)
+                    .map_err(|_| format!("a {TARGET_HEADER} header that is not a partition id"))
+            })
+            .transpose()?,
+    })
 }
 
 /// Where the header count of `reader`'s record starts (the reader is left
@@ -158,9 +221,10 @@ fn skip_to_headers(reader: &mut Reader<'_>) -> Result<usize, String> {
     Ok(reader.at)
 }
 
-/// `record` (length prefix included) with one more header `key` = `value`
-/// after its own.
-fn with_header(record: &[u8], key: &str, value: &str) -> Result<Vec<u8>, String> {
+/// `record` (length prefix included) with the headers `set` (key, value)
+/// after its own, any of its own with one of those keys or one of
+/// `removed` removed.
+fn with_headers(record: &[u8], set: &[(&str, &str)], removed: &[&str]) -> Result<Vec<u8>, String> {
     let mut reader = Reader::new(record);
     let headers_at = skip_to_headers(&mut reader)?;
     let body_at = {
@@ -170,14 +234,35 @@ fn with_header(record: &[u8], key: &str, value: &str) -> Result<Vec<u8>, String>
     };
     reader.at = headers_at;
     let count = reader.varint()?;
-    let mut body = Vec::with_capacity(record.len() + key.len() + value.len() + 8);
+    let mut kept = Vec::with_capacity(record.len() - reader.at);
+    let mut kept_count = 0;
+    for _ in 0..count {
+        let start = reader.at;
+        let key = reader.nullable_bytes()?;
+        reader.nullable_bytes()?;
+        let named = |key: &[u8]| {
+            set.iter().any(|(name, _)| name.as_bytes() == key)
+                || removed.iter().any(|name| name.as_bytes() == key)
+        };
+        if !key.is_some_and(|key| named(&record[key])) {
+            kept.extend_from_slice(&record[start..reader.at]);
+            kept_count += 1;
+        }
+    }
+    let added: usize = set
+        .iter()
+        .map(|(key, value)| key.len() + value.len() + 10)
+        .sum();
+    let mut body = Vec::with_capacity(record.len() + added);
     body.extend_from_slice(&record[body_at..headers_at]);
-    put_varint(&mut body, count + 1);
-    body.extend_from_slice(&record[reader.at..]);
-    put_varint(&mut body, key.len() as i32);
-    body.extend_from_slice(key.as_bytes());
-    put_varint(&mut body, value.len() as i32);
-    body.extend_from_slice(value.as_bytes());
+    put_varint(&mut body, kept_count + set.len() as i32);
+    body.extend_from_slice(&kept);
+    for (key, value) in set {
+        put_varint(&mut body, key.len() as i32);
+        body.extend_from_slice(key.as_bytes());
+        put_varint(&mut body, value.len() as i32);
+        body.extend_from_slice(value.as_bytes());
+    }
     let mut out = Vec::with_capacity(body.len() + 5);
     put_varint(
         &mut out,
@@ -249,7 +334,8 @@ mod tests {
             Codec::Snappy,
         ] {
             let batch = produced(codec);
-            let split = split(&batch, &[None, Some(7_000), None, Some(9_000)], MAX).unwrap();
+            let split =
+                split(&batch, &holds(&[None, Some(7_000), None, Some(9_000)]), MAX).unwrap();
             valid(&split.visible);
             let visible = Records::parse(&split.visible, MAX).unwrap();
             assert_eq!(visible.codec, codec, "the visible batch keeps its codec");
@@ -265,7 +351,7 @@ mod tests {
             let due: Vec<i64> = held
                 .records
                 .iter()
-                .map(|record| due_of(&held.plain[record.bytes.clone()]).unwrap())
+                .map(|record| held_as(&held.plain[record.bytes.clone()]).unwrap().due_ms)
                 .collect();
             assert_eq!(due, [7_000, 9_000]);
             let timestamps: Vec<i64> = held.records.iter().map(|r| r.timestamp_ms).collect();
@@ -282,7 +368,7 @@ mod tests {
     #[test]
     fn an_all_delayed_batch_leaves_an_empty_uncompressed_visible_batch() {
         let batch = produced(Codec::Gzip);
-        let split = split(&batch, &[Some(1); 4], MAX).unwrap();
+        let split = split(&batch, &holds(&[Some(1); 4]), MAX).unwrap();
         let visible = BatchHeader::parse(&split.visible).unwrap();
         assert_eq!(visible.records_count, 0);
         assert_eq!(visible.compression_codec(), 0);
@@ -299,8 +385,8 @@ mod tests {
     #[test]
     fn a_split_needs_one_due_time_per_record_and_a_delayed_one() {
         let batch = produced(Codec::None);
-        assert!(split(&batch, &[None, Some(1)], MAX).is_err());
-        assert!(split(&batch, &[None; 4], MAX).is_err());
+        assert!(split(&batch, &holds(&[None, Some(1)]), MAX).is_err());
+        assert!(split(&batch, &holds(&[None; 4]), MAX).is_err());
     }
 
     #[test]
@@ -308,10 +394,56 @@ mod tests {
         let batch = produced(Codec::None);
         let records = Records::parse(&batch, MAX).unwrap();
         let first = &records.plain[records.records[0].bytes.clone()];
-        assert!(due_of(first).is_err());
-        let tagged = with_header(first, DUE_HEADER, "not a number").unwrap();
-        assert!(due_of(&tagged).is_err());
-        let tagged = with_header(first, DUE_HEADER, "42").unwrap();
-        assert_eq!(due_of(&tagged), Ok(42));
+        assert!(held_as(first).is_err());
+        let tagged = with_headers(first, &[(DUE_HEADER, "not a number")], &[]).unwrap();
+        assert!(held_as(&tagged).is_err());
+        let tagged = with_headers(first, &[(DUE_HEADER, "42")], &[]).unwrap();
+        assert_eq!(
+            held_as(&tagged),
+            Ok(HeldAs {
+                due_ms: 42,
+                target: None
+            })
+        );
+        let tagged = with_headers(&tagged, &[(TARGET_HEADER, "x")], &[]).unwrap();
+        assert!(held_as(&tagged).is_err());
+        let tagged = with_headers(&tagged, &[(TARGET_HEADER, "7")], &[]).unwrap();
+        assert_eq!(held_as(&tagged).unwrap().target, Some(7));
+    }
+
+    fn holds(due: &[Option<i64>]) -> Vec<Option<Hold>> {
+        due.iter().map(|due| due.map(Hold::at)).collect()
+    }
+
+    #[test]
+    fn a_hold_replaces_the_headers_it_sets() {
+        let batch = produced(Codec::Lz4);
+        let hold = Hold {
+            due_ms: 5,
+            headers: vec![("n", "2".to_owned()), ("m", "x".to_owned())],
+            removed: vec!["gone"],
+        };
+        let records = Records::parse(&batch, MAX).unwrap();
+        let first = &records.plain[records.records[0].bytes.clone()];
+        let before = with_headers(first, &[("keep", "1"), ("gone", "1"), ("n", "1")], &[]).unwrap();
+        let set: Vec<(&str, &str)> = hold.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let after = with_headers(&before, &set, &hold.removed).unwrap();
+        let headers = crate::storage::timer::notes::record_headers(&after).unwrap();
+        let named: Vec<(&[u8], &[u8])> = headers
+            .iter()
+            .map(|(key, value)| (&after[key.clone()], &after[value.clone().unwrap()]))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (&b"keep"[..], &b"1"[..]),
+                (&b"n"[..], &b"2"[..]),
+                (&b"m"[..], &b"x"[..])
+            ]
+        );
+        let split = split(&batch, &[None, Some(hold), None, None], MAX).unwrap();
+        let held = Records::parse(&split.held, MAX).unwrap();
+        let bytes = &held.plain[held.records[0].bytes.clone()];
+        assert_eq!(held_as(bytes).unwrap().due_ms, 5);
     }
 }

@@ -15,7 +15,8 @@
 
 use std::ops::Range;
 
-use super::held::{DUE_HEADER, due_of};
+use super::held::{DUE_HEADER, TARGET_HEADER, held_as};
+use crate::broker::retry::{DLQ_OFFSET, DLQ_TOPIC, RETRY_OFFSET, RETRY_TOPIC};
 use crate::record_batch::{self, BatchBuilder, HeaderFields, RecordSpec, put_varint};
 use crate::storage::compaction::records::{Reader, Records};
 
@@ -32,6 +33,8 @@ pub struct HeldRecord {
     pub due_ms: i64,
     /// Its bytes in the timer batch (length prefix included).
     pub bytes: u32,
+    /// The partition it goes to when not the held frame's own.
+    pub target: Option<u32>,
 }
 
 /// Most bytes a timer batch's records may decompress to: the broker built
@@ -46,10 +49,12 @@ pub fn held_records(held: &[u8], base_offset: i64) -> Result<Vec<HeldRecord>, St
         .iter()
         .map(|record| {
             let bytes = &records.plain[record.bytes.clone()];
+            let held = held_as(bytes)?;
             Ok(HeldRecord {
                 origin_offset: base_offset + i64::from(record.offset_delta),
-                due_ms: due_of(bytes)?,
+                due_ms: held.due_ms,
                 bytes: bytes.len() as u32,
+                target: held.target,
             })
         })
         .collect()
@@ -73,10 +78,13 @@ impl DeliveryRecord {
 /// The record of timer batch `held` (stored at `base_offset`) whose origin
 /// offset is `origin_offset`, rewritten for delivery: timestamp delta 0
 /// (the delivery batch's time), offset delta `offset_delta`, key, value
-/// and headers kept but the due header and any origin headers, then
-/// [`ORIGIN_OFFSET`] and [`ORIGIN_TIMESTAMP`] (the broker's, so a record
-/// carries one of each, whatever its producer sent). `None` if the batch
-/// holds no such record.
+/// and headers kept but the due and target headers and any origin headers,
+/// then [`ORIGIN_OFFSET`] and [`ORIGIN_TIMESTAMP`] (the broker's, so a
+/// record carries one of each, whatever its producer sent). A retried or
+/// dead-lettered record whose provenance the broker named at Produce
+/// (`broker/retry.rs`: a topic header without its offset header) gets the
+/// offset header too: the origin offset. `None` if the batch holds no such
+/// record.
 pub fn delivery_record(
     held: &Records,
     base_offset: i64,
@@ -102,20 +110,29 @@ pub fn delivery_record(
         .headers
         .iter()
         .filter(|(key, _)| {
-            ![DUE_HEADER, ORIGIN_OFFSET, ORIGIN_TIMESTAMP]
+            ![DUE_HEADER, TARGET_HEADER, ORIGIN_OFFSET, ORIGIN_TIMESTAMP]
                 .iter()
                 .any(|reserved| &bytes[key.clone()] == reserved.as_bytes())
         })
         .collect();
-    put_varint(&mut body, kept.len() as i32 + 2);
+    let has = |name: &str| {
+        kept.iter()
+            .any(|(key, _)| &bytes[key.clone()] == name.as_bytes())
+    };
+    let mut added = Vec::with_capacity(4);
+    for (topic, offset) in [(RETRY_TOPIC, RETRY_OFFSET), (DLQ_TOPIC, DLQ_OFFSET)] {
+        if has(topic) && !has(offset) {
+            added.push((offset, origin_offset.to_string()));
+        }
+    }
+    added.push((ORIGIN_OFFSET, origin_offset.to_string()));
+    added.push((ORIGIN_TIMESTAMP, record.timestamp_ms.to_string()));
+    put_varint(&mut body, (kept.len() + added.len()) as i32);
     for (key, value) in kept {
         put_field(&mut body, bytes, Some(key.clone()));
         put_field(&mut body, bytes, value.clone());
     }
-    for (key, value) in [
-        (ORIGIN_OFFSET, origin_offset.to_string()),
-        (ORIGIN_TIMESTAMP, record.timestamp_ms.to_string()),
-    ] {
+    for (key, value) in added {
         put_varint(&mut body, key.len() as i32);
         body.extend_from_slice(key.as_bytes());
         put_varint(&mut body, value.len() as i32);
@@ -234,7 +251,7 @@ mod tests {
     use super::*;
     use crate::record_batch::BatchHeader;
     use crate::record_batch::record_walk::{Field, RecordView};
-    use crate::storage::timer::held::split;
+    use crate::storage::timer::held::{Hold, split};
 
     #[test]
     fn a_held_record_is_delivered_with_its_fields_and_its_origin() {
@@ -247,7 +264,12 @@ mod tests {
             });
         }
         let produced = builder.build();
-        let split = split(&produced, &[None, Some(9_000), Some(8_000)], 1 << 20).unwrap();
+        let split = split(
+            &produced,
+            &[None, Some(Hold::at(9_000)), Some(Hold::at(8_000))],
+            1 << 20,
+        )
+        .unwrap();
         let held = held_records(&split.held, 100).unwrap();
         assert_eq!(
             held.iter()

@@ -19,7 +19,7 @@ use super::entry::{Done, TimerEntry};
 use super::index::{OpenReport, TimerCheckpoint, TimerError, TimerGeometry, TimerIndex};
 use super::notes::{held_records, note_entries};
 use super::pairing::{TimerFrame, TimerPairing};
-use crate::ids::{LogPosition, Offset};
+use crate::ids::{LogPosition, Offset, PartitionId};
 use crate::record_batch::BatchHeader;
 use crate::storage::frame::{FRAME_HEADER_BYTES, FrameHeader, FrameKind};
 
@@ -76,7 +76,7 @@ impl ShardTimer {
                             due_ms: record.due_ms,
                             held_position: note.position,
                             record_bytes: record.bytes,
-                            partition: note.partition,
+                            partition: record.target.map_or(note.partition, PartitionId),
                             origin_offset: Offset(record.origin_offset),
                             previous: 0,
                             slot: 0,
