@@ -245,6 +245,16 @@ pub struct ShardStore {
 const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What a shard's storage holds and owes, for its gauges.
+/// Pending delayed records of one partition due in one minute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingDelays {
+    pub topic: String,
+    pub partition: u32,
+    /// The minute's first epoch millisecond.
+    pub due_minute_ms: i64,
+    pub records: u64,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct StoreGauges {
     pub partitions: usize,
@@ -503,6 +513,27 @@ impl ShardStore {
 
     pub fn disk_usage_ratio(&self) -> f64 {
         self.disk_usage_ratio.get()
+    }
+
+    /// Pending delayed records by topic, partition and due minute (its first
+    /// epoch millisecond), in no particular order: what `sluice delays`
+    /// shows through the metrics.
+    pub fn pending_delays(&self) -> Vec<PendingDelays> {
+        let state = self.state.borrow();
+        state
+            .timer
+            .index
+            .pending_by_due_minute()
+            .filter_map(|(partition, due_minute_ms, records)| {
+                let meta = &state.partitions.get(&partition)?.meta;
+                Some(PendingDelays {
+                    topic: meta.topic.clone(),
+                    partition: meta.index,
+                    due_minute_ms,
+                    records,
+                })
+            })
+            .collect()
     }
 
     pub fn gauges(&self) -> StoreGauges {

@@ -79,6 +79,8 @@ pub const DELAY_PENDING_BYTES: &str = "sluice_delay_pending_bytes";
 pub const DELAY_DUE_LAG: &str = "sluice_delay_due_lag_seconds";
 pub const DELAY_DELIVERED: &str = "sluice_delay_delivered_records_total";
 pub const DELAY_DELIVERY_LATENESS: &str = "sluice_delay_delivery_lateness_seconds";
+pub const DELAY_PENDING_BY_TOPIC: &str = "sluice_delay_pending_topic_records";
+pub const DELAY_NEXT_DUE: &str = "sluice_delay_next_due_timestamp_seconds";
 pub const RETRY_RECORDS: &str = "sluice_retry_records_total";
 pub const DEAD_LETTER_RECORDS: &str = "sluice_dead_letter_records_total";
 pub const RETRY_STUCK_RECORDS: &str = "sluice_retry_without_dead_letter_partition_records_total";
@@ -385,6 +387,15 @@ pub fn describe() {
     describe_counter!(
         DELAY_DELIVERED,
         "Delayed records a shard delivered to their partitions at their due time."
+    );
+    describe_gauge!(
+        DELAY_PENDING_BY_TOPIC,
+        "Delayed records a shard holds for a topic, by when they are due (label due: overdue, or within 1m, 10m, 1h, 1d, 7d, later; by due minute). `sluice delays` reads it."
+    );
+    describe_gauge!(
+        DELAY_NEXT_DUE,
+        Unit::Seconds,
+        "The start of the minute (epoch seconds) the next delayed record a shard holds for a topic is due in."
     );
     describe_counter!(
         RETRY_RECORDS,

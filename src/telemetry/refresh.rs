@@ -40,6 +40,7 @@ pub async fn run(context: Rc<ShardContext>, budget: Arc<RequestBudget>, interval
     let shard = shard_label(context.id);
     let totals = LogTotals::new(&shard);
     let mut last = (Instant::now(), thread_cpu_time());
+    let mut delay_topics = std::collections::BTreeSet::new();
     loop {
         let now = (Instant::now(), thread_cpu_time());
         let wall = now.0.duration_since(last.0).as_secs_f64();
@@ -52,6 +53,7 @@ pub async fn run(context: Rc<ShardContext>, budget: Arc<RequestBudget>, interval
         refresh_request_budget(&budget);
         refresh_consumer_lag(&context).await;
         refresh_transactions(&context, &shard);
+        refresh_delays(&context, &shard, &mut delay_topics);
         compio::time::sleep(interval).await;
     }
 }
@@ -104,6 +106,62 @@ fn refresh_storage(context: &ShardContext, shard: &str, totals: &LogTotals) {
     // The same filesystem and connection count on every shard: unlabelled.
     gauge!(names::DISK_USAGE_RATIO).set(store.disk_usage_ratio());
     gauge!(names::KAFKA_CONNECTIONS).set(f64::from(crate::kafka::open_connections()));
+}
+
+/// The `due` label values of [`names::DELAY_PENDING_BY_TOPIC`]: due before
+/// now, then due within each bound (milliseconds from now) and not an
+/// earlier one; `later` past the last.
+pub const DUE_WITHIN: [(&str, i64); 6] = [
+    ("1m", 60_000),
+    ("10m", 600_000),
+    ("1h", 3_600_000),
+    ("1d", 86_400_000),
+    ("7d", 7 * 86_400_000),
+    ("later", i64::MAX),
+];
+
+/// Pending delayed records per topic by when they are due, and each
+/// topic's next due minute. A topic whose records were all delivered since
+/// the last refresh is shown at 0 once (then its gauges expire).
+fn refresh_delays(
+    context: &ShardContext,
+    shard: &str,
+    shown: &mut std::collections::BTreeSet<String>,
+) {
+    let now_ms = crate::broker::delay::clock_ms();
+    let mut by_topic: BTreeMap<String, ([u64; 7], i64)> = BTreeMap::new();
+    for pending in context.store().pending_delays() {
+        let (counts, next) = by_topic
+            .entry(pending.topic)
+            .or_insert(([0; 7], i64::MAX));
+        let ahead = pending.due_minute_ms.saturating_sub(now_ms);
+        let bucket = if pending.due_minute_ms + 60_000 <= now_ms {
+            0
+        } else {
+            1 + DUE_WITHIN
+                .iter()
+                .position(|(_, bound)| ahead < *bound)
+                .unwrap_or(DUE_WITHIN.len() - 1)
+        };
+        counts[bucket] += pending.records;
+        *next = (*next).min(pending.due_minute_ms);
+    }
+    let labels = std::iter::once("overdue").chain(DUE_WITHIN.iter().map(|(label, _)| *label));
+    let labels: Vec<&str> = labels.collect();
+    for gone in shown.iter().filter(|topic| !by_topic.contains_key(*topic)) {
+        for due in &labels {
+            gauge!(names::DELAY_PENDING_BY_TOPIC, "shard" => shard.to_owned(), "topic" => gone.clone(), "due" => *due).set(0.0);
+        }
+    }
+    shown.clear();
+    for (topic, (counts, next)) in by_topic {
+        for (due, count) in labels.iter().zip(counts) {
+            gauge!(names::DELAY_PENDING_BY_TOPIC, "shard" => shard.to_owned(), "topic" => topic.clone(), "due" => *due).set(count as f64);
+        }
+        gauge!(names::DELAY_NEXT_DUE, "shard" => shard.to_owned(), "topic" => topic.clone())
+            .set(next as f64 / 1000.0);
+        shown.insert(topic);
+    }
 }
 
 /// How late the oldest due delayed record is, seconds (0: none is late).

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::entry::{Done, ENTRY_BYTES, TimerEntry};
-use crate::ids::LogPosition;
+use crate::ids::{LogPosition, PartitionId};
 
 const FILE_SUFFIX: &str = ".te";
 
@@ -119,7 +119,13 @@ pub struct TimerIndex {
     /// Pending entries per [`PIN_BUCKET_BYTES`] of log where their timer
     /// batch lies: what retention must keep.
     pinned: BTreeMap<u64, u64>,
+    /// Pending entries by partition and due minute (its first epoch
+    /// millisecond): what `sluice delays` shows.
+    by_due_minute: BTreeMap<(PartitionId, i64), u64>,
 }
+
+/// The grain of [`TimerIndex::pending_by_due_minute`], milliseconds.
+pub const DUE_MINUTE_MS: i64 = 60_000;
 
 /// The grain (bytes of log) at which pending entries pin the log.
 pub const PIN_BUCKET_BYTES: u64 = 1 << 20;
@@ -148,6 +154,7 @@ impl TimerIndex {
             pending: 0,
             pending_bytes: 0,
             pinned: BTreeMap::new(),
+            by_due_minute: BTreeMap::new(),
         };
         index.open_files()?;
         let mut report = OpenReport::default();
@@ -263,6 +270,23 @@ impl TimerIndex {
         if *count == 0 {
             self.pinned.remove(&bucket);
         }
+        let minute = (
+            entry.partition,
+            entry.due_ms.div_euclid(DUE_MINUTE_MS) * DUE_MINUTE_MS,
+        );
+        let count = self.by_due_minute.entry(minute).or_insert(0);
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 {
+            self.by_due_minute.remove(&minute);
+        }
+    }
+
+    /// Pending entries by (partition, due minute: its first epoch ms),
+    /// in that order.
+    pub fn pending_by_due_minute(&self) -> impl Iterator<Item = (PartitionId, i64, u64)> + '_ {
+        self.by_due_minute
+            .iter()
+            .map(|(&(partition, minute), &count)| (partition, minute, count))
     }
 
     /// The next entry's index.
@@ -609,6 +633,25 @@ mod tests {
             );
         }
         assert_eq!(index.pending(), 3, "handed out is not done");
+        let minute = |due: i64| (NOW + due).div_euclid(DUE_MINUTE_MS) * DUE_MINUTE_MS;
+        let mut expected: BTreeMap<i64, u64> = BTreeMap::new();
+        for due in [500, 2500, -5000] {
+            *expected.entry(minute(due)).or_default() += 1;
+        }
+        let counted: BTreeMap<i64, u64> = index
+            .pending_by_due_minute()
+            .map(|(partition, minute, count)| {
+                assert_eq!(partition, PartitionId(1));
+                (minute, count)
+            })
+            .collect();
+        assert_eq!(counted, expected, "the pending ones, by due minute");
+        let (reopened, _) = open(dir.path(), index.checkpoint(), 8);
+        assert_eq!(
+            reopened.pending_by_due_minute().collect::<Vec<_>>(),
+            index.pending_by_due_minute().collect::<Vec<_>>(),
+            "counted again at open"
+        );
     }
 
     #[test]
