@@ -113,14 +113,15 @@ fn a_consumer_failing_every_record_sees_it_back_off_then_finds_it_in_the_dead_le
         let seen: Vec<&Seen> = report.seen.iter().filter(|s| s.value == value).collect();
         let topics: Vec<(&str, u32)> = seen.iter().map(|s| (s.topic.as_str(), s.times)).collect();
         assert_eq!(
-            topics,
+            &topics[..topics.len().min(6)],
             [
                 ("orders", 0),
                 ("g.retry", 1),
                 ("g.retry", 2),
                 ("g.retry", 3)
             ],
-            "{value}: consumed once from its topic, then once per retry"
+            "{value}: consumed once from its topic, then once per retry ({} times in all)",
+            topics.len()
         );
         let sent: Vec<&Sent> = report.sent.iter().filter(|s| s.value == value).collect();
         assert_eq!(sent.len(), 4, "{value}: failed 4 times");
