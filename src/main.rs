@@ -1,5 +1,6 @@
 //! The `sluice` command: `sluice serve` runs the broker; `sluice topics`,
-//! `sluice groups` and `sluice transactions` administer a running one.
+//! `sluice groups`, `sluice transactions`, `sluice delays` and `sluice dlq`
+//! administer a running one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +62,24 @@ enum Command {
     Transactions {
         #[command(subcommand)]
         command: TransactionsCommand,
+        /// Broker addresses, HOST:PORT[,HOST:PORT…].
+        #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+        brokers: String,
+    },
+    /// The delayed records a broker holds, per topic and by due time (read
+    /// from its metrics listener, as of its last metrics refresh).
+    Delays {
+        #[command(subcommand)]
+        command: DelaysCommand,
+        /// Metrics listeners (`metrics.listen`), HOST:PORT[,HOST:PORT…].
+        #[arg(long, global = true, default_value = "127.0.0.1:9644")]
+        metrics: String,
+    },
+    /// List a consumer group's dead letters (G.dlq) and replay them to
+    /// their topics.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
         /// Broker addresses, HOST:PORT[,HOST:PORT…].
         #[arg(long, global = true, default_value = "127.0.0.1:9092")]
         brokers: String,
@@ -143,6 +162,60 @@ enum TransactionsCommand {
     /// Fence a transactional id's producer (its epoch is bumped, as when a
     /// new instance starts) and abort its open transaction.
     Abort { transactional_id: String },
+}
+
+#[derive(Subcommand)]
+enum DelaysCommand {
+    /// Pending delayed records per topic and when the next one is due.
+    Count,
+    /// Pending delayed records per topic by due time: overdue, within 1
+    /// minute, 10 minutes, 1 hour, 1 day, 7 days, later.
+    List,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Group G's dead letters (G.dlq, from the log start): offset, time,
+    /// retries made, the record that failed, key and value; then how many
+    /// there are and how many were replayed.
+    List {
+        group: String,
+        /// Most dead letters shown (all are counted).
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: usize,
+    },
+    /// Produce group G's dead letters not replayed yet to their topics
+    /// again, then commit how far it got as group G.dlq.replay's offsets.
+    /// A dry run unless --execute.
+    ///
+    /// Each dead letter of G.dlq from G.dlq.replay's committed offset (else
+    /// the log start) to the high watermark goes to --to TOPIC, else to the
+    /// topic it failed in (its sluice.dlq.topic header); to its own
+    /// partition when it goes back to its topic, else by its key's hash
+    /// (round robin without a key). It keeps its key, value and own headers
+    /// and loses the broker's (sluice.reconsume.times, sluice.dlq.*,
+    /// sluice.retry.*, sluice.origin.offset and .timestamp, the delay
+    /// headers), so it is delivered at once (unless the target topic delays
+    /// every record) and, failing again, starts its retries from zero; its
+    /// timestamp is the time of the replay. A dead letter without a topic header (and no
+    /// --to) or whose target topic does not exist fails the command before
+    /// anything is produced.
+    ///
+    /// Replay is at least once: records are produced with acks=all and the
+    /// offsets committed after; a command that dies between the two
+    /// produces those records again on the next run. Run one replay of a
+    /// group at a time.
+    Replay {
+        group: String,
+        /// Produce every dead letter to this topic (it must exist) instead
+        /// of its own.
+        #[arg(long, value_name = "TOPIC")]
+        to: Option<String>,
+        /// Produce the records and commit the offsets (without it, only
+        /// print how many records would go to each partition).
+        #[arg(long)]
+        execute: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -230,7 +303,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Topics { .. } | Command::Groups { .. } | Command::Transactions { .. }
+        Command::Topics { .. }
+            | Command::Groups { .. }
+            | Command::Transactions { .. }
+            | Command::Delays { .. }
+            | Command::Dlq { .. }
     ) {
         end_quietly_on_a_closed_pipe();
     }
@@ -239,6 +316,11 @@ fn main() -> ExitCode {
         Command::Topics { command, brokers } => admin_exit(topics(&brokers, command)),
         Command::Groups { command, brokers } => admin_exit(groups(&brokers, command)),
         Command::Transactions { command, brokers } => admin_exit(transactions(&brokers, command)),
+        Command::Delays { command, metrics } => admin_exit(match command {
+            DelaysCommand::Count => sluice::admin::delays::count(&metrics),
+            DelaysCommand::List => sluice::admin::delays::list(&metrics),
+        }),
+        Command::Dlq { command, brokers } => admin_exit(dlq(&brokers, command)),
         Command::Bench { command } => admin_exit(sluice::bench::run(command)),
     }
 }
@@ -321,6 +403,21 @@ fn transactions(brokers: &str, command: TransactionsCommand) -> anyhow::Result<(
         TransactionsCommand::Abort { transactional_id } => {
             transactions::abort(brokers, &transactional_id)
         }
+    }
+}
+
+fn dlq(brokers: &str, command: DlqCommand) -> anyhow::Result<()> {
+    use sluice::admin::dlq::{self, ReplayRequest};
+    match command {
+        DlqCommand::List { group, limit } => dlq::list(brokers, &group, limit),
+        DlqCommand::Replay { group, to, execute } => dlq::replay(
+            brokers,
+            &ReplayRequest {
+                group: &group,
+                to: to.as_deref(),
+                execute,
+            },
+        ),
     }
 }
 

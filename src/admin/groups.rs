@@ -171,7 +171,10 @@ pub(crate) fn assigned_partitions(assignment: &Bytes) -> Vec<PartitionKey> {
 }
 
 /// The group's committed offsets (all partitions).
-fn committed(client: &mut KafkaClient, group: &str) -> anyhow::Result<BTreeMap<PartitionKey, i64>> {
+pub(crate) fn committed(
+    client: &mut KafkaClient,
+    group: &str,
+) -> anyhow::Result<BTreeMap<PartitionKey, i64>> {
     let version = client.version_of::<OffsetFetchRequest>()?;
     let mut request = OffsetFetchRequest::default();
     if version >= 8 {
@@ -403,7 +406,9 @@ pub fn reset_offsets(brokers: &str, reset: &ResetRequest<'_>) -> AdminResult {
     Ok(())
 }
 
-fn commit_plan(
+/// Commit each partition's new offset (the plan's last field) for `group`,
+/// as a client outside the group does (generation -1, no member id).
+pub(crate) fn commit_plan(
     client: &mut KafkaClient,
     group: &str,
     plan: &[(PartitionKey, Option<i64>, i64)],

@@ -1,10 +1,13 @@
-//! The admin commands, `sluice topics …`, `sluice groups …` and `sluice
-//! transactions …`: run against
-//! a broker over the Kafka protocol, with the habits of `rpk` and
+//! The admin commands, `sluice topics …`, `sluice groups …`, `sluice
+//! transactions …` and `sluice dlq …`: run against
+//! a broker over the Kafka protocol (`sluice delays …` reads its metrics
+//! listener), with the habits of `rpk` and
 //! `kafka-consumer-groups` (aligned tables, lag per partition, reset-offsets
-//! as a dry run unless `--execute`).
+//! and dead-letter replay as a dry run unless `--execute`).
 
 pub mod datetime;
+pub mod delays;
+pub mod dlq;
 pub mod groups;
 pub mod offsets;
 pub mod routing;

@@ -479,3 +479,71 @@ fn a_record_due_weeks_ahead_is_held_until_then_across_a_restart() {
     assert_eq!(header(&delivered[0], "sluice.origin.offset"), Some("0"));
     let _ = broker.stop();
 }
+
+/// `sluice delays count` shows the pending delayed records per topic and
+/// `sluice delays list` by due time; a topic whose records were delivered
+/// leaves them. (Mutation: the per-minute counts not lowered at delivery →
+/// `soon` stays listed.)
+#[test]
+fn sluice_delays_shows_the_pending_records_per_topic_and_due_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    let (producer, acks) = kafka_clients::producer(&broker.address, &[]);
+    for (topic, delay_ms, count) in [
+        ("soon", &b"1500"[..], 2),
+        ("much.later", &b"120000"[..], 2),
+        ("much.later", &b"1800000"[..], 3),
+    ] {
+        for _ in 0..count {
+            kafka_clients::send(
+                &producer,
+                topic,
+                Some(0),
+                None,
+                b"v",
+                &[("sluice.delay.ms", delay_ms)],
+            );
+        }
+    }
+    kafka_clients::flush(&producer, &acks);
+    let delays = |command: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["delays", command, "--metrics", &broker.metrics])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let row = |text: &str, topic: &str| -> Vec<String> {
+        text.lines()
+            .map(|line| {
+                line.split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .find(|cells| cells.first().is_some_and(|cell| cell == topic))
+            .unwrap_or_default()
+    };
+    eventually("7 pending records counted", || {
+        delays("count").contains("7 delayed record(s) pending in 2 topic(s)")
+    });
+    let counted = delays("count");
+    assert_eq!(row(&counted, "much.later")[1], "5", "{counted}");
+    assert!(
+        row(&counted, "much.later")[2..]
+            .join(" ")
+            .starts_with("in 1m"),
+        "{counted}"
+    );
+    let listed = delays("list");
+    assert_eq!(
+        row(&listed, "much.later"),
+        ["much.later", "0", "0", "2", "3", "0", "0", "0"],
+        "due within 10 minutes and within an hour:\n{listed}"
+    );
+    eventually("soon's records delivered and gone from the count", || {
+        let counted = delays("count");
+        counted.contains("5 delayed record(s) pending in 1 topic(s)")
+            && row(&counted, "soon").is_empty()
+    });
+}
