@@ -131,9 +131,7 @@ fn refresh_delays(
     let now_ms = crate::broker::delay::clock_ms();
     let mut by_topic: BTreeMap<String, ([u64; 7], i64)> = BTreeMap::new();
     for pending in context.store().pending_delays() {
-        let (counts, next) = by_topic
-            .entry(pending.topic)
-            .or_insert(([0; 7], i64::MAX));
+        let (counts, next) = by_topic.entry(pending.topic).or_insert(([0; 7], i64::MAX));
         let ahead = pending.due_minute_ms.saturating_sub(now_ms);
         let bucket = if pending.due_minute_ms + 60_000 <= now_ms {
             0
