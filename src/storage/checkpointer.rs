@@ -22,6 +22,7 @@ use super::checkpoint::{Checkpoint, CheckpointError, PartitionCheckpoint};
 use super::producer_snapshot::{ProducerSnapshot, ProducerSnapshotError};
 use super::recovery::{CheckpointStatus, RecoveryReport};
 use super::shard_store::{ShardStore, StoreState};
+use super::timer::index::{TimerCheckpoint, retire_files};
 use crate::ids::LogPosition;
 use crate::log_throttle::monotonic_ms;
 
@@ -61,6 +62,7 @@ impl ShardStore {
             });
         }
         let (checkpoint, dirty_files) = self.checkpoint_snapshot();
+        let timer = (checkpoint.timer, checkpoint.timer_position);
         let sequence = self.checkpoint_sequence.get() + 1;
         self.checkpoint_sequence.set(sequence);
         let writer = Arc::clone(&self.checkpoint_writer);
@@ -82,7 +84,11 @@ impl ShardStore {
         })
         .await;
         match result {
-            Ok(result) => result,
+            Ok(Ok(())) => {
+                self.retire_timer_files(timer).await;
+                Ok(())
+            }
+            Ok(Err(error)) => Err(error),
             Err(error) => {
                 error.resume_unwind();
                 Err(CheckpointError::Io {
@@ -90,6 +96,28 @@ impl ShardStore {
                     source: std::io::Error::other("the checkpoint task was cancelled"),
                 })
             }
+        }
+    }
+
+    /// Retire the timer's entry files whose entries are all done for good
+    /// as of the checkpoint just written (`storage/timer/index.rs`). A
+    /// failure is logged: the files stay whole and are retired after the
+    /// next restart.
+    async fn retire_timer_files(&self, (checkpoint, at): (TimerCheckpoint, LogPosition)) {
+        let files = self.state.borrow_mut().timer.index.retire(checkpoint, at);
+        if files.is_empty() {
+            return;
+        }
+        let count = files.len();
+        let result = compio::runtime::spawn_blocking(move || retire_files(files)).await;
+        match result {
+            Ok(Ok(())) => {
+                tracing::debug!(shard = %self.options.shard, files = count, "retired timer entry files whose entries are all delivered");
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(shard = %self.options.shard, %error, "cannot retire timer entry files; they are retired after a restart");
+            }
+            Err(error) => error.resume_unwind(),
         }
     }
 

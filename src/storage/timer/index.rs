@@ -27,8 +27,15 @@
 //! at once. The frames after the indexed position are then replayed into it
 //! by the caller.
 //!
-//! Not built yet: deleting entry files whose entries are all done (the open
-//! reads every file).
+//! An entry file whose entries are all done for good is *retired*
+//! ([`TimerIndex::retire`], after a checkpoint): cut to zero bytes, which
+//! the open reads as "nothing pending here" and skips, so the directory and
+//! the open's reading grow with the pending entries, not with every record
+//! ever delayed. For good means: the file is full and below the
+//! checkpoint's entry count, every entry was delivered or moved by a frame
+//! before the checkpoint's log position, or listed again as an entry below
+//! its count, or dropped, and every entry's slot lies before its cursor (so
+//! no slot list still to be walked runs through it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -122,6 +129,43 @@ pub struct TimerIndex {
     /// Pending entries by partition and due minute (its first epoch
     /// millisecond): what `sluice delays` shows.
     by_due_minute: BTreeMap<(PartitionId, i64), u64>,
+    /// What retiring needs to know of each entry file, by first index.
+    file_stats: BTreeMap<u64, FileStats>,
+}
+
+/// The entries of one entry file, for [`TimerIndex::retire`].
+#[derive(Clone, Copy, Debug, Default)]
+struct FileStats {
+    entries: u64,
+    pending: u64,
+    /// The latest slot an entry was listed in.
+    latest_slot: i64,
+    /// Past the latest log position an entry was delivered or moved at.
+    done_before: u64,
+    /// Past the latest index an entry was listed again as.
+    newer_before: u64,
+}
+
+impl FileStats {
+    /// Count entry `entry` (as read or written).
+    fn count(&mut self, entry: &TimerEntry) {
+        self.entries += 1;
+        self.latest_slot = self.latest_slot.max(entry.slot);
+        match entry.done {
+            None => self.pending += 1,
+            Some(done) => self.done(done),
+        }
+    }
+
+    fn done(&mut self, done: Done) {
+        match done {
+            Done::Delivered(at) | Done::Moved(at) => {
+                self.done_before = self.done_before.max(at.0 + 1);
+            }
+            Done::Reinserted(newer) => self.newer_before = self.newer_before.max(newer + 1),
+            Done::Dropped => {}
+        }
+    }
 }
 
 /// The grain of [`TimerIndex::pending_by_due_minute`], milliseconds.
@@ -155,11 +199,17 @@ impl TimerIndex {
             pending_bytes: 0,
             pinned: BTreeMap::new(),
             by_due_minute: BTreeMap::new(),
+            file_stats: BTreeMap::new(),
         };
         index.open_files()?;
         let mut report = OpenReport::default();
-        let first = index.files.keys().next().copied().unwrap_or(index.count);
-        for at in first..index.count {
+        let per_file = index.geometry.entries_per_file;
+        let ranges: Vec<std::ops::Range<u64>> = index
+            .files
+            .keys()
+            .map(|&first| first..(first + per_file).min(index.count))
+            .collect();
+        for at in ranges.into_iter().flatten() {
             let mut entry = match index.read(at)? {
                 Ok(entry) => entry,
                 Err(_) => {
@@ -190,6 +240,7 @@ impl TimerIndex {
                 index.pending += 1;
                 index.pin(&entry, 1);
             }
+            index.stats(at).count(&entry);
             if rewrite {
                 report.repaired += 1;
                 index.write(at, &entry)?;
@@ -223,6 +274,11 @@ impl TimerIndex {
                 .write(true)
                 .open(&path)
                 .map_err(io_error(&path))?;
+            let retired = first + self.geometry.entries_per_file <= self.count
+                && file.metadata().map_err(io_error(&path))?.len() == 0;
+            if retired {
+                continue;
+            }
             let kept = (self.count - first).min(self.geometry.entries_per_file);
             file.set_len(kept * ENTRY_BYTES as u64)
                 .map_err(io_error(&path))?;
@@ -329,7 +385,47 @@ impl TimerIndex {
             self.write(at, &entry)?;
         }
         self.count += 1;
+        self.stats(at).count(&entry);
         Ok(at)
+    }
+
+    /// The stats of the file holding entry `at`.
+    fn stats(&mut self, at: u64) -> &mut FileStats {
+        let (first, _) = self.locate(at);
+        self.file_stats.entry(first).or_default()
+    }
+
+    /// Retire the entry files whose entries are all done for good as of
+    /// `checkpoint`, taken at log position `at` and durable (see the module
+    /// docs): they are forgotten here and handed back, to be cut to zero
+    /// bytes (and fsynced) off the shard thread by [`retire_files`].
+    pub fn retire(
+        &mut self,
+        checkpoint: TimerCheckpoint,
+        at: LogPosition,
+    ) -> Vec<(PathBuf, Arc<File>)> {
+        let per_file = self.geometry.entries_per_file;
+        let done: Vec<u64> = self
+            .file_stats
+            .iter()
+            .filter(|&(&first, stats)| {
+                first + per_file <= checkpoint.entries
+                    && stats.entries == per_file
+                    && stats.pending == 0
+                    && stats.latest_slot < checkpoint.cursor
+                    && stats.done_before <= at.0
+                    && stats.newer_before <= checkpoint.entries
+            })
+            .map(|(&first, _)| first)
+            .collect();
+        done.into_iter()
+            .filter_map(|first| {
+                self.file_stats.remove(&first);
+                self.dirty.remove(&first);
+                let file = self.files.remove(&first)?;
+                Some((self.path(first), file))
+            })
+            .collect()
     }
 
     /// Make entry `at` the newest of absolute slot `slot`; returns the
@@ -489,6 +585,9 @@ impl TimerIndex {
     }
 
     fn mark(&mut self, at: u64, done: Done) -> Result<(), TimerError> {
+        let stats = self.stats(at);
+        stats.pending = stats.pending.saturating_sub(1);
+        stats.done(done);
         let (file, within) = self.locate(at);
         let path = self.path(file);
         let bytes = Done::field_bytes(Some(done));
@@ -571,6 +670,17 @@ impl TimerIndex {
     }
 }
 
+/// Cut retired entry files (from [`TimerIndex::retire`]) to zero bytes and
+/// make that durable; a crash before leaves them whole, to be retired
+/// again after the restart.
+pub fn retire_files(files: Vec<(PathBuf, Arc<File>)>) -> Result<(), TimerError> {
+    for (path, file) in files {
+        file.set_len(0).map_err(io_error(&path))?;
+        file.sync_all().map_err(io_error(&path))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -651,6 +761,58 @@ mod tests {
             reopened.pending_by_due_minute().collect::<Vec<_>>(),
             index.pending_by_due_minute().collect::<Vec<_>>(),
             "counted again at open"
+        );
+    }
+
+    /// A full file whose entries were all delivered before the checkpoint's
+    /// position, in slots before its cursor, is retired (cut to zero bytes)
+    /// and skipped by the next open; one with a pending entry, or delivered
+    /// at or past the position, stays. (4 entries a file here.)
+    #[test]
+    fn a_file_of_entries_all_delivered_for_good_is_retired() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut index, _) = open(dir.path(), start(), 0);
+        for origin in 0..9 {
+            let due = if origin == 5 { 50_000 } else { 1_000 };
+            index.insert(entry(NOW + due, origin)).unwrap();
+        }
+        let due = index.due(NOW + 2_000, 100).unwrap();
+        assert_eq!(due.len(), 8);
+        for (at, _) in due {
+            index.finish(at, Done::Delivered(LogPosition(700))).unwrap();
+        }
+        index.sync().unwrap();
+        let checkpoint = index.checkpoint();
+        assert!(
+            index.retire(checkpoint, LogPosition(700)).is_empty(),
+            "delivered at the checkpoint's position: its frame may be lost"
+        );
+        let retired = index.retire(checkpoint, LogPosition(701));
+        let names: Vec<String> = retired
+            .iter()
+            .map(|(path, _)| path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [format!("{:020}{FILE_SUFFIX}", 0)],
+            "the file with a pending entry and the one not full stay"
+        );
+        retire_files(retired).unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.path().join(&names[0])).unwrap().len(),
+            0
+        );
+        assert!(
+            index.retire(checkpoint, LogPosition(701)).is_empty(),
+            "once"
+        );
+        let (reopened, report) = open(dir.path(), checkpoint, 701);
+        assert_eq!((report.pending, report.damaged), (1, 0), "{report:?}");
+        assert_eq!(reopened.count(), 9);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(&names[0])).unwrap().len(),
+            0,
+            "left empty"
         );
     }
 
