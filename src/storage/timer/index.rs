@@ -201,13 +201,23 @@ impl TimerIndex {
             by_due_minute: BTreeMap::new(),
             file_stats: BTreeMap::new(),
         };
-        index.open_files()?;
+        let retired = index.open_files()?;
         let mut report = OpenReport::default();
         let per_file = index.geometry.entries_per_file;
-        let ranges: Vec<std::ops::Range<u64>> = index
+        // From the first file on, every file's entries but a retired
+        // one's: a file missing in between is damage, read entry by entry
+        // as such.
+        let first = index
             .files
             .keys()
-            .map(|&first| first..(first + per_file).min(index.count))
+            .chain(&retired)
+            .min()
+            .copied()
+            .unwrap_or(index.count);
+        let ranges: Vec<std::ops::Range<u64>> = (first..index.count)
+            .step_by(per_file as usize)
+            .filter(|first| !retired.contains(first))
+            .map(|first| first..(first + per_file).min(index.count))
             .collect();
         for at in ranges.into_iter().flatten() {
             let mut entry = match index.read(at)? {
@@ -252,7 +262,9 @@ impl TimerIndex {
 
     /// The entry files on disk; those wholly past the count go, and the
     /// last is cut to the count.
-    fn open_files(&mut self) -> Result<(), TimerError> {
+    /// Returns the first indexes of the retired files (left empty).
+    fn open_files(&mut self) -> Result<BTreeSet<u64>, TimerError> {
+        let mut retired_files = BTreeSet::new();
         let listing = std::fs::read_dir(&self.dir).map_err(io_error(&self.dir))?;
         for item in listing {
             let item = item.map_err(io_error(&self.dir))?;
@@ -277,6 +289,7 @@ impl TimerIndex {
             let retired = first + self.geometry.entries_per_file <= self.count
                 && file.metadata().map_err(io_error(&path))?.len() == 0;
             if retired {
+                retired_files.insert(first);
                 continue;
             }
             let kept = (self.count - first).min(self.geometry.entries_per_file);
@@ -284,7 +297,7 @@ impl TimerIndex {
                 .map_err(io_error(&path))?;
             self.files.insert(first, Arc::new(file));
         }
-        Ok(())
+        Ok(retired_files)
     }
 
     /// Entries not done.
@@ -813,6 +826,14 @@ mod tests {
             std::fs::metadata(dir.path().join(&names[0])).unwrap().len(),
             0,
             "left empty"
+        );
+        drop(reopened);
+        std::fs::remove_file(dir.path().join(format!("{:020}{FILE_SUFFIX}", 4))).unwrap();
+        let (_, report) = open(dir.path(), checkpoint, 701);
+        assert_eq!(
+            (report.pending, report.damaged),
+            (0, 4),
+            "a file gone, unlike a retired one, is damage"
         );
     }
 
