@@ -127,8 +127,10 @@ pub struct TimerIndex {
     /// batch lies: what retention must keep.
     pinned: BTreeMap<u64, u64>,
     /// Pending entries by partition and due minute (its first epoch
-    /// millisecond): what `sluice delays` shows.
-    by_due_minute: BTreeMap<(PartitionId, i64), u64>,
+    /// millisecond; the hour's, flagged `true`, for entries counted when
+    /// [`DUE_MINUTES_MAX`] pairs were counted already): what `sluice
+    /// delays` shows.
+    by_due_minute: BTreeMap<(PartitionId, i64, bool), u64>,
     /// What retiring needs to know of each entry file, by first index.
     file_stats: BTreeMap<u64, FileStats>,
 }
@@ -170,6 +172,11 @@ impl FileStats {
 
 /// The grain of [`TimerIndex::pending_by_due_minute`], milliseconds.
 pub const DUE_MINUTE_MS: i64 = 60_000;
+/// The most (partition, due minute) pairs counted one by one (about 5 MB);
+/// past it, entries of a pair not counted yet are counted by due hour, so
+/// this memory stays bounded however the pending records spread.
+const DUE_MINUTES_MAX: usize = 100_000;
+const DUE_HOUR_MS: i64 = 3_600_000;
 
 /// The grain (bytes of log) at which pending entries pin the log.
 pub const PIN_BUCKET_BYTES: u64 = 1 << 20;
@@ -342,20 +349,36 @@ impl TimerIndex {
         let minute = (
             entry.partition,
             entry.due_ms.div_euclid(DUE_MINUTE_MS) * DUE_MINUTE_MS,
+            false,
         );
-        let count = self.by_due_minute.entry(minute).or_insert(0);
+        let hour = (
+            entry.partition,
+            entry.due_ms.div_euclid(DUE_HOUR_MS) * DUE_HOUR_MS,
+            true,
+        );
+        // Counted by minute if that pair is counted or there is room,
+        // else by hour; taken off the minute's count if there is one, else
+        // the hour's (each partition's total stays exact).
+        let key = if self.by_due_minute.contains_key(&minute)
+            || (delta > 0 && self.by_due_minute.len() < DUE_MINUTES_MAX)
+        {
+            minute
+        } else {
+            hour
+        };
+        let count = self.by_due_minute.entry(key).or_insert(0);
         *count = count.saturating_add_signed(delta);
         if *count == 0 {
-            self.by_due_minute.remove(&minute);
+            self.by_due_minute.remove(&key);
         }
     }
 
-    /// Pending entries by (partition, due minute: its first epoch ms),
-    /// in that order.
+    /// Pending entries by (partition, due minute: its first epoch ms; or
+    /// due hour, when many pairs are counted), in partition order.
     pub fn pending_by_due_minute(&self) -> impl Iterator<Item = (PartitionId, i64, u64)> + '_ {
         self.by_due_minute
             .iter()
-            .map(|(&(partition, minute), &count)| (partition, minute, count))
+            .map(|(&(partition, minute, _), &count)| (partition, minute, count))
     }
 
     /// The next entry's index.
