@@ -50,7 +50,7 @@ pub fn count(metrics: &str) -> AdminResult {
             delays.pending().to_string(),
             delays
                 .next_due_s
-                .map_or_else(|| "-".to_owned(), |due| relative(due - now_s)),
+                .map_or_else(|| "-".to_owned(), |minute| due_minute(minute, now_s)),
         ]);
     }
     print!("{}", table.render());
@@ -120,7 +120,7 @@ pub fn merge(topics: &mut BTreeMap<String, TopicDelays>, text: &str) {
         {
             let delays = topics.entry(topic.clone()).or_default();
             *delays.by_due.entry(due.clone()).or_default() += value.max(0.0) as u64;
-        } else if name == names::DELAY_NEXT_DUE {
+        } else if name == names::DELAY_NEXT_DUE && value > 0.0 {
             let delays = topics.entry(topic.clone()).or_default();
             delays.next_due_s = Some(delays.next_due_s.map_or(value, |next| next.min(value)));
         }
@@ -142,11 +142,26 @@ fn sample(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
     Some((name, labels, value))
 }
 
+/// When records due in the minute starting at `minute_s` (epoch seconds)
+/// are due, seen at `now_s`: `overdue`, `this minute`, or `in 9m` (whole
+/// minutes to the minute's start: the grain the broker counts in).
+pub fn due_minute(minute_s: f64, now_s: f64) -> String {
+    if minute_s + 60.0 <= now_s {
+        "overdue".to_owned()
+    } else if minute_s <= now_s {
+        "this minute".to_owned()
+    } else {
+        let minutes = ((minute_s - now_s) / 60.0).ceil() * 60.0;
+        relative(minutes)
+    }
+}
+
 /// `seconds` from now as `in 3m 20s` or `2h 5m ago`.
 pub fn relative(seconds: f64) -> String {
     let whole = seconds.abs().round() as u64;
     let text = match whole {
         0..60 => format!("{whole}s"),
+        60..3_600 if whole % 60 == 0 => format!("{}m", whole / 60),
         60..3_600 => format!("{}m {}s", whole / 60, whole % 60),
         3_600..86_400 => format!("{}h {}m", whole / 3_600, whole % 3_600 / 60),
         _ => format!("{}d {}h", whole / 86_400, whole % 86_400 / 3_600),
@@ -212,6 +227,14 @@ sluice_delay_pending_records{shard=\"0\"} 8
         assert_eq!(a.pending(), 16);
         assert_eq!(a.next_due_s, Some(1_700_000_000.0));
         assert_eq!(topics["b"].pending(), 0);
+    }
+
+    #[test]
+    fn next_due_reads_to_the_minute() {
+        assert_eq!(due_minute(1_000.0, 1_061.0), "overdue");
+        assert_eq!(due_minute(1_000.0, 1_030.0), "this minute");
+        assert_eq!(due_minute(1_000.0, 990.0), "in 1m");
+        assert_eq!(due_minute(1_000.0, 455.0), "in 10m");
     }
 
     #[test]

@@ -68,6 +68,16 @@ pub fn retry_group(topic: &str) -> Option<&str> {
         .filter(|group| !group.is_empty())
 }
 
+/// Whether `topic` is a group's retry (`G.retry`) or dead-letter (`G.dlq`)
+/// topic, which Metadata creates on first use even when the client asks for
+/// no auto-creation (the broker's `kafka.auto_create_topics` still rules).
+pub fn is_retry_or_dlq(topic: &str) -> bool {
+    retry_group(topic).is_some()
+        || topic
+            .strip_suffix(DLQ_SUFFIX)
+            .is_some_and(|group| !group.is_empty())
+}
+
 /// Group `group`'s retry topic.
 pub fn retry_topic(group: &str) -> String {
     format!("{group}{RETRY_SUFFIX}")
@@ -426,6 +436,8 @@ mod tests {
         assert_eq!(retry_group("orders"), None);
         assert_eq!(retry_group("orders.retry.x"), None);
         assert_eq!(retry_topic("g"), "g.retry");
+        assert!(is_retry_or_dlq("g.retry") && is_retry_or_dlq("g.dlq"));
+        assert!(!is_retry_or_dlq(".dlq") && !is_retry_or_dlq("g.dlq.x"));
         assert_eq!(dlq_topic("g"), "g.dlq");
     }
 }

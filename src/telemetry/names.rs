@@ -367,7 +367,7 @@ pub fn describe() {
 
     describe_gauge!(
         DELAY_PENDING_RECORDS,
-        "Delayed records (issue 18: delay headers, a topic delay, retries) a shard holds until their due time."
+        "Delayed records (delay headers, a topic delay, retries, dead letters on their way) a shard holds until their due time."
     );
     describe_gauge!(
         DELAY_PENDING_BYTES,
@@ -386,7 +386,7 @@ pub fn describe() {
     );
     describe_counter!(
         DELAY_DELIVERED,
-        "Delayed records a shard delivered to their partitions at their due time."
+        "Delayed records a shard delivered to their partitions at their due time (retried records and dead letters moved to G.dlq included)."
     );
     describe_gauge!(
         DELAY_PENDING_BY_TOPIC,

@@ -150,6 +150,8 @@ fn refresh_delays(
         for due in &labels {
             gauge!(names::DELAY_PENDING_BY_TOPIC, "shard" => shard.to_owned(), "topic" => gone.clone(), "due" => *due).set(0.0);
         }
+        gauge!(names::DELAY_NEXT_DUE, "shard" => shard.to_owned(), "topic" => gone.clone())
+            .set(0.0);
     }
     shown.clear();
     for (topic, (counts, next)) in by_topic {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::Producer;
 use serde::Deserialize;
 
@@ -252,6 +253,25 @@ fn grep(text: &str, needle: &str) -> String {
 fn bad_retry_headers_are_refused_and_a_group_setting_of_0_dead_letters_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path(), "");
+    // librdkafka's consumers ask for no auto-creation; a group's retry and
+    // dead-letter topics are created anyway when named, so subscribing to
+    // them is enough (the dead-letter topic with a partition per shard).
+    // (Mutation: Metadata honouring the flag for them → unknown topic.)
+    let consumer =
+        kafka_clients::consumer(&broker.address, &[("allow.auto.create.topics", "false")]);
+    for (topic, partitions) in [("sub.retry", Some(1)), ("sub.dlq", Some(2)), ("sub", None)] {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let found = &metadata.topics()[0];
+        match partitions {
+            Some(count) => {
+                assert_eq!(found.error(), None, "{topic}");
+                assert_eq!(found.partitions().len(), count, "{topic}");
+            }
+            None => assert!(found.error().is_some(), "{topic} is not created"),
+        }
+    }
     for headers in [
         &[("sluice.reconsume.times", &b"two"[..])][..],
         &[("sluice.retry.topic", &b"orders"[..])][..],

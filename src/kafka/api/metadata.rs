@@ -178,7 +178,12 @@ async fn named_topic(
         None if validate_topic_name(&name).is_err() => {
             return error_topic(&name, ResponseError::InvalidTopicException.code());
         }
-        None if auto_create => broker.ensure_topic(request.shard, &name).await,
+        // A group's retry and dead-letter topics are created on first use
+        // even by a consumer that asks for no auto-creation (librdkafka's
+        // default), so that subscribing to them is enough (issue 18).
+        None if auto_create || crate::broker::retry::is_retry_or_dlq(&name) => {
+            broker.ensure_topic(request.shard, &name).await
+        }
         None => None,
     };
     match topic {
