@@ -161,7 +161,7 @@ pub fn relative(seconds: f64) -> String {
     let whole = seconds.abs().round() as u64;
     let text = match whole {
         0..60 => format!("{whole}s"),
-        60..3_600 if whole % 60 == 0 => format!("{}m", whole / 60),
+        60..3_600 if whole.is_multiple_of(60) => format!("{}m", whole / 60),
         60..3_600 => format!("{}m {}s", whole / 60, whole % 60),
         3_600..86_400 => format!("{}h {}m", whole / 3_600, whole % 3_600 / 60),
         _ => format!("{}d {}h", whole / 86_400, whole % 86_400 / 3_600),
