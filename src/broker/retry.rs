@@ -165,9 +165,9 @@ pub fn retry<'h>(
              together: give all three or none"
         ));
     }
-    let times = u32::try_from(times.unwrap_or(0)).unwrap_or(u32::MAX);
+    let times = times.unwrap_or(0);
     let [topic, partition, offset] = provenance;
-    let past_retries = times >= rules.max_reconsume_times;
+    let past_retries = times >= u64::from(rules.max_reconsume_times);
     if past_retries && let Some(target) = rules.dlq_target {
         // Named by the consumer, or, the record's place in this topic (the
         // offset is added at delivery: `storage/timer/notes.rs`).
@@ -194,7 +194,8 @@ pub fn retry<'h>(
             removed,
         }));
     }
-    let wait = crate::broker::delay::retry_delay_ms(times, &rules.levels_ms);
+    let attempt = u32::try_from(times).unwrap_or(u32::MAX);
+    let wait = crate::broker::delay::retry_delay_ms(attempt, &rules.levels_ms);
     let mut headers = vec![(RECONSUME_TIMES, times.saturating_add(1).to_string())];
     if topic.is_none() {
         headers.push((RETRY_TOPIC, rules.topic.clone()));
@@ -229,6 +230,9 @@ pub async fn rules(
         .unwrap_or(broker.config.delay.max_reconsume_times);
     let dlq = dlq_topic(group);
     let dlq_target = match broker.ensure_topic(context, &dlq).await {
+        // Compaction would keep one dead letter per key (and none without
+        // a key): a compacted G.dlq is not used.
+        Some(meta) if meta.config.compact_policy => None,
         Some(meta) => dlq_partition(context, meta, &topic.name, index).await,
         None => None,
     };
@@ -242,8 +246,9 @@ pub async fn rules(
             failed,
             "no partition of the dead-letter topic is kept with this retry partition (the topic \
              is missing and kafka.auto_create_topics is off, or it was created with too few \
-             partitions): records past their retries keep retrying at the last back-off \
-             (`failed` counts such produces since the last line)"
+             partitions, or with cleanup.policy=compact, which would delete dead letters): \
+             records past their retries keep retrying at the last back-off (`failed` counts \
+             such produces since the last line)"
         );
     }
     RetryRules {
@@ -378,6 +383,16 @@ mod tests {
         let Ok(Retry::DeadLetter(hold)) = held(&[(RECONSUME_TIMES, "20")], &rules(Some(9))) else {
             panic!("dead-lettered")
         };
+        let Ok(Retry::DeadLetter(huge)) =
+            held(&[(RECONSUME_TIMES, "999999999999999999")], &rules(Some(9)))
+        else {
+            panic!("dead-lettered")
+        };
+        assert_eq!(
+            set(&huge)[2],
+            (RECONSUME_TIMES, "999999999999999999"),
+            "the count kept as sent"
+        );
         assert_eq!(
             &set(&hold)[..2],
             [(DLQ_TOPIC, "g.retry"), (DLQ_PARTITION, "2")]

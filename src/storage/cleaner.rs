@@ -775,6 +775,13 @@ impl Filter {
             return Ok(copy);
         }
         let records = parse(&bytes, batch.base_offset, self.decompressed_max)?;
+        if records.records.is_empty() && batch.last_offset >= self.keep_last_of {
+            // An empty last batch (a produced batch whose records are all
+            // held by the delay timer) stays as it is, for the same reason
+            // as below.
+            copy.survivor = Some(bytes);
+            return Ok(copy);
+        }
         let dropped = aborted(&self.aborted, &records.header);
         let keep: Vec<usize> = records
             .records

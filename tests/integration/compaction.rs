@@ -510,6 +510,60 @@ fn consumers_reach_the_end_after_the_newest_records_are_cleaned_away() {
     let _ = broker.stop();
 }
 
+/// Found by the breaker (issue 18): a partition whose last batch was a
+/// produced batch of delayed records only (stored empty, its records held
+/// by the timer) lost that batch to a pass, and consumers at its offset
+/// waited forever below the high watermark. An empty last batch now stays.
+#[test]
+fn an_empty_last_batch_of_held_records_survives_a_pass() {
+    use rdkafka::consumer::Consumer;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), FAST_CLEANER);
+    let address = broker.address.clone();
+    create_compacted(&address, "held", 1, &[]);
+    write_keys(&address, "held", "a", 0, 4, 1);
+    let (producer, acks) = kafka_clients::producer(&address, &[]);
+    kafka_clients::send(
+        &producer,
+        "held",
+        Some(0),
+        Some(b"b"),
+        b"later",
+        &[("sluice.delay.ms", b"600000")],
+    );
+    kafka_clients::flush(&producer, &acks);
+    // Until a pass removed a's older values.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while kafka_clients::consume_all(&address, "held", 1, Duration::from_secs(1)).len() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no pass removed a's older values"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for from in [0, 3, 4] {
+        let consumer = kafka_clients::consumer(&address, &[("enable.partition.eof", "true")]);
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        assignment
+            .add_partition_offset("held", 0, rdkafka::Offset::Offset(from))
+            .unwrap();
+        consumer.assign(&assignment).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "a consumer from offset {from} never reached the end"
+            );
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(error)) => panic!("consume failed: {error}"),
+                Some(Ok(_)) | None => {}
+            }
+        }
+    }
+    let _ = broker.stop();
+}
+
 /// Found by the breaker: one record stamped a year ahead held every later
 /// batch out of passes for good (`min.compaction.lag.ms` 0 applies no lag).
 #[test]

@@ -316,4 +316,33 @@ fn bad_retry_headers_are_refused_and_a_group_setting_of_0_dead_letters_at_once()
         [1],
         "the retry partition only kept its offset"
     );
+
+    // A compacted G.dlq would keep one dead letter per key: it is not
+    // used, and the record keeps retrying, counted as such.
+    // (Mutation: a compacted G.dlq used → the dead letter lands there.)
+    kafka_clients::create_topic(
+        &broker.address,
+        "kept.retry",
+        1,
+        &[("sluice.max.reconsume.times", "0")],
+    );
+    kafka_clients::create_topic(
+        &broker.address,
+        "kept.dlq",
+        2,
+        &[("cleanup.policy", "compact")],
+    );
+    kafka_clients::send(&producer, "kept.retry", Some(0), Some(b"k"), b"v", &[]);
+    kafka_clients::flush(&producer, &acks);
+    let (_, metrics) = crate::metrics::get(&broker.metrics, "/metrics");
+    assert!(
+        metrics
+            .contains("sluice_retry_without_dead_letter_partition_records_total{group=\"kept\"} 1"),
+        "{}",
+        grep(&metrics, "sluice_retry")
+    );
+    assert_eq!(
+        kafka_clients::high_watermarks(&broker.address, "kept.dlq", 2),
+        [0, 0]
+    );
 }

@@ -925,10 +925,17 @@ fn hold_delayed(batch: Bytes, policy: &BatchPolicy) -> Result<Prepared, Outcome>
             Ok(None) => due.push(None),
             Ok(Some(Hold { due_ms: at, .. })) if records.header.is_transactional() => {
                 refused += 1;
-                let reason = format!(
-                    "a delayed record (due at {at}) in a transactional batch: delayed records \
-                     cannot be part of a transaction"
-                );
+                let reason = if policy.retry.is_some() {
+                    format!(
+                        "a record sent back to a retry topic (held until {at}) in a \
+                         transactional batch: retries cannot be part of a transaction"
+                    )
+                } else {
+                    format!(
+                        "a delayed record (due at {at}) in a transactional batch: delayed \
+                         records cannot be part of a transaction"
+                    )
+                };
                 first_reason.get_or_insert_with(|| reason.clone());
                 if record_errors.len() < RECORD_ERRORS_MAX {
                     record_errors.push((index as i32, reason));
