@@ -169,6 +169,11 @@ fn a_consumer_failing_every_record_sees_it_back_off_then_finds_it_in_the_dead_le
         grep(&metrics, "sluice_retry")
     );
     assert!(
+        metrics.contains("sluice_topic_records_in_total{topic=\"g.retry\"} 20"),
+        "the 20 records sent back count as produced to g.retry, held or not:\n{}",
+        grep(&metrics, "records_in")
+    );
+    assert!(
         metrics.contains("sluice_dead_letter_records_total{group=\"g\"} 5"),
         "5 dead letters counted for group g:\n{}",
         grep(&metrics, "sluice_dead_letter")

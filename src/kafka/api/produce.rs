@@ -1193,8 +1193,14 @@ async fn append_on_owner(
         let receipt = appended
             .map_err(|error| Outcome::error(error_code::for_append(&error), error.to_string()))?;
         if !receipt.duplicate {
-            counters.bytes_in.increment(bytes.len() as u64);
-            counters.records_in.increment(records);
+            // A batch's held records (delayed, retried) count as produced.
+            let (held_bytes, held_records) = held.as_ref().map_or((0, 0), |held| {
+                let count = record_batch::BatchHeader::parse(held)
+                    .map_or(0, |header| u64::try_from(header.records_count).unwrap_or(0));
+                (held.len() as u64, count)
+            });
+            counters.bytes_in.increment(bytes.len() as u64 + held_bytes);
+            counters.records_in.increment(records + held_records);
         }
         first.get_or_insert(receipt.base_offset);
         last = Some(receipt);
