@@ -446,15 +446,6 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         "Sluice: every record produced to this topic without a sluice.delay.level,          sluice.delay.ms or sluice.deliver.at.ms header of its own is held this many          milliseconds, then delivered at a new offset (0, the default: none). At most the          broker's delay.max_delay_ms.",
     ),
     def(
-        crate::broker::retry::MAX_RECONSUME_TIMES,
-        ValueSpec::new(ConfigType::Int, Check::Range { min: -1, max: 1000 }),
-        "-1",
-        None,
-        Effect::Enforced,
-        "Sluice, on a retry topic G.retry: how many times group G retries a record before it \
-         goes to G.dlq; -1 (the default): the broker's delay.max_reconsume_times (16).",
-    ),
-    def(
         DISK_PRESSURE_DELETE,
         BOOLEAN,
         "false",
@@ -463,6 +454,15 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         "Sluice: true lets this topic's unexpired data be deleted, oldest first, when disk \
          usage passes retention.disk_force_clean_ratio; false (the default) keeps it and appends \
          are refused near a full disk.",
+    ),
+    def(
+        crate::broker::retry::MAX_RECONSUME_TIMES,
+        ValueSpec::new(ConfigType::Int, Check::Range { min: -1, max: 1000 }),
+        "-1",
+        None,
+        Effect::Enforced,
+        "Sluice, on a retry topic G.retry: how many times group G retries a record before it \
+         goes to G.dlq; -1 (the default): the broker's delay.max_reconsume_times (16).",
     ),
     def(
         "unclean.leader.election.enable",
