@@ -448,7 +448,6 @@ fn compaction_lags_hold_back_young_records_and_force_old_ones() {
 /// the end.
 #[test]
 fn consumers_reach_the_end_after_the_newest_records_are_cleaned_away() {
-    use rdkafka::consumer::Consumer;
     use rdkafka::producer::BaseRecord;
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path(), FAST_CLEANER);
@@ -479,26 +478,7 @@ fn consumers_reach_the_end_after_the_newest_records_are_cleaned_away() {
     // A consumer from the start, and one at each offset up to the end,
     // reach the end of the partition.
     for from in 0..7 {
-        let consumer = kafka_clients::consumer(&address, &[("enable.partition.eof", "true")]);
-        let mut assignment = rdkafka::TopicPartitionList::new();
-        assignment
-            .add_partition_offset("ends", 0, rdkafka::Offset::Offset(from))
-            .unwrap();
-        consumer.assign(&assignment).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut records = Vec::new();
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "a consumer from offset {from} never reached the end (read {records:?})"
-            );
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(message)) => records.push(kafka_clients::to_record(&message)),
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-                Some(Err(error)) => panic!("consume failed: {error}"),
-                None => {}
-            }
-        }
+        let records = read_to_the_end(&address, "ends", from);
         if from == 0 {
             let live: Vec<Record> = records
                 .into_iter()
@@ -516,7 +496,6 @@ fn consumers_reach_the_end_after_the_newest_records_are_cleaned_away() {
 /// waited forever below the high watermark. An empty last batch now stays.
 #[test]
 fn an_empty_last_batch_of_held_records_survives_a_pass() {
-    use rdkafka::consumer::Consumer;
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path(), FAST_CLEANER);
     let address = broker.address.clone();
@@ -542,26 +521,36 @@ fn an_empty_last_batch_of_held_records_survives_a_pass() {
         std::thread::sleep(Duration::from_millis(200));
     }
     for from in [0, 3, 4] {
-        let consumer = kafka_clients::consumer(&address, &[("enable.partition.eof", "true")]);
-        let mut assignment = rdkafka::TopicPartitionList::new();
-        assignment
-            .add_partition_offset("held", 0, rdkafka::Offset::Offset(from))
-            .unwrap();
-        consumer.assign(&assignment).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "a consumer from offset {from} never reached the end"
-            );
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-                Some(Err(error)) => panic!("consume failed: {error}"),
-                Some(Ok(_)) | None => {}
-            }
-        }
+        read_to_the_end(&address, "held", from);
     }
     let _ = broker.stop();
+}
+
+/// The records of partition 0 of `topic` from offset `from` until the
+/// consumer reaches the partition's end (librdkafka's partition EOF);
+/// panics if it does not within 10 s.
+fn read_to_the_end(address: &str, topic: &str, from: i64) -> Vec<Record> {
+    use rdkafka::consumer::Consumer;
+    let consumer = kafka_clients::consumer(address, &[("enable.partition.eof", "true")]);
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, rdkafka::Offset::Offset(from))
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut records = Vec::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "a consumer of {topic} from offset {from} never reached the end (read {records:?})"
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => records.push(kafka_clients::to_record(&message)),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return records,
+            Some(Err(error)) => panic!("consume failed: {error}"),
+            None => {}
+        }
+    }
 }
 
 /// Found by the breaker: one record stamped a year ahead held every later

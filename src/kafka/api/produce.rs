@@ -353,16 +353,13 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
     let transactional = transactional_id.is_some();
     // zstd needs Produce v7 (KIP-110): older requests cannot carry it.
     let zstd_allowed = request.version >= ZSTD_FROM_PRODUCE_VERSION;
-    let retry = match crate::broker::retry::retry_group(&name) {
+    let group = crate::broker::retry::retry_group(&name).map(str::to_owned);
+    let retry = match &group {
         Some(group) => Some(
             crate::broker::retry::rules(request.broker, request.shard, &topic, index, group).await,
         ),
         None => None,
     };
-    let group = retry
-        .as_ref()
-        .and_then(|rules| crate::broker::retry::retry_group(&rules.topic))
-        .map(str::to_owned);
     let policy = BatchPolicy::new(
         &topic.config,
         ratio,
