@@ -316,6 +316,12 @@ pub enum WriteMode {
 pub struct StorageConfig {
     /// Commit-log segment size; a multiple of `flush_bytes`.
     pub segment_bytes: u64,
+    /// The largest step of disk space reserved (fallocate) ahead of the
+    /// commit log's write position, in bytes: a fresh log reserves 1 MiB
+    /// and each step doubles up to this, off the shard thread, so a fresh
+    /// broker takes a few MiB while a busy log never waits for space.
+    /// Default 64 MiB; at least 4096 and a multiple of it.
+    pub preallocate_bytes: u64,
     pub write_mode: WriteMode,
     /// Size of one write buffer: a write is issued as soon as this much is buffered.
     pub flush_bytes: u32,
@@ -491,6 +497,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             segment_bytes: 1024 * MIB,
+            preallocate_bytes: 64 * MIB,
             write_mode: WriteMode::Direct,
             flush_bytes: MIB as u32,
             write_buffers: 16,
@@ -982,6 +989,14 @@ impl StorageConfig {
         }
         if self.segment_roll_min_ms == 0 {
             return invalid("storage.segment_roll_min_ms", 0, "must be positive");
+        }
+        let block = u64::from(DIRECT_IO_ALIGNMENT_BYTES);
+        if self.preallocate_bytes < block || !self.preallocate_bytes.is_multiple_of(block) {
+            return invalid(
+                "storage.preallocate_bytes",
+                self.preallocate_bytes,
+                "must be a positive multiple of 4096",
+            );
         }
         if self.producer_snapshot_interval_bytes < PRODUCER_SNAPSHOT_INTERVAL_BYTES_MIN {
             return invalid(

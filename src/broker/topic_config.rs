@@ -352,7 +352,7 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         "false",
         Some("log.preallocate"),
         Effect::Inert,
-        "No effect: each shard's commit-log segments are always preallocated.",
+        "No effect: each shard's commit log always reserves disk space ahead of its writes.",
     ),
     def(
         "remote.log.copy.disable",

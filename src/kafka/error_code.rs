@@ -21,7 +21,8 @@ pub fn for_append(error: &AppendError) -> i16 {
         AppendError::Poisoned { .. }
         | AppendError::DiskFull { .. }
         | AppendError::Queue { .. }
-        | AppendError::Roll { .. } => ResponseError::KafkaStorageError.code(),
+        | AppendError::Roll { .. }
+        | AppendError::Reserve { .. } => ResponseError::KafkaStorageError.code(),
         AppendError::ShuttingDown
         | AppendError::NotLeader
         | AppendError::SequenceGapAfterFailover { .. } => ResponseError::NotLeaderOrFollower.code(),

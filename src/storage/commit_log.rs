@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::appender::{Appender, ChunkPlace, ChunkWrite, align_down};
+use super::reservation::{Admit, RESERVE_MIN_BYTES, Reservation};
 use super::segment::{self, Preallocation, Segment, SegmentError};
 use super::watermark::{DueQueue, RangeWatermark};
 use crate::config::WriteMode;
@@ -36,6 +37,11 @@ use crate::ids::LogPosition;
 use crate::io::{AlignedBuf, LogIo, LogIoError, LogOp, LogOpDone, SubmitError};
 use crate::telemetry::storage::LogMetrics;
 use bytes::Bytes;
+
+/// Failed reservations of disk space, logged at most once per 10 s per
+/// process (on a full disk every append that needs space tries again).
+static RESERVE_FAILURES: crate::log_throttle::LogThrottle =
+    crate::log_throttle::LogThrottle::with_lines(Duration::from_secs(10), 1);
 
 /// Token bit marking a standalone fdatasync (write tokens are chunk ids << 1).
 const SYNC_TOKEN_BIT: u64 = 1;
@@ -57,6 +63,9 @@ pub struct LogOptions {
     pub dir: PathBuf,
     pub write_mode: WriteMode,
     pub segment_bytes: u64,
+    /// `storage.preallocate_bytes`: the largest step of disk space reserved
+    /// ahead of the write position (see `reservation`).
+    pub reserve_max_bytes: u64,
     /// `storage.segment_roll_min_ms`: the soonest an age roll happens.
     pub age_roll_min_ms: u64,
     pub chunk_bytes: usize,
@@ -76,6 +85,38 @@ pub enum LogAppendError {
     NoBufferSpace { frame_bytes: usize },
     #[error("cannot start a new segment: {0}")]
     Roll(#[from] SegmentError),
+    /// The frame would pass the disk space reserved ahead of the writes; a
+    /// reservation is asked for (the flusher runs it): try again once it
+    /// finishes.
+    #[error("waiting for disk space to be reserved for a {frame_bytes}-byte frame")]
+    AwaitingReservation { frame_bytes: usize },
+    /// Reserving disk space for the frame failed (ENOSPC): retriable, the
+    /// next append asks again.
+    #[error("{0}")]
+    Reserve(SegmentError),
+}
+
+/// A reservation of disk space for the next bytes of the active segment,
+/// to run off the shard thread ([`ReserveWork::run`]) and hand back with
+/// [`CommitLog::reservation_done`].
+#[derive(Clone, Debug)]
+pub struct ReserveWork {
+    pub segment_base: LogPosition,
+    pub from: LogPosition,
+    pub to: LogPosition,
+    file: Arc<crate::io::LogFile>,
+}
+
+impl ReserveWork {
+    /// fallocate the range (blocking: tens of microseconds to milliseconds).
+    pub fn run(&self) -> std::io::Result<Preallocation> {
+        segment::reserve(
+            &self.file.file,
+            &self.file.path,
+            self.from.0 - self.segment_base.0,
+            self.to.0 - self.from.0,
+        )
+    }
 }
 
 /// Counters for benchmarks and metrics.
@@ -140,6 +181,8 @@ pub struct CommitLog {
     /// The smallest `segment.ms` among the partitions written to the
     /// active segment; `u64::MAX` before any.
     active_roll_after_ms: u64,
+    /// Disk space reserved ahead of the active segment's writes.
+    reservation: Reservation,
 }
 
 impl CommitLog {
@@ -156,9 +199,14 @@ impl CommitLog {
             WriteMode::Buffered => 1,
         };
         if segments.is_empty() {
-            let (first, preallocation) =
-                Segment::create(&options.dir, end, options.segment_bytes, options.write_mode)?;
-            log_preallocation(&first, preallocation);
+            // Its first bytes are reserved below, like a recovered segment's.
+            let (first, _) = Segment::create(
+                &options.dir,
+                end,
+                options.segment_bytes,
+                0,
+                options.write_mode,
+            )?;
             segment::sync_dir(&options.dir).map_err(|source| SegmentError::Create {
                 path: options.dir.clone(),
                 source,
@@ -210,6 +258,7 @@ impl CommitLog {
             // must not outlive the O_DIRECT rewrites that follow.
             drop_cached_pages(active);
         }
+        let reservation = reserve_at_open(active, end, options.reserve_max_bytes)?;
         crate::failpoint::journal_durable_end(&options.dir, end.0);
         Ok(CommitLog {
             written: RangeWatermark::new(end.0),
@@ -231,6 +280,7 @@ impl CommitLog {
             sync_waiters: VecDeque::new(),
             active_first_append_ms,
             active_roll_after_ms: u64::MAX,
+            reservation,
         })
     }
 
@@ -272,7 +322,9 @@ impl CommitLog {
             return Err(LogAppendError::NoBufferSpace { frame_bytes });
         }
         if needs_roll {
-            self.roll()?;
+            self.roll(frame_bytes as u64)?;
+        } else {
+            self.admit_reserved(position, frame_bytes)?;
         }
         let place = place_of(self.active_segment());
         self.appender.copy(&place, position, parts);
@@ -291,6 +343,72 @@ impl CommitLog {
         );
         self.assert_invariants();
         Ok(position)
+    }
+
+    /// Refuse, for now, a frame at `position` whose write would pass the
+    /// active segment's reserved space: a reservation is asked for (it
+    /// waits), or the last one failed (refused, retriable).
+    fn admit_reserved(
+        &mut self,
+        position: LogPosition,
+        frame_bytes: usize,
+    ) -> Result<(), LogAppendError> {
+        let active_end = self.active_segment().end();
+        let block = crate::config::DIRECT_IO_ALIGNMENT_BYTES as u64;
+        let write_end = position
+            .plus(frame_bytes as u64)
+            .0
+            .next_multiple_of(block)
+            .min(active_end.0);
+        let waited_before = self.reservation.waited_on();
+        match self.reservation.admit(LogPosition(write_end)) {
+            Admit::Ready => Ok(()),
+            Admit::Wait => {
+                if !waited_before {
+                    self.options.metrics.reserve_waits.increment(1);
+                }
+                Err(LogAppendError::AwaitingReservation { frame_bytes })
+            }
+            Admit::Failed(from, to, source) => {
+                Err(LogAppendError::Reserve(SegmentError::Reserve {
+                    path: self.active_segment().path.clone(),
+                    from,
+                    to,
+                    source,
+                }))
+            }
+        }
+    }
+
+    /// The next reservation of disk space ahead of the writes, if one is
+    /// due; the caller runs it off the shard thread and hands the outcome
+    /// to [`CommitLog::reservation_done`]. At most one is out at a time.
+    pub fn reservation_due(&mut self) -> Option<ReserveWork> {
+        if self.poisoned.is_some() {
+            return None;
+        }
+        let (segment_base, from, to) = self.reservation.due(self.append_end)?;
+        let active = self.active_segment();
+        assert!(active.base == segment_base && to <= active.end());
+        Some(ReserveWork {
+            segment_base,
+            from,
+            to,
+            file: Arc::clone(&active.writer),
+        })
+    }
+
+    /// The reservation `work` finished with `result`. Appends waiting for
+    /// it may go on (or get its error).
+    pub fn reservation_done(&mut self, work: &ReserveWork, result: std::io::Result<Preallocation>) {
+        if let Err(error) = &result
+            && let Some(failed) = RESERVE_FAILURES.record(crate::log_throttle::monotonic_ms())
+        {
+            tracing::warn!(path = %work.file.path.display(), from = work.from.0, to = work.to.0, %error, failed, "cannot reserve disk space ahead of the commit log's writes; appends that need it are refused (retriable) until a later try succeeds (`failed` counts failures since the last such line)");
+        }
+        let result = result.map(|_| ());
+        self.reservation
+            .done(work.segment_base, work.from, work.to, result);
     }
 
     /// The state machine's invariants, checked after every change. Cheap:
@@ -323,6 +441,12 @@ impl CommitLog {
             self.inflight.len()
         );
         assert!(self.tail_blocks.len() <= TAIL_BLOCKS_KEPT_MAX);
+        assert!(
+            self.append_end <= self.reservation.end(),
+            "appended past the reserved space: append end {}, reserved to {}",
+            self.append_end,
+            self.reservation.end()
+        );
         // Finished ops wait in the device for the next reap, so the device
         // may hold fewer than the log tracks, never more.
         assert!(
@@ -340,16 +464,24 @@ impl CommitLog {
     /// file is gone and the next append tries again. A failed directory
     /// fsync is not: the new file's entry may not survive a power cut, so
     /// the file is removed and the log poisoned, like any failed fsync.
-    fn roll(&mut self) -> Result<(), LogAppendError> {
+    ///
+    /// The new file gets the current reservation step of disk space, or
+    /// room for its first frame of `first_frame_bytes` if that is more.
+    fn roll(&mut self, first_frame_bytes: u64) -> Result<(), LogAppendError> {
         let next_base = self.active_segment().end();
         assert!(
             next_base > self.active_segment().base,
             "a roll creates a file past the active segment, never under its name"
         );
+        let reserve_bytes = self
+            .reservation
+            .first_bytes(first_frame_bytes)
+            .min(self.options.segment_bytes);
         let (segment, preallocation) = Segment::create(
             &self.options.dir,
             next_base,
             self.options.segment_bytes,
+            reserve_bytes,
             self.options.write_mode,
         )?;
         if let Err(error) = self.io.sync_dir(&self.options.dir) {
@@ -372,6 +504,12 @@ impl CommitLog {
             segment.base == self.active_segment().end(),
             "segments are contiguous"
         );
+        let reserved_end = match preallocation {
+            Preallocation::Sparse => segment.end(),
+            _ => next_base.plus(reserve_bytes),
+        };
+        self.reservation
+            .start_segment(next_base, segment.end(), reserved_end);
         self.segments.push_back(segment);
         Ok(())
     }
@@ -384,7 +522,7 @@ impl CommitLog {
         if self.active_first_append_ms.is_some() {
             self.roll_for_age()
         } else {
-            self.roll()
+            self.roll(0)
         }
     }
 
@@ -426,7 +564,7 @@ impl CommitLog {
             "an age roll needs a frame in the active segment"
         );
         let tail_from = self.append_end;
-        self.roll()?;
+        self.roll(0)?;
         let rolled = &self.segments[self.segments.len() - 2];
         assert!(rolled.contains(tail_from) || tail_from == rolled.end());
         match segment::release_tail(rolled, tail_from) {
@@ -885,6 +1023,57 @@ fn read_partial_block(
         });
     }
     Ok(preload)
+}
+
+/// Reserve the first [`RESERVE_MIN_BYTES`] past `end` (the recovered or
+/// fresh log's end) in the active segment, on the opening thread. A full
+/// disk (ENOSPC, EDQUOT) does not stop the shard from opening, since
+/// retention must run to free space: nothing past the block holding `end`
+/// counts as reserved, so the first append past it asks again and is
+/// refused (retriable) while the disk stays full. Any other error fails the
+/// open, as a failed segment creation does.
+fn reserve_at_open(
+    active: &Segment,
+    end: LogPosition,
+    step_max: u64,
+) -> Result<Reservation, SegmentError> {
+    let block = crate::config::DIRECT_IO_ALIGNMENT_BYTES as u64;
+    let from = active
+        .base
+        .plus(active.file_offset(end).next_multiple_of(block))
+        .min(active.end());
+    let to = from.plus(RESERVE_MIN_BYTES).min(active.end());
+    let offset = active.file_offset(from);
+    let reserved_end = match segment::reserve(
+        &active.writer.file,
+        &active.path,
+        offset,
+        to.0 - from.0,
+    ) {
+        Ok(Preallocation::Sparse) => active.end(),
+        Ok(preallocation) => {
+            log_preallocation(active, preallocation);
+            to
+        }
+        Err(error) if matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+            tracing::warn!(path = %active.path.display(), %error, "cannot reserve disk space at the commit log's end; appends are refused (retriable) until a reservation succeeds");
+            from
+        }
+        Err(source) => {
+            return Err(SegmentError::Reserve {
+                path: active.path.clone(),
+                from: offset,
+                to: offset + (to.0 - from.0),
+                source: Arc::new(source),
+            });
+        }
+    };
+    Ok(Reservation::new(
+        active.base,
+        active.end(),
+        reserved_end,
+        step_max,
+    ))
 }
 
 fn drop_cached_pages(segment: &Segment) {

@@ -4,7 +4,9 @@
 //! storage ring's eventfd), or a deadline passes. It then reaps completions,
 //! publishes the new watermarks, refills the device queue with full chunks at
 //! once, yields one turn so that appends arriving in the same tick share the
-//! next write, and applies the flush policy (`CommitLog::flush`).
+//! next write, and applies the flush policy (`CommitLog::flush`). It also
+//! starts the log's reservations of disk space ahead of its writes, which
+//! run on a blocking thread (`CommitLog::reservation_due`).
 
 use std::future::poll_fn;
 use std::pin::pin;
@@ -51,10 +53,35 @@ impl ShardStore {
             self.reap();
             let idle = self.stats().frames_appended == appended;
             self.state.borrow_mut().log.flush(Instant::now(), idle);
+            self.start_reservation();
             if !idle {
                 self.flush_kick.notify();
             }
         }
+    }
+
+    /// Hand the commit log's next reservation of disk space, if one is due,
+    /// to a blocking thread (fallocate must not stall the shard); its
+    /// outcome goes back to the log and wakes the appends waiting for it.
+    fn start_reservation(self: &Rc<Self>) {
+        let Some(work) = self.state.borrow_mut().log.reservation_due() else {
+            return;
+        };
+        let store = Rc::clone(self);
+        compio::runtime::spawn(async move {
+            let blocking = work.clone();
+            let result = match compio::runtime::spawn_blocking(move || blocking.run()).await {
+                Ok(result) => result,
+                Err(error) => {
+                    error.resume_unwind();
+                    Err(std::io::Error::other("the reservation task was cancelled"))
+                }
+            };
+            store.state.borrow_mut().log.reservation_done(&work, result);
+            store.buffer_space.resource_freed();
+            store.flush_kick.notify();
+        })
+        .detach();
     }
 
     /// Collect finished writes, publish watermarks, wake waiters.

@@ -35,6 +35,7 @@ pub mod queue_file;
 mod read_path;
 pub mod recovery;
 pub mod replica;
+mod reservation;
 pub mod retention;
 mod retention_task;
 pub mod segment;

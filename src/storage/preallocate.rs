@@ -4,13 +4,14 @@
 //! Files that are written through a memory map (consume queues) must never
 //! have a page written whose blocks the file system has not allocated: a full
 //! disk then raises SIGBUS in the writing thread instead of returning ENOSPC.
-//! Segments are reserved whole so a full disk shows up at the roll, as a
-//! retriable error, not in the middle of group commit.
+//! Segments are reserved in steps ahead of the write position, so a full
+//! disk shows up as a retriable refusal of an append, not in the middle of
+//! group commit.
 //!
 //! `fallocate` is the tool. Some file systems do not have it (FUSE file
 //! systems such as LazyFS, some network file systems): [`allocate`] reports
 //! [`Allocation::Unsupported`] and the caller falls back, by writing zeros
-//! (small ranges) or by plain extension (segments). The fallback is logged
+//! (small ranges) or by writing without a reservation (segments). The fallback is logged
 //! once per process.
 
 use std::fs::File;

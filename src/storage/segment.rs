@@ -1,11 +1,18 @@
 //! One commit-log segment file: `log/<base position, 20 digits>.log`.
 //!
-//! A segment is created at its full size up front. It first tries
-//! `FALLOC_FL_WRITE_ZEROES` (Linux 6.17+, on devices with a cheap write-zeroes
-//! command), which leaves *written* zeroed extents, so later fdatasyncs need no
-//! extent-conversion journal commit. Otherwise it uses a plain fallocate:
-//! unwritten extents, still no fragmentation or ENOSPC mid-segment. On a
-//! file system without fallocate the file is extended sparse (logged once).
+//! A segment file has its full size from its creation, but disk space is
+//! reserved in steps ahead of the write position (issue 19: a fresh broker
+//! takes a few MiB, not a segment per shard): the commit log reserves the
+//! first step when it creates the file and the next ones off the shard
+//! thread before the writes reach them ([`reserve`]). A reservation first
+//! tries `FALLOC_FL_WRITE_ZEROES` (Linux 6.17+, on devices with a cheap
+//! write-zeroes command), which leaves *written* zeroed extents, so later
+//! fdatasyncs need no extent-conversion journal commit. Otherwise it uses a
+//! plain fallocate: unwritten extents, still no fragmentation, and ENOSPC
+//! at the reservation (a retriable refusal of the append) rather than in
+//! the middle of group commit. On a file system without fallocate nothing
+//! is reserved (logged once).
+//!
 //! Each
 //! segment has two descriptors: the writer (O_DIRECT in `direct` mode), used
 //! only by the commit log's I/O layer, and a buffered reader for recovery and
@@ -49,6 +56,14 @@ pub enum SegmentError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot reserve disk space for bytes {from}..{to} of segment {path}: {source}")]
+    Reserve {
+        path: PathBuf,
+        from: u64,
+        to: u64,
+        #[source]
+        source: Arc<io::Error>,
+    },
     #[error("cannot open segment {path}: {source}")]
     Open {
         path: PathBuf,
@@ -63,14 +78,14 @@ pub enum SegmentError {
     },
 }
 
-/// How a new segment's space was reserved.
+/// How a range of a segment's space was reserved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preallocation {
     WrittenZeroes,
     Unwritten,
-    /// The file system has no fallocate: the file was extended sparse, so a
-    /// full disk shows up as a failed write (which poisons the log) rather
-    /// than a refused roll.
+    /// The file system has no fallocate: nothing was reserved, so a full
+    /// disk shows up as a failed write (which poisons the log) rather than
+    /// a refused append.
     Sparse,
 }
 
@@ -115,13 +130,16 @@ pub fn list_segments(dir: &Path) -> Result<Vec<LogPosition>, SegmentError> {
 }
 
 impl Segment {
-    /// Create and preallocate a new segment file. An empty file of that name
-    /// (left by a create that failed before its preallocation) holds nothing
-    /// and is replaced; any other existing file is an error.
+    /// Create a new segment file of `size_bytes` with its first
+    /// `reserve_bytes` (at most `size_bytes`) reserved on disk. An empty
+    /// file of that name (left by a create that failed before its
+    /// preallocation) holds nothing and is replaced; any other existing file
+    /// is an error.
     pub fn create(
         dir: &Path,
         base: LogPosition,
         size_bytes: u64,
+        reserve_bytes: u64,
         mode: WriteMode,
     ) -> Result<(Segment, Preallocation), SegmentError> {
         let path = segment_path(dir, base);
@@ -129,11 +147,14 @@ impl Segment {
             path: path.clone(),
             source,
         })?;
-        let preallocation = preallocate(&file, &path, size_bytes).map_err(|source| {
+        let sized = file
+            .set_len(size_bytes)
+            .and_then(|()| reserve(&file, &path, 0, reserve_bytes.min(size_bytes)));
+        let preallocation = sized.map_err(|source| {
             let _ = std::fs::remove_file(&path);
             SegmentError::Preallocate {
                 path: path.clone(),
-                size_bytes,
+                size_bytes: reserve_bytes.min(size_bytes),
                 source,
             }
         })?;
@@ -261,22 +282,32 @@ fn open_writer(path: &Path, mode: WriteMode, create_new: bool) -> io::Result<Fil
     options.open(path)
 }
 
-fn preallocate(file: &File, path: &Path, size_bytes: u64) -> io::Result<Preallocation> {
-    let length = libc::off_t::try_from(size_bytes).map_err(io::Error::other)?;
+/// Reserve disk blocks for `[offset, offset + length)` of a segment file
+/// that holds no data there (a write-zeroes reservation zeroes the range):
+/// the commit log reserves only ahead of everything it has written.
+/// ENOSPC and other errors are returned as they are; a file system without
+/// fallocate reserves nothing ([`Preallocation::Sparse`], logged once).
+pub fn reserve(file: &File, path: &Path, offset: u64, length: u64) -> io::Result<Preallocation> {
+    if length == 0 {
+        return Ok(Preallocation::Unwritten);
+    }
+    let (start, len) = (
+        libc::off_t::try_from(offset).map_err(io::Error::other)?,
+        libc::off_t::try_from(length).map_err(io::Error::other)?,
+    );
     // SAFETY: fallocate only reads its integer arguments; the fd is open.
-    let status = unsafe { libc::fallocate(file.as_raw_fd(), FALLOC_FL_WRITE_ZEROES, 0, length) };
+    let status = unsafe { libc::fallocate(file.as_raw_fd(), FALLOC_FL_WRITE_ZEROES, start, len) };
     if status == 0 {
         return Ok(Preallocation::WrittenZeroes);
     }
-    match preallocate::allocate(file, 0, size_bytes)? {
+    match preallocate::allocate(file, offset, length)? {
         Allocation::Allocated => Ok(Preallocation::Unwritten),
         Allocation::Unsupported => {
             preallocate::log_unsupported(
                 path,
-                "commit-log segments are created sparse, so a disk that fills stops the shard's \
-                 log (poisoned until restart) instead of refusing appends",
+                "commit-log segments are written without reserved space, so a disk that fills \
+                 stops the shard's log (poisoned until restart) instead of refusing appends",
             );
-            file.set_len(size_bytes)?;
             Ok(Preallocation::Sparse)
         }
     }
@@ -393,8 +424,14 @@ mod tests {
         let base = LogPosition(SIZE_BYTES);
         // What a create that failed before its preallocation leaves behind.
         File::create(segment_path(dir.path(), base)).unwrap();
-        let (segment, _) = Segment::create(dir.path(), base, SIZE_BYTES, WriteMode::Buffered)
-            .expect("an empty leftover does not block the roll");
+        let (segment, _) = Segment::create(
+            dir.path(),
+            base,
+            SIZE_BYTES,
+            SIZE_BYTES,
+            WriteMode::Buffered,
+        )
+        .expect("an empty leftover does not block the roll");
         assert_eq!(segment.end(), base.plus(SIZE_BYTES));
         let on_disk = std::fs::metadata(segment_path(dir.path(), base)).unwrap();
         assert_eq!(on_disk.len(), SIZE_BYTES);
@@ -406,8 +443,14 @@ mod tests {
         let base = LogPosition(0);
         let path = segment_path(dir.path(), base);
         std::fs::write(&path, b"frames").unwrap();
-        let error = Segment::create(dir.path(), base, SIZE_BYTES, WriteMode::Buffered)
-            .expect_err("an existing segment with data is refused");
+        let error = Segment::create(
+            dir.path(),
+            base,
+            SIZE_BYTES,
+            SIZE_BYTES,
+            WriteMode::Buffered,
+        )
+        .expect_err("an existing segment with data is refused");
         assert!(matches!(error, SegmentError::Create { .. }), "{error}");
         assert_eq!(std::fs::read(&path).unwrap(), b"frames");
     }

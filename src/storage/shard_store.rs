@@ -317,6 +317,7 @@ impl ShardStore {
             dir: layout.log_dir(),
             write_mode: storage.write_mode,
             segment_bytes: storage.segment_bytes,
+            reserve_max_bytes: storage.preallocate_bytes,
             age_roll_min_ms: storage.segment_roll_min_ms,
             chunk_bytes: storage.flush_bytes as usize,
             write_buffers: storage.write_buffers as usize,

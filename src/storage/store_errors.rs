@@ -47,6 +47,13 @@ pub enum AppendError {
         #[source]
         source: SegmentError,
     },
+    /// No disk space could be reserved for the frame (ENOSPC between two
+    /// disk-usage samples): retriable, the next append asks again.
+    #[error("cannot reserve disk space for the commit log (retriable): {source}")]
+    Reserve {
+        #[source]
+        source: SegmentError,
+    },
     #[error("the shard is shutting down")]
     ShuttingDown,
     /// The store is a copy of a shard group's log that follows another
@@ -87,6 +94,7 @@ impl AppendError {
             AppendError::DiskFull { .. }
                 | AppendError::Queue { .. }
                 | AppendError::Roll { .. }
+                | AppendError::Reserve { .. }
                 | AppendError::ShuttingDown
                 | AppendError::NotLeader
                 | AppendError::SequenceGapAfterFailover { .. }
@@ -102,6 +110,7 @@ impl AppendError {
                 | AppendError::DiskFull { .. }
                 | AppendError::Queue { .. }
                 | AppendError::Roll { .. }
+                | AppendError::Reserve { .. }
         )
     }
 }

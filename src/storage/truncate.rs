@@ -259,7 +259,7 @@ fn finish_restart(
         std::fs::remove_file(segment::segment_path(&log_dir, base)).map_err(io)?;
     }
     std::fs::create_dir_all(&log_dir).map_err(io)?;
-    let (segment, _) = Segment::create(&log_dir, at, segment_bytes, mode)
+    let (segment, _) = Segment::create(&log_dir, at, segment_bytes, 0, mode)
         .map_err(|error| io(std::io::Error::other(error)))?;
     drop(segment);
     segment::sync_dir(&log_dir).map_err(io)?;

@@ -494,12 +494,17 @@ impl ShardStore {
 
     pub(super) fn classify_log_error(&self, error: LogAppendError) -> TryAppendError {
         match error {
-            LogAppendError::NoBufferSpace { .. } => TryAppendError::NoBufferSpace,
+            LogAppendError::NoBufferSpace { .. } | LogAppendError::AwaitingReservation { .. } => {
+                TryAppendError::NoBufferSpace
+            }
             LogAppendError::Poisoned(source) => TryAppendError::Fatal(AppendError::Poisoned {
                 shard: self.options.shard,
                 source,
             }),
             LogAppendError::Roll(source) => TryAppendError::Fatal(AppendError::Roll { source }),
+            LogAppendError::Reserve(source) => {
+                TryAppendError::Fatal(AppendError::Reserve { source })
+            }
         }
     }
 

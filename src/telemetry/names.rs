@@ -34,6 +34,7 @@ pub const LOG_UNFLUSHED_BYTES: &str = "sluice_log_unflushed_bytes";
 pub const LOG_WRITES: &str = "sluice_log_writes_total";
 pub const LOG_WRITTEN_BYTES: &str = "sluice_log_written_bytes_total";
 pub const LOG_FSYNCS: &str = "sluice_log_fsyncs_total";
+pub const LOG_RESERVE_WAITS: &str = "sluice_log_reserve_waits_total";
 
 pub const IO_URING_SUBMISSIONS: &str = "sluice_io_uring_submissions_total";
 pub const IO_URING_COMPLETIONS: &str = "sluice_io_uring_completions_total";
@@ -195,6 +196,11 @@ pub fn describe() {
         LOG_FSYNCS,
         Unit::Count,
         "Commit-log fdatasyncs submitted, by shard."
+    );
+    describe_counter!(
+        LOG_RESERVE_WAITS,
+        Unit::Count,
+        "Appends that waited for disk space to be reserved ahead of the commit log's writes (storage.preallocate_bytes), by shard."
     );
 
     describe_counter!(

@@ -20,6 +20,8 @@ pub struct LogMetrics {
     pub fsync_duration: Histogram,
     pub fsync_size: Histogram,
     pub fsync_waiters: Histogram,
+    /// `sluice_log_reserve_waits_total`.
+    pub reserve_waits: Counter,
 }
 
 impl LogMetrics {
@@ -28,7 +30,8 @@ impl LogMetrics {
         LogMetrics {
             fsync_duration: histogram!(names::LOG_FSYNC_DURATION, "shard" => shard.clone()),
             fsync_size: histogram!(names::LOG_FSYNC_SIZE, "shard" => shard.clone()),
-            fsync_waiters: histogram!(names::LOG_FSYNC_WAITERS, "shard" => shard),
+            fsync_waiters: histogram!(names::LOG_FSYNC_WAITERS, "shard" => shard.clone()),
+            reserve_waits: counter!(names::LOG_RESERVE_WAITS, "shard" => shard),
         }
     }
 }
@@ -46,6 +49,7 @@ impl Default for LogMetrics {
             fsync_duration: Histogram::noop(),
             fsync_size: Histogram::noop(),
             fsync_waiters: Histogram::noop(),
+            reserve_waits: Counter::noop(),
         }
     }
 }
@@ -205,7 +209,9 @@ impl StoreMetrics {
             AppendError::BatchTooLarge { .. } => "too_large",
             AppendError::Poisoned { .. } => "poisoned",
             AppendError::DiskFull { .. } => "disk_full",
-            AppendError::Queue { .. } | AppendError::Roll { .. } => "storage",
+            AppendError::Queue { .. } | AppendError::Roll { .. } | AppendError::Reserve { .. } => {
+                "storage"
+            }
             AppendError::ShuttingDown => "shutting_down",
             AppendError::NotLeader => "not_leader",
             AppendError::SequenceGapAfterFailover { .. } => "sequence_after_failover",

@@ -271,7 +271,7 @@ fn a_bad_delay_header_refuses_the_record_with_invalid_record() {
 }
 
 /// The sum of every series of metric `name` (`sluice_…`), scraped.
-fn metric_sum(metrics: &str, name: &str) -> f64 {
+pub(crate) fn metric_sum(metrics: &str, name: &str) -> f64 {
     let (_, body) = crate::metrics::get(metrics, "/metrics");
     body.lines()
         .filter(|line| {

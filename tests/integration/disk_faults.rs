@@ -141,8 +141,27 @@ fn a_disk_that_fills_between_guard_samples_refuses_appends_without_dying() {
     );
     assert!(refused > 0, "a full disk refused nothing");
     assert!(broker.wait_for_log("no space to extend consume queue file"));
+    // Issue 19: the commit log reserves its space in steps (1 MiB at the
+    // start), so large batches soon need a reservation the full disk
+    // refuses: a retriable error, never a failed write (which would
+    // poison the log and stop every partition of the shard).
+    let mut refused_large = 0;
+    for _ in 0..3 {
+        match produce_with_acks(&mut wire, "wide", 0, batch(1, 900_000), 1) {
+            0 => acked[0] += 1,
+            STORAGE_ERROR => refused_large += 1,
+            other => panic!("a large batch on a full disk: unexpected error code {other}"),
+        }
+    }
+    assert!(refused_large > 0, "a full disk refused no large batch");
+    assert!(broker.wait_for_log("cannot reserve disk space ahead of the commit log's writes"));
 
     signal_and_wait(&control, "free", "freed");
+    for _ in 0..3 {
+        let code = produce_with_acks(&mut wire, "wide", 0, batch(1, 900_000), -1);
+        assert_eq!(code, 0, "a large batch after space was freed");
+        acked[0] += 1;
+    }
     for partition in 100..130 {
         let code = produce_with_acks(&mut wire, "wide", partition, batch(5, 100), -1);
         assert_eq!(code, 0, "partition {partition} after space was freed");

@@ -21,6 +21,7 @@ mod damaged_data_dir;
 mod delayed_delivery;
 mod delayed_storage;
 mod disk_faults;
+mod disk_reservation;
 mod empty_batches;
 mod eos_clients;
 mod group_protocol;
