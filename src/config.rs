@@ -322,6 +322,12 @@ pub struct StorageConfig {
     /// broker takes a few MiB while a busy log never waits for space.
     /// Default 64 MiB; at least 4096 and a multiple of it.
     pub preallocate_bytes: u64,
+    /// Sync by bytes as well as by time: once this many bytes of a shard's
+    /// commit log are written and not yet durable, an fdatasync is forced,
+    /// whatever the topics' `flush.ms` allows. Bounds what acks=1 data can
+    /// lose in a power cut and the length of any one fdatasync (the acks=1
+    /// latency tail). Default 64 MiB; at least `flush_bytes`.
+    pub sync_interval_bytes: u64,
     pub write_mode: WriteMode,
     /// Size of one write buffer: a write is issued as soon as this much is buffered.
     pub flush_bytes: u32,
@@ -498,6 +504,7 @@ impl Default for StorageConfig {
         StorageConfig {
             segment_bytes: 1024 * MIB,
             preallocate_bytes: 64 * MIB,
+            sync_interval_bytes: 64 * MIB,
             write_mode: WriteMode::Direct,
             flush_bytes: MIB as u32,
             write_buffers: 16,
@@ -989,6 +996,13 @@ impl StorageConfig {
         }
         if self.segment_roll_min_ms == 0 {
             return invalid("storage.segment_roll_min_ms", 0, "must be positive");
+        }
+        if self.sync_interval_bytes < flush {
+            return invalid(
+                "storage.sync_interval_bytes",
+                self.sync_interval_bytes,
+                format!("at least storage.flush_bytes ({flush})"),
+            );
         }
         let block = u64::from(DIRECT_IO_ALIGNMENT_BYTES);
         if self.preallocate_bytes < block || !self.preallocate_bytes.is_multiple_of(block) {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::eventfd::EventFd;
-use super::log_io::{LogFile, LogIo, LogIoError, LogOp, LogOpDone, SubmitError};
+use super::log_io::{DoneStage, LogFile, LogIo, LogIoError, LogOp, LogOpDone, SubmitError};
 
 pub struct ThreadLogIo {
     sender: Option<SyncSender<(u64, LogOp)>>,
@@ -49,38 +49,54 @@ impl ThreadLogIo {
 }
 
 fn run_ops(receiver: &Receiver<(u64, LogOp)>, finished: &Mutex<Vec<LogOpDone>>, eventfd: &EventFd) {
-    while let Ok((token, op)) = receiver.recv() {
-        let result = perform(&op);
-        let done = LogOpDone {
-            token,
-            buf: op.into_buf(),
-            result,
-        };
+    let report = |done: LogOpDone| {
         finished
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(done);
         eventfd.signal();
-    }
-}
-
-fn perform(op: &LogOp) -> Result<(), LogIoError> {
-    match op {
-        LogOp::Write(write) => {
-            let bytes = &write.buf.as_slice()[write.buf_range.clone()];
-            write
-                .file
-                .file
-                .write_all_at(bytes, write.file_offset)
-                .map_err(|source| {
-                    LogIoError::new("write", &write.file, write.file_offset, bytes.len(), source)
-                })?;
-            if write.sync {
-                sync(&write.file)?;
+    };
+    while let Ok((token, op)) = receiver.recv() {
+        let (result, op) = match op {
+            LogOp::Write(write) => {
+                let bytes = &write.buf.as_slice()[write.buf_range.clone()];
+                let written = write
+                    .file
+                    .file
+                    .write_all_at(bytes, write.file_offset)
+                    .map_err(|source| {
+                        LogIoError::new(
+                            "write",
+                            &write.file,
+                            write.file_offset,
+                            bytes.len(),
+                            source,
+                        )
+                    });
+                match written {
+                    // The write is reported before its fdatasync runs
+                    // (see `DoneStage`).
+                    Ok(()) if write.sync => {
+                        let file = Arc::clone(&write.file);
+                        report(LogOpDone {
+                            token,
+                            buf: Some(write.buf),
+                            result: Ok(()),
+                            stage: DoneStage::Written,
+                        });
+                        (sync(&file), LogOp::Sync { file })
+                    }
+                    written => (written, LogOp::Write(write)),
+                }
             }
-            Ok(())
-        }
-        LogOp::Sync { file } => sync(file),
+            LogOp::Sync { file } => (sync(&file), LogOp::Sync { file }),
+        };
+        report(LogOpDone {
+            token,
+            buf: op.into_buf(),
+            result,
+            stage: DoneStage::Complete,
+        });
     }
 }
 
@@ -117,7 +133,10 @@ impl LogIo for ThreadLogIo {
             .finished
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.inflight -= finished.len();
+        self.inflight -= finished
+            .iter()
+            .filter(|done| done.stage == DoneStage::Complete)
+            .count();
         out.append(&mut finished);
     }
 

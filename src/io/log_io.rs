@@ -10,6 +10,11 @@
 //! "Done" for a write op means the bytes were written to the file (for
 //! O_DIRECT: handed to the device); with `sync` it also means an fdatasync
 //! issued after the write completed has returned, so the bytes are durable.
+//! A write with `sync` may report its write first ([`DoneStage::Written`],
+//! with the buffer, once the write completed whole) and its fdatasync later
+//! ([`DoneStage::Complete`], without the buffer), so acks=1 appends are
+//! answered without waiting for an fdatasync they did not ask for; an
+//! implementation may also report both at once.
 
 use std::fs::File;
 use std::io;
@@ -50,12 +55,25 @@ pub enum LogOp {
     },
 }
 
-/// A finished op: its token, its buffer back, and the outcome.
+/// A finished op (or the write part of a synced write): its token, its
+/// buffer back (once), and the outcome.
 #[derive(Debug)]
 pub struct LogOpDone {
     pub token: u64,
     pub buf: Option<AlignedBuf>,
     pub result: Result<(), LogIoError>,
+    pub stage: DoneStage,
+}
+
+/// How far a finished op got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DoneStage {
+    /// The write of a synced write completed whole (always `Ok`); its
+    /// fdatasync is still in flight and reports [`DoneStage::Complete`].
+    Written,
+    /// The op is over: every part of it succeeded, or `result` says what
+    /// failed. The op's slot is free again.
+    Complete,
 }
 
 #[derive(Debug, Clone, Error)]

@@ -17,7 +17,7 @@ pub mod uring;
 pub use aligned_buf::AlignedBuf;
 pub use backend::{BackendChoice, IoBackend, choose_backend};
 pub use eventfd::EventFd;
-pub use log_io::{LogFile, LogIo, LogIoError, LogOp, LogOpDone, SubmitError, WriteOp};
+pub use log_io::{DoneStage, LogFile, LogIo, LogIoError, LogOp, LogOpDone, SubmitError, WriteOp};
 
 /// The commit-log I/O for `backend`, with room for `ops_max` ops in flight.
 pub fn new_log_io(

@@ -22,11 +22,12 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
 use super::eventfd::EventFd;
-use super::log_io::{LogIo, LogIoError, LogOp, LogOpDone, SubmitError, WriteOp};
+use super::log_io::{DoneStage, LogIo, LogIoError, LogOp, LogOpDone, SubmitError, WriteOp};
 use crate::telemetry::storage::RingMetrics;
 
 /// Low bit of user_data: which SQE of an op completed.
@@ -217,7 +218,9 @@ impl UringLogIo {
             record_fsync_result(in_flight, result);
         } else {
             record_write_result(in_flight, result);
+            self.report_written(slot);
         }
+        let in_flight = self.slots[slot as usize].as_mut().expect("occupied");
         if in_flight.cqes_pending > 0 {
             return;
         }
@@ -236,6 +239,32 @@ impl UringLogIo {
         self.finish(slot);
     }
 
+    /// A synced write whose write completed whole while its fdatasync is
+    /// still out: report the write ([`DoneStage::Written`]) with its
+    /// buffer, which the kernel no longer uses, and keep the slot as a plain
+    /// fdatasync (which goes again alone if it must).
+    fn report_written(&mut self, slot: u32) {
+        let in_flight = self.slots[slot as usize].as_mut().expect("occupied");
+        let LogOp::Write(write) = &in_flight.op else {
+            return;
+        };
+        let whole = write.buf_range.start + in_flight.written_bytes == write.buf_range.end;
+        if !(write.sync && whole && in_flight.cqes_pending > 0 && in_flight.error.is_none()) {
+            return;
+        }
+        let file = Arc::clone(&write.file);
+        let LogOp::Write(write) = std::mem::replace(&mut in_flight.op, LogOp::Sync { file }) else {
+            unreachable!("matched above");
+        };
+        in_flight.written_bytes = 0;
+        self.finished.push(LogOpDone {
+            token: in_flight.token,
+            buf: Some(write.buf),
+            result: Ok(()),
+            stage: DoneStage::Written,
+        });
+    }
+
     fn finish(&mut self, slot: u32) {
         let in_flight = self.slots[slot as usize]
             .take()
@@ -249,6 +278,7 @@ impl UringLogIo {
             token: in_flight.token,
             buf: in_flight.op.into_buf(),
             result,
+            stage: DoneStage::Complete,
         });
     }
 }
@@ -486,8 +516,12 @@ mod tests {
                 let result = edit(user_data, result);
                 ring.on_completion(user_data, result);
             }
-            if let Some(done) = ring.finished.pop() {
-                return done;
+            if let Some(index) = ring
+                .finished
+                .iter()
+                .position(|done| done.stage == DoneStage::Complete)
+            {
+                return ring.finished.remove(index);
             }
         }
     }
@@ -518,6 +552,44 @@ mod tests {
         let mut back = vec![0u8; 8192];
         file.file.read_exact_at(&mut back, 0).unwrap();
         assert!(back.iter().all(|&byte| byte == b'a'));
+    }
+
+    /// Issue 19 item 4: acks=1 is answered once written, so the write of a
+    /// synced write reports first, with its buffer; the fdatasync (retried
+    /// alone here) reports the op complete, without one.
+    #[test]
+    fn a_synced_write_reports_its_write_before_its_fdatasync() {
+        let Some(mut ring) = ring() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let file = log_file(dir.path());
+        ring.submit(9, write_op(&file, 0, b'b', 4096, true))
+            .unwrap();
+        let mut fsyncs = 0;
+        let done = finish_with(&mut ring, &mut |user_data, result| {
+            if user_data & USER_DATA_FSYNC_BIT != 0 {
+                fsyncs += 1;
+                if fsyncs == 1 {
+                    return -libc::EAGAIN;
+                }
+            }
+            result
+        });
+        assert_eq!((done.token, done.stage), (9, DoneStage::Complete));
+        done.result.unwrap();
+        assert!(done.buf.is_none(), "the buffer came back with the write");
+        let written = ring.finished.pop().expect("the write reported first");
+        assert!(ring.finished.is_empty());
+        assert_eq!((written.token, written.stage), (9, DoneStage::Written));
+        written.result.unwrap();
+        assert_eq!(written.buf.expect("its buffer").as_slice()[0], b'b');
+        assert_eq!(fsyncs, 2, "the fdatasync went again, alone");
+        assert_eq!(ring.inflight(), 0);
+        // A write without fdatasync reports once, complete.
+        ring.submit(11, write_op(&file, 4096, b'c', 4096, false))
+            .unwrap();
+        let done = finish_with(&mut ring, &mut |_, result| result);
+        assert_eq!((done.token, done.stage), (11, DoneStage::Complete));
+        assert!(done.buf.is_some() && ring.finished.is_empty());
     }
 
     #[test]

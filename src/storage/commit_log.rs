@@ -34,7 +34,7 @@ use super::segment::{self, Preallocation, Segment, SegmentError};
 use super::watermark::{DueQueue, RangeWatermark};
 use crate::config::WriteMode;
 use crate::ids::LogPosition;
-use crate::io::{AlignedBuf, LogIo, LogIoError, LogOp, LogOpDone, SubmitError};
+use crate::io::{AlignedBuf, DoneStage, LogIo, LogIoError, LogOp, LogOpDone, SubmitError};
 use crate::telemetry::storage::LogMetrics;
 use bytes::Bytes;
 
@@ -43,7 +43,9 @@ use bytes::Bytes;
 static RESERVE_FAILURES: crate::log_throttle::LogThrottle =
     crate::log_throttle::LogThrottle::with_lines(Duration::from_secs(10), 1);
 
-/// Token bit marking a standalone fdatasync (write tokens are chunk ids << 1).
+/// Token bit marking a standalone fdatasync. Tokens are an op counter << 1:
+/// unique among ops in flight even when a chunk's next partial write goes
+/// out while the fdatasync linked to its previous one is still running.
 const SYNC_TOKEN_BIT: u64 = 1;
 /// Partial-block copies kept for fetches near the written end (see
 /// `keep_tail_block`); only the newest one or two are ever needed.
@@ -56,7 +58,7 @@ pub const LOG_SYNCS_INFLIGHT_MAX: u32 = 2;
 // one's; the fetch path needs the newest partial block and the one before it.
 const _: () = assert!(LOG_SYNCS_INFLIGHT_MAX >= 2);
 const _: () = assert!(TAIL_BLOCKS_KEPT_MAX >= 2);
-const _: () = assert!(SYNC_TOKEN_BIT == 1, "write tokens are chunk ids << 1");
+const _: () = assert!(SYNC_TOKEN_BIT == 1, "tokens are op counters << 1");
 
 #[derive(Clone, Debug)]
 pub struct LogOptions {
@@ -68,6 +70,10 @@ pub struct LogOptions {
     pub reserve_max_bytes: u64,
     /// `storage.segment_roll_min_ms`: the soonest an age roll happens.
     pub age_roll_min_ms: u64,
+    /// `storage.sync_interval_bytes`: an fdatasync is forced once this many
+    /// bytes are appended and not durable, whatever the appends' own
+    /// deadlines (`flush.ms`) say.
+    pub sync_interval_bytes: u64,
     pub chunk_bytes: usize,
     pub write_buffers: usize,
     pub inflight_writes_max: usize,
@@ -140,6 +146,8 @@ struct InflightOp {
     chunk_base: LogPosition,
     sync: Option<SyncScope>,
     submitted: Instant,
+    /// The write of this synced write already reported (`DoneStage::Written`).
+    written_reported: bool,
 }
 
 /// What an fdatasync makes durable: what had been written when it was
@@ -163,7 +171,7 @@ pub struct CommitLog {
     append_end: LogPosition,
     oldest_unsubmitted: Option<Instant>,
     poisoned: Option<Arc<LogIoError>>,
-    next_sync_token: u64,
+    next_op_id: u64,
     reaped: Vec<LogOpDone>,
     stats: LogStats,
     /// Alignment of writes: 4096 for O_DIRECT, 1 for buffered.
@@ -183,17 +191,31 @@ pub struct CommitLog {
     active_roll_after_ms: u64,
     /// Disk space reserved ahead of the active segment's writes.
     reservation: Reservation,
+    /// The append end at which the next sync by bytes is forced
+    /// (`sync_interval_bytes` past the last one).
+    sync_by_bytes_at: u64,
+    /// The failpoint `log_partial_writes_wait` (debug builds): a partial
+    /// chunk goes only at the flush interval or a durability deadline.
+    partial_writes_wait: bool,
 }
 
 impl CommitLog {
     /// Take over recovered `segments` (ascending, possibly empty) with valid
     /// data up to `end`, which is durable (recovery synced it).
     pub fn open(
-        options: LogOptions,
+        mut options: LogOptions,
         mut segments: VecDeque<Segment>,
         end: LogPosition,
         io: Box<dyn LogIo>,
     ) -> Result<CommitLog, SegmentError> {
+        // Debug builds: the failpoint `log_partial_writes_wait` holds every
+        // partly filled chunk for 300 ms, idle shard or not, so a test can
+        // kill the broker while answered appends could still sit unwritten
+        // (acks=1 must not be answered before its write).
+        let partial_writes_wait = crate::failpoint::active("log_partial_writes_wait");
+        if partial_writes_wait {
+            options.flush_interval = Duration::from_millis(300);
+        }
         let block_bytes = match options.write_mode {
             WriteMode::Direct => crate::config::DIRECT_IO_ALIGNMENT_BYTES as usize,
             WriteMode::Buffered => 1,
@@ -259,6 +281,7 @@ impl CommitLog {
             drop_cached_pages(active);
         }
         let reservation = reserve_at_open(active, end, options.reserve_max_bytes)?;
+        let sync_by_bytes_at = end.0.saturating_add(options.sync_interval_bytes);
         crate::failpoint::journal_durable_end(&options.dir, end.0);
         Ok(CommitLog {
             written: RangeWatermark::new(end.0),
@@ -272,7 +295,7 @@ impl CommitLog {
             append_end: end,
             oldest_unsubmitted: None,
             poisoned: None,
-            next_sync_token: 0,
+            next_op_id: 0,
             reaped: Vec::new(),
             stats: LogStats::default(),
             block_bytes,
@@ -281,6 +304,8 @@ impl CommitLog {
             active_first_append_ms,
             active_roll_after_ms: u64::MAX,
             reservation,
+            sync_by_bytes_at,
+            partial_writes_wait,
         })
     }
 
@@ -335,6 +360,7 @@ impl CommitLog {
                 self.sync_waiters.push_back(self.append_end.0);
             }
         }
+        self.force_sync_by_bytes(now);
         self.oldest_unsubmitted.get_or_insert(now);
         self.stats.frames_appended += 1;
         assert!(
@@ -343,6 +369,25 @@ impl CommitLog {
         );
         self.assert_invariants();
         Ok(position)
+    }
+
+    /// Sync by bytes as well as by time (issue 19 item 4): once
+    /// `sync_interval_bytes` are appended and not durable, the next flush
+    /// links an fdatasync whatever the appends' `flush.ms` deadlines say,
+    /// so acks=1 data is never a whole `flush.ms` of writes from durable,
+    /// and no single fdatasync must commit that much at once (its length is
+    /// what acks=1 producers see as their latency tail).
+    fn force_sync_by_bytes(&mut self, now: Instant) {
+        let unsynced = self.append_end.0.saturating_sub(self.durable.end());
+        if self.append_end.0 >= self.sync_by_bytes_at
+            && unsynced >= self.options.sync_interval_bytes
+        {
+            self.due.push(self.append_end.0, now);
+            self.sync_by_bytes_at = self
+                .append_end
+                .0
+                .saturating_add(self.options.sync_interval_bytes);
+        }
     }
 
     /// Refuse, for now, a frame at `position` whose write would pass the
@@ -602,7 +647,8 @@ impl CommitLog {
         // passed; while writes are in flight it keeps filling, since their
         // completion brings the next round with more data per write.
         let device_idle = self.writes_inflight() == 0;
-        let partial_due = sync_now || (device_idle && idle) || interval_passed;
+        let idle_write = device_idle && idle && !self.partial_writes_wait;
+        let partial_due = sync_now || idle_write || interval_passed;
         if partial_due
             && self.writes_inflight() < self.options.inflight_writes_max
             && let Some(write) = self.appender.take_active_write()
@@ -658,7 +704,8 @@ impl CommitLog {
         );
         assert!(data_end <= self.append_end, "writing past the append end");
         op.sync = sync;
-        let token = chunk_id << 1;
+        let token = self.next_op_id << 1;
+        self.next_op_id += 1;
         self.stats.writes += 1;
         self.stats.bytes_written += op.buf_range.len() as u64;
         self.stats.fsyncs += u64::from(sync);
@@ -674,6 +721,7 @@ impl CommitLog {
                 segment_end,
             }),
             submitted: Instant::now(),
+            written_reported: false,
         });
         self.submit_op(token, LogOp::Write(op));
     }
@@ -699,8 +747,8 @@ impl CommitLog {
         if covered {
             return;
         }
-        let token = (self.next_sync_token << 1) | SYNC_TOKEN_BIT;
-        self.next_sync_token += 1;
+        let token = (self.next_op_id << 1) | SYNC_TOKEN_BIT;
+        self.next_op_id += 1;
         self.stats.fsyncs += 1;
         match self.io.submit(token, LogOp::Sync { file }) {
             Ok(()) => self.inflight.push(InflightOp {
@@ -714,6 +762,7 @@ impl CommitLog {
                     segment_end,
                 }),
                 submitted: Instant::now(),
+                written_reported: false,
             }),
             // Every slot is busy: the next round, after a completion, retries.
             Err(SubmitError::QueueFull(_)) => self.stats.fsyncs -= 1,
@@ -779,6 +828,27 @@ impl CommitLog {
             .iter()
             .position(|op| op.token == done.token)
             .expect("completion for an op we submitted");
+        if done.stage == DoneStage::Written {
+            // The write of a synced write: its bytes are written (acks=1
+            // answers may go) and its buffer is free; the op keeps its slot
+            // until the fdatasync reports.
+            let op = &mut self.inflight[index];
+            assert!(
+                op.sync.is_some() && !op.written_reported,
+                "a written stage of a synced write, once"
+            );
+            op.written_reported = true;
+            let (chunk_id, data, chunk_base) = (op.chunk_id, op.data, op.chunk_base);
+            let buf = done.buf.expect("the written stage returns the buffer");
+            if let (Some(chunk_id), Some((start, end))) = (chunk_id, data) {
+                self.keep_tail_block(&buf, chunk_base, end);
+                self.appender.complete(chunk_id, buf);
+                if self.poisoned.is_none() {
+                    self.written.mark(start.0, end.0);
+                }
+            }
+            return;
+        }
         let op = self.inflight.swap_remove(index);
         if let (Some(chunk_id), Some(buf)) = (op.chunk_id, done.buf) {
             if done.result.is_ok()
@@ -794,7 +864,9 @@ impl CommitLog {
         if self.poisoned.is_some() {
             return;
         }
-        if let Some((start, end)) = op.data {
+        if let Some((start, end)) = op.data
+            && !op.written_reported
+        {
             self.written.mark(start.0, end.0);
         }
         if let Some(scope) = &op.sync {

@@ -318,6 +318,7 @@ impl ShardStore {
             write_mode: storage.write_mode,
             segment_bytes: storage.segment_bytes,
             reserve_max_bytes: storage.preallocate_bytes,
+            sync_interval_bytes: storage.sync_interval_bytes,
             age_roll_min_ms: storage.segment_roll_min_ms,
             chunk_bytes: storage.flush_bytes as usize,
             write_buffers: storage.write_buffers as usize,

@@ -133,7 +133,8 @@ struct SimLogIo {
 }
 
 impl SimLogIo {
-    fn perform(&self, op: &LogOp) -> Result<(), LogIoError> {
+    /// Perform `op`; `split` performs only the write of a synced write.
+    fn perform(&self, op: &LogOp, split: bool) -> Result<(), LogIoError> {
         let mut state = self.device.state.borrow_mut();
         match op {
             LogOp::Write(write) => {
@@ -160,7 +161,7 @@ impl SimLogIo {
                     .file
                     .write_all_at(bytes, write.file_offset)
                     .unwrap();
-                if write.sync {
+                if write.sync && !split {
                     return sync(&mut state, &write.file);
                 }
                 Ok(())
@@ -238,12 +239,30 @@ impl LogIo for SimLogIo {
                     next(&mut self.device.state.borrow_mut().random) as usize % self.queued.len();
                 self.queued.swap(index, swap_with.max(index));
                 let (token, op) = self.queued.remove(index);
-                let result = self.perform(&op);
-                out.push(LogOpDone {
-                    token,
-                    buf: op.into_buf(),
-                    result,
-                });
+                // Half the synced writes report their write first and run
+                // their fdatasync later, in any order with other ops, as
+                // the real backends may (`DoneStage::Written`).
+                let split = matches!(&op, LogOp::Write(write) if write.sync)
+                    && next(&mut self.device.state.borrow_mut().random).is_multiple_of(2);
+                let result = self.perform(&op, split);
+                match op {
+                    LogOp::Write(write) if split && result.is_ok() => {
+                        let file = Arc::clone(&write.file);
+                        out.push(LogOpDone {
+                            token,
+                            buf: Some(write.buf),
+                            result,
+                            stage: sluice::io::DoneStage::Written,
+                        });
+                        self.queued.push((token, LogOp::Sync { file }));
+                    }
+                    op => out.push(LogOpDone {
+                        token,
+                        buf: op.into_buf(),
+                        result,
+                        stage: sluice::io::DoneStage::Complete,
+                    }),
+                }
                 performed_any = true;
             } else {
                 index += 1;

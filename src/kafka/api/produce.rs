@@ -382,10 +382,13 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
             dead_letters: sum.dead_letters + batch.retried.dead_letters,
             stuck: sum.stuck + batch.retried.stuck,
         });
-    let durability = if acks == ACKS_ALL {
-        Durability::Fsynced
-    } else {
-        Durability::Buffered
+    // acks=1 is answered once the batch is written to its segment file
+    // (handed to the kernel: it survives a kill -9 of the broker, as Kafka's
+    // and RocketMQ's async flush do); acks=0 has no answer to wait for.
+    let durability = match acks {
+        ACKS_ALL => Durability::Fsynced,
+        ACKS_NONE => Durability::Buffered,
+        _ => Durability::Written,
     };
     let owner = request.shard.shards.owner(&topic.name, index);
     let broker = Arc::clone(request.broker);
