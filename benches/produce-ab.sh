@@ -8,9 +8,12 @@
 # a default-config broker, `sluice bench produce --acks ACKS --compression C
 # --duration 8 --json` from the AFTER binary's load generator (so only the
 # broker differs), then the broker stopped and the directory removed.
-# Prints one line per run: codec, round, build, MB/s, records/s, p99 ms.
+# Prints one line per run: codec, round, build, MB/s, records/s, then ack
+# latency p50, p99, p99.9 and max in ms.
 # SLUICE_AB_BENCH_ARGS adds load-generator flags, e.g. "--record-size 100
-# --batch-records 10" for small requests, where per-request costs show.
+# --batch-records 10" for small requests, where per-request costs show, or
+# "--rate 100" for latency at a fixed load. SLUICE_AB_AFTER_CONFIG names a
+# config file for the AFTER broker (a setting's effect, same binary twice).
 set -euo pipefail
 
 before=${1:?usage: produce-ab.sh BEFORE AFTER [ROUNDS] [CODECS] [ACKS]}
@@ -22,10 +25,10 @@ work=${SLUICE_AB_DIR:-target}
 port=19092
 
 run() {
-    local binary=$1 codec=$2
+    local binary=$1 codec=$2 config=$3
     local dir
     dir=$(mktemp -d "$work/produce-ab.XXXXXX")
-    "$binary" serve --data-dir "$dir" --listen "127.0.0.1:$port" \
+    "$binary" serve ${config:+--config "$config"} --data-dir "$dir" --listen "127.0.0.1:$port" \
         --metrics-listen 127.0.0.1:0 2>"$dir.log" &
     local broker=$!
     for _ in $(seq 100); do
@@ -42,10 +45,10 @@ run() {
 for codec in $codecs; do
     for round in $(seq "$rounds"); do
         for build in before after; do
-            binary=$before
-            [ "$build" = after ] && binary=$after
-            json=$(run "$binary" "$codec")
-            python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(sys.argv[2], sys.argv[3], sys.argv[4], "%.0f" % r["throughput_mb_s"], "%.0f" % r["records_per_s"], "%.2f" % r["p99_ms"])' \
+            binary=$before config=
+            [ "$build" = after ] && binary=$after config=${SLUICE_AB_AFTER_CONFIG:-}
+            json=$(run "$binary" "$codec" "$config")
+            python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(sys.argv[2], sys.argv[3], sys.argv[4], "%.0f" % r["throughput_mb_s"], "%.0f" % r["records_per_s"], " ".join("%.2f" % r[k] for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms")))' \
                 "$json" "$codec" "$round" "$build"
         done
     done

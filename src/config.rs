@@ -326,7 +326,10 @@ pub struct StorageConfig {
     /// commit log are written and not yet durable, an fdatasync is forced,
     /// whatever the topics' `flush.ms` allows. Bounds what acks=1 data can
     /// lose in a power cut and the length of any one fdatasync (the acks=1
-    /// latency tail). Default 64 MiB; at least `flush_bytes`.
+    /// latency tail: O_DIRECT writes into unwritten extents wait for the
+    /// journal commit of a running fdatasync, which grows with what it
+    /// covers). Default 8 MiB (measured in benches/README.md "acks=1");
+    /// at least `flush_bytes`.
     pub sync_interval_bytes: u64,
     pub write_mode: WriteMode,
     /// Size of one write buffer: a write is issued as soon as this much is buffered.
@@ -504,7 +507,7 @@ impl Default for StorageConfig {
         StorageConfig {
             segment_bytes: 1024 * MIB,
             preallocate_bytes: 64 * MIB,
-            sync_interval_bytes: 64 * MIB,
+            sync_interval_bytes: 8 * MIB,
             write_mode: WriteMode::Direct,
             flush_bytes: MIB as u32,
             write_buffers: 16,

@@ -102,6 +102,54 @@ fn records_of_an_append_that_waited_for_buffers_count_once_towards_flush_message
     });
 }
 
+/// Issue 19 item 4: sync by bytes as well as by time. With `flush.ms` an
+/// hour and `flush.messages` out of reach, an fdatasync still comes once
+/// `storage.sync_interval_bytes` are written and not durable, so the
+/// durable end follows the append end within that many bytes (without it,
+/// nothing here would be fsynced for an hour: the test above).
+#[test]
+fn an_fdatasync_is_forced_every_sync_interval_bytes_whatever_flush_ms_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = support::runtime(IoBackend::Epoll);
+    runtime.block_on(async {
+        let mut storage = support::small_storage(sluice::config::WriteMode::Direct);
+        storage.sync_interval_bytes = 64 * 1024;
+        let options = support::options(dir.path(), storage, IoBackend::Epoll);
+        let store = ShardStore::open(options).unwrap();
+        let id = support::create(&store, "by-bytes", 0);
+        let mut config = support::default_partition_config();
+        config.flush_ms = 3_600_000;
+        config.flush_messages = u64::MAX;
+        store.set_partition_config(id, config).unwrap();
+        // 12 batches of ~30 KiB: 360 KiB, more than five intervals.
+        for seq in 0..12 {
+            let bytes = batch(&format!("b{seq}"), 50, 560);
+            let receipt = store
+                .append(id, validated(&bytes), Durability::Written)
+                .await
+                .unwrap();
+            store.wait(&receipt).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (appended, _, durable) = store.log_ends();
+            if appended.0 - durable.0 < 64 * 1024 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "durable end {durable} stayed more than 64 KiB behind the append end {appended}"
+            );
+            compio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            store.stats().fsyncs >= 4,
+            "{} fdatasyncs for 360 KiB at one per 64 KiB",
+            store.stats().fsyncs
+        );
+    });
+}
+
 /// The new segment's directory entry was not fsynced: the file used to stay,
 /// every later roll failed with EEXIST, and appends failed forever with a
 /// "retriable" error on a log that was never poisoned.
