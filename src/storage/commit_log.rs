@@ -115,13 +115,17 @@ pub struct ReserveWork {
 
 impl ReserveWork {
     /// fallocate the range (blocking: tens of microseconds to milliseconds).
+    /// A failed reservation gives back what it allocated before failing
+    /// (ext4 keeps a partial allocation): the range holds no data.
     pub fn run(&self) -> std::io::Result<Preallocation> {
-        segment::reserve(
-            &self.file.file,
-            &self.file.path,
-            self.from.0 - self.segment_base.0,
-            self.to.0 - self.from.0,
-        )
+        let (offset, length) = (self.from.0 - self.segment_base.0, self.to.0 - self.from.0);
+        let reserved = segment::reserve(&self.file.file, &self.file.path, offset, length);
+        if reserved.is_err()
+            && let Err(error) = segment::release_range(&self.file.file, offset, length)
+        {
+            tracing::warn!(path = %self.file.path.display(), %error, "cannot give back the blocks of a failed reservation");
+        }
+        reserved
     }
 }
 

@@ -7,7 +7,8 @@
 //! each completed reservation doubles the step, up to
 //! `storage.preallocate_bytes`, so a busy log keeps between half a step and
 //! a step and a half reserved ahead of its appends, and an idle one holds
-//! little. The next step is asked for once less than half a step is left,
+//! little. After a failed reservation (a full disk) the step starts again
+//! from 1 MiB. The next step is asked for once less than half a step is left,
 //! and reserved off the shard thread (the flusher hands it to a blocking
 //! thread); a frame that would pass the reserved end waits for it, which
 //! the `sluice_log_reserve_waits_total` counter shows.
@@ -178,6 +179,11 @@ impl Reservation {
                 self.step = (self.step * 2).min(self.step_max);
             }
             Err(error) => {
+                // The next try asks for no more than the append needs
+                // (plus the smallest step): a full-size step that no
+                // longer fits would refuse appends on a disk with room
+                // for them.
+                self.step = RESERVE_MIN_BYTES.min(self.step_max);
                 self.state = State::Failed {
                     from: from.0 - segment_base.0,
                     to: to.0 - segment_base.0,
@@ -320,6 +326,38 @@ mod tests {
             reservation.admit(LogPosition(2 * MIB)),
             Admit::Ready
         ));
+    }
+
+    /// Found by the breaker trial: the step kept its size after a failure,
+    /// so every later try asked for a full 32 or 64 MiB and appends were
+    /// refused with half the disk free.
+    #[test]
+    fn after_a_failure_the_next_try_asks_only_for_what_is_needed() {
+        let mut reservation = fresh();
+        let mut append_end = MIB;
+        while reservation.first_bytes(0) < 32 * MIB {
+            append_end += MIB;
+            while complete(&mut reservation, append_end).is_some() {}
+        }
+        let end = reservation.end();
+        let needed = end.plus(4096);
+        assert!(matches!(reservation.admit(needed), Admit::Wait));
+        let (base, from, to) = reservation.due(LogPosition(append_end)).unwrap();
+        assert!(to.0 - from.0 >= 32 * MIB);
+        reservation.done(
+            base,
+            from,
+            to,
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+        );
+        assert!(matches!(reservation.admit(needed), Admit::Failed(..)));
+        assert!(matches!(reservation.admit(needed), Admit::Wait));
+        let (_, from, to) = reservation.due(LogPosition(append_end)).unwrap();
+        assert_eq!(
+            (from, to),
+            (end, end.plus(MIB)),
+            "one small step past the need"
+        );
     }
 
     #[test]

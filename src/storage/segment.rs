@@ -324,6 +324,32 @@ pub fn now_ms() -> u64 {
         .map_or(0, |since| since.as_millis() as u64)
 }
 
+/// Give the file system back the blocks of `[offset, offset + length)` of a
+/// segment file whose range holds no data (a reservation that failed part
+/// way). Whole blocks only; nothing where holes cannot be punched.
+pub fn release_range(file: &File, offset: u64, length: u64) -> io::Result<()> {
+    const BLOCK: u64 = 4096;
+    let start = offset.next_multiple_of(BLOCK);
+    let end = offset + length;
+    if start >= end {
+        return Ok(());
+    }
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    let (offset, len) = (
+        libc::off_t::try_from(start).map_err(io::Error::other)?,
+        libc::off_t::try_from(end - start).map_err(io::Error::other)?,
+    );
+    // SAFETY: fallocate only reads its integer arguments; the fd is open.
+    if unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) } != 0 {
+        let error = io::Error::last_os_error();
+        return match error.raw_os_error() {
+            Some(libc::EOPNOTSUPP | libc::ENOSYS) => Ok(()),
+            _ => Err(error),
+        };
+    }
+    Ok(())
+}
+
 /// Give the file system back the blocks of `segment` from `from` (the end
 /// of its last frame) to its end, keeping the file's size: the range reads
 /// as zeros, as the unused end of a rolled segment does anyway. Only whole

@@ -24,7 +24,7 @@ pub enum AppendError {
         source: Arc<LogIoError>,
     },
     #[error(
-        "disk usage {usage_percent:.1}% is above disk_reject_ratio ({limit_percent:.0}%): appends \
+        "disk usage {usage_percent:.1}% is above disk_reject_ratio ({limit_percent}%): appends \
          are refused until retention frees space (retriable)"
     )]
     DiskFull {
