@@ -526,6 +526,22 @@ mod tests {
         }
     }
 
+    /// [`finish_with`] whose first fdatasync completes with `-errno`;
+    /// returns the op and how many fdatasyncs completed.
+    fn finish_failing_first_fsync(ring: &mut UringLogIo, errno: i32) -> (LogOpDone, u32) {
+        let mut fsyncs = 0;
+        let done = finish_with(ring, &mut |user_data, result| {
+            if user_data & USER_DATA_FSYNC_BIT != 0 {
+                fsyncs += 1;
+                if fsyncs == 1 {
+                    return -errno;
+                }
+            }
+            result
+        });
+        (done, fsyncs)
+    }
+
     #[test]
     fn a_complete_write_whose_fdatasync_must_retry_resubmits_the_fdatasync_alone() {
         let Some(mut ring) = ring() else { return };
@@ -536,16 +552,7 @@ mod tests {
         // Issue 12: the first fdatasync is interrupted after the whole write
         // went through. The retry used to build a zero-length write and trip
         // an assertion.
-        let mut fsyncs = 0;
-        let done = finish_with(&mut ring, &mut |user_data, result| {
-            if user_data & USER_DATA_FSYNC_BIT != 0 {
-                fsyncs += 1;
-                if fsyncs == 1 {
-                    return -libc::EINTR;
-                }
-            }
-            result
-        });
+        let (done, fsyncs) = finish_failing_first_fsync(&mut ring, libc::EINTR);
         assert_eq!(done.token, 7);
         done.result.unwrap();
         assert_eq!(fsyncs, 2, "the fdatasync went again");
@@ -564,16 +571,7 @@ mod tests {
         let file = log_file(dir.path());
         ring.submit(9, write_op(&file, 0, b'b', 4096, true))
             .unwrap();
-        let mut fsyncs = 0;
-        let done = finish_with(&mut ring, &mut |user_data, result| {
-            if user_data & USER_DATA_FSYNC_BIT != 0 {
-                fsyncs += 1;
-                if fsyncs == 1 {
-                    return -libc::EAGAIN;
-                }
-            }
-            result
-        });
+        let (done, fsyncs) = finish_failing_first_fsync(&mut ring, libc::EAGAIN);
         assert_eq!((done.token, done.stage), (9, DoneStage::Complete));
         done.result.unwrap();
         assert!(done.buf.is_none(), "the buffer came back with the write");
