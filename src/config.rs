@@ -331,6 +331,13 @@ pub struct StorageConfig {
     /// covers). Default 8 MiB (measured in benches/README.md "acks=1");
     /// at least `flush_bytes`.
     pub sync_interval_bytes: u64,
+    /// Memory per shard for the tail cache: the newest frames of its commit
+    /// log, copied there as they are appended, so fetches of recently
+    /// written data (tailing consumers, followers, a consumer a little
+    /// behind) are answered from memory instead of disk (O_DIRECT writes
+    /// leave nothing in the page cache). Older data is read from the
+    /// segment files. Default 256 MiB; 0 turns the cache off.
+    pub tail_cache_bytes: u64,
     pub write_mode: WriteMode,
     /// Size of one write buffer: a write is issued as soon as this much is buffered.
     pub flush_bytes: u32,
@@ -508,6 +515,7 @@ impl Default for StorageConfig {
             segment_bytes: 1024 * MIB,
             preallocate_bytes: 64 * MIB,
             sync_interval_bytes: 8 * MIB,
+            tail_cache_bytes: 256 * MIB,
             write_mode: WriteMode::Direct,
             flush_bytes: MIB as u32,
             write_buffers: 16,

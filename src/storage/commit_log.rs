@@ -31,6 +31,7 @@ use thiserror::Error;
 use super::appender::{Appender, ChunkPlace, ChunkWrite, align_down};
 use super::reservation::{Admit, RESERVE_MIN_BYTES, Reservation};
 use super::segment::{self, Preallocation, Segment, SegmentError};
+use super::tail_cache::TailCache;
 use super::watermark::{DueQueue, RangeWatermark};
 use crate::config::WriteMode;
 use crate::ids::LogPosition;
@@ -74,6 +75,9 @@ pub struct LogOptions {
     /// bytes are appended and not durable, whatever the appends' own
     /// deadlines (`flush.ms`) say.
     pub sync_interval_bytes: u64,
+    /// `storage.tail_cache_bytes`: memory for the newest frames (see
+    /// `tail_cache`); 0 keeps none.
+    pub tail_cache_bytes: u64,
     pub chunk_bytes: usize,
     pub write_buffers: usize,
     pub inflight_writes_max: usize,
@@ -183,6 +187,8 @@ pub struct CommitLog {
     /// (block start, written bytes of it) for partial blocks near the
     /// written end: see `keep_tail_block`.
     tail_blocks: VecDeque<(u64, Bytes)>,
+    /// The newest frames, for fetches near the end of the log.
+    tail_cache: TailCache,
     /// Ends of appends whose producer waits for the fdatasync (due at once):
     /// how many each fdatasync releases is `sluice_log_fsync_waiters`.
     sync_waiters: VecDeque<u64>,
@@ -287,6 +293,7 @@ impl CommitLog {
         let reservation = reserve_at_open(active, end, options.reserve_max_bytes)?;
         let sync_by_bytes_at = end.0.saturating_add(options.sync_interval_bytes);
         crate::failpoint::journal_durable_end(&options.dir, end.0);
+        let tail_cache = TailCache::new(options.tail_cache_bytes);
         Ok(CommitLog {
             written: RangeWatermark::new(end.0),
             durable: RangeWatermark::new(end.0),
@@ -304,6 +311,7 @@ impl CommitLog {
             stats: LogStats::default(),
             block_bytes,
             tail_blocks,
+            tail_cache,
             sync_waiters: VecDeque::new(),
             active_first_append_ms,
             active_roll_after_ms: u64::MAX,
@@ -357,6 +365,7 @@ impl CommitLog {
         }
         let place = place_of(self.active_segment());
         self.appender.copy(&place, position, parts);
+        self.tail_cache.push(position, parts);
         self.append_end = position.plus(frame_bytes as u64);
         if let Some(due) = durable_by {
             self.due.push(self.append_end.0, due);
@@ -953,6 +962,26 @@ impl CommitLog {
         (to <= copy.len()).then(|| copy.slice(from..to))
     }
 
+    /// Bytes `[start, end)` from the tail cache, if one cached frame holds
+    /// them (they are written once `end` is below the written end; callers
+    /// ask for nothing past the high watermark).
+    pub fn cached_bytes(&self, start: LogPosition, end: LogPosition) -> Option<Bytes> {
+        self.tail_cache.get(start, end)
+    }
+
+    /// Memory the tail cache holds (`sluice_log_tail_cache_bytes`).
+    pub fn tail_cache_bytes(&self) -> u64 {
+        self.tail_cache.charged_bytes()
+    }
+
+    /// Count fetched bytes by where they come from
+    /// (`sluice_log_fetch_bytes_total{source}`).
+    pub fn count_fetched(&self, memory_bytes: u64, disk_bytes: u64) {
+        let metrics = &self.options.metrics;
+        metrics.fetch_memory_bytes.increment(memory_bytes);
+        metrics.fetch_disk_bytes.increment(disk_bytes);
+    }
+
     /// When the flusher must run next even without new appends or completions.
     ///
     /// A deadline that already passed is returned only when no I/O is in
@@ -1047,6 +1076,7 @@ impl CommitLog {
             return None;
         }
         let oldest = self.segments.pop_front().expect("checked length");
+        self.tail_cache.forget_below(oldest.end());
         let result = std::fs::remove_file(&oldest.path);
         // Its data is gone on purpose: nothing in it remains to be written or
         // fsynced, so waiters and the durable end must not wait for it.

@@ -42,6 +42,7 @@ pub mod segment;
 pub mod segment_reader;
 pub mod shard_store;
 pub mod store_errors;
+mod tail_cache;
 pub mod timer;
 mod timer_store;
 pub mod truncate;

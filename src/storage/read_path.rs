@@ -1,7 +1,9 @@
 //! The read path: batches of a partition from an offset, ready to send, and
 //! lookups by timestamp. Only written data is returned.
 //!
-//! A batch comes back as parts. Bytes in blocks that will never be written
+//! A batch comes back as parts. A batch still in the commit log's tail
+//! cache (its newest frames, see `tail_cache`) is one memory part: no disk
+//! read. Otherwise, bytes in blocks that will never be written
 //! again (below `CommitLog::final_end`) are file spans, for zero-copy sends
 //! through the page cache. The written part of the last, partial block is an
 //! in-memory copy: an O_DIRECT rewrite of that block may still be in flight,
@@ -225,6 +227,10 @@ fn batch_parts(
             segment_end: segment.end(),
         });
     }
+    if let Some(cached) = log.cached_bytes(start, end) {
+        log.count_fetched(cached.len() as u64, 0);
+        return Ok(Some(vec![ReadPart::Memory(cached)]));
+    }
     let file_end = end.min(final_end).max(start);
     let mut parts = Vec::with_capacity(1);
     if file_end > start {
@@ -270,6 +276,7 @@ fn batch_parts(
         };
         parts.push(ReadPart::Memory(tail));
     }
+    log.count_fetched(end.0 - file_end.0, file_end.0 - start.0);
     Ok(Some(parts))
 }
 

@@ -263,6 +263,8 @@ pub struct StoreGauges {
     pub log_bytes: u64,
     /// Appended but not yet durable.
     pub unflushed_bytes: u64,
+    /// Memory held by the commit log's tail cache.
+    pub tail_cache_bytes: u64,
     /// Writes and fdatasyncs in flight.
     pub io_inflight: usize,
     pub stats: LogStats,
@@ -319,6 +321,7 @@ impl ShardStore {
             segment_bytes: storage.segment_bytes,
             reserve_max_bytes: storage.preallocate_bytes,
             sync_interval_bytes: storage.sync_interval_bytes,
+            tail_cache_bytes: storage.tail_cache_bytes,
             age_roll_min_ms: storage.segment_roll_min_ms,
             chunk_bytes: storage.flush_bytes as usize,
             write_buffers: storage.write_buffers as usize,
@@ -546,6 +549,7 @@ impl ShardStore {
             segments: log.segments().len(),
             log_bytes: log.append_end().0 - log.start().0,
             unflushed_bytes: log.append_end().0 - log.durable_end().0,
+            tail_cache_bytes: log.tail_cache_bytes(),
             io_inflight: log.io_inflight(),
             stats: log.stats(),
             delayed_records: state.timer.index.pending(),

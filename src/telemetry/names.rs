@@ -35,6 +35,8 @@ pub const LOG_WRITES: &str = "sluice_log_writes_total";
 pub const LOG_WRITTEN_BYTES: &str = "sluice_log_written_bytes_total";
 pub const LOG_FSYNCS: &str = "sluice_log_fsyncs_total";
 pub const LOG_RESERVE_WAITS: &str = "sluice_log_reserve_waits_total";
+pub const LOG_TAIL_CACHE_BYTES: &str = "sluice_log_tail_cache_bytes";
+pub const LOG_FETCH_BYTES: &str = "sluice_log_fetch_bytes_total";
 
 pub const IO_URING_SUBMISSIONS: &str = "sluice_io_uring_submissions_total";
 pub const IO_URING_COMPLETIONS: &str = "sluice_io_uring_completions_total";
@@ -196,6 +198,16 @@ pub fn describe() {
         LOG_FSYNCS,
         Unit::Count,
         "Commit-log fdatasyncs submitted, by shard."
+    );
+    describe_gauge!(
+        LOG_TAIL_CACHE_BYTES,
+        Unit::Bytes,
+        "Memory held by the commit log's tail cache of its newest frames (storage.tail_cache_bytes), by shard."
+    );
+    describe_counter!(
+        LOG_FETCH_BYTES,
+        Unit::Bytes,
+        "Record-batch bytes planned for fetch responses (consumers and followers), by shard and source: memory (the tail cache or the copy of the partial last block) or disk (segment files, through the page cache)."
     );
     describe_counter!(
         LOG_RESERVE_WAITS,

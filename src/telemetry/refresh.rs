@@ -84,6 +84,7 @@ fn refresh_storage(context: &ShardContext, shard: &str, totals: &LogTotals) {
         (names::SHARD_SEGMENTS, state.segments as f64),
         (names::SHARD_LOG_BYTES, state.log_bytes as f64),
         (names::LOG_UNFLUSHED_BYTES, state.unflushed_bytes as f64),
+        (names::LOG_TAIL_CACHE_BYTES, state.tail_cache_bytes as f64),
         (names::LOG_FLUSH_QUEUE_DEPTH, state.io_inflight as f64),
         (names::DELAY_PENDING_RECORDS, state.delayed_records as f64),
         (names::DELAY_PENDING_BYTES, state.delayed_bytes as f64),

@@ -22,6 +22,10 @@ pub struct LogMetrics {
     pub fsync_waiters: Histogram,
     /// `sluice_log_reserve_waits_total`.
     pub reserve_waits: Counter,
+    /// `sluice_log_fetch_bytes_total{source="memory"}`.
+    pub fetch_memory_bytes: Counter,
+    /// `sluice_log_fetch_bytes_total{source="disk"}`.
+    pub fetch_disk_bytes: Counter,
 }
 
 impl LogMetrics {
@@ -31,7 +35,9 @@ impl LogMetrics {
             fsync_duration: histogram!(names::LOG_FSYNC_DURATION, "shard" => shard.clone()),
             fsync_size: histogram!(names::LOG_FSYNC_SIZE, "shard" => shard.clone()),
             fsync_waiters: histogram!(names::LOG_FSYNC_WAITERS, "shard" => shard.clone()),
-            reserve_waits: counter!(names::LOG_RESERVE_WAITS, "shard" => shard),
+            reserve_waits: counter!(names::LOG_RESERVE_WAITS, "shard" => shard.clone()),
+            fetch_memory_bytes: counter!(names::LOG_FETCH_BYTES, "shard" => shard.clone(), "source" => "memory"),
+            fetch_disk_bytes: counter!(names::LOG_FETCH_BYTES, "shard" => shard, "source" => "disk"),
         }
     }
 }
@@ -50,6 +56,8 @@ impl Default for LogMetrics {
             fsync_size: Histogram::noop(),
             fsync_waiters: Histogram::noop(),
             reserve_waits: Counter::noop(),
+            fetch_memory_bytes: Counter::noop(),
+            fetch_disk_bytes: Counter::noop(),
         }
     }
 }

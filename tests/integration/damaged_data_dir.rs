@@ -262,7 +262,9 @@ fn small_segments_config(dir: &Path) -> PathBuf {
     let config = dir.join("sluice.toml");
     std::fs::write(
         &config,
-        format!("[storage]\nsegment_bytes = {SMALL_SEGMENT_BYTES}\n"),
+        // No tail cache: these tests damage the segment files under a live
+        // broker, and the cache would answer their fetches from memory.
+        format!("[storage]\nsegment_bytes = {SMALL_SEGMENT_BYTES}\ntail_cache_bytes = 0\n"),
     )
     .unwrap();
     config

@@ -54,6 +54,7 @@ mod retry_dlq;
 mod shard_runtime;
 mod sim_device;
 mod storage_model;
+mod tail_cache;
 mod topic_configs;
 mod topic_ids;
 mod transactions_storage;

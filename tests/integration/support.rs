@@ -29,6 +29,9 @@ pub fn small_storage(write_mode: WriteMode) -> StorageConfig {
         checkpoint_interval_ms: 200,
         message_max_bytes: 64 * 1024,
         consume_queue_entries_per_file: 1024,
+        // A few frames: reads of the newest come from memory, older ones
+        // from the segment files, so both paths run in every test.
+        tail_cache_bytes: 64 * KIB,
         ..StorageConfig::default()
     }
 }
