@@ -193,6 +193,7 @@ pub fn run(
             .baseline
             .map(|baseline| (baseline, Bound::DurableWrite)),
         extra: transaction_extra(total.transactions.as_ref()),
+        client_cpu: None,
     });
     Ok(summarize(
         comparison,
@@ -234,6 +235,7 @@ fn run_half(
         recorder: produced.acks,
         baseline: None,
         extra: transaction_extra(produced.transactions.as_ref()),
+        client_cpu: None,
     };
     let commits = produced
         .transactions

@@ -45,7 +45,7 @@ use baseline::Baseline;
 use batch::Compression;
 use consume::{ConsumeLoad, Mode};
 use produce::{ProduceLoad, ProducerKind, Window};
-use stats::{Bound, Report};
+use stats::{Bound, ClientCpu, Report};
 
 /// CreateTopics error: the topic exists.
 const TOPIC_ALREADY_EXISTS: i16 = 36;
@@ -356,11 +356,12 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let load = with_leaders(load, &args.target.brokers)?;
     let baseline = measure_baseline(&args.output, &args.shape, load.producers)?;
     let window = window(&args.producer)?;
+    let (produced, client_cpu) = ClientCpu::measure(|| produce::run(&load, window));
     let produce::Produced {
         acks: recorder,
         elapsed,
         ..
-    } = produce::run(&load, window)?;
+    } = produced?;
     let bound = if load.acks == -1 {
         Bound::DurableWrite
     } else {
@@ -378,6 +379,7 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         recorder,
         baseline: baseline.map(|baseline| (baseline, bound)),
         extra: Vec::new(),
+        client_cpu: Some(client_cpu),
     };
     emit(&report, args.output.json);
     Ok(())
@@ -486,7 +488,8 @@ fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let deadline = started + seconds("--duration", args.duration)?;
-    let (recorder, elapsed) = consume::run(&load, started, deadline)?;
+    let (consumed, client_cpu) = ClientCpu::measure(|| consume::run(&load, started, deadline));
+    let (recorder, elapsed) = consumed?;
     let report = Report {
         test: "consume",
         latency_of: "fetch latency",
@@ -502,6 +505,7 @@ fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         recorder,
         baseline: baseline.map(|baseline| (baseline, Bound::Read)),
         extra: Vec::new(),
+        client_cpu: Some(client_cpu),
     };
     emit(&report, args.output.json);
     Ok(())
@@ -537,15 +541,17 @@ fn e2e(args: E2eArgs) -> anyhow::Result<()> {
     // Consumers stop once caught up after the producers finish, or 30 s
     // later at the latest.
     let consumers_deadline = window.deadline + Duration::from_secs(30);
-    let (produced, consumed) = std::thread::scope(|scope| {
-        let consumed =
-            scope.spawn(|| consume::run(&consumers, window.measure_from, consumers_deadline));
-        let produced = produce::run(&load, window);
-        producers_done.store(true, Ordering::Release);
-        let consumed = consumed
-            .join()
-            .unwrap_or_else(|payload| Err(panicked("the consumers", payload.as_ref())));
-        (produced, consumed)
+    let ((produced, consumed), client_cpu) = ClientCpu::measure(|| {
+        std::thread::scope(|scope| {
+            let consumed =
+                scope.spawn(|| consume::run(&consumers, window.measure_from, consumers_deadline));
+            let produced = produce::run(&load, window);
+            producers_done.store(true, Ordering::Release);
+            let consumed = consumed
+                .join()
+                .unwrap_or_else(|payload| Err(panicked("the consumers", payload.as_ref())));
+            (produced, consumed)
+        })
     });
     let produce::Produced {
         acks: produced,
@@ -561,6 +567,7 @@ fn e2e(args: E2eArgs) -> anyhow::Result<()> {
         recorder: produced,
         baseline: None,
         extra: Vec::new(),
+        client_cpu: None,
     };
     let mut settings = producer_settings(&load);
     settings["consumers"] = json!(consumers.consumers);
@@ -572,6 +579,7 @@ fn e2e(args: E2eArgs) -> anyhow::Result<()> {
         recorder: consumed,
         baseline: baseline.map(|baseline| (baseline, Bound::Network)),
         extra: vec![("produce", produce_report.to_json())],
+        client_cpu: Some(client_cpu),
     };
     if args.output.json {
         eprint!("{}", produce_report.to_text());

@@ -103,6 +103,52 @@ pub struct Report {
     pub baseline: Option<(Baseline, Bound)>,
     /// Further results (e2e carries the producers' own report).
     pub extra: Vec<(&'static str, Value)>,
+    /// Cores the load generator itself used over the run ([`ClientCpu`]).
+    pub client_cpu: Option<ClientCpu>,
+}
+
+/// The load generator's own CPU over a run (user + system time of this
+/// process ÷ wall time), so a figure bound by the client, not the broker,
+/// says so (issue 19 item 6).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientCpu {
+    pub cores: f64,
+}
+
+impl ClientCpu {
+    /// Above this many cores the client may be what bounds the figure.
+    pub const WARN_CORES: f64 = 0.5;
+
+    /// Run `work` and measure the cores this process used meanwhile.
+    pub fn measure<T>(work: impl FnOnce() -> T) -> (T, ClientCpu) {
+        let (cpu_before, wall_before) = (process_cpu(), std::time::Instant::now());
+        let result = work();
+        let cpu = process_cpu().saturating_sub(cpu_before);
+        let wall = wall_before.elapsed().as_secs_f64().max(1e-9);
+        (
+            result,
+            ClientCpu {
+                cores: cpu.as_secs_f64() / wall,
+            },
+        )
+    }
+}
+
+/// User plus system CPU time this process has used.
+fn process_cpu() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is valid.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+            return Duration::ZERO;
+        }
+        usage.assume_init()
+    };
+    let time = |tv: libc::timeval| {
+        Duration::from_secs(tv.tv_sec.max(0) as u64)
+            + Duration::from_micros(tv.tv_usec.max(0) as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 impl Report {
@@ -148,6 +194,9 @@ impl Report {
             out["baseline_bound"] = json!(bound);
             out["baseline_ratio"] = json!(round(ratio));
         }
+        if let Some(cpu) = self.client_cpu {
+            out["client_cpu_cores"] = json!(round(cpu.cores));
+        }
         for (name, value) in &self.extra {
             out[*name] = value.clone();
         }
@@ -174,6 +223,18 @@ impl Report {
         );
         if let Some((ratio, bound, limit)) = self.ratio() {
             out += &format!("  baseline     {ratio:.2} of {bound} ({limit:.1} MB/s, same run)\n");
+        }
+        if let Some(cpu) = self.client_cpu {
+            out += &format!(
+                "  client cpu   {:.2} cores (the load generator itself)\n",
+                cpu.cores
+            );
+            if cpu.cores > ClientCpu::WARN_CORES {
+                out += &format!(
+                    "  warning      the load generator used more than {} of a core: this figure may be bound by the client, not the broker\n",
+                    ClientCpu::WARN_CORES
+                );
+            }
         }
         if r.errors > 0 {
             out += &format!(
@@ -247,8 +308,12 @@ mod tests {
             recorder: a,
             baseline: None,
             extra: Vec::new(),
+            client_cpu: Some(ClientCpu { cores: 0.75 }),
         };
+        assert!(report.to_text().contains("0.75 cores"));
+        assert!(report.to_text().contains("more than 0.5 of a core"));
         let value = report.to_json();
+        assert_eq!(value["client_cpu_cores"], 0.75);
         assert_eq!(value["throughput_mb_s"], 0.5);
         assert_eq!(value["records_per_s"], 500.0);
         assert!((value["p50_ms"].as_f64().unwrap() - 0.5).abs() < 0.01);
