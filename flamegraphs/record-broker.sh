@@ -5,6 +5,8 @@
 #   flamegraphs/record-broker.sh produce-acks1     # -> flamegraphs/broker-produce-acks1.svg
 #   flamegraphs/record-broker.sh produce-acks-all
 #   flamegraphs/record-broker.sh consume           # fills the log first, then profiles the reads
+#   flamegraphs/record-broker.sh consume-hot       # ~1 GB just written, read from the tail cache
+#                                                  # (issue 19: a 1 GiB cache per shard for this run)
 #   flamegraphs/record-broker.sh produce-small     # 10 x 100-byte records per batch: per-request costs
 #   flamegraphs/record-broker.sh produce-idempotent  # acks=all with producer ids (issue 13)
 #   flamegraphs/record-broker.sh compaction        # acks=all produce while the cleaner compacts a
@@ -24,10 +26,11 @@ case $load in
   produce-acks1) bench=(produce --acks 1 --duration "$seconds" --warmup 0) ;;
   produce-acks-all) bench=(produce --acks all --duration "$seconds" --warmup 0) ;;
   consume) bench=(consume) ;;
+  consume-hot) bench=(consume) ;;
   produce-small) bench=(produce --acks 1 --record-size 100 --batch-records 10 --duration "$seconds" --warmup 0) ;;
   produce-idempotent) bench=(produce --acks all --idempotent --rounds 1 --duration "$seconds" --warmup 0) ;;
   compaction) bench=(produce --acks all --duration "$seconds" --warmup 0) ;;
-  *) echo "unknown load $load: produce-acks1, produce-acks-all, consume, produce-small, produce-idempotent or compaction" >&2; exit 2 ;;
+  *) echo "unknown load $load: produce-acks1, produce-acks-all, consume, consume-hot, produce-small, produce-idempotent or compaction" >&2; exit 2 ;;
 esac
 cargo build --release --quiet
 sluice=target/release/sluice
@@ -38,6 +41,10 @@ config=/dev/null
 if [ "$load" = compaction ]; then
   config="$data.toml"
   printf '[storage]\ncleaner_backoff_ms = 100\n' >"$config"
+fi
+if [ "$load" = consume-hot ]; then
+  config="$data.toml"
+  printf '[storage]\ntail_cache_bytes = 1073741824\n' >"$config"
 fi
 "$sluice" serve --data-dir "$data" --config "$config" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics" \
   >"$data.log" 2>&1 &
@@ -58,6 +65,10 @@ if [ "$load" = compaction ]; then
 fi
 if [ "$load" = consume ]; then
   "$sluice" bench produce --brokers "127.0.0.1:$port" --acks 1 --duration "$seconds" --warmup 0 >/dev/null
+fi
+if [ "$load" = consume-hot ]; then
+  # 2 s at 500 MB/s: ~1 GB, all of it still in the shards' tail caches.
+  "$sluice" bench produce --brokers "127.0.0.1:$port" --acks 1 --rate 500 --duration 2 --warmup 0 >/dev/null
 fi
 perf record -e cpu-clock -F 999 -g -p "$broker" -o "$data.perf" >/dev/null 2>&1 &
 perf=$!
