@@ -36,6 +36,10 @@ pub struct Baseline {
     /// Reading back what the write pass wrote, through the page cache (as
     /// catch-up fetches read the log).
     pub disk_read_mb_s: f64,
+    /// Latency of one chunk's write + fdatasync, back to back: p50, p99,
+    /// p99.9 and max in ms (what an acks=all batch of this size cannot beat
+    /// on this disk; issue 19 item 5 compares the broker's p99 with it).
+    pub disk_sync_latency_ms: [f64; 4],
     pub chunk_bytes: usize,
     pub direct_io: bool,
 }
@@ -60,15 +64,21 @@ impl Baseline {
             "disk_sync_mb_s": round(self.disk_sync_mb_s),
             "disk_write_mb_s": round(self.disk_write_mb_s),
             "disk_read_mb_s": round(self.disk_read_mb_s),
+            "disk_sync_p50_ms": round(self.disk_sync_latency_ms[0]),
+            "disk_sync_p99_ms": round(self.disk_sync_latency_ms[1]),
+            "disk_sync_p999_ms": round(self.disk_sync_latency_ms[2]),
+            "disk_sync_max_ms": round(self.disk_sync_latency_ms[3]),
             "chunk_bytes": self.chunk_bytes,
             "direct_io": self.direct_io,
         })
     }
 
     pub fn to_text(&self) -> String {
+        let [p50, p99, p999, max] = self.disk_sync_latency_ms;
         format!(
             "baseline: {} B chunks\n  loopback TCP               {:.1} MB/s\n  \
-             write+fdatasync per chunk  {:.1} MB/s\n  sequential write           {:.1} MB/s\n  \
+             write+fdatasync per chunk  {:.1} MB/s (p50 {p50:.3} ms  p99 {p99:.3} ms  \
+             p99.9 {p999:.3} ms  max {max:.3} ms)\n  sequential write           {:.1} MB/s\n  \
              sequential read            {:.1} MB/s\n  ({}; MB = 10^6 bytes)\n",
             self.chunk_bytes,
             self.tcp_mb_s,
@@ -92,16 +102,40 @@ pub fn measure(
     duration: Duration,
 ) -> anyhow::Result<Baseline> {
     let tcp_mb_s = tcp(chunk_bytes, connections.max(1), duration)?;
-    let (disk_sync_mb_s, direct_io, _) = disk(data_dir, chunk_bytes, duration, true)?;
-    let (disk_write_mb_s, _, disk_read_mb_s) = disk(data_dir, chunk_bytes, duration, false)?;
+    let synced = disk(data_dir, chunk_bytes, duration, true)?;
+    let plain = disk(data_dir, chunk_bytes, duration, false)?;
     Ok(Baseline {
         tcp_mb_s,
-        disk_sync_mb_s,
-        disk_write_mb_s,
-        disk_read_mb_s,
+        disk_sync_mb_s: synced.write_mb_s,
+        disk_write_mb_s: plain.write_mb_s,
+        disk_read_mb_s: plain.read_mb_s,
+        disk_sync_latency_ms: latency_summary_ms(synced.chunk_latencies),
+        direct_io: synced.direct_io,
         chunk_bytes,
-        direct_io,
     })
+}
+
+/// What one disk pass measured.
+struct DiskPass {
+    write_mb_s: f64,
+    direct_io: bool,
+    /// Reading back what was written (plain pass only; 0 otherwise).
+    read_mb_s: f64,
+    /// Each chunk's write (and fdatasync, in the synced pass).
+    chunk_latencies: Vec<Duration>,
+}
+
+/// p50, p99, p99.9 and max of `latencies` in ms (zeros for none).
+fn latency_summary_ms(mut latencies: Vec<Duration>) -> [f64; 4] {
+    if latencies.is_empty() {
+        return [0.0; 4];
+    }
+    latencies.sort_unstable();
+    let at = |quantile: f64| {
+        let index = ((latencies.len() as f64 * quantile).ceil() as usize).clamp(1, latencies.len());
+        latencies[index - 1].as_secs_f64() * 1e3
+    };
+    [at(0.50), at(0.99), at(0.999), at(1.0)]
 }
 
 fn tcp(chunk_bytes: usize, connections: usize, duration: Duration) -> anyhow::Result<f64> {
@@ -148,7 +182,7 @@ fn disk(
     chunk_bytes: usize,
     duration: Duration,
     sync_each: bool,
-) -> anyhow::Result<(f64, bool, f64)> {
+) -> anyhow::Result<DiskPass> {
     let scratch_context = || format!("disk baseline in {}", dir.display());
     if !dir.is_dir() {
         anyhow::bail!(
@@ -170,15 +204,18 @@ fn disk(
     let started = Instant::now();
     let mut offset = 0u64;
     let mut written = 0u64;
+    let mut chunk_latencies = Vec::new();
     while started.elapsed() < duration {
         if offset + chunk.len() as u64 > SCRATCH_BYTES {
             offset = 0;
         }
+        let chunk_started = Instant::now();
         file.write_all_at(chunk.bytes(), offset)
             .with_context(scratch_context)?;
         if sync_each {
             file.sync_data().with_context(scratch_context)?;
         }
+        chunk_latencies.push(chunk_started.elapsed());
         offset += chunk.len() as u64;
         written += chunk.len() as u64;
     }
@@ -195,7 +232,12 @@ fn disk(
         )
         .with_context(scratch_context)?
     };
-    Ok((write_mb_s, direct_io, read_mb_s))
+    Ok(DiskPass {
+        write_mb_s,
+        direct_io,
+        read_mb_s,
+        chunk_latencies,
+    })
 }
 
 /// Sequential buffered reads of the first `len` bytes, cold: the cache is
@@ -281,5 +323,18 @@ impl Drop for AlignedChunk {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this layout.
         unsafe { dealloc(self.ptr, self.layout) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_latencies_summarize_as_nearest_rank_percentiles() {
+        let latencies: Vec<Duration> = (1..=1000).map(Duration::from_millis).collect();
+        assert_eq!(latency_summary_ms(latencies), [500.0, 990.0, 999.0, 1000.0]);
+        assert_eq!(latency_summary_ms(Vec::new()), [0.0; 4]);
+        assert_eq!(latency_summary_ms(vec![Duration::from_millis(3)]), [3.0; 4]);
     }
 }

@@ -182,6 +182,7 @@ fn e2e_measures_stamped_batches_and_baseline_gives_ratios() {
         "disk_sync_mb_s",
         "disk_write_mb_s",
         "disk_read_mb_s",
+        "disk_sync_p99_ms",
     ] {
         assert!(number(baseline, key) > 0.0, "{key} in {baseline}");
     }
