@@ -1,0 +1,737 @@
+#!/usr/bin/env bash
+# Sluice side by side with its peers and this host's limits, in one run
+# (issue 19 item 1):
+#
+#   benches/compare.sh [--json] [SLUICE_BINARY] [ROUNDS] [SECONDS]
+#
+# ROUNDS (3) rounds; in each, every system takes one turn: the host baseline,
+# Sluice, Apache Iggy and tansu, in that order in odd rounds and reversed in
+# even ones (A B C D, D C B A, ...), so that drift in the shared machine and
+# its disk falls on all of them alike. One shape throughout: 1 KiB records,
+# 1000 per batch, 2 producers or consumers, 2 partitions (Iggy: 2 streams of
+# one partition, one producer each). Each measured run lasts about SECONDS (4).
+#
+# Prints one table (stdout): min / median / max over rounds per system and
+# figure, the median over rounds of the figure ÷ the same round's host limit,
+# and of Sluice ÷ that system. --json prints a JSON object on stdout instead
+# (the table then goes to stderr). Progress goes to stderr.
+#
+# Binaries: Sluice from the argument or $SLUICE_BIN (target/release/sluice);
+# the peers from $IGGY_SERVER, $IGGY_BENCH and $TANSU, or decompressed from
+# $SLUICE_COMPARE_PEERS (../shared/peers)/*.zst into target/peers/. A peer
+# that is missing or cannot start is skipped with a line saying so.
+#
+# Throughput is payload: records/s × 1024 bytes, MB = 10^6 bytes (Iggy's bench
+# reports per-producer averages over different times; Sluice's own MB/s counts
+# batch headers too), so all systems are counted alike.
+#
+# Environment:
+#   SLUICE_COMPARE_DIR      where the data directories go (target/)
+#   SLUICE_COMPARE_MAX_MB   stop the run if the work directory passes this (10000)
+#   SLUICE_COMPARE_WARM_MB  MB produced, then consumed, for the consume rows (400)
+#   SLUICE_COMPARE_RATE_MB  fixed rate of the latency rows, MB/s (100)
+#   SLUICE_COMPARE_EXTRA_CONFIG  a TOML file appended to Sluice's config
+#                           (e.g. a [storage] section), for A/B of a setting
+#   IGGY_CONFIG             Iggy's config.toml (the peers' iggy-server-config.toml)
+#
+# Needs root for `echo 3 > /proc/sys/vm/drop_caches` (the cold rows); without
+# it the cold rows are marked as not cold. Kills everything it started on exit.
+set -euo pipefail
+
+usage="usage: compare.sh [--json] [SLUICE_BINARY] [ROUNDS] [SECONDS]"
+json=0
+if [ "${1:-}" = --json ]; then
+    json=1
+    shift
+fi
+case "${1:-}" in
+-h | --help)
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 0
+    ;;
+'' | *[!0-9]*) sluice=${1:-${SLUICE_BIN:-target/release/sluice}} && shift $(($# > 0 ? 1 : 0)) ;;
+*) sluice=${SLUICE_BIN:-target/release/sluice} ;;
+esac
+rounds=${1:-3}
+seconds=${2:-4}
+case "$rounds$seconds" in *[!0-9]*)
+    echo "$usage" >&2
+    exit 2
+    ;;
+esac
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+peers_dir=$(realpath -m "${SLUICE_COMPARE_PEERS:-$repo/../shared/peers}")
+max_mb=${SLUICE_COMPARE_MAX_MB:-10000}
+warm_mb=${SLUICE_COMPARE_WARM_MB:-400}
+rate_mb=${SLUICE_COMPARE_RATE_MB:-100}
+record_size=1024
+warmup_s=1
+clk_tck=$(getconf CLK_TCK)
+[ -x "$sluice" ] || {
+    echo "compare.sh: no Sluice binary at $sluice (build it: cargo build --release)" >&2
+    exit 2
+}
+sluice=$(cd "$(dirname "$sluice")" && pwd)/$(basename "$sluice")
+
+work=$(mktemp -d "${SLUICE_COMPARE_DIR:-$repo/target}/compare.XXXXXX")
+results=$work/results.tsv # round system figure value
+notes=$work/notes.tsv     # system figure note
+: >"$results"
+: >"$notes"
+pids=()
+
+say() { echo "compare.sh: $*" >&2; }
+
+# A process and its descendants (a backgrounded function's subshell leaves
+# its load generator behind otherwise), children first.
+kill_tree() { # PID
+    local child
+    for child in $(pgrep -P "$1" 2>/dev/null); do
+        kill_tree "$child"
+    done
+    kill "$1" 2>/dev/null || true
+}
+
+cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do
+        kill_tree "$pid"
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- helpers
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# utime + stime of a process, in clock ticks (fields 14 and 15 of
+# /proc/PID/stat; the name in field 2 may hold spaces, so cut after its ")").
+cpu_ticks() {
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
+
+record() { # ROUND SYSTEM FIGURE VALUE
+    [ -n "$4" ] || return 0
+    printf '%s\t%s\t%s\t%s\n' "$@" >>"$results"
+    say "  round $1 $2 $3 = $4"
+}
+
+note() { # SYSTEM FIGURE TEXT (kept once)
+    grep -qsF "$(printf '%s\t%s\t' "$1" "$2")" "$notes" || printf '%s\t%s\t%s\n' "$@" >>"$notes"
+}
+
+aborted() { [ -e "$work/ABORT" ]; }
+
+check_abort() {
+    if aborted; then
+        say "stopped: a data directory passed SLUICE_COMPARE_MAX_MB=$max_mb"
+        exit 1
+    fi
+}
+
+drop_caches() {
+    sync
+    if ! echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
+        say "cannot drop the page cache (not root?): the cold rows are not cold"
+        note all cold_mb_s "page cache NOT dropped (no permission)"
+    fi
+}
+
+# Stop the run if the work directory grows past max_mb: the disk is shared.
+# The broker whose pid is in $work/broker.pid is killed, and the main loop
+# stops at its next check.
+watchdog() {
+    while :; do
+        local used
+        used=$(du -sm "$work" 2>/dev/null | cut -f1)
+        if [ "${used:-0}" -gt "$max_mb" ]; then
+            aborted || say "$work holds ${used} MB, over SLUICE_COMPARE_MAX_MB=$max_mb: stopping"
+            touch "$work/ABORT"
+            kill "$(cat "$work/broker.pid" 2>/dev/null)" 2>/dev/null || true
+        fi
+        sleep 1
+    done
+}
+
+stop_broker() { # PID
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    rm -f "$work/broker.pid"
+}
+
+wait_for_log() { # FILE PATTERN PID: 0 once PATTERN is in FILE
+    local _
+    for _ in $(seq 200); do
+        grep -qs "$2" "$1" && return 0
+        kill -0 "$3" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+# Extract fields from a `sluice bench --json` object: MB/s of payload,
+# payload bytes, and latency percentiles; "-" where the run failed.
+sluice_json() { # FILE FIELD...
+    python3 - "$@" <<'PY'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+    size = r["settings"].get("record_size", 1024)  # consume does not echo it
+    out = []
+    for f in sys.argv[2:]:
+        if f == "mb_s": out.append("%.1f" % (r["records_per_s"] * size / 1e6))
+        elif f == "payload_bytes": out.append("%d" % (r["records"] * size))
+        else: out.append("%.3f" % r[f])
+except Exception:
+    out = ["-" for _ in sys.argv[2:]]
+print(" ".join(out))
+PY
+}
+
+# The same from iggy-bench's report.json (its `output` subcommand):
+# payload MB/s = all producers' messages × size ÷ the longest producer's time.
+iggy_json() { # DIR FIELD...
+    python3 - "$@" <<'PY'
+import glob, json, sys
+try:
+    r = json.load(open(glob.glob(sys.argv[1] + "/*/report.json")[0]))
+    ind = [m["summary"] for m in r["individual_metrics"]]
+    g = r["group_metrics"][0]["summary"]
+    payload = sum(m["total_messages"] for m in ind) * r["params"]["message_size"]
+    secs = max(m["total_time_secs"] for m in ind)
+    out = []
+    for f in sys.argv[2:]:
+        if f == "mb_s": out.append("%.1f" % (payload / secs / 1e6))
+        elif f == "payload_bytes": out.append("%d" % payload)
+        elif f == "max_ms": out.append("%.3f" % g["max_latency_ms"])
+        else: out.append("%.3f" % g["average_" + f.replace("_ms", "_latency_ms")])
+except Exception:
+    out = ["-" for _ in sys.argv[2:]]
+print(" ".join(out))
+PY
+}
+
+div() { # A B [SCALE]: A / B × SCALE, or "" when either is missing
+    python3 -c 'import sys
+a, b, k = sys.argv[1], sys.argv[2], float(sys.argv[3])
+try: print("%.3f" % (float(a) / float(b) * k))
+except (ValueError, ZeroDivisionError): print("")' "$1" "$2" "${3:-1}"
+}
+
+# Seconds of a sized run expected to last about `seconds`: MB to send, from
+# the rate a system showed before (its first round guesses).
+sized_mb() { # MB_S_ESTIMATE
+    python3 -c 'import sys; print(max(100, int(float(sys.argv[1]) * int(sys.argv[2]))))' "$1" "$seconds"
+}
+
+# Produce about warm_mb MB with a timed load generator: at a fixed rate for
+# whole seconds, the rate chosen below what acks=1 reached this round.
+warm_plan() { # ACKS1_MB_S -> "DURATION RATE"
+    python3 -c 'import math, sys
+mb, fast = float(sys.argv[1]), float(sys.argv[2] or 200)
+d = max(1, math.ceil(mb / (0.7 * fast)))
+print(d, "%.1f" % (mb / d))' "$warm_mb" "${1:-}"
+}
+
+# ---------------------------------------------------------------- peers
+
+find_peer() { # NAME ENV_VALUE -> path or ""
+    local name=$1 given=$2
+    if [ -n "$given" ]; then
+        [ -x "$given" ] && echo "$given"
+        return 0
+    fi
+    if [ -x "$repo/target/peers/$name" ]; then
+        echo "$repo/target/peers/$name"
+    elif [ -f "$peers_dir/$name.zst" ] && command -v zstd >/dev/null; then
+        mkdir -p "$repo/target/peers"
+        zstd -q -d -f "$peers_dir/$name.zst" -o "$repo/target/peers/$name" &&
+            chmod +x "$repo/target/peers/$name" && echo "$repo/target/peers/$name"
+    fi
+}
+
+missing_libs() { # BINARY -> the shared libraries it cannot find
+    ldd "$1" 2>/dev/null | awk '/not found/ { print $1 }' | tr '\n' ' '
+}
+
+skipped=()
+systems=(baseline sluice)
+iggy_server=$(find_peer iggy-server "${IGGY_SERVER:-}")
+iggy_bench=$(find_peer iggy-bench "${IGGY_BENCH:-}")
+iggy_config=${IGGY_CONFIG:-$peers_dir/iggy-server-config.toml}
+if [ -z "$iggy_server" ] || [ -z "$iggy_bench" ]; then
+    skipped+=("iggy: no binaries (set IGGY_SERVER and IGGY_BENCH, or put iggy-server.zst and iggy-bench.zst in $peers_dir)")
+elif [ ! -f "$iggy_config" ]; then
+    skipped+=("iggy: no config file (set IGGY_CONFIG; $peers_dir/iggy-server-config.toml is missing)")
+elif [ -n "$(missing_libs "$iggy_server")$(missing_libs "$iggy_bench")" ]; then
+    skipped+=("iggy: missing shared libraries: $(missing_libs "$iggy_server")$(missing_libs "$iggy_bench")(on Debian: apt-get install libhwloc15)")
+else
+    systems+=(iggy)
+fi
+tansu=$(find_peer tansu "${TANSU:-}")
+if [ -z "$tansu" ]; then
+    skipped+=("tansu: no binary (set TANSU, or put tansu.zst in $peers_dir)")
+elif [ -n "$(missing_libs "$tansu")" ]; then
+    skipped+=("tansu: missing shared libraries: $(missing_libs "$tansu")")
+else
+    systems+=(tansu)
+fi
+for line in "${skipped[@]}"; do
+    say "skipped $line"
+done
+
+# ---------------------------------------------------------------- baseline
+
+dd_read_mb_s() { # FILE [DD_FLAG]: MB/s of reading FILE once, 1 MiB at a time
+    local t0 t1 bytes
+    bytes=$(stat -c %s "$1")
+    t0=$(date +%s.%N)
+    dd if="$1" of=/dev/null bs=1M status=none "${@:2}"
+    t1=$(date +%s.%N)
+    python3 -c 'import sys; print("%.1f" % (int(sys.argv[1]) / 1e6 / (float(sys.argv[3]) - float(sys.argv[2]))))' \
+        "$bytes" "$t0" "$t1"
+}
+
+turn_baseline() { # ROUND
+    local r=$1 dir=$work/baseline out
+    mkdir -p "$dir"
+    out=$work/baseline.json
+    if timeout $((8 * seconds + 60)) "$sluice" bench baseline --data-dir "$dir" \
+        --duration "$seconds" --json >"$out" 2>"$work/baseline.err"; then
+        # One batch's write+fdatasync is the floor of an acks=all ack: its
+        # mean from the throughput, and its percentiles where the baseline
+        # reports them (disk_sync_p99_ms and so on, newer builds).
+        local figure value
+        while read -r figure value; do
+            record "$r" host "$figure" "$value"
+        done < <(python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+for ours, theirs in [("tcp_mb_s", "tcp_mb_s"), ("write_mb_s", "disk_write_mb_s"),
+                     ("sync_mb_s", "disk_sync_mb_s"), ("read_mb_s", "disk_read_mb_s"),
+                     ("sync_p50_ms", "disk_sync_p50_ms"), ("sync_p99_ms", "disk_sync_p99_ms"),
+                     ("sync_p999_ms", "disk_sync_p999_ms"), ("sync_max_ms", "disk_sync_max_ms")]:
+    if theirs in r:
+        print(ours, r[theirs])
+print("sync_chunk_ms", "%.3f" % (r["chunk_bytes"] / 1e3 / r["disk_sync_mb_s"]))' "$out")
+    else
+        say "sluice bench baseline failed: $(tail -3 "$work/baseline.err")"
+    fi
+    # A cold sequential read of WARM_MB, as a consumer of cold data meets
+    # it: written through the page cache, the cache dropped, read back with
+    # the kernel's read-ahead; and the same file read with O_DIRECT, 1 MiB
+    # at a time (what a reader that bypasses the page cache gets).
+    dd if=/dev/zero of="$dir/cold" bs=1M count="$warm_mb" conv=fsync status=none
+    drop_caches
+    record "$r" host cold_read_mb_s "$(dd_read_mb_s "$dir/cold")"
+    record "$r" host direct_read_mb_s "$(dd_read_mb_s "$dir/cold" iflag=direct)"
+    rm -rf "$dir"
+}
+
+# ---------------------------------------------------------------- Kafka-API brokers
+
+# A timed produce through `sluice bench produce`; prints the JSON file.
+kafka_produce() { # TAG ADDRESS FLAGS...
+    local tag=$1 addr=$2
+    shift 2
+    timeout $((warmup_s + seconds + 120)) "$sluice" bench produce --brokers "$addr" --json "$@" \
+        >"$work/$tag.json" 2>"$work/$tag.err" || say "$tag failed: $(tail -2 "$work/$tag.err" | tr '\n' ' ')"
+}
+
+kafka_consume() { # TAG ADDRESS TOPIC
+    timeout 300 "$sluice" bench consume --brokers "$2" --topic "$3" --duration 240 --json \
+        >"$work/$1.json" 2>"$work/$1.err" || say "$1 failed: $(tail -2 "$work/$1.err" | tr '\n' ' ')"
+}
+
+# acks=1 produce with the broker's CPU time sampled from the end of the
+# warm-up to the end of the run; records MB/s and CPU s per GB.
+kafka_acks1() { # ROUND SYSTEM ADDRESS PID
+    local r=$1 sys=$2 addr=$3 pid=$4 bench t0 t1 mb bytes
+    eval "last_acks1_$sys="
+    kafka_produce "$sys-acks1" "$addr" --acks 1 --duration "$seconds" --warmup "$warmup_s" --topic a1 &
+    bench=$!
+    pids+=("$bench")
+    sleep "$warmup_s"
+    t0=$(cpu_ticks "$pid" 2>/dev/null || echo "")
+    wait "$bench" || true
+    t1=$(cpu_ticks "$pid" 2>/dev/null || echo "")
+    read -r mb bytes < <(sluice_json "$work/$sys-acks1.json" mb_s payload_bytes)
+    [ "$mb" = - ] && return 0
+    record "$r" "$sys" acks1_mb_s "$mb"
+    if [ -n "$t0" ] && [ -n "$t1" ]; then
+        record "$r" "$sys" cpu_s_per_gb "$(div $((t1 - t0)) "$bytes" "$(python3 -c "print(1e9 / $clk_tck)")")"
+    fi
+    eval "last_acks1_$sys=$mb"
+}
+
+kafka_acksall_and_latency() { # ROUND SYSTEM ADDRESS
+    local r=$1 sys=$2 addr=$3 mb p50 p99 p999 max
+    kafka_produce "$sys-acksall" "$addr" --acks all --duration "$seconds" --warmup "$warmup_s" --topic aall
+    read -r mb < <(sluice_json "$work/$sys-acksall.json" mb_s)
+    [ "$mb" = - ] || record "$r" "$sys" acksall_mb_s "$mb"
+    kafka_produce "$sys-lat" "$addr" --acks all --rate "$rate_mb" --duration "$seconds" \
+        --warmup "$warmup_s" --topic lat
+    read -r p50 p99 p999 max < <(sluice_json "$work/$sys-lat.json" p50_ms p99_ms p999_ms max_ms)
+    if [ "$p50" != - ]; then
+        record "$r" "$sys" lat_p50_ms "$p50"
+        record "$r" "$sys" lat_p99_ms "$p99"
+        record "$r" "$sys" lat_p999_ms "$p999"
+        record "$r" "$sys" lat_max_ms "$max"
+    fi
+}
+
+# Produce about warm_mb MB on topic `warm` and consume it at once.
+kafka_warm() { # ROUND SYSTEM ADDRESS
+    local r=$1 sys=$2 addr=$3 d rate mb last
+    last=last_acks1_$sys
+    read -r d rate < <(warm_plan "${!last:-}")
+    kafka_produce "$sys-warmfill" "$addr" --acks 1 --duration "$d" --warmup 0 --rate "$rate" --topic warm
+    kafka_consume "$sys-warm" "$addr" warm
+    read -r mb < <(sluice_json "$work/$sys-warm.json" mb_s)
+    [ "$mb" = - ] || record "$r" "$sys" warm_mb_s "$mb"
+}
+
+# ---------------------------------------------------------------- Sluice
+
+sluice_start() { # DIR CONFIG -> sets broker, addr
+    local dir=$1 config=$2 log=$1.log
+    mkdir -p "$dir"
+    # A fresh log per start: a restart must not find the last start's "ready".
+    "$sluice" serve --config "$config" --data-dir "$dir" --listen 127.0.0.1:0 \
+        --metrics-listen 127.0.0.1:0 2>"$log" &
+    broker=$!
+    pids+=("$broker")
+    echo "$broker" >"$work/broker.pid"
+    if ! wait_for_log "$log" "sluice ready" "$broker"; then
+        say "Sluice did not start: $(tail -3 "$log")"
+        return 1
+    fi
+    addr=$(grep "sluice ready" "$log" | tail -1 | sed 's/.* kafka=\([^ ]*\).*/\1/')
+}
+
+sluice_config() { # FILE RETENTION_MS
+    printf '[retention]\nretention_ms = %s\ncheck_interval_ms = 1000\n' "$2" >"$1"
+    if [ -n "${SLUICE_COMPARE_EXTRA_CONFIG:-}" ]; then
+        cat "$SLUICE_COMPARE_EXTRA_CONFIG" >>"$1"
+    fi
+}
+
+turn_sluice() { # ROUND
+    local r=$1 dir=$work/sluice-$1 a1 mb
+    # Produce phases write up to ~1 GB/s: keep 5 s of data, as produce-compare.sh does.
+    sluice_config "$work/sluice-short.toml" 5000
+    sluice_start "$dir" "$work/sluice-short.toml" || return 0
+    kafka_acks1 "$r" sluice "$addr" "$broker"
+    check_abort
+    kafka_produce sluice-p1000 "$addr" --acks 1 --partitions 1000 --duration "$seconds" \
+        --warmup "$warmup_s" --topic p1000
+    read -r mb < <(sluice_json "$work/sluice-p1000.json" mb_s)
+    a1=${last_acks1_sluice:-}
+    [ "$mb" = - ] || record "$r" sluice p1000_ratio "$(div "$mb" "$a1")"
+    check_abort
+    kafka_acksall_and_latency "$r" sluice "$addr"
+    stop_broker "$broker"
+    rm -rf "$dir" "$dir.log"
+    check_abort
+
+    # Consume rows: a broker that keeps its data (no deletion mid-read).
+    sluice_config "$work/sluice-keep.toml" 3600000
+    sluice_start "$dir" "$work/sluice-keep.toml" || return 0
+    kafka_warm "$r" sluice "$addr"
+    stop_broker "$broker"
+    check_abort
+    # Cold: page cache dropped and the broker restarted, so nothing it or the
+    # kernel kept in memory (a tail cache, if it has one) serves the read.
+    drop_caches
+    if sluice_start "$dir" "$work/sluice-keep.toml"; then
+        kafka_consume sluice-cold "$addr" warm
+        read -r mb < <(sluice_json "$work/sluice-cold.json" mb_s)
+        [ "$mb" = - ] || record "$r" sluice cold_mb_s "$mb"
+        stop_broker "$broker"
+    fi
+    rm -rf "$dir" "$dir.log"
+}
+
+# ---------------------------------------------------------------- tansu
+
+tansu_start() { # -> sets broker, addr
+    local port log=$work/tansu.log
+    port=$(free_port)
+    addr=127.0.0.1:$port
+    : >"$log"
+    "$tansu" broker --listener-url "tcp://$addr" --advertised-listener-url "tcp://$addr" \
+        --storage-engine memory://tansu/ >"$log" 2>&1 &
+    broker=$!
+    pids+=("$broker")
+    if ! wait_for_log "$log" "ready in" "$broker"; then
+        say "tansu did not start: $(tail -3 "$log")"
+        return 1
+    fi
+}
+
+turn_tansu() { # ROUND
+    local r=$1
+    # tansu keeps everything in memory: a fresh broker per phase frees it.
+    tansu_start || return 0
+    kafka_acks1 "$r" tansu "$addr" "$broker"
+    stop_broker "$broker"
+    tansu_start || return 0
+    kafka_acksall_and_latency "$r" tansu "$addr"
+    stop_broker "$broker"
+    tansu_start || return 0
+    kafka_warm "$r" tansu "$addr"
+    stop_broker "$broker"
+    note tansu acksall_mb_s "memory storage: not durable"
+    note tansu cold_mb_s "memory storage only: no cold data"
+}
+
+# ---------------------------------------------------------------- Iggy
+
+iggy_start() { # DIR FSYNC(true|false) -> sets broker, addr
+    local dir=$1 fsync=$2 port
+    port=$(free_port)
+    addr=127.0.0.1:$port
+    mkdir -p "$dir"
+    (
+        cd "$dir" &&
+            IGGY_CONFIG_PATH=$iggy_config IGGY_SYSTEM_PATH=$dir/data IGGY_TCP_ADDRESS=$addr \
+                IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy \
+                IGGY_HTTP_ENABLED=false IGGY_QUIC_ENABLED=false IGGY_WEBSOCKET_ENABLED=false \
+                IGGY_SYSTEM_SHARDING_CPU_ALLOCATION=2 IGGY_SYSTEM_PARTITION_ENFORCE_FSYNC=$fsync \
+                exec "$iggy_server" >"$dir/server.log" 2>&1
+    ) &
+    broker=$!
+    pids+=("$broker")
+    echo "$broker" >"$work/broker.pid"
+    if ! wait_for_log "$dir/server.log" "TCP server has started" "$broker"; then
+        say "Iggy did not start: $(tail -3 "$dir/server.log" | sed 's/\x1b\[[0-9;]*m//g')"
+        return 1
+    fi
+}
+
+# iggy-bench is sized, not timed: it sends TOTAL_MB in all, then stops.
+iggy_run() { # TAG KIND(pp|pc) TOTAL_MB WARMUP_S [GLOBAL_FLAG...]
+    local tag=$1 kind=$2 total=$3 warm=$4 actors
+    shift 4
+    rm -rf "$work/$tag.out"
+    if [ "$kind" = pc ]; then actors=(pinned-consumer --streams 2 --consumers 2); else
+        actors=(pinned-producer --streams 2 --producers 2)
+    fi
+    timeout $((10 * seconds + 120)) "$iggy_bench" -m "$record_size" -P 1000 -T "${total}MB" \
+        -w "${warm}s" "$@" "${actors[@]}" tcp --server-address "$addr" output -o "$work/$tag.out" \
+        >"$work/$tag.log" 2>&1 || say "iggy $tag failed: $(tail -2 "$work/$tag.log" | sed 's/\x1b\[[0-9;]*m//g' | tr '\n' ' ')"
+}
+
+turn_iggy() { # ROUND
+    local r=$1 dir=$work/iggy-$1 bench t0 t1 mb bytes p50 p99 p999 max
+    # acks=1 counterpart: fsync off.
+    iggy_start "$dir" false || return 0
+    iggy_run iggy-acks1 pp "$(sized_mb "${iggy_est_acks1:-400}")" "$warmup_s" &
+    bench=$!
+    pids+=("$bench")
+    sleep "$warmup_s.1" # stream creation takes ~0.1 s before the warm-up
+    t0=$(cpu_ticks "$broker" 2>/dev/null || echo "")
+    wait "$bench" || true
+    t1=$(cpu_ticks "$broker" 2>/dev/null || echo "")
+    read -r mb bytes < <(iggy_json "$work/iggy-acks1.out" mb_s payload_bytes)
+    if [ "$mb" != - ]; then
+        record "$r" iggy acks1_mb_s "$mb"
+        iggy_est_acks1=$mb
+        if [ -n "$t0" ] && [ -n "$t1" ]; then
+            record "$r" iggy cpu_s_per_gb "$(div $((t1 - t0)) "$bytes" "$(python3 -c "print(1e9 / $clk_tck)")")"
+        fi
+    fi
+    check_abort
+    # Warm: a fresh WARM_MB (the producer bench recreates its streams), read at once.
+    iggy_run iggy-warmfill pp "$warm_mb" 0
+    iggy_run iggy-warm pc "$warm_mb" 0
+    read -r mb < <(iggy_json "$work/iggy-warm.out" mb_s)
+    [ "$mb" = - ] || record "$r" iggy warm_mb_s "$mb"
+    stop_broker "$broker"
+    check_abort
+    drop_caches
+    if iggy_start "$dir" false; then
+        iggy_run iggy-cold pc "$warm_mb" 0
+        read -r mb < <(iggy_json "$work/iggy-cold.out" mb_s)
+        [ "$mb" = - ] || record "$r" iggy cold_mb_s "$mb"
+        stop_broker "$broker"
+    fi
+    rm -rf "$dir"
+    check_abort
+
+    # acks=all counterpart: fsync on.
+    iggy_start "$dir" true || return 0
+    iggy_run iggy-acksall pp "$(sized_mb "${iggy_est_acksall:-300}")" "$warmup_s"
+    read -r mb < <(iggy_json "$work/iggy-acksall.out" mb_s)
+    if [ "$mb" != - ]; then
+        record "$r" iggy acksall_mb_s "$mb"
+        iggy_est_acksall=$mb
+    fi
+    check_abort
+    iggy_run iggy-lat pp $((rate_mb * seconds)) "$warmup_s" -r "${rate_mb}MB"
+    read -r p50 p99 p999 max < <(iggy_json "$work/iggy-lat.out" p50_ms p99_ms p999_ms max_ms)
+    if [ "$p50" != - ]; then
+        record "$r" iggy lat_p50_ms "$p50"
+        record "$r" iggy lat_p99_ms "$p99"
+        record "$r" iggy lat_p999_ms "$p999"
+        record "$r" iggy lat_max_ms "$max"
+    fi
+    stop_broker "$broker"
+    rm -rf "$dir"
+    note iggy acks1_mb_s "fsync off"
+    note iggy acksall_mb_s "IGGY_SYSTEM_PARTITION_ENFORCE_FSYNC=true"
+    note iggy lat_p99_ms "iggy-bench -r ${rate_mb}MB, fsync on; percentiles: mean over its 2 producers"
+    note iggy cpu_s_per_gb "fsync off"
+}
+
+# ---------------------------------------------------------------- the run
+
+watchdog &
+pids+=("$!")
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+binary_info="$sluice ($(stat -c %y "$sluice" | cut -c1-19))"
+say "work directory $work; systems: ${systems[*]}; $rounds rounds of ${seconds} s runs"
+for r in $(seq "$rounds"); do
+    order=("${systems[@]}")
+    if [ $((r % 2)) -eq 0 ]; then
+        order=()
+        for ((i = ${#systems[@]} - 1; i >= 0; i--)); do order+=("${systems[i]}"); done
+    fi
+    say "round $r/$rounds: ${order[*]}"
+    for sys in "${order[@]}"; do
+        say " $sys"
+        "turn_$sys" "$r"
+        check_abort
+    done
+done
+
+# ---------------------------------------------------------------- the table
+
+printf '%s\n' "${skipped[@]}" >"$work/skipped.txt"
+context="Sluice binary $binary_info; load average at start $load_start, at end $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$results" "$notes" "$work/skipped.txt" "$json" "$rounds" "$seconds" "$warm_mb" "$rate_mb" \
+    "${systems[*]}" "$context" <<'PY'
+import json, statistics, sys
+results, notes_f, skipped_f, as_json = sys.argv[1:5]
+rounds, seconds, warm_mb, rate_mb = (int(x) for x in sys.argv[5:9])
+systems = [s for s in ["sluice", "iggy", "tansu"] if s in sys.argv[9].split()]
+context = sys.argv[10]
+names = {"sluice": "Sluice", "iggy": "Apache Iggy", "tansu": "tansu", "host": "host"}
+
+val = {}  # (round, system, figure) -> value
+for line in open(results):
+    r, s, f, v = line.rstrip("\n").split("\t")
+    val[(int(r), s, f)] = float(v)
+notes = {}
+for line in open(notes_f):
+    s, f, t = line.rstrip("\n").split("\t")
+    notes[(s, f)] = t
+skipped = [l.strip() for l in open(skipped_f) if l.strip()]
+
+# figure, label, the host limit it is divided by (None: no ratio)
+figures = [
+    ("acks1_mb_s", "produce acks=1, MB/s", "write_mb_s"),
+    ("acksall_mb_s", "produce acks=all, MB/s", "sync_mb_s"),
+    ("warm_mb_s", "consume just written (%d MB), MB/s" % warm_mb, "tcp_mb_s"),
+    ("cold_mb_s", "consume cold (cache dropped, restarted), MB/s", "cold_read_mb_s"),
+    ("cpu_s_per_gb", "broker CPU s per GB produced, acks=1 (lower is better)", None),
+    # The host's own write+fdatasync of one batch: the same percentile where
+    # the baseline reports it, else the mean.
+    ("lat_p50_ms", "acks=all at %d MB/s: p50 ms" % rate_mb, ("sync_p50_ms", "sync_chunk_ms")),
+    ("lat_p99_ms", "acks=all at %d MB/s: p99 ms" % rate_mb, ("sync_p99_ms", "sync_chunk_ms")),
+    ("lat_p999_ms", "acks=all at %d MB/s: p99.9 ms" % rate_mb, ("sync_p999_ms", "sync_chunk_ms")),
+    ("lat_max_ms", "acks=all at %d MB/s: max ms" % rate_mb, ("sync_max_ms", "sync_chunk_ms")),
+    ("p1000_ratio", "1000 partitions ÷ 2, acks=1 MB/s (goal ≥ 0.9 every round)", None),
+]
+host = [
+    ("tcp_mb_s", "host: loopback TCP, MB/s"),
+    ("write_mb_s", "host: sequential write (O_DIRECT), MB/s"),
+    ("sync_mb_s", "host: write + fdatasync per 1 MB batch, MB/s"),
+    ("sync_chunk_ms", "host: one 1 MB write + fdatasync, ms (mean)"),
+    ("sync_p50_ms", "host: one 1 MB write + fdatasync, p50 ms"),
+    ("sync_p99_ms", "host: one 1 MB write + fdatasync, p99 ms"),
+    ("sync_p999_ms", "host: one 1 MB write + fdatasync, p99.9 ms"),
+    ("sync_max_ms", "host: one 1 MB write + fdatasync, max ms"),
+    ("read_mb_s", "host: read back after O_DIRECT write (bench baseline), MB/s"),
+    ("cold_read_mb_s", "host: cold sequential read (dd after drop_caches), MB/s"),
+    ("direct_read_mb_s", "host: sequential read, dd iflag=direct 1 MiB, MB/s"),
+]
+limit_names = {
+    "write_mb_s": "seq write", "sync_mb_s": "write+fdatasync", "tcp_mb_s": "loopback TCP",
+    "cold_read_mb_s": "cold read", "sync_chunk_ms": "host 1 MB write+fdatasync (mean)",
+    "sync_p50_ms": "host 1 MB write+fdatasync p50", "sync_p99_ms": "host 1 MB write+fdatasync p99",
+    "sync_p999_ms": "host 1 MB write+fdatasync p99.9", "sync_max_ms": "host 1 MB write+fdatasync max",
+}
+
+def fmt(x):
+    if x is None: return "–"
+    a = abs(x)
+    return "%.0f" % x if a >= 100 else "%.1f" % x if a >= 10 else "%.2f" % x if a >= 0.1 else "%.3f" % x
+
+def per_round(s, f):
+    return {r: val[(r, s, f)] for r in range(1, rounds + 1) if (r, s, f) in val}
+
+def ratios(num, den):
+    return [num[r] / den[r] for r in sorted(num) if r in den and den[r]]
+
+def spread(xs):
+    if not xs: return None
+    return {"min": min(xs), "median": statistics.median(xs), "max": max(xs), "n": len(xs)}
+
+def fmt_ratio(xs):
+    if not xs: return "–"
+    m = statistics.median(xs)
+    return fmt(m) if len(xs) == 1 else "%s (%s–%s)" % (fmt(m), fmt(min(xs)), fmt(max(xs)))
+
+rows, summary = [], []
+for f, label, limit in figures:
+    if isinstance(limit, tuple):  # the first candidate measured in this run
+        limit = next((l for l in limit if per_round("host", l)), limit[-1])
+    lim = per_round("host", limit) if limit else {}
+    for s in systems:
+        v = per_round(s, f)
+        note = "; ".join(n for n in (notes.get((s, f)), notes.get(("all", f))) if n)
+        if not v and not note:
+            continue
+        st = spread(list(v.values()))
+        lr = ratios(v, lim) if limit else []
+        sr = ratios(per_round("sluice", f), v) if s != "sluice" else []
+        rows.append([label, names[s], fmt(st and st["min"]), fmt(st and st["median"]), fmt(st and st["max"]),
+                     ("%s × %s" % (fmt_ratio(lr), limit_names[limit])) if lr else "–",
+                     fmt_ratio(sr), note])
+        summary.append({"figure": f, "system": s, "values": v, "spread": st,
+                        "per_host_limit": {"limit": limit, "median": statistics.median(lr) if lr else None, "rounds": lr},
+                        "sluice_over_system": {"median": statistics.median(sr) if sr else None, "rounds": sr},
+                        "note": note})
+for f, label in host:
+    v = per_round("host", f)
+    if not v: continue
+    st = spread(list(v.values()))
+    rows.append([label, "host", fmt(st["min"]), fmt(st["median"]), fmt(st["max"]), "–", "–", ""])
+    summary.append({"figure": f, "system": "host", "values": v, "spread": st})
+
+head = ["figure", "system", "min", "median", "max", "÷ same-round host limit (median, range)",
+        "Sluice ÷ system (median, range)", "note"]
+lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+lines += ["| " + " | ".join(row) + " |" for row in rows]
+lines.append("")
+lines.append("%d rounds, %d s per run; 1 KiB records, 1000 per batch, 2 producers/consumers, 2 partitions; "
+             "MB = 10^6 bytes of payload (records/s × 1024)." % (rounds, seconds))
+lines.append(context + ".")
+for s in skipped:
+    lines.append("skipped " + s)
+table = "\n".join(lines)
+if as_json == "1":
+    print(table, file=sys.stderr)
+    print(json.dumps({"rounds": rounds, "seconds": seconds, "warm_mb": warm_mb, "rate_mb_s": rate_mb,
+                      "context": context, "systems": systems, "skipped": skipped, "figures": summary}, indent=1))
+else:
+    print(table)
+PY
