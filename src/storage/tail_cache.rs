@@ -17,11 +17,14 @@
 //! only ask for bytes below the high watermark, which is written.
 //!
 //! Memory: frames are packed into arenas (`BytesMut`, split per frame), so a
-//! frame costs no allocation of its own; an arena is reused once every frame
-//! cut from it is evicted and no response still holds one. What the cache
-//! keeps is bounded by `storage.tail_cache_bytes`, counting each frame's
-//! length plus its bookkeeping; arenas add at most a few steps on top, and a
-//! response still being sent keeps its frames' arena alive until it is.
+//! frame costs no allocation of its own; a frame over an eighth of an arena
+//! gets a buffer of its own size, so large batches waste no arena tails.
+//! What counts against `storage.tail_cache_bytes` is the whole capacity of
+//! every buffer holding a cached frame (unused arena tails included) plus
+//! each frame's bookkeeping, so the budget bounds the memory, not just the
+//! frame bytes. A spent arena is reused once every frame cut from it is
+//! evicted and no response still holds one; a response still being sent
+//! keeps its frames' buffer alive until it is.
 
 use std::collections::VecDeque;
 
@@ -31,9 +34,12 @@ use crate::ids::LogPosition;
 
 /// Bookkeeping counted against the budget for each cached frame.
 const PIECE_OVERHEAD_BYTES: u64 = std::mem::size_of::<Piece>() as u64;
-/// Arena size bounds: an eighth of the budget, within these.
+/// Arena size: a 32nd of the budget (the newest arena is charged whole
+/// before it fills), within these bounds.
 const ARENA_MIN_BYTES: u64 = 64 * 1024;
 const ARENA_MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// Frames over this fraction of an arena get a buffer of their own.
+const OWN_BUFFER_OVER_ARENA_DIVISOR: usize = 8;
 
 /// A cached frame: its log position and bytes.
 #[derive(Debug)]
@@ -48,6 +54,15 @@ impl Piece {
     }
 }
 
+/// A buffer frames were copied into, in the order the frames were: its
+/// capacity is charged while any of its frames is cached.
+#[derive(Debug)]
+struct BufferUse {
+    capacity: u64,
+    /// Cached frames cut from it (the next `frames` of `pieces` in order).
+    frames: usize,
+}
+
 /// The newest frames of one commit log, up to a byte budget.
 #[derive(Debug)]
 pub struct TailCache {
@@ -56,27 +71,34 @@ pub struct TailCache {
     arena_bytes: usize,
     /// Ascending by position, non-overlapping (gaps where segments roll).
     pieces: VecDeque<Piece>,
-    /// Frame bytes plus bookkeeping of `pieces`: at most `budget` (the
-    /// newest frame is kept even when it alone passes it).
+    /// The buffers behind `pieces`, oldest first; the last is `current`'s.
+    buffers: VecDeque<BufferUse>,
+    /// Capacity of `buffers` plus bookkeeping of `pieces`: at most `budget`
+    /// (the newest frame is kept even when it alone passes it).
     charged: u64,
-    /// The arena frames are copied into; empty, with spare capacity.
-    arena: BytesMut,
+    /// The buffer frames are copied into; empty, with spare capacity.
+    current: BytesMut,
+    /// Whether `current` is an arena (reused once spent), not a large
+    /// frame's own buffer or the empty one a cache starts with.
+    current_is_arena: bool,
     /// Filled arenas, oldest first, reused once no frame of theirs is held.
     spent: VecDeque<BytesMut>,
-    /// Arenas allocated so far (reuse keeps this flat in a steady stream).
+    /// Buffers allocated so far (reuse keeps this flat in a steady stream).
     allocations: u64,
 }
 
 impl TailCache {
     /// A cache of at most `budget` bytes (0: off, nothing is kept).
     pub fn new(budget: u64) -> TailCache {
-        let arena_bytes = (budget / 8).clamp(ARENA_MIN_BYTES, ARENA_MAX_BYTES) as usize;
+        let arena_bytes = (budget / 32).clamp(ARENA_MIN_BYTES, ARENA_MAX_BYTES) as usize;
         TailCache {
             budget,
             arena_bytes,
             pieces: VecDeque::new(),
+            buffers: VecDeque::new(),
             charged: 0,
-            arena: BytesMut::new(),
+            current: BytesMut::new(),
+            current_is_arena: false,
             spent: VecDeque::new(),
             allocations: 0,
         }
@@ -87,8 +109,7 @@ impl TailCache {
     /// larger than the whole budget is not kept.
     pub fn push(&mut self, position: LogPosition, parts: &[&[u8]]) {
         let len: usize = parts.iter().map(|part| part.len()).sum();
-        let charge = len as u64 + PIECE_OVERHEAD_BYTES;
-        if charge > self.budget {
+        if len as u64 + PIECE_OVERHEAD_BYTES > self.budget {
             return;
         }
         if let Some(last) = self.pieces.back() {
@@ -99,15 +120,19 @@ impl TailCache {
         }
         self.make_room(len);
         for part in parts {
-            self.arena.extend_from_slice(part);
+            self.current.extend_from_slice(part);
         }
-        let bytes = self.arena.split().freeze();
+        let bytes = self.current.split().freeze();
         self.pieces.push_back(Piece {
             start: position,
             bytes,
         });
-        self.charged += charge;
-        while self.charged > self.budget {
+        self.buffers
+            .back_mut()
+            .expect("make_room opened a buffer")
+            .frames += 1;
+        self.charged += PIECE_OVERHEAD_BYTES;
+        while self.charged > self.budget && self.pieces.len() > 1 {
             self.pop_oldest();
         }
     }
@@ -137,42 +162,70 @@ impl TailCache {
         }
     }
 
-    /// Frame bytes plus bookkeeping held, for the gauge and tests.
+    /// Memory charged: capacity of the buffers holding cached frames plus
+    /// bookkeeping (`sluice_log_tail_cache_bytes`).
     pub fn charged_bytes(&self) -> u64 {
         self.charged
     }
 
     fn pop_oldest(&mut self) {
-        let oldest = self.pieces.pop_front().expect("a frame to evict");
-        self.charged -= oldest.bytes.len() as u64 + PIECE_OVERHEAD_BYTES;
+        self.pieces.pop_front().expect("a frame to evict");
+        self.charged -= PIECE_OVERHEAD_BYTES;
+        let buffers = self.buffers.len();
+        let oldest = self
+            .buffers
+            .front_mut()
+            .expect("a cached frame has a buffer");
+        oldest.frames -= 1;
+        if oldest.frames == 0 && buffers > 1 {
+            self.charged -= oldest.capacity;
+            self.buffers.pop_front();
+        }
     }
 
-    /// Leave `self.arena` with room for `len` more bytes: the current arena,
-    /// else the oldest spent one no frame of which is held any more, else a
-    /// new allocation.
+    /// Leave `self.current` with room for `len` more bytes: the current
+    /// arena, else a buffer of the frame's own size for a large frame, else
+    /// the oldest spent arena no frame of which is held any more, else a new
+    /// arena. A buffer opened here is charged whole.
     fn make_room(&mut self, len: usize) {
-        if self.arena.capacity() >= len {
+        if self.current.capacity() >= len && !self.buffers.is_empty() {
             return;
         }
-        if self.allocations > 0 {
-            self.spent.push_back(std::mem::take(&mut self.arena));
+        let previous = std::mem::take(&mut self.current);
+        if self.current_is_arena {
+            self.spent.push_back(previous);
         }
-        let want = len.max(self.arena_bytes);
-        if let Some(oldest) = self.spent.front_mut()
-            && oldest.try_reclaim(want)
+        if self.buffers.back().is_some_and(|buffer| buffer.frames == 0) {
+            // The last buffer holds no cached frame (all forgotten): it is
+            // no longer charged once replaced.
+            let unused = self.buffers.pop_back().expect("checked above");
+            self.charged -= unused.capacity;
+        }
+        self.current_is_arena = len <= self.arena_bytes / OWN_BUFFER_OVER_ARENA_DIVISOR;
+        if !self.current_is_arena {
+            self.current = BytesMut::with_capacity(len);
+            self.allocations += 1;
+        } else if let Some(oldest) = self.spent.front_mut()
+            && oldest.try_reclaim(self.arena_bytes)
         {
-            self.arena = self.spent.pop_front().expect("checked above");
+            self.current = self.spent.pop_front().expect("checked above");
         } else {
-            self.arena = BytesMut::with_capacity(want);
+            self.current = BytesMut::with_capacity(self.arena_bytes);
             self.allocations += 1;
         }
+        let capacity = self.current.capacity() as u64;
+        self.buffers.push_back(BufferUse {
+            capacity,
+            frames: 0,
+        });
+        self.charged += capacity;
         // Spent arenas beyond what the budget can fill are let go: their
         // memory is freed once the last frame or response holding it is.
         let kept_max = (self.budget / self.arena_bytes as u64) as usize + 2;
         while self.spent.len() > kept_max {
             self.spent.pop_front();
         }
-        assert!(self.arena.is_empty() && self.arena.capacity() >= len);
+        assert!(self.current.is_empty() && self.current.capacity() >= len);
     }
 }
 
@@ -207,27 +260,30 @@ mod tests {
     fn the_oldest_frames_go_past_the_budget_and_arenas_are_reused() {
         let budget = 1 << 20;
         let mut cache = TailCache::new(budget);
-        let len = 10_000usize;
+        let len = 5_000usize;
         let mut position = 0u64;
-        for round in 0..1000u64 {
+        for round in 0..2000u64 {
             cache.push(LogPosition(position), &[&frame(round as u8, len)]);
             position += len as u64;
             assert!(cache.charged_bytes() <= budget);
         }
         let kept = cache.pieces.len() as u64;
-        assert_eq!(kept, budget / (len as u64 + PIECE_OVERHEAD_BYTES));
+        assert!(
+            kept * len as u64 >= budget * 8 / 10,
+            "{kept} frames of {len} bytes kept in a {budget}-byte budget"
+        );
         let newest = LogPosition(position - len as u64);
         assert_eq!(
             cache.get(newest, LogPosition(position)).unwrap(),
-            frame(999u64 as u8, len)
+            frame(1999u64 as u8, len)
         );
         let evicted = LogPosition(position - (kept + 1) * len as u64);
         assert!(cache.get(evicted, evicted.plus(len as u64)).is_none());
-        // 10 MB went through a 1 MiB cache in 128 KiB arenas: about 80
-        // arenas' worth, from the few the budget holds, reused.
-        assert_eq!(cache.arena_bytes, 128 * 1024);
+        // 10 MB went through a 1 MiB cache in 64 KiB arenas: about 160
+        // arenas' worth, from the 16 or so the budget holds, reused.
+        assert_eq!(cache.arena_bytes, 64 * 1024);
         assert!(
-            cache.allocations <= 12,
+            cache.allocations <= 20,
             "{} arenas allocated",
             cache.allocations
         );
@@ -274,6 +330,48 @@ mod tests {
                 .get(LogPosition(1 << 16), LogPosition((1 << 16) + 100))
                 .is_some()
         );
-        assert_eq!(cache.charged_bytes(), 100 + PIECE_OVERHEAD_BYTES);
+        // The arena still holds the kept frame: it stays charged whole.
+        assert_eq!(
+            cache.charged_bytes(),
+            cache.arena_bytes as u64 + PIECE_OVERHEAD_BYTES
+        );
+        cache.forget_below(LogPosition(1 << 20));
+        cache.push(LogPosition(1 << 20), &[&frame(3, 100)]);
+        assert_eq!(
+            cache.charged_bytes(),
+            cache.arena_bytes as u64 + PIECE_OVERHEAD_BYTES
+        );
+    }
+
+    /// Found by the breaker trial: frames a little over half an arena each
+    /// took a whole arena, and the budget counted only their bytes, so a
+    /// 64 MiB cache of 2.1 MB batches held 114 MiB. Now the budget counts
+    /// buffer capacity, and large frames get buffers of their own size.
+    #[test]
+    fn the_budget_bounds_buffer_capacity_for_frames_of_any_size() {
+        let budget = 8 << 20;
+        for len in [1_000usize, 70_000, 140_000, 600_000, 2_000_000] {
+            let mut cache = TailCache::new(budget);
+            let mut position = 0u64;
+            for round in 0..2 * budget / len as u64 {
+                cache.push(LogPosition(position), &[&frame(round as u8, len)]);
+                position += len as u64;
+                assert!(cache.charged_bytes() <= budget, "{len}-byte frames");
+            }
+            let capacity: u64 = cache.buffers.iter().map(|buffer| buffer.capacity).sum();
+            assert!(
+                capacity <= budget,
+                "{len}-byte frames: {capacity} bytes of buffers"
+            );
+            let cached: u64 = cache
+                .pieces
+                .iter()
+                .map(|piece| piece.bytes.len() as u64)
+                .sum();
+            assert!(
+                cached >= budget * 3 / 4,
+                "{len}-byte frames: only {cached} bytes cached in {budget}"
+            );
+        }
     }
 }
