@@ -299,6 +299,21 @@ impl CheckpointWriter {
             self.written_sequence = sequence;
             return Ok(()); // nothing changed: no disk write on an idle shard
         }
+        // Write every file's dirty pages back and wait for all of them
+        // first, then fdatasync each. Straight fdatasyncs, one file after
+        // another, each wrote its pages, whose completion changes the file's
+        // extents (reserved blocks become written), and committed the
+        // journal for that alone: a thousand partitions cost a thousand
+        // journal commits a second, and the commit log's own fdatasyncs
+        // (acks=all) queued behind them (p50 875 ms at 100 MB/s right after
+        // 1000 partitions were written, issue 19). With the writeback done
+        // first, the first fdatasync commits every file's change at once and
+        // the others find theirs committed.
+        for wait in [false, true] {
+            for file in &self.pending {
+                write_back(file, wait);
+            }
+        }
         for file in &self.pending {
             file.sync_data().map_err(|source| CheckpointError::Io {
                 path: root.to_owned(),
@@ -311,4 +326,21 @@ impl CheckpointWriter {
         self.written = Some(checkpoint.clone());
         Ok(())
     }
+}
+
+/// Start the writeback of `file`'s dirty pages, or (`wait`) wait for all of
+/// it to finish (`sync_file_range`). Only a hint for the fdatasync that
+/// follows, which reports any error: a failure here is ignored.
+fn write_back(file: &File, wait: bool) {
+    use std::os::fd::AsRawFd;
+    let flags = if wait {
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER
+    } else {
+        libc::SYNC_FILE_RANGE_WRITE
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; the
+    // descriptor is open for as long as `file` is.
+    unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) };
 }
