@@ -2,7 +2,8 @@
 //! 13, design 5.3 items 5, 7, 8 and a light 9): a kafkajs transaction
 //! committed and one aborted; confluent-kafka transactions alternating
 //! commit and abort; two confluent-kafka producers with one transactional
-//! id, the newer fencing the older; a transactional producer killed with
+//! id, the newer fencing the older; confluent-kafka aborting without a
+//! flush right after a commit; a transactional producer killed with
 //! kill -9 inside a transaction, which the coordinator must abort after its
 //! timeout; and a transactional producer committing through repeated kill
 //! -9 of the broker.
@@ -490,6 +491,71 @@ fn confluent_kafka_transactions_alternating_commit_and_abort_read_committed_exac
              high watermark"
         );
     }
+}
+
+/// Found by the breaker trial: a confluent-kafka producer that aborts
+/// without flushing, right after a commit, must not fail fatally. Its
+/// AddPartitionsToTxn reaches the coordinator while the committed
+/// transaction's markers are written (a debug-build failpoint holds them
+/// 300 ms); librdkafka counts that request as one that may have added the
+/// partition even when it was refused with CONCURRENT_TRANSACTIONS, and
+/// sends EndTxn(abort), which the coordinator answered INVALID_TXN_STATE
+/// once the commit had completed: fatal for the producer, around its third
+/// transaction. Every transaction must end as the script asked, and
+/// read_committed read exactly the committed ones.
+#[test]
+fn confluent_kafka_abort_without_flush_right_after_a_commit_is_not_fatal() {
+    let test = "confluent_kafka_abort_unflushed";
+    let Some(clients) = test_clients::installed(test) else {
+        return;
+    };
+    const TRANSACTIONS: usize = 8;
+    const RECORDS: usize = 10;
+    // Inside the 300 ms the failpoint holds the markers: the abort comes
+    // while the coordinator is still busy with the commit before it.
+    const PAUSE_BEFORE_ABORT_MS: u64 = 100;
+    let topic = "confluent-abort-unflushed";
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = BrokerProcess::command(&dir.path().join("data"), &[]);
+    command.env("SLUICE_FAILPOINT", "txn_slow_markers");
+    let broker = BrokerProcess::start_command(command);
+    kafka_clients::create_topic(&broker.address, topic, 1, &[]);
+
+    let mut producer = clients.python(
+        "confluent_txn_abort_unflushed.py",
+        &[
+            &broker.address,
+            topic,
+            &TRANSACTIONS.to_string(),
+            &RECORDS.to_string(),
+            &PAUSE_BEFORE_ABORT_MS.to_string(),
+        ],
+    );
+    let report: TxnReport = producer.finish_as(CLIENT_RUN_TIMEOUT);
+    report.assert_finished(&producer);
+    let expected_outcomes: Vec<Outcome> = (0..TRANSACTIONS)
+        .map(|number| {
+            if number % 2 == 0 {
+                Outcome::Committed
+            } else {
+                Outcome::Aborted
+            }
+        })
+        .collect();
+    assert_eq!(report.outcomes(), expected_outcomes, "{}", report.client);
+
+    let committed = read(clients, &broker.address, topic, 1, Isolation::ReadCommitted);
+    assert_read_exactly(
+        &committed,
+        &report.values_where(|transaction| transaction.outcome == Outcome::Committed),
+        "read_committed",
+    );
+    let (stable, high) = stable_and_high_offsets(&broker.address, topic, 1)[0];
+    assert_eq!(
+        stable, high,
+        "no transaction is left open on the partition, so the last stable offset is the high \
+         watermark"
+    );
 }
 
 /// Issue 13, design 5.3 item 8 (KIP-98 fencing): a second confluent-kafka

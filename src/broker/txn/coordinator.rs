@@ -5,9 +5,14 @@
 //! shard's thread at start, after replaying the `__transaction_state`
 //! partitions the shard owns, and found by requests routed there. One
 //! thread serves every transactional id it coordinates, so there are no
-//! locks; a flag per id (`pending`) makes a request that arrives while the
-//! id's previous change is being written get CONCURRENT_TRANSACTIONS
-//! (retriable), as Kafka's `pendingState` does.
+//! locks; a flag per id (`busy.rs`) marks the id busy while a change is
+//! written or its markers sent, as Kafka's `pendingState` does.
+//! InitProducerId arriving then gets CONCURRENT_TRANSACTIONS (retriable);
+//! AddPartitionsToTxn, AddOffsetsToTxn and EndTxn wait for it in arrival
+//! order (at most `BUSY_WAIT_MAX`, then CONCURRENT_TRANSACTIONS), each
+//! handed the id in turn, so a transaction begun while the previous one's
+//! markers are written is added to, not refused, and an abort sent right
+//! behind it finds it open (see `begin_in_turn`).
 //!
 //! Every change is a record appended to the id's partition and applied to
 //! the table when it has its place in the log (under the writer lock, so
@@ -53,6 +58,7 @@ use kafka_protocol::ResponseError;
 use thiserror::Error;
 
 use super::TXN_TOPIC;
+use super::busy::{Busy, Handoff, Waiter};
 use super::markers::{self, MarkerRequest};
 use super::records::{self, TxnMetadata, TxnState};
 use crate::broker::Broker;
@@ -82,6 +88,19 @@ const SNAPSHOT_RECORDS_PER_BATCH: usize = 100;
 /// Back-off between attempts to write a marker or a completion.
 pub(super) const RETRY_BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub(super) const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long AddPartitionsToTxn, AddOffsetsToTxn and EndTxn wait for their
+/// id's change in progress (most often the previous transaction's markers
+/// and completion) before answering CONCURRENT_TRANSACTIONS. Far above a
+/// completion's few fsyncs, far under the clients' request timeouts (30 s
+/// in the Java client, librdkafka's `socket.timeout.ms` 60 s).
+const BUSY_WAIT_MAX: Duration = Duration::from_secs(5);
+/// Requests that may wait for one id at once; more get
+/// CONCURRENT_TRANSACTIONS at once (a producer has one or two in flight).
+const BUSY_WAITERS_MAX: usize = 8;
+/// Debug builds with `SLUICE_FAILPOINT=txn_slow_markers`: how long a
+/// completion waits before its markers, so that a test's next requests
+/// find the id busy.
+const FAILPOINT_SLOW_MARKERS_DELAY: Duration = Duration::from_millis(300);
 
 thread_local! {
     static LOCAL: RefCell<Option<Rc<TxnCoordinator>>> = const { RefCell::new(None) };
@@ -127,9 +146,48 @@ pub enum TxnWriteError {
 #[derive(Debug)]
 struct TxnEntry {
     meta: TxnMetadata,
-    /// A change is being written or its markers sent: other requests get
-    /// CONCURRENT_TRANSACTIONS.
-    pending: bool,
+    /// Held while a change is written or its markers sent: other requests
+    /// wait their turn or get CONCURRENT_TRANSACTIONS.
+    busy: Busy,
+}
+
+/// A place in an id's queue; leaving it early (timed out, dropped) takes
+/// the request out of the queue, or passes the id on if it was handed
+/// over already.
+struct Queued<'a> {
+    coordinator: &'a TxnCoordinator,
+    id: &'a str,
+    waiter: Rc<Waiter>,
+    taken: bool,
+}
+
+impl Queued<'_> {
+    /// The id's state if the request holds the id now (it is then the
+    /// request's to `finish`); CONCURRENT_TRANSACTIONS otherwise.
+    fn take(mut self) -> Result<TxnMetadata, i16> {
+        if self.waiter.handoff() != Handoff::Granted {
+            return Err(concurrent());
+        }
+        self.taken = true;
+        self.coordinator.describe(self.id).ok_or_else(concurrent)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if self.taken {
+            return;
+        }
+        match self.waiter.handoff() {
+            Handoff::Granted => self.coordinator.finish(self.id),
+            Handoff::Waiting => {
+                if let Some(entry) = self.coordinator.txns.borrow_mut().get_mut(self.id) {
+                    entry.busy.leave(&self.waiter);
+                }
+            }
+            Handoff::Gone => {}
+        }
+    }
 }
 
 /// One `__transaction_state` partition this coordinator serves.
@@ -240,7 +298,7 @@ impl TxnCoordinator {
                     && index.is_none_or(|index| key_partition(id, partitions) == index)
             })
             .map(|(id, entry)| {
-                entry.pending = true;
+                entry.busy.hold();
                 id.clone()
             })
             .collect();
@@ -388,7 +446,7 @@ impl TxnCoordinator {
                         transactional_id,
                         TxnEntry {
                             meta,
-                            pending: false,
+                            busy: Busy::free(),
                         },
                     );
                 }
@@ -402,19 +460,54 @@ impl TxnCoordinator {
     /// Mark `id` busy; CONCURRENT_TRANSACTIONS if it already is.
     fn begin(&self, id: &str) -> Result<Option<TxnMetadata>, i16> {
         let mut txns = self.txns.borrow_mut();
-        match txns.get_mut(id) {
-            None => Ok(None),
-            Some(entry) if entry.pending => Err(concurrent()),
-            Some(entry) => {
-                entry.pending = true;
-                Ok(Some(entry.meta.clone()))
-            }
+        let Some(entry) = txns.get_mut(id) else {
+            return Ok(None);
+        };
+        if !entry.busy.try_hold() {
+            return Err(concurrent());
         }
+        Ok(Some(entry.meta.clone()))
     }
 
+    /// Like `begin`, but a request that finds `id` busy waits its turn, in
+    /// arrival order, up to [`BUSY_WAIT_MAX`], before it gets
+    /// CONCURRENT_TRANSACTIONS. The requests a client sends as it begins
+    /// its next transaction (AddPartitionsToTxn, AddOffsetsToTxn) thus wait
+    /// for the previous one's markers instead of being refused: librdkafka
+    /// counts a refused AddPartitionsToTxn as one that may have added its
+    /// partitions, and an abort right after it sends EndTxn(abort), which
+    /// the completed transaction could only answer with a fatal
+    /// INVALID_TXN_STATE (found by the breaker trial; librdkafka issue
+    /// 4849). An EndTxn queued behind them ends what they began.
+    async fn begin_in_turn(&self, id: &str) -> Result<Option<TxnMetadata>, i16> {
+        let waiter = {
+            let mut txns = self.txns.borrow_mut();
+            let Some(entry) = txns.get_mut(id) else {
+                return Ok(None);
+            };
+            if entry.busy.try_hold() {
+                return Ok(Some(entry.meta.clone()));
+            }
+            entry
+                .busy
+                .enqueue(BUSY_WAITERS_MAX)
+                .ok_or_else(concurrent)?
+        };
+        let queued = Queued {
+            coordinator: self,
+            id,
+            waiter,
+            taken: false,
+        };
+        let _ = compio::time::timeout(BUSY_WAIT_MAX, queued.waiter.settled()).await;
+        queued.take().map(Some)
+    }
+
+    /// Release `id`: to the first request waiting for it, if any (it stays
+    /// held, so nothing arriving meanwhile overtakes the queue).
     fn finish(&self, id: &str) {
         if let Some(entry) = self.txns.borrow_mut().get_mut(id) {
-            entry.pending = false;
+            entry.busy.release();
         }
     }
 
@@ -526,7 +619,7 @@ impl TxnCoordinator {
             id.to_owned(),
             TxnEntry {
                 meta: meta.clone(),
-                pending: true,
+                busy: Busy::held(),
             },
         );
         let written = self.write(id, Some(meta)).await;
@@ -642,7 +735,8 @@ impl TxnCoordinator {
         fenced: i16,
     ) -> Result<(), i16> {
         let meta = self
-            .begin(id)?
+            .begin_in_turn(id)
+            .await?
             .ok_or_else(|| ResponseError::InvalidProducerIdMapping.code())?;
         let answer = self
             .add_partitions_known(id, meta, producer_id, epoch, partitions, fenced)
@@ -708,7 +802,8 @@ impl TxnCoordinator {
         fenced: i16,
     ) -> Result<(), i16> {
         let meta = self
-            .begin(id)?
+            .begin_in_turn(id)
+            .await?
             .ok_or_else(|| ResponseError::InvalidProducerIdMapping.code())?;
         if let Err(code) = check_producer(&meta, producer_id, epoch, fenced) {
             self.finish(id);
@@ -723,7 +818,7 @@ impl TxnCoordinator {
                     TxnState::PrepareAbort
                 };
                 next.last_update_ms = now_ms();
-                // The completion task clears `pending`.
+                // The completion task releases the id.
                 return self.prepare_and_complete(id, next).await;
             }
             (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => Ok(()),
@@ -735,7 +830,7 @@ impl TxnCoordinator {
     }
 
     /// Write `next` (a Prepare* state) and, once it is durable, start
-    /// writing the markers; `id` stays pending until they are all stored.
+    /// writing the markers; `id` stays held until they are all stored.
     /// On a failed write nothing changed and `id` is released.
     async fn prepare_and_complete(self: &Rc<Self>, id: &str, next: TxnMetadata) -> Result<(), i16> {
         debug_assert!(next.state.is_prepare());
@@ -805,8 +900,8 @@ impl TxnCoordinator {
     }
 
     /// Write a marker to every partition of `id`'s decided transaction, then
-    /// its Complete* state; retried with back-off until done. Clears
-    /// `pending` at the end.
+    /// its Complete* state; retried with back-off until done.
+    /// Releases the id at the end.
     async fn complete(self: Rc<Self>, id: String) {
         let Some(meta) = self.txns.borrow().get(&id).map(|entry| entry.meta.clone()) else {
             return;
@@ -822,6 +917,9 @@ impl TxnCoordinator {
         if crate::failpoint::active("txn_before_markers") {
             tracing::warn!(transactional_id = %id, "failpoint txn_before_markers: holding the markers back");
             std::future::pending::<()>().await;
+        }
+        if crate::failpoint::active("txn_slow_markers") {
+            compio::time::sleep(FAILPOINT_SLOW_MARKERS_DELAY).await;
         }
         // The coordinator epoch is the leader epoch of the id's
         // `__transaction_state` partition this coordinator loaded (Kafka's
@@ -882,7 +980,7 @@ impl TxnCoordinator {
             .borrow()
             .iter()
             .filter(|(_, entry)| {
-                !entry.pending
+                !entry.busy.is_held()
                     && entry.meta.state == TxnState::Ongoing
                     && now.saturating_sub(entry.meta.start_ms) > i64::from(entry.meta.timeout_ms)
             })
@@ -919,7 +1017,7 @@ impl TxnCoordinator {
             .borrow()
             .iter()
             .filter(|(_, entry)| {
-                !entry.pending
+                !entry.busy.is_held()
                     && matches!(
                         entry.meta.state,
                         TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort

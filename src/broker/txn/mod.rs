@@ -1,5 +1,6 @@
 //! Kafka transactions (KIP-98): the transaction coordinator and its log.
 //!
+//! * `busy`: an id's busy flag and the requests waiting their turn.
 //! * [`records`]: the `__transaction_state` records (one per transactional
 //!   id, the latest wins) and the transaction states.
 //! * [`coordinator`]: a shard's coordinator: the transactional ids whose
@@ -17,6 +18,7 @@
 //! partitions' own logs, and the producer state that enforces them is
 //! rebuilt from there (`storage::producer_state`).
 
+mod busy;
 pub mod coordinator;
 pub mod markers;
 pub mod records;
