@@ -134,6 +134,21 @@ pub(crate) fn listed<'a>(errors: impl IntoIterator<Item = &'a ClientError>) -> S
 impl TxnReport {
     /// Panics, with the client's errors and stderr, if the script stopped on
     /// an error.
+    /// The scripts commit even-numbered transactions and abort odd ones:
+    /// `transactions` of them must have ended that way.
+    fn assert_alternating_outcomes(&self, transactions: usize) {
+        let expected: Vec<Outcome> = (0..transactions)
+            .map(|number| {
+                if number % 2 == 0 {
+                    Outcome::Committed
+                } else {
+                    Outcome::Aborted
+                }
+            })
+            .collect();
+        assert_eq!(self.outcomes(), expected, "{}", self.client);
+    }
+
     pub(crate) fn assert_finished(&self, client: &ClientProcess) {
         assert!(
             self.error.is_none(),
@@ -446,16 +461,7 @@ fn confluent_kafka_transactions_alternating_commit_and_abort_read_committed_exac
     );
     let report: TxnReport = producer.finish_as(CLIENT_RUN_TIMEOUT);
     report.assert_finished(&producer);
-    let expected_outcomes: Vec<Outcome> = (0..TRANSACTIONS)
-        .map(|number| {
-            if number % 2 == 0 {
-                Outcome::Committed
-            } else {
-                Outcome::Aborted
-            }
-        })
-        .collect();
-    assert_eq!(report.outcomes(), expected_outcomes, "{}", report.client);
+    report.assert_alternating_outcomes(TRANSACTIONS);
 
     let committed = read(
         clients,
@@ -522,10 +528,11 @@ fn confluent_kafka_abort_without_flush_right_after_a_commit_is_not_fatal() {
     kafka_clients::create_topic(&broker.address, topic, 1, &[]);
 
     let mut producer = clients.python(
-        "confluent_txn_abort_unflushed.py",
+        "confluent_transactions.py",
         &[
             &broker.address,
             topic,
+            "1",
             &TRANSACTIONS.to_string(),
             &RECORDS.to_string(),
             &PAUSE_BEFORE_ABORT_MS.to_string(),
@@ -533,16 +540,7 @@ fn confluent_kafka_abort_without_flush_right_after_a_commit_is_not_fatal() {
     );
     let report: TxnReport = producer.finish_as(CLIENT_RUN_TIMEOUT);
     report.assert_finished(&producer);
-    let expected_outcomes: Vec<Outcome> = (0..TRANSACTIONS)
-        .map(|number| {
-            if number % 2 == 0 {
-                Outcome::Committed
-            } else {
-                Outcome::Aborted
-            }
-        })
-        .collect();
-    assert_eq!(report.outcomes(), expected_outcomes, "{}", report.client);
+    report.assert_alternating_outcomes(TRANSACTIONS);
 
     let committed = read(clients, &broker.address, topic, 1, Isolation::ReadCommitted);
     assert_read_exactly(
