@@ -31,9 +31,10 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::config::Config;
+use crate::ids::ShardId;
 use crate::shard::{ShardContext, ShardGone, Shards};
-use crate::storage::PartitionError;
 use crate::storage::partition::validate_topic_name;
+use crate::storage::{NewPartition, PartitionError, ShardStore};
 use broker_config::{BrokerScope, StaticSettings};
 use metadata::{MetadataError, MetadataStore, TopicId, TopicMeta};
 use metadata_command::{Applied, MetadataCommand, Refusal};
@@ -638,15 +639,24 @@ impl Broker {
     ) -> Result<(), TopicError> {
         // In a cluster the other nodes create theirs when they see the
         // change (`reconcile_on_change`).
+        // Each owner shard gets its partitions in one call and makes their
+        // files off its thread; the shards work at the same time.
         let cluster = self.metadata.snapshot();
+        let mut by_owner: BTreeMap<ShardId, Vec<u32>> = BTreeMap::new();
         for index in indexes.filter(|&index| self.is_placed_here(&cluster, &topic.name, index)) {
+            by_owner
+                .entry(shards.owner(&topic.name, index))
+                .or_default()
+                .push(index);
+        }
+        let calls = by_owner.into_iter().map(|(owner, indexes)| {
             let topic = Arc::clone(topic);
-            shards
-                .call(
-                    shards.owner(&topic.name, index),
-                    move |context| async move { create_partition_here(&context, &topic, index) },
-                )
-                .await??;
+            shards.call(owner, move |context| async move {
+                create_partitions_here(&context, &topic, indexes).await
+            })
+        });
+        for created in futures_util::future::join_all(calls).await {
+            created??;
         }
         Ok(())
     }
@@ -708,6 +718,43 @@ pub fn create_partition_here(
         Ok(_) | Err(PartitionError::AlreadyExists { .. }) => Ok(()),
         Err(source) => Err(TopicError::Storage { source }),
     }
+}
+
+/// Create the partitions `indexes` of `topic` this shard owns and lacks,
+/// their files made off the shard thread
+/// ([`crate::storage::ShardStore::create_partitions`]).
+pub async fn create_partitions_here(
+    context: &ShardContext,
+    topic: &TopicMeta,
+    indexes: Vec<u32>,
+) -> Result<(), TopicError> {
+    // On a cluster node partitions spread over several shard-group stores.
+    let mut by_store: Vec<(Rc<ShardStore>, Vec<NewPartition>)> = Vec::new();
+    for index in indexes {
+        let store = context.store_for(&topic.name, index);
+        let wanted = NewPartition {
+            topic: topic.name.clone(),
+            index,
+            id: topic.partition_id(index),
+            config: topic.storage_config(),
+        };
+        match by_store
+            .iter_mut()
+            .find(|(held, _)| Rc::ptr_eq(held, &store))
+        {
+            Some((_, batch)) => batch.push(wanted),
+            None => by_store.push((store, vec![wanted])),
+        }
+    }
+    for (store, batch) in by_store {
+        for created in store.create_partitions(batch).await {
+            match created {
+                Ok(_) | Err(PartitionError::AlreadyExists { .. }) => {}
+                Err(source) => return Err(TopicError::Storage { source }),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn delete_partition_here(

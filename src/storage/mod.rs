@@ -27,6 +27,7 @@ pub mod frame;
 pub mod layout;
 pub mod leader_epochs;
 pub mod partition;
+mod partition_create;
 mod preallocate;
 pub mod producer_snapshot;
 pub mod producer_state;
@@ -50,6 +51,7 @@ pub mod watermark;
 mod write_path;
 
 pub use partition::PartitionConfig;
+pub use partition_create::NewPartition;
 pub use read_path::read_batch_bytes;
 pub use recovery::{CheckpointStatus, RecoveryReport};
 pub use shard_store::{

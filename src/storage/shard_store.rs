@@ -28,12 +28,9 @@ use super::checkpointer::{CheckpointWriter, ProducerSnapshots};
 use super::commit_log::{CommitLog, LogOptions, LogStats};
 use super::consume_queue::QueueError;
 use super::disk_usage::{DiskUsageProbe, statvfs_probe};
-use super::durable_file::write_atomic;
 use super::frame::FRAME_HEADER_BYTES;
 use super::layout::ShardLayout;
-use super::partition::{
-    META_FILE, Partition, PartitionConfig, PartitionMeta, StoredBytesStep, validate_topic_name,
-};
+use super::partition::{Partition, PartitionConfig, StoredBytesStep};
 use super::producer_state::AbortedTxn;
 use super::recovery::{RecoveryOptions, RecoveryReport, recover};
 use super::retention::{self, DiskPressure};
@@ -188,6 +185,9 @@ pub(super) struct StoreState {
     /// durably (`u64::MAX` otherwise).
     pub(super) visible_limit: u64,
     pub(super) next_partition_id: u32,
+    /// Partitions whose files are being made (`partition_create.rs`), by
+    /// name: their names and ids are taken.
+    pub(super) creating: HashMap<(String, u32), PartitionId>,
     /// Compaction commit frames stored but not applied yet.
     pub(super) compaction: super::compaction::collector::Collector,
     /// Delayed records by due time (issue 18; `timer_store.rs`).
@@ -224,6 +224,9 @@ pub struct ShardStore {
     /// The position of the newest producer snapshot on disk; its lock
     /// serialises the writes, so an older one never replaces a newer one.
     pub(super) producer_snapshot_written: Arc<std::sync::Mutex<LogPosition>>,
+    /// The partition-id counter last written to disk; its lock serialises
+    /// the writes, so a late batch never records a smaller one.
+    pub(super) partition_ids_written: Arc<std::sync::Mutex<u32>>,
     pub(super) recovery: RecoveryReport,
     pub(super) tasks: RefCell<Vec<compio::runtime::JoinHandle<()>>>,
     pub(super) flusher: RefCell<Option<compio::runtime::JoinHandle<()>>>,
@@ -362,6 +365,7 @@ impl ShardStore {
             );
             partitions.insert(partition.id(), partition);
         }
+        let next_partition_id = recovered.next_partition_id;
         let state = StoreState {
             durable_frame_end: recovered.end,
             log,
@@ -370,7 +374,8 @@ impl ShardStore {
             pending: VecDeque::new(),
             visible: 0,
             visible_limit: u64::MAX,
-            next_partition_id: recovered.next_partition_id,
+            next_partition_id,
+            creating: HashMap::new(),
             compaction: recovered.compaction,
             timer,
             timer_fault: None,
@@ -391,6 +396,7 @@ impl ShardStore {
             flusher_stop: Cell::new(false),
             checkpoint_sequence: Cell::new(0),
             checkpoint_writer: Arc::default(),
+            partition_ids_written: Arc::new(std::sync::Mutex::new(next_partition_id)),
             producer_snapshot_written: Arc::new(std::sync::Mutex::new(producer_snapshots.taken())),
             producer_snapshots: RefCell::new(producer_snapshots),
             recovery: recovered.report,
@@ -561,92 +567,6 @@ impl ShardStore {
 
 // Partitions.
 impl ShardStore {
-    /// Create a partition's files (durably) and start indexing it.
-    pub fn create_partition(
-        &self,
-        topic: &str,
-        index: u32,
-        config: PartitionConfig,
-    ) -> Result<PartitionId, PartitionError> {
-        self.create_partition_as(topic, index, None, config)
-    }
-
-    /// [`ShardStore::create_partition`] under `id` when one is given (a
-    /// cluster's controller allocated it, [`PartitionId::CLUSTER_FIRST`] or
-    /// above, so every replica of the partition has it); refused when the
-    /// shard holds another partition under it.
-    pub fn create_partition_as(
-        &self,
-        topic: &str,
-        index: u32,
-        id: Option<PartitionId>,
-        config: PartitionConfig,
-    ) -> Result<PartitionId, PartitionError> {
-        validate_topic_name(topic).map_err(|reason| PartitionError::InvalidTopic {
-            topic: topic.to_owned(),
-            reason,
-        })?;
-        let mut state = self.state.borrow_mut();
-        if let Some(&id) = state.names.get(&(topic.to_owned(), index)) {
-            return Err(PartitionError::AlreadyExists {
-                topic: topic.to_owned(),
-                index,
-                id,
-            });
-        }
-        let id = match id {
-            Some(id) => {
-                assert!(id.is_cluster_assigned(), "given ids are a controller's");
-                if state.partitions.contains_key(&id) {
-                    return Err(PartitionError::IdTaken {
-                        topic: topic.to_owned(),
-                        index,
-                        id,
-                    });
-                }
-                id
-            }
-            None => {
-                let id = PartitionId(state.next_partition_id);
-                assert!(
-                    !id.is_cluster_assigned(),
-                    "a shard's own ids stay below a controller's"
-                );
-                let ids_file = self.layout.partition_ids_file();
-                write_atomic(&ids_file, format!("{}\n", id.0 + 1).as_bytes()).map_err(
-                    |source| PartitionError::Io {
-                        path: ids_file.clone(),
-                        source,
-                    },
-                )?;
-                state.next_partition_id = id.0 + 1;
-                id
-            }
-        };
-        let meta = PartitionMeta {
-            id,
-            topic: topic.to_owned(),
-            index,
-        };
-        let dir = self.layout.partition_dir(id);
-        let io_error = |source| PartitionError::Io {
-            path: dir.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(io_error)?;
-        segment::sync_dir(&self.layout.partitions_dir()).map_err(io_error)?;
-        write_atomic(&dir.join(META_FILE), &meta.encode()).map_err(io_error)?;
-        let queue = super::consume_queue::ConsumeQueue::open(
-            &dir,
-            self.options.storage.consume_queue_entries_per_file,
-            0,
-        )?;
-        let partition = Partition::new(meta, config, dir, queue, None);
-        state.names.insert((topic.to_owned(), index), id);
-        state.partitions.insert(id, partition);
-        Ok(id)
-    }
-
     /// Delete a partition's queue and metadata. Its frames stay in the
     /// commit log, unreferenced, until retention removes their segments.
     pub fn delete_partition(&self, id: PartitionId) -> Result<(), PartitionError> {

@@ -45,6 +45,7 @@ mod metrics;
 mod network_fuzz;
 mod operator_warnings;
 mod packaging;
+mod partition_create;
 mod pipeline;
 mod power_loss;
 mod recovery;
