@@ -27,9 +27,10 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use super::preallocate::Allocation;
 pub use super::queue_entry::{ENTRY_BYTES, EntryError, QueueEntry};
-use super::queue_file::QueueFile;
 pub use super::queue_file::{QUEUE_FILE_SUFFIX, queue_file_path};
+use super::queue_file::{QueueFile, QueueReservation};
 use crate::ids::{LogPosition, Offset};
 
 #[derive(Debug, Error)]
@@ -108,6 +109,9 @@ pub struct ConsumeQueue {
     tail_index: u64,
     /// Files written since the last [`ConsumeQueue::take_dirty_files`].
     dirty: Vec<Arc<File>>,
+    /// Reservations [`ConsumeQueue::reserve_next`] made itself, on the
+    /// caller's thread, because none made ahead covered the next entry.
+    reserved_in_line: u64,
     last: Option<QueueEntry>,
     /// The first damaged entry the open met among those it was asked to
     /// trust; the queue ends before it.
@@ -163,6 +167,7 @@ impl ConsumeQueue {
             head_index: 0,
             tail_index: 0,
             dirty: Vec::new(),
+            reserved_in_line: 0,
             last: None,
             damaged_at_open: None,
         };
@@ -291,10 +296,18 @@ impl ConsumeQueue {
         self.files.get(usize::try_from(position).ok()?)
     }
 
-    /// Make sure the file for the next entry exists and has blocks for it,
-    /// so the following [`ConsumeQueue::append`] cannot fail. A full disk is
-    /// [`QueueError::NoSpace`].
-    pub fn reserve_next(&mut self) -> Result<(), QueueError> {
+    /// Make the file for the next entry and the blocks of its page, when
+    /// they are missing, without reserving ahead: a new partition's first
+    /// file, made with it (`partition_create.rs`).
+    pub fn prepare_next(&mut self) -> Result<(), QueueError> {
+        let index = self.tail_index;
+        self.open_tail_file()?;
+        let file = self.files.last_mut().expect("file exists for the tail");
+        file.reserve_page_of(index - file.first_index)
+    }
+
+    /// Create the file for the next entry if it is missing.
+    fn open_tail_file(&mut self) -> Result<(), QueueError> {
         let index = self.tail_index;
         let file_first = index - index % self.entries_per_file;
         if self
@@ -308,8 +321,54 @@ impl ConsumeQueue {
             }
             self.files.push(file);
         }
+        Ok(())
+    }
+
+    /// Make sure the file for the next entry exists and has blocks for it,
+    /// so the following [`ConsumeQueue::append`] cannot fail. A full disk is
+    /// [`QueueError::NoSpace`].
+    pub fn reserve_next(&mut self) -> Result<(), QueueError> {
+        let index = self.tail_index;
+        self.open_tail_file()?;
         let file = self.files.last_mut().expect("file exists for the tail");
-        file.reserve_slot(index - file.first_index)
+        if file.reserve_slot(index - file.first_index)? {
+            self.reserved_in_line += 1;
+        }
+        Ok(())
+    }
+
+    /// How many reservations [`ConsumeQueue::reserve_next`] had to make
+    /// itself (creating the queue's files included).
+    pub fn reserved_in_line(&self) -> u64 {
+        self.reserved_in_line
+    }
+
+    /// Blocks to reserve off the shard thread ahead of the next entry, when
+    /// they run low ([`QueueFile::reservation_ahead`]); hand the outcome to
+    /// [`ConsumeQueue::reservation_done`].
+    pub fn reservation_ahead(&mut self) -> Option<QueueReservation> {
+        let index = self.tail_index;
+        let file = self.files.last_mut()?;
+        let slot = index.checked_sub(file.first_index)?;
+        if slot >= self.entries_per_file {
+            return None;
+        }
+        file.reservation_ahead(slot)
+    }
+
+    /// `reservation` finished with `result` (its file may be gone).
+    pub fn reservation_done(
+        &mut self,
+        reservation: &QueueReservation,
+        result: &std::io::Result<Allocation>,
+    ) {
+        if let Some(file) = self
+            .files
+            .iter_mut()
+            .find(|file| file.first_index == reservation.first_index)
+        {
+            file.reservation_done(reservation, result);
+        }
     }
 
     /// Append the next entry; offsets and positions must increase.

@@ -11,11 +11,13 @@
 use std::future::poll_fn;
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
 use compio::runtime::fd::PollFd;
 
+use super::queue_file::QueueReservation;
 use super::shard_store::{ShardStore, publish};
 use crate::io::EventFd;
 use crate::shard::local_sync::{Notify, yield_now};
@@ -54,6 +56,7 @@ impl ShardStore {
             let idle = self.stats().frames_appended == appended;
             self.state.borrow_mut().log.flush(Instant::now(), idle);
             self.start_reservation();
+            self.start_queue_reservations();
             if !idle {
                 self.flush_kick.notify();
             }
@@ -79,6 +82,49 @@ impl ShardStore {
             };
             store.state.borrow_mut().log.reservation_done(&work, result);
             store.buffer_space.resource_freed();
+            store.flush_kick.notify();
+        })
+        .detach();
+    }
+
+    /// Hand the consume-queue reservations asked for since the last batch
+    /// to a blocking thread, one batch at a time (fallocate must not stall
+    /// the shard; an append that outruns them reserves for itself).
+    fn start_queue_reservations(self: &Rc<Self>) {
+        if self.queue_reserving.get() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.state.borrow_mut().queue_reservations);
+        if batch.is_empty() {
+            return;
+        }
+        self.queue_reserving.set(true);
+        let store = Rc::clone(self);
+        compio::runtime::spawn(async move {
+            let (ids, reservations): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let reservations = Arc::new(reservations);
+            let work = Arc::clone(&reservations);
+            let results = compio::runtime::spawn_blocking(move || {
+                work.iter().map(QueueReservation::run).collect::<Vec<_>>()
+            })
+            .await;
+            let results = match results {
+                Ok(results) => results,
+                Err(error) => {
+                    error.resume_unwind();
+                    let cancelled =
+                        || Err(std::io::Error::other("the reservation task was cancelled"));
+                    reservations.iter().map(|_| cancelled()).collect()
+                }
+            };
+            let mut state = store.state.borrow_mut();
+            for ((id, reservation), result) in ids.iter().zip(reservations.iter()).zip(&results) {
+                if let Some(partition) = state.partitions.get_mut(id) {
+                    partition.queue.reservation_done(reservation, result);
+                }
+            }
+            drop(state);
+            store.queue_reserving.set(false);
             store.flush_kick.notify();
         })
         .detach();

@@ -116,10 +116,10 @@ impl FileWork {
                 created?;
                 write_atomic(&dir.join(META_FILE), &meta.encode()).map_err(io(&dir))?;
                 let mut queue = ConsumeQueue::open(&dir, self.entries_per_file, 0)?;
-                // The first file and the blocks under its first entries,
-                // ahead of the first append (which would make them on the
-                // shard thread).
-                queue.reserve_next()?;
+                // The first file and the blocks of its first page, ahead
+                // of the first append (which would make them on the shard
+                // thread); reservations ahead grow it from there.
+                queue.prepare_next()?;
                 Ok(queue)
             })
             .collect()

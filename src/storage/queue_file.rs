@@ -68,6 +68,41 @@ pub struct QueueFile {
     /// Bytes below this are allocated on disk or hold entries: the next
     /// reservation starts here, and zeros are only ever written above it.
     allocated_end: u64,
+    /// Names this file's blocks as a reservation made off the shard saw
+    /// them: new for every file and after every clear, so a reservation
+    /// that finishes after the file was cleared (or removed and made
+    /// again) is not taken for one of its blocks.
+    epoch: u64,
+    /// A reservation ahead ([`QueueFile::reservation_ahead`]) is out.
+    reserving: bool,
+}
+
+/// Blocks to reserve ahead of a queue file's entries, off the shard thread
+/// ([`QueueReservation::run`], then [`QueueFile::reservation_done`]), so the
+/// shard's own reservation at the tail ([`QueueFile::reserve_slot`]) finds
+/// them there and makes no system call.
+#[derive(Debug)]
+pub struct QueueReservation {
+    pub first_index: u64,
+    epoch: u64,
+    file: Arc<File>,
+    from: u64,
+    to: u64,
+}
+
+impl QueueReservation {
+    /// fallocate the range (blocking). A file system without fallocate
+    /// reserves nothing here: zeros are written only by the shard, below
+    /// its own writes (see [`QueueFile::reserve_slot`]).
+    pub fn run(&self) -> io::Result<Allocation> {
+        preallocate::allocate(&self.file, self.from, self.to - self.from)
+    }
+}
+
+/// A fresh [`QueueFile::epoch`].
+fn next_epoch() -> u64 {
+    static EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl QueueFile {
@@ -141,6 +176,8 @@ impl QueueFile {
             entries,
             map,
             allocated_end: HEADER_BYTES as u64,
+            epoch: next_epoch(),
+            reserving: false,
         })
     }
 
@@ -166,16 +203,76 @@ impl QueueFile {
     }
 
     /// Make sure `slot` has blocks under it, reserving
-    /// [`RESERVE_AHEAD_BYTES`] ahead when it has not. A full disk is
-    /// [`QueueError::NoSpace`].
-    pub fn reserve_slot(&mut self, slot: u64) -> Result<(), QueueError> {
+    /// [`RESERVE_AHEAD_BYTES`] ahead when it has not (then true). A full
+    /// disk is [`QueueError::NoSpace`].
+    pub fn reserve_slot(&mut self, slot: u64) -> Result<bool, QueueError> {
+        assert!(slot < self.entries, "slot {slot} outside the file");
+        let at = slot_offset(slot);
+        let end = at + ENTRY_BYTES as u64;
+        if end <= self.allocated_end {
+            return Ok(false);
+        }
+        self.reserve(at, end, RESERVE_AHEAD_BYTES)?;
+        Ok(true)
+    }
+
+    /// Reserve the blocks of `slot`'s page only: a new file's first
+    /// entries, without the step ahead (a fresh broker's hundred internal
+    /// partitions would take 64 KiB each). Reservations ahead, off the
+    /// shard, grow it once entries arrive.
+    pub fn reserve_page_of(&mut self, slot: u64) -> Result<(), QueueError> {
         assert!(slot < self.entries, "slot {slot} outside the file");
         let at = slot_offset(slot);
         let end = at + ENTRY_BYTES as u64;
         if end > self.allocated_end {
-            self.reserve(at, end)?;
+            self.reserve(at, end, 0)?;
         }
         Ok(())
+    }
+
+    /// When fewer than half of [`RESERVE_AHEAD_BYTES`] are reserved past
+    /// `slot` (the next to be written) and no reservation is out: the next
+    /// [`RESERVE_AHEAD_BYTES`] of blocks, to reserve off the shard thread.
+    pub fn reservation_ahead(&mut self, slot: u64) -> Option<QueueReservation> {
+        let map_len = self.map.len() as u64;
+        let slot_end = slot_offset(slot) + ENTRY_BYTES as u64;
+        if self.reserving
+            || self.allocated_end >= map_len
+            || slot_end + RESERVE_AHEAD_BYTES / 2 <= self.allocated_end
+        {
+            return None;
+        }
+        let from = self.allocated_end;
+        let to = (slot_end + RESERVE_AHEAD_BYTES)
+            .next_multiple_of(PAGE_BYTES as u64)
+            .min(map_len);
+        if to <= from {
+            return None;
+        }
+        self.reserving = true;
+        Some(QueueReservation {
+            first_index: self.first_index,
+            epoch: self.epoch,
+            file: Arc::clone(&self.file),
+            from,
+            to,
+        })
+    }
+
+    /// `reservation` finished with `result`: its blocks count as reserved
+    /// if it allocated them and the file was not cleared meanwhile.
+    pub fn reservation_done(
+        &mut self,
+        reservation: &QueueReservation,
+        result: &io::Result<Allocation>,
+    ) {
+        if reservation.epoch != self.epoch {
+            return;
+        }
+        self.reserving = false;
+        if matches!(result, Ok(Allocation::Allocated)) && reservation.from <= self.allocated_end {
+            self.allocated_end = self.allocated_end.max(reservation.to);
+        }
     }
 
     /// Write `entry` into `slot`, reserving blocks first if that was not done.
@@ -200,16 +297,14 @@ impl QueueFile {
     /// ext4). On ENOSPC it tries again up to the slot's page end only:
     /// recovery re-indexes entries into pages the running broker had
     /// reserved, so it must not fail for want of space beyond them.
-    fn reserve(&mut self, slot_start: u64, slot_end: u64) -> Result<(), QueueError> {
+    fn reserve(&mut self, slot_start: u64, slot_end: u64, ahead: u64) -> Result<(), QueueError> {
         let page = PAGE_BYTES as u64;
         // From the slot's page start too (no entry lies between the
         // allocated end and the slot), never below the allocated end (the
         // zeros written where fallocate is missing would erase entries).
         let from = self.allocated_end.max(slot_start / page * page);
         let map_len = self.map.len() as u64;
-        let ahead = (slot_end + RESERVE_AHEAD_BYTES)
-            .next_multiple_of(page)
-            .min(map_len);
+        let ahead = (slot_end + ahead).next_multiple_of(page).min(map_len);
         let needed = slot_end.next_multiple_of(page).min(map_len);
         let mut to = ahead;
         let mut allocated = preallocate::allocate(&self.file, from, to - from);
@@ -256,6 +351,10 @@ impl QueueFile {
             .allocated_end
             .min(start as u64)
             .max(HEADER_BYTES as u64);
+        // A reservation still out allocated what was just punched: it must
+        // not count.
+        self.epoch = next_epoch();
+        self.reserving = false;
         Ok(())
     }
 
@@ -386,6 +485,66 @@ mod tests {
             allocated >= first + second,
             "{allocated} bytes allocated, reserved to {}",
             file.allocated_end
+        );
+    }
+
+    /// Reservations made ahead off the shard: asked for only when the
+    /// reserved space runs low, one at a time, and counted only if the
+    /// file was not cleared while one was out (its blocks were punched).
+    #[test]
+    fn a_reservation_ahead_counts_unless_the_file_was_cleared_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = QueueFile::create(dir.path(), 0, 100_000).unwrap();
+        file.reserve_slot(0).unwrap();
+        assert!(file.reservation_ahead(1).is_none(), "plenty reserved");
+        let last_reserved = (file.allocated_end - HEADER_BYTES as u64) / ENTRY_BYTES as u64 - 1;
+        let ahead = file.reservation_ahead(last_reserved).expect("running low");
+        assert!(
+            file.reservation_ahead(last_reserved).is_none(),
+            "one at a time"
+        );
+        let before = file.allocated_end;
+        let result = ahead.run();
+        file.reservation_done(&ahead, &result);
+        assert!(
+            file.allocated_end >= slot_offset(last_reserved) + RESERVE_AHEAD_BYTES,
+            "reserved to {} from {before}",
+            file.allocated_end
+        );
+        assert!(file.allocated_end.is_multiple_of(PAGE_BYTES as u64));
+
+        let last_reserved = (file.allocated_end - HEADER_BYTES as u64) / ENTRY_BYTES as u64 - 1;
+        let late = file
+            .reservation_ahead(last_reserved)
+            .expect("running low again");
+        let result = late.run();
+        file.clear_from(0).unwrap();
+        let cleared_end = file.allocated_end;
+        file.reservation_done(&late, &result);
+        assert_eq!(
+            file.allocated_end, cleared_end,
+            "a reservation that outlived a clear does not count"
+        );
+        assert!(file.reservation_ahead(0).is_some(), "a new one may go out");
+
+        // The file made again under the same name (a queue cut back to its
+        // start, then appended to): the old file's reservation, finishing
+        // late, reserved nothing in this one.
+        drop(file);
+        let mut old = QueueFile::create(dir.path(), 0, 100_000).unwrap();
+        old.reserve_slot(0).unwrap();
+        let last_reserved = (old.allocated_end - HEADER_BYTES as u64) / ENTRY_BYTES as u64 - 1;
+        let ahead = old.reservation_ahead(last_reserved).unwrap();
+        let result = ahead.run();
+        drop(old);
+        let mut file = QueueFile::create(dir.path(), 0, 100_000).unwrap();
+        file.reserve_slot(last_reserved - 200).unwrap();
+        let remade_end = file.allocated_end;
+        assert!(remade_end >= ahead.from && remade_end < ahead.to);
+        file.reservation_done(&ahead, &result);
+        assert_eq!(
+            file.allocated_end, remade_end,
+            "another file's reservation does not count"
         );
     }
 }

@@ -407,6 +407,9 @@ impl ShardStore {
                 source,
             })
         })?;
+        if let Some(reservation) = partition.queue.reservation_ahead() {
+            state.queue_reservations.push((id, reservation));
+        }
         let position = state
             .log
             .append_frame(&[frame], Some(now), now)

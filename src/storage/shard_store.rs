@@ -32,6 +32,7 @@ use super::frame::FRAME_HEADER_BYTES;
 use super::layout::ShardLayout;
 use super::partition::{Partition, PartitionConfig, StoredBytesStep};
 use super::producer_state::AbortedTxn;
+use super::queue_file::QueueReservation;
 use super::recovery::{RecoveryOptions, RecoveryReport, recover};
 use super::retention::{self, DiskPressure};
 use super::segment;
@@ -188,6 +189,9 @@ pub(super) struct StoreState {
     /// Partitions whose files are being made (`partition_create.rs`), by
     /// name: their names and ids are taken.
     pub(super) creating: HashMap<(String, u32), PartitionId>,
+    /// Consume-queue blocks to reserve ahead of appends, off the shard
+    /// (the flusher starts them: `flusher.rs`).
+    pub(super) queue_reservations: Vec<(PartitionId, QueueReservation)>,
     /// Compaction commit frames stored but not applied yet.
     pub(super) compaction: super::compaction::collector::Collector,
     /// Delayed records by due time (issue 18; `timer_store.rs`).
@@ -217,6 +221,8 @@ pub struct ShardStore {
     /// [`AppendError::SequenceGapAfterFailover`].
     pub(super) leading_from: Cell<Option<(LogPosition, Instant)>>,
     pub(super) flusher_stop: Cell<bool>,
+    /// A batch of `StoreState::queue_reservations` is out.
+    pub(super) queue_reserving: Cell<bool>,
     pub(super) checkpoint_sequence: Cell<u64>,
     pub(super) checkpoint_writer: Arc<std::sync::Mutex<CheckpointWriter>>,
     /// Producer snapshots taken and waiting for the log to be durable.
@@ -376,6 +382,7 @@ impl ShardStore {
             visible_limit: u64::MAX,
             next_partition_id,
             creating: HashMap::new(),
+            queue_reservations: Vec::new(),
             compaction: recovered.compaction,
             timer,
             timer_fault: None,
@@ -394,6 +401,7 @@ impl ShardStore {
             follower: Cell::new(false),
             leading_from: Cell::new(None),
             flusher_stop: Cell::new(false),
+            queue_reserving: Cell::new(false),
             checkpoint_sequence: Cell::new(0),
             checkpoint_writer: Arc::default(),
             partition_ids_written: Arc::new(std::sync::Mutex::new(next_partition_id)),
@@ -698,6 +706,14 @@ impl ShardStore {
     /// This shard's directory (`<data_dir>/shard-<n>`).
     pub fn root_dir(&self) -> &Path {
         self.layout.root()
+    }
+
+    /// How many consume-queue reservations partition `id`'s appends made on
+    /// the shard thread because none made ahead, off it, covered them
+    /// (its files' creation included); see `flusher.rs`.
+    pub fn queue_reserved_in_line(&self, id: PartitionId) -> Option<u64> {
+        let state = self.state.borrow();
+        Some(state.partitions.get(&id)?.queue.reserved_in_line())
     }
 
     pub fn offsets(&self, id: PartitionId) -> Option<PartitionOffsets> {

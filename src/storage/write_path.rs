@@ -389,6 +389,9 @@ impl ShardStore {
                 partition: id,
                 source,
             })?;
+        if let Some(reservation) = partition.queue.reservation_ahead() {
+            state.queue_reservations.push((id, reservation));
+        }
         let rest = &bytes[batch_prefix.len()..];
         let wall_ms = segment::now_ms();
         if state.log.age_roll_due(wall_ms, partition.config.segment_ms) {

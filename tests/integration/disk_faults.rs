@@ -125,6 +125,9 @@ fn a_disk_that_fills_between_guard_samples_refuses_appends_without_dying() {
     }
 
     signal_and_wait(&control, "fill", "filled");
+    // Each partition was made with its queue's first page (100 entries):
+    // the first appends after the disk filled fit there, and the first
+    // entry past it needs blocks the full disk refuses.
     let mut refused = 0;
     for partition in 100..130 {
         let code = produce_with_acks(&mut wire, "wide", partition, batch(5, 100), 1);
@@ -132,6 +135,16 @@ fn a_disk_that_fills_between_guard_samples_refuses_appends_without_dying() {
             0 => acked[partition as usize] += 5,
             STORAGE_ERROR => refused += 1,
             other => panic!("partition {partition}: unexpected error code {other}"),
+        }
+    }
+    for _ in 0..120 {
+        match produce_with_acks(&mut wire, "wide", 100, batch(1, 100), 1) {
+            0 => acked[100] += 1,
+            STORAGE_ERROR => {
+                refused += 1;
+                break;
+            }
+            other => panic!("partition 100: unexpected error code {other}"),
         }
     }
     assert!(

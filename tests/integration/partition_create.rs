@@ -130,3 +130,38 @@ fn a_partition_being_created_is_not_created_twice() {
         support::shutdown(&store).await;
     });
 }
+
+/// Blocks under a partition's next consume-queue entries are reserved
+/// ahead, off the shard thread: the partition is made with its queue's
+/// first file and page, and over 8000 appends (five 64 KiB steps) the
+/// shard reserves in line at most once, should a reservation ahead be late
+/// (mutation: no reservations ahead makes it reserve at every step).
+#[test]
+fn consume_queue_blocks_are_reserved_ahead_off_the_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut storage = support::small_storage(sluice::config::WriteMode::Direct);
+    // One file for all of them: a new file is made, and its first blocks
+    // reserved, when the entry before it is written.
+    storage.consume_queue_entries_per_file = 100_000;
+    let runtime = support::runtime(support::native_backend());
+    runtime.block_on(async {
+        let options = support::options(dir.path(), storage, support::native_backend());
+        let store = ShardStore::open(options).unwrap();
+        let id = support::create(&store, "ahead", 0);
+        assert_eq!(store.queue_reserved_in_line(id), Some(0));
+        let bytes = support::batch("ahead", 1, 10);
+        for _ in 0..8000 {
+            let receipt = store
+                .append(id, validated(&bytes), Durability::Written)
+                .await
+                .unwrap();
+            store.wait(&receipt).await.unwrap();
+        }
+        let in_line = store.queue_reserved_in_line(id).unwrap();
+        assert!(
+            in_line <= 1,
+            "{in_line} reservations on the shard thread for 8000 entries"
+        );
+        support::shutdown(&store).await;
+    });
+}
