@@ -11,6 +11,9 @@
 #   flamegraphs/record-broker.sh produce-idempotent  # acks=all with producer ids (issue 13)
 #   flamegraphs/record-broker.sh compaction        # acks=all produce while the cleaner compacts a
 #                                                  # 300 MB table (issue 17; needs kcat)
+#   flamegraphs/record-broker.sh produce-many      # acks=1 over 10 000 partitions, created by a
+#                                                  # warm-up run first (issue 19 item 8; raises
+#                                                  # the open-files limit to the hard limit)
 #
 # Only the broker is profiled (perf record -p), not the load generator.
 # Needs perf (Debian: linux-perf) and inferno (`cargo install inferno`).
@@ -30,9 +33,14 @@ case $load in
   produce-small) bench=(produce --acks 1 --record-size 100 --batch-records 10 --duration "$seconds" --warmup 0) ;;
   produce-idempotent) bench=(produce --acks all --idempotent --rounds 1 --duration "$seconds" --warmup 0) ;;
   compaction) bench=(produce --acks all --duration "$seconds" --warmup 0) ;;
-  *) echo "unknown load $load: produce-acks1, produce-acks-all, consume, consume-hot, produce-small, produce-idempotent or compaction" >&2; exit 2 ;;
+  produce-many) bench=(produce --acks 1 --partitions 10000 --topic many --duration "$seconds" --warmup 0) ;;
+  *) echo "unknown load $load: produce-acks1, produce-acks-all, consume, consume-hot, produce-small, produce-idempotent, compaction or produce-many" >&2; exit 2 ;;
 esac
 cargo build --release --quiet
+if [ "$load" = produce-many ]; then
+  # A consume-queue file per partition, plus connections and segments.
+  ulimit -n "$(ulimit -Hn)"
+fi
 sluice=target/release/sluice
 data=$(mktemp -d "${SLUICE_PERF_DIR:-/tmp}/sluice-flame.XXXXXX")
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -66,6 +74,10 @@ fi
 if [ "$load" = consume ]; then
   "$sluice" bench produce --brokers "127.0.0.1:$port" --acks 1 --duration "$seconds" --warmup 0 >/dev/null
 fi
+if [ "$load" = produce-many ]; then
+  # Creates the 10 000 partitions and gives each its first entries.
+  "$sluice" bench "${bench[@]:0:6}" --duration 3 --warmup 0 --brokers "127.0.0.1:$port" >/dev/null
+fi
 if [ "$load" = consume-hot ]; then
   # 2 s at 500 MB/s: ~1 GB, all of it still in the shards' tail caches.
   "$sluice" bench produce --brokers "127.0.0.1:$port" --acks 1 --rate 500 --duration 2 --warmup 0 >/dev/null
@@ -88,3 +100,6 @@ awk '{ n = $NF; total += n; if ($0 ~ /cleaner|compaction/) hit += n }
 # The share in producer state (idempotent and transactional checks).
 awk '{ n = $NF; total += n; if ($0 ~ /producer_state/) hit += n }
      END { if (total) printf "producer state: %.2f%% of %.0f samples\n", 100 * hit / total, total }' "$data.folded"
+# The share in consume-queue upkeep and file-system calls (issue 19 item 3).
+awk '{ n = $NF; total += n; if ($0 ~ /consume_queue|queue_file|page_fault|ext4_/) hit += n }
+     END { if (total) printf "consume queues and file system: %.2f%% of %.0f samples\n", 100 * hit / total, total }' "$data.folded"

@@ -111,6 +111,14 @@ pub trait LogIo {
     /// Ops submitted and not yet reaped.
     fn inflight(&self) -> usize;
 
+    /// Whether the log may make its next segment ahead of the roll, on the
+    /// blocking pool, with its own directory fsync (`segment_ahead.rs`).
+    /// A simulated device that injects directory-fsync failures says no,
+    /// so its rolls keep going through [`LogIo::sync_dir`].
+    fn makes_segments_ahead(&self) -> bool {
+        true
+    }
+
     /// fsync directory `dir`, so files created or removed in it are
     /// durable. Synchronous: directory syncs are rare (a segment roll).
     /// A simulated device overrides this to inject failures.

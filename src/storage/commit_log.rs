@@ -31,6 +31,7 @@ use thiserror::Error;
 use super::appender::{Appender, ChunkPlace, ChunkWrite, align_down};
 use super::reservation::{Admit, RESERVE_MIN_BYTES, Reservation};
 use super::segment::{self, Preallocation, Segment, SegmentError};
+use super::segment_ahead::{SegmentAhead, SegmentAheadWork};
 use super::tail_cache::TailCache;
 use super::watermark::{DueQueue, RangeWatermark};
 use crate::config::WriteMode;
@@ -207,6 +208,12 @@ pub struct CommitLog {
     /// The failpoint `log_partial_writes_wait` (debug builds): a partial
     /// chunk goes only at the flush interval or a durability deadline.
     partial_writes_wait: bool,
+    /// The next segment, made ahead off the shard (`segment_ahead.rs`).
+    ahead: Option<SegmentAhead>,
+    /// The base of the segment being made ahead, while that work is out.
+    ahead_out: Option<LogPosition>,
+    /// A base whose making ahead failed: its roll makes it in line.
+    ahead_failed: Option<LogPosition>,
 }
 
 impl CommitLog {
@@ -318,6 +325,9 @@ impl CommitLog {
             reservation,
             sync_by_bytes_at,
             partial_writes_wait,
+            ahead: None,
+            ahead_out: None,
+            ahead_failed: None,
         })
     }
 
@@ -469,6 +479,65 @@ impl CommitLog {
             .done(work.segment_base, work.from, work.to, result);
     }
 
+    /// The next segment to make ahead, off the shard thread, once the active
+    /// one is half written and none is made or being made; the caller runs
+    /// it ([`SegmentAheadWork::run`]) and hands the outcome to
+    /// [`CommitLog::segment_ahead_done`].
+    pub fn segment_ahead_due(&mut self) -> Option<SegmentAheadWork> {
+        if self.poisoned.is_some()
+            || self.ahead.is_some()
+            || self.ahead_out.is_some()
+            || !self.io.makes_segments_ahead()
+        {
+            return None;
+        }
+        let active = self.active_segment();
+        let (base, end) = (active.base, active.end());
+        if self.ahead_failed == Some(end) || self.append_end.0 < base.0 + (end.0 - base.0) / 2 {
+            return None;
+        }
+        let segment_bytes = self.options.segment_bytes;
+        self.ahead_out = Some(end);
+        Some(SegmentAheadWork {
+            dir: self.options.dir.clone(),
+            base: end,
+            size_bytes: segment_bytes,
+            reserve_bytes: self.reservation.first_bytes(0).min(segment_bytes),
+            mode: self.options.write_mode,
+        })
+    }
+
+    /// The segment `work` made ahead is ready (or failed: its roll makes
+    /// it in line). Rolls wait while it is out, so it is still the next.
+    pub fn segment_ahead_done(
+        &mut self,
+        work: &SegmentAheadWork,
+        result: Result<SegmentAhead, SegmentError>,
+    ) {
+        assert_eq!(
+            self.ahead_out,
+            Some(work.base),
+            "one segment made ahead at a time"
+        );
+        self.ahead_out = None;
+        match result {
+            Ok(ahead) if self.poisoned.is_none() => {
+                assert!(
+                    ahead.segment.base == self.active_segment().end(),
+                    "no roll while the next segment is made ahead"
+                );
+                self.ahead = Some(ahead);
+            }
+            // A poisoned log appends nothing more; recovery removes the
+            // file as a trailing segment without frames.
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot make the next segment ahead; the roll makes it on the shard thread");
+                self.ahead_failed = Some(work.base);
+            }
+        }
+    }
+
     /// The state machine's invariants, checked after every change. Cheap:
     /// comparisons and one short scan of the ops in flight.
     fn assert_invariants(&self) {
@@ -531,10 +600,23 @@ impl CommitLog {
             next_base > self.active_segment().base,
             "a roll creates a file past the active segment, never under its name"
         );
+        if self.ahead_out == Some(next_base) {
+            // Being made ahead: making it here too would race that work.
+            return Err(LogAppendError::AwaitingReservation {
+                frame_bytes: first_frame_bytes as usize,
+            });
+        }
         let reserve_bytes = self
             .reservation
             .first_bytes(first_frame_bytes)
             .min(self.options.segment_bytes);
+        if let Some(ahead) = self.ahead.take() {
+            assert!(
+                ahead.segment.base == next_base,
+                "made ahead at the active end"
+            );
+            return self.roll_into_ahead(ahead, reserve_bytes);
+        }
         let (segment, preallocation) = Segment::create(
             &self.options.dir,
             next_base,
@@ -551,6 +633,45 @@ impl CommitLog {
             let cause = self.poisoned.clone().expect("just poisoned");
             return Err(LogAppendError::Poisoned(cause));
         }
+        self.start_next_segment(segment, preallocation, reserve_bytes);
+        Ok(())
+    }
+
+    /// Roll into the segment made ahead, first reserving what a first
+    /// frame larger than its reserved step needs (a failure, ENOSPC, keeps
+    /// it for the next try and is retriable like a failed creation).
+    fn roll_into_ahead(
+        &mut self,
+        ahead: SegmentAhead,
+        reserve_bytes: u64,
+    ) -> Result<(), LogAppendError> {
+        let mut reserved = ahead.reserve_bytes;
+        if reserve_bytes > reserved && ahead.preallocation != Preallocation::Sparse {
+            let writer = &ahead.segment.writer;
+            if let Err(source) = segment::reserve(&writer.file, &writer.path, 0, reserve_bytes) {
+                let error = SegmentError::Preallocate {
+                    path: ahead.segment.path.clone(),
+                    size_bytes: reserve_bytes,
+                    source,
+                };
+                self.ahead = Some(ahead);
+                return Err(error.into());
+            }
+            reserved = reserve_bytes;
+        }
+        self.start_next_segment(ahead.segment, ahead.preallocation, reserved);
+        Ok(())
+    }
+
+    /// Make `segment`, durable in the log's directory with its first
+    /// `reserve_bytes` reserved, the active one.
+    fn start_next_segment(
+        &mut self,
+        segment: Segment,
+        preallocation: Preallocation,
+        reserve_bytes: u64,
+    ) {
+        let next_base = segment.base;
         log_preallocation(&segment, preallocation);
         self.appender.seal_active();
         self.written.mark(self.append_end.0, next_base.0);
@@ -569,7 +690,6 @@ impl CommitLog {
         self.reservation
             .start_segment(next_base, segment.end(), reserved_end);
         self.segments.push_back(segment);
-        Ok(())
     }
 
     /// Start the next segment now, because the log this one copies started

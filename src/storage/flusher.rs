@@ -18,6 +18,7 @@ use std::time::Instant;
 use compio::runtime::fd::PollFd;
 
 use super::queue_file::QueueReservation;
+use super::segment::SegmentError;
 use super::shard_store::{ShardStore, publish};
 use crate::io::EventFd;
 use crate::shard::local_sync::{Notify, yield_now};
@@ -57,6 +58,7 @@ impl ShardStore {
             self.state.borrow_mut().log.flush(Instant::now(), idle);
             self.start_reservation();
             self.start_queue_reservations();
+            self.start_segment_ahead();
             if !idle {
                 self.flush_kick.notify();
             }
@@ -81,6 +83,37 @@ impl ShardStore {
                 }
             };
             store.state.borrow_mut().log.reservation_done(&work, result);
+            store.buffer_space.resource_freed();
+            store.flush_kick.notify();
+        })
+        .detach();
+    }
+
+    /// Hand the making of the next segment, if it is due, to a blocking
+    /// thread (`segment_ahead.rs`); a roll waiting for it is woken with the
+    /// appends waiting for buffers.
+    fn start_segment_ahead(self: &Rc<Self>) {
+        let Some(work) = self.state.borrow_mut().log.segment_ahead_due() else {
+            return;
+        };
+        let store = Rc::clone(self);
+        compio::runtime::spawn(async move {
+            let blocking = work.clone();
+            let result = match compio::runtime::spawn_blocking(move || blocking.run()).await {
+                Ok(result) => result,
+                Err(error) => {
+                    error.resume_unwind();
+                    Err(SegmentError::Create {
+                        path: work.dir.clone(),
+                        source: std::io::Error::other("making the next segment was cancelled"),
+                    })
+                }
+            };
+            store
+                .state
+                .borrow_mut()
+                .log
+                .segment_ahead_done(&work, result);
             store.buffer_space.resource_freed();
             store.flush_kick.notify();
         })

@@ -40,6 +40,7 @@ mod reservation;
 pub mod retention;
 mod retention_task;
 pub mod segment;
+mod segment_ahead;
 pub mod segment_reader;
 pub mod shard_store;
 pub mod store_errors;

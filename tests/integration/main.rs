@@ -52,6 +52,7 @@ mod recovery;
 mod replica_log;
 mod retention;
 mod retry_dlq;
+mod segment_ahead;
 mod shard_runtime;
 mod sim_device;
 mod storage_model;

@@ -78,9 +78,11 @@ fn segments_older_than_retention_ms_are_deleted_and_the_log_start_moves() {
         let kept = support::read_all(&store, id, offsets.log_start_offset);
         assert_eq!(kept.last().unwrap().0, recent.last().unwrap().1);
 
-        // Everything expires: only the active segment remains, offsets go on.
+        // Everything expires: only the active segment remains (with the
+        // next one, if it was made ahead), offsets go on.
         store.enforce_retention(now_ms() + 3_600_000);
-        assert_eq!(segment_count(dir.path()), 1);
+        assert_eq!(store.gauges().segments, 1);
+        assert!(segment_count(dir.path()) <= 2);
         let offsets = store.offsets(id).unwrap();
         assert_eq!(offsets.log_start_offset, offsets.high_watermark);
         let next = fill(&store, &[id], 1).await;

@@ -206,6 +206,10 @@ fn sync(state: &mut DeviceState, file: &LogFile) -> Result<(), LogIoError> {
 }
 
 impl LogIo for SimLogIo {
+    fn makes_segments_ahead(&self) -> bool {
+        false
+    }
+
     fn submit(&mut self, token: u64, op: LogOp) -> Result<(), SubmitError> {
         self.queued.push((token, op));
         self.eventfd.signal();
