@@ -76,7 +76,7 @@ if [ "$load" = consume ]; then
 fi
 if [ "$load" = produce-many ]; then
   # Creates the 10 000 partitions and gives each its first entries.
-  "$sluice" bench "${bench[@]:0:6}" --duration 3 --warmup 0 --brokers "127.0.0.1:$port" >/dev/null
+  "$sluice" bench "${bench[@]:0:7}" --duration 3 --warmup 0 --brokers "127.0.0.1:$port" >/dev/null
 fi
 if [ "$load" = consume-hot ]; then
   # 2 s at 500 MB/s: ~1 GB, all of it still in the shards' tail caches.
