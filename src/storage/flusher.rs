@@ -72,21 +72,12 @@ impl ShardStore {
         let Some(work) = self.state.borrow_mut().log.reservation_due() else {
             return;
         };
-        let store = Rc::clone(self);
-        compio::runtime::spawn(async move {
-            let blocking = work.clone();
-            let result = match compio::runtime::spawn_blocking(move || blocking.run()).await {
-                Ok(result) => result,
-                Err(error) => {
-                    error.resume_unwind();
-                    Err(std::io::Error::other("the reservation task was cancelled"))
-                }
-            };
-            store.state.borrow_mut().log.reservation_done(&work, result);
-            store.buffer_space.resource_freed();
-            store.flush_kick.notify();
-        })
-        .detach();
+        let blocking = work.clone();
+        self.off_shard(
+            move || blocking.run(),
+            || Err(std::io::Error::other("the reservation task was cancelled")),
+            move |store, result| store.state.borrow_mut().log.reservation_done(&work, result),
+        );
     }
 
     /// Hand the making of the next segment, if it is due, to a blocking
@@ -96,28 +87,21 @@ impl ShardStore {
         let Some(work) = self.state.borrow_mut().log.segment_ahead_due() else {
             return;
         };
-        let store = Rc::clone(self);
-        compio::runtime::spawn(async move {
-            let blocking = work.clone();
-            let result = match compio::runtime::spawn_blocking(move || blocking.run()).await {
-                Ok(result) => result,
-                Err(error) => {
-                    error.resume_unwind();
-                    Err(SegmentError::Create {
-                        path: work.dir.clone(),
-                        source: std::io::Error::other("making the next segment was cancelled"),
-                    })
-                }
-            };
-            store
-                .state
-                .borrow_mut()
-                .log
-                .segment_ahead_done(&work, result);
-            store.buffer_space.resource_freed();
-            store.flush_kick.notify();
-        })
-        .detach();
+        let blocking = work.clone();
+        let dir = work.dir.clone();
+        self.off_shard(
+            move || blocking.run(),
+            move || {
+                Err(SegmentError::Create {
+                    path: dir,
+                    source: std::io::Error::other("making the next segment was cancelled"),
+                })
+            },
+            move |store, result| {
+                let mut state = store.state.borrow_mut();
+                state.log.segment_ahead_done(&work, result);
+            },
+        );
     }
 
     /// Hand the consume-queue reservations asked for since the last batch
@@ -132,32 +116,49 @@ impl ShardStore {
             return;
         }
         self.queue_reserving.set(true);
+        let (ids, reservations): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let reservations = Arc::new(reservations);
+        let (work, cancelled) = (Arc::clone(&reservations), Arc::clone(&reservations));
+        self.off_shard(
+            move || work.iter().map(QueueReservation::run).collect::<Vec<_>>(),
+            move || {
+                let error = || Err(std::io::Error::other("the reservation task was cancelled"));
+                cancelled.iter().map(|_| error()).collect()
+            },
+            move |store, results| {
+                let mut state = store.state.borrow_mut();
+                for ((id, reservation), result) in ids.iter().zip(reservations.iter()).zip(&results)
+                {
+                    if let Some(partition) = state.partitions.get_mut(id) {
+                        partition.queue.reservation_done(reservation, result);
+                    }
+                }
+                drop(state);
+                store.queue_reserving.set(false);
+            },
+        );
+    }
+
+    /// Run `work` on the blocking pool, then `done` on the shard with its
+    /// outcome (`cancelled`'s, should the blocking task be cancelled), then
+    /// wake the appends waiting for buffers or space and the flusher.
+    fn off_shard<R: Send + 'static>(
+        self: &Rc<Self>,
+        work: impl FnOnce() -> R + Send + 'static,
+        cancelled: impl FnOnce() -> R + 'static,
+        done: impl FnOnce(&ShardStore, R) + 'static,
+    ) {
         let store = Rc::clone(self);
         compio::runtime::spawn(async move {
-            let (ids, reservations): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let reservations = Arc::new(reservations);
-            let work = Arc::clone(&reservations);
-            let results = compio::runtime::spawn_blocking(move || {
-                work.iter().map(QueueReservation::run).collect::<Vec<_>>()
-            })
-            .await;
-            let results = match results {
-                Ok(results) => results,
+            let result = match compio::runtime::spawn_blocking(work).await {
+                Ok(result) => result,
                 Err(error) => {
                     error.resume_unwind();
-                    let cancelled =
-                        || Err(std::io::Error::other("the reservation task was cancelled"));
-                    reservations.iter().map(|_| cancelled()).collect()
+                    cancelled()
                 }
             };
-            let mut state = store.state.borrow_mut();
-            for ((id, reservation), result) in ids.iter().zip(reservations.iter()).zip(&results) {
-                if let Some(partition) = state.partitions.get_mut(id) {
-                    partition.queue.reservation_done(reservation, result);
-                }
-            }
-            drop(state);
-            store.queue_reserving.set(false);
+            done(&store, result);
+            store.buffer_space.resource_freed();
             store.flush_kick.notify();
         })
         .detach();

@@ -27,10 +27,19 @@ async fn append(store: &ShardStore, id: PartitionId, seq: usize, kept: &mut Vec<
     kept.push(bytes);
 }
 
+/// Wait (10 s at most) for the flusher to make segment file `path` ahead.
+async fn made_ahead(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{path:?} was never made ahead");
+        compio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Once the active segment is half written the next one appears on disk
 /// before any roll, and the roll takes that very file (same inode); a
 /// restart with one made ahead and unused drops it, and every batch reads
-/// back and appends roll on (mutation: no segments made ahead fails "made
+/// back and appends roll on (mutation: no segments made ahead fails "never made
 /// ahead"; made in line at the roll, the inode differs).
 #[test]
 fn the_next_segment_is_made_ahead_and_the_roll_takes_it() {
@@ -47,14 +56,7 @@ fn the_next_segment_is_made_ahead_and_the_roll_takes_it() {
             append(&store, id, kept.len(), &mut kept).await;
         }
         let next = segment_file(dir.path(), SEGMENT_BYTES);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !next.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the next segment was never made ahead"
-            );
-            compio::time::sleep(Duration::from_millis(5)).await;
-        }
+        made_ahead(&next).await;
         assert_eq!(store.gauges().segments, 1, "made ahead, before the roll");
         let inode = std::fs::metadata(&next).unwrap().ino();
         while store.gauges().segments < 2 {
@@ -71,14 +73,7 @@ fn the_next_segment_is_made_ahead_and_the_roll_takes_it() {
             append(&store, id, kept.len(), &mut kept).await;
         }
         let third = segment_file(dir.path(), 2 * SEGMENT_BYTES);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !third.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the third segment was never made ahead"
-            );
-            compio::time::sleep(Duration::from_millis(5)).await;
-        }
+        made_ahead(&third).await;
         support::shutdown(&store).await;
         (id, kept)
     });
