@@ -223,6 +223,10 @@ pub struct ShardStore {
     pub(super) flusher_stop: Cell<bool>,
     /// A batch of `StoreState::queue_reservations` is out.
     pub(super) queue_reserving: Cell<bool>,
+    /// Segment files retention deleted that the blocking pool has not
+    /// unlinked yet (`retention_task.rs`).
+    pub(super) unlinks_pending: Rc<Cell<u32>>,
+    pub(super) unlinker: super::retention_task::Unlinker,
     pub(super) checkpoint_sequence: Cell<u64>,
     pub(super) checkpoint_writer: Arc<std::sync::Mutex<CheckpointWriter>>,
     /// Producer snapshots taken and waiting for the log to be durable.
@@ -402,6 +406,8 @@ impl ShardStore {
             leading_from: Cell::new(None),
             flusher_stop: Cell::new(false),
             queue_reserving: Cell::new(false),
+            unlinks_pending: Rc::new(Cell::new(0)),
+            unlinker: Default::default(),
             checkpoint_sequence: Cell::new(0),
             checkpoint_writer: Arc::default(),
             partition_ids_written: Arc::new(std::sync::Mutex::new(next_partition_id)),
@@ -747,6 +753,9 @@ impl ShardStore {
         if let Err(error) = self.checkpoint().await {
             tracing::error!(%error, "final checkpoint failed; the next start scans further back");
         }
+        // What is left of deleted segments goes without pauses now.
+        self.unlinker.set_hurry(true);
+        self.segment_files_removed().await;
         synced
     }
 }

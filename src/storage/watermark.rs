@@ -131,6 +131,15 @@ impl DueQueue {
         self.entries.front().map(|&(_, due)| due)
     }
 
+    /// The end of the first entry due by `now` that ends past `covered`.
+    pub fn first_due_beyond(&self, covered: u64, now: Instant) -> Option<u64> {
+        self.entries
+            .iter()
+            .take_while(|&&(_, due)| due <= now)
+            .map(|&(end, _)| end)
+            .find(|&end| end > covered)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -597,6 +597,7 @@ fn retention_waits_for_a_producer_snapshot_before_deleting_a_producers_batches()
         let before = segments();
         let later = sluice::storage::segment::now_ms() + 3_600_000;
         store.enforce_retention(later);
+        store.segment_files_removed().await;
         assert_eq!(
             segments(),
             before,
@@ -606,6 +607,7 @@ fn retention_waits_for_a_producer_snapshot_before_deleting_a_producers_batches()
         // written at once.
         store.checkpoint().await.expect("checkpoint");
         store.enforce_retention(later);
+        store.segment_files_removed().await;
         assert_eq!(segments(), 1, "the snapshot covers them now");
         let end = store.offsets(id).expect("partition").next_offset;
         device.power_cut();

@@ -150,6 +150,48 @@ fn an_fdatasync_is_forced_every_sync_interval_bytes_whatever_flush_ms_says() {
     });
 }
 
+/// Issue 19 item 5: an acks=all batch spanning several write chunks costs
+/// one fdatasync, issued once all its chunks are written, not one linked to
+/// each chunk's write (each is a flush of the device's write cache: two per
+/// 1 MB batch doubled the acks=all tail). Mutation (an fdatasync linked to
+/// every write while one is due): "93 fdatasyncs for 20 batches".
+#[test]
+fn an_acks_all_batch_spanning_several_chunks_costs_one_fdatasync() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = support::native_backend();
+    let runtime = support::runtime(backend);
+    runtime.block_on(async {
+        let storage = sluice::config::StorageConfig {
+            // No roll: a roll leaves the previous segment its own fdatasync.
+            segment_bytes: 4 << 20,
+            ..support::small_storage(sluice::config::WriteMode::Direct)
+        };
+        let options = support::options(dir.path(), storage, backend);
+        let store = ShardStore::open(options).unwrap();
+        let id = support::create(&store, "spanning", 0);
+        store.sync().await.unwrap();
+        let (writes_before, fsyncs_before) = (store.stats().writes, store.stats().fsyncs);
+        let batches = 20;
+        for seq in 0..batches {
+            // ~58 KiB: four 16 KiB chunks or five.
+            let bytes = batch(&format!("b{seq}"), 100, 580);
+            let receipt = store
+                .append(id, validated(&bytes), Durability::Fsynced)
+                .await
+                .unwrap();
+            store.wait(&receipt).await.unwrap();
+        }
+        let writes = store.stats().writes - writes_before;
+        let fsyncs = store.stats().fsyncs - fsyncs_before;
+        assert!(
+            writes >= 4 * batches,
+            "{writes} writes for {batches} batches"
+        );
+        assert_eq!(fsyncs, batches, "{fsyncs} fdatasyncs for {batches} batches");
+        support::shutdown(&store).await;
+    });
+}
+
 /// The new segment's directory entry was not fsynced: the file used to stay,
 /// every later roll failed with EEXIST, and appends failed forever with a
 /// "retriable" error on a log that was never poisoned.
