@@ -79,6 +79,7 @@ fn check_reports_every_tunable_on_this_host_and_dry_run_changes_nothing() {
         "core isolation",
         "irq affinity",
         "numa",
+        "discard mount option",
     ] {
         assert!(
             report.lines().any(|line| line.contains(tunable)),
@@ -168,6 +169,11 @@ fn untuned_host(root: &Path) {
     write(root, "/proc/cmdline", "quiet isolcpus=0,1");
     write(
         root,
+        "/proc/self/mounts",
+        "proc /proc proc rw 0 0\n/dev/nvme0n1p1 / ext4 rw,relatime 0 0\n/dev/nvme0n1p2 /var/lib ext4 rw,relatime,discard 0 0",
+    );
+    write(
+        root,
         "/proc/4242/limits",
         "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1048576              1048576              files\nMax locked memory         65536                65536                bytes",
     );
@@ -201,6 +207,7 @@ fn apply_execute_persist_fixes_what_check_finds_in_a_fake_root() {
         "kernel.io_uring_disabled",
         "cpu governor",
         "irq affinity",
+        "discard mount option",
     ] {
         assert!(
             report
@@ -277,6 +284,16 @@ fn apply_execute_persist_fixes_what_check_finds_in_a_fake_root() {
         "{tmpfiles}"
     );
 
+    // What apply leaves to the operator: remounting without `discard`.
+    assert!(
+        said.contains("left to you: discard mount option is discard"),
+        "{said}"
+    );
+    write(
+        root,
+        "/proc/self/mounts",
+        "proc /proc proc rw 0 0\n/dev/nvme0n1p1 / ext4 rw,relatime 0 0\n/dev/nvme0n1p2 /var/lib ext4 rw,relatime 0 0",
+    );
     let after = script("check", Some(root), &options);
     assert_eq!(after.status.code(), Some(0), "{}", text(&after));
 }
