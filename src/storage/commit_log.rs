@@ -912,12 +912,21 @@ impl CommitLog {
         };
         let (file, segment_base, segment_end) =
             (Arc::clone(&segment.writer), segment.base, segment.end());
+        let need = target.min(segment_end.0);
         let standalone_inflight = self
             .inflight
             .iter()
             .filter(|op| op.chunk_id.is_none())
             .count();
-        if self.written.end() < target.min(segment_end.0)
+        // A target in a later segment leaves this one needing only its own
+        // end: an fdatasync in flight that reaches it is enough.
+        let covered = self.inflight.iter().any(|op| {
+            op.sync
+                .as_ref()
+                .is_some_and(|scope| scope.segment_base == segment_base && scope.reaches >= need)
+        });
+        if covered
+            || self.written.end() < need
             || standalone_inflight >= LOG_SYNCS_INFLIGHT_MAX as usize
         {
             // The next completion brings the next round.
