@@ -136,7 +136,11 @@ impl Member {
                     *assignment.lock().unwrap() = current;
                 }
                 // Commit what was consumed, then leave the group (LeaveGroup).
-                let _ = consumer.commit_consumer_state(CommitMode::Sync);
+                // A failed commit means records consumed again by whoever
+                // takes the partitions: say why, for the test that counts.
+                if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                    eprintln!("{name}: the final commit failed: {error}");
+                }
                 drop(consumer);
             }
         });
