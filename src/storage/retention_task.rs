@@ -338,7 +338,7 @@ fn unlink(segment: &Segment) -> std::io::Result<()> {
 /// producers of both shards for 0.4-0.6 s here (p99 440-510 ms at
 /// 100 MB/s); 8 MiB steps at half the time still gave p99 70-140 ms,
 /// 2 MiB steps at a fifth 6-12 ms, as without deletions (benches/README.md,
-/// "Deleting segments").
+/// "acks=all latency: one fdatasync per batch, deleting segments gently").
 const UNLINK_STEP_BYTES: u64 = 2 << 20;
 /// After each step the deletion pauses this many times as long as the step
 /// took, so the disk serves other work at least 80 % of the time whatever
