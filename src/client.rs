@@ -1,6 +1,11 @@
 //! A small blocking Kafka client for the admin commands: one connection,
 //! requests encoded with kafka-protocol at the highest version both sides
 //! speak (learned with ApiVersions when connecting).
+//!
+//! With `SLUICE_SASL_USERNAME` and `SLUICE_SASL_PASSWORD` in the
+//! environment it authenticates after ApiVersions (SaslHandshake v1 and
+//! SaslAuthenticate, KIP-152) with `SLUICE_SASL_MECHANISM` (default
+//! SCRAM-SHA-512; SCRAM-SHA-256 and PLAIN too), as a SASL listener needs.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -63,7 +68,14 @@ pub enum ClientError {
     TimedOut { address: String },
     #[error("the broker at {address} closed the connection in the middle of a response")]
     Truncated { address: String },
+    #[error("SASL authentication with {address} failed: {reason}")]
+    Authentication { address: String, reason: String },
 }
+
+/// The environment variables of the client's SASL credentials.
+pub const SASL_USERNAME_ENV: &str = "SLUICE_SASL_USERNAME";
+pub const SASL_PASSWORD_ENV: &str = "SLUICE_SASL_PASSWORD";
+pub const SASL_MECHANISM_ENV: &str = "SLUICE_SASL_MECHANISM";
 
 pub struct KafkaClient {
     address: String,
@@ -98,6 +110,7 @@ impl KafkaClient {
                         versions: HashMap::new(),
                     };
                     client.learn_versions()?;
+                    client.authenticate_from_env()?;
                     return Ok(client);
                 }
                 Err(source) => {
@@ -115,6 +128,88 @@ impl KafkaClient {
                 "no broker address given",
             ),
         }))
+    }
+
+    /// Authenticate with the credentials in the environment, if any.
+    fn authenticate_from_env(&mut self) -> Result<(), ClientError> {
+        let Ok(user) = std::env::var(SASL_USERNAME_ENV) else {
+            return Ok(());
+        };
+        let failed = |reason: String| ClientError::Authentication {
+            address: self.address.clone(),
+            reason,
+        };
+        let password = std::env::var(SASL_PASSWORD_ENV).map_err(|_| {
+            failed(format!(
+                "{SASL_USERNAME_ENV} is set but {SASL_PASSWORD_ENV} is not"
+            ))
+        })?;
+        let mechanism =
+            std::env::var(SASL_MECHANISM_ENV).unwrap_or_else(|_| "SCRAM-SHA-512".to_owned());
+        self.authenticate(&mechanism, &user, &password)
+    }
+
+    /// Authenticate as `user` with SASL `mechanism` (`PLAIN`,
+    /// `SCRAM-SHA-256`, `SCRAM-SHA-512`).
+    pub fn authenticate(
+        &mut self,
+        mechanism: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<(), ClientError> {
+        use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+
+        use crate::security::scram::{ScramClient, ScramMechanism};
+        let address = self.address.clone();
+        let failed = |reason: String| ClientError::Authentication {
+            address: address.clone(),
+            reason,
+        };
+        let handshake = self.call_at(
+            &SaslHandshakeRequest::default()
+                .with_mechanism(StrBytes::from_string(mechanism.to_owned())),
+            1,
+        )?;
+        if handshake.error_code != 0 {
+            let offered: Vec<&str> = handshake.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(failed(format!(
+                "the broker refused mechanism {mechanism} (error {}; it offers {offered:?})",
+                handshake.error_code
+            )));
+        }
+        let mut step = |bytes: Vec<u8>| -> Result<Bytes, ClientError> {
+            let version = self.version_of::<SaslAuthenticateRequest>()?;
+            let response = self.call_at(
+                &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(bytes)),
+                version,
+            )?;
+            if response.error_code != 0 {
+                let message = response
+                    .error_message
+                    .map(|m| m.to_string())
+                    .unwrap_or_default();
+                return Err(failed(format!("error {}: {message}", response.error_code)));
+            }
+            Ok(response.auth_bytes)
+        };
+        if mechanism == "PLAIN" {
+            step(crate::security::plain::message(user, password))?;
+            return Ok(());
+        }
+        let scram = ScramMechanism::from_name(mechanism).ok_or_else(|| {
+            failed(format!(
+                "unknown mechanism {mechanism}: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"
+            ))
+        })?;
+        let (client, first) = ScramClient::start(scram, user, password);
+        let server_first = step(first.into_bytes())?;
+        let (client, client_final) = client
+            .respond(&server_first)
+            .map_err(|error| failed(error.to_string()))?;
+        let server_final = step(client_final.into_bytes())?;
+        client
+            .verify(&server_final)
+            .map_err(|error| failed(error.to_string()))
     }
 
     /// The `host:port` this client is connected to.

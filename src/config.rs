@@ -13,7 +13,9 @@ use thiserror::Error;
 use crate::storage::frame::FRAME_HEADER_BYTES;
 
 mod cluster;
+mod security;
 pub use cluster::{ClusterConfig, ClusterFlags, NODE_ID_UNSET, Peer, PeerSyntax};
+pub use security::{BOOTSTRAP_PASSWORD_ENV, SaslMechanism, SecurityConfig, SecurityProtocol};
 
 /// O_DIRECT and the kernel's logical block size for NVMe: writes, buffers and
 /// file offsets are aligned to this in `direct` write mode.
@@ -58,6 +60,8 @@ pub struct Config {
     pub transactions: TransactionsConfig,
     /// `[delay]`: delayed delivery and retries.
     pub delay: DelayConfig,
+    /// `[security]`: client authentication (issue 20).
+    pub security: SecurityConfig,
     /// `[cluster]`: this node's place in a cluster (issue 15). Absent (the
     /// default): one node, exactly as without clustering. See
     /// [`ClusterConfig`]; `--node-id`, `--cluster-listen` and
@@ -452,6 +456,7 @@ impl Default for Config {
             groups: GroupsConfig::default(),
             transactions: TransactionsConfig::default(),
             delay: DelayConfig::default(),
+            security: SecurityConfig::default(),
             cluster: None,
         }
     }
@@ -622,6 +627,7 @@ impl Config {
             return invalid("shards", self.shards, "at most 65535 shards");
         }
         self.kafka.validate(&self.storage)?;
+        self.security.validate()?;
         parse_address("metrics.listen", &self.metrics.listen)?;
         if !(100..=3_600_000).contains(&self.metrics.refresh_interval_ms) {
             return invalid(

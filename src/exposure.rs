@@ -1,14 +1,17 @@
-//! Listeners other hosts can reach, while Sluice has no authentication.
+//! Listeners other hosts can reach without authentication.
 //!
-//! Neither the Kafka listener nor the metrics listener authenticates its
-//! clients yet: whoever reaches the Kafka port can produce, consume and
-//! delete topics; whoever reaches the metrics port reads topic and group
-//! names from the labels. At start `sluice serve` warns, one line per
+//! The Kafka listener authenticates its clients only with
+//! `security.security_protocol = "SASL_PLAINTEXT"`; otherwise whoever
+//! reaches the port can produce, consume and delete topics. The metrics
+//! listener never does: whoever reaches it reads topic and group names
+//! from the labels. At start `sluice serve` warns, one line per
 //! listener naming its key and the risk, when it is bound to anything but a
 //! loopback address: the unspecified address (`0.0.0.0`, `::`) listens on
 //! every interface, and any other address is reachable from its network.
 
 use std::net::SocketAddr;
+
+use crate::config::SecurityProtocol;
 
 /// Whether a listener bound to `address` accepts connections from other
 /// hosts: anything but a loopback address (IPv4-mapped ones included).
@@ -16,14 +19,27 @@ pub fn reachable_from_other_hosts(address: SocketAddr) -> bool {
     !address.ip().to_canonical().is_loopback()
 }
 
-/// Log the warning for the Kafka listener bound to `address`, if exposed.
-pub fn warn_kafka(address: SocketAddr) {
-    if reachable_from_other_hosts(address) {
+/// Log the warning for the Kafka listener bound to `address` with
+/// `protocol`, if exposed: without authentication, anyone can do
+/// anything; with SASL over plain TCP, records travel unencrypted.
+pub fn warn_kafka(address: SocketAddr, protocol: SecurityProtocol) {
+    if !reachable_from_other_hosts(address) {
+        return;
+    }
+    if protocol.uses_sasl() {
         tracing::warn!(
             kafka.listen = %address,
-            "kafka.listen is not a loopback address and Sluice has no authentication yet: any \
-             host that reaches it can produce, consume, and create or delete topics. Bind it to a \
-             private interface behind a firewall that admits only your clients"
+            "kafka.listen is not a loopback address and security.security_protocol is \
+             SASL_PLAINTEXT: clients authenticate, but records travel unencrypted (TLS is not \
+             available yet). Keep it on a private network"
+        );
+    } else {
+        tracing::warn!(
+            kafka.listen = %address,
+            "kafka.listen is not a loopback address and clients do not authenticate: any host \
+             that reaches it can produce, consume, and create or delete topics. Set \
+             security.security_protocol = \"SASL_PLAINTEXT\" (with security.sasl_bootstrap_user) \
+             or bind it to a private interface behind a firewall that admits only your clients"
         );
     }
 }

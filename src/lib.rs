@@ -27,6 +27,7 @@ pub mod kafka;
 pub mod log_throttle;
 pub mod open_files;
 pub mod record_batch;
+pub mod security;
 pub mod shard;
 pub mod storage;
 pub mod telemetry;

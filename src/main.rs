@@ -57,6 +57,17 @@ enum Command {
         #[arg(long, global = true, default_value = "127.0.0.1:9092")]
         brokers: String,
     },
+    /// Create, delete and list SASL/SCRAM users (KIP-554). On a SASL
+    /// listener, authenticate as a super user with SLUICE_SASL_USERNAME and
+    /// SLUICE_SASL_PASSWORD (and SLUICE_SASL_MECHANISM, default
+    /// SCRAM-SHA-512); every command accepts them.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+        /// Broker addresses, HOST:PORT[,HOST:PORT…].
+        #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+        brokers: String,
+    },
     /// List and describe transactions; fence a transactional id, aborting
     /// its open transaction.
     Transactions {
@@ -305,6 +316,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Topics { .. }
             | Command::Groups { .. }
+            | Command::Users { .. }
             | Command::Transactions { .. }
             | Command::Delays { .. }
             | Command::Dlq { .. }
@@ -315,6 +327,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Topics { command, brokers } => admin_exit(topics(&brokers, command)),
         Command::Groups { command, brokers } => admin_exit(groups(&brokers, command)),
+        Command::Users { command, brokers } => admin_exit(users(&brokers, command)),
         Command::Transactions { command, brokers } => admin_exit(transactions(&brokers, command)),
         Command::Delays { command, metrics } => admin_exit(match command {
             DelaysCommand::Count => sluice::admin::delays::count(&metrics),
@@ -322,6 +335,50 @@ fn main() -> ExitCode {
         }),
         Command::Dlq { command, brokers } => admin_exit(dlq(&brokers, command)),
         Command::Bench { command } => admin_exit(sluice::bench::run(command)),
+    }
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Create USER, or change its password: read from the first line of
+    /// standard input (echo "$PASSWORD" | sluice users create alice).
+    Create {
+        user: String,
+        /// SCRAM-SHA-256 or SCRAM-SHA-512; default both (PLAIN clients
+        /// are checked against either).
+        #[arg(long)]
+        mechanism: Option<String>,
+        /// PBKDF2 iterations, 4096 to 16384 (default 8192).
+        #[arg(long)]
+        iterations: Option<u32>,
+    },
+    /// Delete USER's credentials (one mechanism's with --mechanism).
+    Delete {
+        user: String,
+        #[arg(long)]
+        mechanism: Option<String>,
+    },
+    /// Every user with credentials, by mechanism.
+    List,
+}
+
+fn users(brokers: &str, command: UsersCommand) -> anyhow::Result<()> {
+    use sluice::admin::users;
+    match command {
+        UsersCommand::Create {
+            user,
+            mechanism,
+            iterations,
+        } => users::create(
+            brokers,
+            &user,
+            &users::mechanisms(mechanism.as_deref())?,
+            iterations,
+        ),
+        UsersCommand::Delete { user, mechanism } => {
+            users::delete(brokers, &user, mechanism.as_deref())
+        }
+        UsersCommand::List => users::list(brokers),
     }
 }
 
@@ -583,7 +640,7 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     let metrics = MetricsServer::start(metrics_address, Some(recorder))
         .with_context(|| format!("cannot listen on {metrics_address} for metrics"))?;
     let kafka_address = config::parse_address("kafka.listen", &config.kafka.listen)?;
-    exposure::warn_kafka(kafka_address);
+    exposure::warn_kafka(kafka_address, config.security.security_protocol);
     let (listeners, kafka_address) = bind_shard_listeners(kafka_address, shard_count)?;
     let advertised = advertised(&config, kafka_address);
     // DescribeConfigs shows the bound listener (`listeners`), not a `:0`.
@@ -591,6 +648,9 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     broker_config.kafka.listen = kafka_address.to_string();
     broker_config.metrics.listen = metrics.address.to_string();
     let broker = Arc::new(Broker::new(broker_config, advertised.clone())?);
+    if config.cluster.is_none() {
+        sluice::broker::bootstrap_user::ensure(&broker.metadata, &config.security)?;
+    }
     let service = Arc::new(KafkaService::new(Arc::clone(&broker), backend, listeners));
     let cancelled = || match signals.pending() {
         Ok(Some(signal)) => {

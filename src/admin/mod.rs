@@ -14,6 +14,7 @@ pub mod routing;
 pub mod table;
 pub mod topics;
 pub mod transactions;
+pub mod users;
 
 use kafka_protocol::ResponseError;
 

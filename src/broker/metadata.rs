@@ -32,6 +32,7 @@ use super::broker_config::{BrokerOverrides, BrokerView, StaticSettings};
 use super::metadata_command::{Applied, ExecuteContext, MetadataCommand, Refusal};
 use super::topic_config::{ConfigIssue, TopicConfig, TopicLimits};
 use crate::ids::PartitionId;
+use crate::security::scram::{ScramCredential, ScramMechanism};
 use crate::storage::durable_file::write_atomic;
 
 pub const METADATA_FILE: &str = "metadata.toml";
@@ -166,6 +167,9 @@ pub struct ClusterMetadata {
     /// A cluster's next free partition id ([`TopicMeta::partition_ids`]),
     /// from [`PartitionId::CLUSTER_FIRST`].
     pub next_partition_id: u32,
+    /// SASL/SCRAM credentials by user and mechanism (KIP-554): salted and
+    /// hashed, never a password (`security/scram.rs`).
+    pub scram_credentials: BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>,
 }
 
 /// A cluster's shard groups (ARCHITECTURE.md, "Placement"): group
@@ -375,6 +379,10 @@ pub struct Persisted {
         skip_serializing_if = "is_cluster_first"
     )]
     next_partition_id: u32,
+    /// SCRAM credentials by user, then mechanism name; absent in files
+    /// written before them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    scram_credentials: BTreeMap<String, BTreeMap<String, ScramCredential>>,
 }
 
 fn cluster_first_partition_id() -> u32 {
@@ -669,7 +677,9 @@ fn applied(
         },
         MetadataCommand::SetBrokerConfigs { .. }
         | MetadataCommand::SetGroupConfigs { .. }
-        | MetadataCommand::SetInSync { .. } => Applied::Configs,
+        | MetadataCommand::SetInSync { .. }
+        | MetadataCommand::SetScramCredential { .. }
+        | MetadataCommand::DeleteScramCredential { .. } => Applied::Configs,
     }
 }
 
@@ -714,6 +724,7 @@ impl ClusterMetadata {
             placement: None,
             next_producer_id: 0,
             next_partition_id: PartitionId::CLUSTER_FIRST,
+            scram_credentials: BTreeMap::new(),
         }
     }
 
@@ -1021,6 +1032,19 @@ impl ClusterMetadata {
             placement: self.placement.clone(),
             next_producer_id: self.next_producer_id,
             next_partition_id: self.next_partition_id,
+            scram_credentials: self
+                .scram_credentials
+                .iter()
+                .map(|(user, credentials)| {
+                    let by_name = credentials
+                        .iter()
+                        .map(|(mechanism, credential)| {
+                            (mechanism.name().to_owned(), credential.clone())
+                        })
+                        .collect();
+                    (user.clone(), by_name)
+                })
+                .collect(),
         }
     }
 
@@ -1074,6 +1098,17 @@ impl ClusterMetadata {
                 .map_err(|_| format!("node id {id:?} is not a number"))?;
             nodes.insert(id, node);
         }
+        let mut scram_credentials = BTreeMap::new();
+        for (user, stored) in persisted.scram_credentials {
+            let mut credentials = BTreeMap::new();
+            for (name, credential) in stored {
+                let mechanism = ScramMechanism::from_name(&name).ok_or_else(|| {
+                    format!("user {user:?} has a credential for unknown mechanism {name:?}")
+                })?;
+                credentials.insert(mechanism, credential);
+            }
+            scram_credentials.insert(user, credentials);
+        }
         let mut metadata = ClusterMetadata {
             cluster_id: persisted.cluster_id,
             topics,
@@ -1088,6 +1123,7 @@ impl ClusterMetadata {
             }),
             next_producer_id: persisted.next_producer_id,
             next_partition_id: persisted.next_partition_id,
+            scram_credentials,
         };
         metadata.reindex();
         Ok(metadata)

@@ -25,6 +25,7 @@ use super::group::config::{
 };
 use super::metadata::{ClusterMetadata, TopicId, TopicMeta};
 use super::topic_config::{ConfigIssue, TopicConfig, TopicLimits};
+use crate::security::scram::{ScramCredential, ScramMechanism};
 
 /// One change of the cluster metadata. Config maps are the overrides as
 /// they will be stored: the caller has checked their names and normalised
@@ -74,7 +75,26 @@ pub enum MetadataCommand {
         leader_epoch: i32,
         in_sync: Vec<u64>,
     },
+    /// Set user `user`'s `mechanism` credential, replacing any it had
+    /// (AlterUserScramCredentials' upsertion, KIP-554). The caller checked
+    /// the iteration count and drew the salt.
+    SetScramCredential {
+        user: String,
+        mechanism: ScramMechanism,
+        credential: ScramCredential,
+    },
+    /// Delete user `user`'s `mechanism` credential; refused when it has none.
+    DeleteScramCredential {
+        user: String,
+        mechanism: ScramMechanism,
+    },
 }
+
+/// The longest SCRAM user name kept, in bytes.
+pub const SCRAM_USER_BYTES_MAX: usize = 256;
+/// The most users with SCRAM credentials a cluster keeps (every snapshot
+/// of the metadata holds them all).
+pub const SCRAM_USERS_MAX: usize = 10_000;
 
 /// The most partitions any topic may have, whatever a node's
 /// `kafka.partitions_per_topic_max`: a bound every node applies the same
@@ -113,6 +133,13 @@ pub enum Refusal {
     /// INVALID_REQUEST (a broker setting or group config refused whole).
     #[error("{0}")]
     InvalidRequest(String),
+    /// RESOURCE_NOT_FOUND: a SCRAM credential to delete does not exist.
+    #[error("{0}")]
+    UnknownCredential(String),
+    /// UNACCEPTABLE_CREDENTIAL: a user name or credential the broker keeps
+    /// no such thing for.
+    #[error("{0}")]
+    UnacceptableCredential(String),
 }
 
 /// The node-local settings a command is executed with: the static broker
@@ -280,6 +307,55 @@ impl ClusterMetadata {
                     )));
                 }
                 self.group_configs.insert(group, overrides);
+                Ok(Applied::Configs)
+            }
+            MetadataCommand::SetScramCredential {
+                user,
+                mechanism,
+                credential,
+            } => {
+                if user.is_empty() || user.len() > SCRAM_USER_BYTES_MAX {
+                    return Err(Refusal::UnacceptableCredential(format!(
+                        "a user name must be 1 to {SCRAM_USER_BYTES_MAX} bytes, not {}",
+                        user.len()
+                    )));
+                }
+                let iterations = i32::try_from(credential.iterations).unwrap_or(i32::MAX);
+                if !ScramCredential::iterations_valid(iterations) {
+                    return Err(Refusal::UnacceptableCredential(format!(
+                        "{} iterations is outside {}..={}",
+                        credential.iterations,
+                        crate::security::scram::ITERATIONS_MIN,
+                        crate::security::scram::ITERATIONS_MAX
+                    )));
+                }
+                if !self.scram_credentials.contains_key(&user)
+                    && self.scram_credentials.len() >= SCRAM_USERS_MAX
+                {
+                    return Err(Refusal::UnacceptableCredential(format!(
+                        "{SCRAM_USERS_MAX} users have credentials already, the most Sluice keeps"
+                    )));
+                }
+                self.scram_credentials
+                    .entry(user)
+                    .or_default()
+                    .insert(mechanism, credential);
+                Ok(Applied::Configs)
+            }
+            MetadataCommand::DeleteScramCredential { user, mechanism } => {
+                let credentials = self.scram_credentials.get_mut(&user);
+                let Some(credentials) =
+                    credentials.filter(|credentials| credentials.contains_key(&mechanism))
+                else {
+                    return Err(Refusal::UnknownCredential(format!(
+                        "user {user:?} has no {} credential",
+                        mechanism.name()
+                    )));
+                };
+                credentials.remove(&mechanism);
+                if credentials.is_empty() {
+                    self.scram_credentials.remove(&user);
+                }
                 Ok(Applied::Configs)
             }
             MetadataCommand::SetInSync {

@@ -7,6 +7,7 @@
 //! partitions with the metadata at startup, so a change interrupted by a
 //! crash completes at the next start.
 
+pub mod bootstrap_user;
 pub mod broker_config;
 pub mod config_value;
 pub mod delay;
@@ -144,7 +145,9 @@ impl From<Refusal> for TopicError {
             Refusal::UnknownTopicId(id) => TopicError::UnknownId(id),
             Refusal::InvalidPartitions(message) => TopicError::InvalidPartitions(message),
             Refusal::InvalidConfig(issue) => TopicError::InvalidConfig(issue),
-            Refusal::InvalidRequest(message) => TopicError::InvalidRequest(message),
+            Refusal::InvalidRequest(message)
+            | Refusal::UnknownCredential(message)
+            | Refusal::UnacceptableCredential(message) => TopicError::InvalidRequest(message),
         }
     }
 }

@@ -344,6 +344,12 @@ pub fn with_request_type<V: WithRequestType>(key: ApiKey, visitor: V) -> Option<
         ApiKey::ListTransactions => visitor.call::<ListTransactionsRequest>(),
         ApiKey::ConsumerGroupHeartbeat => visitor.call::<ConsumerGroupHeartbeatRequest>(),
         ApiKey::ConsumerGroupDescribe => visitor.call::<ConsumerGroupDescribeRequest>(),
+        ApiKey::SaslHandshake => visitor.call::<SaslHandshakeRequest>(),
+        ApiKey::SaslAuthenticate => visitor.call::<SaslAuthenticateRequest>(),
+        ApiKey::DescribeUserScramCredentials => {
+            visitor.call::<DescribeUserScramCredentialsRequest>()
+        }
+        ApiKey::AlterUserScramCredentials => visitor.call::<AlterUserScramCredentialsRequest>(),
         _ => return None,
     })
 }

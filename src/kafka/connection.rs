@@ -43,6 +43,7 @@ use super::frame::{Frame, FrameError, FrameLimits, FrameReader};
 use super::hangup::Hangup;
 use super::request_budget::RequestBudget;
 use super::response::ResponseWriter;
+use super::session::Session;
 use super::turn::Turns;
 use crate::broker::Broker;
 use crate::error_chain::error_chain;
@@ -61,6 +62,7 @@ pub async fn serve(
     backend: IoBackend,
 ) {
     let _ = stream.set_nodelay(true);
+    let session = Rc::new(Session::new(broker.config.security.security_protocol));
     let kafka = &broker.config.kafka;
     let pipeline = Pipeline {
         requests_max: kafka.requests_in_flight_max as usize,
@@ -75,7 +77,7 @@ pub async fn serve(
         hangup: Rc::default(),
     };
     let read = pin!(read_requests(
-        &shard, &broker, &budget, &stream, peer, &pipeline
+        &shard, &broker, &budget, &stream, peer, &pipeline, &session
     ));
     let write = pin!(write_responses(&stream, backend, peer, &pipeline));
     let idle = pin!(close_when_idle(&pipeline, peer));
@@ -131,6 +133,16 @@ impl Pipeline {
         }
     }
 
+    async fn drained(&self) {
+        loop {
+            let changed = self.changed.wait();
+            if self.requests.get() == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     fn push(&self, in_flight: InFlight) {
         self.requests.set(self.requests.get() + 1);
         self.bytes.set(self.bytes.get() + in_flight.bytes);
@@ -175,6 +187,7 @@ async fn read_requests(
     stream: &TcpStream,
     peer: SocketAddr,
     pipeline: &Pipeline,
+    session: &Rc<Session>,
 ) {
     let kafka = &broker.config.kafka;
     let mut reader = FrameReader::new(FrameLimits {
@@ -183,6 +196,11 @@ async fn read_requests(
     });
     let mut turns = Turns::default();
     loop {
+        if !session.is_authenticated() {
+            // The SASL exchange goes one request at a time: the next one
+            // is read once this one is answered and its state is set.
+            hangup_watch_drained(stream, pipeline).await;
+        }
         let frame = match read_frame(&mut reader, budget, stream, pipeline).await {
             Ok(frame) => frame,
             Err(error) => {
@@ -204,6 +222,7 @@ async fn read_requests(
             frame.body,
             turns.take(),
             Rc::clone(&pipeline.hangup),
+            Rc::clone(session),
         );
         let lease = frame.lease;
         // The frame's budget comes back when its task ends (or is dropped
@@ -222,6 +241,16 @@ async fn read_requests(
     }
     pipeline.stop_reading();
     std::future::pending::<()>().await;
+}
+
+/// Wait until every request read is answered, watching for the client's FIN.
+async fn hangup_watch_drained(stream: &TcpStream, pipeline: &Pipeline) {
+    if pipeline.requests.get() > 0 {
+        pipeline
+            .hangup
+            .watch_while(stream.as_fd(), pipeline.drained())
+            .await;
+    }
 }
 
 /// The next frame, once the pipeline has room and the budget covers it.
@@ -269,6 +298,13 @@ async fn write_responses(
                     tracing::debug!(%peer, %error, "could not send a response; closing");
                     return;
                 }
+            }
+            Outcome::RespondAndClose(response) => {
+                telemetry::kafka::request_done(in_flight.api_key, in_flight.read_at);
+                if let Err(error) = writer.send(stream, response).await {
+                    tracing::debug!(%peer, %error, "could not send a response; closing");
+                }
+                return;
             }
             Outcome::Silent => {}
             Outcome::Close(error) => {

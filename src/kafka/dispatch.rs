@@ -24,6 +24,7 @@ use super::hangup::Hangup;
 use super::request_error::RequestError;
 use super::response::Response;
 use super::response_errors::ErrorCodes;
+use super::session::Session;
 use super::turn::Turn;
 use super::versions;
 use crate::broker::Broker;
@@ -42,6 +43,8 @@ pub struct Request<'a> {
     /// Set once the client will send no more requests: a request that only
     /// waits (a long-poll Fetch) should answer at once.
     pub hangup: &'a Hangup,
+    /// The connection's authentication: its principal, the SASL exchange.
+    pub session: &'a Session,
     turn: &'a Turn,
 }
 
@@ -81,6 +84,8 @@ impl Request<'_> {
 
 pub enum Outcome {
     Respond(Response),
+    /// Answer, then close the connection (a failed SASL authentication).
+    RespondAndClose(Response),
     /// acks=0 produce: the client expects nothing.
     Silent,
     /// The connection closes after the responses before this one.
@@ -94,15 +99,17 @@ pub async fn handle(
     frame: Bytes,
     turn: Turn,
     hangup: Rc<Hangup>,
+    session: Rc<Session>,
 ) -> Outcome {
     turn.wait().await;
     let connection = Connection {
         peer,
         hangup: &hangup,
+        session: &session,
         turn: &turn,
     };
     let outcome = decode_and_serve(&shard, &broker, connection, frame).await;
-    if let Outcome::Close(_) = outcome {
+    if let Outcome::Close(_) | Outcome::RespondAndClose(_) = outcome {
         turn.stop();
     }
     outcome
@@ -131,6 +138,7 @@ fn holds_turn(key: ApiKey) -> bool {
 struct Connection<'a> {
     peer: SocketAddr,
     hangup: &'a Hangup,
+    session: &'a Session,
     turn: &'a Turn,
 }
 
@@ -200,6 +208,9 @@ async fn decode_and_serve(
         }
         Head::Refused(reason) => return Outcome::Close(reason),
     };
+    if !connection.session.admits(key) {
+        return Outcome::Close(RequestError::Unauthenticated { key });
+    }
     let request = Request {
         shard,
         broker,
@@ -208,6 +219,7 @@ async fn decode_and_serve(
         version,
         peer: connection.peer,
         hangup: connection.hangup,
+        session: connection.session,
         turn: connection.turn,
     };
     if !holds_turn(key) {
@@ -215,6 +227,9 @@ async fn decode_and_serve(
     }
     let body = frame.copy_to_bytes(frame.remaining());
     match api::handle(&request, body).await {
+        Ok(Some(response)) if connection.session.closes_after_response() => {
+            Outcome::RespondAndClose(response)
+        }
         Ok(Some(response)) => Outcome::Respond(response),
         Ok(None) => Outcome::Silent,
         Err(error) => Outcome::Close(error),

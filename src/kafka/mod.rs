@@ -20,6 +20,8 @@ pub mod request_budget;
 pub mod request_error;
 pub mod response;
 pub mod response_errors;
+pub mod sasl_log;
+pub mod session;
 pub mod turn;
 pub mod versions;
 

@@ -52,6 +52,13 @@ pub enum RequestError {
         count: usize,
         limit: usize,
     },
+    /// A request other than ApiVersions, SaslHandshake and SaslAuthenticate
+    /// before a SASL listener's client authenticated (Kafka closes the
+    /// connection too).
+    #[error(
+        "{key:?} before SASL authentication: this listener needs SaslHandshake and SaslAuthenticate first (security.security_protocol)"
+    )]
+    Unauthenticated { key: ApiKey },
     /// The response does not fit its own version (a field this version
     /// cannot carry was set): a bug in the handler, not in the client.
     #[error("cannot encode the {key:?} v{version} response: {source}")]

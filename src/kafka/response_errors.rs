@@ -18,6 +18,10 @@ use kafka_protocol::messages::{
     OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse,
     SyncGroupResponse, TxnOffsetCommitResponse,
 };
+use kafka_protocol::messages::{
+    AlterUserScramCredentialsResponse, DescribeUserScramCredentialsResponse,
+    SaslAuthenticateResponse, SaslHandshakeResponse,
+};
 
 /// Visit every error code in a response (zeros included; the caller skips them).
 pub trait ErrorCodes {
@@ -46,7 +50,9 @@ top_level!(
     AddOffsetsToTxnResponse,
     ListTransactionsResponse,
     ListGroupsResponse,
-    ConsumerGroupHeartbeatResponse
+    ConsumerGroupHeartbeatResponse,
+    SaslHandshakeResponse,
+    SaslAuthenticateResponse
 );
 
 /// Responses with one error code per item of a list, and optionally a
@@ -75,7 +81,9 @@ per_item!(
     FindCoordinatorResponse => [error_code] coordinators,
     LeaveGroupResponse => [error_code] members,
     DescribeTransactionsResponse => transaction_states,
-    DescribeLogDirsResponse => [error_code] results
+    DescribeLogDirsResponse => [error_code] results,
+    DescribeUserScramCredentialsResponse => [error_code] results,
+    AlterUserScramCredentialsResponse => results
 );
 
 /// Visit the code of every partition nested in `topics`.

@@ -198,6 +198,29 @@ pub const SUPPORTED: &[Supported] = &[
         min: 0,
         max: 1,
     },
+    // v0 is listed because librdkafka needs it listed before it uses v1;
+    // a v0 handshake (raw SASL tokens after it, before KIP-152) is refused
+    // with UNSUPPORTED_VERSION and a log line (`sasl_handshake.rs`).
+    Supported {
+        key: ApiKey::SaslHandshake,
+        min: 0,
+        max: 1,
+    },
+    Supported {
+        key: ApiKey::SaslAuthenticate,
+        min: 0,
+        max: 2,
+    },
+    Supported {
+        key: ApiKey::DescribeUserScramCredentials,
+        min: 0,
+        max: 0,
+    },
+    Supported {
+        key: ApiKey::AlterUserScramCredentials,
+        min: 0,
+        max: 0,
+    },
 ];
 
 /// The supported range for `key`, if Sluice implements it at all.
@@ -255,6 +278,10 @@ mod tests {
             ApiKey::ListTransactions => ListTransactionsRequest::VERSIONS,
             ApiKey::ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest::VERSIONS,
             ApiKey::ConsumerGroupDescribe => ConsumerGroupDescribeRequest::VERSIONS,
+            ApiKey::SaslHandshake => SaslHandshakeRequest::VERSIONS,
+            ApiKey::SaslAuthenticate => SaslAuthenticateRequest::VERSIONS,
+            ApiKey::DescribeUserScramCredentials => DescribeUserScramCredentialsRequest::VERSIONS,
+            ApiKey::AlterUserScramCredentials => AlterUserScramCredentialsRequest::VERSIONS,
             other => panic!("no codec listed for {other:?}"),
         };
         for entry in SUPPORTED {

@@ -83,6 +83,16 @@ pub fn connection_closed_bad_input(reason: &'static str) {
     counter!(names::KAFKA_CONNECTIONS_CLOSED_BAD_INPUT, "reason" => reason).increment(1);
 }
 
+/// A SASL authentication finished: `succeeded` or `failed`.
+pub fn sasl_authentication(mechanism: &'static str, outcome: &'static str) {
+    counter!(
+        names::KAFKA_SASL_AUTHENTICATIONS,
+        "mechanism" => mechanism,
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
 /// A request that ended its connection (malformed, unsupported, failed).
 pub fn connection_closed_by(raw_key: i16) {
     counter!(

@@ -18,6 +18,7 @@ pub const KAFKA_CONNECTIONS_REFUSED: &str = "sluice_kafka_connections_refused_to
 pub const KAFKA_CONNECTIONS_CLOSED_BAD_INPUT: &str =
     "sluice_kafka_connections_closed_bad_input_total";
 pub const KAFKA_QUEUED_REQUEST_BYTES: &str = "sluice_kafka_queued_request_bytes";
+pub const KAFKA_SASL_AUTHENTICATIONS: &str = "sluice_kafka_sasl_authentications_total";
 pub const KAFKA_CONNECTIONS_WAITING_FOR_BUDGET: &str =
     "sluice_kafka_connections_waiting_for_request_budget";
 
@@ -130,6 +131,11 @@ pub fn describe() {
         KAFKA_CONNECTIONS_CLOSED_BAD_INPUT,
         Unit::Count,
         "Kafka connections the broker closed for what the client sent, by reason: bad_size (a size prefix not positive), too_large (over kafka.request_max_bytes), read_timeout (kafka.request_read_timeout_ms), truncated (closed mid-request), read_error (a failed read; a connection reset by the client is a plain close), bad_request (a request it could not serve)."
+    );
+    describe_counter!(
+        KAFKA_SASL_AUTHENTICATIONS,
+        Unit::Count,
+        "SASL authentications on the Kafka listener, by mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and outcome (succeeded, failed: a wrong password, an unknown user or a malformed exchange; the connection is closed)."
     );
     describe_gauge!(
         KAFKA_QUEUED_REQUEST_BYTES,

@@ -37,8 +37,11 @@ pub mod offset_commit;
 pub mod offset_delete;
 pub mod offset_fetch;
 pub mod produce;
+pub mod sasl_authenticate;
+pub mod sasl_handshake;
 pub mod sync_group;
 pub mod txn_offset_commit;
+pub mod user_scram_credentials;
 
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
@@ -73,6 +76,14 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
     match request.key {
         ApiKey::ApiVersions => api_versions::handle(request, body).map(Some),
         ApiKey::Metadata => metadata::handle(request, body).await.map(Some),
+        ApiKey::SaslHandshake => sasl_handshake::handle(request, body).map(Some),
+        ApiKey::SaslAuthenticate => sasl_authenticate::handle(request, body).await.map(Some),
+        ApiKey::DescribeUserScramCredentials => {
+            user_scram_credentials::describe(request, body).map(Some)
+        }
+        ApiKey::AlterUserScramCredentials => {
+            user_scram_credentials::alter(request, body).await.map(Some)
+        }
         ApiKey::Produce => produce::handle(request, body).await,
         ApiKey::InitProducerId => init_producer_id::handle(request, body).await.map(Some),
         ApiKey::AddPartitionsToTxn => add_partitions_to_txn::handle(request, body).await.map(Some),

@@ -1,0 +1,65 @@
+//! The first administrator of a SASL listener (issue 20):
+//! `security.sasl_bootstrap_user` with the password in
+//! `SLUICE_SASL_BOOTSTRAP_PASSWORD`, created at start with SCRAM-SHA-256
+//! and SCRAM-SHA-512 credentials if the user has none. An existing user is
+//! left as it is: its password changes only through
+//! AlterUserScramCredentials (`sluice users create`), so restarting with
+//! an old environment never undoes a change.
+//!
+//! A single node does this at start. A cluster's metadata lives in its
+//! controller: create the first user there while the listener is still
+//! `PLAINTEXT` (`sluice users create`), then switch it to SASL.
+
+use thiserror::Error;
+
+use super::metadata::{MetadataError, MetadataStore};
+use super::metadata_command::MetadataCommand;
+use crate::config::{BOOTSTRAP_PASSWORD_ENV, SecurityConfig};
+use crate::security::scram::{ITERATIONS_DEFAULT, ScramCredential, ScramMechanism};
+
+#[derive(Debug, Error)]
+pub enum BootstrapUserError {
+    #[error(
+        "security.sasl_bootstrap_user = {user:?} has no credentials yet and {BOOTSTRAP_PASSWORD_ENV} is not set: set it to the user's password for this start"
+    )]
+    NoPassword { user: String },
+    #[error("cannot create the bootstrap user {user:?}: {reason}")]
+    Refused { user: String, reason: String },
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+}
+
+/// Create the bootstrap user if configured and missing. Blocking (PBKDF2
+/// and a metadata write); at start, before any shard serves.
+pub fn ensure(
+    metadata: &MetadataStore,
+    security: &SecurityConfig,
+) -> Result<(), BootstrapUserError> {
+    let user = &security.sasl_bootstrap_user;
+    if user.is_empty() || metadata.snapshot().scram_credentials.contains_key(user) {
+        return Ok(());
+    }
+    let password = std::env::var(BOOTSTRAP_PASSWORD_ENV)
+        .ok()
+        .filter(|password| !password.is_empty())
+        .ok_or_else(|| BootstrapUserError::NoPassword { user: user.clone() })?;
+    for mechanism in ScramMechanism::ALL {
+        let credential = ScramCredential::from_password(mechanism, &password, ITERATIONS_DEFAULT);
+        let command = MetadataCommand::SetScramCredential {
+            user: user.clone(),
+            mechanism,
+            credential,
+        };
+        metadata
+            .submit_blocking(command)?
+            .map_err(|refusal| BootstrapUserError::Refused {
+                user: user.clone(),
+                reason: refusal.to_string(),
+            })?;
+    }
+    tracing::info!(
+        user,
+        "created the bootstrap user (security.sasl_bootstrap_user) with SCRAM-SHA-256 and SCRAM-SHA-512 credentials"
+    );
+    Ok(())
+}

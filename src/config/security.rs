@@ -1,0 +1,155 @@
+//! The `[security]` section: how clients authenticate (issue 20).
+//!
+//! The default is Kafka's: `PLAINTEXT`, no authentication, every client is
+//! `User:ANONYMOUS` and may do anything. With `security_protocol =
+//! "SASL_PLAINTEXT"` every connection must authenticate (SaslHandshake and
+//! SaslAuthenticate, KIP-43 and KIP-152) with one of
+//! `sasl_enabled_mechanisms` before any other request but ApiVersions.
+//! Credentials live in the cluster metadata (`sluice users`, KIP-554's
+//! AlterUserScramCredentials); the first one comes from
+//! `sasl_bootstrap_user` and the environment variable
+//! [`BOOTSTRAP_PASSWORD_ENV`], so that no password sits in a config file.
+
+use serde::Deserialize;
+
+use super::{ConfigError, invalid};
+use crate::security::scram::ScramMechanism;
+
+/// The environment variable holding `sasl_bootstrap_user`'s password.
+pub const BOOTSTRAP_PASSWORD_ENV: &str = "SLUICE_SASL_BOOTSTRAP_PASSWORD";
+
+/// Kafka's security protocols; the TLS ones are not built yet.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    /// No authentication, no encryption.
+    #[default]
+    #[serde(rename = "PLAINTEXT")]
+    Plaintext,
+    /// SASL authentication over plain TCP.
+    #[serde(rename = "SASL_PLAINTEXT")]
+    SaslPlaintext,
+}
+
+impl SecurityProtocol {
+    /// Kafka's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+        }
+    }
+
+    pub fn uses_sasl(self) -> bool {
+        self == SecurityProtocol::SaslPlaintext
+    }
+}
+
+/// A SASL mechanism the broker can offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SaslMechanism {
+    Plain,
+    Scram(ScramMechanism),
+}
+
+impl SaslMechanism {
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::Scram(scram) => scram.name(),
+        }
+    }
+
+    /// The mechanism a client names (case as Kafka: exact).
+    pub fn from_name(name: &str) -> Option<SaslMechanism> {
+        if name == "PLAIN" {
+            return Some(SaslMechanism::Plain);
+        }
+        ScramMechanism::ALL
+            .into_iter()
+            .find(|scram| scram.name() == name)
+            .map(SaslMechanism::Scram)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// `PLAINTEXT` (default) or `SASL_PLAINTEXT`: the Kafka listener's
+    /// security protocol (Kafka's `listener.security.protocol.map`).
+    pub security_protocol: SecurityProtocol,
+    /// Mechanisms offered on a SASL listener, in the order SaslHandshake
+    /// lists them (Kafka's `sasl.enabled.mechanisms`): `SCRAM-SHA-256`,
+    /// `SCRAM-SHA-512`, `PLAIN`. Default the two SCRAM ones: PLAIN sends
+    /// the password itself, which only TLS should carry.
+    pub sasl_enabled_mechanisms: Vec<String>,
+    /// Principals allowed everything, as `User:<name>` (Kafka's
+    /// `super.users`, `;`-separated there, a list here).
+    pub super_users: Vec<String>,
+    /// A user created at start with SCRAM-SHA-256 and SCRAM-SHA-512
+    /// credentials for the password in `SLUICE_SASL_BOOTSTRAP_PASSWORD`,
+    /// if it has none yet, and made a super user: the first administrator.
+    /// Empty: none.
+    pub sasl_bootstrap_user: String,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl_enabled_mechanisms: vec!["SCRAM-SHA-256".to_owned(), "SCRAM-SHA-512".to_owned()],
+            super_users: Vec::new(),
+            sasl_bootstrap_user: String::new(),
+        }
+    }
+}
+
+impl SecurityConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.sasl_enabled_mechanisms.is_empty() && self.security_protocol.uses_sasl() {
+            return invalid(
+                "security.sasl_enabled_mechanisms",
+                "[]",
+                "a SASL listener needs at least one of SCRAM-SHA-256, SCRAM-SHA-512, PLAIN",
+            );
+        }
+        for name in &self.sasl_enabled_mechanisms {
+            if SaslMechanism::from_name(name).is_none() {
+                return invalid(
+                    "security.sasl_enabled_mechanisms",
+                    name,
+                    "expected SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN",
+                );
+            }
+        }
+        for principal in &self.super_users {
+            if principal.strip_prefix("User:").is_none_or(str::is_empty) {
+                return invalid("security.super_users", principal, "expected User:<name>");
+            }
+        }
+        if self.sasl_bootstrap_user.len() > crate::broker::metadata_command::SCRAM_USER_BYTES_MAX {
+            return invalid(
+                "security.sasl_bootstrap_user",
+                &self.sasl_bootstrap_user,
+                "at most 256 bytes",
+            );
+        }
+        Ok(())
+    }
+
+    /// The enabled mechanisms, in configured order (validated).
+    pub fn mechanisms(&self) -> Vec<SaslMechanism> {
+        self.sasl_enabled_mechanisms
+            .iter()
+            .filter_map(|name| SaslMechanism::from_name(name))
+            .collect()
+    }
+
+    /// Whether `user` is a super user (listed, or the bootstrap user).
+    pub fn is_super_user(&self, user: &str) -> bool {
+        (!self.sasl_bootstrap_user.is_empty() && self.sasl_bootstrap_user == user)
+            || self
+                .super_users
+                .iter()
+                .any(|principal| principal.strip_prefix("User:") == Some(user))
+    }
+}
