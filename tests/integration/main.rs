@@ -52,6 +52,7 @@ mod recovery;
 mod replica_log;
 mod retention;
 mod retry_dlq;
+mod sasl;
 mod segment_ahead;
 mod shard_runtime;
 mod sim_device;

@@ -1,0 +1,451 @@
+//! SASL authentication on the Kafka listener (issue 20): real clients
+//! (kcat, confluent-kafka, kafka-python) with SCRAM-SHA-256, SCRAM-SHA-512
+//! and PLAIN against `security.security_protocol = "SASL_PLAINTEXT"`; the
+//! bootstrap user; `sluice users`; credentials kept across a restart and
+//! never as passwords; and the exchange's bad input, on the wire.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kafka_protocol::messages::{
+    ApiVersionsRequest, MetadataRequest, SaslAuthenticateRequest, SaslHandshakeRequest,
+};
+use kafka_protocol::protocol::StrBytes;
+use serde::Deserialize;
+
+use crate::broker_process::{BrokerProcess, exit_of};
+use crate::test_clients;
+use crate::wire::Wire;
+
+const ADMIN: &str = "admin";
+const ADMIN_PASSWORD: &str = "admin-secret-1";
+
+/// A SASL broker on `dir` offering all three mechanisms, its bootstrap
+/// user `admin` made from the environment when `with_password`.
+fn sasl_broker(dir: &Path, with_password: bool) -> BrokerProcess {
+    let config = dir.join("sasl.toml");
+    std::fs::write(
+        &config,
+        "[security]\nsecurity_protocol = \"SASL_PLAINTEXT\"\n\
+         sasl_enabled_mechanisms = [\"SCRAM-SHA-256\", \"SCRAM-SHA-512\", \"PLAIN\"]\n\
+         sasl_bootstrap_user = \"admin\"\n",
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let mut command = BrokerProcess::command(&data, &["--config", config.to_str().unwrap()]);
+    if with_password {
+        command.env("SLUICE_SASL_BOOTSTRAP_PASSWORD", ADMIN_PASSWORD);
+    }
+    BrokerProcess::start_command(command)
+}
+
+fn kcat(args: &[&str], input: Option<&[u8]>) -> std::process::Output {
+    // Debian's kcat with Debian's librdkafka (SCRAM needs its OpenSSL):
+    // cargo's LD_LIBRARY_PATH would hand it the test build's librdkafka.
+    let mut child = Command::new("kcat")
+        .env_remove("LD_LIBRARY_PATH")
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("kcat is needed for this test ({error}); run .ci/run"));
+    if let Some(input) = input {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn sasl_args<'a>(
+    address: &'a str,
+    mechanism: &'a str,
+    user: &'a str,
+    password: &'a str,
+) -> Vec<String> {
+    [
+        "-b",
+        address,
+        "-X",
+        "security.protocol=SASL_PLAINTEXT",
+        "-X",
+        &format!("sasl.mechanisms={mechanism}"),
+        "-X",
+        &format!("sasl.username={user}"),
+        "-X",
+        &format!("sasl.password={password}"),
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect()
+}
+
+fn metric(broker: &BrokerProcess, line_start: &str) -> f64 {
+    let (_, text) = crate::metrics::get(&broker.metrics, "/metrics");
+    text.lines()
+        .find(|line| line.starts_with(line_start))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn kcat_authenticates_with_each_mechanism_and_a_wrong_password_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = sasl_broker(dir.path(), true);
+    let address = broker.address.as_str();
+    let lines: String = (0..300).map(|index| format!("line-{index}\n")).collect();
+    let mut args = sasl_args(address, "SCRAM-SHA-512", ADMIN, ADMIN_PASSWORD);
+    args.extend(["-P", "-t", "secured", "-X", "acks=all"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let produced = kcat(&args, Some(lines.as_bytes()));
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    for mechanism in ["SCRAM-SHA-256", "PLAIN"] {
+        let mut args = sasl_args(address, mechanism, ADMIN, ADMIN_PASSWORD);
+        args.extend(["-C", "-t", "secured", "-e", "-q"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let consumed = kcat(&args, None);
+        assert_eq!(
+            String::from_utf8_lossy(&consumed.stdout),
+            lines,
+            "{mechanism}: {}",
+            String::from_utf8_lossy(&consumed.stderr)
+        );
+    }
+
+    for mechanism in ["SCRAM-SHA-256", "PLAIN"] {
+        let mut args = sasl_args(address, mechanism, ADMIN, "not-the-password");
+        args.extend(["-L", "-m", "3"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let refused = kcat(&args, None);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && stderr.contains("Invalid username or password"),
+            "{mechanism}: {stderr}"
+        );
+    }
+    assert!(broker.wait_for_log("refused a SASL authentication"));
+    assert!(
+        metric(
+            &broker,
+            "sluice_kafka_sasl_authentications_total{mechanism=\"PLAIN\",outcome=\"failed\"}"
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &broker,
+            "sluice_kafka_sasl_authentications_total{mechanism=\"SCRAM-SHA-512\",outcome=\"succeeded\"}"
+        ) >= 1.0
+    );
+
+    // A client that does not authenticate gets nothing.
+    let plain = kcat(&["-b", address, "-L", "-m", "3"], None);
+    assert!(!plain.status.success());
+    assert!(broker.wait_for_log("Metadata before SASL authentication"));
+}
+
+#[derive(Debug, Deserialize)]
+struct RoundTrip {
+    acked: Vec<String>,
+    read: Vec<String>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Login {
+    ok: bool,
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Created {
+    described: Vec<(String, i32)>,
+    error: Option<String>,
+}
+
+/// `sluice users ...` authenticated as `user`; its status and output.
+fn sluice_users(
+    broker: &BrokerProcess,
+    user: &str,
+    password: &str,
+    args: &[&str],
+    stdin: &str,
+) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("users")
+        .args(args)
+        .args(["--brokers", &broker.address])
+        .env("SLUICE_SASL_USERNAME", user)
+        .env("SLUICE_SASL_PASSWORD", password)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[test]
+fn users_made_through_the_kafka_api_log_in_with_python_clients_until_deleted() {
+    let Some(clients) = test_clients::installed(
+        "users_made_through_the_kafka_api_log_in_with_python_clients_until_deleted",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = sasl_broker(dir.path(), true);
+    let address = broker.address.clone();
+
+    // confluent-kafka's AdminClient salts and hashes bob's password itself.
+    let created: Created = clients
+        .python(
+            "sasl_clients.py",
+            &[
+                "admin",
+                &address,
+                ADMIN,
+                ADMIN_PASSWORD,
+                "bob",
+                "bob-secret-2",
+            ],
+        )
+        .finish_as(Duration::from_secs(60));
+    assert_eq!(created.error, None);
+    assert_eq!(
+        created.described,
+        vec![
+            ("SCRAM_SHA_256".to_owned(), 8192),
+            ("SCRAM_SHA_512".to_owned(), 8192)
+        ]
+    );
+
+    for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] {
+        let report: std::collections::BTreeMap<String, RoundTrip> = clients
+            .python(
+                "sasl_clients.py",
+                &[
+                    "roundtrip",
+                    &address,
+                    mechanism,
+                    "bob",
+                    "bob-secret-2",
+                    &format!("t-{mechanism}"),
+                    "50",
+                ],
+            )
+            .finish_as(Duration::from_secs(120));
+        for (client, result) in &report {
+            assert_eq!(result.error, None, "{client} with {mechanism}");
+            assert_eq!(result.acked.len(), 50, "{client} with {mechanism}");
+            let mut read = result.read.clone();
+            read.sort();
+            let mut acked = result.acked.clone();
+            acked.sort();
+            assert_eq!(
+                read, acked,
+                "{client} with {mechanism} reads back what it wrote"
+            );
+        }
+    }
+
+    // bob is no super user: he cannot make users.
+    let (made, output) = sluice_users(&broker, "bob", "bob-secret-2", &["create", "carol"], "pw\n");
+    assert!(
+        !made && output.contains("ClusterAuthorizationFailed"),
+        "{output}"
+    );
+    let (made, output) = sluice_users(
+        &broker,
+        ADMIN,
+        ADMIN_PASSWORD,
+        &["create", "carol"],
+        "carol-pw\n",
+    );
+    assert!(made, "{output}");
+    let (listed, output) = sluice_users(&broker, ADMIN, ADMIN_PASSWORD, &["list"], "");
+    assert!(listed, "{output}");
+    for user in ["admin", "bob", "carol"] {
+        assert!(output.contains(user), "{output}");
+    }
+
+    // Credentials are kept, salted and hashed, across a restart without the
+    // bootstrap password.
+    broker.stop();
+    let metadata = std::fs::read_to_string(dir.path().join("data/metadata.toml")).unwrap();
+    for secret in [ADMIN_PASSWORD, "bob-secret-2", "carol-pw"] {
+        assert!(
+            !metadata.contains(secret),
+            "a password is stored in metadata.toml"
+        );
+    }
+    let broker = sasl_broker(dir.path(), false);
+    let address = broker.address.clone();
+    let login = |user: &str, password: &str| -> Login {
+        clients
+            .python(
+                "sasl_clients.py",
+                &["login", &address, "SCRAM-SHA-512", user, password],
+            )
+            .finish_as(Duration::from_secs(60))
+    };
+    let bob = login("bob", "bob-secret-2");
+    assert!(bob.ok, "{:?}", bob.error);
+    assert!(!login("bob", "bob-secret-3").ok);
+
+    let (deleted, output) = sluice_users(&broker, ADMIN, ADMIN_PASSWORD, &["delete", "bob"], "");
+    assert!(deleted, "{output}");
+    assert!(
+        !login("bob", "bob-secret-2").ok,
+        "a deleted user still logs in"
+    );
+    let carol = login("carol", "carol-pw");
+    assert!(carol.ok, "{:?}", carol.error);
+}
+
+fn handshake(wire: &mut Wire, version: i16, mechanism: &'static str) -> i16 {
+    wire.call(
+        version,
+        &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism)),
+    )
+    .error_code
+}
+
+fn authenticate(wire: &mut Wire, bytes: &'static [u8]) -> i16 {
+    wire.call(
+        2,
+        &SaslAuthenticateRequest::default().with_auth_bytes(bytes::Bytes::from_static(bytes)),
+    )
+    .error_code
+}
+
+/// Kafka's codes: ILLEGAL_SASL_STATE 34, UNSUPPORTED_SASL_MECHANISM 33,
+/// UNSUPPORTED_VERSION 35, SASL_AUTHENTICATION_FAILED 58.
+#[test]
+fn a_listener_without_sasl_answers_sasl_requests_with_error_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    assert_eq!(handshake(&mut wire, 1, "PLAIN"), 34);
+    assert_eq!(authenticate(&mut wire, b"\0a\0b"), 34);
+    // The connection is still served.
+    let versions = wire.call(0, &ApiVersionsRequest::default());
+    assert_eq!(versions.error_code, 0);
+}
+
+#[test]
+fn the_sasl_exchange_refuses_bad_input_and_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = sasl_broker(dir.path(), true);
+    let address = broker.address.as_str();
+
+    // Anything but ApiVersions before authenticating.
+    let mut wire = Wire::connect(address);
+    assert_eq!(wire.call(0, &ApiVersionsRequest::default()).error_code, 0);
+    wire.send(12, &MetadataRequest::default());
+    assert!(wire.closed_by_broker());
+
+    let mut wire = Wire::connect(address);
+    assert_eq!(handshake(&mut wire, 1, "GSSAPI"), 33);
+    assert!(wire.closed_by_broker());
+
+    let mut wire = Wire::connect(address);
+    assert_eq!(handshake(&mut wire, 0, "PLAIN"), 35);
+    assert!(wire.closed_by_broker());
+
+    let mut wire = Wire::connect(address);
+    assert_eq!(authenticate(&mut wire, b"\0admin\0x"), 34);
+    assert!(wire.closed_by_broker());
+
+    for garbage in [
+        &b"\xff\xfe\x00garbage"[..],
+        b"n,,n=admin",
+        b"p=tls-unique,,n=admin,r=abc",
+        b"",
+    ] {
+        let mut wire = Wire::connect(address);
+        assert_eq!(handshake(&mut wire, 1, "SCRAM-SHA-256"), 0);
+        let code = wire
+            .call(
+                2,
+                &SaslAuthenticateRequest::default()
+                    .with_auth_bytes(bytes::Bytes::copy_from_slice(garbage)),
+            )
+            .error_code;
+        assert_eq!(code, 58, "{garbage:?}");
+        assert!(wire.closed_by_broker());
+    }
+
+    // A second handshake after a started exchange is out of place too.
+    let mut wire = Wire::connect(address);
+    assert_eq!(handshake(&mut wire, 1, "SCRAM-SHA-256"), 0);
+    assert_eq!(authenticate(&mut wire, b"n,,n=admin,r=abcdef"), 0);
+    assert_eq!(handshake(&mut wire, 1, "SCRAM-SHA-256"), 34);
+
+    // The broker is unharmed and still serves authenticated clients.
+    let mut args = sasl_args(address, "SCRAM-SHA-256", ADMIN, ADMIN_PASSWORD);
+    args.extend(["-L", "-m", "5"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let listed = kcat(&args, None);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+}
+
+#[test]
+fn a_bootstrap_user_without_its_password_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sasl.toml");
+    std::fs::write(
+        &config,
+        "[security]\nsecurity_protocol = \"SASL_PLAINTEXT\"\nsasl_bootstrap_user = \"admin\"\n",
+    )
+    .unwrap();
+    let mut command = BrokerProcess::command(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    command.env_remove("SLUICE_SASL_BOOTSTRAP_PASSWORD");
+    let (status, log) = exit_of(command);
+    assert!(!status.success());
+    assert!(
+        log.contains("SLUICE_SASL_BOOTSTRAP_PASSWORD is not set"),
+        "{log}"
+    );
+
+    std::fs::write(
+        &config,
+        "[security]\nsasl_enabled_mechanisms = [\"GSSAPI\"]\n",
+    )
+    .unwrap();
+    let command = BrokerProcess::command(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let (status, log) = exit_of(command);
+    assert!(!status.success());
+    assert!(log.contains("security.sasl_enabled_mechanisms"), "{log}");
+}
