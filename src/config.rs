@@ -15,7 +15,9 @@ use crate::storage::frame::FRAME_HEADER_BYTES;
 mod cluster;
 mod security;
 pub use cluster::{ClusterConfig, ClusterFlags, NODE_ID_UNSET, Peer, PeerSyntax};
-pub use security::{BOOTSTRAP_PASSWORD_ENV, SaslMechanism, SecurityConfig, SecurityProtocol};
+pub use security::{
+    BOOTSTRAP_PASSWORD_ENV, ListenerConfig, SaslMechanism, SecurityConfig, SecurityProtocol,
+};
 
 /// O_DIRECT and the kernel's logical block size for NVMe: writes, buffers and
 /// file offsets are aligned to this in `direct` write mode.
@@ -750,12 +752,7 @@ impl GroupsConfig {
 impl KafkaConfig {
     fn validate(&self, storage: &StorageConfig) -> Result<(), ConfigError> {
         parse_address("kafka.listen", &self.listen)?;
-        if !self.advertised.is_empty() {
-            let (host, port) = self.advertised.rsplit_once(':').unwrap_or(("", ""));
-            if host.is_empty() || port.parse::<u16>().is_err() {
-                return invalid("kafka.advertised", &self.advertised, "expected host:port");
-            }
-        }
+        check_advertised("kafka.advertised", &self.advertised)?;
         if self.node_id < 0 {
             return invalid("kafka.node_id", self.node_id, "must be >= 0");
         }
@@ -833,7 +830,7 @@ impl KafkaConfig {
 /// `advertised` as host and port, or when it is empty `listen` with this
 /// host's name in place of an unspecified address (port 9092 where none is
 /// given).
-fn advertised_or_listen(advertised: &str, listen: &str) -> (String, u16) {
+pub fn advertised_or_listen(advertised: &str, listen: &str) -> (String, u16) {
     let address = if advertised.is_empty() {
         listen
     } else {
@@ -847,6 +844,17 @@ fn advertised_or_listen(advertised: &str, listen: &str) -> (String, u16) {
         host => host.to_owned(),
     };
     (host, port)
+}
+
+/// An advertised `host:port` (empty: the listen address).
+fn check_advertised(key: &'static str, advertised: &str) -> Result<(), ConfigError> {
+    if !advertised.is_empty() {
+        let (host, port) = advertised.rsplit_once(':').unwrap_or(("", ""));
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return invalid(key, advertised, "expected host:port");
+        }
+    }
+    Ok(())
 }
 
 /// The listener address `value` of setting `key` (an IP address and port).

@@ -19,27 +19,28 @@ pub fn reachable_from_other_hosts(address: SocketAddr) -> bool {
     !address.ip().to_canonical().is_loopback()
 }
 
-/// Log the warning for the Kafka listener bound to `address` with
-/// `protocol`, if exposed: without authentication, anyone can do
-/// anything; with SASL over plain TCP, records travel unencrypted.
-pub fn warn_kafka(address: SocketAddr, protocol: SecurityProtocol) {
+/// Log the warning for the Kafka listener `key` (`kafka.listen`, or
+/// `security.listeners` with its name) bound to `address` with `protocol`,
+/// if exposed: without authentication, anyone can do anything; with SASL
+/// over plain TCP, records travel unencrypted.
+pub fn warn_kafka(key: &str, address: SocketAddr, protocol: SecurityProtocol) {
     if !reachable_from_other_hosts(address) {
         return;
     }
     if protocol.uses_sasl() {
         tracing::warn!(
-            kafka.listen = %address,
-            "kafka.listen is not a loopback address and security.security_protocol is \
-             SASL_PLAINTEXT: clients authenticate, but records travel unencrypted (TLS is not \
-             available yet). Keep it on a private network"
+            listen = %address,
+            "{key} is not a loopback address and its security_protocol is SASL_PLAINTEXT: \
+             clients authenticate, but records travel unencrypted (TLS is not available yet). \
+             Keep it on a private network"
         );
     } else {
         tracing::warn!(
-            kafka.listen = %address,
-            "kafka.listen is not a loopback address and clients do not authenticate: any host \
-             that reaches it can produce, consume, and create or delete topics. Set \
-             security.security_protocol = \"SASL_PLAINTEXT\" (with security.sasl_bootstrap_user) \
-             or bind it to a private interface behind a firewall that admits only your clients"
+            listen = %address,
+            "{key} is not a loopback address and its clients do not authenticate: any host \
+             that reaches it can produce, consume, and create or delete topics. Set its \
+             security_protocol to \"SASL_PLAINTEXT\" (with security.sasl_bootstrap_user) or \
+             bind it to a private interface behind a firewall that admits only your clients"
         );
     }
 }

@@ -640,14 +640,42 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     let metrics = MetricsServer::start(metrics_address, Some(recorder))
         .with_context(|| format!("cannot listen on {metrics_address} for metrics"))?;
     let kafka_address = config::parse_address("kafka.listen", &config.kafka.listen)?;
-    exposure::warn_kafka(kafka_address, config.security.security_protocol);
-    let (listeners, kafka_address) = bind_shard_listeners(kafka_address, shard_count)?;
+    exposure::warn_kafka(
+        "kafka.listen",
+        kafka_address,
+        config.security.security_protocol,
+    );
+    let (main_sockets, kafka_address) = bind_shard_listeners(kafka_address, shard_count)?;
     let advertised = advertised(&config, kafka_address);
+    let mut listeners = vec![main_sockets];
+    let mut extra_listeners = Vec::new();
+    for listener in &config.security.listeners {
+        let address = config::parse_address("security.listeners.listen", &listener.listen)?;
+        let key = format!("security.listeners {}", listener.name);
+        exposure::warn_kafka(&key, address, listener.security_protocol);
+        let (sockets, bound) = bind_shard_listeners(address, shard_count)?;
+        let advertised = config::advertised_or_listen(&listener.advertised, &bound.to_string());
+        tracing::info!(
+            listener = %listener.name,
+            listen = %bound,
+            advertised = %format!("{}:{}", advertised.0, advertised.1),
+            security_protocol = listener.security_protocol.name(),
+            "listening"
+        );
+        listeners.push(sockets);
+        extra_listeners.push(sluice::broker::ListenerEndpoint {
+            name: listener.name.clone(),
+            protocol: listener.security_protocol,
+            advertised,
+        });
+    }
     // DescribeConfigs shows the bound listener (`listeners`), not a `:0`.
     let mut broker_config = config.clone();
     broker_config.kafka.listen = kafka_address.to_string();
     broker_config.metrics.listen = metrics.address.to_string();
-    let broker = Arc::new(Broker::new(broker_config, advertised.clone())?);
+    let mut broker = Broker::new(broker_config, advertised.clone())?;
+    broker.extra_listeners = extra_listeners;
+    let broker = Arc::new(broker);
     if config.cluster.is_none() {
         sluice::broker::bootstrap_user::ensure(&broker.metadata, &config.security)?;
     }

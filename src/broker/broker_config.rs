@@ -473,7 +473,21 @@ fn static_value(name: &str, config: &Config) -> Option<String> {
     let txn = &config.transactions;
     let (host, port) = kafka.advertised_address();
     Some(match name {
-        "advertised.listeners" => format!("PLAINTEXT://{host}:{port}"),
+        "advertised.listeners" => {
+            let main = format!(
+                "{}://{host}:{port}",
+                config.security.security_protocol.name()
+            );
+            let extra = config.security.listeners.iter().map(|listener| {
+                let (host, port) =
+                    crate::config::advertised_or_listen(&listener.advertised, &listener.listen);
+                format!("{}://{host}:{port}", listener.name)
+            });
+            std::iter::once(main)
+                .chain(extra)
+                .collect::<Vec<_>>()
+                .join(",")
+        }
         "auto.create.topics.enable" => kafka.auto_create_topics.to_string(),
         "broker.id" | "node.id" => kafka.node_id.to_string(),
         "connections.max.idle.ms" => kafka.idle_timeout_ms.to_string(),
@@ -493,7 +507,22 @@ fn static_value(name: &str, config: &Config) -> Option<String> {
         "group.max.session.timeout.ms" => groups.session_timeout_max_ms.to_string(),
         "group.max.size" => groups.members_max.to_string(),
         "group.min.session.timeout.ms" => groups.session_timeout_min_ms.to_string(),
-        "listeners" => format!("PLAINTEXT://{}", kafka.listen),
+        "listeners" => {
+            let main = format!(
+                "{}://{}",
+                config.security.security_protocol.name(),
+                kafka.listen
+            );
+            let extra = config
+                .security
+                .listeners
+                .iter()
+                .map(|listener| format!("{}://{}", listener.name, listener.listen));
+            std::iter::once(main)
+                .chain(extra)
+                .collect::<Vec<_>>()
+                .join(",")
+        }
         "log.cleaner.backoff.ms" => storage.cleaner_backoff_ms.to_string(),
         "log.cleaner.dedupe.buffer.size" => storage.cleaner_dedupe_buffer_bytes.to_string(),
         "log.cleaner.io.max.bytes.per.second" => {

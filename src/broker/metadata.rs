@@ -305,6 +305,10 @@ pub struct NodeInfo {
     /// each start): another one in a registration means it restarted.
     #[serde(default)]
     pub incarnation: u64,
+    /// Its advertised `host:port` on each listener besides the main one,
+    /// by listener name (`security.listeners`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub listeners: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Error)]

@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::config::Config;
+use crate::broker::metadata::NodeInfo;
+use crate::config::{Config, SecurityProtocol};
 use crate::ids::ShardId;
 use crate::shard::{ShardContext, ShardGone, Shards};
 use crate::storage::partition::validate_topic_name;
@@ -50,12 +51,27 @@ static AUTO_CREATE_FAILURES: LogThrottle = LogThrottle::with_lines(Duration::fro
 pub struct Broker {
     pub config: Config,
     pub metadata: Arc<MetadataStore>,
-    /// Host and port put in Metadata responses.
+    /// Host and port put in Metadata responses (the main listener's).
     pub advertised: (String, u16),
+    /// The listeners besides the main one (`security.listeners`), in
+    /// config order: listener `i + 1` of [`Broker::listener`].
+    pub extra_listeners: Vec<ListenerEndpoint>,
     /// How this node's broker reaches the others' (set when it joins a
     /// cluster; never on a single node).
     pub peers: std::sync::OnceLock<Arc<dyn peer::PeerCaller>>,
 }
+
+/// A Kafka listener as its clients see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerEndpoint {
+    pub name: String,
+    pub protocol: SecurityProtocol,
+    /// What its clients are told to connect to.
+    pub advertised: (String, u16),
+}
+
+/// The main listener's index (`kafka.listen`).
+pub const MAIN_LISTENER: usize = 0;
 
 /// How a request names a topic: by name, or by id (KIP-516).
 #[derive(Clone, Copy, Debug)]
@@ -172,6 +188,7 @@ impl Broker {
                 metadata: Arc::new(MetadataStore::replicated(statics, limits)),
                 config,
                 advertised,
+                extra_listeners: Vec::new(),
                 peers: std::sync::OnceLock::new(),
             });
         }
@@ -183,8 +200,35 @@ impl Broker {
             config,
             metadata: Arc::new(metadata),
             advertised,
+            extra_listeners: Vec::new(),
             peers: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Listener `index`: 0 is the main one (`kafka.listen`), then
+    /// `security.listeners` in order.
+    pub fn listener(&self, index: usize) -> ListenerEndpoint {
+        match index.checked_sub(1) {
+            None => ListenerEndpoint {
+                name: self.config.security.security_protocol.name().to_owned(),
+                protocol: self.config.security.security_protocol,
+                advertised: self.advertised.clone(),
+            },
+            Some(extra) => self.extra_listeners[extra].clone(),
+        }
+    }
+
+    /// Where a client of listener `listener` reaches `node`: its main
+    /// address, or its address on the listener of the same name (`None`
+    /// when it registered none).
+    fn node_address(&self, listener: usize, node: &NodeInfo) -> Option<(String, u16)> {
+        if listener == MAIN_LISTENER {
+            return Some((node.host.clone(), node.port));
+        }
+        let name = &self.extra_listeners.get(listener - 1)?.name;
+        let address = node.listeners.get(name)?;
+        let (host, port) = address.rsplit_once(':')?;
+        Some((host.to_owned(), port.parse().ok()?))
     }
 
     /// Create a topic and its partitions. With `validate_only`, only check.
@@ -457,17 +501,20 @@ impl Broker {
     /// The brokers clients are told of, (node id, host, port) in id order:
     /// a cluster's registered nodes that are not fenced, or this node
     /// alone.
-    pub fn brokers(&self) -> Vec<(i32, String, u16)> {
+    pub fn brokers(&self, listener: usize) -> Vec<(i32, String, u16)> {
         let snapshot = self.metadata.snapshot();
         if snapshot.nodes.is_empty() {
-            let (host, port) = &self.advertised;
-            return vec![(self.config.kafka.node_id, host.clone(), *port)];
+            let (host, port) = self.listener(listener).advertised;
+            return vec![(self.config.kafka.node_id, host, port)];
         }
         snapshot
             .nodes
             .iter()
             .filter(|(_, node)| !node.fenced)
-            .filter_map(|(id, node)| Some((i32::try_from(*id).ok()?, node.host.clone(), node.port)))
+            .filter_map(|(id, node)| {
+                let (host, port) = self.node_address(listener, node)?;
+                Some((i32::try_from(*id).ok()?, host, port))
+            })
             .collect()
     }
 
@@ -549,8 +596,14 @@ impl Broker {
     /// the internal topics to itself, so a group's state lives on its
     /// coordinator only.
     pub fn coordinator_of(&self, topic: &str, index: u32) -> (i32, String, u16) {
+        self.coordinator_on(topic, index, MAIN_LISTENER)
+    }
+
+    /// [`Broker::coordinator_of`] with the addresses of listener
+    /// `listener` (FindCoordinator answers with the client's listener).
+    pub fn coordinator_on(&self, topic: &str, index: u32, listener: usize) -> (i32, String, u16) {
         let own = || {
-            let (host, port) = self.advertised.clone();
+            let (host, port) = self.listener(listener).advertised;
             (self.config.kafka.node_id, host, port)
         };
         let snapshot = self.metadata.snapshot();
@@ -559,7 +612,10 @@ impl Broker {
         };
         match (i32::try_from(leader), snapshot.nodes.get(&leader)) {
             (Ok(id), _) if id == self.config.kafka.node_id => own(),
-            (Ok(id), Some(node)) if !node.fenced => (id, node.host.clone(), node.port),
+            (Ok(id), Some(node)) if !node.fenced => match self.node_address(listener, node) {
+                Some((host, port)) => (id, host, port),
+                None => (-1, String::new(), 0),
+            },
             // Fenced or not registered yet: no one to send the client to.
             _ => (-1, String::new(), 0),
         }

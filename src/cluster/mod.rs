@@ -127,6 +127,14 @@ pub fn join(
     let local = LocalNode {
         kafka_host: host,
         kafka_port: port,
+        kafka_listeners: broker
+            .extra_listeners
+            .iter()
+            .map(|listener| {
+                let (host, port) = &listener.advertised;
+                (listener.name.clone(), format!("{host}:{port}"))
+            })
+            .collect(),
         shards,
         replication_factor: cluster.replication_factor(),
         internal_topics,

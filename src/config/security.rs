@@ -71,6 +71,32 @@ impl SaslMechanism {
     }
 }
 
+/// A Kafka listener besides the main one (`kafka.listen`), as Kafka's
+/// `listeners` / `advertised.listeners` / `listener.security.protocol.map`
+/// name them together: `[[security.listeners]]` in the config file.
+/// Metadata, DescribeCluster, FindCoordinator and Produce's leader hints
+/// answer a client with the addresses of the listener it came in on.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Its name (letters, digits, `_`, `-`; at most 64 bytes), unique and
+    /// not the main listener's (its security protocol's name).
+    pub name: String,
+    /// `host:port` every shard listens on.
+    pub listen: String,
+    /// `host:port` clients of this listener are told to connect to; empty =
+    /// `listen` (with the host name instead of an unspecified address). In
+    /// a cluster every node must have a listener of this name.
+    #[serde(default)]
+    pub advertised: String,
+    /// `PLAINTEXT` (default) or `SASL_PLAINTEXT`.
+    #[serde(default)]
+    pub security_protocol: SecurityProtocol,
+}
+
+/// The most listeners besides the main one.
+pub const EXTRA_LISTENERS_MAX: usize = 8;
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
@@ -90,6 +116,10 @@ pub struct SecurityConfig {
     /// if it has none yet, and made a super user: the first administrator.
     /// Empty: none.
     pub sasl_bootstrap_user: String,
+    /// Listeners besides `kafka.listen` (whose protocol is
+    /// `security_protocol` and whose name is that protocol's), each with
+    /// its own protocol and advertised address; default none.
+    pub listeners: Vec<ListenerConfig>,
 }
 
 impl Default for SecurityConfig {
@@ -99,18 +129,26 @@ impl Default for SecurityConfig {
             sasl_enabled_mechanisms: vec!["SCRAM-SHA-256".to_owned(), "SCRAM-SHA-512".to_owned()],
             super_users: Vec::new(),
             sasl_bootstrap_user: String::new(),
+            listeners: Vec::new(),
         }
     }
 }
 
 impl SecurityConfig {
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if self.sasl_enabled_mechanisms.is_empty() && self.security_protocol.uses_sasl() {
+    fn check_mechanisms(&self) -> Result<(), ConfigError> {
+        if self.sasl_enabled_mechanisms.is_empty() {
             return invalid(
                 "security.sasl_enabled_mechanisms",
                 "[]",
                 "a SASL listener needs at least one of SCRAM-SHA-256, SCRAM-SHA-512, PLAIN",
             );
+        }
+        Ok(())
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.security_protocol.uses_sasl() {
+            self.check_mechanisms()?;
         }
         for name in &self.sasl_enabled_mechanisms {
             if SaslMechanism::from_name(name).is_none() {
@@ -124,6 +162,43 @@ impl SecurityConfig {
         for principal in &self.super_users {
             if principal.strip_prefix("User:").is_none_or(str::is_empty) {
                 return invalid("security.super_users", principal, "expected User:<name>");
+            }
+        }
+        if self.listeners.len() > EXTRA_LISTENERS_MAX {
+            return invalid(
+                "security.listeners",
+                self.listeners.len(),
+                format!("at most {EXTRA_LISTENERS_MAX} listeners besides kafka.listen"),
+            );
+        }
+        let mut names = vec![self.security_protocol.name().to_owned()];
+        for listener in &self.listeners {
+            let name = &listener.name;
+            let well_formed = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !well_formed {
+                return invalid(
+                    "security.listeners.name",
+                    name,
+                    "1 to 64 letters, digits, '_' or '-'",
+                );
+            }
+            if names.contains(name) {
+                return invalid(
+                    "security.listeners.name",
+                    name,
+                    "listener names must be unique; the main listener (kafka.listen) is named \
+                     after its security_protocol",
+                );
+            }
+            names.push(name.clone());
+            super::parse_address("security.listeners.listen", &listener.listen)?;
+            super::check_advertised("security.listeners.advertised", &listener.advertised)?;
+            if listener.security_protocol.uses_sasl() {
+                self.check_mechanisms()?;
             }
         }
         if self.sasl_bootstrap_user.len() > crate::broker::metadata_command::SCRAM_USER_BYTES_MAX {

@@ -60,9 +60,11 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     backend: IoBackend,
+    listener: usize,
 ) {
     let _ = stream.set_nodelay(true);
-    let session = Rc::new(Session::new(broker.config.security.security_protocol));
+    let protocol = broker.listener(listener).protocol;
+    let session = Rc::new(Session::new(protocol, listener));
     let kafka = &broker.config.kafka;
     let pipeline = Pipeline {
         requests_max: kafka.requests_in_flight_max as usize,

@@ -86,15 +86,16 @@ pub struct KafkaService {
     /// Bytes of requests being read or served, across all shards
     /// (`kafka.queued_requests_max_bytes`).
     budget: Arc<RequestBudget>,
-    /// One bound socket per shard, taken by that shard at start.
-    listeners: Mutex<Vec<Option<std::net::TcpListener>>>,
+    /// Per listener (the main one first, `Broker::listener`), one bound
+    /// socket per shard, taken by that shard at start.
+    listeners: Mutex<Vec<Vec<Option<std::net::TcpListener>>>>,
 }
 
 impl KafkaService {
     pub fn new(
         broker: Arc<Broker>,
         backend: IoBackend,
-        listeners: Vec<std::net::TcpListener>,
+        listeners: Vec<Vec<std::net::TcpListener>>,
     ) -> KafkaService {
         let budget = Arc::new(RequestBudget::new(
             broker.config.kafka.queued_requests_max_bytes,
@@ -103,7 +104,12 @@ impl KafkaService {
             broker,
             backend,
             budget,
-            listeners: Mutex::new(listeners.into_iter().map(Some).collect()),
+            listeners: Mutex::new(
+                listeners
+                    .into_iter()
+                    .map(|sockets| sockets.into_iter().map(Some).collect())
+                    .collect(),
+            ),
         }
     }
 }
@@ -125,32 +131,34 @@ impl ShardService for KafkaService {
             .map_err(|source| KafkaStartError::ProducerIds { source })?;
         let txn_timers = TxnCoordinator::start(context, &self.broker)
             .map_err(|source| KafkaStartError::Transactions { source })?;
-        let socket = self
-            .listeners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_mut(usize::from(context.id.0))
-            .and_then(Option::take)
-            .ok_or(KafkaStartError::NoSocket { shard: context.id })?;
-        let listener = compio::net::TcpListener::from_std(socket)
-            .map_err(|source| KafkaStartError::WatchSocket { source })?;
-        let accept = accept_loop(
-            Rc::clone(context),
-            Arc::clone(&self.broker),
-            Arc::clone(&self.budget),
-            listener,
-            self.backend,
-        );
+        let mut accepts = Vec::new();
+        let listener_count = self.broker.extra_listeners.len() + 1;
+        for index in 0..listener_count {
+            let socket = self
+                .listeners
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_mut(index)
+                .and_then(|sockets| sockets.get_mut(usize::from(context.id.0)))
+                .and_then(Option::take)
+                .ok_or(KafkaStartError::NoSocket { shard: context.id })?;
+            let listener = compio::net::TcpListener::from_std(socket)
+                .map_err(|source| KafkaStartError::WatchSocket { source })?;
+            accepts.push(compio::runtime::spawn(accept_loop(
+                Rc::clone(context),
+                Arc::clone(&self.broker),
+                Arc::clone(&self.budget),
+                (listener, index),
+                self.backend,
+            )));
+        }
         let refresh = telemetry::refresh::run(
             Rc::clone(context),
             Arc::clone(&self.budget),
             std::time::Duration::from_millis(self.broker.config.metrics.refresh_interval_ms),
         );
-        let mut tasks = vec![
-            compio::runtime::spawn(accept),
-            group_timers,
-            compio::runtime::spawn(refresh),
-        ];
+        let mut tasks = accepts;
+        tasks.extend([group_timers, compio::runtime::spawn(refresh)]);
         tasks.extend(producer_ids);
         tasks.push(txn_timers);
         if self.broker.metadata.is_replicated() {
@@ -244,7 +252,7 @@ async fn accept_loop(
     context: Rc<ShardContext>,
     broker: Arc<Broker>,
     budget: Arc<RequestBudget>,
-    listener: compio::net::TcpListener,
+    (listener, listener_index): (compio::net::TcpListener, usize),
     backend: IoBackend,
 ) {
     // The connections this shard serves: dropped (so cancelled, with their
@@ -285,6 +293,7 @@ async fn accept_loop(
             stream,
             peer,
             backend,
+            listener_index,
         );
         if connections.len() >= prune_at {
             connections.retain(|connection| !connection.is_finished());

@@ -45,12 +45,14 @@ pub enum AuthState {
 #[derive(Debug)]
 pub struct Session {
     protocol: SecurityProtocol,
+    /// The listener the connection came in on (`Broker::listener`).
+    listener: usize,
     state: RefCell<AuthState>,
     close_after_response: Cell<bool>,
 }
 
 impl Session {
-    pub fn new(protocol: SecurityProtocol) -> Session {
+    pub fn new(protocol: SecurityProtocol, listener: usize) -> Session {
         let state = if protocol.uses_sasl() {
             AuthState::AwaitingHandshake
         } else {
@@ -58,6 +60,7 @@ impl Session {
         };
         Session {
             protocol,
+            listener,
             state: RefCell::new(state),
             close_after_response: Cell::new(false),
         }
@@ -65,6 +68,12 @@ impl Session {
 
     pub fn protocol(&self) -> SecurityProtocol {
         self.protocol
+    }
+
+    /// The listener the connection came in on: its advertised addresses
+    /// are the ones this client is told.
+    pub fn listener(&self) -> usize {
+        self.listener
     }
 
     /// Whether requests other than the handshake's may be served.

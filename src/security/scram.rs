@@ -79,6 +79,14 @@ impl ScramMechanism {
             .find(|mechanism| mechanism.code() == code)
     }
 
+    /// Bytes of this mechanism's hash (and of a salted password).
+    pub fn output_bytes(self) -> usize {
+        match self {
+            ScramMechanism::Sha256 => 32,
+            ScramMechanism::Sha512 => 64,
+        }
+    }
+
     fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
         match self {
             ScramMechanism::Sha256 => {

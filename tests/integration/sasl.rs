@@ -449,3 +449,54 @@ fn a_bootstrap_user_without_its_password_stops_the_start() {
     assert!(!status.success());
     assert!(log.contains("security.sasl_enabled_mechanisms"), "{log}");
 }
+
+/// `[[security.listeners]]`: a SASL listener beside the main PLAINTEXT one,
+/// each telling its clients its own advertised address (Kafka's
+/// `listeners` / `advertised.listeners` / `listener.security.protocol.map`).
+#[test]
+fn a_second_listener_has_its_own_protocol_and_advertised_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let external = crate::broker_process::free_loopback_address();
+    let port = external.rsplit_once(':').unwrap().1.to_owned();
+    let config = dir.path().join("listeners.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[security]\nsasl_bootstrap_user = \"admin\"\n\
+             [[security.listeners]]\nname = \"EXTERNAL\"\nlisten = \"{external}\"\n\
+             advertised = \"localhost:{port}\"\nsecurity_protocol = \"SASL_PLAINTEXT\"\n"
+        ),
+    )
+    .unwrap();
+    let mut command = BrokerProcess::command(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    command.env("SLUICE_SASL_BOOTSTRAP_PASSWORD", ADMIN_PASSWORD);
+    let broker = BrokerProcess::start_command(command);
+
+    let main = kcat(&["-b", &broker.address, "-L", "-m", "5"], None);
+    let listing = String::from_utf8_lossy(&main.stdout);
+    assert!(
+        listing.contains(&format!("broker 0 at {}", broker.address)),
+        "{listing}"
+    );
+
+    let mut args = sasl_args(&external, "SCRAM-SHA-512", ADMIN, ADMIN_PASSWORD);
+    args.extend(["-L", "-m", "5"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let listed = kcat(&args, None);
+    let listing = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listing.contains(&format!("broker 0 at localhost:{port}")),
+        "{listing}{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+
+    // The SASL listener admits no one unauthenticated; the main one does.
+    let mut wire = Wire::connect(&external);
+    wire.send(12, &MetadataRequest::default());
+    assert!(wire.closed_by_broker());
+    let mut wire = Wire::connect(&broker.address);
+    assert_eq!(handshake(&mut wire, 1, "PLAIN"), 34);
+}

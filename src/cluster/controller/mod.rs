@@ -14,6 +14,8 @@ pub mod rpc;
 pub mod runtime;
 pub mod state_machine;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::broker::metadata_command::{MetadataCommand, Refusal};
@@ -60,6 +62,10 @@ pub enum ControllerCommand {
         /// ([`crate::broker::metadata::ClusterMetadata::forget_lost_copies`]).
         #[serde(default)]
         lost_data: bool,
+        /// Its advertised `host:port` on each listener besides the main
+        /// one, by name (absent in logs written before listeners).
+        #[serde(default)]
+        listeners: BTreeMap<String, String>,
     },
     /// A change of the cluster metadata.
     Metadata(MetadataCommand),

@@ -431,6 +431,8 @@ impl PeerCaller for ControllerHandle {
 pub struct LocalNode {
     pub kafka_host: String,
     pub kafka_port: u16,
+    /// Advertised `host:port` of each listener besides the main one.
+    pub kafka_listeners: BTreeMap<String, String>,
     pub shards: u32,
     /// `cluster.replication_factor`, fixed when the cluster is created.
     pub replication_factor: u16,
@@ -1073,6 +1075,7 @@ impl Member {
             shards: local.shards,
             fenced: false,
             incarnation: self.incarnation,
+            listeners: local.kafka_listeners.clone(),
         };
         // Registered once per start even when the stored metadata lists
         // this node: the commit proves a live majority (see `registered`).
@@ -1089,6 +1092,7 @@ impl Member {
                 shards: me.shards,
                 incarnation: me.incarnation,
                 lost_data: self.lost_data,
+                listeners: me.listeners,
             };
             match proposer.propose(command).await {
                 Ok(ControllerOutcome {

@@ -140,8 +140,10 @@ impl StateMachine {
                 shards,
                 incarnation,
                 lost_data,
+                listeners,
             } => {
                 let node = NodeInfo {
+                    listeners: listeners.clone(),
                     host: kafka_host.clone(),
                     port: *kafka_port,
                     shards: *shards,

@@ -35,7 +35,7 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
     } else {
         response = response.with_brokers(
             broker
-                .brokers()
+                .brokers(request.session.listener())
                 .into_iter()
                 .map(|(id, host, port)| {
                     DescribeClusterBroker::default()

@@ -34,16 +34,18 @@ fn refusal(key_type: i8, key: &str) -> Option<(i16, &'static str)> {
 pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let find: FindCoordinatorRequest = decode(request, body)?;
     let broker = request.broker;
-    // The node coordinating a key: its internal partition's leader.
+    let listener = request.session.listener();
+    // The node coordinating a key: its internal partition's leader, at its
+    // address on the client's listener.
     let coordinator_of = |key: &str| {
         if find.key_type == KEY_TYPE_TRANSACTION {
             let partitions = crate::broker::txn::txn_topic_partitions(broker);
             let index = crate::broker::internal_log::key_partition(key, partitions);
-            broker.coordinator_of(crate::broker::txn::TXN_TOPIC, index)
+            broker.coordinator_on(crate::broker::txn::TXN_TOPIC, index, listener)
         } else {
             let partitions = crate::broker::group::offsets_topic_partitions(broker);
             let index = crate::broker::group::coordinator::offsets_partition(key, partitions);
-            broker.coordinator_of(crate::broker::group::OFFSETS_TOPIC, index)
+            broker.coordinator_on(crate::broker::group::OFFSETS_TOPIC, index, listener)
         }
     };
     let mut response = FindCoordinatorResponse::default();

@@ -80,7 +80,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         })
         .collect();
     let brokers = broker
-        .brokers()
+        .brokers(request.session.listener())
         .into_iter()
         .map(|(id, host, port)| {
             MetadataResponseBroker::default()

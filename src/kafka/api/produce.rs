@@ -248,7 +248,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
     if !leaders.is_empty() {
         let endpoints = request
             .broker
-            .brokers()
+            .brokers(request.session.listener())
             .into_iter()
             .filter(|(id, ..)| leaders.contains(id))
             .map(|(id, host, port)| {
