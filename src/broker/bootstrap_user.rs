@@ -36,7 +36,17 @@ pub fn ensure(
     security: &SecurityConfig,
 ) -> Result<(), BootstrapUserError> {
     let user = &security.sasl_bootstrap_user;
-    if user.is_empty() || metadata.snapshot().scram_credentials.contains_key(user) {
+    if user.is_empty() {
+        return Ok(());
+    }
+    if metadata.snapshot().scram_credentials.contains_key(user) {
+        if std::env::var_os(BOOTSTRAP_PASSWORD_ENV).is_some() {
+            tracing::info!(
+                user,
+                "the bootstrap user (security.sasl_bootstrap_user) has credentials already: \
+                 {BOOTSTRAP_PASSWORD_ENV} is ignored (change its password with `sluice users create`)"
+            );
+        }
         return Ok(());
     }
     let password = std::env::var(BOOTSTRAP_PASSWORD_ENV)

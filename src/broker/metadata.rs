@@ -1280,6 +1280,7 @@ mod tests {
                 shards: 1,
                 fenced: false,
                 incarnation: 0,
+                listeners: BTreeMap::new(),
             };
             metadata.nodes.insert(id, node);
         }

@@ -500,3 +500,76 @@ fn a_second_listener_has_its_own_protocol_and_advertised_address() {
     let mut wire = Wire::connect(&broker.address);
     assert_eq!(handshake(&mut wire, 1, "PLAIN"), 34);
 }
+
+/// KIP-554's error codes for bad alterations (Kafka's rules): 92
+/// DUPLICATE_RESOURCE before anything else, 93 UNACCEPTABLE_CREDENTIAL, 33
+/// UNSUPPORTED_SASL_MECHANISM, 91 RESOURCE_NOT_FOUND; a user with one bad
+/// alteration gets none of them applied.
+#[test]
+fn bad_credential_alterations_get_kafkas_error_codes() {
+    use kafka_protocol::messages::AlterUserScramCredentialsRequest;
+    use kafka_protocol::messages::DescribeUserScramCredentialsRequest;
+    use kafka_protocol::messages::alter_user_scram_credentials_request::{
+        ScramCredentialDeletion, ScramCredentialUpsertion,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let name = |user: &'static str| StrBytes::from_static_str(user);
+    let upsert = |user: &'static str, mechanism: i8, iterations: i32, salted: usize| {
+        ScramCredentialUpsertion::default()
+            .with_name(name(user))
+            .with_mechanism(mechanism)
+            .with_iterations(iterations)
+            .with_salt(bytes::Bytes::from_static(b"salt"))
+            .with_salted_password(bytes::Bytes::from(vec![7u8; salted]))
+    };
+    let request = AlterUserScramCredentialsRequest::default()
+        .with_deletions(vec![
+            ScramCredentialDeletion::default()
+                .with_name(name("dup"))
+                .with_mechanism(1),
+            ScramCredentialDeletion::default()
+                .with_name(name("missing"))
+                .with_mechanism(2),
+        ])
+        .with_upsertions(vec![
+            upsert("dup", 1, 8192, 32),
+            upsert("few", 1, 4095, 32),
+            upsert("short", 2, 8192, 10),
+            upsert("mech", 3, 8192, 32),
+            upsert("good", 2, 8192, 64),
+            upsert("", 1, 8192, 32),
+            // One bad alteration keeps the user's good one from applying.
+            upsert("half", 1, 8192, 32),
+            upsert("half", 2, 100, 64),
+        ]);
+    let response = wire.call(0, &request);
+    let codes: std::collections::BTreeMap<String, i16> = response
+        .results
+        .iter()
+        .map(|result| (result.user.to_string(), result.error_code))
+        .collect();
+    let expected: std::collections::BTreeMap<String, i16> = [
+        ("dup", 92),
+        ("missing", 91),
+        ("few", 93),
+        ("short", 93),
+        ("mech", 33),
+        ("good", 0),
+        ("", 93),
+        ("half", 93),
+    ]
+    .into_iter()
+    .map(|(user, code)| (user.to_owned(), code))
+    .collect();
+    assert_eq!(codes, expected);
+    let described = wire.call(0, &DescribeUserScramCredentialsRequest::default());
+    let users: Vec<String> = described
+        .results
+        .iter()
+        .map(|result| result.user.to_string())
+        .collect();
+    assert_eq!(users, vec!["good".to_owned()]);
+}

@@ -2,7 +2,11 @@
 //! SaslHandshake, each in one request.
 //!
 //! - PLAIN: one step; the password is checked against the user's SCRAM
-//!   credential on the blocking pool (PBKDF2 takes milliseconds).
+//!   credential on the blocking pool (PBKDF2 takes milliseconds), at most
+//!   [`PASSWORD_CHECKS_MAX`] at once in the whole broker, so a flood of
+//!   PLAIN attempts queues behind itself instead of taking the CPU from the
+//!   shards. An unknown user's password is checked against a stand-in
+//!   credential, so the answer takes as long as for a known user.
 //! - SCRAM-SHA-256/512: two steps (client-first → server-first,
 //!   client-final → server-final), `security/scram.rs`.
 //!
@@ -32,6 +36,30 @@ use crate::telemetry;
 
 /// What every failed authentication tells the client (Kafka's wording).
 const FAILED: &str = "Authentication failed: Invalid username or password";
+
+/// PLAIN password checks (PBKDF2) running at once, broker-wide.
+pub const PASSWORD_CHECKS_MAX: usize = 1;
+static PASSWORD_CHECKS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(PASSWORD_CHECKS_MAX);
+
+/// The credential an unknown user's PLAIN password is checked against
+/// (made once; matches no password anyone knows).
+fn stand_in() -> &'static (ScramMechanism, ScramCredential) {
+    static STAND_IN: std::sync::OnceLock<(ScramMechanism, ScramCredential)> =
+        std::sync::OnceLock::new();
+    STAND_IN.get_or_init(|| {
+        let mut secret = [0u8; 32];
+        crate::security::fill_random(&mut secret);
+        let password: String = secret.iter().map(|byte| format!("{byte:02x}")).collect();
+        let mechanism = ScramMechanism::Sha512;
+        let credential = ScramCredential::from_password(
+            mechanism,
+            &password,
+            crate::security::scram::ITERATIONS_DEFAULT,
+        );
+        (mechanism, credential)
+    })
+}
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let authenticate: SaslAuthenticateRequest = decode(request, body)?;
@@ -116,14 +144,20 @@ async fn plain_step(
                 .into_iter()
                 .find_map(|mechanism| Some((mechanism, credentials.get(&mechanism)?.clone())))
         });
-    let Some((mechanism, credential)) = stored else {
-        return Err(failed(format!("unknown user {:?}", offered.user)));
-    };
+    let known = stored.is_some();
+    let (mechanism, credential) = stored.unwrap_or_else(|| stand_in().clone());
     let password = offered.password;
+    let _permit = PASSWORD_CHECKS
+        .acquire()
+        .await
+        .map_err(|_| failed("the password checks are closed".to_owned()))?;
     let matches =
         compio::runtime::spawn_blocking(move || credential.matches_password(mechanism, &password))
             .await
             .map_err(|_| failed("the password check was cancelled".to_owned()))?;
+    if !known {
+        return Err(failed(format!("unknown user {:?}", offered.user)));
+    }
     if !matches {
         return Err(failed(format!(
             "wrong password for user {:?}",

@@ -167,6 +167,30 @@ pub async fn alter(request: &Request<'_>, body: Bytes) -> Result<Response, Reque
         };
         &mut users[at].1
     }
+    // A (user, mechanism) named twice anywhere in the request makes the
+    // whole user's alterations DUPLICATE_RESOURCE, before any other check
+    // (Kafka's rule).
+    let mut seen = BTreeSet::new();
+    let named = alter
+        .deletions
+        .iter()
+        .map(|deletion| (deletion.name.as_str(), deletion.mechanism))
+        .chain(
+            alter
+                .upsertions
+                .iter()
+                .map(|upsertion| (upsertion.name.as_str(), upsertion.mechanism)),
+        );
+    for (user, code) in named {
+        if !seen.insert((user, code)) {
+            entry(&mut users, user).fail(
+                ResponseError::DuplicateResource,
+                format!(
+                    "user {user:?}'s credential for mechanism {code} is altered twice in one request"
+                ),
+            );
+        }
+    }
     let snapshot = request.broker.metadata.snapshot();
     for deletion in &alter.deletions {
         let user = deletion.name.as_str();
@@ -209,10 +233,17 @@ pub async fn alter(request: &Request<'_>, body: Bytes) -> Result<Response, Reque
                 );
                 continue;
             }
-            if upsertion.salt.is_empty() || upsertion.salted_password.is_empty() {
+            if upsertion.salt.is_empty()
+                || upsertion.salted_password.len() != mechanism.output_bytes()
+            {
                 changes.fail(
                     ResponseError::UnacceptableCredential,
-                    "the salt and the salted password must not be empty".to_owned(),
+                    format!(
+                        "the salt must not be empty and a {} salted password is {} bytes, not {}",
+                        mechanism.name(),
+                        mechanism.output_bytes(),
+                        upsertion.salted_password.len()
+                    ),
                 );
                 continue;
             }
