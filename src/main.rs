@@ -678,6 +678,7 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     let broker = Arc::new(broker);
     if config.cluster.is_none() {
         sluice::broker::bootstrap_user::ensure(&broker.metadata, &config.security)?;
+        sluice::security::posture::log(&broker);
     }
     let service = Arc::new(KafkaService::new(Arc::clone(&broker), backend, listeners));
     let cancelled = || match signals.pending() {
@@ -702,6 +703,10 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
         )?),
         _ => None,
     };
+    if controller.is_some() {
+        // A cluster's credentials are known once it has joined.
+        sluice::security::posture::log(&broker);
+    }
     let runtime =
         ShardRuntime::start_cancellable(&config, &data_dir, backend, service, &cancelled)?;
     if let Some(controller) = &controller {

@@ -2,6 +2,7 @@
 //! (issue 20; ARCHITECTURE.md, "Security").
 
 pub mod plain;
+pub mod posture;
 pub mod scram;
 
 /// Fill `buf` from the kernel's CSPRNG (getrandom(2)); blocks only until

@@ -573,3 +573,30 @@ fn bad_credential_alterations_get_kafkas_error_codes() {
         .collect();
     assert_eq!(users, vec!["good".to_owned()]);
 }
+
+/// The start logs the security posture, and warns of a SASL listener
+/// nobody can log in to and of PLAIN without TLS.
+#[test]
+fn the_start_reports_the_security_posture() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("plain.toml");
+    std::fs::write(
+        &config,
+        "[security]\nsecurity_protocol = \"SASL_PLAINTEXT\"\nsasl_enabled_mechanisms = [\"PLAIN\"]\n",
+    )
+    .unwrap();
+    let broker = BrokerProcess::start_command(BrokerProcess::command(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    ));
+    assert!(broker.wait_for_log("security posture"));
+    assert!(broker.log_contains("sasl_mechanisms=PLAIN scram_users=0"));
+    assert!(broker.log_contains("nobody can log in on it"));
+    assert!(broker.log_contains("SASL PLAIN is offered on a listener without TLS"));
+
+    let quiet = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(quiet.path(), &[]);
+    assert!(broker.wait_for_log("security posture"));
+    assert!(broker.log_contains("sasl_mechanisms=none"));
+    assert!(!broker.log_contains("nobody can log in"));
+}

@@ -1,0 +1,54 @@
+//! The security posture, logged once at start (issue 20 item 6): every
+//! Kafka listener with its protocol, what SASL offers, and what an operator
+//! would want to know before exposing the broker.
+//!
+//! Warnings: a SASL listener with no user who could log in (nobody gets in
+//! until `sluice users create` runs over another listener); PLAIN offered
+//! without TLS (passwords travel in clear). The exposure of each listener
+//! is `exposure.rs`'s.
+
+use crate::broker::Broker;
+use crate::config::SaslMechanism;
+
+/// Log the posture of `broker`'s listeners and credentials.
+pub fn log(broker: &Broker) {
+    let security = &broker.config.security;
+    let listeners: Vec<String> = (0..=broker.extra_listeners.len())
+        .map(|index| {
+            let listener = broker.listener(index);
+            format!(
+                "{}={}:{}",
+                listener.name, listener.advertised.0, listener.advertised.1
+            )
+        })
+        .collect();
+    let any_sasl =
+        (0..=broker.extra_listeners.len()).any(|index| broker.listener(index).protocol.uses_sasl());
+    let users = broker.metadata.snapshot().scram_credentials.len();
+    let mechanisms: Vec<&str> = security
+        .mechanisms()
+        .into_iter()
+        .map(SaslMechanism::name)
+        .collect();
+    tracing::info!(
+        listeners = %listeners.join(","),
+        sasl_mechanisms = %if any_sasl { mechanisms.join(",") } else { "none".to_owned() },
+        scram_users = users,
+        super_users = security.super_users.len() + usize::from(!security.sasl_bootstrap_user.is_empty()),
+        authorizer = "none (ACLs are not built yet: an authenticated client may do anything)",
+        "security posture"
+    );
+    if any_sasl && users == 0 {
+        tracing::warn!(
+            "a SASL listener is configured but no user has credentials: nobody can log in on it. \
+             Set security.sasl_bootstrap_user with SLUICE_SASL_BOOTSTRAP_PASSWORD, or create users \
+             with `sluice users create` over a PLAINTEXT listener"
+        );
+    }
+    if any_sasl && security.mechanisms().contains(&SaslMechanism::Plain) {
+        tracing::warn!(
+            "SASL PLAIN is offered on a listener without TLS: clients send their passwords in \
+             clear. Prefer SCRAM-SHA-256/512 (security.sasl_enabled_mechanisms)"
+        );
+    }
+}
