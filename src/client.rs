@@ -70,7 +70,16 @@ pub enum ClientError {
     Truncated { address: String },
     #[error("SASL authentication with {address} failed: {reason}")]
     Authentication { address: String, reason: String },
+    #[error(
+        "the broker at {address} closed the connection without an answer (a SASL listener \
+         closes connections that have not logged in: set {SASL_USERNAME_ENV} and \
+         {SASL_PASSWORD_ENV}; its log says why)"
+    )]
+    Closed { address: String },
 }
+
+/// Kafka's ILLEGAL_SASL_STATE: a SaslHandshake where none is expected.
+const ILLEGAL_SASL_STATE: i16 = 34;
 
 /// The environment variables of the client's SASL credentials.
 pub const SASL_USERNAME_ENV: &str = "SLUICE_SASL_USERNAME";
@@ -146,7 +155,7 @@ impl KafkaClient {
         })?;
         let mechanism =
             std::env::var(SASL_MECHANISM_ENV).unwrap_or_else(|_| "SCRAM-SHA-512".to_owned());
-        self.authenticate(&mechanism, &user, &password)
+        self.authenticate(&mechanism.to_ascii_uppercase(), &user, &password)
     }
 
     /// Authenticate as `user` with SASL `mechanism` (`PLAIN`,
@@ -170,6 +179,14 @@ impl KafkaClient {
                 .with_mechanism(StrBytes::from_string(mechanism.to_owned())),
             1,
         )?;
+        if handshake.error_code == ILLEGAL_SASL_STATE && handshake.mechanisms.is_empty() {
+            // A listener without SASL: nothing to log in to.
+            eprintln!(
+                "note: the listener at {address} does not use SASL; {SASL_USERNAME_ENV} and \
+                 {SASL_PASSWORD_ENV} are ignored"
+            );
+            return Ok(());
+        }
         if handshake.error_code != 0 {
             let offered: Vec<&str> = handshake.mechanisms.iter().map(|m| m.as_str()).collect();
             return Err(failed(format!(
@@ -309,6 +326,9 @@ impl KafkaClient {
                     address: self.address.clone(),
                 }
             }
+            std::io::ErrorKind::UnexpectedEof => ClientError::Closed {
+                address: self.address.clone(),
+            },
             _ => ClientError::Io {
                 address: self.address.clone(),
                 source,

@@ -17,8 +17,11 @@ pub fn log(broker: &Broker) {
         .map(|index| {
             let listener = broker.listener(index);
             format!(
-                "{}={}:{}",
-                listener.name, listener.advertised.0, listener.advertised.1
+                "{}({})={}:{}",
+                listener.name,
+                listener.protocol.name(),
+                listener.advertised.0,
+                listener.advertised.1
             )
         })
         .collect();
@@ -35,7 +38,7 @@ pub fn log(broker: &Broker) {
         sasl_mechanisms = %if any_sasl { mechanisms.join(",") } else { "none".to_owned() },
         scram_users = users,
         super_users = security.super_users.len() + usize::from(!security.sasl_bootstrap_user.is_empty()),
-        authorizer = "none (ACLs are not built yet: an authenticated client may do anything)",
+        authorizer = "none (no ACLs yet: a logged-in client may do anything but read or change credentials, which needs a super user)",
         "security posture"
     );
     if any_sasl && users == 0 {

@@ -7,8 +7,12 @@ use std::process::{Command, Stdio};
 
 use crate::broker_process::BrokerProcess;
 
-fn kcat(args: &[&str], input: Option<&[u8]>) -> std::process::Output {
+/// Run Debian's kcat with `args`, `input` on its stdin; its output.
+/// cargo's LD_LIBRARY_PATH is removed: it would hand kcat the test build's
+/// librdkafka (no SCRAM) instead of Debian's.
+pub fn kcat(args: &[&str], input: Option<&[u8]>) -> std::process::Output {
     let mut child = Command::new("kcat")
+        .env_remove("LD_LIBRARY_PATH")
         .args(args)
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())

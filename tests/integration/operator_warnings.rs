@@ -160,7 +160,9 @@ fn exposed_listeners_and_a_low_open_files_limit_are_warned_about_at_start() {
         Some(ip) => {
             let kafka = lines_with(&broker, EXPOSED_KAFKA);
             assert!(
-                kafka.len() == 1 && kafka[0].contains(&format!("kafka.listen={ip}:0")),
+                kafka.len() == 1
+                    && kafka[0].contains(&format!("listen={ip}:0"))
+                    && kafka[0].contains("security_protocol"),
                 "{kafka:?}"
             );
         }

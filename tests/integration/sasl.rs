@@ -16,6 +16,7 @@ use kafka_protocol::protocol::StrBytes;
 use serde::Deserialize;
 
 use crate::broker_process::{BrokerProcess, exit_of};
+use crate::kcat_smoke::kcat;
 use crate::test_clients;
 use crate::wire::Wire;
 
@@ -39,27 +40,6 @@ fn sasl_broker(dir: &Path, with_password: bool) -> BrokerProcess {
         command.env("SLUICE_SASL_BOOTSTRAP_PASSWORD", ADMIN_PASSWORD);
     }
     BrokerProcess::start_command(command)
-}
-
-fn kcat(args: &[&str], input: Option<&[u8]>) -> std::process::Output {
-    // Debian's kcat with Debian's librdkafka (SCRAM needs its OpenSSL):
-    // cargo's LD_LIBRARY_PATH would hand it the test build's librdkafka.
-    let mut child = Command::new("kcat")
-        .env_remove("LD_LIBRARY_PATH")
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("kcat is needed for this test ({error}); run .ci/run"));
-    if let Some(input) = input {
-        child.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    child.wait_with_output().unwrap()
 }
 
 fn sasl_args<'a>(
@@ -173,7 +153,7 @@ struct Created {
 
 /// `sluice users ...` authenticated as `user`; its status and output.
 fn sluice_users(
-    broker: &BrokerProcess,
+    address: &str,
     user: &str,
     password: &str,
     args: &[&str],
@@ -182,7 +162,7 @@ fn sluice_users(
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("users")
         .args(args)
-        .args(["--brokers", &broker.address])
+        .args(["--brokers", address])
         .env("SLUICE_SASL_USERNAME", user)
         .env("SLUICE_SASL_PASSWORD", password)
         .stdin(Stdio::piped())
@@ -271,20 +251,26 @@ fn users_made_through_the_kafka_api_log_in_with_python_clients_until_deleted() {
     }
 
     // bob is no super user: he cannot make users.
-    let (made, output) = sluice_users(&broker, "bob", "bob-secret-2", &["create", "carol"], "pw\n");
+    let (made, output) = sluice_users(
+        &broker.address,
+        "bob",
+        "bob-secret-2",
+        &["create", "carol"],
+        "pw\n",
+    );
     assert!(
         !made && output.contains("ClusterAuthorizationFailed"),
         "{output}"
     );
     let (made, output) = sluice_users(
-        &broker,
+        &broker.address,
         ADMIN,
         ADMIN_PASSWORD,
         &["create", "carol"],
         "carol-pw\n",
     );
     assert!(made, "{output}");
-    let (listed, output) = sluice_users(&broker, ADMIN, ADMIN_PASSWORD, &["list"], "");
+    let (listed, output) = sluice_users(&broker.address, ADMIN, ADMIN_PASSWORD, &["list"], "");
     assert!(listed, "{output}");
     for user in ["admin", "bob", "carol"] {
         assert!(output.contains(user), "{output}");
@@ -314,7 +300,13 @@ fn users_made_through_the_kafka_api_log_in_with_python_clients_until_deleted() {
     assert!(bob.ok, "{:?}", bob.error);
     assert!(!login("bob", "bob-secret-3").ok);
 
-    let (deleted, output) = sluice_users(&broker, ADMIN, ADMIN_PASSWORD, &["delete", "bob"], "");
+    let (deleted, output) = sluice_users(
+        &broker.address,
+        ADMIN,
+        ADMIN_PASSWORD,
+        &["delete", "bob"],
+        "",
+    );
     assert!(deleted, "{output}");
     assert!(
         !login("bob", "bob-secret-2").ok,
@@ -499,6 +491,22 @@ fn a_second_listener_has_its_own_protocol_and_advertised_address() {
     assert!(wire.closed_by_broker());
     let mut wire = Wire::connect(&broker.address);
     assert_eq!(handshake(&mut wire, 1, "PLAIN"), 34);
+
+    // `sluice` commands: credentials in the environment are ignored, with
+    // a note, on the PLAINTEXT listener; without them the SASL listener's
+    // close is explained.
+    let (listed, output) = sluice_users(&broker.address, ADMIN, ADMIN_PASSWORD, &["list"], "");
+    assert!(listed && output.contains("does not use SASL"), "{output}");
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["users", "list", "--brokers", &external])
+        .env_remove("SLUICE_SASL_USERNAME")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("set SLUICE_SASL_USERNAME"),
+        "{stderr}"
+    );
 }
 
 /// KIP-554's error codes for bad alterations (Kafka's rules): 92
@@ -598,5 +606,6 @@ fn the_start_reports_the_security_posture() {
     let broker = BrokerProcess::start(quiet.path(), &[]);
     assert!(broker.wait_for_log("security posture"));
     assert!(broker.log_contains("sasl_mechanisms=none"));
+    assert!(broker.log_contains("PLAINTEXT(PLAINTEXT)="));
     assert!(!broker.log_contains("nobody can log in"));
 }

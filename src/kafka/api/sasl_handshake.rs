@@ -33,7 +33,12 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
             .collect(),
     );
     if !session.protocol().uses_sasl() {
-        return request.respond(&response.with_error_code(ResponseError::IllegalSaslState.code()));
+        // This listener offers no mechanism at all.
+        return request.respond(
+            &response
+                .with_mechanisms(Vec::new())
+                .with_error_code(ResponseError::IllegalSaslState.code()),
+        );
     }
     if request.version == 0 {
         crate::kafka::sasl_log::refused(
