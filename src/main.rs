@@ -704,7 +704,9 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
         _ => None,
     };
     if controller.is_some() {
-        // A cluster's credentials are known once it has joined.
+        // A cluster's credentials live in its controller: known, and
+        // made, once this node has joined.
+        sluice::broker::bootstrap_user::ensure(&broker.metadata, &config.security)?;
         sluice::security::posture::log(&broker);
     }
     let runtime =

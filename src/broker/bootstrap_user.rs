@@ -6,9 +6,11 @@
 //! AlterUserScramCredentials (`sluice users create`), so restarting with
 //! an old environment never undoes a change.
 //!
-//! A single node does this at start. A cluster's metadata lives in its
-//! controller: create the first user there while the listener is still
-//! `PLAINTEXT` (`sluice users create`), then switch it to SASL.
+//! A single node does this at start, before it serves; a cluster node once
+//! it has joined (its metadata lives in the controller), through the
+//! controller, so every node agrees. Nodes starting together may each
+//! write the credentials (with their own salt): give every node the same
+//! password, and whichever write is last is as good as the others.
 
 use thiserror::Error;
 
@@ -30,7 +32,8 @@ pub enum BootstrapUserError {
 }
 
 /// Create the bootstrap user if configured and missing. Blocking (PBKDF2
-/// and a metadata write); at start, before any shard serves.
+/// and a metadata write, through the controller in a cluster); at start,
+/// on the main thread.
 pub fn ensure(
     metadata: &MetadataStore,
     security: &SecurityConfig,
@@ -60,12 +63,21 @@ pub fn ensure(
             mechanism,
             credential,
         };
-        metadata
-            .submit_blocking(command)?
-            .map_err(|refusal| BootstrapUserError::Refused {
-                user: user.clone(),
-                reason: refusal.to_string(),
-            })?;
+        let committed = if metadata.is_replicated() {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map_err(|source| BootstrapUserError::Refused {
+                    user: user.clone(),
+                    reason: format!("cannot wait for the controller: {source}"),
+                })?
+                .block_on(metadata.submit(command))
+        } else {
+            metadata.submit_blocking(command)
+        };
+        committed?.map_err(|refusal| BootstrapUserError::Refused {
+            user: user.clone(),
+            reason: refusal.to_string(),
+        })?;
     }
     tracing::info!(
         user,

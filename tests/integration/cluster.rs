@@ -3530,3 +3530,45 @@ fn delayed_records_pending_at_a_leaders_kill_are_delivered_once_by_the_next_lead
     crate::delayed_delivery::assert_each_delivered_once(&all, RECORDS);
     stop_all(brokers.into_iter().flatten());
 }
+
+/// The bootstrap user of a SASL cluster is made through the controller by
+/// the nodes as they join, and every node lets it log in and tells it the
+/// whole cluster (issue 20).
+#[test]
+fn a_sasl_clusters_bootstrap_user_logs_in_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::with_config(
+        dir.path(),
+        "[security]\nsecurity_protocol = \"SASL_PLAINTEXT\"\nsasl_bootstrap_user = \"admin\"\n",
+    );
+    cluster.env = vec![("SLUICE_SASL_BOOTSTRAP_PASSWORD", "cluster-admin-pw")];
+    let brokers = cluster.start_all();
+    for broker in &brokers {
+        let listed = crate::kcat_smoke::kcat(
+            &[
+                "-b",
+                &broker.address,
+                "-X",
+                "security.protocol=SASL_PLAINTEXT",
+                "-X",
+                "sasl.mechanisms=SCRAM-SHA-512",
+                "-X",
+                "sasl.username=admin",
+                "-X",
+                "sasl.password=cluster-admin-pw",
+                "-L",
+                "-m",
+                "10",
+            ],
+            None,
+        );
+        let listing = String::from_utf8_lossy(&listed.stdout);
+        assert!(
+            listed.status.success() && listing.contains("3 brokers"),
+            "{listing}{}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+        assert!(broker.log_contains("scram_users=1"));
+    }
+    stop_all(brokers);
+}
