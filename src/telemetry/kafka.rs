@@ -83,10 +83,12 @@ pub fn connection_closed_bad_input(reason: &'static str) {
     counter!(names::KAFKA_CONNECTIONS_CLOSED_BAD_INPUT, "reason" => reason).increment(1);
 }
 
-/// A SASL authentication finished: `succeeded` or `failed`.
-pub fn sasl_authentication(mechanism: &'static str, outcome: &'static str) {
+/// A SASL authentication on listener `listener` finished: `succeeded` or
+/// `failed`.
+pub fn sasl_authentication(listener: String, mechanism: &'static str, outcome: &'static str) {
     counter!(
         names::KAFKA_SASL_AUTHENTICATIONS,
+        "listener" => listener,
         "mechanism" => mechanism,
         "outcome" => outcome
     )

@@ -135,7 +135,7 @@ pub fn describe() {
     describe_counter!(
         KAFKA_SASL_AUTHENTICATIONS,
         Unit::Count,
-        "SASL authentications on the Kafka listener, by mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and outcome (succeeded, failed: a wrong password, an unknown user or a malformed exchange; the connection is closed)."
+        "SASL authentications, by Kafka listener (its name), mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and outcome (succeeded, failed: a wrong password, an unknown user or a malformed exchange; the connection is closed)."
     );
     describe_gauge!(
         KAFKA_QUEUED_REQUEST_BYTES,

@@ -116,13 +116,13 @@ fn kcat_authenticates_with_each_mechanism_and_a_wrong_password_is_refused() {
     assert!(
         metric(
             &broker,
-            "sluice_kafka_sasl_authentications_total{mechanism=\"PLAIN\",outcome=\"failed\"}"
+            "sluice_kafka_sasl_authentications_total{listener=\"SASL_PLAINTEXT\",mechanism=\"PLAIN\",outcome=\"failed\"}"
         ) >= 1.0
     );
     assert!(
         metric(
             &broker,
-            "sluice_kafka_sasl_authentications_total{mechanism=\"SCRAM-SHA-512\",outcome=\"succeeded\"}"
+            "sluice_kafka_sasl_authentications_total{listener=\"SASL_PLAINTEXT\",mechanism=\"SCRAM-SHA-512\",outcome=\"succeeded\"}"
         ) >= 1.0
     );
 

@@ -94,13 +94,21 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             user,
             bytes,
         }) => {
-            telemetry::kafka::sasl_authentication(mechanism.name(), "succeeded");
+            telemetry::kafka::sasl_authentication(
+                listener_name(request),
+                mechanism.name(),
+                "succeeded",
+            );
             tracing::debug!(peer = %request.peer, user, mechanism = mechanism.name(), "authenticated");
             session.set_state(AuthState::Authenticated(user));
             SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(bytes))
         }
         Err((mechanism, reason)) => {
-            telemetry::kafka::sasl_authentication(mechanism.name(), "failed");
+            telemetry::kafka::sasl_authentication(
+                listener_name(request),
+                mechanism.name(),
+                "failed",
+            );
             sasl_log::refused(request.peer, mechanism.name(), &reason);
             session.set_state(AuthState::Failed);
             session.close_after_response();
@@ -110,6 +118,11 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         }
     };
     request.respond(&response)
+}
+
+/// The name of the listener `request` came in on (the metric's label).
+fn listener_name(request: &Request<'_>) -> String {
+    request.broker.listener(request.session.listener()).name
 }
 
 /// One step of an exchange.
