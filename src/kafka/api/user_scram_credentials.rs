@@ -119,7 +119,6 @@ pub fn describe(request: &Request<'_>, body: Bytes) -> Result<Response, RequestE
 struct UserChanges {
     commands: Vec<MetadataCommand>,
     error: Option<(ResponseError, String)>,
-    seen: BTreeSet<i8>,
 }
 
 impl UserChanges {
@@ -127,15 +126,9 @@ impl UserChanges {
         self.error.get_or_insert((error, message));
     }
 
-    /// Note a change of `mechanism`; a second one for the same is refused.
+    /// The mechanism of a change of `user`'s credential (repeats were
+    /// refused already, for the whole request, in [`alter`]).
     fn mechanism(&mut self, user: &str, code: i8) -> Option<ScramMechanism> {
-        if !self.seen.insert(code) {
-            self.fail(
-                ResponseError::DuplicateResource,
-                format!("user {user:?}'s credential for mechanism {code} is altered twice in one request"),
-            );
-            return None;
-        }
         if user.is_empty() {
             self.fail(
                 ResponseError::UnacceptableCredential,
