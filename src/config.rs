@@ -16,7 +16,8 @@ mod cluster;
 mod security;
 pub use cluster::{ClusterConfig, ClusterFlags, NODE_ID_UNSET, Peer, PeerSyntax};
 pub use security::{
-    BOOTSTRAP_PASSWORD_ENV, ListenerConfig, SaslMechanism, SecurityConfig, SecurityProtocol,
+    AuthorizerKind, BOOTSTRAP_PASSWORD_ENV, ListenerConfig, SaslMechanism, SecurityConfig,
+    SecurityProtocol,
 };
 
 /// O_DIRECT and the kernel's logical block size for NVMe: writes, buffers and

@@ -68,6 +68,16 @@ enum Command {
         #[arg(long, global = true, default_value = "127.0.0.1:9092")]
         brokers: String,
     },
+    /// Add, remove and list ACLs (KIP-140; the broker needs
+    /// security.authorizer = "acl"). Authenticate as a super user with
+    /// SLUICE_SASL_USERNAME and SLUICE_SASL_PASSWORD.
+    Acls {
+        #[command(subcommand)]
+        command: AclsCommand,
+        /// Broker addresses, HOST:PORT[,HOST:PORT…].
+        #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+        brokers: String,
+    },
     /// List and describe transactions; fence a transactional id, aborting
     /// its open transaction.
     Transactions {
@@ -317,6 +327,7 @@ fn main() -> ExitCode {
         Command::Topics { .. }
             | Command::Groups { .. }
             | Command::Users { .. }
+            | Command::Acls { .. }
             | Command::Transactions { .. }
             | Command::Delays { .. }
             | Command::Dlq { .. }
@@ -328,6 +339,7 @@ fn main() -> ExitCode {
         Command::Topics { command, brokers } => admin_exit(topics(&brokers, command)),
         Command::Groups { command, brokers } => admin_exit(groups(&brokers, command)),
         Command::Users { command, brokers } => admin_exit(users(&brokers, command)),
+        Command::Acls { command, brokers } => admin_exit(acls(&brokers, command)),
         Command::Transactions { command, brokers } => admin_exit(transactions(&brokers, command)),
         Command::Delays { command, metrics } => admin_exit(match command {
             DelaysCommand::Count => sluice::admin::delays::count(&metrics),
@@ -360,6 +372,135 @@ enum UsersCommand {
     },
     /// Every user with credentials, by mechanism.
     List,
+}
+
+/// The resource an ACL names: one of these.
+#[derive(clap::Args)]
+struct AclResource {
+    /// A topic (or, with a prefixed pattern, a topic name prefix; `*`:
+    /// every topic).
+    #[arg(long)]
+    topic: Option<String>,
+    /// A consumer group (or prefix; `*`: every group).
+    #[arg(long)]
+    group: Option<String>,
+    /// A transactional id (or prefix; `*`: every one).
+    #[arg(long)]
+    transactional_id: Option<String>,
+    /// The cluster (`kafka-cluster`).
+    #[arg(long)]
+    cluster: bool,
+}
+
+impl AclResource {
+    fn args(self) -> sluice::admin::acls::ResourceArgs {
+        sluice::admin::acls::ResourceArgs {
+            topic: self.topic,
+            group: self.group,
+            transactional_id: self.transactional_id,
+            cluster: self.cluster,
+        }
+    }
+}
+
+/// Which ACLs a command matches; a part not given matches any.
+#[derive(clap::Args)]
+struct AclFilterArgs {
+    #[command(flatten)]
+    resource: AclResource,
+    /// any (default), match (every ACL that applies to the named
+    /// resource), literal or prefixed.
+    #[arg(long, default_value = "any")]
+    pattern: String,
+    /// User:<name> or User:*.
+    #[arg(long)]
+    principal: Option<String>,
+    /// An IP address or *.
+    #[arg(long)]
+    host: Option<String>,
+    /// READ, WRITE, DESCRIBE, ALL, …
+    #[arg(long)]
+    operation: Option<String>,
+    /// allow or deny.
+    #[arg(long)]
+    permission: Option<String>,
+}
+
+impl AclFilterArgs {
+    fn args(self) -> sluice::admin::acls::FilterArgs {
+        sluice::admin::acls::FilterArgs {
+            resource: self.resource.args(),
+            pattern: self.pattern,
+            principal: self.principal,
+            host: self.host,
+            operation: self.operation,
+            permission: self.permission,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum AclsCommand {
+    /// Allow (or with --deny, deny) PRINCIPAL each --operation on one
+    /// resource: sluice acls add --principal User:alice --operation WRITE
+    /// --topic orders- --prefixed.
+    Add {
+        #[command(flatten)]
+        resource: AclResource,
+        /// Match every resource whose name starts with the name given.
+        #[arg(long)]
+        prefixed: bool,
+        /// User:<name>, or User:* for every user.
+        #[arg(long)]
+        principal: String,
+        /// The client address the ACL applies to (default: any).
+        #[arg(long, default_value = "*")]
+        host: String,
+        /// READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE, CLUSTER_ACTION,
+        /// DESCRIBE_CONFIGS, ALTER_CONFIGS, IDEMPOTENT_WRITE or ALL;
+        /// repeat or separate with commas.
+        #[arg(long, value_delimiter = ',', required = true)]
+        operation: Vec<String>,
+        /// A DENY ACL (it wins over any ALLOW).
+        #[arg(long)]
+        deny: bool,
+    },
+    /// Remove the ACLs that match, and show them.
+    Remove {
+        #[command(flatten)]
+        filter: AclFilterArgs,
+    },
+    /// The ACLs that match (all, given nothing).
+    List {
+        #[command(flatten)]
+        filter: AclFilterArgs,
+    },
+}
+
+fn acls(brokers: &str, command: AclsCommand) -> anyhow::Result<()> {
+    use sluice::admin::acls;
+    match command {
+        AclsCommand::Add {
+            resource,
+            prefixed,
+            principal,
+            host,
+            operation,
+            deny,
+        } => acls::add(
+            brokers,
+            acls::AddArgs {
+                resource: resource.args(),
+                prefixed,
+                principal,
+                host,
+                operations: operation,
+                deny,
+            },
+        ),
+        AclsCommand::Remove { filter } => acls::remove(brokers, filter.args()),
+        AclsCommand::List { filter } => acls::list(brokers, filter.args()),
+    }
 }
 
 fn users(brokers: &str, command: UsersCommand) -> anyhow::Result<()> {

@@ -1,10 +1,11 @@
 //! The admin commands, `sluice topics …`, `sluice groups …`, `sluice
-//! transactions …` and `sluice dlq …`: run against
+//! transactions …`, `sluice users …`, `sluice acls …` and `sluice dlq …`: run against
 //! a broker over the Kafka protocol (`sluice delays …` reads its metrics
 //! listener), with the habits of `rpk` and
 //! `kafka-consumer-groups` (aligned tables, lag per partition, reset-offsets
 //! and dead-letter replay as a dry run unless `--execute`).
 
+pub mod acls;
 pub mod datetime;
 pub mod delays;
 pub mod dlq;

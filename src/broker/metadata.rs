@@ -32,6 +32,7 @@ use super::broker_config::{BrokerOverrides, BrokerView, StaticSettings};
 use super::metadata_command::{Applied, ExecuteContext, MetadataCommand, Refusal};
 use super::topic_config::{ConfigIssue, TopicConfig, TopicLimits};
 use crate::ids::PartitionId;
+use crate::security::acl::{AclBinding, AclSet};
 use crate::security::scram::{ScramCredential, ScramMechanism};
 use crate::storage::durable_file::write_atomic;
 
@@ -170,6 +171,9 @@ pub struct ClusterMetadata {
     /// SASL/SCRAM credentials by user and mechanism (KIP-554): salted and
     /// hashed, never a password (`security/scram.rs`).
     pub scram_credentials: BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>,
+    /// The ACLs (`security/acl.rs`), shared between snapshots until one
+    /// changes them.
+    pub acls: Arc<AclSet>,
 }
 
 /// A cluster's shard groups (ARCHITECTURE.md, "Placement"): group
@@ -387,6 +391,9 @@ pub struct Persisted {
     /// written before them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     scram_credentials: BTreeMap<String, BTreeMap<String, ScramCredential>>,
+    /// ACL bindings; absent in files written before them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    acls: Vec<AclBinding>,
 }
 
 fn cluster_first_partition_id() -> u32 {
@@ -683,7 +690,9 @@ fn applied(
         | MetadataCommand::SetGroupConfigs { .. }
         | MetadataCommand::SetInSync { .. }
         | MetadataCommand::SetScramCredential { .. }
-        | MetadataCommand::DeleteScramCredential { .. } => Applied::Configs,
+        | MetadataCommand::DeleteScramCredential { .. }
+        | MetadataCommand::CreateAcls { .. }
+        | MetadataCommand::DeleteAcls { .. } => Applied::Configs,
     }
 }
 
@@ -729,6 +738,7 @@ impl ClusterMetadata {
             next_producer_id: 0,
             next_partition_id: PartitionId::CLUSTER_FIRST,
             scram_credentials: BTreeMap::new(),
+            acls: Arc::default(),
         }
     }
 
@@ -1049,6 +1059,7 @@ impl ClusterMetadata {
                     (user.clone(), by_name)
                 })
                 .collect(),
+            acls: self.acls.iter().cloned().collect(),
         }
     }
 
@@ -1128,6 +1139,7 @@ impl ClusterMetadata {
             next_producer_id: persisted.next_producer_id,
             next_partition_id: persisted.next_partition_id,
             scram_credentials,
+            acls: Arc::new(AclSet::new(persisted.acls)),
         };
         metadata.reindex();
         Ok(metadata)

@@ -25,6 +25,7 @@ use super::group::config::{
 };
 use super::metadata::{ClusterMetadata, TopicId, TopicMeta};
 use super::topic_config::{ConfigIssue, TopicConfig, TopicLimits};
+use crate::security::acl::{ACLS_MAX, AclBinding};
 use crate::security::scram::{ScramCredential, ScramMechanism};
 
 /// One change of the cluster metadata. Config maps are the overrides as
@@ -88,6 +89,13 @@ pub enum MetadataCommand {
         user: String,
         mechanism: ScramMechanism,
     },
+    /// Add ACL bindings (CreateAcls, KIP-140; checked by the caller with
+    /// `AclBinding::from_wire`); one already there is left as it is.
+    /// Refused whole when the cluster would keep more than `ACLS_MAX`.
+    CreateAcls { bindings: Vec<AclBinding> },
+    /// Remove ACL bindings (DeleteAcls: those its filters matched when the
+    /// request was served); one no longer there is skipped.
+    DeleteAcls { bindings: Vec<AclBinding> },
 }
 
 /// The longest SCRAM user name kept, in bytes.
@@ -355,6 +363,32 @@ impl ClusterMetadata {
                 credentials.remove(&mechanism);
                 if credentials.is_empty() {
                     self.scram_credentials.remove(&user);
+                }
+                Ok(Applied::Configs)
+            }
+            MetadataCommand::CreateAcls { bindings } => {
+                let new = bindings
+                    .iter()
+                    .filter(|binding| !self.acls.contains(binding))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len();
+                if self.acls.len() + new > ACLS_MAX {
+                    return Err(Refusal::InvalidRequest(format!(
+                        "{} ACLs exist and {new} more would pass {ACLS_MAX}, the most Sluice \
+                         keeps; use prefixed or wildcard bindings, or delete unused ones",
+                        self.acls.len()
+                    )));
+                }
+                let acls = Arc::make_mut(&mut self.acls);
+                for binding in bindings {
+                    acls.insert(binding);
+                }
+                Ok(Applied::Configs)
+            }
+            MetadataCommand::DeleteAcls { bindings } => {
+                let acls = Arc::make_mut(&mut self.acls);
+                for binding in &bindings {
+                    acls.remove(binding);
                 }
                 Ok(Applied::Configs)
             }

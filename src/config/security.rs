@@ -44,6 +44,29 @@ impl SecurityProtocol {
     }
 }
 
+/// Who decides what a principal may do (Kafka's `authorizer.class.name`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum AuthorizerKind {
+    /// No authorizer: every client may do everything, as in Kafka without
+    /// one (CreateAcls and its siblings answer SECURITY_DISABLED).
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    /// Kafka's ACLs (`security/acl.rs`), kept in the cluster metadata and
+    /// consulted on every request; super users bypass them.
+    #[serde(rename = "acl")]
+    Acl,
+}
+
+impl AuthorizerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthorizerKind::None => "none",
+            AuthorizerKind::Acl => "acl",
+        }
+    }
+}
+
 /// A SASL mechanism the broker can offer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SaslMechanism {
@@ -120,6 +143,14 @@ pub struct SecurityConfig {
     /// `security_protocol` and whose name is that protocol's), each with
     /// its own protocol and advertised address; default none.
     pub listeners: Vec<ListenerConfig>,
+    /// `none` (default: everything allowed) or `acl`: Kafka's ACLs decide
+    /// what each principal may do, managed with CreateAcls, DescribeAcls,
+    /// DeleteAcls and `sluice acls`.
+    pub authorizer: AuthorizerKind,
+    /// With `authorizer = "acl"`: whether a resource no ACL names is open
+    /// to everyone (Kafka's `allow.everyone.if.no.acl.found`). Default
+    /// false: what no ACL allows is denied.
+    pub allow_everyone_if_no_acl_found: bool,
 }
 
 impl Default for SecurityConfig {
@@ -130,6 +161,8 @@ impl Default for SecurityConfig {
             super_users: Vec::new(),
             sasl_bootstrap_user: String::new(),
             listeners: Vec::new(),
+            authorizer: AuthorizerKind::None,
+            allow_everyone_if_no_acl_found: false,
         }
     }
 }

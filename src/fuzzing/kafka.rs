@@ -350,6 +350,9 @@ pub fn with_request_type<V: WithRequestType>(key: ApiKey, visitor: V) -> Option<
             visitor.call::<DescribeUserScramCredentialsRequest>()
         }
         ApiKey::AlterUserScramCredentials => visitor.call::<AlterUserScramCredentialsRequest>(),
+        ApiKey::CreateAcls => visitor.call::<CreateAclsRequest>(),
+        ApiKey::DescribeAcls => visitor.call::<DescribeAclsRequest>(),
+        ApiKey::DeleteAcls => visitor.call::<DeleteAclsRequest>(),
         _ => return None,
     })
 }

@@ -448,6 +448,39 @@ pub fn sample_request(
                     .with_salted_password(Bytes::from_static(&[7; 64])),
             ])
             .encode(out, version),
+        ApiKey::CreateAcls => CreateAclsRequest::default()
+            .with_creations(vec![
+                create_acls_request::AclCreation::default()
+                    .with_resource_type(2)
+                    .with_resource_name(name("orders-"))
+                    .with_resource_pattern_type(4)
+                    .with_principal(name("User:alice"))
+                    .with_host(name("*"))
+                    .with_operation(4)
+                    .with_permission_type(3),
+            ])
+            .encode(out, version),
+        ApiKey::DescribeAcls => DescribeAclsRequest::default()
+            .with_resource_type_filter(1)
+            .with_resource_name_filter(Some(name("orders")))
+            .with_pattern_type_filter(2)
+            .with_principal_filter(Some(name("User:alice")))
+            .with_host_filter(None)
+            .with_operation(1)
+            .with_permission_type(1)
+            .encode(out, version),
+        ApiKey::DeleteAcls => DeleteAclsRequest::default()
+            .with_filters(vec![
+                delete_acls_request::DeleteAclsFilter::default()
+                    .with_resource_type_filter(2)
+                    .with_resource_name_filter(Some(name("orders-")))
+                    .with_pattern_type_filter(4)
+                    .with_principal_filter(None)
+                    .with_host_filter(None)
+                    .with_operation(1)
+                    .with_permission_type(1),
+            ])
+            .encode(out, version),
         other => anyhow::bail!("no sample request for {other:?}"),
     }
 }

@@ -20,6 +20,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::Decodable;
 
 use super::api;
+use super::authorize::Authorizer;
 use super::hangup::Hangup;
 use super::request_error::RequestError;
 use super::response::Response;
@@ -52,6 +53,11 @@ impl Request<'_> {
     /// Let the connection's next request start (see [`Turn`]).
     pub fn pass_turn(&self) {
         self.turn.pass();
+    }
+
+    /// What the connection's principal may do (`authorize.rs`).
+    pub fn authorizer(&self) -> Authorizer {
+        Authorizer::for_request(self)
     }
 
     pub fn correlation_id(&self) -> i32 {
@@ -131,6 +137,9 @@ fn holds_turn(key: ApiKey) -> bool {
             | ApiKey::DeleteGroups
             | ApiKey::LeaveGroup
             | ApiKey::ConsumerGroupHeartbeat
+            | ApiKey::AlterUserScramCredentials
+            | ApiKey::CreateAcls
+            | ApiKey::DeleteAcls
     )
 }
 

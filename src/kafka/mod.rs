@@ -9,6 +9,7 @@
 //! fetch sends them from the segment files ([`fetch_response`], [`response`]).
 
 pub mod api;
+pub mod authorize;
 pub mod connection;
 pub mod dispatch;
 pub mod error_code;

@@ -19,8 +19,9 @@ use kafka_protocol::messages::{
     SyncGroupResponse, TxnOffsetCommitResponse,
 };
 use kafka_protocol::messages::{
-    AlterUserScramCredentialsResponse, DescribeUserScramCredentialsResponse,
-    SaslAuthenticateResponse, SaslHandshakeResponse,
+    AlterUserScramCredentialsResponse, CreateAclsResponse, DeleteAclsResponse,
+    DescribeAclsResponse, DescribeUserScramCredentialsResponse, SaslAuthenticateResponse,
+    SaslHandshakeResponse,
 };
 
 /// Visit every error code in a response (zeros included; the caller skips them).
@@ -52,7 +53,8 @@ top_level!(
     ListGroupsResponse,
     ConsumerGroupHeartbeatResponse,
     SaslHandshakeResponse,
-    SaslAuthenticateResponse
+    SaslAuthenticateResponse,
+    DescribeAclsResponse
 );
 
 /// Responses with one error code per item of a list, and optionally a
@@ -83,7 +85,9 @@ per_item!(
     DescribeTransactionsResponse => transaction_states,
     DescribeLogDirsResponse => [error_code] results,
     DescribeUserScramCredentialsResponse => [error_code] results,
-    AlterUserScramCredentialsResponse => results
+    AlterUserScramCredentialsResponse => results,
+    CreateAclsResponse => results,
+    DeleteAclsResponse => filter_results
 );
 
 /// Visit the code of every partition nested in `topics`.

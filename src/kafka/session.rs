@@ -93,6 +93,13 @@ impl Session {
         }
     }
 
+    /// The principal's user name: the authenticated user, or `ANONYMOUS`
+    /// on a listener without authentication (and, never served, before
+    /// authentication).
+    pub fn principal_user(&self) -> String {
+        self.user().unwrap_or_else(|| ANONYMOUS.to_owned())
+    }
+
     /// The principal's name as Kafka prints it (`User:alice`).
     pub fn principal(&self) -> String {
         format!("User:{}", self.user().as_deref().unwrap_or(ANONYMOUS))

@@ -221,6 +221,21 @@ pub const SUPPORTED: &[Supported] = &[
         min: 0,
         max: 0,
     },
+    Supported {
+        key: ApiKey::CreateAcls,
+        min: 1,
+        max: 3,
+    },
+    Supported {
+        key: ApiKey::DescribeAcls,
+        min: 1,
+        max: 3,
+    },
+    Supported {
+        key: ApiKey::DeleteAcls,
+        min: 1,
+        max: 3,
+    },
 ];
 
 /// The supported range for `key`, if Sluice implements it at all.
@@ -282,6 +297,9 @@ mod tests {
             ApiKey::SaslAuthenticate => SaslAuthenticateRequest::VERSIONS,
             ApiKey::DescribeUserScramCredentials => DescribeUserScramCredentialsRequest::VERSIONS,
             ApiKey::AlterUserScramCredentials => AlterUserScramCredentialsRequest::VERSIONS,
+            ApiKey::CreateAcls => CreateAclsRequest::VERSIONS,
+            ApiKey::DescribeAcls => DescribeAclsRequest::VERSIONS,
+            ApiKey::DeleteAcls => DeleteAclsRequest::VERSIONS,
             other => panic!("no codec listed for {other:?}"),
         };
         for entry in SUPPORTED {

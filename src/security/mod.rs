@@ -1,6 +1,7 @@
 //! Authentication: SASL mechanisms and the credentials they check
 //! (issue 20; ARCHITECTURE.md, "Security").
 
+pub mod acl;
 pub mod plain;
 pub mod posture;
 pub mod scram;

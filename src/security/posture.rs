@@ -4,11 +4,13 @@
 //!
 //! Warnings: a SASL listener with no user who could log in (nobody gets in
 //! until `sluice users create` runs over another listener); PLAIN offered
-//! without TLS (passwords travel in clear). The exposure of each listener
-//! is `exposure.rs`'s.
+//! without TLS (passwords travel in clear); SASL without an authorizer
+//! (every user who logs in may do anything); an ACL authorizer whose ACLs
+//! cannot apply to anyone but super users because no listener
+//! authenticates. The exposure of each listener is `exposure.rs`'s.
 
 use crate::broker::Broker;
-use crate::config::SaslMechanism;
+use crate::config::{AuthorizerKind, SaslMechanism};
 
 /// Log the posture of `broker`'s listeners and credentials.
 pub fn log(broker: &Broker) {
@@ -27,7 +29,20 @@ pub fn log(broker: &Broker) {
         .collect();
     let any_sasl =
         (0..=broker.extra_listeners.len()).any(|index| broker.listener(index).protocol.uses_sasl());
-    let users = broker.metadata.snapshot().scram_credentials.len();
+    let snapshot = broker.metadata.snapshot();
+    let users = snapshot.scram_credentials.len();
+    let authorizer = match security.authorizer {
+        AuthorizerKind::None => "none".to_owned(),
+        AuthorizerKind::Acl => format!(
+            "acl ({} ACLs, no-ACL default {})",
+            snapshot.acls.len(),
+            if security.allow_everyone_if_no_acl_found {
+                "allow"
+            } else {
+                "deny"
+            }
+        ),
+    };
     let mechanisms: Vec<&str> = security
         .mechanisms()
         .into_iter()
@@ -38,7 +53,7 @@ pub fn log(broker: &Broker) {
         sasl_mechanisms = %if any_sasl { mechanisms.join(",") } else { "none".to_owned() },
         scram_users = users,
         super_users = security.super_users.len() + usize::from(!security.sasl_bootstrap_user.is_empty()),
-        authorizer = "none (no ACLs yet: a logged-in client may do anything but read or change credentials, which needs a super user)",
+        authorizer = %authorizer,
         "security posture"
     );
     if any_sasl && users == 0 {
@@ -46,6 +61,19 @@ pub fn log(broker: &Broker) {
             "a SASL listener is configured but no user has credentials: nobody can log in on it. \
              Set security.sasl_bootstrap_user with SLUICE_SASL_BOOTSTRAP_PASSWORD, or create users \
              with `sluice users create` over a PLAINTEXT listener"
+        );
+    }
+    if any_sasl && security.authorizer == AuthorizerKind::None {
+        tracing::warn!(
+            "SASL without an authorizer: every user who logs in may do anything except read or \
+             change credentials (super users only). Set security.authorizer = \"acl\" and grant \
+             what each user needs with `sluice acls add`"
+        );
+    }
+    if !any_sasl && security.authorizer == AuthorizerKind::Acl {
+        tracing::warn!(
+            "security.authorizer = \"acl\" but no listener authenticates: every client is \
+             User:ANONYMOUS, so ACLs can only name User:ANONYMOUS or User:*"
         );
     }
     if any_sasl && security.mechanisms().contains(&SaslMechanism::Plain) {

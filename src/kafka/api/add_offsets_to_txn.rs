@@ -2,7 +2,9 @@
 //! partition joins the producer's transaction, so that its
 //! TxnOffsetCommit records are committed or aborted with it (the marker is
 //! written there too). Codes as AddPartitionsToTxn; an empty group id gets
-//! INVALID_GROUP_ID. Version 4 (KIP-890) is not served.
+//! INVALID_GROUP_ID. Version 4 (KIP-890) is not served. It needs WRITE on
+//! the transactional id (TRANSACTIONAL_ID_AUTHORIZATION_FAILED) and READ on
+//! the group (GROUP_AUTHORIZATION_FAILED).
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -16,6 +18,7 @@ use crate::broker::txn::on_txn_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 /// The first version that may answer PRODUCER_FENCED (KIP-588).
 const FENCED_FROM_VERSION: i16 = 2;
@@ -23,7 +26,12 @@ const FENCED_FROM_VERSION: i16 = 2;
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let add: AddOffsetsToTxnRequest = decode(request, body)?;
     let group = add.group_id.0.to_string();
-    let code = if group.is_empty() {
+    let authorizer = request.authorizer();
+    let code = if !authorizer.transactional_id(Operation::Write, &add.transactional_id.0) {
+        ResponseError::TransactionalIdAuthorizationFailed.code()
+    } else if !authorizer.group(Operation::Read, &group) {
+        ResponseError::GroupAuthorizationFailed.code()
+    } else if group.is_empty() {
         ResponseError::InvalidGroupId.code()
     } else {
         let partition = offsets_partition(&group, offsets_topic_partitions(request.broker));

@@ -6,7 +6,10 @@
 //! Every partition must exist: a missing one gets UNKNOWN_TOPIC_OR_PARTITION
 //! and the others OPERATION_NOT_ATTEMPTED (nothing is added), as in Kafka;
 //! internal topics get INVALID_REQUEST the same way (only the broker writes
-//! them). Otherwise every partition gets the coordinator's one answer.
+//! them), and so does a topic the principal may not WRITE to, with
+//! TOPIC_AUTHORIZATION_FAILED. Without WRITE on the transactional id every
+//! partition gets TRANSACTIONAL_ID_AUTHORIZATION_FAILED. Otherwise every
+//! partition gets the coordinator's one answer.
 //! Version 4 (several transactions, `verify_only`, KIP-890) is the
 //! broker-to-broker form and is not served.
 
@@ -22,6 +25,7 @@ use crate::broker::txn::on_txn_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 /// The first version that may answer PRODUCER_FENCED (KIP-588).
 const FENCED_FROM_VERSION: i16 = 2;
@@ -40,15 +44,21 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     let mut refused: Option<i16> = None;
     // Each partition's own code (0: it may be added), in request order.
     let mut codes: Vec<i16> = Vec::new();
+    let authorizer = request.authorizer();
+    let id_refused =
+        !authorizer.transactional_id(Operation::Write, &add.v3_and_below_transactional_id.0);
     for topic in &add.v3_and_below_topics {
         let name = topic.name.0.to_string();
         let meta = cluster.topic(&name);
         let internal = crate::broker::is_internal_topic(&name);
+        let writable = authorizer.topic(Operation::Write, &name);
         for &partition in &topic.partitions {
             let index = u32::try_from(partition).ok();
             let exists =
                 meta.is_some_and(|meta| index.is_some_and(|index| index < meta.partitions));
-            let code = if internal {
+            let code = if !writable {
+                Some(ResponseError::TopicAuthorizationFailed.code())
+            } else if internal {
                 Some(ResponseError::InvalidRequest.code())
             } else if !exists {
                 Some(ResponseError::UnknownTopicOrPartition.code())
@@ -68,7 +78,9 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             }
         }
     }
-    let answer = if refused.is_some() {
+    let answer = if id_refused {
+        Some(ResponseError::TransactionalIdAuthorizationFailed.code())
+    } else if refused.is_some() {
         None
     } else {
         let id = add.v3_and_below_transactional_id.0.to_string();

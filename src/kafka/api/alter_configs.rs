@@ -10,7 +10,9 @@
 //! the cluster default, or this node's id) answers INVALID_REQUEST for
 //! another id, a read-only setting or a bad value (KAFKA-13609); a GROUP
 //! (KIP-848) INVALID_CONFIG for a bad or unknown config and
-//! INVALID_REQUEST for the empty name. With
+//! INVALID_REQUEST for the empty name. A resource the principal may not
+//! ALTER_CONFIGS gets TOPIC_, CLUSTER_ or GROUP_AUTHORIZATION_FAILED
+//! (`describe_configs::config_access`). With
 //! `validate_only` everything is checked and nothing changes. Also the
 //! helpers IncrementalAlterConfigs shares.
 
@@ -21,14 +23,18 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
-use super::describe_configs::{RESOURCE_BROKER, RESOURCE_GROUP, RESOURCE_TOPIC, RESOURCE_TYPES};
+use super::describe_configs::{
+    RESOURCE_BROKER, RESOURCE_GROUP, RESOURCE_TOPIC, RESOURCE_TYPES, config_access,
+};
 use super::{decode, str_bytes};
 use crate::broker::broker_config::{BrokerScope, scope_of};
 use crate::broker::{BrokerConfigError, GroupConfigError};
+use crate::kafka::authorize::Authorizer;
 use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation as AclOperation;
 
 /// A resource's refusal: Kafka's error code and a message.
 pub type Refusal = (i16, String);
@@ -36,6 +42,7 @@ pub type Refusal = (i16, String);
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let alter: AlterConfigsRequest = decode(request, body)?;
     let outcomes = alter_each(
+        &request.authorizer(),
         &alter.resources,
         |resource| (resource.resource_type, resource.resource_name.as_str()),
         |resource| {
@@ -168,8 +175,10 @@ pub fn broker_scope(request: &Request<'_>, name: &str) -> Result<BrokerScope, Re
 /// The (type, name) pairs that appear more than once.
 /// Alter each resource in request order with `alter`. A resource named
 /// twice in one request is refused each time (INVALID_REQUEST) and not
-/// altered, as Kafka refuses it; the others are unaffected.
+/// altered, as Kafka refuses it, and so is one the principal may not
+/// ALTER_CONFIGS; the others are unaffected.
 pub async fn alter_each<'a, R, Fut>(
+    authorizer: &Authorizer,
     resources: &'a [R],
     key: impl Fn(&'a R) -> (i8, &'a str),
     mut alter: impl FnMut(&'a R) -> Fut,
@@ -180,8 +189,13 @@ where
     let repeated = repeated_resources(resources.iter().map(&key));
     let mut outcomes = Vec::with_capacity(resources.len());
     for resource in resources {
-        outcomes.push(if repeated.contains(&key(resource)) {
+        let (resource_type, name) = key(resource);
+        outcomes.push(if repeated.contains(&(resource_type, name)) {
             Err(each_resource_once())
+        } else if let Err(refusal) =
+            config_access(authorizer, resource_type, name, AclOperation::AlterConfigs)
+        {
+            Err(refusal)
         } else {
             alter(resource).await
         });

@@ -2,7 +2,10 @@
 //! state, epochs, assignor and members, each with its subscription, its
 //! current assignment and its target. v1 adds each member's type (0: joined
 //! with the classic protocol, 1: the consumer protocol; KIP-1099). A group
-//! that does not exist, or is a classic group, gets GROUP_ID_NOT_FOUND.
+//! that does not exist, or is a classic group, gets GROUP_ID_NOT_FOUND. A
+//! group the principal may not DESCRIBE gets GROUP_AUTHORIZATION_FAILED,
+//! and one whose members are assigned or subscribed to a topic the
+//! principal may not DESCRIBE gets TOPIC_AUTHORIZATION_FAILED, as in Kafka.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -16,32 +19,34 @@ use crate::broker::group::consumer_coordinator::{
     ConsumerGroupDescription, ConsumerMemberDescription, DescribedPartitions,
 };
 use crate::broker::group::on_coordinator;
+use crate::kafka::authorize::Authorizer;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
-
-/// What a group allows without an authorizer (Kafka's answer to
-/// `include_authorized_operations` then: every operation a group has, READ,
-/// DELETE and DESCRIBE, as bits of their ACL operation codes).
-const GROUP_OPERATIONS_ALL: i32 = (1 << 3) | (1 << 6) | (1 << 8);
+use crate::security::acl::{Operation, ResourceType};
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let describe: ConsumerGroupDescribeRequest = decode(request, body)?;
-    let operations = if describe.include_authorized_operations {
-        GROUP_OPERATIONS_ALL
-    } else {
-        AUTHORIZED_OPERATIONS_UNKNOWN
-    };
+    let authorizer = request.authorizer();
     let mut groups = Vec::with_capacity(describe.group_ids.len());
     for group_id in &describe.group_ids {
+        let group = group_id.to_string();
         let entry = DescribedGroup::default()
             .with_group_id(group_id.clone())
-            .with_authorized_operations(operations);
+            .with_authorized_operations(AUTHORIZED_OPERATIONS_UNKNOWN);
         if group_id.is_empty() {
             groups.push(entry.with_error_code(ResponseError::InvalidGroupId.code()));
             continue;
         }
-        let group = group_id.to_string();
+        if !authorizer.group(Operation::Describe, &group) {
+            groups.push(entry.with_error_code(ResponseError::GroupAuthorizationFailed.code()));
+            continue;
+        }
+        let entry = entry.with_authorized_operations(authorizer.operations(
+            describe.include_authorized_operations,
+            ResourceType::Group,
+            &group,
+        ));
         let described = on_coordinator(
             request.shard,
             request.broker,
@@ -54,10 +59,33 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             Ok(Err(error)) => entry
                 .with_error_code(error.error.code())
                 .with_error_message(Some(str_bytes(&error.message))),
+            Ok(Ok(description)) if !topics_describable(&authorizer, &description) => entry
+                .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                .with_error_message(Some(str_bytes(
+                    "the group's members use topics this principal may not describe",
+                ))),
             Ok(Ok(description)) => described_group(entry, description),
         });
     }
     request.respond(&ConsumerGroupDescribeResponse::default().with_groups(groups))
+}
+
+/// Whether every topic the group's members subscribe to or are assigned
+/// may be described.
+fn topics_describable(authorizer: &Authorizer, description: &ConsumerGroupDescription) -> bool {
+    description.members.iter().all(|member| {
+        let assigned = member
+            .assignment
+            .iter()
+            .chain(&member.target)
+            .map(|(_, name, _)| name.as_str());
+        member
+            .subscribed_topic_names
+            .iter()
+            .map(String::as_str)
+            .chain(assigned)
+            .all(|name| authorizer.topic(Operation::Describe, name))
+    })
 }
 
 fn described_group(entry: DescribedGroup, description: ConsumerGroupDescription) -> DescribedGroup {

@@ -8,6 +8,10 @@
 //! The request is checked here first, as Kafka's group coordinator service
 //! checks it (INVALID_REQUEST with Kafka's messages, UNSUPPORTED_ASSIGNOR),
 //! then runs on the group's coordinator shard.
+//!
+//! It needs READ on the group (GROUP_AUTHORIZATION_FAILED) and DESCRIBE on
+//! every topic subscribed to by name (TOPIC_AUTHORIZATION_FAILED, naming
+//! them), as Kafka's `handleConsumerGroupHeartbeat`.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -25,6 +29,7 @@ use crate::broker::metadata::TopicId;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 /// From this version the member makes its own id (KIP-1082).
 const MEMBER_ID_FROM_CLIENT_VERSION: i16 = 1;
@@ -36,6 +41,28 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         return respond_error(request, &error);
     }
     let group_id = heartbeat.group_id.to_string();
+    let authorizer = request.authorizer();
+    if !authorizer.group(Operation::Read, &group_id) {
+        let error = GroupError::new(
+            ResponseError::GroupAuthorizationFailed,
+            "not allowed to READ this group",
+        );
+        return respond_error(request, &error);
+    }
+    let hidden: Vec<&str> = heartbeat
+        .subscribed_topic_names
+        .iter()
+        .flatten()
+        .map(|name| name.0.as_str())
+        .filter(|name| !authorizer.topic(Operation::Describe, name))
+        .collect();
+    if !hidden.is_empty() {
+        let error = GroupError::new(
+            ResponseError::TopicAuthorizationFailed,
+            format!("not allowed to DESCRIBE topics {}", hidden.join(", ")),
+        );
+        return respond_error(request, &error);
+    }
     let decoded = decode_heartbeat(request, &heartbeat);
     // The group's own interval where it sets one (KIP-848 group configs).
     let heartbeat_interval = request.broker.group_settings(&group_id).heartbeat_interval;

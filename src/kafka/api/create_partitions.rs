@@ -1,4 +1,5 @@
 //! CreatePartitions: grow a topic; assignments may only name this broker.
+//! A topic the principal may not ALTER gets TOPIC_AUTHORIZATION_FAILED.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -10,13 +11,23 @@ use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let create: CreatePartitionsRequest = decode(request, body)?;
     let node = request.broker.config.kafka.node_id;
     let mut results = Vec::with_capacity(create.topics.len());
+    let authorizer = request.authorizer();
     for topic in create.topics {
         let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
+        if !authorizer.topic(Operation::Alter, &topic.name.0) {
+            results.push(
+                result
+                    .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                    .with_error_message(Some(str_bytes("not allowed to ALTER this topic"))),
+            );
+            continue;
+        }
         let foreign = topic
             .assignments
             .iter()

@@ -1,5 +1,10 @@
 //! CreateTopics: a single broker, so replication factor 1 (or -1, the
 //! default) and replica assignments naming only this node.
+//!
+//! Authorization as Kafka's: a topic needs CREATE on the cluster or on the
+//! topic (TOPIC_AUTHORIZATION_FAILED), and its configs are returned only to
+//! a principal allowed DESCRIBE_CONFIGS on it (otherwise the topic's
+//! `topic_config_error_code` is TOPIC_AUTHORIZATION_FAILED).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -18,6 +23,7 @@ use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let create: CreateTopicsRequest = decode(request, body)?;
@@ -30,6 +36,8 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         .filter(|name| !seen.insert(name.clone()))
         .collect();
     let mut results = Vec::with_capacity(create.topics.len());
+    let authorizer = request.authorizer();
+    let create_anything = authorizer.cluster(Operation::Create);
     for topic in create.topics {
         let name = topic.name.0.to_string();
         let result = CreatableTopicResult::default().with_name(topic.name.clone());
@@ -38,6 +46,14 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 result,
                 ResponseError::InvalidRequest.code(),
                 "topic listed more than once in the request",
+            ));
+            continue;
+        }
+        if !create_anything && !authorizer.topic(Operation::Create, &name) {
+            results.push(failed(
+                result,
+                ResponseError::TopicAuthorizationFailed.code(),
+                "not allowed to CREATE this topic",
             ));
             continue;
         }
@@ -103,6 +119,11 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             )
             .await;
         results.push(match created {
+            Ok(meta) if !authorizer.topic(Operation::DescribeConfigs, &name) => {
+                succeeded(broker, result, &meta)
+                    .with_configs(None)
+                    .with_topic_config_error_code(ResponseError::TopicAuthorizationFailed.code())
+            }
             Ok(meta) => succeeded(broker, result, &meta),
             Err(error) => failed(result, error_code::for_topic(&error), &error.to_string()),
         });

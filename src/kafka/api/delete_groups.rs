@@ -1,4 +1,5 @@
 //! DeleteGroups: remove groups without members, with their committed offsets.
+//! A group the principal may not DELETE gets GROUP_AUTHORIZATION_FAILED.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -10,12 +11,16 @@ use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let delete: DeleteGroupsRequest = decode(request, body)?;
     let mut results = Vec::with_capacity(delete.groups_names.len());
+    let authorizer = request.authorizer();
     for group_id in &delete.groups_names {
-        let code = if group_id.is_empty() {
+        let code = if !authorizer.group(Operation::Delete, group_id) {
+            ResponseError::GroupAuthorizationFailed.code()
+        } else if group_id.is_empty() {
             ResponseError::InvalidGroupId.code()
         } else {
             let group = group_id.to_string();

@@ -7,7 +7,8 @@
 //! new low watermark, or OFFSET_OUT_OF_RANGE for an offset past the high
 //! watermark, UNKNOWN_TOPIC_OR_PARTITION for one that does not exist, and
 //! INVALID_TOPIC_EXCEPTION for an internal topic (only the broker moves
-//! their log starts). A log start never moves back. The move is recorded by
+//! their log starts), TOPIC_AUTHORIZATION_FAILED for a topic the principal
+//! may not DELETE from. A log start never moves back. The move is recorded by
 //! the shard's next checkpoint (`storage.checkpoint_interval_ms`, 1 s), as
 //! Kafka's log-start-offset checkpoint: a crash before it makes the records
 //! readable again, never loses any above it.
@@ -24,6 +25,7 @@ use crate::ids::Offset;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 /// "Up to the high watermark".
 const HIGH_WATERMARK: i64 = -1;
@@ -43,8 +45,10 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     let deadline = std::time::Instant::now()
         + std::time::Duration::from_millis(u64::try_from(delete.timeout_ms).unwrap_or(0));
     let mut topics = Vec::with_capacity(delete.topics.len());
+    let authorizer = request.authorizer();
     for topic in &delete.topics {
         let name = topic.name.0.to_string();
+        let refused = !authorizer.topic(Operation::Delete, &name);
         let meta = cluster.topic(&name);
         let internal = crate::broker::is_internal_topic(&name);
         let mut partitions = Vec::with_capacity(topic.partitions.len());
@@ -52,6 +56,11 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             let result = DeleteRecordsPartitionResult::default()
                 .with_partition_index(partition.partition_index)
                 .with_low_watermark(-1);
+            if refused {
+                partitions
+                    .push(result.with_error_code(ResponseError::TopicAuthorizationFailed.code()));
+                continue;
+            }
             let index = u32::try_from(partition.partition_index)
                 .ok()
                 .filter(|&index| meta.is_some_and(|meta| index < meta.partitions));

@@ -8,7 +8,9 @@
 //! * an unknown name gets UNKNOWN_TOPIC_OR_PARTITION, an unknown id (say,
 //!   one of a topic since deleted and created again) UNKNOWN_TOPIC_ID;
 //! * an internal topic gets INVALID_TOPIC_EXCEPTION (only the broker
-//!   changes them).
+//!   changes them);
+//! * a topic the principal may not DELETE gets TOPIC_AUTHORIZATION_FAILED
+//!   (without its name when asked for by id).
 //!
 //! Each result carries the topic's name and, from v6, its id where known.
 //! Results follow the request's order (Kafka shuffles them).
@@ -27,6 +29,7 @@ use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 /// One entry of the request, as Kafka reads it.
 enum Entry {
@@ -55,6 +58,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         }))
         .collect();
     let entries = classify(&named, &request.broker.metadata.snapshot());
+    let authorizer = request.authorizer();
     let mut results = Vec::with_capacity(entries.len());
     for entry in entries {
         let target = match entry {
@@ -73,6 +77,19 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             Target::Name(name) => (TopicRef::Name(name), Some(name.as_str()), TopicId::ZERO),
             Target::Id(id) => (TopicRef::Id(*id), None, *id),
         };
+        let snapshot = request.broker.metadata.snapshot();
+        let topic_name = match &target {
+            Target::Name(name) => Some(name.as_str()),
+            Target::Id(id) => snapshot.topic_by_id(*id).map(|topic| topic.name.as_str()),
+        };
+        if topic_name.is_some_and(|topic| !authorizer.topic(Operation::Delete, topic)) {
+            results.push(
+                result(name, id)
+                    .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                    .with_error_message(Some(str_bytes("not allowed to DELETE this topic"))),
+            );
+            continue;
+        }
         let deleted = request
             .broker
             .delete_topic(&request.shard.shards, topic_ref)

@@ -3,6 +3,11 @@
 //! settings (`broker_config.rs`): this node's all, the cluster default's
 //! those set at that level; and a group's configs (`group/config.rs`, KIP-848),
 //! known group or not, as Kafka answers.
+//!
+//! A resource needs DESCRIBE_CONFIGS on its topic, the cluster (broker
+//! settings) or its group; without it the resource gets
+//! TOPIC_AUTHORIZATION_FAILED, CLUSTER_AUTHORIZATION_FAILED or
+//! GROUP_AUTHORIZATION_FAILED ([`config_access`]).
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -16,9 +21,11 @@ use crate::broker::Broker;
 use crate::broker::broker_config::{BrokerView, ConfigSource, scope_of};
 use crate::broker::config_value::ConfigType;
 use crate::broker::group::config as group_config;
+use crate::kafka::authorize::Authorizer;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 pub const RESOURCE_TOPIC: i8 = 2;
 pub const RESOURCE_BROKER: i8 = 4;
@@ -26,6 +33,42 @@ pub const RESOURCE_BROKER: i8 = 4;
 pub const RESOURCE_GROUP: i8 = 32;
 /// What an unsupported resource type's refusal lists.
 pub const RESOURCE_TYPES: &str = "topics: 2, brokers: 4, groups: 32";
+
+/// Whether the principal may do `operation` (DESCRIBE_CONFIGS or
+/// ALTER_CONFIGS) to config resource `resource_type` `name`, or Kafka's
+/// refusal. A type configs are not kept for is left to the caller.
+pub fn config_access(
+    authorizer: &Authorizer,
+    resource_type: i8,
+    name: &str,
+    operation: Operation,
+) -> Result<(), (i16, String)> {
+    let (allowed, error, what) = match resource_type {
+        RESOURCE_TOPIC => (
+            authorizer.topic(operation, name),
+            ResponseError::TopicAuthorizationFailed,
+            "topic",
+        ),
+        RESOURCE_BROKER => (
+            authorizer.cluster(operation),
+            ResponseError::ClusterAuthorizationFailed,
+            "cluster",
+        ),
+        RESOURCE_GROUP => (
+            authorizer.group(operation, name),
+            ResponseError::GroupAuthorizationFailed,
+            "group",
+        ),
+        _ => return Ok(()),
+    };
+    if allowed {
+        return Ok(());
+    }
+    Err((
+        error.code(),
+        format!("not allowed to {} on this {what}", operation.name()),
+    ))
+}
 
 /// What the request asked to be included in each row.
 #[derive(Clone, Copy)]
@@ -40,6 +83,7 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
         synonyms: describe.include_synonyms,
         documentation: describe.include_documentation,
     };
+    let authorizer = request.authorizer();
     let results = describe
         .resources
         .iter()
@@ -54,7 +98,14 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
             let name = resource.resource_name.as_str();
+            let access = config_access(
+                &authorizer,
+                resource.resource_type,
+                name,
+                Operation::DescribeConfigs,
+            );
             let described = match resource.resource_type {
+                _ if access.is_err() => access.map(|()| Vec::new()),
                 RESOURCE_TOPIC => topic_configs(request.broker, name, keys.as_deref(), include),
                 RESOURCE_BROKER => broker_configs(request.broker, name, keys.as_deref(), include),
                 RESOURCE_GROUP => group_configs(request.broker, name, keys.as_deref(), include),

@@ -1,6 +1,7 @@
 //! DescribeLogDirs (API 35, versions 1–4): where partitions are stored and
 //! how much they hold, as `kafka-log-dirs --describe` and the admin
-//! clients' `describeLogDirs` read it.
+//! clients' `describeLogDirs` read it. It needs DESCRIBE on the cluster
+//! (CLUSTER_AUTHORIZATION_FAILED from v3, an empty answer before).
 //!
 //! Each shard's directory (`<data_dir>/shard-<n>`, absolute) is one log
 //! dir: a partition lives in exactly one, its owner's, which holds both its
@@ -43,6 +44,7 @@ use crate::ids::PartitionId;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 use crate::shard::ShardContext;
 use crate::shard::local_sync::yield_now;
 use crate::storage::layout::ShardLayout;
@@ -67,6 +69,14 @@ struct ShardDir {
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let describe: DescribeLogDirsRequest = decode(request, body)?;
+    if !request.authorizer().cluster(Operation::Describe) {
+        // Kafka: a top-level error from v3, an empty answer before it.
+        let mut response = DescribeLogDirsResponse::default();
+        if request.version >= 3 {
+            response = response.with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+        }
+        return request.respond(&response);
+    }
     let wanted: Wanted = describe.topics.map(|topics| {
         let mut wanted: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
         for topic in topics {

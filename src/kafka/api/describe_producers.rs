@@ -3,7 +3,8 @@
 //! shard: producer id, epoch, last sequence, last timestamp, coordinator
 //! epoch and the first offset of its open transaction (-1 if none). What
 //! an operator reads to find a transaction left hanging on a partition. A
-//! partition that does not exist gets UNKNOWN_TOPIC_OR_PARTITION.
+//! partition that does not exist gets UNKNOWN_TOPIC_OR_PARTITION, one of a
+//! topic the principal may not READ TOPIC_AUTHORIZATION_FAILED.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -16,6 +17,7 @@ use super::{check_partition_count, decode, str_bytes};
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let describe: DescribeProducersRequest = decode(request, body)?;
@@ -29,12 +31,22 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     )?;
     let cluster = request.broker.metadata.snapshot();
     let mut topics = Vec::with_capacity(describe.topics.len());
+    let authorizer = request.authorizer();
     for topic in &describe.topics {
         let name = topic.name.0.to_string();
         let meta = cluster.topic(&name);
+        let readable = authorizer.topic(Operation::Read, &name);
         let mut partitions = Vec::with_capacity(topic.partition_indexes.len());
         for &index in &topic.partition_indexes {
             let response = PartitionResponse::default().with_partition_index(index);
+            if !readable {
+                partitions.push(
+                    response
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                        .with_error_message(Some(str_bytes("not allowed to READ this topic"))),
+                );
+                continue;
+            }
             let known = u32::try_from(index)
                 .ok()
                 .filter(|&index| meta.is_some_and(|meta| index < meta.partitions));

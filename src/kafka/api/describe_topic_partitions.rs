@@ -19,8 +19,10 @@
 //!
 //! A single broker leads every partition at epoch 0 with itself as the only
 //! replica, in sync; the eligible leader replica lists (KIP-966) are empty.
-//! There is no authorizer, so each topic reports every operation a topic
-//! supports, as Kafka without one does.
+//! Topics the principal may not DESCRIBE are left out of a request for
+//! every topic, and get TOPIC_AUTHORIZATION_FAILED (taking none of the
+//! limit) when asked for by name; each topic reports the operations the
+//! principal is allowed on it (KIP-430).
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -31,14 +33,15 @@ use kafka_protocol::messages::{
     BrokerId, DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse, TopicName,
 };
 
-use super::authorized_operations::{AclResource, authorized_operations};
 use super::{decode, str_bytes};
 use crate::broker::Broker;
 use crate::broker::is_internal_topic;
 use crate::broker::metadata::{ClusterMetadata, TopicMeta};
+use crate::kafka::authorize::Authorizer;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::{Operation, ResourceType};
 use crate::storage::partition::validate_topic_name;
 
 /// Most partitions one response describes, whatever the client asks:
@@ -83,7 +86,15 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         partition: cursor.partition_index,
     });
     let cluster = request.broker.metadata.snapshot();
-    let page = match page(&cluster, &asked, start, describe.response_partition_limit) {
+    let authorizer = request.authorizer();
+    let describable = |name: &str| authorizer.topic(Operation::Describe, name);
+    let page = match page(
+        &cluster,
+        &describable,
+        &asked,
+        start,
+        describe.response_partition_limit,
+    ) {
         Ok(page) => page,
         Err(CursorRefused) => return request.respond(&invalid_request(&asked)),
     };
@@ -93,9 +104,9 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         .map(|topic| match topic {
             PageTopic::Found { name, partitions } => {
                 let meta = cluster.topic(&name).map(AsRef::as_ref);
-                found_topic(request.broker, &name, meta, partitions)
+                found_topic(request.broker, &authorizer, &name, meta, partitions)
             }
-            PageTopic::Missing { name, error_code } => response_topic(&name)
+            PageTopic::Missing { name, error_code } => response_topic(&authorizer, &name)
                 .with_error_code(error_code)
                 .with_is_internal(is_internal_topic(&name)),
         })
@@ -112,9 +123,11 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     )
 }
 
-/// The page `start` and `limit` select among `asked` (empty: every topic).
+/// The page `start` and `limit` select among `asked` (empty: every topic
+/// that is `describable`).
 pub fn page(
     cluster: &ClusterMetadata,
+    describable: &dyn Fn(&str) -> bool,
     asked: &[String],
     start: Option<PageStart>,
     limit: i32,
@@ -122,7 +135,12 @@ pub fn page(
     let every_topic = asked.is_empty();
     let first_topic = start.as_ref().map_or("", |start| start.topic.as_str());
     let mut names: Vec<&str> = if every_topic {
-        cluster.topics.keys().map(String::as_str).collect()
+        cluster
+            .topics
+            .keys()
+            .map(String::as_str)
+            .filter(|name| describable(name))
+            .collect()
     } else {
         asked.iter().map(String::as_str).collect()
     };
@@ -146,6 +164,13 @@ pub fn page(
                     partition: 0,
                 }),
             });
+        }
+        if !describable(name) {
+            topics.push(PageTopic::Missing {
+                name: name.to_owned(),
+                error_code: ResponseError::TopicAuthorizationFailed.code(),
+            });
+            continue;
         }
         let Some(meta) = cluster.topic(name) else {
             if !every_topic {
@@ -194,6 +219,7 @@ fn missing_topic(name: &str) -> PageTopic {
 
 fn found_topic(
     broker: &Broker,
+    authorizer: &Authorizer,
     name: &str,
     meta: Option<&TopicMeta>,
     partitions: Vec<i32>,
@@ -221,7 +247,7 @@ fn found_topic(
                 .with_offline_replicas(ids(offline))
         })
         .collect();
-    let topic = response_topic(name)
+    let topic = response_topic(authorizer, name)
         .with_is_internal(is_internal_topic(name))
         .with_partitions(partitions);
     match meta {
@@ -230,10 +256,10 @@ fn found_topic(
     }
 }
 
-fn response_topic(name: &str) -> DescribeTopicPartitionsResponseTopic {
+fn response_topic(authorizer: &Authorizer, name: &str) -> DescribeTopicPartitionsResponseTopic {
     DescribeTopicPartitionsResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(name))))
-        .with_topic_authorized_operations(authorized_operations(true, AclResource::Topic))
+        .with_topic_authorized_operations(authorizer.operations(true, ResourceType::Topic, name))
 }
 
 /// Kafka's answer to a refused cursor: INVALID_REQUEST for every topic
@@ -278,16 +304,31 @@ mod tests {
     }
 
     #[test]
+    fn topics_not_describable_are_hidden_or_refused_and_take_no_limit() {
+        let cluster = cluster(&[("a", 2), ("secret", 3), ("z", 1)]);
+        let describable = |name: &str| name != "secret";
+        let every = page(&cluster, &describable, &[], None, 3).unwrap();
+        assert_eq!(every.topics, vec![found("a", 0..2), found("z", 0..1)]);
+        let asked = ["secret", "z"].map(str::to_owned);
+        let named = page(&cluster, &describable, &asked, None, 1).unwrap();
+        let refused = PageTopic::Missing {
+            name: "secret".to_owned(),
+            error_code: ResponseError::TopicAuthorizationFailed.code(),
+        };
+        assert_eq!(named.topics, vec![refused, found("z", 0..1)]);
+    }
+
+    #[test]
     fn pages_cut_topics_at_the_limit_and_resume_at_the_cursor() {
         let cluster = cluster(&[("b", 3), ("a", 2), ("c", 4)]);
         let asked = ["c", "a", "b", "a"].map(str::to_owned);
-        let first = page(&cluster, &asked, None, 4).unwrap();
+        let first = page(&cluster, &|_| true, &asked, None, 4).unwrap();
         assert_eq!(first.topics, vec![found("a", 0..2), found("b", 0..2)]);
         assert_eq!(first.next, at("b", 2));
-        let second = page(&cluster, &asked, first.next, 4).unwrap();
+        let second = page(&cluster, &|_| true, &asked, first.next, 4).unwrap();
         assert_eq!(second.topics, vec![found("b", 2..3), found("c", 0..3)]);
         assert_eq!(second.next, at("c", 3));
-        let third = page(&cluster, &asked, second.next, 4).unwrap();
+        let third = page(&cluster, &|_| true, &asked, second.next, 4).unwrap();
         assert_eq!(third.topics, vec![found("c", 3..4)]);
         assert_eq!(third.next, None);
     }
@@ -295,7 +336,7 @@ mod tests {
     #[test]
     fn a_limit_used_up_at_a_topic_end_points_at_the_next_topic() {
         let cluster = cluster(&[("a", 2), ("b", 1)]);
-        let page = page(&cluster, &[], None, 2).unwrap();
+        let page = page(&cluster, &|_| true, &[], None, 2).unwrap();
         assert_eq!(page.topics, vec![found("a", 0..2)]);
         assert_eq!(page.next, at("b", 0));
     }
@@ -304,7 +345,7 @@ mod tests {
     fn missing_topics_take_none_of_the_limit_and_bad_cursors_are_refused() {
         let cluster = cluster(&[("a", 2)]);
         let asked = ["a", "nope", "bad name"].map(str::to_owned);
-        let whole = page(&cluster, &asked, None, 3).unwrap();
+        let whole = page(&cluster, &|_| true, &asked, None, 3).unwrap();
         assert_eq!(
             whole.topics,
             vec![
@@ -322,12 +363,17 @@ mod tests {
         assert_eq!(whole.next, None);
         // Kafka points the cursor at the next topic once the limit is used
         // up, whether or not that topic exists.
-        let cut = page(&cluster, &asked, None, 2).unwrap();
+        let cut = page(&cluster, &|_| true, &asked, None, 2).unwrap();
         assert_eq!(cut.topics, vec![found("a", 0..2)]);
         assert_eq!(cut.next, at("bad name", 0));
-        assert!(page(&cluster, &asked, at("zzz", 0), 2).is_err());
-        assert!(page(&cluster, &asked, at("a", -1), 2).is_err());
+        assert!(page(&cluster, &|_| true, &asked, at("zzz", 0), 2).is_err());
+        assert!(page(&cluster, &|_| true, &asked, at("a", -1), 2).is_err());
         // With every topic asked for, any cursor topic is allowed.
-        assert_eq!(page(&cluster, &[], at("b", 0), 2).unwrap().topics, vec![]);
+        assert_eq!(
+            page(&cluster, &|_| true, &[], at("b", 0), 2)
+                .unwrap()
+                .topics,
+            vec![]
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! DescribeTransactions (version 0; KIP-664): each transactional id's
 //! state, timeout, start time, producer id and epoch, and the partitions
 //! of its transaction in progress, from its coordinator shard. An id no
-//! coordinator knows gets TRANSACTIONAL_ID_NOT_FOUND.
+//! coordinator knows gets TRANSACTIONAL_ID_NOT_FOUND. An id the principal
+//! may not DESCRIBE gets TRANSACTIONAL_ID_AUTHORIZATION_FAILED, and topics
+//! it may not DESCRIBE are left out of the partitions listed, as in Kafka.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -15,12 +17,22 @@ use crate::broker::txn::on_txn_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let describe: DescribeTransactionsRequest = decode(request, body)?;
     let mut states = Vec::with_capacity(describe.transactional_ids.len());
+    let authorizer = request.authorizer();
     for transactional_id in &describe.transactional_ids {
         let id = transactional_id.0.to_string();
+        if !authorizer.transactional_id(Operation::Describe, &id) {
+            states.push(
+                TransactionState::default()
+                    .with_transactional_id(transactional_id.clone())
+                    .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code()),
+            );
+            continue;
+        }
         let key = id.clone();
         let found = on_txn_coordinator(
             request.shard,
@@ -33,7 +45,11 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         states.push(match found {
             Ok(Some(meta)) => {
                 let mut topics: Vec<TopicData> = Vec::new();
-                for (topic, partition) in &meta.partitions {
+                let describable = meta
+                    .partitions
+                    .iter()
+                    .filter(|(topic, _)| authorizer.topic(Operation::Describe, topic));
+                for (topic, partition) in describable {
                     match topics.last_mut() {
                         Some(last) if last.topic.0.as_str() == topic => {
                             last.partitions.push(*partition as i32)

@@ -22,6 +22,9 @@
 //!   id, v18 high watermark) or describe leader changes (v16 node
 //!   endpoints, sent with NOT_LEADER_OR_FOLLOWER, which a single broker
 //!   that leads every partition never answers), so v14–18 read as v13.
+//! * A topic the principal may not READ gets TOPIC_AUTHORIZATION_FAILED
+//!   for each partition asked for (`kafka/authorize.rs`); an id no topic
+//!   has is UNKNOWN_TOPIC_ID first.
 //! * Fetch sessions (KIP-227) are declined: a full fetch gets session id 0,
 //!   which clients understand as "no session". An incremental fetch on a
 //!   session id gets FETCH_SESSION_ID_NOT_FOUND.
@@ -53,6 +56,7 @@ use crate::kafka::error_code;
 use crate::kafka::fetch_response::{self, FetchedPartition, FetchedTopic};
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 use crate::shard::ShardContext;
 use crate::storage::Isolation;
 
@@ -178,6 +182,7 @@ fn plan(
     read_committed: bool,
 ) -> (Vec<FetchedTopic>, Vec<Wanted>) {
     let cluster = request.broker.metadata.snapshot();
+    let authorizer = request.authorizer();
     let by_id = request.version >= TOPIC_IDS_FROM_FETCH_VERSION;
     let mut topics = Vec::with_capacity(fetch.topics.len());
     let mut wanted = Vec::new();
@@ -193,11 +198,13 @@ fn plan(
             (true, Some(meta)) => meta.name.clone(),
             (true, None) => String::new(),
         };
+        let refused = (!by_id || meta.is_some()) && !authorizer.topic(Operation::Read, &name);
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for (partition_slot, partition) in topic.partitions.iter().enumerate() {
-            let exists = meta.is_some_and(|meta| {
-                u32::try_from(partition.partition).is_ok_and(|index| index < meta.partitions)
-            });
+            let exists = !refused
+                && meta.is_some_and(|meta| {
+                    u32::try_from(partition.partition).is_ok_and(|index| index < meta.partitions)
+                });
             // A cluster places each partition on one node: the others
             // answer NOT_LEADER_OR_FOLLOWER and the client refreshes its
             // metadata (Cluster I: no followers to read from yet).
@@ -208,6 +215,7 @@ fn plan(
                     .is_some();
             let exists = exists && !elsewhere;
             let code = match (exists, meta) {
+                _ if refused => ResponseError::TopicAuthorizationFailed.code(),
                 _ if elsewhere => ResponseError::NotLeaderOrFollower.code(),
                 (true, _) => error_code::NONE,
                 // Fetch 13+ (KIP-516): an id no live topic has, such as one

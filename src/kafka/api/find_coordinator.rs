@@ -1,6 +1,8 @@
 //! FindCoordinator: this broker coordinates every group and every
 //! transactional id (key type 1, KIP-98); v4+ asks for several keys at once.
 //! An empty transactional id, or an unknown key type, gets INVALID_REQUEST.
+//! A group needs DESCRIBE on it (GROUP_AUTHORIZATION_FAILED), a
+//! transactional id DESCRIBE on it (TRANSACTIONAL_ID_AUTHORIZATION_FAILED).
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -8,20 +10,30 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 
 use super::{decode, str_bytes};
+use crate::kafka::authorize::Authorizer;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
 /// Why a key gets no coordinator, or `None` when this node is it.
-fn refusal(key_type: i8, key: &str) -> Option<(i16, &'static str)> {
+fn refusal(authorizer: &Authorizer, key_type: i8, key: &str) -> Option<(i16, &'static str)> {
     match key_type {
+        KEY_TYPE_GROUP if !authorizer.group(Operation::Describe, key) => Some((
+            ResponseError::GroupAuthorizationFailed.code(),
+            "not allowed to DESCRIBE this group",
+        )),
         KEY_TYPE_GROUP => None,
         KEY_TYPE_TRANSACTION if key.is_empty() => Some((
             ResponseError::InvalidRequest.code(),
             "a transactional id must not be empty",
+        )),
+        KEY_TYPE_TRANSACTION if !authorizer.transactional_id(Operation::Describe, key) => Some((
+            ResponseError::TransactionalIdAuthorizationFailed.code(),
+            "not allowed to DESCRIBE this transactional id",
         )),
         KEY_TYPE_TRANSACTION => None,
         _ => Some((
@@ -35,6 +47,7 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
     let find: FindCoordinatorRequest = decode(request, body)?;
     let broker = request.broker;
     let listener = request.session.listener();
+    let authorizer = request.authorizer();
     // The node coordinating a key: its internal partition's leader, at its
     // address on the client's listener.
     let coordinator_of = |key: &str| {
@@ -55,7 +68,7 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
             .iter()
             .map(|key| {
                 let mut coordinator = Coordinator::default().with_key(key.clone());
-                match refusal(find.key_type, key) {
+                match refusal(&authorizer, find.key_type, key) {
                     Some((code, message)) => {
                         coordinator.node_id = BrokerId(-1);
                         coordinator.port = -1;
@@ -76,7 +89,7 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
             })
             .collect();
     } else {
-        match refusal(find.key_type, &find.key) {
+        match refusal(&authorizer, find.key_type, &find.key) {
             Some((code, message)) => {
                 response.node_id = BrokerId(-1);
                 response.port = -1;

@@ -1,5 +1,6 @@
 //! Heartbeat: keeps a member's session alive; REBALANCE_IN_PROGRESS tells
 //! it to rejoin.
+//! It needs READ on the group (GROUP_AUTHORIZATION_FAILED).
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -11,11 +12,14 @@ use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let heartbeat: HeartbeatRequest = decode(request, body)?;
     let group_id = heartbeat.group_id.to_string();
-    let code = if group_id.is_empty() {
+    let code = if !request.authorizer().group(Operation::Read, &group_id) {
+        ResponseError::GroupAuthorizationFailed.code()
+    } else if group_id.is_empty() {
         ResponseError::InvalidGroupId.code()
     } else {
         let group = group_id.clone();

@@ -39,6 +39,7 @@ const OP_SUBTRACT: i8 = 3;
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let alter: IncrementalAlterConfigsRequest = super::decode(request, body)?;
     let outcomes = alter_each(
+        &request.authorizer(),
         &alter.resources,
         |resource| (resource.resource_type, resource.resource_name.as_str()),
         |resource| alter_resource(request, resource, alter.validate_only),

@@ -18,6 +18,10 @@
 //! KIP-360 bump from an instance that is not the current one;
 //! COORDINATOR_LOAD_IN_PROGRESS (retriable: clients retry InitProducerId)
 //! when no id can be handed out now, with the cause in the broker's log.
+//!
+//! A transactional id needs WRITE on it (TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+//! an idempotent producer IDEMPOTENT_WRITE on the cluster or WRITE on some
+//! topic (KIP-679; CLUSTER_AUTHORIZATION_FAILED).
 
 use std::time::Duration;
 
@@ -33,6 +37,7 @@ use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 use crate::log_throttle::{LogThrottle, monotonic_ms};
+use crate::security::acl::Operation;
 
 /// The id and epoch "none" in requests and error responses.
 const NO_PRODUCER_ID: i64 = -1;
@@ -47,6 +52,22 @@ static ALLOCATION_FAILURES: LogThrottle = LogThrottle::with_lines(Duration::from
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let init: InitProducerIdRequest = decode(request, body)?;
+    let authorizer = request.authorizer();
+    let refused = match &init.transactional_id {
+        Some(id) if !authorizer.transactional_id(Operation::Write, &id.0) => {
+            Some(ResponseError::TransactionalIdAuthorizationFailed)
+        }
+        None if !authorizer.idempotent_write() => Some(ResponseError::ClusterAuthorizationFailed),
+        _ => None,
+    };
+    if let Some(error) = refused {
+        return request.respond(
+            &InitProducerIdResponse::default()
+                .with_error_code(error.code())
+                .with_producer_id(ProducerId(NO_PRODUCER_ID))
+                .with_producer_epoch(NO_PRODUCER_EPOCH),
+        );
+    }
     let answer = match (
         &init.transactional_id,
         init.producer_id.0,

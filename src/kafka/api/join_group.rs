@@ -1,5 +1,6 @@
 //! JoinGroup: join (or rejoin) a group; answered when the rebalance's join
 //! phase completes, with the leader getting every member's metadata.
+//! It needs READ on the group (GROUP_AUTHORIZATION_FAILED).
 
 use std::time::Duration;
 
@@ -14,11 +15,19 @@ use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let join: JoinGroupRequest = decode(request, body)?;
     let group_id = join.group_id.to_string();
     let member_id = join.member_id.to_string();
+    if !request.authorizer().group(Operation::Read, &group_id) {
+        return respond_error(
+            request,
+            ResponseError::GroupAuthorizationFailed.code(),
+            &member_id,
+        );
+    }
     if group_id.is_empty() {
         return respond_error(request, ResponseError::InvalidGroupId.code(), &member_id);
     }

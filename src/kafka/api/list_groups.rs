@@ -1,6 +1,8 @@
 //! ListGroups: every group on every shard, optionally filtered by state
 //! (v4+) and type (v5+: "classic", or "consumer" for KIP-848 groups, whose
-//! states are Empty, Assigning, Reconciling and Stable).
+//! states are Empty, Assigning, Reconciling and Stable). A principal allowed
+//! DESCRIBE on the cluster sees every group, any other only those it may
+//! DESCRIBE (Kafka's `handleListGroupsRequest`).
 
 use bytes::Bytes;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
@@ -11,6 +13,7 @@ use crate::broker::group::coordinator::{Coordinator, GroupListing};
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let list: ListGroupsRequest = decode(request, body)?;
@@ -38,8 +41,11 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         .iter()
         .map(|kind| kind.to_lowercase())
         .collect();
+    let authorizer = request.authorizer();
+    let every_group = authorizer.cluster(Operation::Describe);
     let groups = listed
         .into_iter()
+        .filter(|group| every_group || authorizer.group(Operation::Describe, &group.group_id))
         .filter(|group| states.is_empty() || states.contains(&group.state.to_lowercase()))
         .filter(|group| types.is_empty() || types.iter().any(|kind| kind == group.group_type))
         .map(|group| {

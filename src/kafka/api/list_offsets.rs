@@ -7,7 +7,8 @@
 //! epoch -1 (nothing is tiered). v10's `timeout_ms` bounds remote reads,
 //! which there are none of. A special timestamp the request's version does
 //! not define, or any other negative one, gets UNSUPPORTED_VERSION, as
-//! Kafka's `ReplicaManager.fetchOffset` answers.
+//! Kafka's `ReplicaManager.fetchOffset` answers. A topic the principal may
+//! not DESCRIBE gets TOPIC_AUTHORIZATION_FAILED for each partition.
 //!
 //! Timestamp lookups binary-search the consume queue's running maximum for
 //! the batch, then walk that batch's records (decompressing through a fixed
@@ -44,6 +45,7 @@ use crate::kafka::response::Response;
 use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::record_batch::record_walk::Walked;
 use crate::record_batch::{self, BatchError, BatchHeader};
+use crate::security::acl::Operation;
 use crate::shard::ShardContext;
 use crate::storage::{ReadError, ShardStore, read_batch_bytes};
 
@@ -84,9 +86,25 @@ const READ_COMMITTED: i8 = 1;
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let list: ListOffsetsRequest = decode(request, body)?;
     let committed = list.isolation_level == READ_COMMITTED;
+    let authorizer = request.authorizer();
     let mut topics = Vec::with_capacity(list.topics.len());
     for topic in &list.topics {
         let name = topic.name.0.to_string();
+        if !authorizer.topic(Operation::Describe, &name) {
+            let refused = topic.partitions.iter().map(|partition| {
+                ListOffsetsPartitionResponse::default()
+                    .with_partition_index(partition.partition_index)
+                    .with_timestamp(-1)
+                    .with_offset(-1)
+                    .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+            });
+            topics.push(
+                ListOffsetsTopicResponse::default()
+                    .with_name(topic.name.clone())
+                    .with_partitions(refused.collect()),
+            );
+            continue;
+        }
         let lookups = topic.partitions.iter().map(|partition| {
             lookup(
                 request,

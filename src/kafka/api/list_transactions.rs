@@ -3,7 +3,8 @@
 //! with its producer id and state, filtered by state names, producer ids
 //! and (v1) how long the transaction has been running. Unknown state names
 //! are echoed in `unknown_state_filters`, as Kafka does. Version 2 (an id
-//! pattern) is not served.
+//! pattern) is not served. Only the ids the principal may DESCRIBE are
+//! listed.
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use crate::broker::txn::records::TxnState;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let list: ListTransactionsRequest = decode(request, body)?;
@@ -47,10 +49,14 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         })
     });
     let now = now_ms();
+    let authorizer = request.authorizer();
     let mut states: Vec<TxnListing> = join_all(lists)
         .await
         .into_iter()
         .flat_map(Result::unwrap_or_default)
+        .filter(|listing| {
+            authorizer.transactional_id(Operation::Describe, &listing.transactional_id)
+        })
         .filter(|listing| {
             let meta = &listing.meta;
             (wanted_states.is_empty() || wanted_states.iter().any(|name| name == meta.state.name()))

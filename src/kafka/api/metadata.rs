@@ -4,6 +4,12 @@
 //! id gets UNKNOWN_TOPIC_ID, and a topic named by id is never created); v13
 //! adds a top-level error code (KIP-1102), zero unless the request is
 //! invalid.
+//!
+//! Authorization (Kafka's `handleTopicMetadataRequest`): a request for
+//! every topic lists only those the principal may DESCRIBE; a topic named
+//! that it may not describe gets TOPIC_AUTHORIZATION_FAILED (with no name
+//! when named by id), and so does one it may describe but not create when
+//! it would be auto-created (CREATE on the cluster or on the topic).
 
 use std::sync::Arc;
 
@@ -15,13 +21,14 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 
-use super::authorized_operations::{AclResource, authorized_operations};
-use super::{AUTHORIZED_OPERATIONS_UNKNOWN, decode, str_bytes};
+use super::{decode, str_bytes};
 use crate::broker::Broker;
 use crate::broker::metadata::{TopicId, TopicMeta};
+use crate::kafka::authorize::{AUTHORIZED_OPERATIONS_UNKNOWN, Authorizer};
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::{CLUSTER_NAME, Operation, ResourceType};
 use crate::storage::partition::validate_topic_name;
 
 /// The first version whose topics may be named by id (KIP-516); v10 and 11
@@ -46,37 +53,40 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         },
     };
     let auto_create = request.version < 4 || metadata.allow_auto_topic_creation;
+    let authorizer = request.authorizer();
     let topics = match requested {
         None => broker
             .metadata
             .snapshot()
             .topics
             .values()
+            .filter(|topic| authorizer.topic(Operation::Describe, &topic.name))
             .map(|topic| topic_response(broker, topic))
             .collect(),
         Some(wanted) => {
             let mut topics = Vec::with_capacity(wanted.len());
             for topic in wanted {
                 topics.push(match topic {
-                    Wanted::Name(name) => named_topic(request, name, auto_create).await,
-                    Wanted::Id(id) => topic_by_id(request, id),
+                    Wanted::Name(name) => {
+                        named_topic(request, &authorizer, name, auto_create).await
+                    }
+                    Wanted::Id(id) => topic_by_id(request, &authorizer, id),
                 });
             }
             topics
         }
     };
-    let topic_operations = authorized_operations(
-        metadata.include_topic_authorized_operations,
-        AclResource::Topic,
-    );
+    let include_topic_operations = metadata.include_topic_authorized_operations;
     let topics = topics
         .into_iter()
         .map(|topic: MetadataResponseTopic| {
-            if topic.error_code == 0 {
-                topic.with_topic_authorized_operations(topic_operations)
-            } else {
-                topic
+            if topic.error_code != 0 {
+                return topic;
             }
+            let name = topic.name.as_ref().map_or("", |name| name.0.as_str());
+            let operations =
+                authorizer.operations(include_topic_operations, ResourceType::Topic, name);
+            topic.with_topic_authorized_operations(operations)
         })
         .collect();
     let brokers = broker
@@ -94,9 +104,10 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         .with_cluster_id(Some(str_bytes(&broker.metadata.snapshot().cluster_id)))
         .with_controller_id(BrokerId(broker.controller_id()))
         .with_topics(topics)
-        .with_cluster_authorized_operations(authorized_operations(
+        .with_cluster_authorized_operations(authorizer.operations(
             metadata.include_cluster_authorized_operations,
-            AclResource::Cluster,
+            ResourceType::Cluster,
+            CLUSTER_NAME,
         ));
     request.respond(&response)
 }
@@ -154,9 +165,21 @@ fn invalid_request(version: i16, topics: &[MetadataRequestTopic]) -> MetadataRes
 const TOP_LEVEL_ERROR_FROM_VERSION: i16 = 13;
 
 /// A topic asked for by id: never auto-created; an id no live topic has
-/// gets UNKNOWN_TOPIC_ID with the id echoed and no name.
-fn topic_by_id(request: &Request<'_>, id: TopicId) -> MetadataResponseTopic {
+/// gets UNKNOWN_TOPIC_ID with the id echoed and no name, and so does one
+/// the principal may not describe, with TOPIC_AUTHORIZATION_FAILED.
+fn topic_by_id(
+    request: &Request<'_>,
+    authorizer: &Authorizer,
+    id: TopicId,
+) -> MetadataResponseTopic {
     match request.broker.metadata.snapshot().topic_by_id(id) {
+        Some(topic) if !authorizer.topic(Operation::Describe, &topic.name) => {
+            MetadataResponseTopic::default()
+                .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                .with_name(None)
+                .with_topic_id(id.to_uuid())
+                .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_UNKNOWN)
+        }
         Some(topic) => topic_response(request.broker, topic),
         None => MetadataResponseTopic::default()
             .with_error_code(ResponseError::UnknownTopicId.code())
@@ -168,16 +191,26 @@ fn topic_by_id(request: &Request<'_>, id: TopicId) -> MetadataResponseTopic {
 
 async fn named_topic(
     request: &Request<'_>,
+    authorizer: &Authorizer,
     name: String,
     auto_create: bool,
 ) -> MetadataResponseTopic {
     let broker = request.broker;
+    if !authorizer.topic(Operation::Describe, &name) {
+        return error_topic(&name, ResponseError::TopicAuthorizationFailed.code());
+    }
     let existing = broker.metadata.snapshot().topic(&name).cloned();
+    let may_create =
+        || authorizer.cluster(Operation::Create) || authorizer.topic(Operation::Create, &name);
     let topic = match existing {
         Some(topic) => Some(topic),
         None if validate_topic_name(&name).is_err() => {
             return error_topic(&name, ResponseError::InvalidTopicException.code());
         }
+        None if auto_create && !may_create() => {
+            return error_topic(&name, ResponseError::TopicAuthorizationFailed.code());
+        }
+        None if !may_create() => None,
         // A group's retry and dead-letter topics are created on first use
         // even by a consumer that asks for no auto-creation (librdkafka's
         // default), so that subscribing to them is enough (issue 18).

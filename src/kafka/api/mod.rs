@@ -2,11 +2,11 @@
 //! does the work (on the owner shards where partitions are involved) and
 //! encodes its response; fetch frames its records by hand for zero-copy.
 
+pub mod acls;
 pub mod add_offsets_to_txn;
 pub mod add_partitions_to_txn;
 pub mod alter_configs;
 pub mod api_versions;
-pub mod authorized_operations;
 pub mod consumer_group_describe;
 pub mod consumer_group_heartbeat;
 pub mod create_partitions;
@@ -40,6 +40,7 @@ pub mod produce;
 pub mod sasl_authenticate;
 pub mod sasl_handshake;
 pub mod sync_group;
+pub mod topic_access;
 pub mod txn_offset_commit;
 pub mod user_scram_credentials;
 
@@ -84,6 +85,9 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         ApiKey::AlterUserScramCredentials => {
             user_scram_credentials::alter(request, body).await.map(Some)
         }
+        ApiKey::CreateAcls => acls::create(request, body).await.map(Some),
+        ApiKey::DescribeAcls => acls::describe(request, body).map(Some),
+        ApiKey::DeleteAcls => acls::delete(request, body).await.map(Some),
         ApiKey::Produce => produce::handle(request, body).await,
         ApiKey::InitProducerId => init_producer_id::handle(request, body).await.map(Some),
         ApiKey::AddPartitionsToTxn => add_partitions_to_txn::handle(request, body).await.map(Some),
@@ -153,7 +157,7 @@ pub fn decode_body<M: Decodable>(
     })
 }
 
-pub use authorized_operations::AUTHORIZED_OPERATIONS_UNKNOWN;
+pub use crate::kafka::authorize::AUTHORIZED_OPERATIONS_UNKNOWN;
 
 pub fn str_bytes(text: &str) -> StrBytes {
     StrBytes::from_string(text.to_owned())

@@ -5,6 +5,9 @@
 //! group (KIP-848) the generation field is the member epoch: another epoch is
 //! STALE_MEMBER_EPOCH, and its members must use v9 (UNSUPPORTED_VERSION
 //! below); from v9 a commit to an unknown group is GROUP_ID_NOT_FOUND.
+//! A commit needs READ on the group (GROUP_AUTHORIZATION_FAILED for every
+//! partition) and READ on each topic (TOPIC_AUTHORIZATION_FAILED for its
+//! partitions; the others are committed).
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -13,7 +16,7 @@ use kafka_protocol::messages::offset_commit_response::{
 };
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
-use super::decode;
+use super::{decode, topic_access};
 use crate::broker::group::coordinator::now_ms;
 use crate::broker::group::membership::MemberClaim;
 use crate::broker::group::offsets::{CommittedOffset, TopicPartition};
@@ -21,6 +24,7 @@ use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let commit: OffsetCommitRequest = decode(request, body)?;
@@ -51,8 +55,18 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         })
         .collect();
     let keys: Vec<TopicPartition> = offsets.iter().map(|(key, _)| key.clone()).collect();
-    let codes = if group_id.is_empty() {
+    let authorizer = request.authorizer();
+    let (offsets, refused) = topic_access::split(
+        offsets,
+        |(key, _)| key.topic.as_str(),
+        |topic| authorizer.topic(Operation::Read, topic),
+    );
+    let codes = if !authorizer.group(Operation::Read, &group_id) {
+        Err(ResponseError::GroupAuthorizationFailed.code())
+    } else if group_id.is_empty() {
         Err(ResponseError::InvalidGroupId.code())
+    } else if refused.all() {
+        Ok(Vec::new())
     } else {
         let group = group_id.clone();
         let member = commit.member_id.to_string();
@@ -76,7 +90,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         .and_then(|codes| codes)
     };
     let codes = match codes {
-        Ok(codes) => codes,
+        Ok(codes) => refused.merge(codes),
         Err(code) => vec![code; keys.len()],
     };
     request.respond(&OffsetCommitResponse::default().with_topics(by_topic(&keys, &codes)))

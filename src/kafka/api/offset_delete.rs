@@ -1,5 +1,7 @@
 //! OffsetDelete: forget a group's committed offsets for some partitions,
-//! unless the group's members subscribe to the topic.
+//! unless the group's members subscribe to the topic. It needs DELETE on
+//! the group (GROUP_AUTHORIZATION_FAILED) and READ on each topic
+//! (TOPIC_AUTHORIZATION_FAILED for its partitions).
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -8,12 +10,13 @@ use kafka_protocol::messages::offset_delete_response::{
 };
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 
-use super::decode;
+use super::{decode, topic_access};
 use crate::broker::group::offsets::TopicPartition;
 use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let delete: OffsetDeleteRequest = decode(request, body)?;
@@ -28,11 +31,20 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             })
         })
         .collect();
-    let codes = if group_id.is_empty() {
+    let authorizer = request.authorizer();
+    let (asked, refused) = topic_access::split(
+        keys.clone(),
+        |key| key.topic.as_str(),
+        |topic| authorizer.topic(Operation::Read, topic),
+    );
+    let codes = if !authorizer.group(Operation::Delete, &group_id) {
+        Err(ResponseError::GroupAuthorizationFailed.code())
+    } else if group_id.is_empty() {
         Err(ResponseError::InvalidGroupId.code())
+    } else if refused.all() {
+        Ok(Vec::new())
     } else {
         let group = group_id.clone();
-        let asked = keys.clone();
         on_coordinator(
             request.shard,
             request.broker,
@@ -45,6 +57,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     let response = match codes {
         Err(code) => OffsetDeleteResponse::default().with_error_code(code),
         Ok(codes) => {
+            let codes = refused.merge(codes);
             let partitions = keys.iter().zip(codes).map(|(key, code)| {
                 let partition = OffsetDeleteResponsePartition::default()
                     .with_partition_index(key.partition)

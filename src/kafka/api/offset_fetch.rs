@@ -7,6 +7,11 @@
 //! names the member asking: in a consumer-protocol group it must be a
 //! member at its current epoch (UNKNOWN_MEMBER_ID, STALE_MEMBER_EPOCH for
 //! the group otherwise); no member id and epoch -1 reads freely.
+//!
+//! A group needs DESCRIBE on it (GROUP_AUTHORIZATION_FAILED); a partition
+//! named of a topic the principal may not DESCRIBE gets
+//! TOPIC_AUTHORIZATION_FAILED, and a fetch of all partitions leaves such
+//! topics out, as Kafka does.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -22,6 +27,7 @@ use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 /// Per partition: its committed offset, or the partition's error code.
 type Fetched = Vec<(TopicPartition, Result<Option<CommittedOffset>, i16>)>;
@@ -91,9 +97,14 @@ async fn fetch_group(
     require_stable: bool,
     (member_id, member_epoch): (Option<String>, i32),
 ) -> Result<Fetched, i16> {
+    let authorizer = request.authorizer();
+    if !authorizer.group(Operation::Describe, group_id) {
+        return Err(ResponseError::GroupAuthorizationFailed.code());
+    }
     if group_id.is_empty() {
         return Err(ResponseError::InvalidGroupId.code());
     }
+    let every_partition = wanted.is_none();
     let group = group_id.to_owned();
     let unstable = ResponseError::UnstableOffsetCommit.code();
     on_coordinator(
@@ -116,7 +127,22 @@ async fn fetch_group(
         },
     )
     .await
-    .and_then(|fetched| fetched)
+    .and_then(|fetched: Result<Fetched, i16>| fetched)
+    .map(|fetched| {
+        let refused = ResponseError::TopicAuthorizationFailed.code();
+        fetched
+            .into_iter()
+            .filter_map(|(key, value)| {
+                if authorizer.topic(Operation::Describe, &key.topic) {
+                    Some((key, value))
+                } else if every_partition {
+                    None
+                } else {
+                    Some((key, Err(refused)))
+                }
+            })
+            .collect()
+    })
 }
 
 /// (offset, leader epoch, metadata, error code) of one partition.

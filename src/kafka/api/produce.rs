@@ -56,6 +56,12 @@
 //! From v13 topics are named by id (KIP-516): an unknown id gets
 //! UNKNOWN_TOPIC_ID and is never auto-created.
 //!
+//! Authorization (`kafka/authorize.rs`): a request with a transactional id
+//! needs WRITE on it (TRANSACTIONAL_ID_AUTHORIZATION_FAILED for every
+//! partition otherwise), each topic needs WRITE (TOPIC_AUTHORIZATION_FAILED),
+//! and a topic is auto-created only for a principal allowed CREATE on the
+//! cluster or the topic (UNKNOWN_TOPIC_OR_PARTITION otherwise).
+//!
 //! The request passes the connection's turn once every partition's batches
 //! are appended (or refused), so a pipelined Produce behind it appends after
 //! it while both wait for the same group-commit fdatasync.
@@ -81,12 +87,14 @@ use crate::broker::topic_config::{Recompression, TimestampType, TopicConfig};
 use crate::broker::txn::verify::{VerifyRequest, verify as verify_with_coordinator};
 use crate::broker::{Broker, create_partition_here};
 use crate::ids::Offset;
+use crate::kafka::authorize::Authorizer;
 use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
 use crate::record_batch::record_walk::Field;
 use crate::record_batch::{self, BatchError, BatchLimits, ValidatedBatch};
+use crate::security::acl::Operation;
 use crate::shard::ShardContext;
 use crate::storage::Durability;
 use crate::storage::partition::validate_topic_name;
@@ -115,6 +123,7 @@ const ACKS_NONE: i16 = 0;
 const ACKS_LEADER: i16 = 1;
 const ACKS_ALL: i16 = -1;
 
+#[derive(Clone)]
 struct Outcome {
     error_code: i16,
     message: Option<String>,
@@ -162,17 +171,34 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         _ => Duration::MAX,
     };
     let by_id = request.version >= TOPIC_IDS_FROM_VERSION;
+    let authorizer = request.authorizer();
+    let transactional_id_refused = produce
+        .transactional_id
+        .as_ref()
+        .is_some_and(|id| !authorizer.transactional_id(Operation::Write, &id.0));
     let mut slots = Vec::new();
     let mut work = Vec::new();
     let mut appended = Vec::new();
     for (topic_slot, topic) in produce.topic_data.iter().enumerate() {
-        for partition in &topic.partition_data {
-            slots.push((topic_slot, partition.index));
-            let target = if by_id {
+        let target = || {
+            if by_id {
                 Target::Id(TopicId::from_uuid(topic.topic_id))
             } else {
                 Target::Name(topic.name.0.to_string())
-            };
+            }
+        };
+        let access = if transactional_id_refused {
+            Access::Refused(Outcome::error(
+                ResponseError::TransactionalIdAuthorizationFailed.code(),
+                "not allowed to WRITE to the request's transactional id",
+            ))
+        } else {
+            access(request, &authorizer, &target())
+        };
+        for partition in &topic.partition_data {
+            slots.push((topic_slot, partition.index));
+            let target = target();
+            let access = access.clone();
             let records = partition.records.clone();
             let transactional_id = produce.transactional_id.as_ref().map(|id| id.0.to_string());
             let (done, appended_here) = oneshot::channel();
@@ -187,6 +213,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
                     transactional_id,
                     timeout,
                     appended: done,
+                    access,
                 },
             ));
         }
@@ -290,6 +317,41 @@ enum Target {
     Id(TopicId),
 }
 
+/// What the principal may do with a partition's topic.
+#[derive(Clone)]
+enum Access {
+    /// Write, and create the topic if it does not exist when `may_create`.
+    Write { may_create: bool },
+    /// Nothing: the partition's answer.
+    Refused(Outcome),
+}
+
+/// `target`'s access for the request's principal. A topic id no topic has
+/// is left to [`resolve_topic`] (UNKNOWN_TOPIC_ID).
+fn access(request: &Request<'_>, authorizer: &Authorizer, target: &Target) -> Access {
+    let snapshot;
+    let name = match target {
+        Target::Name(name) => name.as_str(),
+        Target::Id(id) => {
+            snapshot = request.broker.metadata.snapshot();
+            match snapshot.topic_by_id(*id) {
+                Some(topic) => topic.name.as_str(),
+                None => return Access::Write { may_create: false },
+            }
+        }
+    };
+    if !authorizer.topic(Operation::Write, name) {
+        return Access::Refused(Outcome::error(
+            ResponseError::TopicAuthorizationFailed.code(),
+            format!("not allowed to WRITE to topic {name}"),
+        ));
+    }
+    Access::Write {
+        may_create: authorizer.cluster(Operation::Create)
+            || authorizer.topic(Operation::Create, name),
+    }
+}
+
 /// One partition's part of a Produce request.
 struct PartitionWrite {
     target: Target,
@@ -301,6 +363,7 @@ struct PartitionWrite {
     timeout: Duration,
     /// Signalled once the batches are appended, before the durability wait.
     appended: oneshot::Sender<()>,
+    access: Access,
 }
 
 async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outcome {
@@ -312,14 +375,19 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
         transactional_id,
         timeout,
         appended,
+        access,
     } = write;
+    let may_create = match access {
+        Access::Write { may_create } => may_create,
+        Access::Refused(outcome) => return outcome,
+    };
     if !matches!(acks, ACKS_NONE | ACKS_LEADER | ACKS_ALL) {
         return Outcome::error(
             ResponseError::InvalidRequiredAcks.code(),
             format!("acks must be -1, 0 or 1, not {acks}"),
         );
     }
-    let topic = match resolve_topic(request, target).await {
+    let topic = match resolve_topic(request, target, may_create).await {
         Ok(topic) => topic,
         Err(outcome) => return outcome,
     };
@@ -431,8 +499,12 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
 }
 
 /// The topic a partition write names: by name, created if auto-creation is
-/// on; by id, only a live topic's.
-async fn resolve_topic(request: &Request<'_>, target: Target) -> Result<Arc<TopicMeta>, Outcome> {
+/// on and the principal `may_create` it; by id, only a live topic's.
+async fn resolve_topic(
+    request: &Request<'_>,
+    target: Target,
+    may_create: bool,
+) -> Result<Arc<TopicMeta>, Outcome> {
     let name = match target {
         Target::Name(name) => name,
         Target::Id(id) => {
@@ -457,16 +529,17 @@ async fn resolve_topic(request: &Request<'_>, target: Target) -> Result<Arc<Topi
     if crate::broker::is_internal_topic(&name) {
         return Err(internal_topic(&name));
     }
-    request
-        .broker
-        .ensure_topic(request.shard, &name)
-        .await
-        .ok_or_else(|| {
-            Outcome::error(
-                ResponseError::UnknownTopicOrPartition.code(),
-                format!("topic {name} does not exist"),
-            )
-        })
+    let topic = if may_create {
+        request.broker.ensure_topic(request.shard, &name).await
+    } else {
+        request.broker.metadata.snapshot().topic(&name).cloned()
+    };
+    topic.ok_or_else(|| {
+        Outcome::error(
+            ResponseError::UnknownTopicOrPartition.code(),
+            format!("topic {name} does not exist"),
+        )
+    })
 }
 
 fn internal_topic(name: &str) -> Outcome {

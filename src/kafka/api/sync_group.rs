@@ -1,5 +1,6 @@
 //! SyncGroup: the leader hands in the assignment; every member gets its own
 //! part once the leader's request arrives.
+//! It needs READ on the group (GROUP_AUTHORIZATION_FAILED).
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -11,10 +12,17 @@ use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let sync: SyncGroupRequest = decode(request, body)?;
     let group_id = sync.group_id.to_string();
+    if !request.authorizer().group(Operation::Read, &group_id) {
+        return request.respond(
+            &SyncGroupResponse::default()
+                .with_error_code(ResponseError::GroupAuthorizationFailed.code()),
+        );
+    }
     if group_id.is_empty() {
         return request.respond(
             &SyncGroupResponse::default().with_error_code(ResponseError::InvalidGroupId.code()),

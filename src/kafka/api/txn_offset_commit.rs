@@ -13,6 +13,11 @@
 //! offsets to the group's partition as a transactional batch. They become
 //! the group's committed offsets when the transaction commits, and vanish
 //! if it aborts. Versions 4+ (KIP-890) are not served.
+//!
+//! It needs WRITE on the transactional id (TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+//! for every partition), READ on the group (GROUP_AUTHORIZATION_FAILED) and
+//! READ on each topic (TOPIC_AUTHORIZATION_FAILED for its partitions; the
+//! others are committed).
 
 use bytes::Bytes;
 use kafka_protocol::messages::txn_offset_commit_response::{
@@ -28,6 +33,7 @@ use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 
 /// The first version with member fields (KIP-447).
 const MEMBER_FIELDS_FROM_VERSION: i16 = 3;
@@ -103,8 +109,23 @@ async fn commit_offsets(
 ) -> Vec<i16> {
     let count = offsets.len();
     let all = |code: i16| vec![code; count];
+    let authorizer = request.authorizer();
+    if !authorizer.transactional_id(Operation::Write, &commit.transactional_id.0) {
+        return all(kafka_protocol::ResponseError::TransactionalIdAuthorizationFailed.code());
+    }
+    if !authorizer.group(Operation::Read, &group) {
+        return all(kafka_protocol::ResponseError::GroupAuthorizationFailed.code());
+    }
     if group.is_empty() {
         return all(kafka_protocol::ResponseError::InvalidGroupId.code());
+    }
+    let (offsets, refused) = super::topic_access::split(
+        offsets,
+        |(key, _)| key.topic.as_str(),
+        |topic| authorizer.topic(Operation::Read, topic),
+    );
+    if refused.all() {
+        return refused.merge(Vec::new());
     }
     let transactional_id = commit.transactional_id.0.to_string();
     let with_member = request.version >= MEMBER_FIELDS_FROM_VERSION;
@@ -148,5 +169,6 @@ async fn commit_offsets(
     )
     .await
     .and_then(|codes| codes)
+    .map(|codes| refused.merge(codes))
     .unwrap_or_else(all)
 }

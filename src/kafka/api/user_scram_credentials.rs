@@ -10,9 +10,11 @@
 //! UNACCEPTABLE_CREDENTIAL, an unknown mechanism UNSUPPORTED_SASL_MECHANISM,
 //! and deleting a credential that does not exist RESOURCE_NOT_FOUND.
 //!
-//! Until ACLs exist (issue 20 item 4), on a SASL listener only super users
-//! (`security.super_users`, `security.sasl_bootstrap_user`) may call them
-//! (CLUSTER_AUTHORIZATION_FAILED for others); on a listener without
+//! With `security.authorizer = "acl"` Describe needs DESCRIBE and Alter
+//! needs ALTER on the cluster (CLUSTER_AUTHORIZATION_FAILED), as in Kafka.
+//! Without an authorizer, on a SASL listener only super users
+//! (`security.super_users`, `security.sasl_bootstrap_user`) may call them,
+//! so that logging in means something; on a listener without
 //! authentication anyone may, as in Kafka without an authorizer.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,30 +32,42 @@ use kafka_protocol::messages::{
 
 use super::{decode, str_bytes};
 use crate::broker::metadata_command::{MetadataCommand, Refusal};
+use crate::config::AuthorizerKind;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
+use crate::security::acl::Operation;
 use crate::security::scram::{ScramCredential, ScramMechanism};
 
-/// Whether this connection may read and change credentials.
-fn allowed(request: &Request<'_>) -> bool {
+/// Whether this connection may do `operation` (DESCRIBE or ALTER) to
+/// credentials.
+fn allowed(request: &Request<'_>, operation: Operation) -> bool {
     let security = &request.broker.config.security;
+    if security.authorizer != AuthorizerKind::None {
+        return request.authorizer().cluster(operation);
+    }
     match request.session.user() {
         Some(user) => security.is_super_user(&user),
         None => !request.session.protocol().uses_sasl(),
     }
 }
 
-const NOT_ALLOWED: &str =
-    "only super users (security.super_users) may read or change SCRAM credentials";
+/// Why the connection may not: whom the rule admits.
+fn not_allowed(request: &Request<'_>) -> &'static str {
+    if request.broker.config.security.authorizer == AuthorizerKind::None {
+        "only super users (security.super_users) may read or change SCRAM credentials"
+    } else {
+        "SCRAM credentials need DESCRIBE (to read) or ALTER (to change) on the cluster"
+    }
+}
 
 pub fn describe(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let describe: DescribeUserScramCredentialsRequest = decode(request, body)?;
     let mut response = DescribeUserScramCredentialsResponse::default();
-    if !allowed(request) {
+    if !allowed(request, Operation::Describe) {
         response = response
             .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
-            .with_error_message(Some(str_bytes(NOT_ALLOWED)));
+            .with_error_message(Some(str_bytes(not_allowed(request))));
         return request.respond(&response);
     }
     let snapshot = request.broker.metadata.snapshot();
@@ -253,14 +267,14 @@ pub async fn alter(request: &Request<'_>, body: Bytes) -> Result<Response, Reque
             });
         }
     }
-    let permitted = allowed(request);
+    let permitted = allowed(request, Operation::Alter);
     let mut results = Vec::with_capacity(users.len());
     for (user, changes) in users {
         let mut error = changes.error;
         if !permitted {
             error = Some((
                 ResponseError::ClusterAuthorizationFailed,
-                NOT_ALLOWED.to_owned(),
+                not_allowed(request).to_owned(),
             ));
         }
         if error.is_none() {
