@@ -8,6 +8,7 @@ mod support;
 mod test_clients;
 mod wire;
 
+mod acls;
 mod authorized_operations;
 mod cluster;
 mod cluster_config;
