@@ -62,7 +62,13 @@ fn acl_broker(dir: &Path) -> BrokerProcess {
 }
 
 /// `sluice <args…>` logged in as `user`; its success and its output.
-fn sluice(address: &str, user: &str, password: &str, args: &[&str], stdin: &str) -> (bool, String) {
+pub fn sluice(
+    address: &str,
+    user: &str,
+    password: &str,
+    args: &[&str],
+    stdin: &str,
+) -> (bool, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
         .args(["--brokers", address])
@@ -103,7 +109,7 @@ fn create_bob(address: &str) {
 }
 
 /// kcat as `user` with SCRAM-SHA-512, then `args`; (success, stdout, stderr).
-fn kcat_as(
+pub fn kcat_as(
     address: &str,
     user: &str,
     password: &str,

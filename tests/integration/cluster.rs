@@ -3535,11 +3535,12 @@ fn delayed_records_pending_at_a_leaders_kill_are_delivered_once_by_the_next_lead
 /// the nodes as they join, and every node lets it log in and tells it the
 /// whole cluster (issue 20).
 #[test]
-fn a_sasl_clusters_bootstrap_user_logs_in_on_every_node() {
+fn a_sasl_clusters_bootstrap_user_logs_in_on_every_node_and_acls_reach_every_node() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::with_config(
         dir.path(),
-        "[security]\nsecurity_protocol = \"SASL_PLAINTEXT\"\nsasl_bootstrap_user = \"admin\"\n",
+        "[security]\nsecurity_protocol = \"SASL_PLAINTEXT\"\nsasl_bootstrap_user = \"admin\"\n\
+         authorizer = \"acl\"\n",
     );
     cluster.env = vec![("SLUICE_SASL_BOOTSTRAP_PASSWORD", "cluster-admin-pw")];
     let brokers = cluster.start_all();
@@ -3569,6 +3570,67 @@ fn a_sasl_clusters_bootstrap_user_logs_in_on_every_node() {
             String::from_utf8_lossy(&listed.stderr)
         );
         assert!(broker.log_contains("scram_users=1"));
+    }
+
+    // A user and an ACL made through node 0 are enforced by every node,
+    // each from its own copy of the controller's log.
+    let (admin, admin_pw) = ("admin", "cluster-admin-pw");
+    let first = &brokers[0].address;
+    let (made, output) = crate::acls::sluice(
+        first,
+        admin,
+        admin_pw,
+        &["topics", "create", "shared", "--partitions", "3"],
+        "",
+    );
+    assert!(made, "{output}");
+    let (made, output) = crate::acls::sluice(
+        first,
+        admin,
+        admin_pw,
+        &["users", "create", "bob"],
+        "bob-pw\n",
+    );
+    assert!(made, "{output}");
+    let sees_shared = |address: &str| {
+        let (_, listing, stderr) = crate::acls::kcat_as(
+            address,
+            "bob",
+            "bob-pw",
+            &["-L", "-t", "shared", "-m", "10"],
+            None,
+        );
+        (
+            listing.contains("topic \"shared\" with 3 partitions")
+                && !listing.contains("Topic authorization failed"),
+            format!("{listing}{stderr}"),
+        )
+    };
+    for broker in &brokers {
+        let (seen, listing) = sees_shared(&broker.address);
+        assert!(!seen, "bob sees the topic without an ACL: {listing}");
+    }
+    let (added, output) = crate::acls::sluice(
+        first,
+        admin,
+        admin_pw,
+        &[
+            "acls",
+            "add",
+            "--principal",
+            "User:bob",
+            "--operation",
+            "DESCRIBE",
+            "--topic",
+            "shared",
+        ],
+        "",
+    );
+    assert!(added, "{output}");
+    for broker in &brokers {
+        eventually("every node applies the ACL", || {
+            sees_shared(&broker.address).0
+        });
     }
     stop_all(brokers);
 }
