@@ -16,8 +16,8 @@ mod cluster;
 mod security;
 pub use cluster::{ClusterConfig, ClusterFlags, NODE_ID_UNSET, Peer, PeerSyntax};
 pub use security::{
-    AuthorizerKind, BOOTSTRAP_PASSWORD_ENV, ListenerConfig, SaslMechanism, SecurityConfig,
-    SecurityProtocol,
+    AuthorizerKind, BOOTSTRAP_PASSWORD_ENV, ClientAuth, ListenerConfig, SaslMechanism,
+    SecurityConfig, SecurityProtocol, TlsConfig,
 };
 
 /// O_DIRECT and the kernel's logical block size for NVMe: writes, buffers and

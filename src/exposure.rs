@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 
-use crate::config::SecurityProtocol;
+use crate::config::{ClientAuth, SecurityProtocol};
 
 /// Whether a listener bound to `address` accepts connections from other
 /// hosts: anything but a loopback address (IPv4-mapped ones included).
@@ -23,25 +23,39 @@ pub fn reachable_from_other_hosts(address: SocketAddr) -> bool {
 /// `security.listeners` with its name) bound to `address` with `protocol`,
 /// if exposed: without authentication, anyone can do anything; with SASL
 /// over plain TCP, records travel unencrypted.
-pub fn warn_kafka(key: &str, address: SocketAddr, protocol: SecurityProtocol) {
+pub fn warn_kafka(
+    key: &str,
+    address: SocketAddr,
+    protocol: SecurityProtocol,
+    client_auth: ClientAuth,
+) {
     if !reachable_from_other_hosts(address) {
         return;
     }
-    if protocol.uses_sasl() {
-        tracing::warn!(
+    match protocol {
+        SecurityProtocol::SaslSsl => {}
+        SecurityProtocol::Ssl if client_auth == ClientAuth::Required => {}
+        SecurityProtocol::Ssl => tracing::warn!(
+            listen = %address,
+            "{key} is not a loopback address and its security_protocol is SSL without required \
+             client certificates: records are encrypted, but clients that send no certificate \
+             are User:ANONYMOUS. Set security.tls.client_auth = \"required\", or use SASL_SSL"
+        ),
+        SecurityProtocol::SaslPlaintext => tracing::warn!(
             listen = %address,
             "{key} is not a loopback address and its security_protocol is SASL_PLAINTEXT: \
-             clients authenticate, but records travel unencrypted (TLS is not available yet). \
-             Keep it on a private network"
-        );
-    } else {
-        tracing::warn!(
-            listen = %address,
-            "{key} is not a loopback address and its clients do not authenticate: any host \
-             that reaches it can produce, consume, and create or delete topics. Set its \
-             security_protocol to \"SASL_PLAINTEXT\" (with security.sasl_bootstrap_user) or \
-             bind it to a private interface behind a firewall that admits only your clients"
-        );
+             clients authenticate, but records and PLAIN passwords travel unencrypted. Use \
+             SASL_SSL ([security.tls]), or keep it on a private network"
+        ),
+        SecurityProtocol::Plaintext => {
+            tracing::warn!(
+                listen = %address,
+                "{key} is not a loopback address and its clients do not authenticate: any host \
+                 that reaches it can produce, consume, and create or delete topics. Set its \
+                 security_protocol to \"SASL_PLAINTEXT\" (with security.sasl_bootstrap_user) or \
+                 bind it to a private interface behind a firewall that admits only your clients"
+            );
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice::broker::Broker;
 use sluice::broker::peer::BrokerPeers;
-use sluice::config::{self, ClusterFlags, Config, IoBackendSetting};
+use sluice::config::{self, ClusterFlags, Config, IoBackendSetting, SecurityProtocol};
 use sluice::data_dir::DataDir;
 use sluice::error_chain::error_chain;
 use sluice::exposure;
@@ -785,6 +785,7 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
         "kafka.listen",
         kafka_address,
         config.security.security_protocol,
+        config.security.tls.client_auth,
     );
     let (main_sockets, kafka_address) = bind_shard_listeners(kafka_address, shard_count)?;
     let advertised = advertised(&config, kafka_address);
@@ -793,7 +794,12 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     for listener in &config.security.listeners {
         let address = config::parse_address("security.listeners.listen", &listener.listen)?;
         let key = format!("security.listeners {}", listener.name);
-        exposure::warn_kafka(&key, address, listener.security_protocol);
+        exposure::warn_kafka(
+            &key,
+            address,
+            listener.security_protocol,
+            config.security.tls.client_auth,
+        );
         let (sockets, bound) = bind_shard_listeners(address, shard_count)?;
         let advertised = config::advertised_or_listen(&listener.advertised, &bound.to_string());
         tracing::info!(
@@ -816,6 +822,11 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     broker_config.metrics.listen = metrics.address.to_string();
     let mut broker = Broker::new(broker_config, advertised.clone())?;
     broker.extra_listeners = extra_listeners;
+    if config.security.protocols().any(SecurityProtocol::uses_tls) {
+        let tls = sluice::security::tls::TlsServer::load(&config.security.tls)
+            .context("cannot set up the TLS listeners ([security.tls])")?;
+        broker.tls = Some(Arc::new(tls));
+    }
     let broker = Arc::new(broker);
     if config.cluster.is_none() {
         sluice::broker::bootstrap_user::ensure(&broker.metadata, &config.security)?;
@@ -868,7 +879,7 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
         &advertised,
         metrics.address,
     );
-    wait_for_termination(signals);
+    wait_for_termination(signals, &broker);
     metrics.set_ready(false);
     if let (Some(controller), Some(cluster)) = (&controller, &config.cluster) {
         sluice::cluster::leave(controller, &broker, cluster);
@@ -941,15 +952,28 @@ fn log_ready(
 }
 
 /// Wait for SIGINT/SIGTERM; a second one during shutdown exits at once.
-fn wait_for_termination(signals: &TerminationSignals) {
-    match signals.wait() {
+/// SIGHUP meanwhile reloads the TLS files.
+fn wait_for_termination(signals: &TerminationSignals, broker: &Broker) {
+    let reload = || match &broker.tls {
+        None => tracing::info!("SIGHUP: no TLS listener, nothing to reload"),
+        Some(tls) => match tls.reload() {
+            Ok(()) => tracing::info!(
+                "SIGHUP: reloaded the TLS certificate, key and client CA; new connections use them"
+            ),
+            Err(error) => tracing::error!(
+                %error,
+                "SIGHUP: cannot reload the TLS files; connections keep the previous ones"
+            ),
+        },
+    };
+    match signals.wait(&reload) {
         Ok(signal) => tracing::info!(?signal, "shutting down: flushing and fsyncing every shard"),
         Err(error) => tracing::error!(%error, "sigwait failed; shutting down"),
     }
     let second = TerminationSignals::block();
     std::thread::spawn(move || {
         if let Ok(signals) = second
-            && let Ok(signal) = signals.wait()
+            && let Ok(signal) = signals.wait(&|| {})
         {
             tracing::warn!(?signal, "second signal: exiting without finishing shutdown");
             let code = if signal == Termination::Interrupt {

@@ -56,6 +56,9 @@ pub struct Broker {
     /// The listeners besides the main one (`security.listeners`), in
     /// config order: listener `i + 1` of [`Broker::listener`].
     pub extra_listeners: Vec<ListenerEndpoint>,
+    /// What the TLS listeners (SSL, SASL_SSL) accept with; `None` when no
+    /// listener uses TLS.
+    pub tls: Option<Arc<crate::security::tls::TlsServer>>,
     /// How this node's broker reaches the others' (set when it joins a
     /// cluster; never on a single node).
     pub peers: std::sync::OnceLock<Arc<dyn peer::PeerCaller>>,
@@ -189,6 +192,7 @@ impl Broker {
                 config,
                 advertised,
                 extra_listeners: Vec::new(),
+                tls: None,
                 peers: std::sync::OnceLock::new(),
             });
         }
@@ -201,6 +205,7 @@ impl Broker {
             metadata: Arc::new(metadata),
             advertised,
             extra_listeners: Vec::new(),
+            tls: None,
             peers: std::sync::OnceLock::new(),
         })
     }

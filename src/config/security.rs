@@ -18,7 +18,7 @@ use crate::security::scram::ScramMechanism;
 /// The environment variable holding `sasl_bootstrap_user`'s password.
 pub const BOOTSTRAP_PASSWORD_ENV: &str = "SLUICE_SASL_BOOTSTRAP_PASSWORD";
 
-/// Kafka's security protocols; the TLS ones are not built yet.
+/// Kafka's security protocols.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 pub enum SecurityProtocol {
     /// No authentication, no encryption.
@@ -28,6 +28,13 @@ pub enum SecurityProtocol {
     /// SASL authentication over plain TCP.
     #[serde(rename = "SASL_PLAINTEXT")]
     SaslPlaintext,
+    /// TLS (`[security.tls]`); the principal is the client certificate's,
+    /// if it sent one, else `User:ANONYMOUS`.
+    #[serde(rename = "SSL")]
+    Ssl,
+    /// SASL authentication inside TLS.
+    #[serde(rename = "SASL_SSL")]
+    SaslSsl,
 }
 
 impl SecurityProtocol {
@@ -36,12 +43,60 @@ impl SecurityProtocol {
         match self {
             SecurityProtocol::Plaintext => "PLAINTEXT",
             SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
         }
     }
 
     pub fn uses_sasl(self) -> bool {
-        self == SecurityProtocol::SaslPlaintext
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
     }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// Whether a TLS listener asks for client certificates (Kafka's
+/// `ssl.client.auth`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No client certificates (default).
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    /// Clients may present one; it names the principal on an SSL listener.
+    #[serde(rename = "requested")]
+    Requested,
+    /// Clients must present one signed by `client_ca`.
+    #[serde(rename = "required")]
+    Required,
+}
+
+/// `[security.tls]`: the certificate every TLS listener (SSL, SASL_SSL)
+/// presents, and client-certificate authentication. Files are PEM, read at
+/// start and again on SIGHUP.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, leaf first (Kafka's keystore).
+    pub certificate: String,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: String,
+    /// `none` (default), `requested` or `required` (Kafka's
+    /// `ssl.client.auth`).
+    pub client_auth: ClientAuth,
+    /// The CA certificates client certificates must chain to (Kafka's
+    /// truststore); needed unless `client_auth` is `none`.
+    pub client_ca: String,
+    /// How a client certificate's subject (RFC 2253, `CN=alice,O=Example`)
+    /// becomes a user name (Kafka's `ssl.principal.mapping.rules`):
+    /// `RULE:<regex>/<replacement>/[L|U]` rules, comma-separated, tried in
+    /// order, and `DEFAULT` (the whole subject). Default `DEFAULT`.
+    pub principal_mapping_rules: String,
 }
 
 /// Who decides what a principal may do (Kafka's `authorizer.class.name`).
@@ -112,7 +167,7 @@ pub struct ListenerConfig {
     /// a cluster every node must have a listener of this name.
     #[serde(default)]
     pub advertised: String,
-    /// `PLAINTEXT` (default) or `SASL_PLAINTEXT`.
+    /// `PLAINTEXT` (default), `SASL_PLAINTEXT`, `SSL` or `SASL_SSL`.
     #[serde(default)]
     pub security_protocol: SecurityProtocol,
 }
@@ -151,6 +206,8 @@ pub struct SecurityConfig {
     /// to everyone (Kafka's `allow.everyone.if.no.acl.found`). Default
     /// false: what no ACL allows is denied.
     pub allow_everyone_if_no_acl_found: bool,
+    /// The TLS listeners' certificate and client authentication.
+    pub tls: TlsConfig,
 }
 
 impl Default for SecurityConfig {
@@ -163,6 +220,7 @@ impl Default for SecurityConfig {
             listeners: Vec::new(),
             authorizer: AuthorizerKind::None,
             allow_everyone_if_no_acl_found: false,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -179,10 +237,53 @@ impl SecurityConfig {
         Ok(())
     }
 
+    /// The protocols of every listener, the main one first.
+    pub fn protocols(&self) -> impl Iterator<Item = SecurityProtocol> + '_ {
+        std::iter::once(self.security_protocol).chain(
+            self.listeners
+                .iter()
+                .map(|listener| listener.security_protocol),
+        )
+    }
+
+    fn check_tls(&self) -> Result<(), ConfigError> {
+        if !self.protocols().any(SecurityProtocol::uses_tls) {
+            return Ok(());
+        }
+        let tls = &self.tls;
+        if tls.certificate.is_empty() || tls.private_key.is_empty() {
+            return invalid(
+                "security.tls.certificate",
+                &tls.certificate,
+                "an SSL or SASL_SSL listener needs security.tls.certificate and \
+                 security.tls.private_key (PEM files)",
+            );
+        }
+        if tls.client_auth != ClientAuth::None && tls.client_ca.is_empty() {
+            return invalid(
+                "security.tls.client_ca",
+                "",
+                "client_auth other than \"none\" needs the CA certificates (PEM) that client \
+                 certificates chain to",
+            );
+        }
+        if let Err(reason) =
+            crate::security::principal_mapping::Rules::parse(&tls.principal_mapping_rules)
+        {
+            return invalid(
+                "security.tls.principal_mapping_rules",
+                &tls.principal_mapping_rules,
+                reason,
+            );
+        }
+        Ok(())
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.security_protocol.uses_sasl() {
             self.check_mechanisms()?;
         }
+        self.check_tls()?;
         for name in &self.sasl_enabled_mechanisms {
             if SaslMechanism::from_name(name).is_none() {
                 return invalid(

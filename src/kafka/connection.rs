@@ -43,7 +43,8 @@ use super::frame::{Frame, FrameError, FrameLimits, FrameReader};
 use super::hangup::Hangup;
 use super::request_budget::RequestBudget;
 use super::response::ResponseWriter;
-use super::session::Session;
+use super::session::{AuthState, Session};
+use super::transport::{HandshakeError, TlsStream, Transport};
 use super::turn::Turns;
 use crate::broker::Broker;
 use crate::error_chain::error_chain;
@@ -63,9 +64,19 @@ pub async fn serve(
     listener: usize,
 ) {
     let _ = stream.set_nodelay(true);
-    let protocol = broker.listener(listener).protocol;
+    let endpoint = broker.listener(listener);
+    let protocol = endpoint.protocol;
     let session = Rc::new(Session::new(protocol, listener));
     let kafka = &broker.config.kafka;
+    let stream = if protocol.uses_tls() {
+        match tls_handshake(&broker, stream, peer, &endpoint.name, &session).await {
+            Some(stream) => stream,
+            None => return,
+        }
+    } else {
+        Transport::Plain(stream)
+    };
+    let stream = &stream;
     let pipeline = Pipeline {
         requests_max: kafka.requests_in_flight_max as usize,
         bytes_max: kafka.request_max_bytes as usize,
@@ -79,13 +90,61 @@ pub async fn serve(
         hangup: Rc::default(),
     };
     let read = pin!(read_requests(
-        &shard, &broker, &budget, &stream, peer, &pipeline, &session
+        &shard, &broker, &budget, stream, peer, &pipeline, &session
     ));
-    let write = pin!(write_responses(&stream, backend, peer, &pipeline));
+    let write = pin!(write_responses(stream, backend, peer, &pipeline));
     let idle = pin!(close_when_idle(&pipeline, peer));
     // The reader never finishes on its own; either of the others ends the
     // connection.
     let _ = select(read, select(write, idle)).await;
+}
+
+/// TLS handshakes that failed, logged at most 20 times per 10 s: anyone who
+/// reaches a TLS listener can fail one per connection.
+static FAILED_HANDSHAKES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 20);
+
+/// The TLS side of a new connection on a TLS listener: the handshake, and
+/// on an SSL listener the principal of a client certificate. `None` when
+/// the connection is to close (logged, throttled, and counted).
+async fn tls_handshake(
+    broker: &Broker,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: &str,
+    session: &Session,
+) -> Option<Transport> {
+    let tls = broker.tls.as_ref()?;
+    let timeout = Duration::from_millis(broker.config.kafka.request_read_timeout_ms);
+    let failed = |outcome: &'static str, error: &dyn std::fmt::Display| {
+        telemetry::kafka::tls_handshake(listener.to_owned(), outcome);
+        if let Some(failed) = FAILED_HANDSHAKES.record(monotonic_ms()) {
+            tracing::info!(%peer, listener, %error, failed, "TLS handshake failed; closing the connection (`failed` counts since the last such line)");
+        }
+    };
+    let stream = match TlsStream::accept(stream, tls.config(), timeout).await {
+        Ok(stream) => stream,
+        Err(error @ HandshakeError::Timeout(_)) => {
+            failed("timeout", &error);
+            return None;
+        }
+        Err(error) => {
+            failed("failed", &error);
+            return None;
+        }
+    };
+    if !session.protocol().uses_sasl()
+        && let Some(certificate) = stream.peer_certificate()
+    {
+        match tls.principal(&certificate) {
+            Ok(user) => session.set_state(AuthState::Authenticated(user)),
+            Err(reason) => {
+                failed("failed", &reason);
+                return None;
+            }
+        }
+    }
+    telemetry::kafka::tls_handshake(listener.to_owned(), "succeeded");
+    Some(Transport::Tls(Box::new(stream)))
 }
 
 /// Requests read but not yet answered.
@@ -186,7 +245,7 @@ async fn read_requests(
     shard: &Rc<ShardContext>,
     broker: &Arc<Broker>,
     budget: &Arc<RequestBudget>,
-    stream: &TcpStream,
+    stream: &Transport,
     peer: SocketAddr,
     pipeline: &Pipeline,
     session: &Rc<Session>,
@@ -246,7 +305,7 @@ async fn read_requests(
 }
 
 /// Wait until every request read is answered, watching for the client's FIN.
-async fn hangup_watch_drained(stream: &TcpStream, pipeline: &Pipeline) {
+async fn hangup_watch_drained(stream: &Transport, pipeline: &Pipeline) {
     if pipeline.requests.get() > 0 {
         pipeline
             .hangup
@@ -260,7 +319,7 @@ async fn hangup_watch_drained(stream: &TcpStream, pipeline: &Pipeline) {
 async fn read_frame(
     reader: &mut FrameReader,
     budget: &Arc<RequestBudget>,
-    stream: &TcpStream,
+    stream: &Transport,
     pipeline: &Pipeline,
 ) -> Result<Frame, FrameError> {
     let hangup = &pipeline.hangup;
@@ -280,7 +339,7 @@ async fn read_frame(
 }
 
 async fn write_responses(
-    stream: &TcpStream,
+    stream: &Transport,
     backend: IoBackend,
     peer: SocketAddr,
     pipeline: &Pipeline,

@@ -23,6 +23,7 @@ pub mod response;
 pub mod response_errors;
 pub mod sasl_log;
 pub mod session;
+pub mod transport;
 pub mod turn;
 pub mod versions;
 

@@ -25,6 +25,7 @@ use kafka_protocol::messages::ResponseHeader;
 use kafka_protocol::protocol::Encodable;
 
 use crate::io::IoBackend;
+use crate::kafka::transport::Transport;
 
 /// Memory parts up to this size are copied into one write with their neighbours.
 const COALESCE_BYTES_MAX: usize = 64 * 1024;
@@ -130,7 +131,7 @@ impl ResponseWriter {
     }
 
     /// Write `response`, preceded by its size.
-    pub async fn send(&mut self, stream: &TcpStream, response: Response) -> io::Result<()> {
+    pub async fn send(&mut self, stream: &Transport, response: Response) -> io::Result<()> {
         let size = i32::try_from(response.len).map_err(|source| {
             io::Error::other(ResponseTooLarge {
                 len: response.len,
@@ -159,14 +160,16 @@ impl ResponseWriter {
 
     async fn send_file(
         &mut self,
-        stream: &TcpStream,
+        stream: &Transport,
         file: Arc<File>,
         offset: u64,
         len: usize,
     ) -> io::Result<()> {
         match self.backend {
-            IoBackend::IoUring => self.splice_file(stream, file, offset, len).await,
-            IoBackend::Epoll => copy_file(stream, file, offset, len).await,
+            IoBackend::IoUring if stream.splices() => {
+                self.splice_file(stream.tcp(), file, offset, len).await
+            }
+            _ => copy_file(stream, file, offset, len).await,
         }
     }
 
@@ -215,7 +218,7 @@ impl ResponseWriter {
     }
 }
 
-async fn copy_file(stream: &TcpStream, file: Arc<File>, offset: u64, len: usize) -> io::Result<()> {
+async fn copy_file(stream: &Transport, file: Arc<File>, offset: u64, len: usize) -> io::Result<()> {
     let mut done = 0usize;
     while done < len {
         let want = (len - done).min(COPY_CHUNK_BYTES);
@@ -235,7 +238,7 @@ async fn copy_file(stream: &TcpStream, file: Arc<File>, offset: u64, len: usize)
     Ok(())
 }
 
-async fn write_pending(stream: &TcpStream, pending: &mut BytesMut) -> io::Result<()> {
+async fn write_pending(stream: &Transport, pending: &mut BytesMut) -> io::Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
@@ -243,7 +246,7 @@ async fn write_pending(stream: &TcpStream, pending: &mut BytesMut) -> io::Result
     write_all(stream, bytes).await
 }
 
-async fn write_all<B: compio::buf::IoBuf>(stream: &TcpStream, buffer: B) -> io::Result<()> {
+async fn write_all<B: compio::buf::IoBuf>(stream: &Transport, buffer: B) -> io::Result<()> {
     let mut stream = stream;
     let BufResult(result, _) = stream.write_all(buffer).await;
     result

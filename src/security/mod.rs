@@ -4,7 +4,9 @@
 pub mod acl;
 pub mod plain;
 pub mod posture;
+pub mod principal_mapping;
 pub mod scram;
+pub mod tls;
 
 /// Fill `buf` from the kernel's CSPRNG (getrandom(2)); blocks only until
 /// the pool is first seeded at boot.

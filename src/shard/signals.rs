@@ -1,9 +1,10 @@
-//! SIGINT and SIGTERM, received synchronously by the main thread.
+//! SIGINT, SIGTERM and SIGHUP, received synchronously by the main thread.
 //!
 //! The signals are blocked before any shard thread starts (threads inherit
 //! the mask), so no shard is ever interrupted by them. The main thread then
-//! waits in `sigwait` and starts an orderly shutdown: flush, fsync,
-//! checkpoint, exit.
+//! waits in `sigwait`: SIGINT and SIGTERM start an orderly shutdown (flush,
+//! fsync, checkpoint, exit); SIGHUP asks for a reload (the TLS files) and
+//! the wait goes on.
 
 use std::io;
 
@@ -18,7 +19,8 @@ pub struct TerminationSignals {
 }
 
 impl TerminationSignals {
-    /// Block SIGINT and SIGTERM for this thread and every thread it spawns.
+    /// Block SIGINT, SIGTERM and SIGHUP for this thread and every thread it
+    /// spawns.
     pub fn block() -> io::Result<TerminationSignals> {
         // SAFETY: sigemptyset/sigaddset write into the sigset_t we own;
         // pthread_sigmask reads it. The zeroed value is a valid sigset_t.
@@ -27,6 +29,7 @@ impl TerminationSignals {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGHUP);
             let status = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             if status != 0 {
                 return Err(io::Error::from_raw_os_error(status));
@@ -61,8 +64,9 @@ impl TerminationSignals {
         }
     }
 
-    /// Wait for the next SIGINT or SIGTERM.
-    pub fn wait(&self) -> io::Result<Termination> {
+    /// Wait for the next SIGINT or SIGTERM, calling `on_hangup` for each
+    /// SIGHUP meanwhile.
+    pub fn wait(&self, on_hangup: &dyn Fn()) -> io::Result<Termination> {
         let mut signal: libc::c_int = 0;
         loop {
             // SAFETY: sigwait reads our sigset and writes the signal number.
@@ -70,6 +74,7 @@ impl TerminationSignals {
             match status {
                 0 if signal == libc::SIGINT => return Ok(Termination::Interrupt),
                 0 if signal == libc::SIGTERM => return Ok(Termination::Terminate),
+                0 if signal == libc::SIGHUP => on_hangup(),
                 0 => continue,
                 libc::EINTR => continue,
                 error => return Err(io::Error::from_raw_os_error(error)),

@@ -95,6 +95,15 @@ pub fn sasl_authentication(listener: String, mechanism: &'static str, outcome: &
     .increment(1);
 }
 
+pub fn tls_handshake(listener: String, outcome: &'static str) {
+    counter!(
+        names::KAFKA_TLS_HANDSHAKES,
+        "listener" => listener,
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
 /// A request that ended its connection (malformed, unsupported, failed).
 pub fn connection_closed_by(raw_key: i16) {
     counter!(

@@ -19,6 +19,7 @@ pub const KAFKA_CONNECTIONS_CLOSED_BAD_INPUT: &str =
     "sluice_kafka_connections_closed_bad_input_total";
 pub const KAFKA_QUEUED_REQUEST_BYTES: &str = "sluice_kafka_queued_request_bytes";
 pub const KAFKA_SASL_AUTHENTICATIONS: &str = "sluice_kafka_sasl_authentications_total";
+pub const KAFKA_TLS_HANDSHAKES: &str = "sluice_kafka_tls_handshakes_total";
 pub const KAFKA_CONNECTIONS_WAITING_FOR_BUDGET: &str =
     "sluice_kafka_connections_waiting_for_request_budget";
 
@@ -136,6 +137,11 @@ pub fn describe() {
         KAFKA_SASL_AUTHENTICATIONS,
         Unit::Count,
         "SASL authentications, by Kafka listener (its name), mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and outcome (succeeded, failed: a wrong password, an unknown user or a malformed exchange; the connection is closed)."
+    );
+    describe_counter!(
+        KAFKA_TLS_HANDSHAKES,
+        Unit::Count,
+        "TLS handshakes on SSL and SASL_SSL listeners, by listener and outcome (succeeded; failed: a protocol or certificate error, a client certificate no principal mapping rule matches; timeout: not done within kafka.request_read_timeout_ms)."
     );
     describe_gauge!(
         KAFKA_QUEUED_REQUEST_BYTES,

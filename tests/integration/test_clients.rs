@@ -92,8 +92,23 @@ fn install() -> Result<Clients, String> {
 impl Clients {
     /// Start `tests/clients/python/<script>` with the venv's python.
     pub fn python(&self, script: &str, args: &[&str]) -> ClientProcess {
+        self.python_with_env(script, args, &[])
+    }
+
+    /// [`Self::python`] with extra environment variables.
+    pub fn python_with_env(
+        &self,
+        script: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ClientProcess {
         let path = self.scripts.join("python").join(script);
-        ClientProcess::spawn(Command::new(&self.python).arg(path).args(args), script)
+        let mut command = Command::new(&self.python);
+        command.arg(path).args(args);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        ClientProcess::spawn(&mut command, script)
     }
 
     /// Start `tests/clients/python/<script>` with the Quix Streams venv's

@@ -1,4 +1,6 @@
-"""SASL clients against a sluice SASL_PLAINTEXT listener (issue 20).
+"""SASL clients against a sluice SASL_PLAINTEXT listener (issue 20), or a
+SASL_SSL one when the environment variable SLUICE_TEST_TLS_CA names the CA
+certificate (PEM) the broker's certificate chains to.
 
 Modes (argv[1]):
 
@@ -18,20 +20,25 @@ Modes (argv[1]):
 
 import json
 import logging
+import os
 import sys
 import uuid
 
 WAIT_SECONDS = 30
+TLS_CA = os.environ.get("SLUICE_TEST_TLS_CA")
 
 
 def confluent_config(bootstrap, mechanism, user, password):
-    return {
+    config = {
         "bootstrap.servers": bootstrap,
-        "security.protocol": "SASL_PLAINTEXT",
+        "security.protocol": "SASL_SSL" if TLS_CA else "SASL_PLAINTEXT",
         "sasl.mechanisms": mechanism,
         "sasl.username": user,
         "sasl.password": password,
     }
+    if TLS_CA:
+        config["ssl.ca.location"] = TLS_CA
+    return config
 
 
 def confluent_roundtrip(bootstrap, mechanism, user, password, topic, count):
@@ -75,11 +82,13 @@ def kafka_python_roundtrip(bootstrap, mechanism, user, password, topic, count):
     result = {"acked": [], "read": [], "error": None}
     security = {
         "bootstrap_servers": bootstrap,
-        "security_protocol": "SASL_PLAINTEXT",
+        "security_protocol": "SASL_SSL" if TLS_CA else "SASL_PLAINTEXT",
         "sasl_mechanism": mechanism,
         "sasl_plain_username": user,
         "sasl_plain_password": password,
     }
+    if TLS_CA:
+        security["ssl_cafile"] = TLS_CA
     producer = KafkaProducer(**security)
     futures = [
         (f"kafka-python-{index}", producer.send(topic, value=f"kafka-python-{index}".encode()))
