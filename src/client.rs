@@ -6,6 +6,12 @@
 //! environment it authenticates after ApiVersions (SaslHandshake v1 and
 //! SaslAuthenticate, KIP-152) with `SLUICE_SASL_MECHANISM` (default
 //! SCRAM-SHA-512; SCRAM-SHA-256 and PLAIN too), as a SASL listener needs.
+//!
+//! With `SLUICE_TLS_CA` (the CA certificates, PEM, that the broker's
+//! certificate chains to) it speaks TLS, as an SSL or SASL_SSL listener
+//! needs, checking the broker's certificate against the host name or IP
+//! address in `--brokers`; `SLUICE_TLS_CERTIFICATE` and `SLUICE_TLS_KEY`
+//! present a client certificate (mTLS).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -27,6 +33,8 @@ const CLIENT_ID: &str = "sluice-admin";
 
 #[derive(Debug, Error)]
 pub enum ClientError {
+    #[error("TLS ({TLS_CA_ENV}): {0}")]
+    Tls(String),
     #[error("cannot connect to {address}: {source} (is the broker running? see --brokers)")]
     Connect {
         address: String,
@@ -86,9 +94,82 @@ pub const SASL_USERNAME_ENV: &str = "SLUICE_SASL_USERNAME";
 pub const SASL_PASSWORD_ENV: &str = "SLUICE_SASL_PASSWORD";
 pub const SASL_MECHANISM_ENV: &str = "SLUICE_SASL_MECHANISM";
 
+pub const TLS_CA_ENV: &str = "SLUICE_TLS_CA";
+pub const TLS_CERTIFICATE_ENV: &str = "SLUICE_TLS_CERTIFICATE";
+pub const TLS_KEY_ENV: &str = "SLUICE_TLS_KEY";
+
+/// The connection: TCP, or TLS over it.
+trait Stream: Read + Write + Send {}
+impl<S: Read + Write + Send> Stream for S {}
+
+/// A TLS client configuration from the environment, or `None` without
+/// `SLUICE_TLS_CA`.
+fn tls_from_env() -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, ClientError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let Ok(ca) = std::env::var(TLS_CA_ENV) else {
+        return Ok(None);
+    };
+    let setting = |name: &str, error: String| ClientError::Tls(format!("{name}: {error}"));
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in
+        CertificateDer::pem_file_iter(&ca).map_err(|e| setting(TLS_CA_ENV, e.to_string()))?
+    {
+        let certificate = certificate.map_err(|e| setting(TLS_CA_ENV, e.to_string()))?;
+        roots
+            .add(certificate)
+            .map_err(|e| setting(TLS_CA_ENV, e.to_string()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match (
+        std::env::var(TLS_CERTIFICATE_ENV),
+        std::env::var(TLS_KEY_ENV),
+    ) {
+        (Ok(certificate), Ok(key)) => {
+            let chain = CertificateDer::pem_file_iter(&certificate)
+                .and_then(|chain| chain.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| setting(TLS_CERTIFICATE_ENV, e.to_string()))?;
+            let key = PrivateKeyDer::from_pem_file(&key)
+                .map_err(|e| setting(TLS_KEY_ENV, e.to_string()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ClientError::Tls(e.to_string()))?
+        }
+        (Err(_), Err(_)) => builder.with_no_client_auth(),
+        _ => {
+            return Err(ClientError::Tls(format!(
+                "set both {TLS_CERTIFICATE_ENV} and {TLS_KEY_ENV}, or neither"
+            )));
+        }
+    };
+    Ok(Some(std::sync::Arc::new(config)))
+}
+
+/// `stream` wrapped in TLS for the host of `address`.
+fn tls_stream(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    address: &str,
+    stream: TcpStream,
+) -> Result<Box<dyn Stream>, ClientError> {
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| ClientError::Tls(format!("{host}: {e}")))?;
+    let connection =
+        rustls::ClientConnection::new(config, name).map_err(|e| ClientError::Tls(e.to_string()))?;
+    Ok(Box::new(rustls::StreamOwned::new(connection, stream)))
+}
+
 pub struct KafkaClient {
     address: String,
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     next_correlation_id: i32,
     /// Broker's supported (min, max) per API key.
     versions: HashMap<i16, (i16, i16)>,
@@ -99,6 +180,7 @@ impl KafkaClient {
     /// answers, and learn its API versions.
     pub fn connect(brokers: &str) -> Result<KafkaClient, ClientError> {
         let mut last_error = None;
+        let tls = tls_from_env()?;
         for address in brokers
             .split(',')
             .map(str::trim)
@@ -112,6 +194,10 @@ impl KafkaClient {
                     };
                     stream.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(io)?;
                     stream.set_nodelay(true).map_err(io)?;
+                    let stream: Box<dyn Stream> = match &tls {
+                        Some(config) => tls_stream(std::sync::Arc::clone(config), address, stream)?,
+                        None => Box::new(stream),
+                    };
                     let mut client = KafkaClient {
                         address: address.to_owned(),
                         stream,

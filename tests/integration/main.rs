@@ -59,6 +59,7 @@ mod shard_runtime;
 mod sim_device;
 mod storage_model;
 mod tail_cache;
+mod tls;
 mod topic_configs;
 mod topic_ids;
 mod transactions_storage;
