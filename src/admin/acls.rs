@@ -128,15 +128,19 @@ pub fn add(brokers: &str, args: AddArgs) -> AdminResult {
             );
         }
     }
+    let operations: Vec<&str> = args
+        .operations
+        .iter()
+        .filter_map(|name| Operation::from_name(name).map(Operation::name))
+        .collect();
     println!(
-        "{} {} {} on {} {}:{name} from {} ({} ACLs)",
+        "{} {} {} on {} {}:{name} from {}",
         args.principal,
         if args.deny { "DENY" } else { "ALLOW" },
-        args.operations.join(","),
+        operations.join(","),
         resource_type.name(),
         pattern.name(),
         args.host,
-        response.results.len()
     );
     Ok(())
 }

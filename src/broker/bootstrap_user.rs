@@ -22,7 +22,7 @@ use crate::security::scram::{ITERATIONS_DEFAULT, ScramCredential, ScramMechanism
 #[derive(Debug, Error)]
 pub enum BootstrapUserError {
     #[error(
-        "security.sasl_bootstrap_user = {user:?} has no credentials yet and {BOOTSTRAP_PASSWORD_ENV} is not set: set it to the user's password for this start"
+        "security.sasl_bootstrap_user = {user:?} has no credentials yet and {BOOTSTRAP_PASSWORD_ENV} is not set (or empty): set it to the user's password for this start"
     )]
     NoPassword { user: String },
     #[error("cannot create the bootstrap user {user:?}: {reason}")]

@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use super::dispatch::Request;
 use crate::config::AuthorizerKind;
+use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::security::acl::{AclSet, CLUSTER_NAME, Operation, Requester, ResourceType};
+use crate::telemetry;
 
 /// The decision-maker for one request.
 pub enum Authorizer {
@@ -29,6 +31,9 @@ pub enum Authorizer {
         no_acl_default: bool,
     },
 }
+
+/// Refusals logged: at most 20 lines per 10 s.
+static DENIALS: LogThrottle = LogThrottle::with_lines(std::time::Duration::from_secs(10), 20);
 
 /// Kafka's "authorized operations not requested" value (KIP-430).
 pub const AUTHORIZED_OPERATIONS_UNKNOWN: i32 = i32::MIN;
@@ -53,7 +58,35 @@ impl Authorizer {
     }
 
     /// Whether the principal may do `operation` to `resource_type` `name`.
+    /// A refusal is counted in `sluice_kafka_authorization_denials_total`
+    /// and logged (at most 20 lines per 10 s), as Kafka's authorizer log.
     pub fn allows(&self, operation: Operation, resource_type: ResourceType, name: &str) -> bool {
+        let allowed = self.allows_quietly(operation, resource_type, name);
+        if !allowed && let Authorizer::Acls { user, host, .. } = self {
+            telemetry::kafka::authorization_denied(operation.name(), resource_type.name());
+            if let Some(denied) = DENIALS.record(monotonic_ms()) {
+                tracing::info!(
+                    principal = %format!("User:{user}"),
+                    %host,
+                    operation = operation.name(),
+                    resource = %format!("{}:{name}", resource_type.name()),
+                    denied,
+                    "authorization denied (`denied` counts refusals since the last such line)"
+                );
+            }
+        }
+        allowed
+    }
+
+    /// [`Authorizer::allows`] without counting or logging a refusal: for
+    /// what only filters a listing (Metadata of every topic, ListGroups),
+    /// as Kafka's `logIfDenied = false`.
+    pub fn allows_quietly(
+        &self,
+        operation: Operation,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> bool {
         match self {
             Authorizer::AllowAll => true,
             Authorizer::Acls {
@@ -103,7 +136,13 @@ impl Authorizer {
                     || acls
                         .iter()
                         .filter(|binding| binding.resource_type == ResourceType::Topic)
-                        .any(|binding| self.topic(Operation::Write, &binding.resource_name))
+                        .any(|binding| {
+                            self.allows_quietly(
+                                Operation::Write,
+                                ResourceType::Topic,
+                                &binding.resource_name,
+                            )
+                        })
             }
         }
     }
@@ -119,7 +158,7 @@ impl Authorizer {
         resource_type
             .operations()
             .iter()
-            .filter(|operation| self.allows(**operation, resource_type, name))
+            .filter(|operation| self.allows_quietly(**operation, resource_type, name))
             .fold(0, |bits, operation| bits | 1 << operation.code())
     }
 }

@@ -10,7 +10,7 @@
 //! authenticates. The exposure of each listener is `exposure.rs`'s.
 
 use crate::broker::Broker;
-use crate::config::{AuthorizerKind, SaslMechanism};
+use crate::config::{AuthorizerKind, ClientAuth, SaslMechanism, SecurityProtocol};
 
 /// Log the posture of `broker`'s listeners and credentials.
 pub fn log(broker: &Broker) {
@@ -59,10 +59,19 @@ pub fn log(broker: &Broker) {
     if any_sasl && users == 0 {
         tracing::warn!(
             "a SASL listener is configured but no user has credentials: nobody can log in on it. \
-             Set security.sasl_bootstrap_user with SLUICE_SASL_BOOTSTRAP_PASSWORD, or create users \
-             with `sluice users create` over a PLAINTEXT listener"
+             Set security.sasl_bootstrap_user with SLUICE_SASL_BOOTSTRAP_PASSWORD (it is made at \
+             the next start)"
         );
     }
+    let any_certificates = security.tls.client_auth != ClientAuth::None
+        && security
+            .protocols()
+            .any(|protocol| protocol == SecurityProtocol::Ssl);
+    let anonymous_listeners: Vec<String> = (0..=broker.extra_listeners.len())
+        .map(|index| broker.listener(index))
+        .filter(|listener| !listener.protocol.uses_sasl())
+        .map(|listener| listener.name)
+        .collect();
     if any_sasl && security.authorizer == AuthorizerKind::None {
         tracing::warn!(
             "SASL without an authorizer: every user who logs in may do anything except read or \
@@ -70,13 +79,43 @@ pub fn log(broker: &Broker) {
              what each user needs with `sluice acls add`"
         );
     }
-    if !any_sasl && security.authorizer == AuthorizerKind::Acl {
+    if security.authorizer == AuthorizerKind::Acl
+        && !any_sasl
+        && !any_certificates
+        && !security.is_super_user(crate::kafka::session::ANONYMOUS)
+    {
         tracing::warn!(
             "security.authorizer = \"acl\" but no listener authenticates: every client is \
-             User:ANONYMOUS, so ACLs can only name User:ANONYMOUS or User:*"
+             User:ANONYMOUS, which no super user entry names, so nobody can manage ACLs, users \
+             or topics beyond what ACLs grant User:ANONYMOUS. Add a SASL or SSL listener with \
+             client certificates, or \"User:ANONYMOUS\" to security.super_users"
+        );
+    } else if security.authorizer == AuthorizerKind::Acl
+        && !anonymous_listeners.is_empty()
+        && !security.is_super_user(crate::kafka::session::ANONYMOUS)
+    {
+        tracing::info!(
+            listeners = %anonymous_listeners.join(","),
+            "clients of these listeners that present no client certificate are User:ANONYMOUS \
+             and get only what ACLs grant User:ANONYMOUS or User:*"
         );
     }
-    if any_sasl && security.mechanisms().contains(&SaslMechanism::Plain) {
+    if security.authorizer == AuthorizerKind::None && !snapshot.acls.is_empty() {
+        tracing::warn!(
+            acls = snapshot.acls.len(),
+            "ACLs are stored but security.authorizer = \"none\": they are not enforced, and \
+             every client may do anything"
+        );
+    }
+    if security.authorizer == AuthorizerKind::Acl && security.allow_everyone_if_no_acl_found {
+        tracing::warn!(
+            "security.allow_everyone_if_no_acl_found = true: every topic, group and transactional \
+             id that no ACL names is open to every client"
+        );
+    }
+    let sasl_without_tls = (0..=broker.extra_listeners.len())
+        .any(|index| broker.listener(index).protocol == SecurityProtocol::SaslPlaintext);
+    if sasl_without_tls && security.mechanisms().contains(&SaslMechanism::Plain) {
         tracing::warn!(
             "SASL PLAIN is offered on a listener without TLS: clients send their passwords in \
              clear. Prefer SCRAM-SHA-256/512 (security.sasl_enabled_mechanisms)"

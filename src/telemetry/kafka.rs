@@ -95,6 +95,15 @@ pub fn sasl_authentication(listener: String, mechanism: &'static str, outcome: &
     .increment(1);
 }
 
+pub fn authorization_denied(operation: &'static str, resource_type: &'static str) {
+    counter!(
+        names::KAFKA_AUTHORIZATION_DENIALS,
+        "operation" => operation,
+        "resource_type" => resource_type
+    )
+    .increment(1);
+}
+
 pub fn tls_handshake(listener: String, outcome: &'static str) {
     counter!(
         names::KAFKA_TLS_HANDSHAKES,

@@ -20,6 +20,7 @@ pub const KAFKA_CONNECTIONS_CLOSED_BAD_INPUT: &str =
 pub const KAFKA_QUEUED_REQUEST_BYTES: &str = "sluice_kafka_queued_request_bytes";
 pub const KAFKA_SASL_AUTHENTICATIONS: &str = "sluice_kafka_sasl_authentications_total";
 pub const KAFKA_TLS_HANDSHAKES: &str = "sluice_kafka_tls_handshakes_total";
+pub const KAFKA_AUTHORIZATION_DENIALS: &str = "sluice_kafka_authorization_denials_total";
 pub const KAFKA_CONNECTIONS_WAITING_FOR_BUDGET: &str =
     "sluice_kafka_connections_waiting_for_request_budget";
 
@@ -137,6 +138,11 @@ pub fn describe() {
         KAFKA_SASL_AUTHENTICATIONS,
         Unit::Count,
         "SASL authentications, by Kafka listener (its name), mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and outcome (succeeded, failed: a wrong password, an unknown user or a malformed exchange; the connection is closed)."
+    );
+    describe_counter!(
+        KAFKA_AUTHORIZATION_DENIALS,
+        Unit::Count,
+        "Requests (or parts of them) the ACL authorizer refused, by operation (READ, WRITE, ...) and resource type (TOPIC, GROUP, CLUSTER, TRANSACTIONAL_ID); filtering a listing is not counted."
     );
     describe_counter!(
         KAFKA_TLS_HANDSHAKES,

@@ -52,9 +52,15 @@ fn refusal(request: &Request<'_>, operation: Operation) -> Option<(ResponseError
         ));
     }
     if !request.authorizer().cluster(operation) {
+        let operation = operation.name();
         return Some((
             ResponseError::ClusterAuthorizationFailed,
-            format!("ACLs need {} on the cluster", operation.name()),
+            format!(
+                "{} may not {operation} ACLs: that needs {operation} on the cluster; log in as a \
+                 super user (security.super_users, the bootstrap user) or one granted it (sluice \
+                 acls add --cluster --operation {operation})",
+                request.session.principal()
+            ),
         ));
     }
     None

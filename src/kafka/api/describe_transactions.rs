@@ -17,7 +17,7 @@ use crate::broker::txn::on_txn_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
-use crate::security::acl::Operation;
+use crate::security::acl::{Operation, ResourceType};
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let describe: DescribeTransactionsRequest = decode(request, body)?;
@@ -45,10 +45,9 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         states.push(match found {
             Ok(Some(meta)) => {
                 let mut topics: Vec<TopicData> = Vec::new();
-                let describable = meta
-                    .partitions
-                    .iter()
-                    .filter(|(topic, _)| authorizer.topic(Operation::Describe, topic));
+                let describable = meta.partitions.iter().filter(|(topic, _)| {
+                    authorizer.allows_quietly(Operation::Describe, ResourceType::Topic, topic)
+                });
                 for (topic, partition) in describable {
                     match topics.last_mut() {
                         Some(last) if last.topic.0.as_str() == topic => {

@@ -24,7 +24,8 @@ fn refusal(authorizer: &Authorizer, key_type: i8, key: &str) -> Option<(i16, &'s
     match key_type {
         KEY_TYPE_GROUP if !authorizer.group(Operation::Describe, key) => Some((
             ResponseError::GroupAuthorizationFailed.code(),
-            "not allowed to DESCRIBE this group",
+            "not allowed to DESCRIBE this group (a consumer needs READ on its group, which \
+             includes DESCRIBE)",
         )),
         KEY_TYPE_GROUP => None,
         KEY_TYPE_TRANSACTION if key.is_empty() => Some((

@@ -13,7 +13,7 @@ use crate::broker::group::coordinator::{Coordinator, GroupListing};
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
-use crate::security::acl::Operation;
+use crate::security::acl::{Operation, ResourceType};
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let list: ListGroupsRequest = decode(request, body)?;
@@ -42,10 +42,21 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         .map(|kind| kind.to_lowercase())
         .collect();
     let authorizer = request.authorizer();
-    let every_group = authorizer.cluster(Operation::Describe);
+    let every_group = authorizer.allows_quietly(
+        Operation::Describe,
+        ResourceType::Cluster,
+        crate::security::acl::CLUSTER_NAME,
+    );
     let groups = listed
         .into_iter()
-        .filter(|group| every_group || authorizer.group(Operation::Describe, &group.group_id))
+        .filter(|group| {
+            every_group
+                || authorizer.allows_quietly(
+                    Operation::Describe,
+                    ResourceType::Group,
+                    &group.group_id,
+                )
+        })
         .filter(|group| states.is_empty() || states.contains(&group.state.to_lowercase()))
         .filter(|group| types.is_empty() || types.iter().any(|kind| kind == group.group_type))
         .map(|group| {

@@ -22,7 +22,7 @@ use crate::broker::txn::records::TxnState;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
-use crate::security::acl::Operation;
+use crate::security::acl::{Operation, ResourceType};
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let list: ListTransactionsRequest = decode(request, body)?;
@@ -55,7 +55,11 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         .into_iter()
         .flat_map(Result::unwrap_or_default)
         .filter(|listing| {
-            authorizer.transactional_id(Operation::Describe, &listing.transactional_id)
+            authorizer.allows_quietly(
+                Operation::Describe,
+                ResourceType::TransactionalId,
+                &listing.transactional_id,
+            )
         })
         .filter(|listing| {
             let meta = &listing.meta;

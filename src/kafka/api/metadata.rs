@@ -60,7 +60,9 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             .snapshot()
             .topics
             .values()
-            .filter(|topic| authorizer.topic(Operation::Describe, &topic.name))
+            .filter(|topic| {
+                authorizer.allows_quietly(Operation::Describe, ResourceType::Topic, &topic.name)
+            })
             .map(|topic| topic_response(broker, topic))
             .collect(),
         Some(wanted) => {

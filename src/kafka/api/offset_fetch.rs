@@ -27,7 +27,7 @@ use crate::broker::group::on_coordinator;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
-use crate::security::acl::Operation;
+use crate::security::acl::{Operation, ResourceType};
 
 /// Per partition: its committed offset, or the partition's error code.
 type Fetched = Vec<(TopicPartition, Result<Option<CommittedOffset>, i16>)>;
@@ -133,7 +133,12 @@ async fn fetch_group(
         fetched
             .into_iter()
             .filter_map(|(key, value)| {
-                if authorizer.topic(Operation::Describe, &key.topic) {
+                let describable = if every_partition {
+                    authorizer.allows_quietly(Operation::Describe, ResourceType::Topic, &key.topic)
+                } else {
+                    authorizer.topic(Operation::Describe, &key.topic)
+                };
+                if describable {
                     Some((key, value))
                 } else if every_partition {
                     None

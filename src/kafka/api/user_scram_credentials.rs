@@ -57,7 +57,8 @@ fn not_allowed(request: &Request<'_>) -> &'static str {
     if request.broker.config.security.authorizer == AuthorizerKind::None {
         "only super users (security.super_users) may read or change SCRAM credentials"
     } else {
-        "SCRAM credentials need DESCRIBE (to read) or ALTER (to change) on the cluster"
+        "SCRAM credentials need DESCRIBE (to read) or ALTER (to change) on the cluster: log in \
+         as a super user (security.super_users, the bootstrap user) or one granted it"
     }
 }
 
