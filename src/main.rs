@@ -408,10 +408,11 @@ impl AclResource {
 struct AclFilterArgs {
     #[command(flatten)]
     resource: AclResource,
-    /// any (default), match (every ACL that applies to the named
-    /// resource), literal or prefixed.
-    #[arg(long, default_value = "any")]
-    pattern: String,
+    /// any, match (every ACL that applies to the named resource), literal
+    /// or prefixed. Default: literal for `remove` with a resource named,
+    /// else any.
+    #[arg(long)]
+    pattern: Option<String>,
     /// User:<name> or User:*.
     #[arg(long)]
     principal: Option<String>,

@@ -68,9 +68,10 @@ pub struct AddArgs {
 /// not given matches anything.
 pub struct FilterArgs {
     pub resource: ResourceArgs,
-    /// `any` (default), `match` (every binding that applies to the named
-    /// resource), `literal` or `prefixed`.
-    pub pattern: String,
+    /// `any`, `match` (every binding that applies to the named resource),
+    /// `literal` or `prefixed`; `None`: `literal` for `remove` with a
+    /// resource named (as `kafka-acls.sh --remove`), else `any`.
+    pub pattern: Option<String>,
     pub principal: Option<String>,
     pub host: Option<String>,
     pub operation: Option<String>,
@@ -120,28 +121,49 @@ pub fn add(brokers: &str, args: AddArgs) -> AdminResult {
     }
     let mut client = KafkaClient::connect(brokers)?;
     let response = client.call(&CreateAclsRequest::default().with_creations(creations))?;
+    let mut created = Vec::new();
+    let mut failed = Vec::new();
     for (result, name_of_operation) in response.results.iter().zip(&args.operations) {
-        if result.error_code != 0 {
-            anyhow::bail!(
-                "{name_of_operation}: {}",
+        let operation = Operation::from_name(name_of_operation).map_or("?", Operation::name);
+        if result.error_code == 0 {
+            created.push(operation);
+        } else {
+            failed.push(format!(
+                "{operation}: {}",
                 describe_error(result.error_code, result.error_message.as_deref())
-            );
+            ));
         }
     }
-    let operations: Vec<&str> = args
-        .operations
-        .iter()
-        .filter_map(|name| Operation::from_name(name).map(Operation::name))
-        .collect();
-    println!(
-        "{} {} {} on {} {}:{name} from {}",
-        args.principal,
-        if args.deny { "DENY" } else { "ALLOW" },
-        operations.join(","),
-        resource_type.name(),
-        pattern.name(),
-        args.host,
-    );
+    if !created.is_empty() {
+        println!(
+            "{} {} {} on {} {}:{name} from {}",
+            args.principal,
+            if args.deny { "DENY" } else { "ALLOW" },
+            created.join(","),
+            resource_type.name(),
+            pattern.name(),
+            args.host,
+        );
+    }
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} not created ({}created){}",
+            if failed.len() == 1 {
+                "one ACL was"
+            } else {
+                "some ACLs were"
+            },
+            if created.is_empty() {
+                "none "
+            } else {
+                "the others were "
+            },
+            failed
+                .iter()
+                .map(|line| format!("\n  {line}"))
+                .collect::<String>()
+        );
+    }
     Ok(())
 }
 
@@ -150,6 +172,7 @@ pub fn add(brokers: &str, args: AddArgs) -> AdminResult {
 #[allow(clippy::type_complexity)]
 fn filter(
     args: &FilterArgs,
+    default_pattern: &str,
 ) -> anyhow::Result<(
     i8,
     Option<String>,
@@ -160,7 +183,18 @@ fn filter(
     i8,
 )> {
     let resource = args.resource.resource()?;
-    let pattern = match args.pattern.to_ascii_lowercase().as_str() {
+    let default_pattern = if resource.is_some() {
+        default_pattern
+    } else {
+        "any"
+    };
+    let pattern = match args
+        .pattern
+        .as_deref()
+        .unwrap_or(default_pattern)
+        .to_ascii_lowercase()
+        .as_str()
+    {
         "any" => 1,
         "match" => 2,
         "literal" => 3,
@@ -239,7 +273,8 @@ const HEADERS: [&str; 7] = [
 
 /// Every ACL `args` matches.
 pub fn list(brokers: &str, args: FilterArgs) -> AdminResult {
-    let (resource_type, name, pattern, principal, host, operation, permission) = filter(&args)?;
+    let (resource_type, name, pattern, principal, host, operation, permission) =
+        filter(&args, "any")?;
     let request = DescribeAclsRequest::default()
         .with_resource_type_filter(resource_type)
         .with_resource_name_filter(name.as_deref().map(str_bytes))
@@ -276,7 +311,8 @@ pub fn list(brokers: &str, args: FilterArgs) -> AdminResult {
 
 /// Remove every ACL `args` matches, and show them.
 pub fn remove(brokers: &str, args: FilterArgs) -> AdminResult {
-    let (resource_type, name, pattern, principal, host, operation, permission) = filter(&args)?;
+    let (resource_type, name, pattern, principal, host, operation, permission) =
+        filter(&args, "literal")?;
     if resource_type == 1 && principal.is_none() && operation == 1 && permission == 1 {
         anyhow::bail!(
             "name what to remove (a resource, --principal, --operation or --permission); \

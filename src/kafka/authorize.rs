@@ -16,10 +16,11 @@ use std::sync::Arc;
 use super::dispatch::Request;
 use crate::config::AuthorizerKind;
 use crate::log_throttle::{LogThrottle, monotonic_ms};
-use crate::security::acl::{AclSet, CLUSTER_NAME, Operation, Requester, ResourceType};
+use crate::security::acl::{AclSet, CLUSTER_NAME, Operation, Requester, ResourceType, Viewer};
 use crate::telemetry;
 
 /// The decision-maker for one request.
+#[derive(Clone)]
 pub enum Authorizer {
     /// No authorizer, or a super user.
     AllowAll,
@@ -104,6 +105,25 @@ impl Authorizer {
         }
     }
 
+    /// The principal's view, for what is resolved later elsewhere (a
+    /// consumer group's regex subscription).
+    pub fn viewer(&self) -> Viewer {
+        match self {
+            Authorizer::AllowAll => Viewer::unrestricted(),
+            Authorizer::Acls {
+                user,
+                host,
+                no_acl_default,
+                ..
+            } => Viewer {
+                unrestricted: false,
+                user: user.clone(),
+                host: *host,
+                no_acl_default: *no_acl_default,
+            },
+        }
+    }
+
     pub fn topic(&self, operation: Operation, topic: &str) -> bool {
         self.allows(operation, ResourceType::Topic, topic)
     }
@@ -129,20 +149,20 @@ impl Authorizer {
             Authorizer::Acls {
                 acls,
                 no_acl_default,
-                ..
+                user,
+                host,
             } => {
                 *no_acl_default
-                    || self.cluster(Operation::IdempotentWrite)
-                    || acls
-                        .iter()
-                        .filter(|binding| binding.resource_type == ResourceType::Topic)
-                        .any(|binding| {
-                            self.allows_quietly(
-                                Operation::Write,
-                                ResourceType::Topic,
-                                &binding.resource_name,
-                            )
-                        })
+                    || self.allows_quietly(
+                        Operation::IdempotentWrite,
+                        ResourceType::Cluster,
+                        CLUSTER_NAME,
+                    )
+                    || acls.allows_some(
+                        Requester { user, host: *host },
+                        Operation::Write,
+                        ResourceType::Topic,
+                    )
             }
         }
     }

@@ -347,6 +347,12 @@ impl AclBinding {
                 ));
             }
         }
+        if pattern_type == PatternType::Prefixed && resource_name == WILDCARD {
+            return invalid(format!(
+                "a PREFIXED pattern of {WILDCARD:?} matches no resource; every resource is \
+                 the LITERAL {WILDCARD:?}"
+            ));
+        }
         if resource_type == ResourceType::Cluster
             && (resource_name != CLUSTER_NAME || pattern_type != PatternType::Literal)
         {
@@ -549,6 +555,52 @@ pub struct AclSet {
     prefixed: BTreeMap<ResourceType, BTreeMap<String, Vec<AclBinding>>>,
 }
 
+/// Whose view a consumer group's regex subscription resolves in (KIP-848:
+/// a member is assigned only topics it may DESCRIBE, as Kafka 4 does):
+/// the member's principal and address as of its last heartbeat, checked
+/// against the ACLs of the metadata the resolution reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Viewer {
+    /// No authorizer, or a super user: every topic.
+    pub unrestricted: bool,
+    pub user: String,
+    pub host: IpAddr,
+    pub no_acl_default: bool,
+}
+
+impl Default for Viewer {
+    fn default() -> Viewer {
+        Viewer::unrestricted()
+    }
+}
+
+impl Viewer {
+    /// A view of every topic.
+    pub fn unrestricted() -> Viewer {
+        Viewer {
+            unrestricted: true,
+            user: String::new(),
+            host: IpAddr::from([0, 0, 0, 0]),
+            no_acl_default: true,
+        }
+    }
+
+    /// Whether topic `name` is in view under `acls`.
+    pub fn may_describe_topic(&self, acls: &AclSet, name: &str) -> bool {
+        self.unrestricted
+            || acls.authorizes(
+                Requester {
+                    user: &self.user,
+                    host: self.host,
+                },
+                Operation::Describe,
+                ResourceType::Topic,
+                name,
+                self.no_acl_default,
+            )
+    }
+}
+
 /// Who asks: the principal's user name and the client's address.
 #[derive(Clone, Copy, Debug)]
 pub struct Requester<'a> {
@@ -648,6 +700,55 @@ impl AclSet {
                     .flatten()
             });
         literal.chain(prefixed)
+    }
+
+    /// Whether `requester` may do `operation` to some resource of
+    /// `resource_type` (Kafka's `authorizeByResourceType`, used for
+    /// KIP-679's "WRITE on any topic"): an ALLOW binding for it whose
+    /// resources no DENY binding for it covers entirely (a DENY on `*`, a
+    /// DENY prefix that starts the ALLOW's name or prefix, or a DENY of the
+    /// same literal name).
+    pub fn allows_some(
+        &self,
+        requester: Requester<'_>,
+        operation: Operation,
+        resource_type: ResourceType,
+    ) -> bool {
+        let applies = |binding: &AclBinding| {
+            binding.resource_type == resource_type
+                && binding
+                    .principal
+                    .strip_prefix("User:")
+                    .is_some_and(|user| user == requester.user || user == WILDCARD)
+                && (binding.host == WILDCARD
+                    || binding.host.parse::<IpAddr>() == Ok(requester.host))
+        };
+        let denies: Vec<&AclBinding> = self
+            .bindings
+            .iter()
+            .filter(|binding| {
+                applies(binding)
+                    && binding.permission == Permission::Deny
+                    && binding.operation.denies(operation)
+            })
+            .collect();
+        self.bindings
+            .iter()
+            .filter(|binding| {
+                applies(binding)
+                    && binding.permission == Permission::Allow
+                    && binding.operation.allows(operation)
+            })
+            .any(|allow| {
+                !denies.iter().any(|deny| match deny.pattern_type {
+                    PatternType::Literal => {
+                        deny.resource_name == WILDCARD
+                            || (allow.pattern_type == PatternType::Literal
+                                && deny.resource_name == allow.resource_name)
+                    }
+                    PatternType::Prefixed => allow.resource_name.starts_with(&deny.resource_name),
+                })
+            })
     }
 
     /// Whether `requester` may do `operation` to resource `name` of
@@ -821,6 +922,37 @@ mod tests {
                 "{rt} {name} {pt} {principal} {host} {op} {perm}"
             );
         }
+    }
+
+    #[test]
+    fn write_on_some_topic_is_an_allow_no_deny_covers() {
+        let carol = Requester {
+            user: "carol",
+            host: "10.0.0.1".parse().unwrap(),
+        };
+        let some =
+            |bindings: Vec<AclBinding>| AclSet::new(bindings).allows_some(carol, Write, Topic);
+        let allow_prefix = binding(Topic, "ord", Prefixed, "User:carol", Write, Allow);
+        // A literal DENY of the prefix's own name leaves orders-1 allowed.
+        let deny_literal = binding(Topic, "ord", Literal, "User:carol", Write, Deny);
+        assert!(some(vec![allow_prefix.clone(), deny_literal]));
+        // A DENY of everything, or of a shorter prefix, covers it.
+        let deny_all = binding(Topic, "*", Literal, "User:carol", Write, Deny);
+        assert!(!some(vec![allow_prefix.clone(), deny_all]));
+        let deny_shorter = binding(Topic, "o", Prefixed, "User:*", All, Deny);
+        assert!(!some(vec![allow_prefix, deny_shorter]));
+        // Another user's ALLOW is not carol's.
+        assert!(!some(vec![binding(
+            Topic,
+            "t",
+            Literal,
+            "User:dave",
+            Write,
+            Allow
+        )]));
+        assert!(some(vec![binding(
+            Topic, "t", Literal, "User:*", All, Allow
+        )]));
     }
 
     #[test]

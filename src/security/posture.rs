@@ -110,7 +110,9 @@ pub fn log(broker: &Broker) {
     if security.authorizer == AuthorizerKind::Acl && security.allow_everyone_if_no_acl_found {
         tracing::warn!(
             "security.allow_everyone_if_no_acl_found = true: every topic, group and transactional \
-             id that no ACL names is open to every client"
+             id that no ACL names is open to every client, and so is the cluster itself until an \
+             ACL names it: any client may then create ACLs and change passwords. Grant ALTER on \
+             the cluster to an administrator (sluice acls add --cluster) to close it"
         );
     }
     let sasl_without_tls = (0..=broker.extra_listeners.len())

@@ -17,11 +17,11 @@ use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    CreateAclsRequest, CreateTopicsRequest, DeleteAclsRequest, DeleteTopicsRequest,
-    DescribeAclsRequest, DescribeConfigsRequest, DescribeLogDirsRequest, FetchRequest,
-    FindCoordinatorRequest, GroupId, InitProducerIdRequest, JoinGroupRequest, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetFetchRequest, SaslAuthenticateRequest,
-    SaslHandshakeRequest, TopicName, TransactionalId,
+    ConsumerGroupHeartbeatRequest, CreateAclsRequest, CreateTopicsRequest, DeleteAclsRequest,
+    DeleteTopicsRequest, DescribeAclsRequest, DescribeConfigsRequest, DescribeLogDirsRequest,
+    FetchRequest, FindCoordinatorRequest, GroupId, InitProducerIdRequest, JoinGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetFetchRequest,
+    SaslAuthenticateRequest, SaslHandshakeRequest, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 use serde::Deserialize;
@@ -543,6 +543,114 @@ fn each_api_answers_kafkas_authorization_error_until_an_acl_allows_it() {
     assert_eq!(deleted.filter_results[0].matching_acls.len(), 2);
     assert_eq!(deleted.filter_results[1].error_code, INVALID_REQUEST);
     assert_eq!(join(&mut bob), GROUP_AUTHORIZATION_FAILED);
+}
+
+/// A consumer-protocol member's regex matches only the topics it may
+/// describe (a breaker saw `.*` hand out every topic), and a retry record
+/// may name as its failed record only a topic its producer may read (or a
+/// dead-letter replay could be steered into any topic).
+#[test]
+fn regex_subscriptions_and_retry_records_stay_within_what_the_principal_may_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = acl_broker(dir.path());
+    let address = broker.address.clone();
+    create_bob(&address);
+    let mut admin = login(&address, ADMIN, ADMIN_PASSWORD);
+    let created = admin.call(
+        5,
+        &CreateTopicsRequest::default()
+            .with_topics(
+                ["visible", "secret", "g.retry"]
+                    .into_iter()
+                    .map(|topic| {
+                        CreatableTopic::default()
+                            .with_name(TopicName(name(topic)))
+                            .with_num_partitions(1)
+                            .with_replication_factor(-1)
+                    })
+                    .collect(),
+            )
+            .with_timeout_ms(10_000),
+    );
+    assert!(created.topics.iter().all(|topic| topic.error_code == 0));
+    let granted = admin.call(
+        3,
+        &CreateAclsRequest::default().with_creations(vec![
+            creation(3, "g", 3, 3),
+            creation(2, "visible", 3, 3),
+            creation(2, "g.retry", 3, 4),
+        ]),
+    );
+    assert!(granted.results.iter().all(|result| result.error_code == 0));
+    let ids = admin.call(12, &MetadataRequest::default().with_topics(None));
+    let id_of = |topic: &str| {
+        ids.topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+            .unwrap()
+            .topic_id
+    };
+
+    let mut bob = login(&address, BOB, BOB_PASSWORD);
+    let mut epoch = 0;
+    let mut assigned = None;
+    for _ in 0..20 {
+        let answer = bob.call(
+            1,
+            &ConsumerGroupHeartbeatRequest::default()
+                .with_group_id(GroupId(name("g")))
+                .with_member_id(name("bob-member-0000000001"))
+                .with_member_epoch(epoch)
+                .with_rebalance_timeout_ms(10_000)
+                .with_subscribed_topic_regex(Some(name(".*")))
+                .with_topic_partitions(Some(Vec::new())),
+        );
+        assert_eq!(answer.error_code, 0, "{answer:?}");
+        epoch = answer.member_epoch;
+        if let Some(assignment) = answer.assignment {
+            assigned = Some(assignment);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let topics: std::collections::BTreeSet<uuid::Uuid> = assigned
+        .expect("bob gets an assignment")
+        .topic_partitions
+        .iter()
+        .map(|topic| topic.topic_id)
+        .collect();
+    // READ on visible and WRITE on g.retry both imply DESCRIBE.
+    let expected = [id_of("visible"), id_of("g.retry")].into_iter().collect();
+    assert_eq!(topics, expected, "secret: {}", id_of("secret"));
+
+    let retry = |origin: &str| {
+        kcat_as(
+            &address,
+            BOB,
+            BOB_PASSWORD,
+            &[
+                "-P",
+                "-t",
+                "g.retry",
+                "-H",
+                &format!("sluice.retry.topic={origin}"),
+                "-H",
+                "sluice.retry.partition=0",
+                "-H",
+                "sluice.retry.offset=0",
+                "-X",
+                "message.timeout.ms=5000",
+            ],
+            Some(b"failed\n"),
+        )
+    };
+    let (_, _, stderr) = retry("secret");
+    assert!(
+        stderr.contains("Topic authorization failed"),
+        "a retry record named a topic bob may not read: {stderr}"
+    );
+    let (ok, _, stderr) = retry("visible");
+    assert!(ok && !stderr.contains("failed"), "{stderr}");
 }
 
 #[test]

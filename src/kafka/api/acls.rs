@@ -38,7 +38,7 @@ use crate::config::AuthorizerKind;
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
-use crate::security::acl::{AclBinding, AclFilter, Operation};
+use crate::security::acl::{ACLS_MAX, AclBinding, AclFilter, Operation};
 
 const SECURITY_DISABLED: &str =
     "no authorizer is configured: set security.authorizer = \"acl\" to use ACLs";
@@ -216,6 +216,23 @@ pub async fn delete(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .collect())
         })
         .collect();
+    // Each filter reports what it matched, so many broad filters could make
+    // an answer far larger than the request: past ACLS_MAX entries in all,
+    // the request is refused whole and nothing is deleted.
+    let reported: usize = outcomes
+        .iter()
+        .filter_map(|outcome| outcome.as_ref().ok())
+        .map(Vec::len)
+        .sum();
+    if reported > ACLS_MAX {
+        let message = format!(
+            "the filters match {reported} ACL entries in all; Sluice answers at most {ACLS_MAX} \
+             per request: delete with fewer or narrower filters"
+        );
+        for outcome in &mut outcomes {
+            *outcome = Err((ResponseError::InvalidRequest.code(), message.clone()));
+        }
+    }
     let doomed: BTreeSet<AclBinding> = outcomes
         .iter()
         .filter_map(|outcome| outcome.as_ref().ok())

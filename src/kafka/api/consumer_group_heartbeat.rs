@@ -9,9 +9,12 @@
 //! checks it (INVALID_REQUEST with Kafka's messages, UNSUPPORTED_ASSIGNOR),
 //! then runs on the group's coordinator shard.
 //!
-//! It needs READ on the group (GROUP_AUTHORIZATION_FAILED) and DESCRIBE on
-//! every topic subscribed to by name (TOPIC_AUTHORIZATION_FAILED, naming
-//! them), as Kafka's `handleConsumerGroupHeartbeat`.
+//! It needs READ on the group (GROUP_AUTHORIZATION_FAILED, checked before
+//! anything else) and DESCRIBE on every topic subscribed to by name
+//! (TOPIC_AUTHORIZATION_FAILED, naming them), as Kafka's
+//! `handleConsumerGroupHeartbeat`; a regex subscription matches only the
+//! topics the member may DESCRIBE (its principal as of its last heartbeat,
+//! `security/acl.rs`'s `Viewer`), as Kafka 4 does.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -36,10 +39,6 @@ const MEMBER_ID_FROM_CLIENT_VERSION: i16 = 1;
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let heartbeat: ConsumerGroupHeartbeatRequest = decode(request, body)?;
-    let assignors = &request.broker.config.groups.consumer_assignors;
-    if let Err(error) = validate(&heartbeat, request.version, assignors) {
-        return respond_error(request, &error);
-    }
     let group_id = heartbeat.group_id.to_string();
     let authorizer = request.authorizer();
     if !authorizer.group(Operation::Read, &group_id) {
@@ -47,6 +46,10 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             ResponseError::GroupAuthorizationFailed,
             "not allowed to READ this group",
         );
+        return respond_error(request, &error);
+    }
+    let assignors = &request.broker.config.groups.consumer_assignors;
+    if let Err(error) = validate(&heartbeat, request.version, assignors) {
         return respond_error(request, &error);
     }
     let hidden: Vec<&str> = heartbeat
@@ -249,6 +252,7 @@ fn decode_heartbeat(
         .map(ToString::to_string)
         .unwrap_or_default();
     HeartbeatRequest {
+        viewer: request.authorizer().viewer(),
         member_id: heartbeat.member_id.to_string(),
         member_epoch: heartbeat.member_epoch,
         instance_id: heartbeat.instance_id.as_ref().map(ToString::to_string),

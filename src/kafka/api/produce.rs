@@ -321,7 +321,13 @@ enum Target {
 #[derive(Clone)]
 enum Access {
     /// Write, and create the topic if it does not exist when `may_create`.
-    Write { may_create: bool },
+    /// On a retry topic, `provenance` checks that the records name only
+    /// failed records of topics the principal may READ (`None`: no
+    /// authorizer, or a super user).
+    Write {
+        may_create: bool,
+        provenance: Option<Authorizer>,
+    },
     /// Nothing: the partition's answer.
     Refused(Outcome),
 }
@@ -336,19 +342,32 @@ fn access(request: &Request<'_>, authorizer: &Authorizer, target: &Target) -> Ac
             snapshot = request.broker.metadata.snapshot();
             match snapshot.topic_by_id(*id) {
                 Some(topic) => topic.name.as_str(),
-                None => return Access::Write { may_create: false },
+                None => {
+                    return Access::Write {
+                        may_create: false,
+                        provenance: None,
+                    };
+                }
             }
         }
     };
     if !authorizer.topic(Operation::Write, name) {
+        // By id, the name stays unsaid: the client may not even see it.
+        let message = match target {
+            Target::Name(_) => format!("not allowed to WRITE to topic {name}"),
+            Target::Id(_) => "not allowed to WRITE to this topic".to_owned(),
+        };
         return Access::Refused(Outcome::error(
             ResponseError::TopicAuthorizationFailed.code(),
-            format!("not allowed to WRITE to topic {name}"),
+            message,
         ));
     }
+    let restricted = !matches!(authorizer, Authorizer::AllowAll);
     Access::Write {
         may_create: authorizer.cluster(Operation::Create)
             || authorizer.topic(Operation::Create, name),
+        provenance: (restricted && crate::broker::retry::retry_group(name).is_some())
+            .then(|| authorizer.clone()),
     }
 }
 
@@ -377,8 +396,11 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
         appended,
         access,
     } = write;
-    let may_create = match access {
-        Access::Write { may_create } => may_create,
+    let (may_create, provenance) = match access {
+        Access::Write {
+            may_create,
+            provenance,
+        } => (may_create, provenance),
         Access::Refused(outcome) => return outcome,
     };
     if !matches!(acks, ACKS_NONE | ACKS_LEADER | ACKS_ALL) {
@@ -428,7 +450,7 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
         ),
         None => None,
     };
-    let policy = BatchPolicy::new(
+    let mut policy = BatchPolicy::new(
         &topic.config,
         ratio,
         transactional,
@@ -436,6 +458,7 @@ async fn produce_partition(request: &Request<'_>, write: PartitionWrite) -> Outc
         &request.broker.config.delay,
         retry,
     );
+    policy.provenance = provenance;
     let (batches, log_append_time_ms) = match prepare(records, &policy) {
         Ok(prepared) => prepared,
         Err(outcome) => {
@@ -566,6 +589,11 @@ struct BatchPolicy {
     /// A retry topic's back-off and dead-letter partition (issue 18,
     /// `broker/retry.rs`): every record is held.
     retry: Option<crate::broker::retry::RetryRules>,
+    /// On a retry topic under the ACL authorizer: the producer, who may
+    /// name (`sluice.retry.topic`) only failed records of topics it may
+    /// READ, so that a dead-letter replay cannot be steered into a topic it
+    /// could not write to itself.
+    provenance: Option<Authorizer>,
 }
 
 /// What decides which records of a batch are delayed, and until when
@@ -607,6 +635,7 @@ impl BatchPolicy {
                 now_ms: crate::broker::delay::clock_ms(),
             },
             retry,
+            provenance: None,
         }
     }
 }
@@ -960,6 +989,26 @@ fn hold_delayed(batch: Bytes, policy: &BatchPolicy) -> Result<Prepared, Outcome>
         let bytes = &records.plain[record.bytes.clone()];
         let headers = crate::storage::timer::notes::record_headers(bytes)
             .map_err(|reason| Outcome::error(ResponseError::CorruptMessage.code(), reason))?;
+        if let Some(producer) = &policy.provenance {
+            let named = headers.iter().find_map(|(key, value)| {
+                let key = &bytes[key.clone()];
+                (key == crate::broker::retry::RETRY_TOPIC.as_bytes())
+                    .then(|| value.clone().map(|value| &bytes[value]))
+                    .flatten()
+            });
+            if let Some(topic) = named.map(String::from_utf8_lossy)
+                && !producer.topic(Operation::Read, &topic)
+            {
+                return Err(Outcome::error(
+                    ResponseError::TopicAuthorizationFailed.code(),
+                    format!(
+                        "record {index} names a failed record of topic {topic:?} \
+                         ({}), which this principal may not READ",
+                        crate::broker::retry::RETRY_TOPIC
+                    ),
+                ));
+            }
+        }
         let headers = headers.iter().map(|(key, value)| {
             (
                 &bytes[key.clone()],

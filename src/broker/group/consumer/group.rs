@@ -26,6 +26,7 @@ use super::member::{Assignment, ConsumerMember, MemberState, is_subset};
 use super::reconcile::{MustRejoin, Reconcile, reconcile};
 use super::subscription::{ResolvedCache, Subscriptions, compile};
 use crate::broker::metadata::{ClusterMetadata, TopicId};
+use crate::security::acl::Viewer;
 
 /// The epoch a dynamic member sends to leave.
 pub const LEAVE_EPOCH: i32 = -1;
@@ -84,6 +85,9 @@ pub struct HeartbeatRequest {
     pub owned: Option<Vec<(TopicId, Vec<i32>)>>,
     pub client_id: String,
     pub client_host: String,
+    /// The member's view of topics: a regex subscription matches only
+    /// topics it may describe.
+    pub viewer: Viewer,
 }
 
 /// A successful heartbeat's answer.
@@ -241,7 +245,9 @@ impl ConsumerGroup {
             }
         }
         let is_new = !self.members.contains_key(&member_id);
-        if subscription_changed || is_new {
+        let view_changed = updated.viewer != request.viewer;
+        updated.viewer = request.viewer.clone();
+        if subscription_changed || is_new || (view_changed && updated.metadata.regex().is_some()) {
             self.subscription_version += 1;
         }
         self.members.insert(member_id.clone(), updated);

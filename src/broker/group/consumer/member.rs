@@ -10,6 +10,8 @@
 //! not persisted: a recovered member gets a fresh session, as in Kafka.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use crate::security::acl::Viewer;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -154,6 +156,10 @@ pub struct ConsumerMember {
     /// A classic member must rejoin (JoinGroup) before this once a new
     /// epoch needs it, and sync (SyncGroup) before this after its join.
     pub classic_deadline: Option<Instant>,
+    /// Which topics a regex subscription may match for this member (its
+    /// principal as of its last heartbeat; not stored: a member replayed
+    /// from the log sees every topic until it heartbeats again).
+    pub viewer: Viewer,
 }
 
 impl ConsumerMember {
@@ -165,6 +171,7 @@ impl ConsumerMember {
             session_deadline: now,
             revocation_deadline: None,
             classic_deadline: None,
+            viewer: Viewer::unrestricted(),
         }
     }
 

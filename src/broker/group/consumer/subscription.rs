@@ -140,7 +140,8 @@ fn resolve(
             .and_then(|regex| by_regex.get(regex))
             .into_iter()
             .flatten()
-            .copied();
+            .copied()
+            .filter(|name| member.viewer.may_describe_topic(&cluster.acls, name));
         let mut topics = BTreeSet::new();
         for name in member
             .metadata
