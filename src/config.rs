@@ -248,6 +248,12 @@ pub struct KafkaConfig {
     /// waits for (clients default to 500 ms and time requests out after
     /// 30 s). Default 30000; must be positive.
     pub fetch_wait_max_ms: u64,
+    /// Client quotas (`broker/quota.rs`) measure a rate over this many
+    /// samples (Kafka's `quota.window.num`). Default 11; 2 to 100.
+    pub quota_window_samples: u32,
+    /// Each sample's length, in ms (Kafka's `quota.window.size.seconds`).
+    /// Default 1000; 1 to 3600000.
+    pub quota_window_ms: u64,
     /// Most bytes of record batches one Fetch response carries (Kafka's
     /// broker `fetch.max.bytes`, KIP-541): a client's larger `max_bytes` is
     /// capped at this, and the owner shards stop reading partitions once it
@@ -478,6 +484,8 @@ impl Default for KafkaConfig {
             request_read_timeout_ms: 30_000,
             queued_requests_max_bytes: 512 * MIB,
             fetch_wait_max_ms: 30_000,
+            quota_window_samples: 11,
+            quota_window_ms: 1000,
             fetch_max_bytes: FETCH_MAX_BYTES_DEFAULT,
             auto_create_topics: true,
             default_partitions: 1,
@@ -784,6 +792,20 @@ impl KafkaConfig {
             if value == 0 {
                 return invalid(key, value, "must be positive");
             }
+        }
+        if !(2..=100).contains(&self.quota_window_samples) {
+            return invalid(
+                "kafka.quota_window_samples",
+                self.quota_window_samples,
+                "must be 2 to 100",
+            );
+        }
+        if !(1..=3_600_000).contains(&self.quota_window_ms) {
+            return invalid(
+                "kafka.quota_window_ms",
+                self.quota_window_ms,
+                "must be 1 to 3600000",
+            );
         }
         for (key, value) in [
             ("kafka.idle_timeout_ms", self.idle_timeout_ms),

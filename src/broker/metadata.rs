@@ -32,6 +32,7 @@ use super::broker_config::{BrokerOverrides, BrokerView, StaticSettings};
 use super::metadata_command::{Applied, ExecuteContext, MetadataCommand, Refusal};
 use super::topic_config::{ConfigIssue, TopicConfig, TopicLimits};
 use crate::ids::PartitionId;
+use crate::broker::quota::{EntityName, QuotaEntity, Quotas};
 use crate::security::acl::{AclBinding, AclSet};
 use crate::security::scram::{ScramCredential, ScramMechanism};
 use crate::storage::durable_file::write_atomic;
@@ -174,6 +175,8 @@ pub struct ClusterMetadata {
     /// The ACLs (`security/acl.rs`), shared between snapshots until one
     /// changes them.
     pub acls: Arc<AclSet>,
+    /// Client quotas by entity (`broker/quota.rs`), bytes per second.
+    pub client_quotas: Quotas,
 }
 
 /// A cluster's shard groups (ARCHITECTURE.md, "Placement"): group
@@ -394,6 +397,19 @@ pub struct Persisted {
     /// ACL bindings; absent in files written before them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     acls: Vec<AclBinding>,
+    /// Client quotas; absent in files written before them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    client_quotas: Vec<PersistedQuota>,
+}
+
+/// One entity's client quotas as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct PersistedQuota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<EntityName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_id: Option<EntityName>,
+    values: BTreeMap<String, u64>,
 }
 
 fn cluster_first_partition_id() -> u32 {
@@ -692,7 +708,8 @@ fn applied(
         | MetadataCommand::SetScramCredential { .. }
         | MetadataCommand::DeleteScramCredential { .. }
         | MetadataCommand::CreateAcls { .. }
-        | MetadataCommand::DeleteAcls { .. } => Applied::Configs,
+        | MetadataCommand::DeleteAcls { .. }
+        | MetadataCommand::AlterClientQuotas { .. } => Applied::Configs,
     }
 }
 
@@ -739,6 +756,7 @@ impl ClusterMetadata {
             next_partition_id: PartitionId::CLUSTER_FIRST,
             scram_credentials: BTreeMap::new(),
             acls: Arc::default(),
+            client_quotas: Quotas::new(),
         }
     }
 
@@ -1060,6 +1078,15 @@ impl ClusterMetadata {
                 })
                 .collect(),
             acls: self.acls.iter().cloned().collect(),
+            client_quotas: self
+                .client_quotas
+                .iter()
+                .map(|(entity, values)| PersistedQuota {
+                    user: entity.user.clone(),
+                    client_id: entity.client_id.clone(),
+                    values: values.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -1140,6 +1167,17 @@ impl ClusterMetadata {
             next_partition_id: persisted.next_partition_id,
             scram_credentials,
             acls: Arc::new(AclSet::new(persisted.acls)),
+            client_quotas: persisted
+                .client_quotas
+                .into_iter()
+                .map(|stored| {
+                    let entity = QuotaEntity {
+                        user: stored.user,
+                        client_id: stored.client_id,
+                    };
+                    (entity, stored.values)
+                })
+                .collect(),
         };
         metadata.reindex();
         Ok(metadata)

@@ -25,6 +25,7 @@ use super::group::config::{
 };
 use super::metadata::{ClusterMetadata, TopicId, TopicMeta};
 use super::topic_config::{ConfigIssue, TopicConfig, TopicLimits};
+use super::quota::{QUOTA_ENTITIES_MAX, QuotaEntity};
 use crate::security::acl::{ACLS_MAX, AclBinding};
 use crate::security::scram::{ScramCredential, ScramMechanism};
 
@@ -96,6 +97,15 @@ pub enum MetadataCommand {
     /// Remove ACL bindings (DeleteAcls: those its filters matched when the
     /// request was served); one no longer there is skipped.
     DeleteAcls { bindings: Vec<AclBinding> },
+    /// Set and remove client quotas of `entity` (AlterClientQuotas,
+    /// KIP-546; keys and values checked by the caller); an entity left
+    /// without quotas is forgotten. Refused when a new entity would pass
+    /// `QUOTA_ENTITIES_MAX`.
+    AlterClientQuotas {
+        entity: QuotaEntity,
+        set: BTreeMap<String, u64>,
+        remove: Vec<String>,
+    },
 }
 
 /// The longest SCRAM user name kept, in bytes.
@@ -382,6 +392,30 @@ impl ClusterMetadata {
                 let acls = Arc::make_mut(&mut self.acls);
                 for binding in bindings {
                     acls.insert(binding);
+                }
+                Ok(Applied::Configs)
+            }
+            MetadataCommand::AlterClientQuotas {
+                entity,
+                set,
+                remove,
+            } => {
+                if !self.client_quotas.contains_key(&entity)
+                    && !set.is_empty()
+                    && self.client_quotas.len() >= QUOTA_ENTITIES_MAX
+                {
+                    return Err(Refusal::InvalidRequest(format!(
+                        "{QUOTA_ENTITIES_MAX} entities have quotas already, the most Sluice keeps; \
+                         use default entities, or remove unused quotas"
+                    )));
+                }
+                let values = self.client_quotas.entry(entity.clone()).or_default();
+                for key in remove {
+                    values.remove(&key);
+                }
+                values.extend(set);
+                if values.is_empty() {
+                    self.client_quotas.remove(&entity);
                 }
                 Ok(Applied::Configs)
             }

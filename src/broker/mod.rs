@@ -17,6 +17,7 @@ pub mod metadata;
 pub mod metadata_command;
 pub mod peer;
 pub mod producer_ids;
+pub mod quota;
 pub mod replica_log_starts;
 pub mod replication;
 pub mod retry;
@@ -59,6 +60,8 @@ pub struct Broker {
     /// What the TLS listeners (SSL, SASL_SSL) accept with; `None` when no
     /// listener uses TLS.
     pub tls: Option<Arc<crate::security::tls::TlsServer>>,
+    /// Every client quota's account, shared by the shards.
+    pub quota_accounts: quota::QuotaAccounts,
     /// How this node's broker reaches the others' (set when it joins a
     /// cluster; never on a single node).
     pub peers: std::sync::OnceLock<Arc<dyn peer::PeerCaller>>,
@@ -184,6 +187,10 @@ impl Broker {
             max_delay_ms: config.delay.max_delay_ms,
         };
         let statics = StaticSettings::from_config(&config);
+        let quota_accounts = quota::QuotaAccounts::new(
+            Duration::from_millis(config.kafka.quota_window_ms),
+            config.kafka.quota_window_samples as usize,
+        );
         if config.cluster.is_some() {
             // The controller holds the metadata; its first leader creates
             // the internal topics (`cluster/controller/runtime.rs`).
@@ -193,6 +200,7 @@ impl Broker {
                 advertised,
                 extra_listeners: Vec::new(),
                 tls: None,
+                quota_accounts,
                 peers: std::sync::OnceLock::new(),
             });
         }
@@ -206,6 +214,7 @@ impl Broker {
             advertised,
             extra_listeners: Vec::new(),
             tls: None,
+            quota_accounts,
             peers: std::sync::OnceLock::new(),
         })
     }

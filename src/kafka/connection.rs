@@ -262,6 +262,14 @@ async fn read_requests(
             // is read once this one is answered and its state is set.
             hangup_watch_drained(stream, pipeline).await;
         }
+        if let Some(until) = session.muted_until() {
+            // A quota's throttle (KIP-219): nothing is read until it passes.
+            let wait = until.saturating_duration_since(Instant::now());
+            pipeline
+                .hangup
+                .watch_while(stream.as_fd(), compio::time::sleep(wait))
+                .await;
+        }
         let frame = match read_frame(&mut reader, budget, stream, pipeline).await {
             Ok(frame) => frame,
             Err(error) => {

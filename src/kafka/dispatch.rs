@@ -12,6 +12,7 @@
 //! may auto-create) hold it until they finish.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use super::session::Session;
 use super::turn::Turn;
 use super::versions;
 use crate::broker::Broker;
+use crate::broker::quota::{self, Account, QuotaKind};
 use crate::shard::ShardContext;
 use crate::telemetry;
 
@@ -53,6 +55,38 @@ impl Request<'_> {
     /// Let the connection's next request start (see [`Turn`]).
     pub fn pass_turn(&self) {
         self.turn.pass();
+    }
+
+    /// Count `bytes` against the connection's `kind` quota (its user and
+    /// client id, `broker/quota.rs`) and mute the connection for the
+    /// throttle this earns; the throttle (zero without a quota), and the
+    /// account for [`Request::unrecord_quota`].
+    pub fn record_quota(&self, kind: QuotaKind, bytes: u64) -> (Duration, Option<Account>) {
+        let snapshot = self.broker.metadata.snapshot();
+        if snapshot.client_quotas.is_empty() {
+            return (Duration::ZERO, None);
+        }
+        let user = self.session.principal_user();
+        let client_id = self.header.client_id.as_deref().unwrap_or("");
+        let Some((account, quota)) = quota::resolve(&snapshot.client_quotas, kind, &user, client_id)
+        else {
+            return (Duration::ZERO, None);
+        };
+        let throttle = self
+            .broker
+            .quota_accounts
+            .record(&account, quota, bytes, Instant::now());
+        if !throttle.is_zero() {
+            self.session.mute_for(throttle);
+            telemetry::kafka::quota_throttled(kind.key());
+        }
+        (throttle, Some(account))
+    }
+
+    /// Take back bytes [`Request::record_quota`] counted (a throttled Fetch
+    /// sends none).
+    pub fn unrecord_quota(&self, account: &Account, bytes: u64) {
+        self.broker.quota_accounts.unrecord(account, bytes);
     }
 
     /// What the connection's principal may do (`authorize.rs`).

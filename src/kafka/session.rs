@@ -15,6 +15,7 @@
 //! does.
 
 use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::ApiKey;
 
@@ -49,6 +50,9 @@ pub struct Session {
     listener: usize,
     state: RefCell<AuthState>,
     close_after_response: Cell<bool>,
+    /// Until when the connection reads no request: a quota's throttle
+    /// (KIP-219 muting).
+    muted_until: Cell<Option<Instant>>,
 }
 
 impl Session {
@@ -63,6 +67,7 @@ impl Session {
             listener,
             state: RefCell::new(state),
             close_after_response: Cell::new(false),
+            muted_until: Cell::new(None),
         }
     }
 
@@ -131,5 +136,21 @@ impl Session {
 
     pub fn closes_after_response(&self) -> bool {
         self.close_after_response.get()
+    }
+
+    /// Read no more requests for `throttle` from now (a quota's throttle;
+    /// a later end wins over an earlier one).
+    pub fn mute_for(&self, throttle: Duration) {
+        let until = Instant::now() + throttle;
+        if self.muted_until.get().is_none_or(|muted| muted < until) {
+            self.muted_until.set(Some(until));
+        }
+    }
+
+    /// Until when the connection is muted, if it is.
+    pub fn muted_until(&self) -> Option<Instant> {
+        self.muted_until
+            .get()
+            .filter(|until| *until > Instant::now())
     }
 }

@@ -95,6 +95,10 @@ pub fn sasl_authentication(listener: String, mechanism: &'static str, outcome: &
     .increment(1);
 }
 
+pub fn quota_throttled(quota: &'static str) {
+    counter!(names::KAFKA_QUOTA_THROTTLES, "quota" => quota).increment(1);
+}
+
 pub fn authorization_denied(operation: &'static str, resource_type: &'static str) {
     counter!(
         names::KAFKA_AUTHORIZATION_DENIALS,

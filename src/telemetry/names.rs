@@ -21,6 +21,7 @@ pub const KAFKA_QUEUED_REQUEST_BYTES: &str = "sluice_kafka_queued_request_bytes"
 pub const KAFKA_SASL_AUTHENTICATIONS: &str = "sluice_kafka_sasl_authentications_total";
 pub const KAFKA_TLS_HANDSHAKES: &str = "sluice_kafka_tls_handshakes_total";
 pub const KAFKA_AUTHORIZATION_DENIALS: &str = "sluice_kafka_authorization_denials_total";
+pub const KAFKA_QUOTA_THROTTLES: &str = "sluice_kafka_quota_throttles_total";
 pub const KAFKA_CONNECTIONS_WAITING_FOR_BUDGET: &str =
     "sluice_kafka_connections_waiting_for_request_budget";
 
@@ -138,6 +139,11 @@ pub fn describe() {
         KAFKA_SASL_AUTHENTICATIONS,
         Unit::Count,
         "SASL authentications, by Kafka listener (its name), mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and outcome (succeeded, failed: a wrong password, an unknown user or a malformed exchange; the connection is closed)."
+    );
+    describe_counter!(
+        KAFKA_QUOTA_THROTTLES,
+        Unit::Count,
+        "Responses that carried a quota's throttle time (the connection then reads nothing until it passes), by quota (producer_byte_rate, consumer_byte_rate)."
     );
     describe_counter!(
         KAFKA_AUTHORIZATION_DENIALS,
