@@ -458,7 +458,7 @@ fn responses(criterion: &mut Criterion) {
         group.throughput(Throughput::Bytes(one.len() as u64 * partitions as u64));
         group.bench_function(format!("encode/fetch_{partitions}p"), |bench| {
             bench.iter(|| {
-                black_box(fetch_response::encode(1, FETCH_VERSION, 0, 0, &topics));
+                black_box(fetch_response::encode(1, FETCH_VERSION, 0, 0, 0, &topics));
             })
         });
         let generic = FetchResponse::default().with_responses(vec![

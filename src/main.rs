@@ -78,6 +78,15 @@ enum Command {
         #[arg(long, global = true, default_value = "127.0.0.1:9092")]
         brokers: String,
     },
+    /// Set, remove and list client byte-rate quotas (KIP-546) of users and
+    /// client ids.
+    Quotas {
+        #[command(subcommand)]
+        command: QuotasCommand,
+        /// Broker addresses, HOST:PORT[,HOST:PORT…].
+        #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+        brokers: String,
+    },
     /// List and describe transactions; fence a transactional id, aborting
     /// its open transaction.
     Transactions {
@@ -328,6 +337,7 @@ fn main() -> ExitCode {
             | Command::Groups { .. }
             | Command::Users { .. }
             | Command::Acls { .. }
+            | Command::Quotas { .. }
             | Command::Transactions { .. }
             | Command::Delays { .. }
             | Command::Dlq { .. }
@@ -340,6 +350,7 @@ fn main() -> ExitCode {
         Command::Groups { command, brokers } => admin_exit(groups(&brokers, command)),
         Command::Users { command, brokers } => admin_exit(users(&brokers, command)),
         Command::Acls { command, brokers } => admin_exit(acls(&brokers, command)),
+        Command::Quotas { command, brokers } => admin_exit(quotas(&brokers, command)),
         Command::Transactions { command, brokers } => admin_exit(transactions(&brokers, command)),
         Command::Delays { command, metrics } => admin_exit(match command {
             DelaysCommand::Count => sluice::admin::delays::count(&metrics),
@@ -501,6 +512,81 @@ fn acls(brokers: &str, command: AclsCommand) -> anyhow::Result<()> {
         ),
         AclsCommand::Remove { filter } => acls::remove(brokers, filter.args()),
         AclsCommand::List { filter } => acls::list(brokers, filter.args()),
+    }
+}
+
+/// The entity a quota command names.
+#[derive(clap::Args)]
+struct QuotaEntityArgs {
+    /// A user (its principal's name).
+    #[arg(long, conflicts_with = "user_default")]
+    user: Option<String>,
+    /// Every user without a quota of its own (Kafka's <default> user).
+    #[arg(long)]
+    user_default: bool,
+    /// A client id.
+    #[arg(long, conflicts_with = "client_id_default")]
+    client_id: Option<String>,
+    /// Every client id without a quota of its own.
+    #[arg(long)]
+    client_id_default: bool,
+}
+
+impl QuotaEntityArgs {
+    fn args(self) -> sluice::admin::quotas::EntityArgs {
+        let part = |name: Option<String>, default: bool| match (name, default) {
+            (Some(name), _) => Some(Some(name)),
+            (None, true) => Some(None),
+            (None, false) => None,
+        };
+        sluice::admin::quotas::EntityArgs {
+            user: part(self.user, self.user_default),
+            client_id: part(self.client_id, self.client_id_default),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum QuotasCommand {
+    /// Set an entity's rates: sluice quotas set --user alice
+    /// --producer-byte-rate 1048576.
+    Set {
+        #[command(flatten)]
+        entity: QuotaEntityArgs,
+        /// Bytes per second the entity may produce.
+        #[arg(long)]
+        producer_byte_rate: Option<u64>,
+        /// Bytes per second the entity may fetch.
+        #[arg(long)]
+        consumer_byte_rate: Option<u64>,
+    },
+    /// Remove an entity's quotas (--key producer_byte_rate or
+    /// consumer_byte_rate; default both).
+    Remove {
+        #[command(flatten)]
+        entity: QuotaEntityArgs,
+        #[arg(long)]
+        key: Vec<String>,
+    },
+    /// Every quota.
+    List,
+}
+
+fn quotas(brokers: &str, command: QuotasCommand) -> anyhow::Result<()> {
+    use sluice::admin::quotas;
+    match command {
+        QuotasCommand::Set {
+            entity,
+            producer_byte_rate,
+            consumer_byte_rate,
+        } => quotas::set(
+            brokers,
+            &entity.args(),
+            producer_byte_rate,
+            consumer_byte_rate,
+        ),
+        QuotasCommand::Remove { entity, key } => quotas::remove(brokers, &entity.args(), &key),
+        QuotasCommand::List => quotas::list(brokers),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod delays;
 pub mod dlq;
 pub mod groups;
 pub mod offsets;
+pub mod quotas;
 pub mod routing;
 pub mod table;
 pub mod topics;

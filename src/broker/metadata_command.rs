@@ -24,8 +24,8 @@ use super::group::config::{
     CONFIGURED_GROUP_NAMES_BYTES_MAX, CONFIGURED_GROUPS_MAX, GROUP_NAME_BYTES_MAX,
 };
 use super::metadata::{ClusterMetadata, TopicId, TopicMeta};
-use super::topic_config::{ConfigIssue, TopicConfig, TopicLimits};
 use super::quota::{QUOTA_ENTITIES_MAX, QuotaEntity};
+use super::topic_config::{ConfigIssue, TopicConfig, TopicLimits};
 use crate::security::acl::{ACLS_MAX, AclBinding};
 use crate::security::scram::{ScramCredential, ScramMechanism};
 

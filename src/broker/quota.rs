@@ -85,6 +85,11 @@ pub struct QuotaEntity {
 /// Every entity's quotas: key → bytes per second.
 pub type Quotas = BTreeMap<QuotaEntity, BTreeMap<String, u64>>;
 
+/// A throttle as Kafka's `throttle_time_ms` field carries it.
+pub fn throttle_ms(throttle: Duration) -> i32 {
+    i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX)
+}
+
 /// Which quota a request counts against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum QuotaKind {
@@ -323,7 +328,10 @@ mod tests {
         .unwrap();
         let start = Instant::now();
         // 1000 B/s over the 10 s floor: 10 000 bytes pass at once.
-        assert_eq!(accounts.record(&account, 1000, 10_000, start), Duration::ZERO);
+        assert_eq!(
+            accounts.record(&account, 1000, 10_000, start),
+            Duration::ZERO
+        );
         // 15 000 bytes: half as much again over, throttled for half the span.
         let throttle = accounts.record(&account, 1000, 5000, start);
         assert_eq!(throttle, Duration::from_secs(5));

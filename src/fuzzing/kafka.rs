@@ -353,6 +353,8 @@ pub fn with_request_type<V: WithRequestType>(key: ApiKey, visitor: V) -> Option<
         ApiKey::CreateAcls => visitor.call::<CreateAclsRequest>(),
         ApiKey::DescribeAcls => visitor.call::<DescribeAclsRequest>(),
         ApiKey::DeleteAcls => visitor.call::<DeleteAclsRequest>(),
+        ApiKey::DescribeClientQuotas => visitor.call::<DescribeClientQuotasRequest>(),
+        ApiKey::AlterClientQuotas => visitor.call::<AlterClientQuotasRequest>(),
         _ => return None,
     })
 }

@@ -481,6 +481,30 @@ pub fn sample_request(
                     .with_permission_type(1),
             ])
             .encode(out, version),
+        ApiKey::DescribeClientQuotas => DescribeClientQuotasRequest::default()
+            .with_components(vec![
+                describe_client_quotas_request::ComponentData::default()
+                    .with_entity_type(name("user"))
+                    .with_match_type(0)
+                    .with_match(Some(name("alice"))),
+            ])
+            .with_strict(false)
+            .encode(out, version),
+        ApiKey::AlterClientQuotas => AlterClientQuotasRequest::default()
+            .with_entries(vec![
+                alter_client_quotas_request::EntryData::default()
+                    .with_entity(vec![
+                        alter_client_quotas_request::EntityData::default()
+                            .with_entity_type(name("user"))
+                            .with_entity_name(Some(name("alice"))),
+                    ])
+                    .with_ops(vec![
+                        alter_client_quotas_request::OpData::default()
+                            .with_key(name("producer_byte_rate"))
+                            .with_value(1048576.0),
+                    ]),
+            ])
+            .encode(out, version),
         other => anyhow::bail!("no sample request for {other:?}"),
     }
 }

@@ -12,9 +12,9 @@
 //! may auto-create) hold it until they finish.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::{ApiKey, RequestHeader};
@@ -48,6 +48,9 @@ pub struct Request<'a> {
     pub hangup: &'a Hangup,
     /// The connection's authentication: its principal, the SASL exchange.
     pub session: &'a Session,
+    /// The request's size in bytes, header included (what a produce quota
+    /// counts, as Kafka's request size).
+    pub size: usize,
     turn: &'a Turn,
 }
 
@@ -68,7 +71,8 @@ impl Request<'_> {
         }
         let user = self.session.principal_user();
         let client_id = self.header.client_id.as_deref().unwrap_or("");
-        let Some((account, quota)) = quota::resolve(&snapshot.client_quotas, kind, &user, client_id)
+        let Some((account, quota)) =
+            quota::resolve(&snapshot.client_quotas, kind, &user, client_id)
         else {
             return (Duration::ZERO, None);
         };
@@ -174,6 +178,7 @@ fn holds_turn(key: ApiKey) -> bool {
             | ApiKey::AlterUserScramCredentials
             | ApiKey::CreateAcls
             | ApiKey::DeleteAcls
+            | ApiKey::AlterClientQuotas
     )
 }
 
@@ -240,6 +245,7 @@ async fn decode_and_serve(
     connection: Connection<'_>,
     mut frame: Bytes,
 ) -> Outcome {
+    let size = frame.len();
     let (key, version, header) = match read_head(&mut frame) {
         Head::Request {
             key,
@@ -263,6 +269,7 @@ async fn decode_and_serve(
         peer: connection.peer,
         hangup: connection.hangup,
         session: connection.session,
+        size,
         turn: connection.turn,
     };
     if !holds_turn(key) {

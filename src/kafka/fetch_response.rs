@@ -119,6 +119,7 @@ pub fn encode(
     version: i16,
     error_code: i16,
     session_id: i32,
+    throttle_time_ms: i32,
     topics: &[FetchedTopic],
 ) -> Response {
     let flexible = version >= FLEXIBLE_FROM_VERSION;
@@ -129,7 +130,7 @@ pub fn encode(
     };
     writer.head.put_i32(correlation_id);
     writer.tagged_fields(); // response header v1 (flexible) only
-    writer.head.put_i32(0); // throttle_time_ms
+    writer.head.put_i32(throttle_time_ms);
     if version >= 7 {
         writer.head.put_i16(error_code);
         writer.head.put_i32(session_id);
@@ -266,7 +267,7 @@ mod tests {
                     partitions: Vec::new(),
                 },
             ];
-            let response = encode(42, version, 0, 0, &topics);
+            let response = encode(42, version, 0, 0, 0, &topics);
             let mut wire = flatten(&response);
             assert_eq!(wire.len(), response.len());
             let header_version = if version >= FLEXIBLE_FROM_VERSION {

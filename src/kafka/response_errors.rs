@@ -19,9 +19,9 @@ use kafka_protocol::messages::{
     SyncGroupResponse, TxnOffsetCommitResponse,
 };
 use kafka_protocol::messages::{
-    AlterUserScramCredentialsResponse, CreateAclsResponse, DeleteAclsResponse,
-    DescribeAclsResponse, DescribeUserScramCredentialsResponse, SaslAuthenticateResponse,
-    SaslHandshakeResponse,
+    AlterClientQuotasResponse, AlterUserScramCredentialsResponse, CreateAclsResponse,
+    DeleteAclsResponse, DescribeAclsResponse, DescribeClientQuotasResponse,
+    DescribeUserScramCredentialsResponse, SaslAuthenticateResponse, SaslHandshakeResponse,
 };
 
 /// Visit every error code in a response (zeros included; the caller skips them).
@@ -54,7 +54,8 @@ top_level!(
     ConsumerGroupHeartbeatResponse,
     SaslHandshakeResponse,
     SaslAuthenticateResponse,
-    DescribeAclsResponse
+    DescribeAclsResponse,
+    DescribeClientQuotasResponse
 );
 
 /// Responses with one error code per item of a list, and optionally a
@@ -87,7 +88,8 @@ per_item!(
     DescribeUserScramCredentialsResponse => [error_code] results,
     AlterUserScramCredentialsResponse => results,
     CreateAclsResponse => results,
-    DeleteAclsResponse => filter_results
+    DeleteAclsResponse => filter_results,
+    AlterClientQuotasResponse => entries
 );
 
 /// Visit the code of every partition nested in `topics`.

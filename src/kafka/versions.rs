@@ -236,6 +236,16 @@ pub const SUPPORTED: &[Supported] = &[
         min: 1,
         max: 3,
     },
+    Supported {
+        key: ApiKey::DescribeClientQuotas,
+        min: 0,
+        max: 1,
+    },
+    Supported {
+        key: ApiKey::AlterClientQuotas,
+        min: 0,
+        max: 1,
+    },
 ];
 
 /// The supported range for `key`, if Sluice implements it at all.
@@ -300,6 +310,8 @@ mod tests {
             ApiKey::CreateAcls => CreateAclsRequest::VERSIONS,
             ApiKey::DescribeAcls => DescribeAclsRequest::VERSIONS,
             ApiKey::DeleteAcls => DeleteAclsRequest::VERSIONS,
+            ApiKey::DescribeClientQuotas => DescribeClientQuotasRequest::VERSIONS,
+            ApiKey::AlterClientQuotas => AlterClientQuotasRequest::VERSIONS,
             other => panic!("no codec listed for {other:?}"),
         };
         for entry in SUPPORTED {

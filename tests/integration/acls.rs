@@ -46,7 +46,7 @@ const SECURITY_DISABLED: i16 = 54;
 
 /// A SASL broker with the ACL authorizer; `admin` is its bootstrap (super)
 /// user. PLAIN is offered so the wire tests can log in simply.
-fn acl_broker(dir: &Path) -> BrokerProcess {
+pub fn acl_broker(dir: &Path) -> BrokerProcess {
     let config = dir.join("acl.toml");
     std::fs::write(
         &config,
@@ -97,7 +97,7 @@ pub fn sluice(
 }
 
 /// Make `bob` a user (no ACLs).
-fn create_bob(address: &str) {
+pub fn create_bob(address: &str) {
     let (made, output) = sluice(
         address,
         ADMIN,
@@ -307,7 +307,7 @@ fn a_prefixed_acl_lets_kcat_write_where_it_was_refused_and_survives_a_restart() 
 }
 
 /// A connection logged in as `user` with PLAIN.
-fn login(address: &str, user: &str, password: &str) -> Wire {
+pub fn login(address: &str, user: &str, password: &str) -> Wire {
     let mut wire = Wire::connect(address);
     let handshake = wire.call(
         1,

@@ -49,6 +49,7 @@ mod packaging;
 mod partition_create;
 mod pipeline;
 mod power_loss;
+mod quotas;
 mod recovery;
 mod replica_log;
 mod retention;

@@ -49,6 +49,7 @@ use kafka_protocol::messages::{ApiKey, FetchRequest};
 
 use super::decode;
 use crate::broker::metadata::TopicId;
+use crate::broker::quota::{QuotaKind, throttle_ms};
 use crate::ids::{Offset, ShardId};
 use crate::kafka::api::produce::ZSTD_CODEC;
 use crate::kafka::dispatch::Request;
@@ -93,6 +94,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             version,
             code,
             0,
+            0,
             &[],
         ));
     }
@@ -130,14 +132,40 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         drop_recreated_topics(request, &mut topics);
     }
     apply_max_bytes(&mut topics, max_bytes);
+    let throttle = throttle_for_quota(request, &mut topics);
     count_sent(&topics);
     Ok(fetch_response::encode(
         request.correlation_id(),
         version,
         error_code::NONE,
         0,
+        throttle_ms(throttle),
         &topics,
     ))
+}
+
+/// Count the response's record bytes against the consumer's
+/// `consumer_byte_rate` quota (`broker/quota.rs`). Over it, as Kafka
+/// (KIP-219): the response goes out without records (their bytes are not
+/// counted) but with `throttle_time_ms`, and the connection reads nothing
+/// more until then; the consumer fetches the same offsets again after.
+fn throttle_for_quota(request: &Request<'_>, topics: &mut [FetchedTopic]) -> Duration {
+    let bytes: u64 = topics
+        .iter()
+        .flat_map(|topic| &topic.partitions)
+        .map(partition_bytes)
+        .sum();
+    let (throttle, account) = request.record_quota(QuotaKind::Fetch, bytes);
+    if let Some(account) = account.filter(|_| !throttle.is_zero()) {
+        request.unrecord_quota(&account, bytes);
+        for partition in topics.iter_mut().flat_map(|topic| &mut topic.partitions) {
+            partition.batches.clear();
+            if let Some(aborted) = &mut partition.aborted_transactions {
+                aborted.clear();
+            }
+        }
+    }
+    throttle
 }
 
 /// `wanted` with each offset moved up to what its partition could be read

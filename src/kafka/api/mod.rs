@@ -7,6 +7,7 @@ pub mod add_offsets_to_txn;
 pub mod add_partitions_to_txn;
 pub mod alter_configs;
 pub mod api_versions;
+pub mod client_quotas;
 pub mod consumer_group_describe;
 pub mod consumer_group_heartbeat;
 pub mod create_partitions;
@@ -85,6 +86,8 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         ApiKey::AlterUserScramCredentials => {
             user_scram_credentials::alter(request, body).await.map(Some)
         }
+        ApiKey::DescribeClientQuotas => client_quotas::describe(request, body).map(Some),
+        ApiKey::AlterClientQuotas => client_quotas::alter(request, body).await.map(Some),
         ApiKey::CreateAcls => acls::create(request, body).await.map(Some),
         ApiKey::DescribeAcls => acls::describe(request, body).map(Some),
         ApiKey::DeleteAcls => acls::delete(request, body).await.map(Some),

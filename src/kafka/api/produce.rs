@@ -56,6 +56,11 @@
 //! From v13 topics are named by id (KIP-516): an unknown id gets
 //! UNKNOWN_TOPIC_ID and is never auto-created.
 //!
+//! The request's size counts against the producer's `producer_byte_rate`
+//! quota (`broker/quota.rs`): over it, the response carries
+//! `throttle_time_ms` and the connection reads nothing more until then
+//! (KIP-219).
+//!
 //! Authorization (`kafka/authorize.rs`): a request with a transactional id
 //! needs WRITE on it (TRANSACTIONAL_ID_AUTHORIZATION_FAILED for every
 //! partition otherwise), each topic needs WRITE (TOPIC_AUTHORIZATION_FAILED),
@@ -82,6 +87,7 @@ use kafka_protocol::messages::{ApiKey, BrokerId, ProduceRequest, ProduceResponse
 
 use super::{decode, str_bytes};
 use crate::broker::metadata::{TopicId, TopicMeta};
+use crate::broker::quota::{QuotaKind, throttle_ms};
 use crate::broker::replication;
 use crate::broker::topic_config::{Recompression, TimestampType, TopicConfig};
 use crate::broker::txn::verify::{VerifyRequest, verify as verify_with_coordinator};
@@ -224,6 +230,9 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
         request.pass_turn();
     };
     let (outcomes, ()) = join(join_all(work), pass_turn).await;
+    // The request counts against its producer_byte_rate quota once served;
+    // a throttle mutes the connection (even for acks=0, which hears nothing).
+    let (throttle, _) = request.record_quota(QuotaKind::Produce, request.size as u64);
     if acks == ACKS_NONE {
         // Nothing is sent back, but the errors still count.
         for outcome in &outcomes {
@@ -271,7 +280,8 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
             .push(partition);
     }
     let mut response = ProduceResponse::default()
-        .with_responses(responses.into_iter().map(|(_, topic)| topic).collect());
+        .with_responses(responses.into_iter().map(|(_, topic)| topic).collect())
+        .with_throttle_time_ms(throttle_ms(throttle));
     if !leaders.is_empty() {
         let endpoints = request
             .broker

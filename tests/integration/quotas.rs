@@ -1,0 +1,312 @@
+//! Client byte-rate quotas (issue 20 item 5): `sluice quotas`, and kcat
+//! producers and consumers of two users at once, one under a quota that
+//! holds it to about its rate (measured) while the other runs free.
+
+use std::path::Path;
+use std::time::Instant;
+
+use kafka_protocol::messages::{
+    AlterClientQuotasRequest, DescribeClientQuotasRequest, alter_client_quotas_request,
+    describe_client_quotas_request,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::acls::{kcat_as, sluice};
+use crate::broker_process::BrokerProcess;
+
+const ADMIN: &str = "admin";
+const ADMIN_PASSWORD: &str = "admin-secret-1";
+const PRODUCER: &str = "producer_byte_rate";
+const CONSUMER: &str = "consumer_byte_rate";
+/// alice's quota, bytes per second each way.
+const QUOTA: u64 = 1_000_000;
+/// What each user moves: 6 000 records of 1 000 bytes, in requests of at
+/// most 64 KiB, so that the quota has requests to throttle (it acts on
+/// what comes after a request that takes the rate over it, as Kafka's).
+const RECORDS: usize = 6000;
+
+/// A SASL broker whose quota windows are short (5 samples of 200 ms), so
+/// a rate settles within the test.
+fn quota_broker(dir: &Path) -> BrokerProcess {
+    let config = dir.join("quotas.toml");
+    std::fs::write(
+        &config,
+        "[kafka]\nquota_window_samples = 5\nquota_window_ms = 200\n\
+         [security]\nsecurity_protocol = \"SASL_PLAINTEXT\"\nsasl_bootstrap_user = \"admin\"\n",
+    )
+    .unwrap();
+    let mut command =
+        BrokerProcess::command(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    command.env("SLUICE_SASL_BOOTSTRAP_PASSWORD", ADMIN_PASSWORD);
+    BrokerProcess::start_command(command)
+}
+
+/// Run `work` for alice and bob at once; each one's seconds.
+fn both(work: impl Fn(&str) -> bool + Sync) -> (f64, f64) {
+    std::thread::scope(|scope| {
+        let run = |user: &'static str| {
+            let work = &work;
+            scope.spawn(move || {
+                let started = Instant::now();
+                assert!(work(user), "{user}'s kcat failed");
+                started.elapsed().as_secs_f64()
+            })
+        };
+        let alice = run("alice");
+        let bob = run("bob");
+        (alice.join().unwrap(), bob.join().unwrap())
+    })
+}
+
+fn metric(broker: &BrokerProcess, line_start: &str) -> f64 {
+    let (_, text) = crate::metrics::get(&broker.metrics, "/metrics");
+    text.lines()
+        .find(|line| line.starts_with(line_start))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_quota_holds_one_user_to_its_rate_while_another_runs_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = quota_broker(dir.path());
+    let address = broker.address.clone();
+    for user in ["alice", "bob"] {
+        let (made, output) = sluice(
+            &address,
+            ADMIN,
+            ADMIN_PASSWORD,
+            &["users", "create", user],
+            &format!("{user}-pw\n"),
+        );
+        assert!(made, "{output}");
+    }
+    let rate = QUOTA.to_string();
+    let (set, output) = sluice(
+        &address,
+        ADMIN,
+        ADMIN_PASSWORD,
+        &[
+            "quotas",
+            "set",
+            "--user",
+            "alice",
+            "--producer-byte-rate",
+            &rate,
+            "--consumer-byte-rate",
+            &rate,
+        ],
+        "",
+    );
+    assert!(set, "{output}");
+    let (listed, table) = sluice(&address, ADMIN, ADMIN_PASSWORD, &["quotas", "list"], "");
+    assert!(listed, "{table}");
+    assert!(
+        table.contains("alice") && table.contains("producer_byte_rate"),
+        "{table}"
+    );
+
+    let lines: String = (0..RECORDS)
+        .map(|index| format!("{index:05}{}\n", "q".repeat(994)))
+        .collect();
+    let bytes = lines.len() as f64;
+    let produce = |user: &str| {
+        let (ok, _, stderr) = kcat_as(
+            &address,
+            user,
+            &format!("{user}-pw"),
+            &[
+                "-P",
+                "-t",
+                &format!("{user}-topic"),
+                "-X",
+                "acks=1",
+                "-X",
+                "linger.ms=5",
+                "-X",
+                "batch.size=65536",
+                "-X",
+                "message.timeout.ms=60000",
+            ],
+            Some(lines.as_bytes()),
+        );
+        ok && !stderr.contains("failed")
+    };
+    let (alice, bob) = both(produce);
+    let (alice_rate, bob_rate) = (bytes / alice, bytes / bob);
+    eprintln!("produce: alice {alice_rate:.0} B/s, bob {bob_rate:.0} B/s");
+    // The first burst is measured over the whole window (4 samples of
+    // 200 ms: 0.8 s of quota), so 6 MB take at least 5.2 s at 1 MB/s.
+    assert!(
+        alice_rate < 1.6 * QUOTA as f64,
+        "alice produced at {alice_rate:.0} B/s against a quota of {QUOTA}"
+    );
+    assert!(
+        alice_rate > 0.4 * QUOTA as f64,
+        "alice was held well under her quota: {alice_rate:.0} B/s"
+    );
+    assert!(
+        bob_rate > 3.0 * alice_rate,
+        "bob, without a quota, was slowed too: {bob_rate:.0} B/s against alice's {alice_rate:.0}"
+    );
+    assert!(
+        metric(
+            &broker,
+            "sluice_kafka_quota_throttles_total{quota=\"producer_byte_rate\"}"
+        ) >= 1.0
+    );
+
+    let consume = |user: &str| {
+        let (ok, read, _) = kcat_as(
+            &address,
+            user,
+            &format!("{user}-pw"),
+            &[
+                "-C",
+                "-t",
+                &format!("{user}-topic"),
+                "-e",
+                "-q",
+                "-X",
+                "message.max.bytes=65536",
+                "-X",
+                "fetch.max.bytes=65536",
+                "-X",
+                "fetch.message.max.bytes=65536",
+            ],
+            None,
+        );
+        ok && read == lines
+    };
+    let (alice, bob) = both(consume);
+    let (alice_rate, bob_rate) = (bytes / alice, bytes / bob);
+    eprintln!("fetch: alice {alice_rate:.0} B/s, bob {bob_rate:.0} B/s");
+    assert!(
+        alice_rate < 1.6 * QUOTA as f64,
+        "alice fetched at {alice_rate:.0} B/s against a quota of {QUOTA}"
+    );
+    assert!(
+        bob_rate > 3.0 * alice_rate,
+        "bob, without a quota, was slowed too: {bob_rate:.0} B/s against alice's {alice_rate:.0}"
+    );
+    assert!(
+        metric(
+            &broker,
+            "sluice_kafka_quota_throttles_total{quota=\"consumer_byte_rate\"}"
+        ) >= 1.0
+    );
+
+    // Without the quota alice runs free again.
+    let (removed, output) = sluice(
+        &address,
+        ADMIN,
+        ADMIN_PASSWORD,
+        &["quotas", "remove", "--user", "alice"],
+        "",
+    );
+    assert!(removed, "{output}");
+    let started = Instant::now();
+    assert!(produce("alice"));
+    let free_rate = bytes / started.elapsed().as_secs_f64();
+    assert!(
+        free_rate > 2.0 * QUOTA as f64,
+        "alice is still held after her quota was removed: {free_rate:.0} B/s"
+    );
+}
+
+fn entity(user: Option<&str>) -> Vec<alter_client_quotas_request::EntityData> {
+    vec![
+        alter_client_quotas_request::EntityData::default()
+            .with_entity_type(StrBytes::from_static_str("user"))
+            .with_entity_name(user.map(|user| StrBytes::from_string(user.to_owned()))),
+    ]
+}
+
+fn op(key: &str, value: f64) -> alter_client_quotas_request::OpData {
+    alter_client_quotas_request::OpData::default()
+        .with_key(StrBytes::from_string(key.to_owned()))
+        .with_value(value)
+}
+
+/// KIP-546's answers on the wire: each bad alteration refused on its own
+/// with INVALID_REQUEST, filters by name, default and any, and
+/// CLUSTER_AUTHORIZATION_FAILED for a user the ACLs do not allow.
+#[test]
+fn client_quota_apis_answer_as_kafka_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = crate::acls::acl_broker(dir.path());
+    crate::acls::create_bob(&broker.address);
+    let mut admin = crate::acls::login(&broker.address, ADMIN, ADMIN_PASSWORD);
+    let ip = vec![
+        alter_client_quotas_request::EntityData::default()
+            .with_entity_type(StrBytes::from_static_str("ip"))
+            .with_entity_name(Some(StrBytes::from_static_str("10.0.0.1"))),
+    ];
+    let entries = vec![
+        (entity(Some("alice")), vec![op(PRODUCER, 1000.0)]),
+        (entity(None), vec![op(CONSUMER, 5000.0)]),
+        (entity(Some("x")), vec![op("request_percentage", 10.0)]),
+        (entity(Some("x")), vec![op(PRODUCER, -1.0)]),
+        (
+            entity(Some("x")),
+            vec![op(PRODUCER, 1.0), op(PRODUCER, 2.0)],
+        ),
+        (ip, vec![op(PRODUCER, 1.0)]),
+        (Vec::new(), vec![op(PRODUCER, 1.0)]),
+    ];
+    let altered = admin.call(
+        1,
+        &AlterClientQuotasRequest::default().with_entries(
+            entries
+                .into_iter()
+                .map(|(entity, ops)| {
+                    alter_client_quotas_request::EntryData::default()
+                        .with_entity(entity)
+                        .with_ops(ops)
+                })
+                .collect(),
+        ),
+    );
+    let codes: Vec<i16> = altered
+        .entries
+        .iter()
+        .map(|entry| entry.error_code)
+        .collect();
+    assert_eq!(codes, vec![0, 0, 42, 42, 42, 42, 42]);
+
+    let mut describe = |match_type: i8, name: Option<&str>| {
+        admin
+            .call(
+                1,
+                &DescribeClientQuotasRequest::default().with_components(vec![
+                    describe_client_quotas_request::ComponentData::default()
+                        .with_entity_type(StrBytes::from_static_str("user"))
+                        .with_match_type(match_type)
+                        .with_match(name.map(|name| StrBytes::from_string(name.to_owned()))),
+                ]),
+            )
+            .entries
+            .unwrap_or_default()
+    };
+    let exact = describe(0, Some("alice"));
+    assert_eq!(exact.len(), 1);
+    assert_eq!(exact[0].values[0].key.as_str(), PRODUCER);
+    assert_eq!(exact[0].values[0].value, 1000.0);
+    let default = describe(1, None);
+    assert_eq!(default.len(), 1);
+    assert_eq!(default[0].entity[0].entity_name, None);
+    assert_eq!(describe(2, None).len(), 2);
+
+    let mut bob = crate::acls::login(&broker.address, "bob", "bob-secret-2");
+    let refused = bob.call(
+        1,
+        &AlterClientQuotasRequest::default().with_entries(vec![
+            alter_client_quotas_request::EntryData::default()
+                .with_entity(entity(Some("bob")))
+                .with_ops(vec![op(PRODUCER, 1e9)]),
+        ]),
+    );
+    assert_eq!(refused.entries[0].error_code, 31);
+    let refused = bob.call(1, &DescribeClientQuotasRequest::default());
+    assert_eq!(refused.error_code, 31);
+}
