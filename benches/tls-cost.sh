@@ -15,10 +15,10 @@ BIN=${SLUICE_BIN:-$REPO/target/release/sluice}
 ROUNDS=${ROUNDS:-3}; LINES=${LINES:-400000}
 D=$(mktemp -d /tmp/sluice-tls-cost.XXXXXX)
 cd $D
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bench CA" -keyout ca-key.pem -out ca.pem 2>/dev/null
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=bench CA" -keyout ca-key.pem -out ca.pem 2>/dev/null
 printf "subjectAltName=DNS:localhost,IP:127.0.0.1\n" > server.ext
 openssl req -newkey rsa:2048 -nodes -keyout server-key.pem -out server.csr -subj "/CN=localhost" 2>/dev/null
-openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out server.pem -days 2 -extfile server.ext 2>/dev/null
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out server.pem -days 30 -extfile server.ext 2>/dev/null
 python3 -c "
 import sys
 row = ('x' * 999 + '\n').encode()

@@ -33,7 +33,7 @@ const CLIENT_ID: &str = "sluice-admin";
 
 #[derive(Debug, Error)]
 pub enum ClientError {
-    #[error("TLS ({TLS_CA_ENV}): {0}")]
+    #[error("TLS: {0}")]
     Tls(String),
     #[error("cannot connect to {address}: {source} (is the broker running? see --brokers)")]
     Connect {
@@ -422,6 +422,15 @@ impl KafkaClient {
         };
         let mut size = [0u8; 4];
         self.stream.read_exact(&mut size).map_err(io)?;
+        // A TLS record (handshake or alert: 0x16 or 0x15, version 3.x)
+        // where a Kafka size should be: the listener speaks TLS.
+        if matches!(size, [0x15 | 0x16, 0x03, ..]) {
+            return Err(ClientError::Tls(format!(
+                "{} answered with TLS: it is an SSL or SASL_SSL listener; set {TLS_CA_ENV} to the \
+                 CA certificate (PEM) its certificate chains to",
+                self.address
+            )));
+        }
         let size = i32::from_be_bytes(size).max(0) as usize;
         if size > RESPONSE_MAX_BYTES {
             return Err(ClientError::TooLarge(size));

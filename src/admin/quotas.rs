@@ -81,13 +81,17 @@ pub fn set(
     if ops.is_empty() {
         anyhow::bail!("give --producer-byte-rate, --consumer-byte-rate or both");
     }
+    let set: Vec<String> = ops
+        .iter()
+        .map(|op| format!("{}={}", op.key.as_str(), op.value as u64))
+        .collect();
     alter(
         brokers,
         EntryData::default()
             .with_entity(entity(args)?)
             .with_ops(ops),
     )?;
-    println!("quotas set");
+    println!("quotas set: {}", set.join(", "));
     Ok(())
 }
 

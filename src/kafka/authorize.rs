@@ -63,7 +63,16 @@ impl Authorizer {
     /// and logged (at most 20 lines per 10 s), as Kafka's authorizer log.
     pub fn allows(&self, operation: Operation, resource_type: ResourceType, name: &str) -> bool {
         let allowed = self.allows_quietly(operation, resource_type, name);
-        if !allowed && let Authorizer::Acls { user, host, .. } = self {
+        if !allowed {
+            self.deny(operation, resource_type, name);
+        }
+        allowed
+    }
+
+    /// Count and log a refusal of `operation` on `resource_type` `name`
+    /// decided elsewhere ([`Authorizer::may_create_topic`]).
+    pub fn deny(&self, operation: Operation, resource_type: ResourceType, name: &str) {
+        if let Authorizer::Acls { user, host, .. } = self {
             telemetry::kafka::authorization_denied(operation.name(), resource_type.name());
             if let Some(denied) = DENIALS.record(monotonic_ms()) {
                 tracing::info!(
@@ -76,7 +85,15 @@ impl Authorizer {
                 );
             }
         }
-        allowed
+    }
+
+    /// Whether the principal may create topic `name`: CREATE on the
+    /// cluster or on the topic. Quiet: a request that only might create
+    /// (Produce, Metadata) records a refusal with [`Authorizer::deny`]
+    /// when it acts on it.
+    pub fn may_create_topic(&self, name: &str) -> bool {
+        self.allows_quietly(Operation::Create, ResourceType::Cluster, CLUSTER_NAME)
+            || self.allows_quietly(Operation::Create, ResourceType::Topic, name)
     }
 
     /// [`Authorizer::allows`] without counting or logging a refusal: for

@@ -128,7 +128,13 @@ async fn tls_handshake(
             return None;
         }
         Err(error) => {
-            failed("failed", &error);
+            // A Kafka request where a ClientHello should be.
+            let hint = if error.to_string().contains("InvalidContentType") {
+                " (the client does not speak TLS: set its security.protocol to SSL or SASL_SSL)"
+            } else {
+                ""
+            };
+            failed("failed", &format!("{error}{hint}"));
             return None;
         }
     };
@@ -279,6 +285,14 @@ async fn read_requests(
                 break;
             }
         };
+        if let Some(until) = session.muted_until() {
+            // Muted while this request was arriving: it waits too.
+            let wait = until.saturating_duration_since(Instant::now());
+            pipeline
+                .hangup
+                .watch_while(stream.as_fd(), compio::time::sleep(wait))
+                .await;
+        }
         let bytes = frame.body.len();
         let api_key = frame
             .body

@@ -48,6 +48,11 @@ pub enum FrameError {
     #[error("request of {size} bytes exceeds kafka.request_max_bytes ({limit})")]
     TooLarge { size: usize, limit: u32 },
     #[error(
+        "a TLS handshake arrived on a listener without TLS: the client is set up for SSL or \
+         SASL_SSL, this listener's security_protocol is PLAINTEXT or SASL_PLAINTEXT"
+    )]
+    TlsOnPlaintext,
+    #[error(
         "request incomplete {timeout_ms} ms after its first byte ({received} of {expected} \
          bytes arrived); kafka.request_read_timeout_ms"
     )]
@@ -82,6 +87,7 @@ impl FrameError {
             FrameError::Truncated => Some("truncated"),
             FrameError::BadSize { .. } => Some("bad_size"),
             FrameError::TooLarge { .. } => Some("too_large"),
+            FrameError::TlsOnPlaintext => Some("tls_on_plaintext"),
             FrameError::ReadTimeout { .. } => Some("read_timeout"),
             FrameError::Io(_) => Some("read_error"),
         }
@@ -200,6 +206,10 @@ impl FrameReader {
     /// The size prefix at the front of the buffer, checked.
     fn declared_size(&self) -> Result<usize, FrameError> {
         let prefix = &self.buffer[..SIZE_PREFIX_BYTES];
+        // A TLS ClientHello record: content type 22, version 3.x.
+        if prefix[0] == 0x16 && prefix[1] == 0x03 {
+            return Err(FrameError::TlsOnPlaintext);
+        }
         let size = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
         if size <= 0 {
             return Err(FrameError::BadSize { size });

@@ -54,6 +54,15 @@ pub fn log(broker: &Broker) {
         scram_users = users,
         super_users = security.super_users.len() + usize::from(!security.sasl_bootstrap_user.is_empty()),
         authorizer = %authorizer,
+        tls_client_auth = if security.protocols().any(SecurityProtocol::uses_tls) {
+            match security.tls.client_auth {
+                ClientAuth::None => "none",
+                ClientAuth::Requested => "requested",
+                ClientAuth::Required => "required",
+            }
+        } else {
+            "-"
+        },
         "security posture"
     );
     if any_sasl && users == 0 {
@@ -98,6 +107,33 @@ pub fn log(broker: &Broker) {
             listeners = %anonymous_listeners.join(","),
             "clients of these listeners that present no client certificate are User:ANONYMOUS \
              and get only what ACLs grant User:ANONYMOUS or User:*"
+        );
+    }
+    let open_ssl = security
+        .protocols()
+        .any(|protocol| protocol == SecurityProtocol::Ssl)
+        && security.tls.client_auth != ClientAuth::Required;
+    if open_ssl && security.authorizer == AuthorizerKind::None {
+        tracing::warn!(
+            "an SSL listener takes clients without a certificate (security.tls.client_auth is \
+             not \"required\") and there is no authorizer: anyone who connects may do anything. \
+             Require client certificates, or set security.authorizer = \"acl\""
+        );
+    }
+    if security.tls.client_auth == ClientAuth::None && !security.tls.client_ca.is_empty() {
+        tracing::warn!(
+            "security.tls.client_ca is set but client_auth = \"none\": client certificates are \
+             not asked for; set client_auth = \"requested\" or \"required\""
+        );
+    }
+    if security.authorizer == AuthorizerKind::Acl
+        && security.super_users.is_empty()
+        && security.sasl_bootstrap_user.is_empty()
+    {
+        tracing::warn!(
+            "security.authorizer = \"acl\" with no super user (security.super_users, \
+             security.sasl_bootstrap_user): only principals that ACLs already allow ALTER on the \
+             cluster can grant ACLs"
         );
     }
     if security.authorizer == AuthorizerKind::None && !snapshot.acls.is_empty() {

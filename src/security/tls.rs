@@ -75,9 +75,13 @@ fn server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
         TlsError::File {
             what: "private key",
             path: settings.private_key.clone(),
-            reason: error.to_string(),
+            reason: format!(
+                "{error} (an unencrypted PKCS#8, PKCS#1 or SEC1 key; decrypt an encrypted one \
+                 with `openssl pkey -in KEY -out KEY.plain`)"
+            ),
         }
     })?;
+    describe_certificate(&settings.certificate, &chain[0]);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let rustls_error = |error: rustls::Error| TlsError::Rustls(error.to_string());
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -103,7 +107,13 @@ fn server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(chain, key).map_err(rustls_error)?;
+    let mut config = builder.with_single_cert(chain, key).map_err(|error| {
+        TlsError::Rustls(format!(
+            "{error}: {} and {} must be an X.509 v3 certificate (with a subjectAltName for the \
+             names and addresses clients connect to) and its own key",
+            settings.certificate, settings.private_key
+        ))
+    })?;
     // Kafka clients do not resume sessions across connections often enough
     // to matter; tickets would only add key material to rotate.
     config.send_tls13_tickets = 0;
@@ -142,6 +152,35 @@ impl TlsServer {
         self.rules
             .map(&subject)
             .ok_or_else(|| format!("no principal mapping rule matches the subject {subject:?}"))
+    }
+}
+
+/// Log the broker certificate's subject and expiry; warn when it has
+/// expired (clients will refuse it) or expires within a week.
+fn describe_certificate(path: &str, leaf: &CertificateDer<'_>) {
+    use x509_cert::der::Decode;
+    let Ok(parsed) = x509_cert::Certificate::from_der(leaf.as_ref()) else {
+        return;
+    };
+    let tbs = &parsed.tbs_certificate;
+    let not_after = tbs.validity.not_after.to_system_time();
+    let left = not_after.duration_since(std::time::SystemTime::now());
+    let subject = tbs.subject.to_string();
+    let expires = tbs.validity.not_after.to_string();
+    match left {
+        Err(_) => tracing::warn!(
+            path,
+            %subject,
+            %expires,
+            "the TLS certificate has expired: clients will refuse it; replace the file and send SIGHUP"
+        ),
+        Ok(left) if left < std::time::Duration::from_secs(7 * 86_400) => tracing::warn!(
+            path,
+            %subject,
+            %expires,
+            "the TLS certificate expires within a week: replace the file and send SIGHUP"
+        ),
+        Ok(_) => tracing::info!(path, %subject, %expires, "TLS certificate"),
     }
 }
 

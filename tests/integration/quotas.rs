@@ -20,18 +20,18 @@ const PRODUCER: &str = "producer_byte_rate";
 const CONSUMER: &str = "consumer_byte_rate";
 /// alice's quota, bytes per second each way.
 const QUOTA: u64 = 1_000_000;
-/// What each user moves: 6 000 records of 1 000 bytes, in requests of at
+/// What each user moves: 8 000 records of 1 000 bytes, in requests of at
 /// most 64 KiB, so that the quota has requests to throttle (it acts on
 /// what comes after a request that takes the rate over it, as Kafka's).
-const RECORDS: usize = 6000;
+const RECORDS: usize = 8000;
 
-/// A SASL broker whose quota windows are short (5 samples of 200 ms), so
+/// A SASL broker whose quota windows are short (11 samples of 200 ms), so
 /// a rate settles within the test.
 fn quota_broker(dir: &Path) -> BrokerProcess {
     let config = dir.join("quotas.toml");
     std::fs::write(
         &config,
-        "[kafka]\nquota_window_samples = 5\nquota_window_ms = 200\n\
+        "[kafka]\nquota_window_samples = 11\nquota_window_ms = 200\n\
          [security]\nsecurity_protocol = \"SASL_PLAINTEXT\"\nsasl_bootstrap_user = \"admin\"\n",
     )
     .unwrap();
@@ -135,10 +135,10 @@ fn a_quota_holds_one_user_to_its_rate_while_another_runs_free() {
     let (alice, bob) = both(produce);
     let (alice_rate, bob_rate) = (bytes / alice, bytes / bob);
     eprintln!("produce: alice {alice_rate:.0} B/s, bob {bob_rate:.0} B/s");
-    // The first burst is measured over the whole window (4 samples of
-    // 200 ms: 0.8 s of quota), so 6 MB take at least 5.2 s at 1 MB/s.
+    // The first burst is measured over the whole window (10 samples of
+    // 200 ms: 2 s of quota), so 8 MB take at least 6 s at 1 MB/s.
     assert!(
-        alice_rate < 1.6 * QUOTA as f64,
+        alice_rate < 2.0 * QUOTA as f64,
         "alice produced at {alice_rate:.0} B/s against a quota of {QUOTA}"
     );
     assert!(
@@ -182,7 +182,7 @@ fn a_quota_holds_one_user_to_its_rate_while_another_runs_free() {
     let (alice_rate, bob_rate) = (bytes / alice, bytes / bob);
     eprintln!("fetch: alice {alice_rate:.0} B/s, bob {bob_rate:.0} B/s");
     assert!(
-        alice_rate < 1.6 * QUOTA as f64,
+        alice_rate < 2.0 * QUOTA as f64,
         "alice fetched at {alice_rate:.0} B/s against a quota of {QUOTA}"
     );
     assert!(

@@ -23,7 +23,7 @@ use crate::kafka::dispatch::Request;
 use crate::kafka::error_code;
 use crate::kafka::request_error::RequestError;
 use crate::kafka::response::Response;
-use crate::security::acl::Operation;
+use crate::security::acl::{Operation, ResourceType};
 
 pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let create: CreateTopicsRequest = decode(request, body)?;
@@ -37,7 +37,6 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         .collect();
     let mut results = Vec::with_capacity(create.topics.len());
     let authorizer = request.authorizer();
-    let create_anything = authorizer.cluster(Operation::Create);
     for topic in create.topics {
         let name = topic.name.0.to_string();
         let result = CreatableTopicResult::default().with_name(topic.name.clone());
@@ -49,7 +48,8 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             ));
             continue;
         }
-        if !create_anything && !authorizer.topic(Operation::Create, &name) {
+        if !authorizer.may_create_topic(&name) {
+            authorizer.deny(Operation::Create, ResourceType::Topic, &name);
             results.push(failed(
                 result,
                 ResponseError::TopicAuthorizationFailed.code(),

@@ -202,14 +202,14 @@ async fn named_topic(
         return error_topic(&name, ResponseError::TopicAuthorizationFailed.code());
     }
     let existing = broker.metadata.snapshot().topic(&name).cloned();
-    let may_create =
-        || authorizer.cluster(Operation::Create) || authorizer.topic(Operation::Create, &name);
+    let may_create = || authorizer.may_create_topic(&name);
     let topic = match existing {
         Some(topic) => Some(topic),
         None if validate_topic_name(&name).is_err() => {
             return error_topic(&name, ResponseError::InvalidTopicException.code());
         }
         None if auto_create && !may_create() => {
+            authorizer.deny(Operation::Create, ResourceType::Topic, &name);
             return error_topic(&name, ResponseError::TopicAuthorizationFailed.code());
         }
         None if !may_create() => None,

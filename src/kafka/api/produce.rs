@@ -374,8 +374,7 @@ fn access(request: &Request<'_>, authorizer: &Authorizer, target: &Target) -> Ac
     }
     let restricted = !matches!(authorizer, Authorizer::AllowAll);
     Access::Write {
-        may_create: authorizer.cluster(Operation::Create)
-            || authorizer.topic(Operation::Create, name),
+        may_create: authorizer.may_create_topic(name),
         provenance: (restricted && crate::broker::retry::retry_group(name).is_some())
             .then(|| authorizer.clone()),
     }
