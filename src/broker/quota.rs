@@ -19,10 +19,10 @@
 //! samples of `kafka.quota_window_ms` each; the rate is the bytes in the
 //! samples over their span, at least `samples - 1` windows (so a client's
 //! first burst is measured over the whole window, as in Kafka). A request
-//! that takes the rate over the quota is served (Produce) or answered
-//! empty (Fetch, whose bytes are then not counted), with
+//! that takes the rate over the quota is served and answered with
 //! `throttle_time_ms = (rate - quota) / quota × span`, capped at the whole
-//! window.
+//! window; a Fetch that arrives while its consumer is over the quota is
+//! answered without records (`kafka/api/fetch.rs`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -191,8 +191,9 @@ pub struct QuotaAccounts {
     windows: Mutex<HashMap<Account, Window>>,
 }
 
-/// The most accounts kept; beyond it the idle ones are dropped.
-const ACCOUNTS_MAX: usize = 100_000;
+/// The most accounts kept; beyond it the idle ones are dropped (each can
+/// hold a client id of up to 32 KiB).
+const ACCOUNTS_MAX: usize = 10_000;
 
 impl QuotaAccounts {
     /// Windows of `samples` samples of `sample` each (Kafka's
@@ -226,18 +227,19 @@ impl QuotaAccounts {
         self.throttle(window, quota, now)
     }
 
-    /// Take back `bytes` counted against `account` (a throttled Fetch sends
-    /// none of them).
-    pub fn unrecord(&self, account: &Account, bytes: u64) {
+    /// The throttle `account` is under at `now` before anything more is
+    /// counted: a Fetch that finds it over its quota sends nothing.
+    pub fn throttle_now(&self, account: &Account, quota: u64, now: Instant) -> Duration {
         let mut windows = self
             .windows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, last)) = windows
-            .get_mut(account)
-            .and_then(|window| window.samples.back_mut())
-        {
-            *last = last.saturating_sub(bytes);
+        match windows.get_mut(account) {
+            Some(window) => {
+                self.add(window, 0, now);
+                self.throttle(window, quota, now)
+            }
+            None => Duration::ZERO,
         }
     }
 
@@ -335,9 +337,10 @@ mod tests {
         // 15 000 bytes: half as much again over, throttled for half the span.
         let throttle = accounts.record(&account, 1000, 5000, start);
         assert_eq!(throttle, Duration::from_secs(5));
-        // Taken back, the account is within its quota again.
-        accounts.unrecord(&account, 5000);
-        assert_eq!(accounts.record(&account, 1000, 0, start), Duration::ZERO);
+        assert_eq!(
+            accounts.throttle_now(&account, 1000, start),
+            Duration::from_secs(5)
+        );
         // The cap is the whole window.
         let throttle = accounts.record(&account, 1000, 1_000_000, start);
         assert_eq!(throttle, Duration::from_secs(11));

@@ -99,6 +99,10 @@ pub async fn serve(
     let _ = select(read, select(write, idle)).await;
 }
 
+/// The largest request a connection may send before it has logged in
+/// (Kafka's `sasl.server.max.receive.size` default).
+const UNAUTHENTICATED_REQUEST_MAX_BYTES: u32 = 512 * 1024;
+
 /// TLS handshakes that failed, logged at most 20 times per 10 s: anyone who
 /// reaches a TLS listener can fail one per connection.
 static FAILED_HANDSHAKES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 20);
@@ -268,6 +272,17 @@ async fn read_requests(
             // is read once this one is answered and its state is set.
             hangup_watch_drained(stream, pipeline).await;
         }
+        // Before login a frame may reserve at most a SASL exchange's worth
+        // of the broker-wide request budget (Kafka's
+        // sasl.server.max.receive.size), so unauthenticated connections
+        // cannot hold it for everyone.
+        reader.set_request_max_bytes(if session.is_authenticated() {
+            kafka.request_max_bytes
+        } else {
+            kafka
+                .request_max_bytes
+                .min(UNAUTHENTICATED_REQUEST_MAX_BYTES)
+        });
         if let Some(until) = session.muted_until() {
             // A quota's throttle (KIP-219): nothing is read until it passes.
             let wait = until.saturating_duration_since(Instant::now());

@@ -16,7 +16,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::pin::pin;
+
 use bytes::{Buf, Bytes};
+use futures_util::future::select;
 use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::Decodable;
 
@@ -63,7 +66,7 @@ impl Request<'_> {
     /// Count `bytes` against the connection's `kind` quota (its user and
     /// client id, `broker/quota.rs`) and mute the connection for the
     /// throttle this earns; the throttle (zero without a quota), and the
-    /// account for [`Request::unrecord_quota`].
+    /// account counted against.
     pub fn record_quota(&self, kind: QuotaKind, bytes: u64) -> (Duration, Option<Account>) {
         let snapshot = self.broker.metadata.snapshot();
         if snapshot.client_quotas.is_empty() {
@@ -87,10 +90,29 @@ impl Request<'_> {
         (throttle, Some(account))
     }
 
-    /// Take back bytes [`Request::record_quota`] counted (a throttled Fetch
-    /// sends none).
-    pub fn unrecord_quota(&self, account: &Account, bytes: u64) {
-        self.broker.quota_accounts.unrecord(account, bytes);
+    /// The throttle the connection's `kind` quota is under already, before
+    /// this request counts (zero without a quota); muted for it if any.
+    pub fn quota_throttle_now(&self, kind: QuotaKind) -> Duration {
+        let snapshot = self.broker.metadata.snapshot();
+        if snapshot.client_quotas.is_empty() {
+            return Duration::ZERO;
+        }
+        let user = self.session.principal_user();
+        let client_id = self.header.client_id.as_deref().unwrap_or("");
+        let Some((account, quota)) =
+            quota::resolve(&snapshot.client_quotas, kind, &user, client_id)
+        else {
+            return Duration::ZERO;
+        };
+        let throttle = self
+            .broker
+            .quota_accounts
+            .throttle_now(&account, quota, Instant::now());
+        if !throttle.is_zero() {
+            self.session.mute_for(throttle);
+            telemetry::kafka::quota_throttled(kind.key());
+        }
+        throttle
     }
 
     /// What the connection's principal may do (`authorize.rs`).
@@ -146,6 +168,13 @@ pub async fn handle(
     session: Rc<Session>,
 ) -> Outcome {
     turn.wait().await;
+    if let Some(until) = session.muted_until() {
+        // A quota's throttle (KIP-219): requests read ahead wait for it in
+        // turn, as if they had not been read, so pipelining cannot carry a
+        // client past its quota.
+        let wait = until.saturating_duration_since(Instant::now());
+        let _ = select(pin!(compio::time::sleep(wait)), pin!(hangup.wait())).await;
+    }
     let connection = Connection {
         peer,
         hangup: &hangup,

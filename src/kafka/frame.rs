@@ -142,6 +142,11 @@ impl FrameDeadline {
 }
 
 impl FrameReader {
+    /// Change the largest request accepted from the next frame on.
+    pub fn set_request_max_bytes(&mut self, request_max_bytes: u32) {
+        self.limits.request_max_bytes = request_max_bytes;
+    }
+
     pub fn new(limits: FrameLimits) -> FrameReader {
         FrameReader {
             buffer: BytesMut::with_capacity(READ_CHUNK_BYTES),

@@ -34,8 +34,9 @@ use rustls::{ServerConfig, ServerConnection};
 
 /// Ciphertext read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// Plaintext rustls may hold unsent before a write waits for the socket.
-const SEND_BUFFER_BYTES: usize = 1 << 20;
+/// Plaintext rustls may hold unsent before a write waits for the socket
+/// (rustls's own default): what a connection that stops reading pins.
+const SEND_BUFFER_BYTES: usize = 64 * 1024;
 
 /// A connection's stream.
 pub enum Transport {
@@ -221,7 +222,12 @@ impl AsyncRead for &Transport {
                 stream.read(buffer).await
             }
             Transport::Tls(stream) => {
+                // At most a chunk per read: initialising the whole spare
+                // capacity of a large frame's buffer on every read would
+                // cost the square of its size.
                 let spare = buffer.as_uninit();
+                let chunk = spare.len().min(READ_CHUNK_BYTES);
+                let spare = &mut spare[..chunk];
                 spare.fill(MaybeUninit::new(0));
                 // SAFETY: every byte of `spare` was just initialised.
                 let spare = unsafe { &mut *(spare as *mut [MaybeUninit<u8>] as *mut [u8]) };

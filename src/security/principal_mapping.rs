@@ -58,6 +58,37 @@ fn until_slash(text: &str) -> Option<(String, &str)> {
     None
 }
 
+/// A Java `Matcher.replaceAll` replacement in the regex crate's syntax:
+/// `$` and the digits after it name a group (`$1_x` is group 1, then
+/// `_x`), `\\c` is a literal `c`, and a literal `$` is `$$`.
+fn java_replacement(replacement: &str) -> String {
+    let mut out = String::new();
+    let mut chars = replacement.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some('$') => out.push_str("$$"),
+                Some(other) => out.push(other),
+                None => {}
+            },
+            '$' => {
+                let mut digits = String::new();
+                while let Some(digit) = chars.peek().filter(|c| c.is_ascii_digit()) {
+                    digits.push(*digit);
+                    chars.next();
+                }
+                if digits.is_empty() {
+                    out.push_str("$$");
+                } else {
+                    out.push_str(&format!("${{{digits}}}"));
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 impl Rules {
     /// Parse `text`, or say what is wrong with it.
     pub fn parse(text: &str) -> Result<Rules, String> {
@@ -81,7 +112,7 @@ impl Rules {
                     .map_err(|error| format!("rule {rest:?}: {error}"))?;
                 rules.push(Rule::Replace {
                     pattern,
-                    replacement,
+                    replacement: java_replacement(&replacement),
                     case,
                 });
                 rest = after;
@@ -158,6 +189,15 @@ mod tests {
         assert_eq!(only.map("CN=bob,O=x"), None);
         let slash = Rules::parse(r"RULE:^CN=(.*)\/x$/$1\/y/").unwrap();
         assert_eq!(slash.map("CN=a/x"), Some("a/y".to_owned()));
+    }
+
+    #[test]
+    fn group_references_end_at_the_last_digit_as_in_java() {
+        let rules = Rules::parse("RULE:^O=([^,]+),OU=([^,]+),CN=([^,]+)$/$3_$2/").unwrap();
+        assert_eq!(
+            rules.map("O=Example,OU=eng,CN=alice"),
+            Some("alice_eng".to_owned())
+        );
     }
 
     #[test]

@@ -49,7 +49,26 @@ pub struct TlsServer {
     rules: Rules,
 }
 
+/// Refuse what is not a regular file before opening it: a FIFO would
+/// block the main thread (and with it SIGTERM) on SIGHUP.
+fn regular_file(what: &'static str, path: &str) -> Result<(), TlsError> {
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.is_file() => Ok(()),
+        Ok(_) => Err(TlsError::File {
+            what,
+            path: path.to_owned(),
+            reason: "not a regular file".to_owned(),
+        }),
+        Err(error) => Err(TlsError::File {
+            what,
+            path: path.to_owned(),
+            reason: error.to_string(),
+        }),
+    }
+}
+
 fn certificates(what: &'static str, path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    regular_file(what, path)?;
     let file_error = |reason: String| TlsError::File {
         what,
         path: path.to_owned(),
@@ -71,6 +90,7 @@ fn certificates(what: &'static str, path: &str) -> Result<Vec<CertificateDer<'st
 /// A rustls server configuration from `settings`.
 fn server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
     let chain = certificates("certificate", &settings.certificate)?;
+    regular_file("private key", &settings.private_key)?;
     let key = PrivateKeyDer::from_pem_file(Path::new(&settings.private_key)).map_err(|error| {
         TlsError::File {
             what: "private key",

@@ -201,9 +201,13 @@ fn check_entry(
             continue;
         }
         let value = op.value;
-        if !value.is_finite() || value < 1.0 || value > QUOTA_VALUE_MAX as f64 {
+        if !value.is_finite()
+            || value < 1.0
+            || value > QUOTA_VALUE_MAX as f64
+            || value.fract() != 0.0
+        {
             return Err(format!(
-                "{key} = {value} is not a rate of 1 to {QUOTA_VALUE_MAX} bytes per second"
+                "{key} = {value} is not a whole rate of 1 to {QUOTA_VALUE_MAX} bytes per second"
             ));
         }
         set.insert(key.to_owned(), value as u64);

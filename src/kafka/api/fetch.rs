@@ -145,26 +145,31 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
 }
 
 /// Count the response's record bytes against the consumer's
-/// `consumer_byte_rate` quota (`broker/quota.rs`). Over it, as Kafka
-/// (KIP-219): the response goes out without records (their bytes are not
-/// counted) but with `throttle_time_ms`, and the connection reads nothing
-/// more until then; the consumer fetches the same offsets again after.
+/// `consumer_byte_rate` quota (`broker/quota.rs`), as KIP-219 throttles:
+/// when the consumer is over its quota already, the response goes out
+/// without records (not counted) and with `throttle_time_ms`; else the
+/// records go out, and if they take it over the quota the response carries
+/// the throttle. Either way the connection reads nothing more until the
+/// throttle ends. (Kafka empties a response whose own bytes would cross
+/// the quota; a response larger than the whole window's allowance would
+/// then never go out, so Sluice sends it and throttles after.)
 fn throttle_for_quota(request: &Request<'_>, topics: &mut [FetchedTopic]) -> Duration {
-    let bytes: u64 = topics
-        .iter()
-        .flat_map(|topic| &topic.partitions)
-        .map(partition_bytes)
-        .sum();
-    let (throttle, account) = request.record_quota(QuotaKind::Fetch, bytes);
-    if let Some(account) = account.filter(|_| !throttle.is_zero()) {
-        request.unrecord_quota(&account, bytes);
+    let already = request.quota_throttle_now(QuotaKind::Fetch);
+    if !already.is_zero() {
         for partition in topics.iter_mut().flat_map(|topic| &mut topic.partitions) {
             partition.batches.clear();
             if let Some(aborted) = &mut partition.aborted_transactions {
                 aborted.clear();
             }
         }
+        return already;
     }
+    let bytes: u64 = topics
+        .iter()
+        .flat_map(|topic| &topic.partitions)
+        .map(partition_bytes)
+        .sum();
+    let (throttle, _) = request.record_quota(QuotaKind::Fetch, bytes);
     throttle
 }
 
