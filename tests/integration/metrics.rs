@@ -42,6 +42,16 @@ const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 const SILENT_CLOSE_WAIT: Duration = Duration::from_secs(8);
 
 /// `(status line, body)` of a GET.
+/// The value of the first sample on `address`'s /metrics whose line starts
+/// with `line_start` (name and labels); 0 when there is none.
+pub fn value(address: &str, line_start: &str) -> f64 {
+    let (_, text) = get(address, "/metrics");
+    text.lines()
+        .find(|line| line.starts_with(line_start))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn get(address: &str, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(address).expect("metrics listener accepts");
     stream

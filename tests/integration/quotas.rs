@@ -59,11 +59,7 @@ fn both(work: impl Fn(&str) -> bool + Sync) -> (f64, f64) {
 }
 
 fn metric(broker: &BrokerProcess, line_start: &str) -> f64 {
-    let (_, text) = crate::metrics::get(&broker.metrics, "/metrics");
-    text.lines()
-        .find(|line| line.starts_with(line_start))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    crate::metrics::value(&broker.metrics, line_start)
 }
 
 #[test]

@@ -4,9 +4,8 @@
 //! bootstrap user; `sluice users`; credentials kept across a restart and
 //! never as passwords; and the exchange's bad input, on the wire.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use kafka_protocol::messages::{
@@ -66,11 +65,7 @@ fn sasl_args<'a>(
 }
 
 fn metric(broker: &BrokerProcess, line_start: &str) -> f64 {
-    let (_, text) = crate::metrics::get(&broker.metrics, "/metrics");
-    text.lines()
-        .find(|line| line.starts_with(line_start))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    crate::metrics::value(&broker.metrics, line_start)
 }
 
 #[test]
@@ -159,32 +154,10 @@ fn sluice_users(
     args: &[&str],
     stdin: &str,
 ) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("users")
-        .args(args)
-        .args(["--brokers", address])
-        .env("SLUICE_SASL_USERNAME", user)
-        .env("SLUICE_SASL_PASSWORD", password)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
+    let args: Vec<&str> = std::iter::once("users")
+        .chain(args.iter().copied())
+        .collect();
+    crate::acls::sluice(address, user, password, &args, stdin)
 }
 
 #[test]

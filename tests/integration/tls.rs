@@ -168,11 +168,7 @@ fn kcat_ssl(
 }
 
 fn metric(broker: &BrokerProcess, line_start: &str) -> f64 {
-    let (_, text) = crate::metrics::get(&broker.metrics, "/metrics");
-    text.lines()
-        .find(|line| line.starts_with(line_start))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    crate::metrics::value(&broker.metrics, line_start)
 }
 
 #[derive(Debug, Deserialize)]

@@ -66,6 +66,16 @@ fn refusal(request: &Request<'_>, operation: Operation) -> Option<(ResponseError
     None
 }
 
+/// Give every outcome still `Ok` the command's `error`: nothing of the
+/// request was applied.
+fn fail_the_rest<T>(outcomes: &mut [Result<T, (i16, String)>], error: &(i16, String)) {
+    for outcome in outcomes {
+        if outcome.is_ok() {
+            *outcome = Err(error.clone());
+        }
+    }
+}
+
 /// Submit `command`, or say why it failed.
 async fn commit(request: &Request<'_>, command: MetadataCommand) -> Result<(), (i16, String)> {
     match request.broker.metadata.submit(command).await {
@@ -110,13 +120,7 @@ pub async fn create(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 created,
                 "ACLs created"
             ),
-            Err(error) => {
-                for outcome in &mut outcomes {
-                    if outcome.is_ok() {
-                        *outcome = Err(error.clone());
-                    }
-                }
-            }
+            Err(error) => fail_the_rest(&mut outcomes, &error),
         }
     }
     let results = outcomes
@@ -250,13 +254,7 @@ pub async fn delete(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 deleted,
                 "ACLs deleted"
             ),
-            Err(error) => {
-                for outcome in &mut outcomes {
-                    if outcome.is_ok() {
-                        *outcome = Err(error.clone());
-                    }
-                }
-            }
+            Err(error) => fail_the_rest(&mut outcomes, &error),
         }
     }
     let results = outcomes
