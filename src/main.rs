@@ -548,8 +548,8 @@ impl QuotaEntityArgs {
 
 #[derive(Subcommand)]
 enum QuotasCommand {
-    /// Set an entity's rates: sluice quotas set --user alice
-    /// --producer-byte-rate 1048576.
+    /// Set an entity's quotas: sluice quotas set --user alice
+    /// --producer-byte-rate 1048576 --request-percentage 50.
     Set {
         #[command(flatten)]
         entity: QuotaEntityArgs,
@@ -559,9 +559,13 @@ enum QuotasCommand {
         /// Bytes per second the entity may fetch.
         #[arg(long)]
         consumer_byte_rate: Option<u64>,
+        /// Percent of one shard thread's time the entity's requests may
+        /// take (100 = one whole thread; KIP-124).
+        #[arg(long)]
+        request_percentage: Option<u64>,
     },
-    /// Remove an entity's quotas (--key producer_byte_rate or
-    /// consumer_byte_rate; default both).
+    /// Remove an entity's quotas (--key producer_byte_rate,
+    /// consumer_byte_rate or request_percentage; default all).
     Remove {
         #[command(flatten)]
         entity: QuotaEntityArgs,
@@ -579,11 +583,15 @@ fn quotas(brokers: &str, command: QuotasCommand) -> anyhow::Result<()> {
             entity,
             producer_byte_rate,
             consumer_byte_rate,
+            request_percentage,
         } => quotas::set(
             brokers,
             &entity.args(),
-            producer_byte_rate,
-            consumer_byte_rate,
+            quotas::QuotaValues {
+                producer_byte_rate,
+                consumer_byte_rate,
+                request_percentage,
+            },
         ),
         QuotasCommand::Remove { entity, key } => quotas::remove(brokers, &entity.args(), &key),
         QuotasCommand::List => quotas::list(brokers),

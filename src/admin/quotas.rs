@@ -1,8 +1,8 @@
-//! `sluice quotas set|remove|list`: client byte-rate quotas through
+//! `sluice quotas set|remove|list`: client quotas through
 //! AlterClientQuotas and DescribeClientQuotas (KIP-546), like
-//! `kafka-configs.sh --entity-type users|clients`. Rates are bytes per
-//! second; an entity is a user, a client id or both, each named or the
-//! type's `<default>`.
+//! `kafka-configs.sh --entity-type users|clients`. Byte rates are bytes per
+//! second, `request_percentage` percent of one thread (KIP-124); an entity
+//! is a user, a client id or both, each named or the type's `<default>`.
 
 use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
 use kafka_protocol::messages::{AlterClientQuotasRequest, DescribeClientQuotasRequest};
@@ -10,7 +10,9 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::table::Table;
 use super::{AdminResult, describe_error};
-use crate::broker::quota::{CONSUMER_BYTE_RATE, PRODUCER_BYTE_RATE};
+use crate::broker::quota::{
+    CONSUMER_BYTE_RATE, PRODUCER_BYTE_RATE, QUOTA_KEYS, REQUEST_PERCENTAGE,
+};
 use crate::client::KafkaClient;
 
 /// The entity a command names: `Some(None)` is the type's default.
@@ -58,16 +60,23 @@ fn alter(brokers: &str, entry: EntryData) -> AdminResult {
     Ok(())
 }
 
-/// Set the entity's rates, in bytes per second.
-pub fn set(
-    brokers: &str,
-    args: &EntityArgs,
-    producer_byte_rate: Option<u64>,
-    consumer_byte_rate: Option<u64>,
-) -> AdminResult {
+/// The quotas a `set` gives an entity; `None` leaves one as it is.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QuotaValues {
+    /// Bytes per second.
+    pub producer_byte_rate: Option<u64>,
+    /// Bytes per second.
+    pub consumer_byte_rate: Option<u64>,
+    /// Percent of one thread's time.
+    pub request_percentage: Option<u64>,
+}
+
+/// Set the entity's quotas.
+pub fn set(brokers: &str, args: &EntityArgs, values: QuotaValues) -> AdminResult {
     let ops: Vec<OpData> = [
-        (PRODUCER_BYTE_RATE, producer_byte_rate),
-        (CONSUMER_BYTE_RATE, consumer_byte_rate),
+        (PRODUCER_BYTE_RATE, values.producer_byte_rate),
+        (CONSUMER_BYTE_RATE, values.consumer_byte_rate),
+        (REQUEST_PERCENTAGE, values.request_percentage),
     ]
     .into_iter()
     .filter_map(|(key, rate)| {
@@ -79,7 +88,10 @@ pub fn set(
     })
     .collect();
     if ops.is_empty() {
-        anyhow::bail!("give --producer-byte-rate, --consumer-byte-rate or both");
+        anyhow::bail!(
+            "give one or more of --producer-byte-rate, --consumer-byte-rate and \
+             --request-percentage"
+        );
     }
     let set: Vec<String> = ops
         .iter()
@@ -95,10 +107,10 @@ pub fn set(
     Ok(())
 }
 
-/// Remove the entity's `keys` (both when none is named).
+/// Remove the entity's `keys` (all of them when none is named).
 pub fn remove(brokers: &str, args: &EntityArgs, keys: &[String]) -> AdminResult {
     let keys: Vec<&str> = if keys.is_empty() {
-        vec![PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE]
+        QUOTA_KEYS.to_vec()
     } else {
         keys.iter().map(String::as_str).collect()
     };
@@ -126,7 +138,7 @@ pub fn list(brokers: &str) -> AdminResult {
             response.error_message.as_deref()
         ));
     }
-    let mut table = Table::new(&["USER", "CLIENT-ID", "QUOTA", "BYTES/S"]);
+    let mut table = Table::new(&["USER", "CLIENT-ID", "QUOTA", "VALUE"]);
     for entry in response.entries.iter().flatten() {
         let part = |entity_type: &str| {
             entry

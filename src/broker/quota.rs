@@ -1,6 +1,7 @@
-//! Client byte-rate quotas (issue 20 item 5): Kafka's `producer_byte_rate`
-//! and `consumer_byte_rate` for users, client ids and both (KIP-13, KIP-55,
-//! managed with KIP-546's DescribeClientQuotas / AlterClientQuotas), kept
+//! Client quotas (issue 20 item 5): Kafka's `producer_byte_rate` and
+//! `consumer_byte_rate` (KIP-13) and `request_percentage` (KIP-124) for
+//! users, client ids and both (KIP-55, managed with KIP-546's
+//! DescribeClientQuotas / AlterClientQuotas), kept
 //! in the cluster metadata and enforced on every shard against one shared
 //! account per quota, with KIP-219's throttling: the response carries
 //! `throttle_time_ms` and the connection reads nothing more until then.
@@ -23,6 +24,16 @@
 //! `throttle_time_ms = (rate - quota) / quota × span`, capped at the whole
 //! window; a Fetch that arrives while its consumer is over the quota is
 //! answered without records (`kafka/api/fetch.rs`).
+//!
+//! **Request time** (KIP-124): `request_percentage` is the share of one
+//! thread a client may keep busy, in percent (Kafka's unit: 100 is one
+//! whole thread; a broker has `shards` × 100 in all, as Kafka has
+//! `num.io.threads` × 100). What counts is the time the shard thread spends
+//! running the request's handler (the time its future is polled, so not its
+//! waits for the disk, a long poll or the controller), counted in
+//! microseconds; its throttle goes in every response's `throttle_time_ms`
+//! (the larger of it and a byte-rate throttle). ApiVersions, SaslHandshake
+//! and SaslAuthenticate are exempt, as their responses carry no throttle.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -34,13 +45,17 @@ use serde::{Deserialize, Serialize};
 pub const PRODUCER_BYTE_RATE: &str = "producer_byte_rate";
 /// Bytes a user or client id may fetch per second (Kafka's key).
 pub const CONSUMER_BYTE_RATE: &str = "consumer_byte_rate";
+/// The percentage of one thread's time a user or client id may take
+/// (Kafka's key, KIP-124).
+pub const REQUEST_PERCENTAGE: &str = "request_percentage";
 /// The quota keys Sluice enforces.
-pub const QUOTA_KEYS: [&str; 2] = [PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE];
+pub const QUOTA_KEYS: [&str; 3] = [PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE, REQUEST_PERCENTAGE];
 /// The most quota entities a cluster keeps.
 pub const QUOTA_ENTITIES_MAX: usize = 10_000;
 /// The longest user or client id a quota names, in bytes.
 pub const QUOTA_NAME_BYTES_MAX: usize = 1024;
-/// The largest quota, bytes per second (1 PB/s: no limit in practice).
+/// The largest quota value, bytes per second or percent (no limit in
+/// practice).
 pub const QUOTA_VALUE_MAX: u64 = 1 << 50;
 
 /// One part of a quota entity: a name, or Kafka's `<default>` (a null
@@ -93,15 +108,32 @@ pub fn throttle_ms(throttle: Duration) -> i32 {
 /// Which quota a request counts against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum QuotaKind {
+    /// Bytes produced.
     Produce,
+    /// Bytes fetched.
     Fetch,
+    /// Microseconds of a shard thread's time.
+    Request,
 }
+
+/// Microseconds per second in one percent of a thread.
+const MICROS_PER_SECOND_PER_PERCENT: u64 = 10_000;
 
 impl QuotaKind {
     pub fn key(self) -> &'static str {
         match self {
             QuotaKind::Produce => PRODUCER_BYTE_RATE,
             QuotaKind::Fetch => CONSUMER_BYTE_RATE,
+            QuotaKind::Request => REQUEST_PERCENTAGE,
+        }
+    }
+
+    /// A quota's value (bytes per second, or percent) as units of what this
+    /// kind counts per second.
+    fn per_second(self, value: u64) -> u64 {
+        match self {
+            QuotaKind::Produce | QuotaKind::Fetch => value,
+            QuotaKind::Request => value.saturating_mul(MICROS_PER_SECOND_PER_PERCENT),
         }
     }
 }
@@ -147,8 +179,9 @@ fn candidates(user: &str, client_id: &str) -> [QuotaEntity; 8] {
     ]
 }
 
-/// The account a request's bytes go to, and its quota in bytes per
-/// second, or `None` when no quota applies.
+/// The account a request counts against, and its quota in units per
+/// second (bytes, or microseconds of thread time), or `None` when no quota
+/// applies.
 pub fn resolve(
     quotas: &Quotas,
     kind: QuotaKind,
@@ -165,7 +198,7 @@ pub fn resolve(
             user: entity.user.as_ref().map(|name| name.tag(user)),
             client_id: entity.client_id.as_ref().map(|name| name.tag(client_id)),
         };
-        Some((account, quota))
+        Some((account, kind.per_second(quota)))
     })
 }
 
@@ -316,6 +349,27 @@ mod tests {
         let (one, _) = resolve(&quotas, QuotaKind::Produce, "alice", "x").unwrap();
         let (two, _) = resolve(&quotas, QuotaKind::Produce, "alice", "y").unwrap();
         assert_eq!(one, two);
+    }
+
+    #[test]
+    fn a_request_percentage_is_microseconds_of_thread_time_per_second() {
+        let quotas = quotas(&[(named("a"), None, REQUEST_PERCENTAGE, 50)]);
+        let (account, per_second) = resolve(&quotas, QuotaKind::Request, "a", "c").unwrap();
+        // Half a thread: 500 ms of every second.
+        assert_eq!(per_second, 500_000);
+        assert_eq!(resolve(&quotas, QuotaKind::Produce, "a", "c"), None);
+        let accounts = QuotaAccounts::new(Duration::from_secs(1), 11);
+        let start = Instant::now();
+        // 10 s of floor × 0.5 s per second: 5 s of thread time pass, 6 s
+        // are a fifth over, throttled for a fifth of the span.
+        assert_eq!(
+            accounts.record(&account, per_second, 5_000_000, start),
+            Duration::ZERO
+        );
+        assert_eq!(
+            accounts.record(&account, per_second, 1_000_000, start),
+            Duration::from_secs(2)
+        );
     }
 
     #[test]

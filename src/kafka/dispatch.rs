@@ -26,9 +26,11 @@ use kafka_protocol::protocol::Decodable;
 use super::api;
 use super::authorize::Authorizer;
 use super::hangup::Hangup;
+use super::request_clock::RequestClock;
 use super::request_error::RequestError;
 use super::response::Response;
 use super::response_errors::ErrorCodes;
+use super::response_throttle::ThrottleTime;
 use super::session::Session;
 use super::turn::Turn;
 use super::versions;
@@ -55,6 +57,8 @@ pub struct Request<'a> {
     /// counts, as Kafka's request size).
     pub size: usize,
     turn: &'a Turn,
+    /// The thread time the request has taken (`request_percentage`).
+    clock: &'a RequestClock,
 }
 
 impl Request<'_> {
@@ -63,56 +67,69 @@ impl Request<'_> {
         self.turn.pass();
     }
 
-    /// Count `bytes` against the connection's `kind` quota (its user and
-    /// client id, `broker/quota.rs`) and mute the connection for the
-    /// throttle this earns; the throttle (zero without a quota), and the
-    /// account counted against.
-    pub fn record_quota(&self, kind: QuotaKind, bytes: u64) -> (Duration, Option<Account>) {
+    /// The connection's `kind` quota (its user and client id,
+    /// `broker/quota.rs`): its account and its rate per second, if one
+    /// applies.
+    fn quota(&self, kind: QuotaKind) -> Option<(Account, u64)> {
         let snapshot = self.broker.metadata.snapshot();
         if snapshot.client_quotas.is_empty() {
-            return (Duration::ZERO, None);
+            return None;
         }
         let user = self.session.principal_user();
         let client_id = self.header.client_id.as_deref().unwrap_or("");
-        let Some((account, quota)) =
-            quota::resolve(&snapshot.client_quotas, kind, &user, client_id)
-        else {
-            return (Duration::ZERO, None);
-        };
-        let throttle = self
-            .broker
-            .quota_accounts
-            .record(&account, quota, bytes, Instant::now());
+        quota::resolve(&snapshot.client_quotas, kind, &user, client_id)
+    }
+
+    /// Mute the connection for a `kind` quota's `throttle`, if any.
+    fn throttled(&self, kind: QuotaKind, throttle: Duration) -> Duration {
         if !throttle.is_zero() {
             self.session.mute_for(throttle);
             telemetry::kafka::quota_throttled(kind.key());
         }
-        (throttle, Some(account))
+        throttle
+    }
+
+    /// Count `amount` (bytes, or microseconds for [`QuotaKind::Request`])
+    /// against the connection's `kind` quota and mute the connection for
+    /// the throttle this earns; the throttle (zero without a quota).
+    pub fn record_quota(&self, kind: QuotaKind, amount: u64) -> Duration {
+        let Some((account, quota)) = self.quota(kind) else {
+            return Duration::ZERO;
+        };
+        let throttle = self
+            .broker
+            .quota_accounts
+            .record(&account, quota, amount, Instant::now());
+        self.throttled(kind, throttle)
     }
 
     /// The throttle the connection's `kind` quota is under already, before
     /// this request counts (zero without a quota); muted for it if any.
     pub fn quota_throttle_now(&self, kind: QuotaKind) -> Duration {
-        let snapshot = self.broker.metadata.snapshot();
-        if snapshot.client_quotas.is_empty() {
-            return Duration::ZERO;
-        }
-        let user = self.session.principal_user();
-        let client_id = self.header.client_id.as_deref().unwrap_or("");
-        let Some((account, quota)) =
-            quota::resolve(&snapshot.client_quotas, kind, &user, client_id)
-        else {
+        let Some((account, quota)) = self.quota(kind) else {
             return Duration::ZERO;
         };
         let throttle = self
             .broker
             .quota_accounts
             .throttle_now(&account, quota, Instant::now());
-        if !throttle.is_zero() {
-            self.session.mute_for(throttle);
-            telemetry::kafka::quota_throttled(kind.key());
+        self.throttled(kind, throttle)
+    }
+
+    /// Count the thread time the request has taken since last counted
+    /// against the connection's `request_percentage` quota (KIP-124); the
+    /// throttle this earns, the connection muted for it. ApiVersions and
+    /// the SASL exchange are exempt (their answers carry no throttle, or
+    /// come before the principal is known).
+    pub fn record_request_time(&self) -> Duration {
+        let micros = self.clock.take_uncounted_micros();
+        if matches!(
+            self.key,
+            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        ) {
+            return Duration::ZERO;
         }
-        throttle
+        self.record_quota(QuotaKind::Request, micros)
     }
 
     /// What the connection's principal may do (`authorize.rs`).
@@ -128,16 +145,22 @@ impl Request<'_> {
         self.key.response_header_version(self.version)
     }
 
-    /// Encode `body` as this request's response, counting its error codes.
-    pub fn respond<M: kafka_protocol::protocol::Encodable + ErrorCodes>(
+    /// Encode `body` as this request's response, counting its error codes
+    /// and its thread time; its `throttle_time_ms` becomes the larger of
+    /// what it holds (a byte-rate throttle) and the request-time throttle.
+    pub fn respond<M: kafka_protocol::protocol::Encodable + ErrorCodes + ThrottleTime>(
         &self,
-        body: &M,
+        mut body: M,
     ) -> Result<Response, RequestError> {
-        telemetry::kafka::response_errors(self.key, body);
+        let throttle = quota::throttle_ms(self.record_request_time());
+        if let Some(field) = body.throttle_time_ms() {
+            *field = (*field).max(throttle);
+        }
+        telemetry::kafka::response_errors(self.key, &body);
         Response::encode(
             self.correlation_id(),
             self.response_header_version(),
-            body,
+            &body,
             self.version,
         )
         .map_err(|source| RequestError::Encode {
@@ -289,6 +312,7 @@ async fn decode_and_serve(
     if !connection.session.admits(key) {
         return Outcome::Close(RequestError::Unauthenticated { key });
     }
+    let clock = RequestClock::default();
     let request = Request {
         shard,
         broker,
@@ -300,12 +324,18 @@ async fn decode_and_serve(
         session: connection.session,
         size,
         turn: connection.turn,
+        clock: &clock,
     };
     if !holds_turn(key) {
         request.pass_turn();
     }
     let body = frame.copy_to_bytes(frame.remaining());
-    match api::handle(&request, body).await {
+    let handled = clock.time(pin!(api::handle(&request, body))).await;
+    // Time after the response was made, or of a request that sends none
+    // (acks=0), still counts; its throttle mutes the connection.
+    request.record_request_time();
+    telemetry::kafka::request_thread_time(key, clock.total());
+    match handled {
         Ok(Some(response)) if connection.session.closes_after_response() => {
             Outcome::RespondAndClose(response)
         }

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::ApiKey;
@@ -21,6 +21,7 @@ use crate::kafka::response_errors::ErrorCodes;
 struct ApiHandles {
     requests: Counter,
     duration: Histogram,
+    thread_time: Counter,
 }
 
 /// The four per-topic counters.
@@ -50,21 +51,36 @@ pub fn error_name(code: i16) -> String {
     }
 }
 
-/// A request with API key `raw_key`, read at `started`, is answered (or
-/// closed its connection).
-pub fn request_done(raw_key: i16, started: Instant) {
+/// Run `with` on this thread's handles of API key `raw_key`.
+fn with_api(raw_key: i16, with: impl FnOnce(&ApiHandles)) {
     APIS.with(|apis| {
         let mut apis = apis.borrow_mut();
         let handles = apis.entry(raw_key).or_insert_with(|| {
             let api = api_name(raw_key);
             ApiHandles {
                 requests: counter!(names::KAFKA_REQUESTS, "api" => api.clone()),
-                duration: histogram!(names::KAFKA_REQUEST_DURATION, "api" => api),
+                duration: histogram!(names::KAFKA_REQUEST_DURATION, "api" => api.clone()),
+                thread_time: counter!(names::KAFKA_REQUEST_THREAD_TIME, "api" => api),
             }
         });
+        with(handles);
+    });
+}
+
+/// A request with API key `raw_key`, read at `started`, is answered (or
+/// closed its connection).
+pub fn request_done(raw_key: i16, started: Instant) {
+    with_api(raw_key, |handles| {
         handles.requests.increment(1);
         handles.duration.record(started.elapsed().as_secs_f64());
     });
+}
+
+/// A request of `api` kept its shard thread busy for `thread_time` (the
+/// `request_percentage` quota's measure).
+pub fn request_thread_time(api: ApiKey, thread_time: Duration) {
+    let micros = u64::try_from(thread_time.as_micros()).unwrap_or(u64::MAX);
+    with_api(api as i16, |handles| handles.thread_time.increment(micros));
 }
 
 /// Count one error of `api` under the Kafka name of `code`.

@@ -12,6 +12,7 @@ pub const READY: &str = "sluice_ready";
 pub const KAFKA_REQUESTS: &str = "sluice_kafka_requests_total";
 pub const KAFKA_REQUEST_DURATION: &str = "sluice_kafka_request_duration_seconds";
 pub const KAFKA_REQUEST_ERRORS: &str = "sluice_kafka_request_errors_total";
+pub const KAFKA_REQUEST_THREAD_TIME: &str = "sluice_kafka_request_thread_microseconds_total";
 pub const KAFKA_CONNECTIONS: &str = "sluice_kafka_connections";
 pub const KAFKA_CONNECTIONS_ACCEPTED: &str = "sluice_kafka_connections_accepted_total";
 pub const KAFKA_CONNECTIONS_REFUSED: &str = "sluice_kafka_connections_refused_total";
@@ -111,6 +112,11 @@ pub fn describe() {
         "From reading a Kafka request to writing its response, by API (acks=all Produce includes the fdatasync)."
     );
     describe_counter!(
+        KAFKA_REQUEST_THREAD_TIME,
+        Unit::Microseconds,
+        "Shard-thread time spent running Kafka requests' handlers, by API: what the request_percentage quota counts (waits for the disk, a long poll or the controller are not included)."
+    );
+    describe_counter!(
         KAFKA_REQUEST_ERRORS,
         Unit::Count,
         "Error codes returned, one per failed partition, topic, group or member, by API and Kafka error name; ConnectionClosed counts requests that closed the connection."
@@ -143,7 +149,7 @@ pub fn describe() {
     describe_counter!(
         KAFKA_QUOTA_THROTTLES,
         Unit::Count,
-        "Responses that carried a quota's throttle time (the connection then reads nothing until it passes), by quota (producer_byte_rate, consumer_byte_rate)."
+        "Responses that carried a quota's throttle time (the connection then reads nothing until it passes), by quota (producer_byte_rate, consumer_byte_rate, request_percentage)."
     );
     describe_counter!(
         KAFKA_AUTHORIZATION_DENIALS,

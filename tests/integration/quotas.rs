@@ -1,13 +1,15 @@
-//! Client byte-rate quotas (issue 20 item 5): `sluice quotas`, and kcat
-//! producers and consumers of two users at once, one under a quota that
-//! holds it to about its rate (measured) while the other runs free.
+//! Client quotas (issue 20 item 5): `sluice quotas`; kcat producers and
+//! consumers of two users at once, one under a byte-rate quota that holds
+//! it to about its rate (measured) while the other runs free; and a client
+//! in a Metadata loop held to its `request_percentage` of a thread.
 
 use std::path::Path;
 use std::time::Instant;
 
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::{
-    AlterClientQuotasRequest, DescribeClientQuotasRequest, alter_client_quotas_request,
-    describe_client_quotas_request,
+    AlterClientQuotasRequest, CreateTopicsRequest, DescribeClientQuotasRequest, ListGroupsRequest,
+    MetadataRequest, TopicName, alter_client_quotas_request, describe_client_quotas_request,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -18,6 +20,7 @@ const ADMIN: &str = "admin";
 const ADMIN_PASSWORD: &str = "admin-secret-1";
 const PRODUCER: &str = "producer_byte_rate";
 const CONSUMER: &str = "consumer_byte_rate";
+const REQUEST: &str = "request_percentage";
 /// alice's quota, bytes per second each way.
 const QUOTA: u64 = 1_000_000;
 /// What each user moves: 8 000 records of 1 000 bytes, in requests of at
@@ -32,7 +35,8 @@ fn quota_broker(dir: &Path) -> BrokerProcess {
     std::fs::write(
         &config,
         "[kafka]\nquota_window_samples = 11\nquota_window_ms = 200\n\
-         [security]\nsecurity_protocol = \"SASL_PLAINTEXT\"\nsasl_bootstrap_user = \"admin\"\n",
+         [security]\nsecurity_protocol = \"SASL_PLAINTEXT\"\nsasl_bootstrap_user = \"admin\"\n\
+         sasl_enabled_mechanisms = [\"SCRAM-SHA-256\", \"SCRAM-SHA-512\", \"PLAIN\"]\n",
     )
     .unwrap();
     let mut command =
@@ -210,6 +214,122 @@ fn a_quota_holds_one_user_to_its_rate_while_another_runs_free() {
     );
 }
 
+/// alice's `request_percentage`: 2 % of a thread, 20 ms a second.
+const REQUEST_QUOTA_PERCENT: u64 = 2;
+/// How long alice and bob each loop.
+const LOOP_SECONDS: f64 = 4.0;
+
+/// Call `call` over and over for `LOOP_SECONDS`: how many calls, and the
+/// largest `throttle_time_ms` answered.
+fn call_loop(mut call: impl FnMut() -> i32) -> (u64, i32) {
+    let started = Instant::now();
+    let (mut calls, mut throttle) = (0, 0);
+    while started.elapsed().as_secs_f64() < LOOP_SECONDS {
+        throttle = throttle.max(call());
+        calls += 1;
+    }
+    (calls, throttle)
+}
+
+/// KIP-124: alice loops on Metadata for every topic (a classic runaway
+/// client) under `request_percentage = 2`, while bob loops on ListGroups
+/// with no quota. The broker's own count of Metadata's thread time, which
+/// only alice asks for, shows her held to about 2 % of a thread; bob is
+/// never throttled and makes many more calls.
+#[test]
+fn a_request_percentage_quota_holds_a_metadata_loop_to_its_share_of_a_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = quota_broker(dir.path());
+    let address = broker.address.clone();
+    for user in ["alice", "bob"] {
+        let (made, output) = sluice(
+            &address,
+            ADMIN,
+            ADMIN_PASSWORD,
+            &["users", "create", user],
+            &format!("{user}-pw\n"),
+        );
+        assert!(made, "{output}");
+    }
+    let mut admin = crate::acls::login(&address, ADMIN, ADMIN_PASSWORD);
+    let topics = (0..100)
+        .map(|index| {
+            CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(format!("t{index:03}"))))
+                .with_num_partitions(2)
+                .with_replication_factor(1)
+        })
+        .collect();
+    let created = admin.call(5, &CreateTopicsRequest::default().with_topics(topics));
+    assert!(created.topics.iter().all(|topic| topic.error_code == 0));
+    let percent = REQUEST_QUOTA_PERCENT.to_string();
+    let (set, output) = sluice(
+        &address,
+        ADMIN,
+        ADMIN_PASSWORD,
+        &[
+            "quotas",
+            "set",
+            "--user",
+            "alice",
+            "--request-percentage",
+            &percent,
+        ],
+        "",
+    );
+    assert!(set, "{output}");
+    let (listed, table) = sluice(&address, ADMIN, ADMIN_PASSWORD, &["quotas", "list"], "");
+    assert!(listed && table.contains(REQUEST), "{table}");
+
+    let metadata_micros = "sluice_kafka_request_thread_microseconds_total{api=\"Metadata\"}";
+    let before = metric(&broker, metadata_micros);
+    let ((alice_calls, alice_throttle), (bob_calls, bob_throttle)) = std::thread::scope(|scope| {
+        let alice = scope.spawn(|| {
+            let mut wire = crate::acls::login(&address, "alice", "alice-pw");
+            call_loop(|| {
+                let answer = wire.call(12, &MetadataRequest::default().with_topics(None));
+                assert!(answer.topics.len() >= 100);
+                answer.throttle_time_ms
+            })
+        });
+        let bob = scope.spawn(|| {
+            let mut wire = crate::acls::login(&address, "bob", "bob-pw");
+            call_loop(|| wire.call(4, &ListGroupsRequest::default()).throttle_time_ms)
+        });
+        (alice.join().unwrap(), bob.join().unwrap())
+    });
+    let alice_micros = metric(&broker, metadata_micros) - before;
+    // Her share over the loop; the first burst may take up to the whole
+    // window's allowance (2 s of quota, as Kafka's first sample) on top.
+    let quota_micros_per_second = REQUEST_QUOTA_PERCENT as f64 * 10_000.0;
+    let allowance = quota_micros_per_second * (LOOP_SECONDS + 2.2);
+    eprintln!(
+        "alice: {alice_calls} Metadata calls, {alice_micros:.0} µs of thread time \
+         (allowance {allowance:.0} µs), largest throttle {alice_throttle} ms; \
+         bob: {bob_calls} ListGroups calls, largest throttle {bob_throttle} ms"
+    );
+    assert!(
+        alice_micros < 1.5 * allowance,
+        "alice took {alice_micros:.0} µs of thread time against an allowance of {allowance:.0}"
+    );
+    assert!(
+        alice_micros > 0.4 * quota_micros_per_second * LOOP_SECONDS,
+        "alice was held well under her quota: {alice_micros:.0} µs"
+    );
+    assert!(alice_throttle > 0, "alice's answers carried no throttle");
+    assert_eq!(bob_throttle, 0, "bob, without a quota, was throttled");
+    assert!(
+        bob_calls > 3 * alice_calls,
+        "bob made {bob_calls} calls against alice's {alice_calls}"
+    );
+    assert!(
+        metric(
+            &broker,
+            "sluice_kafka_quota_throttles_total{quota=\"request_percentage\"}"
+        ) >= 1.0
+    );
+}
+
 fn entity(user: Option<&str>) -> Vec<alter_client_quotas_request::EntityData> {
     vec![
         alter_client_quotas_request::EntityData::default()
@@ -241,7 +361,8 @@ fn client_quota_apis_answer_as_kafka_does() {
     let entries = vec![
         (entity(Some("alice")), vec![op(PRODUCER, 1000.0)]),
         (entity(None), vec![op(CONSUMER, 5000.0)]),
-        (entity(Some("x")), vec![op("request_percentage", 10.0)]),
+        (entity(Some("carol")), vec![op(REQUEST, 10.0)]),
+        (entity(Some("x")), vec![op(REQUEST, 12.5)]),
         (entity(Some("x")), vec![op(PRODUCER, -1.0)]),
         (
             entity(Some("x")),
@@ -268,7 +389,7 @@ fn client_quota_apis_answer_as_kafka_does() {
         .iter()
         .map(|entry| entry.error_code)
         .collect();
-    assert_eq!(codes, vec![0, 0, 42, 42, 42, 42, 42]);
+    assert_eq!(codes, vec![0, 0, 0, 42, 42, 42, 42, 42]);
 
     let mut describe = |match_type: i8, name: Option<&str>| {
         admin
@@ -291,7 +412,10 @@ fn client_quota_apis_answer_as_kafka_does() {
     let default = describe(1, None);
     assert_eq!(default.len(), 1);
     assert_eq!(default[0].entity[0].entity_name, None);
-    assert_eq!(describe(2, None).len(), 2);
+    assert_eq!(describe(2, None).len(), 3);
+    let carol = describe(0, Some("carol"));
+    assert_eq!(carol[0].values[0].key.as_str(), REQUEST);
+    assert_eq!(carol[0].values[0].value, 10.0);
 
     let mut bob = crate::acls::login(&broker.address, "bob", "bob-secret-2");
     let refused = bob.call(

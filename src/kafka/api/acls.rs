@@ -132,14 +132,14 @@ pub async fn create(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .with_error_message(Some(str_bytes(&message))),
         })
         .collect();
-    request.respond(&CreateAclsResponse::default().with_results(results))
+    request.respond(CreateAclsResponse::default().with_results(results))
 }
 
 pub fn describe(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
     let describe: DescribeAclsRequest = decode(request, body)?;
     let refuse = |code: ResponseError, message: String| {
         request.respond(
-            &DescribeAclsResponse::default()
+            DescribeAclsResponse::default()
                 .with_error_code(code.code())
                 .with_error_message(Some(str_bytes(&message))),
         )
@@ -188,7 +188,7 @@ pub fn describe(request: &Request<'_>, body: Bytes) -> Result<Response, RequestE
                 .with_permission_type(binding.permission.code()),
         );
     }
-    request.respond(&DescribeAclsResponse::default().with_resources(resources))
+    request.respond(DescribeAclsResponse::default().with_resources(resources))
 }
 
 pub async fn delete(request: &Request<'_>, body: Bytes) -> Result<Response, RequestError> {
@@ -280,5 +280,5 @@ pub async fn delete(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .with_error_message(Some(str_bytes(&message))),
         })
         .collect();
-    request.respond(&DeleteAclsResponse::default().with_filter_results(results))
+    request.respond(DeleteAclsResponse::default().with_filter_results(results))
 }

@@ -60,5 +60,5 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         .err()
         .unwrap_or(0)
     };
-    request.respond(&AddOffsetsToTxnResponse::default().with_error_code(code))
+    request.respond(AddOffsetsToTxnResponse::default().with_error_code(code))
 }

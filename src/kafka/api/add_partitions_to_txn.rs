@@ -138,7 +138,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         })
         .collect();
     request
-        .respond(&AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results))
+        .respond(AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results))
 }
 
 /// PRODUCER_FENCED from `from_version` on (KIP-588), INVALID_PRODUCER_EPOCH

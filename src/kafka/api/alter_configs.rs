@@ -78,7 +78,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .with_error_message(Some(str_bytes(&message))),
         });
     }
-    request.respond(&AlterConfigsResponse::default().with_responses(responses))
+    request.respond(AlterConfigsResponse::default().with_responses(responses))
 }
 
 /// Replace the override set of one resource by `configs`.

@@ -25,12 +25,12 @@ pub fn handle(request: &Request<'_>, body_bytes: bytes::Bytes) -> Result<Respons
             && is_valid_software_field(asked.client_software_version.as_str());
         if !valid {
             return request.respond(
-                &ApiVersionsResponse::default()
+                ApiVersionsResponse::default()
                     .with_error_code(ResponseError::InvalidRequest.code()),
             );
         }
     }
-    request.respond(&body(NONE))
+    request.respond(body(NONE))
 }
 
 /// KIP-511's pattern for the client software name and version:

@@ -9,13 +9,15 @@
 //!   entity, 2 any entity of the type; `strict` keeps only entities made of
 //!   exactly the filtered types;
 //! - an alteration with an unknown or repeated entity type, an empty
-//!   entity, an unknown key (`producer_byte_rate`, `consumer_byte_rate`), a
-//!   key given twice, or a value that is not a positive number of bytes per
-//!   second gets INVALID_REQUEST, and changes nothing of its entity;
+//!   entity, an unknown key (Sluice keeps `producer_byte_rate`,
+//!   `consumer_byte_rate` and `request_percentage`), a key given twice, or a
+//!   value that is not a positive whole number (bytes per second, percent)
+//!   gets INVALID_REQUEST, and changes nothing of its entity;
 //!   `validate_only` checks and changes nothing at all.
 //!
-//! Connection-rate (`ip`) and request quotas are not kept: their entity
-//! type and keys are refused with INVALID_REQUEST.
+//! Connection-rate (`ip`) quotas are not kept: their entity type and keys
+//! are refused with INVALID_REQUEST. A fractional `request_percentage`
+//! (Kafka takes a double) is refused the same way.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,7 +34,7 @@ use kafka_protocol::messages::{
 use super::{decode, str_bytes};
 use crate::broker::metadata_command::MetadataCommand;
 use crate::broker::quota::{
-    EntityName, QUOTA_KEYS, QUOTA_NAME_BYTES_MAX, QUOTA_VALUE_MAX, QuotaEntity,
+    EntityName, QUOTA_KEYS, QUOTA_NAME_BYTES_MAX, QUOTA_VALUE_MAX, QuotaEntity, REQUEST_PERCENTAGE,
 };
 use crate::kafka::dispatch::Request;
 use crate::kafka::request_error::RequestError;
@@ -61,7 +63,7 @@ pub fn describe(request: &Request<'_>, body: Bytes) -> Result<Response, RequestE
     let describe: DescribeClientQuotasRequest = decode(request, body)?;
     let refuse = |error: ResponseError, message: String| {
         request.respond(
-            &DescribeClientQuotasResponse::default()
+            DescribeClientQuotasResponse::default()
                 .with_error_code(error.code())
                 .with_error_message(Some(str_bytes(&message)))
                 .with_entries(None),
@@ -148,7 +150,7 @@ pub fn describe(request: &Request<'_>, body: Bytes) -> Result<Response, RequestE
                 .with_values(values)
         })
         .collect();
-    request.respond(&DescribeClientQuotasResponse::default().with_entries(Some(entries)))
+    request.respond(DescribeClientQuotasResponse::default().with_entries(Some(entries)))
 }
 
 /// One entry's alteration, checked: the command to run, or why not.
@@ -190,7 +192,7 @@ fn check_entry(
         if !QUOTA_KEYS.contains(&key) {
             return Err(format!(
                 "quota key {key:?} is not kept: Sluice enforces {}",
-                QUOTA_KEYS.join(" and ")
+                QUOTA_KEYS.join(", ")
             ));
         }
         if !seen.insert(key) {
@@ -206,8 +208,13 @@ fn check_entry(
             || value > QUOTA_VALUE_MAX as f64
             || value.fract() != 0.0
         {
+            let unit = if key == REQUEST_PERCENTAGE {
+                "percent of a thread"
+            } else {
+                "bytes per second"
+            };
             return Err(format!(
-                "{key} = {value} is not a whole rate of 1 to {QUOTA_VALUE_MAX} bytes per second"
+                "{key} = {value} is not a whole number of 1 to {QUOTA_VALUE_MAX} {unit}"
             ));
         }
         set.insert(key.to_owned(), value as u64);
@@ -265,5 +272,5 @@ pub async fn alter(request: &Request<'_>, body: Bytes) -> Result<Response, Reque
                 .with_error_message(Some(str_bytes(&message))),
         });
     }
-    request.respond(&AlterClientQuotasResponse::default().with_entries(results))
+    request.respond(AlterClientQuotasResponse::default().with_entries(results))
 }

@@ -67,7 +67,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             Ok(Ok(description)) => described_group(entry, description),
         });
     }
-    request.respond(&ConsumerGroupDescribeResponse::default().with_groups(groups))
+    request.respond(ConsumerGroupDescribeResponse::default().with_groups(groups))
 }
 
 /// Whether every topic the group's members subscribe to or are assigned

@@ -100,11 +100,11 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     .await;
     match answer {
         Err(code) => {
-            request.respond(&ConsumerGroupHeartbeatResponse::default().with_error_code(code))
+            request.respond(ConsumerGroupHeartbeatResponse::default().with_error_code(code))
         }
         Ok(Err(error)) => respond_error(request, &error),
         Ok(Ok((member_id, epoch, assignment, interval))) => request.respond(
-            &ConsumerGroupHeartbeatResponse::default()
+            ConsumerGroupHeartbeatResponse::default()
                 .with_member_id(Some(str_bytes(&member_id)))
                 .with_member_epoch(epoch)
                 .with_heartbeat_interval_ms(interval)
@@ -115,7 +115,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
 
 fn respond_error(request: &Request<'_>, error: &GroupError) -> Result<Response, RequestError> {
     request.respond(
-        &ConsumerGroupHeartbeatResponse::default()
+        ConsumerGroupHeartbeatResponse::default()
             .with_error_code(error.error.code())
             .with_error_message(Some(str_bytes(&error.message))),
     )

@@ -58,5 +58,5 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .with_error_message(Some(str_bytes(&message))),
         });
     }
-    request.respond(&CreatePartitionsResponse::default().with_results(results))
+    request.respond(CreatePartitionsResponse::default().with_results(results))
 }

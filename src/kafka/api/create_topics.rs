@@ -128,7 +128,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             Err(error) => failed(result, error_code::for_topic(&error), &error.to_string()),
         });
     }
-    request.respond(&CreateTopicsResponse::default().with_topics(results))
+    request.respond(CreateTopicsResponse::default().with_topics(results))
 }
 
 /// The topic configs a CreateTopics request sets, by name. As Kafka: a

@@ -39,5 +39,5 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .with_error_code(code),
         );
     }
-    request.respond(&DeleteGroupsResponse::default().with_results(results))
+    request.respond(DeleteGroupsResponse::default().with_results(results))
 }

@@ -134,5 +134,5 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .with_partitions(partitions),
         );
     }
-    request.respond(&DeleteRecordsResponse::default().with_topics(topics))
+    request.respond(DeleteRecordsResponse::default().with_topics(topics))
 }

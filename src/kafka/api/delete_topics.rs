@@ -101,7 +101,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .with_error_message(Some(str_bytes(&error.to_string()))),
         });
     }
-    request.respond(&DeleteTopicsResponse::default().with_responses(results))
+    request.respond(DeleteTopicsResponse::default().with_responses(results))
 }
 
 /// Kafka's checks on the request as a whole, entry by entry in request

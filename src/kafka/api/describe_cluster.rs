@@ -49,5 +49,5 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
                 .collect(),
         );
     }
-    request.respond(&response)
+    request.respond(response)
 }

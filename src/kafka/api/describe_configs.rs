@@ -122,7 +122,7 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
             }
         })
         .collect();
-    request.respond(&DescribeConfigsResponse::default().with_results(results))
+    request.respond(DescribeConfigsResponse::default().with_results(results))
 }
 
 type Rows = Result<Vec<DescribeConfigsResourceResult>, (i16, String)>;

@@ -68,5 +68,5 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 ),
         });
     }
-    request.respond(&DescribeGroupsResponse::default().with_groups(described))
+    request.respond(DescribeGroupsResponse::default().with_groups(described))
 }

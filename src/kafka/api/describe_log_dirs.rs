@@ -75,7 +75,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         if request.version >= 3 {
             response = response.with_error_code(ResponseError::ClusterAuthorizationFailed.code());
         }
-        return request.respond(&response);
+        return request.respond(response);
     }
     let wanted: Wanted = describe.topics.map(|topics| {
         let mut wanted: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
@@ -109,7 +109,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .with_error_code(ResponseError::KafkaStorageError.code()),
         })
         .collect();
-    request.respond(&DescribeLogDirsResponse::default().with_results(results))
+    request.respond(DescribeLogDirsResponse::default().with_results(results))
 }
 
 fn dir_result(dir: ShardDir) -> DescribeLogDirsResult {

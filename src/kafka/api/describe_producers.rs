@@ -102,5 +102,5 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .with_partitions(partitions),
         );
     }
-    request.respond(&DescribeProducersResponse::default().with_topics(topics))
+    request.respond(DescribeProducersResponse::default().with_topics(topics))
 }

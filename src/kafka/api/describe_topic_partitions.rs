@@ -97,7 +97,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         describe.response_partition_limit,
     ) {
         Ok(page) => page,
-        Err(CursorRefused) => return request.respond(&invalid_request(&asked)),
+        Err(CursorRefused) => return request.respond(invalid_request(&asked)),
     };
     let topics = page
         .topics
@@ -118,7 +118,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             .with_partition_index(next.partition)
     });
     request.respond(
-        &DescribeTopicPartitionsResponse::default()
+        DescribeTopicPartitionsResponse::default()
             .with_topics(topics)
             .with_next_cursor(next_cursor),
     )

@@ -72,5 +72,5 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             Err(code) => state.with_error_code(code),
         });
     }
-    request.respond(&DescribeTransactionsResponse::default().with_transaction_states(states))
+    request.respond(DescribeTransactionsResponse::default().with_transaction_states(states))
 }

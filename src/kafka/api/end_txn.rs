@@ -26,7 +26,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     let id = end.transactional_id.0.to_string();
     if !request.authorizer().transactional_id(Operation::Write, &id) {
         return request.respond(
-            &EndTxnResponse::default()
+            EndTxnResponse::default()
                 .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code()),
         );
     }
@@ -49,5 +49,5 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     .and_then(|answer| answer)
     .err()
     .unwrap_or(0);
-    request.respond(&EndTxnResponse::default().with_error_code(code))
+    request.respond(EndTxnResponse::default().with_error_code(code))
 }

@@ -132,7 +132,9 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         drop_recreated_topics(request, &mut topics);
     }
     apply_max_bytes(&mut topics, max_bytes);
-    let throttle = throttle_for_quota(request, &mut topics);
+    // The larger of the byte-rate and request-time throttles (Kafka's
+    // `KafkaApis` sends the larger of the two).
+    let throttle = throttle_for_quota(request, &mut topics).max(request.record_request_time());
     count_sent(&topics);
     Ok(fetch_response::encode(
         request.correlation_id(),
@@ -169,8 +171,7 @@ fn throttle_for_quota(request: &Request<'_>, topics: &mut [FetchedTopic]) -> Dur
         .flat_map(|topic| &topic.partitions)
         .map(partition_bytes)
         .sum();
-    let (throttle, _) = request.record_quota(QuotaKind::Fetch, bytes);
-    throttle
+    request.record_quota(QuotaKind::Fetch, bytes)
 }
 
 /// `wanted` with each offset moved up to what its partition could be read

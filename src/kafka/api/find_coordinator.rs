@@ -110,5 +110,5 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
             }
         }
     }
-    request.respond(&response)
+    request.respond(response)
 }

@@ -45,5 +45,5 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         .await
         .unwrap_or_else(|code| code)
     };
-    request.respond(&HeartbeatResponse::default().with_error_code(code))
+    request.respond(HeartbeatResponse::default().with_error_code(code))
 }

@@ -57,7 +57,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .with_error_message(Some(str_bytes(&message))),
         });
     }
-    request.respond(&IncrementalAlterConfigsResponse::default().with_responses(responses))
+    request.respond(IncrementalAlterConfigsResponse::default().with_responses(responses))
 }
 
 /// One operation on one config.

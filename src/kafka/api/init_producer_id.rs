@@ -62,7 +62,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     };
     if let Some(error) = refused {
         return request.respond(
-            &InitProducerIdResponse::default()
+            InitProducerIdResponse::default()
                 .with_error_code(error.code())
                 .with_producer_id(ProducerId(NO_PRODUCER_ID))
                 .with_producer_epoch(NO_PRODUCER_EPOCH),
@@ -98,7 +98,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             )
             .await
             .and_then(|answer| answer);
-            return request.respond(&match answer {
+            return request.respond(match answer {
                 Ok((id, epoch)) => InitProducerIdResponse::default()
                     .with_producer_id(ProducerId(id))
                     .with_producer_epoch(epoch),
@@ -133,5 +133,5 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             .with_producer_id(ProducerId(NO_PRODUCER_ID))
             .with_producer_epoch(NO_PRODUCER_EPOCH),
     };
-    request.respond(&response)
+    request.respond(response)
 }

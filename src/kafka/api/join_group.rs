@@ -92,7 +92,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 })
                 .collect(),
         );
-    request.respond(&fit_protocol_name(response, request.version))
+    request.respond(fit_protocol_name(response, request.version))
 }
 
 /// Before v7 the protocol name is not nullable: an error answer carries "".
@@ -112,5 +112,5 @@ fn respond_error(
         .with_error_code(code)
         .with_generation_id(-1)
         .with_member_id(str_bytes(member_id));
-    request.respond(&fit_protocol_name(response, request.version))
+    request.respond(fit_protocol_name(response, request.version))
 }

@@ -19,13 +19,13 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     let group_id = leave.group_id.to_string();
     if !request.authorizer().group(Operation::Read, &group_id) {
         return request.respond(
-            &LeaveGroupResponse::default()
+            LeaveGroupResponse::default()
                 .with_error_code(ResponseError::GroupAuthorizationFailed.code()),
         );
     }
     if group_id.is_empty() {
         return request.respond(
-            &LeaveGroupResponse::default().with_error_code(ResponseError::InvalidGroupId.code()),
+            LeaveGroupResponse::default().with_error_code(ResponseError::InvalidGroupId.code()),
         );
     }
     let departures: Vec<(String, Option<String>)> = if request.version >= 3 {
@@ -69,5 +69,5 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             LeaveGroupResponse::default().with_error_code(codes.first().copied().unwrap_or(0))
         }
     };
-    request.respond(&response)
+    request.respond(response)
 }

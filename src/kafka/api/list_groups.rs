@@ -67,5 +67,5 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .with_group_type(str_bytes(group.group_type))
         })
         .collect();
-    request.respond(&ListGroupsResponse::default().with_groups(groups))
+    request.respond(ListGroupsResponse::default().with_groups(groups))
 }

@@ -121,7 +121,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .with_partitions(partitions),
         );
     }
-    request.respond(&ListOffsetsResponse::default().with_topics(topics))
+    request.respond(ListOffsetsResponse::default().with_topics(topics))
 }
 
 async fn lookup(

@@ -82,7 +82,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         })
         .collect();
     request.respond(
-        &ListTransactionsResponse::default()
+        ListTransactionsResponse::default()
             .with_unknown_state_filters(unknown)
             .with_transaction_states(transaction_states),
     )

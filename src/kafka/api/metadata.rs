@@ -49,7 +49,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         Some(topics) if request.version == 0 && topics.is_empty() => None,
         Some(topics) => match wanted_topics(request.version, topics) {
             Ok(wanted) => Some(wanted),
-            Err(()) => return request.respond(&invalid_request(request.version, topics)),
+            Err(()) => return request.respond(invalid_request(request.version, topics)),
         },
     };
     let auto_create = request.version < 4 || metadata.allow_auto_topic_creation;
@@ -111,7 +111,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             ResourceType::Cluster,
             CLUSTER_NAME,
         ));
-    request.respond(&response)
+    request.respond(response)
 }
 
 /// The topics asked for, as Kafka's `handleTopicMetadataRequest` reads

@@ -93,7 +93,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
         Ok(codes) => refused.merge(codes),
         Err(code) => vec![code; keys.len()],
     };
-    request.respond(&OffsetCommitResponse::default().with_topics(by_topic(&keys, &codes)))
+    request.respond(OffsetCommitResponse::default().with_topics(by_topic(&keys, &codes)))
 }
 
 /// Group per-partition codes under their topics, in request order.

@@ -75,5 +75,5 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             OffsetDeleteResponse::default().with_topics(topics)
         }
     };
-    request.respond(&response)
+    request.respond(response)
 }

@@ -58,7 +58,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             .await;
             groups.push(group_response(&group.group_id, fetched));
         }
-        return request.respond(&OffsetFetchResponse::default().with_groups(groups));
+        return request.respond(OffsetFetchResponse::default().with_groups(groups));
     }
     let wanted = fetch.topics.as_ref().map(|topics| {
         partitions_of(
@@ -73,7 +73,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             Ok(fetched) => OffsetFetchResponse::default().with_topics(topics_v7(fetched)),
             Err(code) => OffsetFetchResponse::default().with_error_code(code),
         };
-    request.respond(&response)
+    request.respond(response)
 }
 
 /// The partitions a request names, topic by topic.

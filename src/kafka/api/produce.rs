@@ -232,7 +232,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
     let (outcomes, ()) = join(join_all(work), pass_turn).await;
     // The request counts against its producer_byte_rate quota once served;
     // a throttle mutes the connection (even for acks=0, which hears nothing).
-    let (throttle, _) = request.record_quota(QuotaKind::Produce, request.size as u64);
+    let throttle = request.record_quota(QuotaKind::Produce, request.size as u64);
     if acks == ACKS_NONE {
         // Nothing is sent back, but the errors still count.
         for outcome in &outcomes {
@@ -297,7 +297,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
             .collect();
         response = response.with_node_endpoints(endpoints);
     }
-    request.respond(&response).map(Some)
+    request.respond(response).map(Some)
 }
 
 fn partition_response(index: i32, outcome: Outcome) -> PartitionProduceResponse {

@@ -81,7 +81,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .with_error_message(Some(str_bytes(
                     "SaslAuthenticate is not expected now: send SaslHandshake first, once per connection, on a SASL listener",
                 )));
-            return request.respond(&response);
+            return request.respond(response);
         }
     };
     let response = match step {
@@ -117,7 +117,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 .with_error_message(Some(str_bytes(FAILED)))
         }
     };
-    request.respond(&response)
+    request.respond(response)
 }
 
 /// The name of the listener `request` came in on (the metric's label).

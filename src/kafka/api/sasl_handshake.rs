@@ -35,7 +35,7 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
     if !session.protocol().uses_sasl() {
         // This listener offers no mechanism at all.
         return request.respond(
-            &response
+            response
                 .with_mechanisms(Vec::new())
                 .with_error_code(ResponseError::IllegalSaslState.code()),
         );
@@ -48,13 +48,12 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
              use a client that sends SaslAuthenticate (KIP-152)",
         );
         session.close_after_response();
-        return request
-            .respond(&response.with_error_code(ResponseError::UnsupportedVersion.code()));
+        return request.respond(response.with_error_code(ResponseError::UnsupportedVersion.code()));
     }
     let state = session.take_state();
     if !matches!(state, AuthState::AwaitingHandshake) {
         session.set_state(state);
-        return request.respond(&response.with_error_code(ResponseError::IllegalSaslState.code()));
+        return request.respond(response.with_error_code(ResponseError::IllegalSaslState.code()));
     }
     match SaslMechanism::from_name(handshake.mechanism.as_str())
         .filter(|mechanism| offered.contains(mechanism))
@@ -73,5 +72,5 @@ pub fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, RequestErr
             response = response.with_error_code(ResponseError::UnsupportedSaslMechanism.code());
         }
     }
-    request.respond(&response)
+    request.respond(response)
 }

@@ -19,13 +19,13 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
     let group_id = sync.group_id.to_string();
     if !request.authorizer().group(Operation::Read, &group_id) {
         return request.respond(
-            &SyncGroupResponse::default()
+            SyncGroupResponse::default()
                 .with_error_code(ResponseError::GroupAuthorizationFailed.code()),
         );
     }
     if group_id.is_empty() {
         return request.respond(
-            &SyncGroupResponse::default().with_error_code(ResponseError::InvalidGroupId.code()),
+            SyncGroupResponse::default().with_error_code(ResponseError::InvalidGroupId.code()),
         );
     }
     let syncing = SyncRequest {
@@ -61,5 +61,5 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
             .with_assignment(result.assignment),
         Err(code) => SyncGroupResponse::default().with_error_code(code),
     };
-    request.respond(&response)
+    request.respond(response)
 }

@@ -95,7 +95,7 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Response, Requ
                 )
         })
         .collect();
-    request.respond(&TxnOffsetCommitResponse::default().with_topics(topics))
+    request.respond(TxnOffsetCommitResponse::default().with_topics(topics))
 }
 
 /// One code per offset, in request order.

@@ -69,7 +69,7 @@ pub fn describe(request: &Request<'_>, body: Bytes) -> Result<Response, RequestE
         response = response
             .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
             .with_error_message(Some(str_bytes(not_allowed(request))));
-        return request.respond(&response);
+        return request.respond(response);
     }
     let snapshot = request.broker.metadata.snapshot();
     let info = |credentials: &BTreeMap<ScramMechanism, ScramCredential>| {
@@ -126,7 +126,7 @@ pub fn describe(request: &Request<'_>, body: Bytes) -> Result<Response, RequestE
             })
             .collect()
     };
-    request.respond(&response.with_results(results))
+    request.respond(response.with_results(results))
 }
 
 /// One user's alterations, in request order.
@@ -300,7 +300,7 @@ pub async fn alter(request: &Request<'_>, body: Bytes) -> Result<Response, Reque
         }
         results.push(result);
     }
-    request.respond(&AlterUserScramCredentialsResponse::default().with_results(results))
+    request.respond(AlterUserScramCredentialsResponse::default().with_results(results))
 }
 
 fn refusal_error(refusal: Refusal) -> (ResponseError, String) {
