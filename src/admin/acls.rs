@@ -11,6 +11,7 @@
 
 use kafka_protocol::messages::create_acls_request::AclCreation;
 use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
+use kafka_protocol::messages::delete_acls_response::DeleteAclsMatchingAcl;
 use kafka_protocol::messages::{CreateAclsRequest, DeleteAclsRequest, DescribeAclsRequest};
 use kafka_protocol::protocol::StrBytes;
 
@@ -167,21 +168,8 @@ pub fn add(brokers: &str, args: AddArgs) -> AdminResult {
     Ok(())
 }
 
-/// The wire filter `args` describes: (resource type, name, pattern type,
-/// principal, host, operation, permission), ANY = 1.
-#[allow(clippy::type_complexity)]
-fn filter(
-    args: &FilterArgs,
-    default_pattern: &str,
-) -> anyhow::Result<(
-    i8,
-    Option<String>,
-    i8,
-    Option<String>,
-    Option<String>,
-    i8,
-    i8,
-)> {
+/// The wire filter `args` describes (ANY = 1 where it names nothing).
+fn filter(args: &FilterArgs, default_pattern: &str) -> anyhow::Result<DeleteAclsFilter> {
     let resource = args.resource.resource()?;
     let default_pattern = if resource.is_some() {
         default_pattern
@@ -214,50 +202,42 @@ fn filter(
         Some(permission) if permission == "allow" => 3,
         Some(other) => anyhow::bail!("unknown --permission {other}: allow or deny"),
     };
-    Ok((
-        resource.as_ref().map_or(1, |(kind, _)| kind.code()),
-        resource.map(|(_, name)| name),
-        pattern,
-        args.principal.clone(),
-        args.host.clone(),
-        operation,
-        permission,
-    ))
+    Ok(DeleteAclsFilter::default()
+        .with_resource_type_filter(resource.as_ref().map_or(1, |(kind, _)| kind.code()))
+        .with_resource_name_filter(resource.map(|(_, name)| StrBytes::from_string(name)))
+        .with_pattern_type_filter(pattern)
+        .with_principal_filter(args.principal.as_deref().map(str_bytes))
+        .with_host_filter(args.host.as_deref().map(str_bytes))
+        .with_operation(operation)
+        .with_permission_type(permission))
 }
 
 /// One binding as a table row.
-#[allow(clippy::too_many_arguments)]
-fn row(
-    resource_type: i8,
-    name: &str,
-    pattern: i8,
-    principal: &str,
-    host: &str,
-    operation: i8,
-    permission: i8,
-) -> Vec<String> {
-    let resource = ResourceType::from_code(resource_type)
-        .map_or_else(|| resource_type.to_string(), |kind| kind.name().to_owned());
-    let pattern = match pattern {
+fn row(acl: &DeleteAclsMatchingAcl) -> Vec<String> {
+    let resource = ResourceType::from_code(acl.resource_type).map_or_else(
+        || acl.resource_type.to_string(),
+        |kind| kind.name().to_owned(),
+    );
+    let pattern = match acl.pattern_type {
         3 => "LITERAL".to_owned(),
         4 => "PREFIXED".to_owned(),
         other => other.to_string(),
     };
-    let operation = Operation::from_code(operation)
-        .map_or_else(|| operation.to_string(), |op| op.name().to_owned());
-    let permission = match permission {
+    let operation = Operation::from_code(acl.operation)
+        .map_or_else(|| acl.operation.to_string(), |op| op.name().to_owned());
+    let permission = match acl.permission_type {
         2 => "DENY".to_owned(),
         3 => "ALLOW".to_owned(),
         other => other.to_string(),
     };
     vec![
-        principal.to_owned(),
+        acl.principal.to_string(),
         permission,
         operation,
         resource,
         pattern,
-        name.to_owned(),
-        host.to_owned(),
+        acl.resource_name.to_string(),
+        acl.host.to_string(),
     ]
 }
 
@@ -273,16 +253,15 @@ const HEADERS: [&str; 7] = [
 
 /// Every ACL `args` matches.
 pub fn list(brokers: &str, args: FilterArgs) -> AdminResult {
-    let (resource_type, name, pattern, principal, host, operation, permission) =
-        filter(&args, "any")?;
+    let filter = filter(&args, "any")?;
     let request = DescribeAclsRequest::default()
-        .with_resource_type_filter(resource_type)
-        .with_resource_name_filter(name.as_deref().map(str_bytes))
-        .with_pattern_type_filter(pattern)
-        .with_principal_filter(principal.as_deref().map(str_bytes))
-        .with_host_filter(host.as_deref().map(str_bytes))
-        .with_operation(operation)
-        .with_permission_type(permission);
+        .with_resource_type_filter(filter.resource_type_filter)
+        .with_resource_name_filter(filter.resource_name_filter)
+        .with_pattern_type_filter(filter.pattern_type_filter)
+        .with_principal_filter(filter.principal_filter)
+        .with_host_filter(filter.host_filter)
+        .with_operation(filter.operation)
+        .with_permission_type(filter.permission_type);
     let mut client = KafkaClient::connect(brokers)?;
     let response = client.call(&request)?;
     if response.error_code != 0 {
@@ -294,15 +273,14 @@ pub fn list(brokers: &str, args: FilterArgs) -> AdminResult {
     let mut table = Table::new(&HEADERS);
     for resource in &response.resources {
         for acl in &resource.acls {
-            table.row(row(
-                resource.resource_type,
-                &resource.resource_name,
-                resource.pattern_type,
-                &acl.principal,
-                &acl.host,
-                acl.operation,
-                acl.permission_type,
-            ));
+            table.row(row(&DeleteAclsMatchingAcl::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone())
+                .with_pattern_type(resource.pattern_type)
+                .with_principal(acl.principal.clone())
+                .with_host(acl.host.clone())
+                .with_operation(acl.operation)
+                .with_permission_type(acl.permission_type)));
         }
     }
     print!("{}", table.render());
@@ -311,24 +289,18 @@ pub fn list(brokers: &str, args: FilterArgs) -> AdminResult {
 
 /// Remove every ACL `args` matches, and show them.
 pub fn remove(brokers: &str, args: FilterArgs) -> AdminResult {
-    let (resource_type, name, pattern, principal, host, operation, permission) =
-        filter(&args, "literal")?;
-    if resource_type == 1 && principal.is_none() && operation == 1 && permission == 1 {
+    let filter = filter(&args, "literal")?;
+    if filter.resource_type_filter == 1
+        && filter.principal_filter.is_none()
+        && filter.operation == 1
+        && filter.permission_type == 1
+    {
         anyhow::bail!(
             "name what to remove (a resource, --principal, --operation or --permission); \
              removing every ACL at once is not offered"
         );
     }
-    let request = DeleteAclsRequest::default().with_filters(vec![
-        DeleteAclsFilter::default()
-            .with_resource_type_filter(resource_type)
-            .with_resource_name_filter(name.as_deref().map(str_bytes))
-            .with_pattern_type_filter(pattern)
-            .with_principal_filter(principal.as_deref().map(str_bytes))
-            .with_host_filter(host.as_deref().map(str_bytes))
-            .with_operation(operation)
-            .with_permission_type(permission),
-    ]);
+    let request = DeleteAclsRequest::default().with_filters(vec![filter]);
     let mut client = KafkaClient::connect(brokers)?;
     let response = client.call(&request)?;
     let mut table = Table::new(&HEADERS);
@@ -340,15 +312,7 @@ pub fn remove(brokers: &str, args: FilterArgs) -> AdminResult {
             ));
         }
         for acl in &result.matching_acls {
-            table.row(row(
-                acl.resource_type,
-                &acl.resource_name,
-                acl.pattern_type,
-                &acl.principal,
-                &acl.host,
-                acl.operation,
-                acl.permission_type,
-            ));
+            table.row(row(acl));
         }
     }
     print!("{}", table.render());

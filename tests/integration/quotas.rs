@@ -29,7 +29,8 @@ const QUOTA: u64 = 1_000_000;
 const RECORDS: usize = 8000;
 
 /// A SASL broker whose quota windows are short (11 samples of 200 ms), so
-/// a rate settles within the test.
+/// a rate settles within the test, with users alice and bob (passwords
+/// `alice-pw`, `bob-pw`).
 fn quota_broker(dir: &Path) -> BrokerProcess {
     let config = dir.join("quotas.toml");
     std::fs::write(
@@ -42,7 +43,22 @@ fn quota_broker(dir: &Path) -> BrokerProcess {
     let mut command =
         BrokerProcess::command(&dir.join("data"), &["--config", config.to_str().unwrap()]);
     command.env("SLUICE_SASL_BOOTSTRAP_PASSWORD", ADMIN_PASSWORD);
-    BrokerProcess::start_command(command)
+    let broker = BrokerProcess::start_command(command);
+    for user in ["alice", "bob"] {
+        admin_sluice(
+            &broker.address,
+            &["users", "create", user],
+            &format!("{user}-pw\n"),
+        );
+    }
+    broker
+}
+
+/// `sluice <args…>` as the admin, which must succeed; its output.
+fn admin_sluice(address: &str, args: &[&str], stdin: &str) -> String {
+    let (ok, output) = sluice(address, ADMIN, ADMIN_PASSWORD, args, stdin);
+    assert!(ok, "sluice {args:?}: {output}");
+    output
 }
 
 /// Run `work` for alice and bob at once; each one's seconds.
@@ -71,21 +87,9 @@ fn a_quota_holds_one_user_to_its_rate_while_another_runs_free() {
     let dir = tempfile::tempdir().unwrap();
     let broker = quota_broker(dir.path());
     let address = broker.address.clone();
-    for user in ["alice", "bob"] {
-        let (made, output) = sluice(
-            &address,
-            ADMIN,
-            ADMIN_PASSWORD,
-            &["users", "create", user],
-            &format!("{user}-pw\n"),
-        );
-        assert!(made, "{output}");
-    }
     let rate = QUOTA.to_string();
-    let (set, output) = sluice(
+    admin_sluice(
         &address,
-        ADMIN,
-        ADMIN_PASSWORD,
         &[
             "quotas",
             "set",
@@ -98,9 +102,7 @@ fn a_quota_holds_one_user_to_its_rate_while_another_runs_free() {
         ],
         "",
     );
-    assert!(set, "{output}");
-    let (listed, table) = sluice(&address, ADMIN, ADMIN_PASSWORD, &["quotas", "list"], "");
-    assert!(listed, "{table}");
+    let table = admin_sluice(&address, &["quotas", "list"], "");
     assert!(
         table.contains("alice") && table.contains("producer_byte_rate"),
         "{table}"
@@ -197,14 +199,7 @@ fn a_quota_holds_one_user_to_its_rate_while_another_runs_free() {
     );
 
     // Without the quota alice runs free again.
-    let (removed, output) = sluice(
-        &address,
-        ADMIN,
-        ADMIN_PASSWORD,
-        &["quotas", "remove", "--user", "alice"],
-        "",
-    );
-    assert!(removed, "{output}");
+    admin_sluice(&address, &["quotas", "remove", "--user", "alice"], "");
     let started = Instant::now();
     assert!(produce("alice"));
     let free_rate = bytes / started.elapsed().as_secs_f64();
@@ -241,16 +236,6 @@ fn a_request_percentage_quota_holds_a_metadata_loop_to_its_share_of_a_thread() {
     let dir = tempfile::tempdir().unwrap();
     let broker = quota_broker(dir.path());
     let address = broker.address.clone();
-    for user in ["alice", "bob"] {
-        let (made, output) = sluice(
-            &address,
-            ADMIN,
-            ADMIN_PASSWORD,
-            &["users", "create", user],
-            &format!("{user}-pw\n"),
-        );
-        assert!(made, "{output}");
-    }
     let mut admin = crate::acls::login(&address, ADMIN, ADMIN_PASSWORD);
     let topics = (0..100)
         .map(|index| {
@@ -263,10 +248,8 @@ fn a_request_percentage_quota_holds_a_metadata_loop_to_its_share_of_a_thread() {
     let created = admin.call(5, &CreateTopicsRequest::default().with_topics(topics));
     assert!(created.topics.iter().all(|topic| topic.error_code == 0));
     let percent = REQUEST_QUOTA_PERCENT.to_string();
-    let (set, output) = sluice(
+    admin_sluice(
         &address,
-        ADMIN,
-        ADMIN_PASSWORD,
         &[
             "quotas",
             "set",
@@ -277,9 +260,8 @@ fn a_request_percentage_quota_holds_a_metadata_loop_to_its_share_of_a_thread() {
         ],
         "",
     );
-    assert!(set, "{output}");
-    let (listed, table) = sluice(&address, ADMIN, ADMIN_PASSWORD, &["quotas", "list"], "");
-    assert!(listed && table.contains(REQUEST), "{table}");
+    let table = admin_sluice(&address, &["quotas", "list"], "");
+    assert!(table.contains(REQUEST), "{table}");
 
     let metadata_micros = "sluice_kafka_request_thread_microseconds_total{api=\"Metadata\"}";
     let before = metric(&broker, metadata_micros);
