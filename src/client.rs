@@ -135,9 +135,13 @@ fn tls_from_env() -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, Client
                 .map_err(|e| setting(TLS_CERTIFICATE_ENV, e.to_string()))?;
             let key = PrivateKeyDer::from_pem_file(&key)
                 .map_err(|e| setting(TLS_KEY_ENV, e.to_string()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| ClientError::Tls(e.to_string()))?
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                ClientError::Tls(format!(
+                    "{TLS_CERTIFICATE_ENV} and {TLS_KEY_ENV} are refused here, before any \
+                     connection: {e} (they must be an X.509 v3 certificate, signed with \
+                     extensions such as `openssl x509 -req -extfile`, and its own key)"
+                ))
+            })?
         }
         (Err(_), Err(_)) => builder.with_no_client_auth(),
         _ => {
@@ -147,6 +151,27 @@ fn tls_from_env() -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, Client
         }
     };
     Ok(Some(std::sync::Arc::new(config)))
+}
+
+/// The first exchange's `error`, explained when this client spoke TLS and
+/// the broker closed the connection: the listener is most likely not a
+/// TLS one (a Kafka listener closes on a ClientHello).
+fn explain_tls_close(tls: bool, address: &str, error: ClientError) -> ClientError {
+    let closed = match &error {
+        ClientError::Closed { .. } => true,
+        ClientError::Io { source, .. } => matches!(
+            source.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+        ),
+        _ => false,
+    };
+    if !tls || !closed {
+        return error;
+    }
+    ClientError::Tls(format!(
+        "{address} closed the connection during the TLS handshake: it is most likely a \
+         PLAINTEXT or SASL_PLAINTEXT listener; unset {TLS_CA_ENV} for it"
+    ))
 }
 
 /// `stream` wrapped in TLS for the host of `address`.
@@ -204,7 +229,9 @@ impl KafkaClient {
                         next_correlation_id: 1,
                         versions: HashMap::new(),
                     };
-                    client.learn_versions()?;
+                    client
+                        .learn_versions()
+                        .map_err(|error| explain_tls_close(tls.is_some(), address, error))?;
                     client.authenticate_from_env()?;
                     return Ok(client);
                 }

@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 
-use crate::config::{ClientAuth, SecurityProtocol};
+use crate::config::{AuthorizerKind, ClientAuth, SecurityConfig, SecurityProtocol};
 
 /// Whether a listener bound to `address` accepts connections from other
 /// hosts: anything but a loopback address (IPv4-mapped ones included).
@@ -21,20 +21,21 @@ pub fn reachable_from_other_hosts(address: SocketAddr) -> bool {
 
 /// Log the warning for the Kafka listener `key` (`kafka.listen`, or
 /// `security.listeners` with its name) bound to `address` with `protocol`,
-/// if exposed: without authentication, anyone can do anything; with SASL
-/// over plain TCP, records travel unencrypted.
+/// if exposed: without authentication, anyone can do anything (or what the
+/// ACLs give `User:ANONYMOUS`); with SASL over plain TCP, records travel
+/// unencrypted.
 pub fn warn_kafka(
     key: &str,
     address: SocketAddr,
     protocol: SecurityProtocol,
-    client_auth: ClientAuth,
+    security: &SecurityConfig,
 ) {
     if !reachable_from_other_hosts(address) {
         return;
     }
     match protocol {
         SecurityProtocol::SaslSsl => {}
-        SecurityProtocol::Ssl if client_auth == ClientAuth::Required => {}
+        SecurityProtocol::Ssl if security.tls.client_auth == ClientAuth::Required => {}
         SecurityProtocol::Ssl => tracing::warn!(
             listen = %address,
             "{key} is not a loopback address and its security_protocol is SSL without required \
@@ -47,6 +48,15 @@ pub fn warn_kafka(
              clients authenticate, but records and PLAIN passwords travel unencrypted. Use \
              SASL_SSL ([security.tls]), or keep it on a private network"
         ),
+        SecurityProtocol::Plaintext if security.authorizer == AuthorizerKind::Acl => {
+            tracing::warn!(
+                listen = %address,
+                "{key} is not a loopback address and its clients do not authenticate: any host \
+                 that reaches it is User:ANONYMOUS, allowed what the ACLs give User:ANONYMOUS \
+                 or User:*, and its records travel unencrypted. Set its security_protocol to \
+                 \"SASL_SSL\" or \"SASL_PLAINTEXT\", or bind it to a private interface"
+            );
+        }
         SecurityProtocol::Plaintext => {
             tracing::warn!(
                 listen = %address,

@@ -78,8 +78,8 @@ enum Command {
         #[arg(long, global = true, default_value = "127.0.0.1:9092")]
         brokers: String,
     },
-    /// Set, remove and list client byte-rate quotas (KIP-546) of users and
-    /// client ids.
+    /// Set, remove and list client quotas (KIP-546) of users and client
+    /// ids: byte rates and request time.
     Quotas {
         #[command(subcommand)]
         command: QuotasCommand,
@@ -424,6 +424,9 @@ struct AclFilterArgs {
     /// else any.
     #[arg(long)]
     pattern: Option<String>,
+    /// The same as --pattern prefixed (as `add` spells it).
+    #[arg(long, conflicts_with = "pattern")]
+    prefixed: bool,
     /// User:<name> or User:*.
     #[arg(long)]
     principal: Option<String>,
@@ -442,7 +445,11 @@ impl AclFilterArgs {
     fn args(self) -> sluice::admin::acls::FilterArgs {
         sluice::admin::acls::FilterArgs {
             resource: self.resource.args(),
-            pattern: self.pattern,
+            pattern: if self.prefixed {
+                Some("prefixed".to_owned())
+            } else {
+                self.pattern
+            },
             principal: self.principal,
             host: self.host,
             operation: self.operation,
@@ -462,6 +469,10 @@ enum AclsCommand {
         /// Match every resource whose name starts with the name given.
         #[arg(long)]
         prefixed: bool,
+        /// literal (the default) or prefixed (the same as --prefixed, as
+        /// `list` and `remove` spell it).
+        #[arg(long, conflicts_with = "prefixed", value_parser = ["literal", "prefixed"])]
+        pattern: Option<String>,
         /// User:<name>, or User:* for every user.
         #[arg(long)]
         principal: String,
@@ -495,6 +506,7 @@ fn acls(brokers: &str, command: AclsCommand) -> anyhow::Result<()> {
         AclsCommand::Add {
             resource,
             prefixed,
+            pattern,
             principal,
             host,
             operation,
@@ -503,7 +515,7 @@ fn acls(brokers: &str, command: AclsCommand) -> anyhow::Result<()> {
             brokers,
             acls::AddArgs {
                 resource: resource.args(),
-                prefixed,
+                prefixed: prefixed || pattern.as_deref() == Some("prefixed"),
                 principal,
                 host,
                 operations: operation,
@@ -880,7 +892,7 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
         "kafka.listen",
         kafka_address,
         config.security.security_protocol,
-        config.security.tls.client_auth,
+        &config.security,
     );
     let (main_sockets, kafka_address) = bind_shard_listeners(kafka_address, shard_count)?;
     let advertised = advertised(&config, kafka_address);
@@ -889,12 +901,7 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     for listener in &config.security.listeners {
         let address = config::parse_address("security.listeners.listen", &listener.listen)?;
         let key = format!("security.listeners {}", listener.name);
-        exposure::warn_kafka(
-            &key,
-            address,
-            listener.security_protocol,
-            config.security.tls.client_auth,
-        );
+        exposure::warn_kafka(&key, address, listener.security_protocol, &config.security);
         let (sockets, bound) = bind_shard_listeners(address, shard_count)?;
         let advertised = config::advertised_or_listen(&listener.advertised, &bound.to_string());
         tracing::info!(
@@ -918,7 +925,17 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     let mut broker = Broker::new(broker_config, advertised.clone())?;
     broker.extra_listeners = extra_listeners;
     if config.security.protocols().any(SecurityProtocol::uses_tls) {
-        let tls = sluice::security::tls::TlsServer::load(&config.security.tls)
+        let mut tls_hosts: Vec<String> = broker
+            .extra_listeners
+            .iter()
+            .filter(|listener| listener.protocol.uses_tls())
+            .map(|listener| listener.advertised.0.clone())
+            .collect();
+        if config.security.security_protocol.uses_tls() {
+            tls_hosts.insert(0, advertised.0.clone());
+        }
+        tls_hosts.dedup();
+        let tls = sluice::security::tls::TlsServer::load(&config.security.tls, tls_hosts)
             .context("cannot set up the TLS listeners ([security.tls])")?;
         broker.tls = Some(Arc::new(tls));
     }
@@ -1052,12 +1069,10 @@ fn wait_for_termination(signals: &TerminationSignals, broker: &Broker) {
     let reload = || match &broker.tls {
         None => tracing::info!("SIGHUP: no TLS listener, nothing to reload"),
         Some(tls) => match tls.reload() {
-            Ok(()) => tracing::info!(
-                "SIGHUP: reloaded the TLS certificate, key and client CA; new connections use them"
-            ),
+            Ok(()) => tracing::info!("SIGHUP: reloaded {}; new connections use them", tls.files()),
             Err(error) => tracing::error!(
                 %error,
-                "SIGHUP: cannot reload the TLS files; connections keep the previous ones"
+                "SIGHUP: cannot reload the TLS files; new connections keep getting the previous ones"
             ),
         },
     };

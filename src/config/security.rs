@@ -254,7 +254,7 @@ impl SecurityConfig {
         if tls.certificate.is_empty() || tls.private_key.is_empty() {
             return invalid(
                 "security.tls.certificate",
-                &tls.certificate,
+                format!("{:?}", tls.certificate),
                 "an SSL or SASL_SSL listener needs security.tls.certificate and \
                  security.tls.private_key (PEM files)",
             );
@@ -262,7 +262,7 @@ impl SecurityConfig {
         if tls.client_auth != ClientAuth::None && tls.client_ca.is_empty() {
             return invalid(
                 "security.tls.client_ca",
-                "",
+                "\"\"",
                 "client_auth other than \"none\" needs the CA certificates (PEM) that client \
                  certificates chain to",
             );

@@ -36,8 +36,12 @@ use super::turn::Turn;
 use super::versions;
 use crate::broker::Broker;
 use crate::broker::quota::{self, Account, QuotaKind};
+use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::shard::ShardContext;
 use crate::telemetry;
+
+/// Throttled responses, logged at most 5 times per 10 s.
+static QUOTA_THROTTLES: LogThrottle = LogThrottle::with_lines(Duration::from_secs(10), 5);
 
 /// Everything a handler needs about the request it serves.
 pub struct Request<'a> {
@@ -80,11 +84,24 @@ impl Request<'_> {
         quota::resolve(&snapshot.client_quotas, kind, &user, client_id)
     }
 
-    /// Mute the connection for a `kind` quota's `throttle`, if any.
+    /// Mute the connection for a `kind` quota's `throttle`, if any, and
+    /// say who was throttled (a few lines per 10 s, broker-wide).
     fn throttled(&self, kind: QuotaKind, throttle: Duration) -> Duration {
         if !throttle.is_zero() {
             self.session.mute_for(throttle);
             telemetry::kafka::quota_throttled(kind.key());
+            if let Some(throttles) = QUOTA_THROTTLES.record(monotonic_ms()) {
+                tracing::info!(
+                    principal = %self.session.principal(),
+                    client_id = self.header.client_id.as_deref().unwrap_or(""),
+                    peer = %self.peer,
+                    quota = kind.key(),
+                    throttle_ms = quota::throttle_ms(throttle),
+                    throttles,
+                    "a client quota throttles this client (`throttles` counts throttled \
+                     responses of every client since the last such line)"
+                );
+            }
         }
         throttle
     }

@@ -18,13 +18,16 @@ pub fn log(broker: &Broker) {
     let listeners: Vec<String> = (0..=broker.extra_listeners.len())
         .map(|index| {
             let listener = broker.listener(index);
-            format!(
-                "{}({})={}:{}",
-                listener.name,
-                listener.protocol.name(),
-                listener.advertised.0,
-                listener.advertised.1
-            )
+            let (host, port) = &listener.advertised;
+            if listener.name == listener.protocol.name() {
+                format!("{}={host}:{port}", listener.name)
+            } else {
+                format!(
+                    "{}({})={host}:{port}",
+                    listener.name,
+                    listener.protocol.name()
+                )
+            }
         })
         .collect();
     let any_sasl =

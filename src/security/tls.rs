@@ -4,7 +4,8 @@
 //! The certificate chain, private key and client CA are PEM files read at
 //! start (a bad file stops the start, naming it) and again on SIGHUP
 //! ([`TlsServer::reload`]): a reload that fails is logged and the previous
-//! configuration stays. Connections already open keep the configuration
+//! configuration stays. An expired certificate is refused like a bad file;
+//! one whose subjectAltName misses an advertised name is logged. Connections already open keep the configuration
 //! they started with; new ones get the new one.
 //!
 //! With `client_auth = "requested"` or `"required"` client certificates are
@@ -40,11 +41,23 @@ pub enum TlsError {
     Rustls(String),
     #[error("security.tls.principal_mapping_rules: {0}")]
     Rules(String),
+    #[error(
+        "the TLS certificate {path} ({subject}) expired at {expires}: every client would refuse \
+         it; replace the file (and send SIGHUP to a running broker)"
+    )]
+    Expired {
+        path: String,
+        subject: String,
+        expires: String,
+    },
 }
 
 /// What every TLS listener accepts connections with.
 pub struct TlsServer {
     settings: TlsConfig,
+    /// The host names and addresses the TLS listeners advertise, which the
+    /// certificate should cover.
+    advertised_hosts: Vec<String>,
     current: ArcSwap<ServerConfig>,
     rules: Rules,
 }
@@ -87,8 +100,12 @@ fn certificates(what: &'static str, path: &str) -> Result<Vec<CertificateDer<'st
     Ok(certificates)
 }
 
-/// A rustls server configuration from `settings`.
-fn server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
+/// A rustls server configuration from `settings`, for listeners that
+/// advertise `advertised_hosts`.
+fn server_config(
+    settings: &TlsConfig,
+    advertised_hosts: &[String],
+) -> Result<ServerConfig, TlsError> {
     let chain = certificates("certificate", &settings.certificate)?;
     regular_file("private key", &settings.private_key)?;
     let key = PrivateKeyDer::from_pem_file(Path::new(&settings.private_key)).map_err(|error| {
@@ -101,7 +118,7 @@ fn server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
             ),
         }
     })?;
-    describe_certificate(&settings.certificate, &chain[0]);
+    check_certificate(&settings.certificate, &chain[0], advertised_hosts)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let rustls_error = |error: rustls::Error| TlsError::Rustls(error.to_string());
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -141,15 +158,30 @@ fn server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
 }
 
 impl TlsServer {
-    /// Load `settings` (the start fails on an error).
-    pub fn load(settings: &TlsConfig) -> Result<TlsServer, TlsError> {
+    /// Load `settings` for TLS listeners that advertise `advertised_hosts`
+    /// (the start fails on an error).
+    pub fn load(
+        settings: &TlsConfig,
+        advertised_hosts: Vec<String>,
+    ) -> Result<TlsServer, TlsError> {
         let rules = Rules::parse(&settings.principal_mapping_rules).map_err(TlsError::Rules)?;
-        let config = server_config(settings)?;
+        let config = server_config(settings, &advertised_hosts)?;
         Ok(TlsServer {
             settings: settings.clone(),
+            advertised_hosts,
             current: ArcSwap::from_pointee(config),
             rules,
         })
+    }
+
+    /// What a reload reads, for its log line.
+    pub fn files(&self) -> &'static str {
+        match self.settings.client_auth {
+            ClientAuth::None => "the TLS certificate and key",
+            ClientAuth::Requested | ClientAuth::Required => {
+                "the TLS certificate, key and client CA"
+            }
+        }
     }
 
     /// The configuration new connections use.
@@ -160,7 +192,7 @@ impl TlsServer {
     /// Read the files again (SIGHUP). On an error the configuration in use
     /// stays, and the error is returned for the log.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = server_config(&self.settings)?;
+        let config = server_config(&self.settings, &self.advertised_hosts)?;
         self.current.store(Arc::new(config));
         Ok(())
     }
@@ -175,12 +207,20 @@ impl TlsServer {
     }
 }
 
-/// Log the broker certificate's subject and expiry; warn when it has
-/// expired (clients will refuse it) or expires within a week.
-fn describe_certificate(path: &str, leaf: &CertificateDer<'_>) {
+/// Check the broker certificate and log its subject and expiry: an
+/// expired one is refused (clients would refuse it); one that expires
+/// within a week, or whose subjectAltName does not cover a name the TLS
+/// listeners advertise (clients check the name they connect to), is
+/// logged with a warning.
+fn check_certificate(
+    path: &str,
+    leaf: &CertificateDer<'_>,
+    advertised_hosts: &[String],
+) -> Result<(), TlsError> {
     use x509_cert::der::Decode;
     let Ok(parsed) = x509_cert::Certificate::from_der(leaf.as_ref()) else {
-        return;
+        // rustls refuses it with its own reason.
+        return Ok(());
     };
     let tbs = &parsed.tbs_certificate;
     let not_after = tbs.validity.not_after.to_system_time();
@@ -188,12 +228,13 @@ fn describe_certificate(path: &str, leaf: &CertificateDer<'_>) {
     let subject = tbs.subject.to_string();
     let expires = tbs.validity.not_after.to_string();
     match left {
-        Err(_) => tracing::warn!(
-            path,
-            %subject,
-            %expires,
-            "the TLS certificate has expired: clients will refuse it; replace the file and send SIGHUP"
-        ),
+        Err(_) => {
+            return Err(TlsError::Expired {
+                path: path.to_owned(),
+                subject,
+                expires,
+            });
+        }
         Ok(left) if left < std::time::Duration::from_secs(7 * 86_400) => tracing::warn!(
             path,
             %subject,
@@ -201,6 +242,81 @@ fn describe_certificate(path: &str, leaf: &CertificateDer<'_>) {
             "the TLS certificate expires within a week: replace the file and send SIGHUP"
         ),
         Ok(_) => tracing::info!(path, %subject, %expires, "TLS certificate"),
+    }
+    let names = alt_names(tbs);
+    let uncovered: Vec<&str> = advertised_hosts
+        .iter()
+        .map(String::as_str)
+        .filter(|host| !names.covers(host))
+        .collect();
+    if !uncovered.is_empty() {
+        tracing::warn!(
+            path,
+            advertised = ?uncovered,
+            subject_alt_names = ?names.listed(),
+            "the TLS certificate's subjectAltName does not cover these advertised names: \
+             clients that connect to them will refuse the certificate (\"certificate verify \
+             failed\"); add them to the certificate or correct the listeners' `advertised`"
+        );
+    }
+    Ok(())
+}
+
+/// The DNS names and IP addresses a certificate's subjectAltName lists.
+#[derive(Debug, Default, PartialEq)]
+struct AltNames {
+    dns: Vec<String>,
+    ips: Vec<std::net::IpAddr>,
+}
+
+fn alt_names(tbs: &x509_cert::TbsCertificate) -> AltNames {
+    use x509_cert::ext::pkix::SubjectAltName;
+    use x509_cert::ext::pkix::name::GeneralName;
+    let mut names = AltNames::default();
+    let Ok(Some((_, SubjectAltName(general)))) = tbs.get::<SubjectAltName>() else {
+        return names;
+    };
+    for name in general {
+        match name {
+            GeneralName::DnsName(dns) => names.dns.push(dns.as_str().to_ascii_lowercase()),
+            GeneralName::IpAddress(octets) => match octets.as_bytes().len() {
+                4 => names.ips.push(std::net::IpAddr::from(
+                    <[u8; 4]>::try_from(octets.as_bytes()).expect("4 bytes"),
+                )),
+                16 => names.ips.push(std::net::IpAddr::from(
+                    <[u8; 16]>::try_from(octets.as_bytes()).expect("16 bytes"),
+                )),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    names
+}
+
+impl AltNames {
+    /// Whether a client connecting to `host` (a name or an address)
+    /// accepts the certificate by name: an exact DNS name, a wildcard for
+    /// its leftmost label (RFC 6125), or the same address.
+    fn covers(&self, host: &str) -> bool {
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            return self.ips.contains(&ip);
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.dns.iter().any(|name| match name.strip_prefix("*.") {
+            Some(parent) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+            None => *name == host,
+        })
+    }
+
+    fn listed(&self) -> Vec<String> {
+        self.dns
+            .iter()
+            .cloned()
+            .chain(self.ips.iter().map(ToString::to_string))
+            .collect()
     }
 }
 
@@ -212,4 +328,38 @@ pub fn subject(certificate: &[u8]) -> Result<String, String> {
     let parsed = x509_cert::Certificate::from_der(certificate)
         .map_err(|error| format!("the client certificate does not parse: {error}"))?;
     Ok(parsed.tbs_certificate.subject.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alt_names_cover_exact_names_one_wildcard_label_and_addresses() {
+        let names = AltNames {
+            dns: vec![
+                "broker1.example.com".to_owned(),
+                "*.kafka.example.com".to_owned(),
+            ],
+            ips: vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+        };
+        for covered in [
+            "broker1.example.com",
+            "BROKER1.example.com.",
+            "b2.kafka.example.com",
+            "127.0.0.1",
+            "[::1]",
+        ] {
+            assert!(names.covers(covered), "{covered}");
+        }
+        for uncovered in [
+            "localhost",
+            "example.com",
+            "kafka.example.com",
+            "a.b.kafka.example.com",
+            "127.0.0.2",
+        ] {
+            assert!(!names.covers(uncovered), "{uncovered}");
+        }
+    }
 }

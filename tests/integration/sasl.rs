@@ -579,6 +579,6 @@ fn the_start_reports_the_security_posture() {
     let broker = BrokerProcess::start(quiet.path(), &[]);
     assert!(broker.wait_for_log("security posture"));
     assert!(broker.log_contains("sasl_mechanisms=none"));
-    assert!(broker.log_contains("PLAINTEXT(PLAINTEXT)="));
+    assert!(broker.log_contains("listeners=PLAINTEXT=127.0.0.1:"));
     assert!(!broker.log_contains("nobody can log in"));
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -86,6 +86,11 @@ impl Pki {
     }
 
     fn sign(&self, ca: &str, name: &str, subject: &str, extensions: &str) {
+        self.sign_for_days(ca, name, subject, extensions, "30");
+    }
+
+    /// `sign`, valid for `days` from now (`-1`: expired yesterday).
+    fn sign_for_days(&self, ca: &str, name: &str, subject: &str, extensions: &str, days: &str) {
         openssl(
             &[
                 "req",
@@ -106,7 +111,7 @@ impl Pki {
                 "x509",
                 "-req",
                 "-days",
-                "30",
+                days,
                 "-in",
                 &format!("{name}.csr"),
                 "-CA",
@@ -447,10 +452,36 @@ fn sighup_reloads_the_certificate_and_open_connections_go_on() {
     // SAFETY: kill with SIGHUP on the broker's pid.
     unsafe { libc::kill(broker.pid() as i32, libc::SIGHUP) };
     assert!(broker.wait_for_log("cannot reload the TLS files"));
+    // An expired certificate is refused the same way.
+    pki.sign_for_days("ca", "server", "/CN=expired", "server.ext", "-1");
+    // SAFETY: as above.
+    unsafe { libc::kill(broker.pid() as i32, libc::SIGHUP) };
+    assert!(broker.wait_for_log("expired at"));
+    // One that does not name the advertised address loads, with a warning.
+    std::fs::write(
+        dir.path().join("pki/elsewhere.ext"),
+        "subjectAltName=DNS:elsewhere.example\n",
+    )
+    .unwrap();
+    pki.sign("ca", "server", "/CN=elsewhere", "elsewhere.ext");
+    // SAFETY: as above.
+    unsafe { libc::kill(broker.pid() as i32, libc::SIGHUP) };
+    assert!(broker.wait_for_log("does not cover these advertised names"));
     pki.sign("ca", "server", "/CN=reloaded", "server.ext");
     // SAFETY: as above.
     unsafe { libc::kill(broker.pid() as i32, libc::SIGHUP) };
-    assert!(broker.wait_for_log("reloaded the TLS certificate"));
+    let reloads = || {
+        broker
+            .log()
+            .iter()
+            .filter(|line| line.contains("reloaded the TLS certificate"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reloads() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(reloads(), 2, "{:?}", broker.log());
 
     probe.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     let second: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();

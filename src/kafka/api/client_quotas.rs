@@ -72,7 +72,7 @@ pub fn describe(request: &Request<'_>, body: Bytes) -> Result<Response, RequestE
     if !request.authorizer().cluster(Operation::DescribeConfigs) {
         return refuse(
             ResponseError::ClusterAuthorizationFailed,
-            "client quotas need DESCRIBE_CONFIGS on the cluster".to_owned(),
+            format!("client quotas need DESCRIBE_CONFIGS on the cluster{GRANT_HINT}"),
         );
     }
     let mut filtered_types = BTreeSet::new();
@@ -153,6 +153,37 @@ pub fn describe(request: &Request<'_>, body: Bytes) -> Result<Response, RequestE
     request.respond(DescribeClientQuotasResponse::default().with_entries(Some(entries)))
 }
 
+/// How a refused principal gets access.
+const GRANT_HINT: &str = ": log in as a super user, or have one grant it with \
+     `sluice acls add --cluster --operation ... --principal User:NAME`";
+
+/// An alteration for the log: `user=alice client-id=<default>:
+/// producer_byte_rate=1000, remove consumer_byte_rate`.
+fn describe_change(command: &MetadataCommand) -> String {
+    let MetadataCommand::AlterClientQuotas {
+        entity,
+        set,
+        remove,
+    } = command
+    else {
+        return String::new();
+    };
+    let name = |name: &EntityName| name.to_wire().unwrap_or("<default>").to_owned();
+    let parts: Vec<String> = [(USER, &entity.user), (CLIENT_ID, &entity.client_id)]
+        .into_iter()
+        .filter_map(|(entity_type, part)| {
+            part.as_ref()
+                .map(|part| format!("{entity_type}={}", name(part)))
+        })
+        .collect();
+    let changes: Vec<String> = set
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .chain(remove.iter().map(|key| format!("remove {key}")))
+        .collect();
+    format!("{}: {}", parts.join(" "), changes.join(", "))
+}
+
 /// One entry's alteration, checked: the command to run, or why not.
 fn check_entry(
     entry: &kafka_protocol::messages::alter_client_quotas_request::EntryData,
@@ -213,8 +244,13 @@ fn check_entry(
             } else {
                 "bytes per second"
             };
+            let bound = if value > QUOTA_VALUE_MAX as f64 {
+                format!("at most {QUOTA_VALUE_MAX}")
+            } else {
+                "at least 1".to_owned()
+            };
             return Err(format!(
-                "{key} = {value} is not a whole number of 1 to {QUOTA_VALUE_MAX} {unit}"
+                "{key} = {value} is refused: it must be a whole number of {unit}, {bound}"
             ));
         }
         set.insert(key.to_owned(), value as u64);
@@ -244,7 +280,7 @@ pub async fn alter(request: &Request<'_>, body: Bytes) -> Result<Response, Reque
         let outcome: Result<(), (ResponseError, String)> = if !permitted {
             Err((
                 ResponseError::ClusterAuthorizationFailed,
-                "client quotas need ALTER_CONFIGS on the cluster".to_owned(),
+                format!("client quotas need ALTER_CONFIGS on the cluster{GRANT_HINT}"),
             ))
         } else {
             match check_entry(entry) {
@@ -255,14 +291,25 @@ pub async fn alter(request: &Request<'_>, body: Bytes) -> Result<Response, Reque
                     .dry_run(command)
                     .map(|_| ())
                     .map_err(|refused| (ResponseError::InvalidRequest, refused.to_string())),
-                Ok(command) => match request.broker.metadata.submit(command).await {
-                    Ok(Ok(_)) => {
-                        tracing::info!(principal = %request.session.principal(), "client quotas altered");
-                        Ok(())
+                Ok(command) => {
+                    let change = describe_change(&command);
+                    match request.broker.metadata.submit(command).await {
+                        Ok(Ok(_)) => {
+                            tracing::info!(
+                                principal = %request.session.principal(),
+                                %change,
+                                "client quotas altered"
+                            );
+                            Ok(())
+                        }
+                        Ok(Err(refused)) => {
+                            Err((ResponseError::InvalidRequest, refused.to_string()))
+                        }
+                        Err(failure) => {
+                            Err((ResponseError::UnknownServerError, failure.to_string()))
+                        }
                     }
-                    Ok(Err(refused)) => Err((ResponseError::InvalidRequest, refused.to_string())),
-                    Err(failure) => Err((ResponseError::UnknownServerError, failure.to_string())),
-                },
+                }
             }
         };
         results.push(match outcome {
