@@ -197,17 +197,42 @@ pub fn resolve(
             kind,
             user: entity.user.as_ref().map(|name| name.tag(user)),
             client_id: entity.client_id.as_ref().map(|name| name.tag(client_id)),
+            overflow: false,
         };
         Some((account, kind.per_second(quota)))
     })
 }
 
-/// One quota's shared count of bytes.
+/// Whether any quota (of any kind) applies to requests of `user` with
+/// `client_id`: such a connection is served one request at a time
+/// (`kafka/dispatch.rs`), so that each throttle holds the next request.
+pub fn any_applies(quotas: &Quotas, user: &str, client_id: &str) -> bool {
+    !quotas.is_empty()
+        && candidates(user, client_id)
+            .iter()
+            .any(|entity| quotas.get(entity).is_some_and(|keys| !keys.is_empty()))
+}
+
+/// One quota's shared count of bytes (or microseconds).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Account {
     kind: QuotaKind,
     user: Option<String>,
     client_id: Option<String>,
+    /// The one account of this kind that clients share once
+    /// [`ACCOUNTS_MAX`] others are live.
+    overflow: bool,
+}
+
+impl Account {
+    fn overflow(kind: QuotaKind) -> Account {
+        Account {
+            kind,
+            user: None,
+            client_id: None,
+            overflow: true,
+        }
+    }
 }
 
 /// The sampled window of one account.
@@ -221,11 +246,21 @@ struct Window {
 pub struct QuotaAccounts {
     sample: Duration,
     samples: usize,
-    windows: Mutex<HashMap<Account, Window>>,
+    windows: Mutex<Windows>,
 }
 
-/// The most accounts kept; beyond it the idle ones are dropped (each can
-/// hold a client id of up to 32 KiB).
+#[derive(Default)]
+struct Windows {
+    by_account: HashMap<Account, Window>,
+    /// When idle accounts were last dropped.
+    pruned_at: Option<Instant>,
+}
+
+/// The most accounts kept (each can hold a client id of up to 32 KiB).
+/// When that many are live, idle ones (nothing in the whole window) are
+/// dropped, at most once a sample; if none is idle, new clients share one
+/// overflow account per kind, so a client that changes its client id on
+/// every request neither grows memory nor resets anyone else's account.
 const ACCOUNTS_MAX: usize = 10_000;
 
 impl QuotaAccounts {
@@ -235,7 +270,7 @@ impl QuotaAccounts {
         QuotaAccounts {
             sample: sample.max(Duration::from_millis(1)),
             samples: samples.max(2),
-            windows: Mutex::new(HashMap::new()),
+            windows: Mutex::new(Windows::default()),
         }
     }
 
@@ -246,18 +281,37 @@ impl QuotaAccounts {
             .windows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if windows.len() >= ACCOUNTS_MAX && !windows.contains_key(account) {
+        let account = self.admit(&mut windows, account, now);
+        let window = windows.by_account.entry(account).or_default();
+        self.add(window, bytes, now);
+        self.throttle(window, quota, now)
+    }
+
+    /// The account to count against: `account` when it is live or there
+    /// is room for it (after dropping idle accounts, at most once a
+    /// sample), else its kind's overflow account.
+    fn admit(&self, windows: &mut Windows, account: &Account, now: Instant) -> Account {
+        if windows.by_account.len() < ACCOUNTS_MAX || windows.by_account.contains_key(account) {
+            return account.clone();
+        }
+        if windows
+            .pruned_at
+            .is_none_or(|at| now.duration_since(at) >= self.sample)
+        {
+            windows.pruned_at = Some(now);
             let horizon = self.sample * self.samples as u32;
-            windows.retain(|_, window| {
+            windows.by_account.retain(|_, window| {
                 window
                     .samples
                     .back()
                     .is_some_and(|(start, _)| now.duration_since(*start) < horizon)
             });
         }
-        let window = windows.entry(account.clone()).or_default();
-        self.add(window, bytes, now);
-        self.throttle(window, quota, now)
+        if windows.by_account.len() < ACCOUNTS_MAX {
+            account.clone()
+        } else {
+            Account::overflow(account.kind)
+        }
     }
 
     /// The throttle `account` is under at `now` before anything more is
@@ -267,7 +321,14 @@ impl QuotaAccounts {
             .windows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match windows.get_mut(account) {
+        let full = windows.by_account.len() >= ACCOUNTS_MAX;
+        let overflow = Account::overflow(account.kind);
+        let window = match windows.by_account.contains_key(account) {
+            true => windows.by_account.get_mut(account),
+            false if full => windows.by_account.get_mut(&overflow),
+            false => None,
+        };
+        match window {
             Some(window) => {
                 self.add(window, 0, now);
                 self.throttle(window, quota, now)
@@ -370,6 +431,35 @@ mod tests {
             accounts.record(&account, per_second, 1_000_000, start),
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn past_the_account_cap_new_clients_share_one_overflow_account() {
+        let quotas = quotas(&[(None, Some(EntityName::Default), PRODUCER_BYTE_RATE, 1000)]);
+        let accounts = QuotaAccounts::new(Duration::from_secs(1), 11);
+        let start = Instant::now();
+        for index in 0..ACCOUNTS_MAX {
+            let (account, quota) =
+                resolve(&quotas, QuotaKind::Produce, "u", &format!("c{index}")).unwrap();
+            accounts.record(&account, quota, 1, start);
+        }
+        let live = || accounts.windows.lock().unwrap().by_account.len();
+        assert_eq!(live(), ACCOUNTS_MAX);
+        // Every new client id while all are live: one shared account, and
+        // its bytes add up there.
+        for index in 0..100 {
+            let (account, quota) =
+                resolve(&quotas, QuotaKind::Produce, "u", &format!("new{index}")).unwrap();
+            accounts.record(&account, quota, 200, start);
+        }
+        assert_eq!(live(), ACCOUNTS_MAX + 1);
+        let (newest, quota) = resolve(&quotas, QuotaKind::Produce, "u", "new-x").unwrap();
+        assert!(accounts.throttle_now(&newest, quota, start) > Duration::ZERO);
+        // Once the others are idle for a whole window, they are dropped and
+        // a new client gets its own account again.
+        let later = start + Duration::from_secs(12);
+        assert_eq!(accounts.record(&newest, quota, 1, later), Duration::ZERO);
+        assert!(live() < 10);
     }
 
     #[test]

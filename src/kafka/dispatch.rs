@@ -26,7 +26,6 @@ use kafka_protocol::protocol::Decodable;
 use super::api;
 use super::authorize::Authorizer;
 use super::hangup::Hangup;
-use super::request_clock::RequestClock;
 use super::request_error::RequestError;
 use super::response::Response;
 use super::response_errors::ErrorCodes;
@@ -38,6 +37,7 @@ use crate::broker::Broker;
 use crate::broker::quota::{self, Account, QuotaKind};
 use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::shard::ShardContext;
+use crate::shard::request_clock::RequestClock;
 use crate::telemetry;
 
 /// Throttled responses, logged at most 5 times per 10 s.
@@ -63,12 +63,21 @@ pub struct Request<'a> {
     turn: &'a Turn,
     /// The thread time the request has taken (`request_percentage`).
     clock: &'a RequestClock,
+    /// Whether a client quota applies to the connection: then its requests
+    /// are served one at a time (the turn passes only once the request is
+    /// done and its cost counted), so a throttle holds the next request
+    /// and pipelining cannot carry a client past its quota, as Kafka's
+    /// muted channel reads nothing until a response is sent.
+    under_quota: bool,
 }
 
 impl Request<'_> {
-    /// Let the connection's next request start (see [`Turn`]).
+    /// Let the connection's next request start (see [`Turn`]); under a
+    /// quota, only once this one is done.
     pub fn pass_turn(&self) {
-        self.turn.pass();
+        if !self.under_quota {
+            self.turn.pass();
+        }
     }
 
     /// The connection's `kind` quota (its user and client id,
@@ -210,8 +219,9 @@ pub async fn handle(
     turn.wait().await;
     if let Some(until) = session.muted_until() {
         // A quota's throttle (KIP-219): requests read ahead wait for it in
-        // turn, as if they had not been read, so pipelining cannot carry a
-        // client past its quota.
+        // turn, as if they had not been read. Under a quota the turn passes
+        // only once a request's cost is counted (`Request::under_quota`), so
+        // each request sees the throttle its predecessors earned.
         let wait = until.saturating_duration_since(Instant::now());
         let _ = select(pin!(compio::time::sleep(wait)), pin!(hangup.wait())).await;
     }
@@ -330,6 +340,15 @@ async fn decode_and_serve(
         return Outcome::Close(RequestError::Unauthenticated { key });
     }
     let clock = RequestClock::default();
+    let under_quota = {
+        let snapshot = broker.metadata.snapshot();
+        !snapshot.client_quotas.is_empty()
+            && quota::any_applies(
+                &snapshot.client_quotas,
+                &connection.session.principal_user(),
+                header.client_id.as_deref().unwrap_or(""),
+            )
+    };
     let request = Request {
         shard,
         broker,
@@ -342,6 +361,7 @@ async fn decode_and_serve(
         size,
         turn: connection.turn,
         clock: &clock,
+        under_quota,
     };
     if !holds_turn(key) {
         request.pass_turn();

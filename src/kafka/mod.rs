@@ -18,7 +18,6 @@ pub mod frame;
 pub mod hangup;
 pub mod listener;
 pub mod request_budget;
-pub mod request_clock;
 pub mod request_error;
 pub mod response;
 pub mod response_errors;

@@ -13,6 +13,7 @@ use futures_channel::oneshot;
 use thiserror::Error;
 
 use super::ShardContext;
+use super::request_clock::{self, RequestClock};
 use crate::ids::ShardId;
 use crate::storage::AppendError;
 
@@ -71,7 +72,11 @@ impl Shards {
         let job: Job = Box::new(move |context: &Rc<ShardContext>| {
             let context = Rc::clone(context);
             compio::runtime::spawn(async move {
-                let _ = reply.send(work(context).await);
+                // Timed here and charged to the caller's request, if any
+                // (the `request_percentage` quota).
+                let clock = RequestClock::default();
+                let output = clock.time(std::pin::pin!(work(context))).await;
+                let _ = reply.send((output, clock.total()));
             })
             .detach();
         });
@@ -84,7 +89,9 @@ impl Shards {
             .send_async(Message::Run(job))
             .await
             .map_err(|_unsent_job| ShardGone(shard))?;
-        result.await.map_err(|_reply_dropped| ShardGone(shard))
+        let (output, busy) = result.await.map_err(|_reply_dropped| ShardGone(shard))?;
+        request_clock::charge(busy);
+        Ok(output)
     }
 
     pub(super) fn send_blocking(&self, shard: ShardId, message: Message) -> Result<(), ShardGone> {

@@ -10,6 +10,7 @@
 
 pub mod local_sync;
 pub mod mailbox;
+pub mod request_clock;
 pub mod signals;
 
 use std::cell::{Cell, RefCell};

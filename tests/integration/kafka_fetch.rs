@@ -187,7 +187,7 @@ fn a_fetch_listing_a_partition_thousands_of_times_reads_at_most_max_bytes() {
 
 /// CPU time the broker process has used (user + system), from
 /// `/proc/<pid>/stat`.
-fn cpu_time(pid: u32) -> std::time::Duration {
+pub fn cpu_time(pid: u32) -> std::time::Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the command name (which may hold spaces) in parentheses.
     let fields: Vec<&str> = stat

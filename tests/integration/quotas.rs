@@ -6,15 +6,23 @@
 use std::path::Path;
 use std::time::Instant;
 
+use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     AlterClientQuotasRequest, CreateTopicsRequest, DescribeClientQuotasRequest, ListGroupsRequest,
-    MetadataRequest, TopicName, alter_client_quotas_request, describe_client_quotas_request,
+    ListOffsetsRequest, MetadataRequest, ProduceRequest, TopicName, alter_client_quotas_request,
+    describe_client_quotas_request,
 };
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 
 use crate::acls::{kcat_as, sluice};
 use crate::broker_process::BrokerProcess;
+use crate::wire::Wire;
 
 const ADMIN: &str = "admin";
 const ADMIN_PASSWORD: &str = "admin-secret-1";
@@ -309,6 +317,226 @@ fn a_request_percentage_quota_holds_a_metadata_loop_to_its_share_of_a_thread() {
             &broker,
             "sluice_kafka_quota_throttles_total{quota=\"request_percentage\"}"
         ) >= 1.0
+    );
+}
+
+/// A batch of 2 000 gzip'd records of 100 bytes, all at timestamp 1000
+/// but the last (2000): a ListOffsets by timestamp 2000 decompresses and
+/// walks all of it.
+fn heavy_batch() -> Bytes {
+    let count = 2_000;
+    let records: Vec<Record> = (0..count)
+        .map(|index| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: index,
+            // One batch: the encoder splits where offset - sequence changes.
+            sequence: index as i32,
+            timestamp: if index == count - 1 { 2000 } else { 1000 },
+            key: None,
+            value: Some(Bytes::from(vec![b'a'; 100])),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buffer = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buffer,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::Gzip,
+        },
+    )
+    .unwrap();
+    buffer.freeze()
+}
+
+/// The breaker's two ways past `request_percentage`, closed: the work a
+/// request makes another shard do (ListOffsets by timestamp on partitions
+/// of both shards, decompressing a large batch on each), and a pipeline of
+/// requests that all started before the first one's cost was counted. A
+/// client held to 5 % of a thread, pipelining 8 such requests at a time,
+/// makes the broker spend about that much CPU, not whole cores.
+#[test]
+fn a_request_percentage_quota_counts_other_shards_work_and_holds_pipelines() {
+    const PERCENT: f64 = 5.0;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shards.toml");
+    std::fs::write(
+        &config,
+        "shards = 2\npin_shards = false\n\
+         [kafka]\nquota_window_samples = 11\nquota_window_ms = 200\n",
+    )
+    .unwrap();
+    let broker = BrokerProcess::start_command(BrokerProcess::command(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    ));
+    let mut wire = Wire::connect(&broker.address);
+    let partitions = 4;
+    let created = wire.call(
+        5,
+        &CreateTopicsRequest::default().with_topics(vec![
+            CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("heavy")))
+                .with_num_partitions(partitions)
+                .with_replication_factor(1),
+        ]),
+    );
+    assert_eq!(created.topics[0].error_code, 0);
+    let batch = heavy_batch();
+    let produced = wire.call(
+        9,
+        &ProduceRequest::default()
+            .with_acks(1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("heavy")))
+                    .with_partition_data(
+                        (0..partitions)
+                            .map(|index| {
+                                PartitionProduceData::default()
+                                    .with_index(index)
+                                    .with_records(Some(batch.clone()))
+                            })
+                            .collect(),
+                    ),
+            ]),
+    );
+    for partition in &produced.responses[0].partition_responses {
+        assert_eq!(partition.error_code, 0, "{:?}", partition.error_message);
+    }
+    // Every test connection's client id is `sluice-tests`.
+    let altered = wire.call(
+        1,
+        &AlterClientQuotasRequest::default().with_entries(vec![
+            alter_client_quotas_request::EntryData::default()
+                .with_entity(vec![
+                    alter_client_quotas_request::EntityData::default()
+                        .with_entity_type(StrBytes::from_static_str("client-id"))
+                        .with_entity_name(Some(StrBytes::from_static_str("sluice-tests"))),
+                ])
+                .with_ops(vec![op(REQUEST, PERCENT)]),
+        ]),
+    );
+    assert_eq!(altered.entries[0].error_code, 0);
+
+    // Partitions alternate between the two shards, so one of the two
+    // rounds asks only the shard the connection is not on.
+    let lookup = |parity: i32| {
+        ListOffsetsRequest::default()
+            .with_replica_id((-1).into())
+            .with_topics(vec![
+                ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("heavy")))
+                    .with_partitions(
+                        (0..partitions)
+                            .filter(|index| index % 2 == parity)
+                            .map(|index| {
+                                ListOffsetsPartition::default()
+                                    .with_partition_index(index)
+                                    .with_timestamp(2000)
+                            })
+                            .collect(),
+                    ),
+            ])
+    };
+    let mut hog = Wire::connect(&broker.address);
+    let answer = hog.call(1, &lookup(0));
+    assert!(
+        answer.topics[0]
+            .partitions
+            .iter()
+            .all(|p| p.offset == 1_999)
+    );
+    for parity in [0, 1] {
+        let cpu_before = crate::kafka_fetch::cpu_time(broker.pid());
+        let started = Instant::now();
+        let mut answered = 0;
+        while started.elapsed().as_secs_f64() < LOOP_SECONDS {
+            for _ in 0..8 {
+                hog.send(1, &lookup(parity));
+            }
+            for _ in 0..8 {
+                hog.read_frame().expect("answered");
+                answered += 1;
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = (crate::kafka_fetch::cpu_time(broker.pid()) - cpu_before).as_secs_f64();
+        // The allowance over the round, plus a first burst (2 s of quota).
+        let allowance = PERCENT / 100.0 * (elapsed + 2.2);
+        eprintln!(
+            "partitions of parity {parity}: {answered} lookups in {elapsed:.1} s, broker CPU \
+             {cpu:.2} s against an allowance of {allowance:.2} s"
+        );
+        assert!(
+            cpu < 2.0 * allowance + 0.1,
+            "the broker spent {cpu:.2} s of CPU on a client allowed {allowance:.2} s"
+        );
+        assert!(answered > 8, "the client was starved: {answered} answers");
+    }
+
+    // A byte rate of 100 kB/s against 16 pipelined produces of 50 kB at a
+    // time: each waits for the throttle the ones before it earned. (Before,
+    // each pipeline went through at once: 3.5 × the allowance.)
+    const BYTE_RATE: f64 = 100_000.0;
+    let altered = wire.call(
+        1,
+        &AlterClientQuotasRequest::default().with_entries(vec![
+            alter_client_quotas_request::EntryData::default()
+                .with_entity(vec![
+                    alter_client_quotas_request::EntityData::default()
+                        .with_entity_type(StrBytes::from_static_str("client-id"))
+                        .with_entity_name(Some(StrBytes::from_static_str("sluice-tests"))),
+                ])
+                .with_ops(vec![op(PRODUCER, BYTE_RATE)]),
+        ]),
+    );
+    assert_eq!(altered.entries[0].error_code, 0);
+    let value = vec![b'p'; 50_000];
+    let mut builder = sluice::record_batch::BatchBuilder::new(1_700_000_000_000);
+    builder.push(sluice::record_batch::RecordSpec {
+        key: None,
+        value: Some(&value),
+        timestamp_delta_ms: 0,
+    });
+    let produce = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("heavy")))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(Bytes::from(builder.build()))),
+                ]),
+        ]);
+    let mut producer = Wire::connect(&broker.address);
+    let started = Instant::now();
+    let mut stored = 0.0;
+    while started.elapsed().as_secs_f64() < LOOP_SECONDS {
+        for _ in 0..16 {
+            producer.send(9, &produce);
+        }
+        for _ in 0..16 {
+            producer.read_frame().expect("answered");
+            stored += value.len() as f64;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowance = BYTE_RATE * (elapsed + 2.2);
+    eprintln!("pipelined produce: {stored:.0} bytes in {elapsed:.1} s, allowance {allowance:.0}");
+    assert!(
+        stored < 1.5 * allowance,
+        "a pipeline carried {stored:.0} bytes past an allowance of {allowance:.0}"
     );
 }
 

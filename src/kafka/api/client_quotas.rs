@@ -150,7 +150,11 @@ pub fn describe(request: &Request<'_>, body: Bytes) -> Result<Response, RequestE
                 .with_values(values)
         })
         .collect();
-    request.respond(DescribeClientQuotasResponse::default().with_entries(Some(entries)))
+    request.respond(
+        DescribeClientQuotasResponse::default()
+            .with_error_message(None)
+            .with_entries(Some(entries)),
+    )
 }
 
 /// How a refused principal gets access.
@@ -276,7 +280,10 @@ pub async fn alter(request: &Request<'_>, body: Bytes) -> Result<Response, Reque
                     .with_entity_name(part.entity_name.clone())
             })
             .collect();
-        let result = alter_client_quotas_response::EntryData::default().with_entity(entity);
+        // Kafka sends a null message with no error.
+        let result = alter_client_quotas_response::EntryData::default()
+            .with_entity(entity)
+            .with_error_message(None);
         let outcome: Result<(), (ResponseError, String)> = if !permitted {
             Err((
                 ResponseError::ClusterAuthorizationFailed,

@@ -5,7 +5,10 @@
 //!   credential on the blocking pool (PBKDF2 takes milliseconds), at most
 //!   [`PASSWORD_CHECKS_MAX`] at once in the whole broker, so a flood of
 //!   PLAIN attempts queues behind itself instead of taking the CPU from the
-//!   shards. An unknown user's password is checked against a stand-in
+//!   shards; and at most [`PASSWORD_CHECKS_PER_ADDRESS_MAX`] of them may
+//!   wait or run for one client address, so a flood from a few addresses
+//!   fails at once instead of queueing every other client's login behind
+//!   it. An unknown user's password is checked against a stand-in
 //!   credential, so the answer takes as long as for a known user.
 //! - SCRAM-SHA-256/512: two steps (client-first → server-first,
 //!   client-final → server-final), `security/scram.rs`.
@@ -41,6 +44,51 @@ const FAILED: &str = "Authentication failed: Invalid username or password";
 pub const PASSWORD_CHECKS_MAX: usize = 1;
 static PASSWORD_CHECKS: tokio::sync::Semaphore =
     tokio::sync::Semaphore::const_new(PASSWORD_CHECKS_MAX);
+
+/// PLAIN password checks waiting or running for one client address: room
+/// for the connections of several clients on one host starting together,
+/// while a login from elsewhere waits behind at most this many checks per
+/// flooding address (PBKDF2 takes about 0.2 s in a debug build, 10–30 ms in
+/// a release one). A client on the flooding address itself is refused
+/// while the flood lasts.
+pub const PASSWORD_CHECKS_PER_ADDRESS_MAX: usize = 8;
+
+/// PLAIN checks waiting or running, by client address.
+static CHECKS_BY_ADDRESS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// One address's place among the PLAIN checks, given back on drop.
+struct AddressSlot(std::net::IpAddr);
+
+impl AddressSlot {
+    /// A place for `address`, or `None` when it has its share already.
+    fn take(address: std::net::IpAddr) -> Option<AddressSlot> {
+        let mut checks = CHECKS_BY_ADDRESS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = checks.entry(address).or_insert(0);
+        if *count >= PASSWORD_CHECKS_PER_ADDRESS_MAX {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot(address))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut checks = CHECKS_BY_ADDRESS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = checks.get_mut(&self.0) {
+            *count -= 1;
+            if *count == 0 {
+                checks.remove(&self.0);
+            }
+        }
+    }
+}
 
 /// The credential an unknown user's PLAIN password is checked against
 /// (made once; matches no password anyone knows).
@@ -160,6 +208,13 @@ async fn plain_step(
     let known = stored.is_some();
     let (mechanism, credential) = stored.unwrap_or_else(|| stand_in().clone());
     let password = offered.password;
+    let address = request.peer.ip().to_canonical();
+    let _slot = AddressSlot::take(address).ok_or_else(|| {
+        failed(format!(
+            "{PASSWORD_CHECKS_PER_ADDRESS_MAX} PLAIN checks from {address} are already waiting \
+             or running"
+        ))
+    })?;
     let _permit = PASSWORD_CHECKS
         .acquire()
         .await
