@@ -320,6 +320,24 @@ fn a_request_percentage_quota_holds_a_metadata_loop_to_its_share_of_a_thread() {
     );
 }
 
+/// Set `key` to `value` for client id `sluice-tests`, every test
+/// connection's.
+fn set_test_client_quota(wire: &mut Wire, key: &str, value: f64) {
+    let altered = wire.call(
+        1,
+        &AlterClientQuotasRequest::default().with_entries(vec![
+            alter_client_quotas_request::EntryData::default()
+                .with_entity(vec![
+                    alter_client_quotas_request::EntityData::default()
+                        .with_entity_type(StrBytes::from_static_str("client-id"))
+                        .with_entity_name(Some(StrBytes::from_static_str("sluice-tests"))),
+                ])
+                .with_ops(vec![op(key, value)]),
+        ]),
+    );
+    assert_eq!(altered.entries[0].error_code, 0);
+}
+
 /// A batch of 2 000 gzip'd records of 100 bytes, all at timestamp 1000
 /// but the last (2000): a ListOffsets by timestamp 2000 decompresses and
 /// walks all of it.
@@ -412,20 +430,7 @@ fn a_request_percentage_quota_counts_other_shards_work_and_holds_pipelines() {
     for partition in &produced.responses[0].partition_responses {
         assert_eq!(partition.error_code, 0, "{:?}", partition.error_message);
     }
-    // Every test connection's client id is `sluice-tests`.
-    let altered = wire.call(
-        1,
-        &AlterClientQuotasRequest::default().with_entries(vec![
-            alter_client_quotas_request::EntryData::default()
-                .with_entity(vec![
-                    alter_client_quotas_request::EntityData::default()
-                        .with_entity_type(StrBytes::from_static_str("client-id"))
-                        .with_entity_name(Some(StrBytes::from_static_str("sluice-tests"))),
-                ])
-                .with_ops(vec![op(REQUEST, PERCENT)]),
-        ]),
-    );
-    assert_eq!(altered.entries[0].error_code, 0);
+    set_test_client_quota(&mut wire, REQUEST, PERCENT);
 
     // Partitions alternate between the two shards, so one of the two
     // rounds asks only the shard the connection is not on.
@@ -487,19 +492,7 @@ fn a_request_percentage_quota_counts_other_shards_work_and_holds_pipelines() {
     // time: each waits for the throttle the ones before it earned. (Before,
     // each pipeline went through at once: 3.5 × the allowance.)
     const BYTE_RATE: f64 = 100_000.0;
-    let altered = wire.call(
-        1,
-        &AlterClientQuotasRequest::default().with_entries(vec![
-            alter_client_quotas_request::EntryData::default()
-                .with_entity(vec![
-                    alter_client_quotas_request::EntityData::default()
-                        .with_entity_type(StrBytes::from_static_str("client-id"))
-                        .with_entity_name(Some(StrBytes::from_static_str("sluice-tests"))),
-                ])
-                .with_ops(vec![op(PRODUCER, BYTE_RATE)]),
-        ]),
-    );
-    assert_eq!(altered.entries[0].error_code, 0);
+    set_test_client_quota(&mut wire, PRODUCER, BYTE_RATE);
     let value = vec![b'p'; 50_000];
     let mut builder = sluice::record_batch::BatchBuilder::new(1_700_000_000_000);
     builder.push(sluice::record_batch::RecordSpec {
