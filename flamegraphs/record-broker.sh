@@ -103,3 +103,10 @@ awk '{ n = $NF; total += n; if ($0 ~ /producer_state/) hit += n }
 # The share in consume-queue upkeep and file-system calls (issue 19 item 3).
 awk '{ n = $NF; total += n; if ($0 ~ /consume_queue|queue_file|page_fault|ext4_/) hit += n }
      END { if (total) printf "consume queues and file system: %.2f%% of %.0f samples\n", 100 * hit / total, total }' "$data.folded"
+# The request clock's own work (issue 20's request_percentage): the time
+# reads around each poll of a handler (stacks whose last three frames pass
+# through request_clock), and the per-request quota checks.
+awk '{ n = $NF; total += n; s = $0; sub(/ [0-9]+$/, "", s); k = split(s, f, ";");
+       tail = f[k]; if (k > 1) tail = f[k-1] ";" tail; if (k > 2) tail = f[k-2] ";" tail;
+       if (tail ~ /request_clock/ || s ~ /record_request_time|any_applies/) hit += n }
+     END { if (total) printf "request clock and quota checks: %.2f%% of %.0f samples\n", 100 * hit / total, total }' "$data.folded"
