@@ -409,7 +409,7 @@ async fn write_responses(
                 telemetry::kafka::request_done(in_flight.api_key, in_flight.read_at);
                 telemetry::kafka::connection_closed_by(in_flight.api_key);
                 if error.is_client_fault() {
-                    closed_for_bad_input(peer, "bad_request", &error);
+                    closed_for_bad_input(peer, error.close_reason(), &error);
                 } else {
                     let error = error_chain(&error);
                     tracing::error!(%peer, %error, "closing a connection: the broker failed to serve its request");

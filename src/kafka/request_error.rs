@@ -59,6 +59,13 @@ pub enum RequestError {
         "{key:?} before SASL authentication: this listener needs SaslHandshake and SaslAuthenticate first (security.security_protocol)"
     )]
     Unauthenticated { key: ApiKey },
+    /// An acks=0 Produce failed on some partition: no answer can say so,
+    /// so the connection closes, as Kafka closes it.
+    #[error(
+        "an acks=0 Produce failed ({error} on {partition}); the connection closes so that the \
+         client notices, as Kafka does"
+    )]
+    AcksZeroProduceFailed { partition: String, error: String },
     /// The response does not fit its own version (a field this version
     /// cannot carry was set): a bug in the handler, not in the client.
     #[error("cannot encode the {key:?} v{version} response: {source}")]
@@ -71,6 +78,14 @@ pub enum RequestError {
 }
 
 impl RequestError {
+    /// The `reason` label of `sluice_kafka_connections_closed_bad_input_total`.
+    pub fn close_reason(&self) -> &'static str {
+        match self {
+            RequestError::AcksZeroProduceFailed { .. } => "acks0_produce_failed",
+            _ => "bad_request",
+        }
+    }
+
     /// Whether the client caused this (a request this broker cannot read
     /// or does not speak), rather than a bug in the broker.
     pub fn is_client_fault(&self) -> bool {

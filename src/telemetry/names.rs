@@ -139,7 +139,7 @@ pub fn describe() {
     describe_counter!(
         KAFKA_CONNECTIONS_CLOSED_BAD_INPUT,
         Unit::Count,
-        "Kafka connections the broker closed for what the client sent, by reason: bad_size (a size prefix not positive), too_large (over kafka.request_max_bytes), read_timeout (kafka.request_read_timeout_ms), truncated (closed mid-request), read_error (a failed read; a connection reset by the client is a plain close), bad_request (a request it could not serve), tls_on_plaintext (a TLS handshake on a listener without TLS)."
+        "Kafka connections the broker closed for what the client sent, by reason: bad_size (a size prefix not positive), too_large (over kafka.request_max_bytes), read_timeout (kafka.request_read_timeout_ms), truncated (closed mid-request), read_error (a failed read; a connection reset by the client is a plain close), bad_request (a request it could not serve), acks0_produce_failed (an acks=0 Produce failed on some partition: closed so that the client notices, as Kafka does), tls_on_plaintext (a TLS handshake on a listener without TLS)."
     );
     describe_counter!(
         KAFKA_SASL_AUTHENTICATIONS,

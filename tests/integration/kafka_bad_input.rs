@@ -140,6 +140,51 @@ fn bad_batches_get_kafka_error_codes_and_are_never_stored() {
     assert!(!broker.log().iter().any(|line| line.contains("panicked")));
 }
 
+/// acks=0 has no answer to carry an error, so a failed acks=0 Produce
+/// closes the connection (Kafka's KafkaApis does the same), and the client
+/// notices instead of losing every later record silently; one that
+/// succeeds keeps it.
+#[test]
+fn a_failed_acks_zero_produce_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &[]);
+    kafka_clients::create_topic(&broker.address, "quiet", 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let send = |wire: &mut Wire, partition: i32| {
+        wire.send(
+            9,
+            &ProduceRequest::default()
+                .with_acks(0)
+                .with_timeout_ms(10_000)
+                .with_topic_data(vec![
+                    TopicProduceData::default()
+                        .with_name(TopicName(StrBytes::from_static_str("quiet")))
+                        .with_partition_data(vec![
+                            PartitionProduceData::default()
+                                .with_index(partition)
+                                .with_records(Some(Bytes::from(batch(1, 10)))),
+                        ]),
+                ]),
+        );
+    };
+    send(&mut wire, 0);
+    // Still open: the next request is answered (and the record is stored).
+    assert_eq!(produce_code(&mut wire, "quiet", 0, batch(1, 10)), 0);
+    send(&mut wire, 7);
+    wire.set_read_timeout(std::time::Duration::from_secs(5));
+    assert!(
+        wire.closed_by_broker(),
+        "a failed acks=0 produce left the connection open"
+    );
+    assert!(broker.wait_for_log("an acks=0 Produce failed (UnknownTopicOrPartition on quiet-7)"));
+    assert!(
+        crate::metrics::value(
+            &broker.metrics,
+            "sluice_kafka_connections_closed_bad_input_total{reason=\"acks0_produce_failed\"}"
+        ) >= 1.0
+    );
+}
+
 #[test]
 fn api_versions_of_any_version_answers_with_the_v0_fallback() {
     let dir = tempfile::tempdir().unwrap();

@@ -234,11 +234,28 @@ pub async fn handle(request: &Request<'_>, body: Bytes) -> Result<Option<Respons
     // a throttle mutes the connection (even for acks=0, which hears nothing).
     let throttle = request.record_quota(QuotaKind::Produce, request.size as u64);
     if acks == ACKS_NONE {
-        // Nothing is sent back, but the errors still count.
-        for outcome in &outcomes {
+        // Nothing is sent back, but the errors still count; and a failed
+        // partition closes the connection, as Kafka's KafkaApis does, so
+        // that the client notices (its next send reconnects and refreshes
+        // its metadata) instead of losing every later record silently.
+        let mut failed = None;
+        for (slot, outcome) in slots.iter().zip(&outcomes) {
             if outcome.error_code != error_code::NONE {
                 telemetry::kafka::error(ApiKey::Produce, outcome.error_code);
+                failed.get_or_insert((slot, outcome.error_code));
             }
+        }
+        if let Some(((topic_slot, index), code)) = failed {
+            let topic = &produce.topic_data[*topic_slot];
+            let topic = if topic.name.is_empty() {
+                topic.topic_id.to_string()
+            } else {
+                topic.name.to_string()
+            };
+            return Err(RequestError::AcksZeroProduceFailed {
+                partition: format!("{topic}-{index}"),
+                error: telemetry::kafka::error_name(code),
+            });
         }
         return Ok(None);
     }

@@ -5,10 +5,10 @@
 //!   credential on the blocking pool (PBKDF2 takes milliseconds), at most
 //!   [`PASSWORD_CHECKS_MAX`] at once in the whole broker, so a flood of
 //!   PLAIN attempts queues behind itself instead of taking the CPU from the
-//!   shards; and at most [`PASSWORD_CHECKS_PER_ADDRESS_MAX`] of them may
-//!   wait or run for one client address, so a flood from a few addresses
-//!   fails at once instead of queueing every other client's login behind
-//!   it. An unknown user's password is checked against a stand-in
+//!   shards; and at most [`PASSWORD_CHECKS_PER_ADDRESS_MAX`] of one client
+//!   address's checks are in that queue at once (the others wait behind
+//!   them), so a flood from a few addresses cannot queue every other
+//!   client's login behind it. An unknown user's password is checked against a stand-in
 //!   credential, so the answer takes as long as for a known user.
 //! - SCRAM-SHA-256/512: two steps (client-first → server-first,
 //!   client-final → server-final), `security/scram.rs`.
@@ -21,6 +21,8 @@
 //! an exchange (a listener without SASL, before the handshake, after
 //! success) the answer is ILLEGAL_SASL_STATE, as in Kafka; before the
 //! handshake the connection also closes.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -45,46 +47,52 @@ pub const PASSWORD_CHECKS_MAX: usize = 1;
 static PASSWORD_CHECKS: tokio::sync::Semaphore =
     tokio::sync::Semaphore::const_new(PASSWORD_CHECKS_MAX);
 
-/// PLAIN password checks waiting or running for one client address: room
-/// for the connections of several clients on one host starting together,
-/// while a login from elsewhere waits behind at most this many checks per
-/// flooding address (PBKDF2 takes about 0.2 s in a debug build, 10–30 ms in
-/// a release one). A client on the flooding address itself is refused
-/// while the flood lasts.
-pub const PASSWORD_CHECKS_PER_ADDRESS_MAX: usize = 8;
+/// PLAIN password checks one client address may have in the broker-wide
+/// queue at once; its other logins wait their turn behind them, so a login
+/// from elsewhere waits behind at most this many checks per flooding
+/// address (PBKDF2 takes about 0.2 s in a debug build, 10–30 ms in a
+/// release one), and clients on one host that start together all get in,
+/// one after another.
+pub const PASSWORD_CHECKS_PER_ADDRESS_MAX: usize = 2;
 
-/// PLAIN checks waiting or running, by client address.
+/// One address's share of the queue, and how many logins hold or wait
+/// for it.
+type Share = (Arc<tokio::sync::Semaphore>, usize);
+
+/// Each client address with PLAIN checks waiting or running.
 static CHECKS_BY_ADDRESS: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Share>>,
 > = std::sync::LazyLock::new(Default::default);
 
-/// One address's place among the PLAIN checks, given back on drop.
-struct AddressSlot(std::net::IpAddr);
+/// One login's claim on its address's share, given back on drop.
+struct AddressShare(std::net::IpAddr);
 
-impl AddressSlot {
-    /// A place for `address`, or `None` when it has its share already.
-    fn take(address: std::net::IpAddr) -> Option<AddressSlot> {
-        let mut checks = CHECKS_BY_ADDRESS
+impl AddressShare {
+    /// Join `address`'s logins; its share of the queue, to wait on.
+    fn join(address: std::net::IpAddr) -> (AddressShare, Arc<tokio::sync::Semaphore>) {
+        let mut shares = CHECKS_BY_ADDRESS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = checks.entry(address).or_insert(0);
-        if *count >= PASSWORD_CHECKS_PER_ADDRESS_MAX {
-            return None;
-        }
-        *count += 1;
-        Some(AddressSlot(address))
+        let (share, logins) = shares.entry(address).or_insert_with(|| {
+            (
+                Arc::new(tokio::sync::Semaphore::new(PASSWORD_CHECKS_PER_ADDRESS_MAX)),
+                0,
+            )
+        });
+        *logins += 1;
+        (AddressShare(address), Arc::clone(share))
     }
 }
 
-impl Drop for AddressSlot {
+impl Drop for AddressShare {
     fn drop(&mut self) {
-        let mut checks = CHECKS_BY_ADDRESS
+        let mut shares = CHECKS_BY_ADDRESS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = checks.get_mut(&self.0) {
-            *count -= 1;
-            if *count == 0 {
-                checks.remove(&self.0);
+        if let Some((_, logins)) = shares.get_mut(&self.0) {
+            *logins -= 1;
+            if *logins == 0 {
+                shares.remove(&self.0);
             }
         }
     }
@@ -208,13 +216,13 @@ async fn plain_step(
     let known = stored.is_some();
     let (mechanism, credential) = stored.unwrap_or_else(|| stand_in().clone());
     let password = offered.password;
-    let address = request.peer.ip().to_canonical();
-    let _slot = AddressSlot::take(address).ok_or_else(|| {
-        failed(format!(
-            "{PASSWORD_CHECKS_PER_ADDRESS_MAX} PLAIN checks from {address} are already waiting \
-             or running"
-        ))
-    })?;
+    // First a place in this address's share, then in the broker-wide
+    // queue (the permits drop before the share: reverse declaration order).
+    let (_share, address_share) = AddressShare::join(request.peer.ip().to_canonical());
+    let _address_permit = address_share
+        .acquire()
+        .await
+        .map_err(|_| failed("the password checks are closed".to_owned()))?;
     let _permit = PASSWORD_CHECKS
         .acquire()
         .await
