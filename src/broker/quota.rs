@@ -321,14 +321,16 @@ impl QuotaAccounts {
             .windows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let full = windows.by_account.len() >= ACCOUNTS_MAX;
+        // An account not kept while all are live counts in the overflow one.
         let overflow = Account::overflow(account.kind);
-        let window = match windows.by_account.contains_key(account) {
-            true => windows.by_account.get_mut(account),
-            false if full => windows.by_account.get_mut(&overflow),
-            false => None,
+        let counted = if windows.by_account.contains_key(account)
+            || windows.by_account.len() < ACCOUNTS_MAX
+        {
+            account
+        } else {
+            &overflow
         };
-        match window {
+        match windows.by_account.get_mut(counted) {
             Some(window) => {
                 self.add(window, 0, now);
                 self.throttle(window, quota, now)

@@ -283,14 +283,8 @@ async fn read_requests(
                 .request_max_bytes
                 .min(UNAUTHENTICATED_REQUEST_MAX_BYTES)
         });
-        if let Some(until) = session.muted_until() {
-            // A quota's throttle (KIP-219): nothing is read until it passes.
-            let wait = until.saturating_duration_since(Instant::now());
-            pipeline
-                .hangup
-                .watch_while(stream.as_fd(), compio::time::sleep(wait))
-                .await;
-        }
+        // A quota's throttle (KIP-219): nothing is read until it passes.
+        wait_out_mute(session, pipeline, stream).await;
         let frame = match read_frame(&mut reader, budget, stream, pipeline).await {
             Ok(frame) => frame,
             Err(error) => {
@@ -300,14 +294,8 @@ async fn read_requests(
                 break;
             }
         };
-        if let Some(until) = session.muted_until() {
-            // Muted while this request was arriving: it waits too.
-            let wait = until.saturating_duration_since(Instant::now());
-            pipeline
-                .hangup
-                .watch_while(stream.as_fd(), compio::time::sleep(wait))
-                .await;
-        }
+        // Muted while this request was arriving: it waits too.
+        wait_out_mute(session, pipeline, stream).await;
         let bytes = frame.body.len();
         let api_key = frame
             .body
@@ -342,6 +330,18 @@ async fn read_requests(
 }
 
 /// Wait until every request read is answered, watching for the client's FIN.
+/// Wait until the connection's quota throttle, if any, has passed (or the
+/// client hangs up).
+async fn wait_out_mute(session: &Session, pipeline: &Pipeline, stream: &Transport) {
+    if let Some(until) = session.muted_until() {
+        let wait = until.saturating_duration_since(Instant::now());
+        pipeline
+            .hangup
+            .watch_while(stream.as_fd(), compio::time::sleep(wait))
+            .await;
+    }
+}
+
 async fn hangup_watch_drained(stream: &Transport, pipeline: &Pipeline) {
     if pipeline.requests.get() > 0 {
         pipeline

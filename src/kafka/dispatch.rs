@@ -84,10 +84,11 @@ impl Request<'_> {
     /// `broker/quota.rs`): its account and its rate per second, if one
     /// applies.
     fn quota(&self, kind: QuotaKind) -> Option<(Account, u64)> {
-        let snapshot = self.broker.metadata.snapshot();
-        if snapshot.client_quotas.is_empty() {
+        // Decided once per request: no quota, nothing to resolve.
+        if !self.under_quota {
             return None;
         }
+        let snapshot = self.broker.metadata.snapshot();
         let user = self.session.principal_user();
         let client_id = self.header.client_id.as_deref().unwrap_or("");
         quota::resolve(&snapshot.client_quotas, kind, &user, client_id)
