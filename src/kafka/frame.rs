@@ -10,7 +10,10 @@
 //!   covers it;
 //! * a frame larger than the read-ahead buffer gets a buffer of its own that
 //!   grows as its bytes arrive (doubling, from [`READ_CHUNK_BYTES`], never
-//!   past the declared size), and reads stop at the frame's end.
+//!   past the declared size), and reads stop at the frame's end. That
+//!   buffer comes from the broker's [`body_pool`] and returns to it when the
+//!   request's last slice of it is dropped, so a stream of large requests
+//!   reuses memory that is already mapped instead of growing new buffers.
 //!
 //! A frame must arrive within `kafka.request_read_timeout_ms` of its first
 //! byte (time spent waiting for the budget, or while the connection was not
@@ -30,6 +33,7 @@ use compio::buf::{IntoInner, IoBuf};
 use compio::io::AsyncRead;
 use thiserror::Error;
 
+use super::body_pool;
 use super::request_budget::{Lease, RequestBudget};
 
 /// Bytes read from the socket at once into the read-ahead buffer, and the
@@ -270,7 +274,11 @@ impl FrameReader {
     ) -> Result<Bytes, FrameError> {
         let at = self.deadline.started_at();
         self.buffer.advance(SIZE_PREFIX_BYTES);
-        let mut body = Vec::with_capacity(next_capacity(self.buffer.len(), size));
+        let mut body = body_pool::take();
+        let first = next_capacity(self.buffer.len(), size);
+        if body.capacity() < first {
+            body.reserve_exact(first);
+        }
         body.extend_from_slice(&self.buffer);
         self.buffer.clear();
         while body.len() < size {
@@ -278,7 +286,9 @@ impl FrameReader {
                 body.reserve_exact(next_capacity(body.len(), size) - body.len());
             }
             let received = body.len();
-            let end = body.capacity().min(size);
+            // Each read is offered at most double what arrived, whatever
+            // capacity a pooled buffer brings.
+            let end = body.capacity().min(next_capacity(received, size));
             let read = stream.read(body.slice(received..end));
             let BufResult(result, spare) =
                 compio::time::timeout_at(at, read)
@@ -292,7 +302,7 @@ impl FrameReader {
             }
         }
         debug_assert!(body.capacity() >= size && body.len() == size);
-        Ok(Bytes::from(body))
+        Ok(body_pool::into_bytes(body))
     }
 
     fn timed_out(&self, received: usize, expected: usize) -> FrameError {

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod authorize;
+pub mod body_pool;
 pub mod connection;
 pub mod dispatch;
 pub mod error_code;

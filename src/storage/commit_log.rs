@@ -38,7 +38,7 @@ use crate::config::WriteMode;
 use crate::ids::LogPosition;
 use crate::io::{AlignedBuf, DoneStage, LogIo, LogIoError, LogOp, LogOpDone, SubmitError};
 use crate::telemetry::storage::LogMetrics;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// Failed reservations of disk space, logged at most once per 10 s per
 /// process (on a full disk every append that needs space tries again).
@@ -1146,6 +1146,19 @@ impl CommitLog {
     /// Memory the tail cache holds (`sluice_log_tail_cache_bytes`).
     pub fn tail_cache_bytes(&self) -> u64 {
         self.tail_cache.charged_bytes()
+    }
+
+    /// The capacity of a tail-cache arena to make ahead off the shard, if
+    /// one is due (`TailCache::spare_due`); the flusher makes it with
+    /// `tail_cache::prepare_arena` and returns it to
+    /// [`CommitLog::tail_arena_done`].
+    pub fn tail_arena_due(&mut self) -> Option<usize> {
+        self.tail_cache.spare_due()
+    }
+
+    /// The arena [`CommitLog::tail_arena_due`] asked for (`None`: cancelled).
+    pub fn tail_arena_done(&mut self, arena: Option<BytesMut>) {
+        self.tail_cache.spare_done(arena);
     }
 
     /// Count fetched bytes by where they come from

@@ -6,7 +6,8 @@
 //! once, yields one turn so that appends arriving in the same tick share the
 //! next write, and applies the flush policy (`CommitLog::flush`). It also
 //! starts the log's reservations of disk space ahead of its writes, which
-//! run on a blocking thread (`CommitLog::reservation_due`).
+//! run on a blocking thread (`CommitLog::reservation_due`), and likewise the
+//! making of the tail cache's next arena (`CommitLog::tail_arena_due`).
 
 use std::future::poll_fn;
 use std::pin::pin;
@@ -20,6 +21,7 @@ use compio::runtime::fd::PollFd;
 use super::queue_file::QueueReservation;
 use super::segment::SegmentError;
 use super::shard_store::{ShardStore, publish};
+use super::tail_cache::prepare_arena;
 use crate::io::EventFd;
 use crate::shard::local_sync::{Notify, yield_now};
 
@@ -59,6 +61,7 @@ impl ShardStore {
             self.start_reservation();
             self.start_queue_reservations();
             self.start_segment_ahead();
+            self.start_tail_arena();
             if !idle {
                 self.flush_kick.notify();
             }
@@ -101,6 +104,20 @@ impl ShardStore {
                 let mut state = store.state.borrow_mut();
                 state.log.segment_ahead_done(&work, result);
             },
+        );
+    }
+
+    /// Hand the making of the tail cache's next arena, if one is due, to a
+    /// blocking thread, so that its page faults are not taken inside an
+    /// append (`tail_cache.rs`).
+    fn start_tail_arena(self: &Rc<Self>) {
+        let Some(bytes) = self.state.borrow_mut().log.tail_arena_due() else {
+            return;
+        };
+        self.off_shard(
+            move || Some(prepare_arena(bytes)),
+            || None,
+            |store, arena| store.state.borrow_mut().log.tail_arena_done(arena),
         );
     }
 
