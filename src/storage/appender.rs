@@ -86,9 +86,7 @@ impl Appender {
         Appender {
             chunk_bytes,
             block_bytes,
-            pool: (0..buffers)
-                .map(|_| AlignedBuf::zeroed(chunk_bytes, alignment))
-                .collect(),
+            pool: AlignedBuf::pool(buffers, chunk_bytes, alignment),
             active: None,
             sealed: VecDeque::new(),
             next_chunk_id: 0,
