@@ -49,9 +49,11 @@ struct Region {
 
 impl Region {
     /// A zeroed (fresh) mapping with at least `size` bytes from a 2 MiB
-    /// boundary, those advised as huge pages.
+    /// boundary, advised as huge pages up to the next 2 MiB boundary.
     fn map(size: usize) -> Region {
-        let mapped = size
+        // Whole huge pages from `base`, and the slack to align it.
+        let advised = size.next_multiple_of(HUGE_PAGE_BYTES);
+        let mapped = advised
             .checked_add(HUGE_PAGE_BYTES)
             .expect("the pool's size fits usize");
         // SAFETY: a new private anonymous mapping; no existing memory is
@@ -73,15 +75,15 @@ impl Region {
         );
         let mapping = NonNull::new(raw).expect("mmap returns no null mapping");
         let slack = (raw as usize).next_multiple_of(HUGE_PAGE_BYTES) - raw as usize;
-        // SAFETY: slack < HUGE_PAGE_BYTES, so base + size is inside the
+        // SAFETY: slack < HUGE_PAGE_BYTES, so base + advised is inside the
         // mapping.
         let base = unsafe { mapping.cast::<u8>().add(slack) };
         // Advice only: without transparent huge pages it fails or does
         // nothing, and the buffers are ordinary pages. Nothing is touched
         // yet, so the pages faulted in later are huge ones where possible.
-        // SAFETY: [base, base + size) lies inside the mapping; MADV_HUGEPAGE
-        // changes no contents.
-        unsafe { libc::madvise(base.as_ptr().cast(), size, libc::MADV_HUGEPAGE) };
+        // SAFETY: [base, base + advised) lies inside the mapping;
+        // MADV_HUGEPAGE changes no contents.
+        unsafe { libc::madvise(base.as_ptr().cast(), advised, libc::MADV_HUGEPAGE) };
         Region {
             mapping,
             mapped,

@@ -10,9 +10,12 @@
 //! (on whatever thread that is), so a steady stream of large requests reads
 //! into memory that is already mapped and big enough.
 //!
-//! Framing's rule still holds: memory follows the bytes that arrive. A
-//! buffer taken from the pool is already allocated; one that is too small
-//! grows as before, doubling as bytes arrive, never past the declared size.
+//! Framing's rules still hold. No allocation follows a declared size: a
+//! buffer taken from the pool is already allocated, and one that is too
+//! small grows as before, doubling as bytes arrive, never past the declared
+//! size. And a body never holds more memory than its frame leased from the
+//! request budget: the pool lends only a buffer no larger than the declared
+//! size (the largest such).
 //! What the pool keeps is bounded: buffers of at most
 //! [`POOL_BUFFER_MAX_BYTES`] each, [`POOL_RETAINED_MAX_BYTES`] in all, across
 //! the broker (a larger or surplus buffer is freed as before).
@@ -29,10 +32,13 @@ pub const POOL_RETAINED_MAX_BYTES: usize = 32 * 1024 * 1024;
 /// The broker's pool.
 static POOL: BodyPool = BodyPool::new();
 
-/// An empty buffer for a large body: the one returned last, else a new one
-/// without capacity.
-pub fn take() -> Vec<u8> {
-    POOL.take()
+/// An empty buffer for a large body of `size` declared bytes: the largest
+/// pooled one no larger than `size`, else a new one without capacity. Never
+/// larger, so a body holds no more memory than the request budget leased
+/// for it (an 8 MiB buffer lent to a trickled 65 KB frame would hold 128
+/// times its lease).
+pub fn take(size: usize) -> Vec<u8> {
+    POOL.take(size)
 }
 
 /// `body` as `Bytes` whose buffer goes back to the pool once every slice of
@@ -68,10 +74,19 @@ impl BodyPool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn take(&self) -> Vec<u8> {
+    fn take(&self, size: usize) -> Vec<u8> {
         let mut free = self.free();
-        match free.buffers.pop() {
-            Some(buffer) => {
+        // At most POOL_RETAINED_MAX_BYTES / READ_CHUNK_BYTES (512) entries.
+        let best = free
+            .buffers
+            .iter()
+            .enumerate()
+            .filter(|(_, buffer)| buffer.capacity() <= size)
+            .max_by_key(|(_, buffer)| buffer.capacity())
+            .map(|(index, _)| index);
+        match best {
+            Some(index) => {
+                let buffer = free.buffers.swap_remove(index);
                 free.retained -= buffer.capacity();
                 buffer
             }
@@ -128,17 +143,26 @@ mod tests {
     #[test]
     fn a_body_buffer_comes_back_once_its_last_slice_is_dropped() {
         let pool = pool();
-        let mut buffer = pool.take();
+        let mut buffer = pool.take(100_000);
         assert_eq!(buffer.capacity(), 0, "an empty pool hands out no memory");
         buffer.extend_from_slice(&[7; 100_000]);
         let address = buffer.as_ptr();
         let bytes = pool.wrap(buffer);
         let slice = bytes.slice(10..20);
         drop(bytes);
-        assert_eq!(pool.take().capacity(), 0, "a slice still holds the buffer");
+        assert_eq!(
+            pool.take(usize::MAX).capacity(),
+            0,
+            "a slice still holds the buffer"
+        );
         assert_eq!(&slice[..], &[7; 10]);
         drop(slice);
-        let again = pool.take();
+        assert_eq!(
+            pool.take(99_999).capacity(),
+            0,
+            "never lent to a smaller frame"
+        );
+        let again = pool.take(100_000);
         assert_eq!(again.as_ptr(), address, "the same buffer, reused");
         assert!(again.is_empty() && again.capacity() >= 100_000);
     }
@@ -147,14 +171,18 @@ mod tests {
     fn the_pool_keeps_no_oversized_buffer_and_bounds_what_it_keeps() {
         let pool = pool();
         drop(pool.wrap(Vec::with_capacity(POOL_BUFFER_MAX_BYTES + 1)));
-        assert_eq!(pool.take().capacity(), 0, "an oversized buffer is freed");
+        assert_eq!(
+            pool.take(usize::MAX).capacity(),
+            0,
+            "an oversized buffer is freed"
+        );
         let held: Vec<Bytes> = (0..=POOL_RETAINED_MAX_BYTES / POOL_BUFFER_MAX_BYTES)
             .map(|_| pool.wrap(Vec::with_capacity(POOL_BUFFER_MAX_BYTES)))
             .collect();
         drop(held);
         let mut kept = 0;
         loop {
-            let buffer = pool.take();
+            let buffer = pool.take(usize::MAX);
             if buffer.capacity() == 0 {
                 break;
             }
@@ -164,5 +192,17 @@ mod tests {
             kept, POOL_RETAINED_MAX_BYTES,
             "kept up to the bound, no more"
         );
+    }
+
+    #[test]
+    fn a_frame_gets_the_largest_pooled_buffer_that_fits_its_declared_size() {
+        let pool = pool();
+        for capacity in [1 << 20, 200_000, 8 << 20, 500_000] {
+            drop(pool.wrap(Vec::with_capacity(capacity)));
+        }
+        assert_eq!(pool.take(600_000).capacity(), 500_000);
+        assert_eq!(pool.take(199_999).capacity(), 0, "none small enough");
+        assert_eq!(pool.take(usize::MAX).capacity(), 8 << 20);
+        assert_eq!(pool.take(8 << 20).capacity(), 1 << 20);
     }
 }

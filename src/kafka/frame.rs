@@ -11,9 +11,11 @@
 //! * a frame larger than the read-ahead buffer gets a buffer of its own that
 //!   grows as its bytes arrive (doubling, from [`READ_CHUNK_BYTES`], never
 //!   past the declared size), and reads stop at the frame's end. That
-//!   buffer comes from the broker's [`body_pool`] and returns to it when the
-//!   request's last slice of it is dropped, so a stream of large requests
-//!   reuses memory that is already mapped instead of growing new buffers.
+//!   buffer comes from the broker's [`body_pool`] (one no larger than the
+//!   declared size, so never more than the frame's lease) and returns to it
+//!   when the request's last slice of it is dropped, so a stream of large
+//!   requests reuses memory that is already mapped instead of growing new
+//!   buffers.
 //!
 //! A frame must arrive within `kafka.request_read_timeout_ms` of its first
 //! byte (time spent waiting for the budget, or while the connection was not
@@ -274,7 +276,7 @@ impl FrameReader {
     ) -> Result<Bytes, FrameError> {
         let at = self.deadline.started_at();
         self.buffer.advance(SIZE_PREFIX_BYTES);
-        let mut body = body_pool::take();
+        let mut body = body_pool::take(size);
         let first = next_capacity(self.buffer.len(), size);
         if body.capacity() < first {
             body.reserve_exact(first);

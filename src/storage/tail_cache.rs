@@ -33,9 +33,12 @@
 //! So the next arena is made ahead, off the shard ([`TailCache::spare_due`],
 //! [`prepare_arena`] on the blocking pool, [`TailCache::spare_done`]):
 //! whenever the cache opens an arena it does not reuse, it asks for one
-//! more, and takes the prepared one next time. Once arenas are being reused
-//! (the budget is full) no spare is kept. A spare is not charged: while the
-//! cache fills it holds at most one arena beyond what it charges.
+//! more, and takes the prepared one next time (the first arena usually
+//! comes before its spare is ready, and is made in line). Once arenas are
+//! being reused (the budget is full) no spare is kept, and one that arrives
+//! then is let go. A spare is not charged: the cache holds at most one arena
+//! beyond what it charges (also while idle, or when every frame is over
+//! half an arena and gets a buffer of its own).
 
 use std::collections::VecDeque;
 
@@ -98,7 +101,8 @@ pub struct TailCache {
     /// Filled arenas, oldest first, reused once no frame of theirs is held.
     spent: VecDeque<BytesMut>,
     /// Buffers allocated so far on the shard thread, in line (reuse keeps
-    /// this flat in a steady stream; spares keep it at 0 while filling).
+    /// this flat in a steady stream; spares keep it low while filling: the
+    /// first arena, and any needed before its spare is made, are in line).
     allocations: u64,
     /// An arena made ahead, its pages already touched.
     spare: Option<BytesMut>,
@@ -107,6 +111,9 @@ pub struct TailCache {
     spare_wanted: bool,
     /// Whether a spare is being made.
     spare_preparing: bool,
+    /// Whether the last arena opened was a reused one: the budget is full,
+    /// and a spare that arrives now is let go.
+    reusing: bool,
 }
 
 /// A new arena of `bytes` capacity, every page touched (run off the shard
@@ -135,6 +142,7 @@ impl TailCache {
             spare: None,
             spare_wanted: budget > 0,
             spare_preparing: false,
+            reusing: false,
         }
     }
 
@@ -156,6 +164,7 @@ impl TailCache {
         self.spare_preparing = false;
         if let Some(arena) = arena
             && arena.capacity() >= self.arena_bytes
+            && !self.reusing
         {
             self.spare = Some(arena);
         }
@@ -269,6 +278,7 @@ impl TailCache {
             // Arenas are being reused: the cache has filled its budget.
             self.spare = None;
             self.spare_wanted = false;
+            self.reusing = true;
         } else {
             self.current = match self.spare.take() {
                 Some(spare) => spare,
@@ -278,6 +288,7 @@ impl TailCache {
                 }
             };
             self.spare_wanted = true;
+            self.reusing = false;
         }
         let capacity = self.current.capacity() as u64;
         self.buffers.push_back(BufferUse {
@@ -379,6 +390,10 @@ mod tests {
             cache.spare.is_none() && cache.spare_due().is_none(),
             "no spare once reusing"
         );
+        // One made before the cache began reusing arenas, arriving after: let go.
+        cache.spare_preparing = true;
+        cache.spare_done(Some(prepare_arena(cache.arena_bytes)));
+        assert!(cache.spare.is_none(), "a late spare is not kept");
         // A cancelled spare is asked for again by the next arena opened.
         let mut filling = TailCache::new(budget);
         let bytes = filling
