@@ -145,6 +145,29 @@ drop_caches() {
     fi
 }
 
+# Wait (at most 60 s) until the disk has discarded nothing for 2 s. On a
+# file system mounted with `discard` the blocks of deleted files are
+# discarded at the journal commits after the deletion, and an fdatasync
+# meanwhile waits behind them: a turn right after another's `rm -rf` of
+# tens of GB measured that (acks=all p99 94 ms against 8-14 ms, 2026-12-03).
+# Discarded sectors: field 14 of /sys/block/DEV/stat.
+settle_disk() {
+    local dev stat last now quiet=0 waited=0
+    dev=$(df --output=source "$work" | tail -1)
+    stat=/sys/class/block/$(basename "$dev")/stat
+    [ -r "$stat" ] || return 0
+    last=$(awk '{print $14}' "$stat")
+    while [ "$quiet" -lt 2 ] && [ "$waited" -lt 60 ]; do
+        sleep 1
+        waited=$((waited + 1))
+        now=$(awk '{print $14}' "$stat")
+        if [ "$now" = "$last" ]; then quiet=$((quiet + 1)); else quiet=0; fi
+        last=$now
+    done
+    [ "$waited" -gt 2 ] && say "  waited ${waited} s for the disk's discards to end"
+    return 0
+}
+
 # Stop the run if the work directory grows past max_mb: the disk is shared.
 # The broker whose pid is in $work/broker.pid is killed, and the main loop
 # stops at its next check.
@@ -189,7 +212,10 @@ try:
     for f in sys.argv[2:]:
         if f == "mb_s": out.append("%.1f" % (r["records_per_s"] * size / 1e6))
         elif f == "payload_bytes": out.append("%d" % (r["records"] * size))
-        else: out.append("%.3f" % r[f])
+        else:
+            v = r  # "a.b": field b of object a
+            for k in f.split("."): v = v[k]
+            out.append("%.3f" % v)
 except Exception:
     out = ["-" for _ in sys.argv[2:]]
 print(" ".join(out))
@@ -337,11 +363,15 @@ print("sync_chunk_ms", "%.3f" % (r["chunk_bytes"] / 1e3 / r["disk_sync_mb_s"]))'
 
 # ---------------------------------------------------------------- Kafka-API brokers
 
-# A timed produce through `sluice bench produce`; prints the JSON file.
+# A timed `sluice bench produce` (or MODE: `e2e`) whose JSON goes to TAG.json.
 kafka_produce() { # TAG ADDRESS FLAGS...
-    local tag=$1 addr=$2
-    shift 2
-    timeout $((warmup_s + seconds + 120)) "$sluice" bench produce --brokers "$addr" --json "$@" \
+    kafka_bench produce "$@"
+}
+
+kafka_bench() { # MODE TAG ADDRESS FLAGS...
+    local mode=$1 tag=$2 addr=$3
+    shift 3
+    timeout $((warmup_s + seconds + 120)) "$sluice" bench "$mode" --brokers "$addr" --json "$@" \
         >"$work/$tag.json" 2>"$work/$tag.err" || say "$tag failed: $(tail -2 "$work/$tag.err" | tr '\n' ' ')"
 }
 
@@ -371,20 +401,36 @@ kafka_acks1() { # ROUND SYSTEM ADDRESS PID
     eval "last_acks1_$sys=$mb"
 }
 
-kafka_acksall_and_latency() { # ROUND SYSTEM ADDRESS
-    local r=$1 sys=$2 addr=$3 mb p50 p99 p999 max
+kafka_acksall() { # ROUND SYSTEM ADDRESS
+    local r=$1 sys=$2 addr=$3 mb
     kafka_produce "$sys-acksall" "$addr" --acks all --duration "$seconds" --warmup "$warmup_s" --topic aall
     read -r mb < <(sluice_json "$work/$sys-acksall.json" mb_s)
     [ "$mb" = - ] || record "$r" "$sys" acksall_mb_s "$mb"
+}
+
+# acks=all produce at the fixed rate: latency from each request's send
+# (lat_*, as iggy-bench times its requests) and from its scheduled time
+# (lat_sched_*: no coordinated omission; also counts the load generator's
+# wake-up); then produce to consume at that rate (e2e_*: `sluice bench
+# e2e`, acks=all producers and tailing consumers, from each batch's
+# scheduled send to its fetch).
+kafka_latency() { # ROUND SYSTEM ADDRESS
+    local r=$1 sys=$2 addr=$3 f=$work/$2-lat.json
     kafka_produce "$sys-lat" "$addr" --acks all --rate "$rate_mb" --duration "$seconds" \
         --warmup "$warmup_s" --topic lat
-    read -r p50 p99 p999 max < <(sluice_json "$work/$sys-lat.json" p50_ms p99_ms p999_ms max_ms)
-    if [ "$p50" != - ]; then
-        record "$r" "$sys" lat_p50_ms "$p50"
-        record "$r" "$sys" lat_p99_ms "$p99"
-        record "$r" "$sys" lat_p999_ms "$p999"
-        record "$r" "$sys" lat_max_ms "$max"
-    fi
+    record_latency "$r" "$sys" lat $(sluice_json "$f" from_send.p50_ms from_send.p99_ms from_send.p999_ms from_send.max_ms)
+    record_latency "$r" "$sys" lat_sched $(sluice_json "$f" p50_ms p99_ms p999_ms max_ms)
+    kafka_bench e2e "$sys-e2e" "$addr" --acks all --rate "$rate_mb" --duration "$seconds" \
+        --warmup "$warmup_s" --topic e2e
+    record_latency "$r" "$sys" e2e $(sluice_json "$work/$sys-e2e.json" p50_ms p99_ms p999_ms max_ms)
+}
+
+record_latency() { # ROUND SYSTEM KIND(lat|lat_sched|e2e) P50 P99 P999 MAX ("-": the run failed)
+    [ "$4" = - ] && return 0
+    record "$1" "$2" "$3_p50_ms" "$4"
+    record "$1" "$2" "$3_p99_ms" "$5"
+    record "$1" "$2" "$3_p999_ms" "$6"
+    record "$1" "$2" "$3_max_ms" "$7"
 }
 
 # Produce about warm_mb MB on topic `warm` and consume it at once.
@@ -430,12 +476,24 @@ turn_sluice() { # ROUND
     sluice_start "$dir" "$work/sluice-short.toml" || return 0
     kafka_acks1 "$r" sluice "$addr" "$broker"
     check_abort
-    kafka_acksall_and_latency "$r" sluice "$addr"
+    kafka_acksall "$r" sluice "$addr"
+    stop_broker "$broker"
+    rm -rf "$dir" "$dir.log"
+    settle_disk
     check_abort
-    # Last on this broker: for seconds after 1000 partitions were written,
-    # acks=all at 100 MB/s had p50 875 ms instead of 7 ms (2026-12-01; the
-    # fdatasyncs wait for the queue files' writeback), which would measure
-    # that aftermath rather than latency.
+    # Latency on a fresh broker, once the disk has discarded the blocks of
+    # the data just removed: after the two runs above, retention (5 s)
+    # frees ~25 GB of segments over the next tens of seconds on a `discard`
+    # mount, a burst this benchmark's short retention makes (a broker
+    # deletes at its write rate), while Iggy's latency run follows 3 GB it
+    # keeps. Until 2026-12-03 this row ran on the same broker.
+    sluice_start "$dir" "$work/sluice-short.toml" || return 0
+    kafka_latency "$r" sluice "$addr"
+    check_abort
+    # After the latency run, not before: for seconds after 1000 partitions
+    # were written, acks=all at 100 MB/s had p50 875 ms instead of 7 ms
+    # (2026-12-01; the fdatasyncs wait for the queue files' writeback),
+    # which would measure that aftermath rather than latency.
     kafka_produce sluice-p1000 "$addr" --acks 1 --partitions 1000 --duration "$seconds" \
         --warmup "$warmup_s" --topic p1000
     read -r mb < <(sluice_json "$work/sluice-p1000.json" mb_s)
@@ -487,7 +545,8 @@ turn_tansu() { # ROUND
     kafka_acks1 "$r" tansu "$addr" "$broker"
     stop_broker "$broker"
     tansu_start || return 0
-    kafka_acksall_and_latency "$r" tansu "$addr"
+    kafka_acksall "$r" tansu "$addr"
+    kafka_latency "$r" tansu "$addr"
     stop_broker "$broker"
     tansu_start || return 0
     kafka_warm "$r" tansu "$addr"
@@ -521,13 +580,15 @@ iggy_start() { # DIR FSYNC(true|false) -> sets broker, addr
 }
 
 # iggy-bench is sized, not timed: it sends TOTAL_MB in all, then stops.
-iggy_run() { # TAG KIND(pp|pc) TOTAL_MB WARMUP_S [GLOBAL_FLAG...]
+iggy_run() { # TAG KIND(pp|pc|e2e) TOTAL_MB WARMUP_S [GLOBAL_FLAG...]
     local tag=$1 kind=$2 total=$3 warm=$4 actors
     shift 4
     rm -rf "$work/$tag.out"
-    if [ "$kind" = pc ]; then actors=(pinned-consumer --streams 2 --consumers 2); else
-        actors=(pinned-producer --streams 2 --producers 2)
-    fi
+    case $kind in
+    pc) actors=(pinned-consumer --streams 2 --consumers 2) ;;
+    e2e) actors=(end-to-end-producing-consumer --streams 2 --producing-consumers 2) ;;
+    *) actors=(pinned-producer --streams 2 --producers 2) ;;
+    esac
     timeout $((10 * seconds + 120)) "$iggy_bench" -m "$record_size" -P 1000 -T "${total}MB" \
         -w "${warm}s" "$@" "${actors[@]}" tcp --server-address "$addr" output -o "$work/$tag.out" \
         >"$work/$tag.log" 2>&1 || say "iggy $tag failed: $(tail -2 "$work/$tag.log" | sed 's/\x1b\[[0-9;]*m//g' | tr '\n' ' ')"
@@ -580,18 +641,16 @@ turn_iggy() { # ROUND
     fi
     check_abort
     iggy_run iggy-lat pp $((rate_mb * seconds)) "$warmup_s" -r "${rate_mb}MB"
-    read -r p50 p99 p999 max < <(iggy_json "$work/iggy-lat.out" p50_ms p99_ms p999_ms max_ms)
-    if [ "$p50" != - ]; then
-        record "$r" iggy lat_p50_ms "$p50"
-        record "$r" iggy lat_p99_ms "$p99"
-        record "$r" iggy lat_p999_ms "$p999"
-        record "$r" iggy lat_max_ms "$max"
-    fi
+    record_latency "$r" iggy lat $(iggy_json "$work/iggy-lat.out" p50_ms p99_ms p999_ms max_ms)
+    check_abort
+    iggy_run iggy-e2e e2e $((rate_mb * seconds)) "$warmup_s" -r "${rate_mb}MB"
+    record_latency "$r" iggy e2e $(iggy_json "$work/iggy-e2e.out" p50_ms p99_ms p999_ms max_ms)
     stop_broker "$broker"
     rm -rf "$dir"
     note iggy acks1_mb_s "fsync off"
     note iggy acksall_mb_s "IGGY_SYSTEM_PARTITION_ENFORCE_FSYNC=true"
     note iggy lat_p99_ms "iggy-bench -r ${rate_mb}MB, fsync on; percentiles: mean over its 2 producers"
+    note iggy e2e_p99_ms "iggy-bench e2e (each actor sends a batch, then polls it back) -r ${rate_mb}MB, fsync on"
     note iggy cpu_s_per_gb "fsync off"
 }
 
@@ -611,6 +670,7 @@ for r in $(seq "$rounds"); do
     say "round $r/$rounds: ${order[*]}"
     for sys in "${order[@]}"; do
         say " $sys"
+        settle_disk
         "turn_$sys" "$r"
         check_abort
     done
@@ -648,10 +708,18 @@ figures = [
     ("cpu_s_per_gb", "broker CPU s per GB produced, acks=1 (lower is better)", None),
     # The host's own write+fdatasync of one batch: the same percentile where
     # the baseline reports it, else the mean.
-    ("lat_p50_ms", "acks=all at %d MB/s: p50 ms" % rate_mb, ("sync_p50_ms", "sync_chunk_ms")),
-    ("lat_p99_ms", "acks=all at %d MB/s: p99 ms" % rate_mb, ("sync_p99_ms", "sync_chunk_ms")),
-    ("lat_p999_ms", "acks=all at %d MB/s: p99.9 ms" % rate_mb, ("sync_p999_ms", "sync_chunk_ms")),
-    ("lat_max_ms", "acks=all at %d MB/s: max ms" % rate_mb, ("sync_max_ms", "sync_chunk_ms")),
+    ("lat_p50_ms", "acks=all at %d MB/s, from send: p50 ms" % rate_mb, ("sync_p50_ms", "sync_chunk_ms")),
+    ("lat_p99_ms", "acks=all at %d MB/s, from send: p99 ms" % rate_mb, ("sync_p99_ms", "sync_chunk_ms")),
+    ("lat_p999_ms", "acks=all at %d MB/s, from send: p99.9 ms" % rate_mb, ("sync_p999_ms", "sync_chunk_ms")),
+    ("lat_max_ms", "acks=all at %d MB/s, from send: max ms" % rate_mb, ("sync_max_ms", "sync_chunk_ms")),
+    ("lat_sched_p50_ms", "acks=all at %d MB/s, from schedule: p50 ms" % rate_mb, ("sync_p50_ms", "sync_chunk_ms")),
+    ("lat_sched_p99_ms", "acks=all at %d MB/s, from schedule: p99 ms" % rate_mb, ("sync_p99_ms", "sync_chunk_ms")),
+    ("lat_sched_p999_ms", "acks=all at %d MB/s, from schedule: p99.9 ms" % rate_mb, ("sync_p999_ms", "sync_chunk_ms")),
+    ("lat_sched_max_ms", "acks=all at %d MB/s, from schedule: max ms" % rate_mb, ("sync_max_ms", "sync_chunk_ms")),
+    ("e2e_p50_ms", "produce to consume at %d MB/s, acks=all: p50 ms" % rate_mb, ("sync_p50_ms", "sync_chunk_ms")),
+    ("e2e_p99_ms", "produce to consume at %d MB/s, acks=all: p99 ms" % rate_mb, ("sync_p99_ms", "sync_chunk_ms")),
+    ("e2e_p999_ms", "produce to consume at %d MB/s, acks=all: p99.9 ms" % rate_mb, ("sync_p999_ms", "sync_chunk_ms")),
+    ("e2e_max_ms", "produce to consume at %d MB/s, acks=all: max ms" % rate_mb, ("sync_max_ms", "sync_chunk_ms")),
     ("p1000_ratio", "1000 partitions ÷ 2, acks=1 MB/s (goal ≥ 0.9 every round)", None),
 ]
 host = [

@@ -18,7 +18,11 @@
 //!
 //! With `--rate`, sends are scheduled at fixed intervals and latency is
 //! measured from the scheduled time, so a stall shows up in the percentiles
-//! instead of silently slowing the schedule (no coordinated omission).
+//! instead of silently slowing the schedule (no coordinated omission). The
+//! latency from the moment each request is written is reported beside it
+//! (`from_send`): what a tool that times each request from its send
+//! measures (iggy-bench does), without the writer's wake-up and any wait
+//! for the request before it.
 
 use std::net::TcpStream;
 use std::sync::mpsc::{Receiver, RecvError, Sender, SyncSender, channel, sync_channel};
@@ -143,6 +147,8 @@ struct InFlight {
     partition: i32,
     slot: usize,
     intended: Instant,
+    /// Under `--rate`, when the writer began to write the request.
+    sent: Option<Instant>,
     records: u64,
     bytes: u64,
     counted: bool,
@@ -472,6 +478,7 @@ impl Writer<'_> {
             partition,
             slot,
             intended,
+            sent: self.interval.map(|_| Instant::now()),
             records: self.template.records() as u64,
             bytes: batch.len() as u64,
             counted: intended >= self.window.measure_from,
@@ -598,6 +605,9 @@ fn read_acks(
             recorder.add(entry.records, entry.bytes);
             recorder.requests += 1;
             recorder.latency(now.duration_since(entry.intended));
+            if let Some(sent) = entry.sent {
+                recorder.latency_from_send(now.duration_since(sent));
+            }
             last = now;
         }
     }

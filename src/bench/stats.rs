@@ -14,6 +14,9 @@ const LATENCY_MAX_US: u64 = 3_600_000_000;
 
 pub struct Recorder {
     latency_us: Histogram<u64>,
+    /// Produce at a fixed rate: latencies from each request's send rather
+    /// than its scheduled time (empty elsewhere).
+    from_send_us: Histogram<u64>,
     pub records: u64,
     /// Record batch bytes: what is stored and sent, without request framing.
     pub bytes: u64,
@@ -27,6 +30,8 @@ impl Default for Recorder {
         Recorder {
             latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
                 .expect("valid histogram bounds"),
+            from_send_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+                .expect("valid histogram bounds"),
             records: 0,
             bytes: 0,
             requests: 0,
@@ -38,9 +43,13 @@ impl Default for Recorder {
 
 impl Recorder {
     pub fn latency(&mut self, latency: Duration) {
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.latency_us
-            .saturating_record(micros.min(LATENCY_MAX_US));
+        record(&mut self.latency_us, latency);
+    }
+
+    /// A produce's latency from the moment its request was written (see
+    /// `produce.rs`), recorded beside [`Recorder::latency`].
+    pub fn latency_from_send(&mut self, latency: Duration) {
+        record(&mut self.from_send_us, latency);
     }
 
     pub fn add(&mut self, records: u64, bytes: u64) {
@@ -57,6 +66,9 @@ impl Recorder {
         self.latency_us
             .add(&other.latency_us)
             .expect("histograms share their bounds");
+        self.from_send_us
+            .add(&other.from_send_us)
+            .expect("histograms share their bounds");
         self.records += other.records;
         self.bytes += other.bytes;
         self.requests += other.requests;
@@ -69,15 +81,41 @@ impl Recorder {
     /// The latency at `quantile` (0.99 for p99) in milliseconds; 0 when
     /// nothing was recorded.
     pub fn percentile_ms(&self, quantile: f64) -> f64 {
-        if self.latency_us.is_empty() {
-            return 0.0;
-        }
-        self.latency_us.value_at_quantile(quantile) as f64 / 1000.0
+        percentile_ms(&self.latency_us, quantile)
     }
 
     fn max_ms(&self) -> f64 {
         self.latency_us.max() as f64 / 1000.0
     }
+
+    /// p50, p90, p99, p99.9 and max of the latencies from send, in
+    /// milliseconds; `None` when none were recorded.
+    fn send_latencies_ms(&self) -> Option<[f64; 5]> {
+        let histogram = &self.from_send_us;
+        if histogram.is_empty() {
+            return None;
+        }
+        let at = |quantile| percentile_ms(histogram, quantile);
+        Some([
+            at(0.50),
+            at(0.90),
+            at(0.99),
+            at(0.999),
+            histogram.max() as f64 / 1000.0,
+        ])
+    }
+}
+
+fn record(histogram: &mut Histogram<u64>, latency: Duration) {
+    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    histogram.saturating_record(micros.min(LATENCY_MAX_US));
+}
+
+fn percentile_ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    if histogram.is_empty() {
+        return 0.0;
+    }
+    histogram.value_at_quantile(quantile) as f64 / 1000.0
 }
 
 /// Which host limit a result is compared with.
@@ -194,6 +232,15 @@ impl Report {
             out["baseline_bound"] = json!(bound);
             out["baseline_ratio"] = json!(round(ratio));
         }
+        if let Some([p50, p90, p99, p999, max]) = r.send_latencies_ms() {
+            out["from_send"] = json!({
+                "p50_ms": round(p50),
+                "p90_ms": round(p90),
+                "p99_ms": round(p99),
+                "p999_ms": round(p999),
+                "max_ms": round(max),
+            });
+        }
         if let Some(cpu) = self.client_cpu {
             out["client_cpu_cores"] = json!(round(cpu.cores));
         }
@@ -221,6 +268,12 @@ impl Report {
             r.percentile_ms(0.999),
             r.max_ms(),
         );
+        if let Some([p50, p90, p99, p999, max]) = r.send_latencies_ms() {
+            out += &format!(
+                "  {:<12} p50 {p50:.3} ms  p90 {p90:.3} ms  p99 {p99:.3} ms  p99.9 {p999:.3} ms  max {max:.3} ms\n",
+                "from send"
+            );
+        }
         if let Some((ratio, bound, limit)) = self.ratio() {
             out += &format!("  baseline     {ratio:.2} of {bound} ({limit:.1} MB/s, same run)\n");
         }

@@ -104,16 +104,23 @@ pub struct TailCache {
     /// this flat in a steady stream; spares keep it low while filling: the
     /// first arena, and any needed before its spare is made, are in line).
     allocations: u64,
-    /// An arena made ahead, its pages already touched.
-    spare: Option<BytesMut>,
-    /// Whether the next arena opened should be a spare: asked for once the
-    /// cache opens an arena it does not reuse.
-    spare_wanted: bool,
-    /// Whether a spare is being made.
-    spare_preparing: bool,
-    /// Whether the last arena opened was a reused one: the budget is full,
-    /// and a spare that arrives now is let go.
-    reusing: bool,
+    /// The arena made ahead for the next one opened.
+    spare: Spare,
+}
+
+/// Where the arena made ahead stands.
+#[derive(Debug)]
+enum Spare {
+    /// None is wanted: the cache is off, or the last arena opened was a
+    /// reused one (the budget is full), and a spare arriving now is let go.
+    Unwanted,
+    /// One is wanted: the cache opened an arena it did not reuse.
+    Wanted,
+    /// One is being made off the shard.
+    Preparing,
+    /// Made, its pages already touched; taken by the next arena opened
+    /// that is not a reused one.
+    Ready(BytesMut),
 }
 
 /// A new arena of `bytes` capacity, every page touched (run off the shard
@@ -139,10 +146,11 @@ impl TailCache {
             current_is_arena: false,
             spent: VecDeque::new(),
             allocations: 0,
-            spare: None,
-            spare_wanted: budget > 0,
-            spare_preparing: false,
-            reusing: false,
+            spare: if budget > 0 {
+                Spare::Wanted
+            } else {
+                Spare::Unwanted
+            },
         }
     }
 
@@ -150,24 +158,24 @@ impl TailCache {
     /// held or being made; the caller makes it ([`prepare_arena`]) and hands
     /// it to [`TailCache::spare_done`].
     pub fn spare_due(&mut self) -> Option<usize> {
-        if !self.spare_wanted || self.spare_preparing || self.spare.is_some() {
+        if !matches!(self.spare, Spare::Wanted) {
             return None;
         }
-        self.spare_wanted = false;
-        self.spare_preparing = true;
+        self.spare = Spare::Preparing;
         Some(self.arena_bytes)
     }
 
     /// The arena [`TailCache::spare_due`] asked for (`None`: its making was
-    /// cancelled; the next arena opened asks again).
+    /// cancelled, and it is asked for again). One arriving once the cache
+    /// reuses its arenas is let go.
     pub fn spare_done(&mut self, arena: Option<BytesMut>) {
-        self.spare_preparing = false;
-        if let Some(arena) = arena
-            && arena.capacity() >= self.arena_bytes
-            && !self.reusing
-        {
-            self.spare = Some(arena);
+        if !matches!(self.spare, Spare::Preparing) {
+            return;
         }
+        self.spare = match arena {
+            Some(arena) if arena.capacity() >= self.arena_bytes => Spare::Ready(arena),
+            _ => Spare::Wanted,
+        };
     }
 
     /// Keep the frame made of `parts` appended at `position`, evicting the
@@ -276,19 +284,17 @@ impl TailCache {
         {
             self.current = self.spent.pop_front().expect("checked above");
             // Arenas are being reused: the cache has filled its budget.
-            self.spare = None;
-            self.spare_wanted = false;
-            self.reusing = true;
+            self.spare = Spare::Unwanted;
         } else {
-            self.current = match self.spare.take() {
-                Some(spare) => spare,
-                None => {
-                    self.allocations += 1;
-                    BytesMut::with_capacity(self.arena_bytes)
+            self.current = match std::mem::replace(&mut self.spare, Spare::Wanted) {
+                Spare::Ready(spare) => spare,
+                // The one being made is taken by the next arena opened.
+                Spare::Preparing => {
+                    self.spare = Spare::Preparing;
+                    self.allocate_arena()
                 }
+                Spare::Unwanted | Spare::Wanted => self.allocate_arena(),
             };
-            self.spare_wanted = true;
-            self.reusing = false;
         }
         let capacity = self.current.capacity() as u64;
         self.buffers.push_back(BufferUse {
@@ -303,6 +309,12 @@ impl TailCache {
             self.spent.pop_front();
         }
         assert!(self.current.is_empty() && self.current.capacity() >= len);
+    }
+
+    /// A fresh arena, made in line on the shard thread.
+    fn allocate_arena(&mut self) -> BytesMut {
+        self.allocations += 1;
+        BytesMut::with_capacity(self.arena_bytes)
     }
 }
 
@@ -387,14 +399,16 @@ mod tests {
             "{spares} spares for a 16-arena budget"
         );
         assert!(
-            cache.spare.is_none() && cache.spare_due().is_none(),
+            matches!(cache.spare, Spare::Unwanted) && cache.spare_due().is_none(),
             "no spare once reusing"
         );
         // One made before the cache began reusing arenas, arriving after: let go.
-        cache.spare_preparing = true;
         cache.spare_done(Some(prepare_arena(cache.arena_bytes)));
-        assert!(cache.spare.is_none(), "a late spare is not kept");
-        // A cancelled spare is asked for again by the next arena opened.
+        assert!(
+            matches!(cache.spare, Spare::Unwanted),
+            "a late spare is not kept"
+        );
+        // A cancelled spare is asked for again.
         let mut filling = TailCache::new(budget);
         let bytes = filling
             .spare_due()
@@ -403,6 +417,15 @@ mod tests {
         filling.push(LogPosition(0), &[&frame(1, len)]);
         assert_eq!(filling.allocations, 1);
         assert_eq!(filling.spare_due(), Some(bytes));
+        // An arena opened while its spare is being made is made in line,
+        // and the spare is kept for the next.
+        for (index, at) in [len, len + 30_000, len + 60_000].into_iter().enumerate() {
+            filling.push(LogPosition(at as u64), &[&frame(index as u8, 30_000)]);
+        }
+        assert_eq!(filling.allocations, 2, "a second arena, made in line");
+        assert!(matches!(filling.spare, Spare::Preparing));
+        filling.spare_done(Some(prepare_arena(bytes)));
+        assert!(matches!(filling.spare, Spare::Ready(_)));
     }
 
     #[test]

@@ -79,6 +79,10 @@ fn produce_and_consume_report_what_the_log_holds() {
     assert!(number(&produced, "p50_ms") <= number(&produced, "p99_ms"));
     assert!(number(&produced, "p99_ms") <= number(&produced, "max_ms"));
     assert!(produced.get("baseline_ratio").is_none());
+    assert!(
+        produced.get("from_send").is_none(),
+        "without --rate every request is sent when due: one latency"
+    );
 
     // The log holds at least what was acknowledged (warm-up batches too),
     // and an independent client reads it all back intact.
@@ -113,6 +117,47 @@ fn produce_and_consume_report_what_the_log_holds() {
     );
     assert!(!ok);
     assert!(log.contains("exists with 3 partitions, not 2"), "{log}");
+}
+
+#[test]
+fn a_fixed_rate_produce_times_each_request_from_its_schedule_and_from_its_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let (ok, produced, log) = bench(
+        &broker.address,
+        &[
+            "produce",
+            "--topic",
+            "rate",
+            "--acks",
+            "all",
+            "--rate",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--record-size",
+            "1000",
+            "--batch-records",
+            "20",
+        ],
+    );
+    assert!(ok, "{log}");
+    let from_send = &produced["from_send"];
+    // A request is written after its scheduled time (the writer wakes up
+    // from its sleep, then stamps and frames the batch), so each of its
+    // latencies from send is shorter than from its schedule, and so is
+    // each percentile.
+    for key in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"] {
+        let (sent, scheduled) = (number(from_send, key), number(&produced, key));
+        assert!(sent > 0.0 && sent <= scheduled, "{key}: {produced}");
+    }
+    assert!(
+        number(from_send, "p50_ms") < number(&produced, "p50_ms"),
+        "the two are timed from different moments: {produced}"
+    );
+    assert!(log.contains("from send"), "{log}");
 }
 
 #[test]
