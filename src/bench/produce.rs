@@ -21,11 +21,12 @@
 //! instead of silently slowing the schedule (no coordinated omission). The
 //! latency from the moment each request is written is reported beside it
 //! (`from_send`): what a tool that times each request from its send
-//! measures (iggy-bench does), without the writer's wake-up and any wait
-//! for the request before it.
+//! measures (iggy-bench does), without the writer's wake-up and without
+//! any wait for an in-flight slot behind unanswered requests.
 
 use std::net::TcpStream;
 use std::sync::mpsc::{Receiver, RecvError, Sender, SyncSender, channel, sync_channel};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -147,8 +148,10 @@ struct InFlight {
     partition: i32,
     slot: usize,
     intended: Instant,
-    /// Under `--rate`, when the writer began to write the request.
-    sent: Option<Instant>,
+    /// Under `--rate`, when the writer began to write the request: set
+    /// once the request has its in-flight slot (the writer may wait for one
+    /// behind unanswered requests), before any byte of it is written.
+    sent: Option<Arc<OnceLock<Instant>>>,
     records: u64,
     bytes: u64,
     counted: bool,
@@ -478,7 +481,7 @@ impl Writer<'_> {
             partition,
             slot,
             intended,
-            sent: self.interval.map(|_| Instant::now()),
+            sent: self.interval.map(|_| Arc::new(OnceLock::new())),
             records: self.template.records() as u64,
             bytes: batch.len() as u64,
             counted: intended >= self.window.measure_from,
@@ -488,8 +491,12 @@ impl Writer<'_> {
             sent.add(entry.records, entry.bytes);
             sent.requests += 1;
         }
+        let sent_at = entry.sent.clone();
         if load.acks != 0 && self.sender.send(Pending::Produce(entry)).is_err() {
             return false; // the reader stopped: it holds the error
+        }
+        if let Some(sent_at) = sent_at {
+            sent_at.set(Instant::now()).expect("set once, here");
         }
         if let Err(error) = wire::write_all_vectored(&mut self.stream, &[&prefix, batch]) {
             let peer = self
@@ -605,8 +612,9 @@ fn read_acks(
             recorder.add(entry.records, entry.bytes);
             recorder.requests += 1;
             recorder.latency(now.duration_since(entry.intended));
-            if let Some(sent) = entry.sent {
-                recorder.latency_from_send(now.duration_since(sent));
+            // Set before the request was written, so before its answer.
+            if let Some(sent) = entry.sent.as_ref().and_then(|sent| sent.get()) {
+                recorder.latency_from_send(now.duration_since(*sent));
             }
             last = now;
         }

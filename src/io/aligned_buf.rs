@@ -80,7 +80,7 @@ impl Region {
         let base = unsafe { mapping.cast::<u8>().add(slack) };
         // Advice only: without transparent huge pages it fails or does
         // nothing, and the buffers are ordinary pages. Nothing is touched
-        // yet, so the pages faulted in later are huge ones where possible.
+        // yet, so the pages faulted in next are huge ones where possible.
         // SAFETY: [base, base + advised) lies inside the mapping;
         // MADV_HUGEPAGE changes no contents.
         unsafe { libc::madvise(base.as_ptr().cast(), advised, libc::MADV_HUGEPAGE) };

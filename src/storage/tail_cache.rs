@@ -118,6 +118,10 @@ enum Spare {
     Wanted,
     /// One is being made off the shard.
     Preparing,
+    /// One is being made, but the cache has since reused an arena: let go
+    /// when it arrives, unless the cache opens a fresh arena first (then
+    /// it is wanted again, and no second one is asked for meanwhile).
+    Abandoned,
     /// Made, its pages already touched; taken by the next arena opened
     /// that is not a reused one.
     Ready(BytesMut),
@@ -169,12 +173,14 @@ impl TailCache {
     /// cancelled, and it is asked for again). One arriving once the cache
     /// reuses its arenas is let go.
     pub fn spare_done(&mut self, arena: Option<BytesMut>) {
-        if !matches!(self.spare, Spare::Preparing) {
-            return;
-        }
-        self.spare = match arena {
-            Some(arena) if arena.capacity() >= self.arena_bytes => Spare::Ready(arena),
-            _ => Spare::Wanted,
+        self.spare = match (&self.spare, arena) {
+            (Spare::Preparing, Some(arena)) if arena.capacity() >= self.arena_bytes => {
+                Spare::Ready(arena)
+            }
+            (Spare::Preparing, _) => Spare::Wanted,
+            (Spare::Abandoned, _) => Spare::Unwanted,
+            // Not asked for (a stray answer): nothing changes.
+            _ => return,
         };
     }
 
@@ -284,12 +290,15 @@ impl TailCache {
         {
             self.current = self.spent.pop_front().expect("checked above");
             // Arenas are being reused: the cache has filled its budget.
-            self.spare = Spare::Unwanted;
+            self.spare = match self.spare {
+                Spare::Preparing | Spare::Abandoned => Spare::Abandoned,
+                _ => Spare::Unwanted,
+            };
         } else {
             self.current = match std::mem::replace(&mut self.spare, Spare::Wanted) {
                 Spare::Ready(spare) => spare,
                 // The one being made is taken by the next arena opened.
-                Spare::Preparing => {
+                Spare::Preparing | Spare::Abandoned => {
                     self.spare = Spare::Preparing;
                     self.allocate_arena()
                 }
@@ -402,18 +411,13 @@ mod tests {
             matches!(cache.spare, Spare::Unwanted) && cache.spare_due().is_none(),
             "no spare once reusing"
         );
-        // One made before the cache began reusing arenas, arriving after: let go.
-        cache.spare_done(Some(prepare_arena(cache.arena_bytes)));
-        assert!(
-            matches!(cache.spare, Spare::Unwanted),
-            "a late spare is not kept"
-        );
         // A cancelled spare is asked for again.
         let mut filling = TailCache::new(budget);
         let bytes = filling
             .spare_due()
             .expect("a new cache wants its first arena");
         filling.spare_done(None);
+        assert!(matches!(filling.spare, Spare::Wanted));
         filling.push(LogPosition(0), &[&frame(1, len)]);
         assert_eq!(filling.allocations, 1);
         assert_eq!(filling.spare_due(), Some(bytes));
@@ -426,6 +430,46 @@ mod tests {
         assert!(matches!(filling.spare, Spare::Preparing));
         filling.spare_done(Some(prepare_arena(bytes)));
         assert!(matches!(filling.spare, Spare::Ready(_)));
+    }
+
+    #[test]
+    fn a_spare_being_made_when_the_cache_starts_reusing_arenas_is_let_go() {
+        let budget = 1 << 20;
+        let len = 5_000usize;
+        let mut cache = TailCache::new(budget);
+        let mut position = 0u64;
+        let mut push = |cache: &mut TailCache| {
+            cache.push(LogPosition(position), &[&frame(1, len)]);
+            position += len as u64;
+        };
+        // Fill the budget, each spare made at once, until an arena is reused.
+        while !matches!(cache.spare, Spare::Unwanted) {
+            if let Some(bytes) = cache.spare_due() {
+                cache.spare_done(Some(prepare_arena(bytes)));
+            }
+            push(&mut cache);
+        }
+        // A fresh arena opened once more (frames over half an arena get
+        // their own buffer and leave the arenas alone, so force it: spent
+        // arenas still holding frames cannot be reused).
+        cache.spare = Spare::Wanted;
+        let bytes = cache.spare_due().expect("wanted");
+        assert!(matches!(cache.spare, Spare::Preparing));
+        // Reuse starts while it is being made: it is abandoned, not asked
+        // for a second time, and let go when it arrives.
+        for _ in 0..1000 {
+            if !matches!(cache.spare, Spare::Preparing) {
+                break;
+            }
+            push(&mut cache);
+        }
+        assert!(matches!(cache.spare, Spare::Abandoned), "{:?}", cache.spare);
+        assert_eq!(cache.spare_due(), None, "no second spare while one is made");
+        cache.spare_done(Some(prepare_arena(bytes)));
+        assert!(
+            matches!(cache.spare, Spare::Unwanted),
+            "a late spare is let go"
+        );
     }
 
     #[test]

