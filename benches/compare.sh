@@ -29,6 +29,8 @@
 #   SLUICE_COMPARE_DIR      where the data directories go (target/)
 #   SLUICE_COMPARE_MAX_MB   stop the run if the work directory passes this (10000)
 #   SLUICE_COMPARE_WARM_MB  MB produced, then consumed, for the consume rows (400)
+#   SLUICE_COMPARE_WARM_PASSES  reads of those MB, one after another, whose
+#                           median is the round's consume-just-written figure (3)
 #   SLUICE_COMPARE_RATE_MB  fixed rate of the latency rows, MB/s (100)
 #   SLUICE_COMPARE_EXTRA_CONFIG  a TOML file appended to Sluice's config
 #                           (e.g. a [storage] section), for A/B of a setting
@@ -64,6 +66,12 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 peers_dir=$(realpath -m "${SLUICE_COMPARE_PEERS:-$repo/../shared/peers}")
 max_mb=${SLUICE_COMPARE_MAX_MB:-10000}
 warm_mb=${SLUICE_COMPARE_WARM_MB:-400}
+warm_passes=${SLUICE_COMPARE_WARM_PASSES:-3}
+case "$warm_passes" in '' | 0 | *[!0-9]*)
+    echo "compare.sh: SLUICE_COMPARE_WARM_PASSES must be a whole number of at least 1" >&2
+    exit 2
+    ;;
+esac
 rate_mb=${SLUICE_COMPARE_RATE_MB:-100}
 record_size=1024
 warmup_s=1
@@ -122,6 +130,16 @@ record() { # ROUND SYSTEM FIGURE VALUE
     [ -n "$4" ] || return 0
     printf '%s\t%s\t%s\t%s\n' "$@" >>"$results"
     say "  round $1 $2 $3 = $4"
+}
+
+# Record the median of VALUES (none: nothing), saying each of them.
+record_median() { # ROUND SYSTEM FIGURE VALUE...
+    local r=$1 sys=$2 figure=$3
+    shift 3
+    [ $# -gt 0 ] || return 0
+    say "  round $r $sys $figure passes: $*"
+    record "$r" "$sys" "$figure" "$(python3 -c 'import statistics, sys
+print("%.1f" % statistics.median(float(v) for v in sys.argv[1:]))' "$@")"
 }
 
 note() { # SYSTEM FIGURE TEXT (kept once)
@@ -451,9 +469,13 @@ kafka_warm() { # ROUND SYSTEM ADDRESS
     last=last_acks1_$sys
     read -r d rate < <(warm_plan "${!last:-}")
     kafka_produce "$sys-warmfill" "$addr" --acks 1 --duration "$d" --warmup 0 --rate "$rate" --topic warm
-    kafka_consume "$sys-warm" "$addr" warm
-    read -r mb < <(sluice_json "$work/$sys-warm.json" mb_s)
-    [ "$mb" = - ] || record "$r" "$sys" warm_mb_s "$mb"
+    local passes=() pass
+    for pass in $(seq "$warm_passes"); do
+        kafka_consume "$sys-warm$pass" "$addr" warm
+        read -r mb < <(sluice_json "$work/$sys-warm$pass.json" mb_s)
+        [ "$mb" = - ] || passes+=("$mb")
+    done
+    record_median "$r" "$sys" warm_mb_s "${passes[@]}"
 }
 
 # ---------------------------------------------------------------- Sluice
@@ -628,9 +650,13 @@ turn_iggy() { # ROUND
     check_abort
     # Warm: a fresh WARM_MB (the producer bench recreates its streams), read at once.
     iggy_run iggy-warmfill pp "$warm_mb" 0
-    iggy_run iggy-warm pc "$warm_mb" 0
-    read -r mb < <(iggy_json "$work/iggy-warm.out" mb_s)
-    [ "$mb" = - ] || record "$r" iggy warm_mb_s "$mb"
+    local passes=() pass
+    for pass in $(seq "$warm_passes"); do
+        iggy_run "iggy-warm$pass" pc "$warm_mb" 0
+        read -r mb < <(iggy_json "$work/iggy-warm$pass.out" mb_s)
+        [ "$mb" = - ] || passes+=("$mb")
+    done
+    record_median "$r" iggy warm_mb_s "${passes[@]}"
     stop_broker "$broker"
     check_abort
     drop_caches
