@@ -1,8 +1,9 @@
 //! The Kafka wire-protocol front end.
 //!
 //! Every shard accepts connections on the shared Kafka address (SO_REUSEPORT
-//! sockets bound by [`listener`]) and serves them itself ([`connection`],
-//! [`dispatch`], one module per API in [`api`]). Work on a partition runs on
+//! sockets bound by [`listener`]) and serves them ([`connection`],
+//! [`dispatch`], one module per API in [`api`]), or hands them to the shard
+//! serving the fewest ([`balance`]). Work on a partition runs on
 //! the partition's owner shard (`ShardContext::run_on`), reached through the
 //! shard mailboxes; responses are assembled on the connection's shard.
 //! Record batches are never re-encoded: produce stores them as sent, and
@@ -10,6 +11,7 @@
 
 pub mod api;
 pub mod authorize;
+pub mod balance;
 pub mod body_pool;
 pub mod connection;
 pub mod dispatch;
@@ -39,6 +41,7 @@ use crate::broker::txn::coordinator::{TxnCoordinator, TxnStartError};
 use crate::broker::{Broker, TopicError, reconcile_shard};
 use crate::ids::ShardId;
 use crate::io::IoBackend;
+use crate::kafka::balance::{ConnectionBalance, Handoff, ServingSlot};
 use crate::kafka::request_budget::RequestBudget;
 use crate::log_throttle::{LogThrottle, monotonic_ms};
 use crate::shard::{ServiceError, ShardContext, ShardService};
@@ -93,6 +96,8 @@ pub struct KafkaService {
     /// Per listener (the main one first, `Broker::listener`), one bound
     /// socket per shard, taken by that shard at start.
     listeners: Mutex<Vec<Vec<Option<std::net::TcpListener>>>>,
+    /// Which shard serves each new connection (`balance.rs`).
+    balance: Arc<ConnectionBalance>,
 }
 
 impl KafkaService {
@@ -104,10 +109,12 @@ impl KafkaService {
         let budget = Arc::new(RequestBudget::new(
             broker.config.kafka.queued_requests_max_bytes,
         ));
+        let shards = listeners.first().map_or(1, Vec::len).max(1);
         KafkaService {
             broker,
             backend,
             budget,
+            balance: ConnectionBalance::new(shards),
             listeners: Mutex::new(
                 listeners
                     .into_iter()
@@ -136,6 +143,7 @@ impl ShardService for KafkaService {
         let txn_timers = TxnCoordinator::start(context, &self.broker)
             .map_err(|source| KafkaStartError::Transactions { source })?;
         let mut accepts = Vec::new();
+        let connections = Rc::new(ShardConnections::default());
         let listener_count = self.broker.extra_listeners.len() + 1;
         for index in 0..listener_count {
             let socket = self
@@ -154,6 +162,17 @@ impl ShardService for KafkaService {
                 Arc::clone(&self.budget),
                 (listener, index),
                 self.backend,
+                (Arc::clone(&self.balance), Rc::clone(&connections)),
+            )));
+        }
+        if let Some(handed) = self.balance.take_receiver(usize::from(context.id.0)) {
+            accepts.push(compio::runtime::spawn(adopt_loop(
+                Rc::clone(context),
+                Arc::clone(&self.broker),
+                Arc::clone(&self.budget),
+                handed,
+                self.backend,
+                connections,
             )));
         }
         let refresh = telemetry::refresh::run(
@@ -244,7 +263,19 @@ pub fn open_connections() -> u32 {
 
 static OPEN_CONNECTIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-struct ConnectionSlot;
+/// One connection under `kafka.connections_max`, for as long as it is held.
+pub struct ConnectionSlot(());
+
+impl ConnectionSlot {
+    /// A slot, if fewer than `limit` connections are open.
+    fn admit(limit: u32) -> Option<ConnectionSlot> {
+        if OPEN_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= limit {
+            OPEN_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
+        Some(ConnectionSlot(()))
+    }
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
@@ -258,11 +289,9 @@ async fn accept_loop(
     budget: Arc<RequestBudget>,
     (listener, listener_index): (compio::net::TcpListener, usize),
     backend: IoBackend,
+    (balance, connections): (Arc<ConnectionBalance>, Rc<ShardConnections>),
 ) {
-    // The connections this shard serves: dropped (so cancelled, with their
-    // requests) when the accept loop is, at shutdown.
-    let mut connections: Vec<compio::runtime::JoinHandle<()>> = Vec::new();
-    let mut prune_at = 64;
+    let here = usize::from(context.id.0);
     let shard = telemetry::storage::shard_label(context.id);
     let accepted =
         metrics::counter!(telemetry::names::KAFKA_CONNECTIONS_ACCEPTED, "shard" => shard.clone());
@@ -279,17 +308,24 @@ async fn accept_loop(
             }
         };
         let limit = broker.config.kafka.connections_max;
-        if OPEN_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= limit {
-            OPEN_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(open) = ConnectionSlot::admit(limit) else {
             refused.increment(1);
             if let Some(count) = REFUSALS.record(monotonic_ms()) {
                 log_refused(limit, count);
             }
             drop(stream);
             continue;
-        }
+        };
         accepted.increment(1);
-        let slot = ConnectionSlot;
+        let serving = balance.place(here);
+        let (stream, serving, open) = if serving.shard() == here {
+            (stream, serving, open)
+        } else {
+            match hand_off(&balance, stream, peer, listener_index, serving, open) {
+                Ok(()) => continue,
+                Err((stream, open)) => (stream, balance.serve_here(here), open),
+            }
+        };
         let serve = connection::serve(
             Rc::clone(&context),
             Arc::clone(&broker),
@@ -299,13 +335,110 @@ async fn accept_loop(
             backend,
             listener_index,
         );
-        if connections.len() >= prune_at {
-            connections.retain(|connection| !connection.is_finished());
-            prune_at = (connections.len() * 2).max(64);
-        }
-        connections.push(compio::runtime::spawn(async move {
+        connections.spawn(async move {
             serve.await;
-            drop(slot);
-        }));
+            drop((serving, open));
+        });
+    }
+}
+
+/// Hand a connection just accepted to the shard its `serving` slot names;
+/// gives it back (to be served here) when that cannot be done: no
+/// descriptor left to duplicate, or that shard is stopping.
+fn hand_off(
+    balance: &ConnectionBalance,
+    stream: compio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    listener_index: usize,
+    serving: ServingSlot,
+    open: ConnectionSlot,
+) -> Result<(), (compio::net::TcpStream, ConnectionSlot)> {
+    let plain = match balance::detach(&stream) {
+        Ok(plain) => plain,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "cannot hand a connection to another shard; serving it here");
+            return Err((stream, open));
+        }
+    };
+    let handoff = Handoff {
+        stream: plain,
+        peer,
+        listener_index,
+        serving,
+        open,
+    };
+    match balance.hand_off(handoff) {
+        Ok(()) => Ok(()),
+        // The duplicate is dropped with the returned handoff; `stream`
+        // still holds the connection.
+        Err(returned) => Err((stream, returned.open)),
+    }
+}
+
+/// Serve the connections other shards hand to this one (`balance.rs`), as
+/// the accept loop serves its own.
+async fn adopt_loop(
+    context: Rc<ShardContext>,
+    broker: Arc<Broker>,
+    budget: Arc<RequestBudget>,
+    handed: flume::Receiver<Handoff>,
+    backend: IoBackend,
+    connections: Rc<ShardConnections>,
+) {
+    while let Ok(handoff) = handed.recv_async().await {
+        let Handoff {
+            stream,
+            peer,
+            listener_index,
+            serving,
+            open,
+        } = handoff;
+        let stream = match compio::net::TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%peer, %error, "cannot serve a connection handed from another shard; closing it");
+                continue;
+            }
+        };
+        let serve = connection::serve(
+            Rc::clone(&context),
+            Arc::clone(&broker),
+            Arc::clone(&budget),
+            stream,
+            peer,
+            backend,
+            listener_index,
+        );
+        connections.spawn(async move {
+            serve.await;
+            drop((serving, open));
+        });
+    }
+}
+
+/// The connections a shard serves: dropped (so cancelled, with their
+/// requests) with its accept and adoption loops, at shutdown.
+struct ShardConnections {
+    tasks: std::cell::RefCell<Vec<compio::runtime::JoinHandle<()>>>,
+    prune_at: std::cell::Cell<usize>,
+}
+
+impl Default for ShardConnections {
+    fn default() -> ShardConnections {
+        ShardConnections {
+            tasks: std::cell::RefCell::new(Vec::new()),
+            prune_at: std::cell::Cell::new(64),
+        }
+    }
+}
+
+impl ShardConnections {
+    fn spawn(&self, connection: impl Future<Output = ()> + 'static) {
+        let mut tasks = self.tasks.borrow_mut();
+        if tasks.len() >= self.prune_at.get() {
+            tasks.retain(|task| !task.is_finished());
+            self.prune_at.set((tasks.len() * 2).max(64));
+        }
+        tasks.push(compio::runtime::spawn(connection));
     }
 }

@@ -14,6 +14,7 @@ pub const KAFKA_REQUEST_DURATION: &str = "sluice_kafka_request_duration_seconds"
 pub const KAFKA_REQUEST_ERRORS: &str = "sluice_kafka_request_errors_total";
 pub const KAFKA_REQUEST_THREAD_TIME: &str = "sluice_kafka_request_thread_microseconds_total";
 pub const KAFKA_CONNECTIONS: &str = "sluice_kafka_connections";
+pub const KAFKA_SHARD_CONNECTIONS: &str = "sluice_kafka_shard_connections";
 pub const KAFKA_CONNECTIONS_ACCEPTED: &str = "sluice_kafka_connections_accepted_total";
 pub const KAFKA_CONNECTIONS_REFUSED: &str = "sluice_kafka_connections_refused_total";
 pub const KAFKA_CONNECTIONS_CLOSED_BAD_INPUT: &str =
@@ -125,6 +126,11 @@ pub fn describe() {
         KAFKA_CONNECTIONS,
         Unit::Count,
         "Open Kafka client connections."
+    );
+    describe_gauge!(
+        KAFKA_SHARD_CONNECTIONS,
+        Unit::Count,
+        "Kafka client connections each shard serves: a new connection goes to the shard serving the fewest."
     );
     describe_counter!(
         KAFKA_CONNECTIONS_ACCEPTED,
