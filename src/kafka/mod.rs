@@ -143,7 +143,12 @@ impl ShardService for KafkaService {
         let txn_timers = TxnCoordinator::start(context, &self.broker)
             .map_err(|source| KafkaStartError::Transactions { source })?;
         let mut accepts = Vec::new();
-        let connections = Rc::new(ShardConnections::default());
+        let connections = Rc::new(ShardConnections::new(
+            Rc::clone(context),
+            Arc::clone(&self.broker),
+            Arc::clone(&self.budget),
+            self.backend,
+        ));
         let listener_count = self.broker.extra_listeners.len() + 1;
         for index in 0..listener_count {
             let socket = self
@@ -157,23 +162,13 @@ impl ShardService for KafkaService {
             let listener = compio::net::TcpListener::from_std(socket)
                 .map_err(|source| KafkaStartError::WatchSocket { source })?;
             accepts.push(compio::runtime::spawn(accept_loop(
-                Rc::clone(context),
-                Arc::clone(&self.broker),
-                Arc::clone(&self.budget),
+                Rc::clone(&connections),
                 (listener, index),
-                self.backend,
-                (Arc::clone(&self.balance), Rc::clone(&connections)),
+                Arc::clone(&self.balance),
             )));
         }
         if let Some(handed) = self.balance.take_receiver(usize::from(context.id.0)) {
-            accepts.push(compio::runtime::spawn(adopt_loop(
-                Rc::clone(context),
-                Arc::clone(&self.broker),
-                Arc::clone(&self.budget),
-                handed,
-                self.backend,
-                connections,
-            )));
+            accepts.push(compio::runtime::spawn(adopt_loop(connections, handed)));
         }
         let refresh = telemetry::refresh::run(
             Rc::clone(context),
@@ -284,13 +279,11 @@ impl Drop for ConnectionSlot {
 }
 
 async fn accept_loop(
-    context: Rc<ShardContext>,
-    broker: Arc<Broker>,
-    budget: Arc<RequestBudget>,
+    connections: Rc<ShardConnections>,
     (listener, listener_index): (compio::net::TcpListener, usize),
-    backend: IoBackend,
-    (balance, connections): (Arc<ConnectionBalance>, Rc<ShardConnections>),
+    balance: Arc<ConnectionBalance>,
 ) {
+    let (context, broker) = (&connections.context, &connections.broker);
     let here = usize::from(context.id.0);
     let shard = telemetry::storage::shard_label(context.id);
     let accepted =
@@ -326,19 +319,7 @@ async fn accept_loop(
                 Err((stream, open)) => (stream, balance.serve_here(here), open),
             }
         };
-        let serve = connection::serve(
-            Rc::clone(&context),
-            Arc::clone(&broker),
-            Arc::clone(&budget),
-            stream,
-            peer,
-            backend,
-            listener_index,
-        );
-        connections.spawn(async move {
-            serve.await;
-            drop((serving, open));
-        });
+        connections.serve(stream, peer, listener_index, (serving, open));
     }
 }
 
@@ -377,14 +358,7 @@ fn hand_off(
 
 /// Serve the connections other shards hand to this one (`balance.rs`), as
 /// the accept loop serves its own.
-async fn adopt_loop(
-    context: Rc<ShardContext>,
-    broker: Arc<Broker>,
-    budget: Arc<RequestBudget>,
-    handed: flume::Receiver<Handoff>,
-    backend: IoBackend,
-    connections: Rc<ShardConnections>,
-) {
+async fn adopt_loop(connections: Rc<ShardConnections>, handed: flume::Receiver<Handoff>) {
     while let Ok(handoff) = handed.recv_async().await {
         let Handoff {
             stream,
@@ -400,45 +374,64 @@ async fn adopt_loop(
                 continue;
             }
         };
-        let serve = connection::serve(
-            Rc::clone(&context),
-            Arc::clone(&broker),
-            Arc::clone(&budget),
-            stream,
-            peer,
-            backend,
-            listener_index,
-        );
-        connections.spawn(async move {
-            serve.await;
-            drop((serving, open));
-        });
+        connections.serve(stream, peer, listener_index, (serving, open));
     }
 }
 
-/// The connections a shard serves: dropped (so cancelled, with their
-/// requests) with its accept and adoption loops, at shutdown.
+/// The connections a shard serves, and what serving one takes: the tasks
+/// are dropped (so cancelled, with their requests) with the shard's accept
+/// and adoption loops, at shutdown.
 struct ShardConnections {
+    context: Rc<ShardContext>,
+    broker: Arc<Broker>,
+    budget: Arc<RequestBudget>,
+    backend: IoBackend,
     tasks: std::cell::RefCell<Vec<compio::runtime::JoinHandle<()>>>,
     prune_at: std::cell::Cell<usize>,
 }
 
-impl Default for ShardConnections {
-    fn default() -> ShardConnections {
+impl ShardConnections {
+    fn new(
+        context: Rc<ShardContext>,
+        broker: Arc<Broker>,
+        budget: Arc<RequestBudget>,
+        backend: IoBackend,
+    ) -> ShardConnections {
         ShardConnections {
+            context,
+            broker,
+            budget,
+            backend,
             tasks: std::cell::RefCell::new(Vec::new()),
             prune_at: std::cell::Cell::new(64),
         }
     }
-}
 
-impl ShardConnections {
-    fn spawn(&self, connection: impl Future<Output = ()> + 'static) {
+    /// Serve `stream` on this shard, holding its slots until it closes.
+    fn serve(
+        &self,
+        stream: compio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        listener_index: usize,
+        slots: (ServingSlot, ConnectionSlot),
+    ) {
+        let serve = connection::serve(
+            Rc::clone(&self.context),
+            Arc::clone(&self.broker),
+            Arc::clone(&self.budget),
+            stream,
+            peer,
+            self.backend,
+            listener_index,
+        );
         let mut tasks = self.tasks.borrow_mut();
         if tasks.len() >= self.prune_at.get() {
             tasks.retain(|task| !task.is_finished());
             self.prune_at.set((tasks.len() * 2).max(64));
         }
-        tasks.push(compio::runtime::spawn(connection));
+        tasks.push(compio::runtime::spawn(async move {
+            serve.await;
+            drop(slots);
+        }));
     }
 }
