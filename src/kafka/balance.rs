@@ -22,8 +22,6 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::telemetry;
-
 /// A connection handed from the shard that accepted it to the one that
 /// serves it.
 pub struct Handoff {
@@ -39,8 +37,10 @@ pub struct Handoff {
 
 /// The shards' connection counts and the channels between them.
 pub struct ConnectionBalance {
-    /// Connections being served (or on their way), by shard.
-    serving: Box<[AtomicU32]>,
+    /// Connections being served (or on their way), by shard. Shared with
+    /// the slots alone, so a handoff queued in a channel holds no
+    /// reference to the channel itself.
+    serving: Arc<[AtomicU32]>,
     handoffs: Box<[flume::Sender<Handoff>]>,
     /// Each shard's end of its channel, taken by its adoption task.
     receivers: Mutex<Vec<Option<flume::Receiver<Handoff>>>>,
@@ -66,18 +66,18 @@ impl ConnectionBalance {
     /// The shard that should serve a connection `here` accepted: the one
     /// serving the fewest, `here` when it is among them. Counted there from
     /// now until the returned slot is dropped.
-    pub fn place(self: &Arc<Self>, here: usize) -> ServingSlot {
+    pub fn place(&self, here: usize) -> ServingSlot {
         let load = |shard: usize| self.serving[shard].load(Ordering::Relaxed);
         let fewest = (0..self.serving.len())
             .min_by_key(|&shard| (load(shard), shard != here))
             .unwrap_or(here);
-        ServingSlot::new(Arc::clone(self), fewest)
+        ServingSlot::new(self, fewest)
     }
 
     /// A slot for a connection served on the shard that accepted it,
     /// whatever the counts say (a handoff that could not be made).
-    pub fn serve_here(self: &Arc<Self>, shard: usize) -> ServingSlot {
-        ServingSlot::new(Arc::clone(self), shard)
+    pub fn serve_here(&self, shard: usize) -> ServingSlot {
+        ServingSlot::new(self, shard)
     }
 
     /// Shard `shard`'s end of its channel; `None` once taken.
@@ -98,7 +98,8 @@ impl ConnectionBalance {
             .map_err(|unsent| unsent.into_inner())
     }
 
-    /// Connections shard `shard` serves now.
+    /// Connections shard `shard` serves now (`sluice_kafka_shard_connections`,
+    /// set by each shard's gauge refresher).
     pub fn serving(&self, shard: usize) -> u32 {
         self.serving[shard].load(Ordering::Relaxed)
     }
@@ -106,15 +107,17 @@ impl ConnectionBalance {
 
 /// One connection in a shard's count, for as long as it is held.
 pub struct ServingSlot {
-    balance: Arc<ConnectionBalance>,
+    serving: Arc<[AtomicU32]>,
     shard: usize,
 }
 
 impl ServingSlot {
-    fn new(balance: Arc<ConnectionBalance>, shard: usize) -> ServingSlot {
-        let now = balance.serving[shard].fetch_add(1, Ordering::Relaxed) + 1;
-        telemetry::kafka::shard_connections(shard, now);
-        ServingSlot { balance, shard }
+    fn new(balance: &ConnectionBalance, shard: usize) -> ServingSlot {
+        balance.serving[shard].fetch_add(1, Ordering::Relaxed);
+        ServingSlot {
+            serving: Arc::clone(&balance.serving),
+            shard,
+        }
     }
 
     /// The shard serving the connection.
@@ -125,8 +128,7 @@ impl ServingSlot {
 
 impl Drop for ServingSlot {
     fn drop(&mut self) {
-        let now = self.balance.serving[self.shard].fetch_sub(1, Ordering::Relaxed) - 1;
-        telemetry::kafka::shard_connections(self.shard, now);
+        self.serving[self.shard].fetch_sub(1, Ordering::Relaxed);
     }
 }
 

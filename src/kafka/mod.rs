@@ -172,7 +172,7 @@ impl ShardService for KafkaService {
         }
         let refresh = telemetry::refresh::run(
             Rc::clone(context),
-            Arc::clone(&self.budget),
+            (Arc::clone(&self.budget), Arc::clone(&self.balance)),
             std::time::Duration::from_millis(self.broker.config.metrics.refresh_interval_ms),
         );
         let mut tasks = accepts;

@@ -6,7 +6,7 @@
 //!   `epoll_wait` uses none);
 //! * partitions, segments, log bytes, bytes not yet durable, commit-log
 //!   ops in flight, and the commit log's running totals;
-//! * disk usage, open connections, the request budget (bytes taken,
+//! * disk usage, open connections (and those this shard serves), the request budget (bytes taken,
 //!   connections waiting for it), what recovery did at this start;
 //! * consumer lag of the groups this shard coordinates: high watermarks are
 //!   asked of the owner shards, one mailbox call per shard;
@@ -31,12 +31,17 @@ use crate::broker::group::coordinator::Coordinator;
 use crate::broker::txn::coordinator::TxnCoordinator;
 use crate::broker::txn::records::TxnState;
 use crate::ids::ShardId;
+use crate::kafka::balance::ConnectionBalance;
 use crate::kafka::request_budget::RequestBudget;
 use crate::shard::ShardContext;
 
 /// Refresh this shard's gauges every `interval`, forever (cancelled with
 /// the shard's other service tasks).
-pub async fn run(context: Rc<ShardContext>, budget: Arc<RequestBudget>, interval: Duration) {
+pub async fn run(
+    context: Rc<ShardContext>,
+    (budget, balance): (Arc<RequestBudget>, Arc<ConnectionBalance>),
+    interval: Duration,
+) {
     let shard = shard_label(context.id);
     let totals = LogTotals::new(&shard);
     let mut last = (Instant::now(), thread_cpu_time());
@@ -51,6 +56,10 @@ pub async fn run(context: Rc<ShardContext>, budget: Arc<RequestBudget>, interval
         last = now;
         refresh_storage(&context, &shard, &totals);
         refresh_request_budget(&budget);
+        super::kafka::shard_connections(
+            usize::from(context.id.0),
+            balance.serving(usize::from(context.id.0)),
+        );
         refresh_consumer_lag(&context).await;
         refresh_transactions(&context, &shard);
         refresh_delays(&context, &shard, &mut delay_topics);
