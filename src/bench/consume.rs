@@ -1,6 +1,6 @@
 //! Consumers: one connection each, fetching all of the consumer's partitions
 //! in one Fetch request at a time (as Kafka clients do per broker), parsing
-//! the response in place and counting whole batches.
+//! the response as it streams in and counting whole batches (`fetch`).
 //!
 //! Catch-up (`sluice bench consume`) reads from the log start to the end
 //! offsets seen at start and records the fetch latency. Follow mode (e2e)
@@ -18,7 +18,8 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-use super::batch::{now_nanos, read_stamp};
+use super::batch::now_nanos;
+use super::fetch::{FetchConnection, Records};
 use super::panicked;
 use super::produce::partitions_of;
 use super::stats::Recorder;
@@ -35,6 +36,10 @@ pub struct ConsumeLoad {
     /// Where each partition starts.
     pub start: BTreeMap<i32, i64>,
     pub mode: Mode,
+    /// Count catch-up batches from their headers and drop their records in
+    /// the kernel instead of copying them (see `bench::fetch`); follow mode
+    /// always reads the records, for their stamps.
+    pub discard_records: bool,
 }
 
 pub enum Mode {
@@ -89,10 +94,14 @@ fn consumer(
         .map(|partition| (partition, load.start.get(&partition).copied().unwrap_or(0)))
         .collect();
     let mut high_watermarks: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut stream = wire::connect(&load.address)?;
+    let mut connection = FetchConnection::new(wire::connect(&load.address)?);
     let mut recorder = Recorder::default();
     let mut last = Instant::now();
-    let mut frame = Vec::new();
+    let records = match load.mode {
+        Mode::CatchUp { .. } if load.discard_records => Records::Discard,
+        Mode::CatchUp { .. } => Records::Keep { stamps: false },
+        Mode::Follow { .. } => Records::Keep { stamps: true },
+    };
     let mut correlation_id = 0i32;
     let max_wait_ms = match load.mode {
         Mode::CatchUp { .. } => 500,
@@ -119,12 +128,12 @@ fn consumer(
         let request = fetch_request(load, &wanted, max_wait_ms);
         let sent_at = Instant::now();
         let request = wire::encode_request(&request, wire::FETCH_VERSION, correlation_id);
-        std::io::Write::write_all(&mut stream, &request)
+        std::io::Write::write_all(connection.stream(), &request)
             .with_context(|| format!("fetch from {}", load.address))?;
-        wire::read_frame(&mut stream, &mut frame)
+        let (answered, partitions) = connection
+            .read_fetch_response(records)
             .with_context(|| format!("fetch from {}", load.address))?;
         let now = Instant::now();
-        let (answered, partitions) = wire::parse_fetch_response(&frame)?;
         if answered != correlation_id {
             anyhow::bail!("fetch response {answered} for request {correlation_id}");
         }
@@ -145,21 +154,21 @@ fn consumer(
             let Some(offset) = offsets.get_mut(&fetched.partition) else {
                 continue;
             };
-            for batch in wire::batches(fetched.records) {
+            for batch in fetched.batches {
                 if batch.next_offset <= *offset {
                     continue;
                 }
                 *offset = batch.next_offset;
                 got_any = true;
                 match &load.mode {
-                    Mode::CatchUp { .. } => recorder.add(batch.records, batch.bytes.len() as u64),
+                    Mode::CatchUp { .. } => recorder.add(batch.records, batch.bytes),
                     Mode::Follow {
                         measure_from_nanos, ..
                     } => {
-                        if let Some(stamp) = read_stamp(batch.bytes)
+                        if let Some(stamp) = batch.stamp
                             && stamp >= *measure_from_nanos
                         {
-                            recorder.add(batch.records, batch.bytes.len() as u64);
+                            recorder.add(batch.records, batch.bytes);
                             recorder
                                 .latency(Duration::from_nanos(now_nanos().saturating_sub(stamp)));
                             last = Instant::now();

@@ -17,6 +17,7 @@ mod compare;
 mod consume;
 mod control;
 mod delivery;
+mod fetch;
 mod produce;
 pub mod stats;
 mod transaction;
@@ -268,6 +269,13 @@ pub struct ConsumeArgs {
     /// Most seconds to read; the run ends sooner once caught up.
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
     duration: f64,
+    /// Count each batch from its header and drop its records in the kernel
+    /// (`recv` with MSG_TRUNC) instead of copying them into the load
+    /// generator: what the broker can deliver when the consumer costs
+    /// nothing. Without it, records are read into memory as a Kafka client
+    /// reads them.
+    #[arg(long)]
+    discard_records: bool,
     #[command(flatten)]
     output: Output,
 }
@@ -485,6 +493,7 @@ fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         partition_max_bytes: args.partition_max_bytes,
         start,
         mode: Mode::CatchUp { end },
+        discard_records: args.discard_records,
     };
     let started = Instant::now();
     let deadline = started + seconds("--duration", args.duration)?;
@@ -500,6 +509,7 @@ fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
             "fetch_max_bytes": load.fetch_max_bytes,
             "partition_max_bytes": load.partition_max_bytes,
             "records_in_log": records,
+            "discard_records": load.discard_records,
         }),
         elapsed,
         recorder,
@@ -537,6 +547,7 @@ fn e2e(args: E2eArgs) -> anyhow::Result<()> {
             measure_from_nanos: window.measure_from_nanos,
             producers_done: producers_done.clone(),
         },
+        discard_records: false,
     };
     // Consumers stop once caught up after the producers finish, or 30 s
     // later at the latest.

@@ -287,6 +287,9 @@ impl Report {
                     "  warning      the load generator used more than {} of a core: this figure may be bound by the client, not the broker\n",
                     ClientCpu::WARN_CORES
                 );
+                if self.settings["discard_records"] == false {
+                    out += "  hint         --discard-records drops the records in the kernel instead of copying them\n";
+                }
             }
         }
         if r.errors > 0 {
@@ -353,7 +356,7 @@ mod tests {
         }
         b.add(1000, 1_000_000);
         a.merge(b);
-        let report = Report {
+        let mut report = Report {
             test: "produce",
             latency_of: "ack latency",
             settings: json!({}),
@@ -365,6 +368,14 @@ mod tests {
         };
         assert!(report.to_text().contains("0.75 cores"));
         assert!(report.to_text().contains("more than 0.5 of a core"));
+        assert!(
+            !report.to_text().contains("--discard-records"),
+            "produce has no such flag"
+        );
+        report.settings = json!({ "discard_records": false }); // a consume that copies
+        assert!(report.to_text().contains("--discard-records"));
+        report.settings = json!({ "discard_records": true });
+        assert!(!report.to_text().contains("--discard-records"));
         let value = report.to_json();
         assert_eq!(value["client_cpu_cores"], 0.75);
         assert_eq!(value["throughput_mb_s"], 0.5);

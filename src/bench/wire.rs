@@ -22,7 +22,6 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
 use crate::admin::describe_error;
-use crate::record_batch::{self, BatchHeader, HEADER_BYTES};
 
 pub const PRODUCE_VERSION: i16 = 8;
 pub const FETCH_VERSION: i16 = 11;
@@ -127,13 +126,7 @@ pub fn write_all_vectored(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result
 pub fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
     let mut size = [0u8; 4];
     stream.read_exact(&mut size)?;
-    let size = i32::from_be_bytes(size);
-    let size = usize::try_from(size)
-        .ok()
-        .filter(|size| *size <= RESPONSE_MAX_BYTES && *size >= 4)
-        .ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("frame of {size} bytes"))
-        })?;
+    let size = frame_size(size)?;
     // Read into spare capacity: no zeroing of megabytes per fetch answer.
     buf.clear();
     buf.reserve(size);
@@ -145,6 +138,16 @@ pub fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A response frame's length from its 4-byte size prefix: at least the
+/// correlation id, at most [`RESPONSE_MAX_BYTES`].
+pub fn frame_size(prefix: [u8; 4]) -> io::Result<usize> {
+    let size = i32::from_be_bytes(prefix);
+    usize::try_from(size)
+        .ok()
+        .filter(|size| *size <= RESPONSE_MAX_BYTES && *size >= 4)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("frame of {size} bytes")))
 }
 
 /// Encode a whole request frame with kafka-protocol (for the small ones).
@@ -327,130 +330,6 @@ pub fn parse_produce_response(frame: &[u8]) -> anyhow::Result<ProduceAnswer> {
         error,
         base_offset,
     })
-}
-
-/// A partition's part of a Fetch response.
-pub struct FetchedPartition<'a> {
-    pub partition: i32,
-    pub error_code: i16,
-    pub high_watermark: i64,
-    pub records: &'a [u8],
-}
-
-/// Walk a Fetch v11 response for one topic, in place.
-pub fn parse_fetch_response(frame: &[u8]) -> anyhow::Result<(i32, Vec<FetchedPartition<'_>>)> {
-    let mut reader = Reader {
-        bytes: frame,
-        at: 0,
-    };
-    let correlation_id = reader.i32()?;
-    let _throttle = reader.i32()?;
-    let error_code = reader.i16()?;
-    let _session = reader.i32()?;
-    if error_code != 0 {
-        anyhow::bail!("fetch failed with error {error_code}");
-    }
-    let mut partitions = Vec::new();
-    for _ in 0..reader.count()? {
-        let name_len = reader.i16()?.max(0) as usize;
-        reader.take(name_len)?;
-        for _ in 0..reader.count()? {
-            let partition = reader.i32()?;
-            let error_code = reader.i16()?;
-            let high_watermark = reader.i64()?;
-            let _last_stable = reader.i64()?;
-            let _log_start = reader.i64()?;
-            let aborted = reader.i32()?;
-            if aborted > 0 {
-                reader.take(aborted as usize * 16)?;
-            }
-            let _preferred_replica = reader.i32()?;
-            let records_len = reader.i32()?.max(0) as usize;
-            let records = reader.take(records_len)?;
-            partitions.push(FetchedPartition {
-                partition,
-                error_code,
-                high_watermark,
-                records,
-            });
-        }
-    }
-    Ok((correlation_id, partitions))
-}
-
-/// A whole batch within fetched records.
-pub struct BatchView<'a> {
-    pub next_offset: i64,
-    pub records: u64,
-    pub bytes: &'a [u8],
-}
-
-/// The whole batches in `records`; a partial batch at the end is skipped.
-pub fn batches(records: &[u8]) -> impl Iterator<Item = BatchView<'_>> {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        let rest = &records[at..];
-        if rest.len() < HEADER_BYTES {
-            return None;
-        }
-        let total = record_batch::declared_size(rest)?;
-        if total < HEADER_BYTES || rest.len() < total {
-            return None;
-        }
-        at += total;
-        let header = BatchHeader::parse(rest).ok()?;
-        Some(BatchView {
-            next_offset: header.base_offset + i64::from(header.last_offset_delta) + 1,
-            records: header.records_count.max(0) as u64,
-            bytes: &rest[..total],
-        })
-    })
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, len: usize) -> anyhow::Result<&'a [u8]> {
-        let end = self
-            .at
-            .checked_add(len)
-            .filter(|end| *end <= self.bytes.len())
-            .with_context(|| {
-                format!(
-                    "fetch response of {} bytes ends early: {len} bytes wanted at {}",
-                    self.bytes.len(),
-                    self.at
-                )
-            })?;
-        let taken = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(taken)
-    }
-
-    fn i16(&mut self) -> anyhow::Result<i16> {
-        Ok(i16::from_be_bytes(
-            self.take(2)?.try_into().expect("2 bytes"),
-        ))
-    }
-
-    fn i32(&mut self) -> anyhow::Result<i32> {
-        Ok(i32::from_be_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-
-    fn i64(&mut self) -> anyhow::Result<i64> {
-        Ok(i64::from_be_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-
-    fn count(&mut self) -> anyhow::Result<usize> {
-        Ok(self.i32()?.max(0) as usize)
-    }
 }
 
 #[cfg(test)]

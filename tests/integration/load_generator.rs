@@ -102,6 +102,27 @@ fn produce_and_consume_report_what_the_log_holds() {
     assert_eq!(number(&consumed, "errors"), 0.0);
     assert!(number(&consumed, "p50_ms") > 0.0);
 
+    // Dropping the records in the kernel counts the same records and bytes.
+    let (ok, discarded, log) = bench(
+        &broker.address,
+        &[
+            "consume",
+            "--topic",
+            "load",
+            "--consumers",
+            "2",
+            "--discard-records",
+        ],
+    );
+    assert!(ok, "{log}");
+    assert_eq!(
+        discarded["settings"]["discard_records"], true,
+        "{discarded}"
+    );
+    assert_eq!(number(&discarded, "records"), in_log as f64, "{discarded}");
+    assert_eq!(number(&discarded, "bytes"), number(&consumed, "bytes"));
+    assert_eq!(number(&discarded, "errors"), 0.0);
+
     // A topic with another partition count is refused, not silently used.
     let (ok, _, log) = bench(
         &broker.address,

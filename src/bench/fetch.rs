@@ -1,0 +1,502 @@
+//! Reading Fetch v11 responses as they stream off a consumer's socket.
+//!
+//! The records of each fetched partition are either kept, read into one
+//! reused buffer as a Kafka client reads them, or discarded: each batch is
+//! counted from its 61-byte header and the rest of it is dropped inside the
+//! kernel by `recv` with `MSG_TRUNC`, which on a TCP socket discards the
+//! bytes instead of copying them out (tcp(7); `tcp_recvmsg` skips the copy).
+//! Discarding measures what the broker can deliver rather than how fast the
+//! load generator copies memory: on a 2-core machine the copy of 1 GB of
+//! freshly DMA'd page-cache pages costs the consumer 1–2 CPU seconds,
+//! taken from the same cores as the broker (benches/README.md, issue 19).
+
+use std::io::{self, Read};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+
+use super::batch::read_stamp;
+use super::wire;
+use crate::admin::describe_error;
+use crate::record_batch::{self, BatchHeader, HEADER_BYTES};
+
+/// What becomes of the records of a fetched partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Records {
+    /// Read into memory, as a real client does; with `stamps`, each batch's
+    /// send stamp is read from its first key (see [`read_stamp`]).
+    Keep { stamps: bool },
+    /// Counted from the batch headers; everything else is dropped in the
+    /// kernel without being copied.
+    Discard,
+}
+
+/// One whole batch of a fetched partition.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SeenBatch {
+    /// The offset after the batch's last record.
+    pub next_offset: i64,
+    pub records: u64,
+    /// The batch's bytes, its 12-byte log overhead included.
+    pub bytes: u64,
+    /// The send time stamped into the first key, in nanoseconds since the
+    /// epoch (only with `Records::Keep { stamps: true }`).
+    pub stamp: Option<u64>,
+}
+
+/// A partition's part of a Fetch response.
+#[derive(Debug)]
+pub struct FetchedPartition {
+    pub partition: i32,
+    pub error_code: i16,
+    pub high_watermark: i64,
+    /// Whole batches in order. A partial batch at the end, cut by the
+    /// fetch's byte limit, is left out, as Kafka clients skip it.
+    pub batches: Vec<SeenBatch>,
+}
+
+/// Bytes read ahead for the small fields of a response; a skip at least
+/// this long goes to the kernel instead of through the buffer.
+const READ_AHEAD_BYTES: usize = 8 << 10;
+
+/// A consumer's connection: requests are written to [`Self::stream`],
+/// responses read with [`Self::read_fetch_response`] through a small
+/// read-ahead buffer.
+pub struct FetchConnection {
+    stream: TcpStream,
+    buffer: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// Kept records, reused from one response to the next.
+    records: Vec<u8>,
+}
+
+impl FetchConnection {
+    pub fn new(stream: TcpStream) -> Self {
+        FetchConnection {
+            stream,
+            buffer: vec![0; READ_AHEAD_BYTES].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            records: Vec::new(),
+        }
+    }
+
+    /// The socket, for writing requests; reading from it directly would
+    /// lose what the buffer holds.
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// Read one Fetch v11 response frame, size prefix included; returns its
+    /// correlation id and partitions. Errors: the connection closing, a
+    /// frame over 1 GiB or one whose fields run past its end, a top-level
+    /// error code; the connection is then out of step and must be dropped.
+    pub fn read_fetch_response(
+        &mut self,
+        records: Records,
+    ) -> anyhow::Result<(i32, Vec<FetchedPartition>)> {
+        let mut prefix = [0u8; 4];
+        self.read_exact(&mut prefix)?;
+        let size = wire::frame_size(prefix)?;
+        let mut frame = Frame {
+            connection: self,
+            size,
+            left: size,
+        };
+        frame.parse(records)
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        debug_assert_eq!(self.start, self.end, "fill only an empty buffer");
+        let read = loop {
+            match self.stream.read(&mut self.buffer) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        if read == 0 {
+            return Err(closed());
+        }
+        self.start = 0;
+        self.end = read;
+        Ok(())
+    }
+
+    fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn read_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
+        let mut at = 0;
+        while at < out.len() {
+            if self.buffered() == 0 {
+                self.fill()?;
+            }
+            let n = self.buffered().min(out.len() - at);
+            out[at..at + n].copy_from_slice(&self.buffer[self.start..self.start + n]);
+            self.start += n;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Append the next `len` bytes to `out`, growing it as they arrive.
+    fn read_append(&mut self, out: &mut Vec<u8>, len: usize) -> io::Result<()> {
+        let buffered = self.buffered().min(len);
+        out.extend_from_slice(&self.buffer[self.start..self.start + buffered]);
+        self.start += buffered;
+        let rest = len - buffered;
+        if rest > 0 && Read::take(&mut self.stream, rest as u64).read_to_end(out)? < rest {
+            return Err(closed());
+        }
+        Ok(())
+    }
+
+    /// Drop the next `len` bytes: from the buffer, then in the kernel.
+    fn skip(&mut self, len: usize) -> io::Result<()> {
+        let buffered = self.buffered().min(len);
+        self.start += buffered;
+        let mut rest = len - buffered;
+        while rest > 0 {
+            if rest < READ_AHEAD_BYTES {
+                self.fill()?;
+                let n = self.buffered().min(rest);
+                self.start += n;
+                rest -= n;
+                continue;
+            }
+            // SAFETY: with MSG_TRUNC a TCP socket copies nothing to the
+            // buffer, so a null pointer is never written through.
+            let dropped = unsafe {
+                libc::recv(
+                    self.stream.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    rest,
+                    libc::MSG_TRUNC,
+                )
+            };
+            match dropped {
+                0 => return Err(closed()),
+                n if n > 0 => rest -= n as usize,
+                _ => {
+                    let error = io::Error::last_os_error();
+                    if error.kind() != io::ErrorKind::Interrupted {
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "connection closed in the middle of a response",
+    )
+}
+
+/// The rest of one response frame: every read is checked against it.
+struct Frame<'c> {
+    connection: &'c mut FetchConnection,
+    size: usize,
+    left: usize,
+}
+
+impl Frame<'_> {
+    fn parse(&mut self, records: Records) -> anyhow::Result<(i32, Vec<FetchedPartition>)> {
+        let correlation_id = self.i32()?;
+        let _throttle_time_ms = self.i32()?;
+        let error_code = self.i16()?;
+        let _session_id = self.i32()?;
+        if error_code != 0 {
+            anyhow::bail!("fetch failed: {}", describe_error(error_code, None));
+        }
+        let mut partitions = Vec::new();
+        for _ in 0..self.count()? {
+            let name_len = self.count16()?;
+            self.skip(name_len)?;
+            for _ in 0..self.count()? {
+                let partition = self.i32()?;
+                let error_code = self.i16()?;
+                let high_watermark = self.i64()?;
+                let _last_stable_offset = self.i64()?;
+                let _log_start_offset = self.i64()?;
+                let aborted = self.count()?; // null (-1) reads as none
+                self.skip(aborted.saturating_mul(16))?; // producer id, first offset
+                let _preferred_read_replica = self.i32()?;
+                let records_len = self.count()?; // null (-1) reads as empty
+                let batches = match records {
+                    Records::Keep { stamps } => self.keep(records_len, stamps)?,
+                    Records::Discard => self.discard(records_len)?,
+                };
+                partitions.push(FetchedPartition {
+                    partition,
+                    error_code,
+                    high_watermark,
+                    batches,
+                });
+            }
+        }
+        self.skip(self.left)?;
+        Ok((correlation_id, partitions))
+    }
+
+    /// Read `len` bytes of records into the connection's buffer and walk
+    /// their batches.
+    fn keep(&mut self, len: usize, stamps: bool) -> anyhow::Result<Vec<SeenBatch>> {
+        self.claim(len)?;
+        let mut records = std::mem::take(&mut self.connection.records);
+        records.clear();
+        let read = self.connection.read_append(&mut records, len);
+        let mut batches = Vec::new();
+        let mut rest = records.as_slice();
+        while let Some(total) = whole_batch(rest, rest.len()) {
+            let (batch, after) = rest.split_at(total);
+            batches.push(seen(
+                batch,
+                total,
+                stamps.then(|| read_stamp(batch)).flatten(),
+            ));
+            rest = after;
+        }
+        self.connection.records = records;
+        read?;
+        Ok(batches)
+    }
+
+    /// Count `len` bytes of records from their batch headers, dropping the
+    /// rest unread.
+    fn discard(&mut self, len: usize) -> anyhow::Result<Vec<SeenBatch>> {
+        self.claim(len)?;
+        let mut batches = Vec::new();
+        let mut header = [0u8; HEADER_BYTES];
+        let mut rest = len;
+        while rest >= HEADER_BYTES {
+            self.connection.read_exact(&mut header)?;
+            rest -= HEADER_BYTES;
+            let Some(total) = whole_batch(&header, HEADER_BYTES + rest) else {
+                break;
+            };
+            self.connection.skip(total - HEADER_BYTES)?;
+            rest -= total - HEADER_BYTES;
+            batches.push(seen(&header, total, None));
+        }
+        self.connection.skip(rest)?;
+        Ok(batches)
+    }
+
+    /// Take `len` bytes of the frame, failing if it holds fewer.
+    fn claim(&mut self, len: usize) -> anyhow::Result<()> {
+        if len > self.left {
+            anyhow::bail!(
+                "fetch response of {} bytes ends early: {len} bytes wanted at {}",
+                self.size,
+                self.size - self.left
+            );
+        }
+        self.left -= len;
+        Ok(())
+    }
+
+    fn skip(&mut self, len: usize) -> anyhow::Result<()> {
+        self.claim(len)?;
+        Ok(self.connection.skip(len)?)
+    }
+
+    fn array<const N: usize>(&mut self) -> anyhow::Result<[u8; N]> {
+        self.claim(N)?;
+        let mut bytes = [0u8; N];
+        self.connection.read_exact(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    fn i16(&mut self) -> anyhow::Result<i16> {
+        Ok(i16::from_be_bytes(self.array()?))
+    }
+
+    fn i32(&mut self) -> anyhow::Result<i32> {
+        Ok(i32::from_be_bytes(self.array()?))
+    }
+
+    fn i64(&mut self) -> anyhow::Result<i64> {
+        Ok(i64::from_be_bytes(self.array()?))
+    }
+
+    /// An array's length; null (-1) as none.
+    fn count(&mut self) -> anyhow::Result<usize> {
+        Ok(self.i32()?.max(0) as usize)
+    }
+
+    /// A string's length; null (-1) as none.
+    fn count16(&mut self) -> anyhow::Result<usize> {
+        Ok(self.i16()?.max(0) as usize)
+    }
+}
+
+/// The size of the whole batch that starts `bytes` (at least its header),
+/// or `None` if the header is short, declares less than a header, or the
+/// batch runs past `available` bytes.
+fn whole_batch(bytes: &[u8], available: usize) -> Option<usize> {
+    if bytes.len() < HEADER_BYTES {
+        return None;
+    }
+    record_batch::declared_size(bytes).filter(|total| (HEADER_BYTES..=available).contains(total))
+}
+
+fn seen(header: &[u8], total: usize, stamp: Option<u64>) -> SeenBatch {
+    let header = BatchHeader::parse(header).expect("whole_batch checked the header's length");
+    SeenBatch {
+        next_offset: header.base_offset + i64::from(header.last_offset_delta) + 1,
+        records: header.records_count.max(0) as u64,
+        bytes: total as u64,
+        stamp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record_batch::{BatchBuilder, RecordSpec};
+    use bytes::Bytes;
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    use kafka_protocol::messages::{FetchResponse, ResponseHeader, TopicName};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    fn batch(base_offset: i64, records: usize, value_len: usize) -> Vec<u8> {
+        let value = vec![7u8; value_len];
+        let mut builder = BatchBuilder::new(1_700_000_000_000);
+        for _ in 0..records {
+            builder.push(RecordSpec {
+                key: None,
+                value: Some(&value),
+                timestamp_delta_ms: 0,
+            });
+        }
+        let mut bytes = builder.build();
+        bytes[..8].copy_from_slice(&base_offset.to_be_bytes());
+        bytes
+    }
+
+    /// A Fetch v11 response frame, size prefix included.
+    fn response(correlation_id: i32, partitions: Vec<(i32, Vec<u8>)>) -> Vec<u8> {
+        let response = FetchResponse::default().with_responses(vec![
+            FetchableTopicResponse::default()
+                .with_topic(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(
+                    partitions
+                        .into_iter()
+                        .map(|(index, records)| {
+                            PartitionData::default()
+                                .with_partition_index(index)
+                                .with_high_watermark(1000)
+                                .with_records(Some(Bytes::from(records)))
+                        })
+                        .collect(),
+                ),
+        ]);
+        let mut body = bytes::BytesMut::new();
+        ResponseHeader::default()
+            .with_correlation_id(correlation_id)
+            .encode(&mut body, 0)
+            .unwrap();
+        response.encode(&mut body, 11).unwrap();
+        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    /// Serve `frames` over a real loopback socket; the reader sees them as
+    /// one stream, cut wherever the kernel cuts it.
+    fn connection(frames: Vec<Vec<u8>>) -> (FetchConnection, std::thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let writer = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            for frame in frames {
+                socket.write_all(&frame).unwrap();
+            }
+        });
+        (
+            FetchConnection::new(TcpStream::connect(address).unwrap()),
+            writer,
+        )
+    }
+
+    #[test]
+    fn kept_and_discarded_records_count_the_same_and_stay_in_step() {
+        // Small batches go through the read-ahead buffer, a 2 MB one to the
+        // kernel; partition 1 ends in a batch cut by the byte limit.
+        let small: Vec<u8> = (0..20).flat_map(|i| batch(i * 3, 3, 100)).collect();
+        let big = batch(500, 2, 1 << 20);
+        let mut cut = batch(600, 5, 1000);
+        cut.truncate(cut.len() / 2);
+        let partition_1: Vec<u8> = [big.clone(), cut].concat();
+        let frames: Vec<Vec<u8>> = (0..4)
+            .map(|correlation_id| {
+                response(
+                    correlation_id,
+                    vec![
+                        (0, small.clone()),
+                        (1, partition_1.clone()),
+                        (2, Vec::new()),
+                    ],
+                )
+            })
+            .collect();
+        let (mut connection, writer) = connection(frames);
+        let modes = [
+            Records::Discard,
+            Records::Keep { stamps: false },
+            Records::Discard,
+            Records::Keep { stamps: true },
+        ];
+        for (correlation_id, mode) in modes.into_iter().enumerate() {
+            let (answered, partitions) = connection.read_fetch_response(mode).unwrap();
+            assert_eq!(answered, correlation_id as i32, "{mode:?}");
+            assert_eq!(partitions.len(), 3);
+            let counts: Vec<(usize, u64, u64, i64)> = partitions
+                .iter()
+                .map(|partition| {
+                    (
+                        partition.batches.len(),
+                        partition.batches.iter().map(|b| b.records).sum(),
+                        partition.batches.iter().map(|b| b.bytes).sum(),
+                        partition.batches.last().map_or(-1, |b| b.next_offset),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                counts,
+                vec![
+                    (20, 60, small.len() as u64, 60),
+                    (1, 2, big.len() as u64, 502),
+                    (0, 0, 0, -1)
+                ],
+                "{mode:?}"
+            );
+            assert_eq!(partitions[1].high_watermark, 1000);
+        }
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_frame_whose_records_run_past_its_end_is_an_error() {
+        let mut frame = response(9, vec![(0, batch(0, 1, 10))]);
+        let len = frame.len();
+        // The records' length is the frame's last i32 before the records.
+        let records_len = batch(0, 1, 10).len();
+        let at = len - records_len - 4;
+        frame[at..at + 4].copy_from_slice(&(records_len as i32 + 1).to_be_bytes());
+        let (mut connection, writer) = connection(vec![frame]);
+        let error = connection
+            .read_fetch_response(Records::Discard)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("ends early"), "{error}");
+        writer.join().unwrap();
+    }
+}
