@@ -128,7 +128,7 @@ fn consumer(
         let request = fetch_request(load, &wanted, max_wait_ms);
         let sent_at = Instant::now();
         let request = wire::encode_request(&request, wire::FETCH_VERSION, correlation_id);
-        std::io::Write::write_all(connection.stream(), &request)
+        wire::write_all_vectored(connection.stream(), &[&request])
             .with_context(|| format!("fetch from {}", load.address))?;
         let (answered, partitions) = connection
             .read_fetch_response(records)

@@ -111,7 +111,7 @@ impl FetchConnection {
         let read = loop {
             match self.stream.read(&mut self.buffer) {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other?,
+                other => break other.map_err(wire::explain_timeout)?,
             }
         };
         if read == 0 {
@@ -146,7 +146,12 @@ impl FetchConnection {
         out.extend_from_slice(&self.buffer[self.start..self.start + buffered]);
         self.start += buffered;
         let rest = len - buffered;
-        if rest > 0 && Read::take(&mut self.stream, rest as u64).read_to_end(out)? < rest {
+        if rest > 0
+            && Read::take(&mut self.stream, rest as u64)
+                .read_to_end(out)
+                .map_err(wire::explain_timeout)?
+                < rest
+        {
             return Err(closed());
         }
         Ok(())
@@ -181,7 +186,7 @@ impl FetchConnection {
                 _ => {
                     let error = io::Error::last_os_error();
                     if error.kind() != io::ErrorKind::Interrupted {
-                        return Err(error);
+                        return Err(wire::explain_timeout(error));
                     }
                 }
             }
@@ -498,5 +503,34 @@ mod tests {
             .to_string();
         assert!(error.contains("ends early"), "{error}");
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_broker_that_stops_mid_response_is_a_timeout_not_a_hang() {
+        // Half of a 2 MB batch arrives, then nothing: the kept copy reads
+        // through std, the discard drops through recv(MSG_TRUNC).
+        for mode in [Records::Keep { stamps: false }, Records::Discard] {
+            let mut frame = response(0, vec![(0, batch(0, 2, 1 << 20))]);
+            frame.truncate(frame.len() / 2);
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let address = listener.local_addr().unwrap();
+            let (done, wait) = std::sync::mpsc::channel::<()>();
+            let writer = std::thread::spawn(move || {
+                let (mut socket, _) = listener.accept().unwrap();
+                socket.write_all(&frame).unwrap();
+                // Keep the socket open and silent until the reader gives up.
+                let _ = wait.recv();
+            });
+            let stream = TcpStream::connect(address).unwrap();
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+                .unwrap();
+            let mut connection = FetchConnection::new(stream);
+            let error = connection.read_fetch_response(mode).unwrap_err();
+            let message = format!("{error:#}");
+            assert!(message.contains("has not answered"), "{mode:?}: {message}");
+            done.send(()).unwrap();
+            writer.join().unwrap();
+        }
     }
 }

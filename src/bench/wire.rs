@@ -10,6 +10,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::{BufMut, BytesMut};
@@ -43,14 +44,39 @@ const CORRELATION_AT: usize = 8;
 /// Largest response frame read.
 const RESPONSE_MAX_BYTES: usize = 1 << 30;
 
-/// Connect with Nagle off; the producer's writes are whole requests.
+/// How long a load-generator connection waits for the broker to take or
+/// send the next bytes. Well above the 30 s produce timeout the requests
+/// carry, so only a broker that has stopped answering reaches it.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connect with Nagle off (the producer's writes are whole requests) and
+/// reads and writes that give up after [`ANSWER_TIMEOUT`].
 pub fn connect(address: &str) -> anyhow::Result<TcpStream> {
     let stream =
         TcpStream::connect(address).with_context(|| format!("cannot connect to {address}"))?;
     stream
         .set_nodelay(true)
         .with_context(|| format!("cannot turn Nagle off on {address}"))?;
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(ANSWER_TIMEOUT)))
+        .with_context(|| format!("cannot set socket timeouts on {address}"))?;
     Ok(stream)
+}
+
+/// `error`, with a socket timeout (EAGAIN from `SO_RCVTIMEO` or
+/// `SO_SNDTIMEO`) said plainly; other errors unchanged.
+pub fn explain_timeout(error: io::Error) -> io::Error {
+    match error.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the broker has not answered for {} s",
+                ANSWER_TIMEOUT.as_secs()
+            ),
+        ),
+        _ => error,
+    }
 }
 
 /// Where a produce request goes and how it is acknowledged.
@@ -113,7 +139,7 @@ pub fn write_all_vectored(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result
     let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|part| IoSlice::new(part)).collect();
     let mut slices = slices.as_mut_slice();
     while !slices.is_empty() {
-        let written = stream.write_vectored(slices)?;
+        let written = stream.write_vectored(slices).map_err(explain_timeout)?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -125,12 +151,14 @@ pub fn write_all_vectored(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result
 /// Read one response frame (without its size) into `buf`.
 pub fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
     let mut size = [0u8; 4];
-    stream.read_exact(&mut size)?;
+    stream.read_exact(&mut size).map_err(explain_timeout)?;
     let size = frame_size(size)?;
     // Read into spare capacity: no zeroing of megabytes per fetch answer.
     buf.clear();
     buf.reserve(size);
-    let read = Read::take(&mut *stream, size as u64).read_to_end(buf)?;
+    let read = Read::take(&mut *stream, size as u64)
+        .read_to_end(buf)
+        .map_err(explain_timeout)?;
     if read < size {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
