@@ -8,7 +8,12 @@
 //! - write + fdatasync per batch (what acks=all must pay) and plain
 //!   sequential writes with one fdatasync at the end (acks=0/1), both with
 //!   O_DIRECT where the filesystem allows it (the broker's default write
-//!   mode), in a scratch file in the data directory.
+//!   mode), in a scratch file in the data directory;
+//! - optionally, write + fdatasync of one chunk at a fixed rate (`--paced-rate`),
+//!   latency counted from each chunk's due time: the disk's share of what a
+//!   fixed-rate acks=all run sees, stalls included (a back-to-back pass
+//!   shows a 300 ms stall as one slow chunk, a paced one as the 30 chunks
+//!   that fell due during it, as a fixed-rate producer's requests do).
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 
@@ -40,6 +45,8 @@ pub struct Baseline {
     /// p99.9 and max in ms (what an acks=all batch of this size cannot beat
     /// on this disk; issue 19 item 5 compares the broker's p99 with it).
     pub disk_sync_latency_ms: [f64; 4],
+    /// The fixed-rate pass, when asked for.
+    pub paced: Option<PacedSync>,
     pub chunk_bytes: usize,
     pub direct_io: bool,
 }
@@ -70,16 +77,25 @@ impl Baseline {
             "disk_sync_max_ms": round(self.disk_sync_latency_ms[3]),
             "chunk_bytes": self.chunk_bytes,
             "direct_io": self.direct_io,
+            "disk_paced": self.paced.map(|paced| paced.to_json()),
         })
     }
 
     pub fn to_text(&self) -> String {
         let [p50, p99, p999, max] = self.disk_sync_latency_ms;
+        let paced = self.paced.map_or(String::new(), |paced| {
+            let [p50, p99, p999, max] = paced.latency_ms;
+            format!(
+                "  write+fdatasync at {:.0} MB/s, {} writers, from due time: p50 {p50:.3} ms  \
+                 p99 {p99:.3} ms  p99.9 {p999:.3} ms  max {max:.3} ms ({} chunks)\n",
+                paced.rate_mb_s, paced.writers, paced.chunks
+            )
+        });
         format!(
             "baseline: {} B chunks\n  loopback TCP               {:.1} MB/s\n  \
              write+fdatasync per chunk  {:.1} MB/s (p50 {p50:.3} ms  p99 {p99:.3} ms  \
              p99.9 {p999:.3} ms  max {max:.3} ms)\n  sequential write           {:.1} MB/s\n  \
-             sequential read            {:.1} MB/s\n  ({}; MB = 10^6 bytes)\n",
+             sequential read            {:.1} MB/s\n{paced}  ({}; MB = 10^6 bytes)\n",
             self.chunk_bytes,
             self.tcp_mb_s,
             self.disk_sync_mb_s,
@@ -110,8 +126,95 @@ pub fn measure(
         disk_write_mb_s: plain.write_mb_s,
         disk_read_mb_s: plain.read_mb_s,
         disk_sync_latency_ms: latency_summary_ms(synced.chunk_latencies),
+        paced: None,
         direct_io: synced.direct_io,
         chunk_bytes,
+    })
+}
+
+/// The fixed-rate write + fdatasync pass: p50, p99, p99.9 and max in ms of
+/// each chunk's completion after its due time.
+#[derive(Clone, Copy, Debug)]
+pub struct PacedSync {
+    pub rate_mb_s: f64,
+    pub writers: usize,
+    pub chunks: usize,
+    pub latency_ms: [f64; 4],
+}
+
+impl PacedSync {
+    fn to_json(self) -> Value {
+        json!({
+            "rate_mb_s": round(self.rate_mb_s),
+            "writers": self.writers,
+            "chunks": self.chunks,
+            "p50_ms": round(self.latency_ms[0]),
+            "p99_ms": round(self.latency_ms[1]),
+            "p999_ms": round(self.latency_ms[2]),
+            "max_ms": round(self.latency_ms[3]),
+        })
+    }
+}
+
+/// Write + fdatasync `chunk_bytes` at `rate_mb_s` (MB = 10^6 bytes) for
+/// `duration`, split evenly over `writers` threads with a scratch file each
+/// (a broker's shards each sync their own log). A writer behind its
+/// schedule writes at once, so a stall delays every chunk due during it.
+/// Errors: the directory is not one, or a write or fdatasync fails.
+pub fn measure_paced(
+    dir: &Path,
+    chunk_bytes: usize,
+    rate_mb_s: f64,
+    writers: usize,
+    duration: Duration,
+) -> anyhow::Result<PacedSync> {
+    if !(rate_mb_s.is_finite() && rate_mb_s > 0.0) {
+        anyhow::bail!("--paced-rate must be a positive number of MB/s, not {rate_mb_s}");
+    }
+    let writers = writers.max(1);
+    let chunk = AlignedChunk::new(chunk_bytes);
+    let interval = Duration::from_secs_f64(writers as f64 * chunk.len() as f64 / (rate_mb_s * 1e6));
+    let chunks_each = (duration.as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
+    let file_bytes = (chunks_each * chunk.len() as u64).clamp(chunk.len() as u64, SCRATCH_BYTES);
+    let files = (0..writers)
+        .map(|writer| scratch_file(dir, &format!("paced-{writer}"), file_bytes))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let started = Instant::now();
+    let latencies = std::thread::scope(|scope| {
+        let chunk = &chunk;
+        let handles: Vec<_> = files
+            .iter()
+            .map(|scratch| {
+                let file = &scratch.file;
+                scope.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                    let context = || format!("paced disk baseline in {}", scratch.path.0.display());
+                    let mut latencies = Vec::with_capacity(chunks_each as usize);
+                    for index in 0..chunks_each {
+                        let due = started + interval * index as u32;
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        let offset = (index * chunk.len() as u64) % file_bytes;
+                        file.write_all_at(chunk.bytes(), offset)
+                            .with_context(context)?;
+                        file.sync_data().with_context(context)?;
+                        latencies.push(due.elapsed());
+                    }
+                    Ok(latencies)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for handle in handles {
+            all.extend(handle.join().expect("a paced writer panicked")?);
+        }
+        anyhow::Ok(all)
+    })?;
+    Ok(PacedSync {
+        rate_mb_s,
+        writers,
+        chunks: latencies.len(),
+        latency_ms: latency_summary_ms(latencies),
     })
 }
 
@@ -183,23 +286,9 @@ fn disk(
     duration: Duration,
     sync_each: bool,
 ) -> anyhow::Result<DiskPass> {
+    let scratch = scratch_file(dir, "disk", SCRATCH_BYTES)?;
     let scratch_context = || format!("disk baseline in {}", dir.display());
-    if !dir.is_dir() {
-        anyhow::bail!(
-            "--data-dir {} is not a directory: point it at the broker's data directory, \
-             so the disk baseline measures the filesystem Sluice writes to",
-            dir.display()
-        );
-    }
-    let scratch = Scratch(dir.join(format!(".sluice-baseline-{}", std::process::id())));
-    let (file, direct_io) = match open(&scratch.0, true) {
-        Ok(file) => (file, true),
-        Err(_) => (
-            open(&scratch.0, false).with_context(scratch_context)?,
-            false,
-        ),
-    };
-    preallocate(&file).with_context(scratch_context)?;
+    let (file, direct_io) = (&scratch.file, scratch.direct_io);
     let chunk = AlignedChunk::new(chunk_bytes);
     let started = Instant::now();
     let mut offset = 0u64;
@@ -225,7 +314,7 @@ fn disk(
         0.0
     } else {
         read_back(
-            &scratch.0,
+            &scratch.path.0,
             chunk.len(),
             written.min(SCRATCH_BYTES),
             duration,
@@ -270,10 +359,10 @@ fn open(path: &Path, direct: bool) -> std::io::Result<File> {
     options.open(path)
 }
 
-fn preallocate(file: &File) -> std::io::Result<()> {
+fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: fallocate on an open descriptor we own.
-    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, SCRATCH_BYTES as libc::off_t) };
+    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, bytes as libc::off_t) };
     if result == 0 {
         Ok(())
     } else {
@@ -290,11 +379,47 @@ impl Drop for Scratch {
     }
 }
 
+/// A preallocated scratch file in the data directory, removed on drop.
+struct ScratchFile {
+    file: File,
+    path: Scratch,
+    /// Opened with O_DIRECT (refused by some filesystems, e.g. tmpfs).
+    direct_io: bool,
+}
+
+/// Create `.sluice-baseline-<pid>-<name>` in `dir` with `bytes` allocated.
+/// Errors: `dir` is not a directory, or the file cannot be made.
+fn scratch_file(dir: &Path, name: &str, bytes: u64) -> anyhow::Result<ScratchFile> {
+    let context = || format!("disk baseline in {}", dir.display());
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "--data-dir {} is not a directory: point it at the broker's data directory, \
+             so the disk baseline measures the filesystem Sluice writes to",
+            dir.display()
+        );
+    }
+    let path = Scratch(dir.join(format!(".sluice-baseline-{}-{name}", std::process::id())));
+    let (file, direct_io) = match open(&path.0, true) {
+        Ok(file) => (file, true),
+        Err(_) => (open(&path.0, false).with_context(context)?, false),
+    };
+    preallocate(&file, bytes).with_context(context)?;
+    Ok(ScratchFile {
+        file,
+        path,
+        direct_io,
+    })
+}
+
 /// A chunk of the batch size rounded up to the O_DIRECT alignment.
 struct AlignedChunk {
     ptr: *mut u8,
     layout: Layout,
 }
+
+// SAFETY: the chunk owns its allocation, written only in `new`; shared
+// references only read it.
+unsafe impl Sync for AlignedChunk {}
 
 impl AlignedChunk {
     fn new(bytes: usize) -> Self {
@@ -336,5 +461,24 @@ mod tests {
         assert_eq!(latency_summary_ms(latencies), [500.0, 990.0, 999.0, 1000.0]);
         assert_eq!(latency_summary_ms(Vec::new()), [0.0; 4]);
         assert_eq!(latency_summary_ms(vec![Duration::from_millis(3)]), [3.0; 4]);
+    }
+
+    #[test]
+    fn paced_latency_counts_from_the_due_time_so_a_writer_behind_schedule_shows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // 96 chunks of 1 MiB due within 1 ms: no disk keeps up, so the last
+        // chunk completes about the whole pass after it fell due. Measured
+        // from each write's start instead, the max would be one chunk's time.
+        let started = Instant::now();
+        let paced =
+            measure_paced(dir.path(), 1 << 20, 100_000.0, 1, Duration::from_millis(1)).unwrap();
+        let wall_ms = started.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(paced.chunks, 96);
+        let [p50, _, _, max] = paced.latency_ms;
+        assert!(max >= 0.5 * wall_ms, "max {max} ms in a {wall_ms} ms pass");
+        assert!(p50 <= max);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "scratch files left behind: {left:?}");
+        assert!(measure_paced(dir.path(), 4096, 0.0, 1, Duration::from_millis(1)).is_err());
     }
 }

@@ -310,6 +310,15 @@ pub struct BaselineArgs {
     /// Seconds each measurement runs.
     #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
     duration: f64,
+    /// Also write + fdatasync one chunk at this fixed rate (MB/s) and report
+    /// latency from each chunk's due time: the disk's part of what
+    /// `bench produce --acks all --rate` measures, stalls included.
+    #[arg(long, value_name = "MB/S")]
+    paced_rate: Option<f64>,
+    /// Writer threads (scratch files) sharing `--paced-rate`: as many as the
+    /// broker has shards.
+    #[arg(long, default_value_t = 2, requires = "paced_rate")]
+    paced_writers: usize,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -327,12 +336,18 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Baseline(args) => {
             let chunk = chunk_bytes(&args.shape);
-            let baseline = baseline::measure(
-                &args.data_dir,
-                chunk,
-                args.connections,
-                seconds("--duration", args.duration)?,
-            )?;
+            let duration = seconds("--duration", args.duration)?;
+            let mut baseline =
+                baseline::measure(&args.data_dir, chunk, args.connections, duration)?;
+            if let Some(rate) = args.paced_rate {
+                baseline.paced = Some(baseline::measure_paced(
+                    &args.data_dir,
+                    chunk,
+                    rate,
+                    args.paced_writers,
+                    duration,
+                )?);
+            }
             if args.json {
                 println!("{}", baseline.to_json());
             } else {

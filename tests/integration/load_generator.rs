@@ -276,6 +276,34 @@ fn e2e_measures_stamped_batches_and_baseline_gives_ratios() {
     assert!(leftovers.is_empty());
 }
 
+/// `bench baseline --paced-rate` adds the fixed-rate write + fdatasync
+/// pass that benches/compare.sh divides the latency rows by.
+#[test]
+fn baseline_reports_the_paced_sync_pass_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["bench", "baseline", "--duration", "0.3", "--json"])
+        .args(["--record-size", "1000", "--batch-records", "100"])
+        .args(["--paced-rate", "20", "--paced-writers", "2", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let baseline: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let paced = &baseline["disk_paced"];
+    // 20 MB/s over 2 writers of ~101 KB batches (rounded up to 102 400 B
+    // for O_DIRECT) for 0.3 s: 10 MB/s, 0.3 s ÷ 10.24 ms = 29.3, so 30
+    // chunks each.
+    assert_eq!(paced["chunks"], 60, "{baseline}");
+    assert_eq!(paced["writers"], 2, "{baseline}");
+    for key in ["p50_ms", "p99_ms", "p999_ms", "max_ms"] {
+        assert!(number(paced, key) > 0.0, "{key} in {baseline}");
+    }
+    assert!(number(paced, "p50_ms") <= number(paced, "max_ms"));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
 #[test]
 fn consume_of_an_empty_topic_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
