@@ -32,6 +32,9 @@
 #   SLUICE_COMPARE_WARM_PASSES  reads of those MB, one after another, whose
 #                           median is the round's consume-just-written figure (3)
 #   SLUICE_COMPARE_RATE_MB  fixed rate of the latency rows, MB/s (100)
+#   SLUICE_COMPARE_LAT_WARMUP  seconds at that rate, not counted, before the
+#                           Kafka-protocol latency runs (8): long enough for a
+#                           fresh Sluice broker's tail cache to fill
 #   SLUICE_COMPARE_EXTRA_CONFIG  a TOML file appended to Sluice's config
 #                           (e.g. a [storage] section), for A/B of a setting
 #   IGGY_CONFIG             Iggy's config.toml (the peers' iggy-server-config.toml)
@@ -75,6 +78,12 @@ esac
 rate_mb=${SLUICE_COMPARE_RATE_MB:-100}
 record_size=1024
 warmup_s=1
+lat_warmup_s=${SLUICE_COMPARE_LAT_WARMUP:-8}
+case "$lat_warmup_s" in '' | *[!0-9]*)
+    echo "compare.sh: SLUICE_COMPARE_LAT_WARMUP must be a whole number of seconds" >&2
+    exit 2
+    ;;
+esac
 clk_tck=$(getconf CLK_TCK)
 [ -x "$sluice" ] || {
     echo "compare.sh: no Sluice binary at $sluice (build it: cargo build --release)" >&2
@@ -403,7 +412,7 @@ kafka_produce() { # TAG ADDRESS FLAGS...
 kafka_bench() { # MODE TAG ADDRESS FLAGS...
     local mode=$1 tag=$2 addr=$3
     shift 3
-    timeout $((warmup_s + seconds + 120)) "$sluice" bench "$mode" --brokers "$addr" --json "$@" \
+    timeout $((lat_warmup_s + seconds + 120)) "$sluice" bench "$mode" --brokers "$addr" --json "$@" \
         >"$work/$tag.json" 2>"$work/$tag.err" || say "$tag failed: $(tail -2 "$work/$tag.err" | tr '\n' ' ')"
 }
 
@@ -448,10 +457,16 @@ kafka_acksall() { # ROUND SYSTEM ADDRESS
 # wake-up); then produce to consume at that rate (e2e_*: `sluice bench
 # e2e`, acks=all producers and tailing consumers, from each batch's
 # scheduled send to its fetch).
+# The first run is preceded by LAT_WARMUP s at the same rate, not counted:
+# Sluice's runs on a fresh broker, and while its tail cache fills (256 MiB
+# per shard, ~5 s at 50 MB/s a shard) acks=all p99 was 7.4–8.9 ms against
+# 2.8–3.5 once it had filled (2026-12-04; benches/README.md "acks=all
+# latency while the tail cache fills"). Iggy's latency run follows its
+# throughput runs on the same server, so it is measured warm as well.
 kafka_latency() { # ROUND SYSTEM ADDRESS
     local r=$1 sys=$2 addr=$3 f=$work/$2-lat.json
     kafka_produce "$sys-lat" "$addr" --acks all --rate "$rate_mb" --duration "$seconds" \
-        --warmup "$warmup_s" --topic lat
+        --warmup "$lat_warmup_s" --topic lat
     local sent scheduled
     sent=$(sluice_json "$f" from_send.p50_ms from_send.p99_ms from_send.p999_ms from_send.max_ms)
     scheduled=$(sluice_json "$f" p50_ms p99_ms p999_ms max_ms)
