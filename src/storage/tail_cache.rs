@@ -127,48 +127,13 @@ enum Spare {
     Ready(BytesMut),
 }
 
-/// A new arena of `bytes` capacity, its pages already in memory (run off
-/// the shard thread: this is where an arena's page faults and zeroing
-/// happen). The pages come in `madvise(MADV_POPULATE_WRITE)` calls (Linux
-/// 5.14) instead of a fault per 4 KiB page touched from user space: an
-/// 8 MiB arena took 1.0–3.2 ms instead of 4.2–5.1 (benches/README.md "Tail
-/// cache: arenas made ahead"). On kernels without it, every page is touched.
+/// A new arena of `bytes` capacity, every page touched (run off the shard
+/// thread: this is where an arena's page faults and zeroing happen).
 pub fn prepare_arena(bytes: usize) -> BytesMut {
     let mut arena = BytesMut::with_capacity(bytes);
-    if !populate(arena.spare_capacity_mut()) {
-        arena.resize(bytes, 0);
-        arena.clear();
-    }
+    arena.resize(bytes, 0);
+    arena.clear();
     arena
-}
-
-/// Bytes populated per call: the process's memory-map lock is held (for
-/// reading) through each call, so a thread of the process that maps or
-/// unmaps memory meanwhile waits at most this long.
-const POPULATE_STEP_BYTES: usize = 1 << 20;
-
-/// Fault in the whole pages of `memory` for writing. False if the kernel
-/// refused the first step (then nothing is populated; a later refusal
-/// leaves the rest to fault when written).
-fn populate(memory: &mut [std::mem::MaybeUninit<u8>]) -> bool {
-    const PAGE: usize = 4096;
-    let start = memory.as_mut_ptr() as usize;
-    let begin = start.next_multiple_of(PAGE);
-    let end = (start + memory.len()) / PAGE * PAGE;
-    let mut at = begin;
-    while at < end {
-        let len = POPULATE_STEP_BYTES.min(end - at);
-        // SAFETY: [at, at + len) lies inside `memory`, an allocation the
-        // caller owns and has not handed out; populating changes only how
-        // its pages are backed, not what they hold for the program.
-        let done =
-            unsafe { libc::madvise(at as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) == 0 };
-        if !done {
-            return at > begin;
-        }
-        at += len;
-    }
-    true
 }
 
 impl TailCache {
@@ -465,29 +430,6 @@ mod tests {
         assert!(matches!(filling.spare, Spare::Preparing));
         filling.spare_done(Some(prepare_arena(bytes)));
         assert!(matches!(filling.spare, Spare::Ready(_)));
-    }
-
-    #[test]
-    fn a_prepared_arena_is_empty_with_its_pages_resident() {
-        let bytes = 3 << 20;
-        let mut arena = prepare_arena(bytes);
-        assert!(arena.is_empty() && arena.capacity() >= bytes);
-        const PAGE: usize = 4096;
-        let start = (arena.spare_capacity_mut().as_mut_ptr() as usize).next_multiple_of(PAGE);
-        let pages = bytes / PAGE - 1;
-        let mut resident = vec![0u8; pages];
-        // SAFETY: the range is whole pages inside the arena's allocation;
-        // mincore only reports on them.
-        let result = unsafe {
-            libc::mincore(
-                start as *mut libc::c_void,
-                pages * PAGE,
-                resident.as_mut_ptr(),
-            )
-        };
-        assert_eq!(result, 0, "{}", std::io::Error::last_os_error());
-        let missing = resident.iter().filter(|page| **page & 1 == 0).count();
-        assert_eq!(missing, 0, "{missing} of {pages} pages not resident");
     }
 
     #[test]
