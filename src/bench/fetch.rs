@@ -1,7 +1,9 @@
 //! Reading Fetch v11 responses as they stream off a consumer's socket.
 //!
-//! The records of each fetched partition are either kept, read into one
-//! reused buffer as a Kafka client reads them, or discarded: each batch is
+//! The records of each fetched partition are either kept, read batch by
+//! batch into one reused buffer (the largest batch's size, so it stays in
+//! the CPU's cache) as a streaming client hands each batch on, or
+//! discarded: each batch is
 //! counted from its 61-byte header and the rest of it is dropped inside the
 //! kernel by `recv` with `MSG_TRUNC`, which on a TCP socket discards the
 //! bytes instead of copying them out (tcp(7); `tcp_recvmsg` skips the copy).
@@ -126,9 +128,20 @@ impl FetchConnection {
         self.end - self.start
     }
 
+    /// Fill `out`: from the buffer, then straight from the socket when
+    /// what is left is at least the read-ahead's size (no second copy).
     fn read_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
         let mut at = 0;
         while at < out.len() {
+            if self.buffered() == 0 && out.len() - at >= READ_AHEAD_BYTES {
+                match self.stream.read(&mut out[at..]) {
+                    Ok(0) => return Err(closed()),
+                    Ok(read) => at += read,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(wire::explain_timeout(error)),
+                }
+                continue;
+            }
             if self.buffered() == 0 {
                 self.fill()?;
             }
@@ -136,23 +149,6 @@ impl FetchConnection {
             out[at..at + n].copy_from_slice(&self.buffer[self.start..self.start + n]);
             self.start += n;
             at += n;
-        }
-        Ok(())
-    }
-
-    /// Append the next `len` bytes to `out`, growing it as they arrive.
-    fn read_append(&mut self, out: &mut Vec<u8>, len: usize) -> io::Result<()> {
-        let buffered = self.buffered().min(len);
-        out.extend_from_slice(&self.buffer[self.start..self.start + buffered]);
-        self.start += buffered;
-        let rest = len - buffered;
-        if rest > 0
-            && Read::take(&mut self.stream, rest as u64)
-                .read_to_end(out)
-                .map_err(wire::explain_timeout)?
-                < rest
-        {
-            return Err(closed());
         }
         Ok(())
     }
@@ -248,27 +244,56 @@ impl Frame<'_> {
         Ok((correlation_id, partitions))
     }
 
-    /// Read `len` bytes of records into the connection's buffer and walk
-    /// their batches.
+    /// Read `len` bytes of records, one batch at a time, into the
+    /// connection's reused batch buffer, as a client hands each batch on
+    /// before reading the next. The buffer stays the size of the largest
+    /// batch, so it stays in the CPU's cache from one batch to the next.
     fn keep(&mut self, len: usize, stamps: bool) -> anyhow::Result<Vec<SeenBatch>> {
         self.claim(len)?;
-        let mut records = std::mem::take(&mut self.connection.records);
-        records.clear();
-        let read = self.connection.read_append(&mut records, len);
+        let mut buffer = std::mem::take(&mut self.connection.records);
         let mut batches = Vec::new();
-        let mut rest = records.as_slice();
-        while let Some(total) = whole_batch(rest, rest.len()) {
-            let (batch, after) = rest.split_at(total);
+        let read = self.read_batches(&mut buffer, len, stamps, &mut batches);
+        self.connection.records = buffer;
+        read?;
+        Ok(batches)
+    }
+
+    fn read_batches(
+        &mut self,
+        buffer: &mut Vec<u8>,
+        len: usize,
+        stamps: bool,
+        batches: &mut Vec<SeenBatch>,
+    ) -> io::Result<()> {
+        let mut rest = len;
+        while rest >= HEADER_BYTES {
+            if buffer.len() < HEADER_BYTES {
+                buffer.resize(HEADER_BYTES, 0);
+            }
+            self.connection.read_exact(&mut buffer[..HEADER_BYTES])?;
+            rest -= HEADER_BYTES;
+            let Some(total) = whole_batch(&buffer[..HEADER_BYTES], HEADER_BYTES + rest) else {
+                break;
+            };
+            if buffer.len() < total {
+                buffer.resize(total, 0); // zeroes only the growth, once
+            }
+            self.connection
+                .read_exact(&mut buffer[HEADER_BYTES..total])?;
+            rest -= total - HEADER_BYTES;
+            let batch = &buffer[..total];
             batches.push(seen(
                 batch,
                 total,
                 stamps.then(|| read_stamp(batch)).flatten(),
             ));
-            rest = after;
         }
-        self.connection.records = records;
-        read?;
-        Ok(batches)
+        // A partial batch cut by the byte limit: read and dropped, as
+        // clients do.
+        if buffer.len() < rest {
+            buffer.resize(rest, 0);
+        }
+        self.connection.read_exact(&mut buffer[..rest])
     }
 
     /// Count `len` bytes of records from their batch headers, dropping the
