@@ -60,6 +60,9 @@ pub struct FetchedPartition {
 /// this long goes to the kernel instead of through the buffer.
 const READ_AHEAD_BYTES: usize = 8 << 10;
 
+/// The least a kept batch's buffer grows by at a time.
+const GROWTH_STEP_BYTES: usize = 64 << 10;
+
 /// A consumer's connection: requests are written to [`Self::stream`],
 /// responses read with [`Self::read_fetch_response`] through a small
 /// read-ahead buffer.
@@ -275,11 +278,7 @@ impl Frame<'_> {
             let Some(total) = whole_batch(&buffer[..HEADER_BYTES], HEADER_BYTES + rest) else {
                 break;
             };
-            if buffer.len() < total {
-                buffer.resize(total, 0); // zeroes only the growth, once
-            }
-            self.connection
-                .read_exact(&mut buffer[HEADER_BYTES..total])?;
+            self.read_growing(buffer, HEADER_BYTES, total)?;
             rest -= total - HEADER_BYTES;
             let batch = &buffer[..total];
             batches.push(seen(
@@ -290,10 +289,24 @@ impl Frame<'_> {
         }
         // A partial batch cut by the byte limit: read and dropped, as
         // clients do.
-        if buffer.len() < rest {
-            buffer.resize(rest, 0);
+        self.read_growing(buffer, 0, rest)
+    }
+
+    /// Fill `buffer[from..to]` from the connection. The buffer grows only
+    /// as bytes arrive, to at most twice what it holds (or 64 KiB more), so
+    /// a batch length read off the socket never sizes an allocation before
+    /// its bytes are there; once it is the largest batch's size it stays.
+    fn read_growing(&mut self, buffer: &mut Vec<u8>, from: usize, to: usize) -> io::Result<()> {
+        let mut at = from;
+        while at < to {
+            let end = to.min(buffer.len().max(2 * at).max(at + GROWTH_STEP_BYTES));
+            if buffer.len() < end {
+                buffer.resize(end, 0); // zeroes only the growth
+            }
+            self.connection.read_exact(&mut buffer[at..end])?;
+            at = end;
         }
-        self.connection.read_exact(&mut buffer[..rest])
+        Ok(())
     }
 
     /// Count `len` bytes of records from their batch headers, dropping the
@@ -555,6 +568,37 @@ mod tests {
             let message = format!("{error:#}");
             assert!(message.contains("has not answered"), "{mode:?}: {message}");
             done.send(()).unwrap();
+            writer.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_huge_declared_batch_grows_the_buffer_only_as_its_bytes_arrive() {
+        // A frame that declares 400 MiB of records in one batch, sends 100
+        // bytes of it and closes: the reader must fail without having
+        // allocated anything near the declared size.
+        let declared: usize = 400 << 20;
+        let real = batch(0, 1, 100);
+        let mut frame = response(0, vec![(0, real.clone())]);
+        let records_at = frame.len() - real.len();
+        let body_len = frame.len() - 4 + (declared - real.len());
+        frame[..4].copy_from_slice(&(body_len as i32).to_be_bytes());
+        frame[records_at - 4..records_at].copy_from_slice(&(declared as i32).to_be_bytes());
+        frame[records_at + 8..records_at + 12]
+            .copy_from_slice(&((declared - 12) as i32).to_be_bytes());
+        for mode in [Records::Keep { stamps: false }, Records::Discard] {
+            let (mut connection, writer) = connection(vec![frame.clone()]);
+            let error = connection.read_fetch_response(mode).unwrap_err();
+            assert!(
+                format!("{error:#}").contains("closed"),
+                "{mode:?}: {error:#}"
+            );
+            assert!(
+                connection.records.capacity() < 1 << 20,
+                "{mode:?}: {} bytes allocated for {} received",
+                connection.records.capacity(),
+                frame.len()
+            );
             writer.join().unwrap();
         }
     }
