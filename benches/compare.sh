@@ -73,27 +73,20 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 peers_dir=$(realpath -m "${SLUICE_COMPARE_PEERS:-$repo/../shared/peers}")
 max_mb=${SLUICE_COMPARE_MAX_MB:-16000}
 warm_mb=${SLUICE_COMPARE_WARM_MB:-400}
-warm_passes=${SLUICE_COMPARE_WARM_PASSES:-3}
-case "$warm_passes" in '' | 0 | *[!0-9]*)
-    echo "compare.sh: SLUICE_COMPARE_WARM_PASSES must be a whole number of at least 1" >&2
+# The value of environment variable NAME, or DEFAULT; exits unless it is a
+# whole number of at least LEAST.
+whole_setting() { # NAME DEFAULT LEAST
+    local value=${!1:-$2}
+    case "$value" in '' | *[!0-9]*) ;; *) [ "$value" -ge "$3" ] && echo "$value" && return 0 ;; esac
+    echo "compare.sh: $1 must be a whole number of at least $3" >&2
     exit 2
-    ;;
-esac
-part_pairs=${SLUICE_COMPARE_PART_PAIRS:-2}
-case "$part_pairs" in '' | 0 | *[!0-9]*)
-    echo "compare.sh: SLUICE_COMPARE_PART_PAIRS must be a whole number of at least 1" >&2
-    exit 2
-    ;;
-esac
+}
+warm_passes=$(whole_setting SLUICE_COMPARE_WARM_PASSES 3 1)
+part_pairs=$(whole_setting SLUICE_COMPARE_PART_PAIRS 2 1)
 rate_mb=${SLUICE_COMPARE_RATE_MB:-100}
 record_size=1024
 warmup_s=1
-lat_warmup_s=${SLUICE_COMPARE_LAT_WARMUP:-8}
-case "$lat_warmup_s" in '' | *[!0-9]*)
-    echo "compare.sh: SLUICE_COMPARE_LAT_WARMUP must be a whole number of seconds" >&2
-    exit 2
-    ;;
-esac
+lat_warmup_s=$(whole_setting SLUICE_COMPARE_LAT_WARMUP 8 0)
 clk_tck=$(getconf CLK_TCK)
 [ -x "$sluice" ] || {
     echo "compare.sh: no Sluice binary at $sluice (build it: cargo build --release)" >&2
@@ -593,7 +586,7 @@ turn_sluice() { # ROUND
     # second pays for the one before it. Until 2026-12-04 it was one run of
     # each, 2 partitions first (before that, the acks=1 row's figure, from
     # another broker minutes earlier).
-    local many=() few=() pair mb
+    local many=() few=() pair
     kafka_produce sluice-p2-0 "$addr" --acks 1 --partitions 2 --duration "$seconds" \
         --warmup "$warmup_s" --topic p2
     read -r mb < <(sluice_json "$work/sluice-p2-0.json" mb_s)

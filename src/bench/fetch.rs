@@ -231,10 +231,7 @@ impl Frame<'_> {
                 self.skip(aborted.saturating_mul(16))?; // producer id, first offset
                 let _preferred_read_replica = self.i32()?;
                 let records_len = self.count()?; // null (-1) reads as empty
-                let batches = match records {
-                    Records::Keep { stamps } => self.keep(records_len, stamps)?,
-                    Records::Discard => self.discard(records_len)?,
-                };
+                let batches = self.batches(records_len, records)?;
                 partitions.push(FetchedPartition {
                     partition,
                     error_code,
@@ -247,49 +244,54 @@ impl Frame<'_> {
         Ok((correlation_id, partitions))
     }
 
-    /// Read `len` bytes of records, one batch at a time, into the
-    /// connection's reused batch buffer, as a client hands each batch on
-    /// before reading the next. The buffer stays the size of the largest
-    /// batch, so it stays in the CPU's cache from one batch to the next.
-    fn keep(&mut self, len: usize, stamps: bool) -> anyhow::Result<Vec<SeenBatch>> {
+    /// Walk `len` bytes of records batch by batch. Each batch's header is
+    /// read into the connection's reused buffer; the rest of the batch is
+    /// read after it (`Keep`, as a client hands each batch on before
+    /// reading the next: the buffer stays the largest batch's size, so it
+    /// stays in the CPU's cache) or dropped in the kernel (`Discard`).
+    fn batches(&mut self, len: usize, records: Records) -> anyhow::Result<Vec<SeenBatch>> {
         self.claim(len)?;
         let mut buffer = std::mem::take(&mut self.connection.records);
         let mut batches = Vec::new();
-        let read = self.read_batches(&mut buffer, len, stamps, &mut batches);
+        let read = self.walk(&mut buffer, len, records, &mut batches);
         self.connection.records = buffer;
         read?;
         Ok(batches)
     }
 
-    fn read_batches(
+    fn walk(
         &mut self,
         buffer: &mut Vec<u8>,
         len: usize,
-        stamps: bool,
+        records: Records,
         batches: &mut Vec<SeenBatch>,
     ) -> io::Result<()> {
         let mut rest = len;
         while rest >= HEADER_BYTES {
-            if buffer.len() < HEADER_BYTES {
-                buffer.resize(HEADER_BYTES, 0);
-            }
-            self.connection.read_exact(&mut buffer[..HEADER_BYTES])?;
+            self.read_growing(buffer, 0, HEADER_BYTES)?;
             rest -= HEADER_BYTES;
             let Some(total) = whole_batch(&buffer[..HEADER_BYTES], HEADER_BYTES + rest) else {
                 break;
             };
-            self.read_growing(buffer, HEADER_BYTES, total)?;
             rest -= total - HEADER_BYTES;
-            let batch = &buffer[..total];
-            batches.push(seen(
-                batch,
-                total,
-                stamps.then(|| read_stamp(batch)).flatten(),
-            ));
+            let stamp = match records {
+                Records::Keep { stamps } => {
+                    self.read_growing(buffer, HEADER_BYTES, total)?;
+                    stamps.then(|| read_stamp(&buffer[..total])).flatten()
+                }
+                Records::Discard => {
+                    self.connection.skip(total - HEADER_BYTES)?;
+                    None
+                }
+            };
+            batches.push(seen(&buffer[..HEADER_BYTES], total, stamp));
         }
-        // A partial batch cut by the byte limit: read and dropped, as
-        // clients do.
-        self.read_growing(buffer, 0, rest)
+        // A partial batch cut by the byte limit: read (or dropped) and not
+        // counted, as clients do.
+        match records {
+            Records::Keep { .. } => self.read_growing(buffer, 0, rest),
+            Records::Discard => self.connection.skip(rest),
+        }
     }
 
     /// Fill `buffer[from..to]` from the connection. The buffer grows only
@@ -307,27 +309,6 @@ impl Frame<'_> {
             at = end;
         }
         Ok(())
-    }
-
-    /// Count `len` bytes of records from their batch headers, dropping the
-    /// rest unread.
-    fn discard(&mut self, len: usize) -> anyhow::Result<Vec<SeenBatch>> {
-        self.claim(len)?;
-        let mut batches = Vec::new();
-        let mut header = [0u8; HEADER_BYTES];
-        let mut rest = len;
-        while rest >= HEADER_BYTES {
-            self.connection.read_exact(&mut header)?;
-            rest -= HEADER_BYTES;
-            let Some(total) = whole_batch(&header, HEADER_BYTES + rest) else {
-                break;
-            };
-            self.connection.skip(total - HEADER_BYTES)?;
-            rest -= total - HEADER_BYTES;
-            batches.push(seen(&header, total, None));
-        }
-        self.connection.skip(rest)?;
-        Ok(batches)
     }
 
     /// Take `len` bytes of the frame, failing if it holds fewer.
