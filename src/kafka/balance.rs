@@ -13,14 +13,30 @@
 //! hands it to the one serving the fewest (its own on a tie): the socket
 //! goes, as a plain file descriptor, through a channel to that shard's
 //! adoption task, which serves it exactly as its own accept loop would. The
-//! counts are connections being served, by shard; they are read without a
-//! lock, so two shards accepting at once may both pick the same one, which
-//! the next connections even out.
+//! counts are read without a lock, so two shards accepting at once may both
+//! pick the same one, which the next connections even out.
+//!
+//! What is counted first is the connections that move data: those that
+//! have sent a Produce or a Fetch, and new ones that have not yet sent
+//! anything but ApiVersions or SASL (they may be about to). A connection
+//! whose first other request is a control one (Metadata, ListOffsets,
+//! FindCoordinator, a group's or an admin's) stops counting there until it
+//! sends a Produce or Fetch; one that has sent one counts until it closes,
+//! whatever it sends after. Ties go to the fewest connections of any kind.
+//! A client's idle bootstrap connection thus no longer weighs like a
+//! consumer: counting every connection alike, `sluice bench consume`'s
+//! metadata connection and its two consumers left both consumers on one
+//! shard in about half the runs (4 of 10 passes over 400 MB on 2026-12-04,
+//! one shard thread with all the CPU; 3340–3683 MB/s against 4250–4579
+//! with one consumer each, `benches/README.md`).
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+
+use kafka_protocol::messages::ApiKey;
 
 /// A connection handed from the shard that accepted it to the one that
 /// serves it.
@@ -35,12 +51,55 @@ pub struct Handoff {
     pub open: super::ConnectionSlot,
 }
 
+/// One shard's connection counts.
+#[derive(Default)]
+struct ShardCounts {
+    /// Connections being served (or on their way).
+    serving: AtomicU32,
+    /// Those of them that move data or may ([`Role::weighs`]).
+    weighing: AtomicU32,
+}
+
+/// What a connection has shown itself to be, by the requests it sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Nothing yet but ApiVersions or SASL.
+    New,
+    /// Control requests only (Metadata, ListOffsets, a group's, an admin's).
+    Control,
+    /// At least one Produce or Fetch.
+    Data,
+}
+
+impl Role {
+    /// Counted when placing a new connection.
+    fn weighs(self) -> bool {
+        self != Role::Control
+    }
+
+    /// The role after a request with `api_key`.
+    fn after(self, api_key: i16) -> Role {
+        let produce_or_fetch = [ApiKey::Produce, ApiKey::Fetch];
+        let opening = [
+            ApiKey::ApiVersions,
+            ApiKey::SaslHandshake,
+            ApiKey::SaslAuthenticate,
+        ];
+        if self == Role::Data || produce_or_fetch.iter().any(|key| *key as i16 == api_key) {
+            Role::Data
+        } else if opening.iter().any(|key| *key as i16 == api_key) {
+            self
+        } else {
+            Role::Control
+        }
+    }
+}
+
 /// The shards' connection counts and the channels between them.
 pub struct ConnectionBalance {
-    /// Connections being served (or on their way), by shard. Shared with
-    /// the slots alone, so a handoff queued in a channel holds no
-    /// reference to the channel itself.
-    serving: Arc<[AtomicU32]>,
+    /// Counts by shard. Shared with the slots alone, so a handoff queued in
+    /// a channel holds no reference to the channel itself.
+    counts: Arc<[ShardCounts]>,
     handoffs: Box<[flume::Sender<Handoff>]>,
     /// Each shard's end of its channel, taken by its adoption task.
     receivers: Mutex<Vec<Option<flume::Receiver<Handoff>>>>,
@@ -57,18 +116,25 @@ impl ConnectionBalance {
             })
             .unzip::<_, _, Vec<_>, Vec<_>>();
         Arc::new(ConnectionBalance {
-            serving: (0..shards).map(|_| AtomicU32::new(0)).collect(),
+            counts: (0..shards).map(|_| ShardCounts::default()).collect(),
             handoffs: handoffs.into(),
             receivers: Mutex::new(receivers),
         })
     }
 
     /// The shard that should serve a connection `here` accepted: the one
-    /// serving the fewest, `here` when it is among them. Counted there from
-    /// now until the returned slot is dropped.
+    /// with the fewest connections that move data or may (the module's
+    /// doc), then the fewest of any kind, `here` when it is among them.
+    /// Counted there from now until the returned slot is dropped.
     pub fn place(&self, here: usize) -> ServingSlot {
-        let load = |shard: usize| self.serving[shard].load(Ordering::Relaxed);
-        let fewest = (0..self.serving.len())
+        let load = |shard: usize| {
+            let counts: &ShardCounts = &self.counts[shard];
+            (
+                counts.weighing.load(Ordering::Relaxed),
+                counts.serving.load(Ordering::Relaxed),
+            )
+        };
+        let fewest = (0..self.counts.len())
             .min_by_key(|&shard| (load(shard), shard != here))
             .unwrap_or(here);
         ServingSlot::new(self, fewest)
@@ -101,22 +167,32 @@ impl ConnectionBalance {
     /// Connections shard `shard` serves now (`sluice_kafka_shard_connections`,
     /// set by each shard's gauge refresher).
     pub fn serving(&self, shard: usize) -> u32 {
-        self.serving[shard].load(Ordering::Relaxed)
+        self.counts[shard].serving.load(Ordering::Relaxed)
+    }
+
+    /// Those of them that move data or may
+    /// (`sluice_kafka_shard_data_connections`): what placement weighs first.
+    pub fn weighing(&self, shard: usize) -> u32 {
+        self.counts[shard].weighing.load(Ordering::Relaxed)
     }
 }
 
-/// One connection in a shard's count, for as long as it is held.
+/// One connection in a shard's counts, for as long as it is held.
 pub struct ServingSlot {
-    serving: Arc<[AtomicU32]>,
+    counts: Arc<[ShardCounts]>,
     shard: usize,
+    role: Cell<Role>,
 }
 
 impl ServingSlot {
     fn new(balance: &ConnectionBalance, shard: usize) -> ServingSlot {
-        balance.serving[shard].fetch_add(1, Ordering::Relaxed);
+        let counts = &balance.counts[shard];
+        counts.serving.fetch_add(1, Ordering::Relaxed);
+        counts.weighing.fetch_add(1, Ordering::Relaxed);
         ServingSlot {
-            serving: Arc::clone(&balance.serving),
+            counts: Arc::clone(&balance.counts),
             shard,
+            role: Cell::new(Role::New),
         }
     }
 
@@ -124,11 +200,37 @@ impl ServingSlot {
     pub fn shard(&self) -> usize {
         self.shard
     }
+
+    /// The connection sent a request with `api_key` (read from its frame,
+    /// before decoding: an unknown key is a control request). Moves it in
+    /// or out of the count that placement weighs first.
+    pub fn saw_request(&self, api_key: i16) {
+        let before = self.role.get();
+        let after = before.after(api_key);
+        if before == after {
+            return;
+        }
+        self.role.set(after);
+        let weighing = &self.counts[self.shard].weighing;
+        match (before.weighs(), after.weighs()) {
+            (true, false) => {
+                weighing.fetch_sub(1, Ordering::Relaxed);
+            }
+            (false, true) => {
+                weighing.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Drop for ServingSlot {
     fn drop(&mut self) {
-        self.serving[self.shard].fetch_sub(1, Ordering::Relaxed);
+        let counts = &self.counts[self.shard];
+        counts.serving.fetch_sub(1, Ordering::Relaxed);
+        if self.role.get().weighs() {
+            counts.weighing.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -170,6 +272,55 @@ mod tests {
         drop(second);
         assert_eq!(balance.serving(0), 0, "a dropped slot leaves the count");
         assert_eq!(balance.place(2).shard(), 0);
+    }
+
+    const METADATA: i16 = ApiKey::Metadata as i16;
+    const LIST_OFFSETS: i16 = ApiKey::ListOffsets as i16;
+    const API_VERSIONS: i16 = ApiKey::ApiVersions as i16;
+    const FETCH: i16 = ApiKey::Fetch as i16;
+    const PRODUCE: i16 = ApiKey::Produce as i16;
+
+    #[test]
+    fn a_clients_idle_metadata_connection_does_not_weigh_like_its_consumers() {
+        for here in [0, 1] {
+            let balance = ConnectionBalance::new(2);
+            let metadata = balance.place(0);
+            metadata.saw_request(API_VERSIONS);
+            metadata.saw_request(METADATA);
+            metadata.saw_request(LIST_OFFSETS);
+            assert_eq!((balance.weighing(0), balance.serving(0)), (0, 1));
+            // Counting connections alike, the second consumer would tie
+            // (one each) and stay on shard 1 when shard 1 accepted it.
+            let first = balance.place(here);
+            assert_eq!(first.shard(), 1, "no data either side: fewer connections");
+            let second = balance.place(here);
+            assert_eq!(second.shard(), 0, "shard 1 has a consumer, shard 0 none");
+            first.saw_request(FETCH);
+            second.saw_request(FETCH);
+            assert_eq!((balance.weighing(0), balance.weighing(1)), (1, 1));
+        }
+    }
+
+    #[test]
+    fn a_connection_counts_again_once_it_moves_data_and_until_it_closes() {
+        let balance = ConnectionBalance::new(2);
+        let slot = balance.place(0);
+        assert_eq!(balance.weighing(0), 1, "a new connection may move data");
+        slot.saw_request(API_VERSIONS);
+        assert_eq!(balance.weighing(0), 1, "ApiVersions says nothing yet");
+        slot.saw_request(METADATA);
+        assert_eq!(balance.weighing(0), 0, "control only");
+        slot.saw_request(PRODUCE);
+        assert_eq!(balance.weighing(0), 1, "a producer after all");
+        slot.saw_request(METADATA);
+        slot.saw_request(-7);
+        assert_eq!(balance.weighing(0), 1, "a producer's metadata refresh");
+        drop(slot);
+        assert_eq!((balance.weighing(0), balance.serving(0)), (0, 0));
+        let control = balance.place(0);
+        control.saw_request(METADATA);
+        drop(control);
+        assert_eq!((balance.weighing(0), balance.serving(0)), (0, 0));
     }
 
     #[test]

@@ -38,6 +38,7 @@ use compio::net::TcpStream;
 use compio::runtime::JoinHandle;
 use futures_util::future::select;
 
+use super::balance::ServingSlot;
 use super::dispatch::{self, Outcome};
 use super::frame::{Frame, FrameError, FrameLimits, FrameReader};
 use super::hangup::Hangup;
@@ -54,15 +55,30 @@ use crate::shard::ShardContext;
 use crate::shard::local_sync::Event;
 use crate::telemetry;
 
+/// A connection a shard serves: its socket, who is on the other end, which
+/// listener accepted it, and its place in the shards' counts (told of each
+/// request's API key, `balance.rs`).
+pub struct Accepted<'a> {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// `Broker::listener`'s index.
+    pub listener: usize,
+    pub serving: &'a ServingSlot,
+}
+
 pub async fn serve(
     shard: Rc<ShardContext>,
     broker: Arc<Broker>,
     budget: Arc<RequestBudget>,
-    stream: TcpStream,
-    peer: SocketAddr,
     backend: IoBackend,
-    listener: usize,
+    accepted: Accepted<'_>,
 ) {
+    let Accepted {
+        stream,
+        peer,
+        listener,
+        serving,
+    } = accepted;
     let _ = stream.set_nodelay(true);
     let endpoint = broker.listener(listener);
     let protocol = endpoint.protocol;
@@ -78,6 +94,7 @@ pub async fn serve(
     };
     let stream = &stream;
     let pipeline = Pipeline {
+        serving,
         requests_max: kafka.requests_in_flight_max as usize,
         bytes_max: kafka.request_max_bytes as usize,
         idle: Duration::from_millis(kafka.idle_timeout_ms),
@@ -158,7 +175,10 @@ async fn tls_handshake(
 }
 
 /// Requests read but not yet answered.
-struct Pipeline {
+struct Pipeline<'a> {
+    /// The connection's place in the shards' counts, told each request's
+    /// API key as it is read (`balance.rs`).
+    serving: &'a ServingSlot,
     requests_max: usize,
     bytes_max: usize,
     idle: Duration,
@@ -185,7 +205,7 @@ struct InFlight {
     read_at: Instant,
 }
 
-impl Pipeline {
+impl Pipeline<'_> {
     /// A request of unknown size may be read: under both limits, and always
     /// when nothing is in progress (a request up to `request_max_bytes`
     /// must get through).
@@ -215,6 +235,7 @@ impl Pipeline {
     }
 
     fn push(&self, in_flight: InFlight) {
+        self.serving.saw_request(in_flight.api_key);
         self.requests.set(self.requests.get() + 1);
         self.bytes.set(self.bytes.get() + in_flight.bytes);
         self.queue.borrow_mut().push_back(in_flight);
@@ -257,7 +278,7 @@ async fn read_requests(
     budget: &Arc<RequestBudget>,
     stream: &Transport,
     peer: SocketAddr,
-    pipeline: &Pipeline,
+    pipeline: &Pipeline<'_>,
     session: &Rc<Session>,
 ) {
     let kafka = &broker.config.kafka;
@@ -332,7 +353,7 @@ async fn read_requests(
 /// Wait until every request read is answered, watching for the client's FIN.
 /// Wait until the connection's quota throttle, if any, has passed (or the
 /// client hangs up).
-async fn wait_out_mute(session: &Session, pipeline: &Pipeline, stream: &Transport) {
+async fn wait_out_mute(session: &Session, pipeline: &Pipeline<'_>, stream: &Transport) {
     if let Some(until) = session.muted_until() {
         let wait = until.saturating_duration_since(Instant::now());
         pipeline
@@ -342,7 +363,7 @@ async fn wait_out_mute(session: &Session, pipeline: &Pipeline, stream: &Transpor
     }
 }
 
-async fn hangup_watch_drained(stream: &Transport, pipeline: &Pipeline) {
+async fn hangup_watch_drained(stream: &Transport, pipeline: &Pipeline<'_>) {
     if pipeline.requests.get() > 0 {
         pipeline
             .hangup
@@ -357,7 +378,7 @@ async fn read_frame(
     reader: &mut FrameReader,
     budget: &Arc<RequestBudget>,
     stream: &Transport,
-    pipeline: &Pipeline,
+    pipeline: &Pipeline<'_>,
 ) -> Result<Frame, FrameError> {
     let hangup = &pipeline.hangup;
     if !pipeline.has_room() {
@@ -379,7 +400,7 @@ async fn write_responses(
     stream: &Transport,
     backend: IoBackend,
     peer: SocketAddr,
-    pipeline: &Pipeline,
+    pipeline: &Pipeline<'_>,
 ) {
     let mut writer = ResponseWriter::new(backend);
     while let Some(in_flight) = pipeline.next().await {
@@ -443,7 +464,7 @@ fn closed_for_bad_input(peer: SocketAddr, reason: &'static str, error: &dyn std:
     }
 }
 
-async fn close_when_idle(pipeline: &Pipeline, peer: SocketAddr) {
+async fn close_when_idle(pipeline: &Pipeline<'_>, peer: SocketAddr) {
     loop {
         let quiet = pipeline.last_activity.get().elapsed();
         if pipeline.requests.get() == 0 && quiet >= pipeline.idle {

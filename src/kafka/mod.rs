@@ -415,14 +415,11 @@ impl ShardConnections {
         listener_index: usize,
         slots: (ServingSlot, ConnectionSlot),
     ) {
-        let serve = connection::serve(
+        let (context, broker, budget, backend) = (
             Rc::clone(&self.context),
             Arc::clone(&self.broker),
             Arc::clone(&self.budget),
-            stream,
-            peer,
             self.backend,
-            listener_index,
         );
         let mut tasks = self.tasks.borrow_mut();
         if tasks.len() >= self.prune_at.get() {
@@ -430,8 +427,15 @@ impl ShardConnections {
             self.prune_at.set((tasks.len() * 2).max(64));
         }
         tasks.push(compio::runtime::spawn(async move {
-            serve.await;
-            drop(slots);
+            let (serving, open) = slots;
+            let accepted = connection::Accepted {
+                stream,
+                peer,
+                listener: listener_index,
+                serving: &serving,
+            };
+            connection::serve(context, broker, budget, backend, accepted).await;
+            drop((serving, open));
         }));
     }
 }

@@ -93,12 +93,14 @@ pub fn error(api: ApiKey, code: i16) {
     .increment(1);
 }
 
-/// Set the count of connections shard `shard` serves
-/// ([`names::KAFKA_SHARD_CONNECTIONS`]).
-pub fn shard_connections(shard: usize, count: u32) {
+/// Set the counts of connections shard `shard` serves
+/// ([`names::KAFKA_SHARD_CONNECTIONS`]) and of those that move data or may
+/// ([`names::KAFKA_SHARD_DATA_CONNECTIONS`]).
+pub fn shard_connections(shard: usize, count: u32, data: u32) {
     let id = crate::ids::ShardId(u16::try_from(shard).unwrap_or(u16::MAX));
     let label = crate::telemetry::storage::shard_label(id);
-    metrics::gauge!(names::KAFKA_SHARD_CONNECTIONS, "shard" => label).set(f64::from(count));
+    metrics::gauge!(names::KAFKA_SHARD_CONNECTIONS, "shard" => label.clone()).set(f64::from(count));
+    metrics::gauge!(names::KAFKA_SHARD_DATA_CONNECTIONS, "shard" => label).set(f64::from(data));
 }
 
 /// A connection closed for what its client sent; `reason` is one of those

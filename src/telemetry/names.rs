@@ -15,6 +15,7 @@ pub const KAFKA_REQUEST_ERRORS: &str = "sluice_kafka_request_errors_total";
 pub const KAFKA_REQUEST_THREAD_TIME: &str = "sluice_kafka_request_thread_microseconds_total";
 pub const KAFKA_CONNECTIONS: &str = "sluice_kafka_connections";
 pub const KAFKA_SHARD_CONNECTIONS: &str = "sluice_kafka_shard_connections";
+pub const KAFKA_SHARD_DATA_CONNECTIONS: &str = "sluice_kafka_shard_data_connections";
 pub const KAFKA_CONNECTIONS_ACCEPTED: &str = "sluice_kafka_connections_accepted_total";
 pub const KAFKA_CONNECTIONS_REFUSED: &str = "sluice_kafka_connections_refused_total";
 pub const KAFKA_CONNECTIONS_CLOSED_BAD_INPUT: &str =
@@ -130,7 +131,12 @@ pub fn describe() {
     describe_gauge!(
         KAFKA_SHARD_CONNECTIONS,
         Unit::Count,
-        "Kafka client connections each shard serves: a new connection goes to the shard serving the fewest."
+        "Kafka client connections each shard serves: a new connection goes to the shard with the fewest data connections, then the fewest connections."
+    );
+    describe_gauge!(
+        KAFKA_SHARD_DATA_CONNECTIONS,
+        Unit::Count,
+        "Of those, the connections that sent a Produce or Fetch, or nothing yet but ApiVersions or SASL: what placing a new connection weighs first."
     );
     describe_counter!(
         KAFKA_CONNECTIONS_ACCEPTED,

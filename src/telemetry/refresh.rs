@@ -56,10 +56,8 @@ pub async fn run(
         last = now;
         refresh_storage(&context, &shard, &totals);
         refresh_request_budget(&budget);
-        super::kafka::shard_connections(
-            usize::from(context.id.0),
-            balance.serving(usize::from(context.id.0)),
-        );
+        let index = usize::from(context.id.0);
+        super::kafka::shard_connections(index, balance.serving(index), balance.weighing(index));
         refresh_consumer_lag(&context).await;
         refresh_transactions(&context, &shard);
         refresh_delays(&context, &shard, &mut delay_topics);
