@@ -315,6 +315,16 @@ impl MigrationPolicy {
     }
 }
 
+/// `storage.cold_reads`: how fetches read segment files.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ColdReads {
+    /// O_DIRECT into reused buffers, then a copy to the socket.
+    Direct,
+    /// Spliced through the page cache.
+    PageCache,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum WriteMode {
@@ -351,6 +361,15 @@ pub struct StorageConfig {
     /// leave nothing in the page cache). Older data is read from the
     /// segment files. Default 256 MiB; 0 turns the cache off.
     pub tail_cache_bytes: u64,
+    /// How fetches read what the tail cache no longer holds, with
+    /// `write_mode = "direct"`: `"direct"` (the default) reads it with
+    /// O_DIRECT into a few reused buffers per shard and copies it to the
+    /// socket, leaving the page cache alone; `"page_cache"` splices it
+    /// through the page cache (zero-copy, but it fills the cache with data
+    /// read once). With `write_mode = "buffered"` fetches always use the
+    /// page cache, which holds what was written. See
+    /// `src/kafka/cold_read.rs`.
+    pub cold_reads: ColdReads,
     pub write_mode: WriteMode,
     /// Size of one write buffer: a write is issued as soon as this much is buffered.
     pub flush_bytes: u32,
@@ -532,6 +551,7 @@ impl Default for StorageConfig {
             preallocate_bytes: 64 * MIB,
             sync_interval_bytes: 8 * MIB,
             tail_cache_bytes: 256 * MIB,
+            cold_reads: ColdReads::Direct,
             write_mode: WriteMode::Direct,
             flush_bytes: 2 * MIB as u32,
             write_buffers: 8,
@@ -904,6 +924,12 @@ fn hostname() -> Option<String> {
 }
 
 impl StorageConfig {
+    /// Whether fetches read segment files with O_DIRECT
+    /// (`storage.cold_reads`, effective only with direct writes).
+    pub fn direct_cold_reads(&self) -> bool {
+        self.write_mode == WriteMode::Direct && self.cold_reads == ColdReads::Direct
+    }
+
     /// Alignment of writes and buffers for the configured write mode.
     pub fn block_bytes(&self) -> u32 {
         match self.write_mode {
@@ -1226,6 +1252,25 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn cold_reads_are_direct_only_with_direct_writes() {
+        assert!(Config::default().storage.direct_cold_reads());
+        let config = Config::parse("[storage]\ncold_reads = \"page_cache\"\n").unwrap();
+        assert!(!config.storage.direct_cold_reads());
+        let config = Config::parse("[storage]\nwrite_mode = \"buffered\"\n").unwrap();
+        assert!(
+            !config.storage.direct_cold_reads(),
+            "buffered writes fill the page cache"
+        );
+        let error = Config::parse("[storage]\ncold_reads = \"mmap\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("cold_reads") || error.contains("mmap"),
+            "{error}"
+        );
     }
 
     #[test]

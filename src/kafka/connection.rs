@@ -109,7 +109,8 @@ pub async fn serve(
     let read = pin!(read_requests(
         &shard, &broker, &budget, stream, peer, &pipeline, &session
     ));
-    let write = pin!(write_responses(stream, backend, peer, &pipeline));
+    let writer = ResponseWriter::new(backend, broker.config.storage.direct_cold_reads());
+    let write = pin!(write_responses(stream, writer, peer, &pipeline));
     let idle = pin!(close_when_idle(&pipeline, peer));
     // The reader never finishes on its own; either of the others ends the
     // connection.
@@ -398,11 +399,10 @@ async fn read_frame(
 
 async fn write_responses(
     stream: &Transport,
-    backend: IoBackend,
+    mut writer: ResponseWriter,
     peer: SocketAddr,
     pipeline: &Pipeline<'_>,
 ) {
-    let mut writer = ResponseWriter::new(backend);
     while let Some(in_flight) = pipeline.next().await {
         let outcome = match in_flight.task.await {
             Ok(outcome) => outcome,

@@ -13,6 +13,7 @@ pub mod api;
 pub mod authorize;
 pub mod balance;
 pub mod body_pool;
+pub mod cold_read;
 pub mod connection;
 pub mod dispatch;
 pub mod error_code;

@@ -25,6 +25,7 @@ use kafka_protocol::messages::ResponseHeader;
 use kafka_protocol::protocol::Encodable;
 
 use crate::io::IoBackend;
+use crate::kafka::cold_read;
 use crate::kafka::transport::Transport;
 
 /// Memory parts up to this size are copied into one write with their neighbours.
@@ -32,6 +33,9 @@ const COALESCE_BYTES_MAX: usize = 64 * 1024;
 /// Pipe capacity asked for (Linux default 64 KiB; 1 MiB is the usual cap).
 const PIPE_BYTES: i32 = 1024 * 1024;
 /// Bytes read per step when copying file spans on the epoll fallback.
+/// Logged once per process: O_DIRECT reads refused by the file system.
+static DIRECT_UNSUPPORTED_LOGGED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 const COPY_CHUNK_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone, Debug)]
@@ -111,6 +115,9 @@ struct ResponseTooLarge {
 /// Sends responses on one connection.
 pub struct ResponseWriter {
     backend: IoBackend,
+    /// Read file parts with O_DIRECT (`cold_read.rs`); turned off for the
+    /// connection when the file system refuses it.
+    direct_reads: bool,
     pipe: Option<(Receiver, Sender)>,
 }
 
@@ -123,9 +130,12 @@ impl AsFd for SegmentFd {
 }
 
 impl ResponseWriter {
-    pub fn new(backend: IoBackend) -> ResponseWriter {
+    /// A writer for one connection; `direct_reads`: read file parts with
+    /// O_DIRECT ([`crate::config::StorageConfig::direct_cold_reads`]).
+    pub fn new(backend: IoBackend, direct_reads: bool) -> ResponseWriter {
         ResponseWriter {
             backend,
+            direct_reads,
             pipe: None,
         }
     }
@@ -165,6 +175,20 @@ impl ResponseWriter {
         offset: u64,
         len: usize,
     ) -> io::Result<()> {
+        if self.direct_reads {
+            match cold_read::send_direct(stream, &file, offset, len).await? {
+                cold_read::Sent::Done => return Ok(()),
+                cold_read::Sent::Declined { unsupported: false } => {}
+                cold_read::Sent::Declined { unsupported: true } => {
+                    self.direct_reads = false;
+                    if !DIRECT_UNSUPPORTED_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(
+                            "the data directory's file system refuses O_DIRECT reads; fetches read segment files through the page cache (storage.cold_reads)"
+                        );
+                    }
+                }
+            }
+        }
         match self.backend {
             IoBackend::IoUring if stream.splices() => {
                 self.splice_file(stream.tcp(), file, offset, len).await

@@ -175,3 +175,127 @@ fn fetch_bytes(body: &str, source: &str) -> f64 {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Bytes of the segment files under `data` that sit in the page cache
+/// (mincore over a read-only mapping of each).
+fn segment_bytes_cached(data: &std::path::Path) -> u64 {
+    let mut cached = 0;
+    for path in segment_files(data) {
+        let file = std::fs::File::open(&path).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        if len == 0 {
+            continue;
+        }
+        let page = 4096;
+        // SAFETY: a new read-only shared mapping of `len` bytes of an open
+        // file, only passed to mincore and unmapped below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED, "mmap {}", path.display());
+        let mut pages = vec![0u8; len.div_ceil(page)];
+        // SAFETY: `map` is a mapping of `len` bytes; `pages` holds one byte
+        // per page of it.
+        let rc = unsafe { libc::mincore(map, len, pages.as_mut_ptr()) };
+        // SAFETY: the mapping made above, of this length.
+        unsafe { libc::munmap(map, len) };
+        assert_eq!(rc, 0, "mincore {}", path.display());
+        cached += pages.iter().filter(|&&page| page & 1 == 1).count() as u64 * page as u64;
+    }
+    cached
+}
+
+/// The commit-log segment files under a data directory.
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(segment_files(&path));
+        } else if path.extension().is_some_and(|ext| ext == "log") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// Drop the page cache of the segment files (POSIX_FADV_DONTNEED).
+fn drop_segment_cache(data: &std::path::Path) {
+    for path in segment_files(data) {
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: advice over an open descriptor; no memory is passed.
+        let rc = unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+                0,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        assert_eq!(rc, 0, "fadvise {}", path.display());
+    }
+}
+
+/// A consumer catching up on data the tail cache no longer holds (a
+/// restarted broker) gets every record whole, read with O_DIRECT: the
+/// segment files stay out of the page cache (`storage.cold_reads =
+/// "direct"`, the default). The same consume with `cold_reads =
+/// "page_cache"` leaves the 24 MB cached, which shows the check can fail
+/// (mutation: the direct path never taken).
+#[test]
+fn a_consumer_catching_up_reads_the_segment_files_without_filling_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("page_cache.toml");
+    std::fs::write(&config, "[storage]\ncold_reads = \"page_cache\"\n").unwrap();
+    let data = dir.path().join("data");
+    let broker = BrokerProcess::start(&data, &[]);
+    kafka_clients::create_topic(&broker.address, "cold", 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let (batches, records_per_batch) = (30, 100);
+    for round in 0..batches {
+        let code = produce_with_acks(&mut wire, "cold", 0, batch(records_per_batch, 8000), -1);
+        assert_eq!(code, 0, "batch {round}");
+    }
+    drop(wire);
+    assert_eq!(broker.stop().code(), Some(0));
+    let produced = batches * records_per_batch;
+
+    let mut cached_after = Vec::new();
+    for extra in [&[][..], &["--config", config.to_str().unwrap()][..]] {
+        let broker = BrokerProcess::start(&data, extra);
+        drop_segment_cache(&data);
+        let before = segment_bytes_cached(&data);
+        let records = kafka_clients::consume(&broker.address, "cold", 1, 0, produced);
+        assert_eq!(records.len(), produced, "{extra:?}");
+        assert!(
+            records
+                .iter()
+                .all(|record| record.payload == vec![b'v'; 8000]),
+            "every record arrives whole ({extra:?})"
+        );
+        let body = crate::metrics::get(&broker.metrics, "/metrics").1;
+        assert!(
+            fetch_bytes(&body, "disk") >= 23_000_000.0,
+            "the records come from the segment files ({extra:?})"
+        );
+        cached_after.push(segment_bytes_cached(&data).saturating_sub(before));
+        assert_eq!(broker.stop().code(), Some(0));
+    }
+    assert!(
+        cached_after[0] < 2_000_000,
+        "O_DIRECT reads put {} bytes of the segments in the page cache",
+        cached_after[0]
+    );
+    assert!(
+        cached_after[1] >= 20_000_000,
+        "reads through the page cache left only {} bytes there",
+        cached_after[1]
+    );
+}
