@@ -7,6 +7,8 @@
 #   flamegraphs/record-broker.sh consume           # fills the log first, then profiles the reads
 #   flamegraphs/record-broker.sh consume-hot       # ~1 GB just written, read from the tail cache
 #                                                  # (issue 19: a 1 GiB cache per shard for this run)
+#   flamegraphs/record-broker.sh consume-cold      # the log filled with the tail cache off, so every
+#                                                  # fetch reads the segment files (O_DIRECT by default)
 #   flamegraphs/record-broker.sh produce-small     # 10 x 100-byte records per batch: per-request costs
 #   flamegraphs/record-broker.sh produce-idempotent  # acks=all with producer ids (issue 13)
 #   flamegraphs/record-broker.sh compaction        # acks=all produce while the cleaner compacts a
@@ -30,11 +32,12 @@ case $load in
   produce-acks-all) bench=(produce --acks all --duration "$seconds" --warmup 0) ;;
   consume) bench=(consume) ;;
   consume-hot) bench=(consume) ;;
+  consume-cold) bench=(consume) ;;
   produce-small) bench=(produce --acks 1 --record-size 100 --batch-records 10 --duration "$seconds" --warmup 0) ;;
   produce-idempotent) bench=(produce --acks all --idempotent --rounds 1 --duration "$seconds" --warmup 0) ;;
   compaction) bench=(produce --acks all --duration "$seconds" --warmup 0) ;;
   produce-many) bench=(produce --acks 1 --partitions 10000 --topic many --duration "$seconds" --warmup 0) ;;
-  *) echo "unknown load $load: produce-acks1, produce-acks-all, consume, consume-hot, produce-small, produce-idempotent, compaction or produce-many" >&2; exit 2 ;;
+  *) echo "unknown load $load: produce-acks1, produce-acks-all, consume, consume-hot, consume-cold, produce-small, produce-idempotent, compaction or produce-many" >&2; exit 2 ;;
 esac
 cargo build --release --quiet
 if [ "$load" = produce-many ]; then
@@ -54,6 +57,10 @@ if [ "$load" = consume-hot ]; then
   config="$data.toml"
   printf '[storage]\ntail_cache_bytes = 1073741824\n' >"$config"
 fi
+if [ "$load" = consume-cold ]; then
+  config="$data.toml"
+  printf '[storage]\ntail_cache_bytes = 0\n' >"$config"
+fi
 "$sluice" serve --data-dir "$data" --config "$config" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics" \
   >"$data.log" 2>&1 &
 broker=$!
@@ -71,7 +78,7 @@ if [ "$load" = compaction ]; then
   kcat -b "127.0.0.1:$port" -P -t table -K: -X linger.ms=20 <"$data.updates"
   "$sluice" topics alter table --brokers "127.0.0.1:$port" --config min.compaction.lag.ms=0 >/dev/null
 fi
-if [ "$load" = consume ]; then
+if [ "$load" = consume ] || [ "$load" = consume-cold ]; then
   "$sluice" bench produce --brokers "127.0.0.1:$port" --acks 1 --duration "$seconds" --warmup 0 >/dev/null
 fi
 if [ "$load" = produce-many ]; then

@@ -56,6 +56,10 @@ pub const POOL_BUFFERS_MAX: usize = 64;
 
 const BLOCK: u64 = DIRECT_IO_ALIGNMENT_BYTES as u64;
 
+/// Logged once per process: segment files cannot be opened with O_DIRECT.
+static UNSUPPORTED_LOGGED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// An aligned buffer of the shard thread's pool that an io_uring read may
 /// own; `len` bytes from its start are filled. Dropped, it goes back to
 /// the pool, wherever that happens (a read task dropped with its
@@ -140,7 +144,9 @@ pub enum Sent {
     /// The part's bytes were written to the socket.
     Done,
     /// Nothing was read or written: send it another way. `unsupported`
-    /// when the file system refuses O_DIRECT (the caller stops trying).
+    /// when segment files cannot be opened with O_DIRECT at all (logged
+    /// once; the caller stops trying), not when the pool is empty or the
+    /// process is out of descriptors.
     Declined { unsupported: bool },
 }
 
@@ -191,12 +197,15 @@ pub async fn send_direct(
     };
     let direct = match open_direct(file) {
         Ok(direct) => SharedFd::new(direct),
-        Err(error) => {
-            if error.raw_os_error() == Some(libc::EINVAL) {
-                return Ok(Sent::Declined { unsupported: true });
+        // EINVAL: a file system without O_DIRECT (tmpfs); ENOENT: no /proc.
+        Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {
+            if !UNSUPPORTED_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(%error, "cannot open segment files with O_DIRECT for fetches; they are read through the page cache (storage.cold_reads)");
             }
-            return Err(error);
+            return Ok(Sent::Declined { unsupported: true });
         }
+        // Out of descriptors, say: this part goes the other way.
+        Err(_) => return Ok(Sent::Declined { unsupported: false }),
     };
     let mut first = Some(first);
     let mut next_read = offset - offset % BLOCK;

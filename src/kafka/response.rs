@@ -33,9 +33,6 @@ const COALESCE_BYTES_MAX: usize = 64 * 1024;
 /// Pipe capacity asked for (Linux default 64 KiB; 1 MiB is the usual cap).
 const PIPE_BYTES: i32 = 1024 * 1024;
 /// Bytes read per step when copying file spans on the epoll fallback.
-/// Logged once per process: O_DIRECT reads refused by the file system.
-static DIRECT_UNSUPPORTED_LOGGED: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
 const COPY_CHUNK_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone, Debug)]
@@ -179,14 +176,7 @@ impl ResponseWriter {
             match cold_read::send_direct(stream, &file, offset, len).await? {
                 cold_read::Sent::Done => return Ok(()),
                 cold_read::Sent::Declined { unsupported: false } => {}
-                cold_read::Sent::Declined { unsupported: true } => {
-                    self.direct_reads = false;
-                    if !DIRECT_UNSUPPORTED_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                        tracing::warn!(
-                            "the data directory's file system refuses O_DIRECT reads; fetches read segment files through the page cache (storage.cold_reads)"
-                        );
-                    }
-                }
+                cold_read::Sent::Declined { unsupported: true } => self.direct_reads = false,
             }
         }
         match self.backend {
