@@ -207,12 +207,14 @@ pub async fn send_direct(
         // Out of descriptors, say: this part goes the other way.
         Err(_) => return Ok(Sent::Declined { unsupported: false }),
     };
-    let mut first = Some(first);
+    // A buffer this part holds between reads: it always has one, so it
+    // never waits on other connections for the pool.
+    let mut spare = Some(first);
     let mut next_read = offset - offset % BLOCK;
     let mut reads: VecDeque<(u64, usize, ReadTask)> = VecDeque::new();
     loop {
         while reads.len() < READS_IN_FLIGHT && next_read < end {
-            let Some(buffer) = first.take().or_else(take_buffer) else {
+            let Some(buffer) = spare.take().or_else(take_buffer) else {
                 break;
             };
             let want = (end.next_multiple_of(BLOCK) - next_read).min(CHUNK_BYTES as u64) as usize;
@@ -224,6 +226,7 @@ pub async fn send_direct(
             next_read += want as u64;
         }
         let Some((at, want, task)) = reads.pop_front() else {
+            assert!(next_read >= end, "a part with bytes left and no read");
             return Ok(Sent::Done);
         };
         let BufResult(result, buffer) = match task.await {
@@ -234,12 +237,7 @@ pub async fn send_direct(
                 )));
             }
         };
-        let read = match result {
-            Ok(read) => read,
-            Err(error) => {
-                return Err(error);
-            }
-        };
+        let read = result?;
         let (from, to) = (offset.max(at), end.min(at + want as u64));
         if at + (read as u64) < to {
             return Err(io::Error::new(
@@ -249,9 +247,10 @@ pub async fn send_direct(
         }
         let (lo, hi) = ((from - at) as usize, (to - at) as usize);
         let mut writer = stream;
-        let BufResult(written, _) =
+        let BufResult(written, slice) =
             compio::io::AsyncWriteExt::write_all(&mut writer, buffer.slice(lo..hi)).await;
         written?;
+        spare = Some(slice.into_inner());
     }
 }
 
