@@ -863,7 +863,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
+fn run(mut config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     let backend = choose_backend(config.io_backend)?;
     if let Some(reason) = &backend.fallback_reason {
         tracing::warn!("{reason}; running on the epoll fallback");
@@ -871,6 +871,9 @@ fn run(config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     let backend = backend.backend;
     let shard_count = config.shard_count();
     let data_dir = DataDir::open(&config.data_dir, shard_count, config.storage.write_mode)?;
+    // The mode in effect (buffered where the file system has no O_DIRECT),
+    // for everything built from the config: fetch's cold reads, DescribeConfigs.
+    config.storage.write_mode = data_dir.write_mode();
     // Issue 15: a cluster node's data dir is checked before anything
     // else touches it; it joins once the broker exists, before the shards.
     let identity = match &config.cluster {

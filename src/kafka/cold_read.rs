@@ -22,8 +22,12 @@
 //! The buffers come from a pool per shard thread of [`POOL_BUFFERS_MAX`]
 //! (memory = that × `CHUNK_BYTES`). A part that finds the pool empty is
 //! spliced (or copied) as before, so the memory is bounded however many
-//! consumers catch up at once. A file system without O_DIRECT (tmpfs) gets
-//! the same fallback, logged once.
+//! consumers catch up at once. A file system without O_DIRECT (ramfs; tmpfs before Linux 6.6) gets
+//! the same fallback, logged once. `sluice_kafka_fetch_file_bytes_total
+//! {read}` shows which way file bytes went, and
+//! `sluice_kafka_cold_read_pool_empty_total` the parts that found the pool
+//! empty (consumers that stop reading hold their buffers while their sends
+//! wait).
 //!
 //! Reads use the segment's own descriptor reopened with O_DIRECT through
 //! `/proc/self/fd`, once per response part, so a segment deleted by
@@ -139,15 +143,40 @@ fn take_buffer() -> Option<DirectBuf> {
     })
 }
 
-/// What [`send_direct`] did with a part.
+/// What [`send_direct`] did with a part. In every case but `Done` nothing
+/// was read or written: the caller sends the part another way.
 pub enum Sent {
     /// The part's bytes were written to the socket.
     Done,
-    /// Nothing was read or written: send it another way. `unsupported`
-    /// when segment files cannot be opened with O_DIRECT at all (logged
-    /// once; the caller stops trying), not when the pool is empty or the
-    /// process is out of descriptors.
-    Declined { unsupported: bool },
+    /// All of the shard thread's buffers are in use.
+    PoolEmpty,
+    /// The O_DIRECT open failed for now (out of descriptors, say).
+    OpenFailed,
+    /// Segment files cannot be opened with O_DIRECT at all (logged once):
+    /// the caller stops trying.
+    Unsupported,
+}
+
+/// The counters of file parts sent, for one shard's connections
+/// (`sluice_kafka_fetch_file_bytes_total{read}`,
+/// `sluice_kafka_cold_read_pool_empty_total`).
+#[derive(Clone)]
+pub struct FileReadMetrics {
+    pub direct_bytes: metrics::Counter,
+    pub page_cache_bytes: metrics::Counter,
+    pub pool_empty: metrics::Counter,
+}
+
+impl FileReadMetrics {
+    pub fn for_shard(shard: crate::ids::ShardId) -> FileReadMetrics {
+        use crate::telemetry::names;
+        let shard = crate::telemetry::storage::shard_label(shard);
+        FileReadMetrics {
+            direct_bytes: metrics::counter!(names::KAFKA_FETCH_FILE_BYTES, "shard" => shard.clone(), "read" => "direct"),
+            page_cache_bytes: metrics::counter!(names::KAFKA_FETCH_FILE_BYTES, "shard" => shard.clone(), "read" => "page_cache"),
+            pool_empty: metrics::counter!(names::KAFKA_COLD_READ_POOL_EMPTY, "shard" => shard),
+        }
+    }
 }
 
 /// Reopen `file` (a segment's read descriptor) with O_DIRECT.
@@ -193,19 +222,19 @@ pub async fn send_direct(
 ) -> io::Result<Sent> {
     let end = offset + len as u64;
     let Some(first) = take_buffer() else {
-        return Ok(Sent::Declined { unsupported: false });
+        return Ok(Sent::PoolEmpty);
     };
     let direct = match open_direct(file) {
         Ok(direct) => SharedFd::new(direct),
-        // EINVAL: a file system without O_DIRECT (tmpfs); ENOENT: no /proc.
+        // EINVAL: a file system without O_DIRECT (ramfs); ENOENT: no /proc.
         Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {
             if !UNSUPPORTED_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tracing::warn!(%error, "cannot open segment files with O_DIRECT for fetches; they are read through the page cache (storage.cold_reads)");
             }
-            return Ok(Sent::Declined { unsupported: true });
+            return Ok(Sent::Unsupported);
         }
         // Out of descriptors, say: this part goes the other way.
-        Err(_) => return Ok(Sent::Declined { unsupported: false }),
+        Err(_) => return Ok(Sent::OpenFailed),
     };
     // A buffer this part holds between reads: it always has one, so it
     // never waits on other connections for the pool.
@@ -274,8 +303,8 @@ mod tests {
             for &(offset, len) in spans {
                 match send_direct(&stream, file, offset, len).await.unwrap() {
                     Sent::Done => {}
-                    Sent::Declined { unsupported: true } => return false,
-                    Sent::Declined { unsupported: false } => panic!("the pool is empty"),
+                    Sent::Unsupported => return false,
+                    Sent::PoolEmpty | Sent::OpenFailed => panic!("declined"),
                 }
             }
             true
@@ -302,7 +331,7 @@ mod tests {
     /// rounded the wrong way shifts the bytes).
     #[test]
     fn spans_arrive_byte_for_byte_whatever_their_alignment() {
-        // In the build tree: /tmp may be a tmpfs, which refuses O_DIRECT.
+        // In the build tree: /tmp may be a file system without O_DIRECT.
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let path = dir.path().join("segment");
         let contents: Vec<u8> = (0..5 * CHUNK_BYTES as u64)
@@ -347,7 +376,7 @@ mod tests {
             let stream = Transport::Plain(compio::net::TcpStream::from_std(server).unwrap());
             match send_direct(&stream, &file, 4096, 3 * 4096).await {
                 Err(error) => assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof),
-                Ok(Sent::Declined { unsupported: true }) => {}
+                Ok(Sent::Unsupported) => {}
                 Ok(_) => panic!("sent a span the file does not hold"),
             }
         });

@@ -109,7 +109,11 @@ pub async fn serve(
     let read = pin!(read_requests(
         &shard, &broker, &budget, stream, peer, &pipeline, &session
     ));
-    let writer = ResponseWriter::new(backend, broker.config.storage.direct_cold_reads());
+    let writer = ResponseWriter::new(
+        backend,
+        broker.config.storage.direct_cold_reads(),
+        crate::kafka::cold_read::FileReadMetrics::for_shard(shard.id),
+    );
     let write = pin!(write_responses(stream, writer, peer, &pipeline));
     let idle = pin!(close_when_idle(&pipeline, peer));
     // The reader never finishes on its own; either of the others ends the

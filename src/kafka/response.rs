@@ -115,6 +115,7 @@ pub struct ResponseWriter {
     /// Read file parts with O_DIRECT (`cold_read.rs`); turned off for the
     /// connection when the file system refuses it.
     direct_reads: bool,
+    metrics: cold_read::FileReadMetrics,
     pipe: Option<(Receiver, Sender)>,
 }
 
@@ -129,10 +130,15 @@ impl AsFd for SegmentFd {
 impl ResponseWriter {
     /// A writer for one connection; `direct_reads`: read file parts with
     /// O_DIRECT ([`crate::config::StorageConfig::direct_cold_reads`]).
-    pub fn new(backend: IoBackend, direct_reads: bool) -> ResponseWriter {
+    pub fn new(
+        backend: IoBackend,
+        direct_reads: bool,
+        metrics: cold_read::FileReadMetrics,
+    ) -> ResponseWriter {
         ResponseWriter {
             backend,
             direct_reads,
+            metrics,
             pipe: None,
         }
     }
@@ -174,11 +180,16 @@ impl ResponseWriter {
     ) -> io::Result<()> {
         if self.direct_reads {
             match cold_read::send_direct(stream, &file, offset, len).await? {
-                cold_read::Sent::Done => return Ok(()),
-                cold_read::Sent::Declined { unsupported: false } => {}
-                cold_read::Sent::Declined { unsupported: true } => self.direct_reads = false,
+                cold_read::Sent::Done => {
+                    self.metrics.direct_bytes.increment(len as u64);
+                    return Ok(());
+                }
+                cold_read::Sent::PoolEmpty => self.metrics.pool_empty.increment(1),
+                cold_read::Sent::OpenFailed => {}
+                cold_read::Sent::Unsupported => self.direct_reads = false,
             }
         }
+        self.metrics.page_cache_bytes.increment(len as u64);
         match self.backend {
             IoBackend::IoUring if stream.splices() => {
                 self.splice_file(stream.tcp(), file, offset, len).await

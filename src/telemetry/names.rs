@@ -18,6 +18,8 @@ pub const KAFKA_SHARD_CONNECTIONS: &str = "sluice_kafka_shard_connections";
 pub const KAFKA_SHARD_DATA_CONNECTIONS: &str = "sluice_kafka_shard_data_connections";
 pub const KAFKA_CONNECTIONS_ACCEPTED: &str = "sluice_kafka_connections_accepted_total";
 pub const KAFKA_CONNECTIONS_REFUSED: &str = "sluice_kafka_connections_refused_total";
+pub const KAFKA_FETCH_FILE_BYTES: &str = "sluice_kafka_fetch_file_bytes_total";
+pub const KAFKA_COLD_READ_POOL_EMPTY: &str = "sluice_kafka_cold_read_pool_empty_total";
 pub const KAFKA_CONNECTIONS_CLOSED_BAD_INPUT: &str =
     "sluice_kafka_connections_closed_bad_input_total";
 pub const KAFKA_QUEUED_REQUEST_BYTES: &str = "sluice_kafka_queued_request_bytes";
@@ -149,6 +151,16 @@ pub fn describe() {
         "Kafka connections refused at kafka.connections_max, by shard."
     );
     describe_counter!(
+        KAFKA_FETCH_FILE_BYTES,
+        Unit::Bytes,
+        "Segment-file bytes sent in fetch responses, by shard and read: direct (O_DIRECT into the shard's read buffers, storage.cold_reads = \"direct\") or page_cache (spliced or copied through the page cache: cold_reads = \"page_cache\", buffered writes, or a part that found the shard's buffers all in use)."
+    );
+    describe_counter!(
+        KAFKA_COLD_READ_POOL_EMPTY,
+        Unit::Count,
+        "Fetch-response file parts read through the page cache because all of the shard's O_DIRECT read buffers were in use (storage.cold_reads = \"direct\"; consumers that stop reading hold theirs while their sends wait), by shard."
+    );
+    describe_counter!(
         KAFKA_CONNECTIONS_CLOSED_BAD_INPUT,
         Unit::Count,
         "Kafka connections the broker closed for what the client sent, by reason: bad_size (a size prefix not positive), too_large (over kafka.request_max_bytes), read_timeout (kafka.request_read_timeout_ms), truncated (closed mid-request), read_error (a failed read; a connection reset by the client is a plain close), bad_request (a request it could not serve), acks0_produce_failed (an acks=0 Produce failed on some partition: closed so that the client notices, as Kafka does), tls_on_plaintext (a TLS handshake on a listener without TLS)."
@@ -249,7 +261,7 @@ pub fn describe() {
     describe_counter!(
         LOG_FETCH_BYTES,
         Unit::Bytes,
-        "Record-batch bytes planned for fetch responses (consumers and followers), by shard and source: memory (the tail cache or the copy of the partial last block) or disk (segment files, through the page cache)."
+        "Record-batch bytes planned for fetch responses (consumers and followers), by shard and source: memory (the tail cache or the copy of the partial last block) or disk (segment files; sluice_kafka_fetch_file_bytes_total says how they were read)."
     );
     describe_counter!(
         LOG_RESERVE_WAITS,

@@ -285,6 +285,16 @@ fn a_consumer_catching_up_reads_the_segment_files_without_filling_the_page_cache
             fetch_bytes(&body, "disk") >= 23_000_000.0,
             "the records come from the segment files ({extra:?})"
         );
+        let read = if extra.is_empty() {
+            "direct"
+        } else {
+            "page_cache"
+        };
+        let sent = metric_lines_sum(&body, "sluice_kafka_fetch_file_bytes_total{", read);
+        assert!(
+            sent >= 23_000_000.0,
+            "{sent} file bytes sent with read={read}"
+        );
         cached_after.push(segment_bytes_cached(&data).saturating_sub(before));
         assert_eq!(broker.stop().code(), Some(0));
     }
@@ -298,4 +308,14 @@ fn a_consumer_catching_up_reads_the_segment_files_without_filling_the_page_cache
         "reads through the page cache left only {} bytes there",
         cached_after[1]
     );
+}
+
+/// The sum of a metric's lines that start with `prefix` and carry
+/// `read="<read>"`.
+fn metric_lines_sum(body: &str, prefix: &str, read: &str) -> f64 {
+    let label = format!("read=\"{read}\"");
+    body.lines()
+        .filter(|line| line.starts_with(prefix) && line.contains(&label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
