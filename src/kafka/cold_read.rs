@@ -12,25 +12,29 @@
 //! host's cold read (benches/README.md, "Why the copying consumer's cold
 //! read is slow here").
 //!
-//! Here a file part is read with O_DIRECT into a few reused aligned buffers
-//! (up to [`READS_IN_FLIGHT`] reads of [`CHUNK_BYTES`] ahead of the send)
-//! and written to the socket from them: the disk's DMA lands in memory the
-//! broker touched before, the page cache is left alone, and the read of
-//! the next chunk overlaps the send of this one. The price is one copy into
-//! the socket per cold byte, which splice avoids on a real NIC.
+//! Here a response's file parts are read with O_DIRECT into a few reused
+//! aligned buffers and written to the socket from them: the disk's DMA
+//! lands in memory the broker touched before, the page cache is left
+//! alone, and the read of the next chunk overlaps the send of this one.
+//! The parts are planned together ([`ResponseReads`]): neighbouring spans
+//! of one file (one partition's batches, 20 bytes of frame header apart)
+//! are read as one run in chunks of [`CHUNK_BYTES`], up to
+//! [`READS_IN_FLIGHT`] ahead of the send across the whole response, so
+//! small batches cost no more reads than large ones. The price is one copy
+//! into the socket per cold byte, which splice avoids on a real NIC.
 //!
 //! The buffers come from a pool per shard thread of [`POOL_BUFFERS_MAX`]
-//! (memory = that × `CHUNK_BYTES`). A part that finds the pool empty is
-//! spliced (or copied) as before, so the memory is bounded however many
-//! consumers catch up at once. A file system without O_DIRECT (ramfs; tmpfs before Linux 6.6) gets
-//! the same fallback, logged once. `sluice_kafka_fetch_file_bytes_total
+//! (memory = that × `CHUNK_BYTES`). A response that finds the pool empty
+//! is spliced (or copied) as before, so the memory is bounded however many
+//! consumers catch up at once. A file system without O_DIRECT (ramfs;
+//! tmpfs before Linux 6.6) gets the same fallback, logged once. `sluice_kafka_fetch_file_bytes_total
 //! {read}` shows which way file bytes went, and
 //! `sluice_kafka_cold_read_pool_empty_total` the parts that found the pool
 //! empty (consumers that stop reading hold their buffers while their sends
 //! wait).
 //!
 //! Reads use the segment's own descriptor reopened with O_DIRECT through
-//! `/proc/self/fd`, once per response part, so a segment deleted by
+//! `/proc/self/fd`, once per file per response, so a segment deleted by
 //! retention is still read whole (and its space freed when the send ends).
 
 use std::cell::RefCell;
@@ -40,6 +44,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
 
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf, IoBufMut, SetLen};
@@ -48,6 +53,7 @@ use compio::driver::op::ReadAt;
 
 use crate::config::DIRECT_IO_ALIGNMENT_BYTES;
 use crate::io::aligned_buf::AlignedBuf;
+use crate::kafka::response::Part;
 use crate::kafka::transport::Transport;
 
 /// One O_DIRECT read (1 MiB): at one read in flight `dd iflag=direct` ran
@@ -143,8 +149,9 @@ fn take_buffer() -> Option<DirectBuf> {
     })
 }
 
-/// What [`send_direct`] did with a part. In every case but `Done` nothing
+/// What [`ResponseReads::send_next`] did with a part. In every case but `Done` nothing
 /// was read or written: the caller sends the part another way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sent {
     /// The part's bytes were written to the socket.
     Done,
@@ -208,78 +215,290 @@ fn spawn_read(fd: SharedFd<File>, at: u64, want: usize, buffer: DirectBuf) -> Re
     })
 }
 
-/// Write `len` bytes of `file` from `offset` to `stream`, read with
-/// O_DIRECT in chunks of [`CHUNK_BYTES`], [`READS_IN_FLIGHT`] ahead.
+/// Spans of one file closer than this (the 20-byte frame headers between
+/// one partition's batches, or a few small batches of other partitions)
+/// are read as one: reading the gap costs less than starting a new read.
+pub const GAP_READ_BYTES_MAX: u64 = 64 * 1024;
+
+/// A bug of the plan, reported instead of sending wrong bytes.
+fn out_of_step() -> io::Error {
+    io::Error::other("a file span's bytes are not the next read (cold_read plan out of step)")
+}
+
+/// A block-aligned run of one file that covers one or more consecutive
+/// spans of a response, read in chunks of [`CHUNK_BYTES`].
+struct Extent {
+    file: Arc<File>,
+    /// First byte to read (block-aligned).
+    start: u64,
+    /// End of the last span in it (not aligned: the read rounds it up).
+    end: u64,
+    source: Source,
+}
+
+/// Where an extent's reads come from.
+enum Source {
+    /// Not opened yet: the reads have not reached it.
+    Unopened,
+    Direct(SharedFd<File>),
+    /// Its spans go the other way, for this reason.
+    Declined(Sent),
+}
+
+/// A read ahead of the send, in plan order.
+struct Read {
+    extent: usize,
+    at: u64,
+    want: usize,
+    task: ReadTask,
+}
+
+/// A read that came back, the bytes from `at` on of which are being sent.
+struct Filled {
+    extent: usize,
+    at: u64,
+    buffer: DirectBuf,
+}
+
+/// The file parts of one response, read with O_DIRECT ahead of their send
+/// across the whole response (a fetch of 16 MiB of 1 MB batches is 16
+/// parts; reading each only when its turn came kept one read in flight).
 ///
-/// Errors: the socket's, the read's, or `UnexpectedEof` when the file ends
-/// inside the part. After an error the response is cut short and the
-/// connection closes, as for a failed splice.
-pub async fn send_direct(
-    stream: &Transport,
-    file: &File,
-    offset: u64,
-    len: usize,
-) -> io::Result<Sent> {
-    let end = offset + len as u64;
-    let Some(first) = take_buffer() else {
-        return Ok(Sent::PoolEmpty);
-    };
-    let direct = match open_direct(file) {
-        Ok(direct) => SharedFd::new(direct),
-        // EINVAL: a file system without O_DIRECT (ramfs); ENOENT: no /proc.
-        Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {
-            if !UNSUPPORTED_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::warn!(%error, "cannot open segment files with O_DIRECT for fetches; they are read through the page cache (storage.cold_reads)");
-            }
-            return Ok(Sent::Unsupported);
-        }
-        // Out of descriptors, say: this part goes the other way.
-        Err(_) => return Ok(Sent::OpenFailed),
-    };
-    // A buffer this part holds between reads: it always has one, so it
-    // never waits on other connections for the pool.
-    let mut spare = Some(first);
-    let mut next_read = offset - offset % BLOCK;
-    let mut reads: VecDeque<(u64, usize, ReadTask)> = VecDeque::new();
-    loop {
-        while reads.len() < READS_IN_FLIGHT && next_read < end {
-            let Some(buffer) = spare.take().or_else(take_buffer) else {
-                break;
+/// Spans are sent in the order [`ResponseReads::plan`] saw them, each with
+/// [`ResponseReads::send_next`]. At most [`READS_IN_FLIGHT`] buffers are
+/// held, one of them while its bytes go to the socket.
+pub struct ResponseReads {
+    extents: Vec<Extent>,
+    /// Per span, in send order: (extent, offset, len).
+    spans: Vec<(usize, u64, usize)>,
+    next_span: usize,
+    /// The next read: its extent and file offset.
+    plan_extent: usize,
+    plan_at: u64,
+    reads: VecDeque<Read>,
+    filled: Option<Filled>,
+    /// A buffer kept between reads, so a started response never waits on
+    /// other connections for the pool.
+    spare: Option<DirectBuf>,
+    /// Set when the pool was empty at the start: every span goes the
+    /// other way.
+    declined: Option<Sent>,
+}
+
+impl ResponseReads {
+    /// The reads for `parts`' file spans, or `None` when it has none.
+    /// Nothing is read or opened until the first [`Self::send_next`].
+    pub fn plan(parts: &[Part]) -> Option<ResponseReads> {
+        let mut extents: Vec<Extent> = Vec::new();
+        let mut spans = Vec::new();
+        for part in parts {
+            let Part::File { file, offset, len } = part else {
+                continue;
             };
-            let want = (end.next_multiple_of(BLOCK) - next_read).min(CHUNK_BYTES as u64) as usize;
-            reads.push_back((
-                next_read,
-                want,
-                spawn_read(direct.clone(), next_read, want, buffer),
-            ));
-            next_read += want as u64;
-        }
-        let Some((at, want, task)) = reads.pop_front() else {
-            assert!(next_read >= end, "a part with bytes left and no read");
-            return Ok(Sent::Done);
-        };
-        let BufResult(result, buffer) = match task.await {
-            Ok(done) => done,
-            Err(error) => {
-                return Err(io::Error::other(format!(
-                    "a segment read task failed: {error:?}"
-                )));
+            let (offset, len) = (*offset, *len as usize);
+            let end = offset + len as u64;
+            match extents.last_mut() {
+                Some(last)
+                    if Arc::ptr_eq(&last.file, file)
+                        && offset >= last.end
+                        && offset - last.end <= GAP_READ_BYTES_MAX =>
+                {
+                    last.end = end
+                }
+                _ => extents.push(Extent {
+                    file: Arc::clone(file),
+                    start: offset - offset % BLOCK,
+                    end,
+                    source: Source::Unopened,
+                }),
             }
+            spans.push((extents.len() - 1, offset, len));
+        }
+        let first = extents.first()?.start;
+        Some(ResponseReads {
+            extents,
+            spans,
+            next_span: 0,
+            plan_extent: 0,
+            plan_at: first,
+            reads: VecDeque::with_capacity(READS_IN_FLIGHT),
+            filled: None,
+            spare: None,
+            declined: None,
+        })
+    }
+
+    /// Write the next planned span (`offset`, `len` of `file`, checked
+    /// against the plan) to `stream`. In every case but `Done` nothing of
+    /// it was written: the caller sends it another way.
+    ///
+    /// Errors: the socket's, the read's, `UnexpectedEof` when the file
+    /// ends inside the span, or a span out of plan. After an error the
+    /// response is cut short and the connection closes, as for a failed
+    /// splice.
+    pub async fn send_next(
+        &mut self,
+        stream: &Transport,
+        file: &Arc<File>,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<Sent> {
+        let Some(&(extent, planned_offset, planned_len)) = self.spans.get(self.next_span) else {
+            return Err(io::Error::other("a file part the response did not plan"));
         };
-        let read = result?;
-        let (from, to) = (offset.max(at), end.min(at + want as u64));
-        if at + (read as u64) < to {
+        if !Arc::ptr_eq(&self.extents[extent].file, file)
+            || (planned_offset, planned_len) != (offset, len)
+        {
+            return Err(io::Error::other(
+                "file parts sent out of their planned order",
+            ));
+        }
+        self.next_span += 1;
+        if self.filled.is_none() && self.reads.is_empty() && self.spare.is_none() {
+            match take_buffer() {
+                Some(buffer) => self.spare = Some(buffer),
+                None => {
+                    self.declined.get_or_insert(Sent::PoolEmpty);
+                }
+            }
+        }
+        if let Some(why) = self.declined {
+            return Ok(why);
+        }
+        if self.open(extent).is_none() {
+            let Source::Declined(why) = self.extents[extent].source else {
+                unreachable!("open declines or opens");
+            };
+            return Ok(why);
+        }
+        self.read_ahead();
+        let end = offset + len as u64;
+        let mut at = offset;
+        while at < end {
+            let (from, buffer) = self.bytes_at(extent, at).await?;
+            let to = end.min(from + buffer.len as u64);
+            let mut writer = stream;
+            let BufResult(written, slice) = compio::io::AsyncWriteExt::write_all(
+                &mut writer,
+                buffer.slice((at - from) as usize..(to - from) as usize),
+            )
+            .await;
+            written?;
+            self.filled = Some(Filled {
+                extent,
+                at: from,
+                buffer: slice.into_inner(),
+            });
+            at = to;
+        }
+        Ok(Sent::Done)
+    }
+
+    /// The filled buffer that holds byte `at` of `extent` (and its file
+    /// offset), awaiting the next read when the one in hand is used up.
+    async fn bytes_at(&mut self, extent: usize, at: u64) -> io::Result<(u64, DirectBuf)> {
+        if let Some(filled) = self.filled.take() {
+            if filled.extent == extent
+                && filled.at <= at
+                && at < filled.at + filled.buffer.len as u64
+            {
+                return Ok((filled.at, filled.buffer));
+            }
+            self.spare = Some(filled.buffer);
+            self.read_ahead();
+        }
+        let Some(read) = self.reads.pop_front() else {
+            return Err(out_of_step());
+        };
+        let BufResult(result, buffer) = read
+            .task
+            .await
+            .map_err(|error| io::Error::other(format!("a segment read task failed: {error:?}")))?;
+        // Chunks are contiguous over an extent and every chunk holds bytes
+        // of a span, so the next read starts at or before `at`.
+        if read.extent != extent || read.at > at || at >= read.at + read.want as u64 {
+            return Err(out_of_step());
+        }
+        let read_bytes = result?;
+        let needed = self.extents[extent].end.min(read.at + read.want as u64);
+        if read.at + (read_bytes as u64) < needed {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "segment file ended inside a fetched batch",
             ));
         }
-        let (lo, hi) = ((from - at) as usize, (to - at) as usize);
-        let mut writer = stream;
-        let BufResult(written, slice) =
-            compio::io::AsyncWriteExt::write_all(&mut writer, buffer.slice(lo..hi)).await;
-        written?;
-        spare = Some(slice.into_inner());
+        Ok((read.at, buffer))
+    }
+
+    /// Start reads while fewer than [`READS_IN_FLIGHT`] buffers are held
+    /// and the plan has bytes left; opens extents' files as reached.
+    fn read_ahead(&mut self) {
+        while self.reads.len() + usize::from(self.filled.is_some()) < READS_IN_FLIGHT {
+            let Some(extent) = self.extents.get(self.plan_extent) else {
+                return;
+            };
+            let read_end = extent.end.next_multiple_of(BLOCK);
+            if self.plan_at >= read_end || matches!(extent.source, Source::Declined(_)) {
+                self.plan_extent += 1;
+                if let Some(next) = self.extents.get(self.plan_extent) {
+                    self.plan_at = next.start;
+                }
+                continue;
+            }
+            let Some(fd) = self.open(self.plan_extent) else {
+                continue;
+            };
+            let Some(buffer) = self.spare.take().or_else(take_buffer) else {
+                return;
+            };
+            let want = (read_end - self.plan_at).min(CHUNK_BYTES as u64) as usize;
+            self.reads.push_back(Read {
+                extent: self.plan_extent,
+                at: self.plan_at,
+                want,
+                task: spawn_read(fd, self.plan_at, want, buffer),
+            });
+            self.plan_at += want as u64;
+        }
+    }
+
+    /// The O_DIRECT descriptor of extent `index`, opened on first use (or
+    /// shared with an earlier extent of the same file); `None` when the
+    /// extent was declined, now or before.
+    fn open(&mut self, index: usize) -> Option<SharedFd<File>> {
+        match &self.extents[index].source {
+            Source::Direct(fd) => return Some(fd.clone()),
+            Source::Declined(_) => return None,
+            Source::Unopened => {}
+        }
+        let file = &self.extents[index].file;
+        let earlier = self.extents[..index]
+            .iter()
+            .find_map(|extent| match &extent.source {
+                Source::Direct(fd) if Arc::ptr_eq(&extent.file, file) => Some(fd.clone()),
+                _ => None,
+            });
+        let source = match earlier
+            .map(Ok)
+            .unwrap_or_else(|| open_direct(file).map(SharedFd::new))
+        {
+            Ok(fd) => Source::Direct(fd),
+            // EINVAL: a file system without O_DIRECT (ramfs); ENOENT: no /proc.
+            Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {
+                if !UNSUPPORTED_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(%error, "cannot open segment files with O_DIRECT for fetches; they are read through the page cache (storage.cold_reads)");
+                }
+                Source::Declined(Sent::Unsupported)
+            }
+            // Out of descriptors, say: this extent goes the other way.
+            Err(_) => Source::Declined(Sent::OpenFailed),
+        };
+        let fd = match &source {
+            Source::Direct(fd) => Some(fd.clone()),
+            _ => None,
+        };
+        self.extents[index].source = source;
+        fd
     }
 }
 
@@ -287,21 +506,32 @@ pub async fn send_direct(
 mod tests {
     use super::*;
 
-    /// Send `(offset, len)` spans of a 5 MiB file through [`send_direct`]
-    /// to a socket and return what the peer received for each.
-    fn sent(file: &File, spans: &[(u64, usize)]) -> Option<Vec<Vec<u8>>> {
+    /// Send `(file, offset, len)` spans as one response's file parts,
+    /// planned and sent through [`ResponseReads`], to a socket and return
+    /// what the peer received for each; `None` when the file system
+    /// refuses O_DIRECT.
+    fn sent(spans: &[(&Arc<File>, u64, usize)]) -> Option<Vec<Vec<u8>>> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let total: usize = spans.iter().map(|(_, len)| len).sum();
+        let total: usize = spans.iter().map(|(_, _, len)| len).sum();
         let reader = std::thread::spawn(move || {
             let mut received = vec![0u8; total];
             std::io::Read::read_exact(&mut &client, &mut received).map(|()| received)
         });
+        let parts: Vec<Part> = spans
+            .iter()
+            .map(|&(file, offset, len)| Part::File {
+                file: Arc::clone(file),
+                offset,
+                len: len as u32,
+            })
+            .collect();
         let outcome = compio::runtime::Runtime::new().unwrap().block_on(async {
             let stream = Transport::Plain(compio::net::TcpStream::from_std(server).unwrap());
-            for &(offset, len) in spans {
-                match send_direct(&stream, file, offset, len).await.unwrap() {
+            let mut reads = ResponseReads::plan(&parts).expect("file parts");
+            for &(file, offset, len) in spans {
+                match reads.send_next(&stream, file, offset, len).await.unwrap() {
                     Sent::Done => {}
                     Sent::Unsupported => return false,
                     Sent::PoolEmpty | Sent::OpenFailed => panic!("declined"),
@@ -317,7 +547,7 @@ mod tests {
         Some(
             spans
                 .iter()
-                .map(|&(_, len)| {
+                .map(|&(_, _, len)| {
                     at += len;
                     received[at - len..at].to_vec()
                 })
@@ -325,34 +555,55 @@ mod tests {
         )
     }
 
-    /// Spans that start and end off the block grid, within one block,
-    /// across chunk boundaries and over more chunks than are in flight
-    /// all arrive as in the file (mutation: reading from the span's offset
-    /// rounded the wrong way shifts the bytes).
-    #[test]
-    fn spans_arrive_byte_for_byte_whatever_their_alignment() {
-        // In the build tree: /tmp may be a file system without O_DIRECT.
-        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let path = dir.path().join("segment");
-        let contents: Vec<u8> = (0..5 * CHUNK_BYTES as u64)
-            .map(|at| (at * 7 + at / 4096) as u8)
+    /// A file of `bytes` in the build tree (/tmp may be a file system
+    /// without O_DIRECT), with bytes that differ from block to block.
+    fn segment(dir: &tempfile::TempDir, name: &str, bytes: u64, seed: u64) -> (Vec<u8>, Arc<File>) {
+        let path = dir.path().join(name);
+        let contents: Vec<u8> = (0..bytes)
+            .map(|at| (at * 7 + at / 4096 + seed) as u8)
             .collect();
         std::fs::write(&path, &contents).unwrap();
-        let file = File::open(&path).unwrap();
+        (contents, Arc::new(File::open(&path).unwrap()))
+    }
+
+    /// Spans that start and end off the block grid, within one block,
+    /// across chunk boundaries, over more chunks than are in flight,
+    /// back to back with 20-byte gaps (one partition's batches), past a
+    /// gap too wide to read through, backwards, and alternating between
+    /// two files (at neighbouring offsets too) all arrive as in the files
+    /// (mutation: reading from the span's offset rounded the wrong way
+    /// shifts the bytes; merging spans of two files trips the plan check).
+    #[test]
+    fn spans_arrive_byte_for_byte_whatever_their_alignment() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let (one, a) = segment(&dir, "a", 5 * CHUNK_BYTES as u64, 0);
+        let (two, b) = segment(&dir, "b", 2 * CHUNK_BYTES as u64 + 10, 99);
         let chunk = CHUNK_BYTES as u64;
+        let batch = 1_000_000;
         let spans = [
-            (0, 4096),
-            (1, 10),
-            (4095, 2),
-            (chunk - 100, 200),
-            (12_345, 4 * CHUNK_BYTES + 777),
-            (5 * chunk - 1, 1),
+            (&a, 0, 4096),
+            (&a, 1, 10),
+            (&a, 4095, 2),
+            (&a, chunk - 100, 200),
+            (&a, 12_345, 4 * CHUNK_BYTES + 777),
+            (&a, 5 * chunk - 1, 1),
+            (&a, 20, batch),
+            (&a, 1_000_040, batch),
+            (&a, 2_000_060, batch),
+            (&a, 3_000_080, batch),
+            (&a, 4_000_080 + GAP_READ_BYTES_MAX + 1, 100_000),
+            (&b, 7, 1_500_000),
+            (&a, 4096, 3),
+            (&b, 1_500_007, 2 * CHUNK_BYTES + 10 - 1_500_007),
+            (&a, 100, 50),
+            (&b, 150, 1000),
         ];
-        let Some(received) = sent(&file, &spans) else {
+        let Some(received) = sent(&spans) else {
             eprintln!("skipped: this file system refuses O_DIRECT");
             return;
         };
-        for ((offset, len), bytes) in spans.iter().zip(received) {
+        for ((file, offset, len), bytes) in spans.iter().zip(received) {
+            let contents = if Arc::ptr_eq(file, &a) { &one } else { &two };
             let offset = *offset as usize;
             assert!(
                 bytes == contents[offset..offset + len],
@@ -366,19 +617,44 @@ mod tests {
     #[test]
     fn a_span_past_the_end_of_the_file_is_an_error() {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let path = dir.path().join("segment");
-        std::fs::write(&path, vec![1u8; 3 * 4096 + 10]).unwrap();
-        let file = File::open(&path).unwrap();
+        let (_, file) = segment(&dir, "segment", 3 * 4096 + 10, 0);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
+        let parts = [Part::File {
+            file: Arc::clone(&file),
+            offset: 4096,
+            len: 3 * 4096,
+        }];
         compio::runtime::Runtime::new().unwrap().block_on(async {
             let stream = Transport::Plain(compio::net::TcpStream::from_std(server).unwrap());
-            match send_direct(&stream, &file, 4096, 3 * 4096).await {
+            let mut reads = ResponseReads::plan(&parts).expect("a file part");
+            match reads.send_next(&stream, &file, 4096, 3 * 4096).await {
                 Err(error) => assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof),
                 Ok(Sent::Unsupported) => {}
                 Ok(_) => panic!("sent a span the file does not hold"),
             }
+        });
+    }
+
+    /// A span other than the next planned one is refused, not sent from
+    /// the wrong buffer.
+    #[test]
+    fn a_span_out_of_plan_is_refused() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let (_, file) = segment(&dir, "segment", 8192, 0);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let parts = [Part::File {
+            file: Arc::clone(&file),
+            offset: 0,
+            len: 100,
+        }];
+        compio::runtime::Runtime::new().unwrap().block_on(async {
+            let stream = Transport::Plain(compio::net::TcpStream::from_std(server).unwrap());
+            let mut reads = ResponseReads::plan(&parts).expect("a file part");
+            assert!(reads.send_next(&stream, &file, 100, 100).await.is_err());
         });
     }
 

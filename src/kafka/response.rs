@@ -153,6 +153,11 @@ impl ResponseWriter {
         })?;
         let mut pending = BytesMut::with_capacity(4 + response.len.min(COALESCE_BYTES_MAX));
         pending.put_i32(size);
+        let mut direct = if self.direct_reads {
+            cold_read::ResponseReads::plan(&response.parts)
+        } else {
+            None
+        };
         for part in response.parts {
             match part {
                 Part::Bytes(bytes) if bytes.len() <= COALESCE_BYTES_MAX => {
@@ -164,7 +169,8 @@ impl ResponseWriter {
                 }
                 Part::File { file, offset, len } => {
                     write_pending(stream, &mut pending).await?;
-                    self.send_file(stream, file, offset, len as usize).await?;
+                    self.send_file(stream, direct.as_mut(), file, offset, len as usize)
+                        .await?;
                 }
             }
         }
@@ -174,12 +180,13 @@ impl ResponseWriter {
     async fn send_file(
         &mut self,
         stream: &Transport,
+        direct: Option<&mut cold_read::ResponseReads>,
         file: Arc<File>,
         offset: u64,
         len: usize,
     ) -> io::Result<()> {
-        if self.direct_reads {
-            match cold_read::send_direct(stream, &file, offset, len).await? {
+        if let Some(direct) = direct.filter(|_| self.direct_reads) {
+            match direct.send_next(stream, &file, offset, len).await? {
                 cold_read::Sent::Done => {
                     self.metrics.direct_bytes.increment(len as u64);
                     return Ok(());
