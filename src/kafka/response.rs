@@ -197,11 +197,35 @@ impl ResponseWriter {
             }
         }
         self.metrics.page_cache_bytes.increment(len as u64);
-        match self.backend {
-            IoBackend::IoUring if stream.splices() => {
-                self.splice_file(stream.tcp(), file, offset, len).await
+        let splices = matches!(self.backend, IoBackend::IoUring) && stream.splices();
+        if splices && self.has_pipe().await {
+            self.splice_file(stream.tcp(), file, offset, len).await
+        } else {
+            copy_file(stream, file, offset, len).await
+        }
+    }
+
+    /// Make the connection's splice pipe if it has none; `false` when it
+    /// cannot be made (out of descriptors: the issue-19 breaker trial
+    /// found a file part that fell back here after its O_DIRECT open
+    /// hit EMFILE, then failed to make the pipe and tore the response), so
+    /// the part is copied instead, which needs no descriptor.
+    async fn has_pipe(&mut self) -> bool {
+        if self.pipe.is_some() {
+            return true;
+        }
+        match compio::fs::pipe::anonymous().await {
+            Ok((receiver, sender)) => {
+                // SAFETY: fcntl with F_SETPIPE_SZ takes an int; failure keeps
+                // the default size, which only means more splice round trips.
+                unsafe { libc::fcntl(sender.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
+                self.pipe = Some((receiver, sender));
+                true
             }
-            _ => copy_file(stream, file, offset, len).await,
+            Err(error) => {
+                tracing::debug!(%error, "no splice pipe for a fetch; copying the file part instead");
+                false
+            }
         }
     }
 
@@ -212,14 +236,7 @@ impl ResponseWriter {
         offset: u64,
         len: usize,
     ) -> io::Result<()> {
-        if self.pipe.is_none() {
-            let (receiver, sender) = compio::fs::pipe::anonymous().await?;
-            // SAFETY: fcntl with F_SETPIPE_SZ takes an int; failure keeps the
-            // default size, which only means more splice round trips.
-            unsafe { libc::fcntl(sender.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
-            self.pipe = Some((receiver, sender));
-        }
-        let (receiver, sender) = self.pipe.as_ref().expect("created above");
+        let (receiver, sender) = self.pipe.as_ref().expect("has_pipe made it");
         let source = SharedFd::new(SegmentFd(file));
         let mut done = 0usize;
         while done < len {

@@ -410,3 +410,98 @@ fn a_consumer_catching_up_on_small_batches_of_many_partitions_gets_every_record_
     assert_eq!(file_bytes_sent(&body, "page_cache"), 0.0);
     assert_eq!(broker.stop().code(), Some(0));
 }
+
+/// Issue 19 (found by the breaker trial of the response-wide O_DIRECT
+/// reads): with no descriptor free, a cold fetch's O_DIRECT open fails and
+/// its file parts fall back to the page cache; on io_uring that path used
+/// to make the connection's splice pipe first, which failed too, and the
+/// broker closed the connection in the middle of the response. The parts
+/// are now copied (pread needs no descriptor) and the response arrives
+/// whole (mutation: the pipe's error returned again closes the connection).
+#[test]
+fn a_cold_fetch_with_no_descriptor_free_is_answered_whole() {
+    use kafka_protocol::messages::FetchRequest;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = BrokerProcess::start(&data, &[]);
+    kafka_clients::create_topic(&broker.address, "nofd", 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    let (batches, records) = (8, batch(100, 8000));
+    for round in 0..batches {
+        let code = produce_with_acks(&mut wire, "nofd", 0, records.clone(), -1);
+        assert_eq!(code, 0, "batch {round}");
+    }
+    drop(wire);
+    assert_eq!(broker.stop().code(), Some(0));
+
+    let broker = BrokerProcess::start(&data, &[]);
+    drop_segment_cache(&data);
+    let mut wire = Wire::connect(&broker.address);
+    let pid = broker.pid() as libc::pid_t;
+    // The lowest descriptor number free: with the soft limit there, no
+    // open can succeed (the table may have holes below its highest one).
+    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|fd| !open.contains(fd)).unwrap();
+    let limit = |soft: u64| {
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit reads `new` and writes `old`, both live locals.
+        let done = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+        assert_eq!(done, 0, "prlimit read");
+        let new = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: old.rlim_max,
+        };
+        // SAFETY: as above.
+        let done = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, &mut old) };
+        assert_eq!(done, 0, "prlimit set");
+        old.rlim_cur
+    };
+    let before = limit(lowest_free);
+    let request = FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(0)
+        .with_max_bytes(64 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(kafka_protocol::messages::TopicName("nofd".into()))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(64 << 20),
+                ]),
+        ]);
+    wire.set_read_timeout(std::time::Duration::from_secs(20));
+    let response = wire.call(4, &request);
+    limit(before);
+    let partition = &response.responses[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    let bytes = partition.records.as_ref().expect("records").clone();
+    let mut at = 0;
+    let mut seen = 0;
+    while at < bytes.len() {
+        let len = 12 + u32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        let expected = support::stored_form(&records, Offset(seen as i64 * 100));
+        assert!(
+            bytes[at..at + len] == expected[..],
+            "batch {seen} as stored"
+        );
+        at += len;
+        seen += 1;
+    }
+    assert_eq!(seen, batches, "every batch in the one response");
+    let body = crate::metrics::get(&broker.metrics, "/metrics").1;
+    assert!(
+        file_bytes_sent(&body, "page_cache") >= 6_000_000.0,
+        "the file parts fell back to the page cache"
+    );
+    assert_eq!(broker.stop().code(), Some(0));
+}
