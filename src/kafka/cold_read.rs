@@ -612,29 +612,36 @@ mod tests {
         }
     }
 
+    /// Plan one file part, `planned` (offset, len) of `file`, and send
+    /// `asked` through it to a socket nobody reads.
+    fn send_one(file: &Arc<File>, planned: (u64, usize), asked: (u64, usize)) -> io::Result<Sent> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let parts = [Part::File {
+            file: Arc::clone(file),
+            offset: planned.0,
+            len: planned.1 as u32,
+        }];
+        compio::runtime::Runtime::new().unwrap().block_on(async {
+            let stream = Transport::Plain(compio::net::TcpStream::from_std(server).unwrap());
+            let mut reads = ResponseReads::plan(&parts).expect("a file part");
+            reads.send_next(&stream, file, asked.0, asked.1).await
+        })
+    }
+
     /// A span past the file's end fails with UnexpectedEof instead of
     /// sending zeros or hanging.
     #[test]
     fn a_span_past_the_end_of_the_file_is_an_error() {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let (_, file) = segment(&dir, "segment", 3 * 4096 + 10, 0);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let parts = [Part::File {
-            file: Arc::clone(&file),
-            offset: 4096,
-            len: 3 * 4096,
-        }];
-        compio::runtime::Runtime::new().unwrap().block_on(async {
-            let stream = Transport::Plain(compio::net::TcpStream::from_std(server).unwrap());
-            let mut reads = ResponseReads::plan(&parts).expect("a file part");
-            match reads.send_next(&stream, &file, 4096, 3 * 4096).await {
-                Err(error) => assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof),
-                Ok(Sent::Unsupported) => {}
-                Ok(_) => panic!("sent a span the file does not hold"),
-            }
-        });
+        let span = (4096, 3 * 4096);
+        match send_one(&file, span, span) {
+            Err(error) => assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof),
+            Ok(Sent::Unsupported) => {}
+            Ok(_) => panic!("sent a span the file does not hold"),
+        }
     }
 
     /// A span other than the next planned one is refused, not sent from
@@ -643,19 +650,7 @@ mod tests {
     fn a_span_out_of_plan_is_refused() {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let (_, file) = segment(&dir, "segment", 8192, 0);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let parts = [Part::File {
-            file: Arc::clone(&file),
-            offset: 0,
-            len: 100,
-        }];
-        compio::runtime::Runtime::new().unwrap().block_on(async {
-            let stream = Transport::Plain(compio::net::TcpStream::from_std(server).unwrap());
-            let mut reads = ResponseReads::plan(&parts).expect("a file part");
-            assert!(reads.send_next(&stream, &file, 100, 100).await.is_err());
-        });
+        assert!(send_one(&file, (0, 100), (100, 100)).is_err());
     }
 
     /// The pool makes at most [`POOL_BUFFERS_MAX`] buffers; one dropped

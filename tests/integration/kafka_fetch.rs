@@ -113,7 +113,7 @@ fn batch_bytes(response: &kafka_protocol::messages::FetchResponse) -> usize {
 
 /// A Fetch v4 of `topic`-0 from offset 0, listed `times` times, each with
 /// `partition_max_bytes` of i32::MAX, and `max_bytes` for the response.
-fn fetch_repeated(topic: &str, times: usize, max_bytes: i32) -> FetchRequest {
+pub fn fetch_repeated(topic: &str, times: usize, max_bytes: i32) -> FetchRequest {
     let partition = FetchPartition::default()
         .with_partition(0)
         .with_fetch_offset(0)

@@ -420,9 +420,6 @@ fn a_consumer_catching_up_on_small_batches_of_many_partitions_gets_every_record_
 /// whole (mutation: the pipe's error returned again closes the connection).
 #[test]
 fn a_cold_fetch_with_no_descriptor_free_is_answered_whole() {
-    use kafka_protocol::messages::FetchRequest;
-    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let broker = BrokerProcess::start(&data, &[]);
@@ -439,6 +436,11 @@ fn a_cold_fetch_with_no_descriptor_free_is_answered_whole() {
     let broker = BrokerProcess::start(&data, &[]);
     drop_segment_cache(&data);
     let mut wire = Wire::connect(&broker.address);
+    // A round trip first: connect() returns once the kernel queued the
+    // connection, and an accept that comes after the limit is lowered
+    // fails with EMFILE (seen on a loaded machine).
+    let versions = wire.call(0, &kafka_protocol::messages::ApiVersionsRequest::default());
+    assert_eq!(versions.error_code, 0);
     let pid = broker.pid() as libc::pid_t;
     // The lowest descriptor number free: with the soft limit there, no
     // open can succeed (the table may have holes below its highest one).
@@ -465,20 +467,7 @@ fn a_cold_fetch_with_no_descriptor_free_is_answered_whole() {
         old.rlim_cur
     };
     let before = limit(lowest_free);
-    let request = FetchRequest::default()
-        .with_replica_id((-1).into())
-        .with_max_wait_ms(0)
-        .with_max_bytes(64 << 20)
-        .with_topics(vec![
-            FetchTopic::default()
-                .with_topic(kafka_protocol::messages::TopicName("nofd".into()))
-                .with_partitions(vec![
-                    FetchPartition::default()
-                        .with_partition(0)
-                        .with_fetch_offset(0)
-                        .with_partition_max_bytes(64 << 20),
-                ]),
-        ]);
+    let request = crate::kafka_fetch::fetch_repeated("nofd", 1, 64 << 20);
     wire.set_read_timeout(std::time::Duration::from_secs(20));
     let response = wire.call(4, &request);
     limit(before);
