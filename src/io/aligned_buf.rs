@@ -5,14 +5,18 @@
 //! allocated zeroed at a fixed alignment and never reallocates, so an I/O op may
 //! own it (and the kernel may read it) until the op completes.
 //!
-//! The commit log's write buffers are made together ([`AlignedBuf::pool`]):
+//! The commit log's write buffers, and the buffers fetches read cold
+//! segment data into (`kafka::cold_read`), are made together
+//! ([`AlignedBuf::pool`]):
 //! one region, aligned to 2 MiB and advised as transparent huge pages
 //! (`MADV_HUGEPAGE`), cut into the buffers. Each 4 KiB page of a buffer is
 //! otherwise a segment of its own in the block request, so a 1 MiB write
 //! takes 256 of them: on a virtio disk without indirect descriptors (the
 //! development VM's) that fills the virtqueue, and a second write waits to
 //! be requeued behind it. Physically contiguous buffers make a write one
-//! segment or a few, and pinning them costs less. Measured here, 1 MiB
+//! segment or a few, and pinning them costs less; the same holds for a
+//! 1 MiB O_DIRECT read, which from 4 KiB pages the block layer splits in
+//! two (the disk takes at most 254 segments a request). Measured here, 1 MiB
 //! O_DIRECT write + fdatasync from a huge page: p50 0.74–0.77 ms against
 //! 0.85–0.99 ms from 4 KiB pages (`benches/README.md`). Where transparent
 //! huge pages are off, the advice does nothing and the buffers work as

@@ -24,7 +24,15 @@
 //! into the socket per cold byte, which splice avoids on a real NIC.
 //!
 //! The buffers come from a pool per shard thread of [`POOL_BUFFERS_MAX`]
-//! (memory = that × `CHUNK_BYTES`). A response that finds the pool empty
+//! (memory = that × `CHUNK_BYTES`), made [`POOL_GROWTH_BUFFERS`] at a time
+//! from one region advised as transparent huge pages
+//! ([`AlignedBuf::pool`]): a 1 MiB read into 4 KiB pages is 256 segments,
+//! more than the virtio disk's 254 a request, unless the pages happen to
+//! be physically contiguous, so the block layer split reads in two
+//! depending on how fragmented memory was. From huge pages a read is one
+//! segment: cold catch-up with 1 MB batches ran 2125–2418 MB/s against
+//! 1333–1877 from fragmented 4 KiB pages (alternating, same binary;
+//! benches/README.md, "Cold reads into huge pages"). A response that finds the pool empty
 //! is spliced (or copied) as before, so the memory is bounded however many
 //! consumers catch up at once. A file system without O_DIRECT (ramfs;
 //! tmpfs before Linux 6.6) gets the same fallback, logged once. `sluice_kafka_fetch_file_bytes_total
@@ -57,12 +65,17 @@ use crate::kafka::response::Part;
 use crate::kafka::transport::Transport;
 
 /// One O_DIRECT read (1 MiB): at one read in flight `dd iflag=direct` ran
-/// 1.1–1.3 GB/s here at 1, 4 and 16 MiB alike.
+/// 1.1–1.3 GB/s here at 1, 4 and 16 MiB alike, and from huge pages 4
+/// reads of 4 MiB or 8 of 2 MiB were no faster than 4 of 1 MiB.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// Reads a part keeps ahead of its send.
 pub const READS_IN_FLIGHT: usize = 4;
 /// Buffers one shard thread holds at most (64 MiB).
 pub const POOL_BUFFERS_MAX: usize = 64;
+/// Buffers the pool makes at once, cut from one huge-page region: one
+/// response's worth (4 MiB, two huge pages).
+pub const POOL_GROWTH_BUFFERS: usize = READS_IN_FLIGHT;
+const _: () = assert!(POOL_BUFFERS_MAX.is_multiple_of(POOL_GROWTH_BUFFERS));
 
 const BLOCK: u64 = DIRECT_IO_ALIGNMENT_BYTES as u64;
 
@@ -130,18 +143,19 @@ thread_local! {
     static POOL: RefCell<Pool> = const { RefCell::new(Pool { free: Vec::new(), made: 0 }) };
 }
 
-/// A buffer from the pool, or a new one while fewer than
-/// [`POOL_BUFFERS_MAX`] were made; `None` when all are taken.
+/// A buffer from the pool, which makes [`POOL_GROWTH_BUFFERS`] more while
+/// fewer than [`POOL_BUFFERS_MAX`] were made; `None` when all are taken.
 fn take_buffer() -> Option<DirectBuf> {
     POOL.with_borrow_mut(|pool| {
-        let buf = match pool.free.pop() {
-            Some(buf) => buf,
-            None if pool.made < POOL_BUFFERS_MAX => {
-                pool.made += 1;
-                AlignedBuf::zeroed(CHUNK_BYTES, BLOCK as usize)
-            }
-            None => return None,
-        };
+        if pool.free.is_empty() && pool.made < POOL_BUFFERS_MAX {
+            pool.free.extend(AlignedBuf::pool(
+                POOL_GROWTH_BUFFERS,
+                CHUNK_BYTES,
+                BLOCK as usize,
+            ));
+            pool.made += POOL_GROWTH_BUFFERS;
+        }
+        let buf = pool.free.pop()?;
         Some(DirectBuf {
             buf: Some(buf),
             len: 0,
@@ -662,6 +676,22 @@ mod tests {
                 .map(|_| take_buffer().expect("under the bound"))
                 .collect();
             assert!(take_buffer().is_none(), "the bound holds");
+            // Cut from huge-page regions: every growth starts at a 2 MiB
+            // boundary, so a 1 MiB read never spans two huge pages.
+            let region_starts = taken
+                .iter()
+                .filter(|buf| (buf.bytes().as_ptr() as usize).is_multiple_of(2 << 20))
+                .count();
+            assert!(
+                region_starts >= POOL_BUFFERS_MAX / POOL_GROWTH_BUFFERS,
+                "{region_starts} buffers at a huge page's start"
+            );
+            assert!(
+                taken
+                    .iter()
+                    .all(|buf| (buf.bytes().as_ptr() as usize).is_multiple_of(CHUNK_BYTES)),
+                "each buffer within one huge page"
+            );
             drop(taken.into_iter().next());
             assert!(take_buffer().is_some(), "a dropped buffer is back");
         })
