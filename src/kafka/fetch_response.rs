@@ -102,10 +102,17 @@ impl Writer {
         for batch in batches {
             for part in &batch.parts {
                 match part {
-                    ReadPart::File { file, offset, len } => {
-                        self.response
-                            .push_file(std::sync::Arc::clone(file), *offset, *len)
-                    }
+                    ReadPart::File {
+                        file,
+                        offset,
+                        len,
+                        final_len,
+                    } => self.response.push_file(
+                        std::sync::Arc::clone(file),
+                        *offset,
+                        *len,
+                        *final_len,
+                    ),
                     ReadPart::Memory(bytes) => self.response.push_bytes(bytes.clone()),
                 }
             }

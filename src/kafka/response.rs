@@ -38,10 +38,14 @@ const COPY_CHUNK_BYTES: usize = 1024 * 1024;
 #[derive(Clone, Debug)]
 pub enum Part {
     Bytes(Bytes),
+    /// `len` bytes of `file` from `offset`; the file's bytes below
+    /// `final_len` were final when the response was built (a read may run
+    /// on up to there: `cold_read::ReadAhead`).
     File {
         file: Arc<File>,
         offset: u64,
         len: u32,
+        final_len: u64,
     },
 }
 
@@ -61,12 +65,23 @@ impl Response {
         self.parts.push(Part::Bytes(bytes));
     }
 
-    pub fn push_file(&mut self, file: Arc<File>, offset: u64, len: u32) {
+    /// Append `len` bytes of `file` from `offset`, whose bytes below
+    /// `final_len` (at least `offset + len`) are final.
+    pub fn push_file(&mut self, file: Arc<File>, offset: u64, len: u32, final_len: u64) {
         if len == 0 {
             return;
         }
+        debug_assert!(
+            final_len >= offset + u64::from(len),
+            "a part's bytes are final"
+        );
         self.len += len as usize;
-        self.parts.push(Part::File { file, offset, len });
+        self.parts.push(Part::File {
+            file,
+            offset,
+            len,
+            final_len,
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -117,6 +132,8 @@ pub struct ResponseWriter {
     direct_reads: bool,
     metrics: cold_read::FileReadMetrics,
     pipe: Option<(Receiver, Sender)>,
+    /// Reads the last response started past its file parts, for the next.
+    read_ahead: Option<cold_read::ReadAhead>,
 }
 
 struct SegmentFd(Arc<File>);
@@ -140,6 +157,7 @@ impl ResponseWriter {
             direct_reads,
             metrics,
             pipe: None,
+            read_ahead: None,
         }
     }
 
@@ -154,7 +172,7 @@ impl ResponseWriter {
         let mut pending = BytesMut::with_capacity(4 + response.len.min(COALESCE_BYTES_MAX));
         pending.put_i32(size);
         let mut direct = if self.direct_reads {
-            cold_read::ResponseReads::plan(&response.parts)
+            cold_read::ResponseReads::plan(&response.parts, &mut self.read_ahead)
         } else {
             None
         };
@@ -167,14 +185,18 @@ impl ResponseWriter {
                     write_pending(stream, &mut pending).await?;
                     write_all(stream, bytes).await?;
                 }
-                Part::File { file, offset, len } => {
+                Part::File {
+                    file, offset, len, ..
+                } => {
                     write_pending(stream, &mut pending).await?;
                     self.send_file(stream, direct.as_mut(), file, offset, len as usize)
                         .await?;
                 }
             }
         }
-        write_pending(stream, &mut pending).await
+        write_pending(stream, &mut pending).await?;
+        self.read_ahead = direct.and_then(cold_read::ResponseReads::into_read_ahead);
+        Ok(())
     }
 
     async fn send_file(

@@ -262,6 +262,7 @@ fn batch_parts(
             file: Arc::clone(&segment.reader),
             offset,
             len: len as u32,
+            final_len: segment.file_offset(final_end.min(segment.end()).max(file_end)),
         });
     }
     if end > file_end {
@@ -285,7 +286,9 @@ pub fn read_batch_bytes(batch: &ReadBatch) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(batch.len as usize);
     for part in &batch.parts {
         match part {
-            ReadPart::File { file, offset, len } => {
+            ReadPart::File {
+                file, offset, len, ..
+            } => {
                 let start = bytes.len();
                 bytes.resize(start + *len as usize, 0);
                 file.read_exact_at(&mut bytes[start..], *offset)?;

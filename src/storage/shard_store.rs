@@ -96,6 +96,10 @@ pub enum ReadPart {
         file: Arc<File>,
         offset: u64,
         len: u32,
+        /// The file's bytes below this offset were final (never written
+        /// again: `CommitLog::final_end`) when the part was planned, so a
+        /// read may run on past the part up to here (`kafka::cold_read`).
+        final_len: u64,
     },
     Memory(bytes::Bytes),
 }
