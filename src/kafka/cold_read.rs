@@ -50,7 +50,9 @@
 //!
 //! Reads use the segment's own descriptor reopened with O_DIRECT through
 //! `/proc/self/fd`, once per file per response, so a segment deleted by
-//! retention is still read whole (and its space freed when the send ends).
+//! retention is still read whole (and its space freed when the send ends,
+//! or, for a read-ahead, once the connection's next response drops it or
+//! the connection has been quiet for [`READ_AHEAD_KEPT_MAX`]).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -77,6 +79,11 @@ use crate::kafka::transport::Transport;
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// Reads a part keeps ahead of its send.
 pub const READS_IN_FLIGHT: usize = 4;
+/// How long a connection keeps a [`ReadAhead`] while it sends nothing
+/// (`ResponseWriter::while_quiet`): it holds its segment file open, so a
+/// segment retention deleted meanwhile keeps its space until it goes. A
+/// consumer catching up fetches again within milliseconds.
+pub const READ_AHEAD_KEPT_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// Buffers one shard thread holds at most (64 MiB).
 pub const POOL_BUFFERS_MAX: usize = 64;
 /// Buffers the pool makes at once, cut from one huge-page region: one
@@ -335,8 +342,8 @@ pub struct ResponseReads {
     /// in the last extent's file, and the end of what may be read there.
     beyond: Option<(u64, u64)>,
     /// The previous response's reads past its plan, for this extent
-    /// ([`Self::park`]), with their file's descriptor.
-    parked: Option<(usize, SharedFd<File>, VecDeque<Read>)>,
+    /// ([`Self::park`]); they count as held buffers.
+    parked: Option<(usize, VecDeque<Read>)>,
 }
 
 impl ResponseReads {
@@ -432,7 +439,10 @@ impl ResponseReads {
         for read in &mut ahead.reads {
             read.extent = index;
         }
-        self.parked = Some((index, ahead.fd, ahead.reads));
+        // The run's reads use the same descriptor: it is the first run of
+        // that file, so nothing has opened it yet.
+        self.extents[index].source = Source::Direct(ahead.fd);
+        self.parked = Some((index, ahead.reads));
     }
 
     /// The reads started past the plan, for the connection's next
@@ -559,23 +569,13 @@ impl ResponseReads {
     /// and the plan has bytes left; opens extents' files as reached. Past
     /// the plan, reads go on in the last extent's file ([`ReadAhead`]).
     fn read_ahead(&mut self) {
-        while self.reads.len() + usize::from(self.filled.is_some()) < READS_IN_FLIGHT {
-            let Some(extent) = self.extents.get_mut(self.plan_extent) else {
+        while self.held() < READS_IN_FLIGHT {
+            let Some(extent) = self.extents.get(self.plan_extent) else {
                 self.read_beyond();
                 return;
             };
-            if let Some((_, fd, parked)) = self
-                .parked
-                .take_if(|(index, _, _)| *index == self.plan_extent)
+            if let Some((_, parked)) = self.parked.take_if(|(index, _)| *index == self.plan_extent)
             {
-                // A run declined meanwhile (its file's O_DIRECT open
-                // failed when a span of it was sent) drops them.
-                if matches!(extent.source, Source::Declined(_)) {
-                    continue;
-                }
-                if matches!(extent.source, Source::Unopened) {
-                    extent.source = Source::Direct(fd);
-                }
                 let last = parked.back().expect("a parked read");
                 self.plan_at = last.at + last.want as u64;
                 self.reads.extend(parked);
@@ -606,6 +606,14 @@ impl ResponseReads {
         }
     }
 
+    /// Buffers this response holds: reads in flight or parked, and the
+    /// one being sent.
+    fn held(&self) -> usize {
+        self.reads.len()
+            + usize::from(self.filled.is_some())
+            + self.parked.as_ref().map_or(0, |(_, reads)| reads.len())
+    }
+
     /// Past the plan: start reads of the last extent's file from the block
     /// that holds its end, up to the file's final bytes, while fewer than
     /// [`READS_IN_FLIGHT`] buffers are held and at least half of the
@@ -631,10 +639,7 @@ impl ResponseReads {
             (last.final_len - last.final_len % BLOCK)
                 .min((from + asked + BLOCK).next_multiple_of(BLOCK)),
         ));
-        while at < end
-            && self.reads.len() + usize::from(self.filled.is_some()) < READS_IN_FLIGHT
-            && pool_left() >= POOL_BUFFERS_MAX / 2
-        {
+        while at < end && self.held() < READS_IN_FLIGHT && pool_left() >= POOL_BUFFERS_MAX / 2 {
             let Some(buffer) = self.spare.take().or_else(take_buffer) else {
                 break;
             };
@@ -889,18 +894,19 @@ mod tests {
         let (mut contents, a) = segment(&dir, "a", 6 * CHUNK_BYTES as u64, 0);
         let (other, b) = segment(&dir, "b", CHUNK_BYTES as u64, 7);
         let path = dir.path().join("a");
-        let batch = 1_000_000usize;
         let final_then = 2_500_007u64;
         let mut connection = Connection::new();
-        let Some(first) = connection.respond(&[(&a, 20, batch, final_then)]) else {
+        // Asks 2 MB of `a`: the read-ahead may go as far again, but the
+        // final length stops it first.
+        let Some(first) = connection.respond(&[(&a, 20, 2_000_000, final_then)]) else {
             eprintln!("skipped: this file system refuses O_DIRECT");
             return;
         };
-        assert!(first[0] == contents[20..20 + batch]);
+        assert!(first[0] == contents[20..2_000_020]);
         connection.settle();
         // Below the old final length: what the read-ahead holds is sent.
-        let changed = vec![0xA5u8; 1_000_000];
-        overwrite(&path, 1_400_000, &changed);
+        let changed = vec![0xA5u8; 200_000];
+        overwrite(&path, 2_100_000, &changed);
         // From the old final length on: new bytes, which must be sent.
         let appended: Vec<u8> = (0..1_000_000u32).map(|at| (at % 251) as u8).collect();
         overwrite(&path, final_then, &appended);
@@ -910,21 +916,21 @@ mod tests {
         let second = connection
             .respond(&[
                 (&b, 5, 1000, CHUNK_BYTES as u64),
-                (&a, 1_000_040, batch, final_now),
-                (&a, 2_000_060, 1_400_000, final_now),
+                (&a, 2_000_040, 400_000, final_now),
+                (&a, 2_400_060, 1_000_000, final_now),
             ])
             .unwrap();
         assert!(second[0] == other[5..1005]);
         assert!(
-            second[1] == contents[1_000_040..2_000_040],
+            second[1] == contents[2_000_040..2_400_040],
             "the read-ahead's bytes (read before the change) were not used"
         );
         assert!(
-            second[2] == contents[2_000_060..3_400_060],
+            second[2] == contents[2_400_060..3_400_060],
             "bytes past the old final length arrived stale"
         );
         // A response that starts before the read-ahead drops it.
-        contents[1_400_000..2_400_000].copy_from_slice(&changed);
+        contents[2_100_000..2_300_000].copy_from_slice(&changed);
         connection.settle();
         let third = connection
             .respond(&[

@@ -407,8 +407,8 @@ async fn write_responses(
     peer: SocketAddr,
     pipeline: &Pipeline<'_>,
 ) {
-    while let Some(in_flight) = pipeline.next().await {
-        let outcome = match in_flight.task.await {
+    while let Some(in_flight) = writer.while_quiet(pipeline.next()).await {
+        let outcome = match writer.while_quiet(in_flight.task).await {
             Ok(outcome) => outcome,
             Err(error) => {
                 tracing::error!(%peer, ?error, "a request task failed; closing connection");

@@ -195,8 +195,26 @@ impl ResponseWriter {
             }
         }
         write_pending(stream, &mut pending).await?;
-        self.read_ahead = direct.and_then(cold_read::ResponseReads::into_read_ahead);
+        if let Some(direct) = direct {
+            self.read_ahead = direct.into_read_ahead();
+        }
         Ok(())
+    }
+
+    /// Await `quiet` (the connection's next request or answer); a
+    /// read-ahead kept meanwhile is dropped after
+    /// [`cold_read::READ_AHEAD_KEPT_MAX`], since it holds its segment file
+    /// open (the issue-19 breaker trial found connections that went quiet
+    /// after one cold fetch keeping segments retention had deleted).
+    pub async fn while_quiet<F: std::future::Future>(&mut self, quiet: F) -> F::Output {
+        let mut quiet = std::pin::pin!(quiet);
+        if self.read_ahead.is_some() {
+            match compio::time::timeout(cold_read::READ_AHEAD_KEPT_MAX, quiet.as_mut()).await {
+                Ok(output) => return output,
+                Err(_) => self.read_ahead = None,
+            }
+        }
+        quiet.await
     }
 
     async fn send_file(

@@ -494,3 +494,92 @@ fn a_cold_fetch_with_no_descriptor_free_is_answered_whole() {
     );
     assert_eq!(broker.stop().code(), Some(0));
 }
+
+/// Descriptors of `pid` that point at deleted segment files.
+fn deleted_segments_open(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| {
+            let target = std::fs::read_link(entry.ok()?.path()).ok()?;
+            let target = target.to_string_lossy().into_owned();
+            (target.contains(".log") && target.ends_with("(deleted)")).then_some(target)
+        })
+        .collect()
+}
+
+/// Issue 19 (found by the breaker trial of the fetch read-ahead): a
+/// connection that made one cold fetch and then went quiet kept the reads
+/// its response had started past its end, and with them the segment file:
+/// retention deleted the segment, but its blocks stayed allocated (the
+/// deletion waits for readers, up to a minute) until the connection sent
+/// again or closed. A connection now drops its read-ahead after
+/// `READ_AHEAD_KEPT_MAX` (1 s) of quiet (mutation: keeping it until the
+/// next request leaves the deleted segment open for the whole wait).
+#[test]
+fn a_quiet_connection_does_not_keep_a_deleted_segment_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[storage]\nsegment_bytes = 2097152\nsegment_roll_min_ms = 1\n\
+         [retention]\ncheck_interval_ms = 200\n",
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let broker = BrokerProcess::start(&data, &args);
+    kafka_clients::create_topic(&broker.address, "quiet", 1, &[]);
+    let mut wire = Wire::connect(&broker.address);
+    for round in 0..10 {
+        let code = produce_with_acks(&mut wire, "quiet", 0, batch(100, 8000), -1);
+        assert_eq!(code, 0, "batch {round}");
+    }
+    drop(wire);
+    assert_eq!(broker.stop().code(), Some(0));
+    let segments = segment_files(&data).len();
+    assert!(segments >= 4, "{segments} segments");
+
+    let broker = BrokerProcess::start(&data, &args);
+    drop_segment_cache(&data);
+    let mut wire = Wire::connect(&broker.address);
+    let request = crate::kafka_fetch::fetch_repeated("quiet", 1, 1 << 20);
+    let response = wire.call(4, &request);
+    assert_eq!(response.responses[0].partitions[0].error_code, 0);
+    let body = crate::metrics::get(&broker.metrics, "/metrics").1;
+    assert!(
+        file_bytes_sent(&body, "direct") >= 500_000.0,
+        "the fetch read the first segment with O_DIRECT"
+    );
+    // The connection stays open and quiet while retention deletes the
+    // segments it read.
+    let (ok, out) = crate::consumer_groups::sluice_admin(
+        &broker.address,
+        &["topics", "alter", "quiet", "--config", "retention.ms=1"],
+    );
+    assert!(ok, "{out}");
+    // The topic's sealed segments (at least 3 of 8 MB in 2 MiB ones) go;
+    // the other shard's one file stays.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while segment_files(&data).len() > segments - 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not delete the sealed segments"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let open = deleted_segments_open(broker.pid());
+        if open.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deleted segments still open while the connection is quiet: {open:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let versions = wire.call(0, &kafka_protocol::messages::ApiVersionsRequest::default());
+    assert_eq!(versions.error_code, 0, "the quiet connection still works");
+    assert_eq!(broker.stop().code(), Some(0));
+}
