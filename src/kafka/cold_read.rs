@@ -22,7 +22,8 @@
 //! [`READS_IN_FLIGHT`] ahead of the send across the whole response, so
 //! small batches cost no more reads than large ones. Reads also go on past
 //! a response's last run of a file, as many bytes as the response asked
-//! of it and only up to what was final when it was planned ([`ReadAhead`]),
+//! of it (when that is at most [`READ_AHEAD_ASKED_MAX`]) and only up to
+//! what was final when it was planned ([`ReadAhead`]),
 //! and the connection's next response takes them over when it starts in
 //! them: a consumer catching up asks next for the bytes that follow, and
 //! the disk no longer idles while the response travels and the next fetch
@@ -84,6 +85,13 @@ pub const READS_IN_FLIGHT: usize = 4;
 /// segment retention deleted meanwhile keeps its space until it goes. A
 /// consumer catching up fetches again within milliseconds.
 pub const READ_AHEAD_KEPT_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+/// A response reads on past a run only when it asked at most this much of
+/// it: the time between one response and the next fetch matters next to
+/// a response of 1 MiB a partition (librdkafka's default), 1.15–1.4 ×
+/// with the read-ahead, but not next to one of 16 MiB, where compare.sh's
+/// copying consumer ran about 10 % slower with it (benches/README.md,
+/// "Reading on past a response").
+pub const READ_AHEAD_ASKED_MAX: u64 = 4 << 20;
 /// Buffers one shard thread holds at most (64 MiB).
 pub const POOL_BUFFERS_MAX: usize = 64;
 /// Buffers the pool makes at once, cut from one huge-page region: one
@@ -615,10 +623,12 @@ impl ResponseReads {
     }
 
     /// Past the plan: start reads of the last extent's file from the block
-    /// that holds its end, up to the file's final bytes, while fewer than
-    /// [`READS_IN_FLIGHT`] buffers are held and at least half of the
-    /// pool is left to other responses (a connection that never fetches
-    /// again holds these buffers until it closes).
+    /// that holds its end, as many bytes as the response asked of that
+    /// extent (none past [`READ_AHEAD_ASKED_MAX`]) and up to the file's
+    /// final bytes, while fewer than [`READS_IN_FLIGHT`] buffers are held
+    /// and at least half of the pool is left to other responses (a
+    /// connection holds these buffers until its next request, or
+    /// [`READ_AHEAD_KEPT_MAX`] of quiet).
     fn read_beyond(&mut self) {
         let Some(last) = self.extents.last() else {
             return;
@@ -634,11 +644,15 @@ impl ResponseReads {
             .map(|span| span.2 as u64)
             .sum();
         let from = last.end - last.end % BLOCK;
-        let (mut at, end) = *self.beyond.get_or_insert((
-            from,
-            (last.final_len - last.final_len % BLOCK)
-                .min((from + asked + BLOCK).next_multiple_of(BLOCK)),
-        ));
+        let (mut at, end) = *self.beyond.get_or_insert(if asked > READ_AHEAD_ASKED_MAX {
+            (from, from)
+        } else {
+            (
+                from,
+                (last.final_len - last.final_len % BLOCK)
+                    .min((from + asked + BLOCK).next_multiple_of(BLOCK)),
+            )
+        });
         while at < end && self.held() < READS_IN_FLIGHT && pool_left() >= POOL_BUFFERS_MAX / 2 {
             let Some(buffer) = self.spare.take().or_else(take_buffer) else {
                 break;
