@@ -637,21 +637,24 @@ impl ResponseReads {
             return;
         };
         let index = self.extents.len() - 1;
-        let asked: u64 = self
-            .spans
-            .iter()
-            .filter(|span| span.0 == index)
-            .map(|span| span.2 as u64)
-            .sum();
-        let from = last.end - last.end % BLOCK;
-        let (mut at, end) = *self.beyond.get_or_insert(if asked > READ_AHEAD_ASKED_MAX {
-            (from, from)
-        } else {
-            (
-                from,
-                (last.final_len - last.final_len % BLOCK)
-                    .min((from + asked + BLOCK).next_multiple_of(BLOCK)),
-            )
+        // Decided once per response, when the plan's reads have all started.
+        let (mut at, end) = *self.beyond.get_or_insert_with(|| {
+            let asked: u64 = self
+                .spans
+                .iter()
+                .filter(|span| span.0 == index)
+                .map(|span| span.2 as u64)
+                .sum();
+            let from = last.end - last.end % BLOCK;
+            if asked > READ_AHEAD_ASKED_MAX {
+                (from, from)
+            } else {
+                let final_end = last.final_len - last.final_len % BLOCK;
+                (
+                    from,
+                    final_end.min((from + asked + BLOCK).next_multiple_of(BLOCK)),
+                )
+            }
         });
         while at < end && self.held() < READS_IN_FLIGHT && pool_left() >= POOL_BUFFERS_MAX / 2 {
             let Some(buffer) = self.spare.take().or_else(take_buffer) else {
@@ -659,7 +662,7 @@ impl ResponseReads {
             };
             let want = (end - at).min(CHUNK_BYTES as u64) as usize;
             self.reads.push_back(Read {
-                extent: self.extents.len() - 1,
+                extent: index,
                 at,
                 want,
                 task: spawn_read(fd.clone(), at, want, buffer),
