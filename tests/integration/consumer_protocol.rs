@@ -1219,8 +1219,25 @@ fn a_classic_group_upgrades_when_a_consumer_member_joins_and_downgrades_when_it_
         group_type(&mut wire, "mig"),
         ("classic".to_owned(), "PreparingRebalance".to_owned())
     );
-    let code = classic_heartbeat(&mut wire, "mig", &classic, generation + 2);
+    // The classic group continues at the member's own generation (Kafka
+    // converts the group as it was before the leave): its heartbeat is told
+    // to rejoin, and the offsets it commits on revoking are kept. A bumped
+    // generation would answer ILLEGAL_GENERATION to both, and the member
+    // would consume again what it had not committed yet.
+    let code = classic_heartbeat(&mut wire, "mig", &classic, generation + 1);
     assert_eq!(code, ResponseError::RebalanceInProgress.code());
+    assert_eq!(
+        commit(
+            &mut wire,
+            8,
+            "mig",
+            &classic,
+            generation + 1,
+            &[("mixed", 0, 7)]
+        ),
+        [0]
+    );
+    assert_eq!(fetch(&mut wire, "mig", None, -1, "mixed"), (0, 7));
     let back = classic_join(
         &mut wire,
         "mig",
@@ -1381,8 +1398,16 @@ fn librdkafka_classic_and_consumer_protocol_members_share_one_group() {
     kafka_clients::create_topic(&broker.address, "mixed-clients", 4, &[]);
     let first_batch = produce(&broker.address, "mixed-clients", 4, "first", 400);
     let received: Received = Default::default();
+    // The classic member commits only when partitions are revoked (not on
+    // a timer), so every record it consumed is committed in a rebalance:
+    // the downgrade's rebalance must accept those commits.
     let classic = Member::start_consumer(
-        group_consumer(&broker.address, "mixed-rdkafka", "classic", &[]),
+        group_consumer(
+            &broker.address,
+            "mixed-rdkafka",
+            "classic",
+            &[("auto.commit.interval.ms", "600000")],
+        ),
         "mixed-clients",
         "classic",
         &received,

@@ -143,16 +143,20 @@ impl Coordinator {
             now: Instant::now(),
         };
         let value = change(&mut group, &context)?;
-        let had_consumer_members = self
+        // The epoch before this change: a downgrade continues from it, as
+        // the classic members' generation (Kafka converts the group as it
+        // was, without the members leaving).
+        let before = self
             .consumer_groups
             .borrow()
             .get(group_id)
-            .is_some_and(|old| {
+            .filter(|old| {
                 old.members
                     .values()
                     .any(|member| !member.uses_classic_protocol())
-            });
-        let downgrade = had_consumer_members
+            })
+            .map(|old| old.epoch);
+        let downgrade = before.is_some()
             && group.only_classic_members()
             && self
                 .broker
@@ -172,8 +176,8 @@ impl Coordinator {
             .append_group_records(records)
             .await
             .map_err(|error| write_error(&error))?;
-        if downgrade {
-            self.downgrade(group, &cluster, context.now);
+        if let Some(generation) = before.filter(|_| downgrade) {
+            self.downgrade(group, generation, &cluster, context.now);
         } else {
             self.install_consumer_group(group, context.now);
         }
@@ -207,7 +211,18 @@ impl Coordinator {
 
     /// The consumer group becomes a classic group of its (classic) members,
     /// which rejoin in a rebalance; its records were just deleted.
-    fn downgrade(&self, group: ConsumerGroup, cluster: &ClusterMetadata, now: Instant) {
+    /// `generation` is the group epoch before the change that left only
+    /// classic members (Kafka's `ClassicGroup.fromConsumerGroup` takes the
+    /// group without its leaving members, unbumped): the members' own
+    /// generation, so their heartbeats get REBALANCE_IN_PROGRESS and the
+    /// offsets they commit on revoking are accepted, not ILLEGAL_GENERATION.
+    fn downgrade(
+        &self,
+        group: ConsumerGroup,
+        generation: i32,
+        cluster: &ClusterMetadata,
+        now: Instant,
+    ) {
         self.consumer_groups.borrow_mut().remove(&group.id);
         let mut groups = self.groups.borrow_mut();
         let offsets = groups
@@ -216,7 +231,7 @@ impl Coordinator {
             .unwrap_or_default();
         let classic = Group::from_consumer_group(
             &group.id,
-            group.epoch,
+            generation,
             group.to_classic_members(cluster),
             offsets,
             &self.limits,
