@@ -550,6 +550,9 @@ impl ResponseReads {
             self.spare = Some(filled.buffer);
             self.read_ahead();
         }
+        if self.reads.is_empty() {
+            self.give_way();
+        }
         let Some(read) = self.reads.pop_front() else {
             return Err(out_of_step());
         };
@@ -611,6 +614,26 @@ impl ResponseReads {
                 task: spawn_read(fd, self.plan_at, want, buffer),
             });
             self.plan_at += want as u64;
+        }
+    }
+
+    /// Reads parked for a later run give way, latest first, until a read
+    /// of the current run has started: they count against the buffers
+    /// this response may hold, and must not leave the runs before theirs
+    /// without a read to wait on. (Today at most `READS_IN_FLIGHT - 1`
+    /// are parked, as the buffer of a response's last span is still held
+    /// when its reads are handed on, so one slot is always free; this
+    /// keeps that from being load-bearing.)
+    fn give_way(&mut self) {
+        while self.reads.is_empty() {
+            let Some((_, parked)) = self.parked.as_mut() else {
+                return;
+            };
+            parked.pop_back();
+            if parked.is_empty() {
+                self.parked = None;
+            }
+            self.read_ahead();
         }
     }
 
@@ -957,6 +980,37 @@ mod tests {
             .unwrap();
         assert!(third[0] == contents[100..3_000_100]);
         assert!(third[1] == contents[3_400_000..3_400_100]);
+    }
+
+    /// Reads kept past a response for a file that the next response
+    /// reaches only after another file's spans: the other file's spans
+    /// still get reads and every byte arrives as in the files, whether
+    /// three reads are parked (as now) or four. (Mutation: releasing the
+    /// last span's buffer before handing the reads on parks four; without
+    /// [`ResponseReads::give_way`] as well, the first span has no read to
+    /// wait on and fails "out of step".)
+    #[test]
+    fn reads_kept_for_a_later_run_give_way_to_the_runs_before_it() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let (contents, a) = segment(&dir, "a", 12 * CHUNK_BYTES as u64, 0);
+        let (other, b) = segment(&dir, "b", 3 * CHUNK_BYTES as u64, 7);
+        let final_len = 12 * CHUNK_BYTES as u64;
+        let mut connection = Connection::new();
+        // Asks 4 MB of `a`: as much is read on past it, every slot.
+        let Some(first) = connection.respond(&[(&a, 20, 4_000_000, final_len)]) else {
+            eprintln!("skipped: this file system refuses O_DIRECT");
+            return;
+        };
+        assert!(first[0] == contents[20..4_000_020]);
+        connection.settle();
+        let second = connection
+            .respond(&[
+                (&b, 5, 2_500_000, 3 * CHUNK_BYTES as u64),
+                (&a, 4_000_040, 5_000_000, final_len),
+            ])
+            .unwrap();
+        assert!(second[0] == other[5..2_500_005]);
+        assert!(second[1] == contents[4_000_040..9_000_040]);
     }
 
     /// A span past the file's end fails with UnexpectedEof instead of
