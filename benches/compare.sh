@@ -47,6 +47,10 @@
 #   SLUICE_COMPARE_LAT_WARMUP  seconds at that rate, not counted, before the
 #                           Kafka-protocol latency runs (8): long enough for a
 #                           fresh Sluice broker's tail cache to fill
+#   SLUICE_COMPARE_DISCARD_WAIT  longest wait, in seconds, for the disk's
+#                           discards to end before each system's turn (60;
+#                           0 does not wait: quicker, but a turn may then
+#                           measure the deletes of the one before)
 #   SLUICE_COMPARE_EXTRA_CONFIG  a TOML file appended to Sluice's config
 #                           (e.g. a [storage] section), for A/B of a setting
 #   IGGY_CONFIG             Iggy's config.toml (the peers' iggy-server-config.toml)
@@ -108,6 +112,7 @@ rate_mb=${SLUICE_COMPARE_RATE_MB:-100}
 record_size=1024
 warmup_s=1
 lat_warmup_s=$(whole_setting SLUICE_COMPARE_LAT_WARMUP 8 0)
+discard_wait_s=$(whole_setting SLUICE_COMPARE_DISCARD_WAIT 60 0)
 clk_tck=$(getconf CLK_TCK)
 [ -x "$sluice" ] || {
     echo "compare.sh: no Sluice binary at $sluice (build it: cargo build --release)" >&2
@@ -197,7 +202,8 @@ drop_caches() {
     fi
 }
 
-# Wait (at most 60 s) until the disk has discarded nothing for 2 s. On a
+# Wait (at most SLUICE_COMPARE_DISCARD_WAIT, 60 s) until the disk has
+# discarded nothing for 2 s. On a
 # file system mounted with `discard` the blocks of deleted files are
 # discarded at the journal commits after the deletion, and an fdatasync
 # meanwhile waits behind them: a turn right after another's `rm -rf` of
@@ -206,6 +212,7 @@ drop_caches() {
 # the first sample. Discarded sectors: field 14 of the block device's stat.
 settle_disk() {
     local stat last now quiet=0 waited=0
+    [ "$discard_wait_s" -gt 0 ] || return 0
     stat=/sys/dev/block/$(findmnt -no MAJ:MIN -T "$work" 2>/dev/null | tr -d ' ')/stat
     if [ ! -r "$stat" ]; then
         say "  cannot read the disk's discard counter ($stat): not waiting for discards"
@@ -213,14 +220,18 @@ settle_disk() {
     fi
     sync -f "$work"
     last=$(awk '{print $14}' "$stat")
-    while [ "$quiet" -lt 2 ] && [ "$waited" -lt 60 ]; do
+    while [ "$quiet" -lt 2 ] && [ "$waited" -lt "$discard_wait_s" ]; do
         sleep 1
         waited=$((waited + 1))
         now=$(awk '{print $14}' "$stat")
         if [ "$now" = "$last" ]; then quiet=$((quiet + 1)); else quiet=0; fi
         last=$now
     done
-    [ "$waited" -gt 2 ] && say "  waited ${waited} s for the disk's discards to end"
+    if [ "$quiet" -lt 2 ]; then
+        say "  the disk was still discarding after ${waited} s (SLUICE_COMPARE_DISCARD_WAIT): going on; this turn's latency rows may include it"
+    elif [ "$waited" -gt 2 ]; then
+        say "  waited ${waited} s for the disk's discards to end"
+    fi
     return 0
 }
 

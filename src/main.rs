@@ -988,6 +988,7 @@ fn run(mut config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     metrics.set_ready(true);
     log_ready(
         &runtime,
+        &config,
         &data_dir,
         backend,
         kafka_address,
@@ -1038,6 +1039,7 @@ fn advertised(config: &Config, bound: SocketAddr) -> (String, u16) {
 
 fn log_ready(
     runtime: &ShardRuntime,
+    config: &Config,
     data_dir: &DataDir,
     backend: IoBackend,
     kafka: SocketAddr,
@@ -1053,6 +1055,9 @@ fn log_ready(
                 .map_or("unpinned".to_owned(), |core| core.to_string())
         })
         .collect();
+    // The cold-read path in effect (`direct` only with direct writes) and
+    // the tail cache, so that an operator can confirm them from the log.
+    let storage = &config.storage;
     tracing::info!(
         kafka = %kafka,
         advertised = %format!("{}:{}", advertised.0, advertised.1),
@@ -1061,6 +1066,8 @@ fn log_ready(
         cores = %cores.join(","),
         io_backend = %backend,
         write_mode = ?data_dir.write_mode(),
+        cold_reads = if storage.direct_cold_reads() { "direct" } else { "page_cache" },
+        tail_cache_bytes = storage.tail_cache_bytes,
         data_dir = %data_dir.path().display(),
         "sluice ready"
     );

@@ -404,8 +404,7 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         extra: Vec::new(),
         client_cpu: Some(client_cpu),
     };
-    emit(&report, args.output.json);
-    Ok(())
+    emit(&report, args.output.json)
 }
 
 /// `produce --idempotent|--transactional`: plain rounds and rounds of
@@ -532,8 +531,7 @@ fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         extra: Vec::new(),
         client_cpu: Some(client_cpu),
     };
-    emit(&report, args.output.json);
-    Ok(())
+    emit(&report, args.output.json)
 }
 
 fn e2e(args: E2eArgs) -> anyhow::Result<()> {
@@ -612,8 +610,7 @@ fn e2e(args: E2eArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", produce_report.to_text());
     }
-    emit(&report, args.output.json);
-    Ok(())
+    emit(&report, args.output.json)
 }
 
 fn producer_load(
@@ -753,13 +750,26 @@ fn measure_baseline(
     Ok(Some(baseline))
 }
 
-fn emit(report: &Report, json: bool) {
+/// Print `report` (JSON on stdout with `json`, the text on stderr), then
+/// fail when any request failed, so that a script that checks the exit
+/// status never takes a run with errors for a clean one; the report,
+/// with `errors` and `first_error`, is printed either way.
+fn emit(report: &Report, json: bool) -> anyhow::Result<()> {
     if json {
         eprint!("{}", report.to_text());
         println!("{}", report.to_json());
     } else {
         print!("{}", report.to_text());
     }
+    let recorder = &report.recorder;
+    if recorder.errors > 0 {
+        anyhow::bail!(
+            "{} requests failed (first: {}); the figures above count only the others",
+            recorder.errors,
+            recorder.first_error.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(())
 }
 
 fn first_address(brokers: &str) -> anyhow::Result<String> {

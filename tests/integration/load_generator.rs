@@ -304,6 +304,37 @@ fn baseline_reports_the_paced_sync_pass_when_asked() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
+/// A run in which requests failed (here the broker is killed under it)
+/// still prints its report, with the errors, but exits with a failure, so
+/// a script checking the exit status cannot take it for a clean run
+/// (found by a new-user trial: it exited 0). (Mutation: `emit` returning
+/// Ok whatever the errors fails the status assertion.)
+#[test]
+fn a_run_with_failed_requests_exits_with_a_failure_after_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let address = broker.address.clone();
+    let run = std::thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["bench", "produce", "--topic", "killed", "--acks", "1"])
+            .args(["--rate", "20", "--duration", "6", "--warmup", "0"])
+            .args(["--brokers", &address, "--json"])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    broker.kill9();
+    let output = run.join().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("requests failed"), "{stderr}");
+    let report: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|error| panic!("{error}: {stdout}"));
+    assert!(number(&report, "errors") >= 1.0, "{report}");
+    assert!(number(&report, "records") > 0.0, "{report}");
+}
+
 #[test]
 fn consume_of_an_empty_topic_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
