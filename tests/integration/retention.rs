@@ -106,6 +106,122 @@ fn a_deleted_segment_is_unlinked_and_freed_in_steps() {
     });
 }
 
+/// A shard whose only segment holds nothing retained any more (its data
+/// expired, or its topic was deleted) rolls it so retention deletes it:
+/// a breaker trial filled a disk with one segment a shard, let every
+/// topic's data expire or deleted the topics, and the disk stayed full
+/// for good, since a refused append starts no age roll. While anything
+/// in the segment is still retained, it stays. (Mutation: without the
+/// roll, the first segment's file is never removed.)
+#[test]
+fn an_active_segment_whose_data_is_no_longer_retained_is_rolled_and_deleted() {
+    const SEGMENT_BYTES: u64 = 32 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = sluice::config::StorageConfig {
+        segment_bytes: SEGMENT_BYTES,
+        ..support::small_storage(WriteMode::Direct)
+    };
+    let runtime = support::runtime(support::native_backend());
+    runtime.block_on(async {
+        let options = support::options(dir.path(), storage, support::native_backend());
+        let store = ShardStore::open(options).unwrap();
+        let kept = support::create(&store, "kept", 0);
+        let expiring = support::create(&store, "expiring", 0);
+        let deleted = support::create(&store, "deleted", 0);
+        fill(&store, &[kept, expiring, deleted], 30).await;
+        let first = dir.path().join(format!("shard-0/log/{:020}.log", 0));
+        assert_eq!(store.gauges().segments, 1);
+
+        // One partition still retains its data: the segment stays.
+        with_config(&store, expiring, |config| config.retention_ms = 60_000);
+        store.delete_partition(deleted).unwrap();
+        store.enforce_retention(now_ms() + 3_600_000);
+        store.segment_files_removed().await;
+        assert!(first.exists(), "deleted while data in it was retained");
+        assert!(support::read_all(&store, kept, Offset(0)).len() == 10);
+
+        // Its data expires too: the segment is rolled, then deleted.
+        with_config(&store, kept, |config| config.retention_ms = 60_000);
+        store.enforce_retention(now_ms() + 3_600_000);
+        store.segment_files_removed().await;
+        assert!(
+            !first.exists(),
+            "the segment of expired data is still there"
+        );
+        assert_eq!(store.gauges().segments, 1);
+        let offsets = store.offsets(kept).unwrap();
+        assert_eq!(offsets.log_start_offset, offsets.high_watermark);
+        // Appends go on at the next offsets, in the new segment.
+        let next = fill(&store, &[kept], 1).await;
+        assert_eq!(next[0].1, offsets.high_watermark);
+        assert_eq!(support::read_all(&store, kept, next[0].1).len(), 1);
+        // A segment whose data is retained is not rolled again.
+        store.enforce_retention(now_ms());
+        assert_eq!(store.gauges().segments, 1);
+        support::shutdown(&store).await;
+    });
+}
+
+/// An idle active segment's data ages: the flusher's ticks do not count
+/// as writes, so once retention.ms has passed since the last frame the
+/// data expires, and the segment, holding nothing retained, is rolled and
+/// deleted by the broker's own retention task (the breaker trial's full
+/// disk: nothing was ever freed). (Mutation: touching the segment at
+/// every flusher tick keeps its data "just written" and the file stays.)
+#[test]
+fn a_broker_frees_an_idle_segment_once_its_data_expired() {
+    use crate::broker_process::BrokerProcess;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, "[retention]\ncheck_interval_ms = 200\n").unwrap();
+    let data = dir.path().join("data");
+    let broker = BrokerProcess::start(&data, &["--config", config.to_str().unwrap()]);
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .args(["--brokers", &broker.address])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+    };
+    // 20 MB: the first segment of each shard stays the active one.
+    run(&[
+        "bench",
+        "produce",
+        "--topic",
+        "idle",
+        "--partitions",
+        "2",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+    ]);
+    let first = |shard: u32| data.join(format!("shard-{shard}/log/{:020}.log", 0));
+    assert!(first(0).exists() && first(1).exists());
+    run(&["topics", "alter", "idle", "--config", "retention.ms=500"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while first(0).exists() || first(1).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an idle segment of expired data is still there"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The broker goes on taking records, in the new segments.
+    run(&[
+        "bench",
+        "produce",
+        "--topic",
+        "idle",
+        "--partitions",
+        "2",
+        "--duration",
+        "0.5",
+    ]);
+    assert!(broker.wait_for_log("rolled the active segment"));
+}
+
 #[test]
 fn segments_older_than_retention_ms_are_deleted_and_the_log_start_moves() {
     let dir = tempfile::tempdir().unwrap();
