@@ -210,11 +210,6 @@ pub struct CommitLog {
     /// The append end at which the next sync by bytes is forced
     /// (`sync_interval_bytes` past the last one).
     sync_by_bytes_at: u64,
-    /// The append end when the active segment's last write time was last
-    /// set: the time is set only when frames went in since, so time
-    /// retention ages the segment from its last frame, not from the
-    /// flusher's last pass over an idle log.
-    touched_end: u64,
     /// The failpoint `log_partial_writes_wait` (debug builds): a partial
     /// chunk goes only at the flush interval or a durability deadline.
     partial_writes_wait: bool,
@@ -334,7 +329,6 @@ impl CommitLog {
             active_roll_after_ms: u64::MAX,
             reservation,
             sync_by_bytes_at,
-            touched_end: end.0,
             partial_writes_wait,
             ahead: None,
             ahead_out: None,
@@ -688,7 +682,6 @@ impl CommitLog {
         self.written.mark(self.append_end.0, next_base.0);
         self.durable.mark(self.append_end.0, next_base.0);
         self.append_end = next_base;
-        self.touched_end = next_base.0;
         self.active_first_append_ms = None;
         self.active_roll_after_ms = u64::MAX;
         assert!(
@@ -714,12 +707,6 @@ impl CommitLog {
         } else {
             self.roll(0)
         }
-    }
-
-    /// Whether the active segment holds a frame (since its creation, or
-    /// found there at recovery): what an age roll needs.
-    pub fn active_holds_frames(&self) -> bool {
-        self.active_first_append_ms.is_some()
     }
 
     /// Where the active segment ends: the next segment's base.
@@ -760,10 +747,6 @@ impl CommitLog {
             "an age roll needs a frame in the active segment"
         );
         let tail_from = self.append_end;
-        // The log was idle or long-lived: the next segment reserves the
-        // smallest step first (a retention roll may run on a full disk),
-        // and the steps grow again as a fresh log's do.
-        self.reservation.restart_steps();
         self.roll(0)?;
         let rolled = &self.segments[self.segments.len() - 2];
         assert!(rolled.contains(tail_from) || tail_from == rolled.end());
@@ -823,10 +806,7 @@ impl CommitLog {
         if let Err(error) = self.io.flush_submissions() {
             self.poison_with("io_uring_enter", error);
         }
-        if self.append_end.0 != self.touched_end {
-            self.touched_end = self.append_end.0;
-            self.active_segment().touch(segment::now_ms());
-        }
+        self.active_segment().touch(segment::now_ms());
         self.assert_invariants();
     }
 

@@ -121,31 +121,8 @@ impl ShardStore {
                 }
             }
         }
-        let lowest = retention::lowest_needed_position(&mut state.partitions.values());
-        // Nothing a partition or a pending delayed record needs lies in the
-        // log, yet the active segment holds frames: they all expired, or
-        // their topics were deleted. Roll it so that it goes with the
-        // others, as Kafka deletes an expired active segment after rolling
-        // a new one; otherwise a shard whose only segment filled the disk
-        // would never free it, since a refused append starts no age roll
-        // (found by a breaker trial: a full disk stayed full after every
-        // topic's data had expired or been deleted, across restarts).
-        // A follower rolls where its leader rolled (`roll_as_copied`).
-        if lowest.is_none()
-            && !self.is_follower()
-            && timer_pin(state) >= state.log.written_end()
-            && state.log.active_holds_frames()
-        {
-            match state.log.roll_for_age() {
-                Ok(()) => {
-                    tracing::info!(shard = %self.options.shard, "rolled the active segment: none of its data is retained any more, so retention deletes it")
-                }
-                Err(error) => {
-                    tracing::warn!(shard = %self.options.shard, %error, "cannot roll the active segment whose data is no longer retained; retrying at the next check")
-                }
-            }
-        }
-        let needed = lowest.unwrap_or(state.log.written_end());
+        let needed = retention::lowest_needed_position(&mut state.partitions.values());
+        let needed = needed.unwrap_or(state.log.written_end());
         // Pending delayed records keep the timer batches holding them.
         let needed = needed.min(timer_pin(state));
         let producers_kept = self.producer_state_kept_to(state);
