@@ -140,6 +140,8 @@ tune_vm() {
     "queue pages are fsynced by every checkpoint; expiring them sooner spreads that writeback instead of piling it onto one fsync"
   sysctl_at_most vm.swappiness 1 \
     "a swapped-out shard stalls every partition it owns; keep anonymous memory in RAM"
+  sysctl_at_least vm.max_map_count 262144 \
+    "each partition's consume-queue file is one memory map; the default 65530 caps a broker near 60 000 partitions"
 }
 
 tune_net() {

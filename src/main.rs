@@ -1012,8 +1012,9 @@ fn run(mut config: Config, signals: &TerminationSignals) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raise the open-files soft limit and warn if it is below what `config`
-/// and the data directory's files may need (`open_files`).
+/// Raise the open-files soft limit and warn if it, or `vm.max_map_count`,
+/// is below what `config` and the data directory's files may need
+/// (`open_files`).
 fn check_open_files(config: &Config, backend: IoBackend, shards: usize, data_dir: &DataDir) {
     let files = match open_files::count_storage_files(data_dir.path(), shards) {
         Ok(files) => files,
@@ -1025,6 +1026,7 @@ fn check_open_files(config: &Config, backend: IoBackend, shards: usize, data_dir
     open_files::check_and_log(open_files::OpenFilesNeed::estimate(
         config, backend, shards, files,
     ));
+    open_files::check_map_count(files);
 }
 
 /// What clients are told: `kafka.advertised`, or the bound listener with the

@@ -16,13 +16,17 @@
 //! - each shard: its listening socket, compio's ring or epoll and its
 //!   eventfd, the commit log's ring and eventfd, checkpoint and directory
 //!   fsyncs ([`FDS_PER_SHARD`]), and the next segment it rolls to;
-//! - the storage files already in the data directory: two per segment (a
-//!   writer and a reader) and one per consume-queue file, which stay open;
+//! - the segments already in the data directory: two each (a writer and a
+//!   reader), which stay open;
 //! - the process itself ([`FDS_PROCESS`]): stdio, the data-directory lock,
 //!   the metrics runtime.
 //!
-//! Partitions created later add at least one consume-queue file each, and
-//! segments accumulate until retention deletes them, so the estimate is a
+//! Consume-queue files take no descriptor (`storage/queue_file.rs` maps
+//! them and closes the file) but one memory map each, so the start also
+//! warns when `vm.max_map_count` is below their count plus
+//! [`MAPS_PROCESS`] ([`check_map_count`]).
+//!
+//! Segments accumulate until retention deletes them, so the estimate is a
 //! floor for today's data, not a ceiling: the packaged unit sets
 //! `LimitNOFILE=1048576`.
 
@@ -48,6 +52,10 @@ pub const FDS_PER_SHARD: u64 = 16;
 pub const FDS_PER_SEGMENT: u64 = 2;
 /// Descriptors the process holds outside the shards.
 pub const FDS_PROCESS: u64 = 32;
+/// Memory maps the process holds besides its consume-queue files: the
+/// binary and its libraries, thread stacks and guard pages, the write
+/// buffers and the allocator's arenas, with room to spare.
+pub const MAPS_PROCESS: u64 = 4096;
 
 /// The open-files limit before and after [`raise_soft_limit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,7 +172,7 @@ impl OpenFilesNeed {
             connections: u64::from(config.kafka.connections_max) * per_connection,
             metrics: HttpLimits::default().connections_max as u64,
             shards: shards * (FDS_PER_SHARD + FDS_PER_SEGMENT),
-            storage: files.segments * FDS_PER_SEGMENT + files.queue_files,
+            storage: files.segments * FDS_PER_SEGMENT,
             process: FDS_PROCESS,
         }
     }
@@ -212,11 +220,44 @@ pub fn check_and_log(need: OpenFilesNeed) {
             storage_fds = need.storage,
             "the open-files limit (RLIMIT_NOFILE) is below what this configuration may need \
              (descriptors for kafka.connections_max connections, {} per connection with this I/O \
-             backend, and for shards, segments and consume-queue files): past it, clients are \
-             refused and segments cannot roll. Raise {raise}, or LimitNOFILE= in the systemd \
+             backend, and for shards and segments): past it, clients are refused and segments \
+             cannot roll. Raise {raise}, or LimitNOFILE= in the systemd \
              unit (packaging/sluice.service sets 1048576); or lower kafka.connections_max",
             need.per_connection
         );
+    }
+}
+
+/// The kernel's cap on one process's memory maps (`vm.max_map_count`).
+fn max_map_count() -> io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/sys/vm/max_map_count")?;
+    text.trim().parse().map_err(io::Error::other)
+}
+
+/// The memory maps `files` need: one per consume-queue file, plus
+/// [`MAPS_PROCESS`].
+pub fn maps_needed(files: StorageFiles) -> u64 {
+    files.queue_files + MAPS_PROCESS
+}
+
+/// Warn, with the fix, when `vm.max_map_count` is below [`maps_needed`]:
+/// past it a consume-queue file cannot be mapped, so a partition cannot be
+/// created or opened.
+pub fn check_map_count(files: StorageFiles) {
+    let need = maps_needed(files);
+    match max_map_count() {
+        Ok(limit) if limit < need => tracing::warn!(
+            limit,
+            need,
+            queue_files = files.queue_files,
+            "vm.max_map_count is below what this data directory needs (one memory map per \
+             consume-queue file, about one per partition, plus {MAPS_PROCESS} for the process): \
+             past it, partitions cannot be created or opened. Raise it with `sysctl -w \
+             vm.max_map_count={}` (kernel-tuning/ sets it)",
+            (need * 2).next_power_of_two()
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read vm.max_map_count"),
     }
 }
 
@@ -233,7 +274,8 @@ mod tests {
         };
         let uring = OpenFilesNeed::estimate(&config, IoBackend::IoUring, 4, files);
         assert_eq!(uring.connections, 30_000);
-        assert_eq!(uring.storage, 120);
+        // Two per segment; consume-queue files are not kept open.
+        assert_eq!(uring.storage, 20);
         assert_eq!(uring.shards, 4 * 18);
         let epoll = OpenFilesNeed::estimate(&config, IoBackend::Epoll, 4, files);
         assert_eq!(epoll.connections, 10_000);

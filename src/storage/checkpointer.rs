@@ -13,7 +13,9 @@
 //! owns the queue files still to fsync, so a cancelled checkpoint can neither
 //! race the next one nor leave unsynced files that a later one vouches for.
 
+use std::collections::BTreeSet;
 use std::fs::File;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,8 +71,7 @@ impl ShardStore {
         writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pending
-            .extend(dirty_files);
+            .add_pending(dirty_files);
         let root = self.layout.root().to_owned();
         // The blocking side serialises checkpoints and owns the queue files
         // still to fsync, so a cancelled checkpoint (whose closure may run
@@ -185,14 +186,14 @@ impl ShardStore {
         None
     }
 
-    fn checkpoint_snapshot(&self) -> (Checkpoint, Vec<Arc<File>>) {
+    fn checkpoint_snapshot(&self) -> (Checkpoint, DirtyFiles) {
         let mut state = self.state.borrow_mut();
         // A compaction pass collected but not applied is scanned again.
         let indexed = match state.compaction.hold() {
             Some(hold) => state.durable_frame_end.min(hold),
             None => state.durable_frame_end,
         };
-        let mut dirty_files = Vec::new();
+        let mut dirty_files = DirtyFiles::default();
         let mut partitions = Vec::with_capacity(state.partitions.len());
         for partition in state.partitions.values_mut() {
             let (queue_entries, next_offset) = partition.checkpoint_position(indexed);
@@ -202,14 +203,18 @@ impl ShardStore {
                 next_offset,
                 queue_entries,
             });
-            dirty_files.extend(partition.queue.take_dirty_files());
+            dirty_files
+                .queue_files
+                .extend(partition.queue.take_dirty_files());
         }
         partitions.sort_by_key(|partition| partition.id);
         // The timer is exact at the durable frame end (a compaction hold
         // does not concern it), which only grows.
         let timer_position = state.durable_frame_end;
         let timer = state.timer.checkpoint_at(timer_position);
-        dirty_files.extend(state.timer.index.take_dirty_files());
+        dirty_files
+            .timer_files
+            .extend(state.timer.index.take_dirty_files());
         let checkpoint = Checkpoint {
             indexed_position: indexed,
             partitions,
@@ -275,17 +280,39 @@ impl ProducerSnapshots {
     }
 }
 
-/// The blocking half of checkpointing: queue files waiting for an fsync and
-/// the newest checkpoint written. Held under a mutex by one checkpoint at a time.
+/// Files written since the last checkpoint, which the next one syncs.
+#[derive(Default)]
+pub(super) struct DirtyFiles {
+    /// Consume-queue files, by path: they are not kept open
+    /// (`queue_file.rs`), so a checkpoint opens them to sync them.
+    queue_files: Vec<PathBuf>,
+    /// The delayed-delivery timer's entry files, held open by the timer.
+    timer_files: Vec<Arc<File>>,
+}
+
+/// Consume-queue files a checkpoint holds open at once to sync them: a
+/// shard with many partitions written since the last checkpoint does not
+/// take a descriptor for each at the same time.
+const QUEUE_FILES_OPEN_AT_ONCE: usize = 128;
+
+/// The blocking half of checkpointing: files waiting for an fsync and the
+/// newest checkpoint written. Held under a mutex by one checkpoint at a time.
 #[derive(Default)]
 pub(super) struct CheckpointWriter {
-    pending: Vec<Arc<File>>,
+    /// Queue files to sync, each once however often it was written.
+    pending_queue_files: BTreeSet<PathBuf>,
+    pending_timer_files: Vec<Arc<File>>,
     written_sequence: u64,
     /// The last checkpoint stored: an idle shard does not rewrite it.
     written: Option<Checkpoint>,
 }
 
 impl CheckpointWriter {
+    fn add_pending(&mut self, dirty: DirtyFiles) {
+        self.pending_queue_files.extend(dirty.queue_files);
+        self.pending_timer_files.extend(dirty.timer_files);
+    }
+
     fn write(
         &mut self,
         sequence: u64,
@@ -295,7 +322,10 @@ impl CheckpointWriter {
         if sequence <= self.written_sequence {
             return Ok(()); // a newer checkpoint is already on disk
         }
-        if self.pending.is_empty() && self.written.as_ref() == Some(checkpoint) {
+        if self.pending_queue_files.is_empty()
+            && self.pending_timer_files.is_empty()
+            && self.written.as_ref() == Some(checkpoint)
+        {
             self.written_sequence = sequence;
             return Ok(()); // nothing changed: no disk write on an idle shard
         }
@@ -308,24 +338,53 @@ impl CheckpointWriter {
         // (acks=all) queued behind them (p50 875 ms at 100 MB/s right after
         // 1000 partitions were written, issue 19). With the writeback done
         // first, the first fdatasync commits every file's change at once and
-        // the others find theirs committed.
-        for wait in [false, true] {
-            for file in &self.pending {
-                write_back(file, wait);
+        // the others find theirs committed. Queue files go in groups of
+        // `QUEUE_FILES_OPEN_AT_ONCE`, opened for it.
+        let io_error = |source| CheckpointError::Io {
+            path: root.to_owned(),
+            source,
+        };
+        sync_files(&self.pending_timer_files).map_err(io_error)?;
+        let queue_files: Vec<&PathBuf> = self.pending_queue_files.iter().collect();
+        for group in queue_files.chunks(QUEUE_FILES_OPEN_AT_ONCE) {
+            let mut files = Vec::with_capacity(group.len());
+            for path in group {
+                match File::open(path) {
+                    Ok(file) => files.push(file),
+                    // Removed since it was written (its partition deleted,
+                    // or retention dropped it): nothing to sync.
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(CheckpointError::Io {
+                            path: (*path).clone(),
+                            source,
+                        });
+                    }
+                }
             }
+            sync_files(&files).map_err(io_error)?;
         }
-        for file in &self.pending {
-            file.sync_data().map_err(|source| CheckpointError::Io {
-                path: root.to_owned(),
-                source,
-            })?;
-        }
-        self.pending.clear();
+        self.pending_queue_files.clear();
+        self.pending_timer_files.clear();
         checkpoint.store(root)?;
         self.written_sequence = sequence;
         self.written = Some(checkpoint.clone());
         Ok(())
     }
+}
+
+/// Write back the dirty pages of every file in `files`, then fdatasync each
+/// (see [`CheckpointWriter::write`] for why in that order).
+fn sync_files<F: std::borrow::Borrow<File>>(files: &[F]) -> std::io::Result<()> {
+    for wait in [false, true] {
+        for file in files {
+            write_back(file.borrow(), wait);
+        }
+    }
+    for file in files {
+        file.borrow().sync_data()?;
+    }
+    Ok(())
 }
 
 /// Start the writeback of `file`'s dirty pages, or (`wait`) wait for all of

@@ -20,10 +20,8 @@
 //! entry count and re-indexes from the commit log. Dropping the tail punches a
 //! hole, so stale entries cannot reappear.
 
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -108,7 +106,7 @@ pub struct ConsumeQueue {
     /// Index one past the newest entry.
     tail_index: u64,
     /// Files written since the last [`ConsumeQueue::take_dirty_files`].
-    dirty: Vec<Arc<File>>,
+    dirty: Vec<PathBuf>,
     /// Reservations [`ConsumeQueue::reserve_next`] made itself, on the
     /// caller's thread, because none made ahead covered the next entry.
     reserved_in_line: u64,
@@ -396,12 +394,8 @@ impl ConsumeQueue {
             "queue files are contiguous"
         );
         file.write_slot(index - file.first_index, &entry)?;
-        if !self
-            .dirty
-            .iter()
-            .any(|dirty| Arc::ptr_eq(dirty, &file.file))
-        {
-            self.dirty.push(Arc::clone(&file.file));
+        if !self.dirty.contains(&file.path) {
+            self.dirty.push(file.path.clone());
         }
         self.tail_index += 1;
         self.last = Some(entry);
@@ -493,8 +487,9 @@ impl ConsumeQueue {
         Ok(())
     }
 
-    /// Files written since the last call: what a checkpoint must fsync.
-    pub fn take_dirty_files(&mut self) -> Vec<Arc<File>> {
+    /// The paths of the files written since the last call: what a
+    /// checkpoint must fsync (queue files are not kept open).
+    pub fn take_dirty_files(&mut self) -> Vec<PathBuf> {
         std::mem::take(&mut self.dirty)
     }
 

@@ -21,6 +21,16 @@
 //! layout, or damage) is refused with [`QueueError::Format`] and the queue is
 //! rebuilt from the commit log.
 //!
+//! The file is not kept open: its mapping outlives the descriptor, so a
+//! partition holds no descriptor, and the few calls that need one (fallocate
+//! to reserve blocks, a hole punch to clear, a checkpoint's fdatasync) open
+//! the file by its path for the call. Found by a breaker trial: with one
+//! descriptor per queue file, 20 000 partitions ran a 20 000 open-files
+//! limit out, refused appends, and the broker could not start again.
+//! A queue file's path names it for its whole life: it is created, mapped,
+//! cleared and removed by its [`QueueFile`] alone (the data directory is
+//! locked by this process).
+//!
 //! Invariant: a slot is written through the map only after the blocks under
 //! it were allocated ([`QueueFile::write_slot`] reserves ahead with
 //! fallocate, or writes zeros where fallocate is missing), so a full disk is
@@ -30,7 +40,6 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use memmap2::MmapMut;
 
@@ -62,7 +71,6 @@ pub fn queue_file_path(dir: &Path, first_index: u64) -> PathBuf {
 pub struct QueueFile {
     pub first_index: u64,
     pub path: PathBuf,
-    pub file: Arc<File>,
     entries: u64,
     map: MmapMut,
     /// Bytes below this are allocated on disk or hold entries: the next
@@ -85,17 +93,20 @@ pub struct QueueFile {
 pub struct QueueReservation {
     pub first_index: u64,
     epoch: u64,
-    file: Arc<File>,
+    path: PathBuf,
     from: u64,
     to: u64,
 }
 
 impl QueueReservation {
-    /// fallocate the range (blocking). A file system without fallocate
-    /// reserves nothing here: zeros are written only by the shard, below
-    /// its own writes (see [`QueueFile::reserve_slot`]).
+    /// fallocate the range (blocking; the file is opened for it, and a file
+    /// removed meanwhile is an error the epoch makes harmless). A file
+    /// system without fallocate reserves nothing here: zeros are written
+    /// only by the shard, below its own writes (see
+    /// [`QueueFile::reserve_slot`]).
     pub fn run(&self) -> io::Result<Allocation> {
-        preallocate::allocate(&self.file, self.from, self.to - self.from)
+        let file = open_for_write(&self.path)?;
+        preallocate::allocate(&file, self.from, self.to - self.from)
     }
 }
 
@@ -123,18 +134,14 @@ impl QueueFile {
         let header = encode_header(entries, first_index);
         file.write_all_at(&header, 0)
             .map_err(|source| QueueError::from_write(&path, source))?;
-        QueueFile::mapped(file, path, first_index, entries)
+        QueueFile::mapped(&file, path, first_index, entries)
     }
 
     /// Open an existing file; its header must name `first_index`.
     pub fn open(dir: &Path, first_index: u64) -> Result<QueueFile, QueueError> {
         let path = queue_file_path(dir, first_index);
         let io_error = |source| QueueError::io(&path, source);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_error)?;
+        let file = open_for_write(&path).map_err(io_error)?;
         let length = file.metadata().map_err(io_error)?.len();
         let mut header = [0u8; HEADER_BYTES];
         if length >= HEADER_BYTES as u64 {
@@ -153,13 +160,14 @@ impl QueueFile {
                 ),
             });
         }
-        QueueFile::mapped(file, path, first_index, entries)
+        QueueFile::mapped(&file, path, first_index, entries)
     }
 
-    /// Map a file whose header is in place. Only the header's block is known
-    /// to be allocated.
+    /// Map a file whose header is in place; the caller closes `file` (the
+    /// map keeps the file). Only the header's block is known to be
+    /// allocated.
     fn mapped(
-        file: File,
+        file: &File,
         path: PathBuf,
         first_index: u64,
         entries: u64,
@@ -168,11 +176,10 @@ impl QueueFile {
         // so no other process truncates or writes this file while it is
         // mapped, and this queue never shrinks a file it has mapped.
         let map =
-            unsafe { MmapMut::map_mut(&file) }.map_err(|source| QueueError::io(&path, source))?;
+            unsafe { MmapMut::map_mut(file) }.map_err(|source| QueueError::io(&path, source))?;
         Ok(QueueFile {
             first_index,
             path,
-            file: Arc::new(file),
             entries,
             map,
             allocated_end: HEADER_BYTES as u64,
@@ -253,7 +260,7 @@ impl QueueFile {
         Some(QueueReservation {
             first_index: self.first_index,
             epoch: self.epoch,
-            file: Arc::clone(&self.file),
+            path: self.path.clone(),
             from,
             to,
         })
@@ -307,13 +314,15 @@ impl QueueFile {
         let ahead = (slot_end + ahead).next_multiple_of(page).min(map_len);
         let needed = slot_end.next_multiple_of(page).min(map_len);
         let mut to = ahead;
-        let mut allocated = preallocate::allocate(&self.file, from, to - from);
+        let file =
+            open_for_write(&self.path).map_err(|source| QueueError::io(&self.path, source))?;
+        let mut allocated = preallocate::allocate(&file, from, to - from);
         if let Err(error) = &allocated
             && matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
             && needed < ahead
         {
             to = needed;
-            allocated = preallocate::allocate(&self.file, from, to - from);
+            allocated = preallocate::allocate(&file, from, to - from);
         }
         match allocated {
             Ok(Allocation::Allocated) => {}
@@ -322,7 +331,7 @@ impl QueueFile {
                     &self.path,
                     "consume-queue space is reserved by writing zeros",
                 );
-                preallocate::write_zeros(&self.file, from, to - from)
+                preallocate::write_zeros(&file, from, to - from)
                     .map_err(|source| QueueError::from_write(&self.path, source))?;
             }
             Err(source) => return Err(QueueError::from_write(&self.path, source)),
@@ -341,7 +350,8 @@ impl QueueFile {
         // Pages that hold entries have blocks, so these writes allocate none.
         self.map[start..page_end].fill(0);
         if page_end < map_len {
-            let punched = punch_hole(&self.file, page_end as u64, (map_len - page_end) as u64)
+            let punched = open_for_write(&self.path)
+                .and_then(|file| punch_hole(&file, page_end as u64, (map_len - page_end) as u64))
                 .map_err(|source| QueueError::io(&self.path, source))?;
             if !punched {
                 self.zero_pages_with_data(page_end);
@@ -377,6 +387,12 @@ impl QueueFile {
         drop(self.map);
         std::fs::remove_file(&self.path).map_err(|source| QueueError::io(&self.path, source))
     }
+}
+
+/// Open a queue file for one call that needs a descriptor (the file is not
+/// kept open: see the module doc).
+fn open_for_write(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).open(path)
 }
 
 fn slot_offset(slot: u64) -> u64 {

@@ -165,3 +165,111 @@ fn consume_queue_blocks_are_reserved_ahead_off_the_shard() {
         support::shutdown(&store).await;
     });
 }
+
+/// Partitions in the test below: more than its open-files limit.
+const PAST_THE_LIMIT: i32 = 2000;
+
+/// Found by a breaker trial (issue 19): each partition held its
+/// consume-queue file open, so 20 000 partitions ran a 20 000 open-files
+/// limit out: creating a topic failed half-way, appends were refused, and
+/// after a kill -9 the broker could not start again. Queue files are now
+/// mapped and closed. Under a limit of 1024 descriptors a broker creates
+/// 2000 partitions, takes a record in each, is killed, starts again under
+/// the same limit and serves every record (mutation: keeping each queue
+/// file open fails the creation with "Too many open files").
+#[test]
+fn partitions_past_the_open_files_limit_take_records_and_survive_kill_9() {
+    use bytes::Bytes;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{FetchRequest, ProduceRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    use crate::broker_process::{BrokerProcess, Launch};
+    use crate::wire::Wire;
+
+    let dir = tempfile::tempdir().unwrap();
+    let launch = Launch {
+        open_files: Some((1024, 1024)),
+        ..Launch::default()
+    };
+    let topic = TopicName(StrBytes::from_static_str("wide"));
+    let broker = BrokerProcess::start_with(dir.path(), &[], &launch);
+    crate::kafka_clients::create_topic(&broker.address, "wide", PAST_THE_LIMIT, &[]);
+    let records = Bytes::from(crate::kafka_bad_input::batch(1, 100));
+    let produce = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(topic.clone())
+                .with_partition_data(
+                    (0..PAST_THE_LIMIT)
+                        .map(|index| {
+                            PartitionProduceData::default()
+                                .with_index(index)
+                                .with_records(Some(records.clone()))
+                        })
+                        .collect(),
+                ),
+        ]);
+    let mut wire = Wire::connect(&broker.address);
+    wire.set_read_timeout(std::time::Duration::from_secs(60));
+    let response = wire.call(9, &produce);
+    let refused: Vec<_> = response.responses[0]
+        .partition_responses
+        .iter()
+        .filter(|partition| partition.error_code != 0)
+        .map(|partition| (partition.index, partition.error_code))
+        .collect();
+    assert!(refused.is_empty(), "refused appends: {refused:?}");
+    assert_eq!(
+        response.responses[0].partition_responses.len(),
+        PAST_THE_LIMIT as usize
+    );
+    drop(wire);
+    broker.kill9();
+
+    let broker = BrokerProcess::start_with(dir.path(), &[], &launch);
+    let fetch = FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(0)
+        .with_max_bytes(64 << 20)
+        .with_topics(vec![
+            FetchTopic::default().with_topic(topic).with_partitions(
+                (0..PAST_THE_LIMIT)
+                    .map(|index| {
+                        FetchPartition::default()
+                            .with_partition(index)
+                            .with_fetch_offset(0)
+                            .with_partition_max_bytes(1 << 20)
+                    })
+                    .collect(),
+            ),
+        ]);
+    let mut wire = Wire::connect(&broker.address);
+    wire.set_read_timeout(std::time::Duration::from_secs(60));
+    let response = wire.call(4, &fetch);
+    let partitions = &response.responses[0].partitions;
+    assert_eq!(partitions.len(), PAST_THE_LIMIT as usize);
+    for partition in partitions {
+        assert_eq!(
+            (partition.error_code, partition.high_watermark),
+            (0, 1),
+            "partition {} after the restart",
+            partition.partition_index
+        );
+        assert_eq!(
+            partition.records.as_ref().map(|records| &records[..]),
+            Some(&support::stored_form(&records, sluice::ids::Offset(0))[..]),
+            "partition {}'s record as stored",
+            partition.partition_index
+        );
+    }
+    assert!(
+        !broker.log_contains("Too many open files"),
+        "{:?}",
+        broker.log()
+    );
+    assert_eq!(broker.stop().code(), Some(0));
+}

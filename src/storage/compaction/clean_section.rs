@@ -135,8 +135,10 @@ impl CleanSection {
         for entry in entries {
             queue.append(*entry)?;
         }
-        for file in queue.take_dirty_files() {
-            file.sync_all().map_err(|source| io(&dir, source))?;
+        for path in queue.take_dirty_files() {
+            std::fs::File::open(&path)
+                .and_then(|file| file.sync_all())
+                .map_err(|source| io(&path, source))?;
         }
         let meta = Meta {
             generation,
