@@ -721,6 +721,15 @@ impl CommitLog {
         self.active_roll_after_ms = self.active_roll_after_ms.min(segment_ms);
     }
 
+    /// A partition with frames in the active segment now has `segment_ms`
+    /// (its topic's `segment.ms` was altered): the age roll honours the
+    /// smaller value from now on, as if the frames had gone in under it.
+    pub fn note_segment_ms(&mut self, segment_ms: u64) {
+        if self.active_first_append_ms.is_some() {
+            self.active_roll_after_ms = self.active_roll_after_ms.min(segment_ms);
+        }
+    }
+
     /// Whether the active segment is due for its age roll at `now_ms`
     /// before a frame of a partition with `segment_ms` goes in: it holds a
     /// frame older than the smallest `segment.ms` of the partitions written

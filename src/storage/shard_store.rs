@@ -639,11 +639,25 @@ impl ShardStore {
         id: PartitionId,
         config: PartitionConfig,
     ) -> Result<(), PartitionError> {
-        let mut state = self.state.borrow_mut();
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
         let partition = state
             .partitions
             .get_mut(&id)
             .ok_or(PartitionError::Unknown(id))?;
+        // A `segment.ms` lowered later applies to the active segment too
+        // when it holds this partition's frames (found by a breaker trial:
+        // only the value at append time counted, so an active segment
+        // written under the 7-day default kept its data that long).
+        let active_base = state.log.segments().next_back().map(|segment| segment.base);
+        if partition
+            .queue
+            .last()
+            .zip(active_base)
+            .is_some_and(|(last, base)| last.position >= base)
+        {
+            state.log.note_segment_ms(config.segment_ms);
+        }
         partition.config = config;
         Ok(())
     }

@@ -1370,6 +1370,49 @@ fn segment_ms_rolls_the_active_segment_so_retention_deletes_it_whole() {
     );
 }
 
+/// Found by a breaker trial (issue 19): `segment.ms` lowered after a
+/// partition's frames went into the active segment did not apply to it
+/// (only the value at append time counted), so data written under the
+/// 7-day default stayed that long whatever `retention.ms` said. Lowered
+/// later, it now rolls the idle active segment and retention deletes the
+/// data (mutation: ignoring the new value leaves the log start at 0).
+#[test]
+fn segment_ms_lowered_later_rolls_an_active_segment_written_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = config_file(
+        dir.path(),
+        "[storage]\nsegment_bytes = 4194304\nsegment_roll_min_ms = 1\n\
+         [retention]\ncheck_interval_ms = 200\ndisk_check_interval_ms = 100\n",
+    );
+    let broker = BrokerProcess::start(&data, &["--config", config.to_str().unwrap()]);
+    let mut wire = Wire::connect(&broker.address);
+    create_ok(&mut wire, "later", &[]);
+    assert_eq!(
+        produce(&mut wire, "later", batch_at(now_ms(), 10)).error_code,
+        0
+    );
+    let (code, message) = alter_incremental(
+        &mut wire,
+        TOPIC,
+        "later",
+        &[
+            ("segment.ms", SET, Some("1000")),
+            ("retention.ms", SET, Some("1000")),
+        ],
+    );
+    assert_eq!(code, 0, "{message}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && earliest_offset(&mut wire, "later") < 10 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        earliest_offset(&mut wire, "later"),
+        10,
+        "the active segment rolled and retention deleted its data"
+    );
+}
+
 /// The report the config client scripts print.
 #[derive(Debug, serde::Deserialize)]
 struct ConfigsReport {
