@@ -210,6 +210,10 @@ pub struct CommitLog {
     /// The append end at which the next sync by bytes is forced
     /// (`sync_interval_bytes` past the last one).
     sync_by_bytes_at: u64,
+    /// Wall-clock ms of the active segment's newest frame (from the file's
+    /// last write at recovery); `None` while it holds none. The active
+    /// segment's own last write time moves at every flush, frames or not.
+    active_last_append_ms: Option<u64>,
     /// The failpoint `log_partial_writes_wait` (debug builds): a partial
     /// chunk goes only at the flush interval or a durability deadline.
     partial_writes_wait: bool,
@@ -329,6 +333,7 @@ impl CommitLog {
             active_roll_after_ms: u64::MAX,
             reservation,
             sync_by_bytes_at,
+            active_last_append_ms: active_first_append_ms,
             partial_writes_wait,
             ahead: None,
             ahead_out: None,
@@ -682,6 +687,7 @@ impl CommitLog {
         self.written.mark(self.append_end.0, next_base.0);
         self.durable.mark(self.append_end.0, next_base.0);
         self.append_end = next_base;
+        self.active_last_append_ms = None;
         self.active_first_append_ms = None;
         self.active_roll_after_ms = u64::MAX;
         assert!(
@@ -709,6 +715,19 @@ impl CommitLog {
         }
     }
 
+    /// Whether the active segment holds a frame (since its creation, or
+    /// found there at recovery): what an age roll needs.
+    pub fn active_holds_frames(&self) -> bool {
+        self.active_first_append_ms.is_some()
+    }
+
+    /// Wall-clock ms at which the active segment's newest frame went in
+    /// (the file's last write for frames found at recovery); `None` while
+    /// it holds none.
+    pub fn active_last_append_ms(&self) -> Option<u64> {
+        self.active_last_append_ms
+    }
+
     /// Where the active segment ends: the next segment's base.
     pub fn active_end(&self) -> LogPosition {
         self.active_segment().end()
@@ -718,6 +737,7 @@ impl CommitLog {
     /// wall-clock `now_ms` (the age roll's bookkeeping).
     pub fn note_append(&mut self, segment_ms: u64, now_ms: u64) {
         self.active_first_append_ms.get_or_insert(now_ms);
+        self.active_last_append_ms = Some(now_ms);
         self.active_roll_after_ms = self.active_roll_after_ms.min(segment_ms);
     }
 
@@ -756,6 +776,10 @@ impl CommitLog {
             "an age roll needs a frame in the active segment"
         );
         let tail_from = self.append_end;
+        // The log was idle or long-lived: the next segment reserves the
+        // smallest step first (a retention roll may run on a full disk),
+        // and the steps grow again as a fresh log's do.
+        self.reservation.restart_steps();
         self.roll(0)?;
         let rolled = &self.segments[self.segments.len() - 2];
         assert!(rolled.contains(tail_from) || tail_from == rolled.end());

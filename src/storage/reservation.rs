@@ -83,6 +83,13 @@ impl Reservation {
         }
     }
 
+    /// Start the steps again from the smallest, as for a fresh log: for a
+    /// segment begun after the log was idle (an age roll), whose first
+    /// reservation may have to fit a nearly full disk.
+    pub fn restart_steps(&mut self) {
+        self.step = RESERVE_MIN_BYTES.min(self.step_max);
+    }
+
     /// How much to reserve when creating a new segment that starts with a
     /// frame of `frame_bytes`: the current step, or the frame rounded up to
     /// whole MiB. The caller clips it to the segment.

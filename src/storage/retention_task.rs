@@ -108,6 +108,9 @@ impl ShardStore {
         {
             tracing::warn!(shard = %self.options.shard, %error, "cannot roll the active segment for its age; retrying at the next check");
         }
+        let producers_kept = self.producer_state_kept_to(state);
+        let producers_kept =
+            self.roll_the_only_segment_under_disk_pressure(state, producers_kept, now_ms);
         let ages: Vec<_> = state
             .log
             .segments()
@@ -125,7 +128,6 @@ impl ShardStore {
         let needed = needed.unwrap_or(state.log.written_end());
         // Pending delayed records keep the timer batches holding them.
         let needed = needed.min(timer_pin(state));
-        let producers_kept = self.producer_state_kept_to(state);
         while state.log.segments().len() > 1
             && state
                 .log
@@ -199,6 +201,84 @@ fn timer_pin(state: &StoreState) -> LogPosition {
 }
 
 impl ShardStore {
+    /// Under disk pressure (`retention.disk_force_clean_ratio` or above),
+    /// roll the active segment when it is the shard's only one and every
+    /// partition with data in it lets that data go: its topic was deleted,
+    /// its `retention.ms` has passed since the segment's newest frame, or
+    /// it allows deletion for space (`sluice.disk.pressure.delete`); and no
+    /// pending delayed record and no unsnapshotted producer state is in it.
+    /// The rolled segment is aged from its newest frame, so retention (or
+    /// the forced deletion) deletes it in this pass. Retention deletes only
+    /// sealed segments, and a segment is aged from its last flush while it
+    /// is active, so without this a shard whose one segment filled the disk
+    /// stayed full for good: refused appends start no age roll (found by a
+    /// breaker trial). The new segment reserves the smallest step first.
+    ///
+    /// Only on a leader or a single node: a follower rolls where its
+    /// leader did, at its next frame (`roll_as_copied`). Only under
+    /// pressure, so that a leader and its followers' logs differ that way
+    /// only in that emergency.
+    ///
+    /// Returns the position up to which deletion loses no producer state
+    /// (`producer_state_kept_to`): a snapshot at the old end is exact at
+    /// the new segment's base too, as nothing lies between them.
+    fn roll_the_only_segment_under_disk_pressure(
+        &self,
+        state: &mut StoreState,
+        producers_kept: Option<LogPosition>,
+        now_ms: u64,
+    ) -> Option<LogPosition> {
+        let end = state.log.written_end();
+        let Some(last_append_ms) = state.log.active_last_append_ms() else {
+            return producers_kept;
+        };
+        if self.disk_pressure.get() < DiskPressure::ForceClean
+            || self.is_follower()
+            || state.log.segments().len() != 1
+            || timer_pin(state) < end
+        {
+            return producers_kept;
+        }
+        let expired_since_last_frame = |partition: &Partition| {
+            partition.config.delete
+                && u64::try_from(partition.config.retention_ms)
+                    .is_ok_and(|retention_ms| now_ms.saturating_sub(last_append_ms) >= retention_ms)
+        };
+        if state.partitions.values().any(|partition| {
+            needs_the_oldest_segment(state, partition)
+                && !partition.config.disk_pressure_delete
+                && !expired_since_last_frame(partition)
+        }) {
+            return producers_kept;
+        }
+        if producers_kept.is_some_and(|kept| kept < end) {
+            // A producer snapshot at the next checkpoint lets it go.
+            self.producer_snapshots.borrow_mut().request();
+            return producers_kept;
+        }
+        match state.log.roll_for_age() {
+            Ok(()) => {
+                let rolled = state.log.segments().rev().nth(1).expect("rolled");
+                rolled.touch(last_append_ms);
+                tracing::warn!(
+                    shard = %self.options.shard,
+                    "disk usage is above retention.disk_force_clean_ratio: rolled the shard's \
+                     only segment, whose data may go, so that retention deletes it"
+                );
+                producers_kept.map(|kept| kept.max(state.log.written_end()))
+            }
+            Err(error) => {
+                tracing::warn!(
+                    shard = %self.options.shard,
+                    %error,
+                    "disk usage is above retention.disk_force_clean_ratio, but the shard's \
+                     only segment cannot be rolled to be deleted; retrying at the next check"
+                );
+                producers_kept
+            }
+        }
+    }
+
     /// The log position up to which deleting segments loses no
     /// idempotent-producer state: the newest producer snapshot on disk,
     /// from which recovery replays the log after it (Kafka keeps its

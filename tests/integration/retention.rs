@@ -363,3 +363,84 @@ fn stored_bytes_count_the_retained_batches_in_slices_of_any_size() {
         support::shutdown(&store).await;
     });
 }
+
+/// Found by a breaker trial (issue 19): a shard whose only segment filled
+/// the disk stayed full for good once every topic's data had expired or
+/// been deleted, since retention deletes only sealed segments, the active
+/// one is aged from its last flush, and a refused append starts no age
+/// roll. Under disk pressure the only segment is now rolled, aged from its
+/// newest frame and deleted, once every partition with data in it lets
+/// that data go; while one still retains its data, or without pressure,
+/// it stays (mutation: without the roll, the first segment is never
+/// removed).
+#[test]
+fn under_disk_pressure_a_shards_only_segment_is_rolled_and_deleted_once_its_data_may_go() {
+    const SEGMENT_BYTES: u64 = 32 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = sluice::config::StorageConfig {
+        segment_bytes: SEGMENT_BYTES,
+        ..support::small_storage(WriteMode::Direct)
+    };
+    let runtime = support::runtime(support::native_backend());
+    runtime.block_on(async {
+        let usage = Rc::new(Cell::new(0.5));
+        let probe_usage = Rc::clone(&usage);
+        let hooks = StoreHooks {
+            log_io: None,
+            disk_probe: Some(Rc::new(move || Ok(probe_usage.get()))),
+        };
+        let options = support::options(dir.path(), storage, support::native_backend());
+        let store = ShardStore::open_with(options, hooks).unwrap();
+        let kept = support::create(&store, "kept", 0);
+        let expiring = support::create(&store, "expiring", 0);
+        let deleted = support::create(&store, "deleted", 0);
+        fill(&store, &[kept, expiring, deleted], 30).await;
+        let first = dir.path().join(format!("shard-0/log/{:020}.log", 0));
+        assert_eq!(store.gauges().segments, 1);
+        let an_hour_on = || now_ms() + 3_600_000;
+
+        // Under pressure, while one partition still retains its data (the
+        // 7-day default), the segment stays.
+        usage.set(0.95);
+        assert_eq!(store.check_disk(), DiskPressure::Reject);
+        with_config(&store, expiring, |config| config.retention_ms = 60_000);
+        store.delete_partition(deleted).unwrap();
+        store.enforce_retention(an_hour_on());
+        store.segment_files_removed().await;
+        assert!(first.exists(), "deleted while data in it was retained");
+        assert_eq!(support::read_all(&store, kept, Offset(0)).len(), 10);
+
+        // Its data expires too, but without pressure nothing is rolled.
+        usage.set(0.5);
+        assert_eq!(store.check_disk(), DiskPressure::Normal);
+        with_config(&store, kept, |config| config.retention_ms = 60_000);
+        store.enforce_retention(an_hour_on());
+        store.segment_files_removed().await;
+        assert!(first.exists(), "rolled without disk pressure");
+        assert_eq!(store.gauges().segments, 1);
+
+        // Under pressure it is rolled and deleted in one pass.
+        usage.set(0.95);
+        assert_eq!(store.check_disk(), DiskPressure::Reject);
+        store.enforce_retention(an_hour_on());
+        store.segment_files_removed().await;
+        assert!(
+            !first.exists(),
+            "the segment of expired data is still there"
+        );
+        assert_eq!(store.gauges().segments, 1);
+        let offsets = store.offsets(kept).unwrap();
+        assert_eq!(offsets.log_start_offset, offsets.high_watermark);
+
+        // Space back: appends go on at the next offsets, in the new
+        // segment, which is not rolled again.
+        usage.set(0.5);
+        assert_eq!(store.check_disk(), DiskPressure::Normal);
+        let next = fill(&store, &[kept], 1).await;
+        assert_eq!(next[0].1, offsets.high_watermark);
+        assert_eq!(support::read_all(&store, kept, next[0].1).len(), 1);
+        store.enforce_retention(now_ms());
+        assert_eq!(store.gauges().segments, 1);
+        support::shutdown(&store).await;
+    });
+}
