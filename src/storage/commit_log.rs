@@ -721,6 +721,12 @@ impl CommitLog {
         self.active_first_append_ms.is_some()
     }
 
+    /// Let the next segment reserve the smallest step first, the steps
+    /// growing again as a fresh log's do: for a roll on a nearly full disk.
+    pub fn restart_reservation_steps(&mut self) {
+        self.reservation.restart_steps();
+    }
+
     /// Wall-clock ms at which the active segment's newest frame went in
     /// (the file's last write for frames found at recovery); `None` while
     /// it holds none.
@@ -776,10 +782,6 @@ impl CommitLog {
             "an age roll needs a frame in the active segment"
         );
         let tail_from = self.append_end;
-        // The log was idle or long-lived: the next segment reserves the
-        // smallest step first (a retention roll may run on a full disk),
-        // and the steps grow again as a fresh log's do.
-        self.reservation.restart_steps();
         self.roll(0)?;
         let rolled = &self.segments[self.segments.len() - 2];
         assert!(rolled.contains(tail_from) || tail_from == rolled.end());

@@ -84,8 +84,7 @@ impl Reservation {
     }
 
     /// Start the steps again from the smallest, as for a fresh log: for a
-    /// segment begun after the log was idle (an age roll), whose first
-    /// reservation may have to fit a nearly full disk.
+    /// segment begun on a nearly full disk (`CommitLog::restart_reservation_steps`).
     pub fn restart_steps(&mut self) {
         self.step = RESERVE_MIN_BYTES.min(self.step_max);
     }

@@ -256,6 +256,8 @@ impl ShardStore {
             self.producer_snapshots.borrow_mut().request();
             return producers_kept;
         }
+        // The next segment's first reservation must fit a nearly full disk.
+        state.log.restart_reservation_steps();
         match state.log.roll_for_age() {
             Ok(()) => {
                 let rolled = state.log.segments().rev().nth(1).expect("rolled");
