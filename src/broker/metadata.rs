@@ -121,11 +121,13 @@ pub struct TopicMeta {
 impl TopicMeta {
     /// What storage enforces for the topic's partitions. The internal
     /// topics are never handed to the log cleaner, whatever the broker's
-    /// `log.cleanup.policy`: their coordinators keep them small themselves.
+    /// `log.cleanup.policy`: their coordinators keep them small themselves,
+    /// copying what they still need forward out of the oldest segment.
     pub fn storage_config(&self) -> crate::storage::PartitionConfig {
         let mut config = self.config.partition_config();
         if super::is_internal_topic(&self.name) {
             config.compact = false;
+            config.copies_forward = true;
         }
         config
     }

@@ -742,6 +742,7 @@ impl TopicConfig {
             flush_messages: u64::try_from(self.flush_messages).unwrap_or(u64::MAX),
             segment_ms: u64::try_from(self.segment_ms).unwrap_or(u64::MAX),
             disk_pressure_delete: self.disk_pressure_delete,
+            copies_forward: false,
         }
     }
 

@@ -175,11 +175,18 @@ impl ShardStore {
             snapshots.taken = end;
             snapshots.retry = false;
         }
+        // With no append pending, every frame is durable and none lies
+        // between the durable frame end and the append end (a roll's
+        // unused segment tail): a snapshot taken there is exact and ready.
+        // Without this, one taken after a roll waited for the next frame,
+        // and retention of the rolled segment with it (a refused append
+        // under disk pressure brings none).
         let durable = state.durable_frame_end;
+        let all_durable = state.pending.is_empty();
         if snapshots
             .pending
             .as_ref()
-            .is_some_and(|pending| pending.position <= durable)
+            .is_some_and(|pending| pending.position <= durable || all_durable)
         {
             return snapshots.pending.take();
         }

@@ -93,6 +93,13 @@ pub struct PartitionConfig {
     /// `sluice.disk.pressure.delete`: unexpired data may be deleted above
     /// `retention.disk_force_clean_ratio`.
     pub disk_pressure_delete: bool,
+    /// The partition's owner copies the records it still needs forward out
+    /// of the shard's oldest segment and moves its log start past them (the
+    /// internal topics: `__consumer_offsets`, `__producer_ids`,
+    /// `__transaction_state`), so its data never keeps the only segment's
+    /// roll under disk pressure from freeing space
+    /// (`retention_task.rs`). Not a topic config: the broker sets it.
+    pub copies_forward: bool,
 }
 
 impl PartitionConfig {
@@ -110,6 +117,7 @@ impl PartitionConfig {
             flush_messages: u64::MAX,
             segment_ms: storage.segment_ms,
             disk_pressure_delete: false,
+            copies_forward: false,
         }
     }
 }

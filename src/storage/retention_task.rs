@@ -164,7 +164,11 @@ impl ShardStore {
                 break;
             }
             if let Some(keeper) = forced_deletion_blocked_by(&state) {
-                if let Some(times) = self.forced_deletion_log.record(monotonic_ms()) {
+                // An internal topic's owner copies its records forward soon
+                // (`pins_the_oldest_segment_under_disk_pressure`).
+                if !keeper.2
+                    && let Some(times) = self.forced_deletion_log.record(monotonic_ms())
+                {
                     tracing::warn!(
                         shard = %self.options.shard,
                         topic = %keeper.0,
@@ -202,17 +206,24 @@ fn timer_pin(state: &StoreState) -> LogPosition {
 
 impl ShardStore {
     /// Under disk pressure (`retention.disk_force_clean_ratio` or above),
-    /// roll the active segment when it is the shard's only one and every
+    /// roll the active segment when it is the shard's only one, holds a
+    /// frame of a partition other than the internal topics' (whose owners
+    /// copy what they still need forward: [`PartitionConfig::copies_forward`],
+    /// so rolling for their copies alone would free nothing), and every
     /// partition with data in it lets that data go: its topic was deleted,
-    /// its `retention.ms` has passed since the segment's newest frame, or
-    /// it allows deletion for space (`sluice.disk.pressure.delete`); and no
-    /// pending delayed record and no unsnapshotted producer state is in it.
-    /// The rolled segment is aged from its newest frame, so retention (or
-    /// the forced deletion) deletes it in this pass. Retention deletes only
-    /// sealed segments, and a segment is aged from its last flush while it
-    /// is active, so without this a shard whose one segment filled the disk
-    /// stayed full for good: refused appends start no age roll (found by a
-    /// breaker trial). The new segment reserves the smallest step first.
+    /// its `retention.ms` has passed since the segment's newest frame, it
+    /// allows deletion for space (`sluice.disk.pressure.delete`), or it
+    /// copies forward; and no pending delayed record and no unsnapshotted
+    /// producer state is in it. The rolled segment is aged from its newest
+    /// frame, so retention (or the forced deletion) deletes it in this
+    /// pass, or once the internal topics' owners have copied their records
+    /// forward. Retention deletes only sealed segments, and a segment is
+    /// aged from its last flush while it is active, so without this a
+    /// shard whose one segment filled the disk stayed full for good:
+    /// refused appends start no age roll (found by a breaker trial). The
+    /// new segment reserves the smallest step first. A partition or a
+    /// delayed record that holds the roll back is named in a warning (at
+    /// most one a minute).
     ///
     /// Only on a leader or a single node: a follower rolls where its
     /// leader did, at its next frame (`roll_as_copied`). Only under
@@ -232,10 +243,13 @@ impl ShardStore {
         let Some(last_append_ms) = state.log.active_last_append_ms() else {
             return producers_kept;
         };
+        let Some(only) = state.log.segments().next().map(|segment| segment.base) else {
+            return producers_kept;
+        };
         if self.disk_pressure.get() < DiskPressure::ForceClean
             || self.is_follower()
             || state.log.segments().len() != 1
-            || timer_pin(state) < end
+            || state.last_frame_not_copied_forward <= only
         {
             return producers_kept;
         }
@@ -244,11 +258,30 @@ impl ShardStore {
                 && u64::try_from(partition.config.retention_ms)
                     .is_ok_and(|retention_ms| now_ms.saturating_sub(last_append_ms) >= retention_ms)
         };
-        if state.partitions.values().any(|partition| {
+        let keeper = state.partitions.values().find(|partition| {
             needs_the_oldest_segment(state, partition)
                 && !partition.config.disk_pressure_delete
+                && !partition.config.copies_forward
                 && !expired_since_last_frame(partition)
-        }) {
+        });
+        let held_by = match keeper {
+            Some(partition) => Some(format!(
+                "unexpired data of {}-{}, a topic without sluice.disk.pressure.delete=true",
+                partition.meta.topic, partition.meta.index
+            )),
+            None => (timer_pin(state) < end).then(|| "a pending delayed record".to_owned()),
+        };
+        if let Some(held_by) = held_by {
+            if let Some(times) = self.forced_deletion_log.record(monotonic_ms()) {
+                tracing::warn!(
+                    shard = %self.options.shard,
+                    held_by,
+                    times,
+                    "disk usage is above retention.disk_force_clean_ratio, but the shard's only \
+                     segment holds data that must stay: nothing is deleted, and appends are \
+                     refused at retention.disk_reject_ratio until space is freed"
+                );
+            }
             return producers_kept;
         }
         if producers_kept.is_some_and(|kept| kept < end) {
@@ -553,11 +586,22 @@ fn needs_the_oldest_segment(state: &StoreState, partition: &Partition) -> bool {
     }
 }
 
-/// A partition (topic, index) that still needs the oldest segment and does
-/// not allow forced deletion, if there is one: the oldest segment must stay.
-fn forced_deletion_blocked_by(state: &StoreState) -> Option<(String, u32)> {
-    state.partitions.values().find_map(|partition| {
-        (needs_the_oldest_segment(state, partition) && !partition.config.disk_pressure_delete)
-            .then(|| (partition.meta.topic.clone(), partition.meta.index))
-    })
+/// A partition (topic, index, whether it copies forward) that still needs
+/// the oldest segment and does not allow forced deletion, if there is one,
+/// one that does not copy forward first: the oldest segment must stay.
+fn forced_deletion_blocked_by(state: &StoreState) -> Option<(String, u32, bool)> {
+    state
+        .partitions
+        .values()
+        .filter(|partition| {
+            needs_the_oldest_segment(state, partition) && !partition.config.disk_pressure_delete
+        })
+        .min_by_key(|partition| partition.config.copies_forward)
+        .map(|partition| {
+            (
+                partition.meta.topic.clone(),
+                partition.meta.index,
+                partition.config.copies_forward,
+            )
+        })
 }

@@ -185,6 +185,12 @@ pub(super) struct StoreState {
     pub(super) visible: usize,
     /// The last frame end at or below the durable end: checkpoints start here.
     pub(super) durable_frame_end: LogPosition,
+    /// The end of the newest frame of a partition that does not copy its
+    /// records forward ([`super::PartitionConfig::copies_forward`]), or of
+    /// one deleted since; the recovered end after a restart. The only
+    /// segment's roll under disk pressure frees space only if one lies in
+    /// it (`retention_task.rs`): the internal topics' own copies stay.
+    pub(super) last_frame_not_copied_forward: LogPosition,
     /// Appends ending past this stay invisible even once written: a
     /// cluster leader's high watermark, what its in-sync followers hold
     /// durably (`u64::MAX` otherwise).
@@ -382,6 +388,7 @@ impl ShardStore {
         let next_partition_id = recovered.next_partition_id;
         let state = StoreState {
             durable_frame_end: recovered.end,
+            last_frame_not_copied_forward: recovered.end,
             log,
             partitions,
             names,
@@ -792,6 +799,13 @@ impl StoreState {
             self.pending.back().is_none_or(|last| last.end < end.0),
             "pending appends are in log order"
         );
+        if !self
+            .partitions
+            .get(&partition)
+            .is_some_and(|partition| partition.config.copies_forward)
+        {
+            self.last_frame_not_copied_forward = end;
+        }
         self.pending.push_back(PendingAppend {
             end: end.0,
             partition,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sluice::config::WriteMode;
 use sluice::ids::{Offset, PartitionId};
+use sluice::record_batch::{BatchBuilder, RecordSpec};
 use sluice::storage::retention::DiskPressure;
 use sluice::storage::segment::now_ms;
 use sluice::storage::{
@@ -26,12 +27,21 @@ async fn fill(
     ids: &[PartitionId],
     count: usize,
 ) -> Vec<(usize, Offset, usize)> {
+    fill_as(store, ids, count, Durability::Written).await
+}
+
+async fn fill_as(
+    store: &ShardStore,
+    ids: &[PartitionId],
+    count: usize,
+    durability: Durability,
+) -> Vec<(usize, Offset, usize)> {
     let mut appended = Vec::new();
     for seq in 0..count {
         let partition = seq % ids.len();
         let bytes = batch(&format!("ret{seq}"), 2, 1500);
         let receipt = store
-            .append(ids[partition], validated(&bytes), Durability::Written)
+            .append(ids[partition], validated(&bytes), durability)
             .await
             .unwrap();
         store.wait(&receipt).await.unwrap();
@@ -441,6 +451,184 @@ fn under_disk_pressure_a_shards_only_segment_is_rolled_and_deleted_once_its_data
         assert_eq!(support::read_all(&store, kept, next[0].1).len(), 1);
         store.enforce_retention(now_ms());
         assert_eq!(store.gauges().segments, 1);
+        support::shutdown(&store).await;
+    });
+}
+
+/// A batch of `records` 1500-byte records from idempotent producer 77 at
+/// epoch 0, from sequence `base_sequence`.
+fn producer_batch(base_sequence: i32, records: usize) -> Vec<u8> {
+    let mut builder = BatchBuilder::new(now_ms() as i64);
+    builder.producer(77, 0, base_sequence);
+    let value = vec![b'p'; 1500];
+    for _ in 0..records {
+        builder.push(RecordSpec {
+            value: Some(&value),
+            ..RecordSpec::default()
+        });
+    }
+    builder.build()
+}
+
+/// Found by a breaker trial (issue 19): the only segment's roll under disk
+/// pressure never came on a shard that had an idempotent producer or an
+/// internal topic (a committed consumer offset): the internal topic's
+/// records pinned the segment. An internal topic now lets the roll go
+/// ahead (its owner copies its records forward, after which retention
+/// deletes the rolled segment once a producer snapshot covers it), and the
+/// new segment is not rolled again for the internal topic's copies alone.
+/// Mutations: with the internal topic holding the roll back, "the only
+/// segment was not rolled"; without the guard, "rolled again".
+#[test]
+fn under_disk_pressure_an_internal_topic_and_an_idempotent_producer_let_the_only_segment_go() {
+    const SEGMENT_BYTES: u64 = 32 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = sluice::config::StorageConfig {
+        segment_bytes: SEGMENT_BYTES,
+        ..support::small_storage(WriteMode::Direct)
+    };
+    let runtime = support::runtime(support::native_backend());
+    runtime.block_on(async {
+        let usage = Rc::new(Cell::new(0.5));
+        let probe_usage = Rc::clone(&usage);
+        let hooks = StoreHooks {
+            log_io: None,
+            disk_probe: Some(Rc::new(move || Ok(probe_usage.get()))),
+        };
+        let options = support::options(dir.path(), storage, support::native_backend());
+        let store = ShardStore::open_with(options, hooks).unwrap();
+        let user = support::create(&store, "user", 0);
+        let offsets = support::create(&store, "__consumer_offsets", 0);
+        with_config(&store, offsets, |config| {
+            config.copies_forward = true;
+            config.retention_ms = -1;
+        });
+        let mut last = Vec::new();
+        for index in 0..10 {
+            last = producer_batch(index * 2, 2);
+            let receipt = store
+                .append(user, validated(&last), Durability::Fsynced)
+                .await
+                .unwrap();
+            store.wait(&receipt).await.unwrap();
+        }
+        fill_as(&store, &[offsets], 3, Durability::Fsynced).await;
+        let first = dir.path().join(format!("shard-0/log/{:020}.log", 0));
+        let an_hour_on = || now_ms() + 3_600_000;
+
+        // The producer's data expires; under pressure the first pass asks
+        // for a producer snapshot, the checkpoint writes it, and the next
+        // pass rolls. The internal topic still needs the rolled segment.
+        with_config(&store, user, |config| config.retention_ms = 60_000);
+        usage.set(0.95);
+        assert_eq!(store.check_disk(), DiskPressure::Reject);
+        for _ in 0..2 {
+            store.enforce_retention(an_hour_on());
+            store.checkpoint().await.unwrap();
+        }
+        store.segment_files_removed().await;
+        assert_eq!(
+            store.gauges().segments,
+            2,
+            "the only segment was not rolled"
+        );
+        assert!(first.exists(), "deleted while the internal topic needed it");
+
+        // Its owner copies its record forward (appends of internal records
+        // go on below the reject ratio) and moves its log start; the rolled
+        // segment then goes once a producer snapshot covers it.
+        usage.set(0.87);
+        assert_eq!(store.check_disk(), DiskPressure::ForceClean);
+        let copied = fill_as(&store, &[offsets], 1, Durability::Fsynced).await[0].1;
+        store.advance_log_start(offsets, copied).unwrap();
+        for _ in 0..2 {
+            store.enforce_retention(an_hour_on());
+            store.checkpoint().await.unwrap();
+        }
+        store.segment_files_removed().await;
+        assert!(
+            !first.exists(),
+            "the rolled segment waits for a producer snapshot"
+        );
+        assert_eq!(store.gauges().segments, 1);
+
+        // Still under pressure, the segment of the copy alone stays.
+        for _ in 0..2 {
+            store.enforce_retention(an_hour_on());
+            store.checkpoint().await.unwrap();
+        }
+        assert_eq!(
+            store.gauges().segments,
+            1,
+            "rolled again for the internal topic's copy alone"
+        );
+        assert_eq!(support::read_all(&store, offsets, copied).len(), 1);
+
+        // The producer's state outlived its segment, across a restart too:
+        // a retry of its last batch is recognised.
+        usage.set(0.5);
+        assert_eq!(store.check_disk(), DiskPressure::Normal);
+        drop(store);
+        let options = support::options(
+            dir.path(),
+            sluice::config::StorageConfig {
+                segment_bytes: SEGMENT_BYTES,
+                ..support::small_storage(WriteMode::Direct)
+            },
+            support::native_backend(),
+        );
+        let store = ShardStore::open(options).unwrap();
+        let receipt = store
+            .append(user, validated(&last), Durability::Fsynced)
+            .await
+            .unwrap();
+        assert!(receipt.duplicate, "the retry was stored again");
+        support::shutdown(&store).await;
+    });
+}
+
+/// Found with the test above: after a segment is rolled, a producer
+/// snapshot taken at the log's end lies past the last frame, and it waited
+/// for the next frame to be durable before it was written, so the rolled
+/// segment of an idempotent producer's expired data stayed until the next
+/// append: for good on a disk full enough to refuse it. The snapshot is
+/// written once nothing is pending (mutation: without that the segment
+/// stays, "waits for the next frame").
+#[test]
+fn an_idle_segment_rolled_for_its_age_goes_with_an_idempotent_producers_data_and_no_frame_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = sluice::config::StorageConfig {
+        segment_bytes: 32 << 20,
+        ..support::small_storage(WriteMode::Direct)
+    };
+    let runtime = support::runtime(support::native_backend());
+    runtime.block_on(async {
+        let options = support::options(dir.path(), storage, support::native_backend());
+        let store = ShardStore::open(options).unwrap();
+        let user = support::create(&store, "user", 0);
+        with_config(&store, user, |config| {
+            config.retention_ms = 60_000;
+            config.segment_ms = 60_000;
+        });
+        for index in 0..10 {
+            let batch = producer_batch(index * 2, 2);
+            let receipt = store
+                .append(user, validated(&batch), Durability::Fsynced)
+                .await
+                .unwrap();
+            store.wait(&receipt).await.unwrap();
+        }
+        let first = dir.path().join(format!("shard-0/log/{:020}.log", 0));
+        let an_hour_on = now_ms() + 3_600_000;
+        for _ in 0..3 {
+            store.enforce_retention(an_hour_on);
+            store.checkpoint().await.unwrap();
+        }
+        store.segment_files_removed().await;
+        assert!(!first.exists(), "waits for the next frame");
+        assert_eq!(store.gauges().segments, 1);
+        let offsets = store.offsets(user).unwrap();
+        assert_eq!(offsets.log_start_offset, offsets.high_watermark);
         support::shutdown(&store).await;
     });
 }
