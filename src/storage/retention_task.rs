@@ -223,7 +223,7 @@ impl ShardStore {
     /// refused appends start no age roll (found by a breaker trial). The
     /// new segment reserves the smallest step first. A partition or a
     /// delayed record that holds the roll back is named in a warning (at
-    /// most one a minute).
+    /// most one every 10 s, shared with the forced deletion's).
     ///
     /// Only on a leader or a single node: a follower rolls where its
     /// leader did, at its next frame (`roll_as_copied`). Only under
