@@ -1447,12 +1447,35 @@ fn produce_acks_all(address: &str, topic: &str, partition: i32, timeout_ms: i32)
     crate::kafka_bad_input::produce_with_timeout(&mut wire, topic, partition, batch, -1, timeout_ms)
 }
 
+/// Send signal `name` to `broker`. A STOP returns once every thread of
+/// the process is stopped: `kill` only sends it, and a request written
+/// the moment after could still be read and served (a CI run saw a
+/// "paused" leader append and replicate a write sent after the STOP).
 fn signal(broker: &BrokerProcess, name: &str) {
     let status = std::process::Command::new("kill")
         .args([format!("-{name}"), broker.pid().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+    if name == "STOP" {
+        eventually("every thread of the broker stopped", || {
+            all_threads_stopped(broker.pid())
+        });
+    }
+}
+
+/// Whether every thread of process `pid` is in the stopped state (`T` in
+/// `/proc/PID/task/TID/stat`, the field after the parenthesised name).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        })
+    })
 }
 
 /// Issue 16: a follower that keeps up joins its shard group's in-sync set
