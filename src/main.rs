@@ -1093,19 +1093,26 @@ fn wait_for_termination(signals: &TerminationSignals, broker: &Broker) {
         Err(error) => tracing::error!(%error, "sigwait failed; shutting down"),
     }
     let second = TerminationSignals::block();
-    std::thread::spawn(move || {
-        if let Ok(signals) = second
-            && let Ok(signal) = signals.wait(&|| {})
-        {
-            tracing::warn!(?signal, "second signal: exiting without finishing shutdown");
-            let code = if signal == Termination::Interrupt {
-                130
-            } else {
-                143
-            };
-            std::process::exit(code);
-        }
-    });
+    let watcher = std::thread::Builder::new()
+        .name("sluice-second-signal".to_owned())
+        .spawn(move || {
+            if let Ok(signals) = second
+                && let Ok(signal) = signals.wait(&|| {})
+            {
+                tracing::warn!(?signal, "second signal: exiting without finishing shutdown");
+                let code = if signal == Termination::Interrupt {
+                    130
+                } else {
+                    143
+                };
+                std::process::exit(code);
+            }
+        });
+    // The shutdown goes on without the watcher (a host out of threads or
+    // memory maps refuses it): only a second signal's early exit is lost.
+    if let Err(error) = watcher {
+        tracing::warn!(%error, "cannot start the thread that watches for a second signal; shutting down without it (SIGKILL still stops the process)");
+    }
 }
 
 fn log_recovery(shard: String, report: &RecoveryReport) {
