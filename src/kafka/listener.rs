@@ -5,6 +5,12 @@
 //! picks a free port once and every shard binds that same port. A bind
 //! failure (address in use, permission) stops the start with the address and
 //! the reason.
+//!
+//! SO_REUSEPORT lets any process of the same user join a port's group, so a
+//! second broker started on a port already served would split the new
+//! connections with the first without an error. A fixed port is therefore
+//! first bound by a probe socket without SO_REUSEPORT, which the kernel
+//! refuses (EADDRINUSE) while any socket listens there, reuse-port or not.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -28,6 +34,9 @@ pub fn bind_shard_listeners(
     address: SocketAddr,
     count: usize,
 ) -> Result<(Vec<TcpListener>, SocketAddr), ListenError> {
+    if address.port() != 0 {
+        probe_unused(address).map_err(|source| ListenError { address, source })?;
+    }
     let mut bound = address;
     let mut listeners = Vec::with_capacity(count);
     for _ in 0..count {
@@ -44,6 +53,31 @@ pub fn bind_shard_listeners(
         listeners.push(listener);
     }
     Ok((listeners, bound))
+}
+
+/// Fail with `AddrInUse` (and a message saying what it means) when a
+/// socket of any process already listens on `address`; the probe is closed
+/// before returning.
+fn probe_unused(address: SocketAddr) -> io::Result<()> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    // SO_REUSEADDR only passes over connections in TIME_WAIT left by a
+    // previous run; a listening socket still refuses the bind.
+    socket.set_reuse_address(true)?;
+    socket.set_cloexec(true)?;
+    socket.bind(&address.into()).map_err(|error| {
+        if error.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{error}: another process (another broker?) listens there; stop it or pick another port (kafka.listen, --listen)"),
+            )
+        } else {
+            error
+        }
+    })
 }
 
 fn bind_one(address: SocketAddr) -> io::Result<TcpListener> {
@@ -72,5 +106,17 @@ mod tests {
         for listener in &listeners {
             assert_eq!(listener.local_addr().unwrap(), bound);
         }
+    }
+
+    #[test]
+    fn a_port_another_broker_listens_on_is_refused() {
+        let (first, bound) = bind_shard_listeners("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let error = bind_shard_listeners(bound, 2).expect_err("a second group on the same port");
+        assert_eq!(error.address, bound);
+        assert_eq!(error.source.kind(), io::ErrorKind::AddrInUse);
+        assert!(error.to_string().contains("another process"), "{error}");
+        drop(first);
+        let (_again, rebound) = bind_shard_listeners(bound, 2).expect("free once the first closed");
+        assert_eq!(rebound, bound);
     }
 }

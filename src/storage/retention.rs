@@ -8,9 +8,12 @@
 //!    data). `retention.bytes` moves it until the retained batches fit. Both
 //!    apply only to topics whose `cleanup.policy` includes `delete`; with
 //!    `compact` alone (or an empty policy) nothing expires, as in Kafka.
-//! 2. **Physical**, per shard: a segment file is deleted once no partition
-//!    still retains a batch in it. A topic that keeps data longer than the
-//!    others therefore keeps the segments it shares with them.
+//! 2. **Physical**, per shard, from the oldest end of the log: the oldest
+//!    segment file is deleted once no partition still retains a batch in
+//!    it, and a later one only after every older one. So the oldest batch
+//!    any partition retains keeps every later segment of the shard, even
+//!    those whose data expired or whose topics were deleted: the log has
+//!    no holes (recovery treats a missing range as damage).
 //!
 //! Disk guards ([`DiskPressure`]): above `disk_clean_ratio` retention runs at
 //! every disk check instead of every `check_interval_ms`; above
