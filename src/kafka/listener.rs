@@ -59,16 +59,7 @@ pub fn bind_shard_listeners(
 /// socket of any process already listens on `address`; the probe is closed
 /// before returning.
 fn probe_unused(address: SocketAddr) -> io::Result<()> {
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    // SO_REUSEADDR only passes over connections in TIME_WAIT left by a
-    // previous run; a listening socket still refuses the bind.
-    socket.set_reuse_address(true)?;
-    socket.set_cloexec(true)?;
-    socket.bind(&address.into()).map_err(|error| {
+    new_socket(address)?.bind(&address.into()).map_err(|error| {
         if error.kind() == io::ErrorKind::AddrInUse {
             io::Error::new(
                 io::ErrorKind::AddrInUse,
@@ -81,18 +72,26 @@ fn probe_unused(address: SocketAddr) -> io::Result<()> {
 }
 
 fn bind_one(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = new_socket(address)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// A close-on-exec TCP socket for `address`'s family with SO_REUSEADDR,
+/// which only passes over connections in TIME_WAIT left by a previous run
+/// (a listening socket still refuses the bind).
+fn new_socket(address: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(address),
         Type::STREAM,
         Some(Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
     socket.set_cloexec(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 #[cfg(test)]
